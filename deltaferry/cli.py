@@ -1,0 +1,259 @@
+"""The ``deltaferry`` command line.
+
+Errors a user can meet are printed as one line, without a traceback:
+exit 2 for configuration and usage errors, 1 for a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deltaferry.errors import DeltaferryError
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def one_line_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeltaferryError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except Exception as e:
+            if os.environ.get("DELTAFERRY_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]error:[/] {type(e).__name__}: {e} (set DELTAFERRY_DEBUG=1 for a traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Jobs file (default: $DELTAFERRY_CONFIG, then ./deltaferry.toml).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deltaferry")
+def cli() -> None:
+    """deltaferry: checkpointed, verifiable incremental sync from SQL databases to an S3 lake.
+
+    State lives under $DELTAFERRY_HOME (default ./.deltaferry). Start with `deltaferry demo`.
+    """
+
+
+@cli.command()
+@config_option
+@one_line_errors
+def jobs(config: str | None) -> None:
+    """List jobs and their tables from the jobs file."""
+    from deltaferry.config import load_jobs
+
+    table = Table("job", "source", "lake", "table", "primary key", "cursor", "deletes", "contract")
+    for job in load_jobs(config).values():
+        for t in job.tables:
+            table.add_row(
+                job.name,
+                job.source,
+                job.lake,
+                t.name,
+                ",".join(t.primary_key),
+                t.cursor,
+                t.deletes,
+                t.contract,
+            )
+    out.print(table)
+
+
+@cli.command()
+@click.argument("job")
+@config_option
+@one_line_errors
+def run(job: str, config: str | None) -> None:
+    """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
+    from deltaferry.config import load_job
+
+    load_job(job, config)  # fail fast, before Prefect starts, on a bad jobs file
+    from flows.sync import sync_job
+
+    with out.status(f"syncing job [bold]{job}[/] ..."):
+        summary = sync_job(job=job, config=config)
+    _print_run_summary(summary)
+
+
+def _print_run_summary(summary: dict[str, Any]) -> None:
+    table = Table(
+        "table",
+        "batch",
+        "rows",
+        "upserts",
+        "deletes",
+        "quarantined",
+        "bytes",
+        "manifest",
+        title=f"job {summary['job']}",
+    )
+    for name, s in summary["tables"].items():
+        if s.get("batch") is None:
+            table.add_row(name, "-", "0", "", "", "", "", "no change")
+        else:
+            table.add_row(
+                name,
+                str(s["batch"]),
+                str(s["rows"]),
+                str(s["upserts"]),
+                str(s["deletes"]),
+                str(s["quarantined"]),
+                str(s["bytes"]),
+                s["manifest"],
+            )
+    for r in summary.get("recovered", []):
+        out.print(f"recovered: {r}")
+    out.print(table)
+
+
+@cli.command()
+@click.argument("job")
+@click.option(
+    "--replica", type=click.Path(dir_okay=False), required=True, help="Replica DuckDB file."
+)
+@click.option("--table", "tables", multiple=True, help="Only these tables (repeatable).")
+@config_option
+@one_line_errors
+def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) -> None:
+    """Verify and apply every published batch of JOB not yet in the replica (idempotent)."""
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull as do_pull
+    from destinations.lake import open_lake
+
+    cfg = load_job(job, config)
+    for name in tables:
+        cfg.table(name)
+    lake = open_lake(cfg.lake, base=cfg.base_dir)
+    lake.check()
+    with out.status(f"pulling job [bold]{job}[/] into {replica} ..."):
+        results = do_pull(cfg, lake, Path(replica), list(tables) or None)
+    table = Table(
+        "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
+    )
+    for r in results:
+        table.add_row(r.table, str(r.batches), str(r.rows), str(r.last_batch))
+    out.print(table)
+
+
+@cli.command()
+@click.argument("job")
+@config_option
+@one_line_errors
+def verify(job: str, config: str | None) -> None:
+    """Check the lake: manifest chain unbroken, every file present with its sha256 and row count."""
+    from deltaferry.config import load_job
+    from deltaferry.verify import verify_table
+    from destinations.lake import open_lake
+
+    cfg = load_job(job, config)
+    lake = open_lake(cfg.lake, base=cfg.base_dir)
+    lake.check()
+    for t in cfg.tables:
+        n, rows = verify_table(lake, cfg.name, t.name)
+        out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} batches, {rows} rows verified")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+@one_line_errors
+def status(as_json: bool, config: str | None) -> None:
+    """Per job and table: last batch, rows, last success, pending batch, quarantine, lag."""
+    from deltaferry.config import load_jobs
+    from deltaferry.status import job_status
+
+    report = [job_status(j) for j in load_jobs(config).values()]
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    table = Table(
+        "job",
+        "table",
+        "last batch",
+        "rows published",
+        "pending",
+        "quarantined",
+        "last published",
+        "lag (s)",
+        "last run",
+    )
+    for j in report:
+        run = j.get("last_run") or {}
+        for name, s in j["tables"].items():
+            pending = s["pending_batch"]
+            table.add_row(
+                j["job"],
+                name,
+                str(s["last_batch"]),
+                str(s["rows_published"]),
+                f"batch {pending['batch']}" if pending else "-",
+                str(s["quarantined_rows"]),
+                s["last_published_at"] or "never",
+                str(s["lag_seconds"] or "-"),
+                run.get("outcome", "never run"),
+            )
+    out.print(table)
+
+
+@cli.command()
+@click.option(
+    "--rounds",
+    default=4,
+    show_default=True,
+    help="Rounds of source changes, each followed by a sync.",
+)
+@click.option("--seed", default=7, show_default=True, help="Seed of the change generator.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Working directory (default: $DELTAFERRY_HOME/demo).",
+)
+@one_line_errors
+def demo(rounds: int, seed: int, workdir: str | None) -> None:
+    """Mutate a demo shop database, sync it to an S3 lake, pull a replica, report convergence.
+
+    Starts an S3-compatible server (moto) on loopback unless AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL is set. Exits non-zero if source and replica differ.
+    """
+    from deltaferry.demo import run_demo
+
+    ok = run_demo(rounds=rounds, seed=seed, workdir=Path(workdir) if workdir else None, console=out)
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

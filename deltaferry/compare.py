@@ -1,0 +1,134 @@
+"""Convergence: does a replica hold exactly the source's live rows?
+
+The source is read through the same dlt ``sql_table`` (pyarrow backend) the sync
+uses, so both sides carry the same types. Soft-deleted source rows count as
+deleted. Keys whose current staged version is held in quarantine are reported
+and left out of the comparison: the contract keeps them back on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from dlt.sources.sql_database import sql_table
+
+from deltaferry.config import JobConfig, TableConfig
+from sources.sql_database import engine_for, staging_path
+from sources.sql_database.settings import LOAD_ID_COLUMN, STAGING_DATASET
+from deltaferry.duck import fetch_one
+
+
+@dataclass
+class TableConvergence:
+    table: str
+    source_rows: int
+    replica_rows: int
+    quarantined_keys: int
+    missing_in_replica: int
+    extra_in_replica: int
+
+    @property
+    def equal(self) -> bool:
+        return self.missing_in_replica == 0 and self.extra_in_replica == 0
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def read_source(job: JobConfig, t: TableConfig) -> pa.Table:
+    engine = engine_for(job)
+    try:
+        parts = list(sql_table(credentials=engine, table=t.name, backend="pyarrow"))
+    finally:
+        engine.dispose()
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
+    """Primary keys whose current staged version is the one the contract quarantined."""
+    state = Path(staging_path(job.name)).parent / "state.duckdb"
+    if not state.exists() or not staging_path(job.name).exists():
+        return []
+    con = duckdb.connect(str(state), read_only=True)
+    try:
+        entries = con.execute(
+            "SELECT DISTINCT pk, load_id FROM quarantine WHERE tbl = ?", [t.name]
+        ).fetchall()
+    finally:
+        con.close()
+    if not entries:
+        return []
+    staged = duckdb.connect(str(staging_path(job.name)), read_only=True)
+    out = []
+    try:
+        for pk_json, load_id in entries:
+            pk = json.loads(pk_json)
+            where = " AND ".join(f"CAST({_q(c)} AS VARCHAR) = ?" for c in t.primary_key)
+            row = fetch_one(
+                staged,
+                f"SELECT {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {where}",
+                [str(pk[c]) for c in t.primary_key],
+            )
+            if row and row[0] == load_id:
+                out.append(pk)
+    finally:
+        staged.close()
+    return out
+
+
+def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
+    """Compare every table of ``job`` between source and replica, column by column."""
+    results = []
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        for t in job.tables:
+            src = read_source(job, t)
+            held = outstanding_quarantine(job, t)
+            has_replica = fetch_one(
+                con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [t.name]
+            )[0]
+            con.register("src", src)
+            con.register(
+                "held",
+                pa.Table.from_pylist(held)
+                if held
+                else pa.table({c: pa.array([], pa.string()) for c in t.primary_key}),
+            )
+            soft = f"WHERE {_q(t.soft_delete_column)} IS NULL" if t.soft_delete_column else ""
+            cols = [c for c in src.column_names]
+            collist = ", ".join(_q(c) for c in cols)
+            key_match = " AND ".join(
+                f"CAST(h.{_q(c)} AS VARCHAR) = CAST(x.{_q(c)} AS VARCHAR)" for c in t.primary_key
+            )
+            not_held = f"NOT EXISTS (SELECT 1 FROM held h WHERE {key_match})"
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW s AS SELECT {collist} FROM src x {soft or 'WHERE true'} AND {not_held}"
+            )
+            if has_replica:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW r AS SELECT {collist} FROM {_q(t.name)} x WHERE {not_held}"
+                )
+                replica_rows = fetch_one(con, f"SELECT count(*) FROM {_q(t.name)}")[0]
+            else:
+                con.execute("CREATE OR REPLACE TEMP VIEW r AS SELECT * FROM s WHERE false")
+                replica_rows = 0
+            source_rows = fetch_one(con, f"SELECT count(*) FROM src {soft}")[0]
+            missing = fetch_one(
+                con, "SELECT count(*) FROM (SELECT * FROM s EXCEPT ALL SELECT * FROM r)"
+            )[0]
+            extra = fetch_one(
+                con, "SELECT count(*) FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM s)"
+            )[0]
+            con.unregister("src")
+            con.unregister("held")
+            results.append(
+                TableConvergence(t.name, source_rows, replica_rows, len(held), missing, extra)
+            )
+    finally:
+        con.close()
+    return results

@@ -1,0 +1,227 @@
+"""The jobs file: what to sync, from where, to which lake.
+
+Resolution order for the file: explicit path, ``$DELTAFERRY_CONFIG``,
+``./deltaferry.toml``. State lives under ``$DELTAFERRY_HOME`` (default
+``./.deltaferry``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deltaferry.errors import ConfigError
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_JOB_KEYS = {
+    "source",
+    "url",
+    "lake",
+    "tables",
+    "max_quarantine_ratio",
+    "rows_per_file",
+    "producer_id",
+    "contract",
+}
+_TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
+SOURCE_KINDS = {"sql_database"}
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One source table: key, cursor, delete detection and contract."""
+
+    name: str
+    primary_key: tuple[str, ...]
+    cursor: str
+    deletes: str  # "none" | "reconcile" | "soft:<column>"
+    contract: str  # "module:ClassName"
+
+    @property
+    def soft_delete_column(self) -> str | None:
+        return self.deletes.split(":", 1)[1] if self.deletes.startswith("soft:") else None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One sync job: a source, its tables, and the lake it publishes to."""
+
+    name: str
+    source: str
+    url: str  # may be a reference "env:VAR"; resolve with ``source_url()``
+    lake: str
+    tables: tuple[TableConfig, ...]
+    max_quarantine_ratio: float = 0.05
+    rows_per_file: int = 500_000
+    producer_id: str = "default"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def table(self, name: str) -> TableConfig:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise ConfigError(
+            f"job '{self.name}' has no table '{name}' (tables: {', '.join(t.name for t in self.tables)})"
+        )
+
+    def source_url(self) -> str:
+        """The connection URL with secret references resolved. Never log the result."""
+        if self.url.startswith("env:"):
+            var = self.url[4:]
+            value = os.environ.get(var)
+            if not value:
+                raise ConfigError(
+                    f"job '{self.name}': source url refers to environment variable {var}, which is not set"
+                )
+            return value
+        return self.url
+
+
+def deltaferry_home() -> Path:
+    """Root of all local state: staging, checkpoints, operations log."""
+    return Path(os.environ.get("DELTAFERRY_HOME", ".deltaferry")).resolve()
+
+
+def job_home(job: str) -> Path:
+    path = deltaferry_home() / job
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("DELTAFERRY_CONFIG")
+    return Path(env) if env else Path("deltaferry.toml")
+
+
+def load_jobs(path: str | os.PathLike[str] | None = None) -> dict[str, JobConfig]:
+    """Parse and check the jobs file; every problem is a one-line ConfigError."""
+    p = config_path(path)
+    if not p.exists():
+        raise ConfigError(
+            f"jobs file {p} not found (set DELTAFERRY_CONFIG or create deltaferry.toml)"
+        )
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"jobs file {p} is not valid TOML: {e}") from None
+    jobs_raw = raw.get("jobs")
+    if not isinstance(jobs_raw, dict) or not jobs_raw:
+        raise ConfigError(f"jobs file {p} defines no [jobs.<name>] section")
+    base = p.resolve().parent
+    return {name: _parse_job(name, body, base) for name, body in jobs_raw.items()}
+
+
+def load_job(name: str, path: str | os.PathLike[str] | None = None) -> JobConfig:
+    jobs = load_jobs(path)
+    if name not in jobs:
+        raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs)) or 'none'})")
+    return jobs[name]
+
+
+def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
+    where = f"job '{name}'"
+    if not _IDENT.match(name):
+        raise ConfigError(f"{where}: name must be lower-case letters, digits and underscores")
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: must be a table of settings")
+    unknown = set(body) - _JOB_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    source = _req(body, "source", where)
+    if source not in SOURCE_KINDS:
+        raise ConfigError(
+            f"{where}: source kind '{source}' is not supported (supported: {', '.join(sorted(SOURCE_KINDS))})"
+        )
+    url = _req(body, "url", where)
+    lake = _req(body, "lake", where)
+    from destinations.lake import parse_lake_url  # local import: config stays light
+
+    parse_lake_url(lake, where=where, base=base)
+    ratio = body.get("max_quarantine_ratio", 0.05)
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise ConfigError(f"{where}: max_quarantine_ratio must be a number between 0 and 1")
+    rows_per_file = body.get("rows_per_file", 500_000)
+    if not isinstance(rows_per_file, int) or rows_per_file < 1:
+        raise ConfigError(f"{where}: rows_per_file must be a positive integer")
+    tables_raw = body.get("tables")
+    if not isinstance(tables_raw, list) or not tables_raw:
+        raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
+    default_contract = body.get("contract")
+    tables = tuple(_parse_table(name, t, default_contract) for t in tables_raw)
+    names = [t.name for t in tables]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: a table is listed twice")
+    return JobConfig(
+        name=name,
+        source=source,
+        url=url,
+        lake=lake,
+        tables=tables,
+        max_quarantine_ratio=float(ratio),
+        rows_per_file=rows_per_file,
+        producer_id=str(body.get("producer_id", "default")),
+        base_dir=base,
+    )
+
+
+def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConfig:
+    if not isinstance(body, dict):
+        raise ConfigError(f"job '{job}': each tables entry must be a table of settings")
+    tname = body.get("name")
+    where = f"job '{job}' table '{tname}'"
+    if not isinstance(tname, str) or not _IDENT.match(tname):
+        raise ConfigError(f"job '{job}': every table needs a lower-case 'name' (got {tname!r})")
+    unknown = set(body) - _TABLE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    pk = body.get("primary_key")
+    if isinstance(pk, str):
+        pk = [pk]
+    if (
+        not pk
+        or not isinstance(pk, list)
+        or not all(isinstance(c, str) and _IDENT.match(c) for c in pk)
+    ):
+        raise ConfigError(
+            f"{where}: primary_key is required (a column name or a list of column names)"
+        )
+    cursor = body.get("cursor")
+    if not isinstance(cursor, str) or not _IDENT.match(cursor):
+        raise ConfigError(
+            f"{where}: cursor is required (a column that grows on every insert and update)"
+        )
+    deletes = body.get("deletes", "none")
+    if not (
+        deletes in ("none", "reconcile")
+        or (isinstance(deletes, str) and deletes.startswith("soft:") and _IDENT.match(deletes[5:]))
+    ):
+        raise ConfigError(
+            f"{where}: deletes must be 'none', 'reconcile' or 'soft:<column>' (got {deletes!r})"
+        )
+    contract = body.get("contract")
+    if contract is None and default_contract:
+        contract = f"{default_contract}:{_class_name(tname)}"
+    if not isinstance(contract, str) or ":" not in contract:
+        raise ConfigError(
+            f"{where}: contract is required as 'module:Class' (or a job-level contract module)"
+        )
+    return TableConfig(
+        name=tname, primary_key=tuple(pk), cursor=cursor, deletes=deletes, contract=contract
+    )
+
+
+def _class_name(table: str) -> str:
+    return "".join(part.capitalize() for part in table.split("_"))
+
+
+def _req(body: dict[str, Any], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: '{key}' is required")
+    return value

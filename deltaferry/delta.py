@@ -1,0 +1,213 @@
+"""Cut a delta from staging, validate it, and build its Parquet parts deterministically.
+
+The same staged rows, load ids, change-sequence start and contract always give
+the same Parquet bytes, so an interrupted batch can be rebuilt and checked
+against the hashes recorded in its plan.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from contracts import Contract
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import ContractViolation
+from destinations.manifest import sha256
+from sources.sql_database.settings import (
+    DELETED_COLUMN,
+    INTERNAL_COLUMNS,
+    LOAD_ID_COLUMN,
+    STAGING_DATASET,
+)
+
+OP_COLUMN = "_op"
+SEQ_COLUMN = "_seq"
+
+
+@dataclass(frozen=True)
+class Part:
+    data: bytes
+    sha256: str
+    rows: int
+    upserts: int
+    deletes: int
+
+
+@dataclass
+class Delta:
+    """One table's changes since the last published batch, validated and encoded."""
+
+    table: str
+    load_ids: list[str]
+    seq_start: int
+    seq_end: int
+    parts: list[Part]
+    upserts: int
+    deletes: int
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    cursor_min: str | None = None
+    cursor_max: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.upserts + self.deletes
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[str]:
+    """Completed dlt loads not yet accounted for by this table's checkpoints, oldest first."""
+    try:
+        rows = con.execute(
+            f"SELECT load_id FROM {STAGING_DATASET}._dlt_loads WHERE status = 0"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return []
+    ids = [r[0] for r in rows if r[0] not in published]
+    return sorted(ids, key=lambda s: tuple(int(x) for x in s.split(".")))
+
+
+def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+        " ORDER BY ordinal_position",
+        [STAGING_DATASET, table],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def read_changes(
+    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str]
+) -> pa.Table | None:
+    """Staged rows last changed by one of ``load_ids``, ordered by primary key, with ``_op``."""
+    cols = staged_columns(con, t.name)
+    if not cols:
+        return None
+    data_cols = [c for c in cols if c not in INTERNAL_COLUMNS]
+    deleted = []
+    if DELETED_COLUMN in cols:
+        deleted.append(f"coalesce({_q(DELETED_COLUMN)}, false)")
+    if t.soft_delete_column:
+        deleted.append(f"{_q(t.soft_delete_column)} IS NOT NULL")
+    op = (
+        f"CASE WHEN {' OR '.join(deleted)} THEN 'delete' ELSE 'upsert' END"
+        if deleted
+        else "'upsert'"
+    )
+    select = ", ".join(_q(c) for c in data_cols)
+    order = ", ".join(_q(c) for c in t.primary_key)
+    placeholders = ", ".join("?" for _ in load_ids)
+    return con.sql(
+        f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)}"
+        f" WHERE {_q(LOAD_ID_COLUMN)} IN ({placeholders}) ORDER BY {order}",
+        params=load_ids,
+    ).to_arrow_table()
+
+
+def build_delta(
+    job: JobConfig,
+    t: TableConfig,
+    contract: Contract,
+    changes: pa.Table,
+    load_ids: list[str],
+    seq_start: int,
+) -> Delta:
+    """Validate upserts against the contract, drop quarantined rows, assign ``_seq``, encode Parquet."""
+    is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
+    upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
+    quarantine: list[dict[str, Any]] = []
+    keep = np.ones(changes.num_rows, dtype=bool)
+    if len(upsert_idx):
+        upserts = changes.take(pa.array(upsert_idx)).select(
+            [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
+        )
+        result = contract.validate(upserts.to_pandas())
+        failed = sorted(result.failed_rows)
+        if failed:
+            ratio = len(failed) / changes.num_rows
+            if ratio > job.max_quarantine_ratio:
+                raise ContractViolation(
+                    f"job '{job.name}' table '{t.name}': {len(failed)} of {changes.num_rows} changed rows "
+                    f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
+                    f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing published "
+                    f"({result.summary()})"
+                )
+            records = upserts.take(pa.array(failed)).to_pylist()
+            lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
+            for pos, rec, lid in zip(failed, records, lids, strict=True):
+                keep[upsert_idx[pos]] = False
+                pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
+                row_json = json.dumps(rec, default=str, sort_keys=True)
+                for f in result.reasons(pos):
+                    quarantine.append(
+                        {
+                            "load_id": lid,
+                            "pk": pk,
+                            "field": f.field,
+                            "check": f.check,
+                            "reason": f.reason,
+                            "row_json": row_json,
+                        }
+                    )
+    published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
+    n = published.num_rows
+    published = published.append_column(
+        SEQ_COLUMN, pa.array(np.arange(seq_start, seq_start + n, dtype=np.int64))
+    )
+    parts: list[Part] = []
+    for offset in range(0, n, job.rows_per_file):
+        chunk = published.slice(offset, job.rows_per_file)
+        parts.append(_encode(chunk))
+    upserts_n = sum(p.upserts for p in parts)
+    cmin = cmax = None
+    if n and t.cursor in published.column_names:
+        mm = pc.min_max(published[t.cursor])
+        cmin = None if mm["min"].as_py() is None else str(mm["min"].as_py())
+        cmax = None if mm["max"].as_py() is None else str(mm["max"].as_py())
+    return Delta(
+        table=t.name,
+        load_ids=load_ids,
+        seq_start=seq_start,
+        seq_end=seq_start + n - 1,
+        parts=parts,
+        upserts=upserts_n,
+        deletes=n - upserts_n,
+        quarantine=quarantine,
+        cursor_min=cmin,
+        cursor_max=cmax,
+    )
+
+
+def _encode(chunk: pa.Table) -> Part:
+    buf = io.BytesIO()
+    # fixed writer options: the same rows must always give the same bytes
+    pq.write_table(
+        chunk,
+        buf,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=True,
+        write_statistics=True,
+        row_group_size=128 * 1024,
+        store_schema=True,
+    )
+    data = buf.getvalue()
+    ups = int(pc.sum(pc.equal(chunk[OP_COLUMN], "upsert")).as_py() or 0)
+    return Part(
+        data=data,
+        sha256=sha256(data),
+        rows=chunk.num_rows,
+        upserts=ups,
+        deletes=chunk.num_rows - ups,
+    )

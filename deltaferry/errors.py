@@ -1,0 +1,44 @@
+"""One error root; subclasses say what the caller should do.
+
+- ``ConfigError``: the user must fix configuration or input (CLI exit 2).
+- ``TransientError``: worth retrying (network, throttling, 5xx).
+- ``TerminalError``: retrying cannot help (conflict, contract, credentials).
+"""
+
+from __future__ import annotations
+
+
+class DeltaferryError(Exception):
+    """Root of every error deltaferry raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(DeltaferryError):
+    """Bad or missing configuration, unknown job/table, unreachable lake."""
+
+    exit_code = 2
+
+
+class TransientError(DeltaferryError):
+    """A failure that may go away if the same step is tried again."""
+
+
+class TerminalError(DeltaferryError):
+    """A failure that will not go away by retrying."""
+
+
+class ConflictError(TerminalError):
+    """Another writer holds this table: a different manifest exists at our batch number."""
+
+
+class ContractViolation(TerminalError):
+    """A batch failed its contract beyond the job's quarantine threshold."""
+
+
+class VerificationError(TerminalError):
+    """The lake does not match what its manifests promise."""
+
+
+class JobBusyError(TerminalError):
+    """Another local process is already running this job."""

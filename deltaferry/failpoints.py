@@ -1,0 +1,27 @@
+"""Failpoints: stop the process at an exact commit point, for crash-recovery tests.
+
+Enabled only through the environment: ``DELTAFERRY_FAILPOINT=<name>`` makes the
+named point fire; ``DELTAFERRY_FAILPOINT_ACTION`` is ``kill`` (SIGKILL, the
+default: nothing after it runs, not even ``finally``) or ``raise``. Points:
+``after_extract``, ``after_plan``, ``after_upload``, ``after_manifest``
+(stored, reply not yet used), ``before_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("after_extract", "after_plan", "after_upload", "after_manifest", "before_checkpoint")
+
+
+class FailpointHit(RuntimeError):
+    """Raised by a failpoint whose action is ``raise``."""
+
+
+def failpoint(name: str) -> None:
+    if os.environ.get("DELTAFERRY_FAILPOINT") != name:
+        return
+    if os.environ.get("DELTAFERRY_FAILPOINT_ACTION", "kill") == "raise":
+        raise FailpointHit(f"failpoint {name}")
+    os.kill(os.getpid(), signal.SIGKILL)

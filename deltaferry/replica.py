@@ -1,0 +1,161 @@
+"""Apply verified batches to a replica DuckDB file.
+
+Each batch is applied together with the replica's own checkpoint in one DuckDB
+transaction: an incoming row replaces the stored one only if its ``_seq`` is
+newer, a tombstone deletes the key, and a batch already recorded is skipped, so
+pulling twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from deltaferry.config import JobConfig
+from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.verify import iter_verified
+from destinations.lake import LakeStore
+from deltaferry.duck import fetch_one
+
+_META = """
+CREATE TABLE IF NOT EXISTS _deltaferry_batches (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, batch BIGINT NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL, rows BIGINT NOT NULL, trace_id VARCHAR,
+    contract_version INTEGER, applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (job, tbl, batch)
+);
+"""
+
+
+@dataclass
+class PullResult:
+    table: str
+    batches: int
+    rows: int
+    last_batch: int
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _duck_type(field: pa.Field) -> str:
+    con = duckdb.connect()
+    try:
+        empty = pa.table({field.name: pa.array([], field.type)})
+        con.register("t", empty)
+        return fetch_one(con, "SELECT column_type FROM (DESCRIBE SELECT * FROM t)")[0]
+    finally:
+        con.close()
+
+
+def pull(
+    job: JobConfig, lake: LakeStore, replica: Path, tables: list[str] | None = None
+) -> list[PullResult]:
+    """Verify and apply every published batch not yet in ``replica``."""
+    replica.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(replica))
+    results = []
+    try:
+        con.execute(_META)
+        for t in job.tables:
+            if tables and t.name not in tables:
+                continue
+            last = fetch_one(
+                con,
+                "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ? AND tbl = ?"
+                " ORDER BY batch DESC LIMIT 1",
+                [job.name, t.name],
+            )
+            after, prev = (last[0], last[1]) if last else (0, None)
+            n = rows = 0
+            for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev):
+                assert vb.data is not None
+                _apply(
+                    con,
+                    job.name,
+                    t.name,
+                    list(t.primary_key),
+                    vb.batch,
+                    vb.manifest,
+                    vb.manifest_sha256,
+                    vb.data,
+                )
+                n += 1
+                rows += vb.data.num_rows
+                after = vb.batch
+            results.append(PullResult(t.name, n, rows, after))
+    finally:
+        con.close()
+    return results
+
+
+def _apply(
+    con: duckdb.DuckDBPyConnection,
+    job: str,
+    table: str,
+    pk: list[str],
+    batch: int,
+    manifest: dict,
+    digest: str,
+    data: pa.Table,
+) -> None:
+    cols = [c for c in data.column_names if c != OP_COLUMN]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        exists = fetch_one(
+            con,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+            [table],
+        )[0]
+        if not exists:
+            defs = ", ".join(
+                f"{_q(f.name)} {_duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
+            )
+            con.execute(
+                f"CREATE TABLE {_q(table)} ({defs}, PRIMARY KEY ({', '.join(_q(c) for c in pk)}))"
+            )
+        else:
+            have = {
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+                    [table],
+                ).fetchall()
+            }
+            for f in data.schema:
+                if f.name != OP_COLUMN and f.name not in have:
+                    con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(f.name)} {_duck_type(f)}")
+        con.register("incoming", data)
+        match = " AND ".join(f"r.{_q(c)} = i.{_q(c)}" for c in pk)
+        # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
+        con.execute(
+            f"DELETE FROM {_q(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
+            f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})"
+        )
+        col_list = ", ".join(_q(c) for c in cols)
+        con.execute(
+            f"INSERT INTO {_q(table)} ({col_list}) SELECT {', '.join('i.' + _q(c) for c in cols)} FROM incoming i"
+            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS (SELECT 1 FROM {_q(table)} r WHERE {match})"
+        )
+        con.unregister("incoming")
+        con.execute(
+            "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id, contract_version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                job,
+                table,
+                batch,
+                digest,
+                data.num_rows,
+                manifest.get("trace_id"),
+                manifest.get("contract", {}).get("version"),
+            ],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -1,0 +1,311 @@
+"""The job's local state, in one DuckDB file per job (``$DELTAFERRY_HOME/<job>/state.duckdb``).
+
+Holds the operations log (every step and attempt), planned batches, checkpoints
+(the last batch whose manifest is stored in the lake), the load ids already
+published, and the quarantine. Connections are short-lived so that ``status``
+can read while no run is writing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from deltaferry.config import job_home
+from deltaferry.duck import fetch_one
+
+_SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS ops_seq;
+CREATE TABLE IF NOT EXISTS ops_log (
+    id BIGINT DEFAULT nextval('ops_seq') PRIMARY KEY,
+    ts TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR NOT NULL,
+    job VARCHAR NOT NULL,
+    tbl VARCHAR,
+    batch BIGINT,
+    step VARCHAR NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome VARCHAR NOT NULL,      -- ok | retry | failed | skipped | info
+    duration_ms DOUBLE,
+    detail VARCHAR
+);
+CREATE TABLE IF NOT EXISTS plans (
+    tbl VARCHAR NOT NULL,
+    batch BIGINT NOT NULL,
+    status VARCHAR NOT NULL,       -- planned | committed
+    load_ids VARCHAR NOT NULL,     -- JSON list
+    seq_start BIGINT NOT NULL,
+    seq_end BIGINT NOT NULL,
+    rows BIGINT NOT NULL,
+    quarantined BIGINT NOT NULL,
+    manifest VARCHAR NOT NULL,     -- the exact manifest bytes (canonical JSON)
+    manifest_sha256 VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    committed_at TIMESTAMPTZ,
+    PRIMARY KEY (tbl, batch)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tbl VARCHAR PRIMARY KEY,
+    batch BIGINT NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL,
+    seq_end BIGINT NOT NULL,
+    committed_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_loads (
+    tbl VARCHAR NOT NULL,
+    load_id VARCHAR NOT NULL,
+    batch BIGINT,                  -- NULL: the load held no change for this table
+    PRIMARY KEY (tbl, load_id)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    ts TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR NOT NULL,
+    tbl VARCHAR NOT NULL,
+    load_id VARCHAR NOT NULL,
+    pk VARCHAR NOT NULL,           -- JSON object of the primary key
+    field VARCHAR,
+    "check" VARCHAR,
+    reason VARCHAR,
+    row_json VARCHAR
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    outcome VARCHAR,
+    detail VARCHAR
+);
+"""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    batch: int
+    manifest_sha256: str | None
+    seq_end: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    table: str
+    batch: int
+    load_ids: list[str]
+    seq_start: int
+    seq_end: int
+    rows: int
+    quarantined: int
+    manifest: bytes
+    manifest_sha256: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    """Durable local state of one job."""
+
+    def __init__(self, job: str, path: Path | None = None) -> None:
+        self.job = job
+        self.path = path or job_home(job) / "state.duckdb"
+        with self.connect() as con:
+            con.execute(_SCHEMA)
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits briefly if another process holds the file."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # --- operations log -------------------------------------------------
+
+    def log(
+        self,
+        run_id: str,
+        step: str,
+        outcome: str,
+        *,
+        table: str | None = None,
+        batch: int | None = None,
+        attempt: int = 1,
+        duration_ms: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append one row to the operations log (durable before this returns)."""
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO ops_log (ts, run_id, job, tbl, batch, step, attempt, outcome, duration_ms, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    now(),
+                    run_id,
+                    self.job,
+                    table,
+                    batch,
+                    step,
+                    attempt,
+                    outcome,
+                    duration_ms,
+                    detail,
+                ],
+            )
+
+    def start_run(self) -> str:
+        run_id = uuid.uuid4().hex
+        with self.connect() as con:
+            con.execute("INSERT INTO runs VALUES (?, ?, NULL, NULL, NULL)", [run_id, now()])
+        return run_id
+
+    def finish_run(self, run_id: str, outcome: str, detail: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, detail = ? WHERE run_id = ?",
+                [now(), outcome, detail, run_id],
+            )
+
+    # --- checkpoints and plans -------------------------------------------
+
+    def checkpoint(self, table: str) -> Checkpoint:
+        with self.connect() as con:
+            row = fetch_one(
+                con,
+                "SELECT batch, manifest_sha256, seq_end FROM checkpoints WHERE tbl = ?",
+                [table],
+            )
+        return Checkpoint(*row) if row else Checkpoint(0, None, 0)
+
+    def pending_plan(self, table: str) -> Plan | None:
+        with self.connect() as con:
+            row = fetch_one(
+                con,
+                "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256"
+                " FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
+                [table],
+            )
+        if row is None:
+            return None
+        return Plan(
+            row[0],
+            row[1],
+            json.loads(row[2]),
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7].encode(),
+            row[8],
+        )
+
+    def record_plan(self, plan: Plan, run_id: str, quarantine: list[dict[str, Any]]) -> None:
+        """Write the planned batch (and its quarantined rows) before anything is uploaded."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(
+                "INSERT INTO plans VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [
+                    plan.table,
+                    plan.batch,
+                    json.dumps(plan.load_ids),
+                    plan.seq_start,
+                    plan.seq_end,
+                    plan.rows,
+                    plan.quarantined,
+                    plan.manifest.decode(),
+                    plan.manifest_sha256,
+                    now(),
+                ],
+            )
+            self._insert_quarantine(con, run_id, plan.table, quarantine)
+            con.execute("COMMIT")
+
+    def consume_without_batch(
+        self, table: str, load_ids: list[str], run_id: str, quarantine: list[dict[str, Any]]
+    ) -> None:
+        """Loads with nothing to publish (no change, or every change quarantined): never look again."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.executemany(
+                "INSERT OR IGNORE INTO published_loads VALUES (?, ?, NULL)",
+                [[table, lid] for lid in load_ids],
+            )
+            self._insert_quarantine(con, run_id, table, quarantine)
+            con.execute("COMMIT")
+
+    def commit_checkpoint(self, plan: Plan) -> None:
+        """Advance the checkpoint to a batch whose manifest is stored: one transaction."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(
+                "UPDATE plans SET status = 'committed', committed_at = ? WHERE tbl = ? AND batch = ?",
+                [now(), plan.table, plan.batch],
+            )
+            con.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                [plan.table, plan.batch, plan.manifest_sha256, plan.seq_end, now()],
+            )
+            con.executemany(
+                "INSERT OR REPLACE INTO published_loads VALUES (?, ?, ?)",
+                [[plan.table, lid, plan.batch] for lid in plan.load_ids],
+            )
+            con.execute("COMMIT")
+
+    def drop_plan(self, table: str, batch: int) -> None:
+        with self.connect() as con:
+            con.execute(
+                "DELETE FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
+                [table, batch],
+            )
+
+    def published_load_ids(self, table: str) -> set[str]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT load_id FROM published_loads WHERE tbl = ?", [table]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # --- quarantine ---------------------------------------------------------
+
+    @staticmethod
+    def _insert_quarantine(
+        con: duckdb.DuckDBPyConnection, run_id: str, table: str, rows: list[dict[str, Any]]
+    ) -> None:
+        if not rows:
+            return
+        ts = now()
+        con.executemany(
+            "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [
+                    ts,
+                    run_id,
+                    table,
+                    r["load_id"],
+                    r["pk"],
+                    r["field"],
+                    r["check"],
+                    r["reason"],
+                    r["row_json"],
+                ]
+                for r in rows
+            ],
+        )

@@ -1,0 +1,312 @@
+"""The steps of one sync, as plain functions; ``flows/sync.py`` runs them as Prefect tasks.
+
+Commit protocol per table (see DESIGN.md):
+  plan (local, with exact manifest bytes) -> upload data objects -> put manifest
+  create-only (the commit point) -> advance the local checkpoint.
+On start, a planned-but-uncommitted batch is finished first: manifest present and
+identical -> commit; absent -> rebuild byte-identically and publish; present but
+different -> another writer holds the table: terminal ConflictError.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import duckdb
+
+from contracts import Contract, load_contract
+from deltaferry.config import JobConfig, TableConfig, job_home
+from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
+from deltaferry.errors import ConflictError, DeltaferryError, JobBusyError, TerminalError
+from deltaferry.failpoints import failpoint
+from deltaferry.state import Plan, StateStore, now
+from destinations.lake import LakeStore, open_lake
+from destinations.manifest import FORMAT, canonical, data_key, manifest_key, sha256
+from sources.sql_database import staging_path
+
+T = TypeVar("T")
+
+
+@dataclass
+class SyncContext:
+    """Everything the steps of one run share."""
+
+    job: JobConfig
+    state: StateStore
+    lake: LakeStore
+    run_id: str
+    trace_id: str
+    contracts: dict[str, Contract] = field(default_factory=dict)
+    attempt: Callable[[], int] = lambda: 1
+
+    def step(
+        self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
+    ) -> T:
+        """Run one step and record it (and its outcome) in the operations log."""
+        t0 = time.perf_counter()
+        attempt = self.attempt()
+        try:
+            result = fn()
+        except BaseException as e:
+            outcome = "retry" if _is_transient(e) else "failed"
+            self.state.log(
+                self.run_id,
+                step,
+                outcome,
+                table=table,
+                batch=batch,
+                attempt=attempt,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+                detail=f"{type(e).__name__}: {e}"[:2000],
+            )
+            raise
+        detail = result if isinstance(result, str) else None
+        self.state.log(
+            self.run_id,
+            step,
+            "ok",
+            table=table,
+            batch=batch,
+            attempt=attempt,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            detail=detail,
+        )
+        return result
+
+
+def _is_transient(e: BaseException) -> bool:
+    from deltaferry.errors import TransientError
+
+    return isinstance(e, TransientError)
+
+
+def open_context(
+    job: JobConfig, run_id: str | None = None, trace_id: str | None = None
+) -> SyncContext:
+    """Load contracts, open state and lake, check the lake answers (ConfigError if not)."""
+    contracts = {
+        t.name: load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+        for t in job.tables
+    }
+    state = StateStore(job.name)
+    lake = open_lake(job.lake, base=job.base_dir)
+    lake.check()
+    rid = run_id or state.start_run()
+    return SyncContext(
+        job=job, state=state, lake=lake, run_id=rid, trace_id=trace_id or rid, contracts=contracts
+    )
+
+
+@contextmanager
+def job_lock(job: str) -> Iterator[None]:
+    """One local runner per job; a second one stops at once, naming the holder."""
+    path = job_home(job) / "run.lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise JobBusyError(
+            f"job '{job}' is already running (pid {holder}); this run stops"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+# --- planning ---------------------------------------------------------------
+
+
+def _read_staging(
+    ctx: SyncContext, t: TableConfig, load_ids: list[str] | None
+) -> tuple[list[str], Any]:
+    path = staging_path(ctx.job.name)
+    if not path.exists():
+        return [], None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        ids = (
+            load_ids
+            if load_ids is not None
+            else new_load_ids(con, ctx.state.published_load_ids(t.name))
+        )
+        if not ids:
+            return [], None
+        return ids, read_changes(con, t, ids)
+    finally:
+        con.close()
+
+
+def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
+    load_ids, changes = _read_staging(ctx, t, None)
+    if not load_ids:
+        return None
+    if changes is None or changes.num_rows == 0:
+        ctx.state.consume_without_batch(t.name, load_ids, ctx.run_id, [])
+        return None
+    ckpt = ctx.state.checkpoint(t.name)
+    delta = build_delta(ctx.job, t, ctx.contracts[t.name], changes, load_ids, ckpt.seq_end + 1)
+    if delta.rows == 0:
+        ctx.state.consume_without_batch(t.name, load_ids, ctx.run_id, delta.quarantine)
+        return None
+    batch = ckpt.batch + 1
+    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta)
+    body = canonical(manifest)
+    plan = Plan(
+        t.name,
+        batch,
+        load_ids,
+        delta.seq_start,
+        delta.seq_end,
+        delta.rows,
+        len({q["pk"] for q in delta.quarantine}),
+        body,
+        sha256(body),
+    )
+    ctx.state.record_plan(plan, ctx.run_id, delta.quarantine)
+    failpoint("after_plan")
+    return plan, delta
+
+
+def make_manifest(
+    ctx: SyncContext, t: TableConfig, batch: int, prev: str | None, delta: Delta
+) -> dict[str, Any]:
+    c = ctx.contracts[t.name]
+    job = ctx.job.name
+    return {
+        "format": FORMAT,
+        "job": job,
+        "table": t.name,
+        "batch": batch,
+        "prev_sha256": prev,
+        "producer_id": ctx.job.producer_id,
+        "contract": {"ref": c.ref, "version": c.version, "fingerprint": c.fingerprint},
+        "primary_key": list(t.primary_key),
+        "cursor": {"column": t.cursor, "min": delta.cursor_min, "max": delta.cursor_max},
+        "seq": {"start": delta.seq_start, "end": delta.seq_end},
+        "load_ids": delta.load_ids,
+        "rows": delta.rows,
+        "ops": {"upsert": delta.upserts, "delete": delta.deletes},
+        "quarantined": len({q["pk"] for q in delta.quarantine}),
+        "files": [
+            {
+                "key": data_key(job, t.name, batch, i, p.sha256),
+                "sha256": p.sha256,
+                "bytes": len(p.data),
+                "rows": p.rows,
+                "ops": {"upsert": p.upserts, "delete": p.deletes},
+            }
+            for i, p in enumerate(delta.parts)
+        ],
+        "trace_id": ctx.trace_id,
+        "created_at": now().isoformat(),
+        "signature": None,
+    }
+
+
+# --- publishing ---------------------------------------------------------------
+
+
+def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
+    """Upload every data object of the plan; the manifest is written only after all succeed."""
+    import json
+
+    files = json.loads(plan.manifest)["files"]
+    sent = 0
+    for f, part in zip(files, delta.parts, strict=True):
+        if f["sha256"] != part.sha256:
+            raise TerminalError(
+                f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f['key']} "
+                "does not match its plan"
+            )
+        ctx.lake.put(f["key"], part.data)
+        sent += len(part.data)
+    failpoint("after_upload")
+    return sent
+
+
+def put_manifest(ctx: SyncContext, plan: Plan) -> str:
+    """Write the manifest create-only. A 412 with our own bytes already there is a lost ack: success."""
+    key = manifest_key(ctx.job.name, plan.table, plan.batch)
+    created = ctx.lake.put_if_absent(key, plan.manifest)
+    failpoint("after_manifest")
+    if created:
+        return "created"
+    stored = ctx.lake.get(key)
+    if stored is not None and sha256(stored) == plan.manifest_sha256:
+        return "already stored (lost acknowledgement)"
+    raise ConflictError(
+        f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: a different manifest already exists at "
+        f"{ctx.lake.url}/{key}; another writer holds this table. Nothing was overwritten; stop other producers "
+        "and investigate before running again"
+    )
+
+
+def commit(ctx: SyncContext, plan: Plan) -> None:
+    failpoint("before_checkpoint")
+    ctx.state.commit_checkpoint(plan)
+
+
+def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
+    """Finish a planned batch left by an interrupted run. Returns what was done, or None."""
+    plan = ctx.state.pending_plan(t.name)
+    if plan is None:
+        return None
+    key = manifest_key(ctx.job.name, t.name, plan.batch)
+    stored = ctx.lake.get(key)
+    if stored is not None:
+        if sha256(stored) != plan.manifest_sha256:
+            raise ConflictError(
+                f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the lake holds a different manifest "
+                f"than the one planned here; another writer holds this table. Nothing was overwritten"
+            )
+        commit(ctx, plan)
+        return f"batch {plan.batch}: manifest already stored, checkpoint committed"
+    delta = rebuild(ctx, t, plan)
+    upload_parts(ctx, plan, delta)
+    put_manifest(ctx, plan)
+    commit(ctx, plan)
+    return f"batch {plan.batch}: rebuilt byte-identically and published"
+
+
+def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
+    """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
+    import json
+
+    _, changes = _read_staging(ctx, t, plan.load_ids)
+    if changes is None:
+        raise TerminalError(
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the planned "
+            "batch are gone; restore the staging file or reset the table"
+        )
+    delta = build_delta(ctx.job, t, ctx.contracts[t.name], changes, plan.load_ids, plan.seq_start)
+    want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
+    got = [p.sha256 for p in delta.parts]
+    if want != got:
+        raise TerminalError(
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs from the plan "
+            f"(contract or library changed since?); expected {want}, got {got}"
+        )
+    return delta
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for an operator."""
+    if isinstance(e, DeltaferryError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,115 @@
+"""Reading the lake back: list batches, check the manifest chain and every file.
+
+Used by ``deltaferry verify`` (the whole lake) and by ``pull`` (each batch before
+it is applied). Nothing here trusts the lake: hashes, sizes, row counts and the
+chain are checked against what the manifests promise.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deltaferry.errors import VerificationError
+from destinations.lake import LakeStore
+from destinations.manifest import (
+    batch_of_manifest_key,
+    manifest_key,
+    manifests_prefix,
+    parse,
+    sha256,
+)
+
+
+@dataclass
+class VerifiedBatch:
+    batch: int
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    data: pa.Table | None  # loaded only when asked
+
+
+def list_batches(lake: LakeStore, job: str, table: str) -> list[int]:
+    """Batch numbers that have a manifest, ascending (other keys are ignored)."""
+    batches = {
+        b
+        for k in lake.list(manifests_prefix(job, table))
+        if (b := batch_of_manifest_key(k)) is not None
+    }
+    return sorted(batches)
+
+
+def iter_verified(
+    lake: LakeStore,
+    job: str,
+    table: str,
+    *,
+    after: int = 0,
+    prev_sha256: str | None = None,
+    load: bool = True,
+) -> Iterator[VerifiedBatch]:
+    """Yield batches after ``after`` in order, each fully verified; raise at the first bad one."""
+    batches = [b for b in list_batches(lake, job, table) if b > after]
+    expected = after + 1
+    prev = prev_sha256
+    for b in batches:
+        where = f"job '{job}' table '{table}' batch {b}"
+        if b != expected:
+            raise VerificationError(
+                f"job '{job}' table '{table}' batch {expected}: manifest missing (next present is {b})"
+            )
+        key = manifest_key(job, table, b)
+        raw = lake.get(key)
+        if raw is None:
+            raise VerificationError(f"{where}: manifest {key} vanished while reading")
+        try:
+            m = parse(raw, key=key)
+        except ValueError as e:
+            raise VerificationError(f"{where}: {e}") from None
+        if m["job"] != job or m["table"] != table or m["batch"] != b:
+            raise VerificationError(
+                f"{where}: manifest names job/table/batch {m['job']}/{m['table']}/{m['batch']}"
+            )
+        if m["prev_sha256"] != prev and not (b == after + 1 and prev is None and after > 0):
+            raise VerificationError(
+                f"{where}: chain broken: prev_sha256 {m['prev_sha256']} != {prev}"
+            )
+        tables = []
+        for f in m["files"]:
+            body = lake.get(f["key"])
+            if body is None:
+                raise VerificationError(f"{where}: data object {f['key']} is missing")
+            if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
+                raise VerificationError(
+                    f"{where}: data object {f['key']} does not match its sha256/size"
+                )
+            meta = pq.read_metadata(io.BytesIO(body))
+            if meta.num_rows != f["rows"]:
+                raise VerificationError(
+                    f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
+                )
+            if load:
+                tables.append(pq.read_table(io.BytesIO(body)))
+        if sum(f["rows"] for f in m["files"]) != m["rows"]:
+            raise VerificationError(
+                f"{where}: file row counts do not add up to the manifest's {m['rows']}"
+            )
+        digest = sha256(raw)
+        data = pa.concat_tables(tables, promote_options="permissive") if load and tables else None
+        yield VerifiedBatch(b, m, digest, data)
+        prev = digest
+        expected = b + 1
+
+
+def verify_table(lake: LakeStore, job: str, table: str) -> tuple[int, int]:
+    """Verify every batch of a table; returns (batches, rows)."""
+    n = rows = 0
+    for vb in iter_verified(lake, job, table, load=False):
+        n += 1
+        rows += vb.manifest["rows"]
+    return n, rows

@@ -1,0 +1,1 @@
+"""Where deltas go: lake stores (file://, s3://) and the publish protocol."""

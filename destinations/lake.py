@@ -1,0 +1,310 @@
+"""Lake stores: one small interface, a local-filesystem and an S3 implementation.
+
+The only operation with a concurrency promise is ``put_if_absent``: it is the
+commit point of a batch (a manifest), so it must never overwrite. On S3 it is
+a conditional PUT (``If-None-Match: *``); on a filesystem it is a hard link of
+a fully written temporary file (atomic, fails if the name exists).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from deltaferry.errors import ConfigError, TerminalError, TransientError
+
+
+@dataclass(frozen=True)
+class LakeURL:
+    scheme: str  # "s3" | "file"
+    bucket: str  # s3 bucket; empty for file
+    prefix: str  # key prefix (s3) or absolute directory (file)
+
+
+def parse_lake_url(url: str, *, where: str = "lake", base: Path | None = None) -> LakeURL:
+    """Parse ``s3://bucket/prefix``, ``file:///abs/path`` or ``file:relative/path``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(
+                f"{where}: lake URL {url!r} has no bucket (expected s3://bucket/prefix)"
+            )
+        return LakeURL("s3", parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"{where}: lake URL {url!r}: use file:///absolute/path or file:relative/path"
+            )
+        path = Path(parsed.path)
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        return LakeURL("file", "", str(path))
+    raise ConfigError(f"{where}: lake URL {url!r} must start with s3:// or file://")
+
+
+class LakeStore(Protocol):
+    """What the publisher and readers need from object storage."""
+
+    url: str
+
+    def check(self) -> None:
+        """Fail with ConfigError if the lake cannot be reached or does not exist."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store an object (data files: names are content-derived, overwrite is harmless)."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create an object only if absent. True if created, False if the key already existed."""
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if it does not exist."""
+
+    def list(self, prefix: str) -> list[str]:
+        """All keys under prefix, sorted."""
+
+    def delete(self, key: str) -> None: ...
+
+
+class FileLakeStore:
+    """A lake on a local or mounted filesystem."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"lake {self.url} is not writable: {e.strerror}") from None
+
+    def _write_temp(self, path: Path, data: bytes) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic create-only: fails if the name exists
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        keys = [
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        ]
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def s3_client_config() -> object:
+    """botocore config: standard retry mode (backoff with full jitter) for single requests.
+
+    ``DELTAFERRY_S3_MAX_ATTEMPTS`` (default 5), ``DELTAFERRY_S3_CONNECT_TIMEOUT`` and
+    ``DELTAFERRY_S3_READ_TIMEOUT`` (seconds) tune it; ``DELTAFERRY_S3_CHECKSUM``
+    (``when_required`` by default, or ``when_supported``) sets
+    ``request_checksum_calculation`` for servers that reject the newer checksum headers.
+    """
+    from botocore.config import Config
+
+    return Config(
+        retries={
+            "mode": "standard",
+            "max_attempts": int(os.environ.get("DELTAFERRY_S3_MAX_ATTEMPTS", "5")),
+        },
+        connect_timeout=float(os.environ.get("DELTAFERRY_S3_CONNECT_TIMEOUT", "5")),
+        read_timeout=float(os.environ.get("DELTAFERRY_S3_READ_TIMEOUT", "30")),
+        request_checksum_calculation=os.environ.get("DELTAFERRY_S3_CHECKSUM", "when_required"),
+        response_checksum_validation=os.environ.get("DELTAFERRY_S3_CHECKSUM", "when_required"),
+    )
+
+
+class S3LakeStore:
+    """A lake in an S3 bucket (or any S3-compatible store), through boto3.
+
+    The endpoint comes from the standard ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
+    variables, credentials from the AWS default chain. Objects are written with
+    server-side encryption (``DELTAFERRY_S3_SSE``, default ``AES256``; ``none`` turns it off).
+    """
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}".rstrip("/")
+        self._client = boto3.session.Session().client("s3", config=s3_client_config())
+        sse = os.environ.get("DELTAFERRY_S3_SSE", "AES256")
+        self._sse = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket"):
+                raise ConfigError(
+                    f"lake {self.url}: bucket '{self.bucket}' does not exist"
+                ) from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise ConfigError(
+                    f"lake {self.url}: access denied ({code}); check the AWS credentials"
+                ) from None
+            raise ConfigError(f"lake {self.url}: {code or e}") from None
+        except BotoCoreError as e:
+            raise ConfigError(
+                f"lake {self.url} is unreachable at {self._client.meta.endpoint_url}: {e}"
+            ) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        with _s3_errors(self, key):
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._sse)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            with _s3_errors(
+                self, key, passthrough=("PreconditionFailed", "ConditionalRequestConflict")
+            ):
+                self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*", **self._sse
+                )
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "PreconditionFailed":
+                return False
+            # 409: a concurrent conditional write is in flight; the caller re-reads and decides
+            raise TransientError(
+                f"lake {self.url}: conditional write of {key} conflicted ({code}); retry"
+            ) from e
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with _s3_errors(self, key, passthrough=("NoSuchKey", "404")):
+                resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+                return resp["Body"].read()
+        except ClientError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with _s3_errors(self, prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with _s3_errors(self, key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ServiceUnavailable",
+    "InternalError",
+    "500",
+    "502",
+    "503",
+    "504",
+    "ConditionalRequestConflict",
+}
+
+
+class _s3_errors:
+    """Map botocore errors to deltaferry's transient/terminal classes (after botocore's own retries)."""
+
+    def __init__(self, store: S3LakeStore, key: str, passthrough: tuple[str, ...] = ()) -> None:
+        self.store, self.key, self.passthrough = store, key, passthrough
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"lake {self.store.url} object {self.key}"
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in self.passthrough:
+                return False
+            if code in _TRANSIENT_CODES:
+                raise TransientError(f"{where}: {code} (retries exhausted)") from exc
+            raise TerminalError(
+                f"{where}: {code}: {exc.response.get('Error', {}).get('Message', '')}"
+            ) from exc
+        if isinstance(exc, BotoCoreError):
+            raise TransientError(f"{where}: {exc}") from exc
+        return False
+
+
+def open_lake(url: str, base: Path | None = None) -> LakeStore:
+    """Open the lake named by a URL (see ``parse_lake_url``)."""
+    parsed = parse_lake_url(url, base=base)
+    if parsed.scheme == "s3":
+        return S3LakeStore(parsed.bucket, parsed.prefix)
+    return FileLakeStore(parsed.prefix)

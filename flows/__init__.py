@@ -1,0 +1,1 @@
+"""Prefect flows: one sync flow per job run."""

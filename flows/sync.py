@@ -1,0 +1,186 @@
+"""The sync flow: the story of one run of one job, step by step.
+
+recover -> extract -> for each table: plan (cut + validate) -> upload -> manifest -> checkpoint
+
+Retry layers, one per failure class: botocore's standard mode retries single S3
+requests; the Prefect task retries below retry whole steps, only for
+``TransientError``, with exponential backoff and full jitter. Terminal errors
+(conflicts, contract violations, bad credentials) fail the run at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run, task_run
+
+from deltaferry.config import TableConfig, load_job
+from deltaferry.delta import Delta
+from deltaferry.errors import TransientError
+from deltaferry.state import Plan
+from deltaferry.sync import (
+    SyncContext,
+    commit,
+    job_lock,
+    open_context,
+    plan_table,
+    put_manifest,
+    recover_table,
+    upload_parts,
+)
+from sources.sql_database import extract
+
+
+def full_jitter_delays(retries: int, base: float, cap: float = 60.0) -> list[float]:
+    """Delays for ``retries`` attempts: uniform in [0, min(cap, base * 2**i)] ("full jitter")."""
+    rng = random.Random()
+    return [rng.uniform(0, min(cap, base * 2**i)) for i in range(retries)]
+
+
+def _only_transient(task: Any, run: Any, state: Any) -> bool:
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception as e:  # pragma: no cover - defensive
+            exc = e
+    return isinstance(exc, TransientError)
+
+
+def _retrying(t: Any, name: str) -> Any:
+    retries = int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
+    base = float(os.environ.get("DELTAFERRY_RETRY_BASE_SECONDS", "2"))
+    return t.with_options(
+        task_run_name=name,
+        retries=retries,
+        retry_delay_seconds=full_jitter_delays(retries, base),
+        retry_condition_fn=_only_transient,
+    )
+
+
+def _attempt() -> int:
+    return int(task_run.run_count or 1)
+
+
+_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="recover", **_TASK)
+def recover(ctx: SyncContext, t: TableConfig) -> str | None:
+    """Finish a batch an earlier run planned but did not commit."""
+    return ctx.step("recover", lambda: recover_table(ctx, t), table=t.name)
+
+
+@task(name="extract", **_TASK)
+def extract_step(ctx: SyncContext) -> dict[str, int]:
+    """Incremental dlt load of every table into staging (plus reconciled tombstones)."""
+
+    def run() -> str:
+        result = extract(ctx.job)
+        extracted.update(result.rows_by_table)
+        for k, v in result.tombstones_by_table.items():
+            extracted[f"{k}:tombstones"] = v
+        return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
+
+    extracted: dict[str, int] = {}
+    ctx.step("extract", run)
+    from deltaferry.failpoints import failpoint
+
+    failpoint("after_extract")
+    return extracted
+
+
+@task(name="cut-and-validate", **_TASK)
+def plan_step(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """Cut the delta, validate it against the contract, record the planned batch."""
+    out: list[tuple[Plan, Delta] | None] = []
+
+    def run() -> str:
+        planned = plan_table(ctx, t)
+        out.append(planned)
+        if planned is None:
+            return "no change"
+        plan, delta = planned
+        return (
+            f"batch {plan.batch}: {delta.upserts} upserts, {delta.deletes} deletes, "
+            f"{plan.quarantined} quarantined, seq {plan.seq_start}..{plan.seq_end}"
+        )
+
+    ctx.step("plan", run, table=t.name)
+    return out[0]
+
+
+@task(name="upload", **_TASK)
+def upload_step(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
+    """Upload the batch's Parquet objects."""
+    return ctx.step(
+        "upload", lambda: upload_parts(ctx, plan, delta), table=plan.table, batch=plan.batch
+    )
+
+
+@task(name="manifest", **_TASK)
+def manifest_step(ctx: SyncContext, plan: Plan) -> str:
+    """Store the manifest create-only: the commit point of the batch."""
+    return ctx.step("manifest", lambda: put_manifest(ctx, plan), table=plan.table, batch=plan.batch)
+
+
+@task(name="checkpoint", **_TASK)
+def checkpoint_step(ctx: SyncContext, plan: Plan) -> None:
+    """Advance the local checkpoint (only after the manifest is stored)."""
+    ctx.step("checkpoint", lambda: commit(ctx, plan), table=plan.table, batch=plan.batch)
+
+
+@flow(name="deltaferry-sync", flow_run_name="sync-{job}", log_prints=True)
+def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
+    """One sync of ``job``: extract, validate, publish and checkpoint every table."""
+    logger = get_run_logger()
+    cfg = load_job(job, config)
+    summary: dict[str, Any] = {"job": job, "tables": {}, "recovered": []}
+    with job_lock(job):
+        ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
+        ctx.attempt = _attempt
+        ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
+        try:
+            for t in cfg.tables:
+                done = _retrying(recover, f"recover-{t.name}")(ctx, t)
+                if done:
+                    logger.info("job %s table %s: recovered %s", job, t.name, done)
+                    summary["recovered"].append(f"{t.name}: {done}")
+            summary["extracted"] = _retrying(extract_step, "extract")(ctx)
+            for t in cfg.tables:
+                planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
+                if planned is None:
+                    summary["tables"][t.name] = {"batch": None}
+                    continue
+                plan, delta = planned
+                sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}")(ctx, plan, delta)
+                outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}")(ctx, plan)
+                checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
+                    ctx, plan
+                )
+                summary["tables"][t.name] = {
+                    "batch": plan.batch,
+                    "rows": plan.rows,
+                    "upserts": delta.upserts,
+                    "deletes": delta.deletes,
+                    "quarantined": plan.quarantined,
+                    "bytes": sent,
+                    "manifest": outcome,
+                }
+                logger.info(
+                    "job %s table %s: published batch %d (%d rows, %d quarantined)",
+                    job,
+                    t.name,
+                    plan.batch,
+                    plan.rows,
+                    plan.quarantined,
+                )
+        except BaseException as e:
+            ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        ctx.state.finish_run(ctx.run_id, "ok")
+    return summary

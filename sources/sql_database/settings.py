@@ -1,0 +1,14 @@
+"""Constants of the sql_database source (never secrets)."""
+
+from __future__ import annotations
+
+# dlt dataset (DuckDB schema) that holds the staged tables inside staging.duckdb
+STAGING_DATASET = "raw"
+# column dlt writes on every staged row: the load that last changed it
+LOAD_ID_COLUMN = "_dlt_load_id"
+# tombstone flag set on rows found deleted by key-set reconciliation
+DELETED_COLUMN = "_df_deleted"
+# internal columns never published
+INTERNAL_COLUMNS = frozenset({LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN})
+# rows per chunk read from the source (pyarrow backend)
+CHUNK_SIZE = 50_000
