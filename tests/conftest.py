@@ -1,0 +1,166 @@
+"""Shared fixtures: real services started once per session, state isolated per test.
+
+- An S3-compatible server (moto in server mode) in its own process on loopback.
+- A temporary Prefect API (``prefect_test_harness``) with its own PREFECT_HOME.
+- Every test gets its own DELTAFERRY_HOME, bucket, jobs file and source database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+SESSION_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "RUNTIME__LOG_LEVEL": "WARNING",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "DELTAFERRY_RETRY_BASE_SECONDS": "0.05",
+    "DELTAFERRY_S3_MAX_ATTEMPTS": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = {k: os.environ.get(k) for k in [*SESSION_ENV, "PREFECT_HOME"]}
+    os.environ.update(SESSION_ENV)
+    os.environ["PREFECT_HOME"] = str(home)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(session_env: None) -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto server mode) in a child process."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(session_env: None) -> Iterator[None]:
+    """A temporary Prefect API shared by every flow run of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("DELTAFERRY_HOME", str(path))
+    monkeypatch.delenv("DELTAFERRY_CONFIG", raising=False)
+    monkeypatch.delenv("DELTAFERRY_FAILPOINT", raising=False)
+    return path
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@dataclass
+class ShopJob:
+    """A shop source, its jobs file, and helpers to sync, pull and compare."""
+
+    dir: Path
+    config: Path
+    lake_url: str
+    replica: Path
+
+    def write_config(self, **overrides: object) -> None:
+        from deltaferry.shop import JOBS_TOML
+
+        text = JOBS_TOML.format(db=self.dir / "shop.db", lake=self.lake_url)
+        for key, value in overrides.items():
+            text = text.replace("max_quarantine_ratio = 0.2", f"max_quarantine_ratio = 0.2\n{key} = {value!r}".replace("'", '"'))
+        self.config.write_text(text)
+
+    def job(self):  # noqa: ANN201
+        from deltaferry.config import load_job
+
+        return load_job("shop", self.config)
+
+    def sync(self) -> dict:
+        from flows.sync import sync_job
+
+        return sync_job(job="shop", config=str(self.config))
+
+    def lake(self):  # noqa: ANN201
+        from destinations.lake import open_lake
+
+        return open_lake(self.lake_url)
+
+    def pull(self):  # noqa: ANN201
+        from deltaferry.replica import pull
+
+        return pull(self.job(), self.lake(), self.replica)
+
+    def compare(self):  # noqa: ANN201
+        from deltaferry.compare import compare
+
+        return compare(self.job(), self.replica)
+
+
+@pytest.fixture
+def shop_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> ShopJob:
+    job = ShopJob(dir=tmp_path, config=tmp_path / "deltaferry.toml", lake_url=f"s3://{bucket}/lake",
+                  replica=tmp_path / "replica.duckdb")
+    job.write_config()
+    return job
+
+
+@pytest.fixture
+def shop(shop_job: ShopJob) -> Iterator[object]:
+    from deltaferry.shop import Shop
+
+    s = Shop(shop_job.dir / "shop.db", seed=1234)
+    yield s
+    s.close()

@@ -1,0 +1,110 @@
+"""Commit protocol under crashes: kill the process at every commit point, then run again.
+
+After the next run the lake has exactly one manifest per batch, the chain verifies,
+nothing is re-sent, and the replica equals the source.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deltaferry.errors import ConflictError
+from deltaferry.failpoints import POINTS
+from deltaferry.state import StateStore
+from deltaferry.verify import verify_table
+from destinations.manifest import manifest_key
+
+
+def _run_cli_killed_at(shop_job, point: str) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, DELTAFERRY_FAILPOINT=point, DELTAFERRY_FAILPOINT_ACTION="kill",
+               PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    return subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_commit_point_then_recover(shop_job, shop, point):
+    shop.round(60, 90, churn=0)
+    shop_job.sync()  # batch 1 for both tables
+    shop.round(10, 20, churn=0.1)
+
+    killed = _run_cli_killed_at(shop_job, point)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    state = StateStore("shop")
+    lake = shop_job.lake()
+    pending = state.pending_plan("customers")
+    if point == "after_extract":
+        assert pending is None
+    else:
+        assert pending is not None and pending.batch == 2
+    stored = lake.get(manifest_key("shop", "customers", 2))
+    assert (stored is not None) == (point in ("after_manifest", "before_checkpoint"))
+    assert state.checkpoint("customers").batch == 1  # never ahead of the lake
+
+    out = shop_job.sync()
+    recovered = " ".join(out["recovered"])
+    if point in ("after_plan", "after_upload"):
+        assert "rebuilt byte-identically" in recovered
+    elif point in ("after_manifest", "before_checkpoint"):
+        assert "manifest already stored" in recovered
+    else:
+        assert out["tables"]["customers"]["batch"] == 2
+    # the recovered batch is not sent again, and the next one follows it
+    for table in ("customers", "orders"):
+        assert state.checkpoint(table).batch == 2
+        assert state.pending_plan(table) is None
+        manifests = lake.list(f"shop/{table}/manifests/")
+        assert [m.rsplit("/", 1)[-1] for m in manifests] == ["000000000001.json", "000000000002.json"]
+        assert verify_table(lake, "shop", table)[0] == 2
+
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_different_manifest_at_our_batch_is_a_terminal_conflict(shop_job, shop):
+    shop.round(20, 20, churn=0)
+    shop_job.sync()
+    shop.round(5, 5, churn=0)
+    lake = shop_job.lake()
+    key = manifest_key("shop", "customers", 2)
+    foreign = b'{"format":"deltaferry.manifest/1","producer_id":"someone-else"}'
+    assert lake.put_if_absent(key, foreign)
+    with pytest.raises(ConflictError, match="batch 2.*another writer"):
+        shop_job.sync()
+    assert lake.get(key) == foreign  # never overwritten
+    state = StateStore("shop")
+    assert state.checkpoint("customers").batch == 1
+    # it stays stopped: the next run meets the same conflict at recovery, still without overwriting
+    with pytest.raises(ConflictError):
+        shop_job.sync()
+    assert lake.get(key) == foreign
+
+
+def test_lost_acknowledgement_is_success(shop_job, shop, monkeypatch):
+    """The PUT succeeded but its reply was lost: the retry gets 412 and finds our own bytes."""
+    from destinations.lake import S3LakeStore
+
+    real = S3LakeStore.put_if_absent
+    calls = {"n": 0}
+
+    def lossy(self, key, data):
+        calls["n"] += 1
+        created = real(self, key, data)
+        if created and "manifests/" in key and calls["n"] == 1:
+            return real(self, key, data)  # second attempt, as a retry after a lost reply would be
+        return created
+
+    monkeypatch.setattr(S3LakeStore, "put_if_absent", lossy)
+    shop.round(15, 15, churn=0)
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["manifest"] == "already stored (lost acknowledgement)"
+    assert StateStore("shop").checkpoint("customers").batch == 1

@@ -1,0 +1,102 @@
+"""Validation before publish, quarantine, the failure threshold, and retry classes."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from deltaferry.errors import ContractViolation, TransientError
+from deltaferry.state import StateStore
+from destinations.manifest import manifest_key
+from tests.faults import FaultProxy
+
+
+def _state_rows(shop_job, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(shop_job.dir / "home" / "shop" / "state.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_invalid_rows_are_quarantined_not_published_then_repaired(shop_job, shop):
+    shop.round(50, 50, churn=0)
+    shop_job.sync()
+    stats = shop.round(20, 10, churn=0, invalid=3)  # 3 of 20 new customers have bad e-mails
+    assert stats.invalid == 3
+    out = shop_job.sync()
+    c = out["tables"]["customers"]
+    assert (c["rows"], c["quarantined"]) == (17, 3)
+    shop_job.pull()
+    bad = shop.broken
+    rows = _state_rows(shop_job, "SELECT pk, field, \"check\", reason FROM quarantine ORDER BY pk")
+    assert {r[0] for r in rows} == {f'{{"id": {i}}}' for i in bad}
+    assert all(r[1] == "email" and "str_matches" in r[2] for r in rows)
+    rep = duckdb.connect(str(shop_job.replica), read_only=True)
+    assert rep.execute(f"SELECT count(*) FROM customers WHERE id IN ({','.join(map(str, bad))})").fetchall() == [(0,)]
+    rep.close()
+    conv = {c.table: c for c in shop_job.compare()}
+    assert conv["customers"].quarantined_keys == 3 and conv["customers"].equal
+
+    shop.round(0, 0, churn=0)  # repairs the broken rows
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["rows"] == 3 and out["tables"]["customers"]["quarantined"] == 0
+    shop_job.pull()
+    conv = {c.table: c for c in shop_job.compare()}
+    assert conv["customers"].quarantined_keys == 0 and conv["customers"].equal
+    assert conv["customers"].source_rows == conv["customers"].replica_rows == 70
+
+
+def test_batch_over_threshold_is_not_published_and_nothing_is_lost(shop_job, shop):
+    shop.round(30, 10, churn=0)
+    shop_job.sync()
+    shop.round(10, 0, churn=0, invalid=5)  # 50% bad, threshold 20%
+    with pytest.raises(ContractViolation, match=r"job 'shop' table 'customers'.*max_quarantine_ratio"):
+        shop_job.sync()
+    lake = shop_job.lake()
+    assert lake.get(manifest_key("shop", "customers", 2)) is None
+    state = StateStore("shop")
+    assert state.checkpoint("customers").batch == 1 and state.pending_plan("customers") is None
+    failed = _state_rows(shop_job, "SELECT attempt, outcome FROM ops_log WHERE step = 'plan' AND tbl = 'customers'"
+                                   " AND outcome <> 'ok'")
+    assert failed == [(1, "failed")]  # terminal: not retried
+
+    shop.round(0, 0, churn=0)  # the source fixes the rows; the held-back good rows go out with them
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["rows"] == 10
+    shop_job.pull()
+    assert all(c.equal and c.quarantined_keys == 0 for c in shop_job.compare())
+
+
+def test_transient_upload_failures_are_retried_with_backoff(shop_job, shop, s3_endpoint, monkeypatch):
+    port = int(s3_endpoint.rsplit(":", 1)[1])
+    proxy = FaultProxy(port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    try:
+        shop.round(20, 20, churn=0)
+        # botocore makes 3 attempts per request (DELTAFERRY_S3_MAX_ATTEMPTS=3); 4 resets exhaust
+        # the first step attempt, so the Prefect task retry must take over
+        proxy.reset_puts(4)
+        out = shop_job.sync()
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    assert proxy.resets_done == 4
+    assert out["tables"]["customers"]["batch"] == 1
+    attempts = _state_rows(shop_job, "SELECT attempt, outcome FROM ops_log WHERE step = 'upload' AND tbl = 'customers'"
+                                     " ORDER BY id")
+    assert attempts == [(1, "retry"), (2, "ok")]
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_retry_condition_accepts_only_transient_errors():
+    from prefect.states import Failed
+
+    from flows.sync import _only_transient, full_jitter_delays
+
+    assert _only_transient(None, None, Failed(data=TransientError("timeout")))
+    assert not _only_transient(None, None, Failed(data=ContractViolation("bad rows")))
+    delays = full_jitter_delays(5, base=1.0, cap=8.0)
+    assert len(delays) == 5
+    assert all(0 <= d <= min(8.0, 2**i) for i, d in enumerate(delays))
