@@ -70,7 +70,8 @@ def s3_endpoint(session_env: None) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)
@@ -120,7 +121,10 @@ class ShopJob:
 
         text = JOBS_TOML.format(db=self.dir / "shop.db", lake=self.lake_url)
         for key, value in overrides.items():
-            text = text.replace("max_quarantine_ratio = 0.2", f"max_quarantine_ratio = 0.2\n{key} = {value!r}".replace("'", '"'))
+            text = text.replace(
+                "max_quarantine_ratio = 0.2",
+                f"max_quarantine_ratio = 0.2\n{key} = {value!r}".replace("'", '"'),
+            )
         self.config.write_text(text)
 
     def job(self):  # noqa: ANN201
@@ -151,8 +155,12 @@ class ShopJob:
 
 @pytest.fixture
 def shop_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> ShopJob:
-    job = ShopJob(dir=tmp_path, config=tmp_path / "deltaferry.toml", lake_url=f"s3://{bucket}/lake",
-                  replica=tmp_path / "replica.duckdb")
+    job = ShopJob(
+        dir=tmp_path,
+        config=tmp_path / "deltaferry.toml",
+        lake_url=f"s3://{bucket}/lake",
+        replica=tmp_path / "replica.duckdb",
+    )
     job.write_config()
     return job
 

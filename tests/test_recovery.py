@@ -22,11 +22,18 @@ from destinations.manifest import manifest_key
 def _run_cli_killed_at(shop_job, point: str) -> subprocess.CompletedProcess:
     from prefect.settings import PREFECT_API_URL
 
-    env = dict(os.environ, DELTAFERRY_FAILPOINT=point, DELTAFERRY_FAILPOINT_ACTION="kill",
-               PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    env = dict(
+        os.environ,
+        DELTAFERRY_FAILPOINT=point,
+        DELTAFERRY_FAILPOINT_ACTION="kill",
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+    )
     return subprocess.run(
         [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -63,7 +70,10 @@ def test_kill_at_each_commit_point_then_recover(shop_job, shop, point):
         assert state.checkpoint(table).batch == 2
         assert state.pending_plan(table) is None
         manifests = lake.list(f"shop/{table}/manifests/")
-        assert [m.rsplit("/", 1)[-1] for m in manifests] == ["000000000001.json", "000000000002.json"]
+        assert [m.rsplit("/", 1)[-1] for m in manifests] == [
+            "000000000001.json",
+            "000000000002.json",
+        ]
         assert verify_table(lake, "shop", table)[0] == 2
 
     shop_job.pull()

@@ -40,9 +40,15 @@ def test_batch_carries_exactly_the_changed_rows(shop_job, shop):
     shop.round(40, 60, churn=0)
     shop_job.sync()
     con = shop.con
-    con.execute("UPDATE customers SET country = 'FR', updated_at = '2030-01-01 00:00:00' WHERE id IN (1, 2, 3)")
-    con.execute("UPDATE customers SET deleted_at = '2030-01-01 00:00:01', updated_at = '2030-01-01 00:00:01' WHERE id = 4")
-    con.execute("INSERT INTO customers VALUES (1000, 'new', 'n@example.com', 'DE', '2030-01-01 00:00:02', NULL)")
+    con.execute(
+        "UPDATE customers SET country = 'FR', updated_at = '2030-01-01 00:00:00' WHERE id IN (1, 2, 3)"
+    )
+    con.execute(
+        "UPDATE customers SET deleted_at = '2030-01-01 00:00:01', updated_at = '2030-01-01 00:00:01' WHERE id = 4"
+    )
+    con.execute(
+        "INSERT INTO customers VALUES (1000, 'new', 'n@example.com', 'DE', '2030-01-01 00:00:02', NULL)"
+    )
     con.execute("DELETE FROM orders WHERE id IN (5, 6)")
     con.commit()
     out = shop_job.sync()
@@ -76,7 +82,9 @@ def test_deleted_rows_leave_the_replica(shop_job, shop):
     shop.round(20, 40, churn=0)
     shop_job.sync()
     shop_job.pull()
-    shop.con.execute("UPDATE customers SET deleted_at = '2031-01-01', updated_at = '2031-01-01' WHERE id = 7")
+    shop.con.execute(
+        "UPDATE customers SET deleted_at = '2031-01-01', updated_at = '2031-01-01' WHERE id = 7"
+    )
     shop.con.execute("DELETE FROM orders WHERE id = 9")
     shop.con.commit()
     shop_job.sync()
@@ -97,13 +105,16 @@ def test_operations_log_records_every_step(shop_job, shop):
     shop_job.sync()
     state = duckdb.connect(str(shop_job.dir / "home" / "shop" / "state.duckdb"), read_only=True)
     steps = state.execute(
-        "SELECT step, tbl, batch, attempt, outcome FROM ops_log WHERE step <> 'run' ORDER BY id").fetchall()
+        "SELECT step, tbl, batch, attempt, outcome FROM ops_log WHERE step <> 'run' ORDER BY id"
+    ).fetchall()
     names = [s[0] for s in steps]
     for expected in ("recover", "extract", "plan", "upload", "manifest", "checkpoint"):
         assert expected in names
     assert ("checkpoint", "orders", 1, 1, "ok") in steps
     assert all(s[4] == "ok" for s in steps)
-    detail = state.execute("SELECT detail FROM ops_log WHERE step = 'plan' AND tbl = 'customers'").fetchall()[0][0]
+    detail = state.execute(
+        "SELECT detail FROM ops_log WHERE step = 'plan' AND tbl = 'customers'"
+    ).fetchall()[0][0]
     assert "batch 1" in detail and "10 upserts" in detail
     assert json.loads(json.dumps(detail))  # plain text, no secrets: the URL is never logged
     assert "sqlite" not in detail

@@ -29,18 +29,22 @@ def test_invalid_rows_are_quarantined_not_published_then_repaired(shop_job, shop
     assert (c["rows"], c["quarantined"]) == (17, 3)
     shop_job.pull()
     bad = shop.broken
-    rows = _state_rows(shop_job, "SELECT pk, field, \"check\", reason FROM quarantine ORDER BY pk")
+    rows = _state_rows(shop_job, 'SELECT pk, field, "check", reason FROM quarantine ORDER BY pk')
     assert {r[0] for r in rows} == {f'{{"id": {i}}}' for i in bad}
     assert all(r[1] == "email" and "str_matches" in r[2] for r in rows)
     rep = duckdb.connect(str(shop_job.replica), read_only=True)
-    assert rep.execute(f"SELECT count(*) FROM customers WHERE id IN ({','.join(map(str, bad))})").fetchall() == [(0,)]
+    assert rep.execute(
+        f"SELECT count(*) FROM customers WHERE id IN ({','.join(map(str, bad))})"
+    ).fetchall() == [(0,)]
     rep.close()
     conv = {c.table: c for c in shop_job.compare()}
     assert conv["customers"].quarantined_keys == 3 and conv["customers"].equal
 
     shop.round(0, 0, churn=0)  # repairs the broken rows
     out = shop_job.sync()
-    assert out["tables"]["customers"]["rows"] == 3 and out["tables"]["customers"]["quarantined"] == 0
+    assert (
+        out["tables"]["customers"]["rows"] == 3 and out["tables"]["customers"]["quarantined"] == 0
+    )
     shop_job.pull()
     conv = {c.table: c for c in shop_job.compare()}
     assert conv["customers"].quarantined_keys == 0 and conv["customers"].equal
@@ -51,14 +55,19 @@ def test_batch_over_threshold_is_not_published_and_nothing_is_lost(shop_job, sho
     shop.round(30, 10, churn=0)
     shop_job.sync()
     shop.round(10, 0, churn=0, invalid=5)  # 50% bad, threshold 20%
-    with pytest.raises(ContractViolation, match=r"job 'shop' table 'customers'.*max_quarantine_ratio"):
+    with pytest.raises(
+        ContractViolation, match=r"job 'shop' table 'customers'.*max_quarantine_ratio"
+    ):
         shop_job.sync()
     lake = shop_job.lake()
     assert lake.get(manifest_key("shop", "customers", 2)) is None
     state = StateStore("shop")
     assert state.checkpoint("customers").batch == 1 and state.pending_plan("customers") is None
-    failed = _state_rows(shop_job, "SELECT attempt, outcome FROM ops_log WHERE step = 'plan' AND tbl = 'customers'"
-                                   " AND outcome <> 'ok'")
+    failed = _state_rows(
+        shop_job,
+        "SELECT attempt, outcome FROM ops_log WHERE step = 'plan' AND tbl = 'customers'"
+        " AND outcome <> 'ok'",
+    )
     assert failed == [(1, "failed")]  # terminal: not retried
 
     shop.round(0, 0, churn=0)  # the source fixes the rows; the held-back good rows go out with them
@@ -68,7 +77,9 @@ def test_batch_over_threshold_is_not_published_and_nothing_is_lost(shop_job, sho
     assert all(c.equal and c.quarantined_keys == 0 for c in shop_job.compare())
 
 
-def test_transient_upload_failures_are_retried_with_backoff(shop_job, shop, s3_endpoint, monkeypatch):
+def test_transient_upload_failures_are_retried_with_backoff(
+    shop_job, shop, s3_endpoint, monkeypatch
+):
     port = int(s3_endpoint.rsplit(":", 1)[1])
     proxy = FaultProxy(port)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
@@ -83,8 +94,11 @@ def test_transient_upload_failures_are_retried_with_backoff(shop_job, shop, s3_e
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     assert proxy.resets_done == 4
     assert out["tables"]["customers"]["batch"] == 1
-    attempts = _state_rows(shop_job, "SELECT attempt, outcome FROM ops_log WHERE step = 'upload' AND tbl = 'customers'"
-                                     " ORDER BY id")
+    attempts = _state_rows(
+        shop_job,
+        "SELECT attempt, outcome FROM ops_log WHERE step = 'upload' AND tbl = 'customers'"
+        " ORDER BY id",
+    )
     assert attempts == [(1, "retry"), (2, "ok")]
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())

@@ -193,7 +193,11 @@ def _reconcile(
         con.close()
     if missing.num_rows == 0:
         return 0, []
-    tomb = missing.append_column(DELETED_COLUMN, pa.array([True] * missing.num_rows, pa.bool_()))
+    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
+    missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
+    tomb = missing.append_column(
+        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
+    )
     resource = dlt.resource(
         tomb,
         name=f"{t.name}__tombstones",
