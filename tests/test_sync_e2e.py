@@ -118,3 +118,15 @@ def test_operations_log_records_every_step(shop_job, shop):
     assert "batch 1" in detail and "10 upserts" in detail
     assert json.loads(json.dumps(detail))  # plain text, no secrets: the URL is never logged
     assert "sqlite" not in detail
+
+
+def test_large_batches_are_split_into_parts_and_all_verify(shop_job, shop):
+    shop_job.write_config(rows_per_file=25)
+    shop.round(60, 110, churn=0)
+    shop_job.sync()
+    m = _manifest(shop_job, "orders", 1)
+    assert [f["rows"] for f in m["files"]] == [25, 25, 25, 25, 10]
+    assert len({f["key"] for f in m["files"]}) == 5
+    assert all(f["key"].startswith("shop/orders/data/000000000001/part-") for f in m["files"])
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
