@@ -7,6 +7,7 @@ exit 2 for configuration and usage errors, 1 for a failed run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deltaferry.errors import DeltaferryError
@@ -31,13 +33,14 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DeltaferryError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         except Exception as e:
             if os.environ.get("DELTAFERRY_DEBUG"):
                 raise
             err.print(
-                f"[bold red]error:[/] {type(e).__name__}: {e} (set DELTAFERRY_DEBUG=1 for a traceback)",
+                f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))} "
+                "(set DELTAFERRY_DEBUG=1 for a traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -71,7 +74,7 @@ def jobs(config: str | None) -> None:
     """List jobs and their tables from the jobs file."""
     from deltaferry.config import load_jobs
 
-    table = Table("job", "source", "lake", "table", "primary key", "cursor", "deletes", "contract")
+    table = _table("job", "source", "lake", "table", "primary key", "cursor", "deletes", "contract")
     for job in load_jobs(config).values():
         for t in job.tables:
             table.add_row(
@@ -84,27 +87,78 @@ def jobs(config: str | None) -> None:
                 t.deletes,
                 t.contract,
             )
-    out.print(table)
+    _emit(table)
 
 
 @cli.command()
 @click.argument("job")
 @config_option
+@click.option("-v", "--verbose", is_flag=True, help="Also print Prefect's flow and task run logs.")
 @one_line_errors
-def run(job: str, config: str | None) -> None:
+def run(job: str, config: str | None, verbose: bool) -> None:
     """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
     from deltaferry.config import load_job
 
-    load_job(job, config)  # fail fast, before Prefect starts, on a bad jobs file
+    from deltaferry.sync import preflight_job
+
+    # configuration problems surface here, as one line, before Prefect starts
+    preflight_job(load_job(job, config))
     from flows.sync import sync_job
 
+    if not verbose:
+        _quiet_prefect_console()
     with out.status(f"syncing job [bold]{job}[/] ..."):
         summary = sync_job(job=job, config=config)
     _print_run_summary(summary)
 
 
+class _OnlyOwnLogs(logging.Filter):
+    """On the terminal, a run shows its progress and summary; Prefect's run logs still go to
+    the Prefect API (and UI) but not to the console, unless ``--verbose``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("prefect")
+
+
+def _quiet_prefect_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _OnlyOwnLogs) for f in handler.filters):
+            handler.addFilter(_OnlyOwnLogs())
+
+
+class _Report:
+    """Rows for the terminal (a rich table) or for another program (tab-separated lines)."""
+
+    def __init__(self, headers: tuple[str, ...], title: str | None) -> None:
+        self.headers, self.title = headers, title
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(tuple(cells))
+
+
+def _table(*headers: str, title: str | None = None) -> _Report:
+    return _Report(headers, title)
+
+
+def _emit(report: _Report) -> None:
+    """Print a report: a rich table on a terminal; plain tab-separated lines otherwise, so
+    nothing is cut to fit a width when the output is piped or captured."""
+    if out.is_terminal:
+        table = Table(title=report.title)
+        for h in report.headers:
+            table.add_column(h, overflow="fold")
+        for row in report.rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    click.echo("\t".join(report.headers))
+    for row in report.rows:
+        click.echo("\t".join(row))
+
+
 def _print_run_summary(summary: dict[str, Any]) -> None:
-    table = Table(
+    table = _table(
         "table",
         "batch",
         "rows",
@@ -131,7 +185,7 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
             )
     for r in summary.get("recovered", []):
         out.print(f"recovered: {r}")
-    out.print(table)
+    _emit(table)
 
 
 @cli.command()
@@ -155,12 +209,12 @@ def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) ->
     lake.check()
     with out.status(f"pulling job [bold]{job}[/] into {replica} ..."):
         results = do_pull(cfg, lake, Path(replica), list(tables) or None)
-    table = Table(
+    table = _table(
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
     for r in results:
         table.add_row(r.table, str(r.batches), str(r.rows), str(r.last_batch))
-    out.print(table)
+    _emit(table)
 
 
 @cli.command()
@@ -194,7 +248,7 @@ def status(as_json: bool, config: str | None) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    table = Table(
+    table = _table(
         "job",
         "table",
         "last batch",
@@ -220,7 +274,7 @@ def status(as_json: bool, config: str | None) -> None:
                 str(s["lag_seconds"] or "-"),
                 run.get("outcome", "never run"),
             )
-    out.print(table)
+    _emit(table)
 
 
 @cli.command()

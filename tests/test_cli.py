@@ -1,0 +1,395 @@
+"""The ``deltaferry`` command line, driven as a user would: real subprocesses (CliRunner for
+cases that fail while parsing the jobs file), against a file:// lake and the S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from deltaferry.cli import cli as cli_group
+from deltaferry.shop import Shop
+from destinations.manifest import manifest_key
+
+JOBS = """\
+[jobs.shop]
+source = "sql_database"
+url = "sqlite:///{db}"
+lake = "{lake}"
+max_quarantine_ratio = 0.2
+
+[[jobs.shop.tables]]
+name = "customers"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "soft:deleted_at"
+contract = "contracts.shop:Customers"
+
+[[jobs.shop.tables]]
+name = "orders"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "reconcile"
+contract = "contracts.shop:Orders"
+"""
+SECOND_JOB = """
+[jobs.billing]
+source = "sql_database"
+url = "env:BILLING_DB_URL"
+lake = "file:billing-lake"
+contract = "contracts.billing"
+
+[[jobs.billing.tables]]
+name = "invoices"
+primary_key = ["invoice_no", "year"]
+cursor = "changed_at"
+"""
+RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 300}
+# Errors raised inside the Prefect flow reach the terminal with Prefect's ERROR log and a full
+# traceback before the CLI's one-line message (see the report: flows/sync.py + deltaferry/cli.py).
+
+
+def write_jobs(d: Path, lake: str, db: Path | None = None, *edits: tuple[str, str]) -> Path:
+    text = JOBS.format(db=db or d / "shop.db", lake=lake)
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = d / "deltaferry.toml"
+    path.write_text(text)
+    return path
+
+
+def make_shop(path: Path, *rounds: tuple[int, int, float], seed: int = 11) -> Path:
+    shop = Shop(path, seed=seed)
+    for n_c, n_o, churn in rounds:
+        shop.round(n_c, n_o, churn=churn)
+    shop.close()
+    return path
+
+
+def run_cli(*args: object, env: dict[str, str | None] | None = None, cwd: Path | None = None):
+    """``deltaferry ARGS`` in a child process; ``env`` adds to os.environ (None removes)."""
+    merged = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full = {k: v for k, v in merged.items() if v is not None}
+    cmd = [sys.executable, "-m", "deltaferry.cli", *map(str, args)]
+    return subprocess.run(cmd, env=full, cwd=cwd, check=False, **RUN)
+
+
+def error_line(p: Any, code: int, *needles: str) -> str:
+    """Exit code ``code``; the last stderr line is ``error: ...`` naming every needle."""
+    rc = p.returncode if isinstance(p, subprocess.CompletedProcess) else p.exit_code
+    stdout, stderr = p.stdout, p.stderr
+    assert rc == code, f"exit {rc}\nstdout: {stdout[-2000:]}\nstderr: {stderr[-3000:]}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: "), stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+    assert "Traceback" not in stdout
+    return lines[-1]
+
+
+def assert_clean(stderr: str) -> None:
+    """Nothing but the one error line on stderr: no traceback, no log noise."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1, stderr[-3000:]
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """Body rows of the tab-separated output (stdout is not a terminal), keyed by first cell."""
+    body = [ln.split("\t") for ln in stdout.splitlines()[1:] if "\t" in ln]
+    return {cells[0]: cells[1:] for cells in body}
+
+
+def replica_q(replica: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(replica), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def api_env(prefect_api: None) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+
+# --- 1. bad configuration: exit 2, one line, no traceback ------------------------------------
+
+PARSE_ERRORS = {
+    "unknown-job": (["run", "nope"], (), ["unknown job 'nope'", "shop"]),
+    "no-jobs-file": (["jobs", "--config", "{d}/absent.toml"], (), ["absent.toml", "not found"]),
+    "invalid-toml": (["verify", "shop"], [('lake = "', "lake = ")], ["not valid TOML"]),
+    "no-primary-key": (
+        ["run", "shop"],
+        [('primary_key = ["id"]\n', "")],
+        ["table 'customers'", "primary_key is required"],
+    ),
+    "bad-lake-url": (
+        ["pull", "shop", "--replica", "{d}/r.duckdb"],
+        [("file://", "ftp://x")],
+        ["ftp://x", "must start with s3:// or file://"],
+    ),
+    "unknown-setting": (
+        ["status"],
+        [("max_quarantine_ratio = 0.2", "max_quarantine = 0.2")],
+        ["job 'shop'", "unknown setting(s) max_quarantine"],
+    ),
+    "bad-deletes": (
+        ["run", "shop"],
+        [('deletes = "reconcile"', 'deletes = "hard"')],
+        ["table 'orders'", "deletes must be", "'hard'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PARSE_ERRORS, ids=str)
+def test_bad_jobs_file_is_one_line_exit_2(case, tmp_path, home):
+    args, edits, needles = PARSE_ERRORS[case]
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake", None, *edits)
+    args = [a.format(d=tmp_path) for a in args]
+    if "--config" not in args:
+        args += ["--config", str(config)]
+    result = CliRunner().invoke(cli_group, args)
+    assert isinstance(result.exception, SystemExit), result.exception
+    error_line(result, 2, *needles)
+    assert "Traceback" not in result.output
+    assert_clean(result.stderr)
+    assert not (tmp_path / "lake").exists()  # nothing was started
+
+
+RUNTIME_ERRORS = {  # case: (command, needles)
+    "table-not-in-source": ("run", ["table 'customers'", "not found in the source database"]),
+    "contract-not-importable": ("run", ["table 'orders'", "'contracts.nosuch' cannot be imported"]),
+    "source-env-unset": ("run", ["DELTAFERRY_TEST_UNSET_URL", "not set"]),
+    "lake-unreachable": ("run", ["unreachable"]),
+    "lake-unreachable/verify": ("verify", ["unreachable"]),
+    "no-bucket": ("run", ["bucket 'no-such-bucket-df' does not exist"]),
+    "no-bucket/verify": ("verify", ["bucket 'no-such-bucket-df' does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", RUNTIME_ERRORS, ids=str)
+def test_bad_environment_is_one_line_exit_2(case, request, tmp_path, home, api_env):
+    command, needles = RUNTIME_ERRORS[case]
+    db = make_shop(tmp_path / "shop.db", (5, 5, 0.0))
+    lake, edits, env = f"file://{tmp_path}/lake", [], dict(api_env)
+    kind = case.split("/")[0]
+    if kind == "table-not-in-source":
+        con = sqlite3.connect(db)
+        con.execute("DROP TABLE customers")  # the jobs file still lists it
+        con.close()
+    elif kind == "contract-not-importable":
+        edits = [("contracts.shop:Orders", "contracts.nosuch:Orders")]
+    elif kind == "source-env-unset":
+        edits = [(f'url = "sqlite:///{db}"', 'url = "env:DELTAFERRY_TEST_UNSET_URL"')]
+        env["DELTAFERRY_TEST_UNSET_URL"] = None
+    elif kind == "lake-unreachable":
+        lake = "s3://some-bucket/lake"
+        env.update(
+            AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{closed_port()}",
+            DELTAFERRY_S3_MAX_ATTEMPTS="1",
+            DELTAFERRY_S3_CONNECT_TIMEOUT="1",
+        )
+    elif kind == "no-bucket":
+        lake = "s3://no-such-bucket-df/lake"
+        env["AWS_ENDPOINT_URL_S3"] = request.getfixturevalue("s3_endpoint")
+    config = write_jobs(tmp_path, lake, db, *edits)
+    p = run_cli(command, "shop", "--config", config, env=env, cwd=tmp_path)
+    error_line(p, 2, *needles)
+    if lake.startswith("file://"):
+        assert not list((tmp_path / "lake").rglob("*.json"))  # nothing published
+    assert_clean(p.stderr)
+
+
+# --- 2. jobs ---------------------------------------------------------------------------------
+
+
+def test_jobs_lists_every_job_and_table(tmp_path, home):
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
+    config.write_text(config.read_text() + SECOND_JOB)
+    p = run_cli("jobs", "--config", config)
+    assert p.returncode == 0, p.stderr
+    rows = [ln.split("\t") for ln in p.stdout.splitlines()[1:]]
+    listed = {(r[0], r[3]) for r in rows}
+    assert {("shop", "customers"), ("shop", "orders"), ("billing", "invoices")} <= listed
+    shown = ["soft:deleted_at", "reconcile", "invoice_no,year", "changed_at", "file:billing-lake"]
+    assert [t for t in shown if t not in p.stdout] == []
+    assert "contracts.billing:Invoices" in p.stdout  # job-level contract module + table class
+    assert "sqlite:///" not in p.stdout  # the source column is the kind, never the URL
+    # piped into another program (no terminal, 80 columns) table names must stay readable
+    narrow = run_cli("jobs", "--config", config, env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    assert "customers" in narrow.stdout and "contracts.shop:Customers" in narrow.stdout
+
+
+HELP = {  # command: words of its purpose
+    "": "incremental sync from SQL databases",
+    "jobs": "List jobs and their tables",
+    "run": "Run one sync of JOB",
+    "pull": "Verify and apply every published batch",
+    "verify": "manifest chain unbroken",
+    "status": "last batch, rows, last success",
+    "demo": "Mutate a demo shop database",
+}
+
+
+@pytest.mark.parametrize("command", HELP)
+def test_help(command):
+    purpose = HELP[command]
+    result = CliRunner().invoke(cli_group, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    assert purpose in " ".join(result.output.split())
+    assert "Usage:" in result.output
+
+
+# --- 3. the full cycle -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_run_pull_verify_status(kind, request, tmp_path, home, api_env):
+    s3 = f"s3://{request.getfixturevalue('bucket')}/lake" if kind == "s3" else None
+    lake = s3 or f"file://{tmp_path}/lake"
+    db = make_shop(tmp_path / "shop.db", (40, 60, 0.0), (10, 10, 0.2))
+    src = sqlite3.connect(db)
+    live_c = {r[0] for r in src.execute("SELECT id FROM customers WHERE deleted_at IS NULL")}
+    all_c = src.execute("SELECT count(*) FROM customers").fetchone()[0]
+    live_o = {r[0] for r in src.execute("SELECT id FROM orders")}
+    src.close()
+    assert 0 < len(live_c) < all_c  # some customers are soft-deleted
+    config = write_jobs(tmp_path, lake, db)
+
+    p = run_cli("run", "shop", "--config", config, env=api_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = table_rows(p.stdout)
+    assert summary["customers"][:2] == ["1", str(all_c)] and summary["orders"][0] == "1"
+
+    replica = tmp_path / "replica.duckdb"
+    p = run_cli("pull", "shop", "--replica", replica, "--config", config)
+    assert p.returncode == 0, p.stderr
+    assert table_rows(p.stdout)["customers"] == ["1", str(all_c), "1"]
+    assert {r[0] for r in replica_q(replica, "SELECT id FROM customers")} == live_c
+    assert {r[0] for r in replica_q(replica, "SELECT id FROM orders")} == live_o
+
+    before = replica_q(replica, "SELECT count(*), sum(hash(id, _seq)) FROM customers")
+    p = run_cli("pull", "shop", "--replica", replica, "--config", config)
+    assert p.returncode == 0, p.stderr
+    assert table_rows(p.stdout) == {"customers": ["0", "0", "1"], "orders": ["0", "0", "1"]}
+    assert replica_q(replica, "SELECT count(*), sum(hash(id, _seq)) FROM customers") == before
+    assert replica_q(replica, "SELECT count(*) FROM _deltaferry_batches") == [(2,)]
+
+    p = run_cli("verify", "shop", "--config", config)
+    assert p.returncode == 0, p.stderr
+    assert f"ok job shop table customers: 1 batches, {all_c} rows verified" in p.stdout
+    assert "ok job shop table orders: 1 batches" in p.stdout
+
+    p = run_cli("status", "--json", "--config", config)
+    assert p.returncode == 0, p.stderr
+    (job,) = json.loads(p.stdout)
+    assert job["job"] == "shop" and job["last_run"]["outcome"] == "ok"
+    for name in ("customers", "orders"):
+        t = job["tables"][name]
+        assert t["last_batch"] == 1 and t["pending_batch"] is None, t
+    assert job["tables"]["customers"]["rows_published"] == all_c
+
+
+# --- 4. verify and pull catch tampering ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, api_env) -> Path:
+    """A file:// lake holding batches 1..3 of both tables (built once, copied per test)."""
+    d = tmp_path_factory.mktemp("chain")
+    config = write_jobs(d, f"file://{d}/lake")
+    shop = Shop(d / "shop.db", seed=5)
+    env = {**api_env, "DELTAFERRY_HOME": str(d / "home")}
+    for i in range(3):
+        shop.round(5 if i else 30, 5 if i else 30, churn=0.1 if i else 0.0)
+        p = run_cli("run", "shop", "--config", config, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+    shop.close()
+    return d
+
+
+def tampered_copy(chain: Path, tmp_path: Path) -> tuple[Path, Path]:
+    shutil.copytree(chain / "lake", tmp_path / "lake")
+    return tmp_path / "lake", write_jobs(tmp_path, f"file://{tmp_path}/lake", chain / "shop.db")
+
+
+def assert_replica_stops_before_batch_2(lake: Path, config: Path, tmp_path: Path) -> str:
+    replica = tmp_path / "fresh.duckdb"
+    p = run_cli("pull", "shop", "--replica", replica, "--config", config)
+    line = error_line(p, 1, "table 'customers' batch 2")
+    assert replica_q(replica, "SELECT tbl, batch FROM _deltaferry_batches") == [("customers", 1)]
+    m1 = json.loads((lake / manifest_key("shop", "customers", 1)).read_text())
+    assert replica_q(replica, "SELECT count(*), max(_seq) FROM customers") == [
+        (m1["ops"]["upsert"], m1["seq"]["end"])
+    ]
+    return line
+
+
+def test_verify_and_pull_reject_a_changed_data_object(chain, tmp_path, home):
+    lake, config = tampered_copy(chain, tmp_path)
+    assert run_cli("verify", "shop", "--config", config).returncode == 0
+    (part,) = (lake / "shop/customers/data/000000000002").glob("*.parquet")
+    body = bytearray(part.read_bytes())
+    body[len(body) // 2] ^= 0xFF  # same size, different bytes
+    part.write_bytes(bytes(body))
+
+    p = run_cli("verify", "shop", "--config", config)
+    error_line(p, 1, "table 'customers' batch 2", "sha256", part.name)
+    assert_clean(p.stderr)
+    assert_replica_stops_before_batch_2(lake, config, tmp_path)
+
+
+def test_verify_and_pull_reject_a_gap_in_the_manifest_chain(chain, tmp_path, home):
+    lake, config = tampered_copy(chain, tmp_path)
+    (lake / manifest_key("shop", "customers", 2)).unlink()
+
+    p = run_cli("verify", "shop", "--config", config)
+    error_line(p, 1, "table 'customers' batch 2", "missing")
+    assert_clean(p.stderr)
+    line = assert_replica_stops_before_batch_2(lake, config, tmp_path)
+    assert "batch 2: manifest missing" in line
+
+
+# --- 5. quarantine threshold -----------------------------------------------------------------
+
+
+def test_run_over_quarantine_ratio_fails_and_publishes_nothing(tmp_path, home, api_env):
+    shop = Shop(tmp_path / "shop.db", seed=3)
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
+    shop.round(30, 30, churn=0)
+    assert run_cli("run", "shop", "--config", config, env=api_env).returncode == 0
+    stats = shop.round(10, 5, churn=0, invalid=6)  # 6 of 10 changed customers break the contract
+    shop.close()
+    assert stats.invalid == 6
+
+    p = run_cli("run", "shop", "--config", config, env=api_env)
+    needles = ("job 'shop'", "table 'customers'", "max_quarantine_ratio", "6 of 10")
+    error_line(p, 1, *needles)
+    lake = tmp_path / "lake"
+    assert (lake / manifest_key("shop", "customers", 1)).exists()
+    assert not (lake / manifest_key("shop", "customers", 2)).exists()
+    assert not (lake / "shop/customers/data/000000000002").exists()
+
+    status = json.loads(run_cli("status", "--json", "--config", config).stdout)[0]
+    assert status["tables"]["customers"]["last_batch"] == 1
+    assert status["tables"]["customers"]["pending_batch"] is None
+    assert status["last_run"]["outcome"] == "failed"
+    assert_clean(p.stderr)
