@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import duckdb
+import pytest
 
 from destinations.manifest import manifest_key, parse
 
@@ -130,3 +133,37 @@ def test_large_batches_are_split_into_parts_and_all_verify(shop_job, shop):
     assert all(f["key"].startswith("shop/orders/data/000000000001/part-") for f in m["files"])
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_manifest_matches_its_published_json_schema(shop_job, shop):
+    import jsonschema
+
+    from destinations.manifest import canonical
+
+    schema = json.loads(
+        (Path(__file__).parents[1] / "destinations" / "manifest.schema.json").read_text()
+    )
+    shop.round(30, 30, churn=0)
+    shop_job.sync()
+    shop.round(5, 5, churn=0.2)
+    shop_job.sync()
+    for batch in (1, 2):
+        m = _manifest(shop_job, "customers", batch)
+        jsonschema.validate(m, schema)
+        raw = shop_job.lake().get(manifest_key("shop", "customers", batch))
+        assert raw == canonical(m)  # stored bytes are the canonical encoding
+    assert _manifest(shop_job, "customers", 1)["prev_sha256"] is None
+    m1 = shop_job.lake().get(manifest_key("shop", "customers", 1))
+    assert _manifest(shop_job, "customers", 2)["prev_sha256"] == hashlib.sha256(m1).hexdigest()
+
+
+def test_second_runner_on_the_same_job_stops_cleanly(shop_job, shop):
+    from deltaferry.errors import JobBusyError
+    from deltaferry.sync import job_lock
+
+    shop.round(10, 10, churn=0)
+    with job_lock("shop"):
+        with pytest.raises(JobBusyError, match="job 'shop' is already running"):
+            shop_job.sync()
+    assert shop_job.lake().list("shop/") == []
+    assert shop_job.sync()["tables"]["customers"]["batch"] == 1
