@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ def job_status(job: JobConfig) -> dict[str, Any]:
                 "pending_batch": None,
                 "quarantined_rows": 0,
                 "last_published_at": None,
+                "newest_change_published": None,
                 "lag_seconds": None,
             }
         return out
@@ -69,6 +71,13 @@ def job_status(job: JobConfig) -> dict[str, Any]:
                 con, "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ?", [t.name]
             )[0]
             published_at = ck[1] if ck else None
+            last_manifest = fetch_one(
+                con,
+                "SELECT manifest FROM plans WHERE tbl = ? AND status = 'committed'"
+                " ORDER BY batch DESC LIMIT 1",
+                [t.name],
+            )
+            newest = json.loads(last_manifest[0])["cursor"]["max"] if last_manifest else None
             out["tables"][t.name] = {
                 "last_batch": ck[0] if ck else 0,
                 "rows_published": int(rows),
@@ -77,6 +86,8 @@ def job_status(job: JobConfig) -> dict[str, Any]:
                 else {"batch": pending[0], "rows": pending[1]},
                 "quarantined_rows": int(quarantined),
                 "last_published_at": _iso(published_at),
+                # the newest source change (cursor value) that has reached the lake
+                "newest_change_published": newest,
                 "lag_seconds": None
                 if published_at is None
                 else round((now() - published_at).total_seconds(), 1),
