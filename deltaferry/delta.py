@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,9 +89,14 @@ def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 
 
 def read_changes(
-    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str]
-) -> pa.Table | None:
-    """Staged rows last changed by one of ``load_ids``, ordered by primary key, with ``_op``."""
+    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str], chunk_rows: int
+) -> Iterator[pa.Table] | None:
+    """Staged rows last changed by one of ``load_ids``, ordered by primary key, with ``_op``,
+    as consecutive tables of exactly ``chunk_rows`` rows (the last may be shorter).
+
+    Streaming keeps memory bounded by the chunk, not the batch. The connection must stay
+    open while the iterator is consumed.
+    """
     cols = staged_columns(con, t.name)
     if not cols:
         return None
@@ -108,85 +114,130 @@ def read_changes(
     select = ", ".join(_q(c) for c in data_cols)
     order = ", ".join(_q(c) for c in t.primary_key)
     placeholders = ", ".join("?" for _ in load_ids)
-    return con.sql(
+    reader = con.sql(
         f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)}"
         f" WHERE {_q(LOAD_ID_COLUMN)} IN ({placeholders}) ORDER BY {order}",
         params=load_ids,
-    ).to_arrow_table()
+    ).to_arrow_reader(min(chunk_rows, 1_000_000))
+    return _exact_chunks(reader, chunk_rows)
+
+
+def _exact_chunks(reader: pa.RecordBatchReader, n: int) -> Iterator[pa.Table]:
+    # re-cut the reader's batches so chunk boundaries depend only on row positions:
+    # the same rows must always give the same parts
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        size += batch.num_rows
+        while size >= n:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, n).combine_chunks()
+            rest = table.slice(n)
+            pending, size = rest.to_batches(), rest.num_rows
+    if size:
+        yield pa.Table.from_batches(pending).combine_chunks()
 
 
 def build_delta(
     job: JobConfig,
     t: TableConfig,
     contract: Contract,
-    changes: pa.Table,
+    chunks: Iterable[pa.Table],
     load_ids: list[str],
     seq_start: int,
 ) -> Delta:
-    """Validate upserts against the contract, drop quarantined rows, assign ``_seq``, encode Parquet."""
-    is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
-    upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
+    """Validate upserts against the contract, hold back failing rows, assign ``_seq`` and
+    encode each chunk as one Parquet part. Raises ContractViolation, before anything is
+    recorded, when the share of failing rows is over the job's threshold."""
     quarantine: list[dict[str, Any]] = []
-    keep = np.ones(changes.num_rows, dtype=bool)
-    if len(upsert_idx):
-        upserts = changes.take(pa.array(upsert_idx)).select(
-            [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
-        )
-        result = contract.validate(upserts.to_pandas())
-        failed = sorted(result.failed_rows)
-        if failed:
-            ratio = len(failed) / changes.num_rows
-            if ratio > job.max_quarantine_ratio:
-                raise ContractViolation(
-                    f"job '{job.name}' table '{t.name}': {len(failed)} of {changes.num_rows} changed rows "
-                    f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
-                    f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing published "
-                    f"({result.summary()})"
-                )
-            records = upserts.take(pa.array(failed)).to_pylist()
-            lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
-            for pos, rec, lid in zip(failed, records, lids, strict=True):
-                keep[upsert_idx[pos]] = False
-                pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
-                row_json = json.dumps(rec, default=str, sort_keys=True)
-                for f in result.reasons(pos):
-                    quarantine.append(
-                        {
-                            "load_id": lid,
-                            "pk": pk,
-                            "field": f.field,
-                            "check": f.check,
-                            "reason": f.reason,
-                            "row_json": row_json,
-                        }
-                    )
-    published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
-    n = published.num_rows
-    published = published.append_column(
-        SEQ_COLUMN, pa.array(np.arange(seq_start, seq_start + n, dtype=np.int64))
-    )
     parts: list[Part] = []
-    for offset in range(0, n, job.rows_per_file):
-        chunk = published.slice(offset, job.rows_per_file)
-        parts.append(_encode(chunk))
+    seq = seq_start
+    changed = failed_total = 0
+    cmin: Any = None
+    cmax: Any = None
+    summaries: list[str] = []
+    for changes in chunks:
+        changed += changes.num_rows
+        keep, failed, summary = _validate_chunk(t, contract, changes, quarantine)
+        failed_total += failed
+        if summary:
+            summaries.append(summary)
+        published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
+        n = published.num_rows
+        if n == 0:
+            continue
+        published = published.append_column(
+            SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
+        )
+        seq += n
+        parts.append(_encode(published))
+        if t.cursor in published.column_names:
+            mm = pc.min_max(published[t.cursor])
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            cmin = lo if cmin is None or (lo is not None and lo < cmin) else cmin
+            cmax = hi if cmax is None or (hi is not None and hi > cmax) else cmax
+    if failed_total:
+        ratio = failed_total / changed
+        if ratio > job.max_quarantine_ratio:
+            raise ContractViolation(
+                f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
+                f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
+                f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing published "
+                f"({summaries[0]})"
+            )
     upserts_n = sum(p.upserts for p in parts)
-    cmin = cmax = None
-    if n and t.cursor in published.column_names:
-        mm = pc.min_max(published[t.cursor])
-        cmin = None if mm["min"].as_py() is None else str(mm["min"].as_py())
-        cmax = None if mm["max"].as_py() is None else str(mm["max"].as_py())
+    total = seq - seq_start
     return Delta(
         table=t.name,
         load_ids=load_ids,
         seq_start=seq_start,
-        seq_end=seq_start + n - 1,
+        seq_end=seq - 1,
         parts=parts,
         upserts=upserts_n,
-        deletes=n - upserts_n,
+        deletes=total - upserts_n,
         quarantine=quarantine,
-        cursor_min=cmin,
-        cursor_max=cmax,
+        cursor_min=None if cmin is None else str(cmin),
+        cursor_max=None if cmax is None else str(cmax),
     )
+
+
+def _validate_chunk(
+    t: TableConfig, contract: Contract, changes: pa.Table, quarantine: list[dict[str, Any]]
+) -> tuple[np.ndarray, int, str]:
+    """Rows to keep, the number that failed, and a summary; failures go to ``quarantine``."""
+    keep = np.ones(changes.num_rows, dtype=bool)
+    is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
+    upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
+    if not len(upsert_idx):
+        return keep, 0, ""
+    upserts = changes.take(pa.array(upsert_idx)).select(
+        [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
+    )
+    result = contract.validate(upserts.to_pandas())
+    failed = sorted(result.failed_rows)
+    if not failed:
+        return keep, 0, ""
+    records = upserts.take(pa.array(failed)).to_pylist()
+    lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
+    for pos, rec, lid in zip(failed, records, lids, strict=True):
+        keep[upsert_idx[pos]] = False
+        pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
+        row_json = json.dumps(rec, default=str, sort_keys=True)
+        for f in result.reasons(pos):
+            quarantine.append(
+                {
+                    "load_id": lid,
+                    "pk": pk,
+                    "field": f.field,
+                    "check": f.check,
+                    "reason": f.reason,
+                    "row_json": row_json,
+                }
+            )
+    return keep, len(failed), result.summary()
 
 
 def _encode(chunk: pa.Table) -> Part:

@@ -131,12 +131,15 @@ def job_lock(job: str) -> Iterator[None]:
 # --- planning ---------------------------------------------------------------
 
 
-def _read_staging(
+@contextmanager
+def _staged_changes(
     ctx: SyncContext, t: TableConfig, load_ids: list[str] | None
-) -> tuple[list[str], Any]:
+) -> Iterator[tuple[list[str], Iterator[Any] | None]]:
+    """Load ids to cut (the given ones, or all not yet published) and a stream of their rows."""
     path = staging_path(ctx.job.name)
     if not path.exists():
-        return [], None
+        yield [], None
+        return
     con = duckdb.connect(str(path), read_only=True)
     try:
         ids = (
@@ -145,24 +148,29 @@ def _read_staging(
             else new_load_ids(con, ctx.state.published_load_ids(t.name))
         )
         if not ids:
-            return [], None
-        return ids, read_changes(con, t, ids)
+            yield [], None
+            return
+        yield ids, read_changes(con, t, ids, ctx.job.rows_per_file)
     finally:
         con.close()
 
 
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
-    load_ids, changes = _read_staging(ctx, t, None)
-    if not load_ids:
-        return None
-    if changes is None or changes.num_rows == 0:
-        ctx.state.consume_without_batch(t.name, load_ids, ctx.run_id, [])
-        return None
     ckpt = ctx.state.checkpoint(t.name)
-    delta = build_delta(ctx.job, t, ctx.contracts[t.name], changes, load_ids, ckpt.seq_end + 1)
-    if delta.rows == 0:
-        ctx.state.consume_without_batch(t.name, load_ids, ctx.run_id, delta.quarantine)
+    with _staged_changes(ctx, t, None) as (load_ids, chunks):
+        if not load_ids:
+            return None
+        delta = (
+            build_delta(ctx.job, t, ctx.contracts[t.name], chunks, load_ids, ckpt.seq_end + 1)
+            if chunks is not None
+            else None
+        )
+    if delta is None or delta.rows == 0:
+        # no change for this table in these loads, or every change held back by the contract
+        ctx.state.consume_without_batch(
+            t.name, load_ids, ctx.run_id, delta.quarantine if delta else []
+        )
         return None
     batch = ckpt.batch + 1
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta)
@@ -288,19 +296,21 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
     import json
 
-    _, changes = _read_staging(ctx, t, plan.load_ids)
-    if changes is None:
-        raise TerminalError(
-            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the planned "
-            "batch are gone; restore the staging file or reset the table"
+    with _staged_changes(ctx, t, plan.load_ids) as (_, chunks):
+        if chunks is None:
+            raise TerminalError(
+                f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
+                "planned batch are gone; restore the staging file or reset the table"
+            )
+        delta = build_delta(
+            ctx.job, t, ctx.contracts[t.name], chunks, plan.load_ids, plan.seq_start
         )
-    delta = build_delta(ctx.job, t, ctx.contracts[t.name], changes, plan.load_ids, plan.seq_start)
     want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
     got = [p.sha256 for p in delta.parts]
     if want != got:
         raise TerminalError(
-            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs from the plan "
-            f"(contract or library changed since?); expected {want}, got {got}"
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
+            f"from the plan (contract or library changed since?); expected {want}, got {got}"
         )
     return delta
 
