@@ -67,6 +67,26 @@ class Contract:
         self.version = int(getattr(model, "__version__", 1))
         self.columns = list(self.schema.columns)
         self.fingerprint = _fingerprint(self.schema, self.version)
+        self._arrow_types: dict[str, Any] | None = None
+
+    def arrow_types(self) -> dict[str, Any]:
+        """The Arrow type of each contract column after coercion (published data follows the
+        contract, not the source). Columns whose type cannot be derived are left out."""
+        if self._arrow_types is None:
+            import pyarrow as pyarrow_
+
+            types: dict[str, Any] = {}
+            for name in self.columns:
+                try:
+                    dtype = self.schema.columns[name].dtype.type
+                    empty = pd.DataFrame({name: pd.Series([], dtype=dtype)})
+                    types[name] = (
+                        pyarrow_.Schema.from_pandas(empty, preserve_index=False).field(name).type
+                    )
+                except Exception:  # noqa: BLE001 - a type we cannot map stays as staged
+                    continue
+            self._arrow_types = types
+        return self._arrow_types
 
     def validate(self, df: pd.DataFrame) -> ValidationResult:
         """Validate lazily; every failure is kept. Schema-level failures fail every row."""

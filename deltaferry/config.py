@@ -26,6 +26,7 @@ _JOB_KEYS = {
     "rows_per_file",
     "producer_id",
     "contract",
+    "max_reconcile_delete_ratio",
 }
 _TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
 SOURCE_KINDS = {"sql_database"}
@@ -57,6 +58,7 @@ class JobConfig:
     tables: tuple[TableConfig, ...]
     max_quarantine_ratio: float = 0.05
     rows_per_file: int = 500_000
+    max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -146,6 +148,9 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     ratio = body.get("max_quarantine_ratio", 0.05)
     if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
         raise ConfigError(f"{where}: max_quarantine_ratio must be a number between 0 and 1")
+    reconcile_ratio = body.get("max_reconcile_delete_ratio", 0.5)
+    if not isinstance(reconcile_ratio, (int, float)) or not 0 <= reconcile_ratio <= 1:
+        raise ConfigError(f"{where}: max_reconcile_delete_ratio must be a number between 0 and 1")
     rows_per_file = body.get("rows_per_file", 500_000)
     if not isinstance(rows_per_file, int) or rows_per_file < 1:
         raise ConfigError(f"{where}: rows_per_file must be a positive integer")
@@ -165,6 +170,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         tables=tables,
         max_quarantine_ratio=float(ratio),
         rows_per_file=rows_per_file,
+        max_reconcile_delete_ratio=float(reconcile_ratio),
         producer_id=str(body.get("producer_id", "default")),
         base_dir=base,
     )
@@ -211,9 +217,25 @@ def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConf
         raise ConfigError(
             f"{where}: contract is required as 'module:Class' (or a job-level contract module)"
         )
+    _dlt_name_check(where, "table name", tname)
+    for col in {*pk, cursor, *([deletes[5:]] if deletes.startswith("soft:") else [])}:
+        _dlt_name_check(where, "column", col)
     return TableConfig(
         name=tname, primary_key=tuple(pk), cursor=cursor, deletes=deletes, contract=contract
     )
+
+
+def _dlt_name_check(where: str, what: str, name: str) -> None:
+    """dlt renames identifiers it does not like (``orders_`` becomes ``ordersx``); a renamed
+    table or column would never be found in staging, so refuse such names up front."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    normalized = NamingConvention().normalize_identifier(name)
+    if normalized != name:
+        raise ConfigError(
+            f"{where}: {what} '{name}' would be staged by dlt as '{normalized}'; "
+            "deltaferry needs names that dlt keeps as they are"
+        )
 
 
 def _class_name(table: str) -> str:

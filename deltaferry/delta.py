@@ -160,8 +160,8 @@ def build_delta(
     cmax: Any = None
     summaries: list[str] = []
     for changes in chunks:
-        changed += changes.num_rows
-        keep, failed, summary = _validate_chunk(t, contract, changes, quarantine)
+        keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine)
+        changed += upserts
         failed_total += failed
         if summary:
             summaries.append(summary)
@@ -169,6 +169,7 @@ def build_delta(
         n = published.num_rows
         if n == 0:
             continue
+        published = _to_contract_types(job, t, contract, published)
         published = published.append_column(
             SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
         )
@@ -204,22 +205,59 @@ def build_delta(
     )
 
 
+def _family(t: pa.DataType) -> str:
+    for name, test in (
+        ("int", pa.types.is_integer),
+        ("float", pa.types.is_floating),
+        ("str", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+        ("time", pa.types.is_temporal),
+        ("bool", pa.types.is_boolean),
+        ("decimal", pa.types.is_decimal),
+    ):
+        if test(t):
+            return name
+    return str(t)
+
+
+def _to_contract_types(
+    job: JobConfig, t: TableConfig, contract: Contract, data: pa.Table
+) -> pa.Table:
+    """Publish what the contract promises: a column staged as another kind of type (text
+    holding numbers, say) is cast to the contract's type. Width and precision are kept."""
+    for name, target in contract.arrow_types().items():
+        if name not in data.column_names:
+            continue
+        i = data.column_names.index(name)
+        current = data.schema.field(i).type
+        if _family(current) == _family(target) or pa.types.is_null(current):
+            continue
+        try:
+            data = data.set_column(i, name, pc.cast(data.column(i), target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ContractViolation(
+                f"job '{job.name}' table '{t.name}': column '{name}' is staged as {current} and "
+                f"cannot be cast to the contract's {target}: {e}"
+            ) from None
+    return data
+
+
 def _validate_chunk(
     t: TableConfig, contract: Contract, changes: pa.Table, quarantine: list[dict[str, Any]]
-) -> tuple[np.ndarray, int, str]:
-    """Rows to keep, the number that failed, and a summary; failures go to ``quarantine``."""
+) -> tuple[np.ndarray, int, int, str]:
+    """Rows to keep, the number of upserts validated, the number that failed, and a summary;
+    failures go to ``quarantine``. Deletes are not validated: they carry only a key."""
     keep = np.ones(changes.num_rows, dtype=bool)
     is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
     upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
     if not len(upsert_idx):
-        return keep, 0, ""
+        return keep, 0, 0, ""
     upserts = changes.take(pa.array(upsert_idx)).select(
         [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     )
     result = contract.validate(upserts.to_pandas())
     failed = sorted(result.failed_rows)
     if not failed:
-        return keep, 0, ""
+        return keep, len(upsert_idx), 0, ""
     records = upserts.take(pa.array(failed)).to_pylist()
     lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
     for pos, rec, lid in zip(failed, records, lids, strict=True):
@@ -237,7 +275,7 @@ def _validate_chunk(
                     "row_json": row_json,
                 }
             )
-    return keep, len(failed), result.summary()
+    return keep, len(upsert_idx), len(failed), result.summary()
 
 
 def _encode(chunk: pa.Table) -> Part:

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS plans (
     quarantined BIGINT NOT NULL,
     manifest VARCHAR NOT NULL,     -- the exact manifest bytes (canonical JSON)
     manifest_sha256 VARCHAR NOT NULL,
+    chunk_rows BIGINT NOT NULL,    -- rows per part used to cut it: a rebuild must use the same
     created_at TIMESTAMPTZ NOT NULL,
     committed_at TIMESTAMPTZ,
     PRIMARY KEY (tbl, batch)
@@ -105,6 +106,7 @@ class Plan:
     quarantined: int
     manifest: bytes
     manifest_sha256: str
+    chunk_rows: int
 
 
 def now() -> datetime:
@@ -198,7 +200,8 @@ class StateStore:
         with self.connect() as con:
             row = fetch_one(
                 con,
-                "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256"
+                "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256,"
+                " chunk_rows"
                 " FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
                 [table],
             )
@@ -214,6 +217,7 @@ class StateStore:
             row[6],
             row[7].encode(),
             row[8],
+            row[9],
         )
 
     def record_plan(self, plan: Plan, run_id: str, quarantine: list[dict[str, Any]]) -> None:
@@ -221,7 +225,7 @@ class StateStore:
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             con.execute(
-                "INSERT INTO plans VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO plans VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 [
                     plan.table,
                     plan.batch,
@@ -232,6 +236,7 @@ class StateStore:
                     plan.quarantined,
                     plan.manifest.decode(),
                     plan.manifest_sha256,
+                    plan.chunk_rows,
                     now(),
                 ],
             )

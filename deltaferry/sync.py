@@ -10,6 +10,7 @@ different -> another writer holds the table: terminal ConflictError.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import time
@@ -133,7 +134,7 @@ def job_lock(job: str) -> Iterator[None]:
 
 @contextmanager
 def _staged_changes(
-    ctx: SyncContext, t: TableConfig, load_ids: list[str] | None
+    ctx: SyncContext, t: TableConfig, load_ids: list[str] | None, chunk_rows: int
 ) -> Iterator[tuple[list[str], Iterator[Any] | None]]:
     """Load ids to cut (the given ones, or all not yet published) and a stream of their rows."""
     path = staging_path(ctx.job.name)
@@ -150,7 +151,7 @@ def _staged_changes(
         if not ids:
             yield [], None
             return
-        yield ids, read_changes(con, t, ids, ctx.job.rows_per_file)
+        yield ids, read_changes(con, t, ids, chunk_rows)
     finally:
         con.close()
 
@@ -158,7 +159,7 @@ def _staged_changes(
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
     ckpt = ctx.state.checkpoint(t.name)
-    with _staged_changes(ctx, t, None) as (load_ids, chunks):
+    with _staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks):
         if not load_ids:
             return None
         delta = (
@@ -185,6 +186,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         len({q["pk"] for q in delta.quarantine}),
         body,
         sha256(body),
+        ctx.job.rows_per_file,
     )
     ctx.state.record_plan(plan, ctx.run_id, delta.quarantine)
     failpoint("after_plan")
@@ -296,15 +298,15 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
     import json
 
-    with _staged_changes(ctx, t, plan.load_ids) as (_, chunks):
+    with _staged_changes(ctx, t, plan.load_ids, plan.chunk_rows) as (_, chunks):
         if chunks is None:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
                 "planned batch are gone; restore the staging file or reset the table"
             )
-        delta = build_delta(
-            ctx.job, t, ctx.contracts[t.name], chunks, plan.load_ids, plan.seq_start
-        )
+        # the plan's own cut: same part size; its quarantine decision was already taken
+        job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
+        delta = build_delta(job, t, ctx.contracts[t.name], chunks, plan.load_ids, plan.seq_start)
     want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
     got = [p.sha256 for p in delta.parts]
     if want != got:

@@ -109,13 +109,19 @@ def extract(job: JobConfig) -> ExtractResult:
     try:
         preflight(job, engine)
         pipeline = pipeline_for(job)
+        insp = sa.inspect(engine)
         resources = [
             sql_table(
                 credentials=engine,
                 table=t.name,
                 backend="pyarrow",
                 chunk_size=CHUNK_SIZE,
-                incremental=dlt.sources.incremental(t.cursor),
+                # dedup rows at the last cursor value by their whole content, not their key:
+                # a row changed again within the same cursor value is extracted again, while
+                # unchanged boundary rows are not re-sent
+                incremental=dlt.sources.incremental(
+                    t.cursor, primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
+                ),
                 write_disposition="merge",
                 primary_key=list(t.primary_key),
                 table_adapter_callback=_nullable_except_pk(t.primary_key),
@@ -144,29 +150,63 @@ def extract(job: JobConfig) -> ExtractResult:
         engine.dispose()
 
 
+_TRANSIENT_SOURCE_ERRORS = (
+    sa.exc.OperationalError,
+    sa.exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _transient_cause(exc: BaseException) -> BaseException | None:
+    """The first transient error in an exception's cause/context chain (dlt wraps errors)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _TRANSIENT_SOURCE_ERRORS):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "exception", None)])
+    return None
+
+
 def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     try:
         return pipeline.run(data)
     except PipelineStepFailed as e:
-        cause = e.__cause__ or e.exception
-        if isinstance(cause, (sa.exc.OperationalError, ConnectionError, TimeoutError)):
+        transient = _transient_cause(e)
+        if transient is not None:
             raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {cause}"
+                f"job '{job.name}': extract step '{e.step}' failed: {transient}"
             ) from e
+        cause = e.__cause__ or e.exception
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
 
 def _reconcile(
     job: JobConfig, t: TableConfig, engine: sa.Engine, pipeline: dlt.Pipeline
 ) -> tuple[int, list[str]]:
-    """Tombstone staged keys that no longer exist at the source (cost grows with the key set)."""
+    """Compare the source's key set with staging (cost grows with the key count).
+
+    Staged live keys gone from the source become tombstones. Source keys whose staged row
+    is a tombstone (deleted, then re-created with a cursor value already passed) are
+    extracted again by key, so a re-created row is never lost.
+    """
     pk = list(t.primary_key)
-    table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
-    with engine.connect() as conn:
-        result = conn.execute(sa.select(*[table.c[c] for c in pk]))
-        source_keys = _keys_arrow(result, pk)
+    try:
+        table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        with engine.connect() as conn:
+            result = conn.execute(sa.select(*[table.c[c] for c in pk]))
+            source_keys = _keys_arrow(result, pk)
+    except _TRANSIENT_SOURCE_ERRORS as e:
+        raise TransientError(
+            f"job '{job.name}' table '{t.name}': reading source keys failed: {e}"
+        ) from e
     path = staging_path(job.name)
     if not path.exists():
         return 0, []
@@ -177,7 +217,11 @@ def _reconcile(
         has_flag = DELETED_COLUMN in _staged_columns(con, t.name)
         live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
         keys = ", ".join(_q(c) for c in pk)
+        match = " AND ".join(f"s.{_q(c)} = k.{_q(c)}" for c in pk)
         con.register("source_keys", source_keys)
+        staged_live = fetch_one(
+            con, f"SELECT count(*) FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
+        )[0]
         if source_keys.num_rows == 0:
             missing = con.sql(
                 f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
@@ -185,28 +229,69 @@ def _reconcile(
         else:
             missing = con.sql(
                 f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} s WHERE {live} AND NOT EXISTS "
-                f"(SELECT 1 FROM source_keys k WHERE "
-                + " AND ".join(f"s.{_q(c)} = k.{_q(c)}" for c in pk)
-                + ")"
+                f"(SELECT 1 FROM source_keys k WHERE {match})"
             ).to_arrow_table()
+        recreated = (
+            con.sql(
+                f"SELECT {', '.join('s.' + _q(c) for c in pk)} FROM {STAGING_DATASET}.{_q(t.name)} s"
+                f" JOIN source_keys k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
+            ).to_arrow_table().to_pylist()
+            if has_flag and source_keys.num_rows
+            else []
+        )
     finally:
         con.close()
-    if missing.num_rows == 0:
-        return 0, []
-    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
-    missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
-    tomb = missing.append_column(
-        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
-    )
-    resource = dlt.resource(
-        tomb,
-        name=f"{t.name}__tombstones",
-        table_name=t.name,
+    load_ids: list[str] = []
+    if missing.num_rows:
+        ratio = missing.num_rows / max(staged_live, 1)
+        if staged_live >= 20 and ratio > job.max_reconcile_delete_ratio:
+            raise TerminalError(
+                f"job '{job.name}' table '{t.name}': reconcile would delete {missing.num_rows} of "
+                f"{staged_live} rows ({ratio:.0%}), over max_reconcile_delete_ratio "
+                f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
+            )
+        # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
+        missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
+        tomb = missing.append_column(
+            pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
+        )
+        resource = dlt.resource(
+            tomb,
+            name=f"{t.name}__tombstones",
+            table_name=t.name,
+            write_disposition="merge",
+            primary_key=pk,
+        )
+        load_ids.extend(_run(pipeline, resource, job).loads_ids)
+    if recreated:
+        load_ids.extend(_reextract(job, t, engine, pipeline, recreated))
+    return missing.num_rows, load_ids
+
+
+def _reextract(
+    job: JobConfig, t: TableConfig, engine: sa.Engine, pipeline: dlt.Pipeline, keys: list[dict]
+) -> list[str]:
+    """Extract the given keys again, ignoring the cursor (rows re-created at the source)."""
+    pk = list(t.primary_key)
+
+    def only_keys(query: Any, table: sa.Table) -> Any:
+        cols = [table.c[c] for c in pk]
+        if len(cols) == 1:
+            return query.where(cols[0].in_([k[pk[0]] for k in keys]))
+        return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in keys]))
+
+    resource = sql_table(
+        credentials=engine,
+        table=t.name,
+        backend="pyarrow",
+        chunk_size=CHUNK_SIZE,
+        query_adapter_callback=only_keys,
         write_disposition="merge",
         primary_key=pk,
-    )
-    info = _run(pipeline, resource, job)
-    return missing.num_rows, list(info.loads_ids)
+        table_adapter_callback=_nullable_except_pk(t.primary_key),
+    ).with_name(f"{t.name}__recreated")
+    resource.apply_hints(table_name=t.name)
+    return list(_run(pipeline, resource, job).loads_ids)
 
 
 def _keys_arrow(result: Any, pk: list[str]) -> pa.Table:

@@ -1,0 +1,167 @@
+"""Manifest signing keys: Ed25519, with key ids, rotation and revocation.
+
+A keyring is a directory (``$DELTAFERRY_KEYS``, default ``$DELTAFERRY_HOME/keys``)::
+
+    keyring.json            public keys and their status: what readers trust
+    private/<key_id>.pem    private keys (mode 0600), only on producers
+
+The active key signs new manifests. After ``rotate`` the old key is *retired*: it
+signs nothing new, but batches it signed still verify. A *revoked* key fails
+verification for every manifest created at or after its revocation time.
+Readers elsewhere get the public keyring with ``deltaferry keys export``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from deltaferry.config import deltaferry_home
+from deltaferry.errors import ConfigError, VerificationError
+from destinations.manifest import canonical
+
+ALG = "ed25519"
+
+
+@dataclass
+class KeyInfo:
+    key_id: str
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    created_at: str
+    status: str  # active | retired | revoked
+    revoked_at: str | None = None
+
+
+def keyring_dir() -> Path:
+    return Path(os.environ.get("DELTAFERRY_KEYS") or deltaferry_home() / "keys")
+
+
+class Keyring:
+    """Public keys (and, on a producer, private keys) in one directory."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or keyring_dir()
+        self.keys: dict[str, KeyInfo] = {}
+        file = self.path / "keyring.json"
+        if file.exists():
+            try:
+                raw = json.loads(file.read_text())
+                self.keys = {k["key_id"]: KeyInfo(**k) for k in raw["keys"]}
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"keyring {file} is not readable: {e}") from None
+
+    # --- management ---------------------------------------------------------------
+
+    def save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / "keyring.json.tmp"
+        tmp.write_text(json.dumps({"keys": [asdict(k) for k in self.keys.values()]}, indent=2))
+        os.replace(tmp, self.path / "keyring.json")
+
+    def generate(self) -> KeyInfo:
+        """Create a key; it becomes active if no key is active."""
+        private = Ed25519PrivateKey.generate()
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        key_id = f"{ALG}-{hashlib.sha256(raw).hexdigest()[:16]}"
+        status = "retired" if self.active() else "active"
+        info = KeyInfo(key_id, base64.b64encode(raw).decode(), _now(), status)
+        priv_dir = self.path / "private"
+        priv_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(priv_dir, 0o700)
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(priv_dir / f"{key_id}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        self.keys[key_id] = info
+        self.save()
+        return info
+
+    def rotate(self) -> KeyInfo:
+        """New active key; the previous one is retired (still verifies its batches)."""
+        previous = self.active()
+        if previous:
+            previous.status = "retired"
+            self.save()
+        info = self.generate()
+        info.status = "active"
+        self.save()
+        return info
+
+    def revoke(self, key_id: str) -> KeyInfo:
+        info = self.keys.get(key_id)
+        if info is None:
+            raise ConfigError(f"keyring {self.path}: no key '{key_id}'")
+        info.status = "revoked"
+        info.revoked_at = _now()
+        self.save()
+        return info
+
+    def active(self) -> KeyInfo | None:
+        return next((k for k in self.keys.values() if k.status == "active"), None)
+
+    def export(self) -> str:
+        """The public keyring, for readers on other machines."""
+        return json.dumps({"keys": [asdict(k) for k in self.keys.values()]}, indent=2)
+
+    # --- signing ----------------------------------------------------------------------
+
+    def sign(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Return the manifest with a signature by the active key (unchanged if none)."""
+        info = self.active()
+        if info is None:
+            return manifest
+        pem = (self.path / "private" / f"{info.key_id}.pem").read_bytes()
+        private = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(private, Ed25519PrivateKey)
+        body = canonical({**manifest, "signature": None})
+        sig = base64.b64encode(private.sign(body)).decode()
+        return {**manifest, "signature": {"alg": ALG, "key_id": info.key_id, "sig": sig}}
+
+    def verify(self, manifest: dict[str, Any], *, where: str) -> None:
+        """Raise VerificationError unless the manifest is signed by a trusted, unrevoked key.
+
+        With an empty keyring nothing is required (unsigned lakes stay readable); once a
+        reader trusts any key, every manifest must carry a valid signature.
+        """
+        sig = manifest.get("signature")
+        if not sig:
+            if self.keys:
+                raise VerificationError(f"{where}: manifest is not signed, but signatures are required")
+            return
+        info = self.keys.get(sig.get("key_id", ""))
+        if info is None or sig.get("alg") != ALG:
+            raise VerificationError(f"{where}: signed with unknown key '{sig.get('key_id')}'")
+        if info.status == "revoked" and info.revoked_at and manifest.get("created_at", "") >= info.revoked_at:
+            raise VerificationError(
+                f"{where}: signed with key '{info.key_id}', revoked at {info.revoked_at}"
+            )
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(info.public_key))
+        try:
+            public.verify(base64.b64decode(sig["sig"]), canonical({**manifest, "signature": None}))
+        except (InvalidSignature, ValueError, KeyError):
+            raise VerificationError(
+                f"{where}: signature does not match (key '{info.key_id}')"
+            ) from None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

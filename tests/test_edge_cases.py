@@ -1,0 +1,124 @@
+"""Regressions for the edges of change capture: cursor boundaries, re-created keys, renamed
+identifiers, error classes, rebuilds after a config change, and published types."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from deltaferry.errors import ConfigError, TerminalError
+
+
+def test_row_changed_again_at_the_last_cursor_value_is_published(shop_job, shop):
+    shop.round(20, 5, churn=0)
+    shop_job.sync()
+    # a second write within the same cursor value (clock granularity): same updated_at
+    shop.con.execute(
+        "UPDATE customers SET country = 'ZZ' WHERE updated_at = (SELECT max(updated_at) FROM customers)"
+    )
+    shop.con.commit()
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["rows"] == 1
+    # the unchanged boundary row is not sent again
+    assert shop_job.sync()["tables"]["customers"]["batch"] is None
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_key_deleted_then_recreated_with_an_old_cursor_comes_back(shop_job, shop):
+    shop.round(10, 30, churn=0)
+    shop_job.sync()
+    old = shop.con.execute("SELECT * FROM orders WHERE id = 5").fetchall()[0]
+    shop.con.execute("DELETE FROM orders WHERE id = 5")
+    shop.con.commit()
+    assert shop_job.sync()["tables"]["orders"]["deletes"] == 1
+    shop.con.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", old)  # restored from a backup
+    shop.con.commit()
+    out = shop_job.sync()
+    assert out["tables"]["orders"]["upserts"] == 1
+    shop_job.pull()
+    conv = {c.table: c for c in shop_job.compare()}
+    assert conv["orders"].equal and conv["orders"].replica_rows == 30
+
+
+def test_reconcile_refuses_to_delete_most_of_a_table(shop_job, shop):
+    shop.round(10, 40, churn=0)
+    shop_job.sync()
+    shop.con.execute("DELETE FROM orders WHERE id > 5")
+    shop.con.commit()
+    with pytest.raises(TerminalError, match=r"reconcile would delete 35 of 40 rows"):
+        shop_job.sync()
+    assert shop_job.lake().get("lake/shop/orders/manifests/000000000002.json") is None
+
+
+def test_names_dlt_would_rename_are_refused(tmp_path):
+    from deltaferry.config import load_jobs
+
+    cfg = tmp_path / "j.toml"
+    cfg.write_text(
+        '[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///x.db"\nlake = "file:lake"\n'
+        '[[jobs.j.tables]]\nname = "orders_"\nprimary_key = "id"\ncursor = "ts"\n'
+        'contract = "contracts.shop:Orders"\n'
+    )
+    with pytest.raises(ConfigError, match="'orders_' would be staged by dlt as 'ordersx'"):
+        load_jobs(cfg)
+
+
+def test_transient_source_errors_are_found_inside_dlt_wrappers():
+    import sqlalchemy as sa
+
+    from sources.sql_database import _transient_cause
+
+    try:
+        try:
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked"))
+        except sa.exc.OperationalError as inner:
+            raise RuntimeError("resource extraction failed") from inner
+    except RuntimeError as outer:
+        assert isinstance(_transient_cause(outer), sa.exc.OperationalError)
+    assert _transient_cause(ValueError("bad column")) is None
+
+
+def test_planned_batch_recovers_after_rows_per_file_changes(shop_job, shop, monkeypatch):
+    from deltaferry.failpoints import FailpointHit
+
+    shop_job.write_config(rows_per_file=25)
+    shop.round(10, 80, churn=0)
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT", "after_plan")
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT_ACTION", "raise")
+    with pytest.raises(FailpointHit):
+        shop_job.sync()
+    monkeypatch.delenv("DELTAFERRY_FAILPOINT")
+    shop_job.write_config(rows_per_file=40)
+    out = shop_job.sync()
+    assert any("rebuilt byte-identically" in r for r in out["recovered"])
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_published_columns_follow_the_contract_types():
+    from contracts import load_contract
+    from deltaferry.config import JobConfig, TableConfig
+    from deltaferry.delta import build_delta
+
+    t = TableConfig("orders", ("id",), "updated_at", "none", "contracts.shop:Orders")
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,))
+    contract = load_contract(t.contract, where="test")
+    staged = pa.table({
+        "id": pa.array([1, 2], pa.int64()),
+        "customer_id": pa.array([3, 4], pa.int64()),
+        "amount_cents": pa.array(["12", "0012"]),  # text at the source
+        "status": pa.array(["new", "paid"]),
+        "updated_at": pa.array([1, 2], pa.timestamp("us")),
+        "_op": pa.array(["upsert", "upsert"]),
+        "_dlt_load_id": pa.array(["1.1", "1.1"]),
+    })
+    delta = build_delta(job, t, contract, [staged], ["1.1"], 1)
+    import io
+
+    import pyarrow.parquet as pq
+
+    published = pq.read_table(io.BytesIO(delta.parts[0].data))
+    assert published.schema.field("amount_cents").type == pa.int64()
+    assert published["amount_cents"].to_pylist() == [12, 12]
+    assert published.schema.field("updated_at").type == pa.timestamp("us")  # precision kept
