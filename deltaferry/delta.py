@@ -251,9 +251,9 @@ def _validate_chunk(
     upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
     if not len(upsert_idx):
         return keep, 0, 0, ""
-    upserts = changes.take(pa.array(upsert_idx)).select(
-        [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
-    )
+    data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
+    all_upserts = len(upsert_idx) == changes.num_rows
+    upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
     result = contract.validate(upserts.to_pandas())
     failed = sorted(result.failed_rows)
     if not failed:

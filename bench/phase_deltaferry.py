@@ -1,0 +1,87 @@
+"""Child process of bench/sync_bench.py: one deltaferry sync of the bench job.
+
+Runs in the project's environment with bench/ and the project root on PYTHONPATH
+(the contract is ``bench_contract:Events``). Prints one ``BENCH_RESULT {json}`` line.
+
+    python bench/phase_deltaferry.py --job bench --config JOBS.toml [--profile OUT.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+T_PROCESS = time.perf_counter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--job", required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--profile", help="write a cProfile of the sync call to this file")
+    args = ap.parse_args()
+
+    t_import = time.perf_counter()
+    from flows.sync import sync_job
+
+    imported = time.perf_counter() - t_import
+    t0 = time.perf_counter()
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        summary = prof.runcall(sync_job, job=args.job, config=args.config)
+        prof.dump_stats(args.profile)
+    else:
+        summary = sync_job(job=args.job, config=args.config)
+    work = time.perf_counter() - t0
+    tables = summary.get("tables", {})
+    steps = _step_times(args.job)
+    dlt_steps = _dlt_step_times(args.job, args.config)
+    rows = sum(int(s.get("rows") or 0) for s in tables.values())
+    result = {
+        "rows": rows,
+        "work_s": work,
+        "import_s": imported,
+        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "extracted": summary.get("extracted"),
+        "tables": tables,
+        "steps": steps,
+        "dlt_steps": dlt_steps,
+    }
+    print("BENCH_RESULT " + json.dumps(result, default=str), flush=True)
+
+
+def _step_times(job: str) -> dict[str, float]:
+    """Seconds per step of the job's latest run, from deltaferry's operations log."""
+    from deltaferry.state import StateStore
+
+    store = StateStore(job)
+    with store.connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT step, sum(duration_ms) / 1000.0 FROM ops_log WHERE run_id = "
+            "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) AND duration_ms IS NOT NULL "
+            "GROUP BY step ORDER BY min(id)"
+        ).fetchall()
+    return {step: float(s) for step, s in rows}
+
+
+def _dlt_step_times(job: str, config: str) -> dict[str, float]:
+    """Seconds per dlt step (extract, normalize, load) of the job's last dlt run."""
+    from deltaferry.config import load_job
+    from sources.sql_database import pipeline_for
+
+    trace = pipeline_for(load_job(job, config)).last_trace
+    if trace is None:
+        return {}
+    return {
+        s.step: (s.finished_at - s.started_at).total_seconds()
+        for s in trace.steps
+        if s.finished_at and s.step in ("extract", "normalize", "load")
+    }
+
+
+if __name__ == "__main__":
+    main()
