@@ -220,9 +220,13 @@ def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) ->
 @cli.command()
 @click.argument("job")
 @config_option
+@click.option(
+    "--oplog", is_flag=True, help="Also check the hash chain of the job's local operations log."
+)
 @one_line_errors
-def verify(job: str, config: str | None) -> None:
-    """Check the lake: manifest chain unbroken, every file present with its sha256 and row count."""
+def verify(job: str, config: str | None, oplog: bool) -> None:
+    """Check the lake: signatures, manifest chain unbroken, every file present with its sha256
+    and row count. Trusted keys come from $DELTAFERRY_KEYS (default $DELTAFERRY_HOME/keys)."""
     from deltaferry.config import load_job
     from deltaferry.verify import verify_table
     from destinations.lake import open_lake
@@ -233,6 +237,87 @@ def verify(job: str, config: str | None) -> None:
     for t in cfg.tables:
         n, rows = verify_table(lake, cfg.name, t.name)
         out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} batches, {rows} rows verified")
+    if oplog:
+        from deltaferry.config import deltaferry_home
+        from deltaferry.errors import ConfigError
+        from deltaferry.state import StateStore, verify_oplog
+
+        path = deltaferry_home() / cfg.name / "state.duckdb"
+        if not path.exists():
+            raise ConfigError(f"job '{cfg.name}' has no operations log at {path}")
+        n = verify_oplog(StateStore(cfg.name, path))
+        out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
+
+
+@cli.group()
+def keys() -> None:
+    """Manage the Ed25519 keys that sign manifests ($DELTAFERRY_KEYS, default $DELTAFERRY_HOME/keys)."""
+
+
+@keys.command("generate")
+@one_line_errors
+def keys_generate() -> None:
+    """Create a signing key (it becomes active if no key is)."""
+    from deltaferry.keys import Keyring
+
+    info = Keyring().generate()
+    out.print(f"generated {info.key_id} ({info.status})")
+
+
+@keys.command("rotate")
+@one_line_errors
+def keys_rotate() -> None:
+    """Create a new active key; the previous key is retired but still verifies its batches."""
+    from deltaferry.keys import Keyring
+
+    info = Keyring().rotate()
+    out.print(f"rotated: {info.key_id} is now active")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--at", "at", default=None, help="Revocation point (ISO 8601 time); default now.")
+@one_line_errors
+def keys_revoke(key_id: str, at: str | None) -> None:
+    """Revoke KEY_ID: manifests it signed from the revocation point on fail verification."""
+    from deltaferry.keys import Keyring
+
+    info = Keyring().revoke(key_id, at)
+    out.print(f"revoked {info.key_id} from {info.revoked_at}")
+
+
+@keys.command("list")
+@one_line_errors
+def keys_list() -> None:
+    """List keys with their status."""
+    from deltaferry.keys import Keyring
+
+    table = _table("key id", "status", "created", "revoked from")
+    for k in Keyring().keys.values():
+        table.add_row(k.key_id, k.status, k.created_at, k.revoked_at or "-")
+    _emit(table)
+
+
+@keys.command("export")
+@one_line_errors
+def keys_export() -> None:
+    """Print the public keyring (keyring.json) for readers on other machines."""
+    from deltaferry.keys import Keyring
+
+    click.echo(Keyring().export())
+
+
+@cli.command("iam-policy")
+@click.argument("job")
+@config_option
+@click.option("--gc", "gc", is_flag=True, help="Also allow deletes (for garbage collection only).")
+@one_line_errors
+def iam_policy(job: str, config: str | None, gc: bool) -> None:
+    """Print a least-privilege IAM policy for JOB's S3 lake."""
+    from deltaferry.config import load_job
+    from destinations.iam import policy_for
+
+    click.echo(json.dumps(policy_for(load_job(job, config), allow_delete=gc), indent=2))
 
 
 @cli.command()

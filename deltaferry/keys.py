@@ -106,12 +106,19 @@ class Keyring:
         self.save()
         return info
 
-    def revoke(self, key_id: str) -> KeyInfo:
+    def revoke(self, key_id: str, at: str | None = None) -> KeyInfo:
+        """Revoke a key from ``at`` (ISO time, default now): manifests it signed that were
+        created at or after that time fail verification."""
         info = self.keys.get(key_id)
         if info is None:
             raise ConfigError(f"keyring {self.path}: no key '{key_id}'")
+        if at is not None:
+            try:
+                at = datetime.fromisoformat(at).astimezone(UTC).isoformat()
+            except ValueError:
+                raise ConfigError(f"revocation time {at!r} is not an ISO 8601 time") from None
         info.status = "revoked"
-        info.revoked_at = _now()
+        info.revoked_at = at or _now()
         self.save()
         return info
 
@@ -145,12 +152,18 @@ class Keyring:
         sig = manifest.get("signature")
         if not sig:
             if self.keys:
-                raise VerificationError(f"{where}: manifest is not signed, but signatures are required")
+                raise VerificationError(
+                    f"{where}: manifest is not signed, but signatures are required"
+                )
             return
         info = self.keys.get(sig.get("key_id", ""))
         if info is None or sig.get("alg") != ALG:
             raise VerificationError(f"{where}: signed with unknown key '{sig.get('key_id')}'")
-        if info.status == "revoked" and info.revoked_at and manifest.get("created_at", "") >= info.revoked_at:
+        if (
+            info.status == "revoked"
+            and info.revoked_at
+            and manifest.get("created_at", "") >= info.revoked_at
+        ):
             raise VerificationError(
                 f"{where}: signed with key '{info.key_id}', revoked at {info.revoked_at}"
             )

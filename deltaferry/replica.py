@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from deltaferry.config import JobConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.keys import Keyring
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
 from deltaferry.duck import fetch_one
@@ -53,7 +54,11 @@ def _duck_type(field: pa.Field) -> str:
 
 
 def pull(
-    job: JobConfig, lake: LakeStore, replica: Path, tables: list[str] | None = None
+    job: JobConfig,
+    lake: LakeStore,
+    replica: Path,
+    tables: list[str] | None = None,
+    keyring: Keyring | None = None,
 ) -> list[PullResult]:
     """Verify and apply every published batch not yet in ``replica``."""
     replica.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,9 @@ def pull(
             )
             after, prev = (last[0], last[1]) if last else (0, None)
             n = rows = 0
-            for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev):
+            for vb in iter_verified(
+                lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring
+            ):
                 assert vb.data is not None
                 _apply(
                     con,

@@ -8,6 +8,7 @@ can read while no run is writing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -36,7 +37,9 @@ CREATE TABLE IF NOT EXISTS ops_log (
     attempt INTEGER NOT NULL,
     outcome VARCHAR NOT NULL,      -- ok | retry | failed | skipped | info
     duration_ms DOUBLE,
-    detail VARCHAR
+    detail VARCHAR,
+    prev_hash VARCHAR,             -- hash of the previous entry: the log is a hash chain
+    hash VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS plans (
     tbl VARCHAR NOT NULL,
@@ -109,6 +112,38 @@ class Plan:
     chunk_rows: int
 
 
+def _entry_hash(prev: str | None, fields: list[Any]) -> str:
+    ts = fields[0].astimezone(UTC).isoformat()
+    body = json.dumps([prev, ts, *fields[1:]], default=str, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def verify_oplog(state: StateStore) -> int:
+    """Walk the operations log's hash chain; raise VerificationError at the first entry that
+    was edited, deleted or moved. Returns the number of entries checked."""
+    from deltaferry.errors import VerificationError
+
+    with state.connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT id, ts, run_id, job, tbl, batch, step, attempt, outcome, duration_ms, detail,"
+            " prev_hash, hash FROM ops_log ORDER BY id"
+        ).fetchall()
+    prev: str | None = None
+    for row in rows:
+        entry_id, fields, prev_hash, digest = row[0], list(row[1:11]), row[11], row[12]
+        if prev_hash != prev:
+            raise VerificationError(
+                f"job '{state.job}': operations log entry {entry_id} does not follow the entry "
+                "before it (an entry was deleted or moved)"
+            )
+        if _entry_hash(prev, fields) != digest:
+            raise VerificationError(
+                f"job '{state.job}': operations log entry {entry_id} was edited (hash mismatch)"
+            )
+        prev = digest
+    return len(rows)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -153,24 +188,32 @@ class StateStore:
         duration_ms: float | None = None,
         detail: str | None = None,
     ) -> None:
-        """Append one row to the operations log (durable before this returns)."""
+        """Append one row to the operations log (durable before this returns).
+
+        Each entry carries the hash of the one before it, so an edited, deleted or
+        reordered entry is found by ``verify_oplog``."""
         with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            last = fetch_one(con, "SELECT hash FROM ops_log ORDER BY id DESC LIMIT 1")
+            prev = last[0] if last else None
+            fields = [
+                now(),
+                run_id,
+                self.job,
+                table,
+                batch,
+                step,
+                attempt,
+                outcome,
+                duration_ms,
+                detail,
+            ]
             con.execute(
-                "INSERT INTO ops_log (ts, run_id, job, tbl, batch, step, attempt, outcome, duration_ms, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    now(),
-                    run_id,
-                    self.job,
-                    table,
-                    batch,
-                    step,
-                    attempt,
-                    outcome,
-                    duration_ms,
-                    detail,
-                ],
+                "INSERT INTO ops_log (ts, run_id, job, tbl, batch, step, attempt, outcome, duration_ms,"
+                " detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*fields, prev, _entry_hash(prev, fields)],
             )
+            con.execute("COMMIT")
 
     def start_run(self) -> str:
         run_id = uuid.uuid4().hex

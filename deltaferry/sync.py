@@ -26,6 +26,7 @@ from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
 from deltaferry.errors import ConflictError, DeltaferryError, JobBusyError, TerminalError
 from deltaferry.failpoints import failpoint
+from deltaferry.keys import Keyring
 from deltaferry.state import Plan, StateStore, now
 from destinations.lake import LakeStore, open_lake
 from destinations.manifest import FORMAT, canonical, data_key, manifest_key, sha256
@@ -44,6 +45,7 @@ class SyncContext:
     run_id: str
     trace_id: str
     contracts: dict[str, Contract] = field(default_factory=dict)
+    keyring: Keyring | None = None
     attempt: Callable[[], int] = lambda: 1
 
     def step(
@@ -100,7 +102,13 @@ def open_context(
     lake.check()
     rid = run_id or state.start_run()
     return SyncContext(
-        job=job, state=state, lake=lake, run_id=rid, trace_id=trace_id or rid, contracts=contracts
+        keyring=Keyring(),
+        job=job,
+        state=state,
+        lake=lake,
+        run_id=rid,
+        trace_id=trace_id or rid,
+        contracts=contracts,
     )
 
 
@@ -175,6 +183,8 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         return None
     batch = ckpt.batch + 1
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta)
+    if ctx.keyring is not None:
+        manifest = ctx.keyring.sign(manifest)
     body = canonical(manifest)
     plan = Plan(
         t.name,

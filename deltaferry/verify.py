@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deltaferry.errors import VerificationError
+from deltaferry.keys import Keyring
 from destinations.lake import LakeStore
 from destinations.manifest import (
     batch_of_manifest_key,
@@ -52,11 +54,14 @@ def iter_verified(
     after: int = 0,
     prev_sha256: str | None = None,
     load: bool = True,
+    keyring: Keyring | None = None,
 ) -> Iterator[VerifiedBatch]:
     """Yield batches after ``after`` in order, each fully verified; raise at the first bad one."""
+    keyring = keyring if keyring is not None else Keyring()
     batches = [b for b in list_batches(lake, job, table) if b > after]
     expected = after + 1
     prev = prev_sha256
+    prev_seq_end: int | None = None
     for b in batches:
         where = f"job '{job}' table '{table}' batch {b}"
         if b != expected:
@@ -73,11 +78,18 @@ def iter_verified(
             raise VerificationError(f"{where}: {e}") from None
         if m["job"] != job or m["table"] != table or m["batch"] != b:
             raise VerificationError(
-                f"{where}: manifest names job/table/batch {m['job']}/{m['table']}/{m['batch']}"
+                f"{where}: the stored manifest is for job '{m['job']}' table '{m['table']}' "
+                f"batch {m['batch']} (moved or replaced)"
             )
-        if m["prev_sha256"] != prev and not (b == after + 1 and prev is None and after > 0):
+        keyring.verify(m, where=where)
+        if m["prev_sha256"] != prev:
             raise VerificationError(
                 f"{where}: chain broken: prev_sha256 {m['prev_sha256']} != {prev}"
+            )
+        seq = m["seq"]
+        if prev_seq_end is not None and seq["start"] != prev_seq_end + 1:
+            raise VerificationError(
+                f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
             )
         tables = []
         for f in m["files"]:
@@ -101,15 +113,22 @@ def iter_verified(
             )
         digest = sha256(raw)
         data = pa.concat_tables(tables, promote_options="permissive") if load and tables else None
+        if data is not None and "_seq" in data.column_names:
+            mm = pc.min_max(data["_seq"])
+            if mm["min"].as_py() != seq["start"] or mm["max"].as_py() != seq["end"]:
+                raise VerificationError(f"{where}: _seq values do not match the manifest's range")
         yield VerifiedBatch(b, m, digest, data)
         prev = digest
+        prev_seq_end = seq["end"]
         expected = b + 1
 
 
-def verify_table(lake: LakeStore, job: str, table: str) -> tuple[int, int]:
+def verify_table(
+    lake: LakeStore, job: str, table: str, keyring: Keyring | None = None
+) -> tuple[int, int]:
     """Verify every batch of a table; returns (batches, rows)."""
     n = rows = 0
-    for vb in iter_verified(lake, job, table, load=False):
+    for vb in iter_verified(lake, job, table, load=False, keyring=keyring):
         n += 1
         rows += vb.manifest["rows"]
     return n, rows

@@ -166,6 +166,70 @@ def s3_client_config() -> object:
     )
 
 
+def _require_tls(endpoint: str, lake: str) -> None:
+    """Plain HTTP only to loopback; anything else needs TLS unless explicitly allowed."""
+    import ipaddress
+    import logging
+
+    parsed = urlparse(endpoint)
+    if parsed.scheme != "http":
+        return
+    host = parsed.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return
+    if os.environ.get("DELTAFERRY_ALLOW_INSECURE_HTTP") == "1":
+        logging.getLogger("deltaferry").warning(
+            "lake %s: plain HTTP to %s allowed by DELTAFERRY_ALLOW_INSECURE_HTTP", lake, host
+        )
+        return
+    raise ConfigError(
+        f"lake {lake}: endpoint {endpoint} uses plain HTTP to a remote host; use https:// "
+        "(or set DELTAFERRY_ALLOW_INSECURE_HTTP=1 to accept the risk)"
+    )
+
+
+def aws_session() -> object:
+    """A boto3 session: the AWS default credential chain, or, when
+    ``DELTAFERRY_ASSUME_ROLE_ARN`` is set, a role assumed through STS for
+    ``DELTAFERRY_ASSUME_ROLE_SECONDS`` (default 3600) and refreshed before it expires."""
+    import boto3
+
+    base = boto3.session.Session()
+    role = os.environ.get("DELTAFERRY_ASSUME_ROLE_ARN")
+    if not role:
+        return base
+    from botocore.credentials import RefreshableCredentials
+    from botocore.session import get_session
+
+    sts = base.client("sts")
+    duration = int(os.environ.get("DELTAFERRY_ASSUME_ROLE_SECONDS", "3600"))
+
+    def fetch() -> dict[str, str]:
+        c = sts.assume_role(RoleArn=role, RoleSessionName="deltaferry", DurationSeconds=duration)[
+            "Credentials"
+        ]
+        return {
+            "access_key": c["AccessKeyId"],
+            "secret_key": c["SecretAccessKey"],
+            "token": c["SessionToken"],
+            "expiry_time": c["Expiration"].isoformat(),
+        }
+
+    try:
+        creds = RefreshableCredentials.create_from_metadata(
+            metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
+        )
+    except Exception as e:  # noqa: BLE001 - any STS failure is a configuration problem here
+        raise ConfigError(f"assuming role {role} failed: {e}") from None
+    botocore_session = get_session()
+    botocore_session._credentials = creds  # the documented way to inject refreshable credentials
+    return boto3.session.Session(botocore_session=botocore_session, region_name=base.region_name)
+
+
 class S3LakeStore:
     """A lake in an S3 bucket (or any S3-compatible store), through boto3.
 
@@ -175,14 +239,17 @@ class S3LakeStore:
     """
 
     def __init__(self, bucket: str, prefix: str) -> None:
-        import boto3
 
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self._client = boto3.session.Session().client("s3", config=s3_client_config())
+        self._client = aws_session().client("s3", config=s3_client_config())
+        _require_tls(self._client.meta.endpoint_url, self.url)
         sse = os.environ.get("DELTAFERRY_S3_SSE", "AES256")
-        self._sse = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
+        self._sse: dict[str, str] = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
+        kms_key = os.environ.get("DELTAFERRY_S3_SSE_KMS_KEY_ID")
+        if sse == "aws:kms" and kms_key:
+            self._sse["SSEKMSKeyId"] = kms_key
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -1,0 +1,71 @@
+"""A least-privilege IAM policy for one job's S3 lake.
+
+The job may list and read under its own prefix, write data objects there, and write
+manifests only as conditional creates (``If-None-Match``); deletes are allowed only
+when asked for (garbage collection); every request must use TLS and SSE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltaferry.config import JobConfig
+from deltaferry.errors import ConfigError
+from destinations.lake import parse_lake_url
+
+
+def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
+    lake = parse_lake_url(job.lake, where=f"job '{job.name}'", base=job.base_dir)
+    if lake.scheme != "s3":
+        raise ConfigError(f"job '{job.name}': iam-policy applies to s3:// lakes, not {job.lake}")
+    bucket = f"arn:aws:s3:::{lake.bucket}"
+    prefix = f"{lake.prefix}/{job.name}" if lake.prefix else job.name
+    objects = f"{bucket}/{prefix}/*"
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ListOwnPrefix",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+        },
+        {"Sid": "ReadOwnObjects", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
+        {
+            "Sid": "WriteDataObjects",
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket}/{prefix}/*/data/*",
+        },
+        {
+            "Sid": "CreateOnlyManifests",
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket}/{prefix}/*/manifests/*",
+            "Condition": {"Null": {"s3:if-none-match": "false"}},
+        },
+        {
+            "Sid": "DenyUnencryptedWrites",
+            "Effect": "Deny",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {"s3:x-amz-server-side-encryption": "true"}},
+        },
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Action": "s3:*",
+            "Resource": [bucket, f"{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+    ]
+    if allow_delete:
+        statements.insert(
+            3,
+            {
+                "Sid": "GarbageCollection",
+                "Effect": "Allow",
+                "Action": "s3:DeleteObject",
+                "Resource": objects,
+            },
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
