@@ -122,7 +122,7 @@ def test_revoked_key_fails_from_its_revocation_point(signed_lake, tmp_path):
     keyring = Keyring()
     key_id = keyring.active().key_id
     keyring.revoke(key_id, at=created[1])  # compromised from batch 2 on
-    with pytest.raises(VerificationError, match=f"batch 2.*revoked"):
+    with pytest.raises(VerificationError, match="batch 2.*revoked"):
         verify_table(lake, "shop", "customers", keyring=Keyring())
 
 
