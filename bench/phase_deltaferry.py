@@ -73,7 +73,10 @@ def _dlt_step_times(job: str, config: str) -> dict[str, float]:
     from deltaferry.config import load_job
     from sources.sql_database import pipeline_for
 
-    trace = pipeline_for(load_job(job, config)).last_trace
+    pipeline, borrowed = pipeline_for(load_job(job, config))
+    trace = pipeline.last_trace
+    if borrowed is not None:
+        borrowed.close()
     if trace is None:
         return {}
     return {

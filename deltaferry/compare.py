@@ -12,13 +12,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig
 from sources.sql_database import engine_for, staging_path
 from sources.sql_database.settings import LOAD_ID_COLUMN, STAGING_DATASET
+from deltaferry import duck
 from deltaferry.duck import fetch_one
 
 
@@ -54,7 +54,7 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
     state = Path(staging_path(job.name)).parent / "state.duckdb"
     if not state.exists() or not staging_path(job.name).exists():
         return []
-    con = duckdb.connect(str(state), read_only=True)
+    con = duck.connect(state, read_only=True, alias="state")
     try:
         entries = con.execute(
             "SELECT DISTINCT pk, load_id FROM quarantine WHERE tbl = ?", [t.name]
@@ -63,7 +63,7 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
         con.close()
     if not entries:
         return []
-    staged = duckdb.connect(str(staging_path(job.name)), read_only=True)
+    staged = duck.connect(staging_path(job.name), read_only=True, alias="staging")
     out = []
     try:
         for pk_json, load_id in entries:
@@ -84,13 +84,15 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
 def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
     """Compare every table of ``job`` between source and replica, column by column."""
     results = []
-    con = duckdb.connect(str(replica), read_only=True)
+    con = duck.connect(replica, read_only=True, alias="replica")
     try:
         for t in job.tables:
             src = read_source(job, t)
             held = outstanding_quarantine(job, t)
             has_replica = fetch_one(
-                con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [t.name]
+                con,
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_catalog = current_database()",
+                [t.name],
             )[0]
             con.register("src", src)
             con.register(

@@ -82,6 +82,7 @@ def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[st
 def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     rows = con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+        " AND table_catalog = current_database()"
         " ORDER BY ordinal_position",
         [STAGING_DATASET, table],
     ).fetchall()

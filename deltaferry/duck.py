@@ -1,18 +1,87 @@
-"""Small DuckDB helpers."""
+"""DuckDB helpers: opening (optionally encrypted) database files, and small queries.
+
+When ``DELTAFERRY_DUCKDB_KEY`` is set, the job's staging, state and replica files are
+encrypted at rest with it (DuckDB's ``ATTACH ... (ENCRYPTION_KEY ...)``). DuckDB writes
+encrypted files only with the httpfs extension (OpenSSL) loaded; it is loaded from the
+``duckdb-extension-httpfs`` package, never downloaded. Without the key, an encrypted
+file does not open.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from deltaferry.errors import ConfigError
+
+KEY_ENV = "DELTAFERRY_DUCKDB_KEY"
 
 
 def fetch_one(
     con: duckdb.DuckDBPyConnection, sql: str, params: Any = None
 ) -> tuple[Any, ...] | None:
-    """First row of a query, with the result fully consumed (DuckDB 2 refuses other work on a
-    connection while a result is unfinished)."""
+    """First row of a query, with the result fully consumed (DuckDB refuses some other work
+    on a connection while a result is unfinished)."""
     rows = (
         con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
     )
     return rows[0] if rows else None
+
+
+def encryption_key() -> str | None:
+    """The configured encryption key, or None. Never log the result."""
+    return os.environ.get(KEY_ENV) or None
+
+
+def _httpfs_path() -> Path:
+    try:
+        import duckdb_extension_httpfs as package
+    except ImportError:
+        raise ConfigError(
+            f"{KEY_ENV} is set but the duckdb-extension-httpfs package is not installed"
+        ) from None
+    found = sorted(Path(package.__file__).parent.glob("extensions/*/httpfs.duckdb_extension"))
+    if not found:
+        raise ConfigError("duckdb-extension-httpfs ships no httpfs extension for this platform")
+    return found[-1]
+
+
+def connect(
+    path: Path | str, *, read_only: bool = False, alias: str = "db"
+) -> duckdb.DuckDBPyConnection:
+    """Open a database file, encrypted when a key is configured.
+
+    With a key the file is attached as ``alias`` and made the default catalog, so
+    unqualified and schema-qualified names work as with a plain connection.
+    """
+    key = encryption_key()
+    if key is None:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.CatalogException as e:
+            if "encrypted" in str(e).lower():
+                raise ConfigError(f"{path} is encrypted: set {KEY_ENV} to open it") from None
+            raise
+    con = duckdb.connect(
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
+    try:
+        con.execute(f"LOAD '{_httpfs_path()}'")
+        con.execute("SET temp_file_encryption = true")
+        quoted = str(path).replace("'", "''")
+        secret = key.replace("'", "''")
+        mode = ", READ_ONLY" if read_only else ""
+        con.execute(f"ATTACH '{quoted}' AS {alias} (ENCRYPTION_KEY '{secret}'{mode})")
+        con.execute(f"USE {alias}")
+    except duckdb.Error as e:
+        con.close()
+        message = str(e).replace(key, "***")
+        if "encryption key" in message.lower() or "encrypted" in message.lower():
+            raise ConfigError(
+                f"{path}: cannot open with the configured {KEY_ENV}: {message}"
+            ) from None
+        raise
+    return con

@@ -19,6 +19,7 @@ from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.keys import Keyring
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
+from deltaferry import duck
 from deltaferry.duck import fetch_one
 
 _META = """
@@ -62,7 +63,7 @@ def pull(
 ) -> list[PullResult]:
     """Verify and apply every published batch not yet in ``replica``."""
     replica.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(replica))
+    con = duck.connect(replica, alias="replica")
     results = []
     try:
         con.execute(_META)
@@ -115,7 +116,7 @@ def _apply(
     try:
         exists = fetch_one(
             con,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ? AND table_catalog = current_database()",
             [table],
         )[0]
         if not exists:
@@ -129,7 +130,7 @@ def _apply(
             have = {
                 r[0]
                 for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? AND table_catalog = current_database()",
                     [table],
                 ).fetchall()
             }

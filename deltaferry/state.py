@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 
 from deltaferry.config import job_home
+from deltaferry import duck
 from deltaferry.duck import fetch_one
 
 _SCHEMA = """
@@ -163,7 +164,7 @@ class StateStore:
         deadline = time.monotonic() + 30
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
+                con = duck.connect(self.path, read_only=read_only, alias="state")
                 break
             except duckdb.IOException as e:
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:

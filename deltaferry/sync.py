@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import duckdb
+from deltaferry import duck
 
 from contracts import Contract, load_contract
 from deltaferry.config import JobConfig, TableConfig, job_home
@@ -149,7 +149,7 @@ def _staged_changes(
     if not path.exists():
         yield [], None
         return
-    con = duckdb.connect(str(path), read_only=True)
+    con = duck.connect(path, read_only=True, alias="staging")
     try:
         ids = (
             load_ids

@@ -124,6 +124,12 @@ def test_revoked_key_fails_from_its_revocation_point(signed_lake, tmp_path):
     keyring.revoke(key_id, at=created[1])  # compromised from batch 2 on
     with pytest.raises(VerificationError, match="batch 2.*revoked"):
         verify_table(lake, "shop", "customers", keyring=Keyring())
+    replica = tmp_path / "revoked-replica.duckdb"
+    with pytest.raises(VerificationError, match="batch 2.*revoked"):
+        pull(signed_lake.job(), lake, replica, ["customers"], keyring=Keyring())
+    con = duckdb.connect(str(replica), read_only=True)
+    assert con.execute("SELECT batch FROM _deltaferry_batches").fetchall() == [(1,)]
+    con.close()
 
 
 def test_rotation_keeps_old_batches_verifiable(signed_lake, shop):
@@ -317,3 +323,53 @@ def test_secrets_never_leak_into_outputs(shop_job, shop, monkeypatch, tmp_path):
     con.close()
     everything = "\n".join(outputs)
     assert "S3CRET" not in everything
+
+
+def test_staging_state_and_replica_are_encrypted_with_a_key(shop_job, shop, monkeypatch):
+    from deltaferry import duck
+
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_KEY", "correct horse battery staple")
+    shop.round(30, 30, churn=0)
+    shop_job.sync()
+    shop.round(5, 5, churn=0.2)
+    shop_job.sync()
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+    home = shop_job.dir / "home" / "shop"
+    files = [home / "staging.duckdb", home / "state.duckdb", shop_job.replica]
+    for f in files:
+        assert b"@example.com" not in f.read_bytes(), f  # no plaintext rows on disk
+    leftovers = list((home / "dlt").rglob("*.parquet"))
+    assert leftovers == []  # dlt's loaded files are deleted
+    for f in files:
+        with pytest.raises(duckdb.Error, match="encrypted"):
+            duckdb.connect(str(f), read_only=True)
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY")
+    with pytest.raises(ConfigError, match="is encrypted: set DELTAFERRY_DUCKDB_KEY"):
+        duck.connect(files[0], read_only=True)
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_KEY", "wrong key")
+    with pytest.raises(ConfigError, match="cannot open with the configured DELTAFERRY_DUCKDB_KEY"):
+        duck.connect(files[0], read_only=True)
+
+
+def test_keys_commands(home):
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    runner = CliRunner()
+    first = runner.invoke(cli, ["keys", "generate"])
+    assert first.exit_code == 0 and "(active)" in first.output
+    rotated = runner.invoke(cli, ["keys", "rotate"])
+    assert rotated.exit_code == 0 and "is now active" in rotated.output
+    listing = runner.invoke(cli, ["keys", "list"])
+    statuses = sorted(line.split("\t")[1] for line in listing.output.splitlines()[1:])
+    assert statuses == ["active", "retired"]
+    old = next(k for k in Keyring().keys.values() if k.status == "retired").key_id
+    revoked = runner.invoke(cli, ["keys", "revoke", old, "--at", "2026-01-01T00:00:00+00:00"])
+    assert revoked.exit_code == 0 and "2026-01-01T00:00:00+00:00" in revoked.output
+    exported = json.loads(runner.invoke(cli, ["keys", "export"]).output)
+    assert {k["status"] for k in exported["keys"]} == {"active", "revoked"}
+    assert "PRIVATE" not in runner.invoke(cli, ["keys", "export"]).output
+    bad = runner.invoke(cli, ["keys", "revoke", "ed25519-nope"])
+    assert bad.exit_code == 2 and "no key 'ed25519-nope'" in bad.output

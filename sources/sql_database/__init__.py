@@ -23,6 +23,7 @@ from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.errors import ConfigError, TerminalError, TransientError
+from deltaferry import duck
 from deltaferry.duck import fetch_one
 from sources.sql_database.settings import (
     CHUNK_SIZE,
@@ -33,6 +34,9 @@ from sources.sql_database.settings import (
 
 # dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
 os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+# loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
+os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
+os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,26 @@ def staging_path(job: str) -> Path:
     return job_home(job) / "staging.duckdb"
 
 
-def pipeline_for(job: JobConfig) -> dlt.Pipeline:
-    """The job's dlt pipeline; its working dir lives under the job's state dir."""
-    return dlt.pipeline(
+def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
+    """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
+    connection it borrows when staging is encrypted (close it after the loads), or None."""
+    path = staging_path(job.name)
+    con = None
+    if duck.encryption_key():
+        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+
+        con = duck.connect(path, alias="staging")
+        credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
+    else:
+        credentials = str(path)
+    pipeline = dlt.pipeline(
         pipeline_name=f"deltaferry_{job.name}",
         pipelines_dir=str(job_home(job.name) / "dlt"),
-        destination=dlt.destinations.duckdb(str(staging_path(job.name))),
+        destination=dlt.destinations.duckdb(credentials),
         dataset_name=STAGING_DATASET,
         progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
     )
+    return pipeline, con
 
 
 def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
@@ -108,7 +123,7 @@ def extract(job: JobConfig) -> ExtractResult:
     engine = engine_for(job)
     try:
         preflight(job, engine)
-        pipeline = pipeline_for(job)
+        pipeline, borrowed = pipeline_for(job)
         insp = sa.inspect(engine)
         resources = [
             sql_table(
@@ -142,11 +157,13 @@ def extract(job: JobConfig) -> ExtractResult:
         tombstones: dict[str, int] = {}
         for t in job.tables:
             if t.deletes == "reconcile":
-                n, ids = _reconcile(job, t, engine, pipeline)
+                n, ids = _reconcile(job, t, engine, pipeline, borrowed)
                 tombstones[t.name] = n
                 load_ids.extend(ids)
         return ExtractResult(load_ids, rows, tombstones)
     finally:
+        if "borrowed" in locals() and borrowed is not None:
+            borrowed.close()
         engine.dispose()
 
 
@@ -189,7 +206,11 @@ def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
 
 
 def _reconcile(
-    job: JobConfig, t: TableConfig, engine: sa.Engine, pipeline: dlt.Pipeline
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    borrowed: duckdb.DuckDBPyConnection | None = None,
 ) -> tuple[int, list[str]]:
     """Compare the source's key set with staging (cost grows with the key count).
 
@@ -210,7 +231,11 @@ def _reconcile(
     path = staging_path(job.name)
     if not path.exists():
         return 0, []
-    con = duckdb.connect(str(path), read_only=True)
+    if borrowed is not None:  # encrypted staging is attached once, to dlt's connection
+        con = borrowed.cursor()
+        con.execute("USE staging")
+    else:
+        con = duck.connect(path, read_only=True, alias="staging")
     try:
         if not _staged_table_exists(con, t.name):
             return 0, []
@@ -235,7 +260,9 @@ def _reconcile(
             con.sql(
                 f"SELECT {', '.join('s.' + _q(c) for c in pk)} FROM {STAGING_DATASET}.{_q(t.name)} s"
                 f" JOIN source_keys k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
-            ).to_arrow_table().to_pylist()
+            )
+            .to_arrow_table()
+            .to_pylist()
             if has_flag and source_keys.num_rows
             else []
         )
@@ -304,7 +331,8 @@ def _staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(
         fetch_one(
             con,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
+            " AND table_catalog = current_database()",
             [STAGING_DATASET, table],
         )[0]
     )
@@ -313,6 +341,7 @@ def _staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 def _staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     rows = con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+        " AND table_catalog = current_database()"
         " ORDER BY ordinal_position",
         [STAGING_DATASET, table],
     ).fetchall()
