@@ -249,6 +249,41 @@ def verify(job: str, config: str | None, oplog: bool) -> None:
         out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
 
 
+@cli.command()
+@click.argument("job")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+@click.option(
+    "--grace-seconds",
+    default=3600,
+    show_default=True,
+    help="Uncommitted objects younger than this may belong to a running writer: kept.",
+)
+@one_line_errors
+def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
+    """Remove objects no manifest names (left by killed or losing writers) and abort
+    incomplete multipart uploads. Readers never delete; only this does."""
+    from deltaferry.config import load_job
+    from deltaferry.gc import collect
+    from destinations.lake import open_lake
+
+    cfg = load_job(job, config)
+    lake = open_lake(cfg.lake, base=cfg.base_dir)
+    lake.check()
+    report = collect(cfg, lake, grace_seconds=grace_seconds, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for key, reason in report.garbage:
+        out.print(f"{verb} {key}: {reason}", highlight=False)
+    for key in report.aborted_uploads:
+        out.print(f"aborted incomplete multipart upload {key}", highlight=False)
+    out.print(
+        f"job {cfg.name}: {report.referenced} objects referenced, {len(report.garbage)} garbage "
+        f"{verb}, {len(report.kept_in_flight)} recent uncommitted kept, "
+        f"{len(report.aborted_uploads)} uploads aborted",
+        highlight=False,
+    )
+
+
 @cli.group()
 def keys() -> None:
     """Manage the Ed25519 keys that sign manifests ($DELTAFERRY_KEYS, default $DELTAFERRY_HOME/keys)."""

@@ -68,6 +68,13 @@ class LakeStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        """Every stored name under prefix with its modification time (epoch seconds),
+        including leftovers of interrupted writes (temporary files)."""
+
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+        """Abort multipart uploads under prefix started before ``older_than`` (epoch)."""
+
 
 class FileLakeStore:
     """A lake on a local or mounted filesystem."""
@@ -134,6 +141,19 @@ class FileLakeStore:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        return sorted(
+            (str(p.relative_to(self.root)), p.stat().st_mtime)
+            for p in base.rglob("*")
+            if p.is_file()
+        )
+
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+        return []  # a filesystem write is one temporary file; entries() lists those
 
 
 def _fsync_dir(path: Path) -> None:
@@ -247,6 +267,9 @@ class S3LakeStore:
         _require_tls(self._client.meta.endpoint_url, self.url)
         sse = os.environ.get("DELTAFERRY_S3_SSE", "AES256")
         self._sse: dict[str, str] = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
+        self._multipart_threshold = int(
+            os.environ.get("DELTAFERRY_S3_MULTIPART_THRESHOLD", str(64 * 1024 * 1024))
+        )
         kms_key = os.environ.get("DELTAFERRY_S3_SSE_KMS_KEY_ID")
         if sse == "aws:kms" and kms_key:
             self._sse["SSEKMSKeyId"] = kms_key
@@ -276,8 +299,32 @@ class S3LakeStore:
             ) from None
 
     def put(self, key: str, data: bytes) -> None:
+        """Objects from ``DELTAFERRY_S3_MULTIPART_THRESHOLD`` bytes (default 64 MiB) up go as
+        multipart uploads; a failed one is aborted by boto3, and ``gc`` aborts any left by
+        a killed process."""
+        if len(data) < self._multipart_threshold:
+            with _s3_errors(self, key):
+                self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **self._sse
+                )
+            return
+        import io
+
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self._multipart_threshold,
+            multipart_chunksize=max(self._multipart_threshold // 2, 5 * 1024 * 1024),
+            use_threads=False,
+        )
         with _s3_errors(self, key):
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._sse)
+            self._client.upload_fileobj(
+                io.BytesIO(data),
+                self.bucket,
+                self._key(key),
+                ExtraArgs=dict(self._sse),
+                Config=config,
+            )
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
@@ -323,6 +370,32 @@ class S3LakeStore:
         with _s3_errors(self, key):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with _s3_errors(self, prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                out.extend(
+                    (o["Key"][strip:], o["LastModified"].timestamp())
+                    for o in page.get("Contents", [])
+                )
+        return sorted(out)
+
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+        aborted: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with _s3_errors(self, prefix):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < older_than:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        aborted.append(up["Key"][strip:])
+        return aborted
+
 
 _TRANSIENT_CODES = {
     "RequestTimeout",
@@ -366,6 +439,12 @@ class _s3_errors:
             ) from exc
         if isinstance(exc, BotoCoreError):
             raise TransientError(f"{where}: {exc}") from exc
+        from boto3.exceptions import S3UploadFailedError
+
+        if isinstance(exc, S3UploadFailedError):
+            raise TransientError(
+                f"{where}: multipart upload failed and was aborted: {exc}"
+            ) from exc
         return False
 
 

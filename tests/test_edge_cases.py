@@ -104,15 +104,17 @@ def test_published_columns_follow_the_contract_types():
     t = TableConfig("orders", ("id",), "updated_at", "none", "contracts.shop:Orders")
     job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,))
     contract = load_contract(t.contract, where="test")
-    staged = pa.table({
-        "id": pa.array([1, 2], pa.int64()),
-        "customer_id": pa.array([3, 4], pa.int64()),
-        "amount_cents": pa.array(["12", "0012"]),  # text at the source
-        "status": pa.array(["new", "paid"]),
-        "updated_at": pa.array([1, 2], pa.timestamp("us")),
-        "_op": pa.array(["upsert", "upsert"]),
-        "_dlt_load_id": pa.array(["1.1", "1.1"]),
-    })
+    staged = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "customer_id": pa.array([3, 4], pa.int64()),
+            "amount_cents": pa.array(["12", "0012"]),  # text at the source
+            "status": pa.array(["new", "paid"]),
+            "updated_at": pa.array([1, 2], pa.timestamp("us")),
+            "_op": pa.array(["upsert", "upsert"]),
+            "_dlt_load_id": pa.array(["1.1", "1.1"]),
+        }
+    )
     delta = build_delta(job, t, contract, [staged], ["1.1"], 1)
     import io
 

@@ -34,7 +34,9 @@ def test_concurrent_creators_exactly_one_wins(lake):
 
     def create(i: int) -> None:
         barrier.wait()
-        results.append(lake.put_if_absent("race/manifests/000000000001.json", f"writer {i}".encode()))
+        results.append(
+            lake.put_if_absent("race/manifests/000000000001.json", f"writer {i}".encode())
+        )
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
     for t in threads:
@@ -56,8 +58,11 @@ def test_file_lake_leaves_no_temporary_files(tmp_path):
 
 @pytest.mark.parametrize(
     "url, message",
-    [("ftp://host/x", "must start with s3:// or file://"), ("s3:///prefix", "has no bucket"),
-     ("file://otherhost/x", "file:///absolute/path")],
+    [
+        ("ftp://host/x", "must start with s3:// or file://"),
+        ("s3:///prefix", "has no bucket"),
+        ("file://otherhost/x", "file:///absolute/path"),
+    ],
 )
 def test_bad_lake_urls_are_config_errors(url, message):
     with pytest.raises(ConfigError, match=message):
