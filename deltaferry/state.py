@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS ops_log (
     batch BIGINT,
     step VARCHAR NOT NULL,
     attempt INTEGER NOT NULL,
-    outcome VARCHAR NOT NULL,      -- ok | retry | failed | skipped | info
+    outcome VARCHAR NOT NULL,      -- ok | retry | exhausted (transient, budget spent) | failed | info
     duration_ms DOUBLE,
     detail VARCHAR,
     prev_hash VARCHAR,             -- hash of the previous entry: the log is a hash chain

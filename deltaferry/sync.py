@@ -47,6 +47,7 @@ class SyncContext:
     contracts: dict[str, Contract] = field(default_factory=dict)
     keyring: Keyring | None = None
     attempt: Callable[[], int] = lambda: 1
+    max_attempts: int = 1
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -57,7 +58,10 @@ class SyncContext:
         try:
             result = fn()
         except BaseException as e:
-            outcome = "retry" if _is_transient(e) else "failed"
+            if not _is_transient(e):
+                outcome = "failed"
+            else:  # transient: retried by the step's retry layer unless its budget is spent
+                outcome = "exhausted" if attempt >= self.max_attempts else "retry"
             self.state.log(
                 self.run_id,
                 step,

@@ -143,6 +143,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     with job_lock(job):
         ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
         ctx.attempt = _attempt
+        ctx.max_attempts = 1 + int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
         try:
             for t in cfg.tables:

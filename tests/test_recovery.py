@@ -118,3 +118,52 @@ def test_lost_acknowledgement_is_success(shop_job, shop, monkeypatch):
     out = shop_job.sync()
     assert out["tables"]["customers"]["manifest"] == "already stored (lost acknowledgement)"
     assert StateStore("shop").checkpoint("customers").batch == 1
+
+
+def test_two_producers_on_one_table_exactly_one_commits(shop_job, shop, tmp_path, monkeypatch):
+    """Two hosts (two DELTAFERRY_HOMEs) run the same job: the create-only manifest fences."""
+    shop.round(30, 30, churn=0)
+    shop_job.sync()  # host A commits batch 1
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path / "host-b"))
+    with pytest.raises(ConflictError, match="batch 1.*another writer"):
+        shop_job.sync()  # host B plans its own batch 1 and is stopped, overwriting nothing
+    lake = shop_job.lake()
+    assert lake.list("shop/customers/manifests/") == ["shop/customers/manifests/000000000001.json"]
+    assert verify_table(lake, "shop", "customers")[0] == 1
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_link_down_longer_than_the_retry_budget_fails_then_resumes(
+    shop_job, shop, s3_endpoint, monkeypatch
+):
+    from tests.faults import FaultProxy
+
+    shop.round(25, 25, churn=0)
+    shop_job.sync()
+    shop.round(5, 5, churn=0.1)
+    proxy = FaultProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    proxy.reset_puts(10_000)  # every upload fails: botocore's and Prefect's budgets both run out
+    try:
+        with pytest.raises(Exception, match="lake s3://.*customers/data/000000000002"):
+            shop_job.sync()
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    state = StateStore("shop")
+    assert state.pending_plan("customers").batch == 2 and state.checkpoint("customers").batch == 1
+    with state.connect(read_only=True) as con:
+        attempts = con.execute(
+            "SELECT attempt, outcome FROM ops_log WHERE step = 'upload' AND tbl = 'customers'"
+            " AND batch = 2 ORDER BY id"
+        ).fetchall()
+    assert attempts == [(1, "retry"), (2, "retry"), (3, "retry"), (4, "exhausted")]
+    out = shop_job.sync()  # the link is back
+    assert any("batch 2" in r for r in out["recovered"])
+    lake = shop_job.lake()
+    for table in ("customers", "orders"):
+        assert verify_table(lake, "shop", table)[0] == 2
+        assert lake.list(f"shop/{table}/manifests/")[-1].endswith("000000000002.json")
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
