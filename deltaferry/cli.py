@@ -284,6 +284,42 @@ def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
     )
 
 
+@cli.command()
+@click.argument("job")
+@config_option
+@one_line_errors
+def drill(job: str, config: str | None) -> None:
+    """Recovery drill: rebuild a fresh replica from the lake alone (verifying every batch)
+    and compare it with the job's staging; exits 1 on any difference."""
+    from deltaferry.config import load_job
+    from deltaferry.drill import drill as run_drill
+    from destinations.lake import open_lake
+
+    cfg = load_job(job, config)
+    lake = open_lake(cfg.lake, base=cfg.base_dir)
+    lake.check()
+    with out.status(f"rebuilding job [bold]{job}[/] from the lake ..."):
+        results, seconds = run_drill(cfg, lake)
+    table = _table(
+        "table", "staged live rows", "replica rows", "held back", "missing", "extra", "equal"
+    )
+    for r in results:
+        table.add_row(
+            r.table,
+            str(r.staged_rows),
+            str(r.replica_rows),
+            str(r.held_back),
+            str(r.missing_in_replica),
+            str(r.extra_in_replica),
+            "yes" if r.equal else "NO",
+        )
+    _emit(table)
+    ok = all(r.equal for r in results)
+    out.print(f"drill {'passed' if ok else 'FAILED'} in {seconds:.1f}s", highlight=False)
+    if not ok:
+        sys.exit(1)
+
+
 @cli.group()
 def keys() -> None:
     """Manage the Ed25519 keys that sign manifests ($DELTAFERRY_KEYS, default $DELTAFERRY_HOME/keys)."""
