@@ -57,7 +57,7 @@ class JobConfig:
     lake: str
     tables: tuple[TableConfig, ...]
     max_quarantine_ratio: float = 0.05
-    rows_per_file: int = 100_000
+    rows_per_file: int = 500_000
     max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -151,7 +151,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     reconcile_ratio = body.get("max_reconcile_delete_ratio", 0.5)
     if not isinstance(reconcile_ratio, (int, float)) or not 0 <= reconcile_ratio <= 1:
         raise ConfigError(f"{where}: max_reconcile_delete_ratio must be a number between 0 and 1")
-    rows_per_file = body.get("rows_per_file", 100_000)
+    rows_per_file = body.get("rows_per_file", 500_000)
     if not isinstance(rows_per_file, int) or rows_per_file < 1:
         raise ConfigError(f"{where}: rows_per_file must be a positive integer")
     tables_raw = body.get("tables")

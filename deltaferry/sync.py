@@ -48,6 +48,8 @@ class SyncContext:
     keyring: Keyring | None = None
     attempt: Callable[[], int] = lambda: 1
     max_attempts: int = 1
+    # the delay the retry layer will wait before the next attempt of the current step
+    next_delay: Callable[[int], float | None] = lambda attempt: None
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -58,10 +60,14 @@ class SyncContext:
         try:
             result = fn()
         except BaseException as e:
+            cause = f"{type(e).__name__}: {e}"
             if not _is_transient(e):
                 outcome = "failed"
             else:  # transient: retried by the step's retry layer unless its budget is spent
                 outcome = "exhausted" if attempt >= self.max_attempts else "retry"
+                delay = self.next_delay(attempt) if outcome == "retry" else None
+                if delay is not None:
+                    cause = f"retry in {delay:.3f}s after {cause}"
             self.state.log(
                 self.run_id,
                 step,
@@ -70,7 +76,7 @@ class SyncContext:
                 batch=batch,
                 attempt=attempt,
                 duration_ms=(time.perf_counter() - t0) * 1000,
-                detail=f"{type(e).__name__}: {e}"[:2000],
+                detail=cause[:2000],
             )
             raise
         detail = result if isinstance(result, str) else None

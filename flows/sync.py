@@ -51,15 +51,27 @@ def _only_transient(task: Any, run: Any, state: Any) -> bool:
     return isinstance(exc, TransientError)
 
 
+# the delays each task run will wait between attempts, by task run name, so that the
+# operations log can say when the next attempt comes
+_RETRY_DELAYS: dict[str, list[float]] = {}
+
+
 def _retrying(t: Any, name: str) -> Any:
     retries = int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
     base = float(os.environ.get("DELTAFERRY_RETRY_BASE_SECONDS", "2"))
+    delays = full_jitter_delays(retries, base)  # drawn per task: retries are not synchronised
+    _RETRY_DELAYS[name] = delays
     return t.with_options(
         task_run_name=name,
         retries=retries,
-        retry_delay_seconds=full_jitter_delays(retries, base),
+        retry_delay_seconds=delays,
         retry_condition_fn=_only_transient,
     )
+
+
+def _next_delay(attempt: int) -> float | None:
+    delays = _RETRY_DELAYS.get(str(task_run.name or ""), [])
+    return delays[attempt - 1] if 0 < attempt <= len(delays) else None
 
 
 def _attempt() -> int:
@@ -143,6 +155,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     with job_lock(job):
         ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
         ctx.attempt = _attempt
+        ctx.next_delay = _next_delay
         ctx.max_attempts = 1 + int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
         try:

@@ -11,7 +11,12 @@ from destinations.manifest import manifest_key
 
 def test_drill_passes_after_rounds_and_fails_when_the_lake_lacks_a_batch(shop_job, shop):
     for r in range(3):
-        shop.round(40 if r == 0 else 8, 40 if r == 0 else 8, churn=0 if r == 0 else 0.1, invalid=2 if r == 1 else 0)
+        shop.round(
+            40 if r == 0 else 8,
+            40 if r == 0 else 8,
+            churn=0 if r == 0 else 0.1,
+            invalid=2 if r == 1 else 0,
+        )
         shop_job.sync()
     results, seconds = drill(shop_job.job(), shop_job.lake())
     assert all(r.equal for r in results), results

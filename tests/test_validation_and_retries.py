@@ -100,6 +100,13 @@ def test_transient_upload_failures_are_retried_with_backoff(
         " ORDER BY id",
     )
     assert attempts == [(1, "retry"), (2, "ok")]
+    detail = _state_rows(
+        shop_job,
+        "SELECT detail FROM ops_log WHERE step = 'upload' AND outcome = 'retry' AND tbl = 'customers'",
+    )[0][0]
+    delay = float(detail.split("retry in ", 1)[1].split("s", 1)[0])
+    assert 0 <= delay <= 0.05  # full jitter: uniform in [0, base * 2**0]
+    assert "TransientError" in detail and "part-00000" in detail  # the cause
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
 
@@ -114,3 +121,8 @@ def test_retry_condition_accepts_only_transient_errors():
     delays = full_jitter_delays(5, base=1.0, cap=8.0)
     assert len(delays) == 5
     assert all(0 <= d <= min(8.0, 2**i) for i, d in enumerate(delays))
+    # the bounds grow exponentially, and tasks draw their own delays (not synchronised)
+    many = [full_jitter_delays(6, base=1.0, cap=100.0) for _ in range(200)]
+    means = [sum(d[i] for d in many) / len(many) for i in range(6)]
+    assert all(means[i + 1] > means[i] for i in range(5))
+    assert len({tuple(d) for d in many}) == len(many)
