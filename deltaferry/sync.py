@@ -266,6 +266,7 @@ def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
             )
         ctx.lake.put(f["key"], part.data)
         sent += len(part.data)
+        failpoint("after_part_upload")
     failpoint("after_upload")
     return sent
 

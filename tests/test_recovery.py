@@ -59,7 +59,7 @@ def test_kill_at_each_commit_point_then_recover(shop_job, shop, point):
 
     out = shop_job.sync()
     recovered = " ".join(out["recovered"])
-    if point in ("after_plan", "after_upload"):
+    if point in ("after_plan", "after_part_upload", "after_upload"):
         assert "rebuilt byte-identically" in recovered
     elif point in ("after_manifest", "before_checkpoint"):
         assert "manifest already stored" in recovered
