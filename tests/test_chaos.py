@@ -28,6 +28,26 @@ BASE = int(os.environ.get("DELTAFERRY_CHAOS_SEED_BASE", "1000"))
 COUNT = int(os.environ.get("DELTAFERRY_CHAOS_SEEDS", "3"))
 
 
+def _kill_at_random_time(shop_job, delay: float) -> int:
+    """Start a run and SIGKILL it from outside after ``delay`` seconds (if still running)."""
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    return p.wait(timeout=300)
+
+
 def _kill_run(shop_job, point: str, skip: int) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -76,6 +96,9 @@ def test_chaos_scenario_converges(seed, shop_job, s3_endpoint, monkeypatch):
                 point = rng.choice(POINTS)
                 if _kill_run(shop_job, point, skip=rng.randint(0, 1)) == -9:
                     kills[point] += 1
+            elif rng.random() < 0.3:
+                if _kill_at_random_time(shop_job, rng.uniform(3.0, 9.0)) == -9:
+                    kills["random_time"] += 1
             if rng.random() < 0.2:
                 proxy.link_down(rng.uniform(0.2, 1.0))
             try:
@@ -148,3 +171,41 @@ def test_same_seed_replays_the_same_faults_in_the_same_order(s3_endpoint):
     first, again, other = run(42), run(42), run(43)
     assert first and first == again
     assert other != first
+
+
+class _ShuffledLake:
+    """A lake whose listings come back in a seeded random order (as some stores page them)."""
+
+    def __init__(self, inner, seed: int) -> None:  # noqa: ANN001
+        self.inner, self.rng = inner, random.Random(seed)
+
+    def list(self, prefix: str) -> list[str]:
+        keys = self.inner.list(prefix)
+        self.rng.shuffle(keys)
+        return keys
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+
+def test_reader_is_indifferent_to_listing_order_duplicates_and_half_written_objects(
+    shop_job, shop, tmp_path
+):
+    from deltaferry.replica import pull
+
+    shop_job.lake_url = f"file://{tmp_path}/lake"
+    shop_job.write_config()
+    for r in range(4):
+        shop.round(30 if r == 0 else 6, 30 if r == 0 else 6, churn=0 if r == 0 else 0.15)
+        shop_job.sync()
+    # a killed writer's half-written object and a stray half-written manifest
+    (tmp_path / "lake/shop/customers/data/000000000005").mkdir(parents=True)
+    (tmp_path / "lake/shop/customers/data/000000000005/.tmp-x.partial").write_bytes(b"PAR1")
+    (tmp_path / "lake/shop/customers/manifests/.tmp-y.partial").write_bytes(b'{"format"')
+    for seed in range(3):
+        replica = tmp_path / f"shuffled-{seed}.duckdb"
+        lake = _ShuffledLake(shop_job.lake(), seed)
+        pull(shop_job.job(), lake, replica)
+        pull(shop_job.job(), lake, replica)  # delivered twice
+        shop_job.replica = replica
+        assert all(c.equal for c in shop_job.compare())

@@ -167,3 +167,24 @@ def test_link_down_longer_than_the_retry_budget_fails_then_resumes(
         assert lake.list(f"shop/{table}/manifests/")[-1].endswith("000000000002.json")
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_two_runners_started_at_once_commit_each_batch_once(shop_job, shop):
+    from prefect.settings import PREFECT_API_URL
+
+    shop.round(40, 40, churn=0)
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    cmd = [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 1]), results
+    if codes == [0, 1]:
+        loser = next(err for code, err in results if code == 1)
+        assert "is already running" in loser and "Traceback" not in loser
+    lake = shop_job.lake()
+    for table in ("customers", "orders"):
+        assert lake.list(f"shop/{table}/manifests/") == [f"shop/{table}/manifests/000000000001.json"]
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
