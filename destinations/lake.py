@@ -326,6 +326,22 @@ class S3LakeStore:
                 Config=config,
             )
 
+    def _retention(self) -> dict[str, object]:
+        """Object Lock retention for commit records, when ``DELTAFERRY_OBJECT_LOCK_DAYS`` is
+        set (the bucket must have Object Lock enabled): a committed manifest can then be
+        neither deleted nor overwritten until it expires. Mode: ``DELTAFERRY_OBJECT_LOCK_MODE``
+        (``GOVERNANCE`` by default, or ``COMPLIANCE``)."""
+        days = os.environ.get("DELTAFERRY_OBJECT_LOCK_DAYS")
+        if not days:
+            return {}
+        from datetime import UTC, datetime, timedelta
+
+        return {
+            "ObjectLockMode": os.environ.get("DELTAFERRY_OBJECT_LOCK_MODE", "GOVERNANCE"),
+            "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=float(days)),
+            "ChecksumAlgorithm": "SHA256",  # S3 requires an integrity checksum with Object Lock
+        }
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
@@ -334,7 +350,12 @@ class S3LakeStore:
                 self, key, passthrough=("PreconditionFailed", "ConditionalRequestConflict")
             ):
                 self._client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*", **self._sse
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=data,
+                    IfNoneMatch="*",
+                    **self._sse,
+                    **self._retention(),
                 )
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")

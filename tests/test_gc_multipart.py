@@ -103,3 +103,26 @@ def test_interrupted_multipart_upload_is_aborted_and_gc_cleans_leftovers(
     report = collect(shop_job.job(), open_lake(shop_job.lake_url), grace_seconds=0)
     assert "shop/customers/data/000000000003/part-00000-z.parquet" in report.aborted_uploads
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_manifests_can_be_locked_against_deletion(shop_job, shop, s3_endpoint, monkeypatch):
+    import uuid
+
+    locked = f"locked-{uuid.uuid4().hex[:10]}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    monkeypatch.setenv("DELTAFERRY_OBJECT_LOCK_DAYS", "1")
+    monkeypatch.setenv("DELTAFERRY_OBJECT_LOCK_MODE", "COMPLIANCE")
+    shop_job.lake_url = f"s3://{locked}/lake"
+    shop_job.write_config()
+    shop.round(10, 10, churn=0)
+    shop_job.sync()
+    key = "lake/shop/customers/manifests/000000000001.json"
+    head = s3.head_object(Bucket=locked, Key=key)
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"]
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
+        s3.delete_object(Bucket=locked, Key=key, VersionId=head["VersionId"])
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())

@@ -175,8 +175,10 @@ def test_two_runners_started_at_once_commit_each_batch_once(shop_job, shop):
     shop.round(40, 40, churn=0)
     env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
     cmd = [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes in ([0, 0], [0, 1]), results
@@ -185,6 +187,8 @@ def test_two_runners_started_at_once_commit_each_batch_once(shop_job, shop):
         assert "is already running" in loser and "Traceback" not in loser
     lake = shop_job.lake()
     for table in ("customers", "orders"):
-        assert lake.list(f"shop/{table}/manifests/") == [f"shop/{table}/manifests/000000000001.json"]
+        assert lake.list(f"shop/{table}/manifests/") == [
+            f"shop/{table}/manifests/000000000001.json"
+        ]
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
