@@ -318,6 +318,32 @@ class StateStore:
             )
             con.execute("COMMIT")
 
+    def adopt_checkpoint(self, plan: Plan) -> None:
+        """Take a checkpoint from the lake (the local state was lost): recorded as a
+        committed plan so that status and the next batch's chain follow it."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(
+                "INSERT INTO plans VALUES (?, ?, 'committed', '[]', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                [
+                    plan.table,
+                    plan.batch,
+                    plan.seq_start,
+                    plan.seq_end,
+                    plan.rows,
+                    plan.manifest.decode(),
+                    plan.manifest_sha256,
+                    plan.chunk_rows,
+                    now(),
+                    now(),
+                ],
+            )
+            con.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                [plan.table, plan.batch, plan.manifest_sha256, plan.seq_end, now()],
+            )
+            con.execute("COMMIT")
+
     def drop_plan(self, table: str, batch: int) -> None:
         with self.connect() as con:
             con.execute(

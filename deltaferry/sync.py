@@ -297,7 +297,9 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
     """Finish a planned batch left by an interrupted run. Returns what was done, or None."""
     plan = ctx.state.pending_plan(t.name)
     if plan is None:
-        return None
+        from deltaferry.adopt import adopt_from_lake
+
+        return adopt_from_lake(ctx, t)
     key = manifest_key(ctx.job.name, t.name, plan.batch)
     stored = ctx.lake.get(key)
     if stored is not None:

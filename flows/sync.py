@@ -93,6 +93,12 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
 
     def run() -> str:
         result = extract(ctx.job)
+        from deltaferry.adopt import stage_missing_as_tombstones
+
+        for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
+            gone = stage_missing_as_tombstones(ctx, t)
+            if gone:
+                extracted[f"{t.name}:tombstones"] = extracted.get(f"{t.name}:tombstones", 0) + gone
         extracted.update(result.rows_by_table)
         for k, v in result.tombstones_by_table.items():
             extracted[f"{k}:tombstones"] = v

@@ -39,6 +39,9 @@ class FaultPlan:
     slice_p: float = 0.0
     close_after_p: float = 0.0
     direction: str = "both"
+    # per HTTP request (client to server): cut it with a reset, or answer 503 Slow Down
+    request_reset_p: float = 0.0
+    request_503_p: float = 0.0
 
     @classmethod
     def random(cls, rng: random.Random) -> FaultPlan:
@@ -64,6 +67,7 @@ class ChaosProxy:
     events: list[tuple[int, str]] = field(default_factory=list)  # (connection, fault), in order
 
     def __post_init__(self) -> None:
+        self.requests = 0
         self._conn_index = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -168,12 +172,27 @@ class ChaosProxy:
         kind, at = fault
         jitter = random.Random(seed)
         sent = 0
+        upstream = dst is not client
         while True:
             data = await src.read(65536)
             if not data:
                 if dst.can_write_eof():
                     dst.write_eof()
                 return
+            if upstream and data[:8].split(b" ", 1)[0] in _METHODS:
+                self.requests += 1
+                if plan.request_reset_p or plan.request_503_p:
+                    draw = jitter.random()
+                    if draw < plan.request_reset_p:
+                        self._note(index, "request_reset")
+                        _rst(client)
+                        raise ConnectionResetError("chaos: request reset")
+                    if draw < plan.request_reset_p + plan.request_503_p:
+                        self._note(index, "request_503")
+                        client.write(_SLOW_DOWN)
+                        await client.drain()
+                        client.close()
+                        raise ConnectionAbortedError("chaos: 503")
             if plan.latency_ms or plan.jitter_ms:
                 await asyncio.sleep((plan.latency_ms + jitter.uniform(0, plan.jitter_ms)) / 1000)
             if kind and sent + len(data) > at:
@@ -196,6 +215,14 @@ class ChaosProxy:
                 if plan.bandwidth_bps:
                     await asyncio.sleep(len(chunk) / plan.bandwidth_bps)
             sent += len(data)
+
+
+_METHODS = {b"GET", b"PUT", b"POST", b"HEAD", b"DELETE"}
+_SLOW_DOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    b"Content-Length: 88\r\n\r\n"
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>\n"
+)
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:

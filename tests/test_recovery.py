@@ -121,17 +121,50 @@ def test_lost_acknowledgement_is_success(shop_job, shop, monkeypatch):
 
 
 def test_two_producers_on_one_table_exactly_one_commits(shop_job, shop, tmp_path, monkeypatch):
-    """Two hosts (two DELTAFERRY_HOMEs) run the same job: the create-only manifest fences."""
+    """Two hosts (two DELTAFERRY_HOMEs with the same history) publish the same batch
+    number: the create-only manifest lets exactly one commit."""
+    import shutil
+
     shop.round(30, 30, churn=0)
-    shop_job.sync()  # host A commits batch 1
-    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path / "host-b"))
-    with pytest.raises(ConflictError, match="batch 1.*another writer"):
-        shop_job.sync()  # host B plans its own batch 1 and is stopped, overwriting nothing
+    shop_job.sync()  # batch 1, on host A
+    host_a = shop_job.dir / "home"
+    host_b = tmp_path / "host-b"
+    shutil.copytree(host_a, host_b)
+    shop.round(5, 5, churn=0.1)
+    shop_job.sync()  # host A commits batch 2
+    monkeypatch.setenv("DELTAFERRY_HOME", str(host_b))
+    with pytest.raises(ConflictError, match="batch 2.*another writer"):
+        shop_job.sync()  # host B's own batch 2 is refused, nothing overwritten
     lake = shop_job.lake()
-    assert lake.list("shop/customers/manifests/") == ["shop/customers/manifests/000000000001.json"]
-    assert verify_table(lake, "shop", "customers")[0] == 1
+    assert lake.list("shop/customers/manifests/")[-1].endswith("000000000002.json")
+    assert verify_table(lake, "shop", "customers")[0] == 2
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_losing_the_whole_home_is_survivable(shop_job, shop):
+    import shutil
+
+    for r in range(2):
+        shop.round(30 if r == 0 else 5, 30 if r == 0 else 5, churn=0 if r == 0 else 0.1)
+        shop_job.sync()
+    lake = shop_job.lake()
+    before = {k: lake.get(k) for k in lake.list("shop/")}
+    shutil.rmtree(shop_job.dir / "home")  # the producer's disk is gone
+    shop.con.execute("DELETE FROM orders WHERE id IN (3, 4)")  # deleted while state was lost
+    shop.con.commit()
+    shop.round(4, 4, churn=0.1)
+    out = shop_job.sync()
+    assert any("adopted batch 2" in r for r in out["recovered"])
+    assert out["tables"]["customers"]["batch"] == 3 and out["tables"]["orders"]["batch"] == 3
+    after = {k: lake.get(k) for k in lake.list("shop/")}
+    assert all(after[k] == v for k, v in before.items())  # committed batches untouched
+    for table in ("customers", "orders"):
+        assert verify_table(lake, "shop", table)[0] == 3
+    shop_job.pull()
+    conv = {c.table: c for c in shop_job.compare()}
+    assert all(c.equal for c in conv.values()), conv
+    assert shop_job.sync()["tables"]["orders"]["batch"] is None  # and it goes on normally
 
 
 def test_link_down_longer_than_the_retry_budget_fails_then_resumes(

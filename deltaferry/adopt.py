@@ -1,0 +1,116 @@
+"""Surviving the loss of a producer's whole ``DELTAFERRY_HOME``.
+
+With no local checkpoint but committed batches in the lake, a run *adopts* the lake:
+it pulls (and so verifies) the table's batches into a baseline replica, takes its
+checkpoint from the last manifest (batch, hash, change sequence) and goes on from
+there — committed batches are never published again. The lost dlt state means the
+source is extracted in full once; keys the lake holds but the source no longer has
+are merged into staging as tombstones, so deletes made while the state was lost
+still reach the readers. The next batch is therefore a re-snapshot plus those
+tombstones, applied idempotently by readers (its ``_seq`` values are newer).
+
+A lake whose last manifest was written by another producer is not adopted: that is
+another writer's table (ConflictError).
+"""
+
+from __future__ import annotations
+
+import json
+
+import dlt
+import pyarrow as pa
+
+from deltaferry import duck
+from deltaferry.config import TableConfig, job_home
+from deltaferry.errors import ConflictError
+from deltaferry.replica import pull
+from deltaferry.state import Plan
+from deltaferry.verify import list_batches
+from destinations.manifest import manifest_key, sha256
+
+
+def baseline_path(job: str, table: str):  # noqa: ANN201
+    return job_home(job) / f"adopt-{table}.duckdb"
+
+
+def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
+    """Adopt the lake's checkpoint for ``t`` when local state is empty. Returns what was done."""
+    if ctx.state.checkpoint(t.name).batch or ctx.state.pending_plan(t.name):
+        return None
+    batches = list_batches(ctx.lake, ctx.job.name, t.name)
+    if not batches:
+        return None
+    last = batches[-1]
+    raw = ctx.lake.get(manifest_key(ctx.job.name, t.name, last))
+    manifest = json.loads(raw) if raw else {}
+    if manifest.get("producer_id") != ctx.job.producer_id:
+        raise ConflictError(
+            f"job '{ctx.job.name}' table '{t.name}': the lake's batch {last} was written by producer "
+            f"'{manifest.get('producer_id')}', not '{ctx.job.producer_id}'; not adopting another writer's table"
+        )
+    path = baseline_path(ctx.job.name, t.name)
+    path.unlink(missing_ok=True)
+    pull(ctx.job, ctx.lake, path, [t.name], keyring=ctx.keyring)  # verifies every batch
+    plan = Plan(
+        t.name,
+        last,
+        [],
+        manifest["seq"]["start"],
+        manifest["seq"]["end"],
+        manifest["rows"],
+        0,
+        raw,
+        sha256(raw),
+        ctx.job.rows_per_file,
+    )
+    ctx.state.adopt_checkpoint(plan)
+    return f"local state was empty: adopted batch {last} from the lake (verified), re-extracting the source"
+
+
+def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
+    """After the full re-extract: keys the lake holds that staging does not are tombstoned."""
+    from sources.sql_database import _run, pipeline_for
+
+    path = baseline_path(ctx.job.name, t.name)
+    if not path.exists():
+        return 0
+    from sources.sql_database.settings import DELETED_COLUMN, STAGING_DATASET
+    from sources.sql_database import staging_path
+
+    pk = list(t.primary_key)
+    keys = ", ".join(f'"{c}"' for c in pk)
+    base = duck.connect(path, read_only=True, alias="baseline")
+    try:
+        lake_keys = base.sql(f'SELECT {keys} FROM "{t.name}"').to_arrow_table()
+    finally:
+        base.close()
+    staging = duck.connect(staging_path(ctx.job.name), read_only=True, alias="staging")
+    try:
+        staging.register("lake_keys", lake_keys)
+        match = " AND ".join(f'k."{c}" = s."{c}"' for c in pk)
+        missing = staging.sql(
+            f"SELECT {', '.join('k.' + chr(34) + c + chr(34) for c in pk)} FROM lake_keys k "
+            f'WHERE NOT EXISTS (SELECT 1 FROM {STAGING_DATASET}."{t.name}" s WHERE {match})'
+        ).to_arrow_table()
+    finally:
+        staging.close()
+    if missing.num_rows:
+        missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
+        tomb = missing.append_column(
+            pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
+        )
+        pipeline, borrowed = pipeline_for(ctx.job)
+        try:
+            resource = dlt.resource(
+                tomb,
+                name=f"{t.name}__adopted_tombstones",
+                table_name=t.name,
+                write_disposition="merge",
+                primary_key=pk,
+            )
+            _run(pipeline, resource, ctx.job)
+        finally:
+            if borrowed is not None:
+                borrowed.close()
+    path.unlink()
+    return missing.num_rows
