@@ -151,8 +151,11 @@ def run_demo(rounds: int, seed: int, workdir: Path | None, console: Console) -> 
             f"{sum(c.source_rows for c in final)} live source rows, {sum(c.replica_rows for c in final)} replica rows, "
             f"{held} held back; {time.perf_counter() - t_start:.1f}s"
         )
+        cli = Path(sys.executable).parent / "deltaferry"
         console.print(
-            f"inspect: DELTAFERRY_HOME={work / 'state'} deltaferry status --config {config}"
+            f"inspect: DELTAFERRY_HOME={work / 'state'} {cli} status --config {config}",
+            highlight=False,
+            soft_wrap=True,
         )
         return ok
     finally:
