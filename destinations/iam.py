@@ -2,11 +2,15 @@
 
 The job may list and read under its own prefix, write data objects there, and write
 manifests only as conditional creates (``If-None-Match``); deletes are allowed only
-when asked for (garbage collection); every request must use TLS and SSE.
+when asked for (garbage collection); every request must use TLS. Encryption at rest
+is requested on every write by deltaferry itself; enforce it on the bucket with
+default encryption (a policy condition on the SSE header would also refuse the
+parts of multipart uploads, which do not carry it).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from deltaferry.config import JobConfig
@@ -27,7 +31,8 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": bucket,
-            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+            # IfExists: HeadBucket (the start-up check) sends no prefix
+            "Condition": {"StringLikeIfExists": {"s3:prefix": [f"{prefix}/*"]}},
         },
         {"Sid": "ReadOwnObjects", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
         {
@@ -44,13 +49,6 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
             "Condition": {"Null": {"s3:if-none-match": "false"}},
         },
         {
-            "Sid": "DenyUnencryptedWrites",
-            "Effect": "Deny",
-            "Action": "s3:PutObject",
-            "Resource": objects,
-            "Condition": {"Null": {"s3:x-amz-server-side-encryption": "true"}},
-        },
-        {
             "Sid": "DenyInsecureTransport",
             "Effect": "Deny",
             "Action": "s3:*",
@@ -58,14 +56,30 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         },
     ]
+    if os.environ.get("DELTAFERRY_OBJECT_LOCK_DAYS"):
+        statements.append(
+            {
+                "Sid": "LockManifests",
+                "Effect": "Allow",
+                "Action": "s3:PutObjectRetention",
+                "Resource": f"{bucket}/{prefix}/*/manifests/*",
+            }
+        )
     if allow_delete:
-        statements.insert(
-            3,
+        statements.append(
             {
                 "Sid": "GarbageCollection",
                 "Effect": "Allow",
-                "Action": "s3:DeleteObject",
+                "Action": ["s3:DeleteObject", "s3:AbortMultipartUpload"],
                 "Resource": objects,
-            },
+            }
+        )
+        statements.append(
+            {
+                "Sid": "ListIncompleteUploads",
+                "Effect": "Allow",
+                "Action": "s3:ListBucketMultipartUploads",
+                "Resource": bucket,
+            }
         )
     return {"Version": "2012-10-17", "Statement": statements}
