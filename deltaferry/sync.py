@@ -283,9 +283,25 @@ def put_manifest(ctx: SyncContext, plan: Plan) -> str:
         return "already stored (lost acknowledgement)"
     raise ConflictError(
         f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: a different manifest already exists at "
-        f"{ctx.lake.url}/{key}; another writer holds this table. Nothing was overwritten; stop other producers "
-        "and investigate before running again"
+        f"{ctx.lake.url}/{key} ({_describe(stored)}; ours sha256 {plan.manifest_sha256[:16]}); another writer "
+        "holds this table. Nothing was overwritten; stop other producers and investigate before running again"
     )
+
+
+def _describe(stored: bytes | None) -> str:
+    """Who wrote a manifest, for conflict messages."""
+    if stored is None:
+        return "unreadable"
+    import json
+
+    try:
+        m = json.loads(stored)
+        return (
+            f"sha256 {sha256(stored)[:16]}, producer '{m.get('producer_id')}', "
+            f"trace {m.get('trace_id')}, created {m.get('created_at')}, {len(stored)} bytes"
+        )
+    except ValueError:
+        return f"sha256 {sha256(stored)[:16]}, not JSON, {len(stored)} bytes"
 
 
 def commit(ctx: SyncContext, plan: Plan) -> None:
