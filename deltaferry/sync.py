@@ -24,7 +24,13 @@ from deltaferry import duck
 from contracts import Contract, load_contract
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
-from deltaferry.errors import ConflictError, DeltaferryError, JobBusyError, TerminalError
+from deltaferry.errors import (
+    ConflictError,
+    DeltaferryError,
+    JobBusyError,
+    TerminalError,
+    TransientError,
+)
 from deltaferry.failpoints import failpoint
 from deltaferry.keys import Keyring
 from deltaferry.state import Plan, StateStore, now
@@ -281,6 +287,11 @@ def put_manifest(ctx: SyncContext, plan: Plan) -> str:
     stored = ctx.lake.get(key)
     if stored is not None and sha256(stored) == plan.manifest_sha256:
         return "already stored (lost acknowledgement)"
+    if stored is None:  # reported present, but not readable yet: decide on the next attempt
+        raise TransientError(
+            f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: the store refused to create "
+            f"{key} but the object cannot be read; retrying"
+        )
     raise ConflictError(
         f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: a different manifest already exists at "
         f"{ctx.lake.url}/{key} ({_describe(stored)}; ours sha256 {plan.manifest_sha256[:16]}); another writer "
