@@ -115,10 +115,11 @@ def read_changes(
     select = ", ".join(_q(c) for c in data_cols)
     order = ", ".join(_q(c) for c in t.primary_key)
     placeholders = ", ".join("?" for _ in load_ids)
-    reader = con.sql(
+    # execute() with parameters streams; the relation API with parameters was ~20x slower
+    reader = con.execute(
         f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)}"
         f" WHERE {_q(LOAD_ID_COLUMN)} IN ({placeholders}) ORDER BY {order}",
-        params=load_ids,
+        load_ids,
     ).to_arrow_reader(min(chunk_rows, 1_000_000))
     return _exact_chunks(reader, chunk_rows)
 
