@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 
-import dlt
-import pyarrow as pa
 
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
@@ -69,12 +67,12 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
 
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     """After the full re-extract: keys the lake holds that staging does not are tombstoned."""
-    from sources.sql_database import _run, pipeline_for
+    from sources.sql_database import pipeline_for, stage_tombstones
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists():
         return 0
-    from sources.sql_database.settings import DELETED_COLUMN, STAGING_DATASET
+    from sources.sql_database.settings import STAGING_DATASET
     from sources.sql_database import staging_path
 
     pk = list(t.primary_key)
@@ -95,20 +93,9 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     finally:
         staging.close()
     if missing.num_rows:
-        missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
-        tomb = missing.append_column(
-            pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
-        )
         pipeline, borrowed = pipeline_for(ctx.job)
         try:
-            resource = dlt.resource(
-                tomb,
-                name=f"{t.name}__adopted_tombstones",
-                table_name=t.name,
-                write_disposition="merge",
-                primary_key=pk,
-            )
-            _run(pipeline, resource, ctx.job)
+            stage_tombstones(ctx.job, t, pipeline, missing, "adopted_tombstones")
         finally:
             if borrowed is not None:
                 borrowed.close()

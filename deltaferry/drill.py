@@ -19,7 +19,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.compare import outstanding_quarantine
 from deltaferry.config import JobConfig
-from deltaferry.delta import SEQ_COLUMN, staged_columns
+from deltaferry.delta import staged_columns
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
 from sources.sql_database import staging_path
@@ -112,6 +112,3 @@ def _compare(
     finally:
         con.close()
     return DrillTable(table, staged.num_rows, replica.num_rows, len(held), missing, extra)
-
-
-__all__ = ["DrillTable", "drill", "SEQ_COLUMN"]

@@ -344,13 +344,6 @@ class StateStore:
             )
             con.execute("COMMIT")
 
-    def drop_plan(self, table: str, batch: int) -> None:
-        with self.connect() as con:
-            con.execute(
-                "DELETE FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
-                [table, batch],
-            )
-
     def published_load_ids(self, table: str) -> set[str]:
         with self.connect() as con:
             rows = con.execute(

@@ -26,7 +26,6 @@ from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
 from deltaferry.errors import (
     ConflictError,
-    DeltaferryError,
     JobBusyError,
     TerminalError,
     TransientError,
@@ -56,6 +55,7 @@ class SyncContext:
     max_attempts: int = 1
     # the delay the retry layer will wait before the next attempt of the current step
     next_delay: Callable[[int], float | None] = lambda attempt: None
+    retry_delays: dict[str, list[float]] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -365,25 +365,3 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             f"from the plan (contract or library changed since?); expected {want}, got {got}"
         )
     return delta
-
-
-def describe_error(e: BaseException) -> str:
-    """One line for an operator."""
-    if isinstance(e, DeltaferryError):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
-
-
-def preflight_job(job: JobConfig) -> None:
-    """Check everything a run needs before it starts: contracts import, the source answers and
-    has every table and column, the lake exists. Raises ConfigError (or TransientError)."""
-    from sources.sql_database import engine_for, preflight
-
-    for t in job.tables:
-        load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
-    engine = engine_for(job)
-    try:
-        preflight(job, engine)
-    finally:
-        engine.dispose()
-    open_lake(job.lake, base=job.base_dir).check()

@@ -51,16 +51,13 @@ def _only_transient(task: Any, run: Any, state: Any) -> bool:
     return isinstance(exc, TransientError)
 
 
-# the delays each task run will wait between attempts, by task run name, so that the
-# operations log can say when the next attempt comes
-_RETRY_DELAYS: dict[str, list[float]] = {}
-
-
-def _retrying(t: Any, name: str) -> Any:
+def _retrying(t: Any, name: str, ctx: SyncContext) -> Any:
     retries = int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
     base = float(os.environ.get("DELTAFERRY_RETRY_BASE_SECONDS", "2"))
     delays = full_jitter_delays(retries, base)  # drawn per task: retries are not synchronised
-    _RETRY_DELAYS[name] = delays
+    # kept on the run's context (not globally) so the operations log can say when the
+    # next attempt comes; it goes away with the run
+    ctx.retry_delays[name] = delays
     return t.with_options(
         task_run_name=name,
         retries=retries,
@@ -69,9 +66,12 @@ def _retrying(t: Any, name: str) -> Any:
     )
 
 
-def _next_delay(attempt: int) -> float | None:
-    delays = _RETRY_DELAYS.get(str(task_run.name or ""), [])
-    return delays[attempt - 1] if 0 < attempt <= len(delays) else None
+def _next_delay(ctx: SyncContext) -> Any:
+    def delay(attempt: int) -> float | None:
+        delays = ctx.retry_delays.get(str(task_run.name or ""), [])
+        return delays[attempt - 1] if 0 < attempt <= len(delays) else None
+
+    return delay
 
 
 def _attempt() -> int:
@@ -161,24 +161,28 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     with job_lock(job):
         ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
         ctx.attempt = _attempt
-        ctx.next_delay = _next_delay
+        ctx.next_delay = _next_delay(ctx)
         ctx.max_attempts = 1 + int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
         try:
             for t in cfg.tables:
-                done = _retrying(recover, f"recover-{t.name}")(ctx, t)
+                done = _retrying(recover, f"recover-{t.name}", ctx)(ctx, t)
                 if done:
                     logger.info("job %s table %s: recovered %s", job, t.name, done)
                     summary["recovered"].append(f"{t.name}: {done}")
-            summary["extracted"] = _retrying(extract_step, "extract")(ctx)
+            summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
             for t in cfg.tables:
                 planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
                 if planned is None:
                     summary["tables"][t.name] = {"batch": None}
                     continue
                 plan, delta = planned
-                sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}")(ctx, plan, delta)
-                outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}")(ctx, plan)
+                sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(
+                    ctx, plan, delta
+                )
+                outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(
+                    ctx, plan
+                )
                 checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
                     ctx, plan
                 )

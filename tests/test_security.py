@@ -266,7 +266,11 @@ def test_iam_policy_is_least_privilege(shop_job):
         for s in policy_for(shop_job.job(), allow_delete=True)["Statement"]
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
-    assert {"s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListBucketMultipartUploads"} <= gc_actions
+    assert {
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListBucketMultipartUploads",
+    } <= gc_actions
     assert by_sid["ListOwnPrefix"]["Condition"] == {
         "StringLikeIfExists": {"s3:prefix": ["lake/shop/*"]}
     }

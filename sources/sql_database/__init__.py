@@ -277,22 +277,29 @@ def _reconcile(
                 f"{staged_live} rows ({ratio:.0%}), over max_reconcile_delete_ratio "
                 f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
             )
-        # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
-        missing = missing.cast(pa.schema([f.with_nullable(False) for f in missing.schema]))
-        tomb = missing.append_column(
-            pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * missing.num_rows, pa.bool_())
-        )
-        resource = dlt.resource(
-            tomb,
-            name=f"{t.name}__tombstones",
-            table_name=t.name,
-            write_disposition="merge",
-            primary_key=pk,
-        )
-        load_ids.extend(_run(pipeline, resource, job).loads_ids)
+        load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
     if recreated:
         load_ids.extend(_reextract(job, t, engine, pipeline, recreated))
     return missing.num_rows, load_ids
+
+
+def stage_tombstones(
+    job: JobConfig, t: TableConfig, pipeline: dlt.Pipeline, keys: pa.Table, origin: str
+) -> list[str]:
+    """Merge the given primary keys into staging as tombstones; returns the load ids."""
+    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
+    keys = keys.cast(pa.schema([f.with_nullable(False) for f in keys.schema]))
+    tomb = keys.append_column(
+        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * keys.num_rows, pa.bool_())
+    )
+    resource = dlt.resource(
+        tomb,
+        name=f"{t.name}__{origin}",
+        table_name=t.name,
+        write_disposition="merge",
+        primary_key=list(t.primary_key),
+    )
+    return list(_run(pipeline, resource, job).loads_ids)
 
 
 def _reextract(
