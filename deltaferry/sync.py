@@ -365,3 +365,18 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             f"from the plan (contract or library changed since?); expected {want}, got {got}"
         )
     return delta
+
+
+def preflight_job(job: JobConfig) -> None:
+    """Check everything a run needs before it starts: contracts import, the source answers and
+    has every table and column, the lake exists. Raises ConfigError (or TransientError)."""
+    from sources.sql_database import engine_for, preflight
+
+    for t in job.tables:
+        load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+    engine = engine_for(job)
+    try:
+        preflight(job, engine)
+    finally:
+        engine.dispose()
+    open_lake(job.lake, base=job.base_dir).check()
