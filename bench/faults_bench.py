@@ -35,8 +35,16 @@ def build_source(path: Path, rows: int) -> None:
     statuses = ["new", "paid", "shipped", "cancelled"]
     con.executemany(
         "INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
-        ((i, 1 + i % 997, (i * 37) % 50_000, statuses[i % 4], f"2026-01-01 00:00:{i % 60:02d}.{i:06d}")
-         for i in range(1, rows + 1)),
+        (
+            (
+                i,
+                1 + i % 997,
+                (i * 37) % 50_000,
+                statuses[i % 4],
+                f"2026-01-01 00:00:{i % 60:02d}.{i:06d}",
+            )
+            for i in range(1, rows + 1)
+        ),
     )
     con.commit()
     con.close()
@@ -58,7 +66,9 @@ contract = "contracts.shop:Orders"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--rows-per-file", type=int, default=2_000)
     ap.add_argument("--seed", type=int, default=7)
@@ -66,10 +76,17 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="deltaferry-faults-bench-"))
     os.environ.update(
-        PREFECT_HOME=str(work / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-        PREFECT_LOGGING_LEVEL="ERROR", RUNTIME__LOG_LEVEL="ERROR", AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", DELTAFERRY_RETRY_BASE_SECONDS="0.2",
-        DELTAFERRY_S3_MAX_ATTEMPTS="5", DELTAFERRY_STEP_RETRIES="5",
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="ERROR",
+        RUNTIME__LOG_LEVEL="ERROR",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        DELTAFERRY_RETRY_BASE_SECONDS="0.2",
+        DELTAFERRY_S3_MAX_ATTEMPTS="5",
+        DELTAFERRY_STEP_RETRIES="5",
     )
     import boto3
     from prefect.testing.utilities import prefect_test_harness
@@ -78,14 +95,19 @@ def main() -> None:
     from tests.conftest import free_port, wait_for_port
 
     port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port(port)
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="faults-bench")
     db = work / "source.db"
     build_source(db, args.rows)
-    print(f"faults bench: {args.rows:,} rows, {args.rows_per_file:,} rows per object, seed {args.seed}")
+    print(
+        f"faults bench: {args.rows:,} rows, {args.rows_per_file:,} rows per object, seed {args.seed}"
+    )
 
     from deltaferry.compare import compare
     from deltaferry.config import load_job
@@ -105,8 +127,14 @@ def main() -> None:
                 os.environ["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{proxy.port}"
                 os.environ["DELTAFERRY_HOME"] = str(work / name.replace(" ", "_").replace("%", ""))
                 config = work / f"{name[:5]}.toml"
-                config.write_text(JOB.format(db=db, bucket="faults-bench", prefix=name[:5],
-                                             rows_per_file=args.rows_per_file))
+                config.write_text(
+                    JOB.format(
+                        db=db,
+                        bucket="faults-bench",
+                        prefix=name[:5],
+                        rows_per_file=args.rows_per_file,
+                    )
+                )
                 t0 = time.perf_counter()
                 sync_job(job="bench", config=str(config))
                 seconds = time.perf_counter() - t0
@@ -117,9 +145,11 @@ def main() -> None:
                 pull(job, open_lake(job.lake), replica)
                 conv = compare(job, replica)[0]
                 results[name] = (seconds, proxy.requests, dict(proxy.injected), conv)
-                print(f"  {name:12s} {seconds:7.2f} s  {args.rows / seconds:10,.0f} rows/s  requests {proxy.requests:4d}"
-                      f"  faults {dict(proxy.injected)}  lost {conv.missing_in_replica}"
-                      f"  duplicated {conv.extra_in_replica}")
+                print(
+                    f"  {name:12s} {seconds:7.2f} s  {args.rows / seconds:10,.0f} rows/s  requests {proxy.requests:4d}"
+                    f"  faults {dict(proxy.injected)}  lost {conv.missing_in_replica}"
+                    f"  duplicated {conv.extra_in_replica}"
+                )
     finally:
         moto.terminate()
     clean, faulty = results["clean"][0], results["10% failing"][0]
@@ -127,8 +157,12 @@ def main() -> None:
     rate = failed / max(results["10% failing"][1], 1)
     ratio = clean / faulty
     print(f"failing requests: {failed} of {results['10% failing'][1]} ({rate:.0%})")
-    print(f"throughput faulty / clean = {ratio:.2f}  (target >= 0.6: {'PASS' if ratio >= 0.6 else 'MISS'})")
-    print(f"lost or duplicated rows: {sum(r[3].missing_in_replica + r[3].extra_in_replica for r in results.values())}")
+    print(
+        f"throughput faulty / clean = {ratio:.2f}  (target >= 0.6: {'PASS' if ratio >= 0.6 else 'MISS'})"
+    )
+    print(
+        f"lost or duplicated rows: {sum(r[3].missing_in_replica + r[3].extra_in_replica for r in results.values())}"
+    )
 
 
 if __name__ == "__main__":

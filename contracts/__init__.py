@@ -80,11 +80,13 @@ class Contract:
                 try:
                     dtype = self.schema.columns[name].dtype.type
                     empty = pd.DataFrame({name: pd.Series([], dtype=dtype)})
-                    types[name] = (
-                        pyarrow_.Schema.from_pandas(empty, preserve_index=False).field(name).type
-                    )
+                    arrow = pyarrow_.Schema.from_pandas(empty, preserve_index=False)
+                    target = arrow.field(name).type
                 except Exception:  # noqa: BLE001 - a type we cannot map stays as staged
                     continue
+                # object columns (decimals, bytes, anything) infer as null: keep them as staged
+                if not pyarrow_.types.is_null(target):
+                    types[name] = target
             self._arrow_types = types
         return self._arrow_types
 

@@ -172,3 +172,59 @@ def shop(shop_job: ShopJob) -> Iterator[object]:
     s = Shop(shop_job.dir / "shop.db", seed=1234)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(session_env: None) -> Iterator[object]:
+    """A real PostgreSQL server (Debian's postgresql) on loopback, once per session."""
+    from tests.pg import PostgresServer
+
+    server = PostgresServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None, postgres) -> ShopJob:
+    """A job whose source is a fresh PostgreSQL database; the test writes the jobs file
+    (``{url}`` and ``{lake}`` in its text are filled in by ``write``)."""
+    db = postgres.create_database(f"src_{uuid.uuid4().hex[:10]}")
+    job = PgJob(
+        dir=tmp_path,
+        config=tmp_path / "deltaferry.toml",
+        lake_url=f"s3://{bucket}/lake",
+        replica=tmp_path / "replica.duckdb",
+        server=postgres,
+        database=db,
+    )
+    return job
+
+
+@dataclass
+class PgJob(ShopJob):
+    server: object = None
+    database: str = ""
+    name: str = "pg"
+
+    def write(self, text: str, **fmt: object) -> None:
+        self.config.write_text(
+            text.format(url=self.server.url(self.database), lake=self.lake_url, **fmt)
+        )
+
+    def sql(self, *statements: str) -> None:
+        with self.server.connect(self.database) as conn:
+            for s in statements:
+                conn.execute(s)
+
+    def job(self):  # noqa: ANN201
+        from deltaferry.config import load_job
+
+        return load_job(self.name, self.config)
+
+    def sync(self) -> dict:
+        from flows.sync import sync_job
+
+        return sync_job(job=self.name, config=str(self.config))

@@ -11,6 +11,7 @@ delta carries them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,63 @@ def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
     return adapt
 
 
+# seconds to wait for a source connection to be established (PostgreSQL, MySQL)
+CONNECT_TIMEOUT = int(os.environ.get("DELTAFERRY_SOURCE_CONNECT_TIMEOUT", "10"))
+
+# connection errors that retrying cannot cure, with what the user should fix
+_CONFIG_CONNECT_ERRORS = (
+    (
+        r"password authentication failed|authentication failed|access denied",
+        "check the user name and password in the source url",
+    ),
+    (r"no pg_hba\.conf entry", "the server refuses this client: check pg_hba.conf and sslmode"),
+    (r'database ".*" does not exist|unknown database', "check the database name in the source url"),
+    (r'role ".*" does not exist', "check the user name in the source url"),
+)
+
+
 def engine_for(job: JobConfig) -> sa.Engine:
-    url = job.source_url()
+    """A SQLAlchemy engine for the job's source. ``postgresql://`` uses psycopg (3), which
+    deltaferry installs, unless psycopg2 is there; connecting gives up after
+    ``DELTAFERRY_SOURCE_CONNECT_TIMEOUT`` seconds (default 10)."""
     try:
-        return sa.create_engine(url)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+        url = sa.make_url(job.source_url())
+    except (sa.exc.ArgumentError, ValueError) as e:
         raise ConfigError(
             f"job '{job.name}': source url is not a valid SQLAlchemy URL: {e}"
         ) from None
+    connect_args: dict[str, Any] = {}
+    if url.drivername == "postgresql" and not _has_module("psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() in ("postgresql", "mysql"):
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    try:
+        return sa.create_engine(url, connect_args=connect_args)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+        raise ConfigError(
+            f"job '{job.name}': source url is not usable: {e} (is the database driver installed?)"
+        ) from None
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def connect_error(job: JobConfig, e: sa.exc.DBAPIError) -> Exception:
+    """A one-line error for a failed source connection: ConfigError when the user must fix
+    the url or the server's access rules, TransientError when the server may come back."""
+    text = " ".join(str(getattr(e, "orig", None) or e).split())
+    for pattern, fix in _CONFIG_CONNECT_ERRORS:
+        if re.search(pattern, text, re.IGNORECASE):
+            return ConfigError(
+                f"job '{job.name}': source database refused the connection: {text}; {fix}"
+            )
+    return TransientError(
+        f"job '{job.name}': source database unreachable: {text}; check the host and port in the "
+        "source url and that the server is up and accepts TCP connections"
+    )
 
 
 def preflight(job: JobConfig, engine: sa.Engine) -> None:
@@ -98,8 +148,8 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
     try:
         insp = sa.inspect(engine)
         existing = set(insp.get_table_names())
-    except sa.exc.OperationalError as e:
-        raise TransientError(f"job '{job.name}': source database unreachable: {e.orig}") from None
+    except sa.exc.DBAPIError as e:
+        raise connect_error(job, e) from None
     for t in job.tables:
         if t.name not in existing:
             raise ConfigError(
@@ -197,6 +247,10 @@ def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
         return pipeline.run(data)
     except PipelineStepFailed as e:
         transient = _transient_cause(e)
+        if isinstance(transient, sa.exc.DBAPIError):
+            classified = connect_error(job, transient)
+            if isinstance(classified, ConfigError):  # credentials changed under a running job
+                raise TerminalError(str(classified)) from e
         if transient is not None:
             raise TransientError(
                 f"job '{job.name}': extract step '{e.step}' failed: {transient}"

@@ -1,0 +1,131 @@
+"""A real PostgreSQL source: types, composite keys, the cursor boundary, hard deletes."""
+
+from __future__ import annotations
+
+import duckdb
+
+EVENTS_DDL = """
+CREATE TABLE events (
+  region text NOT NULL, id integer NOT NULL, amount numeric(12,2),
+  happened_at timestamptz NOT NULL, day date, ref uuid, doc json, docb jsonb, blob bytea,
+  tags text[], scores int[], note text, big bigint, ratio double precision, flag boolean,
+  updated_at timestamptz NOT NULL, PRIMARY KEY (region, id))
+"""
+
+EVENTS_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "events"
+primary_key = ["region", "id"]
+cursor = "updated_at"
+deletes = "reconcile"
+contract = "tests.contracts_pg:Events"
+"""
+
+INSERT_EVENTS = """
+INSERT INTO events
+SELECT r, g, g * 1.25, timestamptz '2026-01-01 00:00:00+02' + g * interval '1 minute',
+       date '2026-01-01' + g, gen_random_uuid(), json_build_object('n', g, 'r', r),
+       jsonb_build_object('k', ARRAY[g, g + 1], 'ü', 'ß'), decode(md5(g::text), 'hex'),
+       ARRAY['x', 'ÿ€', r], ARRAY[g, -g], 'Grüße 東京 🚀 ' || g, 9000000000 + g, g / 7.0,
+       g % 2 = 0, timestamptz '2026-02-01 00:00:00+00' + g * interval '1 second'
+FROM generate_series({lo}, {hi}) g, unnest(ARRAY['eu', 'us']) r
+"""
+
+
+def _replica(pg_job, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(pg_job.replica), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _converged(pg_job) -> None:
+    pg_job.pull()
+    for c in pg_job.compare():
+        assert c.equal, c
+
+
+def test_common_types_and_a_composite_key_survive_the_round_trip(pg_job):
+    pg_job.write(EVENTS_JOB)
+    pg_job.sql(EVENTS_DDL, INSERT_EVENTS.format(lo=1, hi=30))
+    out = pg_job.sync()
+    assert out["tables"]["events"]["rows"] == 60
+    _converged(pg_job)
+    row = _replica(
+        pg_job,
+        "SELECT amount, doc, docb, blob, tags, note, big, flag FROM events "
+        "WHERE region = 'us' AND id = 4",
+    )[0]
+    assert str(row[0]) == "5.00"
+    assert '"n":4' in row[1].replace(" ", "")
+    assert "ß" in row[2]
+    assert row[3] == bytes.fromhex(__import__("hashlib").md5(b"4").hexdigest())
+    assert "ÿ€" in row[4]
+    assert row[5] == "Grüße 東京 🚀 4"
+    assert (row[6], row[7]) == (9000000004, True)
+
+    # an update, an insert and a hard delete, each exactly once
+    pg_job.sql(
+        "UPDATE events SET note = 'changed', updated_at = now() WHERE region = 'eu' AND id = 7",
+        INSERT_EVENTS.format(lo=31, hi=31).replace("now()", "now()"),
+        "DELETE FROM events WHERE region = 'us' AND id = 9",
+    )
+    out = pg_job.sync()
+    e = out["tables"]["events"]
+    assert (e["upserts"], e["deletes"]) == (3, 1), e
+    _converged(pg_job)
+    assert _replica(pg_job, "SELECT count(*) FROM events")[0][0] == 61
+
+
+def _lake_snapshot(pg_job) -> dict[str, bytes]:
+    lake = pg_job.lake()
+    return {k: lake.get(k) for k in lake.list("pg/")}
+
+
+def test_bad_source_input_is_one_line_naming_the_job_and_touches_nothing(
+    pg_job, postgres, monkeypatch
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.test_cli import assert_clean, closed_port, error_line, run_cli
+
+    pg_job.write(EVENTS_JOB.replace('url = "{url}"', 'url = "env:PG_URL"'))
+    pg_job.sql(EVENTS_DDL, INSERT_EVENTS.format(lo=1, hi=5))
+    good = postgres.url(pg_job.database)
+    env = {"PG_URL": good, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    first = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _lake_snapshot(pg_job)
+    assert any(k.endswith("000000000001.json") for k in before)
+    pg_job.sql("UPDATE events SET note = 'pending', updated_at = now() WHERE id = 1")
+
+    cases = [
+        (postgres.url(pg_job.database, password="wrong"), 2, "password"),
+        (postgres.url("no_such_db"), 2, "database name"),
+        (postgres.url(pg_job.database, port=closed_port()), 1, "host and port"),
+    ]
+    for url, code, fix in cases:
+        p = run_cli("run", "pg", "--config", pg_job.config, env={**env, "PG_URL": url})
+        line = error_line(p, code, "job 'pg'", fix)
+        assert "wrong" not in line and "pg-test-superuser" not in line  # no secret echoed
+        assert_clean(p.stderr)
+
+    pg_job.sql("ALTER TABLE events RENAME TO events_gone")
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    error_line(p, 2, "job 'pg' table 'events'", "not found")
+    pg_job.sql("ALTER TABLE events_gone RENAME TO events")
+
+    assert _lake_snapshot(pg_job) == before  # nothing committed was touched
+    out = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _lake_snapshot(pg_job)
+    assert set(after) > set(before)
+    assert all(after[k] == v for k, v in before.items())
+    monkeypatch.setenv("PG_URL", good)
+    _converged(pg_job)
