@@ -83,7 +83,7 @@ def jobs(config: str | None) -> None:
                 job.lake,
                 t.name,
                 ",".join(t.primary_key),
-                t.cursor,
+                t.cursor or "(full compare)",
                 t.deletes,
                 t.contract,
             )

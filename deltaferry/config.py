@@ -18,6 +18,7 @@ from deltaferry.errors import ConfigError
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _JOB_KEYS = {
+    "chunk_size",
     "source",
     "url",
     "lake",
@@ -38,7 +39,7 @@ class TableConfig:
 
     name: str
     primary_key: tuple[str, ...]
-    cursor: str
+    cursor: str | None  # None: full-compare mode (every run reads the whole table)
     deletes: str  # "none" | "reconcile" | "soft:<column>"
     contract: str  # "module:ClassName"
 
@@ -58,6 +59,7 @@ class JobConfig:
     tables: tuple[TableConfig, ...]
     max_quarantine_ratio: float = 0.05
     rows_per_file: int = 500_000
+    chunk_size: int = 50_000
     max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -154,6 +156,9 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     rows_per_file = body.get("rows_per_file", 500_000)
     if not isinstance(rows_per_file, int) or rows_per_file < 1:
         raise ConfigError(f"{where}: rows_per_file must be a positive integer")
+    chunk_size = body.get("chunk_size", 50_000)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"{where}: chunk_size must be a positive integer")
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -170,6 +175,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         tables=tables,
         max_quarantine_ratio=float(ratio),
         rows_per_file=rows_per_file,
+        chunk_size=chunk_size,
         max_reconcile_delete_ratio=float(reconcile_ratio),
         producer_id=str(body.get("producer_id", "default")),
         base_dir=base,
@@ -198,11 +204,13 @@ def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConf
             f"{where}: primary_key is required (a column name or a list of column names)"
         )
     cursor = body.get("cursor")
-    if not isinstance(cursor, str) or not _IDENT.match(cursor):
+    if cursor is not None and (not isinstance(cursor, str) or not _IDENT.match(cursor)):
         raise ConfigError(
-            f"{where}: cursor is required (a column that grows on every insert and update)"
+            f"{where}: cursor must be a column that grows on every insert and update "
+            "(or leave it out for full-compare mode)"
         )
-    deletes = body.get("deletes", "none")
+    # without a cursor every run reads the whole table; hard deletes are then found for free
+    deletes = body.get("deletes", "none" if cursor else "reconcile")
     if not (
         deletes in ("none", "reconcile")
         or (isinstance(deletes, str) and deletes.startswith("soft:") and _IDENT.match(deletes[5:]))
@@ -218,7 +226,11 @@ def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConf
             f"{where}: contract is required as 'module:Class' (or a job-level contract module)"
         )
     _dlt_name_check(where, "table name", tname)
-    for col in {*pk, cursor, *([deletes[5:]] if deletes.startswith("soft:") else [])}:
+    for col in {
+        *pk,
+        *([cursor] if cursor else []),
+        *([deletes[5:]] if deletes.startswith("soft:") else []),
+    }:
         _dlt_name_check(where, "column", col)
     return TableConfig(
         name=tname, primary_key=tuple(pk), cursor=cursor, deletes=deletes, contract=contract

@@ -35,3 +35,28 @@ class Events(pa.DataFrameModel):
     class Config:
         strict = True
         coerce = True
+
+
+class Items(pa.DataFrameModel):
+    """Stock per store; the table has no cursor column (full-compare mode)."""
+
+    sku: Series[str] = pa.Field(str_length={"min_value": 1})
+    store: Series[int] = pa.Field(ge=1)
+    qty: Series[int] = pa.Field(ge=0)
+    price: Series[float] = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class Ticks(pa.DataFrameModel):
+    """Rows whose cursor value is shared by many rows."""
+
+    id: Series[int] = pa.Field(ge=1)
+    v: Series[str]
+    updated_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+    class Config:
+        strict = True
+        coerce = True

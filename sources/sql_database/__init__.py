@@ -27,8 +27,8 @@ from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry import duck
 from deltaferry.duck import fetch_one
 from sources.sql_database.settings import (
-    CHUNK_SIZE,
     DELETED_COLUMN,
+    HASH_COLUMN,
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
@@ -158,7 +158,7 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
         cols = {c["name"] for c in insp.get_columns(t.name)}
         needed = (
             set(t.primary_key)
-            | {t.cursor}
+            | ({t.cursor} if t.cursor else set())
             | ({t.soft_delete_column} if t.soft_delete_column else set())
         )
         missing = sorted(needed - cols)
@@ -175,27 +175,38 @@ def extract(job: JobConfig) -> ExtractResult:
         preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
         insp = sa.inspect(engine)
-        resources = [
-            sql_table(
-                credentials=engine,
-                table=t.name,
-                backend="pyarrow",
-                chunk_size=CHUNK_SIZE,
-                # dedup rows at the last cursor value by their whole content, not their key:
-                # a row changed again within the same cursor value is extracted again, while
-                # unchanged boundary rows are not re-sent
-                incremental=dlt.sources.incremental(
-                    t.cursor, primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
-                ),
-                write_disposition="merge",
-                primary_key=list(t.primary_key),
-                table_adapter_callback=_nullable_except_pk(t.primary_key),
+        hashers: list[duckdb.DuckDBPyConnection] = []
+        resources = []
+        for t in job.tables:
+            if t.cursor is None:
+                resource, hasher = _full_compare(job, t, engine, borrowed)
+                resources.append(resource)
+                hashers.append(hasher)
+                continue
+            resources.append(
+                sql_table(
+                    credentials=engine,
+                    table=t.name,
+                    backend="pyarrow",
+                    chunk_size=job.chunk_size,
+                    # dedup rows at the last cursor value by their whole content, not their key:
+                    # a row changed again within the same cursor value is extracted again, while
+                    # unchanged boundary rows are not re-sent
+                    incremental=dlt.sources.incremental(
+                        t.cursor, primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
+                    ),
+                    write_disposition="merge",
+                    primary_key=list(t.primary_key),
+                    table_adapter_callback=_nullable_except_pk(t.primary_key),
+                )
             )
-            for t in job.tables
-        ]
         load_ids: list[str] = []
         rows: dict[str, int] = {}
-        info = _run(pipeline, resources, job)
+        try:
+            info = _run(pipeline, resources, job)
+        finally:
+            for hasher in hashers:
+                hasher.close()
         load_ids.extend(info.loads_ids)
         counts = (
             pipeline.last_trace.last_normalize_info.row_counts
@@ -215,6 +226,73 @@ def extract(job: JobConfig) -> ExtractResult:
         if "borrowed" in locals() and borrowed is not None:
             borrowed.close()
         engine.dispose()
+
+
+def _full_compare(
+    job: JobConfig, t: TableConfig, engine: sa.Engine, borrowed: duckdb.DuckDBPyConnection | None
+) -> tuple[Any, duckdb.DuckDBPyConnection]:
+    """Full-compare mode, for a table without a cursor: read the whole table (in chunks) and
+    keep only the rows whose content differs from their staged version, new keys included.
+    Each kept row carries the md5 of its source values (``HASH_COLUMN``); the staged hashes
+    of live rows are read once, before the load. Returns the resource and the in-memory
+    DuckDB connection that compares chunks (close it after the run)."""
+    pk = list(t.primary_key)
+    hasher = duckdb.connect()
+    known = _staged_hashes(t, staging_path(job.name), borrowed)
+    if known is None:
+        known = pa.table({HASH_COLUMN: pa.array([], pa.string())})
+        match = "false"
+    else:
+        match = " AND ".join(f"k.{_q(c)} = c.{_q(c)}" for c in [*pk, HASH_COLUMN])
+    hasher.register("known", known)
+
+    def changed_only(chunk: pa.Table) -> pa.Table:
+        values = ", ".join(f"{_q(c)} := c.{_q(c)}" for c in chunk.column_names)
+        hasher.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
+        found = hasher.execute(
+            f"WITH c AS (SELECT *, md5(CAST(struct_pack({values}) AS VARCHAR)) AS {HASH_COLUMN} "
+            f"FROM chunk_ c) SELECT __i, {HASH_COLUMN} FROM c "
+            f"WHERE NOT EXISTS (SELECT 1 FROM known k WHERE {match}) ORDER BY __i"
+        ).fetch_arrow_table()
+        hasher.unregister("chunk_")
+        return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
+
+    resource = sql_table(
+        credentials=engine,
+        table=t.name,
+        backend="pyarrow",
+        chunk_size=job.chunk_size,
+        write_disposition="merge",
+        primary_key=pk,
+        table_adapter_callback=_nullable_except_pk(t.primary_key),
+    ).add_map(changed_only)
+    return resource, hasher
+
+
+def _staged_hashes(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> pa.Table | None:
+    """Primary key and content hash of every live staged row, or None before the first load."""
+    if not path.exists():
+        return None
+    if borrowed is not None:
+        con = borrowed.cursor()
+        con.execute("USE staging")
+    else:
+        con = duck.connect(path, read_only=True, alias="staging")
+    try:
+        if not _staged_table_exists(con, t.name):
+            return None
+        cols = _staged_columns(con, t.name)
+        if HASH_COLUMN not in cols:
+            return None
+        live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+        keys = ", ".join(_q(c) for c in [*t.primary_key, HASH_COLUMN])
+        return con.execute(
+            f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
+        ).fetch_arrow_table()
+    finally:
+        con.close()
 
 
 _TRANSIENT_SOURCE_ERRORS = (
@@ -372,7 +450,7 @@ def _reextract(
         credentials=engine,
         table=t.name,
         backend="pyarrow",
-        chunk_size=CHUNK_SIZE,
+        chunk_size=job.chunk_size,
         query_adapter_callback=only_keys,
         write_disposition="merge",
         primary_key=pk,

@@ -8,7 +8,7 @@ STAGING_DATASET = "raw"
 LOAD_ID_COLUMN = "_dlt_load_id"
 # tombstone flag set on rows found deleted by key-set reconciliation
 DELETED_COLUMN = "_df_deleted"
+# content hash of each staged row of a table without a cursor (full-compare mode)
+HASH_COLUMN = "_df_hash"
 # internal columns never published
-INTERNAL_COLUMNS = frozenset({LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN})
-# rows per chunk read from the source (pyarrow backend)
-CHUNK_SIZE = 50_000
+INTERNAL_COLUMNS = frozenset({LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN, HASH_COLUMN})
