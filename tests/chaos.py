@@ -1,6 +1,6 @@
 """A seeded, fault-injecting TCP proxy (asyncio, our own code) for chaos tests.
 
-It sits between deltaferry and the S3-compatible server. Every connection draws its
+It sits between deltaferry and the S3-compatible server, or the PostgreSQL source. Every connection draws its
 faults from its own RNG, seeded from the proxy's seed and the connection's index, so
 a run with the same seed and the same request sequence meets the same faults in the
 same order. Faults, each with a probability (per connection) and a direction:
@@ -42,6 +42,8 @@ class FaultPlan:
     # per HTTP request (client to server): cut it with a reset, or answer 503 Slow Down
     request_reset_p: float = 0.0
     request_503_p: float = 0.0
+    # bytes into the stream where a reset, blackhole or close strikes (None: drawn, 0-16 KiB)
+    fault_at: int | None = None
 
     @classmethod
     def random(cls, rng: random.Random) -> FaultPlan:
@@ -154,6 +156,8 @@ class ChaosProxy:
     @staticmethod
     def _draw(rng: random.Random, plan: FaultPlan) -> tuple[str | None, int]:
         draw, at = rng.random(), rng.randint(0, 16_384)
+        if plan.fault_at is not None:
+            at = plan.fault_at
         for kind, p in (
             ("reset", plan.reset_p),
             ("blackhole", plan.blackhole_p),

@@ -60,3 +60,18 @@ class Ticks(pa.DataFrameModel):
     class Config:
         strict = True
         coerce = True
+
+
+class Accounts(pa.DataFrameModel):
+    """Accounts changed, deleted and re-created by the chaos scenarios."""
+
+    id: Series[int] = pa.Field(ge=1)
+    owner: Series[str] = pa.Field(str_length={"min_value": 1})
+    balance: Series[pandas_engine.Decimal] = pa.Field(
+        nullable=True, dtype_kwargs={"precision": 14, "scale": 2}
+    )
+    updated_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+    class Config:
+        strict = True
+        coerce = True

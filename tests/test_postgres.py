@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 EVENTS_DDL = """
 CREATE TABLE events (
@@ -215,3 +216,84 @@ def test_rows_sharing_the_cursor_value_across_a_batch_boundary(pg_job):
     assert pg_job.sync()["tables"]["ticks"]["batch"] is None  # no duplicates at the boundary
     _converged(pg_job)
     assert _replica(pg_job, "SELECT count(*), count(DISTINCT id) FROM ticks") == [(15, 15)]
+
+
+ACCOUNTS_DDL = (
+    "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(14,2),"
+    " updated_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
+ACCOUNTS_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+chunk_size = {chunk}
+rows_per_file = 500
+
+[[jobs.pg.tables]]
+name = "accounts"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "reconcile"
+contract = "tests.contracts_pg:Accounts"
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_stalled_source_link_fails_the_run_clearly_then_the_next_run_resumes(
+    pg_job, postgres, monkeypatch
+):
+    """The source link blackholes mid-result (TCP still answers, no data flows): the stall
+    watchdog cuts the connection, retries are spent, the run fails naming the stall; when
+    the link heals the next run publishes everything once."""
+    from tests.chaos import ChaosProxy, FaultPlan
+
+    proxy = ChaosProxy(postgres.port, seed=5)
+    pg_job.server = _Via(postgres, proxy.port)
+    pg_job.write(ACCOUNTS_JOB, chunk=1000)
+    pg_job.sql(
+        ACCOUNTS_DDL,
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g * 3.5 FROM generate_series(1, 300) g",
+    )
+    pg_job.sync()
+    pg_job.sql(
+        "INSERT INTO accounts SELECT g, repeat('x', 200) || g, g FROM generate_series(301, 3000) g"
+    )
+    monkeypatch.setenv("DELTAFERRY_SOURCE_STALL_TIMEOUT", "2")
+    monkeypatch.setenv("DELTAFERRY_STEP_RETRIES", "1")
+    # every connection's replies stop after 64 KiB: the catalogue queries fit, the rows do not
+    proxy.set_plan(FaultPlan(blackhole_p=1.0, direction="down", fault_at=65_536))
+    try:
+        import time
+
+        started = time.monotonic()
+        try:
+            pg_job.sync()
+        except Exception as e:  # noqa: BLE001 - the flow re-raises the step's error
+            message = str(e)
+        else:
+            raise AssertionError("a blackholed source link must fail the run")
+        elapsed = time.monotonic() - started
+        assert "stalled" in message and "job 'pg'" in message, message
+        assert proxy.injected["blackhole"] >= 2  # the first attempt and its retry
+        assert elapsed < 60, elapsed
+        assert len(pg_job.lake().list("pg/accounts/manifests/")) == 1  # nothing half-published
+        proxy.set_plan(FaultPlan())
+        out = pg_job.sync()["tables"]["accounts"]
+        assert (out["batch"], out["rows"]) == (2, 2700)
+        _converged(pg_job)  # the jobs file points at the proxy
+    finally:
+        proxy.close()
+
+
+class _Via:
+    """The server's urls, but through another port (a proxy); everything else as is."""
+
+    def __init__(self, server, port: int) -> None:  # noqa: ANN001
+        self._server, self._port = server, port
+
+    def url(self, database: str = "postgres", **kw) -> str:  # noqa: ANN003
+        return self._server.url(database, port=self._port, **kw)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._server, name)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +117,13 @@ def engine_for(job: JobConfig) -> sa.Engine:
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() in ("postgresql", "mysql"):
         connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    if url.get_backend_name() == "postgresql":
+        # a peer that vanished (NAT state dropped, host gone) is found within about a minute
+        connect_args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10)
+        connect_args["keepalives_count"] = 3
     try:
-        return sa.create_engine(url, connect_args=connect_args)
+        # no pooling: a source connection is open only while it is read (see StallWatchdog)
+        return sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
         raise ConfigError(
             f"job '{job.name}': source url is not usable: {e} (is the database driver installed?)"
@@ -141,6 +149,73 @@ def connect_error(job: JobConfig, e: sa.exc.DBAPIError) -> Exception:
         f"job '{job.name}': source database unreachable: {text}; check the host and port in the "
         "source url and that the server is up and accepts TCP connections"
     )
+
+
+class StallWatchdog:
+    """Cuts the source connections when a read makes no progress for ``timeout`` seconds.
+
+    TCP keepalives find a peer that vanished, not a link that still answers at the TCP
+    level but stopped forwarding (a stuck middlebox, a blackholing proxy); libpq has no
+    client-side read timeout. While a source connection is open, every chunk read counts
+    as progress; after ``timeout`` seconds without any, the connections' sockets are shut
+    down, the blocked read fails with an OperationalError and the step is retried as a
+    transient error. The engine must not pool connections (``engine_for`` does not), so an
+    open connection is one being read."""
+
+    def __init__(self, engine: sa.Engine, timeout: float | None = None) -> None:
+        # seconds a source read may go without any data before its connection is cut
+        self.timeout = timeout or float(os.environ.get("DELTAFERRY_SOURCE_STALL_TIMEOUT", "600"))
+        self.fired = 0
+        self._fds: dict[int, int] = {}
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._engine = engine
+        sa.event.listen(engine, "connect", self._opened)
+        sa.event.listen(engine, "close", self._closed)
+        self._thread = threading.Thread(target=self._watch, name="source-stall-watchdog")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def progress(self, item: Any = None) -> Any:
+        """Note progress; usable as a dlt map step (returns the item unchanged)."""
+        self._last = time.monotonic()
+        return item
+
+    def _opened(self, dbapi_conn: Any, _record: Any) -> None:
+        fileno = getattr(dbapi_conn, "fileno", None)
+        if callable(fileno):
+            with self._lock:
+                self._fds[id(dbapi_conn)] = fileno()
+        self.progress()
+
+    def _closed(self, dbapi_conn: Any, _record: Any) -> None:
+        with self._lock:
+            self._fds.pop(id(dbapi_conn), None)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            with self._lock:
+                fds = list(self._fds.values())
+            if not fds:
+                self._last = time.monotonic()
+                continue
+            if time.monotonic() - self._last < self.timeout:
+                continue
+            self.fired += 1
+            for fd in fds:
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._last = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        sa.event.remove(self._engine, "connect", self._opened)
+        sa.event.remove(self._engine, "close", self._closed)
 
 
 def preflight(job: JobConfig, engine: sa.Engine) -> None:
@@ -171,6 +246,22 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
 def extract(job: JobConfig) -> ExtractResult:
     """Run one incremental dlt load of every table of the job, then reconcile deletes."""
     engine = engine_for(job)
+    watchdog = StallWatchdog(engine)
+    try:
+        return _extract(job, engine, watchdog)
+    except TransientError as e:
+        if watchdog.fired:
+            raise TransientError(
+                f"job '{job.name}': source read stalled: no data for {watchdog.timeout:g} s "
+                f"(DELTAFERRY_SOURCE_STALL_TIMEOUT), connection cut to retry ({e})"
+            ) from e
+        raise
+    finally:
+        watchdog.close()
+        engine.dispose()
+
+
+def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> ExtractResult:
     try:
         preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
@@ -179,7 +270,7 @@ def extract(job: JobConfig) -> ExtractResult:
         resources = []
         for t in job.tables:
             if t.cursor is None:
-                resource, hasher = _full_compare(job, t, engine, borrowed)
+                resource, hasher = _full_compare(job, t, engine, borrowed, watchdog)
                 resources.append(resource)
                 hashers.append(hasher)
                 continue
@@ -198,7 +289,7 @@ def extract(job: JobConfig) -> ExtractResult:
                     write_disposition="merge",
                     primary_key=list(t.primary_key),
                     table_adapter_callback=_nullable_except_pk(t.primary_key),
-                )
+                ).add_map(watchdog.progress)
             )
         load_ids: list[str] = []
         rows: dict[str, int] = {}
@@ -225,11 +316,14 @@ def extract(job: JobConfig) -> ExtractResult:
     finally:
         if "borrowed" in locals() and borrowed is not None:
             borrowed.close()
-        engine.dispose()
 
 
 def _full_compare(
-    job: JobConfig, t: TableConfig, engine: sa.Engine, borrowed: duckdb.DuckDBPyConnection | None
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
 ) -> tuple[Any, duckdb.DuckDBPyConnection]:
     """Full-compare mode, for a table without a cursor: read the whole table (in chunks) and
     keep only the rows whose content differs from their staged version, new keys included.
@@ -257,15 +351,19 @@ def _full_compare(
         hasher.unregister("chunk_")
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
-    resource = sql_table(
-        credentials=engine,
-        table=t.name,
-        backend="pyarrow",
-        chunk_size=job.chunk_size,
-        write_disposition="merge",
-        primary_key=pk,
-        table_adapter_callback=_nullable_except_pk(t.primary_key),
-    ).add_map(changed_only)
+    resource = (
+        sql_table(
+            credentials=engine,
+            table=t.name,
+            backend="pyarrow",
+            chunk_size=job.chunk_size,
+            write_disposition="merge",
+            primary_key=pk,
+            table_adapter_callback=_nullable_except_pk(t.primary_key),
+        )
+        .add_map(watchdog.progress)
+        .add_map(changed_only)
+    )
     return resource, hasher
 
 
