@@ -115,6 +115,7 @@ class ShopJob:
     config: Path
     lake_url: str
     replica: Path
+    name: str = "shop"
 
     def write_config(self, **overrides: object) -> None:
         from deltaferry.shop import JOBS_TOML

@@ -193,6 +193,7 @@ chunk_size = 4
 name = "ticks"
 primary_key = ["id"]
 cursor = "updated_at"
+deletes = "reconcile"
 contract = "tests.contracts_pg:Ticks"
 """
 
@@ -216,6 +217,14 @@ def test_rows_sharing_the_cursor_value_across_a_batch_boundary(pg_job):
     assert pg_job.sync()["tables"]["ticks"]["batch"] is None  # no duplicates at the boundary
     _converged(pg_job)
     assert _replica(pg_job, "SELECT count(*), count(DISTINCT id) FROM ticks") == [(15, 15)]
+
+    # a transaction that committed late with a cursor value older than the last one synced:
+    # the cursor cannot see it, key-set reconciliation does
+    pg_job.sql("INSERT INTO ticks VALUES (99, 'late', timestamptz '2020-01-01 00:00:00+00')")
+    e = pg_job.sync()["tables"]["ticks"]
+    assert (e["batch"], e["upserts"]) == (3, 1), e
+    assert pg_job.sync()["tables"]["ticks"]["batch"] is None
+    _converged(pg_job)
 
 
 ACCOUNTS_DDL = (

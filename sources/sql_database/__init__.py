@@ -145,10 +145,12 @@ def connect_error(job: JobConfig, e: sa.exc.DBAPIError) -> Exception:
             return ConfigError(
                 f"job '{job.name}': source database refused the connection: {text}; {fix}"
             )
-    return TransientError(
-        f"job '{job.name}': source database unreachable: {text}; check the host and port in the "
-        "source url and that the server is up and accepts TCP connections"
-    )
+    if re.search(r"connection failed|refused|timeout expired|could not translate", text, re.I):
+        return TransientError(
+            f"job '{job.name}': source database unreachable: {text}; check the host and port in "
+            "the source url and that the server is up and accepts TCP connections"
+        )
+    return TransientError(f"job '{job.name}': source database connection lost: {text}")
 
 
 class StallWatchdog:
@@ -248,7 +250,10 @@ def extract(job: JobConfig) -> ExtractResult:
     engine = engine_for(job)
     watchdog = StallWatchdog(engine)
     try:
-        return _extract(job, engine, watchdog)
+        try:
+            return _extract(job, engine, watchdog)
+        except sa.exc.DBAPIError as e:  # reflection and key reads outside dlt's own steps
+            raise connect_error(job, e) from e
     except TransientError as e:
         if watchdog.fired:
             raise TransientError(
@@ -445,8 +450,9 @@ def _reconcile(
     """Compare the source's key set with staging (cost grows with the key count).
 
     Staged live keys gone from the source become tombstones. Source keys whose staged row
-    is a tombstone (deleted, then re-created with a cursor value already passed) are
-    extracted again by key, so a re-created row is never lost.
+    is a tombstone (deleted, then re-created with a cursor value already passed), and
+    source keys never staged at all (a transaction that committed late, with a cursor value
+    older than the last one synced), are extracted again by key, so neither is lost.
     """
     pk = list(t.primary_key)
     try:
@@ -486,6 +492,16 @@ def _reconcile(
                 f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} s WHERE {live} AND NOT EXISTS "
                 f"(SELECT 1 FROM source_keys k WHERE {match})"
             ).to_arrow_table()
+        unseen = (
+            con.sql(
+                f"SELECT {', '.join('k.' + _q(c) for c in pk)} FROM source_keys k WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {STAGING_DATASET}.{_q(t.name)} s WHERE {match})"
+            )
+            .to_arrow_table()
+            .to_pylist()
+            if source_keys.num_rows
+            else []
+        )
         recreated = (
             con.sql(
                 f"SELECT {', '.join('s.' + _q(c) for c in pk)} FROM {STAGING_DATASET}.{_q(t.name)} s"
@@ -508,8 +524,8 @@ def _reconcile(
                 f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
             )
         load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
-    if recreated:
-        load_ids.extend(_reextract(job, t, engine, pipeline, recreated))
+    if recreated or unseen:
+        load_ids.extend(_reextract(job, t, engine, pipeline, recreated + unseen))
     return missing.num_rows, load_ids
 
 
@@ -535,27 +551,36 @@ def stage_tombstones(
 def _reextract(
     job: JobConfig, t: TableConfig, engine: sa.Engine, pipeline: dlt.Pipeline, keys: list[dict]
 ) -> list[str]:
-    """Extract the given keys again, ignoring the cursor (rows re-created at the source)."""
+    """Extract the given keys again, ignoring the cursor (rows re-created at the source or
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query."""
     pk = list(t.primary_key)
+    load_ids: list[str] = []
+    for start in range(0, len(keys), REEXTRACT_KEYS):
+        group = keys[start : start + REEXTRACT_KEYS]
 
-    def only_keys(query: Any, table: sa.Table) -> Any:
-        cols = [table.c[c] for c in pk]
-        if len(cols) == 1:
-            return query.where(cols[0].in_([k[pk[0]] for k in keys]))
-        return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in keys]))
+        def only_keys(query: Any, table: sa.Table, group: list[dict] = group) -> Any:
+            cols = [table.c[c] for c in pk]
+            if len(cols) == 1:
+                return query.where(cols[0].in_([k[pk[0]] for k in group]))
+            return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in group]))
 
-    resource = sql_table(
-        credentials=engine,
-        table=t.name,
-        backend="pyarrow",
-        chunk_size=job.chunk_size,
-        query_adapter_callback=only_keys,
-        write_disposition="merge",
-        primary_key=pk,
-        table_adapter_callback=_nullable_except_pk(t.primary_key),
-    ).with_name(f"{t.name}__recreated")
-    resource.apply_hints(table_name=t.name)
-    return list(_run(pipeline, resource, job).loads_ids)
+        resource = sql_table(
+            credentials=engine,
+            table=t.name,
+            backend="pyarrow",
+            chunk_size=job.chunk_size,
+            query_adapter_callback=only_keys,
+            write_disposition="merge",
+            primary_key=pk,
+            table_adapter_callback=_nullable_except_pk(t.primary_key),
+        ).with_name(f"{t.name}__recreated")
+        resource.apply_hints(table_name=t.name)
+        load_ids.extend(_run(pipeline, resource, job).loads_ids)
+    return load_ids
+
+
+# keys per query when rows are extracted again by key
+REEXTRACT_KEYS = 5_000
 
 
 def _keys_arrow(result: Any, pk: list[str]) -> pa.Table:
