@@ -32,6 +32,7 @@ from deltaferry.sync import (
     recover_table,
     upload_parts,
 )
+from flows.report import emit, emit_failure, publish_run_report
 from sources.sql_database import extract
 
 
@@ -164,14 +165,18 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
         ctx.next_delay = _next_delay(ctx)
         ctx.max_attempts = 1 + int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
+        current: str | None = None  # the table being worked on, for failure events
         try:
             for t in cfg.tables:
+                current = t.name
                 done = _retrying(recover, f"recover-{t.name}", ctx)(ctx, t)
                 if done:
                     logger.info("job %s table %s: recovered %s", job, t.name, done)
                     summary["recovered"].append(f"{t.name}: {done}")
+            current = None
             summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
             for t in cfg.tables:
+                current = t.name
                 planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
                 if planned is None:
                     summary["tables"][t.name] = {"batch": None}
@@ -195,6 +200,12 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                     "bytes": sent,
                     "manifest": outcome,
                 }
+                emit(
+                    ctx,
+                    "deltaferry.batch.published",
+                    t.name,
+                    {"batch": plan.batch, "rows": plan.rows, "bytes": sent},
+                )
                 logger.info(
                     "job %s table %s: published batch %d (%d rows, %d quarantined)",
                     job,
@@ -205,6 +216,10 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                 )
         except BaseException as e:
             ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            if isinstance(e, Exception):
+                emit_failure(ctx, e, current)
+                publish_run_report(ctx, summary, e)
             raise
         ctx.state.finish_run(ctx.run_id, "ok")
+        publish_run_report(ctx, summary)
     return summary

@@ -1,0 +1,149 @@
+"""What operators see of a run in the Prefect UI: a markdown artifact (what the run did,
+step by step), a table artifact of the rows the contracts held back, and events.
+
+Events, each with the job and table as resource labels and the contract version:
+
+- ``deltaferry.batch.published``: a batch was committed (batch, rows, bytes);
+- ``deltaferry.validation.failed``: a batch broke its contract beyond the quarantine
+  ratio and nothing was published;
+- ``deltaferry.retries.exhausted``: a step kept failing transiently until its retry
+  budget was spent.
+
+Reporting never fails a run: an artifact or event that cannot be written is logged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from deltaferry.errors import ContractViolation, TransientError
+from deltaferry.sync import SyncContext
+
+
+def artifact_key(job: str, what: str) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"deltaferry-{job}-{what}".lower())
+
+
+def _resource(ctx: SyncContext, table: str | None) -> dict[str, str]:
+    job = ctx.job.name
+    res = {
+        "prefect.resource.id": f"deltaferry.table.{job}.{table}"
+        if table
+        else f"deltaferry.job.{job}",
+        "prefect.resource.name": f"{job}.{table}" if table else job,
+        "deltaferry.job": job,
+        "deltaferry.trace-id": ctx.trace_id,
+    }
+    if table:
+        res["deltaferry.table"] = table
+        contract = ctx.contracts.get(table)
+        if contract is not None:
+            res["deltaferry.contract.version"] = str(contract.version)
+            res["deltaferry.contract.fingerprint"] = contract.fingerprint[:16]
+    return res
+
+
+def emit(ctx: SyncContext, event: str, table: str | None, payload: dict[str, Any]) -> None:
+    try:
+        emit_event(event=event, resource=_resource(ctx, table), payload=payload)
+    except Exception as e:  # noqa: BLE001 - reporting never fails a run
+        get_run_logger().warning("could not emit %s: %s", event, e)
+
+
+def emit_failure(ctx: SyncContext, error: BaseException, table: str | None) -> None:
+    if isinstance(error, ContractViolation):
+        emit(ctx, "deltaferry.validation.failed", table, {"error": str(error)[:2000]})
+    elif isinstance(error, TransientError):
+        emit(ctx, "deltaferry.retries.exhausted", table, {"error": str(error)[:2000]})
+
+
+def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(step durations, retries by cause, quarantine by table/field/check/reason) of this run."""
+    with ctx.state.connect(read_only=True) as con:
+        steps = con.execute(
+            "SELECT step, coalesce(tbl, ''), count(*), round(sum(duration_ms)) FROM ops_log "
+            "WHERE run_id = ? AND outcome <> 'info' GROUP BY ALL ORDER BY min(id)",
+            [ctx.run_id],
+        ).fetchall()
+        retries = con.execute(
+            "SELECT step, outcome, split_part(detail, ':', 1) AS cause, count(*) FROM ops_log "
+            "WHERE run_id = ? AND outcome IN ('retry', 'exhausted') GROUP BY ALL ORDER BY 4 DESC",
+            [ctx.run_id],
+        ).fetchall()
+        held = con.execute(
+            'SELECT tbl, field, "check", reason, count(*) FROM quarantine WHERE run_id = ? '
+            "GROUP BY ALL ORDER BY 5 DESC, 1, 2 LIMIT 200",
+            [ctx.run_id],
+        ).fetchall()
+    return steps, retries, held
+
+
+def publish_run_report(
+    ctx: SyncContext, summary: dict[str, Any], error: BaseException | None = None
+) -> None:
+    """The run's markdown artifact and, when rows were held back, its quarantine table."""
+    try:
+        steps, retries, held = _run_facts(ctx)
+        job = ctx.job.name
+        lines = [
+            f"# deltaferry job `{job}`: {'FAILED' if error else 'ok'}",
+            "",
+            f"trace id `{ctx.trace_id}` (in every manifest of this run) · run id `{ctx.run_id}`",
+        ]
+        if error is not None:
+            lines += ["", f"**Error:** {str(error)[:1500]}"]
+        extracted = summary.get("extracted") or {}
+        lines += [
+            "",
+            "| table | rows extracted | batch | rows published | upserts | deletes "
+            "| quarantined | bytes | contract |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for t in ctx.job.tables:
+            s = summary.get("tables", {}).get(t.name, {})
+            c = ctx.contracts.get(t.name)
+            lines.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    t.name,
+                    extracted.get(t.name, "") if isinstance(extracted, dict) else "",
+                    s.get("batch") or "—",
+                    s.get("rows", 0),
+                    s.get("upserts", 0),
+                    s.get("deletes", 0),
+                    s.get("quarantined", 0),
+                    s.get("bytes", 0),
+                    f"{c.ref} v{c.version}" if c else "",
+                )
+            )
+        if summary.get("recovered"):
+            lines += ["", "Recovered from an earlier run: " + "; ".join(summary["recovered"])]
+        lines += ["", "## Steps", "", "| step | table | attempts | ms |", "|---|---|---:|---:|"]
+        lines += [f"| {s} | {t} | {n} | {ms or 0:.0f} |" for s, t, n, ms in steps]
+        lines += ["", "## Retries by cause", ""]
+        if retries:
+            lines += ["| step | outcome | cause | count |", "|---|---|---|---:|"]
+            lines += [f"| {s} | {o} | {c} | {n} |" for s, o, c, n in retries]
+        else:
+            lines.append("none")
+        create_markdown_artifact(
+            markdown="\n".join(lines),
+            key=artifact_key(job, "run"),
+            description=f"deltaferry run of job {job}",
+        )
+        if held:
+            create_table_artifact(
+                table=[
+                    {"table": t, "field": f, "check": c, "reason": r, "rows": n}
+                    for t, f, c, r, n in held
+                ],
+                key=artifact_key(job, "quarantine"),
+                description=f"rows of job {job} held back by their contracts in this run",
+            )
+    except Exception as e:  # noqa: BLE001 - reporting never fails a run
+        get_run_logger().warning("could not write the run report: %s", e)

@@ -1,0 +1,94 @@
+"""What operators see in the Prefect UI: the run's markdown artifact, the quarantine table
+artifact and deltaferry's events, read back from the Prefect API."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from flows.report import artifact_key
+
+
+def _artifacts(key: str, since: datetime) -> list:
+    """Artifacts under ``key`` created since ``since``, newest first (every test of the
+    session runs a job named shop)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    return [a for a in found if a.created >= since]
+
+
+def _events(name: str, since: datetime, until, wait: float = 30) -> list[dict]:  # noqa: ANN001
+    """Events of this name from the API, polled until ``until(events)`` holds (events
+    arrive asynchronously) or ``wait`` seconds have passed."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + wait
+    while True:
+        with get_client(sync_client=True) as client:
+            r = client.request(
+                "POST",
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"name": [name]},
+                        "occurred": {"since": since.isoformat()},
+                    },
+                    "limit": 50,
+                },
+            )
+            events = r.json()["events"]
+        if until(events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_run_publishes_artifacts_and_events(shop_job, shop):
+    since = datetime.now(timezone.utc)
+    shop.round(20, 10, churn=0, invalid=3)  # 3 customers break the contract
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["quarantined"] == 3
+
+    run_md = _artifacts(artifact_key("shop", "run"), since)
+    assert run_md, "no run artifact"
+    md = run_md[0].data
+    assert "deltaferry job `shop`: ok" in md
+    assert "| customers | 20 | 1 | 17 |" in md  # extracted, batch, published
+    assert "contracts.shop:Customers v1" in md
+    assert "## Steps" in md and "| extract |" in md
+
+    held = _artifacts(artifact_key("shop", "quarantine"), since)
+    assert held, "no quarantine artifact"
+    import json
+
+    rows = json.loads(held[0].data)
+    assert sum(r["rows"] for r in rows if r["table"] == "customers") == 3
+    assert {r["field"] for r in rows} == {"email"}
+
+    def tables(events: list[dict]) -> set[str]:
+        return {e["resource"].get("deltaferry.table") for e in events}
+
+    published = _events("deltaferry.batch.published", since, lambda ev: len(tables(ev)) >= 2)
+    assert {"customers", "orders"} <= tables(published)
+    e = next(e for e in published if e["resource"].get("deltaferry.table") == "customers")
+    assert e["resource"]["deltaferry.contract.version"] == "1"
+    assert e["payload"]["batch"] == 1 and e["payload"]["rows"] == 17
+
+
+def test_failed_validation_is_an_event_and_a_failed_report(shop_job, shop):
+    since = datetime.now(timezone.utc)
+    shop.round(10, 0, churn=0, invalid=5)  # 50% bad, over the 20% threshold
+    with pytest.raises(Exception, match="break contract"):
+        shop_job.sync()
+    failed = _events("deltaferry.validation.failed", since, bool)
+    assert any(e["resource"].get("deltaferry.table") == "customers" for e in failed)
+    md = _artifacts(artifact_key("shop", "run"), since)[0].data
+    assert "FAILED" in md and "break contract" in md
