@@ -7,7 +7,9 @@ Events, each with the job and table as resource labels and the contract version:
 - ``deltaferry.validation.failed``: a batch broke its contract beyond the quarantine
   ratio and nothing was published;
 - ``deltaferry.retries.exhausted``: a step kept failing transiently until its retry
-  budget was spent.
+  budget was spent;
+- ``deltaferry.step.retried``: a step failed transiently and is tried again (cause in
+  the payload).
 
 Reporting never fails a run: an artifact or event that cannot be written is logged.
 """
@@ -54,6 +56,23 @@ def emit(ctx: SyncContext, event: str, table: str | None, payload: dict[str, Any
         emit_event(event=event, resource=_resource(ctx, table), payload=payload)
     except Exception as e:  # noqa: BLE001 - reporting never fails a run
         get_run_logger().warning("could not emit %s: %s", event, e)
+
+
+def emit_retry(job: str, step: str, error: BaseException) -> None:
+    """``deltaferry.step.retried``: a step failed transiently and will be tried again."""
+    try:
+        emit_event(
+            event="deltaferry.step.retried",
+            resource={
+                "prefect.resource.id": f"deltaferry.job.{job}",
+                "prefect.resource.name": job,
+                "deltaferry.job": job,
+                "deltaferry.step": step,
+            },
+            payload={"cause": f"{type(error).__name__}: {error}"[:1000]},
+        )
+    except Exception:  # noqa: BLE001, S110 - reporting never fails a run
+        pass
 
 
 def emit_failure(ctx: SyncContext, error: BaseException, table: str | None) -> None:

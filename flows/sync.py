@@ -32,7 +32,7 @@ from deltaferry.sync import (
     recover_table,
     upload_parts,
 )
-from flows.report import emit, emit_failure, publish_run_report
+from flows.report import emit, emit_failure, emit_retry, publish_run_report
 from sources.sql_database import extract
 
 
@@ -49,7 +49,10 @@ def _only_transient(task: Any, run: Any, state: Any) -> bool:
             exc = state.result(raise_on_failure=False)
         except Exception as e:  # pragma: no cover - defensive
             exc = e
-    return isinstance(exc, TransientError)
+    retrying = isinstance(exc, TransientError)
+    if retrying:
+        emit_retry(str(flow_run.parameters.get("job", "")), run.name, exc)
+    return retrying
 
 
 def _retrying(t: Any, name: str, ctx: SyncContext) -> Any:

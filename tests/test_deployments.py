@@ -155,3 +155,96 @@ def test_deployment_runs_on_a_worker_and_one_run_per_job_at_a_time(
         ]
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+class _Hook:
+    """A webhook receiver on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    received.append(json.loads(body))
+                except ValueError:
+                    received.append({"raw": body.decode(errors="replace")})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self) -> set[str]:
+        return {r.get("alert", "") for r in self.received}
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_job, shop, home):
+    hook = _Hook()
+    env = {**os.environ, **prefect_server, "DELTAFERRY_HOME": str(home)}
+    try:
+        p = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "deployments/automations.py"),
+                "--webhook",
+                hook.url,
+                "--allow-private-urls",
+                "--quiet-window",
+                "15",
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "deltaferry: run failed" in p.stdout and "deltaferry: nothing published" in p.stdout
+        names = {a["name"] for a in _api(env, "POST", "/automations/filter", json={})}
+        assert {
+            "deltaferry: run failed",
+            "deltaferry: retries rising",
+            "deltaferry: nothing published",
+        } <= names
+
+        run = [
+            sys.executable,
+            "-m",
+            "deltaferry.cli",
+            "run",
+            "shop",
+            "--config",
+            str(shop_job.config),
+        ]
+        shop.round(20, 10, churn=0)
+        ok = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        shop.round(10, 0, churn=0, invalid=5)  # half the new customers break the contract
+        bad = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1, bad.stderr[-3000:]
+
+        deadline = time.monotonic() + 120
+        while (
+            time.monotonic() < deadline and not {"run failed", "nothing published"} <= hook.alerts()
+        ):
+            time.sleep(1)
+        assert {"run failed", "nothing published"} <= hook.alerts(), hook.received
+        failed = next(r for r in hook.received if r.get("alert") == "run failed")
+        assert failed["event"] == "prefect.flow-run.Failed"
+        quiet = next(r for r in hook.received if r.get("alert") == "nothing published")
+        assert quiet["job"] == "shop"
+    finally:
+        hook.close()
