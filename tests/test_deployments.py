@@ -1,6 +1,11 @@
-"""The deployments in ``deployments/prefect.yaml`` on a real Prefect server with a process
-worker: registered with ``prefect deploy``, scheduled, run by the worker; two runs of one
-job started at once are serialised by the deployment's concurrency limit of one."""
+"""Operations on a real Prefect server (API and UI, in its own process):
+
+- the deployments in ``deployments/prefect.yaml`` with a process worker: registered with
+  ``prefect deploy``, scheduled, run by the worker; two runs of one job started at once are
+  serialised by the deployment's concurrency limit of one;
+- the alerting automations of ``deployments/automations.py`` calling a loopback webhook;
+- the UI in headless Chromium (Debian's ``chromium`` driven by playwright): a sync run's
+  page and its artifact, with a screenshot in ``test-output/``."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+CHROMIUM = os.environ.get("DELTAFERRY_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
@@ -248,3 +253,58 @@ def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_j
         assert quiet["job"] == "shop"
     finally:
         hook.close()
+
+
+def test_the_ui_shows_the_run_and_its_artifact(prefect_server, shop_job, shop, home):
+    from playwright.sync_api import sync_playwright
+
+    env = {**os.environ, **prefect_server, "DELTAFERRY_HOME": str(home)}
+    shop.round(15, 10, churn=0)
+    p = subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(shop_job.config)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = _api(
+        env,
+        "POST",
+        "/flow_runs/filter",
+        json={"flow_runs": {"name": {"any_": ["sync-shop"]}}, "sort": "START_TIME_DESC"},
+    )
+    run = next(r for r in runs if r["state_type"] == "COMPLETED")
+    ui = prefect_server["PREFECT_API_URL"].removesuffix("/api")
+    out = ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
+            page.get_by_text("sync-shop").first.wait_for(timeout=30_000)
+            page.get_by_text("Completed").first.wait_for(timeout=30_000)
+            page.locator("li.p-tab#artifacts").click()
+            page.get_by_text("deltaferry-shop-run").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(out / "prefect-ui-flow-run.png"), full_page=True)
+            page.locator(".artifact-card, [class*=artifact]").get_by_text(
+                "deltaferry-shop-run"
+            ).first.click()
+            page.get_by_text("deltaferry job").first.wait_for(timeout=30_000)
+            assert page.get_by_text("customers").count() > 0
+            page.screenshot(path=str(out / "prefect-ui-run-artifact.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (out / "prefect-ui-flow-run.png").stat().st_size > 10_000
