@@ -312,7 +312,11 @@ def _describe(stored: bytes | None) -> str:
             f"trace {m.get('trace_id')}, created {m.get('created_at')}, {len(stored)} bytes"
         )
     except ValueError:
-        return f"sha256 {sha256(stored)[:16]}, not JSON, {len(stored)} bytes"
+        return (
+            f"sha256 {sha256(stored)[:16]}, not JSON, {len(stored)} bytes: a torn write the store "
+            "accepted (S3 refuses incomplete bodies; this store did not); if no other producer "
+            "writes this table, delete that object and run again"
+        )
 
 
 def commit(ctx: SyncContext, plan: Plan) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: real services started once per session, state isolated per test.
 
-- An S3-compatible server (moto in server mode) in its own process on loopback.
+- An S3-compatible server (moto in server mode, refusing torn bodies as S3 does:
+  ``tests/s3_server.py``) in its own process on loopback.
 - A temporary Prefect API (``prefect_test_harness``) with its own PREFECT_HOME.
 - Every test gets its own DELTAFERRY_HOME, bucket, jobs file and source database.
 """
@@ -69,7 +70,7 @@ def s3_endpoint(session_env: None) -> Iterator[str]:
     """A real S3-compatible HTTP server (moto server mode) in a child process."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(Path(__file__).parent / "s3_server.py"), "127.0.0.1", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
