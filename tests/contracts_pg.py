@@ -75,3 +75,15 @@ class Accounts(pa.DataFrameModel):
     class Config:
         strict = True
         coerce = True
+
+
+class Tokens(pa.DataFrameModel):
+    """A table keyed by uuid (staged and published as text)."""
+
+    id: Series[str] = pa.Field(str_matches=UUID)
+    label: Series[str]
+    updated_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+    class Config:
+        strict = True
+        coerce = True

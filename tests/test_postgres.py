@@ -73,8 +73,9 @@ def test_common_types_and_a_composite_key_survive_the_round_trip(pg_job):
 
     # an update, an insert and a hard delete, each exactly once
     pg_job.sql(
-        "UPDATE events SET note = 'changed', updated_at = now() WHERE region = 'eu' AND id = 7",
-        INSERT_EVENTS.format(lo=31, hi=31).replace("now()", "now()"),
+        "UPDATE events SET note = 'changed', updated_at = timestamptz '2027-01-01 00:00:00+00'"
+        " WHERE region = 'eu' AND id = 7",
+        INSERT_EVENTS.format(lo=31, hi=31),
         "DELETE FROM events WHERE region = 'us' AND id = 9",
     )
     out = pg_job.sync()
@@ -306,3 +307,63 @@ class _Via:
 
     def __getattr__(self, name: str):  # noqa: ANN204
         return getattr(self._server, name)
+
+
+UUIDS_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "tokens"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "reconcile"
+contract = "tests.contracts_pg:Tokens"
+"""
+
+
+def test_uuid_keys_with_hard_deletes_and_re_created_rows(pg_job):
+    pg_job.write(UUIDS_JOB)
+    pg_job.sql(
+        "CREATE TABLE tokens (id uuid PRIMARY KEY, label text NOT NULL,"
+        " updated_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        "INSERT INTO tokens (id, label) SELECT gen_random_uuid(), 't' || g"
+        " FROM generate_series(1, 6) g",
+    )
+    assert pg_job.sync()["tables"]["tokens"]["rows"] == 6
+    with pg_job.server.connect(pg_job.database) as conn:
+        gone = conn.execute("SELECT id FROM tokens ORDER BY label LIMIT 1").fetchone()[0]
+    pg_job.sql(f"DELETE FROM tokens WHERE id = '{gone}'")
+    e = pg_job.sync()["tables"]["tokens"]
+    assert (e["upserts"], e["deletes"]) == (0, 1), e
+    _converged(pg_job)
+    # re-created with an old cursor value: found by key, extracted again
+    pg_job.sql(
+        f"INSERT INTO tokens VALUES ('{gone}', 'back', timestamptz '2001-01-01 00:00:00+00')"
+    )
+    e = pg_job.sync()["tables"]["tokens"]
+    assert (e["upserts"], e["deletes"]) == (1, 0), e
+    _converged(pg_job)
+    assert _replica(pg_job, "SELECT label FROM tokens WHERE id = '" + str(gone) + "'") == [
+        ("back",)
+    ]
+
+
+def test_an_unencoded_at_sign_in_the_password_is_a_config_error_that_hides_it(pg_job):
+    from deltaferry.config import load_job
+    from deltaferry.errors import ConfigError
+    from sources.sql_database import engine_for
+
+    pg_job.write(EVENTS_JOB.replace('url = "{url}"', 'url = "env:PG_URL"'))
+    import os
+
+    os.environ["PG_URL"] = "postgresql://app:Sup3r@Secret@127.0.0.1:5432/db"
+    try:
+        with pytest.raises(ConfigError) as err:
+            engine_for(load_job("pg", pg_job.config))
+    finally:
+        del os.environ["PG_URL"]
+    assert "percent-encoded" in str(err.value) and "job 'pg'" in str(err.value)
+    assert "Secret" not in str(err.value) and "Sup3r" not in str(err.value)

@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,46 +88,58 @@ def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
     return adapt
 
 
-# seconds to wait for a source connection to be established (PostgreSQL, MySQL)
-CONNECT_TIMEOUT = int(os.environ.get("DELTAFERRY_SOURCE_CONNECT_TIMEOUT", "10"))
-
 # connection errors that retrying cannot cure, with what the user should fix
 _CONFIG_CONNECT_ERRORS = (
     (
         r"password authentication failed|authentication failed|access denied",
         "check the user name and password in the source url",
     ),
+    (r"no password supplied", "the source url needs a password"),
+    (r"permission denied", "grant the source url's user access to the database and tables"),
     (r"no pg_hba\.conf entry", "the server refuses this client: check pg_hba.conf and sslmode"),
+    (r"SSL (is )?required|server does not support SSL", "check sslmode in the source url"),
     (r'database ".*" does not exist|unknown database', "check the database name in the source url"),
     (r'role ".*" does not exist', "check the user name in the source url"),
+)
+
+
+_URL_FORM = (
+    "the form is dialect+driver://user:password@host:port/database, with reserved characters "
+    "in the user or password percent-encoded (@ as %40, : as %3A, / as %2F)"
 )
 
 
 def engine_for(job: JobConfig) -> sa.Engine:
     """A SQLAlchemy engine for the job's source. ``postgresql://`` uses psycopg (3), which
     deltaferry installs, unless psycopg2 is there; connecting gives up after
-    ``DELTAFERRY_SOURCE_CONNECT_TIMEOUT`` seconds (default 10)."""
+    ``DELTAFERRY_SOURCE_CONNECT_TIMEOUT`` seconds (default 10). Nothing of the url is ever
+    echoed in an error: it may hold a password."""
     try:
         url = sa.make_url(job.source_url())
-    except (sa.exc.ArgumentError, ValueError) as e:
+    except (sa.exc.ArgumentError, ValueError):
         raise ConfigError(
-            f"job '{job.name}': source url is not a valid SQLAlchemy URL: {e}"
+            f"job '{job.name}': source url is not a valid SQLAlchemy URL; {_URL_FORM}"
         ) from None
+    if url.host and "@" in url.host:  # an unencoded @ in the password moved it into the host
+        raise ConfigError(f"job '{job.name}': source url has an '@' in its host; {_URL_FORM}")
     connect_args: dict[str, Any] = {}
     if url.drivername == "postgresql" and not _has_module("psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
-    if url.get_backend_name() in ("postgresql", "mysql"):
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT
-    if url.get_backend_name() == "postgresql":
-        # a peer that vanished (NAT state dropped, host gone) is found within about a minute
-        connect_args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10)
-        connect_args["keepalives_count"] = 3
+    timeout = int(os.environ.get("DELTAFERRY_SOURCE_CONNECT_TIMEOUT", "10"))
+    if url.drivername in ("postgresql+psycopg", "postgresql+psycopg2", "postgresql"):
+        # libpq: give up connecting after the timeout; a peer that vanished (NAT state
+        # dropped, host gone) is found by TCP keepalives within about a minute
+        connect_args.update(connect_timeout=timeout, keepalives=1, keepalives_idle=30)
+        connect_args.update(keepalives_interval=10, keepalives_count=3)
+    elif url.get_backend_name() == "mysql":
+        connect_args["connect_timeout"] = timeout
     try:
         # no pooling: a source connection is open only while it is read (see StallWatchdog)
         return sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
         raise ConfigError(
-            f"job '{job.name}': source url is not usable: {e} (is the database driver installed?)"
+            f"job '{job.name}': source url is not usable: {type(e).__name__} for dialect "
+            f"'{url.drivername}' (is the database driver installed?)"
         ) from None
 
 
@@ -139,13 +152,17 @@ def _has_module(name: str) -> bool:
 def connect_error(job: JobConfig, e: sa.exc.DBAPIError) -> Exception:
     """A one-line error for a failed source connection: ConfigError when the user must fix
     the url or the server's access rules, TransientError when the server may come back."""
-    text = " ".join(str(getattr(e, "orig", None) or e).split())
+    text = _scrub(job, " ".join(str(getattr(e, "orig", None) or e).split()))
     for pattern, fix in _CONFIG_CONNECT_ERRORS:
         if re.search(pattern, text, re.IGNORECASE):
             return ConfigError(
                 f"job '{job.name}': source database refused the connection: {text}; {fix}"
             )
-    if re.search(r"connection failed|refused|timeout expired|could not translate", text, re.I):
+    if re.search(
+        r"connection failed|refused|timeout expired|could not translate|failed to resolve",
+        text,
+        re.I,
+    ):
         return TransientError(
             f"job '{job.name}': source database unreachable: {text}; check the host and port in "
             "the source url and that the server is up and accepts TCP connections"
@@ -167,6 +184,10 @@ class StallWatchdog:
     def __init__(self, engine: sa.Engine, timeout: float | None = None) -> None:
         # seconds a source read may go without any data before its connection is cut
         self.timeout = timeout or float(os.environ.get("DELTAFERRY_SOURCE_STALL_TIMEOUT", "600"))
+        if not self.timeout > 0:
+            raise ConfigError(
+                "DELTAFERRY_SOURCE_STALL_TIMEOUT must be a positive number of seconds"
+            )
         self.fired = 0
         self._fds: dict[int, int] = {}
         self._last = time.monotonic()
@@ -205,12 +226,13 @@ class StallWatchdog:
             if time.monotonic() - self._last < self.timeout:
                 continue
             self.fired += 1
-            for fd in fds:
-                try:
-                    with socket.socket(fileno=os.dup(fd)) as sock:
-                        sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            with self._lock:  # a connection closing now cannot free its fd for reuse meanwhile
+                for fd in self._fds.values():
+                    try:
+                        with socket.socket(fileno=os.dup(fd)) as sock:
+                            sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
             self._last = time.monotonic()
 
     def close(self) -> None:
@@ -218,6 +240,15 @@ class StallWatchdog:
         self._thread.join(5)
         sa.event.remove(self._engine, "connect", self._opened)
         sa.event.remove(self._engine, "close", self._closed)
+
+
+def _scrub(job: JobConfig, text: str) -> str:
+    """The text without the source url's password (drivers may echo parts of the url)."""
+    try:
+        password = sa.make_url(job.source_url()).password
+    except Exception:  # noqa: BLE001 - an unparsable url has nothing to scrub here
+        return text
+    return text.replace(str(password), "***") if password else text
 
 
 def preflight(job: JobConfig, engine: sa.Engine) -> None:
@@ -314,7 +345,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         tombstones: dict[str, int] = {}
         for t in job.tables:
             if t.deletes == "reconcile":
-                n, ids = _reconcile(job, t, engine, pipeline, borrowed)
+                n, ids = _reconcile(job, t, engine, pipeline, borrowed, watchdog.progress)
                 tombstones[t.name] = n
                 load_ids.extend(ids)
         return ExtractResult(load_ids, rows, tombstones)
@@ -337,6 +368,7 @@ def _full_compare(
     DuckDB connection that compares chunks (close it after the run)."""
     pk = list(t.primary_key)
     hasher = duckdb.connect()
+    hasher.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
     known = _staged_hashes(t, staging_path(job.name), borrowed)
     if known is None:
         known = pa.table({HASH_COLUMN: pa.array([], pa.string())})
@@ -434,7 +466,7 @@ def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
                 raise TerminalError(str(classified)) from e
         if transient is not None:
             raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {transient}"
+                f"job '{job.name}': extract step '{e.step}' failed: {_scrub(job, str(transient))}"
             ) from e
         cause = e.__cause__ or e.exception
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
@@ -446,6 +478,7 @@ def _reconcile(
     engine: sa.Engine,
     pipeline: dlt.Pipeline,
     borrowed: duckdb.DuckDBPyConnection | None = None,
+    progress: Any = None,
 ) -> tuple[int, list[str]]:
     """Compare the source's key set with staging (cost grows with the key count).
 
@@ -458,11 +491,15 @@ def _reconcile(
     try:
         table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
         with engine.connect() as conn:
-            result = conn.execute(sa.select(*[table.c[c] for c in pk]))
-            source_keys = _keys_arrow(result, pk)
+            result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(
+                sa.select(*[table.c[c] for c in pk])
+            )
+            source_keys = _keys_arrow(result, pk, progress)
+    except sa.exc.DBAPIError as e:
+        raise connect_error(job, e) from e
     except _TRANSIENT_SOURCE_ERRORS as e:
         raise TransientError(
-            f"job '{job.name}' table '{t.name}': reading source keys failed: {e}"
+            f"job '{job.name}' table '{t.name}': reading source keys failed: {_scrub(job, str(e))}"
         ) from e
     path = staging_path(job.name)
     if not path.exists():
@@ -558,7 +595,7 @@ def _reextract(
     for start in range(0, len(keys), REEXTRACT_KEYS):
         group = keys[start : start + REEXTRACT_KEYS]
 
-        def only_keys(query: Any, table: sa.Table, group: list[dict] = group) -> Any:
+        def only_keys(query: Any, table: sa.Table, *, group: list[dict] = group) -> Any:
             cols = [table.c[c] for c in pk]
             if len(cols) == 1:
                 return query.where(cols[0].in_([k[pk[0]] for k in group]))
@@ -583,10 +620,26 @@ def _reextract(
 REEXTRACT_KEYS = 5_000
 
 
-def _keys_arrow(result: Any, pk: list[str]) -> pa.Table:
-    rows = result.fetchall()
-    cols = {c: [r[i] for r in rows] for i, c in enumerate(pk)}
-    return pa.table(cols) if rows else pa.table({c: pa.array([], pa.int64()) for c in pk})
+# source keys fetched per round trip when reconciling (each counts as progress)
+KEYS_PER_READ = 100_000
+
+
+def _keys_arrow(result: Any, pk: list[str], progress: Any = None) -> pa.Table:
+    """The key columns as Arrow; uuid values as text, as dlt stages them."""
+    parts: list[pa.Table] = []
+    for rows in result.partitions():
+        if progress is not None:
+            progress()
+        cols = {}
+        for i, c in enumerate(pk):
+            values = [r[i] for r in rows]
+            if any(isinstance(v, uuid.UUID) for v in values):
+                values = [None if v is None else str(v) for v in values]
+            cols[c] = values
+        parts.append(pa.table(cols))
+    if not parts:
+        return pa.table({c: pa.array([], pa.int64()) for c in pk})
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 def _staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
