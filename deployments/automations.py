@@ -5,11 +5,16 @@
 
 - ``deltaferry: run failed``: a ``deltaferry-sync`` flow run failed or crashed;
 - ``deltaferry: retries rising``: a job's steps were retried ``--retries`` times within
-  ``--retries-window`` seconds (``deltaferry.step.retried`` events), or a step spent its
-  retry budget (``deltaferry.retries.exhausted``);
+  ``--retries-window`` seconds (``deltaferry.step.retried`` events);
+- ``deltaferry: retry budget spent``: a step kept failing transiently until its retries
+  were spent (``deltaferry.retries.exhausted``);
 - ``deltaferry: nothing published``: a job that has published before published no batch
   (``deltaferry.batch.published``) within ``--quiet-window`` seconds — proactive, it fires
-  on silence. Set the window above the job's schedule interval plus a run's duration.
+  on silence. A source with no changes is silent too: set the window to how long the
+  source can legitimately stay unchanged;
+- ``deltaferry: no successful run``: a job completed no run (``deltaferry.run.completed``,
+  sent with or without changes) within ``--run-window`` seconds: the schedule, the worker
+  or every run is failing. Set it above the schedule interval plus a run's duration.
 
     python deployments/automations.py --webhook https://hooks.example.com/deltaferry
     python deployments/automations.py --webhook http://127.0.0.1:9000/hook --allow-private-urls
@@ -92,6 +97,20 @@ def automations(webhook_block_id: object, args: argparse.Namespace) -> list[Auto
             ),
             actions=call("nothing published"),
         ),
+        Automation(
+            name="deltaferry: no successful run",
+            description=f"A job completed no run within {args.run_window} s.",
+            trigger=EventTrigger(
+                after={"deltaferry.run.completed"},
+                expect={"deltaferry.run.completed"},
+                match={"prefect.resource.id": "deltaferry.*"},
+                for_each={"deltaferry.job"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=args.run_window),
+            ),
+            actions=call("no successful run"),
+        ),
     ]
 
 
@@ -107,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--retries", type=int, default=5)
     ap.add_argument("--retries-window", type=int, default=3600)
-    ap.add_argument("--quiet-window", type=int, default=7200)
+    ap.add_argument("--quiet-window", type=int, default=86400)
+    ap.add_argument("--run-window", type=int, default=3600)
     args = ap.parse_args(argv)
 
     block = Webhook(

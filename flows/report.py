@@ -9,7 +9,9 @@ Events, each with the job and table as resource labels and the contract version:
 - ``deltaferry.retries.exhausted``: a step kept failing transiently until its retry
   budget was spent;
 - ``deltaferry.step.retried``: a step failed transiently and is tried again (cause in
-  the payload).
+  the payload; job and step labels only);
+- ``deltaferry.run.completed``: a run finished without error, whether or not anything
+  changed (the batches it published in the payload).
 
 Reporting never fails a run: an artifact or event that cannot be written is logged.
 """

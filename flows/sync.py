@@ -224,5 +224,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                 publish_run_report(ctx, summary, e)
             raise
         ctx.state.finish_run(ctx.run_id, "ok")
+        published = {t: s["batch"] for t, s in summary["tables"].items() if s.get("batch")}
+        emit(ctx, "deltaferry.run.completed", None, {"published": published})
         publish_run_report(ctx, summary)
     return summary

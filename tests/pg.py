@@ -1,7 +1,7 @@
 """A real PostgreSQL server for the tests: initdb into a temporary directory, started
 on a free loopback port with password authentication, stopped at the end.
 
-The binaries come from Debian's ``postgresql`` package (``.ci/setup`` installs it).
+The binaries come from Debian's ``postgresql`` package (``.ci/postgres`` installs it).
 PostgreSQL refuses to run as root; as root the server runs as the ``postgres`` user.
 """
 
@@ -33,7 +33,7 @@ def postgres_bindir() -> Path:
             return Path(c)
     raise RuntimeError(
         "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and "
-        "pg_config --bindir); run `bash .ci/setup`, which installs Debian's postgresql, or set "
+        "pg_config --bindir); run `bash .ci/postgres`, which installs Debian's postgresql, or set "
         "DELTAFERRY_TEST_PG_BINDIR"
     )
 

@@ -222,7 +222,9 @@ def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_j
         assert {
             "deltaferry: run failed",
             "deltaferry: retries rising",
+            "deltaferry: retry budget spent",
             "deltaferry: nothing published",
+            "deltaferry: no successful run",
         } <= names
 
         run = [
