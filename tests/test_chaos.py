@@ -70,6 +70,18 @@ def _kill_run(job, point: str, skip: int) -> int:
     return p.returncode
 
 
+def _maybe_kill(job, rng: random.Random, kills: Counter) -> None:  # noqa: ANN001
+    """Before a round's sync: sometimes a run killed at a commit point, sometimes one killed
+    at a random time from outside (both draw from the scenario's seeded RNG)."""
+    if rng.random() < 0.4:
+        point = rng.choice(POINTS)
+        if _kill_run(job, point, skip=rng.randint(0, 1)) == -9:
+            kills[point] += 1
+    elif rng.random() < 0.3:
+        if _kill_at_random_time(job, rng.uniform(3.0, 9.0)) == -9:
+            kills["random_time"] += 1
+
+
 @pytest.mark.chaos
 @pytest.mark.parametrize("seed", range(BASE, BASE + COUNT))
 def test_chaos_scenario_converges(seed, shop_job, s3_endpoint, monkeypatch):
@@ -94,13 +106,7 @@ def test_chaos_scenario_converges(seed, shop_job, s3_endpoint, monkeypatch):
                 churn=0 if r == 0 else 0.1,
             )
             proxy.set_plan(FaultPlan.random(rng))
-            if rng.random() < 0.4:
-                point = rng.choice(POINTS)
-                if _kill_run(shop_job, point, skip=rng.randint(0, 1)) == -9:
-                    kills[point] += 1
-            elif rng.random() < 0.3:
-                if _kill_at_random_time(shop_job, rng.uniform(3.0, 9.0)) == -9:
-                    kills["random_time"] += 1
+            _maybe_kill(shop_job, rng, kills)
             if rng.random() < 0.2:
                 proxy.link_down(rng.uniform(0.2, 1.0))
             try:
@@ -221,13 +227,7 @@ def test_chaos_on_the_source_and_lake_links_converges(
             pg_job.sql(*stmts)
             lake_proxy.set_plan(FaultPlan.random(rng))
             source_proxy.set_plan(FaultPlan.random(rng))
-            if rng.random() < 0.4:
-                point = rng.choice(POINTS)
-                if _kill_run(pg_job, point, skip=rng.randint(0, 1)) == -9:
-                    kills[point] += 1
-            elif rng.random() < 0.3:
-                if _kill_at_random_time(pg_job, rng.uniform(3.0, 9.0)) == -9:
-                    kills["random_time"] += 1
+            _maybe_kill(pg_job, rng, kills)
             if rng.random() < 0.2:
                 rng.choice([lake_proxy, source_proxy]).link_down(rng.uniform(0.2, 1.0))
             try:

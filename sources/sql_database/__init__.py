@@ -404,17 +404,25 @@ def _full_compare(
     return resource, hasher
 
 
+def _read_staging(
+    path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> duckdb.DuckDBPyConnection:
+    """A connection that reads staging: a cursor of dlt's connection when staging is
+    encrypted (it is attached once, there), else a read-only connection of its own."""
+    if borrowed is not None:
+        con = borrowed.cursor()
+        con.execute("USE staging")
+        return con
+    return duck.connect(path, read_only=True, alias="staging")
+
+
 def _staged_hashes(
     t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
 ) -> pa.Table | None:
     """Primary key and content hash of every live staged row, or None before the first load."""
     if not path.exists():
         return None
-    if borrowed is not None:
-        con = borrowed.cursor()
-        con.execute("USE staging")
-    else:
-        con = duck.connect(path, read_only=True, alias="staging")
+    con = _read_staging(path, borrowed)
     try:
         if not _staged_table_exists(con, t.name):
             return None
@@ -504,11 +512,7 @@ def _reconcile(
     path = staging_path(job.name)
     if not path.exists():
         return 0, []
-    if borrowed is not None:  # encrypted staging is attached once, to dlt's connection
-        con = borrowed.cursor()
-        con.execute("USE staging")
-    else:
-        con = duck.connect(path, read_only=True, alias="staging")
+    con = _read_staging(path, borrowed)
     try:
         if not _staged_table_exists(con, t.name):
             return 0, []
