@@ -108,7 +108,10 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     if not verbose:
         _quiet_prefect_console()
     with out.status(f"syncing job [bold]{job}[/] ..."):
-        summary = sync_job(job=job, config=config)
+        from prefect import tags
+
+        with tags("deltaferry", f"job:{job}"):  # the flow run's tags, as a deployment's
+            summary = sync_job(job=job, config=config)
     _print_run_summary(summary)
 
 

@@ -14,7 +14,7 @@ import os
 import random
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
@@ -180,20 +180,25 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
             summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
             for t in cfg.tables:
                 current = t.name
-                planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
-                if planned is None:
-                    summary["tables"][t.name] = {"batch": None}
-                    continue
-                plan, delta = planned
-                sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(
-                    ctx, plan, delta
-                )
-                outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(
-                    ctx, plan
-                )
-                checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
-                    ctx, plan
-                )
+                contract = ctx.contracts[t.name]
+                # task runs carry the job, table and contract version as tags in the UI
+                with tags(f"job:{job}", f"table:{t.name}", f"contract:v{contract.version}"):
+                    planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(
+                        ctx, t
+                    )
+                    if planned is None:
+                        summary["tables"][t.name] = {"batch": None}
+                        continue
+                    plan, delta = planned
+                    sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(
+                        ctx, plan, delta
+                    )
+                    outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(
+                        ctx, plan
+                    )
+                    checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
+                        ctx, plan
+                    )
                 summary["tables"][t.name] = {
                     "batch": plan.batch,
                     "rows": plan.rows,

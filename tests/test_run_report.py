@@ -65,6 +65,16 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
     assert "contracts.shop:Customers v1" in md
     assert "## Steps" in md and "| extract |" in md
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_md[0].flow_run_id]))
+        )
+    upload = next(t for t in tasks if t.name == "upload-customers-1")
+    assert {"job:shop", "table:customers", "contract:v1"} <= set(upload.tags)
+
     held = _artifacts(artifact_key("shop", "quarantine"), since)
     assert held, "no quarantine artifact"
     import json
