@@ -176,6 +176,14 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                 if done:
                     logger.info("job %s table %s: recovered %s", job, t.name, done)
                     summary["recovered"].append(f"{t.name}: {done}")
+                    if done.startswith("batch "):  # a batch an interrupted run left is now out
+                        batch = ctx.state.checkpoint(t.name).batch
+                        emit(
+                            ctx,
+                            "deltaferry.batch.published",
+                            t.name,
+                            {"batch": batch, "recovered": True},
+                        )
             current = None
             summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
             for t in cfg.tables:
