@@ -51,7 +51,7 @@ def _only_transient(task: Any, run: Any, state: Any) -> bool:
             exc = e
     retrying = isinstance(exc, TransientError)
     if retrying:
-        emit_retry(str(flow_run.parameters.get("job", "")), run.name, exc)
+        emit_retry(str(flow_run.parameters.get("job", "")), str(getattr(run, "name", "")), exc)
     return retrying
 
 
