@@ -70,6 +70,19 @@ def _kill_run(job, point: str, skip: int) -> int:
     return p.returncode
 
 
+def _sync_under_faults(job) -> int:  # noqa: ANN001
+    """One sync while faults are on: 1 if it failed (the next run must recover), else 0. A
+    conflict or a verification error is never acceptable with one producer and an honest
+    lake, so those are raised."""
+    try:
+        job.sync()
+    except (ConflictError, VerificationError):
+        raise
+    except Exception:  # noqa: BLE001 - a run may fail under faults
+        return 1
+    return 0
+
+
 def _maybe_kill(job, rng: random.Random, kills: Counter) -> None:  # noqa: ANN001
     """Before a round's sync: sometimes a run killed at a commit point, sometimes one killed
     at a random time from outside (both draw from the scenario's seeded RNG)."""
@@ -109,12 +122,7 @@ def test_chaos_scenario_converges(seed, shop_job, s3_endpoint, monkeypatch):
             _maybe_kill(shop_job, rng, kills)
             if rng.random() < 0.2:
                 proxy.link_down(rng.uniform(0.2, 1.0))
-            try:
-                shop_job.sync()
-            except (ConflictError, VerificationError):
-                raise  # one producer, honest lake: never acceptable
-            except Exception:  # noqa: BLE001 - a run may fail under faults; the next must recover
-                failed_runs += 1
+            failed_runs += _sync_under_faults(shop_job)
         proxy.set_plan(FaultPlan())  # the faults stop
         shop_job.sync()
     finally:
@@ -230,12 +238,7 @@ def test_chaos_on_the_source_and_lake_links_converges(
             _maybe_kill(pg_job, rng, kills)
             if rng.random() < 0.2:
                 rng.choice([lake_proxy, source_proxy]).link_down(rng.uniform(0.2, 1.0))
-            try:
-                pg_job.sync()
-            except (ConflictError, VerificationError):
-                raise  # one producer, honest lake: never acceptable
-            except Exception:  # noqa: BLE001 - a run may fail under faults; the next must recover
-                failed_runs += 1
+            failed_runs += _sync_under_faults(pg_job)
         lake_proxy.set_plan(FaultPlan())  # the faults stop
         source_proxy.set_plan(FaultPlan())
         pg_job.sync()
