@@ -30,7 +30,22 @@ _JOB_KEYS = {
     "max_reconcile_delete_ratio",
 }
 _TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
-SOURCE_KINDS = {"sql_database"}
+
+
+def source_kinds() -> list[str]:
+    """Source kinds: the packages under ``sources/`` that have a ``settings.py``."""
+    import sources
+
+    root = Path(sources.__file__).parent
+    return sorted(p.name for p in root.iterdir() if (p / "settings.py").is_file())
+
+
+def source_settings(kind: str) -> Any:
+    """The ``settings`` module of a source kind: its extra job and table settings
+    (``JOB_SETTINGS``, ``TABLE_SETTINGS``) and an optional ``check(job)``."""
+    import importlib
+
+    return importlib.import_module(f"sources.{kind}.settings")
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,8 @@ class TableConfig:
     cursor: str | None  # None: full-compare mode (every run reads the whole table)
     deletes: str  # "none" | "reconcile" | "soft:<column>"
     contract: str  # "module:ClassName"
+    # settings of the job's source kind for this table (see sources/<kind>/settings.py)
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def soft_delete_column(self) -> str | None:
@@ -63,6 +80,8 @@ class JobConfig:
     max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"
     base_dir: Path = field(default_factory=Path.cwd)
+    # settings of the job's source kind (see sources/<kind>/settings.py)
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -83,6 +102,18 @@ class JobConfig:
                 )
             return value
         return self.url
+
+    def secret(self, value: Any, what: str) -> Any:
+        """A setting that may be given as ``env:VAR``, resolved (never log the result)."""
+        if isinstance(value, str) and value.startswith("env:"):
+            var = value[4:]
+            resolved = os.environ.get(var)
+            if not resolved:
+                raise ConfigError(
+                    f"job '{self.name}': {what} refers to environment variable {var}, which is not set"
+                )
+            return resolved
+        return value
 
 
 def deltaferry_home() -> Path:
@@ -134,13 +165,18 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         raise ConfigError(f"{where}: name must be lower-case letters, digits and underscores")
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: must be a table of settings")
-    unknown = set(body) - _JOB_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     source = _req(body, "source", where)
-    if source not in SOURCE_KINDS:
+    kinds = source_kinds()
+    if source not in kinds:
         raise ConfigError(
-            f"{where}: source kind '{source}' is not supported (supported: {', '.join(sorted(SOURCE_KINDS))})"
+            f"{where}: source kind '{source}' is not supported (supported: {', '.join(kinds)})"
+        )
+    settings = source_settings(source)
+    job_keys = set(getattr(settings, "JOB_SETTINGS", ()))
+    unknown = set(body) - _JOB_KEYS - job_keys
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))} for a {source} job"
         )
     url = _req(body, "url", where)
     lake = _req(body, "lake", where)
@@ -163,11 +199,15 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
     default_contract = body.get("contract")
-    tables = tuple(_parse_table(name, t, default_contract) for t in tables_raw)
+    table_keys = set(getattr(settings, "TABLE_SETTINGS", ()))
+    default_deletes = getattr(settings, "DEFAULT_DELETES", None)
+    tables = tuple(
+        _parse_table(name, t, default_contract, table_keys, default_deletes) for t in tables_raw
+    )
     names = [t.name for t in tables]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: a table is listed twice")
-    return JobConfig(
+    job = JobConfig(
         name=name,
         source=source,
         url=url,
@@ -179,17 +219,28 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         max_reconcile_delete_ratio=float(reconcile_ratio),
         producer_id=str(body.get("producer_id", "default")),
         base_dir=base,
+        options={k: v for k, v in body.items() if k in job_keys},
     )
+    check = getattr(settings, "check", None)
+    if check is not None:
+        check(job)
+    return job
 
 
-def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConfig:
+def _parse_table(
+    job: str,
+    body: Any,
+    default_contract: str | None,
+    source_keys: set[str],
+    default_deletes: str | None = None,
+) -> TableConfig:
     if not isinstance(body, dict):
         raise ConfigError(f"job '{job}': each tables entry must be a table of settings")
     tname = body.get("name")
     where = f"job '{job}' table '{tname}'"
     if not isinstance(tname, str) or not _IDENT.match(tname):
         raise ConfigError(f"job '{job}': every table needs a lower-case 'name' (got {tname!r})")
-    unknown = set(body) - _TABLE_KEYS
+    unknown = set(body) - _TABLE_KEYS - source_keys
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     pk = body.get("primary_key")
@@ -210,7 +261,8 @@ def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConf
             "(or leave it out for full-compare mode)"
         )
     # without a cursor every run reads the whole table; hard deletes are then found for free
-    deletes = body.get("deletes", "none" if cursor else "reconcile")
+    # (unless the source kind says otherwise: a folder of files has no key set to compare)
+    deletes = body.get("deletes", default_deletes or ("none" if cursor else "reconcile"))
     if not (
         deletes in ("none", "reconcile")
         or (isinstance(deletes, str) and deletes.startswith("soft:") and _IDENT.match(deletes[5:]))
@@ -233,7 +285,12 @@ def _parse_table(job: str, body: Any, default_contract: str | None) -> TableConf
     }:
         _dlt_name_check(where, "column", col)
     return TableConfig(
-        name=tname, primary_key=tuple(pk), cursor=cursor, deletes=deletes, contract=contract
+        name=tname,
+        primary_key=tuple(pk),
+        cursor=cursor,
+        deletes=deletes,
+        contract=contract,
+        options={k: v for k, v in body.items() if k in source_keys},
     )
 
 

@@ -35,7 +35,7 @@ from deltaferry.keys import Keyring
 from deltaferry.state import Plan, StateStore, now
 from destinations.lake import LakeStore, open_lake
 from destinations.manifest import FORMAT, canonical, data_key, manifest_key, sha256
-from sources.sql_database import staging_path
+from sources.staging import staging_path
 
 T = TypeVar("T")
 
@@ -374,13 +374,9 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
 def preflight_job(job: JobConfig) -> None:
     """Check everything a run needs before it starts: contracts import, the source answers and
     has every table and column, the lake exists. Raises ConfigError (or TransientError)."""
-    from sources.sql_database import engine_for, preflight
+    from sources import source_module
 
     for t in job.tables:
         load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
-    engine = engine_for(job)
-    try:
-        preflight(job, engine)
-    finally:
-        engine.dispose()
+    source_module(job).preflight_source(job)
     open_lake(job.lake, base=job.base_dir).check()

@@ -10,6 +10,8 @@ Events, each with the job and table as resource labels and the contract version:
   budget was spent;
 - ``deltaferry.step.retried``: a step failed transiently and is tried again (cause in
   the payload; job and step labels only);
+- ``deltaferry.input.skipped``: the source set a whole input aside (a malformed file),
+  with the reason; the rest of the run went on;
 - ``deltaferry.run.completed``: a run finished without error, whether or not anything
   changed (the batches it published in the payload).
 
@@ -89,12 +91,14 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]
     with ctx.state.connect(read_only=True) as con:
         steps = con.execute(
             "SELECT step, coalesce(tbl, ''), count(*), round(sum(duration_ms)) FROM ops_log "
-            "WHERE run_id = ? AND outcome <> 'info' GROUP BY ALL ORDER BY min(id)",
+            "WHERE run_id = ? AND outcome NOT IN ('info', 'skipped', 'source-retry') "
+            "GROUP BY ALL ORDER BY min(id)",
             [ctx.run_id],
         ).fetchall()
         retries = con.execute(
             "SELECT step, outcome, split_part(detail, ':', 1) AS cause, count(*) FROM ops_log "
-            "WHERE run_id = ? AND outcome IN ('retry', 'exhausted') GROUP BY ALL ORDER BY 4 DESC",
+            "WHERE run_id = ? AND outcome IN ('retry', 'exhausted', 'source-retry') "
+            "GROUP BY ALL ORDER BY 4 DESC",
             [ctx.run_id],
         ).fetchall()
         held = con.execute(
@@ -103,6 +107,16 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]
             [ctx.run_id],
         ).fetchall()
     return steps, retries, held
+
+
+def _skipped_inputs(ctx: SyncContext) -> list[tuple[str, str]]:
+    """Whole inputs (files) the source set aside in this run, with the reason."""
+    with ctx.state.connect(read_only=True) as con:
+        return con.execute(
+            "SELECT coalesce(tbl, ''), detail FROM ops_log WHERE run_id = ? AND outcome = 'skipped' "
+            "ORDER BY id LIMIT 200",
+            [ctx.run_id],
+        ).fetchall()
 
 
 def publish_run_report(
@@ -142,6 +156,10 @@ def publish_run_report(
                     f"{c.ref} v{c.version}" if c else "",
                 )
             )
+        skipped = _skipped_inputs(ctx)
+        if skipped:
+            lines += ["", "## Inputs set aside", "", "| table | reason |", "|---|---|"]
+            lines += [f"| {tbl} | {detail} |" for tbl, detail in skipped]
         if summary.get("recovered"):
             lines += ["", "Recovered from an earlier run: " + "; ".join(summary["recovered"])]
         lines += ["", "## Steps", "", "| step | table | attempts | ms |", "|---|---|---:|---:|"]

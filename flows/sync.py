@@ -33,7 +33,7 @@ from deltaferry.sync import (
     upload_parts,
 )
 from flows.report import emit, emit_failure, emit_retry, publish_run_report
-from sources.sql_database import extract
+from sources import source_module
 
 
 def full_jitter_delays(retries: int, base: float, cap: float = 60.0) -> list[float]:
@@ -96,7 +96,7 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
     """Incremental dlt load of every table into staging (plus reconciled tombstones)."""
 
     def run() -> str:
-        result = extract(ctx.job)
+        result = source_module(ctx.job).extract(ctx.job)
         from deltaferry.adopt import stage_missing_as_tombstones
 
         for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
@@ -106,6 +106,15 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
         extracted.update(result.rows_by_table)
         for k, v in result.tombstones_by_table.items():
             extracted[f"{k}:tombstones"] = v
+        for reason in result.retried or []:  # the source client's own retries (HTTP 429/5xx)
+            ctx.state.log(ctx.run_id, "extract", "source-retry", detail=reason[:2000])
+        for table, reasons in (result.skipped or {}).items():
+            # inputs set aside whole (a malformed file): recorded, the rest went on
+            extracted[f"{table}:skipped"] = len(reasons)
+            for reason in reasons:
+                ctx.state.log(ctx.run_id, "extract", "skipped", table=table, detail=reason[:2000])
+                get_run_logger().warning("%s", reason)
+                emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
         return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
 
     extracted: dict[str, int] = {}

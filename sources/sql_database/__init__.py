@@ -16,8 +16,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dlt
@@ -26,55 +24,25 @@ import pyarrow as pa
 import sqlalchemy as sa
 from dlt.sources.sql_database import sql_table
 
-from deltaferry.config import JobConfig, TableConfig, job_home
+from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
-from deltaferry import duck
 from deltaferry.duck import fetch_one
 from sources.sql_database.settings import (
     DELETED_COLUMN,
-    HASH_COLUMN,
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
-
-# dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
-os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
-# loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
-os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
-os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
-
-
-@dataclass(frozen=True)
-class ExtractResult:
-    load_ids: list[str]
-    rows_by_table: dict[str, int]
-    tombstones_by_table: dict[str, int]
-
-
-def staging_path(job: str) -> Path:
-    return job_home(job) / "staging.duckdb"
-
-
-def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
-    """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
-    connection it borrows when staging is encrypted (close it after the loads), or None."""
-    path = staging_path(job.name)
-    con = None
-    if duck.encryption_key():
-        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
-
-        con = duck.connect(path, alias="staging")
-        credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
-    else:
-        credentials = str(path)
-    pipeline = dlt.pipeline(
-        pipeline_name=f"deltaferry_{job.name}",
-        pipelines_dir=str(job_home(job.name) / "dlt"),
-        destination=dlt.destinations.duckdb(credentials),
-        dataset_name=STAGING_DATASET,
-        progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
-    )
-    return pipeline, con
+from sources.staging import (
+    ChangedRows,
+    ExtractResult,
+    find_cause,
+    pipeline_for,
+    read_staging,
+    row_counts,
+    staged_columns,
+    staged_table_exists,
+    staging_path,
+)
 
 
 def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
@@ -276,6 +244,15 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
             )
 
 
+def preflight_source(job: JobConfig) -> None:
+    """Check that the source answers and has every table and column."""
+    engine = engine_for(job)
+    try:
+        preflight(job, engine)
+    finally:
+        engine.dispose()
+
+
 def extract(job: JobConfig) -> ExtractResult:
     """Run one incremental dlt load of every table of the job, then reconcile deletes."""
     engine = engine_for(job)
@@ -302,7 +279,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
         insp = sa.inspect(engine)
-        hashers: list[duckdb.DuckDBPyConnection] = []
+        hashers: list[ChangedRows] = []
         resources = []
         for t in job.tables:
             if t.cursor is None:
@@ -335,13 +312,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             for hasher in hashers:
                 hasher.close()
         load_ids.extend(info.loads_ids)
-        counts = (
-            pipeline.last_trace.last_normalize_info.row_counts
-            if pipeline.last_trace and pipeline.last_trace.last_normalize_info
-            else {}
-        )
-        for t in job.tables:
-            rows[t.name] = int(counts.get(t.name, 0))
+        rows.update(row_counts(pipeline, job.tables))
         tombstones: dict[str, int] = {}
         for t in job.tables:
             if t.deletes == "reconcile":
@@ -360,34 +331,11 @@ def _full_compare(
     engine: sa.Engine,
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
-) -> tuple[Any, duckdb.DuckDBPyConnection]:
+) -> tuple[Any, ChangedRows]:
     """Full-compare mode, for a table without a cursor: read the whole table (in chunks) and
-    keep only the rows whose content differs from their staged version, new keys included.
-    Each kept row carries the md5 of its source values (``HASH_COLUMN``); the staged hashes
-    of live rows are read once, before the load. Returns the resource and the in-memory
-    DuckDB connection that compares chunks (close it after the run)."""
-    pk = list(t.primary_key)
-    hasher = duckdb.connect()
-    hasher.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
-    known = _staged_hashes(t, staging_path(job.name), borrowed)
-    if known is None:
-        known = pa.table({HASH_COLUMN: pa.array([], pa.string())})
-        match = "false"
-    else:
-        match = " AND ".join(f"k.{_q(c)} = c.{_q(c)}" for c in [*pk, HASH_COLUMN])
-    hasher.register("known", known)
-
-    def changed_only(chunk: pa.Table) -> pa.Table:
-        values = ", ".join(f"{_q(c)} := c.{_q(c)}" for c in chunk.column_names)
-        hasher.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
-        found = hasher.execute(
-            f"WITH c AS (SELECT *, md5(CAST(struct_pack({values}) AS VARCHAR)) AS {HASH_COLUMN} "
-            f"FROM chunk_ c) SELECT __i, {HASH_COLUMN} FROM c "
-            f"WHERE NOT EXISTS (SELECT 1 FROM known k WHERE {match}) ORDER BY __i"
-        ).fetch_arrow_table()
-        hasher.unregister("chunk_")
-        return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
-
+    keep only the rows whose content differs from their staged version, new keys included
+    (see ``ChangedRows``). Returns the resource and the filter (close it after the run)."""
+    changed = ChangedRows(job, t, borrowed)
     resource = (
         sql_table(
             credentials=engine,
@@ -395,47 +343,13 @@ def _full_compare(
             backend="pyarrow",
             chunk_size=job.chunk_size,
             write_disposition="merge",
-            primary_key=pk,
+            primary_key=list(t.primary_key),
             table_adapter_callback=_nullable_except_pk(t.primary_key),
         )
         .add_map(watchdog.progress)
-        .add_map(changed_only)
+        .add_map(changed.arrow)
     )
-    return resource, hasher
-
-
-def _read_staging(
-    path: Path, borrowed: duckdb.DuckDBPyConnection | None
-) -> duckdb.DuckDBPyConnection:
-    """A connection that reads staging: a cursor of dlt's connection when staging is
-    encrypted (it is attached once, there), else a read-only connection of its own."""
-    if borrowed is not None:
-        con = borrowed.cursor()
-        con.execute("USE staging")
-        return con
-    return duck.connect(path, read_only=True, alias="staging")
-
-
-def _staged_hashes(
-    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
-) -> pa.Table | None:
-    """Primary key and content hash of every live staged row, or None before the first load."""
-    if not path.exists():
-        return None
-    con = _read_staging(path, borrowed)
-    try:
-        if not _staged_table_exists(con, t.name):
-            return None
-        cols = _staged_columns(con, t.name)
-        if HASH_COLUMN not in cols:
-            return None
-        live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(_q(c) for c in [*t.primary_key, HASH_COLUMN])
-        return con.execute(
-            f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
-        ).fetch_arrow_table()
-    finally:
-        con.close()
+    return resource, changed
 
 
 _TRANSIENT_SOURCE_ERRORS = (
@@ -448,17 +362,7 @@ _TRANSIENT_SOURCE_ERRORS = (
 
 def _transient_cause(exc: BaseException) -> BaseException | None:
     """The first transient error in an exception's cause/context chain (dlt wraps errors)."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, _TRANSIENT_SOURCE_ERRORS):
-            return e
-        stack.extend([e.__cause__, e.__context__, getattr(e, "exception", None)])
-    return None
+    return find_cause(exc, lambda e: isinstance(e, _TRANSIENT_SOURCE_ERRORS))
 
 
 def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
@@ -512,11 +416,11 @@ def _reconcile(
     path = staging_path(job.name)
     if not path.exists():
         return 0, []
-    con = _read_staging(path, borrowed)
+    con = read_staging(path, borrowed)
     try:
-        if not _staged_table_exists(con, t.name):
+        if not staged_table_exists(con, t.name):
             return 0, []
-        has_flag = DELETED_COLUMN in _staged_columns(con, t.name)
+        has_flag = DELETED_COLUMN in staged_columns(con, t.name)
         live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
         keys = ", ".join(_q(c) for c in pk)
         match = " AND ".join(f"s.{_q(c)} = k.{_q(c)}" for c in pk)
@@ -646,29 +550,15 @@ def _keys_arrow(result: Any, pk: list[str], progress: Any = None) -> pa.Table:
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        fetch_one(
-            con,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
-            " AND table_catalog = current_database()",
-            [STAGING_DATASET, table],
-        )[0]
-    )
-
-
-def _staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-        " AND table_catalog = current_database()"
-        " ORDER BY ordinal_position",
-        [STAGING_DATASET, table],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-__all__ = ["ExtractResult", "extract", "pipeline_for", "staging_path", "LOAD_ID_COLUMN"]
+__all__ = [
+    "ExtractResult",
+    "extract",
+    "pipeline_for",
+    "preflight_source",
+    "staging_path",
+    "LOAD_ID_COLUMN",
+]

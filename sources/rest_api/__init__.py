@@ -1,0 +1,268 @@
+"""REST APIs through dlt's declarative ``rest_api`` source, configured in the jobs file.
+
+Each table is one endpoint: dlt pages through it (cursor, offset, link header, JSON
+link ... any rest_api paginator), sends ``cursor_param=<last cursor value>`` when the
+table has one, and keeps its cursor in the pipeline state, committed with the load. Every
+record is tagged with the md5 of its content and staged only when that differs from its
+staged version, so the records at the cursor boundary (asked for again on purpose: the
+range is closed) and an API without a "changed since" parameter cost a read, not a batch.
+
+HTTP: dlt's retrying session (429 and 5xx retried with exponential backoff, ``Retry-After``
+honoured; connection errors retried). deltaferry wraps its transport to record every
+retried response in the operations log, to refuse a ``Retry-After`` longer than
+``DELTAFERRY_HTTP_MAX_RETRY_AFTER`` seconds (default 300: the step fails as transient
+rather than hanging), and to stop at an answer that is HTML, not JSON (a login page,
+a proxy's error page).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import dlt
+import requests
+from dlt.sources.rest_api import rest_api_resources
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
+from sources.staging import ChangedRows, ExtractResult, find_cause, pipeline_for, row_counts
+
+
+def _env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+
+
+def _where(job: JobConfig, t: TableConfig | None = None) -> str:
+    return f"job '{job.name}'" + (f" table '{t.name}'" if t else "")
+
+
+def _safe(url: str) -> str:
+    """A url without its query string (it may carry an api key) or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class _Watch(requests.adapters.HTTPAdapter):
+    """The transport under dlt's retrying session: sees every attempt's response."""
+
+    def __init__(self, job: JobConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job = job
+        self.retried: list[str] = []
+        self.max_retry_after = _env("DELTAFERRY_HTTP_MAX_RETRY_AFTER", 300)
+        self._lock = threading.Lock()
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        response = super().send(request, *args, **kwargs)
+        status = response.status_code
+        where = f"{_where(self.job)}: {request.method} {_safe(request.url or '')}"
+        if status == 429 or status >= 500:
+            after = response.headers.get("Retry-After")
+            with self._lock:
+                # "cause: detail", as the run report groups retries by what comes first
+                self.retried.append(
+                    f"HTTP {status}{f' Retry-After {after}' if after else ''}: {where}; "
+                    "retried with backoff"
+                )
+            if after and after.strip().isdigit() and int(after) > self.max_retry_after:
+                raise TransientError(
+                    f"{where} answered {status} asking to wait {after} s, longer than "
+                    f"DELTAFERRY_HTTP_MAX_RETRY_AFTER ({self.max_retry_after:g} s); "
+                    "the run is retried later instead of waiting"
+                )
+        elif 200 <= status < 300 and not _is_json(response):
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            raise ConfigError(
+                f"{where} answered {status} with {kind.split(';')[0]}, not JSON (a login page "
+                "or a proxy's error page?); check the job's url, the table's path and auth"
+            )
+        return response
+
+
+def _is_json(response: requests.Response) -> bool:
+    kind = response.headers.get("Content-Type", "").lower()
+    if "json" in kind:
+        return True
+    body = response.content.lstrip()[:1]
+    return body in (b"{", b"[") and "html" not in kind
+
+
+def _session(job: JobConfig) -> tuple[requests.Session, _Watch]:
+    from dlt.sources.helpers.requests import Client
+
+    client = Client(
+        request_timeout=_env("DELTAFERRY_HTTP_TIMEOUT", 30),
+        raise_for_status=False,  # rest_api raises, after dlt's retries, with a clean message
+        request_max_attempts=int(_env("DELTAFERRY_HTTP_ATTEMPTS", 5)),
+        request_backoff_factor=_env("DELTAFERRY_HTTP_BACKOFF", 1),
+        # dlt caps both its backoff and a server's Retry-After at this; a longer Retry-After
+        # is refused by _Watch, so what the server asks for is what we wait
+        request_max_retry_delay=_env("DELTAFERRY_HTTP_MAX_RETRY_AFTER", 300),
+        respect_retry_after_header=True,
+    )
+    watch = _Watch(job)
+    client._adapter = watch  # the transport every session of this client mounts
+    session = client.session
+    if job.options.get("headers"):
+        session.headers.update({k: str(v) for k, v in job.options["headers"].items()})
+    return session, watch
+
+
+def _resolved(job: JobConfig, value: Any, what: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolved(job, v, f"{what}.{k}") for k, v in value.items()}
+    return job.secret(value, what)
+
+
+def api_config(job: JobConfig, session: requests.Session, *, incremental: bool = True) -> dict:
+    """The dlt rest_api config of the job: one resource per table, merged on its key."""
+    client: dict[str, Any] = {"base_url": job.source_url().rstrip("/") + "/", "session": session}
+    if job.options.get("auth"):
+        client["auth"] = _resolved(job, job.options["auth"], "auth")
+    if job.options.get("paginator"):
+        client["paginator"] = job.options["paginator"]
+    resources = []
+    for t in job.tables:
+        o = t.options
+        endpoint: dict[str, Any] = {"path": o.get("path", t.name)}
+        if o.get("params"):
+            endpoint["params"] = {
+                k: _resolved(job, v, f"params.{k}") for k, v in o["params"].items()
+            }
+        for key in ("data_selector", "paginator"):
+            if o.get(key):
+                endpoint[key] = o[key]
+        if incremental and t.cursor:
+            inc: dict[str, Any] = {
+                "cursor_path": t.cursor,
+                # closed range without dedup: records at the last cursor value come again and
+                # the content filter keeps those that changed (dlt would drop them by key)
+                "primary_key": [],
+            }
+            if o.get("cursor_param"):
+                inc["start_param"] = o["cursor_param"]
+            if "initial_value" in o:
+                inc["initial_value"] = o["initial_value"]
+            endpoint["incremental"] = inc
+        resources.append(
+            {
+                "name": t.name,
+                "endpoint": endpoint,
+                "primary_key": list(t.primary_key),
+                "write_disposition": "merge",
+            }
+        )
+    return {"client": client, "resources": resources}
+
+
+def preflight_source(job: JobConfig) -> None:
+    """Ask each endpoint for its first page: the API answers, with JSON, to our auth."""
+    session, _ = _session(job)
+    config = api_config(job, session, incremental=False)
+    base = config["client"]["base_url"]
+    try:
+        from dlt.sources.helpers.rest_client.client import RESTClient
+        from dlt.sources.rest_api.config_setup import create_auth
+
+        auth = create_auth(config["client"].get("auth"))
+        for t, r in zip(job.tables, config["resources"], strict=True):
+            rest = RESTClient(base_url=base, session=session, auth=auth)
+            params = r["endpoint"].get("params")
+            response = rest.get(r["endpoint"]["path"], params=params)
+            _check_status(job, t, response)
+    except DeltaferryError:
+        raise
+    except requests.RequestException as e:
+        raise TransientError(
+            f"{_where(job)}: API at {_safe(base)} unreachable: {type(e).__name__}; check the url "
+            "and that the server is up"
+        ) from None
+    finally:
+        session.close()
+
+
+def _check_status(job: JobConfig, t: TableConfig, response: requests.Response) -> None:
+    status = response.status_code
+    where = f"{_where(job, t)}: GET {_safe(response.url)} answered {status}"
+    if status in (401, 403):
+        raise ConfigError(f"{where}; check the job's auth (token, key or password)")
+    if status == 404:
+        raise ConfigError(f"{where}; check the job's url and the table's path")
+    if status == 429 or status >= 500:
+        raise TransientError(f"{where} after retries; the API is busy or down")
+    if status >= 400:
+        raise ConfigError(f"{where}; check the table's params")
+
+
+def extract(job: JobConfig) -> ExtractResult:
+    """One incremental load of every endpoint of the job into staging."""
+    session, watch = _session(job)
+    pipeline, borrowed = pipeline_for(job)
+    filters: list[ChangedRows] = []
+    try:
+        resources = rest_api_resources(api_config(job, session))
+        by_name = {r.name: r for r in resources}
+        staged = []
+        for t in job.tables:
+            changed = ChangedRows(job, t, borrowed)
+            filters.append(changed)
+            resource = by_name[t.name].add_filter(changed.record)
+            # nested objects and lists stay JSON columns of the table (no child tables)
+            resource.max_table_nesting = 0
+            staged.append(resource)
+        info = _run(job, pipeline, staged)
+        return ExtractResult(
+            list(info.loads_ids), row_counts(pipeline, job.tables), {}, retried=watch.retried
+        )
+    finally:
+        for f in filters:
+            f.close()
+        if borrowed is not None:
+            borrowed.close()
+        session.close()
+
+
+def _run(job: JobConfig, pipeline: dlt.Pipeline, data: Any) -> Any:
+    from dlt.pipeline.exceptions import PipelineStepFailed
+
+    try:
+        return pipeline.run(data)
+    except PipelineStepFailed as e:
+        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+        if ours is not None:
+            raise ours from e
+        http = find_cause(e, lambda x: isinstance(x, requests.HTTPError))
+        if http is not None and http.response is not None:  # type: ignore[attr-defined]
+            response = http.response  # type: ignore[attr-defined]
+            table = _table_of(job, response.url)
+            try:
+                _check_status(job, table, response)
+            except ConfigError as ce:  # the API changed its mind mid-run: stop, do not retry
+                raise TerminalError(str(ce)) from e
+        net = find_cause(e, lambda x: isinstance(x, (requests.ConnectionError, requests.Timeout)))
+        if net is not None:
+            raise TransientError(
+                f"{_where(job)}: API unreachable during extract step '{e.step}': "
+                f"{type(net).__name__}"
+            ) from e
+        cause = e.__cause__ or e.exception
+        raise TerminalError(f"{_where(job)}: extract step '{e.step}' failed: {cause}") from e
+
+
+def _table_of(job: JobConfig, url: str) -> TableConfig:
+    path = urlsplit(url).path.rstrip("/")
+    for t in job.tables:
+        if path.endswith("/" + str(t.options.get("path", t.name)).strip("/")):
+            return t
+    return job.tables[0]
+
+
+__all__ = ["api_config", "extract", "preflight_source"]

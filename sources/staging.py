@@ -1,0 +1,299 @@
+"""What every source kind shares: the job's DuckDB staging file, its dlt pipeline, and
+the content filter that keeps unchanged rows out of staging.
+
+A source kind loads a job's tables into ``raw.<table>`` of ``staging.duckdb`` with
+``write_disposition="merge"`` on the table's primary key. Deltas are cut from staging by
+dlt's load id, so whatever a source stages is what the next batch publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import dlt
+import duckdb
+import pyarrow as pa
+
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig, job_home
+from deltaferry.duck import fetch_one
+from sources.sql_database.settings import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
+
+# dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
+os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+# loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
+os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
+os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    load_ids: list[str]
+    rows_by_table: dict[str, int]
+    tombstones_by_table: dict[str, int]
+    # per table, inputs set aside whole (a malformed file), as one-line reasons
+    skipped: dict[str, list[str]] | None = None
+    # requests the source's client retried on its own (HTTP 429/5xx), as one-line reasons
+    retried: list[str] | None = None
+
+
+def staging_path(job: str) -> Path:
+    return job_home(job) / "staging.duckdb"
+
+
+def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
+    """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
+    connection it borrows when staging is encrypted (close it after the loads), or None."""
+    path = staging_path(job.name)
+    con = None
+    if duck.encryption_key():
+        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+
+        con = duck.connect(path, alias="staging")
+        credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
+    else:
+        credentials = str(path)
+    pipeline = dlt.pipeline(
+        pipeline_name=f"deltaferry_{job.name}",
+        pipelines_dir=str(job_home(job.name) / "dlt"),
+        destination=dlt.destinations.duckdb(credentials),
+        dataset_name=STAGING_DATASET,
+        progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
+    )
+    return pipeline, con
+
+
+def read_staging(
+    path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> duckdb.DuckDBPyConnection:
+    """A connection that reads staging: a cursor of dlt's connection when staging is
+    encrypted (it is attached once, there), else a read-only connection of its own."""
+    if borrowed is not None:
+        con = borrowed.cursor()
+        con.execute("USE staging")
+        return con
+    return duck.connect(path, read_only=True, alias="staging")
+
+
+def staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(
+        fetch_one(
+            con,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
+            " AND table_catalog = current_database()",
+            [STAGING_DATASET, table],
+        )[0]
+    )
+
+
+def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+        " AND table_catalog = current_database()"
+        " ORDER BY ordinal_position",
+        [STAGING_DATASET, table],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def staged_hashes(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, *, as_text: bool = False
+) -> pa.Table | None:
+    """Primary key and content hash of every live staged row, or None before the first load
+    (or when the table was staged without hashes). ``as_text`` casts the key to VARCHAR."""
+    if not path.exists():
+        return None
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name):
+            return None
+        cols = staged_columns(con, t.name)
+        if HASH_COLUMN not in cols:
+            return None
+        live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+        keys = ", ".join(
+            f"CAST({q(c)} AS VARCHAR) AS {q(c)}" if as_text else q(c) for c in t.primary_key
+        )
+        return con.execute(
+            f"SELECT {keys}, {HASH_COLUMN} FROM {STAGING_DATASET}.{q(t.name)} WHERE {live}"
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """md5 of a JSON row (an API record), independent of key order."""
+    raw = json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.md5(raw.encode()).hexdigest()
+
+
+class ChangedRows:
+    """Keeps rows whose content differs from their staged version (new keys included) and
+    tags each kept row with its content hash (``HASH_COLUMN``), so a source that re-reads
+    rows it already sent (a whole table, or the rows at a cursor boundary) stages only
+    what changed. The staged hashes are read once, before the load; close() after it.
+
+    Works on Arrow tables (hash computed by DuckDB over the row's values, in UTC) and on
+    lists of JSON records (md5 of the canonical JSON)."""
+
+    def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
+        self.pk = list(t.primary_key)
+        self.where = f"job '{job.name}' table '{t.name}'"
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
+        self._typed = staged_hashes(t, staging_path(job.name), borrowed)
+        self._text = (
+            staged_hashes(t, staging_path(job.name), borrowed, as_text=True)
+            if self._typed is not None
+            else None
+        )
+        self.kept = 0
+        self.seen = 0
+        self._index: dict[tuple, str] | None = None
+
+    def _anti_join(self, rows: pa.Table, known: pa.Table | None) -> pa.Table:
+        """Positions (``__i``) and hashes of the rows not staged with the same hash."""
+        if known is None:
+            return rows.select(["__i", HASH_COLUMN])
+        self.con.register("known", known)
+        self.con.register("rows_", rows)
+        match = " AND ".join(f"k.{q(c)} = r.{q(c)}" for c in [*self.pk, HASH_COLUMN])
+        try:
+            return self.con.execute(
+                f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
+                f"(SELECT 1 FROM known k WHERE {match}) ORDER BY __i"
+            ).fetch_arrow_table()
+        finally:
+            self.con.unregister("rows_")
+            self.con.unregister("known")
+
+    def arrow(self, chunk: pa.Table) -> pa.Table:
+        """The chunk's changed rows, with their hash column."""
+        if HASH_COLUMN in chunk.column_names:
+            chunk = chunk.drop_columns([HASH_COLUMN])
+        self.seen += chunk.num_rows
+        values = ", ".join(f"{q(c)} := c.{q(c)}" for c in chunk.column_names)
+        self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
+        try:
+            hashed = self.con.execute(
+                f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
+                f"md5(CAST(struct_pack({values}) AS VARCHAR)) AS {HASH_COLUMN} FROM chunk_ c"
+            ).fetch_arrow_table()
+        finally:
+            self.con.unregister("chunk_")
+        found = self._anti_join(hashed, self._typed)
+        self.kept += found.num_rows
+        return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
+
+    def records(self, items: Any) -> Any:
+        """The changed records of a page (a list of dicts, or one dict), each with its hash."""
+        page = items if isinstance(items, list) else [items]
+        self.seen += len(page)
+        hashes = []
+        for r in page:
+            r.pop(HASH_COLUMN, None)
+            hashes.append(row_hash(r))
+        keyed = pa.table(
+            {
+                "__i": pa.array(range(len(page)), pa.int64()),
+                **{c: pa.array([_key_text(r.get(c)) for r in page], pa.string()) for c in self.pk},
+                HASH_COLUMN: pa.array(hashes, pa.string()),
+            }
+        )
+        missing = [c for c in self.pk if any(r.get(c) is None for r in page)]
+        if missing:
+            from deltaferry.errors import TerminalError
+
+            raise TerminalError(
+                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
+            )
+        found = self._anti_join(keyed, self._text)
+        out = []
+        for i, h in zip(found["__i"].to_pylist(), found[HASH_COLUMN].to_pylist(), strict=True):
+            page[i][HASH_COLUMN] = h
+            out.append(page[i])
+        self.kept += len(out)
+        return out
+
+    def record(self, row: dict[str, Any]) -> bool:
+        """For a per-record filter: whether the record changed; tags it with its hash."""
+        if self._index is None:
+            self._index = {}
+            if self._text is not None:
+                cols = [self._text[c].to_pylist() for c in [*self.pk, HASH_COLUMN]]
+                for *key, h in zip(*cols, strict=True):
+                    self._index[tuple(key)] = h
+        row.pop(HASH_COLUMN, None)
+        key = tuple(_key_text(row.get(c)) for c in self.pk)
+        if any(k is None for k in key):
+            from deltaferry.errors import TerminalError
+
+            missing = [c for c, k in zip(self.pk, key, strict=True) if k is None]
+            raise TerminalError(
+                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
+            )
+        h = row_hash(row)
+        self.seen += 1
+        if self._index.get(key) == h:
+            return False
+        row[HASH_COLUMN] = h
+        self.kept += 1
+        return True
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _key_text(v: Any) -> str | None:
+    """A key value as DuckDB's CAST(... AS VARCHAR) prints it."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``exc``'s cause/context chain that matches (dlt wraps errors)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if match(e):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "exception", None)])
+    return None
+
+
+def row_counts(pipeline: dlt.Pipeline, tables: Iterable[TableConfig]) -> dict[str, int]:
+    """Rows dlt normalized per table in the pipeline's last run."""
+    counts = (
+        pipeline.last_trace.last_normalize_info.row_counts
+        if pipeline.last_trace and pipeline.last_trace.last_normalize_info
+        else {}
+    )
+    return {t.name: int(counts.get(t.name, 0)) for t in tables}

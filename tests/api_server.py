@@ -1,0 +1,127 @@
+"""A paginated JSON API on loopback that behaves like real ones, failures included.
+
+Three collections, three pagination styles, all behind a bearer token:
+
+- ``/api/tickets``: cursor pagination (``{"data": [...], "next": "<cursor>"}``), a
+  ``since`` parameter (records with ``updated_at >= since``);
+- ``/api/events``: a JSON array per page with an RFC 8288 ``Link: <...>; rel="next"`` header,
+  ``since`` as well;
+- ``/api/users``: offset pagination (``offset``/``limit``, ``{"items": [...], "total": n}``),
+  no "changed since" parameter.
+
+``faults`` is a queue of (path prefix, status, headers) answered once each, before the
+real answer, to the first request that matches; ``html`` is a set of path prefixes
+answered with a 200 HTML page (a login page in front of the API).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+PAGE = 4
+
+
+@dataclass
+class ApiServer:
+    token: str = "s3cret-token"
+    tickets: dict[int, dict] = field(default_factory=dict)
+    events: dict[int, dict] = field(default_factory=dict)
+    users: dict[int, dict] = field(default_factory=dict)
+    faults: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    html: set[str] = field(default_factory=set)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> str:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                api._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}/api"
+        return self.url
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def requests_to(self, prefix: str) -> list[dict[str, Any]]:
+        return [r for r in self.log if r["path"].startswith(prefix)]
+
+    # --- the API ------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        entry = {"path": parts.path, "query": query, "at": time.monotonic()}
+        self.log.append(entry)
+        for i, (prefix, status, headers) in enumerate(self.faults):
+            if parts.path.startswith(prefix):
+                del self.faults[i]
+                entry["status"] = status
+                return self._send(h, status, {"error": "injected"}, headers)
+        if any(parts.path.startswith(p) for p in self.html):
+            entry["status"] = 200
+            body = b"<!doctype html><html><body>Please log in</body></html>"
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html; charset=utf-8")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
+        if h.headers.get("Authorization") != f"Bearer {self.token}":
+            entry["status"] = 401
+            return self._send(h, 401, {"error": "unauthorized"})
+        entry["status"] = 200
+        if parts.path == "/api/tickets":
+            rows = self._since(self.tickets, query)
+            start = int(query.get("cursor", 0))
+            page = rows[start : start + PAGE]
+            nxt = str(start + PAGE) if start + PAGE < len(rows) else None
+            return self._send(h, 200, {"data": page, "next": nxt})
+        if parts.path == "/api/events":
+            rows = self._since(self.events, query)
+            n = int(query.get("page", 0))
+            page = rows[n * PAGE : (n + 1) * PAGE]
+            headers = {}
+            if (n + 1) * PAGE < len(rows):
+                q = {**query, "page": n + 1}
+                headers["Link"] = f'<{self.url}/events?{urlencode(q)}>; rel="next"'
+            return self._send(h, 200, page, headers)
+        if parts.path == "/api/users":
+            rows = [self.users[k] for k in sorted(self.users)]
+            off, limit = int(query.get("offset", 0)), int(query.get("limit", PAGE))
+            return self._send(h, 200, {"items": rows[off : off + limit], "total": len(rows)})
+        entry["status"] = 404
+        self._send(h, 404, {"error": "not found"})
+
+    @staticmethod
+    def _since(coll: dict[int, dict], query: dict[str, str]) -> list[dict]:
+        since = query.get("since")
+        rows = sorted(coll.values(), key=lambda r: (r["updated_at"], r["id"]))
+        return [r for r in rows if since is None or r["updated_at"] >= since]
+
+    @staticmethod
+    def _send(
+        h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        raw = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(raw)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(raw)
