@@ -67,13 +67,13 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
 
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     """After the full re-extract: keys the lake holds that staging does not are tombstoned."""
-    from sources.sql_database import pipeline_for, stage_tombstones
+    from sources.staging import pipeline_for, stage_tombstones
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists():
         return 0
-    from sources.sql_database.settings import STAGING_DATASET
-    from sources.sql_database import staging_path
+    from sources.columns import STAGING_DATASET
+    from sources.staging import staging_path
 
     pk = list(t.primary_key)
     keys = ", ".join(f'"{c}"' for c in pk)

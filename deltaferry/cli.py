@@ -464,6 +464,64 @@ def demo(rounds: int, seed: int, workdir: str | None) -> None:
     sys.exit(0 if ok else 1)
 
 
+@cli.command("new-source")
+@click.argument("name")
+@click.option(
+    "--table", default=None, help="Table name (default: the sample's file name, or items)."
+)
+@click.option("--primary-key", default="id", show_default=True, help="Primary key field.")
+@click.option(
+    "--cursor",
+    default="updated_at",
+    show_default=True,
+    help="Field that grows on every change; left out when the sample lacks it (full compare).",
+)
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Sample records (.csv, .jsonl, .json, .parquet): copied as the source's sample and "
+    "used to draft contract v1.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Project root (holds sources/, contracts/, tests/).",
+)
+@config_option
+@one_line_errors
+def new_source(
+    name: str,
+    table: str | None,
+    primary_key: str,
+    cursor: str,
+    sample: str | None,
+    root: str,
+    config: str | None,
+) -> None:
+    """Scaffold source kind NAME: package, contract v1, conformance test and a job entry."""
+    from deltaferry.config import config_path
+    from deltaferry.scaffold import new_source as scaffold
+
+    written = scaffold(
+        name,
+        root=Path(root).resolve(),
+        jobs_file=config_path(config).resolve(),
+        table=table,
+        primary_key=primary_key,
+        cursor=cursor or None,
+        sample=Path(sample) if sample else None,
+    )
+    for path in written:
+        out.print(f"wrote {path}")
+    out.print(
+        f"next: edit read_records in sources/{name}/__init__.py, then "
+        f"`deltaferry run {name}` and `pytest tests/test_source_{name}.py`"
+    )
+
+
 def main() -> None:
     cli()
 

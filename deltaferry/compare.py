@@ -17,7 +17,7 @@ from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig
 from sources.sql_database import engine_for, staging_path
-from sources.sql_database.settings import LOAD_ID_COLUMN, STAGING_DATASET
+from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
 from deltaferry import duck
 from deltaferry.duck import fetch_one
 

@@ -23,7 +23,7 @@ from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation
 from destinations.manifest import sha256
-from sources.sql_database.settings import (
+from sources.columns import (
     DELETED_COLUMN,
     INTERNAL_COLUMNS,
     LOAD_ID_COLUMN,

@@ -22,8 +22,8 @@ from deltaferry.config import JobConfig
 from deltaferry.delta import staged_columns
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
-from sources.sql_database import staging_path
-from sources.sql_database.settings import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+from sources.staging import staging_path
+from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_one
-from sources.sql_database.settings import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
+from sources.columns import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
 
 # dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
 os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
@@ -297,3 +297,103 @@ def row_counts(pipeline: dlt.Pipeline, tables: Iterable[TableConfig]) -> dict[st
         else {}
     )
     return {t.name: int(counts.get(t.name, 0)) for t in tables}
+
+
+def extract_records(
+    job: JobConfig,
+    read: Callable[[JobConfig, TableConfig, Any], Iterable[Any]],
+) -> ExtractResult:
+    """One incremental load of a source that yields records (dicts, or pages of them).
+
+    ``read(job, table, since)`` yields the records of ``table`` whose cursor is at or after
+    ``since`` (``None`` on the first run, and always for a table without a cursor). dlt
+    keeps the cursor's last value in the pipeline state, committed with the load; the range
+    is closed, and records read again unchanged are not staged (``ChangedRows``). Nested
+    objects and lists are staged as JSON columns. Errors: a ``DeltaferryError`` raised by
+    ``read`` passes as it is; ``ConnectionError``/``TimeoutError``/``OSError`` become
+    ``TransientError`` (the step is retried); anything else is a ``TerminalError``."""
+    pipeline, borrowed = pipeline_for(job)
+    filters: list[ChangedRows] = []
+    try:
+        resources = []
+        for t in job.tables:
+            changed = ChangedRows(job, t, borrowed)
+            filters.append(changed)
+            resources.append(_records_resource(job, t, read).add_filter(changed.record))
+        info = run_load(job, pipeline, resources)
+        return ExtractResult(list(info.loads_ids), row_counts(pipeline, job.tables), {})
+    finally:
+        for f in filters:
+            f.close()
+        if borrowed is not None:
+            borrowed.close()
+
+
+def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]]) -> Any:
+    hints: dict[str, Any] = dict(
+        name=t.name, primary_key=list(t.primary_key), write_disposition="merge", max_table_nesting=0
+    )
+    if t.cursor:
+        # no dedup by key at the boundary: ChangedRows keeps the boundary records that changed
+        cursor = dlt.sources.incremental(t.cursor, primary_key=[])
+
+        @dlt.resource(**hints)
+        def records(since: Any = cursor) -> Iterable[Any]:
+            yield from read(job, t, since.last_value)
+
+    else:
+
+        @dlt.resource(**hints)
+        def records() -> Iterable[Any]:  # type: ignore[misc]
+            yield from read(job, t, None)
+
+    return records()
+
+
+def run_load(job: JobConfig, pipeline: dlt.Pipeline, data: Any) -> Any:
+    """``pipeline.run(data)`` with its failure as one deltaferry error naming the job."""
+    from dlt.pipeline.exceptions import PipelineStepFailed
+
+    from deltaferry.errors import DeltaferryError, TerminalError, TransientError
+
+    try:
+        return pipeline.run(data)
+    except PipelineStepFailed as e:
+        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+        if ours is not None:
+            raise ours from e
+        net = find_cause(e, _is_network_error)
+        if net is not None:
+            raise TransientError(
+                f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__}: {net}"
+            ) from e
+        cause = e.__cause__ or e.exception
+        raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+
+
+def _is_network_error(e: BaseException) -> bool:
+    """A lost or refused connection or a timeout, from the standard library or a client
+    library (requests, urllib3, httpx ... name theirs the same way)."""
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        k.__name__ in ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout")
+        for k in type(e).__mro__
+    )
+
+
+def stage_tombstones(
+    job: JobConfig, t: TableConfig, pipeline: dlt.Pipeline, keys: pa.Table, origin: str
+) -> list[str]:
+    """Merge the given primary keys into staging as tombstones; returns the load ids."""
+    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
+    keys = keys.cast(pa.schema([f.with_nullable(False) for f in keys.schema]))
+    tomb = keys.append_column(
+        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * keys.num_rows, pa.bool_())
+    )
+    resource = dlt.resource(
+        tomb,
+        name=f"{t.name}__{origin}",
+        table_name=t.name,
+        write_disposition="merge",
+        primary_key=list(t.primary_key),
+    )
+    return list(run_load(job, pipeline, resource).loads_ids)

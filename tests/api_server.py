@@ -2,7 +2,7 @@
 
 Three collections, three pagination styles, all behind a bearer token:
 
-- ``/api/tickets``: cursor pagination (``{"data": [...], "next": "<cursor>"}``), a
+- ``/api/tickets`` (and ``/api/items``): cursor pagination (``{"data": [...], "next": "<cursor>"}``), a
   ``since`` parameter (records with ``updated_at >= since``);
 - ``/api/events``: a JSON array per page with an RFC 8288 ``Link: <...>; rel="next"`` header,
   ``since`` as well;
@@ -33,6 +33,7 @@ class ApiServer:
     tickets: dict[int, dict] = field(default_factory=dict)
     events: dict[int, dict] = field(default_factory=dict)
     users: dict[int, dict] = field(default_factory=dict)
+    items: dict[int, dict] = field(default_factory=dict)
     faults: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
     html: set[str] = field(default_factory=set)
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -85,8 +86,9 @@ class ApiServer:
             entry["status"] = 401
             return self._send(h, 401, {"error": "unauthorized"})
         entry["status"] = 200
-        if parts.path == "/api/tickets":
-            rows = self._since(self.tickets, query)
+        if parts.path in ("/api/tickets", "/api/items"):
+            coll = self.tickets if parts.path == "/api/tickets" else self.items
+            rows = self._since(coll, query)
             start = int(query.get("cursor", 0))
             page = rows[start : start + PAGE]
             nxt = str(start + PAGE) if start + PAGE < len(rows) else None

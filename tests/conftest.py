@@ -230,3 +230,16 @@ class PgJob(ShopJob):
         from flows.sync import sync_job
 
         return sync_job(job=self.name, config=str(self.config))
+
+
+@pytest.fixture
+def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> PgJob:
+    """A job named ``conf`` publishing to a fresh bucket; the harness writes its jobs file
+    (see tests/conformance.py)."""
+    return PgJob(
+        dir=tmp_path,
+        config=tmp_path / "deltaferry.toml",
+        lake_url=f"s3://{bucket}/lake",
+        replica=tmp_path / "replica.duckdb",
+        name="conf",
+    )

@@ -40,6 +40,7 @@ from sources.staging import (
     read_staging,
     row_counts,
     staged_columns,
+    stage_tombstones,
     staged_table_exists,
     staging_path,
 )
@@ -472,25 +473,6 @@ def _reconcile(
     if recreated or unseen:
         load_ids.extend(_reextract(job, t, engine, pipeline, recreated + unseen))
     return missing.num_rows, load_ids
-
-
-def stage_tombstones(
-    job: JobConfig, t: TableConfig, pipeline: dlt.Pipeline, keys: pa.Table, origin: str
-) -> list[str]:
-    """Merge the given primary keys into staging as tombstones; returns the load ids."""
-    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
-    keys = keys.cast(pa.schema([f.with_nullable(False) for f in keys.schema]))
-    tomb = keys.append_column(
-        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * keys.num_rows, pa.bool_())
-    )
-    resource = dlt.resource(
-        tomb,
-        name=f"{t.name}__{origin}",
-        table_name=t.name,
-        write_disposition="merge",
-        primary_key=list(t.primary_key),
-    )
-    return list(_run(pipeline, resource, job).loads_ids)
 
 
 def _reextract(

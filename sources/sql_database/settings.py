@@ -1,14 +1,14 @@
-"""Constants of the sql_database source (never secrets)."""
+"""Constants of the sql_database source (never secrets).
+
+The column names are shared by every source kind (``sources.columns``); they are
+importable from here too."""
 
 from __future__ import annotations
 
-# dlt dataset (DuckDB schema) that holds the staged tables inside staging.duckdb
-STAGING_DATASET = "raw"
-# column dlt writes on every staged row: the load that last changed it
-LOAD_ID_COLUMN = "_dlt_load_id"
-# tombstone flag set on rows found deleted by key-set reconciliation
-DELETED_COLUMN = "_df_deleted"
-# content hash of each staged row of a table without a cursor (full-compare mode)
-HASH_COLUMN = "_df_hash"
-# internal columns never published
-INTERNAL_COLUMNS = frozenset({LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN, HASH_COLUMN})
+from sources.columns import (  # noqa: F401 - re-exported
+    DELETED_COLUMN,
+    HASH_COLUMN,
+    INTERNAL_COLUMNS,
+    LOAD_ID_COLUMN,
+    STAGING_DATASET,
+)
