@@ -11,7 +11,9 @@ Writes, under the project root:
 - ``contracts/<name>/__init__.py``: contract version 1 of the table, drafted from the
   schema dlt gives the sample when it stages it;
 - ``tests/test_source_<name>.py``: the conformance test, plus a run of the new job;
-- a ``[jobs.<name>]`` entry appended to the jobs file, publishing to a local lake.
+- a ``[jobs.<name>]`` entry appended to the jobs file, publishing to a local lake;
+- a deployment of the job appended to ``deployments/prefect.yaml`` (hourly, one run at
+  a time), when that file exists.
 
 Nothing is overwritten: an existing source, contract or job of that name is an error.
 """
@@ -183,6 +185,22 @@ primary_key = {pk_list}
 '''
 
 
+DEPLOYMENT = """  - name: {name}
+    description: Incremental sync of the {name} source (scaffolded by deltaferry new-source).
+    entrypoint: flows/sync.py:sync_job
+    parameters:
+      job: {name}
+    tags: ["deltaferry", "job:{name}"]
+    schedules:
+      - interval: 3600
+    concurrency_limit:
+      limit: 1
+      collision_strategy: ENQUEUE
+    work_pool:
+      name: deltaferry-process
+"""
+
+
 def _class_name(table: str) -> str:
     return "".join(part.capitalize() for part in table.split("_"))
 
@@ -223,6 +241,8 @@ def new_source(
 
     written: list[Path] = []
     jobs_before = jobs_file.read_text() if jobs_file.exists() else None
+    deployments = root / "deployments" / "prefect.yaml"
+    deployments_before = deployments.read_text() if deployments.exists() else None
     try:
         _write_all(
             name,
@@ -248,6 +268,8 @@ def new_source(
             jobs_file.unlink(missing_ok=True)
         else:
             jobs_file.write_text(jobs_before)
+        if deployments_before is not None:
+            deployments.write_text(deployments_before)
         raise
     return written
 
@@ -290,6 +312,11 @@ def _write_all(
     with jobs_file.open("a") as f:
         f.write(entry)
     written.append(jobs_file)
+    deployments = root / "deployments" / "prefect.yaml"
+    if deployments.exists():
+        with deployments.open("a") as f:
+            f.write(DEPLOYMENT.format(name=name))
+        written.append(deployments)
     fields = draft_fields(name, jobs_file, table)
     write(contract_dir / "__init__.py", contract_module(name, table, fields, primary_key))
     write(

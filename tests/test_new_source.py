@@ -76,6 +76,11 @@ def test_new_source_from_a_csv_sample_runs_and_passes_its_own_tests(project: Pat
     jobs = (project / "deltaferry.toml").read_text()
     assert '[jobs.acme]\nsource = "acme"' in jobs and 'name = "orders"' in jobs
     assert (project / "sources" / "acme" / "sample" / "orders.jsonl").read_text().count("\n") == 3
+    import yaml
+
+    deployments = yaml.safe_load((project / "deployments" / "prefect.yaml").read_text())
+    acme = next(d for d in deployments["deployments"] if d["name"] == "acme")
+    assert acme["parameters"] == {"job": "acme"} and acme["concurrency_limit"]["limit"] == 1
 
     r = _run(project, "-m", "deltaferry.cli", "run", "acme")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -88,6 +93,7 @@ def test_new_source_from_a_csv_sample_runs_and_passes_its_own_tests(project: Pat
 
 def test_new_source_refuses_to_overwrite_and_leaves_nothing_half_written(project: Path):
     jobs_before = (project / "deltaferry.toml").read_text()
+    deployments_before = (project / "deployments" / "prefect.yaml").read_text()
     r = _run(project, "-m", "deltaferry.cli", "new-source", "sql_database")
     assert r.returncode == 2 and "exists; pick another name" in r.stderr
 
@@ -99,6 +105,7 @@ def test_new_source_refuses_to_overwrite_and_leaves_nothing_half_written(project
     assert not (project / "sources" / "beta").exists()
     assert not (project / "contracts" / "beta").exists()
     assert (project / "deltaferry.toml").read_text() == jobs_before
+    assert (project / "deployments" / "prefect.yaml").read_text() == deployments_before
 
 
 def test_a_scaffold_that_fails_while_drafting_is_rolled_back(project: Path):
@@ -111,3 +118,20 @@ def test_a_scaffold_that_fails_while_drafting_is_rolled_back(project: Path):
     for path in ("sources/gamma", "contracts/gamma", "tests/test_source_gamma.py"):
         assert not (project / path).exists(), path
     assert (project / "deltaferry.toml").read_text() == jobs_before
+    assert "gamma" not in (project / "deployments" / "prefect.yaml").read_text()
+
+
+def test_the_readme_adding_a_source_commands_work_as_written(project: Path):
+    """The README's "Adding a source" commands, run literally in a copy of the project."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Adding a source", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [
+        [".venv/bin/deltaferry", "new-source"],
+        [".venv/bin/deltaferry", "run"],
+        [".venv/bin/python", "-m"],
+    ]
+    for argv in commands:
+        program = {".venv/bin/deltaferry": ["-m", "deltaferry.cli"], ".venv/bin/python": []}
+        r = _run(project, *program[argv[0]], *argv[1:])
+        assert r.returncode == 0, f"{argv}: {r.stdout[-2000:]} {r.stderr[-2000:]}"
