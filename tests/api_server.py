@@ -55,8 +55,11 @@ class ApiServer:
         return self.url
 
     def stop(self) -> None:
+        if getattr(self, "_server", None) is None:
+            return
         self._server.shutdown()
         self._server.server_close()
+        self._server = None
 
     def requests_to(self, prefix: str) -> list[dict[str, Any]]:
         return [r for r in self.log if r["path"].startswith(prefix)]

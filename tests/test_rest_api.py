@@ -73,7 +73,7 @@ def api(monkeypatch: pytest.MonkeyPatch):
     # fast backoff for the tests; Retry-After is still honoured as sent
     monkeypatch.setenv("DELTAFERRY_HTTP_BACKOFF", "0.05")
     yield server
-    server.stop()
+    server.stop()  # idempotent: a test may have stopped it already
 
 
 @pytest.fixture
@@ -231,6 +231,13 @@ def test_html_instead_of_json_and_bad_credentials_are_one_line_config_errors(
     monkeypatch.delenv("API_TOKEN")
     r = _cli(api_job, "run", "api")
     assert r.returncode == 2 and "API_TOKEN, which is not set" in r.stderr
+
+    monkeypatch.setenv("API_TOKEN", api.token)
+    monkeypatch.setenv("DELTAFERRY_HTTP_ATTEMPTS", "2")
+    api.stop()  # the API is down: transient, exit 1, not a configuration error
+    r = _cli(api_job, "run", "api")
+    assert r.returncode == 1, r.stderr
+    assert "job 'api': API at http://127.0.0.1:" in r.stderr and "unreachable" in r.stderr
     assert _lake_listing(api_job) == before  # nothing committed was touched
 
 
