@@ -83,7 +83,7 @@ def jobs(config: str | None) -> None:
                 job.lake,
                 t.name,
                 ",".join(t.primary_key),
-                t.cursor or "(full compare)",
+                t.cursor or _no_cursor_label(job.source),
                 t.deletes,
                 t.contract,
             )
@@ -160,6 +160,12 @@ def _emit(report: _Report) -> None:
         click.echo("\t".join(row))
 
 
+def _no_cursor_label(kind: str) -> str:
+    from deltaferry.config import source_settings
+
+    return getattr(source_settings(kind), "NO_CURSOR_LABEL", "(full compare)")
+
+
 def _print_run_summary(summary: dict[str, Any]) -> None:
     table = _table(
         "table",
@@ -189,6 +195,8 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     for r in summary.get("recovered", []):
         out.print(f"recovered: {r}")
     _emit(table)
+    for reason in summary.get("skipped", []):  # the run went on without these inputs
+        err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -56,6 +56,8 @@ class SyncContext:
     # the delay the retry layer will wait before the next attempt of the current step
     next_delay: Callable[[int], float | None] = lambda attempt: None
     retry_delays: dict[str, list[float]] = field(default_factory=dict)
+    # inputs the source set aside in this run (a malformed file), one line each
+    skipped: list[str] = field(default_factory=list)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None

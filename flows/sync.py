@@ -115,10 +115,13 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
                 ctx.state.log(ctx.run_id, "extract", "skipped", table=table, detail=reason[:2000])
                 get_run_logger().warning("%s", reason)
                 emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
+                skipped.append(reason)
         return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
 
     extracted: dict[str, int] = {}
+    skipped: list[str] = []
     ctx.step("extract", run)
+    ctx.skipped.extend(skipped)
     from deltaferry.failpoints import failpoint
 
     failpoint("after_extract")
@@ -195,6 +198,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                         )
             current = None
             summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
+            summary["skipped"] = list(ctx.skipped)
             for t in cfg.tables:
                 current = t.name
                 contract = ctx.contracts[t.name]

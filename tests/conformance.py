@@ -186,3 +186,31 @@ def run_conformance(h: Harness, job) -> None:  # noqa: ANN001 - a tests.conftest
         assert _published(job.sync()) is None
     finally:
         h.stop()
+
+
+class CsvDrops(Harness):
+    """A folder of CSV drops: every change arrives as a new file under ``items/``."""
+
+    kind = "files"
+
+    def start(self, folder: Path) -> None:
+        super().start(folder)
+        (folder / "items").mkdir()
+        self.n = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import os
+        import time
+
+        self.n += 1
+        path = self.folder / "items" / f"{self.n:04d}.csv"
+        lines = ["id,name,updated_at\n"] + [
+            f"{r['id']},{r['name']},{r['updated_at']}\n" for r in rows
+        ]
+        path.write_text("".join(lines))
+        at = time.time() - 3600 + self.n  # each drop newer than the one before
+        os.utime(path, (at, at))
+
+    def jobs_toml(self, name: str, lake: str) -> str:
+        # files are picked up by modification time: the table has no cursor column
+        return super().jobs_toml(name, lake).replace('cursor = "updated_at"\n', "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conformance import RestCollection, SqliteTable, run_conformance
+from tests.conformance import CsvDrops, RestCollection, SqliteTable, run_conformance
 
 
 def test_sql_database_conforms(conformance_job):
@@ -13,3 +13,7 @@ def test_sql_database_conforms(conformance_job):
 
 def test_rest_api_conforms(conformance_job, monkeypatch: pytest.MonkeyPatch):
     run_conformance(RestCollection(monkeypatch), conformance_job)
+
+
+def test_files_conforms(conformance_job):
+    run_conformance(CsvDrops(), conformance_job)

@@ -1,0 +1,49 @@
+"""Contracts of the file-drop test tables (imported as ``tests.contracts_files:Class``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+
+class Orders(pa.DataFrameModel):
+    """CSV drops: every column arrives as text and is typed by this contract."""
+
+    id: Series[int] = pa.Field(ge=1)
+    customer: Series[str]
+    amount: Series[float] = pa.Field(ge=0)
+    placed_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "us", "tz": "UTC"})
+    note: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class Events(pa.DataFrameModel):
+    """JSON Lines drops."""
+
+    id: Series[int] = pa.Field(ge=1)
+    kind: Series[str] = pa.Field(isin=["click", "view", "buy"])
+    n: Series[int] = pa.Field(nullable=True)
+    # set on deleted events (deletes = "soft:deleted_at"); absent from most records
+    deleted_at: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class Stock(pa.DataFrameModel):
+    """Parquet drops; the key is (sku, store)."""
+
+    sku: Series[str]
+    store: Series[int] = pa.Field(ge=1)
+    qty: Series[int] = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        coerce = True

@@ -1,0 +1,463 @@
+"""The files source: CSV, JSON Lines and Parquet drops in a real folder and on the S3 server,
+picked up by modification time and name, malformed files set aside, bad settings refused."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from deltaferry.errors import ConfigError, TransientError
+
+TABLES = {
+    "orders": 'primary_key = "id"\ncontract = "tests.contracts_files:Orders"',
+    "events": 'primary_key = ["id"]\ncontract = "tests.contracts_files:Events"\n'
+    'deletes = "soft:deleted_at"',
+    "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.contracts_files:Stock"',
+}
+HEADER = "id,customer,amount,placed_at,note\n"
+
+
+def jobs_toml(
+    lake: str, url: str = "drops", tables: tuple[str, ...] = tuple(TABLES), **extra: str
+) -> str:
+    """A ``drops`` job; ``extra`` adds job settings, ``<table>_extra`` table settings."""
+    job = "".join(f"{k} = {v}\n" for k, v in extra.items() if not k.endswith("_extra"))
+    text = f'[jobs.drops]\nsource = "files"\nurl = "{url}"\nlake = "{lake}"\n{job}'
+    for t in tables:
+        more = extra.get(f"{t}_extra", "")
+        text += f'\n[[jobs.drops.tables]]\nname = "{t}"\n{TABLES[t]}\n{more}\n'
+    return text
+
+
+@dataclass
+class DropsJob:
+    """A files job over ``dir/drops`` publishing to a file:// lake, with helpers."""
+
+    dir: Path
+    config: Path
+    lake_url: str
+    replica: Path
+
+    @property
+    def drops(self) -> Path:
+        return self.dir / "drops"
+
+    def write(self, **kw: str) -> None:
+        self.config.write_text(jobs_toml(self.lake_url, **kw))
+
+    def job(self):  # noqa: ANN201
+        from deltaferry.config import load_job
+
+        return load_job("drops", self.config)
+
+    def sync(self) -> dict:
+        from flows.sync import sync_job
+
+        return sync_job(job="drops", config=str(self.config))
+
+    def lake(self):  # noqa: ANN201
+        from destinations.lake import open_lake
+
+        return open_lake(self.lake_url)
+
+    def pull(self) -> None:
+        from deltaferry.replica import pull
+
+        pull(self.job(), self.lake(), self.replica)
+
+    def q(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.replica), read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        state = self.dir / "home" / "drops" / "state.duckdb"
+        with duckdb.connect(str(state), read_only=True) as con:
+            return con.execute(
+                "SELECT tbl, detail FROM ops_log WHERE step = 'extract' AND outcome = 'skipped'"
+                " ORDER BY id"
+            ).fetchall()
+
+
+@pytest.fixture
+def drops_job(tmp_path: Path, home: Path, prefect_api: None) -> DropsJob:
+    job = DropsJob(
+        dir=tmp_path,
+        config=tmp_path / "deltaferry.toml",
+        lake_url=f"file://{tmp_path}/lake",
+        replica=tmp_path / "replica.duckdb",
+    )
+    job.drops.mkdir()
+    job.write()
+    return job
+
+
+def drop(root: Path, name: str, data: bytes | str, mtime: float) -> Path:
+    """Write a file and set its modification time."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def parquet(rows: list[tuple[str, int, int]]) -> bytes:
+    table = pa.table(
+        {
+            "sku": [r[0] for r in rows],
+            "store": pa.array([r[1] for r in rows], pa.int32()),
+            "qty": [r[2] for r in rows],
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def batches(out: dict) -> dict[str, tuple[int | None, int | None]]:
+    return {t: (s["batch"], s.get("rows")) for t, s in out["tables"].items()}
+
+
+ORDERS = "SELECT id, customer, amount, epoch(placed_at)::BIGINT, note FROM orders ORDER BY id"
+T_9H = 1767258000  # 2026-01-01 09:00:00 UTC
+
+
+def test_csv_jsonl_parquet_initial_then_incremental(drops_job):
+    d, t0 = drops_job.drops, time.time() - 3600
+    drop(
+        d,
+        "orders/2026-01-01.csv",
+        HEADER + "1,ann,10.5,2026-01-01 09:00:00,\n"
+        '2,bob,20,2026-01-01T10:00:00Z,"first, with comma"\n'
+        '3,cy,0,2026-01-01 11:00:00+01:00,""\n',
+        t0,
+    )
+    drop(
+        d, "events/a.jsonl", '{"id":1,"kind":"click","n":1}\n{"id":2,"kind":"view","n":null}\n', t0
+    )
+    drop(d, "stock/s1.parquet", parquet([("a", 1, 5), ("a", 2, 0), ("b", 1, 7)]), t0)
+    drop(d, "orders/.2026-01-02.csv.tmp", HEADER + "9,in,1,2026-01-01 09:00:00,progress\n", t0)
+
+    first = drops_job.sync()
+    assert batches(first) == {"orders": (1, 3), "events": (1, 2), "stock": (1, 3)}
+    drops_job.pull()
+    assert drops_job.q(ORDERS) == [
+        (1, "ann", 10.5, T_9H, None),  # no zone offset: UTC; an empty field is null
+        (2, "bob", 20.0, T_9H + 3600, "first, with comma"),
+        (3, "cy", 0.0, T_9H + 3600, ""),  # a quoted empty field is the empty string
+    ]
+
+    # a new file, a newer one (gzip) sharing a key with it, a file replaced with changed
+    # rows, and a file dropped again unchanged
+    drop(
+        d,
+        "orders/2026-01-02.csv",
+        HEADER
+        + '2,bob,25,2026-01-01T10:00:00Z,"first, with comma"\n4,dan,1,2026-01-02 09:00:00,\n',
+        t0 + 60,
+    )
+    drop(
+        d,
+        "orders/2026-01-03.csv.gz",
+        gzip.compress(
+            (
+                HEADER + "4,dan,4,2026-01-02 09:00:00,\n5,eve,5,2026-01-03 09:00:00,late\n"
+                "6,fay,1,2026-01-03 09:00:00,first\n6,fay,6,2026-01-03 09:00:00,last\n"
+            ).encode()
+        ),
+        t0 + 120,
+    )
+    drop(
+        d,
+        "events/a.jsonl",
+        '{"id":1,"kind":"click","n":1,"deleted_at":"2026-01-02T00:00:00Z"}\n'
+        '{"id":2,"kind":"buy","n":2}\n{"id":3,"kind":"view"}\n',
+        t0 + 60,
+    )
+    drop(d, "stock/s1.parquet", parquet([("a", 1, 5), ("a", 2, 0), ("b", 1, 7)]), t0 + 60)
+
+    second = drops_job.sync()
+    # only what changed: orders 2 (updated), 4 (the newest file wins), 5, 6 (a file's last
+    # row wins); events 1 (deleted), 2, 3; stock nothing
+    assert batches(second) == {"orders": (2, 4), "events": (2, 3), "stock": (None, None)}
+    assert second["tables"]["events"]["deletes"] == 1
+    drops_job.pull()
+    assert drops_job.q(ORDERS) == [
+        (1, "ann", 10.5, T_9H, None),
+        (2, "bob", 25.0, T_9H + 3600, "first, with comma"),
+        (3, "cy", 0.0, T_9H + 3600, ""),
+        (4, "dan", 4.0, T_9H + 86400, None),
+        (5, "eve", 5.0, T_9H + 2 * 86400, "late"),
+        (6, "fay", 6.0, T_9H + 2 * 86400, "last"),
+    ]
+    assert drops_job.q("SELECT id, kind, n FROM events ORDER BY id") == [
+        (2, "buy", 2),
+        (3, "view", None),
+    ]
+    assert drops_job.q("SELECT sku, store, qty FROM stock ORDER BY sku, store") == [
+        ("a", 1, 5),
+        ("a", 2, 0),
+        ("b", 1, 7),
+    ]
+    for table, n in (("orders", 6), ("events", 2), ("stock", 3)):
+        assert drops_job.q(f"SELECT count(*) FROM {table}") == [(n,)]
+
+
+def test_same_mtime_file_arriving_later_is_not_lost(drops_job):
+    d, t = drops_job.drops, float(int(time.time()) - 600)
+    drops_job.write(tables=("orders",), lookback_seconds="0")
+    drop(d, "orders/b.csv", HEADER + "1,b,1,2026-01-01 09:00:00,\n", t)
+    assert batches(drops_job.sync())["orders"] == (1, 1)
+
+    # the same modification time and a name sorting before the one already read: read;
+    # an older time, behind the mark: with no lookback, not read ...
+    drop(d, "orders/a.csv", HEADER + "2,a,2,2026-01-01 09:00:00,\n", t)
+    drop(d, "orders/0.csv", HEADER + "3,z,3,2026-01-01 09:00:00,\n", t - 5)
+    assert batches(drops_job.sync())["orders"] == (2, 1)
+    # ... within a lookback it is, and the files already read are not read again
+    drops_job.write(tables=("orders",), lookback_seconds="60")
+    assert batches(drops_job.sync())["orders"] == (3, 1)
+    drops_job.pull()
+    assert drops_job.q("SELECT id, customer FROM orders ORDER BY id") == [
+        (1, "b"),
+        (2, "a"),
+        (3, "z"),
+    ]
+
+
+def test_malformed_files_are_set_aside_and_the_rest_publish(drops_job):
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("orders", "events"))
+    drop(d, "orders/1.csv", HEADER + "1,ann,1,2026-01-01 09:00:00,\n", t0)
+    drop(d, "events/1.jsonl", '{"id":1,"kind":"view"}\n', t0)
+    assert batches(drops_job.sync())["orders"] == (1, 1)
+    committed = drops_job.lake().get("drops/orders/manifests/000000000001.json")
+    assert committed
+
+    latin = (HEADER + "3,Zoë,3,2026-01-01 09:00:00,\n").encode("latin-1")
+    at = latin.index("ë".encode("latin-1"))
+    drop(d, "orders/2.csv", HEADER + "2,bob,2,2026-01-01 09:00:00,\n", t0 + 10)
+    drop(d, "orders/3-latin.csv", latin, t0 + 11)
+    drop(d, "orders/4-ragged.csv", HEADER + "4,cy,4,2026-01-01 09:00:00,x,EXTRA\n", t0 + 12)
+    drop(d, "events/2-nokey.jsonl", '{"kind":"click"}\n', t0 + 10)
+    drop(d, "events/3.jsonl", '{"id":3,"kind":"buy"}\n', t0 + 11)
+
+    out = drops_job.sync()
+    assert batches(out) == {"orders": (2, 1), "events": (2, 1)}
+    assert out["extracted"]["orders:skipped"] == 2
+    reasons = drops_job.skipped()
+    assert [r[0] for r in reasons] == ["orders", "orders", "events"]
+    assert reasons[0][1] == (
+        "job 'drops' table 'orders': file orders/3-latin.csv set aside: not valid UTF-8 at "
+        f'byte {at} (line 2); set encoding = "latin-1" (or the file\'s encoding) on the table, '
+        "then touch the file to re-read it"
+    )
+    assert "file orders/4-ragged.csv set aside: not valid CSV: " in reasons[1][1]
+    assert "Expected 5 columns, got 6" in reasons[1][1]
+    assert "file events/2-nokey.jsonl set aside: no primary key column(s) id" in reasons[2][1]
+    assert all("\n" not in r and r.startswith("job 'drops' table '") for _, r in reasons)
+    # what was committed before is untouched
+    assert drops_job.lake().get("drops/orders/manifests/000000000001.json") == committed
+
+    # the file fixed (a newer modification time) publishes; the others are not re-reported
+    drop(d, "orders/3-latin.csv", latin.decode("latin-1"), t0 + 20)
+    assert batches(drops_job.sync())["orders"] == (3, 1)
+    assert len(drops_job.skipped()) == 3
+    drops_job.pull()
+    assert drops_job.q("SELECT id, customer FROM orders ORDER BY id") == [
+        (1, "ann"),
+        (2, "bob"),
+        (3, "Zoë"),
+    ]
+    assert drops_job.q("SELECT id FROM events ORDER BY id") == [(1,), (3,)]
+
+
+BAD_FILES = {  # case: (file name, bytes, what the reason says)
+    "not-parquet": ("s.parquet", b"PAR1 this is not parquet", "not a valid Parquet file: "),
+    "bad-gzip": ("o.csv.gz", b"\x1f\x8b\x08junk", "not valid gzip"),
+    "null-key": ("o.csv", HEADER + "1,a,1,2026-01-01,\n,b,2,2026-01-01,\n", "row 2 has no value"),
+    "twice": ("o.csv", "id,ID\n1,2\n", "column(s) id more than once"),
+    "reserved": ("o.csv", "id,_dlt_id\n1,2\n", "reserved column(s) _dlt_id"),
+    "bad-value": (
+        "o.csv",
+        HEADER + "1,a,abc,2026-01-01,\n",
+        "column amount cannot be read as double (the contract's type): Failed to parse string: 'abc'",
+    ),
+    "utf-16": ("o.csv", HEADER.encode("utf-16"), 'set encoding = "utf-16"'),
+    "no-format": ("o.txt", "id\n1\n", 'format unknown from its name; set format = "csv"'),
+    "not-jsonl": ("o.jsonl", '{"id": 1}\n[1, 2]\n', "not valid JSON Lines: JSON parse error"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=str)
+def test_what_a_bad_file_is_set_aside_for(case):
+    from deltaferry.config import TableConfig
+    from sources.files import SetAside, _contract_types, file_format, read_table
+
+    name, data, says = BAD_FILES[case]
+    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    raw = data.encode() if isinstance(data, str) else data
+    with pytest.raises(SetAside) as caught:
+        read_table(raw, file_format(name, None), t, _contract_types(t, "here"))
+    assert says in f"{caught.value.problem}; {caught.value.fix}"
+
+
+def test_empty_and_header_only_files_stage_nothing():
+    from deltaferry.config import TableConfig
+    from sources.files import read_table
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    assert read_table(b"", "csv", t, {}) is None
+    assert read_table(b"\n", "jsonl", t, {}) is None
+    assert read_table(HEADER.encode(), "csv", t, {}).num_rows == 0
+
+
+def test_timestamps_without_an_offset_are_utc():
+    from deltaferry.config import TableConfig
+    from sources.files import _contract_types, read_table
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    stamps = ["2026-01-01", "2026-01-01 09:00:00", "2026-01-01T09:00:00Z"]
+    stamps += ["2026-01-01T10:00:00+01:00", "2026-01-01 04:00:00-05", "2026-01-01 09:00:00.5"]
+    csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
+    table = read_table(csv_text.encode(), "csv", t, _contract_types(t, "here"))
+    assert table.schema.field("placed_at").type == pa.timestamp("us", tz="UTC")
+    seconds = [v.timestamp() for v in table["placed_at"].to_pylist()]
+    assert seconds == [T_9H - 9 * 3600] + [T_9H] * 4 + [T_9H + 0.5]
+
+
+def test_an_encoding_setting_reads_latin_1(drops_job):
+    drops_job.write(tables=("orders",), orders_extra='encoding = "latin-1"\ndelimiter = ";"')
+    data = "id;customer;amount;placed_at;note\n1;Zoë;1,5;2026-01-01 09:00:00;café\n"
+    drop(drops_job.drops, "orders/1.csv", data.replace("1,5", "1.5").encode("latin-1"), 1e9)
+    assert batches(drops_job.sync())["orders"] == (1, 1)
+    drops_job.pull()
+    assert drops_job.q("SELECT customer, amount, note FROM orders") == [("Zoë", 1.5, "café")]
+
+
+def test_s3_prefix_initial_then_incremental(tmp_path, home, bucket, s3_endpoint, prefect_api):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    src = f"drops-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=src)
+
+    def put(key: str, body: bytes | str) -> None:
+        s3.put_object(Bucket=src, Key=f"landing/{key}", Body=body)
+
+    job = DropsJob(tmp_path, tmp_path / "deltaferry.toml", f"s3://{bucket}/lake", tmp_path / "r.db")
+    job.config.write_text(jobs_toml(job.lake_url, url=f"s3://{src}/landing"))
+    put("orders/1.csv", HEADER + "1,ann,1,2026-01-01 09:00:00,\n2,bob,2,2026-01-01 09:00:00,\n")
+    put("orders/_SUCCESS", "")
+    put("orders/.3.csv.partial", "garbage")
+    put("orders/old/9.csv", HEADER + "9,sub,9,2026-01-01 09:00:00,\n")  # not in orders/*
+    put("events/1.jsonl", '{"id":1,"kind":"view"}\n')
+    put("stock/1.parquet", parquet([("a", 1, 1)]))
+
+    assert batches(job.sync()) == {"orders": (1, 2), "events": (1, 1), "stock": (1, 1)}
+    put("orders/2.csv", HEADER + "2,bob,20,2026-01-01 09:00:00,\n3,cy,3,2026-01-01 09:00:00,\n")
+    put("events/1.jsonl", '{"id":1,"kind":"buy"}\n')  # overwritten, maybe within the second
+    assert batches(job.sync()) == {"orders": (2, 2), "events": (2, 1), "stock": (None, None)}
+    job.pull()
+    assert job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 1.0), (2, 20.0), (3, 3.0)]
+    assert job.q("SELECT id, kind FROM events") == [(1, "buy")]
+    assert job.q("SELECT sku, store, qty FROM stock") == [("a", 1, 1)]
+
+
+def test_s3_source_errors(tmp_path, home, bucket, monkeypatch):
+    from deltaferry.config import load_job
+    from sources.files import preflight_source
+
+    config = tmp_path / "deltaferry.toml"
+    config.write_text(jobs_toml(f"s3://{bucket}/lake", url="s3://no-such-drops/landing"))
+    with pytest.raises(ConfigError, match="job 'drops'.*bucket 'no-such-drops' does not exist"):
+        preflight_source(load_job("drops", config))
+
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("DELTAFERRY_S3_MAX_ATTEMPTS", "1")
+    with pytest.raises(TransientError, match="job 'drops'.*unreachable"):
+        preflight_source(load_job("drops", config))
+
+
+CONFIG_ERRORS = {  # case: (jobs file settings, needles of the one error line)
+    "reconcile": (
+        {"orders_extra": 'deletes = "reconcile"'},
+        ["job 'drops' table 'orders'", '"reconcile" is not possible', '"soft:<column>"'],
+    ),
+    "missing-folder": ({"url": "nowhere"}, ["job 'drops'", "nowhere does not exist"]),
+    "unknown-format": ({"events_extra": 'format = "xml"'}, ["table 'events'", "'xml'"]),
+    "unknown-encoding": ({"orders_extra": 'encoding = "klingon"'}, ["'klingon' is unknown"]),
+    "bad-url": ({"url": "ftp://host/x"}, ["job 'drops'", "is not a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS, ids=str)
+def test_config_errors_are_one_line_exit_2(case, tmp_path, home):
+    from deltaferry.cli import cli
+
+    settings, needles = CONFIG_ERRORS[case]
+    (tmp_path / "drops").mkdir()
+    config = tmp_path / "deltaferry.toml"
+    config.write_text(jobs_toml(f"file://{tmp_path}/lake", **settings))
+    result = CliRunner().invoke(cli, ["run", "drops", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (tmp_path / "lake").exists()
+
+
+def test_watermark_rule():
+    from sources.files import DropFile, Watermark
+
+    state: dict = {}
+    now = 10_000 * 10**9
+    mark = Watermark(state, lookback_s=5)
+    first = [DropFile("b", 100 * 10**9, "1"), DropFile("c", 90 * 10**9, "1")]
+    assert mark.new(first) == first  # the first run reads everything
+    mark.advance(first, now)
+    assert state["high_water_ns"] == 100 * 10**9
+    assert set(state["seen"]) == {"b"}  # c is more than 5 s behind: forgotten
+
+    mark = Watermark(state, lookback_s=5)
+    listed = [
+        *first,
+        DropFile("a", 100 * 10**9, "1"),  # same time as b, arrived later
+        DropFile("d", 96 * 10**9, "1"),  # older, within the lookback
+        DropFile("e", 94 * 10**9, "1"),  # older, beyond it
+        DropFile("b", 100 * 10**9, "2"),  # b rewritten within the same tick
+    ]
+    assert [f.name for f in mark.new(listed)] == ["a", "d", "b"]
+
+    future = [DropFile("f", now + 3600 * 10**9, "1")]
+    mark.advance(future, now)
+    assert state["high_water_ns"] == now  # never past the listing's clock
+    assert Watermark(state, 5).new([DropFile("g", now - 10**9, "1")])  # not hidden by f
+
+
+def test_the_cli_run_warns_about_a_set_aside_file(drops_job):
+    from deltaferry.cli import cli
+
+    t0 = time.time() - 3600
+    drops_job.write(tables=("orders",))
+    drop(drops_job.drops, "orders/1.csv", HEADER + "1,ann,1,2026-01-01 09:00:00,\n", t0)
+    latin = (HEADER + "2,Zoë,2,2026-01-01 09:00:00,\n").encode("latin-1")
+    drop(drops_job.drops, "orders/2.csv", latin, t0 + 1)
+    result = CliRunner().invoke(cli, ["run", "drops", "--config", str(drops_job.config)])
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1, result.stderr
+    assert "job 'drops' table 'orders': file orders/2.csv set aside: not valid UTF-8" in warnings[0]
+    assert 'set encoding = "latin-1"' in warnings[0]
