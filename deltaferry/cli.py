@@ -108,10 +108,7 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     if not verbose:
         _quiet_prefect_console()
     with out.status(f"syncing job [bold]{job}[/] ..."):
-        from prefect import tags
-
-        with tags("deltaferry", f"job:{job}"):  # the flow run's tags, as a deployment's
-            summary = sync_job(job=job, config=config)
+        summary = sync_job(job=job, config=config)  # the flow tags its own run
     _print_run_summary(summary)
 
 

@@ -72,8 +72,13 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_md[0].flow_run_id]))
         )
+        run_tags = set(client.read_flow_run(run_md[0].flow_run_id).tags)
+    # the flow run carries the job, its tables and their contract versions
+    assert {"deltaferry", "job:shop", "table:customers", "table:orders"} <= run_tags
+    assert {"contract:customers:v1", "contract:orders:v1"} <= run_tags
+    # tasks are named after their step, table and batch (and untagged: see _tag_flow_run)
     upload = next(t for t in tasks if t.name == "upload-customers-1")
-    assert {"job:shop", "table:customers", "contract:v1"} <= set(upload.tags)
+    assert upload.tags == []
 
     held = _artifacts(artifact_key("shop", "quarantine"), since)
     assert held, "no quarantine artifact"
