@@ -226,6 +226,14 @@ def compute_ratios(df: dict[str, PhaseResult], dd: dict[str, PhaseResult]) -> di
             max(dfi.peak_rss_mib, dfc.peak_rss_mib), max(ddi.peak_rss_mib, ddc.peak_rss_mib)
         ),
     }
+    if "no-change" in df and "no-change" in dd:
+        # the cost of the change itself: the incremental run minus a run with nothing to do,
+        # against the initial run minus the same fixed cost
+        dfn, ddn = df["no-change"].wall_s, dd["no-change"].wall_s
+        reference["change_cost_vs_initial"] = safe(dfc.wall_s - dfn, dfi.wall_s - dfn)
+        reference["dlt_change_cost_vs_initial"] = safe(ddc.wall_s - ddn, ddi.wall_s - ddn)
+        reference["no_change_run_s"] = dfn
+        reference["dlt_no_change_run_s"] = ddn
     return {"ratios": primary, "reference": reference}
 
 
@@ -235,6 +243,10 @@ REFERENCE_LABELS = {
     "incremental_vs_initial_work_only": "deltaferry incremental / initial, sync call only",
     "dlt_incremental_vs_initial_work_only": "dlt->DuckDB incremental / initial, sync call only",
     "peak_rss_vs_dlt": "deltaferry peak RSS / dlt->DuckDB peak RSS",
+    "change_cost_vs_initial": "deltaferry (incremental - no-change) / (initial - no-change)",
+    "dlt_change_cost_vs_initial": "dlt->DuckDB (incremental - no-change) / (initial - no-change)",
+    "no_change_run_s": "deltaferry run with nothing to publish, wall s",
+    "dlt_no_change_run_s": "dlt->DuckDB run with nothing to load, wall s",
 }
 
 
@@ -362,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in contenders:
             phase(name, "incremental", change["changed"])
+        # nothing changed since: what a run costs whatever the change (imports, orchestration,
+        # reading the cursor); the change's own cost is what the incremental run adds to it
+        for name in contenders:
+            phase(name, "no-change", 0)
         checks["baseline_after_incremental"] = baseline_counts(dlt_db)
         objects, size = bucket_usage(endpoint, "deltaferry/")
         staging = sorted((work / "home-deltaferry").rglob("staging.duckdb"))
@@ -384,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
-    for r in [by[name][ph] for ph in ("initial", "incremental") for name in contenders]:
+    phases = ("initial", "incremental", "no-change")
+    for r in [by[name][ph] for ph in phases for name in contenders if ph in by[name]]:
         flag = "" if r.rows == r.expected_rows else f"  (expected {r.expected_rows:,})"
         print(
             f"{r.contender:<11}{r.phase:<13}{r.rows:>10,}{r.wall_s:>9.2f}{r.rows_per_s:>10,.0f}"
