@@ -112,6 +112,23 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     _print_run_summary(summary)
 
 
+@cli.command()
+@config_option
+@click.option("--job", "only", multiple=True, help="Only these jobs (repeatable).")
+@click.option("--limit", type=int, default=None, help="At most this many runs at once.")
+@one_line_errors
+def serve(config: str | None, only: tuple[str, ...], limit: int | None) -> None:
+    """Run every job's schedule from this process (no work pool, no worker) until stopped.
+
+    Jobs need `schedule = <seconds>` or a cron expression in the jobs file. Needs a Prefect
+    API (PREFECT_API_URL) that stays up: the schedules live there.
+    """
+    from deltaferry.config import config_path
+    from deltaferry.serve import serve_jobs
+
+    serve_jobs(config_path(config).resolve(), only, limit)
+
+
 class _OnlyOwnLogs(logging.Filter):
     """On the terminal, a run shows its progress and summary; Prefect's run logs still go to
     the Prefect API (and UI) but not to the console, unless ``--verbose``."""
@@ -399,46 +416,58 @@ def iam_policy(job: str, config: str | None, gc: bool) -> None:
     click.echo(json.dumps(policy_for(load_job(job, config), allow_delete=gc), indent=2))
 
 
+runs_option = click.option(
+    "--runs",
+    "runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many of the last runs the batch sizes and rates cover.",
+)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@runs_option
 @config_option
 @one_line_errors
-def status(as_json: bool, config: str | None) -> None:
-    """Per job and table: last batch, rows, last success, pending batch, quarantine, lag."""
+def status(as_json: bool, runs: int, config: str | None) -> None:
+    """Per job and table: last batch, rows, last success, pending batch, quarantine, lag;
+    over the last runs: batch sizes with a sparkline of rows per batch, quarantine and
+    retry rates, runs ok/failed."""
     from deltaferry.config import load_jobs
-    from deltaferry.status import job_status
+    from deltaferry.status import STATUS_COLUMNS, job_status, status_rows
 
-    report = [job_status(j) for j in load_jobs(config).values()]
+    report = [job_status(j, runs) for j in load_jobs(config).values()]
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    table = _table(
-        "job",
-        "table",
-        "last batch",
-        "rows published",
-        "pending",
-        "quarantined",
-        "last published",
-        "lag (s)",
-        "last run",
-    )
-    for j in report:
-        run = j.get("last_run") or {}
-        for name, s in j["tables"].items():
-            pending = s["pending_batch"]
-            table.add_row(
-                j["job"],
-                name,
-                str(s["last_batch"]),
-                str(s["rows_published"]),
-                f"batch {pending['batch']}" if pending else "-",
-                str(s["quarantined_rows"]),
-                s["last_published_at"] or "never",
-                str(s["lag_seconds"] or "-"),
-                run.get("outcome", "never run"),
-            )
+    table = _table(*STATUS_COLUMNS)
+    for row in status_rows(report):
+        table.add_row(*row)
     _emit(table)
+
+
+@cli.command("report")
+@click.argument("job")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, writable=True),
+    required=True,
+    help="HTML file to write (self-contained: inline SVG charts, no scripts).",
+)
+@runs_option
+@config_option
+@one_line_errors
+def report_command(job: str, out_path: str, runs: int, config: str | None) -> None:
+    """Write an HTML report of JOB over its last runs: rows and quarantined rows per batch,
+    step durations per run, retries by cause, lag, and the numbers of `status`."""
+    from deltaferry.config import load_job
+    from deltaferry.report_html import write_report
+
+    path = write_report(load_job(job, config), Path(out_path), runs=runs)
+    out.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -28,6 +28,7 @@ _JOB_KEYS = {
     "producer_id",
     "contract",
     "max_reconcile_delete_ratio",
+    "schedule",
 }
 _TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
 
@@ -82,6 +83,8 @@ class JobConfig:
     base_dir: Path = field(default_factory=Path.cwd)
     # settings of the job's source kind (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # when `deltaferry serve` runs the job: seconds between runs, or a cron expression
+    schedule: int | str | None = None
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -195,6 +198,15 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     chunk_size = body.get("chunk_size", 50_000)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError(f"{where}: chunk_size must be a positive integer")
+    schedule = body.get("schedule")
+    if schedule is not None and not (
+        (isinstance(schedule, int) and not isinstance(schedule, bool) and schedule >= 10)
+        or (isinstance(schedule, str) and len(schedule.split()) in (5, 6))
+    ):
+        raise ConfigError(
+            f"{where}: schedule must be seconds between runs (10 or more) or a cron expression "
+            f'such as "*/15 * * * *" (got {schedule!r})'
+        )
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -220,6 +232,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         producer_id=str(body.get("producer_id", "default")),
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
+        schedule=schedule,
     )
     check = getattr(settings, "check", None)
     if check is not None:

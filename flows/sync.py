@@ -168,6 +168,28 @@ def checkpoint_step(ctx: SyncContext, plan: Plan) -> None:
     ctx.step("checkpoint", lambda: commit(ctx, plan), table=plan.table, batch=plan.batch)
 
 
+def _needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:
+    """Whether ``recover`` has anything to do: a batch planned but not committed, or no
+    local checkpoint (a first run, or a lost home that may adopt the lake's)."""
+    return ctx.state.pending_plan(t.name) is not None or not ctx.state.checkpoint(t.name).batch
+
+
+def _name_flow_run(job: str, published: dict[str, int]) -> None:
+    """Rename the finished run after the batches it published (``sync-shop customers#3
+    orders#4``, or ``sync-shop no change``), so the runs list says what each did."""
+    run_id = flow_run.id
+    if not run_id:
+        return
+    what = " ".join(f"{t}#{b}" for t, b in published.items()) or "no change"
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run_id, name=f"sync-{job} {what}"[:200])
+    except Exception as e:  # noqa: BLE001 - names are for people; never fail a run over them
+        get_run_logger().warning("could not rename the flow run: %s", e)
+
+
 def _tag_flow_run(ctx: SyncContext) -> None:
     """Tag the flow run with the job, its tables and their contract versions, so operators
     filter runs by them in the UI. Only the flow run: Prefect checks tag concurrency limits
@@ -206,6 +228,8 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
         try:
             for t in cfg.tables:
                 current = t.name
+                if not _needs_recovery(ctx, t):
+                    continue  # the steady state: no task run (each costs API round trips)
                 done = _retrying(recover, f"recover-{t.name}", ctx)(ctx, t)
                 if done:
                     logger.info("job %s table %s: recovered %s", job, t.name, done)
@@ -268,6 +292,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
             raise
         ctx.state.finish_run(ctx.run_id, "ok")
         published = {t: s["batch"] for t, s in summary["tables"].items() if s.get("batch")}
+        _name_flow_run(job, published)
         emit(ctx, "deltaferry.run.completed", None, {"published": published})
         publish_run_report(ctx, summary)
     return summary

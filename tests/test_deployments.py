@@ -310,3 +310,76 @@ def test_the_ui_shows_the_run_and_its_artifact(prefect_server, shop_job, shop, h
         finally:
             browser.close()
     assert (out / "prefect-ui-flow-run.png").stat().st_size > 10_000
+
+
+def test_serve_runs_every_scheduled_job_from_one_process(prefect_server, shop_job, shop, home):
+    shop.round(30, 40, churn=0)
+    text = shop_job.config.read_text()
+    text = text.replace("[jobs.shop]", "[jobs.served]\nschedule = 10", 1)
+    jobs = home.parent / "served.toml"
+    jobs.write_text(text.replace("[[jobs.shop.tables]]", "[[jobs.served.tables]]"))
+    env = {
+        **os.environ,
+        **prefect_server,
+        "DELTAFERRY_HOME": str(home),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    log_path = home.parent / "serve.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deltaferry.cli", "serve", "--config", str(jobs)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        deployment: dict = {}
+        while not deployment and time.monotonic() < deadline:
+            try:
+                deployment = _api(env, "GET", "/deployments/name/deltaferry-sync/served")
+            except httpx.HTTPStatusError:
+                time.sleep(1)
+        assert deployment, log_path.read_text()[-3000:]
+        assert deployment["parameters"] == {"job": "served", "config": str(jobs)}
+        assert {"deltaferry", "job:served"} <= set(deployment["tags"])
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert [s["schedule"].get("interval") for s in deployment["schedules"]] == [10.0]
+        # the schedule runs the job twice with nobody triggering it
+        done: list = []
+        deadline = time.monotonic() + 180
+        while len(done) < 2 and time.monotonic() < deadline:
+            runs = _api(
+                env,
+                "POST",
+                "/flow_runs/filter",
+                json={"deployments": {"id": {"any_": [deployment["id"]]}}},
+            )
+            done = [r for r in runs if r["state_type"] == "COMPLETED"]
+            failed = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+            assert not failed, log_path.read_text()[-3000:]
+            time.sleep(1)
+        assert len(done) >= 2, log_path.read_text()[-3000:]
+    finally:
+        proc.send_signal(2)  # SIGINT, as Ctrl-C
+        proc.wait(timeout=60)
+        log.close()
+    # the first run published batch 1 of each table; the later ones found nothing new
+    lake = shop_job.lake()
+    for table in ("customers", "orders"):
+        assert lake.list(f"served/{table}/manifests/") == [
+            f"served/{table}/manifests/000000000001.json"
+        ]
+
+
+def test_serve_without_a_scheduled_job_is_a_one_line_config_error(shop_job):
+    r = subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "serve", "--config", str(shop_job.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert "has a schedule; add schedule = <seconds>" in r.stderr

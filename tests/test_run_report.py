@@ -72,7 +72,10 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_md[0].flow_run_id]))
         )
-        run_tags = set(client.read_flow_run(run_md[0].flow_run_id).tags)
+        run = client.read_flow_run(run_md[0].flow_run_id)
+        run_tags = set(run.tags)
+    # named after the job and the batches it published
+    assert run.name == "sync-shop customers#1 orders#1"
     # the flow run carries the job, its tables and their contract versions
     assert {"deltaferry", "job:shop", "table:customers", "table:orders"} <= run_tags
     assert {"contract:customers:v1", "contract:orders:v1"} <= run_tags
