@@ -1,36 +1,121 @@
-"""What ``deltaferry status`` reports, read from each job's state file."""
+"""What ``deltaferry status`` reports, read from each job's state file.
+
+Per table: the last published batch, rows, pending plan, quarantine and lag, and, over
+the job's last N runs (the *window*): the sizes of the batches published, the share of
+changed rows the contracts held back, the share of step attempts that failed
+transiently, and a sparkline of rows per batch. ``deltaferry report`` draws the same
+numbers as charts (``deltaferry.report_html``).
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
+
 from deltaferry.config import JobConfig, deltaferry_home
-from deltaferry.state import StateStore, now
 from deltaferry.duck import fetch_one
+from deltaferry.state import StateStore, now
+
+DEFAULT_RUNS = 20
+SPARK_GLYPHS = "▁▂▃▄▅▆▇█"
+# ops_log outcomes of an attempt that failed transiently (retried, or its budget spent),
+# and of the source client's own retries (HTTP 429/5xx) during extract
+RETRIED = ("retry", "exhausted", "source-retry")
+ATTEMPTS = ("ok", "failed", *RETRIED)  # 'info' and 'skipped' entries are not attempts
+# the last N runs of the job, newest first
+WINDOW_SQL = (
+    "SELECT run_id, started_at, finished_at, outcome FROM runs ORDER BY started_at DESC LIMIT ?"
+)
+_RETRY_PREFIX = re.compile(r"^retry in [0-9.]+s after ")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+LAG_NEWEST_CHANGE = "newest change"
+LAG_LAST_PUBLISH = "last publish"
 
 
 def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
 
-def job_status(job: JobConfig) -> dict[str, Any]:
-    """Per table: last published batch, rows, last success, pending plan, quarantine, lag."""
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def sparkline(values: list[int] | list[float]) -> str:
+    """One glyph per value, from ▁ (zero) to █ (the largest value); '' for no values."""
+    if not values:
+        return ""
+    top = max(values)
+    if top <= 0:
+        return SPARK_GLYPHS[0] * len(values)
+    last = len(SPARK_GLYPHS) - 1
+    return "".join(SPARK_GLYPHS[max(0, min(last, round(v / top * last)))] for v in values)
+
+
+def cursor_time(value: Any) -> datetime | None:
+    """The cursor value as a UTC time when it is a timestamp (naive ones are taken as UTC);
+    None for other cursors (integers, versions) and missing values."""
+    if value is None or not _TIMESTAMP.match(str(value)):
+        return None
+    try:
+        ts = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def retry_cause(detail: str | None) -> str:
+    """The error class of a retried attempt's detail ('retry in 0.031s after TransientError:
+    ...' -> 'TransientError'): the delay and message vary, the class groups them."""
+    text = _RETRY_PREFIX.sub("", detail or "")
+    return text.split(":", 1)[0].strip() or "(no detail)"
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _empty_table() -> dict[str, Any]:
+    return {
+        "last_batch": 0,
+        "rows_published": 0,
+        "pending_batch": None,
+        "quarantined_rows": 0,
+        "last_published_at": None,
+        "newest_change_published": None,
+        "lag_seconds": None,
+        "lag_basis": None,
+        "seconds_since_last_publish": None,
+        "batches": [],
+        "batch_rows": {"count": 0, "last": None, "mean": None, "max": None},
+        "sparkline": "",
+        "quarantine": {"rows": 0, "rows_planned": 0, "rate": None},
+        "retries": {"retried": 0, "attempts": 0, "rate": None, "by_cause": []},
+    }
+
+
+def _empty_runs(window: int) -> dict[str, Any]:
+    return {"window": window, "count": 0, "ok": 0, "failed": 0, "unfinished": 0, "since": None}
+
+
+def job_status(job: JobConfig, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
+    """Per table: last published batch, rows, pending plan, quarantine, lag; and over the
+    last ``runs`` runs: batch sizes, quarantine and retry rates, a sparkline of rows per
+    batch. Values the state cannot give (a job never run) are None, 0 or empty."""
     path = deltaferry_home() / job.name / "state.duckdb"
     out: dict[str, Any] = {"job": job.name, "lake": job.lake, "tables": {}}
     if not path.exists():
         out["last_run"] = None
+        out["last_success"] = None
+        out["retries_total"] = 0
+        out["runs"] = _empty_runs(runs)
+        out["retries"] = {"retried": 0, "attempts": 0, "rate": None}
         for t in job.tables:
-            out["tables"][t.name] = {
-                "last_batch": 0,
-                "rows_published": 0,
-                "pending_batch": None,
-                "quarantined_rows": 0,
-                "last_published_at": None,
-                "newest_change_published": None,
-                "lag_seconds": None,
-            }
+            out["tables"][t.name] = _empty_table()
         return out
     state = StateStore(job.name, path)
     with state.connect(read_only=True) as con:
@@ -53,43 +138,240 @@ def job_status(job: JobConfig) -> dict[str, Any]:
         out["last_success"] = _iso(ok)
         retries = fetch_one(con, "SELECT count(*) FROM ops_log WHERE outcome = 'retry'")[0]
         out["retries_total"] = retries
+        window = con.execute(WINDOW_SQL, [runs]).fetchall()
+        run_ids = [r[0] for r in window]
+        since = min((r[1] for r in window), default=None)
+        out["runs"] = {
+            "window": runs,
+            "count": len(window),
+            "ok": sum(1 for r in window if r[3] == "ok"),
+            "failed": sum(1 for r in window if r[3] == "failed"),
+            "unfinished": sum(1 for r in window if r[3] is None),
+            "since": _iso(since),
+        }
+        out["retries"] = _retry_counts(con, run_ids, None)
         for t in job.tables:
-            ck = fetch_one(
-                con, "SELECT batch, committed_at FROM checkpoints WHERE tbl = ?", [t.name]
-            )
-            rows = fetch_one(
-                con,
-                "SELECT coalesce(sum(rows), 0) FROM plans WHERE tbl = ? AND status = 'committed'",
-                [t.name],
-            )[0]
-            pending = fetch_one(
-                con,
-                "SELECT batch, rows FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
-                [t.name],
-            )
-            quarantined = fetch_one(
-                con, "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ?", [t.name]
-            )[0]
-            published_at = ck[1] if ck else None
-            last_manifest = fetch_one(
-                con,
-                "SELECT manifest FROM plans WHERE tbl = ? AND status = 'committed'"
-                " ORDER BY batch DESC LIMIT 1",
-                [t.name],
-            )
-            newest = json.loads(last_manifest[0])["cursor"]["max"] if last_manifest else None
-            out["tables"][t.name] = {
-                "last_batch": ck[0] if ck else 0,
-                "rows_published": int(rows),
-                "pending_batch": None
-                if pending is None
-                else {"batch": pending[0], "rows": pending[1]},
-                "quarantined_rows": int(quarantined),
-                "last_published_at": _iso(published_at),
-                # the newest source change (cursor value) that has reached the lake
-                "newest_change_published": newest,
-                "lag_seconds": None
-                if published_at is None
-                else round((now() - published_at).total_seconds(), 1),
-            }
+            out["tables"][t.name] = _table_status(con, t.name, run_ids, since)
     return out
+
+
+def _retry_counts(
+    con: duckdb.DuckDBPyConnection, run_ids: list[str], table: str | None
+) -> dict[str, Any]:
+    """Retried attempts / attempts in these runs: of one table's steps plus the job-wide
+    ones (extract) when ``table`` is given, of every step otherwise."""
+    if not run_ids:
+        return {"retried": 0, "attempts": 0, "rate": None}
+    where = "run_id IN (SELECT unnest(?::VARCHAR[]))"
+    params: list[Any] = [run_ids]
+    if table is not None:
+        where += " AND (tbl = ? OR tbl IS NULL)"
+        params.append(table)
+    retried, attempts = fetch_one(
+        con,
+        f"SELECT count(*) FILTER (WHERE outcome IN ({_in(RETRIED)})),"
+        f" count(*) FILTER (WHERE outcome IN ({_in(ATTEMPTS)})) FROM ops_log WHERE {where}",
+        params,
+    )
+    return {"retried": int(retried), "attempts": int(attempts), "rate": _rate(retried, attempts)}
+
+
+def _table_status(
+    con: duckdb.DuckDBPyConnection, table: str, run_ids: list[str], since: datetime | None
+) -> dict[str, Any]:
+    s = _empty_table()
+    ck = fetch_one(con, "SELECT batch, committed_at FROM checkpoints WHERE tbl = ?", [table])
+    rows = fetch_one(
+        con,
+        "SELECT coalesce(sum(rows), 0) FROM plans WHERE tbl = ? AND status = 'committed'",
+        [table],
+    )[0]
+    pending = fetch_one(
+        con,
+        "SELECT batch, rows FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
+        [table],
+    )
+    quarantined = fetch_one(
+        con, "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ?", [table]
+    )[0]
+    published_at = ck[1] if ck else None
+    s.update(
+        last_batch=ck[0] if ck else 0,
+        rows_published=int(rows),
+        pending_batch=None if pending is None else {"batch": pending[0], "rows": pending[1]},
+        quarantined_rows=int(quarantined),
+        last_published_at=_iso(published_at),
+    )
+    s.update(_lag(con, table, published_at))
+    if since is None:
+        return s
+
+    # batches published from the window's first run on, oldest first
+    batches = con.execute(
+        "SELECT batch, rows, quarantined, committed_at FROM plans WHERE tbl = ? AND status = "
+        "'committed' AND created_at >= ? ORDER BY batch",
+        [table, since],
+    ).fetchall()
+    s["batches"] = [
+        {"batch": b, "rows": int(n), "quarantined": int(q), "published_at": _iso(at)}
+        for b, n, q, at in batches
+    ]
+    sizes = [int(b[1]) for b in batches]
+    if sizes:
+        s["batch_rows"] = {
+            "count": len(sizes),
+            "last": sizes[-1],
+            "mean": round(sum(sizes) / len(sizes), 1),
+            "max": max(sizes),
+        }
+    s["sparkline"] = sparkline(sizes)
+
+    # held back / changed: rows of every batch planned in the window (published or pending)
+    # plus the rows held back in its runs, also those of loads where every change was
+    planned = fetch_one(
+        con,
+        "SELECT coalesce(sum(rows), 0) FROM plans WHERE tbl = ? AND created_at >= ?",
+        [table, since],
+    )[0]
+    held = fetch_one(
+        con,
+        "SELECT count(*) FROM (SELECT DISTINCT run_id, pk FROM quarantine WHERE tbl = ? AND"
+        " run_id IN (SELECT unnest(?::VARCHAR[])))",
+        [table, run_ids],
+    )[0]
+    s["quarantine"] = {
+        "rows": int(held),
+        "rows_planned": int(planned),
+        "rate": _rate(int(held), int(planned) + int(held)),
+    }
+
+    s["retries"] = _retry_counts(con, run_ids, table)
+    causes: dict[tuple[str, str, str], int] = {}
+    for step, outcome, detail in con.execute(
+        f"SELECT step, outcome, detail FROM ops_log WHERE outcome IN ({_in(RETRIED)}) AND"
+        " (tbl = ? OR tbl IS NULL) AND run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY id",
+        [table, run_ids],
+    ).fetchall():
+        key = (step, outcome, retry_cause(detail))
+        causes[key] = causes.get(key, 0) + 1
+    s["retries"]["by_cause"] = [
+        {"step": k[0], "outcome": k[1], "cause": k[2], "count": n}
+        for k, n in sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return s
+
+
+def _lag(
+    con: duckdb.DuckDBPyConnection, table: str, published_at: datetime | None
+) -> dict[str, Any]:
+    """Lag of the lake behind the source: now minus the newest cursor value published when
+    the cursor is a timestamp ('newest change'), else now minus the last publish."""
+    newest: Any = None
+    # the newest batch that carries a cursor (a batch of deletes only may have none)
+    for (manifest,) in con.execute(
+        "SELECT manifest FROM plans WHERE tbl = ? AND status = 'committed'"
+        " ORDER BY batch DESC LIMIT 20",
+        [table],
+    ).fetchall():
+        newest = (json.loads(manifest).get("cursor") or {}).get("max")
+        if newest is not None:
+            break
+    since_publish = (
+        None if published_at is None else round((now() - published_at).total_seconds(), 1)
+    )
+    change = cursor_time(newest)
+    if change is not None:
+        lag, basis = round((now() - change).total_seconds(), 1), LAG_NEWEST_CHANGE
+    elif since_publish is not None:
+        lag, basis = since_publish, LAG_LAST_PUBLISH
+    else:
+        lag, basis = None, None
+    return {
+        # the newest source change (cursor value) that has reached the lake
+        "newest_change_published": newest,
+        "lag_seconds": lag,
+        "lag_basis": basis,
+        "seconds_since_last_publish": since_publish,
+    }
+
+
+def human_duration(seconds: float | None) -> str:
+    """'42s', '12m', '5h 03m', '12d 05h'; '-' for None; negative when the source's clock
+    is ahead."""
+    if seconds is None:
+        return "-"
+    sign, s = ("-" if seconds < 0 else ""), abs(seconds)
+    if s < 90:
+        return f"{sign}{s:.0f}s"
+    if s < 90 * 60:
+        return f"{sign}{s / 60:.0f}m"
+    if s < 36 * 3600:
+        return f"{sign}{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+    return f"{sign}{int(s // 86400)}d {int(s % 86400 // 3600):02d}h"
+
+
+def percent(rate: float | None) -> str:
+    """A rate (0..1) as '12.5%', '-' when there is nothing to divide by."""
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+STATUS_COLUMNS = (
+    "job",
+    "table",
+    "last batch",
+    "rows published",
+    "batch rows last/mean",
+    "rows/batch",
+    "pending",
+    "quarantined",
+    "quar. %",
+    "retry %",
+    "last published",
+    "lag",
+    "runs ok/failed",
+    "last run",
+)
+
+
+def _utc_text(iso: str | None) -> str:
+    if not iso:
+        return "never"
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def _lag_text(s: dict[str, Any]) -> str:
+    if s["lag_seconds"] is None:
+        return "-"
+    basis = "change" if s["lag_basis"] == LAG_NEWEST_CHANGE else "publish"
+    return f"{human_duration(s['lag_seconds'])} ({basis})"
+
+
+def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
+    """The rows of ``deltaferry status``'s table (columns: ``STATUS_COLUMNS``); '-' where
+    the state has nothing to say."""
+    rows = []
+    for j in report:
+        run = j.get("last_run") or {}
+        runs = j["runs"]
+        for name, s in j["tables"].items():
+            pending = s["pending_batch"]
+            sizes = s["batch_rows"]
+            rows.append(
+                [
+                    j["job"],
+                    name,
+                    str(s["last_batch"]),
+                    str(s["rows_published"]),
+                    f"{sizes['last']}/{sizes['mean']:g}" if sizes["count"] else "-",
+                    s["sparkline"] or "-",
+                    f"batch {pending['batch']}" if pending else "-",
+                    str(s["quarantined_rows"]),
+                    percent(s["quarantine"]["rate"]),
+                    percent(s["retries"]["rate"]),
+                    _utc_text(s["last_published_at"]),
+                    _lag_text(s),
+                    f"{runs['ok']}/{runs['failed']}" if runs["count"] else "-",
+                    run.get("outcome", "never run"),
+                ]
+            )
+    return rows
