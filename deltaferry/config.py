@@ -29,6 +29,7 @@ _JOB_KEYS = {
     "contract",
     "max_reconcile_delete_ratio",
     "schedule",
+    "max_lag_seconds",
 }
 _TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
 
@@ -85,6 +86,8 @@ class JobConfig:
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # when `deltaferry serve` runs the job: seconds between runs, or a cron expression
     schedule: int | str | None = None
+    # a table whose newest published change is older than this raises deltaferry.lag.exceeded
+    max_lag_seconds: float | None = None
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -207,6 +210,11 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
             f"{where}: schedule must be seconds between runs (10 or more) or a cron expression "
             f'such as "*/15 * * * *" (got {schedule!r})'
         )
+    max_lag = body.get("max_lag_seconds")
+    if max_lag is not None and (
+        isinstance(max_lag, bool) or not isinstance(max_lag, (int, float)) or max_lag <= 0
+    ):
+        raise ConfigError(f"{where}: max_lag_seconds must be a positive number of seconds")
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -233,6 +241,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,
+        max_lag_seconds=float(max_lag) if max_lag is not None else None,
     )
     check = getattr(settings, "check", None)
     if check is not None:

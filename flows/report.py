@@ -10,6 +10,9 @@ Events, each with the job and table as resource labels and the contract version:
   budget was spent;
 - ``deltaferry.step.retried``: a step failed transiently and is tried again (cause in
   the payload; job and step labels only);
+- ``deltaferry.lag.exceeded``: after a run (successful or not), a table of a job with
+  ``max_lag_seconds`` whose lag (``deltaferry status``: time since the newest change
+  published, else since the last publish) is over it; lag, limit and basis in the payload;
 - ``deltaferry.input.skipped``: the source set a whole input aside (a malformed file),
   with the reason; the rest of the run went on;
 - ``deltaferry.run.completed``: a run finished without error, whether or not anything
@@ -62,6 +65,37 @@ def emit(ctx: SyncContext, event: str, table: str | None, payload: dict[str, Any
         get_run_logger().warning("could not emit %s: %s", event, e)
 
 
+def check_lag(ctx: SyncContext) -> None:
+    """``deltaferry.lag.exceeded`` for every table over the job's ``max_lag_seconds``, also
+    written to the operations log. Never fails the run."""
+    limit = ctx.job.max_lag_seconds
+    if not limit:
+        return
+    try:
+        from deltaferry.status import job_status
+
+        for table, s in job_status(ctx.job, runs=1)["tables"].items():
+            lag = s.get("lag_seconds")
+            if lag is None or lag <= limit:
+                continue
+            basis = s.get("lag_basis")
+            ctx.state.log(
+                ctx.run_id,
+                "lag",
+                "exceeded",
+                table=table,
+                detail=f"lag {lag:.0f} s over max_lag_seconds {limit:g} (since the {basis})",
+            )
+            emit(
+                ctx,
+                "deltaferry.lag.exceeded",
+                table,
+                {"lag_seconds": lag, "max_lag_seconds": limit, "basis": basis},
+            )
+    except Exception as e:  # noqa: BLE001 - reporting never fails a run
+        get_run_logger().warning("could not check the lag: %s", e)
+
+
 def emit_retry(job: str, step: str, error: BaseException) -> None:
     """``deltaferry.step.retried``: a step failed transiently and will be tried again."""
     try:
@@ -91,12 +125,13 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]
     with ctx.state.connect(read_only=True) as con:
         steps = con.execute(
             "SELECT step, coalesce(tbl, ''), count(*), round(sum(duration_ms)) FROM ops_log "
-            "WHERE run_id = ? AND outcome NOT IN ('info', 'skipped', 'source-retry') "
+            "WHERE run_id = ? AND outcome NOT IN ('info', 'skipped', 'source-retry', 'exceeded') "
             "GROUP BY ALL ORDER BY min(id)",
             [ctx.run_id],
         ).fetchall()
         retries = con.execute(
-            "SELECT step, outcome, split_part(detail, ':', 1) AS cause, count(*) FROM ops_log "
+            "SELECT step, outcome, split_part(regexp_replace(detail, '^retry in [0-9.]+s after ', ''), "
+            "':', 1) AS cause, count(*) FROM ops_log "
             "WHERE run_id = ? AND outcome IN ('retry', 'exhausted', 'source-retry') "
             "GROUP BY ALL ORDER BY 4 DESC",
             [ctx.run_id],
@@ -111,11 +146,16 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]
 
 def _skipped_inputs(ctx: SyncContext) -> list[tuple[str, str]]:
     """Whole inputs (files) the source set aside in this run, with the reason."""
+    return _ops(ctx, "skipped")
+
+
+def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
+    """(table, detail) of this run's operations-log entries with that outcome."""
     with ctx.state.connect(read_only=True) as con:
         return con.execute(
-            "SELECT coalesce(tbl, ''), detail FROM ops_log WHERE run_id = ? AND outcome = 'skipped' "
+            "SELECT coalesce(tbl, ''), detail FROM ops_log WHERE run_id = ? AND outcome = ? "
             "ORDER BY id LIMIT 200",
-            [ctx.run_id],
+            [ctx.run_id, outcome],
         ).fetchall()
 
 
@@ -157,6 +197,10 @@ def publish_run_report(
                 )
             )
         skipped = _skipped_inputs(ctx)
+        behind = _ops(ctx, "exceeded")
+        if behind:
+            lines += ["", "## Lag over max_lag_seconds", ""]
+            lines += [f"- **{tbl}**: {detail}" for tbl, detail in behind]
         if skipped:
             lines += ["", "## Inputs set aside", "", "| table | reason |", "|---|---|"]
             lines += [f"| {tbl} | {detail} |" for tbl, detail in skipped]

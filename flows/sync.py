@@ -32,7 +32,7 @@ from deltaferry.sync import (
     recover_table,
     upload_parts,
 )
-from flows.report import emit, emit_failure, emit_retry, publish_run_report
+from flows.report import check_lag, emit, emit_failure, emit_retry, publish_run_report
 from sources import source_module
 
 
@@ -288,11 +288,13 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
             ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
             if isinstance(e, Exception):
                 emit_failure(ctx, e, current)
+                check_lag(ctx)  # a failing job falls behind: that is when the lag matters
                 publish_run_report(ctx, summary, e)
             raise
         ctx.state.finish_run(ctx.run_id, "ok")
         published = {t: s["batch"] for t, s in summary["tables"].items() if s.get("batch")}
         _name_flow_run(job, published)
         emit(ctx, "deltaferry.run.completed", None, {"published": published})
+        check_lag(ctx)
         publish_run_report(ctx, summary)
     return summary

@@ -110,3 +110,40 @@ def test_failed_validation_is_an_event_and_a_failed_report(shop_job, shop):
     assert any(e["resource"].get("deltaferry.table") == "customers" for e in failed)
     md = _artifacts(artifact_key("shop", "run"), since)[0].data
     assert "FAILED" in md and "break contract" in md
+
+
+def test_a_table_behind_its_max_lag_raises_lag_exceeded(shop_job, shop):
+    from deltaferry.state import StateStore
+
+    # the shop's clock starts on 2026-01-01: its newest change is months old
+    shop_job.write_config(max_lag_seconds=3600)
+    since = datetime.now(timezone.utc)
+    shop.round(5, 5, churn=0)
+    shop_job.sync()
+    behind = _events(
+        "deltaferry.lag.exceeded",
+        since,
+        lambda ev: {"customers", "orders"} <= {e["resource"].get("deltaferry.table") for e in ev},
+    )
+    e = next(e for e in behind if e["resource"].get("deltaferry.table") == "customers")
+    assert e["resource"]["deltaferry.job"] == "shop"
+    assert e["payload"]["max_lag_seconds"] == 3600
+    assert e["payload"]["lag_seconds"] > 3600 and e["payload"]["basis"] == "newest change"
+    with StateStore("shop").connect(read_only=True) as con:
+        logged = con.execute(
+            "SELECT tbl, detail FROM ops_log WHERE outcome = 'exceeded' ORDER BY id"
+        ).fetchall()
+    assert [t for t, _ in logged] == ["customers", "orders"]
+    assert "over max_lag_seconds 3600" in logged[0][1]
+    md = _artifacts(artifact_key("shop", "run"), since)[0].data
+    assert "## Lag over max_lag_seconds" in md
+
+    # a limit the lag is under: nothing raised
+    shop_job.write_config(max_lag_seconds=10**10)
+    shop.round(2, 2, churn=0)
+    shop_job.sync()
+    with StateStore("shop").connect(read_only=True) as con:
+        assert (
+            con.execute("SELECT count(*) FROM ops_log WHERE outcome = 'exceeded'").fetchone()[0]
+            == 2
+        )
