@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deltaferry.errors import DeltaferryError
+from deltaferry.errors import ConfigError, DeltaferryError
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
@@ -110,6 +110,51 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     with out.status(f"syncing job [bold]{job}[/] ..."):
         summary = sync_job(job=job, config=config)  # the flow tags its own run
     _print_run_summary(summary)
+
+
+@cli.command("run-all")
+@config_option
+@click.option("--job", "only", multiple=True, help="Only these jobs (repeatable; default all).")
+@click.option(
+    "--workers", default=2, show_default=True, help="Worker processes of the local Dask cluster."
+)
+@click.option(
+    "--dask-address",
+    default=None,
+    help="An existing Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+@one_line_errors
+def run_all(
+    config: str | None, only: tuple[str, ...], workers: int, dask_address: str | None
+) -> None:
+    """Sync several jobs at once on Dask workers (prefect-dask); exit 1 if any failed."""
+    from deltaferry.config import config_path, load_jobs
+    from deltaferry.sync import preflight_job
+
+    if workers < 1:
+        raise ConfigError("--workers must be 1 or more")
+    path = config_path(config).resolve()
+    jobs = load_jobs(path)
+    names = list(only) or sorted(jobs)
+    for name in names:
+        if name not in jobs:
+            raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs))})")
+        preflight_job(jobs[name])
+    from flows.parallel import run_parallel
+
+    _quiet_prefect_console()
+    with out.status(f"syncing {len(names)} job(s) on Dask ..."):
+        results = run_parallel(names, str(path), workers=workers, address=dask_address)
+    failed = []
+    for name in names:
+        r = results.get(name) or {}
+        if "error" in r:
+            failed.append(name)
+            err.print(f"[bold red]error:[/] job {name}: {escape(r['error'])}", highlight=False)
+        else:
+            _print_run_summary(r)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -1,0 +1,64 @@
+"""Several jobs at once on a local Dask cluster (prefect-dask): each job in a worker
+process, published and convergent; one job's failure leaves the others' runs intact."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def three_jobs(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> Path:
+    from deltaferry.shop import JOBS_TOML, Shop
+
+    text = ""
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        shop = Shop(tmp_path / f"{name}.db", seed=seed)
+        shop.round(30, 40, churn=0)
+        shop.close()
+        job = JOBS_TOML.format(db=tmp_path / f"{name}.db", lake=f"s3://{bucket}/lake")
+        text += job.replace("jobs.shop", f"jobs.{name}")
+    # a third job whose database has no tables: its run fails, the others do not
+    sqlite3.connect(tmp_path / "empty.db").close()
+    job = JOBS_TOML.format(db=tmp_path / "empty.db", lake=f"s3://{bucket}/lake")
+    text += job.replace("jobs.shop", "jobs.gamma")
+    config = tmp_path / "deltaferry.toml"
+    config.write_text(text)
+    return config
+
+
+def test_jobs_run_in_parallel_on_dask_workers(three_jobs: Path, bucket: str, tmp_path: Path):
+    from deltaferry.compare import compare
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+    from flows.parallel import run_parallel
+
+    results = run_parallel(["alpha", "beta", "gamma"], str(three_jobs), workers=2)
+
+    assert "not found in the source database" in results["gamma"]["error"]
+    pids = {results[j]["worker_pid"] for j in ("alpha", "beta")}
+    assert os.getpid() not in pids  # each job ran in a Dask worker process
+    for name in ("alpha", "beta"):
+        assert results[name]["tables"]["customers"]["batch"] == 1
+        assert results[name]["tables"]["orders"]["rows"] == 40
+        job = load_job(name, three_jobs)
+        replica = tmp_path / f"{name}-replica.duckdb"
+        pull(job, open_lake(job.lake, base=job.base_dir), replica)
+        assert all(c.equal for c in compare(job, replica))
+    lake = open_lake(f"s3://{bucket}/lake")
+    assert lake.list("gamma/") == []  # the failed job published nothing
+
+
+def test_run_all_refuses_unknown_jobs_and_bad_worker_counts(three_jobs: Path):
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    r = CliRunner().invoke(cli, ["run-all", "--config", str(three_jobs), "--job", "delta"])
+    assert r.exit_code == 2 and "unknown job 'delta' (known: alpha, beta, gamma)" in r.stderr
+    r = CliRunner().invoke(cli, ["run-all", "--config", str(three_jobs), "--workers", "0"])
+    assert r.exit_code == 2 and "--workers must be 1 or more" in r.stderr
