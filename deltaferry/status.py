@@ -339,7 +339,7 @@ def _utc_text(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
-def _lag_text(s: dict[str, Any]) -> str:
+def lag_text(s: dict[str, Any]) -> str:
     if s["lag_seconds"] is None:
         return "-"
     basis = "change" if s["lag_basis"] == LAG_NEWEST_CHANGE else "publish"
@@ -369,7 +369,7 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     percent(s["quarantine"]["rate"]),
                     percent(s["retries"]["rate"]),
                     _utc_text(s["last_published_at"]),
-                    _lag_text(s),
+                    lag_text(s),
                     f"{runs['ok']}/{runs['failed']}" if runs["count"] else "-",
                     run.get("outcome", "never run"),
                 ]

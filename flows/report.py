@@ -144,6 +144,18 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]
     return steps, retries, held
 
 
+def _lags(ctx: SyncContext) -> dict[str, str]:
+    """Per table, the lag as ``deltaferry status`` shows it (since the newest change
+    published, else since the last publish)."""
+    try:
+        from deltaferry.status import job_status, lag_text
+
+        return {t: lag_text(s) for t, s in job_status(ctx.job, runs=1)["tables"].items()}
+    except Exception as e:  # noqa: BLE001 - reporting never fails a run
+        get_run_logger().warning("could not read the lag: %s", e)
+        return {}
+
+
 def _skipped_inputs(ctx: SyncContext) -> list[tuple[str, str]]:
     """Whole inputs (files) the source set aside in this run, with the reason."""
     return _ops(ctx, "skipped")
@@ -177,14 +189,15 @@ def publish_run_report(
         lines += [
             "",
             "| table | rows extracted | batch | rows published | upserts | deletes "
-            "| quarantined | bytes | contract |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| quarantined | bytes | contract | lag |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
+        lags = _lags(ctx)
         for t in ctx.job.tables:
             s = summary.get("tables", {}).get(t.name, {})
             c = ctx.contracts.get(t.name)
             lines.append(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                     t.name,
                     extracted.get(t.name, "") if isinstance(extracted, dict) else "",
                     s.get("batch") or "—",
@@ -194,6 +207,7 @@ def publish_run_report(
                     s.get("quarantined", 0),
                     s.get("bytes", 0),
                     f"{c.ref} v{c.version}" if c else "",
+                    lags.get(t.name, "-"),
                 )
             )
         skipped = _skipped_inputs(ctx)

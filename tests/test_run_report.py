@@ -62,6 +62,9 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
     md = run_md[0].data
     assert "deltaferry job `shop`: ok" in md
     assert "| customers | 20 | 1 | 17 |" in md  # extracted, batch, published
+    assert (
+        "| contracts.shop:Customers v1 | " in md and "(change) |" in md
+    )  # lag, since the newest change
     assert "contracts.shop:Customers v1" in md
     assert "## Steps" in md and "| extract |" in md
 
