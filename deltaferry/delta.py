@@ -23,6 +23,7 @@ from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation
 from destinations.manifest import sha256
+from sources.staging import staged_columns
 from sources.columns import (
     DELETED_COLUMN,
     INTERNAL_COLUMNS,
@@ -77,16 +78,6 @@ def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[st
         return []
     ids = [r[0] for r in rows if r[0] not in published]
     return sorted(ids, key=lambda s: tuple(int(x) for x in s.split(".")))
-
-
-def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-        " AND table_catalog = current_database()"
-        " ORDER BY ordinal_position",
-        [STAGING_DATASET, table],
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def read_changes(

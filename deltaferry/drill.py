@@ -19,7 +19,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.compare import outstanding_quarantine
 from deltaferry.config import JobConfig
-from deltaferry.delta import staged_columns
+from sources.staging import staged_columns
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
 from sources.staging import staging_path

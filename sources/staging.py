@@ -350,8 +350,16 @@ def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterab
     return records()
 
 
-def run_load(job: JobConfig, pipeline: dlt.Pipeline, data: Any) -> Any:
-    """``pipeline.run(data)`` with its failure as one deltaferry error naming the job."""
+def run_load(
+    job: JobConfig,
+    pipeline: dlt.Pipeline,
+    data: Any,
+    classify: Callable[[BaseException], BaseException | None] | None = None,
+) -> Any:
+    """``pipeline.run(data)`` with its failure as one deltaferry error naming the job: a
+    ``DeltaferryError`` raised inside dlt as it is, then what ``classify`` (a source's own
+    rules, given dlt's exception) returns, then network errors as transient, the rest as
+    terminal."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from deltaferry.errors import DeltaferryError, TerminalError, TransientError
@@ -362,6 +370,9 @@ def run_load(job: JobConfig, pipeline: dlt.Pipeline, data: Any) -> Any:
         ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
         if ours is not None:
             raise ours from e
+        mapped = classify(e) if classify is not None else None
+        if mapped is not None:
+            raise mapped from e
         net = find_cause(e, _is_network_error)
         if net is not None:
             raise TransientError(

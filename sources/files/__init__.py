@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from contracts import load_contract
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
+from deltaferry.errors import ConfigError, TransientError
 from sources.files.settings import (
     DEFAULT_DELIMITER,
     DEFAULT_ENCODING,
@@ -41,7 +41,7 @@ from sources.files.settings import (
     lookback_seconds,
 )
 from sources.columns import INTERNAL_COLUMNS
-from sources.staging import ChangedRows, ExtractResult, find_cause, pipeline_for, q, row_counts
+from sources.staging import ChangedRows, ExtractResult, pipeline_for, q, row_counts, run_load
 
 
 @dataclass(frozen=True)
@@ -634,7 +634,7 @@ def extract(job: JobConfig) -> ExtractResult:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             resources.append(_resource(job, t, drops, changed, skipped))
-        info = _run(pipeline, resources, job)
+        info = run_load(job, pipeline, resources)
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
         return ExtractResult(list(info.loads_ids), rows, {}, in_order)
@@ -643,24 +643,6 @@ def extract(job: JobConfig) -> ExtractResult:
             changed.close()
         if borrowed is not None:
             borrowed.close()
-
-
-def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
-    from dlt.pipeline.exceptions import PipelineStepFailed
-
-    try:
-        return pipeline.run(data)
-    except PipelineStepFailed as e:
-        own = find_cause(e, lambda x: isinstance(x, DeltaferryError))
-        if own is not None:  # raised by our own resource code, wrapped by dlt
-            raise type(own)(str(own)) from e
-        transient = find_cause(e, lambda x: isinstance(x, (ConnectionError, TimeoutError)))
-        if transient is not None:
-            raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {transient}"
-            ) from e
-        cause = e.__cause__ or e.exception
-        raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
 
 __all__ = ["ExtractResult", "extract", "preflight_source"]

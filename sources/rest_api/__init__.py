@@ -22,13 +22,19 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import dlt
 import requests
 from dlt.sources.rest_api import rest_api_resources
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
-from sources.staging import ChangedRows, ExtractResult, find_cause, pipeline_for, row_counts
+from sources.staging import (
+    ChangedRows,
+    ExtractResult,
+    find_cause,
+    pipeline_for,
+    row_counts,
+    run_load,
+)
 
 
 def _env(name: str, default: float) -> float:
@@ -218,7 +224,7 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             staged.append(resource)
-        info = _run(job, pipeline, staged)
+        info = run_load(job, pipeline, staged, lambda e: _classify(job, e))
         return ExtractResult(
             list(info.loads_ids), row_counts(pipeline, job.tables), {}, retried=watch.retried
         )
@@ -230,31 +236,20 @@ def extract(job: JobConfig) -> ExtractResult:
         session.close()
 
 
-def _run(job: JobConfig, pipeline: dlt.Pipeline, data: Any) -> Any:
-    from dlt.pipeline.exceptions import PipelineStepFailed
-
+def _classify(job: JobConfig, e: BaseException) -> BaseException | None:
+    """An HTTP error status dlt gave up on, as the error preflight would have raised; a 4xx
+    mid-run (the API changed its mind) stops the run rather than being retried."""
+    http = find_cause(e, lambda x: isinstance(x, requests.HTTPError))
+    response = getattr(http, "response", None)
+    if response is None:
+        return None
     try:
-        return pipeline.run(data)
-    except PipelineStepFailed as e:
-        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
-        if ours is not None:
-            raise ours from e
-        http = find_cause(e, lambda x: isinstance(x, requests.HTTPError))
-        if http is not None and http.response is not None:  # type: ignore[attr-defined]
-            response = http.response  # type: ignore[attr-defined]
-            table = _table_of(job, response.url)
-            try:
-                _check_status(job, table, response)
-            except ConfigError as ce:  # the API changed its mind mid-run: stop, do not retry
-                raise TerminalError(str(ce)) from e
-        net = find_cause(e, lambda x: isinstance(x, (requests.ConnectionError, requests.Timeout)))
-        if net is not None:
-            raise TransientError(
-                f"{_where(job)}: API unreachable during extract step '{e.step}': "
-                f"{type(net).__name__}"
-            ) from e
-        cause = e.__cause__ or e.exception
-        raise TerminalError(f"{_where(job)}: extract step '{e.step}' failed: {cause}") from e
+        _check_status(job, _table_of(job, response.url), response)
+    except ConfigError as ce:
+        return TerminalError(str(ce))
+    except DeltaferryError as de:
+        return de
+    return None
 
 
 def _table_of(job: JobConfig, url: str) -> TableConfig:
