@@ -4,9 +4,9 @@ With no local checkpoint but committed batches in the lake, a run *adopts* the l
 it pulls (and so verifies) the table's batches into a baseline replica, takes its
 checkpoint from the last manifest (batch, hash, change sequence) and goes on from
 there — committed batches are never published again. The lost dlt state means the
-source is extracted in full once; keys the lake holds but the source no longer has
-are merged into staging as tombstones, so deletes made while the state was lost
-still reach the readers. The next batch is therefore a re-snapshot plus those
+source is extracted in full once; for tables under ``deletes = "reconcile"``, keys the
+lake holds but the source no longer has are merged into staging as tombstones, so
+deletes made while the state was lost still reach the readers. The next batch is therefore a re-snapshot plus those
 tombstones, applied idempotently by readers (its ``_seq`` values are newer).
 
 A lake whose last manifest was written by another producer is not adopted: that is
@@ -66,11 +66,18 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
 
 
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
-    """After the full re-extract: keys the lake holds that staging does not are tombstoned."""
+    """After the full re-extract: keys the lake holds that staging does not are tombstoned,
+    for a table whose deletes are found by comparing key sets (``reconcile``). Under other
+    delete modes a key missing from the re-extract proves nothing (an archived file, an API
+    that only returns recent records, a table whose deletes are not tracked): nothing is
+    tombstoned."""
     from sources.staging import pipeline_for, stage_tombstones
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists():
+        return 0
+    if t.deletes != "reconcile":
+        path.unlink()
         return 0
     from sources.columns import STAGING_DATASET
     from sources.staging import staging_path

@@ -139,12 +139,20 @@ def run_all(
     for name in names:
         if name not in jobs:
             raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs))})")
-        preflight_job(jobs[name])
+    results: dict[str, Any] = {}
+    runnable = []
+    for name in names:  # a job that cannot start is reported; the others still run
+        try:
+            preflight_job(jobs[name])
+            runnable.append(name)
+        except DeltaferryError as e:
+            results[name] = {"job": name, "error": str(e)}
     from flows.parallel import run_parallel
 
     _quiet_prefect_console()
-    with out.status(f"syncing {len(names)} job(s) on Dask ..."):
-        results = run_parallel(names, str(path), workers=workers, address=dask_address)
+    if runnable:
+        with out.status(f"syncing {len(runnable)} job(s) on Dask ..."):
+            results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
     failed = []
     for name in names:
         r = results.get(name) or {}

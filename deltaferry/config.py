@@ -204,7 +204,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     schedule = body.get("schedule")
     if schedule is not None and not (
         (isinstance(schedule, int) and not isinstance(schedule, bool) and schedule >= 10)
-        or (isinstance(schedule, str) and len(schedule.split()) in (5, 6))
+        or (isinstance(schedule, str) and len(schedule.split()) == 5 and _valid_cron(schedule))
     ):
         raise ConfigError(
             f"{where}: schedule must be seconds between runs (10 or more) or a cron expression "
@@ -327,6 +327,15 @@ def _dlt_name_check(where: str, what: str, name: str) -> None:
             f"{where}: {what} '{name}' would be staged by dlt as '{normalized}'; "
             "deltaferry needs names that dlt keeps as they are"
         )
+
+
+def _valid_cron(expr: str) -> bool:
+    """A five-field cron expression Prefect can schedule (minute hour day month weekday)."""
+    try:
+        from croniter import croniter
+    except ImportError:  # pragma: no cover - Prefect installs it
+        return True
+    return bool(croniter.is_valid(expr))
 
 
 def _class_name(table: str) -> str:

@@ -21,6 +21,7 @@ Nothing is overwritten: an existing source, contract or job of that name is an e
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import re
 import tempfile
@@ -318,7 +319,14 @@ def _write_all(
             f.write(DEPLOYMENT.format(name=name))
         written.append(deployments)
     fields = draft_fields(name, jobs_file, table)
-    write(contract_dir / "__init__.py", contract_module(name, table, fields, primary_key))
+    contract = contract_module(name, table, fields, primary_key)
+    try:  # a draft that does not compile is a bug here; never leave it behind
+        compile(contract, str(contract_dir / "__init__.py"), "exec")
+    except SyntaxError as e:
+        raise ConfigError(
+            f"new-source {name}: the drafted contract does not compile ({e.msg}, line {e.lineno})"
+        ) from None
+    write(contract_dir / "__init__.py", contract)
     write(
         test,
         TEST_TEMPLATE.format(
@@ -451,7 +459,11 @@ def contract_module(
         args = [a for a in (extra, "nullable=True" if nulls and col != primary_key else "") if a]
         if col == primary_key:
             args.append("unique=True")
-        lines.append(f"    {col}: {annotation} = pa.Field({', '.join(args)})  # staged as {typ}")
+        attr = col
+        if keyword.iskeyword(col) or not col.isidentifier():  # `from`, `class` ...
+            attr = f"{col}_"
+            args.insert(0, f'alias="{col}"')
+        lines.append(f"    {attr}: {annotation} = pa.Field({', '.join(args)})  # staged as {typ}")
     lines += [
         "",
         "    class Config:",

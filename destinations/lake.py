@@ -187,7 +187,12 @@ def s3_client_config() -> object:
 
 
 def _require_tls(endpoint: str, lake: str) -> None:
-    """Plain HTTP only to loopback; anything else needs TLS unless explicitly allowed."""
+    require_tls(endpoint, f"lake {lake}")
+
+
+def require_tls(endpoint: str, what: str) -> None:
+    """Plain HTTP only to loopback; anything else needs TLS unless explicitly allowed.
+    ``what`` names the user of the endpoint in the message (``lake s3://...``)."""
     import ipaddress
     import logging
 
@@ -203,11 +208,11 @@ def _require_tls(endpoint: str, lake: str) -> None:
         return
     if os.environ.get("DELTAFERRY_ALLOW_INSECURE_HTTP") == "1":
         logging.getLogger("deltaferry").warning(
-            "lake %s: plain HTTP to %s allowed by DELTAFERRY_ALLOW_INSECURE_HTTP", lake, host
+            "%s: plain HTTP to %s allowed by DELTAFERRY_ALLOW_INSECURE_HTTP", what, host
         )
         return
     raise ConfigError(
-        f"lake {lake}: endpoint {endpoint} uses plain HTTP to a remote host; use https:// "
+        f"{what}: endpoint {endpoint} uses plain HTTP to a remote host; use https:// "
         "(or set DELTAFERRY_ALLOW_INSECURE_HTTP=1 to accept the risk)"
     )
 

@@ -108,10 +108,10 @@ def q(name: str) -> str:
 
 
 def staged_hashes(
-    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, *, as_text: bool = False
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
 ) -> pa.Table | None:
     """Primary key and content hash of every live staged row, or None before the first load
-    (or when the table was staged without hashes). ``as_text`` casts the key to VARCHAR."""
+    (or when the table was staged without hashes)."""
     if not path.exists():
         return None
     con = read_staging(path, borrowed)
@@ -122,9 +122,7 @@ def staged_hashes(
         if HASH_COLUMN not in cols:
             return None
         live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(
-            f"CAST({q(c)} AS VARCHAR) AS {q(c)}" if as_text else q(c) for c in t.primary_key
-        )
+        keys = ", ".join(q(c) for c in t.primary_key)
         return con.execute(
             f"SELECT {keys}, {HASH_COLUMN} FROM {STAGING_DATASET}.{q(t.name)} WHERE {live}"
         ).fetch_arrow_table()
@@ -155,7 +153,7 @@ class ChangedRows:
     what changed. The staged hashes are read once, before the load; close() after it.
 
     Works on Arrow tables (hash computed by DuckDB over the row's values, in UTC) and on
-    lists of JSON records (md5 of the canonical JSON)."""
+    JSON records, one at a time (md5 of the canonical JSON)."""
 
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
@@ -163,14 +161,11 @@ class ChangedRows:
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self._typed = staged_hashes(t, staging_path(job.name), borrowed)
-        self._text = (
-            staged_hashes(t, staging_path(job.name), borrowed, as_text=True)
-            if self._typed is not None
-            else None
-        )
         self.kept = 0
         self.seen = 0
-        self._index: dict[tuple, str] | None = None
+        # for records: the staged live rows' hashes (a hash covers the key, so membership
+        # is enough, and a key needs no text form that matches how DuckDB prints it)
+        self._hashes: set[str] | None = None
 
     def _anti_join(self, rows: pa.Table, known: pa.Table | None) -> pa.Table:
         """Positions (``__i``) and hashes of the rows not staged with the same hash."""
@@ -206,56 +201,22 @@ class ChangedRows:
         self.kept += found.num_rows
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
-    def records(self, items: Any) -> Any:
-        """The changed records of a page (a list of dicts, or one dict), each with its hash."""
-        page = items if isinstance(items, list) else [items]
-        self.seen += len(page)
-        hashes = []
-        for r in page:
-            r.pop(HASH_COLUMN, None)
-            hashes.append(row_hash(r))
-        keyed = pa.table(
-            {
-                "__i": pa.array(range(len(page)), pa.int64()),
-                **{c: pa.array([_key_text(r.get(c)) for r in page], pa.string()) for c in self.pk},
-                HASH_COLUMN: pa.array(hashes, pa.string()),
-            }
-        )
-        missing = [c for c in self.pk if any(r.get(c) is None for r in page)]
+    def record(self, row: dict[str, Any]) -> bool:
+        """For a per-record filter: whether the record changed; tags it with its hash."""
+        if self._hashes is None:
+            staged = self._typed[HASH_COLUMN].to_pylist() if self._typed is not None else []
+            self._hashes = set(staged)
+        row.pop(HASH_COLUMN, None)
+        missing = [c for c in self.pk if row.get(c) is None]
         if missing:
             from deltaferry.errors import TerminalError
 
             raise TerminalError(
                 f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
             )
-        found = self._anti_join(keyed, self._text)
-        out = []
-        for i, h in zip(found["__i"].to_pylist(), found[HASH_COLUMN].to_pylist(), strict=True):
-            page[i][HASH_COLUMN] = h
-            out.append(page[i])
-        self.kept += len(out)
-        return out
-
-    def record(self, row: dict[str, Any]) -> bool:
-        """For a per-record filter: whether the record changed; tags it with its hash."""
-        if self._index is None:
-            self._index = {}
-            if self._text is not None:
-                cols = [self._text[c].to_pylist() for c in [*self.pk, HASH_COLUMN]]
-                for *key, h in zip(*cols, strict=True):
-                    self._index[tuple(key)] = h
-        row.pop(HASH_COLUMN, None)
-        key = tuple(_key_text(row.get(c)) for c in self.pk)
-        if any(k is None for k in key):
-            from deltaferry.errors import TerminalError
-
-            missing = [c for c, k in zip(self.pk, key, strict=True) if k is None]
-            raise TerminalError(
-                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
-            )
         h = row_hash(row)
         self.seen += 1
-        if self._index.get(key) == h:
+        if h in self._hashes:
             return False
         row[HASH_COLUMN] = h
         self.kept += 1
@@ -263,15 +224,6 @@ class ChangedRows:
 
     def close(self) -> None:
         self.con.close()
-
-
-def _key_text(v: Any) -> str | None:
-    """A key value as DuckDB's CAST(... AS VARCHAR) prints it."""
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
@@ -310,8 +262,9 @@ def extract_records(
     keeps the cursor's last value in the pipeline state, committed with the load; the range
     is closed, and records read again unchanged are not staged (``ChangedRows``). Nested
     objects and lists are staged as JSON columns. Errors: a ``DeltaferryError`` raised by
-    ``read`` passes as it is; ``ConnectionError``/``TimeoutError``/``OSError`` become
-    ``TransientError`` (the step is retried); anything else is a ``TerminalError``."""
+    ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
+    errors of those names) become ``TransientError`` (the step is retried); anything else
+    is a ``TerminalError``."""
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
     try:
@@ -355,11 +308,15 @@ def run_load(
     pipeline: dlt.Pipeline,
     data: Any,
     classify: Callable[[BaseException], BaseException | None] | None = None,
+    scrub: Callable[[str], str] | None = None,
 ) -> Any:
     """``pipeline.run(data)`` with its failure as one deltaferry error naming the job: a
     ``DeltaferryError`` raised inside dlt as it is, then what ``classify`` (a source's own
-    rules, given dlt's exception) returns, then network errors as transient, the rest as
-    terminal."""
+    rules, given dlt's exception) returns, then network errors as transient (named by type
+    only: their text may hold a url with credentials), the rest as terminal.
+
+    ``scrub`` cleans secrets out of a message; a source that passes it also gets its errors
+    without dlt's exception chained (Prefect logs the chain, and it holds the raw text)."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from deltaferry.errors import DeltaferryError, TerminalError, TransientError
@@ -367,19 +324,23 @@ def run_load(
     try:
         return pipeline.run(data)
     except PipelineStepFailed as e:
+        cause = e if scrub is None else None
         ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
         if ours is not None:
-            raise ours from e
+            raise ours from cause
         mapped = classify(e) if classify is not None else None
         if mapped is not None:
-            raise mapped from e
+            raise mapped from cause
         net = find_cause(e, _is_network_error)
         if net is not None:
             raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__}: {net}"
-            ) from e
-        cause = e.__cause__ or e.exception
-        raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+                f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__} "
+                "(the source did not answer, or the connection broke); retried"
+            ) from cause
+        text = str(e.__cause__ or e.exception)
+        raise TerminalError(
+            f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"
+        ) from cause
 
 
 def _is_network_error(e: BaseException) -> bool:

@@ -461,3 +461,29 @@ def test_the_cli_run_warns_about_a_set_aside_file(drops_job):
     assert len(warnings) == 1, result.stderr
     assert "job 'drops' table 'orders': file orders/2.csv set aside: not valid UTF-8" in warnings[0]
     assert 'set encoding = "latin-1"' in warnings[0]
+
+
+def test_a_lost_home_does_not_delete_rows_of_archived_files(drops_job):
+    """After the drop folder was cleaned and the producer's home lost, adopting the lake
+    re-reads what is left: rows of archived files are not deletes (no key set to compare)."""
+    import shutil
+
+    t0 = time.time() - 3600
+    drops_job.write(tables=("orders",))
+    d = drops_job.drops
+    drop(
+        d,
+        "orders/a.csv",
+        HEADER + "1,ann,1,2026-01-01 09:00:00,\n2,bob,2,2026-01-01 09:00:00,\n",
+        t0,
+    )
+    assert batches(drops_job.sync())["orders"] == (1, 2)
+    drop(d, "orders/b.csv", HEADER + "3,cy,3,2026-01-01 09:00:00,\n", t0 + 10)
+    assert batches(drops_job.sync())["orders"] == (2, 1)
+    (d / "orders" / "a.csv").unlink()  # archived after pickup
+    shutil.rmtree(drops_job.dir / "home")  # the producer's state is lost
+    out = drops_job.sync()
+    assert any("adopted batch 2" in r for r in out["recovered"])
+    assert out["tables"]["orders"].get("deletes", 0) == 0
+    drops_job.pull()
+    assert drops_job.q("SELECT id FROM orders ORDER BY id") == [(1,), (2,), (3,)]

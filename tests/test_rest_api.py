@@ -257,3 +257,57 @@ def test_rest_config_errors_name_the_job_and_the_fix(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match=r"table 'tickets': unknown setting\(s\) cursor_parm"):
         load_job("api", cfg)
+
+    # a token over plain HTTP to a remote host is refused before any request
+    from sources import rest_api
+
+    cfg.write_text(JOB.format(url="http://api.example.com/v2", lake=f"file:{tmp_path}/lake"))
+    with pytest.raises(
+        ConfigError, match="job 'api': API http://api.example.com/v2/: .*plain HTTP"
+    ):
+        rest_api.preflight_source(load_job("api", cfg))
+
+
+def test_an_api_key_in_the_query_never_reaches_an_error_or_its_traceback(
+    tmp_path: Path, home: Path, monkeypatch
+):
+    import traceback
+
+    from deltaferry.config import load_job
+    from deltaferry.errors import TransientError
+    from sources import rest_api
+
+    monkeypatch.setenv("API_KEY", "SUPERSECRET42")
+    monkeypatch.setenv("DELTAFERRY_HTTP_ATTEMPTS", "2")
+    monkeypatch.setenv("DELTAFERRY_HTTP_BACKOFF", "0.01")
+    from tests.conftest import free_port
+
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(
+        f"""[jobs.api]
+source = "rest_api"
+url = "http://127.0.0.1:{free_port()}/api"
+lake = "file:{tmp_path}/lake"
+auth = {{ type = "api_key", name = "api_key", api_key = "env:API_KEY", location = "query" }}
+[[jobs.api.tables]]
+name = "users"
+primary_key = ["id"]
+contract = "tests.contracts_api:Users"
+"""
+    )
+    with pytest.raises(TransientError) as raised:
+        rest_api.extract(load_job("api", cfg))  # nothing listens on that port
+    assert "job 'api': extract step 'extract' failed: ConnectionError" in str(raised.value)
+    assert "SUPERSECRET42" not in "".join(traceback.format_exception(raised.value))
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date():
+    from email.utils import format_datetime
+    from datetime import datetime, timedelta, timezone
+
+    from sources.rest_api import _retry_after_seconds
+
+    assert _retry_after_seconds("120") == 120
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(hours=2), usegmt=True)
+    assert 7100 < _retry_after_seconds(later) <= 7200
+    assert _retry_after_seconds("soon") is None and _retry_after_seconds(None) is None

@@ -134,14 +134,14 @@ class S3Prefix:
     reread = "upload it again to re-read it"
 
     def __init__(self, job: JobConfig, bucket: str, prefix: str) -> None:
-        from destinations.lake import _require_tls, aws_session, s3_client_config
+        from destinations.lake import aws_session, require_tls, s3_client_config
 
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
         self.where = f"job '{job.name}': source {self.url}"
         self._client: Any = aws_session().client("s3", config=s3_client_config())
-        _require_tls(self._client.meta.endpoint_url, self.url)
+        require_tls(self._client.meta.endpoint_url, f"job '{job.name}': source {self.url}")
 
     def check(self) -> None:
         try:
@@ -206,6 +206,13 @@ class S3Prefix:
             if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
                 return TransientError(f"{self.where}: {doing} failed ({code}); retry")
             return ConfigError(f"{self.where}: {doing} failed: {code or e}")
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return ConfigError(
+                f"{self.where}: no AWS credentials found ({type(e).__name__}); set them as for "
+                "an S3 lake (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)"
+            )
         if isinstance(e, (BotoCoreError, ConnectionError, TimeoutError)):
             return TransientError(
                 f"{self.where} is unreachable at {self._client.meta.endpoint_url}: {e}"

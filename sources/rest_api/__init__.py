@@ -18,6 +18,7 @@ a proxy's error page).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +47,11 @@ def _env(name: str, default: float) -> float:
 
 def _where(job: JobConfig, t: TableConfig | None = None) -> str:
     return f"job '{job.name}'" + (f" table '{t.name}'" if t else "")
+
+
+def _no_queries(text: str) -> str:
+    """The text with every url's query string cut (it may carry an api key)."""
+    return re.sub(r"\?[^\s'\")>]*", "?…", text)
 
 
 def _safe(url: str) -> str:
@@ -78,9 +84,10 @@ class _Watch(requests.adapters.HTTPAdapter):
                     f"HTTP {status}{f' Retry-After {after}' if after else ''}: {where}; "
                     "retried with backoff"
                 )
-            if after and after.strip().isdigit() and int(after) > self.max_retry_after:
+            wait = _retry_after_seconds(after)
+            if wait is not None and wait > self.max_retry_after:
                 raise TransientError(
-                    f"{where} answered {status} asking to wait {after} s, longer than "
+                    f"{where} answered {status} asking to wait {wait:.0f} s, longer than "
                     f"DELTAFERRY_HTTP_MAX_RETRY_AFTER ({self.max_retry_after:g} s); "
                     "the run is retried later instead of waiting"
                 )
@@ -91,6 +98,24 @@ class _Watch(requests.adapters.HTTPAdapter):
                 "or a proxy's error page?); check the job's url, the table's path and auth"
             )
         return response
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import time as _time
+
+    return max(0.0, when.timestamp() - _time.time())
 
 
 def _is_json(response: requests.Response) -> bool:
@@ -130,7 +155,12 @@ def _resolved(job: JobConfig, value: Any, what: str) -> Any:
 
 def api_config(job: JobConfig, session: requests.Session, *, incremental: bool = True) -> dict:
     """The dlt rest_api config of the job: one resource per table, merged on its key."""
-    client: dict[str, Any] = {"base_url": job.source_url().rstrip("/") + "/", "session": session}
+    from destinations.lake import require_tls
+
+    base_url = job.source_url().rstrip("/") + "/"
+    # tokens and keys go with every request: never in clear text over the network
+    require_tls(base_url, f"job '{job.name}': API {_safe(base_url)}")
+    client: dict[str, Any] = {"base_url": base_url, "session": session}
     if job.options.get("auth"):
         client["auth"] = _resolved(job, job.options["auth"], "auth")
     if job.options.get("paginator"):
@@ -224,7 +254,7 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             staged.append(resource)
-        info = run_load(job, pipeline, staged, lambda e: _classify(job, e))
+        info = run_load(job, pipeline, staged, lambda e: _classify(job, e), scrub=_no_queries)
         return ExtractResult(
             list(info.loads_ids), row_counts(pipeline, job.tables), {}, retried=watch.retried
         )
