@@ -275,9 +275,11 @@ def test_the_ui_shows_the_run_and_its_artifact(prefect_server, shop_job, shop, h
         env,
         "POST",
         "/flow_runs/filter",
-        json={"flow_runs": {"name": {"any_": ["sync-shop"]}}, "sort": "START_TIME_DESC"},
+        json={"flow_runs": {"name": {"like_": "sync-shop"}}, "sort": "START_TIME_DESC"},
     )
     run = next(r for r in runs if r["state_type"] == "COMPLETED")
+    # named after the batches it published, as the runs list shows it
+    assert run["name"] == "sync-shop customers#1 orders#1"
     ui = prefect_server["PREFECT_API_URL"].removesuffix("/api")
     out = ROOT / "test-output"
     out.mkdir(exist_ok=True)
@@ -296,7 +298,7 @@ def test_the_ui_shows_the_run_and_its_artifact(prefect_server, shop_job, shop, h
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
-            page.get_by_text("sync-shop").first.wait_for(timeout=30_000)
+            page.get_by_text("sync-shop customers#1 orders#1").first.wait_for(timeout=30_000)
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.locator("li.p-tab#artifacts").click()
             page.get_by_text("deltaferry-shop-run").first.wait_for(timeout=30_000)
