@@ -12,6 +12,8 @@
   (``deltaferry.batch.published``) within ``--quiet-window`` seconds — proactive, it fires
   on silence. A source with no changes is silent too: set the window to how long the
   source can legitimately stay unchanged;
+- ``deltaferry: lag exceeded``: a table of a job with ``max_lag_seconds`` is further
+  behind than that (``deltaferry.lag.exceeded``, sent after each run);
 - ``deltaferry: no successful run``: a job completed no run (``deltaferry.run.completed``,
   sent with or without changes) within ``--run-window`` seconds: the schedule, the worker
   or every run is failing. Set it above the schedule interval plus a run's duration.
@@ -35,6 +37,7 @@ FLOW = "deltaferry-sync"
 BODY = (
     '{"alert": "%s", "event": "{{ event.event }}", "resource": "{{ event.resource.id }}", '
     "\"job\": \"{{ event.resource.get('deltaferry.job', '') }}\", "
+    "\"table\": \"{{ event.resource.get('deltaferry.table', '') }}\", "
     '"occurred": "{{ event.occurred }}", "automation": "{{ automation.name }}"}'
 )
 
@@ -82,6 +85,19 @@ def automations(webhook_block_id: object, args: argparse.Namespace) -> list[Auto
                 within=timedelta(0),
             ),
             actions=call("retry budget spent"),
+        ),
+        Automation(
+            name="deltaferry: lag exceeded",
+            description="A table is further behind than its job's max_lag_seconds.",
+            trigger=EventTrigger(
+                expect={"deltaferry.lag.exceeded"},
+                match={"prefect.resource.id": "deltaferry.*"},
+                for_each={"deltaferry.job", "deltaferry.table"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=call("lag exceeded"),
         ),
         Automation(
             name="deltaferry: nothing published",

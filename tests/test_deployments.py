@@ -198,6 +198,7 @@ class _Hook:
 
 def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_job, shop, home):
     hook = _Hook()
+    shop_job.write_config(max_lag_seconds=3600)  # the shop's changes are months old
     env = {**os.environ, **prefect_server, "DELTAFERRY_HOME": str(home)}
     try:
         p = subprocess.run(
@@ -225,6 +226,7 @@ def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_j
             "deltaferry: retry budget spent",
             "deltaferry: nothing published",
             "deltaferry: no successful run",
+            "deltaferry: lag exceeded",
         } <= names
 
         run = [
@@ -245,10 +247,13 @@ def test_automations_alert_on_a_failed_run_and_on_silence(prefect_server, shop_j
 
         deadline = time.monotonic() + 120
         while (
-            time.monotonic() < deadline and not {"run failed", "nothing published"} <= hook.alerts()
+            time.monotonic() < deadline
+            and not {"run failed", "nothing published", "lag exceeded"} <= hook.alerts()
         ):
             time.sleep(1)
-        assert {"run failed", "nothing published"} <= hook.alerts(), hook.received
+        assert {"run failed", "nothing published", "lag exceeded"} <= hook.alerts(), hook.received
+        behind = next(r for r in hook.received if r.get("alert") == "lag exceeded")
+        assert behind["job"] == "shop" and behind["table"] in ("customers", "orders")
         failed = next(r for r in hook.received if r.get("alert") == "run failed")
         assert failed["event"] == "prefect.flow-run.Failed"
         quiet = next(r for r in hook.received if r.get("alert") == "nothing published")
