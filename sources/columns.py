@@ -10,5 +10,10 @@ LOAD_ID_COLUMN = "_dlt_load_id"
 DELETED_COLUMN = "_df_deleted"
 # content hash of each staged row of a table without a cursor (full-compare mode)
 HASH_COLUMN = "_df_hash"
+# modification time (ns) of the file a staged row came from (file drops): an older file
+# read later does not overwrite it
+FILE_TIME_COLUMN = "_df_file_ns"
 # internal columns never published
-INTERNAL_COLUMNS = frozenset({LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN, HASH_COLUMN})
+INTERNAL_COLUMNS = frozenset(
+    {LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN, HASH_COLUMN, FILE_TIME_COLUMN}
+)

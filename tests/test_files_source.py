@@ -487,3 +487,23 @@ def test_a_lost_home_does_not_delete_rows_of_archived_files(drops_job):
     assert out["tables"]["orders"].get("deletes", 0) == 0
     drops_job.pull()
     assert drops_job.q("SELECT id FROM orders ORDER BY id") == [(1,), (2,), (3,)]
+
+
+def test_an_older_file_landing_later_does_not_overwrite_newer_rows(drops_job):
+    """A key's row from the newest file wins across runs too: a late file with an older
+    modification time (a retransmission, a slow upload) only adds the keys it alone has."""
+    t0 = time.time() - 3600
+    drops_job.write(tables=("orders",))
+    d = drops_job.drops
+    drop(d, "orders/new.csv", HEADER + "1,ann,99,2026-01-01 09:00:00,\n", t0 + 60)
+    assert batches(drops_job.sync())["orders"] == (1, 1)
+    old = HEADER + "1,ann,10,2026-01-01 09:00:00,\n2,bob,20,2026-01-01 09:00:00,\n"
+    drop(d, "orders/old.csv", old, t0)  # lands later, within the lookback, but is older
+    assert batches(drops_job.sync())["orders"] == (2, 1)  # only key 2 is news
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 99.0), (2, 20.0)]
+    # touching the old file re-delivers it on purpose: now it is the newest
+    os.utime(d / "orders" / "old.csv", (t0 + 120, t0 + 120))
+    assert batches(drops_job.sync())["orders"] == (3, 1)
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 10.0), (2, 20.0)]

@@ -40,8 +40,19 @@ from sources.files.settings import (
     default_pattern,
     lookback_seconds,
 )
-from sources.columns import INTERNAL_COLUMNS
-from sources.staging import ChangedRows, ExtractResult, pipeline_for, q, row_counts, run_load
+from sources.columns import FILE_TIME_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+from sources.staging import (
+    ChangedRows,
+    ExtractResult,
+    pipeline_for,
+    q,
+    read_staging,
+    row_counts,
+    run_load,
+    staged_columns,
+    staged_table_exists,
+    staging_path,
+)
 
 
 @dataclass(frozen=True)
@@ -535,17 +546,25 @@ def _contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
 
 
 class LatestWins:
-    """Within one run a key's newest file wins, as within a file its last row does: files
-    are read newest first, and a row whose key a newer file (or a later row) had is dropped
-    (dlt's merge would otherwise keep an arbitrary one of them)."""
+    """A key's row from the newest file wins, whatever order the files are read in: files
+    are read newest first within a run (within a file its last row wins), and a row is
+    dropped when a file at least as new already gave its key, in this run or, through the
+    file time staged with every row (``FILE_TIME_COLUMN``), in an earlier one. So a file
+    that lands late with an older modification time does not overwrite newer rows (dlt's
+    merge would otherwise keep whichever came last)."""
 
-    def __init__(self, pk: tuple[str, ...]) -> None:
-        self.pk = list(pk)
+    def __init__(self, t: TableConfig, staged: pa.Table | None) -> None:
+        self.pk = list(t.primary_key)
         self.con = duckdb.connect()
         keys = ", ".join(f"{q(c)} VARCHAR" for c in self.pk)
-        self.con.execute(f"CREATE TABLE seen ({keys})")
+        self.con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT)")
+        if staged is not None and staged.num_rows:
+            text = ", ".join(f"CAST({q(c)} AS VARCHAR)" for c in self.pk)
+            self.con.register("staged_", staged)
+            self.con.execute(f"INSERT INTO seen SELECT {text}, {FILE_TIME_COLUMN} FROM staged_")
+            self.con.unregister("staged_")
 
-    def keep(self, table: pa.Table) -> pa.Table:
+    def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
         text = ", ".join(f"CAST({q(c)} AS VARCHAR) AS {q(c)}" for c in self.pk)
         match = " AND ".join(f"s.{q(c)} = l.{q(c)}" for c in self.pk)
         keys = ", ".join(q(c) for c in self.pk)
@@ -557,10 +576,11 @@ class LatestWins:
                 f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __i DESC) = 1"
             )
             kept = self.con.execute(
-                f"SELECT __i FROM ({last}) l "
-                f"WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE {match}) ORDER BY __i"
+                f"SELECT __i FROM ({last}) l WHERE NOT EXISTS "
+                f"(SELECT 1 FROM seen s WHERE {match} AND s.ns >= ?) ORDER BY __i",
+                [file_ns],
             ).fetch_arrow_table()
-            self.con.execute(f"INSERT INTO seen SELECT DISTINCT {text} FROM f")
+            self.con.execute(f"INSERT INTO seen SELECT DISTINCT {text}, ? FROM f", [file_ns])
         finally:
             self.con.unregister("f")
         return table if kept.num_rows == table.num_rows else table.take(kept["__i"])
@@ -569,16 +589,41 @@ class LatestWins:
         self.con.close()
 
 
+def staged_file_times(
+    job: JobConfig, t: TableConfig, borrowed: duckdb.DuckDBPyConnection | None
+) -> pa.Table | None:
+    """Key and file time of every staged row that has one (rows staged before file times
+    were kept have none, and so never hold a newer file's row back)."""
+    path = staging_path(job.name)
+    if not path.exists():
+        return None
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name):
+            return None
+        if FILE_TIME_COLUMN not in staged_columns(con, t.name):
+            return None
+        keys = ", ".join(q(c) for c in t.primary_key)
+        return con.execute(
+            f"SELECT {keys}, {FILE_TIME_COLUMN} FROM {STAGING_DATASET}.{q(t.name)} "
+            f"WHERE {FILE_TIME_COLUMN} IS NOT NULL"
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+
+
 def _resource(
     job: JobConfig,
     t: TableConfig,
     drops: Folder | S3Prefix,
     changed: ChangedRows,
     skipped: dict[str, list[str]],
+    borrowed: duckdb.DuckDBPyConnection | None = None,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = _contract_types(t, where)
     pattern = t.options.get("pattern") or default_pattern(t.name)
+    staged_times = staged_file_times(job, t, borrowed)
 
     @dlt.resource(
         name=t.name, table_name=t.name, write_disposition="merge", primary_key=list(t.primary_key)
@@ -589,7 +634,7 @@ def _resource(
         todo = mark.new(drops.list(pattern))
         done: list[DropFile] = []
         reasons: list[tuple[DropFile, str]] = []
-        latest = LatestWins(t.primary_key)
+        latest = LatestWins(t, staged_times)
         try:
             for f in sorted(todo, key=lambda f: (f.mtime_ns, f.name), reverse=True):
                 try:
@@ -605,11 +650,12 @@ def _resource(
                 done.append(f)
                 if table is None or table.num_rows == 0:
                     continue
-                table = latest.keep(table)
+                table = latest.keep(table, f.mtime_ns)
                 for start in range(0, table.num_rows, job.chunk_size):
                     rows = changed.arrow(table.slice(start, job.chunk_size))
-                    if rows.num_rows:
-                        yield rows
+                    if rows.num_rows:  # the file time is not part of a row's content hash
+                        times = pa.array([f.mtime_ns] * rows.num_rows, pa.int64())
+                        yield rows.append_column(FILE_TIME_COLUMN, times)
         finally:
             latest.close()
         mark.advance(done, listed_at)
@@ -640,7 +686,7 @@ def extract(job: JobConfig) -> ExtractResult:
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resources.append(_resource(job, t, drops, changed, skipped))
+            resources.append(_resource(job, t, drops, changed, skipped, borrowed))
         info = run_load(job, pipeline, resources)
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
