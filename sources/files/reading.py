@@ -1,0 +1,226 @@
+"""Reading one dropped file into an Arrow table shaped like the table's contract, or
+setting it aside with what is wrong and what to do."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import re
+import zlib
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from contracts import load_contract
+from deltaferry.config import TableConfig
+from sources.files.listing import SetAside
+from sources.files.settings import (
+    DEFAULT_DELIMITER,
+    DEFAULT_ENCODING,
+    EXTENSIONS,
+)
+from sources.columns import INTERNAL_COLUMNS
+
+
+# --- reading one file --------------------------------------------------------------------
+
+
+def file_format(name: str, configured: str | None) -> str:
+    if configured:
+        return configured
+    lower = name.lower().removesuffix(".gz")
+    for ext, fmt in EXTENSIONS.items():
+        if lower.endswith(ext):
+            return fmt
+    raise SetAside(
+        "format unknown from its name",
+        'set format = "csv", "jsonl" or "parquet" on the table, or narrow its pattern',
+    )
+
+
+def read_table(
+    raw: bytes, fmt: str, t: TableConfig, types: dict[str, pa.DataType]
+) -> pa.Table | None:
+    """A file's rows as Arrow, columns named as dlt names them and cast to the contract's
+    types; None when the file has nothing in it. Raises SetAside."""
+    if fmt != "parquet" and raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise SetAside(f"not valid gzip ({e})", "compress it again") from None
+    if not raw.strip():
+        return None
+    try:
+        if fmt == "csv":
+            table = _read_csv(_utf8(raw, t), t.options.get("delimiter", DEFAULT_DELIMITER))
+        elif fmt == "jsonl":
+            import pyarrow.json as pj
+
+            table = pj.read_json(pa.BufferReader(_utf8(raw, t)))
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(pa.BufferReader(raw))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
+        raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
+    table = _dlt_names(table)
+    _check_keys(table, t)
+    if fmt == "jsonl":  # a JSON record leaves out what it does not have: that is null
+        for name, typ in types.items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    table = _conform(table, types)
+    # the keys were checked: say so, as dlt's schema does (NOT NULL)
+    return table.cast(
+        pa.schema([f.with_nullable(f.name not in t.primary_key) for f in table.schema])
+    )
+
+
+def _utf8(raw: bytes, t: TableConfig) -> bytes:
+    """The text as UTF-8 (what pyarrow parses), checked or converted from the table's
+    encoding; a byte that does not decode sets the file aside, with where it is."""
+    encoding = str(t.options.get("encoding", DEFAULT_ENCODING))
+    codec = codecs.lookup(encoding).name
+    decoder = codecs.getincrementaldecoder(encoding)()
+    out: list[bytes] = []
+    step = 16 * 1024 * 1024
+    for start in range(0, len(raw), step):
+        pending = len(decoder.getstate()[0])
+        chunk = raw[start : start + step]
+        try:
+            text = decoder.decode(chunk, final=start + step >= len(raw))
+        except UnicodeDecodeError as e:
+            at = start - pending + e.start
+            raise _bad_encoding(raw, at, encoding, "encoding" in t.options) from None
+        if codec != "utf-8":
+            out.append(text.encode("utf-8"))
+    if codec != "utf-8":
+        return b"".join(out)
+    return raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
+
+
+def _bad_encoding(raw: bytes, at: int, encoding: str, configured: bool) -> SetAside:
+    line = raw.count(b"\n", 0, at) + 1
+    name = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+    problem = f"not valid {name} at byte {at} (line {line})"
+    if configured:
+        return SetAside(
+            problem,
+            f'set encoding to the file\'s encoding (now "{encoding}") or re-save it as {name}',
+        )
+    guess = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "latin-1"
+    return SetAside(problem, f'set encoding = "{guess}" (or the file\'s encoding) on the table')
+
+
+def _read_csv(data: bytes, delimiter: str) -> pa.Table:
+    """Every column as text (types come from the contract, not from guessing); an empty
+    unquoted field is null, a quoted one ("") is the empty string."""
+    import pyarrow.csv as pcsv
+
+    head = data[: 1024 * 1024].decode("utf-8", errors="replace")
+    names = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    return pcsv.read_csv(
+        pa.BufferReader(data),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _dlt_names(table: pa.Table) -> pa.Table:
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    naming = NamingConvention()
+    names = [naming.normalize_identifier(n) for n in table.column_names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SetAside(
+            f"column(s) {', '.join(twice)} more than once (as dlt names them)",
+            "give every column its own name",
+        )
+    reserved = sorted(set(names) & INTERNAL_COLUMNS)
+    if reserved:
+        raise SetAside(f"reserved column(s) {', '.join(reserved)}", "rename them")
+    return table.rename_columns(names)
+
+
+def _check_keys(table: pa.Table, t: TableConfig) -> None:
+    missing = [c for c in t.primary_key if c not in table.column_names]
+    if missing:
+        raise SetAside(
+            f"no primary key column(s) {', '.join(missing)} (columns: "
+            f"{', '.join(table.column_names[:20])})",
+            "add them to the file, or fix the table's primary_key",
+        )
+    for c in t.primary_key:
+        nulls = table[c].is_null()
+        if pc.any(nulls).as_py():
+            row = pc.index(nulls, True).as_py() + 1
+            raise SetAside(f"row {row} has no value for primary key column {c}", "fill it in")
+
+
+def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """Cast the columns the contract types to its types, so every file of a table stages
+    alike. Text without a zone offset read into a zoned timestamp is taken as UTC."""
+    for name, target in types.items():
+        if name not in table.column_names:
+            continue
+        i = table.column_names.index(name)
+        col = table.column(i)
+        if col.type == target or _kind(col.type) == _kind(target) != "timestamp":
+            continue
+        try:
+            if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(col.type):
+                cast = _zoned_from_text(col, target)
+            else:
+                cast = pc.cast(col, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SetAside(
+                f"column {name} cannot be read as {target} (the contract's type): {_first_line(e)}",
+                "fix the values, or the contract",
+            ) from None
+        table = table.set_column(i, name, cast)
+    return table
+
+
+def _zoned_from_text(col: Any, target: pa.TimestampType) -> Any:
+    zoned = pc.match_substring_regex(col, r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")
+    with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
+    naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
+    as_utc = pc.assume_timezone(naive, "UTC").cast(target)
+    return pc.coalesce(with_zone, as_utc)
+
+
+_KINDS = (
+    ("int", pa.types.is_integer),
+    ("float", pa.types.is_floating),
+    ("str", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+    ("bool", pa.types.is_boolean),
+    ("decimal", pa.types.is_decimal),
+    ("date", pa.types.is_date),
+    ("timestamp", pa.types.is_timestamp),
+)
+
+
+def _kind(t: pa.DataType) -> str:
+    """A type's kind: a column of the contract's kind keeps its width (int32 stays int32)."""
+    return next((name for name, test in _KINDS if test(t)), str(t))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text).rstrip(".")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
+    types = load_contract(t.contract, where=where).arrow_types()
+    return {n: pa.string() if pa.types.is_large_string(ty) else ty for n, ty in types.items()}
