@@ -36,6 +36,12 @@ def served_deployments(config: Path, only: tuple[str, ...] = ()) -> list[Any]:
             f"job(s) {', '.join(unscheduled)} have no schedule; add schedule = <seconds> or "
             'a cron expression ("*/15 * * * *") to the job in the jobs file'
         )
+    if unscheduled:
+        import logging
+
+        logging.getLogger("deltaferry").warning(
+            "not served (no schedule in %s): %s", config, ", ".join(unscheduled)
+        )
     chosen = [j for j in chosen if j.schedule is not None]
     if not chosen:
         raise ConfigError(
