@@ -36,17 +36,17 @@ def served_deployments(config: Path, only: tuple[str, ...] = ()) -> list[Any]:
             f"job(s) {', '.join(unscheduled)} have no schedule; add schedule = <seconds> or "
             'a cron expression ("*/15 * * * *") to the job in the jobs file'
         )
-    if unscheduled:
-        import logging
-
-        logging.getLogger("deltaferry").warning(
-            "not served (no schedule in %s): %s", config, ", ".join(unscheduled)
-        )
     chosen = [j for j in chosen if j.schedule is not None]
     if not chosen:
         raise ConfigError(
             f"no job in {config} has a schedule; add schedule = <seconds> or a cron "
             'expression ("*/15 * * * *") to a job'
+        )
+    if unscheduled:  # serving the others: say which are left out, and why
+        import logging
+
+        logging.getLogger("deltaferry").warning(
+            "not served (no schedule in %s): %s", config, ", ".join(unscheduled)
         )
     out = []
     for job in chosen:
