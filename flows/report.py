@@ -156,11 +156,6 @@ def _lags(ctx: SyncContext) -> dict[str, str]:
         return {}
 
 
-def _skipped_inputs(ctx: SyncContext) -> list[tuple[str, str]]:
-    """Whole inputs (files) the source set aside in this run, with the reason."""
-    return _ops(ctx, "skipped")
-
-
 def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
     """(table, detail) of this run's operations-log entries with that outcome."""
     with ctx.state.connect(read_only=True) as con:
@@ -210,7 +205,7 @@ def publish_run_report(
                     lags.get(t.name, "-"),
                 )
             )
-        skipped = _skipped_inputs(ctx)
+        skipped = _ops(ctx, "skipped")
         behind = _ops(ctx, "exceeded")
         if behind:
             lines += ["", "## Lag over max_lag_seconds", ""]

@@ -107,11 +107,11 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def staged_hashes(
-    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
+def staged_keyed(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, column: str
 ) -> pa.Table | None:
-    """Primary key and content hash of every live staged row, or None before the first load
-    (or when the table was staged without hashes)."""
+    """Primary key and ``column`` of every live staged row where it is set, or None before
+    the first load (or when the table was staged without that column)."""
     if not path.exists():
         return None
     con = read_staging(path, borrowed)
@@ -119,15 +119,23 @@ def staged_hashes(
         if not staged_table_exists(con, t.name):
             return None
         cols = staged_columns(con, t.name)
-        if HASH_COLUMN not in cols:
+        if column not in cols:
             return None
         live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
         keys = ", ".join(q(c) for c in t.primary_key)
         return con.execute(
-            f"SELECT {keys}, {HASH_COLUMN} FROM {STAGING_DATASET}.{q(t.name)} WHERE {live}"
+            f"SELECT {keys}, {q(column)} FROM {STAGING_DATASET}.{q(t.name)} "
+            f"WHERE {live} AND {q(column)} IS NOT NULL"
         ).fetch_arrow_table()
     finally:
         con.close()
+
+
+def staged_hashes(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> pa.Table | None:
+    """Primary key and content hash of every live staged row (see ``staged_keyed``)."""
+    return staged_keyed(t, path, borrowed, HASH_COLUMN)
 
 
 def _json_default(v: Any) -> Any:
@@ -161,8 +169,6 @@ class ChangedRows:
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self._typed = staged_hashes(t, staging_path(job.name), borrowed)
-        self.kept = 0
-        self.seen = 0
         # for records: the staged live rows' hashes (a hash covers the key, so membership
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
@@ -187,7 +193,6 @@ class ChangedRows:
         """The chunk's changed rows, with their hash column."""
         if HASH_COLUMN in chunk.column_names:
             chunk = chunk.drop_columns([HASH_COLUMN])
-        self.seen += chunk.num_rows
         values = ", ".join(f"{q(c)} := c.{q(c)}" for c in chunk.column_names)
         self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
         try:
@@ -198,7 +203,6 @@ class ChangedRows:
         finally:
             self.con.unregister("chunk_")
         found = self._anti_join(hashed, self._typed)
-        self.kept += found.num_rows
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
     def record(self, row: dict[str, Any]) -> bool:
@@ -215,11 +219,9 @@ class ChangedRows:
                 f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
             )
         h = row_hash(row)
-        self.seen += 1
         if h in self._hashes:
             return False
         row[HASH_COLUMN] = h
-        self.kept += 1
         return True
 
     def close(self) -> None:

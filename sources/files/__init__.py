@@ -24,17 +24,15 @@ from sources.files.settings import (
     default_pattern,
     lookback_seconds,
 )
-from sources.columns import FILE_TIME_COLUMN, STAGING_DATASET
+from sources.columns import FILE_TIME_COLUMN
 from sources.staging import (
     ChangedRows,
     ExtractResult,
     pipeline_for,
     q,
-    read_staging,
     row_counts,
     run_load,
-    staged_columns,
-    staged_table_exists,
+    staged_keyed,
     staging_path,
 )
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
@@ -140,22 +138,7 @@ def staged_file_times(
 ) -> pa.Table | None:
     """Key and file time of every staged row that has one (rows staged before file times
     were kept have none, and so never hold a newer file's row back)."""
-    path = staging_path(job.name)
-    if not path.exists():
-        return None
-    con = read_staging(path, borrowed)
-    try:
-        if not staged_table_exists(con, t.name):
-            return None
-        if FILE_TIME_COLUMN not in staged_columns(con, t.name):
-            return None
-        keys = ", ".join(q(c) for c in t.primary_key)
-        return con.execute(
-            f"SELECT {keys}, {FILE_TIME_COLUMN} FROM {STAGING_DATASET}.{q(t.name)} "
-            f"WHERE {FILE_TIME_COLUMN} IS NOT NULL"
-        ).fetch_arrow_table()
-    finally:
-        con.close()
+    return staged_keyed(t, staging_path(job.name), borrowed, FILE_TIME_COLUMN)
 
 
 def _resource(
