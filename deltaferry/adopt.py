@@ -35,11 +35,12 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     """Adopt the lake's checkpoint for ``t`` when local state is empty. Returns what was done."""
     if ctx.state.checkpoint(t.name).batch or ctx.state.pending_plan(t.name):
         return None
-    batches = list_batches(ctx.lake, ctx.job.name, t.name)
+    chain = ctx.job.chain
+    batches = list_batches(ctx.lake, ctx.job.name, t.name, chain)
     if not batches:
         return None
     last = batches[-1]
-    raw = ctx.lake.get(manifest_key(ctx.job.name, t.name, last))
+    raw = ctx.lake.get(manifest_key(ctx.job.name, t.name, last, chain))
     manifest = json.loads(raw) if raw else {}
     if manifest.get("producer_id") != ctx.job.producer_id:
         raise ConflictError(
@@ -48,7 +49,15 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
         )
     path = baseline_path(ctx.job.name, t.name)
     path.unlink(missing_ok=True)
-    pull(ctx.job, ctx.lake, path, [t.name], keyring=ctx.keyring)  # verifies every batch
+    # verifies every batch; with several producers, only this producer's own chain
+    pull(
+        ctx.job,
+        ctx.lake,
+        path,
+        [t.name],
+        keyring=ctx.keyring,
+        producers=None if chain is None else [chain],
+    )
     plan = Plan(
         t.name,
         last,

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deltaferry import cli_conflicts as _conflicts
 from deltaferry.errors import ConfigError, DeltaferryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -291,8 +292,16 @@ def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) ->
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
     for r in results:
-        table.add_row(r.table, str(r.batches), str(r.rows), str(r.last_batch))
+        at = (
+            str(r.last_batch)
+            if r.chains is None
+            else " ".join(f"{p}#{b}" for p, b in sorted(r.chains.items())) or "-"
+        )
+        table.add_row(r.table, str(r.batches), str(r.rows), at)
     _emit(table)
+    for r in results:
+        if r.overrides:
+            out.print(f"{r.table}: {r.overrides} new conflict override(s) applied")
 
 
 @cli.command()
@@ -306,15 +315,25 @@ def verify(job: str, config: str | None, oplog: bool) -> None:
     """Check the lake: signatures, manifest chain unbroken, every file present with its sha256
     and row count. Trusted keys come from $DELTAFERRY_KEYS (default $DELTAFERRY_HOME/keys)."""
     from deltaferry.config import load_job
-    from deltaferry.verify import verify_table
+    from deltaferry.verify import producers, verify_table
     from destinations.lake import open_lake
 
     cfg = load_job(job, config)
     lake = open_lake(cfg.lake, base=cfg.base_dir)
     lake.check()
     for t in cfg.tables:
-        n, rows = verify_table(lake, cfg.name, t.name)
-        out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} batches, {rows} rows verified")
+        if not cfg.multi_producer:
+            n, rows = verify_table(lake, cfg.name, t.name)
+            out.print(
+                f"[green]ok[/] job {cfg.name} table {t.name}: {n} batches, {rows} rows verified"
+            )
+            continue
+        for p in producers(lake, cfg.name, t.name):
+            n, rows = verify_table(lake, cfg.name, t.name, producer=p)
+            out.print(
+                f"[green]ok[/] job {cfg.name} table {t.name} producer {p}: {n} batches, "
+                f"{rows} rows verified"
+            )
     if oplog:
         from deltaferry.config import deltaferry_home
         from deltaferry.errors import ConfigError
@@ -607,6 +626,9 @@ def new_source(
         f"next: edit read_records in sources/{name}/__init__.py, then "
         f"`deltaferry run {name}` and `pytest tests/test_source_{name}.py`"
     )
+
+
+_conflicts.register(sys.modules[__name__])
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from deltaferry.errors import ConfigError
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_PRODUCER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _JOB_KEYS = {
     "chunk_size",
     "source",
@@ -26,6 +27,8 @@ _JOB_KEYS = {
     "max_quarantine_ratio",
     "rows_per_file",
     "producer_id",
+    "multi_producer",
+    "max_clock_skew_seconds",
     "contract",
     "max_reconcile_delete_ratio",
     "schedule",
@@ -81,6 +84,11 @@ class JobConfig:
     chunk_size: int = 50_000
     max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"
+    # several producers publish this job's tables, each to its own chain
+    # (<job>/<table>/producers/<producer_id>/); readers merge the chains
+    multi_producer: bool = False
+    # another producer's logical clock further ahead of ours than this is logged as drift
+    max_clock_skew_seconds: float = 300.0
     base_dir: Path = field(default_factory=Path.cwd)
     # settings of the job's source kind (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -88,6 +96,12 @@ class JobConfig:
     schedule: int | str | None = None
     # a table whose newest published change is older than this raises deltaferry.lag.exceeded
     max_lag_seconds: float | None = None
+
+    @property
+    def chain(self) -> str | None:
+        """This producer's chain in the lake: its id when several producers publish the
+        job's tables, None for the table's own single chain."""
+        return self.producer_id if self.multi_producer else None
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -215,6 +229,19 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         isinstance(max_lag, bool) or not isinstance(max_lag, (int, float)) or max_lag <= 0
     ):
         raise ConfigError(f"{where}: max_lag_seconds must be a positive number of seconds")
+    multi = body.get("multi_producer", False)
+    if not isinstance(multi, bool):
+        raise ConfigError(f"{where}: multi_producer must be true or false")
+    if multi and not (
+        isinstance(body.get("producer_id"), str) and _PRODUCER.match(body["producer_id"])
+    ):
+        raise ConfigError(
+            f"{where}: multi_producer = true needs producer_id naming this site (letters, digits, "
+            f"'.', '_' or '-'; got {body.get('producer_id')!r})"
+        )
+    skew = body.get("max_clock_skew_seconds", 300)
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or skew <= 0:
+        raise ConfigError(f"{where}: max_clock_skew_seconds must be a positive number of seconds")
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -238,6 +265,8 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         chunk_size=chunk_size,
         max_reconcile_delete_ratio=float(reconcile_ratio),
         producer_id=str(body.get("producer_id", "default")),
+        multi_producer=multi,
+        max_clock_skew_seconds=float(skew),
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,

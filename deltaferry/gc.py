@@ -36,13 +36,20 @@ def collect(
 ) -> GcReport:
     report = GcReport()
     cutoff = time.time() - grace_seconds
-    for t in job.tables:
-        base = table_prefix(job.name, t.name)
-        batches = list_batches(lake, job.name, t.name)
+    from deltaferry.verify import producers
+
+    chains = [
+        (t, p)
+        for t in job.tables
+        for p in (producers(lake, job.name, t.name) if job.multi_producer else [None])
+    ]
+    for t, producer in chains:
+        base = table_prefix(job.name, t.name, producer)
+        batches = list_batches(lake, job.name, t.name, producer)
         last = batches[-1] if batches else 0
         referenced: set[str] = set()
         for b in batches:
-            key = manifest_key(job.name, t.name, b)
+            key = manifest_key(job.name, t.name, b, producer)
             raw = lake.get(key)
             referenced.add(key)
             if raw is None:

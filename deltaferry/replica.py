@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from deltaferry.config import JobConfig
+from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.keys import Keyring
 from deltaferry.verify import iter_verified
@@ -38,6 +38,9 @@ class PullResult:
     batches: int
     rows: int
     last_batch: int
+    # several producers: the last batch applied of each producer's chain
+    chains: dict[str, int] | None = None
+    overrides: int = 0
 
 
 def _q(name: str) -> str:
@@ -60,8 +63,10 @@ def pull(
     replica: Path,
     tables: list[str] | None = None,
     keyring: Keyring | None = None,
+    producers: list[str] | None = None,
 ) -> list[PullResult]:
-    """Verify and apply every published batch not yet in ``replica``."""
+    """Verify and apply every published batch not yet in ``replica``. For a job with several
+    producers, every producer's chain (or only ``producers``) is merged (``merge.py``)."""
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
     results = []
@@ -69,6 +74,9 @@ def pull(
         con.execute(_META)
         for t in job.tables:
             if tables and t.name not in tables:
+                continue
+            if job.multi_producer:
+                results.append(_pull_merged(con, job, lake, t, keyring, producers))
                 continue
             last = fetch_one(
                 con,
@@ -99,6 +107,62 @@ def pull(
     finally:
         con.close()
     return results
+
+
+def _pull_merged(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    lake: LakeStore,
+    t: TableConfig,
+    keyring: Keyring | None,
+    only: list[str] | None,
+) -> PullResult:
+    from deltaferry import merge
+    from deltaferry.overrides import read_overrides
+    from deltaferry.verify import producers
+
+    con.execute(merge.META)
+    shape = merge.TableShape(job.name, t.name, list(t.primary_key))
+    n = rows = 0
+    chains: dict[str, int] = {}
+    for producer in only if only is not None else producers(lake, job.name, t.name):
+        after, prev, prev_hlc = merge.applied(con, job.name, t.name, producer)
+        for vb in iter_verified(
+            lake,
+            job.name,
+            t.name,
+            after=after,
+            prev_sha256=prev,
+            keyring=keyring,
+            producer=producer,
+            prev_hlc=prev_hlc,
+        ):
+            assert vb.data is not None
+            merge.apply_batch(
+                con,
+                shape,
+                producer,
+                vb.batch,
+                vb.manifest["hlc"],
+                vb.data,
+                manifest_sha256=vb.manifest_sha256,
+                trace_id=vb.manifest.get("trace_id"),
+                contract_version=vb.manifest.get("contract", {}).get("version"),
+            )
+            n += 1
+            rows += vb.data.num_rows
+            after = vb.batch
+        chains[producer] = after
+    overrides = 0
+    if only is None:
+        last = fetch_one(
+            con,
+            "SELECT coalesce(max(n), 0) FROM _deltaferry_overrides WHERE job = ? AND tbl = ?",
+            [job.name, t.name],
+        )[0]
+        for entry in read_overrides(lake, job.name, t.name, after=last, keyring=keyring):
+            overrides += merge.apply_override(con, shape, entry)
+    return PullResult(t.name, n, rows, max(chains.values(), default=0), chains, overrides)
 
 
 def _apply(

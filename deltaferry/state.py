@@ -240,6 +240,14 @@ class StateStore:
             )
         return Checkpoint(*row) if row else Checkpoint(0, None, 0)
 
+    def last_manifest(self, table: str) -> dict[str, Any] | None:
+        """The manifest of the table's newest batch planned or committed here."""
+        with self.connect() as con:
+            row = fetch_one(
+                con, "SELECT manifest FROM plans WHERE tbl = ? ORDER BY batch DESC LIMIT 1", [table]
+            )
+        return json.loads(row[0]) if row else None
+
     def pending_plan(self, table: str) -> Plan | None:
         with self.connect() as con:
             row = fetch_one(

@@ -34,7 +34,14 @@ from deltaferry.failpoints import failpoint
 from deltaferry.keys import Keyring
 from deltaferry.state import Plan, StateStore, now
 from destinations.lake import LakeStore, open_lake
-from destinations.manifest import FORMAT, canonical, data_key, manifest_key, sha256
+from destinations.manifest import (
+    FORMAT,
+    canonical,
+    data_key,
+    manifest_key,
+    producers_prefix,
+    sha256,
+)
 from sources.staging import staging_path
 
 T = TypeVar("T")
@@ -200,7 +207,8 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         )
         return None
     batch = ckpt.batch + 1
-    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta)
+    clock = logical_time(ctx, t) if ctx.job.multi_producer else None
+    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
     if ctx.keyring is not None:
         manifest = ctx.keyring.sign(manifest)
     body = canonical(manifest)
@@ -221,12 +229,86 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     return plan, delta
 
 
+def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
+    """The hybrid logical timestamp of this producer's next batch of ``t`` (see
+    ``deltaferry/hlc.py``), after its own last batch and the newest batch of every other
+    producer it can see in the lake. A clock further apart than the job's
+    ``max_clock_skew_seconds`` is written to the operations log."""
+    from deltaferry import hlc
+
+    job, me = ctx.job, ctx.job.producer_id
+    last = (ctx.state.last_manifest(t.name) or {}).get("hlc") or 0
+    seen: dict[str, int] = {}
+    for producer in ctx.lake.children(producers_prefix(job.name, t.name)):
+        if producer == me:
+            continue
+        head = _chain_head(ctx, t, producer)
+        if head is not None:
+            seen[producer] = head
+    now_ms = hlc.wall_ms()
+    stamp = hlc.tick(last, max(seen.values(), default=0), now_ms)
+    limit = job.max_clock_skew_seconds
+    for producer, value in sorted(seen.items()):
+        ahead = (hlc.physical_ms(value) - now_ms) / 1000
+        if ahead > limit:
+            ctx.state.log(
+                ctx.run_id,
+                "clock",
+                "info",
+                table=t.name,
+                detail=(
+                    f"producer '{producer}' is {hlc.skew_text(ahead)} ahead of this host's clock "
+                    f"(its newest batch is stamped {hlc.describe(value)}); this batch is stamped "
+                    f"after it ({hlc.describe(stamp)}) so changes made here still win over it"
+                ),
+            )
+    behind = (hlc.physical_ms(last) - now_ms) / 1000
+    if behind > limit:
+        ctx.state.log(
+            ctx.run_id,
+            "clock",
+            "info",
+            table=t.name,
+            detail=(
+                f"this host's clock is {hlc.skew_text(behind)} behind the last batch it stamped "
+                f"({hlc.describe(last)}); logical time keeps counting from there"
+            ),
+        )
+    return {"hlc": stamp, "hlc_seen": seen}
+
+
+def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
+    """The logical timestamp of another producer's newest batch (signature checked), or None."""
+    import json
+
+    from deltaferry.verify import list_batches
+
+    batches = list_batches(ctx.lake, ctx.job.name, t.name, producer)
+    if not batches:
+        return None
+    key = manifest_key(ctx.job.name, t.name, batches[-1], producer)
+    raw = ctx.lake.get(key)
+    if raw is None:
+        return None
+    m = json.loads(raw)
+    if ctx.keyring is not None:
+        ctx.keyring.verify(m, where=f"job '{ctx.job.name}' table '{t.name}' producer '{producer}'")
+    value = m.get("hlc")
+    return int(value) if isinstance(value, int) else None
+
+
 def make_manifest(
-    ctx: SyncContext, t: TableConfig, batch: int, prev: str | None, delta: Delta
+    ctx: SyncContext,
+    t: TableConfig,
+    batch: int,
+    prev: str | None,
+    delta: Delta,
+    clock: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     c = ctx.contracts[t.name]
     job = ctx.job.name
-    return {
+    chain = ctx.job.chain
+    manifest = {
         "format": FORMAT,
         "job": job,
         "table": t.name,
@@ -243,7 +325,7 @@ def make_manifest(
         "quarantined": len({q["pk"] for q in delta.quarantine}),
         "files": [
             {
-                "key": data_key(job, t.name, batch, i, p.sha256),
+                "key": data_key(job, t.name, batch, i, p.sha256, chain),
                 "sha256": p.sha256,
                 "bytes": len(p.data),
                 "rows": p.rows,
@@ -255,6 +337,9 @@ def make_manifest(
         "created_at": now().isoformat(),
         "signature": None,
     }
+    if clock is not None:
+        manifest.update(clock)
+    return manifest
 
 
 # --- publishing ---------------------------------------------------------------
@@ -281,7 +366,7 @@ def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
 
 def put_manifest(ctx: SyncContext, plan: Plan) -> str:
     """Write the manifest create-only. A 412 with our own bytes already there is a lost ack: success."""
-    key = manifest_key(ctx.job.name, plan.table, plan.batch)
+    key = manifest_key(ctx.job.name, plan.table, plan.batch, ctx.job.chain)
     created = ctx.lake.put_if_absent(key, plan.manifest)
     failpoint("after_manifest")
     if created:
@@ -333,7 +418,7 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
         from deltaferry.adopt import adopt_from_lake
 
         return adopt_from_lake(ctx, t)
-    key = manifest_key(ctx.job.name, t.name, plan.batch)
+    key = manifest_key(ctx.job.name, t.name, plan.batch, ctx.job.chain)
     stored = ctx.lake.get(key)
     if stored is not None:
         if sha256(stored) != plan.manifest_sha256:

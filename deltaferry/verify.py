@@ -24,6 +24,7 @@ from destinations.manifest import (
     manifest_key,
     manifests_prefix,
     parse,
+    producers_prefix,
     sha256,
 )
 
@@ -36,11 +37,11 @@ class VerifiedBatch:
     data: pa.Table | None  # loaded only when asked
 
 
-def list_batches(lake: LakeStore, job: str, table: str) -> list[int]:
+def list_batches(lake: LakeStore, job: str, table: str, producer: str | None = None) -> list[int]:
     """Batch numbers that have a manifest, ascending (other keys are ignored)."""
     batches = {
         b
-        for k in lake.list(manifests_prefix(job, table))
+        for k in lake.list(manifests_prefix(job, table, producer))
         if (b := batch_of_manifest_key(k)) is not None
     }
     return sorted(batches)
@@ -55,20 +56,27 @@ def iter_verified(
     prev_sha256: str | None = None,
     load: bool = True,
     keyring: Keyring | None = None,
+    producer: str | None = None,
+    prev_hlc: int | None = None,
 ) -> Iterator[VerifiedBatch]:
-    """Yield batches after ``after`` in order, each fully verified; raise at the first bad one."""
+    """Yield batches after ``after`` in order, each fully verified; raise at the first bad one.
+
+    With ``producer``, the chain is that producer's (several producers publish the table):
+    every manifest must name it and carry a logical timestamp (``hlc``) that grows."""
     keyring = keyring if keyring is not None else Keyring()
-    batches = [b for b in list_batches(lake, job, table) if b > after]
+    batches = [b for b in list_batches(lake, job, table, producer) if b > after]
     expected = after + 1
     prev = prev_sha256
     prev_seq_end: int | None = None
+    chain = "" if producer is None else f" producer '{producer}'"
     for b in batches:
-        where = f"job '{job}' table '{table}' batch {b}"
+        where = f"job '{job}' table '{table}'{chain} batch {b}"
         if b != expected:
             raise VerificationError(
-                f"job '{job}' table '{table}' batch {expected}: manifest missing (next present is {b})"
+                f"job '{job}' table '{table}'{chain} batch {expected}: manifest missing "
+                f"(next present is {b})"
             )
-        key = manifest_key(job, table, b)
+        key = manifest_key(job, table, b, producer)
         raw = lake.get(key)
         if raw is None:
             raise VerificationError(f"{where}: manifest {key} vanished while reading")
@@ -82,6 +90,21 @@ def iter_verified(
                 f"batch {m['batch']} (moved or replaced)"
             )
         keyring.verify(m, where=where)
+        if producer is not None:
+            if m.get("producer_id") != producer:
+                raise VerificationError(
+                    f"{where}: the manifest names producer '{m.get('producer_id')}' but is stored "
+                    f"in producer '{producer}''s chain"
+                )
+            stamp = m.get("hlc")
+            if not isinstance(stamp, int) or isinstance(stamp, bool):
+                raise VerificationError(f"{where}: the manifest has no logical timestamp (hlc)")
+            if prev_hlc is not None and stamp <= prev_hlc:
+                raise VerificationError(
+                    f"{where}: logical timestamp {stamp} does not follow the previous batch's "
+                    f"{prev_hlc}"
+                )
+            prev_hlc = stamp
         if m["prev_sha256"] != prev:
             raise VerificationError(
                 f"{where}: chain broken: prev_sha256 {m['prev_sha256']} != {prev}"
@@ -123,12 +146,21 @@ def iter_verified(
         expected = b + 1
 
 
+def producers(lake: LakeStore, job: str, table: str) -> list[str]:
+    """The producers with a chain of the table (several producers publish it)."""
+    return lake.children(producers_prefix(job, table))
+
+
 def verify_table(
-    lake: LakeStore, job: str, table: str, keyring: Keyring | None = None
+    lake: LakeStore,
+    job: str,
+    table: str,
+    keyring: Keyring | None = None,
+    producer: str | None = None,
 ) -> tuple[int, int]:
-    """Verify every batch of a table; returns (batches, rows)."""
+    """Verify every batch of a table's chain; returns (batches, rows)."""
     n = rows = 0
-    for vb in iter_verified(lake, job, table, load=False, keyring=keyring):
+    for vb in iter_verified(lake, job, table, load=False, keyring=keyring, producer=producer):
         n += 1
         rows += vb.manifest["rows"]
     return n, rows

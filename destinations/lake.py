@@ -66,6 +66,10 @@ class LakeStore(Protocol):
     def list(self, prefix: str) -> list[str]:
         """All keys under prefix, sorted."""
 
+    def children(self, prefix: str) -> list[str]:
+        """Names of the folders directly under ``prefix``, sorted; one listing
+        call however many objects they hold."""
+
     def delete(self, key: str) -> None: ...
 
     def entries(self, prefix: str) -> list[tuple[str, float]]:
@@ -135,6 +139,12 @@ class FileLakeStore:
             if p.is_file() and not p.name.startswith(".tmp-")
         ]
         return sorted(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
 
     def delete(self, key: str) -> None:
         try:
@@ -396,6 +406,17 @@ class S3LakeStore:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        names: list[str] = []
+        full = self._key(prefix)
+        with _s3_errors(self, prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+                names.extend(
+                    p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                )
+        return sorted(names)
 
     def delete(self, key: str) -> None:
         with _s3_errors(self, key):

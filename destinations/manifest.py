@@ -5,6 +5,11 @@ Lake layout, relative to the lake root::
     <job>/<table>/data/<batch:012d>/part-<n:05d>-<sha256[:16]>.parquet
     <job>/<table>/manifests/<batch:012d>.json     (create-only: the commit log)
 
+A job with several producers (``multi_producer = true``) gives each its own chain,
+the same two folders under ``<job>/<table>/producers/<producer_id>/``, and a shared
+create-only log of manual conflict overrides at
+``<job>/<table>/overrides/<n:012d>.json``.
+
 Manifests are canonical JSON (sorted keys, no spaces), so the same batch always
 has the same bytes and the same sha256; each names the previous manifest's sha256,
 which chains the log. The format is described in ``manifest.schema.json``.
@@ -19,20 +24,36 @@ from typing import Any
 FORMAT = "deltaferry.manifest/1"
 
 
-def table_prefix(job: str, table: str) -> str:
-    return f"{job}/{table}"
+def table_prefix(job: str, table: str, producer: str | None = None) -> str:
+    """Where one chain lives: the table's folder, or its producer's folder in it."""
+    return f"{job}/{table}" if producer is None else f"{job}/{table}/producers/{producer}"
 
 
-def manifest_key(job: str, table: str, batch: int) -> str:
-    return f"{table_prefix(job, table)}/manifests/{batch:012d}.json"
+def producers_prefix(job: str, table: str) -> str:
+    return f"{job}/{table}/producers/"
 
 
-def manifests_prefix(job: str, table: str) -> str:
-    return f"{table_prefix(job, table)}/manifests/"
+def overrides_prefix(job: str, table: str) -> str:
+    return f"{job}/{table}/overrides/"
 
 
-def data_key(job: str, table: str, batch: int, part: int, sha256: str) -> str:
-    return f"{table_prefix(job, table)}/data/{batch:012d}/part-{part:05d}-{sha256[:16]}.parquet"
+def override_key(job: str, table: str, n: int) -> str:
+    return f"{overrides_prefix(job, table)}{n:012d}.json"
+
+
+def manifest_key(job: str, table: str, batch: int, producer: str | None = None) -> str:
+    return f"{table_prefix(job, table, producer)}/manifests/{batch:012d}.json"
+
+
+def manifests_prefix(job: str, table: str, producer: str | None = None) -> str:
+    return f"{table_prefix(job, table, producer)}/manifests/"
+
+
+def data_key(
+    job: str, table: str, batch: int, part: int, sha256: str, producer: str | None = None
+) -> str:
+    prefix = table_prefix(job, table, producer)
+    return f"{prefix}/data/{batch:012d}/part-{part:05d}-{sha256[:16]}.parquet"
 
 
 def batch_of_manifest_key(key: str) -> int | None:

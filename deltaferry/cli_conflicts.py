@@ -1,0 +1,213 @@
+"""``deltaferry conflicts``: list conflicts and hotspots of a replica; pin a key by override.
+
+Registered on the main command group by ``deltaferry/cli.py`` (``register``), which
+passes itself in so that its helpers (one-line errors, report tables) are shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+
+class _JobFirstGroup(click.Group):
+    """``conflicts JOB`` lists; ``conflicts override JOB ...`` pins. A first argument that is
+    not a subcommand is the job of the default ``show`` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+def register(ui: ModuleType) -> None:
+    @ui.cli.group("conflicts", cls=_JobFirstGroup)
+    def conflicts() -> None:
+        """Conflicts between producers of a job's tables (jobs with multi_producer = true).
+
+        `deltaferry conflicts JOB --replica R` lists them with hotspots;
+        `deltaferry conflicts override JOB ...` pins a key's winner for every reader."""
+
+    @conflicts.command("show")
+    @click.argument("job")
+    @click.option(
+        "--replica", type=click.Path(dir_okay=False), required=True, help="Replica DuckDB file."
+    )
+    @click.option("--table", default=None, help="Only this table.")
+    @click.option("--limit", default=20, show_default=True, help="Records and hotspot rows shown.")
+    @ui.config_option
+    @ui.one_line_errors
+    def show(job: str, replica: str, table: str | None, limit: int, config: str | None) -> None:
+        """List the conflicts a replica recorded (newest first) and where they concentrate."""
+        from deltaferry import duck, merge
+        from deltaferry.config import load_job
+        from deltaferry.errors import ConfigError
+
+        cfg = load_job(job, config)
+        if table:
+            cfg.table(table)
+        path = Path(replica)
+        if not path.exists():
+            raise ConfigError(f"job '{job}': replica {path} does not exist; run `deltaferry pull`")
+        con = duck.connect(path, read_only=True, alias="replica")
+        try:
+            if not merge.has_conflict_table(con):
+                raise ConfigError(
+                    f"job '{job}': replica {path} holds no merged chains (is multi_producer "
+                    "set, and has `deltaferry pull` run?)"
+                )
+            rows = merge.conflict_rows(con, job, table)
+            spots = merge.hotspots(con, job, limit)
+        finally:
+            con.close()
+        report = ui._table(
+            "table", "key", "winner", "loser", "rule", "logical time", title=f"conflicts {job}"
+        )
+        newest = sorted(rows, key=lambda r: (r[13] is not None, r[13]), reverse=True)[:limit]
+        for r in newest:
+            report.add_row(
+                r[0],
+                r[1],
+                merge.version_text(r[2], r[3], r[5], r[6]),
+                merge.version_text(r[7], r[8], r[10], r[11]),
+                r[12],
+                "-" if r[13] is None else r[13].isoformat(),
+            )
+        ui._emit(report)
+        ui.out.print(f"{len(rows)} conflict records")
+        if table is None:
+            for name, found in spots.items():
+                hot = ui._table(name, "conflicts", title=f"hotspots: {name}")
+                for r in found:
+                    hot.add_row(" ".join(str(x) for x in r[:-1]), str(r[-1]))
+                ui._emit(hot)
+
+    @conflicts.command("override")
+    @click.argument("job")
+    @click.option("--table", required=True, help="The table of the key.")
+    @click.option("--key", required=True, help="The key; a composite key as 'v1,v2' in key order.")
+    @click.option("--producer", default=None, help="Pin the key to this producer's newest version.")
+    @click.option("--value", default=None, help="Pin the key to this row (a JSON object).")
+    @click.option("--delete", "delete", is_flag=True, help="Pin the key to a delete.")
+    @click.option("--remove", is_flag=True, help="End the key's override: automatic rule again.")
+    @click.option("--reason", required=True, help="Why (kept in the lake and operations log).")
+    @click.option("--by", default=None, help="Who (default: user@host).")
+    @ui.config_option
+    @ui.one_line_errors
+    def override(
+        job: str,
+        table: str,
+        key: str,
+        producer: str | None,
+        value: str | None,
+        delete: bool,
+        remove: bool,
+        reason: str,
+        by: str | None,
+        config: str | None,
+    ) -> None:
+        """Pin the winner of one key for every reader, from their next pull on, until removed."""
+        from deltaferry.config import load_job
+        from deltaferry.errors import ConfigError
+        from deltaferry.keys import Keyring
+        from deltaferry.overrides import write_override
+        from deltaferry.state import StateStore
+        from destinations.lake import open_lake
+
+        cfg = load_job(job, config)
+        t = cfg.table(table)
+        where = f"job '{job}' table '{table}' key '{key}'"
+        if not cfg.multi_producer:
+            raise ConfigError(
+                f"job '{job}' has a single producer (multi_producer is not set): there is "
+                "nothing to override"
+            )
+        if sum([producer is not None, value is not None, delete, remove]) != 1:
+            raise ConfigError(
+                f"{where}: give exactly one of --producer, --value, --delete, --remove"
+            )
+        if len(key.split(",")) != len(t.primary_key):
+            raise ConfigError(
+                f"{where}: the key has {len(t.primary_key)} column(s) "
+                f"({', '.join(t.primary_key)}); give the values joined by ','"
+            )
+        lake = open_lake(cfg.lake, base=cfg.base_dir)
+        lake.check()
+        row = None
+        if producer is not None:
+            from deltaferry.verify import producers
+
+            known = producers(lake, job, table)
+            if producer not in known:
+                raise ConfigError(
+                    f"{where}: producer '{producer}' has published nothing for this table "
+                    f"(producers: {', '.join(known) or 'none'})"
+                )
+        if value is not None:
+            row = _checked_value(cfg, t, key, value, where)
+        entry = write_override(
+            lake,
+            job,
+            table,
+            key=key,
+            action="remove" if remove else "pin",
+            producer=producer,
+            value=row,
+            delete=delete,
+            by=by,
+            reason=reason,
+            keyring=Keyring(),
+        )
+        what = (
+            "override removed"
+            if remove
+            else f"pinned to producer '{producer}'"
+            if producer
+            else "pinned to a delete"
+            if delete
+            else f"pinned to value {json.dumps(row, sort_keys=True)}"
+        )
+        detail = f"{where}: {what} (override #{entry['n']} by {entry['by']}: {entry['reason']})"
+        StateStore(job).log(
+            f"override-{entry['n']}", "override", "info", table=table, detail=detail
+        )
+        ui.out.print(detail, highlight=False, soft_wrap=True)
+
+
+def _checked_value(cfg: Any, t: Any, key: str, value: str, where: str) -> dict[str, Any]:
+    """The row of a value override: a JSON object of contract columns that passes the contract."""
+    import pandas as pd
+
+    from contracts import load_contract
+    from deltaferry.errors import ConfigError
+
+    try:
+        row = json.loads(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: --value is not JSON: {e}") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: --value must be a JSON object of column values")
+    contract = load_contract(t.contract, where=where)
+    unknown = set(row) - set(contract.columns)
+    if unknown:
+        raise ConfigError(
+            f"{where}: --value has column(s) {', '.join(sorted(unknown))} that contract "
+            f"{contract.ref} does not have"
+        )
+    full = dict(row)
+    for column, part in zip(t.primary_key, key.split(","), strict=True):
+        if column in full and str(full[column]) != part:
+            raise ConfigError(f"{where}: --value sets key column '{column}' to another value")
+        full[column] = part
+    frame = pd.DataFrame([{c: full.get(c) for c in contract.columns}])
+    result = contract.validate(frame)
+    if result.failed_rows:
+        raise ConfigError(
+            f"{where}: --value breaks contract {contract.ref} v{contract.version}: "
+            f"{result.summary()}"
+        )
+    return {c: v for c, v in full.items() if c not in t.primary_key}

@@ -1,0 +1,442 @@
+"""Merging the chains of several producers of one table into a replica, with conflicts.
+
+Every change a producer publishes is a *version* of its key: the row (or a delete),
+the producer id, and the batch's hybrid logical timestamp (``deltaferry/hlc.py``).
+The replica keeps every version it has applied (``_deltaferry_versions_<table>``) and
+the table itself holds, for each key, the winner among them:
+
+1. a manual override pins the key first: to a producer's newest version of it, or to
+   a value (or a delete) given with the override;
+2. otherwise the version with the higher (logical timestamp, producer id) wins;
+3. a delete is a version like any other: an older update arriving late never brings a
+   deleted key back.
+
+A *conflict* is recorded whenever, in that order, one producer's version of a key is
+followed by a different version from another producer: the later one replaced the
+earlier. (Two producers sending the same row, or both a delete, do not conflict.) With an override
+in force, the version it pins over the automatic winner is one more record. Winners and
+conflicts are computed from the set of versions and overrides alone, so every arrival
+order of the same batches, and applying a batch twice, give the same table and the
+same conflict records; batches that do not touch a key never change its winner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.duck import fetch_one
+
+PRODUCER_COLUMN = "_producer"
+HLC_COLUMN = "_hlc"
+OVERRIDE_PRODUCER = "override"
+
+META = """
+CREATE TABLE IF NOT EXISTS _deltaferry_chains (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, producer VARCHAR NOT NULL, batch BIGINT NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL, hlc BIGINT NOT NULL, rows BIGINT NOT NULL,
+    trace_id VARCHAR, contract_version INTEGER,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (job, tbl, producer, batch)
+);
+CREATE TABLE IF NOT EXISTS _deltaferry_overrides (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, n BIGINT NOT NULL, "key" VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,          -- pin | remove
+    producer VARCHAR,                 -- pin to this producer's newest version of the key
+    value_json VARCHAR,               -- or pin to this row (JSON object) ...
+    is_delete BOOLEAN NOT NULL,       -- ... or to a delete
+    by_whom VARCHAR, reason VARCHAR, created_at VARCHAR,
+    PRIMARY KEY (job, tbl, n)
+);
+CREATE TABLE IF NOT EXISTS _deltaferry_conflicts (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, "key" VARCHAR NOT NULL,
+    winner_producer VARCHAR NOT NULL, winner_batch BIGINT, winner_hlc BIGINT,
+    winner_op VARCHAR NOT NULL, winner_row VARCHAR,
+    loser_producer VARCHAR NOT NULL, loser_batch BIGINT, loser_hlc BIGINT,
+    loser_op VARCHAR NOT NULL, loser_row VARCHAR,
+    rule VARCHAR NOT NULL,
+    logical_at TIMESTAMPTZ            -- logical time of the winning version
+);
+"""
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def versions_table(table: str) -> str:
+    return f"_deltaferry_versions_{table}"
+
+
+def key_expr(pk: list[str], alias: str = "") -> str:
+    """The key as text, as people type it: the value, or the values joined by ','."""
+    prefix = f"{alias}." if alias else ""
+    parts = [f"CAST({prefix}{_q(c)} AS VARCHAR)" for c in pk]
+    return parts[0] if len(parts) == 1 else f"concat_ws(',', {', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class TableShape:
+    job: str
+    table: str
+    pk: list[str]
+
+    @property
+    def versions(self) -> str:
+        return _q(versions_table(self.table))
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'main'"
+        " AND table_name = ? AND table_catalog = current_database() ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> None:
+    """Create the table and its versions table, or add the columns this batch brings."""
+    from deltaferry.replica import _duck_type
+
+    fields = [f for f in data.schema if f.name != OP_COLUMN]
+    pk = ", ".join(_q(c) for c in shape.pk)
+    for name, extra, key in (
+        (shape.table, [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")], pk),
+        (
+            versions_table(shape.table),
+            [
+                (OP_COLUMN, "VARCHAR"),
+                (PRODUCER_COLUMN, "VARCHAR"),
+                (HLC_COLUMN, "BIGINT"),
+                ("_batch", "BIGINT"),
+                ("_key", "VARCHAR"),
+            ],
+            f'"_key", {_q(PRODUCER_COLUMN)}, "_batch"',
+        ),
+    ):
+        have = _columns(con, name)
+        if not have:
+            defs = [f"{_q(f.name)} {_duck_type(f)}" for f in fields]
+            defs += [f"{_q(c)} {t}" for c, t in extra]
+            con.execute(f"CREATE TABLE {_q(name)} ({', '.join(defs)}, PRIMARY KEY ({key}))")
+            continue
+        for f in fields:
+            if f.name not in have:
+                con.execute(f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_duck_type(f)}")
+
+
+def applied(
+    con: duckdb.DuckDBPyConnection, job: str, table: str, producer: str
+) -> tuple[int, str | None, int | None]:
+    """(last batch, its manifest sha256, its logical timestamp) of a producer's chain here."""
+    row = fetch_one(
+        con,
+        "SELECT batch, manifest_sha256, hlc FROM _deltaferry_chains WHERE job = ? AND tbl = ?"
+        " AND producer = ? ORDER BY batch DESC LIMIT 1",
+        [job, table, producer],
+    )
+    return (row[0], row[1], row[2]) if row else (0, None, None)
+
+
+def apply_batch(
+    con: duckdb.DuckDBPyConnection,
+    shape: TableShape,
+    producer: str,
+    batch: int,
+    hlc: int,
+    data: pa.Table,
+    *,
+    manifest_sha256: str = "",
+    trace_id: str | None = None,
+    contract_version: int | None = None,
+) -> bool:
+    """Apply one producer batch and its record in one transaction; False if already applied."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        done = fetch_one(
+            con,
+            "SELECT 1 FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
+            [shape.job, shape.table, producer, batch],
+        )
+        if done:
+            con.execute("ROLLBACK")
+            return False
+        _ensure_tables(con, shape, data)
+        con.register("incoming", data)
+        cols = [c for c in data.column_names]
+        col_list = ", ".join(_q(c) for c in cols)
+        con.execute(
+            f"INSERT INTO {shape.versions} ({col_list}, {_q(PRODUCER_COLUMN)}, {_q(HLC_COLUMN)},"
+            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM incoming'
+            f" ON CONFLICT DO NOTHING",
+            [producer, hlc, batch],
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT {key_expr(shape.pk)} AS _key"
+            " FROM incoming"
+        )
+        con.unregister("incoming")
+        resolve(con, shape)
+        con.execute(
+            "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
+            " trace_id, contract_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                shape.job,
+                shape.table,
+                producer,
+                batch,
+                manifest_sha256,
+                hlc,
+                data.num_rows,
+                trace_id,
+                contract_version,
+            ],
+        )
+        con.execute("COMMIT")
+        return True
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def apply_override(
+    con: duckdb.DuckDBPyConnection, shape: TableShape, entry: dict[str, Any]
+) -> bool:
+    """Record one entry of the lake's override log and re-resolve its key; False if known."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        done = fetch_one(
+            con,
+            "SELECT 1 FROM _deltaferry_overrides WHERE job = ? AND tbl = ? AND n = ?",
+            [shape.job, shape.table, entry["n"]],
+        )
+        if done:
+            con.execute("ROLLBACK")
+            return False
+        value = entry.get("value")
+        con.execute(
+            "INSERT INTO _deltaferry_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                shape.job,
+                shape.table,
+                entry["n"],
+                entry["key"],
+                entry["action"],
+                entry.get("producer"),
+                None if value is None else json.dumps(value, sort_keys=True),
+                bool(entry.get("delete")),
+                entry.get("by"),
+                entry.get("reason"),
+                entry.get("created_at"),
+            ],
+        )
+        if _columns(con, versions_table(shape.table)):
+            con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT ? AS _key", [entry["key"]])
+            resolve(con, shape)
+        con.execute("COMMIT")
+        return True
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _active_overrides_sql(shape: TableShape) -> str:
+    # the newest entry of each key decides; a 'remove' entry ends the override
+    return (
+        "SELECT * FROM (SELECT o.*, row_number() OVER (PARTITION BY o.key ORDER BY o.n DESC) AS rn"
+        f" FROM _deltaferry_overrides o WHERE o.job = '{_esc(shape.job)}'"
+        f" AND o.tbl = '{_esc(shape.table)}' AND o.key IN (SELECT _key FROM touched))"
+        " WHERE rn = 1 AND action = 'pin'"
+    )
+
+
+def _esc(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
+    """Recompute winners and conflict records of the keys in the temp table ``touched``."""
+    table_cols = _columns(con, shape.table)
+    data_cols = [c for c in table_cols if c not in (PRODUCER_COLUMN, HLC_COLUMN)]
+    v = shape.versions
+    # what a person compares: the row's own columns; a delete shows as NULL
+    shown = ", ".join(f"{_q(c)} := {_q(c)}" for c in data_cols if c != SEQ_COLUMN)
+    row_json = (
+        f"CASE WHEN {_q(OP_COLUMN)} = 'delete' THEN NULL"
+        f" ELSE CAST(to_json(struct_pack({shown})) AS VARCHAR) END"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE ranked AS SELECT *, {row_json} AS _row,"
+        f" row_number() OVER (PARTITION BY _key ORDER BY {_q(HLC_COLUMN)} DESC,"
+        f" {_q(PRODUCER_COLUMN)} DESC) AS _rank,"
+        f" row_number() OVER (PARTITION BY _key, {_q(PRODUCER_COLUMN)} ORDER BY"
+        f" {_q(HLC_COLUMN)} DESC) AS _rank_in_producer"
+        f" FROM {v} WHERE _key IN (SELECT _key FROM touched)"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE active AS {_active_overrides_sql(shape)}")
+    # the winner of each touched key: a pinned producer's newest version, a pinned value,
+    # or the automatic winner
+    value_cols = ", ".join(
+        f"CAST(json_extract_string(a.value_json, '$.{_json_path(c)}') AS {table_cols[c]}) AS {_q(c)}"
+        if c not in shape.pk
+        else f"r.{_q(c)}"
+        for c in data_cols
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE winners AS
+        SELECT r.* EXCLUDE (_rank, _rank_in_producer), 'pinned to producer ' || a.producer
+               || ' by override #' || a.n AS _rule, a.n AS _override
+        FROM ranked r JOIN active a ON a.key = r._key
+        WHERE a.producer IS NOT NULL AND r.{_q(PRODUCER_COLUMN)} = a.producer
+              AND r._rank_in_producer = 1
+        UNION ALL BY NAME
+        SELECT {value_cols}, CASE WHEN a.is_delete THEN 'delete' ELSE 'upsert' END AS {_q(OP_COLUMN)},
+               '{OVERRIDE_PRODUCER}' AS {_q(PRODUCER_COLUMN)}, NULL::BIGINT AS {_q(HLC_COLUMN)},
+               NULL::BIGINT AS _batch, r._key, a.value_json AS _row,
+               'value set by override #' || a.n AS _rule, a.n AS _override
+        FROM (SELECT * FROM ranked WHERE _rank = 1) r JOIN active a ON a.key = r._key
+        WHERE a.producer IS NULL
+        """
+    )
+    con.execute(
+        """
+        INSERT INTO winners BY NAME
+        SELECT r.* EXCLUDE (_rank, _rank_in_producer), 'automatic' AS _rule, NULL AS _override
+        FROM ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM winners)
+        """
+    )
+    match = " AND ".join(f"t.{_q(c)} = w.{_q(c)}" for c in shape.pk)
+    con.execute(
+        f"DELETE FROM {_q(shape.table)} t WHERE EXISTS (SELECT 1 FROM ranked w WHERE {match})"
+    )
+    out_cols = ", ".join(_q(c) for c in [*data_cols, PRODUCER_COLUMN, HLC_COLUMN])
+    con.execute(
+        f"INSERT INTO {_q(shape.table)} ({out_cols}) SELECT {out_cols} FROM winners"
+        f" WHERE {_q(OP_COLUMN)} = 'upsert'"
+    )
+    _record_conflicts(con, shape)
+
+
+def _json_path(column: str) -> str:
+    return '"' + column.replace('"', '\\"') + '"'
+
+
+def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
+    job, table = _esc(shape.job), _esc(shape.table)
+    p, h = _q(PRODUCER_COLUMN), _q(HLC_COLUMN)
+    op = _q(OP_COLUMN)
+    con.execute(
+        f"DELETE FROM _deltaferry_conflicts WHERE job = '{job}' AND tbl = '{table}'"
+        " AND key IN (SELECT _key FROM touched)"
+    )
+    # one producer's version followed, in (logical time, producer) order, by another's
+    con.execute(
+        f"""
+        INSERT INTO _deltaferry_conflicts
+        SELECT '{job}', '{table}', _key, {p}, _batch, {h}, {op}, _row,
+               prev_producer, prev_batch, prev_hlc, prev_op, prev_row,
+               CASE WHEN {h} > prev_hlc THEN 'later logical time'
+                    ELSE 'same logical time: higher producer id' END,
+               to_timestamp(({h} >> 16) / 1000.0)
+        FROM (
+            SELECT _key, {p}, _batch, {h}, {op}, _row,
+                   lag({p}) OVER w AS prev_producer, lag(_batch) OVER w AS prev_batch,
+                   lag({h}) OVER w AS prev_hlc, lag({op}) OVER w AS prev_op,
+                   lag(_row) OVER w AS prev_row
+            FROM ranked WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
+        )
+        WHERE prev_producer IS NOT NULL AND prev_producer <> {p}
+              AND NOT ({op} = prev_op AND _row IS NOT DISTINCT FROM prev_row)
+        """
+    )
+    # an override in force: what it pins, over the automatic winner it replaced
+    con.execute(
+        f"""
+        INSERT INTO _deltaferry_conflicts
+        SELECT '{job}', '{table}', w._key, w.{p}, w._batch, w.{h}, w.{op}, w._row,
+               r.{p}, r._batch, r.{h}, r.{op}, r._row,
+               'manual override #' || w._override || coalesce(' by ' || a.by_whom, '')
+                   || coalesce(': ' || a.reason, ''),
+               to_timestamp(((SELECT max({h}) FROM ranked x WHERE x._key = w._key) >> 16) / 1000.0)
+        FROM winners w JOIN ranked r ON r._key = w._key AND r._rank = 1
+             JOIN active a ON a.key = w._key
+        WHERE w._override IS NOT NULL
+              AND NOT (w.{p} = r.{p} AND w._batch IS NOT DISTINCT FROM r._batch)
+        """
+    )
+
+
+def conflict_rows(
+    con: duckdb.DuckDBPyConnection, job: str, table: str | None = None
+) -> list[tuple]:
+    """Every conflict record of the job (or one table), in a stable order."""
+    where = "job = ?" + (" AND tbl = ?" if table else "")
+    return con.execute(
+        "SELECT tbl, key, winner_producer, winner_batch, winner_hlc, winner_op, winner_row,"
+        " loser_producer, loser_batch, loser_hlc, loser_op, loser_row, rule, logical_at"
+        f" FROM _deltaferry_conflicts WHERE {where}"
+        " ORDER BY tbl, key, winner_hlc NULLS LAST, winner_producer, loser_hlc, loser_producer, rule",
+        [job, table] if table else [job],
+    ).fetchall()
+
+
+def hotspots(
+    con: duckdb.DuckDBPyConnection, job: str, limit: int = 10
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Where conflicts concentrate: tables, keys, producer pairs, and days (by logical time)."""
+    queries = {
+        "tables": "SELECT tbl, count(*) AS n FROM _deltaferry_conflicts WHERE job = ?"
+        " GROUP BY tbl ORDER BY n DESC, tbl",
+        "keys": "SELECT tbl, key, count(*) AS n FROM _deltaferry_conflicts WHERE job = ?"
+        " GROUP BY tbl, key ORDER BY n DESC, tbl, key",
+        "producer pairs": "SELECT least(winner_producer, loser_producer) || ' / ' ||"
+        " greatest(winner_producer, loser_producer) AS pair, count(*) AS n"
+        " FROM _deltaferry_conflicts WHERE job = ? GROUP BY pair ORDER BY n DESC, pair",
+        "days": "SELECT strftime(logical_at AT TIME ZONE 'UTC', '%Y-%m-%d') AS day, count(*) AS n"
+        " FROM _deltaferry_conflicts WHERE job = ? GROUP BY day ORDER BY day DESC",
+    }
+    return {
+        name: con.execute(f"{q} LIMIT {int(limit)}", [job]).fetchall()
+        for name, q in queries.items()
+    }
+
+
+def has_conflict_table(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(_columns(con, "_deltaferry_conflicts"))
+
+
+def conflicts_markdown(con: duckdb.DuckDBPyConnection, job: str, limit: int = 10) -> str:
+    """The conflicts of a replica as Markdown: hotspots first, then the newest records."""
+    rows = conflict_rows(con, job)
+    if not rows:
+        return f"# Conflicts of job `{job}`\n\nNo conflicts recorded.\n"
+    lines = [f"# Conflicts of job `{job}`", "", f"{len(rows)} conflict records.", ""]
+    for name, found in hotspots(con, job, limit).items():
+        lines += [f"## Hotspots: {name}", "", "| " + name + " | conflicts |", "|---|---:|"]
+        lines += [f"| {' '.join(str(x) for x in r[:-1])} | {r[-1]} |" for r in found]
+        lines.append("")
+    lines += [
+        "## Newest records",
+        "",
+        "| table | key | winner | loser | rule |",
+        "|---|---|---|---|---|",
+    ]
+    newest = sorted(rows, key=lambda r: (r[13] is None, r[13]), reverse=True)[:limit]
+    for r in newest:
+        lines.append(
+            f"| {r[0]} | {r[1]} | {version_text(r[2], r[3], r[5], r[6])} |"
+            f" {version_text(r[7], r[8], r[10], r[11])} | {r[12]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def version_text(producer: str, batch: int | None, op: str, row: str | None) -> str:
+    where = producer if batch is None else f"{producer}#{batch}"
+    return f"{where} deleted" if op == "delete" else f"{where} {row}"

@@ -1,0 +1,114 @@
+"""Manual conflict overrides: a create-only, numbered log in the lake that every reader applies.
+
+``<job>/<table>/overrides/<n:012d>.json`` holds one entry: pin a key to a producer's
+newest version of it, to a value, or to a delete; or remove the key's override. The
+newest entry of a key is in force. Entries are signed like manifests when the writer
+has a signing key, and readers verify them with the same keyring.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from typing import Any
+
+from deltaferry.errors import ConfigError, VerificationError
+from deltaferry.keys import Keyring
+from deltaferry.state import now
+from destinations.lake import LakeStore
+from destinations.manifest import canonical, override_key, overrides_prefix
+
+FORMAT = "deltaferry.override/1"
+
+
+def _number(key: str) -> int | None:
+    stem = key.rsplit("/", 1)[-1].removesuffix(".json")
+    return int(stem) if stem.isdigit() and len(stem) == 12 and key.endswith(".json") else None
+
+
+def numbers(lake: LakeStore, job: str, table: str) -> list[int]:
+    return sorted(
+        n for k in lake.list(overrides_prefix(job, table)) if (n := _number(k)) is not None
+    )
+
+
+def read_overrides(
+    lake: LakeStore, job: str, table: str, *, after: int = 0, keyring: Keyring | None = None
+) -> list[dict[str, Any]]:
+    """Entries numbered after ``after``, in order, each checked (format, place, signature)."""
+    keyring = keyring if keyring is not None else Keyring()
+    entries = []
+    for n in (n for n in numbers(lake, job, table) if n > after):
+        key = override_key(job, table, n)
+        where = f"job '{job}' table '{table}' override #{n}"
+        raw = lake.get(key)
+        if raw is None:
+            raise VerificationError(f"{where}: {key} vanished while reading")
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            raise VerificationError(f"{where}: {key} is not JSON") from None
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            raise VerificationError(f"{where}: {key} is not an override entry")
+        if (entry.get("job"), entry.get("table"), entry.get("n")) != (job, table, n):
+            raise VerificationError(f"{where}: the entry is for another place (moved or replaced)")
+        if entry.get("action") not in ("pin", "remove") or not isinstance(entry.get("key"), str):
+            raise VerificationError(f"{where}: the entry has no valid action and key")
+        keyring.verify(entry, where=where)
+        entries.append(entry)
+    return entries
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def write_override(
+    lake: LakeStore,
+    job: str,
+    table: str,
+    *,
+    key: str,
+    action: str,
+    producer: str | None = None,
+    value: dict[str, Any] | None = None,
+    delete: bool = False,
+    by: str | None = None,
+    reason: str,
+    keyring: Keyring | None = None,
+) -> dict[str, Any]:
+    """Append an entry to the table's override log (create-only; a racing writer's number
+    is skipped, never overwritten). Returns the stored entry."""
+    if not reason.strip():
+        raise ConfigError(f"job '{job}' table '{table}': an override needs a reason (--reason)")
+    keyring = keyring if keyring is not None else Keyring()
+    for _ in range(20):
+        existing = numbers(lake, job, table)
+        n = (existing[-1] if existing else 0) + 1
+        entry: dict[str, Any] = {
+            "format": FORMAT,
+            "job": job,
+            "table": table,
+            "n": n,
+            "key": key,
+            "action": action,
+            "producer": producer,
+            "value": value,
+            "delete": delete,
+            "by": by or who(),
+            "reason": reason.strip(),
+            "created_at": now().isoformat(),
+            "signature": None,
+        }
+        entry = keyring.sign(entry)
+        if lake.put_if_absent(override_key(job, table, n), canonical(entry)):
+            return entry
+    raise ConfigError(
+        f"job '{job}' table '{table}': could not claim an override number after 20 attempts "
+        "(many writers at once?); try again"
+    )
