@@ -150,6 +150,21 @@ PARSE_ERRORS = {
         [("max_quarantine_ratio = 0.2", "max_quarantine = 0.2")],
         ["job 'shop'", "unknown setting(s) max_quarantine"],
     ),
+    "multi-producer-without-id": (
+        ["run", "shop"],
+        [("max_quarantine_ratio = 0.2", "max_quarantine_ratio = 0.2\nmulti_producer = true")],
+        ["job 'shop'", "multi_producer = true needs producer_id"],
+    ),
+    "bad-producer-id": (
+        ["run", "shop"],
+        [
+            (
+                "max_quarantine_ratio = 0.2",
+                'max_quarantine_ratio = 0.2\nmulti_producer = true\nproducer_id = "a/b"',
+            )
+        ],
+        ["job 'shop'", "producer_id", "'a/b'"],
+    ),
     "bad-deletes": (
         ["run", "shop"],
         [('deletes = "reconcile"', 'deletes = "hard"')],

@@ -243,3 +243,244 @@ def test_key_text_is_what_people_type(composite: bool) -> None:
     assert con.execute(f"SELECT {merge.key_expr(pk)} FROM t").fetchone()[0] == (
         "eu,7" if composite else "7"
     )
+
+
+# --- two real producers publishing to one S3 lake ----------------------------------------
+
+
+class Site:
+    """One producer: its own shop database, jobs file and DELTAFERRY_HOME, one shared lake."""
+
+    def __init__(self, root, lake_url: str, name: str, seed: int) -> None:  # noqa: ANN001
+        from deltaferry.shop import JOBS_TOML, Shop
+
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir()
+        self.home = self.dir / "home"
+        self.shop = Shop(self.dir / "shop.db", seed=seed)
+        self.config = self.dir / "deltaferry.toml"
+        self.config.write_text(
+            JOBS_TOML.format(db=self.dir / "shop.db", lake=lake_url).replace(
+                "max_quarantine_ratio = 0.2",
+                f'max_quarantine_ratio = 0.2\nmulti_producer = true\nproducer_id = "{name}"',
+            )
+        )
+
+    def sync(self, monkeypatch) -> dict:  # noqa: ANN001
+        from flows.sync import sync_job
+
+        monkeypatch.setenv("DELTAFERRY_HOME", str(self.home))
+        return sync_job(job="shop", config=str(self.config))
+
+    def set_country(self, cid: int, country: str) -> None:
+        self.shop.con.execute(
+            "UPDATE customers SET country = ?, updated_at = ? WHERE id = ?",
+            (country, self.shop._tick(), cid),
+        )
+        self.shop.con.commit()
+
+    def customers(self) -> dict[int, str]:
+        return dict(self.shop.con.execute("SELECT id, country FROM customers").fetchall())
+
+    def job(self):  # noqa: ANN201
+        from deltaferry.config import load_job
+
+        return load_job("shop", self.config)
+
+
+@pytest.fixture
+def sites(tmp_path, home, bucket, prefect_api):  # noqa: ANN001, ANN201
+    lake = f"s3://{bucket}/lake"
+    north, south = Site(tmp_path, lake, "north", 11), Site(tmp_path, lake, "south", 22)
+    yield north, south
+    north.shop.close()
+    south.shop.close()
+
+
+def _pull(site: Site, replica, **kw) -> list:  # noqa: ANN001
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+
+    job = site.job()
+    return pull(job, open_lake(job.lake), replica, **kw)
+
+
+def _replica(replica) -> dict[int, tuple[str, str]]:  # noqa: ANN001
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        return {
+            r[0]: (r[1], r[2])
+            for r in con.execute("SELECT id, country, _producer FROM customers").fetchall()
+        }
+    finally:
+        con.close()
+
+
+def _conflicts(replica) -> list:  # noqa: ANN001
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        return merge.conflict_rows(con, "shop")
+    finally:
+        con.close()
+
+
+def _cli(site: Site, monkeypatch, *args: str):  # noqa: ANN001, ANN202
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(site.home))
+    return CliRunner().invoke(cli, [*args, "--config", str(site.config)])
+
+
+def test_two_producers_merge_with_conflicts_hotspots_and_override(sites, tmp_path, monkeypatch):
+    north, south = sites
+    north.shop.round(8, 4, churn=0)
+    south.shop.round(8, 4, churn=0)
+    rows = "SELECT * FROM customers ORDER BY id"
+    differ = {
+        a[0]
+        for a, b in zip(
+            north.shop.con.execute(rows).fetchall(),
+            south.shop.con.execute(rows).fetchall(),
+            strict=True,
+        )
+        if a != b
+    }
+    assert differ  # the two sites disagree on some customers (country, update time)
+    north.sync(monkeypatch)
+    south.sync(monkeypatch)  # saw north's batch: stamped after it
+    replica = tmp_path / "replica.duckdb"
+    (customers, orders) = _pull(north, replica)
+    assert customers.chains == {"north": 1, "south": 1}
+    assert _replica(replica) == {c: (v, "south") for c, v in south.customers().items()}
+    recorded = {r[1] for r in _conflicts(replica) if r[0] == "customers"}
+    assert recorded == {str(c) for c in differ}  # same rows on both sides are no conflict
+
+    # north changes customer 1 later: north wins it; no other key moves
+    before = _replica(replica)
+    north.set_country(1, "JP")
+    north.sync(monkeypatch)
+    _pull(north, replica)
+    after = _replica(replica)
+    assert after[1] == ("JP", "north")
+    assert {c: v for c, v in after.items() if c != 1} == {c: v for c, v in before.items() if c != 1}
+
+    shown = _cli(north, monkeypatch, "conflicts", "shop", "--replica", str(replica))
+    assert shown.exit_code == 0, shown.output
+    assert "north / south" in shown.output and "later logical time" in shown.output
+    assert f"{len(_conflicts(replica))} conflict records" in shown.output
+
+    # pin customer 2 to north: it wins over south's later change until removed
+    target = sorted(differ - {1})[0] if differ - {1} else 2
+    pinned = _cli(
+        north, monkeypatch, "conflicts", "override", "shop", "--table", "customers",
+        "--key", str(target), "--producer", "north", "--reason", "north is the system of record",
+        "--by", "ops@example",
+    )  # fmt: skip
+    assert pinned.exit_code == 0, pinned.output
+    assert "override #1 by ops@example" in pinned.output
+    from deltaferry.state import StateStore
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(north.home))
+    with StateStore("shop").connect(read_only=True) as con:
+        logged = con.execute("SELECT detail FROM ops_log WHERE step = 'override'").fetchall()
+    assert "north is the system of record" in logged[0][0]
+    _pull(north, replica)
+    assert _replica(replica)[target] == (north.customers()[target], "north")
+    south.set_country(target, "SE")
+    south.sync(monkeypatch)
+    _pull(north, replica)
+    assert _replica(replica)[target] == (north.customers()[target], "north")
+    rules = {r[12] for r in _conflicts(replica) if r[1] == str(target)}
+    assert any(r.startswith("manual override #1 by ops@example") for r in rules)
+
+    removed = _cli(
+        north, monkeypatch, "conflicts", "override", "shop", "--table", "customers",
+        "--key", str(target), "--remove", "--reason", "back to the rule",
+    )  # fmt: skip
+    assert removed.exit_code == 0, removed.output
+    _pull(north, replica)
+    assert _replica(replica)[target] == ("SE", "south")
+
+    # another reader, pulling south's chain first and everything later, agrees exactly
+    other = tmp_path / "other.duckdb"
+    _pull(south, other, producers=["south"])
+    _pull(south, other)
+    assert _replica(other) == _replica(replica)
+    assert _conflicts(other) == _conflicts(replica)
+    assert _pull(north, replica)[0].batches == 0  # re-pulling changes nothing
+
+    verified = _cli(north, monkeypatch, "verify", "shop")
+    assert verified.exit_code == 0, verified.output
+    assert "producer north" in verified.output and "producer south" in verified.output
+
+
+def test_a_producer_clock_hours_ahead_does_not_win_forever(sites, tmp_path, monkeypatch):
+    north, south = sites
+    north.shop.round(5, 0, churn=0)
+    south.shop.round(5, 0, churn=0)
+    real = hlc.wall_ms
+    monkeypatch.setattr(hlc, "wall_ms", lambda: real() + 3 * 3600 * 1000)
+    north.set_country(3, "JP")
+    north.sync(monkeypatch)  # stamped three hours in the future
+    monkeypatch.setattr(hlc, "wall_ms", real)
+    south.set_country(3, "SE")  # a later change, on a site with a correct clock
+    south.sync(monkeypatch)
+    replica = tmp_path / "replica.duckdb"
+    _pull(south, replica)
+    assert _replica(replica)[3] == ("SE", "south")
+    from deltaferry.state import StateStore
+
+    with StateStore("shop").connect(read_only=True) as con:  # south's home
+        clock = con.execute("SELECT detail FROM ops_log WHERE step = 'clock'").fetchall()
+    assert clock, "the drift was not logged"
+    assert "producer 'north' is 2h59m" in clock[0][0] or "producer 'north' is 3h00m" in clock[0][0]
+    assert "changes made here still win" in clock[0][0]
+
+    # a manifest copied into another producer's chain is refused, naming both
+    import boto3
+
+    from deltaferry.errors import VerificationError
+
+    bucket = north.job().lake.split("/")[2]
+    s3 = boto3.client("s3")
+    s3.copy_object(
+        Bucket=bucket,
+        CopySource={
+            "Bucket": bucket,
+            "Key": "lake/shop/customers/producers/north/manifests/000000000001.json",
+        },
+        Key="lake/shop/customers/producers/mallory/manifests/000000000001.json",
+    )
+    with pytest.raises(
+        VerificationError, match="names producer 'north' but is stored in producer 'mallory'"
+    ):
+        _pull(south, tmp_path / "fresh.duckdb")
+
+
+def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeypatch):
+    north, south = sites
+    north.shop.round(3, 0, churn=0)
+    north.sync(monkeypatch)
+    base = ["conflicts", "override", "shop", "--table", "customers", "--reason", "r"]
+    cases = [
+        (["--key", "1", "--producer", "east"], "producer 'east' has published nothing"),
+        (["--key", "1", "--value", '{"email": "not-an-email"}'], "breaks contract"),
+        (["--key", "1", "--value", '{"colour": "red"}'], "column(s) colour"),
+        (["--key", "1"], "exactly one of --producer, --value, --delete, --remove"),
+        (["--key", "1,2", "--delete"], "the key has 1 column(s)"),
+    ]
+    for args, needle in cases:
+        result = _cli(north, monkeypatch, *base, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.output and "job 'shop' table 'customers'" in result.output
+    from deltaferry.overrides import numbers
+    from destinations.lake import open_lake
+
+    assert numbers(open_lake(north.job().lake), "shop", "customers") == []
+    single = north.config.read_text().replace("multi_producer = true\n", "")
+    north.config.write_text(single)
+    result = _cli(north, monkeypatch, *base, "--key", "1", "--delete")
+    assert result.exit_code == 2 and "has a single producer" in result.output
