@@ -412,6 +412,22 @@ def test_two_producers_merge_with_conflicts_hotspots_and_override(sites, tmp_pat
     assert _conflicts(other) == _conflicts(replica)
     assert _pull(north, replica)[0].batches == 0  # re-pulling changes nothing
 
+    # a scheduled reader (the pull flow) shows the same in its run artifact
+    from datetime import datetime, timezone
+
+    from flows.pull import pull_job
+    from flows.report import artifact_key
+    from tests.test_run_report import _artifacts
+
+    since = datetime.now(timezone.utc)
+    third = tmp_path / "third.duckdb"
+    done = pull_job(job="shop", replica=str(third), config=str(north.config))
+    assert done["customers"]["chains"] == {"north": 2, "south": 2}
+    (artifact,) = _artifacts(artifact_key("shop", "pull"), since)
+    assert "## Hotspots: producer pairs" in artifact.data and "north / south" in artifact.data
+    assert f"{len(_conflicts(replica))} conflict records" in artifact.data
+    assert _conflicts(third) == _conflicts(replica)
+
     verified = _cli(north, monkeypatch, "verify", "shop")
     assert verified.exit_code == 0, verified.output
     assert "producer north" in verified.output and "producer south" in verified.output
