@@ -50,7 +50,8 @@ def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
     results: list[DrillTable] = []
     with tempfile.TemporaryDirectory(prefix=f"deltaferry-drill-{job.name}-") as tmp:
         replica = Path(tmp) / "replica.duckdb"
-        pull(job, lake, replica)
+        # with several producers the lake holds others' chains too: staging is this one's
+        pull(job, lake, replica, producers=[job.producer_id] if job.multi_producer else None)
         staging = duck.connect(staging_path(job.name), read_only=True, alias="staging")
         rep = duck.connect(replica, read_only=True, alias="replica")
         try:

@@ -500,3 +500,57 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
     north.config.write_text(single)
     result = _cli(north, monkeypatch, *base, "--key", "1", "--delete")
     assert result.exit_code == 2 and "has a single producer" in result.output
+
+
+def test_a_producer_killed_mid_batch_and_then_losing_its_home_recovers_its_own_chain(
+    sites, tmp_path, monkeypatch
+):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from destinations.lake import open_lake
+    from destinations.manifest import manifest_key
+
+    north, south = sites
+    north.shop.round(6, 3, churn=0)
+    south.shop.round(6, 3, churn=0)
+    south.sync(monkeypatch)
+    north.sync(monkeypatch)
+    north.set_country(2, "JP")
+    killed = subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(north.config)],
+        env=dict(
+            os.environ,
+            DELTAFERRY_HOME=str(north.home),
+            DELTAFERRY_FAILPOINT="after_upload",
+            DELTAFERRY_FAILPOINT_ACTION="kill",
+            PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    lake = open_lake(north.job().lake)
+    assert lake.get(manifest_key("shop", "customers", 2, "north")) is None
+    out = north.sync(monkeypatch)
+    assert any("rebuilt byte-identically" in r for r in out["recovered"])
+    first = json.loads(lake.get(manifest_key("shop", "customers", 2, "north")))
+
+    shutil.rmtree(north.home)  # north's disk is gone; south's chain is in the same lake
+    north.set_country(3, "FR")
+    out = north.sync(monkeypatch)
+    assert any("adopted batch 2" in r for r in out["recovered"]), out["recovered"]
+    third = json.loads(lake.get(manifest_key("shop", "customers", 3, "north")))
+    assert third["hlc"] > first["hlc"]  # logical time went on from the adopted chain
+    replica = tmp_path / "replica.duckdb"
+    _pull(north, replica)
+    got = _replica(replica)
+    assert got[2] == ("JP", "north") and got[3] == ("FR", "north")
+
+    drilled = _cli(north, monkeypatch, "drill", "shop")
+    assert drilled.exit_code == 0, drilled.output
