@@ -117,14 +117,18 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
                 ("_batch", "BIGINT"),
                 ("_key", "VARCHAR"),
             ],
-            f'"_key", {_q(PRODUCER_COLUMN)}, "_batch"',
+            # no key: a (producer, batch) is inserted once, guarded by _deltaferry_chains in
+            # the same transaction; an index here made the first batch of a table 2x slower
+            None,
         ),
     ):
         have = _columns(con, name)
         if not have:
             defs = [f"{_q(f.name)} {_duck_type(f)}" for f in fields]
             defs += [f"{_q(c)} {t}" for c, t in extra]
-            con.execute(f"CREATE TABLE {_q(name)} ({', '.join(defs)}, PRIMARY KEY ({key}))")
+            if key:
+                defs.append(f"PRIMARY KEY ({key})")
+            con.execute(f"CREATE TABLE {_q(name)} ({', '.join(defs)})")
             continue
         for f in fields:
             if f.name not in have:
@@ -173,8 +177,7 @@ def apply_batch(
         col_list = ", ".join(_q(c) for c in cols)
         con.execute(
             f"INSERT INTO {shape.versions} ({col_list}, {_q(PRODUCER_COLUMN)}, {_q(HLC_COLUMN)},"
-            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM incoming'
-            f" ON CONFLICT DO NOTHING",
+            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM incoming',
             [producer, hlc, batch],
         )
         con.execute(
@@ -271,15 +274,21 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         f"CASE WHEN {_q(OP_COLUMN)} = 'delete' THEN NULL"
         f" ELSE CAST(to_json(struct_pack({shown})) AS VARCHAR) END"
     )
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE ranked AS SELECT *, {row_json} AS _row,"
-        f" row_number() OVER (PARTITION BY _key ORDER BY {_q(HLC_COLUMN)} DESC,"
-        f" {_q(PRODUCER_COLUMN)} DESC) AS _rank,"
-        f" row_number() OVER (PARTITION BY _key, {_q(PRODUCER_COLUMN)} ORDER BY"
-        f" {_q(HLC_COLUMN)} DESC) AS _rank_in_producer"
-        f" FROM {v} WHERE _key IN (SELECT _key FROM touched)"
-    )
     con.execute(f"CREATE OR REPLACE TEMP TABLE active AS {_active_overrides_sql(shape)}")
+    # rows are rendered as JSON (for conflict records) only where a conflict can be: keys
+    # with versions from more than one producer, or under an override
+    p = _q(PRODUCER_COLUMN)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE ranked AS SELECT * EXCLUDE (_lo, _hi), _lo <> _hi AS _multi,"
+        f" CASE WHEN _lo <> _hi OR _key IN (SELECT key FROM active) THEN {row_json} END AS _row"
+        f" FROM (SELECT *,"
+        f" row_number() OVER (PARTITION BY _key ORDER BY {_q(HLC_COLUMN)} DESC, {p} DESC)"
+        f" AS _rank,"
+        f" row_number() OVER (PARTITION BY _key, {p} ORDER BY {_q(HLC_COLUMN)} DESC)"
+        f" AS _rank_in_producer,"
+        f" min({p}) OVER (PARTITION BY _key) AS _lo, max({p}) OVER (PARTITION BY _key) AS _hi"
+        f" FROM {v} WHERE _key IN (SELECT _key FROM touched))"
+    )
     # the winner of each touched key: a pinned producer's newest version, a pinned value,
     # or the automatic winner
     value_cols = ", ".join(
@@ -291,7 +300,7 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE winners AS
-        SELECT r.* EXCLUDE (_rank, _rank_in_producer), 'pinned to producer ' || a.producer
+        SELECT r.* EXCLUDE (_rank, _rank_in_producer, _multi), 'pinned to producer ' || a.producer
                || ' by override #' || a.n AS _rule, a.n AS _override
         FROM ranked r JOIN active a ON a.key = r._key
         WHERE a.producer IS NOT NULL AND r.{_q(PRODUCER_COLUMN)} = a.producer
@@ -308,7 +317,7 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     con.execute(
         """
         INSERT INTO winners BY NAME
-        SELECT r.* EXCLUDE (_rank, _rank_in_producer), 'automatic' AS _rule, NULL AS _override
+        SELECT r.* EXCLUDE (_rank, _rank_in_producer, _multi), 'automatic' AS _rule, NULL AS _override
         FROM ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM winners)
         """
     )
@@ -350,7 +359,7 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
                    lag({p}) OVER w AS prev_producer, lag(_batch) OVER w AS prev_batch,
                    lag({h}) OVER w AS prev_hlc, lag({op}) OVER w AS prev_op,
                    lag(_row) OVER w AS prev_row
-            FROM ranked WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
+            FROM ranked WHERE _multi WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
         )
         WHERE prev_producer IS NOT NULL AND prev_producer <> {p}
               AND NOT ({op} = prev_op AND _row IS NOT DISTINCT FROM prev_row)
