@@ -5,7 +5,9 @@ manifests only as conditional creates (``If-None-Match``); deletes are allowed o
 when asked for (garbage collection); every request must use TLS. Encryption at rest
 is requested on every write by deltaferry itself; enforce it on the bucket with
 default encryption (a policy condition on the SSE header would also refuse the
-parts of multipart uploads, which do not carry it).
+parts of multipart uploads, which do not carry it). With several producers
+(``multi_producer``), a producer may write only its own chain; the conflict override
+log (``*/overrides/*``) is for operators and is not in this policy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
     bucket = f"arn:aws:s3:::{lake.bucket}"
     prefix = f"{lake.prefix}/{job.name}" if lake.prefix else job.name
     objects = f"{bucket}/{prefix}/*"
+    # with several producers, each writes only its own chain
+    chain = f"*/producers/{job.producer_id}" if job.multi_producer else "*"
     statements: list[dict[str, Any]] = [
         {
             "Sid": "ListOwnPrefix",
@@ -39,13 +43,13 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
             "Sid": "WriteDataObjects",
             "Effect": "Allow",
             "Action": "s3:PutObject",
-            "Resource": f"{bucket}/{prefix}/*/data/*",
+            "Resource": f"{bucket}/{prefix}/{chain}/data/*",
         },
         {
             "Sid": "CreateOnlyManifests",
             "Effect": "Allow",
             "Action": "s3:PutObject",
-            "Resource": f"{bucket}/{prefix}/*/manifests/*",
+            "Resource": f"{bucket}/{prefix}/{chain}/manifests/*",
             "Condition": {"Null": {"s3:if-none-match": "false"}},
         },
         {
@@ -62,7 +66,7 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
                 "Sid": "LockManifests",
                 "Effect": "Allow",
                 "Action": "s3:PutObjectRetention",
-                "Resource": f"{bucket}/{prefix}/*/manifests/*",
+                "Resource": f"{bucket}/{prefix}/{chain}/manifests/*",
             }
         )
     if allow_delete:

@@ -271,6 +271,18 @@ def test_iam_policy_is_least_privilege(shop_job):
         "s3:AbortMultipartUpload",
         "s3:ListBucketMultipartUploads",
     } <= gc_actions
+    shop_job.config.write_text(
+        shop_job.config.read_text().replace(
+            "max_quarantine_ratio = 0.2",
+            'max_quarantine_ratio = 0.2\nmulti_producer = true\nproducer_id = "north"',
+        )
+    )
+    multi = {s["Sid"]: s for s in policy_for(shop_job.job())["Statement"]}
+    assert (
+        multi["CreateOnlyManifests"]["Resource"]
+        == f"arn:aws:s3:::{bucket}/lake/shop/*/producers/north/manifests/*"
+    )
+    assert multi["WriteDataObjects"]["Resource"].endswith("/lake/shop/*/producers/north/data/*")
     assert by_sid["ListOwnPrefix"]["Condition"] == {
         "StringLikeIfExists": {"s3:prefix": ["lake/shop/*"]}
     }
