@@ -334,6 +334,10 @@ def verify(job: str, config: str | None, oplog: bool) -> None:
                 f"[green]ok[/] job {cfg.name} table {t.name} producer {p}: {n} batches, "
                 f"{rows} rows verified"
             )
+        from deltaferry.overrides import read_overrides
+
+        n = len(read_overrides(lake, cfg.name, t.name))
+        out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} conflict overrides verified")
     if oplog:
         from deltaferry.config import deltaferry_home
         from deltaferry.errors import ConfigError

@@ -130,11 +130,13 @@ def register(ui: ModuleType) -> None:
             raise ConfigError(
                 f"{where}: give exactly one of --producer, --value, --delete, --remove"
             )
-        if len(key.split(",")) != len(t.primary_key):
-            raise ConfigError(
-                f"{where}: the key has {len(t.primary_key)} column(s) "
-                f"({', '.join(t.primary_key)}); give the values joined by ','"
-            )
+        from deltaferry.merge import key_text
+
+        try:
+            stored_key = key_text(list(t.primary_key), key)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        state = StateStore(job)  # opened first: a locked state file stops before the lake
         lake = open_lake(cfg.lake, base=cfg.base_dir)
         lake.check()
         row = None
@@ -148,12 +150,13 @@ def register(ui: ModuleType) -> None:
                     f"(producers: {', '.join(known) or 'none'})"
                 )
         if value is not None:
-            row = _checked_value(cfg, t, key, value, where)
+            typed = json.loads(stored_key) if len(t.primary_key) > 1 else [key]
+            row = _checked_value(t, typed, value, where)
         entry = write_override(
             lake,
             job,
             table,
-            key=key,
+            key=stored_key,
             action="remove" if remove else "pin",
             producer=producer,
             value=row,
@@ -172,14 +175,13 @@ def register(ui: ModuleType) -> None:
             else f"pinned to value {json.dumps(row, sort_keys=True)}"
         )
         detail = f"{where}: {what} (override #{entry['n']} by {entry['by']}: {entry['reason']})"
-        StateStore(job).log(
-            f"override-{entry['n']}", "override", "info", table=table, detail=detail
-        )
+        state.log(f"override-{entry['n']}", "override", "info", table=table, detail=detail)
         ui.out.print(detail, highlight=False, soft_wrap=True)
 
 
-def _checked_value(cfg: Any, t: Any, key: str, value: str, where: str) -> dict[str, Any]:
-    """The row of a value override: a JSON object of contract columns that passes the contract."""
+def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, Any]:
+    """The row of a value override: a JSON object of contract columns (the whole row but
+    the key, which comes from --key) that passes the contract."""
     import pandas as pd
 
     from contracts import load_contract
@@ -199,7 +201,7 @@ def _checked_value(cfg: Any, t: Any, key: str, value: str, where: str) -> dict[s
             f"{contract.ref} does not have"
         )
     full = dict(row)
-    for column, part in zip(t.primary_key, key.split(","), strict=True):
+    for column, part in zip(t.primary_key, key, strict=True):
         if column in full and str(full[column]) != part:
             raise ConfigError(f"{where}: --value sets key column '{column}' to another value")
         full[column] = part

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS _deltaferry_overrides (
     value_json VARCHAR,               -- or pin to this row (JSON object) ...
     is_delete BOOLEAN NOT NULL,       -- ... or to a delete
     by_whom VARCHAR, reason VARCHAR, created_at VARCHAR,
+    sha256 VARCHAR,                   -- of the entry's bytes: the next entry names it
     PRIMARY KEY (job, tbl, n)
 );
 CREATE TABLE IF NOT EXISTS _deltaferry_conflicts (
@@ -74,10 +75,43 @@ def versions_table(table: str) -> str:
 
 
 def key_expr(pk: list[str], alias: str = "") -> str:
-    """The key as text, as people type it: the value, or the values joined by ','."""
+    """The key as text: the value itself for a one-column key; for a composite key, a JSON
+    array of the values as text (``["eu","7"]``), so that no two keys share a text.
+    Timestamps render in UTC: the connection's TimeZone is set by ``_utc``."""
     prefix = f"{alias}." if alias else ""
     parts = [f"CAST({prefix}{_q(c)} AS VARCHAR)" for c in pk]
-    return parts[0] if len(parts) == 1 else f"concat_ws(',', {', '.join(parts)})"
+    return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
+
+
+def key_text(pk: list[str], typed: str) -> str:
+    """The key as the replica stores it, from what a person typed: a one-column key as is;
+    a composite key as a JSON array of values, or as values joined by ',' when none of
+    them holds a ','. Raises ValueError saying what is expected."""
+    if len(pk) == 1:
+        return typed
+    if typed.lstrip().startswith("["):
+        try:
+            values = json.loads(typed)
+        except ValueError:
+            raise ValueError(f"the key {typed!r} is not a JSON array") from None
+    else:
+        values = typed.split(",")
+    if not isinstance(values, list) or len(values) != len(pk):
+        raise ValueError(
+            f"the key has {len(pk)} columns ({', '.join(pk)}): give the values joined by ',' "
+            'or as a JSON array such as ["eu", "7"]'
+        )
+    return json.dumps([str(v) for v in values], separators=(",", ":"))
+
+
+RESERVED = frozenset(
+    {"_key", "_batch", "_row", "_rank", "_rank_in_producer", "_rule", "_override", "_multi"}
+    | {"_lo", "_hi", PRODUCER_COLUMN, HLC_COLUMN}
+)
+
+
+def _utc(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("SET TimeZone = 'UTC'")
 
 
 @dataclass(frozen=True)
@@ -100,10 +134,25 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
-def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> None:
-    """Create the table and its versions table, or add the columns this batch brings."""
+def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> bool:
+    """Create the table and its versions table, or add the columns this batch brings.
+    True if columns were added to an existing table."""
+    from deltaferry.errors import ConfigError, VerificationError
     from deltaferry.replica import _duck_type
 
+    clash = sorted(RESERVED & set(data.column_names))
+    if clash:
+        raise VerificationError(
+            f"job '{shape.job}' table '{shape.table}': column(s) {', '.join(clash)} are reserved "
+            "for merging several producers; rename them in the source or the contract"
+        )
+    existing = _columns(con, shape.table)
+    if existing and PRODUCER_COLUMN not in existing:
+        raise ConfigError(
+            f"job '{shape.job}' table '{shape.table}': this replica's table was pulled from a "
+            "single producer's chain; pull a job with multi_producer into a new replica"
+        )
+    added = False
     fields = [f for f in data.schema if f.name != OP_COLUMN]
     pk = ", ".join(_q(c) for c in shape.pk)
     for name, extra, key in (
@@ -133,6 +182,8 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
         for f in fields:
             if f.name not in have:
                 con.execute(f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_duck_type(f)}")
+                added = True
+    return added
 
 
 def applied(
@@ -148,6 +199,21 @@ def applied(
     return (row[0], row[1], row[2]) if row else (0, None, None)
 
 
+def _begin_unless(con: duckdb.DuckDBPyConnection, done_sql: str, params: list[Any]) -> bool:
+    """Open a transaction (keys in UTC) unless ``done_sql`` finds the item already applied."""
+    _utc(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        done = fetch_one(con, done_sql, params)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    if done:
+        con.execute("ROLLBACK")
+        return False
+    return True
+
+
 def apply_batch(
     con: duckdb.DuckDBPyConnection,
     shape: TableShape,
@@ -161,30 +227,33 @@ def apply_batch(
     contract_version: int | None = None,
 ) -> bool:
     """Apply one producer batch and its record in one transaction; False if already applied."""
-    con.execute("BEGIN TRANSACTION")
+    if not _begin_unless(
+        con,
+        "SELECT 1 FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
+        [shape.job, shape.table, producer, batch],
+    ):
+        return False
     try:
-        done = fetch_one(
-            con,
-            "SELECT 1 FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
-            [shape.job, shape.table, producer, batch],
-        )
-        if done:
-            con.execute("ROLLBACK")
-            return False
-        _ensure_tables(con, shape, data)
-        con.register("incoming", data)
+        added = _ensure_tables(con, shape, data)
+        con.register("_deltaferry_incoming", data)
         cols = [c for c in data.column_names]
         col_list = ", ".join(_q(c) for c in cols)
         con.execute(
             f"INSERT INTO {shape.versions} ({col_list}, {_q(PRODUCER_COLUMN)}, {_q(HLC_COLUMN)},"
-            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM incoming',
+            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM _deltaferry_incoming',
             [producer, hlc, batch],
         )
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT {key_expr(shape.pk)} AS _key"
-            " FROM incoming"
+            f"CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT {key_expr(shape.pk)} AS _key"
+            " FROM _deltaferry_incoming"
         )
-        con.unregister("incoming")
+        if added:  # a value pinned by an override takes the new columns too
+            con.execute(
+                "INSERT INTO _deltaferry_touched SELECT DISTINCT key FROM _deltaferry_overrides"
+                " WHERE job = ? AND tbl = ? AND key NOT IN (SELECT _key FROM _deltaferry_touched)",
+                [shape.job, shape.table],
+            )
+        con.unregister("_deltaferry_incoming")
         resolve(con, shape)
         con.execute(
             "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
@@ -212,19 +281,16 @@ def apply_override(
     con: duckdb.DuckDBPyConnection, shape: TableShape, entry: dict[str, Any]
 ) -> bool:
     """Record one entry of the lake's override log and re-resolve its key; False if known."""
-    con.execute("BEGIN TRANSACTION")
+    if not _begin_unless(
+        con,
+        "SELECT 1 FROM _deltaferry_overrides WHERE job = ? AND tbl = ? AND n = ?",
+        [shape.job, shape.table, entry["n"]],
+    ):
+        return False
     try:
-        done = fetch_one(
-            con,
-            "SELECT 1 FROM _deltaferry_overrides WHERE job = ? AND tbl = ? AND n = ?",
-            [shape.job, shape.table, entry["n"]],
-        )
-        if done:
-            con.execute("ROLLBACK")
-            return False
         value = entry.get("value")
         con.execute(
-            "INSERT INTO _deltaferry_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _deltaferry_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 shape.job,
                 shape.table,
@@ -232,15 +298,19 @@ def apply_override(
                 entry["key"],
                 entry["action"],
                 entry.get("producer"),
-                None if value is None else json.dumps(value, sort_keys=True),
+                None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":")),
                 bool(entry.get("delete")),
                 entry.get("by"),
                 entry.get("reason"),
                 entry.get("created_at"),
+                entry.get("sha256"),
             ],
         )
         if _columns(con, versions_table(shape.table)):
-            con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT ? AS _key", [entry["key"]])
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT ? AS _key",
+                [entry["key"]],
+            )
             resolve(con, shape)
         con.execute("COMMIT")
         return True
@@ -254,7 +324,7 @@ def _active_overrides_sql(shape: TableShape) -> str:
     return (
         "SELECT * FROM (SELECT o.*, row_number() OVER (PARTITION BY o.key ORDER BY o.n DESC) AS rn"
         f" FROM _deltaferry_overrides o WHERE o.job = '{_esc(shape.job)}'"
-        f" AND o.tbl = '{_esc(shape.table)}' AND o.key IN (SELECT _key FROM touched))"
+        f" AND o.tbl = '{_esc(shape.table)}' AND o.key IN (SELECT _key FROM _deltaferry_touched))"
         " WHERE rn = 1 AND action = 'pin'"
     )
 
@@ -264,30 +334,38 @@ def _esc(s: str) -> str:
 
 
 def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
-    """Recompute winners and conflict records of the keys in the temp table ``touched``."""
+    """Recompute winners and conflict records of the keys in the temp table ``_deltaferry_touched``."""
     table_cols = _columns(con, shape.table)
     data_cols = [c for c in table_cols if c not in (PRODUCER_COLUMN, HLC_COLUMN)]
     v = shape.versions
-    # what a person compares: the row's own columns; a delete shows as NULL
-    shown = ", ".join(f"{_q(c)} := {_q(c)}" for c in data_cols if c != SEQ_COLUMN)
-    row_json = (
-        f"CASE WHEN {_q(OP_COLUMN)} = 'delete' THEN NULL"
-        f" ELSE CAST(to_json(struct_pack({shown})) AS VARCHAR) END"
+    # what a person compares: the row's own columns as JSON, in name order and without
+    # NULLs, so the text does not depend on the order columns were added; a delete is NULL
+    shown = ", ".join(
+        f"CASE WHEN {_q(c)} IS NOT NULL THEN '{_esc(json.dumps(c))}:' ||"
+        f" CAST(to_json({_q(c)}) AS VARCHAR) END"
+        for c in sorted(data_cols)
+        if c != SEQ_COLUMN
     )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE active AS {_active_overrides_sql(shape)}")
+    row_json = (
+        f"CASE WHEN {_q(OP_COLUMN)} = 'delete' THEN NULL ELSE '{{' || concat_ws(',', {shown})"
+        " || '}' END"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _deltaferry_active AS {_active_overrides_sql(shape)}"
+    )
     # rows are rendered as JSON (for conflict records) only where a conflict can be: keys
     # with versions from more than one producer, or under an override
     p = _q(PRODUCER_COLUMN)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE ranked AS SELECT * EXCLUDE (_lo, _hi), _lo <> _hi AS _multi,"
-        f" CASE WHEN _lo <> _hi OR _key IN (SELECT key FROM active) THEN {row_json} END AS _row"
+        f"CREATE OR REPLACE TEMP TABLE _deltaferry_ranked AS SELECT * EXCLUDE (_lo, _hi), _lo <> _hi AS _multi,"
+        f" CASE WHEN _lo <> _hi OR _key IN (SELECT key FROM _deltaferry_active) THEN {row_json} END AS _row"
         f" FROM (SELECT *,"
         f" row_number() OVER (PARTITION BY _key ORDER BY {_q(HLC_COLUMN)} DESC, {p} DESC)"
         f" AS _rank,"
         f" row_number() OVER (PARTITION BY _key, {p} ORDER BY {_q(HLC_COLUMN)} DESC)"
         f" AS _rank_in_producer,"
         f" min({p}) OVER (PARTITION BY _key) AS _lo, max({p}) OVER (PARTITION BY _key) AS _hi"
-        f" FROM {v} WHERE _key IN (SELECT _key FROM touched))"
+        f" FROM {v} WHERE _key IN (SELECT _key FROM _deltaferry_touched))"
     )
     # the winner of each touched key: a pinned producer's newest version, a pinned value,
     # or the automatic winner
@@ -299,10 +377,10 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     )
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE winners AS
+        CREATE OR REPLACE TEMP TABLE _deltaferry_winners AS
         SELECT r.* EXCLUDE (_rank, _rank_in_producer, _multi), 'pinned to producer ' || a.producer
                || ' by override #' || a.n AS _rule, a.n AS _override
-        FROM ranked r JOIN active a ON a.key = r._key
+        FROM _deltaferry_ranked r JOIN _deltaferry_active a ON a.key = r._key
         WHERE a.producer IS NOT NULL AND r.{_q(PRODUCER_COLUMN)} = a.producer
               AND r._rank_in_producer = 1
         UNION ALL BY NAME
@@ -310,31 +388,32 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
                '{OVERRIDE_PRODUCER}' AS {_q(PRODUCER_COLUMN)}, NULL::BIGINT AS {_q(HLC_COLUMN)},
                NULL::BIGINT AS _batch, r._key, a.value_json AS _row,
                'value set by override #' || a.n AS _rule, a.n AS _override
-        FROM (SELECT * FROM ranked WHERE _rank = 1) r JOIN active a ON a.key = r._key
+        FROM (SELECT * FROM _deltaferry_ranked WHERE _rank = 1) r JOIN _deltaferry_active a ON a.key = r._key
         WHERE a.producer IS NULL
         """
     )
     con.execute(
         """
-        INSERT INTO winners BY NAME
+        INSERT INTO _deltaferry_winners BY NAME
         SELECT r.* EXCLUDE (_rank, _rank_in_producer, _multi), 'automatic' AS _rule, NULL AS _override
-        FROM ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM winners)
+        FROM _deltaferry_ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM _deltaferry_winners)
         """
     )
     match = " AND ".join(f"t.{_q(c)} = w.{_q(c)}" for c in shape.pk)
     con.execute(
-        f"DELETE FROM {_q(shape.table)} t WHERE EXISTS (SELECT 1 FROM ranked w WHERE {match})"
+        f"DELETE FROM {_q(shape.table)} t WHERE EXISTS (SELECT 1 FROM _deltaferry_ranked w WHERE {match})"
     )
     out_cols = ", ".join(_q(c) for c in [*data_cols, PRODUCER_COLUMN, HLC_COLUMN])
     con.execute(
-        f"INSERT INTO {_q(shape.table)} ({out_cols}) SELECT {out_cols} FROM winners"
+        f"INSERT INTO {_q(shape.table)} ({out_cols}) SELECT {out_cols} FROM _deltaferry_winners"
         f" WHERE {_q(OP_COLUMN)} = 'upsert'"
     )
     _record_conflicts(con, shape)
 
 
 def _json_path(column: str) -> str:
-    return '"' + column.replace('"', '\\"') + '"'
+    """A JSON path member for ``column``, ready to go inside a SQL string literal."""
+    return _esc('"' + column.replace('"', '\\"') + '"')
 
 
 def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
@@ -343,7 +422,7 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
     op = _q(OP_COLUMN)
     con.execute(
         f"DELETE FROM _deltaferry_conflicts WHERE job = '{job}' AND tbl = '{table}'"
-        " AND key IN (SELECT _key FROM touched)"
+        " AND key IN (SELECT _key FROM _deltaferry_touched)"
     )
     # one producer's version followed, in (logical time, producer) order, by another's
     con.execute(
@@ -359,7 +438,7 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
                    lag({p}) OVER w AS prev_producer, lag(_batch) OVER w AS prev_batch,
                    lag({h}) OVER w AS prev_hlc, lag({op}) OVER w AS prev_op,
                    lag(_row) OVER w AS prev_row
-            FROM ranked WHERE _multi WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
+            FROM _deltaferry_ranked WHERE _multi WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
         )
         WHERE prev_producer IS NOT NULL AND prev_producer <> {p}
               AND NOT ({op} = prev_op AND _row IS NOT DISTINCT FROM prev_row)
@@ -373,9 +452,9 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
                r.{p}, r._batch, r.{h}, r.{op}, r._row,
                'manual override #' || w._override || coalesce(' by ' || a.by_whom, '')
                    || coalesce(': ' || a.reason, ''),
-               to_timestamp(((SELECT max({h}) FROM ranked x WHERE x._key = w._key) >> 16) / 1000.0)
-        FROM winners w JOIN ranked r ON r._key = w._key AND r._rank = 1
-             JOIN active a ON a.key = w._key
+               to_timestamp(((SELECT max({h}) FROM _deltaferry_ranked x WHERE x._key = w._key) >> 16) / 1000.0)
+        FROM _deltaferry_winners w JOIN _deltaferry_ranked r ON r._key = w._key AND r._rank = 1
+             JOIN _deltaferry_active a ON a.key = w._key
         WHERE w._override IS NOT NULL
               AND NOT (w.{p} = r.{p} AND w._batch IS NOT DISTINCT FROM r._batch)
         """

@@ -2,8 +2,10 @@
 
 ``<job>/<table>/overrides/<n:012d>.json`` holds one entry: pin a key to a producer's
 newest version of it, to a value, or to a delete; or remove the key's override. The
-newest entry of a key is in force. Entries are signed like manifests when the writer
-has a signing key, and readers verify them with the same keyring.
+newest entry of a key is in force. Entries are numbered without gaps and each names
+the sha256 of the one before (a hash chain, like manifests), so a deleted or edited
+entry is found; they are signed like manifests when the writer has a signing key, and
+readers verify them with the same keyring.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from deltaferry.errors import ConfigError, VerificationError
 from deltaferry.keys import Keyring
 from deltaferry.state import now
 from destinations.lake import LakeStore
-from destinations.manifest import canonical, override_key, overrides_prefix
+from destinations.manifest import canonical, override_key, overrides_prefix, sha256
 
 FORMAT = "deltaferry.override/1"
 
@@ -34,14 +36,28 @@ def numbers(lake: LakeStore, job: str, table: str) -> list[int]:
 
 
 def read_overrides(
-    lake: LakeStore, job: str, table: str, *, after: int = 0, keyring: Keyring | None = None
+    lake: LakeStore,
+    job: str,
+    table: str,
+    *,
+    after: int = 0,
+    prev_sha256: str | None = None,
+    keyring: Keyring | None = None,
 ) -> list[dict[str, Any]]:
-    """Entries numbered after ``after``, in order, each checked (format, place, signature)."""
+    """Entries numbered after ``after``, in order, each checked: numbered without gaps,
+    chained to the one before (``prev_sha256``), in its place, well formed and signed.
+    Each entry is returned with its own ``sha256``, which the next one names."""
     keyring = keyring if keyring is not None else Keyring()
     entries = []
+    expected, prev = after + 1, prev_sha256
     for n in (n for n in numbers(lake, job, table) if n > after):
         key = override_key(job, table, n)
         where = f"job '{job}' table '{table}' override #{n}"
+        if n != expected:
+            raise VerificationError(
+                f"job '{job}' table '{table}' override #{expected}: missing from the log "
+                f"(next present is #{n})"
+            )
         raw = lake.get(key)
         if raw is None:
             raise VerificationError(f"{where}: {key} vanished while reading")
@@ -53,11 +69,36 @@ def read_overrides(
             raise VerificationError(f"{where}: {key} is not an override entry")
         if (entry.get("job"), entry.get("table"), entry.get("n")) != (job, table, n):
             raise VerificationError(f"{where}: the entry is for another place (moved or replaced)")
-        if entry.get("action") not in ("pin", "remove") or not isinstance(entry.get("key"), str):
-            raise VerificationError(f"{where}: the entry has no valid action and key")
+        _check_fields(entry, where)
         keyring.verify(entry, where=where)
-        entries.append(entry)
+        if entry.get("prev_sha256") != prev:
+            raise VerificationError(
+                f"{where}: chain broken: prev_sha256 {entry.get('prev_sha256')} != {prev}"
+            )
+        prev = sha256(raw)
+        entries.append({**entry, "sha256": prev})
+        expected = n + 1
     return entries
+
+
+def _check_fields(entry: dict[str, Any], where: str) -> None:
+    """An entry either removes a key's override or pins it to exactly one thing."""
+    if not isinstance(entry.get("key"), str) or not entry["key"]:
+        raise VerificationError(f"{where}: the entry has no key")
+    producer, value, delete = entry.get("producer"), entry.get("value"), entry.get("delete")
+    if not (producer is None or isinstance(producer, str)):
+        raise VerificationError(f"{where}: producer must be text")
+    if not (value is None or isinstance(value, dict)):
+        raise VerificationError(f"{where}: value must be a JSON object")
+    if not isinstance(delete, bool):
+        raise VerificationError(f"{where}: delete must be true or false")
+    chosen = sum([producer is not None, value is not None, delete])
+    if entry.get("action") == "pin" and chosen != 1:
+        raise VerificationError(f"{where}: a pin names exactly one of producer, value, delete")
+    if entry.get("action") == "remove" and chosen:
+        raise VerificationError(f"{where}: a remove names no producer, value or delete")
+    if entry.get("action") not in ("pin", "remove"):
+        raise VerificationError(f"{where}: action must be 'pin' or 'remove'")
 
 
 def who() -> str:
@@ -85,11 +126,19 @@ def write_override(
     """Append an entry to the table's override log (create-only; a racing writer's number
     is skipped, never overwritten). Returns the stored entry."""
     if not reason.strip():
-        raise ConfigError(f"job '{job}' table '{table}': an override needs a reason (--reason)")
+        raise ConfigError(
+            f"job '{job}' table '{table}' key '{key}': an override needs a reason (--reason)"
+        )
     keyring = keyring if keyring is not None else Keyring()
     for _ in range(20):
         existing = numbers(lake, job, table)
         n = (existing[-1] if existing else 0) + 1
+        prev = None
+        if existing:
+            raw = lake.get(override_key(job, table, existing[-1]))
+            if raw is None:
+                continue  # listed but not readable yet: look again
+            prev = sha256(raw)
         entry: dict[str, Any] = {
             "format": FORMAT,
             "job": job,
@@ -103,8 +152,10 @@ def write_override(
             "by": by or who(),
             "reason": reason.strip(),
             "created_at": now().isoformat(),
+            "prev_sha256": prev,
             "signature": None,
         }
+        _check_fields(entry, f"job '{job}' table '{table}' override #{n}")
         entry = keyring.sign(entry)
         if lake.put_if_absent(override_key(job, table, n), canonical(entry)):
             return entry

@@ -157,10 +157,13 @@ def _pull_merged(
     if only is None:
         last = fetch_one(
             con,
-            "SELECT coalesce(max(n), 0) FROM _deltaferry_overrides WHERE job = ? AND tbl = ?",
+            "SELECT n, sha256 FROM _deltaferry_overrides WHERE job = ? AND tbl = ?"
+            " ORDER BY n DESC LIMIT 1",
             [job.name, t.name],
-        )[0]
-        for entry in read_overrides(lake, job.name, t.name, after=last, keyring=keyring):
+        ) or (0, None)
+        for entry in read_overrides(
+            lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring
+        ):
             overrides += merge.apply_override(con, shape, entry)
     return PullResult(t.name, n, rows, max(chains.values(), default=0), chains, overrides)
 

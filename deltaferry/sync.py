@@ -25,6 +25,7 @@ from contracts import Contract, load_contract
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
 from deltaferry.errors import (
+    ConfigError,
     ConflictError,
     JobBusyError,
     TerminalError,
@@ -206,6 +207,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
             t.name, load_ids, ctx.run_id, delta.quarantine if delta else []
         )
         return None
+    check_chain_mode(ctx, t)
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
@@ -229,6 +231,24 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     return plan, delta
 
 
+def check_chain_mode(ctx: SyncContext, t: TableConfig) -> None:
+    """A table's lake folder holds one chain or one chain per producer, never both: switching
+    ``multi_producer`` on an existing lake is refused (one listing call)."""
+    folders = set(ctx.lake.children(f"{ctx.job.name}/{t.name}/"))
+    where = f"job '{ctx.job.name}' table '{t.name}'"
+    if ctx.job.multi_producer and "manifests" in folders:
+        raise ConfigError(
+            f"{where}: the lake holds this table's single-producer chain; multi_producer cannot "
+            "be switched on for it. Publish to a new lake prefix (or job name) and pull into a "
+            "new replica"
+        )
+    if not ctx.job.multi_producer and "producers" in folders:
+        raise ConfigError(
+            f"{where}: the lake holds chains of several producers for this table; set "
+            "multi_producer = true and this site's producer_id"
+        )
+
+
 def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
     """The hybrid logical timestamp of this producer's next batch of ``t`` (see
     ``deltaferry/hlc.py``), after its own last batch and the newest batch of every other
@@ -248,32 +268,20 @@ def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
     now_ms = hlc.wall_ms()
     stamp = hlc.tick(last, max(seen.values(), default=0), now_ms)
     limit = job.max_clock_skew_seconds
-    for producer, value in sorted(seen.items()):
-        ahead = (hlc.physical_ms(value) - now_ms) / 1000
-        if ahead > limit:
-            ctx.state.log(
-                ctx.run_id,
-                "clock",
-                "info",
-                table=t.name,
-                detail=(
-                    f"producer '{producer}' is {hlc.skew_text(ahead)} ahead of this host's clock "
-                    f"(its newest batch is stamped {hlc.describe(value)}); this batch is stamped "
-                    f"after it ({hlc.describe(stamp)}) so changes made here still win over it"
-                ),
-            )
-    behind = (hlc.physical_ms(last) - now_ms) / 1000
-    if behind > limit:
-        ctx.state.log(
-            ctx.run_id,
-            "clock",
-            "info",
-            table=t.name,
-            detail=(
-                f"this host's clock is {hlc.skew_text(behind)} behind the last batch it stamped "
-                f"({hlc.describe(last)}); logical time keeps counting from there"
-            ),
+    notes = [
+        f"producer '{producer}' is {hlc.skew_text(ahead)} ahead of this host's clock (its "
+        f"newest batch is stamped {hlc.describe(value)}); this batch is stamped after it "
+        f"({hlc.describe(stamp)}) so changes made here still win over it"
+        for producer, value in sorted(seen.items())
+        if (ahead := (hlc.physical_ms(value) - now_ms) / 1000) > limit
+    ]
+    if (behind := (hlc.physical_ms(last) - now_ms) / 1000) > limit:
+        notes.append(
+            f"this host's clock is {hlc.skew_text(behind)} behind the last batch it stamped "
+            f"({hlc.describe(last)}); logical time keeps counting from there"
         )
+    for note in notes:
+        ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=note)
     return {"hlc": stamp, "hlc_seen": seen}
 
 
@@ -283,18 +291,34 @@ def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
 
     from deltaferry.verify import list_batches
 
+    from deltaferry.errors import VerificationError
+
     batches = list_batches(ctx.lake, ctx.job.name, t.name, producer)
     if not batches:
         return None
     key = manifest_key(ctx.job.name, t.name, batches[-1], producer)
+    where = f"job '{ctx.job.name}' table '{t.name}' producer '{producer}' batch {batches[-1]}"
     raw = ctx.lake.get(key)
-    if raw is None:
+    try:
+        m = json.loads(raw) if raw is not None else None
+        if not isinstance(m, dict):
+            raise VerificationError(f"{where}: the newest manifest is unreadable")
+        if (m.get("job"), m.get("table"), m.get("producer_id")) != (
+            ctx.job.name,
+            t.name,
+            producer,
+        ):
+            raise VerificationError(f"{where}: the newest manifest is not this chain's")
+        if ctx.keyring is not None:
+            ctx.keyring.verify(m, where=where)
+        value = m.get("hlc")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise VerificationError(f"{where}: the newest manifest has no logical timestamp")
+    except (ValueError, VerificationError) as e:
+        # another producer's broken head must not stop this one; readers will refuse it
+        ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=f"ignored: {e}")
         return None
-    m = json.loads(raw)
-    if ctx.keyring is not None:
-        ctx.keyring.verify(m, where=f"job '{ctx.job.name}' table '{t.name}' producer '{producer}'")
-    value = m.get("hlc")
-    return int(value) if isinstance(value, int) else None
+    return value
 
 
 def make_manifest(
