@@ -99,6 +99,14 @@ def iter_verified(
             stamp = m.get("hlc")
             if not isinstance(stamp, int) or isinstance(stamp, bool):
                 raise VerificationError(f"{where}: the manifest has no logical timestamp (hlc)")
+            seen = m.get("hlc_seen") or {}
+            if not isinstance(seen, dict) or any(
+                not isinstance(v, int) or v >= stamp for v in seen.values()
+            ):
+                raise VerificationError(
+                    f"{where}: logical timestamp {stamp} is not after every timestamp the "
+                    f"producer says it saw ({seen})"
+                )
             if prev_hlc is not None and stamp <= prev_hlc:
                 raise VerificationError(
                     f"{where}: logical timestamp {stamp} does not follow the previous batch's "
