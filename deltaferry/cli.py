@@ -263,7 +263,8 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     for r in summary.get("recovered", []):
         out.print(f"recovered: {r}")
     _emit(table)
-    for reason in summary.get("skipped", []):  # the run went on without these inputs
+    # the run went on without these inputs, or without these source columns
+    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:
         err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
 
 

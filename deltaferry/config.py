@@ -28,6 +28,7 @@ _JOB_KEYS = {
     "rows_per_file",
     "producer_id",
     "multi_producer",
+    "drift",
     "max_clock_skew_seconds",
     "contract",
     "max_reconcile_delete_ratio",
@@ -89,6 +90,8 @@ class JobConfig:
     multi_producer: bool = False
     # another producer's logical clock further ahead of ours than this is logged as drift
     max_clock_skew_seconds: float = 300.0
+    # what a run does when the source's columns drift from the contract (contracts/drift.py)
+    drift: str = "freeze"
     base_dir: Path = field(default_factory=Path.cwd)
     # settings of the job's source kind (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -242,6 +245,11 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     skew = body.get("max_clock_skew_seconds", 300)
     if isinstance(skew, bool) or not isinstance(skew, (int, float)) or skew <= 0:
         raise ConfigError(f"{where}: max_clock_skew_seconds must be a positive number of seconds")
+    drift = body.get("drift", "freeze")
+    if drift not in ("freeze", "quarantine", "evolve"):
+        raise ConfigError(
+            f"{where}: drift must be 'freeze', 'quarantine' or 'evolve' (got {drift!r})"
+        )
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -267,6 +275,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         producer_id=str(body.get("producer_id", "default")),
         multi_producer=multi,
         max_clock_skew_seconds=float(skew),
+        drift=drift,
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,

@@ -81,7 +81,11 @@ def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[st
 
 
 def read_changes(
-    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str], chunk_rows: int
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    load_ids: list[str],
+    chunk_rows: int,
+    exclude: frozenset[str] = frozenset(),
 ) -> Iterator[pa.Table] | None:
     """Staged rows last changed by one of ``load_ids``, ordered by primary key, with ``_op``,
     as consecutive tables of exactly ``chunk_rows`` rows (the last may be shorter).
@@ -92,7 +96,7 @@ def read_changes(
     cols = staged_columns(con, t.name)
     if not cols:
         return None
-    data_cols = [c for c in cols if c not in INTERNAL_COLUMNS]
+    data_cols = [c for c in cols if c not in INTERNAL_COLUMNS and c not in exclude]
     deleted = []
     if DELETED_COLUMN in cols:
         deleted.append(f"coalesce({_q(DELETED_COLUMN)}, false)")
@@ -141,10 +145,16 @@ def build_delta(
     chunks: Iterable[pa.Table],
     load_ids: list[str],
     seq_start: int,
+    held: dict[str, str] | None = None,
 ) -> Delta:
     """Validate upserts against the contract, hold back failing rows, assign ``_seq`` and
     encode each chunk as one Parquet part. Raises ContractViolation, before anything is
-    recorded, when the share of failing rows is over the job's threshold."""
+    recorded, when the share of failing rows is over the job's threshold.
+
+    ``held`` maps columns the contract does not know (source drift under the
+    ``quarantine`` policy) to a reason: an upsert with a value in one of them is held
+    back with that reason, not counted against the threshold, and the columns are not
+    published."""
     quarantine: list[dict[str, Any]] = []
     parts: list[Part] = []
     seq = seq_start
@@ -153,7 +163,11 @@ def build_delta(
     cmax: Any = None
     summaries: list[str] = []
     for changes in chunks:
+        drifted = _hold_drifted(t, changes, held or {}, quarantine)
+        if held:
+            changes = changes.drop_columns([c for c in held if c in changes.column_names])
         keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine)
+        keep &= ~drifted
         changed += upserts
         failed_total += failed
         if summary:
@@ -232,6 +246,39 @@ def _to_contract_types(
                 f"cannot be cast to the contract's {target}: {e}"
             ) from None
     return data
+
+
+def _hold_drifted(
+    t: TableConfig, changes: pa.Table, held: dict[str, str], quarantine: list[dict[str, Any]]
+) -> np.ndarray:
+    """Upserts with a value in a held column: quarantined with the column's reason."""
+    out = np.zeros(changes.num_rows, dtype=bool)
+    cols = [c for c in held if c in changes.column_names]
+    if not cols:
+        return out
+    upsert = pc.equal(changes[OP_COLUMN], "upsert").to_numpy(zero_copy_only=False)
+    for c in cols:
+        has = pc.is_valid(changes[c]).to_numpy(zero_copy_only=False) & upsert
+        for i in np.flatnonzero(has & ~out):
+            rec = changes.slice(int(i), 1).to_pylist()[0]
+            quarantine.append(
+                {
+                    "load_id": rec[LOAD_ID_COLUMN],
+                    "pk": json.dumps(
+                        {k: rec[k] for k in t.primary_key}, default=str, sort_keys=True
+                    ),
+                    "field": c,
+                    "check": "schema drift",
+                    "reason": held[c],
+                    "row_json": json.dumps(
+                        {k: v for k, v in rec.items() if k not in (OP_COLUMN, LOAD_ID_COLUMN)},
+                        default=str,
+                        sort_keys=True,
+                    ),
+                }
+            )
+        out |= has
+    return out
 
 
 def _validate_chunk(

@@ -36,6 +36,10 @@ class ContractViolation(TerminalError):
     """A batch failed its contract beyond the job's quarantine threshold."""
 
 
+class SchemaDrift(ContractViolation):
+    """The source's columns drifted from the contract and the job's drift policy is freeze."""
+
+
 class VerificationError(TerminalError):
     """The lake does not match what its manifests promise."""
 

@@ -28,6 +28,7 @@ from deltaferry.errors import (
     ConfigError,
     ConflictError,
     JobBusyError,
+    SchemaDrift,
     TerminalError,
     TransientError,
 )
@@ -66,6 +67,8 @@ class SyncContext:
     retry_delays: dict[str, list[float]] = field(default_factory=dict)
     # inputs the source set aside in this run (a malformed file), one line each
     skipped: list[str] = field(default_factory=list)
+    # source drift met in this run, per table, one line each (contracts/drift.py)
+    drift: dict[str, str] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -166,14 +169,82 @@ def job_lock(job: str) -> Iterator[None]:
 # --- planning ---------------------------------------------------------------
 
 
+@dataclass
+class DriftPlan:
+    """What a batch does about source drift (``contracts/drift.py``); kept in its manifest
+    so that a rebuild cuts the same columns."""
+
+    policy: str
+    diff: str
+    excluded: list[str]  # staged columns not read at all (evolve)
+    held: dict[str, str]  # staged columns whose values hold a row back, with the reason
+    draft: str | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "diff": self.diff,
+            "excluded": self.excluded,
+            "held": self.held,
+        }
+
+
+def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
+    """Compare the staged columns with the contract and apply the job's drift policy:
+    freeze raises SchemaDrift; quarantine and evolve say which columns to leave out."""
+    from contracts.drift import detect, draft_next_version, write_draft
+    from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+
+    contract = ctx.contracts[t.name]
+    drift = detect(con, STAGING_DATASET, t.name, contract, set(INTERNAL_COLUMNS))
+    if not drift:
+        return None
+    policy, diff = ctx.job.drift, drift.describe()
+    where = f"job '{ctx.job.name}' table '{t.name}'"
+    versioned = f"contract {contract.ref} v{contract.version}"
+    if policy == "freeze":
+        raise SchemaDrift(
+            f"{where}: the source's columns drifted from {versioned} (drift = freeze): {diff}; "
+            'nothing published. Update the contract, or set drift = "evolve" or "quarantine"'
+        )
+    extra = drift.extra_columns
+    plan = DriftPlan(policy, diff, [], {})
+    if policy == "quarantine":
+        plan.held = {c: f"schema drift: column '{c}' is not in {versioned}" for c in extra}
+    else:
+        plan.excluded = extra
+        staged = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = ? AND table_name = ? AND table_catalog = current_database()",
+                [STAGING_DATASET, t.name],
+            ).fetchall()
+        )
+        source = draft_next_version(contract, drift, staged)
+        plan.draft = str(write_draft(job_home(ctx.job.name), t.name, contract.version + 1, source))
+    detail = f"{where}: {diff} (drift = {policy}, {versioned})"
+    if plan.held:
+        detail += f"; rows with a value in {', '.join(extra)} are quarantined"
+    if plan.excluded:
+        detail += f"; published without {', '.join(extra)}; next version drafted at {plan.draft}"
+    ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=detail)
+    ctx.drift[t.name] = detail
+    return plan
+
+
 @contextmanager
 def _staged_changes(
-    ctx: SyncContext, t: TableConfig, load_ids: list[str] | None, chunk_rows: int
-) -> Iterator[tuple[list[str], Iterator[Any] | None]]:
-    """Load ids to cut (the given ones, or all not yet published) and a stream of their rows."""
+    ctx: SyncContext,
+    t: TableConfig,
+    load_ids: list[str] | None,
+    chunk_rows: int,
+    drift: DriftPlan | None = None,
+) -> Iterator[tuple[list[str], Iterator[Any] | None, DriftPlan | None]]:
+    """Load ids to cut (the given ones, or all not yet published), a stream of their rows,
+    and what is done about source drift (``drift`` when rebuilding a plan, else detected)."""
     path = staging_path(ctx.job.name)
     if not path.exists():
-        yield [], None
+        yield [], None, None
         return
     con = duck.connect(path, read_only=True, alias="staging")
     try:
@@ -183,9 +254,12 @@ def _staged_changes(
             else new_load_ids(con, ctx.state.published_load_ids(t.name))
         )
         if not ids:
-            yield [], None
+            yield [], None, None
             return
-        yield ids, read_changes(con, t, ids, chunk_rows)
+        if load_ids is None:
+            drift = _drift_plan(ctx, t, con)
+        exclude = frozenset(drift.excluded) if drift else frozenset()
+        yield ids, read_changes(con, t, ids, chunk_rows, exclude), drift
     finally:
         con.close()
 
@@ -193,11 +267,19 @@ def _staged_changes(
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
     ckpt = ctx.state.checkpoint(t.name)
-    with _staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks):
+    with _staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids:
             return None
         delta = (
-            build_delta(ctx.job, t, ctx.contracts[t.name], chunks, load_ids, ckpt.seq_end + 1)
+            build_delta(
+                ctx.job,
+                t,
+                ctx.contracts[t.name],
+                chunks,
+                load_ids,
+                ckpt.seq_end + 1,
+                held=drift.held if drift else None,
+            )
             if chunks is not None
             else None
         )
@@ -211,6 +293,8 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
+    if drift is not None:
+        manifest["drift"] = drift.manifest()
     if ctx.keyring is not None:
         manifest = ctx.keyring.sign(manifest)
     body = canonical(manifest)
@@ -463,7 +547,13 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
     import json
 
-    with _staged_changes(ctx, t, plan.load_ids, plan.chunk_rows) as (_, chunks):
+    recorded = json.loads(plan.manifest).get("drift")
+    drift = (
+        DriftPlan(recorded["policy"], recorded["diff"], recorded["excluded"], recorded["held"])
+        if recorded
+        else None
+    )
+    with _staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift) as (_, chunks, _d):
         if chunks is None:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
@@ -471,7 +561,15 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             )
         # the plan's own cut: same part size; its quarantine decision was already taken
         job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
-        delta = build_delta(job, t, ctx.contracts[t.name], chunks, plan.load_ids, plan.seq_start)
+        delta = build_delta(
+            job,
+            t,
+            ctx.contracts[t.name],
+            chunks,
+            plan.load_ids,
+            plan.seq_start,
+            held=drift.held if drift else None,
+        )
     want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
     got = [p.sha256 for p in delta.parts]
     if want != got:

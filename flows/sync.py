@@ -145,6 +145,9 @@ def plan_step(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         )
 
     ctx.step("plan", run, table=t.name)
+    if t.name in ctx.drift:  # the source's columns drifted from the contract: say so loudly
+        get_run_logger().warning("%s", ctx.drift[t.name])
+        emit(ctx, "deltaferry.schema.drift", t.name, {"detail": ctx.drift[t.name]})
     return out[0]
 
 
@@ -285,12 +288,14 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                     plan.quarantined,
                 )
         except BaseException as e:
+            summary["drift"] = dict(ctx.drift)
             ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
             if isinstance(e, Exception):
                 emit_failure(ctx, e, current)
                 check_lag(ctx)  # a failing job falls behind: that is when the lag matters
                 publish_run_report(ctx, summary, e)
             raise
+        summary["drift"] = dict(ctx.drift)
         ctx.state.finish_run(ctx.run_id, "ok")
         published = {t: s["batch"] for t, s in summary["tables"].items() if s.get("batch")}
         _name_flow_run(job, published)

@@ -165,6 +165,11 @@ PARSE_ERRORS = {
         ],
         ["job 'shop'", "producer_id", "'a/b'"],
     ),
+    "bad-drift": (
+        ["run", "shop"],
+        [("max_quarantine_ratio = 0.2", 'max_quarantine_ratio = 0.2\ndrift = "ignore"')],
+        ["job 'shop'", "drift must be 'freeze', 'quarantine' or 'evolve'", "'ignore'"],
+    ),
     "bad-deletes": (
         ["run", "shop"],
         [('deletes = "reconcile"', 'deletes = "hard"')],

@@ -1,0 +1,158 @@
+"""Source drift: the columns dlt staged for a table, compared with the table's contract.
+
+dlt evolves its staging schema as the source changes: a new source column becomes a
+new staged column, and a value whose type changed goes to a *variant* column
+``<column>__v_<type>`` beside the original. Against the contract that is
+
+- a **new** column: staged, not in the contract;
+- a **retyped** column: a variant of a contract column;
+- a **dropped** column: required by the contract (not nullable), never staged.
+
+The job's ``drift`` policy decides, modelled on dlt's schema contracts:
+
+- ``freeze`` (default): the run fails with the diff; nothing is published.
+- ``quarantine``: rows carrying a value in a new or variant column are held back in the
+  quarantine with the reason; the other rows are published without those columns.
+- ``evolve``: rows are published without the new columns, and the next contract version
+  is proposed: a pandera ``DataFrameModel`` draft, written next to the job's state.
+
+A dropped column is left to the contract either way: rows without a required value fail
+validation and are quarantined under the job's ``max_quarantine_ratio``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from contracts import Contract
+
+POLICIES = ("freeze", "quarantine", "evolve")
+_VARIANT = re.compile(r"^(?P<base>.+)__v_(?P<type>[a-z0-9_]+)$")
+
+
+@dataclass
+class Drift:
+    """How a table's staged columns differ from its contract."""
+
+    new: dict[str, str] = field(default_factory=dict)  # column -> staged type
+    retyped: dict[str, tuple[str, str]] = field(default_factory=dict)  # variant -> (base, type)
+    dropped: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.retyped or self.dropped)
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """Staged columns the contract does not know (new ones and variants)."""
+        return sorted([*self.new, *self.retyped])
+
+    def describe(self) -> str:
+        parts = [f"new column {c} ({t})" for c, t in sorted(self.new.items())]
+        parts += [
+            f"column {base} now also arrives as {t} (dlt variant column {v})"
+            for v, (base, t) in sorted(self.retyped.items())
+        ]
+        parts += [f"required column {c} is not staged" for c in self.dropped]
+        return "; ".join(parts)
+
+
+def detect(
+    con: duckdb.DuckDBPyConnection, dataset: str, table: str, contract: Contract, internal: set[str]
+) -> Drift:
+    """Compare the staged columns of ``dataset.table`` with ``contract``."""
+    staged = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ?"
+            " AND table_name = ? AND table_catalog = current_database() ORDER BY ordinal_position",
+            [dataset, table],
+        ).fetchall()
+    )
+    known = set(contract.columns)
+    drift = Drift()
+    for column, typ in staged.items():
+        if column in known or column in internal or column.startswith("_dlt"):
+            continue
+        m = _VARIANT.match(column)
+        if m and m.group("base") in known:
+            drift.retyped[column] = (m.group("base"), m.group("type"))
+        else:
+            drift.new[column] = typ
+    if staged:
+        drift.dropped = sorted(
+            c for c in known if c not in staged and not contract.schema.columns[c].nullable
+        )
+    return drift
+
+
+def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str, str]) -> str:
+    """Python source of the next contract version: the current class extended with the
+    new columns (nullable: rows published before have no value), required columns that
+    are no longer staged made optional, and retyped columns flagged for a decision."""
+    from deltaferry.scaffold import _pandera_type
+
+    base = contract.model
+    version = contract.version + 1
+    name = re.sub(r"V\d+$", "", base.__name__) + f"V{version}"
+    lines = [
+        f'"""Draft of contract {name}, proposed by deltaferry (drift = "evolve") because the',
+        f"source drifted from {contract.ref} v{contract.version}: {drift.describe()}.",
+        "",
+        "Review it, move it into the contract module, and point the table's `contract` at it.",
+        '"""',
+        "",
+        "import pandas as pd  # noqa: F401 - used by timestamp fields",
+        "import pandera.pandas as pa",
+        "from pandera.typing import Series",
+        "",
+        f"from {base.__module__} import {base.__name__}",
+        "",
+        "",
+        f"class {name}({base.__name__}):",
+        f'    """{base.__name__} and the columns the source added."""',
+        "",
+        f"    __version__ = {version}",
+        "",
+    ]
+    for column, typ in sorted(drift.new.items()):
+        annotation, extra = _pandera_type(staged_types.get(column, typ))
+        args = ", ".join(a for a in (extra, "nullable=True") if a)
+        lines.append(f"    {column}: {annotation} = pa.Field({args})  # new: staged as {typ}")
+    for column in drift.dropped:
+        annotation, _ = _pandera_type(_duck_of(contract, column))
+        lines.append(
+            f"    {column}: {annotation} = pa.Field(nullable=True)  # no longer staged: optional"
+        )
+    for variant, (column, typ) in sorted(drift.retyped.items()):
+        lines.append(
+            f"    # {column}: the source now also sends {typ} values (dlt stages them in"
+            f" {variant}); decide whether to widen {column} or fix the source"
+        )
+    lines.append("")
+    source = "\n".join(lines)
+    compile(source, f"<draft {name}>", "exec")  # a draft that does not compile is a bug here
+    return source
+
+
+def _duck_of(contract: Contract, column: str) -> str:
+    dtype = str(contract.schema.columns[column].dtype).lower()
+    if "int" in dtype:
+        return "BIGINT"
+    if "float" in dtype:
+        return "DOUBLE"
+    if "bool" in dtype:
+        return "BOOLEAN"
+    if "datetime" in dtype:
+        return "TIMESTAMP WITH TIME ZONE" if "tz" in dtype or "utc" in dtype else "TIMESTAMP"
+    return "VARCHAR"
+
+
+def write_draft(home: Path, table: str, version: int, source: str) -> Path:
+    """Write a draft under the job's state directory (never into the project itself)."""
+    path = home / "drafts" / f"{table}_v{version}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    return path

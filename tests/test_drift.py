@@ -1,0 +1,166 @@
+"""Source drift under each policy: the shop's customers table gains a column.
+
+freeze fails the run with the diff and publishes nothing; quarantine holds back the rows
+that carry a value in the new column and publishes the rest; evolve publishes every row
+without the new column and drafts the next contract version, which validates the rows
+with it. A batch cut under a drift policy rebuilds byte-identically after a crash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from deltaferry.errors import SchemaDrift
+from deltaferry.state import StateStore
+from destinations.manifest import manifest_key
+
+
+def _drift(shop, loyal: list[int], moved: list[int]) -> None:
+    """The source adds a column; some customers get a value in it, others change country."""
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    for cid in loyal:
+        shop.con.execute(
+            "UPDATE customers SET loyalty = 'gold', updated_at = ? WHERE id = ?",
+            (shop._tick(), cid),
+        )
+    for cid in moved:
+        shop.con.execute(
+            "UPDATE customers SET country = 'JP', updated_at = ? WHERE id = ?", (shop._tick(), cid)
+        )
+    shop.con.commit()
+
+
+def _ops(step: str) -> list[str]:
+    with StateStore("shop").connect(read_only=True) as con:
+        return [
+            r[0]
+            for r in con.execute("SELECT detail FROM ops_log WHERE step = ?", [step]).fetchall()
+        ]
+
+
+def test_freeze_fails_the_run_with_the_diff_and_publishes_nothing(shop_job, shop):
+    shop.round(10, 4, churn=0)
+    shop_job.sync()
+    _drift(shop, loyal=[1, 2], moved=[3])
+    with pytest.raises(SchemaDrift) as e:
+        shop_job.sync()
+    message = str(e.value)
+    assert "job 'shop' table 'customers'" in message
+    assert "new column loyalty (VARCHAR)" in message and "drift = freeze" in message
+    assert "contract contracts.shop:Customers v1" in message and "nothing published" in message
+    assert shop_job.lake().get(manifest_key("shop", "customers", 2)) is None
+    assert StateStore("shop").pending_plan("customers") is None
+    with pytest.raises(SchemaDrift):  # and again on the next run, until the contract changes
+        shop_job.sync()
+
+
+def test_quarantine_holds_rows_with_a_value_in_the_new_column_and_publishes_the_rest(
+    shop_job, shop
+):
+    from datetime import datetime, timezone
+
+    from tests.test_run_report import _events
+
+    shop_job.write_config(drift="quarantine")
+    shop.round(10, 4, churn=0)
+    shop_job.sync()
+    _drift(shop, loyal=[1, 2], moved=[3, 4])
+    since = datetime.now(timezone.utc)
+    out = shop_job.sync()
+    events = _events("deltaferry.schema.drift", since, until=bool)
+    assert events and "new column loyalty" in events[0]["payload"]["detail"]
+    # 3 and 4 (and the cursor's boundary row, re-read with its new column) are published
+    assert 2 <= out["tables"]["customers"]["rows"] <= 3
+    assert out["tables"]["customers"]["quarantined"] == 2
+    assert "loyalty" in out["drift"]["customers"]
+    manifest = json.loads(shop_job.lake().get(manifest_key("shop", "customers", 2)))
+    assert manifest["drift"]["policy"] == "quarantine"
+    assert "loyalty" in manifest["drift"]["held"]
+    with StateStore("shop").connect(read_only=True) as con:
+        held = con.execute(
+            'SELECT pk, field, "check", reason FROM quarantine WHERE tbl = ? ORDER BY pk',
+            ["customers"],
+        ).fetchall()
+    assert [(json.loads(h[0])["id"], h[1], h[2]) for h in held] == [
+        (1, "loyalty", "schema drift"),
+        (2, "loyalty", "schema drift"),
+    ]
+    assert "not in contract contracts.shop:Customers v1" in held[0][3]
+    assert any("quarantined" in d for d in _ops("drift"))
+    shop_job.pull()
+    import duckdb
+
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    try:
+        cols = [r[0] for r in con.execute("DESCRIBE customers").fetchall()]
+        rows = {
+            r[0]: r[1:] for r in con.execute("SELECT id, country, _seq FROM customers").fetchall()
+        }
+    finally:
+        con.close()
+    assert "loyalty" not in cols
+    assert rows[3][0] == rows[4][0] == "JP"
+    assert rows[1][1] <= 10 and rows[2][1] <= 10  # held: still their first batch's versions
+
+
+def test_evolve_publishes_without_the_column_and_drafts_the_next_version(
+    shop_job, shop, home, monkeypatch
+):
+    import pandas as pd
+
+    from contracts import Contract
+
+    shop_job.write_config(drift="evolve")
+    shop.round(10, 4, churn=0)
+    shop_job.sync()
+    _drift(shop, loyal=[1, 2], moved=[3])
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["rows"] >= 3  # 1, 2, 3 (and the cursor's boundary row)
+    assert out["tables"]["customers"]["quarantined"] == 0
+    manifest = json.loads(shop_job.lake().get(manifest_key("shop", "customers", 2)))
+    assert manifest["drift"]["excluded"] == ["loyalty"]
+    draft = home / "shop" / "drafts" / "customers_v2.py"
+    assert str(draft) in out["drift"]["customers"]
+    spec = importlib.util.spec_from_file_location("draft_customers_v2", draft)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    v2 = Contract("draft:CustomersV2", module.CustomersV2)
+    assert v2.version == 2 and "loyalty" in v2.columns
+    row = {
+        "id": 1,
+        "name": "customer 1",
+        "email": "c1@example.com",
+        "country": "DE",
+        "updated_at": pd.Timestamp("2026-01-01"),
+        "deleted_at": pd.NaT,
+    }
+    assert not v2.validate(
+        pd.DataFrame([{**row, "loyalty": "gold"}, {**row, "id": 2, "loyalty": None}])
+    ).failed_rows
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())  # every published column converged
+
+
+def test_a_batch_cut_under_a_drift_policy_rebuilds_byte_identically(shop_job, shop, monkeypatch):
+    from deltaferry.failpoints import FailpointHit
+
+    shop_job.write_config(drift="quarantine")
+    shop.round(10, 4, churn=0)
+    shop_job.sync()
+    _drift(shop, loyal=[5], moved=[6, 7])
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT", "after_upload")
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT_ACTION", "raise")
+    with pytest.raises(FailpointHit):
+        shop_job.sync()
+    planned = StateStore("shop").pending_plan("customers")
+    assert planned is not None and json.loads(planned.manifest)["drift"]["held"]
+    monkeypatch.delenv("DELTAFERRY_FAILPOINT")
+    out = shop_job.sync()
+    assert any("rebuilt byte-identically" in r for r in out["recovered"]), out["recovered"]
+    stored = shop_job.lake().get(manifest_key("shop", "customers", 2))
+    assert stored == planned.manifest
