@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deltaferry import cli_conflicts as _conflicts
+from deltaferry import cli_contracts as _contracts
 from deltaferry.errors import ConfigError, DeltaferryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -274,11 +275,32 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     "--replica", type=click.Path(dir_okay=False), required=True, help="Replica DuckDB file."
 )
 @click.option("--table", "tables", multiple=True, help="Only these tables (repeatable).")
+@click.option(
+    "--consumer",
+    default=None,
+    help="This reader's id in the lake (consumers/<id>.json); default <host>-<replica>.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["strict", "partial"]),
+    default="strict",
+    show_default=True,
+    help="A batch at a newer contract version than this reader knows: stop, or apply the "
+    "known columns and flag the batch.",
+)
 @config_option
 @one_line_errors
-def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) -> None:
+def pull(
+    job: str,
+    replica: str,
+    tables: tuple[str, ...],
+    consumer: str | None,
+    policy: str,
+    config: str | None,
+) -> None:
     """Verify and apply every published batch of JOB not yet in the replica (idempotent)."""
     from deltaferry.config import load_job
+    from deltaferry.readers import default_consumer_id
     from deltaferry.replica import pull as do_pull
     from destinations.lake import open_lake
 
@@ -288,7 +310,14 @@ def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) ->
     lake = open_lake(cfg.lake, base=cfg.base_dir)
     lake.check()
     with out.status(f"pulling job [bold]{job}[/] into {replica} ..."):
-        results = do_pull(cfg, lake, Path(replica), list(tables) or None)
+        results = do_pull(
+            cfg,
+            lake,
+            Path(replica),
+            list(tables) or None,
+            consumer=consumer or default_consumer_id(Path(replica).stem),
+            policy=policy,
+        )
     table = _table(
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
@@ -303,6 +332,17 @@ def pull(job: str, replica: str, tables: tuple[str, ...], config: str | None) ->
     for r in results:
         if r.overrides:
             out.print(f"{r.table}: {r.overrides} new conflict override(s) applied")
+        if r.cautions:
+            err.print(
+                f"[bold yellow]warning:[/] table {r.table}: {r.cautions} batch(es) published at a "
+                "newer contract version were applied partially (see _deltaferry_batches.caution)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if r.warning:
+            err.print(
+                f"[bold yellow]warning:[/] {escape(r.warning)}", highlight=False, soft_wrap=True
+            )
 
 
 @cli.command()
@@ -634,6 +674,7 @@ def new_source(
 
 
 _conflicts.register(sys.modules[__name__])
+_contracts.register(sys.modules[__name__])
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ _JOB_KEYS = {
     "producer_id",
     "multi_producer",
     "drift",
+    "reader_timeout_seconds",
     "max_clock_skew_seconds",
     "contract",
     "max_reconcile_delete_ratio",
@@ -92,6 +93,8 @@ class JobConfig:
     max_clock_skew_seconds: float = 300.0
     # what a run does when the source's columns drift from the contract (contracts/drift.py)
     drift: str = "freeze"
+    # a reader not seen for longer than this no longer holds the contract version back
+    reader_timeout_seconds: float = 7 * 24 * 3600.0
     base_dir: Path = field(default_factory=Path.cwd)
     # settings of the job's source kind (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -250,6 +253,13 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         raise ConfigError(
             f"{where}: drift must be 'freeze', 'quarantine' or 'evolve' (got {drift!r})"
         )
+    reader_timeout = body.get("reader_timeout_seconds", 7 * 24 * 3600)
+    if (
+        isinstance(reader_timeout, bool)
+        or not isinstance(reader_timeout, (int, float))
+        or reader_timeout <= 0
+    ):
+        raise ConfigError(f"{where}: reader_timeout_seconds must be a positive number of seconds")
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -276,6 +286,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         multi_producer=multi,
         max_clock_skew_seconds=float(skew),
         drift=drift,
+        reader_timeout_seconds=float(reader_timeout),
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,

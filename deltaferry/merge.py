@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS _deltaferry_chains (
     manifest_sha256 VARCHAR NOT NULL, hlc BIGINT NOT NULL, rows BIGINT NOT NULL,
     trace_id VARCHAR, contract_version INTEGER,
     applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    caution VARCHAR,                  -- read partially (newer contract version): left out
     PRIMARY KEY (job, tbl, producer, batch)
 );
 CREATE TABLE IF NOT EXISTS _deltaferry_overrides (
@@ -225,6 +226,7 @@ def apply_batch(
     manifest_sha256: str = "",
     trace_id: str | None = None,
     contract_version: int | None = None,
+    caution: str | None = None,
 ) -> bool:
     """Apply one producer batch and its record in one transaction; False if already applied."""
     if not _begin_unless(
@@ -257,7 +259,7 @@ def apply_batch(
         resolve(con, shape)
         con.execute(
             "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
-            " trace_id, contract_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " trace_id, contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 shape.job,
                 shape.table,
@@ -268,6 +270,7 @@ def apply_batch(
                 data.num_rows,
                 trace_id,
                 contract_version,
+                caution,
             ],
         )
         con.execute("COMMIT")

@@ -9,6 +9,7 @@ pulling twice changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import duckdb
@@ -29,6 +30,8 @@ CREATE TABLE IF NOT EXISTS _deltaferry_batches (
     contract_version INTEGER, applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (job, tbl, batch)
 );
+-- a batch newer than this reader's contract, applied partially: what was left out
+ALTER TABLE _deltaferry_batches ADD COLUMN IF NOT EXISTS caution VARCHAR;
 """
 
 
@@ -41,6 +44,9 @@ class PullResult:
     # several producers: the last batch applied of each producer's chain
     chains: dict[str, int] | None = None
     overrides: int = 0
+    # batches published at a newer contract version, applied partially (readers.py)
+    cautions: int = 0
+    warning: str | None = None
 
 
 def _q(name: str) -> str:
@@ -64,9 +70,21 @@ def pull(
     tables: list[str] | None = None,
     keyring: Keyring | None = None,
     producers: list[str] | None = None,
+    *,
+    consumer: str | None = None,
+    policy: str = "strict",
 ) -> list[PullResult]:
     """Verify and apply every published batch not yet in ``replica``. For a job with several
-    producers, every producer's chain (or only ``producers``) is merged (``merge.py``)."""
+    producers, every producer's chain (or only ``producers``) is merged (``merge.py``).
+
+    A batch published at a contract version newer than the job's contract (the version
+    this reader knows) is handled by ``policy`` (``readers.py``). With ``consumer``, the
+    reader's record in the lake (``<job>/<table>/consumers/<id>.json``) is updated."""
+    from contracts import load_contract
+    from deltaferry.readers import Reading, check_consumer, record_consumer
+
+    if consumer is not None:
+        check_consumer(consumer, policy)
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
     results = []
@@ -75,38 +93,92 @@ def pull(
         for t in job.tables:
             if tables and t.name not in tables:
                 continue
-            if job.multi_producer:
-                results.append(_pull_merged(con, job, lake, t, keyring, producers))
-                continue
-            last = fetch_one(
-                con,
-                "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ? AND tbl = ?"
-                " ORDER BY batch DESC LIMIT 1",
-                [job.name, t.name],
+            where = f"job '{job.name}' table '{t.name}'"
+            reading = Reading(
+                job.name,
+                t.name,
+                load_contract(t.contract, where=where),
+                list(t.primary_key),
+                policy,
             )
-            after, prev = (last[0], last[1]) if last else (0, None)
-            n = rows = 0
-            for vb in iter_verified(
-                lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring
-            ):
-                assert vb.data is not None
-                _apply(
-                    con,
-                    job.name,
-                    t.name,
-                    list(t.primary_key),
-                    vb.batch,
-                    vb.manifest,
-                    vb.manifest_sha256,
-                    vb.data,
-                )
-                n += 1
-                rows += vb.data.num_rows
-                after = vb.batch
-            results.append(PullResult(t.name, n, rows, after))
+            try:
+                if job.multi_producer:
+                    result = _pull_merged(con, job, lake, t, keyring, producers, reading)
+                else:
+                    result = _pull_table(con, job, lake, t, keyring, reading)
+            finally:  # what was applied is recorded, also when a batch stopped the pull
+                if consumer is not None:
+                    position = _position(con, job.name, t.name, job.multi_producer)
+                    try:
+                        record_consumer(lake, reading, consumer, str(replica), position)
+                    except Exception as e:  # noqa: BLE001 - a read-only reader still reads
+                        reading.warning = (
+                            f"{where}: could not record reader '{consumer}' in the lake "
+                            f"({type(e).__name__}: {e}); producers will not see it"
+                        )
+            result.warning = reading.warning
+            results.append(result)
     finally:
         con.close()
     return results
+
+
+def _position(con: duckdb.DuckDBPyConnection, job: str, table: str, merged: bool) -> Any:
+    """Where the replica is: the last batch applied (of each producer's chain)."""
+    if merged:
+        try:
+            rows = con.execute(
+                "SELECT producer, max(batch) FROM _deltaferry_chains WHERE job = ? AND tbl = ?"
+                " GROUP BY producer ORDER BY producer",
+                [job, table],
+            ).fetchall()
+        except duckdb.CatalogException:
+            return {}
+        return {p: b for p, b in rows}
+    row = fetch_one(
+        con,
+        "SELECT max(batch) FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
+        [job, table],
+    )
+    return row[0] if row else None
+
+
+def _pull_table(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    lake: LakeStore,
+    t: TableConfig,
+    keyring: Keyring | None,
+    reading: Any,
+) -> PullResult:
+    last = fetch_one(
+        con,
+        "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ? AND tbl = ?"
+        " ORDER BY batch DESC LIMIT 1",
+        [job.name, t.name],
+    )
+    after, prev = (last[0], last[1]) if last else (0, None)
+    n = rows = 0
+    cautions = 0
+    for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring):
+        assert vb.data is not None
+        data, caution = reading.admit(vb.batch, vb.manifest, vb.data)
+        _apply(
+            con,
+            job.name,
+            t.name,
+            list(t.primary_key),
+            vb.batch,
+            vb.manifest,
+            vb.manifest_sha256,
+            data,
+            caution,
+        )
+        n += 1
+        cautions += caution is not None
+        rows += vb.data.num_rows
+        after = vb.batch
+    return PullResult(t.name, n, rows, after, cautions=cautions)
 
 
 def _pull_merged(
@@ -116,6 +188,7 @@ def _pull_merged(
     t: TableConfig,
     keyring: Keyring | None,
     only: list[str] | None,
+    reading: Any,
 ) -> PullResult:
     from deltaferry import merge
     from deltaferry.overrides import read_overrides
@@ -123,7 +196,7 @@ def _pull_merged(
 
     con.execute(merge.META)
     shape = merge.TableShape(job.name, t.name, list(t.primary_key))
-    n = rows = 0
+    n = rows = cautions = 0
     chains: dict[str, int] = {}
     for producer in only if only is not None else producers(lake, job.name, t.name):
         after, prev, prev_hlc = merge.applied(con, job.name, t.name, producer)
@@ -138,17 +211,20 @@ def _pull_merged(
             prev_hlc=prev_hlc,
         ):
             assert vb.data is not None
+            data, caution = reading.admit(vb.batch, vb.manifest, vb.data, producer)
             merge.apply_batch(
                 con,
                 shape,
                 producer,
                 vb.batch,
                 vb.manifest["hlc"],
-                vb.data,
+                data,
                 manifest_sha256=vb.manifest_sha256,
                 trace_id=vb.manifest.get("trace_id"),
                 contract_version=vb.manifest.get("contract", {}).get("version"),
+                caution=caution,
             )
+            cautions += caution is not None
             n += 1
             rows += vb.data.num_rows
             after = vb.batch
@@ -165,7 +241,7 @@ def _pull_merged(
             lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring
         ):
             overrides += merge.apply_override(con, shape, entry)
-    return PullResult(t.name, n, rows, max(chains.values(), default=0), chains, overrides)
+    return PullResult(t.name, n, rows, max(chains.values(), default=0), chains, overrides, cautions)
 
 
 def _apply(
@@ -177,6 +253,7 @@ def _apply(
     manifest: dict,
     digest: str,
     data: pa.Table,
+    caution: str | None = None,
 ) -> None:
     cols = [c for c in data.column_names if c != OP_COLUMN]
     con.execute("BEGIN TRANSACTION")
@@ -218,8 +295,8 @@ def _apply(
         )
         con.unregister("incoming")
         con.execute(
-            "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id, contract_version)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id,"
+            " contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 job,
                 table,
@@ -228,6 +305,7 @@ def _apply(
                 data.num_rows,
                 manifest.get("trace_id"),
                 manifest.get("contract", {}).get("version"),
+                caution,
             ],
         )
         con.execute("COMMIT")

@@ -290,6 +290,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         )
         return None
     check_chain_mode(ctx, t)
+    _note_readers(ctx, t)
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
@@ -313,6 +314,20 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     ctx.state.record_plan(plan, ctx.run_id, delta.quarantine)
     failpoint("after_plan")
     return plan, delta
+
+
+def _note_readers(ctx: SyncContext, t: TableConfig) -> None:
+    """Write to the operations log each reader that cannot read this batch's contract
+    version fully (``readers.py``): what it will do, or that it no longer counts."""
+    from deltaferry.readers import readers_behind
+
+    version = ctx.contracts[t.name].version
+    if version <= 1:  # every reader reads v1
+        return
+    for line in readers_behind(
+        ctx.lake, ctx.job.name, t.name, version, ctx.job.reader_timeout_seconds
+    ):
+        ctx.state.log(ctx.run_id, "readers", "info", table=t.name, detail=line)
 
 
 def check_chain_mode(ctx: SyncContext, t: TableConfig) -> None:

@@ -1,0 +1,120 @@
+"""Readers at different contract versions: each records itself in the lake when it pulls,
+and meets a batch published at a newer version than it knows by its policy (strict stops
+naming both versions; partial applies the columns it knows and flags the batch)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import duckdb
+from click.testing import CliRunner
+
+from deltaferry.cli import cli
+from deltaferry.state import StateStore
+
+
+def _pull(config, replica, *args: str):  # noqa: ANN001, ANN202
+    return CliRunner().invoke(
+        cli, ["pull", "shop", "--replica", str(replica), "--config", str(config), *args]
+    )
+
+
+def _q(replica, sql: str) -> list:  # noqa: ANN001
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
+    from flows.sync import sync_job
+
+    shop.round(8, 3, churn=0)
+    shop_job.sync()
+    old = tmp_path / "old.duckdb"
+    first = _pull(shop_job.config, old, "--consumer", "old")
+    assert first.exit_code == 0, first.output
+    record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
+    assert (record["supports"], record["policy"], record["position"]) == ([1], "strict", 1)
+
+    # the source gains a loyalty tier; the producer moves to contract v2
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    for cid in (2, 5):
+        shop.con.execute(
+            "UPDATE customers SET loyalty = 'gold', updated_at = ? WHERE id = ?",
+            (shop._tick(), cid),
+        )
+    shop.con.commit()
+    v2 = tmp_path / "producer-v2.toml"
+    v2.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+        )
+    )
+    out = sync_job(job="shop", config=str(v2))
+    assert out["tables"]["customers"]["batch"] == 2
+    with StateStore("shop").connect(read_only=True) as con:
+        noted = [
+            r[0]
+            for r in con.execute("SELECT detail FROM ops_log WHERE step = 'readers'").fetchall()
+        ]
+    assert noted == [
+        "reader 'old' (reads up to v1, policy strict) will stop at batches published at v2"
+    ]
+
+    # strict: stops at batch 2, naming both versions; batch 1 stays applied
+    stopped = _pull(shop_job.config, old, "--consumer", "old")
+    assert stopped.exit_code == 1
+    assert "batch 2 is published at contract v2" in stopped.output
+    assert "knows up to v1" in stopped.output and "policy is strict" in stopped.output
+    assert _q(old, "SELECT max(batch) FROM _deltaferry_batches WHERE tbl = 'customers'") == [(1,)]
+
+    # partial: applies what it knows and flags the batch
+    partial = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert partial.exit_code == 0, partial.output
+    assert "applied partially" in partial.output
+    (caution,) = _q(
+        old, "SELECT caution FROM _deltaferry_batches WHERE tbl = 'customers' AND batch = 2"
+    )[0]
+    assert caution == "published at contract v2, read as v1 (partial): left out loyalty"
+    assert "loyalty" not in [r[0] for r in _q(old, "DESCRIBE customers")]
+    record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
+    assert (record["policy"], record["position"], record["reads"]) == ("partial", 2, 1)
+
+    # a reader that knows v2 reads everything
+    new = tmp_path / "new.duckdb"
+    full = _pull(v2, new, "--consumer", "new")
+    assert full.exit_code == 0, full.output
+    assert _q(new, "SELECT id FROM customers WHERE loyalty = 'gold' ORDER BY id") == [(2,), (5,)]
+    assert _q(new, "SELECT count(*) FROM _deltaferry_batches WHERE caution IS NOT NULL") == [(0,)]
+
+    listed = CliRunner().invoke(cli, ["contracts", "list", "shop", "--config", str(v2)])
+    assert listed.exit_code == 0, listed.output
+    assert "tests.contracts_versions:CustomersV2" in listed.output
+    lines = listed.output.splitlines()
+    assert any(line.startswith("customers\told\tv1..v1\tpartial\t2\t") for line in lines), lines
+    assert any(line.startswith("customers\tnew\tv1..v2\tstrict\t2\t") for line in lines), lines
+
+    # a reader not seen for longer than reader_timeout_seconds no longer counts
+    v2.write_text(
+        v2.read_text().replace(
+            "max_quarantine_ratio = 0.2", "max_quarantine_ratio = 0.2\nreader_timeout_seconds = 1"
+        )
+    )
+    time.sleep(1.5)
+    shop.con.execute(
+        "UPDATE customers SET loyalty = 'silver', updated_at = ? WHERE id = 3", (shop._tick(),)
+    )
+    shop.con.commit()
+    sync_job(job="shop", config=str(v2))
+    with StateStore("shop").connect(read_only=True) as con:
+        noted = [
+            r[0]
+            for r in con.execute(
+                "SELECT detail FROM ops_log WHERE step = 'readers' ORDER BY id"
+            ).fetchall()
+        ]
+    assert "over the job's reader_timeout_seconds: not holding v2 back" in noted[-1]
+    assert noted[-1].startswith("reader 'old'")
