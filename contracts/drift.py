@@ -10,18 +10,23 @@ new staged column, and a value whose type changed goes to a *variant* column
 
 The job's ``drift`` policy decides, modelled on dlt's schema contracts:
 
-- ``freeze`` (default): the run fails with the diff; nothing is published.
+- ``freeze`` (default): a new or retyped column fails the run with the diff; nothing is
+  published.
 - ``quarantine``: rows carrying a value in a new or variant column are held back in the
   quarantine with the reason; the other rows are published without those columns.
 - ``evolve``: rows are published without the new columns, and the next contract version
-  is proposed: a pandera ``DataFrameModel`` draft, written next to the job's state.
+  is proposed: a pandera ``DataFrameModel`` draft, written next to the job's state. Rows
+  with a value in a variant column are held back as under ``quarantine`` (their value in
+  the original column is NULL: publishing them would overwrite good data).
 
-A dropped column is left to the contract either way: rows without a required value fail
-validation and are quarantined under the job's ``max_quarantine_ratio``.
+A dropped column is reported, and left to the contract under every policy: rows without
+a required value fail validation and are quarantined under ``max_quarantine_ratio``. A
+contract that is not strict accepts columns it does not list, so no column is new to it.
 """
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,11 @@ class Drift:
 
     def __bool__(self) -> bool:
         return bool(self.new or self.retyped or self.dropped)
+
+    @property
+    def blocking(self) -> bool:
+        """What freeze stops for: new or retyped columns (dropped ones are the contract's)."""
+        return bool(self.new or self.retyped)
 
     @property
     def extra_columns(self) -> list[str]:
@@ -79,11 +89,13 @@ def detect(
         m = _VARIANT.match(column)
         if m and m.group("base") in known:
             drift.retyped[column] = (m.group("base"), m.group("type"))
-        else:
+        elif contract.schema.strict is True:
+            # a contract that is not strict accepts (and publishes) columns it does not list
             drift.new[column] = typ
     if staged:
+        columns = contract.schema.columns
         drift.dropped = sorted(
-            c for c in known if c not in staged and not contract.schema.columns[c].nullable
+            c for c in known if c not in staged and columns[c].required and not columns[c].nullable
         )
     return drift
 
@@ -104,6 +116,8 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         "Review it, move it into the contract module, and point the table's `contract` at it.",
         '"""',
         "",
+        "from typing import Optional  # noqa: F401 - used by columns no longer staged",
+        "",
         "import pandas as pd  # noqa: F401 - used by timestamp fields",
         "import pandera.pandas as pa",
         "from pandera.typing import Series",
@@ -119,12 +133,15 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     ]
     for column, typ in sorted(drift.new.items()):
         annotation, extra = _pandera_type(staged_types.get(column, typ))
-        args = ", ".join(a for a in (extra, "nullable=True") if a)
-        lines.append(f"    {column}: {annotation} = pa.Field({args})  # new: staged as {typ}")
+        attr, alias = _attribute(column)
+        args = ", ".join(a for a in (alias, extra, "nullable=True") if a)
+        lines.append(f"    {attr}: {annotation} = pa.Field({args})  # new: staged as {typ}")
     for column in drift.dropped:
         annotation, _ = _pandera_type(_duck_of(contract, column))
+        attr, alias = _attribute(column)
+        args = ", ".join(a for a in (alias, "nullable=True") if a)
         lines.append(
-            f"    {column}: {annotation} = pa.Field(nullable=True)  # no longer staged: optional"
+            f"    {attr}: Optional[{annotation}] = pa.Field({args})  # no longer staged: optional"
         )
     for variant, (column, typ) in sorted(drift.retyped.items()):
         lines.append(
@@ -137,6 +154,14 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     return source
 
 
+def _attribute(column: str) -> tuple[str, str]:
+    """A class attribute for a column, and the alias argument when the name cannot be one."""
+    if keyword.iskeyword(column) or not column.isidentifier():
+        safe = re.sub(r"\W", "_", column)
+        return (safe if safe.isidentifier() else f"c_{safe}") + "_", f"alias={column!r}"
+    return column, ""
+
+
 def _duck_of(contract: Contract, column: str) -> str:
     dtype = str(contract.schema.columns[column].dtype).lower()
     if "int" in dtype:
@@ -147,6 +172,10 @@ def _duck_of(contract: Contract, column: str) -> str:
         return "BOOLEAN"
     if "datetime" in dtype:
         return "TIMESTAMP WITH TIME ZONE" if "tz" in dtype or "utc" in dtype else "TIMESTAMP"
+    if "decimal" in dtype:
+        return "DECIMAL"
+    if "date" in dtype:
+        return "DATE"
     return "VARCHAR"
 
 

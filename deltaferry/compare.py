@@ -107,8 +107,8 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
             published = {
                 r[0]
                 for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
-                    " AND table_catalog = current_database()",
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main'"
+                    " AND table_name = ? AND table_catalog = current_database()",
                     [t.name],
                 ).fetchall()
             }

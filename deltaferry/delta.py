@@ -166,8 +166,7 @@ def build_delta(
         drifted = _hold_drifted(t, changes, held or {}, quarantine)
         if held:
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
-        keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine)
-        keep &= ~drifted
+        keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine, drifted)
         changed += upserts
         failed_total += failed
         if summary:
@@ -259,8 +258,8 @@ def _hold_drifted(
     upsert = pc.equal(changes[OP_COLUMN], "upsert").to_numpy(zero_copy_only=False)
     for c in cols:
         has = pc.is_valid(changes[c]).to_numpy(zero_copy_only=False) & upsert
-        for i in np.flatnonzero(has & ~out):
-            rec = changes.slice(int(i), 1).to_pylist()[0]
+        rows = np.flatnonzero(has & ~out)
+        for rec in changes.take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []:
             quarantine.append(
                 {
                     "load_id": rec[LOAD_ID_COLUMN],
@@ -282,13 +281,18 @@ def _hold_drifted(
 
 
 def _validate_chunk(
-    t: TableConfig, contract: Contract, changes: pa.Table, quarantine: list[dict[str, Any]]
+    t: TableConfig,
+    contract: Contract,
+    changes: pa.Table,
+    quarantine: list[dict[str, Any]],
+    held: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, int, str]:
     """Rows to keep, the number of upserts validated, the number that failed, and a summary;
-    failures go to ``quarantine``. Deletes are not validated: they carry only a key."""
-    keep = np.ones(changes.num_rows, dtype=bool)
+    failures go to ``quarantine``. Deletes are not validated: they carry only a key. Rows
+    already ``held`` back (source drift) are neither kept nor validated."""
+    keep = np.ones(changes.num_rows, dtype=bool) if held is None else ~held
     is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
-    upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False))
+    upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False) & keep)
     if not len(upsert_idx):
         return keep, 0, 0, ""
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]

@@ -78,6 +78,19 @@ def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
                     " AND table_catalog = current_database()",
                     [t.name],
                 )[0]
+                if has:  # the published columns: a drifted source column is not in the lake
+                    published = {
+                        r[0]
+                        for r in rep.execute(
+                            "SELECT column_name FROM information_schema.columns"
+                            " WHERE table_schema = 'main' AND table_name = ?"
+                            " AND table_catalog = current_database()",
+                            [t.name],
+                        ).fetchall()
+                    }
+                    kept = [c for c in data_cols if c in published]
+                    select = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in kept)
+                    staged = staged.select(kept)
                 replica_rows = (
                     rep.sql(f"SELECT {select} FROM {_q(t.name)}").to_arrow_table()
                     if has

@@ -202,17 +202,22 @@ def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
     policy, diff = ctx.job.drift, drift.describe()
     where = f"job '{ctx.job.name}' table '{t.name}'"
     versioned = f"contract {contract.ref} v{contract.version}"
-    if policy == "freeze":
-        raise SchemaDrift(
+    if policy == "freeze" and drift.blocking:
+        message = (
             f"{where}: the source's columns drifted from {versioned} (drift = freeze): {diff}; "
             'nothing published. Update the contract, or set drift = "evolve" or "quarantine"'
         )
-    extra = drift.extra_columns
+        ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=message)
+        ctx.drift[t.name] = message
+        raise SchemaDrift(message)
     plan = DriftPlan(policy, diff, [], {})
-    if policy == "quarantine":
-        plan.held = {c: f"schema drift: column '{c}' is not in {versioned}" for c in extra}
-    else:
-        plan.excluded = extra
+    reason = f"schema drift: column '{{}}' is not in {versioned}"
+    if policy != "evolve":
+        plan.held = {c: reason.format(c) for c in drift.extra_columns}
+    else:  # values of a new type would publish as NULL in the original column: hold them
+        plan.held = {c: reason.format(c) for c in drift.retyped}
+        plan.excluded = sorted(drift.new)
+    if plan.excluded or (policy == "evolve" and drift.dropped):
         staged = dict(
             con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns"
@@ -224,9 +229,11 @@ def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
         plan.draft = str(write_draft(job_home(ctx.job.name), t.name, contract.version + 1, source))
     detail = f"{where}: {diff} (drift = {policy}, {versioned})"
     if plan.held:
-        detail += f"; rows with a value in {', '.join(extra)} are quarantined"
+        detail += f"; rows with a value in {', '.join(plan.held)} are quarantined"
     if plan.excluded:
-        detail += f"; published without {', '.join(extra)}; next version drafted at {plan.draft}"
+        detail += f"; published without {', '.join(plan.excluded)}"
+    if plan.draft:
+        detail += f"; next version drafted at {plan.draft}"
     ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=detail)
     ctx.drift[t.name] = detail
     return plan

@@ -144,10 +144,12 @@ def plan_step(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
             f"{plan.quarantined} quarantined, seq {plan.seq_start}..{plan.seq_end}"
         )
 
-    ctx.step("plan", run, table=t.name)
-    if t.name in ctx.drift:  # the source's columns drifted from the contract: say so loudly
-        get_run_logger().warning("%s", ctx.drift[t.name])
-        emit(ctx, "deltaferry.schema.drift", t.name, {"detail": ctx.drift[t.name]})
+    try:
+        ctx.step("plan", run, table=t.name)
+    finally:  # the source's columns drifted from the contract: say so loudly, also on freeze
+        if t.name in ctx.drift:
+            get_run_logger().warning("%s", ctx.drift[t.name])
+            emit(ctx, "deltaferry.schema.drift", t.name, {"detail": ctx.drift[t.name]})
     return out[0]
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from typing import Optional
 
+import pandera.pandas as pa
 import pytest
+from pandera.typing import Series
 
 from deltaferry.errors import SchemaDrift
 from deltaferry.state import StateStore
@@ -46,9 +49,17 @@ def test_freeze_fails_the_run_with_the_diff_and_publishes_nothing(shop_job, shop
     shop.round(10, 4, churn=0)
     shop_job.sync()
     _drift(shop, loyal=[1, 2], moved=[3])
+    from datetime import datetime, timezone
+
+    from tests.test_run_report import _events
+
+    since = datetime.now(timezone.utc)
     with pytest.raises(SchemaDrift) as e:
         shop_job.sync()
     message = str(e.value)
+    events = _events("deltaferry.schema.drift", since, until=bool)
+    assert events and events[0]["payload"]["detail"] == message
+    assert _ops("drift") == [message]
     assert "job 'shop' table 'customers'" in message
     assert "new column loyalty (VARCHAR)" in message and "drift = freeze" in message
     assert "contract contracts.shop:Customers v1" in message and "nothing published" in message
@@ -164,3 +175,63 @@ def test_a_batch_cut_under_a_drift_policy_rebuilds_byte_identically(shop_job, sh
     assert any("rebuilt byte-identically" in r for r in out["recovered"]), out["recovered"]
     stored = shop_job.lake().get(manifest_key("shop", "customers", 2))
     assert stored == planned.manifest
+
+
+def _staged(columns: dict[str, str]):  # noqa: ANN202
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA staging")
+    defs = ", ".join(f'"{c}" {t}' for c, t in columns.items())
+    con.execute(f"CREATE TABLE staging.items ({defs})")
+    return con
+
+
+class ItemsV1(pa.DataFrameModel):
+    __version__ = 1
+    id: Series[int]
+    price: Series[float]
+    note: Optional[Series[str]]  # optional: never staged is fine
+    code: Series[str] = pa.Field(nullable=True)  # required column, nullable
+
+    class Config:
+        strict = True
+
+
+class Loose(ItemsV1):
+    class Config:
+        strict = False
+
+
+def test_detection_rules_and_drafts_for_awkward_names(tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    from contracts import Contract
+    from contracts.drift import detect, draft_next_version
+
+    contract = Contract("tests:ItemsV1", ItemsV1)
+    con = _staged(
+        {"id": "BIGINT", "price": "DOUBLE", "price__v_text": "VARCHAR", "class": "VARCHAR",
+         "_dlt_id": "VARCHAR", "_dlt_load_id": "VARCHAR"}
+    )  # fmt: skip
+    drift = detect(con, "staging", "items", contract, set())
+    assert drift.new == {"class": "VARCHAR"}
+    assert drift.retyped == {"price__v_text": ("price", "text")}
+    assert drift.dropped == []  # 'code' is nullable, 'note' optional: neither blocks
+    assert drift.blocking
+
+    assert not detect(con, "staging", "items", Contract("tests:Loose", Loose), set()).new
+
+    gone = detect(_staged({"id": "BIGINT", "code": "VARCHAR"}), "staging", "items", contract, set())
+    assert gone.dropped == ["price"] and not gone.blocking  # left to the contract
+    source = draft_next_version(contract, drift, {"class": "VARCHAR"})
+    assert "class_: Series[str] = pa.Field(alias='class', nullable=True)" in source
+    path = tmp_path / "items_v2.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("draft_items_v2", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    v2 = Contract("draft:ItemsV2", module.ItemsV2)
+    frame = pd.DataFrame({"id": [1], "price": [2.5], "code": [None], "class": ["a"]})
+    assert v2.version == 2 and not v2.validate(frame).failed_rows
