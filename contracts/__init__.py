@@ -1,8 +1,20 @@
 """Data contracts: pandera ``DataFrameModel`` classes, one chain of versions per table.
 
-A table's contract is named in the jobs file as ``module:Class``. The class may
-set ``__version__`` (default 1). ``Contract.validate`` splits a batch into rows
-that pass and rows that go to quarantine, with field, check and reason for each.
+A table's contract is named in the jobs file as ``module:Name``: a ``DataFrameModel``
+class (one version; ``__version__``, default 1) or a ``Chain`` of versions, oldest
+first, with consecutive ``__version__`` numbers::
+
+    Customers = Chain(CustomersV1, CustomersV2, CustomersV3)
+
+Each version after the first says how to get to it from the one before,
+``upgrade(frame) -> frame`` (a static method), and how to go back,
+``downgrade(frame) -> frame``, where no information is lost (it raises
+``MigrationError`` for rows it cannot take back; leave it out when every row would
+lose something). Migrations see the data columns of a batch, keep its rows in order,
+and must accept NULLs. A field kept for old readers may be marked for removal,
+``__deprecated__ = {"name": 3}``: it goes away in version 3 (``deltaferry contracts
+lint`` checks). ``Contract.validate`` splits a batch into rows that pass and rows that
+go to quarantine, with field, check and reason for each.
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ class Contract:
         self.version = int(getattr(model, "__version__", 1))
         self.columns = list(self.schema.columns)
         self.fingerprint = _fingerprint(self.schema, self.version)
+        self.deprecated: dict[str, int] = dict(getattr(model, "__deprecated__", {}) or {})
         self._arrow_types: dict[str, Any] | None = None
 
     def arrow_types(self) -> dict[str, Any]:
@@ -136,8 +149,83 @@ def _fingerprint(schema: pa.DataFrameSchema, version: int) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
-def load_contract(ref: str, *, where: str) -> Contract:
-    """Import ``module:Class`` and wrap it; a bad reference is a ConfigError naming ``where``."""
+class MigrationError(ValueError):
+    """A migration cannot take these rows to the other version (information would be lost)."""
+
+
+class Chain:
+    """The versions of one table's contract, oldest first, and the migrations between them."""
+
+    def __init__(self, *models: type[pa.DataFrameModel]) -> None:
+        if not models:
+            raise ValueError("a contract chain needs at least one version")
+        self.models = {int(getattr(m, "__version__", 1)): m for m in models}
+        numbers = [int(getattr(m, "__version__", 1)) for m in models]
+        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            raise ValueError(
+                f"contract chain versions must be consecutive, oldest first: {numbers}"
+            )
+        self.ref = ""
+        self._contracts: dict[int, Contract] = {}
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self.models)
+
+    @property
+    def latest(self) -> int:
+        return max(self.models)
+
+    def contract(self, version: int | None = None) -> Contract:
+        v = self.latest if version is None else version
+        if v not in self.models:
+            raise ConfigError(
+                f"contract {self.ref} has no version {v} (versions: "
+                f"{', '.join(f'v{n}' for n in self.versions)})"
+            )
+        if v not in self._contracts:
+            ref = self.ref if v == self.latest else f"{self.ref}@v{v}"
+            self._contracts[v] = Contract(ref, self.models[v])
+        return self._contracts[v]
+
+    def reachable(self, start: int, target: int) -> bool:
+        """Whether rows at ``start`` can be migrated to ``target`` (downgrades may be missing)."""
+        if target >= start:
+            return all(hasattr(self.models[v], "upgrade") for v in range(start + 1, target + 1))
+        return all(hasattr(self.models[v], "downgrade") for v in range(target + 1, start + 1))
+
+    def steps(self, start: int, target: int) -> list[str]:
+        """The migrations from ``start`` to ``target``, by name, for logs and manifests."""
+        if target >= start:
+            return [f"v{v - 1}->v{v} upgrade" for v in range(start + 1, target + 1)]
+        return [f"v{v}->v{v - 1} downgrade" for v in range(start, target, -1)]
+
+    def migrate(self, frame: pd.DataFrame, start: int, target: int) -> pd.DataFrame:
+        """Take ``frame`` (data columns at version ``start``) to version ``target``."""
+        n = len(frame)
+        if target >= start:
+            for v in range(start + 1, target + 1):
+                fn = getattr(self.models[v], "upgrade", None)
+                if fn is None:
+                    raise MigrationError(f"{self.models[v].__name__} has no upgrade from v{v - 1}")
+                frame = fn(frame.copy())
+        else:
+            for v in range(start, target, -1):
+                fn = getattr(self.models[v], "downgrade", None)
+                if fn is None:
+                    raise MigrationError(
+                        f"{self.models[v].__name__} has no downgrade to v{v - 1}: going back "
+                        "would lose information"
+                    )
+                frame = fn(frame.copy())
+        if len(frame) != n:
+            raise MigrationError(f"migration v{start}->v{target} changed the number of rows")
+        return frame.reset_index(drop=True)
+
+
+def load_chain(ref: str, *, where: str) -> Chain:
+    """Import ``module:Name`` (a Chain, or one DataFrameModel: a chain of one version); a bad
+    reference is a ConfigError naming ``where``."""
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -145,7 +233,19 @@ def load_contract(ref: str, *, where: str) -> Contract:
         raise ConfigError(
             f"{where}: contract module '{module_name}' cannot be imported: {e}"
         ) from None
-    model = getattr(module, attr, None)
-    if not (isinstance(model, type) and issubclass(model, pa.DataFrameModel)):
-        raise ConfigError(f"{where}: contract '{ref}' is not a pandera DataFrameModel")
-    return Contract(ref, model)
+    found = getattr(module, attr, None)
+    if isinstance(found, Chain):
+        chain = found
+    elif isinstance(found, type) and issubclass(found, pa.DataFrameModel):
+        chain = Chain(found)
+    else:
+        raise ConfigError(
+            f"{where}: contract '{ref}' is not a pandera DataFrameModel or a contracts.Chain"
+        )
+    chain.ref = ref
+    return chain
+
+
+def load_contract(ref: str, *, where: str) -> Contract:
+    """The newest version of the contract ``module:Name``."""
+    return load_chain(ref, where=where).contract()

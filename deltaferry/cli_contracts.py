@@ -23,7 +23,7 @@ def register(ui: ModuleType) -> None:
         """Per table: contract, version, fingerprint, drift policy; then every reader recorded
         in the lake with the versions it reads, its policy, when it was last seen and whether
         it still counts (reader_timeout_seconds)."""
-        from contracts import load_contract
+        from contracts import load_chain
         from deltaferry.config import load_job
         from deltaferry.readers import age_seconds, read_consumers
         from deltaferry.status import human_duration
@@ -38,6 +38,7 @@ def register(ui: ModuleType) -> None:
             "version",
             "fingerprint",
             "columns",
+            "deprecated",
             "drift",
             title=f"contracts {job}",
         )
@@ -45,10 +46,19 @@ def register(ui: ModuleType) -> None:
             "table", "reader", "reads", "policy", "at", "last seen", "counts", title="readers"
         )
         for t in cfg.tables:
-            c = load_contract(t.contract, where=f"job '{job}' table '{t.name}'")
-            report.add_row(
-                t.name, c.ref, f"v{c.version}", c.fingerprint[:16], str(len(c.columns)), cfg.drift
-            )
+            chain = load_chain(t.contract, where=f"job '{job}' table '{t.name}'")
+            for v in chain.versions:
+                c = chain.contract(v)
+                gone = ", ".join(f"{f} (goes in v{n})" for f, n in sorted(c.deprecated.items()))
+                report.add_row(
+                    t.name,
+                    c.ref,
+                    f"v{v}",
+                    c.fingerprint[:16],
+                    str(len(c.columns)),
+                    gone or "-",
+                    cfg.drift,
+                )
             for r in read_consumers(lake, job, t.name):
                 if "error" in r:
                     readers.add_row(t.name, str(r["consumer"]), "-", "-", "-", "-", r["error"])
@@ -67,3 +77,196 @@ def register(ui: ModuleType) -> None:
                 )
         ui._emit(report)
         ui._emit(readers)
+
+    @contracts.command("lint")
+    @click.argument("job")
+    @ui.config_option
+    @ui.one_line_errors
+    def lint(job: str, config: str | None) -> None:
+        """Check every table's contract chain: each version after the first has an upgrade,
+        and no version still has a field deprecated to go away by then. Exit 1 on errors."""
+        import sys
+
+        from deltaferry.config import load_job
+
+        cfg = load_job(job, config)
+        failed = False
+        for t in cfg.tables:
+            _, chain = _chain(cfg, t.name)
+            errors, notes = lint_chain(chain)
+            for e in errors:
+                ui.err.print(
+                    f"error: job '{job}' table '{t.name}': {e}", highlight=False, soft_wrap=True
+                )
+            for n in notes:
+                ui.out.print(
+                    f"note: job '{job}' table '{t.name}': {n}", highlight=False, soft_wrap=True
+                )
+            failed |= bool(errors)
+            if not errors:
+                ui.out.print(
+                    f"ok job {job} table {t.name}: {chain.ref} "
+                    f"v{chain.versions[0]}..v{chain.latest}",
+                    highlight=False,
+                )
+        if failed:
+            sys.exit(1)
+
+    @contracts.command("simulate")
+    @click.argument("job")
+    @click.option("--table", required=True, help="The table to simulate.")
+    @click.option("--to", "to", type=int, required=True, help="The contract version to migrate to.")
+    @click.option("--limit", type=int, default=None, help="Only the first N staged rows.")
+    @ui.config_option
+    @ui.one_line_errors
+    def simulate(job: str, table: str, to: int, limit: int | None, config: str | None) -> None:
+        """Migrate the table's staged rows from the source's version to --to and validate them,
+        publishing nothing: rows, migrations, failures by field and check, time and memory.
+        Exit 1 when rows fail."""
+        import sys
+        import time
+        import tracemalloc
+
+        from contracts import MigrationError
+        from deltaferry import duck
+        from deltaferry.config import load_job
+        from deltaferry.errors import ConfigError
+        from deltaferry.sync import source_version
+        from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+        from sources.staging import staged_columns, staging_path
+
+        cfg = load_job(job, config)
+        t, chain = _chain(cfg, table)
+        start = source_version(cfg, t, chain)
+        target = chain.contract(to)
+        if not chain.reachable(start, to):
+            raise ConfigError(
+                f"job '{job}' table '{table}': v{to} cannot be reached from the source's v{start} "
+                f"({', '.join(chain.steps(start, to))}: a downgrade is missing)"
+            )
+        path = staging_path(job)
+        if not path.exists():
+            raise ConfigError(f"job '{job}' has no staging yet ({path}): run it once first")
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        con = duck.connect(path, read_only=True, alias="staging")
+        try:
+            cols = [
+                c
+                for c in staged_columns(con, table)
+                if c not in INTERNAL_COLUMNS and not c.startswith("_dlt")
+            ]
+            if not cols:
+                raise ConfigError(f"job '{job}' table '{table}' has nothing staged")
+            select = ", ".join(f'"{c}"' for c in cols)
+            sql = f'SELECT {select} FROM {STAGING_DATASET}."{table}"' + (
+                f" LIMIT {int(limit)}" if limit else ""
+            )
+            frame = con.execute(sql).to_arrow_table().to_pandas()
+        finally:
+            con.close()
+        try:
+            migrated = chain.migrate(frame, start, to)
+        except (MigrationError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(
+                f"job '{job}' table '{table}': migrating v{start} -> v{to} failed: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        result = target.validate(migrated)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        counts: dict[tuple[str, str], int] = {}
+        for fails in [result.schema_failures, *result.row_failures.values()]:
+            for f in fails:
+                key = (f.field or "<table>", f.check)
+                counts[key] = counts.get(key, 0) + 1
+        ui.out.print(
+            f"job {job} table {table}: {len(frame)} rows migrated v{start} -> v{to} "
+            f"({', '.join(chain.steps(start, to)) or 'no migration'}); "
+            f"{len(result.failed_rows)} fail contract {target.ref} v{to}; "
+            f"{seconds:.3f} s, peak {peak / 1e6:.1f} MB",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if counts:
+            report = ui._table("field", "check", "rows", title="failures")
+            for (field, check), n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                report.add_row(field, check, str(n))
+            ui._emit(report)
+            sys.exit(1)
+
+    @contracts.command("rollback")
+    @click.argument("job")
+    @click.option("--table", required=True, help="The table whose batches to pin.")
+    @click.option(
+        "--to", "to", type=int, default=None, help="Publish later batches at this version."
+    )
+    @click.option("--release", is_flag=True, help="Remove the pin: negotiate with readers again.")
+    @click.option("--reason", required=True, help="Why (kept in the operations log).")
+    @ui.config_option
+    @ui.one_line_errors
+    def rollback(
+        job: str, table: str, to: int | None, release: bool, reason: str, config: str | None
+    ) -> None:
+        """Publish the table's later batches at an earlier contract version (or, with
+        --release, let negotiation choose again). Recorded in the operations log."""
+        from deltaferry.config import load_job
+        from deltaferry.errors import ConfigError
+        from deltaferry.state import StateStore
+        from deltaferry.sync import source_version
+
+        cfg = load_job(job, config)
+        t, chain = _chain(cfg, table)
+        where = f"job '{job}' table '{table}'"
+        if (to is None) == (not release):
+            raise ConfigError(f"{where}: give --to VERSION or --release")
+        if to is not None:
+            chain.contract(to)  # a version of the chain, or a one-line error
+            start = source_version(cfg, t, chain)
+            if not chain.reachable(start, to):
+                raise ConfigError(
+                    f"{where}: the source's v{start} rows cannot be migrated to v{to} "
+                    f"({', '.join(chain.steps(start, to))}: a downgrade is missing)"
+                )
+        state = StateStore(job)
+        state.pin_contract(table, to, reason)
+        detail = (
+            f"{where}: later batches are published at v{to} of {chain.ref} ({reason})"
+            if to is not None
+            else f"{where}: contract version pin released, negotiated with readers again ({reason})"
+        )
+        state.log("contracts-rollback", "rollback", "info", table=table, detail=detail)
+        ui.out.print(detail, highlight=False, soft_wrap=True)
+
+
+def _chain(cfg, table: str):  # noqa: ANN001, ANN202
+    from contracts import load_chain
+
+    t = cfg.table(table)
+    return t, load_chain(t.contract, where=f"job '{cfg.name}' table '{table}'")
+
+
+def lint_chain(chain) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """(errors, notes) for one contract chain: migrations present, deprecations honoured."""
+    errors, notes = [], []
+    for v in chain.versions:
+        model = chain.models[v]
+        c = chain.contract(v)
+        if v != chain.versions[0] and not hasattr(model, "upgrade"):
+            errors.append(f"{model.__name__} (v{v}) has no upgrade from v{v - 1}")
+        if v != chain.versions[0] and not hasattr(model, "downgrade"):
+            notes.append(
+                f"{model.__name__} (v{v}) has no downgrade: readers cannot be served v{v - 1} from v{v} rows"
+            )
+        for later in chain.versions:
+            for field, gone in chain.contract(later).deprecated.items():
+                if v >= gone and field in c.columns:
+                    errors.append(
+                        f"{model.__name__} (v{v}) still has '{field}', deprecated by "
+                        f"{chain.models[later].__name__} to go away in v{gone}"
+                    )
+        for field, gone in c.deprecated.items():
+            if gone > chain.latest:
+                notes.append(f"'{field}' is deprecated in v{v} and goes away in v{gone}")
+    return sorted(set(errors)), sorted(set(notes))

@@ -36,7 +36,7 @@ _JOB_KEYS = {
     "schedule",
     "max_lag_seconds",
 }
-_TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract"}
+_TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract", "source_version"}
 
 
 def source_kinds() -> list[str]:
@@ -66,6 +66,8 @@ class TableConfig:
     contract: str  # "module:ClassName"
     # settings of the job's source kind for this table (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # the contract version the source's rows have (default: the newest of the chain)
+    source_version: int | None = None
 
     @property
     def soft_delete_column(self) -> str | None:
@@ -355,6 +357,13 @@ def _parse_table(
         *([deletes[5:]] if deletes.startswith("soft:") else []),
     }:
         _dlt_name_check(where, "column", col)
+    source_version = body.get("source_version")
+    if source_version is not None and (
+        isinstance(source_version, bool)
+        or not isinstance(source_version, int)
+        or source_version < 1
+    ):
+        raise ConfigError(f"{where}: source_version must be a contract version number (1, 2, ...)")
     return TableConfig(
         name=tname,
         primary_key=tuple(pk),
@@ -362,6 +371,7 @@ def _parse_table(
         deletes=deletes,
         contract=contract,
         options={k: v for k, v in body.items() if k in source_keys},
+        source_version=source_version,
     )
 
 

@@ -146,6 +146,7 @@ def build_delta(
     load_ids: list[str],
     seq_start: int,
     held: dict[str, str] | None = None,
+    migration: tuple[Any, int, int] | None = None,
 ) -> Delta:
     """Validate upserts against the contract, hold back failing rows, assign ``_seq`` and
     encode each chunk as one Parquet part. Raises ContractViolation, before anything is
@@ -154,7 +155,10 @@ def build_delta(
     ``held`` maps columns the contract does not know (source drift under the
     ``quarantine`` policy) to a reason: an upsert with a value in one of them is held
     back with that reason, not counted against the threshold, and the columns are not
-    published."""
+    published.
+
+    ``migration`` is (chain, source version, target version): each chunk's rows are taken
+    from the source's version to ``contract``'s before validation (``contracts.Chain``)."""
     quarantine: list[dict[str, Any]] = []
     parts: list[Part] = []
     seq = seq_start
@@ -166,6 +170,8 @@ def build_delta(
         drifted = _hold_drifted(t, changes, held or {}, quarantine)
         if held:
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
+        if migration is not None:
+            changes = _migrate_chunk(job, t, changes, *migration)
         keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine, drifted)
         changed += upserts
         failed_total += failed
@@ -245,6 +251,27 @@ def _to_contract_types(
                 f"cannot be cast to the contract's {target}: {e}"
             ) from None
     return data
+
+
+def _migrate_chunk(
+    job: JobConfig, t: TableConfig, changes: pa.Table, chain: Any, start: int, target: int
+) -> pa.Table:
+    """The chunk's data columns taken from version ``start`` to ``target``; same rows, same
+    order, ``_op`` and load id kept. A migration that fails stops the batch."""
+    from contracts import MigrationError
+
+    data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
+    try:
+        frame = chain.migrate(changes.select(data_cols).to_pandas(), start, target)
+    except (MigrationError, KeyError, ValueError, TypeError) as e:
+        raise ContractViolation(
+            f"job '{job.name}' table '{t.name}': migrating rows from contract v{start} to "
+            f"v{target} failed ({type(e).__name__}: {e}); nothing published"
+        ) from None
+    out = pa.Table.from_pandas(frame, preserve_index=False)
+    return out.append_column(OP_COLUMN, changes[OP_COLUMN]).append_column(
+        LOAD_ID_COLUMN, changes[LOAD_ID_COLUMN]
+    )
 
 
 def _hold_drifted(

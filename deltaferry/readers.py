@@ -72,6 +72,7 @@ class Reading:
     contract: Contract
     primary_key: list[str]
     policy: str = "strict"
+    chain: Any = None  # the reader's contracts.Chain: batches at older versions are upgraded
     newest_read: int = 0  # the newest contract version this pull applied
     warning: str | None = None  # the reader's record could not be written
 
@@ -87,6 +88,8 @@ class Reading:
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
         self.newest_read = max(self.newest_read, min(version, self.known))
+        if version < self.known and self.chain is not None and version in self.chain.versions:
+            return self._upgrade(batch, data, version, producer), None
         if version <= self.known:
             return data, None
         chain = f" producer '{producer}'" if producer else ""
@@ -115,6 +118,29 @@ class Reading:
         if absent:
             caution += f"; not in the batch: {', '.join(absent)}"
         return data.select(kept), caution
+
+    def _upgrade(self, batch: int, data: pa.Table, version: int, producer: str | None) -> pa.Table:
+        from contracts import MigrationError
+
+        try:
+            return _upgrade_table(self.chain, data, version, self.known)
+        except (MigrationError, KeyError, ValueError, TypeError) as e:
+            chain = f" producer '{producer}'" if producer else ""
+            raise VersionError(
+                f"job '{self.job}' table '{self.table}'{chain} batch {batch}: upgrading its rows "
+                f"from contract v{version} to v{self.known} failed ({type(e).__name__}: {e})"
+            ) from None
+
+
+def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Table:
+    """A batch's rows taken from contract version ``start`` to ``target`` (``_op``, ``_seq`` kept)."""
+    cols = [c for c in data.column_names if c not in (OP_COLUMN, SEQ_COLUMN)]
+    frame = chain.migrate(data.select(cols).to_pandas(), start, target)
+    out = pa.Table.from_pandas(frame, preserve_index=False)
+    for c in (OP_COLUMN, SEQ_COLUMN):
+        if c in data.column_names:
+            out = out.append_column(c, data[c])
+    return out
 
 
 def record_consumer(

@@ -80,7 +80,7 @@ def pull(
     A batch published at a contract version newer than the job's contract (the version
     this reader knows) is handled by ``policy`` (``readers.py``). With ``consumer``, the
     reader's record in the lake (``<job>/<table>/consumers/<id>.json``) is updated."""
-    from contracts import load_contract
+    from contracts import load_chain
     from deltaferry.readers import Reading, check_consumer, record_consumer
 
     if consumer is not None:
@@ -94,12 +94,9 @@ def pull(
             if tables and t.name not in tables:
                 continue
             where = f"job '{job.name}' table '{t.name}'"
+            chain = load_chain(t.contract, where=where)
             reading = Reading(
-                job.name,
-                t.name,
-                load_contract(t.contract, where=where),
-                list(t.primary_key),
-                policy,
+                job.name, t.name, chain.contract(), list(t.primary_key), policy, chain
             )
             try:
                 if job.multi_producer:

@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason VARCHAR,
     row_json VARCHAR
 );
+CREATE TABLE IF NOT EXISTS contract_pins (
+    tbl VARCHAR PRIMARY KEY,       -- `deltaferry contracts rollback`: publish at this version
+    version INTEGER NOT NULL,
+    reason VARCHAR,
+    set_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     started_at TIMESTAMPTZ NOT NULL,
@@ -239,6 +245,21 @@ class StateStore:
                 [table],
             )
         return Checkpoint(*row) if row else Checkpoint(0, None, 0)
+
+    def contract_pin(self, table: str) -> int | None:
+        """The contract version ``contracts rollback`` pinned the table's batches to, if any."""
+        with self.connect() as con:
+            row = fetch_one(con, "SELECT version FROM contract_pins WHERE tbl = ?", [table])
+        return row[0] if row else None
+
+    def pin_contract(self, table: str, version: int | None, reason: str) -> None:
+        """Pin (or with None, release) the version the table's next batches are published at."""
+        with self.connect() as con:
+            con.execute("DELETE FROM contract_pins WHERE tbl = ?", [table])
+            if version is not None:
+                con.execute(
+                    "INSERT INTO contract_pins VALUES (?, ?, ?, ?)", [table, version, reason, now()]
+                )
 
     def last_manifest(self, table: str) -> dict[str, Any] | None:
         """The manifest of the table's newest batch planned or committed here."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from deltaferry import duck
 
-from contracts import Contract, load_contract
+from contracts import Chain, Contract, load_chain, load_contract
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
 from deltaferry.errors import (
@@ -69,6 +69,10 @@ class SyncContext:
     skipped: list[str] = field(default_factory=list)
     # source drift met in this run, per table, one line each (contracts/drift.py)
     drift: dict[str, str] = field(default_factory=dict)
+    # each table's chain of contract versions; the version its source rows have, and the
+    # version this run publishes at (after negotiation with the readers), when they differ
+    chains: dict[str, Chain] = field(default_factory=dict)
+    migrations: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -122,9 +126,12 @@ def open_context(
     job: JobConfig, run_id: str | None = None, trace_id: str | None = None
 ) -> SyncContext:
     """Load contracts, open state and lake, check the lake answers (ConfigError if not)."""
-    contracts = {
-        t.name: load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+    chains = {
+        t.name: load_chain(t.contract, where=f"job '{job.name}' table '{t.name}'")
         for t in job.tables
+    }
+    contracts = {
+        t.name: chains[t.name].contract(source_version(job, t, chains[t.name])) for t in job.tables
     }
     state = StateStore(job.name)
     lake = open_lake(job.lake, base=job.base_dir)
@@ -138,6 +145,7 @@ def open_context(
         run_id=rid,
         trace_id=trace_id or rid,
         contracts=contracts,
+        chains=chains,
     )
 
 
@@ -189,13 +197,20 @@ class DriftPlan:
         }
 
 
+def _migration(ctx: SyncContext, t: TableConfig) -> tuple[Chain, int, int] | None:
+    if t.name not in ctx.migrations:
+        return None
+    return (ctx.chains[t.name], *ctx.migrations[t.name])
+
+
 def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
     """Compare the staged columns with the contract and apply the job's drift policy:
     freeze raises SchemaDrift; quarantine and evolve say which columns to leave out."""
     from contracts.drift import detect, draft_next_version, write_draft
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
 
-    contract = ctx.contracts[t.name]
+    chain = ctx.chains[t.name]  # staging has the source's columns: its version's contract
+    contract = chain.contract(source_version(ctx.job, t, chain))
     drift = detect(con, STAGING_DATASET, t.name, contract, set(INTERNAL_COLUMNS))
     if not drift:
         return None
@@ -271,12 +286,73 @@ def _staged_changes(
         con.close()
 
 
+def source_version(job: JobConfig, t: TableConfig, chain: Chain) -> int:
+    """The contract version the table's source rows have (``source_version``, or the newest)."""
+    v = t.source_version or chain.latest
+    if v not in chain.versions:
+        raise ConfigError(
+            f"job '{job.name}' table '{t.name}': source_version {v} is not a version of contract "
+            f"{chain.ref} ({', '.join(f'v{n}' for n in chain.versions)})"
+        )
+    return v
+
+
+def negotiate(ctx: SyncContext, t: TableConfig) -> int:
+    """The version this batch is published at: a version pinned by ``contracts rollback``,
+    else the highest version every active reader reads (the newest without readers); then
+    the nearest one the source's rows can be migrated to. Recorded in the operations log."""
+    from deltaferry.readers import age_seconds, read_consumers
+
+    chain = ctx.chains[t.name]
+    source = source_version(ctx.job, t, chain)
+    reasons: list[str] = []
+    pin = ctx.state.contract_pin(t.name)
+    if pin is not None and pin in chain.versions:
+        target = pin
+        reasons.append(f"pinned to v{pin} by contracts rollback")
+    else:
+        target = chain.latest
+        for r in read_consumers(ctx.lake, ctx.job.name, t.name):
+            reads = [v for v in r.get("supports") or [] if v in chain.versions]
+            age = age_seconds(r)
+            if "error" in r or age is None:
+                continue
+            who = f"reader '{r.get('consumer')}'"
+            if age > ctx.job.reader_timeout_seconds:
+                reasons.append(f"{who} not seen for {int(age)}s: not holding the version back")
+                continue
+            best = max(reads) if reads else chain.versions[0]
+            if best < target:
+                target = best
+                reasons.append(f"{who} reads up to v{best}")
+    wanted = target
+    while not chain.reachable(source, target) and target != source:
+        target += 1 if target < source else -1
+    if target != wanted:
+        reasons.append(f"v{wanted} cannot be reached from the source's v{source} (no downgrade)")
+    ctx.contracts[t.name] = chain.contract(target)
+    if target != source:
+        ctx.migrations[t.name] = (source, target)
+    else:
+        ctx.migrations.pop(t.name, None)
+    if reasons or target != source:
+        steps = ", ".join(chain.steps(source, target)) or "no migration"
+        detail = (
+            f"job '{ctx.job.name}' table '{t.name}': publishing at v{target} of {chain.ref} "
+            f"(source rows are v{source}: {steps})" + (f"; {'; '.join(reasons)}" if reasons else "")
+        )
+        ctx.state.log(ctx.run_id, "negotiate", "info", table=t.name, detail=detail)
+    return target
+
+
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
     ckpt = ctx.state.checkpoint(t.name)
     with _staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids:
             return None
+        if len(ctx.chains[t.name].versions) > 1:
+            negotiate(ctx, t)
         delta = (
             build_delta(
                 ctx.job,
@@ -286,6 +362,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
                 load_ids,
                 ckpt.seq_end + 1,
                 held=drift.held if drift else None,
+                migration=_migration(ctx, t),
             )
             if chunks is not None
             else None
@@ -303,6 +380,15 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
     if drift is not None:
         manifest["drift"] = drift.manifest()
+    if t.name in ctx.migrations:
+        start, target = ctx.migrations[t.name]
+        chain = ctx.chains[t.name]
+        manifest["migration"] = {
+            "from": start,
+            "to": target,
+            "steps": chain.steps(start, target),
+            "source_fingerprint": chain.contract(start).fingerprint,
+        }
     if ctx.keyring is not None:
         manifest = ctx.keyring.sign(manifest)
     body = canonical(manifest)
@@ -569,7 +655,16 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
     import json
 
-    recorded = json.loads(plan.manifest).get("drift")
+    planned = json.loads(plan.manifest)
+    recorded = planned.get("drift")
+    chain = ctx.chains[t.name]  # the plan's own version and migration, whatever readers say now
+    version = int((planned.get("contract") or {}).get("version") or chain.latest)
+    ctx.contracts[t.name] = chain.contract(version)
+    moved = planned.get("migration")
+    if moved:
+        ctx.migrations[t.name] = (int(moved["from"]), int(moved["to"]))
+    else:
+        ctx.migrations.pop(t.name, None)
     drift = (
         DriftPlan(recorded["policy"], recorded["diff"], recorded["excluded"], recorded["held"])
         if recorded
@@ -591,6 +686,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             plan.load_ids,
             plan.seq_start,
             held=drift.held if drift else None,
+            migration=_migration(ctx, t),
         )
     want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
     got = [p.sha256 for p in delta.parts]

@@ -1,11 +1,13 @@
-"""A second version of the shop's customers contract, for the reader-policy tests
-(``tests.contracts_versions:CustomersV2``): version 1 plus a loyalty tier."""
+"""Later versions of the shop's customers contract, for the tests: ``CustomersV2`` (v1
+plus a loyalty tier, for the reader policies) and the chain ``Customers3``."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from contracts import Chain, MigrationError
 from contracts.shop import CustomersV1
 
 
@@ -15,3 +17,80 @@ class CustomersV2(CustomersV1):
     __version__ = 2
 
     loyalty: Series[str] = pa.Field(nullable=True, isin=["silver", "gold"])
+
+
+# --- a chain of three versions of the shop's customers (tests/test_contract_chain.py) ---
+#
+# v1 -> v2: `name` renamed to `full_name`; `name` is kept for v1 readers and deprecated,
+#           to go away in v3. Nothing is lost going back.
+# v2 -> v3: a new required column `tier` with a default; `email` split into `email_user`
+#           and `email_domain`; `name` removed. Going back loses nothing unless a row has
+#           a tier other than the default.
+
+
+class CustomersR2(CustomersV1):
+    """v1 with `full_name`; `name` kept until v3."""
+
+    __version__ = 2
+    __deprecated__ = {"name": 3}
+
+    full_name: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200})
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        frame["full_name"] = frame["name"]
+        return frame
+
+    @staticmethod
+    def downgrade(frame):  # noqa: ANN001, ANN205
+        return frame.drop(columns=["full_name"])
+
+
+class CustomersR3(pa.DataFrameModel):
+    """A shop customer, version 3."""
+
+    __version__ = 3
+
+    id: Series[int] = pa.Field(ge=1, unique=True)
+    full_name: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200})
+    email_user: Series[str] = pa.Field(str_length={"min_value": 1})
+    email_domain: Series[str] = pa.Field(str_matches=r"^[^@\s]+\.[a-z]{2,}$")
+    country: Series[str] = pa.Field(str_length={"min_value": 2, "max_value": 2})
+    tier: Series[str] = pa.Field(isin=["standard", "gold"])
+    updated_at: Series[pd.Timestamp]
+    deleted_at: Series[pd.Timestamp] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        parts = frame["email"].astype("object").str.partition("@")
+        frame["email_user"] = parts[0]
+        frame["email_domain"] = parts[2]
+        frame["tier"] = "standard"
+        return frame.drop(columns=["email", "name"])
+
+    @staticmethod
+    def downgrade(frame):  # noqa: ANN001, ANN205
+        special = frame["tier"].notna() & (frame["tier"] != "standard")
+        if special.any():
+            raise MigrationError(
+                f"{int(special.sum())} row(s) have a tier other than 'standard', which v2 cannot hold"
+            )
+        frame["email"] = frame["email_user"] + "@" + frame["email_domain"]
+        frame["name"] = frame["full_name"]
+        return frame.drop(columns=["email_user", "email_domain", "tier"])
+
+
+Customers3 = Chain(CustomersV1, CustomersR2, CustomersR3)
+
+
+class CustomersR3Stale(CustomersR3):
+    """A v3 that forgot to drop the deprecated `name` (for `contracts lint`)."""
+
+    name: Series[str]
+
+
+StaleChain = Chain(CustomersV1, CustomersR2, CustomersR3Stale)
