@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 
-import duckdb
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -21,6 +20,7 @@ from deltaferry.cli import cli
 from deltaferry.state import StateStore
 from destinations.manifest import manifest_key
 from tests.contracts_versions import Customers3
+from tests.test_readers import _q
 
 
 def _frame() -> pd.DataFrame:
@@ -58,14 +58,6 @@ def test_a_downgrade_that_would_lose_information_refuses() -> None:
 
 def _cli(*args: str):  # noqa: ANN202
     return CliRunner().invoke(cli, list(args))
-
-
-def _q(replica, sql: str) -> list:  # noqa: ANN001
-    con = duckdb.connect(str(replica), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _change(shop, cid: int, country: str) -> None:
@@ -229,17 +221,8 @@ def test_simulate_and_lint(shop_job, shop, tmp_path):
         .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
     )
     lake_before = sorted(shop_job.lake().list("shop/"))
-    simulated = _cli(
-        "contracts",
-        "simulate",
-        "shop",
-        "--table",
-        "customers",
-        "--to",
-        "3",
-        "--config",
-        str(chained),
-    )
+    simulate = ("contracts", "simulate", "shop", "--table", "customers", "--to", "3")
+    simulated = _cli(*simulate, "--config", str(chained))
     assert simulated.exit_code == 0, simulated.output
     assert "12 rows migrated v1 -> v3 (v1->v2 upgrade, v2->v3 upgrade); 0 fail" in simulated.output
     assert " MB" in simulated.output and " s, peak " in simulated.output
@@ -253,17 +236,7 @@ def test_simulate_and_lint(shop_job, shop, tmp_path):
 
     with pytest.raises(ContractViolation):
         shop_job.sync()
-    failing = _cli(
-        "contracts",
-        "simulate",
-        "shop",
-        "--table",
-        "customers",
-        "--to",
-        "3",
-        "--config",
-        str(chained),
-    )
+    failing = _cli(*simulate, "--config", str(chained))
     assert failing.exit_code == 1
     assert "email_domain" in failing.output and "2 fail contract" in failing.output
     assert sorted(shop_job.lake().list("shop/")) == lake_before  # nothing published
