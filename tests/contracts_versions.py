@@ -22,27 +22,35 @@ class CustomersV2(CustomersV1):
 # --- a chain of three versions of the shop's customers (tests/test_contract_chain.py) ---
 #
 # v1 -> v2: `name` renamed to `full_name`; `name` is kept for v1 readers and deprecated,
-#           to go away in v3. Nothing is lost going back.
+#           to go away in v3; `updated_at` widened to a timestamp in UTC. Nothing is
+#           lost going back.
 # v2 -> v3: a new required column `tier` with a default; `email` split into `email_user`
 #           and `email_domain`; `name` removed. Going back loses nothing unless a row has
 #           a tier other than the default.
 
 
+_UTC = {"unit": "us", "tz": "UTC"}
+
+
 class CustomersR2(CustomersV1):
-    """v1 with `full_name`; `name` kept until v3."""
+    """v1 with `full_name` (`name` kept until v3), and `updated_at` widened from a naive
+    timestamp to one in UTC."""
 
     __version__ = 2
     __deprecated__ = {"name": 3}
 
     full_name: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200})
+    updated_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs=_UTC)
 
     @staticmethod
     def upgrade(frame):  # noqa: ANN001, ANN205
         frame["full_name"] = frame["name"]
+        frame["updated_at"] = pd.to_datetime(frame["updated_at"]).dt.tz_localize("UTC")
         return frame
 
     @staticmethod
     def downgrade(frame):  # noqa: ANN001, ANN205
+        frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True).dt.tz_convert(None)
         return frame.drop(columns=["full_name"])
 
 
@@ -57,7 +65,7 @@ class CustomersR3(pa.DataFrameModel):
     email_domain: Series[str] = pa.Field(str_matches=r"^[^@\s]+\.[a-z]{2,}$")
     country: Series[str] = pa.Field(str_length={"min_value": 2, "max_value": 2})
     tier: Series[str] = pa.Field(isin=["standard", "gold"])
-    updated_at: Series[pd.Timestamp]
+    updated_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs=_UTC)
     deleted_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 
     class Config:

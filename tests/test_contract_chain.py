@@ -125,7 +125,9 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
     assert _q(
         new, "SELECT full_name, email_user, email_domain, tier, country FROM customers WHERE id = 1"
     ) == [("customer 1", "c1", "example.com", "standard", "JP")]
-    assert "email" not in [r[0] for r in _q(new, "DESCRIBE customers")]
+    described = {r[0]: r[1] for r in _q(new, "DESCRIBE customers")}
+    assert "email" not in described
+    assert described["updated_at"] == "TIMESTAMP WITH TIME ZONE"  # widened in v2
 
     # 'old' goes quiet past reader_timeout_seconds: the next batch is published at v3
     time.sleep(3.5)
