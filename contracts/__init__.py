@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_
 from pandera.errors import SchemaErrors
 
 from deltaferry.errors import ConfigError
@@ -79,7 +80,8 @@ class Contract:
         self.version = int(getattr(model, "__version__", 1))
         self.columns = list(self.schema.columns)
         self.fingerprint = _fingerprint(self.schema, self.version)
-        self.deprecated: dict[str, int] = dict(getattr(model, "__deprecated__", {}) or {})
+        # the class's own deprecations (not inherited: each version says what it deprecates)
+        self.deprecated: dict[str, int] = dict(vars(model).get("__deprecated__") or {})
         self._arrow_types: dict[str, Any] | None = None
 
     def arrow_types(self) -> dict[str, Any]:
@@ -188,11 +190,23 @@ class Chain:
             self._contracts[v] = Contract(ref, self.models[v])
         return self._contracts[v]
 
+    def named(self, ref: str) -> Chain:
+        """This chain under the reference a jobs file gives it (its own contract cache)."""
+        chain = Chain(*(self.models[v] for v in self.versions))
+        chain.ref = ref
+        return chain
+
+    def migration(self, version: int, name: str) -> Any:
+        """A version's own ``upgrade`` or ``downgrade`` (never one inherited from the version
+        it extends: that would run the earlier step again), or None."""
+        model = self.models[version]
+        return getattr(model, name) if name in vars(model) else None
+
     def reachable(self, start: int, target: int) -> bool:
         """Whether rows at ``start`` can be migrated to ``target`` (downgrades may be missing)."""
         if target >= start:
-            return all(hasattr(self.models[v], "upgrade") for v in range(start + 1, target + 1))
-        return all(hasattr(self.models[v], "downgrade") for v in range(target + 1, start + 1))
+            return all(self.migration(v, "upgrade") for v in range(start + 1, target + 1))
+        return all(self.migration(v, "downgrade") for v in range(target + 1, start + 1))
 
     def steps(self, start: int, target: int) -> list[str]:
         """The migrations from ``start`` to ``target``, by name, for logs and manifests."""
@@ -205,13 +219,13 @@ class Chain:
         n = len(frame)
         if target >= start:
             for v in range(start + 1, target + 1):
-                fn = getattr(self.models[v], "upgrade", None)
+                fn = self.migration(v, "upgrade")
                 if fn is None:
                     raise MigrationError(f"{self.models[v].__name__} has no upgrade from v{v - 1}")
                 frame = fn(frame.copy())
         else:
             for v in range(start, target, -1):
-                fn = getattr(self.models[v], "downgrade", None)
+                fn = self.migration(v, "downgrade")
                 if fn is None:
                     raise MigrationError(
                         f"{self.models[v].__name__} has no downgrade to v{v - 1}: going back "
@@ -222,6 +236,34 @@ class Chain:
             raise MigrationError(f"migration v{start}->v{target} changed the number of rows")
         return frame.reset_index(drop=True)
 
+    def migrate_arrow(
+        self, data: pa_.Table, start: int, target: int, types: dict[str, Any] | None = None
+    ) -> pa_.Table:
+        """``migrate`` for an Arrow table, keeping types exact: integers with NULLs stay
+        integers (no float round trip), and every column gets the type the target contract
+        (or ``types``) gives it, else the type it had; no pandas metadata, so the same rows
+        give the same bytes whatever pandas version ran the migration."""
+        import pyarrow.compute as pc
+
+        frame = data.to_pandas(integer_object_nulls=True, date_as_object=True)
+        out = pa_.Table.from_pandas(self.migrate(frame, start, target), preserve_index=False)
+        wanted = {**self.contract(target).arrow_types(), **(types or {})}
+        before = {f.name: f.type for f in data.schema}
+        columns = []
+        for field in out.schema:
+            column = out[field.name]
+            to = wanted.get(field.name, before.get(field.name))
+            if to is not None and field.type != to:
+                try:
+                    column = pc.cast(column, to)
+                except (pa_.ArrowInvalid, pa_.ArrowNotImplementedError) as e:
+                    raise MigrationError(
+                        f"column '{field.name}' comes out of v{start}->v{target} as {field.type} "
+                        f"and cannot be {to}: {e}"
+                    ) from None
+            columns.append(column)
+        return pa_.table(columns, names=out.column_names)
+
 
 def load_chain(ref: str, *, where: str) -> Chain:
     """Import ``module:Name`` (a Chain, or one DataFrameModel: a chain of one version); a bad
@@ -229,21 +271,18 @@ def load_chain(ref: str, *, where: str) -> Chain:
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except (ImportError, ValueError) as e:  # ValueError: a Chain of versions out of order
         raise ConfigError(
             f"{where}: contract module '{module_name}' cannot be imported: {e}"
         ) from None
     found = getattr(module, attr, None)
     if isinstance(found, Chain):
-        chain = found
-    elif isinstance(found, type) and issubclass(found, pa.DataFrameModel):
-        chain = Chain(found)
-    else:
-        raise ConfigError(
-            f"{where}: contract '{ref}' is not a pandera DataFrameModel or a contracts.Chain"
-        )
-    chain.ref = ref
-    return chain
+        return found.named(ref)
+    if isinstance(found, type) and issubclass(found, pa.DataFrameModel):
+        return Chain(found).named(ref)
+    raise ConfigError(
+        f"{where}: contract '{ref}' is not a pandera DataFrameModel or a contracts.Chain"
+    )
 
 
 def load_contract(ref: str, *, where: str) -> Contract:

@@ -131,14 +131,14 @@ def register(ui: ModuleType) -> None:
         from deltaferry import duck
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
-        from deltaferry.sync import source_version
-        from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+        from deltaferry.sync import contract_version, source_version
+        from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
         from sources.staging import staged_columns, staging_path
 
         cfg = load_job(job, config)
         t, chain = _chain(cfg, table)
         start = source_version(cfg, t, chain)
-        target = chain.contract(to)
+        target = contract_version(cfg, t, chain, to)
         if not chain.reachable(start, to):
             raise ConfigError(
                 f"job '{job}' table '{table}': v{to} cannot be reached from the source's v{start} "
@@ -159,8 +159,16 @@ def register(ui: ModuleType) -> None:
             if not cols:
                 raise ConfigError(f"job '{job}' table '{table}' has nothing staged")
             select = ", ".join(f'"{c}"' for c in cols)
-            sql = f'SELECT {select} FROM {STAGING_DATASET}."{table}"' + (
-                f" LIMIT {int(limit)}" if limit else ""
+            staged = staged_columns(con, table)
+            live = []  # deletes carry only their key: nothing to validate
+            if DELETED_COLUMN in staged:
+                live.append(f'NOT coalesce("{DELETED_COLUMN}", false)')
+            if t.soft_delete_column:
+                live.append(f'"{t.soft_delete_column}" IS NULL')
+            sql = (
+                f'SELECT {select} FROM {STAGING_DATASET}."{table}" WHERE '
+                + (" AND ".join(live) or "true")
+                + (f" LIMIT {int(limit)}" if limit else "")
             )
             frame = con.execute(sql).to_arrow_table().to_pandas()
         finally:
@@ -214,7 +222,7 @@ def register(ui: ModuleType) -> None:
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
         from deltaferry.state import StateStore
-        from deltaferry.sync import source_version
+        from deltaferry.sync import contract_version, source_version
 
         cfg = load_job(job, config)
         t, chain = _chain(cfg, table)
@@ -222,7 +230,7 @@ def register(ui: ModuleType) -> None:
         if (to is None) == (not release):
             raise ConfigError(f"{where}: give --to VERSION or --release")
         if to is not None:
-            chain.contract(to)  # a version of the chain, or a one-line error
+            contract_version(cfg, t, chain, to)  # a version of the chain, or a one-line error
             start = source_version(cfg, t, chain)
             if not chain.reachable(start, to):
                 raise ConfigError(
@@ -253,9 +261,9 @@ def lint_chain(chain) -> tuple[list[str], list[str]]:  # noqa: ANN001
     for v in chain.versions:
         model = chain.models[v]
         c = chain.contract(v)
-        if v != chain.versions[0] and not hasattr(model, "upgrade"):
+        if v != chain.versions[0] and not chain.migration(v, "upgrade"):
             errors.append(f"{model.__name__} (v{v}) has no upgrade from v{v - 1}")
-        if v != chain.versions[0] and not hasattr(model, "downgrade"):
+        if v != chain.versions[0] and not chain.migration(v, "downgrade"):
             notes.append(
                 f"{model.__name__} (v{v}) has no downgrade: readers cannot be served v{v - 1} from v{v} rows"
             )

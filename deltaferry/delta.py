@@ -262,13 +262,12 @@ def _migrate_chunk(
 
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     try:
-        frame = chain.migrate(changes.select(data_cols).to_pandas(), start, target)
+        out = chain.migrate_arrow(changes.select(data_cols), start, target)
     except (MigrationError, KeyError, ValueError, TypeError) as e:
         raise ContractViolation(
             f"job '{job.name}' table '{t.name}': migrating rows from contract v{start} to "
             f"v{target} failed ({type(e).__name__}: {e}); nothing published"
         ) from None
-    out = pa.Table.from_pandas(frame, preserve_index=False)
     return out.append_column(OP_COLUMN, changes[OP_COLUMN]).append_column(
         LOAD_ID_COLUMN, changes[LOAD_ID_COLUMN]
     )

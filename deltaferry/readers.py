@@ -80,6 +80,18 @@ class Reading:
     def known(self) -> int:
         return self.contract.version
 
+    @property
+    def first(self) -> int:
+        """The oldest version this reader reads: its chain's first; a contract of one
+        version reads every earlier version as published (missing columns stay NULL)."""
+        if self.chain is not None and len(self.chain.versions) > 1:
+            return self.chain.versions[0]
+        return 1
+
+    @property
+    def supports(self) -> list[int]:
+        return list(range(self.first, self.known + 1))
+
     def admit(
         self, batch: int, manifest: dict[str, Any], data: pa.Table, producer: str | None = None
     ) -> tuple[pa.Table, str | None]:
@@ -87,11 +99,20 @@ class Reading:
         Raises VersionError when the batch is newer than a strict reader knows."""
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
-        self.newest_read = max(self.newest_read, min(version, self.known))
-        if version < self.known and self.chain is not None and version in self.chain.versions:
+        first = self.first
+        chained = self.chain is not None and len(self.chain.versions) > 1
+        if chained and first <= version < self.known:
+            self.newest_read = max(self.newest_read, version)
             return self._upgrade(batch, data, version, producer), None
-        if version <= self.known:
+        if first <= version <= self.known:  # its own version, or (one version) any older one
+            self.newest_read = max(self.newest_read, version)
             return data, None
+        if version < first:  # older than anything this reader's chain can upgrade
+            self.newest_read = max(self.newest_read, version)
+            return data, (
+                f"published at contract v{version}, older than this reader's first version "
+                f"v{first}: applied as published"
+            )
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
         if self.policy == "strict":
@@ -109,6 +130,7 @@ class Reading:
                 f"{', '.join(missing_key)} this reader (v{self.known}) keys on: even a partial "
                 "read cannot apply it; upgrade the reader's contracts"
             )
+        self.newest_read = max(self.newest_read, self.known)
         kept = [c for c in data.column_names if c in known]
         left_out = [c for c in data.column_names if c not in known]
         absent = [c for c in self.contract.columns if c not in data.column_names]
@@ -135,8 +157,7 @@ class Reading:
 def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Table:
     """A batch's rows taken from contract version ``start`` to ``target`` (``_op``, ``_seq`` kept)."""
     cols = [c for c in data.column_names if c not in (OP_COLUMN, SEQ_COLUMN)]
-    frame = chain.migrate(data.select(cols).to_pandas(), start, target)
-    out = pa.Table.from_pandas(frame, preserve_index=False)
+    out = chain.migrate_arrow(data.select(cols), start, target)
     for c in (OP_COLUMN, SEQ_COLUMN):
         if c in data.column_names:
             out = out.append_column(c, data[c])
@@ -152,7 +173,7 @@ def record_consumer(
         "consumer": consumer,
         "job": reading.job,
         "table": reading.table,
-        "supports": list(range(1, reading.known + 1)),
+        "supports": reading.supports,
         "contract": {
             "ref": reading.contract.ref,
             "version": reading.known,
@@ -189,12 +210,15 @@ def read_consumers(lake: LakeStore, job: str, table: str) -> list[dict[str, Any]
 
 
 def age_seconds(record: dict[str, Any]) -> float | None:
-    from datetime import datetime
+    """Seconds since the reader was last seen (a time without zone is taken as UTC)."""
+    from datetime import UTC, datetime
 
     try:
         seen = datetime.fromisoformat(str(record.get("last_seen")))
     except ValueError:
         return None
+    if seen.tzinfo is None:
+        seen = seen.replace(tzinfo=UTC)
     return (now() - seen).total_seconds()
 
 

@@ -286,6 +286,14 @@ def _staged_changes(
         con.close()
 
 
+def contract_version(job: JobConfig, t: TableConfig, chain: Chain, version: int) -> Contract:
+    """A version of the table's chain, or a one-line error naming job and table."""
+    try:
+        return chain.contract(version)
+    except ConfigError as e:
+        raise ConfigError(f"job '{job.name}' table '{t.name}': {e}") from None
+
+
 def source_version(job: JobConfig, t: TableConfig, chain: Chain) -> int:
     """The contract version the table's source rows have (``source_version``, or the newest)."""
     v = t.source_version or chain.latest
@@ -307,13 +315,16 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
     source = source_version(ctx.job, t, chain)
     reasons: list[str] = []
     pin = ctx.state.contract_pin(t.name)
-    if pin is not None and pin in chain.versions:
+    if pin is not None and pin not in chain.versions:
+        reasons.append(f"the rollback pin to v{pin} is not a version of {chain.ref}: ignored")
+        pin = None
+    if pin is not None:
         target = pin
         reasons.append(f"pinned to v{pin} by contracts rollback")
     else:
         target = chain.latest
+        counted = []
         for r in read_consumers(ctx.lake, ctx.job.name, t.name):
-            reads = [v for v in r.get("supports") or [] if v in chain.versions]
             age = age_seconds(r)
             if "error" in r or age is None:
                 continue
@@ -321,10 +332,13 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
             if age > ctx.job.reader_timeout_seconds:
                 reasons.append(f"{who} not seen for {int(age)}s: not holding the version back")
                 continue
-            best = max(reads) if reads else chain.versions[0]
-            if best < target:
-                target = best
-                reasons.append(f"{who} reads up to v{best}")
+            reads = [v for v in r.get("supports") or [] if v in chain.versions]
+            if not reads:
+                reasons.append(f"{who} reads none of v{chain.versions[0]}..v{chain.latest}")
+                continue
+            counted.append(f"{who} reads up to v{max(reads)}")
+            target = min(target, max(reads))
+        reasons[:0] = counted
     wanted = target
     while not chain.reachable(source, target) and target != source:
         target += 1 if target < source else -1
@@ -659,7 +673,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     recorded = planned.get("drift")
     chain = ctx.chains[t.name]  # the plan's own version and migration, whatever readers say now
     version = int((planned.get("contract") or {}).get("version") or chain.latest)
-    ctx.contracts[t.name] = chain.contract(version)
+    ctx.contracts[t.name] = contract_version(ctx.job, t, chain, version)
     moved = planned.get("migration")
     if moved:
         ctx.migrations[t.name] = (int(moved["from"]), int(moved["to"]))

@@ -102,3 +102,34 @@ class CustomersR3Stale(CustomersR3):
 
 
 StaleChain = Chain(CustomersV1, CustomersR2, CustomersR3Stale)
+
+
+# --- types that a pandas round trip would bend (tests/test_contract_chain.py) ---
+
+
+class LedgerV1(pa.DataFrameModel):
+    __version__ = 1
+    id: Series[int]
+    amount: Series[object] = pa.Field(nullable=True)
+    ref: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    booked: Series[object] = pa.Field(nullable=True)
+
+
+class LedgerV2(LedgerV1):
+    __version__ = 2
+    note: Series[str]
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        frame["note"] = ""
+        return frame
+
+    @staticmethod
+    def downgrade(frame):  # noqa: ANN001, ANN205
+        return frame.drop(columns=["note"])
+
+
+class ForgetfulV3(CustomersR2):
+    """A v3 that forgot its own upgrade: it must not run v2's again."""
+
+    __version__ = 3

@@ -252,3 +252,53 @@ def test_simulate_and_lint(shop_job, shop, tmp_path):
         "CustomersR3Stale (v3) still has 'name', deprecated by CustomersR2 to go away in v3"
         in linted.output
     )
+
+
+def test_migrating_keeps_exact_types_and_values() -> None:
+    """Integers with NULLs stay integers (no float round trip), decimals keep their
+    precision, an all-NULL date column keeps its type, and no pandas metadata is written."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contracts import Chain
+    from tests.contracts_versions import LedgerV1, LedgerV2
+
+    big = 2**53 + 1
+    data = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "amount": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(10, 2)),
+            "ref": pa.array([big, None], pa.int64()),
+            "booked": pa.array([None, None], pa.date32()),
+        }
+    )
+    chain = Chain(LedgerV1, LedgerV2)
+    out = chain.migrate_arrow(data, 1, 2)
+    assert out["ref"].to_pylist() == [big, None] and out.schema.field("ref").type == pa.int64()
+    assert out.schema.field("amount").type == pa.decimal128(10, 2)
+    assert out.schema.field("booked").type == pa.date32()
+    assert out["note"].to_pylist() == ["", ""]
+    assert out.schema.metadata is None
+    back = chain.migrate_arrow(out, 2, 1)
+    assert back.equals(data)
+    pq.write_table(out, pa.BufferOutputStream())  # writes without pandas metadata
+
+
+def test_a_version_never_runs_the_migration_it_inherits() -> None:
+    from contracts import Chain, load_chain
+    from deltaferry.cli_contracts import lint_chain
+    from tests.contracts_versions import CustomersR2, CustomersV1, ForgetfulV3
+
+    chain = Chain(CustomersV1, CustomersR2, ForgetfulV3)
+    assert chain.reachable(1, 2) and not chain.reachable(1, 3)
+    with pytest.raises(MigrationError, match="ForgetfulV3 has no upgrade from v2"):
+        chain.migrate(_frame(), 1, 3)
+    errors, _ = lint_chain(chain)
+    assert "ForgetfulV3 (v3) has no upgrade from v2" in errors
+    # two references to one chain object each keep their own name in manifests
+    a = load_chain("tests.contracts_versions:Customers3", where="a")
+    b = load_chain("tests.contracts_versions:Customers3", where="b")
+    assert a is not b and a.contract().ref == "tests.contracts_versions:Customers3"
+    assert a.contract(1).ref == "tests.contracts_versions:Customers3@v1"
