@@ -132,7 +132,8 @@ def register(ui: ModuleType) -> None:
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
         from deltaferry.sync import contract_version, source_version
-        from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+        from deltaferry.delta import delete_conditions
+        from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
         from sources.staging import staged_columns, staging_path
 
         cfg = load_job(job, config)
@@ -159,15 +160,11 @@ def register(ui: ModuleType) -> None:
             if not cols:
                 raise ConfigError(f"job '{job}' table '{table}' has nothing staged")
             select = ", ".join(f'"{c}"' for c in cols)
-            staged = staged_columns(con, table)
-            live = []  # deletes carry only their key: nothing to validate
-            if DELETED_COLUMN in staged:
-                live.append(f'NOT coalesce("{DELETED_COLUMN}", false)')
-            if t.soft_delete_column:
-                live.append(f'"{t.soft_delete_column}" IS NULL')
+            # deletes carry only their key: nothing to validate
+            deleted = delete_conditions(t, staged_columns(con, table))
             sql = (
                 f'SELECT {select} FROM {STAGING_DATASET}."{table}" WHERE '
-                + (" AND ".join(live) or "true")
+                + (f"NOT ({' OR '.join(deleted)})" if deleted else "true")
                 + (f" LIMIT {int(limit)}" if limit else "")
             )
             frame = con.execute(sql).to_arrow_table().to_pandas()

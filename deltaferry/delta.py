@@ -80,6 +80,16 @@ def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[st
     return sorted(ids, key=lambda s: tuple(int(x) for x in s.split(".")))
 
 
+def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
+    """SQL conditions, any of which makes a staged row a delete (a tombstone, a soft delete)."""
+    deleted = []
+    if DELETED_COLUMN in staged:
+        deleted.append(f"coalesce({_q(DELETED_COLUMN)}, false)")
+    if t.soft_delete_column:
+        deleted.append(f"{_q(t.soft_delete_column)} IS NOT NULL")
+    return deleted
+
+
 def read_changes(
     con: duckdb.DuckDBPyConnection,
     t: TableConfig,
@@ -97,11 +107,7 @@ def read_changes(
     if not cols:
         return None
     data_cols = [c for c in cols if c not in INTERNAL_COLUMNS and c not in exclude]
-    deleted = []
-    if DELETED_COLUMN in cols:
-        deleted.append(f"coalesce({_q(DELETED_COLUMN)}, false)")
-    if t.soft_delete_column:
-        deleted.append(f"{_q(t.soft_delete_column)} IS NOT NULL")
+    deleted = delete_conditions(t, cols)
     op = (
         f"CASE WHEN {' OR '.join(deleted)} THEN 'delete' ELSE 'upsert' END"
         if deleted
