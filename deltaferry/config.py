@@ -30,6 +30,7 @@ _JOB_KEYS = {
     "multi_producer",
     "drift",
     "reader_timeout_seconds",
+    "dual_publish",
     "max_clock_skew_seconds",
     "contract",
     "max_reconcile_delete_ratio",
@@ -97,6 +98,8 @@ class JobConfig:
     drift: str = "freeze"
     # a reader not seen for longer than this no longer holds the contract version back
     reader_timeout_seconds: float = 7 * 24 * 3600.0
+    # publishing below the newest contract version: also publish each batch at the newest
+    dual_publish: bool = False
     base_dir: Path = field(default_factory=Path.cwd)
     # settings of the job's source kind (see sources/<kind>/settings.py)
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -262,6 +265,9 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         or reader_timeout <= 0
     ):
         raise ConfigError(f"{where}: reader_timeout_seconds must be a positive number of seconds")
+    dual = body.get("dual_publish", False)
+    if not isinstance(dual, bool):
+        raise ConfigError(f"{where}: dual_publish must be true or false")
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -289,6 +295,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         max_clock_skew_seconds=float(skew),
         drift=drift,
         reader_timeout_seconds=float(reader_timeout),
+        dual_publish=dual,
         base_dir=base,
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,

@@ -55,7 +55,9 @@ def collect(
             if raw is None:
                 continue
             try:
-                referenced.update(f["key"] for f in parse(raw, key=key)["files"])
+                m = parse(raw, key=key)
+                referenced.update(f["key"] for f in m["files"])
+                referenced.update(f["key"] for f in (m.get("also") or {}).get("files", []))
             except ValueError:
                 continue  # a broken manifest is verify's business; never delete what it may name
         report.referenced += len(referenced)

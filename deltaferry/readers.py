@@ -93,12 +93,23 @@ class Reading:
         return list(range(self.first, self.known + 1))
 
     def admit(
-        self, batch: int, manifest: dict[str, Any], data: pa.Table, producer: str | None = None
+        self,
+        batch: int,
+        manifest: dict[str, Any],
+        data: pa.Table,
+        producer: str | None = None,
+        also: pa.Table | None = None,
     ) -> tuple[pa.Table, str | None]:
         """The batch's data as this reader applies it, and a caution when read partially.
-        Raises VersionError when the batch is newer than a strict reader knows."""
+        Raises VersionError when the batch is newer than a strict reader knows. A batch
+        published at two versions (``also``) is read at the newer one this reader knows."""
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
+        second = manifest.get("also")
+        if second is not None and also is not None:
+            newer = int(second["contract"]["version"])
+            if version < newer <= self.known:
+                published, version, data = second["contract"], newer, also
         first = self.first
         chained = self.chain is not None and len(self.chain.versions) > 1
         if chained and first <= version < self.known:

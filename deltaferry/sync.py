@@ -197,6 +197,23 @@ class DriftPlan:
         }
 
 
+def _dual(
+    ctx: SyncContext, t: TableConfig, delta: Delta, version: int | None
+) -> tuple[int, list[Any]] | None:
+    """The batch again at the newest version its rows can be upgraded to (or ``version``,
+    when rebuilding a plan), if that is newer than the version it is published at."""
+    from deltaferry.delta import translate_parts
+
+    chain = ctx.chains[t.name]
+    start = ctx.contracts[t.name].version
+    if version is None:
+        ahead = [v for v in chain.versions if v > start and chain.reachable(start, v)]
+        if not ahead:
+            return None
+        version = max(ahead)
+    return version, translate_parts(ctx.job, t, delta.parts, chain, start, version)
+
+
 def _migration(ctx: SyncContext, t: TableConfig) -> tuple[Chain, int, int] | None:
     if t.name not in ctx.migrations:
         return None
@@ -389,6 +406,8 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         return None
     check_chain_mode(ctx, t)
     _note_readers(ctx, t)
+    if ctx.job.dual_publish:
+        delta.also = _dual(ctx, t, delta, None)
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
@@ -527,6 +546,31 @@ def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
     return value
 
 
+def _also_manifest(ctx: SyncContext, t: TableConfig, batch: int, delta: Delta) -> dict[str, Any]:
+    """The ``also`` entry of a dual-published batch: the newer version and its files."""
+    if delta.also is None:
+        return {}
+    version, parts = delta.also
+    c = ctx.chains[t.name].contract(version)
+    return {
+        "also": {
+            "contract": {"ref": c.ref, "version": c.version, "fingerprint": c.fingerprint},
+            "files": [
+                {
+                    "key": data_key(
+                        ctx.job.name, t.name, batch, i, p.sha256, ctx.job.chain, version
+                    ),
+                    "sha256": p.sha256,
+                    "bytes": len(p.data),
+                    "rows": p.rows,
+                    "ops": {"upsert": p.upserts, "delete": p.deletes},
+                }
+                for i, p in enumerate(parts)
+            ],
+        }
+    }
+
+
 def make_manifest(
     ctx: SyncContext,
     t: TableConfig,
@@ -563,6 +607,7 @@ def make_manifest(
             }
             for i, p in enumerate(delta.parts)
         ],
+        **_also_manifest(ctx, t, batch, delta),
         "trace_id": ctx.trace_id,
         "created_at": now().isoformat(),
         "signature": None,
@@ -579,9 +624,14 @@ def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
     """Upload every data object of the plan; the manifest is written only after all succeed."""
     import json
 
-    files = json.loads(plan.manifest)["files"]
+    planned = json.loads(plan.manifest)
+    files = planned["files"]
+    parts = list(delta.parts)
+    if "also" in planned:  # dual publishing: the newer version's copy goes up too
+        files = files + planned["also"]["files"]
+        parts += delta.also[1] if delta.also else []
     sent = 0
-    for f, part in zip(files, delta.parts, strict=True):
+    for f, part in zip(files, parts, strict=True):
         if f["sha256"] != part.sha256:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f['key']} "
@@ -702,8 +752,10 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             held=drift.held if drift else None,
             migration=_migration(ctx, t),
         )
-    want = [f["sha256"] for f in json.loads(plan.manifest)["files"]]
-    got = [p.sha256 for p in delta.parts]
+    if "also" in planned:
+        delta.also = _dual(ctx, t, delta, int(planned["also"]["contract"]["version"]))
+    want = [f["sha256"] for f in planned["files"] + (planned.get("also") or {}).get("files", [])]
+    got = [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
     if want != got:
         raise TerminalError(
             f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "

@@ -35,6 +35,7 @@ class VerifiedBatch:
     manifest: dict[str, Any]
     manifest_sha256: str
     data: pa.Table | None  # loaded only when asked
+    also: pa.Table | None = None  # dual publishing: the rows at the newer version
 
 
 def list_batches(lake: LakeStore, job: str, table: str, producer: str | None = None) -> list[int]:
@@ -122,36 +123,58 @@ def iter_verified(
             raise VerificationError(
                 f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
             )
-        tables = []
-        for f in m["files"]:
-            body = lake.get(f["key"])
-            if body is None:
-                raise VerificationError(f"{where}: data object {f['key']} is missing")
-            if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
-                raise VerificationError(
-                    f"{where}: data object {f['key']} does not match its sha256/size"
-                )
-            meta = pq.read_metadata(io.BytesIO(body))
-            if meta.num_rows != f["rows"]:
-                raise VerificationError(
-                    f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
-                )
-            if load:
-                tables.append(pq.read_table(io.BytesIO(body)))
+        tables = _verified_files(lake, m["files"], where, load)
         if sum(f["rows"] for f in m["files"]) != m["rows"]:
             raise VerificationError(
                 f"{where}: file row counts do not add up to the manifest's {m['rows']}"
             )
+        also = m.get("also")
+        also_tables: list[pa.Table] = []
+        if also is not None:
+            also_tables = _verified_files(lake, also["files"], where, load)
+            if sum(f["rows"] for f in also["files"]) != m["rows"]:
+                raise VerificationError(
+                    f"{where}: the v{also['contract']['version']} copy does not have the "
+                    f"batch's {m['rows']} rows"
+                )
         digest = sha256(raw)
         data = pa.concat_tables(tables, promote_options="permissive") if load and tables else None
         if data is not None and "_seq" in data.column_names:
             mm = pc.min_max(data["_seq"])
             if mm["min"].as_py() != seq["start"] or mm["max"].as_py() != seq["end"]:
                 raise VerificationError(f"{where}: _seq values do not match the manifest's range")
-        yield VerifiedBatch(b, m, digest, data)
+        alt = (
+            pa.concat_tables(also_tables, promote_options="permissive")
+            if load and also_tables
+            else None
+        )
+        yield VerifiedBatch(b, m, digest, data, alt)
         prev = digest
         prev_seq_end = seq["end"]
         expected = b + 1
+
+
+def _verified_files(
+    lake: LakeStore, files: list[dict[str, Any]], where: str, load: bool
+) -> list[pa.Table]:
+    """Check each data object against its manifest entry; the tables, when ``load``."""
+    tables = []
+    for f in files:
+        body = lake.get(f["key"])
+        if body is None:
+            raise VerificationError(f"{where}: data object {f['key']} is missing")
+        if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
+            raise VerificationError(
+                f"{where}: data object {f['key']} does not match its sha256/size"
+            )
+        meta = pq.read_metadata(io.BytesIO(body))
+        if meta.num_rows != f["rows"]:
+            raise VerificationError(
+                f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
+            )
+        if load:
+            tables.append(pq.read_table(io.BytesIO(body)))
+    return tables
 
 
 def producers(lake: LakeStore, job: str, table: str) -> list[str]:

@@ -50,10 +50,18 @@ def manifests_prefix(job: str, table: str, producer: str | None = None) -> str:
 
 
 def data_key(
-    job: str, table: str, batch: int, part: int, sha256: str, producer: str | None = None
+    job: str,
+    table: str,
+    batch: int,
+    part: int,
+    sha256: str,
+    producer: str | None = None,
+    version: int | None = None,
 ) -> str:
+    """A data object's key; ``version`` names the second copy of a dual-published batch."""
     prefix = table_prefix(job, table, producer)
-    return f"{prefix}/data/{batch:012d}/part-{part:05d}-{sha256[:16]}.parquet"
+    name = f"part-{part:05d}" if version is None else f"v{version}-part-{part:05d}"
+    return f"{prefix}/data/{batch:012d}/{name}-{sha256[:16]}.parquet"
 
 
 def batch_of_manifest_key(key: str) -> int | None:
