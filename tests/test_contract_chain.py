@@ -60,6 +60,18 @@ def _cli(*args: str):  # noqa: ANN202
     return CliRunner().invoke(cli, list(args))
 
 
+def _chained(shop_job, tmp_path, setting: str = ""):  # noqa: ANN001, ANN202
+    """A jobs file whose customers use the chain Customers3, the source's rows being v1."""
+    path = tmp_path / "chained.toml"
+    path.write_text(
+        shop_job.config.read_text()
+        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
+        .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
+        .replace("max_quarantine_ratio = 0.2", f"max_quarantine_ratio = 0.2\n{setting}")
+    )
+    return path
+
+
 def _change(shop, cid: int, country: str) -> None:
     shop.con.execute(
         "UPDATE customers SET country = ?, updated_at = ? WHERE id = ?",
@@ -74,15 +86,7 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
     shop.round(8, 3, churn=0)
     shop_job.sync()  # batch 1 at v1 (the shop's own single-version contract)
     old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
-    chained = tmp_path / "chained.toml"
-    chained.write_text(
-        shop_job.config.read_text()
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
-        .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
-        .replace(
-            "max_quarantine_ratio = 0.2", "max_quarantine_ratio = 0.2\nreader_timeout_seconds = 3"
-        )
-    )
+    chained = _chained(shop_job, tmp_path, "reader_timeout_seconds = 3")
     assert (
         _cli(
             "pull",
@@ -216,12 +220,7 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
 def test_simulate_and_lint(shop_job, shop, tmp_path):
     shop.round(12, 3, churn=0)
     shop_job.sync()
-    chained = tmp_path / "chained.toml"
-    chained.write_text(
-        shop_job.config.read_text()
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
-        .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
-    )
+    chained = _chained(shop_job, tmp_path)
     lake_before = sorted(shop_job.lake().list("shop/"))
     simulate = ("contracts", "simulate", "shop", "--table", "customers", "--to", "3")
     simulated = _cli(*simulate, "--config", str(chained))
@@ -315,13 +314,7 @@ def test_dual_publishing_during_a_rollout(shop_job, shop, tmp_path, monkeypatch)
     shop.round(6, 2, churn=0)
     shop_job.sync()
     old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
-    dual = tmp_path / "dual.toml"
-    dual.write_text(
-        shop_job.config.read_text()
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
-        .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
-        .replace("max_quarantine_ratio = 0.2", "max_quarantine_ratio = 0.2\ndual_publish = true")
-    )
+    dual = _chained(shop_job, tmp_path, "dual_publish = true")
     for replica, config, who in ((old, shop_job.config, "old"), (new, dual, "new")):
         pulled = _cli(
             "pull", "shop", "--replica", str(replica), "--consumer", who, "--config", str(config)
