@@ -43,7 +43,15 @@ def register(ui: ModuleType) -> None:
             title=f"contracts {job}",
         )
         readers = ui._table(
-            "table", "reader", "reads", "policy", "at", "last seen", "counts", title="readers"
+            "table",
+            "reader",
+            "reads",
+            "policy",
+            "at",
+            "partial batches",
+            "last seen",
+            "counts",
+            title="readers",
         )
         for t in cfg.tables:
             chain = load_chain(t.contract, where=f"job '{job}' table '{t.name}'")
@@ -61,7 +69,7 @@ def register(ui: ModuleType) -> None:
                 )
             for r in read_consumers(lake, job, t.name):
                 if "error" in r:
-                    readers.add_row(t.name, str(r["consumer"]), "-", "-", "-", "-", r["error"])
+                    readers.add_row(t.name, str(r["consumer"]), "-", "-", "-", "-", "-", r["error"])
                     continue
                 supports = r.get("supports") or [1]
                 age = age_seconds(r)
@@ -72,6 +80,7 @@ def register(ui: ModuleType) -> None:
                     f"v{min(supports)}..v{max(supports)}",
                     str(r.get("policy")),
                     str(r.get("position")),
+                    str(r.get("partial_batches", 0)),
                     f"{human_duration(age)} ago" if age is not None else "-",
                     "yes" if counts else "no (timed out)",
                 )

@@ -176,7 +176,12 @@ def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Ta
 
 
 def record_consumer(
-    lake: LakeStore, reading: Reading, consumer: str, replica: str, position: Any
+    lake: LakeStore,
+    reading: Reading,
+    consumer: str,
+    replica: str,
+    position: Any,
+    partial: int = 0,
 ) -> dict[str, Any]:
     """Write (replace) this reader's record for the table in the lake."""
     body = {
@@ -193,6 +198,7 @@ def record_consumer(
         "policy": reading.policy,
         "reads": reading.newest_read or None,
         "position": position,
+        "partial_batches": partial,  # applied with a caution (newer version, partial policy)
         "replica": replica,
         "last_seen": now().isoformat(),
     }

@@ -105,9 +105,9 @@ def pull(
                     result = _pull_table(con, job, lake, t, keyring, reading)
             finally:  # what was applied is recorded, also when a batch stopped the pull
                 if consumer is not None:
-                    position = _position(con, job.name, t.name, job.multi_producer)
+                    position, partial = _position(con, job.name, t.name, job.multi_producer)
                     try:
-                        record_consumer(lake, reading, consumer, str(replica), position)
+                        record_consumer(lake, reading, consumer, str(replica), position, partial)
                     except Exception as e:  # noqa: BLE001 - a read-only reader still reads
                         reading.warning = (
                             f"{where}: could not record reader '{consumer}' in the lake "
@@ -120,24 +120,27 @@ def pull(
     return results
 
 
-def _position(con: duckdb.DuckDBPyConnection, job: str, table: str, merged: bool) -> Any:
-    """Where the replica is: the last batch applied (of each producer's chain)."""
+def _position(
+    con: duckdb.DuckDBPyConnection, job: str, table: str, merged: bool
+) -> tuple[Any, int]:
+    """Where the replica is (the last batch applied, of each producer's chain), and how
+    many of its batches were applied partially (a caution)."""
     if merged:
         try:
             rows = con.execute(
-                "SELECT producer, max(batch) FROM _deltaferry_chains WHERE job = ? AND tbl = ?"
-                " GROUP BY producer ORDER BY producer",
+                "SELECT producer, max(batch), count(caution) FROM _deltaferry_chains"
+                " WHERE job = ? AND tbl = ? GROUP BY producer ORDER BY producer",
                 [job, table],
             ).fetchall()
         except duckdb.CatalogException:
-            return {}
-        return {p: b for p, b in rows}
+            return {}, 0
+        return {p: b for p, b, _ in rows}, sum(r[2] for r in rows)
     row = fetch_one(
         con,
-        "SELECT max(batch) FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
+        "SELECT max(batch), count(caution) FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
         [job, table],
     )
-    return row[0] if row else None
+    return (row[0], row[1]) if row else (None, 0)
 
 
 def _pull_table(
