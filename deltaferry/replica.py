@@ -128,7 +128,8 @@ def _position(
     if merged:
         try:
             rows = con.execute(
-                "SELECT producer, max(batch), count(caution) FROM _deltaferry_chains"
+                "SELECT producer, max(batch), count(*) FILTER (WHERE caution LIKE '%(partial)%')"
+                " FROM _deltaferry_chains"
                 " WHERE job = ? AND tbl = ? GROUP BY producer ORDER BY producer",
                 [job, table],
             ).fetchall()
@@ -137,7 +138,8 @@ def _position(
         return {p: b for p, b, _ in rows}, sum(r[2] for r in rows)
     row = fetch_one(
         con,
-        "SELECT max(batch), count(caution) FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
+        "SELECT max(batch), count(*) FILTER (WHERE caution LIKE '%(partial)%')"
+        " FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
         [job, table],
     )
     return (row[0], row[1]) if row else (None, 0)

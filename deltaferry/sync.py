@@ -26,6 +26,7 @@ from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.delta import Delta, build_delta, new_load_ids, read_changes
 from deltaferry.errors import (
     ConfigError,
+    ContractViolation,
     ConflictError,
     JobBusyError,
     SchemaDrift,
@@ -198,20 +199,67 @@ class DriftPlan:
 
 
 def _dual(
-    ctx: SyncContext, t: TableConfig, delta: Delta, version: int | None
+    ctx: SyncContext,
+    t: TableConfig,
+    delta: Delta,
+    version: int | None,
+    drift: DriftPlan | None,
+    chunk_rows: int,
 ) -> tuple[int, list[Any]] | None:
-    """The batch again at the newest version its rows can be upgraded to (or ``version``,
-    when rebuilding a plan), if that is newer than the version it is published at."""
+    """The batch again at the newest version the source's rows reach (or ``version``, when
+    rebuilding a plan), if newer than the version it is published at. Not while a
+    ``contracts rollback`` pin holds the table: the pin is for every reader."""
     from deltaferry.delta import translate_parts
 
     chain = ctx.chains[t.name]
-    start = ctx.contracts[t.name].version
+    target = ctx.contracts[t.name].version
+    source = source_version(ctx.job, t, chain)
     if version is None:
-        ahead = [v for v in chain.versions if v > start and chain.reachable(start, v)]
+        if ctx.state.contract_pin(t.name) is not None:
+            return None
+        ahead = [v for v in chain.versions if v > target and chain.reachable(source, v)]
         if not ahead:
             return None
         version = max(ahead)
-    return version, translate_parts(ctx.job, t, delta.parts, chain, start, version)
+    if source <= target:  # the published rows hold all the source had: upgrade them
+        return version, translate_parts(ctx.job, t, delta.parts, chain, target, version)
+    # the published rows were downgraded (lossy to upgrade back): cut the copy again from
+    # the staged rows, which must be the same rows
+    job = dataclasses.replace(ctx.job, rows_per_file=chunk_rows, max_quarantine_ratio=1.0)
+    with _staged_changes(ctx, t, delta.load_ids, chunk_rows, drift) as (_, chunks, _d):
+        copy = build_delta(
+            job,
+            t,
+            chain.contract(version),
+            chunks,
+            delta.load_ids,
+            delta.seq_start,
+            held=drift.held if drift else None,
+            migration=(chain, source, version) if version != source else None,
+        )
+    if _keyed_rows(t, copy.parts) != _keyed_rows(t, delta.parts):
+        raise ContractViolation(
+            f"job '{ctx.job.name}' table '{t.name}': dual publishing: the rows that pass "
+            f"v{target} ({delta.rows}) and v{version} ({copy.rows}) differ; nothing published"
+        )
+    return version, copy.parts
+
+
+def _keyed_rows(t: TableConfig, parts: list[Any]) -> list[tuple[Any, ...]]:
+    """(key..., _seq, _op) of every row of some parts, in order."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+
+    rows: list[tuple[Any, ...]] = []
+    for part in parts:
+        table = pq.read_table(
+            io.BytesIO(part.data), columns=[*t.primary_key, SEQ_COLUMN, OP_COLUMN]
+        )
+        rows.extend(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+    return rows
 
 
 def _migration(ctx: SyncContext, t: TableConfig) -> tuple[Chain, int, int] | None:
@@ -407,7 +455,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     check_chain_mode(ctx, t)
     _note_readers(ctx, t)
     if ctx.job.dual_publish:
-        delta.also = _dual(ctx, t, delta, None)
+        delta.also = _dual(ctx, t, delta, None, drift, ctx.job.rows_per_file)
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
     manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
@@ -753,7 +801,8 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             migration=_migration(ctx, t),
         )
     if "also" in planned:
-        delta.also = _dual(ctx, t, delta, int(planned["also"]["contract"]["version"]))
+        also_version = int(planned["also"]["contract"]["version"])
+        delta.also = _dual(ctx, t, delta, also_version, drift, plan.chunk_rows)
     want = [f["sha256"] for f in planned["files"] + (planned.get("also") or {}).get("files", [])]
     got = [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
     if want != got:

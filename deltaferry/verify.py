@@ -132,10 +132,11 @@ def iter_verified(
         also_tables: list[pa.Table] = []
         if also is not None:
             also_tables = _verified_files(lake, also["files"], where, load)
-            if sum(f["rows"] for f in also["files"]) != m["rows"]:
+            ops = {op: sum(f["ops"][op] for f in also["files"]) for op in ("upsert", "delete")}
+            if sum(f["rows"] for f in also["files"]) != m["rows"] or ops != m["ops"]:
                 raise VerificationError(
                     f"{where}: the v{also['contract']['version']} copy does not have the "
-                    f"batch's {m['rows']} rows"
+                    f"batch's {m['rows']} rows and ops {m['ops']}"
                 )
         digest = sha256(raw)
         data = pa.concat_tables(tables, promote_options="permissive") if load and tables else None
@@ -148,6 +149,11 @@ def iter_verified(
             if load and also_tables
             else None
         )
+        if alt is not None and data is not None and not alt["_seq"].equals(data["_seq"]):
+            raise VerificationError(
+                f"{where}: the v{also['contract']['version']} copy's change sequence differs "
+                "from the batch's"
+            )
         yield VerifiedBatch(b, m, digest, data, alt)
         prev = digest
         prev_seq_end = seq["end"]

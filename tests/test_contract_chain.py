@@ -355,3 +355,36 @@ def test_dual_publishing_during_a_rollout(shop_job, shop, tmp_path, monkeypatch)
 
     with pytest.raises(VerificationError, match="v3-part-00000"):
         verify_table(shop_job.lake(), "shop", "customers")
+
+
+def test_dual_publishing_below_the_source_version_cuts_the_copy_from_the_source(
+    shop_job, shop, tmp_path
+):
+    """Source rows at v2 published at v1 for a v1 reader: the v3 copy must carry what the
+    source had (v2's full_name), not v1's rows upgraded back (full_name = name)."""
+    from flows.sync import sync_job
+
+    shop.round(6, 2, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN full_name TEXT")
+    shop.con.execute("UPDATE customers SET full_name = name || ' Jr'")
+    shop.con.commit()
+    dual = _chained(shop_job, tmp_path, "dual_publish = true")
+    dual.write_text(dual.read_text().replace("source_version = 1", "source_version = 2"))
+    sync_job(job="shop", config=str(dual))  # no readers yet: batch 1 at v3
+    old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
+    _cli(
+        "pull", "shop", "--replica", str(old), "--consumer", "old", "--config", str(shop_job.config)
+    )
+    pulled = _cli("pull", "shop", "--replica", str(new), "--consumer", "new", "--config", str(dual))
+    assert pulled.exit_code == 0, pulled.output
+
+    _change(shop, 1, "JP")
+    sync_job(job="shop", config=str(dual))  # 'old' reads v1 only: published at v1, copy at v3
+    m = json.loads(shop_job.lake().get(manifest_key("shop", "customers", 2)))
+    assert m["contract"]["version"] == 1 and m["migration"]["steps"] == ["v2->v1 downgrade"]
+    assert m["also"]["contract"]["version"] == 3
+    pulled = _cli("pull", "shop", "--replica", str(new), "--consumer", "new", "--config", str(dual))
+    assert pulled.exit_code == 0, pulled.output
+    assert _q(new, "SELECT full_name, country FROM customers WHERE id = 1") == [
+        ("customer 1 Jr", "JP")
+    ]
