@@ -348,6 +348,17 @@ def test_dual_publishing_during_a_rollout(shop_job, shop, tmp_path, monkeypatch)
         ("JP", "c1", "standard")
     ]
 
+    # while a rollback pin holds the table, no second copy goes out
+    rolled = _cli(
+        "contracts", "rollback", "shop", "--table", "customers", "--to", "1",
+        "--reason", "hold v1", "--config", str(dual),
+    )  # fmt: skip
+    assert rolled.exit_code == 0, rolled.output
+    _change(shop, 2, "FR")
+    sync_job(job="shop", config=str(dual))
+    pinned = json.loads(shop_job.lake().get(manifest_key("shop", "customers", 3)))
+    assert pinned["contract"]["version"] == 1 and "also" not in pinned
+
     # a tampered second copy fails verification, naming the object
     key = m["also"]["files"][0]["key"]
     shop_job.lake().put(key, shop_job.lake().get(key) + b"x")
