@@ -504,12 +504,16 @@ def has_conflict_table(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(_columns(con, "_deltaferry_conflicts"))
 
 
-def conflicts_markdown(con: duckdb.DuckDBPyConnection, job: str, limit: int = 10) -> str:
-    """The conflicts of a replica as Markdown: hotspots first, then the newest records."""
+def conflicts_markdown(
+    con: duckdb.DuckDBPyConnection, job: str, limit: int = 10, level: int = 1
+) -> str:
+    """The conflicts of a replica as Markdown: hotspots first, then the newest records;
+    ``level`` is the heading level of its title."""
+    title = "#" * level + f" Conflicts of job `{job}`"
     rows = conflict_rows(con, job)
     if not rows:
-        return f"# Conflicts of job `{job}`\n\nNo conflicts recorded.\n"
-    lines = [f"# Conflicts of job `{job}`", "", f"{len(rows)} conflict records.", ""]
+        return f"{title}\n\nNo conflicts recorded.\n"
+    lines = [title, "", f"{len(rows)} conflict records.", ""]
     for name, found in hotspots(con, job, limit).items():
         lines += [f"## Hotspots: {name}", "", "| " + name + " | conflicts |", "|---|---:|"]
         lines += [f"| {' '.join(str(x) for x in r[:-1])} | {r[-1]} |" for r in found]

@@ -24,15 +24,10 @@ from destinations.manifest import canonical, override_key, overrides_prefix, sha
 FORMAT = "deltaferry.override/1"
 
 
-def _number(key: str) -> int | None:
-    stem = key.rsplit("/", 1)[-1].removesuffix(".json")
-    return int(stem) if stem.isdigit() and len(stem) == 12 and key.endswith(".json") else None
-
-
 def numbers(lake: LakeStore, job: str, table: str) -> list[int]:
-    return sorted(
-        n for k in lake.list(overrides_prefix(job, table)) if (n := _number(k)) is not None
-    )
+    from deltaferry.verify import numbered
+
+    return numbered(lake, overrides_prefix(job, table))
 
 
 def read_overrides(

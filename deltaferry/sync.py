@@ -453,7 +453,8 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         )
         return None
     check_chain_mode(ctx, t)
-    _note_readers(ctx, t)
+    if len(ctx.chains[t.name].versions) == 1:  # with a chain, negotiate read the readers
+        _note_readers(ctx, t)
     if ctx.job.dual_publish:
         delta.also = _dual(ctx, t, delta, None, drift, ctx.job.rows_per_file)
     batch = ckpt.batch + 1

@@ -38,14 +38,15 @@ class VerifiedBatch:
     also: pa.Table | None = None  # dual publishing: the rows at the newer version
 
 
+def numbered(lake: LakeStore, prefix: str) -> list[int]:
+    """The numbers of the ``<n:012d>.json`` objects under ``prefix`` (a create-only log:
+    manifests, overrides), ascending; other keys are ignored."""
+    return sorted({n for k in lake.list(prefix) if (n := batch_of_manifest_key(k)) is not None})
+
+
 def list_batches(lake: LakeStore, job: str, table: str, producer: str | None = None) -> list[int]:
     """Batch numbers that have a manifest, ascending (other keys are ignored)."""
-    batches = {
-        b
-        for k in lake.list(manifests_prefix(job, table, producer))
-        if (b := batch_of_manifest_key(k)) is not None
-    }
-    return sorted(batches)
+    return numbered(lake, manifests_prefix(job, table, producer))
 
 
 def iter_verified(

@@ -60,7 +60,7 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
     if any(r.chains is not None for r in results):
         con = duck.connect(Path(replica), read_only=True, alias="replica")
         try:
-            text += "\n" + merge.conflicts_markdown(con, job).replace("# Conflicts", "## Conflicts")
+            text += "\n" + merge.conflicts_markdown(con, job, level=2)
         finally:
             con.close()
     return text
