@@ -36,8 +36,19 @@ _JOB_KEYS = {
     "max_reconcile_delete_ratio",
     "schedule",
     "max_lag_seconds",
+    "timezone",
 }
-_TABLE_KEYS = {"name", "primary_key", "cursor", "deletes", "contract", "source_version"}
+_TABLE_KEYS = {
+    "name",
+    "primary_key",
+    "cursor",
+    "deletes",
+    "contract",
+    "source_version",
+    "null_cursor",
+}
+# what a run does with a source row whose cursor is NULL (see TableConfig.null_cursor)
+NULL_CURSOR_POLICIES = ("include", "quarantine")
 
 
 def source_kinds() -> list[str]:
@@ -69,6 +80,10 @@ class TableConfig:
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # the contract version the source's rows have (default: the newest of the chain)
     source_version: int | None = None
+    # a source row whose cursor is NULL: "include" reads it on every run and stages it when
+    # its content changed (no row is ever skipped); "quarantine" holds it back, recorded
+    # with its reason, until the source gives it a cursor value
+    null_cursor: str = "include"
 
     @property
     def soft_delete_column(self) -> str | None:
@@ -107,6 +122,9 @@ class JobConfig:
     schedule: int | str | None = None
     # a table whose newest published change is older than this raises deltaferry.lag.exceeded
     max_lag_seconds: float | None = None
+    # the IANA time zone that naive source timestamps (no offset) are taken in; published
+    # timestamps are the same instants in UTC
+    timezone: str = "UTC"
 
     @property
     def chain(self) -> str | None:
@@ -268,6 +286,8 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
     dual = body.get("dual_publish", False)
     if not isinstance(dual, bool):
         raise ConfigError(f"{where}: dual_publish must be true or false")
+    timezone = body.get("timezone", "UTC")
+    _check_timezone(where, timezone)
     tables_raw = body.get("tables")
     if not isinstance(tables_raw, list) or not tables_raw:
         raise ConfigError(f"{where}: needs at least one [[jobs.{name}.tables]] entry")
@@ -300,6 +320,7 @@ def _parse_job(name: str, body: Any, base: Path) -> JobConfig:
         options={k: v for k, v in body.items() if k in job_keys},
         schedule=schedule,
         max_lag_seconds=float(max_lag) if max_lag is not None else None,
+        timezone=timezone,
     )
     check = getattr(settings, "check", None)
     if check is not None:
@@ -371,6 +392,11 @@ def _parse_table(
         or source_version < 1
     ):
         raise ConfigError(f"{where}: source_version must be a contract version number (1, 2, ...)")
+    null_cursor = body.get("null_cursor", "include")
+    if null_cursor not in NULL_CURSOR_POLICIES:
+        raise ConfigError(
+            f"{where}: null_cursor must be 'include' or 'quarantine' (got {null_cursor!r})"
+        )
     return TableConfig(
         name=tname,
         primary_key=tuple(pk),
@@ -379,7 +405,23 @@ def _parse_table(
         contract=contract,
         options={k: v for k, v in body.items() if k in source_keys},
         source_version=source_version,
+        null_cursor=null_cursor,
     )
+
+
+def _check_timezone(where: str, zone: Any) -> None:
+    """An IANA time zone name Python knows (``UTC``, ``Europe/Berlin`` ...)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(zone, str) or not zone:
+        raise ConfigError(f"{where}: timezone must be an IANA time zone name such as 'UTC'")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: timezone {zone!r} is not a known IANA time zone (for example 'UTC', "
+            "'Europe/Berlin', 'America/New_York')"
+        ) from None
 
 
 def _dlt_name_check(where: str, what: str, name: str) -> None:

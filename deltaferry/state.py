@@ -329,6 +329,12 @@ class StateStore:
             self._insert_quarantine(con, run_id, table, quarantine)
             con.execute("COMMIT")
 
+    def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
+        records ``{pk, field, check, reason, row_json}``, with load id ``held``."""
+        with self.connect() as con:
+            self._insert_quarantine(con, run_id, table, [{**r, "load_id": "held"} for r in rows])
+
     def commit_checkpoint(self, plan: Plan) -> None:
         """Advance the checkpoint to a batch whose manifest is stored: one transaction."""
         with self.connect() as con:

@@ -116,6 +116,18 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
                 get_run_logger().warning("%s", reason)
                 emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
                 skipped.append(reason)
+        for table, rows in (result.held or {}).items():
+            # rows that cannot be staged (a NULL key, a NULL cursor under quarantine)
+            extracted[f"{table}:held"] = len(rows)
+            ctx.state.record_held(ctx.run_id, table, rows)
+            reasons = sorted({r["reason"] for r in rows})
+            line = (
+                f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "
+                f"in quarantine: {'; '.join(reasons)}"
+            )
+            ctx.state.log(ctx.run_id, "extract", "held", table=table, detail=line[:2000])
+            get_run_logger().warning("%s", line)
+            skipped.append(line)
         return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
 
     extracted: dict[str, int] = {}

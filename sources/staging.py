@@ -42,6 +42,9 @@ class ExtractResult:
     skipped: dict[str, list[str]] | None = None
     # requests the source's client retried on its own (HTTP 429/5xx), as one-line reasons
     retried: list[str] | None = None
+    # per table, rows held back before staging (a NULL key, a NULL cursor under
+    # null_cursor = "quarantine"): quarantine records {pk, field, check, reason, row_json}
+    held: dict[str, list[dict[str, Any]]] | None = None
 
 
 def staging_path(job: str) -> Path:
@@ -173,6 +176,10 @@ class ChangedRows:
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
 
+    def _known(self, hashed: pa.Table) -> pa.Table | None:
+        """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
+        return self._typed
+
     def _anti_join(self, rows: pa.Table, known: pa.Table | None) -> pa.Table:
         """Positions (``__i``) and hashes of the rows not staged with the same hash."""
         if known is None:
@@ -202,7 +209,7 @@ class ChangedRows:
             ).fetch_arrow_table()
         finally:
             self.con.unregister("chunk_")
-        found = self._anti_join(hashed, self._typed)
+        found = self._anti_join(hashed, self._known(hashed))
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
     def record(self, row: dict[str, Any]) -> bool:
@@ -226,6 +233,49 @@ class ChangedRows:
 
     def close(self) -> None:
         self.con.close()
+
+
+class ChangedByKey(ChangedRows):
+    """``ChangedRows`` for a window of a table (a cursor read): each chunk's rows are compared
+    with the staged rows of the same keys only, looked up in staging per chunk, so memory
+    follows the chunk, not the table. A staged row without a hash (staged before hashes were
+    kept) counts as changed."""
+
+    def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
+        self.pk = list(t.primary_key)
+        self.where = f"job '{job.name}' table '{t.name}'"
+        self.table = t.name
+        self.path = staging_path(job.name)
+        self.borrowed = borrowed
+        self.con = duckdb.connect(config={"threads": 1})
+        self.con.execute("SET TimeZone = 'UTC'")
+        self._typed = None
+        self._hashes = None
+
+    def _known(self, hashed: pa.Table) -> pa.Table | None:
+        if not self.path.exists():
+            return None
+        con = read_staging(self.path, self.borrowed)
+        try:
+            if not staged_table_exists(con, self.table):
+                return None
+            cols = staged_columns(con, self.table)
+            if HASH_COLUMN not in cols:
+                return None
+            live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+            keys = hashed.select(self.pk)
+            con.register("chunk_keys", keys)
+            match = " AND ".join(f"s.{q(c)} = k.{q(c)}" for c in self.pk)
+            try:
+                return con.execute(
+                    f"SELECT {', '.join('s.' + q(c) for c in self.pk)}, s.{HASH_COLUMN} "
+                    f"FROM {STAGING_DATASET}.{q(self.table)} s WHERE {live} AND s.{HASH_COLUMN} "
+                    f"IS NOT NULL AND EXISTS (SELECT 1 FROM chunk_keys k WHERE {match})"
+                ).fetch_arrow_table()
+            finally:
+                con.unregister("chunk_keys")
+        finally:
+            con.close()
 
 
 def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:

@@ -32,7 +32,17 @@ from sources.sql_database.settings import (
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
+from sources.integrity import KeyCheck
+from sources.sql_database.window import (
+    Normalize,
+    column_hints,
+    null_cursor_hold,
+    staged_bound,
+    text_time_columns,
+    window,
+)
 from sources.staging import (
+    ChangedByKey,
     ChangedRows,
     ExtractResult,
     find_cause,
@@ -46,12 +56,15 @@ from sources.staging import (
 )
 
 
-def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
-    # tombstones keep only the key; every other staged column must accept NULL
+def _adapt_table(pk: tuple[str, ...], text_times: dict[str, str]) -> Any:
+    # tombstones keep only the key; every other staged column must accept NULL. SQLite time
+    # columns are read as their raw text (sources/sql_database/window.py parses them)
     def adapt(table: sa.Table) -> sa.Table:
         for col in table.columns:
             if col.name not in pk:
                 col.nullable = True
+            if col.name in text_times:
+                col.type = sa.Text()
         return table
 
     return adapt
@@ -276,81 +289,103 @@ def extract(job: JobConfig) -> ExtractResult:
 
 
 def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> ExtractResult:
+    reads: list[_TableRead] = []
+    borrowed = None
     try:
         preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
-        insp = sa.inspect(engine)
-        hashers: list[ChangedRows] = []
-        resources = []
         for t in job.tables:
-            if t.cursor is None:
-                resource, hasher = _full_compare(job, t, engine, borrowed, watchdog)
-                resources.append(resource)
-                hashers.append(hasher)
-                continue
-            resources.append(
-                sql_table(
-                    credentials=engine,
-                    table=t.name,
-                    backend="pyarrow",
-                    chunk_size=job.chunk_size,
-                    # dedup rows at the last cursor value by their whole content, not their key:
-                    # a row changed again within the same cursor value is extracted again, while
-                    # unchanged boundary rows are not re-sent
-                    incremental=dlt.sources.incremental(
-                        t.cursor, primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
-                    ),
-                    write_disposition="merge",
-                    primary_key=list(t.primary_key),
-                    table_adapter_callback=_nullable_except_pk(t.primary_key),
-                ).add_map(watchdog.progress)
-            )
+            if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
+                reads.append(_TableRead(job, t, engine, watchdog, ChangedRows(job, t, borrowed)))
+            else:
+                bound = staged_bound(job, t, borrowed)
+                reads.append(
+                    _TableRead(
+                        job,
+                        t,
+                        engine,
+                        watchdog,
+                        ChangedByKey(job, t, borrowed),
+                        lambda e, t=t, b=bound: window(e, job, t, b, text_time_columns(e, t.name)),
+                    )
+                )
         load_ids: list[str] = []
         rows: dict[str, int] = {}
         try:
-            info = _run(pipeline, resources, job)
+            info = _run(pipeline, [r.resource for r in reads], job, reads)
         finally:
-            for hasher in hashers:
-                hasher.close()
+            for r in reads:
+                r.close()
         load_ids.extend(info.loads_ids)
         rows.update(row_counts(pipeline, job.tables))
         tombstones: dict[str, int] = {}
+        held = {r.t.name: list(r.keys.held) for r in reads if r.keys.held}
         for t in job.tables:
             if t.deletes == "reconcile":
-                n, ids = _reconcile(job, t, engine, pipeline, borrowed, watchdog.progress)
+                n, ids, more = _reconcile(job, t, engine, pipeline, borrowed, watchdog)
                 tombstones[t.name] = n
                 load_ids.extend(ids)
-        return ExtractResult(load_ids, rows, tombstones)
+                if more:
+                    held.setdefault(t.name, []).extend(more)
+        return ExtractResult(load_ids, rows, tombstones, held=held or None)
     finally:
-        if "borrowed" in locals() and borrowed is not None:
+        if borrowed is not None:
             borrowed.close()
 
 
-def _full_compare(
-    job: JobConfig,
-    t: TableConfig,
-    engine: sa.Engine,
-    borrowed: duckdb.DuckDBPyConnection | None,
-    watchdog: StallWatchdog,
-) -> tuple[Any, ChangedRows]:
-    """Full-compare mode, for a table without a cursor: read the whole table (in chunks) and
-    keep only the rows whose content differs from their staged version, new keys included
-    (see ``ChangedRows``). Returns the resource and the filter (close it after the run)."""
-    changed = ChangedRows(job, t, borrowed)
-    resource = (
-        sql_table(
+def _as_text(sql_type: Any) -> Any:
+    # the reflected hints of SQLite time columns: text, as read (parsed by a map step)
+    return sa.Text() if isinstance(sql_type, (sa.DateTime, sa.Date)) else None
+
+
+class _TableRead:
+    """One table's dlt resource on the pyarrow backend and its map steps, in order: stall
+    watchdog, value normalisation (``window.Normalize``), rows held back (NULL key; NULL
+    cursor under ``null_cursor = "quarantine"``), key counting (``KeyCheck``), and the
+    content filter (``changed``) that keeps only rows that differ from their staged version
+    and tags them with their hash. ``query`` makes dlt's query adapter from the engine (the
+    window of a cursor read, or a key list); ``name`` renames the resource (it still loads
+    into the table)."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        engine: sa.Engine,
+        watchdog: StallWatchdog,
+        changed: ChangedRows,
+        query: Any = None,
+        name: str | None = None,
+    ) -> None:
+        self.t = t
+        self.keys = KeyCheck(job, t)
+        self.changed = changed
+        text_times = text_time_columns(engine, t.name)
+        self.normalize = Normalize(job, t, text_times)
+        resource = sql_table(
             credentials=engine,
             table=t.name,
             backend="pyarrow",
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=_nullable_except_pk(t.primary_key),
+            table_adapter_callback=_adapt_table(t.primary_key, text_times),
+            type_adapter_callback=_as_text if text_times else None,
+            query_adapter_callback=query(engine) if query is not None else None,
         )
-        .add_map(watchdog.progress)
-        .add_map(changed.arrow)
-    )
-    return resource, changed
+        if name is not None:
+            resource = resource.with_name(name)
+            resource.apply_hints(table_name=t.name)
+        resource = resource.add_map(watchdog.progress).add_map(self.normalize)
+        resource = resource.add_map(self.keys.hold_null_keys)
+        if t.cursor and t.null_cursor == "quarantine":
+            resource = resource.add_map(null_cursor_hold(t, self.keys.hold_records))
+        self.resource = resource.add_map(self.keys.note).add_map(changed.arrow)
+
+    def close(self) -> None:
+        self.changed.close()
+        self.normalize.close()
+        self.keys.close()
 
 
 _TRANSIENT_SOURCE_ERRORS = (
@@ -366,12 +401,31 @@ def _transient_cause(exc: BaseException) -> BaseException | None:
     return find_cause(exc, lambda e: isinstance(e, _TRANSIENT_SOURCE_ERRORS))
 
 
-def _run(pipeline: dlt.Pipeline, data: Any, job: JobConfig) -> Any:
+def _run(
+    pipeline: dlt.Pipeline, data: Any, job: JobConfig, reads: list[_TableRead] = ()
+) -> Any:
+    """Extract ``data``, check the reads' keys (a key seen twice stops the run before the
+    load: the extracted package is dropped), then normalize and load. Errors become one
+    deltaferry error naming the job."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
+    from deltaferry.errors import DeltaferryError
+
     try:
-        return pipeline.run(data)
+        pipeline.extract(data)
+        for r in reads:
+            message = r.keys.duplicates()
+            if message:
+                pipeline.abort_packages()
+                raise ConfigError(message)
+        pipeline.normalize()
+        return pipeline.load()
     except PipelineStepFailed as e:
+        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+        if ours is not None:
+            if e.step == "extract":
+                pipeline.abort_packages()
+            raise ours from None
         transient = _transient_cause(e)
         if isinstance(transient, sa.exc.DBAPIError):
             classified = connect_error(job, transient)
@@ -390,16 +444,19 @@ def _reconcile(
     t: TableConfig,
     engine: sa.Engine,
     pipeline: dlt.Pipeline,
-    borrowed: duckdb.DuckDBPyConnection | None = None,
-    progress: Any = None,
-) -> tuple[int, list[str]]:
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[int, list[str], list[dict[str, Any]]]:
     """Compare the source's key set with staging (cost grows with the key count).
 
     Staged live keys gone from the source become tombstones. Source keys whose staged row
     is a tombstone (deleted, then re-created with a cursor value already passed), and
     source keys never staged at all (a transaction that committed late, with a cursor value
     older than the last one synced), are extracted again by key, so neither is lost.
+    Source keys with a NULL part are left out (their rows are held back by the read).
+    Returns the tombstone count, the load ids and the rows held back by the re-extract.
     """
+    progress = watchdog.progress
     pk = list(t.primary_key)
     try:
         table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
@@ -408,6 +465,8 @@ def _reconcile(
                 sa.select(*[table.c[c] for c in pk])
             )
             source_keys = _keys_arrow(result, pk, progress)
+        if source_keys.num_rows:
+            source_keys = source_keys.drop_null()
     except sa.exc.DBAPIError as e:
         raise connect_error(job, e) from e
     except _TRANSIENT_SOURCE_ERRORS as e:
@@ -416,11 +475,11 @@ def _reconcile(
         ) from e
     path = staging_path(job.name)
     if not path.exists():
-        return 0, []
+        return 0, [], []
     con = read_staging(path, borrowed)
     try:
         if not staged_table_exists(con, t.name):
-            return 0, []
+            return 0, [], []
         has_flag = DELETED_COLUMN in staged_columns(con, t.name)
         live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
         keys = ", ".join(_q(c) for c in pk)
@@ -470,40 +529,52 @@ def _reconcile(
                 f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
             )
         load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
+    held: list[dict[str, Any]] = []
     if recreated or unseen:
-        load_ids.extend(_reextract(job, t, engine, pipeline, recreated + unseen))
-    return missing.num_rows, load_ids
+        ids, held = _reextract(job, t, engine, pipeline, recreated + unseen, borrowed, watchdog)
+        load_ids.extend(ids)
+    return missing.num_rows, load_ids, held
 
 
 def _reextract(
-    job: JobConfig, t: TableConfig, engine: sa.Engine, pipeline: dlt.Pipeline, keys: list[dict]
-) -> list[str]:
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    keys: list[dict],
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Extract the given keys again, ignoring the cursor (rows re-created at the source or
-    committed late), in groups of ``REEXTRACT_KEYS`` keys per query."""
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query. Returns the load ids
+    and the rows held back."""
     pk = list(t.primary_key)
     load_ids: list[str] = []
+    held: list[dict[str, Any]] = []
     for start in range(0, len(keys), REEXTRACT_KEYS):
         group = keys[start : start + REEXTRACT_KEYS]
 
-        def only_keys(query: Any, table: sa.Table, *, group: list[dict] = group) -> Any:
+        def only_keys(query: Any, table: sa.Table, *_: Any, group: list[dict] = group) -> Any:
             cols = [table.c[c] for c in pk]
             if len(cols) == 1:
                 return query.where(cols[0].in_([k[pk[0]] for k in group]))
             return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in group]))
 
-        resource = sql_table(
-            credentials=engine,
-            table=t.name,
-            backend="pyarrow",
-            chunk_size=job.chunk_size,
-            query_adapter_callback=only_keys,
-            write_disposition="merge",
-            primary_key=pk,
-            table_adapter_callback=_nullable_except_pk(t.primary_key),
-        ).with_name(f"{t.name}__recreated")
-        resource.apply_hints(table_name=t.name)
-        load_ids.extend(_run(pipeline, resource, job).loads_ids)
-    return load_ids
+        read = _TableRead(
+            job,
+            t,
+            engine,
+            watchdog,
+            ChangedByKey(job, t, borrowed),
+            lambda _e, f=only_keys: f,
+            name=f"{t.name}__recreated",
+        )
+        try:
+            load_ids.extend(_run(pipeline, read.resource, job, [read]).loads_ids)
+        finally:
+            read.close()
+        held.extend(read.keys.held)
+    return load_ids, held
 
 
 # keys per query when rows are extracted again by key

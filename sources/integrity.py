@@ -1,0 +1,153 @@
+"""Row checks every source kind runs on what it extracts, before anything is staged.
+
+- ``KeyCheck.hold_null_keys``: a row with NULL in a primary-key column cannot be merged,
+  tombstoned or applied by a reader; it is held back (quarantined with its reason), never
+  staged or published.
+- ``KeyCheck.note`` / ``KeyCheck.duplicates``: a configured primary key that is not unique
+  within one extraction would make dlt's merge keep one of the rows and drop the others;
+  the keys of an extraction are counted (in a DuckDB database that spills to the job's
+  home, so memory stays bounded by DuckDB's limit, not by the table) and a repeated key
+  stops the run before the load, naming the key and how to fix it.
+
+Held rows are reported as quarantine records: ``{"pk", "field", "check", "reason",
+"row_json"}`` (``pk`` and ``row_json`` are JSON text), the shape ``ExtractResult.held``
+carries per table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deltaferry.config import JobConfig, TableConfig, job_home
+from deltaferry.errors import ConfigError
+
+
+def quote(name: str) -> str:
+    """A SQL identifier, double-quoted (DuckDB and the SQL standard)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
+    """One quarantine record for a row held back during extraction."""
+    return {
+        "pk": json.dumps({c: row.get(c) for c in t.primary_key}, default=str, sort_keys=True),
+        "field": field,
+        "check": check,
+        "reason": reason,
+        "row_json": json.dumps(row, default=str, sort_keys=True),
+    }
+
+
+class KeyCheck:
+    """Key checks of one table over one extraction (see the module doc). Close after use."""
+
+    # DuckDB memory for counting keys; beyond it the counts spill to the job's home
+    MEMORY_LIMIT = "256MB"
+
+    def __init__(self, job: JobConfig, t: TableConfig) -> None:
+        self.job = job
+        self.t = t
+        self.pk = list(t.primary_key)
+        self.held: list[dict[str, Any]] = []
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._spill: Path = job_home(job.name) / "tmp"
+
+    @property
+    def where(self) -> str:
+        return f"job '{self.job.name}' table '{self.t.name}'"
+
+    def hold_null_keys(self, chunk: pa.Table) -> pa.Table:
+        """The chunk without its rows that have NULL in a key column; those are held."""
+        null = None
+        for c in self.pk:
+            if c not in chunk.column_names:
+                continue
+            is_null = pc.is_null(chunk[c])
+            null = is_null if null is None else pc.or_(null, is_null)
+        if null is None or not pc.any(null).as_py():
+            return chunk
+        for row in chunk.filter(null).to_pylist():
+            missing = [c for c in self.pk if row.get(c) is None]
+            self.held.append(
+                held_record(
+                    self.t,
+                    row,
+                    missing[0],
+                    "primary key not null",
+                    f"primary key column(s) {', '.join(missing)} NULL in the source: the row "
+                    "cannot be keyed, so it is held back until the source gives it a key",
+                )
+            )
+        return chunk.filter(pc.invert(null))
+
+    def hold_records(self, rows: list[dict[str, Any]], field: str, check: str, reason: str) -> None:
+        for row in rows:
+            self.held.append(held_record(self.t, row, field, check, reason))
+
+    def note(self, chunk: pa.Table) -> pa.Table:
+        """Count the chunk's keys (returns the chunk unchanged: usable as a dlt map step)."""
+        if chunk.num_rows == 0:
+            return chunk
+        keys = chunk.select(self.pk)
+        con = self._connect(keys)
+        con.register("keys_", keys)
+        try:
+            con.execute("INSERT INTO seen SELECT * FROM keys_")
+        finally:
+            con.unregister("keys_")
+        return chunk
+
+    def _connect(self, keys: pa.Table) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._spill.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(
+                config={
+                    "memory_limit": self.MEMORY_LIMIT,
+                    "temp_directory": str(self._spill),
+                    "threads": 1,
+                }
+            )
+            self._con.register("keys_", keys.slice(0, 0))
+            self._con.execute("CREATE TABLE seen AS SELECT * FROM keys_")
+            self._con.unregister("keys_")
+        return self._con
+
+    def duplicates(self) -> str | None:
+        """One line naming up to three keys seen more than once, or None."""
+        if self._con is None:
+            return None
+        cols = ", ".join(quote(c) for c in self.pk)
+        rows = self._con.execute(
+            f"SELECT {cols}, count(*) AS n FROM seen GROUP BY ALL HAVING count(*) > 1 "
+            f"ORDER BY n DESC, {cols} LIMIT 3"
+        ).fetchall()
+        if not rows:
+            return None
+        total = self._con.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM seen GROUP BY ALL HAVING count(*) > 1)"
+        ).fetchone()[0]
+        shown = "; ".join(
+            ", ".join(f"{c}={v!r}" for c, v in zip(self.pk, r[:-1])) + f" ({r[-1]} rows)"
+            for r in rows
+        )
+        return (
+            f"{self.where}: primary key ({', '.join(self.pk)}) is not unique in the source: "
+            f"{total} key value(s) appear in more than one row ({shown}); nothing was staged. "
+            "Set primary_key to the column(s) that identify one row"
+        )
+
+    def raise_on_duplicates(self) -> None:
+        message = self.duplicates()
+        if message:
+            raise ConfigError(message)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None

@@ -1,0 +1,258 @@
+"""What an incremental SQL read selects, and how its values become instants.
+
+**The window.** A table with a cursor is read from the newest cursor value already staged
+(``staged_bound``), with the range closed: rows *at* that value are read again on every
+run, together with every row whose cursor is NULL, and only rows whose content changed
+are staged (``sources.staging.ChangedByKey``). So a row that commits late with a cursor
+value already synced, or changes in place without moving its cursor, is never lost, and an
+unchanged row is never staged twice. The bound is derived from staging itself, which a
+load commits atomically, so it can never run ahead of what was staged.
+
+**Instants, never text.** SQLite has no time type: ``TIMESTAMP``/``DATETIME``/``DATE``
+columns hold text in whatever form the writer chose (``CURRENT_TIMESTAMP`` writes
+``2026-03-01 12:00:00``, others write ``T``, fractions of any length, ``Z`` or
+``+hh:mm``). Such columns are read as text (``text_time_columns``; the table adapter sets them to ``Text``) and parsed by DuckDB
+into UTC instants (``Normalize``), naive values taken in the job's ``timezone``; the
+window compares them in SQL with ``julianday()`` (an instant) minus a margin, never as
+text. A value that is not a timestamp, or has digits beyond microseconds, is refused in one
+line naming job, table, column and value. Naive timestamps of other databases are taken in
+the job's ``timezone`` the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import TerminalError
+from sources.columns import STAGING_DATASET
+from sources.integrity import quote
+from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
+
+# SQLite time text is compared through julianday(), which keeps milliseconds; rows up to
+# this many seconds before the bound are read again (and kept only when changed)
+SQLITE_MARGIN_SECONDS = 1.0
+# a naive cursor compared in a zone other than UTC: re-read enough to cover any offset
+# and a daylight-saving fold
+NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
+
+
+def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
+    """SQLite columns declared as a time type, by name: ``"timestamp"`` or ``"date"``.
+    Empty for other databases (their drivers return real time values)."""
+    if engine.dialect.name != "sqlite":
+        return {}
+    out: dict[str, str] = {}
+    for col in sa.inspect(engine).get_columns(table):
+        if isinstance(col["type"], sa.DateTime):
+            out[col["name"]] = "timestamp"
+        elif isinstance(col["type"], sa.Date):
+            out[col["name"]] = "date"
+    return out
+
+
+def column_hints(text_times: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """dlt column hints for the parsed time columns (they were reflected as text)."""
+    return {
+        name: (
+            {"data_type": "timestamp", "timezone": True, "precision": 6}
+            if kind == "timestamp"
+            else {"data_type": "date"}
+        )
+        for name, kind in text_times.items()
+    }
+
+
+class Normalize:
+    """A dlt map step over Arrow chunks: text time columns parsed to UTC instants (or dates),
+    naive timestamps taken in the job's zone and converted to UTC. Refuses, with a
+    ``TerminalError`` naming job, table, column and value, what it cannot carry exactly."""
+
+    def __init__(self, job: JobConfig, t: TableConfig, text_times: dict[str, str]) -> None:
+        self.job = job
+        self.t = t
+        self.text_times = text_times
+        self.zone = job.timezone
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def where(self) -> str:
+        return f"job '{self.job.name}' table '{self.t.name}'"
+
+    def _duck(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = duckdb.connect(config={"threads": 1})
+            self._con.execute(f"SET TimeZone = '{self.zone}'")
+        return self._con
+
+    def __call__(self, chunk: pa.Table) -> pa.Table:
+        for name, kind in self.text_times.items():
+            if name in chunk.column_names:
+                chunk = self._parse(chunk, name, kind)
+        for i, field in enumerate(chunk.schema):
+            if (
+                pa.types.is_timestamp(field.type)
+                and field.type.tz is None
+                and field.name not in self.text_times
+                and self.zone != "UTC"
+            ):
+                try:
+                    local = pc.assume_timezone(chunk.column(i), self.zone)
+                except pa.ArrowInvalid as e:  # a wall time that does not exist or is ambiguous
+                    raise TerminalError(
+                        f"{self.where}: column '{field.name}' holds a naive timestamp that is not "
+                        f"one instant in the job's timezone {self.zone} ({e}); store it with an "
+                        "offset, or set the job's timezone to the zone it was written in"
+                    ) from None
+                chunk = chunk.set_column(i, field.name, local.cast(pa.timestamp(field.type.unit, "UTC")))
+        return chunk
+
+    def _parse(self, chunk: pa.Table, name: str, kind: str) -> pa.Table:
+        column = chunk[name]
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            if pa.types.is_null(column.type):
+                target = pa.timestamp("us", "UTC") if kind == "timestamp" else pa.date32()
+                return chunk.set_column(
+                    chunk.column_names.index(name), name, pa.nulls(len(column), target)
+                )
+            raise TerminalError(
+                f"{self.where}: column '{name}' is declared as a time type but holds "
+                f"{column.type} values; declare the column's published type in the jobs file "
+                f"(column_types = {{ {name} = \"text\" }}) or store ISO-8601 text"
+            )
+        con = self._duck()
+        con.register("c_", pa.table({"s": column}))
+        try:
+            cast = "TIMESTAMPTZ" if kind == "timestamp" else "DATE"
+            # digits beyond microseconds that are not zero would be cut: refuse them
+            extra = (
+                "OR coalesce(ltrim(regexp_extract(s, '\\d:\\d\\d\\.(\\d+)', 1)[7:], '0'), '') <> ''"
+                if kind == "timestamp"
+                else ""
+            )
+            bad = con.execute(
+                f"SELECT s FROM c_ WHERE (s IS NOT NULL AND try_cast(s AS {cast}) IS NULL) {extra} "
+                "LIMIT 1"
+            ).fetchone()
+            values = con.execute(f"SELECT try_cast(s AS {cast}) AS v FROM c_").fetch_arrow_table()
+        finally:
+            con.unregister("c_")
+        if bad is not None:
+            form = "timestamp (ISO-8601, at most microseconds)" if kind == "timestamp" else "date"
+            raise TerminalError(
+                f"{self.where}: column '{name}' value {bad[0]!r} is not a {form}; fix the value "
+                f"in the source, or publish the column as text (column_types = {{ {name} = \"text\" }})"
+            )
+        target = pa.timestamp("us", "UTC") if kind == "timestamp" else pa.date32()
+        return chunk.set_column(chunk.column_names.index(name), name, values["v"].cast(target))
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
+    """The newest cursor value staged for the table (a UTC ``datetime`` for time cursors),
+    or None before its first load. Tombstones carry no cursor and do not count."""
+    path = staging_path(job.name)
+    if t.cursor is None or not path.exists():
+        return None
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name) or t.cursor not in staged_columns(con, t.name):
+            return None
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(
+            f"SELECT max({quote(t.cursor)}) FROM {STAGING_DATASET}.{quote(t.name)}"
+        ).fetchone()[0]
+    finally:
+        con.close()
+
+
+def window(
+    engine: sa.Engine, job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]
+) -> Any:
+    """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
+    every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
+
+    def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
+        if bound is None:
+            return query
+        col = table.c[t.cursor]
+        if t.cursor in text_times:
+            stamp = _as_utc(bound)
+            margin = SQLITE_MARGIN_SECONDS + (0 if job.timezone == "UTC" else 27 * 3600)
+            text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
+            jd = sa.func.julianday(col)
+            # NULL (no value, or text julianday cannot read) compares as true: read it
+            cond = sa.func.coalesce(jd >= sa.func.julianday(text) - margin / 86400.0, True)
+            return query.where(cond)
+        value = _bind_value(col, bound, job)
+        return query.where(sa.or_(col >= value, col.is_(None)))
+
+    return adapt
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    raise TypeError(f"not a time value: {value!r}")
+
+
+def _bind_value(col: sa.Column, bound: Any, job: JobConfig) -> Any:
+    """The staged bound as the source column compares it: a naive timestamp column gets the
+    instant as wall time in the job's zone (minus a margin off UTC), an aware one the UTC
+    instant; other types the value itself."""
+    if not isinstance(bound, dt.datetime):
+        return bound
+    utc = _as_utc(bound)
+    if isinstance(col.type, sa.DateTime) and not getattr(col.type, "timezone", False):
+        if job.timezone == "UTC":
+            return utc.replace(tzinfo=None)
+        local = (utc - NAIVE_ZONE_MARGIN).astimezone(ZoneInfo(job.timezone))
+        return local.replace(tzinfo=None)
+    return utc
+
+
+def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
+    """A map step for ``null_cursor = "quarantine"``: rows without a cursor value are held
+    (``hold(rows, field, check, reason)``) instead of staged."""
+
+    def step(chunk: pa.Table) -> pa.Table:
+        if t.cursor not in chunk.column_names:
+            return chunk
+        null = pc.is_null(chunk[t.cursor])
+        if not pc.any(null).as_py():
+            return chunk
+        hold(
+            chunk.filter(null).to_pylist(),
+            t.cursor,
+            "cursor not null",
+            f"cursor column {t.cursor} is NULL in the source (null_cursor = \"quarantine\"): held "
+            "back until the row has a cursor value",
+        )
+        return chunk.filter(pc.invert(null))
+
+    return step
+
+
+__all__ = [
+    "Normalize",
+    "column_hints",
+    "null_cursor_hold",
+    "staged_bound",
+    "text_time_columns",
+    "window",
+]

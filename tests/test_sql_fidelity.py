@@ -1,0 +1,282 @@
+"""SQL sources on real-world values: SQLite time text in every common form as a cursor, rows
+at the cursor boundary, NULL cursors, NULL and repeated keys.
+
+The expected replica is computed here from the source with the standard library only
+(``datetime.fromisoformat``), never with deltaferry's own code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pytest
+
+from deltaferry.errors import ConfigError, TerminalError
+
+CONTRACT = '''
+import pandas as pd, pandera.pandas as pa
+from pandera.typing import Series
+from typing import Optional
+class Items(pa.DataFrameModel):
+    id: Series[int]
+    name: Series[str] = pa.Field(nullable=True)
+    updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
+    class Config:
+        coerce = True
+class Pairs(pa.DataFrameModel):
+    region: Series[str]
+    id: Series[int]
+    v: Series[str] = pa.Field(nullable=True)
+    class Config:
+        coerce = True
+'''
+
+JOB = '''
+[jobs.t]
+source = "sql_database"
+url = "sqlite:///{db}"
+lake = "{lake}"
+max_quarantine_ratio = 0.5
+{extra}
+[[jobs.t.tables]]
+name = "items"
+primary_key = {pk}
+cursor = "updated_at"
+deletes = "none"
+contract = "{module}:Items"
+{table_extra}
+'''
+
+
+class Job:
+    def __init__(self, tmp_path: Path, bucket: str) -> None:
+        self.dir = tmp_path
+        self.db = tmp_path / "src.db"
+        self.config = tmp_path / "deltaferry.toml"
+        self.replica = tmp_path / "replica.duckdb"
+        self.lake_url = f"s3://{bucket}/lake"
+        self.module = f"sqlfid_{tmp_path.name.replace('-', '_')}"
+        (tmp_path / f"{self.module}.py").write_text(CONTRACT)
+        sys.path.insert(0, str(tmp_path))
+        self.con = sqlite3.connect(self.db)
+        self.write()
+
+    def write(self, extra: str = "", table_extra: str = "", pk: str = '["id"]') -> None:
+        self.config.write_text(
+            JOB.format(
+                db=self.db,
+                lake=self.lake_url,
+                extra=extra,
+                table_extra=table_extra,
+                module=self.module,
+                pk=pk,
+            )
+        )
+
+    def sql(self, *statements: str) -> None:
+        for s in statements:
+            self.con.execute(s)
+        self.con.commit()
+
+    def sync(self) -> dict:
+        from flows.sync import sync_job
+
+        return sync_job(job="t", config=str(self.config))
+
+    def pull(self) -> None:
+        from deltaferry.config import load_job
+        from deltaferry.replica import pull
+        from destinations.lake import open_lake
+
+        pull(load_job("t", self.config), open_lake(self.lake_url), self.replica)
+
+    def replica_rows(self, cols: str = "id, name, updated_at") -> list[tuple]:
+        with duckdb.connect(str(self.replica), read_only=True) as r:
+            r.execute("SET TimeZone = 'UTC'")
+            return r.execute(f"SELECT {cols} FROM items ORDER BY id").fetchall()
+
+    def batches(self) -> int:
+        from destinations.lake import open_lake
+
+        return len(open_lake(self.lake_url).list("t/items/manifests/"))
+
+
+@pytest.fixture
+def job(tmp_path: Path, home: Path, bucket: str, prefect_api: None):
+    j = Job(tmp_path, bucket)
+    yield j
+    j.con.close()
+    sys.path.remove(str(tmp_path))
+
+
+def instant(text: str | None, zone: str = "UTC") -> dt.datetime | None:
+    """The oracle: what a textual timestamp means, by the standard library alone."""
+    if text is None:
+        return None
+    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(zone))
+    return value.astimezone(dt.timezone.utc)
+
+
+def expected(job: Job, zone: str = "UTC") -> list[tuple]:
+    rows = job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+    return [(i, n, instant(u, zone)) for i, n, u in rows]
+
+
+FORMS = [
+    "2026-03-01 12:00:00",  # SQLite's CURRENT_TIMESTAMP
+    "2026-03-01T12:00:00",
+    "2026-03-01 12:00:00.5",
+    "2026-03-01 12:00:00.123456",
+    "2026-03-01T12:00:00Z",
+    "2026-03-01 13:00:00+01:00",
+    "2026-03-01T06:30:00-05:30",
+    "2026-03-01 12:00:00.000000000",
+]
+
+
+def test_sqlite_time_text_is_compared_and_published_as_instants(job):
+    job.sql("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
+    for i, form in enumerate(FORMS):
+        job.sql(f"INSERT INTO items VALUES ({i}, 'v{i}', '{form}')")
+    assert job.sync()["tables"]["items"]["upserts"] == len(FORMS)
+    # at the boundary: a late commit with the synced value, and changes that kept it, in
+    # other text forms of the same instant
+    job.sql(
+        "INSERT INTO items VALUES (100, 'late', '2026-03-01 12:00:00')",
+        "INSERT INTO items VALUES (101, 'late offset', '2026-03-01T14:00:00+02:00')",
+        "UPDATE items SET name = 'changed in place' WHERE id = 1",
+        "UPDATE items SET name = 'changed, Z form' WHERE id = 4",
+    )
+    out = job.sync()["tables"]["items"]
+    assert (out["upserts"], out["deletes"]) == (4, 0)
+    # nothing changed: nothing published, whatever is at the boundary
+    assert job.sync()["tables"]["items"]["batch"] is None
+    job.pull()
+    assert job.replica_rows() == expected(job)
+
+
+def test_naive_time_text_is_taken_in_the_jobs_timezone(job):
+    job.write(extra='timezone = "America/New_York"')
+    job.sql("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at DATETIME)")
+    job.sql(
+        "INSERT INTO items VALUES (1, 'naive', '2026-07-01 08:00:00')",
+        "INSERT INTO items VALUES (2, 'zoned', '2026-07-01 08:00:00+00:00')",
+    )
+    job.sync()
+    # within the margin of a zone off UTC: a tie in wall time, written later
+    job.sql("INSERT INTO items VALUES (3, 'tie', '2026-07-01 08:00:00')")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.sync()["tables"]["items"]["batch"] is None
+    job.pull()
+    rows = job.replica_rows()
+    assert rows == expected(job, "America/New_York")
+    assert rows[0][2] == dt.datetime(2026, 7, 1, 12, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["yesterday", "2026-02-30 10:00:00", "2026-03-01 12:00:00.1234567"],
+)
+def test_time_text_that_is_not_an_exact_instant_is_refused(job, bad):
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'ok', '2026-03-01 12:00:00')",
+        f"INSERT INTO items VALUES (2, 'bad', '{bad}')",
+    )
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("job 't'", "table 'items'", "'updated_at'", repr(bad), "column_types"):
+        assert part in message
+    assert job.batches() == 0  # nothing published
+    # repaired at the source: the next run publishes both rows
+    job.sql("UPDATE items SET updated_at = '2026-03-01 12:00:01' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+
+
+def test_null_cursor_rows_are_included_and_not_published_twice(job):
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'a', NULL)",  # NULL cursors at the first sync
+        "INSERT INTO items VALUES (2, 'b', '2026-01-01 00:00:01')",
+    )
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    job.sql("INSERT INTO items VALUES (3, 'no cursor yet', NULL)")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.sync()["tables"]["items"]["batch"] is None
+    job.sql("UPDATE items SET name = 'a changed' WHERE id = 1")  # changed, cursor still NULL
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.pull()
+    assert job.replica_rows() == expected(job)
+
+
+def test_null_cursor_quarantine_holds_rows_until_they_have_a_value(job):
+    job.write(table_extra='null_cursor = "quarantine"')
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'a', '2026-01-01 00:00:01')",
+        "INSERT INTO items VALUES (2, 'held', NULL)",
+    )
+    out = job.sync()
+    assert out["tables"]["items"]["upserts"] == 1
+    assert any("held back" in s and "updated_at" in s for s in out["skipped"])
+    from deltaferry.state import StateStore
+
+    with StateStore("t").connect(read_only=True) as con:
+        held = con.execute("SELECT pk, field, \"check\" FROM quarantine WHERE tbl = 'items'").fetchall()
+    assert held and all(h == ('{"id": 2}', "updated_at", "cursor not null") for h in held)
+    job.sql("UPDATE items SET updated_at = '2026-01-01 00:00:00' WHERE id = 2")  # older value
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.pull()
+    assert job.replica_rows() == expected(job)
+
+
+def test_null_in_a_key_column_is_held_back_and_the_rest_goes_on(job):
+    job.config.write_text(
+        job.config.read_text()
+        .replace('primary_key = ["id"]', 'primary_key = ["region", "id"]')
+        .replace(":Items", ":Pairs")
+        .replace('cursor = "updated_at"\n', "")
+        .replace('deletes = "none"', 'deletes = "reconcile"')
+    )
+    job.sql(
+        "CREATE TABLE items (region TEXT, id INTEGER, v TEXT, PRIMARY KEY (region, id))",
+        "INSERT INTO items VALUES ('eu', 1, 'a'), (NULL, 2, 'no region'), ('us', 1, 'b')",
+    )
+    out = job.sync()
+    assert out["tables"]["items"]["upserts"] == 2
+    assert any("region" in s and "held back" in s for s in out["skipped"])
+    assert job.sync()["tables"]["items"]["batch"] is None
+    job.pull()
+    job.pull()  # pulling again is a no-op, not an error
+    with duckdb.connect(str(job.replica), read_only=True) as r:
+        assert r.execute("SELECT region, id, v FROM items ORDER BY ALL").fetchall() == [
+            ("eu", 1, "a"),
+            ("us", 1, "b"),
+        ]
+
+
+def test_a_primary_key_that_is_not_unique_stops_the_run_before_anything_is_staged(job):
+    job.write(pk='["name"]')
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'same', '2026-01-01 00:00:01'), "
+        "(2, 'same', '2026-01-01 00:00:02'), (3, 'other', '2026-01-01 00:00:03')",
+    )
+    with pytest.raises(ConfigError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_code == 2
+    for part in ("job 't'", "table 'items'", "not unique", "name='same'", "primary_key"):
+        assert part in message
+    assert job.batches() == 0
+    # fixed in the jobs file: the next run publishes every row
+    job.write()
+    assert job.sync()["tables"]["items"]["upserts"] == 3
