@@ -103,12 +103,12 @@ def run(job: str, config: str | None, verbose: bool) -> None:
 
     from deltaferry.sync import preflight_job
 
+    if not verbose:
+        _quiet_prefect_console()
     # configuration problems surface here, as one line, before Prefect starts
     preflight_job(load_job(job, config))
     from flows.sync import sync_job
 
-    if not verbose:
-        _quiet_prefect_console()
     with out.status(f"syncing job [bold]{job}[/] ..."):
         summary = sync_job(job=job, config=config)  # the flow tags its own run
     _print_run_summary(summary)
@@ -184,18 +184,34 @@ def serve(config: str | None, only: tuple[str, ...], limit: int | None) -> None:
     serve_jobs(config_path(config).resolve(), only, limit)
 
 
-class _OnlyOwnLogs(logging.Filter):
-    """On the terminal, a run shows its progress and summary; Prefect's run logs still go to
-    the Prefect API (and UI) but not to the console, unless ``--verbose``."""
+class _LevelPrefix(logging.Formatter):
+    """``warning: message``, like the CLI's own ``error:`` lines."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("prefect")
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 def _quiet_prefect_console() -> None:
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _OnlyOwnLogs) for f in handler.filters):
-            handler.addFilter(_OnlyOwnLogs())
+    """Keep the terminal to the run's own lines: Prefect's logs go to the API only, dlt logs
+    errors only, and library warnings (Python ``warnings``: deprecations, types a driver does
+    not know) are not printed around the one-line error. ``--verbose`` shows them all."""
+    # Prefect sets its logging up again when a flow starts; the console handler's level
+    # comes from this setting each time (the API handler is not affected)
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")  # read when dlt sets up its logger
+    logging.getLogger("dlt").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").propagate = False
+    own = logging.getLogger("deltaferry")  # deltaferry's own warnings stay on the terminal
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelPrefix())
+        handler.setLevel(logging.WARNING)
+        own.addHandler(handler)
+        own.propagate = False
 
 
 class _Report:

@@ -280,3 +280,23 @@ def test_a_primary_key_that_is_not_unique_stops_the_run_before_anything_is_stage
     # fixed in the jobs file: the next run publishes every row
     job.write()
     assert job.sync()["tables"]["items"]["upserts"] == 3
+
+
+def test_refusals_are_one_line_on_the_terminal(job):
+    """Through the command line: exit code and stderr hold the one error line, nothing else
+    (no dlt or Prefect log lines, no library warnings)."""
+    from tests.test_cli import assert_clean, error_line, run_cli
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'x', '2026-03-01 12:00:00'), (2, 'x', 'not a time')",
+    )
+    env = {"PYTHONPATH": str(job.dir)}
+    p = run_cli("run", "t", "--config", job.config, env=env, cwd=job.dir)
+    error_line(p, 1, "job 't'", "table 'items'", "'updated_at'", "'not a time'")
+    assert_clean(p.stderr)
+    job.sql("UPDATE items SET updated_at = '2026-03-01 12:00:01' WHERE id = 2")
+    job.write(pk='["name"]')
+    p = run_cli("run", "t", "--config", job.config, env=env, cwd=job.dir)
+    error_line(p, 2, "job 't'", "table 'items'", "primary key (name) is not unique")
+    assert_clean(p.stderr)
