@@ -243,7 +243,12 @@ def _to_contract_types(
     job: JobConfig, t: TableConfig, contract: Contract, data: pa.Table
 ) -> pa.Table:
     """Publish what the contract promises: a column staged as another kind of type (text
-    holding numbers, say) is cast to the contract's type. Width and precision are kept."""
+    holding numbers, say) is cast to the contract's type, value for value
+    (``contracts.exact.cast_exact``: a double becomes a decimal through its shortest text,
+    never rounded to the scale). Width and precision are kept. A value that does not fit
+    raises ContractViolation naming it; nothing is published."""
+    from contracts.exact import InexactCast, cast_exact
+
     for name, target in contract.arrow_types().items():
         if name not in data.column_names:
             continue
@@ -252,11 +257,12 @@ def _to_contract_types(
         if _family(current) == _family(target) or pa.types.is_null(current):
             continue
         try:
-            data = data.set_column(i, name, pc.cast(data.column(i), target))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            data = data.set_column(i, name, cast_exact(data.column(i), target))
+        except InexactCast as e:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': column '{name}' is staged as {current} and "
-                f"cannot be cast to the contract's {target}: {e}"
+                f"cannot be the contract's {target}: {e.why}{e.at}; fix the value at the source "
+                "or the contract's type; nothing published"
             ) from None
     return data
 
