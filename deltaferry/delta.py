@@ -338,7 +338,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = contract.validate(upserts.to_pandas())
+    result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
     failed = sorted(result.failed_rows)
     if not failed:
         return keep, len(upsert_idx), 0, ""
@@ -410,7 +410,7 @@ def translate_parts(
         upserts = moved.filter(pc.equal(moved[OP_COLUMN], "upsert")).drop_columns(
             [OP_COLUMN, SEQ_COLUMN]
         )
-        result = contract.validate(upserts.to_pandas())
+        result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
         if result.failed_rows:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': dual publishing: {len(result.failed_rows)} "

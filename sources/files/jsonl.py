@@ -68,29 +68,49 @@ def _read_fast(data: bytes, types: dict[str, pa.DataType]) -> pa.Table | None:
         t = f.type
         exact = pa.types.is_int64(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
         exact = exact or pa.types.is_string(t) or decimals.get(f.name) == t
-        if not exact:
+        if not exact or (pa.types.is_decimal(t) and _over_precision(table[f.name], t)):
             return None
     return table
+
+
+def _over_precision(col: Any, t: pa.Decimal128Type) -> bool:
+    """Arrow's JSON reader checks a decimal's scale but not its precision (1234567890123456789
+    into decimal(20, 2) reads as 1234567890123456789.00): any such value?"""
+    import pyarrow.compute as pc
+
+    wide = pc.abs(pc.cast(col, pa.decimal128(38, t.scale)))
+    bound = pa.scalar(Decimal(10) ** (t.precision - t.scale), pa.decimal128(38, t.scale))
+    return bool(pc.any(pc.greater_equal(wide, bound)).as_py())
 
 
 def _read_exact(
     data: bytes, types: dict[str, pa.DataType], name_of: Callable[[str], str]
 ) -> pa.Table:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
-    for n, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line, parse_float=_Number, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as e:
-            raise SetAside(f"not valid JSON Lines: JSON parse error on line {n}: {e}", "fix the file")
-        if not isinstance(obj, dict):
-            raise SetAside(
-                f"not valid JSON Lines: JSON parse error on line {n}: not an object", "fix the file"
-            )
-        records.append(obj)
-        lines.append(n)
+    decoder = json.JSONDecoder(parse_float=_Number, parse_constant=_no_constant)
+    numbered = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+    lines = [n for n, _ in numbered]
+    records: Any = None
+    try:  # one array of all the lines: one call into the C scanner
+        records = decoder.decode("[" + ",".join(line.decode() for _, line in numbered) + "]")
+    except (ValueError, RecursionError):
+        pass
+    if records is None or len(records) != len(numbered) or not all(
+        isinstance(r, dict) for r in records
+    ):
+        records = []  # line by line, to say which line is wrong
+        for n, line in numbered:
+            try:
+                obj = decoder.decode(line.decode())
+            except (ValueError, RecursionError) as e:
+                raise SetAside(
+                    f"not valid JSON Lines: JSON parse error on line {n}: {e}", "fix the file"
+                ) from None
+            if not isinstance(obj, dict):
+                raise SetAside(
+                    f"not valid JSON Lines: JSON parse error on line {n}: not an object",
+                    "fix the file",
+                )
+            records.append(obj)
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))
@@ -158,8 +178,8 @@ def _ints(name: str, values: list[Any], lines: list[int], loose: bool) -> pa.Arr
             if loose
             else f"declare {name} as Decimal(38, 0) (exact up to 38 digits) or str in the contract"
         )
-        too = "more than 38 digits" if loose else "out of int64 range"
-        raise SetAside(f"column {name} value {v} (line {lines[i]}) has {too}", fix)
+        too = "has more than 38 digits" if loose else "is out of int64 range"
+        raise SetAside(f"column {name} value {v} (line {lines[i]}) {too}", fix)
     return pa.array(values, pa.int64())
 
 
@@ -183,6 +203,8 @@ def _same(v: int | str, f: float) -> bool:
     """Whether the double ``f`` is the number written as ``v`` (0.1 and 0.10 are 0.1)."""
     if f != f or f in (float("inf"), float("-inf")):
         return False
+    if isinstance(v, str) and repr(f) == v:  # the common case, without Decimal
+        return True
     try:
         return Decimal(repr(f)) == Decimal(v)
     except InvalidOperation:
@@ -205,11 +227,42 @@ def _text(v: Any) -> str:
 
 
 def _json_text(v: Any) -> str:
-    """A value as compact JSON, numbers as written."""
+    """A value as compact JSON, numbers as written: a JSON value parsed here, or a nested
+    Arrow value's Python form (a map's (key, value) pairs become an object; a decimal its
+    digits, a double its shortest text, a date or time its ISO text). Raises ValueError
+    for a value JSON cannot hold (NaN, infinity)."""
     if isinstance(v, dict):
-        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_json_text(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list):
+        items = v.items()
+    elif isinstance(v, list) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v):
+        items = v  # an Arrow map
+    elif isinstance(v, (list, tuple)):
         return "[" + ",".join(_json_text(x) for x in v) + "]"
-    if isinstance(v, _Number):
+    elif isinstance(v, _Number):
         return str.__str__(v)
-    return json.dumps(v, ensure_ascii=False)
+    elif isinstance(v, (float, Decimal)):
+        if not Decimal(v).is_finite():
+            raise ValueError(f"{v} is not a JSON number")
+        return repr(v) if isinstance(v, float) else str(v)
+    elif isinstance(v, (str, int, bool)) or v is None:
+        return json.dumps(v, ensure_ascii=False)
+    elif hasattr(v, "isoformat"):
+        return json.dumps(v.isoformat())
+    else:
+        return json.dumps(v.hex() if isinstance(v, bytes) else str(v), ensure_ascii=False)
+    return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_json_text(x)}" for k, x in items) + "}"
+
+
+def documents_as_text(table: pa.Table) -> pa.Table:
+    """Nested columns (struct, list, map) of a Parquet file as JSON text (``_json_text``):
+    a NULL stays NULL. Raises SetAside for a value JSON cannot hold."""
+    for i, f in enumerate(table.schema):
+        t = f.type
+        if not (pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_list(t)
+                or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+            continue
+        try:
+            text = [None if v is None else _json_text(v) for v in table[i].to_pylist()]
+        except ValueError as e:
+            raise SetAside(f"column {f.name} cannot be JSON text: {e}", "fix the values") from None
+        table = table.set_column(i, f.name, pa.array(text, pa.string()))
+    return table

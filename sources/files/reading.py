@@ -19,7 +19,7 @@ from contracts import load_contract
 from contracts.exact import InexactCast, cast_exact
 from deltaferry.config import TableConfig
 from deltaferry.errors import ConfigError
-from sources.files.jsonl import read_jsonl
+from sources.files.jsonl import documents_as_text, read_jsonl
 from sources.files.listing import SetAside
 from sources.files.settings import (
     DEFAULT_DELIMITER,
@@ -65,7 +65,7 @@ def read_table(
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(pa.BufferReader(raw))
+            table = documents_as_text(pq.read_table(pa.BufferReader(raw)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
         raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
@@ -198,11 +198,22 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
             ) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise SetAside(
-                f"column {name} cannot be read as {target} (the contract's type): {_first_line(e)}",
+                f"column {name} cannot be read as {target} (the contract's type): "
+                f"{_first_line(e)}{_first_unzoned(col, target)}",
                 "fix the values, or the contract",
             ) from None
         table = table.set_column(i, name, cast)
     return table
+
+
+def _first_unzoned(col: Any, target: pa.TimestampType) -> str:
+    """Where the first text that is not a time is, as " (row 3: 'x')" (error path only)."""
+    for i in range(len(col)):
+        try:
+            _zoned_from_text(col.slice(i, 1), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return f" (row {i + 1}: {col[i].as_py()!r})"
+    return ""
 
 
 def _zoned_from_text(col: Any, target: pa.TimestampType) -> Any:
