@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
+from pandera import dtypes as pandera_dtypes
 import pyarrow as pa_
 from pandera.errors import SchemaErrors
 
@@ -86,14 +87,21 @@ class Contract:
 
     def arrow_types(self) -> dict[str, Any]:
         """The Arrow type of each contract column after coercion (published data follows the
-        contract, not the source). Columns whose type cannot be derived are left out."""
+        contract, not the source). A ``Decimal(precision, scale)`` column is
+        ``decimal128(precision, scale)`` (``decimal256`` above 38 digits). Columns whose type
+        cannot be derived are left out."""
         if self._arrow_types is None:
             import pyarrow as pyarrow_
 
             types: dict[str, Any] = {}
             for name in self.columns:
+                declared = self.schema.columns[name].dtype
+                if isinstance(declared, pandera_dtypes.Decimal):  # pandas keeps these as objects
+                    p, s = int(declared.precision), int(declared.scale)
+                    types[name] = (pyarrow_.decimal128 if p <= 38 else pyarrow_.decimal256)(p, s)
+                    continue
                 try:
-                    dtype = self.schema.columns[name].dtype.type
+                    dtype = declared.type
                     empty = pd.DataFrame({name: pd.Series([], dtype=dtype)})
                     arrow = pyarrow_.Schema.from_pandas(empty, preserve_index=False)
                     target = arrow.field(name).type

@@ -243,7 +243,12 @@ def _to_contract_types(
     job: JobConfig, t: TableConfig, contract: Contract, data: pa.Table
 ) -> pa.Table:
     """Publish what the contract promises: a column staged as another kind of type (text
-    holding numbers, say) is cast to the contract's type. Width and precision are kept."""
+    holding numbers, say) is cast to the contract's type, value for value
+    (``contracts.exact.cast_exact``: a double becomes a decimal through its shortest text,
+    never rounded to the scale). Width and precision are kept. A value that does not fit
+    raises ContractViolation naming it; nothing is published."""
+    from contracts.exact import InexactCast, cast_exact
+
     for name, target in contract.arrow_types().items():
         if name not in data.column_names:
             continue
@@ -252,11 +257,12 @@ def _to_contract_types(
         if _family(current) == _family(target) or pa.types.is_null(current):
             continue
         try:
-            data = data.set_column(i, name, pc.cast(data.column(i), target))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            data = data.set_column(i, name, cast_exact(data.column(i), target))
+        except InexactCast as e:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': column '{name}' is staged as {current} and "
-                f"cannot be cast to the contract's {target}: {e}"
+                f"cannot be the contract's {target}: {e.why}{e.at}; fix the value at the source "
+                "or the contract's type; nothing published"
             ) from None
     return data
 
@@ -332,7 +338,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = contract.validate(upserts.to_pandas())
+    result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
     failed = sorted(result.failed_rows)
     if not failed:
         return keep, len(upsert_idx), 0, ""
@@ -404,7 +410,7 @@ def translate_parts(
         upserts = moved.filter(pc.equal(moved[OP_COLUMN], "upsert")).drop_columns(
             [OP_COLUMN, SEQ_COLUMN]
         )
-        result = contract.validate(upserts.to_pandas())
+        result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
         if result.failed_rows:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': dual publishing: {len(result.failed_rows)} "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pandas as pd
 import pandera.pandas as pa
+from pandera.engines import pandas_engine
 from pandera.typing import Series
 
 
@@ -46,4 +49,27 @@ class Stock(pa.DataFrameModel):
 
     class Config:
         strict = True
+        coerce = True
+
+
+class Numbers(pa.DataFrameModel):
+    """Drops whose values must arrive exactly: decimals, big integers, floats, documents.
+    Columns it does not name (``big``, ``loose``) stay as the file gives them."""
+
+    id: Series[int]
+    amount: Series[pandas_engine.Decimal] = pa.Field(
+        nullable=True, dtype_kwargs={"precision": 20, "scale": 2}
+    )
+    whole: Series[Decimal] = pa.Field(nullable=True)  # pandera's default: Decimal(28, 0)
+    n: Series[int] = pa.Field(nullable=True)
+    x: Series[float] = pa.Field(nullable=True)
+    flag: Series[bool] = pa.Field(nullable=True)
+    at: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    note: Series[str] = pa.Field(nullable=True)
+    doc: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
         coerce = True

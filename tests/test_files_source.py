@@ -25,12 +25,13 @@ TABLES = {
     "events": 'primary_key = ["id"]\ncontract = "tests.contracts_files:Events"\n'
     'deletes = "soft:deleted_at"',
     "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.contracts_files:Stock"',
+    "numbers": 'primary_key = "id"\ncontract = "tests.contracts_files:Numbers"',
 }
 HEADER = "id,customer,amount,placed_at,note\n"
 
 
 def jobs_toml(
-    lake: str, url: str = "drops", tables: tuple[str, ...] = tuple(TABLES), **extra: str
+    lake: str, url: str = "drops", tables: tuple[str, ...] = ("orders", "events", "stock"), **extra: str
 ) -> str:
     """A ``drops`` job; ``extra`` adds job settings, ``<table>_extra`` table settings."""
     job = "".join(f"{k} = {v}\n" for k, v in extra.items() if not k.endswith("_extra"))
@@ -507,3 +508,210 @@ def test_an_older_file_landing_later_does_not_overwrite_newer_rows(drops_job):
     assert batches(drops_job.sync())["orders"] == (3, 1)
     drops_job.pull()
     assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 10.0), (2, 20.0)]
+
+
+# --- every value exactly: numbers, decimals, empty fields, documents ---------------------
+
+I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+def read_numbers(data: bytes | str, fmt: str) -> pa.Table:
+    """One file read as the ``numbers`` table (contract tests.contracts_files:Numbers)."""
+    from deltaferry.config import TableConfig
+    from sources.files import _contract_types, read_table
+
+    t = TableConfig("numbers", ("id",), None, "none", "tests.contracts_files:Numbers")
+    raw = data.encode() if isinstance(data, str) else data
+    return read_table(raw, fmt, t, _contract_types(t, "here"))
+
+
+def set_aside_for(data: bytes | str, fmt: str) -> str:
+    from sources.files import SetAside
+
+    with pytest.raises(SetAside) as caught:
+        read_numbers(data, fmt)
+    return f"{caught.value.problem}; {caught.value.fix}"
+
+
+def parquet_of(**columns: pa.Array) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()
+
+
+def by_id(table: pa.Table, column: str) -> dict:
+    return dict(zip(table["id"].to_pylist(), table[column].to_pylist(), strict=True))
+
+
+def test_jsonl_integers_never_pass_through_a_double():
+    from decimal import Decimal
+
+    ints = [2**53 + 1, I64_MIN, I64_MAX, -(2**53) - 1, 0]
+    lines = "".join(f'{{"id": {i}, "n": {v}, "big": {v}}}\n' for i, v in enumerate(ints, 1))
+    table = read_numbers(lines, "jsonl")
+    assert table.schema.field("n").type == pa.int64()  # contract int
+    assert table.schema.field("big").type == pa.int64()  # not in the contract: as the file says
+    assert table["n"].to_pylist() == ints and table["big"].to_pylist() == ints
+    # one value beyond int64 in a column the contract leaves loose: decimal(38, 0), all exact
+    table = read_numbers(lines + f'{{"id": 9, "big": {U64_MAX}}}\n', "jsonl")
+    assert table.schema.field("big").type == pa.decimal128(38, 0)
+    assert table["big"].to_pylist() == [Decimal(v) for v in ints] + [Decimal(U64_MAX)]
+    assert table["n"].to_pylist() == ints + [None]
+    # the contract's int column cannot hold it: refused, naming column, value and the fix
+    says = set_aside_for(f'{{"id": 1, "n": {U64_MAX}}}\n', "jsonl")
+    assert f"column n value {U64_MAX} (line 1) is out of int64 range" in says
+    assert "declare n as Decimal(38, 0)" in says
+    says = set_aside_for(f'{{"id": 1, "big": {10**38}}}\n', "jsonl")
+    assert f"column big value {10**38} (line 1) has more than 38 digits" in says
+    # a whole number written with a point, for an int column, is that integer
+    assert read_numbers('{"id": 1, "n": 1.0}\n{"id": 2, "n": 2e3}\n', "jsonl")["n"].to_pylist() == [
+        1,
+        2000,
+    ]
+    assert "'2.5'" in set_aside_for('{"id": 1, "n": 2.5}\n', "jsonl")
+
+
+def test_contract_decimals_are_read_exactly_from_every_file_type():
+    from decimal import Decimal
+
+    amounts = ["12345678901234567.89", "0.1", "0.10", "-0.00", "999999999999999999.99", "-7"]
+    want = [Decimal(a).quantize(Decimal("0.01")) for a in amounts]
+    csv_text = "id,amount,whole\n" + "".join(
+        f"{i},{a},{U64_MAX if i == 1 else ''}\n" for i, a in enumerate(amounts, 1)
+    )
+    jsonl = "".join(f'{{"id": {i}, "amount": {a}}}\n' for i, a in enumerate(amounts, 1))
+    jsonl += f'{{"id": 7, "amount": "0.5", "whole": {U64_MAX}}}\n'  # text holding a number too
+    pq_text = parquet_of(id=pa.array([1, 2, 3]), amount=pa.array(["0.1", None, "-12.5"]))
+    pq_double = parquet_of(id=pa.array([1, 2]), amount=pa.array([0.1, -0.0]))  # shortest text
+    pq_dec = parquet_of(id=pa.array([1]), amount=pa.array([Decimal("1.2500")], pa.decimal128(10, 4)))
+    for data, fmt, expected in [
+        (csv_text, "csv", want),
+        (jsonl, "jsonl", [*want, Decimal("0.50")]),
+        (pq_text, "parquet", [Decimal("0.10"), None, Decimal("-12.50")]),
+        (pq_double, "parquet", [Decimal("0.10"), Decimal("0.00")]),
+        (pq_dec, "parquet", [Decimal("1.25")]),
+    ]:
+        table = read_numbers(data, fmt)
+        assert table.schema.field("amount").type == pa.decimal128(20, 2), fmt
+        if "whole" in table.column_names:
+            assert table.schema.field("whole").type == pa.decimal128(28, 0), fmt
+        assert table["amount"].to_pylist() == expected, fmt
+        assert [str(v) for v in table["amount"].to_pylist()[:1]] == [str(expected[0])], fmt
+    assert read_numbers(csv_text, "csv")["whole"].to_pylist()[:2] == [Decimal(U64_MAX), None]
+
+
+@pytest.mark.parametrize(
+    "data, fmt, says",
+    [
+        ("id,amount\n1,0.5\n2,0.125\n", "csv", "Rescaling Decimal value would cause data loss (row 2: '0.125')"),
+        ('{"id": 1, "amount": 0.125}\n', "jsonl", "(row 1: '0.125')"),
+        ("id,amount\n1,1234567890123456789\n", "csv", "does not fit in precision 20"),
+        ('{"id": 1, "amount": 1234567890123456789}\n', "jsonl", "does not fit in precision 20"),
+        (parquet_of(id=pa.array([1]), amount=pa.array([0.125])), "parquet", "(row 1: '0.125')"),
+        ('id,amount\n1,""\n', "csv", "Empty string cannot be converted"),  # "" is not NULL
+    ],
+)
+def test_a_decimal_that_does_not_fit_the_contract_is_refused_never_rounded(data, fmt, says):
+    text = set_aside_for(data, fmt)
+    assert text.startswith("column amount cannot be read as decimal128(20, 2) (the contract's type)")
+    assert says in text
+
+
+def test_floats_keep_their_value_and_sign_or_are_refused():
+    import math
+
+    table = read_numbers("id,x\n1,-0.0\n2,0.1\n3,1e308\n4,inf\n5,5e-324\n", "csv")
+    xs = table["x"].to_pylist()
+    assert math.copysign(1, xs[0]) == -1 and xs[1:] == [0.1, 1e308, math.inf, 5e-324]
+    assert "out of range (would be infinity) (row 1: '1e400')" in set_aside_for("id,x\n1,1e400\n", "csv")
+    assert "too small (would be 0) (row 1: '1e-400')" in set_aside_for("id,x\n1,1e-400\n", "csv")
+    # an int column into a float contract column: 2^53 + 1 is not a double
+    assert "9007199254740993" in set_aside_for('{"id": 1, "x": 9007199254740993}\n', "jsonl")
+    # a loose JSON number: a double when it is exactly one, else refused with the fix
+    table = read_numbers('{"id": 1, "loose": 0.1}\n{"id": 2, "loose": -0.0}\n{"id": 3, "loose": 2}\n', "jsonl")
+    assert table.schema.field("loose").type == pa.float64()
+    assert table["loose"].to_pylist() == [0.1, 0.0, 2.0]
+    assert math.copysign(1, table["loose"][1].as_py()) == -1
+    says = set_aside_for('{"id": 1, "loose": 12345678901234567.89}\n', "jsonl")
+    assert "column loose value 12345678901234567.89 (line 1) is not exactly a double" in says
+    assert "declare loose as Decimal(precision, scale)" in says
+    assert "NaN is not JSON" in set_aside_for('{"id": 1, "x": NaN}\n', "jsonl")
+
+
+def test_csv_empty_fields_are_null_and_quoted_empty_is_the_empty_string():
+    header = "id,amount,whole,n,x,flag,at,note,doc\n"
+    table = read_numbers(header + '1,,,,,,,,\n2,1,2,3,4.5,false,2026-01-01,"",""\n', "csv")
+    rows = table.to_pylist()
+    assert all(v is None for k, v in rows[0].items() if k != "id")  # NULL in every type
+    assert rows[1]["note"] == "" and rows[1]["doc"] == ""  # quoted empty: the empty string
+    assert rows[1]["flag"] is False and rows[1]["n"] == 3
+    for column in ("n", "x", "flag", "at"):  # "" is not a number, a bool or a time: refused
+        cols = ["id", column]
+        says = set_aside_for(",".join(cols) + '\n1,""\n', "csv")
+        assert f"column {column} cannot be read as" in says and "(row 1: '')" in says
+
+
+def test_json_documents_stay_json_text_with_their_numbers_as_written():
+    lines = (
+        '{"id": 1, "doc": {"a": 0.10, "b": [1, null, 18446744073709551615], "c": "é"}}\n'
+        '{"id": 2, "doc": null}\n'
+        '{"id": 3}\n'
+        '{"id": 4, "doc": "text"}\n'
+        '{"id": 5, "doc": []}\n'
+    )
+    docs = by_id(read_numbers(lines, "jsonl"), "doc")
+    assert docs == {
+        1: '{"a":0.10,"b":[1,null,18446744073709551615],"c":"é"}',
+        2: None,  # a top-level null is NULL, as a key left out
+        3: None,
+        4: '"text"',  # a string in a document column is its JSON
+        5: "[]",
+    }
+    # Parquet: nested columns (struct, list, map) become the same JSON text
+    from decimal import Decimal
+
+    data = parquet_of(
+        id=pa.array([1, 2]),
+        doc=pa.array([{"d": Decimal("0.10"), "f": 0.1, "l": [1, None]}, None]),
+        tags=pa.array([[("k", 1)], None], pa.map_(pa.string(), pa.int64())),
+    )
+    table = read_numbers(data, "parquet")
+    assert by_id(table, "doc") == {1: '{"d":0.10,"f":0.1,"l":[1,null]}', 2: None}
+    assert by_id(table, "tags") == {1: '{"k":1}', 2: None}
+
+
+def test_every_value_reaches_the_replica_exactly(drops_job):
+    """CSV, JSON Lines and Parquet drops of one table, synced and pulled: the replica holds
+    the contract's types (decimal(20, 2), not text or double) and the values as written.
+    (-0.0 arrives as 0.0: dlt's merge into staging drops the sign; read_table keeps it.)"""
+    from decimal import Decimal
+
+    d, t0 = drops_job.drops, time.time() - 100
+    drops_job.write(tables=("numbers",))
+    drop(d, "numbers/a.csv", "id,amount,n,x,note\n1,12345678901234567.89,-9223372036854775808,-0.0,\n2,0.1,,,\"\"\n", t0)
+    drop(
+        d,
+        "numbers/b.jsonl",
+        f'{{"id": 3, "amount": 0.1, "n": {I64_MAX}, "whole": {U64_MAX}, "doc": {{"v": 0.10}}}}\n'
+        f'{{"id": 4, "amount": 999999999999999999.99, "n": 9007199254740993, "x": 0.1}}\n',
+        t0 + 1,
+    )
+    drop(d, "numbers/c.parquet", parquet_of(id=pa.array([5]), amount=pa.array(["-0.01"])), t0 + 2)
+    out = drops_job.sync()
+    assert batches(out)["numbers"] == (1, 5)
+    assert drops_job.skipped() == []
+    drops_job.pull()
+    types = dict((r[0], r[1]) for r in drops_job.q("DESCRIBE numbers"))
+    assert types["amount"] == "DECIMAL(20,2)" and types["whole"] == "DECIMAL(28,0)"
+    assert types["n"] == "BIGINT" and types["x"] == "DOUBLE"
+    rows = drops_job.q(
+        "SELECT id, amount, CAST(n AS VARCHAR), x, CAST(whole AS VARCHAR), note, doc "
+        "FROM numbers ORDER BY id"
+    )
+    assert rows == [
+        (1, Decimal("12345678901234567.89"), str(I64_MIN), -0.0, None, None, None),
+        (2, Decimal("0.10"), None, None, None, "", None),
+        (3, Decimal("0.10"), str(I64_MAX), None, str(U64_MAX), None, '{"v":0.10}'),
+        (4, Decimal("999999999999999999.99"), "9007199254740993", 0.1, None, None, None),
+        (5, Decimal("-0.01"), None, None, None, None, None),
+    ]

@@ -4,6 +4,7 @@ setting it aside with what is wrong and what to do."""
 from __future__ import annotations
 
 import codecs
+import functools
 import csv
 import gzip
 import io
@@ -15,7 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contracts import load_contract
+from contracts.exact import InexactCast, cast_exact
 from deltaferry.config import TableConfig
+from deltaferry.errors import ConfigError
+from sources.files.jsonl import documents_as_text, read_jsonl
 from sources.files.listing import SetAside
 from sources.files.settings import (
     DEFAULT_DELIMITER,
@@ -57,13 +61,11 @@ def read_table(
         if fmt == "csv":
             table = _read_csv(_utf8(raw, t), t.options.get("delimiter", DEFAULT_DELIMITER))
         elif fmt == "jsonl":
-            import pyarrow.json as pj
-
-            table = pj.read_json(pa.BufferReader(_utf8(raw, t)))
+            table = read_jsonl(_utf8(raw, t), types, _dlt_name)
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(pa.BufferReader(raw))
+            table = documents_as_text(pq.read_table(pa.BufferReader(raw)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
         raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
@@ -135,11 +137,15 @@ def _read_csv(data: bytes, delimiter: str) -> pa.Table:
     )
 
 
-def _dlt_names(table: pa.Table) -> pa.Table:
+@functools.lru_cache(maxsize=4096)
+def _dlt_name(name: str) -> str:
     from dlt.common.normalizers.naming.snake_case import NamingConvention
 
-    naming = NamingConvention()
-    names = [naming.normalize_identifier(n) for n in table.column_names]
+    return NamingConvention().normalize_identifier(name)
+
+
+def _dlt_names(table: pa.Table) -> pa.Table:
+    names = [_dlt_name(n) for n in table.column_names]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise SetAside(
@@ -168,27 +174,46 @@ def _check_keys(table: pa.Table, t: TableConfig) -> None:
 
 
 def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
-    """Cast the columns the contract types to its types, so every file of a table stages
-    alike. Text without a zone offset read into a zoned timestamp is taken as UTC."""
+    """Cast the columns the contract types to its types, value for value
+    (``contracts.exact.cast_exact``), so every file of a table stages alike. A decimal
+    column always gets the contract's precision and scale; other kinds keep their width
+    (int32 stays int32). Text without a zone offset read into a zoned timestamp is taken
+    as UTC. A value that does not fit sets the file aside, naming it."""
     for name, target in types.items():
         if name not in table.column_names:
             continue
         i = table.column_names.index(name)
         col = table.column(i)
-        if col.type == target or _kind(col.type) == _kind(target) != "timestamp":
+        if col.type == target or _kind(col.type) == _kind(target) not in ("timestamp", "decimal"):
             continue
         try:
             if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(col.type):
                 cast = _zoned_from_text(col, target)
             else:
-                cast = pc.cast(col, target)
+                cast = cast_exact(col, target)
+        except InexactCast as e:
+            raise SetAside(
+                f"column {name} cannot be read as {target} (the contract's type): {e.why}{e.at}",
+                "fix the values, or the contract",
+            ) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise SetAside(
-                f"column {name} cannot be read as {target} (the contract's type): {_first_line(e)}",
+                f"column {name} cannot be read as {target} (the contract's type): "
+                f"{_first_line(e)}{_first_unzoned(col, target)}",
                 "fix the values, or the contract",
             ) from None
         table = table.set_column(i, name, cast)
     return table
+
+
+def _first_unzoned(col: Any, target: pa.TimestampType) -> str:
+    """Where the first text that is not a time is, as " (row 3: 'x')" (error path only)."""
+    for i in range(len(col)):
+        try:
+            _zoned_from_text(col.slice(i, 1), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return f" (row {i + 1}: {col[i].as_py()!r})"
+    return ""
 
 
 def _zoned_from_text(col: Any, target: pa.TimestampType) -> Any:
@@ -222,5 +247,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def _contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
+    """The contract's Arrow types, as staged. A decimal wider than the 38 digits staging
+    (DuckDB) holds is a ConfigError."""
     types = load_contract(t.contract, where=where).arrow_types()
+    for n, ty in types.items():
+        if pa.types.is_decimal(ty) and ty.precision > 38:
+            raise ConfigError(
+                f"{where}: contract {t.contract} column {n} is Decimal({ty.precision}, "
+                f"{ty.scale}) and staging holds at most 38 digits; declare it with precision "
+                "38 or less, or as str"
+            )
     return {n: pa.string() if pa.types.is_large_string(ty) else ty for n, ty in types.items()}
