@@ -269,7 +269,11 @@ SQLITE = [
     TypeSpec("sqlite", "TEXT", "TEXT", texts, "Series[str]", "VARCHAR", "str", _ident, key=True),
     TypeSpec("sqlite", "REAL", "REAL", floats, "Series[float]", "DOUBLE", "float", _ident),
     TypeSpec("sqlite", "NUMERIC(20,6)", "NUMERIC(20,6)", decimals, DEC_CONTRACT, "DECIMAL(20,6)",
-             "dec", _sqlite_dec, note="written as decimal text"),
+             "dec", _sqlite_dec, refuse_value=lambda v: abs(_sqlite_dec(v)) >= 10**14,
+             value_refusal=Refusal("decimal out of range", ("precision", "fit", "range"),
+                                   "column_types"),
+             note="written as decimal text; SQLite may round it to 15 digits (the source "
+                  "then holds that number), one that no longer fits (20,6) is refused"),
     TypeSpec("sqlite", "TIMESTAMP (text, zoned and naive forms)", "TIMESTAMP", ts_texts,
              TS_CONTRACT, "TIMESTAMP WITH TIME ZONE", "ts", instant,
              note="the UTC instant; naive text taken as UTC"),
