@@ -180,6 +180,7 @@ def build_delta(
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
         if migration is not None:
             changes = _migrate_chunk(job, t, changes, *migration)
+        changes = _add_null_columns(contract, changes)
         keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine, drifted)
         changed += upserts
         failed_total += failed
@@ -223,6 +224,21 @@ def build_delta(
         cursor_min=None if cmin is None else str(cmin),
         cursor_max=None if cmax is None else str(cmax),
     )
+
+
+def _add_null_columns(contract: Contract, changes: pa.Table) -> pa.Table:
+    """Nullable contract columns the chunk lacks, added as NULLs of the contract's type: a
+    source that never sent a value for a column (an API field that was null in every record
+    so far: dlt creates no column for it) publishes NULL there, as the contract allows."""
+    types = contract.arrow_types()
+    for name in contract.columns:
+        column = contract.schema.columns[name]
+        if name in changes.column_names or not column.nullable or name not in types:
+            continue
+        changes = changes.append_column(
+            pa.field(name, types[name]), pa.nulls(changes.num_rows, types[name])
+        )
+    return changes
 
 
 def _family(t: pa.DataType) -> str:
