@@ -44,7 +44,7 @@ from collections import Counter
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
@@ -225,12 +225,12 @@ class TableRead:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
-        query = [
-            (k, "…" if k in self.secret_params or _SECRET_NAME.search(k) else v)
+        query = "&".join(
+            f"{quote(k)}=" + ("…" if k in self.secret_params or _SECRET_NAME.search(k) else quote(v))
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
+        )
         shown = f"{parts.scheme}://{host}{port}{parts.path}"
-        return shown + (f"?{urlencode(query, safe='…:')}" if query else "")
+        return shown + (f"?{query}" if query else "")
 
     # --- records -------------------------------------------------------------
 
