@@ -7,6 +7,11 @@ record is tagged with the md5 of its content and staged only when that differs f
 staged version, so the records at the cursor boundary (asked for again on purpose: the
 range is closed) and an API without a "changed since" parameter cost a read, not a batch.
 
+Each read goes through ``reads.TableRead`` (wrapped around the resource's generator): it
+stops a paginator that repeats a request or a page, caps a read at ``max_pages``, resolves
+a key read twice (newest cursor, then largest canonical JSON), holds back records without
+a key (``ExtractResult.held``) and stages only the winners that changed.
+
 HTTP: dlt's retrying session (429 and 5xx retried with exponential backoff, ``Retry-After``
 honoured; connection errors retried). deltaferry wraps its transport to record every
 retried response in the operations log, to refuse a ``Retry-After`` longer than
