@@ -131,7 +131,9 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
         for table, notes in (result.duplicates or {}).items():
             # a key read more than once in one read, resolved by the source's rule: recorded
             for note in notes:
-                ctx.state.log(ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000])
+                ctx.state.log(
+                    ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
+                )
                 get_run_logger().warning("%s", note)
         return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
 

@@ -21,8 +21,8 @@ Records: the same primary key read more than once in one read (offset pages shif
 change, overlapping pages) is resolved by a rule that does not depend on the order the API
 sent them: the record with the newest cursor value wins; ties (and every duplicate of a
 table without a cursor) go to the record whose canonical JSON text (keys sorted, no
-spaces: what its content hash ``_df_hash`` is the md5 of) is the largest. Cursor values compare as instants when they are
-timestamps (ISO-8601 text with an offset, ``Z`` or none, taken as UTC; fractions to the
+spaces: the text its content hash ``_df_hash`` is the md5 of) is the largest. Cursor
+values compare as instants when they are timestamps (ISO-8601 text with an offset, ``Z`` or none, taken as UTC; fractions to the
 nanosecond), as numbers when numeric (JSON numbers or numeric text, exactly), and values of
 different kinds by kind: missing < number < timestamp < other text. The winner is staged
 only when its content differs from its staged version. A record with no value (missing or
@@ -225,8 +225,9 @@ class TableRead:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
+        secret = self.secret_params
         query = "&".join(
-            f"{quote(k)}=" + ("…" if k in self.secret_params or _SECRET_NAME.search(k) else quote(v))
+            f"{quote(k)}=" + ("…" if k in secret or _SECRET_NAME.search(k) else quote(v))
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         )
         shown = f"{parts.scheme}://{host}{port}{parts.path}"
