@@ -515,12 +515,21 @@ def test_records_without_a_key_are_held_back_and_the_rest_is_published(items_job
     assert [(h["field"], h["check"]) for h in held] == [("id", "primary key not null")] * 2
     assert json.loads(held[0]["pk"]) == {"id": None}
     assert json.loads(held[1]["row_json"])["name"] == "no key at all"
-    assert "job 'api' table 'items': a record has no value for primary key column(s) id" in (
-        held[0]["reason"]
-    )
+    assert "primary key column(s) id missing or null" in held[0]["reason"]
     assert result.rows_by_table["items"] == 10
 
-    # through the flow: the run goes on and publishes the records that have a key
+    # through the flow: the run goes on, publishes the records that have a key and
+    # quarantines the two without
     out = items_job.sync()
     assert out["tables"]["items"]["rows"] == 10
     assert _items(items_job) == [(i, f"item {i}") for i in range(1, 11)]
+    from deltaferry.state import StateStore
+
+    with StateStore("api").connect(read_only=True) as con:
+        quarantined = con.execute(
+            'SELECT tbl, field, "check", row_json FROM quarantine ORDER BY row_json'
+        ).fetchall()
+    assert sorted((t, f, c, json.loads(r)["name"]) for t, f, c, r in quarantined) == [
+        ("items", "id", "primary key not null", "no key at all"),
+        ("items", "id", "primary key not null", "null key"),
+    ]

@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.columns import HASH_COLUMN
+from sources.integrity import held_record
 from sources.staging import ChangedRows, canonical_json
 
 DEFAULT_MAX_PAGES = 100_000
@@ -251,16 +252,14 @@ class TableRead:
         missing = [c for c in pk if row.get(c) is None]
         if missing:
             self.held.append(
-                {
-                    "pk": json.dumps({c: row.get(c) for c in pk}, default=str, sort_keys=True),
-                    "field": ", ".join(missing),
-                    "check": "primary key not null",
-                    "reason": (
-                        f"{self.where}: a record has no value for primary key column(s) "
-                        f"{', '.join(missing)}; held back, not published"
-                    ),
-                    "row_json": json.dumps(row, default=str, sort_keys=True),
-                }
+                held_record(
+                    self.t,
+                    row,
+                    missing[0],
+                    "primary key not null",
+                    f"primary key column(s) {', '.join(missing)} missing or null in the API's "
+                    "record: it cannot be keyed, so it is held back until the API gives it a key",
+                )
             )
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
