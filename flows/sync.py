@@ -128,6 +128,13 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
             ctx.state.log(ctx.run_id, "extract", "held", table=table, detail=line[:2000])
             get_run_logger().warning("%s", line)
             skipped.append(line)
+        for table, notes in (result.duplicates or {}).items():
+            # a key read more than once in one read, resolved by the source's rule: recorded
+            for note in notes:
+                ctx.state.log(
+                    ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
+                )
+                get_run_logger().warning("%s", note)
         return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
 
     extracted: dict[str, int] = {}

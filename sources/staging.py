@@ -45,6 +45,9 @@ class ExtractResult:
     # per table, rows held back before staging (a NULL key, a NULL cursor under
     # null_cursor = "quarantine"): quarantine records {pk, field, check, reason, row_json}
     held: dict[str, list[dict[str, Any]]] | None = None
+    # per table, keys read more than once in one extraction and how they were resolved,
+    # as one-line notes naming job, table and keys (the flow logs them as warnings)
+    duplicates: dict[str, list[str]] | None = None
 
 
 def staging_path(job: str) -> Path:
@@ -151,10 +154,14 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
+def canonical_json(row: dict[str, Any]) -> str:
+    """A JSON row as text independent of key order: what ``row_hash`` hashes."""
+    return json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
 def row_hash(row: dict[str, Any]) -> str:
     """md5 of a JSON row (an API record), independent of key order."""
-    raw = json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.md5(raw.encode()).hexdigest()
+    return hashlib.md5(canonical_json(row).encode()).hexdigest()
 
 
 class ChangedRows:
@@ -212,11 +219,15 @@ class ChangedRows:
         found = self._anti_join(hashed, self._known(hashed))
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
-    def record(self, row: dict[str, Any]) -> bool:
-        """For a per-record filter: whether the record changed; tags it with its hash."""
+    def is_staged(self, h: str) -> bool:
+        """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
         if self._hashes is None:
             staged = self._typed[HASH_COLUMN].to_pylist() if self._typed is not None else []
             self._hashes = set(staged)
+        return h in self._hashes
+
+    def record(self, row: dict[str, Any]) -> bool:
+        """For a per-record filter: whether the record changed; tags it with its hash."""
         row.pop(HASH_COLUMN, None)
         missing = [c for c in self.pk if row.get(c) is None]
         if missing:
@@ -226,7 +237,7 @@ class ChangedRows:
                 f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
             )
         h = row_hash(row)
-        if h in self._hashes:
+        if self.is_staged(h):
             return False
         row[HASH_COLUMN] = h
         return True

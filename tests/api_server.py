@@ -9,6 +9,15 @@ Three collections, three pagination styles, all behind a bearer token:
 - ``/api/users``: offset pagination (``offset``/``limit``, ``{"items": [...], "total": n}``),
   no "changed since" parameter.
 
+On the cursor collections, ``repeats`` lists extra records per path (``(position, record)``:
+the record is listed again at that position of the sorted listing, as an API that pages
+by offset while a record changes, or whose pages overlap); ``stuck`` is a set of paths
+whose cursor, once the listing is exhausted, comes back as it was sent (an empty page with
+the same ``next``: a cursor that stops advancing), and ``frozen`` a set of paths that
+ignore the cursor parameter (every page is the first, with a new ``next`` each time).
+Both give up after ``STUCK_LIMIT`` requests with ``next = null``, so a read that does not
+stop them still ends.
+
 ``faults`` is a queue of (path prefix, status, headers) answered once each, before the
 real answer, to the first request that matches; ``html`` is a set of path prefixes
 answered with a 200 HTML page (a login page in front of the API).
@@ -25,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 PAGE = 4
+STUCK_LIMIT = 40
 
 
 @dataclass
@@ -36,6 +46,9 @@ class ApiServer:
     items: dict[int, dict] = field(default_factory=dict)
     faults: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
     html: set[str] = field(default_factory=set)
+    repeats: dict[str, list[tuple[int, dict]]] = field(default_factory=dict)
+    stuck: set[str] = field(default_factory=set)
+    frozen: set[str] = field(default_factory=set)
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> str:
@@ -92,9 +105,20 @@ class ApiServer:
         if parts.path in ("/api/tickets", "/api/items"):
             coll = self.tickets if parts.path == "/api/tickets" else self.items
             rows = self._since(coll, query)
+            for pos, rec in sorted(self.repeats.get(parts.path, []), key=lambda x: x[0]):
+                rows.insert(pos, rec)
             start = int(query.get("cursor", 0))
-            page = rows[start : start + PAGE]
-            nxt = str(start + PAGE) if start + PAGE < len(rows) else None
+            if parts.path in self.frozen:
+                page, nxt = rows[:PAGE], str(start + PAGE)
+            else:
+                page = rows[start : start + PAGE]
+                nxt = str(start + PAGE) if start + PAGE < len(rows) else None
+                if parts.path in self.stuck:
+                    nxt = str(min(start + PAGE, len(rows)))
+            if (parts.path in self.stuck or parts.path in self.frozen) and len(
+                self.requests_to(parts.path)
+            ) >= STUCK_LIMIT:
+                nxt = None
             return self._send(h, 200, {"data": page, "next": nxt})
         if parts.path == "/api/events":
             rows = self._since(self.events, query)

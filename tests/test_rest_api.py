@@ -311,3 +311,225 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
     later = format_datetime(datetime.now(timezone.utc) + timedelta(hours=2), usegmt=True)
     assert 7100 < _retry_after_seconds(later) <= 7200
     assert _retry_after_seconds("soon") is None and _retry_after_seconds(None) is None
+
+
+# --- one read: keys read twice, reads that do not end, records without a key -------------
+
+ITEMS_JOB = """
+[jobs.api]
+source = "rest_api"
+url = "{url}"
+lake = "{lake}"
+auth = {{ type = "bearer", token = "env:API_TOKEN" }}
+{job_extra}
+[[jobs.api.tables]]
+name = "items"
+primary_key = ["id"]
+cursor = "updated_at"
+cursor_param = "since"
+initial_value = "2000-01-01T00:00:00+00:00"
+data_selector = "data"
+params = {{ api_key = "env:ITEMS_KEY" }}
+paginator = {{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }}
+contract = "tests.contracts_conformance:Items"
+{table_extra}
+"""
+
+
+@pytest.fixture
+def items_job(api_job, api, monkeypatch):
+    """The ``api`` job reading only ``/api/items`` (ten records, pages of four); a query
+    parameter carries a secret (``ITEMS_KEY``) that must never be shown."""
+    monkeypatch.setenv("ITEMS_KEY", "QUERYSECRET77")
+    for i in range(1, 11):
+        api.items[i] = {"id": i, "name": f"item {i}", "updated_at": _ts(i)}
+
+    def write(job_extra: str = "", table_extra: str = "") -> None:
+        api_job.config.write_text(
+            ITEMS_JOB.format(
+                url=api.url, lake=api_job.lake_url, job_extra=job_extra, table_extra=table_extra
+            )
+        )
+
+    write()
+    api_job.write_items = write
+    return api_job
+
+
+def _ops(outcome: str) -> list[tuple]:
+    from deltaferry.state import StateStore
+
+    with StateStore("api").connect(read_only=True) as con:
+        return con.execute(
+            "SELECT tbl, detail FROM ops_log WHERE outcome = ? ORDER BY id", [outcome]
+        ).fetchall()
+
+
+def _items(job) -> list[tuple]:
+    job.pull()
+    return _rows(job, "SELECT id, name FROM items ORDER BY id")
+
+
+def test_a_key_read_twice_in_one_read_keeps_one_version_by_a_stated_rule(items_job, api):
+    # id 5 listed again on page 1 with an older version (an offset shifted by a change);
+    # id 10 listed again with the same cursor value and other content (a tie): the newest
+    # cursor wins, a tie goes to the largest canonical JSON ('"name":"item 10"' > '"a tie"')
+    old5 = {"id": 5, "name": "item 5, before the edit", "updated_at": _ts(1)}
+    tie10 = {"id": 10, "name": "a tie", "updated_at": _ts(10)}
+    api.repeats["/api/items"] = [(0, old5), (11, tie10)]
+    out = items_job.sync()
+    assert out["tables"]["items"]["rows"] == 10  # one row per key
+    want = [(i, f"item {i}") for i in range(1, 11)]
+    assert _items(items_job) == want
+    # recorded: one line naming job, table and both keys
+    (table, note), = _ops("duplicate-key")
+    assert table == "items" and "job 'api' table 'items'" in note
+    assert '{"id": 5} x2' in note and '{"id": 10} x2' in note and "2 key(s)" in note
+
+    # the API unchanged, its pages now in the other order: nothing is published again
+    api.repeats["/api/items"] = [(11, old5), (0, tie10)]
+    for _ in range(2):
+        out = items_job.sync()
+        assert out["tables"]["items"]["batch"] is None, out
+    assert _items(items_job) == want
+    assert len(_ops("duplicate-key")) == 3  # every read that met them says so
+
+
+def test_duplicates_resolve_the_same_in_every_order_and_cursor_format():
+    from itertools import permutations
+    from types import SimpleNamespace
+
+    from sources.rest_api.reads import TableRead
+
+    class NothingStaged:
+        def is_staged(self, h: str) -> bool:
+            return False
+
+    def winner(records: list[dict], cursor: str | None = "at") -> dict:
+        t = SimpleNamespace(name="t", primary_key=["id"], cursor=cursor)
+        read = TableRead(SimpleNamespace(name="j"), t, NothingStaged())
+        (out,) = [r for page in read.read(iter([[dict(r) for r in records]])) for r in page]
+        out.pop("_df_hash")
+        return out
+
+    def same_in_every_order(records: list[dict], want: dict, **kw) -> None:
+        for order in permutations(records):
+            assert winner(list(order), **kw) == want, order
+
+    # instants: an offset, Z, a naive value (UTC), nanoseconds
+    newest = {"id": 1, "at": "2026-03-02T10:30:00.000000001Z", "v": "c"}
+    same_in_every_order(
+        [
+            {"id": 1, "at": "2026-03-02T11:00:00+01:00", "v": "a"},  # 10:00Z
+            {"id": 1, "at": "2026-03-02T10:15:00", "v": "b"},
+            newest,
+            {"id": 1, "at": "2026-03-02T10:30:00Z", "v": "z"},
+        ],
+        newest,
+    )
+    # numbers as numbers, numeric text too ("10" > "9")
+    same_in_every_order(
+        [{"id": 1, "at": "9", "v": "z"}, {"id": 1, "at": "10", "v": "a"}],
+        {"id": 1, "at": "10", "v": "a"},
+    )
+    same_in_every_order(
+        [{"id": 1, "at": 9.5, "v": "z"}, {"id": 1, "at": 10, "v": "a"}],
+        {"id": 1, "at": 10, "v": "a"},
+    )
+    # the same instant written two ways, and a table without a cursor: the largest
+    # canonical JSON wins
+    same_in_every_order(
+        [
+            {"id": 1, "at": "2026-03-02T10:00:00Z", "v": "b"},
+            {"id": 1, "at": "2026-03-02T11:00:00+01:00", "v": "a"},
+        ],
+        {"id": 1, "at": "2026-03-02T11:00:00+01:00", "v": "a"},
+    )
+    same_in_every_order(
+        [{"id": 1, "v": "b"}, {"id": 1, "v": "c", "w": 0}, {"id": 1, "v": "a"}],
+        {"id": 1, "v": "c", "w": 0},
+        cursor=None,
+    )
+
+
+def test_a_cursor_that_stops_advancing_stops_the_read_and_publishes_nothing(items_job, api):
+    api.stuck.add("/api/items")
+    r = _cli(items_job, "run", "api")
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line, line
+    # pages at cursors 0, 4, 8, then 10 (empty, next = 10 again): page 5 asks for 10 again
+    assert line.startswith("error: job 'api' table 'items': page 5 requested http://127.0.0.1:")
+    assert "/api/items?" in line and "cursor=10" in line and "(page 4 did)" in line
+    assert "api_key=…" in line and "QUERYSECRET77" not in r.stderr + r.stdout
+    # preflight and five pages: not the server's 40
+    assert len(api.requests_to("/api/items")) <= 6
+    assert _lake_listing(items_job) == []  # nothing published
+
+    api.stuck.clear()  # the API is fixed: the next run reads everything once
+    out = items_job.sync()
+    assert out["tables"]["items"]["rows"] == 10
+    assert _items(items_job) == [(i, f"item {i}") for i in range(1, 11)]
+
+
+def test_a_paginator_that_ignores_its_cursor_stops_at_the_repeated_page(items_job, api):
+    api.frozen.add("/api/items")
+    page2 = r"page 2 \(http://127\.0\.0\.1:\d+/api/items\?.*cursor=4.*\) "
+    repeats = page2 + "repeats the records of page 1 exactly"
+    with pytest.raises(Exception, match=repeats) as raised:
+        items_job.sync()
+    assert "QUERYSECRET77" not in str(raised.value)
+    assert len(api.requests_to("/api/items")) <= 3
+    assert _lake_listing(items_job) == []
+
+
+def test_max_pages_caps_a_read_per_table_or_job(items_job, api, tmp_path):
+    from deltaferry.config import load_job
+    from deltaferry.errors import ConfigError
+
+    items_job.write_items(table_extra="max_pages = 2")
+    with pytest.raises(Exception, match=r"job 'api' table 'items': read 2 pages .* max_pages = 2 "
+                       "reached; raise max_pages"):
+        items_job.sync()
+    assert len(api.requests_to("/api/items")) <= 3  # preflight and two pages: no third
+    assert _lake_listing(items_job) == []
+
+    # the job's default, overridden by the table's
+    items_job.write_items(job_extra="max_pages = 2", table_extra="max_pages = 3")
+    assert items_job.sync()["tables"]["items"]["rows"] == 10
+    items_job.write_items(job_extra="max_pages = 0")
+    with pytest.raises(ConfigError, match="job 'api': max_pages must be a whole number"):
+        load_job("api", items_job.config)
+
+
+def test_records_without_a_key_are_held_back_and_the_rest_is_published(items_job, api):
+    from deltaferry.config import load_job
+    from sources import rest_api
+
+    api.repeats["/api/items"] = [
+        (2, {"id": None, "name": "null key", "updated_at": _ts(3)}),
+        (6, {"name": "no key at all", "updated_at": _ts(4)}),
+    ]
+    result = rest_api.extract(load_job("api", items_job.config))
+    held = result.held["items"]
+    assert [(h["field"], h["check"]) for h in held] == [("id", "primary key not null")] * 2
+    assert json.loads(held[0]["pk"]) == {"id": None}
+    assert json.loads(held[1]["row_json"])["name"] == "no key at all"
+    assert "primary key column(s) id missing or null" in held[0]["reason"]
+    assert result.rows_by_table["items"] == 10
+
+    # through the flow: the run goes on, publishes the records that have a key and
+    # quarantines the two without
+    out = items_job.sync()
+    assert out["tables"]["items"]["rows"] == 10
+    assert _items(items_job) == [(i, f"item {i}") for i in range(1, 11)]
+    from deltaferry.state import StateStore
+
+    with StateStore("api").connect(read_only=True) as con:
+        quarantined = con.execute(
+            'SELECT tbl, field, "check", row_json FROM quarantine ORDER BY row_json'
+        ).fetchall()
+    assert sorted((t, f, c, json.loads(r)["name"]) for t, f, c, r in quarantined) == [
+        ("items", "id", "primary key not null", "no key at all"),
+        ("items", "id", "primary key not null", "null key"),
+    ]

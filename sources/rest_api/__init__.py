@@ -7,6 +7,11 @@ record is tagged with the md5 of its content and staged only when that differs f
 staged version, so the records at the cursor boundary (asked for again on purpose: the
 range is closed) and an API without a "changed since" parameter cost a read, not a batch.
 
+Each read goes through ``reads.TableRead`` (wrapped around the resource's generator): it
+stops a paginator that repeats a request or a page, caps a read at ``max_pages``, resolves
+a key read twice (newest cursor, then largest canonical JSON), holds back records without
+a key (``ExtractResult.held``) and stages only the winners that changed.
+
 HTTP: dlt's retrying session (429 and 5xx retried with exponential backoff, ``Retry-After``
 honoured; connection errors retried). deltaferry wraps its transport to record every
 retried response in the operations log, to refuse a ``Retry-After`` longer than
@@ -28,6 +33,7 @@ from dlt.sources.rest_api import rest_api_resources
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
+from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead
 from sources.staging import (
     ChangedRows,
     ExtractResult,
@@ -246,17 +252,26 @@ def extract(job: JobConfig) -> ExtractResult:
     try:
         resources = rest_api_resources(api_config(job, session))
         by_name = {r.name: r for r in resources}
-        staged = []
+        staged, reads = [], []
+        secrets = _secret_params(job)
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resource = by_name[t.name].add_filter(changed.record)
+            read = TableRead(job, t, changed, max_pages=max_pages(job, t), secret_params=secrets)
+            reads.append(read)
+            # pages checked as they come; records resolved by key, the changed winners staged
+            resource = read.wrap(by_name[t.name])
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             staged.append(resource)
         info = run_load(job, pipeline, staged, lambda e: _classify(job, e), scrub=_no_queries)
         return ExtractResult(
-            list(info.loads_ids), row_counts(pipeline, job.tables), {}, retried=watch.retried
+            list(info.loads_ids),
+            row_counts(pipeline, job.tables),
+            {},
+            retried=watch.retried,
+            held={r.t.name: r.held for r in reads if r.held},
+            duplicates={r.t.name: r.notes() for r in reads if r.repeated},
         )
     finally:
         for f in filters:
@@ -264,6 +279,25 @@ def extract(job: JobConfig) -> ExtractResult:
         if borrowed is not None:
             borrowed.close()
         session.close()
+
+
+def max_pages(job: JobConfig, t: TableConfig) -> int:
+    """The table's page cap: its ``max_pages``, else the job's, else 100000."""
+    return int(t.options.get("max_pages", job.options.get("max_pages", DEFAULT_MAX_PAGES)))
+
+
+def _secret_params(job: JobConfig) -> frozenset[str]:
+    """Query parameters whose values are never shown: the api key's (auth in the query)
+    and every configured parameter given as ``env:VAR``."""
+    names = set()
+    auth = job.options.get("auth") or {}
+    if isinstance(auth, dict) and auth.get("type") == "api_key" and auth.get("name"):
+        names.add(str(auth["name"]))
+    for t in job.tables:
+        for k, v in (t.options.get("params") or {}).items():
+            if isinstance(v, str) and v.startswith("env:"):
+                names.add(k)
+    return frozenset(names)
 
 
 def _classify(job: JobConfig, e: BaseException) -> BaseException | None:

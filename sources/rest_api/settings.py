@@ -10,7 +10,8 @@ Job settings:
 - ``paginator``: the default paginator of every table (dlt's rest_api paginator config:
   ``"header_link"``, ``{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }``,
   ``{ type = "offset", limit = 100 }``, ``{ type = "json_link", next_url_path = "next" }`` ...);
-- ``headers``: extra request headers.
+- ``headers``: extra request headers;
+- ``max_pages``: the default page cap of every table (default 100000).
 
 Table settings:
 
@@ -21,16 +22,20 @@ Table settings:
 - ``cursor_param``: the query parameter that asks for records changed since a cursor value
   (``since``, ``updated_after`` ...); without it the whole collection is read each run and
   only changed records are staged;
-- ``initial_value``: the cursor value of the first run.
+- ``initial_value``: the cursor value of the first run;
+- ``max_pages``: the most pages one read of this table may take (default: the job's
+  ``max_pages``, else 100000). A read that reaches it with more pages to come fails the
+  run naming the setting, as does a paginator that repeats a request already sent or a
+  page that repeats the previous page's records; nothing of that read is published.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-JOB_SETTINGS = frozenset({"auth", "paginator", "headers"})
+JOB_SETTINGS = frozenset({"auth", "paginator", "headers", "max_pages"})
 TABLE_SETTINGS = frozenset(
-    {"path", "params", "data_selector", "paginator", "cursor_param", "initial_value"}
+    {"path", "params", "data_selector", "paginator", "cursor_param", "initial_value", "max_pages"}
 )
 # an API has no key set to compare cheaply: deletes are soft (a flag in the record) or none
 DEFAULT_DELETES = "none"
@@ -51,6 +56,7 @@ def check(job: Any) -> None:
     for key in ("headers",):
         if key in job.options and not isinstance(job.options[key], dict):
             raise ConfigError(f"{where}: {key} must be a table of names and values")
+    _check_max_pages(job.options, where)
     if not (job.url.startswith(("http://", "https://", "env:"))):
         raise ConfigError(f"{where}: url must be the API's http(s) base url (or env:VAR)")
     for t in job.tables:
@@ -60,6 +66,7 @@ def check(job: Any) -> None:
                 f"{tw}: deletes = 'reconcile' is not available for a REST API (it has no key set "
                 "to compare); use 'soft:<column>' if records carry a deleted flag, or 'none'"
             )
+        _check_max_pages(t.options, tw)
         if "cursor_param" in t.options and not t.cursor:
             raise ConfigError(f"{tw}: cursor_param needs a cursor (the record field it filters on)")
         for key in ("params",):
@@ -68,3 +75,11 @@ def check(job: Any) -> None:
         for key in ("path", "data_selector", "cursor_param"):
             if key in t.options and not isinstance(t.options[key], str):
                 raise ConfigError(f"{tw}: {key} must be a string")
+
+
+def _check_max_pages(options: dict[str, Any], where: str) -> None:
+    from deltaferry.errors import ConfigError
+
+    value = options.get("max_pages", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: max_pages must be a whole number of pages, 1 or more")

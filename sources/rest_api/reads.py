@@ -1,0 +1,300 @@
+"""One table's read of a REST API: every page checked as it arrives, every record resolved
+by its key once the read has ended.
+
+``TableRead.wrap(resource)`` puts itself around the data-generating step of a dlt
+``rest_api`` resource (as dlt's own ``parallelize()`` does), so the pages reach it before
+dlt's incremental step, and only what it yields reaches staging.
+
+Pages (``PageData``: records plus the request that fetched them):
+
+- a page whose request (method, url with its query, body) was already sent in this read
+  stops the read: the paginator does not advance (a cursor or next link that repeats);
+- a page whose records equal the previous page's exactly stops the read (a paginator that
+  ignores its parameter);
+- more than ``max_pages`` pages stop the read, before the next request is sent.
+
+Each stop is a ``TerminalError``, one line naming job, table, page number and url (its
+secret query values masked); dlt's extract fails, so nothing of the read is staged or
+published and the cursor does not move: the next run reads again.
+
+Records: the same primary key read more than once in one read (offset pages shifted by a
+change, overlapping pages) is resolved by a rule that does not depend on the order the API
+sent them: the record with the newest cursor value wins; ties (and every duplicate of a
+table without a cursor) go to the record whose canonical JSON text (keys sorted, no
+spaces: the text its content hash ``_df_hash`` is the md5 of) is the largest. Cursor
+values compare as instants when they are timestamps (ISO-8601 text with an offset, ``Z`` or none, taken as UTC; fractions to the
+nanosecond), as numbers when numeric (JSON numbers or numeric text, exactly), and values of
+different kinds by kind: missing < number < timestamp < other text. The winner is staged
+only when its content differs from its staged version. A record with no value (missing or
+null) in a primary-key column is held back with its reason (``held``), never staged.
+
+Memory: an index entry per key (its cursor rank, hash and place in a temporary file that
+holds each record's canonical JSON, and the record itself when it changed) until the read
+ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import tempfile
+from collections import Counter
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterator
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import TerminalError
+from sources.columns import HASH_COLUMN
+from sources.integrity import held_record
+from sources.staging import ChangedRows, canonical_json
+
+DEFAULT_MAX_PAGES = 100_000
+# winners are handed to dlt in lists of this many records
+_CHUNK = 1000
+# a duplicate note names at most this many keys
+_NAMED_KEYS = 10
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_FRACTION = re.compile(r"T?\d{2}:\d{2}:\d{2}[.,](\d+)")
+_SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential", re.I)
+
+
+def cursor_rank(value: Any) -> tuple[Any, ...]:
+    """A cursor value as a sortable tuple: (0,) missing, (1, Decimal) a number,
+    (2, UTC datetime to the second, fraction of a second as Decimal) a timestamp,
+    (3, text) anything else."""
+    if value is None:
+        return (0,)
+    if isinstance(value, bool):
+        return (3, str(value).lower())
+    if isinstance(value, int):
+        return (1, Decimal(value))
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return (3, repr(value))
+        return (1, Decimal(repr(value)))
+    if isinstance(value, Decimal):
+        return (1, value) if value.is_finite() else (3, str(value))
+    if isinstance(value, datetime):
+        return _instant(value, Decimal(value.microsecond) / 1_000_000)
+    if isinstance(value, date):
+        return _instant(datetime(value.year, value.month, value.day), Decimal(0))
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            try:
+                return (1, Decimal(text))
+            except InvalidOperation:  # pragma: no cover - the pattern is a Decimal literal
+                pass
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return (3, value)
+        m = _FRACTION.search(text)
+        return _instant(when, Decimal("0." + m.group(1)) if m else Decimal(0))
+    return (3, json.dumps(value, sort_keys=True, default=str))
+
+
+def _instant(when: datetime, fraction: Decimal) -> tuple[Any, ...]:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)  # a naive timestamp is read as UTC
+    return (2, when.astimezone(timezone.utc).replace(microsecond=0), fraction)
+
+
+def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
+    if cursor in row:
+        return row[cursor]
+    from dlt.common import jsonpath
+
+    found = jsonpath.find_values(cursor, row)
+    return found[0] if found else None
+
+
+class TableRead:
+    """The pages and records of one table in one extraction (see the module docstring)."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        changed: ChangedRows,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        secret_params: frozenset[str] = frozenset(),
+    ) -> None:
+        self.job, self.t, self.changed = job, t, changed
+        self.where = f"job '{job.name}' table '{t.name}'"
+        self.max_pages = max_pages
+        self.secret_params = secret_params
+        self.pages = 0
+        # records held back (no primary key value), in ExtractResult.held's shape
+        self.held: list[dict[str, str]] = []
+        # key -> how many records of it were read (only keys read more than once)
+        self.repeated: Counter[str] = Counter()
+        self.differing: set[str] = set()
+
+    # --- wiring --------------------------------------------------------------
+
+    def wrap(self, resource: Any) -> Any:
+        """Put this read around the resource's data-generating step; returns the resource."""
+        pipe = resource._pipe  # what dlt's own parallelize() wraps
+        head = pipe.gen
+        if not callable(head):
+            raise TypeError(f"{self.where}: the rest_api resource has no generator to wrap")
+
+        def _read() -> Iterator[Any]:
+            return self.read(head())
+
+        pipe.replace_gen(_read)
+        return resource
+
+    def notes(self) -> list[str]:
+        """One line naming job, table and keys when a key was read more than once."""
+        if not self.repeated:
+            return []
+        keys = sorted(self.repeated)
+        named = "; ".join(f"{k} x{self.repeated[k]}" for k in keys[:_NAMED_KEYS])
+        more = f" and {len(keys) - _NAMED_KEYS} more" if len(keys) > _NAMED_KEYS else ""
+        rule = (
+            f"the newest {self.t.cursor!r} won, ties by the largest canonical JSON"
+            if self.t.cursor
+            else "no cursor: the largest canonical JSON won"
+        )
+        return [
+            f"{self.where}: {len(keys)} key(s) read more than once in one read "
+            f"({len(self.differing)} with differing versions; {rule}): {named}{more}"
+        ]
+
+    # --- pages ---------------------------------------------------------------
+
+    def read(self, pages: Iterator[Any]) -> Iterator[list[dict[str, Any]]]:
+        """The changed winners of the read, in lists, once every page was read."""
+        sent: dict[tuple[str, str, bytes], int] = {}
+        previous: str | None = None
+        index: dict[str, tuple[tuple[Any, ...], str, int, bool]] = {}
+        with tempfile.TemporaryFile(prefix="deltaferry-rest-") as spill:
+            for page in pages:
+                self.pages += 1
+                n = self.pages
+                response = getattr(page, "response", None)
+                request = getattr(response, "request", None)
+                url = str(getattr(request, "url", "") or "")
+                if request is not None:
+                    body = request.body or b""
+                    ident = (
+                        str(request.method),
+                        url,
+                        body.encode() if isinstance(body, str) else bytes(body),
+                    )
+                    if ident in sent:
+                        raise TerminalError(
+                            f"{self.where}: page {n} requested {self._shown(url)} again "
+                            f"(page {sent[ident]} did): the paginator does not advance (a "
+                            "next cursor, page or link that repeats); the read is stopped and "
+                            "nothing of it is published"
+                        )
+                    sent[ident] = n
+                records = list(page) if isinstance(page, list) else [page]
+                digest = hashlib.md5(
+                    json.dumps(records, sort_keys=True, default=str).encode()
+                ).hexdigest()
+                if records and digest == previous:
+                    raise TerminalError(
+                        f"{self.where}: page {n} ({self._shown(url)}) repeats the records of "
+                        f"page {n - 1} exactly: the paginator does not advance; the read is "
+                        "stopped and nothing of it is published"
+                    )
+                previous = digest
+                for row in records:
+                    self._index(row, index, spill)
+                paginator = getattr(page, "paginator", None)
+                if n >= self.max_pages and getattr(paginator, "has_next_page", False):
+                    raise TerminalError(
+                        f"{self.where}: read {n} pages (last {self._shown(url)}) and the API has "
+                        f"more: max_pages = {self.max_pages} reached; raise max_pages for this "
+                        "table (or the job) if the collection is that large; nothing of the read "
+                        "is published"
+                    )
+            yield from self._winners(index, spill)
+
+    def _shown(self, url: str) -> str:
+        """The url without credentials, its secret query values masked."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        secret = self.secret_params
+        query = "&".join(
+            f"{quote(k)}=" + ("…" if k in secret or _SECRET_NAME.search(k) else quote(v))
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        shown = f"{parts.scheme}://{host}{port}{parts.path}"
+        return shown + (f"?{query}" if query else "")
+
+    # --- records -------------------------------------------------------------
+
+    def _index(
+        self,
+        row: Any,
+        index: dict[str, tuple[tuple[Any, ...], str, int, bool]],
+        spill: Any,
+    ) -> None:
+        if not isinstance(row, dict):
+            raise TerminalError(
+                f"{self.where}: a record is a JSON {type(row).__name__}, not an object; check "
+                "the table's data_selector"
+            )
+        row.pop(HASH_COLUMN, None)
+        pk = list(self.t.primary_key)
+        missing = [c for c in pk if row.get(c) is None]
+        if missing:
+            self.held.append(
+                held_record(
+                    self.t,
+                    row,
+                    missing[0],
+                    "primary key not null",
+                    f"primary key column(s) {', '.join(missing)} missing or null in the API's "
+                    "record: it cannot be keyed, so it is held back until the API gives it a key",
+                )
+            )
+            return
+        key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
+        text = canonical_json(row)
+        h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
+        rank = cursor_rank(_cursor_value(row, self.t.cursor)) if self.t.cursor else ()
+        known = index.get(key)
+        if known is not None:
+            self.repeated[key] = self.repeated.get(key, 1) + 1
+            if known[1] != h:
+                self.differing.add(key)
+            if rank < known[0]:
+                return  # an older version: the one read before wins
+            if rank == known[0]:
+                if h == known[1]:
+                    return  # the same record again
+                spill.seek(known[2])
+                if text <= pickle.load(spill)[0]:
+                    return  # a tie, and the one read before has the larger canonical JSON
+        pos = spill.seek(0, 2)
+        changed = not self.changed.is_staged(h)
+        pickle.dump((text, row if changed else None), spill, protocol=pickle.HIGHEST_PROTOCOL)
+        index[key] = (rank, h, pos, changed)
+
+    def _winners(
+        self, index: dict[str, tuple[tuple[Any, ...], str, int, bool]], spill: Any
+    ) -> Iterator[list[dict[str, Any]]]:
+        chunk: list[dict[str, Any]] = []
+        for pos, h in sorted((pos, h) for _, h, pos, changed in index.values() if changed):
+            spill.seek(pos)
+            row = pickle.load(spill)[1]
+            row[HASH_COLUMN] = h
+            chunk.append(row)
+            if len(chunk) >= _CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
