@@ -50,7 +50,12 @@ def staging_path(job: str) -> Path:
 
 def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
-    connection it borrows when staging is encrypted (close it after the loads), or None."""
+    connection it borrows when staging is encrypted (close it after the loads), or None.
+
+    Names are staged under the naming convention dlt recorded for the job's staging, or,
+    for a job that has staged nothing yet, ``direct``: source names exactly as they are
+    (see ``sources.names``; check source columns with ``sources.names.check_columns``
+    and ``staging_naming``)."""
     path = staging_path(job.name)
     con = None
     if duck.encryption_key():
@@ -63,11 +68,22 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     pipeline = dlt.pipeline(
         pipeline_name=f"deltaferry_{job.name}",
         pipelines_dir=str(job_home(job.name) / "dlt"),
-        destination=dlt.destinations.duckdb(credentials),
+        destination=dlt.destinations.duckdb(
+            credentials, naming_convention=staging_naming(job, con)
+        ),
         dataset_name=STAGING_DATASET,
         progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
     )
     return pipeline, con
+
+
+def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
+    """The dlt naming convention of the job's staging: the one dlt recorded with the staged
+    schema, else ``direct`` (names kept exactly) for a job that has staged nothing."""
+    from sources.names import EXACT, recorded_naming
+
+    pipeline_dir = job_home(job.name) / "dlt" / f"deltaferry_{job.name}"
+    return recorded_naming(staging_path(job.name), borrowed, pipeline_dir) or EXACT
 
 
 def read_staging(

@@ -42,8 +42,10 @@ from sources.staging import (
     staged_columns,
     stage_tombstones,
     staged_table_exists,
+    staging_naming,
     staging_path,
 )
+from sources.names import check_columns, cursor_path
 
 
 def _nullable_except_pk(pk: tuple[str, ...]) -> Any:
@@ -220,8 +222,12 @@ def _scrub(job: JobConfig, text: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def preflight(job: JobConfig, engine: sa.Engine) -> None:
-    """Check that the source answers and every configured table and column exists."""
+def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) -> None:
+    """Check that the source answers, every configured table and column exists, and every
+    column name is one staging keeps exactly under the job's naming ``convention``
+    (default: the one its staging recorded, see ``sources.names``)."""
+    if convention is None:
+        convention = staging_naming(job)
     try:
         insp = sa.inspect(engine)
         existing = set(insp.get_table_names())
@@ -232,7 +238,11 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': not found in the source database"
             )
-        cols = {c["name"] for c in insp.get_columns(t.name)}
+        source_columns = [c["name"] for c in insp.get_columns(t.name)]
+        # names are staged exactly (or, in a job staged before that, as dlt's snake_case
+        # keeps them); any other name is refused here, before dlt renames it
+        check_columns(job.name, t.name, source_columns, convention)
+        cols = set(source_columns)
         needed = (
             set(t.primary_key)
             | ({t.cursor} if t.cursor else set())
@@ -298,7 +308,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     # a row changed again within the same cursor value is extracted again, while
                     # unchanged boundary rows are not re-sent
                     incremental=dlt.sources.incremental(
-                        t.cursor, primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
+                        cursor_path(t.cursor), primary_key=tuple(c["name"] for c in insp.get_columns(t.name))
                     ),
                     write_disposition="merge",
                     primary_key=list(t.primary_key),
