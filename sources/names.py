@@ -156,3 +156,22 @@ def cursor_path(name: str) -> str:
         if simple(path) == name:
             return path
     raise ValueError(f"cursor column {name!r} cannot be named as a dlt cursor path")
+
+
+class RecordNames:
+    """A dlt map step for a source that yields records (dicts, or pages of them): refuses,
+    as ``check_columns`` does, a record key staging would not keep exactly, before dlt
+    renames or stages it. Each distinct key set is checked once."""
+
+    def __init__(self, job: str, table: str, convention: str = EXACT) -> None:
+        self.job, self.table, self.convention = job, table, convention
+        self._ok: set[frozenset[str]] = set()
+
+    def __call__(self, item: Any) -> Any:
+        for row in item if isinstance(item, list) else [item]:
+            if isinstance(row, dict):
+                keys = frozenset(row)
+                if keys not in self._ok:
+                    check_columns(self.job, self.table, sorted(keys), self.convention)
+                    self._ok.add(keys)
+        return item

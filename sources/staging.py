@@ -283,6 +283,8 @@ def extract_records(
     ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
     errors of those names) become ``TransientError`` (the step is retried); anything else
     is a ``TerminalError``."""
+    from sources.names import RecordNames
+
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
     try:
@@ -290,7 +292,10 @@ def extract_records(
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resources.append(_records_resource(job, t, read).add_filter(changed.record))
+            names = RecordNames(job.name, t.name, pipeline.destination.capabilities().naming_convention)
+            resources.append(
+                _records_resource(job, t, read).add_map(names).add_filter(changed.record)
+            )
         info = run_load(job, pipeline, resources)
         return ExtractResult(list(info.loads_ids), row_counts(pipeline, job.tables), {})
     finally:

@@ -359,3 +359,54 @@ def test_drift_finds_variant_columns_under_both_conventions():
     assert _VARIANT.match("userId▶v_text").group("base") == "userId"
     assert _VARIANT.match("user_id__v_text").group("base") == "user_id"
     assert _VARIANT.match("first name") is None
+
+
+from tests.test_rest_api import api  # noqa: E402,F401 - the API server fixture
+
+API_JOB = """
+[jobs.api]
+source = "rest_api"
+url = "{url}"
+lake = "{lake}"
+auth = {{ type = "bearer", token = "env:API_TOKEN" }}
+
+[[jobs.api.tables]]
+name = "users"
+primary_key = ["id"]
+data_selector = "items"
+paginator = {{ type = "offset", limit = 3, total_path = "total" }}
+contract = "{contract}:Plain"
+"""
+
+
+def test_record_keys_arrive_exactly_and_a_case_collision_is_refused(names_job, api):
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+    from flows.sync import sync_job
+
+    for r in api.users.values():
+        r["userId"] = f"U{r['id']}"
+        r["first name"] = f"F{r['id']}"
+    names_job.config.write_text(
+        API_JOB.format(url=api.url, lake=names_job.lake_url, contract=names_job.contract)
+    )
+    sync_job(job="api", config=str(names_job.config))
+    pull(load_job("api", names_job.config), open_lake(names_job.lake_url), names_job.replica)
+    cols, rows = _replica(names_job.replica, "users")
+    assert cols == ["id", "name", "email", "userId", "first name"]
+    want = sorted(api.users.values(), key=lambda r: r["id"])
+    assert rows == [(r["id"], r["name"], r["email"], r["userId"], r["first name"]) for r in want]
+
+    api.users[3]["Email"] = "X@example.com"
+    api.users[3]["name"] = "changed"
+    for _ in range(2):
+        with pytest.raises(Exception) as err:
+            sync_job(job="api", config=str(names_job.config))
+        text = str(err.value)
+        assert "\n" not in text
+        for part in ("job 'api'", "table 'users'", "'Email'", "'email'", "differ only in case"):
+            assert part in text, (part, text)
+    del api.users[3]["Email"]  # fixed at the source: the next run goes through
+    out = sync_job(job="api", config=str(names_job.config))
+    assert out["tables"]["users"]["rows"] == 1

@@ -240,6 +240,8 @@ def _check_status(job: JobConfig, t: TableConfig, response: requests.Response) -
 
 def extract(job: JobConfig) -> ExtractResult:
     """One incremental load of every endpoint of the job into staging."""
+    from sources.names import RecordNames
+
     session, watch = _session(job)
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
@@ -250,7 +252,9 @@ def extract(job: JobConfig) -> ExtractResult:
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resource = by_name[t.name].add_filter(changed.record)
+            # a record key staging would not keep exactly is refused before dlt sees it
+            names = RecordNames(job.name, t.name, pipeline.destination.capabilities().naming_convention)
+            resource = by_name[t.name].add_map(names).add_filter(changed.record)
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             staged.append(resource)
