@@ -354,7 +354,8 @@ def _parse_table(
             f"{where}: contract is required as 'module:Class' (or a job-level contract module)"
         )
     _dlt_name_check(where, "table name", tname)
-    for col in [*pk, *([cursor] if cursor else []), *([deletes[5:]] if deletes.startswith("soft:") else [])]:
+    soft = [deletes[5:]] if deletes.startswith("soft:") else []
+    for col in [*pk, *([cursor] if cursor else []), *soft]:
         _dlt_name_check(where, "column", col)
     if cursor:
         from sources.names import cursor_path

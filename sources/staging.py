@@ -292,7 +292,8 @@ def extract_records(
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            names = RecordNames(job.name, t.name, pipeline.destination.capabilities().naming_convention)
+            convention = pipeline.destination.capabilities().naming_convention
+            names = RecordNames(job.name, t.name, convention)
             resources.append(
                 _records_resource(job, t, read).add_map(names).add_filter(changed.record)
             )

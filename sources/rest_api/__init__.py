@@ -253,7 +253,8 @@ def extract(job: JobConfig) -> ExtractResult:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             # a record key staging would not keep exactly is refused before dlt sees it
-            names = RecordNames(job.name, t.name, pipeline.destination.capabilities().naming_convention)
+            convention = pipeline.destination.capabilities().naming_convention
+            names = RecordNames(job.name, t.name, convention)
             resource = by_name[t.name].add_map(names).add_filter(changed.record)
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
