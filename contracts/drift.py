@@ -2,7 +2,8 @@
 
 dlt evolves its staging schema as the source changes: a new source column becomes a
 new staged column, and a value whose type changed goes to a *variant* column
-``<column>__v_<type>`` beside the original. Against the contract that is
+``<column>▶v_<type>`` (``<column>__v_<type>`` in a staging made under dlt's
+snake_case names) beside the original. Against the contract that is
 
 - a **new** column: staged, not in the contract;
 - a **retyped** column: a variant of a contract column;
@@ -36,7 +37,9 @@ import duckdb
 from contracts import Contract
 
 POLICIES = ("freeze", "quarantine", "evolve")
-_VARIANT = re.compile(r"^(?P<base>.+)__v_(?P<type>[a-z0-9_]+)$")
+# dlt names a variant column <column><path separator>v_<type>: "__" under the snake_case
+# naming of older stagings, "▶" under the direct naming that keeps source names exactly
+_VARIANT = re.compile(r"^(?P<base>.+)(?:__|▶)v_(?P<type>[a-z0-9_]+)$")
 
 
 @dataclass

@@ -347,16 +347,12 @@ def _parse_table(
     pk = body.get("primary_key")
     if isinstance(pk, str):
         pk = [pk]
-    if (
-        not pk
-        or not isinstance(pk, list)
-        or not all(isinstance(c, str) and _IDENT.match(c) for c in pk)
-    ):
+    if not pk or not isinstance(pk, list) or not all(isinstance(c, str) and c for c in pk):
         raise ConfigError(
             f"{where}: primary_key is required (a column name or a list of column names)"
         )
     cursor = body.get("cursor")
-    if cursor is not None and (not isinstance(cursor, str) or not _IDENT.match(cursor)):
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
         raise ConfigError(
             f"{where}: cursor must be a column that grows on every insert and update "
             "(or leave it out for full-compare mode)"
@@ -366,7 +362,7 @@ def _parse_table(
     deletes = body.get("deletes", default_deletes or ("none" if cursor else "reconcile"))
     if not (
         deletes in ("none", "reconcile")
-        or (isinstance(deletes, str) and deletes.startswith("soft:") and _IDENT.match(deletes[5:]))
+        or (isinstance(deletes, str) and deletes.startswith("soft:") and deletes[5:])
     ):
         raise ConfigError(
             f"{where}: deletes must be 'none', 'reconcile' or 'soft:<column>' (got {deletes!r})"
@@ -379,12 +375,16 @@ def _parse_table(
             f"{where}: contract is required as 'module:Class' (or a job-level contract module)"
         )
     _dlt_name_check(where, "table name", tname)
-    for col in {
-        *pk,
-        *([cursor] if cursor else []),
-        *([deletes[5:]] if deletes.startswith("soft:") else []),
-    }:
+    soft = [deletes[5:]] if deletes.startswith("soft:") else []
+    for col in [*pk, *([cursor] if cursor else []), *soft]:
         _dlt_name_check(where, "column", col)
+    if cursor:
+        from sources.names import cursor_path
+
+        try:
+            cursor_path(cursor)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}; use another cursor column") from None
     source_version = body.get("source_version")
     if source_version is not None and (
         isinstance(source_version, bool)
@@ -425,16 +425,24 @@ def _check_timezone(where: str, zone: Any) -> None:
 
 
 def _dlt_name_check(where: str, what: str, name: str) -> None:
-    """dlt renames identifiers it does not like (``orders_`` becomes ``ordersx``); a renamed
-    table or column would never be found in staging, so refuse such names up front."""
-    from dlt.common.normalizers.naming.snake_case import NamingConvention
+    """Refuse a name staging would not keep exactly. Table names are lower-case identifiers
+    (they name lake paths and files); column names are kept as the source has them, case
+    and all, except what dlt's ``direct`` naming rewrites (see ``sources.names``)."""
+    if what == "table name":
+        from dlt.common.normalizers.naming.snake_case import NamingConvention
 
-    normalized = NamingConvention().normalize_identifier(name)
-    if normalized != name:
-        raise ConfigError(
-            f"{where}: {what} '{name}' would be staged by dlt as '{normalized}'; "
-            "deltaferry needs names that dlt keeps as they are"
-        )
+        normalized = NamingConvention().normalize_identifier(name)
+        if normalized != name:
+            raise ConfigError(
+                f"{where}: {what} '{name}' would be staged by dlt as '{normalized}'; "
+                "deltaferry needs table names that dlt keeps as they are"
+            )
+        return
+    from sources.names import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: {what} {name!r} {problem}; name a column staging keeps")
 
 
 def _valid_cron(expr: str) -> bool:

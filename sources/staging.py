@@ -56,7 +56,12 @@ def staging_path(job: str) -> Path:
 
 def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
-    connection it borrows when staging is encrypted (close it after the loads), or None."""
+    connection it borrows when staging is encrypted (close it after the loads), or None.
+
+    Names are staged under the naming convention dlt recorded for the job's staging, or,
+    for a job that has staged nothing yet, ``direct``: source names exactly as they are
+    (see ``sources.names``; check source columns with ``sources.names.check_columns``
+    and ``staging_naming``)."""
     path = staging_path(job.name)
     con = None
     if duck.encryption_key():
@@ -69,11 +74,22 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     pipeline = dlt.pipeline(
         pipeline_name=f"deltaferry_{job.name}",
         pipelines_dir=str(job_home(job.name) / "dlt"),
-        destination=dlt.destinations.duckdb(credentials),
+        destination=dlt.destinations.duckdb(
+            credentials, naming_convention=staging_naming(job, con)
+        ),
         dataset_name=STAGING_DATASET,
         progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
     )
     return pipeline, con
+
+
+def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
+    """The dlt naming convention of the job's staging: the one dlt recorded with the staged
+    schema, else ``direct`` (names kept exactly) for a job that has staged nothing."""
+    from sources.names import EXACT, recorded_naming
+
+    pipeline_dir = job_home(job.name) / "dlt" / f"deltaferry_{job.name}"
+    return recorded_naming(staging_path(job.name), borrowed, pipeline_dir) or EXACT
 
 
 def read_staging(
@@ -328,6 +344,8 @@ def extract_records(
     ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
     errors of those names) become ``TransientError`` (the step is retried); anything else
     is a ``TerminalError``."""
+    from sources.names import RecordNames
+
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
     try:
@@ -335,7 +353,11 @@ def extract_records(
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resources.append(_records_resource(job, t, read).add_filter(changed.record))
+            convention = pipeline.destination.capabilities().naming_convention
+            names = RecordNames(job.name, t.name, convention)
+            resources.append(
+                _records_resource(job, t, read).add_map(names).add_filter(changed.record)
+            )
         info = run_load(job, pipeline, resources)
         return ExtractResult(list(info.loads_ids), row_counts(pipeline, job.tables), {})
     finally:

@@ -184,7 +184,7 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
                 endpoint[key] = o[key]
         if incremental and t.cursor:
             inc: dict[str, Any] = {
-                "cursor_path": t.cursor,
+                "cursor_path": cursor_path(t.cursor),
                 # closed range without dedup: records at the last cursor value come again and
                 # the content filter keeps those that changed (dlt would drop them by key)
                 "primary_key": [],
@@ -246,6 +246,8 @@ def _check_status(job: JobConfig, t: TableConfig, response: requests.Response) -
 
 def extract(job: JobConfig) -> ExtractResult:
     """One incremental load of every endpoint of the job into staging."""
+    from sources.names import RecordNames
+
     session, watch = _session(job)
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
@@ -257,7 +259,12 @@ def extract(job: JobConfig) -> ExtractResult:
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            read = TableRead(job, t, changed, max_pages=max_pages(job, t), secret_params=secrets)
+            # a record key staging would not keep exactly is refused before dlt sees it
+            convention = pipeline.destination.capabilities().naming_convention
+            names = RecordNames(job.name, t.name, convention)
+            read = TableRead(
+                job, t, changed, max_pages=max_pages(job, t), secret_params=secrets, check=names
+            )
             reads.append(read)
             # pages checked as they come; records resolved by key, the changed winners staged
             resource = read.wrap(by_name[t.name])

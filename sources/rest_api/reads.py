@@ -125,7 +125,10 @@ class TableRead:
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
         secret_params: frozenset[str] = frozenset(),
+        check: Any = None,
     ) -> None:
+        # check(page): called on each page's records as it arrives (raises to refuse them)
+        self.check = check
         self.job, self.t, self.changed = job, t, changed
         self.where = f"job '{job.name}' table '{t.name}'"
         self.max_pages = max_pages
@@ -178,6 +181,8 @@ class TableRead:
         index: dict[str, tuple[tuple[Any, ...], str, int, bool]] = {}
         with tempfile.TemporaryFile(prefix="deltaferry-rest-") as spill:
             for page in pages:
+                if self.check is not None:
+                    self.check(page)
                 self.pages += 1
                 n = self.pages
                 response = getattr(page, "response", None)

@@ -52,8 +52,10 @@ from sources.staging import (
     staged_columns,
     stage_tombstones,
     staged_table_exists,
+    staging_naming,
     staging_path,
 )
+from sources.names import check_columns
 
 
 def _adapt_table(pk: tuple[str, ...], text_times: dict[str, str]) -> Any:
@@ -233,8 +235,12 @@ def _scrub(job: JobConfig, text: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def preflight(job: JobConfig, engine: sa.Engine) -> None:
-    """Check that the source answers and every configured table and column exists."""
+def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) -> None:
+    """Check that the source answers, every configured table and column exists, and every
+    column name is one staging keeps exactly under the job's naming ``convention``
+    (default: the one its staging recorded, see ``sources.names``)."""
+    if convention is None:
+        convention = staging_naming(job)
     try:
         insp = sa.inspect(engine)
         existing = set(insp.get_table_names())
@@ -245,7 +251,11 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': not found in the source database"
             )
-        cols = {c["name"] for c in insp.get_columns(t.name)}
+        source_columns = [c["name"] for c in insp.get_columns(t.name)]
+        # names are staged exactly (or, in a job staged before that, as dlt's snake_case
+        # keeps them); any other name is refused here, before dlt renames it
+        check_columns(job.name, t.name, source_columns, convention)
+        cols = set(source_columns)
         needed = (
             set(t.primary_key)
             | ({t.cursor} if t.cursor else set())

@@ -1,0 +1,177 @@
+"""Source names as staging keeps them: which dlt naming convention a job's staging uses,
+and the check that refuses a source column name staging would not keep exactly.
+
+New stagings use dlt's ``direct`` convention: table and column names are staged exactly
+as the source has them (case, spaces, dots, non-ASCII letters, leading digits, SQL
+keywords), except what ``direct`` rewrites: quotes, line breaks, ``▶`` (its path
+separator) and leading or trailing spaces. Those are refused, as are names that differ
+only in case from another column of the table (DuckDB, for staging and the replica, is
+case-insensitive) and names deltaferry uses itself (``_dlt_*``, ``_df_*``).
+
+dlt records the convention with the staged schema (``raw._dlt_version``) and refuses to
+change it once a table has data. A job staged before names were kept exactly keeps
+dlt's ``snake_case`` (``userId`` would become ``user_id``); such a job refuses any
+source name that ``snake_case`` would change, naming the fix, instead of renaming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+#: the convention of a new staging: names are kept exactly
+EXACT = "direct"
+#: dlt's default, used by stagings made before deltaferry kept names exactly
+LEGACY = "snake_case"
+
+
+def naming(convention: str) -> Any:
+    """A dlt ``NamingConvention`` instance for ``convention`` (``direct``, ``snake_case``)."""
+    import importlib
+
+    module = importlib.import_module(f"dlt.common.normalizers.naming.{convention}")
+    return module.NamingConvention()
+
+
+def recorded_naming(
+    staging: Path, borrowed: Any = None, pipeline_dir: Path | None = None
+) -> str | None:
+    """The naming convention dlt recorded for a job's staging: in the newest staged schema
+    version (``raw._dlt_version``), else in the pipeline's local schema (the staging file
+    was removed, dlt's working dir kept); None for a job that has staged nothing."""
+    from sources.columns import STAGING_DATASET
+
+    if staging.exists():
+        from sources.staging import read_staging, staged_table_exists
+
+        con = read_staging(staging, borrowed)
+        try:
+            if staged_table_exists(con, "_dlt_version"):
+                row = con.execute(
+                    f"SELECT schema FROM {STAGING_DATASET}._dlt_version"
+                    " ORDER BY inserted_at DESC LIMIT 1"
+                ).fetchone()
+                if row:
+                    names = (json.loads(row[0]).get("normalizers") or {}).get("names")
+                    return str(names or LEGACY)
+        finally:
+            con.close()
+    if pipeline_dir is not None and (pipeline_dir / "schemas").is_dir():
+        for path in sorted((pipeline_dir / "schemas").glob("*.schema.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            seen = any(
+                not n.startswith("_dlt") and t.get("x-normalizer", {}).get("seen-data")
+                for n, t in (doc.get("tables") or {}).items()
+            )
+            if seen:
+                return str((doc.get("normalizers") or {}).get("names") or LEGACY)
+    return None
+
+
+def _reserved(name: str) -> bool:
+    from sources.columns import INTERNAL_COLUMNS
+
+    return name in INTERNAL_COLUMNS or name.startswith(("_dlt_", "_df_"))
+
+
+def name_problem(name: str, convention: str = EXACT) -> str | None:
+    """Why staging under ``convention`` would not keep ``name`` exactly, or None."""
+    if not isinstance(name, str) or not name or not name.strip():
+        return "is empty"
+    if convention == EXACT:
+        if name != name.strip():
+            return "has leading or trailing spaces, which dlt drops"
+        bad = sorted({c for c in name if c in "\n\r'\"▶"})
+        if bad:
+            shown = ", ".join({"\n": "line break", "\r": "line break"}.get(c, repr(c)) for c in bad)
+            return f"has {shown}, which dlt's staging replaces with '_'"
+        return None
+    normalized = naming(convention).normalize_identifier(name)
+    if normalized != name:
+        return (
+            f"would be staged as '{normalized}' (this job's staging uses dlt's {convention} "
+            "names, from before deltaferry kept source names exactly)"
+        )
+    return None
+
+
+def _fix(convention: str) -> str:
+    if convention == EXACT:
+        return "rename the column at the source"
+    return (
+        "rename the column at the source, or sync the table in a new job (a new job's "
+        "staging keeps source names exactly; its lake path is new)"
+    )
+
+
+def check_columns(job: str, table: str, columns: Iterable[str], convention: str = EXACT) -> None:
+    """Refuse, as one line naming job, table, column(s) and the fix, source columns that
+    staging would not keep exactly: a name the convention changes, a name reserved by
+    deltaferry, and two names staging (case-insensitive) cannot hold apart."""
+    from deltaferry.errors import ConfigError
+
+    where = f"job '{job}' table '{table}'"
+    names = list(columns)
+    seen: dict[str, str] = {}
+    norm = naming(convention) if convention != EXACT else None
+    for name in names:
+        problem = name_problem(name, convention)
+        if problem:
+            raise ConfigError(
+                f"{where}: source column {name!r} {problem}; {_fix(convention)}"
+            )
+        if _reserved(name):
+            raise ConfigError(
+                f"{where}: source column {name!r} is a name deltaferry and dlt use for their "
+                f"own columns (_dlt_*, _df_*); {_fix(convention)}"
+            )
+        key = (norm.normalize_identifier(name) if norm else name).casefold()
+        other = seen.get(key)
+        if other is not None:
+            raise ConfigError(
+                f"{where}: source columns {other!r} and {name!r} differ only in case, and "
+                "staging and the replica (DuckDB) do not tell names apart by case; rename one "
+                "of them at the source"
+            )
+        seen[key] = name
+
+
+def cursor_path(name: str) -> str:
+    """``name`` as a dlt incremental cursor path (a quoted JSONPath field, so a name with a
+    space, dot or non-ASCII letter is one column); ValueError when no path names it."""
+    from dlt.common.jsonpath import extract_simple_field_name
+
+    def simple(path: str) -> str | None:
+        try:
+            return extract_simple_field_name(path)
+        except Exception:  # noqa: BLE001 - the parser's own errors: not a simple path
+            return None
+
+    # a plain name stays plain: dlt keys the cursor's state by this text
+    for path in (name, f'"{name}"'):
+        if simple(path) == name:
+            return path
+    raise ValueError(f"cursor column {name!r} cannot be named as a dlt cursor path")
+
+
+class RecordNames:
+    """A dlt map step for a source that yields records (dicts, or pages of them): refuses,
+    as ``check_columns`` does, a record key staging would not keep exactly, before dlt
+    renames or stages it. Each distinct key set is checked once."""
+
+    def __init__(self, job: str, table: str, convention: str = EXACT) -> None:
+        self.job, self.table, self.convention = job, table, convention
+        self._ok: set[frozenset[str]] = set()
+
+    def __call__(self, item: Any) -> Any:
+        for row in item if isinstance(item, list) else [item]:
+            if isinstance(row, dict):
+                keys = frozenset(row)
+                if keys not in self._ok:
+                    check_columns(self.job, self.table, sorted(keys), self.convention)
+                    self._ok.add(keys)
+        return item
