@@ -33,6 +33,7 @@ from dlt.sources.rest_api import rest_api_resources
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
+from sources.names import cursor_path
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead
 from sources.staging import (
     ChangedRows,
