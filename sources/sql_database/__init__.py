@@ -35,7 +35,6 @@ from sources.sql_database.settings import (
 from sources.integrity import KeyCheck
 from sources.sql_database.window import (
     Normalize,
-    column_hints,
     null_cursor_hold,
     staged_bound,
     text_time_columns,
@@ -60,7 +59,7 @@ from sources.names import check_columns
 
 def _adapt_table(pk: tuple[str, ...], text_times: dict[str, str]) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
-    # columns are read as their raw text (sources/sql_database/window.py parses them)
+    # and JSON columns are read as their raw text (sources/sql_database/window.py)
     def adapt(table: sa.Table) -> sa.Table:
         for col in table.columns:
             if col.name not in pk:
@@ -344,8 +343,9 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
 
 
 def _as_text(sql_type: Any) -> Any:
-    # the reflected hints of SQLite time columns: text, as read (parsed by a map step)
-    return sa.Text() if isinstance(sql_type, (sa.DateTime, sa.Date)) else None
+    # the reflected hints of SQLite time and JSON columns: text, as read (times are parsed
+    # by a map step)
+    return sa.Text() if isinstance(sql_type, (sa.DateTime, sa.Date, sa.JSON)) else None
 
 
 class _TableRead:

@@ -45,8 +45,11 @@ NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
 
 
 def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
-    """SQLite columns declared as a time type, by name: ``"timestamp"`` or ``"date"``.
-    Empty for other databases (their drivers return real time values)."""
+    """SQLite columns read as their raw text, by name: ``"timestamp"`` or ``"date"`` for a
+    declared time type (parsed by ``Normalize``), ``"json"`` for a declared ``JSON`` column
+    (the document's text as stored: SQLAlchemy would decode it into Python values of mixed
+    kinds, and a JSON ``null`` document would become SQL NULL). Empty for other databases
+    (their drivers return real time values)."""
     if engine.dialect.name != "sqlite":
         return {}
     out: dict[str, str] = {}
@@ -55,19 +58,9 @@ def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
             out[col["name"]] = "timestamp"
         elif isinstance(col["type"], sa.Date):
             out[col["name"]] = "date"
+        elif isinstance(col["type"], sa.JSON):
+            out[col["name"]] = "json"
     return out
-
-
-def column_hints(text_times: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """dlt column hints for the parsed time columns (they were reflected as text)."""
-    return {
-        name: (
-            {"data_type": "timestamp", "timezone": True, "precision": 6}
-            if kind == "timestamp"
-            else {"data_type": "date"}
-        )
-        for name, kind in text_times.items()
-    }
 
 
 class Normalize:
@@ -94,7 +87,7 @@ class Normalize:
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
         for name, kind in self.text_times.items():
-            if name in chunk.column_names:
+            if name in chunk.column_names and kind in ("timestamp", "date"):
                 chunk = self._parse(chunk, name, kind)
         for i, field in enumerate(chunk.schema):
             if (
@@ -250,7 +243,6 @@ def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
 
 __all__ = [
     "Normalize",
-    "column_hints",
     "null_cursor_hold",
     "staged_bound",
     "text_time_columns",
