@@ -22,7 +22,6 @@ import dlt
 import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
-from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
@@ -32,6 +31,7 @@ from sources.sql_database.settings import (
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
+from sources.sql_database.types import job_scope, source_columns, sql_table
 from sources.staging import (
     ChangedRows,
     ExtractResult,
@@ -232,7 +232,7 @@ def preflight(job: JobConfig, engine: sa.Engine) -> None:
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': not found in the source database"
             )
-        cols = {c["name"] for c in insp.get_columns(t.name)}
+        cols = {c["name"] for c in source_columns(job, t, insp)}  # types checked too
         needed = (
             set(t.primary_key)
             | ({t.cursor} if t.cursor else set())
@@ -260,7 +260,8 @@ def extract(job: JobConfig) -> ExtractResult:
     watchdog = StallWatchdog(engine)
     try:
         try:
-            return _extract(job, engine, watchdog)
+            with job_scope(job):  # column types and settings (sources/sql_database/types.py)
+                return _extract(job, engine, watchdog)
         except sa.exc.DBAPIError as e:  # reflection and key reads outside dlt's own steps
             raise connect_error(job, e) from e
     except TransientError as e:
