@@ -195,7 +195,8 @@ def test_a_type_without_an_exact_published_form_is_refused_up_front(pg_job, ddl,
     "ddl, value, extra, needles",
     [
         ("v numeric(12,2)", "'NaN'", "", ["NaN value", "decimal(12,2)"]),
-        ("v numeric(12,2)", "'-Infinity'", "", ["-Infinity value"]),
+        ("v numeric", "'-Infinity'", 'column_types = { v = "decimal(38,12)" }',
+         ["-Infinity value"]),
         ("v numeric", "'1.1234567890123'", 'column_types = { v = "decimal(38,12)" }',
          ["1.1234567890123", "more than 12 decimal places"]),
         ("v numeric", "'1e30'", 'column_types = { v = "decimal(38,12)" }',
@@ -312,7 +313,7 @@ def _lite(tmp_path, home, *rows: str, ddl: str, extra: str = ""):
     return db, cfg, lambda: sync_job(job="lite", config=str(cfg))
 
 
-def _pull(cfg, tmp_path):
+def _pull(cfg, tmp_path, columns: str = "*"):
     from deltaferry.config import load_job
     from deltaferry.replica import pull
     from destinations.lake import open_lake
@@ -321,7 +322,7 @@ def _pull(cfg, tmp_path):
     pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
     con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
     try:
-        return con.execute("SELECT * FROM kinds ORDER BY id").fetchall()
+        return con.execute(f"SELECT {columns} FROM kinds ORDER BY id").fetchall()
     finally:
         con.close()
 
@@ -339,7 +340,7 @@ def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
     sync()
     with sqlite3.connect(db) as con:
         src = con.execute("SELECT id, amount, big, note FROM kinds ORDER BY id").fetchall()
-    got = _pull(cfg, tmp_path)
+    got = _pull(cfg, tmp_path, "id, amount, big, note")
     assert [r[1] for r in got] == [Decimal("0.10"), Decimal("12345678.99"), None]
     assert [Decimal(repr(r[1])) if r[1] is not None else None for r in src] == [
         Decimal("0.1"),
@@ -366,4 +367,4 @@ def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, ho
         sync()
     cfg.write_text(cfg.read_text() + 'column_types = { v = "float64" }\n')
     sync()
-    assert _pull(cfg, tmp_path) == [(1, 0.5)]
+    assert _pull(cfg, tmp_path, "id, v") == [(1, 0.5)]
