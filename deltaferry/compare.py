@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig
 from sources.sql_database import engine_for, staging_path
+from sources.sql_database.types import job_scope, sql_table
 from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
 from deltaferry import duck
 from deltaferry.duck import fetch_one
@@ -43,7 +43,8 @@ def _q(name: str) -> str:
 def read_source(job: JobConfig, t: TableConfig) -> pa.Table:
     engine = engine_for(job)
     try:
-        parts = list(sql_table(credentials=engine, table=t.name, backend="pyarrow"))
+        with job_scope(job):  # read and typed as the sync reads them (column_types, exclusions)
+            parts = list(sql_table(credentials=engine, table=t.name, backend="pyarrow"))
     finally:
         engine.dispose()
     return pa.concat_tables(parts) if parts else pa.table({})

@@ -22,7 +22,6 @@ import dlt
 import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
-from dlt.sources.sql_database import sql_table
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
@@ -33,6 +32,7 @@ from sources.sql_database.settings import (
     STAGING_DATASET,
 )
 from sources.integrity import KeyCheck
+from sources.sql_database.types import job_scope, source_columns, sql_table
 from sources.sql_database.window import (
     Normalize,
     null_cursor_hold,
@@ -66,6 +66,9 @@ def _adapt_table(pk: tuple[str, ...], text_times: dict[str, str]) -> Any:
                 col.nullable = True
             if col.name in text_times:
                 col.type = sa.Text()
+                # no dlt type hint: dlt stages the Arrow type the parsed column has
+                # (sources/sql_database/types.py leaves a column with dlt_type alone)
+                col.type.dlt_type = None
         return table
 
     return adapt
@@ -250,11 +253,11 @@ def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) 
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': not found in the source database"
             )
-        source_columns = [c["name"] for c in insp.get_columns(t.name)]
+        names = [c["name"] for c in source_columns(job, t, insp)]  # types checked too
         # names are staged exactly (or, in a job staged before that, as dlt's snake_case
         # keeps them); any other name is refused here, before dlt renames it
-        check_columns(job.name, t.name, source_columns, convention)
-        cols = set(source_columns)
+        check_columns(job.name, t.name, names, convention)
+        cols = set(names)
         needed = (
             set(t.primary_key)
             | ({t.cursor} if t.cursor else set())
@@ -282,7 +285,8 @@ def extract(job: JobConfig) -> ExtractResult:
     watchdog = StallWatchdog(engine)
     try:
         try:
-            return _extract(job, engine, watchdog)
+            with job_scope(job):  # column types and settings (sources/sql_database/types.py)
+                return _extract(job, engine, watchdog)
         except sa.exc.DBAPIError as e:  # reflection and key reads outside dlt's own steps
             raise connect_error(job, e) from e
     except TransientError as e:
@@ -342,12 +346,6 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             borrowed.close()
 
 
-def _as_text(sql_type: Any) -> Any:
-    # the reflected hints of SQLite time and JSON columns: text, as read (times are parsed
-    # by a map step)
-    return sa.Text() if isinstance(sql_type, (sa.DateTime, sa.Date, sa.JSON)) else None
-
-
 class _TableRead:
     """One table's dlt resource on the pyarrow backend and its map steps, in order: stall
     watchdog, value normalisation (``window.Normalize``), rows held back (NULL key; NULL
@@ -380,7 +378,6 @@ class _TableRead:
             write_disposition="merge",
             primary_key=list(t.primary_key),
             table_adapter_callback=_adapt_table(t.primary_key, text_times),
-            type_adapter_callback=_as_text if text_times else None,
             query_adapter_callback=query(engine) if query is not None else None,
         )
         if name is not None:

@@ -1,0 +1,692 @@
+"""Column types of SQL sources: what each source column is published as, exactly or refused.
+
+Every column of a table gets a *plan* from its reflected SQLAlchemy type and the table's
+``column_types`` setting: the published type, and how a value gets there (as read, read as
+the database's own text form with ``CAST(col AS TEXT)``, or converted and checked per value
+on the Python side before dlt builds its Arrow chunk). A column whose type has no exact
+published form is refused before anything is read (``ConfigError``, one line naming job,
+table, column, source type and the jobs-file setting that resolves it); a single value that
+does not fit its column's published type (numeric ``NaN``, a 13th decimal, a REAL in a
+SQLite INTEGER column) stops the run (``ValueRefused``, one line), never rounded or nulled.
+
+Table settings (validated when the jobs file is read, see ``check_table``):
+
+* ``exclude_columns = ["col", ...]`` - neither read nor published;
+* ``column_types = { col = "text" | "decimal(P,S)" | "int64" | "float64" | "bool" | "date" |
+  "time" | "timestamp" | "timestamptz" | "binary" }`` - the published type.
+
+Key, cursor and soft-delete columns cannot be excluded nor retyped (their values are
+compared with the source's as read).
+
+This module is imported when the jobs file is read: module level stays light (the
+SQLAlchemy and dlt imports are inside the functions that need them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any, Callable, Iterator
+
+from deltaferry.errors import ConfigError, TerminalError
+
+log = logging.getLogger("deltaferry.sql_database")
+
+# published types a column_types entry may name (decimal takes (P,S), 1 <= P <= 38)
+SIMPLE_TYPES = (
+    "text",
+    "int64",
+    "float64",
+    "bool",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "binary",
+)
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+# decimal128, the widest exact decimal of Arrow, Parquet readers and DuckDB
+MAX_PRECISION = 38
+_INT64 = (-(2**63), 2**63 - 1)
+_WIDE = Context(prec=200)
+
+
+class ValueRefused(TerminalError):
+    """A source value its column's published type cannot carry exactly (one line)."""
+
+
+class _BadValue(Exception):
+    """Raised by a value converter: ``what`` describes the value class."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+# ---------------------------------------------------------------------------------------
+# settings (jobs file)
+
+
+def parse_type(spec: Any) -> tuple[str, int | None, int | None] | None:
+    """``("decimal", P, S)`` or ``(name, None, None)`` for a valid column type spec; None
+    for anything else."""
+    if not isinstance(spec, str):
+        return None
+    s = spec.strip().lower()
+    if s in SIMPLE_TYPES:
+        return s, None, None
+    m = _DECIMAL.match(s)
+    if m:
+        p, sc = int(m.group(1)), int(m.group(2))
+        if 1 <= p <= MAX_PRECISION and 0 <= sc <= p:
+            return "decimal", p, sc
+    return None
+
+
+def type_name(parsed: tuple[str, int | None, int | None]) -> str:
+    kind, p, s = parsed
+    return f"decimal({p},{s})" if kind == "decimal" else kind
+
+
+def check_table(job: str, t: Any) -> None:
+    """Validate a table's ``exclude_columns`` and ``column_types``; ConfigError (one line
+    naming job, table, setting and value) otherwise."""
+    where = f"job '{job}' table '{t.name}'"
+    fixed = {*t.primary_key, *([t.cursor] if t.cursor else [])}
+    if t.soft_delete_column:
+        fixed.add(t.soft_delete_column)
+    role = {c: "primary key" for c in t.primary_key}
+    if t.cursor:
+        role[t.cursor] = "cursor"
+    if t.soft_delete_column:
+        role[t.soft_delete_column] = "soft-delete column"
+    excluded = t.options.get("exclude_columns", [])
+    if not isinstance(excluded, list) or not all(
+        isinstance(c, str) and re.match(r"^[a-z_][a-z0-9_]*$", c) for c in excluded
+    ):
+        raise ConfigError(
+            f"{where}: exclude_columns must be a list of lower-case column names, "
+            f'e.g. ["notes", "raw_blob"] (got {excluded!r})'
+        )
+    for c in excluded:
+        if c in fixed:
+            raise ConfigError(
+                f"{where}: exclude_columns names '{c}', the table's {role[c]}; it must be read"
+            )
+    types = t.options.get("column_types", {})
+    if not isinstance(types, dict):
+        raise ConfigError(
+            f'{where}: column_types must be a table of column = "type", e.g. '
+            f'column_types = {{ amount = "decimal(18,4)", span = "text" }} (got {types!r})'
+        )
+    for c, spec in types.items():
+        if not re.match(r"^[a-z_][a-z0-9_]*$", c):
+            raise ConfigError(f"{where}: column_types names '{c}', not a lower-case column name")
+        if c in fixed:
+            raise ConfigError(
+                f"{where}: column_types names '{c}', the table's {role[c]}; its type cannot be "
+                "changed (it is compared with the source as read)"
+            )
+        if c in excluded:
+            raise ConfigError(f"{where}: column '{c}' is both in exclude_columns and column_types")
+        if parse_type(spec) is None:
+            raise ConfigError(
+                f"{where}: column_types {c} = {spec!r} is not a type deltaferry publishes "
+                f"(one of {', '.join(repr(s) for s in SIMPLE_TYPES)} or 'decimal(P,S)' with "
+                f"1 <= P <= {MAX_PRECISION} and 0 <= S <= P)"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# plans
+
+
+@dataclass
+class Plan:
+    """How one source column is read and published."""
+
+    column: str
+    source: str  # the source type, as the database names it
+    target: str  # the published type ("decimal(12,2)", "text", "json", ...)
+    dlt_type: Any = None  # the SQLAlchemy type dlt maps to the published type (None: as is)
+    cast_text: bool = False  # read CAST(col AS TEXT)
+    convert: Callable[[Any], Any] | None = None  # per value; raises _BadValue
+    raw: bool = False  # skip the dialect's own result processing (convert sees the driver's)
+
+
+def _unwrap(sa_type: Any) -> Any:
+    # a PostgreSQL domain is its base type with checks
+    while hasattr(sa_type, "data_type") and type(sa_type).__name__ == "DOMAIN":
+        sa_type = sa_type.data_type
+    return sa_type
+
+
+def _source_name(sa_type: Any, dialect: Any) -> str:
+    try:
+        return str(sa_type.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - a type the dialect cannot render (NullType)
+        return type(sa_type).__name__.upper()
+
+
+def _family(sa_type: Any) -> str:
+    import sqlalchemy as sa
+
+    t = _unwrap(sa_type)
+    if isinstance(t, sa.types.NullType):
+        return "unknown"
+    if isinstance(t, sa.Uuid):
+        return "uuid"
+    if isinstance(t, sa.Float) or (isinstance(t, sa.Numeric) and t.asdecimal is False):
+        return "float"
+    if isinstance(t, sa.Numeric):  # before Integer: some dialects' numerics are both
+        return "numeric"
+    if isinstance(t, sa.Integer):
+        return "integer"
+    if isinstance(t, sa.Boolean):
+        return "bool"
+    if isinstance(t, sa.String):
+        return "text"
+    if isinstance(t, sa.types._Binary):
+        return "binary"
+    if isinstance(t, sa.DateTime):
+        return "timestamptz" if t.timezone else "timestamp"
+    if isinstance(t, sa.Date):
+        return "date"
+    if isinstance(t, sa.Time):
+        return "timetz" if t.timezone else "time"
+    if isinstance(t, sa.JSON):
+        return "json"
+    if isinstance(t, sa.ARRAY):
+        return "array"
+    return "other"
+
+
+def _DOUBLE() -> Any:  # noqa: N802 - what dlt maps to "double" (a Float is no Numeric in SA 2.1)
+    import sqlalchemy as sa
+
+    return sa.Numeric(asdecimal=False)
+
+
+class Refusal(Exception):
+    """A column type that cannot be published as is; ``fix`` says which setting resolves it."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason, self.fix = reason, fix
+
+
+def plan_column(
+    name: str, sa_type: Any, dialect: Any, declared: str | None = None
+) -> Plan:
+    """The plan for one column; raises ``Refusal`` for a type without an exact published form.
+    ``declared`` is the table's ``column_types`` entry for the column, if any."""
+    import sqlalchemy as sa
+
+    t = _unwrap(sa_type)
+    sqlite = dialect.name == "sqlite"
+    source = _source_name(sa_type, dialect)
+    fam = _family(t)
+    plan = Plan(name, source, fam)
+    text_fix = f'column_types = {{ {name} = "text" }} (the database\'s text form)'
+    if declared is not None:
+        return _declared_plan(plan, t, fam, parse_type(declared), sqlite)
+    if fam == "integer":
+        plan.target, plan.dlt_type = "int64", None
+        if sqlite:  # SQLite stores what it is given: a REAL or TEXT may sit in an INTEGER column
+            plan.convert, plan.raw = _sqlite_int, True
+        return plan
+    if fam == "numeric":
+        p, s = t.precision, t.scale
+        if p is None:
+            raise Refusal(
+                "a numeric without precision and scale has no fixed decimal type (dlt's "
+                "default decimal(38,9) would fail or cut digits on values with more decimals)",
+                f'column_types = {{ {name} = "decimal(38,12)" }} (a precision and scale that '
+                f'hold every value), {name} = "text"'
+                + (f' or {name} = "float64" (SQLite stores these as REAL)' if sqlite else ""),
+            )
+        s = 0 if s is None else s
+        if not (1 <= p <= MAX_PRECISION and 0 <= s <= p):
+            raise Refusal(
+                f"decimal({p},{s}) does not fit decimal128 (precision 1..{MAX_PRECISION}, "
+                "scale 0..precision)",
+                f'column_types = {{ {name} = "decimal({MAX_PRECISION},{min(max(s, 0), MAX_PRECISION)})" }}'
+                f' if every value fits it, or {name} = "text"',
+            )
+        plan.target = f"decimal({p},{s})"
+        plan.dlt_type = sa.Numeric(p, s)
+        if sqlite:  # stored as INTEGER, REAL or TEXT: convert and check every value
+            plan.convert, plan.raw = _to_decimal(p, s), True
+        else:  # PostgreSQL enforces (p,s) but accepts NaN and +-Infinity
+            plan.convert = _finite
+        return plan
+    if fam == "float":
+        plan.target = "float64"
+        plan.dlt_type = _DOUBLE()
+        if sqlite:
+            plan.convert, plan.raw = _to_float, True
+        return plan
+    if fam in ("text", "uuid"):
+        plan.target = "text"
+        if sqlite:
+            plan.convert, plan.raw = _sqlite_text, True
+        return plan
+    if fam in ("bool", "binary", "date", "time", "timestamp", "timestamptz"):
+        plan.target = fam
+        return plan
+    if fam == "json":
+        # the database's JSON text: a JSON null document stays 'null', SQL NULL stays NULL,
+        # and numbers keep every digit (parsing would turn them into floats)
+        plan.target, plan.cast_text, plan.dlt_type = "json", True, sa.JSON()
+        return plan
+    if fam == "array":
+        item = _unwrap(t.item_type)
+        if _family(item) in ("integer", "text", "bool"):
+            plan.target = "json"  # a JSON array, as dlt writes lists
+            return plan
+        raise Refusal(
+            f"arrays of {_source_name(item, dialect)} have no exact JSON form",
+            text_fix,
+        )
+    if fam == "timetz":
+        raise Refusal("the time of day would lose its UTC offset", text_fix)
+    reason = (
+        "the source type is not known to SQLAlchemy"
+        if fam == "unknown"
+        else "it has no exact published type"
+    )
+    raise Refusal(reason, text_fix)
+
+
+def _declared_plan(
+    plan: Plan, t: Any, fam: str, parsed: tuple[str, int | None, int | None] | None, sqlite: bool
+) -> Plan:
+    import sqlalchemy as sa
+
+    assert parsed is not None  # checked when the jobs file was read
+    kind, p, s = parsed
+    plan.target = type_name(parsed)
+    numberish = ("integer", "numeric", "float", "text")
+    allowed: dict[str, tuple[str, ...]] = {
+        "decimal": numberish,
+        "int64": numberish,
+        "float64": numberish,
+        "bool": ("bool", "integer"),
+        "date": ("date",),
+        "time": ("time",),
+        "timestamp": ("timestamp", "timestamptz"),
+        "timestamptz": ("timestamp", "timestamptz"),
+        "binary": ("binary",),
+    }
+    if kind == "text":
+        plan.dlt_type = sa.Text()
+        if sqlite:  # SQLite's CAST prints REALs with 15 digits: the exact repr instead
+            plan.convert, plan.raw = _sqlite_text, True
+        else:
+            plan.cast_text = True
+        return plan
+    if fam not in allowed[kind]:
+        raise Refusal(
+            f'column_types declares "{plan.target}", which a {plan.source} column cannot '
+            "be converted to exactly",
+            f'column_types = {{ {plan.column} = "text" }}',
+        )
+    plan.raw = sqlite or fam == "numeric"
+    if kind == "decimal":
+        plan.dlt_type, plan.convert = sa.Numeric(p, s), _to_decimal(p, s)
+    elif kind == "int64":
+        plan.dlt_type, plan.convert = sa.BigInteger(), _to_int
+    elif kind == "float64":
+        plan.dlt_type, plan.convert = _DOUBLE(), _to_float
+    elif kind == "bool":
+        plan.dlt_type, plan.convert, plan.raw = sa.Boolean(), _to_bool, True
+    elif kind in ("timestamp", "timestamptz"):
+        plan.raw = False
+        plan.dlt_type = sa.DateTime(timezone=kind == "timestamptz")
+        if fam != kind:
+            plan.convert = _to_utc if kind == "timestamptz" else _to_naive_utc
+    else:  # date, time, binary: as they are
+        plan.raw = False
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# per-value converters (None is NULL and passes through untouched)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, Decimal):
+        if v.is_nan():
+            return "a NaN value"
+        if v.is_infinite():
+            return f"a {'-' if v < 0 else ''}Infinity value"
+        return f"the value {v}"
+    if isinstance(v, float) and not math.isfinite(v):
+        return f"a {'NaN' if math.isnan(v) else ('-' if v < 0 else '') + 'Infinity'} value"
+    if isinstance(v, str):
+        return f"the text {v[:40]!r}"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "a binary (BLOB) value"
+    if isinstance(v, float):
+        return f"the REAL value {v!r}"
+    return f"the value {v!r}"
+
+
+def _finite(v: Any) -> Any:
+    if v is None or v.is_finite():
+        return v
+    raise _BadValue(_describe(v))
+
+
+def _as_decimal(v: Any) -> Decimal:
+    if isinstance(v, Decimal):
+        d = v
+    elif isinstance(v, bool):
+        raise _BadValue(_describe(v))
+    elif isinstance(v, int):
+        d = Decimal(v)
+    elif isinstance(v, float):
+        d = Decimal(repr(v)) if math.isfinite(v) else Decimal(repr(v).replace("inf", "Infinity"))
+    elif isinstance(v, str):
+        try:
+            d = Decimal(v.strip())
+        except InvalidOperation:
+            raise _BadValue(_describe(v)) from None
+    else:
+        raise _BadValue(_describe(v))
+    if not d.is_finite():
+        raise _BadValue(_describe(d))
+    return d
+
+
+def _to_decimal(p: int, s: int) -> Callable[[Any], Any]:
+    quantum = Decimal(1).scaleb(-s)
+
+    def convert(v: Any) -> Any:
+        if v is None:
+            return None
+        d = _as_decimal(v)
+        q = d.quantize(quantum, context=_WIDE)
+        if q != d:
+            raise _BadValue(f"{_describe(v)} with more than {s} decimal places")
+        if q and q.adjusted() + 1 > p - s:
+            raise _BadValue(f"{_describe(v)} with more than {p - s} digits before the point")
+        return q
+
+    return convert
+
+
+def _to_int(v: Any) -> Any:
+    if v is None or (type(v) is int and _INT64[0] <= v <= _INT64[1]):
+        return v
+    d = _as_decimal(v)
+    if d != d.to_integral_value() or not _INT64[0] <= d <= _INT64[1]:
+        raise _BadValue(f"{_describe(v)}, not an integer within int64")
+    return int(d)
+
+
+def _to_float(v: Any) -> Any:
+    if v is None or type(v) is float:
+        return v
+    if type(v) is int:
+        f = float(v)
+        if int(f) != v:
+            raise _BadValue(f"{_describe(v)}, more digits than a float64 holds")
+        return f
+    if isinstance(v, Decimal) and not v.is_finite():
+        return float(v)  # NaN and +-Infinity exist in float64
+    d = _as_decimal(v)
+    f = float(d)
+    if Decimal(repr(f)) != d:
+        raise _BadValue(f"{_describe(v)}, more digits than a float64 holds")
+    return f
+
+
+def _to_bool(v: Any) -> Any:
+    if v is None or isinstance(v, bool):
+        return v
+    if type(v) is int and v in (0, 1):
+        return bool(v)
+    raise _BadValue(f"{_describe(v)}, neither 0 nor 1")
+
+
+def _to_utc(v: Any) -> Any:
+    import datetime as dt
+
+    if v is None:
+        return v
+    return v.replace(tzinfo=dt.timezone.utc) if v.tzinfo is None else v.astimezone(dt.timezone.utc)
+
+
+def _to_naive_utc(v: Any) -> Any:
+    import datetime as dt
+
+    if v is None or v.tzinfo is None:
+        return v
+    return v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_int(v: Any) -> Any:
+    if v is None or type(v) is int:
+        return v
+    raise _BadValue(f"{_describe(v)}, not an INTEGER")
+
+
+def _sqlite_text(v: Any) -> Any:
+    if v is None or type(v) is str:
+        return v
+    if type(v) is int:
+        return str(v)
+    if type(v) is float:
+        return repr(v)
+    raise _BadValue(_describe(v))
+
+
+# ---------------------------------------------------------------------------------------
+# reflection and the dlt resource
+
+
+def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
+    """A SQLAlchemy type that reads the column as ``plan`` says."""
+    import sqlalchemy as sa
+
+    impl_type = sa.Text() if plan.cast_text else (sa.types.NullType() if plan.raw else original)
+
+    class Carried(sa.types.TypeDecorator):
+        impl = sa.types.NullType
+        cache_ok = False
+
+        def load_dialect_impl(self, dialect: Any) -> Any:
+            return impl_type
+
+        def process_result_value(self, value: Any, dialect: Any) -> Any:
+            if plan.convert is None:
+                return value
+            try:
+                return plan.convert(value)
+            except _BadValue as bad:
+                raise ValueRefused(
+                    f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
+                    f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
+                    f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
+                    f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
+                    "the value at the source"
+                ) from None
+
+    if plan.cast_text:  # SELECT CAST(col AS TEXT): the database's own text form
+
+        def column_expression(self: Any, colexpr: Any) -> Any:
+            return sa.cast(sa.type_coerce(colexpr, original), sa.Text())
+
+        Carried.column_expression = column_expression  # type: ignore[method-assign]
+    Carried.dlt_type = plan.dlt_type or _unwrap(original)  # type: ignore[attr-defined]
+    return Carried()
+
+
+def _role(t: Any, column: str) -> str | None:
+    if column in t.primary_key:
+        return "primary key"
+    if column == t.cursor:
+        return "cursor"
+    if column == t.soft_delete_column:
+        return "soft-delete column"
+    return None
+
+
+def plans(
+    job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any, *, complete: bool = True
+) -> dict[str, Plan]:
+    """Plans of a table's columns (as ``Inspector.get_columns`` gives them), excluded columns
+    left out; ConfigError (one line) for a column that cannot be published exactly or, when
+    ``columns`` is the ``complete`` list, a setting naming a column the table does not have."""
+    excluded = set(t.options.get("exclude_columns", ()))
+    declared = dict(t.options.get("column_types", {}))
+    names = {c["name"] for c in columns}
+    where = f"job '{job.name}' table '{t.name}'"
+    for setting, cols in (("exclude_columns", excluded), ("column_types", set(declared))):
+        missing = sorted(cols - names)
+        if missing and complete:
+            raise ConfigError(
+                f"{where}: {setting} names column(s) {', '.join(missing)}, not in the source table"
+            )
+    out: dict[str, Plan] = {}
+    for c in columns:
+        name = c["name"]
+        if name in excluded:
+            continue
+        try:
+            out[name] = plan_column(name, c["type"], dialect, declared.get(name))
+        except Refusal as r:
+            source = _source_name(c["type"], dialect)
+            role = _role(t, name)
+            fix = (
+                f"it is the table's {role}, so it cannot be excluded or retyped: change its type "
+                "at the source or sync a view that casts it"
+                if role
+                else f"set {r.fix}, or exclude_columns = [\"{name}\"], for this table in the jobs file"
+            )
+            raise ConfigError(f"{where}: column '{name}' has source type {source}: {r.reason}; {fix}") from None
+    return out
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Library warnings about types (SQLAlchemy's reflection, dlt's Arrow conversion) go to
+    the ``deltaferry.sql_database`` log at debug level, not to stderr."""
+    import sqlalchemy as sa
+
+    dlt_logger = logging.getLogger("dlt")
+    filt = _TypeNoise()
+    dlt_logger.addFilter(filt)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sa.exc.SAWarning)
+            yield
+    finally:
+        dlt_logger.removeFilter(filt)
+
+
+class _TypeNoise(logging.Filter):
+    _FROM = ("sql_database", "libs/pyarrow", "libs\\pyarrow")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noise = any(s in record.pathname for s in self._FROM) or (
+            "column hints were different" in str(record.msg)
+        )
+        if record.levelno <= logging.WARNING and noise:
+            log.debug("dlt: %s", record.getMessage())
+            return False
+        return True
+
+
+def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
+    """The source table's columns (``Inspector.get_columns``), reflected without library
+    warnings, after checking that every column can be published exactly (ConfigError)."""
+    with quiet():
+        columns = insp.get_columns(t.name)
+    plans(job, t, columns, insp.dialect)
+    return columns
+
+
+_JOB: contextvars.ContextVar[Any] = contextvars.ContextVar("deltaferry_sql_job")
+
+
+@contextlib.contextmanager
+def job_scope(job: Any) -> Iterator[None]:
+    """Around one extract of ``job``: ``sql_table`` below knows the job's table settings,
+    library type warnings stay off stderr, and a refused value surfaces as its own one-line
+    ``ValueRefused`` rather than wrapped in dlt's step error."""
+    from sources.staging import find_cause
+
+    token = _JOB.set(job)
+    try:
+        with quiet():
+            yield
+    except Exception as e:
+        refused = find_cause(e, lambda x: isinstance(x, ValueRefused))
+        if refused is not None and refused is not e:
+            raise ValueRefused(str(refused)) from None
+        raise
+    finally:
+        _JOB.reset(token)
+
+
+def sql_table(**kwargs: Any) -> Any:
+    """dlt's ``sql_table`` with the current job's column plans applied: excluded columns
+    are not selected, the others read and typed as their plan says. Call inside
+    ``job_scope(job)``."""
+    from dlt.sources.sql_database import sql_table as dlt_sql_table
+
+    job = _JOB.get(None)
+    if job is None:
+        raise RuntimeError("sources.sql_database.types.sql_table needs job_scope(job)")
+    t = job.table(kwargs["table"])
+    excluded = list(t.options.get("exclude_columns", ()))
+    if excluded:
+        kwargs["excluded_columns"] = sorted({*(kwargs.get("excluded_columns") or ()), *excluded})
+        incremental = kwargs.get("incremental")
+        pk = getattr(incremental, "primary_key", None)
+        if isinstance(pk, (tuple, list)):  # de-duplication by content: only what is read
+            incremental.primary_key = tuple(c for c in pk if c not in excluded)
+    inner = kwargs.get("table_adapter_callback")
+    fixed = {*t.primary_key, *([t.cursor] if t.cursor else [])}
+    if t.soft_delete_column:
+        fixed.add(t.soft_delete_column)
+
+    def adapt(table: Any) -> Any:
+        result = inner(table) if inner is not None else None
+        table = result if result is not None else table
+        engine = kwargs["credentials"]
+        columns = [  # columns already adapted (a table reflected once, adapted twice) stay
+            {"name": c.name, "type": c.type}
+            for c in table.columns
+            if not hasattr(c.type, "dlt_type")
+        ]
+        for name, plan in plans(job, t, columns, engine.dialect, complete=False).items():
+            if name in fixed or not (plan.cast_text or plan.convert or plan.raw):
+                continue
+            col = table.columns[name]
+            col.type = _carried_type(job.name, t.name, plan, col.type)
+        return table
+
+    inner_type = kwargs.get("type_adapter_callback")
+
+    def dlt_type(sa_type: Any) -> Any:
+        if inner_type is not None:  # the caller's own mapping first (SQLite text columns)
+            chosen = inner_type(sa_type)
+            if chosen is not None:
+                return chosen
+        if hasattr(sa_type, "dlt_type"):  # None: no hint, the Arrow type decides
+            return sa_type.dlt_type
+        sa_type = _unwrap(sa_type)
+        return _DOUBLE() if _family(sa_type) == "float" else sa_type
+
+    kwargs["table_adapter_callback"] = adapt
+    kwargs["type_adapter_callback"] = dlt_type
+    return dlt_sql_table(**kwargs)

@@ -1,0 +1,370 @@
+"""Column types of SQL sources reach the replica exactly, or are refused in one line.
+
+Replica values are compared with the source values read independently (psycopg, sqlite3),
+never with deltaferry's own compare.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sqlite3
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from deltaferry.errors import ConfigError
+
+JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "kinds"
+primary_key = ["id"]
+cursor = "updated_at"
+contract = "tests.contracts_sqltypes:Loose"
+{extra}
+"""
+
+KINDS_DDL = """
+CREATE TYPE mood AS ENUM ('calm', 'angry');
+CREATE DOMAIN posint AS bigint CHECK (VALUE > 0);
+CREATE TABLE kinds (
+  id int PRIMARY KEY,
+  i2 smallint, i8 bigint, dom posint, n38 numeric(38,10), n12 numeric(12,2),
+  r4 real, f8 double precision, flag boolean,
+  ts timestamp(6), tstz timestamptz, day date, tod time,
+  blob bytea, ref uuid, doc json, docb jsonb,
+  ints int[], texts text[], code char(3), label varchar(10), feeling mood, note text,
+  amount numeric, big_n numeric, span interval, addr inet, hidden interval,
+  updated_at timestamptz NOT NULL DEFAULT clock_timestamp())
+"""
+
+KINDS_ROWS = r"""
+INSERT INTO kinds (id, i2, i8, dom, n38, n12, r4, f8, flag, ts, tstz, day, tod, blob, ref,
+                   doc, docb, ints, texts, code, label, feeling, note,
+                   amount, big_n, span, addr, hidden) VALUES
+ (1, -32768, -9223372036854775808, 9223372036854775807,
+  '1234567890123456789012345678.1234567890', '-0.01', 'NaN', '-Infinity', true,
+  '2026-03-29 02:30:00.123456', '2026-03-29 02:30:00.654321+02', '0001-01-01', '23:59:59.999999',
+  '\x00ff10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  '{"a" : 1.00000000000000000001, "a": 2}', 'null', '{{1,2},{3,NULL}}', '{"x", NULL, "ÿ€ \""}',
+  'a', 'Grüße', 'angry', E'line\nbreak 東京 🚀',
+  '0.123456789012', '12345678901234567890123456789012345678901234567890.5', '1 day 02:03:04',
+  '10.0.0.1/8', '1 year'),
+ (2, 32767, 9223372036854775807, 1, '-0.0000000001', '9999999999.99', '0.1', '2.2250738585072014e-308', false,
+  '1970-01-01 00:00:00', '1969-12-31 23:59:59.999999+00', '9999-12-31', '00:00:00', '', NULL,
+  '[]', '{"k": [1, 2.50], "ü": "ß"}', '{}', '{}', 'abc', '', 'calm', '',
+  '-99999999999999999999999999.000000000001', '-0', '-3 mons', '::1', NULL),
+ (3, NULL, NULL, NULL, NULL, NULL, 'Infinity', 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+"""
+
+DECLARED = """column_types = { amount = "decimal(38,12)", big_n = "text", span = "text", addr = "text" }
+exclude_columns = ["hidden"]"""
+
+
+def _replica(pg_job, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(pg_job.replica), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _same_float(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if math.isnan(a):
+        return math.isnan(b)
+    return a == b and math.copysign(1, a) == math.copysign(1, b)
+
+
+def test_postgres_types_arrive_exactly_at_their_published_types(pg_job):
+    pg_job.write(JOB, extra=DECLARED)
+    pg_job.sql(KINDS_DDL, KINDS_ROWS)
+    assert pg_job.sync()["tables"]["kinds"]["rows"] == 3
+    pg_job.pull()
+    cols = [r[0] for r in _replica(pg_job, "DESCRIBE kinds")]
+    assert "hidden" not in cols  # excluded: neither read nor published
+    with pg_job.server.connect(pg_job.database) as conn:
+        src = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT id, i2, i8, dom, n38, n12, r4, f8, flag, ts, tstz, day, tod, blob,"
+                " ref::text, doc::text, docb::text, ints, texts, code, label, feeling::text, note,"
+                " amount, big_n::text, span::text, addr::text FROM kinds"
+            ).fetchall()
+        }
+    types = dict(_replica(pg_job, "SELECT column_name, column_type FROM (DESCRIBE kinds)"))
+    assert types["n38"] == "DECIMAL(38,10)" and types["n12"] == "DECIMAL(12,2)"
+    assert types["amount"] == "DECIMAL(38,12)"
+    assert types["i8"] == "BIGINT" and types["dom"] == "BIGINT"
+    assert types["ts"] == "TIMESTAMP" and types["tstz"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["f8"] == "DOUBLE" and types["r4"] in ("DOUBLE", "FLOAT")
+    got = {
+        r[0]: r
+        for r in _replica(
+            pg_job,
+            "SELECT id, i2, i8, dom, n38, n12, r4, f8, flag, ts, tstz, day, tod, blob, ref, doc,"
+            " docb, ints, texts, code, label, feeling, note, amount, big_n, span, addr FROM kinds",
+        )
+    }
+    assert sorted(got) == [1, 2, 3]
+    names = "id i2 i8 dom n38 n12 r4 f8 flag ts tstz day tod blob ref doc docb ints texts code"
+    names = (names + " label feeling note amount big_n span addr").split()
+    for key, want_row in src.items():
+        have_row = got[key]
+        for name, want, have in zip(names, want_row, have_row, strict=True):
+            where = f"row {key} column {name}: source {want!r}, replica {have!r}"
+            if name in ("r4", "f8"):
+                assert _same_float(want, have), where
+            elif name in ("ints", "texts"):  # arrays: JSON arrays of the same elements
+                assert (None if have is None else json.loads(have)) == want, where
+            elif name == "tstz":
+                assert (want is None and have is None) or (
+                    have.tzinfo is not None and have == want
+                ), where
+            elif name == "blob":
+                assert (None if have is None else bytes(have)) == want, where
+            else:
+                assert type(have) is type(want) and have == want, where
+    # a JSON null document is not SQL NULL; json keeps its text (duplicate keys, every digit)
+    assert got[1][16] == "null" and got[3][16] is None
+    assert got[1][15] == '{"a" : 1.00000000000000000001, "a": 2}'
+
+
+@pytest.mark.xfail(strict=True, reason="dlt's merge into the DuckDB staging file stages -0.0 as 0.0")
+def test_negative_zero_keeps_its_sign(pg_job):
+    pg_job.write(JOB, extra="")
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, f8 double precision, updated_at timestamptz"
+        " NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, f8) VALUES (1, '-0.0')",
+    )
+    pg_job.sync()
+    pg_job.pull()
+    assert math.copysign(1, _replica(pg_job, "SELECT f8 FROM kinds")[0][0]) == -1
+
+
+@pytest.mark.parametrize(
+    "ddl, value, needles",
+    [
+        ("v numeric", "'1.5'", ["NUMERIC", "without precision", 'v = "decimal(38,12)"', '"text"']),
+        ("v numeric(50,2)", "'1.5'", ["NUMERIC(50, 2)", "decimal128", 'v = "text"']),
+        ("v interval", "'1 day'", ["INTERVAL", 'column_types = { v = "text" }', "exclude_columns"]),
+        ("v inet", "'10.0.0.1/8'", ["INET", 'column_types = { v = "text" }']),
+        ("v timetz", "'10:00+02'", ["TIME WITH TIME ZONE", "UTC offset"]),
+        ("v float8[]", "'{1.5}'", ["DOUBLE PRECISION[]", "JSON"]),
+        ("v xml", "'<a/>'", ["not known", 'column_types = { v = "text" }']),
+    ],
+)
+def test_a_type_without_an_exact_published_form_is_refused_up_front(pg_job, ddl, value, needles):
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.test_cli import assert_clean, error_line, run_cli
+
+    pg_job.write(JOB, extra="")
+    pg_job.sql(
+        f"CREATE TABLE kinds (id int PRIMARY KEY, {ddl}, updated_at timestamptz NOT NULL "
+        f"DEFAULT now())",
+        f"INSERT INTO kinds (id, v) VALUES (1, {value})",
+    )
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    error_line(p, 2, "job 'pg' table 'kinds'", "column 'v'", *needles)
+    assert_clean(p.stderr)  # no SQLAlchemy or dlt warnings around the line
+    assert pg_job.lake().list("pg/") == []  # nothing published
+
+    # the setting the line names resolves it: text is the database's own text form
+    pg_job.write(JOB, extra='column_types = { v = "text" }')
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    pg_job.pull()
+    with pg_job.server.connect(pg_job.database) as conn:
+        want = conn.execute("SELECT v::text FROM kinds").fetchone()[0]
+    assert _replica(pg_job, "SELECT v FROM kinds") == [(want,)]
+
+
+@pytest.mark.parametrize(
+    "ddl, value, extra, needles",
+    [
+        ("v numeric(12,2)", "'NaN'", "", ["NaN value", "decimal(12,2)"]),
+        ("v numeric", "'-Infinity'", 'column_types = { v = "decimal(38,12)" }',
+         ["-Infinity value"]),
+        ("v numeric", "'1.1234567890123'", 'column_types = { v = "decimal(38,12)" }',
+         ["1.1234567890123", "more than 12 decimal places"]),
+        ("v numeric", "'1e30'", 'column_types = { v = "decimal(38,12)" }',
+         ["more than 26 digits before the point"]),
+        ("v numeric", "'0.1234567890123456789'", 'column_types = { v = "float64" }',
+         ["more digits than a float64 holds"]),
+        ("v numeric", "'2.5'", 'column_types = { v = "int64" }', ["not an integer within int64"]),
+    ],
+)
+def test_a_value_that_does_not_fit_is_refused_in_one_line_and_nothing_is_published(
+    pg_job, ddl, value, extra, needles
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.test_cli import assert_clean, error_line, run_cli
+
+    pg_job.write(JOB, extra=extra)
+    pg_job.sql(
+        f"CREATE TABLE kinds (id int PRIMARY KEY, {ddl}, updated_at timestamptz NOT NULL "
+        f"DEFAULT now())",
+        "INSERT INTO kinds (id, v) VALUES (1, 1), (2, NULL)",
+    )
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    assert run_cli("run", "pg", "--config", pg_job.config, env=env).returncode == 0
+    before = {k: pg_job.lake().get(k) for k in pg_job.lake().list("pg/")}
+    pg_job.sql(f"INSERT INTO kinds (id, v) VALUES (3, {value})")
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    error_line(p, 1, "job 'pg' table 'kinds'", "column 'v'", *needles)
+    assert_clean(p.stderr)
+    assert {k: pg_job.lake().get(k) for k in pg_job.lake().list("pg/")} == before
+
+
+def test_declared_types_convert_exactly(pg_job):
+    pg_job.write(
+        JOB,
+        extra='column_types = { a = "decimal(20,4)", b = "int64", c = "float64", d = "timestamp",'
+        ' e = "decimal(10,0)" }',
+    )
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, a numeric, b numeric, c numeric, d timestamptz,"
+        " e text, updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds VALUES (1, '12.5', '-9223372036854775808', '0.1',"
+        " '2026-01-01 12:00:00+05', ' 42 ')",
+        "INSERT INTO kinds VALUES (2, '-0.0001', '7', 'NaN', NULL, NULL)",
+    )
+    pg_job.sync()
+    pg_job.pull()
+    rows = _replica(pg_job, "SELECT id, a, b, c, d, e FROM kinds ORDER BY id")
+    assert rows[0][:3] == (1, Decimal("12.5000"), -9223372036854775808)
+    assert rows[0][3] == 0.1 and rows[0][4] == dt.datetime(2026, 1, 1, 7, 0)
+    assert rows[0][5] == Decimal(42)
+    assert rows[1][:3] == (2, Decimal("-0.0001"), 7) and math.isnan(rows[1][3])
+    assert rows[1][4:] == (None, None)
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        ('exclude_columns = ["id"]', ["exclude_columns", "'id'", "primary key"]),
+        ('exclude_columns = ["updated_at"]', ["'updated_at'", "cursor"]),
+        ('exclude_columns = "v"', ["exclude_columns must be a list", "'v'"]),
+        ('column_types = { v = "decimal(40,2)" }', ["column_types v = 'decimal(40,2)'"]),
+        ('column_types = { v = "varchar" }', ["column_types v = 'varchar'", "decimal(P,S)"]),
+        ('column_types = { updated_at = "text" }', ["'updated_at'", "cursor"]),
+        ('column_types = { v = "text" }\nexclude_columns = ["v"]', ["both"]),
+    ],
+)
+def test_column_settings_are_checked_when_the_jobs_file_is_read(tmp_path, extra, needles):
+    from deltaferry.config import load_jobs
+
+    path = tmp_path / "jobs.toml"
+    path.write_text(JOB.format(url="sqlite:///x.db", lake=f"file://{tmp_path}/lake", extra=extra))
+    with pytest.raises(ConfigError) as err:
+        load_jobs(path)
+    line = str(err.value)
+    assert "\n" not in line and "job 'pg' table 'kinds'" in line
+    for needle in needles:
+        assert needle in line, (needle, line)
+
+
+def test_a_setting_naming_a_missing_column_is_a_config_error(pg_job):
+    pg_job.write(JOB, extra='exclude_columns = ["nope"]')
+    pg_job.sql("CREATE TABLE kinds (id int PRIMARY KEY, updated_at timestamptz NOT NULL)")
+    from sources.sql_database import preflight_source
+
+    with pytest.raises(ConfigError, match="exclude_columns names column.s. nope, not in the"):
+        preflight_source(pg_job.job())
+
+
+SQLITE_JOB = """
+[jobs.lite]
+source = "sql_database"
+url = "sqlite:///{db}"
+lake = "file://{lake}"
+
+[[jobs.lite.tables]]
+name = "kinds"
+primary_key = ["id"]
+contract = "tests.contracts_sqltypes:Loose"
+{extra}
+"""
+
+
+def _lite(tmp_path, home, *rows: str, ddl: str, extra: str = ""):
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute(f"CREATE TABLE IF NOT EXISTS kinds (id INTEGER PRIMARY KEY, {ddl})")
+        for r in rows:
+            con.execute(f"INSERT OR REPLACE INTO kinds VALUES {r}")
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(SQLITE_JOB.format(db=db, lake=tmp_path / "lake", extra=extra))
+    return db, cfg, lambda: sync_job(job="lite", config=str(cfg))
+
+
+def _pull(cfg, tmp_path, columns: str = "*"):
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+
+    job = load_job("lite", cfg)
+    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
+    con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
+    try:
+        return con.execute(f"SELECT {columns} FROM kinds ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
+    # SQLite stores DECIMAL(10,2) values as REAL: 0.1 comes back as the double nearest 0.1
+    db, cfg, sync = _lite(
+        tmp_path,
+        home,
+        "(1, 0.1, 9223372036854775807, 'x')",
+        "(2, '12345678.99', -9223372036854775808, NULL)",
+        "(3, NULL, NULL, 1.5)",
+        ddl="amount DECIMAL(10,2), big INTEGER, note TEXT",
+    )
+    sync()
+    with sqlite3.connect(db) as con:
+        src = con.execute("SELECT id, amount, big, note FROM kinds ORDER BY id").fetchall()
+    got = _pull(cfg, tmp_path, "id, amount, big, note")
+    assert [r[1] for r in got] == [Decimal("0.10"), Decimal("12345678.99"), None]
+    assert [Decimal(repr(r[1])) if r[1] is not None else None for r in src] == [
+        Decimal("0.1"),
+        Decimal("12345678.99"),
+        None,
+    ]
+    assert [r[2] for r in got] == [r[2] for r in src]  # int64 extremes, not through float
+    assert [r[3] for r in got] == ["x", None, "1.5"]  # a REAL in a TEXT column: its exact text
+
+    # a value with more decimals than declared (SQLite does not enforce DECIMAL(10,2))
+    with sqlite3.connect(db) as con:
+        con.execute("INSERT INTO kinds VALUES (4, 1.005, 1, NULL)")
+    with pytest.raises(Exception, match=r"column 'amount' .*REAL value 1.005 with more than 2"):
+        sync()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE kinds SET amount = 1.25, big = 2.5 WHERE id = 4")
+    with pytest.raises(Exception, match=r"column 'big' .*REAL value 2.5, not an INTEGER"):
+        sync()
+
+
+def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, home, prefect_api):
+    db, cfg, sync = _lite(tmp_path, home, "(1, 0.5)", ddl="v NUMERIC")
+    with pytest.raises(ConfigError, match=r"column 'v' has source type NUMERIC.*\"float64\""):
+        sync()
+    cfg.write_text(cfg.read_text() + 'column_types = { v = "float64" }\n')
+    sync()
+    assert _pull(cfg, tmp_path, "id, v") == [(1, 0.5)]
