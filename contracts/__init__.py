@@ -84,6 +84,19 @@ class Contract:
         # the class's own deprecations (not inherited: each version says what it deprecates)
         self.deprecated: dict[str, int] = dict(vars(model).get("__deprecated__") or {})
         self._arrow_types: dict[str, Any] | None = None
+        self._dates: list[str] | None = None
+
+    def _date_columns(self) -> list[str]:
+        """Columns declared as pandera's ``Date``."""
+        if self._dates is None:
+            from pandera.engines import pandas_engine
+
+            self._dates = [
+                name
+                for name, col in self.schema.columns.items()
+                if isinstance(col.dtype, (pandas_engine.Date, pandera_dtypes.Date))
+            ]
+        return self._dates
 
     def arrow_types(self) -> dict[str, Any]:
         """The Arrow type of each contract column after coercion (published data follows the
@@ -114,13 +127,35 @@ class Contract:
         return self._arrow_types
 
     def validate(self, df: pd.DataFrame) -> ValidationResult:
-        """Validate lazily; every failure is kept. Schema-level failures fail every row."""
+        """Validate lazily; every failure is kept. Schema-level failures fail every row.
+
+        A date column whose values are already ``datetime.date`` objects (an Arrow date) is
+        checked without coercion: pandera coerces dates through pandas timestamps, which
+        cannot hold dates before 1677 or after 2262, so ``0001-01-01`` and ``9999-12-31``
+        would fail although they are exact dates."""
         frame = df.reset_index(drop=True)
+        schema = self.schema
+        as_dates = [c for c in self._date_columns() if c in frame and _all_dates(frame[c])]
+        if as_dates and schema.coerce:
+            schema = schema.update_columns(
+                {c: {"coerce": c not in as_dates} for c in schema.columns}
+            )
+            schema.coerce = False
         try:
-            self.schema.validate(frame, lazy=True)
+            schema.validate(frame, lazy=True)
         except SchemaErrors as err:
             return _collect(err, len(frame))
         return ValidationResult(len(frame), {}, ())
+
+
+def _all_dates(column: pd.Series) -> bool:
+    import datetime as dt
+
+    return column.dtype == object and all(
+        v is None or (isinstance(v, dt.date) and not isinstance(v, dt.datetime))
+        for v in column
+        if not (isinstance(v, float) and v != v)
+    )
 
 
 def _collect(err: SchemaErrors, n_rows: int) -> ValidationResult:

@@ -556,7 +556,7 @@ def refusal_matches(line: str, ref: Refusal, column: str) -> list[str]:
     for needle in (f"'{JOB}'", f"'{TABLE}'", column):
         if needle not in line:
             lacks.append(needle)
-    if not any(n in line for n in ref.needles):
+    if not any(n.lower() in line.lower() for n in ref.needles):  # type names in any case
         lacks.append(" or ".join(ref.needles))
     alt = {"column_types": "exclude_columns", "primary_key": "primary key"}.get(ref.setting, "-")
     if ref.setting not in line and alt not in line:

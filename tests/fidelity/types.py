@@ -270,7 +270,7 @@ SQLITE = [
     TypeSpec("sqlite", "REAL", "REAL", floats, "Series[float]", "DOUBLE", "float", _ident),
     TypeSpec("sqlite", "NUMERIC(20,6)", "NUMERIC(20,6)", decimals, DEC_CONTRACT, "DECIMAL(20,6)",
              "dec", _sqlite_dec, refuse_value=lambda v: abs(_sqlite_dec(v)) >= 10**14,
-             value_refusal=Refusal("decimal out of range", ("precision", "fit", "range"),
+             value_refusal=Refusal("decimal out of range", ("cannot carry exactly", "precision"),
                                    "column_types"),
              note="written as decimal text; SQLite may round it to 15 digits (the source "
                   "then holds that number), one that no longer fits (20,6) is refused"),
