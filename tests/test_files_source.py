@@ -287,7 +287,6 @@ def test_malformed_files_are_set_aside_and_the_rest_publish(drops_job):
 BAD_FILES = {  # case: (file name, bytes, what the reason says)
     "not-parquet": ("s.parquet", b"PAR1 this is not parquet", "not a valid Parquet file: "),
     "bad-gzip": ("o.csv.gz", b"\x1f\x8b\x08junk", "not valid gzip"),
-    "null-key": ("o.csv", HEADER + "1,a,1,2026-01-01,\n,b,2,2026-01-01,\n", "row 2 has no value"),
     "twice": ("o.csv", "id,ID\n1,2\n", "column(s) id more than once"),
     "reserved": ("o.csv", "id,_dlt_id\n1,2\n", "reserved column(s) _dlt_id"),
     "bad-value": (
@@ -715,3 +714,19 @@ def test_every_value_reaches_the_replica_exactly(drops_job):
         (4, Decimal("999999999999999999.99"), "9007199254740993", 0.1, None, None, None),
         (5, Decimal("-0.01"), None, None, None, None, None),
     ]
+
+
+def test_a_row_without_a_key_is_held_back_and_the_rest_of_its_file_published(drops_job):
+    d = drops_job.drops
+    drop(d, "orders/1.csv", HEADER + "1,ann,1.5,2026-01-01,\n,nobody,2,2026-01-01,\n3,cy,3,2026-01-01,\n", T_9H)
+    out = drops_job.sync()
+    assert batches(out)["orders"] == (1, 2)
+    assert out["extracted"]["orders:held"] == 1
+    assert any("held back" in s and "primary key column(s) id NULL" in s for s in out["skipped"])
+    from deltaferry.state import StateStore
+
+    with StateStore("drops").connect(read_only=True) as con:
+        held = con.execute('SELECT pk, field, "check" FROM quarantine WHERE tbl = \'orders\'').fetchall()
+    assert held == [('{"id": null}', "id", "primary key not null")]
+    drops_job.pull()
+    assert drops_job.q("SELECT id, customer FROM orders ORDER BY id") == [(1, "ann"), (3, "cy")]

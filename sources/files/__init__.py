@@ -6,7 +6,8 @@ watermark lives in the resource's dlt state, committed by dlt in the same load a
 rows. Each file is read whole with pyarrow, its columns named as dlt names them and cast
 to the contract's types, and passed through ``ChangedRows``, so a file dropped again with
 the same rows stages nothing. A file that cannot be read (bad encoding, not CSV/JSON/
-Parquet, no primary key) is set aside with a one-line reason; the rest of the run goes on.
+Parquet, no primary key column) is set aside with a one-line reason; the rest of the run goes
+on. A row with NULL in a key column is held back in the quarantine (``sources.integrity``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sources.files.settings import (
     lookback_seconds,
 )
 from sources.columns import FILE_TIME_COLUMN
+from sources.integrity import KeyCheck
 from sources.staging import (
     ChangedRows,
     ExtractResult,
@@ -36,7 +38,7 @@ from sources.staging import (
     staging_path,
 )
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
-from sources.files.reading import _contract_types, file_format, read_table
+from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
 
 
 # --- which files are new -----------------------------------------------------------------
@@ -148,6 +150,7 @@ def _resource(
     changed: ChangedRows,
     skipped: dict[str, list[str]],
     borrowed: duckdb.DuckDBPyConnection | None = None,
+    keys: KeyCheck | None = None,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = _contract_types(t, where)
@@ -177,6 +180,8 @@ def _resource(
                     reasons.append((f, f"{where}: {reason}"))
                     continue
                 done.append(f)
+                if table is not None and keys is not None:  # NULL keys: held in quarantine
+                    table = keys_not_null(keys.hold_null_keys(table), t)
                 if table is None or table.num_rows == 0:
                     continue
                 table = latest.keep(table, f.mtime_ns)
@@ -209,20 +214,25 @@ def extract(job: JobConfig) -> ExtractResult:
     drops.check()
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
+    checks: list[KeyCheck] = []
     skipped: dict[str, list[str]] = {}
     try:
         resources = []
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            resources.append(_resource(job, t, drops, changed, skipped, borrowed))
+            checks.append(KeyCheck(job, t))
+            resources.append(_resource(job, t, drops, changed, skipped, borrowed, checks[-1]))
         info = run_load(job, pipeline, resources)
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
-        return ExtractResult(list(info.loads_ids), rows, {}, in_order)
+        held = {k.t.name: k.held for k in checks if k.held}
+        return ExtractResult(list(info.loads_ids), rows, {}, in_order, held=held or None)
     finally:
         for changed in filters:
             changed.close()
+        for check in checks:
+            check.close()
         if borrowed is not None:
             borrowed.close()
 

@@ -76,9 +76,19 @@ def read_table(
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
     table = _conform(table, types)
-    # the keys were checked: say so, as dlt's schema does (NOT NULL)
+    return keys_not_null(table, t)
+
+
+def keys_not_null(table: pa.Table, t: TableConfig) -> pa.Table:
+    """The key columns declared NOT NULL, as dlt's schema has them, where they hold no NULL
+    (rows with a NULL key are held back by the caller, which then calls this again)."""
     return table.cast(
-        pa.schema([f.with_nullable(f.name not in t.primary_key) for f in table.schema])
+        pa.schema(
+            [
+                f.with_nullable(f.name not in t.primary_key or table[f.name].null_count > 0)
+                for f in table.schema
+            ]
+        )
     )
 
 
@@ -166,11 +176,7 @@ def _check_keys(table: pa.Table, t: TableConfig) -> None:
             f"{', '.join(table.column_names[:20])})",
             "add them to the file, or fix the table's primary_key",
         )
-    for c in t.primary_key:
-        nulls = table[c].is_null()
-        if pc.any(nulls).as_py():
-            row = pc.index(nulls, True).as_py() + 1
-            raise SetAside(f"row {row} has no value for primary key column {c}", "fill it in")
+    # rows with NULL in a key column are held back by the caller (sources.integrity)
 
 
 def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
