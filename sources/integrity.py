@@ -73,18 +73,24 @@ class KeyCheck:
         if null is None or not pc.any(null).as_py():
             return chunk
         for row in chunk.filter(null).to_pylist():
-            missing = [c for c in self.pk if row.get(c) is None]
+            self.hold_unkeyed(row)
+        return chunk.filter(pc.invert(null))
+
+    def hold_unkeyed(self, row: dict[str, Any], origin: str = "the source") -> bool:
+        """Hold ``row`` back when a key column is missing or NULL in it; whether it was."""
+        missing = [c for c in self.pk if row.get(c) is None]
+        if missing:
             self.held.append(
                 held_record(
                     self.t,
                     row,
                     missing[0],
                     "primary key not null",
-                    f"primary key column(s) {', '.join(missing)} NULL in the source: the row "
-                    "cannot be keyed, so it is held back until the source gives it a key",
+                    f"primary key column(s) {', '.join(missing)} missing or NULL in {origin}: "
+                    "the row cannot be keyed, so it is held back until it has a key",
                 )
             )
-        return chunk.filter(pc.invert(null))
+        return bool(missing)
 
     def hold_records(self, rows: list[dict[str, Any]], field: str, check: str, reason: str) -> None:
         for row in rows:

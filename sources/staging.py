@@ -130,10 +130,15 @@ def q(name: str) -> str:
 
 
 def staged_keyed(
-    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, column: str
+    t: TableConfig,
+    path: Path,
+    borrowed: duckdb.DuckDBPyConnection | None,
+    column: str,
+    only: pa.Table | None = None,
 ) -> pa.Table | None:
-    """Primary key and ``column`` of every live staged row where it is set, or None before
-    the first load (or when the table was staged without that column)."""
+    """Primary key and ``column`` of every live staged row where it is set (of the keys in
+    ``only``, a table of key columns, when given), or None before the first load (or when
+    the table was staged without that column)."""
     if not path.exists():
         return None
     con = read_staging(path, borrowed)
@@ -144,10 +149,15 @@ def staged_keyed(
         if column not in cols:
             return None
         live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(q(c) for c in t.primary_key)
+        keys = ", ".join(f"s.{q(c)}" for c in t.primary_key)
+        among = ""
+        if only is not None:
+            con.register("only_keys", only)
+            match = " AND ".join(f"s.{q(c)} = k.{q(c)}" for c in t.primary_key)
+            among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
         return con.execute(
-            f"SELECT {keys}, {q(column)} FROM {STAGING_DATASET}.{q(t.name)} "
-            f"WHERE {live} AND {q(column)} IS NOT NULL"
+            f"SELECT {keys}, s.{q(column)} FROM {STAGING_DATASET}.{q(t.name)} s "
+            f"WHERE {live} AND s.{q(column)} IS NOT NULL{among}"
         ).fetch_arrow_table()
     finally:
         con.close()
@@ -271,7 +281,7 @@ class ChangedByKey(ChangedRows):
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
         self.where = f"job '{job.name}' table '{t.name}'"
-        self.table = t.name
+        self.t = t
         self.path = staging_path(job.name)
         self.borrowed = borrowed
         self.con = duckdb.connect(config={"threads": 1})
@@ -280,29 +290,7 @@ class ChangedByKey(ChangedRows):
         self._hashes = None
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
-        if not self.path.exists():
-            return None
-        con = read_staging(self.path, self.borrowed)
-        try:
-            if not staged_table_exists(con, self.table):
-                return None
-            cols = staged_columns(con, self.table)
-            if HASH_COLUMN not in cols:
-                return None
-            live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-            keys = hashed.select(self.pk)
-            con.register("chunk_keys", keys)
-            match = " AND ".join(f"s.{q(c)} = k.{q(c)}" for c in self.pk)
-            try:
-                return con.execute(
-                    f"SELECT {', '.join('s.' + q(c) for c in self.pk)}, s.{HASH_COLUMN} "
-                    f"FROM {STAGING_DATASET}.{q(self.table)} s WHERE {live} AND s.{HASH_COLUMN} "
-                    f"IS NOT NULL AND EXISTS (SELECT 1 FROM chunk_keys k WHERE {match})"
-                ).fetch_arrow_table()
-            finally:
-                con.unregister("chunk_keys")
-        finally:
-            con.close()
+        return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))
 
 
 def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:

@@ -515,7 +515,7 @@ def test_records_without_a_key_are_held_back_and_the_rest_is_published(items_job
     assert [(h["field"], h["check"]) for h in held] == [("id", "primary key not null")] * 2
     assert json.loads(held[0]["pk"]) == {"id": None}
     assert json.loads(held[1]["row_json"])["name"] == "no key at all"
-    assert "primary key column(s) id missing or null" in held[0]["reason"]
+    assert "primary key column(s) id missing or NULL" in held[0]["reason"]
     assert result.rows_by_table["items"] == 10
 
     # through the flow: the run goes on, publishes the records that have a key and

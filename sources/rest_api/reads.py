@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.columns import HASH_COLUMN
-from sources.integrity import held_record
+from sources.integrity import KeyCheck
 from sources.staging import ChangedRows, canonical_json
 
 DEFAULT_MAX_PAGES = 100_000
@@ -135,7 +135,7 @@ class TableRead:
         self.secret_params = secret_params
         self.pages = 0
         # records held back (no primary key value), in ExtractResult.held's shape
-        self.held: list[dict[str, str]] = []
+        self.keys = KeyCheck(job, t)
         # key -> how many records of it were read (only keys read more than once)
         self.repeated: Counter[str] = Counter()
         self.differing: set[str] = set()
@@ -154,6 +154,10 @@ class TableRead:
 
         pipe.replace_gen(_read)
         return resource
+
+    @property
+    def held(self) -> list[dict[str, str]]:
+        return self.keys.held
 
     def notes(self) -> list[str]:
         """One line naming job, table and keys when a key was read more than once."""
@@ -254,18 +258,7 @@ class TableRead:
             )
         row.pop(HASH_COLUMN, None)
         pk = list(self.t.primary_key)
-        missing = [c for c in pk if row.get(c) is None]
-        if missing:
-            self.held.append(
-                held_record(
-                    self.t,
-                    row,
-                    missing[0],
-                    "primary key not null",
-                    f"primary key column(s) {', '.join(missing)} missing or null in the API's "
-                    "record: it cannot be keyed, so it is held back until the API gives it a key",
-                )
-            )
+        if self.keys.hold_unkeyed(row, "the API's record"):
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
         text = canonical_json(row)
