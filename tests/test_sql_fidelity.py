@@ -300,3 +300,32 @@ def test_refusals_are_one_line_on_the_terminal(job):
     p = run_cli("run", "t", "--config", job.config, env=env, cwd=job.dir)
     error_line(p, 2, "job 't'", "table 'items'", "primary key (name) is not unique")
     assert_clean(p.stderr)
+
+
+@pytest.mark.parametrize(
+    "extra, table_extra, says",
+    [
+        ('timezone = "Mars/Olympus"', "", "timezone 'Mars/Olympus' is not a known IANA time zone"),
+        ("timezone = 3", "", "timezone must be an IANA time zone name"),
+        ("", 'null_cursor = "skip"', "null_cursor must be 'include' or 'quarantine'"),
+    ],
+)
+def test_bad_timezone_and_null_cursor_settings_are_one_line_config_errors(
+    tmp_path, extra, table_extra, says
+):
+    from deltaferry.config import load_jobs
+
+    config = tmp_path / "deltaferry.toml"
+    config.write_text(
+        JOB.format(
+            db=tmp_path / "x.db",
+            lake=f"file://{tmp_path}/lake",
+            extra=extra,
+            table_extra=table_extra,
+            module="m",
+            pk='["id"]',
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_jobs(config)
+    assert says in str(err.value) and "job 't'" in str(err.value)
