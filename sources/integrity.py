@@ -136,7 +136,7 @@ class KeyCheck:
         if not rows:
             return None
         total = self._con.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM seen GROUP BY ALL HAVING count(*) > 1)"
+            f"SELECT count(*) FROM (SELECT {cols} FROM seen GROUP BY ALL HAVING count(*) > 1)"
         ).fetchone()[0]
         shown = "; ".join(
             ", ".join(f"{c}={v!r}" for c, v in zip(self.pk, r[:-1])) + f" ({r[-1]} rows)"

@@ -139,8 +139,15 @@ class ApiServer:
     @staticmethod
     def _since(coll: dict[int, dict], query: dict[str, str]) -> list[dict]:
         since = query.get("since")
-        rows = sorted(coll.values(), key=lambda r: (r["updated_at"], r["id"]))
-        return [r for r in rows if since is None or r["updated_at"] >= since]
+
+        def instant(text: str) -> Any:  # as an API with a time column compares: instants
+            from datetime import datetime, timezone
+
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+        rows = sorted(coll.values(), key=lambda r: (instant(r["updated_at"]), r["id"]))
+        return [r for r in rows if since is None or instant(r["updated_at"]) >= instant(since)]
 
     @staticmethod
     def _send(

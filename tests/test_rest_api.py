@@ -533,3 +533,18 @@ def test_records_without_a_key_are_held_back_and_the_rest_is_published(items_job
         ("items", "id", "primary key not null", "no key at all"),
         ("items", "id", "primary key not null", "null key"),
     ]
+
+
+def test_the_cursor_advances_by_instant_not_by_text(items_job, api):
+    # as text '...12:00:00+02:00' sorts after '...11:00:00Z', as an instant it is an hour older
+    api.items.clear()
+    api.items[1] = {"id": 1, "name": "a", "updated_at": "2024-05-01T12:00:00+02:00"}
+    api.items[2] = {"id": 2, "name": "b", "updated_at": "2024-05-01T10:30:00Z"}
+    assert items_job.sync()["tables"]["items"]["upserts"] == 2
+    api.items[3] = {"id": 3, "name": "newest", "updated_at": "2024-05-01T11:00:00Z"}
+    out = items_job.sync()["tables"]["items"]
+    assert out["upserts"] == 1, out
+    # the next request asks from the newest instant, in the form the API wrote it
+    assert items_job.sync()["tables"]["items"]["batch"] is None
+    assert api.requests_to("/api/items")[-1]["query"]["since"] == "2024-05-01T11:00:00Z"
+    assert _items(items_job) == [(1, "a"), (2, "b"), (3, "newest")]

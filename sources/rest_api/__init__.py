@@ -34,7 +34,7 @@ from dlt.sources.rest_api import rest_api_resources
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
 from sources.names import cursor_path
-from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead
+from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor
 from sources.staging import (
     ChangedRows,
     ExtractResult,
@@ -189,6 +189,9 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
                 # closed range without dedup: records at the last cursor value come again and
                 # the content filter keeps those that changed (dlt would drop them by key)
                 "primary_key": [],
+                # the newest cursor value is the latest instant (or number), never the largest
+                # text: '2024-05-01T12:00:00+02:00' is older than '2024-05-01T11:00:00Z'
+                "last_value_func": newest_cursor,
             }
             if o.get("cursor_param"):
                 inc["start_param"] = o["cursor_param"]

@@ -63,6 +63,12 @@ _FRACTION = re.compile(r"T?\d{2}:\d{2}:\d{2}[.,](\d+)")
 _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential", re.I)
 
 
+def newest_cursor(values: Any) -> Any:
+    """dlt's ``last_value_func`` for an API cursor: the value with the highest
+    ``cursor_rank`` (the latest instant, the largest number), the first of equals."""
+    return max(values, key=cursor_rank)
+
+
 def cursor_rank(value: Any) -> tuple[Any, ...]:
     """A cursor value as a sortable tuple: (0,) missing, (1, Decimal) a number,
     (2, UTC datetime to the second, fraction of a second as Decimal) a timestamp,

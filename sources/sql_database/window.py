@@ -139,10 +139,14 @@ class Normalize:
             con.unregister("c_")
         if bad is not None:
             form = "timestamp (ISO-8601, at most microseconds)" if kind == "timestamp" else "date"
-            raise TerminalError(
-                f"{self.where}: column '{name}' value {bad[0]!r} is not a {form}; fix the value "
-                f"in the source, or publish the column as text (column_types = {{ {name} = \"text\" }})"
+            fixed = name == self.t.cursor or name in self.t.primary_key
+            fix = (
+                "fix the value in the source (a cursor or key column keeps its type)"
+                if fixed
+                else "fix the value in the source, or publish the column as text "
+                f"(column_types = {{ {name} = \"text\" }})"
             )
+            raise TerminalError(f"{self.where}: column '{name}' value {bad[0]!r} is not a {form}; {fix}")
         target = pa.timestamp("us", "UTC") if kind == "timestamp" else pa.date32()
         return chunk.set_column(chunk.column_names.index(name), name, values["v"].cast(target))
 
