@@ -213,6 +213,10 @@ def test_null_cursor_rows_are_included_and_not_published_twice(job):
     assert job.sync()["tables"]["items"]["batch"] is None
     job.sql("UPDATE items SET name = 'a changed' WHERE id = 1")  # changed, cursor still NULL
     assert job.sync()["tables"]["items"]["upserts"] == 1
+    # a cursor value given later, older than the synced one: read again by key
+    job.sql("UPDATE items SET updated_at = '2025-06-01 00:00:00', name = 'backfilled' WHERE id = 3")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.sync()["tables"]["items"]["batch"] is None
     job.pull()
     assert job.replica_rows() == expected(job)
 
@@ -232,7 +236,8 @@ def test_null_cursor_quarantine_holds_rows_until_they_have_a_value(job):
     with StateStore("t").connect(read_only=True) as con:
         held = con.execute("SELECT pk, field, \"check\" FROM quarantine WHERE tbl = 'items'").fetchall()
     assert held and all(h == ('{"id": 2}', "updated_at", "cursor not null") for h in held)
-    job.sql("UPDATE items SET updated_at = '2026-01-01 00:00:00' WHERE id = 2")  # older value
+    # given a cursor value far older than the synced one: read again by key all the same
+    job.sql("UPDATE items SET updated_at = '2025-01-01 00:00:00' WHERE id = 2")
     assert job.sync()["tables"]["items"]["upserts"] == 1
     job.pull()
     assert job.replica_rows() == expected(job)

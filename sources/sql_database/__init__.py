@@ -36,6 +36,8 @@ from sources.sql_database.types import job_scope, source_columns, sql_table
 from sources.sql_database.window import (
     Normalize,
     null_cursor_hold,
+    null_cursor_keys,
+    remember_null_cursor_keys,
     staged_bound,
     text_time_columns,
     window,
@@ -307,6 +309,9 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
     try:
         preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
+        # keys whose cursor was NULL last time: read again by key after the window, since a
+        # cursor value given later may be older than the window's bound
+        revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
                 reads.append(_TableRead(job, t, engine, watchdog, ChangedRows(job, t, borrowed)))
@@ -334,6 +339,16 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         tombstones: dict[str, int] = {}
         held = {r.t.name: list(r.keys.held) for r in reads if r.keys.held}
         for t in job.tables:
+            keys = revisit.get(t.name)
+            if keys:
+                ids, more = _reextract(job, t, engine, pipeline, keys, borrowed, watchdog)
+                load_ids.extend(ids)
+                held.setdefault(t.name, []).extend(more)
+        held = {name: _unique_held(rows) for name, rows in held.items() if rows}
+        for t in job.tables:
+            if t.cursor and t.null_cursor == "quarantine":
+                remember_null_cursor_keys(job, t, held.get(t.name, []))
+        for t in job.tables:
             if t.deletes == "reconcile":
                 n, ids, more = _reconcile(job, t, engine, pipeline, borrowed, watchdog)
                 tombstones[t.name] = n
@@ -344,6 +359,14 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
     finally:
         if borrowed is not None:
             borrowed.close()
+
+
+def _unique_held(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held records, one per key and check (a row read by the window and again by key)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        seen.setdefault((r["pk"], r["check"]), r)
+    return list(seen.values())
 
 
 class _TableRead:

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
-from sources.columns import STAGING_DATASET
+from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.integrity import quote
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
@@ -174,6 +174,61 @@ def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
         con.close()
 
 
+def null_cursor_keys(job: JobConfig, t: TableConfig, borrowed: Any = None) -> list[dict]:
+    """Keys of the rows whose cursor was NULL when last read: staged with a NULL cursor
+    (``null_cursor = "include"``) or held back for it (``"quarantine"``, remembered by
+    ``remember_null_cursor_keys``). Such a row may get a cursor value older than the window's
+    bound; the caller reads these keys again whatever their cursor."""
+    import json
+
+    if t.cursor is None:
+        return []
+    if t.null_cursor == "quarantine":
+        path = _null_cursor_file(job, t)
+        return json.loads(path.read_text()) if path.exists() else []
+    path = staging_path(job.name)
+    if not path.exists():
+        return []
+    con = read_staging(path, borrowed)
+    try:
+        cols = staged_columns(con, t.name) if staged_table_exists(con, t.name) else []
+        if t.cursor not in cols:
+            return []
+        live = f"coalesce({quote(DELETED_COLUMN)}, false) = false" if DELETED_COLUMN in cols else "true"
+        keys = ", ".join(quote(c) for c in t.primary_key)
+        return (
+            con.execute(
+                f"SELECT {keys} FROM {STAGING_DATASET}.{quote(t.name)} "
+                f"WHERE {quote(t.cursor)} IS NULL AND {live}"
+            )
+            .fetch_arrow_table()
+            .to_pylist()
+        )
+    finally:
+        con.close()
+
+
+def remember_null_cursor_keys(job: JobConfig, t: TableConfig, held: list[dict]) -> None:
+    """Keep the keys of the rows held back for a NULL cursor in this run (after its load), so
+    the next run reads them again by key (see ``null_cursor_keys``)."""
+    import json
+
+    keys = [
+        json.loads(r["pk"]) for r in held if r["check"] == "cursor not null"
+    ]
+    path = _null_cursor_file(job, t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(keys, sort_keys=True))
+    tmp.replace(path)
+
+
+def _null_cursor_file(job: JobConfig, t: TableConfig) -> Any:
+    from deltaferry.config import job_home
+
+    return job_home(job.name) / "null_cursor" / f"{t.name}.json"
+
+
 def window(
     engine: sa.Engine, job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]
 ) -> Any:
@@ -248,6 +303,8 @@ def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
 __all__ = [
     "Normalize",
     "null_cursor_hold",
+    "null_cursor_keys",
+    "remember_null_cursor_keys",
     "staged_bound",
     "text_time_columns",
     "window",
