@@ -3,6 +3,7 @@ picked up by modification time and name, malformed files set aside, bad settings
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import os
@@ -335,6 +336,32 @@ def test_timestamps_without_an_offset_are_utc():
     assert table.schema.field("placed_at").type == pa.timestamp("us", tz="UTC")
     seconds = [v.timestamp() for v in table["placed_at"].to_pylist()]
     assert seconds == [T_9H - 9 * 3600] + [T_9H] * 4 + [T_9H + 0.5]
+
+
+def test_timestamps_without_an_offset_are_taken_in_the_jobs_timezone():
+    from deltaferry.config import TableConfig
+    from sources.files import _contract_types, read_table
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    types = _contract_types(t, "here")
+    stamps = ["2026-01-01 10:00:00", "2026-01-01T09:00:00Z", "2026-07-01 11:00:00"]
+    csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
+    table = read_table(csv_text.encode(), "csv", t, types, "Europe/Berlin")
+    seconds = [v.timestamp() for v in table["placed_at"].to_pylist()]
+    # winter: UTC+1, summer: UTC+2; a stamp with its own zone keeps it
+    assert seconds == [T_9H, T_9H, T_9H + 181 * 86400]
+    naive = pa.table(
+        {
+            "id": [1],
+            "customer": ["c"],
+            "amount": [1.0],
+            "placed_at": pa.array([dt.datetime(2026, 1, 1, 10)], pa.timestamp("us")),
+        }
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(naive, buf)
+    table = read_table(buf.getvalue().to_pybytes(), "parquet", t, types, "Europe/Berlin")
+    assert [v.timestamp() for v in table["placed_at"].to_pylist()] == [T_9H]
 
 
 def test_an_encoding_setting_reads_latin_1(drops_job):

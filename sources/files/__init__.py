@@ -173,7 +173,8 @@ def _resource(
                     raw = drops.read(f)
                     if raw is None:  # gone since listed
                         continue
-                    table = read_table(raw, file_format(f.name, t.options.get("format")), t, types)
+                    fmt = file_format(f.name, t.options.get("format"))
+                    table = read_table(raw, fmt, t, types, job.timezone)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"

@@ -46,7 +46,7 @@ def file_format(name: str, configured: str | None) -> str:
 
 
 def read_table(
-    raw: bytes, fmt: str, t: TableConfig, types: dict[str, pa.DataType]
+    raw: bytes, fmt: str, t: TableConfig, types: dict[str, pa.DataType], zone: str = "UTC"
 ) -> pa.Table | None:
     """A file's rows as Arrow, columns named as dlt names them and cast to the contract's
     types; None when the file has nothing in it. Raises SetAside."""
@@ -75,7 +75,7 @@ def read_table(
         for name, typ in types.items():
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    table = _conform(table, types)
+    table = _conform(table, types, zone)
     return keys_not_null(table, t)
 
 
@@ -179,12 +179,13 @@ def _check_keys(table: pa.Table, t: TableConfig) -> None:
     # rows with NULL in a key column are held back by the caller (sources.integrity)
 
 
-def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") -> pa.Table:
     """Cast the columns the contract types to its types, value for value
     (``contracts.exact.cast_exact``), so every file of a table stages alike. A decimal
     column always gets the contract's precision and scale; other kinds keep their width
-    (int32 stays int32). Text without a zone offset read into a zoned timestamp is taken
-    as UTC. A value that does not fit sets the file aside, naming it."""
+    (int32 stays int32). Text without a zone offset, and a naive timestamp, read into a
+    zoned timestamp are taken as wall time in ``zone`` (the job's ``timezone``). A value
+    that does not fit sets the file aside, naming it."""
     for name, target in types.items():
         if name not in table.column_names:
             continue
@@ -194,7 +195,10 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
             continue
         try:
             if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(col.type):
-                cast = _zoned_from_text(col, target)
+                cast = _zoned_from_text(col, target, zone)
+            elif pa.types.is_timestamp(target) and target.tz and _naive_time(col.type):
+                cast = cast_exact(col, pa.timestamp(target.unit))
+                cast = pc.assume_timezone(cast, zone).cast(target)
             else:
                 cast = cast_exact(col, target)
         except InexactCast as e:
@@ -205,28 +209,34 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise SetAside(
                 f"column {name} cannot be read as {target} (the contract's type): "
-                f"{_first_line(e)}{_first_unzoned(col, target)}",
+                f"{_first_line(e)}{_first_unzoned(col, target, zone)}",
                 "fix the values, or the contract",
             ) from None
         table = table.set_column(i, name, cast)
     return table
 
 
-def _first_unzoned(col: Any, target: pa.TimestampType) -> str:
+def _naive_time(t: pa.DataType) -> bool:
+    return (pa.types.is_timestamp(t) and t.tz is None) or pa.types.is_date(t)
+
+
+def _first_unzoned(col: Any, target: pa.TimestampType, zone: str = "UTC") -> str:
     """Where the first text that is not a time is, as " (row 3: 'x')" (error path only)."""
+    if not pa.types.is_string(col.type):
+        return ""
     for i in range(len(col)):
         try:
-            _zoned_from_text(col.slice(i, 1), target)
+            _zoned_from_text(col.slice(i, 1), target, zone)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return f" (row {i + 1}: {col[i].as_py()!r})"
     return ""
 
 
-def _zoned_from_text(col: Any, target: pa.TimestampType) -> Any:
+def _zoned_from_text(col: Any, target: pa.TimestampType, zone: str = "UTC") -> Any:
     zoned = pc.match_substring_regex(col, r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")
     with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
     naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
-    as_utc = pc.assume_timezone(naive, "UTC").cast(target)
+    as_utc = pc.assume_timezone(naive, zone).cast(target)
     return pc.coalesce(with_zone, as_utc)
 
 
