@@ -95,6 +95,7 @@ class Contract:
                 name
                 for name, col in self.schema.columns.items()
                 if isinstance(col.dtype, (pandas_engine.Date, pandera_dtypes.Date))
+                and not isinstance(col.dtype, pandera_dtypes.Timestamp)  # a Date subclass
             ]
         return self._dates
 

@@ -270,6 +270,9 @@ def _to_contract_types(
             continue
         i = data.column_names.index(name)
         current = data.schema.field(i).type
+        if _gains_zone(current, target):  # naive values are UTC wall time by now
+            data = data.set_column(i, name, _rezone(data.column(i), current, target))
+            continue
         if _family(current) == _family(target) or pa.types.is_null(current):
             continue
         try:
@@ -281,6 +284,24 @@ def _to_contract_types(
                 "or the contract's type; nothing published"
             ) from None
     return data
+
+
+def _gains_zone(current: pa.DataType, target: pa.DataType) -> bool:
+    """A naive timestamp column whose contract column has a time zone. (The other way, a
+    zoned column under a naive contract, is published zoned as before: lakes already hold
+    it so.)"""
+    return (
+        pa.types.is_timestamp(current)
+        and pa.types.is_timestamp(target)
+        and current.tz is None
+        and target.tz is not None
+    )
+
+
+def _rezone(column: Any, current: pa.TimestampType, target: pa.TimestampType) -> Any:
+    """The same instants with the contract's zone: the naive column holds UTC wall time
+    (sources take naive values in the job's timezone and stage UTC). The unit is kept."""
+    return pc.assume_timezone(column, "UTC").cast(pa.timestamp(current.unit, target.tz))
 
 
 def _migrate_chunk(

@@ -35,6 +35,7 @@ from sources.integrity import KeyCheck
 from sources.sql_database.types import job_scope, source_columns, sql_table
 from sources.sql_database.window import (
     Normalize,
+    TimeText,
     null_cursor_hold,
     null_cursor_keys,
     remember_null_cursor_keys,
@@ -59,18 +60,24 @@ from sources.staging import (
 from sources.names import check_columns
 
 
-def _adapt_table(pk: tuple[str, ...], text_times: dict[str, str]) -> Any:
+def _adapt_table(job: JobConfig, t: TableConfig, text_times: dict[str, str]) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
-    # and JSON columns are read as their raw text (sources/sql_database/window.py)
+    # columns are parsed from their stored text (window.TimeText), JSON columns read as it
+    # (sources/sql_database/types.py leaves a column with a dlt_type alone)
+    pk = t.primary_key
+
     def adapt(table: sa.Table) -> sa.Table:
         for col in table.columns:
             if col.name not in pk:
                 col.nullable = True
-            if col.name in text_times:
+            kind = text_times.get(col.name)
+            if kind in ("timestamp", "date"):
+                fixed = col.name == t.cursor or col.name in pk
+                where = f"job '{job.name}' table '{t.name}'"
+                col.type = TimeText(kind, job.timezone, where, col.name, fixed)
+            elif kind == "json":
                 col.type = sa.Text()
-                # no dlt type hint: dlt stages the Arrow type the parsed column has
-                # (sources/sql_database/types.py leaves a column with dlt_type alone)
-                col.type.dlt_type = None
+                col.type.dlt_type = sa.Text()
         return table
 
     return adapt
@@ -400,7 +407,7 @@ class _TableRead:
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=_adapt_table(t.primary_key, text_times),
+            table_adapter_callback=_adapt_table(job, t, text_times),
             query_adapter_callback=query(engine) if query is not None else None,
         )
         if name is not None:

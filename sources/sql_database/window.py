@@ -22,10 +22,10 @@ the job's ``timezone`` the same way.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -63,38 +63,94 @@ def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
     return out
 
 
+_FRACTION = re.compile(r"\d:\d\d\.(\d+)")
+_UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
+
+
+def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.date:
+    """One SQLite time text as what it means: a ``date``, or a naive ``datetime`` holding
+    the UTC wall time of the instant (naive text taken in ``zone``). Space or ``T``,
+    fractions of any length (digits beyond microseconds must be zeros), ``Z``, ``UTC``,
+    ``+hh``, ``+hhmm``, ``+hh:mm``. Raises ValueError for anything else."""
+    value = _UTC_WORD.sub("Z", text.strip())
+    if kind == "date":
+        return dt.date.fromisoformat(value)
+    fraction = _FRACTION.search(value)
+    if fraction and fraction.group(1)[6:].strip("0"):
+        raise ValueError("digits beyond microseconds")
+    when = dt.datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+        if when.astimezone(dt.timezone.utc).astimezone(zone).replace(tzinfo=None) != when.replace(
+            tzinfo=None
+        ):
+            raise ValueError(f"no such wall time in {zone.key}")
+    return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+class TimeText(sa.types.TypeDecorator):
+    """A SQLite time column read as its stored text and parsed by ``parse_time_text``: dlt
+    gets real values (``dlt_type``: a naive timestamp, or a date, as SQLAlchemy reflected
+    the column), never text compared as text. A value that is not an exact time stops the
+    read with a ``TerminalError`` naming job, table, column and value."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def __init__(self, kind: str, zone: str, where: str, column: str, fixed: bool) -> None:
+        super().__init__()
+        self.kind, self.zone, self.where, self.column, self.fixed = kind, zone, where, column, fixed
+        self._zone = ZoneInfo(zone)
+        self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            if not isinstance(value, str):
+                raise ValueError("not text")
+            return parse_time_text(value, self.kind, self._zone)
+        except ValueError:
+            form = "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
+            fix = (
+                "fix the value in the source (a cursor or key column keeps its type)"
+                if self.fixed
+                else "fix the value in the source, or publish the column as text "
+                f"(column_types = {{ {self.column} = \"text\" }})"
+            )
+            raise TerminalError(
+                f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
+            ) from None
+
+
 class Normalize:
-    """A dlt map step over Arrow chunks: text time columns parsed to UTC instants (or dates),
-    naive timestamps taken in the job's zone and converted to UTC. Refuses, with a
-    ``TerminalError`` naming job, table, column and value, what it cannot carry exactly."""
+    """A dlt map step over Arrow chunks: naive timestamps of databases with time types are
+    taken in the job's ``timezone`` and kept naive as UTC wall time (the type they always
+    had in staging; publishing gives them the contract's zone). A wall time that is not
+    one instant there stops the read with a ``TerminalError``. (SQLite's time text is
+    parsed earlier, by ``TimeText``.)"""
 
     def __init__(self, job: JobConfig, t: TableConfig, text_times: dict[str, str]) -> None:
         self.job = job
         self.t = t
         self.text_times = text_times
         self.zone = job.timezone
-        self._con: duckdb.DuckDBPyConnection | None = None
 
     @property
     def where(self) -> str:
         return f"job '{self.job.name}' table '{self.t.name}'"
 
-    def _duck(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            self._con = duckdb.connect(config={"threads": 1})
-            self._con.execute(f"SET TimeZone = '{self.zone}'")
-        return self._con
-
     def __call__(self, chunk: pa.Table) -> pa.Table:
-        for name, kind in self.text_times.items():
-            if name in chunk.column_names and kind in ("timestamp", "date"):
-                chunk = self._parse(chunk, name, kind)
+        if self.zone == "UTC":
+            return chunk
         for i, field in enumerate(chunk.schema):
             if (
                 pa.types.is_timestamp(field.type)
                 and field.type.tz is None
                 and field.name not in self.text_times
-                and self.zone != "UTC"
             ):
                 try:
                     local = pc.assume_timezone(chunk.column(i), self.zone)
@@ -104,56 +160,12 @@ class Normalize:
                         f"one instant in the job's timezone {self.zone} ({e}); store it with an "
                         "offset, or set the job's timezone to the zone it was written in"
                     ) from None
-                chunk = chunk.set_column(i, field.name, local.cast(pa.timestamp(field.type.unit, "UTC")))
+                utc = local.cast(pa.timestamp(field.type.unit, "UTC"))
+                chunk = chunk.set_column(i, field.name, utc.cast(pa.timestamp(field.type.unit)))
         return chunk
 
-    def _parse(self, chunk: pa.Table, name: str, kind: str) -> pa.Table:
-        column = chunk[name]
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            if pa.types.is_null(column.type):
-                target = pa.timestamp("us", "UTC") if kind == "timestamp" else pa.date32()
-                return chunk.set_column(
-                    chunk.column_names.index(name), name, pa.nulls(len(column), target)
-                )
-            raise TerminalError(
-                f"{self.where}: column '{name}' is declared as a time type but holds "
-                f"{column.type} values; declare the column's published type in the jobs file "
-                f"(column_types = {{ {name} = \"text\" }}) or store ISO-8601 text"
-            )
-        con = self._duck()
-        con.register("c_", pa.table({"s": column}))
-        try:
-            cast = "TIMESTAMPTZ" if kind == "timestamp" else "DATE"
-            # digits beyond microseconds that are not zero would be cut: refuse them
-            extra = (
-                "OR coalesce(ltrim(regexp_extract(s, '\\d:\\d\\d\\.(\\d+)', 1)[7:], '0'), '') <> ''"
-                if kind == "timestamp"
-                else ""
-            )
-            bad = con.execute(
-                f"SELECT s FROM c_ WHERE (s IS NOT NULL AND try_cast(s AS {cast}) IS NULL) {extra} "
-                "LIMIT 1"
-            ).fetchone()
-            values = con.execute(f"SELECT try_cast(s AS {cast}) AS v FROM c_").fetch_arrow_table()
-        finally:
-            con.unregister("c_")
-        if bad is not None:
-            form = "timestamp (ISO-8601, at most microseconds)" if kind == "timestamp" else "date"
-            fixed = name == self.t.cursor or name in self.t.primary_key
-            fix = (
-                "fix the value in the source (a cursor or key column keeps its type)"
-                if fixed
-                else "fix the value in the source, or publish the column as text "
-                f"(column_types = {{ {name} = \"text\" }})"
-            )
-            raise TerminalError(f"{self.where}: column '{name}' value {bad[0]!r} is not a {form}; {fix}")
-        target = pa.timestamp("us", "UTC") if kind == "timestamp" else pa.date32()
-        return chunk.set_column(chunk.column_names.index(name), name, values["v"].cast(target))
-
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        pass
 
 
 def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
