@@ -86,6 +86,16 @@ class Contract:
         self._arrow_types: dict[str, Any] | None = None
         self._dates: list[str] | None = None
 
+    def _decimal_columns(self) -> dict[str, tuple[int, int]]:
+        """Columns declared as a ``Decimal(precision, scale)``: their precision and scale."""
+        return {
+            name: (int(col.dtype.precision), int(col.dtype.scale))
+            for name, col in self.schema.columns.items()
+            if isinstance(col.dtype, pandera_dtypes.Decimal)
+            and col.dtype.precision is not None
+            and col.dtype.scale is not None
+        }
+
     def _date_columns(self) -> list[str]:
         """Columns declared as pandera's ``Date``."""
         if self._dates is None:
@@ -142,11 +152,41 @@ class Contract:
                 {c: {"coerce": c not in as_dates} for c in schema.columns}
             )
             schema.coerce = False
+        # decimals that already fit the declared precision and scale (an Arrow decimal of
+        # that type): pandera's own check miscounts some (-99999999999999.999999 "does not
+        # fit" decimal(20,6)), so the fit is checked here and pandera's dtype check skipped
+        exact = [
+            c
+            for c, (p, sc) in self._decimal_columns().items()
+            if c in frame and _all_fit(frame[c], p, sc)
+        ]
+        if exact:
+            schema = schema.update_columns({c: {"dtype": None, "coerce": False} for c in exact})
         try:
             schema.validate(frame, lazy=True)
         except SchemaErrors as err:
             return _collect(err, len(frame))
         return ValidationResult(len(frame), {}, ())
+
+
+def _all_fit(column: pd.Series, precision: int, scale: int) -> bool:
+    """Every value NULL or a finite ``Decimal`` with at most ``scale`` decimals and
+    ``precision`` digits in all."""
+    from decimal import Decimal
+
+    if column.dtype != object:
+        return False
+    for v in column:
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        if not isinstance(v, Decimal) or not v.is_finite():
+            return False
+        sign, digits, exponent = v.as_tuple()
+        decimals = max(0, -int(exponent))
+        integer_digits = max(0, len(digits) + int(exponent))
+        if decimals > scale or integer_digits > precision - scale:
+            return False
+    return True
 
 
 def _all_dates(column: pd.Series) -> bool:
