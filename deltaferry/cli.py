@@ -263,9 +263,12 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
         "manifest",
         title=f"job {summary['job']}",
     )
+    extracted = summary.get("extracted") or {}
     for name, s in summary["tables"].items():
+        # rows held back before staging (a NULL key or cursor) count as quarantined too
+        held = int(extracted.get(f"{name}:held", 0))
         if s.get("batch") is None:
-            table.add_row(name, "-", "0", "", "", "", "", "no change")
+            table.add_row(name, "-", "0", "", "", str(held) if held else "", "", "no change")
         else:
             table.add_row(
                 name,
@@ -273,7 +276,7 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
                 str(s["rows"]),
                 str(s["upserts"]),
                 str(s["deletes"]),
-                str(s["quarantined"]),
+                str(int(s["quarantined"]) + held),
                 str(s["bytes"]),
                 s["manifest"],
             )
