@@ -757,3 +757,22 @@ def test_a_row_without_a_key_is_held_back_and_the_rest_of_its_file_published(dro
     assert held == [('{"id": null}', "id", "primary key not null")]
     drops_job.pull()
     assert drops_job.q("SELECT id, customer FROM orders ORDER BY id") == [(1, "ann"), (3, "cy")]
+
+
+def test_a_new_jobs_file_columns_keep_their_names_or_the_file_is_set_aside():
+    from deltaferry.config import TableConfig
+    from sources.files import SetAside, read_table
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    table = read_table(b"id,userId,Order Date,select\n1,7,2026-01-01,x\n", "csv", t, {}, "UTC", "direct")
+    assert table.column_names == ["id", "userId", "Order Date", "select"]
+    for header, says in [
+        ("id,Email,email\n", "columns 'Email' and 'email' differ only in case"),
+        ("id,_dlt_id\n", "reserved column(s) _dlt_id"),
+        ('id," padded"\n', "has leading or trailing spaces"),
+    ]:
+        with pytest.raises(SetAside) as caught:
+            read_table((header + "1,2" + ",3" * (header.count(",") - 1) + "\n").encode(), "csv", t, {}, "UTC", "direct")
+        assert says in caught.value.problem
+    # a job staged before names were kept: dlt's snake_case names, as before
+    assert read_table(b"id,userId\n1,2\n", "csv", t, {}).column_names == ["id", "user_id"]

@@ -151,9 +151,11 @@ def _resource(
     skipped: dict[str, list[str]],
     borrowed: duckdb.DuckDBPyConnection | None = None,
     keys: KeyCheck | None = None,
+    naming_convention: str | None = None,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = _contract_types(t, where)
+    convention = str(naming_convention or "snake_case")
     pattern = t.options.get("pattern") or default_pattern(t.name)
     staged_times = staged_file_times(job, t, borrowed)
 
@@ -174,7 +176,7 @@ def _resource(
                     if raw is None:  # gone since listed
                         continue
                     fmt = file_format(f.name, t.options.get("format"))
-                    table = read_table(raw, fmt, t, types, job.timezone)
+                    table = read_table(raw, fmt, t, types, job.timezone, convention)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"
@@ -217,13 +219,17 @@ def extract(job: JobConfig) -> ExtractResult:
     filters: list[ChangedRows] = []
     checks: list[KeyCheck] = []
     skipped: dict[str, list[str]] = {}
+    # the names staging keeps: exactly, unless this job staged under dlt's snake_case before
+    convention = pipeline.destination.capabilities().naming_convention
     try:
         resources = []
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             checks.append(KeyCheck(job, t))
-            resources.append(_resource(job, t, drops, changed, skipped, borrowed, checks[-1]))
+            resources.append(
+                _resource(job, t, drops, changed, skipped, borrowed, checks[-1], convention)
+            )
         info = run_load(job, pipeline, resources)
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}

@@ -46,7 +46,12 @@ def file_format(name: str, configured: str | None) -> str:
 
 
 def read_table(
-    raw: bytes, fmt: str, t: TableConfig, types: dict[str, pa.DataType], zone: str = "UTC"
+    raw: bytes,
+    fmt: str,
+    t: TableConfig,
+    types: dict[str, pa.DataType],
+    zone: str = "UTC",
+    convention: str = "snake_case",
 ) -> pa.Table | None:
     """A file's rows as Arrow, columns named as dlt names them and cast to the contract's
     types; None when the file has nothing in it. Raises SetAside."""
@@ -69,7 +74,7 @@ def read_table(
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
         raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
-    table = _dlt_names(table)
+    table = _dlt_names(table) if convention == "snake_case" else _exact_names(table, convention)
     _check_keys(table, t)
     if fmt == "jsonl":  # a JSON record leaves out what it does not have: that is null
         for name, typ in types.items():
@@ -152,6 +157,32 @@ def _dlt_name(name: str) -> str:
     from dlt.common.normalizers.naming.snake_case import NamingConvention
 
     return NamingConvention().normalize_identifier(name)
+
+
+def _exact_names(table: pa.Table, convention: str) -> pa.Table:
+    """The file's column names kept exactly (a job whose staging keeps source names, see
+    ``sources.names``); a name staging would change, a reserved one, or two that differ
+    only in case set the file aside, naming them."""
+    from sources.names import _reserved, name_problem
+
+    seen: dict[str, str] = {}
+    for name in table.column_names:
+        problem = name_problem(name, convention)
+        if problem:
+            raise SetAside(f"column {name!r} {problem}", "rename the column in the file")
+        if _reserved(name):
+            raise SetAside(f"reserved column(s) {name}", "rename them")
+        other = seen.get(name.casefold())
+        if other is not None:
+            if other == name:
+                raise SetAside(f"column(s) {name} more than once", "give every column its own name")
+            raise SetAside(
+                f"columns {other!r} and {name!r} differ only in case, which staging (DuckDB) "
+                "cannot tell apart",
+                "rename one of them in the file",
+            )
+        seen[name.casefold()] = name
+    return table
 
 
 def _dlt_names(table: pa.Table) -> pa.Table:
