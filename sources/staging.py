@@ -33,6 +33,13 @@ os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
 os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
 
 
+# a table hint for dlt's merge: each load holds one row per key (our sources resolve
+# repeated keys themselves: sources.integrity, rest_api.reads, files.LatestWins), so dlt
+# copies staged rows as they are; its own deduplication (ROW_NUMBER() OVER a partition)
+# turns -0.0 into 0.0 in DuckDB
+DEDUPLICATED = {"x-stage-data-deduplicated": True}
+
+
 @dataclass(frozen=True)
 class ExtractResult:
     load_ids: list[str]
@@ -441,4 +448,5 @@ def stage_tombstones(
         write_disposition="merge",
         primary_key=list(t.primary_key),
     )
+    resource.apply_hints(additional_table_hints=DEDUPLICATED)
     return list(run_load(job, pipeline, resource).loads_ids)

@@ -139,7 +139,6 @@ def test_postgres_types_arrive_exactly_at_their_published_types(pg_job):
     assert got[1][15] == '{"a" : 1.00000000000000000001, "a": 2}'
 
 
-@pytest.mark.xfail(strict=True, reason="dlt's merge into the DuckDB staging file stages -0.0 as 0.0")
 def test_negative_zero_keeps_its_sign(pg_job):
     pg_job.write(JOB, extra="")
     pg_job.sql(

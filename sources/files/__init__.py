@@ -28,6 +28,7 @@ from sources.files.settings import (
 from sources.columns import FILE_TIME_COLUMN
 from sources.integrity import KeyCheck
 from sources.staging import (
+    DEDUPLICATED,
     ChangedRows,
     ExtractResult,
     pipeline_for,
@@ -200,6 +201,7 @@ def _resource(
             reasons.sort(key=lambda r: (r[0].mtime_ns, r[0].name))
             skipped[t.name] = [r for _, r in reasons]
 
+    files.apply_hints(additional_table_hints=DEDUPLICATED)
     return files
 
 

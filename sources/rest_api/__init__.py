@@ -36,6 +36,7 @@ from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, Trans
 from sources.names import cursor_path
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor
 from sources.staging import (
+    DEDUPLICATED,
     ChangedRows,
     ExtractResult,
     find_cause,
@@ -274,6 +275,7 @@ def extract(job: JobConfig) -> ExtractResult:
             resource = read.wrap(by_name[t.name])
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
+            resource.apply_hints(additional_table_hints=DEDUPLICATED)
             staged.append(resource)
         info = run_load(job, pipeline, staged, lambda e: _classify(job, e), scrub=_no_queries)
         return ExtractResult(

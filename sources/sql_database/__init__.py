@@ -44,6 +44,7 @@ from sources.sql_database.window import (
     window,
 )
 from sources.staging import (
+    DEDUPLICATED,
     ChangedByKey,
     ChangedRows,
     ExtractResult,
@@ -413,6 +414,7 @@ class _TableRead:
         if name is not None:
             resource = resource.with_name(name)
             resource.apply_hints(table_name=t.name)
+        resource.apply_hints(additional_table_hints=DEDUPLICATED)  # keys checked: KeyCheck
         resource = resource.add_map(watchdog.progress).add_map(self.normalize)
         resource = resource.add_map(self.keys.hold_null_keys)
         if t.cursor and t.null_cursor == "quarantine":

@@ -413,6 +413,10 @@ def _to_decimal(p: int, s: int) -> Callable[[Any], Any]:
             return None
         d = _as_decimal(v)
         q = d.quantize(quantum, context=_WIDE)
+        if isinstance(v, float) and len(d.normalize().as_tuple().digits) > 15:
+            # a double keeps 15 significant decimal digits: past that, the decimal that was
+            # written cannot be told from its neighbours (SQLite stores DECIMAL as REAL)
+            raise _BadValue(f"{_describe(v)}, a REAL (double) with more than 15 significant digits")
         if q != d:
             raise _BadValue(f"{_describe(v)} with more than {s} decimal places")
         if q and q.adjusted() + 1 > p - s:

@@ -248,9 +248,15 @@ def _sqlite_dec(x: Any) -> Any:
     # SQLite's NUMERIC affinity may store a decimal literal as INTEGER or REAL: the source
     # then holds that number (a double: its exact value at the contract's scale), and the
     # replica must hold it as the contract's decimal
-    if isinstance(x, float):
-        return Decimal(x).quantize(Decimal("0.000001"))
+    if isinstance(x, float):  # a double keeps 15 significant digits: more are refused
+        return Decimal(repr(x)).quantize(Decimal("0.000001"))
     return Decimal(str(x))
+
+
+def _sqlite_dec_refused(x: Any) -> bool:
+    if isinstance(x, float) and len(Decimal(repr(x)).normalize().as_tuple().digits) > 15:
+        return True
+    return abs(_sqlite_dec(x)) >= 10**14
 
 
 def _bool(x: Any) -> Any:
@@ -269,11 +275,11 @@ SQLITE = [
     TypeSpec("sqlite", "TEXT", "TEXT", texts, "Series[str]", "VARCHAR", "str", _ident, key=True),
     TypeSpec("sqlite", "REAL", "REAL", floats, "Series[float]", "DOUBLE", "float", _ident),
     TypeSpec("sqlite", "NUMERIC(20,6)", "NUMERIC(20,6)", decimals, DEC_CONTRACT, "DECIMAL(20,6)",
-             "dec", _sqlite_dec, refuse_value=lambda v: abs(_sqlite_dec(v)) >= 10**14,
+             "dec", _sqlite_dec, refuse_value=_sqlite_dec_refused,
              value_refusal=Refusal("decimal out of range", ("cannot carry exactly", "precision"),
                                    "column_types"),
-             note="written as decimal text; SQLite may round it to 15 digits (the source "
-                  "then holds that number), one that no longer fits (20,6) is refused"),
+             note="written as decimal text; SQLite may store it as a REAL (a double): one "
+                  "with more than 15 significant digits, or that no longer fits (20,6), is refused"),
     TypeSpec("sqlite", "TIMESTAMP (text, zoned and naive forms)", "TIMESTAMP", ts_texts,
              TS_CONTRACT, "TIMESTAMP WITH TIME ZONE", "ts", instant,
              note="the UTC instant; naive text taken as UTC"),
