@@ -389,20 +389,23 @@ def run_load(
     data: Any,
     classify: Callable[[BaseException], BaseException | None] | None = None,
     scrub: Callable[[str], str] | None = None,
+    loader_file_format: str | None = None,
 ) -> Any:
     """``pipeline.run(data)`` with its failure as one deltaferry error naming the job: a
     ``DeltaferryError`` raised inside dlt as it is, then what ``classify`` (a source's own
     rules, given dlt's exception) returns, then network errors as transient (named by type
     only: their text may hold a url with credentials), the rest as terminal.
 
-    ``scrub`` cleans secrets out of a message; a source that passes it also gets its errors
+    ``loader_file_format`` picks the files dlt loads from (``"parquet"`` keeps -0.0, which
+    dlt's default SQL insert statements turn into 0.0). ``scrub`` cleans secrets out of a
+    message; a source that passes it also gets its errors
     without dlt's exception chained (Prefect logs the chain, and it holds the raw text)."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from deltaferry.errors import DeltaferryError, TerminalError, TransientError
 
     try:
-        return pipeline.run(data)
+        return pipeline.run(data, loader_file_format=loader_file_format)
     except PipelineStepFailed as e:
         cause = e if scrub is None else None
         ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))

@@ -277,7 +277,16 @@ def extract(job: JobConfig) -> ExtractResult:
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
             staged.append(resource)
-        info = run_load(job, pipeline, staged, lambda e: _classify(job, e), scrub=_no_queries)
+        # records go to staging as Parquet: dlt's default (SQL insert statements) turns
+        # -0.0 into 0.0
+        info = run_load(
+            job,
+            pipeline,
+            staged,
+            lambda e: _classify(job, e),
+            scrub=_no_queries,
+            loader_file_format="parquet",
+        )
         return ExtractResult(
             list(info.loads_ids),
             row_counts(pipeline, job.tables),
