@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from deltaferry.errors import TerminalError
 from tests.api_server import ApiServer
 
 JOB = """
@@ -548,3 +549,13 @@ def test_the_cursor_advances_by_instant_not_by_text(items_job, api):
     assert items_job.sync()["tables"]["items"]["batch"] is None
     assert api.requests_to("/api/items")[-1]["query"]["since"] == "2024-05-01T11:00:00Z"
     assert _items(items_job) == [(1, "a"), (2, "b"), (3, "newest")]
+
+
+def test_a_timestamp_finer_than_microseconds_is_refused_not_cut(items_job, api):
+    api.items[4] = {"id": 4, "name": "fine", "updated_at": "2026-11-01T10:00:04.123456789Z"}
+    with pytest.raises(TerminalError) as err:
+        items_job.sync()
+    assert "field 'updated_at'" in str(err.value) and "beyond microseconds" in str(err.value)
+    assert "job 'api' table 'items'" in str(err.value)
+    api.items[4]["updated_at"] = "2026-11-01T10:00:04.123456000Z"  # zeros past them are fine
+    assert items_job.sync()["tables"]["items"]["upserts"] == 10

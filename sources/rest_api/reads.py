@@ -63,6 +63,10 @@ _FRACTION = re.compile(r"T?\d{2}:\d{2}:\d{2}[.,](\d+)")
 _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential", re.I)
 
 
+# ISO-8601 text with a fraction of more than six digits
+_FINE_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\.(\d{7,})")
+
+
 def newest_cursor(values: Any) -> Any:
     """dlt's ``last_value_func`` for an API cursor: the value with the highest
     ``cursor_rank`` (the latest instant, the largest number), the first of equals."""
@@ -251,6 +255,19 @@ class TableRead:
 
     # --- records -------------------------------------------------------------
 
+    def _refuse_inexact_times(self, row: dict[str, Any]) -> None:
+        """dlt stages an ISO-8601 text field as a timestamp in microseconds: a value with
+        non-zero digits beyond them would be cut, so the read stops naming it."""
+        for name, value in row.items():
+            if isinstance(value, str):
+                m = _FINE_TIME.match(value)
+                if m and m.group(1)[6:].strip("0"):
+                    raise TerminalError(
+                        f"{self.where}: field '{name}' value {value!r} has digits beyond "
+                        "microseconds, which staging cannot keep (dlt stages ISO-8601 text as a "
+                        "timestamp in microseconds); nothing of the read is published"
+                    )
+
     def _index(
         self,
         row: Any,
@@ -263,6 +280,7 @@ class TableRead:
                 "the table's data_selector"
             )
         row.pop(HASH_COLUMN, None)
+        self._refuse_inexact_times(row)
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
