@@ -155,11 +155,12 @@ class Contract:
         # decimals that already fit the declared precision and scale (an Arrow decimal of
         # that type): pandera's own check miscounts some (-99999999999999.999999 "does not
         # fit" decimal(20,6)), so the fit is checked here and pandera's dtype check skipped
-        exact = [
-            c
-            for c, (p, sc) in self._decimal_columns().items()
-            if c in frame and _all_fit(frame[c], p, sc)
-        ]
+        exact = []
+        for c, (p, sc) in self._decimal_columns().items():
+            as_decimals = _decimals(frame[c]) if c in frame else None
+            if as_decimals is not None and _all_fit(as_decimals, p, sc):
+                exact.append(c)
+                frame[c] = as_decimals
         if exact:
             schema = schema.update_columns({c: {"dtype": None, "coerce": False} for c in exact})
         try:
@@ -167,6 +168,29 @@ class Contract:
         except SchemaErrors as err:
             return _collect(err, len(frame))
         return ValidationResult(len(frame), {}, ())
+
+
+def _decimals(column: pd.Series) -> pd.Series | None:
+    """The column as ``Decimal`` objects when every value is NULL, a ``Decimal`` or decimal
+    text (exact: no float in between), else None."""
+    from decimal import Decimal, InvalidOperation
+
+    if column.dtype != object and not pd.api.types.is_string_dtype(column):
+        return None
+    out = []
+    for v in column:
+        if v is None or (isinstance(v, float) and v != v):
+            out.append(None)
+        elif isinstance(v, Decimal):
+            out.append(v)
+        elif isinstance(v, str):
+            try:
+                out.append(Decimal(v.strip()))
+            except InvalidOperation:
+                return None
+        else:
+            return None
+    return pd.Series(out, index=column.index, dtype=object)
 
 
 def _all_fit(column: pd.Series, precision: int, scale: int) -> bool:

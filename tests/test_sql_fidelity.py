@@ -137,6 +137,7 @@ FORMS = [
     "2026-03-01 13:00:00+01:00",
     "2026-03-01T06:30:00-05:30",
     "2026-03-01 12:00:00.000000000",
+    "2026-03-01T13:00:00.5+01:00",  # the newest instant, as ids 2's text in another form
 ]
 
 
@@ -145,13 +146,13 @@ def test_sqlite_time_text_is_compared_and_published_as_instants(job):
     for i, form in enumerate(FORMS):
         job.sql(f"INSERT INTO items VALUES ({i}, 'v{i}', '{form}')")
     assert job.sync()["tables"]["items"]["upserts"] == len(FORMS)
-    # at the boundary: a late commit with the synced value, and changes that kept it, in
-    # other text forms of the same instant
+    # at the boundary (the newest instant synced, 12:00:00.5 UTC): late commits with that
+    # value and changes that kept it, in other text forms of the same instant
     job.sql(
-        "INSERT INTO items VALUES (100, 'late', '2026-03-01 12:00:00')",
-        "INSERT INTO items VALUES (101, 'late offset', '2026-03-01T14:00:00+02:00')",
-        "UPDATE items SET name = 'changed in place' WHERE id = 1",
-        "UPDATE items SET name = 'changed, Z form' WHERE id = 4",
+        "INSERT INTO items VALUES (100, 'late', '2026-03-01T12:00:00.500Z')",
+        "INSERT INTO items VALUES (101, 'late offset', '2026-03-01 14:00:00.500000+02:00')",
+        "UPDATE items SET name = 'changed in place' WHERE id = 2",
+        "UPDATE items SET name = 'changed, offset form' WHERE id = 8",
     )
     out = job.sync()["tables"]["items"]
     assert (out["upserts"], out["deletes"]) == (4, 0)

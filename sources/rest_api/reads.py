@@ -67,6 +67,19 @@ _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credentia
 _FINE_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\.(\d{7,})")
 
 
+def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
+    """Objects and arrays as their JSON text (compact, keys in the API's order): staged as
+    text, so a column that holds documents in some records and strings in others keeps
+    each as it came (dlt would parse a string such as "null" as JSON in a document column,
+    turning it into SQL NULL)."""
+    return {
+        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
+        if isinstance(v, (dict, list))
+        else v
+        for k, v in row.items()
+    }
+
+
 def newest_cursor(values: Any) -> Any:
     """dlt's ``last_value_func`` for an API cursor: the value with the highest
     ``cursor_rank`` (the latest instant, the largest number), the first of equals."""
@@ -312,7 +325,7 @@ class TableRead:
         chunk: list[dict[str, Any]] = []
         for pos, h in sorted((pos, h) for _, h, pos, changed in index.values() if changed):
             spill.seek(pos)
-            row = pickle.load(spill)[1]
+            row = _documents_as_text(pickle.load(spill)[1])
             row[HASH_COLUMN] = h
             chunk.append(row)
             if len(chunk) >= _CHUNK:

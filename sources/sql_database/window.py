@@ -36,9 +36,10 @@ from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.integrity import quote
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
-# SQLite time text is compared through julianday(), which keeps milliseconds; rows up to
-# this many seconds before the bound are read again (and kept only when changed)
-SQLITE_MARGIN_SECONDS = 1.0
+# SQLite time text is compared through julianday(), which keeps milliseconds (the same
+# instant in any text form gives the same julianday); rows up to this many seconds before
+# the bound are read again (and kept only when changed), covering its rounding
+SQLITE_MARGIN_SECONDS = 0.002
 # a naive cursor compared in a zone other than UTC: re-read enough to cover any offset
 # and a daylight-saving fold
 NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
