@@ -559,3 +559,16 @@ def test_a_timestamp_finer_than_microseconds_is_refused_not_cut(items_job, api):
     assert "job 'api' table 'items'" in str(err.value)
     api.items[4]["updated_at"] = "2026-11-01T10:00:04.123456000Z"  # zeros past them are fine
     assert items_job.sync()["tables"]["items"]["upserts"] == 10
+
+
+def test_documents_are_staged_as_their_json_text_and_strings_stay_strings():
+    from sources.rest_api.reads import _documents_as_text
+
+    row = {"id": 1, "doc": {"ü": [1, 2.5, None]}, "list": [], "s": "null", "n": None}
+    assert _documents_as_text(row) == {
+        "id": 1,
+        "doc": '{"ü":[1,2.5,null]}',
+        "list": "[]",
+        "s": "null",  # the string "null", not a JSON null document
+        "n": None,
+    }
