@@ -6,7 +6,7 @@ the source value by value through an oracle that uses no deltaferry code. Every 
 converges exactly or is refused with the one-line error the type table predicts (nothing
 of that round published); anything else fails the example.
 
-Bounded by default (DELTAFERRY_FIDELITY_EXAMPLES examples per kind, default 3, derandomized
+Bounded by default (DELTAFERRY_FIDELITY_EXAMPLES examples per kind, default 8, derandomized
 so CI is reproducible); a long run:
 
     DELTAFERRY_FIDELITY_EXAMPLES=500 .venv/bin/python -m pytest -s tests/test_fidelity.py
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from tests.fidelity import harness
 from tests.fidelity.types import KINDS
 
-EXAMPLES = int(os.environ.get("DELTAFERRY_FIDELITY_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("DELTAFERRY_FIDELITY_EXAMPLES", "8"))
 SEED = int(os.environ.get("DELTAFERRY_FIDELITY_SEED", "14"))
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + (
     [Phase.shrink] if os.environ.get("DELTAFERRY_FIDELITY_SHRINK") == "1" else []

@@ -33,7 +33,7 @@ def section() -> str:
            "converges exactly or is refused, before anything is published, with one error line",
            "naming the job, table, column and the setting that resolves it. The replica type is",
            "the type of the contract column the suite writes for the source type.", "",
-           "Run it: `.venv/bin/python -m pytest -s tests/test_fidelity.py` (3 examples per kind,",
+           "Run it: `.venv/bin/python -m pytest -s tests/test_fidelity.py` (8 examples per kind,",
            "reproducible); a long run: `DELTAFERRY_FIDELITY_EXAMPLES=500` (another sequence:",
            "`DELTAFERRY_FIDELITY_SEED=N`; `DELTAFERRY_FIDELITY_SHRINK=1` shrinks a failure to a",
            "minimal example). It prints one summary line per kind.", ""]
