@@ -73,14 +73,21 @@ def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.da
     the UTC wall time of the instant (naive text taken in ``zone``). Space or ``T``,
     fractions of any length (digits beyond microseconds must be zeros), ``Z``, ``UTC``,
     ``+hh``, ``+hhmm``, ``+hh:mm``. Raises ValueError for anything else."""
-    value = _UTC_WORD.sub("Z", text.strip())
+    value = text
+    if value[:1].isspace() or value[-1:].isspace():
+        value = value.strip()
+    if value[-1:] in ("C", "c", "T", "t"):  # a trailing UTC/GMT word
+        value = _UTC_WORD.sub("Z", value)
     if kind == "date":
         return dt.date.fromisoformat(value)
-    fraction = _FRACTION.search(value)
-    if fraction and fraction.group(1)[6:].strip("0"):
-        raise ValueError("digits beyond microseconds")
+    if len(value) > 26:  # only then can a fraction have more than six digits
+        fraction = _FRACTION.search(value)
+        if fraction and fraction.group(1)[6:].strip("0"):
+            raise ValueError("digits beyond microseconds")
     when = dt.datetime.fromisoformat(value)
     if when.tzinfo is None:
+        if zone.key == "UTC":  # naive UTC is already what is staged
+            return when
         when = when.replace(tzinfo=zone)
         if when.astimezone(dt.timezone.utc).astimezone(zone).replace(tzinfo=None) != when.replace(
             tzinfo=None
