@@ -25,12 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
-from deltaferry.errors import ConfigError
-
-
-def quote(name: str) -> str:
-    """A SQL identifier, double-quoted (DuckDB and the SQL standard)."""
-    return '"' + name.replace('"', '""') + '"'
+from sources.staging import q
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -128,7 +123,7 @@ class KeyCheck:
         """One line naming up to three keys seen more than once, or None."""
         if self._con is None:
             return None
-        cols = ", ".join(quote(c) for c in self.pk)
+        cols = ", ".join(q(c) for c in self.pk)
         rows = self._con.execute(
             f"SELECT {cols}, count(*) AS n FROM seen GROUP BY ALL HAVING count(*) > 1 "
             f"ORDER BY n DESC, {cols} LIMIT 3"
@@ -147,11 +142,6 @@ class KeyCheck:
             f"{total} key value(s) appear in more than one row ({shown}); nothing was staged. "
             "Set primary_key to the column(s) that identify one row"
         )
-
-    def raise_on_duplicates(self) -> None:
-        message = self.duplicates()
-        if message:
-            raise ConfigError(message)
 
     def close(self) -> None:
         if self._con is not None:

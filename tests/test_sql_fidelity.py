@@ -336,3 +336,85 @@ def test_bad_timezone_and_null_cursor_settings_are_one_line_config_errors(
     with pytest.raises(ConfigError) as err:
         load_jobs(config)
     assert says in str(err.value) and "job 't'" in str(err.value)
+
+
+def test_a_wall_time_the_jobs_timezone_does_not_have_is_refused(job):
+    # 02:30 on 8 March 2026 does not exist in New York (clocks jump from 02:00 to 03:00)
+    job.write(extra='timezone = "America/New_York"')
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at DATETIME)",
+        "INSERT INTO items VALUES (1, 'gap', '2026-03-08 02:30:00')",
+    )
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    assert "'updated_at'" in str(err.value) and "'2026-03-08 02:30:00'" in str(err.value)
+    assert job.batches() == 0
+    job.sql("UPDATE items SET updated_at = '2026-03-08 03:30:00'")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.pull()
+    assert job.replica_rows() == [
+        (1, "gap", dt.datetime(2026, 3, 8, 7, 30, tzinfo=dt.timezone.utc))
+    ]
+
+
+PG_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+timezone = "America/New_York"
+
+[[jobs.pg.tables]]
+name = "ev"
+primary_key = ["id"]
+cursor = "at"
+contract = "{module}:Ev"
+"""
+
+PG_CONTRACT = '''
+import pandas as pd, pandera.pandas as pa
+from pandera.typing import Series
+class Ev(pa.DataFrameModel):
+    id: Series[int]
+    v: Series[str]
+    at: Series[pd.DatetimeTZDtype("us", "UTC")]
+    class Config:
+        coerce = True
+'''
+
+
+def test_a_naive_postgres_cursor_is_wall_time_in_the_jobs_timezone(pg_job, tmp_path):
+    """Naive PostgreSQL timestamps are taken in the job's timezone, published as the UTC
+    instant the contract asks for, and the cursor compares them as wall time there."""
+    module = f"pgtz_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pg_job.write(PG_JOB, module=module)
+        pg_job.sql(
+            "CREATE TABLE ev (id int PRIMARY KEY, v text NOT NULL, at timestamp NOT NULL)",
+            "INSERT INTO ev VALUES (1, 'a', '2026-07-01 08:00:00'), (2, 'b', '2026-07-01 09:00:00')",
+        )
+        assert pg_job.sync()["tables"]["ev"]["upserts"] == 2
+        pg_job.sql("INSERT INTO ev VALUES (3, 'late, at the bound', '2026-07-01 09:00:00')")
+        assert pg_job.sync()["tables"]["ev"]["upserts"] == 1
+        assert pg_job.sync()["tables"]["ev"]["batch"] is None
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            r.execute("SET TimeZone = 'UTC'")
+            got = r.execute('SELECT id, "at" FROM ev ORDER BY id').fetchall()
+        utc = dt.timezone.utc
+        assert got == [
+            (1, dt.datetime(2026, 7, 1, 12, tzinfo=utc)),
+            (2, dt.datetime(2026, 7, 1, 13, tzinfo=utc)),
+            (3, dt.datetime(2026, 7, 1, 13, tzinfo=utc)),
+        ]
+        # a wall time that is two instants in New York (clocks fall back at 02:00 on 1
+        # November 2026): refused, naming the column; nothing published
+        pg_job.sql("INSERT INTO ev VALUES (4, 'fold', '2026-11-01 01:30:00')")
+        with pytest.raises(TerminalError) as err:
+            pg_job.sync()
+        assert "column 'at'" in str(err.value) and "America/New_York" in str(err.value)
+        assert len(pg_job.lake().list("pg/ev/manifests/")) == 2
+    finally:
+        sys.path.remove(str(tmp_path))

@@ -332,7 +332,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         engine,
                         watchdog,
                         ChangedByKey(job, t, borrowed),
-                        lambda e, t=t, b=bound: window(e, job, t, b, text_time_columns(e, t.name)),
+                        lambda text_times, t=t, b=bound: window(job, t, b, text_times),
                     )
                 )
         load_ids: list[str] = []
@@ -382,9 +382,9 @@ class _TableRead:
     watchdog, value normalisation (``window.Normalize``), rows held back (NULL key; NULL
     cursor under ``null_cursor = "quarantine"``), key counting (``KeyCheck``), and the
     content filter (``changed``) that keeps only rows that differ from their staged version
-    and tags them with their hash. ``query`` makes dlt's query adapter from the engine (the
-    window of a cursor read, or a key list); ``name`` renames the resource (it still loads
-    into the table)."""
+    and tags them with their hash. ``query`` makes dlt's query adapter from the table's
+    SQLite text columns (the window of a cursor read, or a key list); ``name`` renames the
+    resource (it still loads into the table)."""
 
     def __init__(
         self,
@@ -409,7 +409,7 @@ class _TableRead:
             write_disposition="merge",
             primary_key=list(t.primary_key),
             table_adapter_callback=_adapt_table(job, t, text_times),
-            query_adapter_callback=query(engine) if query is not None else None,
+            query_adapter_callback=query(text_times) if query is not None else None,
         )
         if name is not None:
             resource = resource.with_name(name)
@@ -423,7 +423,6 @@ class _TableRead:
 
     def close(self) -> None:
         self.changed.close()
-        self.normalize.close()
         self.keys.close()
 
 
@@ -605,7 +604,7 @@ def _reextract(
             engine,
             watchdog,
             ChangedByKey(job, t, borrowed),
-            lambda _e, f=only_keys: f,
+            lambda _text_times, f=only_keys: f,
             name=f"{t.name}__recreated",
         )
         try:

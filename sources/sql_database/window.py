@@ -11,12 +11,13 @@ load commits atomically, so it can never run ahead of what was staged.
 **Instants, never text.** SQLite has no time type: ``TIMESTAMP``/``DATETIME``/``DATE``
 columns hold text in whatever form the writer chose (``CURRENT_TIMESTAMP`` writes
 ``2026-03-01 12:00:00``, others write ``T``, fractions of any length, ``Z`` or
-``+hh:mm``). Such columns are read as text (``text_time_columns``; the table adapter sets them to ``Text``) and parsed by DuckDB
-into UTC instants (``Normalize``), naive values taken in the job's ``timezone``; the
-window compares them in SQL with ``julianday()`` (an instant) minus a margin, never as
-text. A value that is not a timestamp, or has digits beyond microseconds, is refused in one
-line naming job, table, column and value. Naive timestamps of other databases are taken in
-the job's ``timezone`` the same way.
+``+hh:mm``). Such columns (``text_time_columns``) are read as their text and parsed value
+by value (``TimeText``, ``parse_time_text``) into the instant's UTC wall time, naive values
+taken in the job's ``timezone``; the window compares them in SQL with ``julianday()`` (an
+instant) minus a margin, never as text. A value that is not a timestamp, names a wall time
+the zone does not have, or has digits beyond microseconds, is refused in one line naming
+job, table, column and value. Naive timestamps of other databases are taken in the job's
+``timezone`` the same way (``Normalize``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
-from sources.integrity import quote
+from sources.staging import q as quote
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 # SQLite time text is compared through julianday(), which keeps milliseconds (the same
@@ -47,7 +48,7 @@ NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
 
 def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
     """SQLite columns read as their raw text, by name: ``"timestamp"`` or ``"date"`` for a
-    declared time type (parsed by ``Normalize``), ``"json"`` for a declared ``JSON`` column
+    declared time type (parsed by ``TimeText``), ``"json"`` for a declared ``JSON`` column
     (the document's text as stored: SQLAlchemy would decode it into Python values of mixed
     kinds, and a JSON ``null`` document would become SQL NULL). Empty for other databases
     (their drivers return real time values)."""
@@ -172,13 +173,10 @@ class Normalize:
                 chunk = chunk.set_column(i, field.name, utc.cast(pa.timestamp(field.type.unit)))
         return chunk
 
-    def close(self) -> None:
-        pass
-
 
 def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
-    """The newest cursor value staged for the table (a UTC ``datetime`` for time cursors),
-    or None before its first load. Tombstones carry no cursor and do not count."""
+    """The newest cursor value staged for the table (for time cursors a ``datetime`` in UTC,
+    naive when the column is), or None before its first load. Tombstones carry no cursor and do not count."""
     path = staging_path(job.name)
     if t.cursor is None or not path.exists():
         return None
@@ -249,9 +247,7 @@ def _null_cursor_file(job: JobConfig, t: TableConfig) -> Any:
     return job_home(job.name) / "null_cursor" / f"{t.name}.json"
 
 
-def window(
-    engine: sa.Engine, job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]
-) -> Any:
+def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]) -> Any:
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
@@ -261,7 +257,9 @@ def window(
         col = table.c[t.cursor]
         if t.cursor in text_times:
             stamp = _as_utc(bound)
-            margin = SQLITE_MARGIN_SECONDS + (0 if job.timezone == "UTC" else 27 * 3600)
+            margin = SQLITE_MARGIN_SECONDS
+            if job.timezone != "UTC":
+                margin += NAIVE_ZONE_MARGIN.total_seconds()
             text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
             jd = sa.func.julianday(col)
             # NULL (no value, or text julianday cannot read) compares as true: read it
