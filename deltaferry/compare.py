@@ -43,8 +43,8 @@ def _q(name: str) -> str:
 def read_source(job: JobConfig, t: TableConfig) -> pa.Table:
     engine = engine_for(job)
     try:
-        with job_scope(job):  # read and typed as the sync reads them (column_types, exclusions)
-            parts = list(sql_table(credentials=engine, table=t.name, backend="pyarrow"))
+        with job_scope():  # read and typed as the sync reads them (column_types, exclusions)
+            parts = list(sql_table(job, credentials=engine, table=t.name, backend="pyarrow"))
     finally:
         engine.dispose()
     return pa.concat_tables(parts) if parts else pa.table({})

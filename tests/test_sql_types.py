@@ -15,7 +15,8 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from deltaferry.errors import ConfigError
+from deltaferry.errors import ConfigError, TerminalError
+from sources.sql_database.types import ValueRefused
 
 JOB = """
 [jobs.pg]
@@ -352,12 +353,14 @@ def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
     # a value with more decimals than declared (SQLite does not enforce DECIMAL(10,2))
     with sqlite3.connect(db) as con:
         con.execute("INSERT INTO kinds VALUES (4, 1.005, 1, NULL)")
-    with pytest.raises(Exception, match=r"column 'amount' .*REAL value 1.005 with more than 2"):
+    with pytest.raises(ValueRefused, match=r"column 'amount' .*REAL value 1.005 with more than 2") as err:
         sync()
+    assert "\n" not in str(err.value)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE kinds SET amount = 1.25, big = 2.5 WHERE id = 4")
-    with pytest.raises(Exception, match=r"column 'big' .*REAL value 2.5, not an INTEGER"):
+    with pytest.raises(ValueRefused, match=r"column 'big' .*REAL value 2.5, not an INTEGER") as err:
         sync()
+    assert "\n" not in str(err.value)
 
 
 def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, home, prefect_api):
@@ -367,3 +370,40 @@ def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, ho
     cfg.write_text(cfg.read_text() + 'column_types = { v = "float64" }\n')
     sync()
     assert _pull(cfg, tmp_path, "id, v") == [(1, 0.5)]
+
+
+def test_a_sqlite_time_column_declared_text_is_published_as_its_text(tmp_path, home, prefect_api):
+    # the fix a refused time value names (column_types = { ts = "text" }) takes effect
+    db, cfg, sync = _lite(
+        tmp_path, home, "(1, 'not a time')", "(2, '2026-03-01T12:00:00Z')", ddl="ts DATETIME"
+    )
+    with pytest.raises(TerminalError, match=r'column \'ts\' value .not a time.*column_types'):
+        sync()
+    cfg.write_text(cfg.read_text() + 'column_types = { ts = "text" }\n')
+    sync()
+    assert _pull(cfg, tmp_path, "id, ts") == [(1, "not a time"), (2, "2026-03-01T12:00:00Z")]
+    # deltaferry's own compare (drill, demo) reads the source as the sync does
+    from deltaferry.compare import compare
+    from deltaferry.config import load_job
+
+    assert all(c.equal for c in compare(load_job("lite", cfg), tmp_path / "replica.duckdb"))
+
+
+@pytest.mark.parametrize(
+    "ddl, extra, needles",
+    [
+        ("v BLOB", 'column_types = { v = "int64" }', ["column 'v'", 'declares "int64"', "BLOB"]),
+        # SQLite gives an unknown declared type NUMERIC affinity: no precision, refused
+        ("v WIDGET", "", ["column 'v'", "NUMERIC", "column_types"]),
+    ],
+)
+def test_sqlite_declared_types_that_cannot_be_exact_are_refused_up_front(
+    tmp_path, home, prefect_api, ddl, extra, needles
+):
+    db, cfg, sync = _lite(tmp_path, home, "(1, NULL)", ddl=ddl, extra=extra)
+    with pytest.raises(ConfigError) as err:
+        sync()
+    line = str(err.value)
+    assert "\n" not in line and "job 'lite' table 'kinds'" in line
+    for needle in needles:
+        assert needle in line, (needle, line)

@@ -32,7 +32,7 @@ from sources.sql_database.settings import (
     STAGING_DATASET,
 )
 from sources.integrity import KeyCheck
-from sources.sql_database.types import job_scope, source_columns, sql_table
+from sources.sql_database.types import job_scope, key_roles, source_columns, sql_table
 from sources.sql_database.window import (
     Normalize,
     TimeText,
@@ -268,12 +268,7 @@ def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) 
         # keeps them); any other name is refused here, before dlt renames it
         check_columns(job.name, t.name, names, convention)
         cols = set(names)
-        needed = (
-            set(t.primary_key)
-            | ({t.cursor} if t.cursor else set())
-            | ({t.soft_delete_column} if t.soft_delete_column else set())
-        )
-        missing = sorted(needed - cols)
+        missing = sorted(set(key_roles(t)) - cols)
         if missing:
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': column(s) {', '.join(missing)} not in the source table"
@@ -295,7 +290,7 @@ def extract(job: JobConfig) -> ExtractResult:
     watchdog = StallWatchdog(engine)
     try:
         try:
-            with job_scope(job):  # column types and settings (sources/sql_database/types.py)
+            with job_scope():  # type warnings quiet, a refused value as its own error
                 return _extract(job, engine, watchdog)
         except sa.exc.DBAPIError as e:  # reflection and key reads outside dlt's own steps
             raise connect_error(job, e) from e
@@ -399,9 +394,10 @@ class _TableRead:
         self.t = t
         self.keys = KeyCheck(job, t)
         self.changed = changed
-        text_times = text_time_columns(engine, t.name)
+        text_times = text_time_columns(engine, t)
         self.normalize = Normalize(job, t, text_times)
         resource = sql_table(
+            job,
             credentials=engine,
             table=t.name,
             backend="pyarrow",

@@ -25,7 +25,6 @@ SQLAlchemy and dlt imports are inside the functions that need them).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import math
 import re
@@ -98,24 +97,15 @@ def check_table(job: str, t: Any) -> None:
     """Validate a table's ``exclude_columns`` and ``column_types``; ConfigError (one line
     naming job, table, setting and value) otherwise."""
     where = f"job '{job}' table '{t.name}'"
-    fixed = {*t.primary_key, *([t.cursor] if t.cursor else [])}
-    if t.soft_delete_column:
-        fixed.add(t.soft_delete_column)
-    role = {c: "primary key" for c in t.primary_key}
-    if t.cursor:
-        role[t.cursor] = "cursor"
-    if t.soft_delete_column:
-        role[t.soft_delete_column] = "soft-delete column"
+    role = key_roles(t)
     excluded = t.options.get("exclude_columns", [])
-    if not isinstance(excluded, list) or not all(
-        isinstance(c, str) and re.match(r"^[a-z_][a-z0-9_]*$", c) for c in excluded
-    ):
+    if not isinstance(excluded, list) or not all(isinstance(c, str) and c for c in excluded):
         raise ConfigError(
-            f"{where}: exclude_columns must be a list of lower-case column names, "
-            f'e.g. ["notes", "raw_blob"] (got {excluded!r})'
+            f"{where}: exclude_columns must be a list of column names as the source spells "
+            f'them, e.g. ["notes", "raw_blob"] (got {excluded!r})'
         )
     for c in excluded:
-        if c in fixed:
+        if c in role:
             raise ConfigError(
                 f"{where}: exclude_columns names '{c}', the table's {role[c]}; it must be read"
             )
@@ -126,9 +116,7 @@ def check_table(job: str, t: Any) -> None:
             f'column_types = {{ amount = "decimal(18,4)", span = "text" }} (got {types!r})'
         )
     for c, spec in types.items():
-        if not re.match(r"^[a-z_][a-z0-9_]*$", c):
-            raise ConfigError(f"{where}: column_types names '{c}', not a lower-case column name")
-        if c in fixed:
+        if c in role:
             raise ConfigError(
                 f"{where}: column_types names '{c}', the table's {role[c]}; its type cannot be "
                 "changed (it is compared with the source as read)"
@@ -237,7 +225,7 @@ def plan_column(
     if declared is not None:
         return _declared_plan(plan, t, fam, parse_type(declared), sqlite)
     if fam == "integer":
-        plan.target, plan.dlt_type = "int64", None
+        plan.target = "int64"
         if sqlite:  # SQLite stores what it is given: a REAL or TEXT may sit in an INTEGER column
             plan.convert, plan.raw = _sqlite_int, True
         return plan
@@ -509,20 +497,20 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
         def load_dialect_impl(self, dialect: Any) -> Any:
             return impl_type
 
-        def process_result_value(self, value: Any, dialect: Any) -> Any:
-            if plan.convert is None:
-                return value
-            try:
-                return plan.convert(value)
-            except _BadValue as bad:
-                raise ValueRefused(
-                    f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
-                    f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
-                    f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
-                    f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
-                    "the value at the source"
-                ) from None
+    def process_result_value(self: Any, value: Any, dialect: Any) -> Any:
+        try:
+            return plan.convert(value)  # type: ignore[misc]
+        except _BadValue as bad:
+            raise ValueRefused(
+                f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
+                f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
+                f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
+                f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
+                "the value at the source"
+            ) from None
 
+    if plan.convert is not None:  # no per-value call for a column read as it comes
+        Carried.process_result_value = process_result_value  # type: ignore[method-assign]
     if plan.cast_text:  # SELECT CAST(col AS TEXT): the database's own text form
 
         def column_expression(self: Any, colexpr: Any) -> Any:
@@ -533,32 +521,23 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
     return Carried()
 
 
-def _role(t: Any, column: str) -> str | None:
-    if column in t.primary_key:
-        return "primary key"
-    if column == t.cursor:
-        return "cursor"
-    if column == t.soft_delete_column:
-        return "soft-delete column"
-    return None
+def key_roles(t: Any) -> dict[str, str]:
+    """The table's columns that are read as they are, whatever ``column_types`` says (they
+    are compared with the source as read), by name: their role."""
+    roles = {c: "primary key" for c in t.primary_key}
+    if t.cursor:
+        roles[t.cursor] = "cursor"
+    if t.soft_delete_column:
+        roles[t.soft_delete_column] = "soft-delete column"
+    return roles
 
 
-def plans(
-    job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any, *, complete: bool = True
-) -> dict[str, Plan]:
+def plans(job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any) -> dict[str, Plan]:
     """Plans of a table's columns (as ``Inspector.get_columns`` gives them), excluded columns
-    left out; ConfigError (one line) for a column that cannot be published exactly or, when
-    ``columns`` is the ``complete`` list, a setting naming a column the table does not have."""
+    left out; ConfigError (one line) for a column that cannot be published exactly."""
     excluded = set(t.options.get("exclude_columns", ()))
     declared = dict(t.options.get("column_types", {}))
-    names = {c["name"] for c in columns}
     where = f"job '{job.name}' table '{t.name}'"
-    for setting, cols in (("exclude_columns", excluded), ("column_types", set(declared))):
-        missing = sorted(cols - names)
-        if missing and complete:
-            raise ConfigError(
-                f"{where}: {setting} names column(s) {', '.join(missing)}, not in the source table"
-            )
     out: dict[str, Plan] = {}
     for c in columns:
         name = c["name"]
@@ -568,7 +547,7 @@ def plans(
             out[name] = plan_column(name, c["type"], dialect, declared.get(name))
         except Refusal as r:
             source = _source_name(c["type"], dialect)
-            role = _role(t, name)
+            role = key_roles(t).get(name)
             fix = (
                 f"it is the table's {role}, so it cannot be excluded or retyped: change its type "
                 "at the source or sync a view that casts it"
@@ -614,79 +593,66 @@ def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
     warnings, after checking that every column can be published exactly (ConfigError)."""
     with quiet():
         columns = insp.get_columns(t.name)
+    names = {c["name"] for c in columns}
+    for setting in ("exclude_columns", "column_types"):
+        missing = sorted(set(t.options.get(setting, ())) - names)
+        if missing:
+            raise ConfigError(
+                f"job '{job.name}' table '{t.name}': {setting} names column(s) "
+                f"{', '.join(missing)}, not in the source table"
+            )
     plans(job, t, columns, insp.dialect)
     return columns
 
 
-_JOB: contextvars.ContextVar[Any] = contextvars.ContextVar("deltaferry_sql_job")
-
-
 @contextlib.contextmanager
-def job_scope(job: Any) -> Iterator[None]:
-    """Around one extract of ``job``: ``sql_table`` below knows the job's table settings,
-    library type warnings stay off stderr, and a refused value surfaces as its own one-line
-    ``ValueRefused`` rather than wrapped in dlt's step error."""
+def job_scope() -> Iterator[None]:
+    """Around one extract: library type warnings stay off stderr, and a refused value
+    surfaces as its own one-line ``ValueRefused`` rather than wrapped in dlt's step error."""
     from sources.staging import find_cause
 
-    token = _JOB.set(job)
     try:
         with quiet():
             yield
     except Exception as e:
         refused = find_cause(e, lambda x: isinstance(x, ValueRefused))
         if refused is not None and refused is not e:
-            raise ValueRefused(str(refused)) from None
+            raise refused from None
         raise
-    finally:
-        _JOB.reset(token)
 
 
-def sql_table(**kwargs: Any) -> Any:
-    """dlt's ``sql_table`` with the current job's column plans applied: excluded columns
-    are not selected, the others read and typed as their plan says. Call inside
-    ``job_scope(job)``."""
+def sql_table(job: Any, **kwargs: Any) -> Any:
+    """dlt's ``sql_table`` for a table of ``job`` with its column plans applied: excluded
+    columns are not selected, the others read and typed as their plan says. A column whose
+    type already carries a ``dlt_type`` (adapted by the caller's ``table_adapter_callback``,
+    or by this function on an earlier reflection) is left as it is."""
     from dlt.sources.sql_database import sql_table as dlt_sql_table
 
-    job = _JOB.get(None)
-    if job is None:
-        raise RuntimeError("sources.sql_database.types.sql_table needs job_scope(job)")
     t = job.table(kwargs["table"])
-    excluded = list(t.options.get("exclude_columns", ()))
+    excluded = sorted(t.options.get("exclude_columns", ()))
     if excluded:
-        kwargs["excluded_columns"] = sorted({*(kwargs.get("excluded_columns") or ()), *excluded})
-        incremental = kwargs.get("incremental")
-        pk = getattr(incremental, "primary_key", None)
-        if isinstance(pk, (tuple, list)):  # de-duplication by content: only what is read
-            incremental.primary_key = tuple(c for c in pk if c not in excluded)
+        kwargs["excluded_columns"] = excluded
     inner = kwargs.get("table_adapter_callback")
-    fixed = {*t.primary_key, *([t.cursor] if t.cursor else [])}
-    if t.soft_delete_column:
-        fixed.add(t.soft_delete_column)
+    fixed = key_roles(t)
 
     def adapt(table: Any) -> Any:
         result = inner(table) if inner is not None else None
         table = result if result is not None else table
         engine = kwargs["credentials"]
-        columns = [  # columns already adapted (a table reflected once, adapted twice) stay
+        columns = [
             {"name": c.name, "type": c.type}
             for c in table.columns
             if not hasattr(c.type, "dlt_type")
         ]
-        for name, plan in plans(job, t, columns, engine.dialect, complete=False).items():
+        for name, plan in plans(job, t, columns, engine.dialect).items():
             if name in fixed or not (plan.cast_text or plan.convert or plan.raw):
                 continue
             col = table.columns[name]
             col.type = _carried_type(job.name, t.name, plan, col.type)
         return table
 
-    inner_type = kwargs.get("type_adapter_callback")
-
     def dlt_type(sa_type: Any) -> Any:
-        if inner_type is not None:  # the caller's own mapping first (SQLite text columns)
-            chosen = inner_type(sa_type)
-            if chosen is not None:
-                return chosen
-        if hasattr(sa_type, "dlt_type"):  # None: no hint, the Arrow type decides
+        if hasattr(sa_type, "dlt_type"):  # the type dlt stages the adapted column as
             return sa_type.dlt_type
         sa_type = _unwrap(sa_type)
         return _DOUBLE() if _family(sa_type) == "float" else sa_type

@@ -46,16 +46,20 @@ SQLITE_MARGIN_SECONDS = 0.002
 NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
 
 
-def text_time_columns(engine: sa.Engine, table: str) -> dict[str, str]:
+def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
     """SQLite columns read as their raw text, by name: ``"timestamp"`` or ``"date"`` for a
     declared time type (parsed by ``TimeText``), ``"json"`` for a declared ``JSON`` column
     (the document's text as stored: SQLAlchemy would decode it into Python values of mixed
-    kinds, and a JSON ``null`` document would become SQL NULL). Empty for other databases
-    (their drivers return real time values)."""
+    kinds, and a JSON ``null`` document would become SQL NULL). A column the table's
+    ``column_types`` declares is read as declared instead. Empty for other databases (their
+    drivers return real time values)."""
     if engine.dialect.name != "sqlite":
         return {}
+    declared = t.options.get("column_types", {})
     out: dict[str, str] = {}
-    for col in sa.inspect(engine).get_columns(table):
+    for col in sa.inspect(engine).get_columns(t.name):
+        if col["name"] in declared:
+            continue
         if isinstance(col["type"], sa.DateTime):
             out[col["name"]] = "timestamp"
         elif isinstance(col["type"], sa.Date):
