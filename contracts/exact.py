@@ -14,6 +14,8 @@ fraction into an integer). This adds the ones it lets through silently:
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 import pyarrow as pa
@@ -80,6 +82,17 @@ def _locate(col: Any, target: pa.DataType, why: str) -> InexactCast:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                 return InexactCast(target, start + i + 1, repr(part[i].as_py()), _first_line(e))
     return InexactCast(target, None, None, why)
+
+
+# the fraction of a time text (after HH:MM:SS)
+_FRACTION = re.compile(r"\d:\d\d[.,](\d+)")
+
+
+def finer_than_microseconds(text: str) -> bool:
+    """Whether a time text has non-zero digits beyond microseconds (a timestamp in
+    microseconds would cut them)."""
+    m = _FRACTION.search(text)
+    return bool(m and m.group(1)[6:].strip("0"))
 
 
 def _first_line(e: BaseException) -> str:

@@ -108,36 +108,46 @@ def _fix(convention: str) -> str:
     )
 
 
-def check_columns(job: str, table: str, columns: Iterable[str], convention: str = EXACT) -> None:
-    """Refuse, as one line naming job, table, column(s) and the fix, source columns that
-    staging would not keep exactly: a name the convention changes, a name reserved by
-    deltaferry, and two names staging (case-insensitive) cannot hold apart."""
-    from deltaferry.errors import ConfigError
-
-    where = f"job '{job}' table '{table}'"
-    names = list(columns)
+def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str, str] | None:
+    """The first reason staging would not keep ``columns`` exactly and apart, as (problem,
+    fix): a name the convention changes, a name reserved by deltaferry and dlt, a name
+    twice, or two names staging (case-insensitive DuckDB) cannot tell apart; None when
+    every name is kept."""
     seen: dict[str, str] = {}
     norm = naming(convention) if convention != EXACT else None
-    for name in names:
+    for name in columns:
         problem = name_problem(name, convention)
         if problem:
-            raise ConfigError(
-                f"{where}: source column {name!r} {problem}; {_fix(convention)}"
-            )
+            return f"column {name!r} {problem}", _fix(convention)
         if _reserved(name):
-            raise ConfigError(
-                f"{where}: source column {name!r} is a name deltaferry and dlt use for their "
-                f"own columns (_dlt_*, _df_*); {_fix(convention)}"
+            return (
+                f"column {name!r} is a name deltaferry and dlt use for their own columns "
+                "(_dlt_*, _df_*)",
+                _fix(convention),
             )
         key = (norm.normalize_identifier(name) if norm else name).casefold()
         other = seen.get(key)
+        if other == name:
+            return f"column {name!r} more than once", "give every column its own name"
         if other is not None:
-            raise ConfigError(
-                f"{where}: source columns {other!r} and {name!r} differ only in case, and "
-                "staging and the replica (DuckDB) do not tell names apart by case; rename one "
-                "of them at the source"
+            return (
+                f"columns {other!r} and {name!r} differ only in case, and staging and the "
+                "replica (DuckDB) do not tell names apart by case",
+                "rename one of them at the source",
             )
         seen[key] = name
+    return None
+
+
+def check_columns(job: str, table: str, columns: Iterable[str], convention: str = EXACT) -> None:
+    """Refuse, as one ConfigError line naming job, table, column(s) and the fix, source
+    columns that staging would not keep exactly (see ``column_problem``)."""
+    from deltaferry.errors import ConfigError
+
+    found = column_problem(columns, convention)
+    if found:
+        problem, fix = found
+        raise ConfigError(f"job '{job}' table '{table}': source {problem}; {fix}")
 
 
 def cursor_path(name: str) -> str:

@@ -161,3 +161,50 @@ class ApiServer:
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(raw)
+
+
+# a test job against this server: the [jobs.api] header (``{url}``, ``{lake}`` to format)
+API_JOB_HEADER = """
+[jobs.api]
+source = "rest_api"
+url = "{url}"
+lake = "{lake}"
+auth = {{ type = "bearer", token = "env:API_TOKEN" }}
+"""
+
+
+def users_table(contract: str) -> str:
+    """The ``users`` table of a test job (offset paging), checked by ``contract``."""
+    return f"""
+[[jobs.api.tables]]
+name = "users"
+primary_key = ["id"]
+data_selector = "items"
+paginator = {{{{ type = "offset", limit = 3, total_path = "total" }}}}
+contract = "{contract}"
+"""
+
+
+def ts(second: int) -> str:
+    """A cursor value of the seeded records: ``second`` seconds after 10:00 UTC."""
+    return f"2026-11-01T10:00:{second:02d}+00:00"
+
+
+def seeded() -> ApiServer:
+    """A server with ten tickets (9 and 10 share the last cursor value), seven events and
+    seven users; not started."""
+    server = ApiServer()
+    for i in range(1, 11):
+        server.tickets[i] = {
+            "id": i,
+            "title": f"ticket {i} – Grüße",
+            "status": "open",
+            "tags": ["a", f"t{i}"],
+            "meta": {"prio": i % 3, "owner": {"name": "ö"}},
+            "updated_at": ts(min(i, 9)),
+        }
+    for i in range(1, 8):
+        server.events[i] = {"id": i, "kind": "click", "updated_at": ts(i)}
+    for i in range(1, 8):
+        server.users[i] = {"id": i, "name": f"user {i}", "email": f"u{i}@example.com"}
+    return server

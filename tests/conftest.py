@@ -243,3 +243,18 @@ def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) 
         replica=tmp_path / "replica.duckdb",
         name="conf",
     )
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The test REST API (``tests/api_server.py``), seeded and started; its token in
+    ``API_TOKEN`` and a fast client backoff."""
+    from tests.api_server import seeded
+
+    server = seeded()
+    server.start()
+    monkeypatch.setenv("API_TOKEN", server.token)
+    # fast backoff for the tests; Retry-After is still honoured as sent
+    monkeypatch.setenv("DELTAFERRY_HTTP_BACKOFF", "0.05")
+    yield server
+    server.stop()  # idempotent: a test may have stopped it already

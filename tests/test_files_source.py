@@ -768,7 +768,7 @@ def test_a_new_jobs_file_columns_keep_their_names_or_the_file_is_set_aside():
     assert table.column_names == ["id", "userId", "Order Date", "select"]
     for header, says in [
         ("id,Email,email\n", "columns 'Email' and 'email' differ only in case"),
-        ("id,_dlt_id\n", "reserved column(s) _dlt_id"),
+        ("id,_dlt_id\n", "column '_dlt_id' is a name deltaferry and dlt use for their own"),
         ('id," padded"\n', "has leading or trailing spaces"),
     ]:
         with pytest.raises(SetAside) as caught:

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from deltaferry.errors import ConfigError
+from tests.api_server import API_JOB_HEADER, users_table
 
 # every kind of name staging keeps exactly, as SQLite spells them (quoted)
 ODD_TABLE = """CREATE TABLE odd (
@@ -352,6 +353,11 @@ def test_a_job_staged_under_snake_case_keeps_it_and_refuses_renames(names_job, m
         staged.close()
     assert "user_id" not in cols and "userId" not in cols
 
+    # the staging file lost, dlt's working dir kept: the convention is read from dlt's own
+    # schema there, so the job does not switch conventions silently
+    (names_job.dir / "home" / "names" / "staging.duckdb").unlink()
+    assert staging_naming(job) == "snake_case"
+
 
 def test_drift_finds_variant_columns_under_both_conventions():
     from contracts.drift import _VARIANT
@@ -361,22 +367,7 @@ def test_drift_finds_variant_columns_under_both_conventions():
     assert _VARIANT.match("first name") is None
 
 
-from tests.test_rest_api import api  # noqa: E402,F401 - the API server fixture
-
-API_JOB = """
-[jobs.api]
-source = "rest_api"
-url = "{url}"
-lake = "{lake}"
-auth = {{ type = "bearer", token = "env:API_TOKEN" }}
-
-[[jobs.api.tables]]
-name = "users"
-primary_key = ["id"]
-data_selector = "items"
-paginator = {{ type = "offset", limit = 3, total_path = "total" }}
-contract = "{contract}:Plain"
-"""
+API_JOB = API_JOB_HEADER + users_table("{contract}:Plain")
 
 
 def test_record_keys_arrive_exactly_and_a_case_collision_is_refused(names_job, api):

@@ -11,15 +11,10 @@ import duckdb
 import pytest
 
 from deltaferry.errors import TerminalError
-from tests.api_server import ApiServer
+from tests.api_server import API_JOB_HEADER, ApiServer, users_table
+from tests.api_server import ts as _ts
 
-JOB = """
-[jobs.api]
-source = "rest_api"
-url = "{url}"
-lake = "{lake}"
-auth = {{ type = "bearer", token = "env:API_TOKEN" }}
-
+JOB = API_JOB_HEADER + """
 [[jobs.api.tables]]
 name = "tickets"
 primary_key = ["id"]
@@ -38,43 +33,7 @@ cursor_param = "since"
 initial_value = "2000-01-01T00:00:00+00:00"
 paginator = "header_link"
 contract = "tests.contracts_api:Events"
-
-[[jobs.api.tables]]
-name = "users"
-primary_key = ["id"]
-data_selector = "items"
-paginator = {{ type = "offset", limit = 3, total_path = "total" }}
-contract = "tests.contracts_api:Users"
-"""
-
-
-def _ts(second: int) -> str:
-    return f"2026-11-01T10:00:{second:02d}+00:00"
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch):
-    server = ApiServer()
-    for i in range(1, 11):
-        server.tickets[i] = {
-            "id": i,
-            "title": f"ticket {i} – Grüße",
-            "status": "open",
-            "tags": ["a", f"t{i}"],
-            "meta": {"prio": i % 3, "owner": {"name": "ö"}},
-            # tickets 9 and 10 share the last cursor value
-            "updated_at": _ts(min(i, 9)),
-        }
-    for i in range(1, 8):
-        server.events[i] = {"id": i, "kind": "click", "updated_at": _ts(i)}
-    for i in range(1, 8):
-        server.users[i] = {"id": i, "name": f"user {i}", "email": f"u{i}@example.com"}
-    server.start()
-    monkeypatch.setenv("API_TOKEN", server.token)
-    # fast backoff for the tests; Retry-After is still honoured as sent
-    monkeypatch.setenv("DELTAFERRY_HTTP_BACKOFF", "0.05")
-    yield server
-    server.stop()  # idempotent: a test may have stopped it already
+""" + users_table("tests.contracts_api:Users")
 
 
 @pytest.fixture
@@ -316,13 +275,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
 
 # --- one read: keys read twice, reads that do not end, records without a key -------------
 
-ITEMS_JOB = """
-[jobs.api]
-source = "rest_api"
-url = "{url}"
-lake = "{lake}"
-auth = {{ type = "bearer", token = "env:API_TOKEN" }}
-{job_extra}
+ITEMS_JOB = API_JOB_HEADER + """{job_extra}
 [[jobs.api.tables]]
 name = "items"
 primary_key = ["id"]

@@ -150,13 +150,13 @@ def _resource(
     drops: Folder | S3Prefix,
     changed: ChangedRows,
     skipped: dict[str, list[str]],
-    borrowed: duckdb.DuckDBPyConnection | None = None,
-    keys: KeyCheck | None = None,
-    naming_convention: str | None = None,
+    borrowed: duckdb.DuckDBPyConnection | None,
+    keys: KeyCheck,
+    naming_convention: str,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = _contract_types(t, where)
-    convention = str(naming_convention or "snake_case")
+    convention = str(naming_convention)
     pattern = t.options.get("pattern") or default_pattern(t.name)
     staged_times = staged_file_times(job, t, borrowed)
 
@@ -184,7 +184,7 @@ def _resource(
                     reasons.append((f, f"{where}: {reason}"))
                     continue
                 done.append(f)
-                if table is not None and keys is not None:  # NULL keys: held in quarantine
+                if table is not None:  # NULL keys held in the quarantine; the rest NOT NULL
                     table = keys_not_null(keys.hold_null_keys(table), t)
                 if table is None or table.num_rows == 0:
                     continue

@@ -53,8 +53,11 @@ def read_table(
     zone: str = "UTC",
     convention: str = "snake_case",
 ) -> pa.Table | None:
-    """A file's rows as Arrow, columns named as dlt names them and cast to the contract's
-    types; None when the file has nothing in it. Raises SetAside."""
+    """A file's rows as Arrow, columns named as staging keeps them (``convention``: the
+    job's staging naming, ``"direct"`` for a new one; the default is a staging made before
+    names were kept) and cast to the contract's types, naive times taken in ``zone``; None
+    when the file has nothing in it. Key columns may still hold NULLs (the caller holds
+    those rows back). Raises SetAside."""
     if fmt != "parquet" and raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -80,8 +83,7 @@ def read_table(
         for name, typ in types.items():
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    table = _conform(table, types, zone)
-    return keys_not_null(table, t)
+    return _conform(table, types, zone)
 
 
 def keys_not_null(table: pa.Table, t: TableConfig) -> pa.Table:
@@ -161,27 +163,14 @@ def _dlt_name(name: str) -> str:
 
 def _exact_names(table: pa.Table, convention: str) -> pa.Table:
     """The file's column names kept exactly (a job whose staging keeps source names, see
-    ``sources.names``); a name staging would change, a reserved one, or two that differ
-    only in case set the file aside, naming them."""
-    from sources.names import _reserved, name_problem
+    ``sources.names``); a name staging would change, a reserved one, one twice or two that
+    differ only in case set the file aside, naming them."""
+    from sources.names import column_problem
 
-    seen: dict[str, str] = {}
-    for name in table.column_names:
-        problem = name_problem(name, convention)
-        if problem:
-            raise SetAside(f"column {name!r} {problem}", "rename the column in the file")
-        if _reserved(name):
-            raise SetAside(f"reserved column(s) {name}", "rename them")
-        other = seen.get(name.casefold())
-        if other is not None:
-            if other == name:
-                raise SetAside(f"column(s) {name} more than once", "give every column its own name")
-            raise SetAside(
-                f"columns {other!r} and {name!r} differ only in case, which staging (DuckDB) "
-                "cannot tell apart",
-                "rename one of them in the file",
-            )
-        seen[name.casefold()] = name
+    found = column_problem(table.column_names, convention)
+    if found:
+        problem, fix = found
+        raise SetAside(problem, fix.replace("at the source", "in the file"))
     return table
 
 

@@ -34,7 +34,7 @@ from dlt.sources.rest_api import rest_api_resources
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
 from sources.names import cursor_path
-from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor
+from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
 from sources.staging import (
     DEDUPLICATED,
     ChangedRows,
@@ -62,14 +62,6 @@ def _no_queries(text: str) -> str:
     return re.sub(r"\?[^\s'\")>]*", "?…", text)
 
 
-def _safe(url: str) -> str:
-    """A url without its query string (it may carry an api key) or credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 class _Watch(requests.adapters.HTTPAdapter):
     """The transport under dlt's retrying session: sees every attempt's response."""
 
@@ -83,7 +75,7 @@ class _Watch(requests.adapters.HTTPAdapter):
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
         response = super().send(request, *args, **kwargs)
         status = response.status_code
-        where = f"{_where(self.job)}: {request.method} {_safe(request.url or '')}"
+        where = f"{_where(self.job)}: {request.method} {safe_url(request.url or '')}"
         if status == 429 or status >= 500:
             after = response.headers.get("Retry-After")
             with self._lock:
@@ -167,7 +159,7 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
 
     base_url = job.source_url().rstrip("/") + "/"
     # tokens and keys go with every request: never in clear text over the network
-    require_tls(base_url, f"job '{job.name}': API {_safe(base_url)}")
+    require_tls(base_url, f"job '{job.name}': API {safe_url(base_url)}")
     client: dict[str, Any] = {"base_url": base_url, "session": session}
     if job.options.get("auth"):
         client["auth"] = _resolved(job, job.options["auth"], "auth")
@@ -229,7 +221,7 @@ def preflight_source(job: JobConfig) -> None:
         raise
     except requests.RequestException as e:
         raise TransientError(
-            f"{_where(job)}: API at {_safe(base)} unreachable: {type(e).__name__}; check the url "
+            f"{_where(job)}: API at {safe_url(base)} unreachable: {type(e).__name__}; check the url "
             "and that the server is up"
         ) from None
     finally:
@@ -238,7 +230,7 @@ def preflight_source(job: JobConfig) -> None:
 
 def _check_status(job: JobConfig, t: TableConfig, response: requests.Response) -> None:
     status = response.status_code
-    where = f"{_where(job, t)}: GET {_safe(response.url)} answered {status}"
+    where = f"{_where(job, t)}: GET {safe_url(response.url)} answered {status}"
     if status in (401, 403):
         raise ConfigError(f"{where}; check the job's auth (token, key or password)")
     if status == 404:
@@ -261,11 +253,11 @@ def extract(job: JobConfig) -> ExtractResult:
         by_name = {r.name: r for r in resources}
         staged, reads = [], []
         secrets = _secret_params(job)
+        convention = pipeline.destination.capabilities().naming_convention
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             # a record key staging would not keep exactly is refused before dlt sees it
-            convention = pipeline.destination.capabilities().naming_convention
             names = RecordNames(job.name, t.name, convention)
             read = TableRead(
                 job, t, changed, max_pages=max_pages(job, t), secret_params=secrets, check=names

@@ -46,6 +46,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.columns import HASH_COLUMN
@@ -59,12 +60,11 @@ _CHUNK = 1000
 _NAMED_KEYS = 10
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_FRACTION = re.compile(r"T?\d{2}:\d{2}:\d{2}[.,](\d+)")
 _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential", re.I)
 
 
-# ISO-8601 text with a fraction of more than six digits
-_FINE_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\.(\d{7,})")
+# ISO-8601 text with a date and a time (what dlt stages as a timestamp)
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
 
 
 def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +80,14 @@ def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def safe_url(url: str) -> str:
+    """A url without its query string (it may carry an api key) or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def newest_cursor(values: Any) -> Any:
     """dlt's ``last_value_func`` for an API cursor: the value with the highest
     ``cursor_rank`` (the latest instant, the largest number), the first of equals."""
@@ -88,8 +96,8 @@ def newest_cursor(values: Any) -> Any:
 
 def cursor_rank(value: Any) -> tuple[Any, ...]:
     """A cursor value as a sortable tuple: (0,) missing, (1, Decimal) a number,
-    (2, UTC datetime to the second, fraction of a second as Decimal) a timestamp,
-    (3, text) anything else."""
+    (2, UTC datetime) a timestamp (finer than microseconds is refused when read, see
+    ``TableRead._refuse_inexact_times``), (3, text) anything else."""
     if value is None:
         return (0,)
     if isinstance(value, bool):
@@ -103,9 +111,9 @@ def cursor_rank(value: Any) -> tuple[Any, ...]:
     if isinstance(value, Decimal):
         return (1, value) if value.is_finite() else (3, str(value))
     if isinstance(value, datetime):
-        return _instant(value, Decimal(value.microsecond) / 1_000_000)
+        return _instant(value)
     if isinstance(value, date):
-        return _instant(datetime(value.year, value.month, value.day), Decimal(0))
+        return _instant(datetime(value.year, value.month, value.day))
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):
@@ -114,18 +122,16 @@ def cursor_rank(value: Any) -> tuple[Any, ...]:
             except InvalidOperation:  # pragma: no cover - the pattern is a Decimal literal
                 pass
         try:
-            when = datetime.fromisoformat(text)
+            return _instant(datetime.fromisoformat(text))
         except ValueError:
             return (3, value)
-        m = _FRACTION.search(text)
-        return _instant(when, Decimal("0." + m.group(1)) if m else Decimal(0))
     return (3, json.dumps(value, sort_keys=True, default=str))
 
 
-def _instant(when: datetime, fraction: Decimal) -> tuple[Any, ...]:
+def _instant(when: datetime) -> tuple[Any, ...]:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)  # a naive timestamp is read as UTC
-    return (2, when.astimezone(timezone.utc).replace(microsecond=0), fraction)
+    return (2, when.astimezone(timezone.utc))
 
 
 def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
@@ -231,9 +237,8 @@ class TableRead:
                         )
                     sent[ident] = n
                 records = list(page) if isinstance(page, list) else [page]
-                digest = hashlib.md5(
-                    json.dumps(records, sort_keys=True, default=str).encode()
-                ).hexdigest()
+                texts = [canonical_json(r) for r in records]  # each record's, once
+                digest = hashlib.md5("\n".join(texts).encode()).hexdigest()
                 if records and digest == previous:
                     raise TerminalError(
                         f"{self.where}: page {n} ({self._shown(url)}) repeats the records of "
@@ -241,8 +246,8 @@ class TableRead:
                         "stopped and nothing of it is published"
                     )
                 previous = digest
-                for row in records:
-                    self._index(row, index, spill)
+                for row, text in zip(records, texts):
+                    self._index(row, text, index, spill)
                 paginator = getattr(page, "paginator", None)
                 if n >= self.max_pages and getattr(paginator, "has_next_page", False):
                     raise TerminalError(
@@ -255,16 +260,12 @@ class TableRead:
 
     def _shown(self, url: str) -> str:
         """The url without credentials, its secret query values masked."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
         secret = self.secret_params
         query = "&".join(
             f"{quote(k)}=" + ("…" if k in secret or _SECRET_NAME.search(k) else quote(v))
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)
         )
-        shown = f"{parts.scheme}://{host}{port}{parts.path}"
-        return shown + (f"?{query}" if query else "")
+        return safe_url(url) + (f"?{query}" if query else "")
 
     # --- records -------------------------------------------------------------
 
@@ -272,9 +273,8 @@ class TableRead:
         """dlt stages an ISO-8601 text field as a timestamp in microseconds: a value with
         non-zero digits beyond them would be cut, so the read stops naming it."""
         for name, value in row.items():
-            if isinstance(value, str):
-                m = _FINE_TIME.match(value)
-                if m and m.group(1)[6:].strip("0"):
+            if isinstance(value, str) and len(value) > 26 and _ISO_TIME.match(value):
+                if finer_than_microseconds(value):
                     raise TerminalError(
                         f"{self.where}: field '{name}' value {value!r} has digits beyond "
                         "microseconds, which staging cannot keep (dlt stages ISO-8601 text as a "
@@ -284,21 +284,21 @@ class TableRead:
     def _index(
         self,
         row: Any,
+        text: str,
         index: dict[str, tuple[tuple[Any, ...], str, int, bool]],
         spill: Any,
     ) -> None:
+        """Keep ``row`` (its canonical JSON ``text``) if it is its key's newest version."""
         if not isinstance(row, dict):
             raise TerminalError(
                 f"{self.where}: a record is a JSON {type(row).__name__}, not an object; check "
                 "the table's data_selector"
             )
-        row.pop(HASH_COLUMN, None)
         self._refuse_inexact_times(row)
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
-        text = canonical_json(row)
         h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
         rank = cursor_rank(_cursor_value(row, self.t.cursor)) if self.t.cursor else ()
         known = index.get(key)

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
@@ -69,7 +70,6 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
     return out
 
 
-_FRACTION = re.compile(r"\d:\d\d\.(\d+)")
 _UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 
@@ -85,10 +85,8 @@ def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.da
         value = _UTC_WORD.sub("Z", value)
     if kind == "date":
         return dt.date.fromisoformat(value)
-    if len(value) > 26:  # only then can a fraction have more than six digits
-        fraction = _FRACTION.search(value)
-        if fraction and fraction.group(1)[6:].strip("0"):
-            raise ValueError("digits beyond microseconds")
+    if len(value) > 26 and finer_than_microseconds(value):  # longer: more than 6 digits
+        raise ValueError("digits beyond microseconds")
     when = dt.datetime.fromisoformat(value)
     if when.tzinfo is None:
         if zone.key == "UTC":  # naive UTC is already what is staged
