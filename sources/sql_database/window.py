@@ -114,9 +114,6 @@ class TimeText(sa.types.TypeDecorator):
         self._zone = ZoneInfo(zone)
         self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
 
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return value
-
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         if value is None:
             return None
