@@ -40,6 +40,11 @@ class SchemaDrift(ContractViolation):
     """The source's columns drifted from the contract and the job's drift policy is freeze."""
 
 
+class LakeMismatchError(TerminalError):
+    """The lake's chain for a table does not end where this producer's checkpoint says
+    (a mistyped lake URL, a lost newest manifest, another writer): nothing is published."""
+
+
 class VerificationError(TerminalError):
     """The lake does not match what its manifests promise."""
 

@@ -379,6 +379,36 @@ class StateStore:
             )
             con.execute("COMMIT")
 
+    def discard_plan(self, table: str, batch: int) -> None:
+        """Forget a planned, uncommitted batch and the quarantine records of its loads (the
+        next run cuts those loads again and decides again). ``deltaferry plan discard``."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            row = fetch_one(
+                con,
+                "SELECT load_ids FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
+                [table, batch],
+            )
+            if row is not None:
+                con.execute(
+                    "DELETE FROM quarantine WHERE tbl = ? AND load_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [table, json.loads(row[0])],
+                )
+                con.execute(
+                    "DELETE FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
+                    [table, batch],
+                )
+            con.execute("COMMIT")
+
+    def forget_table(self, table: str) -> None:
+        """Forget the table's position: checkpoint, plans and published loads (the operations
+        log and quarantine records stay). ``deltaferry reset``; the next run adopts the lake."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            for name in ("checkpoints", "plans", "published_loads"):
+                con.execute(f"DELETE FROM {name} WHERE tbl = ?", [table])
+            con.execute("COMMIT")
+
     def published_load_ids(self, table: str) -> set[str]:
         with self.connect() as con:
             rows = con.execute(

@@ -740,6 +740,25 @@ def commit(ctx: SyncContext, plan: Plan) -> None:
     ctx.state.commit_checkpoint(plan)
 
 
+def agree_with_lake(ctx: SyncContext, t: TableConfig) -> str:
+    """The lake's chain for ``t`` ends at this producer's checkpoint (or at its own planned
+    batch, stored before a lost acknowledgement); else ``LakeMismatchError``, nothing
+    written (``deltaferry/agreement.py``)."""
+    from deltaferry.agreement import check_lake
+
+    from deltaferry.errors import LakeMismatchError
+
+    ckpt = ctx.state.checkpoint(t.name)
+    try:
+        check_lake(
+            ctx.lake, ctx.job.name, t.name, ckpt, ctx.state.pending_plan(t.name), ctx.job.chain
+        )
+    except LakeMismatchError:
+        check_chain_mode(ctx, t)  # multi_producer switched on a published table: say that
+        raise
+    return f"lake and checkpoint agree at batch {ckpt.batch}"
+
+
 def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
     """Finish a planned batch left by an interrupted run. Returns what was done, or None."""
     plan = ctx.state.pending_plan(t.name)
@@ -753,7 +772,8 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
         if sha256(stored) != plan.manifest_sha256:
             raise ConflictError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the lake holds a different manifest "
-                f"than the one planned here; another writer holds this table. Nothing was overwritten"
+                f"than the one planned here; another writer holds this table. Nothing was overwritten; "
+                f"stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name}` adopts the lake's chain"
             )
         commit(ctx, plan)
         return f"batch {plan.batch}: manifest already stored, checkpoint committed"
@@ -787,7 +807,8 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
         if chunks is None:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
-                "planned batch are gone; restore the staging file or reset the table"
+                f"planned batch are gone; restore the staging file, or run `deltaferry reset "
+                f"{ctx.job.name} --table {t.name}` to read the source again from the lake's head"
             )
         # the plan's own cut: same part size; its quarantine decision was already taken
         job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
@@ -809,7 +830,9 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     if want != got:
         raise TerminalError(
             f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
-            f"from the plan (contract or library changed since?); expected {want}, got {got}"
+            f"from the plan (contract or library changed since?); expected {want}, got {got}. "
+            f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
+            f"{ctx.job.name} --table {t.name}` to cut it again at the current one"
         )
     return delta
 

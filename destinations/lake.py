@@ -63,8 +63,9 @@ class LakeStore(Protocol):
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
 
-    def list(self, prefix: str) -> list[str]:
-        """All keys under prefix, sorted."""
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+        """All keys under prefix, sorted; with ``start_after``, only keys after it (S3's
+        ``StartAfter``: the store skips the rest, so the cost follows what is new)."""
 
     def children(self, prefix: str) -> list[str]:
         """Names of the folders directly under ``prefix``, sorted; one listing
@@ -129,7 +130,7 @@ class FileLakeStore:
         except FileNotFoundError:
             return None
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
         base = self._path(prefix)
         if not base.exists():
             return []
@@ -138,7 +139,7 @@ class FileLakeStore:
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".tmp-")
         ]
-        return sorted(keys)
+        return sorted(k for k in keys if start_after is None or k > start_after)
 
     def children(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -397,13 +398,14 @@ class S3LakeStore:
         except ClientError:
             return None
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
         keys: list[str] = []
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
+        after = {"StartAfter": self._key(start_after)} if start_after else {}
         with _s3_errors(self, prefix):
             paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, **after):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 

@@ -1,6 +1,6 @@
 """The sync flow: the story of one run of one job, step by step.
 
-recover -> extract -> for each table: plan (cut + validate) -> upload -> manifest -> checkpoint
+lake-head -> recover -> extract -> for each table: plan (cut + validate) -> upload -> manifest -> checkpoint
 
 Retry layers, one per failure class: botocore's standard mode retries single S3
 requests; the Prefect task retries below retry whole steps, only for
@@ -24,6 +24,7 @@ from deltaferry.errors import TransientError
 from deltaferry.state import Plan
 from deltaferry.sync import (
     SyncContext,
+    agree_with_lake,
     commit,
     job_lock,
     open_context,
@@ -83,6 +84,14 @@ def _attempt() -> int:
 
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="lake-head", **_TASK)
+def agree_step(ctx: SyncContext) -> None:
+    """Check that the lake's chain of every table ends at this producer's checkpoint
+    (``deltaferry/agreement.py``) before anything is recovered or published."""
+    for t in ctx.job.tables:
+        ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
 
 
 @task(name="recover", **_TASK)
@@ -250,6 +259,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
         _tag_flow_run(ctx)
         current: str | None = None  # the table being worked on, for failure events
         try:
+            _retrying(agree_step, "lake-head", ctx)(ctx)
             for t in cfg.tables:
                 current = t.name
                 if not _needs_recovery(ctx, t):

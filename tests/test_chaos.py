@@ -310,8 +310,8 @@ class _ShuffledLake:
     def __init__(self, inner, seed: int) -> None:  # noqa: ANN001
         self.inner, self.rng = inner, random.Random(seed)
 
-    def list(self, prefix: str) -> list[str]:
-        keys = self.inner.list(prefix)
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+        keys = self.inner.list(prefix, start_after)
         self.rng.shuffle(keys)
         return keys
 

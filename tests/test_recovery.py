@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from deltaferry.errors import ConflictError
+from deltaferry.errors import ConflictError, LakeMismatchError
 from deltaferry.failpoints import POINTS
 from deltaferry.state import StateStore
 from deltaferry.verify import verify_table
@@ -80,7 +80,7 @@ def test_kill_at_each_commit_point_then_recover(shop_job, shop, point):
     assert all(c.equal for c in shop_job.compare())
 
 
-def test_different_manifest_at_our_batch_is_a_terminal_conflict(shop_job, shop):
+def test_a_manifest_past_our_checkpoint_stops_the_run_without_overwriting(shop_job, shop):
     shop.round(20, 20, churn=0)
     shop_job.sync()
     shop.round(5, 5, churn=0)
@@ -88,13 +88,14 @@ def test_different_manifest_at_our_batch_is_a_terminal_conflict(shop_job, shop):
     key = manifest_key("shop", "customers", 2)
     foreign = b'{"format":"deltaferry.manifest/1","producer_id":"someone-else"}'
     assert lake.put_if_absent(key, foreign)
-    with pytest.raises(ConflictError, match="batch 2.*another writer"):
+    # the lake is ahead of this producer's checkpoint: stopped before anything is planned
+    with pytest.raises(LakeMismatchError, match="ahead of this producer: its head is batch 2"):
         shop_job.sync()
     assert lake.get(key) == foreign  # never overwritten
     state = StateStore("shop")
-    assert state.checkpoint("customers").batch == 1
-    # it stays stopped: the next run meets the same conflict at recovery, still without overwriting
-    with pytest.raises(ConflictError):
+    assert state.checkpoint("customers").batch == 1 and state.pending_plan("customers") is None
+    # it stays stopped, still without overwriting
+    with pytest.raises(LakeMismatchError):
         shop_job.sync()
     assert lake.get(key) == foreign
 
@@ -133,6 +134,13 @@ def test_two_producers_on_one_table_exactly_one_commits(shop_job, shop, tmp_path
     shop.round(5, 5, churn=0.1)
     shop_job.sync()  # host A commits batch 2
     monkeypatch.setenv("DELTAFERRY_HOME", str(host_b))
+    with pytest.raises(LakeMismatchError, match="ahead of this producer"):
+        shop_job.sync()  # host B sees the lake past its checkpoint before it plans
+    # in a race both hosts pass that check before either stores its manifest; the
+    # create-only manifest still lets exactly one commit
+    import flows.sync
+
+    monkeypatch.setattr(flows.sync, "agree_with_lake", lambda ctx, t: "raced")
     with pytest.raises(ConflictError, match="batch 2.*another writer"):
         shop_job.sync()  # host B's own batch 2 is refused, nothing overwritten
     lake = shop_job.lake()

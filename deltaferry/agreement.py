@@ -1,0 +1,116 @@
+"""The producer and the lake agree before anything is published.
+
+A producer's local checkpoint says "the lake's chain for this table ends at batch N,
+whose manifest has sha256 H". Before a run recovers, plans or publishes anything, that
+is checked against the lake itself (:func:`check_lake`): the manifest of batch N must be
+there with exactly those bytes, and no batch after N may exist — except the batch this
+producer planned and whose manifest it already stored (a lost acknowledgement, which
+recovery then commits). Anything else stops the run before it writes, with one line
+naming the job, the table, both positions and what to run:
+
+- the lake holds nothing, or less than the checkpoint (a mistyped ``lake``, a bucket
+  restored from a backup, a deleted newest manifest): **behind**;
+- batch N is there with other bytes: **diverged** (another lake, another writer);
+- batches after N exist that this producer did not plan here: **ahead** (another host
+  publishing this job, or a ``DELTAFERRY_HOME`` restored from a backup).
+
+An empty checkpoint (a first run, a lost home) agrees with any lake: a first run starts
+the chain and a lost home adopts it (``deltaferry/adopt.py``, verified and recorded).
+``deltaferry reset`` is the explicit way to adopt the lake's head from a non-empty home.
+
+Cost: one GET of the checkpoint's manifest and one listing of the manifests after it
+(``start_after``), per table and run, whatever the chain's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deltaferry.errors import LakeMismatchError
+from deltaferry.state import Checkpoint, Plan
+from destinations.lake import LakeStore
+from destinations.manifest import batch_of_manifest_key, manifest_key, manifests_prefix, sha256
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in one table's chain: the batch number and its manifest's sha256
+    (None for batch 0, the empty chain, or for a manifest that cannot be read)."""
+
+    batch: int
+    manifest_sha256: str | None
+
+    def __str__(self) -> str:
+        if self.batch == 0:
+            return "batch 0 (empty)"
+        sha = (self.manifest_sha256 or "?")[:12]
+        return f"batch {self.batch} (manifest sha256 {sha}…)"
+
+
+def chain_head(lake: LakeStore, job: str, table: str, producer: str | None = None) -> Position:
+    """The newest batch of a chain and its manifest's sha256; ``Position(0, None)`` when the
+    chain has no manifest. Lists the whole manifests folder: for error messages and
+    ``reset``, not for the steady state."""
+    prefix = manifests_prefix(job, table, producer)
+    batches = sorted(n for k in lake.list(prefix) if (n := batch_of_manifest_key(k)) is not None)
+    if not batches:
+        return Position(0, None)
+    raw = lake.get(manifest_key(job, table, batches[-1], producer))
+    return Position(batches[-1], sha256(raw) if raw is not None else None)
+
+
+def check_lake(
+    lake: LakeStore,
+    job: str,
+    table: str,
+    checkpoint: Checkpoint,
+    pending: Plan | None,
+    producer: str | None = None,
+) -> None:
+    """Raise :class:`LakeMismatchError` unless the lake's chain for ``table`` (this
+    producer's chain when ``producer`` is set) ends exactly at ``checkpoint``, or at the
+    ``pending`` plan's batch with the plan's own manifest bytes. Nothing is written."""
+    if checkpoint.batch == 0 and pending is None:
+        return  # a first run, or a lost home: adoption decides (deltaferry/adopt.py)
+    where = f"job '{job}' table '{table}'" + (f" producer '{producer}'" if producer else "")
+    mine = Position(checkpoint.batch, checkpoint.manifest_sha256)
+    fix = f"`deltaferry reset {job} --table {table}`"
+    if checkpoint.batch:
+        stored = lake.get(manifest_key(job, table, checkpoint.batch, producer))
+        if stored is None:
+            head = chain_head(lake, job, table, producer)
+            raise LakeMismatchError(
+                f"{where}: the lake {lake.url} is behind this producer: its head is {head}, "
+                f"this producer's checkpoint is {mine}; nothing was published. If `lake` is "
+                "mistyped, correct it in the jobs file; if the lake lost batches "
+                f"{head.batch + 1}..{checkpoint.batch}, restore them from a backup, or run "
+                f"{fix} to go on from the lake's head (readers past it rebuild their replica)"
+            )
+        if sha256(stored) != checkpoint.manifest_sha256:
+            raise LakeMismatchError(
+                f"{where}: the lake {lake.url} holds a different batch {checkpoint.batch} "
+                f"(manifest sha256 {sha256(stored)[:12]}…) than this producer committed "
+                f"({mine}): another lake or another writer; nothing was published. Check "
+                f"`lake` in the jobs file, or run {fix} to adopt this lake's chain"
+            )
+    after = manifest_key(job, table, checkpoint.batch, producer) if checkpoint.batch else None
+    newer = sorted(
+        n
+        for k in lake.list(manifests_prefix(job, table, producer), start_after=after)
+        if (n := batch_of_manifest_key(k)) is not None and n > checkpoint.batch
+    )
+    if not newer:
+        return
+    if pending is not None and newer == [pending.batch]:
+        stored = lake.get(manifest_key(job, table, pending.batch, producer))
+        if stored is not None and sha256(stored) == pending.manifest_sha256:
+            return  # our own planned batch, stored before a lost acknowledgement
+    head = chain_head(lake, job, table, producer)
+    raise LakeMismatchError(
+        f"{where}: the lake {lake.url} is ahead of this producer: its head is {head}, this "
+        f"producer's checkpoint is {mine}"
+        + (f" with batch {pending.batch} planned" if pending is not None else "")
+        + "; another host publishes this job, or DELTAFERRY_HOME was restored from a backup. "
+        f"Nothing was published. Stop the other producer, or run {fix} to adopt the lake's "
+        "head (verified; the source is read again in full)"
+    )

@@ -1,0 +1,169 @@
+"""Ways out of the states a run can stop in, for ``deltaferry plan`` and ``deltaferry reset``.
+
+Each act takes the job's run lock (never while a run works on the job), changes only the
+producer's local state (``state.duckdb`` and staging; never the lake) and is written to
+the operations log with the operator's reason and the positions it saw.
+
+- ``plan show``: the batches planned here but not committed, and whether the lake holds
+  each one's manifest.
+- ``plan discard``: forget a planned batch the lake does not hold (its loads are cut again
+  by the next run, at the current contract). Refused when the lake already holds exactly
+  that manifest: the next run commits it.
+- ``reset``: forget the table's local position (checkpoint, plans, staged rows and dlt's
+  state for it); the next run adopts the lake's head as a producer with a lost home does
+  (``deltaferry/adopt.py``: verified, then the source read in full and reconciled),
+  so committed batches are never published again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deltaferry.agreement import Position, chain_head
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import ConfigError
+from deltaferry.state import Plan, StateStore
+from destinations.lake import LakeStore, open_lake
+from destinations.manifest import manifest_key, sha256
+
+
+@dataclass(frozen=True)
+class PendingPlan:
+    """One batch planned here and not committed: ``lake`` is ``"absent"`` (not published),
+    ``"stored"`` (the lake holds these exact manifest bytes: the next run commits it) or
+    ``"different"`` (the lake holds another manifest at this batch number)."""
+
+    table: str
+    batch: int
+    rows: int
+    load_ids: list[str]
+    manifest_sha256: str
+    lake: str
+    checkpoint: int
+    head: Position
+
+
+def _lake_state(lake: LakeStore, job: JobConfig, plan: Plan) -> str:
+    stored = lake.get(manifest_key(job.name, plan.table, plan.batch, job.chain))
+    if stored is None:
+        return "absent"
+    return "stored" if sha256(stored) == plan.manifest_sha256 else "different"
+
+
+def pending_plans(job: JobConfig, tables: list[TableConfig]) -> list[PendingPlan]:
+    """The planned, uncommitted batch of each of ``tables`` (none for most), with what the
+    lake holds at its batch number. Reads the lake; writes nothing."""
+    state = StateStore(job.name)
+    lake = open_lake(job.lake, base=job.base_dir)
+    lake.check()
+    found = []
+    for t in tables:
+        plan = state.pending_plan(t.name)
+        if plan is None:
+            continue
+        found.append(
+            PendingPlan(
+                t.name,
+                plan.batch,
+                plan.rows,
+                plan.load_ids,
+                plan.manifest_sha256,
+                _lake_state(lake, job, plan),
+                state.checkpoint(t.name).batch,
+                chain_head(lake, job.name, t.name, job.chain),
+            )
+        )
+    return found
+
+
+def discard_plan(job: JobConfig, t: TableConfig, reason: str) -> str:
+    """Forget the table's planned batch (and the quarantine records it made), so the next
+    run cuts its loads again. ConfigError when there is none, or when the lake already holds
+    exactly its manifest (then it is published: ``deltaferry run`` commits it)."""
+    from deltaferry.sync import job_lock
+
+    with job_lock(job.name):
+        state = StateStore(job.name)
+        plan = state.pending_plan(t.name)
+        where = f"job '{job.name}' table '{t.name}'"
+        if plan is None:
+            raise ConfigError(f"{where}: no planned batch to discard (`deltaferry plan show {job.name}`)")
+        lake = open_lake(job.lake, base=job.base_dir)
+        lake.check()
+        held = _lake_state(lake, job, plan)
+        if held == "stored":
+            raise ConfigError(
+                f"{where} batch {plan.batch}: the lake already holds this planned manifest, so "
+                f"the batch is published; `deltaferry run {job.name}` commits it. Not discarded"
+            )
+        state.discard_plan(t.name, plan.batch)
+        detail = (
+            f"planned batch {plan.batch} ({plan.rows} rows, loads {', '.join(plan.load_ids)}, "
+            f"manifest sha256 {plan.manifest_sha256[:12]}…; the lake holds {held} manifest "
+            f"there) discarded by the operator: {reason}. The next run cuts these loads again"
+        )
+        state.log("plan-discard", "plan-discard", "info", table=t.name, batch=plan.batch, detail=detail)
+        return f"{where}: {detail}"
+
+
+def _drop_staged(job: JobConfig, t: TableConfig) -> list[str]:
+    """Drop the table's staged rows and dlt's state for its resource (dlt's
+    ``pipeline_drop``), so the next extraction reads the source in full. Load packages dlt
+    extracted but never loaded are dropped first (the source is read again anyway).
+    Returns the staged tables dropped."""
+    from dlt.pipeline.helpers import pipeline_drop
+
+    from sources.staging import pipeline_for, staging_path
+
+    if not staging_path(job.name).exists():
+        return []
+    pipeline, borrowed = pipeline_for(job)
+    try:
+        schema = pipeline.default_schema if pipeline.default_schema_name else None
+        if schema is None:
+            return []
+        resources = sorted(
+            {
+                str(tbl.get("resource"))
+                for name, tbl in schema.tables.items()
+                if (name == t.name or name.startswith(f"{t.name}__")) and tbl.get("resource")
+            }
+        )
+        if not resources:
+            return []
+        if pipeline.has_pending_data:
+            pipeline.drop_pending_packages()
+        dropping = pipeline_drop(pipeline, resources=resources)
+        dropping()
+        info: Any = dropping.info
+        return sorted(info.get("tables", []))
+    finally:
+        if borrowed is not None:
+            borrowed.close()
+
+
+def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
+    """Forget the table's local position so that the next run adopts the lake's chain
+    (verified) and reads the source again in full; committed batches are never published
+    again. Changes local state only; written to the operations log."""
+    from deltaferry.sync import job_lock
+
+    with job_lock(job.name):
+        state = StateStore(job.name)
+        lake = open_lake(job.lake, base=job.base_dir)
+        lake.check()
+        ckpt = state.checkpoint(t.name)
+        plan = state.pending_plan(t.name)
+        head = chain_head(lake, job.name, t.name, job.chain)
+        dropped = _drop_staged(job, t)
+        state.forget_table(t.name)
+        planned = f", batch {plan.batch} planned" if plan is not None else ""
+        detail = (
+            f"reset by the operator: {reason}. Local checkpoint was {Position(ckpt.batch, ckpt.manifest_sha256)}"
+            f"{planned}; the lake {lake.url} is at {head}. Staged tables dropped: "
+            f"{', '.join(dropped) or 'none'}. The next run adopts the lake's head (verified) "
+            "and reads the source in full"
+        )
+        state.log("reset", "reset", "info", table=t.name, detail=detail)
+        return f"job '{job.name}' table '{t.name}': {detail}"
