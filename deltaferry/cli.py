@@ -422,8 +422,9 @@ def verify(job: str, config: str | None, oplog: bool) -> None:
 )
 @one_line_errors
 def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
-    """Remove objects no manifest names (left by killed or losing writers) and abort
-    incomplete multipart uploads. Readers never delete; only this does."""
+    """Remove data objects no manifest names (left by killed or losing writers), temporary
+    files of interrupted writes, and incomplete multipart uploads. Manifests, readers'
+    records, override logs and unknown objects are always kept. Readers never delete."""
     from deltaferry.config import load_job
     from deltaferry.gc import collect
     from destinations.lake import open_lake
@@ -437,11 +438,15 @@ def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
         out.print(f"{verb} {key}: {reason}", highlight=False)
     for key in report.aborted_uploads:
         out.print(f"aborted incomplete multipart upload {key}", highlight=False)
+    for key, why in report.kept_notes:
+        out.print(f"kept {key}: {why}", highlight=False)
+    kept = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kept.items()))
     out.print(
         f"job {cfg.name}: {report.referenced} objects referenced, {len(report.garbage)} garbage "
         f"{verb}, {len(report.kept_in_flight)} recent uncommitted kept, "
-        f"{len(report.aborted_uploads)} uploads aborted",
+        f"{len(report.aborted_uploads)} uploads aborted; kept by kind: {kept or 'nothing'}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
