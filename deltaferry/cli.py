@@ -318,7 +318,9 @@ def pull(
     policy: str,
     config: str | None,
 ) -> None:
-    """Verify and apply every published batch of JOB not yet in the replica (idempotent)."""
+    """Verify and apply every published batch of JOB not yet in the replica (idempotent).
+    A table that stops (a bad batch, a lake behind the replica) does not stop the others;
+    it is named in the error line and the exit code is 1."""
     from deltaferry.config import load_job
     from deltaferry.readers import default_consumer_id
     from deltaferry.replica import pull as do_pull
@@ -329,15 +331,21 @@ def pull(
         cfg.table(name)
     lake = open_lake(cfg.lake, base=cfg.base_dir)
     lake.check()
+    failed: DeltaferryError | None = None
     with out.status(f"pulling job [bold]{job}[/] into {replica} ..."):
-        results = do_pull(
-            cfg,
-            lake,
-            Path(replica),
-            list(tables) or None,
-            consumer=consumer or default_consumer_id(Path(replica).stem),
-            policy=policy,
-        )
+        try:
+            results = do_pull(
+                cfg,
+                lake,
+                Path(replica),
+                list(tables) or None,
+                consumer=consumer or default_consumer_id(Path(replica).stem),
+                policy=policy,
+            )
+        except DeltaferryError as e:  # tables that did not stop were pulled: show them
+            if not hasattr(e, "results"):
+                raise
+            failed, results = e, e.results  # type: ignore[attr-defined]
     table = _table(
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
@@ -363,6 +371,8 @@ def pull(
             err.print(
                 f"[bold yellow]warning:[/] {escape(r.warning)}", highlight=False, soft_wrap=True
             )
+    if failed is not None:
+        raise failed  # one line naming the table(s) that stopped; exit 1
 
 
 @cli.command()
@@ -371,34 +381,91 @@ def pull(
 @click.option(
     "--oplog", is_flag=True, help="Also check the hash chain of the job's local operations log."
 )
+@click.option(
+    "--replica",
+    "replicas",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Check the lake reaches what this replica has applied (repeatable).",
+)
+@click.option(
+    "--at",
+    "at",
+    multiple=True,
+    metavar="TABLE=BATCH",
+    help="Check the lake reaches this batch of TABLE (TABLE/PRODUCER=BATCH with several "
+    "producers; repeatable).",
+)
 @one_line_errors
-def verify(job: str, config: str | None, oplog: bool) -> None:
+def verify(
+    job: str, config: str | None, oplog: bool, replicas: tuple[str, ...], at: tuple[str, ...]
+) -> None:
     """Check the lake: signatures, manifest chain unbroken, every file present with its sha256
-    and row count. Trusted keys come from $DELTAFERRY_KEYS (default $DELTAFERRY_HOME/keys)."""
+    and row count; and that the lake reaches every known position: each --replica's, each
+    --at, and this producer's checkpoint when $DELTAFERRY_HOME holds one. Trusted keys come
+    from $DELTAFERRY_KEYS (default $DELTAFERRY_HOME/keys)."""
+    from deltaferry import positions as known
     from deltaferry.config import load_job
-    from deltaferry.verify import producers, verify_table
+    from deltaferry.keys import Keyring
+    from deltaferry.verify import check_position, producers, verify_table
     from destinations.lake import open_lake
 
     cfg = load_job(job, config)
+    given = [known.from_option(cfg, text) for text in at]
+    for path in replicas:
+        given += known.from_replica(cfg, Path(path))
     lake = open_lake(cfg.lake, base=cfg.base_dir)
     lake.check()
+    given += known.from_checkpoint(cfg)
+
+    def reaches(table: str, producer: str | None) -> str:
+        checked = [p for p in given if (p.table, p.producer) == (table, producer)]
+        for p in checked:
+            check_position(
+                lake, cfg.name, table, p.batch, p.manifest_sha256, whose=p.whose, producer=producer
+            )
+        return "".join(f"; reaches batch {p.batch} of {p.whose}" for p in checked)
+
     for t in cfg.tables:
         if not cfg.multi_producer:
             n, rows = verify_table(lake, cfg.name, t.name)
             out.print(
                 f"[green]ok[/] job {cfg.name} table {t.name}: {n} batches, {rows} rows verified"
+                + escape(reaches(t.name, None)),
+                highlight=False,
+                soft_wrap=True,
             )
             continue
-        for p in producers(lake, cfg.name, t.name):
+        chains = sorted({*producers(lake, cfg.name, t.name)} | {
+            p.producer for p in given if p.table == t.name and p.producer
+        })  # fmt: skip
+        for p in chains:
             n, rows = verify_table(lake, cfg.name, t.name, producer=p)
             out.print(
                 f"[green]ok[/] job {cfg.name} table {t.name} producer {p}: {n} batches, "
-                f"{rows} rows verified"
+                f"{rows} rows verified" + escape(reaches(t.name, p)),
+                highlight=False,
+                soft_wrap=True,
             )
         from deltaferry.overrides import read_overrides
 
         n = len(read_overrides(lake, cfg.name, t.name))
         out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} conflict overrides verified")
+    if not Keyring().keys:
+        out.print(
+            "note: this lake is unsigned (no trusted keys): an edit of the newest manifest "
+            "cannot be detected without signing keys (`deltaferry keys generate` on the "
+            "producer, `keys export` to readers), except against a known position's hash",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not given:
+        out.print(
+            "note: no known position was given: a deleted newest manifest can only be detected "
+            "against one (--replica FILE, --at TABLE=BATCH, or this producer's checkpoint)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if oplog:
         from deltaferry.config import deltaferry_home
         from deltaferry.errors import ConfigError
@@ -423,8 +490,9 @@ def verify(job: str, config: str | None, oplog: bool) -> None:
 )
 @one_line_errors
 def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
-    """Remove objects no manifest names (left by killed or losing writers) and abort
-    incomplete multipart uploads. Readers never delete; only this does."""
+    """Remove data objects no manifest names (left by killed or losing writers), temporary
+    files of interrupted writes, and incomplete multipart uploads. Manifests, readers'
+    records, override logs and unknown objects are always kept. Readers never delete."""
     from deltaferry.config import load_job
     from deltaferry.gc import collect
     from destinations.lake import open_lake
@@ -438,11 +506,15 @@ def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
         out.print(f"{verb} {key}: {reason}", highlight=False)
     for key in report.aborted_uploads:
         out.print(f"aborted incomplete multipart upload {key}", highlight=False)
+    for key, why in report.kept_notes:
+        out.print(f"kept {key}: {why}", highlight=False)
+    kept = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kept.items()))
     out.print(
         f"job {cfg.name}: {report.referenced} objects referenced, {len(report.garbage)} garbage "
         f"{verb}, {len(report.kept_in_flight)} recent uncommitted kept, "
-        f"{len(report.aborted_uploads)} uploads aborted",
+        f"{len(report.aborted_uploads)} uploads aborted; kept by kind: {kept or 'nothing'}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

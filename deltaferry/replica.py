@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.errors import DeltaferryError, TerminalError
 from deltaferry.keys import Keyring
-from deltaferry.verify import iter_verified
+from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
 from deltaferry import duck
 from deltaferry.duck import fetch_one
@@ -47,6 +48,21 @@ class PullResult:
     # batches published at a newer contract version, applied partially (readers.py)
     cautions: int = 0
     warning: str | None = None
+    # the one-line reason this table stopped (a bad batch, a lost tip); what verified before
+    # it is applied, and the other tables were pulled as usual
+    error: str | None = None
+
+
+class PullFailed(TerminalError):
+    """Several tables of a pull stopped; ``failures`` holds each one's error. The others
+    applied what verified. (One failing table re-raises its own error.)"""
+
+    def __init__(self, job: str, failures: list[DeltaferryError]) -> None:
+        super().__init__(
+            f"job '{job}': {len(failures)} tables stopped, the others applied what verified: "
+            + "; ".join(str(e) for e in failures)
+        )
+        self.failures = failures
 
 
 def _q(name: str) -> str:
@@ -79,7 +95,16 @@ def pull(
 
     A batch published at a contract version newer than the job's contract (the version
     this reader knows) is handled by ``policy`` (``readers.py``). With ``consumer``, the
-    reader's record in the lake (``<job>/<table>/consumers/<id>.json``) is updated."""
+    reader's record in the lake (``<job>/<table>/consumers/<id>.json``) is updated.
+
+    Before reading a table, the lake must reach what the replica has applied (its head not
+    below the replica's last batch, and the manifest there the one applied: ``verify.
+    check_position``). A table that stops (that check, a bad batch, a newer contract under
+    ``strict``: a TerminalError) does not stop the others: each table applies what
+    verifies, then the error is raised, the table's own when one stopped, else
+    ``PullFailed`` naming each; its ``results`` attribute holds every table's PullResult
+    (``error`` set on the ones that stopped). Transient and configuration errors stop the
+    pull at once."""
     from contracts import load_chain
     from deltaferry.readers import Reading, check_consumer, record_consumer
 
@@ -88,6 +113,8 @@ def pull(
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
     results = []
+    failures: list[DeltaferryError] = []
+    whose = f"replica {replica}"
     try:
         con.execute(_META)
         for t in job.tables:
@@ -98,11 +125,15 @@ def pull(
             reading = Reading(
                 job.name, t.name, chain.contract(), list(t.primary_key), policy, chain
             )
+            result = PullResult(t.name, 0, 0, 0)
             try:
                 if job.multi_producer:
-                    result = _pull_merged(con, job, lake, t, keyring, producers, reading)
+                    _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
-                    result = _pull_table(con, job, lake, t, keyring, reading)
+                    _pull_table(con, job, lake, t, keyring, reading, result, whose)
+            except TerminalError as e:  # this table stops here; the others go on
+                result.error = str(e)
+                failures.append(e)
             finally:  # what was applied is recorded, also when a batch stopped the pull
                 if consumer is not None:
                     position, partial = _position(con, job.name, t.name, job.multi_producer)
@@ -117,6 +148,10 @@ def pull(
             results.append(result)
     finally:
         con.close()
+    if failures:
+        error = failures[0] if len(failures) == 1 else PullFailed(job.name, failures)
+        error.results = results  # type: ignore[attr-defined]
+        raise error
     return results
 
 
@@ -152,7 +187,10 @@ def _pull_table(
     t: TableConfig,
     keyring: Keyring | None,
     reading: Any,
-) -> PullResult:
+    result: PullResult,
+    whose: str,
+) -> None:
+    """Apply the table's new batches, counting them in ``result`` as they are applied."""
     last = fetch_one(
         con,
         "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ? AND tbl = ?"
@@ -160,8 +198,8 @@ def _pull_table(
         [job.name, t.name],
     )
     after, prev = (last[0], last[1]) if last else (0, None)
-    n = rows = 0
-    cautions = 0
+    result.last_batch = after
+    check_position(lake, job.name, t.name, after, prev, whose=whose)
     for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring):
         assert vb.data is not None
         data, caution = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also)
@@ -176,11 +214,10 @@ def _pull_table(
             data,
             caution,
         )
-        n += 1
-        cautions += caution is not None
-        rows += vb.data.num_rows
-        after = vb.batch
-    return PullResult(t.name, n, rows, after, cautions=cautions)
+        result.batches += 1
+        result.cautions += caution is not None
+        result.rows += vb.data.num_rows
+        result.last_batch = vb.batch
 
 
 def _pull_merged(
@@ -191,17 +228,34 @@ def _pull_merged(
     keyring: Keyring | None,
     only: list[str] | None,
     reading: Any,
-) -> PullResult:
+    result: PullResult,
+    whose: str,
+) -> None:
+    """Apply every producer chain's new batches, then new override entries, counting them in
+    ``result`` as they are applied. Chains the replica holds but the lake lacks are checked
+    too (a lost chain is a lost tip)."""
     from deltaferry import merge
     from deltaferry.overrides import read_overrides
     from deltaferry.verify import producers
 
     con.execute(merge.META)
+    every_producer = only is None
     shape = merge.TableShape(job.name, t.name, list(t.primary_key))
-    n = rows = cautions = 0
-    chains: dict[str, int] = {}
-    for producer in only if only is not None else producers(lake, job.name, t.name):
+    result.chains = chains = {}
+    if only is None:
+        known = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT producer FROM _deltaferry_chains WHERE job = ? AND tbl = ?",
+                [job.name, t.name],
+            ).fetchall()
+        ]
+        only = sorted({*producers(lake, job.name, t.name), *known})
+    for producer in only:
         after, prev, prev_hlc = merge.applied(con, job.name, t.name, producer)
+        chains[producer] = after
+        result.last_batch = max(chains.values(), default=0)
+        check_position(lake, job.name, t.name, after, prev, whose=whose, producer=producer)
         for vb in iter_verified(
             lake,
             job.name,
@@ -226,13 +280,12 @@ def _pull_merged(
                 contract_version=vb.manifest.get("contract", {}).get("version"),
                 caution=caution,
             )
-            cautions += caution is not None
-            n += 1
-            rows += vb.data.num_rows
-            after = vb.batch
-        chains[producer] = after
-    overrides = 0
-    if only is None:
+            result.cautions += caution is not None
+            result.batches += 1
+            result.rows += vb.data.num_rows
+            chains[producer] = vb.batch
+            result.last_batch = max(chains.values())
+    if every_producer:
         last = fetch_one(
             con,
             "SELECT n, sha256 FROM _deltaferry_overrides WHERE job = ? AND tbl = ?"
@@ -242,8 +295,7 @@ def _pull_merged(
         for entry in read_overrides(
             lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring
         ):
-            overrides += merge.apply_override(con, shape, entry)
-    return PullResult(t.name, n, rows, max(chains.values(), default=0), chains, overrides, cautions)
+            result.overrides += merge.apply_override(con, shape, entry)
 
 
 def _apply(

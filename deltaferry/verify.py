@@ -202,3 +202,70 @@ def verify_table(
         n += 1
         rows += vb.manifest["rows"]
     return n, rows
+
+
+def lake_head(
+    lake: LakeStore, job: str, table: str, producer: str | None = None
+) -> tuple[int, str | None]:
+    """The head of a table's chain (or of ``producer``'s chain of it): the newest batch
+    number that has a manifest, and that manifest's sha256 (hex); ``(0, None)`` for an
+    empty chain. Only the newest manifest is read, not verified (``iter_verified`` does
+    that); raises VerificationError if it vanishes while being read."""
+    batches = list_batches(lake, job, table, producer)
+    if not batches:
+        return 0, None
+    key = manifest_key(job, table, batches[-1], producer)
+    raw = lake.get(key)
+    if raw is None:
+        chain = "" if producer is None else f" producer '{producer}'"
+        raise VerificationError(
+            f"job '{job}' table '{table}'{chain} batch {batches[-1]}: manifest {key} vanished "
+            "while reading"
+        )
+    return batches[-1], sha256(raw)
+
+
+def check_position(
+    lake: LakeStore,
+    job: str,
+    table: str,
+    batch: int,
+    manifest_sha256: str | None,
+    *,
+    whose: str,
+    producer: str | None = None,
+) -> None:
+    """Check that the lake reaches a known position: its chain has a manifest at ``batch``
+    (the head is not below it) and, when ``manifest_sha256`` is given, that manifest is the
+    one with that sha256. ``whose`` names who holds the position in the message (``"replica
+    r.duckdb"``, ``"this producer's checkpoint"``). Batch 0 always holds. Raises
+    VerificationError, one line naming job, table, both positions and what to do."""
+    if batch <= 0:
+        return
+    chain = "" if producer is None else f" producer '{producer}'"
+    where = f"job '{job}' table '{table}'{chain}"
+    head, _ = lake_head(lake, job, table, producer)
+    if head < batch:
+        lost = f"batch {batch}" if head + 1 == batch else f"batches {head + 1}..{batch}"
+        raise VerificationError(
+            f"{where}: {whose} is at batch {batch} but the lake's head is batch {head} "
+            f"({lost} gone: a lake restored from an older copy, or the wrong lake); check the "
+            f"job's lake URL, or restore {lost} from a backup; if they are gone for good, the "
+            f"producer goes on after `deltaferry reset {job} --table {table}` and readers past "
+            f"batch {head} pull into a new replica"
+        )
+    if manifest_sha256 is None:
+        return
+    key = manifest_key(job, table, batch, producer)
+    raw = lake.get(key)
+    if raw is None:
+        raise VerificationError(
+            f"{where} batch {batch}: {whose} is at batch {batch} but its manifest is missing "
+            f"from the lake (head is batch {head}); run `deltaferry verify {job}`"
+        )
+    if sha256(raw) != manifest_sha256:
+        raise VerificationError(
+            f"{where} batch {batch}: the lake's manifest (sha256 {sha256(raw)[:16]}) is not the "
+            f"one {whose} has (sha256 {manifest_sha256[:16]}): the lake was rewritten or is "
+            "another lake; check the job's lake URL"
+        )

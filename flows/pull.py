@@ -56,6 +56,9 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
             else " ".join(f"{p}#{b}" for p, b in sorted(r.chains.items()))
         )
         lines.append(f"| {r.table} | {r.batches} | {r.rows} | {at} |")
+    stopped = [f"- **{r.table} stopped:** {r.error}" for r in results if r.error]
+    if stopped:
+        lines += ["", *stopped]
     text = "\n".join(lines) + "\n"
     if any(r.chains is not None for r in results):
         con = duck.connect(Path(replica), read_only=True, alias="replica")
@@ -68,8 +71,20 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
 
 @flow(name="deltaferry-pull", flow_run_name="pull-{job}", log_prints=True)
 def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any]:
-    """Verify and apply every new batch of ``job`` into ``replica``; report it as an artifact."""
-    results = pull_step(job, replica, config)
+    """Verify and apply every new batch of ``job`` into ``replica``; report it as an artifact.
+
+    A table that stops does not stop the others (``deltaferry.replica.pull``): the artifact
+    still lists every table, the stopped ones with their error, and the run then fails
+    with that error."""
+    from deltaferry.errors import DeltaferryError
+
+    failed: DeltaferryError | None = None
+    try:
+        results = pull_step(job, replica, config)
+    except DeltaferryError as e:
+        if getattr(e, "results", None) is None:
+            raise
+        failed, results = e, e.results  # type: ignore[attr-defined]
     markdown = pull_markdown(job, replica, results)
     try:
         create_markdown_artifact(
@@ -79,6 +94,8 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
         )
     except Exception as e:  # noqa: BLE001 - reporting never fails a pull that succeeded
         get_run_logger().warning("could not write the pull artifact: %s", e)
+    if failed is not None:
+        raise failed
     return {
         r.table: {
             "batches": r.batches,
