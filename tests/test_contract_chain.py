@@ -9,7 +9,6 @@ the newest version's data whatever version each batch was published at.
 from __future__ import annotations
 
 import json
-import time
 
 import pandas as pd
 import pytest
@@ -86,7 +85,8 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
     shop.round(8, 3, churn=0)
     shop_job.sync()  # batch 1 at v1 (the shop's own single-version contract)
     old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
-    chained = _chained(shop_job, tmp_path, "reader_timeout_seconds = 3")
+    # long enough for a loaded machine between a pull and the next run; 'old' is aged below
+    chained = _chained(shop_job, tmp_path, "reader_timeout_seconds = 600")
     assert (
         _cli(
             "pull",
@@ -134,7 +134,11 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
     assert described["updated_at"] == "TIMESTAMP WITH TIME ZONE"  # widened in v2
 
     # 'old' goes quiet past reader_timeout_seconds: the next batch is published at v3
-    time.sleep(3.5)
+    lake = shop_job.lake()
+    key = "shop/customers/consumers/old.json"
+    record = json.loads(lake.get(key))
+    record["last_seen"] = "2020-01-01T00:00:00+00:00"  # as if not seen for years
+    lake.put(key, json.dumps(record).encode())
     _change(shop, 2, "FR")
     sync_job(job="shop", config=str(chained))
     m3 = json.loads(shop_job.lake().get(manifest_key("shop", "customers", 3)))
