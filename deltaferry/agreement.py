@@ -83,8 +83,9 @@ def check_lake(
                 f"{where}: the lake {lake.url} is behind this producer: its head is {head}, "
                 f"this producer's checkpoint is {mine}; nothing was published. If `lake` is "
                 "mistyped, correct it in the jobs file; if the lake lost batches "
-                f"{head.batch + 1}..{checkpoint.batch}, restore them from a backup, or run "
-                f"{fix} to go on from the lake's head (readers past it rebuild their replica)"
+                f"{head.batch + 1}..{checkpoint.batch}, run `deltaferry republish {job} --table "
+                f"{table}` (rebuilt from staging, byte-identical), or restore them from a backup, "
+                f"or run {fix} to go on from the lake's head (readers past it rebuild their replica)"
             )
         if sha256(stored) != checkpoint.manifest_sha256:
             raise LakeMismatchError(

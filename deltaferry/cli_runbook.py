@@ -74,6 +74,21 @@ def register(ui: ModuleType) -> None:
         cfg = load_job(job, config)
         ui.out.print(discard_plan(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
 
+    @ui.cli.command("republish")
+    @click.argument("job")
+    @click.option("--table", required=True, help="The table whose lost batches are published again.")
+    @reason_option
+    @ui.config_option
+    @ui.one_line_errors
+    def republish(job: str, table: str, reason: str, config: str | None) -> None:
+        """Publish again the committed batches the lake lost after its head, rebuilt from
+        staging and checked byte-identical to what was committed; readers go on unchanged."""
+        from deltaferry.config import load_job
+        from deltaferry.runbook import republish_lost
+
+        cfg = load_job(job, config)
+        ui.out.print(republish_lost(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
+
     @ui.cli.command("reset")
     @click.argument("job")
     @click.option("--table", required=True, help="The table whose local position is forgotten.")

@@ -9,6 +9,11 @@ the operations log with the operator's reason and the positions it saw.
 - ``plan discard``: forget a planned batch the lake does not hold (its loads are cut again
   by the next run, at the current contract). Refused when the lake already holds exactly
   that manifest: the next run commits it.
+- ``republish``: the lake lost its newest batches (restored from an older backup, a deleted
+  manifest): rebuild each committed batch after the lake's head from staging, check it is
+  byte-identical to what was committed (the manifest bytes are kept in ``state.duckdb``)
+  and publish it again, so readers go on as if nothing happened. Refused, naming
+  ``reset``, when staging has moved on and a batch can no longer be rebuilt exactly.
 - ``reset``: forget the table's local position (checkpoint, plans, staged rows and dlt's
   state for it); the next run adopts the lake's head as a producer with a lost home does
   (``deltaferry/adopt.py``: verified, then the source read in full and reconciled),
@@ -167,3 +172,61 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
         )
         state.log("reset", "reset", "info", table=t.name, detail=detail)
         return f"job '{job.name}' table '{t.name}': {detail}"
+
+
+def republish_lost(job: JobConfig, t: TableConfig, reason: str) -> str:
+    """Publish again, byte-identically, the committed batches the lake lost after its head
+    (its head must be a batch this producer committed, with the same manifest). Each batch
+    is rebuilt from staging and checked against the committed manifest's file hashes before
+    anything is uploaded; ConfigError when there is nothing to republish or the head is not
+    this producer's, TerminalError when a batch cannot be rebuilt exactly (then ``reset``)."""
+    from deltaferry.errors import TerminalError
+    from deltaferry.sync import job_lock, open_context, put_manifest, rebuild, upload_parts
+
+    where = f"job '{job.name}' table '{t.name}'"
+    with job_lock(job.name):
+        ctx = open_context(job)
+        try:
+            state, lake = ctx.state, ctx.lake
+            ckpt = state.checkpoint(t.name)
+            head = chain_head(lake, job.name, t.name, job.chain)
+            if head.batch >= ckpt.batch:
+                raise ConfigError(
+                    f"{where}: the lake's head is {head}, this producer's checkpoint "
+                    f"{Position(ckpt.batch, ckpt.manifest_sha256)}: nothing lost to republish"
+                )
+            if head.batch:
+                mine = state.committed_plan(t.name, head.batch)
+                if mine is None or mine.manifest_sha256 != head.manifest_sha256:
+                    raise ConfigError(
+                        f"{where}: the lake's head {head} is not the batch this producer "
+                        f"committed there; run `deltaferry reset {job.name} --table {t.name}`"
+                    )
+            done = []
+            for batch in range(head.batch + 1, ckpt.batch + 1):
+                plan = state.committed_plan(t.name, batch)
+                if plan is None or not plan.load_ids:
+                    raise TerminalError(
+                        f"{where} batch {batch}: this producer holds no plan of it (adopted from "
+                        f"the lake); run `deltaferry reset {job.name} --table {t.name}`"
+                    )
+                try:
+                    delta = rebuild(ctx, t, plan)
+                except TerminalError as e:
+                    raise TerminalError(
+                        f"{e}; staging has moved on since batch {batch}, so it cannot be "
+                        f"republished exactly: run `deltaferry reset {job.name} --table {t.name}`"
+                    ) from e
+                upload_parts(ctx, plan, delta)
+                outcome = put_manifest(ctx, plan)
+                done.append(f"batch {batch} ({plan.rows} rows, {outcome})")
+            detail = (
+                f"republished by the operator: {reason}. The lake's head was {head}; rebuilt "
+                f"byte-identically from staging and published: {', '.join(done)}"
+            )
+            state.log(ctx.run_id, "republish", "info", table=t.name, batch=ckpt.batch, detail=detail)
+            state.finish_run(ctx.run_id, "ok")
+            return f"{where}: {detail}"
+        except BaseException as e:
+            ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            raise

@@ -270,13 +270,21 @@ class StateStore:
         return json.loads(row[0]) if row else None
 
     def pending_plan(self, table: str) -> Plan | None:
+        return self._plan(table, "planned")
+
+    def committed_plan(self, table: str, batch: int) -> Plan | None:
+        """The plan of a committed batch (its exact manifest bytes and loads), or None."""
+        return self._plan(table, "committed", batch)
+
+    def _plan(self, table: str, status: str, batch: int | None = None) -> Plan | None:
         with self.connect() as con:
             row = fetch_one(
                 con,
                 "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256,"
                 " chunk_rows"
-                " FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
-                [table],
+                " FROM plans WHERE tbl = ? AND status = ? AND (? IS NULL OR batch = ?)"
+                " ORDER BY batch LIMIT 1",
+                [table, status, batch, batch],
             )
         if row is None:
             return None

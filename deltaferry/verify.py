@@ -250,7 +250,8 @@ def check_position(
         raise VerificationError(
             f"{where}: {whose} is at batch {batch} but the lake's head is batch {head} "
             f"({lost} gone: a lake restored from an older copy, or the wrong lake); check the "
-            f"job's lake URL, or restore {lost} from a backup; if they are gone for good, the "
+            f"job's lake URL, or have the producer run `deltaferry republish {job} --table "
+            f"{table}` or restore {lost} from a backup; if they are gone for good, the "
             f"producer goes on after `deltaferry reset {job} --table {table}` and readers past "
             f"batch {head} pull into a new replica"
         )

@@ -212,3 +212,61 @@ def test_plan_show_and_discard(shop_job, shop, tmp_path, monkeypatch):
     out = shop_job.sync()
     assert any("manifest already stored" in r for r in out["recovered"])
     _replica_equals_source(shop_job, tmp_path)
+
+
+def test_a_lost_tip_is_republished_byte_identically_and_readers_go_on(lake_job, shop, tmp_path):
+    from deltaferry.errors import VerificationError
+
+    for r in range(2):
+        shop.round(20 if r == 0 else 5, 20 if r == 0 else 5, churn=0 if r == 0 else 0.2)
+        lake_job.sync()
+    lake_job.pull()  # a reader at batch 2
+    lake = lake_job.lake()
+    lost = {k: lake.get(k) for k in lake.list("shop/customers/") if "/000000000002" in k}
+    assert len(lost) >= 2  # the manifest and its data
+    for k in lost:
+        lake.delete(k)  # the bucket restored from a backup taken before batch 2
+    with pytest.raises(VerificationError, match="deltaferry republish shop --table customers"):
+        lake_job.pull()
+    with pytest.raises(LakeMismatchError, match="deltaferry republish shop --table customers"):
+        lake_job.sync()
+
+    result = _cli("republish", "shop", "--table", "customers", "--reason", "restored bucket",
+                  "--config", str(lake_job.config))
+    assert result.exit_code == 0, result.output
+    assert {k: lake.get(k) for k in lost} == lost  # exactly what was committed, byte for byte
+    assert any("restored bucket" in d and "batch 2" in d for d in _oplog("republish"))
+    again = _cli("republish", "shop", "--table", "customers", "--reason", "x",
+                 "--config", str(lake_job.config))
+    assert again.exit_code == 2 and "nothing lost" in again.output
+
+    assert lake_job.pull()  # the reader goes on: nothing to rebuild
+    shop.round(3, 3, churn=0.2)
+    out = lake_job.sync()
+    assert out["tables"]["customers"]["batch"] == 3
+    lake_job.pull()
+    assert all(c.equal for c in lake_job.compare())
+
+
+def test_republish_refuses_when_staging_has_moved_on(shop_job, shop, tmp_path):
+    """Batch 2 is lost, but batch 3 changed every row in staging since: batch 2 can no
+    longer be rebuilt exactly, and republish says so (naming reset) without publishing."""
+    for r in range(2):
+        shop.round(20 if r == 0 else 5, 20 if r == 0 else 5, churn=0 if r == 0 else 0.2)
+        shop_job.sync()
+    shop.con.execute(
+        "UPDATE customers SET email = 'moved-' || id || '@example.com', "
+        "updated_at = '2099-01-01 00:00:00'"
+    )
+    shop.con.commit()
+    assert shop_job.sync()["tables"]["customers"]["batch"] == 3
+    lake = shop_job.lake()
+    for b in (2, 3):
+        lake.delete(manifest_key("shop", "customers", b))
+    before = _keys(lake)
+    result = _cli("republish", "shop", "--table", "customers", "--reason", "x",
+                  "--config", str(shop_job.config))
+    assert result.exit_code == 1, result.output
+    assert "batch 2" in result.output and "cannot be republished exactly" in result.output
+    assert "deltaferry reset shop --table customers" in result.output
+    assert _keys(lake) == before  # nothing uploaded
