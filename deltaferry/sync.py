@@ -414,8 +414,12 @@ def _staged_changes(
 def held_under(ctx: SyncContext, t: TableConfig) -> str:
     """The fingerprint quarantine records are held under: the contract version of the
     source's rows (a held row is validated again once it changes)."""
-    chain = ctx.chains[t.name]
-    return chain.contract(source_version(ctx.job, t, chain)).fingerprint
+    return held_under_contract(ctx.job, t, ctx.chains[t.name])
+
+
+def held_under_contract(job: JobConfig, t: TableConfig, chain: Chain) -> str:
+    """``held_under`` from a job and a loaded chain (for ``deltaferry quarantine``)."""
+    return chain.contract(source_version(job, t, chain)).fingerprint
 
 
 def contract_version(job: JobConfig, t: TableConfig, chain: Chain, version: int) -> Contract:
@@ -514,6 +518,19 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
             )
             if chunks is not None
             else None
+        )
+    released = ctx.released.get(t.name, [])
+    if released and delta is not None:
+        again = {q["pk"] for q in delta.quarantine} & {pk for pk, _ in released}
+        ctx.state.log(
+            ctx.run_id,
+            "quarantine",
+            "info",
+            table=t.name,
+            detail=f"job '{ctx.job.name}' table '{t.name}': {len(released)} held row(s) "
+            f"validated again against {ctx.contracts[t.name].ref} "
+            f"v{ctx.contracts[t.name].version}: {len(released) - len(again)} published, "
+            f"{len(again)} held again",
         )
     if delta is None or delta.rows == 0:
         # no change for this table in these loads, or every change held back by the contract
