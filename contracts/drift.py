@@ -3,26 +3,33 @@
 dlt evolves its staging schema as the source changes: a new source column becomes a
 new staged column, and a value whose type changed goes to a *variant* column
 ``<column>▶v_<type>`` (``<column>__v_<type>`` in a staging made under dlt's
-snake_case names) beside the original. Against the contract that is
+snake_case names) beside the original (for Arrow sources ``sources.staging.Variants``
+does what dlt's normalizer does for rows). dlt never drops a staged column, so drift is
+judged on the rows being cut (the new loads, and held rows due for re-validation):
 
-- a **new** column: staged, not in the contract;
-- a **retyped** column: a variant of a contract column;
-- a **dropped** column: required by the contract (not nullable), never staged.
+- a **new** column: staged, not in the contract, with a value on a row being cut;
+- a **retyped** column: a variant of a contract column with a value on a row being cut;
+- a **dropped** column: required by the contract (not nullable) and never staged, or
+  staged but no longer among the source's columns and NULL on every row being cut (a
+  rename drops the old name and adds the new one).
 
 The job's ``drift`` policy decides, modelled on dlt's schema contracts:
 
 - ``freeze`` (default): a new or retyped column fails the run with the diff; nothing is
   published.
-- ``quarantine``: rows carrying a value in a new or variant column are held back in the
-  quarantine with the reason; the other rows are published without those columns.
+- ``quarantine``: rows carrying a value in a new or variant column, or no value in a
+  dropped column, are held back in the quarantine with the reason; the other rows are
+  published without those columns.
 - ``evolve``: rows are published without the new columns, and the next contract version
-  is proposed: a pandera ``DataFrameModel`` draft, written next to the job's state. Rows
-  with a value in a variant column are held back as under ``quarantine`` (their value in
-  the original column is NULL: publishing them would overwrite good data).
+  is proposed: a pandera ``DataFrameModel`` draft, written next to the job's state (new
+  columns nullable, dropped ones optional and deprecated). Rows with a value in a
+  variant column, or without one in a dropped column, are held back as under
+  ``quarantine`` (publishing them would overwrite good data or break the contract).
 
-A dropped column is reported, and left to the contract under every policy: rows without
-a required value fail validation and are quarantined under ``max_quarantine_ratio``. A
-contract that is not strict accepts columns it does not list, so no column is new to it.
+Held rows are re-validated when the contract changes (``deltaferry quarantine``). A
+dropped column is reported under every policy; under ``freeze`` it is left to the
+contract (rows without a required value fail validation). A contract that is not strict
+accepts columns it does not list, so no column is new to it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -49,6 +57,11 @@ class Drift:
     new: dict[str, str] = field(default_factory=dict)  # column -> staged type
     retyped: dict[str, tuple[str, str]] = field(default_factory=dict)  # variant -> (base, type)
     dropped: list[str] = field(default_factory=list)
+    staged: dict[str, str] = field(default_factory=dict)  # staged column -> DuckDB type
+    # staged columns the contract does not know, without a value on any row being cut (a
+    # column the source dropped again, a variant whose rows were repaired): not drift, and
+    # not published
+    inert: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.new or self.retyped or self.dropped)
@@ -66,17 +79,43 @@ class Drift:
     def describe(self) -> str:
         parts = [f"new column {c} ({t})" for c, t in sorted(self.new.items())]
         parts += [
-            f"column {base} now also arrives as {t} (dlt variant column {v})"
+            f"column {base} changed type at the source: staged as "
+            f"{self.staged.get(base, '?')}, now {t} values arrive (staged in dlt variant "
+            f"column {v})"
             for v, (base, t) in sorted(self.retyped.items())
         ]
-        parts += [f"required column {c} is not staged" for c in self.dropped]
+        parts += [f"required column {c} was dropped by the source" for c in self.dropped]
         return "; ".join(parts)
+
+    def remedy(self) -> str:
+        """What the operator does about the blocking drift, one clause."""
+        fixes = []
+        if self.new:
+            fixes.append("add the new column(s) to the contract")
+        if self.retyped:
+            names = ", ".join(sorted({b for b, _ in self.retyped.values()}))
+            fixes.append(
+                f"repair the values of {names} at the source (the next run publishes them) "
+                "or change the contract's type"
+            )
+        return "; or ".join(fixes) + ' (or set drift = "evolve" or "quarantine")'
 
 
 def detect(
-    con: duckdb.DuckDBPyConnection, dataset: str, table: str, contract: Contract, internal: set[str]
+    con: duckdb.DuckDBPyConnection,
+    dataset: str,
+    table: str,
+    contract: Contract,
+    internal: set[str],
+    scope: tuple[str, list[Any]] | None = None,
+    source_columns: set[str] | None = None,
 ) -> Drift:
-    """Compare the staged columns of ``dataset.table`` with ``contract``."""
+    """Compare the staged columns of ``dataset.table`` with ``contract``.
+
+    ``scope`` is a SQL condition (on the table aliased ``s``) and its parameters selecting
+    the rows being cut: new and variant columns count only with a value on one of them,
+    and a staged contract column missing from ``source_columns`` (the source's columns
+    now, when known) counts as dropped when it is NULL on all of them."""
     staged = dict(
         con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ?"
@@ -85,7 +124,7 @@ def detect(
         ).fetchall()
     )
     known = set(contract.columns)
-    drift = Drift()
+    drift = Drift(staged=staged)
     for column, typ in staged.items():
         if column in known or column in internal or column.startswith("_dlt"):
             continue
@@ -95,18 +134,37 @@ def detect(
         elif contract.schema.strict is True:
             # a contract that is not strict accepts (and publishes) columns it does not list
             drift.new[column] = typ
+    columns = contract.schema.columns
+    required = [c for c in known if columns[c].required and not columns[c].nullable]
+    gone = [c for c in required if c in staged and source_columns is not None and c not in source_columns]
+    if scope is not None and staged:
+        counted = [*drift.new, *drift.retyped, *gone]
+        if counted:
+            q = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731
+            counts = con.execute(
+                f"SELECT {', '.join(f'count(s.{q(c)})' for c in counted)} FROM {q(dataset)}."
+                f"{q(table)} s WHERE {scope[0]}",
+                scope[1],
+            ).fetchone()
+            values = dict(zip(counted, counts, strict=True))
+            drift.inert = sorted(c for c in [*drift.new, *drift.retyped] if not values[c])
+            drift.new = {c: t for c, t in drift.new.items() if values[c]}
+            drift.retyped = {c: v for c, v in drift.retyped.items() if values[c]}
+            gone = [c for c in gone if not values[c]]
+    else:
+        gone = []
     if staged:
-        columns = contract.schema.columns
-        drift.dropped = sorted(
-            c for c in known if c not in staged and columns[c].required and not columns[c].nullable
-        )
+        drift.dropped = sorted(c for c in required if c not in staged or c in gone)
     return drift
 
 
 def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str, str]) -> str:
     """Python source of the next contract version: the current class extended with the
-    new columns (nullable: rows published before have no value), required columns that
-    are no longer staged made optional, and retyped columns flagged for a decision."""
+    new columns (nullable: rows published before have no value), required columns the
+    source dropped made nullable and deprecated (``__deprecated__``: gone in the version
+    after), and retyped columns flagged for a decision. The class body needs only the
+    names the contract module already has (``pa``, ``Series``, ``pd``), so it can be
+    pasted there as it is."""
     from deltaferry.scaffold import _pandera_type
 
     base = contract.model
@@ -118,8 +176,6 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         "",
         "Review it, move it into the contract module, and point the table's `contract` at it.",
         '"""',
-        "",
-        "from typing import Optional  # noqa: F401 - used by columns no longer staged",
         "",
         "import pandas as pd  # noqa: F401 - used by timestamp fields",
         "import pandera.pandas as pa",
@@ -143,9 +199,14 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         annotation, _ = _pandera_type(_duck_of(contract, column))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, "nullable=True") if a)
+        # nullable is enough: a nullable column the rows lack is published as NULL
         lines.append(
-            f"    {attr}: Optional[{annotation}] = pa.Field({args})  # no longer staged: optional"
+            f"    {attr}: {annotation} = pa.Field({args})  # dropped by the source: nullable,"
+            " deprecated"
         )
+    if drift.dropped:
+        gone = ", ".join(f"{c!r}: {version + 1}" for c in drift.dropped)
+        lines.append(f"    __deprecated__ = {{{gone}}}  # dropped by the source: goes in v{version + 1}")
     for variant, (column, typ) in sorted(drift.retyped.items()):
         lines.append(
             f"    # {column}: the source now also sends {typ} values (dlt stages them in"

@@ -23,6 +23,7 @@ from rich.table import Table
 from deltaferry import cli_conflicts as _conflicts
 from deltaferry import cli_contracts as _contracts
 from deltaferry import cli_runbook as _runbook
+from deltaferry import cli_quarantine as _quarantine
 from deltaferry.errors import ConfigError, DeltaferryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -768,6 +769,7 @@ def new_source(
 _conflicts.register(sys.modules[__name__])
 _contracts.register(sys.modules[__name__])
 _runbook.register(sys.modules[__name__])
+_quarantine.register(sys.modules[__name__])
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
     con = duck.connect(state, read_only=True, alias="state")
     try:
         entries = con.execute(
-            "SELECT DISTINCT pk, load_id FROM quarantine WHERE tbl = ?", [t.name]
+            "SELECT DISTINCT pk, load_id FROM quarantine WHERE tbl = ? AND resolved IS NULL",
+            [t.name],
         ).fetchall()
     finally:
         con.close()

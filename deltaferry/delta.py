@@ -60,6 +60,9 @@ class Delta:
     cursor_max: str | None = None
     # dual publishing: the same rows at a newer contract version (version, parts)
     also: tuple[int, list[Part]] | None = None
+    # keys held in the quarantine before that this batch cut again (published, or held
+    # again with a new record): their old records are resolved by it
+    touched: set[str] = field(default_factory=set)
 
     @property
     def rows(self) -> int:
@@ -92,15 +95,68 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
     return deleted
 
 
+RELEASED_VIEW = "df_released"
+
+
+def cut_where(
+    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str], released: pa.Table | None
+) -> tuple[str, list[Any]]:
+    """The SQL condition (table aliased ``s``) and parameters that select the staged rows of
+    a cut: rows last changed by one of ``load_ids``, and the staged rows named in
+    ``released`` (key columns and load id: held rows due for re-validation, see
+    ``released_rows``), registered on ``con`` for the query."""
+    conds: list[str] = []
+    if load_ids:
+        conds.append(f"s.{_q(LOAD_ID_COLUMN)} IN ({', '.join('?' for _ in load_ids)})")
+    if released is not None and released.num_rows:
+        con.register(RELEASED_VIEW, released)
+        match = " AND ".join(
+            f"r.{_q(c)} IS NOT DISTINCT FROM s.{_q(c)}" for c in [*t.primary_key, LOAD_ID_COLUMN]
+        )
+        conds.append(f"EXISTS (SELECT 1 FROM {RELEASED_VIEW} r WHERE {match})")
+    return " OR ".join(conds) or "false", list(load_ids)
+
+
+def key_json(t: TableConfig, rec: dict[str, Any]) -> str:
+    """A row's primary key as the quarantine records it (JSON object, keys sorted)."""
+    return json.dumps({k: rec[k] for k in t.primary_key}, default=str, sort_keys=True)
+
+
+def released_rows(
+    con: duckdb.DuckDBPyConnection, t: TableConfig, held: list[tuple[str, str]]
+) -> pa.Table | None:
+    """The staged rows of held quarantine records ``(key JSON, load id)`` that are still
+    staged as they were held (a key changed since has a newer load id: its new version is
+    cut with the new loads), as key columns and load id; None when there are none."""
+    if not held or not staged_columns(con, t.name):
+        return None
+    lids = sorted({lid for _, lid in held})
+    want = set(held)
+    cols = ", ".join(_q(c) for c in [*t.primary_key, LOAD_ID_COLUMN])
+    rows = con.execute(
+        f"SELECT {cols} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {_q(LOAD_ID_COLUMN)} IN "
+        f"({', '.join('?' for _ in lids)})",
+        lids,
+    ).fetch_arrow_table()
+    keep = [
+        i
+        for i, rec in enumerate(rows.to_pylist())
+        if (key_json(t, rec), rec[LOAD_ID_COLUMN]) in want
+    ]
+    return rows.take(pa.array(keep, pa.int64())) if keep else None
+
+
 def read_changes(
     con: duckdb.DuckDBPyConnection,
     t: TableConfig,
     load_ids: list[str],
     chunk_rows: int,
     exclude: frozenset[str] = frozenset(),
+    released: pa.Table | None = None,
 ) -> Iterator[pa.Table] | None:
-    """Staged rows last changed by one of ``load_ids``, ordered by primary key, with ``_op``,
-    as consecutive tables of exactly ``chunk_rows`` rows (the last may be shorter).
+    """Staged rows last changed by one of ``load_ids`` (and the held rows ``released``
+    names, see ``cut_where``), ordered by primary key, with ``_op``, as consecutive tables
+    of exactly ``chunk_rows`` rows (the last may be shorter).
 
     Streaming keeps memory bounded by the chunk, not the batch. The connection must stay
     open while the iterator is consumed.
@@ -117,12 +173,12 @@ def read_changes(
     )
     select = ", ".join(_q(c) for c in data_cols)
     order = ", ".join(_q(c) for c in t.primary_key)
-    placeholders = ", ".join("?" for _ in load_ids)
+    where, params = cut_where(con, t, load_ids, released)
     # execute() with parameters streams; the relation API with parameters was ~20x slower
     reader = con.execute(
-        f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)}"
-        f" WHERE {_q(LOAD_ID_COLUMN)} IN ({placeholders}) ORDER BY {order}",
-        load_ids,
+        f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)} s"
+        f" WHERE {where} ORDER BY {order}",
+        params,
     ).to_arrow_reader(min(chunk_rows, 1_000_000))
     return _exact_chunks(reader, chunk_rows)
 
@@ -155,6 +211,8 @@ def build_delta(
     seq_start: int,
     held: dict[str, str] | None = None,
     migration: tuple[Any, int, int] | None = None,
+    missing: dict[str, str] | None = None,
+    open_keys: set[str] | None = None,
 ) -> Delta:
     """Validate upserts against the contract, hold back failing rows, assign ``_seq`` and
     encode each chunk as one Parquet part. Raises ContractViolation, before anything is
@@ -165,6 +223,14 @@ def build_delta(
     back with that reason, not counted against the threshold, and the columns are not
     published.
 
+    ``missing`` maps required columns the source dropped to a reason: an upsert without a
+    value in one of them is held back the same way.
+
+    Rows whose load id is not in ``load_ids`` are held rows cut again for re-validation
+    (``read_changes``' ``released``): those that fail again are held again, not counted
+    against the threshold. Keys of ``open_keys`` (keys with an open quarantine record)
+    found in the cut are returned in ``Delta.touched``.
+
     ``migration`` is (chain, source version, target version): each chunk's rows are taken
     from the source's version to ``contract``'s before validation (``contracts.Chain``)."""
     quarantine: list[dict[str, Any]] = []
@@ -174,14 +240,24 @@ def build_delta(
     cmin: Any = None
     cmax: Any = None
     summaries: list[str] = []
+    touched: set[str] = set()
+    fresh_ids = pa.array(load_ids, pa.string())
     for changes in chunks:
-        drifted = _hold_drifted(t, changes, held or {}, quarantine)
+        if open_keys:
+            keys = changes.select(list(t.primary_key)).to_pylist()
+            touched |= open_keys.intersection(key_json(t, k) for k in keys)
+        drifted = _hold_drifted(t, changes, held or {}, quarantine, missing or {})
         if held:
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
         if migration is not None:
             changes = _migrate_chunk(job, t, changes, *migration)
         changes = _add_null_columns(contract, changes)
-        keep, upserts, failed, summary = _validate_chunk(t, contract, changes, quarantine, drifted)
+        fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
+            zero_copy_only=False
+        )
+        keep, upserts, failed, summary = _validate_chunk(
+            t, contract, changes, quarantine, drifted, fresh
+        )
         changed += upserts
         failed_total += failed
         if summary:
@@ -223,6 +299,7 @@ def build_delta(
         quarantine=quarantine,
         cursor_min=None if cmin is None else str(cmin),
         cursor_max=None if cmax is None else str(cmax),
+        touched=touched,
     )
 
 
@@ -325,16 +402,28 @@ def _migrate_chunk(
 
 
 def _hold_drifted(
-    t: TableConfig, changes: pa.Table, held: dict[str, str], quarantine: list[dict[str, Any]]
+    t: TableConfig,
+    changes: pa.Table,
+    held: dict[str, str],
+    quarantine: list[dict[str, Any]],
+    missing: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """Upserts with a value in a held column: quarantined with the column's reason."""
+    """Upserts with a value in a held column, or none in a ``missing`` one (a required
+    column the source dropped): quarantined with the column's reason."""
     out = np.zeros(changes.num_rows, dtype=bool)
+    missing = missing or {}
     cols = [c for c in held if c in changes.column_names]
-    if not cols:
+    if not cols and not missing:
         return out
     upsert = pc.equal(changes[OP_COLUMN], "upsert").to_numpy(zero_copy_only=False)
-    for c in cols:
-        has = pc.is_valid(changes[c]).to_numpy(zero_copy_only=False) & upsert
+    reasons = {**{c: held[c] for c in cols}, **missing}
+    for c in [*cols, *sorted(missing)]:
+        if c in held:
+            has = pc.is_valid(changes[c]).to_numpy(zero_copy_only=False) & upsert
+        elif c in changes.column_names:
+            has = pc.is_null(changes[c]).to_numpy(zero_copy_only=False) & upsert
+        else:
+            has = upsert.copy()
         rows = np.flatnonzero(has & ~out)
         for rec in changes.take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []:
             quarantine.append(
@@ -345,7 +434,7 @@ def _hold_drifted(
                     ),
                     "field": c,
                     "check": "schema drift",
-                    "reason": held[c],
+                    "reason": reasons[c],
                     "row_json": json.dumps(
                         {k: v for k, v in rec.items() if k not in (OP_COLUMN, LOAD_ID_COLUMN)},
                         default=str,
@@ -363,10 +452,13 @@ def _validate_chunk(
     changes: pa.Table,
     quarantine: list[dict[str, Any]],
     held: np.ndarray | None = None,
+    fresh: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, int, str]:
     """Rows to keep, the number of upserts validated, the number that failed, and a summary;
     failures go to ``quarantine``. Deletes are not validated: they carry only a key. Rows
-    already ``held`` back (source drift) are neither kept nor validated."""
+    already ``held`` back (source drift) are neither kept nor validated. Only ``fresh``
+    rows (of the new loads; all when None) are counted: a held row validated again and
+    failing again is held again without counting."""
     keep = np.ones(changes.num_rows, dtype=bool) if held is None else ~held
     is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
     upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False) & keep)
@@ -377,8 +469,9 @@ def _validate_chunk(
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
     result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
     failed = sorted(result.failed_rows)
+    counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not failed:
-        return keep, len(upsert_idx), 0, ""
+        return keep, counted, 0, ""
     records = upserts.take(pa.array(failed)).to_pylist()
     lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
     for pos, rec, lid in zip(failed, records, lids, strict=True):
@@ -396,7 +489,8 @@ def _validate_chunk(
                     "row_json": row_json,
                 }
             )
-    return keep, len(upsert_idx), len(failed), result.summary()
+    failed_n = len(failed) if fresh is None else int(fresh[upsert_idx[failed]].sum())
+    return keep, counted, failed_n, result.summary() if failed_n else ""
 
 
 def _encode(chunk: pa.Table) -> Part:

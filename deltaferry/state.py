@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason VARCHAR,
     row_json VARCHAR
 );
+-- a quarantine record is open (the row is held) until a later cut takes its key again
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS contract VARCHAR;  -- fingerprint held under
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved VARCHAR;  -- NULL: held; else by what
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved_at TIMESTAMPTZ;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS release VARCHAR;  -- `quarantine release` reason
+CREATE TABLE IF NOT EXISTS plan_releases (
+    tbl VARCHAR NOT NULL,          -- held rows a planned batch cut again: a rebuild cuts them too
+    batch BIGINT NOT NULL,
+    pk VARCHAR NOT NULL,
+    load_id VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contract_pins (
     tbl VARCHAR PRIMARY KEY,       -- `deltaferry contracts rollback`: publish at this version
     version INTEGER NOT NULL,
@@ -301,10 +312,27 @@ class StateStore:
             row[9],
         )
 
-    def record_plan(self, plan: Plan, run_id: str, quarantine: list[dict[str, Any]]) -> None:
-        """Write the planned batch (and its quarantined rows) before anything is uploaded."""
+    def record_plan(
+        self,
+        plan: Plan,
+        run_id: str,
+        quarantine: list[dict[str, Any]],
+        contract: str | None = None,
+        touched: set[str] | frozenset[str] = frozenset(),
+        released: list[tuple[str, str]] = (),
+    ) -> None:
+        """Write the planned batch (and its quarantined rows, held under the contract
+        fingerprint ``contract``) before anything is uploaded. Open quarantine records of
+        the ``touched`` keys are resolved by this batch; ``released`` (key JSON, load id)
+        are the held rows it cut again (``plan_releases``, for a rebuild)."""
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
+            self._resolve(con, plan.table, touched, f"batch {plan.batch}")
+            if released:
+                con.executemany(
+                    "INSERT INTO plan_releases VALUES (?, ?, ?, ?)",
+                    [[plan.table, plan.batch, pk, lid] for pk, lid in released],
+                )
             con.execute(
                 "INSERT INTO plans VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 [
@@ -321,20 +349,29 @@ class StateStore:
                     now(),
                 ],
             )
-            self._insert_quarantine(con, run_id, plan.table, quarantine)
+            self._insert_quarantine(con, run_id, plan.table, quarantine, contract)
             con.execute("COMMIT")
 
     def consume_without_batch(
-        self, table: str, load_ids: list[str], run_id: str, quarantine: list[dict[str, Any]]
+        self,
+        table: str,
+        load_ids: list[str],
+        run_id: str,
+        quarantine: list[dict[str, Any]],
+        contract: str | None = None,
+        touched: set[str] | frozenset[str] = frozenset(),
     ) -> None:
-        """Loads with nothing to publish (no change, or every change quarantined): never look again."""
+        """Loads with nothing to publish (no change, or every change quarantined): never look
+        again. Open records of the ``touched`` keys are resolved (their rows held again)."""
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
-            con.executemany(
-                "INSERT OR IGNORE INTO published_loads VALUES (?, ?, NULL)",
-                [[table, lid] for lid in load_ids],
-            )
-            self._insert_quarantine(con, run_id, table, quarantine)
+            self._resolve(con, table, touched, f"held again in run {run_id}")
+            if load_ids:
+                con.executemany(
+                    "INSERT OR IGNORE INTO published_loads VALUES (?, ?, NULL)",
+                    [[table, lid] for lid in load_ids],
+                )
+            self._insert_quarantine(con, run_id, table, quarantine, contract)
             con.execute("COMMIT")
 
     def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
@@ -355,10 +392,11 @@ class StateStore:
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                 [plan.table, plan.batch, plan.manifest_sha256, plan.seq_end, now()],
             )
-            con.executemany(
-                "INSERT OR REPLACE INTO published_loads VALUES (?, ?, ?)",
-                [[plan.table, lid, plan.batch] for lid in plan.load_ids],
-            )
+            if plan.load_ids:  # none: a batch of held rows released alone
+                con.executemany(
+                    "INSERT OR REPLACE INTO published_loads VALUES (?, ?, ?)",
+                    [[plan.table, lid, plan.batch] for lid in plan.load_ids],
+                )
             con.execute("COMMIT")
 
     def adopt_checkpoint(self, plan: Plan) -> None:
@@ -388,8 +426,9 @@ class StateStore:
             con.execute("COMMIT")
 
     def discard_plan(self, table: str, batch: int) -> None:
-        """Forget a planned, uncommitted batch and the quarantine records of its loads (the
-        next run cuts those loads again and decides again). ``deltaferry plan discard``."""
+        """Forget a planned, uncommitted batch (``deltaferry plan discard``): the quarantine
+        records its cut made are deleted, the held rows it took again are held again (their
+        records reopened), so the next run cuts those loads and rows again and decides again."""
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             row = fetch_one(
@@ -399,8 +438,17 @@ class StateStore:
             )
             if row is not None:
                 con.execute(
-                    "DELETE FROM quarantine WHERE tbl = ? AND load_id IN (SELECT unnest(?::VARCHAR[]))",
+                    "DELETE FROM quarantine WHERE tbl = ? AND resolved IS NULL"
+                    " AND load_id IN (SELECT unnest(?::VARCHAR[]))",
                     [table, json.loads(row[0])],
+                )
+                con.execute(
+                    "UPDATE quarantine SET resolved = NULL, resolved_at = NULL"
+                    " WHERE tbl = ? AND resolved = ?",
+                    [table, f"batch {batch}"],
+                )
+                con.execute(
+                    "DELETE FROM plan_releases WHERE tbl = ? AND batch = ?", [table, batch]
                 )
                 con.execute(
                     "DELETE FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
@@ -426,15 +474,111 @@ class StateStore:
 
     # --- quarantine ---------------------------------------------------------
 
+    def open_held(self, table: str) -> list[tuple[str, str, str | None, str | None]]:
+        """The table's held staged rows: (key JSON, load id, contract fingerprint held
+        under, release reason or None), one per key and load, oldest first. Rows a source
+        held back before staging (load id ``held``) are not among them: they are read at
+        the source again."""
+        with self.connect(read_only=True) as con:
+            return [
+                tuple(r)
+                for r in con.execute(
+                    "SELECT pk, load_id, any_value(contract), any_value(release) FROM quarantine"
+                    " WHERE tbl = ? AND resolved IS NULL AND load_id <> 'held'"
+                    " GROUP BY pk, load_id ORDER BY min(ts), pk",
+                    [table],
+                ).fetchall()
+            ]
+
+    def due_for_release(self, table: str, contract: str) -> list[tuple[str, str]]:
+        """Held rows to validate again in the next cut: held under another contract than
+        ``contract`` (the fingerprint now), or released by ``quarantine release``."""
+        return [
+            (pk, lid)
+            for pk, lid, held_under, release in self.open_held(table)
+            if held_under != contract or release is not None
+        ]
+
+    def plan_releases(self, table: str, batch: int) -> list[tuple[str, str]]:
+        """The held rows a planned batch cut again (for its rebuild)."""
+        with self.connect(read_only=True) as con:
+            return [
+                (r[0], r[1])
+                for r in con.execute(
+                    "SELECT pk, load_id FROM plan_releases WHERE tbl = ? AND batch = ? ORDER BY pk",
+                    [table, batch],
+                ).fetchall()
+            ]
+
+    def quarantine_rows(self, table: str | None = None, held_only: bool = True) -> list[dict[str, Any]]:
+        """Quarantine records (open ones unless ``held_only`` is False), oldest first, as
+        dicts of the quarantine table's columns."""
+        where = ["true"]
+        params: list[Any] = []
+        if table is not None:
+            where.append("tbl = ?")
+            params.append(table)
+        if held_only:
+            where.append("resolved IS NULL")
+        with self.connect(read_only=True) as con:
+            cur = con.execute(
+                'SELECT ts, run_id, tbl, load_id, pk, field, "check", reason, row_json, contract,'
+                f" resolved, resolved_at, release FROM quarantine WHERE {' AND '.join(where)}"
+                " ORDER BY ts, tbl, pk",
+                params,
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def request_release(self, table: str, reason: str) -> int:
+        """Mark the table's held staged rows for validation against the contract in the
+        next run, whatever contract they were held under. Returns the keys marked."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            n = fetch_one(
+                con,
+                "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL"
+                " AND load_id <> 'held'",
+                [table],
+            )[0]
+            con.execute(
+                "UPDATE quarantine SET release = ? WHERE tbl = ? AND resolved IS NULL"
+                " AND load_id <> 'held'",
+                [reason, table],
+            )
+            con.execute("COMMIT")
+        return int(n)
+
+    @staticmethod
+    def _resolve(
+        con: duckdb.DuckDBPyConnection, table: str, keys: set[str] | frozenset[str], by: str
+    ) -> None:
+        """Close the open records of ``keys`` (their rows were cut again)."""
+        if not keys:
+            return
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS df_resolved (pk VARCHAR)")
+        con.execute("DELETE FROM df_resolved")
+        con.executemany("INSERT INTO df_resolved VALUES (?)", [[k] for k in sorted(keys)])
+        con.execute(
+            "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ? AND resolved IS"
+            " NULL AND load_id <> 'held' AND pk IN (SELECT pk FROM df_resolved)",
+            [by, now(), table],
+        )
+
     @staticmethod
     def _insert_quarantine(
-        con: duckdb.DuckDBPyConnection, run_id: str, table: str, rows: list[dict[str, Any]]
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        table: str,
+        rows: list[dict[str, Any]],
+        contract: str | None = None,
     ) -> None:
         if not rows:
             return
         ts = now()
         con.executemany(
-            "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            'INSERT INTO quarantine (ts, run_id, tbl, load_id, pk, field, "check", reason,'
+            " row_json, contract) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 [
                     ts,
@@ -446,6 +590,7 @@ class StateStore:
                     r["check"],
                     r["reason"],
                     r["row_json"],
+                    contract,
                 ]
                 for r in rows
             ],

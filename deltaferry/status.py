@@ -192,7 +192,9 @@ def _table_status(
         [table],
     )
     quarantined = fetch_one(
-        con, "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ?", [table]
+        con,
+        "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL",
+        [table],
     )[0]
     published_at = ck[1] if ck else None
     s.update(

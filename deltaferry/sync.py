@@ -74,6 +74,10 @@ class SyncContext:
     # version this run publishes at (after negotiation with the readers), when they differ
     chains: dict[str, Chain] = field(default_factory=dict)
     migrations: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # per table, the source's columns as this run's extract read them (when the source
+    # says), and the held rows (key JSON, load id) the table's cut validates again
+    source_columns: dict[str, set[str]] = field(default_factory=dict)
+    released: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -188,14 +192,32 @@ class DriftPlan:
     excluded: list[str]  # staged columns not read at all (evolve)
     held: dict[str, str]  # staged columns whose values hold a row back, with the reason
     draft: str | None = None
+    # required columns the source dropped: a row without a value holds back, with the reason
+    missing: dict[str, str] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "policy": self.policy,
             "diff": self.diff,
             "excluded": self.excluded,
             "held": self.held,
         }
+        if self.missing:
+            out["missing"] = self.missing
+        return out
+
+    @classmethod
+    def recorded(cls, entry: dict[str, Any] | None) -> DriftPlan | None:
+        """The plan a manifest's ``drift`` entry records (for a rebuild)."""
+        if not entry:
+            return None
+        return cls(
+            entry["policy"],
+            entry["diff"],
+            entry["excluded"],
+            entry["held"],
+            missing=entry.get("missing") or {},
+        )
 
 
 def _dual(
@@ -236,6 +258,7 @@ def _dual(
             delta.seq_start,
             held=drift.held if drift else None,
             migration=(chain, source, version) if version != source else None,
+            missing=drift.missing if drift else None,
         )
     if _keyed_rows(t, copy.parts) != _keyed_rows(t, delta.parts):
         raise ContractViolation(
@@ -268,24 +291,36 @@ def _migration(ctx: SyncContext, t: TableConfig) -> tuple[Chain, int, int] | Non
     return (ctx.chains[t.name], *ctx.migrations[t.name])
 
 
-def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
-    """Compare the staged columns with the contract and apply the job's drift policy:
-    freeze raises SchemaDrift; quarantine and evolve say which columns to leave out."""
+def _drift_plan(
+    ctx: SyncContext, t: TableConfig, con: Any, scope: tuple[str, list[Any]]
+) -> DriftPlan | None:
+    """Compare the staged columns with the contract on the rows being cut (``scope``, see
+    ``delta.cut_where``) and apply the job's drift policy: freeze raises SchemaDrift naming
+    the columns, types and the fix; quarantine and evolve say which columns to leave out
+    and which rows to hold. A dropped column is reported under every policy."""
     from contracts.drift import detect, draft_next_version, write_draft
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
 
     chain = ctx.chains[t.name]  # staging has the source's columns: its version's contract
     contract = chain.contract(source_version(ctx.job, t, chain))
-    drift = detect(con, STAGING_DATASET, t.name, contract, set(INTERNAL_COLUMNS))
-    if not drift:
-        return None
+    drift = detect(
+        con,
+        STAGING_DATASET,
+        t.name,
+        contract,
+        set(INTERNAL_COLUMNS),
+        scope=scope,
+        source_columns=ctx.source_columns.get(t.name),
+    )
+    if not drift:  # columns without a value on these rows are still left out
+        return DriftPlan(ctx.job.drift, "", drift.inert, {}) if drift.inert else None
     policy, diff = ctx.job.drift, drift.describe()
     where = f"job '{ctx.job.name}' table '{t.name}'"
     versioned = f"contract {contract.ref} v{contract.version}"
     if policy == "freeze" and drift.blocking:
         message = (
             f"{where}: the source's columns drifted from {versioned} (drift = freeze): {diff}; "
-            'nothing published. Update the contract, or set drift = "evolve" or "quarantine"'
+            f"nothing published. To go on: {drift.remedy()}"
         )
         ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=message)
         ctx.drift[t.name] = message
@@ -297,7 +332,13 @@ def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
     else:  # values of a new type would publish as NULL in the original column: hold them
         plan.held = {c: reason.format(c) for c in drift.retyped}
         plan.excluded = sorted(drift.new)
-    if plan.excluded or (policy == "evolve" and drift.dropped):
+    if policy != "freeze":  # a row without a dropped required column waits for the contract
+        plan.missing = {
+            c: f"schema drift: required column '{c}' of {versioned} was dropped by the source"
+            for c in drift.dropped
+        }
+    plan.excluded = sorted({*plan.excluded, *drift.inert})
+    if policy == "evolve" and (drift.new or drift.dropped):
         staged = dict(
             con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns"
@@ -310,6 +351,8 @@ def _drift_plan(ctx: SyncContext, t: TableConfig, con: Any) -> DriftPlan | None:
     detail = f"{where}: {diff} (drift = {policy}, {versioned})"
     if plan.held:
         detail += f"; rows with a value in {', '.join(plan.held)} are quarantined"
+    if plan.missing:
+        detail += f"; rows without a value in {', '.join(plan.missing)} are quarantined"
     if plan.excluded:
         detail += f"; published without {', '.join(plan.excluded)}"
     if plan.draft:
@@ -328,7 +371,13 @@ def _staged_changes(
     drift: DriftPlan | None = None,
 ) -> Iterator[tuple[list[str], Iterator[Any] | None, DriftPlan | None]]:
     """Load ids to cut (the given ones, or all not yet published), a stream of their rows,
-    and what is done about source drift (``drift`` when rebuilding a plan, else detected)."""
+    and what is done about source drift (``drift`` when rebuilding a plan, else detected).
+
+    The stream also holds the held rows due for validation again (``ctx.released``: when
+    planning, set here from the quarantine, see ``StateStore.due_for_release``; when
+    rebuilding, the plan's own). Nothing to cut: ``([], None, None)``."""
+    from deltaferry.delta import cut_where, released_rows
+
     path = staging_path(ctx.job.name)
     if not path.exists():
         yield [], None, None
@@ -340,15 +389,37 @@ def _staged_changes(
             if load_ids is not None
             else new_load_ids(con, ctx.state.published_load_ids(t.name))
         )
-        if not ids:
+        if load_ids is None:
+            due = ctx.state.due_for_release(t.name, held_under(ctx, t))
+            ctx.released[t.name] = due
+        released = released_rows(con, t, ctx.released.get(t.name, []))
+        if released is None:
+            ctx.released[t.name] = []
+        else:  # only those still staged as held
+            from deltaferry.delta import key_json
+
+            still = {(key_json(t, r), r["_dlt_load_id"]) for r in released.to_pylist()}
+            ctx.released[t.name] = [p for p in ctx.released[t.name] if p in still]
+        if not ids and released is None:
             yield [], None, None
             return
         if load_ids is None:
-            drift = _drift_plan(ctx, t, con)
+            drift = _drift_plan(ctx, t, con, cut_where(con, t, ids, released))
         exclude = frozenset(drift.excluded) if drift else frozenset()
-        yield ids, read_changes(con, t, ids, chunk_rows, exclude), drift
+        yield ids, read_changes(con, t, ids, chunk_rows, exclude, released), drift
     finally:
         con.close()
+
+
+def held_under(ctx: SyncContext, t: TableConfig) -> str:
+    """The fingerprint quarantine records are held under: the contract version of the
+    source's rows (a held row is validated again once it changes)."""
+    return held_under_contract(ctx.job, t, ctx.chains[t.name])
+
+
+def held_under_contract(job: JobConfig, t: TableConfig, chain: Chain) -> str:
+    """``held_under`` from a job and a loaded chain (for ``deltaferry quarantine``)."""
+    return chain.contract(source_version(job, t, chain)).fingerprint
 
 
 def contract_version(job: JobConfig, t: TableConfig, chain: Chain, version: int) -> Contract:
@@ -428,7 +499,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
     ckpt = ctx.state.checkpoint(t.name)
     with _staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
-        if not load_ids:
+        if not load_ids and not ctx.released.get(t.name):
             return None
         if len(ctx.chains[t.name].versions) > 1:
             negotiate(ctx, t)
@@ -442,14 +513,34 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
                 ckpt.seq_end + 1,
                 held=drift.held if drift else None,
                 migration=_migration(ctx, t),
+                missing=drift.missing if drift else None,
+                open_keys={pk for pk, *_ in ctx.state.open_held(t.name)},
             )
             if chunks is not None
             else None
         )
+    released = ctx.released.get(t.name, [])
+    if released and delta is not None:
+        again = {q["pk"] for q in delta.quarantine} & {pk for pk, _ in released}
+        ctx.state.log(
+            ctx.run_id,
+            "quarantine",
+            "info",
+            table=t.name,
+            detail=f"job '{ctx.job.name}' table '{t.name}': {len(released)} held row(s) "
+            f"validated again against {ctx.contracts[t.name].ref} "
+            f"v{ctx.contracts[t.name].version}: {len(released) - len(again)} published, "
+            f"{len(again)} held again",
+        )
     if delta is None or delta.rows == 0:
         # no change for this table in these loads, or every change held back by the contract
         ctx.state.consume_without_batch(
-            t.name, load_ids, ctx.run_id, delta.quarantine if delta else []
+            t.name,
+            load_ids,
+            ctx.run_id,
+            delta.quarantine if delta else [],
+            held_under(ctx, t),
+            delta.touched if delta else set(),
         )
         return None
     check_chain_mode(ctx, t)
@@ -486,7 +577,14 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         sha256(body),
         ctx.job.rows_per_file,
     )
-    ctx.state.record_plan(plan, ctx.run_id, delta.quarantine)
+    ctx.state.record_plan(
+        plan,
+        ctx.run_id,
+        delta.quarantine,
+        held_under(ctx, t),
+        delta.touched,
+        ctx.released.get(t.name, []),
+    )
     failpoint("after_plan")
     return plan, delta
 
@@ -798,11 +896,8 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
         ctx.migrations[t.name] = (int(moved["from"]), int(moved["to"]))
     else:
         ctx.migrations.pop(t.name, None)
-    drift = (
-        DriftPlan(recorded["policy"], recorded["diff"], recorded["excluded"], recorded["held"])
-        if recorded
-        else None
-    )
+    drift = DriftPlan.recorded(recorded)
+    ctx.released[t.name] = ctx.state.plan_releases(t.name, plan.batch)
     with _staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift) as (_, chunks, _d):
         if chunks is None:
             raise TerminalError(
@@ -821,6 +916,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             plan.seq_start,
             held=drift.held if drift else None,
             migration=_migration(ctx, t),
+            missing=drift.missing if drift else None,
         )
     if "also" in planned:
         also_version = int(planned["also"]["contract"]["version"])

@@ -113,6 +113,8 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
             if gone:
                 extracted[f"{t.name}:tombstones"] = extracted.get(f"{t.name}:tombstones", 0) + gone
         extracted.update(result.rows_by_table)
+        for table, columns in (result.columns or {}).items():  # for drift: dropped columns
+            ctx.source_columns[table] = set(columns)
         for k, v in result.tombstones_by_table.items():
             extracted[f"{k}:tombstones"] = v
         for reason in result.retried or []:  # the source client's own retries (HTTP 429/5xx)

@@ -31,6 +31,10 @@ os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
 # loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
 os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
 os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
+# a load job that fails terminally (a value staging cannot take) aborts its package with
+# dlt's own abort (``Pipeline.abort_packages``: pending packages deleted, pipeline state and
+# schemas restored), so a failed load never stays pending and wedges every later run
+os.environ.setdefault("LOAD__AUTO_ABORT_ON_TERMINAL_ERROR", "true")
 
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
@@ -55,6 +59,9 @@ class ExtractResult:
     # per table, keys read more than once in one extraction and how they were resolved,
     # as one-line notes naming job, table and keys (the flow logs them as warnings)
     duplicates: dict[str, list[str]] | None = None
+    # per table, the columns the source has now (when the source knows them): a staged
+    # contract column missing here and NULL on every new row was dropped (contracts/drift.py)
+    columns: dict[str, list[str]] | None = None
 
 
 def staging_path(job: str) -> Path:
@@ -240,12 +247,18 @@ class ChangedRows:
         """The chunk's changed rows, with their hash column."""
         if HASH_COLUMN in chunk.column_names:
             chunk = chunk.drop_columns([HASH_COLUMN])
-        values = ", ".join(f"{q(c)} := c.{q(c)}" for c in chunk.column_names)
+        # a variant column (``Variants``) counts only where it has a value: a row without one
+        # hashes as it did before the column existed
+        variants = [c for c in chunk.column_names if _is_variant(c, chunk.column_names)]
+        values = ", ".join(f"{q(c)} := c.{q(c)}" for c in chunk.column_names if c not in variants)
+        text = f"CAST(struct_pack({values}) AS VARCHAR)" + "".join(
+            f" || coalesce('|{c}=' || CAST(c.{q(c)} AS VARCHAR), '')" for c in variants
+        )
         self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
         try:
             hashed = self.con.execute(
                 f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
-                f"md5(CAST(struct_pack({values}) AS VARCHAR)) AS {HASH_COLUMN} FROM chunk_ c"
+                f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c"
             ).fetch_arrow_table()
         finally:
             self.con.unregister("chunk_")
@@ -298,6 +311,99 @@ class ChangedByKey(ChangedRows):
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))
+
+
+def _is_variant(name: str, columns: list[str]) -> bool:
+    """Whether ``name`` is dlt's variant column of another of ``columns``."""
+    import re
+
+    m = re.match(r"^(?P<base>.+)(?:__|▶)v_[a-z0-9_]+$", name)
+    return bool(m) and m.group("base") in columns
+
+
+# staged dlt types a value of another type may be converted to (DuckDB ``TRY_CAST``)
+_CONVERTIBLE = {"bigint": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN", "date": "DATE"}
+
+
+class Variants:
+    """A dlt map step over Arrow chunks that does what dlt's normalizer does for rows (and
+    not for Arrow chunks, which it loads as they are): in a column whose values arrive as
+    another type than the one staged (a source column retyped INTEGER -> TEXT), a value
+    that converts exactly (DuckDB ``TRY_CAST``: ``'40'`` to ``40``; from a non-text type
+    only when it converts back to the same value) is kept in the column, and any other
+    goes to dlt's variant column ``<column>▶v_<type>`` (``<column>__v_<type>`` under
+    snake_case naming), NULL in the column itself. The load into staging then does not
+    fail, and the drift policy sees the new type (``contracts/drift.py``). Columns staged
+    as other types (text, timestamps, decimals) are left to the load; a value it refuses
+    fails it with one line, and dlt aborts the package."""
+
+    def __init__(self, pipeline: dlt.Pipeline, t: TableConfig) -> None:
+        self.staged: dict[str, str] = {}
+        self.naming: Any = None
+        if pipeline.default_schema_name:
+            schema = pipeline.default_schema
+            self.naming = schema.naming
+            columns = (schema.tables.get(t.name) or {}).get("columns") or {}
+            self.staged = {
+                name: c["data_type"]
+                for name, c in columns.items()
+                if c.get("data_type") in _CONVERTIBLE and not c.get("variant")
+            }
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    def __call__(self, chunk: pa.Table) -> pa.Table:
+        from dlt.common.libs.pyarrow import get_column_type_from_py_arrow
+
+        for field in chunk.schema:
+            staged = self.staged.get(field.name)
+            if staged is None or pa.types.is_null(field.type):
+                continue
+            arrived = get_column_type_from_py_arrow(field.type).get("data_type")
+            if arrived == staged:
+                continue
+            if self.con is None:
+                self.con = duckdb.connect(config={"threads": 1})
+            text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+            same = "true" if text else "v = c"
+            self.con.register("col_", pa.table({"v": chunk[field.name]}))
+            try:
+                out = self.con.execute(
+                    f"SELECT CASE WHEN ok THEN c END AS base, CASE WHEN v IS NOT NULL AND NOT ok"
+                    f" THEN v END AS variant FROM (SELECT v, c, c IS NOT NULL AND {same} AS ok"
+                    f" FROM (SELECT v, TRY_CAST(v AS {_CONVERTIBLE[staged]}) AS c FROM col_))"
+                ).fetch_arrow_table()
+            finally:
+                self.con.unregister("col_")
+            i = chunk.schema.get_field_index(field.name)
+            chunk = chunk.set_column(i, field.name, out["base"])
+            if out["variant"].null_count < out.num_rows:
+                name = self.naming.shorten_fragments(field.name, f"v_{arrived}")
+                chunk = chunk.append_column(pa.field(name, field.type), out["variant"])
+        return chunk
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+
+
+def load_failure(job: JobConfig, e: BaseException) -> str:
+    """One line for a load into staging that failed terminally: the database's own first
+    line (``Conversion Error: ...``), without dlt's traceback."""
+    from dlt.destinations.exceptions import DatabaseTerminalException
+
+    import re
+
+    db = find_cause(e, lambda x: isinstance(x, DatabaseTerminalException))
+    text = str(db) if db is not None else str(getattr(e, "exception", None) or e)
+    # dlt passes the job's traceback as text: its last "SomeError: message" line says it
+    raised = re.findall(r"^[\w.]+(?:Error|Exception): (.+)$", text, re.M)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = raised[-1] if raised else (lines[0] if lines else type(e).__name__)
+    return (
+        f"job '{job.name}': loading into staging failed: {first[:500]}; dlt aborted the load "
+        "package, nothing was staged or published; fix the value at the source (or the "
+        "table's column_types) and run again"
+    )
 
 
 def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
@@ -420,6 +526,8 @@ def run_load(
                 f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__} "
                 "(the source did not answer, or the connection broke); retried"
             ) from cause
+        if e.step == "load":
+            raise TerminalError(load_failure(job, e)) from cause
         text = str(e.__cause__ or e.exception)
         raise TerminalError(
             f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"

@@ -48,7 +48,9 @@ from sources.staging import (
     ChangedByKey,
     ChangedRows,
     ExtractResult,
+    Variants,
     find_cause,
+    load_failure,
     pipeline_for,
     read_staging,
     row_counts,
@@ -61,13 +63,18 @@ from sources.staging import (
 from sources.names import check_columns
 
 
-def _adapt_table(job: JobConfig, t: TableConfig, text_times: dict[str, str]) -> Any:
+def _adapt_table(
+    job: JobConfig, t: TableConfig, text_times: dict[str, str], seen: list[str] | None = None
+) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
     # columns are parsed from their stored text (window.TimeText), JSON columns read as it
-    # (sources/sql_database/types.py leaves a column with a dlt_type alone)
+    # (sources/sql_database/types.py leaves a column with a dlt_type alone). ``seen`` gets
+    # the names of the columns read (the source's current columns, for drift)
     pk = t.primary_key
 
     def adapt(table: sa.Table) -> sa.Table:
+        if seen is not None:
+            seen[:] = [c.name for c in table.columns]
         for col in table.columns:
             if col.name not in pk:
                 col.nullable = True
@@ -317,7 +324,11 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
-                reads.append(_TableRead(job, t, engine, watchdog, ChangedRows(job, t, borrowed)))
+                reads.append(
+                    _TableRead(
+                        job, t, engine, watchdog, ChangedRows(job, t, borrowed), pipeline=pipeline
+                    )
+                )
             else:
                 bound = staged_bound(job, t, borrowed)
                 reads.append(
@@ -328,6 +339,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         watchdog,
                         ChangedByKey(job, t, borrowed),
                         lambda text_times, t=t, b=bound: window(job, t, b, text_times),
+                        pipeline=pipeline,
                     )
                 )
         load_ids: list[str] = []
@@ -348,6 +360,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 load_ids.extend(ids)
                 held.setdefault(t.name, []).extend(more)
         held = {name: _unique_held(rows) for name, rows in held.items() if rows}
+        columns = {r.t.name: list(r.columns) for r in reads if r.columns}
         for t in job.tables:
             if t.cursor and t.null_cursor == "quarantine":
                 remember_null_cursor_keys(job, t, held.get(t.name, []))
@@ -358,7 +371,9 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 load_ids.extend(ids)
                 if more:
                     held.setdefault(t.name, []).extend(more)
-        return ExtractResult(load_ids, rows, tombstones, held=held or None)
+        return ExtractResult(
+            load_ids, rows, tombstones, held=held or None, columns=columns or None
+        )
     finally:
         if borrowed is not None:
             borrowed.close()
@@ -390,9 +405,12 @@ class _TableRead:
         changed: ChangedRows,
         query: Any = None,
         name: str | None = None,
+        pipeline: dlt.Pipeline | None = None,
     ) -> None:
         self.t = t
         self.keys = KeyCheck(job, t)
+        self.columns: list[str] = []
+        self.variants = Variants(pipeline, t) if pipeline is not None else None
         self.changed = changed
         text_times = text_time_columns(engine, t)
         self.normalize = Normalize(job, t, text_times)
@@ -404,7 +422,7 @@ class _TableRead:
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=_adapt_table(job, t, text_times),
+            table_adapter_callback=_adapt_table(job, t, text_times, self.columns),
             query_adapter_callback=query(text_times) if query is not None else None,
         )
         if name is not None:
@@ -412,6 +430,8 @@ class _TableRead:
             resource.apply_hints(table_name=t.name)
         resource.apply_hints(additional_table_hints=DEDUPLICATED)  # keys checked: KeyCheck
         resource = resource.add_map(watchdog.progress).add_map(self.normalize)
+        if self.variants is not None:  # a value of a new type: to dlt's variant column
+            resource = resource.add_map(self.variants)
         resource = resource.add_map(self.keys.hold_null_keys)
         if t.cursor and t.null_cursor == "quarantine":
             resource = resource.add_map(null_cursor_hold(t, self.keys.hold_records))
@@ -420,6 +440,8 @@ class _TableRead:
     def close(self) -> None:
         self.changed.close()
         self.keys.close()
+        if self.variants is not None:
+            self.variants.close()
 
 
 _TRANSIENT_SOURCE_ERRORS = (
@@ -469,6 +491,8 @@ def _run(
             raise TransientError(
                 f"job '{job.name}': extract step '{e.step}' failed: {_scrub(job, str(transient))}"
             ) from e
+        if e.step == "load":  # dlt aborted the package (LOAD__AUTO_ABORT_ON_TERMINAL_ERROR)
+            raise TerminalError(load_failure(job, e)) from None
         cause = e.__cause__ or e.exception
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
@@ -602,6 +626,7 @@ def _reextract(
             ChangedByKey(job, t, borrowed),
             lambda _text_times, f=only_keys: f,
             name=f"{t.name}__recreated",
+            pipeline=pipeline,
         )
         try:
             load_ids.extend(_run(pipeline, read.resource, job, [read]).loads_ids)

@@ -1,0 +1,119 @@
+"""``deltaferry quarantine``: list the rows a job holds back; release them for validation again.
+
+Registered on the main command group by ``deltaferry/cli.py`` (``register``), which
+passes itself in so that its helpers (one-line errors, report tables) are shared.
+
+A held row stays in staging as it was held. The next ``deltaferry run`` validates it
+again against the table's contract when the contract changed since it was held (a new
+version, a relaxed check), or when ``quarantine release`` asked for it; rows that pass
+are published in that run's batch (once: their record is resolved by the batch), rows
+that fail are held again. A newer version of a held key, extracted later, replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+
+import click
+
+
+class _JobFirstGroup(click.Group):
+    """``quarantine JOB`` lists; ``quarantine release JOB ...`` releases. A first argument
+    that is not a subcommand is the job of the default ``list`` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+def _when_next(row: dict, fingerprint: str | None) -> str:
+    """When the next run validates a held record again, in words."""
+    if row["load_id"] == "held":
+        return "read again at the source (never staged)"
+    if row["release"] is not None:
+        return f"next run (released: {row['release']})"
+    if fingerprint is not None and row["contract"] != fingerprint:
+        return "next run (contract changed)"
+    return "when the contract changes, the row changes, or on release"
+
+
+def register(ui: ModuleType) -> None:
+    @ui.cli.group("quarantine", cls=_JobFirstGroup)
+    def quarantine() -> None:
+        """Rows a job holds back: `deltaferry quarantine list JOB [--table T]` shows them;
+        `deltaferry quarantine release JOB --table T --reason TEXT` has the next run
+        validate them against the current contract and publish those that pass."""
+
+    @quarantine.command("list")
+    @click.argument("job")
+    @click.option("--table", default=None, help="Only this table.")
+    @click.option("--all", "everything", is_flag=True, help="Also records already resolved.")
+    @ui.config_option
+    @ui.one_line_errors
+    def list_(job: str, table: str | None, everything: bool, config: str | None) -> None:
+        """List held rows: table, key, field, check, reason, since, and when they are
+        validated again (one row per record; `--all` adds resolved ones and by what)."""
+        from contracts import load_chain
+        from deltaferry.config import load_job
+        from deltaferry.state import StateStore
+        from deltaferry.sync import held_under_contract
+
+        cfg = load_job(job, config)
+        tables = [cfg.table(table)] if table else list(cfg.tables)
+        state = StateStore(job)
+        report = ui._table(
+            "table", "key", "field", "check", "reason", "held since", "validated again",
+            title=f"quarantine {job}",
+        )  # fmt: skip
+        held = 0
+        for t in tables:
+            try:
+                chain = load_chain(t.contract, where=f"job '{job}' table '{t.name}'")
+                fingerprint = held_under_contract(cfg, t, chain)
+            except Exception:  # noqa: BLE001 - a broken contract must not hide the list
+                fingerprint = None
+            for r in state.quarantine_rows(t.name, held_only=not everything):
+                held += r["resolved"] is None
+                when = (
+                    _when_next(r, fingerprint)
+                    if r["resolved"] is None
+                    else f"resolved: {r['resolved']}"
+                )
+                key = ", ".join(f"{k}={v}" for k, v in json.loads(r["pk"]).items())
+                report.add_row(
+                    t.name,
+                    key,
+                    r["field"] or "-",
+                    r["check"] or "-",
+                    r["reason"] or "-",
+                    r["ts"].isoformat(timespec="seconds"),
+                    when,
+                )
+        ui._emit(report)
+        ui.out.print(f"{held} held record(s)")
+
+    @quarantine.command("release")
+    @click.argument("job")
+    @click.option("--table", required=True, help="The table whose held rows are released.")
+    @click.option("--reason", default="released by operator", help="Why (operations log).")
+    @ui.config_option
+    @ui.one_line_errors
+    def release(job: str, table: str, reason: str, config: str | None) -> None:
+        """Have the next `deltaferry run` validate the table's held rows against the
+        current contract, whatever contract they were held under, and publish those that
+        pass (rows that fail are held again). Recorded in the operations log."""
+        from deltaferry.config import load_job
+        from deltaferry.state import StateStore
+
+        cfg = load_job(job, config)
+        cfg.table(table)
+        state = StateStore(job)
+        n = state.request_release(table, reason)
+        detail = (
+            f"job '{job}' table '{table}': {n} held key(s) released for validation against the "
+            f"current contract in the next `deltaferry run {job}` ({reason})"
+        )
+        state.log("quarantine-release", "quarantine-release", "info", table=table, detail=detail)
+        ui.out.print(detail)

@@ -1,0 +1,347 @@
+"""Drift always ends (issue 18): a retyped column, held rows and a renamed column each
+clear once the source or the contract is repaired, and held rows are published once.
+
+A one-table SQLite source (``t``: id, a value column, ``updated_at``) with its contract
+module written per test; the lake is a folder (file://).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from deltaferry.errors import SchemaDrift, TerminalError
+from deltaferry.state import StateStore
+
+HEADER = """
+import pandas as pd, pandera.pandas as pa
+from pandera.typing import Series
+"""
+
+
+class Job:
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+        self.tmp = tmp
+        self.db = tmp / "src.db"
+        self.module = f"rc_{uuid.uuid4().hex[:8]}"
+        self.path = tmp / f"{self.module}.py"
+        self.path.write_text(HEADER + body)
+        monkeypatch.syspath_prepend(str(tmp))
+        self.config = tmp / "deltaferry.toml"
+        self.replica = tmp / "replica.duckdb"
+
+    def write(self, contract: str, drift: str, ratio: float = 0.05) -> None:
+        self.config.write_text(
+            f'[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///{self.db}"\n'
+            f'lake = "file://{self.tmp}/lake"\ndrift = "{drift}"\nmax_quarantine_ratio = {ratio}\n'
+            f'[[jobs.j.tables]]\nname = "t"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
+            f'contract = "{self.module}:{contract}"\n'
+        )
+
+    def add(self, body: str) -> None:
+        import importlib
+        import sys
+
+        self.path.write_text(self.path.read_text() + body)
+        sys.modules.pop(self.module, None)
+        importlib.invalidate_caches()
+
+    def sql(self, script: str) -> None:
+        con = sqlite3.connect(self.db)
+        con.executescript(script)
+        con.commit()
+        con.close()
+
+    def sync(self) -> dict:
+        from flows.sync import sync_job
+
+        return sync_job(job="j", config=str(self.config))
+
+    def pull(self) -> None:
+        from deltaferry.config import load_job
+        from deltaferry.replica import pull
+        from destinations.lake import open_lake
+
+        job = load_job("j", self.config)
+        pull(job, open_lake(job.lake), self.replica)
+
+    def replica_rows(self, columns: str) -> list[tuple]:
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            return con.execute(f"SELECT {columns} FROM t ORDER BY id").fetchall()
+        finally:
+            con.close()
+
+    def held(self) -> list[tuple]:
+        return sorted(
+            (json.loads(r["pk"])["id"], r["field"], r["check"])
+            for r in StateStore("j").quarantine_rows("t")
+        )
+
+    def cli(self, *args: str) -> tuple[int, str]:
+        from deltaferry.cli import cli
+
+        result = CliRunner().invoke(cli, [*args, "--config", str(self.config)])
+        return result.exit_code, result.output
+
+    def ops(self, step: str) -> list[str]:
+        with StateStore("j").connect(read_only=True) as con:
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT detail FROM ops_log WHERE step = ? ORDER BY id", [step]
+                ).fetchall()
+            ]
+
+
+RETYPE = """
+class T(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    n: Series[int] = pa.Field(nullable=True)
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        strict = True
+        coerce = True
+"""
+
+
+@pytest.mark.parametrize("policy", ["freeze", "quarantine", "evolve"])
+def test_a_retyped_column_ends_under_every_policy(tmp_path, home, prefect_api, monkeypatch, policy):
+    job = Job(tmp_path, monkeypatch, RETYPE)
+    job.write("T", policy)
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 10, '2026-01-01 00:00:01'), (2, 20, '2026-01-01 00:00:02');"
+    )
+    assert job.sync()["tables"]["t"]["rows"] == 2
+    job.sql(  # INTEGER -> TEXT, and a value that is not a number
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        "UPDATE t SET n = 'forty', updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
+    )
+    if policy == "freeze":
+        with pytest.raises(SchemaDrift) as e:
+            job.sync()
+        message = str(e.value)
+        assert "\n" not in message
+        for part in ("job 'j' table 't'", "column n changed type", "BIGINT", "now text values",
+                     "n▶v_text", "repair the values of n at the source"):  # fmt: skip
+            assert part in message, message
+    else:
+        out = job.sync()
+        assert out["tables"]["t"].get("rows", 0) == 0  # row 2 re-read unchanged: nothing to publish
+        assert job.held() == [(1, "n▶v_text", "schema drift")]
+        assert "column n changed type" in out["drift"]["t"]
+    job.sql(  # the source repaired: INTEGER again, every value a number
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT id, 40, '2026-01-01 00:00:04' FROM t WHERE id = 1;"
+        "INSERT INTO t2 SELECT id, CAST(n AS INTEGER), updated_at FROM t WHERE id = 2;"
+        "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+    )
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 1 and not out.get("drift", {}).get("t")
+    assert job.held() == []  # the newer version of key 1 resolved its record
+    job.pull()
+    assert job.replica_rows("id, n") == [(1, 40), (2, 20)]
+    assert job.sync()["tables"]["t"].get("rows", 0) == 0  # and nothing again
+
+
+def test_a_failed_staging_load_aborts_its_package_and_the_repaired_source_runs(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    job = Job(
+        tmp_path,
+        monkeypatch,
+        """
+class T(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    seen: Series[pd.Timestamp] = pa.Field(nullable=True)
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        strict = True
+        coerce = True
+""",
+    )
+    job.write("T", "quarantine")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, seen TIMESTAMP, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, '2026-01-01 00:00:00', '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.sql(  # a timestamp column now holds text staging cannot take
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, seen TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t2 VALUES (1, 'soon', '2026-01-01 00:00:02');"
+        "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+    )
+    for _ in range(2):  # the same one line each time: no package left pending
+        with pytest.raises(TerminalError) as e:
+            job.sync()
+        message = str(e.value)
+        assert "\n" not in message and "loading into staging failed" in message, message
+        assert "soon" in message and "dlt aborted the load package" in message
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, seen TIMESTAMP, updated_at TIMESTAMP);"
+        "INSERT INTO t2 VALUES (1, '2026-01-02 00:00:00', '2026-01-01 00:00:03');"
+        "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+    )
+    assert job.sync()["tables"]["t"]["rows"] == 1
+
+
+BASE = """
+class T(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    v: Series[str] = pa.Field(isin=["a", "b", "new row"])
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        strict = True
+        coerce = True
+"""
+
+
+def test_rows_held_for_a_new_column_are_published_once_the_contract_has_it(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    job = Job(tmp_path, monkeypatch, BASE)
+    job.write("T", "quarantine")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'a', '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.sql(
+        "ALTER TABLE t ADD COLUMN nick TEXT;"
+        "UPDATE t SET nick = 'n1', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+        "INSERT INTO t VALUES (3, 'new row', '2026-01-01 00:00:03', 'n3');"
+    )
+    assert job.sync()["tables"]["t"].get("rows", 0) == 0
+    assert job.held() == [(1, "nick", "schema drift"), (3, "nick", "schema drift")]
+    code, listed = job.cli("quarantine", "list", "j", "--table", "t")
+    assert code == 0 and "2 held record(s)" in listed and "id=3" in listed, listed
+    assert "when the contract changes" in listed
+    job.add(
+        """
+class T2(T):
+    __version__ = 2
+    nick: Series[str] = pa.Field(nullable=True)
+"""
+    )
+    job.write("T2", "quarantine")
+    code, listed = job.cli("quarantine", "list", "j")
+    assert "next run (contract changed)" in listed, listed
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 2 and out["tables"]["t"]["batch"] == 2
+    assert job.held() == []
+    assert any("2 held row(s) validated again" in d and "2 published" in d for d in job.ops("quarantine"))
+    job.pull()
+    assert job.replica_rows("id, v, nick") == [(1, "a", "n1"), (3, "new row", "n3")]
+    assert job.sync()["tables"]["t"].get("rows", 0) == 0  # published once: nothing again
+    code, listed = job.cli("quarantine", "list", "j", "--all")
+    assert "resolved: batch 2" in listed and "0 held record(s)" in listed
+
+
+def test_rows_held_by_the_contract_are_published_after_it_is_relaxed_newest_version_wins(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    job = Job(tmp_path, monkeypatch, BASE)
+    job.write("T", "freeze", ratio=0.6)
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'zzz', '2026-01-01 00:00:01'), (2, 'a', '2026-01-01 00:00:01');"
+    )
+    assert job.sync()["tables"]["t"]["quarantined"] == 1
+    job.sql(
+        "UPDATE t SET v = 'yyy', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+        "UPDATE t SET v = 'b', updated_at = '2026-01-01 00:00:02' WHERE id = 2;"
+    )
+    job.sync()  # a newer, still bad version: held again, the old record resolved
+    rows = StateStore("j").quarantine_rows("t")
+    assert [json.loads(r["row_json"])["v"] for r in rows] == ["yyy"]
+    # a release under the same contract validates again: held again, not duplicated
+    code, said = job.cli("quarantine", "release", "j", "--table", "t", "--reason", "retry")
+    assert code == 0 and "1 held key(s) released" in said, said
+    assert any("released for validation" in d for d in job.ops("quarantine-release"))
+    assert job.sync()["tables"]["t"].get("rows", 0) == 0
+    assert len(job.held()) == 1
+    assert any("0 published, 1 held again" in d for d in job.ops("quarantine"))
+    job.add(
+        """
+class T2(T):
+    __version__ = 2
+    v: Series[str]
+"""
+    )
+    job.write("T2", "freeze", ratio=0.6)
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 1 and job.held() == []
+    job.pull()
+    assert job.replica_rows("id, v") == [(1, "yyy"), (2, "b")]  # the newest version, once
+    code, said = job.cli("quarantine", "release", "j", "--table", "nope")
+    assert code == 2 and "has no table 'nope'" in said
+
+
+RENAME = """
+class T(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    city: Series[str]
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        strict = True
+        coerce = True
+"""
+
+
+def test_evolve_a_rename_is_held_reported_and_the_adopted_draft_publishes_it(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    job = Job(tmp_path, monkeypatch, RENAME)
+    job.write("T", "evolve")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
+    )
+    job.sync()
+    job.sql(
+        "ALTER TABLE t RENAME COLUMN city TO town;"
+        "UPDATE t SET town = 'Bergen', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+    )
+    out = job.sync()  # not a failure: the renamed row waits for the next version
+    drift = out["drift"]["t"]
+    assert "new column town" in drift and "required column city was dropped by the source" in drift
+    assert any("city was dropped" in d for d in job.ops("drift"))
+    assert job.held() == [(1, "city", "schema drift")]
+    draft = home / "j" / "drafts" / "t_v2.py"
+    source = draft.read_text()
+    assert "town: Series[str] = pa.Field(nullable=True)" in source
+    assert "city: Series[str] = pa.Field(nullable=True)" in source
+    assert "__deprecated__ = {'city': 3}" in source
+    # adopt as the README says: the class into the contract module, the table pointed at it
+    job.add("\n" + source[source.index("class TV2") :])
+    job.write("TV2", "evolve")
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 1 and job.held() == []
+    job.pull()
+    assert job.replica_rows("id, city, town") == [(1, None, "Bergen"), (2, "Rome", None)]
+
+
+def test_freeze_reports_a_dropped_column_with_the_rename(tmp_path, home, prefect_api, monkeypatch):
+    job = Job(tmp_path, monkeypatch, RENAME)
+    job.write("T", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.sql(
+        "ALTER TABLE t RENAME COLUMN city TO town;"
+        "UPDATE t SET town = 'Bergen', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+    )
+    with pytest.raises(SchemaDrift) as e:
+        job.sync()
+    assert "new column town" in str(e.value)
+    assert "required column city was dropped by the source" in str(e.value)
