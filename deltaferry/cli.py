@@ -419,11 +419,23 @@ def verify(
     lake.check()
     given += known.from_checkpoint(cfg)
 
+    producing = bool(known.from_checkpoint(cfg))  # this host is the job's producer
+
     def reaches(table: str, producer: str | None) -> str:
         checked = [p for p in given if (p.table, p.producer) == (table, producer)]
         for p in checked:
             check_position(
                 lake, cfg.name, table, p.batch, p.manifest_sha256, whose=p.whose, producer=producer
+            )
+        if producing and producer == cfg.chain:
+            # the producer's chain ends exactly where its checkpoint says (no head from
+            # elsewhere): what `run` checks before it publishes
+            from deltaferry.agreement import check_lake
+            from deltaferry.state import StateStore
+
+            state = StateStore(cfg.name)
+            check_lake(
+                lake, cfg.name, table, state.checkpoint(table), state.pending_plan(table), producer
             )
         return "".join(f"; reaches batch {p.batch} of {p.whose}" for p in checked)
 

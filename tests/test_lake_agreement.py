@@ -71,6 +71,8 @@ def test_a_mistyped_lake_publishes_nothing_and_the_right_lake_goes_on(lake_job, 
     assert "head is batch 0 (empty)" in line and "checkpoint is batch 1" in line
     assert "deltaferry reset shop --table customers" in line
     assert lake_job.lake().list("shop/") == []  # nothing published into the typo
+    checked = _cli("verify", "shop", "--config", str(lake_job.config))
+    assert checked.exit_code == 1 and "lake's head is batch 0" in checked.output, checked.output
     state = StateStore("shop")
     assert state.checkpoint("customers").batch == 1 and state.pending_plan("customers") is None
 
@@ -79,6 +81,8 @@ def test_a_mistyped_lake_publishes_nothing_and_the_right_lake_goes_on(lake_job, 
     out = lake_job.sync()
     assert out["tables"]["customers"]["batch"] == 2 and out["tables"]["orders"]["batch"] == 2
     assert verify_table(lake_job.lake(), "shop", "customers")[0] == 2
+    checked = _cli("verify", "shop", "--config", str(lake_job.config))
+    assert checked.exit_code == 0 and "reaches batch 2 of this producer's checkpoint" in checked.output
     _replica_equals_source(lake_job, tmp_path)
 
 
@@ -93,6 +97,9 @@ def test_a_lost_newest_manifest_stops_the_producer_until_reset(lake_job, shop, t
     with pytest.raises(LakeMismatchError, match=r"behind this producer: its head is batch 1 \(manifest"):
         lake_job.sync()
     assert _keys(lake) == before  # nothing published on top of the lost tip
+    checked = _cli("verify", "shop", "--config", str(lake_job.config))
+    assert checked.exit_code == 1 and "table 'customers'" in checked.output
+    assert "is at batch 2 but the lake's head is batch 1" in checked.output
 
     # the way out the error names, through the command line, written to the operations log
     result = _cli("reset", "shop", "--table", "customers", "--reason", "tip lost in restore",
@@ -131,6 +138,8 @@ def test_a_home_restored_from_backup_stops_until_reset(lake_job, shop, tmp_path)
     assert "ahead of this producer: its head is batch 2" in str(e.value)
     assert "checkpoint is batch 1" in str(e.value) and "restored from a backup" in str(e.value)
     assert _keys(lake) == before
+    checked = _cli("verify", "shop", "--config", str(lake_job.config))
+    assert checked.exit_code == 1 and "ahead of this producer" in checked.output, checked.output
 
     for table in ("customers", "orders"):
         result = _cli("reset", "shop", "--table", table, "--reason", "home restored",
