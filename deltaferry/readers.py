@@ -2,7 +2,8 @@
 
 A reader knows the contract versions its own code has (the job's contract for the table,
 and every version before it). Meeting a batch published at a newer version, it follows
-its policy:
+its policy (a batch at a version it has must carry that version's fingerprint, else
+``FingerprintError`` stops the pull before the batch is applied, whatever the policy):
 
 - ``strict`` (default): it stops with an error naming both versions; nothing of that
   batch is applied (the batches before it are).
@@ -38,6 +39,11 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class VersionError(TerminalError):
     """A batch is published at a contract version newer than a strict reader knows."""
+
+
+class FingerprintError(VersionError):
+    """A batch is published at a version this reader has, but that version's contract is
+    another one (its fingerprint differs): the same number names two contracts."""
 
 
 def consumers_prefix(job: str, table: str) -> str:
@@ -106,6 +112,9 @@ class Reading:
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
         second = manifest.get("also")
+        self._same_contract(batch, published, producer)
+        if second is not None:
+            self._same_contract(batch, second.get("contract") or {}, producer)
         if second is not None and also is not None:
             newer = int(second["contract"]["version"])
             if version < newer <= self.known:
@@ -151,6 +160,27 @@ class Reading:
         if absent:
             caution += f"; not in the batch: {', '.join(absent)}"
         return data.select(kept), caution
+
+    def _same_contract(self, batch: int, published: dict[str, Any], producer: str | None) -> None:
+        """Raise FingerprintError when ``published`` (a manifest's ``contract``) names a
+        version this reader's chain has, with another fingerprint. Versions the reader does
+        not have, and manifests without a fingerprint, are not compared."""
+        version = int(published.get("version") or 1)
+        theirs = published.get("fingerprint")
+        if not theirs or self.chain is None or version not in self.chain.models:
+            return
+        ours = self.chain.contract(version)
+        if ours.fingerprint == theirs:
+            return
+        chain = f" producer '{producer}'" if producer else ""
+        raise FingerprintError(
+            f"job '{self.job}' table '{self.table}'{chain} batch {batch} is published at contract "
+            f"v{version} {published.get('ref')} with fingerprint {str(theirs)[:16]}, but this "
+            f"reader's v{version} ({ours.ref}) has fingerprint {ours.fingerprint[:16]}: one "
+            "version number names two different contracts; nothing of the batch was applied. "
+            "Use the producer's contract for that version (or give the changed contract a new "
+            "version number) and pull again"
+        )
 
     def _upgrade(self, batch: int, data: pa.Table, version: int, producer: str | None) -> pa.Table:
         from contracts import MigrationError

@@ -118,3 +118,52 @@ def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
         ]
     assert "over the job's reader_timeout_seconds: not holding v2 back" in noted[-1]
     assert noted[-1].startswith("reader 'old'")
+
+
+def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
+    """Regression (shared case reader_ignores_contract_fingerprint): a reader whose v2 is
+    another contract than the producer's v2 stops before applying the batch, naming the
+    table, the version and both fingerprints, whatever its policy."""
+    from contracts import load_chain
+    from flows.sync import sync_job
+
+    shop.round(5, 2, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    shop.con.commit()
+    producer = tmp_path / "producer.toml"
+    producer.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+        )
+    )
+    sync_job(job="shop", config=str(producer))  # no readers: batch 1 at the producer's v2
+    reader = tmp_path / "reader.toml"  # the reader's v2 renames name to full_name
+    reader.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:Renamed"
+        )
+    )
+    theirs = load_chain("tests.contracts_versions:CustomersV2", where="t").contract(2)
+    ours = load_chain("tests.contracts_versions:Renamed", where="t").contract(2)
+    assert theirs.fingerprint != ours.fingerprint
+    replica = tmp_path / "r.duckdb"
+    for policy in ("strict", "partial"):
+        stopped = _pull(reader, replica, "--consumer", "r", "--policy", policy)
+        assert stopped.exit_code == 1, stopped.output
+        line = " ".join(stopped.output.split())  # one line, however the terminal wraps it
+        assert line.startswith(
+            "error: job 'shop' table 'customers' batch 1 is published at contract v2 "
+            f"tests.contracts_versions:CustomersV2 with fingerprint {theirs.fingerprint[:16]}, "
+            f"but this reader's v2 (tests.contracts_versions:Renamed) has fingerprint "
+            f"{ours.fingerprint[:16]}"
+        ), line
+        assert "nothing of the batch was applied" in line
+        assert _q(replica, "SELECT count(*) FROM _deltaferry_batches WHERE tbl = 'customers'") == [
+            (0,)
+        ]
+        tables = [r[0] for r in _q(replica, "SELECT table_name FROM information_schema.tables")]
+        assert "customers" not in tables
+    # a reader whose v2 is the producer's reads it
+    same = _pull(producer, tmp_path / "same.duckdb", "--consumer", "same")
+    assert same.exit_code == 0, same.output
+    assert _q(tmp_path / "same.duckdb", "SELECT count(*) FROM customers") == [(5,)]
