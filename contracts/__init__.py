@@ -357,9 +357,9 @@ class Chain:
         2 x refused x log2(rows) calls). Errors other than ``MigrationError`` (a migration
         that does not run at all) propagate, and so does a missing migration."""
         if not self.reachable(start, target):
+            steps = ", ".join(self.steps(start, target))
             raise MigrationError(
-                f"v{target} cannot be reached from v{start} ({', '.join(self.steps(start, target))}:"
-                " a migration is missing)"
+                f"v{target} cannot be reached from v{start} ({steps}: a migration is missing)"
             )
         up = target >= start
         versions = range(start + 1, target + 1) if up else range(start, target, -1)

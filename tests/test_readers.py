@@ -167,3 +167,97 @@ def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
     same = _pull(producer, tmp_path / "same.duckdb", "--consumer", "same")
     assert same.exit_code == 0, same.output
     assert _q(tmp_path / "same.duckdb", "SELECT count(*) FROM customers") == [(5,)]
+
+
+def _set(shop, cid: int, column: str, value: str) -> None:  # noqa: ANN001
+    shop.con.execute(
+        f"UPDATE customers SET {column} = ?, updated_at = ? WHERE id = ?",
+        (value, shop._tick(), cid),
+    )
+    shop.con.commit()
+
+
+def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp_path):
+    """Regression (shared case partial_read_nulls_known_column): a v1 reader reading v2
+    batches partially, where v2 renamed `name` (v1 requires it) to `full_name`. Without a
+    downgrade, a key it holds keeps its stored name, a new key is held back for it (the
+    caution names it), a delete still deletes; with the producer's downgrade at hand the
+    batch is taken to v1 and the held key arrives whole. The replica always passes v1."""
+    from contracts.shop import CustomersV1
+    from flows.sync import sync_job
+
+    shop.round(6, 2, churn=0)
+    shop_job.sync()  # batch 1 at v1
+    old = tmp_path / "old.duckdb"
+    first = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert first.exit_code == 0, first.output
+
+    def producer(chain: str):  # noqa: ANN202
+        path = tmp_path / f"{chain}.toml"
+        path.write_text(
+            shop_job.config.read_text()
+            .replace("contracts.shop:Customers", f"tests.contracts_versions:{chain}")
+            .replace('"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1')
+            .replace("ratio = 0.2", "ratio = 0.2\nreader_timeout_seconds = 1")
+        )
+        return path
+
+    def rows() -> dict:
+        return {r[0]: r[1:] for r in _q(old, "SELECT id, name, country FROM customers")}
+
+    def passes_v1() -> None:
+        frame = duckdb.connect(str(old), read_only=True)
+        try:
+            stored = frame.execute(
+                "SELECT id, name, email, country, updated_at, deleted_at FROM customers"
+            ).df()
+        finally:
+            frame.close()
+        from contracts import Contract
+
+        assert not Contract("v1", CustomersV1).validate(stored).failed_rows
+
+    def caution(batch: int) -> str:
+        sql = "SELECT caution FROM _deltaferry_batches WHERE tbl = 'customers' AND batch = "
+        return _q(old, f"{sql}{batch}")[0][0]
+
+    before = rows()
+    time.sleep(1.5)  # 'old' (v1 only) stops holding the version back
+    _set(shop, 1, "country", "JP")
+    at = shop._tick()
+    shop.con.execute("UPDATE customers SET deleted_at = ?, updated_at = ? WHERE id = 3", (at, at))
+    shop.con.commit()
+    shop.round(1, 0, churn=0)  # a new customer, 7
+    sync_job(job="shop", config=str(producer("Renamed")))  # batch 2 at v2, no way back to v1
+    partial = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert partial.exit_code == 0, partial.output
+    assert "applied partially" in partial.output
+    after = rows()
+    assert after[1] == ("customer 1", "JP")  # the name it knew, the country it was sent
+    assert 3 not in after and 7 not in after  # deleted; held back
+    assert {k: v for k, v in after.items() if k != 1} == {
+        k: v for k, v in before.items() if k not in (1, 3)
+    }
+    assert caution(2) == (
+        "published at contract v2, read as v1 (partial): left out full_name; not in the batch: "
+        "name; kept the stored name of 1 row(s); held back 1 row(s) of keys this replica does "
+        "not have, lacking name (required by v1): id=7"
+    )
+    passes_v1()
+
+    # the producer's chain now has the downgrade: the batch is taken to v1 whole
+    _set(shop, 7, "country", "FR")
+    _set(shop, 2, "name", "Grace")
+    sync_job(job="shop", config=str(producer("RenamedBack")))  # batch 3 at v2
+    again = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert again.exit_code == 0, again.output
+    after = rows()
+    assert after[7] == ("customer 7", "FR") and after[2] == ("Grace", before[2][1])
+    assert after[1] == ("customer 1", "JP")
+    assert caution(3) == (
+        "published at contract v2, read as v1 (partial): taken to v1 by "
+        "tests.contracts_versions:RenamedBack (v2->v1 downgrade)"
+    )
+    passes_v1()
+    record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
+    assert (record["position"], record["partial_batches"]) == (3, 2)
