@@ -96,7 +96,8 @@ class Reading:
     @property
     def first(self) -> int:
         """The oldest version this reader reads: its chain's first; a contract of one
-        version reads every earlier version as published (a missing column keeps the stored value: ``keep_known``)."""
+        version reads every earlier version as published (a column the batch lacks keeps
+        the stored value: ``keep_known``)."""
         if self.chain is not None and len(self.chain.versions) > 1:
             return self.chain.versions[0]
         return 1

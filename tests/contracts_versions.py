@@ -196,3 +196,11 @@ class CustomersN2Back(CustomersN2):
 
 Renamed = Chain(CustomersV1, CustomersN2)
 RenamedBack = Chain(CustomersV1, CustomersN2Back)
+
+
+class People(pa.DataFrameModel):
+    """A name the contract requires and a nickname it does not (several producers)."""
+
+    id: Series[int]
+    name: Series[str]
+    nickname: Series[str] = pa.Field(nullable=True)

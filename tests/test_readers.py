@@ -261,3 +261,51 @@ def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp
     passes_v1()
     record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
     assert (record["position"], record["partial_batches"]) == (3, 2)
+
+
+def test_several_producers_partial_read_keeps_the_winner_value() -> None:
+    """The same rule where several producers' chains are merged: a partial v2 batch that
+    lacks `name` keeps the stored winner's name, holds a new key back, deletes still
+    delete; a chain that cannot be imported is read partially (no downgrade)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from contracts import Chain
+    from deltaferry import merge
+    from deltaferry.readers import Reading
+    from tests.contracts_versions import People
+
+    chain = Chain(People).named("tests:People")
+    reading = Reading("j", "people", chain.contract(), ["id"], "partial", chain)
+    shape = merge.TableShape("j", "people", ["id"])
+    con = duckdb.connect()
+    con.execute(merge.META)
+
+    def batch(ids, ops, names, nicks, seq0):  # noqa: ANN001, ANN202
+        cols = {"id": pa.array(ids, pa.int64())}
+        if names is not None:
+            cols["name"] = pa.array(names, pa.string())
+        cols["nickname"] = pa.array(nicks, pa.string())
+        cols["_op"] = pa.array(ops)
+        cols["_seq"] = pa.array(range(seq0, seq0 + len(ids)), pa.int64())
+        return pa.table(cols)
+
+    v1 = {"contract": {"ref": "tests:People", "version": 1}}
+    one = batch([1, 2, 3], ["upsert"] * 3, ["Ada", "Grace", "Alan"], [None, None, None], 1)
+    data, caution = reading.admit(1, v1, one, "north", replica=con)
+    assert caution is None and data.equals(one)
+    merge.apply_batch(con, shape, "north", 1, 100, data)
+    v2 = {"contract": {"ref": "nowhere_to_import:People", "version": 2, "fingerprint": "x"}}
+    two = batch([1, 3, 4], ["upsert", "delete", "upsert"], None, ["A", None, "D"], 1)
+    data, caution = reading.admit(1, v2, two, "south", replica=con)
+    assert caution == (
+        "published at contract v2, read as v1 (partial): no unknown columns; not in the "
+        "batch: name; kept the stored name of 1 row(s); held back 1 row(s) of keys this "
+        "replica does not have, lacking name (required by v1): id=4"
+    )
+    merge.apply_batch(con, shape, "south", 1, 200, data, caution=caution)
+    stored = con.execute("SELECT id, name, nickname, _producer FROM people ORDER BY id").fetchall()
+    assert stored == [(1, "Ada", "A", "south"), (2, "Grace", None, "north")]
+    frame = con.execute("SELECT id, name, nickname FROM people").df()
+    assert not chain.contract().validate(frame.astype({"nickname": object})).failed_rows
+    assert pd.isna(frame.set_index("id").loc[2, "nickname"])
