@@ -344,6 +344,37 @@ class Chain:
             raise MigrationError(f"migration v{start}->v{target} changed the number of rows")
         return frame.reset_index(drop=True)
 
+    def migrate_rows(
+        self, frame: pd.DataFrame, start: int, target: int
+    ) -> tuple[pd.DataFrame, list[int], list[Failure]]:
+        """``migrate``, row by row where a migration refuses some rows: ``(migrated, kept,
+        failures)``. ``migrated`` holds the rows every step took (data columns at
+        ``target``, in order), ``kept`` their positions in ``frame``, and ``failures`` one
+        ``Failure`` per refused row (``row``: position in ``frame``; ``check``: the step,
+        e.g. ``v2->v1 downgrade``; ``reason``: the ``MigrationError``'s message; ``field``:
+        the column whose value, set to NULL, lets the row through, else None). A step that
+        refuses a whole frame is retried on halves until the refused rows are alone (about
+        2 x refused x log2(rows) calls). Errors other than ``MigrationError`` (a migration
+        that does not run at all) propagate, and so does a missing migration."""
+        if not self.reachable(start, target):
+            steps = ", ".join(self.steps(start, target))
+            raise MigrationError(
+                f"v{target} cannot be reached from v{start} ({steps}: a migration is missing)"
+            )
+        up = target >= start
+        versions = range(start + 1, target + 1) if up else range(start, target, -1)
+        kept = list(range(len(frame)))
+        frame = frame.reset_index(drop=True)
+        failures: list[Failure] = []
+        for v in versions:
+            if not kept:  # every row refused: nothing left to migrate
+                break
+            fn = self.migration(v, "upgrade" if up else "downgrade")
+            check = f"v{v - 1}->v{v} upgrade" if up else f"v{v}->v{v - 1} downgrade"
+            frame, kept, refused = _migrate_step(fn, check, frame, kept)
+            failures += refused
+        return frame, kept, sorted(failures, key=lambda f: f.row)
+
     def migrate_arrow(
         self, data: pa_.Table, start: int, target: int, types: dict[str, Any] | None = None
     ) -> pa_.Table:
@@ -371,6 +402,43 @@ class Chain:
                     ) from None
             columns.append(column)
         return pa_.table(columns, names=out.column_names)
+
+
+def _migrate_step(
+    fn: Any, check: str, frame: pd.DataFrame, rows: list[int]
+) -> tuple[pd.DataFrame, list[int], list[Failure]]:
+    """One migration step over ``frame`` (whose rows are ``rows`` of the original), halving
+    where it raises ``MigrationError``: (the rows it took, their positions, the refused)."""
+
+    def run(part: pd.DataFrame) -> pd.DataFrame:
+        out = fn(part.copy())
+        if len(out) != len(part):
+            raise MigrationError(f"{check} changed the number of rows")
+        return out.reset_index(drop=True)
+
+    try:
+        return run(frame), rows, []
+    except MigrationError as e:
+        if len(frame) > 1:
+            half = len(frame) // 2
+            a, rows_a, fails_a = _migrate_step(fn, check, frame.iloc[:half], rows[:half])
+            b, rows_b, fails_b = _migrate_step(fn, check, frame.iloc[half:], rows[half:])
+            parts = [p for p, r in ((a, rows_a), (b, rows_b)) if r]
+            taken = pd.concat(parts, ignore_index=True) if parts else frame.iloc[:0]
+            return taken, rows_a + rows_b, fails_a + fails_b
+        fields = []
+        for column in frame.columns:  # which value makes the row fail: without it, it passes
+            if frame[column].isna().all():
+                continue
+            trial = frame.copy()
+            trial[column] = None
+            try:
+                run(trial)
+            except Exception:  # noqa: BLE001 - still refused (or broken) without this value
+                continue
+            fields.append(str(column))
+        found = fields or [None]
+        return frame.iloc[:0], [], [Failure(rows[0], f, check, str(e)) for f in found]
 
 
 def load_chain(ref: str, *, where: str) -> Chain:

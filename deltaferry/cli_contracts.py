@@ -131,7 +131,9 @@ def register(ui: ModuleType) -> None:
     def simulate(job: str, table: str, to: int, limit: int | None, config: str | None) -> None:
         """Migrate the table's staged rows from the source's version to --to and validate them,
         publishing nothing: rows, migrations, failures by field and check, time and memory.
-        Exit 1 when rows fail."""
+        A row a migration refuses (``contracts.MigrationError``) is a failure too: its check
+        is the step (``v2->v1 downgrade``), its field the column whose value it refused.
+        Exit 1 when rows fail; exit 2 when the migration cannot run at all."""
         import sys
         import time
         import tracemalloc
@@ -179,34 +181,41 @@ def register(ui: ModuleType) -> None:
             frame = con.execute(sql).to_arrow_table().to_pandas()
         finally:
             con.close()
-        try:
-            migrated = chain.migrate(frame, start, to)
+        try:  # rows a migration refuses (MigrationError) are failures like any other
+            migrated, _, refused = chain.migrate_rows(frame, start, to)
         except (MigrationError, KeyError, ValueError, TypeError) as e:
             raise ConfigError(
                 f"job '{job}' table '{table}': migrating v{start} -> v{to} failed: "
                 f"{type(e).__name__}: {e}"
             ) from None
-        result = target.validate(migrated)
+        result = target.validate(migrated) if len(migrated) else None
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        counts: dict[tuple[str, str], int] = {}
-        for fails in [result.schema_failures, *result.row_failures.values()]:
-            for f in fails:
-                key = (f.field or "<table>", f.check)
-                counts[key] = counts.get(key, 0) + 1
+        counts: dict[tuple[str, str], set[int]] = {}
+        for f in refused:
+            counts.setdefault((f.field or "<row>", f.check), set()).add(f.row)
+        invalid = 0
+        if result is not None:
+            invalid = len(result.failed_rows)
+            for i, fails in [(-1, result.schema_failures), *result.row_failures.items()]:
+                for f in fails:
+                    counts.setdefault((f.field or "<table>", f.check), set()).add(i)
+        unmigrated = len({f.row for f in refused})
+        why = f" ({refused[0].check}: {refused[0].reason})" if refused else ""
         ui.out.print(
             f"job {job} table {table}: {len(frame)} rows migrated v{start} -> v{to} "
             f"({', '.join(chain.steps(start, to)) or 'no migration'}); "
-            f"{len(result.failed_rows)} fail contract {target.ref} v{to}; "
+            + (f"{unmigrated} refused by the migration{why}; " if refused else "")
+            + f"{invalid} fail contract {target.ref} v{to}; "
             f"{seconds:.3f} s, peak {peak / 1e6:.1f} MB",
             highlight=False,
             soft_wrap=True,
         )
         if counts:
             report = ui._table("field", "check", "rows", title="failures")
-            for (field, check), n in sorted(counts.items(), key=lambda kv: -kv[1]):
-                report.add_row(field, check, str(n))
+            for (field, check), rows in sorted(counts.items(), key=lambda kv: -len(kv[1])):
+                report.add_row(field, check, str(len(rows)))
             ui._emit(report)
             sys.exit(1)
 

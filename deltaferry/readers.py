@@ -2,13 +2,20 @@
 
 A reader knows the contract versions its own code has (the job's contract for the table,
 and every version before it). Meeting a batch published at a newer version, it follows
-its policy:
+its policy (a batch at a version it has must carry that version's fingerprint, else
+``FingerprintError`` stops the pull before the batch is applied, whatever the policy):
 
 - ``strict`` (default): it stops with an error naming both versions; nothing of that
   batch is applied (the batches before it are).
 - ``partial``: it applies the columns it knows (the key must be among them) and records a
   caution on the batch in the replica (``_deltaferry_batches.caution``, or
-  ``_deltaferry_chains.caution`` for several producers) saying what it left out.
+  ``_deltaferry_chains.caution`` for several producers) saying what it left out; or, when
+  the chain the batch was published with is importable here, names both versions'
+  fingerprints and has the downgrades, it takes the batch down to its own version.
+
+A column of the reader's version that a batch lacks never overwrites the replica: keys it
+holds keep their stored value, and new keys without a value the version requires are held
+back for this reader (``Reading.keep_known``); the caution names both.
 
 Each pull records the reader in the lake, ``<job>/<table>/consumers/<id>.json``: the
 versions it reads, its policy, when it was last seen and where it is, so producers and
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from contracts import Contract
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
@@ -38,6 +46,11 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class VersionError(TerminalError):
     """A batch is published at a contract version newer than a strict reader knows."""
+
+
+class FingerprintError(VersionError):
+    """A batch is published at a version this reader has, but that version's contract is
+    another one (its fingerprint differs): the same number names two contracts."""
 
 
 def consumers_prefix(job: str, table: str) -> str:
@@ -83,7 +96,8 @@ class Reading:
     @property
     def first(self) -> int:
         """The oldest version this reader reads: its chain's first; a contract of one
-        version reads every earlier version as published (missing columns stay NULL)."""
+        version reads every earlier version as published (a column the batch lacks keeps
+        the stored value: ``keep_known``)."""
         if self.chain is not None and len(self.chain.versions) > 1:
             return self.chain.versions[0]
         return 1
@@ -99,13 +113,39 @@ class Reading:
         data: pa.Table,
         producer: str | None = None,
         also: pa.Table | None = None,
+        replica: Any = None,
     ) -> tuple[pa.Table, str | None]:
         """The batch's data as this reader applies it, and a caution when read partially.
-        Raises VersionError when the batch is newer than a strict reader knows. A batch
-        published at two versions (``also``) is read at the newer one this reader knows."""
+        Raises VersionError when the batch is newer than a strict reader knows, and
+        FingerprintError when it is published at a version this reader has under another
+        fingerprint. A batch published at two versions (``also``) is read at the newer one
+        this reader knows.
+
+        With ``replica`` (the replica's DuckDB connection), a column of this reader's
+        contract that the batch lacks never overwrites what the replica holds
+        (``keep_known``): rows of keys the replica has keep their stored value, and rows of
+        new keys without a value the contract requires are held back; the caution says
+        which."""
+        data, caution, version = self._read(batch, manifest, data, producer, also)
+        if replica is not None:
+            data, caution = self.keep_known(replica, version, data, caution)
+        return data, caution
+
+    def _read(
+        self,
+        batch: int,
+        manifest: dict[str, Any],
+        data: pa.Table,
+        producer: str | None,
+        also: pa.Table | None,
+    ) -> tuple[pa.Table, str | None, int]:
+        """``admit`` without the replica: (data, caution, the version read)."""
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
         second = manifest.get("also")
+        self._same_contract(batch, published, producer)
+        if second is not None:
+            self._same_contract(batch, second.get("contract") or {}, producer)
         if second is not None and also is not None:
             newer = int(second["contract"]["version"])
             if version < newer <= self.known:
@@ -114,16 +154,16 @@ class Reading:
         chained = self.chain is not None and len(self.chain.versions) > 1
         if chained and first <= version < self.known:
             self.newest_read = max(self.newest_read, version)
-            return self._upgrade(batch, data, version, producer), None
+            return self._upgrade(batch, data, version, producer), None, version
         if first <= version <= self.known:  # its own version, or (one version) any older one
             self.newest_read = max(self.newest_read, version)
-            return data, None
+            return data, None, version
         if version < first:  # older than anything this reader's chain can upgrade
             self.newest_read = max(self.newest_read, version)
             return data, (
                 f"published at contract v{version}, older than this reader's first version "
                 f"v{first}: applied as published"
-            )
+            ), version
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
         if self.policy == "strict":
@@ -142,15 +182,149 @@ class Reading:
                 "read cannot apply it; upgrade the reader's contracts"
             )
         self.newest_read = max(self.newest_read, self.known)
+        head = f"published at contract v{version}, read as v{self.known} (partial): "
+        downgraded, refused = self._downgrade(published, version, data)
+        if downgraded is not None:
+            return downgraded, head + refused, version
         kept = [c for c in data.column_names if c in known]
         left_out = [c for c in data.column_names if c not in known]
         absent = [c for c in self.contract.columns if c not in data.column_names]
-        caution = f"published at contract v{version}, read as v{self.known} (partial): " + (
-            f"left out {', '.join(left_out)}" if left_out else "no unknown columns"
-        )
+        caution = head + (f"left out {', '.join(left_out)}" if left_out else "no unknown columns")
         if absent:
             caution += f"; not in the batch: {', '.join(absent)}"
-        return data.select(kept), caution
+        if refused:
+            caution += f" ({refused})"
+        return data.select(kept), caution, version
+
+    def _downgrade(
+        self, published: dict[str, Any], version: int, data: pa.Table
+    ) -> tuple[pa.Table | None, str]:
+        """The batch taken down to this reader's version by the chain it was published
+        with (the manifest's contract reference, imported here), and a note; or (None, why
+        not) when that chain cannot be imported, is not the one the batch and this reader
+        name (fingerprints of both versions), has no downgrade, or refuses the rows."""
+        from contracts import MigrationError, load_chain
+
+        ref = re.sub(r"@v\d+$", "", str(published.get("ref") or ""))
+        if ":" not in ref:
+            return None, ""
+        try:
+            chain = load_chain(ref, where=f"job '{self.job}' table '{self.table}'")
+        except Exception:  # noqa: BLE001 - not importable here: read partially instead
+            return None, ""
+        if (
+            version not in chain.models
+            or self.known not in chain.models
+            or chain.contract(version).fingerprint != published.get("fingerprint")
+            or chain.contract(self.known).fingerprint != self.contract.fingerprint
+            or not chain.reachable(version, self.known)
+        ):
+            return None, ""
+        steps = ", ".join(chain.steps(version, self.known))
+        try:
+            out = _upgrade_table(chain, data, version, self.known)
+        except (MigrationError, KeyError, ValueError, TypeError) as e:
+            return None, f"{ref} {steps} refused: {type(e).__name__}: {e}"
+        return out, f"taken to v{self.known} by {ref} ({steps})"
+
+    def keep_known(
+        self, con: Any, version: int, data: pa.Table, caution: str | None
+    ) -> tuple[pa.Table, str | None]:
+        """Fill the columns of this reader's contract that ``data`` lacks from the replica
+        (``con``, table ``self.table``): a row whose key the replica holds keeps the stored
+        values; an upsert of a key it does not hold, lacking a value the contract requires
+        (a required, non-nullable column), is left out of ``data`` (held back for this
+        reader). Deletes pass unchanged. Returns (data, caution extended with what was kept
+        and what was held back)."""
+        absent = [c for c in self.contract.columns if c not in data.column_names]
+        if not absent or data.num_rows == 0:
+            return data, caution
+        schema = self.contract.schema.columns
+        required = [c for c in absent if schema[c].required and not schema[c].nullable]
+        stored = {
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main'"
+                " AND table_name = ? AND table_catalog = current_database()",
+                [self.table],
+            ).fetchall()
+        }
+        joined = bool(stored) and all(k in stored for k in self.primary_key)
+        fill = [c for c in absent if c in stored] if joined else []
+        if not fill and not required:
+            return data, caution
+        q = _quote
+        n = "_deltaferry_row"
+        indexed = data.append_column(n, pa.array(range(data.num_rows), pa.int64()))
+        con.register("_deltaferry_admitted", indexed)
+        try:
+            if joined:
+                match = " AND ".join(f"s.{q(k)} = i.{q(k)}" for k in self.primary_key)
+                known = f"s.{q(self.primary_key[0])} IS NOT NULL"
+                source = f"_deltaferry_admitted i LEFT JOIN {q(self.table)} s ON {match}"
+            else:  # no replica table yet: every key is new
+                source, known = "_deltaferry_admitted i", "false"
+            fills = "".join(f", s.{q(c)} AS {q(c)}" for c in fill)
+            missing = (
+                " OR ".join(f"s.{q(c)} IS NULL" if c in fill else "true" for c in required)
+                or "false"
+            )
+            out = con.execute(
+                f"SELECT i.* EXCLUDE ({q(n)}){fills}, {known} AS _known,"
+                f" i.{q(OP_COLUMN)} = 'upsert' AND ({missing}) AS _held"
+                f" FROM {source} ORDER BY i.{q(n)}"
+            ).to_arrow_table()
+        finally:
+            con.unregister("_deltaferry_admitted")
+        held = out.filter(out["_held"])
+        out = out.filter(pc.invert(out["_held"]))
+        n_kept = sum(
+            1
+            for op, k in zip(out[OP_COLUMN].to_pylist(), out["_known"].to_pylist(), strict=True)
+            if op == "upsert" and k
+        )
+        out = out.drop_columns(["_known", "_held"])
+        notes = []
+        if fill and n_kept:
+            notes.append(f"kept the stored {', '.join(fill)} of {n_kept} row(s)")
+        if held.num_rows:
+            keys = [
+                ",".join(f"{k}={held[k][i].as_py()}" for k in self.primary_key)
+                for i in range(min(held.num_rows, 5))
+            ]
+            more = f" and {held.num_rows - 5} more" if held.num_rows > 5 else ""
+            notes.append(
+                f"held back {held.num_rows} row(s) of keys this replica does not have, lacking "
+                f"{', '.join(required)} (required by v{self.known}): {'; '.join(keys)}{more}"
+            )
+        if not notes:
+            return out, caution
+        base = caution or (
+            f"published at contract v{version}, read as v{self.known}: "
+            f"not in the batch: {', '.join(absent)}"
+        )
+        return out, f"{base}; {'; '.join(notes)}"
+
+    def _same_contract(self, batch: int, published: dict[str, Any], producer: str | None) -> None:
+        """Raise FingerprintError when ``published`` (a manifest's ``contract``) names a
+        version this reader's chain has, with another fingerprint. Versions the reader does
+        not have, and manifests without a fingerprint, are not compared."""
+        version = int(published.get("version") or 1)
+        theirs = published.get("fingerprint")
+        if not theirs or self.chain is None or version not in self.chain.models:
+            return
+        ours = self.chain.contract(version)
+        if ours.fingerprint == theirs:
+            return
+        chain = f" producer '{producer}'" if producer else ""
+        raise FingerprintError(
+            f"job '{self.job}' table '{self.table}'{chain} batch {batch} is published at contract "
+            f"v{version} {published.get('ref')} with fingerprint {str(theirs)[:16]}, but this "
+            f"reader's v{version} ({ours.ref}) has fingerprint {ours.fingerprint[:16]}: one "
+            "version number names two different contracts; nothing of the batch was applied. "
+            "Use the producer's contract for that version (or give the changed contract a new "
+            "version number) and pull again"
+        )
 
     def _upgrade(self, batch: int, data: pa.Table, version: int, producer: str | None) -> pa.Table:
         from contracts import MigrationError
@@ -163,6 +337,10 @@ class Reading:
                 f"job '{self.job}' table '{self.table}'{chain} batch {batch}: upgrading its rows "
                 f"from contract v{version} to v{self.known} failed ({type(e).__name__}: {e})"
             ) from None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Table:

@@ -202,7 +202,7 @@ def _pull_table(
     check_position(lake, job.name, t.name, after, prev, whose=whose)
     for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring):
         assert vb.data is not None
-        data, caution = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also)
+        data, caution = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
         _apply(
             con,
             job.name,
@@ -267,7 +267,7 @@ def _pull_merged(
             prev_hlc=prev_hlc,
         ):
             assert vb.data is not None
-            data, caution = reading.admit(vb.batch, vb.manifest, vb.data, producer, vb.also)
+            data, caution = reading.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
             merge.apply_batch(
                 con,
                 shape,

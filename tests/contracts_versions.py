@@ -133,3 +133,74 @@ class ForgetfulV3(CustomersR2):
     """A v3 that forgot its own upgrade: it must not run v2's again."""
 
     __version__ = 3
+
+
+# --- readers meeting versions they cannot fully hold (tests/test_readers.py) ---
+
+
+class CustomersL2(CustomersV1):
+    """v1 plus a loyalty tier; going back refuses rows that have one (v1 cannot hold it)."""
+
+    __version__ = 2
+
+    loyalty: Series[str] = pa.Field(nullable=True, isin=["silver", "gold"])
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        frame["loyalty"] = None
+        return frame
+
+    @staticmethod
+    def downgrade(frame):  # noqa: ANN001, ANN205
+        held = frame["loyalty"].notna()
+        if held.any():
+            raise MigrationError(f"{int(held.sum())} row(s) have a loyalty tier v1 cannot hold")
+        return frame.drop(columns=["loyalty"])
+
+
+Loyalty = Chain(CustomersV1, CustomersL2)
+
+
+class CustomersN2(pa.DataFrameModel):
+    """v2: `name` renamed to `full_name`, and no way back (a v1 reader lacks `name`)."""
+
+    __version__ = 2
+
+    id: Series[int] = pa.Field(ge=1, unique=True)
+    full_name: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 200})
+    email: Series[str] = pa.Field(str_matches=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    country: Series[str] = pa.Field(str_length={"min_value": 2, "max_value": 2})
+    updated_at: Series[pd.Timestamp]
+    deleted_at: Series[pd.Timestamp] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        return frame.rename(columns={"name": "full_name"})
+
+
+class CustomersN2Back(CustomersN2):
+    """The same v2 (same fingerprint) with the downgrade that gives `name` back."""
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        return frame.rename(columns={"name": "full_name"})
+
+    @staticmethod
+    def downgrade(frame):  # noqa: ANN001, ANN205
+        return frame.rename(columns={"full_name": "name"})
+
+
+Renamed = Chain(CustomersV1, CustomersN2)
+RenamedBack = Chain(CustomersV1, CustomersN2Back)
+
+
+class People(pa.DataFrameModel):
+    """A name the contract requires and a nickname it does not (several producers)."""
+
+    id: Series[int]
+    name: Series[str]
+    nickname: Series[str] = pa.Field(nullable=True)

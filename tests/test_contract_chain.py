@@ -257,6 +257,53 @@ def test_simulate_and_lint(shop_job, shop, tmp_path):
     )
 
 
+def test_migrate_rows_names_the_rows_and_fields_a_downgrade_refuses() -> None:
+    v3 = Customers3.migrate(_frame(), 1, 3)
+    v3.loc[1, "tier"] = "gold"
+    migrated, kept, refused = Customers3.migrate_rows(v3, 3, 1)
+    assert kept == [0, 2] and list(migrated["id"]) == [1, 3] and migrated["name"][0] == "Ada"
+    assert "tier" not in migrated.columns and "email" in migrated.columns
+    assert [(f.row, f.field, f.check) for f in refused] == [(1, "tier", "v3->v2 downgrade")]
+    assert "tier other than 'standard'" in refused[0].reason
+    everything, kept, none = Customers3.migrate_rows(_frame(), 1, 3)  # nothing refused
+    assert kept == [0, 1, 2] and none == [] and list(everything["tier"]) == ["standard"] * 3
+
+
+def test_simulate_counts_rows_a_downgrade_refuses(shop_job, shop, tmp_path):
+    """Regression (shared case simulate_migration_failure_exit): a downgrade raising
+    MigrationError for some staged rows is a row failure, exit 1 with counts by field and
+    step; it used to be a configuration error (exit 2) with no counts."""
+    shop.round(6, 2, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    shop.con.execute("UPDATE customers SET loyalty = 'gold' WHERE id IN (2, 5)")
+    shop.con.commit()
+    loyal = tmp_path / "loyal.toml"
+    loyal.write_text(
+        _chained(shop_job, tmp_path)
+        .read_text()
+        .replace("Customers3", "Loyalty")
+        .replace("source_version = 1", "source_version = 2")
+    )
+    from flows.sync import sync_job
+
+    sync_job(job="shop", config=str(loyal))  # no readers: published at v2, rows staged
+    simulate = ("contracts", "simulate", "shop", "--table", "customers")
+    failing = _cli(*simulate, "--to", "1", "--config", str(loyal))
+    assert failing.exit_code == 1, failing.output
+    assert "6 rows migrated v2 -> v1 (v2->v1 downgrade); 2 refused by the migration" in (
+        failing.output
+    )
+    assert "0 fail contract tests.contracts_versions:Loyalty@v1 v1" in failing.output
+    assert "loyalty\tv2->v1 downgrade\t2" in failing.output.splitlines()
+    # only the refused rows fail: without them the downgrade goes through
+    shop.con.execute("UPDATE customers SET loyalty = NULL, updated_at = ?", (shop._tick(),))
+    shop.con.commit()
+    sync_job(job="shop", config=str(loyal))
+    passing = _cli(*simulate, "--to", "1", "--config", str(loyal))
+    assert passing.exit_code == 0, passing.output
+    assert "6 rows migrated v2 -> v1 (v2->v1 downgrade); 0 fail" in passing.output
+
+
 def test_migrating_keeps_exact_types_and_values() -> None:
     """Integers with NULLs stay integers (no float round trip), decimals keep their
     precision, an all-NULL date column keeps its type, and no pandas metadata is written."""

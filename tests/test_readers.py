@@ -118,3 +118,194 @@ def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
         ]
     assert "over the job's reader_timeout_seconds: not holding v2 back" in noted[-1]
     assert noted[-1].startswith("reader 'old'")
+
+
+def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
+    """Regression (shared case reader_ignores_contract_fingerprint): a reader whose v2 is
+    another contract than the producer's v2 stops before applying the batch, naming the
+    table, the version and both fingerprints, whatever its policy."""
+    from contracts import load_chain
+    from flows.sync import sync_job
+
+    shop.round(5, 2, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    shop.con.commit()
+    producer = tmp_path / "producer.toml"
+    producer.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+        )
+    )
+    sync_job(job="shop", config=str(producer))  # no readers: batch 1 at the producer's v2
+    reader = tmp_path / "reader.toml"  # the reader's v2 renames name to full_name
+    reader.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:Renamed"
+        )
+    )
+    theirs = load_chain("tests.contracts_versions:CustomersV2", where="t").contract(2)
+    ours = load_chain("tests.contracts_versions:Renamed", where="t").contract(2)
+    assert theirs.fingerprint != ours.fingerprint
+    replica = tmp_path / "r.duckdb"
+    for policy in ("strict", "partial"):
+        stopped = _pull(reader, replica, "--consumer", "r", "--policy", policy)
+        assert stopped.exit_code == 1, stopped.output
+        line = " ".join(stopped.output.split())  # one line, however the terminal wraps it
+        assert line.startswith(
+            "error: job 'shop' table 'customers' batch 1 is published at contract v2 "
+            f"tests.contracts_versions:CustomersV2 with fingerprint {theirs.fingerprint[:16]}, "
+            f"but this reader's v2 (tests.contracts_versions:Renamed) has fingerprint "
+            f"{ours.fingerprint[:16]}"
+        ), line
+        assert "nothing of the batch was applied" in line
+        assert _q(replica, "SELECT count(*) FROM _deltaferry_batches WHERE tbl = 'customers'") == [
+            (0,)
+        ]
+        tables = [r[0] for r in _q(replica, "SELECT table_name FROM information_schema.tables")]
+        assert "customers" not in tables
+    # a reader whose v2 is the producer's reads it
+    same = _pull(producer, tmp_path / "same.duckdb", "--consumer", "same")
+    assert same.exit_code == 0, same.output
+    assert _q(tmp_path / "same.duckdb", "SELECT count(*) FROM customers") == [(5,)]
+
+
+def _set(shop, cid: int, column: str, value: str) -> None:  # noqa: ANN001
+    shop.con.execute(
+        f"UPDATE customers SET {column} = ?, updated_at = ? WHERE id = ?",
+        (value, shop._tick(), cid),
+    )
+    shop.con.commit()
+
+
+def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp_path):
+    """Regression (shared case partial_read_nulls_known_column): a v1 reader reading v2
+    batches partially, where v2 renamed `name` (v1 requires it) to `full_name`. Without a
+    downgrade, a key it holds keeps its stored name, a new key is held back for it (the
+    caution names it), a delete still deletes; with the producer's downgrade at hand the
+    batch is taken to v1 and the held key arrives whole. The replica always passes v1."""
+    from contracts.shop import CustomersV1
+    from flows.sync import sync_job
+
+    shop.round(6, 2, churn=0)
+    shop_job.sync()  # batch 1 at v1
+    old = tmp_path / "old.duckdb"
+    first = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert first.exit_code == 0, first.output
+
+    def producer(chain: str):  # noqa: ANN202
+        path = tmp_path / f"{chain}.toml"
+        path.write_text(
+            shop_job.config.read_text()
+            .replace("contracts.shop:Customers", f"tests.contracts_versions:{chain}")
+            .replace('"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1')
+            .replace("ratio = 0.2", "ratio = 0.2\nreader_timeout_seconds = 1")
+        )
+        return path
+
+    def rows() -> dict:
+        return {r[0]: r[1:] for r in _q(old, "SELECT id, name, country FROM customers")}
+
+    def passes_v1() -> None:
+        frame = duckdb.connect(str(old), read_only=True)
+        try:
+            stored = frame.execute(
+                "SELECT id, name, email, country, updated_at, deleted_at FROM customers"
+            ).df()
+        finally:
+            frame.close()
+        from contracts import Contract
+
+        assert not Contract("v1", CustomersV1).validate(stored).failed_rows
+
+    def caution(batch: int) -> str:
+        sql = "SELECT caution FROM _deltaferry_batches WHERE tbl = 'customers' AND batch = "
+        return _q(old, f"{sql}{batch}")[0][0]
+
+    before = rows()
+    time.sleep(1.5)  # 'old' (v1 only) stops holding the version back
+    _set(shop, 1, "country", "JP")
+    at = shop._tick()
+    shop.con.execute("UPDATE customers SET deleted_at = ?, updated_at = ? WHERE id = 3", (at, at))
+    shop.con.commit()
+    shop.round(1, 0, churn=0)  # a new customer, 7
+    sync_job(job="shop", config=str(producer("Renamed")))  # batch 2 at v2, no way back to v1
+    partial = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert partial.exit_code == 0, partial.output
+    assert "applied partially" in partial.output
+    after = rows()
+    assert after[1] == ("customer 1", "JP")  # the name it knew, the country it was sent
+    assert 3 not in after and 7 not in after  # deleted; held back
+    assert {k: v for k, v in after.items() if k != 1} == {
+        k: v for k, v in before.items() if k not in (1, 3)
+    }
+    assert caution(2) == (
+        "published at contract v2, read as v1 (partial): left out full_name; not in the batch: "
+        "name; kept the stored name of 1 row(s); held back 1 row(s) of keys this replica does "
+        "not have, lacking name (required by v1): id=7"
+    )
+    passes_v1()
+
+    # the producer's chain now has the downgrade: the batch is taken to v1 whole
+    _set(shop, 7, "country", "FR")
+    _set(shop, 2, "name", "Grace")
+    sync_job(job="shop", config=str(producer("RenamedBack")))  # batch 3 at v2
+    again = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
+    assert again.exit_code == 0, again.output
+    after = rows()
+    assert after[7] == ("customer 7", "FR") and after[2] == ("Grace", before[2][1])
+    assert after[1] == ("customer 1", "JP")
+    assert caution(3) == (
+        "published at contract v2, read as v1 (partial): taken to v1 by "
+        "tests.contracts_versions:RenamedBack (v2->v1 downgrade)"
+    )
+    passes_v1()
+    record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
+    assert (record["position"], record["partial_batches"]) == (3, 2)
+
+
+def test_several_producers_partial_read_keeps_the_winner_value() -> None:
+    """The same rule where several producers' chains are merged: a partial v2 batch that
+    lacks `name` keeps the stored winner's name, holds a new key back, deletes still
+    delete; a chain that cannot be imported is read partially (no downgrade)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from contracts import Chain
+    from deltaferry import merge
+    from deltaferry.readers import Reading
+    from tests.contracts_versions import People
+
+    chain = Chain(People).named("tests:People")
+    reading = Reading("j", "people", chain.contract(), ["id"], "partial", chain)
+    shape = merge.TableShape("j", "people", ["id"])
+    con = duckdb.connect()
+    con.execute(merge.META)
+
+    def batch(ids, ops, names, nicks, seq0):  # noqa: ANN001, ANN202
+        cols = {"id": pa.array(ids, pa.int64())}
+        if names is not None:
+            cols["name"] = pa.array(names, pa.string())
+        cols["nickname"] = pa.array(nicks, pa.string())
+        cols["_op"] = pa.array(ops)
+        cols["_seq"] = pa.array(range(seq0, seq0 + len(ids)), pa.int64())
+        return pa.table(cols)
+
+    v1 = {"contract": {"ref": "tests:People", "version": 1}}
+    one = batch([1, 2, 3], ["upsert"] * 3, ["Ada", "Grace", "Alan"], [None, None, None], 1)
+    data, caution = reading.admit(1, v1, one, "north", replica=con)
+    assert caution is None and data.equals(one)
+    merge.apply_batch(con, shape, "north", 1, 100, data)
+    v2 = {"contract": {"ref": "nowhere_to_import:People", "version": 2, "fingerprint": "x"}}
+    two = batch([1, 3, 4], ["upsert", "delete", "upsert"], None, ["A", None, "D"], 1)
+    data, caution = reading.admit(1, v2, two, "south", replica=con)
+    assert caution == (
+        "published at contract v2, read as v1 (partial): no unknown columns; not in the "
+        "batch: name; kept the stored name of 1 row(s); held back 1 row(s) of keys this "
+        "replica does not have, lacking name (required by v1): id=4"
+    )
+    merge.apply_batch(con, shape, "south", 1, 200, data, caution=caution)
+    stored = con.execute("SELECT id, name, nickname, _producer FROM people ORDER BY id").fetchall()
+    assert stored == [(1, "Ada", "A", "south"), (2, "Grace", None, "north")]
+    frame = con.execute("SELECT id, name, nickname FROM people").df()
+    assert not chain.contract().validate(frame.astype({"nickname": object})).failed_rows
+    assert pd.isna(frame.set_index("id").loc[2, "nickname"])
