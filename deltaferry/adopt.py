@@ -74,6 +74,125 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     return f"local state was empty: adopted batch {last} from the lake (verified), re-extracting the source"
 
 
+def _baseline_batch(base, job: str, table: str, chain: str | None) -> int | None:  # noqa: ANN001
+    """The chain's batch the baseline replica was pulled to, or None if it has none."""
+    from deltaferry.duck import fetch_one
+
+    try:
+        if chain is None:
+            row = fetch_one(
+                base, "SELECT max(batch) FROM _deltaferry_batches WHERE job = ? AND tbl = ?",
+                [job, table],
+            )
+        else:
+            row = fetch_one(
+                base,
+                "SELECT max(batch) FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ?",
+                [job, table, chain],
+            )
+    except Exception:  # noqa: BLE001 - no such table: nothing was pulled
+        return None
+    return row[0] if row else None
+
+
+ADOPTED_LOAD_ID = "adopted"
+
+
+def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
+    """After the full re-extract of an adopted (or reset) table: staged rows whose values equal
+    what this producer's own chain last published for the key (the baseline replica) are
+    marked as already published (their load id becomes ``adopted``, a load no cut takes), so
+    the next batch carries only real change — never an unchanged row under a new sequence
+    number or logical time, which with several producers would win keys back from the others.
+    A staged delete of a key the chain does not hold is unchanged too.
+
+    Applies only while the baseline is the chain's head (nothing was published since the
+    adoption). Values are compared typed (``IS NOT DISTINCT FROM``, timestamps in UTC) on the
+    columns both sides have; a row that cannot be compared counts as changed (republished:
+    safe). Returns the rows marked; the count is written to the operations log."""
+    from deltaferry.delta import delete_conditions, new_load_ids
+    from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
+    from sources.staging import q, staged_columns, staging_path
+
+    path = baseline_path(ctx.job.name, t.name)
+    if not path.exists() or not staging_path(ctx.job.name).exists():
+        return 0
+    base = duck.connect(path, read_only=True, alias="baseline")
+    try:
+        at = _baseline_batch(base, ctx.job.name, t.name, ctx.job.chain)
+        base_cols = [
+            r[0]
+            for r in base.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+                " AND table_catalog = current_database()",
+                [t.name],
+            ).fetchall()
+        ]
+    finally:
+        base.close()
+    if at is None or at != ctx.state.checkpoint(t.name).batch or not base_cols:
+        return 0
+    con = duck.connect(staging_path(ctx.job.name), alias="staging")
+    marked = 0
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        loads = new_load_ids(con, ctx.state.published_load_ids(t.name))
+        staged = staged_columns(con, t.name)
+        if not loads or not staged:
+            return 0
+        key = [c for c in t.primary_key]
+        common = [
+            c
+            for c in staged
+            if c in base_cols and c not in INTERNAL_COLUMNS and c != DELETED_COLUMN and c not in key
+        ]
+        match = " AND ".join(f"b.{q(c)} = s.{q(c)}" for c in key)
+        same = " AND ".join([match, *(f"b.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in common)])
+        deleted = " OR ".join(delete_conditions(t, staged)) or "false"
+        lids = ", ".join("?" for _ in loads)
+        key_sql = duck.encryption_key()
+        secret = f", ENCRYPTION_KEY '{key_sql.replace(chr(39), chr(39) * 2)}'" if key_sql else ""
+        quoted = str(path).replace("'", "''")
+        began = False
+        try:
+            con.execute(f"ATTACH '{quoted}' AS df_baseline (READ_ONLY{secret})")
+            con.execute("BEGIN TRANSACTION")
+            began = True
+            marked = con.execute(
+                f"UPDATE {STAGING_DATASET}.{q(t.name)} s SET {q(LOAD_ID_COLUMN)} = ? "
+                f"WHERE s.{q(LOAD_ID_COLUMN)} IN ({lids}) AND ("
+                f"(NOT ({deleted}) AND EXISTS (SELECT 1 FROM df_baseline.{q(t.name)} b WHERE {same}))"
+                f" OR (({deleted}) AND NOT EXISTS (SELECT 1 FROM df_baseline.{q(t.name)} b WHERE {match})))",
+                [ADOPTED_LOAD_ID, *loads],
+            ).fetchone()[0]
+            con.execute("COMMIT")
+        except duckdb_errors() as e:
+            if began:
+                con.execute("ROLLBACK")
+            ctx.state.log(
+                ctx.run_id, "adopt", "info", table=t.name,
+                detail=f"unchanged rows not compared with the adopted chain ({e}); all re-extracted rows are published",
+            )
+            return 0
+    finally:
+        con.close()
+    ctx.state.log(
+        ctx.run_id,
+        "adopt",
+        "info",
+        table=t.name,
+        detail=f"{marked} re-extracted row(s) equal what this producer's chain published up to "
+        f"batch {at}: not published again",
+    )
+    return int(marked)
+
+
+def duckdb_errors() -> tuple[type[BaseException], ...]:
+    import duckdb
+
+    return (duckdb.Error,)
+
+
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     """After the full re-extract: keys the lake holds that staging does not are tombstoned,
     for a table whose deletes are found by comparing key sets (``reconcile``). Under other

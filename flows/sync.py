@@ -106,9 +106,10 @@ def extract_step(ctx: SyncContext) -> dict[str, int]:
 
     def run() -> str:
         result = source_module(ctx.job).extract(ctx.job)
-        from deltaferry.adopt import stage_missing_as_tombstones
+        from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
 
         for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
+            skip_unchanged(ctx, t)
             gone = stage_missing_as_tombstones(ctx, t)
             if gone:
                 extracted[f"{t.name}:tombstones"] = extracted.get(f"{t.name}:tombstones", 0) + gone
