@@ -45,7 +45,10 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     if manifest.get("producer_id") != ctx.job.producer_id:
         raise ConflictError(
             f"job '{ctx.job.name}' table '{t.name}': the lake's batch {last} was written by producer "
-            f"'{manifest.get('producer_id')}', not '{ctx.job.producer_id}'; not adopting another writer's table"
+            f"'{manifest.get('producer_id')}', not '{ctx.job.producer_id}'; not adopting another writer's table. "
+            f"If this host is that producer, set producer_id = \"{manifest.get('producer_id')}\" in the jobs "
+            "file; if both publish the table, set multi_producer = true on a new lake prefix (or job); "
+            "otherwise check `lake`"
         )
     path = baseline_path(ctx.job.name, t.name)
     path.unlink(missing_ok=True)

@@ -77,29 +77,48 @@ def register(ui: ModuleType) -> None:
     @ui.cli.command("republish")
     @click.argument("job")
     @click.option("--table", required=True, help="The table whose lost batches are published again.")
+    @click.option(
+        "--batch",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Only upload again the data objects of this committed batch (lost or corrupted).",
+    )
     @reason_option
     @ui.config_option
     @ui.one_line_errors
-    def republish(job: str, table: str, reason: str, config: str | None) -> None:
-        """Publish again the committed batches the lake lost after its head, rebuilt from
-        staging and checked byte-identical to what was committed; readers go on unchanged."""
+    def republish(
+        job: str, table: str, batch: int | None, reason: str, config: str | None
+    ) -> None:
+        """Publish again the committed batches the lake lost after its head (or, with --batch,
+        one batch's data objects), rebuilt from staging and checked byte-identical to what was
+        committed; readers go on unchanged."""
         from deltaferry.config import load_job
         from deltaferry.runbook import republish_lost
 
         cfg = load_job(job, config)
-        ui.out.print(republish_lost(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
+        done = republish_lost(cfg, cfg.table(table), reason, batch)
+        ui.out.print(done, highlight=False, soft_wrap=True)
 
     @ui.cli.command("reset")
     @click.argument("job")
-    @click.option("--table", required=True, help="The table whose local position is forgotten.")
+    @click.option(
+        "--table",
+        "tables",
+        required=True,
+        multiple=True,
+        help="A table whose local position is forgotten (repeatable).",
+    )
     @reason_option
     @ui.config_option
     @ui.one_line_errors
-    def reset(job: str, table: str, reason: str, config: str | None) -> None:
-        """Forget TABLE's local checkpoint, plans and staged rows; the next run adopts the
-        lake's head (verified) and reads the source again in full. The lake is not touched."""
+    def reset(job: str, tables: tuple[str, ...], reason: str, config: str | None) -> None:
+        """Forget each TABLE's local checkpoint, plans and staged rows; the next run adopts the
+        lake's head (verified) and reads the source again in full, publishing only real
+        change. The lake is not touched."""
         from deltaferry.config import load_job
         from deltaferry.runbook import reset_table
 
         cfg = load_job(job, config)
-        ui.out.print(reset_table(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
+        chosen = [cfg.table(name) for name in tables]  # every name checked before any reset
+        for t in chosen:
+            ui.out.print(reset_table(cfg, t, reason), highlight=False, soft_wrap=True)

@@ -161,6 +161,18 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
         ckpt = state.checkpoint(t.name)
         plan = state.pending_plan(t.name)
         head = chain_head(lake, job.name, t.name, job.chain)
+        if head.batch:
+            import json
+
+            raw = lake.get(manifest_key(job.name, t.name, head.batch, job.chain))
+            writer = json.loads(raw).get("producer_id") if raw else None
+            if writer is not None and writer != job.producer_id:
+                raise ConfigError(
+                    f"job '{job.name}' table '{t.name}': the lake's {head} was written by "
+                    f"producer '{writer}', not '{job.producer_id}': a reset would not adopt it. "
+                    f"If this host is that producer, set producer_id = \"{writer}\"; otherwise "
+                    "check `lake`. Nothing was changed"
+                )
         dropped = _drop_staged(job, t)
         state.forget_table(t.name)
         planned = f", batch {plan.batch} planned" if plan is not None else ""
@@ -174,12 +186,15 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
         return f"job '{job.name}' table '{t.name}': {detail}"
 
 
-def republish_lost(job: JobConfig, t: TableConfig, reason: str) -> str:
+def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | None = None) -> str:
     """Publish again, byte-identically, the committed batches the lake lost after its head
     (its head must be a batch this producer committed, with the same manifest). Each batch
     is rebuilt from staging and checked against the committed manifest's file hashes before
     anything is uploaded; ConfigError when there is nothing to republish or the head is not
-    this producer's, TerminalError when a batch cannot be rebuilt exactly (then ``reset``)."""
+    this producer's, TerminalError when a batch cannot be rebuilt exactly (then ``reset``).
+
+    With ``batch``, that one committed batch's data objects are rebuilt and uploaded again
+    (a data object the lake lost or corrupted; its manifest must be in the lake, unchanged)."""
     from deltaferry.errors import TerminalError
     from deltaferry.sync import job_lock, open_context, put_manifest, rebuild, upload_parts
 
@@ -190,6 +205,8 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str) -> str:
             state, lake = ctx.state, ctx.lake
             ckpt = state.checkpoint(t.name)
             head = chain_head(lake, job.name, t.name, job.chain)
+            if batch is not None:
+                return _republish_objects(ctx, job, t, batch, reason)
             if head.batch >= ckpt.batch:
                 raise ConfigError(
                     f"{where}: the lake's head is {head}, this producer's checkpoint "
@@ -230,3 +247,39 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str) -> str:
         except BaseException as e:
             ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
             raise
+
+
+def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: str) -> str:  # noqa: ANN001
+    """Rebuild one committed batch from staging and upload its data objects again (their
+    keys are content-derived: an overwrite stores the committed bytes)."""
+    from deltaferry.errors import TerminalError
+    from deltaferry.sync import rebuild, upload_parts
+
+    where = f"job '{job.name}' table '{t.name}' batch {batch}"
+    plan = ctx.state.committed_plan(t.name, batch)
+    if plan is None or not plan.load_ids:
+        raise ConfigError(
+            f"{where}: this producer holds no plan of it (not published here, or adopted from "
+            "the lake): restore the batch's objects from a backup"
+        )
+    stored = ctx.lake.get(manifest_key(job.name, t.name, batch, job.chain))
+    if stored is None or sha256(stored) != plan.manifest_sha256:
+        raise ConfigError(
+            f"{where}: the lake does not hold this producer's manifest of it; "
+            f"`deltaferry republish {job.name} --table {t.name}` (without --batch) publishes lost batches"
+        )
+    try:
+        delta = rebuild(ctx, t, plan)
+    except TerminalError as e:
+        raise TerminalError(
+            f"{e}; staging has moved on since batch {batch}, so its objects cannot be rebuilt "
+            "exactly: restore them from a backup (or bucket versioning)"
+        ) from e
+    sent = upload_parts(ctx, plan, delta)
+    detail = (
+        f"data objects of batch {batch} rebuilt byte-identically from staging and uploaded "
+        f"again ({sent} bytes) by the operator: {reason}"
+    )
+    ctx.state.log(ctx.run_id, "republish", "info", table=t.name, batch=batch, detail=detail)
+    ctx.state.finish_run(ctx.run_id, "ok")
+    return f"{where}: {detail}"

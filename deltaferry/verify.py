@@ -124,7 +124,8 @@ def iter_verified(
             raise VerificationError(
                 f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
             )
-        tables = _verified_files(lake, m["files"], where, load)
+        fix = f"deltaferry republish {job} --table {table} --batch {b}"
+        tables = _verified_files(lake, m["files"], where, load, fix)
         if sum(f["rows"] for f in m["files"]) != m["rows"]:
             raise VerificationError(
                 f"{where}: file row counts do not add up to the manifest's {m['rows']}"
@@ -132,7 +133,7 @@ def iter_verified(
         also = m.get("also")
         also_tables: list[pa.Table] = []
         if also is not None:
-            also_tables = _verified_files(lake, also["files"], where, load)
+            also_tables = _verified_files(lake, also["files"], where, load, fix)
             ops = {op: sum(f["ops"][op] for f in also["files"]) for op in ("upsert", "delete")}
             if sum(f["rows"] for f in also["files"]) != m["rows"] or ops != m["ops"]:
                 raise VerificationError(
@@ -162,17 +163,24 @@ def iter_verified(
 
 
 def _verified_files(
-    lake: LakeStore, files: list[dict[str, Any]], where: str, load: bool
+    lake: LakeStore, files: list[dict[str, Any]], where: str, load: bool, fix: str = ""
 ) -> list[pa.Table]:
-    """Check each data object against its manifest entry; the tables, when ``load``."""
+    """Check each data object against its manifest entry; the tables, when ``load``. ``fix``
+    is the producer's command that rebuilds the batch's objects, named in the error."""
     tables = []
+    hint = (
+        f"; on the producer, `{fix}` rebuilds it from staging (byte-identical), or restore it "
+        "from a backup"
+        if fix
+        else ""
+    )
     for f in files:
         body = lake.get(f["key"])
         if body is None:
-            raise VerificationError(f"{where}: data object {f['key']} is missing")
+            raise VerificationError(f"{where}: data object {f['key']} is missing{hint}")
         if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
             raise VerificationError(
-                f"{where}: data object {f['key']} does not match its sha256/size"
+                f"{where}: data object {f['key']} does not match its sha256/size{hint}"
             )
         meta = pq.read_metadata(io.BytesIO(body))
         if meta.num_rows != f["rows"]:
@@ -268,5 +276,6 @@ def check_position(
         raise VerificationError(
             f"{where} batch {batch}: the lake's manifest (sha256 {sha256(raw)[:16]}) is not the "
             f"one {whose} has (sha256 {manifest_sha256[:16]}): the lake was rewritten or is "
-            "another lake; check the job's lake URL"
+            "another lake; check the job's lake URL. If the producer went on from an earlier "
+            f"batch after `deltaferry reset`, pull into a new replica"
         )

@@ -90,8 +90,22 @@ _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 def agree_step(ctx: SyncContext) -> None:
     """Check that the lake's chain of every table ends at this producer's checkpoint
     (``deltaferry/agreement.py``) before anything is recovered or published."""
-    for t in ctx.job.tables:
-        ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
+    from deltaferry.errors import LakeMismatchError
+
+    stopped: list[tuple[str, LakeMismatchError]] = []
+    for t in ctx.job.tables:  # every table is checked, so one run names all that disagree
+        try:
+            ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
+        except LakeMismatchError as e:
+            stopped.append((t.name, e))
+    if len(stopped) == 1:
+        raise stopped[0][1]
+    if stopped:
+        others = ", ".join(f"'{name}'" for name, _ in stopped[1:])
+        raise LakeMismatchError(
+            f"{stopped[0][1]} (tables {others} disagree with the lake too; `deltaferry reset` "
+            "takes --table once per table)"
+        )
 
 
 @task(name="recover", **_TASK)

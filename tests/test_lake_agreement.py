@@ -137,14 +137,15 @@ def test_a_home_restored_from_backup_stops_until_reset(lake_job, shop, tmp_path)
         lake_job.sync()
     assert "ahead of this producer: its head is batch 2" in str(e.value)
     assert "checkpoint is batch 1" in str(e.value) and "restored from a backup" in str(e.value)
+    assert "tables 'orders' disagree with the lake too" in str(e.value)  # both named at once
     assert _keys(lake) == before
     checked = _cli("verify", "shop", "--config", str(lake_job.config))
     assert checked.exit_code == 1 and "ahead of this producer" in checked.output, checked.output
 
-    for table in ("customers", "orders"):
-        result = _cli("reset", "shop", "--table", table, "--reason", "home restored",
-                      "--config", str(lake_job.config))
-        assert result.exit_code == 0, result.output
+    result = _cli("reset", "shop", "--table", "customers", "--table", "orders", "--reason",
+                  "home restored", "--config", str(lake_job.config))
+    assert result.exit_code == 0, result.output
+    assert len(_oplog("reset")) == 2
     out = lake_job.sync()
     assert out["tables"]["customers"]["batch"] == 3 and out["tables"]["orders"]["batch"] == 3
     assert all(lake.get(k) == v for k, v in before.items())
@@ -279,3 +280,46 @@ def test_republish_refuses_when_staging_has_moved_on(shop_job, shop, tmp_path):
     assert "batch 2" in result.output and "cannot be republished exactly" in result.output
     assert "deltaferry reset shop --table customers" in result.output
     assert _keys(lake) == before  # nothing uploaded
+
+
+def test_a_corrupted_data_object_is_rebuilt_by_republish_batch(shop_job, shop, tmp_path):
+    from deltaferry.errors import VerificationError
+
+    shop_job.lake_url = f"file://{tmp_path}/lake"
+    shop_job.write_config()
+    for r in range(2):
+        shop.round(20 if r == 0 else 5, 20 if r == 0 else 5, churn=0 if r == 0 else 0.2)
+        shop_job.sync()
+    lake = shop_job.lake()
+    part = next(k for k in lake.list("shop/customers/data/000000000002/"))
+    good = lake.get(part)
+    path = tmp_path / "lake" / part
+    path.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # one flipped byte
+    with pytest.raises(VerificationError) as e:
+        shop_job.pull()
+    assert "does not match its sha256/size" in str(e.value)
+    assert "deltaferry republish shop --table customers --batch 2" in str(e.value)
+
+    result = _cli("republish", "shop", "--table", "customers", "--batch", "2", "--reason",
+                  "bit rot", "--config", str(shop_job.config))
+    assert result.exit_code == 0, result.output
+    assert lake.get(part) == good  # the committed bytes again
+    assert any("bit rot" in d and "batch 2" in d for d in _oplog("republish"))
+    _replica_equals_source(shop_job, tmp_path)
+    unknown = _cli("republish", "shop", "--table", "customers", "--batch", "9", "--reason", "x",
+                   "--config", str(shop_job.config))
+    assert unknown.exit_code == 2 and "holds no plan of it" in unknown.output
+
+
+def test_reset_refuses_a_lake_another_producer_wrote(shop_job, shop, tmp_path):
+    shop.round(10, 10, churn=0)
+    shop_job.sync()
+    shop_job.write_config(producer_id="site-b")  # an empty home would be 'site-b'
+    shutil.rmtree(shop_job.dir / "home")
+    from deltaferry.errors import ConflictError
+
+    with pytest.raises(ConflictError, match='set producer_id = "default"'):
+        shop_job.sync()
+    result = _cli("reset", "shop", "--table", "customers", "--reason", "x",
+                  "--config", str(shop_job.config))
+    assert result.exit_code == 2 and "written by producer 'default', not 'site-b'" in result.output
