@@ -345,3 +345,48 @@ def test_freeze_reports_a_dropped_column_with_the_rename(tmp_path, home, prefect
         job.sync()
     assert "new column town" in str(e.value)
     assert "required column city was dropped by the source" in str(e.value)
+
+
+def test_a_column_holding_values_of_two_types_is_one_line_and_ends_when_repaired(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """SQLite keeps any value in any column: a column redeclared BLOB holding bytes and
+    integers cannot be read as one Arrow column. One line names table and column, nothing is
+    staged, the same line again next run, and the repaired source publishes."""
+    job = Job(
+        tmp_path,
+        monkeypatch,
+        """
+class T(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    n: Series[int] = pa.Field(nullable=True)
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        strict = True
+        coerce = True
+""",
+    )
+    job.write("T", "quarantine")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 5, '2026-01-01 00:00:01'), (2, 6, '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n BLOB, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        "UPDATE t SET n = X'07', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+        "UPDATE t SET n = 9, updated_at = '2026-01-01 00:00:03' WHERE id = 2;"
+    )
+    for _ in range(2):
+        with pytest.raises(TerminalError) as e:
+            job.sync()
+        message = str(e.value)
+        assert "\n" not in message and "table 't' column 'n'" in message, message
+        assert "more than one type" in message and "nothing was staged" in message
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT id, CASE WHEN id = 1 THEN 7 ELSE n END, updated_at FROM t;"
+        "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+    )
+    assert job.sync()["tables"]["t"]["rows"] == 2

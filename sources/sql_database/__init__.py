@@ -493,8 +493,32 @@ def _run(
             ) from e
         if e.step == "load":  # dlt aborted the package (LOAD__AUTO_ABORT_ON_TERMINAL_ERROR)
             raise TerminalError(load_failure(job, e)) from None
+        mixed = _mixed_types(job, e)
+        if mixed is not None:
+            pipeline.abort_packages()
+            raise TerminalError(mixed) from None
         cause = e.__cause__ or e.exception
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+
+
+def _mixed_types(job: JobConfig, e: BaseException) -> str | None:
+    """One line for a column whose values arrive in more than one type (SQLite keeps any value
+    in any column), which Arrow cannot read as one column; None for any other failure."""
+    import re
+
+    text = str(e)
+    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+    field = re.search(r"Conversion to arrow failed for field [`']([^`']+)[`']", text)
+    if pipe is None or field is None:
+        return None
+    why = re.search(r"\(([^()]*got a[^()]*)\)", text)
+    return (
+        f"job '{job.name}' table '{pipe.group(1)}' column '{field.group(1)}': its values arrive "
+        f"in more than one type ({why.group(1) if why else 'mixed types'}), which cannot be read "
+        "as one column; nothing was staged. Make the column's values one type at the source "
+        "(and its declared type match them), or leave it out with exclude_columns; the next "
+        "run reads the table again"
+    )
 
 
 def _reconcile(
