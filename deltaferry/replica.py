@@ -279,6 +279,7 @@ def _pull_merged(
                 trace_id=vb.manifest.get("trace_id"),
                 contract_version=vb.manifest.get("contract", {}).get("version"),
                 caution=caution,
+                seen=vb.manifest.get("hlc_seen"),
             )
             result.cautions += caution is not None
             result.batches += 1
