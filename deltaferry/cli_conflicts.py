@@ -67,15 +67,16 @@ def register(ui: ModuleType) -> None:
         report = ui._table(
             "table", "key", "winner", "loser", "rule", "logical time", title=f"conflicts {job}"
         )
-        newest = sorted(rows, key=lambda r: (r[13] is not None, r[13]), reverse=True)[:limit]
-        for r in newest:
+        from deltaferry import hlc
+
+        for r in merge.newest(rows, limit):
             report.add_row(
                 r[0],
                 r[1],
                 merge.version_text(r[2], r[3], r[5], r[6]),
                 merge.version_text(r[7], r[8], r[10], r[11]),
                 r[12],
-                "-" if r[13] is None else r[13].isoformat(),
+                hlc.describe(r[14]),
             )
         ui._emit(report)
         ui.out.print(f"{len(rows)} conflict records")

@@ -74,6 +74,9 @@ def register(ui: ModuleType) -> None:
                 supports = r.get("supports") or [1]
                 age = age_seconds(r)
                 counts = age is not None and age <= cfg.reader_timeout_seconds
+                verdict = "yes" if counts else "no (timed out)"
+                if r.get("stuck"):
+                    verdict = "no (stopped at a batch it cannot apply)"
                 readers.add_row(
                     t.name,
                     str(r.get("consumer")),
@@ -82,7 +85,7 @@ def register(ui: ModuleType) -> None:
                     str(r.get("position")),
                     str(r.get("partial_batches", 0)),
                     f"{human_duration(age)} ago" if age is not None else "-",
-                    "yes" if counts else "no (timed out)",
+                    verdict,
                 )
         ui._emit(report)
         ui._emit(readers)

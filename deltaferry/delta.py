@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.errors import ContractViolation
+from deltaferry.errors import ContractViolation, DowngradeRefused
 from destinations.manifest import sha256
 from sources.staging import staged_columns
 from sources.columns import (
@@ -392,10 +392,13 @@ def _migrate_chunk(
     try:
         out = chain.migrate_arrow(changes.select(data_cols), start, target)
     except (MigrationError, KeyError, ValueError, TypeError) as e:
-        raise ContractViolation(
+        message = (
             f"job '{job.name}' table '{t.name}': migrating rows from contract v{start} to "
             f"v{target} failed ({type(e).__name__}: {e}); nothing published"
-        ) from None
+        )
+        if isinstance(e, MigrationError) and target < start:  # rows v{target} cannot hold
+            raise DowngradeRefused(message, start, target, str(e)) from None
+        raise ContractViolation(message) from None
     return out.append_column(OP_COLUMN, changes[OP_COLUMN]).append_column(
         LOAD_ID_COLUMN, changes[LOAD_ID_COLUMN]
     )

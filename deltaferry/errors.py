@@ -36,6 +36,17 @@ class ContractViolation(TerminalError):
     """A batch failed its contract beyond the job's quarantine threshold."""
 
 
+class DowngradeRefused(ContractViolation):
+    """Migrating a batch's rows down to the negotiated contract version was refused
+    (``contracts.MigrationError``): the source has rows that version cannot represent.
+    ``start`` and ``target`` are the versions; ``reason`` the migration's message.
+    ``sync.plan_negotiated`` publishes the batch at a higher version instead."""
+
+    def __init__(self, message: str, start: int, target: int, reason: str) -> None:
+        super().__init__(message)
+        self.start, self.target, self.reason = start, target, reason
+
+
 class SchemaDrift(ContractViolation):
     """The source's columns drifted from the contract and the job's drift policy is freeze."""
 

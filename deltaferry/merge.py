@@ -11,13 +11,21 @@ the table itself holds, for each key, the winner among them:
 3. a delete is a version like any other: an older update arriving late never brings a
    deleted key back.
 
-A *conflict* is recorded whenever, in that order, one producer's version of a key is
-followed by a different version from another producer: the later one replaced the
-earlier. (Two producers sending the same row, or both a delete, do not conflict.) With an override
+A *conflict* is a concurrent edit: in that order, one producer's version of a key is
+followed by a different version from another producer that had **not seen** it. Each
+batch records what its producer had seen of the other chains when it stamped the batch
+(the manifest's ``hlc_seen``: producer -> the logical timestamp of that chain's newest
+batch); a later version has seen an earlier one when its batch's ``hlc_seen`` for the
+earlier producer is at or after the earlier version's timestamp. A version that had seen
+the one it replaces is a *hand-off* (a site taking over a key another site had already
+published): it wins as always, and no conflict is recorded. Batches applied without
+``hlc_seen`` (published or pulled before it was recorded) count as having seen nothing.
+(Two producers sending the same row, or both a delete, do not conflict.) With an override
 in force, the version it pins over the automatic winner is one more record. Winners and
-conflicts are computed from the set of versions and overrides alone, so every arrival
-order of the same batches, and applying a batch twice, give the same table and the
-same conflict records; batches that do not touch a key never change its winner.
+conflicts are computed from the set of versions, what their batches had seen, and
+overrides alone, so every arrival order of the same batches, and applying a batch twice,
+give the same table and the same conflict records; batches that do not touch a key never
+change its winner.
 """
 
 from __future__ import annotations
@@ -64,6 +72,14 @@ CREATE TABLE IF NOT EXISTS _deltaferry_conflicts (
     loser_op VARCHAR NOT NULL, loser_row VARCHAR,
     rule VARCHAR NOT NULL,
     logical_at TIMESTAMPTZ            -- logical time of the winning version
+);
+-- the full logical timestamp (counter included) the record is ordered by
+ALTER TABLE _deltaferry_conflicts ADD COLUMN IF NOT EXISTS logical_hlc BIGINT;
+CREATE TABLE IF NOT EXISTS _deltaferry_seen (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, producer VARCHAR NOT NULL, batch BIGINT NOT NULL,
+    seen_producer VARCHAR NOT NULL,   -- the batch's manifest had seen this producer's chain ...
+    seen_hlc BIGINT NOT NULL,         -- ... up to its batch stamped with this logical time
+    PRIMARY KEY (job, tbl, producer, batch, seen_producer)
 );
 """
 
@@ -228,8 +244,14 @@ def apply_batch(
     trace_id: str | None = None,
     contract_version: int | None = None,
     caution: str | None = None,
+    seen: dict[str, int] | None = None,
 ) -> bool:
-    """Apply one producer batch and its record in one transaction; False if already applied."""
+    """Apply one producer batch and its record in one transaction; False if already applied.
+
+    ``hlc`` is the batch's logical timestamp; ``seen`` its manifest's ``hlc_seen`` (other
+    producer id -> the logical timestamp of that chain's newest batch when this one was
+    stamped), which decides whether a version it replaces is a conflict or a hand-off;
+    None counts as having seen nothing."""
     if not _begin_unless(
         con,
         "SELECT 1 FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
@@ -257,6 +279,12 @@ def apply_batch(
                 [shape.job, shape.table],
             )
         con.unregister("_deltaferry_incoming")
+        for other, stamp in sorted((seen or {}).items()):
+            if other != producer:
+                con.execute(
+                    "INSERT INTO _deltaferry_seen VALUES (?, ?, ?, ?, ?, ?)",
+                    [shape.job, shape.table, producer, batch, other, int(stamp)],
+                )
         resolve(con, shape)
         con.execute(
             "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
@@ -428,24 +456,29 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
         f"DELETE FROM _deltaferry_conflicts WHERE job = '{job}' AND tbl = '{table}'"
         " AND key IN (SELECT _key FROM _deltaferry_touched)"
     )
-    # one producer's version followed, in (logical time, producer) order, by another's
+    # one producer's version followed, in (logical time, producer) order, by another
+    # producer's that had not seen it (its batch's hlc_seen for that producer is older, or
+    # absent): a concurrent edit. One that had seen it is a hand-off, not a conflict.
     con.execute(
         f"""
         INSERT INTO _deltaferry_conflicts
-        SELECT '{job}', '{table}', _key, {p}, _batch, {h}, {op}, _row,
-               prev_producer, prev_batch, prev_hlc, prev_op, prev_row,
-               CASE WHEN {h} > prev_hlc THEN 'later logical time'
+        SELECT '{job}', '{table}', x._key, x.{p}, x._batch, x.{h}, x.{op}, x._row,
+               x.prev_producer, x.prev_batch, x.prev_hlc, x.prev_op, x.prev_row,
+               CASE WHEN x.{h} > x.prev_hlc THEN 'later logical time'
                     ELSE 'same logical time: higher producer id' END,
-               to_timestamp(({h} >> 16) / 1000.0)
+               to_timestamp((x.{h} >> 16) / 1000.0), x.{h}
         FROM (
             SELECT _key, {p}, _batch, {h}, {op}, _row,
                    lag({p}) OVER w AS prev_producer, lag(_batch) OVER w AS prev_batch,
                    lag({h}) OVER w AS prev_hlc, lag({op}) OVER w AS prev_op,
                    lag(_row) OVER w AS prev_row
             FROM _deltaferry_ranked WHERE _multi WINDOW w AS (PARTITION BY _key ORDER BY {h}, {p})
-        )
-        WHERE prev_producer IS NOT NULL AND prev_producer <> {p}
-              AND NOT ({op} = prev_op AND _row IS NOT DISTINCT FROM prev_row)
+        ) x
+        LEFT JOIN _deltaferry_seen s ON s.job = '{job}' AND s.tbl = '{table}'
+             AND s.producer = x.{p} AND s.batch = x._batch AND s.seen_producer = x.prev_producer
+        WHERE x.prev_producer IS NOT NULL AND x.prev_producer <> x.{p}
+              AND NOT (x.{op} = x.prev_op AND x._row IS NOT DISTINCT FROM x.prev_row)
+              AND (s.seen_hlc IS NULL OR s.seen_hlc < x.prev_hlc)
         """
     )
     # an override in force: what it pins, over the automatic winner it replaced
@@ -456,7 +489,8 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
                r.{p}, r._batch, r.{h}, r.{op}, r._row,
                'manual override #' || w._override || coalesce(' by ' || a.by_whom, '')
                    || coalesce(': ' || a.reason, ''),
-               to_timestamp(((SELECT max({h}) FROM _deltaferry_ranked x WHERE x._key = w._key) >> 16) / 1000.0)
+               to_timestamp(((SELECT max({h}) FROM _deltaferry_ranked x WHERE x._key = w._key) >> 16) / 1000.0),
+               (SELECT max({h}) FROM _deltaferry_ranked x WHERE x._key = w._key)
         FROM _deltaferry_winners w JOIN _deltaferry_ranked r ON r._key = w._key AND r._rank = 1
              JOIN _deltaferry_active a ON a.key = w._key
         WHERE w._override IS NOT NULL
@@ -468,15 +502,29 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
 def conflict_rows(
     con: duckdb.DuckDBPyConnection, job: str, table: str | None = None
 ) -> list[tuple]:
-    """Every conflict record of the job (or one table), in a stable order."""
+    """Every conflict record of the job (or one table), in a stable order: tuples of
+    (table, key, winner producer, batch, logical timestamp, op, row JSON, the same five of
+    the loser, rule, logical_at (the winner's wall-clock part, a UTC datetime), logical
+    timestamp the record is ordered by (counter included; ``newest``))."""
     where = "job = ?" + (" AND tbl = ?" if table else "")
     return con.execute(
         "SELECT tbl, key, winner_producer, winner_batch, winner_hlc, winner_op, winner_row,"
-        " loser_producer, loser_batch, loser_hlc, loser_op, loser_row, rule, logical_at"
+        " loser_producer, loser_batch, loser_hlc, loser_op, loser_row, rule, logical_at,"
+        " coalesce(logical_hlc, winner_hlc, CAST(epoch_ms(logical_at) AS BIGINT) << 16)"
         f" FROM _deltaferry_conflicts WHERE {where}"
         " ORDER BY tbl, key, winner_hlc NULLS LAST, winner_producer, loser_hlc, loser_producer, rule",
         [job, table] if table else [job],
     ).fetchall()
+
+
+def newest(rows: list[tuple], limit: int) -> list[tuple]:
+    """The ``limit`` newest of ``conflict_rows`` by full logical time, counter included
+    (two records in the same millisecond order by their counters); ties by table, key."""
+    return sorted(
+        rows,
+        key=lambda r: (r[14] is not None, r[14] or 0, r[0], r[1]),
+        reverse=True,
+    )[:limit]
 
 
 def hotspots(
@@ -524,8 +572,7 @@ def conflicts_markdown(
         "| table | key | winner | loser | rule |",
         "|---|---|---|---|---|",
     ]
-    newest = sorted(rows, key=lambda r: (r[13] is None, r[13]), reverse=True)[:limit]
-    for r in newest:
+    for r in newest(rows, limit):
         lines.append(
             f"| {r[0]} | {r[1]} | {version_text(r[2], r[3], r[5], r[6])} |"
             f" {version_text(r[7], r[8], r[10], r[11])} | {r[12]} |"

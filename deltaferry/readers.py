@@ -19,7 +19,11 @@ back for this reader (``Reading.keep_known``); the caution names both.
 
 Each pull records the reader in the lake, ``<job>/<table>/consumers/<id>.json``: the
 versions it reads, its policy, when it was last seen and where it is, so producers and
-``deltaferry contracts list`` know who reads what.
+``deltaferry contracts list`` know who reads what. A pull that stops at a batch it cannot
+apply (``VersionError``, a fingerprint mismatch included) records that too (``stuck``: the
+error and when): producers stop holding the contract version back for that reader, since
+it cannot get past the batch anyway. Its next pull that does not stop (after upgrading
+its contracts) writes the record without ``stuck``, and it counts again.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class Reading:
     policy: str = "strict"
     chain: Any = None  # the reader's contracts.Chain: batches at older versions are upgraded
     newest_read: int = 0  # the newest contract version this pull applied
+    stuck: str | None = None  # the VersionError this pull stopped at, one line
     warning: str | None = None  # the reader's record could not be written
 
     @property
@@ -166,12 +171,21 @@ class Reading:
             ), version
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
+        refused = manifest.get("downgrade_refused") or {}
+        why = (
+            f" (the producer's rows cannot be taken down to v{refused.get('to')}: "
+            f"{refused.get('reason')})"
+            if refused
+            else ""
+        )
         if self.policy == "strict":
             raise VersionError(
                 f"{where} is published at contract v{version} ({published.get('ref')}, "
-                f"fingerprint {str(published.get('fingerprint'))[:12]}); this reader knows up to "
-                f"v{self.known} ({self.contract.ref}) and its policy is strict. Upgrade the "
-                "reader's contracts, or pull with --policy partial to apply the columns it knows"
+                f"fingerprint {str(published.get('fingerprint'))[:12]}){why}; this reader knows "
+                f"up to v{self.known} ({self.contract.ref}) and its policy is strict; until it "
+                "pulls without stopping, producers no longer hold the version back for it. "
+                "Upgrade the reader's contracts, or pull with --policy partial to apply the "
+                "columns it knows"
             )
         known = set(self.contract.columns) | {OP_COLUMN, SEQ_COLUMN}
         missing_key = [c for c in self.primary_key if c not in data.column_names]
@@ -361,8 +375,10 @@ def record_consumer(
     position: Any,
     partial: int = 0,
 ) -> dict[str, Any]:
-    """Write (replace) this reader's record for the table in the lake."""
-    body = {
+    """Write (replace) this reader's record for the table in the lake; with
+    ``reading.stuck`` (the pull stopped at a batch it cannot apply) the record says so
+    (``stuck: {error, since}``) and producers stop counting it (``sync.negotiate``)."""
+    body: dict[str, Any] = {
         "format": FORMAT,
         "consumer": consumer,
         "job": reading.job,
@@ -380,6 +396,8 @@ def record_consumer(
         "replica": replica,
         "last_seen": now().isoformat(),
     }
+    if reading.stuck:
+        body["stuck"] = {"error": reading.stuck, "since": body["last_seen"]}
     lake.put(
         consumer_key(reading.job, reading.table, consumer),
         json.dumps(body, sort_keys=True, indent=1).encode(),
@@ -433,7 +451,9 @@ def readers_behind(
         who = (
             f"reader '{r.get('consumer')}' (reads up to v{max(supports)}, policy {r.get('policy')})"
         )
-        if age is None or age > timeout:
+        if r.get("stuck"):
+            lines.append(f"{who} stopped at a batch it cannot apply: not holding v{version} back")
+        elif age is None or age > timeout:
             lines.append(
                 f"{who} was last seen {human_duration(age) if age is not None else 'never'} ago, "
                 f"over the job's reader_timeout_seconds: not holding v{version} back"

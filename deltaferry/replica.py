@@ -106,7 +106,7 @@ def pull(
     (``error`` set on the ones that stopped). Transient and configuration errors stop the
     pull at once."""
     from contracts import load_chain
-    from deltaferry.readers import Reading, check_consumer, record_consumer
+    from deltaferry.readers import Reading, VersionError, check_consumer, record_consumer
 
     if consumer is not None:
         check_consumer(consumer, policy)
@@ -134,6 +134,8 @@ def pull(
             except TerminalError as e:  # this table stops here; the others go on
                 result.error = str(e)
                 failures.append(e)
+                if isinstance(e, VersionError):  # the lake record says so: not counted
+                    reading.stuck = str(e)
             finally:  # what was applied is recorded, also when a batch stopped the pull
                 if consumer is not None:
                     position, partial = _position(con, job.name, t.name, job.multi_producer)
@@ -279,6 +281,7 @@ def _pull_merged(
                 trace_id=vb.manifest.get("trace_id"),
                 contract_version=vb.manifest.get("contract", {}).get("version"),
                 caution=caution,
+                seen=vb.manifest.get("hlc_seen"),
             )
             result.cautions += caution is not None
             result.batches += 1

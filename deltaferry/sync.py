@@ -28,6 +28,7 @@ from deltaferry.errors import (
     ConfigError,
     ContractViolation,
     ConflictError,
+    DowngradeRefused,
     JobBusyError,
     SchemaDrift,
     TerminalError,
@@ -78,6 +79,9 @@ class SyncContext:
     # says), and the held rows (key JSON, load id) the table's cut validates again
     source_columns: dict[str, set[str]] = field(default_factory=dict)
     released: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # per table, a version the source's rows could not be downgraded to in this run, and
+    # the migration's reason: negotiation publishes above it (``plan_negotiated``)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
@@ -465,6 +469,12 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
             if "error" in r or age is None:
                 continue
             who = f"reader '{r.get('consumer')}'"
+            if r.get("stuck"):  # it cannot get past a batch: holding back helps nobody
+                reasons.append(
+                    f"{who} stopped at a batch it cannot apply: not holding the version back "
+                    "until it pulls again without stopping"
+                )
+                continue
             if age > ctx.job.reader_timeout_seconds:
                 reasons.append(f"{who} not seen for {int(age)}s: not holding the version back")
                 continue
@@ -480,6 +490,13 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
         target += 1 if target < source else -1
     if target != wanted:
         reasons.append(f"v{wanted} cannot be reached from the source's v{source} (no downgrade)")
+    refused = ctx.refused.get(t.name)
+    if refused is not None and pin is None and refused[0] >= target and target < source:
+        target = refused[0] + 1  # reachable: the refused version was, one step further down
+        reasons.append(
+            f"the source's rows cannot be taken down to v{refused[0]} ({refused[1]}): "
+            f"published at v{target}; readers of older versions stop at this batch"
+        )
     ctx.contracts[t.name] = chain.contract(target)
     if target != source:
         ctx.migrations[t.name] = (source, target)
@@ -493,6 +510,25 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
         )
         ctx.state.log(ctx.run_id, "negotiate", "info", table=t.name, detail=detail)
     return target
+
+
+def plan_negotiated(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """``plan_table``; when the negotiated version cannot represent the source's rows (a
+    downgrade raises ``MigrationError``: ``DowngradeRefused``), the batch is planned again
+    one version up, and so on up to the source's own version, so the readers that read it
+    still get their batches; the manifest says which version refused and why
+    (``downgrade_refused``), and readers of the older version stop at it with that reason.
+    Under a ``contracts rollback`` pin the refusal stops the table (ContractViolation)."""
+    while True:
+        try:
+            return plan_table(ctx, t)
+        except DowngradeRefused as e:
+            again = ctx.refused.get(t.name)
+            if ctx.state.contract_pin(t.name) is not None or (
+                again is not None and again[0] >= e.target
+            ):
+                raise
+            ctx.refused[t.name] = (e.target, e.reason)
 
 
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
@@ -761,6 +797,9 @@ def make_manifest(
     }
     if clock is not None:
         manifest.update(clock)
+    refused = ctx.refused.get(t.name)
+    if refused is not None and refused[0] < c.version:
+        manifest["downgrade_refused"] = {"to": refused[0], "reason": refused[1]}
     return manifest
 
 

@@ -28,7 +28,7 @@ from deltaferry.sync import (
     commit,
     job_lock,
     open_context,
-    plan_table,
+    plan_negotiated,
     put_manifest,
     recover_table,
     upload_parts,
@@ -179,7 +179,7 @@ def plan_step(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     out: list[tuple[Plan, Delta] | None] = []
 
     def run() -> str:
-        planned = plan_table(ctx, t)
+        planned = plan_negotiated(ctx, t)
         out.append(planned)
         if planned is None:
             return "no change"

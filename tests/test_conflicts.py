@@ -35,11 +35,13 @@ def _batch(rows: list[tuple[int, str, str | None]], seq0: int) -> pa.Table:
 
 
 @st.composite
-def histories(draw):  # noqa: ANN001, ANN201
+def histories(draw, with_seen: bool = False):  # noqa: ANN001, ANN201
     """Batches of up to three producers (logical times may tie across producers), and
-    override entries."""
+    override entries. ``with_seen``: each batch also says what it had seen of the other
+    producers' chains (its manifest's ``hlc_seen``: a logical time before its own)."""
     batches = []
-    for p in PRODUCERS[: draw(st.integers(1, 3))]:
+    producers = PRODUCERS[: draw(st.integers(1, 3))]
+    for p in producers:
         n = draw(st.integers(1, 4))
         stamps = sorted(draw(st.lists(st.integers(1, 12), min_size=n, max_size=n, unique=True)))
         seq = 1
@@ -53,7 +55,16 @@ def histories(draw):  # noqa: ANN001, ANN201
                 )
                 for k in keys
             ]
-            batches.append(("batch", p, i, stamp, rows, seq))
+            seen = (
+                {
+                    o: draw(st.integers(0, stamp - 1))
+                    for o in producers
+                    if o != p and draw(st.booleans())
+                }
+                if with_seen
+                else None
+            )
+            batches.append(("batch", p, i, stamp, rows, seq, seen))
             seq += len(rows)
     overrides = []
     for n in range(1, draw(st.integers(0, 3)) + 1):
@@ -76,8 +87,9 @@ def _apply_all(items: list) -> tuple[list, list]:  # noqa: ANN001
     con.execute(merge.META)
     for item in items:
         if item[0] == "batch":
-            _, p, b, stamp, rows, seq = item
-            merge.apply_batch(con, SHAPE, p, b, stamp, _batch(rows, seq))
+            _, p, b, stamp, rows, seq, *seen = item
+            data = _batch(rows, seq)
+            merge.apply_batch(con, SHAPE, p, b, stamp, data, seen=(seen or [None])[0])
         else:
             merge.apply_override(con, SHAPE, item[1])
     table = (
@@ -91,9 +103,13 @@ def _apply_all(items: list) -> tuple[list, list]:  # noqa: ANN001
 
 
 def _reference(batches: list, overrides: list) -> tuple[list, set]:  # noqa: ANN001
-    """What the README's rule says, computed the plain way."""
+    """What the README's rule says, computed the plain way: a conflict is a version
+    replacing another producer's version it had not seen (its batch's seen time of that
+    producer is before the replaced version's logical time, or absent)."""
     versions: dict[int, list] = {}
-    for _, p, b, stamp, rows, _ in batches:
+    seen_by: dict[tuple[str, int], dict] = {}
+    for _, p, b, stamp, rows, _, *seen in batches:
+        seen_by[(p, b)] = (seen or [None])[0] or {}
         for k, op, name in rows:
             versions.setdefault(k, []).append((stamp, p, b, op, name))
     active: dict[str, dict] = {}
@@ -103,7 +119,8 @@ def _reference(batches: list, overrides: list) -> tuple[list, set]:  # noqa: ANN
     for k, vs in sorted(versions.items()):
         vs.sort(key=lambda v: (v[0], v[1]))
         for prev, cur in zip(vs, vs[1:], strict=False):
-            if prev[1] != cur[1] and (prev[3], prev[4]) != (cur[3], cur[4]):
+            had_seen = seen_by[(cur[1], cur[2])].get(prev[1], -1) >= prev[0]
+            if prev[1] != cur[1] and (prev[3], prev[4]) != (cur[3], cur[4]) and not had_seen:
                 rule = (
                     "later logical time"
                     if cur[0] > prev[0]
@@ -151,6 +168,79 @@ def test_every_arrival_order_with_duplicates_gives_the_same_replica_and_conflict
     assert first[0] == table
     assert _conflict_keys(first[1]) == conflicts
     assert len(first[1]) == len(conflicts)  # no record twice
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(with_seen=True), st.randoms(use_true_random=False))
+def test_conflicts_are_concurrent_edits_in_every_arrival_order(
+    history, rng: random.Random
+) -> None:
+    """With what each batch had seen, only versions replacing one they had not seen are
+    conflicts; winners are the same as without it, in every arrival order."""
+    batches, overrides = history
+    items = batches + overrides
+    first = _apply_all(items)
+    shuffled = list(items)
+    rng.shuffle(shuffled)
+    shuffled.insert(rng.randrange(len(shuffled) + 1), rng.choice(items))
+    assert _apply_all(shuffled) == first
+    table, conflicts = _reference(batches, overrides)
+    assert first[0] == table
+    blind = [b[:6] + (None,) for b in batches]  # the winner rule does not look at hlc_seen
+    assert _apply_all(blind + overrides)[0] == table
+    assert _conflict_keys(first[1]) == conflicts
+    assert len(first[1]) == len(conflicts)
+
+
+def test_a_hand_off_is_not_a_conflict_and_a_concurrent_edit_is() -> None:
+    start = [("batch", "north", 1, 10, [(1, "upsert", "n"), (2, "upsert", "n")], 1, None)]
+    # south publishes key 1 after it saw north's batch (stamped 10): a hand-off
+    handoff = ("batch", "south", 1, 20, [(1, "upsert", "s")], 1, {"north": 10})
+    # south's key 2 replaces north's version without having seen it: a concurrent edit
+    blind = ("batch", "south", 2, 30, [(2, "upsert", "s")], 2, {"north": 9})
+    table, conflicts = _apply_all([*start, handoff, blind])
+    assert table == [(1, "s", "south", 20), (2, "s", "south", 30)]  # the newer wins both
+    assert [(c[1], c[2], c[7], c[12]) for c in conflicts] == [
+        ("2", "south", "north", "later logical time")
+    ]
+    # a version that had seen only an older batch of the chain is concurrent with a newer
+    again = ("batch", "north", 2, 40, [(1, "upsert", "n2")], 3, {"south": 19})
+    table, conflicts = _apply_all([*start, handoff, blind, again])
+    assert table[0] == (1, "n2", "north", 40)
+    assert ("1", "north", 2, "south", 1) in {(c[1], c[2], c[3], c[7], c[8]) for c in conflicts}
+    # the same edit, having seen south's batch 1 (stamped 20): a hand-off back
+    back = ("batch", "north", 2, 40, [(1, "upsert", "n2")], 3, {"south": 30})
+    table, conflicts = _apply_all([*start, handoff, blind, back])
+    assert table[0] == (1, "n2", "north", 40)
+    assert [c[1] for c in conflicts] == ["2"]
+    # the same logical time is always concurrent: neither can have seen the other
+    tie = ("batch", "west", 1, 40, [(1, "upsert", "w")], 1, {"north": 10, "south": 30})
+    table, conflicts = _apply_all([*start, handoff, blind, back, tie])
+    assert table[0] == (1, "w", "west", 40)
+    assert ("1", "west", "north", "same logical time: higher producer id") in {
+        (c[1], c[2], c[7], c[12]) for c in conflicts
+    }
+
+
+def test_conflicts_order_by_full_logical_time_counter_included() -> None:
+    ms = 1_800_000_000_000
+    # three concurrent edits in one millisecond, told apart only by the counter; the
+    # key order (1, 2, 3) is not the logical order
+    con = duckdb.connect()
+    con.execute(merge.META)
+    for b, (key, counter) in enumerate(((3, 1), (1, 2), (2, 3)), 1):
+        north = _batch([(key, "upsert", "n")], b)
+        merge.apply_batch(con, SHAPE, "north", b, hlc.pack(ms - 10, b), north)
+        south = _batch([(key, "upsert", "s")], b)
+        merge.apply_batch(con, SHAPE, "south", b, hlc.pack(ms, counter), south)
+    rows = merge.conflict_rows(con, "shop")
+    assert len({r[13] for r in rows}) == 1  # the same wall-clock millisecond
+    assert [r[1] for r in merge.newest(rows, 10)] == ["2", "1", "3"]  # counters 3, 2, 1
+    assert [r[14] for r in merge.newest(rows, 2)] == [hlc.pack(ms, 3), hlc.pack(ms, 2)]
+    text = merge.conflicts_markdown(con, "shop")
+    newest = text.split("## Newest records")[1]
+    at = [newest.index(f"| items | {k} |") for k in ("2", "1", "3")]
+    assert at == sorted(at)
 
 
 def test_a_late_older_update_does_not_resurrect_a_delete() -> None:
@@ -409,7 +499,11 @@ def test_two_producers_merge_with_conflicts_hotspots_and_override(sites, tmp_pat
     }
     assert differ  # the two sites disagree on some customers (country, update time)
     north.sync(monkeypatch)
-    south.sync(monkeypatch)  # saw north's batch: stamped after it
+    import deltaferry.sync
+
+    with monkeypatch.context() as m:  # the two publish at once: south lists the lake before
+        m.setattr(deltaferry.sync, "_chain_head", lambda *a: None)  # north's batch is there
+        south.sync(monkeypatch)
     replica = tmp_path / "replica.duckdb"
     (customers, orders) = _pull(north, replica)
     assert customers.chains == {"north": 1, "south": 1}
@@ -417,14 +511,16 @@ def test_two_producers_merge_with_conflicts_hotspots_and_override(sites, tmp_pat
     recorded = {r[1] for r in _conflicts(replica) if r[0] == "customers"}
     assert recorded == {str(c) for c in differ}  # same rows on both sides are no conflict
 
-    # north changes customer 1 later: north wins it; no other key moves
-    before = _replica(replica)
+    # north changes customer 1 later, having seen south's batch: north wins it, a hand-off
+    # (no new conflict record); no other key moves
+    before, had = _replica(replica), _conflicts(replica)
     north.set_country(1, "JP")
     north.sync(monkeypatch)
     _pull(north, replica)
     after = _replica(replica)
     assert after[1] == ("JP", "north")
     assert {c: v for c, v in after.items() if c != 1} == {c: v for c, v in before.items() if c != 1}
+    assert [r[:14] for r in _conflicts(replica)] == [r[:14] for r in had]
 
     shown = _cli(north, monkeypatch, "conflicts", "shop", "--replica", str(replica))
     assert shown.exit_code == 0, shown.output

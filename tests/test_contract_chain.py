@@ -434,9 +434,13 @@ def test_dual_publishing_below_the_source_version_cuts_the_copy_from_the_source(
     dual.write_text(dual.read_text().replace("source_version = 1", "source_version = 2"))
     sync_job(job="shop", config=str(dual))  # no readers yet: batch 1 at v3
     old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
-    _cli(
-        "pull", "shop", "--replica", str(old), "--consumer", "old", "--config", str(shop_job.config)
-    )
+    # 'old' reads batch 1 (v3) partially: a strict reader would stop at it and, stuck,
+    # no longer hold the version back
+    old_pull = _cli(
+        "pull", "shop", "--replica", str(old), "--consumer", "old", "--policy", "partial",
+        "--config", str(shop_job.config),
+    )  # fmt: skip
+    assert old_pull.exit_code == 0, old_pull.output
     pulled = _cli("pull", "shop", "--replica", str(new), "--consumer", "new", "--config", str(dual))
     assert pulled.exit_code == 0, pulled.output
 
@@ -450,3 +454,88 @@ def test_dual_publishing_below_the_source_version_cuts_the_copy_from_the_source(
     assert _q(new, "SELECT full_name, country FROM customers WHERE id = 1") == [
         ("customer 1 Jr", "JP")
     ]
+
+
+def test_rows_an_old_version_cannot_hold_go_out_above_it_and_a_stuck_reader_stops_counting(
+    shop_job, shop, tmp_path
+):
+    """Issue 19 point 5. The source gains loyalty tiers v1 cannot hold (Loyalty's v2->v1
+    downgrade refuses them): the batch goes out at v2 instead of stopping for everyone, the
+    v2 reader gets it, the strict v1 reader stops naming the batch and the refusal. Its
+    record in the lake then says it is stuck, so the next batch goes out at v2 without
+    trying v1; after it upgrades its contracts and pulls again it counts again."""
+    from flows.sync import sync_job
+
+    def _negotiated() -> list[str]:
+        with StateStore("shop").connect(read_only=True) as con:
+            q = "SELECT detail FROM ops_log WHERE step = 'negotiate' ORDER BY rowid"
+            return [r[0] for r in con.execute(q).fetchall()]
+
+    shop.round(6, 2, churn=0)
+    shop_job.sync()  # batch 1 at v1
+    loyal = tmp_path / "loyal.toml"
+    loyal.write_text(
+        _chained(shop_job, tmp_path)
+        .read_text()
+        .replace("Customers3", "Loyalty")
+        .replace("source_version = 1", "source_version = 2")
+    )
+    old, new = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
+    for replica, who, config in ((old, "old", shop_job.config), (new, "new", loyal)):
+        pulled = _cli("pull", "shop", "--replica", str(replica), "--consumer", who,
+                      "--config", str(config))  # fmt: skip
+        assert pulled.exit_code == 0, pulled.output
+
+    lake = shop_job.lake()
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    gold = "UPDATE customers SET loyalty = 'gold', updated_at = ? WHERE id IN (2, 5)"
+    shop.con.execute(gold, (shop._tick(),))
+    shop.con.commit()
+    out = sync_job(job="shop", config=str(loyal))
+    assert out["tables"]["customers"]["batch"] == 2  # published, not stopped
+    m2 = json.loads(lake.get(manifest_key("shop", "customers", 2)))
+    assert m2["contract"]["version"] == 2 and "migration" not in m2
+    assert m2["downgrade_refused"]["to"] == 1
+    assert "loyalty tier v1 cannot hold" in m2["downgrade_refused"]["reason"]
+    negotiated = _negotiated()
+    assert "publishing at v2" in negotiated[-1]
+    assert "cannot be taken down to v1" in negotiated[-1]
+
+    pulled = _cli("pull", "shop", "--replica", str(new), "--consumer", "new",
+                  "--config", str(loyal))  # fmt: skip
+    assert pulled.exit_code == 0, pulled.output
+    assert _q(new, "SELECT id, loyalty FROM customers WHERE loyalty IS NOT NULL ORDER BY id") == [
+        (2, "gold"),
+        (5, "gold"),
+    ]
+    stopped = _cli("pull", "shop", "--replica", str(old), "--consumer", "old",
+                   "--config", str(shop_job.config))  # fmt: skip
+    assert stopped.exit_code == 1, stopped.output
+    line = " ".join(stopped.output.split())
+    assert "table 'customers' batch 2 is published at contract v2" in line
+    assert "cannot be taken down to v1" in line and "loyalty tier v1 cannot hold" in line
+    assert _q(old, "SELECT max(batch) FROM _deltaferry_batches WHERE tbl = 'customers'") == [(1,)]
+    record = json.loads(lake.get("shop/customers/consumers/old.json"))
+    assert "batch 2 is published at contract v2" in record["stuck"]["error"]
+    listed = _cli("contracts", "list", "shop", "--config", str(loyal))
+    assert "stopped at a batch" in " ".join(listed.output.split()), listed.output
+
+    # the stuck reader no longer holds the version back: the next batch is v2 from the start
+    _change(shop, 1, "JP")  # a row v1 could hold
+    sync_job(job="shop", config=str(loyal))
+    m3 = json.loads(lake.get(manifest_key("shop", "customers", 3)))
+    assert m3["contract"]["version"] == 2 and "downgrade_refused" not in m3
+    negotiated = _negotiated()
+    assert "reader 'old' stopped at a batch it cannot apply" in negotiated[-1]
+    assert "reader 'new' reads up to v2" in negotiated[-1]
+
+    # it recovers by upgrading its contracts and pulling again: counted again
+    pulled = _cli("pull", "shop", "--replica", str(old), "--consumer", "old",
+                  "--config", str(loyal))  # fmt: skip
+    assert pulled.exit_code == 0, pulled.output
+    record = json.loads(lake.get("shop/customers/consumers/old.json"))
+    assert "stuck" not in record and record["supports"] == [1, 2]
+    _change(shop, 3, "FR")
+    sync_job(job="shop", config=str(loyal))
+    negotiated = _negotiated()
+    assert "reader 'old' reads up to v2" in negotiated[-1]
