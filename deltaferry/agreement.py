@@ -74,7 +74,7 @@ def check_lake(
         return  # a first run, or a lost home: adoption decides (deltaferry/adopt.py)
     where = f"job '{job}' table '{table}'" + (f" producer '{producer}'" if producer else "")
     mine = Position(checkpoint.batch, checkpoint.manifest_sha256)
-    fix = f"`deltaferry reset {job} --table {table}`"
+    fix = f"`deltaferry reset {job} --table {table} --reason \"<why>\"`"
     if checkpoint.batch:
         stored = lake.get(manifest_key(job, table, checkpoint.batch, producer))
         if stored is None:
@@ -84,7 +84,7 @@ def check_lake(
                 f"this producer's checkpoint is {mine}; nothing was published. If `lake` is "
                 "mistyped, correct it in the jobs file; if the lake lost batches "
                 f"{head.batch + 1}..{checkpoint.batch}, run `deltaferry republish {job} --table "
-                f"{table}` (rebuilt from staging, byte-identical), or restore them from a backup, "
+                f"{table} --reason \"<why>\"` (rebuilt from staging, byte-identical), or restore them from a backup, "
                 f"or run {fix} to go on from the lake's head (readers past it rebuild their replica)"
             )
         if sha256(stored) != checkpoint.manifest_sha256:

@@ -93,7 +93,9 @@ def discard_plan(job: JobConfig, t: TableConfig, reason: str) -> str:
         plan = state.pending_plan(t.name)
         where = f"job '{job.name}' table '{t.name}'"
         if plan is None:
-            raise ConfigError(f"{where}: no planned batch to discard (`deltaferry plan show {job.name}`)")
+            raise ConfigError(
+                f"{where}: no planned batch to discard (`deltaferry plan show {job.name}`)"
+            )
         lake = open_lake(job.lake, base=job.base_dir)
         lake.check()
         held = _lake_state(lake, job, plan)
@@ -200,7 +202,7 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
 
     where = f"job '{job.name}' table '{t.name}'"
     with job_lock(job.name):
-        ctx = open_context(job)
+        ctx = open_context(job, run_id="republish")  # an operator act, not a run
         try:
             state, lake = ctx.state, ctx.lake
             ckpt = state.checkpoint(t.name)
@@ -217,7 +219,7 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
                 if mine is None or mine.manifest_sha256 != head.manifest_sha256:
                     raise ConfigError(
                         f"{where}: the lake's head {head} is not the batch this producer "
-                        f"committed there; run `deltaferry reset {job.name} --table {t.name}`"
+                        f"committed there; run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`"
                     )
             done = []
             for batch in range(head.batch + 1, ckpt.batch + 1):
@@ -225,14 +227,14 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
                 if plan is None or not plan.load_ids:
                     raise TerminalError(
                         f"{where} batch {batch}: this producer holds no plan of it (adopted from "
-                        f"the lake); run `deltaferry reset {job.name} --table {t.name}`"
+                        f"the lake); run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`"
                     )
                 try:
                     delta = rebuild(ctx, t, plan)
                 except TerminalError as e:
                     raise TerminalError(
                         f"{e}; staging has moved on since batch {batch}, so it cannot be "
-                        f"republished exactly: run `deltaferry reset {job.name} --table {t.name}`"
+                        f"republished exactly: run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`"
                     ) from e
                 upload_parts(ctx, plan, delta)
                 outcome = put_manifest(ctx, plan)
@@ -242,10 +244,9 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
                 f"byte-identically from staging and published: {', '.join(done)}"
             )
             state.log(ctx.run_id, "republish", "info", table=t.name, batch=ckpt.batch, detail=detail)
-            state.finish_run(ctx.run_id, "ok")
             return f"{where}: {detail}"
         except BaseException as e:
-            ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            ctx.state.log(ctx.run_id, "republish", "failed", table=t.name, detail=str(e)[:2000])
             raise
 
 
@@ -266,7 +267,7 @@ def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: 
     if stored is None or sha256(stored) != plan.manifest_sha256:
         raise ConfigError(
             f"{where}: the lake does not hold this producer's manifest of it; "
-            f"`deltaferry republish {job.name} --table {t.name}` (without --batch) publishes lost batches"
+            f"`deltaferry republish {job.name} --table {t.name} --reason \"<why>\"` (without --batch) publishes lost batches"
         )
     try:
         delta = rebuild(ctx, t, plan)
@@ -281,5 +282,4 @@ def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: 
         f"again ({sent} bytes) by the operator: {reason}"
     )
     ctx.state.log(ctx.run_id, "republish", "info", table=t.name, batch=batch, detail=detail)
-    ctx.state.finish_run(ctx.run_id, "ok")
     return f"{where}: {detail}"

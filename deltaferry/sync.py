@@ -910,7 +910,7 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
             raise ConflictError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the lake holds a different manifest "
                 f"than the one planned here; another writer holds this table. Nothing was overwritten; "
-                f"stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name}` adopts the lake's chain"
+                f"stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name} --reason \"<why>\"` adopts the lake's chain"
             )
         commit(ctx, plan)
         return f"batch {plan.batch}: manifest already stored, checkpoint committed"
@@ -942,7 +942,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
                 f"planned batch are gone; restore the staging file, or run `deltaferry reset "
-                f"{ctx.job.name} --table {t.name}` to read the source again from the lake's head"
+                f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to read the source again from the lake's head"
             )
         # the plan's own cut: same part size; its quarantine decision was already taken
         job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
@@ -967,7 +967,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
             f"from the plan (contract or library changed since?); expected {want}, got {got}. "
             f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
-            f"{ctx.job.name} --table {t.name}` to cut it again at the current one"
+            f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to cut it again at the current one"
         )
     return delta
 

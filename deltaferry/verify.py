@@ -124,7 +124,7 @@ def iter_verified(
             raise VerificationError(
                 f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
             )
-        fix = f"deltaferry republish {job} --table {table} --batch {b}"
+        fix = f'deltaferry republish {job} --table {table} --batch {b} --reason "<why>"'
         tables = _verified_files(lake, m["files"], where, load, fix)
         if sum(f["rows"] for f in m["files"]) != m["rows"]:
             raise VerificationError(
@@ -259,8 +259,8 @@ def check_position(
             f"{where}: {whose} is at batch {batch} but the lake's head is batch {head} "
             f"({lost} gone: a lake restored from an older copy, or the wrong lake); check the "
             f"job's lake URL, or have the producer run `deltaferry republish {job} --table "
-            f"{table}` or restore {lost} from a backup; if they are gone for good, the "
-            f"producer goes on after `deltaferry reset {job} --table {table}` and readers past "
+            f"{table} --reason \"<why>\"` or restore {lost} from a backup; if they are gone for good, the "
+            f"producer goes on after `deltaferry reset {job} --table {table} --reason \"<why>\"` and readers past "
             f"batch {head} pull into a new replica"
         )
     if manifest_sha256 is None:
