@@ -317,6 +317,12 @@ def percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
+def share(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as '12.5%' from the counts themselves (a rate already rounded
+    to 4 places would round twice: 1/26 shown as 3.9%), '-' when ``whole`` is 0."""
+    return percent(part / whole) if whole else "-"
+
+
 STATUS_COLUMNS = (
     "job",
     "table",
@@ -368,8 +374,11 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     s["sparkline"] or "-",
                     f"batch {pending['batch']}" if pending else "-",
                     str(s["quarantined_rows"]),
-                    percent(s["quarantine"]["rate"]),
-                    percent(s["retries"]["rate"]),
+                    share(
+                        s["quarantine"]["rows"],
+                        s["quarantine"]["rows"] + s["quarantine"]["rows_planned"],
+                    ),
+                    share(s["retries"]["retried"], s["retries"]["attempts"]),
                     _utc_text(s["last_published_at"]),
                     lag_text(s),
                     f"{runs['ok']}/{runs['failed']}" if runs["count"] else "-",
