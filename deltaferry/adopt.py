@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
@@ -143,7 +144,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         staged = staged_columns(con, t.name)
         if not loads or not staged:
             return 0
-        key = [c for c in t.primary_key]
+        key = list(t.primary_key)
         common = [
             c
             for c in staged
@@ -169,7 +170,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
                 [ADOPTED_LOAD_ID, *loads],
             ).fetchone()[0]
             con.execute("COMMIT")
-        except duckdb_errors() as e:
+        except duckdb.Error as e:
             if began:
                 con.execute("ROLLBACK")
             ctx.state.log(
@@ -188,12 +189,6 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         f"batch {at}: not published again",
     )
     return int(marked)
-
-
-def duckdb_errors() -> tuple[type[BaseException], ...]:
-    import duckdb
-
-    return (duckdb.Error,)
 
 
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001

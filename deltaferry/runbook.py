@@ -198,7 +198,7 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
     With ``batch``, that one committed batch's data objects are rebuilt and uploaded again
     (a data object the lake lost or corrupted; its manifest must be in the lake, unchanged)."""
     from deltaferry.errors import TerminalError
-    from deltaferry.sync import job_lock, open_context, put_manifest, rebuild, upload_parts
+    from deltaferry.sync import job_lock, open_context, put_manifest, upload_parts
 
     where = f"job '{job.name}' table '{t.name}'"
     with job_lock(job.name):
@@ -229,13 +229,10 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
                         f"{where} batch {batch}: this producer holds no plan of it (adopted from "
                         f"the lake); run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`"
                     )
-                try:
-                    delta = rebuild(ctx, t, plan)
-                except TerminalError as e:
-                    raise TerminalError(
-                        f"{e}; staging has moved on since batch {batch}, so it cannot be "
-                        f"republished exactly: run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`"
-                    ) from e
+                delta = _rebuild_exact(
+                    ctx, t, plan,
+                    f"run `deltaferry reset {job.name} --table {t.name} --reason \"<why>\"`",
+                )
                 upload_parts(ctx, plan, delta)
                 outcome = put_manifest(ctx, plan)
                 done.append(f"batch {batch} ({plan.rows} rows, {outcome})")
@@ -253,8 +250,7 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
 def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: str) -> str:  # noqa: ANN001
     """Rebuild one committed batch from staging and upload its data objects again (their
     keys are content-derived: an overwrite stores the committed bytes)."""
-    from deltaferry.errors import TerminalError
-    from deltaferry.sync import rebuild, upload_parts
+    from deltaferry.sync import upload_parts
 
     where = f"job '{job.name}' table '{t.name}' batch {batch}"
     plan = ctx.state.committed_plan(t.name, batch)
@@ -269,13 +265,7 @@ def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: 
             f"{where}: the lake does not hold this producer's manifest of it; "
             f"`deltaferry republish {job.name} --table {t.name} --reason \"<why>\"` (without --batch) publishes lost batches"
         )
-    try:
-        delta = rebuild(ctx, t, plan)
-    except TerminalError as e:
-        raise TerminalError(
-            f"{e}; staging has moved on since batch {batch}, so its objects cannot be rebuilt "
-            "exactly: restore them from a backup (or bucket versioning)"
-        ) from e
+    delta = _rebuild_exact(ctx, t, plan, "restore its objects from a backup (or bucket versioning)")
     sent = upload_parts(ctx, plan, delta)
     detail = (
         f"data objects of batch {batch} rebuilt byte-identically from staging and uploaded "
@@ -283,3 +273,18 @@ def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: 
     )
     ctx.state.log(ctx.run_id, "republish", "info", table=t.name, batch=batch, detail=detail)
     return f"{where}: {detail}"
+
+
+def _rebuild_exact(ctx, t: TableConfig, plan: Plan, advice: str):  # noqa: ANN001, ANN202
+    """A committed batch rebuilt from staging, byte-identical to its manifest; a
+    TerminalError naming ``advice`` when staging has moved on since it was cut."""
+    from deltaferry.errors import TerminalError
+    from deltaferry.sync import rebuild
+
+    try:
+        return rebuild(ctx, t, plan)
+    except TerminalError as e:
+        raise TerminalError(
+            f"{e}; staging has moved on since batch {plan.batch}, so it cannot be "
+            f"republished exactly: {advice}"
+        ) from e
