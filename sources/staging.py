@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import dlt
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
@@ -195,13 +196,49 @@ def _json_default(v: Any) -> Any:
 
 
 def canonical_json(row: dict[str, Any]) -> str:
-    """A JSON row as text independent of key order: what ``row_hash`` hashes."""
-    return json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+    """A JSON record as text independent of key order and of its top-level fields that are
+    null (a field that is null or absent reaches the replica the same way): what
+    ``row_hash`` hashes. Nested values are kept as they are."""
+    present = {k: v for k, v in row.items() if v is not None}
+    return json.dumps(present, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def row_hash(row: dict[str, Any]) -> str:
-    """md5 of a JSON row (an API record), independent of key order."""
+    """md5 of a JSON record (an API record): ``canonical_json``'s text."""
     return hashlib.md5(canonical_json(row).encode()).hexdigest()
+
+
+def legacy_row_hash(row: dict[str, Any]) -> str:
+    """The record hash written before null fields were left out (staged rows keep it until
+    they change): md5 of the key-sorted JSON with its nulls."""
+    text = json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def content_text(columns: list[str], alias: str = "c") -> str:
+    """A DuckDB expression: a row's content as text that does not depend on the order of
+    its columns nor on columns that are NULL in it, so a source that gains a column (NULL
+    in the rows it had) or reorders its columns changes no row's hash. Each column with a
+    value gives ``"name"=<bytes>:<value as text>;`` in name order: the length prefix makes
+    the text unambiguous whatever the values contain. Timestamps print in the session's
+    time zone (``ChangedRows`` sets UTC)."""
+    parts = []
+    for c in sorted(columns):
+        name = json.dumps(c).replace("'", "''")
+        v = f"CAST({alias}.{q(c)} AS VARCHAR)"
+        parts.append(f"coalesce('{name}=' || strlen({v}) || ':' || {v} || ';', '')")
+    return " || ".join(parts) if parts else "''"
+
+
+def _legacy_text(columns: list[str], alias: str = "c") -> str:
+    """The row text hashed before ``content_text`` (columns in their order, NULLs included
+    except in dlt's variant columns); staged rows keep such hashes until they change, so
+    a row not matched by its new hash is compared by this one too."""
+    variants = [c for c in columns if _is_variant(c, columns)]
+    values = ", ".join(f"{q(c)} := {alias}.{q(c)}" for c in columns if c not in variants)
+    return f"CAST(struct_pack({values}) AS VARCHAR)" + "".join(
+        f" || coalesce('|{c}=' || CAST({alias}.{q(c)} AS VARCHAR), '')" for c in variants
+    )
 
 
 class ChangedRows:
@@ -210,18 +247,25 @@ class ChangedRows:
     rows it already sent (a whole table, or the rows at a cursor boundary) stages only
     what changed. The staged hashes are read once, before the load; close() after it.
 
-    Works on Arrow tables (hash computed by DuckDB over the row's values, in UTC) and on
-    JSON records, one at a time (md5 of the canonical JSON)."""
+    Content is compared as ``content_text`` gives it: a column the source gains is no
+    change for rows where it is NULL, nor is a new order of columns. Works on Arrow tables
+    (hash computed by DuckDB over the row's values, in UTC) and on JSON records (md5 of
+    ``canonical_json``). Hashes staged by earlier versions (``_legacy_text``,
+    ``legacy_row_hash``) still match an unchanged row."""
 
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
         self.where = f"job '{job.name}' table '{t.name}'"
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
-        self._typed = staged_hashes(t, staging_path(job.name), borrowed)
+        self.t = t
+        self.path = staging_path(job.name)
+        self.borrowed = borrowed
+        self._typed = staged_hashes(t, self.path, borrowed)
         # for records: the staged live rows' hashes (a hash covers the key, so membership
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
+        self._retag: list[pa.Table] = []  # key, old and new hash of rows matched by an old hash
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
@@ -243,26 +287,37 @@ class ChangedRows:
             self.con.unregister("rows_")
             self.con.unregister("known")
 
+    def _hashed(self, chunk: pa.Table, text: str) -> pa.Table:
+        """``__i`` (the row's position), the key and ``md5(text)`` of each of the chunk's rows."""
+        self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
+        try:
+            return self.con.execute(
+                f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
+                f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c ORDER BY __i"
+            ).fetch_arrow_table()
+        finally:
+            self.con.unregister("chunk_")
+
     def arrow(self, chunk: pa.Table) -> pa.Table:
         """The chunk's changed rows, with their hash column."""
         if HASH_COLUMN in chunk.column_names:
             chunk = chunk.drop_columns([HASH_COLUMN])
-        # a variant column (``Variants``) counts only where it has a value: a row without one
-        # hashes as it did before the column existed
-        variants = [c for c in chunk.column_names if _is_variant(c, chunk.column_names)]
-        values = ", ".join(f"{q(c)} := c.{q(c)}" for c in chunk.column_names if c not in variants)
-        text = f"CAST(struct_pack({values}) AS VARCHAR)" + "".join(
-            f" || coalesce('|{c}=' || CAST(c.{q(c)} AS VARCHAR), '')" for c in variants
-        )
-        self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
-        try:
-            hashed = self.con.execute(
-                f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
-                f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c"
-            ).fetch_arrow_table()
-        finally:
-            self.con.unregister("chunk_")
-        found = self._anti_join(hashed, self._known(hashed))
+        hashed = self._hashed(chunk, content_text(chunk.column_names))
+        known = self._known(hashed)
+        found = self._anti_join(hashed, known)
+        if known is not None and found.num_rows:
+            # not matched by the current hash: an unchanged row staged with an older one?
+            legacy = self._hashed(chunk.take(found["__i"]), _legacy_text(chunk.column_names))
+            still = self._anti_join(legacy, known)["__i"]
+            if len(still) < found.num_rows:  # unchanged, staged with an old hash: retag it
+                same = pc.invert(pc.is_in(legacy["__i"], value_set=still))
+                self._retag.append(
+                    legacy.filter(same)
+                    .rename_columns([*legacy.column_names[:-1], "_old"])
+                    .append_column("_new", found.filter(same)[HASH_COLUMN])
+                    .drop_columns(["__i"])
+                )
+            found = found.take(still)
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
 
     def is_staged(self, h: str) -> bool:
@@ -272,24 +327,50 @@ class ChangedRows:
             self._hashes = set(staged)
         return h in self._hashes
 
-    def record(self, row: dict[str, Any]) -> bool:
-        """For a per-record filter: whether the record changed; tags it with its hash."""
-        row.pop(HASH_COLUMN, None)
-        missing = [c for c in self.pk if row.get(c) is None]
-        if missing:
-            from deltaferry.errors import TerminalError
-
-            raise TerminalError(
-                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
-            )
-        h = row_hash(row)
+    def is_staged_record(self, row: dict[str, Any], h: str) -> bool:
+        """Whether the record ``row`` (``row_hash`` ``h``) is staged unchanged, by its hash or
+        by the one staged before null fields were left out (only a record with a null field
+        hashes differently)."""
         if self.is_staged(h):
+            return True
+        if not any(v is None for v in row.values()):
             return False
-        row[HASH_COLUMN] = h
+        old = legacy_row_hash(row)
+        if not self.is_staged(old):
+            return False
+        key = {c: [row[c]] for c in self.pk}
+        self._retag.append(pa.table({**key, "_old": [old], "_new": [h]}))
         return True
 
     def close(self) -> None:
-        self.con.close()
+        """Retag the unchanged rows matched by an old hash with their current one (so the
+        next read matches them directly, whatever the source's shape becomes), then close.
+        Safe after a failed load too: only a row still staged with that old hash changes."""
+        try:
+            if self._retag and self.path.exists():
+                self._write_retag(pa.concat_tables(self._retag, promote_options="permissive"))
+        except duckdb.Error:
+            pass  # an optimisation only: the next read matches those rows by the old hash again
+        finally:
+            self._retag = []
+            self.con.close()
+
+    def _write_retag(self, tags: pa.Table) -> None:
+        con = (
+            self.borrowed.cursor() if self.borrowed is not None
+            else duck.connect(self.path, alias="staging")
+        )
+        try:
+            if self.borrowed is not None:
+                con.execute("USE staging")
+            con.register("retag", tags)
+            match = " AND ".join(f"s.{q(c)} = r.{q(c)}" for c in self.pk)
+            con.execute(
+                f"UPDATE {STAGING_DATASET}.{q(self.t.name)} s SET {HASH_COLUMN} = r._new "
+                f"FROM retag r WHERE {match} AND s.{HASH_COLUMN} = r._old"
+            )
+        finally:
+            con.close()
 
 
 class ChangedByKey(ChangedRows):
@@ -308,6 +389,7 @@ class ChangedByKey(ChangedRows):
         self.con.execute("SET TimeZone = 'UTC'")
         self._typed = None
         self._hashes = None
+        self._retag = []
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))

@@ -356,7 +356,7 @@ def test_duplicates_resolve_the_same_in_every_order_and_cursor_format():
     from sources.rest_api.reads import TableRead
 
     class NothingStaged:
-        def is_staged(self, h: str) -> bool:
+        def is_staged_record(self, row: dict, h: str) -> bool:
             return False
 
     def winner(records: list[dict], cursor: str | None = "at") -> dict:

@@ -315,7 +315,7 @@ class TableRead:
                 if text <= pickle.load(spill)[0]:
                     return  # a tie, and the one read before has the larger canonical JSON
         pos = spill.seek(0, 2)
-        changed = not self.changed.is_staged(h)
+        changed = not self.changed.is_staged_record(row, h)
         pickle.dump((text, row if changed else None), spill, protocol=pickle.HIGHEST_PROTOCOL)
         index[key] = (rank, h, pos, changed)
 
