@@ -117,7 +117,10 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                     ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
                 )
                 out.warnings.append(note)
-        return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
+        return (
+            f"loads {result.load_ids} rows {result.rows_by_table} "
+            f"tombstones {result.tombstones_by_table}"
+        )
 
     ctx.step("extract", run)
     ctx.skipped.extend(set_aside)

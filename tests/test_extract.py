@@ -37,10 +37,11 @@ def _ctx(source: SourceResult, monkeypatch, *, unchanged: int = 0, gone: int = 0
         "stage_missing_as_tombstones",
         lambda ctx, t: gone if t.name == "orders" else 0,
     )
-    job = SimpleNamespace(
+    job: Any = SimpleNamespace(
         name="shop", tables=[SimpleNamespace(name="customers"), SimpleNamespace(name="orders")]
     )
-    return SyncContext(job=job, state=_State(), lake=None, run_id="r1", trace_id="t1")  # type: ignore[arg-type]
+    state: Any = _State()
+    return SyncContext(job=job, state=state, lake=None, run_id="r1", trace_id="t1")
 
 
 def test_the_source_report_becomes_a_typed_result_per_table(monkeypatch):
