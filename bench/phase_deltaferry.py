@@ -9,6 +9,7 @@ Runs in the project's environment with bench/ and the project root on PYTHONPATH
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -46,7 +47,7 @@ def main() -> None:
         "work_s": work,
         "import_s": imported,
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "extracted": summary.get("extracted"),
+        "extracted": dataclasses.asdict(summary["extracted"]) if summary.get("extracted") else None,
         "tables": tables,
         "steps": steps,
         "dlt_steps": dlt_steps,

@@ -265,10 +265,10 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
         "manifest",
         title=f"job {summary['job']}",
     )
-    extracted = summary.get("extracted") or {}
+    extracted = summary.get("extracted")  # deltaferry.extract.ExtractResult
     for name, s in summary["tables"].items():
         # rows held back before staging (a NULL key or cursor) count as quarantined too
-        held = int(extracted.get(f"{name}:held", 0))
+        held = extracted.table(name).held if extracted is not None else 0
         if s.get("batch") is None:
             table.add_row(name, "-", "0", "", "", str(held) if held else "", "", "no change")
         else:

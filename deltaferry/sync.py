@@ -896,6 +896,28 @@ def agree_with_lake(ctx: SyncContext, t: TableConfig) -> str:
     return f"lake and checkpoint agree at batch {ckpt.batch}"
 
 
+def agree_every_table(ctx: SyncContext) -> None:
+    """:func:`agree_with_lake` for every table of the job, each a ``lake-head`` step in the
+    operations log. Every table is checked, so one run names all that disagree: one
+    ``LakeMismatchError``, the first table's, naming the others."""
+    from deltaferry.errors import LakeMismatchError
+
+    stopped: list[tuple[str, LakeMismatchError]] = []
+    for t in ctx.job.tables:
+        try:
+            ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
+        except LakeMismatchError as e:
+            stopped.append((t.name, e))
+    if len(stopped) == 1:
+        raise stopped[0][1]
+    if stopped:
+        others = ", ".join(f"'{name}'" for name, _ in stopped[1:])
+        raise LakeMismatchError(
+            f"{stopped[0][1]} (tables {others} disagree with the lake too; `deltaferry reset` "
+            "takes --table once per table)"
+        )
+
+
 def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
     """Finish a planned batch left by an interrupted run. Returns what was done, or None."""
     plan = ctx.state.pending_plan(t.name)

@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from deltaferry.errors import ContractViolation, TransientError
+from deltaferry.extract import ExtractResult
 from deltaferry.sync import SyncContext
 
 
@@ -166,6 +167,11 @@ def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
         ).fetchall()
 
 
+def _rows_extracted(extracted: ExtractResult | None, table: str) -> int | str:
+    rows = extracted.table(table).rows if extracted is not None else None
+    return "" if rows is None else rows
+
+
 def publish_run_report(
     ctx: SyncContext, summary: dict[str, Any], error: BaseException | None = None
 ) -> None:
@@ -180,7 +186,7 @@ def publish_run_report(
         ]
         if error is not None:
             lines += ["", f"**Error:** {str(error)[:1500]}"]
-        extracted = summary.get("extracted") or {}
+        extracted = summary.get("extracted")  # absent when the run failed before it
         lines += [
             "",
             "| table | rows extracted | batch | rows published | upserts | deletes "
@@ -194,7 +200,7 @@ def publish_run_report(
             lines.append(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                     t.name,
-                    extracted.get(t.name, "") if isinstance(extracted, dict) else "",
+                    _rows_extracted(extracted, t.name),
                     s.get("batch") or "—",
                     s.get("rows", 0),
                     s.get("upserts", 0),

@@ -21,10 +21,12 @@ from prefect.runtime import flow_run, task_run
 from deltaferry.config import TableConfig, load_job
 from deltaferry.delta import Delta
 from deltaferry.errors import TransientError
+from deltaferry.extract import ExtractResult, run_extract
+from deltaferry.failpoints import failpoint
 from deltaferry.state import Plan
 from deltaferry.sync import (
     SyncContext,
-    agree_with_lake,
+    agree_every_table,
     commit,
     job_lock,
     open_context,
@@ -34,7 +36,6 @@ from deltaferry.sync import (
     upload_parts,
 )
 from flows.report import check_lag, emit, emit_failure, emit_retry, publish_run_report
-from sources import source_module
 
 
 def full_jitter_delays(retries: int, base: float, cap: float = 60.0) -> list[float]:
@@ -90,22 +91,7 @@ _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 def agree_step(ctx: SyncContext) -> None:
     """Check that the lake's chain of every table ends at this producer's checkpoint
     (``deltaferry/agreement.py``) before anything is recovered or published."""
-    from deltaferry.errors import LakeMismatchError
-
-    stopped: list[tuple[str, LakeMismatchError]] = []
-    for t in ctx.job.tables:  # every table is checked, so one run names all that disagree
-        try:
-            ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
-        except LakeMismatchError as e:
-            stopped.append((t.name, e))
-    if len(stopped) == 1:
-        raise stopped[0][1]
-    if stopped:
-        others = ", ".join(f"'{name}'" for name, _ in stopped[1:])
-        raise LakeMismatchError(
-            f"{stopped[0][1]} (tables {others} disagree with the lake too; `deltaferry reset` "
-            "takes --table once per table)"
-        )
+    agree_every_table(ctx)
 
 
 @task(name="recover", **_TASK)
@@ -115,60 +101,17 @@ def recover(ctx: SyncContext, t: TableConfig) -> str | None:
 
 
 @task(name="extract", **_TASK)
-def extract_step(ctx: SyncContext) -> dict[str, int]:
-    """Incremental dlt load of every table into staging (plus reconciled tombstones)."""
-
-    def run() -> str:
-        result = source_module(ctx.job).extract(ctx.job)
-        from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
-
-        for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
-            skip_unchanged(ctx, t)
-            gone = stage_missing_as_tombstones(ctx, t)
-            if gone:
-                extracted[f"{t.name}:tombstones"] = extracted.get(f"{t.name}:tombstones", 0) + gone
-        extracted.update(result.rows_by_table)
-        for table, columns in (result.columns or {}).items():  # for drift: dropped columns
-            ctx.source_columns[table] = set(columns)
-        for k, v in result.tombstones_by_table.items():
-            extracted[f"{k}:tombstones"] = v
-        for reason in result.retried or []:  # the source client's own retries (HTTP 429/5xx)
-            ctx.state.log(ctx.run_id, "extract", "source-retry", detail=reason[:2000])
-        for table, reasons in (result.skipped or {}).items():
-            # inputs set aside whole (a malformed file): recorded, the rest went on
-            extracted[f"{table}:skipped"] = len(reasons)
-            for reason in reasons:
-                ctx.state.log(ctx.run_id, "extract", "skipped", table=table, detail=reason[:2000])
-                get_run_logger().warning("%s", reason)
-                emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
-                skipped.append(reason)
-        for table, rows in (result.held or {}).items():
-            # rows that cannot be staged (a NULL key, a NULL cursor under quarantine)
-            extracted[f"{table}:held"] = len(rows)
-            ctx.state.record_held(ctx.run_id, table, rows)
-            reasons = sorted({r["reason"] for r in rows})
-            line = (
-                f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "
-                f"in quarantine: {'; '.join(reasons)}"
-            )
-            ctx.state.log(ctx.run_id, "extract", "held", table=table, detail=line[:2000])
-            get_run_logger().warning("%s", line)
-            skipped.append(line)
-        for table, notes in (result.duplicates or {}).items():
-            # a key read more than once in one read, resolved by the source's rule: recorded
-            for note in notes:
-                ctx.state.log(
-                    ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
-                )
-                get_run_logger().warning("%s", note)
-        return f"loads {result.load_ids} rows {result.rows_by_table} tombstones {result.tombstones_by_table}"
-
-    extracted: dict[str, int] = {}
-    skipped: list[str] = []
-    ctx.step("extract", run)
-    ctx.skipped.extend(skipped)
-    from deltaferry.failpoints import failpoint
-
+def extract_step(ctx: SyncContext) -> ExtractResult:
+    """Incremental dlt load of every table into staging (plus reconciled tombstones,
+    ``deltaferry/extract.py``); what the source set aside is logged and, for inputs
+    skipped whole, emitted as events."""
+    extracted = run_extract(ctx)
+    logger = get_run_logger()
+    for line in extracted.warnings:
+        logger.warning("%s", line)
+    for table, done in extracted.tables.items():
+        for reason in done.skipped:
+            emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
     failpoint("after_extract")
     return extracted
 

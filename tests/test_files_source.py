@@ -257,7 +257,7 @@ def test_malformed_files_are_set_aside_and_the_rest_publish(drops_job):
 
     out = drops_job.sync()
     assert batches(out) == {"orders": (2, 1), "events": (2, 1)}
-    assert out["extracted"]["orders:skipped"] == 2
+    assert len(out["extracted"].table("orders").skipped) == 2
     reasons = drops_job.skipped()
     assert [r[0] for r in reasons] == ["orders", "orders", "events"]
     assert reasons[0][1] == (
@@ -748,7 +748,7 @@ def test_a_row_without_a_key_is_held_back_and_the_rest_of_its_file_published(dro
     drop(d, "orders/1.csv", HEADER + "1,ann,1.5,2026-01-01,\n,nobody,2,2026-01-01,\n3,cy,3,2026-01-01,\n", T_9H)
     out = drops_job.sync()
     assert batches(out)["orders"] == (1, 2)
-    assert out["extracted"]["orders:held"] == 1
+    assert out["extracted"].table("orders").held == 1
     assert any("held back" in s and "primary key column(s) id missing or NULL" in s for s in out["skipped"])
     from deltaferry.state import StateStore
 

@@ -1,0 +1,127 @@
+"""The extract step of one sync, as a plain function: :func:`run_extract`.
+
+Owns everything the run's extract step does to the job's state, and what it found:
+
+- the source's incremental load of every table into staging (``sources/<kind>.extract``);
+- after the lake was adopted (a lost or reset home, ``deltaferry/adopt.py``), the
+  follow-up on the full re-extract: rows equal to what this producer's chain published are
+  marked as already published (``skip_unchanged``), and keys the lake holds that the
+  source no longer has are staged as tombstones (``stage_missing_as_tombstones``);
+- the operations log's entries for what the source reported: its client's own retries
+  (``source-retry``), inputs set aside whole (``skipped``), rows held back before staging
+  (``held``, and their quarantine records) and keys read more than once (``duplicate-key``);
+- the source's current columns, for drift (``ctx.source_columns``), and the run's lines
+  about what it went on without (``ctx.skipped``);
+- the step's own entry in the operations log (``ctx.step("extract", ...)``).
+
+It returns an :class:`ExtractResult`, one :class:`TableExtract` per table. It knows
+nothing of Prefect: ``flows/sync.py`` runs it as the ``extract`` task, retries it on
+``TransientError``, logs :attr:`ExtractResult.warnings` and emits
+``deltaferry.input.skipped`` from the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deltaferry.sync import SyncContext
+
+
+@dataclass
+class TableExtract:
+    """What one table's extract staged and set aside in one run."""
+
+    # rows the source staged (None when the source did not count them)
+    rows: int | None = None
+    # deletes the source staged
+    tombstones: int = 0
+    # keys the adopted lake holds that the full re-extract lacks, staged as deletes
+    adopted_tombstones: int = 0
+    # re-extracted rows equal to what the adopted chain published: not published again
+    unchanged: int = 0
+    # inputs set aside whole (a malformed file), one reason each
+    skipped: list[str] = field(default_factory=list)
+    # rows held back before staging (a NULL key or cursor), recorded in quarantine
+    held: int = 0
+    # keys read more than once, as the source resolved them, one note each
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExtractResult:
+    """What the extract step of one run did, per table."""
+
+    load_ids: list[str] = field(default_factory=list)
+    tables: dict[str, TableExtract] = field(default_factory=dict)
+    # the source client's own retries (HTTP 429/5xx), one reason each
+    retried: list[str] = field(default_factory=list)
+    # lines for the run's log at warning level, in the order they were found: inputs
+    # skipped, rows held back, duplicate keys
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> TableExtract:
+        """The table's result; an empty one for a table the extract did not report."""
+        return self.tables.get(name) or TableExtract()
+
+
+def run_extract(ctx: SyncContext) -> ExtractResult:
+    """Extract every table of the job into staging and record what the source set aside
+    (see the module's docstring). Errors are the source's (``TransientError`` for a
+    failure worth retrying); the step is written to the operations log either way."""
+    from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
+    from sources import source_module
+
+    out = ExtractResult(tables={t.name: TableExtract() for t in ctx.job.tables})
+    set_aside: list[str] = []  # what the run went on without, one line each
+
+    def run() -> str:
+        result = source_module(ctx.job).extract(ctx.job)
+        out.load_ids = list(result.load_ids)
+        for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
+            done = out.tables[t.name]
+            done.unchanged = skip_unchanged(ctx, t)
+            done.adopted_tombstones = stage_missing_as_tombstones(ctx, t)
+        for table, rows in result.rows_by_table.items():
+            out.tables.setdefault(table, TableExtract()).rows = rows
+        for table, columns in (result.columns or {}).items():  # for drift: dropped columns
+            ctx.source_columns[table] = set(columns)
+        for table, tombstones in result.tombstones_by_table.items():
+            out.tables.setdefault(table, TableExtract()).tombstones = tombstones
+        for reason in result.retried or []:  # the source client's own retries (HTTP 429/5xx)
+            out.retried.append(reason)
+            ctx.state.log(ctx.run_id, "extract", "source-retry", detail=reason[:2000])
+        for table, reasons in (result.skipped or {}).items():
+            # inputs set aside whole (a malformed file): recorded, the rest went on
+            out.tables.setdefault(table, TableExtract()).skipped = list(reasons)
+            for reason in reasons:
+                ctx.state.log(ctx.run_id, "extract", "skipped", table=table, detail=reason[:2000])
+                out.warnings.append(reason)
+                set_aside.append(reason)
+        for table, rows in (result.held or {}).items():
+            # rows that cannot be staged (a NULL key, a NULL cursor under quarantine)
+            out.tables.setdefault(table, TableExtract()).held = len(rows)
+            ctx.state.record_held(ctx.run_id, table, rows)
+            reasons = sorted({r["reason"] for r in rows})
+            line = (
+                f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "
+                f"in quarantine: {'; '.join(reasons)}"
+            )
+            ctx.state.log(ctx.run_id, "extract", "held", table=table, detail=line[:2000])
+            out.warnings.append(line)
+            set_aside.append(line)
+        for table, notes in (result.duplicates or {}).items():
+            # a key read more than once in one read, resolved by the source's rule: recorded
+            out.tables.setdefault(table, TableExtract()).duplicates = list(notes)
+            for note in notes:
+                ctx.state.log(
+                    ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
+                )
+                out.warnings.append(note)
+        return (
+            f"loads {result.load_ids} rows {result.rows_by_table} "
+            f"tombstones {result.tombstones_by_table}"
+        )
+
+    ctx.step("extract", run)
+    ctx.skipped.extend(set_aside)
+    return out
