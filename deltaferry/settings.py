@@ -61,7 +61,7 @@ class Settings(EnvSettings):
         "local state per job: staging DuckDB, dlt pipeline dir, state DuckDB (checkpoints, "
         "plans, operations log, quarantine)",
     )
-    config: Path = var(Path("deltaferry.toml"), "file", "jobs file, when no --config is given")
+    config: Path = var(Path("deltaferry.toml"), "file", "jobs file, when no `--config` is given")
     keys: Path | None = var(
         None,
         "directory",
