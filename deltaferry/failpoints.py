@@ -32,7 +32,7 @@ class FailpointSettings(EnvSettings):
 
     failpoint: str | None = var(None, "name", "the point that fires (one of POINTS)")
     failpoint_action: Literal["kill", "raise"] = var(
-        "kill", "action", "``kill`` sends SIGKILL to this process, ``raise`` raises FailpointHit"
+        "kill", "action", "`kill` sends SIGKILL to this process, `raise` raises FailpointHit"
     )
     failpoint_skip: int = var(0, "hits", "the first n hits pass", ge=0)
 
@@ -42,12 +42,12 @@ class FailpointHit(RuntimeError):
 
 
 def failpoint(name: str) -> None:
-    settings = read(FailpointSettings)
-    if settings.failpoint != name:
+    env = read(FailpointSettings)  # now: tests set these per test
+    if env.failpoint != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] <= settings.failpoint_skip:
+    if _hits[name] <= env.failpoint_skip:
         return
-    if settings.failpoint_action == "raise":
+    if env.failpoint_action == "raise":
         raise FailpointHit(f"failpoint {name}")
     os.kill(os.getpid(), signal.SIGKILL)
