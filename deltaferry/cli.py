@@ -25,6 +25,7 @@ from deltaferry import cli_contracts as _contracts
 from deltaferry import cli_runbook as _runbook
 from deltaferry import cli_quarantine as _quarantine
 from deltaferry.errors import ConfigError, DeltaferryError
+from deltaferry.settings import from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
@@ -34,13 +35,15 @@ err = Console(stderr=True)
 def one_line_errors(fn: F) -> F:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = False
         try:
+            debug = from_env().debug  # a bad DELTAFERRY_* value: one line, exit 2
             return fn(*args, **kwargs)
         except DeltaferryError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         except Exception as e:
-            if os.environ.get("DELTAFERRY_DEBUG"):
+            if debug:
                 raise
             err.print(
                 f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))} "

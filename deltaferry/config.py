@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deltaferry.errors import ConfigError
+from deltaferry.settings import from_env
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _PRODUCER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -166,8 +167,9 @@ class JobConfig:
 
 
 def deltaferry_home() -> Path:
-    """Root of all local state: staging, checkpoints, operations log."""
-    return Path(os.environ.get("DELTAFERRY_HOME", ".deltaferry")).resolve()
+    """Root of all local state: staging, checkpoints, operations log (``$DELTAFERRY_HOME``,
+    default ``./.deltaferry``, made absolute)."""
+    return from_env().home.resolve()
 
 
 def job_home(job: str) -> Path:
@@ -177,10 +179,10 @@ def job_home(job: str) -> Path:
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The jobs file: ``explicit``, else ``$DELTAFERRY_CONFIG``, else ``./deltaferry.toml``."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get("DELTAFERRY_CONFIG")
-    return Path(env) if env else Path("deltaferry.toml")
+    return from_env().config
 
 
 def load_jobs(path: str | os.PathLike[str] | None = None) -> dict[str, JobConfig]:

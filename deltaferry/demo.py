@@ -20,6 +20,7 @@ from rich.table import Table
 
 from deltaferry.config import deltaferry_home
 from deltaferry.errors import ConfigError
+from deltaferry.settings import from_env
 
 
 def ensure_bucket(bucket: str) -> None:
@@ -85,7 +86,7 @@ def run_demo(rounds: int, seed: int, workdir: Path | None, console: Console) -> 
     if not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
         server = start_local_s3()
         console.print(f"started S3-compatible server (moto) at {os.environ['AWS_ENDPOINT_URL_S3']}")
-    bucket = os.environ.get("DELTAFERRY_DEMO_BUCKET", "deltaferry-demo")
+    bucket = from_env().demo_bucket
     ensure_bucket(bucket)
     prefix = f"demo-{int(time.time())}"
     config = work / "deltaferry.toml"

@@ -9,15 +9,15 @@ file does not open.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from deltaferry.errors import ConfigError
+from deltaferry.settings import env_name, from_env
 
-KEY_ENV = "DELTAFERRY_DUCKDB_KEY"
+KEY_ENV = env_name("duckdb_key")
 
 
 def fetch_one(
@@ -33,7 +33,8 @@ def fetch_one(
 
 def encryption_key() -> str | None:
     """The configured encryption key, or None. Never log the result."""
-    return os.environ.get(KEY_ENV) or None
+    key = from_env().duckdb_key
+    return key.get_secret_value() if key else None
 
 
 def _httpfs_path() -> Path:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Literal
+
+from deltaferry.settings import EnvSettings, read, var
 
 POINTS = (
     "after_extract",
@@ -24,16 +27,27 @@ POINTS = (
 _hits: dict[str, int] = {}
 
 
+class FailpointSettings(EnvSettings):
+    """The crash tests' variables (read through ``deltaferry.settings.read``)."""
+
+    failpoint: str | None = var(None, "name", "the point that fires (one of POINTS)")
+    failpoint_action: Literal["kill", "raise"] = var(
+        "kill", "action", "`kill` sends SIGKILL to this process, `raise` raises FailpointHit"
+    )
+    failpoint_skip: int = var(0, "hits", "the first n hits pass", ge=0)
+
+
 class FailpointHit(RuntimeError):
     """Raised by a failpoint whose action is ``raise``."""
 
 
 def failpoint(name: str) -> None:
-    if os.environ.get("DELTAFERRY_FAILPOINT") != name:
+    env = read(FailpointSettings)  # now: tests set these per test
+    if env.failpoint != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] <= int(os.environ.get("DELTAFERRY_FAILPOINT_SKIP", "0")):
+    if _hits[name] <= env.failpoint_skip:
         return
-    if os.environ.get("DELTAFERRY_FAILPOINT_ACTION", "kill") == "raise":
+    if env.failpoint_action == "raise":
         raise FailpointHit(f"failpoint {name}")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from deltaferry.config import deltaferry_home
 from deltaferry.errors import ConfigError, VerificationError
+from deltaferry.settings import from_env
 from destinations.manifest import canonical
 
 ALG = "ed25519"
@@ -46,7 +47,8 @@ class KeyInfo:
 
 
 def keyring_dir() -> Path:
-    return Path(os.environ.get("DELTAFERRY_KEYS") or deltaferry_home() / "keys")
+    """``$DELTAFERRY_KEYS``, default ``$DELTAFERRY_HOME/keys``."""
+    return from_env().keys or deltaferry_home() / "keys"
 
 
 class Keyring:

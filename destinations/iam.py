@@ -12,11 +12,11 @@ log (``*/overrides/*``) is for operators and is not in this policy.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError
+from deltaferry.settings import from_env
 from destinations.lake import parse_lake_url
 
 
@@ -60,7 +60,7 @@ def policy_for(job: JobConfig, *, allow_delete: bool = False) -> dict[str, Any]:
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         },
     ]
-    if os.environ.get("DELTAFERRY_OBJECT_LOCK_DAYS"):
+    if from_env().object_lock_days:
         statements.append(
             {
                 "Sid": "LockManifests",

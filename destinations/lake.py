@@ -16,6 +16,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from deltaferry.errors import ConfigError, TerminalError, TransientError
+from deltaferry.settings import from_env
 
 
 @dataclass(frozen=True)
@@ -185,15 +186,13 @@ def s3_client_config() -> object:
     """
     from botocore.config import Config
 
+    env = from_env()
     return Config(
-        retries={
-            "mode": "standard",
-            "max_attempts": int(os.environ.get("DELTAFERRY_S3_MAX_ATTEMPTS", "5")),
-        },
-        connect_timeout=float(os.environ.get("DELTAFERRY_S3_CONNECT_TIMEOUT", "5")),
-        read_timeout=float(os.environ.get("DELTAFERRY_S3_READ_TIMEOUT", "30")),
-        request_checksum_calculation=os.environ.get("DELTAFERRY_S3_CHECKSUM", "when_required"),
-        response_checksum_validation=os.environ.get("DELTAFERRY_S3_CHECKSUM", "when_required"),
+        retries={"mode": "standard", "max_attempts": env.s3_max_attempts},
+        connect_timeout=env.s3_connect_timeout,
+        read_timeout=env.s3_read_timeout,
+        request_checksum_calculation=env.s3_checksum,
+        response_checksum_validation=env.s3_checksum,
     )
 
 
@@ -217,7 +216,7 @@ def require_tls(endpoint: str, what: str) -> None:
         loopback = False
     if loopback:
         return
-    if os.environ.get("DELTAFERRY_ALLOW_INSECURE_HTTP") == "1":
+    if from_env().allow_insecure_http:
         logging.getLogger("deltaferry").warning(
             "%s: plain HTTP to %s allowed by DELTAFERRY_ALLOW_INSECURE_HTTP", what, host
         )
@@ -235,14 +234,15 @@ def aws_session() -> object:
     import boto3
 
     base = boto3.session.Session()
-    role = os.environ.get("DELTAFERRY_ASSUME_ROLE_ARN")
+    env = from_env()
+    role = env.assume_role_arn
     if not role:
         return base
     from botocore.credentials import RefreshableCredentials
     from botocore.session import get_session
 
     sts = base.client("sts")
-    duration = int(os.environ.get("DELTAFERRY_ASSUME_ROLE_SECONDS", "3600"))
+    duration = env.assume_role_seconds
 
     def fetch() -> dict[str, str]:
         c = sts.assume_role(RoleArn=role, RoleSessionName="deltaferry", DurationSeconds=duration)[
@@ -281,14 +281,12 @@ class S3LakeStore:
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         self._client = aws_session().client("s3", config=s3_client_config())
         _require_tls(self._client.meta.endpoint_url, self.url)
-        sse = os.environ.get("DELTAFERRY_S3_SSE", "AES256")
+        env = from_env()
+        sse = env.s3_sse
         self._sse: dict[str, str] = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
-        self._multipart_threshold = int(
-            os.environ.get("DELTAFERRY_S3_MULTIPART_THRESHOLD", str(64 * 1024 * 1024))
-        )
-        kms_key = os.environ.get("DELTAFERRY_S3_SSE_KMS_KEY_ID")
-        if sse == "aws:kms" and kms_key:
-            self._sse["SSEKMSKeyId"] = kms_key
+        self._multipart_threshold = env.s3_multipart_threshold
+        if sse == "aws:kms" and env.s3_sse_kms_key_id:
+            self._sse["SSEKMSKeyId"] = env.s3_sse_kms_key_id
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -351,14 +349,14 @@ class S3LakeStore:
         set (the bucket must have Object Lock enabled): a committed manifest can then be
         neither deleted nor overwritten until it expires. Mode: ``DELTAFERRY_OBJECT_LOCK_MODE``
         (``GOVERNANCE`` by default, or ``COMPLIANCE``)."""
-        days = os.environ.get("DELTAFERRY_OBJECT_LOCK_DAYS")
-        if not days:
+        env = from_env()
+        if not env.object_lock_days:
             return {}
         from datetime import UTC, datetime, timedelta
 
         return {
-            "ObjectLockMode": os.environ.get("DELTAFERRY_OBJECT_LOCK_MODE", "GOVERNANCE"),
-            "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=float(days)),
+            "ObjectLockMode": env.object_lock_mode,
+            "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=env.object_lock_days),
             "ChecksumAlgorithm": "SHA256",  # S3 requires an integrity checksum with Object Lock
         }
 

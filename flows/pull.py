@@ -8,7 +8,6 @@ winner and the rule. ``deltaferry conflicts JOB --replica R`` shows the same.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from deltaferry.settings import from_env
 from flows.report import artifact_key
 from flows.sync import _only_transient
 
@@ -24,7 +24,6 @@ from flows.sync import _only_transient
     name="pull",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3")),
     retry_delay_seconds=[2, 8, 30],
     retry_jitter_factor=1.0,
     retry_condition_fn=_only_transient,
@@ -80,7 +79,8 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
 
     failed: DeltaferryError | None = None
     try:
-        results = pull_step(job, replica, config)
+        retries = from_env().step_retries  # read now, not when this module loads
+        results = pull_step.with_options(retries=retries)(job, replica, config)
     except DeltaferryError as e:
         if getattr(e, "results", None) is None:
             raise

@@ -10,7 +10,6 @@ requests; the Prefect task retries below retry whole steps, only for
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
@@ -23,6 +22,7 @@ from deltaferry.delta import Delta
 from deltaferry.errors import TransientError
 from deltaferry.extract import ExtractResult, run_extract
 from deltaferry.failpoints import failpoint
+from deltaferry.settings import from_env
 from deltaferry.state import Plan
 from deltaferry.sync import (
     SyncContext,
@@ -58,9 +58,10 @@ def _only_transient(task: Any, run: Any, state: Any) -> bool:
 
 
 def _retrying(t: Any, name: str, ctx: SyncContext) -> Any:
-    retries = int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
-    base = float(os.environ.get("DELTAFERRY_RETRY_BASE_SECONDS", "2"))
-    delays = full_jitter_delays(retries, base)  # drawn per task: retries are not synchronised
+    env = from_env()
+    retries = env.step_retries
+    # drawn per task: retries are not synchronised
+    delays = full_jitter_delays(retries, env.retry_base_seconds)
     # kept on the run's context (not globally) so the operations log can say when the
     # next attempt comes; it goes away with the run
     ctx.retry_delays[name] = delays
@@ -214,7 +215,7 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
         ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
         ctx.attempt = _attempt
         ctx.next_delay = _next_delay(ctx)
-        ctx.max_attempts = 1 + int(os.environ.get("DELTAFERRY_STEP_RETRIES", "3"))
+        ctx.max_attempts = 1 + from_env().step_retries
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
         _tag_flow_run(ctx)
         current: str | None = None  # the table being worked on, for failure events

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_one
+from deltaferry.settings import from_env
 from sources.columns import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
 
 # dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
@@ -93,7 +94,7 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
             credentials, naming_convention=staging_naming(job, con)
         ),
         dataset_name=STAGING_DATASET,
-        progress="log" if os.environ.get("DELTAFERRY_DLT_PROGRESS") else None,
+        progress="log" if from_env().dlt_progress else None,
     )
     return pipeline, con
 

@@ -22,7 +22,6 @@ a proxy's error page).
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from typing import Any
@@ -33,6 +32,7 @@ from dlt.sources.rest_api import rest_api_resources
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
+from deltaferry.settings import from_env
 from sources.names import cursor_path
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
 from sources.staging import (
@@ -44,13 +44,6 @@ from sources.staging import (
     row_counts,
     run_load,
 )
-
-
-def _env(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise ConfigError(f"{name} must be a number") from None
 
 
 def _where(job: JobConfig, t: TableConfig | None = None) -> str:
@@ -69,7 +62,7 @@ class _Watch(requests.adapters.HTTPAdapter):
         super().__init__(**kwargs)
         self.job = job
         self.retried: list[str] = []
-        self.max_retry_after = _env("DELTAFERRY_HTTP_MAX_RETRY_AFTER", 300)
+        self.max_retry_after = from_env().http_max_retry_after
         self._lock = threading.Lock()
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
@@ -129,14 +122,15 @@ def _is_json(response: requests.Response) -> bool:
 def _session(job: JobConfig) -> tuple[requests.Session, _Watch]:
     from dlt.sources.helpers.requests import Client
 
+    env = from_env()
     client = Client(
-        request_timeout=_env("DELTAFERRY_HTTP_TIMEOUT", 30),
+        request_timeout=env.http_timeout,
         raise_for_status=False,  # rest_api raises, after dlt's retries, with a clean message
-        request_max_attempts=int(_env("DELTAFERRY_HTTP_ATTEMPTS", 5)),
-        request_backoff_factor=_env("DELTAFERRY_HTTP_BACKOFF", 1),
+        request_max_attempts=env.http_attempts,
+        request_backoff_factor=env.http_backoff,
         # dlt caps both its backoff and a server's Retry-After at this; a longer Retry-After
         # is refused by _Watch, so what the server asks for is what we wait
-        request_max_retry_delay=_env("DELTAFERRY_HTTP_MAX_RETRY_AFTER", 300),
+        request_max_retry_delay=env.http_max_retry_after,
         respect_retry_after_header=True,
     )
     watch = _Watch(job)

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry.duck import fetch_one
+from deltaferry.settings import from_env
 from sources.sql_database.settings import (
     DELETED_COLUMN,
     LOAD_ID_COLUMN,
@@ -128,7 +129,7 @@ def engine_for(job: JobConfig) -> sa.Engine:
     connect_args: dict[str, Any] = {}
     if url.drivername == "postgresql" and not _has_module("psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
-    timeout = int(os.environ.get("DELTAFERRY_SOURCE_CONNECT_TIMEOUT", "10"))
+    timeout = from_env().source_connect_timeout
     if url.drivername in ("postgresql+psycopg", "postgresql+psycopg2", "postgresql"):
         # libpq: give up connecting after the timeout; a peer that vanished (NAT state
         # dropped, host gone) is found by TCP keepalives within about a minute
@@ -186,11 +187,7 @@ class StallWatchdog:
 
     def __init__(self, engine: sa.Engine, timeout: float | None = None) -> None:
         # seconds a source read may go without any data before its connection is cut
-        self.timeout = timeout or float(os.environ.get("DELTAFERRY_SOURCE_STALL_TIMEOUT", "600"))
-        if not self.timeout > 0:
-            raise ConfigError(
-                "DELTAFERRY_SOURCE_STALL_TIMEOUT must be a positive number of seconds"
-            )
+        self.timeout = timeout or from_env().source_stall_timeout
         self.fired = 0
         self._fds: dict[int, int] = {}
         self._last = time.monotonic()

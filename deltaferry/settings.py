@@ -1,0 +1,187 @@
+"""Process settings: every ``DELTAFERRY_*`` environment variable deltaferry reads, in one place.
+
+(A job's settings come from the jobs file, ``deltaferry.config``; these are the process's.)
+
+``Settings`` declares each variable with its type, default, unit and meaning; the README's
+environment table lists the same variables with the same defaults (``tests/test_settings.py``
+holds it to that). ``from_env()`` reads the environment when it is called, never at import,
+so a variable set after import (a test's ``monkeypatch.setenv``, the demo setting
+``DELTAFERRY_HOME``) takes effect: call it where the value is used and do not keep the
+result. An empty value counts as unset. A value that does not parse is a ``ConfigError``
+(CLI exit 2) of one line naming the variable, the value and what is expected.
+
+The crash tests' failpoint variables are declared the same way next to their only user,
+``deltaferry.failpoints``, and read through ``read()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deltaferry.errors import ConfigError
+
+PREFIX = "DELTAFERRY_"
+
+
+def env_name(field: str) -> str:
+    """The variable of a settings field: ``step_retries`` is ``DELTAFERRY_STEP_RETRIES``."""
+    return PREFIX + field.upper()
+
+
+def var(default: Any, unit: str, meaning: str, **constraints: Any) -> Any:
+    """One variable's declaration: its default, unit (``seconds``, ``bytes``, ...) and a
+    one-line meaning; ``constraints`` are pydantic's (``ge``, ``gt``)."""
+    return Field(default, description=meaning, json_schema_extra={"unit": unit}, **constraints)
+
+
+class EnvSettings(BaseSettings):
+    """Fields read from ``DELTAFERRY_<FIELD>`` variables; unknown ones are left alone (the
+    test harness has its own)."""
+
+    model_config = SettingsConfigDict(
+        alias_generator=env_name,
+        case_sensitive=True,  # DELTAFERRY_HOME, not deltaferry_home
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+
+class Settings(EnvSettings):
+    """The process's settings, as the environment has them when ``from_env()`` is called."""
+
+    # local state, the jobs file, the CLI
+    home: Path = var(
+        Path(".deltaferry"),
+        "directory",
+        "local state per job: staging DuckDB, dlt pipeline dir, state DuckDB (checkpoints, "
+        "plans, operations log, quarantine)",
+    )
+    config: Path = var(Path("deltaferry.toml"), "file", "jobs file, when no `--config` is given")
+    keys: Path | None = var(
+        None,
+        "directory",
+        "keyring for manifest signing and verification; unset: `$DELTAFERRY_HOME/keys`",
+    )
+    duckdb_key: SecretStr | None = var(
+        None,
+        "key",
+        "encrypt staging, state and replica DuckDB files with this key (never logged)",
+    )
+    debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
+    demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
+
+    # the lake (S3)
+    s3_sse: str = var(
+        "AES256",
+        "algorithm",
+        "server-side encryption on every object (`AES256`, `aws:kms`, or `none`)",
+    )
+    s3_sse_kms_key_id: str | None = var(
+        None, "key id", "KMS key for `DELTAFERRY_S3_SSE=aws:kms`"
+    )
+    s3_checksum: Literal["when_required", "when_supported"] = var(
+        "when_required",
+        "mode",
+        "boto3 `request_checksum_calculation`/`response_checksum_validation` "
+        "(`when_required` for stores that reject the newer checksum headers, or "
+        "`when_supported`)",
+    )
+    s3_max_attempts: int = var(
+        5, "attempts", "botocore standard-mode attempts per S3 request", ge=1
+    )
+    s3_connect_timeout: float = var(5.0, "seconds", "S3 connect timeout", gt=0)
+    s3_read_timeout: float = var(30.0, "seconds", "S3 read timeout", gt=0)
+    s3_multipart_threshold: int = var(
+        64 * 1024 * 1024, "bytes", "objects from this size up are uploaded in parts", ge=1
+    )
+    object_lock_days: float | None = var(
+        None,
+        "days",
+        "write manifests with Object Lock retention (bucket must have Object Lock): a "
+        "committed batch cannot be deleted or overwritten",
+        gt=0,
+    )
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = var(
+        "GOVERNANCE", "mode", "Object Lock mode for `DELTAFERRY_OBJECT_LOCK_DAYS`"
+    )
+    assume_role_arn: str | None = var(
+        None, "ARN", "assume this role through STS for S3 access"
+    )
+    assume_role_seconds: int = var(
+        3600,
+        "seconds",
+        "lifetime of the assumed role's credentials (refreshed before they expire)",
+        ge=1,
+    )
+    allow_insecure_http: bool = var(
+        False,
+        "flag",
+        "`1` accepts plain HTTP to a non-loopback endpoint (logged as a warning)",
+    )
+
+    # sources
+    source_connect_timeout: int = var(
+        10, "seconds", "wait for a source database connection (PostgreSQL, MySQL)", ge=1
+    )
+    source_stall_timeout: float = var(
+        600.0,
+        "seconds",
+        "a source read may go this long without delivering a chunk of rows (or of keys, "
+        "when reconciling) before its connection is cut and the step retried (a link that "
+        "TCP keeps alive but that stopped forwarding; PostgreSQL connections also use TCP "
+        "keepalives)",
+        gt=0,
+    )
+    http_attempts: int = var(
+        5, "attempts", "REST sources: attempts per request (429, 5xx, connection errors)", ge=1
+    )
+    http_backoff: float = var(
+        1.0, "seconds", "REST sources: the backoff factor between attempts", ge=0
+    )
+    http_timeout: float = var(30.0, "seconds", "REST sources: the request timeout", gt=0)
+    http_max_retry_after: float = var(
+        300.0,
+        "seconds",
+        "REST sources: the longest `Retry-After` (and backoff) waited; a longer one fails "
+        "the step as transient",
+        ge=0,
+    )
+    dlt_progress: bool = var(False, "flag", "`1` makes dlt log its progress")
+
+    # retries of a run's steps (Prefect tasks)
+    step_retries: int = var(
+        3, "retries", "Prefect task retries per step (transient errors only)", ge=0
+    )
+    retry_base_seconds: float = var(
+        2.0, "seconds", "base of the steps' exponential backoff with full jitter", ge=0
+    )
+
+
+S = TypeVar("S", bound=EnvSettings)
+
+
+def read(model: type[S]) -> S:
+    """``model`` read from the environment now; a bad value is a one-line ConfigError."""
+    try:
+        return model()
+    except ValidationError as e:
+        raise ConfigError("; ".join(_problem(err) for err in e.errors())) from None
+
+
+def from_env() -> Settings:
+    """The process's settings as the environment has them now (read at each call)."""
+    return read(Settings)
+
+
+def _problem(err: Any) -> str:
+    """``DELTAFERRY_X='value' is not valid: expected ...`` for one of pydantic's errors."""
+    name = str(err["loc"][0])  # the field's alias: its variable
+    message = str(err["msg"])
+    expected = message.removeprefix("Input should be ")
+    said = f"expected {expected}" if expected != message else message
+    return f"{name}={err.get('input')!r} is not valid: {said}"
