@@ -21,7 +21,9 @@ import duckdb
 
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
+from deltaferry.delta import SEQ_COLUMN
 from deltaferry.errors import ConflictError
+from deltaferry.merge import HLC_COLUMN, PRODUCER_COLUMN
 from deltaferry.replica import pull
 from deltaferry.state import Plan
 from deltaferry.verify import list_batches
@@ -145,13 +147,18 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         if not loads or not staged:
             return 0
         key = list(t.primary_key)
-        common = [
-            c
-            for c in staged
-            if c in base_cols and c not in INTERNAL_COLUMNS and c != DELETED_COLUMN and c not in key
-        ]
+        data = [c for c in staged if c not in INTERNAL_COLUMNS and c != DELETED_COLUMN and c not in key]
+        common = [c for c in data if c in base_cols]
         match = " AND ".join(f"b.{q(c)} = s.{q(c)}" for c in key)
-        same = " AND ".join([match, *(f"b.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in common)])
+        same = [match, *(f"b.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in common)]
+        shape = _shape_rule(ctx, t)
+        if shape is None:
+            # same shape as published: a column only one side has is a change where it has a
+            # value (a column the source gained with values, one it dropped or renamed)
+            only_base = [c for c in base_cols if c not in staged and c not in _REPLICA_COLUMNS]
+            same += [f"s.{q(c)} IS NULL" for c in data if c not in base_cols]
+            same += [f"b.{q(c)} IS NULL" for c in only_base]
+        same = " AND ".join(same)
         deleted = " OR ".join(delete_conditions(t, staged)) or "false"
         lids = ", ".join("?" for _ in loads)
         key_sql = duck.encryption_key()
@@ -186,9 +193,34 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         "info",
         table=t.name,
         detail=f"{marked} re-extracted row(s) equal what this producer's chain published up to "
-        f"batch {at}: not published again",
+        f"batch {at}: not published again" + (f" ({shape})" if shape else ""),
     )
     return int(marked)
+
+
+# columns a replica keeps besides the published ones (merge.py, delta.py)
+_REPLICA_COLUMNS = frozenset({SEQ_COLUMN, PRODUCER_COLUMN, HLC_COLUMN})
+
+
+def _shape_rule(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
+    """None when the chain's head was published at the contract version the source's rows
+    have (so staged and published rows have the same columns, and a column only one side has
+    is a change); else why only the columns both sides have are compared (a migration
+    between them renames or drops columns by design)."""
+    from deltaferry.sync import source_version
+
+    chain = ctx.chains.get(t.name)
+    head = ctx.state.last_manifest(t.name) or {}
+    published = (head.get("contract") or {}).get("version")
+    if chain is None or published is None:
+        return None
+    source = source_version(ctx.job, t, chain)
+    if published == source:
+        return None
+    return (
+        f"compared on the columns both have: the head was published at v{published}, "
+        f"the source's rows are v{source}"
+    )
 
 
 def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001

@@ -150,3 +150,83 @@ def test_api_records_that_gain_a_null_field_are_not_republished(full_items, api,
     api.items[4]["name"] = "item four"
     out = full_items.sync()["tables"]["items"]
     assert out["rows"] == 1, out
+
+
+# --- after a reset (or a lost home): the re-read is compared with what the chain published --
+
+LOOSE_JOB = """
+[jobs.j]
+source = "sql_database"
+url = "sqlite:///{db}"
+lake = "s3://{bucket}/lake"
+
+[[jobs.j.tables]]
+name = "t"
+primary_key = ["id"]
+contract = "tests.contracts_sqltypes:Loose"
+"""
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [
+        # a column gained with a value in every row / in two rows
+        ("ALTER TABLE t ADD COLUMN c INTEGER DEFAULT 5", {i: 5 for i in range(1, 9)}),
+        ("ALTER TABLE t ADD COLUMN c TEXT; UPDATE t SET c = 'v' WHERE id IN (2, 7)", {2: "v", 7: "v"}),
+        # a column renamed: its values now live under the new name
+        ("ALTER TABLE t RENAME COLUMN name TO c", {i: f"n{i}" for i in range(1, 9)}),
+        # a column NULL everywhere: no change at all
+        ("ALTER TABLE t ADD COLUMN c TEXT", {}),
+    ],
+    ids=["gained-default", "gained-two-values", "renamed", "gained-null"],
+)
+def test_a_reset_publishes_a_shape_change_it_did_not_see(
+    tmp_path, home, bucket, prefect_api, change, want
+):
+    """Regression (fresh-user trial of issue 19): after `reset`, the re-read rows were
+    compared with the adopted chain on the columns both had only, so a column the source
+    gained with values, or renamed, while the position was lost was never published. Now
+    a column only one side has is a change where it has a value (the chain was published at
+    the source's own contract version). Checked against the source with sqlite3/duckdb."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    src = sqlite3.connect(db)
+    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, extra TEXT)")
+    src.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, f"n{i}", "x") for i in range(1, 9)])
+    src.commit()
+    config = tmp_path / "jobs.toml"
+    config.write_text(LOOSE_JOB.format(db=db, bucket=bucket))
+    assert sync_job(job="j", config=str(config))["tables"]["t"]["rows"] == 8
+    src.executescript(change)
+    src.commit()
+    reset = CliRunner().invoke(
+        cli, ["reset", "j", "--table", "t", "--reason", "trial", "--config", str(config)]
+    )
+    assert reset.exit_code == 0, reset.output
+    out = sync_job(job="j", config=str(config))["tables"]["t"]
+    assert (out.get("rows") or 0) == len(want), out
+    assert sync_job(job="j", config=str(config))["tables"]["t"]["batch"] is None  # settled
+    replica = tmp_path / "replica.duckdb"
+    pulled = CliRunner().invoke(
+        cli, ["pull", "j", "--replica", str(replica), "--config", str(config)]
+    )
+    assert pulled.exit_code == 0, pulled.output
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        held = {r[0] for r in con.execute("DESCRIBE t").fetchall()}
+        names = [r[1] for r in src.execute("PRAGMA table_info(t)").fetchall() if r[1] in held]
+        got = {r[0]: r for r in con.execute(f"SELECT {', '.join(names)} FROM t").fetchall()}
+    finally:
+        con.close()
+    source = {r[0]: r for r in src.execute(f"SELECT {', '.join(names)} FROM t").fetchall()}
+    assert got == source
+    # a source column the replica lacks is one nothing was ever given to
+    for (name,) in src.execute("SELECT name FROM pragma_table_info('t')").fetchall():
+        if name not in held:
+            assert src.execute(f"SELECT count({name}) FROM t").fetchone()[0] == 0, name
