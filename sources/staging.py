@@ -328,6 +328,23 @@ class ChangedRows:
             self._hashes = set(staged)
         return h in self._hashes
 
+    def record(self, row: dict[str, Any]) -> bool:
+        """For a per-record filter (``extract_records``): whether the record changed; tags it
+        with its hash."""
+        row.pop(HASH_COLUMN, None)
+        missing = [c for c in self.pk if row.get(c) is None]
+        if missing:
+            from deltaferry.errors import TerminalError
+
+            raise TerminalError(
+                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
+            )
+        h = row_hash(row)
+        if self.is_staged_record(row, h):
+            return False
+        row[HASH_COLUMN] = h
+        return True
+
     def is_staged_record(self, row: dict[str, Any], h: str) -> bool:
         """Whether the record ``row`` (``row_hash`` ``h``) is staged unchanged, by its hash or
         by the one staged before null fields were left out (only a record with a null field
