@@ -151,10 +151,15 @@ def staged_keyed(
     borrowed: duckdb.DuckDBPyConnection | None,
     column: str,
     only: pa.Table | None = None,
+    *,
+    whole: bool = False,
 ) -> pa.Table | None:
     """Primary key and ``column`` of every live staged row where it is set (of the keys in
     ``only``, a table of key columns, when given), or None before the first load (or when
-    the table was staged without that column)."""
+    the table was staged without that column). With ``whole``, every other column of the
+    row too except staging's own (``INTERNAL_COLUMNS``)."""
+    from sources.columns import INTERNAL_COLUMNS
+
     if not path.exists():
         return None
     con = read_staging(path, borrowed)
@@ -166,17 +171,42 @@ def staged_keyed(
             return None
         live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
         keys = ", ".join(f"s.{q(c)}" for c in t.primary_key)
+        rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
+        more = "".join(f", s.{q(c)}" for c in rest) if whole else ""
         among = ""
         if only is not None:
             con.register("only_keys", only)
             match = " AND ".join(f"s.{q(c)} = k.{q(c)}" for c in t.primary_key)
             among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
         return con.execute(
-            f"SELECT {keys}, s.{q(column)} FROM {STAGING_DATASET}.{q(t.name)} s "
+            f"SELECT {keys}, s.{q(column)}{more} FROM {STAGING_DATASET}.{q(t.name)} s "
             f"WHERE {live} AND s.{q(column)} IS NOT NULL{among}"
         ).fetch_arrow_table()
     finally:
         con.close()
+
+
+def source_shift(job: JobConfig, t: TableConfig) -> tuple[Any, int, int] | None:
+    """``(chain, old, new)`` when the table's source rows moved to another version of its
+    contract chain since its newest batch was planned (``source_version`` changed: the
+    source renamed or reshaped columns as a migration of the chain does), else None. The
+    old version is the source version that batch's manifest records (its ``migration``'s
+    ``from``, else its contract version)."""
+    from contracts import load_chain
+    from deltaferry.state import StateStore
+
+    try:
+        chain = load_chain(t.contract, where=f"job '{job.name}' table '{t.name}'")
+        if len(chain.versions) < 2:
+            return None
+        head = StateStore(job.name).last_manifest(t.name) or {}
+    except Exception:  # noqa: BLE001 - a bad contract or state is reported by the run itself
+        return None
+    new = t.source_version or chain.latest
+    old = (head.get("migration") or {}).get("from") or (head.get("contract") or {}).get("version")
+    if old is None or old == new or old not in chain.versions or not chain.reachable(old, new):
+        return None
+    return chain, old, new
 
 
 def staged_hashes(
@@ -267,6 +297,7 @@ class ChangedRows:
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
         self._retag: list[pa.Table] = []  # key, old and new hash of rows matched by an old hash
+        self._shift = source_shift(job, t)
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
@@ -319,7 +350,58 @@ class ChangedRows:
                     .drop_columns(["__i"])
                 )
             found = found.take(still)
+        if self._shift is not None and found.num_rows:
+            found = self._migrated_match(chunk, hashed, found)
         return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
+
+    def _migrated_match(self, chunk: pa.Table, hashed: pa.Table, found: pa.Table) -> pa.Table:
+        """``found`` without the rows equal to their staged version taken through the chain's
+        migration from the old source version to the new one (``source_shift``): a column
+        the source renamed as the chain's migration renames it is no change. Those rows are
+        retagged. Anything that cannot be compared (the migration refuses a row, a key
+        column renamed) counts as changed: republished, which is safe."""
+        chain, old, new = self._shift
+        rows = hashed.take(found["__i"])  # __i (chunk positions), key, current hash
+        try:
+            staged = staged_keyed(
+                self.t, self.path, self.borrowed, HASH_COLUMN, rows.select(self.pk), whole=True
+            )
+            if staged is None or not staged.num_rows:
+                return found
+            moved = chain.migrate_arrow(staged.drop_columns([HASH_COLUMN]), old, new)
+            if moved.num_rows != staged.num_rows:
+                return found
+            # typed as the source's rows are now, so equal values print alike
+            for name in set(moved.column_names) & set(chunk.column_names):
+                want = chunk.schema.field(name).type
+                if moved.schema.field(name).type != want:
+                    try:
+                        cast = pc.cast(moved[name], want)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        continue
+                    moved = moved.set_column(moved.column_names.index(name), name, cast)
+            then = self._hashed(moved, content_text(moved.column_names))
+            still = self._anti_join(rows, then)["__i"]
+        except Exception:  # noqa: BLE001 - not comparable: counted as changed (safe)
+            return found
+        if len(still) == rows.num_rows:
+            return found
+        same = rows.filter(pc.invert(pc.is_in(rows["__i"], value_set=still)))
+        self.con.register("same_", same)
+        self.con.register("staged_", staged.select([*self.pk, HASH_COLUMN]))
+        try:
+            keys = ", ".join(f"m.{q(c)}" for c in self.pk)
+            match = " AND ".join(f"m.{q(c)} = s.{q(c)}" for c in self.pk)
+            self._retag.append(
+                self.con.execute(
+                    f"SELECT {keys}, s.{HASH_COLUMN} AS _old, m.{HASH_COLUMN} AS _new "
+                    f"FROM same_ m JOIN staged_ s ON {match}"
+                ).fetch_arrow_table()
+            )
+        finally:
+            self.con.unregister("same_")
+            self.con.unregister("staged_")
+        return found.filter(pc.is_in(found["__i"], value_set=still))
 
     def is_staged(self, h: str) -> bool:
         """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
@@ -408,6 +490,7 @@ class ChangedByKey(ChangedRows):
         self._typed = None
         self._hashes = None
         self._retag = []
+        self._shift = source_shift(job, t)
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))

@@ -230,3 +230,48 @@ def test_a_reset_publishes_a_shape_change_it_did_not_see(
     for (name,) in src.execute("SELECT name FROM pragma_table_info('t')").fetchall():
         if name not in held:
             assert src.execute(f"SELECT count({name}) FROM t").fetchone()[0] == 0, name
+
+
+@pytest.mark.parametrize("mode", ["cursor", "full-compare"])
+def test_a_rename_the_contract_chain_maps_republishes_only_real_change(shop_job, shop, tmp_path, mode):
+    """The source renames `name` to `full_name` and the job moves `source_version` to the
+    chain's v2, whose migration is that rename: rows read again (the cursor boundary, or
+    every row in full-compare mode) are compared with their staged version taken through
+    the migration, so only the 4 edited rows go out (was: every row read again)."""
+    from flows.sync import sync_job
+
+    shop.round(12, 0, churn=0)
+    text = shop_job.config.read_text()
+    if mode == "full-compare":
+        text = text.replace(*FULL_COMPARE)
+    v1 = tmp_path / "v1.toml"
+    v1.write_text(
+        text.replace("contracts.shop:Customers", "tests.contracts_versions:Renamed").replace(
+            '"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1'
+        )
+    )
+    assert sync_job(job="shop", config=str(v1))["tables"]["customers"]["rows"] == 12
+    shop.con.execute("ALTER TABLE customers RENAME COLUMN name TO full_name")
+    shop.con.commit()
+    for cid in (1, 2, 3, 4):
+        _touch(shop, cid, "JP")
+    v2 = tmp_path / "v2.toml"
+    v2.write_text(v1.read_text().replace("source_version = 1", "source_version = 2"))
+    out = sync_job(job="shop", config=str(v2))["tables"]["customers"]
+    assert out["rows"] == 4, out
+    assert sync_job(job="shop", config=str(v2))["tables"]["customers"]["batch"] is None
+    # a real edit of the renamed column still goes out
+    shop.con.execute("UPDATE customers SET full_name = 'Ada', updated_at = ? WHERE id = 9", (shop._tick(),))
+    shop.con.commit()
+    assert sync_job(job="shop", config=str(v2))["tables"]["customers"]["rows"] == 1
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+
+    pull(load_job("shop", v2), shop_job.lake(), shop_job.replica)
+    want = shop.con.execute("SELECT id, full_name, country FROM customers ORDER BY id").fetchall()
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    try:
+        got = con.execute("SELECT id, full_name, country FROM customers ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert got == want
