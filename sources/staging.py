@@ -307,28 +307,30 @@ class ChangedRows:
         """Positions (``__i``) and hashes of the rows not staged with the same hash."""
         if known is None:
             return rows.select(["__i", HASH_COLUMN])
-        self.con.register("known", known)
-        self.con.register("rows_", rows)
         match = " AND ".join(f"k.{q(c)} = r.{q(c)}" for c in [*self.pk, HASH_COLUMN])
+        return self._query(
+            {"known": known, "rows_": rows},
+            f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
+            f"(SELECT 1 FROM known k WHERE {match}) ORDER BY __i",
+        )
+
+    def _query(self, tables: dict[str, pa.Table], sql: str) -> pa.Table:
+        """``sql``'s result, with ``tables`` registered under their names while it runs."""
+        for name, table in tables.items():
+            self.con.register(name, table)
         try:
-            return self.con.execute(
-                f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
-                f"(SELECT 1 FROM known k WHERE {match}) ORDER BY __i"
-            ).fetch_arrow_table()
+            return self.con.execute(sql).fetch_arrow_table()
         finally:
-            self.con.unregister("rows_")
-            self.con.unregister("known")
+            for name in tables:
+                self.con.unregister(name)
 
     def _hashed(self, chunk: pa.Table, text: str) -> pa.Table:
         """``__i`` (the row's position), the key and ``md5(text)`` of each of the chunk's rows."""
-        self.con.register("chunk_", chunk.append_column("__i", pa.array(range(chunk.num_rows))))
-        try:
-            return self.con.execute(
-                f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
-                f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c ORDER BY __i"
-            ).fetch_arrow_table()
-        finally:
-            self.con.unregister("chunk_")
+        return self._query(
+            {"chunk_": chunk.append_column("__i", pa.array(range(chunk.num_rows)))},
+            f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
+            f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c ORDER BY __i",
+        )
 
     def arrow(self, chunk: pa.Table) -> pa.Table:
         """The chunk's changed rows, with their hash column."""
@@ -387,20 +389,15 @@ class ChangedRows:
         if len(still) == rows.num_rows:
             return found
         same = rows.filter(pc.invert(pc.is_in(rows["__i"], value_set=still)))
-        self.con.register("same_", same)
-        self.con.register("staged_", staged.select([*self.pk, HASH_COLUMN]))
-        try:
-            keys = ", ".join(f"m.{q(c)}" for c in self.pk)
-            match = " AND ".join(f"m.{q(c)} = s.{q(c)}" for c in self.pk)
-            self._retag.append(
-                self.con.execute(
-                    f"SELECT {keys}, s.{HASH_COLUMN} AS _old, m.{HASH_COLUMN} AS _new "
-                    f"FROM same_ m JOIN staged_ s ON {match}"
-                ).fetch_arrow_table()
+        keys = ", ".join(f"m.{q(c)}" for c in self.pk)
+        match = " AND ".join(f"m.{q(c)} = s.{q(c)}" for c in self.pk)
+        self._retag.append(
+            self._query(
+                {"same_": same, "staged_": staged.select([*self.pk, HASH_COLUMN])},
+                f"SELECT {keys}, s.{HASH_COLUMN} AS _old, m.{HASH_COLUMN} AS _new "
+                f"FROM same_ m JOIN staged_ s ON {match}",
             )
-        finally:
-            self.con.unregister("same_")
-            self.con.unregister("staged_")
+        )
         return found.filter(pc.is_in(found["__i"], value_set=still))
 
     def is_staged(self, h: str) -> bool:

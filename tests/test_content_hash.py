@@ -30,6 +30,18 @@ def _touch(shop, cid: int, country: str) -> None:  # noqa: ANN001
     shop.con.commit()
 
 
+def _replica_is_source(shop, replica, columns: str) -> None:  # noqa: ANN001
+    """The replica's customers equal the source's, read with sqlite3 and duckdb (not
+    deltaferry's code)."""
+    sql = f"SELECT {columns} FROM customers ORDER BY id"
+    want = shop.con.execute(sql).fetchall()
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        assert con.execute(sql).fetchall() == want
+    finally:
+        con.close()
+
+
 def _full_compare(shop_job) -> None:  # noqa: ANN001
     shop_job.config.write_text(shop_job.config.read_text().replace(*FULL_COMPARE))
 
@@ -48,15 +60,8 @@ def test_a_full_compare_table_whose_source_gains_a_column_republishes_only_real_
     assert _batch_rows(shop_job, "customers", 2) == 1
     # nothing changed: nothing published
     assert shop_job.sync()["tables"]["customers"]["batch"] is None
-    # the replica equals the source (read with sqlite3 and duckdb, not deltaferry's code)
     shop_job.pull()
-    want = shop.con.execute("SELECT id, name, country FROM customers ORDER BY id").fetchall()
-    con = duckdb.connect(str(shop_job.replica), read_only=True)
-    try:
-        got = con.execute("SELECT id, name, country FROM customers ORDER BY id").fetchall()
-    finally:
-        con.close()
-    assert got == want
+    _replica_is_source(shop, shop_job.replica, "id, name, country")
 
 
 def test_hashes_staged_by_the_earlier_format_still_match_unchanged_rows(
@@ -268,10 +273,4 @@ def test_a_rename_the_contract_chain_maps_republishes_only_real_change(shop_job,
     from deltaferry.replica import pull
 
     pull(load_job("shop", v2), shop_job.lake(), shop_job.replica)
-    want = shop.con.execute("SELECT id, full_name, country FROM customers ORDER BY id").fetchall()
-    con = duckdb.connect(str(shop_job.replica), read_only=True)
-    try:
-        got = con.execute("SELECT id, full_name, country FROM customers ORDER BY id").fetchall()
-    finally:
-        con.close()
-    assert got == want
+    _replica_is_source(shop, shop_job.replica, "id, full_name, country")
