@@ -68,7 +68,8 @@ config_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deltaferry")
 def cli() -> None:
-    """deltaferry: checkpointed, verifiable incremental sync from SQL databases to an S3 lake.
+    """deltaferry: checkpointed, verifiable incremental sync from SQL databases, REST APIs and
+    file drops to an S3 lake, and back into replicas.
 
     State lives under $DELTAFERRY_HOME (default ./.deltaferry). Start with `deltaferry demo`.
     """

@@ -1,6 +1,6 @@
 """The steps of one sync, as plain functions; ``flows/sync.py`` runs them as Prefect tasks.
 
-Commit protocol per table (see DESIGN.md):
+Commit protocol per table (see docs/architecture.md, section 3 "Commit protocol and recovery"):
   plan (local, with exact manifest bytes) -> upload data objects -> put manifest
   create-only (the commit point) -> advance the local checkpoint.
 On start, a planned-but-uncommitted batch is finished first: manifest present and

@@ -259,7 +259,7 @@ def test_jobs_lists_every_job_and_table(tmp_path, home):
 
 
 HELP = {  # command: words of its purpose
-    "": "incremental sync from SQL databases",
+    "": "incremental sync from SQL databases, REST APIs and file drops to an S3 lake",
     "jobs": "List jobs and their tables",
     "run": "Run one sync of JOB",
     "pull": "Verify and apply every published batch",
