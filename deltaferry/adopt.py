@@ -154,9 +154,15 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         shape = _shape_rule(ctx, t)
         if shape is None:
             # same shape as published: a column only one side has is a change where it has a
-            # value (a column the source gained with values, one it dropped or renamed)
+            # value (a column the source gained with values, one it dropped or renamed) —
+            # a staged column only if it is published (a strict contract leaves out the
+            # columns it does not list: drift, under evolve or quarantine)
             only_base = [c for c in base_cols if c not in staged and c not in _REPLICA_COLUMNS]
-            same += [f"s.{q(c)} IS NULL" for c in data if c not in base_cols]
+            contract = ctx.contracts.get(t.name)
+            listed = set(contract.columns) if contract is not None else set()
+            loose = contract is None or contract.schema.strict is False
+            gained = [c for c in data if c not in base_cols and (loose or c in listed)]
+            same += [f"s.{q(c)} IS NULL" for c in gained]
             same += [f"b.{q(c)} IS NULL" for c in only_base]
         same = " AND ".join(same)
         deleted = " OR ".join(delete_conditions(t, staged)) or "false"

@@ -274,3 +274,37 @@ def test_a_rename_the_contract_chain_maps_republishes_only_real_change(shop_job,
 
     pull(load_job("shop", v2), shop_job.lake(), shop_job.replica)
     _replica_is_source(shop, shop_job.replica, "id, full_name, country")
+
+
+@pytest.mark.parametrize("mode", ["cursor", "full-compare"])
+def test_a_reset_does_not_count_a_column_the_contract_leaves_out(shop_job, shop, mode):
+    """Regression (second fresh-user trial of issue 19): under a strict contract with
+    `drift = "evolve"`, a column the source gained (with values) is left out of every batch;
+    after `reset` it counted as a change of every row, so each reset republished the whole
+    table unchanged (with several producers, winning every key back)."""
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    shop.round(12, 0, churn=0)
+    shop_job.write_config(drift="evolve")
+    if mode == "full-compare":
+        _full_compare(shop_job)
+    assert shop_job.sync()["tables"]["customers"]["rows"] == 12
+    shop.con.execute("ALTER TABLE customers ADD COLUMN extra TEXT DEFAULT 'd'")
+    shop.con.commit()
+    _touch(shop, 5, "JP")
+    # published without `extra`; the rows read again carry its value in staging, so they
+    # go out once (every row in full-compare mode, the boundary and the edit with a cursor)
+    assert shop_job.sync()["tables"]["customers"]["rows"] == (12 if mode == "full-compare" else 2)
+    for _ in range(2):
+        reset = CliRunner().invoke(
+            cli, ["reset", "shop", "--table", "customers", "--reason", "trial",
+                  "--config", str(shop_job.config)],
+        )
+        assert reset.exit_code == 0, reset.output
+        assert shop_job.sync()["tables"]["customers"]["batch"] is None
+    _touch(shop, 6, "FR")
+    assert shop_job.sync()["tables"]["customers"]["rows"] == 1
+    shop_job.pull()
+    _replica_is_source(shop, shop_job.replica, "id, name, country")
