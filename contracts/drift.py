@@ -43,6 +43,8 @@ from typing import Any
 import duckdb
 
 from contracts import Contract
+from deltaferry import duck
+from deltaferry.duck import ident
 
 POLICIES = ("freeze", "quarantine", "evolve")
 # dlt names a variant column <column><path separator>v_<type>: "__" under the snake_case
@@ -116,13 +118,7 @@ def detect(
     the rows being cut: new and variant columns count only with a value on one of them,
     and a staged contract column missing from ``source_columns`` (the source's columns
     now, when known) counts as dropped when it is NULL on all of them."""
-    staged = dict(
-        con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ?"
-            " AND table_name = ? AND table_catalog = current_database() ORDER BY ordinal_position",
-            [dataset, table],
-        ).fetchall()
-    )
+    staged = duck.column_types(con, table, dataset)
     known = set(contract.columns)
     drift = Drift(staged=staged)
     for column, typ in staged.items():
@@ -140,10 +136,9 @@ def detect(
     if scope is not None and staged:
         counted = [*drift.new, *drift.retyped, *gone]
         if counted:
-            q = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731
             counts = con.execute(
-                f"SELECT {', '.join(f'count(s.{q(c)})' for c in counted)} FROM {q(dataset)}."
-                f"{q(table)} s WHERE {scope[0]}",
+                f"SELECT {', '.join(f'count(s.{ident(c)})' for c in counted)}"
+                f" FROM {ident(dataset)}.{ident(table)} s WHERE {scope[0]}",
                 scope[1],
             ).fetchone()
             values = dict(zip(counted, counts, strict=True))

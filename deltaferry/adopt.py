@@ -22,6 +22,7 @@ import duckdb
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.delta import SEQ_COLUMN
+from deltaferry.duck import ident
 from deltaferry.errors import ConflictError
 from deltaferry.merge import HLC_COLUMN, PRODUCER_COLUMN
 from deltaferry.replica import pull
@@ -118,7 +119,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
     safe). Returns the rows marked; the count is written to the operations log."""
     from deltaferry.delta import delete_conditions, new_load_ids
     from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
-    from sources.staging import q, staged_columns, staging_path
+    from sources.staging import staged_columns, staging_path
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists() or not staging_path(ctx.job.name).exists():
@@ -126,14 +127,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
     base = duck.connect(path, read_only=True, alias="baseline")
     try:
         at = _baseline_batch(base, ctx.job.name, t.name, ctx.job.chain)
-        base_cols = [
-            r[0]
-            for r in base.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
-                " AND table_catalog = current_database()",
-                [t.name],
-            ).fetchall()
-        ]
+        base_cols = duck.columns(base, t.name, schema=None)
     finally:
         base.close()
     if at is None or at != ctx.state.checkpoint(t.name).batch or not base_cols:
@@ -149,8 +143,8 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         key = list(t.primary_key)
         data = [c for c in staged if c not in INTERNAL_COLUMNS and c != DELETED_COLUMN and c not in key]
         common = [c for c in data if c in base_cols]
-        match = " AND ".join(f"b.{q(c)} = s.{q(c)}" for c in key)
-        same = [match, *(f"b.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in common)]
+        match = " AND ".join(f"b.{ident(c)} = s.{ident(c)}" for c in key)
+        same = [match, *(f"b.{ident(c)} IS NOT DISTINCT FROM s.{ident(c)}" for c in common)]
         shape = _shape_rule(ctx, t)
         if shape is None:
             # same shape as published: a column only one side has is a change where it has a
@@ -162,8 +156,8 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             listed = set(contract.columns) if contract is not None else set()
             loose = contract is None or contract.schema.strict is False
             gained = [c for c in data if c not in base_cols and (loose or c in listed)]
-            same += [f"s.{q(c)} IS NULL" for c in gained]
-            same += [f"b.{q(c)} IS NULL" for c in only_base]
+            same += [f"s.{ident(c)} IS NULL" for c in gained]
+            same += [f"b.{ident(c)} IS NULL" for c in only_base]
         same = " AND ".join(same)
         deleted = " OR ".join(delete_conditions(t, staged)) or "false"
         lids = ", ".join("?" for _ in loads)
@@ -176,10 +170,10 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             con.execute("BEGIN TRANSACTION")
             began = True
             marked = con.execute(
-                f"UPDATE {STAGING_DATASET}.{q(t.name)} s SET {q(LOAD_ID_COLUMN)} = ? "
-                f"WHERE s.{q(LOAD_ID_COLUMN)} IN ({lids}) AND ("
-                f"(NOT ({deleted}) AND EXISTS (SELECT 1 FROM df_baseline.{q(t.name)} b WHERE {same}))"
-                f" OR (({deleted}) AND NOT EXISTS (SELECT 1 FROM df_baseline.{q(t.name)} b WHERE {match})))",
+                f"UPDATE {STAGING_DATASET}.{ident(t.name)} s SET {ident(LOAD_ID_COLUMN)} = ? "
+                f"WHERE s.{ident(LOAD_ID_COLUMN)} IN ({lids}) AND ("
+                f"(NOT ({deleted}) AND EXISTS (SELECT 1 FROM df_baseline.{ident(t.name)} b WHERE {same}))"
+                f" OR (({deleted}) AND NOT EXISTS (SELECT 1 FROM df_baseline.{ident(t.name)} b WHERE {match})))",
                 [ADOPTED_LOAD_ID, *loads],
             ).fetchone()[0]
             con.execute("COMMIT")
@@ -247,19 +241,19 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     from sources.staging import staging_path
 
     pk = list(t.primary_key)
-    keys = ", ".join(f'"{c}"' for c in pk)
+    keys = ", ".join(ident(c) for c in pk)
     base = duck.connect(path, read_only=True, alias="baseline")
     try:
-        lake_keys = base.sql(f'SELECT {keys} FROM "{t.name}"').to_arrow_table()
+        lake_keys = base.sql(f"SELECT {keys} FROM {ident(t.name)}").to_arrow_table()
     finally:
         base.close()
     staging = duck.connect(staging_path(ctx.job.name), read_only=True, alias="staging")
     try:
         staging.register("lake_keys", lake_keys)
-        match = " AND ".join(f'k."{c}" = s."{c}"' for c in pk)
+        match = " AND ".join(f"k.{ident(c)} = s.{ident(c)}" for c in pk)
         missing = staging.sql(
-            f"SELECT {', '.join('k.' + chr(34) + c + chr(34) for c in pk)} FROM lake_keys k "
-            f'WHERE NOT EXISTS (SELECT 1 FROM {STAGING_DATASET}."{t.name}" s WHERE {match})'
+            f"SELECT {', '.join('k.' + ident(c) for c in pk)} FROM lake_keys k "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {match})"
         ).to_arrow_table()
     finally:
         staging.close()

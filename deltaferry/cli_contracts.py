@@ -173,11 +173,11 @@ def register(ui: ModuleType) -> None:
             ]
             if not cols:
                 raise ConfigError(f"job '{job}' table '{table}' has nothing staged")
-            select = ", ".join(f'"{c}"' for c in cols)
+            select = ", ".join(duck.ident(c) for c in cols)
             # deletes carry only their key: nothing to validate
             deleted = delete_conditions(t, staged_columns(con, table))
             sql = (
-                f'SELECT {select} FROM {STAGING_DATASET}."{table}" WHERE '
+                f"SELECT {select} FROM {STAGING_DATASET}.{duck.ident(table)} WHERE "
                 + (f"NOT ({' OR '.join(deleted)})" if deleted else "true")
                 + (f" LIMIT {int(limit)}" if limit else "")
             )

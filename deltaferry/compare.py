@@ -19,7 +19,7 @@ from sources.sql_database import engine_for, staging_path
 from sources.sql_database.types import job_scope, sql_table
 from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
 from deltaferry import duck
-from deltaferry.duck import fetch_one
+from deltaferry.duck import fetch_one, ident
 
 
 @dataclass
@@ -34,10 +34,6 @@ class TableConvergence:
     @property
     def equal(self) -> bool:
         return self.missing_in_replica == 0 and self.extra_in_replica == 0
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def read_source(job: JobConfig, t: TableConfig) -> pa.Table:
@@ -70,10 +66,11 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
     try:
         for pk_json, load_id in entries:
             pk = json.loads(pk_json)
-            where = " AND ".join(f"CAST({_q(c)} AS VARCHAR) = ?" for c in t.primary_key)
+            where = " AND ".join(f"CAST({ident(c)} AS VARCHAR) = ?" for c in t.primary_key)
             row = fetch_one(
                 staged,
-                f"SELECT {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {where}",
+                f"SELECT {ident(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{ident(t.name)}"
+                f" WHERE {where}",
                 [str(pk[c]) for c in t.primary_key],
             )
             if row and row[0] == load_id:
@@ -91,11 +88,7 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
         for t in job.tables:
             src = read_source(job, t)
             held = outstanding_quarantine(job, t)
-            has_replica = fetch_one(
-                con,
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_catalog = current_database()",
-                [t.name],
-            )[0]
+            has_replica = duck.table_exists(con, t.name, schema=None)
             con.register("src", src)
             con.register(
                 "held",
@@ -103,21 +96,15 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
                 if held
                 else pa.table({c: pa.array([], pa.string()) for c in t.primary_key}),
             )
-            soft = f"WHERE {_q(t.soft_delete_column)} IS NULL" if t.soft_delete_column else ""
+            soft = f"WHERE {ident(t.soft_delete_column)} IS NULL" if t.soft_delete_column else ""
             # the columns the lake publishes: a source column the contract does not know
             # (source drift under the quarantine or evolve policy) is not compared
-            published = {
-                r[0]
-                for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main'"
-                    " AND table_name = ? AND table_catalog = current_database()",
-                    [t.name],
-                ).fetchall()
-            }
+            published = set(duck.columns(con, t.name))
             cols = [c for c in src.column_names if not has_replica or c in published]
-            collist = ", ".join(_q(c) for c in cols)
+            collist = ", ".join(ident(c) for c in cols)
             key_match = " AND ".join(
-                f"CAST(h.{_q(c)} AS VARCHAR) = CAST(x.{_q(c)} AS VARCHAR)" for c in t.primary_key
+                f"CAST(h.{ident(c)} AS VARCHAR) = CAST(x.{ident(c)} AS VARCHAR)"
+                for c in t.primary_key
             )
             not_held = f"NOT EXISTS (SELECT 1 FROM held h WHERE {key_match})"
             con.execute(
@@ -125,9 +112,9 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
             )
             if has_replica:
                 con.execute(
-                    f"CREATE OR REPLACE TEMP VIEW r AS SELECT {collist} FROM {_q(t.name)} x WHERE {not_held}"
+                    f"CREATE OR REPLACE TEMP VIEW r AS SELECT {collist} FROM {ident(t.name)} x WHERE {not_held}"
                 )
-                replica_rows = fetch_one(con, f"SELECT count(*) FROM {_q(t.name)}")[0]
+                replica_rows = fetch_one(con, f"SELECT count(*) FROM {ident(t.name)}")[0]
             else:
                 con.execute("CREATE OR REPLACE TEMP VIEW r AS SELECT * FROM s WHERE false")
                 replica_rows = 0

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
+from deltaferry.duck import ident
 from destinations.manifest import sha256
 from sources.staging import staged_columns
 from sources.columns import (
@@ -69,10 +70,6 @@ class Delta:
         return self.upserts + self.deletes
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[str]:
     """Completed dlt loads not yet accounted for by this table's checkpoints, oldest first."""
     try:
@@ -89,9 +86,9 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
     """SQL conditions, any of which makes a staged row a delete (a tombstone, a soft delete)."""
     deleted = []
     if DELETED_COLUMN in staged:
-        deleted.append(f"coalesce({_q(DELETED_COLUMN)}, false)")
+        deleted.append(f"coalesce({ident(DELETED_COLUMN)}, false)")
     if t.soft_delete_column:
-        deleted.append(f"{_q(t.soft_delete_column)} IS NOT NULL")
+        deleted.append(f"{ident(t.soft_delete_column)} IS NOT NULL")
     return deleted
 
 
@@ -107,11 +104,12 @@ def cut_where(
     ``released_rows``), registered on ``con`` for the query."""
     conds: list[str] = []
     if load_ids:
-        conds.append(f"s.{_q(LOAD_ID_COLUMN)} IN ({', '.join('?' for _ in load_ids)})")
+        conds.append(f"s.{ident(LOAD_ID_COLUMN)} IN ({', '.join('?' for _ in load_ids)})")
     if released is not None and released.num_rows:
         con.register(RELEASED_VIEW, released)
         match = " AND ".join(
-            f"r.{_q(c)} IS NOT DISTINCT FROM s.{_q(c)}" for c in [*t.primary_key, LOAD_ID_COLUMN]
+            f"r.{ident(c)} IS NOT DISTINCT FROM s.{ident(c)}"
+            for c in [*t.primary_key, LOAD_ID_COLUMN]
         )
         conds.append(f"EXISTS (SELECT 1 FROM {RELEASED_VIEW} r WHERE {match})")
     return " OR ".join(conds) or "false", list(load_ids)
@@ -132,9 +130,9 @@ def released_rows(
         return None
     lids = sorted({lid for _, lid in held})
     want = set(held)
-    cols = ", ".join(_q(c) for c in [*t.primary_key, LOAD_ID_COLUMN])
+    cols = ", ".join(ident(c) for c in [*t.primary_key, LOAD_ID_COLUMN])
     rows = con.execute(
-        f"SELECT {cols} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {_q(LOAD_ID_COLUMN)} IN "
+        f"SELECT {cols} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {ident(LOAD_ID_COLUMN)} IN "
         f"({', '.join('?' for _ in lids)})",
         lids,
     ).fetch_arrow_table()
@@ -171,12 +169,12 @@ def read_changes(
         if deleted
         else "'upsert'"
     )
-    select = ", ".join(_q(c) for c in data_cols)
-    order = ", ".join(_q(c) for c in t.primary_key)
+    select = ", ".join(ident(c) for c in data_cols)
+    order = ", ".join(ident(c) for c in t.primary_key)
     where, params = cut_where(con, t, load_ids, released)
     # execute() with parameters streams; the relation API with parameters was ~20x slower
     reader = con.execute(
-        f"SELECT {select}, {op} AS {OP_COLUMN}, {_q(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{_q(t.name)} s"
+        f"SELECT {select}, {op} AS {OP_COLUMN}, {ident(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{ident(t.name)} s"
         f" WHERE {where} ORDER BY {order}",
         params,
     ).to_arrow_reader(min(chunk_rows, 1_000_000))

@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry import duck
+from deltaferry.duck import ident
 from deltaferry.compare import outstanding_quarantine
 from deltaferry.config import JobConfig
 from sources.staging import staged_columns
@@ -40,10 +41,6 @@ class DrillTable:
         return self.missing_in_replica == 0 and self.extra_in_replica == 0
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
     """Rebuild a replica from the lake into a temporary file; compare with staging."""
     t0 = time.perf_counter()
@@ -59,40 +56,29 @@ def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
                 cols = staged_columns(staging, t.name)
                 data_cols = [c for c in cols if c not in INTERNAL_COLUMNS]
                 live = (
-                    [f"NOT coalesce({_q(DELETED_COLUMN)}, false)"] if DELETED_COLUMN in cols else []
+                    [f"NOT coalesce({ident(DELETED_COLUMN)}, false)"]
+                    if DELETED_COLUMN in cols
+                    else []
                 )
                 if t.soft_delete_column:
-                    live.append(f"{_q(t.soft_delete_column)} IS NULL")
+                    live.append(f"{ident(t.soft_delete_column)} IS NULL")
                 where = " AND ".join(live) or "true"
-                select = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in data_cols)
+                select = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in data_cols)
                 staged = (
                     staging.sql(
-                        f"SELECT {select} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {where}"
+                        f"SELECT {select} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {where}"
                     ).to_arrow_table()
                     if data_cols
                     else pa.table({})
                 )
-                has = duck.fetch_one(
-                    rep,
-                    "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
-                    " AND table_catalog = current_database()",
-                    [t.name],
-                )[0]
+                has = duck.table_exists(rep, t.name, schema=None)
                 if has:  # the published columns: a drifted source column is not in the lake
-                    published = {
-                        r[0]
-                        for r in rep.execute(
-                            "SELECT column_name FROM information_schema.columns"
-                            " WHERE table_schema = 'main' AND table_name = ?"
-                            " AND table_catalog = current_database()",
-                            [t.name],
-                        ).fetchall()
-                    }
+                    published = set(duck.columns(rep, t.name))
                     kept = [c for c in data_cols if c in published]
-                    select = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in kept)
+                    select = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in kept)
                     staged = staged.select(kept)
                 replica_rows = (
-                    rep.sql(f"SELECT {select} FROM {_q(t.name)}").to_arrow_table()
+                    rep.sql(f"SELECT {select} FROM {ident(t.name)}").to_arrow_table()
                     if has
                     else staged.slice(0, 0)
                 )
@@ -113,7 +99,7 @@ def _compare(
         con.register("r", replica)
         keys = pa.table({c: pa.array([str(h[c]) for h in held], pa.string()) for c in pk})
         con.register("held", keys)
-        match = " AND ".join(f"h.{_q(c)} = x.{_q(c)}" for c in pk)
+        match = " AND ".join(f"h.{ident(c)} = x.{ident(c)}" for c in pk)
         keep = f"NOT EXISTS (SELECT 1 FROM held h WHERE {match})"
         missing = duck.fetch_one(
             con,

@@ -31,6 +31,66 @@ def fetch_one(
     return rows[0] if rows else None
 
 
+def ident(name: str) -> str:
+    """``name`` as a DuckDB quoted identifier, for a table, column or schema name in SQL text:
+    ``order id`` -> ``"order id"``, ``a"b`` -> ``"a""b"`` (embedded quotes doubled). Any
+    string is kept exactly (case, spaces, dots, non-ASCII, keywords); never raises."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _in_current(table: str, schema: str | None) -> tuple[str, list[str]]:
+    """The ``information_schema`` condition (and its parameters) selecting ``table`` of
+    the current database, in ``schema`` or any schema."""
+    where = "table_name = ? AND table_catalog = current_database()"
+    if schema is None:
+        return where, [table]
+    return where + " AND table_schema = ?", [table, schema]
+
+
+def _column_rows(
+    con: duckdb.DuckDBPyConnection, table: str, schema: str | None
+) -> list[tuple[str, str]]:
+    where, params = _in_current(table, schema)
+    return con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        f" WHERE {where} ORDER BY ordinal_position",
+        params,
+    ).fetchall()
+
+
+def table_exists(
+    con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main"
+) -> bool:
+    """Whether the connection's current database has a table or view ``table`` in
+    ``schema`` (in any schema when ``schema`` is None).
+
+    Only the current database (``current_database()``) counts: with an encryption key the
+    file is attached and made current, and the empty in-memory database beside it, the
+    ``system`` and ``temp`` catalogs and other attached files are not looked at. ``table``
+    is the plain name (not quoted), compared with the stored name as it is (case
+    included). DuckDB errors (a closed connection) propagate."""
+    where, params = _in_current(table, schema)
+    found = fetch_one(con, f"SELECT count(*) FROM information_schema.tables WHERE {where}", params)
+    return bool(found[0]) if found else False
+
+
+def columns(con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main") -> list[str]:
+    """The column names of ``table`` in ``schema`` (any schema when None) of the current
+    database, in table order (``ordinal_position``); ``[]`` when there is no such table.
+    Looked up as in ``table_exists``."""
+    return [name for name, _ in _column_rows(con, table, schema)]
+
+
+def column_types(
+    con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main"
+) -> dict[str, str]:
+    """``{column name: DuckDB type}`` of ``table`` (``data_type`` of
+    ``information_schema.columns``, e.g. ``BIGINT``, ``VARCHAR``, ``TIMESTAMP WITH TIME
+    ZONE``), in table order; ``{}`` when there is no such table. Looked up as in
+    ``table_exists``."""
+    return dict(_column_rows(con, table, schema))
+
+
 def encryption_key() -> str | None:
     """The configured encryption key, or None. Never log the result."""
     key = from_env().duckdb_key

@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import fetch_one
+from deltaferry.duck import column_types, fetch_one, ident
 
 PRODUCER_COLUMN = "_producer"
 HLC_COLUMN = "_hlc"
@@ -84,10 +84,6 @@ CREATE TABLE IF NOT EXISTS _deltaferry_seen (
 """
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def versions_table(table: str) -> str:
     return f"_deltaferry_versions_{table}"
 
@@ -97,7 +93,7 @@ def key_expr(pk: list[str], alias: str = "") -> str:
     array of the values as text (``["eu","7"]``), so that no two keys share a text.
     Timestamps render in UTC: the connection's TimeZone is set by ``_utc``."""
     prefix = f"{alias}." if alias else ""
-    parts = [f"CAST({prefix}{_q(c)} AS VARCHAR)" for c in pk]
+    parts = [f"CAST({prefix}{ident(c)} AS VARCHAR)" for c in pk]
     return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
 
 
@@ -140,16 +136,7 @@ class TableShape:
 
     @property
     def versions(self) -> str:
-        return _q(versions_table(self.table))
-
-
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'main'"
-        " AND table_name = ? AND table_catalog = current_database() ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}
+        return ident(versions_table(self.table))
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> bool:
@@ -164,7 +151,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             f"job '{shape.job}' table '{shape.table}': column(s) {', '.join(clash)} are reserved "
             "for merging several producers; rename them in the source or the contract"
         )
-    existing = _columns(con, shape.table)
+    existing = column_types(con, shape.table)
     if existing and PRODUCER_COLUMN not in existing:
         raise ConfigError(
             f"job '{shape.job}' table '{shape.table}': this replica's table was pulled from a "
@@ -172,7 +159,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
         )
     added = False
     fields = [f for f in data.schema if f.name != OP_COLUMN]
-    pk = ", ".join(_q(c) for c in shape.pk)
+    pk = ", ".join(ident(c) for c in shape.pk)
     for name, extra, key in (
         (shape.table, [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")], pk),
         (
@@ -189,17 +176,17 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             None,
         ),
     ):
-        have = _columns(con, name)
+        have = column_types(con, name)
         if not have:
-            defs = [f"{_q(f.name)} {_duck_type(f)}" for f in fields]
-            defs += [f"{_q(c)} {t}" for c, t in extra]
+            defs = [f"{ident(f.name)} {_duck_type(f)}" for f in fields]
+            defs += [f"{ident(c)} {t}" for c, t in extra]
             if key:
                 defs.append(f"PRIMARY KEY ({key})")
-            con.execute(f"CREATE TABLE {_q(name)} ({', '.join(defs)})")
+            con.execute(f"CREATE TABLE {ident(name)} ({', '.join(defs)})")
             continue
         for f in fields:
             if f.name not in have:
-                con.execute(f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_duck_type(f)}")
+                con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {_duck_type(f)}")
                 added = True
     return added
 
@@ -262,9 +249,10 @@ def apply_batch(
         added = _ensure_tables(con, shape, data)
         con.register("_deltaferry_incoming", data)
         cols = [c for c in data.column_names]
-        col_list = ", ".join(_q(c) for c in cols)
+        col_list = ", ".join(ident(c) for c in cols)
         con.execute(
-            f"INSERT INTO {shape.versions} ({col_list}, {_q(PRODUCER_COLUMN)}, {_q(HLC_COLUMN)},"
+            f"INSERT INTO {shape.versions}"
+            f" ({col_list}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
             f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM _deltaferry_incoming',
             [producer, hlc, batch],
         )
@@ -338,7 +326,7 @@ def apply_override(
                 entry.get("sha256"),
             ],
         )
-        if _columns(con, versions_table(shape.table)):
+        if column_types(con, versions_table(shape.table)):
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT ? AS _key",
                 [entry["key"]],
@@ -367,19 +355,19 @@ def _esc(s: str) -> str:
 
 def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     """Recompute winners and conflict records of the keys in the temp table ``_deltaferry_touched``."""
-    table_cols = _columns(con, shape.table)
+    table_cols = column_types(con, shape.table)
     data_cols = [c for c in table_cols if c not in (PRODUCER_COLUMN, HLC_COLUMN)]
     v = shape.versions
     # what a person compares: the row's own columns as JSON, in name order and without
     # NULLs, so the text does not depend on the order columns were added; a delete is NULL
     shown = ", ".join(
-        f"CASE WHEN {_q(c)} IS NOT NULL THEN '{_esc(json.dumps(c))}:' ||"
-        f" CAST(to_json({_q(c)}) AS VARCHAR) END"
+        f"CASE WHEN {ident(c)} IS NOT NULL THEN '{_esc(json.dumps(c))}:' ||"
+        f" CAST(to_json({ident(c)}) AS VARCHAR) END"
         for c in sorted(data_cols)
         if c != SEQ_COLUMN
     )
     row_json = (
-        f"CASE WHEN {_q(OP_COLUMN)} = 'delete' THEN NULL ELSE '{{' || concat_ws(',', {shown})"
+        f"CASE WHEN {ident(OP_COLUMN)} = 'delete' THEN NULL ELSE '{{' || concat_ws(',', {shown})"
         " || '}' END"
     )
     con.execute(
@@ -387,14 +375,14 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     )
     # rows are rendered as JSON (for conflict records) only where a conflict can be: keys
     # with versions from more than one producer, or under an override
-    p = _q(PRODUCER_COLUMN)
+    p = ident(PRODUCER_COLUMN)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _deltaferry_ranked AS SELECT * EXCLUDE (_lo, _hi), _lo <> _hi AS _multi,"
         f" CASE WHEN _lo <> _hi OR _key IN (SELECT key FROM _deltaferry_active) THEN {row_json} END AS _row"
         f" FROM (SELECT *,"
-        f" row_number() OVER (PARTITION BY _key ORDER BY {_q(HLC_COLUMN)} DESC, {p} DESC)"
+        f" row_number() OVER (PARTITION BY _key ORDER BY {ident(HLC_COLUMN)} DESC, {p} DESC)"
         f" AS _rank,"
-        f" row_number() OVER (PARTITION BY _key, {p} ORDER BY {_q(HLC_COLUMN)} DESC)"
+        f" row_number() OVER (PARTITION BY _key, {p} ORDER BY {ident(HLC_COLUMN)} DESC)"
         f" AS _rank_in_producer,"
         f" min({p}) OVER (PARTITION BY _key) AS _lo, max({p}) OVER (PARTITION BY _key) AS _hi"
         f" FROM {v} WHERE _key IN (SELECT _key FROM _deltaferry_touched))"
@@ -402,9 +390,10 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     # the winner of each touched key: a pinned producer's newest version, a pinned value,
     # or the automatic winner
     value_cols = ", ".join(
-        f"CAST(json_extract_string(a.value_json, '$.{_json_path(c)}') AS {table_cols[c]}) AS {_q(c)}"
+        f"CAST(json_extract_string(a.value_json, '$.{_json_path(c)}') AS {table_cols[c]})"
+        f" AS {ident(c)}"
         if c not in shape.pk
-        else f"r.{_q(c)}"
+        else f"r.{ident(c)}"
         for c in data_cols
     )
     con.execute(
@@ -413,11 +402,12 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         SELECT r.* EXCLUDE (_rank, _rank_in_producer, _multi), 'pinned to producer ' || a.producer
                || ' by override #' || a.n AS _rule, a.n AS _override
         FROM _deltaferry_ranked r JOIN _deltaferry_active a ON a.key = r._key
-        WHERE a.producer IS NOT NULL AND r.{_q(PRODUCER_COLUMN)} = a.producer
+        WHERE a.producer IS NOT NULL AND r.{ident(PRODUCER_COLUMN)} = a.producer
               AND r._rank_in_producer = 1
         UNION ALL BY NAME
-        SELECT {value_cols}, CASE WHEN a.is_delete THEN 'delete' ELSE 'upsert' END AS {_q(OP_COLUMN)},
-               '{OVERRIDE_PRODUCER}' AS {_q(PRODUCER_COLUMN)}, NULL::BIGINT AS {_q(HLC_COLUMN)},
+        SELECT {value_cols}, CASE WHEN a.is_delete THEN 'delete' ELSE 'upsert' END AS {ident(OP_COLUMN)},
+               '{OVERRIDE_PRODUCER}' AS {ident(PRODUCER_COLUMN)},
+               NULL::BIGINT AS {ident(HLC_COLUMN)},
                NULL::BIGINT AS _batch, r._key, a.value_json AS _row,
                'value set by override #' || a.n AS _rule, a.n AS _override
         FROM (SELECT * FROM _deltaferry_ranked WHERE _rank = 1) r JOIN _deltaferry_active a ON a.key = r._key
@@ -431,14 +421,14 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         FROM _deltaferry_ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM _deltaferry_winners)
         """
     )
-    match = " AND ".join(f"t.{_q(c)} = w.{_q(c)}" for c in shape.pk)
+    match = " AND ".join(f"t.{ident(c)} = w.{ident(c)}" for c in shape.pk)
     con.execute(
-        f"DELETE FROM {_q(shape.table)} t WHERE EXISTS (SELECT 1 FROM _deltaferry_ranked w WHERE {match})"
+        f"DELETE FROM {ident(shape.table)} t WHERE EXISTS (SELECT 1 FROM _deltaferry_ranked w WHERE {match})"
     )
-    out_cols = ", ".join(_q(c) for c in [*data_cols, PRODUCER_COLUMN, HLC_COLUMN])
+    out_cols = ", ".join(ident(c) for c in [*data_cols, PRODUCER_COLUMN, HLC_COLUMN])
     con.execute(
-        f"INSERT INTO {_q(shape.table)} ({out_cols}) SELECT {out_cols} FROM _deltaferry_winners"
-        f" WHERE {_q(OP_COLUMN)} = 'upsert'"
+        f"INSERT INTO {ident(shape.table)} ({out_cols}) SELECT {out_cols} FROM _deltaferry_winners"
+        f" WHERE {ident(OP_COLUMN)} = 'upsert'"
     )
     _record_conflicts(con, shape)
 
@@ -450,8 +440,8 @@ def _json_path(column: str) -> str:
 
 def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     job, table = _esc(shape.job), _esc(shape.table)
-    p, h = _q(PRODUCER_COLUMN), _q(HLC_COLUMN)
-    op = _q(OP_COLUMN)
+    p, h = ident(PRODUCER_COLUMN), ident(HLC_COLUMN)
+    op = ident(OP_COLUMN)
     con.execute(
         f"DELETE FROM _deltaferry_conflicts WHERE job = '{job}' AND tbl = '{table}'"
         " AND key IN (SELECT _key FROM _deltaferry_touched)"
@@ -549,7 +539,7 @@ def hotspots(
 
 
 def has_conflict_table(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(_columns(con, "_deltaferry_conflicts"))
+    return bool(column_types(con, "_deltaferry_conflicts"))
 
 
 def conflicts_markdown(

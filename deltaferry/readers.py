@@ -38,7 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contracts import Contract
+from deltaferry import duck
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.duck import ident
 from deltaferry.errors import ConfigError, TerminalError
 from deltaferry.state import now
 from destinations.lake import LakeStore
@@ -255,38 +257,30 @@ class Reading:
             return data, caution
         schema = self.contract.schema.columns
         required = [c for c in absent if schema[c].required and not schema[c].nullable]
-        stored = {
-            r[0]
-            for r in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main'"
-                " AND table_name = ? AND table_catalog = current_database()",
-                [self.table],
-            ).fetchall()
-        }
+        stored = set(duck.columns(con, self.table))
         joined = bool(stored) and all(k in stored for k in self.primary_key)
         fill = [c for c in absent if c in stored] if joined else []
         if not fill and not required:
             return data, caution
-        q = _quote
         n = "_deltaferry_row"
         indexed = data.append_column(n, pa.array(range(data.num_rows), pa.int64()))
         con.register("_deltaferry_admitted", indexed)
         try:
             if joined:
-                match = " AND ".join(f"s.{q(k)} = i.{q(k)}" for k in self.primary_key)
-                known = f"s.{q(self.primary_key[0])} IS NOT NULL"
-                source = f"_deltaferry_admitted i LEFT JOIN {q(self.table)} s ON {match}"
+                match = " AND ".join(f"s.{ident(k)} = i.{ident(k)}" for k in self.primary_key)
+                known = f"s.{ident(self.primary_key[0])} IS NOT NULL"
+                source = f"_deltaferry_admitted i LEFT JOIN {ident(self.table)} s ON {match}"
             else:  # no replica table yet: every key is new
                 source, known = "_deltaferry_admitted i", "false"
-            fills = "".join(f", s.{q(c)} AS {q(c)}" for c in fill)
+            fills = "".join(f", s.{ident(c)} AS {ident(c)}" for c in fill)
             missing = (
-                " OR ".join(f"s.{q(c)} IS NULL" if c in fill else "true" for c in required)
+                " OR ".join(f"s.{ident(c)} IS NULL" if c in fill else "true" for c in required)
                 or "false"
             )
             out = con.execute(
-                f"SELECT i.* EXCLUDE ({q(n)}){fills}, {known} AS _known,"
-                f" i.{q(OP_COLUMN)} = 'upsert' AND ({missing}) AS _held"
-                f" FROM {source} ORDER BY i.{q(n)}"
+                f"SELECT i.* EXCLUDE ({ident(n)}){fills}, {known} AS _known,"
+                f" i.{ident(OP_COLUMN)} = 'upsert' AND ({missing}) AS _held"
+                f" FROM {source} ORDER BY i.{ident(n)}"
             ).to_arrow_table()
         finally:
             con.unregister("_deltaferry_admitted")
@@ -351,10 +345,6 @@ class Reading:
                 f"job '{self.job}' table '{self.table}'{chain} batch {batch}: upgrading its rows "
                 f"from contract v{version} to v{self.known} failed ({type(e).__name__}: {e})"
             ) from None
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Table:

@@ -22,7 +22,7 @@ from deltaferry.keys import Keyring
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
 from deltaferry import duck
-from deltaferry.duck import fetch_one
+from deltaferry.duck import fetch_one, ident
 
 _META = """
 CREATE TABLE IF NOT EXISTS _deltaferry_batches (
@@ -63,10 +63,6 @@ class PullFailed(TerminalError):
             + "; ".join(str(e) for e in failures)
         )
         self.failures = failures
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _duck_type(field: pa.Field) -> str:
@@ -315,40 +311,32 @@ def _apply(
     cols = [c for c in data.column_names if c != OP_COLUMN]
     con.execute("BEGIN TRANSACTION")
     try:
-        exists = fetch_one(
-            con,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ? AND table_catalog = current_database()",
-            [table],
-        )[0]
-        if not exists:
+        if not duck.table_exists(con, table):
             defs = ", ".join(
-                f"{_q(f.name)} {_duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
+                f"{ident(f.name)} {_duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
             )
             con.execute(
-                f"CREATE TABLE {_q(table)} ({defs}, PRIMARY KEY ({', '.join(_q(c) for c in pk)}))"
+                f"CREATE TABLE {ident(table)}"
+                f" ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
             )
         else:
-            have = {
-                r[0]
-                for r in con.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? AND table_catalog = current_database()",
-                    [table],
-                ).fetchall()
-            }
+            have = set(duck.columns(con, table))
             for f in data.schema:
                 if f.name != OP_COLUMN and f.name not in have:
-                    con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(f.name)} {_duck_type(f)}")
+                    con.execute(
+                        f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {_duck_type(f)}"
+                    )
         con.register("incoming", data)
-        match = " AND ".join(f"r.{_q(c)} = i.{_q(c)}" for c in pk)
+        match = " AND ".join(f"r.{ident(c)} = i.{ident(c)}" for c in pk)
         # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
         con.execute(
-            f"DELETE FROM {_q(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
+            f"DELETE FROM {ident(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
             f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})"
         )
-        col_list = ", ".join(_q(c) for c in cols)
+        col_list = ", ".join(ident(c) for c in cols)
         con.execute(
-            f"INSERT INTO {_q(table)} ({col_list}) SELECT {', '.join('i.' + _q(c) for c in cols)} FROM incoming i"
-            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS (SELECT 1 FROM {_q(table)} r WHERE {match})"
+            f"INSERT INTO {ident(table)} ({col_list}) SELECT {', '.join('i.' + ident(c) for c in cols)} FROM incoming i"
+            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS (SELECT 1 FROM {ident(table)} r WHERE {match})"
         )
         con.unregister("incoming")
         con.execute(

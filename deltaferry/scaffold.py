@@ -388,18 +388,13 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
             module.extract(job)
             con = duck.connect(staging_path(name), read_only=True, alias="staging")
             try:
-                cols = con.execute(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = ? AND table_name = ? AND table_catalog = current_database() "
-                    "ORDER BY ordinal_position",
-                    [STAGING_DATASET, table],
-                ).fetchall()
                 out = []
-                for col, typ in cols:
+                for col, typ in duck.column_types(con, table, STAGING_DATASET).items():
                     if col in INTERNAL_COLUMNS or col.startswith("_dlt"):
                         continue
                     nulls = con.execute(
-                        f'SELECT count(*) FROM {STAGING_DATASET}."{table}" WHERE "{col}" IS NULL'
+                        f"SELECT count(*) FROM {STAGING_DATASET}.{duck.ident(table)}"
+                        f" WHERE {duck.ident(col)} IS NULL"
                     ).fetchone()[0]
                     out.append((col, typ, bool(nulls)))
                 return out

@@ -343,13 +343,7 @@ def _drift_plan(
         }
     plan.excluded = sorted({*plan.excluded, *drift.inert})
     if policy == "evolve" and (drift.new or drift.dropped):
-        staged = dict(
-            con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = ? AND table_name = ? AND table_catalog = current_database()",
-                [STAGING_DATASET, t.name],
-            ).fetchall()
-        )
+        staged = duck.column_types(con, t.name, STAGING_DATASET)
         source = draft_next_version(contract, drift, staged)
         plan.draft = str(write_draft(job_home(ctx.job.name), t.name, contract.version + 1, source))
     detail = f"{where}: {diff} (drift = {policy}, {versioned})"

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
-from sources.staging import q
+from deltaferry.duck import ident
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -123,7 +123,7 @@ class KeyCheck:
         """One line naming up to three keys seen more than once, or None."""
         if self._con is None:
             return None
-        cols = ", ".join(q(c) for c in self.pk)
+        cols = ", ".join(ident(c) for c in self.pk)
         rows = self._con.execute(
             f"SELECT {cols}, count(*) AS n FROM seen GROUP BY ALL HAVING count(*) > 1 "
             f"ORDER BY n DESC, {cols} LIMIT 3"

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
-from deltaferry.duck import fetch_one
+from deltaferry.duck import ident
 from deltaferry.settings import from_env
 from sources.columns import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
 
@@ -121,28 +121,15 @@ def read_staging(
 
 
 def staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        fetch_one(
-            con,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
-            " AND table_catalog = current_database()",
-            [STAGING_DATASET, table],
-        )[0]
-    )
+    """Whether staging (``con``, from ``read_staging`` or ``duck.connect``) has ``table`` in
+    its dataset (``STAGING_DATASET``)."""
+    return duck.table_exists(con, table, STAGING_DATASET)
 
 
 def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-        " AND table_catalog = current_database()"
-        " ORDER BY ordinal_position",
-        [STAGING_DATASET, table],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """The staged columns of ``table`` in table order, dlt's and deltaferry's own included;
+    ``[]`` before its first load."""
+    return duck.columns(con, table, STAGING_DATASET)
 
 
 def staged_keyed(
@@ -170,17 +157,17 @@ def staged_keyed(
         if column not in cols:
             return None
         live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(f"s.{q(c)}" for c in t.primary_key)
+        keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
         rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
-        more = "".join(f", s.{q(c)}" for c in rest) if whole else ""
+        more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
         among = ""
         if only is not None:
             con.register("only_keys", only)
-            match = " AND ".join(f"s.{q(c)} = k.{q(c)}" for c in t.primary_key)
+            match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
             among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
         return con.execute(
-            f"SELECT {keys}, s.{q(column)}{more} FROM {STAGING_DATASET}.{q(t.name)} s "
-            f"WHERE {live} AND s.{q(column)} IS NOT NULL{among}"
+            f"SELECT {keys}, s.{ident(column)}{more} FROM {STAGING_DATASET}.{ident(t.name)} s "
+            f"WHERE {live} AND s.{ident(column)} IS NOT NULL{among}"
         ).fetch_arrow_table()
     finally:
         con.close()
@@ -256,7 +243,7 @@ def content_text(columns: list[str], alias: str = "c") -> str:
     parts = []
     for c in sorted(columns):
         name = json.dumps(c).replace("'", "''")
-        v = f"CAST({alias}.{q(c)} AS VARCHAR)"
+        v = f"CAST({alias}.{ident(c)} AS VARCHAR)"
         parts.append(f"coalesce('{name}=' || strlen({v}) || ':' || {v} || ';', '')")
     return " || ".join(parts) if parts else "''"
 
@@ -266,9 +253,9 @@ def _legacy_text(columns: list[str], alias: str = "c") -> str:
     except in dlt's variant columns); staged rows keep such hashes until they change, so
     a row not matched by its new hash is compared by this one too."""
     variants = [c for c in columns if _is_variant(c, columns)]
-    values = ", ".join(f"{q(c)} := {alias}.{q(c)}" for c in columns if c not in variants)
+    values = ", ".join(f"{ident(c)} := {alias}.{ident(c)}" for c in columns if c not in variants)
     return f"CAST(struct_pack({values}) AS VARCHAR)" + "".join(
-        f" || coalesce('|{c}=' || CAST({alias}.{q(c)} AS VARCHAR), '')" for c in variants
+        f" || coalesce('|{c}=' || CAST({alias}.{ident(c)} AS VARCHAR), '')" for c in variants
     )
 
 
@@ -307,7 +294,7 @@ class ChangedRows:
         """Positions (``__i``) and hashes of the rows not staged with the same hash."""
         if known is None:
             return rows.select(["__i", HASH_COLUMN])
-        match = " AND ".join(f"k.{q(c)} = r.{q(c)}" for c in [*self.pk, HASH_COLUMN])
+        match = " AND ".join(f"k.{ident(c)} = r.{ident(c)}" for c in [*self.pk, HASH_COLUMN])
         return self._query(
             {"known": known, "rows_": rows},
             f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
@@ -328,7 +315,7 @@ class ChangedRows:
         """``__i`` (the row's position), the key and ``md5(text)`` of each of the chunk's rows."""
         return self._query(
             {"chunk_": chunk.append_column("__i", pa.array(range(chunk.num_rows)))},
-            f"SELECT __i, {', '.join('c.' + q(c) for c in self.pk)}, "
+            f"SELECT __i, {', '.join('c.' + ident(c) for c in self.pk)}, "
             f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c ORDER BY __i",
         )
 
@@ -389,8 +376,8 @@ class ChangedRows:
         if len(still) == rows.num_rows:
             return found
         same = rows.filter(pc.invert(pc.is_in(rows["__i"], value_set=still)))
-        keys = ", ".join(f"m.{q(c)}" for c in self.pk)
-        match = " AND ".join(f"m.{q(c)} = s.{q(c)}" for c in self.pk)
+        keys = ", ".join(f"m.{ident(c)}" for c in self.pk)
+        match = " AND ".join(f"m.{ident(c)} = s.{ident(c)}" for c in self.pk)
         self._retag.append(
             self._query(
                 {"same_": same, "staged_": staged.select([*self.pk, HASH_COLUMN])},
@@ -461,9 +448,9 @@ class ChangedRows:
             if self.borrowed is not None:
                 con.execute("USE staging")
             con.register("retag", tags)
-            match = " AND ".join(f"s.{q(c)} = r.{q(c)}" for c in self.pk)
+            match = " AND ".join(f"s.{ident(c)} = r.{ident(c)}" for c in self.pk)
             con.execute(
-                f"UPDATE {STAGING_DATASET}.{q(self.t.name)} s SET {HASH_COLUMN} = r._new "
+                f"UPDATE {STAGING_DATASET}.{ident(self.t.name)} s SET {HASH_COLUMN} = r._new "
                 f"FROM retag r WHERE {match} AND s.{HASH_COLUMN} = r._old"
             )
         finally:
@@ -569,9 +556,9 @@ class Variants:
 def load_failure(job: JobConfig, e: BaseException) -> str:
     """One line for a load into staging that failed terminally: the database's own first
     line (``Conversion Error: ...``), without dlt's traceback."""
-    from dlt.destinations.exceptions import DatabaseTerminalException
-
     import re
+
+    from dlt.destinations.exceptions import DatabaseTerminalException
 
     db = find_cause(e, lambda x: isinstance(x, DatabaseTerminalException))
     text = str(db) if db is not None else str(getattr(e, "exception", None) or e)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deltaferry import hlc, merge
+from deltaferry import duck, hlc, merge
 
 PRODUCERS = ["north", "south", "west"]
 SHAPE = merge.TableShape("shop", "items", ["id"])
@@ -94,7 +94,7 @@ def _apply_all(items: list) -> tuple[list, list]:  # noqa: ANN001
             merge.apply_override(con, SHAPE, item[1])
     table = (
         con.execute("SELECT id, name, _producer, _hlc FROM items ORDER BY id").fetchall()
-        if merge._columns(con, "items")
+        if duck.table_exists(con, "items")
         else []
     )
     conflicts = merge.conflict_rows(con, "shop")

@@ -25,6 +25,7 @@ from sources.files.settings import (
     default_pattern,
     lookback_seconds,
 )
+from deltaferry.duck import ident
 from sources.columns import FILE_TIME_COLUMN
 from sources.integrity import KeyCheck
 from sources.staging import (
@@ -32,7 +33,6 @@ from sources.staging import (
     ChangedRows,
     ExtractResult,
     pipeline_for,
-    q,
     row_counts,
     run_load,
     staged_keyed,
@@ -103,18 +103,18 @@ class LatestWins:
     def __init__(self, t: TableConfig, staged: pa.Table | None) -> None:
         self.pk = list(t.primary_key)
         self.con = duckdb.connect()
-        keys = ", ".join(f"{q(c)} VARCHAR" for c in self.pk)
+        keys = ", ".join(f"{ident(c)} VARCHAR" for c in self.pk)
         self.con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT)")
         if staged is not None and staged.num_rows:
-            text = ", ".join(f"CAST({q(c)} AS VARCHAR)" for c in self.pk)
+            text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
             self.con.register("staged_", staged)
             self.con.execute(f"INSERT INTO seen SELECT {text}, {FILE_TIME_COLUMN} FROM staged_")
             self.con.unregister("staged_")
 
     def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
-        text = ", ".join(f"CAST({q(c)} AS VARCHAR) AS {q(c)}" for c in self.pk)
-        match = " AND ".join(f"s.{q(c)} = l.{q(c)}" for c in self.pk)
-        keys = ", ".join(q(c) for c in self.pk)
+        text = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in self.pk)
+        match = " AND ".join(f"s.{ident(c)} = l.{ident(c)}" for c in self.pk)
+        keys = ", ".join(ident(c) for c in self.pk)
         positions = pa.array(range(table.num_rows), pa.int64())
         self.con.register("f", table.select(self.pk).append_column("__i", positions))
         try:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
-from deltaferry.duck import fetch_one
+from deltaferry.duck import fetch_one, ident
 from deltaferry.settings import from_env
 from sources.sql_database.settings import (
     DELETED_COLUMN,
@@ -561,25 +561,25 @@ def _reconcile(
             return 0, [], []
         has_flag = DELETED_COLUMN in staged_columns(con, t.name)
         live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
-        keys = ", ".join(_q(c) for c in pk)
-        match = " AND ".join(f"s.{_q(c)} = k.{_q(c)}" for c in pk)
+        keys = ", ".join(ident(c) for c in pk)
+        match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in pk)
         con.register("source_keys", source_keys)
         staged_live = fetch_one(
-            con, f"SELECT count(*) FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
+            con, f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
         )[0]
         if source_keys.num_rows == 0:
             missing = con.sql(
-                f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} WHERE {live}"
+                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
             ).to_arrow_table()
         else:
             missing = con.sql(
-                f"SELECT {keys} FROM {STAGING_DATASET}.{_q(t.name)} s WHERE {live} AND NOT EXISTS "
-                f"(SELECT 1 FROM source_keys k WHERE {match})"
+                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {live}"
+                f" AND NOT EXISTS (SELECT 1 FROM source_keys k WHERE {match})"
             ).to_arrow_table()
         unseen = (
             con.sql(
-                f"SELECT {', '.join('k.' + _q(c) for c in pk)} FROM source_keys k WHERE NOT EXISTS "
-                f"(SELECT 1 FROM {STAGING_DATASET}.{_q(t.name)} s WHERE {match})"
+                f"SELECT {', '.join('k.' + ident(c) for c in pk)} FROM source_keys k WHERE NOT"
+                f" EXISTS (SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {match})"
             )
             .to_arrow_table()
             .to_pylist()
@@ -588,7 +588,8 @@ def _reconcile(
         )
         recreated = (
             con.sql(
-                f"SELECT {', '.join('s.' + _q(c) for c in pk)} FROM {STAGING_DATASET}.{_q(t.name)} s"
+                f"SELECT {', '.join('s.' + ident(c) for c in pk)}"
+                f" FROM {STAGING_DATASET}.{ident(t.name)} s"
                 f" JOIN source_keys k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
             )
             .to_arrow_table()
@@ -681,10 +682,6 @@ def _keys_arrow(result: Any, pk: list[str], progress: Any = None) -> pa.Table:
     if not parts:
         return pa.table({c: pa.array([], pa.int64()) for c in pk})
     return pa.concat_tables(parts, promote_options="permissive")
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 __all__ = [

@@ -33,9 +33,9 @@ import sqlalchemy as sa
 
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import ident
 from deltaferry.errors import TerminalError
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
-from sources.staging import q as quote
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 # SQLite time text is compared through julianday(), which keeps milliseconds (the same
@@ -185,7 +185,7 @@ def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
             return None
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(
-            f"SELECT max({quote(t.cursor)}) FROM {STAGING_DATASET}.{quote(t.name)}"
+            f"SELECT max({ident(t.cursor)}) FROM {STAGING_DATASET}.{ident(t.name)}"
         ).fetchone()[0]
     finally:
         con.close()
@@ -211,12 +211,16 @@ def null_cursor_keys(job: JobConfig, t: TableConfig, borrowed: Any = None) -> li
         cols = staged_columns(con, t.name) if staged_table_exists(con, t.name) else []
         if t.cursor not in cols:
             return []
-        live = f"coalesce({quote(DELETED_COLUMN)}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(quote(c) for c in t.primary_key)
+        live = (
+            f"coalesce({ident(DELETED_COLUMN)}, false) = false"
+            if DELETED_COLUMN in cols
+            else "true"
+        )
+        keys = ", ".join(ident(c) for c in t.primary_key)
         return (
             con.execute(
-                f"SELECT {keys} FROM {STAGING_DATASET}.{quote(t.name)} "
-                f"WHERE {quote(t.cursor)} IS NULL AND {live}"
+                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} "
+                f"WHERE {ident(t.cursor)} IS NULL AND {live}"
             )
             .fetch_arrow_table()
             .to_pylist()
