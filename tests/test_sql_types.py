@@ -372,6 +372,42 @@ def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, ho
     assert _pull(cfg, tmp_path, "id, v") == [(1, 0.5)]
 
 
+def test_a_sqlite_json_column_holding_numbers_is_read_as_its_json_text(tmp_path, home, prefect_api):
+    """Regression (fidelity suite, seed 14 under another hash order): SQLite's NUMERIC
+    affinity stores the JSON documents '5444889355683045.0', '12' and '1.5' as INTEGER or
+    REAL, so one JSON column held text and numbers and every run stopped ("its values arrive
+    in more than one type"). The numbers are read as their JSON text; documents compare
+    equal to what SQLite holds."""
+    import json
+
+    db, cfg, sync = _lite(
+        tmp_path,
+        home,
+        "(1, '5444889355683045.0')",
+        "(2, '12')",
+        "(3, '1.5')",
+        "(4, '\"\"')",
+        "(5, '{\"n\": [1, 2.5]}')",
+        "(6, 'null')",
+        "(7, NULL)",
+        "(8, '6.629350339143434e+16')",
+        ddl="doc JSON",
+    )
+    with sqlite3.connect(db) as con:
+        src = con.execute("SELECT id, doc, typeof(doc) FROM kinds ORDER BY id").fetchall()
+    assert {r[2] for r in src} == {"integer", "real", "text", "null"}  # what SQLite did
+    sync()
+    got = _pull(cfg, tmp_path, "id, doc")
+    assert [r[0] for r in got] == [r[0] for r in src]
+    for (i, text), (_, value, kind) in zip(got, src, strict=True):
+        if value is None:
+            assert text is None, i
+        elif kind == "text":
+            assert text == value, i  # the stored text, as it is
+        else:  # a number: the same number, as JSON text
+            assert json.loads(text) == value and type(json.loads(text)) is type(value), i
+
+
 def test_a_sqlite_time_column_declared_text_is_published_as_its_text(tmp_path, home, prefect_api):
     # the fix a refused time value names (column_types = { ts = "text" }) takes effect
     db, cfg, sync = _lite(

@@ -33,7 +33,13 @@ from sources.sql_database.settings import (
     STAGING_DATASET,
 )
 from sources.integrity import KeyCheck
-from sources.sql_database.types import job_scope, key_roles, source_columns, sql_table
+from sources.sql_database.types import (
+    job_scope,
+    key_roles,
+    source_columns,
+    sql_table,
+    sqlite_json_text,
+)
 from sources.sql_database.window import (
     Normalize,
     TimeText,
@@ -85,8 +91,7 @@ def _adapt_table(
                 where = f"job '{job.name}' table '{t.name}'"
                 col.type = TimeText(kind, job.timezone, where, col.name, fixed)
             elif kind == "json":
-                col.type = sa.Text()
-                col.type.dlt_type = sa.Text()
+                col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
         return table
 
     return adapt

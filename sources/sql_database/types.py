@@ -521,6 +521,17 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
     return Carried()
 
 
+def sqlite_json_text(job: str, table: str, column: str, original: Any) -> Any:
+    """The type a declared ``JSON`` column of SQLite is read with: the document's text as
+    stored. SQLite's NUMERIC affinity keeps a number document (``'12'``, ``'1.5'``) as an
+    INTEGER or REAL, so such values arrive as numbers and are given back as their JSON text
+    (shortest round-trip form for a REAL); a BLOB is refused with ``ValueRefused``."""
+    import sqlalchemy as sa
+
+    plan = Plan(column, "JSON", "json", dlt_type=sa.Text(), convert=_sqlite_text, raw=True)
+    return _carried_type(job, table, plan, original)
+
+
 def key_roles(t: Any) -> dict[str, str]:
     """The table's columns that are read as they are, whatever ``column_types`` says (they
     are compared with the source as read), by name: their role."""

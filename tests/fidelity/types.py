@@ -47,6 +47,16 @@ def json_doc(text: str) -> tuple[str, Any]:
     return ("json", json.loads(text, parse_float=Decimal, parse_int=Decimal))
 
 
+def sqlite_json_doc(v: Any) -> tuple[str, Any]:
+    """A SQLite JSON column's value as a document: SQLite's NUMERIC affinity stores a
+    number document ('12', '1.5') as an INTEGER or REAL, read back as a Python number."""
+    if isinstance(v, float):
+        return json_doc(repr(v))
+    if isinstance(v, int):
+        return json_doc(str(v))
+    return json_doc(v)
+
+
 def canon_replica(family: str, v: Any) -> Any:
     """A value read from the replica (duckdb's Python types) in canonical form."""
     if v is None:
@@ -287,7 +297,8 @@ SQLITE = [
              "BOOLEAN", "bool", _bool),
     TypeSpec("sqlite", "BLOB", "BLOB", binaries, "Series[object]", "BLOB", "bytes", bytes),
     TypeSpec("sqlite", "JSON (text)", "JSON", json_texts, "Series[str]", "VARCHAR", "json",
-             json_doc, note="JSON text; the document null is not SQL NULL"),
+             sqlite_json_doc, note="JSON text; the document null is not SQL NULL; a number "
+             "document SQLite stores as a number is read as its JSON text"),
 ]
 
 PG_INTERVAL = Refusal("interval", ("interval",), "column_types")
