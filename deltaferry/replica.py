@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS _deltaferry_batches (
 );
 -- a batch newer than this reader's contract, applied partially: what was left out
 ALTER TABLE _deltaferry_batches ADD COLUMN IF NOT EXISTS caution VARCHAR;
+-- the reader contract each table's stored rows are held at (_hold_reader_contract)
+CREATE TABLE IF NOT EXISTS _deltaferry_contracts (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, ref VARCHAR NOT NULL, version INTEGER NOT NULL,
+    fingerprint VARCHAR NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (job, tbl)
+);
 """
 
 
@@ -123,6 +129,7 @@ def pull(
             )
             result = PullResult(t.name, 0, 0, 0)
             try:
+                _hold_reader_contract(con, job, t, chain, whose)
                 if job.multi_producer:
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
@@ -176,6 +183,88 @@ def _position(
         [job, table],
     )
     return (row[0], row[1]) if row else (None, 0)
+
+
+# columns a replica table keeps besides the contract's (delta.py, merge.py)
+_REPLICA_OWN = (SEQ_COLUMN, "_producer", "_hlc")
+
+
+def _hold_reader_contract(
+    con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, chain: Any, whose: str
+) -> None:
+    """Keep the table's stored rows at this reader's contract (its chain's newest version).
+
+    The replica records, per table, the contract (ref, version, fingerprint) its rows are
+    held at. When the reader's jobs file moves to another contract, the stored rows are
+    taken through the chain's migrations from the recorded version (found by fingerprint)
+    to the new one, in one transaction with the new record, so old and new rows have the
+    same shape and the replica satisfies its own contract. A recorded contract that is no
+    version of the new chain, or rows a migration refuses, stop the table with one line
+    (TerminalError) and change nothing. A replica without a record (a new one, or one
+    written before records were kept) records the current contract as it is.
+
+    Memory: the table's stored rows, once, when the contract changes."""
+    from contracts import MigrationError
+
+    now = chain.contract()
+    where = f"job '{job.name}' table '{t.name}'"
+    held = fetch_one(
+        con,
+        "SELECT ref, version, fingerprint FROM _deltaferry_contracts WHERE job = ? AND tbl = ?",
+        [job.name, t.name],
+    )
+    record = (
+        "INSERT OR REPLACE INTO _deltaferry_contracts (job, tbl, ref, version, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?)"
+    )
+    values = [job.name, t.name, now.ref, now.version, now.fingerprint]
+    if held is not None and held[2] == now.fingerprint:
+        if (held[0], held[1]) != (now.ref, now.version):
+            con.execute(record, values)  # the same contract under another name
+        return
+    if held is None or not duck.table_exists(con, t.name):
+        con.execute(record, values)
+        return
+    ref, version, fingerprint = held
+    old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)
+    if old is None or not chain.reachable(old, now.version):
+        raise TerminalError(
+            f"{where}: {whose} holds its rows at contract {ref} v{version} (fingerprint "
+            f"{fingerprint[:12]}), which is no version of this reader's {now.ref} that can reach "
+            f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
+            "migrated: pull into a new replica, or go back to the old contract"
+        )
+    stored = con.execute(f"SELECT * FROM {ident(t.name)}").fetch_arrow_table()
+    own = [c for c in stored.column_names if c in _REPLICA_OWN]
+    try:
+        moved = chain.migrate_arrow(stored.drop_columns(own), old, now.version)
+    except MigrationError as e:
+        raise TerminalError(
+            f"{where}: {whose} holds its rows at {ref} v{version}; taking them to "
+            f"{now.ref} v{now.version} failed ({e}); nothing changed: pull into a new replica"
+        ) from None
+    for c in own:
+        moved = moved.append_column(c, stored[c])
+    pk = list(t.primary_key)
+    defs = ", ".join(f"{ident(f.name)} {_duck_type(f)}" for f in moved.schema)
+    temp = f"_deltaferry_migrating_{t.name}"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("df_moved", moved)
+        con.execute(f"DROP TABLE IF EXISTS {ident(temp)}")
+        con.execute(
+            f"CREATE TABLE {ident(temp)} ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
+        )
+        con.execute(f"INSERT INTO {ident(temp)} SELECT * FROM df_moved")
+        con.execute(f"DROP TABLE {ident(t.name)}")
+        con.execute(f"ALTER TABLE {ident(temp)} RENAME TO {ident(t.name)}")
+        con.execute(record, values)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("df_moved")
 
 
 def _pull_table(

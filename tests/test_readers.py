@@ -312,3 +312,55 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
     frame = con.execute("SELECT id, name, nickname FROM people").df()
     assert not chain.contract().validate(frame.astype({"nickname": object})).failed_rows
     assert pd.isna(frame.set_index("id").loc[2, "nickname"])
+
+
+def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
+    shop_job, shop, tmp_path
+):
+    """Regression (second fresh-user trial of issue 19): a reader whose jobs file moves from
+    v1 to a chain whose v2 renames `name` to `full_name` kept its old rows half-migrated
+    (`full_name` NULL, no caution). The stored rows now go through the chain's migration
+    when the reader's contract changes, so the replica equals one pulled fresh and
+    satisfies its own contract; a contract that is not a version of the new chain stops the
+    table in one line and changes nothing."""
+    from contracts import load_chain
+
+    shop.round(8, 0, churn=0)
+    shop_job.sync()
+    replica = tmp_path / "reader.duckdb"
+    assert _pull(shop_job.config, replica).exit_code == 0
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(
+        shop_job.config.read_text().replace("contracts.shop:Customers", "tests.contracts_versions:Renamed")
+    )
+    _set(shop, 2, "country", "JP")
+    shop_job.sync()  # batch 2, at v1 (the producer's contract)
+    moved = _pull(renamed, replica)
+    assert moved.exit_code == 0, moved.output
+    fresh = tmp_path / "fresh.duckdb"
+    assert _pull(renamed, fresh).exit_code == 0
+    sql = "SELECT id, full_name, email, country FROM customers ORDER BY id"
+    assert _q(replica, sql) == _q(fresh, sql)
+    assert all(r[1] for r in _q(replica, sql))  # every row has its full_name
+    src = shop.con.execute("SELECT id, name, email, country FROM customers ORDER BY id").fetchall()
+    assert _q(replica, sql) == src
+    columns = {r[0] for r in _q(replica, "DESCRIBE customers")}
+    assert "name" not in columns and "full_name" in columns
+    v2 = load_chain("tests.contracts_versions:Renamed", where="test").contract()
+    assert _q(replica, "SELECT ref, version, fingerprint FROM _deltaferry_contracts "
+                       "WHERE tbl = 'customers'") == [(v2.ref, 2, v2.fingerprint)]
+    # pulling again changes nothing
+    assert _pull(renamed, replica).exit_code == 0
+    assert _q(replica, sql) == src
+
+    # a contract that is no version of the reader's new chain: one line, nothing changed
+    other = tmp_path / "other.toml"
+    other.write_text(
+        shop_job.config.read_text().replace(
+            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+        )
+    )
+    stopped = _pull(other, replica)
+    assert stopped.exit_code != 0
+    assert "cannot be migrated: pull into a new replica" in stopped.output
+    assert _q(replica, sql) == src
