@@ -54,6 +54,12 @@ class VersionError(TerminalError):
     """A batch is published at a contract version newer than a strict reader knows."""
 
 
+class ContractChangeRefused(VersionError):
+    """The reader's own contract changed to one its replica's stored rows cannot be taken to
+    (``replica._hold_reader_contract``): the table stops, and the reader's record in the
+    lake says so (``stuck``), so producers do not hold a version back for it."""
+
+
 class FingerprintError(VersionError):
     """A batch is published at a version this reader has, but that version's contract is
     another one (its fingerprint differs): the same number names two contracts."""

@@ -200,11 +200,13 @@ def _hold_reader_contract(
     to the new one, in one transaction with the new record, so old and new rows have the
     same shape and the replica satisfies its own contract. A recorded contract that is no
     version of the new chain, or rows a migration refuses, stop the table with one line
-    (TerminalError) and change nothing. A replica without a record (a new one, or one
+    (``ContractChangeRefused``: the reader's record in the lake is marked stuck) and change
+    nothing. A replica without a record (a new one, or one
     written before records were kept) records the current contract as it is.
 
     Memory: the table's stored rows, once, when the contract changes."""
     from contracts import MigrationError
+    from deltaferry.readers import ContractChangeRefused
 
     now = chain.contract()
     where = f"job '{job.name}' table '{t.name}'"
@@ -228,7 +230,7 @@ def _hold_reader_contract(
     ref, version, fingerprint = held
     old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)
     if old is None or not chain.reachable(old, now.version):
-        raise TerminalError(
+        raise ContractChangeRefused(
             f"{where}: {whose} holds its rows at contract {ref} v{version} (fingerprint "
             f"{fingerprint[:12]}), which is no version of this reader's {now.ref} that can reach "
             f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
@@ -239,7 +241,7 @@ def _hold_reader_contract(
     try:
         moved = chain.migrate_arrow(stored.drop_columns(own), old, now.version)
     except MigrationError as e:
-        raise TerminalError(
+        raise ContractChangeRefused(
             f"{where}: {whose} holds its rows at {ref} v{version}; taking them to "
             f"{now.ref} v{now.version} failed ({e}); nothing changed: pull into a new replica"
         ) from None

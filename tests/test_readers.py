@@ -360,7 +360,13 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
             "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
         )
     )
-    stopped = _pull(other, replica)
+    stopped = _pull(other, replica, "--consumer", "mover")
     assert stopped.exit_code != 0
     assert "cannot be migrated: pull into a new replica" in stopped.output
     assert _q(replica, sql) == src
+    # its record in the lake says it is stuck: producers do not hold a version back for it
+    from deltaferry.readers import read_consumers
+
+    (record,) = [r for r in read_consumers(shop_job.lake(), "shop", "customers")
+                 if r.get("consumer") == "mover"]
+    assert "cannot be migrated" in record["stuck"]["error"]
