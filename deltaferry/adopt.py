@@ -21,10 +21,9 @@ import duckdb
 
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
-from deltaferry.delta import SEQ_COLUMN
 from deltaferry.duck import ident
 from deltaferry.errors import ConflictError
-from deltaferry.merge import HLC_COLUMN, PRODUCER_COLUMN
+from deltaferry.merge import REPLICA_COLUMNS
 from deltaferry.replica import pull
 from deltaferry.state import Plan
 from deltaferry.verify import list_batches
@@ -151,7 +150,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             # value (a column the source gained with values, one it dropped or renamed) —
             # a staged column only if it is published (a strict contract leaves out the
             # columns it does not list: drift, under evolve or quarantine)
-            only_base = [c for c in base_cols if c not in staged and c not in _REPLICA_COLUMNS]
+            only_base = [c for c in base_cols if c not in staged and c not in REPLICA_COLUMNS]
             contract = ctx.contracts.get(t.name)
             listed = set(contract.columns) if contract is not None else set()
             loose = contract is None or contract.schema.strict is False
@@ -196,10 +195,6 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         f"batch {at}: not published again" + (f" ({shape})" if shape else ""),
     )
     return int(marked)
-
-
-# columns a replica keeps besides the published ones (merge.py, delta.py)
-_REPLICA_COLUMNS = frozenset({SEQ_COLUMN, PRODUCER_COLUMN, HLC_COLUMN})
 
 
 def _shape_rule(ctx, t: TableConfig) -> str | None:  # noqa: ANN001

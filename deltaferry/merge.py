@@ -42,6 +42,8 @@ from deltaferry.duck import column_types, fetch_one, ident
 
 PRODUCER_COLUMN = "_producer"
 HLC_COLUMN = "_hlc"
+# what a replica table holds besides the published columns (every replica: _seq)
+REPLICA_COLUMNS = frozenset({SEQ_COLUMN, PRODUCER_COLUMN, HLC_COLUMN})
 OVERRIDE_PRODUCER = "override"
 
 META = """

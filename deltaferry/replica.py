@@ -185,10 +185,6 @@ def _position(
     return (row[0], row[1]) if row else (None, 0)
 
 
-# columns a replica table keeps besides the contract's (delta.py, merge.py)
-_REPLICA_OWN = (SEQ_COLUMN, "_producer", "_hlc")
-
-
 def _hold_reader_contract(
     con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, chain: Any, whose: str
 ) -> None:
@@ -206,6 +202,7 @@ def _hold_reader_contract(
 
     Memory: the table's stored rows, once, when the contract changes."""
     from contracts import MigrationError
+    from deltaferry.merge import REPLICA_COLUMNS
     from deltaferry.readers import ContractChangeRefused
 
     now = chain.contract()
@@ -237,7 +234,7 @@ def _hold_reader_contract(
             "migrated: pull into a new replica, or go back to the old contract"
         )
     stored = con.execute(f"SELECT * FROM {ident(t.name)}").fetch_arrow_table()
-    own = [c for c in stored.column_names if c in _REPLICA_OWN]
+    own = [c for c in stored.column_names if c in REPLICA_COLUMNS]
     try:
         moved = chain.migrate_arrow(stored.drop_columns(own), old, now.version)
     except MigrationError as e:

@@ -271,20 +271,27 @@ class ChangedRows:
     ``canonical_json``). Hashes staged by earlier versions (``_legacy_text``,
     ``legacy_row_hash``) still match an unchanged row."""
 
+    _config: dict[str, Any] = {}  # of the DuckDB connection that hashes and compares
+
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
         self.where = f"job '{job.name}' table '{t.name}'"
-        self.con = duckdb.connect()
+        self.con = duckdb.connect(config=self._config)
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self.t = t
         self.path = staging_path(job.name)
         self.borrowed = borrowed
-        self._typed = staged_hashes(t, self.path, borrowed)
+        self._typed = self._read_all()
         # for records: the staged live rows' hashes (a hash covers the key, so membership
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
         self._retag: list[pa.Table] = []  # key, old and new hash of rows matched by an old hash
+        self._record_tags: list[dict[str, Any]] = []  # the same, for records
         self._shift = source_shift(job, t)
+
+    def _read_all(self) -> pa.Table | None:
+        """Every live staged key and hash, read once before the load."""
+        return staged_hashes(self.t, self.path, self.borrowed)
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
@@ -422,14 +429,16 @@ class ChangedRows:
         old = legacy_row_hash(row)
         if not self.is_staged(old):
             return False
-        key = {c: [row[c]] for c in self.pk}
-        self._retag.append(pa.table({**key, "_old": [old], "_new": [h]}))
+        self._record_tags.append({**{c: row[c] for c in self.pk}, "_old": old, "_new": h})
         return True
 
     def close(self) -> None:
         """Retag the unchanged rows matched by an old hash with their current one (so the
         next read matches them directly, whatever the source's shape becomes), then close.
         Safe after a failed load too: only a row still staged with that old hash changes."""
+        if self._record_tags:  # one table for the records' tags, not one per record
+            self._retag.append(pa.Table.from_pylist(self._record_tags))
+            self._record_tags = []
         try:
             if self._retag and self.path.exists():
                 self._write_retag(pa.concat_tables(self._retag, promote_options="permissive"))
@@ -463,18 +472,10 @@ class ChangedByKey(ChangedRows):
     follows the chunk, not the table. A staged row without a hash (staged before hashes were
     kept) counts as changed."""
 
-    def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
-        self.pk = list(t.primary_key)
-        self.where = f"job '{job.name}' table '{t.name}'"
-        self.t = t
-        self.path = staging_path(job.name)
-        self.borrowed = borrowed
-        self.con = duckdb.connect(config={"threads": 1})
-        self.con.execute("SET TimeZone = 'UTC'")
-        self._typed = None
-        self._hashes = None
-        self._retag = []
-        self._shift = source_shift(job, t)
+    _config = {"threads": 1}
+
+    def _read_all(self) -> pa.Table | None:
+        return None  # looked up per chunk (``_known``)
 
     def _known(self, hashed: pa.Table) -> pa.Table | None:
         return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))

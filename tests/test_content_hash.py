@@ -308,3 +308,38 @@ def test_a_reset_does_not_count_a_column_the_contract_leaves_out(shop_job, shop,
     assert shop_job.sync()["tables"]["customers"]["rows"] == 1
     shop_job.pull()
     _replica_is_source(shop, shop_job.replica, "id, name, country")
+
+
+def test_rows_the_migration_cannot_compare_are_republished(shop_job, shop, tmp_path, monkeypatch):
+    """The fault path of the migrated comparison: when the chain's migration refuses the
+    staged rows, the rows read again count as changed (republished, which is safe) and the
+    run goes on; nothing is lost."""
+    from contracts import Chain, MigrationError
+    from flows.sync import sync_job
+
+    shop.round(6, 0, churn=0)
+    v1 = tmp_path / "v1.toml"
+    v1.write_text(
+        shop_job.config.read_text().replace(*FULL_COMPARE)
+        .replace("contracts.shop:Customers", "tests.contracts_versions:Renamed")
+        .replace('"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1')
+    )
+    assert sync_job(job="shop", config=str(v1))["tables"]["customers"]["rows"] == 6
+    shop.con.execute("ALTER TABLE customers RENAME COLUMN name TO full_name")
+    shop.con.commit()
+    _touch(shop, 1, "JP")
+    v2 = tmp_path / "v2.toml"
+    v2.write_text(v1.read_text().replace("source_version = 1", "source_version = 2"))
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise MigrationError("refused by the test")
+
+    with monkeypatch.context() as m:
+        m.setattr(Chain, "migrate_arrow", refuse)
+        assert sync_job(job="shop", config=str(v2))["tables"]["customers"]["rows"] == 6
+    assert sync_job(job="shop", config=str(v2))["tables"]["customers"]["batch"] is None
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+
+    pull(load_job("shop", v2), shop_job.lake(), shop_job.replica)
+    _replica_is_source(shop, shop_job.replica, "id, full_name, country")
