@@ -313,6 +313,12 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     help="A batch at a newer contract version than this reader knows: stop, or apply the "
     "known columns and flag the batch.",
 )
+@click.option(
+    "--retry-held",
+    is_flag=True,
+    help="Read again the rows held back for this reader (_deltaferry_held), e.g. after a "
+    "migration was fixed in place; done by itself when the reader's contract changes.",
+)
 @config_option
 @one_line_errors
 def pull(
@@ -321,6 +327,7 @@ def pull(
     tables: tuple[str, ...],
     consumer: str | None,
     policy: str,
+    retry_held: bool,
     config: str | None,
 ) -> None:
     """Verify and apply every published batch of JOB not yet in the replica (idempotent).
@@ -346,6 +353,7 @@ def pull(
                 list(tables) or None,
                 consumer=consumer or default_consumer_id(Path(replica).stem),
                 policy=policy,
+                retry_held=retry_held,
             )
         except DeltaferryError as e:  # tables that did not stop were pulled: show them
             if not hasattr(e, "results"):
@@ -363,6 +371,18 @@ def pull(
         table.add_row(r.table, str(r.batches), str(r.rows), at)
     _emit(table)
     for r in results:
+        if r.migrated:
+            out.print(
+                f"{r.table}: the reader's contract changed: {r.migrated}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if r.reread:
+            out.print(
+                f"{r.table}: {r.reread} row(s) held back under the earlier contract applied",
+                highlight=False,
+                soft_wrap=True,
+            )
         if r.overrides:
             out.print(f"{r.table}: {r.overrides} new conflict override(s) applied")
         if r.cautions:

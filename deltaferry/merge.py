@@ -46,7 +46,19 @@ HLC_COLUMN = "_hlc"
 REPLICA_COLUMNS = frozenset({SEQ_COLUMN, PRODUCER_COLUMN, HLC_COLUMN})
 OVERRIDE_PRODUCER = "override"
 
-META = """
+HELD_META = """
+-- rows a reader held back from an applied batch (readers.py: Reading.admit), under the
+-- reader contract ref and fingerprint; read again when either changes (or on request)
+CREATE TABLE IF NOT EXISTS _deltaferry_held (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL,
+    producer VARCHAR NOT NULL,        -- '' for a single producer's chain
+    batch BIGINT NOT NULL, rows BIGINT NOT NULL,
+    ref VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL,
+    PRIMARY KEY (job, tbl, producer, batch)
+);
+"""
+
+META = HELD_META + """
 CREATE TABLE IF NOT EXISTS _deltaferry_chains (
     job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, producer VARCHAR NOT NULL, batch BIGINT NOT NULL,
     manifest_sha256 VARCHAR NOT NULL, hlc BIGINT NOT NULL, rows BIGINT NOT NULL,
@@ -234,8 +246,11 @@ def apply_batch(
     contract_version: int | None = None,
     caution: str | None = None,
     seen: dict[str, int] | None = None,
+    held: tuple[int, str, str] | None = None,
 ) -> bool:
     """Apply one producer batch and its record in one transaction; False if already applied.
+    ``held``: (rows the reader held back from it, the reader contract's ref and
+    fingerprint), recorded in ``_deltaferry_held`` in the same transaction.
 
     ``hlc`` is the batch's logical timestamp; ``seen`` its manifest's ``hlc_seen`` (other
     producer id -> the logical timestamp of that chain's newest batch when this one was
@@ -292,11 +307,69 @@ def apply_batch(
                 caution,
             ],
         )
+        if held is not None:
+            record_held(con, shape.job, shape.table, producer, batch, *held)
         con.execute("COMMIT")
         return True
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def record_held(
+    con: duckdb.DuckDBPyConnection,
+    job: str,
+    table: str,
+    producer: str,
+    batch: int,
+    rows: int,
+    ref: str,
+    fingerprint: str,
+) -> None:
+    """Record (``rows`` > 0) or clear (0) the rows a reader held back from an applied batch
+    (``producer`` '' for a single producer's chain), inside the caller's transaction."""
+    con.execute(
+        "DELETE FROM _deltaferry_held WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
+        [job, table, producer, batch],
+    )
+    if rows:
+        con.execute(
+            "INSERT INTO _deltaferry_held VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [job, table, producer, batch, rows, ref, fingerprint],
+        )
+
+
+def apply_held(
+    con: duckdb.DuckDBPyConnection, shape: TableShape, producer: str, batch: int, hlc: int,
+    data: pa.Table,
+) -> int:
+    """Add the versions of an applied batch that the replica does not have yet (rows a
+    reader held back, read again as ``data``) and re-resolve their keys, inside the
+    caller's transaction. Returns how many versions were added. Winners depend only on
+    the set of versions, so a version added late gives the table it would have had."""
+    _ensure_tables(con, shape, data)
+    con.register("_deltaferry_incoming", data)
+    try:
+        key = key_expr(shape.pk)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT {key} AS _key"
+            f" FROM _deltaferry_incoming WHERE {key} NOT IN (SELECT _key FROM {shape.versions}"
+            f" WHERE {ident(PRODUCER_COLUMN)} = ? AND _batch = ?)",
+            [producer, batch],
+        )
+        cols = ", ".join(ident(c) for c in data.column_names)
+        con.execute(
+            f"INSERT INTO {shape.versions} ({cols}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
+            f' "_batch", "_key") SELECT {cols}, ?, ?, ?, {key} FROM _deltaferry_incoming'
+            f" WHERE {key} IN (SELECT _key FROM _deltaferry_touched)",
+            [producer, hlc, batch],
+        )
+    finally:
+        con.unregister("_deltaferry_incoming")
+    added = fetch_one(con, "SELECT count(*) FROM _deltaferry_touched")[0]
+    if added:
+        resolve(con, shape)
+    return int(added)
 
 
 def apply_override(

@@ -34,6 +34,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -88,6 +89,15 @@ def check_consumer(consumer: str, policy: str) -> None:
         raise ConfigError(f"reader policy must be 'strict' or 'partial' (got {policy!r})")
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A batch as a reader applies it (``Reading.admit``)."""
+
+    data: pa.Table  # the rows to apply (``_op``, ``_seq`` and the columns this reader has)
+    caution: str | None  # what a partial read left out, kept or held back; None when exact
+    held: int = 0  # rows held back for this reader (read again when its contract changes)
+
+
 @dataclass
 class Reading:
     """One table as a reader knows it."""
@@ -127,22 +137,77 @@ class Reading:
         producer: str | None = None,
         also: pa.Table | None = None,
         replica: Any = None,
-    ) -> tuple[pa.Table, str | None]:
-        """The batch's data as this reader applies it, and a caution when read partially.
-        Raises VersionError when the batch is newer than a strict reader knows, and
-        FingerprintError when it is published at a version this reader has under another
-        fingerprint. A batch published at two versions (``also``) is read at the newer one
-        this reader knows.
+    ) -> Admitted:
+        """The batch's data as this reader applies it (``Admitted``: the rows, a caution
+        when read partially, how many rows were held back). Raises VersionError when the
+        batch is newer than a strict reader knows, or when rows a migration produced break
+        this reader's contract under ``strict``; FingerprintError when the batch is
+        published at a version this reader has under another fingerprint. A batch
+        published at two versions (``also``) is read at the newer one this reader knows.
 
         With ``replica`` (the replica's DuckDB connection), a column of this reader's
         contract that the batch lacks never overwrites what the replica holds
-        (``keep_known``): rows of keys the replica has keep their stored value, and rows of
-        new keys without a value the contract requires are held back; the caution says
-        which."""
-        data, caution, version = self._read(batch, manifest, data, producer, also)
+        (``keep_known``): rows of keys the replica has keep their stored value, rows of
+        new keys without a value the contract requires are held back, and a column no row
+        has a value for is carried as NULL of the contract's type (the replica's table
+        always has every column of its contract).
+
+        Rows that did not arrive exactly at this reader's version (upgraded, taken down,
+        read partially, or an older version read as published) are validated against this
+        reader's contract: under ``partial`` the rows that break it are held back (the
+        caution names them), under ``strict`` the batch stops (``VersionError``). Held-back
+        rows are read again when the reader's contract changes (``replica.pull``)."""
+        data, caution, version, exact = self._read(batch, manifest, data, producer, also)
+        held = 0
         if replica is not None:
-            data, caution = self.keep_known(replica, version, data, caution)
-        return data, caution
+            data, caution, held = self.keep_known(replica, version, data, caution)
+        if not exact:
+            data, caution, broke = self._own_rules(batch, version, data, caution, producer)
+            held += broke
+        return Admitted(data, caution, held)
+
+    def _own_rules(
+        self, batch: int, version: int, data: pa.Table, caution: str | None, producer: str | None
+    ) -> tuple[pa.Table, str | None, int]:
+        """Validate the upserts of ``data`` against this reader's contract (the columns it
+        has; deletes carry only a key). Returns (data without the rows that break it,
+        caution, how many); raises VersionError under ``strict``."""
+        cols = [c for c in self.contract.columns if c in data.column_names]
+        upsert = pc.equal(data[OP_COLUMN], "upsert") if OP_COLUMN in data.column_names else None
+        rows = data if upsert is None else data.filter(upsert)
+        if rows.num_rows == 0:
+            return data, caution, 0
+        result = self.contract.validate(rows.select(cols).to_pandas(integer_object_nulls=True))
+        failed = sorted(result.failed_rows)
+        if not failed:
+            return data, caution, 0
+        chain = f" producer '{producer}'" if producer else ""
+        what = (
+            f"{len(failed)} row(s) published at v{version} break this reader's "
+            f"v{self.known} ({self.contract.ref}) once read ({result.summary()})"
+        )
+        if self.policy == "strict":
+            raise VersionError(
+                f"job '{self.job}' table '{self.table}'{chain} batch {batch}: {what}; nothing of "
+                "the batch was applied. Fix the chain's migration (or the contract) and pull again"
+            )
+        bad = rows.take(pa.array(failed))
+        keys = [
+            ",".join(f"{k}={bad[k][i].as_py()}" for k in self.primary_key)
+            for i in range(min(bad.num_rows, 5))
+        ]
+        more = f" and {bad.num_rows - 5} more" if bad.num_rows > 5 else ""
+        keep = np.ones(data.num_rows, dtype=bool)
+        positions = (
+            np.arange(data.num_rows)
+            if upsert is None
+            else np.flatnonzero(upsert.to_numpy(zero_copy_only=False))
+        )
+        keep[positions[failed]] = False
+        data = data.filter(pa.array(keep))
+        note = f"held back {what}: {'; '.join(keys)}{more}"
+        base = caution or f"published at contract v{version}, read as v{self.known}"
+        return data, f"{base}; {note}", len(failed)
 
     def _read(
         self,
@@ -151,8 +216,9 @@ class Reading:
         data: pa.Table,
         producer: str | None,
         also: pa.Table | None,
-    ) -> tuple[pa.Table, str | None, int]:
-        """``admit`` without the replica: (data, caution, the version read)."""
+    ) -> tuple[pa.Table, str | None, int, bool]:
+        """``admit`` without the replica: (data, caution, the version read, whether the rows
+        arrived exactly at this reader's contract, so need no validation here)."""
         published = manifest.get("contract") or {}
         version = int(published.get("version") or 1)
         second = manifest.get("also")
@@ -167,16 +233,16 @@ class Reading:
         chained = self.chain is not None and len(self.chain.versions) > 1
         if chained and first <= version < self.known:
             self.newest_read = max(self.newest_read, version)
-            return self._upgrade(batch, data, version, producer), None, version
+            return self._upgrade(batch, data, version, producer), None, version, False
         if first <= version <= self.known:  # its own version, or (one version) any older one
             self.newest_read = max(self.newest_read, version)
-            return data, None, version
+            return data, None, version, version == self.known
         if version < first:  # older than anything this reader's chain can upgrade
             self.newest_read = max(self.newest_read, version)
             return data, (
                 f"published at contract v{version}, older than this reader's first version "
                 f"v{first}: applied as published"
-            ), version
+            ), version, True
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
         refused = manifest.get("downgrade_refused") or {}
@@ -207,7 +273,7 @@ class Reading:
         head = f"published at contract v{version}, read as v{self.known} (partial): "
         downgraded, refused = self._downgrade(published, version, data)
         if downgraded is not None:
-            return downgraded, head + refused, version
+            return downgraded, head + refused, version, False
         kept = [c for c in data.column_names if c in known]
         left_out = [c for c in data.column_names if c not in known]
         absent = [c for c in self.contract.columns if c not in data.column_names]
@@ -216,7 +282,7 @@ class Reading:
             caution += f"; not in the batch: {', '.join(absent)}"
         if refused:
             caution += f" ({refused})"
-        return data.select(kept), caution, version
+        return data.select(kept), caution, version, False
 
     def _downgrade(
         self, published: dict[str, Any], version: int, data: pa.Table
@@ -251,23 +317,55 @@ class Reading:
 
     def keep_known(
         self, con: Any, version: int, data: pa.Table, caution: str | None
-    ) -> tuple[pa.Table, str | None]:
+    ) -> tuple[pa.Table, str | None, int]:
         """Fill the columns of this reader's contract that ``data`` lacks from the replica
         (``con``, table ``self.table``): a row whose key the replica holds keeps the stored
         values; an upsert of a key it does not hold, lacking a value the contract requires
         (a required, non-nullable column), is left out of ``data`` (held back for this
-        reader). Deletes pass unchanged. Returns (data, caution extended with what was kept
-        and what was held back)."""
+        reader). Deletes pass unchanged. A lacking column the replica does not store either
+        is added as NULLs of the contract's Arrow type. Returns (data, caution extended with
+        what was kept and what was held back, the number of rows held back)."""
         absent = [c for c in self.contract.columns if c not in data.column_names]
-        if not absent or data.num_rows == 0:
-            return data, caution
+        if not absent:
+            return data, caution, 0
         schema = self.contract.schema.columns
         required = [c for c in absent if schema[c].required and not schema[c].nullable]
         stored = set(duck.columns(con, self.table))
         joined = bool(stored) and all(k in stored for k in self.primary_key)
         fill = [c for c in absent if c in stored] if joined else []
-        if not fill and not required:
-            return data, caution
+        out, held, n_kept = data, data.slice(0, 0), 0
+        if (fill or required) and data.num_rows:
+            out, held, n_kept = self._fill(con, data, fill, required, joined)
+        types = self.contract.arrow_types()
+        for c in absent:  # the replica's table has every column of its contract
+            if c not in out.column_names and c in types:
+                out = out.append_column(pa.field(c, types[c]), pa.nulls(out.num_rows, types[c]))
+        notes = []
+        if fill and n_kept:
+            notes.append(f"kept the stored {', '.join(fill)} of {n_kept} row(s)")
+        if held.num_rows:
+            keys = [
+                ",".join(f"{k}={held[k][i].as_py()}" for k in self.primary_key)
+                for i in range(min(held.num_rows, 5))
+            ]
+            more = f" and {held.num_rows - 5} more" if held.num_rows > 5 else ""
+            notes.append(
+                f"held back {held.num_rows} row(s) of keys this replica does not have, lacking "
+                f"{', '.join(required)} (required by v{self.known}): {'; '.join(keys)}{more}"
+            )
+        if not notes:
+            return out, caution, 0
+        base = caution or (
+            f"published at contract v{version}, read as v{self.known}: "
+            f"not in the batch: {', '.join(absent)}"
+        )
+        return out, f"{base}; {'; '.join(notes)}", held.num_rows
+
+    def _fill(
+        self, con: Any, data: pa.Table, fill: list[str], required: list[str], joined: bool
+    ) -> tuple[pa.Table, pa.Table, int]:
+        """``keep_known``'s join: (rows with the stored ``fill`` columns, the rows held back,
+        how many upserts of known keys kept stored values)."""
         n = "_deltaferry_row"
         indexed = data.append_column(n, pa.array(range(data.num_rows), pa.int64()))
         con.register("_deltaferry_admitted", indexed)
@@ -297,27 +395,7 @@ class Reading:
             for op, k in zip(out[OP_COLUMN].to_pylist(), out["_known"].to_pylist(), strict=True)
             if op == "upsert" and k
         )
-        out = out.drop_columns(["_known", "_held"])
-        notes = []
-        if fill and n_kept:
-            notes.append(f"kept the stored {', '.join(fill)} of {n_kept} row(s)")
-        if held.num_rows:
-            keys = [
-                ",".join(f"{k}={held[k][i].as_py()}" for k in self.primary_key)
-                for i in range(min(held.num_rows, 5))
-            ]
-            more = f" and {held.num_rows - 5} more" if held.num_rows > 5 else ""
-            notes.append(
-                f"held back {held.num_rows} row(s) of keys this replica does not have, lacking "
-                f"{', '.join(required)} (required by v{self.known}): {'; '.join(keys)}{more}"
-            )
-        if not notes:
-            return out, caution
-        base = caution or (
-            f"published at contract v{version}, read as v{self.known}: "
-            f"not in the batch: {', '.join(absent)}"
-        )
-        return out, f"{base}; {'; '.join(notes)}"
+        return out.drop_columns(["_known", "_held"]), held, n_kept
 
     def _same_contract(self, batch: int, published: dict[str, Any], producer: str | None) -> None:
         """Raise FingerprintError when ``published`` (a manifest's ``contract``) names a

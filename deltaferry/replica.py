@@ -23,6 +23,7 @@ from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
 from deltaferry import duck
 from deltaferry.duck import fetch_one, ident
+from deltaferry.merge import HELD_META, record_held
 
 _META = """
 CREATE TABLE IF NOT EXISTS _deltaferry_batches (
@@ -57,6 +58,10 @@ class PullResult:
     # the one-line reason this table stopped (a bad batch, a lost tip); what verified before
     # it is applied, and the other tables were pulled as usual
     error: str | None = None
+    # rows held back for this reader under an earlier contract, applied when it changed
+    reread: int = 0
+    # the reader's contract changed: how its stored rows were taken to the new one
+    migrated: str | None = None
 
 
 class PullFailed(TerminalError):
@@ -91,12 +96,15 @@ def pull(
     *,
     consumer: str | None = None,
     policy: str = "strict",
+    retry_held: bool = False,
 ) -> list[PullResult]:
     """Verify and apply every published batch not yet in ``replica``. For a job with several
     producers, every producer's chain (or only ``producers``) is merged (``merge.py``).
 
     A batch published at a contract version newer than the job's contract (the version
-    this reader knows) is handled by ``policy`` (``readers.py``). With ``consumer``, the
+    this reader knows) is handled by ``policy`` (``readers.py``). Rows held back for this
+    reader (``_deltaferry_held``) are read again when its contract (ref or fingerprint)
+    changed, or always with ``retry_held``. With ``consumer``, the
     reader's record in the lake (``<job>/<table>/consumers/<id>.json``) is updated.
 
     Before reading a table, the lake must reach what the replica has applied (its head not
@@ -119,6 +127,7 @@ def pull(
     whose = f"replica {replica}"
     try:
         con.execute(_META)
+        con.execute(HELD_META)
         for t in job.tables:
             if tables and t.name not in tables:
                 continue
@@ -129,7 +138,8 @@ def pull(
             )
             result = PullResult(t.name, 0, 0, 0)
             try:
-                _hold_reader_contract(con, job, t, chain, whose)
+                result.migrated = _hold_reader_contract(con, job, t, chain, whose)
+                result.reread = _reread_held(con, job, lake, t, keyring, reading, retry_held)
                 if job.multi_producer:
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
@@ -139,6 +149,12 @@ def pull(
                 failures.append(e)
                 if isinstance(e, VersionError):  # the lake record says so: not counted
                     reading.stuck = str(e)
+                if not result.batches:  # stopped before applying: say where it still is
+                    at, _ = _position(con, job.name, t.name, job.multi_producer)
+                    if job.multi_producer:
+                        result.chains = at
+                    else:
+                        result.last_batch = at or 0
             finally:  # what was applied is recorded, also when a batch stopped the pull
                 if consumer is not None:
                     position, partial = _position(con, job.name, t.name, job.multi_producer)
@@ -187,7 +203,7 @@ def _position(
 
 def _hold_reader_contract(
     con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, chain: Any, whose: str
-) -> None:
+) -> str | None:
     """Keep the table's stored rows at this reader's contract (its chain's newest version).
 
     The replica records, per table, the contract (ref, version, fingerprint) its rows are
@@ -197,8 +213,10 @@ def _hold_reader_contract(
     same shape and the replica satisfies its own contract. A recorded contract that is no
     version of the new chain, or rows a migration refuses, stop the table with one line
     (``ContractChangeRefused``: the reader's record in the lake is marked stuck) and change
-    nothing. A replica without a record (a new one, or one
-    written before records were kept) records the current contract as it is.
+    nothing. Migrated rows must satisfy the new contract (else ``ContractChangeRefused``).
+    A replica without a record (a new one, or one written before records were kept)
+    records the current contract as it is. Returns what was done to the stored rows (one
+    line), or None when nothing was.
 
     Memory: the table's stored rows, once, when the contract changes."""
     from contracts import MigrationError
@@ -220,10 +238,10 @@ def _hold_reader_contract(
     if held is not None and held[2] == now.fingerprint:
         if (held[0], held[1]) != (now.ref, now.version):
             con.execute(record, values)  # the same contract under another name
-        return
+        return None
     if held is None or not duck.table_exists(con, t.name):
         con.execute(record, values)
-        return
+        return None
     ref, version, fingerprint = held
     old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)
     if old is None or not chain.reachable(old, now.version):
@@ -242,6 +260,14 @@ def _hold_reader_contract(
             f"{where}: {whose} holds its rows at {ref} v{version}; taking them to "
             f"{now.ref} v{now.version} failed ({e}); nothing changed: pull into a new replica"
         ) from None
+    data_cols = [c for c in now.columns if c in moved.column_names]
+    checked = now.validate(moved.select(data_cols).to_pandas(integer_object_nulls=True))
+    if checked.failed_rows:
+        raise ContractChangeRefused(
+            f"{where}: {whose} holds its rows at {ref} v{version}; {len(checked.failed_rows)} of "
+            f"them break {now.ref} v{now.version} once migrated ({checked.summary()}); nothing "
+            "changed: fix the chain's upgrade, or pull into a new replica"
+        )
     for c in own:
         moved = moved.append_column(c, stored[c])
     pk = list(t.primary_key)
@@ -264,6 +290,138 @@ def _hold_reader_contract(
         raise
     finally:
         con.unregister("df_moved")
+    steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
+    return (
+        f"{moved.num_rows} stored row(s) taken from {ref} v{version} to {now.ref} "
+        f"v{now.version} ({steps})"
+    )
+
+
+def _reread_held(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    lake: LakeStore,
+    t: TableConfig,
+    keyring: Keyring | None,
+    reading: Any,
+    retry: bool = False,
+) -> int:
+    """Read again the applied batches whose rows this reader held back under another
+    contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
+    contract changed, or all of them with ``retry`` (a migration fixed in place keeps its
+    ref and fingerprint), and apply what the contract admits now. Returns how many held rows were
+    applied (those still held are recorded under the new contract).
+
+    A single producer's chain is replayed from the first batch with held rows to the last
+    applied one (newer ``_seq`` wins, so rows already applied change nothing and a later
+    delete still deletes); for several producers, only the versions the replica lacks are
+    added to each batch's producer and re-resolved. One transaction; read with the partial
+    policy (these batches were applied before: re-reading never stops at a version), so it
+    stops only on a batch that no longer verifies or a fingerprint mismatch. Memory: one
+    batch at a time; cost: the batches from the first held one on, once per contract
+    change."""
+    import dataclasses
+
+    from deltaferry import merge
+
+    own = (reading.contract.ref, reading.contract.fingerprint)
+    held = con.execute(
+        "SELECT producer, batch, rows FROM _deltaferry_held WHERE job = ? AND tbl = ?"
+        " AND (? OR ref <> ? OR fingerprint <> ?) ORDER BY producer, batch",
+        [job.name, t.name, retry, *own],
+    ).fetchall()
+    if not held:
+        return 0
+    again = dataclasses.replace(reading, policy="partial")
+    note = f"read again under {reading.contract.ref} (v{reading.known})"
+    where = f"job '{job.name}' table '{t.name}'"
+    before, still = sum(r[2] for r in held), 0
+    merge._utc(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if job.multi_producer:
+            shape = merge.TableShape(job.name, t.name, list(t.primary_key))
+            for producer, batch, n in held:
+                applied = {
+                    b: (sha, hlc)
+                    for b, sha, hlc in con.execute(
+                        "SELECT batch, manifest_sha256, hlc FROM _deltaferry_chains WHERE job = ?"
+                        " AND tbl = ? AND producer = ? AND batch IN (?, ?)",
+                        [job.name, t.name, producer, batch - 1, batch],
+                    ).fetchall()
+                }
+                if batch not in applied:
+                    record_held(con, job.name, t.name, producer, batch, 0, *own)
+                    continue
+                prev_sha, prev_hlc = applied.get(batch - 1, (None, None))
+                vb = next(
+                    iter_verified(
+                        lake, job.name, t.name, after=batch - 1, prev_sha256=prev_sha,
+                        keyring=keyring, producer=producer, prev_hlc=prev_hlc,
+                    )
+                )
+                _same_batch(where, producer, vb, batch, applied[batch][0])
+                admitted = again.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
+                merge.apply_held(con, shape, producer, batch, vb.manifest["hlc"], admitted.data)
+                record_held(con, job.name, t.name, producer, batch, admitted.held, *own)
+                still += admitted.held
+                con.execute(
+                    "UPDATE _deltaferry_chains SET caution = coalesce(caution, '') || ? WHERE job = ? AND"
+                    " tbl = ? AND producer = ? AND batch = ?",
+                    [f"; {note}: {admitted.held} of {n} row(s) still held", job.name, t.name,
+                     producer, batch],
+                )
+        else:
+            first = held[0][1]
+            recorded = dict(
+                con.execute(
+                    "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ?"
+                    " AND tbl = ? AND batch >= ?",
+                    [job.name, t.name, first - 1],
+                ).fetchall()
+            )
+            last = max(recorded, default=0)
+            counts = {b: n for _, b, n in held}
+            for vb in iter_verified(
+                lake, job.name, t.name, after=first - 1, prev_sha256=recorded.get(first - 1),
+                keyring=keyring,
+            ):
+                if vb.batch > last:
+                    break
+                _same_batch(where, None, vb, vb.batch, recorded.get(vb.batch))
+                admitted = again.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
+                _merge_rows(con, t.name, list(t.primary_key), admitted.data)
+                if vb.batch in counts:
+                    record_held(con, job.name, t.name, "", vb.batch, admitted.held, *own)
+                    still += admitted.held
+                    con.execute(
+                        "UPDATE _deltaferry_batches SET caution = coalesce(caution, '') || ? WHERE job = ?"
+                        " AND tbl = ? AND batch = ?",
+                        [f"; {note}: {admitted.held} of {counts[vb.batch]} row(s) still held",
+                         job.name, t.name, vb.batch],
+                    )
+            # a held batch past the last applied one was never applied: nothing to keep
+            con.execute(
+                "DELETE FROM _deltaferry_held WHERE job = ? AND tbl = ? AND batch > ?",
+                [job.name, t.name, last],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return before - still
+
+
+def _same_batch(where: str, producer: str | None, vb: Any, batch: int, sha: str | None) -> None:
+    """The batch read again is the one applied (same number, same manifest)."""
+    from deltaferry.errors import VerificationError
+
+    if vb.batch != batch or vb.manifest_sha256 != sha:
+        chain = f" producer '{producer}'" if producer else ""
+        raise VerificationError(
+            f"{where}{chain} batch {batch}: the lake's manifest ({vb.manifest_sha256[:12]}) is not "
+            f"the one this replica applied ({str(sha)[:12]}); its held rows cannot be read again"
+        )
 
 
 def _pull_table(
@@ -288,7 +446,7 @@ def _pull_table(
     check_position(lake, job.name, t.name, after, prev, whose=whose)
     for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring):
         assert vb.data is not None
-        data, caution = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
+        admitted = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
         _apply(
             con,
             job.name,
@@ -297,11 +455,12 @@ def _pull_table(
             vb.batch,
             vb.manifest,
             vb.manifest_sha256,
-            data,
-            caution,
+            admitted.data,
+            admitted.caution,
+            held=(admitted.held, reading.contract.ref, reading.contract.fingerprint),
         )
         result.batches += 1
-        result.cautions += caution is not None
+        result.cautions += admitted.caution is not None
         result.rows += vb.data.num_rows
         result.last_batch = vb.batch
 
@@ -353,21 +512,22 @@ def _pull_merged(
             prev_hlc=prev_hlc,
         ):
             assert vb.data is not None
-            data, caution = reading.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
+            admitted = reading.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
             merge.apply_batch(
                 con,
                 shape,
                 producer,
                 vb.batch,
                 vb.manifest["hlc"],
-                data,
+                admitted.data,
                 manifest_sha256=vb.manifest_sha256,
                 trace_id=vb.manifest.get("trace_id"),
                 contract_version=vb.manifest.get("contract", {}).get("version"),
-                caution=caution,
+                caution=admitted.caution,
                 seen=vb.manifest.get("hlc_seen"),
+                held=(admitted.held, reading.contract.ref, reading.contract.fingerprint),
             )
-            result.cautions += caution is not None
+            result.cautions += admitted.caution is not None
             result.batches += 1
             result.rows += vb.data.num_rows
             chains[producer] = vb.batch
@@ -395,38 +555,13 @@ def _apply(
     digest: str,
     data: pa.Table,
     caution: str | None = None,
+    held: tuple[int, str, str] | None = None,
 ) -> None:
-    cols = [c for c in data.column_names if c != OP_COLUMN]
+    """Apply one batch and its record (and what the reader ``held`` back of it: rows, its
+    contract's ref and fingerprint) in one transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
-        if not duck.table_exists(con, table):
-            defs = ", ".join(
-                f"{ident(f.name)} {_duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
-            )
-            con.execute(
-                f"CREATE TABLE {ident(table)}"
-                f" ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
-            )
-        else:
-            have = set(duck.columns(con, table))
-            for f in data.schema:
-                if f.name != OP_COLUMN and f.name not in have:
-                    con.execute(
-                        f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {_duck_type(f)}"
-                    )
-        con.register("incoming", data)
-        match = " AND ".join(f"r.{ident(c)} = i.{ident(c)}" for c in pk)
-        # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
-        con.execute(
-            f"DELETE FROM {ident(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
-            f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})"
-        )
-        col_list = ", ".join(ident(c) for c in cols)
-        con.execute(
-            f"INSERT INTO {ident(table)} ({col_list}) SELECT {', '.join('i.' + ident(c) for c in cols)} FROM incoming i"
-            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS (SELECT 1 FROM {ident(table)} r WHERE {match})"
-        )
-        con.unregister("incoming")
+        _merge_rows(con, table, pk, data)
         con.execute(
             "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id,"
             " contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -441,7 +576,49 @@ def _apply(
                 caution,
             ],
         )
+        if held is not None:
+            record_held(con, job, table, "", batch, *held)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _merge_rows(con: duckdb.DuckDBPyConnection, table: str, pk: list[str], data: pa.Table) -> None:
+    """Merge a batch's rows into ``table`` (created, or widened by the columns the batch
+    brings): a row replaces the stored one of its key only if its ``_seq`` is newer, a
+    delete removes the key, an upsert of a key not stored is inserted. Applying the same
+    rows again changes nothing. Inside the caller's transaction."""
+    cols = [c for c in data.column_names if c != OP_COLUMN]
+    if not duck.table_exists(con, table):
+        defs = ", ".join(
+            f"{ident(f.name)} {_duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
+        )
+        con.execute(
+            f"CREATE TABLE {ident(table)}"
+            f" ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
+        )
+    else:
+        have = set(duck.columns(con, table))
+        for f in data.schema:
+            if f.name != OP_COLUMN and f.name not in have:
+                con.execute(
+                    f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {_duck_type(f)}"
+                )
+    con.register("incoming", data)
+    try:
+        match = " AND ".join(f"r.{ident(c)} = i.{ident(c)}" for c in pk)
+        # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
+        con.execute(
+            f"DELETE FROM {ident(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
+            f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})"
+        )
+        col_list = ", ".join(ident(c) for c in cols)
+        con.execute(
+            f"INSERT INTO {ident(table)} ({col_list}) SELECT"
+            f" {', '.join('i.' + ident(c) for c in cols)} FROM incoming i"
+            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS"
+            f" (SELECT 1 FROM {ident(table)} r WHERE {match})"
+        )
+    finally:
+        con.unregister("incoming")

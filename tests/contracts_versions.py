@@ -204,3 +204,33 @@ class People(pa.DataFrameModel):
     id: Series[int]
     name: Series[str]
     nickname: Series[str] = pa.Field(nullable=True)
+
+
+# --- a reader's own migration that breaks its own contract (tests/test_readers.py) ---
+
+
+class CustomersT2(CustomersV1):
+    """v1 plus a required tier; the upgrade (a bug) gives customers of country 'XX' a tier
+    v2 refuses."""
+
+    __version__ = 2
+
+    tier: Series[str] = pa.Field(isin=["standard", "gold"])
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        frame["tier"] = frame["country"].map(lambda c: "unknown" if c == "XX" else "standard")
+        return frame
+
+
+class CustomersT2Fixed(CustomersT2):
+    """The same v2 (same fingerprint), its upgrade fixed."""
+
+    @staticmethod
+    def upgrade(frame):  # noqa: ANN001, ANN205
+        frame["tier"] = "standard"
+        return frame
+
+
+BadTier = Chain(CustomersV1, CustomersT2)
+FixedTier = Chain(CustomersV1, CustomersT2Fixed)

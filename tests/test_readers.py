@@ -8,6 +8,7 @@ import json
 import time
 
 import duckdb
+import pytest
 from click.testing import CliRunner
 
 from deltaferry.cli import cli
@@ -295,12 +296,15 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
 
     v1 = {"contract": {"ref": "tests:People", "version": 1}}
     one = batch([1, 2, 3], ["upsert"] * 3, ["Ada", "Grace", "Alan"], [None, None, None], 1)
-    data, caution = reading.admit(1, v1, one, "north", replica=con)
+    admitted = reading.admit(1, v1, one, "north", replica=con)
+    data, caution = admitted.data, admitted.caution
     assert caution is None and data.equals(one)
     merge.apply_batch(con, shape, "north", 1, 100, data)
     v2 = {"contract": {"ref": "nowhere_to_import:People", "version": 2, "fingerprint": "x"}}
     two = batch([1, 3, 4], ["upsert", "delete", "upsert"], None, ["A", None, "D"], 1)
-    data, caution = reading.admit(1, v2, two, "south", replica=con)
+    admitted = reading.admit(1, v2, two, "south", replica=con)
+    data, caution = admitted.data, admitted.caution
+    assert admitted.held == 1
     assert caution == (
         "published at contract v2, read as v1 (partial): no unknown columns; not in the "
         "batch: name; kept the stored name of 1 row(s); held back 1 row(s) of keys this "
@@ -370,3 +374,149 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     (record,) = [r for r in read_consumers(shop_job.lake(), "shop", "customers")
                  if r.get("consumer") == "mover"]
     assert "cannot be migrated" in record["stuck"]["error"]
+
+
+def _reader(shop_job, tmp_path, ref: str, name: str, extra: str = "", merged: bool = False):  # noqa: ANN001, ANN202, E501
+    """A jobs file like the shop's with the customers contract ``ref`` (``merged``: as one
+    producer, 'north', of a multi_producer job)."""
+    path = tmp_path / f"{name}.toml"
+    text = shop_job.config.read_text().replace("contracts.shop:Customers", ref)
+    if extra:
+        text = text.replace('"soft:deleted_at"', f'"soft:deleted_at"\n{extra}')
+    job = "ratio = 0.2\nreader_timeout_seconds = 1"
+    if merged:
+        job += '\nmulti_producer = true\nproducer_id = "north"'
+    path.write_text(text.replace("ratio = 0.2", job))
+    return path
+
+
+def _live(shop) -> list:  # noqa: ANN001
+    return shop.con.execute(
+        "SELECT id, name, email, country FROM customers WHERE deleted_at IS NULL ORDER BY id"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["one-producer", "multi-producer"])
+def test_rows_held_back_arrive_when_the_reader_moves_to_a_contract_that_reads_them(
+    shop_job, shop, tmp_path, merged
+):
+    """Regression (issue 19 point 3): a v1 reader pulling partially from a producer that
+    publishes v2 (`name` renamed to `full_name`, no way back) from its first batch holds
+    every row back, yet its table has every column of v1. When the reader moves to the
+    chain v1 -> v2, the held rows are read again: the replica equals the source (a key
+    held, then deleted, stays deleted), and pulling again changes nothing. The same where
+    the job merges several producers' chains."""
+    from contracts.shop import CustomersV1
+    from flows.sync import sync_job
+
+    renamed = "tests.contracts_versions:Renamed"
+    batches = "_deltaferry_chains" if merged else "_deltaferry_batches"
+    shop.round(12, 0, churn=0)
+    producer = _reader(shop_job, tmp_path, renamed, "producer", "source_version = 1", merged)
+    v1 = _reader(shop_job, tmp_path, "contracts.shop:Customers", "v1", "", merged)
+    sync_job(job="shop", config=str(producer))  # batch 1 at v2
+    replica = tmp_path / "reader.duckdb"
+    first = _pull(v1, replica, "--policy", "partial")
+    assert first.exit_code == 0, first.output
+    assert _q(replica, "SELECT count(*) FROM customers") == [(0,)]
+    columns = {r[0] for r in _q(replica, "DESCRIBE customers")}
+    assert set(CustomersV1.to_schema().columns) <= columns
+    assert _q(replica, "SELECT batch, rows FROM _deltaferry_held") == [(1, 12)]
+
+    time.sleep(1.5)  # the v1 reader's record ages out: the producer publishes v2 again
+    _set(shop, 2, "country", "JP")
+    at = shop._tick()
+    shop.con.execute("UPDATE customers SET deleted_at = ?, updated_at = ? WHERE id = 3", (at, at))
+    shop.con.commit()
+    shop.round(1, 0, churn=0)  # customer 13
+    sync_job(job="shop", config=str(producer))  # batch 2 at v2
+    second = _pull(v1, replica, "--policy", "partial")
+    assert second.exit_code == 0, second.output
+    assert _q(replica, "SELECT count(*) FROM customers") == [(0,)]
+
+    v2 = _reader(shop_job, tmp_path, renamed, "v2", "", merged)
+    moved = _pull(v2, replica)
+    assert moved.exit_code == 0, moved.output
+    assert "held back under the earlier contract applied" in moved.output
+    sql = "SELECT id, full_name, email, country FROM customers ORDER BY id"
+    assert _q(replica, sql) == _live(shop) and len(_live(shop)) == 12
+    assert _q(replica, "SELECT count(*) FROM _deltaferry_held") == [(0,)]
+    caution = _q(replica, f"SELECT caution FROM {batches} WHERE batch = 1")[0][0]
+    assert caution.endswith(f"read again under {renamed} (v2): 0 of 12 row(s) still held")
+    again = _pull(v2, replica)
+    assert again.exit_code == 0 and "held back" not in again.output
+    assert _q(replica, sql) == _live(shop)
+
+
+def test_rows_a_readers_own_migration_breaks_are_never_stored(
+    shop_job, shop, tmp_path, monkeypatch
+):
+    """Regression (issue 19 point 3): rows a reader's own upgrade produces are validated
+    against its contract. Strict: the batch stops in one line, nothing applied. Partial:
+    the rows that break it are held back (named in the caution) and arrive once the
+    migration is fixed (a new contract ref, or ``--retry-held`` for a fix in place). Stored
+    rows a contract change would migrate into breaking rows refuse the change."""
+    from contracts import Contract
+    from tests.contracts_versions import CustomersT2
+
+    shop.round(6, 0, churn=0)
+    for cid in (2, 4):
+        _set(shop, cid, "country", "XX")
+    shop_job.sync()  # batch 1 at v1
+    bad = _reader(shop_job, tmp_path, "tests.contracts_versions:BadTier", "bad")
+
+    strict = tmp_path / "strict.duckdb"
+    stopped = _pull(bad, strict)
+    assert stopped.exit_code == 1
+    line = stopped.output.strip().splitlines()[-1]
+    assert "batch 1: 2 row(s) published at v1 break this reader's v2" in line
+    assert "tier" in line and "nothing of the batch was applied" in line
+    assert _q(strict, "SELECT count(*) FROM _deltaferry_batches") == [(0,)]
+
+    partial = tmp_path / "partial.duckdb"
+    read = _pull(bad, partial, "--policy", "partial")
+    assert read.exit_code == 0, read.output
+    assert [r[0] for r in _q(partial, "SELECT id FROM customers ORDER BY id")] == [1, 3, 5, 6]
+    caution = _q(partial, "SELECT caution FROM _deltaferry_batches")[0][0]
+    assert "held back 2 row(s) published at v1 break this reader's v2" in caution
+    assert caution.endswith("id=2; id=4")
+    stored = _q(partial, "SELECT id, name, email, country, updated_at, deleted_at, tier "
+                         "FROM customers")
+    import pandas as pd
+
+    frame = pd.DataFrame(stored, columns=["id", "name", "email", "country", "updated_at",
+                                          "deleted_at", "tier"])
+    assert not Contract("v2", CustomersT2).validate(frame).failed_rows
+
+    # fixed in place (same ref, same fingerprint): only --retry-held reads the rows again
+    buggy = CustomersT2.__dict__["upgrade"]
+    monkeypatch.setattr(CustomersT2, "upgrade", staticmethod(_standard_tier))
+    assert _pull(bad, partial).exit_code == 0
+    assert _q(partial, "SELECT count(*) FROM customers") == [(4,)]
+    retried = _pull(bad, partial, "--retry-held")
+    assert retried.exit_code == 0, retried.output
+    assert "2 row(s) held back under the earlier contract applied" in retried.output
+    assert _q(partial, "SELECT id, name, email, country FROM customers ORDER BY id") == _live(shop)
+    assert _q(partial, "SELECT DISTINCT tier FROM customers") == [("standard",)]
+    monkeypatch.setattr(CustomersT2, "upgrade", buggy)
+
+    # a v1 replica whose rows the bad upgrade would break refuses the contract change
+    plain = tmp_path / "plain.duckdb"
+    first = _pull(shop_job.config, plain)
+    assert first.exit_code == 0, first.output
+    refused = _pull(bad, plain)
+    assert refused.exit_code == 1
+    assert "2 of them break tests.contracts_versions:BadTier" in refused.output
+    assert _q(plain, "SELECT id, name, email, country FROM customers ORDER BY id") == _live(shop)
+    assert _q(plain, "SELECT version FROM _deltaferry_contracts WHERE tbl = 'customers'") == [(1,)]
+    # and the fixed chain (a new ref, same fingerprint) takes them
+    fixed = _reader(shop_job, tmp_path, "tests.contracts_versions:FixedTier", "fixed")
+    moved = _pull(fixed, plain)
+    assert moved.exit_code == 0, moved.output
+    assert "6 stored row(s) taken from contracts.shop:Customers" in moved.output
+    assert _q(plain, "SELECT count(*) FROM customers WHERE tier = 'standard'") == [(6,)]
+
+
+def _standard_tier(frame):  # noqa: ANN001, ANN202
+    frame["tier"] = "standard"
+    return frame
