@@ -202,7 +202,7 @@ def _shape_rule(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     have (so staged and published rows have the same columns, and a column only one side has
     is a change); else why only the columns both sides have are compared (a migration
     between them renames or drops columns by design)."""
-    from deltaferry.sync import source_version
+    from deltaferry.negotiate import source_version
 
     chain = ctx.chains.get(t.name)
     head = ctx.state.last_manifest(t.name) or {}

@@ -20,13 +20,18 @@ the chain and a lost home adopts it (``deltaferry/adopt.py``, verified and recor
 
 Cost: one GET of the checkpoint's manifest and one listing of the manifests after it
 (``start_after``), per table and run, whatever the chain's length.
+
+:func:`agree_every_table` is the run's ``lake-head`` step (``flows/sync.py:agree_step``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deltaferry.config import TableConfig
+from deltaferry.context import SyncContext
 from deltaferry.errors import LakeMismatchError
+from deltaferry.producers import check_chain_mode
 from deltaferry.state import Checkpoint, Plan
 from destinations.lake import LakeStore
 from destinations.manifest import batch_of_manifest_key, manifest_key, manifests_prefix, sha256
@@ -115,3 +120,38 @@ def check_lake(
         f"Nothing was published. Stop the other producer, or run {fix} to adopt the lake's "
         "head (verified; the source is read again in full)"
     )
+
+
+def agree_with_lake(ctx: SyncContext, t: TableConfig) -> str:
+    """The lake's chain for ``t`` ends at this producer's checkpoint (or at its own planned
+    batch, stored before a lost acknowledgement); else ``LakeMismatchError``, nothing
+    written (:func:`check_lake`)."""
+    ckpt = ctx.state.checkpoint(t.name)
+    try:
+        check_lake(
+            ctx.lake, ctx.job.name, t.name, ckpt, ctx.state.pending_plan(t.name), ctx.job.chain
+        )
+    except LakeMismatchError:
+        check_chain_mode(ctx, t)  # multi_producer switched on a published table: say that
+        raise
+    return f"lake and checkpoint agree at batch {ckpt.batch}"
+
+
+def agree_every_table(ctx: SyncContext) -> None:
+    """:func:`agree_with_lake` for every table of the job, each a ``lake-head`` step in the
+    operations log. Every table is checked, so one run names all that disagree: one
+    ``LakeMismatchError``, the first table's, naming the others."""
+    stopped: list[tuple[str, LakeMismatchError]] = []
+    for t in ctx.job.tables:
+        try:
+            ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
+        except LakeMismatchError as e:
+            stopped.append((t.name, e))
+    if len(stopped) == 1:
+        raise stopped[0][1]
+    if stopped:
+        others = ", ".join(f"'{name}'" for name, _ in stopped[1:])
+        raise LakeMismatchError(
+            f"{stopped[0][1]} (tables {others} disagree with the lake too; `deltaferry reset` "
+            "takes --table once per table)"
+        )

@@ -107,7 +107,7 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
     from deltaferry.config import load_job
 
-    from deltaferry.sync import preflight_job
+    from deltaferry.context import preflight_job
 
     if not verbose:
         _quiet_prefect_console()
@@ -137,7 +137,7 @@ def run_all(
 ) -> None:
     """Sync several jobs at once on Dask workers (prefect-dask); exit 1 if any failed."""
     from deltaferry.config import config_path, load_jobs
-    from deltaferry.sync import preflight_job
+    from deltaferry.context import preflight_job
 
     if workers < 1:
         raise ConfigError("--workers must be 1 or more")

@@ -145,7 +145,7 @@ def register(ui: ModuleType) -> None:
         from deltaferry import duck
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
-        from deltaferry.sync import contract_version, source_version
+        from deltaferry.negotiate import contract_version, source_version
         from deltaferry.delta import delete_conditions
         from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
         from sources.staging import staged_columns, staging_path
@@ -240,7 +240,7 @@ def register(ui: ModuleType) -> None:
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
         from deltaferry.state import StateStore
-        from deltaferry.sync import contract_version, source_version
+        from deltaferry.negotiate import contract_version, source_version
 
         cfg = load_job(job, config)
         t, chain = _chain(cfg, table)

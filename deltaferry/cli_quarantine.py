@@ -58,7 +58,7 @@ def register(ui: ModuleType) -> None:
         from contracts import load_chain
         from deltaferry.config import load_job
         from deltaferry.state import StateStore
-        from deltaferry.sync import held_under_contract
+        from deltaferry.negotiate import held_under_contract
 
         cfg = load_job(job, config)
         tables = [cfg.table(table)] if table else list(cfg.tables)

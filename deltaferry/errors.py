@@ -40,7 +40,7 @@ class DowngradeRefused(ContractViolation):
     """Migrating a batch's rows down to the negotiated contract version was refused
     (``contracts.MigrationError``): the source has rows that version cannot represent.
     ``start`` and ``target`` are the versions; ``reason`` the migration's message.
-    ``sync.plan_negotiated`` publishes the batch at a higher version instead."""
+    ``plan.plan_negotiated`` publishes the batch at a higher version instead."""
 
     def __init__(self, message: str, start: int, target: int, reason: str) -> None:
         super().__init__(message)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deltaferry.sync import SyncContext
+from deltaferry.context import SyncContext
 
 
 @dataclass

@@ -86,7 +86,7 @@ def discard_plan(job: JobConfig, t: TableConfig, reason: str) -> str:
     """Forget the table's planned batch (and the quarantine records it made), so the next
     run cuts its loads again. ConfigError when there is none, or when the lake already holds
     exactly its manifest (then it is published: ``deltaferry run`` commits it)."""
-    from deltaferry.sync import job_lock
+    from deltaferry.context import job_lock
 
     with job_lock(job.name):
         state = StateStore(job.name)
@@ -154,7 +154,7 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
     """Forget the table's local position so that the next run adopts the lake's chain
     (verified) and reads the source again in full; committed batches are never published
     again. Changes local state only; written to the operations log."""
-    from deltaferry.sync import job_lock
+    from deltaferry.context import job_lock
 
     with job_lock(job.name):
         state = StateStore(job.name)
@@ -198,7 +198,8 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
     With ``batch``, that one committed batch's data objects are rebuilt and uploaded again
     (a data object the lake lost or corrupted; its manifest must be in the lake, unchanged)."""
     from deltaferry.errors import TerminalError
-    from deltaferry.sync import job_lock, open_context, put_manifest, upload_parts
+    from deltaferry.commit import put_manifest, upload_parts
+    from deltaferry.context import job_lock, open_context
 
     where = f"job '{job.name}' table '{t.name}'"
     with job_lock(job.name):
@@ -250,7 +251,7 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
 def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: str) -> str:  # noqa: ANN001
     """Rebuild one committed batch from staging and upload its data objects again (their
     keys are content-derived: an overwrite stores the committed bytes)."""
-    from deltaferry.sync import upload_parts
+    from deltaferry.commit import upload_parts
 
     where = f"job '{job.name}' table '{t.name}' batch {batch}"
     plan = ctx.state.committed_plan(t.name, batch)
@@ -279,7 +280,7 @@ def _rebuild_exact(ctx, t: TableConfig, plan: Plan, advice: str):  # noqa: ANN00
     """A committed batch rebuilt from staging, byte-identical to its manifest; a
     TerminalError naming ``advice`` when staging has moved on since it was cut."""
     from deltaferry.errors import TerminalError
-    from deltaferry.sync import rebuild
+    from deltaferry.commit import rebuild
 
     try:
         return rebuild(ctx, t, plan)

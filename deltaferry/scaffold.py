@@ -161,8 +161,8 @@ def test_{name}_source_conforms(conformance_job):
 
 def test_{name}_job_runs_on_its_sample(tmp_path, monkeypatch, prefect_api):
     """The scaffolded job, on its sample, through the drafted contract."""
-    from deltaferry.sync import preflight_job
     from deltaferry.config import load_job
+    from deltaferry.context import preflight_job
     from flows.sync import sync_job
 
     monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path / "home"))

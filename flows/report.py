@@ -32,7 +32,7 @@ from prefect.events import emit_event
 
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.extract import ExtractResult
-from deltaferry.sync import SyncContext
+from deltaferry.context import SyncContext
 
 
 def artifact_key(job: str, what: str) -> str:

@@ -17,24 +17,17 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
+from deltaferry.agreement import agree_every_table
+from deltaferry.commit import commit, put_manifest, recover_table, upload_parts
 from deltaferry.config import TableConfig, load_job
+from deltaferry.context import SyncContext, job_lock, open_context
 from deltaferry.delta import Delta
 from deltaferry.errors import TransientError
 from deltaferry.extract import ExtractResult, run_extract
 from deltaferry.failpoints import failpoint
+from deltaferry.plan import plan_negotiated
 from deltaferry.settings import from_env
 from deltaferry.state import Plan
-from deltaferry.sync import (
-    SyncContext,
-    agree_every_table,
-    commit,
-    job_lock,
-    open_context,
-    plan_negotiated,
-    put_manifest,
-    recover_table,
-    upload_parts,
-)
 from flows.report import check_lag, emit, emit_failure, emit_retry, publish_run_report
 
 

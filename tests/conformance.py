@@ -153,7 +153,7 @@ def _published(out: dict) -> int | None:
 def run_conformance(h: Harness, job) -> None:  # noqa: ANN001 - a tests.conftest job
     from contracts import load_contract
     from deltaferry.config import source_settings
-    from deltaferry.sync import preflight_job
+    from deltaferry.context import preflight_job
 
     h.start(job.dir / "source")
     try:

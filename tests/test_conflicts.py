@@ -499,10 +499,10 @@ def test_two_producers_merge_with_conflicts_hotspots_and_override(sites, tmp_pat
     }
     assert differ  # the two sites disagree on some customers (country, update time)
     north.sync(monkeypatch)
-    import deltaferry.sync
+    import deltaferry.producers
 
     with monkeypatch.context() as m:  # the two publish at once: south lists the lake before
-        m.setattr(deltaferry.sync, "_chain_head", lambda *a: None)  # north's batch is there
+        m.setattr(deltaferry.producers, "_chain_head", lambda *a: None)  # north's batch is there
         south.sync(monkeypatch)
     replica = tmp_path / "replica.duckdb"
     (customers, orders) = _pull(north, replica)

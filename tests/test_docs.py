@@ -2,7 +2,7 @@
 repository for the design.
 
 - every backticked project path (``deltaferry/x.py``, ``flows/``, ...) exists;
-- every backticked ``path.py:name`` (``deltaferry/sync.py:put_manifest``,
+- every backticked ``path.py:name`` (``deltaferry/commit.py:put_manifest``,
   ``deltaferry/state.py:StateStore.commit_checkpoint``) imports and resolves;
 - the module map names every production module;
 - the in-page links and the code comments' "docs/architecture.md, section N "Title""
@@ -101,7 +101,7 @@ def test_checks_catch_what_they_should():
     assert refs == [("deltaferry/nope.py", None), ("flows/sync.py", "sync_job")]
     assert not (ROOT / refs[0][0]).exists()
     with pytest.raises(AttributeError):
-        resolve("deltaferry/sync.py", "no_such_function")
+        resolve("deltaferry/commit.py", "no_such_function")
     with pytest.raises(AttributeError):
         resolve("deltaferry/state.py", "StateStore.no_such_method")
     assert module_name("contracts/__init__.py") == "contracts"

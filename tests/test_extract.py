@@ -11,7 +11,7 @@ import pytest
 import deltaferry.adopt
 import sources
 from deltaferry.extract import ExtractResult, TableExtract, run_extract
-from deltaferry.sync import SyncContext
+from deltaferry.context import SyncContext
 from sources.staging import ExtractResult as SourceResult
 
 

@@ -138,9 +138,9 @@ def test_two_producers_on_one_table_exactly_one_commits(shop_job, shop, tmp_path
         shop_job.sync()  # host B sees the lake past its checkpoint before it plans
     # in a race both hosts pass that check before either stores its manifest; the
     # create-only manifest still lets exactly one commit
-    import deltaferry.sync
+    import deltaferry.agreement
 
-    monkeypatch.setattr(deltaferry.sync, "agree_with_lake", lambda ctx, t: "raced")
+    monkeypatch.setattr(deltaferry.agreement, "agree_with_lake", lambda ctx, t: "raced")
     with pytest.raises(ConflictError, match="batch 2.*another writer"):
         shop_job.sync()  # host B's own batch 2 is refused, nothing overwritten
     lake = shop_job.lake()

@@ -162,7 +162,7 @@ def test_manifest_matches_its_published_json_schema(shop_job, shop):
 
 def test_second_runner_on_the_same_job_stops_cleanly(shop_job, shop):
     from deltaferry.errors import JobBusyError
-    from deltaferry.sync import job_lock
+    from deltaferry.context import job_lock
 
     shop.round(10, 10, churn=0)
     with job_lock("shop"):

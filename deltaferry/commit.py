@@ -1,0 +1,170 @@
+"""The commit protocol per table, after the plan step (``deltaferry/plan.py``) recorded a
+batch with its exact manifest bytes
+(see docs/architecture.md, section 3 "Commit protocol and recovery"):
+
+  upload data objects (:func:`upload_parts`) -> put the manifest create-only, the commit
+  point (:func:`put_manifest`) -> advance the local checkpoint (:func:`commit`).
+
+On start, a planned-but-uncommitted batch is finished first (:func:`recover_table`):
+manifest present and identical -> commit; absent -> rebuild byte-identically
+(:func:`rebuild`) and publish; present but different -> another writer holds the table:
+terminal ConflictError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from deltaferry.config import TableConfig
+from deltaferry.context import SyncContext
+from deltaferry.delta import Delta, build_delta
+from deltaferry.dual import dual_copy
+from deltaferry.errors import ConflictError, TerminalError, TransientError
+from deltaferry.failpoints import failpoint
+from deltaferry.negotiate import contract_version, migration_of
+from deltaferry.staged import DriftPlan, staged_changes
+from deltaferry.state import Plan
+from destinations.manifest import manifest_key, sha256
+
+
+def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
+    """Upload every data object of the plan; the manifest is written only after all succeed."""
+    planned = json.loads(plan.manifest)
+    files = planned["files"]
+    parts = list(delta.parts)
+    if "also" in planned:  # dual publishing: the newer version's copy goes up too
+        files = files + planned["also"]["files"]
+        parts += delta.also[1] if delta.also else []
+    sent = 0
+    for f, part in zip(files, parts, strict=True):
+        if f["sha256"] != part.sha256:
+            raise TerminalError(
+                f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f['key']} "
+                "does not match its plan"
+            )
+        ctx.lake.put(f["key"], part.data)
+        sent += len(part.data)
+        failpoint("after_part_upload")
+    failpoint("after_upload")
+    return sent
+
+
+def put_manifest(ctx: SyncContext, plan: Plan) -> str:
+    """Write the manifest create-only. A 412 with our own bytes already there is a lost ack: success."""
+    key = manifest_key(ctx.job.name, plan.table, plan.batch, ctx.job.chain)
+    created = ctx.lake.put_if_absent(key, plan.manifest)
+    failpoint("after_manifest")
+    if created:
+        return "created"
+    stored = ctx.lake.get(key)
+    if stored is not None and sha256(stored) == plan.manifest_sha256:
+        return "already stored (lost acknowledgement)"
+    if stored is None:  # reported present, but not readable yet: decide on the next attempt
+        raise TransientError(
+            f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: the store refused to create "
+            f"{key} but the object cannot be read; retrying"
+        )
+    raise ConflictError(
+        f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: a different manifest already exists at "
+        f"{ctx.lake.url}/{key} ({_describe(stored)}; ours sha256 {plan.manifest_sha256[:16]}); another writer "
+        "holds this table. Nothing was overwritten; stop other producers and investigate before running again"
+    )
+
+
+def _describe(stored: bytes) -> str:
+    """Who wrote a manifest, for conflict messages."""
+    try:
+        m = json.loads(stored)
+        return (
+            f"sha256 {sha256(stored)[:16]}, producer '{m.get('producer_id')}', "
+            f"trace {m.get('trace_id')}, created {m.get('created_at')}, {len(stored)} bytes"
+        )
+    except ValueError:
+        return (
+            f"sha256 {sha256(stored)[:16]}, not JSON, {len(stored)} bytes: a torn write the store "
+            "accepted (S3 refuses incomplete bodies; this store did not); if no other producer "
+            "writes this table, delete that object and run again"
+        )
+
+
+def commit(ctx: SyncContext, plan: Plan) -> None:
+    """Advance the checkpoint to the plan's batch, whose manifest is stored: one local
+    transaction (``StateStore.commit_checkpoint``)."""
+    failpoint("before_checkpoint")
+    ctx.state.commit_checkpoint(plan)
+
+
+def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
+    """Finish a planned batch left by an interrupted run, or adopt the lake's chain when
+    there is neither a plan nor a checkpoint. Returns what was done, or None."""
+    plan = ctx.state.pending_plan(t.name)
+    if plan is None:
+        from deltaferry.adopt import adopt_from_lake
+
+        return adopt_from_lake(ctx, t)
+    key = manifest_key(ctx.job.name, t.name, plan.batch, ctx.job.chain)
+    stored = ctx.lake.get(key)
+    if stored is not None:
+        if sha256(stored) != plan.manifest_sha256:
+            raise ConflictError(
+                f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the lake holds a different manifest "
+                f"than the one planned here; another writer holds this table. Nothing was overwritten; "
+                f"stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name} --reason \"<why>\"` adopts the lake's chain"
+            )
+        commit(ctx, plan)
+        return f"batch {plan.batch}: manifest already stored, checkpoint committed"
+    delta = rebuild(ctx, t, plan)
+    upload_parts(ctx, plan, delta)
+    put_manifest(ctx, plan)
+    commit(ctx, plan)
+    return f"batch {plan.batch}: rebuilt byte-identically and published"
+
+
+def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
+    """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
+    planned = json.loads(plan.manifest)
+    recorded = planned.get("drift")
+    chain = ctx.chains[t.name]  # the plan's own version and migration, whatever readers say now
+    version = int((planned.get("contract") or {}).get("version") or chain.latest)
+    ctx.contracts[t.name] = contract_version(ctx.job, t, chain, version)
+    moved = planned.get("migration")
+    if moved:
+        ctx.migrations[t.name] = (int(moved["from"]), int(moved["to"]))
+    else:
+        ctx.migrations.pop(t.name, None)
+    drift = DriftPlan.recorded(recorded)
+    ctx.released[t.name] = ctx.state.plan_releases(t.name, plan.batch)
+    with staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift) as (_, chunks, _d):
+        if chunks is None:
+            raise TerminalError(
+                f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
+                f"planned batch are gone; restore the staging file, or run `deltaferry reset "
+                f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to read the source again from the lake's head"
+            )
+        # the plan's own cut: same part size; its quarantine decision was already taken
+        job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
+        delta = build_delta(
+            job,
+            t,
+            ctx.contracts[t.name],
+            chunks,
+            plan.load_ids,
+            plan.seq_start,
+            held=drift.held if drift else None,
+            migration=migration_of(ctx, t),
+            missing=drift.missing if drift else None,
+        )
+    if "also" in planned:
+        also_version = int(planned["also"]["contract"]["version"])
+        delta.also = dual_copy(ctx, t, delta, also_version, drift, plan.chunk_rows)
+    want = [f["sha256"] for f in planned["files"] + (planned.get("also") or {}).get("files", [])]
+    got = [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
+    if want != got:
+        raise TerminalError(
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
+            f"from the plan (contract or library changed since?); expected {want}, got {got}. "
+            f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
+            f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to cut it again at the current one"
+        )
+    return delta

@@ -1,0 +1,164 @@
+"""Starting a run of one job: what it checks first (:func:`preflight_job`), the run lock
+(:func:`job_lock`) and what its steps share (:class:`SyncContext`, :func:`open_context`).
+
+The steps themselves: ``deltaferry/agreement.py``, ``deltaferry/extract.py``,
+``deltaferry/plan.py`` and ``deltaferry/commit.py``; ``flows/sync.py`` runs them as Prefect
+tasks (see docs/architecture.md, section 2 "The producer: one run").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from contracts import Chain, Contract, load_chain, load_contract
+from deltaferry.config import JobConfig, job_home
+from deltaferry.errors import JobBusyError, TransientError
+from deltaferry.keys import Keyring
+from deltaferry.negotiate import source_version
+from deltaferry.state import StateStore
+from destinations.lake import LakeStore, open_lake
+
+T = TypeVar("T")
+
+
+@dataclass
+class SyncContext:
+    """Everything the steps of one run share."""
+
+    job: JobConfig
+    state: StateStore
+    lake: LakeStore
+    run_id: str
+    trace_id: str
+    contracts: dict[str, Contract] = field(default_factory=dict)
+    keyring: Keyring | None = None
+    attempt: Callable[[], int] = lambda: 1
+    max_attempts: int = 1
+    # the delay the retry layer will wait before the next attempt of the current step
+    next_delay: Callable[[int], float | None] = lambda attempt: None
+    retry_delays: dict[str, list[float]] = field(default_factory=dict)
+    # inputs the source set aside in this run (a malformed file), one line each
+    skipped: list[str] = field(default_factory=list)
+    # source drift met in this run, per table, one line each (contracts/drift.py)
+    drift: dict[str, str] = field(default_factory=dict)
+    # each table's chain of contract versions; the version its source rows have, and the
+    # version this run publishes at (after negotiation with the readers), when they differ
+    chains: dict[str, Chain] = field(default_factory=dict)
+    migrations: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # per table, the source's columns as this run's extract read them (when the source
+    # says), and the held rows (key JSON, load id) the table's cut validates again
+    source_columns: dict[str, set[str]] = field(default_factory=dict)
+    released: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # per table, a version the source's rows could not be downgraded to in this run, and
+    # the migration's reason: negotiation publishes above it (``plan_negotiated``)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def step(
+        self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
+    ) -> T:
+        """Run one step and record it (and its outcome) in the operations log."""
+        t0 = time.perf_counter()
+        attempt = self.attempt()
+        try:
+            result = fn()
+        except BaseException as e:
+            cause = f"{type(e).__name__}: {e}"
+            if not isinstance(e, TransientError):
+                outcome = "failed"
+            else:  # transient: retried by the step's retry layer unless its budget is spent
+                outcome = "exhausted" if attempt >= self.max_attempts else "retry"
+                delay = self.next_delay(attempt) if outcome == "retry" else None
+                if delay is not None:
+                    cause = f"retry in {delay:.3f}s after {cause}"
+            self.state.log(
+                self.run_id,
+                step,
+                outcome,
+                table=table,
+                batch=batch,
+                attempt=attempt,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+                detail=cause[:2000],
+            )
+            raise
+        detail = result if isinstance(result, str) else None
+        self.state.log(
+            self.run_id,
+            step,
+            "ok",
+            table=table,
+            batch=batch,
+            attempt=attempt,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            detail=detail,
+        )
+        return result
+
+
+def preflight_job(job: JobConfig) -> None:
+    """Check everything a run needs before it starts: contracts import, the source answers and
+    has every table and column, the lake exists. Raises ConfigError (or TransientError)."""
+    from sources import source_module
+
+    for t in job.tables:
+        load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+    source_module(job).preflight_source(job)
+    open_lake(job.lake, base=job.base_dir).check()
+
+
+@contextmanager
+def job_lock(job: str) -> Iterator[None]:
+    """One local runner per job; a second one stops at once, naming the holder."""
+    path = job_home(job) / "run.lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise JobBusyError(
+            f"job '{job}' is already running (pid {holder}); this run stops"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def open_context(
+    job: JobConfig, run_id: str | None = None, trace_id: str | None = None
+) -> SyncContext:
+    """Load contracts, open state and lake, check the lake answers (ConfigError if not)."""
+    chains = {
+        t.name: load_chain(t.contract, where=f"job '{job.name}' table '{t.name}'")
+        for t in job.tables
+    }
+    contracts = {
+        t.name: chains[t.name].contract(source_version(job, t, chains[t.name])) for t in job.tables
+    }
+    state = StateStore(job.name)
+    lake = open_lake(job.lake, base=job.base_dir)
+    lake.check()
+    rid = run_id or state.start_run()
+    return SyncContext(
+        keyring=Keyring(),
+        job=job,
+        state=state,
+        lake=lake,
+        run_id=rid,
+        trace_id=trace_id or rid,
+        contracts=contracts,
+        chains=chains,
+    )

@@ -1,0 +1,189 @@
+"""The plan step: cut, validate and encode a table's next batch, assemble its manifest and
+record the plan with the manifest's exact bytes before anything is uploaded
+(:func:`plan_negotiated`, :func:`plan_table`, :func:`make_manifest`). The plan is the
+write-ahead record the commit protocol (``deltaferry/commit.py``) finishes.
+
+See docs/architecture.md, section 2 "The producer: one run".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltaferry.config import TableConfig
+from deltaferry.context import SyncContext
+from deltaferry.delta import Delta, build_delta
+from deltaferry.dual import also_manifest, dual_copy
+from deltaferry.errors import DowngradeRefused
+from deltaferry.failpoints import failpoint
+from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
+from deltaferry.producers import check_chain_mode, logical_time
+from deltaferry.staged import staged_changes
+from deltaferry.state import Plan, now
+from destinations.manifest import FORMAT, canonical, data_key, sha256
+
+
+def plan_negotiated(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """``plan_table``; when the negotiated version cannot represent the source's rows (a
+    downgrade raises ``MigrationError``: ``DowngradeRefused``), the batch is planned again
+    one version up, and so on up to the source's own version, so the readers that read it
+    still get their batches; the manifest says which version refused and why
+    (``downgrade_refused``), and readers of the older version stop at it with that reason.
+    Under a ``contracts rollback`` pin the refusal stops the table (ContractViolation)."""
+    while True:
+        try:
+            return plan_table(ctx, t)
+        except DowngradeRefused as e:
+            again = ctx.refused.get(t.name)
+            if ctx.state.contract_pin(t.name) is not None or (
+                again is not None and again[0] >= e.target
+            ):
+                raise
+            ctx.refused[t.name] = (e.target, e.reason)
+
+
+def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
+    ckpt = ctx.state.checkpoint(t.name)
+    with staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
+        if not load_ids and not ctx.released.get(t.name):
+            return None
+        if len(ctx.chains[t.name].versions) > 1:
+            negotiate(ctx, t)
+        delta = (
+            build_delta(
+                ctx.job,
+                t,
+                ctx.contracts[t.name],
+                chunks,
+                load_ids,
+                ckpt.seq_end + 1,
+                held=drift.held if drift else None,
+                migration=migration_of(ctx, t),
+                missing=drift.missing if drift else None,
+                open_keys={pk for pk, *_ in ctx.state.open_held(t.name)},
+            )
+            if chunks is not None
+            else None
+        )
+    released = ctx.released.get(t.name, [])
+    if released and delta is not None:
+        again = {q["pk"] for q in delta.quarantine} & {pk for pk, _ in released}
+        ctx.state.log(
+            ctx.run_id,
+            "quarantine",
+            "info",
+            table=t.name,
+            detail=f"job '{ctx.job.name}' table '{t.name}': {len(released)} held row(s) "
+            f"validated again against {ctx.contracts[t.name].ref} "
+            f"v{ctx.contracts[t.name].version}: {len(released) - len(again)} published, "
+            f"{len(again)} held again",
+        )
+    if delta is None or delta.rows == 0:
+        # no change for this table in these loads, or every change held back by the contract
+        ctx.state.consume_without_batch(
+            t.name,
+            load_ids,
+            ctx.run_id,
+            delta.quarantine if delta else [],
+            held_under(ctx, t),
+            delta.touched if delta else set(),
+        )
+        return None
+    check_chain_mode(ctx, t)
+    if len(ctx.chains[t.name].versions) == 1:  # with a chain, negotiate read the readers
+        note_readers(ctx, t)
+    if ctx.job.dual_publish:
+        delta.also = dual_copy(ctx, t, delta, None, drift, ctx.job.rows_per_file)
+    batch = ckpt.batch + 1
+    clock = logical_time(ctx, t) if ctx.job.multi_producer else None
+    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
+    if drift is not None:
+        manifest["drift"] = drift.manifest()
+    if t.name in ctx.migrations:
+        start, target = ctx.migrations[t.name]
+        chain = ctx.chains[t.name]
+        manifest["migration"] = {
+            "from": start,
+            "to": target,
+            "steps": chain.steps(start, target),
+            "source_fingerprint": chain.contract(start).fingerprint,
+        }
+    if ctx.keyring is not None:
+        manifest = ctx.keyring.sign(manifest)
+    body = canonical(manifest)
+    plan = Plan(
+        t.name,
+        batch,
+        load_ids,
+        delta.seq_start,
+        delta.seq_end,
+        delta.rows,
+        len({q["pk"] for q in delta.quarantine}),
+        body,
+        sha256(body),
+        ctx.job.rows_per_file,
+    )
+    ctx.state.record_plan(
+        plan,
+        ctx.run_id,
+        delta.quarantine,
+        held_under(ctx, t),
+        delta.touched,
+        ctx.released.get(t.name, []),
+    )
+    failpoint("after_plan")
+    return plan, delta
+
+
+def make_manifest(
+    ctx: SyncContext,
+    t: TableConfig,
+    batch: int,
+    prev: str | None,
+    delta: Delta,
+    clock: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of batch ``batch`` of ``t`` (unsigned; format ``deltaferry.manifest/1``,
+    ``destinations/manifest.schema.json``): contract, key, cursor and ``_seq`` ranges, load
+    ids, counts, every file, the dual-published copy, the logical ``clock`` with several
+    producers, and the version a downgrade was refused at."""
+    c = ctx.contracts[t.name]
+    job = ctx.job.name
+    chain = ctx.job.chain
+    manifest = {
+        "format": FORMAT,
+        "job": job,
+        "table": t.name,
+        "batch": batch,
+        "prev_sha256": prev,
+        "producer_id": ctx.job.producer_id,
+        "contract": {"ref": c.ref, "version": c.version, "fingerprint": c.fingerprint},
+        "primary_key": list(t.primary_key),
+        "cursor": {"column": t.cursor, "min": delta.cursor_min, "max": delta.cursor_max},
+        "seq": {"start": delta.seq_start, "end": delta.seq_end},
+        "load_ids": delta.load_ids,
+        "rows": delta.rows,
+        "ops": {"upsert": delta.upserts, "delete": delta.deletes},
+        "quarantined": len({q["pk"] for q in delta.quarantine}),
+        "files": [
+            {
+                "key": data_key(job, t.name, batch, i, p.sha256, chain),
+                "sha256": p.sha256,
+                "bytes": len(p.data),
+                "rows": p.rows,
+                "ops": {"upsert": p.upserts, "delete": p.deletes},
+            }
+            for i, p in enumerate(delta.parts)
+        ],
+        **also_manifest(ctx, t, batch, delta),
+        "trace_id": ctx.trace_id,
+        "created_at": now().isoformat(),
+        "signature": None,
+    }
+    if clock is not None:
+        manifest.update(clock)
+    refused = ctx.refused.get(t.name)
+    if refused is not None and refused[0] < c.version:
+        manifest["downgrade_refused"] = {"to": refused[0], "reason": refused[1]}
+    return manifest

@@ -1,0 +1,101 @@
+"""Several producers, the producer's side (``multi_producer``): a table's lake folder holds
+one chain or one chain per producer, never both (:func:`check_chain_mode`), and each batch
+carries a hybrid logical timestamp after every other producer's head it sees
+(:func:`logical_time`). The reader's side is ``deltaferry/merge.py``.
+
+See docs/architecture.md, section 5 "Several producers".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from deltaferry import hlc
+from deltaferry.config import TableConfig
+from deltaferry.context import SyncContext
+from deltaferry.errors import ConfigError, VerificationError
+from deltaferry.verify import list_batches
+from destinations.manifest import manifest_key, producers_prefix
+
+
+def check_chain_mode(ctx: SyncContext, t: TableConfig) -> None:
+    """A table's lake folder holds one chain or one chain per producer, never both: switching
+    ``multi_producer`` on an existing lake is refused (one listing call)."""
+    folders = set(ctx.lake.children(f"{ctx.job.name}/{t.name}/"))
+    where = f"job '{ctx.job.name}' table '{t.name}'"
+    if ctx.job.multi_producer and "manifests" in folders:
+        raise ConfigError(
+            f"{where}: the lake holds this table's single-producer chain; multi_producer cannot "
+            "be switched on for it. Publish to a new lake prefix (or job name) and pull into a "
+            "new replica"
+        )
+    if not ctx.job.multi_producer and "producers" in folders:
+        raise ConfigError(
+            f"{where}: the lake holds chains of several producers for this table; set "
+            "multi_producer = true and this site's producer_id"
+        )
+
+
+def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
+    """The hybrid logical timestamp of this producer's next batch of ``t`` (see
+    ``deltaferry/hlc.py``), after its own last batch and the newest batch of every other
+    producer it can see in the lake. A clock further apart than the job's
+    ``max_clock_skew_seconds`` is written to the operations log."""
+    job, me = ctx.job, ctx.job.producer_id
+    last = (ctx.state.last_manifest(t.name) or {}).get("hlc") or 0
+    seen: dict[str, int] = {}
+    for producer in ctx.lake.children(producers_prefix(job.name, t.name)):
+        if producer == me:
+            continue
+        head = _chain_head(ctx, t, producer)
+        if head is not None:
+            seen[producer] = head
+    now_ms = hlc.wall_ms()
+    stamp = hlc.tick(last, max(seen.values(), default=0), now_ms)
+    limit = job.max_clock_skew_seconds
+    notes = [
+        f"producer '{producer}' is {hlc.skew_text(ahead)} ahead of this host's clock (its "
+        f"newest batch is stamped {hlc.describe(value)}); this batch is stamped after it "
+        f"({hlc.describe(stamp)}) so changes made here still win over it"
+        for producer, value in sorted(seen.items())
+        if (ahead := (hlc.physical_ms(value) - now_ms) / 1000) > limit
+    ]
+    if (behind := (hlc.physical_ms(last) - now_ms) / 1000) > limit:
+        notes.append(
+            f"this host's clock is {hlc.skew_text(behind)} behind the last batch it stamped "
+            f"({hlc.describe(last)}); logical time keeps counting from there"
+        )
+    for note in notes:
+        ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=note)
+    return {"hlc": stamp, "hlc_seen": seen}
+
+
+def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
+    """The logical timestamp of another producer's newest batch (signature checked), or None."""
+    batches = list_batches(ctx.lake, ctx.job.name, t.name, producer)
+    if not batches:
+        return None
+    key = manifest_key(ctx.job.name, t.name, batches[-1], producer)
+    where = f"job '{ctx.job.name}' table '{t.name}' producer '{producer}' batch {batches[-1]}"
+    raw = ctx.lake.get(key)
+    try:
+        m = json.loads(raw) if raw is not None else None
+        if not isinstance(m, dict):
+            raise VerificationError(f"{where}: the newest manifest is unreadable")
+        if (m.get("job"), m.get("table"), m.get("producer_id")) != (
+            ctx.job.name,
+            t.name,
+            producer,
+        ):
+            raise VerificationError(f"{where}: the newest manifest is not this chain's")
+        if ctx.keyring is not None:
+            ctx.keyring.verify(m, where=where)
+        value = m.get("hlc")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise VerificationError(f"{where}: the newest manifest has no logical timestamp")
+    except (ValueError, VerificationError) as e:
+        # another producer's broken head must not stop this one; readers will refuse it
+        ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=f"ignored: {e}")
+        return None
+    return value

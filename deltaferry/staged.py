@@ -1,0 +1,171 @@
+"""What a batch is cut from: the staged loads not yet published and the held rows due for
+validation again (:func:`staged_changes`), and what the job's drift policy does with the
+source's columns (:func:`plan_drift`, :class:`DriftPlan`). The drift decision is kept in
+the batch's manifest, so that a rebuild (``deltaferry/commit.py:rebuild``) reads the same
+rows and columns.
+
+See docs/architecture.md, section 6 "Contracts, versions and drift".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from deltaferry import duck
+from deltaferry.config import TableConfig, job_home
+from deltaferry.context import SyncContext
+from deltaferry.delta import cut_where, key_json, new_load_ids, read_changes, released_rows
+from deltaferry.errors import SchemaDrift
+from deltaferry.negotiate import held_under, source_version
+from sources.staging import staging_path
+
+
+@dataclass
+class DriftPlan:
+    """What a batch does about source drift (``contracts/drift.py``); kept in its manifest
+    so that a rebuild cuts the same columns."""
+
+    policy: str
+    diff: str
+    excluded: list[str]  # staged columns not read at all (evolve)
+    held: dict[str, str]  # staged columns whose values hold a row back, with the reason
+    draft: str | None = None
+    # required columns the source dropped: a row without a value holds back, with the reason
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "policy": self.policy,
+            "diff": self.diff,
+            "excluded": self.excluded,
+            "held": self.held,
+        }
+        if self.missing:
+            out["missing"] = self.missing
+        return out
+
+    @classmethod
+    def recorded(cls, entry: dict[str, Any] | None) -> DriftPlan | None:
+        """The plan a manifest's ``drift`` entry records (for a rebuild)."""
+        if not entry:
+            return None
+        return cls(
+            entry["policy"],
+            entry["diff"],
+            entry["excluded"],
+            entry["held"],
+            missing=entry.get("missing") or {},
+        )
+
+
+def plan_drift(
+    ctx: SyncContext, t: TableConfig, con: Any, scope: tuple[str, list[Any]]
+) -> DriftPlan | None:
+    """Compare the staged columns with the contract on the rows being cut (``scope``, see
+    ``delta.cut_where``) and apply the job's drift policy: freeze raises SchemaDrift naming
+    the columns, types and the fix; quarantine and evolve say which columns to leave out
+    and which rows to hold. A dropped column is reported under every policy."""
+    from contracts.drift import detect, draft_next_version, write_draft
+    from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+
+    chain = ctx.chains[t.name]  # staging has the source's columns: its version's contract
+    contract = chain.contract(source_version(ctx.job, t, chain))
+    drift = detect(
+        con,
+        STAGING_DATASET,
+        t.name,
+        contract,
+        set(INTERNAL_COLUMNS),
+        scope=scope,
+        source_columns=ctx.source_columns.get(t.name),
+    )
+    if not drift:  # columns without a value on these rows are still left out
+        return DriftPlan(ctx.job.drift, "", drift.inert, {}) if drift.inert else None
+    policy, diff = ctx.job.drift, drift.describe()
+    where = f"job '{ctx.job.name}' table '{t.name}'"
+    versioned = f"contract {contract.ref} v{contract.version}"
+    if policy == "freeze" and drift.blocking:
+        message = (
+            f"{where}: the source's columns drifted from {versioned} (drift = freeze): {diff}; "
+            f"nothing published. To go on: {drift.remedy()}"
+        )
+        ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=message)
+        ctx.drift[t.name] = message
+        raise SchemaDrift(message)
+    plan = DriftPlan(policy, diff, [], {})
+    reason = f"schema drift: column '{{}}' is not in {versioned}"
+    if policy != "evolve":
+        plan.held = {c: reason.format(c) for c in drift.extra_columns}
+    else:  # values of a new type would publish as NULL in the original column: hold them
+        plan.held = {c: reason.format(c) for c in drift.retyped}
+        plan.excluded = sorted(drift.new)
+    if policy != "freeze":  # a row without a dropped required column waits for the contract
+        plan.missing = {
+            c: f"schema drift: required column '{c}' of {versioned} was dropped by the source"
+            for c in drift.dropped
+        }
+    plan.excluded = sorted({*plan.excluded, *drift.inert})
+    if policy == "evolve" and (drift.new or drift.dropped):
+        staged = duck.column_types(con, t.name, STAGING_DATASET)
+        source = draft_next_version(contract, drift, staged)
+        plan.draft = str(write_draft(job_home(ctx.job.name), t.name, contract.version + 1, source))
+    detail = f"{where}: {diff} (drift = {policy}, {versioned})"
+    if plan.held:
+        detail += f"; rows with a value in {', '.join(plan.held)} are quarantined"
+    if plan.missing:
+        detail += f"; rows without a value in {', '.join(plan.missing)} are quarantined"
+    if plan.excluded:
+        detail += f"; published without {', '.join(plan.excluded)}"
+    if plan.draft:
+        detail += f"; next version drafted at {plan.draft}"
+    ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=detail)
+    ctx.drift[t.name] = detail
+    return plan
+
+
+@contextmanager
+def staged_changes(
+    ctx: SyncContext,
+    t: TableConfig,
+    load_ids: list[str] | None,
+    chunk_rows: int,
+    drift: DriftPlan | None = None,
+) -> Iterator[tuple[list[str], Iterator[Any] | None, DriftPlan | None]]:
+    """Load ids to cut (the given ones, or all not yet published), a stream of their rows,
+    and what is done about source drift (``drift`` when rebuilding a plan, else detected).
+
+    The stream also holds the held rows due for validation again (``ctx.released``: when
+    planning, set here from the quarantine, see ``StateStore.due_for_release``; when
+    rebuilding, the plan's own). Nothing to cut: ``([], None, None)``."""
+    path = staging_path(ctx.job.name)
+    if not path.exists():
+        yield [], None, None
+        return
+    con = duck.connect(path, read_only=True, alias="staging")
+    try:
+        ids = (
+            load_ids
+            if load_ids is not None
+            else new_load_ids(con, ctx.state.published_load_ids(t.name))
+        )
+        if load_ids is None:
+            due = ctx.state.due_for_release(t.name, held_under(ctx, t))
+            ctx.released[t.name] = due
+        released = released_rows(con, t, ctx.released.get(t.name, []))
+        if released is None:
+            ctx.released[t.name] = []
+        else:  # only those still staged as held
+            still = {(key_json(t, r), r["_dlt_load_id"]) for r in released.to_pylist()}
+            ctx.released[t.name] = [p for p in ctx.released[t.name] if p in still]
+        if not ids and released is None:
+            yield [], None, None
+            return
+        if load_ids is None:
+            drift = plan_drift(ctx, t, con, cut_where(con, t, ids, released))
+        exclude = frozenset(drift.excluded) if drift else frozenset()
+        yield ids, read_changes(con, t, ids, chunk_rows, exclude, released), drift
+    finally:
+        con.close()
