@@ -451,7 +451,7 @@ def record_consumer(
 ) -> dict[str, Any]:
     """Write (replace) this reader's record for the table in the lake; with
     ``reading.stuck`` (the pull stopped at a batch it cannot apply) the record says so
-    (``stuck: {error, since}``) and producers stop counting it (``sync.negotiate``)."""
+    (``stuck: {error, since}``) and producers stop counting it (``negotiate.negotiate``)."""
     body: dict[str, Any] = {
         "format": FORMAT,
         "consumer": consumer,
