@@ -350,7 +350,7 @@ def pull(
         except DeltaferryError as e:  # tables that did not stop were pulled: show them
             if not hasattr(e, "results"):
                 raise
-            failed, results = e, e.results  # type: ignore[attr-defined]
+            failed, results = e, e.results
     table = _table(
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
@@ -488,10 +488,10 @@ def verify(
         from deltaferry.errors import ConfigError
         from deltaferry.state import StateStore, verify_oplog
 
-        path = deltaferry_home() / cfg.name / "state.duckdb"
-        if not path.exists():
-            raise ConfigError(f"job '{cfg.name}' has no operations log at {path}")
-        n = verify_oplog(StateStore(cfg.name, path))
+        log_path = deltaferry_home() / cfg.name / "state.duckdb"
+        if not log_path.exists():
+            raise ConfigError(f"job '{cfg.name}' has no operations log at {log_path}")
+        n = verify_oplog(StateStore(cfg.name, log_path))
         out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
 
 

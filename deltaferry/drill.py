@@ -101,11 +101,11 @@ def _compare(
         con.register("held", keys)
         match = " AND ".join(f"h.{ident(c)} = x.{ident(c)}" for c in pk)
         keep = f"NOT EXISTS (SELECT 1 FROM held h WHERE {match})"
-        missing = duck.fetch_one(
+        missing = duck.fetch_row(
             con,
             f"SELECT count(*) FROM (SELECT * FROM s x WHERE {keep} EXCEPT ALL SELECT * FROM r x WHERE {keep})",
         )[0]
-        extra = duck.fetch_one(
+        extra = duck.fetch_row(
             con,
             f"SELECT count(*) FROM (SELECT * FROM r x WHERE {keep} EXCEPT ALL SELECT * FROM s x WHERE {keep})",
         )[0]

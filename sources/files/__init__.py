@@ -33,6 +33,7 @@ from sources.staging import (
     ChangedRows,
     ExtractResult,
     pipeline_for,
+    pipeline_naming,
     row_counts,
     run_load,
     staged_keyed,
@@ -222,7 +223,7 @@ def extract(job: JobConfig) -> ExtractResult:
     checks: list[KeyCheck] = []
     skipped: dict[str, list[str]] = {}
     # the names staging keeps: exactly, unless this job staged under dlt's snake_case before
-    convention = pipeline.destination.capabilities().naming_convention
+    convention = pipeline_naming(pipeline)
     try:
         resources = []
         for t in job.tables:
