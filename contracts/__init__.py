@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
-from pandera import dtypes as pandera_dtypes
 import pyarrow as pa_
+from pandera import dtypes as pandera_dtypes
 from pandera.errors import SchemaErrors
 
 from deltaferry.errors import ConfigError

@@ -22,8 +22,8 @@ from rich.table import Table
 
 from deltaferry import cli_conflicts as _conflicts
 from deltaferry import cli_contracts as _contracts
-from deltaferry import cli_runbook as _runbook
 from deltaferry import cli_quarantine as _quarantine
+from deltaferry import cli_runbook as _runbook
 from deltaferry.errors import ConfigError, DeltaferryError
 from deltaferry.settings import from_env
 
@@ -106,7 +106,6 @@ def jobs(config: str | None) -> None:
 def run(job: str, config: str | None, verbose: bool) -> None:
     """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
     from deltaferry.config import load_job
-
     from deltaferry.sync import preflight_job
 
     if not verbose:

@@ -144,9 +144,9 @@ def register(ui: ModuleType) -> None:
         from contracts import MigrationError
         from deltaferry import duck
         from deltaferry.config import load_job
+        from deltaferry.delta import delete_conditions
         from deltaferry.errors import ConfigError
         from deltaferry.sync import contract_version, source_version
-        from deltaferry.delta import delete_conditions
         from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
         from sources.staging import staged_columns, staging_path
 

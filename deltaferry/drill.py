@@ -17,14 +17,13 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry import duck
-from deltaferry.duck import ident
 from deltaferry.compare import outstanding_quarantine
 from deltaferry.config import JobConfig
-from sources.staging import staged_columns
+from deltaferry.duck import ident
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
-from sources.staging import staging_path
 from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+from sources.staging import staged_columns, staging_path
 
 
 @dataclass

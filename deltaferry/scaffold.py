@@ -375,8 +375,8 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
 
     from deltaferry import duck
     from deltaferry.config import load_job
-    from sources.staging import staging_path
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+    from sources.staging import staging_path
 
     importlib.invalidate_caches()
     old = os.environ.get("DELTAFERRY_HOME")

@@ -21,8 +21,8 @@ from typing import Any
 
 import duckdb
 
-from deltaferry.config import job_home
 from deltaferry import duck
+from deltaferry.config import job_home
 from deltaferry.duck import fetch_one, fetch_row
 
 _SCHEMA = """

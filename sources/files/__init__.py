@@ -21,12 +21,14 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import ident
+from sources.columns import FILE_TIME_COLUMN
+from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
+from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
 from sources.files.settings import (
     default_pattern,
     lookback_seconds,
 )
-from deltaferry.duck import ident
-from sources.columns import FILE_TIME_COLUMN
 from sources.integrity import KeyCheck
 from sources.staging import (
     DEDUPLICATED,
@@ -39,9 +41,6 @@ from sources.staging import (
     staged_keyed,
     staging_path,
 )
-from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
-from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
-
 
 # --- which files are new -----------------------------------------------------------------
 

@@ -26,8 +26,8 @@ the contract's type:
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
 from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa

@@ -25,15 +25,16 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry.duck import fetch_row, ident
+from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry.settings import from_env
+from sources.integrity import KeyCheck
+from sources.names import check_columns
 from sources.sql_database.settings import (
     DELETED_COLUMN,
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
-from sources.integrity import KeyCheck
 from sources.sql_database.types import (
     job_scope,
     key_roles,
@@ -62,13 +63,12 @@ from sources.staging import (
     pipeline_for,
     read_staging,
     row_counts,
-    staged_columns,
     stage_tombstones,
+    staged_columns,
     staged_table_exists,
     staging_naming,
     staging_path,
 )
-from sources.names import check_columns
 
 
 def _adapt_table(
