@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
-from pandera import dtypes as pandera_dtypes
 import pyarrow as pa_
+from pandera import dtypes as pandera_dtypes
 from pandera.errors import SchemaErrors
 
 from deltaferry.errors import ConfigError
@@ -177,7 +177,7 @@ def _decimals(column: pd.Series) -> pd.Series | None:
 
     if column.dtype != object and not pd.api.types.is_string_dtype(column):
         return None
-    out = []
+    out: list[Decimal | None] = []
     for v in column:
         if v is None or (isinstance(v, float) and v != v):
             out.append(None)
@@ -437,7 +437,7 @@ def _migrate_step(
             except Exception:  # noqa: BLE001 - still refused (or broken) without this value
                 continue
             fields.append(str(column))
-        found = fields or [None]
+        found: list[str | None] = [*fields] or [None]
         return frame.iloc[:0], [], [Failure(rows[0], f, check, str(e)) for f in found]
 
 

@@ -44,7 +44,7 @@ import duckdb
 
 from contracts import Contract
 from deltaferry import duck
-from deltaferry.duck import ident
+from deltaferry.duck import fetch_row, ident
 
 POLICIES = ("freeze", "quarantine", "evolve")
 # dlt names a variant column <column><path separator>v_<type>: "__" under the snake_case
@@ -136,11 +136,12 @@ def detect(
     if scope is not None and staged:
         counted = [*drift.new, *drift.retyped, *gone]
         if counted:
-            counts = con.execute(
+            counts = fetch_row(
+                con,
                 f"SELECT {', '.join(f'count(s.{ident(c)})' for c in counted)}"
                 f" FROM {ident(dataset)}.{ident(table)} s WHERE {scope[0]}",
                 scope[1],
-            ).fetchone()
+            )
             values = dict(zip(counted, counts, strict=True))
             drift.inert = sorted(c for c in [*drift.new, *drift.retyped] if not values[c])
             drift.new = {c: t for c, t in drift.new.items() if values[c]}

@@ -15,7 +15,6 @@ fraction into an integer). This adds the ones it lets through silently:
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 import pyarrow as pa

@@ -157,7 +157,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             gained = [c for c in data if c not in base_cols and (loose or c in listed)]
             same += [f"s.{ident(c)} IS NULL" for c in gained]
             same += [f"b.{ident(c)} IS NULL" for c in only_base]
-        same = " AND ".join(same)
+        same_sql = " AND ".join(same)
         deleted = " OR ".join(delete_conditions(t, staged)) or "false"
         lids = ", ".join("?" for _ in loads)
         key_sql = duck.encryption_key()
@@ -168,13 +168,14 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             con.execute(f"ATTACH '{quoted}' AS df_baseline (READ_ONLY{secret})")
             con.execute("BEGIN TRANSACTION")
             began = True
-            marked = con.execute(
+            marked = duck.fetch_row(
+                con,
                 f"UPDATE {STAGING_DATASET}.{ident(t.name)} s SET {ident(LOAD_ID_COLUMN)} = ? "
                 f"WHERE s.{ident(LOAD_ID_COLUMN)} IN ({lids}) AND ("
-                f"(NOT ({deleted}) AND EXISTS (SELECT 1 FROM df_baseline.{ident(t.name)} b WHERE {same}))"
+                f"(NOT ({deleted}) AND EXISTS (SELECT 1 FROM df_baseline.{ident(t.name)} b WHERE {same_sql}))"
                 f" OR (({deleted}) AND NOT EXISTS (SELECT 1 FROM df_baseline.{ident(t.name)} b WHERE {match})))",
                 [ADOPTED_LOAD_ID, *loads],
-            ).fetchone()[0]
+            )[0]
             con.execute("COMMIT")
         except duckdb.Error as e:
             if began:

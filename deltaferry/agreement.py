@@ -26,6 +26,7 @@ Cost: one GET of the checkpoint's manifest and one listing of the manifests afte
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from deltaferry.config import TableConfig
@@ -144,7 +145,7 @@ def agree_every_table(ctx: SyncContext) -> None:
     stopped: list[tuple[str, LakeMismatchError]] = []
     for t in ctx.job.tables:
         try:
-            ctx.step("lake-head", lambda t=t: agree_with_lake(ctx, t), table=t.name)
+            ctx.step("lake-head", functools.partial(agree_with_lake, ctx, t), table=t.name)
         except LakeMismatchError as e:
             stopped.append((t.name, e))
     if len(stopped) == 1:

@@ -22,8 +22,8 @@ from rich.table import Table
 
 from deltaferry import cli_conflicts as _conflicts
 from deltaferry import cli_contracts as _contracts
-from deltaferry import cli_runbook as _runbook
 from deltaferry import cli_quarantine as _quarantine
+from deltaferry import cli_runbook as _runbook
 from deltaferry.errors import ConfigError, DeltaferryError
 from deltaferry.settings import from_env
 
@@ -106,7 +106,6 @@ def jobs(config: str | None) -> None:
 def run(job: str, config: str | None, verbose: bool) -> None:
     """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
     from deltaferry.config import load_job
-
     from deltaferry.context import preflight_job
 
     if not verbose:
@@ -358,7 +357,7 @@ def pull(
         except DeltaferryError as e:  # tables that did not stop were pulled: show them
             if not hasattr(e, "results"):
                 raise
-            failed, results = e, e.results  # type: ignore[attr-defined]
+            failed, results = e, e.results
     table = _table(
         "table", "batches applied", "rows applied", "replica at batch", title=f"pull {job}"
     )
@@ -508,10 +507,10 @@ def verify(
         from deltaferry.errors import ConfigError
         from deltaferry.state import StateStore, verify_oplog
 
-        path = deltaferry_home() / cfg.name / "state.duckdb"
-        if not path.exists():
-            raise ConfigError(f"job '{cfg.name}' has no operations log at {path}")
-        n = verify_oplog(StateStore(cfg.name, path))
+        log_path = deltaferry_home() / cfg.name / "state.duckdb"
+        if not log_path.exists():
+            raise ConfigError(f"job '{cfg.name}' has no operations log at {log_path}")
+        n = verify_oplog(StateStore(cfg.name, log_path))
         out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
 
 

@@ -144,9 +144,9 @@ def register(ui: ModuleType) -> None:
         from contracts import MigrationError
         from deltaferry import duck
         from deltaferry.config import load_job
+        from deltaferry.delta import delete_conditions
         from deltaferry.errors import ConfigError
         from deltaferry.negotiate import contract_version, source_version
-        from deltaferry.delta import delete_conditions
         from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
         from sources.staging import staged_columns, staging_path
 
@@ -239,8 +239,8 @@ def register(ui: ModuleType) -> None:
         --release, let negotiation choose again). Recorded in the operations log."""
         from deltaferry.config import load_job
         from deltaferry.errors import ConfigError
-        from deltaferry.state import StateStore
         from deltaferry.negotiate import contract_version, source_version
+        from deltaferry.state import StateStore
 
         cfg = load_job(job, config)
         t, chain = _chain(cfg, table)

@@ -57,8 +57,8 @@ def register(ui: ModuleType) -> None:
         validated again (one row per record; `--all` adds resolved ones and by what)."""
         from contracts import load_chain
         from deltaferry.config import load_job
-        from deltaferry.state import StateStore
         from deltaferry.negotiate import held_under_contract
+        from deltaferry.state import StateStore
 
         cfg = load_job(job, config)
         tables = [cfg.table(table)] if table else list(cfg.tables)

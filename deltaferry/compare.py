@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import fetch_one, fetch_row, ident
+from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
 from sources.sql_database import engine_for, staging_path
 from sources.sql_database.types import job_scope, sql_table
-from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
-from deltaferry import duck
-from deltaferry.duck import fetch_one, ident
 
 
 @dataclass
@@ -114,15 +114,15 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
                 con.execute(
                     f"CREATE OR REPLACE TEMP VIEW r AS SELECT {collist} FROM {ident(t.name)} x WHERE {not_held}"
                 )
-                replica_rows = fetch_one(con, f"SELECT count(*) FROM {ident(t.name)}")[0]
+                replica_rows = fetch_row(con, f"SELECT count(*) FROM {ident(t.name)}")[0]
             else:
                 con.execute("CREATE OR REPLACE TEMP VIEW r AS SELECT * FROM s WHERE false")
                 replica_rows = 0
-            source_rows = fetch_one(con, f"SELECT count(*) FROM src {soft}")[0]
-            missing = fetch_one(
+            source_rows = fetch_row(con, f"SELECT count(*) FROM src {soft}")[0]
+            missing = fetch_row(
                 con, "SELECT count(*) FROM (SELECT * FROM s EXCEPT ALL SELECT * FROM r)"
             )[0]
-            extra = fetch_one(
+            extra = fetch_row(
                 con, "SELECT count(*) FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM s)"
             )[0]
             con.unregister("src")

@@ -21,16 +21,16 @@ import pyarrow.parquet as pq
 
 from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.duck import ident
+from deltaferry.errors import ContractViolation, DowngradeRefused
 from destinations.manifest import sha256
-from sources.staging import staged_columns
 from sources.columns import (
     DELETED_COLUMN,
     INTERNAL_COLUMNS,
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
+from sources.staging import staged_columns
 
 OP_COLUMN = "_op"
 SEQ_COLUMN = "_seq"

@@ -17,14 +17,13 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry import duck
-from deltaferry.duck import ident
 from deltaferry.compare import outstanding_quarantine
 from deltaferry.config import JobConfig
-from sources.staging import staged_columns
+from deltaferry.duck import ident
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
-from sources.staging import staging_path
 from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+from sources.staging import staged_columns, staging_path
 
 
 @dataclass
@@ -101,11 +100,11 @@ def _compare(
         con.register("held", keys)
         match = " AND ".join(f"h.{ident(c)} = x.{ident(c)}" for c in pk)
         keep = f"NOT EXISTS (SELECT 1 FROM held h WHERE {match})"
-        missing = duck.fetch_one(
+        missing = duck.fetch_row(
             con,
             f"SELECT count(*) FROM (SELECT * FROM s x WHERE {keep} EXCEPT ALL SELECT * FROM r x WHERE {keep})",
         )[0]
-        extra = duck.fetch_one(
+        extra = duck.fetch_row(
             con,
             f"SELECT count(*) FROM (SELECT * FROM r x WHERE {keep} EXCEPT ALL SELECT * FROM s x WHERE {keep})",
         )[0]

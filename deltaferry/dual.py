@@ -49,6 +49,12 @@ def dual_copy(
     # the staged rows, which must be the same rows
     job = dataclasses.replace(ctx.job, rows_per_file=chunk_rows, max_quarantine_ratio=1.0)
     with staged_changes(ctx, t, delta.load_ids, chunk_rows, drift) as (_, chunks, _d):
+        if chunks is None:  # the staging file, or the batch's loads in it, are gone
+            raise ContractViolation(
+                f"job '{ctx.job.name}' table '{t.name}': dual publishing v{version}: the batch's "
+                "staged rows are gone, so its copy cannot be cut again from them; nothing "
+                "published. Run without dual_publish, or publish at the newest version"
+            )
         copy = build_delta(
             job,
             t,

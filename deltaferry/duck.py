@@ -31,6 +31,17 @@ def fetch_one(
     return rows[0] if rows else None
 
 
+def fetch_row(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Any = None
+) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate without GROUP BY:
+    ``count(*)``, ``max(x)``); a query that returns none is a bug, raised as such."""
+    row = fetch_one(con, sql, params)
+    if row is None:
+        raise RuntimeError(f"query returned no row: {sql}")
+    return row
+
+
 def ident(name: str) -> str:
     """``name`` as a DuckDB quoted identifier, for a table, column or schema name in SQL text:
     ``order id`` -> ``"order id"``, ``a"b`` -> ``"a""b"`` (embedded quotes doubled). Any

@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import column_types, fetch_one, ident
+from deltaferry.duck import column_types, fetch_one, fetch_row, ident
 
 PRODUCER_COLUMN = "_producer"
 HLC_COLUMN = "_hlc"
@@ -366,7 +366,7 @@ def apply_held(
         )
     finally:
         con.unregister("_deltaferry_incoming")
-    added = fetch_one(con, "SELECT count(*) FROM _deltaferry_touched")[0]
+    added = fetch_row(con, "SELECT count(*) FROM _deltaferry_touched")[0]
     if added:
         resolve(con, shape)
     return int(added)

@@ -9,21 +9,21 @@ pulling twice changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
+from deltaferry.duck import fetch_one, fetch_row, ident
 from deltaferry.errors import DeltaferryError, TerminalError
 from deltaferry.keys import Keyring
+from deltaferry.merge import HELD_META, record_held
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
-from deltaferry import duck
-from deltaferry.duck import fetch_one, ident
-from deltaferry.merge import HELD_META, record_held
 
 _META = """
 CREATE TABLE IF NOT EXISTS _deltaferry_batches (
@@ -81,7 +81,7 @@ def _duck_type(field: pa.Field) -> str:
     try:
         empty = pa.table({field.name: pa.array([], field.type)})
         con.register("t", empty)
-        return fetch_one(con, "SELECT column_type FROM (DESCRIBE SELECT * FROM t)")[0]
+        return fetch_row(con, "SELECT column_type FROM (DESCRIBE SELECT * FROM t)")[0]
     finally:
         con.close()
 

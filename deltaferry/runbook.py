@@ -197,9 +197,9 @@ def republish_lost(job: JobConfig, t: TableConfig, reason: str, batch: int | Non
 
     With ``batch``, that one committed batch's data objects are rebuilt and uploaded again
     (a data object the lake lost or corrupted; its manifest must be in the lake, unchanged)."""
-    from deltaferry.errors import TerminalError
     from deltaferry.commit import put_manifest, upload_parts
     from deltaferry.context import job_lock, open_context
+    from deltaferry.errors import TerminalError
 
     where = f"job '{job.name}' table '{t.name}'"
     with job_lock(job.name):
@@ -279,8 +279,8 @@ def _republish_objects(ctx, job: JobConfig, t: TableConfig, batch: int, reason: 
 def _rebuild_exact(ctx, t: TableConfig, plan: Plan, advice: str):  # noqa: ANN001, ANN202
     """A committed batch rebuilt from staging, byte-identical to its manifest; a
     TerminalError naming ``advice`` when staging has moved on since it was cut."""
-    from deltaferry.errors import TerminalError
     from deltaferry.commit import rebuild
+    from deltaferry.errors import TerminalError
 
     try:
         return rebuild(ctx, t, plan)

@@ -375,8 +375,8 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
 
     from deltaferry import duck
     from deltaferry.config import load_job
-    from sources.staging import staging_path
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
+    from sources.staging import staging_path
 
     importlib.invalidate_caches()
     old = os.environ.get("DELTAFERRY_HOME")
@@ -392,10 +392,11 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
                 for col, typ in duck.column_types(con, table, STAGING_DATASET).items():
                     if col in INTERNAL_COLUMNS or col.startswith("_dlt"):
                         continue
-                    nulls = con.execute(
+                    nulls = duck.fetch_row(
+                        con,
                         f"SELECT count(*) FROM {STAGING_DATASET}.{duck.ident(table)}"
-                        f" WHERE {duck.ident(col)} IS NULL"
-                    ).fetchone()[0]
+                        f" WHERE {duck.ident(col)} IS NULL",
+                    )[0]
                     out.append((col, typ, bool(nulls)))
                 return out
             finally:

@@ -19,8 +19,7 @@ from deltaferry.errors import ConfigError
 
 def served_deployments(config: Path, only: tuple[str, ...] = ()) -> list[Any]:
     """One runner deployment per scheduled job of the jobs file (all, or ``only`` these)."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig
-    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from contracts import load_contract
     from flows.sync import sync_job

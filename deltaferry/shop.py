@@ -13,7 +13,6 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from deltaferry.duck import fetch_one
 
 COUNTRIES = ["DE", "FR", "US", "GB", "ES", "IT", "NL", "PL", "SE", "JP"]
 STATUSES = ["new", "paid", "shipped", "cancelled"]
@@ -58,7 +57,7 @@ class Shop:
         return self.clock.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def _next_id(self, table: str) -> int:
-        return int(fetch_one(self.con, f"SELECT coalesce(max(id), 0) + 1 FROM {table}")[0])
+        return int(self.con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])
 
     def _ids(self, table: str, where: str = "1=1") -> list[int]:
         return [r[0] for r in self.con.execute(f"SELECT id FROM {table} WHERE {where} ORDER BY id")]

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,9 +21,9 @@ from typing import Any
 
 import duckdb
 
-from deltaferry.config import job_home
 from deltaferry import duck
-from deltaferry.duck import fetch_one
+from deltaferry.config import job_home
+from deltaferry.duck import fetch_one, fetch_row
 
 _SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS ops_seq;
@@ -319,7 +319,7 @@ class StateStore:
         quarantine: list[dict[str, Any]],
         contract: str | None = None,
         touched: set[str] | frozenset[str] = frozenset(),
-        released: list[tuple[str, str]] = (),
+        released: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Write the planned batch (and its quarantined rows, held under the contract
         fingerprint ``contract``) before anything is uploaded. Open quarantine records of
@@ -535,7 +535,7 @@ class StateStore:
         next run, whatever contract they were held under. Returns the keys marked."""
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
-            n = fetch_one(
+            n = fetch_row(
                 con,
                 "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL"
                 " AND load_id <> 'held'",

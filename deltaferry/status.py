@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from deltaferry.config import JobConfig, deltaferry_home
-from deltaferry.duck import fetch_one
+from deltaferry.duck import fetch_one, fetch_row
 from deltaferry.state import StateStore, now
 
 DEFAULT_RUNS = 20
@@ -123,7 +123,7 @@ def job_status(job: JobConfig, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
             con,
             "SELECT run_id, started_at, finished_at, outcome, detail FROM runs ORDER BY started_at DESC LIMIT 1",
         )
-        ok = fetch_one(con, "SELECT max(finished_at) FROM runs WHERE outcome = 'ok'")[0]
+        ok = fetch_row(con, "SELECT max(finished_at) FROM runs WHERE outcome = 'ok'")[0]
         out["last_run"] = (
             None
             if run is None
@@ -136,7 +136,7 @@ def job_status(job: JobConfig, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
             }
         )
         out["last_success"] = _iso(ok)
-        retries = fetch_one(con, "SELECT count(*) FROM ops_log WHERE outcome = 'retry'")[0]
+        retries = fetch_row(con, "SELECT count(*) FROM ops_log WHERE outcome = 'retry'")[0]
         out["retries_total"] = retries
         window = con.execute(WINDOW_SQL, [runs]).fetchall()
         run_ids = [r[0] for r in window]
@@ -167,7 +167,7 @@ def _retry_counts(
     if table is not None:
         where += " AND (tbl = ? OR tbl IS NULL)"
         params.append(table)
-    retried, attempts = fetch_one(
+    retried, attempts = fetch_row(
         con,
         f"SELECT count(*) FILTER (WHERE outcome IN ({_in(RETRIED)})),"
         f" count(*) FILTER (WHERE outcome IN ({_in(ATTEMPTS)})) FROM ops_log WHERE {where}",
@@ -181,7 +181,7 @@ def _table_status(
 ) -> dict[str, Any]:
     s = _empty_table()
     ck = fetch_one(con, "SELECT batch, committed_at FROM checkpoints WHERE tbl = ?", [table])
-    rows = fetch_one(
+    rows = fetch_row(
         con,
         "SELECT coalesce(sum(rows), 0) FROM plans WHERE tbl = ? AND status = 'committed'",
         [table],
@@ -191,7 +191,7 @@ def _table_status(
         "SELECT batch, rows FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
         [table],
     )
-    quarantined = fetch_one(
+    quarantined = fetch_row(
         con,
         "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL",
         [table],
@@ -230,12 +230,12 @@ def _table_status(
 
     # held back / changed: rows of every batch planned in the window (published or pending)
     # plus the rows held back in its runs, also those of loads where every change was
-    planned = fetch_one(
+    planned = fetch_row(
         con,
         "SELECT coalesce(sum(rows), 0) FROM plans WHERE tbl = ? AND created_at >= ?",
         [table, since],
     )[0]
-    held = fetch_one(
+    held = fetch_row(
         con,
         "SELECT count(*) FROM (SELECT DISTINCT run_id, pk FROM quarantine WHERE tbl = ? AND"
         " run_id IN (SELECT unnest(?::VARCHAR[])))",

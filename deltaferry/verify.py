@@ -151,7 +151,12 @@ def iter_verified(
             if load and also_tables
             else None
         )
-        if alt is not None and data is not None and not alt["_seq"].equals(data["_seq"]):
+        if (
+            also is not None
+            and alt is not None
+            and data is not None
+            and not alt["_seq"].equals(data["_seq"])
+        ):
             raise VerificationError(
                 f"{where}: the v{also['contract']['version']} copy's change sequence differs "
                 "from the batch's"

@@ -8,15 +8,21 @@ a fully written temporary file (atomic, fails if the name exists).
 
 from __future__ import annotations
 
+# the stores' ``list`` method shadows the builtin in their class bodies: annotations there
+# that follow it name the type as ``builtins.list``
+import builtins
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlparse
 
 from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry.settings import from_env
+
+if TYPE_CHECKING:
+    import boto3
 
 
 @dataclass(frozen=True)
@@ -68,17 +74,17 @@ class LakeStore(Protocol):
         """All keys under prefix, sorted; with ``start_after``, only keys after it (S3's
         ``StartAfter``: the store skips the rest, so the cost follows what is new)."""
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         """Names of the folders directly under ``prefix``, sorted; one listing
         call however many objects they hold."""
 
     def delete(self, key: str) -> None: ...
 
-    def entries(self, prefix: str) -> list[tuple[str, float]]:
+    def entries(self, prefix: str) -> builtins.list[tuple[str, float]]:
         """Every stored name under prefix with its modification time (epoch seconds),
         including leftovers of interrupted writes (temporary files)."""
 
-    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> builtins.list[str]:
         """Abort multipart uploads under prefix started before ``older_than`` (epoch)."""
 
 
@@ -142,7 +148,7 @@ class FileLakeStore:
         ]
         return sorted(k for k in keys if start_after is None or k > start_after)
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         base = self._path(prefix)
         if not base.is_dir():
             return []
@@ -154,7 +160,7 @@ class FileLakeStore:
         except FileNotFoundError:
             pass
 
-    def entries(self, prefix: str) -> list[tuple[str, float]]:
+    def entries(self, prefix: str) -> builtins.list[tuple[str, float]]:
         base = self._path(prefix)
         if not base.exists():
             return []
@@ -164,7 +170,7 @@ class FileLakeStore:
             if p.is_file()
         )
 
-    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> builtins.list[str]:
         return []  # a filesystem write is one temporary file; entries() lists those
 
 
@@ -227,7 +233,7 @@ def require_tls(endpoint: str, what: str) -> None:
     )
 
 
-def aws_session() -> object:
+def aws_session() -> boto3.session.Session:
     """A boto3 session: the AWS default credential chain, or, when
     ``DELTAFERRY_ASSUME_ROLE_ARN`` is set, a role assumed through STS for
     ``DELTAFERRY_ASSUME_ROLE_SECONDS`` (default 3600) and refreshed before it expires."""
@@ -407,7 +413,7 @@ class S3LakeStore:
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         names: list[str] = []
         full = self._key(prefix)
         with _s3_errors(self, prefix):
@@ -422,7 +428,7 @@ class S3LakeStore:
         with _s3_errors(self, key):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def entries(self, prefix: str) -> list[tuple[str, float]]:
+    def entries(self, prefix: str) -> builtins.list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
         with _s3_errors(self, prefix):
@@ -434,7 +440,7 @@ class S3LakeStore:
                 )
         return sorted(out)
 
-    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> list[str]:
+    def abort_incomplete_uploads(self, prefix: str, older_than: float) -> builtins.list[str]:
         aborted: list[str] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
         with _s3_errors(self, prefix):
@@ -474,7 +480,9 @@ class _s3_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(
+        self, exc_type: type | None, exc: BaseException | None, tb: object
+    ) -> Literal[False]:
         if exc is None:
             return False
         from botocore.exceptions import BotoCoreError, ClientError

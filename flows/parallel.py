@@ -59,4 +59,8 @@ def run_parallel(
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
         )
     )
-    return sync_jobs.with_options(task_runner=runner)(jobs=jobs, config=config)
+    # Flow.with_options wants a TaskRunner[PrefectFuture[Any]]; TaskRunner is invariant in its
+    # future type, so prefect-dask's TaskRunner[PrefectDaskFuture[Any]] does not match it
+    return sync_jobs.with_options(task_runner=runner)(  # type: ignore[arg-type]
+        jobs=jobs, config=config
+    )

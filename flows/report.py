@@ -30,9 +30,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from deltaferry.context import SyncContext
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.extract import ExtractResult
-from deltaferry.context import SyncContext
 
 
 def artifact_key(job: str, what: str) -> str:

@@ -78,7 +78,7 @@ def _attempt() -> int:
     return int(task_run.run_count or 1)
 
 
-_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+_TASK: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @task(name="lake-head", **_TASK)

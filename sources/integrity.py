@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
-from deltaferry.duck import ident
+from deltaferry.duck import fetch_row, ident
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -130,9 +130,10 @@ class KeyCheck:
         ).fetchall()
         if not rows:
             return None
-        total = self._con.execute(
-            f"SELECT count(*) FROM (SELECT {cols} FROM seen GROUP BY ALL HAVING count(*) > 1)"
-        ).fetchone()[0]
+        total = fetch_row(
+            self._con,
+            f"SELECT count(*) FROM (SELECT {cols} FROM seen GROUP BY ALL HAVING count(*) > 1)",
+        )[0]
         shown = "; ".join(
             ", ".join(f"{c}={v!r}" for c, v in zip(self.pk, r[:-1])) + f" ({r[-1]} rows)"
             for r in rows

@@ -21,6 +21,7 @@ import dlt
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+from dlt.common.typing import TLoaderFileFormat
 
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
@@ -43,7 +44,7 @@ os.environ.setdefault("LOAD__AUTO_ABORT_ON_TERMINAL_ERROR", "true")
 # repeated keys themselves: sources.integrity, rest_api.reads, files.LatestWins), so dlt
 # copies staged rows as they are; its own deduplication (ROW_NUMBER() OVER a partition)
 # turns -0.0 into 0.0 in DuckDB
-DEDUPLICATED = {"x-stage-data-deduplicated": True}
+DEDUPLICATED: dict[str, Any] = {"x-stage-data-deduplicated": True}
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
         credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
     else:
         credentials = str(path)
+    # dlt's progress collector: none unless asked for
+    progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
     pipeline = dlt.pipeline(
         pipeline_name=f"deltaferry_{job.name}",
         pipelines_dir=str(job_home(job.name) / "dlt"),
@@ -94,9 +97,17 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
             credentials, naming_convention=staging_naming(job, con)
         ),
         dataset_name=STAGING_DATASET,
-        progress="log" if from_env().dlt_progress else None,
+        **progress,
     )
     return pipeline, con
+
+
+def pipeline_naming(pipeline: dlt.Pipeline) -> str:
+    """The naming convention of a ``pipeline_for`` pipeline's staging: the name it gave the
+    destination (``staging_naming``)."""
+    convention = pipeline.destination.capabilities().naming_convention
+    assert isinstance(convention, str), convention  # pipeline_for passes a name
+    return convention
 
 
 def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
@@ -356,6 +367,7 @@ class ChangedRows:
         the source renamed as the chain's migration renames it is no change. Those rows are
         retagged. Anything that cannot be compared (the migration refuses a row, a key
         column renamed) counts as changed: republished, which is safe."""
+        assert self._shift is not None  # called only with a source shift
         chain, old, new = self._shift
         rows = hashed.take(found["__i"])  # __i (chunk positions), key, current hash
         try:
@@ -486,7 +498,7 @@ def _is_variant(name: str, columns: list[str]) -> bool:
     import re
 
     m = re.match(r"^(?P<base>.+)(?:__|▶)v_[a-z0-9_]+$", name)
-    return bool(m) and m.group("base") in columns
+    return m is not None and m.group("base") in columns
 
 
 # staged dlt types a value of another type may be converted to (DuckDB ``TRY_CAST``)
@@ -622,8 +634,7 @@ def extract_records(
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            convention = pipeline.destination.capabilities().naming_convention
-            names = RecordNames(job.name, t.name, convention)
+            names = RecordNames(job.name, t.name, pipeline_naming(pipeline))
             resources.append(
                 _records_resource(job, t, read).add_map(names).add_filter(changed.record)
             )
@@ -642,7 +653,7 @@ def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterab
     )
     if t.cursor:
         # no dedup by key at the boundary: ChangedRows keeps the boundary records that changed
-        cursor = dlt.sources.incremental(t.cursor, primary_key=[])
+        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(t.cursor, primary_key=[])
 
         @dlt.resource(**hints)
         def records(since: Any = cursor) -> Iterable[Any]:
@@ -651,7 +662,7 @@ def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterab
     else:
 
         @dlt.resource(**hints)
-        def records() -> Iterable[Any]:  # type: ignore[misc]
+        def records() -> Iterable[Any]:
             yield from read(job, t, None)
 
     return records()
@@ -663,7 +674,7 @@ def run_load(
     data: Any,
     classify: Callable[[BaseException], BaseException | None] | None = None,
     scrub: Callable[[str], str] | None = None,
-    loader_file_format: str | None = None,
+    loader_file_format: TLoaderFileFormat | None = None,
 ) -> Any:
     """``pipeline.run(data)`` with its failure as one deltaferry error naming the job: a
     ``DeltaferryError`` raised inside dlt as it is, then what ``classify`` (a source's own
@@ -679,7 +690,8 @@ def run_load(
     from deltaferry.errors import DeltaferryError, TerminalError, TransientError
 
     try:
-        return pipeline.run(data, loader_file_format=loader_file_format)
+        # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
+        return pipeline.run(data, loader_file_format=loader_file_format)  # type: ignore[arg-type]
     except PipelineStepFailed as e:
         cause = e if scrub is None else None
         ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))

@@ -21,26 +21,26 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import ident
+from sources.columns import FILE_TIME_COLUMN
+from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
+from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
 from sources.files.settings import (
     default_pattern,
     lookback_seconds,
 )
-from deltaferry.duck import ident
-from sources.columns import FILE_TIME_COLUMN
 from sources.integrity import KeyCheck
 from sources.staging import (
     DEDUPLICATED,
     ChangedRows,
     ExtractResult,
     pipeline_for,
+    pipeline_naming,
     row_counts,
     run_load,
     staged_keyed,
     staging_path,
 )
-from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
-from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
-
 
 # --- which files are new -----------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def extract(job: JobConfig) -> ExtractResult:
     checks: list[KeyCheck] = []
     skipped: dict[str, list[str]] = {}
     # the names staging keeps: exactly, unless this job staged under dlt's snake_case before
-    convention = pipeline.destination.capabilities().naming_convention
+    convention = pipeline_naming(pipeline)
     try:
         resources = []
         for t in job.tables:

@@ -26,8 +26,8 @@ the contract's type:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -231,6 +231,7 @@ def _json_text(v: Any) -> str:
     Arrow value's Python form (a map's (key, value) pairs become an object; a decimal its
     digits, a double its shortest text, a date or time its ISO text). Raises ValueError
     for a value JSON cannot hold (NaN, infinity)."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(v, dict):
         items = v.items()
     elif isinstance(v, list) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v):

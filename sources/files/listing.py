@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError, TransientError
 

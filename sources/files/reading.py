@@ -4,8 +4,8 @@ setting it aside with what is wrong and what to do."""
 from __future__ import annotations
 
 import codecs
-import functools
 import csv
+import functools
 import gzip
 import io
 import re
@@ -19,6 +19,7 @@ from contracts import load_contract
 from contracts.exact import InexactCast, cast_exact
 from deltaferry.config import TableConfig
 from deltaferry.errors import ConfigError
+from sources.columns import INTERNAL_COLUMNS
 from sources.files.jsonl import documents_as_text, read_jsonl
 from sources.files.listing import SetAside
 from sources.files.settings import (
@@ -26,8 +27,6 @@ from sources.files.settings import (
     DEFAULT_ENCODING,
     EXTENSIONS,
 )
-from sources.columns import INTERNAL_COLUMNS
-
 
 # --- reading one file --------------------------------------------------------------------
 

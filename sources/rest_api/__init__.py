@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
-from dlt.sources.rest_api import rest_api_resources
+from dlt.sources.rest_api import RESTAPIConfig, rest_api_resources
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
@@ -41,6 +41,7 @@ from sources.staging import (
     ExtractResult,
     find_cause,
     pipeline_for,
+    pipeline_naming,
     row_counts,
     run_load,
 )
@@ -243,11 +244,12 @@ def extract(job: JobConfig) -> ExtractResult:
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
     try:
-        resources = rest_api_resources(api_config(job, session))
+        # the jobs file's options as given (auth, paginator, data_selector): dlt checks them
+        resources = rest_api_resources(cast(RESTAPIConfig, api_config(job, session)))
         by_name = {r.name: r for r in resources}
         staged, reads = [], []
         secrets = _secret_params(job)
-        convention = pipeline.destination.capabilities().naming_convention
+        convention = pipeline_naming(pipeline)
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import dlt
@@ -24,15 +25,16 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import ConfigError, TerminalError, TransientError
-from deltaferry.duck import fetch_one, ident
 from deltaferry.settings import from_env
+from sources.integrity import KeyCheck
+from sources.names import check_columns
 from sources.sql_database.settings import (
     DELETED_COLUMN,
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
-from sources.integrity import KeyCheck
 from sources.sql_database.types import (
     job_scope,
     key_roles,
@@ -61,13 +63,12 @@ from sources.staging import (
     pipeline_for,
     read_staging,
     row_counts,
-    staged_columns,
     stage_tombstones,
+    staged_columns,
     staged_table_exists,
     staging_naming,
     staging_path,
 )
-from sources.names import check_columns
 
 
 def _adapt_table(
@@ -460,7 +461,7 @@ def _transient_cause(exc: BaseException) -> BaseException | None:
 
 
 def _run(
-    pipeline: dlt.Pipeline, data: Any, job: JobConfig, reads: list[_TableRead] = ()
+    pipeline: dlt.Pipeline, data: Any, job: JobConfig, reads: Sequence[_TableRead] = ()
 ) -> Any:
     """Extract ``data``, check the reads' keys (a key seen twice stops the run before the
     load: the extracted package is dropped), then normalize and load. Errors become one
@@ -569,7 +570,7 @@ def _reconcile(
         keys = ", ".join(ident(c) for c in pk)
         match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in pk)
         con.register("source_keys", source_keys)
-        staged_live = fetch_one(
+        staged_live = fetch_row(
             con, f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
         )[0]
         if source_keys.num_rows == 0:

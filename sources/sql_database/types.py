@@ -327,6 +327,7 @@ def _declared_plan(
         )
     plan.raw = sqlite or fam == "numeric"
     if kind == "decimal":
+        assert p is not None and s is not None  # parse_type gives a decimal both
         plan.dlt_type, plan.convert = sa.Numeric(p, s), _to_decimal(p, s)
     elif kind == "int64":
         plan.dlt_type, plan.convert = sa.BigInteger(), _to_int
@@ -513,8 +514,8 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
         Carried.process_result_value = process_result_value  # type: ignore[method-assign]
     if plan.cast_text:  # SELECT CAST(col AS TEXT): the database's own text form
 
-        def column_expression(self: Any, colexpr: Any) -> Any:
-            return sa.cast(sa.type_coerce(colexpr, original), sa.Text())
+        def column_expression(self: Any, column: Any) -> Any:
+            return sa.cast(sa.type_coerce(column, original), sa.Text())
 
         Carried.column_expression = column_expression  # type: ignore[method-assign]
     Carried.dlt_type = plan.dlt_type or _unwrap(original)  # type: ignore[attr-defined]

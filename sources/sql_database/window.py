@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.duck import ident
+from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TerminalError
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
@@ -184,9 +184,9 @@ def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
         if not staged_table_exists(con, t.name) or t.cursor not in staged_columns(con, t.name):
             return None
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            f"SELECT max({ident(t.cursor)}) FROM {STAGING_DATASET}.{ident(t.name)}"
-        ).fetchone()[0]
+        return fetch_row(
+            con, f"SELECT max({ident(t.cursor)}) FROM {STAGING_DATASET}.{ident(t.name)}"
+        )[0]
     finally:
         con.close()
 
@@ -255,7 +255,7 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
     def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
-        if bound is None:
+        if bound is None or t.cursor is None:
             return query
         col = table.c[t.cursor]
         if t.cursor in text_times:
