@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from deltaferry.errors import ConfigError
 from deltaferry.settings import env_name, from_env
@@ -40,6 +41,17 @@ def fetch_row(
     if row is None:
         raise RuntimeError(f"query returned no row: {sql}")
     return row
+
+
+def duck_type(field: pa.Field) -> str:
+    """The DuckDB column type DuckDB gives an Arrow ``field`` (for CREATE / ALTER TABLE)."""
+    con = duckdb.connect()
+    try:
+        empty = pa.table({field.name: pa.array([], field.type)})
+        con.register("t", empty)
+        return fetch_row(con, "SELECT column_type FROM (DESCRIBE SELECT * FROM t)")[0]
+    finally:
+        con.close()
 
 
 def ident(name: str) -> str:

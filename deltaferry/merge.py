@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import column_types, fetch_one, fetch_row, ident
+from deltaferry.duck import column_types, duck_type, fetch_one, fetch_row, ident
 
 PRODUCER_COLUMN = "_producer"
 HLC_COLUMN = "_hlc"
@@ -157,7 +157,6 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
     """Create the table and its versions table, or add the columns this batch brings.
     True if columns were added to an existing table."""
     from deltaferry.errors import ConfigError, VerificationError
-    from deltaferry.replica import _duck_type
 
     clash = sorted(RESERVED & set(data.column_names))
     if clash:
@@ -192,7 +191,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
     ):
         have = column_types(con, name)
         if not have:
-            defs = [f"{ident(f.name)} {_duck_type(f)}" for f in fields]
+            defs = [f"{ident(f.name)} {duck_type(f)}" for f in fields]
             defs += [f"{ident(c)} {t}" for c, t in extra]
             if key:
                 defs.append(f"PRIMARY KEY ({key})")
@@ -200,7 +199,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             continue
         for f in fields:
             if f.name not in have:
-                con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {_duck_type(f)}")
+                con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
                 added = True
     return added
 

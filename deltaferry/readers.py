@@ -57,7 +57,7 @@ class VersionError(TerminalError):
 
 class ContractChangeRefused(VersionError):
     """The reader's own contract changed to one its replica's stored rows cannot be taken to
-    (``replica._hold_reader_contract``): the table stops, and the reader's record in the
+    (``reader_contract.hold_reader_contract``): the table stops, and the reader's record in the
     lake says so (``stuck``), so producers do not hold a version back for it."""
 
 

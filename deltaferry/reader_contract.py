@@ -1,0 +1,247 @@
+"""What a change of the reader's own contract does to its replica.
+
+A replica records, per table, the contract its stored rows are held at
+(``_deltaferry_contracts``) and the rows it held back from applied batches and under
+which contract (``_deltaferry_held``). When the reader's jobs file moves to another
+contract, ``hold_reader_contract`` takes the stored rows through the chain's migrations
+(or refuses in one line), and ``reread_held`` reads the batches with held rows again so
+that what the new contract admits arrives. Both run at the start of each table's pull
+(``replica.pull``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import duckdb
+
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import duck_type, fetch_one, ident
+from deltaferry.keys import Keyring
+from deltaferry.merge import record_held
+from deltaferry.verify import iter_verified
+from destinations.lake import LakeStore
+
+
+def hold_reader_contract(
+    con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, chain: Any, whose: str
+) -> str | None:
+    """Keep the table's stored rows at this reader's contract (its chain's newest version).
+
+    The replica records, per table, the contract (ref, version, fingerprint) its rows are
+    held at. When the reader's jobs file moves to another contract, the stored rows are
+    taken through the chain's migrations from the recorded version (found by fingerprint)
+    to the new one, in one transaction with the new record, so old and new rows have the
+    same shape and the replica satisfies its own contract. A recorded contract that is no
+    version of the new chain, or rows a migration refuses, stop the table with one line
+    (``ContractChangeRefused``: the reader's record in the lake is marked stuck) and change
+    nothing. Migrated rows must satisfy the new contract (else ``ContractChangeRefused``).
+    A replica without a record (a new one, or one written before records were kept)
+    records the current contract as it is. Returns what was done to the stored rows (one
+    line), or None when nothing was.
+
+    Memory: the table's stored rows, once, when the contract changes."""
+    from contracts import MigrationError
+    from deltaferry.merge import REPLICA_COLUMNS
+    from deltaferry.readers import ContractChangeRefused
+
+    now = chain.contract()
+    where = f"job '{job.name}' table '{t.name}'"
+    held = fetch_one(
+        con,
+        "SELECT ref, version, fingerprint FROM _deltaferry_contracts WHERE job = ? AND tbl = ?",
+        [job.name, t.name],
+    )
+    record = (
+        "INSERT OR REPLACE INTO _deltaferry_contracts (job, tbl, ref, version, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?)"
+    )
+    values = [job.name, t.name, now.ref, now.version, now.fingerprint]
+    if held is not None and held[2] == now.fingerprint:
+        if (held[0], held[1]) != (now.ref, now.version):
+            con.execute(record, values)  # the same contract under another name
+        return None
+    if held is None or not duck.table_exists(con, t.name):
+        con.execute(record, values)
+        return None
+    ref, version, fingerprint = held
+    old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)
+    if old is None or not chain.reachable(old, now.version):
+        raise ContractChangeRefused(
+            f"{where}: {whose} holds its rows at contract {ref} v{version} (fingerprint "
+            f"{fingerprint[:12]}), which is no version of this reader's {now.ref} that can reach "
+            f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
+            "migrated: pull into a new replica, or go back to the old contract"
+        )
+    stored = con.execute(f"SELECT * FROM {ident(t.name)}").fetch_arrow_table()
+    own = [c for c in stored.column_names if c in REPLICA_COLUMNS]
+    try:
+        moved = chain.migrate_arrow(stored.drop_columns(own), old, now.version)
+    except MigrationError as e:
+        raise ContractChangeRefused(
+            f"{where}: {whose} holds its rows at {ref} v{version}; taking them to "
+            f"{now.ref} v{now.version} failed ({e}); nothing changed: pull into a new replica"
+        ) from None
+    data_cols = [c for c in now.columns if c in moved.column_names]
+    checked = now.validate(moved.select(data_cols).to_pandas(integer_object_nulls=True))
+    if checked.failed_rows:
+        raise ContractChangeRefused(
+            f"{where}: {whose} holds its rows at {ref} v{version}; {len(checked.failed_rows)} of "
+            f"them break {now.ref} v{now.version} once migrated ({checked.summary()}); nothing "
+            "changed: fix the chain's upgrade, or pull into a new replica"
+        )
+    for c in own:
+        moved = moved.append_column(c, stored[c])
+    pk = list(t.primary_key)
+    defs = ", ".join(f"{ident(f.name)} {duck_type(f)}" for f in moved.schema)
+    temp = f"_deltaferry_migrating_{t.name}"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("df_moved", moved)
+        con.execute(f"DROP TABLE IF EXISTS {ident(temp)}")
+        con.execute(
+            f"CREATE TABLE {ident(temp)} ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
+        )
+        con.execute(f"INSERT INTO {ident(temp)} SELECT * FROM df_moved")
+        con.execute(f"DROP TABLE {ident(t.name)}")
+        con.execute(f"ALTER TABLE {ident(temp)} RENAME TO {ident(t.name)}")
+        con.execute(record, values)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("df_moved")
+    steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
+    return (
+        f"{moved.num_rows} stored row(s) taken from {ref} v{version} to {now.ref} "
+        f"v{now.version} ({steps})"
+    )
+
+
+def reread_held(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    lake: LakeStore,
+    t: TableConfig,
+    keyring: Keyring | None,
+    reading: Any,
+    retry: bool = False,
+) -> int:
+    """Read again the applied batches whose rows this reader held back under another
+    contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
+    contract changed, or all of them with ``retry`` (a migration fixed in place keeps its
+    ref and fingerprint), and apply what the contract admits now. Returns how many held rows were
+    applied (those still held are recorded under the new contract).
+
+    A single producer's chain is replayed from the first batch with held rows to the last
+    applied one (newer ``_seq`` wins, so rows already applied change nothing and a later
+    delete still deletes); for several producers, only the versions the replica lacks are
+    added to each batch's producer and re-resolved. One transaction; read with the partial
+    policy (these batches were applied before: re-reading never stops at a version), so it
+    stops only on a batch that no longer verifies or a fingerprint mismatch. Memory: one
+    batch at a time; cost: the batches from the first held one on, once per contract
+    change."""
+    from deltaferry import merge
+    from deltaferry.replica import merge_rows  # replica imports this module
+
+    own = (reading.contract.ref, reading.contract.fingerprint)
+    held = con.execute(
+        "SELECT producer, batch, rows FROM _deltaferry_held WHERE job = ? AND tbl = ?"
+        " AND (? OR ref <> ? OR fingerprint <> ?) ORDER BY producer, batch",
+        [job.name, t.name, retry, *own],
+    ).fetchall()
+    if not held:
+        return 0
+    again = dataclasses.replace(reading, policy="partial")
+    note = f"read again under {reading.contract.ref} (v{reading.known})"
+    where = f"job '{job.name}' table '{t.name}'"
+    before, still = sum(r[2] for r in held), 0
+    merge._utc(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if job.multi_producer:
+            shape = merge.TableShape(job.name, t.name, list(t.primary_key))
+            for producer, batch, n in held:
+                applied = {
+                    b: (sha, hlc)
+                    for b, sha, hlc in con.execute(
+                        "SELECT batch, manifest_sha256, hlc FROM _deltaferry_chains WHERE job = ?"
+                        " AND tbl = ? AND producer = ? AND batch IN (?, ?)",
+                        [job.name, t.name, producer, batch - 1, batch],
+                    ).fetchall()
+                }
+                if batch not in applied:
+                    record_held(con, job.name, t.name, producer, batch, 0, *own)
+                    continue
+                prev_sha, prev_hlc = applied.get(batch - 1, (None, None))
+                vb = next(
+                    iter_verified(
+                        lake, job.name, t.name, after=batch - 1, prev_sha256=prev_sha,
+                        keyring=keyring, producer=producer, prev_hlc=prev_hlc,
+                    )
+                )
+                _same_batch(where, producer, vb, batch, applied[batch][0])
+                admitted = again.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
+                merge.apply_held(con, shape, producer, batch, vb.manifest["hlc"], admitted.data)
+                record_held(con, job.name, t.name, producer, batch, admitted.held, *own)
+                still += admitted.held
+                con.execute(
+                    "UPDATE _deltaferry_chains SET caution = coalesce(caution, '') || ? WHERE job = ? AND"
+                    " tbl = ? AND producer = ? AND batch = ?",
+                    [f"; {note}: {admitted.held} of {n} row(s) still held", job.name, t.name,
+                     producer, batch],
+                )
+        else:
+            first = held[0][1]
+            recorded = dict(
+                con.execute(
+                    "SELECT batch, manifest_sha256 FROM _deltaferry_batches WHERE job = ?"
+                    " AND tbl = ? AND batch >= ?",
+                    [job.name, t.name, first - 1],
+                ).fetchall()
+            )
+            last = max(recorded, default=0)
+            counts = {b: n for _, b, n in held}
+            for vb in iter_verified(
+                lake, job.name, t.name, after=first - 1, prev_sha256=recorded.get(first - 1),
+                keyring=keyring,
+            ):
+                if vb.batch > last:
+                    break
+                _same_batch(where, None, vb, vb.batch, recorded.get(vb.batch))
+                admitted = again.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
+                merge_rows(con, t.name, list(t.primary_key), admitted.data)
+                if vb.batch in counts:
+                    record_held(con, job.name, t.name, "", vb.batch, admitted.held, *own)
+                    still += admitted.held
+                    con.execute(
+                        "UPDATE _deltaferry_batches SET caution = coalesce(caution, '') || ? WHERE job = ?"
+                        " AND tbl = ? AND batch = ?",
+                        [f"; {note}: {admitted.held} of {counts[vb.batch]} row(s) still held",
+                         job.name, t.name, vb.batch],
+                    )
+            # a held batch past the last applied one was never applied: nothing to keep
+            con.execute(
+                "DELETE FROM _deltaferry_held WHERE job = ? AND tbl = ? AND batch > ?",
+                [job.name, t.name, last],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return before - still
+
+
+def _same_batch(where: str, producer: str | None, vb: Any, batch: int, sha: str | None) -> None:
+    """The batch read again is the one applied (same number, same manifest)."""
+    from deltaferry.errors import VerificationError
+
+    if vb.batch != batch or vb.manifest_sha256 != sha:
+        chain = f" producer '{producer}'" if producer else ""
+        raise VerificationError(
+            f"{where}{chain} batch {batch}: the lake's manifest ({vb.manifest_sha256[:12]}) is not "
+            f"the one this replica applied ({str(sha)[:12]}); its held rows cannot be read again"
+        )
