@@ -378,7 +378,9 @@ def pull(
             )
         if r.reread:
             out.print(
-                f"{r.table}: {r.reread} row(s) held back under the earlier contract applied",
+                f"{r.table}: read again the {r.reread} row(s) held back under an earlier contract "
+                f"(or --retry-held): {r.reread - r.still_held} no longer held (applied, or "
+                f"superseded by a later change of their key), {r.still_held} still held",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -386,8 +388,11 @@ def pull(
             out.print(f"{r.table}: {r.overrides} new conflict override(s) applied")
         if r.cautions:
             err.print(
-                f"[bold yellow]warning:[/] table {r.table}: {r.cautions} batch(es) published at a "
-                "newer contract version were applied partially (see _deltaferry_batches.caution)",
+                f"[bold yellow]warning:[/] table {r.table}: {r.cautions} batch(es) published at "
+                "another contract version were applied with a caution (columns left out or "
+                "kept, rows held back: see the caution column of _deltaferry_batches, or "
+                "_deltaferry_chains with several producers)"
+                + (f"; {r.held} row(s) held back for this reader" if r.held else ""),
                 highlight=False,
                 soft_wrap=True,
             )

@@ -88,6 +88,15 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
                 reasons.append(f"{who} not seen for {int(age)}s: not holding the version back")
                 continue
             reads = [v for v in r.get("supports") or [] if v in chain.versions]
+            other = _other_contracts(r, chain, reads)
+            if other:  # its vN is another contract than ours: it reads only what is below
+                v = other[0]
+                reads = [x for x in reads if x < v]
+                reasons.append(
+                    f"{who}'s v{v} is another contract (fingerprint {other[1][:12]}, ours "
+                    f"{chain.contract(v).fingerprint[:12]}): counted as reading up to "
+                    + (f"v{max(reads)}" if reads else "no version")
+                )
             if not reads:
                 reasons.append(f"{who} reads none of v{chain.versions[0]}..v{chain.latest}")
                 continue
@@ -119,6 +128,21 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
         )
         ctx.state.log(ctx.run_id, "negotiate", "info", table=t.name, detail=detail)
     return target
+
+
+def _other_contracts(record: dict, chain: Chain, reads: list[int]) -> tuple[int, str] | None:
+    """The first version a reader's record says it reads whose fingerprint differs from
+    ``chain``'s, and the reader's fingerprint; None when all match or are not recorded
+    (records of older readers carry only their newest version's fingerprint)."""
+    theirs = record.get("fingerprints")
+    if not isinstance(theirs, dict):
+        contract = record.get("contract") if isinstance(record.get("contract"), dict) else {}
+        theirs = {str(contract.get("version")): contract.get("fingerprint")}
+    for v in sorted(reads):
+        fp = theirs.get(str(v))
+        if isinstance(fp, str) and fp != chain.contract(v).fingerprint:
+            return v, fp
+    return None
 
 
 def note_readers(ctx: SyncContext, t: TableConfig) -> None:

@@ -129,12 +129,13 @@ def reread_held(
     keyring: Keyring | None,
     reading: Any,
     retry: bool = False,
-) -> int:
+) -> tuple[int, int]:
     """Read again the applied batches whose rows this reader held back under another
     contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
     contract changed, or all of them with ``retry`` (a migration fixed in place keeps its
-    ref and fingerprint), and apply what the contract admits now. Returns how many held rows were
-    applied (those still held are recorded under the new contract).
+    ref and fingerprint), and apply what the contract admits now. Returns (rows that were
+    held, rows still held: recorded under the new contract); the others are applied, or
+    were superseded meanwhile by a later change of their key (a delete, a full row).
 
     A single producer's chain is replayed from the first batch with held rows to the last
     applied one (newer ``_seq`` wins, so rows already applied change nothing and a later
@@ -154,7 +155,7 @@ def reread_held(
         [job.name, t.name, retry, *own],
     ).fetchall()
     if not held:
-        return 0
+        return 0, 0
     again = dataclasses.replace(reading, policy="partial")
     note = f"read again under {reading.contract.ref} (v{reading.known})"
     where = f"job '{job.name}' table '{t.name}'"
@@ -232,7 +233,7 @@ def reread_held(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return before - still
+    return before, still
 
 
 def _same_batch(where: str, producer: str | None, vb: Any, batch: int, sha: str | None) -> None:

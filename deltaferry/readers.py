@@ -458,6 +458,12 @@ def record_consumer(
         "job": reading.job,
         "table": reading.table,
         "supports": reading.supports,
+        # what each version it has is (producers count it only for versions that match)
+        "fingerprints": {
+            str(v): reading.chain.contract(v).fingerprint
+            for v in reading.supports
+            if reading.chain is not None and v in reading.chain.models
+        },
         "contract": {
             "ref": reading.contract.ref,
             "version": reading.known,

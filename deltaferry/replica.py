@@ -61,6 +61,10 @@ class PullResult:
     error: str | None = None
     # rows held back for this reader under an earlier contract, applied when it changed
     reread: int = 0
+    # of those, still held after they were read again
+    still_held: int = 0
+    # rows held back for this reader from this pull's batches
+    held: int = 0
     # the reader's contract changed: how its stored rows were taken to the new one
     migrated: str | None = None
 
@@ -130,7 +134,9 @@ def pull(
             result = PullResult(t.name, 0, 0, 0)
             try:
                 result.migrated = hold_reader_contract(con, job, t, chain, whose)
-                result.reread = reread_held(con, job, lake, t, keyring, reading, retry_held)
+                result.reread, result.still_held = reread_held(
+                    con, job, lake, t, keyring, reading, retry_held
+                )
                 if job.multi_producer:
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
@@ -229,7 +235,8 @@ def _pull_table(
         )
         result.batches += 1
         result.cautions += admitted.caution is not None
-        result.rows += vb.data.num_rows
+        result.rows += admitted.data.num_rows
+        result.held += admitted.held
         result.last_batch = vb.batch
 
 
@@ -297,7 +304,8 @@ def _pull_merged(
             )
             result.cautions += admitted.caution is not None
             result.batches += 1
-            result.rows += vb.data.num_rows
+            result.rows += admitted.data.num_rows
+            result.held += admitted.held
             chains[producer] = vb.batch
             result.last_batch = max(chains.values())
     if every_producer:

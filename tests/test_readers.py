@@ -75,7 +75,7 @@ def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
     # partial: applies what it knows and flags the batch
     partial = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
     assert partial.exit_code == 0, partial.output
-    assert "applied partially" in partial.output
+    assert "applied with a caution" in partial.output
     (caution,) = _q(
         old, "SELECT caution FROM _deltaferry_batches WHERE tbl = 'customers' AND batch = 2"
     )[0]
@@ -232,7 +232,7 @@ def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp
     sync_job(job="shop", config=str(producer("Renamed")))  # batch 2 at v2, no way back to v1
     partial = _pull(shop_job.config, old, "--consumer", "old", "--policy", "partial")
     assert partial.exit_code == 0, partial.output
-    assert "applied partially" in partial.output
+    assert "applied with a caution" in partial.output
     after = rows()
     assert after[1] == ("customer 1", "JP")  # the name it knew, the country it was sent
     assert 3 not in after and 7 not in after  # deleted; held back
@@ -418,6 +418,7 @@ def test_rows_held_back_arrive_when_the_reader_moves_to_a_contract_that_reads_th
     replica = tmp_path / "reader.duckdb"
     first = _pull(v1, replica, "--policy", "partial")
     assert first.exit_code == 0, first.output
+    assert "12 row(s) held back for this reader" in " ".join(first.output.split())
     assert _q(replica, "SELECT count(*) FROM customers") == [(0,)]
     columns = {r[0] for r in _q(replica, "DESCRIBE customers")}
     assert set(CustomersV1.to_schema().columns) <= columns
@@ -434,10 +435,14 @@ def test_rows_held_back_arrive_when_the_reader_moves_to_a_contract_that_reads_th
     assert second.exit_code == 0, second.output
     assert _q(replica, "SELECT count(*) FROM customers") == [(0,)]
 
+    held = _q(replica, "SELECT sum(rows) FROM _deltaferry_held")[0][0]
+    assert held == 14  # 12, then customers 2 (an update) and 13 (new); the delete applied
     v2 = _reader(shop_job, tmp_path, renamed, "v2", "", merged)
     moved = _pull(v2, replica)
     assert moved.exit_code == 0, moved.output
-    assert "held back under the earlier contract applied" in moved.output
+    assert f"read again the {held} row(s) held back under an earlier contract" in moved.output
+    assert f"{held} no longer held (applied, or superseded by a later change of their key)" \
+        in moved.output
     sql = "SELECT id, full_name, email, country FROM customers ORDER BY id"
     assert _q(replica, sql) == _live(shop) and len(_live(shop)) == 12
     assert _q(replica, "SELECT count(*) FROM _deltaferry_held") == [(0,)]
@@ -495,7 +500,8 @@ def test_rows_a_readers_own_migration_breaks_are_never_stored(
     assert _q(partial, "SELECT count(*) FROM customers") == [(4,)]
     retried = _pull(bad, partial, "--retry-held")
     assert retried.exit_code == 0, retried.output
-    assert "2 row(s) held back under the earlier contract applied" in retried.output
+    assert "read again the 2 row(s) held back" in retried.output
+    assert "2 no longer held" in retried.output
     assert _q(partial, "SELECT id, name, email, country FROM customers ORDER BY id") == _live(shop)
     assert _q(partial, "SELECT DISTINCT tier FROM customers") == [("standard",)]
     monkeypatch.setattr(CustomersT2, "upgrade", buggy)
@@ -520,3 +526,42 @@ def test_rows_a_readers_own_migration_breaks_are_never_stored(
 def _standard_tier(frame):  # noqa: ANN001, ANN202
     frame["tier"] = "standard"
     return frame
+
+
+def test_producers_count_a_readers_version_only_if_it_is_the_same_contract(
+    shop_job, shop, tmp_path
+):
+    """Fresh-user trial of issue 19: a reader whose v2 is another contract than the
+    producer's v2 (same number, other fingerprint) is counted as reading up to v1, so the
+    producer publishes v1 for it (its chain can take the rows down) and the reader applies
+    the batch, instead of being sent a v2 it must refuse. The reason is in the log."""
+    from flows.sync import sync_job
+
+    shop.round(5, 0, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    shop.con.commit()
+    producer = tmp_path / "producer.toml"  # readers count for the default 7 days
+    producer.write_text(shop_job.config.read_text().replace(
+        "contracts.shop:Customers", "tests.contracts_versions:Loyalty"))
+    reader = _reader(shop_job, tmp_path, "tests.contracts_versions:Renamed", "reader")
+    replica = tmp_path / "r.duckdb"
+    assert _pull(reader, replica, "--consumer", "r").exit_code == 0  # recorded, lake empty
+    record = json.loads(shop_job.lake().get("shop/customers/consumers/r.json"))
+    assert sorted(record["fingerprints"]) == ["1", "2"]
+    out = sync_job(job="shop", config=str(producer))
+    assert out["tables"]["customers"]["batch"] == 1
+    with StateStore("shop").connect(read_only=True) as con:
+        (detail,) = con.execute(
+            "SELECT detail FROM ops_log WHERE step = 'negotiate' AND tbl = 'customers'"
+        ).fetchone()
+    assert "publishing at v1 of tests.contracts_versions:Loyalty" in detail
+    assert "reader 'r''s v2 is another contract" in detail
+    assert "counted as reading up to v1" in detail
+    pulled = _pull(reader, replica, "--consumer", "r")
+    assert pulled.exit_code == 0, pulled.output
+    assert _q(replica, "SELECT contract_version FROM _deltaferry_batches "
+                       "WHERE tbl = 'customers'") == [(1,)]
+    # the reader's own chain upgrades the v1 rows to its v2 (name -> full_name)
+    assert _q(replica, "SELECT id, full_name FROM customers ORDER BY id") == shop.con.execute(
+        "SELECT id, name FROM customers ORDER BY id"
+    ).fetchall()
