@@ -136,7 +136,9 @@ def _other_contracts(record: dict, chain: Chain, reads: list[int]) -> tuple[int,
     (records of older readers carry only their newest version's fingerprint)."""
     theirs = record.get("fingerprints")
     if not isinstance(theirs, dict):
-        contract = record.get("contract") if isinstance(record.get("contract"), dict) else {}
+        contract = record.get("contract")
+        if not isinstance(contract, dict):
+            return None
         theirs = {str(contract.get("version")): contract.get("fingerprint")}
     for v in sorted(reads):
         fp = theirs.get(str(v))
