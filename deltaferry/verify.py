@@ -38,15 +38,22 @@ class VerifiedBatch:
     also: pa.Table | None = None  # dual publishing: the rows at the newer version
 
 
-def numbered(lake: LakeStore, prefix: str) -> list[int]:
+def numbered(lake: LakeStore, prefix: str, after: int = 0) -> list[int]:
     """The numbers of the ``<n:012d>.json`` objects under ``prefix`` (a create-only log:
-    manifests, overrides), ascending; other keys are ignored."""
-    return sorted({n for k in lake.list(prefix) if (n := batch_of_manifest_key(k)) is not None})
+    manifests, overrides), ascending; other keys are ignored. With ``after``, only numbers
+    above it, listed from after its key (S3's ``StartAfter`` on the zero-padded names), so
+    the cost follows what is new, not the length of the log."""
+    start = f"{prefix}{after:012d}.json" if after > 0 else None
+    keys = lake.list(prefix, start_after=start)
+    return sorted({n for k in keys if (n := batch_of_manifest_key(k)) is not None and n > after})
 
 
-def list_batches(lake: LakeStore, job: str, table: str, producer: str | None = None) -> list[int]:
-    """Batch numbers that have a manifest, ascending (other keys are ignored)."""
-    return numbered(lake, manifests_prefix(job, table, producer))
+def list_batches(
+    lake: LakeStore, job: str, table: str, producer: str | None = None, after: int = 0
+) -> list[int]:
+    """Batch numbers that have a manifest, ascending (other keys are ignored); with
+    ``after``, only those above it, listing only what follows (``numbered``)."""
+    return numbered(lake, manifests_prefix(job, table, producer), after)
 
 
 def iter_verified(
@@ -66,7 +73,7 @@ def iter_verified(
     With ``producer``, the chain is that producer's (several producers publish the table):
     every manifest must name it and carry a logical timestamp (``hlc``) that grows."""
     keyring = keyring if keyring is not None else Keyring()
-    batches = [b for b in list_batches(lake, job, table, producer) if b > after]
+    batches = list_batches(lake, job, table, producer, after=after)
     expected = after + 1
     prev = prev_sha256
     prev_seq_end: int | None = None
@@ -218,13 +225,17 @@ def verify_table(
 
 
 def lake_head(
-    lake: LakeStore, job: str, table: str, producer: str | None = None
+    lake: LakeStore, job: str, table: str, producer: str | None = None, at_least: int = 0
 ) -> tuple[int, str | None]:
     """The head of a table's chain (or of ``producer``'s chain of it): the newest batch
     number that has a manifest, and that manifest's sha256 (hex); ``(0, None)`` for an
     empty chain. Only the newest manifest is read, not verified (``iter_verified`` does
-    that); raises VerificationError if it vanishes while being read."""
-    batches = list_batches(lake, job, table, producer)
+    that); raises VerificationError if it vanishes while being read. With ``at_least``
+    (a batch the caller expects to exist), only the keys from that batch on are listed;
+    the whole chain only when there are none (a lost tip, to name the real head)."""
+    batches = list_batches(lake, job, table, producer, after=max(0, at_least - 1))
+    if not batches and at_least > 1:
+        batches = list_batches(lake, job, table, producer)
     if not batches:
         return 0, None
     key = manifest_key(job, table, batches[-1], producer)
@@ -257,7 +268,7 @@ def check_position(
         return
     chain = "" if producer is None else f" producer '{producer}'"
     where = f"job '{job}' table '{table}'{chain}"
-    head, _ = lake_head(lake, job, table, producer)
+    head, _ = lake_head(lake, job, table, producer, at_least=batch)
     if head < batch:
         lost = f"batch {batch}" if head + 1 == batch else f"batches {head + 1}..{batch}"
         raise VerificationError(
