@@ -244,7 +244,11 @@ def aws_session() -> boto3.session.Session:
     role = env.assume_role_arn
     if not role:
         return base
-    from botocore.credentials import RefreshableCredentials
+    from botocore.credentials import (
+        CredentialProvider,
+        CredentialResolver,
+        RefreshableCredentials,
+    )
     from botocore.session import get_session
 
     sts = base.client("sts")
@@ -267,8 +271,22 @@ def aws_session() -> boto3.session.Session:
         )
     except Exception as e:  # noqa: BLE001 - any STS failure is a configuration problem here
         raise ConfigError(f"assuming role {role} failed: {e}") from None
+
+    class AssumedRole(CredentialProvider):
+        """The assumed role's credentials, which botocore refreshes through ``fetch``."""
+
+        METHOD = "sts-assume-role"
+        CANONICAL_NAME = "custom-deltaferry-assume-role"
+
+        def load(self) -> RefreshableCredentials:
+            return creds
+
+    # the session's credential chain is this provider alone (botocore's public components:
+    # a CredentialResolver registered as the session's 'credential_provider')
     botocore_session = get_session()
-    botocore_session._credentials = creds  # the documented way to inject refreshable credentials
+    botocore_session.register_component(
+        "credential_provider", CredentialResolver(providers=[AssumedRole()])
+    )
     return boto3.session.Session(botocore_session=botocore_session, region_name=base.region_name)
 
 

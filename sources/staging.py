@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -21,6 +22,7 @@ import dlt
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+from dlt.common.configuration.providers import ConfigProvider
 from dlt.common.typing import TLoaderFileFormat
 
 from deltaferry import duck
@@ -29,15 +31,65 @@ from deltaferry.duck import ident
 from deltaferry.settings import from_env
 from sources.columns import DELETED_COLUMN, HASH_COLUMN, STAGING_DATASET
 
-# dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
-os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
-# loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
-os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
-os.environ.setdefault("LOAD__TRUNCATE_STAGING_DATASET", "true")
-# a load job that fails terminally (a value staging cannot take) aborts its package with
-# dlt's own abort (``Pipeline.abort_packages``: pending packages deleted, pipeline state and
-# schemas restored), so a failed load never stays pending and wedges every later run
-os.environ.setdefault("LOAD__AUTO_ABORT_ON_TERMINAL_ERROR", "true")
+PIPELINE_PREFIX = "deltaferry_"
+
+# dlt settings every deltaferry pipeline runs with, as (sections, key): value. They are
+# answered by a config provider of ours for pipelines named ``deltaferry_*`` only (dlt looks
+# a setting up under the pipeline's name first), so the process's environment and any other
+# dlt pipeline in it are left alone.
+PIPELINE_SETTINGS: dict[tuple[tuple[str, ...], str], Any] = {
+    # dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
+    (("normalize", "parquet_normalizer"), "add_dlt_load_id"): True,
+    # loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
+    (("load",), "delete_completed_jobs"): True,
+    (("load",), "truncate_staging_dataset"): True,
+    # a load job that fails terminally (a value staging cannot take) aborts its package with
+    # dlt's own abort (``Pipeline.abort_packages``: pending packages deleted, pipeline state
+    # and schemas restored), so a failed load never stays pending and wedges every later run
+    (("load",), "auto_abort_on_terminal_error"): True,
+}
+
+
+class _PipelineSettings(ConfigProvider):
+    """``PIPELINE_SETTINGS`` for deltaferry's pipelines, through dlt's public config provider
+    interface (``dlt.config.register_provider``). A setting also given as a plain environment
+    variable (``LOAD__DELETE_COMPLETED_JOBS``) is left to it: that variable still decides, as
+    it did when these were environment defaults."""
+
+    def get_value(
+        self, key: str, hint: Any, pipeline_name: str | None, *sections: str
+    ) -> tuple[Any | None, str]:
+        where = "__".join((*sections, key)).upper()
+        if not (pipeline_name or "").startswith(PIPELINE_PREFIX) or where in os.environ:
+            return None, where
+        return PIPELINE_SETTINGS.get((tuple(sections), key)), where
+
+    @property
+    def supports_secrets(self) -> bool:
+        return False
+
+    @property
+    def supports_sections(self) -> bool:
+        return True
+
+    @property
+    def name(self) -> str:
+        return "deltaferry pipeline settings"
+
+
+_settings_lock = threading.Lock()
+
+
+def _register_pipeline_settings() -> None:
+    """Register ``_PipelineSettings`` with dlt once (again if dlt's run context was
+    reloaded); dlt asks it after its own providers."""
+    from dlt.common.configuration.exceptions import DuplicateConfigProviderException
+
+    with _settings_lock:
+        try:
+            dlt.config.register_provider(_PipelineSettings())
+        except DuplicateConfigProviderException:
+            pass
 
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
@@ -90,8 +142,9 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
         credentials = str(path)
     # dlt's progress collector: none unless asked for
     progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
+    _register_pipeline_settings()
     pipeline = dlt.pipeline(
-        pipeline_name=f"deltaferry_{job.name}",
+        pipeline_name=f"{PIPELINE_PREFIX}{job.name}",
         pipelines_dir=str(job_home(job.name) / "dlt"),
         destination=dlt.destinations.duckdb(
             credentials, naming_convention=staging_naming(job, con)

@@ -395,3 +395,24 @@ def test_keys_commands(home):
     assert "PRIVATE" not in runner.invoke(cli, ["keys", "export"]).output
     bad = runner.invoke(cli, ["keys", "revoke", "ed25519-nope"])
     assert bad.exit_code == 2 and "no key 'ed25519-nope'" in bad.output
+
+
+def test_assumed_role_credentials_refresh_through_the_session(s3_endpoint, monkeypatch):
+    from botocore.credentials import RefreshableCredentials
+
+    from destinations.lake import aws_session
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", s3_endpoint)
+    monkeypatch.setenv(
+        "DELTAFERRY_ASSUME_ROLE_ARN", "arn:aws:iam::123456789012:role/deltaferry-shop"
+    )
+    # 900 s is inside botocore's 15-minute advisory window: every read asks STS again
+    monkeypatch.setenv("DELTAFERRY_ASSUME_ROLE_SECONDS", "900")
+    session = aws_session()
+    creds = session.get_credentials()
+    assert isinstance(creds, RefreshableCredentials) and creds.method == "sts-assume-role"
+    first = creds.get_frozen_credentials()
+    assert first.access_key != "testing" and first.token
+    second = creds.get_frozen_credentials()
+    assert second.access_key != first.access_key  # refreshed through STS
+    assert session.get_credentials() is creds

@@ -134,9 +134,12 @@ def _session(job: JobConfig) -> tuple[requests.Session, _Watch]:
         request_max_retry_delay=env.http_max_retry_after,
         respect_retry_after_header=True,
     )
-    watch = _Watch(job)
-    client._adapter = watch  # the transport every session of this client mounts
     session = client.session
+    # the transport under dlt's retrying send: every attempt goes through it (requests'
+    # public Session.mount replaces the adapter dlt mounted for both schemes)
+    watch = _Watch(job)
+    session.mount("http://", watch)
+    session.mount("https://", watch)
     if job.options.get("headers"):
         session.headers.update({k: str(v) for k, v in job.options["headers"].items()})
     return session, watch
