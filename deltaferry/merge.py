@@ -105,7 +105,7 @@ def versions_table(table: str) -> str:
 def key_expr(pk: list[str], alias: str = "") -> str:
     """The key as text: the value itself for a one-column key; for a composite key, a JSON
     array of the values as text (``["eu","7"]``), so that no two keys share a text.
-    Timestamps render in UTC: the connection's TimeZone is set by ``_utc``."""
+    Timestamps render in UTC: the connection's TimeZone is set by ``keys_in_utc``."""
     prefix = f"{alias}." if alias else ""
     parts = [f"CAST({prefix}{ident(c)} AS VARCHAR)" for c in pk]
     return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
@@ -138,7 +138,7 @@ RESERVED = frozenset(
 )
 
 
-def _utc(con: duckdb.DuckDBPyConnection) -> None:
+def keys_in_utc(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET TimeZone = 'UTC'")
 
 
@@ -219,7 +219,7 @@ def applied(
 
 def _begin_unless(con: duckdb.DuckDBPyConnection, done_sql: str, params: list[Any]) -> bool:
     """Open a transaction (keys in UTC) unless ``done_sql`` finds the item already applied."""
-    _utc(con)
+    keys_in_utc(con)
     con.execute("BEGIN TRANSACTION")
     try:
         done = fetch_one(con, done_sql, params)

@@ -160,7 +160,7 @@ def reread_held(
     note = f"read again under {reading.contract.ref} (v{reading.known})"
     where = f"job '{job.name}' table '{t.name}'"
     before, still = sum(r[2] for r in held), 0
-    merge._utc(con)
+    merge.keys_in_utc(con)
     con.execute("BEGIN TRANSACTION")
     try:
         if job.multi_producer:
