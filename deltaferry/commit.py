@@ -127,6 +127,15 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     recorded = planned.get("drift")
     chain = ctx.chains[t.name]  # the plan's own version and migration, whatever readers say now
     version = int((planned.get("contract") or {}).get("version") or chain.latest)
+    if version not in chain.versions:
+        raise TerminalError(
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the batch was planned "
+            f"at contract v{version}, which {chain.ref} no longer has (versions: "
+            f"{', '.join(f'v{v}' for v in chain.versions)}), so it cannot be rebuilt as "
+            f"planned; go back to the old contract for one run, or `deltaferry plan discard "
+            f"{ctx.job.name} --table {t.name} --reason \"<why>\"` and run again (its rows are "
+            "cut again at the new contract)"
+        )
     ctx.contracts[t.name] = contract_version(ctx.job, t, chain, version)
     moved = planned.get("migration")
     if moved:

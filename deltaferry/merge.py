@@ -248,24 +248,57 @@ def apply_batch(
     held: tuple[int, str, str] | None = None,
 ) -> bool:
     """Apply one producer batch and its record in one transaction; False if already applied.
-    ``held``: (rows the reader held back from it, the reader contract's ref and
-    fingerprint), recorded in ``_deltaferry_held`` in the same transaction.
 
     ``hlc`` is the batch's logical timestamp; ``seen`` its manifest's ``hlc_seen`` (other
     producer id -> the logical timestamp of that chain's newest batch when this one was
     stamped), which decides whether a version it replaces is a conflict or a hand-off;
-    None counts as having seen nothing."""
+    None counts as having seen nothing. ``held``: (rows the reader held back from it, the
+    reader contract's ref and fingerprint), recorded in ``_deltaferry_held`` in the same
+    transaction. A batch read file by file uses ``begin_batch`` / ``add_versions`` /
+    ``finish_batch`` instead (what this does, in three steps)."""
+    if not begin_batch(con, shape, producer, batch):
+        return False
+    try:
+        added = add_versions(con, shape, producer, batch, hlc, data)
+        finish_batch(
+            con, shape, producer, batch, hlc, data.num_rows, added,
+            manifest_sha256=manifest_sha256, trace_id=trace_id,
+            contract_version=contract_version, caution=caution, seen=seen, held=held,
+        )
+        return True
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def begin_batch(con: duckdb.DuckDBPyConnection, shape: TableShape, producer: str, batch: int) -> bool:
+    """Open the transaction of a producer batch (keys in UTC), with an empty set of touched
+    keys; False (nothing open) if the batch is already applied."""
     if not _begin_unless(
         con,
         "SELECT 1 FROM _deltaferry_chains WHERE job = ? AND tbl = ? AND producer = ? AND batch = ?",
         [shape.job, shape.table, producer, batch],
     ):
         return False
+    con.execute("CREATE OR REPLACE TEMP TABLE _deltaferry_touched (_key VARCHAR)")
+    return True
+
+
+def add_versions(
+    con: duckdb.DuckDBPyConnection,
+    shape: TableShape,
+    producer: str,
+    batch: int,
+    hlc: int,
+    data: pa.Table,
+) -> bool:
+    """Add a batch's rows (all, or one file of them) as versions, and their keys to the
+    touched keys, inside the transaction ``begin_batch`` opened. True if the table gained
+    columns."""
+    added = _ensure_tables(con, shape, data)
+    con.register("_deltaferry_incoming", data)
     try:
-        added = _ensure_tables(con, shape, data)
-        con.register("_deltaferry_incoming", data)
-        cols = [c for c in data.column_names]
-        col_list = ", ".join(ident(c) for c in cols)
+        col_list = ", ".join(ident(c) for c in data.column_names)
         con.execute(
             f"INSERT INTO {shape.versions}"
             f" ({col_list}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
@@ -273,46 +306,69 @@ def apply_batch(
             [producer, hlc, batch],
         )
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT {key_expr(shape.pk)} AS _key"
+            f"INSERT INTO _deltaferry_touched SELECT DISTINCT {key_expr(shape.pk)}"
             " FROM _deltaferry_incoming"
         )
-        if added:  # a value pinned by an override takes the new columns too
-            con.execute(
-                "INSERT INTO _deltaferry_touched SELECT DISTINCT key FROM _deltaferry_overrides"
-                " WHERE job = ? AND tbl = ? AND key NOT IN (SELECT _key FROM _deltaferry_touched)",
-                [shape.job, shape.table],
-            )
+    finally:
         con.unregister("_deltaferry_incoming")
-        for other, stamp in sorted((seen or {}).items()):
-            if other != producer:
-                con.execute(
-                    "INSERT INTO _deltaferry_seen VALUES (?, ?, ?, ?, ?, ?)",
-                    [shape.job, shape.table, producer, batch, other, int(stamp)],
-                )
-        resolve(con, shape)
+    return added
+
+
+def finish_batch(
+    con: duckdb.DuckDBPyConnection,
+    shape: TableShape,
+    producer: str,
+    batch: int,
+    hlc: int,
+    rows: int,
+    added: bool,
+    *,
+    manifest_sha256: str = "",
+    trace_id: str | None = None,
+    contract_version: int | None = None,
+    caution: str | None = None,
+    seen: dict[str, int] | None = None,
+    held: tuple[int, str, str] | None = None,
+) -> None:
+    """Resolve the touched keys, record the batch (``rows`` applied; ``added``: the table
+    gained columns, so keys pinned by an override take them too) and commit."""
+    if added:  # a value pinned by an override takes the new columns too
         con.execute(
-            "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
-            " trace_id, contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                shape.job,
-                shape.table,
-                producer,
-                batch,
-                manifest_sha256,
-                hlc,
-                data.num_rows,
-                trace_id,
-                contract_version,
-                caution,
-            ],
+            "INSERT INTO _deltaferry_touched SELECT DISTINCT key FROM _deltaferry_overrides"
+            " WHERE job = ? AND tbl = ? AND key NOT IN (SELECT _key FROM _deltaferry_touched)",
+            [shape.job, shape.table],
         )
-        if held is not None:
-            record_held(con, shape.job, shape.table, producer, batch, *held)
-        con.execute("COMMIT")
-        return True
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT _key"
+        " FROM _deltaferry_touched"
+    )
+    for other, stamp in sorted((seen or {}).items()):
+        if other != producer:
+            con.execute(
+                "INSERT INTO _deltaferry_seen VALUES (?, ?, ?, ?, ?, ?)",
+                [shape.job, shape.table, producer, batch, other, int(stamp)],
+            )
+    if column_types(con, shape.table):  # a batch of no rows creates no table
+        resolve(con, shape)
+    con.execute(
+        "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
+        " trace_id, contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            shape.job,
+            shape.table,
+            producer,
+            batch,
+            manifest_sha256,
+            hlc,
+            rows,
+            trace_id,
+            contract_version,
+            caution,
+        ],
+    )
+    if held is not None:
+        record_held(con, shape.job, shape.table, producer, batch, *held)
+    con.execute("COMMIT")
 
 
 def record_held(

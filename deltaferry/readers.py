@@ -209,6 +209,25 @@ class Reading:
         base = caution or f"published at contract v{version}, read as v{self.known}"
         return data, f"{base}; {note}", len(failed)
 
+    def copy_to_read(
+        self, batch: int, manifest: dict[str, Any], producer: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Which copy of a batch this reader reads: ``"primary"``, or ``"also"`` for a
+        dual-published batch whose newer version it knows; and the manifest as ``admit``
+        is to see it for that copy's rows (a streamed pull admits each file of the copy
+        alone). Raises FingerprintError when either copy is published at a version this
+        reader has under another fingerprint."""
+        published = manifest.get("contract") or {}
+        second = manifest.get("also")
+        self._same_contract(batch, published, producer)
+        if second is None:
+            return "primary", manifest
+        self._same_contract(batch, second.get("contract") or {}, producer)
+        version = int(published.get("version") or 1)
+        if version < int(second["contract"]["version"]) <= self.known:
+            return "also", {**manifest, "contract": second["contract"], "also": None}
+        return "primary", {**manifest, "also": None}
+
     def _read(
         self,
         batch: int,

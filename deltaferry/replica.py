@@ -218,26 +218,53 @@ def _pull_table(
     after, prev = (last[0], last[1]) if last else (0, None)
     result.last_batch = after
     check_position(lake, job.name, t.name, after, prev, whose=whose)
-    for vb in iter_verified(lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring):
-        assert vb.data is not None
-        admitted = reading.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
-        _apply(
-            con,
-            job.name,
-            t.name,
-            list(t.primary_key),
-            vb.batch,
-            vb.manifest,
-            vb.manifest_sha256,
-            admitted.data,
-            admitted.caution,
-            held=(admitted.held, reading.contract.ref, reading.contract.fingerprint),
-        )
+    for vb in iter_verified(
+        lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring, stream=True
+    ):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            rows, caution, held = _admit_files(con, vb, reading, None, _merge_into(con, t))
+            _record_batch(
+                con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
+            )
+            record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         result.batches += 1
-        result.cautions += admitted.caution is not None
-        result.rows += admitted.data.num_rows
-        result.held += admitted.held
+        result.cautions += caution is not None
+        result.rows += rows
+        result.held += held
         result.last_batch = vb.batch
+
+
+def _own(reading: Any) -> tuple[str, str]:
+    """The reader contract's (ref, fingerprint) that held rows are recorded under."""
+    return reading.contract.ref, reading.contract.fingerprint
+
+
+def _merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig) -> Any:
+    return lambda data: merge_rows(con, t.name, list(t.primary_key), data)
+
+
+def _admit_files(
+    con: duckdb.DuckDBPyConnection, vb: Any, reading: Any, producer: str | None, apply: Any
+) -> tuple[int, str | None, int]:
+    """Admit a streamed batch's files one at a time (the copy this reader reads) and hand
+    each to ``apply``, inside the caller's transaction: (rows applied, the caution — the
+    distinct cautions of its files, joined by ' | ' — or None, rows held back). Memory:
+    one file."""
+    copy, manifest = reading.copy_to_read(vb.batch, vb.manifest, producer)
+    rows, held, cautions = 0, 0, []
+    for part in vb.tables(copy):
+        admitted = reading.admit(vb.batch, manifest, part, producer, None, con)
+        apply(admitted.data)
+        rows += admitted.data.num_rows
+        held += admitted.held
+        if admitted.caution and admitted.caution not in cautions:
+            cautions.append(admitted.caution)
+    return rows, " | ".join(cautions) or None, held
 
 
 def _pull_merged(
@@ -285,27 +312,33 @@ def _pull_merged(
             keyring=keyring,
             producer=producer,
             prev_hlc=prev_hlc,
+            stream=True,
         ):
-            assert vb.data is not None
-            admitted = reading.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
-            merge.apply_batch(
-                con,
-                shape,
-                producer,
-                vb.batch,
-                vb.manifest["hlc"],
-                admitted.data,
-                manifest_sha256=vb.manifest_sha256,
-                trace_id=vb.manifest.get("trace_id"),
-                contract_version=vb.manifest.get("contract", {}).get("version"),
-                caution=admitted.caution,
-                seen=vb.manifest.get("hlc_seen"),
-                held=(admitted.held, reading.contract.ref, reading.contract.fingerprint),
-            )
-            result.cautions += admitted.caution is not None
+            if not merge.begin_batch(con, shape, producer, vb.batch):
+                continue  # applied meanwhile (cannot happen within one pull)
+            try:
+                added = []
+                hlc = vb.manifest["hlc"]
+                rows, caution, held = _admit_files(
+                    con, vb, reading, producer,
+                    lambda d: added.append(merge.add_versions(con, shape, producer, vb.batch, hlc, d)),
+                )
+                merge.finish_batch(
+                    con, shape, producer, vb.batch, hlc, rows, any(added),
+                    manifest_sha256=vb.manifest_sha256,
+                    trace_id=vb.manifest.get("trace_id"),
+                    contract_version=vb.manifest.get("contract", {}).get("version"),
+                    caution=caution,
+                    seen=vb.manifest.get("hlc_seen"),
+                    held=(held, *_own(reading)),
+                )
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            result.cautions += caution is not None
             result.batches += 1
-            result.rows += admitted.data.num_rows
-            result.held += admitted.held
+            result.rows += rows
+            result.held += held
             chains[producer] = vb.batch
             result.last_batch = max(chains.values())
     if every_producer:
@@ -338,26 +371,41 @@ def _apply(
     con.execute("BEGIN TRANSACTION")
     try:
         merge_rows(con, table, pk, data)
-        con.execute(
-            "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id,"
-            " contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                job,
-                table,
-                batch,
-                digest,
-                data.num_rows,
-                manifest.get("trace_id"),
-                manifest.get("contract", {}).get("version"),
-                caution,
-            ],
-        )
+        _record_batch(con, job, table, batch, manifest, digest, data.num_rows, caution)
         if held is not None:
             record_held(con, job, table, "", batch, *held)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _record_batch(
+    con: duckdb.DuckDBPyConnection,
+    job: str,
+    table: str,
+    batch: int,
+    manifest: dict,
+    digest: str,
+    rows: int,
+    caution: str | None,
+) -> None:
+    """The replica's record of an applied batch (``_deltaferry_batches``), inside the
+    caller's transaction."""
+    con.execute(
+        "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id,"
+        " contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            job,
+            table,
+            batch,
+            digest,
+            rows,
+            manifest.get("trace_id"),
+            manifest.get("contract", {}).get("version"),
+            caution,
+        ],
+    )
 
 
 def merge_rows(

@@ -36,6 +36,40 @@ class VerifiedBatch:
     manifest_sha256: str
     data: pa.Table | None  # loaded only when asked
     also: pa.Table | None = None  # dual publishing: the rows at the newer version
+    # streamed (``iter_verified(stream=True)``): the manifest is verified, its files are
+    # fetched and verified one at a time by ``tables``
+    lake: LakeStore | None = None
+    where: str = ""
+    fix: str = ""
+
+    def tables(self, copy: str = "primary") -> Iterator[pa.Table]:
+        """The batch's files (``copy="also"``: its dual-published copy's), one Arrow table
+        each, in the manifest's order; each file is fetched and checked (size, sha256, row
+        count) when it is reached, so memory holds one file. After the last file, the
+        ``_seq`` values seen must span exactly the manifest's range. Raises
+        VerificationError at the first file (or range) that does not match: a caller
+        applying the tables inside a transaction rolls it back. Only for a streamed batch."""
+        if self.lake is None:
+            raise ValueError("tables() reads a streamed batch (iter_verified(stream=True))")
+        files = self.manifest["files"] if copy == "primary" else self.manifest["also"]["files"]
+        seq = self.manifest["seq"]
+        low: int | None = None
+        high: int | None = None
+        for f in files:
+            body = _verified_body(self.lake, f, self.where, self.fix)
+            table = pq.read_table(io.BytesIO(body))
+            del body
+            if "_seq" in table.column_names and table.num_rows:
+                mm = pc.min_max(table["_seq"])
+                a, b = mm["min"].as_py(), mm["max"].as_py()
+                low = a if low is None else min(low, a)
+                high = b if high is None else max(high, b)
+            yield table
+        if low is not None and (low != seq["start"] or high != seq["end"]):
+            what = "" if copy == "primary" else " of the dual-published copy"
+            raise VerificationError(
+                f"{self.where}: _seq values{what} do not match the manifest's range"
+            )
 
 
 def numbered(lake: LakeStore, prefix: str, after: int = 0) -> list[int]:
@@ -67,8 +101,12 @@ def iter_verified(
     keyring: Keyring | None = None,
     producer: str | None = None,
     prev_hlc: int | None = None,
+    stream: bool = False,
 ) -> Iterator[VerifiedBatch]:
     """Yield batches after ``after`` in order, each fully verified; raise at the first bad one.
+    With ``stream``, each batch's manifest is verified here and its files are left to
+    ``VerifiedBatch.tables`` (fetched and checked one at a time, so memory holds one file,
+    not the batch).
 
     With ``producer``, the chain is that producer's (several producers publish the table):
     every manifest must name it and carry a logical timestamp (``hlc``) that grows."""
@@ -132,7 +170,7 @@ def iter_verified(
                 f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
             )
         fix = f'deltaferry republish {job} --table {table} --batch {b} --reason "<why>"'
-        tables = _verified_files(lake, m["files"], where, load, fix)
+        tables = [] if stream else _verified_files(lake, m["files"], where, load, fix)
         if sum(f["rows"] for f in m["files"]) != m["rows"]:
             raise VerificationError(
                 f"{where}: file row counts do not add up to the manifest's {m['rows']}"
@@ -140,7 +178,8 @@ def iter_verified(
         also = m.get("also")
         also_tables: list[pa.Table] = []
         if also is not None:
-            also_tables = _verified_files(lake, also["files"], where, load, fix)
+            if not stream:
+                also_tables = _verified_files(lake, also["files"], where, load, fix)
             ops = {op: sum(f["ops"][op] for f in also["files"]) for op in ("upsert", "delete")}
             if sum(f["rows"] for f in also["files"]) != m["rows"] or ops != m["ops"]:
                 raise VerificationError(
@@ -168,7 +207,10 @@ def iter_verified(
                 f"{where}: the v{also['contract']['version']} copy's change sequence differs "
                 "from the batch's"
             )
-        yield VerifiedBatch(b, m, digest, data, alt)
+        if stream:
+            yield VerifiedBatch(b, m, digest, None, None, lake, where, fix)
+        else:
+            yield VerifiedBatch(b, m, digest, data, alt)
         prev = digest
         prev_seq_end = seq["end"]
         expected = b + 1
@@ -180,28 +222,34 @@ def _verified_files(
     """Check each data object against its manifest entry; the tables, when ``load``. ``fix``
     is the producer's command that rebuilds the batch's objects, named in the error."""
     tables = []
+    for f in files:
+        body = _verified_body(lake, f, where, fix)
+        if load:
+            tables.append(pq.read_table(io.BytesIO(body)))
+    return tables
+
+
+def _verified_body(lake: LakeStore, f: dict[str, Any], where: str, fix: str = "") -> bytes:
+    """One data object's bytes, checked against its manifest entry ``f`` (size, sha256,
+    Parquet row count). ``fix`` is the producer's command that rebuilds it, named in the
+    error."""
     hint = (
         f"; on the producer, `{fix}` rebuilds it from staging (byte-identical), or restore it "
         "from a backup"
         if fix
         else ""
     )
-    for f in files:
-        body = lake.get(f["key"])
-        if body is None:
-            raise VerificationError(f"{where}: data object {f['key']} is missing{hint}")
-        if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
-            raise VerificationError(
-                f"{where}: data object {f['key']} does not match its sha256/size{hint}"
-            )
-        meta = pq.read_metadata(io.BytesIO(body))
-        if meta.num_rows != f["rows"]:
-            raise VerificationError(
-                f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
-            )
-        if load:
-            tables.append(pq.read_table(io.BytesIO(body)))
-    return tables
+    body = lake.get(f["key"])
+    if body is None:
+        raise VerificationError(f"{where}: data object {f['key']} is missing{hint}")
+    if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
+        raise VerificationError(f"{where}: data object {f['key']} does not match its sha256/size{hint}")
+    meta = pq.read_metadata(io.BytesIO(body))
+    if meta.num_rows != f["rows"]:
+        raise VerificationError(
+            f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
+        )
+    return body
 
 
 def producers(lake: LakeStore, job: str, table: str) -> list[str]:

@@ -99,10 +99,20 @@ class FileLakeStore:
         return self.root / key
 
     def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"lake {self.url} is not writable: {e.strerror}") from None
+        """The lake's folder is there, or the first write can create it (its nearest
+        existing parent is a writable folder). Creates nothing: a mistyped path leaves no
+        folder behind. Raises ConfigError naming the lake."""
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise ConfigError(f"lake {self.url} is not writable: not a directory")
+        parent = self.root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"lake {self.url} is not writable: {parent} is not a writable directory"
+            )
 
     def _write_temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)

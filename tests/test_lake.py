@@ -73,3 +73,23 @@ def test_missing_bucket_is_a_config_error(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     with pytest.raises(ConfigError, match="bucket 'no-such-bucket-here' does not exist"):
         open_lake("s3://no-such-bucket-here/x").check()
+
+
+def test_checking_a_file_lake_creates_nothing(tmp_path):
+    """Fresh-user trial of issue 18: checking (and so verifying, pulling from or running
+    against) a mistyped file:// lake left an empty folder at the wrong path. The check
+    creates nothing; the first write creates the folder; a path that cannot be created is
+    a one-line configuration error."""
+    from deltaferry.errors import ConfigError
+
+    typo = tmp_path / "lakee" / "deep"
+    lake = open_lake(f"file://{typo}")
+    lake.check()
+    assert not (tmp_path / "lakee").exists()
+    assert lake.list("j/t/manifests/") == []
+    assert not (tmp_path / "lakee").exists()
+    lake.put("j/t/x.json", b"{}")
+    assert lake.get("j/t/x.json") == b"{}"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is not writable"):
+        open_lake(f"file://{tmp_path / 'file' / 'lake'}").check()

@@ -65,3 +65,51 @@ def test_a_lost_tip_still_names_the_real_head(shop_job, shop) -> None:
                        r"\(batches 4\.\.5 gone"):
         check_position(lake, "shop", "customers", 5, None, whose="replica r")
     check_position(lake, "shop", "customers", 3, None, whose="replica r")  # holds
+
+
+def test_a_batch_is_applied_file_by_file_in_one_transaction(shop_job, shop) -> None:
+    """A pull reads a batch one file at a time (memory holds one file, not the batch), all
+    inside the batch's one transaction: a batch of several files arrives whole, and a file
+    that does not verify, even the last, leaves nothing of its batch applied."""
+    import duckdb
+    import pytest
+
+    from deltaferry.errors import VerificationError
+    from deltaferry.replica import pull
+
+    shop_job.write_config(rows_per_file=3)
+    shop.round(10, 0, churn=0)
+    shop_job.sync()  # batch 1: 10 customers in 4 files
+    shop.round(7, 0, churn=0)
+    shop_job.sync()  # batch 2: 7 new customers in 3 files
+    lake = shop_job.lake()
+    keys = [k for k in lake.list("shop/customers/") if "/data/" in k or k.endswith(".parquet")]
+    batch2 = sorted(k for k in keys if "000000000002" in k)
+    assert len(batch2) == 3, keys
+
+    class Tampered(_Spy):
+        def get(self, key: str) -> bytes | None:
+            body = self.inner.get(key)
+            if key == batch2[-1] and body is not None:  # the last file of batch 2
+                return body[:-1] + bytes([body[-1] ^ 1])
+            return body
+
+    with pytest.raises(VerificationError, match="does not match its sha256/size"):
+        pull(shop_job.job(), Tampered(lake), shop_job.replica, tables=["customers"])
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    try:
+        assert con.execute("SELECT max(batch) FROM _deltaferry_batches "
+                           "WHERE tbl = 'customers'").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM customers").fetchone() == (10,)
+    finally:
+        con.close()
+    (customers,) = pull(shop_job.job(), lake, shop_job.replica, tables=["customers"])
+    assert (customers.batches, customers.rows, customers.last_batch) == (1, 7, 2)
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    try:
+        replica = con.execute("SELECT id, name, email FROM customers ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert replica == shop.con.execute(
+        "SELECT id, name, email FROM customers ORDER BY id"
+    ).fetchall()

@@ -233,3 +233,51 @@ def test_two_runners_started_at_once_commit_each_batch_once(shop_job, shop):
         ]
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_a_planned_batch_whose_contract_version_is_gone_names_the_way_out(shop_job, shop):
+    """Fresh-user trial of issue 18: a run killed after planning leaves a batch planned at
+    v1; the jobs file then names a contract without v1. The next run stops in one line
+    naming the batch, both version lists and `deltaferry plan discard`; after the discard
+    the rows are cut again at the new contract and published."""
+    from contracts import load_chain
+    from deltaferry.errors import TerminalError
+
+    shop.round(5, 0, churn=0)
+    shop_job.sync()
+    shop.round(3, 0, churn=0)
+    killed = _run_cli_killed_at(shop_job, "after_plan")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert StateStore("shop").pending_plan("customers").batch == 2
+    # the contract moves to a v2 that is not a chain with v1 (a bare subclass)
+    shop_job.config.write_text(shop_job.config.read_text().replace(
+        "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"))
+    assert load_chain("tests.contracts_versions:CustomersV2", where="t").versions == [2]
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    shop.con.commit()
+    with pytest.raises(TerminalError) as e:
+        shop_job.sync()
+    line = str(e.value)
+    assert "\n" not in line
+    assert "batch 2: the batch was planned at contract v1" in line
+    assert "(versions: v2)" in line and "deltaferry plan discard shop --table customers" in line
+    from deltaferry.cli import cli
+    from click.testing import CliRunner
+
+    out = CliRunner().invoke(cli, ["plan", "discard", "shop", "--table", "customers",
+                                   "--reason", "contract moved on", "--config",
+                                   str(shop_job.config)])
+    assert out.exit_code == 0, out.output
+    result = shop_job.sync()
+    assert result["tables"]["customers"]["batch"] == 2
+    shop_job.pull()
+    import duckdb
+
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    try:
+        replica = con.execute("SELECT id, name, loyalty FROM customers ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert replica == shop.con.execute(
+        "SELECT id, name, loyalty FROM customers ORDER BY id").fetchall()
+    assert len(replica) == 8
