@@ -4,6 +4,18 @@
   ``tests/s3_server.py``) in its own process on loopback.
 - A temporary Prefect API (``prefect_test_harness``) with its own PREFECT_HOME.
 - Every test gets its own DELTAFERRY_HOME, bucket, jobs file and source database.
+
+Tiers (markers registered in pyproject.toml, set by ``pytest_collection_modifyitems``;
+every test has exactly one):
+
+- ``e2e``: a real Prefect server with workers (``E2E_FIXTURES``) or a browser;
+- ``integration``: a service fixture (``SERVICE_FIXTURES``, directly or through fixtures
+  built on them), a child process of its own, or ``slow`` (pure but tens of seconds);
+- ``unit``: the rest. ``pytest -m unit tests`` is the fast loop: no S3 server, Prefect API,
+  PostgreSQL, REST server, child process or browser.
+
+A test that starts a process, server or browser by itself is marked ``integration`` or
+``e2e`` by hand; a ``unit`` test that starts a process anyway fails (``unit_guard``).
 """
 
 from __future__ import annotations
@@ -49,6 +61,53 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# fixtures that start a service; fixtures built on them (bucket, shop_job, pg_job, ...) are
+# found through item.fixturenames, which is the closure of every fixture a test requests
+SERVICE_FIXTURES = frozenset({"s3_endpoint", "prefect_api", "postgres", "api", "prefect_server"})
+E2E_FIXTURES = frozenset({"prefect_server"})
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            continue  # marked by hand
+        used = set(getattr(item, "fixturenames", ()))
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif used & SERVICE_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+# processes a unit test may start: `git ls-files` (tests/test_docs.py); platform.architecture()
+# runs `file -b` on the interpreter
+UNIT_MAY_RUN = frozenset({"git", "file"})
+
+
+@pytest.fixture(autouse=True)
+def unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test that starts a child process fails, naming it: mark the test
+    ``integration`` (or give it the service fixture it needs)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import threading
+
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        exe = Path(os.fsdecode(argv[0]).split()[0]).name if argv else ""
+        if threading.current_thread() is threading.main_thread() and exe not in UNIT_MAY_RUN:
+            raise AssertionError(
+                f"unit test started a process ({exe}): mark it integration (tests/conftest.py)"
+            )
+        real_init(self, args, *a, **k)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture(scope="session", autouse=True)
