@@ -1,7 +1,7 @@
 """Shared fixtures: real services started once per session, state isolated per test.
 
 - An S3-compatible server (moto in server mode, refusing torn bodies as S3 does:
-  ``tests/s3_server.py``) in its own process on loopback.
+  ``tests/support/s3_server.py``) in its own process on loopback.
 - A temporary Prefect API (``prefect_test_harness``) with its own PREFECT_HOME.
 - Every test gets its own DELTAFERRY_HOME, bucket, jobs file and source database.
 
@@ -32,6 +32,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+
+SUPPORT = Path(__file__).parent / "support"  # test servers, harnesses, test contracts
 
 SESSION_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -129,7 +131,7 @@ def s3_endpoint(session_env: None) -> Iterator[str]:
     """A real S3-compatible HTTP server (moto server mode) in a child process."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "s3_server.py"), "127.0.0.1", str(port)],
+        [sys.executable, str(SUPPORT / "s3_server.py"), "127.0.0.1", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -238,7 +240,7 @@ def shop(shop_job: ShopJob) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def postgres(session_env: None) -> Iterator[object]:
     """A real PostgreSQL server (Debian's postgresql) on loopback, once per session."""
-    from tests.pg import PostgresServer
+    from tests.support.pg import PostgresServer
 
     server = PostgresServer(free_port())
     server.start()
@@ -294,7 +296,7 @@ class PgJob(ShopJob):
 @pytest.fixture
 def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> PgJob:
     """A job named ``conf`` publishing to a fresh bucket; the harness writes its jobs file
-    (see tests/conformance.py)."""
+    (see tests/support/conformance.py)."""
     return PgJob(
         dir=tmp_path,
         config=tmp_path / "deltaferry.toml",
@@ -306,9 +308,9 @@ def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """The test REST API (``tests/api_server.py``), seeded and started; its token in
+    """The test REST API (``tests/support/api_server.py``), seeded and started; its token in
     ``API_TOKEN`` and a fast client backoff."""
-    from tests.api_server import seeded
+    from tests.support.api_server import seeded
 
     server = seeded()
     server.start()

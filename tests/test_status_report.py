@@ -358,7 +358,7 @@ def test_report_renders_in_a_browser(tmp_path, home):
 
 
 def test_status_and_report_after_syncs(shop_job, shop, s3_endpoint, monkeypatch, tmp_path):
-    from tests.faults import FaultProxy
+    from tests.support.faults import FaultProxy
 
     sizes = []
     shop.round(30, 20, churn=0)

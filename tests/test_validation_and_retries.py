@@ -8,7 +8,7 @@ import pytest
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.state import StateStore
 from destinations.manifest import manifest_key
-from tests.faults import FaultProxy
+from tests.support.faults import FaultProxy
 
 
 def _state_rows(shop_job, sql: str) -> list[tuple]:
