@@ -91,8 +91,8 @@ def main() -> None:
     import boto3
     from prefect.testing.utilities import prefect_test_harness
 
-    from tests.chaos import ChaosProxy, FaultPlan
     from tests.conftest import free_port, wait_for_port
+    from tests.support.chaos import ChaosProxy, FaultPlan
 
     port = free_port()
     moto = subprocess.Popen(

@@ -2,7 +2,7 @@
 """deltaferry vs. dlt's own sql_database -> DuckDB pipeline, from a real PostgreSQL table.
 
 One run:
-  1. starts a PostgreSQL server (tests/pg.py: initdb into a temp dir, loopback, fsync off)
+  1. starts a PostgreSQL server (tests/support/pg.py: initdb into a temp dir, loopback, fsync off)
      and fills an ``events`` table with --rows rows server-side (INSERT ... SELECT FROM
      generate_series), plus an index on ``updated_at``;
   2. starts moto's S3-compatible server in its own process on loopback, makes a bucket, and
@@ -44,7 +44,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-# bench/ for sync_bench's helpers, the repo root for tests.pg (the test suite's server)
+# bench/ for sync_bench's helpers, the repo root for tests.support.pg (the test suite's server)
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from sync_bench import (
@@ -66,7 +66,7 @@ from sync_bench import (
     versions,
 )
 
-from tests.pg import PostgresServer
+from tests.support.pg import PostgresServer
 
 DATABASE = "bench"
 BASELINE = "dlt-duckdb"
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             "change": change,
             "seed": args.seed,
             "deletes": "soft:deleted_at",
-            "source": "postgresql (tests/pg.py, loopback, fsync off)",
+            "source": "postgresql (tests/support/pg.py, loopback, fsync off)",
             "s3": "moto server (own process, loopback)",
             "prefect": args.prefect,
             "variant": VARIANTS[variant],

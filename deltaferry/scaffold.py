@@ -152,7 +152,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conformance import JsonlFolder, run_conformance
+from tests.support.conformance import JsonlFolder, run_conformance
 
 
 def test_{name}_source_conforms(conformance_job):

@@ -1,9 +1,21 @@
 """Shared fixtures: real services started once per session, state isolated per test.
 
 - An S3-compatible server (moto in server mode, refusing torn bodies as S3 does:
-  ``tests/s3_server.py``) in its own process on loopback.
+  ``tests/support/s3_server.py``) in its own process on loopback.
 - A temporary Prefect API (``prefect_test_harness``) with its own PREFECT_HOME.
 - Every test gets its own DELTAFERRY_HOME, bucket, jobs file and source database.
+
+Tiers (markers registered in pyproject.toml, set by ``pytest_collection_modifyitems``;
+every test has exactly one):
+
+- ``e2e``: a real Prefect server with workers (``E2E_FIXTURES``) or a browser;
+- ``integration``: a service fixture (``SERVICE_FIXTURES``, directly or through fixtures
+  built on them), a child process of its own, or ``slow`` (pure but tens of seconds);
+- ``unit``: the rest. ``pytest -m unit tests`` is the fast loop: no S3 server, Prefect API,
+  PostgreSQL, REST server, child process or browser.
+
+A test that starts a process, server or browser by itself is marked ``integration`` or
+``e2e`` by hand; a ``unit`` test that starts a process anyway fails (``unit_guard``).
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+
+SUPPORT = Path(__file__).parent / "support"  # test servers, harnesses, test contracts
 
 SESSION_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -51,6 +65,53 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+# fixtures that start a service; fixtures built on them (bucket, shop_job, pg_job, ...) are
+# found through item.fixturenames, which is the closure of every fixture a test requests
+SERVICE_FIXTURES = frozenset({"s3_endpoint", "prefect_api", "postgres", "api", "prefect_server"})
+E2E_FIXTURES = frozenset({"prefect_server"})
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            continue  # marked by hand
+        used = set(getattr(item, "fixturenames", ()))
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif used & SERVICE_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+# processes a unit test may start: `git ls-files` (tests/test_docs.py); platform.architecture()
+# runs `file -b` on the interpreter
+UNIT_MAY_RUN = frozenset({"git", "file"})
+
+
+@pytest.fixture(autouse=True)
+def unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test that starts a child process fails, naming it: mark the test
+    ``integration`` (or give it the service fixture it needs)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import threading
+
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        exe = Path(os.fsdecode(argv[0]).split()[0]).name if argv else ""
+        if threading.current_thread() is threading.main_thread() and exe not in UNIT_MAY_RUN:
+            raise AssertionError(
+                f"unit test started a process ({exe}): mark it integration (tests/conftest.py)"
+            )
+        real_init(self, args, *a, **k)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     home = tmp_path_factory.mktemp("prefect-home")
@@ -70,7 +131,7 @@ def s3_endpoint(session_env: None) -> Iterator[str]:
     """A real S3-compatible HTTP server (moto server mode) in a child process."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "s3_server.py"), "127.0.0.1", str(port)],
+        [sys.executable, str(SUPPORT / "s3_server.py"), "127.0.0.1", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -179,7 +240,7 @@ def shop(shop_job: ShopJob) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def postgres(session_env: None) -> Iterator[object]:
     """A real PostgreSQL server (Debian's postgresql) on loopback, once per session."""
-    from tests.pg import PostgresServer
+    from tests.support.pg import PostgresServer
 
     server = PostgresServer(free_port())
     server.start()
@@ -235,7 +296,7 @@ class PgJob(ShopJob):
 @pytest.fixture
 def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> PgJob:
     """A job named ``conf`` publishing to a fresh bucket; the harness writes its jobs file
-    (see tests/conformance.py)."""
+    (see tests/support/conformance.py)."""
     return PgJob(
         dir=tmp_path,
         config=tmp_path / "deltaferry.toml",
@@ -247,9 +308,9 @@ def conformance_job(tmp_path: Path, home: Path, bucket: str, prefect_api: None) 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """The test REST API (``tests/api_server.py``), seeded and started; its token in
+    """The test REST API (``tests/support/api_server.py``), seeded and started; its token in
     ``API_TOKEN`` and a fast client backoff."""
-    from tests.api_server import seeded
+    from tests.support.api_server import seeded
 
     server = seeded()
     server.start()

@@ -23,7 +23,7 @@ from deltaferry.errors import ConflictError, VerificationError
 from deltaferry.failpoints import POINTS
 from deltaferry.shop import Shop
 from deltaferry.verify import list_batches, verify_table
-from tests.chaos import ChaosProxy, FaultPlan
+from tests.support.chaos import ChaosProxy, FaultPlan
 
 BASE = int(os.environ.get("DELTAFERRY_CHAOS_SEED_BASE", "1000"))
 COUNT = int(os.environ.get("DELTAFERRY_CHAOS_SEEDS", "3"))

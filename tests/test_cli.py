@@ -240,6 +240,7 @@ def test_bad_environment_is_one_line_exit_2(case, request, tmp_path, home, api_e
 # --- 2. jobs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # the CLI in a child process
 def test_jobs_lists_every_job_and_table(tmp_path, home):
     config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
     config.write_text(config.read_text() + SECOND_JOB)

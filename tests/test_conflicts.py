@@ -150,6 +150,7 @@ def _conflict_keys(rows: list) -> set:  # noqa: ANN001
     return {(r[1], r[2], r[3], r[7], r[8], r[12]) for r in rows}
 
 
+@pytest.mark.slow  # 60 examples, each merging every history on DuckDB: ~40 s
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.randoms(use_true_random=False))
 def test_every_arrival_order_with_duplicates_gives_the_same_replica_and_conflicts(
@@ -170,6 +171,7 @@ def test_every_arrival_order_with_duplicates_gives_the_same_replica_and_conflict
     assert len(first[1]) == len(conflicts)  # no record twice
 
 
+@pytest.mark.slow  # 60 examples, each merging every history on DuckDB: ~40 s
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(with_seen=True), st.randoms(use_true_random=False))
 def test_conflicts_are_concurrent_edits_in_every_arrival_order(

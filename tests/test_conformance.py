@@ -1,10 +1,10 @@
-"""Every source kind passes the conformance test (tests/conformance.py)."""
+"""Every source kind passes the conformance test (tests/support/conformance.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conformance import CsvDrops, RestCollection, SqliteTable, run_conformance
+from tests.support.conformance import CsvDrops, RestCollection, SqliteTable, run_conformance
 
 
 def test_sql_database_conforms(conformance_job):

@@ -168,7 +168,7 @@ lake = "s3://{bucket}/lake"
 [[jobs.j.tables]]
 name = "t"
 primary_key = ["id"]
-contract = "tests.contracts_sqltypes:Loose"
+contract = "tests.support.contracts_sqltypes:Loose"
 """
 
 
@@ -251,7 +251,7 @@ def test_a_rename_the_contract_chain_maps_republishes_only_real_change(shop_job,
         text = text.replace(*FULL_COMPARE)
     v1 = tmp_path / "v1.toml"
     v1.write_text(
-        text.replace("contracts.shop:Customers", "tests.contracts_versions:Renamed").replace(
+        text.replace("contracts.shop:Customers", "tests.support.contracts_versions:Renamed").replace(
             '"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1'
         )
     )
@@ -321,7 +321,7 @@ def test_rows_the_migration_cannot_compare_are_republished(shop_job, shop, tmp_p
     v1 = tmp_path / "v1.toml"
     v1.write_text(
         shop_job.config.read_text().replace(*FULL_COMPARE)
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Renamed")
+        .replace("contracts.shop:Customers", "tests.support.contracts_versions:Renamed")
         .replace('"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1')
     )
     assert sync_job(job="shop", config=str(v1))["tables"]["customers"]["rows"] == 6

@@ -18,7 +18,7 @@ from contracts import MigrationError
 from deltaferry.cli import cli
 from deltaferry.state import StateStore
 from destinations.manifest import manifest_key
-from tests.contracts_versions import Customers3
+from tests.support.contracts_versions import Customers3
 from tests.test_readers import _q
 
 
@@ -64,7 +64,7 @@ def _chained(shop_job, tmp_path, setting: str = ""):  # noqa: ANN001, ANN202
     path = tmp_path / "chained.toml"
     path.write_text(
         shop_job.config.read_text()
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
+        .replace("contracts.shop:Customers", "tests.support.contracts_versions:Customers3")
         .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
         .replace("max_quarantine_ratio = 0.2", f"max_quarantine_ratio = 0.2\n{setting}")
     )
@@ -218,7 +218,7 @@ def test_producer_and_readers_at_different_versions(shop_job, shop, tmp_path):
     listed = _cli("contracts", "list", "shop", "--config", str(chained))
     assert listed.exit_code == 0, listed.output
     assert "name (goes in v3)" in listed.output
-    assert "tests.contracts_versions:Customers3@v1" in listed.output
+    assert "tests.support.contracts_versions:Customers3@v1" in listed.output
 
 
 def test_simulate_and_lint(shop_job, shop, tmp_path):
@@ -293,7 +293,7 @@ def test_simulate_counts_rows_a_downgrade_refuses(shop_job, shop, tmp_path):
     assert "6 rows migrated v2 -> v1 (v2->v1 downgrade); 2 refused by the migration" in (
         failing.output
     )
-    assert "0 fail contract tests.contracts_versions:Loyalty@v1 v1" in failing.output
+    assert "0 fail contract tests.support.contracts_versions:Loyalty@v1 v1" in failing.output
     assert "loyalty\tv2->v1 downgrade\t2" in failing.output.splitlines()
     # only the refused rows fail: without them the downgrade goes through
     shop.con.execute("UPDATE customers SET loyalty = NULL, updated_at = ?", (shop._tick(),))
@@ -313,7 +313,7 @@ def test_migrating_keeps_exact_types_and_values() -> None:
     import pyarrow.parquet as pq
 
     from contracts import Chain
-    from tests.contracts_versions import LedgerV1, LedgerV2
+    from tests.support.contracts_versions import LedgerV1, LedgerV2
 
     big = 2**53 + 1
     data = pa.table(
@@ -339,7 +339,7 @@ def test_migrating_keeps_exact_types_and_values() -> None:
 def test_a_version_never_runs_the_migration_it_inherits() -> None:
     from contracts import Chain, load_chain
     from deltaferry.cli_contracts import lint_chain
-    from tests.contracts_versions import CustomersR2, CustomersV1, ForgetfulV3
+    from tests.support.contracts_versions import CustomersR2, CustomersV1, ForgetfulV3
 
     chain = Chain(CustomersV1, CustomersR2, ForgetfulV3)
     assert chain.reachable(1, 2) and not chain.reachable(1, 3)
@@ -348,10 +348,10 @@ def test_a_version_never_runs_the_migration_it_inherits() -> None:
     errors, _ = lint_chain(chain)
     assert "ForgetfulV3 (v3) has no upgrade from v2" in errors
     # two references to one chain object each keep their own name in manifests
-    a = load_chain("tests.contracts_versions:Customers3", where="a")
-    b = load_chain("tests.contracts_versions:Customers3", where="b")
-    assert a is not b and a.contract().ref == "tests.contracts_versions:Customers3"
-    assert a.contract(1).ref == "tests.contracts_versions:Customers3@v1"
+    a = load_chain("tests.support.contracts_versions:Customers3", where="a")
+    b = load_chain("tests.support.contracts_versions:Customers3", where="b")
+    assert a is not b and a.contract().ref == "tests.support.contracts_versions:Customers3"
+    assert a.contract(1).ref == "tests.support.contracts_versions:Customers3@v1"
 
 
 def test_dual_publishing_during_a_rollout(shop_job, shop, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """Differential fidelity suite (issue 14): per source kind, hypothesis draws a table with
-a random schema from the kind's common types and their edge values (tests/fidelity/types.py),
+a random schema from the kind's common types and their edge values (tests/support/fidelity/types.py),
 applies 1-4 random rounds of inserts, updates, deletes and ties at the cursor, runs
 `deltaferry run` and `deltaferry pull` after each round, and compares the replica with
 the source value by value through an oracle that uses no deltaferry code. Every example
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.fidelity import harness
-from tests.fidelity.types import KINDS
+from tests.support.fidelity import harness
+from tests.support.fidelity.types import KINDS
 
 EXAMPLES = int(os.environ.get("DELTAFERRY_FIDELITY_EXAMPLES", "8"))
 SEED = int(os.environ.get("DELTAFERRY_FIDELITY_SEED", "14"))
@@ -90,9 +90,9 @@ def test_fidelity_postgres(fidelity_env: Path, s3_endpoint: str, postgres) -> No
 
 
 def test_readme_type_matrix_is_generated_from_the_type_table() -> None:
-    from tests.fidelity.matrix import BEGIN, section
+    from tests.support.fidelity.matrix import BEGIN, section
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert BEGIN in readme and section() in readme, (
-        "README's Type fidelity section is stale: paste `python -m tests.fidelity.matrix`"
+        "README's Type fidelity section is stale: paste `python -m tests.support.fidelity.matrix`"
     )

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from deltaferry.errors import ConfigError, TransientError
 
 TABLES = {
-    "orders": 'primary_key = "id"\ncontract = "tests.contracts_files:Orders"',
-    "events": 'primary_key = ["id"]\ncontract = "tests.contracts_files:Events"\n'
+    "orders": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Orders"',
+    "events": 'primary_key = ["id"]\ncontract = "tests.support.contracts_files:Events"\n'
     'deletes = "soft:deleted_at"',
-    "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.contracts_files:Stock"',
-    "numbers": 'primary_key = "id"\ncontract = "tests.contracts_files:Numbers"',
+    "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.support.contracts_files:Stock"',
+    "numbers": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Numbers"',
 }
 HEADER = "id,customer,amount,placed_at,note\n"
 
@@ -307,7 +307,7 @@ def test_what_a_bad_file_is_set_aside_for(case):
     from sources.files import SetAside, _contract_types, file_format, read_table
 
     name, data, says = BAD_FILES[case]
-    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     raw = data.encode() if isinstance(data, str) else data
     with pytest.raises(SetAside) as caught:
         read_table(raw, file_format(name, None), t, _contract_types(t, "here"))
@@ -318,7 +318,7 @@ def test_empty_and_header_only_files_stage_nothing():
     from deltaferry.config import TableConfig
     from sources.files import read_table
 
-    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     assert read_table(b"", "csv", t, {}) is None
     assert read_table(b"\n", "jsonl", t, {}) is None
     assert read_table(HEADER.encode(), "csv", t, {}).num_rows == 0
@@ -328,7 +328,7 @@ def test_timestamps_without_an_offset_are_utc():
     from deltaferry.config import TableConfig
     from sources.files import _contract_types, read_table
 
-    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     stamps = ["2026-01-01", "2026-01-01 09:00:00", "2026-01-01T09:00:00Z"]
     stamps += ["2026-01-01T10:00:00+01:00", "2026-01-01 04:00:00-05", "2026-01-01 09:00:00.5"]
     csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
@@ -342,7 +342,7 @@ def test_timestamps_without_an_offset_are_taken_in_the_jobs_timezone():
     from deltaferry.config import TableConfig
     from sources.files import _contract_types, read_table
 
-    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     types = _contract_types(t, "here")
     stamps = ["2026-01-01 10:00:00", "2026-01-01T09:00:00Z", "2026-07-01 11:00:00"]
     csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
@@ -542,11 +542,11 @@ I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def read_numbers(data: bytes | str, fmt: str) -> pa.Table:
-    """One file read as the ``numbers`` table (contract tests.contracts_files:Numbers)."""
+    """One file read as the ``numbers`` table (contract tests.support.contracts_files:Numbers)."""
     from deltaferry.config import TableConfig
     from sources.files import _contract_types, read_table
 
-    t = TableConfig("numbers", ("id",), None, "none", "tests.contracts_files:Numbers")
+    t = TableConfig("numbers", ("id",), None, "none", "tests.support.contracts_files:Numbers")
     raw = data.encode() if isinstance(data, str) else data
     return read_table(raw, fmt, t, _contract_types(t, "here"))
 
@@ -763,7 +763,7 @@ def test_a_new_jobs_file_columns_keep_their_names_or_the_file_is_set_aside():
     from deltaferry.config import TableConfig
     from sources.files import SetAside, read_table
 
-    t = TableConfig("orders", ("id",), None, "none", "tests.contracts_files:Orders")
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     table = read_table(b"id,userId,Order Date,select\n1,7,2026-01-01,x\n", "csv", t, {}, "UTC", "direct")
     assert table.column_names == ["id", "userId", "Order Date", "select"]
     for header, says in [

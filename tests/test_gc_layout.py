@@ -63,7 +63,7 @@ def test_gc_removes_only_garbage_kinds_and_keeps_every_live_kind(
     dual = tmp_path / "dual.toml"
     dual.write_text(
         shop_job.config.read_text()
-        .replace("contracts.shop:Customers", "tests.contracts_versions:Customers3")
+        .replace("contracts.shop:Customers", "tests.support.contracts_versions:Customers3")
         .replace('deletes = "soft:deleted_at"', 'deletes = "soft:deleted_at"\nsource_version = 1')
         .replace("max_quarantine_ratio = 0.2", "max_quarantine_ratio = 0.2\ndual_publish = true")
     )

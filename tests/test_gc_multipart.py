@@ -12,7 +12,7 @@ from deltaferry.errors import TransientError
 from deltaferry.gc import collect
 from deltaferry.verify import verify_table
 from destinations.lake import open_lake
-from tests.faults import FaultProxy
+from tests.support.faults import FaultProxy
 
 
 def test_gc_removes_only_what_no_manifest_names(shop_job, shop, tmp_path):

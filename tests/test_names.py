@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from deltaferry.errors import ConfigError
-from tests.api_server import API_JOB_HEADER, users_table
+from tests.support.api_server import API_JOB_HEADER, users_table
 
 # every kind of name staging keeps exactly, as SQLite spells them (quoted)
 ODD_TABLE = """CREATE TABLE odd (

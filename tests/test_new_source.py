@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# every test runs `deltaferry new-source` (and the scaffold's own tests) in child processes
+pytestmark = pytest.mark.integration
 IGNORE = shutil.ignore_patterns(
     ".git", ".venv", ".venv-*", ".deltaferry", "test-output", "__pycache__", "*.egg-info"
 )

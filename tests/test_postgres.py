@@ -24,7 +24,7 @@ name = "events"
 primary_key = ["region", "id"]
 cursor = "updated_at"
 deletes = "reconcile"
-contract = "tests.contracts_pg:Events"
+contract = "tests.support.contracts_pg:Events"
 """
 
 INSERT_EVENTS = """
@@ -144,7 +144,7 @@ rows_per_file = 10      # many Parquet parts per batch
 [[jobs.pg.tables]]
 name = "items"
 primary_key = ["sku", "store"]
-contract = "tests.contracts_pg:Items"
+contract = "tests.support.contracts_pg:Items"
 """
 
 
@@ -195,7 +195,7 @@ name = "ticks"
 primary_key = ["id"]
 cursor = "updated_at"
 deletes = "reconcile"
-contract = "tests.contracts_pg:Ticks"
+contract = "tests.support.contracts_pg:Ticks"
 """
 
 
@@ -245,7 +245,7 @@ name = "accounts"
 primary_key = ["id"]
 cursor = "updated_at"
 deletes = "reconcile"
-contract = "tests.contracts_pg:Accounts"
+contract = "tests.support.contracts_pg:Accounts"
 """
 
 
@@ -256,7 +256,7 @@ def test_a_stalled_source_link_fails_the_run_clearly_then_the_next_run_resumes(
     """The source link blackholes mid-result (TCP still answers, no data flows): the stall
     watchdog cuts the connection, retries are spent, the run fails naming the stall; when
     the link heals the next run publishes everything once."""
-    from tests.chaos import ChaosProxy, FaultPlan
+    from tests.support.chaos import ChaosProxy, FaultPlan
 
     proxy = ChaosProxy(postgres.port, seed=5)
     pg_job.server = _Via(postgres, proxy.port)
@@ -320,7 +320,7 @@ name = "tokens"
 primary_key = ["id"]
 cursor = "updated_at"
 deletes = "reconcile"
-contract = "tests.contracts_pg:Tokens"
+contract = "tests.support.contracts_pg:Tokens"
 """
 
 

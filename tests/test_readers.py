@@ -51,7 +51,7 @@ def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
     v2 = tmp_path / "producer-v2.toml"
     v2.write_text(
         shop_job.config.read_text().replace(
-            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+            "contracts.shop:Customers", "tests.support.contracts_versions:CustomersV2"
         )
     )
     out = sync_job(job="shop", config=str(v2))
@@ -93,7 +93,7 @@ def test_readers_at_older_and_newer_versions(shop_job, shop, tmp_path):
 
     listed = CliRunner().invoke(cli, ["contracts", "list", "shop", "--config", str(v2)])
     assert listed.exit_code == 0, listed.output
-    assert "tests.contracts_versions:CustomersV2" in listed.output
+    assert "tests.support.contracts_versions:CustomersV2" in listed.output
     lines = listed.output.splitlines()
     assert any(line.startswith("customers\told\tv1..v1\tpartial\t2\t1\t") for line in lines), lines
     assert any(line.startswith("customers\tnew\tv1..v2\tstrict\t2\t0\t") for line in lines), lines
@@ -134,18 +134,18 @@ def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
     producer = tmp_path / "producer.toml"
     producer.write_text(
         shop_job.config.read_text().replace(
-            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+            "contracts.shop:Customers", "tests.support.contracts_versions:CustomersV2"
         )
     )
     sync_job(job="shop", config=str(producer))  # no readers: batch 1 at the producer's v2
     reader = tmp_path / "reader.toml"  # the reader's v2 renames name to full_name
     reader.write_text(
         shop_job.config.read_text().replace(
-            "contracts.shop:Customers", "tests.contracts_versions:Renamed"
+            "contracts.shop:Customers", "tests.support.contracts_versions:Renamed"
         )
     )
-    theirs = load_chain("tests.contracts_versions:CustomersV2", where="t").contract(2)
-    ours = load_chain("tests.contracts_versions:Renamed", where="t").contract(2)
+    theirs = load_chain("tests.support.contracts_versions:CustomersV2", where="t").contract(2)
+    ours = load_chain("tests.support.contracts_versions:Renamed", where="t").contract(2)
     assert theirs.fingerprint != ours.fingerprint
     replica = tmp_path / "r.duckdb"
     for policy in ("strict", "partial"):
@@ -154,8 +154,8 @@ def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
         line = " ".join(stopped.output.split())  # one line, however the terminal wraps it
         assert (  # after the table of what was pulled (the tables that did not stop)
             "error: job 'shop' table 'customers' batch 1 is published at contract v2 "
-            f"tests.contracts_versions:CustomersV2 with fingerprint {theirs.fingerprint[:16]}, "
-            f"but this reader's v2 (tests.contracts_versions:Renamed) has fingerprint "
+            f"tests.support.contracts_versions:CustomersV2 with fingerprint {theirs.fingerprint[:16]}, "
+            f"but this reader's v2 (tests.support.contracts_versions:Renamed) has fingerprint "
             f"{ours.fingerprint[:16]}"
         ) in line, line
         assert "nothing of the batch was applied" in line
@@ -197,7 +197,7 @@ def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp
         path = tmp_path / f"{chain}.toml"
         path.write_text(
             shop_job.config.read_text()
-            .replace("contracts.shop:Customers", f"tests.contracts_versions:{chain}")
+            .replace("contracts.shop:Customers", f"tests.support.contracts_versions:{chain}")
             .replace('"soft:deleted_at"', '"soft:deleted_at"\nsource_version = 1')
             .replace("ratio = 0.2", "ratio = 0.2\nreader_timeout_seconds = 1")
         )
@@ -260,7 +260,7 @@ def test_a_partial_read_never_loses_a_value_the_reader_knows(shop_job, shop, tmp
     assert after[1] == ("customer 1", "JP")
     assert caution(3) == (
         "published at contract v2, read as v1 (partial): taken to v1 by "
-        "tests.contracts_versions:RenamedBack (v2->v1 downgrade)"
+        "tests.support.contracts_versions:RenamedBack (v2->v1 downgrade)"
     )
     passes_v1()
     record = json.loads(shop_job.lake().get("shop/customers/consumers/old.json"))
@@ -277,7 +277,7 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
     from contracts import Chain
     from deltaferry import merge
     from deltaferry.readers import Reading
-    from tests.contracts_versions import People
+    from tests.support.contracts_versions import People
 
     chain = Chain(People).named("tests:People")
     reading = Reading("j", "people", chain.contract(), ["id"], "partial", chain)
@@ -335,7 +335,7 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     assert _pull(shop_job.config, replica).exit_code == 0
     renamed = tmp_path / "renamed.toml"
     renamed.write_text(
-        shop_job.config.read_text().replace("contracts.shop:Customers", "tests.contracts_versions:Renamed")
+        shop_job.config.read_text().replace("contracts.shop:Customers", "tests.support.contracts_versions:Renamed")
     )
     _set(shop, 2, "country", "JP")
     shop_job.sync()  # batch 2, at v1 (the producer's contract)
@@ -350,7 +350,7 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     assert _q(replica, sql) == src
     columns = {r[0] for r in _q(replica, "DESCRIBE customers")}
     assert "name" not in columns and "full_name" in columns
-    v2 = load_chain("tests.contracts_versions:Renamed", where="test").contract()
+    v2 = load_chain("tests.support.contracts_versions:Renamed", where="test").contract()
     assert _q(replica, "SELECT ref, version, fingerprint FROM _deltaferry_contracts "
                        "WHERE tbl = 'customers'") == [(v2.ref, 2, v2.fingerprint)]
     # pulling again changes nothing
@@ -361,7 +361,7 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     other = tmp_path / "other.toml"
     other.write_text(
         shop_job.config.read_text().replace(
-            "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"
+            "contracts.shop:Customers", "tests.support.contracts_versions:CustomersV2"
         )
     )
     stopped = _pull(other, replica, "--consumer", "mover")
@@ -409,7 +409,7 @@ def test_rows_held_back_arrive_when_the_reader_moves_to_a_contract_that_reads_th
     from contracts.shop import CustomersV1
     from flows.sync import sync_job
 
-    renamed = "tests.contracts_versions:Renamed"
+    renamed = "tests.support.contracts_versions:Renamed"
     batches = "_deltaferry_chains" if merged else "_deltaferry_batches"
     shop.round(12, 0, churn=0)
     producer = _reader(shop_job, tmp_path, renamed, "producer", "source_version = 1", merged)
@@ -462,13 +462,13 @@ def test_rows_a_readers_own_migration_breaks_are_never_stored(
     migration is fixed (a new contract ref, or ``--retry-held`` for a fix in place). Stored
     rows a contract change would migrate into breaking rows refuse the change."""
     from contracts import Contract
-    from tests.contracts_versions import CustomersT2
+    from tests.support.contracts_versions import CustomersT2
 
     shop.round(6, 0, churn=0)
     for cid in (2, 4):
         _set(shop, cid, "country", "XX")
     shop_job.sync()  # batch 1 at v1
-    bad = _reader(shop_job, tmp_path, "tests.contracts_versions:BadTier", "bad")
+    bad = _reader(shop_job, tmp_path, "tests.support.contracts_versions:BadTier", "bad")
 
     strict = tmp_path / "strict.duckdb"
     stopped = _pull(bad, strict)
@@ -512,11 +512,11 @@ def test_rows_a_readers_own_migration_breaks_are_never_stored(
     assert first.exit_code == 0, first.output
     refused = _pull(bad, plain)
     assert refused.exit_code == 1
-    assert "2 of them break tests.contracts_versions:BadTier" in refused.output
+    assert "2 of them break tests.support.contracts_versions:BadTier" in refused.output
     assert _q(plain, "SELECT id, name, email, country FROM customers ORDER BY id") == _live(shop)
     assert _q(plain, "SELECT version FROM _deltaferry_contracts WHERE tbl = 'customers'") == [(1,)]
     # and the fixed chain (a new ref, same fingerprint) takes them
-    fixed = _reader(shop_job, tmp_path, "tests.contracts_versions:FixedTier", "fixed")
+    fixed = _reader(shop_job, tmp_path, "tests.support.contracts_versions:FixedTier", "fixed")
     moved = _pull(fixed, plain)
     assert moved.exit_code == 0, moved.output
     assert "6 stored row(s) taken from contracts.shop:Customers" in moved.output

@@ -178,7 +178,7 @@ def test_losing_the_whole_home_is_survivable(shop_job, shop):
 def test_link_down_longer_than_the_retry_budget_fails_then_resumes(
     shop_job, shop, s3_endpoint, monkeypatch
 ):
-    from tests.faults import FaultProxy
+    from tests.support.faults import FaultProxy
 
     shop.round(25, 25, churn=0)
     shop_job.sync()

@@ -11,8 +11,8 @@ import duckdb
 import pytest
 
 from deltaferry.errors import TerminalError
-from tests.api_server import API_JOB_HEADER, ApiServer, users_table
-from tests.api_server import ts as _ts
+from tests.support.api_server import API_JOB_HEADER, ApiServer, users_table
+from tests.support.api_server import ts as _ts
 
 JOB = API_JOB_HEADER + """
 [[jobs.api.tables]]
@@ -23,7 +23,7 @@ cursor_param = "since"
 initial_value = "2000-01-01T00:00:00+00:00"
 data_selector = "data"
 paginator = {{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }}
-contract = "tests.contracts_api:Tickets"
+contract = "tests.support.contracts_api:Tickets"
 
 [[jobs.api.tables]]
 name = "events"
@@ -32,8 +32,8 @@ cursor = "updated_at"
 cursor_param = "since"
 initial_value = "2000-01-01T00:00:00+00:00"
 paginator = "header_link"
-contract = "tests.contracts_api:Events"
-""" + users_table("tests.contracts_api:Users")
+contract = "tests.support.contracts_api:Events"
+""" + users_table("tests.support.contracts_api:Users")
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ auth = {{ type = "api_key", name = "api_key", api_key = "env:API_KEY", location 
 [[jobs.api.tables]]
 name = "users"
 primary_key = ["id"]
-contract = "tests.contracts_api:Users"
+contract = "tests.support.contracts_api:Users"
 """
     )
     with pytest.raises(TransientError) as raised:
@@ -285,7 +285,7 @@ initial_value = "2000-01-01T00:00:00+00:00"
 data_selector = "data"
 params = {{ api_key = "env:ITEMS_KEY" }}
 paginator = {{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }}
-contract = "tests.contracts_conformance:Items"
+contract = "tests.support.contracts_conformance:Items"
 {table_extra}
 """
 

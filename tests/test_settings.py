@@ -167,6 +167,7 @@ def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: 
         failpoint("after_plan")
 
 
+@pytest.mark.integration  # imports every module in a fresh interpreter (a child process)
 def test_no_module_reads_the_environment_at_import(tmp_path: Path) -> None:
     """Every variable set to a bad value: importing every production module still works."""
     modules = sorted(

@@ -28,7 +28,7 @@ lake = "{lake}"
 name = "kinds"
 primary_key = ["id"]
 cursor = "updated_at"
-contract = "tests.contracts_sqltypes:Loose"
+contract = "tests.support.contracts_sqltypes:Loose"
 {extra}
 """
 
@@ -295,7 +295,7 @@ lake = "file://{lake}"
 [[jobs.lite.tables]]
 name = "kinds"
 primary_key = ["id"]
-contract = "tests.contracts_sqltypes:Loose"
+contract = "tests.support.contracts_sqltypes:Loose"
 {extra}
 """
 

@@ -318,6 +318,7 @@ def test_report_escapes_text_from_the_state(tmp_path, home):
     assert "Last run: failed" in page.all_text and "<script>alert(2)</script>" in page.all_text
 
 
+@pytest.mark.e2e  # Chromium
 def test_report_renders_in_a_browser(tmp_path, home):
     """Optional: Debian's chromium, driven by playwright, draws the report; a screenshot goes
     to test-output/report.png."""
@@ -357,7 +358,7 @@ def test_report_renders_in_a_browser(tmp_path, home):
 
 
 def test_status_and_report_after_syncs(shop_job, shop, s3_endpoint, monkeypatch, tmp_path):
-    from tests.faults import FaultProxy
+    from tests.support.faults import FaultProxy
 
     sizes = []
     shop.round(30, 20, churn=0)

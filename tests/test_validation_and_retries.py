@@ -8,7 +8,7 @@ import pytest
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.state import StateStore
 from destinations.manifest import manifest_key
-from tests.faults import FaultProxy
+from tests.support.faults import FaultProxy
 
 
 def _state_rows(shop_job, sql: str) -> list[tuple]:
@@ -111,7 +111,9 @@ def test_transient_upload_failures_are_retried_with_backoff(
     assert all(c.equal for c in shop_job.compare())
 
 
-def test_retry_condition_accepts_only_transient_errors():
+def test_retry_condition_accepts_only_transient_errors(prefect_api):
+    # Failed(data=...) persists its result through the Prefect API (without one, Prefect
+    # would start its own server)
     from prefect.states import Failed
 
     from flows.sync import _only_transient, full_jitter_delays

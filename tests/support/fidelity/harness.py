@@ -3,7 +3,7 @@ file, random rounds of changes to a real source, `deltaferry run` + `deltaferry 
 after each, and the oracle's comparison (or the predicted refusal) after each round.
 
 Sources: SQLite file, PostgreSQL (the suite's server), the REST test API
-(``tests/api_server.py``), CSV / JSON Lines / Parquet drops in a folder.
+(``tests/support/api_server.py``), CSV / JSON Lines / Parquet drops in a folder.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import boto3
 from hypothesis import strategies as st
 
-from tests.fidelity import oracle
-from tests.fidelity.types import (
+from tests.support.fidelity import oracle
+from tests.support.fidelity.types import (
     DUPLICATE_KEY,
     KINDS,
     NULL_CURSOR,
@@ -286,7 +286,7 @@ class RestSource(Source):
     source = "rest_api"
 
     def __init__(self, schema: Schema, dir: Path) -> None:
-        from tests.api_server import ApiServer
+        from tests.support.api_server import ApiServer
 
         super().__init__(schema, dir)
         self.api = ApiServer()

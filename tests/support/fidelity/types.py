@@ -5,7 +5,7 @@ must hold -- or the refusal expected instead (the error's fragments and the jobs
 setting that resolves it).
 
 The suite (``tests/test_fidelity.py``) draws its schemas from this table and
-``python -m tests.fidelity.matrix`` prints the README's type matrix from it, so the two
+``python -m tests.support.fidelity.matrix`` prints the README's type matrix from it, so the two
 cannot drift apart. Nothing here imports deltaferry: the oracle parses values with the
 standard library only.
 """

@@ -7,7 +7,7 @@ stores the torn object (a manifest of 0 bytes, found by the chaos suite). This w
 answers such requests as S3 does (411 MissingContentLength, 400 IncompleteBody) and
 passes everything else to moto unchanged.
 
-    python tests/s3_server.py HOST PORT
+    python tests/support/s3_server.py HOST PORT
 """
 
 from __future__ import annotations

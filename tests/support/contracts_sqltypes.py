@@ -1,4 +1,4 @@
-"""Loose contracts of the column-type tests (imported as ``tests.contracts_sqltypes:Class``):
+"""Loose contracts of the column-type tests (imported as ``tests.support.contracts_sqltypes:Class``):
 only the key is declared, every other column is published as staged."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from tests.fidelity.types import TypeSpec, canon_replica, same
+from tests.support.fidelity.types import TypeSpec, canon_replica, same
 
 
 def expected_rows(rows: list[dict], columns: dict[str, TypeSpec], key: list[str]) -> dict:

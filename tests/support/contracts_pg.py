@@ -1,4 +1,4 @@
-"""Contracts of the PostgreSQL test tables (imported as ``tests.contracts_pg:Class``)."""
+"""Contracts of the PostgreSQL test tables (imported as ``tests.support.contracts_pg:Class``)."""
 
 from __future__ import annotations
 

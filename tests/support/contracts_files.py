@@ -1,4 +1,4 @@
-"""Contracts of the file-drop test tables (imported as ``tests.contracts_files:Class``)."""
+"""Contracts of the file-drop test tables (imported as ``tests.support.contracts_files:Class``)."""
 
 from __future__ import annotations
 

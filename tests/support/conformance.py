@@ -1,7 +1,7 @@
 """The conformance test every source kind passes (as the Singer SDK's standard tests do).
 
 A harness owns one source of a kind with a single table ``items`` (``id``, ``name``,
-``updated_at``; contract ``tests.contracts_conformance:Items``) and can change it.
+``updated_at``; contract ``tests.support.contracts_conformance:Items``) and can change it.
 ``run_conformance`` checks that the kind loads and follows the interface, that its job
 declares primary keys and cursors covered by a contract, that an empty source syncs to
 nothing, and that an initial and an incremental sync give a replica equal to the source,
@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-CONTRACT = "tests.contracts_conformance:Items"
+CONTRACT = "tests.support.contracts_conformance:Items"
 
 
 def record(i: int, name: str | None = None, second: int | None = None) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class RestCollection(Harness):
         self.monkeypatch = monkeypatch
 
     def start(self, folder: Path) -> None:
-        from tests.api_server import ApiServer
+        from tests.support.api_server import ApiServer
 
         super().start(folder)
         self.server = ApiServer()

@@ -1,4 +1,4 @@
-"""The contract of the conformance table ``items`` (``tests.contracts_conformance:Items``)."""
+"""The contract of the conformance table ``items`` (``tests.support.contracts_conformance:Items``)."""
 
 from __future__ import annotations
 

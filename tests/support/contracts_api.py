@@ -1,4 +1,4 @@
-"""Contracts of the REST API test collections (``tests.contracts_api:Class``)."""
+"""Contracts of the REST API test collections (``tests.support.contracts_api:Class``)."""
 
 from __future__ import annotations
 
