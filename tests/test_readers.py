@@ -542,8 +542,8 @@ def test_producers_count_a_readers_version_only_if_it_is_the_same_contract(
     shop.con.commit()
     producer = tmp_path / "producer.toml"  # readers count for the default 7 days
     producer.write_text(shop_job.config.read_text().replace(
-        "contracts.shop:Customers", "tests.contracts_versions:Loyalty"))
-    reader = _reader(shop_job, tmp_path, "tests.contracts_versions:Renamed", "reader")
+        "contracts.shop:Customers", "tests.support.contracts_versions:Loyalty"))
+    reader = _reader(shop_job, tmp_path, "tests.support.contracts_versions:Renamed", "reader")
     replica = tmp_path / "r.duckdb"
     assert _pull(reader, replica, "--consumer", "r").exit_code == 0  # recorded, lake empty
     record = json.loads(shop_job.lake().get("shop/customers/consumers/r.json"))
@@ -554,7 +554,7 @@ def test_producers_count_a_readers_version_only_if_it_is_the_same_contract(
         (detail,) = con.execute(
             "SELECT detail FROM ops_log WHERE step = 'negotiate' AND tbl = 'customers'"
         ).fetchone()
-    assert "publishing at v1 of tests.contracts_versions:Loyalty" in detail
+    assert "publishing at v1 of tests.support.contracts_versions:Loyalty" in detail
     assert "reader 'r''s v2 is another contract" in detail
     assert "counted as reading up to v1" in detail
     pulled = _pull(reader, replica, "--consumer", "r")

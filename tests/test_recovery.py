@@ -251,8 +251,8 @@ def test_a_planned_batch_whose_contract_version_is_gone_names_the_way_out(shop_j
     assert StateStore("shop").pending_plan("customers").batch == 2
     # the contract moves to a v2 that is not a chain with v1 (a bare subclass)
     shop_job.config.write_text(shop_job.config.read_text().replace(
-        "contracts.shop:Customers", "tests.contracts_versions:CustomersV2"))
-    assert load_chain("tests.contracts_versions:CustomersV2", where="t").versions == [2]
+        "contracts.shop:Customers", "tests.support.contracts_versions:CustomersV2"))
+    assert load_chain("tests.support.contracts_versions:CustomersV2", where="t").versions == [2]
     shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
     shop.con.commit()
     with pytest.raises(TerminalError) as e:
