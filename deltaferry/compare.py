@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -89,6 +90,8 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
             src = read_source(job, t)
             held = outstanding_quarantine(job, t)
             has_replica = duck.table_exists(con, t.name, schema=None)
+            if src.num_columns == 0:  # an empty source table: dlt yields no rows, no schema
+                src = _empty_like(con, t, has_replica)
             con.register("src", src)
             con.register(
                 "held",
@@ -133,3 +136,16 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
     finally:
         con.close()
     return results
+
+
+def _empty_like(con: Any, t: TableConfig, has_replica: bool) -> pa.Table:
+    """No source rows, with the replica's columns and types (else the key and the
+    soft-delete column as text), so an empty source table compares with its replica."""
+    from deltaferry.merge import REPLICA_COLUMNS
+
+    if has_replica:
+        empty = con.execute(f"SELECT * FROM {ident(t.name)} LIMIT 0").to_arrow_table()
+        return empty.drop_columns([c for c in empty.column_names if c in REPLICA_COLUMNS])
+    names = [*t.primary_key, *([t.soft_delete_column] if t.soft_delete_column else [])]
+    return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys(names)})
+

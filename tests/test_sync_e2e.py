@@ -170,3 +170,29 @@ def test_second_runner_on_the_same_job_stops_cleanly(shop_job, shop):
             shop_job.sync()
     assert shop_job.lake().list("shop/") == []
     assert shop_job.sync()["tables"]["customers"]["batch"] == 1
+
+
+def test_a_source_table_without_rows_compares_equal(shop_job, shop):
+    """A source table with no rows (dlt yields no schema for it) compares with its replica:
+    equal while the replica has none, one extra row when the replica holds one the
+    source lost (the convergence oracle failed with "at least one column")."""
+    import duckdb
+
+    shop.round(4, 0, churn=0)  # customers, no orders
+    shop_job.sync()
+    shop_job.pull()
+    by = {c.table: c for c in shop_job.compare()}
+    assert by["orders"].equal and by["orders"].source_rows == 0
+    assert by["customers"].equal and by["customers"].source_rows == 4
+    con = duckdb.connect(str(shop_job.replica))
+    try:
+        con.execute("INSERT INTO customers SELECT * REPLACE (id + 100 AS id) FROM customers "
+                    "LIMIT 1")
+        con.execute("CREATE TABLE orders AS SELECT 1::BIGINT AS id, 1::BIGINT AS customer_id, "
+                    "0::BIGINT AS amount_cents, 'new' AS status, "
+                    "TIMESTAMP '2026-01-01' AS updated_at, 1::BIGINT AS _seq")
+    finally:
+        con.close()
+    by = {c.table: c for c in shop_job.compare()}
+    assert not by["orders"].equal and (by["orders"].replica_rows, by["orders"].extra_in_replica) == (1, 1)
+    assert not by["customers"].equal and by["customers"].extra_in_replica == 1
