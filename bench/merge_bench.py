@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from deltaferry import duck, merge  # noqa: E402
-from deltaferry.replica import _META, _apply  # noqa: E402  (the single-producer apply)
+from deltaferry.replica import _META, _apply  # noqa: E402
 
 
 def rows(ids: np.ndarray, seq0: int, tag: str) -> pa.Table:

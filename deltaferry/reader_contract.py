@@ -146,7 +146,7 @@ def reread_held(
     batch at a time; cost: the batches from the first held one on, once per contract
     change."""
     from deltaferry import merge
-    from deltaferry.replica import merge_rows  # replica imports this module
+    from deltaferry.replica import admit_files, merge_into  # replica imports this module
 
     own = (reading.contract.ref, reading.contract.fingerprint)
     held = con.execute(
@@ -206,22 +206,21 @@ def reread_held(
             )
             last = max(recorded, default=0)
             counts = {b: n for _, b, n in held}
-            for vb in iter_verified(
+            for vb in iter_verified(  # file by file, as a pull applies them
                 lake, job.name, t.name, after=first - 1, prev_sha256=recorded.get(first - 1),
-                keyring=keyring,
+                keyring=keyring, stream=True,
             ):
                 if vb.batch > last:
                     break
                 _same_batch(where, None, vb, vb.batch, recorded.get(vb.batch))
-                admitted = again.admit(vb.batch, vb.manifest, vb.data, None, vb.also, con)
-                merge_rows(con, t.name, list(t.primary_key), admitted.data)
+                _, _, n = admit_files(con, vb, again, None, merge_into(con, t))
                 if vb.batch in counts:
-                    record_held(con, job.name, t.name, "", vb.batch, admitted.held, *own)
-                    still += admitted.held
+                    record_held(con, job.name, t.name, "", vb.batch, n, *own)
+                    still += n
                     con.execute(
                         "UPDATE _deltaferry_batches SET caution = coalesce(caution, '') || ? WHERE job = ?"
                         " AND tbl = ? AND batch = ?",
-                        [f"; {note}: {admitted.held} of {counts[vb.batch]} row(s) still held",
+                        [f"; {note}: {n} of {counts[vb.batch]} row(s) still held",
                          job.name, t.name, vb.batch],
                     )
             # a held batch past the last applied one was never applied: nothing to keep

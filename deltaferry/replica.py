@@ -223,7 +223,7 @@ def _pull_table(
     ):
         con.execute("BEGIN TRANSACTION")
         try:
-            rows, caution, held = _admit_files(con, vb, reading, None, _merge_into(con, t))
+            rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t))
             _record_batch(
                 con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
             )
@@ -244,11 +244,11 @@ def _own(reading: Any) -> tuple[str, str]:
     return reading.contract.ref, reading.contract.fingerprint
 
 
-def _merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig) -> Any:
+def merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig) -> Any:
     return lambda data: merge_rows(con, t.name, list(t.primary_key), data)
 
 
-def _admit_files(
+def admit_files(
     con: duckdb.DuckDBPyConnection, vb: Any, reading: Any, producer: str | None, apply: Any
 ) -> tuple[int, str | None, int]:
     """Admit a streamed batch's files one at a time (the copy this reader reads) and hand
@@ -319,7 +319,7 @@ def _pull_merged(
             try:
                 added = []
                 hlc = vb.manifest["hlc"]
-                rows, caution, held = _admit_files(
+                rows, caution, held = admit_files(
                     con, vb, reading, producer,
                     lambda d: added.append(merge.add_versions(con, shape, producer, vb.batch, hlc, d)),
                 )
