@@ -161,7 +161,6 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     after), and retyped columns flagged for a decision. The class body needs only the
     names the contract module already has (``pa``, ``Series``, ``pd``), so it can be
     pasted there as it is."""
-    from deltaferry.scaffold import _pandera_type
 
     base = contract.model
     version = contract.version + 1
@@ -187,12 +186,12 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         "",
     ]
     for column, typ in sorted(drift.new.items()):
-        annotation, extra = _pandera_type(staged_types.get(column, typ))
+        annotation, extra = pandera_annotation(staged_types.get(column, typ))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, extra, "nullable=True") if a)
         lines.append(f"    {attr}: {annotation} = pa.Field({args})  # new: staged as {typ}")
     for column in drift.dropped:
-        annotation, _ = _pandera_type(_duck_of(contract, column))
+        annotation, _ = pandera_annotation(_duck_of(contract, column))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, "nullable=True") if a)
         # nullable is enough: a nullable column the rows lack is published as NULL
@@ -245,3 +244,23 @@ def write_draft(home: Path, table: str, version: int, source: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
     return path
+
+
+def pandera_annotation(duck_type: str) -> tuple[str, str]:
+    """(Series annotation, extra ``Field`` arguments) of a pandera DataFrameModel column for a
+    staged DuckDB type, as source text: ``("Series[int]", "")`` for ``BIGINT``. Used to draft
+    contracts (``deltaferry new-source``) and to suggest a contract change for drift."""
+    t = duck_type.upper()
+    if t in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER"):
+        return "Series[int]", ""
+    if t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL"):
+        return "Series[float]", ""
+    if t == "BOOLEAN":
+        return "Series[bool]", ""
+    if t == "TIMESTAMP WITH TIME ZONE":
+        return "Series[pd.DatetimeTZDtype]", 'dtype_kwargs={"unit": "us", "tz": "UTC"}'
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return "Series[pd.Timestamp]", ""
+    if t in ("VARCHAR", "JSON", "UUID") or t.startswith(("STRUCT", "MAP")) or t.endswith("[]"):
+        return "Series[str]", ""
+    return "Series[object]", ""

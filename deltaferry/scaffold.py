@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contracts.drift import pandera_annotation
 from deltaferry.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -408,24 +409,6 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
                 os.environ["DELTAFERRY_HOME"] = old
 
 
-def _pandera_type(duck_type: str) -> tuple[str, str]:
-    """(Series annotation, extra Field arguments) for a staged DuckDB type."""
-    t = duck_type.upper()
-    if t in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER"):
-        return "Series[int]", ""
-    if t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL"):
-        return "Series[float]", ""
-    if t == "BOOLEAN":
-        return "Series[bool]", ""
-    if t == "TIMESTAMP WITH TIME ZONE":
-        return "Series[pd.DatetimeTZDtype]", 'dtype_kwargs={"unit": "us", "tz": "UTC"}'
-    if t.startswith("TIMESTAMP") or t == "DATE":
-        return "Series[pd.Timestamp]", ""
-    if t in ("VARCHAR", "JSON", "UUID") or t.startswith(("STRUCT", "MAP")) or t.endswith("[]"):
-        return "Series[str]", ""
-    return "Series[object]", ""
-
-
 def contract_module(
     name: str, table: str, fields: list[tuple[str, str, bool]], primary_key: str
 ) -> str:
@@ -451,7 +434,7 @@ def contract_module(
         "",
     ]
     for col, typ, nulls in fields:
-        annotation, extra = _pandera_type(typ)
+        annotation, extra = pandera_annotation(typ)
         args = [a for a in (extra, "nullable=True" if nulls and col != primary_key else "") if a]
         if col == primary_key:
             args.append("unique=True")
