@@ -9,13 +9,16 @@ and values are taken as TOML typed them (``"5"`` is not 5).
 
 ``parse_job`` turns one job of the file into ``deltaferry.config.JobConfig``; whatever the
 models find is one ``ConfigError`` line, ``job 'j' table 't': <key> must be <what> (got
-<value>)``, never pydantic's own report (``_one_line``).
+<value>)``, never pydantic's own report (``_one_line``). ``schema_text()`` is the JSON
+Schema of the file for editors: ``deltaferry schema jobs`` prints it, and
+``deltaferry.schema.json`` holds it (``tests/test_job_models.py`` keeps the two equal).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, cast
@@ -38,6 +41,7 @@ from deltaferry.errors import ConfigError
 
 IDENT = r"^[a-z_][a-z0-9_]*$"  # job and table names
 PRODUCER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # producer_id with multi_producer
+SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 
 Column = Annotated[str, StringConstraints(min_length=1)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -477,6 +481,40 @@ def _closest(keys: list[str], section: type[Section], kind: str) -> str:
     model = job_model if level == "job" else table_model
     others = [o for o in source_kinds() if o != kind and set(keys) & set(model(o).model_fields)]
     return f" (a setting of {' and '.join(others)} {level}s)" if others else ""
+
+
+def jobs_schema() -> dict[str, Any]:
+    """The JSON Schema of the jobs file: each job is the model of its ``source`` kind."""
+    kinds: Any = Union.__getitem__(tuple(job_model(k) for k in source_kinds()))
+    job: Any = Annotated[kinds, Field(discriminator="source")]
+    jobs_file = create_model(
+        "JobsFile",
+        __doc__="deltaferry jobs file (deltaferry.toml): what to sync, from where, to which lake.",
+        jobs=(
+            dict[Annotated[str, StringConstraints(pattern=IDENT)], job],
+            Field(..., description="the jobs, by name", min_length=1),
+        ),
+    )
+    return {"$schema": SCHEMA_URL, **_no_null(jobs_file.model_json_schema())}
+
+
+def _no_null(node: Any) -> Any:
+    """TOML has no null: an optional key is one left out, not one that may be null."""
+    if isinstance(node, list):
+        return [_no_null(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _no_null(v) for k, v in node.items() if not (k == "default" and v is None)}
+    branches = [b for b in out.pop("anyOf", []) if b != {"type": "null"}]
+    if len(branches) == 1:
+        return {**branches[0], **out}
+    return {**out, "anyOf": branches} if branches else out
+
+
+def schema_text() -> str:
+    """``jobs_schema()`` as ``deltaferry schema jobs`` prints it and
+    ``deltaferry.schema.json`` holds it."""
+    return json.dumps(jobs_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _class_name(table: str) -> str:

@@ -1,17 +1,21 @@
 """The jobs file read by its pydantic models (``deltaferry/job_models.py``): unknown keys,
 wrong types and rules between keys are one ``ConfigError`` line naming job, table, key and
-value; the README's examples parse."""
+value; the JSON Schema for editors is the models'; the README's examples parse."""
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
+from click.testing import CliRunner
 
 from deltaferry.config import JobConfig, TableConfig, load_job, load_jobs
 from deltaferry.errors import ConfigError
-from deltaferry.job_models import JobModel, TableModel
+from deltaferry.job_models import JobModel, TableModel, jobs_schema, schema_text
 
 pytestmark = pytest.mark.unit
 
@@ -191,6 +195,18 @@ def test_settings_reach_the_source_as_given_and_defaults_as_the_dataclasses_have
         assert getattr(table, name) == TableModel.model_fields[name].default
 
 
+def test_the_checked_in_schema_is_the_models_and_the_cli_prints_it():
+    from deltaferry.cli import cli
+
+    assert (ROOT / "deltaferry.schema.json").read_text() == schema_text(), (
+        "regenerate it: deltaferry schema jobs > deltaferry.schema.json"
+    )
+    result = CliRunner().invoke(cli, ["schema", "jobs"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == jobs_schema()
+    jsonschema.Draft202012Validator.check_schema(jobs_schema())
+
+
 def readme_jobs_files() -> list[str]:
     """The complete jobs files (those with a ``[jobs.<name>]`` table) among the TOML
     examples of the README's "The jobs file" section."""
@@ -200,10 +216,16 @@ def readme_jobs_files() -> list[str]:
     return [b for b in blocks if re.search(r"^\[jobs\.\w+\]$", b, re.M)]
 
 
-def test_the_readme_examples_and_the_repository_jobs_file_parse(tmp_path):
+def test_the_readme_examples_and_the_repository_jobs_file_parse_and_fit_the_schema(tmp_path):
     examples = readme_jobs_files()
     assert len(examples) >= 2  # the sql_database and the rest_api job
+    validator = jsonschema.Draft202012Validator(jobs_schema())
     for n, text in enumerate([*examples, (ROOT / "deltaferry.toml").read_text()]):
         path = tmp_path / f"example{n}.toml"
         path.write_text(text)
         assert load_jobs(path)
+        validator.validate(tomllib.loads(text))
+    # the schema refuses what the models refuse
+    bad = tomllib.loads((ROOT / "deltaferry.toml").read_text())
+    bad["jobs"]["shop"]["tables"][0]["curser"] = "x"
+    assert not validator.is_valid(bad)
