@@ -24,6 +24,7 @@ from deltaferry import cli_conflicts as _conflicts
 from deltaferry import cli_contracts as _contracts
 from deltaferry import cli_quarantine as _quarantine
 from deltaferry import cli_runbook as _runbook
+from deltaferry import cli_schema as _schema
 from deltaferry.errors import ConfigError, DeltaferryError
 from deltaferry.settings import from_env
 
@@ -810,6 +811,7 @@ _conflicts.register(sys.modules[__name__])
 _contracts.register(sys.modules[__name__])
 _runbook.register(sys.modules[__name__])
 _quarantine.register(sys.modules[__name__])
+_schema.register(sys.modules[__name__])
 
 
 def main() -> None:

@@ -104,32 +104,33 @@ def _folder(job: JobConfig) -> Path:
 
 SOURCE_SETTINGS = '''"""Settings of the {name} source kind (read with the jobs file: keep it light, no secrets).
 
-Add the settings your source needs to JOB_SETTINGS / TABLE_SETTINGS; they reach the
-source as ``job.options`` and ``table.options``. ``job.secret(value, what)`` resolves
-a value given as ``env:VAR``.
+Declare the settings your source needs as fields of ``Job`` (job settings) and ``Table``
+(table settings), each with ``deltaferry.job_models.setting(default, meaning, must)``; rules
+between settings are pydantic model validators that raise ``ValueError`` in one line. The
+settings a jobs file gives reach the source as ``job.options`` and ``table.options``;
+``job.secret(value, what)`` resolves a value given as ``env:VAR``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-JOB_SETTINGS: frozenset[str] = frozenset()
-TABLE_SETTINGS: frozenset[str] = frozenset()
-# records a source stops returning are not deletes it can see: use soft:<column> if it
-# marks deleted records, or none
-DEFAULT_DELETES = "none"
+from deltaferry.job_models import JobModel, TableModel
 
 
-def check(job: Any) -> None:
-    """Refuse settings this source cannot honour, as one line naming the job and table."""
-    from deltaferry.errors import ConfigError
+class Job(JobModel):
+    \"\"\"A {name} job.\"\"\"
 
-    for t in job.tables:
-        if t.deletes == "reconcile":
-            raise ConfigError(
-                f"job '{{job.name}}' table '{{t.name}}': deletes = 'reconcile' needs the source's "
-                "key set, which {name} does not list; use 'soft:<column>' or 'none'"
-            )
+
+class Table(TableModel):
+    \"\"\"A table of a {name} job.\"\"\"
+
+    # records a source stops returning are not deletes it can see: deletes are
+    # soft:<column> if it marks deleted records, or none (the default)
+    no_reconcile: ClassVar[str | None] = (
+        "deletes = 'reconcile' needs the source's key set, which {name} does not list; "
+        "use 'soft:<column>' or 'none'"
+    )
 '''
 
 SOURCE_README = """# {name} source

@@ -2,9 +2,10 @@
 
 A source kind is a package ``sources/<kind>/`` (the jobs file's ``source = "<kind>"``):
 
-- ``settings.py`` (imported when the jobs file is read; keep it light): ``JOB_SETTINGS``
-  and ``TABLE_SETTINGS``, the extra settings the kind accepts, and optionally
-  ``check(job)``, which raises ``ConfigError`` for bad values;
+- ``settings.py`` (imported when the jobs file is read; keep it light): ``Job`` and
+  ``Table``, the pydantic models of the job and table settings the kind adds (subclasses
+  of ``deltaferry.job_models.JobModel`` and ``TableModel``, both optional; their fields
+  reach the source as ``job.options`` and ``table.options``);
 - ``__init__.py``: ``preflight_source(job)``, which checks that the source answers and
   has every table (``ConfigError`` to fix, ``TransientError`` to retry), and
   ``extract(job) -> ExtractResult``, one incremental dlt load of every table into

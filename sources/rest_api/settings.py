@@ -1,85 +1,105 @@
 """Settings of the rest_api source kind (read with the jobs file; never secrets).
 
-Job settings:
+``Job`` adds the job settings (``auth``, ``paginator``, ``headers``, ``max_pages``) and
+``Table`` the table settings (``path``, ``params``, ``data_selector``, ``paginator``,
+``cursor_param``, ``initial_value``, ``max_pages``), written as dlt's rest_api config;
+each field says what it is for. ``auth`` is, for example,
+``{ type = "bearer", token = "env:API_TOKEN" }``,
+``{ type = "api_key", name = "X-API-Key", api_key = "env:KEY", location = "header" }`` or
+``{ type = "http_basic", username = "u", password = "env:PW" }``; a ``paginator``
+``"header_link"``, ``{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }``,
+``{ type = "offset", limit = 100 }``, ``{ type = "json_link", next_url_path = "next" }`` ...
 
-- ``url``: the API's base url (or ``env:VAR``);
-- ``auth``: dlt's rest_api auth config, e.g. ``{ type = "bearer", token = "env:API_TOKEN" }``,
-  ``{ type = "api_key", name = "X-API-Key", api_key = "env:KEY", location = "header" }`` or
-  ``{ type = "http_basic", username = "u", password = "env:PW" }``; any string value may be
-  ``env:VAR``;
-- ``paginator``: the default paginator of every table (dlt's rest_api paginator config:
-  ``"header_link"``, ``{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }``,
-  ``{ type = "offset", limit = 100 }``, ``{ type = "json_link", next_url_path = "next" }`` ...);
-- ``headers``: extra request headers;
-- ``max_pages``: the default page cap of every table (default 100000).
-
-Table settings:
-
-- ``path``: the endpoint, relative to ``url`` (default: the table's name);
-- ``params``: fixed query parameters;
-- ``data_selector``: JSONPath of the records in a page (default: found by dlt);
-- ``paginator``: this table's paginator (default: the job's);
-- ``cursor_param``: the query parameter that asks for records changed since a cursor value
-  (``since``, ``updated_after`` ...); without it the whole collection is read each run and
-  only changed records are staged;
-- ``initial_value``: the cursor value of the first run;
-- ``max_pages``: the most pages one read of this table may take (default: the job's
-  ``max_pages``, else 100000). A read that reaches it with more pages to come fails the
-  run naming the setting, as does a paginator that repeats a request already sent or a
-  page that repeats the previous page's records; nothing of that read is published.
+A read that reaches ``max_pages`` (the table's, else the job's, else 100000) with more
+pages to come fails the run naming the setting, as does a paginator that repeats a request
+already sent or a page that repeats the previous page's records; nothing of that read is
+published.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Self
 
-JOB_SETTINGS = frozenset({"auth", "paginator", "headers", "max_pages"})
-TABLE_SETTINGS = frozenset(
-    {"path", "params", "data_selector", "paginator", "cursor_param", "initial_value", "max_pages"}
+from pydantic import field_validator, model_validator
+
+from deltaferry.job_models import JobModel, TableModel, invalid, setting
+
+AUTH_TYPES = ("api_key", "bearer", "http_basic", "oauth2_client_credentials")
+PAGES = "a whole number of pages, 1 or more"
+PAGINATOR = (
+    'a paginator name such as "header_link", or a table such as '
+    '{ type = "cursor", cursor_path = "next", cursor_param = "cursor" }'
 )
-# an API has no key set to compare cheaply: deletes are soft (a flag in the record) or none
-DEFAULT_DELETES = "none"
-
-_AUTH_TYPES = {"bearer", "api_key", "http_basic", "oauth2_client_credentials"}
 
 
-def check(job: Any) -> None:
-    from deltaferry.errors import ConfigError
+class Job(JobModel):
+    """A rest_api job: the API's base url, how to sign in and page."""
 
-    where = f"job '{job.name}'"
-    auth = job.options.get("auth")
-    if auth is not None:
-        if not isinstance(auth, dict) or auth.get("type") not in _AUTH_TYPES:
-            raise ConfigError(
-                f"{where}: auth must be a table with type = one of {', '.join(sorted(_AUTH_TYPES))}"
-            )
-    for key in ("headers",):
-        if key in job.options and not isinstance(job.options[key], dict):
-            raise ConfigError(f"{where}: {key} must be a table of names and values")
-    _check_max_pages(job.options, where)
-    if not (job.url.startswith(("http://", "https://", "env:"))):
-        raise ConfigError(f"{where}: url must be the API's http(s) base url (or env:VAR)")
-    for t in job.tables:
-        tw = f"{where} table '{t.name}'"
-        if t.deletes == "reconcile":
-            raise ConfigError(
-                f"{tw}: deletes = 'reconcile' is not available for a REST API (it has no key set "
-                "to compare); use 'soft:<column>' if records carry a deleted flag, or 'none'"
-            )
-        _check_max_pages(t.options, tw)
-        if "cursor_param" in t.options and not t.cursor:
-            raise ConfigError(f"{tw}: cursor_param needs a cursor (the record field it filters on)")
-        for key in ("params",):
-            if key in t.options and not isinstance(t.options[key], dict):
-                raise ConfigError(f"{tw}: {key} must be a table of names and values")
-        for key in ("path", "data_selector", "cursor_param"):
-            if key in t.options and not isinstance(t.options[key], str):
-                raise ConfigError(f"{tw}: {key} must be a string")
+    auth: dict[str, Any] = setting(
+        None,
+        "dlt's rest_api auth config; any string value may be env:VAR",
+        f"a table with type = one of {', '.join(AUTH_TYPES)}",
+        repr=False,
+    )
+    paginator: str | dict[str, Any] = setting(
+        None, "the default paginator of every table (dlt's rest_api paginator config)", PAGINATOR
+    )
+    headers: dict[str, Any] = setting(
+        None, "extra request headers", "a table of names and values", repr=False
+    )
+    max_pages: int = setting(
+        None, "the default page cap of every table (default 100000)", PAGES, ge=1
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://", "env:")):
+            raise ValueError("url must be the API's http(s) base url (or env:VAR)")
+        return url
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_type(cls, auth: dict[str, Any]) -> dict[str, Any]:
+        if auth.get("type") not in AUTH_TYPES:
+            raise invalid()
+        return auth
 
 
-def _check_max_pages(options: dict[str, Any], where: str) -> None:
-    from deltaferry.errors import ConfigError
+class Table(TableModel):
+    """An endpoint of a rest_api job."""
 
-    value = options.get("max_pages", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: max_pages must be a whole number of pages, 1 or more")
+    # an API has no key set to compare cheaply: deletes are soft (a flag in the record) or none
+    no_reconcile: ClassVar[str | None] = (
+        "deletes = 'reconcile' is not available for a REST API (it has no key set to "
+        "compare); use 'soft:<column>' if records carry a deleted flag, or 'none'"
+    )
+
+    path: str = setting(
+        None, "the endpoint, relative to url (default: the table's name)", "a string"
+    )
+    params: dict[str, Any] = setting(
+        None, "fixed query parameters", "a table of names and values", repr=False
+    )
+    data_selector: str = setting(
+        None, "JSONPath of the records in a page (default: found by dlt)", "a string"
+    )
+    paginator: str | dict[str, Any] = setting(
+        None, "this table's paginator (default: the job's)", PAGINATOR
+    )
+    cursor_param: str = setting(
+        None,
+        "the query parameter that asks for records changed since a cursor value; without it "
+        "every run reads all pages",
+        "a string",
+    )
+    initial_value: Any = setting(None, "the cursor value of the first run", "a cursor value")
+    max_pages: int = setting(
+        None, "the most pages one read of this table may take (default: the job's)", PAGES, ge=1
+    )
+
+    @model_validator(mode="after")
+    def _cursor_param_filters_the_cursor(self) -> Self:
+        if "cursor_param" in self.model_fields_set and not self.cursor:
+            raise ValueError("cursor_param needs a cursor (the record field it filters on)")
+        return self

@@ -1,10 +1,16 @@
-"""Constants of the sql_database source (never secrets).
+"""Settings of the sql_database source (never secrets): ``Table`` adds the column settings
+of its tables (see ``sources/sql_database/types.py`` for what each type publishes).
 
 The column names are shared by every source kind (``sources.columns``); they are
 importable from here too."""
 
 from __future__ import annotations
 
+from typing import Self
+
+from pydantic import model_validator
+
+from deltaferry.job_models import Column, TableModel, setting
 from sources.columns import (  # noqa: F401 - re-exported
     DELETED_COLUMN,
     HASH_COLUMN,
@@ -13,15 +19,47 @@ from sources.columns import (  # noqa: F401 - re-exported
     STAGING_DATASET,
 )
 
-# table settings: columns neither read nor published, and the published type of a column
-# ({ col = "text" | "decimal(P,S)" | "int64" | "float64" | "bool" | "date" | "time" |
-# "timestamp" | "timestamptz" | "binary" }); see sources/sql_database/types.py
-TABLE_SETTINGS = frozenset({"exclude_columns", "column_types"})
 
+class Table(TableModel):
+    """A table of a sql_database job."""
 
-def check(job: object) -> None:
-    """Refuse column settings a table cannot honour, as one-line ConfigErrors."""
-    from sources.sql_database.types import check_table
+    exclude_columns: list[Column] = setting(
+        [],
+        "columns neither read nor published (not a key, cursor or soft-delete column)",
+        'a list of column names as the source spells them, e.g. ["notes", "raw_blob"]',
+    )
+    column_types: dict[str, str] = setting(
+        {},
+        'the published type of a column: "text", "decimal(P,S)" (1 <= P <= 38), "int64", '
+        '"float64", "bool", "date", "time", "timestamp", "timestamptz" or "binary"',
+        'a table of column = "type", e.g. column_types = { amount = "decimal(18,4)", '
+        'span = "text" }',
+    )
 
-    for t in job.tables:  # type: ignore[attr-defined]
-        check_table(job.name, t)  # type: ignore[attr-defined]
+    @model_validator(mode="after")
+    def _columns_a_table_can_honour(self) -> Self:
+        """Key, cursor and soft-delete columns are read as they are (they are compared with
+        the source as read); every type is one deltaferry publishes."""
+        from sources.sql_database.types import MAX_PRECISION, SIMPLE_TYPES, key_roles, parse_type
+
+        role = key_roles(self)
+        for c in self.exclude_columns:
+            if c in role:
+                raise ValueError(
+                    f"exclude_columns names '{c}', the table's {role[c]}; it must be read"
+                )
+        for c, spec in self.column_types.items():
+            if c in role:
+                raise ValueError(
+                    f"column_types names '{c}', the table's {role[c]}; its type cannot be "
+                    "changed (it is compared with the source as read)"
+                )
+            if c in self.exclude_columns:
+                raise ValueError(f"column '{c}' is both in exclude_columns and column_types")
+            if parse_type(spec) is None:
+                raise ValueError(
+                    f"column_types {c} = {spec!r} is not a type deltaferry publishes "
+                    f"(one of {', '.join(repr(s) for s in SIMPLE_TYPES)} or 'decimal(P,S)' with "
+                    f"1 <= P <= {MAX_PRECISION} and 0 <= S <= P)"
+                )
+        return self

@@ -9,7 +9,7 @@ table, column, source type and the jobs-file setting that resolves it); a single
 does not fit its column's published type (numeric ``NaN``, a 13th decimal, a REAL in a
 SQLite INTEGER column) stops the run (``ValueRefused``, one line), never rounded or nulled.
 
-Table settings (validated when the jobs file is read, see ``check_table``):
+Table settings (validated when the jobs file is read, see ``sources/sql_database/settings.py``):
 
 * ``exclude_columns = ["col", ...]`` - neither read nor published;
 * ``column_types = { col = "text" | "decimal(P,S)" | "int64" | "float64" | "bool" | "date" |
@@ -91,44 +91,6 @@ def parse_type(spec: Any) -> tuple[str, int | None, int | None] | None:
 def type_name(parsed: tuple[str, int | None, int | None]) -> str:
     kind, p, s = parsed
     return f"decimal({p},{s})" if kind == "decimal" else kind
-
-
-def check_table(job: str, t: Any) -> None:
-    """Validate a table's ``exclude_columns`` and ``column_types``; ConfigError (one line
-    naming job, table, setting and value) otherwise."""
-    where = f"job '{job}' table '{t.name}'"
-    role = key_roles(t)
-    excluded = t.options.get("exclude_columns", [])
-    if not isinstance(excluded, list) or not all(isinstance(c, str) and c for c in excluded):
-        raise ConfigError(
-            f"{where}: exclude_columns must be a list of column names as the source spells "
-            f'them, e.g. ["notes", "raw_blob"] (got {excluded!r})'
-        )
-    for c in excluded:
-        if c in role:
-            raise ConfigError(
-                f"{where}: exclude_columns names '{c}', the table's {role[c]}; it must be read"
-            )
-    types = t.options.get("column_types", {})
-    if not isinstance(types, dict):
-        raise ConfigError(
-            f'{where}: column_types must be a table of column = "type", e.g. '
-            f'column_types = {{ amount = "decimal(18,4)", span = "text" }} (got {types!r})'
-        )
-    for c, spec in types.items():
-        if c in role:
-            raise ConfigError(
-                f"{where}: column_types names '{c}', the table's {role[c]}; its type cannot be "
-                "changed (it is compared with the source as read)"
-            )
-        if c in excluded:
-            raise ConfigError(f"{where}: column '{c}' is both in exclude_columns and column_types")
-        if parse_type(spec) is None:
-            raise ConfigError(
-                f"{where}: column_types {c} = {spec!r} is not a type deltaferry publishes "
-                f"(one of {', '.join(repr(s) for s in SIMPLE_TYPES)} or 'decimal(P,S)' with "
-                f"1 <= P <= {MAX_PRECISION} and 0 <= S <= P)"
-            )
 
 
 # ---------------------------------------------------------------------------------------

@@ -154,6 +154,7 @@ def run_conformance(h: Harness, job) -> None:  # noqa: ANN001 - a tests.conftest
     from contracts import load_contract
     from deltaferry.config import source_settings
     from deltaferry.context import preflight_job
+    from deltaferry.job_models import JobModel, TableModel
 
     h.start(job.dir / "source")
     try:
@@ -161,9 +162,9 @@ def run_conformance(h: Harness, job) -> None:  # noqa: ANN001 - a tests.conftest
         # the kind loads and follows the interface
         module = importlib.import_module(f"sources.{h.kind}")
         assert callable(module.extract) and callable(module.preflight_source)
-        settings = source_settings(h.kind)
-        for attr in ("JOB_SETTINGS", "TABLE_SETTINGS"):
-            assert isinstance(getattr(settings, attr, frozenset()), (set, frozenset))
+        settings = source_settings(h.kind)  # its settings are the jobs file's models
+        assert issubclass(getattr(settings, "Job", JobModel), JobModel)
+        assert issubclass(getattr(settings, "Table", TableModel), TableModel)
         # its job declares keys and cursors, and a contract covers every table
         cfg = job.job()
         for t in cfg.tables:
