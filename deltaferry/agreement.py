@@ -143,11 +143,12 @@ def agree_every_table(ctx: SyncContext) -> None:
     operations log. Every table is checked, so one run names all that disagree: one
     ``LakeMismatchError``, the first table's, naming the others."""
     stopped: list[tuple[str, LakeMismatchError]] = []
-    for t in ctx.job.tables:
-        try:
-            ctx.step("lake-head", functools.partial(agree_with_lake, ctx, t), table=t.name)
-        except LakeMismatchError as e:
-            stopped.append((t.name, e))
+    with ctx.state.hold():  # every table's step on one state connection
+        for t in ctx.job.tables:
+            try:
+                ctx.step("lake-head", functools.partial(agree_with_lake, ctx, t), table=t.name)
+            except LakeMismatchError as e:
+                stopped.append((t.name, e))
     if len(stopped) == 1:
         raise stopped[0][1]
     if stopped:

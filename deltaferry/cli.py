@@ -462,7 +462,7 @@ def verify(
             from deltaferry.agreement import check_lake
             from deltaferry.state import StateStore
 
-            state = StateStore(cfg.name)
+            state = StateStore(cfg.name, read_only=True)
             check_lake(
                 lake, cfg.name, table, state.checkpoint(table), state.pending_plan(table), producer
             )
@@ -516,7 +516,7 @@ def verify(
         log_path = deltaferry_home() / cfg.name / "state.duckdb"
         if not log_path.exists():
             raise ConfigError(f"job '{cfg.name}' has no operations log at {log_path}")
-        n = verify_oplog(StateStore(cfg.name, log_path))
+        n = verify_oplog(StateStore(cfg.name, log_path, read_only=True))
         out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
 
 

@@ -62,7 +62,7 @@ def register(ui: ModuleType) -> None:
 
         cfg = load_job(job, config)
         tables = [cfg.table(table)] if table else list(cfg.tables)
-        state = StateStore(job)
+        state = StateStore(job, read_only=True)
         report = ui._table(
             "table", "key", "field", "check", "reason", "held since", "validated again",
             title=f"quarantine {job}",

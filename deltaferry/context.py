@@ -21,7 +21,7 @@ from deltaferry.config import JobConfig, job_home
 from deltaferry.errors import JobBusyError, TransientError
 from deltaferry.keys import Keyring
 from deltaferry.negotiate import source_version
-from deltaferry.state import StateStore
+from deltaferry.state import StateStore, hold, state_path
 from destinations.lake import LakeStore, open_lake
 
 T = TypeVar("T")
@@ -62,7 +62,13 @@ class SyncContext:
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None
     ) -> T:
-        """Run one step and record it (and its outcome) in the operations log."""
+        """Run one step and record it (and its outcome) in the operations log, on one
+        state connection held for the step (``deltaferry/state.py``): opened at the step's
+        first state call, closed when it ends, so ``status`` can read between steps."""
+        with self.state.hold():
+            return self._step(step, fn, table=table, batch=batch)
+
+    def _step(self, step: str, fn: Callable[[], T], *, table: str | None, batch: int | None) -> T:
         t0 = time.perf_counter()
         attempt = self.attempt()
         try:
@@ -148,10 +154,11 @@ def open_context(
     contracts = {
         t.name: chains[t.name].contract(source_version(job, t, chains[t.name])) for t in job.tables
     }
-    state = StateStore(job.name)
-    lake = open_lake(job.lake, base=job.base_dir)
-    lake.check()
-    rid = run_id or state.start_run()
+    with hold(state_path(job.name)):  # the store's schema and the run's row: one connection
+        state = StateStore(job.name)
+        lake = open_lake(job.lake, base=job.base_dir)
+        lake.check()
+        rid = run_id or state.start_run()
     return SyncContext(
         keyring=Keyring(),
         job=job,

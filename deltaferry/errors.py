@@ -62,3 +62,8 @@ class VerificationError(TerminalError):
 
 class JobBusyError(TerminalError):
     """Another local process is already running this job."""
+
+
+class StateBusyError(DeltaferryError):
+    """Another process held the job's state file longer than an open waits for it (DuckDB
+    lets one process at a time have a file open for writing, and none other meanwhile)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deltaferry.context import SyncContext
+from deltaferry.state import Entry
 
 
 @dataclass
@@ -75,7 +76,9 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     set_aside: list[str] = []  # what the run went on without, one line each
 
     def run() -> str:
-        result = source_module(ctx.job).extract(ctx.job)
+        with ctx.state.released():  # the source's time: status can read meanwhile
+            result = source_module(ctx.job).extract(ctx.job)
+        entries: list[Entry] = []  # written to the operations log at once, in this order
         out.load_ids = list(result.load_ids)
         for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
             done = out.tables[t.name]
@@ -89,12 +92,12 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             out.tables.setdefault(table, TableExtract()).tombstones = tombstones
         for reason in result.retried or []:  # the source client's own retries (HTTP 429/5xx)
             out.retried.append(reason)
-            ctx.state.log(ctx.run_id, "extract", "source-retry", detail=reason[:2000])
+            entries.append(Entry("extract", "source-retry", detail=reason[:2000]))
         for table, reasons in (result.skipped or {}).items():
             # inputs set aside whole (a malformed file): recorded, the rest went on
             out.tables.setdefault(table, TableExtract()).skipped = list(reasons)
             for reason in reasons:
-                ctx.state.log(ctx.run_id, "extract", "skipped", table=table, detail=reason[:2000])
+                entries.append(Entry("extract", "skipped", table=table, detail=reason[:2000]))
                 out.warnings.append(reason)
                 set_aside.append(reason)
         for table, rows in (result.held or {}).items():
@@ -106,17 +109,16 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "
                 f"in quarantine: {'; '.join(reasons)}"
             )
-            ctx.state.log(ctx.run_id, "extract", "held", table=table, detail=line[:2000])
+            entries.append(Entry("extract", "held", table=table, detail=line[:2000]))
             out.warnings.append(line)
             set_aside.append(line)
         for table, notes in (result.duplicates or {}).items():
             # a key read more than once in one read, resolved by the source's rule: recorded
             out.tables.setdefault(table, TableExtract()).duplicates = list(notes)
             for note in notes:
-                ctx.state.log(
-                    ctx.run_id, "extract", "duplicate-key", table=table, detail=note[:2000]
-                )
+                entries.append(Entry("extract", "duplicate-key", table=table, detail=note[:2000]))
                 out.warnings.append(note)
+        ctx.state.log_many(ctx.run_id, entries)
         return (
             f"loads {result.load_ids} rows {result.rows_by_table} "
             f"tombstones {result.tombstones_by_table}"

@@ -229,7 +229,7 @@ def step_durations(job: JobConfig, runs: int) -> list[dict[str, Any]]:
     path = deltaferry_home() / job.name / "state.duckdb"
     if not path.exists():
         return []
-    state = StateStore(job.name, path)
+    state = StateStore(job.name, path, read_only=True)
     with state.connect(read_only=True) as con:
         window = con.execute(WINDOW_SQL, [runs]).fetchall()
         rows = con.execute(

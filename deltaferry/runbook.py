@@ -59,7 +59,7 @@ def _lake_state(lake: LakeStore, job: JobConfig, plan: Plan) -> str:
 def pending_plans(job: JobConfig, tables: list[TableConfig]) -> list[PendingPlan]:
     """The planned, uncommitted batch of each of ``tables`` (none for most), with what the
     lake holds at its batch number. Reads the lake; writes nothing."""
-    state = StateStore(job.name)
+    state = StateStore(job.name, read_only=True)
     lake = open_lake(job.lake, base=job.base_dir)
     lake.check()
     found = []

@@ -117,7 +117,7 @@ def job_status(job: JobConfig, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
         for t in job.tables:
             out["tables"][t.name] = _empty_table()
         return out
-    state = StateStore(job.name, path)
+    state = StateStore(job.name, path, read_only=True)
     with state.connect(read_only=True) as con:
         run = fetch_one(
             con,

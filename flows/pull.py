@@ -1,6 +1,7 @@
 """A reader as a Prefect flow: pull a job's lake into a replica, on a schedule if deployed.
 
-The run's markdown artifact (key ``deltaferry-<job>-pull``) lists what was applied and,
+The run's markdown artifact (key ``deltaferry-<job>-pull``, its text
+``deltaferry/run_report.py:pull_markdown``) lists what was applied and,
 for a job with several producers, the conflicts the replica has recorded: hotspots by
 table, key, producer pair and day, and the newest records with both versions, the
 winner and the rule. ``deltaferry conflicts JOB --replica R`` shows the same.
@@ -15,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from deltaferry.run_report import pull_markdown, pull_summary
 from deltaferry.settings import from_env
 from flows.report import artifact_key
 from flows.sync import _only_transient
@@ -37,35 +39,6 @@ def pull_step(job: str, replica: str, config: str | None) -> list[Any]:
     lake = open_lake(cfg.lake, base=cfg.base_dir)
     lake.check()
     return pull(cfg, lake, Path(replica))
-
-
-def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
-    from deltaferry import duck, merge
-
-    lines = [
-        f"# Pull of job `{job}` into `{replica}`",
-        "",
-        "| table | batches applied | rows applied | replica at |",
-        "|---|---:|---:|---|",
-    ]
-    for r in results:
-        at = (
-            str(r.last_batch)
-            if r.chains is None
-            else " ".join(f"{p}#{b}" for p, b in sorted(r.chains.items()))
-        )
-        lines.append(f"| {r.table} | {r.batches} | {r.rows} | {at} |")
-    stopped = [f"- **{r.table} stopped:** {r.error}" for r in results if r.error]
-    if stopped:
-        lines += ["", *stopped]
-    text = "\n".join(lines) + "\n"
-    if any(r.chains is not None for r in results):
-        con = duck.connect(Path(replica), read_only=True, alias="replica")
-        try:
-            text += "\n" + merge.conflicts_markdown(con, job, level=2)
-        finally:
-            con.close()
-    return text
 
 
 @flow(name="deltaferry-pull", flow_run_name="pull-{job}", log_prints=True)
@@ -96,12 +69,4 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
         get_run_logger().warning("could not write the pull artifact: %s", e)
     if failed is not None:
         raise failed
-    return {
-        r.table: {
-            "batches": r.batches,
-            "rows": r.rows,
-            "chains": r.chains,
-            "overrides": r.overrides,
-        }
-        for r in results
-    }
+    return pull_summary(results)

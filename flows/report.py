@@ -18,6 +18,15 @@ Events, each with the job and table as resource labels and the contract version:
 - ``deltaferry.run.completed``: a run finished without error, whether or not anything
   changed (the batches it published in the payload).
 
+What a run did is reported by the sync flow's state hooks, from the context and summary
+the run handed to :func:`track` (kept by flow run id until a hook takes them):
+:func:`on_completion` renames the run after the batches it published, emits
+``deltaferry.run.completed``, checks the lag and publishes the report; :func:`on_failure`
+emits the failure event, checks the lag and publishes the failure report; :func:`on_end`
+(crashed, cancelled) reports nothing, as a run ended by Ctrl-C or a signal never did. The
+run's row in the state store is finished by ``deltaferry/run.py:recorded`` in the flow,
+not by a hook (Prefect's runner runs cancellation hooks in its own process).
+
 Reporting never fails a run: an artifact or event that cannot be written is logged.
 """
 
@@ -31,8 +40,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from deltaferry.context import SyncContext
-from deltaferry.errors import ContractViolation, TransientError
-from deltaferry.extract import ExtractResult
+from deltaferry.run import RunSummary, failure_event, lags_exceeded, run_name
+from deltaferry.run_report import held_in_run, run_lags, run_markdown
+
+# the runs whose report is still to come, by flow run id (the hooks get the flow run)
+_RUNS: dict[str, tuple[SyncContext, RunSummary]] = {}
 
 
 def artifact_key(job: str, what: str) -> str:
@@ -68,31 +80,10 @@ def emit(ctx: SyncContext, event: str, table: str | None, payload: dict[str, Any
 
 def check_lag(ctx: SyncContext) -> None:
     """``deltaferry.lag.exceeded`` for every table over the job's ``max_lag_seconds``, also
-    written to the operations log. Never fails the run."""
-    limit = ctx.job.max_lag_seconds
-    if not limit:
-        return
+    written to the operations log (``deltaferry/run.py:lags_exceeded``). Never fails the run."""
     try:
-        from deltaferry.status import job_status
-
-        for table, s in job_status(ctx.job, runs=1)["tables"].items():
-            lag = s.get("lag_seconds")
-            if lag is None or lag <= limit:
-                continue
-            basis = s.get("lag_basis")
-            ctx.state.log(
-                ctx.run_id,
-                "lag",
-                "exceeded",
-                table=table,
-                detail=f"lag {lag:.0f} s over max_lag_seconds {limit:g} (since the {basis})",
-            )
-            emit(
-                ctx,
-                "deltaferry.lag.exceeded",
-                table,
-                {"lag_seconds": lag, "max_lag_seconds": limit, "basis": basis},
-            )
+        for table, payload in lags_exceeded(ctx):
+            emit(ctx, "deltaferry.lag.exceeded", table, payload)
     except Exception as e:  # noqa: BLE001 - reporting never fails a run
         get_run_logger().warning("could not check the lag: %s", e)
 
@@ -115,133 +106,96 @@ def emit_retry(job: str, step: str, error: BaseException) -> None:
 
 
 def emit_failure(ctx: SyncContext, error: BaseException, table: str | None) -> None:
-    if isinstance(error, ContractViolation):
-        emit(ctx, "deltaferry.validation.failed", table, {"error": str(error)[:2000]})
-    elif isinstance(error, TransientError):
-        emit(ctx, "deltaferry.retries.exhausted", table, {"error": str(error)[:2000]})
-
-
-def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """(step durations, retries by cause, quarantine by table/field/check/reason) of this run."""
-    with ctx.state.connect(read_only=True) as con:
-        steps = con.execute(
-            "SELECT step, coalesce(tbl, ''), count(*), round(sum(duration_ms)) FROM ops_log "
-            "WHERE run_id = ? AND outcome NOT IN ('info', 'skipped', 'source-retry', 'exceeded') "
-            "GROUP BY ALL ORDER BY min(id)",
-            [ctx.run_id],
-        ).fetchall()
-        retries = con.execute(
-            "SELECT step, outcome, split_part(regexp_replace(detail, '^retry in [0-9.]+s after ', ''), "
-            "':', 1) AS cause, count(*) FROM ops_log "
-            "WHERE run_id = ? AND outcome IN ('retry', 'exhausted', 'source-retry') "
-            "GROUP BY ALL ORDER BY 4 DESC",
-            [ctx.run_id],
-        ).fetchall()
-        held = con.execute(
-            'SELECT tbl, field, "check", reason, count(*) FROM quarantine WHERE run_id = ? '
-            "GROUP BY ALL ORDER BY 5 DESC, 1, 2 LIMIT 200",
-            [ctx.run_id],
-        ).fetchall()
-    return steps, retries, held
+    event = failure_event(error)
+    if event is not None:
+        emit(ctx, event, table, {"error": str(error)[:2000]})
 
 
 def _lags(ctx: SyncContext) -> dict[str, str]:
-    """Per table, the lag as ``deltaferry status`` shows it (since the newest change
-    published, else since the last publish)."""
     try:
-        from deltaferry.status import job_status, lag_text
-
-        return {t: lag_text(s) for t, s in job_status(ctx.job, runs=1)["tables"].items()}
+        return run_lags(ctx)
     except Exception as e:  # noqa: BLE001 - reporting never fails a run
         get_run_logger().warning("could not read the lag: %s", e)
         return {}
 
 
-def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
-    """(table, detail) of this run's operations-log entries with that outcome."""
-    with ctx.state.connect(read_only=True) as con:
-        return con.execute(
-            "SELECT coalesce(tbl, ''), detail FROM ops_log WHERE run_id = ? AND outcome = ? "
-            "ORDER BY id LIMIT 200",
-            [ctx.run_id, outcome],
-        ).fetchall()
-
-
-def _rows_extracted(extracted: ExtractResult | None, table: str) -> int | str:
-    rows = extracted.table(table).rows if extracted is not None else None
-    return "" if rows is None else rows
-
-
 def publish_run_report(
-    ctx: SyncContext, summary: dict[str, Any], error: BaseException | None = None
+    ctx: SyncContext, summary: RunSummary, error: BaseException | None = None
 ) -> None:
-    """The run's markdown artifact and, when rows were held back, its quarantine table."""
+    """The run's markdown artifact (``deltaferry/run_report.py:run_markdown``) and, when rows
+    were held back, its quarantine table."""
     try:
-        steps, retries, held = _run_facts(ctx)
         job = ctx.job.name
-        lines = [
-            f"# deltaferry job `{job}`: {'FAILED' if error else 'ok'}",
-            "",
-            f"trace id `{ctx.trace_id}` (in every manifest of this run) · run id `{ctx.run_id}`",
-        ]
-        if error is not None:
-            lines += ["", f"**Error:** {str(error)[:1500]}"]
-        extracted = summary.get("extracted")  # absent when the run failed before it
-        lines += [
-            "",
-            "| table | rows extracted | batch | rows published | upserts | deletes "
-            "| quarantined | bytes | contract | lag |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
-        ]
-        lags = _lags(ctx)
-        for t in ctx.job.tables:
-            s = summary.get("tables", {}).get(t.name, {})
-            c = ctx.contracts.get(t.name)
-            lines.append(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                    t.name,
-                    _rows_extracted(extracted, t.name),
-                    s.get("batch") or "—",
-                    s.get("rows", 0),
-                    s.get("upserts", 0),
-                    s.get("deletes", 0),
-                    s.get("quarantined", 0),
-                    s.get("bytes", 0),
-                    f"{c.ref} v{c.version}" if c else "",
-                    lags.get(t.name, "-"),
-                )
-            )
-        skipped = _ops(ctx, "skipped")
-        behind = _ops(ctx, "exceeded")
-        if behind:
-            lines += ["", "## Lag over max_lag_seconds", ""]
-            lines += [f"- **{tbl}**: {detail}" for tbl, detail in behind]
-        if skipped:
-            lines += ["", "## Inputs set aside", "", "| table | reason |", "|---|---|"]
-            lines += [f"| {tbl} | {detail} |" for tbl, detail in skipped]
-        if summary.get("recovered"):
-            lines += ["", "Recovered from an earlier run: " + "; ".join(summary["recovered"])]
-        lines += ["", "## Steps", "", "| step | table | attempts | ms |", "|---|---|---:|---:|"]
-        lines += [f"| {s} | {t} | {n} | {ms or 0:.0f} |" for s, t, n, ms in steps]
-        lines += ["", "## Retries by cause", ""]
-        if retries:
-            lines += ["| step | outcome | cause | count |", "|---|---|---|---:|"]
-            lines += [f"| {s} | {o} | {c} | {n} |" for s, o, c, n in retries]
-        else:
-            lines.append("none")
         create_markdown_artifact(
-            markdown="\n".join(lines),
+            markdown=run_markdown(ctx, summary, error, _lags(ctx)),
             key=artifact_key(job, "run"),
             description=f"deltaferry run of job {job}",
         )
+        held = held_in_run(ctx)
         if held:
             create_table_artifact(
-                table=[
-                    {"table": t, "field": f, "check": c, "reason": r, "rows": n}
-                    for t, f, c, r, n in held
-                ],
+                table=held,
                 key=artifact_key(job, "quarantine"),
                 description=f"rows of job {job} held back by their contracts in this run",
             )
     except Exception as e:  # noqa: BLE001 - reporting never fails a run
         get_run_logger().warning("could not write the run report: %s", e)
+
+
+def _name_flow_run(flow_run_id: Any, job: str, published: dict[str, int]) -> None:
+    """Rename the finished run after the batches it published (``sync-shop customers#3
+    orders#4``, or ``sync-shop no change``), so the runs list says what each did."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id, name=run_name(job, published))
+    except Exception as e:  # noqa: BLE001 - names are for people; never fail a run over them
+        get_run_logger().warning("could not rename the flow run: %s", e)
+
+
+def track(flow_run_id: Any, ctx: SyncContext, summary: RunSummary) -> None:
+    """Keep the run's context and summary for the flow's state hooks to report from (not
+    outside a flow run: no hook would take them)."""
+    if flow_run_id:
+        _RUNS[str(flow_run_id)] = (ctx, summary)
+
+
+def _report_ok(flow_run: Any, ctx: SyncContext, summary: RunSummary) -> None:
+    with ctx.state.hold():  # the lag check and the report: one state connection
+        published = summary.published()
+        _name_flow_run(flow_run.id, ctx.job.name, published)
+        emit(ctx, "deltaferry.run.completed", None, {"published": published})
+        check_lag(ctx)
+        publish_run_report(ctx, summary)
+
+
+def on_completion(flow: Any, flow_run: Any, state: Any) -> None:
+    """Hook: the run completed (see the module's docstring)."""
+    run = _RUNS.pop(str(flow_run.id), None)
+    if run is not None:
+        _report_ok(flow_run, *run)
+
+
+def on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Hook: the run failed: its failure event, the lag check and the failure report, once.
+    (A run that ended well and failed in Prefect only afterwards is reported as its row in
+    the state store has it: ok.)"""
+    run = _RUNS.pop(str(flow_run.id), None)
+    if run is None:  # failed before it began (the job lock, the lake): nothing to report
+        return
+    ctx, summary = run
+    error = summary.error
+    if error is None:
+        _report_ok(flow_run, ctx, summary)
+        return
+    with ctx.state.hold():
+        emit_failure(ctx, error, summary.current)
+        check_lag(ctx)  # a failing job falls behind: that is when the lag matters
+        publish_run_report(ctx, summary, error)
+
+
+def on_end(flow: Any, flow_run: Any, state: Any) -> None:
+    """Hook: the run crashed or was cancelled: forget it (nothing is reported; its row in
+    the state says ``failed`` if this process saw it end, else recovery finds it)."""
+    _RUNS.pop(str(flow_run.id), None)

@@ -6,6 +6,12 @@ Retry layers, one per failure class: botocore's standard mode retries single S3
 requests; the Prefect task retries below retry whole steps, only for
 ``TransientError``, with exponential backoff and full jitter. Terminal errors
 (conflicts, contract violations, bad credentials) fail the run at once.
+
+The flow only wires Prefect around plain functions of ``deltaferry/`` (the steps, and
+``deltaferry/run.py`` around them). What a run did is reported by the flow's state hooks
+(``flows/report.py``: renamed run, events, lag check, artifacts) from the context and
+summary the run hands to ``track``; its row in the state store is finished by
+``deltaferry/run.py:recorded``.
 """
 
 from __future__ import annotations
@@ -20,15 +26,15 @@ from prefect.runtime import flow_run, task_run
 from deltaferry.agreement import agree_every_table
 from deltaferry.commit import commit, put_manifest, recover_table, upload_parts
 from deltaferry.config import TableConfig, load_job
-from deltaferry.context import SyncContext, job_lock, open_context
+from deltaferry.context import SyncContext, job_lock
 from deltaferry.delta import Delta
 from deltaferry.errors import TransientError
 from deltaferry.extract import ExtractResult, run_extract
 from deltaferry.failpoints import failpoint
-from deltaferry.plan import plan_negotiated
+from deltaferry.run import open_run, plan_logged, recorded, run_tags, tables_to_recover
 from deltaferry.settings import from_env
 from deltaferry.state import Plan
-from flows.report import check_lag, emit, emit_failure, emit_retry, publish_run_report
+from flows.report import emit, emit_retry, on_completion, on_end, on_failure, track
 
 
 def full_jitter_delays(retries: int, base: float, cap: float = 60.0) -> list[float]:
@@ -113,26 +119,12 @@ def extract_step(ctx: SyncContext) -> ExtractResult:
 @task(name="cut-and-validate", **_TASK)
 def plan_step(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """Cut the delta, validate it against the contract, record the planned batch."""
-    out: list[tuple[Plan, Delta] | None] = []
-
-    def run() -> str:
-        planned = plan_negotiated(ctx, t)
-        out.append(planned)
-        if planned is None:
-            return "no change"
-        plan, delta = planned
-        return (
-            f"batch {plan.batch}: {delta.upserts} upserts, {delta.deletes} deletes, "
-            f"{plan.quarantined} quarantined, seq {plan.seq_start}..{plan.seq_end}"
-        )
-
     try:
-        ctx.step("plan", run, table=t.name)
+        return plan_logged(ctx, t)
     finally:  # the source's columns drifted from the contract: say so loudly, also on freeze
         if t.name in ctx.drift:
             get_run_logger().warning("%s", ctx.drift[t.name])
             emit(ctx, "deltaferry.schema.drift", t.name, {"detail": ctx.drift[t.name]})
-    return out[0]
 
 
 @task(name="upload", **_TASK)
@@ -155,38 +147,15 @@ def checkpoint_step(ctx: SyncContext, plan: Plan) -> None:
     ctx.step("checkpoint", lambda: commit(ctx, plan), table=plan.table, batch=plan.batch)
 
 
-def _needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:
-    """Whether ``recover`` has anything to do: a batch planned but not committed, or no
-    local checkpoint (a first run, or a lost home that may adopt the lake's)."""
-    return ctx.state.pending_plan(t.name) is not None or not ctx.state.checkpoint(t.name).batch
-
-
-def _name_flow_run(job: str, published: dict[str, int]) -> None:
-    """Rename the finished run after the batches it published (``sync-shop customers#3
-    orders#4``, or ``sync-shop no change``), so the runs list says what each did."""
-    run_id = flow_run.id
-    if not run_id:
-        return
-    what = " ".join(f"{t}#{b}" for t, b in published.items()) or "no change"
-    try:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(run_id, name=f"sync-{job} {what}"[:200])
-    except Exception as e:  # noqa: BLE001 - names are for people; never fail a run over them
-        get_run_logger().warning("could not rename the flow run: %s", e)
-
-
 def _tag_flow_run(ctx: SyncContext) -> None:
-    """Tag the flow run with the job, its tables and their contract versions, so operators
-    filter runs by them in the UI. Only the flow run: Prefect checks tag concurrency limits
-    for every tagged task run, a round trip to the API each (about 0.4 s per task here)."""
+    """Tag the flow run with the job, its tables and their contract versions
+    (``deltaferry/run.py:run_tags``), so operators filter runs by them in the UI. Only the
+    flow run: Prefect checks tag concurrency limits for every tagged task run, a round trip
+    to the API each (about 0.4 s per task here)."""
     run_id = flow_run.id
     if not run_id:
         return
-    wanted = {"deltaferry", f"job:{ctx.job.name}"}
-    for t in ctx.job.tables:
-        wanted |= {f"table:{t.name}", f"contract:{t.name}:v{ctx.contracts[t.name].version}"}
+    wanted = run_tags(ctx)
     try:
         from prefect.client.orchestration import get_client
 
@@ -198,66 +167,59 @@ def _tag_flow_run(ctx: SyncContext) -> None:
         get_run_logger().warning("could not tag the flow run: %s", e)
 
 
-@flow(name="deltaferry-sync", flow_run_name="sync-{job}", log_prints=True)
+@flow(
+    name="deltaferry-sync",
+    flow_run_name="sync-{job}",
+    log_prints=True,
+    # what the run did is reported by these, from what the run gave ``track``
+    on_completion=[on_completion],
+    on_failure=[on_failure],
+    on_crashed=[on_end],
+    on_cancellation=[on_end],
+)
 def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     """One sync of ``job``: extract, validate, publish and checkpoint every table."""
     logger = get_run_logger()
     cfg = load_job(job, config)
-    summary: dict[str, Any] = {"job": job, "tables": {}, "recovered": []}
     with job_lock(job):
-        ctx = open_context(cfg, trace_id=str(flow_run.id or "") or None)
+        ctx = open_run(cfg, trace_id=str(flow_run.id or "") or None)
         ctx.attempt = _attempt
         ctx.next_delay = _next_delay(ctx)
         ctx.max_attempts = 1 + from_env().step_retries
-        ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
         _tag_flow_run(ctx)
-        current: str | None = None  # the table being worked on, for failure events
-        try:
+        with recorded(ctx) as summary:
+            track(flow_run.id, ctx, summary)
             _retrying(agree_step, "lake-head", ctx)(ctx)
-            for t in cfg.tables:
-                current = t.name
-                if not _needs_recovery(ctx, t):
-                    continue  # the steady state: no task run (each costs API round trips)
+            for t in tables_to_recover(ctx):  # none in the steady state: no task runs
+                summary.current = t.name
                 done = _retrying(recover, f"recover-{t.name}", ctx)(ctx, t)
                 if done:
                     logger.info("job %s table %s: recovered %s", job, t.name, done)
-                    summary["recovered"].append(f"{t.name}: {done}")
-                    if done.startswith("batch "):  # a batch an interrupted run left is now out
-                        batch = ctx.state.checkpoint(t.name).batch
-                        emit(
-                            ctx,
-                            "deltaferry.batch.published",
-                            t.name,
-                            {"batch": batch, "recovered": True},
-                        )
-            current = None
-            summary["extracted"] = _retrying(extract_step, "extract", ctx)(ctx)
-            summary["skipped"] = list(ctx.skipped)
+                batch = summary.note_recovered(ctx, t, done)
+                if batch is not None:
+                    emit(
+                        ctx,
+                        "deltaferry.batch.published",
+                        t.name,
+                        {"batch": batch, "recovered": True},
+                    )
+            summary.current = None
+            summary.note_extracted(_retrying(extract_step, "extract", ctx)(ctx), ctx.skipped)
             for t in cfg.tables:
-                current = t.name
+                summary.current = t.name
                 planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
                 if planned is None:
-                    summary["tables"][t.name] = {"batch": None}
+                    summary.note_no_change(t.name)
                     continue
                 plan, delta = planned
                 sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(
                     ctx, plan, delta
                 )
-                outcome = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(
-                    ctx, plan
-                )
+                stored = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(ctx, plan)
                 checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
                     ctx, plan
                 )
-                summary["tables"][t.name] = {
-                    "batch": plan.batch,
-                    "rows": plan.rows,
-                    "upserts": delta.upserts,
-                    "deletes": delta.deletes,
-                    "quarantined": plan.quarantined,
-                    "bytes": sent,
-                    "manifest": outcome,
-                }
+                summary.note_published(plan, delta, sent, stored)
                 emit(
                     ctx,
                     "deltaferry.batch.published",
@@ -272,19 +234,4 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
                     plan.rows,
                     plan.quarantined,
                 )
-        except BaseException as e:
-            summary["drift"] = dict(ctx.drift)
-            ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
-            if isinstance(e, Exception):
-                emit_failure(ctx, e, current)
-                check_lag(ctx)  # a failing job falls behind: that is when the lag matters
-                publish_run_report(ctx, summary, e)
-            raise
-        summary["drift"] = dict(ctx.drift)
-        ctx.state.finish_run(ctx.run_id, "ok")
-        published = {t: s["batch"] for t, s in summary["tables"].items() if s.get("batch")}
-        _name_flow_run(job, published)
-        emit(ctx, "deltaferry.run.completed", None, {"published": published})
-        check_lag(ctx)
-        publish_run_report(ctx, summary)
-    return summary
+    return summary.as_dict()

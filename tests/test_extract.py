@@ -3,6 +3,8 @@ reports becomes one typed result per table, the operations log and the run's con
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +24,15 @@ class _State:
 
     def log(self, run_id: str, step: str, outcome: str, **kw: Any) -> None:
         self.logged.append((step, outcome, kw.get("table"), kw.get("detail")))
+
+    def log_many(self, run_id: str, entries: list[Any]) -> None:
+        self.logged += [(e.step, e.outcome, e.table, e.detail) for e in entries]
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:  # one connection for a step: none here
+        yield
+
+    released = hold
 
     def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
         self.held.append((table, len(rows)))

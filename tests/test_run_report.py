@@ -105,14 +105,26 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
 
 
 def test_failed_validation_is_an_event_and_a_failed_report(shop_job, shop):
+    """Reported by the flow's on_failure hook, once: the run's row says failed with the
+    error, one validation event, one failure report."""
+    from deltaferry.state import StateStore
+
     since = datetime.now(timezone.utc)
     shop.round(10, 0, churn=0, invalid=5)  # 50% bad, over the 20% threshold
     with pytest.raises(Exception, match="break contract"):
         shop_job.sync()
     failed = _events("deltaferry.validation.failed", since, bool)
     assert any(e["resource"].get("deltaferry.table") == "customers" for e in failed)
-    md = _artifacts(artifact_key("shop", "run"), since)[0].data
+    reports = _artifacts(artifact_key("shop", "run"), since)
+    md = reports[0].data
     assert "FAILED" in md and "break contract" in md
+    with StateStore("shop").connect(read_only=True) as con:
+        runs = con.execute("SELECT outcome, detail FROM runs").fetchall()
+    assert len(runs) == 1 and runs[0][0] == "failed" and "break contract" in runs[0][1]
+    time.sleep(2)  # a second event would have arrived by now
+    assert len(_events("deltaferry.validation.failed", since, bool)) == 1
+    assert len(reports) == 1
+    assert not _events("deltaferry.run.completed", since, bool, wait=0)
 
 
 def test_a_table_behind_its_max_lag_raises_lag_exceeded(shop_job, shop):

@@ -1,0 +1,202 @@
+"""One run of a job, around its steps: what ``flows/sync.py:sync_job`` does between and
+after the steps, as plain functions (no Prefect here; the flow wires them to tasks, hooks,
+events and artifacts).
+
+- :func:`open_run`: the run's context and its first operations-log entry (the trace id);
+- :func:`tables_to_recover`: the tables the ``recover`` step has work for;
+- :func:`plan_logged`: the plan step with its line in the operations log;
+- :func:`recorded`: the run's row in ``runs``, finished ``ok`` or ``failed`` by the
+  process that ran it, whatever ends it (short of a SIGKILL: recovery's case);
+- :class:`RunSummary`: what the run did, the flow's return value and what its report says;
+- :func:`lags_exceeded`, :func:`failure_event`, :func:`run_tags`, :func:`run_name`: what
+  the run's events, tags and name say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.context import SyncContext, open_context
+from deltaferry.delta import Delta
+from deltaferry.errors import ContractViolation, TransientError
+from deltaferry.extract import ExtractResult
+from deltaferry.plan import plan_negotiated
+from deltaferry.state import Plan, hold, state_path
+
+
+def open_run(job: JobConfig, trace_id: str | None = None) -> SyncContext:
+    """``open_context`` and the run's first operations-log entry, which names its trace
+    id, on one state connection."""
+    with hold(state_path(job.name)):
+        ctx = open_context(job, trace_id=trace_id)
+        ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
+    return ctx
+
+
+def needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:
+    """Whether ``recover`` has anything to do: a batch planned but not committed, or no
+    local checkpoint (a first run, or a lost home that may adopt the lake's)."""
+    return ctx.state.pending_plan(t.name) is not None or not ctx.state.checkpoint(t.name).batch
+
+
+def tables_to_recover(ctx: SyncContext) -> list[TableConfig]:
+    """The job's tables ``needs_recovery`` says yes for, in job order. (Recovering one table
+    changes only that table's rows of the state, so asking for all at once is asking each
+    just before its turn.)"""
+    with ctx.state.hold():
+        return [t for t in ctx.job.tables if needs_recovery(ctx, t)]
+
+
+def plan_logged(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
+    """The plan step (``deltaferry/plan.py:plan_negotiated``) as a ``plan`` step of the
+    operations log, whose line says what was planned (or ``no change``)."""
+    out: list[tuple[Plan, Delta] | None] = []
+
+    def run() -> str:
+        planned = plan_negotiated(ctx, t)
+        out.append(planned)
+        if planned is None:
+            return "no change"
+        plan, delta = planned
+        return (
+            f"batch {plan.batch}: {delta.upserts} upserts, {delta.deletes} deletes, "
+            f"{plan.quarantined} quarantined, seq {plan.seq_start}..{plan.seq_end}"
+        )
+
+    ctx.step("plan", run, table=t.name)
+    return out[0]
+
+
+@dataclass
+class RunSummary:
+    """What one run did, gathered as it goes: per table the batch it published (or None),
+    what recovery finished, what the extract read and set aside, the drift met, and, for
+    the failure event, the table being worked on and the error that ended the run."""
+
+    job: str
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
+    extracted: ExtractResult | None = None  # None: the run ended before the extract did
+    skipped: list[str] | None = None
+    drift: dict[str, str] = field(default_factory=dict)
+    current: str | None = None
+    error: BaseException | None = None
+
+    def note_recovered(self, ctx: SyncContext, t: TableConfig, done: str | None) -> int | None:
+        """Record what ``recover`` did for ``t`` (its line, None: nothing). Returns the
+        batch it published when it finished one an interrupted run left, else None."""
+        if not done:
+            return None
+        self.recovered.append(f"{t.name}: {done}")
+        if done.startswith("batch "):  # a batch an interrupted run left is now out
+            return ctx.state.checkpoint(t.name).batch
+        return None
+
+    def note_extracted(self, extracted: ExtractResult, skipped: list[str]) -> None:
+        self.extracted = extracted
+        self.skipped = list(skipped)
+
+    def note_no_change(self, table: str) -> None:
+        self.tables[table] = {"batch": None}
+
+    def note_published(self, plan: Plan, delta: Delta, sent: int, manifest: str) -> None:
+        """A batch committed: its size, and what the manifest step said (``stored``, or
+        ``already stored (lost acknowledgement)``)."""
+        self.tables[plan.table] = {
+            "batch": plan.batch,
+            "rows": plan.rows,
+            "upserts": delta.upserts,
+            "deletes": delta.deletes,
+            "quarantined": plan.quarantined,
+            "bytes": sent,
+            "manifest": manifest,
+        }
+
+    def published(self) -> dict[str, int]:
+        """``{table: batch}`` of the batches this run published."""
+        return {t: s["batch"] for t, s in self.tables.items() if s.get("batch")}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary the flow returns: job, tables, recovered, extracted, skipped, drift."""
+        out: dict[str, Any] = {"job": self.job, "tables": self.tables, "recovered": self.recovered}
+        if self.extracted is not None:
+            out["extracted"] = self.extracted
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        out["drift"] = self.drift
+        return out
+
+
+@contextmanager
+def recorded(ctx: SyncContext) -> Iterator[RunSummary]:
+    """The block is the run: its row in ``runs`` (made by ``open_context``) is finished
+    ``ok`` when the block ends, ``failed`` with the error when anything leaves it (an
+    exception, Ctrl-C, a termination signal), by the process that ran it: Prefect may run
+    a flow's cancellation hooks in another process (the runner's), so this is no hook. A
+    SIGKILL leaves the row unfinished (``status``: running or killed); the next run's
+    recovery finishes what it left."""
+    summary = RunSummary(ctx.job.name)
+    try:
+        yield summary
+    except BaseException as e:
+        summary.drift = dict(ctx.drift)
+        summary.error = e
+        ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+        raise
+    summary.drift = dict(ctx.drift)
+    ctx.state.finish_run(ctx.run_id, "ok")
+
+
+def lags_exceeded(ctx: SyncContext) -> list[tuple[str, dict[str, Any]]]:
+    """Every table over the job's ``max_lag_seconds`` (lag as ``deltaferry status`` has
+    it), written to the operations log (outcome ``exceeded``): ``(table, payload)`` of the
+    ``deltaferry.lag.exceeded`` event, with the lag, the limit and its basis."""
+    limit = ctx.job.max_lag_seconds
+    if not limit:
+        return []
+    from deltaferry.status import job_status
+
+    out = []
+    for table, s in job_status(ctx.job, runs=1)["tables"].items():
+        lag = s.get("lag_seconds")
+        if lag is None or lag <= limit:
+            continue
+        basis = s.get("lag_basis")
+        ctx.state.log(
+            ctx.run_id,
+            "lag",
+            "exceeded",
+            table=table,
+            detail=f"lag {lag:.0f} s over max_lag_seconds {limit:g} (since the {basis})",
+        )
+        out.append((table, {"lag_seconds": lag, "max_lag_seconds": limit, "basis": basis}))
+    return out
+
+
+def failure_event(error: BaseException) -> str | None:
+    """The event a failed run emits for ``error``, if any: a broken contract and a spent
+    retry budget have their own (the alert automations key on them)."""
+    if isinstance(error, ContractViolation):
+        return "deltaferry.validation.failed"
+    if isinstance(error, TransientError):
+        return "deltaferry.retries.exhausted"
+    return None
+
+
+def run_tags(ctx: SyncContext) -> set[str]:
+    """The run's tags: deltaferry, the job, its tables and their contract versions."""
+    tags = {"deltaferry", f"job:{ctx.job.name}"}
+    for t in ctx.job.tables:
+        tags |= {f"table:{t.name}", f"contract:{t.name}:v{ctx.contracts[t.name].version}"}
+    return tags
+
+
+def run_name(job: str, published: dict[str, int]) -> str:
+    """A finished run's name after what it published: ``sync-shop customers#3 orders#4``,
+    or ``sync-shop no change``."""
+    what = " ".join(f"{t}#{b}" for t, b in published.items()) or "no change"
+    return f"sync-{job} {what}"[:200]

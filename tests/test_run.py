@@ -1,0 +1,104 @@
+"""``deltaferry/run.py`` without Prefect: the run's row in the state store, its summary,
+and what its events, tags and name say (the sync flow wires these to tasks and hooks)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from deltaferry.errors import ContractViolation, SchemaDrift, TerminalError, TransientError
+from deltaferry.run import RunSummary, failure_event, recorded, run_name, run_tags
+from deltaferry.state import Plan, StateStore
+
+
+def _ctx(drift: dict[str, str] | None = None) -> Any:
+    state = StateStore("shop")
+    return SimpleNamespace(
+        job=SimpleNamespace(name="shop"), state=state, run_id=state.start_run(), drift=drift or {}
+    )
+
+
+def _row(ctx: Any) -> tuple:
+    with ctx.state.connect(read_only=True) as con:
+        return con.execute(
+            "SELECT outcome, detail, finished_at IS NOT NULL FROM runs WHERE run_id = ?",
+            [ctx.run_id],
+        ).fetchone()
+
+
+def test_a_run_that_ends_well_is_ok_with_its_drift(home):
+    ctx = _ctx({"customers": "column 'x' added"})
+    with recorded(ctx) as summary:
+        summary.note_no_change("customers")
+    assert _row(ctx) == ("ok", None, True)
+    assert summary.error is None and summary.drift == {"customers": "column 'x' added"}
+
+
+@pytest.mark.parametrize("error", [ContractViolation("3 rows break contract"), KeyboardInterrupt()])
+def test_whatever_ends_a_run_finishes_it_failed_once(home, error):
+    ctx = _ctx()
+    with pytest.raises(type(error)), recorded(ctx) as summary:
+        summary.current = "orders"
+        raise error
+    outcome, detail, finished = _row(ctx)
+    assert (outcome, finished) == ("failed", True)
+    assert detail == f"{type(error).__name__}: {error}"
+    assert summary.error is error and summary.current == "orders"
+
+
+def test_the_summary_is_what_the_flow_returns():
+    summary = RunSummary("shop")
+    assert summary.as_dict() == {"job": "shop", "tables": {}, "recovered": [], "drift": {}}
+    plan = Plan("customers", 3, ["1.0"], 41, 45, 5, 1, b"{}", "0" * 64, 10)
+    delta: Any = SimpleNamespace(upserts=4, deletes=1)
+    summary.note_published(plan, delta, 2048, "stored")
+    summary.note_no_change("orders")
+    extracted: Any = SimpleNamespace()
+    summary.note_extracted(extracted, ["file a.csv set aside"])
+    assert summary.published() == {"customers": 3}
+    out = summary.as_dict()
+    assert list(out) == ["job", "tables", "recovered", "extracted", "skipped", "drift"]
+    assert out["tables"] == {
+        "customers": {
+            "batch": 3,
+            "rows": 5,
+            "upserts": 4,
+            "deletes": 1,
+            "quarantined": 1,
+            "bytes": 2048,
+            "manifest": "stored",
+        },
+        "orders": {"batch": None},
+    }
+    assert out["extracted"] is extracted and out["skipped"] == ["file a.csv set aside"]
+
+
+def test_recovery_lines_and_the_batch_a_recovery_published(home):
+    ctx = _ctx()
+    t: Any = SimpleNamespace(name="customers")
+    summary = RunSummary("shop")
+    assert summary.note_recovered(ctx, t, None) is None and summary.recovered == []
+    assert summary.note_recovered(ctx, t, "adopted batch 2 from the lake") is None
+    plan = Plan("customers", 1, ["1.0"], 1, 5, 5, 0, b"{}", "0" * 64, 10)
+    ctx.state.record_plan(plan, ctx.run_id, [])
+    ctx.state.commit_checkpoint(plan)
+    assert summary.note_recovered(ctx, t, "batch 1: manifest stored, checkpoint") == 1
+    assert summary.recovered == [
+        "customers: adopted batch 2 from the lake",
+        "customers: batch 1: manifest stored, checkpoint",
+    ]
+
+
+def test_events_tags_and_names():
+    assert failure_event(SchemaDrift("drifted")) == "deltaferry.validation.failed"
+    assert failure_event(TransientError("reset")) == "deltaferry.retries.exhausted"
+    assert failure_event(TerminalError("conflict")) is None
+    assert run_name("shop", {"customers": 3, "orders": 4}) == "sync-shop customers#3 orders#4"
+    assert run_name("shop", {}) == "sync-shop no change"
+    ctx: Any = SimpleNamespace(
+        job=SimpleNamespace(name="shop", tables=[SimpleNamespace(name="customers")]),
+        contracts={"customers": SimpleNamespace(version=2)},
+    )
+    assert run_tags(ctx) == {"deltaferry", "job:shop", "table:customers", "contract:customers:v2"}
