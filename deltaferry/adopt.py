@@ -23,7 +23,7 @@ from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.duck import ident
 from deltaferry.errors import ConflictError
-from deltaferry.merge import REPLICA_COLUMNS
+from deltaferry.merge_tables import REPLICA_COLUMNS
 from deltaferry.replica import pull
 from deltaferry.state import Plan
 from deltaferry.verify import list_batches

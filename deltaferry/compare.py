@@ -141,7 +141,7 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
 def _empty_like(con: Any, t: TableConfig, has_replica: bool) -> pa.Table:
     """No source rows, with the replica's columns and types (else the key and the
     soft-delete column as text), so an empty source table compares with its replica."""
-    from deltaferry.merge import REPLICA_COLUMNS
+    from deltaferry.merge_tables import REPLICA_COLUMNS
 
     if has_replica:
         empty = con.execute(f"SELECT * FROM {ident(t.name)} LIMIT 0").to_arrow_table()

@@ -40,7 +40,7 @@ def pull_step(job: str, replica: str, config: str | None) -> list[Any]:
 
 
 def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
-    from deltaferry import duck, merge
+    from deltaferry import conflicts, duck
 
     lines = [
         f"# Pull of job `{job}` into `{replica}`",
@@ -62,7 +62,7 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
     if any(r.chains is not None for r in results):
         con = duck.connect(Path(replica), read_only=True, alias="replica")
         try:
-            text += "\n" + merge.conflicts_markdown(con, job, level=2)
+            text += "\n" + conflicts.conflicts_markdown(con, job, level=2)
         finally:
             con.close()
     return text
