@@ -225,7 +225,8 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     delete modes a key missing from the re-extract proves nothing (an archived file, an API
     that only returns recent records, a table whose deletes are not tracked): nothing is
     tombstoned."""
-    from sources.staging import pipeline_for, stage_tombstones
+    from sources.load import stage_tombstones
+    from sources.pipeline import pipeline_for
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists():

@@ -28,8 +28,18 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import ConfigError, TerminalError, TransientError
 from deltaferry.settings import from_env
+from sources.change_detection import ChangedByKey, ChangedRows
 from sources.integrity import KeyCheck
+from sources.load import (
+    DEDUPLICATED,
+    ExtractResult,
+    find_cause,
+    load_failure,
+    row_counts,
+    stage_tombstones,
+)
 from sources.names import check_columns
+from sources.pipeline import pipeline_for, staging_naming
 from sources.sql_database.settings import (
     DELETED_COLUMN,
     LOAD_ID_COLUMN,
@@ -52,23 +62,8 @@ from sources.sql_database.window import (
     text_time_columns,
     window,
 )
-from sources.staging import (
-    DEDUPLICATED,
-    ChangedByKey,
-    ChangedRows,
-    ExtractResult,
-    Variants,
-    find_cause,
-    load_failure,
-    pipeline_for,
-    read_staging,
-    row_counts,
-    stage_tombstones,
-    staged_columns,
-    staged_table_exists,
-    staging_naming,
-    staging_path,
-)
+from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
+from sources.variants import Variants
 
 
 def _adapt_table(
