@@ -19,8 +19,9 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_one, fetch_row, ident
 from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
-from sources.sql_database import engine_for, staging_path
+from sources.sql_database.connection import engine_for
 from sources.sql_database.types import job_scope, sql_table
+from sources.staging import staging_path
 
 
 @dataclass
