@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from deltaferry import duck, merge  # noqa: E402
+from deltaferry import duck, merge, merge_tables  # noqa: E402
 from deltaferry.replica import _META, _apply  # noqa: E402
 
 
@@ -66,8 +66,8 @@ def one(n: int, k: int, workdir: Path) -> dict[str, float]:
     single.close()
 
     multi = duck.connect(workdir / f"multi-{n}.duckdb")
-    multi.execute(merge.META)
-    shape = merge.TableShape("bench", "events", ["id"])
+    multi.execute(merge_tables.META)
+    shape = merge_tables.TableShape("bench", "events", ["id"])
     t0 = time.perf_counter()
     merge.apply_batch(multi, shape, "north", 1, 1000, base)
     out["multi initial"] = time.perf_counter() - t0

@@ -72,7 +72,7 @@ def _step_times(job: str) -> dict[str, float]:
 def _dlt_step_times(job: str, config: str) -> dict[str, float]:
     """Seconds per dlt step (extract, normalize, load) of the job's last dlt run."""
     from deltaferry.config import load_job
-    from sources.sql_database import pipeline_for
+    from sources.pipeline import pipeline_for
 
     pipeline, borrowed = pipeline_for(load_job(job, config))
     trace = pipeline.last_trace

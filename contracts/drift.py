@@ -3,7 +3,7 @@
 dlt evolves its staging schema as the source changes: a new source column becomes a
 new staged column, and a value whose type changed goes to a *variant* column
 ``<column>▶v_<type>`` (``<column>__v_<type>`` in a staging made under dlt's
-snake_case names) beside the original (for Arrow sources ``sources.staging.Variants``
+snake_case names) beside the original (for Arrow sources ``sources.variants.Variants``
 does what dlt's normalizer does for rows). dlt never drops a staged column, so drift is
 judged on the rows being cut (the new loads, and held rows due for re-validation):
 
@@ -49,7 +49,7 @@ from deltaferry.duck import fetch_row, ident
 POLICIES = ("freeze", "quarantine", "evolve")
 # dlt names a variant column <column><path separator>v_<type>: "__" under the snake_case
 # naming of older stagings, "▶" under the direct naming that keeps source names exactly
-_VARIANT = re.compile(r"^(?P<base>.+)(?:__|▶)v_(?P<type>[a-z0-9_]+)$")
+VARIANT = re.compile(r"^(?P<base>.+)(?:__|▶)v_(?P<type>[a-z0-9_]+)$")
 
 
 @dataclass
@@ -124,7 +124,7 @@ def detect(
     for column, typ in staged.items():
         if column in known or column in internal or column.startswith("_dlt"):
             continue
-        m = _VARIANT.match(column)
+        m = VARIANT.match(column)
         if m and m.group("base") in known:
             drift.retyped[column] = (m.group("base"), m.group("type"))
         elif contract.schema.strict is True:

@@ -23,7 +23,7 @@ from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.duck import ident
 from deltaferry.errors import ConflictError
-from deltaferry.merge import REPLICA_COLUMNS
+from deltaferry.merge_tables import REPLICA_COLUMNS
 from deltaferry.replica import pull
 from deltaferry.state import Plan
 from deltaferry.verify import list_batches
@@ -225,7 +225,8 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     delete modes a key missing from the re-extract proves nothing (an archived file, an API
     that only returns recent records, a table whose deletes are not tracked): nothing is
     tombstoned."""
-    from sources.staging import pipeline_for, stage_tombstones
+    from sources.load import stage_tombstones
+    from sources.pipeline import pipeline_for
 
     path = baseline_path(ctx.job.name, t.name)
     if not path.exists():

@@ -43,8 +43,15 @@ def register(ui: ModuleType) -> None:
     @ui.one_line_errors
     def show(job: str, replica: str, table: str | None, limit: int, config: str | None) -> None:
         """List the conflicts a replica recorded (newest first) and where they concentrate."""
-        from deltaferry import duck, merge
+        from deltaferry import duck
         from deltaferry.config import load_job
+        from deltaferry.conflicts import (
+            conflict_rows,
+            has_conflict_table,
+            hotspots,
+            newest,
+            version_text,
+        )
         from deltaferry.errors import ConfigError
 
         cfg = load_job(job, config)
@@ -55,13 +62,13 @@ def register(ui: ModuleType) -> None:
             raise ConfigError(f"job '{job}': replica {path} does not exist; run `deltaferry pull`")
         con = duck.connect(path, read_only=True, alias="replica")
         try:
-            if not merge.has_conflict_table(con):
+            if not has_conflict_table(con):
                 raise ConfigError(
                     f"job '{job}': replica {path} holds no merged chains (is multi_producer "
                     "set, and has `deltaferry pull` run?)"
                 )
-            rows = merge.conflict_rows(con, job, table)
-            spots = merge.hotspots(con, job, limit)
+            rows = conflict_rows(con, job, table)
+            spots = hotspots(con, job, limit)
         finally:
             con.close()
         report = ui._table(
@@ -69,12 +76,12 @@ def register(ui: ModuleType) -> None:
         )
         from deltaferry import hlc
 
-        for r in merge.newest(rows, limit):
+        for r in newest(rows, limit):
             report.add_row(
                 r[0],
                 r[1],
-                merge.version_text(r[2], r[3], r[5], r[6]),
-                merge.version_text(r[7], r[8], r[10], r[11]),
+                version_text(r[2], r[3], r[5], r[6]),
+                version_text(r[7], r[8], r[10], r[11]),
                 r[12],
                 hlc.describe(r[14]),
             )
@@ -131,7 +138,7 @@ def register(ui: ModuleType) -> None:
             raise ConfigError(
                 f"{where}: give exactly one of --producer, --value, --delete, --remove"
             )
-        from deltaferry.merge import key_text
+        from deltaferry.merge_tables import key_text
 
         try:
             stored_key = key_text(list(t.primary_key), key)

@@ -19,8 +19,9 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_one, fetch_row, ident
 from sources.columns import LOAD_ID_COLUMN, STAGING_DATASET
-from sources.sql_database import engine_for, staging_path
+from sources.sql_database.connection import engine_for
 from sources.sql_database.types import job_scope, sql_table
+from sources.staging import staging_path
 
 
 @dataclass
@@ -141,7 +142,7 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
 def _empty_like(con: Any, t: TableConfig, has_replica: bool) -> pa.Table:
     """No source rows, with the replica's columns and types (else the key and the
     soft-delete column as text), so an empty source table compares with its replica."""
-    from deltaferry.merge import REPLICA_COLUMNS
+    from deltaferry.merge_tables import REPLICA_COLUMNS
 
     if has_replica:
         empty = con.execute(f"SELECT * FROM {ident(t.name)} LIMIT 0").to_arrow_table()

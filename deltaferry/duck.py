@@ -61,6 +61,12 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """``text`` as a SQL string literal: ``it's`` -> ``'it''s'`` (embedded quotes doubled).
+    For SQL text that cannot take a parameter (DDL, ``ATTACH``, a view's text)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _in_current(table: str, schema: str | None) -> tuple[str, list[str]]:
     """The ``information_schema`` condition (and its parameters) selecting ``table`` of
     the current database, in ``schema`` or any schema."""
@@ -155,10 +161,10 @@ def connect(
     try:
         con.execute(f"LOAD '{_httpfs_path()}'")
         con.execute("SET temp_file_encryption = true")
-        quoted = str(path).replace("'", "''")
-        secret = key.replace("'", "''")
         mode = ", READ_ONLY" if read_only else ""
-        con.execute(f"ATTACH '{quoted}' AS {alias} (ENCRYPTION_KEY '{secret}'{mode})")
+        con.execute(
+            f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})"
+        )
         con.execute(f"USE {alias}")
     except duckdb.Error as e:
         con.close()

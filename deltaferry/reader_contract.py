@@ -19,8 +19,8 @@ import duckdb
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import duck_type, fetch_one, ident
+from deltaferry.held import record_held
 from deltaferry.keys import Keyring
-from deltaferry.merge import record_held
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
 
@@ -44,7 +44,7 @@ def hold_reader_contract(
 
     Memory: the table's stored rows, once, when the contract changes."""
     from contracts import MigrationError
-    from deltaferry.merge import REPLICA_COLUMNS
+    from deltaferry.merge_tables import REPLICA_COLUMNS
     from deltaferry.readers import ContractChangeRefused
 
     now = chain.contract()
@@ -145,7 +145,7 @@ def reread_held(
     stops only on a batch that no longer verifies or a fingerprint mismatch. Memory: one
     batch at a time; cost: the batches from the first held one on, once per contract
     change."""
-    from deltaferry import merge
+    from deltaferry import merge, merge_tables
     from deltaferry.replica import admit_files, merge_into  # replica imports this module
 
     own = (reading.contract.ref, reading.contract.fingerprint)
@@ -160,11 +160,11 @@ def reread_held(
     note = f"read again under {reading.contract.ref} (v{reading.known})"
     where = f"job '{job.name}' table '{t.name}'"
     before, still = sum(r[2] for r in held), 0
-    merge.keys_in_utc(con)
+    merge_tables.keys_in_utc(con)
     con.execute("BEGIN TRANSACTION")
     try:
         if job.multi_producer:
-            shape = merge.TableShape(job.name, t.name, list(t.primary_key))
+            shape = merge_tables.TableShape(job.name, t.name, list(t.primary_key))
             for producer, batch, n in held:
                 applied = {
                     b: (sha, hlc)

@@ -20,8 +20,8 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import duck_type, fetch_one, ident
 from deltaferry.errors import DeltaferryError, TerminalError
+from deltaferry.held import HELD_META, record_held
 from deltaferry.keys import Keyring
-from deltaferry.merge import HELD_META, record_held
 from deltaferry.reader_contract import hold_reader_contract, reread_held
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
@@ -281,13 +281,13 @@ def _pull_merged(
     """Apply every producer chain's new batches, then new override entries, counting them in
     ``result`` as they are applied. Chains the replica holds but the lake lacks are checked
     too (a lost chain is a lost tip)."""
-    from deltaferry import merge
+    from deltaferry import merge, merge_tables
     from deltaferry.overrides import read_overrides
     from deltaferry.verify import producers
 
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
     every_producer = only is None
-    shape = merge.TableShape(job.name, t.name, list(t.primary_key))
+    shape = merge_tables.TableShape(job.name, t.name, list(t.primary_key))
     result.chains = chains = {}
     if only is None:
         known = [

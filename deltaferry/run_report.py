@@ -138,7 +138,7 @@ def run_markdown(
 def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
     """A pull's report: per table the batches and rows applied and where the replica is
     now, the tables that stopped and why, and (several producers) the conflicts."""
-    from deltaferry import duck, merge
+    from deltaferry import conflicts, duck
 
     lines = [
         f"# Pull of job `{job}` into `{replica}`",
@@ -160,7 +160,7 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
     if any(r.chains is not None for r in results):
         con = duck.connect(Path(replica), read_only=True, alias="replica")
         try:
-            text += "\n" + merge.conflicts_markdown(con, job, level=2)
+            text += "\n" + conflicts.conflicts_markdown(con, job, level=2)
         finally:
             con.close()
     return text

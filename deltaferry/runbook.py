@@ -121,7 +121,8 @@ def _drop_staged(job: JobConfig, t: TableConfig) -> list[str]:
     Returns the staged tables dropped."""
     from dlt.pipeline.helpers import pipeline_drop
 
-    from sources.staging import pipeline_for, staging_path
+    from sources.pipeline import pipeline_for
+    from sources.staging import staging_path
 
     if not staging_path(job.name).exists():
         return []

@@ -4,7 +4,7 @@ Writes, under the project root:
 
 - ``sources/<name>/__init__.py``: the source; ``read_records`` is the one function to
   replace (it starts out reading ``<url>/<table>.jsonl``); staging, the cursor, only
-  changed records and error classes come from ``sources.staging.extract_records``;
+  changed records and error classes come from ``sources.load.extract_records``;
 - ``sources/<name>/settings.py`` and ``README.md``;
 - ``sources/<name>/sample/<table>.jsonl``: sample records (``--sample`` converted, or an
   example), so the job runs at once;
@@ -43,7 +43,7 @@ SOURCE_INIT = '''"""{name}: a deltaferry source kind (scaffolded by `deltaferry 
 
 Replace ``read_records`` with calls to your system. Everything else (dlt's cursor state,
 committed with each load; staging; staging only records that changed; retrying network
-errors) is done by ``sources.staging.extract_records``.
+errors) is done by ``sources.load.extract_records``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Any, Iterator
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError
-from sources.staging import ExtractResult, extract_records
+from sources.load import ExtractResult, extract_records
 
 
 def read_records(job: JobConfig, table: TableConfig, since: Any) -> Iterator[dict[str, Any]]:

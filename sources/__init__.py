@@ -9,7 +9,7 @@ A source kind is a package ``sources/<kind>/`` (the jobs file's ``source = "<kin
 - ``__init__.py``: ``preflight_source(job)``, which checks that the source answers and
   has every table (``ConfigError`` to fix, ``TransientError`` to retry), and
   ``extract(job) -> ExtractResult``, one incremental dlt load of every table into
-  staging (see ``sources.staging``).
+  staging (see ``sources.load``).
 
 ``deltaferry new-source NAME`` writes a new one from a template.
 """

@@ -1,5 +1,5 @@
-"""Source names as staging keeps them: which dlt naming convention a job's staging uses,
-and the check that refuses a source column name staging would not keep exactly.
+"""Source names as staging keeps them: dlt's naming conventions, and the check that refuses
+a source column name staging would not keep exactly.
 
 New stagings use dlt's ``direct`` convention: table and column names are staged exactly
 as the source has them (case, spaces, dots, non-ASCII letters, leading digits, SQL
@@ -8,16 +8,15 @@ separator) and leading or trailing spaces. Those are refused, as are names that 
 only in case from another column of the table (DuckDB, for staging and the replica, is
 case-insensitive) and names deltaferry uses itself (``_dlt_*``, ``_df_*``).
 
-dlt records the convention with the staged schema (``raw._dlt_version``) and refuses to
-change it once a table has data. A job staged before names were kept exactly keeps
-dlt's ``snake_case`` (``userId`` would become ``user_id``); such a job refuses any
-source name that ``snake_case`` would change, naming the fix, instead of renaming it.
+dlt records the convention with the staged schema (``raw._dlt_version``; read back by
+``sources.pipeline.staging_naming``) and refuses to change it once a table has data. A
+job staged before names were kept exactly keeps dlt's ``snake_case`` (``userId`` would
+become ``user_id``); such a job refuses any source name that ``snake_case`` would change,
+naming the fix, instead of renaming it.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Iterable
 
 #: the convention of a new staging: names are kept exactly
@@ -32,44 +31,6 @@ def naming(convention: str) -> Any:
 
     module = importlib.import_module(f"dlt.common.normalizers.naming.{convention}")
     return module.NamingConvention()
-
-
-def recorded_naming(
-    staging: Path, borrowed: Any = None, pipeline_dir: Path | None = None
-) -> str | None:
-    """The naming convention dlt recorded for a job's staging: in the newest staged schema
-    version (``raw._dlt_version``), else in the pipeline's local schema (the staging file
-    was removed, dlt's working dir kept); None for a job that has staged nothing."""
-    from sources.columns import STAGING_DATASET
-
-    if staging.exists():
-        from sources.staging import read_staging, staged_table_exists
-
-        con = read_staging(staging, borrowed)
-        try:
-            if staged_table_exists(con, "_dlt_version"):
-                row = con.execute(
-                    f"SELECT schema FROM {STAGING_DATASET}._dlt_version"
-                    " ORDER BY inserted_at DESC LIMIT 1"
-                ).fetchone()
-                if row:
-                    names = (json.loads(row[0]).get("normalizers") or {}).get("names")
-                    return str(names or LEGACY)
-        finally:
-            con.close()
-    if pipeline_dir is not None and (pipeline_dir / "schemas").is_dir():
-        for path in sorted((pipeline_dir / "schemas").glob("*.schema.json")):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            seen = any(
-                not n.startswith("_dlt") and t.get("x-normalizer", {}).get("seen-data")
-                for n, t in (doc.get("tables") or {}).items()
-            )
-            if seen:
-                return str((doc.get("normalizers") or {}).get("names") or LEGACY)
-    return None
 
 
 def _reserved(name: str) -> bool:

@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deltaferry import duck, hlc, merge
+from deltaferry import duck, hlc, merge, merge_tables
+from deltaferry.conflicts import conflict_rows, conflicts_markdown, newest
 
 PRODUCERS = ["north", "south", "west"]
-SHAPE = merge.TableShape("shop", "items", ["id"])
+SHAPE = merge_tables.TableShape("shop", "items", ["id"])
 
 
 def _batch(rows: list[tuple[int, str, str | None]], seq0: int) -> pa.Table:
@@ -84,7 +85,7 @@ def histories(draw, with_seen: bool = False):  # noqa: ANN001, ANN201
 
 def _apply_all(items: list) -> tuple[list, list]:  # noqa: ANN001
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
     for item in items:
         if item[0] == "batch":
             _, p, b, stamp, rows, seq, *seen = item
@@ -97,7 +98,7 @@ def _apply_all(items: list) -> tuple[list, list]:  # noqa: ANN001
         if duck.table_exists(con, "items")
         else []
     )
-    conflicts = merge.conflict_rows(con, "shop")
+    conflicts = conflict_rows(con, "shop")
     con.close()
     return table, conflicts
 
@@ -229,19 +230,19 @@ def test_conflicts_order_by_full_logical_time_counter_included() -> None:
     # three concurrent edits in one millisecond, told apart only by the counter; the
     # key order (1, 2, 3) is not the logical order
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
     for b, (key, counter) in enumerate(((3, 1), (1, 2), (2, 3)), 1):
         north = _batch([(key, "upsert", "n")], b)
         merge.apply_batch(con, SHAPE, "north", b, hlc.pack(ms - 10, b), north)
         south = _batch([(key, "upsert", "s")], b)
         merge.apply_batch(con, SHAPE, "south", b, hlc.pack(ms, counter), south)
-    rows = merge.conflict_rows(con, "shop")
+    rows = conflict_rows(con, "shop")
     assert len({r[13] for r in rows}) == 1  # the same wall-clock millisecond
-    assert [r[1] for r in merge.newest(rows, 10)] == ["2", "1", "3"]  # counters 3, 2, 1
-    assert [r[14] for r in merge.newest(rows, 2)] == [hlc.pack(ms, 3), hlc.pack(ms, 2)]
-    text = merge.conflicts_markdown(con, "shop")
-    newest = text.split("## Newest records")[1]
-    at = [newest.index(f"| items | {k} |") for k in ("2", "1", "3")]
+    assert [r[1] for r in newest(rows, 10)] == ["2", "1", "3"]  # counters 3, 2, 1
+    assert [r[14] for r in newest(rows, 2)] == [hlc.pack(ms, 3), hlc.pack(ms, 2)]
+    text = conflicts_markdown(con, "shop")
+    shown = text.split("## Newest records")[1]
+    at = [shown.index(f"| items | {k} |") for k in ("2", "1", "3")]
     assert at == sorted(at)
 
 
@@ -281,7 +282,7 @@ def test_equal_logical_times_are_decided_by_producer_id() -> None:
 
 def test_an_override_wins_over_later_changes_until_removed() -> None:
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
 
     def name() -> str:
         return con.execute("SELECT name, _producer FROM items WHERE id = 1").fetchone()
@@ -295,16 +296,16 @@ def test_an_override_wins_over_later_changes_until_removed() -> None:
     assert name() == ("n1", "north")  # a later automatic resolution does not undo it
     merge.apply_batch(con, SHAPE, "north", 2, 30, _batch([(1, "upsert", "n2")], 2))
     assert name() == ("n2", "north")  # pinned to the producer: its newest version
-    rules = [r[12] for r in merge.conflict_rows(con, "shop")]
+    rules = [r[12] for r in conflict_rows(con, "shop")]
     assert "manual override #1" in rules
     merge.apply_override(con, SHAPE, {"n": 2, "key": "1", "action": "remove"})
     assert name() == ("s2", "south")
-    assert "manual override #1" not in [r[12] for r in merge.conflict_rows(con, "shop")]
+    assert "manual override #1" not in [r[12] for r in conflict_rows(con, "shop")]
 
 
 def test_batches_that_do_not_touch_a_key_never_change_its_winner() -> None:
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
     merge.apply_batch(con, SHAPE, "north", 1, 50, _batch([(1, "upsert", "n")], 1))
     merge.apply_batch(con, SHAPE, "south", 1, 40, _batch([(1, "upsert", "s")], 1))
     before = con.execute("SELECT * FROM items WHERE id = 1").fetchall()
@@ -332,25 +333,25 @@ def test_key_text_is_what_people_type(composite: bool) -> None:
     pk = ["region", "id"] if composite else ["id"]
     data = pa.table({"region": ["eu"], "id": [7]})
     con.register("t", data)
-    stored = con.execute(f"SELECT {merge.key_expr(pk)} FROM t").fetchone()[0]
-    assert stored == merge.key_text(pk, "eu,7" if composite else "7")
+    stored = con.execute(f"SELECT {merge_tables.key_expr(pk)} FROM t").fetchone()[0]
+    assert stored == merge_tables.key_text(pk, "eu,7" if composite else "7")
     if composite:
-        assert stored == merge.key_text(pk, '["eu", 7]') == '["eu","7"]'
+        assert stored == merge_tables.key_text(pk, '["eu", 7]') == '["eu","7"]'
         with pytest.raises(ValueError, match="the key has 2 columns"):
-            merge.key_text(pk, "eu")
+            merge_tables.key_text(pk, "eu")
 
 
-def _run(shape: merge.TableShape, batches: list) -> tuple[list, list]:  # noqa: ANN001
+def _run(shape: merge_tables.TableShape, batches: list) -> tuple[list, list]:  # noqa: ANN001
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
     for producer, batch, stamp, data in batches:
         merge.apply_batch(con, shape, producer, batch, stamp, data)
     table = con.execute(f'SELECT * FROM "{shape.table}" ORDER BY ALL').fetchall()
-    return table, merge.conflict_rows(con, shape.job)
+    return table, conflict_rows(con, shape.job)
 
 
 def test_composite_keys_holding_commas_stay_apart() -> None:
-    shape = merge.TableShape("shop", "winners", ["a", "b"])  # a user table may be named so
+    shape = merge_tables.TableShape("shop", "winners", ["a", "b"])  # a user table may be named so
 
     def data(a: str, b: str, name: str) -> pa.Table:
         return pa.table({"a": [a], "b": [b], "name": [name], "_op": ["upsert"], "_seq": [1]})
@@ -370,7 +371,7 @@ def test_a_column_added_later_gives_the_same_records_in_any_order() -> None:
     results = []
     for order in ([("b", old), ("o", pin), ("b2", new)], [("b2", new), ("b", old), ("o", pin)]):
         con = duckdb.connect()
-        con.execute(merge.META)
+        con.execute(merge_tables.META)
         for kind, item in order:
             if kind == "o":
                 merge.apply_override(con, SHAPE, item)
@@ -381,7 +382,7 @@ def test_a_column_added_later_gives_the_same_records_in_any_order() -> None:
         results.append(
             (
                 con.execute("SELECT id, name, colour FROM items ORDER BY id").fetchall(),
-                merge.conflict_rows(con, "shop"),
+                conflict_rows(con, "shop"),
             )
         )
     assert results[0] == results[1]
@@ -471,7 +472,7 @@ def _replica(replica) -> dict[int, tuple[str, str]]:  # noqa: ANN001
 def _conflicts(replica) -> list:  # noqa: ANN001
     con = duckdb.connect(str(replica), read_only=True)
     try:
-        return merge.conflict_rows(con, "shop")
+        return conflict_rows(con, "shop")
     finally:
         con.close()
 
@@ -734,7 +735,7 @@ def test_a_producer_killed_mid_batch_and_then_losing_its_home_recovers_its_own_c
 def test_timestamp_keys_are_the_same_text_on_hosts_in_any_time_zone() -> None:
     from datetime import datetime, timezone
 
-    shape = merge.TableShape("shop", "ticks", ["at"])
+    shape = merge_tables.TableShape("shop", "ticks", ["at"])
     at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
     def data(name: str) -> pa.Table:
@@ -747,7 +748,7 @@ def test_timestamp_keys_are_the_same_text_on_hosts_in_any_time_zone() -> None:
     for zone in ("UTC", "Asia/Tokyo"):
         con = duckdb.connect()
         con.execute(f"SET TimeZone = '{zone}'")  # the host's zone
-        con.execute(merge.META)
+        con.execute(merge_tables.META)
         merge.apply_batch(con, shape, "north", 1, 10, data("n"))
         merge.apply_batch(con, shape, "south", 1, 20, data("s"))
         assert con.execute("SELECT name FROM ticks").fetchall() == [("s",)]

@@ -1,6 +1,6 @@
 """A row is republished only when its content changed: a source that gains a column (NULL
 in the rows it had), reorders its columns, or leaves a field out rather than sending null
-changes no row's content hash (``sources.staging.content_text`` / ``canonical_json``), and
+changes no row's content hash (``sources.change_detection.content_text`` / ``canonical_json``), and
 hashes staged by earlier versions still match an unchanged row (issue 19, point 1: a
 re-read must not republish unchanged rows, which with several producers would win keys
 back from the others)."""
@@ -70,12 +70,12 @@ def test_hashes_staged_by_the_earlier_format_still_match_unchanged_rows(
     """Upgrading deltaferry republishes nothing: the first sync stages hashes in the format
     used before (``_legacy_text``); after the upgrade an unchanged table publishes no batch,
     and a real change still goes out (its row restaged with the new hash)."""
-    import sources.staging as staging
+    import sources.change_detection as change_detection
 
     shop.round(10, 0, churn=0)
     _full_compare(shop_job)
     with monkeypatch.context() as m:
-        m.setattr(staging, "content_text", staging._legacy_text)
+        m.setattr(change_detection, "content_text", change_detection._legacy_text)
         assert shop_job.sync()["tables"]["customers"]["rows"] == 10
     assert shop_job.sync()["tables"]["customers"]["batch"] is None
     # that read retagged the unchanged rows with the current hash: a shape change now (a
@@ -89,7 +89,7 @@ def test_hashes_staged_by_the_earlier_format_still_match_unchanged_rows(
 
 
 def _hash(con, row: dict, columns: list[str]) -> str:  # noqa: ANN001
-    from sources.staging import content_text
+    from sources.change_detection import content_text
 
     select = ", ".join(f"?::VARCHAR AS \"{c}\"" for c in row)
     return con.execute(
@@ -115,7 +115,7 @@ def test_content_text_ignores_nulls_and_order_and_is_unambiguous():
 
 
 def test_record_hashes_leave_out_null_fields():
-    from sources.staging import legacy_row_hash, row_hash
+    from sources.change_detection import legacy_row_hash, row_hash
 
     assert row_hash({"id": 1, "note": None}) == row_hash({"id": 1})
     assert row_hash({"id": 1, "note": ""}) != row_hash({"id": 1})
@@ -136,7 +136,7 @@ def full_items(items_job, api):  # noqa: ANN001
 
 def test_api_records_that_gain_a_null_field_are_not_republished(full_items, api, monkeypatch):
     import sources.rest_api.reads as reads
-    from sources.staging import _json_default
+    from sources.change_detection import _json_default
 
     def before(row):  # noqa: ANN001, ANN202 - the canonical text of earlier versions
         return json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)

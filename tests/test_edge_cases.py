@@ -67,7 +67,7 @@ def test_names_dlt_would_rename_are_refused(tmp_path):
 def test_transient_source_errors_are_found_inside_dlt_wrappers():
     import sqlalchemy as sa
 
-    from sources.sql_database import _transient_cause
+    from sources.sql_database.connection import transient_cause
 
     try:
         try:
@@ -75,8 +75,8 @@ def test_transient_source_errors_are_found_inside_dlt_wrappers():
         except sa.exc.OperationalError as inner:
             raise RuntimeError("resource extraction failed") from inner
     except RuntimeError as outer:
-        assert isinstance(_transient_cause(outer), sa.exc.OperationalError)
-    assert _transient_cause(ValueError("bad column")) is None
+        assert isinstance(transient_cause(outer), sa.exc.OperationalError)
+    assert transient_cause(ValueError("bad column")) is None
 
 
 def test_planned_batch_recovers_after_rows_per_file_changes(shop_job, shop, monkeypatch):

@@ -14,7 +14,7 @@ import deltaferry.adopt
 import sources
 from deltaferry.extract import ExtractResult, TableExtract, run_extract
 from deltaferry.context import SyncContext
-from sources.staging import ExtractResult as SourceResult
+from sources.load import ExtractResult as SourceResult
 
 
 class _State:

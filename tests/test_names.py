@@ -325,7 +325,7 @@ def test_a_job_staged_under_snake_case_keeps_it_and_refuses_renames(names_job, m
         m.setattr(sources.names, "EXACT", "snake_case")  # as deltaferry staged before
         names_job.sync()
     from deltaferry.config import load_job
-    from sources.staging import staging_naming
+    from sources.pipeline import staging_naming
 
     job = load_job("names", names_job.config)
     assert staging_naming(job) == "snake_case"
@@ -360,11 +360,11 @@ def test_a_job_staged_under_snake_case_keeps_it_and_refuses_renames(names_job, m
 
 
 def test_drift_finds_variant_columns_under_both_conventions():
-    from contracts.drift import _VARIANT
+    from contracts.drift import VARIANT
 
-    assert _VARIANT.match("userId▶v_text").group("base") == "userId"
-    assert _VARIANT.match("user_id__v_text").group("base") == "user_id"
-    assert _VARIANT.match("first name") is None
+    assert VARIANT.match("userId▶v_text").group("base") == "userId"
+    assert VARIANT.match("user_id__v_text").group("base") == "user_id"
+    assert VARIANT.match("first name") is None
 
 
 API_JOB = API_JOB_HEADER + users_table("{contract}:Plain")

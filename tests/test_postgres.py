@@ -354,7 +354,7 @@ def test_uuid_keys_with_hard_deletes_and_re_created_rows(pg_job):
 def test_an_unencoded_at_sign_in_the_password_is_a_config_error_that_hides_it(pg_job):
     from deltaferry.config import load_job
     from deltaferry.errors import ConfigError
-    from sources.sql_database import engine_for
+    from sources.sql_database.connection import engine_for
 
     pg_job.write(EVENTS_JOB.replace('url = "{url}"', 'url = "env:PG_URL"'))
     import os

@@ -275,15 +275,15 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
     import pyarrow as pa
 
     from contracts import Chain
-    from deltaferry import merge
+    from deltaferry import merge, merge_tables
     from deltaferry.readers import Reading
     from tests.support.contracts_versions import People
 
     chain = Chain(People).named("tests:People")
     reading = Reading("j", "people", chain.contract(), ["id"], "partial", chain)
-    shape = merge.TableShape("j", "people", ["id"])
+    shape = merge_tables.TableShape("j", "people", ["id"])
     con = duckdb.connect()
-    con.execute(merge.META)
+    con.execute(merge_tables.META)
 
     def batch(ids, ops, names, nicks, seq0):  # noqa: ANN001, ANN202
         cols = {"id": pa.array(ids, pa.int64())}

@@ -132,7 +132,8 @@ def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: 
     from deltaferry import config, duck, keys
     from deltaferry.failpoints import FailpointHit, failpoint
     from destinations import lake
-    from sources import rest_api, sql_database
+    from sources import rest_api
+    from sources.sql_database import connection
 
     clean_env.setenv("DELTAFERRY_HOME", str(tmp_path / "h"))
     clean_env.setenv("DELTAFERRY_CONFIG", str(tmp_path / "jobs.toml"))
@@ -151,7 +152,7 @@ def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: 
     assert rest_api._Watch(job=None).max_retry_after == 7  # type: ignore[arg-type]
     import sqlalchemy as sa
 
-    assert sql_database.StallWatchdog(sa.create_engine("sqlite://")).timeout == 4
+    assert connection.StallWatchdog(sa.create_engine("sqlite://")).timeout == 4
 
     with pytest.raises(ConfigError, match="plain HTTP"):
         lake.require_tls("http://203.0.113.1:9000", "lake s3://b")

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import ident
+from sources.change_detection import ChangedRows
 from sources.columns import FILE_TIME_COLUMN
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
 from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
@@ -30,17 +31,9 @@ from sources.files.settings import (
     lookback_seconds,
 )
 from sources.integrity import KeyCheck
-from sources.staging import (
-    DEDUPLICATED,
-    ChangedRows,
-    ExtractResult,
-    pipeline_for,
-    pipeline_naming,
-    row_counts,
-    run_load,
-    staged_keyed,
-    staging_path,
-)
+from sources.load import DEDUPLICATED, ExtractResult, row_counts, run_load
+from sources.pipeline import pipeline_for, pipeline_naming
+from sources.staging import staged_keyed, staging_path
 
 # --- which files are new -----------------------------------------------------------------
 

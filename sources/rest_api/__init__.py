@@ -33,18 +33,11 @@ from dlt.sources.rest_api import RESTAPIConfig, rest_api_resources
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, TransientError
 from deltaferry.settings import from_env
+from sources.change_detection import ChangedRows
+from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
+from sources.pipeline import pipeline_for, pipeline_naming
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
-from sources.staging import (
-    DEDUPLICATED,
-    ChangedRows,
-    ExtractResult,
-    find_cause,
-    pipeline_for,
-    pipeline_naming,
-    row_counts,
-    run_load,
-)
 
 
 def _where(job: JobConfig, t: TableConfig | None = None) -> str:

@@ -49,9 +49,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
+from sources.change_detection import ChangedRows, canonical_json
 from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
-from sources.staging import ChangedRows, canonical_json
 
 DEFAULT_MAX_PAGES = 100_000
 # winners are handed to dlt in lists of this many records

@@ -1,8 +1,6 @@
 """Settings of the sql_database source (never secrets): ``Table`` adds the column settings
-of its tables (see ``sources/sql_database/types.py`` for what each type publishes).
-
-The column names are shared by every source kind (``sources.columns``); they are
-importable from here too."""
+of its tables (see ``sources/sql_database/types.py`` for what each type publishes). The
+column names every source kind stages with are in ``sources.columns``."""
 
 from __future__ import annotations
 
@@ -11,13 +9,6 @@ from typing import Self
 from pydantic import model_validator
 
 from deltaferry.job_models import Column, TableModel, setting
-from sources.columns import (  # noqa: F401 - re-exported
-    DELETED_COLUMN,
-    HASH_COLUMN,
-    INTERNAL_COLUMNS,
-    LOAD_ID_COLUMN,
-    STAGING_DATASET,
-)
 
 
 class Table(TableModel):

@@ -583,7 +583,7 @@ def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
 def job_scope() -> Iterator[None]:
     """Around one extract: library type warnings stay off stderr, and a refused value
     surfaces as its own one-line ``ValueRefused`` rather than wrapped in dlt's step error."""
-    from sources.staging import find_cause
+    from sources.load import find_cause
 
     try:
         with quiet():

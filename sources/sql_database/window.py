@@ -3,7 +3,7 @@
 **The window.** A table with a cursor is read from the newest cursor value already staged
 (``staged_bound``), with the range closed: rows *at* that value are read again on every
 run, together with every row whose cursor is NULL, and only rows whose content changed
-are staged (``sources.staging.ChangedByKey``). So a row that commits late with a cursor
+are staged (``sources.change_detection.ChangedByKey``). So a row that commits late with a cursor
 value already synced, or changes in place without moving its cursor, is never lost, and an
 unchanged row is never staged twice. The bound is derived from staging itself, which a
 load commits atomically, so it can never run ahead of what was staged.

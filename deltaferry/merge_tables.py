@@ -1,0 +1,119 @@
+"""Several producers, the replica's side: the tables a merge keeps and the key as text.
+
+Every version of a key a producer published stays in ``_deltaferry_versions_<table>``
+(``versions_table``); ``_deltaferry_chains`` records each producer's applied batches,
+``_deltaferry_seen`` what each batch had seen of the other chains, ``_deltaferry_overrides``
+the override log entries applied, ``_deltaferry_conflicts`` the conflict records
+(``META``). Applying: ``merge.py``; the merge rule: ``resolve.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import duckdb
+
+from deltaferry.delta import SEQ_COLUMN
+from deltaferry.duck import ident
+from deltaferry.held import HELD_META
+
+PRODUCER_COLUMN = "_producer"
+HLC_COLUMN = "_hlc"
+# what a replica table holds besides the published columns (every replica: _seq)
+REPLICA_COLUMNS = frozenset({SEQ_COLUMN, PRODUCER_COLUMN, HLC_COLUMN})
+OVERRIDE_PRODUCER = "override"
+
+META = HELD_META + """
+CREATE TABLE IF NOT EXISTS _deltaferry_chains (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, producer VARCHAR NOT NULL, batch BIGINT NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL, hlc BIGINT NOT NULL, rows BIGINT NOT NULL,
+    trace_id VARCHAR, contract_version INTEGER,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    caution VARCHAR,                  -- read partially (newer contract version): left out
+    PRIMARY KEY (job, tbl, producer, batch)
+);
+ALTER TABLE _deltaferry_chains ADD COLUMN IF NOT EXISTS caution VARCHAR;
+CREATE TABLE IF NOT EXISTS _deltaferry_overrides (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, n BIGINT NOT NULL, "key" VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,          -- pin | remove
+    producer VARCHAR,                 -- pin to this producer's newest version of the key
+    value_json VARCHAR,               -- or pin to this row (JSON object) ...
+    is_delete BOOLEAN NOT NULL,       -- ... or to a delete
+    by_whom VARCHAR, reason VARCHAR, created_at VARCHAR,
+    sha256 VARCHAR,                   -- of the entry's bytes: the next entry names it
+    PRIMARY KEY (job, tbl, n)
+);
+CREATE TABLE IF NOT EXISTS _deltaferry_conflicts (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, "key" VARCHAR NOT NULL,
+    winner_producer VARCHAR NOT NULL, winner_batch BIGINT, winner_hlc BIGINT,
+    winner_op VARCHAR NOT NULL, winner_row VARCHAR,
+    loser_producer VARCHAR NOT NULL, loser_batch BIGINT, loser_hlc BIGINT,
+    loser_op VARCHAR NOT NULL, loser_row VARCHAR,
+    rule VARCHAR NOT NULL,
+    logical_at TIMESTAMPTZ            -- logical time of the winning version
+);
+-- the full logical timestamp (counter included) the record is ordered by
+ALTER TABLE _deltaferry_conflicts ADD COLUMN IF NOT EXISTS logical_hlc BIGINT;
+CREATE TABLE IF NOT EXISTS _deltaferry_seen (
+    job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, producer VARCHAR NOT NULL, batch BIGINT NOT NULL,
+    seen_producer VARCHAR NOT NULL,   -- the batch's manifest had seen this producer's chain ...
+    seen_hlc BIGINT NOT NULL,         -- ... up to its batch stamped with this logical time
+    PRIMARY KEY (job, tbl, producer, batch, seen_producer)
+);
+"""
+
+
+def versions_table(table: str) -> str:
+    return f"_deltaferry_versions_{table}"
+
+
+def key_expr(pk: list[str], alias: str = "") -> str:
+    """The key as text: the value itself for a one-column key; for a composite key, a JSON
+    array of the values as text (``["eu","7"]``), so that no two keys share a text.
+    Timestamps render in UTC: the connection's TimeZone is set by ``keys_in_utc``."""
+    prefix = f"{alias}." if alias else ""
+    parts = [f"CAST({prefix}{ident(c)} AS VARCHAR)" for c in pk]
+    return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
+
+
+def key_text(pk: list[str], typed: str) -> str:
+    """The key as the replica stores it, from what a person typed: a one-column key as is;
+    a composite key as a JSON array of values, or as values joined by ',' when none of
+    them holds a ','. Raises ValueError saying what is expected."""
+    if len(pk) == 1:
+        return typed
+    if typed.lstrip().startswith("["):
+        try:
+            values = json.loads(typed)
+        except ValueError:
+            raise ValueError(f"the key {typed!r} is not a JSON array") from None
+    else:
+        values = typed.split(",")
+    if not isinstance(values, list) or len(values) != len(pk):
+        raise ValueError(
+            f"the key has {len(pk)} columns ({', '.join(pk)}): give the values joined by ',' "
+            'or as a JSON array such as ["eu", "7"]'
+        )
+    return json.dumps([str(v) for v in values], separators=(",", ":"))
+
+
+RESERVED = frozenset(
+    {"_key", "_batch", "_row", "_rank", "_rank_in_producer", "_rule", "_override", "_multi"}
+    | {"_lo", "_hi", PRODUCER_COLUMN, HLC_COLUMN}
+)
+
+
+def keys_in_utc(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("SET TimeZone = 'UTC'")
+
+
+@dataclass(frozen=True)
+class TableShape:
+    job: str
+    table: str
+    pk: list[str]
+
+    @property
+    def versions(self) -> str:
+        return ident(versions_table(self.table))

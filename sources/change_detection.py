@@ -1,0 +1,338 @@
+"""The changed-rows filter: hash-based change detection against what is staged.
+
+A source that reads rows again (a whole table without a cursor, the rows at a cursor
+boundary, a file dropped again) stages only the rows whose content hash differs from
+their staged version's (``ChangedRows``; per chunk of keys: ``ChangedByKey``). The hash
+covers the non-NULL values by column name (``content_text``; records: ``row_hash``), so a
+column the source adds or a new column order changes nothing; hashes staged by earlier
+versions still match, and a ``source_version`` change compares through the contract
+chain's migration (``source_shift``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import ident
+from sources.columns import HASH_COLUMN, STAGING_DATASET
+from sources.staging import staged_hashes, staged_keyed, staging_path
+
+
+def source_shift(job: JobConfig, t: TableConfig) -> tuple[Any, int, int] | None:
+    """``(chain, old, new)`` when the table's source rows moved to another version of its
+    contract chain since its newest batch was planned (``source_version`` changed: the
+    source renamed or reshaped columns as a migration of the chain does), else None. The
+    old version is the source version that batch's manifest records (its ``migration``'s
+    ``from``, else its contract version)."""
+    from contracts import load_chain
+    from deltaferry.state import StateStore
+
+    try:
+        chain = load_chain(t.contract, where=f"job '{job.name}' table '{t.name}'")
+        if len(chain.versions) < 2:
+            return None
+        head = StateStore(job.name).last_manifest(t.name) or {}
+    except Exception:  # noqa: BLE001 - a bad contract or state is reported by the run itself
+        return None
+    new = t.source_version or chain.latest
+    old = (head.get("migration") or {}).get("from") or (head.get("contract") or {}).get("version")
+    if old is None or old == new or old not in chain.versions or not chain.reachable(old, new):
+        return None
+    return chain, old, new
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def canonical_json(row: dict[str, Any]) -> str:
+    """A JSON record as text independent of key order and of its top-level fields that are
+    null (a field that is null or absent reaches the replica the same way): what
+    ``row_hash`` hashes. Nested values are kept as they are."""
+    present = {k: v for k, v in row.items() if v is not None}
+    return json.dumps(present, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """md5 of a JSON record (an API record): ``canonical_json``'s text."""
+    return hashlib.md5(canonical_json(row).encode()).hexdigest()
+
+
+def legacy_row_hash(row: dict[str, Any]) -> str:
+    """The record hash written before null fields were left out (staged rows keep it until
+    they change): md5 of the key-sorted JSON with its nulls."""
+    text = json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def content_text(columns: list[str], alias: str = "c") -> str:
+    """A DuckDB expression: a row's content as text that does not depend on the order of
+    its columns nor on columns that are NULL in it, so a source that gains a column (NULL
+    in the rows it had) or reorders its columns changes no row's hash. Each column with a
+    value gives ``"name"=<bytes>:<value as text>;`` in name order: the length prefix makes
+    the text unambiguous whatever the values contain. Timestamps print in the session's
+    time zone (``ChangedRows`` sets UTC)."""
+    parts = []
+    for c in sorted(columns):
+        name = duck.literal(json.dumps(c) + "=")
+        v = f"CAST({alias}.{ident(c)} AS VARCHAR)"
+        parts.append(f"coalesce({name} || strlen({v}) || ':' || {v} || ';', '')")
+    return " || ".join(parts) if parts else "''"
+
+
+def _legacy_text(columns: list[str], alias: str = "c") -> str:
+    """The row text hashed before ``content_text`` (columns in their order, NULLs included
+    except in dlt's variant columns); staged rows keep such hashes until they change, so
+    a row not matched by its new hash is compared by this one too."""
+    variants = [c for c in columns if _is_variant(c, columns)]
+    values = ", ".join(f"{ident(c)} := {alias}.{ident(c)}" for c in columns if c not in variants)
+    return f"CAST(struct_pack({values}) AS VARCHAR)" + "".join(
+        f" || coalesce('|{c}=' || CAST({alias}.{ident(c)} AS VARCHAR), '')" for c in variants
+    )
+
+
+def _is_variant(name: str, columns: list[str]) -> bool:
+    """Whether ``name`` is dlt's variant column of another of ``columns``."""
+    from contracts.drift import VARIANT
+
+    m = VARIANT.match(name)
+    return m is not None and m.group("base") in columns
+
+
+class ChangedRows:
+    """Keeps rows whose content differs from their staged version (new keys included) and
+    tags each kept row with its content hash (``HASH_COLUMN``), so a source that re-reads
+    rows it already sent (a whole table, or the rows at a cursor boundary) stages only
+    what changed. The staged hashes are read once, before the load; close() after it.
+
+    Content is compared as ``content_text`` gives it: a column the source gains is no
+    change for rows where it is NULL, nor is a new order of columns. Works on Arrow tables
+    (hash computed by DuckDB over the row's values, in UTC) and on JSON records (md5 of
+    ``canonical_json``). Hashes staged by earlier versions (``_legacy_text``,
+    ``legacy_row_hash``) still match an unchanged row."""
+
+    _config: dict[str, Any] = {}  # of the DuckDB connection that hashes and compares
+
+    def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
+        self.pk = list(t.primary_key)
+        self.where = f"job '{job.name}' table '{t.name}'"
+        self.con = duckdb.connect(config=self._config)
+        self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
+        self.t = t
+        self.path = staging_path(job.name)
+        self.borrowed = borrowed
+        self._typed = self._read_all()
+        # for records: the staged live rows' hashes (a hash covers the key, so membership
+        # is enough, and a key needs no text form that matches how DuckDB prints it)
+        self._hashes: set[str] | None = None
+        self._retag: list[pa.Table] = []  # key, old and new hash of rows matched by an old hash
+        self._record_tags: list[dict[str, Any]] = []  # the same, for records
+        self._shift = source_shift(job, t)
+
+    def _read_all(self) -> pa.Table | None:
+        """Every live staged key and hash, read once before the load."""
+        return staged_hashes(self.t, self.path, self.borrowed)
+
+    def _known(self, hashed: pa.Table) -> pa.Table | None:
+        """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
+        return self._typed
+
+    def _anti_join(self, rows: pa.Table, known: pa.Table | None) -> pa.Table:
+        """Positions (``__i``) and hashes of the rows not staged with the same hash."""
+        if known is None:
+            return rows.select(["__i", HASH_COLUMN])
+        match = " AND ".join(f"k.{ident(c)} = r.{ident(c)}" for c in [*self.pk, HASH_COLUMN])
+        return self._query(
+            {"known": known, "rows_": rows},
+            f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
+            f"(SELECT 1 FROM known k WHERE {match}) ORDER BY __i",
+        )
+
+    def _query(self, tables: dict[str, pa.Table], sql: str) -> pa.Table:
+        """``sql``'s result, with ``tables`` registered under their names while it runs."""
+        for name, table in tables.items():
+            self.con.register(name, table)
+        try:
+            return self.con.execute(sql).fetch_arrow_table()
+        finally:
+            for name in tables:
+                self.con.unregister(name)
+
+    def _hashed(self, chunk: pa.Table, text: str) -> pa.Table:
+        """``__i`` (the row's position), the key and ``md5(text)`` of each of the chunk's rows."""
+        return self._query(
+            {"chunk_": chunk.append_column("__i", pa.array(range(chunk.num_rows)))},
+            f"SELECT __i, {', '.join('c.' + ident(c) for c in self.pk)}, "
+            f"md5({text}) AS {HASH_COLUMN} FROM chunk_ c ORDER BY __i",
+        )
+
+    def arrow(self, chunk: pa.Table) -> pa.Table:
+        """The chunk's changed rows, with their hash column."""
+        if HASH_COLUMN in chunk.column_names:
+            chunk = chunk.drop_columns([HASH_COLUMN])
+        hashed = self._hashed(chunk, content_text(chunk.column_names))
+        known = self._known(hashed)
+        found = self._anti_join(hashed, known)
+        if known is not None and found.num_rows:
+            # not matched by the current hash: an unchanged row staged with an older one?
+            legacy = self._hashed(chunk.take(found["__i"]), _legacy_text(chunk.column_names))
+            still = self._anti_join(legacy, known)["__i"]
+            if len(still) < found.num_rows:  # unchanged, staged with an old hash: retag it
+                same = pc.invert(pc.is_in(legacy["__i"], value_set=still))
+                self._retag.append(
+                    legacy.filter(same)
+                    .rename_columns([*legacy.column_names[:-1], "_old"])
+                    .append_column("_new", found.filter(same)[HASH_COLUMN])
+                    .drop_columns(["__i"])
+                )
+            found = found.take(still)
+        if self._shift is not None and found.num_rows:
+            found = self._migrated_match(chunk, hashed, found)
+        return chunk.take(found["__i"]).append_column(HASH_COLUMN, found[HASH_COLUMN])
+
+    def _migrated_match(self, chunk: pa.Table, hashed: pa.Table, found: pa.Table) -> pa.Table:
+        """``found`` without the rows equal to their staged version taken through the chain's
+        migration from the old source version to the new one (``source_shift``): a column
+        the source renamed as the chain's migration renames it is no change. Those rows are
+        retagged. Anything that cannot be compared (the migration refuses a row, a key
+        column renamed) counts as changed: republished, which is safe."""
+        assert self._shift is not None  # called only with a source shift
+        chain, old, new = self._shift
+        rows = hashed.take(found["__i"])  # __i (chunk positions), key, current hash
+        try:
+            staged = staged_keyed(
+                self.t, self.path, self.borrowed, HASH_COLUMN, rows.select(self.pk), whole=True
+            )
+            if staged is None or not staged.num_rows:
+                return found
+            moved = chain.migrate_arrow(staged.drop_columns([HASH_COLUMN]), old, new)
+            if moved.num_rows != staged.num_rows:
+                return found
+            # typed as the source's rows are now, so equal values print alike
+            for name in set(moved.column_names) & set(chunk.column_names):
+                want = chunk.schema.field(name).type
+                if moved.schema.field(name).type != want:
+                    try:
+                        cast = pc.cast(moved[name], want)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        continue
+                    moved = moved.set_column(moved.column_names.index(name), name, cast)
+            then = self._hashed(moved, content_text(moved.column_names))
+            still = self._anti_join(rows, then)["__i"]
+        except Exception:  # noqa: BLE001 - not comparable: counted as changed (safe)
+            return found
+        if len(still) == rows.num_rows:
+            return found
+        same = rows.filter(pc.invert(pc.is_in(rows["__i"], value_set=still)))
+        keys = ", ".join(f"m.{ident(c)}" for c in self.pk)
+        match = " AND ".join(f"m.{ident(c)} = s.{ident(c)}" for c in self.pk)
+        self._retag.append(
+            self._query(
+                {"same_": same, "staged_": staged.select([*self.pk, HASH_COLUMN])},
+                f"SELECT {keys}, s.{HASH_COLUMN} AS _old, m.{HASH_COLUMN} AS _new "
+                f"FROM same_ m JOIN staged_ s ON {match}",
+            )
+        )
+        return found.filter(pc.is_in(found["__i"], value_set=still))
+
+    def is_staged(self, h: str) -> bool:
+        """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
+        if self._hashes is None:
+            staged = self._typed[HASH_COLUMN].to_pylist() if self._typed is not None else []
+            self._hashes = set(staged)
+        return h in self._hashes
+
+    def record(self, row: dict[str, Any]) -> bool:
+        """For a per-record filter (``extract_records``): whether the record changed; tags it
+        with its hash."""
+        row.pop(HASH_COLUMN, None)
+        missing = [c for c in self.pk if row.get(c) is None]
+        if missing:
+            from deltaferry.errors import TerminalError
+
+            raise TerminalError(
+                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
+            )
+        h = row_hash(row)
+        if self.is_staged_record(row, h):
+            return False
+        row[HASH_COLUMN] = h
+        return True
+
+    def is_staged_record(self, row: dict[str, Any], h: str) -> bool:
+        """Whether the record ``row`` (``row_hash`` ``h``) is staged unchanged, by its hash or
+        by the one staged before null fields were left out (only a record with a null field
+        hashes differently)."""
+        if self.is_staged(h):
+            return True
+        if not any(v is None for v in row.values()):
+            return False
+        old = legacy_row_hash(row)
+        if not self.is_staged(old):
+            return False
+        self._record_tags.append({**{c: row[c] for c in self.pk}, "_old": old, "_new": h})
+        return True
+
+    def close(self) -> None:
+        """Retag the unchanged rows matched by an old hash with their current one (so the
+        next read matches them directly, whatever the source's shape becomes), then close.
+        Safe after a failed load too: only a row still staged with that old hash changes."""
+        if self._record_tags:  # one table for the records' tags, not one per record
+            self._retag.append(pa.Table.from_pylist(self._record_tags))
+            self._record_tags = []
+        try:
+            if self._retag and self.path.exists():
+                self._write_retag(pa.concat_tables(self._retag, promote_options="permissive"))
+        except duckdb.Error:
+            pass  # an optimisation only: the next read matches those rows by the old hash again
+        finally:
+            self._retag = []
+            self.con.close()
+
+    def _write_retag(self, tags: pa.Table) -> None:
+        con = (
+            self.borrowed.cursor() if self.borrowed is not None
+            else duck.connect(self.path, alias="staging")
+        )
+        try:
+            if self.borrowed is not None:
+                con.execute("USE staging")
+            con.register("retag", tags)
+            match = " AND ".join(f"s.{ident(c)} = r.{ident(c)}" for c in self.pk)
+            con.execute(
+                f"UPDATE {STAGING_DATASET}.{ident(self.t.name)} s SET {HASH_COLUMN} = r._new "
+                f"FROM retag r WHERE {match} AND s.{HASH_COLUMN} = r._old"
+            )
+        finally:
+            con.close()
+
+
+class ChangedByKey(ChangedRows):
+    """``ChangedRows`` for a window of a table (a cursor read): each chunk's rows are compared
+    with the staged rows of the same keys only, looked up in staging per chunk, so memory
+    follows the chunk, not the table. A staged row without a hash (staged before hashes were
+    kept) counts as changed."""
+
+    _config = {"threads": 1}
+
+    def _read_all(self) -> pa.Table | None:
+        return None  # looked up per chunk (``_known``)
+
+    def _known(self, hashed: pa.Table) -> pa.Table | None:
+        return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))

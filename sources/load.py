@@ -1,0 +1,221 @@
+"""Running a load into staging: ``run_load`` (a dlt failure as one deltaferry error), the
+load of a source that yields records (``extract_records``), tombstones merged by key
+(``stage_tombstones``), and what a source kind's ``extract`` returns (``ExtractResult``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import dlt
+import pyarrow as pa
+from dlt.common.typing import TLoaderFileFormat
+
+from deltaferry.config import JobConfig, TableConfig
+from sources.change_detection import ChangedRows
+from sources.columns import DELETED_COLUMN
+from sources.pipeline import pipeline_for, pipeline_naming
+
+# a table hint for dlt's merge: each load holds one row per key (our sources resolve
+# repeated keys themselves: sources.integrity, rest_api.reads, files.LatestWins), so dlt
+# copies staged rows as they are; its own deduplication (ROW_NUMBER() OVER a partition)
+# turns -0.0 into 0.0 in DuckDB
+DEDUPLICATED: dict[str, Any] = {"x-stage-data-deduplicated": True}
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    load_ids: list[str]
+    rows_by_table: dict[str, int]
+    tombstones_by_table: dict[str, int]
+    # per table, inputs set aside whole (a malformed file), as one-line reasons
+    skipped: dict[str, list[str]] | None = None
+    # requests the source's client retried on its own (HTTP 429/5xx), as one-line reasons
+    retried: list[str] | None = None
+    # per table, rows held back before staging (a NULL key, a NULL cursor under
+    # null_cursor = "quarantine"): quarantine records {pk, field, check, reason, row_json}
+    held: dict[str, list[dict[str, Any]]] | None = None
+    # per table, keys read more than once in one extraction and how they were resolved,
+    # as one-line notes naming job, table and keys (the flow logs them as warnings)
+    duplicates: dict[str, list[str]] | None = None
+    # per table, the columns the source has now (when the source knows them): a staged
+    # contract column missing here and NULL on every new row was dropped (contracts/drift.py)
+    columns: dict[str, list[str]] | None = None
+
+
+def load_failure(job: JobConfig, e: BaseException) -> str:
+    """One line for a load into staging that failed terminally: the database's own first
+    line (``Conversion Error: ...``), without dlt's traceback."""
+    import re
+
+    from dlt.destinations.exceptions import DatabaseTerminalException
+
+    db = find_cause(e, lambda x: isinstance(x, DatabaseTerminalException))
+    text = str(db) if db is not None else str(getattr(e, "exception", None) or e)
+    # dlt passes the job's traceback as text: its last "SomeError: message" line says it
+    raised = re.findall(r"^[\w.]+(?:Error|Exception): (.+)$", text, re.M)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = raised[-1] if raised else (lines[0] if lines else type(e).__name__)
+    return (
+        f"job '{job.name}': loading into staging failed: {first[:500]}; dlt aborted the load "
+        "package, nothing was staged or published; fix the value at the source (or the "
+        "table's column_types) and run again"
+    )
+
+
+def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``exc``'s cause/context chain that matches (dlt wraps errors)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if match(e):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "exception", None)])
+    return None
+
+
+def row_counts(pipeline: dlt.Pipeline, tables: Iterable[TableConfig]) -> dict[str, int]:
+    """Rows dlt normalized per table in the pipeline's last run."""
+    counts = (
+        pipeline.last_trace.last_normalize_info.row_counts
+        if pipeline.last_trace and pipeline.last_trace.last_normalize_info
+        else {}
+    )
+    return {t.name: int(counts.get(t.name, 0)) for t in tables}
+
+
+def extract_records(
+    job: JobConfig,
+    read: Callable[[JobConfig, TableConfig, Any], Iterable[Any]],
+) -> ExtractResult:
+    """One incremental load of a source that yields records (dicts, or pages of them).
+
+    ``read(job, table, since)`` yields the records of ``table`` whose cursor is at or after
+    ``since`` (``None`` on the first run, and always for a table without a cursor). dlt
+    keeps the cursor's last value in the pipeline state, committed with the load; the range
+    is closed, and records read again unchanged are not staged (``ChangedRows``). Nested
+    objects and lists are staged as JSON columns. Errors: a ``DeltaferryError`` raised by
+    ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
+    errors of those names) become ``TransientError`` (the step is retried); anything else
+    is a ``TerminalError``."""
+    from sources.names import RecordNames
+
+    pipeline, borrowed = pipeline_for(job)
+    filters: list[ChangedRows] = []
+    try:
+        resources = []
+        for t in job.tables:
+            changed = ChangedRows(job, t, borrowed)
+            filters.append(changed)
+            names = RecordNames(job.name, t.name, pipeline_naming(pipeline))
+            resources.append(
+                _records_resource(job, t, read).add_map(names).add_filter(changed.record)
+            )
+        info = run_load(job, pipeline, resources)
+        return ExtractResult(list(info.loads_ids), row_counts(pipeline, job.tables), {})
+    finally:
+        for f in filters:
+            f.close()
+        if borrowed is not None:
+            borrowed.close()
+
+
+def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]]) -> Any:
+    hints: dict[str, Any] = dict(
+        name=t.name, primary_key=list(t.primary_key), write_disposition="merge", max_table_nesting=0
+    )
+    if t.cursor:
+        # no dedup by key at the boundary: ChangedRows keeps the boundary records that changed
+        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(t.cursor, primary_key=[])
+
+        @dlt.resource(**hints)
+        def records(since: Any = cursor) -> Iterable[Any]:
+            yield from read(job, t, since.last_value)
+
+    else:
+
+        @dlt.resource(**hints)
+        def records() -> Iterable[Any]:
+            yield from read(job, t, None)
+
+    return records()
+
+
+def run_load(
+    job: JobConfig,
+    pipeline: dlt.Pipeline,
+    data: Any,
+    classify: Callable[[BaseException], BaseException | None] | None = None,
+    scrub: Callable[[str], str] | None = None,
+    loader_file_format: TLoaderFileFormat | None = None,
+) -> Any:
+    """``pipeline.run(data)`` with its failure as one deltaferry error naming the job: a
+    ``DeltaferryError`` raised inside dlt as it is, then what ``classify`` (a source's own
+    rules, given dlt's exception) returns, then network errors as transient (named by type
+    only: their text may hold a url with credentials), the rest as terminal.
+
+    ``loader_file_format`` picks the files dlt loads from (``"parquet"`` keeps -0.0, which
+    dlt's default SQL insert statements turn into 0.0). ``scrub`` cleans secrets out of a
+    message; a source that passes it also gets its errors
+    without dlt's exception chained (Prefect logs the chain, and it holds the raw text)."""
+    from dlt.pipeline.exceptions import PipelineStepFailed
+
+    from deltaferry.errors import DeltaferryError, TerminalError, TransientError
+
+    try:
+        # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
+        return pipeline.run(data, loader_file_format=loader_file_format)  # type: ignore[arg-type]
+    except PipelineStepFailed as e:
+        cause = e if scrub is None else None
+        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+        if ours is not None:
+            raise ours from cause
+        mapped = classify(e) if classify is not None else None
+        if mapped is not None:
+            raise mapped from cause
+        net = find_cause(e, _is_network_error)
+        if net is not None:
+            raise TransientError(
+                f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__} "
+                "(the source did not answer, or the connection broke); retried"
+            ) from cause
+        if e.step == "load":
+            raise TerminalError(load_failure(job, e)) from cause
+        text = str(e.__cause__ or e.exception)
+        raise TerminalError(
+            f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"
+        ) from cause
+
+
+def _is_network_error(e: BaseException) -> bool:
+    """A lost or refused connection or a timeout, from the standard library or a client
+    library (requests, urllib3, httpx ... name theirs the same way)."""
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        k.__name__ in ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout")
+        for k in type(e).__mro__
+    )
+
+
+def stage_tombstones(
+    job: JobConfig, t: TableConfig, pipeline: dlt.Pipeline, keys: pa.Table, origin: str
+) -> list[str]:
+    """Merge the given primary keys into staging as tombstones; returns the load ids."""
+    # primary keys are NOT NULL in dlt's schema: say so in the Arrow schema too
+    keys = keys.cast(pa.schema([f.with_nullable(False) for f in keys.schema]))
+    tomb = keys.append_column(
+        pa.field(DELETED_COLUMN, pa.bool_()), pa.array([True] * keys.num_rows, pa.bool_())
+    )
+    resource = dlt.resource(
+        tomb,
+        name=f"{t.name}__{origin}",
+        table_name=t.name,
+        write_disposition="merge",
+        primary_key=list(t.primary_key),
+    )
+    resource.apply_hints(additional_table_hints=DEDUPLICATED)
+    return list(run_load(job, pipeline, resource).loads_ids)

@@ -1,0 +1,163 @@
+"""The job's dlt pipeline: its working dir, its staging destination (encrypted or not),
+the dlt settings every deltaferry pipeline runs with, and the naming convention its
+staging was made under (``sources.names``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import dlt
+from dlt.common.configuration.providers import ConfigProvider
+
+from deltaferry import duck
+from deltaferry.config import JobConfig, job_home
+from deltaferry.settings import from_env
+from sources import names
+from sources.columns import STAGING_DATASET
+from sources.staging import read_staging, staged_table_exists, staging_path
+
+PIPELINE_PREFIX = "deltaferry_"
+
+# dlt settings every deltaferry pipeline runs with, as (sections, key): value. They are
+# answered by a config provider of ours for pipelines named ``deltaferry_*`` only (dlt looks
+# a setting up under the pipeline's name first), so the process's environment and any other
+# dlt pipeline in it are left alone.
+PIPELINE_SETTINGS: dict[tuple[tuple[str, ...], str], Any] = {
+    # dlt writes _dlt_load_id on Arrow rows only when asked; we cut deltas by it.
+    (("normalize", "parquet_normalizer"), "add_dlt_load_id"): True,
+    # loaded files are plaintext Parquet in the pipeline dir: delete them once loaded
+    (("load",), "delete_completed_jobs"): True,
+    (("load",), "truncate_staging_dataset"): True,
+    # a load job that fails terminally (a value staging cannot take) aborts its package with
+    # dlt's own abort (``Pipeline.abort_packages``: pending packages deleted, pipeline state
+    # and schemas restored), so a failed load never stays pending and wedges every later run
+    (("load",), "auto_abort_on_terminal_error"): True,
+}
+
+
+class _PipelineSettings(ConfigProvider):
+    """``PIPELINE_SETTINGS`` for deltaferry's pipelines, through dlt's public config provider
+    interface (``dlt.config.register_provider``). A setting also given as a plain environment
+    variable (``LOAD__DELETE_COMPLETED_JOBS``) is left to it: that variable still decides, as
+    it did when these were environment defaults."""
+
+    def get_value(
+        self, key: str, hint: Any, pipeline_name: str | None, *sections: str
+    ) -> tuple[Any | None, str]:
+        where = "__".join((*sections, key)).upper()
+        if not (pipeline_name or "").startswith(PIPELINE_PREFIX) or where in os.environ:
+            return None, where
+        return PIPELINE_SETTINGS.get((tuple(sections), key)), where
+
+    @property
+    def supports_secrets(self) -> bool:
+        return False
+
+    @property
+    def supports_sections(self) -> bool:
+        return True
+
+    @property
+    def name(self) -> str:
+        return "deltaferry pipeline settings"
+
+
+_settings_lock = threading.Lock()
+
+
+def _register_pipeline_settings() -> None:
+    """Register ``_PipelineSettings`` with dlt once (again if dlt's run context was
+    reloaded); dlt asks it after its own providers."""
+    from dlt.common.configuration.exceptions import DuplicateConfigProviderException
+
+    with _settings_lock:
+        try:
+            dlt.config.register_provider(_PipelineSettings())
+        except DuplicateConfigProviderException:
+            pass
+
+
+def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
+    """The job's dlt pipeline (working dir under the job's state dir) and the DuckDB
+    connection it borrows when staging is encrypted (close it after the loads), or None.
+
+    Names are staged under the naming convention dlt recorded for the job's staging, or,
+    for a job that has staged nothing yet, ``direct``: source names exactly as they are
+    (see ``sources.names``; check source columns with ``sources.names.check_columns``
+    and ``staging_naming``)."""
+    path = staging_path(job.name)
+    con = None
+    if duck.encryption_key():
+        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+
+        con = duck.connect(path, alias="staging")
+        credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
+    else:
+        credentials = str(path)
+    # dlt's progress collector: none unless asked for
+    progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
+    _register_pipeline_settings()
+    pipeline = dlt.pipeline(
+        pipeline_name=f"{PIPELINE_PREFIX}{job.name}",
+        pipelines_dir=str(job_home(job.name) / "dlt"),
+        destination=dlt.destinations.duckdb(
+            credentials, naming_convention=staging_naming(job, con)
+        ),
+        dataset_name=STAGING_DATASET,
+        **progress,
+    )
+    return pipeline, con
+
+
+def pipeline_naming(pipeline: dlt.Pipeline) -> str:
+    """The naming convention of a ``pipeline_for`` pipeline's staging: the name it gave the
+    destination (``staging_naming``)."""
+    convention = pipeline.destination.capabilities().naming_convention
+    assert isinstance(convention, str), convention  # pipeline_for passes a name
+    return convention
+
+
+def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
+    """The dlt naming convention of the job's staging: the one dlt recorded with the staged
+    schema, else ``direct`` (names kept exactly) for a job that has staged nothing."""
+    pipeline_dir = job_home(job.name) / "dlt" / f"{PIPELINE_PREFIX}{job.name}"
+    return recorded_naming(staging_path(job.name), borrowed, pipeline_dir) or names.EXACT
+
+
+def recorded_naming(
+    staging: Path, borrowed: Any = None, pipeline_dir: Path | None = None
+) -> str | None:
+    """The naming convention dlt recorded for a job's staging: in the newest staged schema
+    version (``raw._dlt_version``), else in the pipeline's local schema (the staging file
+    was removed, dlt's working dir kept); None for a job that has staged nothing."""
+    if staging.exists():
+        con = read_staging(staging, borrowed)
+        try:
+            if staged_table_exists(con, "_dlt_version"):
+                row = con.execute(
+                    f"SELECT schema FROM {STAGING_DATASET}._dlt_version"
+                    " ORDER BY inserted_at DESC LIMIT 1"
+                ).fetchone()
+                if row:
+                    convention = (json.loads(row[0]).get("normalizers") or {}).get("names")
+                    return str(convention or names.LEGACY)
+        finally:
+            con.close()
+    if pipeline_dir is not None and (pipeline_dir / "schemas").is_dir():
+        for path in sorted((pipeline_dir / "schemas").glob("*.schema.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            seen = any(
+                not n.startswith("_dlt") and t.get("x-normalizer", {}).get("seen-data")
+                for n, t in (doc.get("tables") or {}).items()
+            )
+            if seen:
+                return str((doc.get("normalizers") or {}).get("names") or names.LEGACY)
+    return None

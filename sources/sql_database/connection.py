@@ -1,0 +1,191 @@
+"""The SQL source's connection: the SQLAlchemy engine, connection errors as one line
+(to fix, or to retry), which source errors are transient, and the stall watchdog that
+cuts a read that stopped delivering.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from deltaferry.config import JobConfig
+from deltaferry.errors import ConfigError, TransientError
+from deltaferry.settings import from_env
+from sources.load import find_cause
+
+# connection errors that retrying cannot cure, with what the user should fix
+_CONFIG_CONNECT_ERRORS = (
+    (
+        r"password authentication failed|authentication failed|access denied",
+        "check the user name and password in the source url",
+    ),
+    (r"no password supplied", "the source url needs a password"),
+    (r"permission denied", "grant the source url's user access to the database and tables"),
+    (r"no pg_hba\.conf entry", "the server refuses this client: check pg_hba.conf and sslmode"),
+    (r"SSL (is )?required|server does not support SSL", "check sslmode in the source url"),
+    (r'database ".*" does not exist|unknown database', "check the database name in the source url"),
+    (r'role ".*" does not exist', "check the user name in the source url"),
+)
+
+
+_URL_FORM = (
+    "the form is dialect+driver://user:password@host:port/database, with reserved characters "
+    "in the user or password percent-encoded (@ as %40, : as %3A, / as %2F)"
+)
+
+
+def engine_for(job: JobConfig) -> sa.Engine:
+    """A SQLAlchemy engine for the job's source. ``postgresql://`` uses psycopg (3), which
+    deltaferry installs, unless psycopg2 is there; connecting gives up after
+    ``DELTAFERRY_SOURCE_CONNECT_TIMEOUT`` seconds (default 10). Nothing of the url is ever
+    echoed in an error: it may hold a password."""
+    try:
+        url = sa.make_url(job.source_url())
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(
+            f"job '{job.name}': source url is not a valid SQLAlchemy URL; {_URL_FORM}"
+        ) from None
+    if url.host and "@" in url.host:  # an unencoded @ in the password moved it into the host
+        raise ConfigError(f"job '{job.name}': source url has an '@' in its host; {_URL_FORM}")
+    connect_args: dict[str, Any] = {}
+    if url.drivername == "postgresql" and not _has_module("psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+    timeout = from_env().source_connect_timeout
+    if url.drivername in ("postgresql+psycopg", "postgresql+psycopg2", "postgresql"):
+        # libpq: give up connecting after the timeout; a peer that vanished (NAT state
+        # dropped, host gone) is found by TCP keepalives within about a minute
+        connect_args.update(connect_timeout=timeout, keepalives=1, keepalives_idle=30)
+        connect_args.update(keepalives_interval=10, keepalives_count=3)
+    elif url.get_backend_name() == "mysql":
+        connect_args["connect_timeout"] = timeout
+    try:
+        # no pooling: a source connection is open only while it is read (see StallWatchdog)
+        return sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+        raise ConfigError(
+            f"job '{job.name}': source url is not usable: {type(e).__name__} for dialect "
+            f"'{url.drivername}' (is the database driver installed?)"
+        ) from None
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def connect_error(job: JobConfig, e: sa.exc.DBAPIError) -> Exception:
+    """A one-line error for a failed source connection: ConfigError when the user must fix
+    the url or the server's access rules, TransientError when the server may come back."""
+    text = scrub(job, " ".join(str(getattr(e, "orig", None) or e).split()))
+    for pattern, fix in _CONFIG_CONNECT_ERRORS:
+        if re.search(pattern, text, re.IGNORECASE):
+            return ConfigError(
+                f"job '{job.name}': source database refused the connection: {text}; {fix}"
+            )
+    if re.search(
+        r"connection failed|refused|timeout expired|could not translate|failed to resolve",
+        text,
+        re.I,
+    ):
+        return TransientError(
+            f"job '{job.name}': source database unreachable: {text}; check the host and port in "
+            "the source url and that the server is up and accepts TCP connections"
+        )
+    return TransientError(f"job '{job.name}': source database connection lost: {text}")
+
+
+class StallWatchdog:
+    """Cuts the source connections when a read makes no progress for ``timeout`` seconds.
+
+    TCP keepalives find a peer that vanished, not a link that still answers at the TCP
+    level but stopped forwarding (a stuck middlebox, a blackholing proxy); libpq has no
+    client-side read timeout. While a source connection is open, every chunk read counts
+    as progress; after ``timeout`` seconds without any, the connections' sockets are shut
+    down, the blocked read fails with an OperationalError and the step is retried as a
+    transient error. The engine must not pool connections (``engine_for`` does not), so an
+    open connection is one being read."""
+
+    def __init__(self, engine: sa.Engine, timeout: float | None = None) -> None:
+        # seconds a source read may go without any data before its connection is cut
+        self.timeout = timeout or from_env().source_stall_timeout
+        self.fired = 0
+        self._fds: dict[int, int] = {}
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._engine = engine
+        sa.event.listen(engine, "connect", self._opened)
+        sa.event.listen(engine, "close", self._closed)
+        self._thread = threading.Thread(target=self._watch, name="source-stall-watchdog")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def progress(self, item: Any = None) -> Any:
+        """Note progress; usable as a dlt map step (returns the item unchanged)."""
+        self._last = time.monotonic()
+        return item
+
+    def _opened(self, dbapi_conn: Any, _record: Any) -> None:
+        fileno = getattr(dbapi_conn, "fileno", None)
+        if callable(fileno):
+            with self._lock:
+                self._fds[id(dbapi_conn)] = fileno()
+        self.progress()
+
+    def _closed(self, dbapi_conn: Any, _record: Any) -> None:
+        with self._lock:
+            self._fds.pop(id(dbapi_conn), None)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            with self._lock:
+                fds = list(self._fds.values())
+            if not fds:
+                self._last = time.monotonic()
+                continue
+            if time.monotonic() - self._last < self.timeout:
+                continue
+            self.fired += 1
+            with self._lock:  # a connection closing now cannot free its fd for reuse meanwhile
+                for fd in self._fds.values():
+                    try:
+                        with socket.socket(fileno=os.dup(fd)) as sock:
+                            sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            self._last = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        sa.event.remove(self._engine, "connect", self._opened)
+        sa.event.remove(self._engine, "close", self._closed)
+
+
+def scrub(job: JobConfig, text: str) -> str:
+    """The text without the source url's password (drivers may echo parts of the url)."""
+    try:
+        password = sa.make_url(job.source_url()).password
+    except Exception:  # noqa: BLE001 - an unparsable url has nothing to scrub here
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+TRANSIENT_SOURCE_ERRORS = (
+    sa.exc.OperationalError,
+    sa.exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def transient_cause(exc: BaseException) -> BaseException | None:
+    """The first transient error in an exception's cause/context chain (dlt wraps errors)."""
+    return find_cause(exc, lambda e: isinstance(e, TRANSIENT_SOURCE_ERRORS))

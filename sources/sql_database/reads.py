@@ -1,0 +1,170 @@
+"""One SQL table's read: its dlt ``sql_table`` resource on the pyarrow backend with the map
+steps every read goes through (``TableRead``), and running reads through dlt with their
+failures as one deltaferry error (``run_reads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dlt
+import sqlalchemy as sa
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.errors import ConfigError, TerminalError, TransientError
+from sources.change_detection import ChangedRows
+from sources.integrity import KeyCheck
+from sources.load import DEDUPLICATED, find_cause, load_failure
+from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
+from sources.sql_database.types import sql_table, sqlite_json_text
+from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
+from sources.variants import Variants
+
+
+def _adapt_table(
+    job: JobConfig, t: TableConfig, text_times: dict[str, str], seen: list[str] | None = None
+) -> Any:
+    # tombstones keep only the key; every other staged column must accept NULL. SQLite time
+    # columns are parsed from their stored text (window.TimeText), JSON columns read as it
+    # (sources/sql_database/types.py leaves a column with a dlt_type alone). ``seen`` gets
+    # the names of the columns read (the source's current columns, for drift)
+    pk = t.primary_key
+
+    def adapt(table: sa.Table) -> sa.Table:
+        if seen is not None:
+            seen[:] = [c.name for c in table.columns]
+        for col in table.columns:
+            if col.name not in pk:
+                col.nullable = True
+            kind = text_times.get(col.name)
+            if kind in ("timestamp", "date"):
+                fixed = col.name == t.cursor or col.name in pk
+                where = f"job '{job.name}' table '{t.name}'"
+                col.type = TimeText(kind, job.timezone, where, col.name, fixed)
+            elif kind == "json":
+                col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
+        return table
+
+    return adapt
+
+
+class TableRead:
+    """One table's dlt resource on the pyarrow backend and its map steps, in order: stall
+    watchdog, value normalisation (``window.Normalize``), rows held back (NULL key; NULL
+    cursor under ``null_cursor = "quarantine"``), key counting (``KeyCheck``), and the
+    content filter (``changed``) that keeps only rows that differ from their staged version
+    and tags them with their hash. ``query`` makes dlt's query adapter from the table's
+    SQLite text columns (the window of a cursor read, or a key list); ``name`` renames the
+    resource (it still loads into the table)."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        engine: sa.Engine,
+        watchdog: StallWatchdog,
+        changed: ChangedRows,
+        query: Any = None,
+        name: str | None = None,
+        pipeline: dlt.Pipeline | None = None,
+    ) -> None:
+        self.t = t
+        self.keys = KeyCheck(job, t)
+        self.columns: list[str] = []
+        self.variants = Variants(pipeline, t) if pipeline is not None else None
+        self.changed = changed
+        text_times = text_time_columns(engine, t)
+        self.normalize = Normalize(job, t, text_times)
+        resource = sql_table(
+            job,
+            credentials=engine,
+            table=t.name,
+            backend="pyarrow",
+            chunk_size=job.chunk_size,
+            write_disposition="merge",
+            primary_key=list(t.primary_key),
+            table_adapter_callback=_adapt_table(job, t, text_times, self.columns),
+            query_adapter_callback=query(text_times) if query is not None else None,
+        )
+        if name is not None:
+            resource = resource.with_name(name)
+            resource.apply_hints(table_name=t.name)
+        resource.apply_hints(additional_table_hints=DEDUPLICATED)  # keys checked: KeyCheck
+        resource = resource.add_map(watchdog.progress).add_map(self.normalize)
+        if self.variants is not None:  # a value of a new type: to dlt's variant column
+            resource = resource.add_map(self.variants)
+        resource = resource.add_map(self.keys.hold_null_keys)
+        if t.cursor and t.null_cursor == "quarantine":
+            resource = resource.add_map(null_cursor_hold(t, self.keys.hold_records))
+        self.resource = resource.add_map(self.keys.note).add_map(changed.arrow)
+
+    def close(self) -> None:
+        self.changed.close()
+        self.keys.close()
+        if self.variants is not None:
+            self.variants.close()
+
+
+def run_reads(
+    pipeline: dlt.Pipeline, data: Any, job: JobConfig, reads: Sequence[TableRead] = ()
+) -> Any:
+    """Extract ``data``, check the reads' keys (a key seen twice stops the run before the
+    load: the extracted package is dropped), then normalize and load. Errors become one
+    deltaferry error naming the job."""
+    from dlt.pipeline.exceptions import PipelineStepFailed
+
+    from deltaferry.errors import DeltaferryError
+
+    try:
+        pipeline.extract(data)
+        for r in reads:
+            message = r.keys.duplicates()
+            if message:
+                pipeline.abort_packages()
+                raise ConfigError(message)
+        pipeline.normalize()
+        return pipeline.load()
+    except PipelineStepFailed as e:
+        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+        if ours is not None:
+            if e.step == "extract":
+                pipeline.abort_packages()
+            raise ours from None
+        transient = transient_cause(e)
+        if isinstance(transient, sa.exc.DBAPIError):
+            classified = connect_error(job, transient)
+            if isinstance(classified, ConfigError):  # credentials changed under a running job
+                raise TerminalError(str(classified)) from e
+        if transient is not None:
+            raise TransientError(
+                f"job '{job.name}': extract step '{e.step}' failed: {scrub(job, str(transient))}"
+            ) from e
+        if e.step == "load":  # dlt aborted the package (LOAD__AUTO_ABORT_ON_TERMINAL_ERROR)
+            raise TerminalError(load_failure(job, e)) from None
+        mixed = _mixed_types(job, e)
+        if mixed is not None:
+            pipeline.abort_packages()
+            raise TerminalError(mixed) from None
+        cause = e.__cause__ or e.exception
+        raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+
+
+def _mixed_types(job: JobConfig, e: BaseException) -> str | None:
+    """One line for a column whose values arrive in more than one type (SQLite keeps any value
+    in any column), which Arrow cannot read as one column; None for any other failure."""
+    import re
+
+    text = str(e)
+    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+    field = re.search(r"Conversion to arrow failed for field [`']([^`']+)[`']", text)
+    if pipe is None or field is None:
+        return None
+    why = re.search(r"\(([^()]*got a[^()]*)\)", text)
+    return (
+        f"job '{job.name}' table '{pipe.group(1)}' column '{field.group(1)}': its values arrive "
+        f"in more than one type ({why.group(1) if why else 'mixed types'}), which cannot be read "
+        "as one column; nothing was staged. Make the column's values one type at the source "
+        "(and its declared type match them), or leave it out with exclude_columns; the next "
+        "run reads the table again"
+    )

@@ -1,0 +1,195 @@
+"""Deletes of a SQL table under ``deletes = "reconcile"``: the source's key set compared with
+staging, vanished keys staged as tombstones, and keys re-created or committed late read
+again by key (``reextract``, also for keys whose cursor was NULL).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import dlt
+import duckdb
+import pyarrow as pa
+import sqlalchemy as sa
+
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import fetch_row, ident
+from deltaferry.errors import TerminalError, TransientError
+from sources.change_detection import ChangedByKey
+from sources.columns import DELETED_COLUMN, STAGING_DATASET
+from sources.load import stage_tombstones
+from sources.sql_database.connection import (
+    TRANSIENT_SOURCE_ERRORS,
+    StallWatchdog,
+    connect_error,
+    scrub,
+)
+from sources.sql_database.reads import TableRead, run_reads
+from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
+
+
+def reconcile(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[int, list[str], list[dict[str, Any]]]:
+    """Compare the source's key set with staging (cost grows with the key count).
+
+    Staged live keys gone from the source become tombstones. Source keys whose staged row
+    is a tombstone (deleted, then re-created with a cursor value already passed), and
+    source keys never staged at all (a transaction that committed late, with a cursor value
+    older than the last one synced), are extracted again by key, so neither is lost.
+    Source keys with a NULL part are left out (their rows are held back by the read).
+    Returns the tombstone count, the load ids and the rows held back by the re-extract.
+    """
+    progress = watchdog.progress
+    pk = list(t.primary_key)
+    try:
+        table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(
+                sa.select(*[table.c[c] for c in pk])
+            )
+            source_keys = _keys_arrow(result, pk, progress)
+        if source_keys.num_rows:
+            source_keys = source_keys.drop_null()
+    except sa.exc.DBAPIError as e:
+        raise connect_error(job, e) from e
+    except TRANSIENT_SOURCE_ERRORS as e:
+        raise TransientError(
+            f"job '{job.name}' table '{t.name}': reading source keys failed: {scrub(job, str(e))}"
+        ) from e
+    path = staging_path(job.name)
+    if not path.exists():
+        return 0, [], []
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name):
+            return 0, [], []
+        has_flag = DELETED_COLUMN in staged_columns(con, t.name)
+        live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
+        keys = ", ".join(ident(c) for c in pk)
+        match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in pk)
+        con.register("source_keys", source_keys)
+        staged_live = fetch_row(
+            con, f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
+        )[0]
+        if source_keys.num_rows == 0:
+            missing = con.sql(
+                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
+            ).to_arrow_table()
+        else:
+            missing = con.sql(
+                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {live}"
+                f" AND NOT EXISTS (SELECT 1 FROM source_keys k WHERE {match})"
+            ).to_arrow_table()
+        unseen = (
+            con.sql(
+                f"SELECT {', '.join('k.' + ident(c) for c in pk)} FROM source_keys k WHERE NOT"
+                f" EXISTS (SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {match})"
+            )
+            .to_arrow_table()
+            .to_pylist()
+            if source_keys.num_rows
+            else []
+        )
+        recreated = (
+            con.sql(
+                f"SELECT {', '.join('s.' + ident(c) for c in pk)}"
+                f" FROM {STAGING_DATASET}.{ident(t.name)} s"
+                f" JOIN source_keys k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
+            )
+            .to_arrow_table()
+            .to_pylist()
+            if has_flag and source_keys.num_rows
+            else []
+        )
+    finally:
+        con.close()
+    load_ids: list[str] = []
+    if missing.num_rows:
+        ratio = missing.num_rows / max(staged_live, 1)
+        if staged_live >= 20 and ratio > job.max_reconcile_delete_ratio:
+            raise TerminalError(
+                f"job '{job.name}' table '{t.name}': reconcile would delete {missing.num_rows} of "
+                f"{staged_live} rows ({ratio:.0%}), over max_reconcile_delete_ratio "
+                f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
+            )
+        load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
+    held: list[dict[str, Any]] = []
+    if recreated or unseen:
+        ids, held = reextract(job, t, engine, pipeline, recreated + unseen, borrowed, watchdog)
+        load_ids.extend(ids)
+    return missing.num_rows, load_ids, held
+
+
+def reextract(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    keys: list[dict],
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Extract the given keys again, ignoring the cursor (rows re-created at the source or
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query. Returns the load ids
+    and the rows held back."""
+    pk = list(t.primary_key)
+    load_ids: list[str] = []
+    held: list[dict[str, Any]] = []
+    for start in range(0, len(keys), REEXTRACT_KEYS):
+        group = keys[start : start + REEXTRACT_KEYS]
+
+        def only_keys(query: Any, table: sa.Table, *_: Any, group: list[dict] = group) -> Any:
+            cols = [table.c[c] for c in pk]
+            if len(cols) == 1:
+                return query.where(cols[0].in_([k[pk[0]] for k in group]))
+            return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in group]))
+
+        read = TableRead(
+            job,
+            t,
+            engine,
+            watchdog,
+            ChangedByKey(job, t, borrowed),
+            lambda _text_times, f=only_keys: f,
+            name=f"{t.name}__recreated",
+            pipeline=pipeline,
+        )
+        try:
+            load_ids.extend(run_reads(pipeline, read.resource, job, [read]).loads_ids)
+        finally:
+            read.close()
+        held.extend(read.keys.held)
+    return load_ids, held
+
+
+# keys per query when rows are extracted again by key
+REEXTRACT_KEYS = 5_000
+
+
+# source keys fetched per round trip when reconciling (each counts as progress)
+KEYS_PER_READ = 100_000
+
+
+def _keys_arrow(result: Any, pk: list[str], progress: Any = None) -> pa.Table:
+    """The key columns as Arrow; uuid values as text, as dlt stages them."""
+    parts: list[pa.Table] = []
+    for rows in result.partitions():
+        if progress is not None:
+            progress()
+        cols = {}
+        for i, c in enumerate(pk):
+            values = [r[i] for r in rows]
+            if any(isinstance(v, uuid.UUID) for v in values):
+                values = [None if v is None else str(v) for v in values]
+            cols[c] = values
+        parts.append(pa.table(cols))
+    if not parts:
+        return pa.table({c: pa.array([], pa.int64()) for c in pk})
+    return pa.concat_tables(parts, promote_options="permissive")
