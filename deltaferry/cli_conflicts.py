@@ -1,7 +1,7 @@
 """``deltaferry conflicts``: list conflicts and hotspots of a replica; pin a key by override.
 
-Registered on the main command group by ``deltaferry/cli.py`` (``register``), which
-passes itself in so that its helpers (one-line errors, report tables) are shared.
+Registered on the main command group by ``deltaferry/cli.py`` (``register``); the helpers
+it shares with the other commands (one-line errors, report tables) are in ``cli_common.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from types import ModuleType
 from typing import Any
 
 import click
+
+from deltaferry.cli_common import config_option, emit, new_report, one_line_errors, out
 
 
 class _JobFirstGroup(click.Group):
@@ -39,8 +41,8 @@ def register(ui: ModuleType) -> None:
     )
     @click.option("--table", default=None, help="Only this table.")
     @click.option("--limit", default=20, show_default=True, help="Records and hotspot rows shown.")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def show(job: str, replica: str, table: str | None, limit: int, config: str | None) -> None:
         """List the conflicts a replica recorded (newest first) and where they concentrate."""
         from deltaferry import duck
@@ -71,7 +73,7 @@ def register(ui: ModuleType) -> None:
             spots = hotspots(con, job, limit)
         finally:
             con.close()
-        report = ui._table(
+        report = new_report(
             "table", "key", "winner", "loser", "rule", "logical time", title=f"conflicts {job}"
         )
         from deltaferry import hlc
@@ -85,14 +87,14 @@ def register(ui: ModuleType) -> None:
                 r[12],
                 hlc.describe(r[14]),
             )
-        ui._emit(report)
-        ui.out.print(f"{len(rows)} conflict records")
+        emit(report)
+        out.print(f"{len(rows)} conflict records")
         if table is None:
             for name, found in spots.items():
-                hot = ui._table(name, "conflicts", title=f"hotspots: {name}")
+                hot = new_report(name, "conflicts", title=f"hotspots: {name}")
                 for r in found:
                     hot.add_row(" ".join(str(x) for x in r[:-1]), str(r[-1]))
-                ui._emit(hot)
+                emit(hot)
 
     @conflicts.command("override")
     @click.argument("job")
@@ -104,8 +106,8 @@ def register(ui: ModuleType) -> None:
     @click.option("--remove", is_flag=True, help="End the key's override: automatic rule again.")
     @click.option("--reason", required=True, help="Why (kept in the lake and operations log).")
     @click.option("--by", default=None, help="Who (default: user@host).")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def override(
         job: str,
         table: str,
@@ -184,7 +186,7 @@ def register(ui: ModuleType) -> None:
         )
         detail = f"{where}: {what} (override #{entry['n']} by {entry['by']}: {entry['reason']})"
         state.log(f"override-{entry['n']}", "override", "info", table=table, detail=detail)
-        ui.out.print(detail, highlight=False, soft_wrap=True)
+        out.print(detail, highlight=False, soft_wrap=True)
 
 
 def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from types import ModuleType
 
 import click
 
+from deltaferry.cli_common import config_option, emit, err, new_report, one_line_errors, out
+
 
 def register(ui: ModuleType) -> None:
     @ui.cli.group("contracts")
@@ -17,8 +19,8 @@ def register(ui: ModuleType) -> None:
 
     @contracts.command("list")
     @click.argument("job")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def list_(job: str, config: str | None) -> None:
         """Per table: contract, version, fingerprint, drift policy; then every reader recorded
         in the lake with the versions it reads, its policy, when it was last seen and whether
@@ -32,7 +34,7 @@ def register(ui: ModuleType) -> None:
         cfg = load_job(job, config)
         lake = open_lake(cfg.lake, base=cfg.base_dir)
         lake.check()
-        report = ui._table(
+        report = new_report(
             "table",
             "contract",
             "version",
@@ -42,7 +44,7 @@ def register(ui: ModuleType) -> None:
             "drift",
             title=f"contracts {job}",
         )
-        readers = ui._table(
+        readers = new_report(
             "table",
             "reader",
             "reads",
@@ -87,13 +89,13 @@ def register(ui: ModuleType) -> None:
                     f"{human_duration(age)} ago" if age is not None else "-",
                     verdict,
                 )
-        ui._emit(report)
-        ui._emit(readers)
+        emit(report)
+        emit(readers)
 
     @contracts.command("lint")
     @click.argument("job")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def lint(job: str, config: str | None) -> None:
         """Check every table's contract chain: each version after the first has an upgrade,
         and no version still has a field deprecated to go away by then. Exit 1 on errors."""
@@ -107,16 +109,16 @@ def register(ui: ModuleType) -> None:
             _, chain = _chain(cfg, t.name)
             errors, notes = lint_chain(chain)
             for e in errors:
-                ui.err.print(
+                err.print(
                     f"error: job '{job}' table '{t.name}': {e}", highlight=False, soft_wrap=True
                 )
             for n in notes:
-                ui.out.print(
+                out.print(
                     f"note: job '{job}' table '{t.name}': {n}", highlight=False, soft_wrap=True
                 )
             failed |= bool(errors)
             if not errors:
-                ui.out.print(
+                out.print(
                     f"ok job {job} table {t.name}: {chain.ref} "
                     f"v{chain.versions[0]}..v{chain.latest}",
                     highlight=False,
@@ -129,8 +131,8 @@ def register(ui: ModuleType) -> None:
     @click.option("--table", required=True, help="The table to simulate.")
     @click.option("--to", "to", type=int, required=True, help="The contract version to migrate to.")
     @click.option("--limit", type=int, default=None, help="Only the first N staged rows.")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def simulate(job: str, table: str, to: int, limit: int | None, config: str | None) -> None:
         """Migrate the table's staged rows from the source's version to --to and validate them,
         publishing nothing: rows, migrations, failures by field and check, time and memory.
@@ -206,7 +208,7 @@ def register(ui: ModuleType) -> None:
                     counts.setdefault((f.field or "<table>", f.check), set()).add(i)
         unmigrated = len({f.row for f in refused})
         why = f" ({refused[0].check}: {refused[0].reason})" if refused else ""
-        ui.out.print(
+        out.print(
             f"job {job} table {table}: {len(frame)} rows migrated v{start} -> v{to} "
             f"({', '.join(chain.steps(start, to)) or 'no migration'}); "
             + (f"{unmigrated} refused by the migration{why}; " if refused else "")
@@ -216,10 +218,10 @@ def register(ui: ModuleType) -> None:
             soft_wrap=True,
         )
         if counts:
-            report = ui._table("field", "check", "rows", title="failures")
+            report = new_report("field", "check", "rows", title="failures")
             for (field, check), rows in sorted(counts.items(), key=lambda kv: -len(kv[1])):
                 report.add_row(field, check, str(len(rows)))
-            ui._emit(report)
+            emit(report)
             sys.exit(1)
 
     @contracts.command("rollback")
@@ -230,8 +232,8 @@ def register(ui: ModuleType) -> None:
     )
     @click.option("--release", is_flag=True, help="Remove the pin: negotiate with readers again.")
     @click.option("--reason", required=True, help="Why (kept in the operations log).")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def rollback(
         job: str, table: str, to: int | None, release: bool, reason: str, config: str | None
     ) -> None:
@@ -263,7 +265,7 @@ def register(ui: ModuleType) -> None:
             else f"{where}: contract version pin released, negotiated with readers again ({reason})"
         )
         state.log("contracts-rollback", "rollback", "info", table=table, detail=detail)
-        ui.out.print(detail, highlight=False, soft_wrap=True)
+        out.print(detail, highlight=False, soft_wrap=True)
 
 
 def _chain(cfg, table: str):  # noqa: ANN001, ANN202

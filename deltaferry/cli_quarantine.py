@@ -1,7 +1,7 @@
 """``deltaferry quarantine``: list the rows a job holds back; release them for validation again.
 
-Registered on the main command group by ``deltaferry/cli.py`` (``register``), which
-passes itself in so that its helpers (one-line errors, report tables) are shared.
+Registered on the main command group by ``deltaferry/cli.py`` (``register``); the helpers
+it shares with the other commands (one-line errors, report tables) are in ``cli_common.py``.
 
 A held row stays in staging as it was held. The next ``deltaferry run`` validates it
 again against the table's contract when the contract changed since it was held (a new
@@ -16,6 +16,8 @@ import json
 from types import ModuleType
 
 import click
+
+from deltaferry.cli_common import config_option, emit, new_report, one_line_errors, out
 
 
 class _JobFirstGroup(click.Group):
@@ -50,8 +52,8 @@ def register(ui: ModuleType) -> None:
     @click.argument("job")
     @click.option("--table", default=None, help="Only this table.")
     @click.option("--all", "everything", is_flag=True, help="Also records already resolved.")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def list_(job: str, table: str | None, everything: bool, config: str | None) -> None:
         """List held rows: table, key, field, check, reason, since, and when they are
         validated again (one row per record; `--all` adds resolved ones and by what)."""
@@ -63,7 +65,7 @@ def register(ui: ModuleType) -> None:
         cfg = load_job(job, config)
         tables = [cfg.table(table)] if table else list(cfg.tables)
         state = StateStore(job, read_only=True)
-        report = ui._table(
+        report = new_report(
             "table", "key", "field", "check", "reason", "held since", "validated again",
             title=f"quarantine {job}",
         )  # fmt: skip
@@ -91,15 +93,15 @@ def register(ui: ModuleType) -> None:
                     r["ts"].isoformat(timespec="seconds"),
                     when,
                 )
-        ui._emit(report)
-        ui.out.print(f"{held} held record(s)")
+        emit(report)
+        out.print(f"{held} held record(s)")
 
     @quarantine.command("release")
     @click.argument("job")
     @click.option("--table", required=True, help="The table whose held rows are released.")
     @click.option("--reason", default="released by operator", help="Why (operations log).")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def release(job: str, table: str, reason: str, config: str | None) -> None:
         """Have the next `deltaferry run` validate the table's held rows against the
         current contract, whatever contract they were held under, and publish those that
@@ -116,4 +118,4 @@ def register(ui: ModuleType) -> None:
             f"current contract in the next `deltaferry run {job}` ({reason})"
         )
         state.log("quarantine-release", "quarantine-release", "info", table=table, detail=detail)
-        ui.out.print(detail)
+        out.print(detail)

@@ -10,6 +10,8 @@ from types import ModuleType
 
 import click
 
+from deltaferry.cli_common import config_option, emit, new_report, one_line_errors, out
+
 
 def register(ui: ModuleType) -> None:
     reason_option = click.option(
@@ -23,8 +25,8 @@ def register(ui: ModuleType) -> None:
     @plan.command("show")
     @click.argument("job")
     @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def show(job: str, tables: tuple[str, ...], config: str | None) -> None:
         """List each table's planned batch and what the lake holds at its number."""
         from deltaferry.config import load_job
@@ -32,7 +34,7 @@ def register(ui: ModuleType) -> None:
 
         cfg = load_job(job, config)
         chosen = [cfg.table(n) for n in tables] if tables else list(cfg.tables)
-        report = ui._table(
+        report = new_report(
             "table",
             "planned batch",
             "rows",
@@ -56,27 +58,29 @@ def register(ui: ModuleType) -> None:
                 str(p.head),
             )
         if not found:
-            ui.out.print(f"job {job}: no planned batch waiting")
+            out.print(f"job {job}: no planned batch waiting")
             return
-        ui._emit(report)
+        emit(report)
 
     @plan.command("discard")
     @click.argument("job")
     @click.option("--table", required=True, help="The table whose planned batch is forgotten.")
     @reason_option
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def discard(job: str, table: str, reason: str, config: str | None) -> None:
         """Forget a planned batch the lake does not hold; the next run cuts its loads again."""
         from deltaferry.config import load_job
         from deltaferry.runbook import discard_plan
 
         cfg = load_job(job, config)
-        ui.out.print(discard_plan(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
+        out.print(discard_plan(cfg, cfg.table(table), reason), highlight=False, soft_wrap=True)
 
     @ui.cli.command("republish")
     @click.argument("job")
-    @click.option("--table", required=True, help="The table whose lost batches are published again.")
+    @click.option(
+        "--table", required=True, help="The table whose lost batches are published again."
+    )
     @click.option(
         "--batch",
         type=click.IntRange(min=1),
@@ -84,11 +88,9 @@ def register(ui: ModuleType) -> None:
         help="Only upload again the data objects of this committed batch (lost or corrupted).",
     )
     @reason_option
-    @ui.config_option
-    @ui.one_line_errors
-    def republish(
-        job: str, table: str, batch: int | None, reason: str, config: str | None
-    ) -> None:
+    @config_option
+    @one_line_errors
+    def republish(job: str, table: str, batch: int | None, reason: str, config: str | None) -> None:
         """Publish again the committed batches the lake lost after its head (or, with --batch,
         one batch's data objects), rebuilt from staging and checked byte-identical to what was
         committed; readers go on unchanged."""
@@ -97,7 +99,7 @@ def register(ui: ModuleType) -> None:
 
         cfg = load_job(job, config)
         done = republish_lost(cfg, cfg.table(table), reason, batch)
-        ui.out.print(done, highlight=False, soft_wrap=True)
+        out.print(done, highlight=False, soft_wrap=True)
 
     @ui.cli.command("reset")
     @click.argument("job")
@@ -109,8 +111,8 @@ def register(ui: ModuleType) -> None:
         help="A table whose local position is forgotten (repeatable).",
     )
     @reason_option
-    @ui.config_option
-    @ui.one_line_errors
+    @config_option
+    @one_line_errors
     def reset(job: str, tables: tuple[str, ...], reason: str, config: str | None) -> None:
         """Forget each TABLE's local checkpoint, plans and staged rows; the next run adopts the
         lake's head (verified) and reads the source again in full, publishing only real
@@ -121,4 +123,4 @@ def register(ui: ModuleType) -> None:
         cfg = load_job(job, config)
         chosen = [cfg.table(name) for name in tables]  # every name checked before any reset
         for t in chosen:
-            ui.out.print(reset_table(cfg, t, reason), highlight=False, soft_wrap=True)
+            out.print(reset_table(cfg, t, reason), highlight=False, soft_wrap=True)

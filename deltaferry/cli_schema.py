@@ -11,6 +11,8 @@ from types import ModuleType
 
 import click
 
+from deltaferry.cli_common import one_line_errors
+
 
 def register(ui: ModuleType) -> None:
     @ui.cli.group("schema")
@@ -18,7 +20,7 @@ def register(ui: ModuleType) -> None:
         """JSON Schemas of deltaferry's files, for editors and checks."""
 
     @schema.command("jobs")
-    @ui.one_line_errors
+    @one_line_errors
     def jobs() -> None:
         """Print the JSON Schema of the jobs file (deltaferry.toml): every key of a job and
         a table, per source kind, with its type, default and meaning. Point your editor at

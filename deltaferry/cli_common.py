@@ -1,0 +1,96 @@
+"""What every ``deltaferry`` command shares: the consoles, one-line errors (exit 2 for
+configuration and usage errors, 1 otherwise), the ``--config``/``--runs`` options, and
+reports that print as a rich table on a terminal and as tab-separated lines when piped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from deltaferry.errors import DeltaferryError
+from deltaferry.settings import from_env
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def one_line_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = False
+        try:
+            debug = from_env().debug  # a bad DELTAFERRY_* value: one line, exit 2
+            return fn(*args, **kwargs)
+        except DeltaferryError as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except Exception as e:
+            if debug:
+                raise
+            err.print(
+                f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))} "
+                "(set DELTAFERRY_DEBUG=1 for a traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Jobs file (default: $DELTAFERRY_CONFIG, then ./deltaferry.toml).",
+)
+
+
+runs_option = click.option(
+    "--runs",
+    "runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many of the last runs the batch sizes and rates cover.",
+)
+
+
+class _Report:
+    """Rows for the terminal (a rich table) or for another program (tab-separated lines)."""
+
+    def __init__(self, headers: tuple[str, ...], title: str | None) -> None:
+        self.headers, self.title = headers, title
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(tuple(cells))
+
+
+def new_report(*headers: str, title: str | None = None) -> _Report:
+    return _Report(headers, title)
+
+
+def emit(report: _Report) -> None:
+    """Print a report: a rich table on a terminal; plain tab-separated lines otherwise, so
+    nothing is cut to fit a width when the output is piped or captured."""
+    if out.is_terminal:
+        table = Table(title=report.title)
+        for h in report.headers:
+            table.add_column(h, overflow="fold")
+        for row in report.rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    click.echo("\t".join(report.headers))
+    for row in report.rows:
+        click.echo("\t".join(row))

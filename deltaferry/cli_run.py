@@ -1,0 +1,182 @@
+"""``deltaferry run``, ``run-all`` and ``serve``: syncs started from the command line, and
+their terminal output (the run summary; Prefect's and dlt's logs kept off the terminal)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from deltaferry.cli_common import config_option, emit, err, new_report, one_line_errors, out
+from deltaferry.errors import ConfigError, DeltaferryError
+
+
+@click.command()
+@click.argument("job")
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Also print Prefect's flow and task run logs.")
+@one_line_errors
+def run(job: str, config: str | None, verbose: bool) -> None:
+    """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
+    from deltaferry.config import load_job
+    from deltaferry.context import preflight_job
+
+    if not verbose:
+        _quiet_prefect_console()
+    # configuration problems surface here, as one line, before Prefect starts
+    preflight_job(load_job(job, config))
+    from flows.sync import sync_job
+
+    with out.status(f"syncing job [bold]{job}[/] ..."):
+        summary = sync_job(job=job, config=config)  # the flow tags its own run
+    _print_run_summary(summary)
+
+
+@click.command("run-all")
+@config_option
+@click.option("--job", "only", multiple=True, help="Only these jobs (repeatable; default all).")
+@click.option(
+    "--workers", default=2, show_default=True, help="Worker processes of the local Dask cluster."
+)
+@click.option(
+    "--dask-address",
+    default=None,
+    help="An existing Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+@one_line_errors
+def run_all(
+    config: str | None, only: tuple[str, ...], workers: int, dask_address: str | None
+) -> None:
+    """Sync several jobs at once on Dask workers (prefect-dask); exit 1 if any failed."""
+    from deltaferry.config import config_path, load_jobs
+    from deltaferry.context import preflight_job
+
+    if workers < 1:
+        raise ConfigError("--workers must be 1 or more")
+    path = config_path(config).resolve()
+    jobs = load_jobs(path)
+    names = list(only) or sorted(jobs)
+    for name in names:
+        if name not in jobs:
+            raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs))})")
+    results: dict[str, Any] = {}
+    runnable = []
+    for name in names:  # a job that cannot start is reported; the others still run
+        try:
+            preflight_job(jobs[name])
+            runnable.append(name)
+        except DeltaferryError as e:
+            results[name] = {"job": name, "error": str(e)}
+    from flows.parallel import run_parallel
+
+    _quiet_prefect_console()
+    if runnable:
+        with out.status(f"syncing {len(runnable)} job(s) on Dask ..."):
+            results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
+    failed = []
+    for name in names:
+        r = results.get(name) or {}
+        if "error" in r:
+            failed.append(name)
+            err.print(f"[bold red]error:[/] job {name}: {escape(r['error'])}", highlight=False)
+        else:
+            _print_run_summary(r)
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@config_option
+@click.option("--job", "only", multiple=True, help="Only these jobs (repeatable).")
+@click.option("--limit", type=int, default=None, help="At most this many runs at once.")
+@one_line_errors
+def serve(config: str | None, only: tuple[str, ...], limit: int | None) -> None:
+    """Run every job's schedule from this process (no work pool, no worker) until stopped.
+
+    Jobs need `schedule = <seconds>` or a cron expression in the jobs file. Needs a Prefect
+    API (PREFECT_API_URL) that stays up: the schedules live there.
+    """
+    from deltaferry.config import config_path
+    from deltaferry.serve import serve_jobs
+
+    serve_jobs(config_path(config).resolve(), only, limit)
+
+
+class _LevelPrefix(logging.Formatter):
+    """``warning: message``, like the CLI's own ``error:`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _quiet_prefect_console() -> None:
+    """Keep the terminal to the run's own lines: Prefect's logs go to the API only, dlt logs
+    errors only, and library warnings (Python ``warnings``: deprecations, types a driver does
+    not know) are not printed around the one-line error. ``--verbose`` shows them all."""
+    # Prefect sets its logging up again when a flow starts; the console handler's level
+    # comes from this setting each time (the API handler is not affected)
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")  # read when dlt sets up its logger
+    logging.getLogger("dlt").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").propagate = False
+    own = logging.getLogger("deltaferry")  # deltaferry's own warnings stay on the terminal
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelPrefix())
+        handler.setLevel(logging.WARNING)
+        own.addHandler(handler)
+        own.propagate = False
+
+
+def no_cursor_label(kind: str) -> str:
+    from deltaferry.config import source_settings
+
+    return getattr(source_settings(kind), "NO_CURSOR_LABEL", "(full compare)")
+
+
+def _print_run_summary(summary: dict[str, Any]) -> None:
+    table = new_report(
+        "table",
+        "batch",
+        "rows",
+        "upserts",
+        "deletes",
+        "quarantined",
+        "bytes",
+        "manifest",
+        title=f"job {summary['job']}",
+    )
+    extracted = summary.get("extracted")  # deltaferry.extract.ExtractResult
+    for name, s in summary["tables"].items():
+        # rows held back before staging (a NULL key or cursor) count as quarantined too
+        held = extracted.table(name).held if extracted is not None else 0
+        if s.get("batch") is None:
+            table.add_row(name, "-", "0", "", "", str(held) if held else "", "", "no change")
+        else:
+            table.add_row(
+                name,
+                str(s["batch"]),
+                str(s["rows"]),
+                str(s["upserts"]),
+                str(s["deletes"]),
+                str(int(s["quarantined"]) + held),
+                str(s["bytes"]),
+                s["manifest"],
+            )
+    for r in summary.get("recovered", []):
+        out.print(f"recovered: {r}")
+    emit(table)
+    # the run went on without these inputs, or without these source columns
+    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:
+        err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+COMMANDS = [run, run_all, serve]
