@@ -169,6 +169,12 @@ def load_jobs(path: str | os.PathLike[str] | None = None) -> dict[str, JobConfig
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"jobs file {p} is not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - {"jobs"})
+    if unknown:
+        raise ConfigError(
+            f"jobs file {p}: unknown section(s) {', '.join(unknown)} (jobs are [jobs.<name>] "
+            "sections; nothing else belongs at the top level)"
+        )
     jobs_raw = raw.get("jobs")
     if not isinstance(jobs_raw, dict) or not jobs_raw:
         raise ConfigError(f"jobs file {p} defines no [jobs.<name>] section")

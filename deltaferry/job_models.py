@@ -47,16 +47,19 @@ Column = Annotated[str, StringConstraints(min_length=1)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
-def setting(default: Any, meaning: str, must: str, **constraints: Any) -> Any:
+def setting(
+    default: Any, meaning: str, must: str, schema: dict[str, Any] | None = None, **constraints: Any
+) -> Any:
     """One key of the jobs file: its default (``...``: required), its meaning (the JSON
     Schema's description) and what a value must be: a problem with the value reads
     ``<key> must be <must> (got <value>)``. ``constraints`` are pydantic's (``ge``,
     ``pattern``, ...); ``repr=False`` keeps the value out of error messages (it may hold a
-    secret)."""
+    secret). ``schema``: JSON Schema keywords for editors where a validator checks the value
+    (the validator's message is the one users see)."""
     return Field(
         default,
         description=meaning,
-        json_schema_extra={"errorMessage": f"must be {must}"},
+        json_schema_extra={"errorMessage": f"must be {must}", **(schema or {})},
         **constraints,
     )
 
@@ -97,7 +100,10 @@ class TableModel(Section):
         pattern=IDENT,
     )
     primary_key: Annotated[
-        list[Column], BeforeValidator(_listed, json_schema_input_type=Union[str, list[str]])
+        list[Column],
+        BeforeValidator(
+            _listed, json_schema_input_type=Union[str, Annotated[list[str], Field(min_length=1)]]
+        ),
     ] = setting(
         ...,
         "the key column, or several, as the source spells them",
@@ -216,6 +222,7 @@ class JobModel(Section):
         ...,
         "the lake: s3://bucket/prefix, file:///abs/path or file:relative/to/this/file",
         "s3://bucket/prefix, file:///abs/path or file:relative/path",
+        schema={"pattern": "^(s3://[^/]+|file:.+)"},  # checked by _lake_url
     )
     contract: Column | None = setting(
         None,
@@ -473,14 +480,15 @@ def _problem(err: Any, loc: tuple[Any, ...], section: type[Section], raw: Any) -
 
 def _closest(keys: list[str], section: type[Section], kind: str) -> str:
     """The known key closest to each unknown one, or the source kinds that know it."""
-    close = {k: difflib.get_close_matches(k, list(section.model_fields), n=1) for k in keys}
-    hints = [c[0] if len(keys) == 1 else f"{c[0]} for {k}" for k, c in close.items() if c]
-    if hints:
-        return f" (did you mean {', '.join(hints)}?)"
     level = "job" if issubclass(section, JobModel) else "table"
     model = job_model if level == "job" else table_model
+    # a key another source kind knows is that kind's, however close it is to one of ours
     others = [o for o in source_kinds() if o != kind and set(keys) & set(model(o).model_fields)]
-    return f" (a setting of {' and '.join(others)} {level}s)" if others else ""
+    if others:
+        return f" (a setting of {' and '.join(others)} {level}s)"
+    close = {k: difflib.get_close_matches(k, list(section.model_fields), n=1) for k in keys}
+    hints = [c[0] if len(keys) == 1 else f"{c[0]} for {k}" for k, c in close.items() if c]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def jobs_schema() -> dict[str, Any]:
@@ -489,13 +497,17 @@ def jobs_schema() -> dict[str, Any]:
     job: Any = Annotated[kinds, Field(discriminator="source")]
     jobs_file = create_model(
         "JobsFile",
+        __config__=ConfigDict(extra="forbid"),
         __doc__="deltaferry jobs file (deltaferry.toml): what to sync, from where, to which lake.",
         jobs=(
             dict[Annotated[str, StringConstraints(pattern=IDENT)], job],
             Field(..., description="the jobs, by name", min_length=1),
         ),
     )
-    return {"$schema": SCHEMA_URL, **_no_null(jobs_file.model_json_schema())}
+    schema = _no_null(jobs_file.model_json_schema())
+    # a job name that breaks the pattern is an error, not a job the schema skips
+    schema["properties"]["jobs"]["additionalProperties"] = False
+    return {"$schema": SCHEMA_URL, **schema}
 
 
 def _no_null(node: Any) -> Any:

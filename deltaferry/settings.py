@@ -76,7 +76,7 @@ class Settings(EnvSettings):
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
 
     # the lake (S3)
-    s3_sse: str = var(
+    s3_sse: Literal["AES256", "aws:kms", "none"] = var(
         "AES256",
         "algorithm",
         "server-side encryption on every object (`AES256`, `aws:kms`, or `none`)",

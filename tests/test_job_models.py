@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from deltaferry.config import JobConfig, TableConfig, load_job, load_jobs
 from deltaferry.errors import ConfigError
-from deltaferry.job_models import JobModel, TableModel, jobs_schema, schema_text
+from deltaferry.job_models import JobModel, TableModel, jobs_schema, parse_job, schema_text
 
 pytestmark = pytest.mark.unit
 
@@ -114,6 +114,12 @@ def test_source_kind_keys_are_known_to_their_kind_only(tmp_path):
     assert line == (
         "job 'shop': unknown setting(s) paginator for a sql_database job "
         "(a setting of rest_api jobs)"
+    )
+    # another kind's key close to one of ours: still named as that kind's
+    line = refusal(tmp_path, SQL, job="lookback_seconds = 3")
+    assert line == (
+        "job 'shop': unknown setting(s) lookback_seconds for a sql_database job "
+        "(a setting of files jobs)"
     )
     line = refusal(tmp_path, FILES, table='column_types = { id = "text" }')
     assert "job 'drops' table 'orders': unknown setting(s) column_types" in line
@@ -229,3 +235,36 @@ def test_the_readme_examples_and_the_repository_jobs_file_parse_and_fit_the_sche
     bad = tomllib.loads((ROOT / "deltaferry.toml").read_text())
     bad["jobs"]["shop"]["tables"][0]["curser"] = "x"
     assert not validator.is_valid(bad)
+
+
+def test_an_unknown_top_level_section_is_refused(tmp_path):
+    path = tmp_path / "jobs.toml"
+    path.write_text("[settings]\nx = 1\n" + SQL.format(job="", table=""))
+    with pytest.raises(ConfigError) as err:
+        load_jobs(path)
+    assert "unknown section(s) settings" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["empty-key", "ftp-lake", "bad-job-name", "top-level"],
+)
+def test_the_schema_refuses_what_the_models_refuse(tmp_path, change):
+    """Files the CLI refuses are refused by the schema too (editors show them as errors)."""
+    good = tomllib.loads(SQL.format(job="", table=""))
+    validator = jsonschema.Draft202012Validator(jobs_schema())
+    assert not list(validator.iter_errors(good))
+    bad = json.loads(json.dumps(good))
+    if change == "empty-key":
+        bad["jobs"]["shop"]["tables"][0]["primary_key"] = []
+    elif change == "ftp-lake":
+        bad["jobs"]["shop"]["lake"] = "ftp://x/y"
+    elif change == "bad-job-name":
+        bad["jobs"]["My-Shop"] = bad["jobs"].pop("shop")
+    else:
+        bad["settings"] = {"x": 1}
+    assert list(validator.iter_errors(bad)), change
+    if change != "top-level":  # and the models refuse it (the top level: the test above)
+        name, job = next(iter(bad["jobs"].items()))
+        with pytest.raises(ConfigError):
+            parse_job(name, job, tmp_path)

@@ -91,6 +91,7 @@ def test_failpoint_defaults(clean_env: pytest.MonkeyPatch) -> None:
         ("DELTAFERRY_S3_MAX_ATTEMPTS", "0", "expected greater than or equal to 1"),
         ("DELTAFERRY_S3_CHECKSUM", "always", "expected 'when_required' or 'when_supported'"),
         ("DELTAFERRY_OBJECT_LOCK_MODE", "governance", "'GOVERNANCE' or 'COMPLIANCE'"),
+        ("DELTAFERRY_S3_SSE", "rot13", "expected 'AES256', 'aws:kms' or 'none'"),
         ("DELTAFERRY_ALLOW_INSECURE_HTTP", "please", "expected a valid boolean"),
     ],
 )
