@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deltaferry.context import SyncContext
+from deltaferry.failpoints import failpoint
 from deltaferry.state import Entry
 
 
@@ -126,4 +127,5 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
 
     ctx.step("extract", run)
     ctx.skipped.extend(set_aside)
+    failpoint("after_extract")  # crash tests: staged, nothing planned
     return out

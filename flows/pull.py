@@ -17,18 +17,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deltaferry.run_report import pull_markdown, pull_summary
-from deltaferry.settings import from_env
 from flows.report import artifact_key
-from flows.sync import _only_transient
+from flows.retries import only_transient, step_retry_delays
 
 
 @task(
     name="pull",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_delay_seconds=[2, 8, 30],
-    retry_jitter_factor=1.0,
-    retry_condition_fn=_only_transient,
+    retry_condition_fn=only_transient,
 )
 def pull_step(job: str, replica: str, config: str | None) -> list[Any]:
     from deltaferry.config import load_job
@@ -52,8 +49,10 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
 
     failed: DeltaferryError | None = None
     try:
-        retries = from_env().step_retries  # read now, not when this module loads
-        results = pull_step.with_options(retries=retries)(job, replica, config)
+        retries, delays = step_retry_delays()  # read now, not when this module loads
+        results = pull_step.with_options(retries=retries, retry_delay_seconds=delays)(
+            job, replica, config
+        )
     except DeltaferryError as e:
         if getattr(e, "results", None) is None:
             raise

@@ -16,7 +16,6 @@ summary the run hands to ``track``; its row in the state store is finished by
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -28,39 +27,16 @@ from deltaferry.commit import commit, put_manifest, recover_table, upload_parts
 from deltaferry.config import TableConfig, load_job
 from deltaferry.context import SyncContext, job_lock
 from deltaferry.delta import Delta
-from deltaferry.errors import TransientError
 from deltaferry.extract import ExtractResult, run_extract
-from deltaferry.failpoints import failpoint
 from deltaferry.run import open_run, plan_logged, recorded, run_tags, tables_to_recover
 from deltaferry.settings import from_env
 from deltaferry.state import Plan
-from flows.report import emit, emit_retry, on_completion, on_end, on_failure, track
-
-
-def full_jitter_delays(retries: int, base: float, cap: float = 60.0) -> list[float]:
-    """Delays for ``retries`` attempts: uniform in [0, min(cap, base * 2**i)] ("full jitter")."""
-    rng = random.Random()
-    return [rng.uniform(0, min(cap, base * 2**i)) for i in range(retries)]
-
-
-def _only_transient(task: Any, run: Any, state: Any) -> bool:
-    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
-    if exc is None:
-        try:
-            exc = state.result(raise_on_failure=False)
-        except Exception as e:  # pragma: no cover - defensive
-            exc = e
-    retrying = isinstance(exc, TransientError)
-    if retrying:
-        emit_retry(str(flow_run.parameters.get("job", "")), str(getattr(run, "name", "")), exc)
-    return retrying
+from flows.report import emit, on_completion, on_end, on_failure, track
+from flows.retries import only_transient, step_retry_delays
 
 
 def _retrying(t: Any, name: str, ctx: SyncContext) -> Any:
-    env = from_env()
-    retries = env.step_retries
-    # drawn per task: retries are not synchronised
-    delays = full_jitter_delays(retries, env.retry_base_seconds)
+    retries, delays = step_retry_delays()
     # kept on the run's context (not globally) so the operations log can say when the
     # next attempt comes; it goes away with the run
     ctx.retry_delays[name] = delays
@@ -68,7 +44,7 @@ def _retrying(t: Any, name: str, ctx: SyncContext) -> Any:
         task_run_name=name,
         retries=retries,
         retry_delay_seconds=delays,
-        retry_condition_fn=_only_transient,
+        retry_condition_fn=only_transient,
     )
 
 
@@ -112,7 +88,6 @@ def extract_step(ctx: SyncContext) -> ExtractResult:
     for table, done in extracted.tables.items():
         for reason in done.skipped:
             emit(ctx, "deltaferry.input.skipped", table, {"reason": reason})
-    failpoint("after_extract")
     return extracted
 
 

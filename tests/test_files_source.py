@@ -304,13 +304,13 @@ BAD_FILES = {  # case: (file name, bytes, what the reason says)
 @pytest.mark.parametrize("case", BAD_FILES, ids=str)
 def test_what_a_bad_file_is_set_aside_for(case):
     from deltaferry.config import TableConfig
-    from sources.files import SetAside, _contract_types, file_format, read_table
+    from sources.files import SetAside, contract_types, file_format, read_table
 
     name, data, says = BAD_FILES[case]
     t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     raw = data.encode() if isinstance(data, str) else data
     with pytest.raises(SetAside) as caught:
-        read_table(raw, file_format(name, None), t, _contract_types(t, "here"))
+        read_table(raw, file_format(name, None), t, contract_types(t, "here"))
     assert says in f"{caught.value.problem}; {caught.value.fix}"
 
 
@@ -326,13 +326,13 @@ def test_empty_and_header_only_files_stage_nothing():
 
 def test_timestamps_without_an_offset_are_utc():
     from deltaferry.config import TableConfig
-    from sources.files import _contract_types, read_table
+    from sources.files import contract_types, read_table
 
     t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
     stamps = ["2026-01-01", "2026-01-01 09:00:00", "2026-01-01T09:00:00Z"]
     stamps += ["2026-01-01T10:00:00+01:00", "2026-01-01 04:00:00-05", "2026-01-01 09:00:00.5"]
     csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
-    table = read_table(csv_text.encode(), "csv", t, _contract_types(t, "here"))
+    table = read_table(csv_text.encode(), "csv", t, contract_types(t, "here"))
     assert table.schema.field("placed_at").type == pa.timestamp("us", tz="UTC")
     seconds = [v.timestamp() for v in table["placed_at"].to_pylist()]
     assert seconds == [T_9H - 9 * 3600] + [T_9H] * 4 + [T_9H + 0.5]
@@ -340,10 +340,10 @@ def test_timestamps_without_an_offset_are_utc():
 
 def test_timestamps_without_an_offset_are_taken_in_the_jobs_timezone():
     from deltaferry.config import TableConfig
-    from sources.files import _contract_types, read_table
+    from sources.files import contract_types, read_table
 
     t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
-    types = _contract_types(t, "here")
+    types = contract_types(t, "here")
     stamps = ["2026-01-01 10:00:00", "2026-01-01T09:00:00Z", "2026-07-01 11:00:00"]
     csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
     table = read_table(csv_text.encode(), "csv", t, types, "Europe/Berlin")
@@ -544,11 +544,11 @@ I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 def read_numbers(data: bytes | str, fmt: str) -> pa.Table:
     """One file read as the ``numbers`` table (contract tests.support.contracts_files:Numbers)."""
     from deltaferry.config import TableConfig
-    from sources.files import _contract_types, read_table
+    from sources.files import contract_types, read_table
 
     t = TableConfig("numbers", ("id",), None, "none", "tests.support.contracts_files:Numbers")
     raw = data.encode() if isinstance(data, str) else data
-    return read_table(raw, fmt, t, _contract_types(t, "here"))
+    return read_table(raw, fmt, t, contract_types(t, "here"))
 
 
 def set_aside_for(data: bytes | str, fmt: str) -> str:

@@ -116,10 +116,10 @@ def test_retry_condition_accepts_only_transient_errors(prefect_api):
     # would start its own server)
     from prefect.states import Failed
 
-    from flows.sync import _only_transient, full_jitter_delays
+    from flows.retries import full_jitter_delays, only_transient
 
-    assert _only_transient(None, None, Failed(data=TransientError("timeout")))
-    assert not _only_transient(None, None, Failed(data=ContractViolation("bad rows")))
+    assert only_transient(None, None, Failed(data=TransientError("timeout")))
+    assert not only_transient(None, None, Failed(data=ContractViolation("bad rows")))
     delays = full_jitter_delays(5, base=1.0, cap=8.0)
     assert len(delays) == 5
     assert all(0 <= d <= min(8.0, 2**i) for i, d in enumerate(delays))

@@ -25,7 +25,7 @@ from deltaferry.duck import ident
 from sources.change_detection import ChangedRows
 from sources.columns import FILE_TIME_COLUMN
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
-from sources.files.reading import _contract_types, file_format, keys_not_null, read_table
+from sources.files.reading import contract_types, file_format, keys_not_null, read_table
 from sources.files.settings import (
     default_pattern,
     lookback_seconds,
@@ -148,7 +148,7 @@ def _resource(
     naming_convention: str,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
-    types = _contract_types(t, where)
+    types = contract_types(t, where)
     convention = str(naming_convention)
     pattern = t.options.get("pattern") or default_pattern(t.name)
     staged_times = staged_file_times(job, t, borrowed)
@@ -246,7 +246,7 @@ __all__ = [
     "S3Prefix",
     "SetAside",
     "Watermark",
-    "_contract_types",
+    "contract_types",
     "drops_for",
     "extract",
     "file_format",

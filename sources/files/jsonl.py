@@ -94,8 +94,10 @@ def _read_exact(
         records = decoder.decode("[" + ",".join(line.decode() for _, line in numbered) + "]")
     except (ValueError, RecursionError):
         pass
-    if records is None or len(records) != len(numbered) or not all(
-        isinstance(r, dict) for r in records
+    if (
+        records is None
+        or len(records) != len(numbered)
+        or not all(isinstance(r, dict) for r in records)
     ):
         records = []  # line by line, to say which line is wrong
         for n, line in numbered:
@@ -250,7 +252,11 @@ def _json_text(v: Any) -> str:
         return json.dumps(v.isoformat())
     else:
         return json.dumps(v.hex() if isinstance(v, bytes) else str(v), ensure_ascii=False)
-    return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_json_text(x)}" for k, x in items) + "}"
+    return (
+        "{"
+        + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_json_text(x)}" for k, x in items)
+        + "}"
+    )
 
 
 def documents_as_text(table: pa.Table) -> pa.Table:
@@ -258,8 +264,13 @@ def documents_as_text(table: pa.Table) -> pa.Table:
     a NULL stays NULL. Raises SetAside for a value JSON cannot hold."""
     for i, f in enumerate(table.schema):
         t = f.type
-        if not (pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_list(t)
-                or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        if not (
+            pa.types.is_struct(t)
+            or pa.types.is_map(t)
+            or pa.types.is_list(t)
+            or pa.types.is_large_list(t)
+            or pa.types.is_fixed_size_list(t)
+        ):
             continue
         try:
             text = [None if v is None else _json_text(v) for v in table[i].to_pylist()]

@@ -281,7 +281,7 @@ def _first_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
+def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
     """The contract's Arrow types, as staged. A decimal wider than the 38 digits staging
     (DuckDB) holds is a ConfigError."""
     types = load_contract(t.contract, where=where).arrow_types()
