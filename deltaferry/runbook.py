@@ -1,8 +1,10 @@
 """Ways out of the states a run can stop in, for ``deltaferry plan`` and ``deltaferry reset``.
 
-Each act takes the job's run lock (never while a run works on the job), changes only the
-producer's local state (``state.duckdb`` and staging; never the lake) and is written to
-the operations log with the operator's reason and the positions it saw.
+``plan show`` only reads. Each act takes the job's run lock (never while a run works on the
+job) and is written to the operations log with the operator's reason and the positions it
+saw; ``plan discard`` and ``reset`` change only the producer's local state (``state.duckdb``
+and staging), ``republish`` uploads again what the lake lost of committed batches (data
+objects, then create-only manifests byte-identical to the committed ones).
 
 - ``plan show``: the batches planned here but not committed, and whether the lake holds
   each one's manifest.

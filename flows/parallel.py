@@ -5,7 +5,9 @@ run, with its own report, events and tags), submitted to a ``DaskTaskRunner``: a
 Dask cluster of worker processes by default, or an existing cluster
 (``tcp://scheduler:8786``) whose workers may sit on several hosts. Every worker needs the
 project importable, the jobs file at the same path, the job's environment (secrets, S3)
-and its own ``DELTAFERRY_HOME`` on local disk; a job's lock and its create-only manifests
+and one ``DELTAFERRY_HOME`` that every worker shares: Dask does not keep a job on one host,
+and a host whose home is stale finds the lake ahead of its checkpoint and stops before it
+plans anything (``deltaferry/agreement.py``). A job's lock and its create-only manifests
 keep two workers from publishing one job twice. Jobs fail independently: one job's
 failure is reported, the others go on.
 """
