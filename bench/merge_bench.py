@@ -58,10 +58,10 @@ def one(n: int, k: int, workdir: Path) -> dict[str, float]:
     single = duck.connect(workdir / f"single-{n}.duckdb")
     single.execute(_META)
     t0 = time.perf_counter()
-    _apply(single, "bench", "events", ["id"], 1, {}, "x" * 64, base)
+    _apply(single, "bench", "events", ["id"], 1, None, "x" * 64, base)
     out["single initial"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _apply(single, "bench", "events", ["id"], 2, {}, "y" * 64, incr)
+    _apply(single, "bench", "events", ["id"], 2, None, "y" * 64, incr)
     out["single incremental"] = time.perf_counter() - t0
     single.close()
 

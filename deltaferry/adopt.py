@@ -15,19 +15,17 @@ another writer's table (ConflictError).
 
 from __future__ import annotations
 
-import json
-
 import duckdb
 
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.duck import ident
-from deltaferry.errors import ConflictError
+from deltaferry.errors import ConflictError, VerificationError
 from deltaferry.merge_tables import REPLICA_COLUMNS
 from deltaferry.replica import pull
 from deltaferry.state import Plan
 from deltaferry.verify import list_batches
-from destinations.manifest import manifest_key, sha256
+from destinations.manifest import Manifest, manifest_key, sha256
 
 
 def baseline_path(job: str, table: str):  # noqa: ANN201
@@ -43,13 +41,18 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     if not batches:
         return None
     last = batches[-1]
-    raw = ctx.lake.get(manifest_key(ctx.job.name, t.name, last, chain))
-    manifest = json.loads(raw) if raw else {}
-    if manifest.get("producer_id") != ctx.job.producer_id:
+    key = manifest_key(ctx.job.name, t.name, last, chain)
+    raw = ctx.lake.get(key)
+    try:
+        manifest = Manifest.parse(raw, key=key) if raw else None
+    except ValueError as e:
+        raise VerificationError(f"job '{ctx.job.name}' table '{t.name}': {e}") from None
+    writer = manifest.producer_id if manifest is not None else None
+    if manifest is None or writer != ctx.job.producer_id:
         raise ConflictError(
             f"job '{ctx.job.name}' table '{t.name}': the lake's batch {last} was written by producer "
-            f"'{manifest.get('producer_id')}', not '{ctx.job.producer_id}'; not adopting another writer's table. "
-            f"If this host is that producer, set producer_id = \"{manifest.get('producer_id')}\" in the jobs "
+            f"'{writer}', not '{ctx.job.producer_id}'; not adopting another writer's table. "
+            f"If this host is that producer, set producer_id = \"{writer}\" in the jobs "
             "file; if both publish the table, set multi_producer = true on a new lake prefix (or job); "
             "otherwise check `lake`"
         )
@@ -68,9 +71,9 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
         t.name,
         last,
         [],
-        manifest["seq"]["start"],
-        manifest["seq"]["end"],
-        manifest["rows"],
+        manifest.seq.start,
+        manifest.seq.end,
+        manifest.rows,
         0,
         raw,
         sha256(raw),
@@ -206,8 +209,8 @@ def _shape_rule(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
     from deltaferry.negotiate import source_version
 
     chain = ctx.chains.get(t.name)
-    head = ctx.state.last_manifest(t.name) or {}
-    published = (head.get("contract") or {}).get("version")
+    head = ctx.state.last_manifest(t.name)
+    published = head.contract.version if head is not None else None
     if chain is None or published is None:
         return None
     source = source_version(ctx.job, t, chain)

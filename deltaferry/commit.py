@@ -14,7 +14,6 @@ terminal ConflictError.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
@@ -25,29 +24,33 @@ from deltaferry.failpoints import failpoint
 from deltaferry.negotiate import contract_version, migration_of
 from deltaferry.staged import DriftPlan, staged_changes
 from deltaferry.state import Plan
-from destinations.manifest import manifest_key, sha256
+from destinations.manifest import Manifest, manifest_key, sha256
 
 
 def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
     """Upload every data object of the plan; the manifest is written only after all succeed."""
-    planned = json.loads(plan.manifest)
-    files = planned["files"]
+    planned = planned_manifest(ctx, plan)
     parts = list(delta.parts)
-    if "also" in planned:  # dual publishing: the newer version's copy goes up too
-        files = files + planned["also"]["files"]
+    if planned.also is not None:  # dual publishing: the newer version's copy goes up too
         parts += delta.also[1] if delta.also else []
     sent = 0
-    for f, part in zip(files, parts, strict=True):
-        if f["sha256"] != part.sha256:
+    for f, part in zip(planned.all_files(), parts, strict=True):
+        if f.sha256 != part.sha256:
             raise TerminalError(
-                f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f['key']} "
+                f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f.key} "
                 "does not match its plan"
             )
-        ctx.lake.put(f["key"], part.data)
+        ctx.lake.put(f.key, part.data)
         sent += len(part.data)
         failpoint("after_part_upload")
     failpoint("after_upload")
     return sent
+
+
+def planned_manifest(ctx: SyncContext, plan: Plan) -> Manifest:
+    """The manifest a plan recorded (its exact bytes, parsed)."""
+    key = manifest_key(ctx.job.name, plan.table, plan.batch, ctx.job.chain)
+    return Manifest.parse(plan.manifest, key=f"{key} (planned)")
 
 
 def put_manifest(ctx: SyncContext, plan: Plan) -> str:
@@ -67,25 +70,26 @@ def put_manifest(ctx: SyncContext, plan: Plan) -> str:
         )
     raise ConflictError(
         f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: a different manifest already exists at "
-        f"{ctx.lake.url}/{key} ({_describe(stored)}; ours sha256 {plan.manifest_sha256[:16]}); another writer "
+        f"{ctx.lake.url}/{key} ({_describe(stored, key)}; ours sha256 {plan.manifest_sha256[:16]}); another writer "
         "holds this table. Nothing was overwritten; stop other producers and investigate before running again"
     )
 
 
-def _describe(stored: bytes) -> str:
+def _describe(stored: bytes, key: str) -> str:
     """Who wrote a manifest, for conflict messages."""
     try:
-        m = json.loads(stored)
+        m = Manifest.parse(stored, key=key)
+    except ValueError as e:
         return (
-            f"sha256 {sha256(stored)[:16]}, producer '{m.get('producer_id')}', "
-            f"trace {m.get('trace_id')}, created {m.get('created_at')}, {len(stored)} bytes"
+            f"sha256 {sha256(stored)[:16]}, {len(stored)} bytes, unreadable: {e}; a torn write "
+            "the store accepted (S3 refuses incomplete bodies; this store did not) or not a "
+            "manifest at all; if no other producer writes this table, delete that object and "
+            "run again"
         )
-    except ValueError:
-        return (
-            f"sha256 {sha256(stored)[:16]}, not JSON, {len(stored)} bytes: a torn write the store "
-            "accepted (S3 refuses incomplete bodies; this store did not); if no other producer "
-            "writes this table, delete that object and run again"
-        )
+    return (
+        f"sha256 {sha256(stored)[:16]}, producer '{m.producer_id}', "
+        f"trace {m.trace_id}, created {m.created_at}, {len(stored)} bytes"
+    )
 
 
 def commit(ctx: SyncContext, plan: Plan) -> None:
@@ -123,10 +127,9 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
 
 def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     """Rebuild a planned batch from staging; its parts must hash to what the plan recorded."""
-    planned = json.loads(plan.manifest)
-    recorded = planned.get("drift")
+    planned = planned_manifest(ctx, plan)
     chain = ctx.chains[t.name]  # the plan's own version and migration, whatever readers say now
-    version = int((planned.get("contract") or {}).get("version") or chain.latest)
+    version = planned.contract.version
     if version not in chain.versions:
         raise TerminalError(
             f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the batch was planned "
@@ -137,12 +140,12 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             "cut again at the new contract)"
         )
     ctx.contracts[t.name] = contract_version(ctx.job, t, chain, version)
-    moved = planned.get("migration")
-    if moved:
-        ctx.migrations[t.name] = (int(moved["from"]), int(moved["to"]))
+    moved = planned.migration
+    if moved is not None:
+        ctx.migrations[t.name] = (moved.from_, moved.to)
     else:
         ctx.migrations.pop(t.name, None)
-    drift = DriftPlan.recorded(recorded)
+    drift = DriftPlan.recorded(planned.drift)
     ctx.released[t.name] = ctx.state.plan_releases(t.name, plan.batch)
     with staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift) as (_, chunks, _d):
         if chunks is None:
@@ -164,10 +167,10 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             migration=migration_of(ctx, t),
             missing=drift.missing if drift else None,
         )
-    if "also" in planned:
-        also_version = int(planned["also"]["contract"]["version"])
+    if planned.also is not None:
+        also_version = planned.also.contract.version
         delta.also = dual_copy(ctx, t, delta, also_version, drift, plan.chunk_rows)
-    want = [f["sha256"] for f in planned["files"] + (planned.get("also") or {}).get("files", [])]
+    want = [f.sha256 for f in planned.all_files()]
     got = [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
     if want != got:
         raise TerminalError(

@@ -23,7 +23,7 @@ from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import ident
 from deltaferry.errors import ContractViolation, DowngradeRefused
-from destinations.manifest import sha256
+from destinations.manifest import DataFile, Ops, sha256
 from sources.columns import (
     DELETED_COLUMN,
     INTERNAL_COLUMNS,
@@ -43,6 +43,11 @@ class Part:
     rows: int
     upserts: int
     deletes: int
+
+    def data_file(self, key: str) -> DataFile:
+        """This part's entry in a manifest, stored at ``key``."""
+        ops = Ops(upsert=self.upserts, delete=self.deletes)
+        return DataFile(key=key, sha256=self.sha256, bytes=len(self.data), rows=self.rows, ops=ops)
 
 
 @dataclass

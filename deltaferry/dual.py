@@ -19,7 +19,7 @@ from deltaferry.delta import OP_COLUMN, SEQ_COLUMN, Delta, build_delta, translat
 from deltaferry.errors import ContractViolation
 from deltaferry.negotiate import source_version
 from deltaferry.staged import DriftPlan, staged_changes
-from destinations.manifest import data_key
+from destinations.manifest import Also, ContractRef, data_key
 
 
 def dual_copy(
@@ -85,26 +85,17 @@ def _keyed_rows(t: TableConfig, parts: list[Any]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def also_manifest(ctx: SyncContext, t: TableConfig, batch: int, delta: Delta) -> dict[str, Any]:
+def also_manifest(ctx: SyncContext, t: TableConfig, batch: int, delta: Delta) -> Also | None:
     """The ``also`` entry of a dual-published batch: the newer version and its files."""
     if delta.also is None:
-        return {}
+        return None
     version, parts = delta.also
     c = ctx.chains[t.name].contract(version)
-    return {
-        "also": {
-            "contract": {"ref": c.ref, "version": c.version, "fingerprint": c.fingerprint},
-            "files": [
-                {
-                    "key": data_key(
-                        ctx.job.name, t.name, batch, i, p.sha256, ctx.job.chain, version
-                    ),
-                    "sha256": p.sha256,
-                    "bytes": len(p.data),
-                    "rows": p.rows,
-                    "ops": {"upsert": p.upserts, "delete": p.deletes},
-                }
-                for i, p in enumerate(parts)
-            ],
-        }
-    }
+    job, chain = ctx.job.name, ctx.job.chain
+    return Also(
+        contract=ContractRef(ref=c.ref, version=c.version, fingerprint=c.fingerprint),
+        files=[
+            p.data_file(data_key(job, t.name, batch, i, p.sha256, chain, version))
+            for i, p in enumerate(parts)
+        ],
+    )

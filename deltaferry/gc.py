@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from deltaferry.config import JobConfig
 from deltaferry.verify import list_batches, producers
 from destinations.lake import LakeStore
-from destinations.manifest import manifest_key, parse
+from destinations.manifest import Manifest, manifest_key
 
 MANIFEST = "manifest"
 DATA = "data"
@@ -137,10 +137,8 @@ def collect(
                 try:
                     if raw is None:
                         raise ValueError("vanished")
-                    m = parse(raw, key=key)
-                    referenced.update(f["key"] for f in m["files"])
-                    referenced.update(f["key"] for f in (m.get("also") or {}).get("files", []))
-                except (ValueError, KeyError, TypeError):
+                    referenced.update(f.key for f in Manifest.parse(raw, key=key).all_files())
+                except ValueError:
                     chain.unreadable.add(b)  # verify's business; never delete what it may name
         report.referenced += sum(len(c.batches) for c in chains.values()) + len(referenced)
         for key, mtime in lake.entries(f"{job.name}/{t.name}/"):

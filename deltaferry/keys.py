@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from deltaferry.config import deltaferry_home
 from deltaferry.errors import ConfigError, VerificationError
 from deltaferry.settings import from_env
-from destinations.manifest import canonical
+from destinations.manifest import Manifest, Signature, canonical
 
-ALG = "ed25519"
+ALG: Final = "ed25519"
 
 
 @dataclass
@@ -133,25 +133,51 @@ class Keyring:
 
     # --- signing ----------------------------------------------------------------------
 
-    def sign(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def sign(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Return a signed document (an override entry) with a signature by the active key
+        (unchanged if none)."""
+        sig = self._signature(canonical({**doc, "signature": None}))
+        return doc if sig is None else {**doc, "signature": sig.to_dict()}
+
+    def sign_manifest(self, manifest: Manifest) -> Manifest:
         """Return the manifest with a signature by the active key (unchanged if none)."""
+        sig = self._signature(manifest.unsigned())
+        return manifest if sig is None else manifest.model_copy(update={"signature": sig})
+
+    def _signature(self, body: bytes) -> Signature | None:
+        """The active key's signature over ``body`` (a canonical encoding with signature
+        null), or None without an active key."""
         info = self.active()
         if info is None:
-            return manifest
+            return None
         pem = (self.path / "private" / f"{info.key_id}.pem").read_bytes()
         private = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(private, Ed25519PrivateKey)
-        body = canonical({**manifest, "signature": None})
         sig = base64.b64encode(private.sign(body)).decode()
-        return {**manifest, "signature": {"alg": ALG, "key_id": info.key_id, "sig": sig}}
+        return Signature(alg=ALG, key_id=info.key_id, sig=sig)
 
-    def verify(self, manifest: dict[str, Any], *, where: str) -> None:
+    def verify(self, doc: dict[str, Any], *, where: str) -> None:
+        """``verify_manifest`` for a signed document that is not a manifest (an override
+        entry)."""
+        self._check(
+            doc.get("signature"),
+            canonical({**doc, "signature": None}),
+            doc.get("created_at", ""),
+            where=where,
+        )
+
+    def verify_manifest(self, manifest: Manifest, *, where: str) -> None:
         """Raise VerificationError unless the manifest is signed by a trusted, unrevoked key.
 
         With an empty keyring nothing is required (unsigned lakes stay readable); once a
         reader trusts any key, every manifest must carry a valid signature.
         """
-        sig = manifest.get("signature")
+        sig = manifest.signature.to_dict() if manifest.signature is not None else None
+        self._check(sig, manifest.unsigned(), manifest.created_at, where=where)
+
+    def _check(self, sig: Any, body: bytes, created_at: str, *, where: str) -> None:
+        """Check the signature ``sig`` (``{alg, key_id, sig}`` or None) over ``body``, of a
+        document created at ``created_at``."""
         if not sig:
             if self.keys:
                 raise VerificationError(
@@ -161,17 +187,13 @@ class Keyring:
         info = self.keys.get(sig.get("key_id", ""))
         if info is None or sig.get("alg") != ALG:
             raise VerificationError(f"{where}: signed with unknown key '{sig.get('key_id')}'")
-        if (
-            info.status == "revoked"
-            and info.revoked_at
-            and manifest.get("created_at", "") >= info.revoked_at
-        ):
+        if info.status == "revoked" and info.revoked_at and created_at >= info.revoked_at:
             raise VerificationError(
                 f"{where}: signed with key '{info.key_id}', revoked at {info.revoked_at}"
             )
         public = Ed25519PublicKey.from_public_bytes(base64.b64decode(info.public_key))
         try:
-            public.verify(base64.b64decode(sig["sig"]), canonical({**manifest, "signature": None}))
+            public.verify(base64.b64decode(sig["sig"]), body)
         except (InvalidSignature, ValueError, KeyError):
             raise VerificationError(
                 f"{where}: signature does not match (key '{info.key_id}')"

@@ -8,8 +8,6 @@ See docs/architecture.md, section 2 "The producer: one run".
 
 from __future__ import annotations
 
-from typing import Any
-
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.delta import Delta, build_delta
@@ -18,9 +16,20 @@ from deltaferry.errors import DowngradeRefused
 from deltaferry.failpoints import failpoint
 from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
 from deltaferry.producers import check_chain_mode, logical_time
-from deltaferry.staged import staged_changes
+from deltaferry.staged import DriftPlan, staged_changes
 from deltaferry.state import Plan, now
-from destinations.manifest import FORMAT, canonical, data_key, sha256
+from destinations.manifest import (
+    FORMAT,
+    ContractRef,
+    CursorRange,
+    DowngradeRefusal,
+    Manifest,
+    Migration,
+    Ops,
+    SeqRange,
+    data_key,
+    sha256,
+)
 
 
 def plan_negotiated(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
@@ -97,21 +106,10 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         delta.also = dual_copy(ctx, t, delta, None, drift, ctx.job.rows_per_file)
     batch = ckpt.batch + 1
     clock = logical_time(ctx, t) if ctx.job.multi_producer else None
-    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock)
-    if drift is not None:
-        manifest["drift"] = drift.manifest()
-    if t.name in ctx.migrations:
-        start, target = ctx.migrations[t.name]
-        chain = ctx.chains[t.name]
-        manifest["migration"] = {
-            "from": start,
-            "to": target,
-            "steps": chain.steps(start, target),
-            "source_fingerprint": chain.contract(start).fingerprint,
-        }
+    manifest = make_manifest(ctx, t, batch, ckpt.manifest_sha256, delta, clock, drift)
     if ctx.keyring is not None:
-        manifest = ctx.keyring.sign(manifest)
-    body = canonical(manifest)
+        manifest = ctx.keyring.sign_manifest(manifest)
+    body = manifest.canonical()
     plan = Plan(
         t.name,
         batch,
@@ -142,48 +140,57 @@ def make_manifest(
     batch: int,
     prev: str | None,
     delta: Delta,
-    clock: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The manifest of batch ``batch`` of ``t`` (unsigned; format ``deltaferry.manifest/1``,
-    ``destinations/manifest.schema.json``): contract, key, cursor and ``_seq`` ranges, load
-    ids, counts, every file, the dual-published copy, the logical ``clock`` with several
-    producers, and the version a downgrade was refused at."""
+    clock: tuple[int, dict[str, int]] | None = None,
+    drift: DriftPlan | None = None,
+) -> Manifest:
+    """The manifest of batch ``batch`` of ``t`` (unsigned; ``destinations/manifest.py:Manifest``):
+    contract, key, cursor and ``_seq`` ranges, load ids, counts, every file, the
+    dual-published copy, the drift decision, the migration, the logical ``clock`` with
+    several producers, and the version a downgrade was refused at."""
     c = ctx.contracts[t.name]
-    job = ctx.job.name
-    chain = ctx.job.chain
-    manifest = {
-        "format": FORMAT,
-        "job": job,
-        "table": t.name,
-        "batch": batch,
-        "prev_sha256": prev,
-        "producer_id": ctx.job.producer_id,
-        "contract": {"ref": c.ref, "version": c.version, "fingerprint": c.fingerprint},
-        "primary_key": list(t.primary_key),
-        "cursor": {"column": t.cursor, "min": delta.cursor_min, "max": delta.cursor_max},
-        "seq": {"start": delta.seq_start, "end": delta.seq_end},
-        "load_ids": delta.load_ids,
-        "rows": delta.rows,
-        "ops": {"upsert": delta.upserts, "delete": delta.deletes},
-        "quarantined": len({q["pk"] for q in delta.quarantine}),
-        "files": [
+    migration = None
+    if t.name in ctx.migrations:
+        start, target = ctx.migrations[t.name]
+        chain = ctx.chains[t.name]
+        migration = Migration.model_validate(
             {
-                "key": data_key(job, t.name, batch, i, p.sha256, chain),
-                "sha256": p.sha256,
-                "bytes": len(p.data),
-                "rows": p.rows,
-                "ops": {"upsert": p.upserts, "delete": p.deletes},
+                "from": start,
+                "to": target,
+                "steps": chain.steps(start, target),
+                "source_fingerprint": chain.contract(start).fingerprint,
             }
+        )
+    refused = ctx.refused.get(t.name)
+    return Manifest(
+        format=FORMAT,
+        job=ctx.job.name,
+        table=t.name,
+        batch=batch,
+        prev_sha256=prev,
+        producer_id=ctx.job.producer_id,
+        contract=ContractRef(ref=c.ref, version=c.version, fingerprint=c.fingerprint),
+        primary_key=list(t.primary_key),
+        cursor=CursorRange(column=t.cursor, min=delta.cursor_min, max=delta.cursor_max),
+        seq=SeqRange(start=delta.seq_start, end=delta.seq_end),
+        load_ids=delta.load_ids,
+        rows=delta.rows,
+        ops=Ops(upsert=delta.upserts, delete=delta.deletes),
+        quarantined=len({q["pk"] for q in delta.quarantine}),
+        files=[
+            p.data_file(data_key(ctx.job.name, t.name, batch, i, p.sha256, ctx.job.chain))
             for i, p in enumerate(delta.parts)
         ],
-        **also_manifest(ctx, t, batch, delta),
-        "trace_id": ctx.trace_id,
-        "created_at": now().isoformat(),
-        "signature": None,
-    }
-    if clock is not None:
-        manifest.update(clock)
-    refused = ctx.refused.get(t.name)
-    if refused is not None and refused[0] < c.version:
-        manifest["downgrade_refused"] = {"to": refused[0], "reason": refused[1]}
-    return manifest
+        trace_id=ctx.trace_id,
+        created_at=now().isoformat(),
+        signature=None,
+        also=also_manifest(ctx, t, batch, delta),
+        drift=drift.manifest() if drift is not None else None,
+        migration=migration,
+        hlc=clock[0] if clock is not None else None,
+        hlc_seen=clock[1] if clock is not None else None,
+        downgrade_refused=(
+            DowngradeRefusal(to=refused[0], reason=refused[1])
+            if refused is not None and refused[0] < c.version
+            else None
+        ),
+    )

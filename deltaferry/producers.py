@@ -8,15 +8,12 @@ See docs/architecture.md, section 5 "Several producers".
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from deltaferry import hlc
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.errors import ConfigError, VerificationError
 from deltaferry.verify import list_batches
-from destinations.manifest import manifest_key, producers_prefix
+from destinations.manifest import Manifest, manifest_key, producers_prefix
 
 
 def check_chain_mode(ctx: SyncContext, t: TableConfig) -> None:
@@ -37,13 +34,14 @@ def check_chain_mode(ctx: SyncContext, t: TableConfig) -> None:
         )
 
 
-def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
+def logical_time(ctx: SyncContext, t: TableConfig) -> tuple[int, dict[str, int]]:
     """The hybrid logical timestamp of this producer's next batch of ``t`` (see
     ``deltaferry/hlc.py``), after its own last batch and the newest batch of every other
-    producer it can see in the lake. A clock further apart than the job's
-    ``max_clock_skew_seconds`` is written to the operations log."""
+    producer it can see in the lake: ``(hlc, hlc_seen)`` of its manifest. A clock further
+    apart than the job's ``max_clock_skew_seconds`` is written to the operations log."""
     job, me = ctx.job, ctx.job.producer_id
-    last = (ctx.state.last_manifest(t.name) or {}).get("hlc") or 0
+    own = ctx.state.last_manifest(t.name)
+    last = (own.hlc or 0) if own is not None else 0
     seen: dict[str, int] = {}
     for producer in ctx.lake.children(producers_prefix(job.name, t.name)):
         if producer == me:
@@ -68,7 +66,7 @@ def logical_time(ctx: SyncContext, t: TableConfig) -> dict[str, Any]:
         )
     for note in notes:
         ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=note)
-    return {"hlc": stamp, "hlc_seen": seen}
+    return stamp, seen
 
 
 def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
@@ -80,22 +78,17 @@ def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
     where = f"job '{ctx.job.name}' table '{t.name}' producer '{producer}' batch {batches[-1]}"
     raw = ctx.lake.get(key)
     try:
-        m = json.loads(raw) if raw is not None else None
-        if not isinstance(m, dict):
+        if raw is None:
             raise VerificationError(f"{where}: the newest manifest is unreadable")
-        if (m.get("job"), m.get("table"), m.get("producer_id")) != (
-            ctx.job.name,
-            t.name,
-            producer,
-        ):
+        m = Manifest.parse(raw, key=key)
+        if (m.job, m.table, m.producer_id) != (ctx.job.name, t.name, producer):
             raise VerificationError(f"{where}: the newest manifest is not this chain's")
         if ctx.keyring is not None:
-            ctx.keyring.verify(m, where=where)
-        value = m.get("hlc")
-        if not isinstance(value, int) or isinstance(value, bool):
+            ctx.keyring.verify_manifest(m, where=where)
+        if m.hlc is None:
             raise VerificationError(f"{where}: the newest manifest has no logical timestamp")
     except (ValueError, VerificationError) as e:
         # another producer's broken head must not stop this one; readers will refuse it
         ctx.state.log(ctx.run_id, "clock", "info", table=t.name, detail=f"ignored: {e}")
         return None
-    return value
+    return m.hlc

@@ -186,7 +186,7 @@ def reread_held(
                 )
                 _same_batch(where, producer, vb, batch, applied[batch][0])
                 admitted = again.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
-                merge.apply_held(con, shape, producer, batch, vb.manifest["hlc"], admitted.data)
+                merge.apply_held(con, shape, producer, batch, vb.manifest.clock, admitted.data)
                 record_held(con, job.name, t.name, producer, batch, admitted.held, *own)
                 still += admitted.held
                 con.execute(

@@ -45,6 +45,7 @@ from deltaferry.duck import ident
 from deltaferry.errors import ConfigError, TerminalError
 from deltaferry.state import now
 from destinations.lake import LakeStore
+from destinations.manifest import ContractRef, Manifest
 
 POLICIES = ("strict", "partial")
 FORMAT = "deltaferry.consumer/1"
@@ -132,7 +133,7 @@ class Reading:
     def admit(
         self,
         batch: int,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         data: pa.Table,
         producer: str | None = None,
         also: pa.Table | None = None,
@@ -210,44 +211,43 @@ class Reading:
         return data, f"{base}; {note}", len(failed)
 
     def copy_to_read(
-        self, batch: int, manifest: dict[str, Any], producer: str | None = None
-    ) -> tuple[str, dict[str, Any]]:
+        self, batch: int, manifest: Manifest, producer: str | None = None
+    ) -> tuple[str, Manifest]:
         """Which copy of a batch this reader reads: ``"primary"``, or ``"also"`` for a
         dual-published batch whose newer version it knows; and the manifest as ``admit``
         is to see it for that copy's rows (a streamed pull admits each file of the copy
         alone). Raises FingerprintError when either copy is published at a version this
         reader has under another fingerprint."""
-        published = manifest.get("contract") or {}
-        second = manifest.get("also")
+        published = manifest.contract
+        second = manifest.also
         self._same_contract(batch, published, producer)
         if second is None:
             return "primary", manifest
-        self._same_contract(batch, second.get("contract") or {}, producer)
-        version = int(published.get("version") or 1)
-        if version < int(second["contract"]["version"]) <= self.known:
-            return "also", {**manifest, "contract": second["contract"], "also": None}
-        return "primary", {**manifest, "also": None}
+        self._same_contract(batch, second.contract, producer)
+        if published.version < second.contract.version <= self.known:
+            return "also", manifest.model_copy(update={"contract": second.contract, "also": None})
+        return "primary", manifest.model_copy(update={"also": None})
 
     def _read(
         self,
         batch: int,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         data: pa.Table,
         producer: str | None,
         also: pa.Table | None,
     ) -> tuple[pa.Table, str | None, int, bool]:
         """``admit`` without the replica: (data, caution, the version read, whether the rows
         arrived exactly at this reader's contract, so need no validation here)."""
-        published = manifest.get("contract") or {}
-        version = int(published.get("version") or 1)
-        second = manifest.get("also")
+        published = manifest.contract
+        version = published.version
+        second = manifest.also
         self._same_contract(batch, published, producer)
         if second is not None:
-            self._same_contract(batch, second.get("contract") or {}, producer)
+            self._same_contract(batch, second.contract, producer)
         if second is not None and also is not None:
-            newer = int(second["contract"]["version"])
+            newer = second.contract.version
             if version < newer <= self.known:
-                published, version, data = second["contract"], newer, also
+                published, version, data = second.contract, newer, also
         first = self.first
         chained = self.chain is not None and len(self.chain.versions) > 1
         if chained and first <= version < self.known:
@@ -264,17 +264,16 @@ class Reading:
             ), version, True
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
-        refused = manifest.get("downgrade_refused") or {}
+        refusal = manifest.downgrade_refused
         why = (
-            f" (the producer's rows cannot be taken down to v{refused.get('to')}: "
-            f"{refused.get('reason')})"
-            if refused
+            f" (the producer's rows cannot be taken down to v{refusal.to}: {refusal.reason})"
+            if refusal is not None
             else ""
         )
         if self.policy == "strict":
             raise VersionError(
-                f"{where} is published at contract v{version} ({published.get('ref')}, "
-                f"fingerprint {str(published.get('fingerprint'))[:12]}){why}; this reader knows "
+                f"{where} is published at contract v{version} ({published.ref}, "
+                f"fingerprint {published.fingerprint[:12]}){why}; this reader knows "
                 f"up to v{self.known} ({self.contract.ref}) and its policy is strict; until it "
                 "pulls without stopping, producers no longer hold the version back for it. "
                 "Upgrade the reader's contracts, or pull with --policy partial to apply the "
@@ -304,7 +303,7 @@ class Reading:
         return data.select(kept), caution, version, False
 
     def _downgrade(
-        self, published: dict[str, Any], version: int, data: pa.Table
+        self, published: ContractRef, version: int, data: pa.Table
     ) -> tuple[pa.Table | None, str]:
         """The batch taken down to this reader's version by the chain it was published
         with (the manifest's contract reference, imported here), and a note; or (None, why
@@ -312,7 +311,7 @@ class Reading:
         name (fingerprints of both versions), has no downgrade, or refuses the rows."""
         from contracts import MigrationError, load_chain
 
-        ref = re.sub(r"@v\d+$", "", str(published.get("ref") or ""))
+        ref = re.sub(r"@v\d+$", "", published.ref)
         if ":" not in ref:
             return None, ""
         try:
@@ -322,7 +321,7 @@ class Reading:
         if (
             version not in chain.models
             or self.known not in chain.models
-            or chain.contract(version).fingerprint != published.get("fingerprint")
+            or chain.contract(version).fingerprint != published.fingerprint
             or chain.contract(self.known).fingerprint != self.contract.fingerprint
             or not chain.reachable(version, self.known)
         ):
@@ -416,13 +415,13 @@ class Reading:
         )
         return out.drop_columns(["_known", "_held"]), held, n_kept
 
-    def _same_contract(self, batch: int, published: dict[str, Any], producer: str | None) -> None:
+    def _same_contract(self, batch: int, published: ContractRef, producer: str | None) -> None:
         """Raise FingerprintError when ``published`` (a manifest's ``contract``) names a
         version this reader's chain has, with another fingerprint. Versions the reader does
-        not have, and manifests without a fingerprint, are not compared."""
-        version = int(published.get("version") or 1)
-        theirs = published.get("fingerprint")
-        if not theirs or self.chain is None or version not in self.chain.models:
+        not have are not compared."""
+        version = published.version
+        theirs = published.fingerprint
+        if self.chain is None or version not in self.chain.models:
             return
         ours = self.chain.contract(version)
         if ours.fingerprint == theirs:
@@ -430,7 +429,7 @@ class Reading:
         chain = f" producer '{producer}'" if producer else ""
         raise FingerprintError(
             f"job '{self.job}' table '{self.table}'{chain} batch {batch} is published at contract "
-            f"v{version} {published.get('ref')} with fingerprint {str(theirs)[:16]}, but this "
+            f"v{version} {published.ref} with fingerprint {theirs[:16]}, but this "
             f"reader's v{version} ({ours.ref}) has fingerprint {ours.fingerprint[:16]}: one "
             "version number names two different contracts; nothing of the batch was applied. "
             "Use the producer's contract for that version (or give the changed contract a new "

@@ -25,6 +25,7 @@ from deltaferry.keys import Keyring
 from deltaferry.reader_contract import hold_reader_contract, reread_held
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
+from destinations.manifest import Manifest
 
 _META = """
 CREATE TABLE IF NOT EXISTS _deltaferry_batches (
@@ -318,7 +319,7 @@ def _pull_merged(
                 continue  # applied meanwhile (cannot happen within one pull)
             try:
                 added = []
-                hlc = vb.manifest["hlc"]
+                hlc = vb.manifest.clock
                 rows, caution, held = admit_files(
                     con, vb, reading, producer,
                     lambda d: added.append(merge.add_versions(con, shape, producer, vb.batch, hlc, d)),
@@ -326,10 +327,10 @@ def _pull_merged(
                 merge.finish_batch(
                     con, shape, producer, vb.batch, hlc, rows, any(added),
                     manifest_sha256=vb.manifest_sha256,
-                    trace_id=vb.manifest.get("trace_id"),
-                    contract_version=vb.manifest.get("contract", {}).get("version"),
+                    trace_id=vb.manifest.trace_id,
+                    contract_version=vb.manifest.contract.version,
                     caution=caution,
-                    seen=vb.manifest.get("hlc_seen"),
+                    seen=vb.manifest.hlc_seen,
                     held=(held, *_own(reading)),
                 )
             except BaseException:
@@ -360,7 +361,7 @@ def _apply(
     table: str,
     pk: list[str],
     batch: int,
-    manifest: dict,
+    manifest: Manifest | None,
     digest: str,
     data: pa.Table,
     caution: str | None = None,
@@ -385,13 +386,13 @@ def _record_batch(
     job: str,
     table: str,
     batch: int,
-    manifest: dict,
+    manifest: Manifest | None,
     digest: str,
     rows: int,
     caution: str | None,
 ) -> None:
     """The replica's record of an applied batch (``_deltaferry_batches``), inside the
-    caller's transaction."""
+    caller's transaction (``manifest`` None: without trace id and contract version)."""
     con.execute(
         "INSERT INTO _deltaferry_batches (job, tbl, batch, manifest_sha256, rows, trace_id,"
         " contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -401,8 +402,8 @@ def _record_batch(
             batch,
             digest,
             rows,
-            manifest.get("trace_id"),
-            manifest.get("contract", {}).get("version"),
+            manifest.trace_id if manifest is not None else None,
+            manifest.contract.version if manifest is not None else None,
             caution,
         ],
     )

@@ -32,7 +32,7 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError
 from deltaferry.state import Plan, StateStore
 from destinations.lake import LakeStore, open_lake
-from destinations.manifest import manifest_key, sha256
+from destinations.manifest import Manifest, manifest_key, sha256
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,9 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
         plan = state.pending_plan(t.name)
         head = chain_head(lake, job.name, t.name, job.chain)
         if head.batch:
-            import json
-
-            raw = lake.get(manifest_key(job.name, t.name, head.batch, job.chain))
-            writer = json.loads(raw).get("producer_id") if raw else None
+            key = manifest_key(job.name, t.name, head.batch, job.chain)
+            raw = lake.get(key)
+            writer = Manifest.parse(raw, key=key).producer_id if raw else None
             if writer is not None and writer != job.producer_id:
                 raise ConfigError(
                     f"job '{job.name}' table '{t.name}': the lake's {head} was written by "

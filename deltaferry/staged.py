@@ -20,6 +20,7 @@ from deltaferry.context import SyncContext
 from deltaferry.delta import cut_where, key_json, new_load_ids, read_changes, released_rows
 from deltaferry.errors import SchemaDrift
 from deltaferry.negotiate import held_under, source_version
+from destinations.manifest import Drift
 from sources.staging import staging_path
 
 
@@ -36,29 +37,24 @@ class DriftPlan:
     # required columns the source dropped: a row without a value holds back, with the reason
     missing: dict[str, str] = field(default_factory=dict)
 
-    def manifest(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def manifest(self) -> Drift:
+        """The manifest's ``drift`` entry (``missing`` only when there is any)."""
+        entry: dict[str, Any] = {
             "policy": self.policy,
             "diff": self.diff,
             "excluded": self.excluded,
             "held": self.held,
         }
         if self.missing:
-            out["missing"] = self.missing
-        return out
+            entry["missing"] = self.missing
+        return Drift.model_validate(entry)  # validated: the policy is the jobs file's string
 
     @classmethod
-    def recorded(cls, entry: dict[str, Any] | None) -> DriftPlan | None:
+    def recorded(cls, entry: Drift | None) -> DriftPlan | None:
         """The plan a manifest's ``drift`` entry records (for a rebuild)."""
-        if not entry:
+        if entry is None:
             return None
-        return cls(
-            entry["policy"],
-            entry["diff"],
-            entry["excluded"],
-            entry["held"],
-            missing=entry.get("missing") or {},
-        )
+        return cls(entry.policy, entry.diff, entry.excluded, entry.held, missing=entry.missing or {})
 
 
 def plan_drift(

@@ -39,6 +39,7 @@ from deltaferry import duck
 from deltaferry.config import job_home
 from deltaferry.duck import fetch_one, fetch_row
 from deltaferry.errors import StateBusyError
+from destinations.manifest import Manifest
 
 # how long an open of the state file waits for another process to let go of it
 LOCK_WAIT_SECONDS = 30.0
@@ -527,13 +528,17 @@ class StateStore:
                     "INSERT INTO contract_pins VALUES (?, ?, ?, ?)", [table, version, reason, now()]
                 )
 
-    def last_manifest(self, table: str) -> dict[str, Any] | None:
+    def last_manifest(self, table: str) -> Manifest | None:
         """The manifest of the table's newest batch planned or committed here."""
         with self.connect() as con:
             row = fetch_one(
-                con, "SELECT manifest FROM plans WHERE tbl = ? ORDER BY batch DESC LIMIT 1", [table]
+                con,
+                "SELECT batch, manifest FROM plans WHERE tbl = ? ORDER BY batch DESC LIMIT 1",
+                [table],
             )
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        return Manifest.parse(row[1].encode(), key=f"of {table} batch {row[0]} in {self.path}")
 
     def pending_plan(self, table: str) -> Plan | None:
         return self._plan(table, "planned")

@@ -9,7 +9,6 @@ numbers as charts (``deltaferry.report_html``).
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ import duckdb
 from deltaferry.config import JobConfig, deltaferry_home
 from deltaferry.duck import fetch_one, fetch_row
 from deltaferry.state import StateStore, now
+from destinations.manifest import Manifest
 
 DEFAULT_RUNS = 20
 SPARK_GLYPHS = "▁▂▃▄▅▆▇█"
@@ -270,12 +270,12 @@ def _lag(
     the cursor is a timestamp ('newest change'), else now minus the last publish."""
     newest: Any = None
     # the newest batch that carries a cursor (a batch of deletes only may have none)
-    for (manifest,) in con.execute(
-        "SELECT manifest FROM plans WHERE tbl = ? AND status = 'committed'"
+    for batch, manifest in con.execute(
+        "SELECT batch, manifest FROM plans WHERE tbl = ? AND status = 'committed'"
         " ORDER BY batch DESC LIMIT 20",
         [table],
     ).fetchall():
-        newest = (json.loads(manifest).get("cursor") or {}).get("max")
+        newest = Manifest.parse(manifest.encode(), key=f"of {table} batch {batch}").cursor.max
         if newest is not None:
             break
     since_publish = (

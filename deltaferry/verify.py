@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,10 +19,11 @@ from deltaferry.errors import VerificationError
 from deltaferry.keys import Keyring
 from destinations.lake import LakeStore
 from destinations.manifest import (
+    DataFile,
+    Manifest,
     batch_of_manifest_key,
     manifest_key,
     manifests_prefix,
-    parse,
     producers_prefix,
     sha256,
 )
@@ -32,7 +32,7 @@ from destinations.manifest import (
 @dataclass
 class VerifiedBatch:
     batch: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     manifest_sha256: str
     data: pa.Table | None  # loaded only when asked
     also: pa.Table | None = None  # dual publishing: the rows at the newer version
@@ -51,8 +51,13 @@ class VerifiedBatch:
         applying the tables inside a transaction rolls it back. Only for a streamed batch."""
         if self.lake is None:
             raise ValueError("tables() reads a streamed batch (iter_verified(stream=True))")
-        files = self.manifest["files"] if copy == "primary" else self.manifest["also"]["files"]
-        seq = self.manifest["seq"]
+        if copy == "primary":
+            files = self.manifest.files
+        elif self.manifest.also is not None:
+            files = self.manifest.also.files
+        else:
+            raise ValueError(f"{self.where}: no dual-published copy to read")
+        seq = self.manifest.seq
         low: int | None = None
         high: int | None = None
         for f in files:
@@ -65,7 +70,7 @@ class VerifiedBatch:
                 low = a if low is None else min(low, a)
                 high = b if high is None else max(high, b)
             yield table
-        if low is not None and (low != seq["start"] or high != seq["end"]):
+        if low is not None and (low != seq.start or high != seq.end):
             what = "" if copy == "primary" else " of the dual-published copy"
             raise VerificationError(
                 f"{self.where}: _seq values{what} do not match the manifest's range"
@@ -128,28 +133,26 @@ def iter_verified(
         if raw is None:
             raise VerificationError(f"{where}: manifest {key} vanished while reading")
         try:
-            m = parse(raw, key=key)
+            m = Manifest.parse(raw, key=key)
         except ValueError as e:
             raise VerificationError(f"{where}: {e}") from None
-        if m["job"] != job or m["table"] != table or m["batch"] != b:
+        if m.job != job or m.table != table or m.batch != b:
             raise VerificationError(
-                f"{where}: the stored manifest is for job '{m['job']}' table '{m['table']}' "
-                f"batch {m['batch']} (moved or replaced)"
+                f"{where}: the stored manifest is for job '{m.job}' table '{m.table}' "
+                f"batch {m.batch} (moved or replaced)"
             )
-        keyring.verify(m, where=where)
+        keyring.verify_manifest(m, where=where)
         if producer is not None:
-            if m.get("producer_id") != producer:
+            if m.producer_id != producer:
                 raise VerificationError(
-                    f"{where}: the manifest names producer '{m.get('producer_id')}' but is stored "
+                    f"{where}: the manifest names producer '{m.producer_id}' but is stored "
                     f"in producer '{producer}''s chain"
                 )
-            stamp = m.get("hlc")
-            if not isinstance(stamp, int) or isinstance(stamp, bool):
+            stamp = m.hlc
+            if stamp is None:
                 raise VerificationError(f"{where}: the manifest has no logical timestamp (hlc)")
-            seen = m.get("hlc_seen") or {}
-            if not isinstance(seen, dict) or any(
-                not isinstance(v, int) or v >= stamp for v in seen.values()
-            ):
+            seen = m.hlc_seen or {}
+            if any(v >= stamp for v in seen.values()):
                 raise VerificationError(
                     f"{where}: logical timestamp {stamp} is not after every timestamp the "
                     f"producer says it saw ({seen})"
@@ -160,37 +163,37 @@ def iter_verified(
                     f"{prev_hlc}"
                 )
             prev_hlc = stamp
-        if m["prev_sha256"] != prev:
+        if m.prev_sha256 != prev:
             raise VerificationError(
-                f"{where}: chain broken: prev_sha256 {m['prev_sha256']} != {prev}"
+                f"{where}: chain broken: prev_sha256 {m.prev_sha256} != {prev}"
             )
-        seq = m["seq"]
-        if prev_seq_end is not None and seq["start"] != prev_seq_end + 1:
+        seq = m.seq
+        if prev_seq_end is not None and seq.start != prev_seq_end + 1:
             raise VerificationError(
-                f"{where}: change sequence starts at {seq['start']}, expected {prev_seq_end + 1}"
+                f"{where}: change sequence starts at {seq.start}, expected {prev_seq_end + 1}"
             )
         fix = f'deltaferry republish {job} --table {table} --batch {b} --reason "<why>"'
-        tables = [] if stream else _verified_files(lake, m["files"], where, load, fix)
-        if sum(f["rows"] for f in m["files"]) != m["rows"]:
+        tables = [] if stream else _verified_files(lake, m.files, where, load, fix)
+        if sum(f.rows for f in m.files) != m.rows:
             raise VerificationError(
-                f"{where}: file row counts do not add up to the manifest's {m['rows']}"
+                f"{where}: file row counts do not add up to the manifest's {m.rows}"
             )
-        also = m.get("also")
+        also = m.also
         also_tables: list[pa.Table] = []
         if also is not None:
             if not stream:
-                also_tables = _verified_files(lake, also["files"], where, load, fix)
-            ops = {op: sum(f["ops"][op] for f in also["files"]) for op in ("upsert", "delete")}
-            if sum(f["rows"] for f in also["files"]) != m["rows"] or ops != m["ops"]:
+                also_tables = _verified_files(lake, also.files, where, load, fix)
+            ops = [sum(f.ops.upsert for f in also.files), sum(f.ops.delete for f in also.files)]
+            if sum(f.rows for f in also.files) != m.rows or ops != [m.ops.upsert, m.ops.delete]:
                 raise VerificationError(
-                    f"{where}: the v{also['contract']['version']} copy does not have the "
-                    f"batch's {m['rows']} rows and ops {m['ops']}"
+                    f"{where}: the v{also.contract.version} copy does not have the "
+                    f"batch's {m.rows} rows and ops {m.ops.to_dict()}"
                 )
         digest = sha256(raw)
         data = pa.concat_tables(tables, promote_options="permissive") if load and tables else None
         if data is not None and "_seq" in data.column_names:
             mm = pc.min_max(data["_seq"])
-            if mm["min"].as_py() != seq["start"] or mm["max"].as_py() != seq["end"]:
+            if mm["min"].as_py() != seq.start or mm["max"].as_py() != seq.end:
                 raise VerificationError(f"{where}: _seq values do not match the manifest's range")
         alt = (
             pa.concat_tables(also_tables, promote_options="permissive")
@@ -204,7 +207,7 @@ def iter_verified(
             and not alt["_seq"].equals(data["_seq"])
         ):
             raise VerificationError(
-                f"{where}: the v{also['contract']['version']} copy's change sequence differs "
+                f"{where}: the v{also.contract.version} copy's change sequence differs "
                 "from the batch's"
             )
         if stream:
@@ -212,12 +215,12 @@ def iter_verified(
         else:
             yield VerifiedBatch(b, m, digest, data, alt)
         prev = digest
-        prev_seq_end = seq["end"]
+        prev_seq_end = seq.end
         expected = b + 1
 
 
 def _verified_files(
-    lake: LakeStore, files: list[dict[str, Any]], where: str, load: bool, fix: str = ""
+    lake: LakeStore, files: list[DataFile], where: str, load: bool, fix: str = ""
 ) -> list[pa.Table]:
     """Check each data object against its manifest entry; the tables, when ``load``. ``fix``
     is the producer's command that rebuilds the batch's objects, named in the error."""
@@ -229,7 +232,7 @@ def _verified_files(
     return tables
 
 
-def _verified_body(lake: LakeStore, f: dict[str, Any], where: str, fix: str = "") -> bytes:
+def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> bytes:
     """One data object's bytes, checked against its manifest entry ``f`` (size, sha256,
     Parquet row count). ``fix`` is the producer's command that rebuilds it, named in the
     error."""
@@ -239,15 +242,15 @@ def _verified_body(lake: LakeStore, f: dict[str, Any], where: str, fix: str = ""
         if fix
         else ""
     )
-    body = lake.get(f["key"])
+    body = lake.get(f.key)
     if body is None:
-        raise VerificationError(f"{where}: data object {f['key']} is missing{hint}")
-    if len(body) != f["bytes"] or sha256(body) != f["sha256"]:
-        raise VerificationError(f"{where}: data object {f['key']} does not match its sha256/size{hint}")
+        raise VerificationError(f"{where}: data object {f.key} is missing{hint}")
+    if len(body) != f.bytes or sha256(body) != f.sha256:
+        raise VerificationError(f"{where}: data object {f.key} does not match its sha256/size{hint}")
     meta = pq.read_metadata(io.BytesIO(body))
-    if meta.num_rows != f["rows"]:
+    if meta.num_rows != f.rows:
         raise VerificationError(
-            f"{where}: data object {f['key']} has {meta.num_rows} rows, manifest says {f['rows']}"
+            f"{where}: data object {f.key} has {meta.num_rows} rows, manifest says {f.rows}"
         )
     return body
 
@@ -268,7 +271,7 @@ def verify_table(
     n = rows = 0
     for vb in iter_verified(lake, job, table, load=False, keyring=keyring, producer=producer):
         n += 1
-        rows += vb.manifest["rows"]
+        rows += vb.manifest.rows
     return n, rows
 
 

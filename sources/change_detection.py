@@ -41,12 +41,14 @@ def source_shift(job: JobConfig, t: TableConfig) -> tuple[Any, int, int] | None:
         chain = load_chain(t.contract, where=f"job '{job.name}' table '{t.name}'")
         if len(chain.versions) < 2:
             return None
-        head = StateStore(job.name).last_manifest(t.name) or {}
+        head = StateStore(job.name).last_manifest(t.name)
     except Exception:  # noqa: BLE001 - a bad contract or state is reported by the run itself
         return None
+    if head is None:
+        return None
     new = t.source_version or chain.latest
-    old = (head.get("migration") or {}).get("from") or (head.get("contract") or {}).get("version")
-    if old is None or old == new or old not in chain.versions or not chain.reachable(old, new):
+    old = head.migration.from_ if head.migration is not None else head.contract.version
+    if old == new or old not in chain.versions or not chain.reachable(old, new):
         return None
     return chain, old, new
 

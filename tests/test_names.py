@@ -164,7 +164,7 @@ def _as_source(row: tuple) -> tuple:
 
 def test_every_kind_of_name_arrives_exactly(names_job):
     from destinations.lake import open_lake
-    from destinations.manifest import manifest_key, parse
+    from destinations.manifest import Manifest, manifest_key
 
     names_job.write(ODD_JOB.format(contract=names_job.contract))
     first = names_job.sync()
@@ -183,9 +183,9 @@ def test_every_kind_of_name_arrives_exactly(names_job):
 
     lake = open_lake(names_job.lake_url)
     key = manifest_key("names", "odd", 1)
-    manifest = parse(lake.get(key), key=key)
-    assert manifest["cursor"]["column"] == "Updated At"
-    data = pq.read_table(io.BytesIO(lake.get(manifest["files"][0]["key"])))
+    manifest = Manifest.parse(lake.get(key), key=key)
+    assert manifest.cursor.column == "Updated At"
+    data = pq.read_table(io.BytesIO(lake.get(manifest.files[0].key)))
     assert [c for c in data.column_names if c in ODD_COLUMNS] == ODD_COLUMNS
 
     # a change by the cursor with a space, an insert and a soft delete by a dotted column

@@ -277,7 +277,9 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
     from contracts import Chain
     from deltaferry import merge, merge_tables
     from deltaferry.readers import Reading
+    from destinations.manifest import ContractRef
     from tests.support.contracts_versions import People
+    from tests.support.manifests import sample
 
     chain = Chain(People).named("tests:People")
     reading = Reading("j", "people", chain.contract(), ["id"], "partial", chain)
@@ -294,13 +296,16 @@ def test_several_producers_partial_read_keeps_the_winner_value() -> None:
         cols["_seq"] = pa.array(range(seq0, seq0 + len(ids)), pa.int64())
         return pa.table(cols)
 
-    v1 = {"contract": {"ref": "tests:People", "version": 1}}
+    def published(ref: str, version: int, fingerprint: str):  # noqa: ANN202
+        return sample(contract=ContractRef(ref=ref, version=version, fingerprint=fingerprint))
+
+    v1 = published("tests:People", 1, chain.contract(1).fingerprint)
     one = batch([1, 2, 3], ["upsert"] * 3, ["Ada", "Grace", "Alan"], [None, None, None], 1)
     admitted = reading.admit(1, v1, one, "north", replica=con)
     data, caution = admitted.data, admitted.caution
     assert caution is None and data.equals(one)
     merge.apply_batch(con, shape, "north", 1, 100, data)
-    v2 = {"contract": {"ref": "nowhere_to_import:People", "version": 2, "fingerprint": "x"}}
+    v2 = published("nowhere_to_import:People", 2, "ab" * 32)
     two = batch([1, 3, 4], ["upsert", "delete", "upsert"], None, ["A", None, "D"], 1)
     admitted = reading.admit(1, v2, two, "south", replica=con)
     data, caution = admitted.data, admitted.caution

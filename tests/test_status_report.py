@@ -148,7 +148,12 @@ def publish(
     held: int = 0,
     cursor: str | None = "2026-01-01 00:00:00",
 ) -> None:
-    manifest = json.dumps({"cursor": {"column": "updated_at", "min": None, "max": cursor}}).encode()
+    from destinations.manifest import CursorRange
+    from tests.support.manifests import sample
+
+    manifest = sample(
+        table=table, batch=batch, cursor=CursorRange(column="updated_at", min=None, max=cursor)
+    ).canonical()
     plan = Plan(
         table,
         batch,

@@ -9,12 +9,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from destinations.manifest import manifest_key, parse
+from destinations.manifest import Manifest, manifest_key
 
 
 def _manifest(shop_job, table: str, batch: int) -> dict:
     key = manifest_key("shop", table, batch)
-    return parse(shop_job.lake().get(key), key=key)
+    return Manifest.parse(shop_job.lake().get(key), key=key).to_dict()
 
 
 def _q(shop_job, sql: str) -> list[tuple]:
