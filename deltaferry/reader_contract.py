@@ -21,6 +21,7 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import duck_type, fetch_one, ident
 from deltaferry.held import record_held
 from deltaferry.keys import Keyring
+from deltaferry.replica_apply import admit_files, merge_into
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
 
@@ -146,7 +147,6 @@ def reread_held(
     batch at a time; cost: the batches from the first held one on, once per contract
     change."""
     from deltaferry import merge, merge_tables
-    from deltaferry.replica import admit_files, merge_into  # replica imports this module
 
     own = (reading.contract.ref, reading.contract.fingerprint)
     held = con.execute(
@@ -180,8 +180,14 @@ def reread_held(
                 prev_sha, prev_hlc = applied.get(batch - 1, (None, None))
                 vb = next(
                     iter_verified(
-                        lake, job.name, t.name, after=batch - 1, prev_sha256=prev_sha,
-                        keyring=keyring, producer=producer, prev_hlc=prev_hlc,
+                        lake,
+                        job.name,
+                        t.name,
+                        after=batch - 1,
+                        prev_sha256=prev_sha,
+                        keyring=keyring,
+                        producer=producer,
+                        prev_hlc=prev_hlc,
                     )
                 )
                 _same_batch(where, producer, vb, batch, applied[batch][0])
@@ -192,8 +198,13 @@ def reread_held(
                 con.execute(
                     "UPDATE _deltaferry_chains SET caution = coalesce(caution, '') || ? WHERE job = ? AND"
                     " tbl = ? AND producer = ? AND batch = ?",
-                    [f"; {note}: {admitted.held} of {n} row(s) still held", job.name, t.name,
-                     producer, batch],
+                    [
+                        f"; {note}: {admitted.held} of {n} row(s) still held",
+                        job.name,
+                        t.name,
+                        producer,
+                        batch,
+                    ],
                 )
         else:
             first = held[0][1]
@@ -207,8 +218,13 @@ def reread_held(
             last = max(recorded, default=0)
             counts = {b: n for _, b, n in held}
             for vb in iter_verified(  # file by file, as a pull applies them
-                lake, job.name, t.name, after=first - 1, prev_sha256=recorded.get(first - 1),
-                keyring=keyring, stream=True,
+                lake,
+                job.name,
+                t.name,
+                after=first - 1,
+                prev_sha256=recorded.get(first - 1),
+                keyring=keyring,
+                stream=True,
             ):
                 if vb.batch > last:
                     break
@@ -220,8 +236,12 @@ def reread_held(
                     con.execute(
                         "UPDATE _deltaferry_batches SET caution = coalesce(caution, '') || ? WHERE job = ?"
                         " AND tbl = ? AND batch = ?",
-                        [f"; {note}: {n} of {counts[vb.batch]} row(s) still held",
-                         job.name, t.name, vb.batch],
+                        [
+                            f"; {note}: {n} of {counts[vb.batch]} row(s) still held",
+                            job.name,
+                            t.name,
+                            vb.batch,
+                        ],
                     )
             # a held batch past the last applied one was never applied: nothing to keep
             con.execute(
