@@ -36,8 +36,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from deltaferry.config import JobConfig, TableConfig, soft_column, source_kinds, source_settings
 from deltaferry.errors import ConfigError
+from deltaferry.job import JobConfig, TableConfig, soft_column, source_kinds, source_settings
 
 IDENT = r"^[a-z_][a-z0-9_]*$"  # job and table names
 PRODUCER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # producer_id with multi_producer
