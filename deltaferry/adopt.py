@@ -119,7 +119,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
     adoption). Values are compared typed (``IS NOT DISTINCT FROM``, timestamps in UTC) on the
     columns both sides have; a row that cannot be compared counts as changed (republished:
     safe). Returns the rows marked; the count is written to the operations log."""
-    from deltaferry.delta import delete_conditions, new_load_ids
+    from deltaferry.cut import delete_conditions, new_load_ids
     from sources.columns import DELETED_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
     from sources.staging import staged_columns, staging_path
 

@@ -146,7 +146,7 @@ def register(ui: ModuleType) -> None:
         from contracts import MigrationError
         from deltaferry import duck
         from deltaferry.config import load_job
-        from deltaferry.delta import delete_conditions
+        from deltaferry.cut import delete_conditions
         from deltaferry.errors import ConfigError
         from deltaferry.negotiate import contract_version, source_version
         from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET

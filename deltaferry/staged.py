@@ -17,7 +17,8 @@ from typing import Any
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.context import SyncContext
-from deltaferry.delta import cut_where, key_json, new_load_ids, read_changes, released_rows
+from deltaferry.cut import cut_where, new_load_ids, read_changes, released_rows
+from deltaferry.delta import key_json
 from deltaferry.errors import SchemaDrift
 from deltaferry.negotiate import held_under, source_version
 from destinations.manifest import Drift
@@ -54,14 +55,16 @@ class DriftPlan:
         """The plan a manifest's ``drift`` entry records (for a rebuild)."""
         if entry is None:
             return None
-        return cls(entry.policy, entry.diff, entry.excluded, entry.held, missing=entry.missing or {})
+        return cls(
+            entry.policy, entry.diff, entry.excluded, entry.held, missing=entry.missing or {}
+        )
 
 
 def plan_drift(
     ctx: SyncContext, t: TableConfig, con: Any, scope: tuple[str, list[Any]]
 ) -> DriftPlan | None:
     """Compare the staged columns with the contract on the rows being cut (``scope``, see
-    ``delta.cut_where``) and apply the job's drift policy: freeze raises SchemaDrift naming
+    ``cut.cut_where``) and apply the job's drift policy: freeze raises SchemaDrift naming
     the columns, types and the fix; quarantine and evolve say which columns to leave out
     and which rows to hold. A dropped column is reported under every policy."""
     from contracts.drift import detect, draft_next_version, write_draft

@@ -370,7 +370,7 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     name,
                     str(s["last_batch"]),
                     str(s["rows_published"]),
-                    f"{sizes['last']}/{sizes['mean']:.0f}" if sizes["count"] else "-",
+                    f"{sizes['last']}/{sizes['mean']:.1f}".rstrip("0").rstrip(".") if sizes["count"] else "-",
                     s["sparkline"] or "-",
                     f"batch {pending['batch']}" if pending else "-",
                     str(s["quarantined_rows"]),
