@@ -18,12 +18,12 @@ from __future__ import annotations
 import duckdb
 
 from deltaferry import duck
+from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig, job_home
 from deltaferry.duck import ident
 from deltaferry.errors import ConflictError, VerificationError
 from deltaferry.merge_tables import REPLICA_COLUMNS
 from deltaferry.replica import pull
-from deltaferry.state import Plan
 from deltaferry.verify import list_batches
 from destinations.manifest import Manifest, manifest_key, sha256
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from deltaferry.checkpoints import Checkpoint, Plan
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.errors import LakeMismatchError
 from deltaferry.producers import check_chain_mode
-from deltaferry.state import Checkpoint, Plan
 from destinations.lake import LakeStore
 from destinations.manifest import batch_of_manifest_key, manifest_key, manifests_prefix, sha256
 

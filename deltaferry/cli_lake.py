@@ -230,7 +230,8 @@ def verify(
     if oplog:
         from deltaferry.config import deltaferry_home
         from deltaferry.errors import ConfigError
-        from deltaferry.state import StateStore, verify_oplog
+        from deltaferry.oplog import verify_oplog
+        from deltaferry.state import StateStore
 
         log_path = deltaferry_home() / cfg.name / "state.duckdb"
         if not log_path.exists():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.delta import Delta, build_delta
@@ -23,7 +24,6 @@ from deltaferry.errors import ConflictError, TerminalError, TransientError
 from deltaferry.failpoints import failpoint
 from deltaferry.negotiate import contract_version, migration_of
 from deltaferry.staged import DriftPlan, staged_changes
-from deltaferry.state import Plan
 from destinations.manifest import Manifest, manifest_key, sha256
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from deltaferry.context import SyncContext
 from deltaferry.failpoints import failpoint
-from deltaferry.state import Entry
+from deltaferry.oplog import Entry
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 from deltaferry.errors import ConfigError, VerificationError
 from deltaferry.keys import Keyring
-from deltaferry.state import now
+from deltaferry.statedb import now
 from destinations.lake import LakeStore
 from destinations.manifest import canonical, override_key, overrides_prefix, sha256
 

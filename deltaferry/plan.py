@@ -8,6 +8,7 @@ See docs/architecture.md, section 2 "The producer: one run".
 
 from __future__ import annotations
 
+from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.delta import Delta, build_delta
@@ -17,7 +18,7 @@ from deltaferry.failpoints import failpoint
 from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
 from deltaferry.producers import check_chain_mode, logical_time
 from deltaferry.staged import DriftPlan, staged_changes
-from deltaferry.state import Plan, now
+from deltaferry.statedb import now
 from destinations.manifest import (
     FORMAT,
     ContractRef,

@@ -43,7 +43,7 @@ from deltaferry import duck
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import ident
 from deltaferry.errors import ConfigError, TerminalError
-from deltaferry.state import now
+from deltaferry.statedb import now
 from destinations.lake import LakeStore
 from destinations.manifest import ContractRef, Manifest
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from deltaferry.config import JobConfig, deltaferry_home
-from deltaferry.state import StateStore, now
+from deltaferry.state import StateStore
+from deltaferry.statedb import now
 from deltaferry.status import (
     ATTEMPTS,
     DEFAULT_RUNS,

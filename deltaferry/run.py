@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from deltaferry.checkpoints import Plan
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.context import SyncContext, open_context
 from deltaferry.delta import Delta
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.extract import ExtractResult
 from deltaferry.plan import plan_negotiated
-from deltaferry.state import Plan, hold, state_path
+from deltaferry.state import hold, state_path
 
 
 def open_run(job: JobConfig, trace_id: str | None = None) -> SyncContext:

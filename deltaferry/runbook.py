@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltaferry.agreement import Position, chain_head
+from deltaferry.checkpoints import Plan
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError
-from deltaferry.state import Plan, StateStore
+from deltaferry.state import StateStore
 from destinations.lake import LakeStore, open_lake
 from destinations.manifest import Manifest, manifest_key, sha256
 

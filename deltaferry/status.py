@@ -17,7 +17,8 @@ import duckdb
 
 from deltaferry.config import JobConfig, deltaferry_home
 from deltaferry.duck import fetch_one, fetch_row
-from deltaferry.state import StateStore, now
+from deltaferry.state import StateStore
+from deltaferry.statedb import now
 from destinations.manifest import Manifest
 
 DEFAULT_RUNS = 20

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
 from deltaferry.agreement import agree_every_table
+from deltaferry.checkpoints import Plan
 from deltaferry.commit import commit, put_manifest, recover_table, upload_parts
 from deltaferry.config import TableConfig, load_job
 from deltaferry.context import SyncContext, job_lock
@@ -30,7 +31,6 @@ from deltaferry.delta import Delta
 from deltaferry.extract import ExtractResult, run_extract
 from deltaferry.run import open_run, plan_logged, recorded, run_tags, tables_to_recover
 from deltaferry.settings import from_env
-from deltaferry.state import Plan
 from flows.report import emit, on_completion, on_end, on_failure, track
 from flows.retries import only_transient, step_retry_delays
 

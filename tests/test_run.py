@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from deltaferry.checkpoints import Plan
 from deltaferry.errors import ContractViolation, SchemaDrift, TerminalError, TransientError
 from deltaferry.run import RunSummary, failure_event, recorded, run_name, run_tags
-from deltaferry.state import Plan, StateStore
+from deltaferry.state import StateStore
 
 
 def _ctx(drift: dict[str, str] | None = None) -> Any:

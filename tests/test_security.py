@@ -158,7 +158,8 @@ def test_unsigned_manifest_is_refused_once_keys_are_trusted(shop_job, shop, tmp_
 
 
 def test_operations_log_is_hash_chained(signed_lake):
-    from deltaferry.state import StateStore, verify_oplog
+    from deltaferry.oplog import verify_oplog
+    from deltaferry.state import StateStore
 
     state = StateStore("shop")
     n = verify_oplog(state)
@@ -173,7 +174,8 @@ def test_operations_log_is_hash_chained(signed_lake):
 
 
 def test_operations_log_detects_deleted_and_reordered_entries(signed_lake):
-    from deltaferry.state import StateStore, verify_oplog
+    from deltaferry.oplog import verify_oplog
+    from deltaferry.state import StateStore
 
     state = StateStore("shop")
     with state.connect() as con:

@@ -16,7 +16,8 @@ import pytest
 
 from deltaferry import duck, state
 from deltaferry.errors import StateBusyError
-from deltaferry.state import Entry, StateStore, lock_holder, verify_oplog
+from deltaferry.oplog import Entry, verify_oplog
+from deltaferry.state import StateStore, lock_holder
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_released_lets_go_inside_a_hold(home, opens):
 
 
 def test_a_failed_transaction_on_a_held_connection_is_rolled_back(home, monkeypatch):
-    from deltaferry.state import Plan
+    from deltaferry.checkpoints import Plan
 
     store = StateStore("shop")
     plan = Plan("t", 1, ["1.0"], 1, 1, 1, 0, b"{}", "0" * 64, 10)

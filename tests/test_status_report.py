@@ -15,8 +15,9 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from deltaferry.checkpoints import Plan
 from deltaferry.cli import cli
-from deltaferry.state import Plan, StateStore
+from deltaferry.state import StateStore
 from deltaferry.status import SPARK_GLYPHS, cursor_time, retry_cause, sparkline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -119,7 +119,8 @@ def test_operations_log_records_every_step(shop_job, shop):
         "SELECT detail FROM ops_log WHERE step = 'plan' AND tbl = 'customers'"
     ).fetchall()[0][0]
     assert "batch 1" in detail and "10 upserts" in detail
-    from deltaferry.state import StateStore, verify_oplog
+    from deltaferry.oplog import verify_oplog
+    from deltaferry.state import StateStore
 
     state.close()
     assert verify_oplog(StateStore("shop")) == len(steps) + 1  # every entry chained ("run" too)

@@ -1,0 +1,134 @@
+"""The quarantine of the job's state (``deltaferry/state.py``): rows held back, by a source
+before staging or by a cut's validation, until a later cut takes their key again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from deltaferry.duck import fetch_row
+from deltaferry.statedb import StoreBase, insert_rows, now
+
+
+class QuarantineMixin(StoreBase):
+    """``StateStore``'s quarantine records."""
+
+    def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
+        records ``{pk, field, check, reason, row_json}``, with load id ``held``."""
+        with self.connect() as con:
+            insert_quarantine(con, run_id, table, [{**r, "load_id": "held"} for r in rows])
+
+    def open_held(self, table: str) -> list[tuple[str, str, str | None, str | None]]:
+        """The table's held staged rows: (key JSON, load id, contract fingerprint held
+        under, release reason or None), one per key and load, oldest first. Rows a source
+        held back before staging (load id ``held``) are not among them: they are read at
+        the source again."""
+        with self.connect(read_only=True) as con:
+            return [
+                tuple(r)
+                for r in con.execute(
+                    "SELECT pk, load_id, any_value(contract), any_value(release) FROM quarantine"
+                    " WHERE tbl = ? AND resolved IS NULL AND load_id <> 'held'"
+                    " GROUP BY pk, load_id ORDER BY min(ts), pk",
+                    [table],
+                ).fetchall()
+            ]
+
+    def due_for_release(self, table: str, contract: str) -> list[tuple[str, str]]:
+        """Held rows to validate again in the next cut: held under another contract than
+        ``contract`` (the fingerprint now), or released by ``quarantine release``."""
+        return [
+            (pk, lid)
+            for pk, lid, held_under, release in self.open_held(table)
+            if held_under != contract or release is not None
+        ]
+
+    def plan_releases(self, table: str, batch: int) -> list[tuple[str, str]]:
+        """The held rows a planned batch cut again (for its rebuild)."""
+        with self.connect(read_only=True) as con:
+            return [
+                (r[0], r[1])
+                for r in con.execute(
+                    "SELECT pk, load_id FROM plan_releases WHERE tbl = ? AND batch = ? ORDER BY pk",
+                    [table, batch],
+                ).fetchall()
+            ]
+
+    def quarantine_rows(self, table: str | None = None, held_only: bool = True) -> list[dict[str, Any]]:
+        """Quarantine records (open ones unless ``held_only`` is False), oldest first, as
+        dicts of the quarantine table's columns."""
+        where = ["true"]
+        params: list[Any] = []
+        if table is not None:
+            where.append("tbl = ?")
+            params.append(table)
+        if held_only:
+            where.append("resolved IS NULL")
+        with self.connect(read_only=True) as con:
+            cur = con.execute(
+                'SELECT ts, run_id, tbl, load_id, pk, field, "check", reason, row_json, contract,'
+                f" resolved, resolved_at, release FROM quarantine WHERE {' AND '.join(where)}"
+                " ORDER BY ts, tbl, pk",
+                params,
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def request_release(self, table: str, reason: str) -> int:
+        """Mark the table's held staged rows for validation against the contract in the
+        next run, whatever contract they were held under. Returns the keys marked."""
+        with self._transaction() as con:
+            n = fetch_row(
+                con,
+                "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL"
+                " AND load_id <> 'held'",
+                [table],
+            )[0]
+            con.execute(
+                "UPDATE quarantine SET release = ? WHERE tbl = ? AND resolved IS NULL"
+                " AND load_id <> 'held'",
+                [reason, table],
+            )
+        return int(n)
+
+
+def resolve_keys(
+    con: duckdb.DuckDBPyConnection, table: str, keys: set[str] | frozenset[str], by: str
+) -> None:
+    """Close the open records of ``keys`` (their rows were cut again)."""
+    if not keys:
+        return
+    insert_rows(
+        con,
+        "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ? AND resolved IS"
+        " NULL AND load_id <> 'held' AND pk IN (SELECT pk FROM df_rows)",
+        {"pk": pa.string()},
+        [[k] for k in sorted(keys)],
+        [by, now(), table],
+    )
+
+
+def insert_quarantine(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    table: str,
+    rows: list[dict[str, Any]],
+    contract: str | None = None,
+) -> None:
+    """Write quarantine records ``rows`` (``{load_id, pk, field, check, reason, row_json}``),
+    held under the contract fingerprint ``contract``."""
+    if not rows:
+        return
+    names = ("load_id", "pk", "field", "check", "reason", "row_json")
+    insert_rows(
+        con,
+        'INSERT INTO quarantine (ts, run_id, tbl, load_id, pk, field, "check", reason,'
+        ' row_json, contract) SELECT ?, ?, ?, load_id, pk, field, "check", reason, row_json,'
+        " ? FROM df_rows",
+        dict.fromkeys(names, pa.string()),
+        [[r[n] for n in names] for r in rows],
+        [now(), run_id, table, contract],
+    )
