@@ -27,7 +27,7 @@ def register(ui: ModuleType) -> None:
         it still counts (reader_timeout_seconds)."""
         from contracts import load_chain
         from deltaferry.config import load_job
-        from deltaferry.readers import age_seconds, read_consumers
+        from deltaferry.consumers import age_seconds, read_consumers
         from deltaferry.status import human_duration
         from destinations.lake import open_lake
 

@@ -53,7 +53,7 @@ def pull(
     A table that stops (a bad batch, a lake behind the replica) does not stop the others;
     it is named in the error line and the exit code is 1."""
     from deltaferry.config import load_job
-    from deltaferry.readers import default_consumer_id
+    from deltaferry.consumers import default_consumer_id
     from deltaferry.replica import pull as do_pull
     from destinations.lake import open_lake
 

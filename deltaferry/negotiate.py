@@ -58,7 +58,7 @@ def negotiate(ctx: SyncContext, t: TableConfig) -> int:
     """The version this batch is published at: a version pinned by ``contracts rollback``,
     else the highest version every active reader reads (the newest without readers); then
     the nearest one the source's rows can be migrated to. Recorded in the operations log."""
-    from deltaferry.readers import age_seconds, read_consumers
+    from deltaferry.consumers import age_seconds, read_consumers
 
     chain = ctx.chains[t.name]
     source = source_version(ctx.job, t, chain)
@@ -150,7 +150,7 @@ def _other_contracts(record: dict, chain: Chain, reads: list[int]) -> tuple[int,
 def note_readers(ctx: SyncContext, t: TableConfig) -> None:
     """Write to the operations log each reader that cannot read this batch's contract
     version fully (``readers.py``): what it will do, or that it no longer counts."""
-    from deltaferry.readers import readers_behind
+    from deltaferry.consumers import readers_behind
 
     version = ctx.contracts[t.name].version
     if version <= 1:  # every reader reads v1

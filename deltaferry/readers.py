@@ -28,9 +28,7 @@ its contracts) writes the record without ``stuck``, and it counts again.
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +40,10 @@ from contracts import Contract
 from deltaferry import duck
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import ident
-from deltaferry.errors import ConfigError, TerminalError
-from deltaferry.statedb import now
-from destinations.lake import LakeStore
+from deltaferry.errors import TerminalError
 from destinations.manifest import ContractRef, Manifest
 
 POLICIES = ("strict", "partial")
-FORMAT = "deltaferry.consumer/1"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class VersionError(TerminalError):
@@ -65,29 +59,6 @@ class ContractChangeRefused(VersionError):
 class FingerprintError(VersionError):
     """A batch is published at a version this reader has, but that version's contract is
     another one (its fingerprint differs): the same number names two contracts."""
-
-
-def consumers_prefix(job: str, table: str) -> str:
-    return f"{job}/{table}/consumers/"
-
-
-def consumer_key(job: str, table: str, consumer: str) -> str:
-    return f"{consumers_prefix(job, table)}{consumer}.json"
-
-
-def default_consumer_id(replica: str) -> str:
-    """``<host>-<replica file stem>``, made safe for an object name."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{socket.gethostname()}-{replica}")
-    return stem.strip("-.")[:128] or "reader"
-
-
-def check_consumer(consumer: str, policy: str) -> None:
-    if not _ID.match(consumer):
-        raise ConfigError(
-            f"consumer id {consumer!r} must be letters, digits, '.', '_' or '-' (at most 128)"
-        )
-    if policy not in POLICIES:
-        raise ConfigError(f"reader policy must be 'strict' or 'partial' (got {policy!r})")
 
 
 @dataclass(frozen=True)
@@ -258,10 +229,15 @@ class Reading:
             return data, None, version, version == self.known
         if version < first:  # older than anything this reader's chain can upgrade
             self.newest_read = max(self.newest_read, version)
-            return data, (
-                f"published at contract v{version}, older than this reader's first version "
-                f"v{first}: applied as published"
-            ), version, True
+            return (
+                data,
+                (
+                    f"published at contract v{version}, older than this reader's first version "
+                    f"v{first}: applied as published"
+                ),
+                version,
+                True,
+            )
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
         refusal = manifest.downgrade_refused
@@ -457,106 +433,3 @@ def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Ta
         if c in data.column_names:
             out = out.append_column(c, data[c])
     return out
-
-
-def record_consumer(
-    lake: LakeStore,
-    reading: Reading,
-    consumer: str,
-    replica: str,
-    position: Any,
-    partial: int = 0,
-) -> dict[str, Any]:
-    """Write (replace) this reader's record for the table in the lake; with
-    ``reading.stuck`` (the pull stopped at a batch it cannot apply) the record says so
-    (``stuck: {error, since}``) and producers stop counting it (``negotiate.negotiate``)."""
-    body: dict[str, Any] = {
-        "format": FORMAT,
-        "consumer": consumer,
-        "job": reading.job,
-        "table": reading.table,
-        "supports": reading.supports,
-        # what each version it has is (producers count it only for versions that match)
-        "fingerprints": {
-            str(v): reading.chain.contract(v).fingerprint
-            for v in reading.supports
-            if reading.chain is not None and v in reading.chain.models
-        },
-        "contract": {
-            "ref": reading.contract.ref,
-            "version": reading.known,
-            "fingerprint": reading.contract.fingerprint,
-        },
-        "policy": reading.policy,
-        "reads": reading.newest_read or None,
-        "position": position,
-        "partial_batches": partial,  # applied with a caution (newer version, partial policy)
-        "replica": replica,
-        "last_seen": now().isoformat(),
-    }
-    if reading.stuck:
-        body["stuck"] = {"error": reading.stuck, "since": body["last_seen"]}
-    lake.put(
-        consumer_key(reading.job, reading.table, consumer),
-        json.dumps(body, sort_keys=True, indent=1).encode(),
-    )
-    return body
-
-
-def read_consumers(lake: LakeStore, job: str, table: str) -> list[dict[str, Any]]:
-    """Every reader's record of the table; unreadable records are returned with an error."""
-    out = []
-    for key in lake.list(consumers_prefix(job, table)):
-        if not key.endswith(".json"):
-            continue
-        raw = lake.get(key)
-        try:
-            body = json.loads(raw) if raw is not None else None
-            if not isinstance(body, dict) or body.get("format") != FORMAT:
-                raise ValueError("not a consumer record")
-        except ValueError as e:
-            body = {"consumer": key.rsplit("/", 1)[-1][:-5], "error": str(e)}
-        out.append(body)
-    return out
-
-
-def age_seconds(record: dict[str, Any]) -> float | None:
-    """Seconds since the reader was last seen (a time without zone is taken as UTC)."""
-    from datetime import UTC, datetime
-
-    try:
-        seen = datetime.fromisoformat(str(record.get("last_seen")))
-    except ValueError:
-        return None
-    if seen.tzinfo is None:
-        seen = seen.replace(tzinfo=UTC)
-    return (now() - seen).total_seconds()
-
-
-def readers_behind(
-    lake: LakeStore, job: str, table: str, version: int, timeout: float
-) -> list[str]:
-    """One line for each reader that cannot read ``version`` fully: active ones (seen within
-    ``timeout``) say what they will do; ones not seen for longer no longer count."""
-    from deltaferry.status import human_duration
-
-    lines = []
-    for r in read_consumers(lake, job, table):
-        supports = r.get("supports") or []
-        if "error" in r or not supports or max(supports) >= version:
-            continue
-        age = age_seconds(r)
-        who = (
-            f"reader '{r.get('consumer')}' (reads up to v{max(supports)}, policy {r.get('policy')})"
-        )
-        if r.get("stuck"):
-            lines.append(f"{who} stopped at a batch it cannot apply: not holding v{version} back")
-        elif age is None or age > timeout:
-            lines.append(
-                f"{who} was last seen {human_duration(age) if age is not None else 'never'} ago, "
-                f"over the job's reader_timeout_seconds: not holding v{version} back"
-            )
-        else:
-            will = "stop" if r.get("policy") == "strict" else "apply the columns it knows"
-            lines.append(f"{who} will {will} at batches published at v{version}")
-    return lines

@@ -112,7 +112,8 @@ def pull(
     (``error`` set on the ones that stopped). Transient and configuration errors stop the
     pull at once."""
     from contracts import load_chain
-    from deltaferry.readers import Reading, VersionError, check_consumer, record_consumer
+    from deltaferry.consumers import check_consumer, record_consumer
+    from deltaferry.readers import Reading, VersionError
 
     if consumer is not None:
         check_consumer(consumer, policy)

@@ -25,7 +25,7 @@ from deltaferry.gc import (
     collect,
 )
 from deltaferry.overrides import read_overrides, write_override
-from deltaferry.readers import read_consumers
+from deltaferry.consumers import read_consumers
 from deltaferry.verify import producers, verify_table
 from destinations.lake import open_lake
 from tests.test_conflicts import Site

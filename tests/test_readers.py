@@ -374,7 +374,7 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     assert "cannot be migrated: pull into a new replica" in stopped.output
     assert _q(replica, sql) == src
     # its record in the lake says it is stuck: producers do not hold a version back for it
-    from deltaferry.readers import read_consumers
+    from deltaferry.consumers import read_consumers
 
     (record,) = [r for r in read_consumers(shop_job.lake(), "shop", "customers")
                  if r.get("consumer") == "mover"]
