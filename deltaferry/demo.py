@@ -27,7 +27,7 @@ def ensure_bucket(bucket: str) -> None:
     import boto3
     from botocore.exceptions import ClientError
 
-    from destinations.lake import s3_client_config
+    from destinations.s3 import s3_client_config
 
     s3 = boto3.client("s3", config=s3_client_config())
     try:

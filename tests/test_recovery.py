@@ -102,7 +102,7 @@ def test_a_manifest_past_our_checkpoint_stops_the_run_without_overwriting(shop_j
 
 def test_lost_acknowledgement_is_success(shop_job, shop, monkeypatch):
     """The PUT succeeded but its reply was lost: the retry gets 412 and finds our own bytes."""
-    from destinations.lake import S3LakeStore
+    from destinations.s3 import S3LakeStore
 
     real = S3LakeStore.put_if_absent
     calls = {"n": 0}

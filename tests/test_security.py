@@ -402,7 +402,7 @@ def test_keys_commands(home):
 def test_assumed_role_credentials_refresh_through_the_session(s3_endpoint, monkeypatch):
     from botocore.credentials import RefreshableCredentials
 
-    from destinations.lake import aws_session
+    from destinations.s3 import aws_session
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", s3_endpoint)
     monkeypatch.setenv(

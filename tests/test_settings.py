@@ -132,7 +132,7 @@ def test_the_cli_exits_2_with_one_line(clean_env: pytest.MonkeyPatch, tmp_path: 
 def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from deltaferry import config, duck, keys
     from deltaferry.failpoints import FailpointHit, failpoint
-    from destinations import lake
+    from destinations import s3
     from sources import rest_api
     from sources.sql_database import connection
 
@@ -147,7 +147,7 @@ def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: 
     assert config.config_path() == tmp_path / "jobs.toml"
     assert keys.keyring_dir() == tmp_path / "h" / "keys"
     assert duck.encryption_key() == "sekrit"
-    client_config = lake.s3_client_config()
+    client_config = s3.s3_client_config()
     assert client_config.retries["max_attempts"] == 9  # type: ignore[attr-defined]
     assert client_config.read_timeout == 12.5  # type: ignore[attr-defined]
     assert rest_api._Watch(job=None).max_retry_after == 7  # type: ignore[arg-type]
@@ -156,9 +156,9 @@ def test_set_after_import_takes_effect(clean_env: pytest.MonkeyPatch, tmp_path: 
     assert connection.StallWatchdog(sa.create_engine("sqlite://")).timeout == 4
 
     with pytest.raises(ConfigError, match="plain HTTP"):
-        lake.require_tls("http://203.0.113.1:9000", "lake s3://b")
+        s3.require_tls("http://203.0.113.1:9000", "lake s3://b")
     clean_env.setenv("DELTAFERRY_ALLOW_INSECURE_HTTP", "1")
-    lake.require_tls("http://203.0.113.1:9000", "lake s3://b")
+    s3.require_tls("http://203.0.113.1:9000", "lake s3://b")
 
     clean_env.setenv("DELTAFERRY_KEYS", str(tmp_path / "ring"))
     assert keys.keyring_dir() == tmp_path / "ring"

@@ -104,7 +104,7 @@ class S3Prefix:
     reread = "upload it again to re-read it"
 
     def __init__(self, job: JobConfig, bucket: str, prefix: str) -> None:
-        from destinations.lake import aws_session, require_tls, s3_client_config
+        from destinations.s3 import aws_session, require_tls, s3_client_config
 
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""

@@ -146,7 +146,7 @@ def _resolved(job: JobConfig, value: Any, what: str) -> Any:
 
 def api_config(job: JobConfig, session: requests.Session, *, incremental: bool = True) -> dict:
     """The dlt rest_api config of the job: one resource per table, merged on its key."""
-    from destinations.lake import require_tls
+    from destinations.s3 import require_tls
 
     base_url = job.source_url().rstrip("/") + "/"
     # tokens and keys go with every request: never in clear text over the network
