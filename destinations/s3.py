@@ -146,7 +146,7 @@ class S3LakeStore:
         _require_tls(self._client.meta.endpoint_url, self.url)
         env = from_env()
         sse = env.s3_sse
-        self._sse: dict[str, str] = {} if sse.lower() == "none" else {"ServerSideEncryption": sse}
+        self._sse: dict[str, str] = {} if sse == "none" else {"ServerSideEncryption": sse}
         self._multipart_threshold = env.s3_multipart_threshold
         if sse == "aws:kms" and env.s3_sse_kms_key_id:
             self._sse["SSEKMSKeyId"] = env.s3_sse_kms_key_id
