@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from deltaferry.duck import fetch_one
+from deltaferry.keyrange import KeyRange
 from deltaferry.quarantine import insert_quarantine, resolve_keys
 from deltaferry.statedb import StoreBase, insert_rows, now
 from destinations.manifest import Manifest
@@ -36,6 +37,8 @@ class Plan:
     manifest: bytes
     manifest_sha256: str
     chunk_rows: int
+    # the keys of its cut the batch carries (a cut split at max_batch_rows); whole: all
+    keys: KeyRange = KeyRange()
 
 
 class PlansMixin(StoreBase):
@@ -89,7 +92,7 @@ class PlansMixin(StoreBase):
             row = fetch_one(
                 con,
                 "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256,"
-                " chunk_rows"
+                " chunk_rows, cut_after, cut_through"
                 " FROM plans WHERE tbl = ? AND status = ? AND (? IS NULL OR batch = ?)"
                 " ORDER BY batch LIMIT 1",
                 [table, status, batch, batch],
@@ -107,6 +110,7 @@ class PlansMixin(StoreBase):
             row[7].encode(),
             row[8],
             row[9],
+            KeyRange.from_json(row[10], row[11]),
         )
 
     def record_plan(
@@ -133,7 +137,10 @@ class PlansMixin(StoreBase):
                     [plan.table, plan.batch],
                 )
             con.execute(
-                "INSERT INTO plans VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO plans (tbl, batch, status, load_ids, seq_start, seq_end, rows,"
+                " quarantined, manifest, manifest_sha256, chunk_rows, created_at, committed_at,"
+                " cut_after, cut_through) VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL,"
+                " ?, ?)",
                 [
                     plan.table,
                     plan.batch,
@@ -146,9 +153,11 @@ class PlansMixin(StoreBase):
                     plan.manifest_sha256,
                     plan.chunk_rows,
                     now(),
+                    plan.keys.as_json("after"),
+                    plan.keys.as_json("through"),
                 ],
             )
-            insert_quarantine(con, run_id, plan.table, quarantine, contract)
+            insert_quarantine(con, run_id, plan.table, quarantine, contract, plan.batch)
 
     def consume_without_batch(
         self,
@@ -158,20 +167,48 @@ class PlansMixin(StoreBase):
         quarantine: list[dict[str, Any]],
         contract: str | None = None,
         touched: set[str] | frozenset[str] = frozenset(),
+        keys: KeyRange = KeyRange(),
     ) -> None:
         """Loads with nothing to publish (no change, or every change quarantined): never look
-        again. Open records of the ``touched`` keys are resolved (their rows held again)."""
+        again. Open records of the ``touched`` keys are resolved (their rows held again).
+        With ``keys`` ending before the cut does (a split cut), only that range is done:
+        the cut stays open after it (``open_cut``)."""
         with self._transaction() as con:
             resolve_keys(con, table, touched, f"held again in run {run_id}")
-            if load_ids:
-                insert_rows(
-                    con,
-                    "INSERT OR IGNORE INTO published_loads SELECT ?, load_id, NULL FROM df_rows",
-                    {"load_id": pa.string()},
-                    [[lid] for lid in load_ids],
-                    [table],
-                )
+            self._advance_cut(con, table, load_ids, keys, None)
             insert_quarantine(con, run_id, table, quarantine, contract)
+
+    def _advance_cut(
+        self, con: Any, table: str, load_ids: list[str], keys: KeyRange, batch: int | None
+    ) -> None:
+        """Inside a transaction: a range of a cut is done. A range that ends before the cut
+        does leaves the cut open at its last key; the last range publishes the loads."""
+        if keys.through is not None:
+            con.execute(
+                "INSERT OR REPLACE INTO open_cuts VALUES (?, ?, ?)",
+                [table, json.dumps(load_ids), keys.as_json("through")],
+            )
+            return
+        con.execute("DELETE FROM open_cuts WHERE tbl = ?", [table])
+        if load_ids:  # none: a batch of held rows released alone
+            insert_rows(
+                con,
+                "INSERT OR REPLACE INTO published_loads SELECT ?, load_id, ? FROM df_rows"
+                if batch is not None
+                else "INSERT OR IGNORE INTO published_loads SELECT ?, load_id, ? FROM df_rows",
+                {"load_id": pa.string()},
+                [[lid] for lid in load_ids],
+                [table, batch],
+            )
+
+    def open_cut(self, table: str) -> tuple[list[str], tuple[str, ...]] | None:
+        """The cut the table is half-way through (its loads, the last key published of
+        them), when the last batch stopped at ``max_batch_rows``; None otherwise."""
+        with self.connect() as con:
+            row = fetch_one(con, "SELECT load_ids, through FROM open_cuts WHERE tbl = ?", [table])
+        if row is None:
+            return None
+        return json.loads(row[0]), tuple(json.loads(row[1]))
 
     def commit_checkpoint(self, plan: Plan) -> None:
         """Advance the checkpoint to a batch whose manifest is stored: one transaction."""
@@ -184,21 +221,16 @@ class PlansMixin(StoreBase):
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                 [plan.table, plan.batch, plan.manifest_sha256, plan.seq_end, now()],
             )
-            if plan.load_ids:  # none: a batch of held rows released alone
-                insert_rows(
-                    con,
-                    "INSERT OR REPLACE INTO published_loads SELECT ?, load_id, ? FROM df_rows",
-                    {"load_id": pa.string()},
-                    [[lid] for lid in plan.load_ids],
-                    [plan.table, plan.batch],
-                )
+            self._advance_cut(con, plan.table, plan.load_ids, plan.keys, plan.batch)
 
     def adopt_checkpoint(self, plan: Plan) -> None:
         """Take a checkpoint from the lake (the local state was lost): recorded as a
         committed plan so that status and the next batch's chain follow it."""
         with self._transaction() as con:
             con.execute(
-                "INSERT INTO plans VALUES (?, ?, 'committed', '[]', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                "INSERT INTO plans (tbl, batch, status, load_ids, seq_start, seq_end, rows,"
+                " quarantined, manifest, manifest_sha256, chunk_rows, created_at, committed_at)"
+                " VALUES (?, ?, 'committed', '[]', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                 [
                     plan.table,
                     plan.batch,
@@ -224,23 +256,24 @@ class PlansMixin(StoreBase):
         with self._transaction() as con:
             row = fetch_one(
                 con,
-                "SELECT load_ids FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
+                "SELECT load_ids, cut_after IS NULL AND cut_through IS NULL FROM plans"
+                " WHERE tbl = ? AND batch = ? AND status = 'planned'",
                 [table, batch],
             )
             if row is not None:
+                # records of state files older than `planned_in` are found by their loads,
+                # unless the cut was split: then earlier batches held some of those loads' rows
                 con.execute(
-                    "DELETE FROM quarantine WHERE tbl = ? AND resolved IS NULL"
-                    " AND load_id IN (SELECT unnest(?::VARCHAR[]))",
-                    [table, json.loads(row[0])],
+                    "DELETE FROM quarantine WHERE tbl = ? AND resolved IS NULL AND (planned_in = ?"
+                    " OR (planned_in IS NULL AND ? AND load_id IN (SELECT unnest(?::VARCHAR[]))))",
+                    [table, batch, row[1], json.loads(row[0])],
                 )
                 con.execute(
                     "UPDATE quarantine SET resolved = NULL, resolved_at = NULL"
                     " WHERE tbl = ? AND resolved = ?",
                     [table, f"batch {batch}"],
                 )
-                con.execute(
-                    "DELETE FROM plan_releases WHERE tbl = ? AND batch = ?", [table, batch]
-                )
+                con.execute("DELETE FROM plan_releases WHERE tbl = ? AND batch = ?", [table, batch])
                 con.execute(
                     "DELETE FROM plans WHERE tbl = ? AND batch = ? AND status = 'planned'",
                     [table, batch],
@@ -250,7 +283,7 @@ class PlansMixin(StoreBase):
         """Forget the table's position: checkpoint, plans and published loads (the operations
         log and quarantine records stay). ``deltaferry reset``; the next run adopts the lake."""
         with self._transaction() as con:
-            for name in ("checkpoints", "plans", "published_loads"):
+            for name in ("checkpoints", "plans", "published_loads", "open_cuts"):
                 con.execute(f"DELETE FROM {name} WHERE tbl = ?", [table])
 
     def published_load_ids(self, table: str) -> set[str]:

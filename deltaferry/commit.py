@@ -114,7 +114,7 @@ def recover_table(ctx: SyncContext, t: TableConfig) -> str | None:
             raise ConflictError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: the lake holds a different manifest "
                 f"than the one planned here; another writer holds this table. Nothing was overwritten; "
-                f"stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name} --reason \"<why>\"` adopts the lake's chain"
+                f'stop the other writer, then `deltaferry reset {ctx.job.name} --table {t.name} --reason "<why>"` adopts the lake\'s chain'
             )
         commit(ctx, plan)
         return f"batch {plan.batch}: manifest already stored, checkpoint committed"
@@ -136,7 +136,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             f"at contract v{version}, which {chain.ref} no longer has (versions: "
             f"{', '.join(f'v{v}' for v in chain.versions)}), so it cannot be rebuilt as "
             f"planned; go back to the old contract for one run, or `deltaferry plan discard "
-            f"{ctx.job.name} --table {t.name} --reason \"<why>\"` and run again (its rows are "
+            f'{ctx.job.name} --table {t.name} --reason "<why>"` and run again (its rows are '
             "cut again at the new contract)"
         )
     ctx.contracts[t.name] = contract_version(ctx.job, t, chain, version)
@@ -147,12 +147,16 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
         ctx.migrations.pop(t.name, None)
     drift = DriftPlan.recorded(planned.drift)
     ctx.released[t.name] = ctx.state.plan_releases(t.name, plan.batch)
-    with staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift) as (_, chunks, _d):
+    with staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift, plan.keys) as (
+        _,
+        chunks,
+        _d,
+    ):
         if chunks is None:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: staged rows for the "
                 f"planned batch are gone; restore the staging file, or run `deltaferry reset "
-                f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to read the source again from the lake's head"
+                f'{ctx.job.name} --table {t.name} --reason "<why>"` to read the source again from the lake\'s head'
             )
         # the plan's own cut: same part size; its quarantine decision was already taken
         job = dataclasses.replace(ctx.job, rows_per_file=plan.chunk_rows, max_quarantine_ratio=1.0)
@@ -167,6 +171,7 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             migration=migration_of(ctx, t),
             missing=drift.missing if drift else None,
         )
+        delta.keys = plan.keys
     if planned.also is not None:
         also_version = planned.also.contract.version
         delta.also = dual_copy(ctx, t, delta, also_version, drift, plan.chunk_rows)
@@ -177,6 +182,6 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
             f"from the plan (contract or library changed since?); expected {want}, got {got}. "
             f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
-            f"{ctx.job.name} --table {t.name} --reason \"<why>\"` to cut it again at the current one"
+            f'{ctx.job.name} --table {t.name} --reason "<why>"` to cut it again at the current one'
         )
     return delta

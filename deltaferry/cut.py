@@ -1,7 +1,12 @@
 """The cut: which staged rows a batch carries. Load ids not yet published, the staged rows
 of those loads (and held rows due again) streamed from staging in fixed-size chunks, each
 with its ``_op``; ``deltaferry/delta.py:build_delta`` turns the chunks into a batch. Reads
-only (staging is written by the source, ``sources/load.py``)."""
+only (staging is written by the source, ``sources/load.py``).
+
+A cut larger than the job's ``max_batch_rows`` is published as several batches, each a
+range of primary keys (``deltaferry/keyrange.py:KeyRange``): the rows are read in key order, a batch stops
+after ``max_batch_rows`` of them, and the next batch starts after its last key. The range
+is recorded in the batch's plan, so a rebuild reads the same rows."""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from deltaferry import duck
 from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, key_json
 from deltaferry.duck import ident
+from deltaferry.keyrange import KeyRange
 from sources.columns import (
     DELETED_COLUMN,
     INTERNAL_COLUMNS,
@@ -46,15 +53,47 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
 
 
 RELEASED_VIEW = "df_released"
+LAST_KEY_VIEW = "df_last_key"
+
+
+def _key_compare(
+    t: TableConfig, types: dict[str, str], values: tuple[str, ...], op: str
+) -> tuple[str, list[Any]]:
+    """SQL (table aliased ``s``) comparing the row's key with ``values`` in key order:
+    ``op`` is ``>`` (strictly after) or ``<=`` (at or before). Keys are never NULL in
+    staging (the sources hold NULL keys back), so plain comparisons order as ORDER BY."""
+    cols = list(t.primary_key)
+    if len(values) != len(cols):
+        raise ValueError(
+            f"table '{t.name}': a key bound {list(values)} does not match the key {cols}"
+        )
+    strict = ">" if op == ">" else "<"
+    terms, params = [], []
+    for i, c in enumerate(cols):
+        eqs = [f"s.{ident(k)} = CAST(? AS {types[k]})" for k in cols[:i]]
+        last = f"s.{ident(c)} {strict} CAST(? AS {types[c]})"
+        terms.append("(" + " AND ".join([*eqs, last]) + ")")
+        params += [*values[:i], values[i]]
+    if op == "<=":  # at or before: before, or equal on every column
+        terms.append(
+            "(" + " AND ".join(f"s.{ident(k)} = CAST(? AS {types[k]})" for k in cols) + ")"
+        )
+        params += list(values)
+    return "(" + " OR ".join(terms) + ")", params
 
 
 def cut_where(
-    con: duckdb.DuckDBPyConnection, t: TableConfig, load_ids: list[str], released: pa.Table | None
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    load_ids: list[str],
+    released: pa.Table | None,
+    keys: KeyRange = KeyRange(),
 ) -> tuple[str, list[Any]]:
     """The SQL condition (table aliased ``s``) and parameters that select the staged rows of
     a cut: rows last changed by one of ``load_ids``, and the staged rows named in
     ``released`` (key columns and load id: held rows due for re-validation, see
-    ``released_rows``), registered on ``con`` for the query."""
+    ``released_rows``), registered on ``con`` for the query; of those, the keys in
+    ``keys``."""
     conds: list[str] = []
     if load_ids:
         conds.append(f"s.{ident(LOAD_ID_COLUMN)} IN ({', '.join('?' for _ in load_ids)})")
@@ -65,7 +104,17 @@ def cut_where(
             for c in [*t.primary_key, LOAD_ID_COLUMN]
         )
         conds.append(f"EXISTS (SELECT 1 FROM {RELEASED_VIEW} r WHERE {match})")
-    return " OR ".join(conds) or "false", list(load_ids)
+    where, params = " OR ".join(conds) or "false", list(load_ids)
+    if keys.whole:
+        return where, params
+    types = duck.column_types(con, t.name, STAGING_DATASET)
+    bounds = [where]
+    for values, op in ((keys.after, ">"), (keys.through, "<=")):
+        if values is not None:
+            cond, more = _key_compare(t, types, values, op)
+            bounds.append(cond)
+            params += more
+    return " AND ".join(f"({b})" for b in bounds), params
 
 
 def released_rows(
@@ -92,6 +141,63 @@ def released_rows(
     return rows.take(pa.array(keep, pa.int64())) if keep else None
 
 
+class Changes:
+    """The rows of a cut, iterated as consecutive tables of exactly ``chunk_rows`` rows
+    (the last may be shorter), at most ``limit`` rows in all (None: every row). Once
+    iterated, ``through`` is the range's end when the limit stopped it (the last key read,
+    see ``KeyRange``), else the end of the range asked for (None: the cut's rows ran out)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        t: TableConfig,
+        reader: pa.RecordBatchReader,
+        chunk_rows: int,
+        limit: int | None,
+        keys: KeyRange,
+    ) -> None:
+        self._con, self._t, self._reader = con, t, reader
+        self._chunk_rows, self._limit, self._keys = chunk_rows, limit, keys
+        self.through: tuple[str, ...] | None = keys.through
+
+    @property
+    def keys(self) -> KeyRange:
+        """The range of keys the rows iterated so far stand for: the range asked for,
+        ended at ``through`` when the limit stopped it."""
+        return KeyRange(self._keys.after, self.through)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        taken = 0
+        last: pa.Table | None = None
+        for chunk in _exact_chunks(self._reader, self._chunk_rows):
+            if self._limit is not None and taken + chunk.num_rows > self._limit:
+                keep = self._limit - taken
+                if keep > 0:
+                    chunk = chunk.slice(0, keep)
+                    last = chunk
+                    yield chunk
+                if last is not None:  # the limit stopped the cut: the next batch goes on
+                    self.through = self._key_text(last.slice(last.num_rows - 1))
+                return
+            taken += chunk.num_rows
+            last = chunk
+            yield chunk
+
+    def _key_text(self, row: pa.Table) -> tuple[str, ...]:
+        cols = list(self._t.primary_key)
+        self._con.register(LAST_KEY_VIEW, row.select(cols))
+        try:
+            found = self._con.execute(
+                "SELECT "
+                + ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in cols)
+                + f" FROM {LAST_KEY_VIEW}"
+            ).fetchone()
+        finally:
+            self._con.unregister(LAST_KEY_VIEW)
+        assert found is not None
+        return tuple(found)
+
+
 def read_changes(
     con: duckdb.DuckDBPyConnection,
     t: TableConfig,
@@ -99,10 +205,13 @@ def read_changes(
     chunk_rows: int,
     exclude: frozenset[str] = frozenset(),
     released: pa.Table | None = None,
-) -> Iterator[pa.Table] | None:
+    keys: KeyRange = KeyRange(),
+    limit: int | None = None,
+) -> Changes | None:
     """Staged rows last changed by one of ``load_ids`` (and the held rows ``released``
-    names, see ``cut_where``), ordered by primary key, with ``_op``, as consecutive tables
-    of exactly ``chunk_rows`` rows (the last may be shorter).
+    names), of the keys in ``keys`` (see ``cut_where``), ordered by primary key, with
+    ``_op``, as consecutive tables of exactly ``chunk_rows`` rows (the last may be
+    shorter); at most ``limit`` rows (``Changes.through`` then says where they stopped).
 
     Streaming keeps memory bounded by the chunk, not the batch. The connection must stay
     open while the iterator is consumed.
@@ -119,14 +228,16 @@ def read_changes(
     )
     select = ", ".join(ident(c) for c in data_cols)
     order = ", ".join(ident(c) for c in t.primary_key)
-    where, params = cut_where(con, t, load_ids, released)
+    where, params = cut_where(con, t, load_ids, released, keys)
+    # one row past the limit says whether the cut goes on
+    bound = f" LIMIT {limit + 1}" if limit is not None else ""
     # execute() with parameters streams; the relation API with parameters was ~20x slower
     reader = con.execute(
         f"SELECT {select}, {op} AS {OP_COLUMN}, {ident(LOAD_ID_COLUMN)} FROM {STAGING_DATASET}.{ident(t.name)} s"
-        f" WHERE {where} ORDER BY {order}",
+        f" WHERE {where} ORDER BY {order}{bound}",
         params,
     ).to_arrow_reader(min(chunk_rows, 1_000_000))
-    return _exact_chunks(reader, chunk_rows)
+    return Changes(con, t, reader, chunk_rows, limit, keys)
 
 
 def _exact_chunks(reader: pa.RecordBatchReader, n: int) -> Iterator[pa.Table]:

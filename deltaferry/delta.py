@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from contracts import Contract
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
+from deltaferry.keyrange import KeyRange
 from destinations.manifest import DataFile, Ops, sha256
 from sources.columns import (
     LOAD_ID_COLUMN,
@@ -63,6 +64,8 @@ class Delta:
     # keys held in the quarantine before that this batch cut again (published, or held
     # again with a new record): their old records are resolved by it
     touched: set[str] = field(default_factory=set)
+    # the keys of the cut it carries (``deltaferry/keyrange.py``): whole unless split
+    keys: KeyRange = field(default_factory=KeyRange)
 
     @property
     def rows(self) -> int:

@@ -48,7 +48,11 @@ def dual_copy(
     # the published rows were downgraded (lossy to upgrade back): cut the copy again from
     # the staged rows, which must be the same rows
     job = dataclasses.replace(ctx.job, rows_per_file=chunk_rows, max_quarantine_ratio=1.0)
-    with staged_changes(ctx, t, delta.load_ids, chunk_rows, drift) as (_, chunks, _d):
+    with staged_changes(ctx, t, delta.load_ids, chunk_rows, drift, delta.keys) as (
+        _,
+        chunks,
+        _d,
+    ):
         if chunks is None:  # the staging file, or the batch's loads in it, are gone
             raise ContractViolation(
                 f"job '{ctx.job.name}' table '{t.name}': dual publishing v{version}: the batch's "

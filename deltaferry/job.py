@@ -65,6 +65,8 @@ class JobConfig:
     tables: tuple[TableConfig, ...]
     max_quarantine_ratio: float = 0.05
     rows_per_file: int = 500_000
+    # a cut of more rows is published as several batches, each a range of keys
+    max_batch_rows: int = 1_000_000
     chunk_size: int = 50_000
     max_reconcile_delete_ratio: float = 0.5
     producer_id: str = "default"

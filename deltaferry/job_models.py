@@ -250,6 +250,14 @@ class JobModel(Section):
         "a positive integer",
         ge=1,
     )
+    max_batch_rows: int = setting(
+        1_000_000,
+        "staged rows per batch at most: a bigger cut (an initial load) is published as several"
+        " batches, each a range of keys, committed one after another (memory follows the batch,"
+        " not the table)",
+        "a positive integer",
+        ge=1,
+    )
     chunk_size: int = setting(
         50_000,
         "rows per read from the source (memory stays flat)",

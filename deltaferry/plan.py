@@ -15,6 +15,7 @@ from deltaferry.delta import Delta, build_delta
 from deltaferry.dual import also_manifest, dual_copy
 from deltaferry.errors import DowngradeRefused
 from deltaferry.failpoints import failpoint
+from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
 from deltaferry.producers import check_chain_mode, logical_time
 from deltaferry.staged import DriftPlan, staged_changes
@@ -53,11 +54,24 @@ def plan_negotiated(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | No
 
 
 def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
-    """Cut, validate and encode the next batch; record the plan. None if nothing to publish."""
+    """Cut, validate and encode the next batch; record the plan. None if nothing to publish.
+
+    A cut over ``max_batch_rows`` is planned one range of keys at a time (``Plan.keys``;
+    ``keys.through`` None: the cut's last batch). A range whose every row is held back
+    publishes nothing: the next range is planned instead."""
+    while True:
+        planned, more = _plan_range(ctx, t)
+        if planned is not None or not more:
+            return planned
+
+
+def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | None, bool]:
+    """``plan_table`` for one range of keys: the plan (or None) and whether the cut goes on
+    after the range (only asked when there is no plan)."""
     ckpt = ctx.state.checkpoint(t.name)
     with staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids and not ctx.released.get(t.name):
-            return None
+            return None, False
         if len(ctx.chains[t.name].versions) > 1:
             negotiate(ctx, t)
         delta = (
@@ -76,19 +90,26 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
             if chunks is not None
             else None
         )
+        if delta is not None and chunks is not None:
+            delta.keys = chunks.keys  # iterated: where a split cut stopped
     released = ctx.released.get(t.name, [])
     if released and delta is not None:
+        # of the held rows due, those this batch's keys took (a split cut: some of them)
+        cut = {pk for pk, _ in released} & delta.touched if not delta.keys.whole else None
+        taken = len(released) if cut is None else len(cut)
         again = {q["pk"] for q in delta.quarantine} & {pk for pk, _ in released}
         ctx.state.log(
             ctx.run_id,
             "quarantine",
             "info",
             table=t.name,
-            detail=f"job '{ctx.job.name}' table '{t.name}': {len(released)} held row(s) "
+            detail=f"job '{ctx.job.name}' table '{t.name}': {taken} held row(s) "
             f"validated again against {ctx.contracts[t.name].ref} "
-            f"v{ctx.contracts[t.name].version}: {len(released) - len(again)} published, "
+            f"v{ctx.contracts[t.name].version}: {taken - len(again)} published, "
             f"{len(again)} held again",
         )
+    if delta is not None and not delta.keys.whole:
+        _log_split(ctx, t, delta)
     if delta is None or delta.rows == 0:
         # no change for this table in these loads, or every change held back by the contract
         ctx.state.consume_without_batch(
@@ -98,8 +119,9 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
             delta.quarantine if delta else [],
             held_under(ctx, t),
             delta.touched if delta else set(),
+            delta.keys if delta else KeyRange(),
         )
-        return None
+        return None, delta is not None and delta.keys.through is not None
     check_chain_mode(ctx, t)
     if len(ctx.chains[t.name].versions) == 1:  # with a chain, negotiate read the readers
         note_readers(ctx, t)
@@ -122,6 +144,7 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         body,
         sha256(body),
         ctx.job.rows_per_file,
+        delta.keys,
     )
     ctx.state.record_plan(
         plan,
@@ -132,7 +155,25 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
         ctx.released.get(t.name, []),
     )
     failpoint("after_plan")
-    return plan, delta
+    return (plan, delta), False
+
+
+def _log_split(ctx: SyncContext, t: TableConfig, delta: Delta) -> None:
+    """Say in the operations log which keys of a split cut this batch carries, and why."""
+    more = (
+        "the rest of the cut follows in the next batch"
+        if delta.keys.through is not None
+        else "the last of the cut"
+    )
+    ctx.state.log(
+        ctx.run_id,
+        "cut",
+        "info",
+        table=t.name,
+        detail=f"job '{ctx.job.name}' table '{t.name}': the cut is over max_batch_rows = "
+        f"{ctx.job.max_batch_rows}, so it is published as several batches; this one carries "
+        f"{delta.keys.describe()}: {delta.rows} row(s); {more}",
+    )
 
 
 def make_manifest(

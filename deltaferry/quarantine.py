@@ -57,7 +57,9 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             ]
 
-    def quarantine_rows(self, table: str | None = None, held_only: bool = True) -> list[dict[str, Any]]:
+    def quarantine_rows(
+        self, table: str | None = None, held_only: bool = True
+    ) -> list[dict[str, Any]]:
         """Quarantine records (open ones unless ``held_only`` is False), oldest first, as
         dicts of the quarantine table's columns."""
         where = ["true"]
@@ -117,18 +119,20 @@ def insert_quarantine(
     table: str,
     rows: list[dict[str, Any]],
     contract: str | None = None,
+    planned_in: int | None = None,
 ) -> None:
     """Write quarantine records ``rows`` (``{load_id, pk, field, check, reason, row_json}``),
-    held under the contract fingerprint ``contract``."""
+    held under the contract fingerprint ``contract``; ``planned_in``: the planned batch whose
+    cut held them (discarding that plan deletes them), None when no plan did."""
     if not rows:
         return
     names = ("load_id", "pk", "field", "check", "reason", "row_json")
     insert_rows(
         con,
         'INSERT INTO quarantine (ts, run_id, tbl, load_id, pk, field, "check", reason,'
-        ' row_json, contract) SELECT ?, ?, ?, load_id, pk, field, "check", reason, row_json,'
-        " ? FROM df_rows",
+        ' row_json, contract, planned_in) SELECT ?, ?, ?, load_id, pk, field, "check", reason,'
+        " row_json, ?, ? FROM df_rows",
         dict.fromkeys(names, pa.string()),
         [[r[n] for n in names] for r in rows],
-        [now(), run_id, table, contract],
+        [now(), run_id, table, contract, planned_in],
     )

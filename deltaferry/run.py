@@ -106,14 +106,24 @@ class RunSummary:
 
     def note_published(self, plan: Plan, delta: Delta, sent: int, manifest: str) -> None:
         """A batch committed: its size, and what the manifest step said (``stored``, or
-        ``already stored (lost acknowledgement)``)."""
+        ``already stored (lost acknowledgement)``). Several batches of one table in a run
+        (a cut split at ``max_batch_rows``) add up: ``batch`` is the last, ``batches`` how
+        many, the counts their sums."""
+        before = self.tables.get(plan.table) or {}
+        if not before.get("batch"):
+            before = {}
+
+        def total(name: str, value: int) -> int:
+            return int(before.get(name) or 0) + value
+
         self.tables[plan.table] = {
             "batch": plan.batch,
-            "rows": plan.rows,
-            "upserts": delta.upserts,
-            "deletes": delta.deletes,
-            "quarantined": plan.quarantined,
-            "bytes": sent,
+            "batches": total("batches", 1),
+            "rows": total("rows", plan.rows),
+            "upserts": total("upserts", delta.upserts),
+            "deletes": total("deletes", delta.deletes),
+            "quarantined": total("quarantined", plan.quarantined),
+            "bytes": total("bytes", sent),
             "manifest": manifest,
         }
 

@@ -17,9 +17,10 @@ from typing import Any
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.context import SyncContext
-from deltaferry.cut import cut_where, new_load_ids, read_changes, released_rows
+from deltaferry.cut import Changes, cut_where, new_load_ids, read_changes, released_rows
 from deltaferry.delta import key_json
 from deltaferry.errors import SchemaDrift
+from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, source_version
 from destinations.manifest import Drift
 from sources.staging import staging_path
@@ -132,9 +133,16 @@ def staged_changes(
     load_ids: list[str] | None,
     chunk_rows: int,
     drift: DriftPlan | None = None,
-) -> Iterator[tuple[list[str], Iterator[Any] | None, DriftPlan | None]]:
-    """Load ids to cut (the given ones, or all not yet published), a stream of their rows,
-    and what is done about source drift (``drift`` when rebuilding a plan, else detected).
+    keys: KeyRange = KeyRange(),
+) -> Iterator[tuple[list[str], Changes | None, DriftPlan | None]]:
+    """Load ids to cut (the given ones, or all not yet published), a stream of their rows
+    (``cut.Changes``), and what is done about source drift (``drift`` when rebuilding a
+    plan, else detected).
+
+    Planning (``load_ids`` None) reads at most the job's ``max_batch_rows`` rows, going on
+    from where the last batch of a cut that was split stopped (``StateStore.open_cut``:
+    that cut's loads, keys after its last one); rebuilding reads the plan's ``keys``.
+    ``Changes.keys`` then says which keys the batch carries.
 
     The stream also holds the held rows due for validation again (``ctx.released``: when
     planning, set here from the quarantine, see ``StateStore.due_for_release``; when
@@ -145,11 +153,16 @@ def staged_changes(
         return
     con = duck.connect(path, read_only=True, alias="staging")
     try:
-        ids = (
-            load_ids
-            if load_ids is not None
-            else new_load_ids(con, ctx.state.published_load_ids(t.name))
-        )
+        limit = None
+        if load_ids is not None:
+            ids = load_ids
+        else:
+            limit = ctx.job.max_batch_rows
+            open_cut = ctx.state.open_cut(t.name)
+            if open_cut is not None:  # a split cut goes on before any newer load
+                ids, keys = open_cut[0], KeyRange(after=open_cut[1])
+            else:
+                ids = new_load_ids(con, ctx.state.published_load_ids(t.name))
         if load_ids is None:
             due = ctx.state.due_for_release(t.name, held_under(ctx, t))
             ctx.released[t.name] = due
@@ -163,8 +176,8 @@ def staged_changes(
             yield [], None, None
             return
         if load_ids is None:
-            drift = plan_drift(ctx, t, con, cut_where(con, t, ids, released))
+            drift = plan_drift(ctx, t, con, cut_where(con, t, ids, released, keys))
         exclude = frozenset(drift.excluded) if drift else frozenset()
-        yield ids, read_changes(con, t, ids, chunk_rows, exclude, released), drift
+        yield ids, read_changes(con, t, ids, chunk_rows, exclude, released, keys, limit), drift
     finally:
         con.close()

@@ -104,6 +104,17 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS contract VARCHAR;  -- fingerprin
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved VARCHAR;  -- NULL: held; else by what
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved_at TIMESTAMPTZ;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS release VARCHAR;  -- `quarantine release` reason
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS planned_in BIGINT;  -- the plan that held it
+-- a cut split over several batches (max_batch_rows): the keys each plan carries, as JSON
+-- lists of the key's text; NULL: unbounded on that side
+ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_after VARCHAR;
+ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_through VARCHAR;
+-- the cut a table is half-way through: its loads, and the last key published of them
+CREATE TABLE IF NOT EXISTS open_cuts (
+    tbl VARCHAR PRIMARY KEY,
+    load_ids VARCHAR NOT NULL,     -- JSON list
+    through VARCHAR NOT NULL       -- JSON list: the key's text
+);
 CREATE TABLE IF NOT EXISTS plan_releases (
     tbl VARCHAR NOT NULL,          -- held rows a planned batch cut again: a rebuild cuts them too
     batch BIGINT NOT NULL,

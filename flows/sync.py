@@ -182,31 +182,39 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
             summary.note_extracted(_retrying(extract_step, "extract", ctx)(ctx), ctx.skipped)
             for t in cfg.tables:
                 summary.current = t.name
-                planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
-                if planned is None:
-                    summary.note_no_change(t.name)
-                    continue
-                plan, delta = planned
-                sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(
-                    ctx, plan, delta
-                )
-                stored = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(ctx, plan)
-                checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(
-                    ctx, plan
-                )
-                summary.note_published(plan, delta, sent, stored)
-                emit(
-                    ctx,
-                    "deltaferry.batch.published",
-                    t.name,
-                    {"batch": plan.batch, "rows": plan.rows, "bytes": sent},
-                )
-                logger.info(
-                    "job %s table %s: published batch %d (%d rows, %d quarantined)",
-                    job,
-                    t.name,
-                    plan.batch,
-                    plan.rows,
-                    plan.quarantined,
-                )
+                _publish_table(ctx, t, summary)
     return summary.as_dict()
+
+
+def _publish_table(ctx: SyncContext, t: TableConfig, summary: Any) -> None:
+    """Plan, upload, store and checkpoint the table's batches: one, or, for a cut over
+    ``max_batch_rows``, one per range of keys, each committed before the next is cut."""
+    logger = get_run_logger()
+    while True:
+        planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
+        if planned is None:
+            if t.name not in summary.tables:
+                summary.note_no_change(t.name)
+            return
+        plan, delta = planned
+        sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(ctx, plan, delta)
+        stored = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(ctx, plan)
+        checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(ctx, plan)
+        summary.note_published(plan, delta, sent, stored)
+        emit(
+            ctx,
+            "deltaferry.batch.published",
+            t.name,
+            {"batch": plan.batch, "rows": plan.rows, "bytes": sent},
+        )
+        logger.info(
+            "job %s table %s: published batch %d (%d rows, %d quarantined)",
+            ctx.job.name,
+            t.name,
+            plan.batch,
+            plan.rows,
+            plan.quarantined,
+        )
+        if plan.keys.whole:  # the whole cut in one batch: nothing newer is staged
+            return
+        # a split cut goes on; after its last range, loads staged since may be waiting

@@ -19,13 +19,16 @@ from deltaferry.verify import verify_table
 from destinations.manifest import manifest_key
 
 
-def _run_cli_killed_at(shop_job, point: str) -> subprocess.CompletedProcess:
+def _run_cli_killed_at(shop_job, point: str, skip: int = 0) -> subprocess.CompletedProcess:
+    """``deltaferry run shop`` in a child process SIGKILLed at ``point`` (after ``skip``
+    hits of it pass)."""
     from prefect.settings import PREFECT_API_URL
 
     env = dict(
         os.environ,
         DELTAFERRY_FAILPOINT=point,
         DELTAFERRY_FAILPOINT_ACTION="kill",
+        DELTAFERRY_FAILPOINT_SKIP=str(skip),
         PREFECT_API_URL=str(PREFECT_API_URL.value()),
     )
     return subprocess.run(
@@ -261,8 +264,9 @@ def test_a_planned_batch_whose_contract_version_is_gone_names_the_way_out(shop_j
     assert "\n" not in line
     assert "batch 2: the batch was planned at contract v1" in line
     assert "(versions: v2)" in line and "deltaferry plan discard shop --table customers" in line
-    from deltaferry.cli import cli
     from click.testing import CliRunner
+
+    from deltaferry.cli import cli
 
     out = CliRunner().invoke(cli, ["plan", "discard", "shop", "--table", "customers",
                                    "--reason", "contract moved on", "--config",

@@ -64,6 +64,7 @@ def test_the_summary_is_what_the_flow_returns():
     assert out["tables"] == {
         "customers": {
             "batch": 3,
+            "batches": 1,
             "rows": 5,
             "upserts": 4,
             "deletes": 1,
@@ -74,6 +75,23 @@ def test_the_summary_is_what_the_flow_returns():
         "orders": {"batch": None},
     }
     assert out["extracted"] is extracted and out["skipped"] == ["file a.csv set aside"]
+    # a split cut's next batch in the same run adds up
+    summary.note_published(
+        Plan("customers", 4, ["1.0"], 46, 47, 2, 0, b"{}", "0" * 64, 10),
+        SimpleNamespace(upserts=2, deletes=0),
+        100,
+        "stored",
+    )
+    assert summary.as_dict()["tables"]["customers"] | {"manifest": None} == {
+        "batch": 4,
+        "batches": 2,
+        "rows": 7,
+        "upserts": 6,
+        "deletes": 1,
+        "quarantined": 1,
+        "bytes": 2148,
+        "manifest": None,
+    }
 
 
 def test_recovery_lines_and_the_batch_a_recovery_published(home):
