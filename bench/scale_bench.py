@@ -573,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                 rdir = sdir / f"round-{rnd}"
                 rdir.mkdir()
                 db = rdir / "source.db"
-                shutil.copyfile(pristine, db)
+                if rnd == args.repeat:  # the last round takes the pristine copy itself
+                    pristine.rename(db)
+                else:
+                    shutil.copyfile(pristine, db)
                 spec = Round(n, rnd, rdir, db, f"rows-{n}/round-{rnd}/", endpoint, str(api))
                 failed = run_round(spec, order, args, job_opts, table_opts, logs, info, rounds)
                 for key, runs in rounds.items():
