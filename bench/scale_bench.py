@@ -457,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     plot_path = None if args.no_plot else args.plot
 
+    report: dict[str, Any] = {}
     if args.plot_only:
         report = json.loads(args.plot_only.read_text())
         finish(report, load_results(report), args.out, plot_path)
@@ -465,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({int(x.replace("_", "")) for x in args.rows.split(",") if x.strip()})
     selected = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in selected if p not in PHASES]
-    if unknown or not sizes:
+    if unknown:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+    if not sizes:
+        ap.error("--rows names no size")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
     if sizes[0] < 2 * args.change_rows:
@@ -490,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     if job_opts or table_opts:
         print(f"  job options {job_opts or '-'}; table options {table_opts or '-'}")
 
-    report: dict[str, Any] = {}
     res: Results = {}
     if args.merge:
         report = json.loads(args.merge.read_text())
