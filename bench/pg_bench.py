@@ -47,7 +47,7 @@ ROOT = BENCH.parent
 # bench/ for sync_bench's helpers, the repo root for tests.support.pg (the test suite's server)
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
-from sync_bench import (
+from sync_bench import (  # noqa: E402
     BUCKET,
     JOB,
     KINDS,
@@ -57,6 +57,7 @@ from sync_bench import (
     Service,
     base_env,
     bucket_usage,
+    code_line,
     free_port,
     make_bucket,
     run_phase,
@@ -66,7 +67,7 @@ from sync_bench import (
     versions,
 )
 
-from tests.support.pg import PostgresServer
+from tests.support.pg import PostgresServer  # noqa: E402
 
 DATABASE = "bench"
 BASELINE = "dlt-duckdb"
@@ -284,14 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         f"deltaferry PostgreSQL benchmark: {args.rows:,} rows, {args.change:.1%} change, "
         f"{os.cpu_count()} CPUs, {VARIANTS[variant]}; work dir {work}"
     )
-    print(
-        f"  code       commit {tree['commit']}"
-        + (
-            f", uncommitted changes in {', '.join(tree['uncommitted'])}"
-            if tree["uncommitted"]
-            else ""
-        )
-    )
+    print(code_line(tree))
 
     base = base_env(work / "prefect-home", work / "dlt-data")
     services: list[Service] = []
