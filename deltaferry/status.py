@@ -9,6 +9,7 @@ numbers as charts (``deltaferry.report_html``).
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +86,7 @@ def _empty_table() -> dict[str, Any]:
         "last_batch": 0,
         "rows_published": 0,
         "pending_batch": None,
+        "open_cut": None,
         "quarantined_rows": 0,
         "last_published_at": None,
         "newest_change_published": None,
@@ -192,6 +194,10 @@ def _table_status(
         "SELECT batch, rows FROM plans WHERE tbl = ? AND status = 'planned' ORDER BY batch LIMIT 1",
         [table],
     )
+    try:  # a cut split at max_batch_rows, half-way published (none in older state files)
+        cut = fetch_one(con, "SELECT load_ids, through FROM open_cuts WHERE tbl = ?", [table])
+    except duckdb.CatalogException:
+        cut = None
     quarantined = fetch_row(
         con,
         "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL",
@@ -202,6 +208,9 @@ def _table_status(
         last_batch=ck[0] if ck else 0,
         rows_published=int(rows),
         pending_batch=None if pending is None else {"batch": pending[0], "rows": pending[1]},
+        open_cut=None
+        if cut is None
+        else {"load_ids": json.loads(cut[0]), "through": json.loads(cut[1])},
         quarantined_rows=int(quarantined),
         last_published_at=_iso(published_at),
     )
@@ -373,7 +382,9 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     str(s["rows_published"]),
                     f"{sizes['last']}/{sizes['mean']:.1f}".rstrip("0").rstrip(".") if sizes["count"] else "-",
                     s["sparkline"] or "-",
-                    f"batch {pending['batch']}" if pending else "-",
+                    f"batch {pending['batch']}"
+                    if pending
+                    else (f"split load: keys after {s['open_cut']['through']}" if s["open_cut"] else "-"),
                     str(s["quarantined_rows"]),
                     share(
                         s["quarantine"]["rows"],

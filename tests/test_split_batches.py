@@ -11,6 +11,7 @@ import pytest
 
 from deltaferry.failpoints import POINTS
 from deltaferry.state import StateStore
+from deltaferry.status import job_status
 from deltaferry.verify import verify_table
 from destinations.manifest import Manifest, manifest_key
 from tests.test_recovery import _run_cli_killed_at
@@ -65,6 +66,10 @@ def test_kill_in_the_second_batch_of_a_split_load_then_finish(shop_job, shop, po
     assert pending is not None and pending.batch == 2 and pending.keys.after is not None
     stored = lake.get(manifest_key("shop", "customers", 2))
     assert (stored is not None) == (point in ("after_manifest", "before_checkpoint"))
+    # what an operator sees: the split load half-way, and the planned batch
+    shown = job_status(shop_job.job())["tables"]["customers"]
+    assert shown["open_cut"]["through"] == list(state.open_cut("customers")[1])
+    assert shown["pending_batch"]["batch"] == 2
 
     # the source moves on before the next run: rows of the unfinished load change again
     shop.round(5, 5, churn=0.3)
