@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -112,8 +113,11 @@ def parse_options(items: list[str], flag: str) -> dict[str, str]:
 
 
 def jobs_toml(db: Path, lake: str, job_opts: dict[str, str], table_opts: dict[str, str]) -> str:
-    """sync_bench's job, with the extra job keys after ``lake`` and table keys at the end."""
+    """sync_bench's job, with the extra job keys after ``lake`` and table keys at the end;
+    a key the job already has (``deletes``, say) is replaced, not written twice."""
     text = sb.JOBS_TOML.format(job=sb.JOB, db=db, lake=lake, table=sb.TABLE)
+    for k, v in {**job_opts, **table_opts}.items():
+        text = re.sub(rf"(?m)^{re.escape(k)} = .*\n", "", text)
     lake_line = f'lake = "{lake}"\n'
     extra = "".join(f"{k} = {v}\n" for k, v in job_opts.items())
     text = text.replace(lake_line, lake_line + extra, 1)
