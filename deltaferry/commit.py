@@ -14,6 +14,7 @@ terminal ConflictError.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
@@ -23,26 +24,42 @@ from deltaferry.dual import dual_copy
 from deltaferry.errors import ConflictError, TerminalError, TransientError
 from deltaferry.failpoints import failpoint
 from deltaferry.negotiate import contract_version, migration_of
+from deltaferry.settings import from_env
 from deltaferry.staged import DriftPlan, staged_changes
 from destinations.manifest import Manifest, manifest_key, sha256
 
 
 def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
-    """Upload every data object of the plan; the manifest is written only after all succeed."""
+    """Upload every data object of the plan, ``DELTAFERRY_UPLOAD_CONCURRENCY`` at a time;
+    the manifest is written only after all succeed. Returns the bytes sent. Every part is
+    checked against the plan's sha256 before anything goes up (TerminalError); the first
+    failed upload's error is raised once the others have finished (a retry of the step
+    rewrites the same content-derived keys)."""
     planned = planned_manifest(ctx, plan)
     parts = list(delta.parts)
     if planned.also is not None:  # dual publishing: the newer version's copy goes up too
         parts += delta.also[1] if delta.also else []
-    sent = 0
-    for f, part in zip(planned.all_files(), parts, strict=True):
+    files = planned.all_files()
+    for f, part in zip(files, parts, strict=True):
         if f.sha256 != part.sha256:
             raise TerminalError(
                 f"job '{ctx.job.name}' table '{plan.table}' batch {plan.batch}: part {f.key} "
                 "does not match its plan"
             )
-        ctx.lake.put(f.key, part.data)
-        sent += len(part.data)
+
+    def put(key: str, data: bytes) -> int:
+        ctx.lake.put(key, data)
         failpoint("after_part_upload")
+        return len(data)
+
+    workers = min(from_env().upload_concurrency, len(parts))
+    if workers <= 1:
+        sent = sum(put(f.key, p.data) for f, p in zip(files, parts, strict=True))
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="deltaferry-upload") as pool:
+            futures = [pool.submit(put, f.key, p.data) for f, p in zip(files, parts, strict=True)]
+            wait(futures)
+        sent = sum(f.result() for f in futures)  # the first failure, in part order, raises
     failpoint("after_upload")
     return sent
 

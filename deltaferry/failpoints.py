@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Literal
 
 from deltaferry.settings import EnvSettings, read, var
@@ -25,6 +26,7 @@ POINTS = (
     "before_checkpoint",
 )
 _hits: dict[str, int] = {}
+_lock = threading.Lock()  # parts are uploaded from several threads
 
 
 class FailpointSettings(EnvSettings):
@@ -45,8 +47,10 @@ def failpoint(name: str) -> None:
     env = read(FailpointSettings)  # now: tests set these per test
     if env.failpoint != name:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] <= env.failpoint_skip:
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
+        passed = _hits[name] <= env.failpoint_skip
+    if passed:
         return
     if env.failpoint_action == "raise":
         raise FailpointHit(f"failpoint {name}")

@@ -99,6 +99,9 @@ class Settings(EnvSettings):
     s3_multipart_threshold: int = var(
         64 * 1024 * 1024, "bytes", "objects from this size up are uploaded in parts", ge=1
     )
+    upload_concurrency: int = var(
+        4, "requests", "data objects of a batch uploaded at once (the manifest only after all)", ge=1
+    )
     object_lock_days: float | None = var(
         None,
         "days",
