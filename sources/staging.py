@@ -73,14 +73,18 @@ def staged_keyed(
         keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
         rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
         more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
-        among = ""
+        source = f"{STAGING_DATASET}.{ident(t.name)} s"
         if only is not None:
             con.register("only_keys", only)
             match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
-            among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
+            distinct = ", ".join(ident(c) for c in t.primary_key)
+            # a join with the few keys, not EXISTS: DuckDB then reads the other columns
+            # only for matching rows (measured at 1M staged rows: +9 MiB instead of +118 MiB
+            # for the semi-join, which grew with the table)
+            source = f"(SELECT DISTINCT {distinct} FROM only_keys) k JOIN {source} ON {match}"
         return con.execute(
-            f"SELECT {keys}, s.{ident(column)}{more} FROM {STAGING_DATASET}.{ident(t.name)} s "
-            f"WHERE {live} AND s.{ident(column)} IS NOT NULL{among}"
+            f"SELECT {keys}, s.{ident(column)}{more} FROM {source} "
+            f"WHERE {live} AND s.{ident(column)} IS NOT NULL"
         ).fetch_arrow_table()
     finally:
         con.close()
