@@ -156,7 +156,9 @@ class Source:
     def jobs_text(self, lake: str, contract: str) -> str:
         s = self.schema
         t = (f'[jobs.{JOB}]\nsource = "{self.source}"\nurl = "{self.url}"\nlake = "{lake}"\n'
-             f"max_quarantine_ratio = 0.0\n{self.job_extra()}"
+             # a round's changes are cut into batches of at most 3 rows: every key type the
+             # kind draws goes through a split cut's key ranges (deltaferry/keyrange.py)
+             f"max_quarantine_ratio = 0.0\nmax_batch_rows = 3\n{self.job_extra()}"
              f'\n[[jobs.{JOB}.tables]]\nname = "{TABLE}"\n'
              f"primary_key = {json.dumps(s.key, ensure_ascii=False)}\n"
              f'deletes = "{self.deletes}"\ncontract = "{contract}"\n')
