@@ -119,6 +119,7 @@ def pull(
         check_consumer(consumer, policy)
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
+    duck.configure(con, replica)
     results = []
     failures: list[DeltaferryError] = []
     whose = f"replica {replica}"

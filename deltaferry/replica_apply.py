@@ -14,7 +14,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import duck_type, ident
+from deltaferry.duck import ARROW, duck_type, ident
 
 
 def merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig) -> Any:
@@ -59,20 +59,20 @@ def merge_rows(con: duckdb.DuckDBPyConnection, table: str, pk: list[str], data: 
         for f in data.schema:
             if f.name != OP_COLUMN and f.name not in have:
                 con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
-    con.register("incoming", data)
-    try:
-        match = " AND ".join(f"r.{ident(c)} = i.{ident(c)}" for c in pk)
-        # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
-        con.execute(
-            f"DELETE FROM {ident(table)} r WHERE EXISTS (SELECT 1 FROM incoming i WHERE {match}"
-            f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})"
-        )
-        col_list = ", ".join(ident(c) for c in cols)
-        con.execute(
-            f"INSERT INTO {ident(table)} ({col_list}) SELECT"
-            f" {', '.join('i.' + ident(c) for c in cols)} FROM incoming i"
-            f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS"
-            f" (SELECT 1 FROM {ident(table)} r WHERE {match})"
-        )
-    finally:
-        con.unregister("incoming")
+    match = " AND ".join(f"r.{ident(c)} = i.{ident(c)}" for c in pk)
+    # newer _seq wins: drop stored versions older than the incoming change, then insert upserts
+    duck.with_arrow(
+        con,
+        data,
+        f"DELETE FROM {ident(table)} r WHERE EXISTS (SELECT 1 FROM {ARROW} i WHERE {match}"
+        f" AND i.{SEQ_COLUMN} > r.{SEQ_COLUMN})",
+    )
+    col_list = ", ".join(ident(c) for c in cols)
+    duck.with_arrow(
+        con,
+        data,
+        f"INSERT INTO {ident(table)} ({col_list}) SELECT"
+        f" {', '.join('i.' + ident(c) for c in cols)} FROM {ARROW} i"
+        f" WHERE i.{OP_COLUMN} = 'upsert' AND NOT EXISTS"
+        f" (SELECT 1 FROM {ident(table)} r WHERE {match})",
+    )

@@ -72,6 +72,14 @@ class Settings(EnvSettings):
         "key",
         "encrypt staging, state and replica DuckDB files with this key (never logged)",
     )
+    duckdb_memory_limit: str = var(
+        "1GB",
+        "size",
+        "DuckDB `memory_limit` of a replica's connections (`512MB`, `2GiB`); past it DuckDB "
+        "spills to `<file>.tmp` beside the database file (DuckDB's own default, 80% of RAM, "
+        "lets a large pull keep its whole batch resident)",
+        pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$",
+    )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
 
