@@ -149,6 +149,35 @@ def configure(con: duckdb.DuckDBPyConnection, path: Path | str | None = None) ->
         con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
 
 
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back ``con``'s open transaction; nothing when a failed COMMIT already ended it
+    (DuckDB then has no transaction, and ROLLBACK would raise over the commit's error)."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass
+
+
+def over_limit(e: BaseException, where: str) -> BaseException:
+    """``e`` as a one-line TerminalError naming ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` when it is
+    DuckDB running out of its memory limit (``OutOfMemoryException``, or a commit that could
+    not pin a block: a batch's primary-key index must fit in memory at its commit); else
+    ``e`` itself."""
+    from deltaferry.errors import TerminalError
+
+    text = str(e)
+    if isinstance(e, duckdb.OutOfMemoryException) or (
+        isinstance(e, duckdb.Error) and "failed to pin block" in text
+    ):
+        first = text.splitlines()[0] if text else type(e).__name__
+        return TerminalError(
+            f"{where}: DuckDB ran out of its memory limit ({first}); nothing of the batch was "
+            f"applied. Raise {env_name('duckdb_memory_limit')} (now "
+            f"{from_env().duckdb_memory_limit}) and pull again"
+        )
+    return e
+
+
 def encryption_key() -> str | None:
     """The configured encryption key, or None. Never log the result."""
     key = from_env().duckdb_key

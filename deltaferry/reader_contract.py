@@ -100,7 +100,7 @@ def hold_reader_contract(
         con.execute(record, values)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        duck.rollback(con)
         raise
     steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
     return (
@@ -299,7 +299,7 @@ def reread_held(
             )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        duck.rollback(con)
         raise
     return before, still
 

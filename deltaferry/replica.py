@@ -232,9 +232,9 @@ def _pull_table(
             )
             record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            duck.rollback(con)
+            raise duck.over_limit(e, f"job '{job.name}' table '{t.name}' batch {vb.batch}")
         result.batches += 1
         result.cautions += caution is not None
         result.rows += rows
@@ -323,9 +323,11 @@ def _pull_merged(
                     seen=vb.manifest.hlc_seen,
                     held=(held, *_own(reading)),
                 )
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            except BaseException as e:
+                duck.rollback(con)
+                raise duck.over_limit(
+                    e, f"job '{job.name}' table '{t.name}' producer '{producer}' batch {vb.batch}"
+                )
             result.cautions += caution is not None
             result.batches += 1
             result.rows += rows
@@ -367,7 +369,7 @@ def _apply(
             record_held(con, job, table, "", batch, *held)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        duck.rollback(con)
         raise
 
 

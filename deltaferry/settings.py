@@ -75,9 +75,10 @@ class Settings(EnvSettings):
     duckdb_memory_limit: str = var(
         "1GB",
         "size",
-        "DuckDB `memory_limit` of a replica's connections (`512MB`, `2GiB`); past it DuckDB "
-        "spills to `<file>.tmp` beside the database file (DuckDB's own default, 80% of RAM, "
-        "lets a large pull keep its whole batch resident)",
+        "DuckDB `memory_limit` of a replica's connections (`512MB`, `2GiB`): a pull's peak "
+        "memory is about the process's own plus this; past it DuckDB spills to `<file>.tmp` "
+        "beside the database file, but the primary-key index of a batch's new rows must fit "
+        "at its commit (about 25 bytes a row: `1GB` pulls a first batch of ~40M rows)",
         pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$",
     )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")

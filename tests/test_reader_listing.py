@@ -176,3 +176,84 @@ def test_another_producers_head_is_read_from_the_head_seen_last(
     assert _chain_head(ctx, t, "south") == 4  # type: ignore[arg-type]
     assert [a for _, a, _ in spy.calls] == [manifest_key(JOB, TABLE, 5, "south"), None]
     assert not logged
+
+
+def _rows(keys: list[int], seqs: list[int], ops: list[str], values: list[str]) -> pa.Table:
+    n = len(keys)
+    return pa.table({"k 1": keys, "k2": [1] * n, "v": values, "_op": ops, "_seq": seqs})
+
+
+def test_merge_rows_newer_seq_wins_and_again_changes_nothing() -> None:
+    """The merge joins the file's keys with the table (its set of shared keys first): an
+    older change is ignored, a newer delete removes the key, a new key is inserted, a newer
+    upsert replaces; odd names and a two-column key included."""
+    from deltaferry.replica_apply import merge_rows
+
+    con = duckdb.connect()
+    table, pk = 'odd "tbl" name', ["k 1", "k2"]
+    sql = 'SELECT * FROM "odd ""tbl"" name" ORDER BY 1'
+    merge_rows(con, table, pk, _rows([1, 2, 3], [1, 2, 3], ["upsert"] * 3, ["a", "b", "c"]))
+    change = _rows([1, 2, 4, 3], [0, 5, 6, 9], ["upsert", "delete", "upsert", "upsert"],
+                   ["old", "x", "d", "c2"])  # fmt: skip
+    con.execute("BEGIN TRANSACTION")
+    merge_rows(con, table, pk, change)
+    con.execute("COMMIT")
+    expected = [(1, 1, "a", 1), (3, 1, "c2", 9), (4, 1, "d", 6)]
+    assert con.execute(sql).fetchall() == expected
+    merge_rows(con, table, pk, change)
+    assert con.execute(sql).fetchall() == expected
+    assert not duck_tables(con, "_deltaferry_stored")
+
+
+def duck_tables(con: duckdb.DuckDBPyConnection, name: str) -> list:
+    return con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE table_name = ?", [name]
+    ).fetchall()
+
+
+def test_a_first_batch_is_inserted_without_the_merge() -> None:
+    """A table absent or empty when the batch begins takes its files' upserts as inserts
+    (no join reads the rows the batch's earlier files inserted); a table with rows goes
+    through the merge. Decided once per batch, by ``merge_into``."""
+    from deltaferry.job import TableConfig
+    from deltaferry.replica_apply import merge_into
+
+    t = TableConfig(
+        name="t", primary_key=("k 1", "k2"), cursor=None, deletes="none", contract="x:Y"
+    )
+    con = duckdb.connect()
+    con.execute("BEGIN TRANSACTION")
+    first = merge_into(con, t)
+    first(_rows([1, 2], [1, 2], ["upsert"] * 2, ["a", "b"]))
+    first(_rows([3], [3], ["upsert"], ["c"]))
+    with pytest.raises(duckdb.ConstraintException):  # no merge: a repeated key is refused
+        first(_rows([1], [4], ["upsert"], ["a2"]))
+    con.execute("ROLLBACK")
+    first = merge_into(con, t)
+    first(_rows([1, 2, 3], [1, 2, 3], ["upsert"] * 3, ["a", "b", "c"]))
+    later = merge_into(con, t)
+    later(_rows([1, 2], [4, 5], ["upsert", "delete"], ["a2", "b"]))
+    assert con.execute('SELECT "k 1", v FROM t ORDER BY 1').fetchall() == [(1, "a2"), (3, "c")]
+
+
+def test_running_out_of_the_memory_limit_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deltaferry import duck
+    from deltaferry.errors import TerminalError
+
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "2MB")
+    con = duckdb.connect()
+    duck.configure(con)
+    con.execute("BEGIN TRANSACTION")
+    with pytest.raises(duckdb.Error) as caught:
+        con.execute("SELECT list(range) FROM range(10000000) GROUP BY range % 1000000").fetchall()
+    error = duck.over_limit(caught.value, "job 'j' table 't' batch 3")
+    assert isinstance(error, TerminalError)
+    assert "job 'j' table 't' batch 3: DuckDB ran out of its memory limit" in str(error)
+    assert "Raise DELTAFERRY_DUCKDB_MEMORY_LIMIT (now 2MB)" in str(error)
+    other = ValueError("x")
+    assert duck.over_limit(other, "w") is other
+    duck.rollback(con)
+    duck.rollback(con)  # no transaction open: nothing
+
