@@ -131,7 +131,10 @@ def iter_verified(
     """Yield batches after ``after`` in order, each fully verified; raise at the first bad one.
     With ``stream``, each batch's manifest is verified here and its files are left to
     ``VerifiedBatch.tables`` (fetched and checked one at a time, so memory holds one file,
-    not the batch).
+    not the batch): what ``pull``, ``verify`` and re-reading held rows use. Without it,
+    ``load`` concatenates each batch's files into ``data`` (memory: the whole batch; kept
+    for small reads and the whole-batch baseline of ``bench/pull_bench.py``). The
+    manifests are listed from after ``after`` (``numbered``).
 
     With ``producer``, the chain is that producer's (several producers publish the table):
     every manifest must name it and carry a logical timestamp (``hlc``) that grows."""
