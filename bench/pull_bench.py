@@ -5,7 +5,8 @@ against whole-batch.
 One run, for each --rows size (default 500,000 and 2,000,000):
   1. builds a SQLite source of that many rows (bench/sync_bench.py's ``events`` table) and
      publishes it with one deltaferry sync (one batch, ``rows_per_file`` rows per file) to
-     moto's S3-compatible server on loopback;
+     moto's S3-compatible server on loopback; with ``--direct``, writes that batch straight
+     through the lake store API instead (``bench/lake_build.py``, the producer's encoding);
   2. pulls it into a new replica, in a child process each, two ways:
      - ``file-by-file``: ``deltaferry.replica.pull`` as shipped (each file fetched, verified,
        admitted and applied in turn, inside the batch's one transaction);
@@ -19,6 +20,8 @@ A measurement, not a test: exit 0 whether targets are met or not.
 
     .venv/bin/python bench/pull_bench.py
     .venv/bin/python bench/pull_bench.py --rows 20000,60000 --rows-per-file 10000   # smoke
+    .venv/bin/python bench/pull_bench.py --direct --rows 1000000,3000000,10000000 \
+        --ways file-by-file                   # the lake written directly, no sync
 """
 
 from __future__ import annotations
@@ -70,6 +73,15 @@ else:  # whole-batch: verify and concatenate every file, admit, apply (the old w
 print("BENCH_RESULT " + json.dumps({"rows": rows, "work_s": time.perf_counter() - t0}))
 """
 
+BUILD_CHILD = r"""
+import sys
+from destinations.lake import open_lake
+from lake_build import build_events_lake
+url, job, table, rows, per_file = sys.argv[1:6]
+build_events_lake(open_lake(url), job, table, int(rows), int(per_file))
+print("BENCH_RESULT {\"rows\": " + rows + "}")
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -77,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rows", default="500000,2000000", help="table sizes, comma separated")
     ap.add_argument("--rows-per-file", type=int, default=250_000)
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="write the batch straight through the lake store API (bench/lake_build.py) "
+        "instead of a SQLite source and a sync: fast enough for 10M rows",
+    )
+    ap.add_argument("--ways", default="file-by-file,whole-batch", help="pull ways to measure")
+    ap.add_argument(
+        "--memory-limit", help="DELTAFERRY_DUCKDB_MEMORY_LIMIT of the pulls (default: its own)"
+    )
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--out", type=Path, default=BENCH / "out" / "pull_results.json")
     args = ap.parse_args(argv)
@@ -88,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pull memory benchmark: sizes {sizes}, {args.rows_per_file:,} rows per file; {work}")
     base = sb.base_env(work / "prefect-home", work / "dlt-data")
     moto, endpoint = sb.start_moto(logs / "moto.log", base)
-    results: dict[str, dict[int, sb.PhaseResult]] = {"file-by-file": {}, "whole-batch": {}}
+    ways = args.ways.split(",")
+    results: dict[str, dict[int, sb.PhaseResult]] = {how: {} for how in ways}
     try:
         sb.make_bucket(endpoint)
         for n in sizes:
             db = work / f"source-{n}.db"
-            sb.make_source(db, n)
+            if not args.direct:
+                sb.make_source(db, n)
             jobs = work / f"jobs-{n}.toml"
             jobs.write_text(
                 sb.JOBS_TOML.format(
@@ -107,10 +131,19 @@ def main(argv: list[str] | None = None) -> int:
                 "AWS_ENDPOINT_URL_S3": endpoint,
                 "PYTHONPATH": f"{BENCH}:{sb.ROOT}",
             }
-            sync = [sys.executable, str(BENCH / "phase_deltaferry.py"), "--job", sb.JOB,
-                    "--config", str(jobs)]  # fmt: skip
-            sb.run_phase("producer", f"sync {n:,}", sync, env, work, logs / f"sync-{n}.log", n)
-            for how in ("file-by-file", "whole-batch"):
+            if args.memory_limit:
+                env["DELTAFERRY_DUCKDB_MEMORY_LIMIT"] = args.memory_limit
+            if args.direct:
+                build = [sys.executable, "-c", BUILD_CHILD, f"s3://{sb.BUCKET}/pull-{n}",
+                         sb.JOB, sb.TABLE, str(n), str(args.rows_per_file)]  # fmt: skip
+                sb.run_phase("lake", f"build {n:,}", build, env, work, logs / f"build-{n}.log", n)
+            else:
+                sync = [sys.executable, str(BENCH / "phase_deltaferry.py"), "--job", sb.JOB,
+                        "--config", str(jobs)]  # fmt: skip
+                sb.run_phase(
+                    "producer", f"sync {n:,}", sync, env, work, logs / f"sync-{n}.log", n
+                )
+            for how in ways:
                 replica = work / f"replica-{n}-{how}.duckdb"
                 cmd = [sys.executable, "-c", PULL_CHILD, sb.JOB, str(jobs), str(replica), how]
                 results[how][n] = sb.run_phase(
@@ -129,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         summary[how] = {n: {"peak_rss_mib": by[n].peak_rss_mib, "wall_s": by[n].wall_s,
                             "rows": by[n].rows} for n in sizes}  # fmt: skip
         summary[f"{how}_growth"] = growth
-    flat = results["file-by-file"][hi].peak_rss_mib / results["file-by-file"][lo].peak_rss_mib
-    vs = results["file-by-file"][hi].peak_rss_mib / results["whole-batch"][hi].peak_rss_mib
-    print(f"\n  file-by-file RSS at {hi:,} / at {lo:,} rows: {flat:.2f}x (target <= 1.1)")
-    print(f"  file-by-file / whole-batch RSS at {hi:,} rows: {vs:.2f}x")
+    if "file-by-file" in results:
+        ff = results["file-by-file"]
+        flat = ff[hi].peak_rss_mib / ff[lo].peak_rss_mib
+        print(f"\n  file-by-file RSS at {hi:,} / at {lo:,} rows: {flat:.2f}x (target <= 1.1)")
+        if "whole-batch" in results:
+            vs = ff[hi].peak_rss_mib / results["whole-batch"][hi].peak_rss_mib
+            print(f"  file-by-file / whole-batch RSS at {hi:,} rows: {vs:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     if not args.workdir:

@@ -53,16 +53,20 @@ class Position:
         return f"batch {self.batch} (manifest sha256 {sha}…)"
 
 
-def chain_head(lake: LakeStore, job: str, table: str, producer: str | None = None) -> Position:
+def chain_head(
+    lake: LakeStore, job: str, table: str, producer: str | None = None, at_least: int = 0
+) -> Position:
     """The newest batch of a chain and its manifest's sha256; ``Position(0, None)`` when the
-    chain has no manifest. Lists the whole manifests folder: for error messages and
-    ``reset``, not for the steady state."""
-    prefix = manifests_prefix(job, table, producer)
-    batches = sorted(n for k in lake.list(prefix) if (n := batch_of_manifest_key(k)) is not None)
-    if not batches:
+    chain has no manifest. Lists the manifests from ``at_least`` on (a batch known to
+    exist), the whole folder without it or when there are none (``verify.head_batch``):
+    for error messages and ``reset``, not for the steady state."""
+    from deltaferry.verify import head_batch
+
+    head = head_batch(lake, job, table, producer, at_least)
+    if not head:
         return Position(0, None)
-    raw = lake.get(manifest_key(job, table, batches[-1], producer))
-    return Position(batches[-1], sha256(raw) if raw is not None else None)
+    raw = lake.get(manifest_key(job, table, head, producer))
+    return Position(head, sha256(raw) if raw is not None else None)
 
 
 def check_lake(
@@ -112,7 +116,7 @@ def check_lake(
         stored = lake.get(manifest_key(job, table, pending.batch, producer))
         if stored is not None and sha256(stored) == pending.manifest_sha256:
             return  # our own planned batch, stored before a lost acknowledgement
-    head = chain_head(lake, job, table, producer)
+    head = chain_head(lake, job, table, producer, at_least=newer[-1])
     raise LakeMismatchError(
         f"{where}: the lake {lake.url} is ahead of this producer: its head is {head}, this "
         f"producer's checkpoint is {mine}"

@@ -54,6 +54,22 @@ def duck_type(field: pa.Field) -> str:
         con.close()
 
 
+ARROW = "_deltaferry_arrow"
+
+
+def with_arrow(
+    con: duckdb.DuckDBPyConnection, data: pa.Table, sql: str, params: Any = None
+) -> duckdb.DuckDBPyConnection:
+    """Execute ``sql`` (its result is ``con``'s to fetch) with the Arrow table ``data``
+    readable as ``_deltaferry_arrow`` (``ARROW``). DuckDB finds it by a replacement scan of
+    this frame's local variable, not by ``register``: a registered object stays referenced
+    by the open transaction until it ends, even after ``unregister``, so a batch applied
+    file by file in one transaction would keep every file in memory; this keeps ``data``
+    only for the statement. (A table of that name would take precedence: none is made.)"""
+    _deltaferry_arrow = data  # noqa: F841 - read by DuckDB's replacement scan, by name
+    return con.execute(sql, params) if params is not None else con.execute(sql)
+
+
 def ident(name: str) -> str:
     """``name`` as a DuckDB quoted identifier, for a table, column or schema name in SQL text:
     ``order id`` -> ``"order id"``, ``a"b`` -> ``"a""b"`` (embedded quotes doubled). Any
@@ -118,6 +134,48 @@ def column_types(
     ZONE``), in table order; ``{}`` when there is no such table. Looked up as in
     ``table_exists``."""
     return dict(_column_rows(con, table, schema))
+
+
+def configure(con: duckdb.DuckDBPyConnection, path: Path | str | None = None) -> None:
+    """Bound ``con``'s memory: DuckDB's ``memory_limit`` from ``DELTAFERRY_DUCKDB_MEMORY_LIMIT``
+    (default ``1GB``; DuckDB's own default is 80% of RAM, and a large transaction then keeps
+    what it writes resident), and, with ``path`` (the database file), ``temp_directory``
+    ``<path>.tmp`` beside it, where DuckDB spills beyond the limit (an encrypted file is
+    attached to an in-memory database, which has no temp directory of its own). Raises
+    ConfigError for a limit that does not parse; a limit too small for the work is DuckDB's
+    ``OutOfMemoryException`` at the statement that needs more."""
+    con.execute(f"SET memory_limit = {literal(from_env().duckdb_memory_limit)}")
+    if path is not None:
+        con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back ``con``'s open transaction; nothing when a failed COMMIT already ended it
+    (DuckDB then has no transaction, and ROLLBACK would raise over the commit's error)."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass
+
+
+def over_limit(e: BaseException, where: str) -> BaseException:
+    """``e`` as a one-line TerminalError naming ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` when it is
+    DuckDB running out of its memory limit (``OutOfMemoryException``, or a commit that could
+    not pin a block: a batch's primary-key index must fit in memory at its commit); else
+    ``e`` itself."""
+    from deltaferry.errors import TerminalError
+
+    text = str(e)
+    if isinstance(e, duckdb.OutOfMemoryException) or (
+        isinstance(e, duckdb.Error) and "failed to pin block" in text
+    ):
+        first = text.splitlines()[0] if text else type(e).__name__
+        return TerminalError(
+            f"{where}: DuckDB ran out of its memory limit ({first}); nothing of the batch was "
+            f"applied. Raise {env_name('duckdb_memory_limit')} (now "
+            f"{from_env().duckdb_memory_limit}) and pull again"
+        )
+    return e
 
 
 def encryption_key() -> str | None:

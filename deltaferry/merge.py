@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.delta import OP_COLUMN
-from deltaferry.duck import column_types, duck_type, fetch_one, fetch_row, ident
+from deltaferry.duck import ARROW, column_types, duck_type, fetch_one, fetch_row, ident, with_arrow
 from deltaferry.held import record_held
 from deltaferry.merge_tables import (
     HLC_COLUMN,
@@ -171,21 +171,20 @@ def add_versions(
     touched keys, inside the transaction ``begin_batch`` opened. True if the table gained
     columns."""
     added = _ensure_tables(con, shape, data)
-    con.register("_deltaferry_incoming", data)
-    try:
-        col_list = ", ".join(ident(c) for c in data.column_names)
-        con.execute(
-            f"INSERT INTO {shape.versions}"
-            f" ({col_list}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
-            f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM _deltaferry_incoming',
-            [producer, hlc, batch],
-        )
-        con.execute(
-            f"INSERT INTO _deltaferry_touched SELECT DISTINCT {key_expr(shape.pk)}"
-            " FROM _deltaferry_incoming"
-        )
-    finally:
-        con.unregister("_deltaferry_incoming")
+    col_list = ", ".join(ident(c) for c in data.column_names)
+    with_arrow(
+        con,
+        data,
+        f"INSERT INTO {shape.versions}"
+        f" ({col_list}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
+        f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM {ARROW}',
+        [producer, hlc, batch],
+    )
+    with_arrow(
+        con,
+        data,
+        f"INSERT INTO _deltaferry_touched SELECT DISTINCT {key_expr(shape.pk)} FROM {ARROW}",
+    )
     return added
 
 
@@ -255,24 +254,24 @@ def apply_held(
     caller's transaction. Returns how many versions were added. Winners depend only on
     the set of versions, so a version added late gives the table it would have had."""
     _ensure_tables(con, shape, data)
-    con.register("_deltaferry_incoming", data)
-    try:
-        key = key_expr(shape.pk)
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT {key} AS _key"
-            f" FROM _deltaferry_incoming WHERE {key} NOT IN (SELECT _key FROM {shape.versions}"
-            f" WHERE {ident(PRODUCER_COLUMN)} = ? AND _batch = ?)",
-            [producer, batch],
-        )
-        cols = ", ".join(ident(c) for c in data.column_names)
-        con.execute(
-            f"INSERT INTO {shape.versions} ({cols}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
-            f' "_batch", "_key") SELECT {cols}, ?, ?, ?, {key} FROM _deltaferry_incoming'
-            f" WHERE {key} IN (SELECT _key FROM _deltaferry_touched)",
-            [producer, hlc, batch],
-        )
-    finally:
-        con.unregister("_deltaferry_incoming")
+    key = key_expr(shape.pk)
+    with_arrow(
+        con,
+        data,
+        f"CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT DISTINCT {key} AS _key"
+        f" FROM {ARROW} WHERE {key} NOT IN (SELECT _key FROM {shape.versions}"
+        f" WHERE {ident(PRODUCER_COLUMN)} = ? AND _batch = ?)",
+        [producer, batch],
+    )
+    cols = ", ".join(ident(c) for c in data.column_names)
+    with_arrow(
+        con,
+        data,
+        f"INSERT INTO {shape.versions} ({cols}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
+        f' "_batch", "_key") SELECT {cols}, ?, ?, ?, {key} FROM {ARROW}'
+        f" WHERE {key} IN (SELECT _key FROM _deltaferry_touched)",
+        [producer, hlc, batch],
+    )
     added = fetch_row(con, "SELECT count(*) FROM _deltaferry_touched")[0]
     if added:
         resolve(con, shape)

@@ -24,10 +24,12 @@ from destinations.manifest import canonical, override_key, overrides_prefix, sha
 FORMAT = "deltaferry.override/1"
 
 
-def numbers(lake: LakeStore, job: str, table: str) -> list[int]:
+def numbers(lake: LakeStore, job: str, table: str, after: int = 0) -> list[int]:
+    """The override log's entry numbers, ascending; with ``after``, only those above it,
+    listed from after its key (``verify.numbered``)."""
     from deltaferry.verify import numbered
 
-    return numbered(lake, overrides_prefix(job, table))
+    return numbered(lake, overrides_prefix(job, table), after)
 
 
 def read_overrides(
@@ -45,7 +47,7 @@ def read_overrides(
     keyring = keyring if keyring is not None else Keyring()
     entries = []
     expected, prev = after + 1, prev_sha256
-    for n in (n for n in numbers(lake, job, table) if n > after):
+    for n in numbers(lake, job, table, after):
         key = override_key(job, table, n)
         where = f"job '{job}' table '{table}' override #{n}"
         if n != expected:

@@ -8,11 +8,14 @@ See docs/architecture.md, section 5 "Several producers".
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from deltaferry import hlc
-from deltaferry.config import TableConfig
+from deltaferry.config import TableConfig, job_home
 from deltaferry.context import SyncContext
 from deltaferry.errors import ConfigError, VerificationError
-from deltaferry.verify import list_batches
+from deltaferry.verify import head_batch
 from destinations.manifest import Manifest, manifest_key, producers_prefix
 
 
@@ -69,13 +72,40 @@ def logical_time(ctx: SyncContext, t: TableConfig) -> tuple[int, dict[str, int]]
     return stamp, seen
 
 
+def _heads_path(ctx: SyncContext) -> Path:
+    return job_home(ctx.job.name) / "seen_heads.json"
+
+
+def _seen_heads(ctx: SyncContext) -> dict[str, int]:
+    """The head batch of each other producer's chain this home last saw, by
+    ``<table>/<producer>`` (a hint: a lost or unreadable file is an empty one)."""
+    try:
+        seen = json.loads(_heads_path(ctx).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in seen.items() if isinstance(v, int)} if isinstance(seen, dict) else {}
+
+
 def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
-    """The logical timestamp of another producer's newest batch (signature checked), or None."""
-    batches = list_batches(ctx.lake, ctx.job.name, t.name, producer)
-    if not batches:
+    """The logical timestamp of another producer's newest batch (signature checked), or None.
+    The chain is listed from the head this home saw last (``verify.head_batch``:
+    ``StartAfter``, so the cost follows the batches published since, not the chain's
+    length; the whole chain only when that batch is gone), and the head seen is kept in
+    ``$DELTAFERRY_HOME/<job>/seen_heads.json`` for the next run."""
+    heads = _seen_heads(ctx)
+    slot = f"{t.name}/{producer}"
+    head = head_batch(ctx.lake, ctx.job.name, t.name, producer, at_least=heads.get(slot, 0))
+    if head != heads.get(slot):
+        heads[slot] = head
+        path = _heads_path(ctx)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(heads, sort_keys=True))
+        tmp.replace(path)
+    if not head:
         return None
-    key = manifest_key(ctx.job.name, t.name, batches[-1], producer)
-    where = f"job '{ctx.job.name}' table '{t.name}' producer '{producer}' batch {batches[-1]}"
+    key = manifest_key(ctx.job.name, t.name, head, producer)
+    where = f"job '{ctx.job.name}' table '{t.name}' producer '{producer}' batch {head}"
     raw = ctx.lake.get(key)
     try:
         if raw is None:

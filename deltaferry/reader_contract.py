@@ -12,13 +12,15 @@ that what the new contract admits arrives. Both run at the start of each table's
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.duck import duck_type, fetch_one, ident
+from deltaferry.duck import duck_type, fetch_one, fetch_row, ident
 from deltaferry.held import record_held
 from deltaferry.keys import Keyring
 from deltaferry.replica_apply import admit_files, merge_into
@@ -43,9 +45,9 @@ def hold_reader_contract(
     records the current contract as it is. Returns what was done to the stored rows (one
     line), or None when nothing was.
 
-    Memory: the table's stored rows, once, when the contract changes."""
-    from contracts import MigrationError
-    from deltaferry.merge_tables import REPLICA_COLUMNS
+    The rows are read, migrated, validated and written ``rows_per_file`` rows at a time
+    (as the producer migrates and validates its chunks), inside the one transaction:
+    memory holds one chunk, not the table."""
     from deltaferry.readers import ContractChangeRefused
 
     now = chain.contract()
@@ -76,7 +78,71 @@ def hold_reader_contract(
             f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
             "migrated: pull into a new replica, or go back to the old contract"
         )
-    stored = con.execute(f"SELECT * FROM {ident(t.name)}").fetch_arrow_table()
+    pk = list(t.primary_key)
+    temp = f"_deltaferry_migrating_{t.name}"
+    moved_rows = 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DROP TABLE IF EXISTS {ident(temp)}")
+        for stored in _stored_chunks(con, t.name, job.rows_per_file):
+            moved = _migrated(stored, chain, old, now, where, whose, ref, version)
+            if moved_rows == 0 and not duck.table_exists(con, temp):
+                defs = ", ".join(f"{ident(f.name)} {duck_type(f)}" for f in moved.schema)
+                keys = ", ".join(ident(c) for c in pk)
+                con.execute(f"CREATE TABLE {ident(temp)} ({defs}, PRIMARY KEY ({keys}))")
+            cols = ", ".join(ident(c) for c in moved.column_names)
+            duck.with_arrow(
+                con, moved, f"INSERT INTO {ident(temp)} ({cols}) SELECT {cols} FROM {duck.ARROW}"
+            )
+            moved_rows += moved.num_rows
+        con.execute(f"DROP TABLE {ident(t.name)}")
+        con.execute(f"ALTER TABLE {ident(temp)} RENAME TO {ident(t.name)}")
+        con.execute(record, values)
+        con.execute("COMMIT")
+    except BaseException:
+        duck.rollback(con)
+        raise
+    steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
+    return (
+        f"{moved_rows} stored row(s) taken from {ref} v{version} to {now.ref} "
+        f"v{now.version} ({steps})"
+    )
+
+
+def _stored_chunks(
+    con: duckdb.DuckDBPyConnection, table: str, rows: int
+) -> Iterator[pa.Table]:
+    """The stored rows of ``table``, ``rows`` at a time (at least one chunk, empty for an
+    empty table, so the migrated shape is known), read through a cursor of ``con``'s
+    database so that ``con`` can write between chunks (``table`` is not written until every
+    chunk is read)."""
+    db = fetch_row(con, "SELECT current_database()")[0]
+    cur = con.cursor()
+    try:
+        reader = cur.execute(
+            f"SELECT * FROM {ident(db)}.main.{ident(table)}"
+        ).fetch_record_batch(max(1, rows))
+        first = True
+        for chunk in reader:
+            first = False
+            yield pa.Table.from_batches([chunk])
+        if first:
+            yield reader.schema.empty_table()
+    finally:
+        cur.close()
+
+
+def _migrated(
+    stored: pa.Table, chain: Any, old: int, now: Any, where: str, whose: str, ref: str,
+    version: int,
+) -> pa.Table:
+    """One chunk of stored rows taken from version ``old`` to the contract ``now`` (the
+    replica's own columns kept), validated against it; ContractChangeRefused when the
+    migration refuses a row or a migrated row breaks ``now``."""
+    from contracts import MigrationError
+    from deltaferry.merge_tables import REPLICA_COLUMNS
+    from deltaferry.readers import ContractChangeRefused
+
     own = [c for c in stored.column_names if c in REPLICA_COLUMNS]
     try:
         moved = chain.migrate_arrow(stored.drop_columns(own), old, now.version)
@@ -95,31 +161,7 @@ def hold_reader_contract(
         )
     for c in own:
         moved = moved.append_column(c, stored[c])
-    pk = list(t.primary_key)
-    defs = ", ".join(f"{ident(f.name)} {duck_type(f)}" for f in moved.schema)
-    temp = f"_deltaferry_migrating_{t.name}"
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.register("df_moved", moved)
-        con.execute(f"DROP TABLE IF EXISTS {ident(temp)}")
-        con.execute(
-            f"CREATE TABLE {ident(temp)} ({defs}, PRIMARY KEY ({', '.join(ident(c) for c in pk)}))"
-        )
-        con.execute(f"INSERT INTO {ident(temp)} SELECT * FROM df_moved")
-        con.execute(f"DROP TABLE {ident(t.name)}")
-        con.execute(f"ALTER TABLE {ident(temp)} RENAME TO {ident(t.name)}")
-        con.execute(record, values)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("df_moved")
-    steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
-    return (
-        f"{moved.num_rows} stored row(s) taken from {ref} v{version} to {now.ref} "
-        f"v{now.version} ({steps})"
-    )
+    return moved
 
 
 def reread_held(
@@ -144,7 +186,7 @@ def reread_held(
     added to each batch's producer and re-resolved. One transaction; read with the partial
     policy (these batches were applied before: re-reading never stops at a version), so it
     stops only on a batch that no longer verifies or a fingerprint mismatch. Memory: one
-    batch at a time; cost: the batches from the first held one on, once per contract
+    file at a time (``replica_apply.admit_files``); cost: the batches from the first held one on, once per contract
     change."""
     from deltaferry import merge, merge_tables
 
@@ -179,7 +221,7 @@ def reread_held(
                     continue
                 prev_sha, prev_hlc = applied.get(batch - 1, (None, None))
                 vb = next(
-                    iter_verified(
+                    iter_verified(  # file by file, as a pull applies them
                         lake,
                         job.name,
                         t.name,
@@ -188,18 +230,25 @@ def reread_held(
                         keyring=keyring,
                         producer=producer,
                         prev_hlc=prev_hlc,
+                        stream=True,
                     )
                 )
                 _same_batch(where, producer, vb, batch, applied[batch][0])
-                admitted = again.admit(vb.batch, vb.manifest, vb.data, producer, vb.also, con)
-                merge.apply_held(con, shape, producer, batch, vb.manifest.clock, admitted.data)
-                record_held(con, job.name, t.name, producer, batch, admitted.held, *own)
-                still += admitted.held
+                hlc = vb.manifest.clock
+                _, _, n_still = admit_files(
+                    con,
+                    vb,
+                    again,
+                    producer,
+                    lambda d, p=producer, b=batch, h=hlc: merge.apply_held(con, shape, p, b, h, d),
+                )
+                record_held(con, job.name, t.name, producer, batch, n_still, *own)
+                still += n_still
                 con.execute(
                     "UPDATE _deltaferry_chains SET caution = coalesce(caution, '') || ? WHERE job = ? AND"
                     " tbl = ? AND producer = ? AND batch = ?",
                     [
-                        f"; {note}: {admitted.held} of {n} row(s) still held",
+                        f"; {note}: {n_still} of {n} row(s) still held",
                         job.name,
                         t.name,
                         producer,
@@ -250,7 +299,7 @@ def reread_held(
             )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        duck.rollback(con)
         raise
     return before, still
 

@@ -362,26 +362,24 @@ class Reading:
         how many upserts of known keys kept stored values)."""
         n = "_deltaferry_row"
         indexed = data.append_column(n, pa.array(range(data.num_rows), pa.int64()))
-        con.register("_deltaferry_admitted", indexed)
-        try:
-            if joined:
-                match = " AND ".join(f"s.{ident(k)} = i.{ident(k)}" for k in self.primary_key)
-                known = f"s.{ident(self.primary_key[0])} IS NOT NULL"
-                source = f"_deltaferry_admitted i LEFT JOIN {ident(self.table)} s ON {match}"
-            else:  # no replica table yet: every key is new
-                source, known = "_deltaferry_admitted i", "false"
-            fills = "".join(f", s.{ident(c)} AS {ident(c)}" for c in fill)
-            missing = (
-                " OR ".join(f"s.{ident(c)} IS NULL" if c in fill else "true" for c in required)
-                or "false"
-            )
-            out = con.execute(
-                f"SELECT i.* EXCLUDE ({ident(n)}){fills}, {known} AS _known,"
-                f" i.{ident(OP_COLUMN)} = 'upsert' AND ({missing}) AS _held"
-                f" FROM {source} ORDER BY i.{ident(n)}"
-            ).to_arrow_table()
-        finally:
-            con.unregister("_deltaferry_admitted")
+        if joined:
+            match = " AND ".join(f"s.{ident(k)} = i.{ident(k)}" for k in self.primary_key)
+            known = f"s.{ident(self.primary_key[0])} IS NOT NULL"
+            source = f"{duck.ARROW} i LEFT JOIN {ident(self.table)} s ON {match}"
+        else:  # no replica table yet: every key is new
+            source, known = f"{duck.ARROW} i", "false"
+        fills = "".join(f", s.{ident(c)} AS {ident(c)}" for c in fill)
+        missing = (
+            " OR ".join(f"s.{ident(c)} IS NULL" if c in fill else "true" for c in required)
+            or "false"
+        )
+        out = duck.with_arrow(
+            con,
+            indexed,
+            f"SELECT i.* EXCLUDE ({ident(n)}){fills}, {known} AS _known,"
+            f" i.{ident(OP_COLUMN)} = 'upsert' AND ({missing}) AS _held"
+            f" FROM {source} ORDER BY i.{ident(n)}",
+        ).to_arrow_table()
         held = out.filter(out["_held"])
         out = out.filter(pc.invert(out["_held"]))
         n_kept = sum(

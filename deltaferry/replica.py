@@ -119,6 +119,7 @@ def pull(
         check_consumer(consumer, policy)
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
+    duck.configure(con, replica)
     results = []
     failures: list[DeltaferryError] = []
     whose = f"replica {replica}"
@@ -231,9 +232,9 @@ def _pull_table(
             )
             record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            duck.rollback(con)
+            raise duck.over_limit(e, f"job '{job.name}' table '{t.name}' batch {vb.batch}")
         result.batches += 1
         result.cautions += caution is not None
         result.rows += rows
@@ -322,9 +323,11 @@ def _pull_merged(
                     seen=vb.manifest.hlc_seen,
                     held=(held, *_own(reading)),
                 )
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            except BaseException as e:
+                duck.rollback(con)
+                raise duck.over_limit(
+                    e, f"job '{job.name}' table '{t.name}' producer '{producer}' batch {vb.batch}"
+                )
             result.cautions += caution is not None
             result.batches += 1
             result.rows += rows
@@ -366,7 +369,7 @@ def _apply(
             record_held(con, job, table, "", batch, *held)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        duck.rollback(con)
         raise
 
 

@@ -72,6 +72,15 @@ class Settings(EnvSettings):
         "key",
         "encrypt staging, state and replica DuckDB files with this key (never logged)",
     )
+    duckdb_memory_limit: str = var(
+        "1GB",
+        "size",
+        "DuckDB `memory_limit` of a replica's connections (`512MB`, `2GiB`): a pull's peak "
+        "memory is about the process's own plus this; past it DuckDB spills to `<file>.tmp` "
+        "beside the database file, but the primary-key index of a batch's new rows must fit "
+        "at its commit (about 25 bytes a row: `1GB` pulls a first batch of ~40M rows)",
+        pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$",
+    )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from deltaferry.delta import SEQ_COLUMN
 from deltaferry.errors import VerificationError
 from deltaferry.keys import Keyring
 from destinations.lake import LakeStore
@@ -42,10 +43,13 @@ class VerifiedBatch:
     where: str = ""
     fix: str = ""
 
-    def tables(self, copy: str = "primary") -> Iterator[pa.Table]:
+    def tables(
+        self, copy: str = "primary", columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
         """The batch's files (``copy="also"``: its dual-published copy's), one Arrow table
-        each, in the manifest's order; each file is fetched and checked (size, sha256, row
-        count) when it is reached, so memory holds one file. After the last file, the
+        each (only ``columns``, when given: ``["_seq"]`` to check a batch without reading
+        its rows), in the manifest's order; each file is fetched and checked (size, sha256,
+        row count) when it is reached, so memory holds one file. After the last file, the
         ``_seq`` values seen must span exactly the manifest's range. Raises
         VerificationError at the first file (or range) that does not match: a caller
         applying the tables inside a transaction rolls it back. Only for a streamed batch."""
@@ -57,24 +61,40 @@ class VerifiedBatch:
             files = self.manifest.also.files
         else:
             raise ValueError(f"{self.where}: no dual-published copy to read")
-        seq = self.manifest.seq
-        low: int | None = None
-        high: int | None = None
+        span = _SeqSpan()
         for f in files:
             body = _verified_body(self.lake, f, self.where, self.fix)
-            table = pq.read_table(io.BytesIO(body))
+            try:
+                table = pq.read_table(io.BytesIO(body), columns=columns)
+            except pa.ArrowInvalid as e:  # a column asked for is not in the file
+                raise VerificationError(f"{self.where}: data object {f.key}: {e}") from None
             del body
-            if "_seq" in table.column_names and table.num_rows:
-                mm = pc.min_max(table["_seq"])
-                a, b = mm["min"].as_py(), mm["max"].as_py()
-                low = a if low is None else min(low, a)
-                high = b if high is None else max(high, b)
+            span.add(table)
             yield table
-        if low is not None and (low != seq.start or high != seq.end):
+        span.check(self.manifest, self.where, copy)
+
+
+class _SeqSpan:
+    """The lowest and highest ``_seq`` of a batch's files, added one file at a time."""
+
+    def __init__(self) -> None:
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, table: pa.Table) -> None:
+        if SEQ_COLUMN in table.column_names and table.num_rows:
+            mm = pc.min_max(table[SEQ_COLUMN])
+            a, b = mm["min"].as_py(), mm["max"].as_py()
+            self.low = a if self.low is None else min(self.low, a)
+            self.high = b if self.high is None else max(self.high, b)
+
+    def check(self, manifest: Manifest, where: str, copy: str = "primary") -> None:
+        """VerificationError unless the values seen (if any) span exactly the manifest's
+        ``seq`` range."""
+        seq = manifest.seq
+        if self.low is not None and (self.low != seq.start or self.high != seq.end):
             what = "" if copy == "primary" else " of the dual-published copy"
-            raise VerificationError(
-                f"{self.where}: _seq values{what} do not match the manifest's range"
-            )
+            raise VerificationError(f"{where}: _seq values{what} do not match the manifest's range")
 
 
 def numbered(lake: LakeStore, prefix: str, after: int = 0) -> list[int]:
@@ -111,7 +131,10 @@ def iter_verified(
     """Yield batches after ``after`` in order, each fully verified; raise at the first bad one.
     With ``stream``, each batch's manifest is verified here and its files are left to
     ``VerifiedBatch.tables`` (fetched and checked one at a time, so memory holds one file,
-    not the batch).
+    not the batch): what ``pull``, ``verify`` and re-reading held rows use. Without it,
+    ``load`` concatenates each batch's files into ``data`` (memory: the whole batch; kept
+    for small reads and the whole-batch baseline of ``bench/pull_bench.py``). The
+    manifests are listed from after ``after`` (``numbered``).
 
     With ``producer``, the chain is that producer's (several producers publish the table):
     every manifest must name it and carry a logical timestamp (``hlc``) that grows."""
@@ -266,10 +289,26 @@ def verify_table(
     table: str,
     keyring: Keyring | None = None,
     producer: str | None = None,
+    *,
+    after: int = 0,
+    prev_sha256: str | None = None,
 ) -> tuple[int, int]:
-    """Verify every batch of a table's chain; returns (batches, rows)."""
+    """Verify every batch of a table's chain (of ``producer``'s chain of it), or, with
+    ``after``, only the batches after that one, chained to ``prev_sha256`` (the sha256 of
+    its manifest, from a known position: ``check_position`` checks the lake has that
+    manifest). Each file of each copy is fetched and checked (size, sha256, row count) and
+    its ``_seq`` column read to check the manifest's range; memory holds one file's
+    ``_seq`` column. Returns (batches, rows) verified; raises VerificationError at the
+    first bad one. Cost: every object of the batches verified (the whole chain without
+    ``after``)."""
     n = rows = 0
-    for vb in iter_verified(lake, job, table, load=False, keyring=keyring, producer=producer):
+    for vb in iter_verified(
+        lake, job, table, after=after, prev_sha256=prev_sha256, keyring=keyring,
+        producer=producer, stream=True,
+    ):  # fmt: skip
+        for copy in ("primary", "also") if vb.manifest.also is not None else ("primary",):
+            for _ in vb.tables(copy, columns=[SEQ_COLUMN]):
+                pass
         n += 1
         rows += vb.manifest.rows
     return n, rows
@@ -284,20 +323,31 @@ def lake_head(
     that); raises VerificationError if it vanishes while being read. With ``at_least``
     (a batch the caller expects to exist), only the keys from that batch on are listed;
     the whole chain only when there are none (a lost tip, to name the real head)."""
-    batches = list_batches(lake, job, table, producer, after=max(0, at_least - 1))
-    if not batches and at_least > 1:
-        batches = list_batches(lake, job, table, producer)
-    if not batches:
+    head = head_batch(lake, job, table, producer, at_least)
+    if head == 0:
         return 0, None
-    key = manifest_key(job, table, batches[-1], producer)
+    key = manifest_key(job, table, head, producer)
     raw = lake.get(key)
     if raw is None:
         chain = "" if producer is None else f" producer '{producer}'"
         raise VerificationError(
-            f"job '{job}' table '{table}'{chain} batch {batches[-1]}: manifest {key} vanished "
+            f"job '{job}' table '{table}'{chain} batch {head}: manifest {key} vanished "
             "while reading"
         )
-    return batches[-1], sha256(raw)
+    return head, sha256(raw)
+
+
+def head_batch(
+    lake: LakeStore, job: str, table: str, producer: str | None = None, at_least: int = 0
+) -> int:
+    """The newest batch number of a chain that has a manifest (0: none), nothing read but
+    the listing. With ``at_least`` (a batch expected to exist: a known position), only the
+    keys from that batch on are listed (``StartAfter``), the whole chain only when there
+    are none (a lost tip, to name the real head)."""
+    batches = list_batches(lake, job, table, producer, after=max(0, at_least - 1))
+    if not batches and at_least > 1:
+        batches = list_batches(lake, job, table, producer)
+    return batches[-1] if batches else 0
 
 
 def check_position(

@@ -4,23 +4,7 @@ reader asks the S3-compatible server for the keys after the last batch it applie
 
 from __future__ import annotations
 
-from typing import Any
-
-
-class _Spy:
-    """The lake, recording every listing: (prefix, start_after, keys returned)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: list[tuple[str, str | None, list[str]]] = []
-
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
-        keys = self.inner.list(prefix, start_after=start_after)
-        self.calls.append((prefix, start_after, keys))
-        return keys
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+from tests.support.spy import ListingSpy as _Spy
 
 
 def test_a_pull_lists_only_the_manifests_after_its_position(shop_job, shop) -> None:
@@ -113,3 +97,27 @@ def test_a_batch_is_applied_file_by_file_in_one_transaction(shop_job, shop) -> N
     assert replica == shop.con.execute(
         "SELECT id, name, email FROM customers ORDER BY id"
     ).fetchall()
+
+
+def test_verify_incremental_reads_only_what_follows_a_known_position(shop_job, shop) -> None:
+    """`verify --incremental` verifies the batches after the replica's position, chained to
+    its manifest; plain `verify` reads the whole chain."""
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    for _ in range(3):
+        shop.round(2, 0, churn=0)
+        shop_job.sync()
+    shop_job.pull()  # the replica is at batch 3
+    shop.round(2, 0, churn=0)
+    shop_job.sync()  # batch 4
+    args = ["verify", "shop", "--config", str(shop_job.config), "--replica", str(shop_job.replica)]
+    whole = CliRunner().invoke(cli, args)
+    assert whole.exit_code == 0, whole.output
+    assert "table customers: 4 batches" in whole.output
+    since = CliRunner().invoke(cli, [*args, "--incremental"])
+    assert since.exit_code == 0, since.output
+    assert "table customers: 1 batches, 2 rows verified after batch 3 (replica" in " ".join(
+        since.output.split()
+    ), since.output

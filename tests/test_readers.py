@@ -334,6 +334,7 @@ def test_a_reader_that_moves_to_a_reshaping_contract_migrates_its_stored_rows(
     table in one line and changes nothing."""
     from contracts import load_chain
 
+    shop_job.write_config(rows_per_file=3)  # the stored rows are migrated 3 at a time
     shop.round(8, 0, churn=0)
     shop_job.sync()
     replica = tmp_path / "reader.duckdb"
