@@ -139,10 +139,26 @@ def _httpfs_path() -> Path:
     return found[-1]
 
 
+def memory_limit() -> str:
+    """DuckDB's ``memory_limit`` for every database deltaferry opens
+    (``DELTAFERRY_DUCKDB_MEMORY_LIMIT``). DuckDB's own default is 80% of the machine's RAM,
+    which it fills with cached blocks as a table grows; bounded, it spills to disk."""
+    return from_env().duckdb_memory_limit.strip()
+
+
+def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Bound the memory of ``con``'s database (``memory_limit``); larger work spills to its
+    temporary directory (DuckDB's default: ``<file>.tmp`` beside a database file). A
+    database-wide setting: every connection to the same file shares it. Returns ``con``."""
+    con.execute(f"SET memory_limit = {literal(memory_limit())}")
+    return con
+
+
 def connect(
     path: Path | str, *, read_only: bool = False, alias: str = "db"
 ) -> duckdb.DuckDBPyConnection:
-    """Open a database file, encrypted when a key is configured.
+    """Open a database file, encrypted when a key is configured, its memory bounded
+    (``configure``).
 
     With a key the file is attached as ``alias`` and made the default catalog, so
     unqualified and schema-qualified names work as with a plain connection.
@@ -150,7 +166,7 @@ def connect(
     key = encryption_key()
     if key is None:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return configure(duckdb.connect(str(path), read_only=read_only))
         except duckdb.CatalogException as e:
             if "encrypted" in str(e).lower():
                 raise ConfigError(f"{path} is encrypted: set {KEY_ENV} to open it") from None
@@ -166,6 +182,8 @@ def connect(
             f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})"
         )
         con.execute(f"USE {alias}")
+        con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")  # not the cwd's
+        configure(con)
     except duckdb.Error as e:
         con.close()
         message = str(e).replace(key, "***")

@@ -72,6 +72,14 @@ class Settings(EnvSettings):
         "key",
         "encrypt staging, state and replica DuckDB files with this key (never logged)",
     )
+    duckdb_memory_limit: str = var(
+        "256MB",
+        "size",
+        "memory each DuckDB database deltaferry opens may use (staging, state, replica, "
+        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GB`); larger sorts, joins "
+        "and loads spill to a temporary directory beside the file",
+        pattern=r"(?i)^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
+    )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
 

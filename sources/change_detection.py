@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry import duck
-from deltaferry.config import JobConfig, TableConfig
+from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.columns import HASH_COLUMN, STAGING_DATASET
 from sources.staging import staged_hashes, staged_keyed, staging_path
@@ -134,7 +134,15 @@ class ChangedRows:
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
         self.where = f"job '{job.name}' table '{t.name}'"
-        self.con = duckdb.connect(config=self._config)
+        spill = job_home(job.name) / "tmp"
+        spill.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(
+            config={
+                **self._config,
+                "memory_limit": duck.memory_limit(),
+                "temp_directory": str(spill),
+            }
+        )
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self.t = t
         self.path = staging_path(job.name)
