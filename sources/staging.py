@@ -8,6 +8,7 @@ id, so whatever a source stages is what the next batch publishes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -64,30 +65,61 @@ def staged_keyed(
         return None
     con = read_staging(path, borrowed)
     try:
-        if not staged_table_exists(con, t.name):
-            return None
-        cols = staged_columns(con, t.name)
-        if column not in cols:
-            return None
-        live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
-        rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
-        more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
-        among = ""
-        if only is not None:
-            con.register("only_keys", only)
-            match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
-            among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
-        return con.execute(
-            f"SELECT {keys}, s.{ident(column)}{more} FROM {STAGING_DATASET}.{ident(t.name)} s "
-            f"WHERE {live} AND s.{ident(column)} IS NOT NULL{among}"
-        ).fetch_arrow_table()
+        sql = _keyed_query(con, t, column, only, whole)
+        return None if sql is None else con.execute(sql).fetch_arrow_table()
     finally:
         con.close()
 
 
+def staged_keyed_batches(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, column: str
+) -> Iterator[pa.RecordBatch]:
+    """``staged_keyed``'s rows (without ``only`` or ``whole``) as a stream of batches, so a
+    caller can keep them elsewhere (a DuckDB table that spills) without holding all of them
+    in memory at once; nothing before the first load."""
+    if not path.exists():
+        return
+    con = read_staging(path, borrowed)
+    try:
+        sql = _keyed_query(con, t, column, None, False)
+        if sql is not None:
+            yield from con.execute(sql).to_arrow_reader(100_000)
+    finally:
+        con.close()
+
+
+def _keyed_query(
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    column: str,
+    only: pa.Table | None,
+    whole: bool,
+) -> str | None:
+    """The query of ``staged_keyed`` on ``con`` (``only`` registered on it), or None when
+    the table or the column is not staged."""
+    if not staged_table_exists(con, t.name):
+        return None
+    cols = staged_columns(con, t.name)
+    if column not in cols:
+        return None
+    live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+    keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
+    rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
+    more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
+    among = ""
+    if only is not None:
+        con.register("only_keys", only)
+        match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
+        among = f" AND EXISTS (SELECT 1 FROM only_keys k WHERE {match})"
+    return (
+        f"SELECT {keys}, s.{ident(column)}{more} FROM {STAGING_DATASET}.{ident(t.name)} s "
+        f"WHERE {live} AND s.{ident(column)} IS NOT NULL{among}"
+    )
+
+
 def staged_hashes(
     t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
-) -> pa.Table | None:
-    """Primary key and content hash of every live staged row (see ``staged_keyed``)."""
-    return staged_keyed(t, path, borrowed, HASH_COLUMN)
+) -> Iterator[pa.RecordBatch]:
+    """Primary key and content hash of every live staged row (see ``staged_keyed``), as a
+    stream of batches."""
+    return staged_keyed_batches(t, path, borrowed, HASH_COLUMN)
