@@ -136,19 +136,6 @@ def column_types(
     return dict(_column_rows(con, table, schema))
 
 
-def configure(con: duckdb.DuckDBPyConnection, path: Path | str | None = None) -> None:
-    """Bound ``con``'s memory: DuckDB's ``memory_limit`` from ``DELTAFERRY_DUCKDB_MEMORY_LIMIT``
-    (default ``1GB``; DuckDB's own default is 80% of RAM, and a large transaction then keeps
-    what it writes resident), and, with ``path`` (the database file), ``temp_directory``
-    ``<path>.tmp`` beside it, where DuckDB spills beyond the limit (an encrypted file is
-    attached to an in-memory database, which has no temp directory of its own). Raises
-    ConfigError for a limit that does not parse; a limit too small for the work is DuckDB's
-    ``OutOfMemoryException`` at the statement that needs more."""
-    con.execute(f"SET memory_limit = {literal(from_env().duckdb_memory_limit)}")
-    if path is not None:
-        con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
-
-
 def rollback(con: duckdb.DuckDBPyConnection) -> None:
     """Roll back ``con``'s open transaction; nothing when a failed COMMIT already ended it
     (DuckDB then has no transaction, and ROLLBACK would raise over the commit's error)."""
@@ -197,10 +184,35 @@ def _httpfs_path() -> Path:
     return found[-1]
 
 
+def memory_limit() -> str:
+    """DuckDB's ``memory_limit`` for every database deltaferry opens
+    (``DELTAFERRY_DUCKDB_MEMORY_LIMIT``). DuckDB's own default is 80% of the machine's RAM,
+    which it fills with cached blocks as a table grows; bounded, it spills to disk."""
+    return from_env().duckdb_memory_limit.strip()
+
+
+def configure(
+    con: duckdb.DuckDBPyConnection, path: Path | str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Bound the memory of ``con``'s database: ``memory_limit`` from
+    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` (DuckDB's own default is 80% of RAM, which a large
+    table or transaction fills); larger sorts, joins and loads spill to the temporary
+    directory, DuckDB's default ``<file>.tmp`` beside a database file, or with ``path``
+    (the database file) ``<path>.tmp`` set explicitly. A database-wide setting: every
+    connection to the same file shares it. A limit too small for the work is DuckDB's
+    ``OutOfMemoryException`` at the statement that needs more (``over_limit`` names the
+    setting). Returns ``con``."""
+    con.execute(f"SET memory_limit = {literal(memory_limit())}")
+    if path is not None:
+        con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
+    return con
+
+
 def connect(
     path: Path | str, *, read_only: bool = False, alias: str = "db"
 ) -> duckdb.DuckDBPyConnection:
-    """Open a database file, encrypted when a key is configured.
+    """Open a database file, encrypted when a key is configured, its memory bounded
+    (``configure``).
 
     With a key the file is attached as ``alias`` and made the default catalog, so
     unqualified and schema-qualified names work as with a plain connection.
@@ -208,7 +220,7 @@ def connect(
     key = encryption_key()
     if key is None:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return configure(duckdb.connect(str(path), read_only=read_only))
         except duckdb.CatalogException as e:
             if "encrypted" in str(e).lower():
                 raise ConfigError(f"{path} is encrypted: set {KEY_ENV} to open it") from None
@@ -224,6 +236,7 @@ def connect(
             f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})"
         )
         con.execute(f"USE {alias}")
+        configure(con, path)  # the temp directory beside the file, not the cwd
     except duckdb.Error as e:
         con.close()
         message = str(e).replace(key, "***")

@@ -73,13 +73,13 @@ class Settings(EnvSettings):
         "encrypt staging, state and replica DuckDB files with this key (never logged)",
     )
     duckdb_memory_limit: str = var(
-        "1GB",
+        "256MB",
         "size",
-        "DuckDB `memory_limit` of a replica's connections (`512MB`, `2GiB`): a pull's peak "
-        "memory is about the process's own plus this; past it DuckDB spills to `<file>.tmp` "
-        "beside the database file, but the primary-key index of a batch's new rows must fit "
-        "at its commit (about 25 bytes a row: `1GB` pulls a first batch of ~40M rows)",
-        pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$",
+        "memory each DuckDB database deltaferry opens may use (staging, state, replica, "
+        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); larger sorts, joins "
+        "and loads spill to a temporary directory beside the file; a pull's primary-key index "
+        "of a batch's new rows must fit at its commit (about 25 bytes a row)",
+        pattern=r"(?i)^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
     )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")

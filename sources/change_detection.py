@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry import duck
-from deltaferry.config import JobConfig, TableConfig
+from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.columns import HASH_COLUMN, STAGING_DATASET
 from sources.staging import staged_hashes, staged_keyed, staging_path
@@ -134,12 +136,21 @@ class ChangedRows:
     def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
         self.pk = list(t.primary_key)
         self.where = f"job '{job.name}' table '{t.name}'"
-        self.con = duckdb.connect(config=self._config)
+        self._spill = job_home(job.name) / "tmp"
+        self._spill.mkdir(parents=True, exist_ok=True)
+        self._file: Path | None = None  # the staged hashes' database file, while open
+        self.con = duckdb.connect(
+            config={
+                **self._config,
+                "memory_limit": duck.memory_limit(),
+                "temp_directory": str(self._spill),
+            }
+        )
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self.t = t
         self.path = staging_path(job.name)
         self.borrowed = borrowed
-        self._typed = self._read_all()
+        self._all = self._read_all()
         # for records: the staged live rows' hashes (a hash covers the key, so membership
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
@@ -147,23 +158,48 @@ class ChangedRows:
         self._record_tags: list[dict[str, Any]] = []  # the same, for records
         self._shift = source_shift(job, t)
 
-    def _read_all(self) -> pa.Table | None:
-        """Every live staged key and hash, read once before the load."""
-        return staged_hashes(self.t, self.path, self.borrowed)
+    _STAGED = "held.staged_hashes"  # the table that holds them (``_read_all``)
 
-    def _known(self, hashed: pa.Table) -> pa.Table | None:
-        """Staged keys and hashes to compare a chunk's rows with (all of them, read once)."""
-        return self._typed
+    def _read_all(self) -> str | None:
+        """Every live staged key and hash, read once before the load into a temporary
+        DuckDB file of the job's home attached to this filter's database: compressed, and
+        out of memory beyond DuckDB's limit, where an Arrow table in Python grew with the
+        table (3M rows: +94 MiB instead of +126 MiB, and bounded). The table's name, or None
+        before the first load."""
+        created = False
+        for batch in staged_hashes(self.t, self.path, self.borrowed):
+            self.con.register("batch_", batch)
+            try:
+                if not created:
+                    self._file = self._spill / f"hashes-{uuid.uuid4().hex}.duckdb"
+                    self.con.execute(f"ATTACH {duck.literal(str(self._file))} AS held")
+                    self.con.execute(f"CREATE TABLE {self._STAGED} AS SELECT * FROM batch_")
+                    created = True
+                else:
+                    self.con.execute(f"INSERT INTO {self._STAGED} SELECT * FROM batch_")
+            finally:
+                self.con.unregister("batch_")
+        return self._STAGED if created else None
 
-    def _anti_join(self, rows: pa.Table, known: pa.Table | None) -> pa.Table:
-        """Positions (``__i``) and hashes of the rows not staged with the same hash."""
+    def _known(self, hashed: pa.Table) -> pa.Table | str | None:
+        """Staged keys and hashes to compare a chunk's rows with: all of them, read once
+        (the name of their table), or a table of them."""
+        return self._all
+
+    def _anti_join(self, rows: pa.Table, known: pa.Table | str | None) -> pa.Table:
+        """Positions (``__i``) and hashes of the rows not staged with the same hash;
+        ``known`` is a table, or the name of a table of this filter's database."""
         if known is None:
             return rows.select(["__i", HASH_COLUMN])
         match = " AND ".join(f"k.{ident(c)} = r.{ident(c)}" for c in [*self.pk, HASH_COLUMN])
+        tables: dict[str, pa.Table] = {"rows_": rows}
+        if not isinstance(known, str):
+            tables["known"] = known
+        name = known if isinstance(known, str) else "known"
         return self._query(
-            {"known": known, "rows_": rows},
+            tables,
             f"SELECT __i, {HASH_COLUMN} FROM rows_ r WHERE NOT EXISTS "
-            f"(SELECT 1 FROM known k WHERE {match}) ORDER BY __i",
+            f"(SELECT 1 FROM {name} k WHERE {match}) ORDER BY __i",
         )
 
     def _query(self, tables: dict[str, pa.Table], sql: str) -> pa.Table:
@@ -256,8 +292,11 @@ class ChangedRows:
     def is_staged(self, h: str) -> bool:
         """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
         if self._hashes is None:
-            staged = self._typed[HASH_COLUMN].to_pylist() if self._typed is not None else []
-            self._hashes = set(staged)
+            self._hashes = set()
+            if self._all is not None:
+                reader = self.con.execute(f"SELECT {HASH_COLUMN} FROM {self._all}")
+                for batch in reader.to_arrow_reader(100_000):
+                    self._hashes.update(batch.column(0).to_pylist())
         return h in self._hashes
 
     def record(self, row: dict[str, Any]) -> bool:
@@ -306,6 +345,10 @@ class ChangedRows:
         finally:
             self._retag = []
             self.con.close()
+            if self._file is not None:
+                for path in (self._file, Path(f"{self._file}.wal")):
+                    path.unlink(missing_ok=True)
+                self._file = None
 
     def _write_retag(self, tags: pa.Table) -> None:
         con = (
@@ -333,8 +376,8 @@ class ChangedByKey(ChangedRows):
 
     _config = {"threads": 1}
 
-    def _read_all(self) -> pa.Table | None:
+    def _read_all(self) -> str | None:
         return None  # looked up per chunk (``_known``)
 
-    def _known(self, hashed: pa.Table) -> pa.Table | None:
+    def _known(self, hashed: pa.Table) -> pa.Table | str | None:
         return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))

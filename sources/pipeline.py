@@ -90,15 +90,19 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     for a job that has staged nothing yet, ``direct``: source names exactly as they are
     (see ``sources.names``; check source columns with ``sources.names.check_columns``
     and ``staging_naming``)."""
+    from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+
     path = staging_path(job.name)
     con = None
     if duck.encryption_key():
-        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
-
-        con = duck.connect(path, alias="staging")
-        credentials: Any = DuckDbCredentials(con, local_config={"schema": "staging.main"})
+        con = duck.connect(path, alias="staging")  # its memory bounded there
+        credentials = DuckDbCredentials(con, local_config={"schema": "staging.main"})
     else:
-        credentials = str(path)
+        # DuckDB's memory bounded as on our own connections (``duck.configure``), set by dlt
+        # on each connection it opens: its default, 80% of RAM, grows with the table loaded
+        credentials = DuckDbCredentials(
+            str(path), global_config={"memory_limit": duck.memory_limit()}
+        )
     # dlt's progress collector: none unless asked for
     progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
     _register_pipeline_settings()

@@ -8,6 +8,7 @@ id, so whatever a source stages is what the next batch publishes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -47,6 +48,20 @@ def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return duck.columns(con, table, STAGING_DATASET)
 
 
+def nothing_staged(t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None) -> bool:
+    """Whether staging holds no row of the table (tombstones included), or no such table."""
+    if not path.exists():
+        return True
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name):
+            return True
+        sql = f"SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} LIMIT 1"
+        return duck.fetch_one(con, sql) is None
+    finally:
+        con.close()
+
+
 def staged_keyed(
     t: TableConfig,
     path: Path,
@@ -64,34 +79,65 @@ def staged_keyed(
         return None
     con = read_staging(path, borrowed)
     try:
-        if not staged_table_exists(con, t.name):
-            return None
-        cols = staged_columns(con, t.name)
-        if column not in cols:
-            return None
-        live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
-        keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
-        rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
-        more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
-        source = f"{STAGING_DATASET}.{ident(t.name)} s"
-        if only is not None:
-            con.register("only_keys", only)
-            match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
-            distinct = ", ".join(ident(c) for c in t.primary_key)
-            # a join with the few keys, not EXISTS: DuckDB then reads the other columns
-            # only for matching rows (measured at 1M staged rows: +9 MiB instead of +118 MiB
-            # for the semi-join, which grew with the table)
-            source = f"(SELECT DISTINCT {distinct} FROM only_keys) k JOIN {source} ON {match}"
-        return con.execute(
-            f"SELECT {keys}, s.{ident(column)}{more} FROM {source} "
-            f"WHERE {live} AND s.{ident(column)} IS NOT NULL"
-        ).fetch_arrow_table()
+        sql = _keyed_query(con, t, column, only, whole)
+        return None if sql is None else con.execute(sql).fetch_arrow_table()
     finally:
         con.close()
 
 
+def staged_keyed_batches(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, column: str
+) -> Iterator[pa.RecordBatch]:
+    """``staged_keyed``'s rows (without ``only`` or ``whole``) as a stream of batches, so a
+    caller can keep them elsewhere (a DuckDB table that spills) without holding all of them
+    in memory at once; nothing before the first load."""
+    if not path.exists():
+        return
+    con = read_staging(path, borrowed)
+    try:
+        sql = _keyed_query(con, t, column, None, False)
+        if sql is not None:
+            yield from con.execute(sql).to_arrow_reader(100_000)
+    finally:
+        con.close()
+
+
+def _keyed_query(
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    column: str,
+    only: pa.Table | None,
+    whole: bool,
+) -> str | None:
+    """The query of ``staged_keyed`` on ``con`` (``only`` registered on it), or None when
+    the table or the column is not staged."""
+    if not staged_table_exists(con, t.name):
+        return None
+    cols = staged_columns(con, t.name)
+    if column not in cols:
+        return None
+    live = f"coalesce({DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+    keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
+    rest = [c for c in cols if c not in INTERNAL_COLUMNS and c not in t.primary_key]
+    more = "".join(f", s.{ident(c)}" for c in rest) if whole else ""
+    source = f"{STAGING_DATASET}.{ident(t.name)} s"
+    if only is not None:
+        con.register("only_keys", only)
+        match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in t.primary_key)
+        distinct = ", ".join(ident(c) for c in t.primary_key)
+        # a join with the few keys, not EXISTS: DuckDB then reads the other columns only
+        # for matching rows (measured at 1M staged rows: +9 MiB instead of +118 MiB for
+        # the semi-join, which grew with the table)
+        source = f"(SELECT DISTINCT {distinct} FROM only_keys) k JOIN {source} ON {match}"
+    return (
+        f"SELECT {keys}, s.{ident(column)}{more} FROM {source} "
+        f"WHERE {live} AND s.{ident(column)} IS NOT NULL"
+    )
+
+
 def staged_hashes(
     t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
-) -> pa.Table | None:
-    """Primary key and content hash of every live staged row (see ``staged_keyed``)."""
-    return staged_keyed(t, path, borrowed, HASH_COLUMN)
+) -> Iterator[pa.RecordBatch]:
+    """Primary key and content hash of every live staged row (see ``staged_keyed``), as a
+    stream of batches."""
+    return staged_keyed_batches(t, path, borrowed, HASH_COLUMN)

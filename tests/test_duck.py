@@ -106,3 +106,40 @@ def test_lookups_on_an_encrypted_file(tmp_path: Path, monkeypatch: pytest.Monkey
         ]
     finally:
         con.close()
+
+
+def _limit(con: duckdb.DuckDBPyConnection) -> str:
+    return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+
+def test_connect_bounds_duckdb_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """DuckDB's own default is 80% of RAM, filled as a table grows; every file deltaferry
+    opens gets DELTAFERRY_DUCKDB_MEMORY_LIMIT (default 256MB) instead."""
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", raising=False)
+    con = duck.connect(tmp_path / "a.duckdb")
+    try:
+        assert _limit(con) == "244.1 MiB"  # 256 MB, as DuckDB prints it
+    finally:
+        con.close()
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "64MB")
+    con = duck.connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        assert _limit(con) == "61.0 MiB"
+    finally:
+        con.close()
+
+
+def test_dlt_staging_gets_the_same_memory_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """dlt's connections to staging take the limit through its documented credentials
+    setting (``global_config``), so its merge load is bounded too."""
+    from deltaferry.job import JobConfig
+    from sources.pipeline import pipeline_for
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "96MB")
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
+    job = JobConfig(name="mem", source="sql_database", url="sqlite://", lake="file:///x", tables=())
+    pipeline, borrowed = pipeline_for(job)
+    assert borrowed is None
+    with pipeline.sql_client() as client:
+        assert client.execute_sql("SELECT current_setting('memory_limit')")[0][0] == "91.5 MiB"

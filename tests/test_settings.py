@@ -24,7 +24,7 @@ DEFAULTS: dict[str, object] = {
     "DELTAFERRY_CONFIG": Path("deltaferry.toml"),
     "DELTAFERRY_KEYS": None,
     "DELTAFERRY_DUCKDB_KEY": None,
-    "DELTAFERRY_DUCKDB_MEMORY_LIMIT": "1GB",
+    "DELTAFERRY_DUCKDB_MEMORY_LIMIT": "256MB",
     "DELTAFERRY_DEBUG": False,
     "DELTAFERRY_DEMO_BUCKET": "deltaferry-demo",
     "DELTAFERRY_S3_SSE": "AES256",

@@ -123,6 +123,7 @@ def run_reads(
             if message:
                 pipeline.abort_packages()
                 raise ConfigError(message)
+            r.keys.close()  # the key counts' memory, freed before the load
         pipeline.normalize()
         return pipeline.load()
     except PipelineStepFailed as e:

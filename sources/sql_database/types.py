@@ -443,6 +443,11 @@ def _sqlite_text(v: Any) -> Any:
     raise _BadValue(_describe(v))
 
 
+# per value converter, the Python type of the values it returns unchanged: a value of that
+# type needs no call (``_carried_type``)
+_KEPT: dict[Callable[[Any], Any], type] = {_sqlite_int: int, _sqlite_text: str}
+
+
 # ---------------------------------------------------------------------------------------
 # reflection and the dlt resource
 
@@ -460,20 +465,44 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
         def load_dialect_impl(self, dialect: Any) -> Any:
             return impl_type
 
+    def refused(bad: _BadValue) -> ValueRefused:
+        return ValueRefused(
+            f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
+            f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
+            f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
+            f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
+            "the value at the source"
+        )
+
     def process_result_value(self: Any, value: Any, dialect: Any) -> Any:
         try:
             return plan.convert(value)  # type: ignore[misc]
         except _BadValue as bad:
-            raise ValueRefused(
-                f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
-                f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
-                f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
-                f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
-                "the value at the source"
-            ) from None
+            raise refused(bad) from None
+
+    def result_processor(self: Any, dialect: Any, coltype: Any) -> Any:
+        # a raw column (the driver's values, no processing of the dialect's own): one call
+        # per value, and none beyond a type test for a value its column type already is
+        # (SQLAlchemy's own would call three: its wrapper, process_result_value, convert)
+        if self.impl_instance.result_processor(dialect, coltype) is not None:
+            return sa.types.TypeDecorator.result_processor(self, dialect, coltype)
+        convert = plan.convert
+        kept = _KEPT.get(convert)  # type: ignore[arg-type]
+
+        def process(value: Any) -> Any:
+            if value is None or type(value) is kept:
+                return value
+            try:
+                return convert(value)  # type: ignore[misc]
+            except _BadValue as bad:
+                raise refused(bad) from None
+
+        return process
 
     if plan.convert is not None:  # no per-value call for a column read as it comes
         Carried.process_result_value = process_result_value  # type: ignore[method-assign]
+        if plan.raw:
+            Carried.result_processor = result_processor  # type: ignore[method-assign]
     if plan.cast_text:  # SELECT CAST(col AS TEXT): the database's own text form
 
         def column_expression(self: Any, column: Any) -> Any:

@@ -114,6 +114,33 @@ class TimeText(sa.types.TypeDecorator):
         self._zone = ZoneInfo(zone)
         self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
 
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        # one call per value (SQLAlchemy's own would be three), and the common value, naive
+        # ISO text of a timestamp in a UTC job, parsed on the spot: the same result as
+        # ``parse_time_text`` for exactly the text it takes without adjusting it
+        if self.impl_instance.result_processor(dialect, coltype) is not None:
+            return super().result_processor(dialect, coltype)
+        slow = self.process_result_value
+        if self.kind != "timestamp" or self._zone.key != "UTC":
+            return lambda value: slow(value, dialect)
+        parse = dt.datetime.fromisoformat
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            # text that starts with a space fails fromisoformat and takes the full path
+            last = value[-1:] if type(value) is str else ""
+            if last and last not in "CcTt" and not last.isspace() and len(value) <= 26:
+                try:
+                    when = parse(value)
+                except ValueError:
+                    return slow(value, dialect)
+                if when.tzinfo is None:
+                    return when
+            return slow(value, dialect)
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         if value is None:
             return None
