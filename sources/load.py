@@ -24,19 +24,6 @@ from sources.pipeline import pipeline_for, pipeline_naming
 DEDUPLICATED: dict[str, Any] = {"x-stage-data-deduplicated": True}
 
 
-def first_load(resource: Any, t: TableConfig, path: Any, borrowed: Any = None) -> Any:
-    """``resource`` loaded by dlt's ``replace`` (truncate the table, insert the rows) when
-    staging holds nothing of ``t`` yet, else as it is (``merge``). Into an empty table both
-    stage the same rows, one per key (a source's keys are checked before the load:
-    ``sources.integrity``), but a merge first copies every row into dlt's staging dataset
-    and then from there, which on a first load is most of its time. Returns ``resource``."""
-    from sources.staging import nothing_staged
-
-    if nothing_staged(t, path, borrowed):
-        resource.apply_hints(write_disposition="replace")
-    return resource
-
-
 @dataclass(frozen=True)
 class ExtractResult:
     load_ids: list[str]

@@ -48,20 +48,6 @@ def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return duck.columns(con, table, STAGING_DATASET)
 
 
-def nothing_staged(t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None) -> bool:
-    """Whether staging holds no row of the table (tombstones included), or no such table."""
-    if not path.exists():
-        return True
-    con = read_staging(path, borrowed)
-    try:
-        if not staged_table_exists(con, t.name):
-            return True
-        sql = f"SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} LIMIT 1"
-        return duck.fetch_one(con, sql) is None
-    finally:
-        con.close()
-
-
 def staged_keyed(
     t: TableConfig,
     path: Path,

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError, TransientError
 from sources.change_detection import ChangedByKey, ChangedRows
-from sources.load import ExtractResult, first_load, row_counts
+from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
 from sources.pipeline import pipeline_for, staging_naming
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
@@ -35,7 +35,6 @@ from sources.sql_database.window import (
     staged_bound,
     window,
 )
-from sources.staging import staging_path
 
 
 def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) -> None:
@@ -126,13 +125,10 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         pipeline=pipeline,
                     )
                 )
-        # a table with nothing staged yet (a first load) is loaded without dlt's merge
-        path = staging_path(job.name)
-        first = [first_load(r.resource, r.t, path, borrowed) for r in reads]
         load_ids: list[str] = []
         rows: dict[str, int] = {}
         try:
-            info = run_reads(pipeline, first, job, reads)
+            info = run_reads(pipeline, [r.resource for r in reads], job, reads)
         finally:
             for r in reads:
                 r.close()
