@@ -92,7 +92,7 @@ class PlansMixin(StoreBase):
             row = fetch_one(
                 con,
                 "SELECT tbl, batch, load_ids, seq_start, seq_end, rows, quarantined, manifest, manifest_sha256,"
-                " chunk_rows, cut_after, cut_through"
+                " chunk_rows, cut_after, cut_through, cut_key"
                 " FROM plans WHERE tbl = ? AND status = ? AND (? IS NULL OR batch = ?)"
                 " ORDER BY batch LIMIT 1",
                 [table, status, batch, batch],
@@ -110,7 +110,7 @@ class PlansMixin(StoreBase):
             row[7].encode(),
             row[8],
             row[9],
-            KeyRange.from_json(row[10], row[11]),
+            KeyRange.from_json(row[10], row[11], row[12]),
         )
 
     def record_plan(
@@ -139,8 +139,8 @@ class PlansMixin(StoreBase):
             con.execute(
                 "INSERT INTO plans (tbl, batch, status, load_ids, seq_start, seq_end, rows,"
                 " quarantined, manifest, manifest_sha256, chunk_rows, created_at, committed_at,"
-                " cut_after, cut_through) VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL,"
-                " ?, ?)",
+                " cut_after, cut_through, cut_key) VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, NULL, ?, ?, ?)",
                 [
                     plan.table,
                     plan.batch,
@@ -155,6 +155,7 @@ class PlansMixin(StoreBase):
                     now(),
                     plan.keys.as_json("after"),
                     plan.keys.as_json("through"),
+                    plan.keys.as_json("columns"),
                 ],
             )
             insert_quarantine(con, run_id, plan.table, quarantine, contract, plan.batch)
@@ -185,8 +186,9 @@ class PlansMixin(StoreBase):
         does leaves the cut open at its last key; the last range publishes the loads."""
         if keys.through is not None:
             con.execute(
-                "INSERT OR REPLACE INTO open_cuts VALUES (?, ?, ?)",
-                [table, json.dumps(load_ids), keys.as_json("through")],
+                "INSERT OR REPLACE INTO open_cuts (tbl, load_ids, through, key_columns)"
+                " VALUES (?, ?, ?, ?)",
+                [table, json.dumps(load_ids), keys.as_json("through"), keys.as_json("columns")],
             )
             return
         con.execute("DELETE FROM open_cuts WHERE tbl = ?", [table])
@@ -201,14 +203,19 @@ class PlansMixin(StoreBase):
                 [table, batch],
             )
 
-    def open_cut(self, table: str) -> tuple[list[str], tuple[str, ...]] | None:
-        """The cut the table is half-way through (its loads, the last key published of
-        them), when the last batch stopped at ``max_batch_rows``; None otherwise."""
+    def open_cut(self, table: str) -> tuple[list[str], KeyRange] | None:
+        """The cut the table is half-way through, when the last batch stopped at
+        ``max_batch_rows``: its loads, and where it goes on (``KeyRange.after``: the last
+        key published, of the key's ``columns``); None otherwise."""
         with self.connect() as con:
-            row = fetch_one(con, "SELECT load_ids, through FROM open_cuts WHERE tbl = ?", [table])
+            row = fetch_one(
+                con,
+                "SELECT load_ids, through, key_columns FROM open_cuts WHERE tbl = ?",
+                [table],
+            )
         if row is None:
             return None
-        return json.loads(row[0]), tuple(json.loads(row[1]))
+        return json.loads(row[0]), KeyRange.from_json(row[1], None, row[2])
 
     def commit_checkpoint(self, plan: Plan) -> None:
         """Advance the checkpoint to a batch whose manifest is stored: one transaction."""

@@ -57,12 +57,17 @@ LAST_KEY_VIEW = "df_last_key"
 
 
 def _key_compare(
-    t: TableConfig, types: dict[str, str], values: tuple[str, ...], op: str
+    t: TableConfig,
+    types: dict[str, str],
+    columns: tuple[str, ...],
+    values: tuple[str, ...],
+    op: str,
 ) -> tuple[str, list[Any]]:
-    """SQL (table aliased ``s``) comparing the row's key with ``values`` in key order:
-    ``op`` is ``>`` (strictly after) or ``<=`` (at or before). Keys are never NULL in
-    staging (the sources hold NULL keys back), so plain comparisons order as ORDER BY."""
-    cols = list(t.primary_key)
+    """SQL (table aliased ``s``) comparing the row's key (``columns``, by name) with
+    ``values`` in key order: ``op`` is ``>`` (strictly after) or ``<=`` (at or before).
+    Keys are never NULL in staging (the sources hold NULL keys back), so plain comparisons
+    order as ORDER BY."""
+    cols = list(columns)
     if len(values) != len(cols):
         raise ValueError(
             f"table '{t.name}': a key bound {list(values)} does not match the key {cols}"
@@ -109,9 +114,10 @@ def cut_where(
         return where, params
     types = duck.column_types(con, t.name, STAGING_DATASET)
     bounds = [where]
+    columns = keys.columns or tuple(t.primary_key)
     for values, op in ((keys.after, ">"), (keys.through, "<=")):
         if values is not None:
-            cond, more = _key_compare(t, types, values, op)
+            cond, more = _key_compare(t, types, columns, values, op)
             bounds.append(cond)
             params += more
     return " AND ".join(f"({b})" for b in bounds), params
@@ -164,7 +170,7 @@ class Changes:
     def keys(self) -> KeyRange:
         """The range of keys the rows iterated so far stand for: the range asked for,
         ended at ``through`` when the limit stopped it."""
-        return KeyRange(self._keys.after, self.through)
+        return KeyRange(self._keys.after, self.through, tuple(self._t.primary_key))
 
     def __iter__(self) -> Iterator[pa.Table]:
         taken = 0

@@ -17,24 +17,30 @@ class KeyRange:
 
     after: tuple[str, ...] | None = None
     through: tuple[str, ...] | None = None
+    # the key's columns the bounds are values of, by name (None: recorded before names
+    # were kept, the table's primary key then)
+    columns: tuple[str, ...] | None = None
 
     @property
     def whole(self) -> bool:
         return self.after is None and self.through is None
 
     def as_json(self, side: str) -> str | None:
-        """``after`` or ``through`` as a JSON list (how a plan records it), or None."""
+        """``after``, ``through`` or ``columns`` as a JSON list (how a plan records it), or
+        None."""
         bound = getattr(self, side)
         return None if bound is None else json.dumps(list(bound))
 
     @classmethod
-    def from_json(cls, after: str | None, through: str | None) -> KeyRange:
-        """The range a plan recorded (``as_json`` of each side)."""
+    def from_json(
+        cls, after: str | None, through: str | None, columns: str | None = None
+    ) -> KeyRange:
+        """The range a plan recorded (``as_json`` of each side and of ``columns``)."""
 
         def bound(text: str | None) -> tuple[str, ...] | None:
             return None if text is None else tuple(json.loads(text))
 
-        return cls(bound(after), bound(through))
+        return cls(bound(after), bound(through), bound(columns))
 
     def describe(self) -> str:
         """``keys after [..] through [..]`` for logs and errors ('' for the whole cut)."""

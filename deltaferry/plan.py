@@ -13,7 +13,7 @@ from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.delta import Delta, build_delta
 from deltaferry.dual import also_manifest, dual_copy
-from deltaferry.errors import DowngradeRefused
+from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.failpoints import failpoint
 from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
@@ -74,22 +74,31 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             return None, False
         if len(ctx.chains[t.name].versions) > 1:
             negotiate(ctx, t)
-        delta = (
-            build_delta(
-                ctx.job,
-                t,
-                ctx.contracts[t.name],
-                chunks,
-                load_ids,
-                ckpt.seq_end + 1,
-                held=drift.held if drift else None,
-                migration=migration_of(ctx, t),
-                missing=drift.missing if drift else None,
-                open_keys={pk for pk, *_ in ctx.state.open_held(t.name)},
+        try:
+            delta = (
+                build_delta(
+                    ctx.job,
+                    t,
+                    ctx.contracts[t.name],
+                    chunks,
+                    load_ids,
+                    ckpt.seq_end + 1,
+                    held=drift.held if drift else None,
+                    migration=migration_of(ctx, t),
+                    missing=drift.missing if drift else None,
+                    open_keys={pk for pk, *_ in ctx.state.open_held(t.name)},
+                )
+                if chunks is not None
+                else None
             )
-            if chunks is not None
-            else None
-        )
+        except ContractViolation as e:
+            if chunks is None or chunks.keys.whole:
+                raise
+            raise ContractViolation(
+                f"{e}; the share is of this batch, one part of a split load "
+                f"(max_batch_rows = {ctx.job.max_batch_rows}, {chunks.keys.describe()}): a "
+                "larger max_batch_rows measures it over more of the load"
+            ) from None
         if delta is not None and chunks is not None:
             delta.keys = chunks.keys  # iterated: where a split cut stopped
     released = ctx.released.get(t.name, [])

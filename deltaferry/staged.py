@@ -126,6 +126,27 @@ def plan_drift(
     return plan
 
 
+def _same_key(ctx: SyncContext, t: TableConfig, resume: KeyRange) -> bool:
+    """Whether a split cut can go on after ``resume`` under the table's primary key now.
+    When the jobs file changed the key (its columns or their order) since, the position
+    means nothing under the new key: the cut's loads are cut again from the first key
+    (rows already published are published again, and the replica keeps the newer
+    ``_seq``: nothing is lost), and the operations log says so."""
+    if resume.columns is None or resume.columns == tuple(t.primary_key):
+        return True
+    ctx.state.log(
+        ctx.run_id,
+        "cut",
+        "info",
+        table=t.name,
+        detail=f"job '{ctx.job.name}' table '{t.name}': the primary key changed from "
+        f"{list(resume.columns)} to {list(t.primary_key)} while a split load was half-way "
+        f"({resume.describe()}); its loads are cut again from the first key, so rows "
+        "already published are published again (the newer _seq wins in the replica)",
+    )
+    return False
+
+
 @contextmanager
 def staged_changes(
     ctx: SyncContext,
@@ -159,8 +180,10 @@ def staged_changes(
         else:
             limit = ctx.job.max_batch_rows
             open_cut = ctx.state.open_cut(t.name)
+            if open_cut is not None and not _same_key(ctx, t, open_cut[1]):
+                open_cut = (open_cut[0], KeyRange())  # its loads, from the first key again
             if open_cut is not None:  # a split cut goes on before any newer load
-                ids, keys = open_cut[0], KeyRange(after=open_cut[1])
+                ids, keys = open_cut
             else:
                 ids = new_load_ids(con, ctx.state.published_load_ids(t.name))
         if load_ids is None:

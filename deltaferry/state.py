@@ -109,12 +109,14 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS planned_in BIGINT;  -- the plan 
 -- lists of the key's text; NULL: unbounded on that side
 ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_after VARCHAR;
 ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_through VARCHAR;
+ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_key VARCHAR;  -- JSON list: the key's columns
 -- the cut a table is half-way through: its loads, and the last key published of them
 CREATE TABLE IF NOT EXISTS open_cuts (
     tbl VARCHAR PRIMARY KEY,
     load_ids VARCHAR NOT NULL,     -- JSON list
     through VARCHAR NOT NULL       -- JSON list: the key's text
 );
+ALTER TABLE open_cuts ADD COLUMN IF NOT EXISTS key_columns VARCHAR;  -- JSON list, by name
 CREATE TABLE IF NOT EXISTS plan_releases (
     tbl VARCHAR NOT NULL,          -- held rows a planned batch cut again: a rebuild cuts them too
     batch BIGINT NOT NULL,

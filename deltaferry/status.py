@@ -364,6 +364,17 @@ def lag_text(s: dict[str, Any]) -> str:
     return f"{human_duration(s['lag_seconds'])} ({basis})"
 
 
+def _pending_text(pending: dict[str, Any] | None, cut: dict[str, Any] | None) -> str:
+    """The ``pending`` cell: the planned batch, and a split load half-way with the last key
+    published (JSON, as the key's text)."""
+    split = (
+        f"split load: keys after {json.dumps(cut['through'], ensure_ascii=False)}" if cut else ""
+    )
+    if pending:
+        return f"batch {pending['batch']}" + (f" ({split})" if split else "")
+    return split or "-"
+
+
 def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
     """The rows of ``deltaferry status``'s table (columns: ``STATUS_COLUMNS``); '-' where
     the state has nothing to say."""
@@ -382,9 +393,7 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     str(s["rows_published"]),
                     f"{sizes['last']}/{sizes['mean']:.1f}".rstrip("0").rstrip(".") if sizes["count"] else "-",
                     s["sparkline"] or "-",
-                    f"batch {pending['batch']}"
-                    if pending
-                    else (f"split load: keys after {s['open_cut']['through']}" if s["open_cut"] else "-"),
+                    _pending_text(pending, s["open_cut"]),
                     str(s["quarantined_rows"]),
                     share(
                         s["quarantine"]["rows"],

@@ -144,7 +144,7 @@ def test_chunks_of_a_limited_cut_are_exact() -> None:
     assert changes is not None
     sizes = [c.num_rows for c in changes]
     assert sizes == [4, 4, 2]
-    assert changes.keys == KeyRange(None, ("9",))
+    assert changes.keys == KeyRange(None, ("9",), ("k0",))
     rest = read_changes(con, t, ["1.1"], 4, keys=KeyRange(after=("9",)), limit=10)
     assert rest is not None
     assert [c.num_rows for c in rest] == [4, 4, 2] and rest.keys.through == ("19",)

@@ -69,10 +69,10 @@ def test_replica_connections_have_a_bounded_memory_limit(
     try:
         duck.configure(con, path)
         setting = "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
-        assert con.execute(setting).fetchone() == ("953.6 MiB", f"{path}.tmp")  # 1GB
-        monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "256MiB")
+        assert con.execute(setting).fetchone() == ("244.1 MiB", f"{path}.tmp")  # 256MB
+        monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "1GiB")
         duck.configure(con)
-        assert con.execute(setting).fetchone()[0] == "256.0 MiB"
+        assert con.execute(setting).fetchone()[0] == "1.0 GiB"
         monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "lots")
         with pytest.raises(ConfigError, match="DELTAFERRY_DUCKDB_MEMORY_LIMIT='lots'"):
             duck.configure(con)

@@ -68,7 +68,7 @@ def test_kill_in_the_second_batch_of_a_split_load_then_finish(shop_job, shop, po
     assert (stored is not None) == (point in ("after_manifest", "before_checkpoint"))
     # what an operator sees: the split load half-way, and the planned batch
     shown = job_status(shop_job.job())["tables"]["customers"]
-    assert shown["open_cut"]["through"] == list(state.open_cut("customers")[1])
+    assert shown["open_cut"]["through"] == list(state.open_cut("customers")[1].after)
     assert shown["pending_batch"]["batch"] == 2
 
     # the source moves on before the next run: rows of the unfinished load change again
@@ -84,5 +84,46 @@ def test_kill_in_the_second_batch_of_a_split_load_then_finish(shop_job, shop, po
         assert [m.batch for m in ms] == list(range(1, len(ms) + 1))
         assert verify_table(lake, "shop", table)[0] == len(ms)
         assert state.pending_plan(table) is None and state.open_cut(table) is None
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
+def test_a_key_changed_while_a_split_load_is_half_way_cuts_its_loads_again(shop_job, shop):
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    shop_job.write_config(max_batch_rows=25, rows_per_file=10)
+    shop.round(60, 90, churn=0)
+    killed = _run_cli_killed_at(shop_job, "after_plan", skip=1)  # customers batch 2 planned
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    out = CliRunner().invoke(
+        cli,
+        [
+            "plan",
+            "discard",
+            "shop",
+            "--table",
+            "customers",
+            "--reason",
+            "test",
+            "--config",
+            str(shop_job.config),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    state = StateStore("shop")
+    assert state.open_cut("customers") is not None  # batch 1's range is out, the rest not
+    # the key's columns change (order and one more): the saved position means nothing now
+    text = shop_job.config.read_text()
+    shop_job.config.write_text(
+        text.replace('primary_key = ["id"]', 'primary_key = ["email", "id"]', 1)
+    )
+    shop_job.sync()
+    with state.connect(read_only=True) as con:
+        rows = con.execute("SELECT detail FROM ops_log WHERE step = 'cut'").fetchall()
+    log = " ".join(r[0] for r in rows if r[0])
+    assert "primary key changed from ['id'] to ['email', 'id']" in log
+    assert state.open_cut("customers") is None
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())

@@ -22,7 +22,7 @@ from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, t
 from sources.variants import Variants
 
 
-def _adapt_table(
+def adapt_table(
     job: JobConfig, t: TableConfig, text_times: dict[str, str], seen: list[str] | None = None
 ) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
@@ -84,7 +84,7 @@ class TableRead:
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=_adapt_table(job, t, text_times, self.columns),
+            table_adapter_callback=adapt_table(job, t, text_times, self.columns),
             query_adapter_callback=query(text_times) if query is not None else None,
         )
         if name is not None:

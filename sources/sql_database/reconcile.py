@@ -25,7 +25,8 @@ from sources.sql_database.connection import (
     connect_error,
     scrub,
 )
-from sources.sql_database.reads import TableRead, run_reads
+from sources.sql_database.reads import TableRead, adapt_table, run_reads
+from sources.sql_database.window import Normalize, text_time_columns
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 
@@ -49,12 +50,18 @@ def reconcile(
     progress = watchdog.progress
     pk = list(t.primary_key)
     try:
-        table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        # keys read as the table's rows are (``reads.adapt_table``, ``window.Normalize``):
+        # SQLite time text parsed to UTC wall time, naive times taken in the job's zone, so
+        # a key is compared with its staged self, whatever form the source wrote it in
+        text_times = text_time_columns(engine, t)
+        table = adapt_table(job, t, text_times)(
+            sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        )
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(
                 sa.select(*[table.c[c] for c in pk])
             )
-            source_keys = _keys_arrow(result, pk, progress)
+            source_keys = Normalize(job, t, text_times)(_keys_arrow(result, pk, progress))
         if source_keys.num_rows:
             source_keys = source_keys.drop_null()
     except sa.exc.DBAPIError as e:
