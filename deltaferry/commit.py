@@ -52,14 +52,11 @@ def upload_parts(ctx: SyncContext, plan: Plan, delta: Delta) -> int:
         failpoint("after_part_upload")
         return len(data)
 
-    workers = min(from_env().upload_concurrency, len(parts))
-    if workers <= 1:
-        sent = sum(put(f.key, p.data) for f, p in zip(files, parts, strict=True))
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="deltaferry-upload") as pool:
-            futures = [pool.submit(put, f.key, p.data) for f, p in zip(files, parts, strict=True)]
-            wait(futures)
-        sent = sum(f.result() for f in futures)  # the first failure, in part order, raises
+    workers = max(1, min(from_env().upload_concurrency, len(parts)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="deltaferry-upload") as pool:
+        futures = [pool.submit(put, f.key, p.data) for f, p in zip(files, parts, strict=True)]
+        wait(futures)
+    sent = sum(f.result() for f in futures)  # the first failure, in part order, raises
     failpoint("after_upload")
     return sent
 

@@ -126,14 +126,15 @@ def plan_drift(
     return plan
 
 
-def _same_key(ctx: SyncContext, t: TableConfig, resume: KeyRange) -> bool:
-    """Whether a split cut can go on after ``resume`` under the table's primary key now.
-    When the jobs file changed the key (its columns or their order) since, the position
-    means nothing under the new key: the cut's loads are cut again from the first key
-    (rows already published are published again, and the replica keeps the newer
-    ``_seq``: nothing is lost), and the operations log says so."""
+def _resume_from(ctx: SyncContext, t: TableConfig, resume: KeyRange) -> KeyRange:
+    """Where a split cut goes on: after ``resume``, while the table's primary key is the
+    one the position was taken under. When the jobs file changed the key (its columns or
+    their order) since, the position means nothing under the new key: the cut's loads are
+    cut again from the first key (``KeyRange()``; rows already published are published
+    again, and the replica keeps the newer ``_seq``: nothing is lost), and the operations
+    log says so."""
     if resume.columns is None or resume.columns == tuple(t.primary_key):
-        return True
+        return resume
     ctx.state.log(
         ctx.run_id,
         "cut",
@@ -144,7 +145,7 @@ def _same_key(ctx: SyncContext, t: TableConfig, resume: KeyRange) -> bool:
         f"({resume.describe()}); its loads are cut again from the first key, so rows "
         "already published are published again (the newer _seq wins in the replica)",
     )
-    return False
+    return KeyRange()
 
 
 @contextmanager
@@ -180,10 +181,8 @@ def staged_changes(
         else:
             limit = ctx.job.max_batch_rows
             open_cut = ctx.state.open_cut(t.name)
-            if open_cut is not None and not _same_key(ctx, t, open_cut[1]):
-                open_cut = (open_cut[0], KeyRange())  # its loads, from the first key again
             if open_cut is not None:  # a split cut goes on before any newer load
-                ids, keys = open_cut
+                ids, keys = open_cut[0], _resume_from(ctx, t, open_cut[1])
             else:
                 ids = new_load_ids(con, ctx.state.published_load_ids(t.name))
         if load_ids is None:
