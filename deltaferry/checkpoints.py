@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from deltaferry.duck import fetch_one
+from deltaferry.failpoints import bug
 from deltaferry.keyrange import KeyRange
 from deltaferry.quarantine import insert_quarantine, resolve_keys
 from deltaferry.statedb import StoreBase, insert_rows, now
@@ -184,7 +185,7 @@ class PlansMixin(StoreBase):
     ) -> None:
         """Inside a transaction: a range of a cut is done. A range that ends before the cut
         does leaves the cut open at its last key; the last range publishes the loads."""
-        if keys.through is not None:
+        if keys.through is not None and not (bug("commit_open_cut_early") and batch is not None):
             con.execute(
                 "INSERT OR REPLACE INTO open_cuts (tbl, load_ids, through, key_columns)"
                 " VALUES (?, ?, ?, ?)",

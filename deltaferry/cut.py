@@ -189,6 +189,14 @@ class Changes:
             last = chunk
             yield chunk
 
+    def close(self) -> None:
+        """Let go of the query's stream. A stream left open (a cut stopped at its limit, or
+        a step that failed after the cut) keeps the staging database open in this process
+        after its connection closed, and the next connection to it waits until the stream
+        is freed: for a failed run, as long as its exception is kept (found by the
+        simulator: the next run in the same process hung)."""
+        self._reader.close()
+
     def _key_text(self, row: pa.Table) -> tuple[str, ...]:
         cols = list(self._t.primary_key)
         self._con.register(LAST_KEY_VIEW, row.select(cols))

@@ -6,6 +6,11 @@ default: nothing after it runs, not even ``finally``) or ``raise``. Points:
 ``after_extract``, ``after_plan``, ``after_part_upload`` (after each data object;
 ``DELTAFERRY_FAILPOINT_SKIP=n`` lets the first n hits pass), ``after_upload``,
 ``after_manifest`` (stored, reply not yet used), ``before_checkpoint``.
+
+The in-process simulator (``tests/support/sim``) sets a hook instead (:func:`set_hook`),
+which decides at every hit, from its seed, whether the process "crashes" there; and it
+turns on deliberate protocol bugs (:data:`BUGS`, :func:`bug`) to show that it catches
+them. Neither can be set from the environment: production code never runs with them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from deltaferry.settings import EnvSettings, read, var
@@ -25,6 +32,22 @@ POINTS = (
     "after_manifest",
     "before_checkpoint",
 )
+# deliberate protocol bugs the simulator must catch (tests/test_simulation.py), each where
+# the code checks ``bug(name)``:
+BUGS = {
+    # sync_steps: the checkpoint advances before the manifest is stored
+    "checkpoint_before_manifest",
+    # agreement: the lake-head check is skipped (a producer writes to a lake it disagrees with)
+    "skip_lake_head_check",
+    # pull: a batch's rows are committed before (not with) the replica's checkpoint
+    "apply_outside_transaction",
+    # listings: manifest keys taken in the order (and number) the store returned them
+    "trust_listing_order",
+    # split cuts: the cut's loads count as published when its first range commits
+    "commit_open_cut_early",
+}
+_bugs: set[str] = set()
+_hook: Callable[[str], None] | None = None
 _hits: dict[str, int] = {}
 _lock = threading.Lock()  # parts are uploaded from several threads
 
@@ -43,7 +66,33 @@ class FailpointHit(RuntimeError):
     """Raised by a failpoint whose action is ``raise``."""
 
 
+def set_hook(hook: Callable[[str], None] | None) -> None:
+    """Call ``hook(name)`` at every failpoint hit (it may raise); None removes it."""
+    global _hook
+    _hook = hook
+
+
+def bug(name: str) -> bool:
+    """Whether the deliberate protocol bug ``name`` (one of :data:`BUGS`) is on."""
+    return name in _bugs
+
+
+@contextmanager
+def bugs_on(*names: str) -> Iterator[None]:
+    """Turn on deliberate protocol bugs for the block (the simulator's teeth tests)."""
+    unknown = set(names) - BUGS
+    if unknown:
+        raise ValueError(f"unknown bug(s) {sorted(unknown)}; known: {sorted(BUGS)}")
+    _bugs.update(names)
+    try:
+        yield
+    finally:
+        _bugs.difference_update(names)
+
+
 def failpoint(name: str) -> None:
+    if _hook is not None:
+        _hook(name)
     env = read(FailpointSettings)  # now: tests set these per test
     if env.failpoint != name:
         return

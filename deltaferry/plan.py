@@ -58,7 +58,9 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
 
     A cut over ``max_batch_rows`` is planned one range of keys at a time (``Plan.keys``;
     ``keys.through`` None: the cut's last batch). A range whose every row is held back
-    publishes nothing: the next range is planned instead."""
+    (or, going on with a split cut, whose rows were all staged again since) publishes
+    nothing: the next range is planned instead, and after a cut's last range, the loads
+    staged since."""
     while True:
         planned, more = _plan_range(ctx, t)
         if planned is not None or not more:
@@ -67,8 +69,12 @@ def plan_table(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
 
 def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | None, bool]:
     """``plan_table`` for one range of keys: the plan (or None) and whether the cut goes on
-    after the range (only asked when there is no plan)."""
+    after the range, or loads staged after it wait (only asked when there is no plan)."""
     ckpt = ctx.state.checkpoint(t.name)
+    # a split cut going on: when its last range publishes nothing, newer loads may wait,
+    # and are cut in this run (found by the simulator: a run said "no change" with
+    # staged changes waiting, published only by the next run)
+    resumed = ctx.state.open_cut(t.name) is not None
     with staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids and not ctx.released.get(t.name):
             return None, False
@@ -130,7 +136,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             delta.touched if delta else set(),
             delta.keys if delta else KeyRange(),
         )
-        return None, delta is not None and delta.keys.through is not None
+        return None, resumed or (delta is not None and delta.keys.through is not None)
     check_chain_mode(ctx, t)
     if len(ctx.chains[t.name].versions) == 1:  # with a chain, negotiate read the readers
         note_readers(ctx, t)

@@ -19,6 +19,7 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_one
 from deltaferry.errors import DeltaferryError, TerminalError
+from deltaferry.failpoints import bug, failpoint
 from deltaferry.held import HELD_META, record_held
 from deltaferry.keys import Keyring
 from deltaferry.reader_contract import hold_reader_contract, reread_held
@@ -227,6 +228,10 @@ def _pull_table(
         con.execute("BEGIN TRANSACTION")
         try:
             rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t))
+            if bug("apply_outside_transaction"):  # the simulator's teeth (failpoints.BUGS)
+                con.execute("COMMIT")
+                failpoint("after_apply")
+                con.execute("BEGIN TRANSACTION")
             _record_batch(
                 con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
             )

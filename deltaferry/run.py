@@ -3,6 +3,8 @@ after the steps, as plain functions (no Prefect here; the flow wires them to tas
 events and artifacts).
 
 - :func:`open_run`: the run's context and its first operations-log entry (the trace id);
+- :func:`sync_steps`: the order of a run's steps, through a :class:`Steps` that runs each
+  one (the Prefect flow's tasks, or the simulator's plain calls: ``tests/support/sim``);
 - :func:`tables_to_recover`: the tables the ``recover`` step has work for;
 - :func:`plan_logged`: the plan step with its line in the operations log;
 - :func:`recorded`: the run's row in ``runs``, finished ``ok`` or ``failed`` by the
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from deltaferry.checkpoints import Plan
 from deltaferry.config import JobConfig, TableConfig
@@ -25,6 +27,7 @@ from deltaferry.context import SyncContext, open_context
 from deltaferry.delta import Delta
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.extract import ExtractResult
+from deltaferry.failpoints import bug
 from deltaferry.plan import plan_negotiated
 from deltaferry.state import hold, state_path
 
@@ -36,6 +39,67 @@ def open_run(job: JobConfig, trace_id: str | None = None) -> SyncContext:
         ctx = open_context(job, trace_id=trace_id)
         ctx.state.log(ctx.run_id, "run", "info", detail=f"trace_id={ctx.trace_id}")
     return ctx
+
+
+class Steps(Protocol):
+    """How a run's steps are run: each method runs one step of ``ctx`` (with whatever retry
+    layer the runner has) and returns its result; the ``*_done`` methods hear what a step
+    did (events, log lines). ``flows/sync.py`` runs them as Prefect tasks; the simulator
+    (``tests/support/sim``) calls the plain functions."""
+
+    def agree(self) -> None: ...
+
+    def recover(self, t: TableConfig) -> str | None: ...
+
+    def recovered(self, t: TableConfig, done: str | None, batch: int | None) -> None: ...
+
+    def extract(self) -> ExtractResult: ...
+
+    def plan(self, t: TableConfig) -> tuple[Plan, Delta] | None: ...
+
+    def upload(self, plan: Plan, delta: Delta) -> int: ...
+
+    def manifest(self, plan: Plan) -> str: ...
+
+    def checkpoint(self, plan: Plan) -> None: ...
+
+    def published(self, plan: Plan, delta: Delta, sent: int) -> None: ...
+
+
+def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
+    """The steps of one run, in order (docs/architecture.md, section 2): lake-head
+    agreement; recovery of the tables that need it; the extract; then per table in job
+    order plan -> upload -> manifest -> checkpoint, once, or once per range of keys for a
+    cut split at ``max_batch_rows`` (each range committed before the next is cut). What
+    each step did goes into ``summary``."""
+    steps.agree()
+    for t in tables_to_recover(ctx):  # none in the steady state: no task runs
+        summary.current = t.name
+        done = steps.recover(t)
+        steps.recovered(t, done, summary.note_recovered(ctx, t, done))
+    summary.current = None
+    summary.note_extracted(steps.extract(), ctx.skipped)
+    for t in ctx.job.tables:
+        summary.current = t.name
+        while True:
+            planned = steps.plan(t)
+            if planned is None:
+                if t.name not in summary.tables:
+                    summary.note_no_change(t.name)
+                break
+            plan, delta = planned
+            sent = steps.upload(plan, delta)
+            if bug("checkpoint_before_manifest"):  # the simulator's teeth (failpoints.BUGS)
+                steps.checkpoint(plan)
+                stored = steps.manifest(plan)
+            else:
+                stored = steps.manifest(plan)
+                steps.checkpoint(plan)
+            summary.note_published(plan, delta, sent, stored)
+            steps.published(plan, delta, sent)
+            if plan.keys.whole:  # the whole cut in one batch: nothing newer is staged
+                break
+            # a split cut goes on; after its last range, loads staged since may be waiting
 
 
 def needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:

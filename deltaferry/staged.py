@@ -200,6 +200,11 @@ def staged_changes(
         if load_ids is None:
             drift = plan_drift(ctx, t, con, cut_where(con, t, ids, released, keys))
         exclude = frozenset(drift.excluded) if drift else frozenset()
-        yield ids, read_changes(con, t, ids, chunk_rows, exclude, released, keys, limit), drift
+        changes = read_changes(con, t, ids, chunk_rows, exclude, released, keys, limit)
+        try:
+            yield ids, changes, drift
+        finally:
+            if changes is not None:
+                changes.close()
     finally:
         con.close()

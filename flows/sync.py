@@ -1,6 +1,7 @@
 """The sync flow: the story of one run of one job, step by step.
 
 lake-head -> recover -> extract -> for each table: plan (cut + validate) -> upload -> manifest -> checkpoint
+(the order: ``deltaferry/run.py:sync_steps``; this module runs each step as a Prefect task)
 
 Retry layers, one per failure class: botocore's standard mode retries single S3
 requests; the Prefect task retries below retry whole steps, only for
@@ -29,7 +30,7 @@ from deltaferry.config import TableConfig, load_job
 from deltaferry.context import SyncContext, job_lock
 from deltaferry.delta import Delta
 from deltaferry.extract import ExtractResult, run_extract
-from deltaferry.run import open_run, plan_logged, recorded, run_tags, tables_to_recover
+from deltaferry.run import open_run, plan_logged, recorded, run_tags, sync_steps
 from deltaferry.settings import from_env
 from flows.report import emit, on_completion, on_end, on_failure, track
 from flows.retries import only_transient, step_retry_delays
@@ -154,7 +155,6 @@ def _tag_flow_run(ctx: SyncContext) -> None:
 )
 def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     """One sync of ``job``: extract, validate, publish and checkpoint every table."""
-    logger = get_run_logger()
     cfg = load_job(job, config)
     with job_lock(job):
         ctx = open_run(cfg, trace_id=str(flow_run.id or "") or None)
@@ -164,57 +164,70 @@ def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
         _tag_flow_run(ctx)
         with recorded(ctx) as summary:
             track(flow_run.id, ctx, summary)
-            _retrying(agree_step, "lake-head", ctx)(ctx)
-            for t in tables_to_recover(ctx):  # none in the steady state: no task runs
-                summary.current = t.name
-                done = _retrying(recover, f"recover-{t.name}", ctx)(ctx, t)
-                if done:
-                    logger.info("job %s table %s: recovered %s", job, t.name, done)
-                batch = summary.note_recovered(ctx, t, done)
-                if batch is not None:
-                    emit(
-                        ctx,
-                        "deltaferry.batch.published",
-                        t.name,
-                        {"batch": batch, "recovered": True},
-                    )
-            summary.current = None
-            summary.note_extracted(_retrying(extract_step, "extract", ctx)(ctx), ctx.skipped)
-            for t in cfg.tables:
-                summary.current = t.name
-                _publish_table(ctx, t, summary)
+            sync_steps(ctx, summary, _PrefectSteps(ctx))
     return summary.as_dict()
 
 
-def _publish_table(ctx: SyncContext, t: TableConfig, summary: Any) -> None:
-    """Plan, upload, store and checkpoint the table's batches: one, or, for a cut over
-    ``max_batch_rows``, one per range of keys, each committed before the next is cut."""
-    logger = get_run_logger()
-    while True:
-        planned = plan_step.with_options(task_run_name=f"cut-and-validate-{t.name}")(ctx, t)
-        if planned is None:
-            if t.name not in summary.tables:
-                summary.note_no_change(t.name)
-            return
-        plan, delta = planned
-        sent = _retrying(upload_step, f"upload-{t.name}-{plan.batch}", ctx)(ctx, plan, delta)
-        stored = _retrying(manifest_step, f"manifest-{t.name}-{plan.batch}", ctx)(ctx, plan)
-        checkpoint_step.with_options(task_run_name=f"checkpoint-{t.name}-{plan.batch}")(ctx, plan)
-        summary.note_published(plan, delta, sent, stored)
+class _PrefectSteps:
+    """``deltaferry/run.py:Steps`` as this flow's tasks: named per table and batch,
+    retried on ``TransientError`` (not the plan and checkpoint steps: local, and a plan
+    that failed validation fails the same way again), with the run's log lines and
+    events."""
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+        self.logger = get_run_logger()
+
+    def agree(self) -> None:
+        _retrying(agree_step, "lake-head", self.ctx)(self.ctx)
+
+    def recover(self, t: TableConfig) -> str | None:
+        done: str | None = _retrying(recover, f"recover-{t.name}", self.ctx)(self.ctx, t)
+        return done
+
+    def recovered(self, t: TableConfig, done: str | None, batch: int | None) -> None:
+        if done:
+            self.logger.info("job %s table %s: recovered %s", self.ctx.job.name, t.name, done)
+        if batch is not None:
+            emit(self.ctx, "deltaferry.batch.published", t.name, {"batch": batch, "recovered": True})
+
+    def extract(self) -> ExtractResult:
+        result: ExtractResult = _retrying(extract_step, "extract", self.ctx)(self.ctx)
+        return result
+
+    def plan(self, t: TableConfig) -> tuple[Plan, Delta] | None:
+        planned: tuple[Plan, Delta] | None = plan_step.with_options(
+            task_run_name=f"cut-and-validate-{t.name}"
+        )(self.ctx, t)
+        return planned
+
+    def upload(self, plan: Plan, delta: Delta) -> int:
+        name = f"upload-{plan.table}-{plan.batch}"
+        sent: int = _retrying(upload_step, name, self.ctx)(self.ctx, plan, delta)
+        return sent
+
+    def manifest(self, plan: Plan) -> str:
+        name = f"manifest-{plan.table}-{plan.batch}"
+        stored: str = _retrying(manifest_step, name, self.ctx)(self.ctx, plan)
+        return stored
+
+    def checkpoint(self, plan: Plan) -> None:
+        checkpoint_step.with_options(task_run_name=f"checkpoint-{plan.table}-{plan.batch}")(
+            self.ctx, plan
+        )
+
+    def published(self, plan: Plan, delta: Delta, sent: int) -> None:
         emit(
-            ctx,
+            self.ctx,
             "deltaferry.batch.published",
-            t.name,
+            plan.table,
             {"batch": plan.batch, "rows": plan.rows, "bytes": sent},
         )
-        logger.info(
+        self.logger.info(
             "job %s table %s: published batch %d (%d rows, %d quarantined)",
-            ctx.job.name,
-            t.name,
+            self.ctx.job.name,
+            plan.table,
             plan.batch,
             plan.rows,
             plan.quarantined,
         )
-        if plan.keys.whole:  # the whole cut in one batch: nothing newer is staged
-            return
-        # a split cut goes on; after its last range, loads staged since may be waiting

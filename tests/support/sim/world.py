@@ -1,0 +1,799 @@
+"""One simulated history: a seeded world, the real producer and reader in it, faults, and
+the invariants checked after every step (see ``tests/support/sim/__init__.py``)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+from deltaferry import failpoints
+from deltaferry.errors import DeltaferryError, TransientError, VerificationError
+from tests.support.sim import source as sim_source
+from tests.support.sim.source import SCHEMAS, Source
+from tests.support.sim.store import SimStore
+
+JOB = "sim"
+RETRIES = 2  # a step's attempts: 1 + RETRIES, as DELTAFERRY_STEP_RETRIES gives the flow
+
+_current: World | None = None
+
+
+def current() -> World:
+    assert _current is not None, "no simulated world is running"
+    return _current
+
+
+class SimCrash(BaseException):
+    """The simulated process died here (a BaseException: nothing catches it but the world)."""
+
+
+class Violation(AssertionError):
+    """An invariant does not hold: the seed found a bug."""
+
+
+@dataclass
+class Stats:
+    """What a set of histories did (the long run prints it)."""
+
+    histories: int = 0
+    steps: int = 0
+    runs: int = 0
+    pulls: int = 0
+    crashes: int = 0
+    checks: int = 0
+    failures: list[str] = field(default_factory=list)
+    faults: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+    def add(self, other: Stats) -> None:
+        for name in ("histories", "steps", "runs", "pulls", "crashes", "checks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+        self.faults.update(other.faults)
+        self.errors.update(other.errors)
+
+    def report(self) -> str:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        return (
+            f"histories {self.histories}, steps {self.steps} (producer runs {self.runs}, pulls "
+            f"{self.pulls}), crashes {self.crashes}, invariant checks {self.checks}, "
+            f"failures {len(self.failures)}\nfaults injected: {faults}\n"
+            f"named errors met (expected under the faults): {errors}"
+        )
+
+
+JOBS_TOML = """
+[jobs.sim]
+source = "sql_database"
+url = "sqlite:///unused-by-the-simulator.db"
+lake = "file:///sim-lake"
+max_batch_rows = {max_batch_rows}
+rows_per_file = {rows_per_file}
+max_quarantine_ratio = 0.0
+
+[[jobs.sim.tables]]
+name = "items"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "soft:deleted_at"
+contract = "tests.support.sim.contract:Items"
+
+[[jobs.sim.tables]]
+name = "tags"
+primary_key = ["a", "b"]
+cursor = "updated_at"
+deletes = "reconcile"
+contract = "tests.support.sim.contract:Tags"
+"""
+
+
+class _InlineExecutor:
+    """``concurrent.futures.ThreadPoolExecutor`` that runs each task at once in the calling
+    thread: the parts of a batch go up in order, so the order of requests (and with it the
+    history) is the seed's, not the thread scheduler's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except SimCrash:
+            raise  # the process dies here, not later when the result is read
+        except BaseException as e:  # noqa: BLE001 - the future reports it, as a pool's does
+            future.set_exception(e)
+        return future
+
+
+class _SimSourceModule:
+    """What ``sources.source_module`` returns in the world: the modelled extraction."""
+
+    extract = staticmethod(sim_source.extract)
+    preflight_source = staticmethod(sim_source.preflight_source)
+
+
+@contextmanager
+def _patched(world: World) -> Iterator[None]:
+    """Point deltaferry's surroundings at the world: the lake, the source, the clock, ids,
+    failpoints, the upload pool (inline: threads would make the order of requests, and so
+    the history, depend on the scheduler); and the environment (home, retries)."""
+    import deltaferry.commit
+    import deltaferry.oplog
+    import deltaferry.runbook
+    import deltaferry.statedb
+    import destinations.lake
+    import sources
+    import sources.load
+    import sources.pipeline
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(obj: Any, name: str, value: Any) -> None:
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    original_open = destinations.lake.open_lake
+    original_now = deltaferry.statedb.now
+    for mod in list(sys.modules.values()):
+        name = getattr(mod, "__name__", "") or ""
+        if not name.startswith(("deltaferry", "destinations", "flows", "sources")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if value is original_open:
+                patch(mod, attr, world.open_lake)
+            elif value is original_now:
+                patch(mod, attr, world.clock)
+    patch(sources, "source_module", lambda job: _SimSourceModule)
+    patch(sources.load, "stage_tombstones", sim_source.stage_tombstones)
+    patch(sources.pipeline, "pipeline_for", lambda job: (None, None))
+    patch(deltaferry.runbook, "_drop_staged", sim_source.drop_staged)
+    patch(deltaferry.commit, "ThreadPoolExecutor", _InlineExecutor)
+    patch(deltaferry.oplog, "uuid", world)  # run ids: ``uuid.uuid4().hex`` -> world.uuid4
+    env = {
+        "DELTAFERRY_HOME": str(world.root / "home"),
+        "DELTAFERRY_STEP_RETRIES": str(RETRIES),
+    }
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    failpoints.set_hook(world.fault_point)
+    global _current
+    _current = world
+    try:
+        yield
+    finally:
+        _current = None
+        failpoints.set_hook(None)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+
+
+class World:
+    """A seeded world: the source, the lake (and a second one a producer may be pointed at
+    by mistake), one producer home, one reader's replica, the faults' odds, and the oracle's
+    archive of everything the lake ever held."""
+
+    def __init__(self, seed: int, root: Path) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.root = root
+        self.now = 1000
+        self.ids = 0
+        self.loads = 0
+        self.stats = Stats(histories=1)
+        self.source = Source.empty(self)
+        self.lake = SimStore(self, "lake")
+        self.other = SimStore(self, "other")
+        self.producer_lake = self.lake
+        self.step_no = 0
+        self.trace: list[str] = []
+        rng = self.rng
+        # the faults' odds, per history: some histories are calm, some stormy
+        self.p_fail = rng.choice((0.0, 0.02, 0.08))
+        self.p_lost_ack = rng.choice((0.0, 0.02, 0.06))
+        self.p_crash = rng.choice((0.0, 0.01, 0.04))  # at each request
+        # at each commit point (a failpoint): the places a crash matters most, so more often
+        self.p_crash_point = rng.choice((0.0, 0.05, 0.15))
+        self.listing_chaos = rng.random() < 0.5
+        self.faults_on = True
+        self.in_pull = False
+        self.max_batch_rows = rng.choice((1, 2, 3, 5, 1000))
+        self.rows_per_file = rng.choice((1, 2, 7, 1000))
+        # the oracle's archive: every manifest (by sha256) and object ever seen
+        self.archive: dict[str, bytes] = {}
+        self.objects_ever: dict[str, bytes] = {}
+        # tables whose newest manifest the lake lost: until the producer agrees with the
+        # lake again (republished, or adopted over), and until the reader pulled again
+        self.lost_tips: set[str] = set()
+        self.reader_behind: set[str] = set()
+        self.quiet = False  # nothing changed since the last run that ended ok
+        self.replica = root / "replica.duckdb"
+
+    # --- the world's clock and ids -------------------------------------------------
+    def clock(self) -> Any:
+        import datetime as dt
+
+        return sim_source.EPOCH + dt.timedelta(seconds=self.now)
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+    def new_id(self) -> str:
+        self.ids += 1
+        return f"sim{self.ids:08d}"
+
+    def new_load_id(self) -> str:
+        self.loads += 1
+        return f"{1_800_000_000 + self.now}.{self.loads:06d}"
+
+    # --- the world's surroundings --------------------------------------------------
+    def open_lake(self, url: str, base: Any = None) -> SimStore:
+        return self.producer_lake
+
+    def store_reachable(self, store: SimStore) -> bool:
+        return True
+
+    def _fault(self, kind: str) -> None:
+        self.stats.faults[kind] += 1
+        self.trace.append(f"  fault {kind}")
+
+    def fault_point(self, name: str) -> None:
+        """A failpoint (or a point of the modelled source): the process may die here."""
+        if self.faults_on and self.rng.random() < self.p_crash_point:
+            self._fault(f"crash at {name}")
+            raise SimCrash(name)
+
+    def before_request(self, store: SimStore, op: str, key: str) -> None:
+        if not self.faults_on:
+            return
+        r = self.rng.random()
+        if r < self.p_crash:
+            self._fault(f"crash before {op}")
+            raise SimCrash(f"before {op} {key}")
+        if r < self.p_crash + self.p_fail:
+            kind = self.rng.choice(("timeout", "503 SlowDown", "500 InternalError", "connection reset"))
+            self._fault(f"{kind} before {op}")
+            raise TransientError(f"lake {store.url}: {op} {key}: {kind} (simulated)")
+
+    def after_request(self, store: SimStore, op: str, key: str) -> None:
+        if not self.faults_on or op in ("get", "list"):
+            return
+        r = self.rng.random()
+        if r < self.p_crash:
+            self._fault(f"crash after {op}")
+            raise SimCrash(f"after {op} {key}")
+        if r < self.p_crash + self.p_lost_ack:
+            self._fault(f"lost acknowledgement of {op}")
+            raise TransientError(f"lake {store.url}: {op} {key}: read timeout (simulated)")
+
+    def listing(self, store: SimStore, keys: list[str]) -> list[str]:
+        if not (self.faults_on and self.in_pull and self.listing_chaos and len(keys) > 1):
+            return keys
+        if self.rng.random() < 0.5:
+            return keys
+        out = keys + self.rng.sample(keys, self.rng.randint(1, len(keys)))
+        self.rng.shuffle(out)
+        self._fault("listing reordered and repeated")
+        return out
+
+    # --- the history -----------------------------------------------------------------
+    def job(self) -> Any:
+        from deltaferry.config import load_job
+
+        path = self.root / "jobs.toml"
+        if not path.exists():
+            path.write_text(
+                JOBS_TOML.format(max_batch_rows=self.max_batch_rows, rows_per_file=self.rows_per_file)
+            )
+        return load_job(JOB, path)
+
+    def run(self, steps: int) -> Stats:
+        """Run the history: ``steps`` seeded actions, then a calm end that must converge."""
+        with _patched(self):
+            try:
+                for _ in range(steps):
+                    self.step_no += 1
+                    self.stats.steps += 1
+                    self.now += self.rng.randint(1, 120)
+                    self._action()
+                    self.check_lake()
+                self.converge()
+            except Violation as e:
+                self.stats.failures.append(f"seed {self.seed}: {e}")
+        return self.stats
+
+    def _action(self) -> None:
+        r = self.rng.random()
+        if r < 0.35:
+            n = self.source.mutate()
+            self.quiet = False
+            self.trace.append(f"{self.step_no}: source: {n} write(s)")
+        elif r < 0.70:
+            self.producer_run()
+        elif r < 0.90:
+            self.pull()
+        elif r < 0.94:
+            self.lose_tip()
+        elif r < 0.97:
+            self.wipe_home()
+        else:
+            self.wrong_lake_run()
+
+    # --- actions ---------------------------------------------------------------------
+    def producer_run(self, lake: SimStore | None = None) -> str:
+        """One run of the job, the flow's steps in order (``deltaferry/run.py:sync_steps``),
+        each retried on TransientError as the flow's tasks are. Returns ``ok``, ``crash``
+        or the error's class name; errors a run may meet are answered as the README's
+        table of errors tells an operator to."""
+        from deltaferry.context import job_lock
+        from deltaferry.run import open_run, recorded, sync_steps
+
+        self.stats.runs += 1
+        store = lake or self.lake
+        self.producer_lake = store
+        quiet = self.quiet and store is self.lake
+        before = dict(store.objects)
+        outcome = "ok"
+        job = self.job()
+        try:
+            with job_lock(job.name):
+                ctx = open_run(job)
+                steps = _Steps(ctx, self)
+                ctx.attempt = lambda: steps.attempt
+                ctx.max_attempts = 1 + RETRIES
+                with recorded(ctx) as summary:
+                    sync_steps(ctx, summary, steps)
+        except SimCrash as e:
+            outcome = "crash"
+            self.stats.crashes += 1
+            self.trace.append(f"{self.step_no}: producer run crashed {e}")
+        except DeltaferryError as e:
+            outcome = type(e).__name__
+            self._named(e, "producer run")
+            self.trace.append(f"{self.step_no}: producer run: {outcome}: {e}")
+        except Exception as e:  # noqa: BLE001 - what the invariant is about
+            self._fail(f"producer run raised an unexplained {type(e).__name__}: {e}")
+        finally:
+            self.producer_lake = self.lake
+            if outcome == "crash":  # what the dead process held goes with it
+                gc.collect()
+        if outcome == "ok":
+            self.trace.append(f"{self.step_no}: producer run ok")
+        if quiet and store.objects != before:
+            new = sorted(set(store.objects) - set(before))
+            self._fail(f"a run with nothing to do wrote {new[:5]}")
+        if store is self.lake:
+            self.check_lake()
+            if outcome == "ok":
+                self.check_published()
+                self.quiet = True
+                self.lost_tips.clear()  # every table agreed with the lake
+            else:
+                self.quiet = False
+                self.answer(outcome)
+        return outcome
+
+    def answer(self, outcome: str) -> None:
+        """What an operator does about a failed run (README, "Errors and what to do")."""
+        if outcome != "LakeMismatchError":
+            return
+        if not self.lost_tips:
+            self._fail("the producer found the lake disagreeing with its checkpoint, but the lake lost nothing")
+        from deltaferry.runbook import republish_lost, reset_table
+
+        job = self.job()
+        for t in job.tables:
+            if t.name not in self.lost_tips:
+                continue
+            try:
+                republish_lost(job, t, "simulated: the lake lost its newest manifest")
+                self.trace.append(f"{self.step_no}: operator: republished {t.name}")
+            except SimCrash:
+                self.stats.crashes += 1
+                return
+            except TransientError:
+                return
+            except DeltaferryError as e:  # cannot be rebuilt (the error names reset): reset
+                self._named(e, "republish")
+                self.trace.append(f"{self.step_no}: operator: cannot republish {t.name} ({e}); reset")
+                try:
+                    reset_table(job, t, "simulated: lost batches cannot be rebuilt")
+                except SimCrash:
+                    self.stats.crashes += 1
+                    return
+                except TransientError:
+                    return
+                self.rebuild_replica = True
+            self.lost_tips.discard(t.name)
+        self.check_lake()
+
+    rebuild_replica = False
+
+    def pull(self) -> str:
+        """One pull of the reader's replica (listings may come reordered and repeated)."""
+        from deltaferry.replica import pull
+
+        self.stats.pulls += 1
+        if self.rebuild_replica:  # the producer was reset past what the replica holds
+            self.replica.unlink(missing_ok=True)
+            self.rebuild_replica = False
+        outcome = "ok"
+        self.in_pull = True
+        try:
+            pull(self.job(), self.lake, self.replica)
+        except SimCrash as e:
+            outcome = "crash"
+            self.stats.crashes += 1
+            self.trace.append(f"{self.step_no}: pull crashed {e}")
+        except DeltaferryError as e:
+            outcome = type(e).__name__
+            self._named(e, "pull")
+            self.trace.append(f"{self.step_no}: pull: {outcome}: {e}")
+            if isinstance(e, VerificationError):
+                if not self.reader_behind:
+                    self._fail(f"pull stopped though the lake lost nothing: {e}")
+                if "new replica" in str(e):  # the lost batch was published anew: rebuild
+                    self.rebuild_replica = True
+                    self.trace.append(f"{self.step_no}: operator: the reader rebuilds its replica")
+        except Exception as e:  # noqa: BLE001
+            self._fail(f"pull raised an unexplained {type(e).__name__}: {e}")
+        finally:
+            self.in_pull = False
+            if outcome == "crash":
+                gc.collect()
+        if outcome == "ok":
+            self.trace.append(f"{self.step_no}: pull ok")
+            self.reader_behind.clear()
+        self.check_replica()
+        return outcome
+
+    def lose_tip(self) -> None:
+        tables = [t for t in SCHEMAS if self._head(t)[0] > 0]
+        if not tables:
+            return
+        t = self.rng.choice(tables)
+        n, _ = self._head(t)
+        key = _manifest_key(t, n)
+        del self.lake.objects[key]
+        self.lost_tips.add(t)
+        self.reader_behind.add(t)
+        self.quiet = False
+        self._fault("lake lost its newest manifest")
+        self.trace.append(f"{self.step_no}: the lake lost {key}")
+
+    def wipe_home(self) -> None:
+        gc.collect()
+        shutil.rmtree(self.root / "home", ignore_errors=True)
+        self.quiet = False
+        self._fault("local state lost")
+        self.trace.append(f"{self.step_no}: the producer's home was lost")
+
+    def wrong_lake_run(self) -> None:
+        if not self._checkpointed():
+            return  # a producer with no checkpoint adopts whatever lake it is given
+        self._fault("producer pointed at a different lake")
+        before = dict(self.other.objects)
+        outcome = self.producer_run(self.other)
+        self.trace.append(f"{self.step_no}: run against the wrong lake: {outcome}")
+        if self.other.objects != before:
+            self._fail(f"a producer pointed at a different lake wrote {sorted(set(self.other.objects) - set(before))[:5]}")
+        self.quiet = False
+
+    def _checkpointed(self) -> bool:
+        """Whether the producer's state holds a checkpoint past batch 0 (read directly)."""
+        path = self.root / "home" / JOB / "state.duckdb"
+        if not path.exists():
+            return False
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            row = con.execute("SELECT max(batch) FROM checkpoints").fetchone()
+        except duckdb.CatalogException:
+            return False
+        finally:
+            con.close()
+        return bool(row and row[0])
+
+    def converge(self) -> None:
+        """The calm end: no more faults. The producer must publish everything, the reader
+        must reach the lake's head and equal the source, and a second pull change nothing."""
+        self.faults_on = False
+        self.trace.append("calm")
+        for _ in range(3):
+            if self.producer_run() == "ok":
+                break
+        else:
+            self._fail("the producer did not recover once the faults stopped")
+        for _ in range(3):
+            if self.pull() == "ok":
+                break
+        else:
+            self._fail("the reader did not recover once the faults stopped")
+        snapshot = self._replica_rows()
+        if self.pull() != "ok" or self._replica_rows() != snapshot:
+            self._fail("pulling again changed the replica")
+        for t in SCHEMAS:
+            got = {k: v[0] for k, v in snapshot.get(t, {}).items()}
+            want = self.source.live(t)
+            if got != want:
+                self._fail(f"table {t}: the replica differs from the source: {_diff(got, want)}")
+
+    # --- invariants ------------------------------------------------------------------
+    def _fail(self, what: str) -> None:
+        tail = "\n".join(self.trace[-40:])
+        raise Violation(
+            f"{what}\n(step {self.step_no}; replay: DELTAFERRY_SIM_SEED_BASE={self.seed} "
+            f"DELTAFERRY_SIM_SEEDS=1 pytest -m simulation tests/test_simulation.py)\nlast steps:\n{tail}"
+        )
+
+    def _named(self, e: BaseException, what: str) -> None:
+        self.stats.errors[f"{what}: {type(e).__name__}"] += 1
+        text = str(e)
+        if "\n" in text.strip() or JOB not in text:
+            self._fail(f"{what} failed without a one-line error naming the job: {type(e).__name__}: {text!r}")
+
+    def _head(self, table: str) -> tuple[int, str | None]:
+        prefix = f"{JOB}/{table}/manifests/"
+        nums = sorted(int(k[len(prefix) : -5]) for k in self.lake.objects if k.startswith(prefix))
+        return (nums[-1], prefix) if nums else (0, None)
+
+    def check_lake(self) -> None:
+        """Chains unbroken; one manifest a batch; no object replaced; every file a manifest
+        names is there with its sha256; no upsert of the same write in two batches."""
+        self.stats.checks += 1
+        if self.lake.replaced:
+            manifests = [k for k in self.lake.replaced if "/manifests/" in k]
+            if manifests:
+                self._fail(f"a manifest was overwritten: {manifests}")
+        for k, v in self.lake.objects.items():
+            self.objects_ever.setdefault(k, v)
+            if "/manifests/" in k:
+                self.archive[_sha(v)] = v
+        for t in SCHEMAS:
+            chain = self._chain(self.lake, t)
+            seen: dict[tuple, int] = {}
+            for n, body in chain:
+                m = json.loads(body)
+                for f in m["files"]:
+                    data = self.lake.objects.get(f["key"])
+                    if data is None or _sha(data) != f["sha256"]:
+                        self._fail(f"table {t} batch {n}: data object {f['key']} missing or not its sha256")
+                for key, rev, op in self._changes(body):
+                    if op == "upsert":
+                        if (key, rev) in seen:
+                            self._fail(f"table {t}: write rev {rev} of key {key} published twice (batches {seen[key, rev]} and {n})")
+                        seen[key, rev] = n
+
+    def _chain(self, store: SimStore, table: str) -> list[tuple[int, bytes]]:
+        prefix = f"{JOB}/{table}/manifests/"
+        nums = sorted(int(k[len(prefix) : -5]) for k in store.objects if k.startswith(prefix))
+        if nums and nums != list(range(1, len(nums) + 1)):
+            self._fail(f"table {table}: the chain's batches are {nums}, not 1..{len(nums)}")
+        out = []
+        prev = None
+        for n in nums:
+            body = store.objects[_manifest_key(table, n)]
+            m = json.loads(body)
+            if m["batch"] != n or m["prev_sha256"] != prev:
+                self._fail(f"table {table} batch {n}: the chain is broken (prev_sha256 {m['prev_sha256']}, want {prev})")
+            prev = _sha(body)
+            out.append((n, body))
+        return out
+
+    _changes_cache: dict[str, list[tuple[tuple, int, str]]]
+
+    def _changes(self, body: bytes) -> list[tuple[tuple, int, str]]:
+        """A manifest's rows as (key, rev, op), in ``_seq`` order, read from its objects."""
+        cache = self.__dict__.setdefault("_changes_cache", {})
+        digest = _sha(body)
+        if digest in cache:
+            return cache[digest]
+        m = json.loads(body)
+        key_cols = SCHEMAS[m["table"]]["key"]
+        rows = []
+        for f in m["files"]:
+            data = self.objects_ever.get(f["key"])
+            if data is None:
+                self._fail(f"the oracle never saw data object {f['key']}")
+            rows += pq.read_table(io.BytesIO(data)).to_pylist()
+        rows.sort(key=lambda r: r["_seq"])
+        out = [(tuple(r[c] for c in key_cols), r.get("rev"), r["_op"]) for r in rows]
+        cache[digest] = out
+        return out
+
+    def _fold(self, bodies: list[bytes]) -> dict[tuple, int]:
+        live: dict[tuple, int] = {}
+        for body in bodies:
+            for key, rev, op in self._changes(body):
+                if op == "upsert":
+                    live[key] = rev
+                else:
+                    live.pop(key, None)
+        return live
+
+    def check_published(self) -> None:
+        """After a run that ended ok: the lake holds the source, no more and no less."""
+        self.stats.checks += 1
+        for t in SCHEMAS:
+            got = self._fold([b for _, b in self._chain(self.lake, t)])
+            want = self.source.live(t)
+            if got != want:
+                self._fail(f"table {t}: after an ok run the lake differs from the source: {_diff(got, want)}")
+
+    def _replica_rows(self) -> dict[str, dict[tuple, tuple]]:
+        if not self.replica.exists():
+            return {}
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            out: dict[str, dict[tuple, tuple]] = {}
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            for t, spec in SCHEMAS.items():
+                if t not in tables:
+                    continue
+                key = spec["key"]
+                cols = [c for c in spec["columns"] if c not in key]
+                sel = ", ".join(f'"{c}"' for c in (*key, *cols))
+                out[t] = {
+                    tuple(r[: len(key)]): tuple(r[len(key) :][cols.index("rev") :])
+                    for r in con.execute(f'SELECT {sel} FROM "{t}"').fetchall()
+                }
+            return out
+        finally:
+            con.close()
+
+    def _replica_batches(self) -> dict[str, list[str]]:
+        if not self.replica.exists():
+            return {}
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            try:
+                rows = con.execute(
+                    "SELECT tbl, batch, manifest_sha256 FROM _deltaferry_batches ORDER BY tbl, batch"
+                ).fetchall()
+            except duckdb.CatalogException:
+                return {}
+        finally:
+            con.close()
+        out: dict[str, list[str]] = {}
+        for tbl, batch, digest in rows:
+            shas = out.setdefault(tbl, [])
+            if batch != len(shas) + 1:
+                self._fail(f"table {tbl}: the replica applied batch {batch} after {len(shas)}")
+            shas.append(digest)
+        return out
+
+    def check_replica(self) -> None:
+        """The replica equals the lake folded up to the batch it applied, whatever stopped
+        the pull."""
+        self.stats.checks += 1
+        applied = self._replica_batches()
+        rows = self._replica_rows()
+        for t in SCHEMAS:
+            shas = applied.get(t, [])
+            bodies = []
+            for digest in shas:
+                if digest not in self.archive:
+                    self._fail(f"table {t}: the replica applied a manifest the lake never held ({digest[:16]})")
+                bodies.append(self.archive[digest])
+            want = self._fold(bodies)
+            got = {k: v[0] for k, v in rows.get(t, {}).items()}
+            if got != want:
+                self._fail(
+                    f"table {t}: the replica at batch {len(shas)} differs from the lake folded to it: {_diff(got, want)}"
+                )
+
+
+class _Steps:
+    """``deltaferry/run.py:Steps`` for the world: the flow's task bodies as plain calls,
+    each retried on TransientError (up to 1 + RETRIES attempts) as the flow retries them."""
+
+    def __init__(self, ctx: Any, world: World) -> None:
+        self.ctx = ctx
+        self.world = world
+        self.attempt = 1
+
+    def _retried(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(1, RETRIES + 2):
+            self.attempt = attempt
+            try:
+                return fn()
+            except TransientError:
+                if attempt > RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def agree(self) -> None:
+        from deltaferry.agreement import agree_every_table
+
+        self._retried(lambda: agree_every_table(self.ctx))
+
+    def recover(self, t: Any) -> str | None:
+        from deltaferry.commit import recover_table
+
+        return self._retried(lambda: self.ctx.step("recover", lambda: recover_table(self.ctx, t), table=t.name))
+
+    def recovered(self, t: Any, done: str | None, batch: int | None) -> None:
+        pass
+
+    def extract(self) -> Any:
+        from deltaferry.extract import run_extract
+
+        return self._retried(lambda: run_extract(self.ctx))
+
+    def plan(self, t: Any) -> Any:
+        from deltaferry.run import plan_logged
+
+        self.attempt = 1
+        return plan_logged(self.ctx, t)
+
+    def upload(self, plan: Any, delta: Any) -> int:
+        from deltaferry.commit import upload_parts
+
+        ctx = self.ctx
+        return self._retried(
+            lambda: ctx.step("upload", lambda: upload_parts(ctx, plan, delta), table=plan.table, batch=plan.batch)
+        )
+
+    def manifest(self, plan: Any) -> str:
+        from deltaferry.commit import put_manifest
+
+        ctx = self.ctx
+        return self._retried(
+            lambda: ctx.step("manifest", lambda: put_manifest(ctx, plan), table=plan.table, batch=plan.batch)
+        )
+
+    def checkpoint(self, plan: Any) -> None:
+        from deltaferry.commit import commit
+
+        self.attempt = 1
+        self.ctx.step("checkpoint", lambda: commit(self.ctx, plan), table=plan.table, batch=plan.batch)
+
+    def published(self, plan: Any, delta: Any, sent: int) -> None:
+        pass
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_key(table: str, n: int) -> str:
+    return f"{JOB}/{table}/manifests/{n:012d}.json"
+
+
+def _diff(got: dict, want: dict) -> str:
+    missing = sorted((k for k in want if k not in got), key=repr)[:5]
+    extra = sorted((k for k in got if k not in want), key=repr)[:5]
+    stale = sorted((k for k in want if k in got and got[k] != want[k]), key=repr)[:5]
+    return (
+        f"missing {missing}, extra (resurrected or never there) {extra}, "
+        f"stale {[(k, got[k], want[k]) for k in stale]}"
+    )
