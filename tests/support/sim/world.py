@@ -344,10 +344,12 @@ class World:
             self.pull()
         elif r < 0.94:
             self.lose_tip()
-        elif r < 0.97:
+        elif r < 0.96:
             self.wipe_home()
-        else:
+        elif r < 0.98:
             self.wrong_lake_run()
+        else:
+            self.second_runner()
 
     # --- actions ---------------------------------------------------------------------
     def producer_run(self, lake: SimStore | None = None) -> str:
@@ -522,6 +524,19 @@ class World:
         finally:
             con.close()
         return bool(row and row[0])
+
+    def second_runner(self) -> None:
+        """A second runner of the job starts while another holds it (the same home): it
+        must stop at once with a one-line error naming the holder, writing nothing."""
+        from deltaferry.context import job_lock
+
+        self._fault("second runner of the job")
+        before = dict(self.lake.objects)
+        with job_lock(JOB):
+            outcome = self.producer_run()
+        if outcome != "JobBusyError" or self.lake.objects != before:
+            self._fail(f"a second runner of the job was not stopped by the first's lock: {outcome}")
+        self.quiet = False
 
     def converge(self) -> None:
         """The calm end: no more faults. The producer must publish everything, the reader
