@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from deltaferry.failpoints import BUGS, bugs_on
-from tests.support.sim.world import Stats, World
+from tests.support.sim.world import JOB, Stats, World
 
 pytestmark = [pytest.mark.simulation, pytest.mark.slow]
 
@@ -84,11 +84,14 @@ def test_the_simulator_catches_each_protocol_bug(bug: str, capsys: pytest.Captur
         for n, seed in enumerate(range(SEED_BASE, SEED_BASE + TEETH_BOUND), start=1):
             world = history(seed)
             if world.stats.failures:
-                with capsys.disabled():
-                    first = world.stats.failures[0].splitlines()[0]
-                    print(f"\nbug {bug}: caught by seed {seed} after {n} seed(s): {first}")
-                return
-    pytest.fail(f"bug {bug} was not caught in {TEETH_BOUND} seeds")
+                break
+        else:
+            pytest.fail(f"bug {bug} was not caught in {TEETH_BOUND} seeds")
+    first = world.stats.failures[0].splitlines()[0]
+    with capsys.disabled():
+        print(f"\nbug {bug}: caught by seed {seed} after {n} seed(s): {first}")
+    # it was the bug that failed the seed, nothing else
+    assert not history(seed).stats.failures, f"seed {seed} fails without bug {bug} too"
 
 
 # seeds that found bugs (fixed since): each replays its history; the bug is also pinned by
@@ -144,7 +147,7 @@ def test_a_failed_plan_lets_go_of_staging(tmp_path: Path) -> None:
             kept.append(e)
         world.lake.children = original  # type: ignore[method-assign]
         assert kept and "timeout" in str(kept[0])
-        staging = tmp_path / "home" / "sim" / "staging.duckdb"
+        staging = tmp_path / "home" / JOB / "staging.duckdb"
         opened: list[bool] = []
 
         def connect() -> None:

@@ -125,12 +125,16 @@ class Source:
                 rows[key] = {"a": key[0], "b": key[1], "val": rng.randint(-5, 5), "rev": self.rev, "updated_at": stamp}
         return n
 
-    def live(self, table: str) -> dict[tuple, int]:
-        """The rows a replica must hold: ``{key: rev}`` of the live rows."""
+    def live(self, table: str) -> dict[tuple, tuple]:
+        """The rows a replica must hold: ``{key: row_values}`` of the live rows."""
+        from tests.support.sim.world import row_values
+
         rows = self.rows[table]
-        if table == "items":
-            return {k: r["rev"] for k, r in rows.items() if r["deleted_at"] is None}
-        return {k: r["rev"] for k, r in rows.items()}
+        return {
+            k: row_values(table, r)
+            for k, r in rows.items()
+            if table == "tags" or r["deleted_at"] is None
+        }
 
 
 def _create(con: duckdb.DuckDBPyConnection, table: str) -> None:
