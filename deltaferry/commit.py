@@ -22,7 +22,7 @@ from deltaferry.context import SyncContext
 from deltaferry.delta import Delta, build_delta
 from deltaferry.dual import dual_copy
 from deltaferry.errors import ConflictError, TerminalError, TransientError
-from deltaferry.failpoints import failpoint
+from deltaferry.failpoints import bug, failpoint
 from deltaferry.negotiate import contract_version, migration_of
 from deltaferry.settings import from_env
 from deltaferry.staged import DriftPlan, staged_changes
@@ -70,7 +70,11 @@ def planned_manifest(ctx: SyncContext, plan: Plan) -> Manifest:
 def put_manifest(ctx: SyncContext, plan: Plan) -> str:
     """Write the manifest create-only. A 412 with our own bytes already there is a lost ack: success."""
     key = manifest_key(ctx.job.name, plan.table, plan.batch, ctx.job.chain)
-    created = ctx.lake.put_if_absent(key, plan.manifest)
+    if bug("overwrite_manifest"):  # the simulator's teeth (failpoints.BUGS)
+        ctx.lake.put(key, plan.manifest)
+        created = True
+    else:
+        created = ctx.lake.put_if_absent(key, plan.manifest)
     failpoint("after_manifest")
     if created:
         return "created"

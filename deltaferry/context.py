@@ -19,6 +19,7 @@ from typing import TypeVar
 from contracts import Chain, Contract, load_chain, load_contract
 from deltaferry.config import JobConfig, job_home
 from deltaferry.errors import JobBusyError, TransientError
+from deltaferry.failpoints import killed
 from deltaferry.keys import Keyring
 from deltaferry.negotiate import source_version
 from deltaferry.state import StateStore, hold, state_path
@@ -74,6 +75,8 @@ class SyncContext:
         try:
             result = fn()
         except BaseException as e:
+            if killed(e):  # the simulator's SIGKILL: a killed step leaves no line
+                raise
             cause = f"{type(e).__name__}: {e}"
             if not isinstance(e, TransientError):
                 outcome = "failed"

@@ -45,6 +45,8 @@ BUGS = {
     "trust_listing_order",
     # split cuts: the cut's loads count as published when its first range commits
     "commit_open_cut_early",
+    # the manifest is written with a plain put (a racing writer's manifest is replaced)
+    "overwrite_manifest",
 }
 _bugs: set[str] = set()
 _hook: Callable[[str], None] | None = None
@@ -64,6 +66,19 @@ class FailpointSettings(EnvSettings):
 
 class FailpointHit(RuntimeError):
     """Raised by a failpoint whose action is ``raise``."""
+
+
+class SimulatedCrash(BaseException):
+    """The simulator's stand-in for SIGKILL (raised only by its hook, never in production).
+    Code that writes state on its way out of an error (a run's row finished ``failed``,
+    the operations log's failed step, a reader's record in the lake) lets it pass without
+    writing, as a killed process would: :func:`killed`."""
+
+
+def killed(e: BaseException) -> bool:
+    """Whether ``e`` stands for the process being killed here (nothing may be written on
+    the way out)."""
+    return isinstance(e, SimulatedCrash)
 
 
 def set_hook(hook: Callable[[str], None] | None) -> None:

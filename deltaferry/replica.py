@@ -19,7 +19,7 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_one
 from deltaferry.errors import DeltaferryError, TerminalError
-from deltaferry.failpoints import bug, failpoint
+from deltaferry.failpoints import bug, failpoint, killed
 from deltaferry.held import HELD_META, record_held
 from deltaferry.keys import Keyring
 from deltaferry.reader_contract import hold_reader_contract, reread_held
@@ -156,6 +156,10 @@ def pull(
                         result.chains = at
                     else:
                         result.last_batch = at or 0
+            except BaseException as e:  # noqa: BLE001 - re-raised
+                if killed(e):  # the simulator's SIGKILL: no record on the way out
+                    consumer = None
+                raise
             finally:  # what was applied is recorded, also when a batch stopped the pull
                 if consumer is not None:
                     position, partial = _position(con, job.name, t.name, job.multi_producer)

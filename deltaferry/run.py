@@ -27,7 +27,7 @@ from deltaferry.context import SyncContext, open_context
 from deltaferry.delta import Delta
 from deltaferry.errors import ContractViolation, TransientError
 from deltaferry.extract import ExtractResult
-from deltaferry.failpoints import bug
+from deltaferry.failpoints import bug, killed
 from deltaferry.plan import plan_negotiated
 from deltaferry.state import hold, state_path
 
@@ -218,6 +218,8 @@ def recorded(ctx: SyncContext) -> Iterator[RunSummary]:
     try:
         yield summary
     except BaseException as e:
+        if killed(e):  # the simulator's SIGKILL: the row stays unfinished, as after a kill
+            raise
         summary.drift = dict(ctx.drift)
         summary.error = e
         ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])

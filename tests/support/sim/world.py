@@ -43,8 +43,9 @@ def current() -> World:
     return _current
 
 
-class SimCrash(BaseException):
-    """The simulated process died here (a BaseException: nothing catches it but the world)."""
+class SimCrash(failpoints.SimulatedCrash):
+    """The simulated process died here: nothing catches it but the world, and deltaferry's
+    handlers that write on their way out of an error let it pass (``failpoints.killed``)."""
 
 
 class Violation(AssertionError):
@@ -278,11 +279,13 @@ class World:
 
     def fault_point(self, name: str) -> None:
         """A failpoint (or a point of the modelled source): the process may die here."""
+        self._switch()
         if self.faults_on and self.rng.random() < self.p_crash_point:
             self._fault(f"crash at {name}")
             raise SimCrash(name)
 
     def before_request(self, store: SimStore, op: str, key: str) -> None:
+        self._switch()
         if not self.faults_on:
             return
         r = self.rng.random()
@@ -343,22 +346,24 @@ class World:
 
     def _action(self) -> None:
         r = self.rng.random()
-        if r < 0.35:
+        if r < 0.33:
             n = self.source.mutate()
             self.quiet = False
             self.trace.append(f"{self.step_no}: source: {n} write(s)")
-        elif r < 0.70:
+        elif r < 0.64:
             self.producer_run()
-        elif r < 0.90:
+        elif r < 0.84:
             self.pull()
-        elif r < 0.94:
+        elif r < 0.89:
             self.lose_tip()
-        elif r < 0.96:
+        elif r < 0.93:
             self.wipe_home()
-        elif r < 0.98:
+        elif r < 0.96:
             self.wrong_lake_run()
-        else:
+        elif r < 0.97:
             self.second_runner()
+        else:
+            self.race()
 
     # --- actions ---------------------------------------------------------------------
     def producer_run(self, lake: SimStore | None = None) -> str:
@@ -366,14 +371,36 @@ class World:
         each retried on TransientError as the flow's tasks are. Returns ``ok``, ``crash``
         or the error's class name; errors a run may meet are answered as the README's
         table of errors tells an operator to."""
-        from deltaferry.context import job_lock
-        from deltaferry.run import open_run, recorded, sync_steps
 
-        self.stats.runs += 1
         store = lake or self.lake
         self.producer_lake = store
         quiet = self.quiet and store is self.lake
         before = dict(store.objects)
+        try:
+            outcome = self._run_once("producer run")
+        finally:
+            self.producer_lake = self.lake
+        if quiet and store.objects != before:
+            new = sorted(set(store.objects) - set(before))
+            self._fail(f"a run with nothing to do wrote {new[:5]}")
+        if store is self.lake:
+            self.check_lake()
+            if outcome == "ok":
+                self.check_published()
+                self.quiet = True
+                self.lost_tips.clear()  # every table agreed with the lake
+                self.raced = False
+            else:
+                self.quiet = False
+                self.answer(outcome)
+        return outcome
+
+    def _run_once(self, who: str) -> str:
+        """The run itself: ``ok``, ``crash`` or the error's class name."""
+        from deltaferry.context import job_lock
+        from deltaferry.run import open_run, recorded, sync_steps
+
+        self.stats.runs += 1
         outcome = "ok"
         job = self.job()
         try:
@@ -387,46 +414,52 @@ class World:
         except SimCrash as e:
             outcome = "crash"
             self.stats.crashes += 1
-            self.trace.append(f"{self.step_no}: producer run crashed {e}")
+            self.trace.append(f"{self.step_no}: {who} crashed {e}")
         except DeltaferryError as e:
             outcome = type(e).__name__
             self.last_error = str(e)
-            self._named(e, "producer run")
-            self.trace.append(f"{self.step_no}: producer run: {outcome}: {e}")
+            self._named(e, who)
+            self.trace.append(f"{self.step_no}: {who}: {outcome}: {e}")
         except Exception as e:  # noqa: BLE001 - what the invariant is about
-            self._fail(f"producer run raised an unexplained {type(e).__name__}: {e}")
+            self._fail(f"{who} raised an unexplained {type(e).__name__}: {e}")
         finally:
-            self.producer_lake = self.lake
             if outcome == "crash":  # what the dead process held goes with it
                 gc.collect()
         if outcome == "ok":
-            self.trace.append(f"{self.step_no}: producer run ok")
-        if quiet and store.objects != before:
-            new = sorted(set(store.objects) - set(before))
-            self._fail(f"a run with nothing to do wrote {new[:5]}")
-        if store is self.lake:
-            self.check_lake()
-            if outcome == "ok":
-                self.check_published()
-                self.quiet = True
-                self.lost_tips.clear()  # every table agreed with the lake
-            else:
-                self.quiet = False
-                self.answer(outcome)
+            self.trace.append(f"{self.step_no}: {who} ok")
         return outcome
 
     def answer(self, outcome: str) -> None:
         """What an operator does about a failed run (README, "Errors and what to do")."""
+        from deltaferry.runbook import republish_lost, reset_table
+
+        expected = {"crash", "TransientError", "JobBusyError", "LakeMismatchError"}
+        if self.raced:  # a manifest the zombie stored at this producer's planned batch
+            expected.add("ConflictError")
+        if outcome not in expected:
+            self._fail(f"a producer run failed with {outcome}, which no injected fault explains: {self.last_error}")
         if outcome != "LakeMismatchError":
             return
         named = set(re.findall(r"table '(\w+)'", self.last_error))
+        if self.raced and "is ahead of this producer" in self.last_error:
+            # README: another host published; stop it (the race is over), reset, run again
+            job = self.job()
+            for t in job.tables:
+                if t.name in named:
+                    try:
+                        reset_table(job, t, "simulated: a restored home published meanwhile")
+                    except SimCrash:
+                        self.stats.crashes += 1
+                        return
+                    except TransientError:
+                        return
+                    self.trace.append(f"{self.step_no}: operator: reset {t.name} after the race")
+            return
         if not self.lost_tips or not named <= self.lost_tips:
             self._fail(
                 f"the producer found the lake disagreeing with its checkpoint for {sorted(named)}, "
                 f"but the lake lost nothing there (lost: {sorted(self.lost_tips)})"
             )
-        from deltaferry.runbook import republish_lost, reset_table
-
         job = self.job()
         for t in job.tables:
             if t.name not in self.lost_tips:
@@ -455,6 +488,8 @@ class World:
 
     rebuild_replica = False
     last_error = ""
+    raced = False  # a zombie runner published since the producer last agreed with the lake
+    _race: _Race | None = None
 
     def pull(self) -> str:
         """One pull of the reader's replica (listings may come reordered and repeated)."""
@@ -475,6 +510,8 @@ class World:
         except DeltaferryError as e:
             outcome = type(e).__name__
             self._named(e, "pull")
+            if not isinstance(e, (TransientError, VerificationError)):
+                self._fail(f"pull failed with {outcome}, which no injected fault explains: {e}")
             self.trace.append(f"{self.step_no}: pull: {outcome}: {e}")
             if isinstance(e, VerificationError):
                 named = set(re.findall(r"table '(\w+)'", str(e)))
@@ -540,6 +577,75 @@ class World:
         finally:
             con.close()
         return bool(row and row[0])
+
+    def race(self) -> None:
+        """A zombie runner: the producer's home restored on a second host (a copy of it
+        now), both running the job at once against the lake, their requests interleaved
+        in an order the seed draws. Create-only manifests must let at most one of them
+        publish each batch; the other stops with a named error; the lake stays whole."""
+        home = self.root / "home"
+        if not home.exists():
+            return
+        zombie = self.root / "zombie"
+        shutil.rmtree(zombie, ignore_errors=True)
+        shutil.copytree(home, zombie)
+        self._fault("zombie runner from a restored home")
+        outcomes = self._interleave({"producer run": home, "zombie run": zombie})
+        shutil.rmtree(zombie, ignore_errors=True)
+        os.environ["DELTAFERRY_HOME"] = str(home)
+        self.trace.append(f"{self.step_no}: race: {outcomes}")
+        self.quiet = False
+        self.raced = True
+        self.check_lake()
+        if "ok" in outcomes.values():  # one of them published everything the source has
+            self.check_published()
+
+    def _interleave(self, homes: dict[str, Path]) -> dict[str, str]:
+        """Run the job once per home, each in a thread of its own; only one thread runs at a
+        time, and at each request or failpoint the running one hands over to a runner the
+        seed picks (``_switch``)."""
+        import threading
+
+        race = _Race(homes)
+        self._race = race
+
+        def body(name: str) -> None:
+            race.go[name].acquire()
+            race.local.name = name
+            os.environ["DELTAFERRY_HOME"] = str(homes[name])
+            try:
+                race.outcomes[name] = self._run_once(name)
+            except BaseException as e:  # noqa: BLE001 - raised again in the world's thread
+                race.errors.append(e)
+            finally:
+                race.done.add(name)
+                race.parked.release()
+
+        threads = [threading.Thread(target=body, args=(n,), daemon=True) for n in race.names]
+        for th in threads:
+            th.start()
+        try:
+            while len(race.done) < len(race.names):
+                name = self.rng.choice([n for n in race.names if n not in race.done])
+                race.go[name].release()
+                race.parked.acquire()
+        finally:
+            self._race = None
+        for th in threads:
+            th.join()
+        if race.errors:
+            raise race.errors[0]
+        return race.outcomes
+
+    def _switch(self) -> None:
+        """Inside a race: the running runner stops here until the seed picks it again."""
+        race = self._race
+        name = getattr(race.local, "name", None) if race is not None else None
+        if race is None or name is None:
+            return
+        race.parked.release()
+        race.go[name].acquire()
+        os.environ["DELTAFERRY_HOME"] = str(race.homes[name])
 
     def second_runner(self) -> None:
         """A second runner of the job starts while another holds it (the same home): it
@@ -849,3 +955,19 @@ def row_values(table: str, row: dict[str, Any]) -> tuple:
             v = round(v.timestamp() * 1_000_000)
         out.append(v)
     return tuple(out)
+
+
+class _Race:
+    """Two runners of one job at once (``World.race``): whose turn it is."""
+
+    def __init__(self, homes: dict[str, Path]) -> None:
+        import threading
+
+        self.homes = homes
+        self.names = sorted(homes)
+        self.go = {n: threading.Semaphore(0) for n in self.names}
+        self.parked = threading.Semaphore(0)
+        self.local = threading.local()
+        self.outcomes: dict[str, str] = {}
+        self.errors: list[BaseException] = []
+        self.done: set[str] = set()
