@@ -248,6 +248,10 @@ class World:
         self.reader_behind: set[str] = set()
         self.quiet = False  # nothing changed since the last run that ended ok
         self.replica = root / "replica.duckdb"
+        # half the readers keep their record in the lake (consumers/), which producers read
+        self.consumer = "sim-reader" if rng.random() < 0.5 else None
+        # the lake as the last ok run left it: a stale copy a producer may be pointed at
+        self.snapshot: dict[str, bytes] = {}
 
     # --- the world's clock and ids -------------------------------------------------
     def clock(self) -> Any:
@@ -350,15 +354,15 @@ class World:
             n = self.source.mutate()
             self.quiet = False
             self.trace.append(f"{self.step_no}: source: {n} write(s)")
-        elif r < 0.64:
+        elif r < 0.63:
             self.producer_run()
-        elif r < 0.84:
+        elif r < 0.83:
             self.pull()
-        elif r < 0.89:
+        elif r < 0.88:
             self.lose_tip()
-        elif r < 0.93:
+        elif r < 0.92:
             self.wipe_home()
-        elif r < 0.96:
+        elif r < 0.95:
             self.wrong_lake_run()
         elif r < 0.97:
             self.second_runner()
@@ -387,6 +391,7 @@ class World:
             self.check_lake()
             if outcome == "ok":
                 self.check_published()
+                self.snapshot = dict(self.lake.objects)
                 self.quiet = True
                 self.lost_tips.clear()  # every table agreed with the lake
                 self.raced = False
@@ -502,7 +507,7 @@ class World:
         outcome = "ok"
         self.in_pull = True
         try:
-            pull(self.job(), self.lake, self.replica)
+            pull(self.job(), self.lake, self.replica, consumer=self.consumer)
         except SimCrash as e:
             outcome = "crash"
             self.stats.crashes += 1
@@ -510,10 +515,11 @@ class World:
         except DeltaferryError as e:
             outcome = type(e).__name__
             self._named(e, "pull")
-            if not isinstance(e, (TransientError, VerificationError)):
+            parts = getattr(e, "failures", None) or [e]  # PullFailed: each table's error
+            if not all(isinstance(x, (TransientError, VerificationError)) for x in parts):
                 self._fail(f"pull failed with {outcome}, which no injected fault explains: {e}")
             self.trace.append(f"{self.step_no}: pull: {outcome}: {e}")
-            if isinstance(e, VerificationError):
+            if any(isinstance(x, VerificationError) for x in parts):
                 named = set(re.findall(r"table '(\w+)'", str(e)))
                 if not self.reader_behind or not named <= self.reader_behind:
                     self._fail(f"pull stopped though the lake lost nothing there: {e}")
@@ -556,13 +562,41 @@ class World:
     def wrong_lake_run(self) -> None:
         if not self._checkpointed():
             return  # a producer with no checkpoint adopts whatever lake it is given
-        self._fault("producer pointed at a different lake")
+        if self._behind_checkpoint(self.snapshot) and self.rng.random() < 0.5:
+            self.other.objects = dict(self.snapshot)  # an older copy of this very lake
+            self._fault("producer pointed at a stale copy of its lake")
+        else:
+            self.other.objects = {}
+            self._fault("producer pointed at a different lake")
         before = dict(self.other.objects)
         outcome = self.producer_run(self.other)
         self.trace.append(f"{self.step_no}: run against the wrong lake: {outcome}")
         if self.other.objects != before:
             self._fail(f"a producer pointed at a different lake wrote {sorted(set(self.other.objects) - set(before))[:5]}")
+        if outcome not in ("LakeMismatchError", "crash", "TransientError"):
+            self._fail(f"a producer pointed at a different lake did not stop on the lake-head check: {outcome}")
         self.quiet = False
+
+    def _behind_checkpoint(self, objects: dict[str, bytes]) -> bool:
+        """Whether a lake holding ``objects`` disagrees with the producer's checkpoint for
+        some table (its manifest at the checkpoint missing or other bytes): only such a
+        lake must stop the producer; one that ends at its checkpoint is, to it, its lake."""
+        path = self.root / "home" / JOB / "state.duckdb"
+        if not path.exists():
+            return False
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            rows = con.execute("SELECT tbl, batch, manifest_sha256 FROM checkpoints").fetchall()
+        except duckdb.CatalogException:
+            return False
+        finally:
+            con.close()
+        for table, batch, digest in rows:
+            if batch:
+                body = objects.get(_manifest_key(table, batch))
+                if body is None or _sha(body) != digest:
+                    return True
+        return False
 
     def _checkpointed(self) -> bool:
         """Whether the producer's state holds a checkpoint past batch 0 (read directly)."""
@@ -708,10 +742,12 @@ class World:
         """Chains unbroken; one manifest a batch; no object replaced; every file a manifest
         names is there with its sha256; no upsert of the same write in two batches."""
         self.stats.checks += 1
-        if self.lake.replaced:
-            manifests = [k for k in self.lake.replaced if "/manifests/" in k]
-            if manifests:
-                self._fail(f"a manifest was overwritten: {manifests}")
+        if self.lake.replaced:  # a reader's record (consumers/) is the one mutable object
+            replaced = [k for k in self.lake.replaced if "/consumers/" not in k]
+            if any("/manifests/" in k for k in replaced):
+                self._fail(f"a manifest was overwritten: {replaced}")
+            if replaced:
+                self._fail(f"an immutable object was replaced with other bytes: {replaced}")
         for k, v in self.lake.objects.items():
             self.objects_ever.setdefault(k, v)
             if "/manifests/" in k:
