@@ -577,21 +577,24 @@ class World:
             self._fail(f"a producer pointed at a different lake did not stop on the lake-head check: {outcome}")
         self.quiet = False
 
+    def _checkpoints(self) -> list[tuple[str, int, str | None]]:
+        """The producer's checkpoints (table, batch, manifest sha256), read directly."""
+        path = self.root / "home" / JOB / "state.duckdb"
+        if not path.exists():
+            return []
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return con.execute("SELECT tbl, batch, manifest_sha256 FROM checkpoints").fetchall()
+        except duckdb.CatalogException:
+            return []
+        finally:
+            con.close()
+
     def _behind_checkpoint(self, objects: dict[str, bytes]) -> bool:
         """Whether a lake holding ``objects`` disagrees with the producer's checkpoint for
         some table (its manifest at the checkpoint missing or other bytes): only such a
         lake must stop the producer; one that ends at its checkpoint is, to it, its lake."""
-        path = self.root / "home" / JOB / "state.duckdb"
-        if not path.exists():
-            return False
-        con = duckdb.connect(str(path), read_only=True)
-        try:
-            rows = con.execute("SELECT tbl, batch, manifest_sha256 FROM checkpoints").fetchall()
-        except duckdb.CatalogException:
-            return False
-        finally:
-            con.close()
-        for table, batch, digest in rows:
+        for table, batch, digest in self._checkpoints():
             if batch:
                 body = objects.get(_manifest_key(table, batch))
                 if body is None or _sha(body) != digest:
@@ -599,18 +602,8 @@ class World:
         return False
 
     def _checkpointed(self) -> bool:
-        """Whether the producer's state holds a checkpoint past batch 0 (read directly)."""
-        path = self.root / "home" / JOB / "state.duckdb"
-        if not path.exists():
-            return False
-        con = duckdb.connect(str(path), read_only=True)
-        try:
-            row = con.execute("SELECT max(batch) FROM checkpoints").fetchone()
-        except duckdb.CatalogException:
-            return False
-        finally:
-            con.close()
-        return bool(row and row[0])
+        """Whether the producer's state holds a checkpoint past batch 0."""
+        return any(batch for _, batch, _ in self._checkpoints())
 
     def race(self) -> None:
         """A zombie runner: the producer's home restored on a second host (a copy of it
