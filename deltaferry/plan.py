@@ -71,10 +71,6 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
     """``plan_table`` for one range of keys: the plan (or None) and whether the cut goes on
     after the range, or loads staged after it wait (only asked when there is no plan)."""
     ckpt = ctx.state.checkpoint(t.name)
-    # a split cut going on: when its last range publishes nothing, newer loads may wait,
-    # and are cut in this run (found by the simulator: a run said "no change" with
-    # staged changes waiting, published only by the next run)
-    resumed = ctx.state.open_cut(t.name) is not None
     with staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids and not ctx.released.get(t.name):
             return None, False
@@ -136,7 +132,11 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             delta.touched if delta else set(),
             delta.keys if delta else KeyRange(),
         )
-        return None, resumed or (delta is not None and delta.keys.through is not None)
+        # a range of a split cut (not the whole cut) is followed by the next range, or,
+        # after the last one, by the loads staged since: as in ``run.sync_steps`` after a
+        # published range (found by the simulator: a split cut's empty last range ended
+        # the run with "no change" while newer loads waited for the next run)
+        return None, delta is not None and not delta.keys.whole
     check_chain_mode(ctx, t)
     if len(ctx.chains[t.name].versions) == 1:  # with a chain, negotiate read the readers
         note_readers(ctx, t)

@@ -136,6 +136,7 @@ def pull(
                 job.name, t.name, chain.contract(), list(t.primary_key), policy, chain
             )
             result = PullResult(t.name, 0, 0, 0)
+            record = consumer is not None  # not on the way out of a (simulated) kill
             try:
                 result.migrated = hold_reader_contract(con, job, t, chain, whose)
                 result.reread, result.still_held = reread_held(
@@ -157,11 +158,10 @@ def pull(
                     else:
                         result.last_batch = at or 0
             except BaseException as e:  # noqa: BLE001 - re-raised
-                if killed(e):  # the simulator's SIGKILL: no record on the way out
-                    consumer = None
+                record = record and not killed(e)
                 raise
             finally:  # what was applied is recorded, also when a batch stopped the pull
-                if consumer is not None:
+                if record and consumer is not None:
                     position, partial = _position(con, job.name, t.name, job.multi_producer)
                     try:
                         record_consumer(lake, reading, consumer, str(replica), position, partial)

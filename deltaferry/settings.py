@@ -16,6 +16,7 @@ The crash tests' failpoint variables are declared the same way next to their onl
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -184,11 +185,16 @@ S = TypeVar("S", bound=EnvSettings)
 _read_cache: dict[type, tuple[tuple[str | None, ...], Any]] = {}
 
 
+@functools.cache
+def _variables(model: type[EnvSettings]) -> tuple[str, ...]:
+    """The environment variables ``model`` reads."""
+    return tuple(env_name(name) for name in model.model_fields)
+
+
 def read(model: type[S]) -> S:
     """``model`` read from the environment now (a frozen value, reused while its variables
     are unchanged); a bad value is a one-line ConfigError."""
-    names = [env_name(name) for name in model.model_fields]
-    now = tuple(os.environ.get(n) for n in names)
+    now = tuple(os.environ.get(n) for n in _variables(model))
     cached = _read_cache.get(model)
     if cached is not None and cached[0] == now:
         return cast(S, cached[1])

@@ -152,8 +152,7 @@ def _create(con: duckdb.DuckDBPyConnection, table: str) -> None:
 
 def _merge(con: duckdb.DuckDBPyConnection, world: World, table: str, rows: list[dict[str, Any]], load_id: str) -> None:
     """dlt's merge of one load's rows by key (``rows`` hold the columns they set; the
-    others are NULL), inside the caller's transaction."""
-    _create(con, table)
+    others are NULL), inside the caller's transaction, into a table ``_create`` made."""
     key = SCHEMAS[table]["key"]
     columns = [*SCHEMAS[table]["columns"], "_df_deleted"]
     for row in rows:
@@ -243,6 +242,7 @@ def stage_tombstones(job: Any, t: Any, pipeline: Any, keys: pa.Table, origin: st
     try:
         con.execute("BEGIN TRANSACTION")
         rows = [{**r, "_df_deleted": True} for r in keys.to_pylist()]
+        _create(con, t.name)
         _merge(con, world, t.name, rows, load_id)
         _record_load(con, world, load_id)
         con.execute("COMMIT")

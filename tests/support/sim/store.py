@@ -17,8 +17,6 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING
 
-from deltaferry.errors import ConfigError
-
 if TYPE_CHECKING:
     from tests.support.sim.world import World
 
@@ -32,18 +30,16 @@ class SimStore:
         # objects a request replaced with other bytes (an invariant: must stay empty for
         # manifests; data objects are content-addressed, so replacing changes nothing)
         self.replaced: list[str] = []
-        self.requests = 0
 
     def _request(self, op: str, key: str, effect):  # noqa: ANN001, ANN202
-        self.requests += 1
         self.world.before_request(self, op, key)
         out = effect()
         self.world.after_request(self, op, key)
         return out
 
     def check(self) -> None:
-        if not self.world.store_reachable(self):
-            raise ConfigError(f"lake {self.url} does not exist")
+        """The simulated lake always exists (a missing lake is the CLI's preflight, tested
+        by the real-network suites)."""
 
     def put(self, key: str, data: bytes) -> None:
         def effect() -> None:
@@ -77,8 +73,8 @@ class SimStore:
 
     def children(self, prefix: str) -> builtins.list[str]:
         def effect() -> builtins.list[str]:
-            names = {k[len(prefix) :].split("/", 1)[0] for k in self.objects if k.startswith(prefix)}
-            return sorted(n for n in names if n and f"{prefix}{n}/" in {k[: len(prefix) + len(n) + 1] for k in self.objects})
+            rests = (k[len(prefix) :] for k in self.objects if k.startswith(prefix))
+            return sorted({r.split("/", 1)[0] for r in rests if "/" in r.strip("/")})
 
         return self._request("list", prefix, effect)
 

@@ -247,6 +247,15 @@ class World:
         self.lost_tips: set[str] = set()
         self.reader_behind: set[str] = set()
         self.quiet = False  # nothing changed since the last run that ended ok
+        self.rebuild_replica = False  # the producer was reset: the reader starts anew
+        self.raced = False  # a zombie runner published since the producer last agreed
+        self.busy = False  # another runner holds the job's lock (``second_runner``)
+        self._race: _Race | None = None
+        # the last failed run's error, kept as Prefect keeps a failed state's (so whatever
+        # the error holds on to stays alive into the next run, as in a long-lived worker)
+        self.last_exception: BaseException | None = None
+        self.last_error = ""
+        self._changes_cache: dict[str, list[tuple[tuple, tuple, str]]] = {}
         self.replica = root / "replica.duckdb"
         # half the readers keep their record in the lake (consumers/), which producers read
         self.consumer = "sim-reader" if rng.random() < 0.5 else None
@@ -273,9 +282,6 @@ class World:
     # --- the world's surroundings --------------------------------------------------
     def open_lake(self, url: str, base: Any = None) -> SimStore:
         return self.producer_lake
-
-    def store_reachable(self, store: SimStore) -> bool:
-        return True
 
     def _fault(self, kind: str) -> None:
         self.stats.faults[kind] += 1
@@ -422,7 +428,7 @@ class World:
             self.trace.append(f"{self.step_no}: {who} crashed {e}")
         except DeltaferryError as e:
             outcome = type(e).__name__
-            self.last_error = str(e)
+            self.last_exception, self.last_error = e, str(e)
             self._named(e, who)
             self.trace.append(f"{self.step_no}: {who}: {outcome}: {e}")
         except Exception as e:  # noqa: BLE001 - what the invariant is about
@@ -438,7 +444,9 @@ class World:
         """What an operator does about a failed run (README, "Errors and what to do")."""
         from deltaferry.runbook import republish_lost, reset_table
 
-        expected = {"crash", "TransientError", "JobBusyError", "LakeMismatchError"}
+        expected = {"crash", "TransientError", "LakeMismatchError"}
+        if self.busy:
+            expected.add("JobBusyError")
         if self.raced:  # a manifest the zombie stored at this producer's planned batch
             expected.add("ConflictError")
         if outcome not in expected:
@@ -451,12 +459,7 @@ class World:
             job = self.job()
             for t in job.tables:
                 if t.name in named:
-                    try:
-                        reset_table(job, t, "simulated: a restored home published meanwhile")
-                    except SimCrash:
-                        self.stats.crashes += 1
-                        return
-                    except TransientError:
+                    if not self._operator(reset_table, job, t, "simulated: a restored home published meanwhile"):
                         return
                     self.trace.append(f"{self.step_no}: operator: reset {t.name} after the race")
             return
@@ -470,31 +473,30 @@ class World:
             if t.name not in self.lost_tips:
                 continue
             try:
-                republish_lost(job, t, "simulated: the lake lost its newest manifest")
+                if not self._operator(republish_lost, job, t, "simulated: the lake lost its newest manifest"):
+                    return
                 self.trace.append(f"{self.step_no}: operator: republished {t.name}")
-            except SimCrash:
-                self.stats.crashes += 1
-                return
-            except TransientError:
-                return
             except DeltaferryError as e:  # cannot be rebuilt (the error names reset): reset
                 self._named(e, "republish")
                 self.trace.append(f"{self.step_no}: operator: cannot republish {t.name} ({e}); reset")
-                try:
-                    reset_table(job, t, "simulated: lost batches cannot be rebuilt")
-                except SimCrash:
-                    self.stats.crashes += 1
-                    return
-                except TransientError:
+                if not self._operator(reset_table, job, t, "simulated: lost batches cannot be rebuilt"):
                     return
                 self.rebuild_replica = True
             self.lost_tips.discard(t.name)
         self.check_lake()
 
-    rebuild_replica = False
-    last_error = ""
-    raced = False  # a zombie runner published since the producer last agreed with the lake
-    _race: _Race | None = None
+    def _operator(self, act: Callable[..., Any], *args: Any) -> bool:
+        """An operator's command (``republish``, ``reset``); False when a crash or a
+        transient error ended it (the operator tries again after the next failed run).
+        Other errors are the caller's."""
+        try:
+            act(*args)
+        except SimCrash:
+            self.stats.crashes += 1
+            return False
+        except TransientError:
+            return False
+        return True
 
     def pull(self) -> str:
         """One pull of the reader's replica (listings may come reordered and repeated)."""
@@ -539,11 +541,11 @@ class World:
         return outcome
 
     def lose_tip(self) -> None:
-        tables = [t for t in SCHEMAS if self._head(t)[0] > 0]
+        tables = [t for t in SCHEMAS if self._head(t) > 0]
         if not tables:
             return
         t = self.rng.choice(tables)
-        n, _ = self._head(t)
+        n = self._head(t)
         key = _manifest_key(t, n)
         del self.lake.objects[key]
         self.lost_tips.add(t)
@@ -681,8 +683,12 @@ class World:
 
         self._fault("second runner of the job")
         before = dict(self.lake.objects)
-        with job_lock(JOB):
-            outcome = self.producer_run()
+        self.busy = True
+        try:
+            with job_lock(JOB):
+                outcome = self.producer_run()
+        finally:
+            self.busy = False
         if outcome != "JobBusyError" or self.lake.objects != before:
             self._fail(f"a second runner of the job was not stopped by the first's lock: {outcome}")
         self.quiet = False
@@ -726,10 +732,9 @@ class World:
         if "\n" in text.strip() or not (f"job '{JOB}'" in text or f"{JOB}/" in text):
             self._fail(f"{what} failed without a one-line error naming the job: {type(e).__name__}: {text!r}")
 
-    def _head(self, table: str) -> tuple[int, str | None]:
-        prefix = f"{JOB}/{table}/manifests/"
-        nums = sorted(int(k[len(prefix) : -5]) for k in self.lake.objects if k.startswith(prefix))
-        return (nums[-1], prefix) if nums else (0, None)
+    def _head(self, table: str) -> int:
+        """The lake's newest batch of ``table`` (0: none)."""
+        return max(_batches(self.lake, table), default=0)
 
     def check_lake(self) -> None:
         """Chains unbroken; one manifest a batch; no object replaced; every file a manifest
@@ -762,8 +767,7 @@ class World:
                         seen[key, rev] = n
 
     def _chain(self, store: SimStore, table: str) -> list[tuple[int, bytes]]:
-        prefix = f"{JOB}/{table}/manifests/"
-        nums = sorted(int(k[len(prefix) : -5]) for k in store.objects if k.startswith(prefix))
+        nums = _batches(store, table)
         if nums and nums != list(range(1, len(nums) + 1)):
             self._fail(f"table {table}: the chain's batches are {nums}, not 1..{len(nums)}")
         out = []
@@ -777,12 +781,10 @@ class World:
             out.append((n, body))
         return out
 
-    _changes_cache: dict[str, list[tuple[tuple, tuple, str]]]
-
     def _changes(self, body: bytes) -> list[tuple[tuple, tuple, str]]:
         """A manifest's rows as (key, values, op), in ``_seq`` order, read from its objects
         (values: ``row_values``)."""
-        cache = self.__dict__.setdefault("_changes_cache", {})
+        cache = self._changes_cache
         digest = _sha(body)
         if digest in cache:
             return cache[digest]
@@ -953,6 +955,12 @@ class _Steps:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _batches(store: SimStore, table: str) -> list[int]:
+    """The numbers of ``table``'s manifests ``store`` holds, ascending."""
+    prefix = f"{JOB}/{table}/manifests/"
+    return sorted(int(k[len(prefix) : -5]) for k in store.objects if k.startswith(prefix))
 
 
 def _manifest_key(table: str, n: int) -> str:
