@@ -39,13 +39,19 @@ def main() -> None:
         summary = sync_job(job=args.job, config=args.config)
     work = time.perf_counter() - t0
     tables = summary.get("tables", {})
+    t_reads = time.perf_counter()
     steps = _step_times(args.job)
     dlt_steps = _dlt_step_times(args.job, args.config)
+    bench_reads = time.perf_counter() - t_reads
     rows = sum(int(s.get("rows") or 0) for s in tables.values())
     result = {
         "rows": rows,
         "work_s": work,
         "import_s": imported,
+        # the bench's own reads after the sync (step times), not part of a user's run:
+        # run_phase takes them off the process's wall time
+        "bench_reads_s": bench_reads,
+        "process_s": time.perf_counter() - T_PROCESS,  # the script's first line to here
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "extracted": dataclasses.asdict(summary["extracted"]) if summary.get("extracted") else None,
         "tables": tables,

@@ -360,7 +360,7 @@ class PhaseResult:
     phase: str
     rows: int
     expected_rows: int
-    wall_s: float  # spawn to exit of the child process
+    wall_s: float  # spawn to exit of the child process, less the child's own bench reads
     work_s: float  # the sync call itself, timed inside the child (no interpreter start, imports)
     import_s: float
     peak_rss_mib: float  # ru_maxrss of the child from wait4 (largest single process)
@@ -402,6 +402,8 @@ def run_phase(
     for line in text.splitlines():
         if line.startswith("BENCH_RESULT "):
             out = json.loads(line[len("BENCH_RESULT ") :])
+    # what the child read for the bench after its work (step times) is not the contender's
+    wall -= float(out.get("bench_reads_s", 0.0))
     res = PhaseResult(
         contender=contender,
         phase=phase,
