@@ -448,3 +448,87 @@ def test_reconcile_compares_time_text_keys_as_instants(job):
     assert (out["upserts"], out["deletes"]) == (0, 1)
     job.pull()
     assert job.replica_rows() == expected(job)
+
+
+@pytest.mark.parametrize(
+    "form, zone",
+    [
+        ("2024-01-02T00:00:00+02:00", "UTC"),
+        ("2024-01-02 00:00:00", "UTC"),
+        ("2024-01-02T00:00:00.250Z", "UTC"),
+        ("2024-01-02 00:30:00", "Asia/Kolkata"),  # naive, the UTC day before
+        ("2024-01-02 23:30:00-05:00", "Asia/Kolkata"),  # the UTC day after
+    ],
+)
+def test_a_key_of_time_text_recreated_with_an_old_cursor_comes_back(job, form, zone):
+    """A composite key with a part of SQLite time text (an offset, a Z, naive in the job's
+    zone): a row deleted and then restored with a cursor value already passed is extracted
+    again by key, the key compared as the instant its text names, whatever form the
+    source wrote."""
+    job.write(extra=f'timezone = "{zone}"')
+    job.config.write_text(
+        job.config.read_text()
+        .replace('primary_key = ["id"]', 'primary_key = ["id", "taken_at"]')
+        .replace('deletes = "none"', 'deletes = "reconcile"')
+    )
+    job.sql(
+        "CREATE TABLE items (id INTEGER, taken_at TIMESTAMP, name TEXT, updated_at TIMESTAMP,"
+        " PRIMARY KEY (id, taken_at))",
+        *(
+            f"INSERT INTO items VALUES ({i}, '{form}', 'n{i}', '2026-01-0{i} 00:00:00')"
+            for i in range(1, 6)
+        ),
+    )
+    assert job.sync()["tables"]["items"]["upserts"] == 5
+    restored = job.con.execute("SELECT * FROM items WHERE id = 2").fetchall()[0]
+    job.sql("DELETE FROM items WHERE id = 2")
+    assert job.sync()["tables"]["items"]["deletes"] == 1
+    job.con.execute("INSERT INTO items VALUES (?, ?, ?, ?)", restored)  # from a backup
+    job.con.commit()
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.sync()["tables"]["items"]["batch"] is None
+    job.pull()
+    # taken_at is not in the contract: published as staged, the instant's UTC wall time
+    rows = job.con.execute("SELECT * FROM items ORDER BY id").fetchall()
+    want = [(i, instant(a, zone).replace(tzinfo=None), n, instant(u, zone)) for i, a, n, u in rows]
+    assert job.replica_rows("id, taken_at, name, updated_at") == want
+
+
+def test_a_naive_postgres_key_recreated_is_read_again_as_wall_time(pg_job, tmp_path):
+    """A naive timestamp in a PostgreSQL key, in a job whose timezone is not UTC: staging
+    holds it as UTC wall time, so the read again by key (a row deleted and restored with
+    an old cursor value) asks the source for the wall time in the job's zone."""
+    module = f"pgkey_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pg_job.write(
+            PG_JOB.replace('primary_key = ["id"]', 'primary_key = ["id", "at"]')
+            .replace('cursor = "at"', 'cursor = "changed"\ndeletes = "reconcile"'),
+            module=module,
+        )
+        pg_job.sql(
+            "CREATE TABLE ev (id int, v text NOT NULL, at timestamp, changed timestamp NOT NULL,"
+            " PRIMARY KEY (id, at))",
+            *(
+                f"INSERT INTO ev VALUES ({i}, 'v{i}', '2026-07-0{i} 23:30:00', '2026-07-0{i} 08:00')"
+                for i in range(1, 6)
+            ),
+        )
+        assert pg_job.sync()["tables"]["ev"]["upserts"] == 5
+        pg_job.sql("DELETE FROM ev WHERE id = 2")
+        assert pg_job.sync()["tables"]["ev"]["deletes"] == 1
+        pg_job.sql("INSERT INTO ev VALUES (2, 'v2', '2026-07-02 23:30:00', '2026-07-02 08:00')")
+        assert pg_job.sync()["tables"]["ev"]["upserts"] == 1
+        assert pg_job.sync()["tables"]["ev"]["batch"] is None
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            r.execute("SET TimeZone = 'UTC'")
+            got = r.execute('SELECT id, "at" FROM ev ORDER BY id').fetchall()
+        new_york = ZoneInfo("America/New_York")
+        assert got == [
+            (i, dt.datetime(2026, 7, i, 23, 30, tzinfo=new_york).astimezone(dt.timezone.utc))
+            for i in range(1, 6)
+        ]
+    finally:
+        sys.path.remove(str(tmp_path))

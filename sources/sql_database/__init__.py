@@ -142,11 +142,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 ids, more = reextract(job, t, engine, pipeline, keys, borrowed, watchdog)
                 load_ids.extend(ids)
                 held.setdefault(t.name, []).extend(more)
-        held = {name: _unique_held(rows) for name, rows in held.items() if rows}
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
-        for t in job.tables:
-            if t.cursor and t.null_cursor == "quarantine":
-                remember_null_cursor_keys(job, t, held.get(t.name, []))
         for t in job.tables:
             if t.deletes == "reconcile":
                 n, ids, more = reconcile(job, t, engine, pipeline, borrowed, watchdog)
@@ -154,6 +150,11 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 load_ids.extend(ids)
                 if more:
                     held.setdefault(t.name, []).extend(more)
+        # a row read by the window and again by key (or by reconcile's superset) held once
+        held = {name: _unique_held(rows) for name, rows in held.items() if rows}
+        for t in job.tables:
+            if t.cursor and t.null_cursor == "quarantine":
+                remember_null_cursor_keys(job, t, held.get(t.name, []))
         return ExtractResult(
             load_ids, rows, tombstones, held=held or None, columns=columns or None
         )

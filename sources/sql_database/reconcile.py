@@ -26,7 +26,7 @@ from sources.sql_database.connection import (
     scrub,
 )
 from sources.sql_database.reads import TableRead, adapt_table, run_reads
-from sources.sql_database.window import Normalize, text_time_columns
+from sources.sql_database.window import Normalize, by_keys, text_time_columns
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 
@@ -144,27 +144,20 @@ def reextract(
     watchdog: StallWatchdog,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Extract the given keys again, ignoring the cursor (rows re-created at the source or
-    committed late), in groups of ``REEXTRACT_KEYS`` keys per query. Returns the load ids
-    and the rows held back."""
-    pk = list(t.primary_key)
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_keys``:
+    SQLite time text in a key is matched as an instant). Returns the load ids and the rows
+    held back."""
     load_ids: list[str] = []
     held: list[dict[str, Any]] = []
     for start in range(0, len(keys), REEXTRACT_KEYS):
         group = keys[start : start + REEXTRACT_KEYS]
-
-        def only_keys(query: Any, table: sa.Table, *_: Any, group: list[dict] = group) -> Any:
-            cols = [table.c[c] for c in pk]
-            if len(cols) == 1:
-                return query.where(cols[0].in_([k[pk[0]] for k in group]))
-            return query.where(sa.tuple_(*cols).in_([tuple(k[c] for c in pk) for k in group]))
-
         read = TableRead(
             job,
             t,
             engine,
             watchdog,
             ChangedByKey(job, t, borrowed),
-            lambda _text_times, f=only_keys: f,
+            lambda text_times, group=group: by_keys(job, t, group, text_times),
             name=f"{t.name}__recreated",
             pipeline=pipeline,
         )

@@ -301,6 +301,65 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     return adapt
 
 
+def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[str, str]) -> Any:
+    """dlt ``query_adapter_callback`` selecting the rows of ``keys`` (staged key values, a
+    dict per key), for a read again by key. Key parts the source stores as staged are
+    matched exactly (``IN``); a naive timestamp part is matched as wall time in the job's
+    zone (``_key_value``). A part of SQLite time text cannot be matched by value (the same
+    instant has many texts), so it selects the UTC days around each key's instant through
+    ``julianday()``, and every row whose text ``julianday()`` cannot read: a superset,
+    whose rows the read keeps only where they differ from staging, as the window's
+    margin is."""
+    pk = list(t.primary_key)
+    timed = [c for c in pk if text_times.get(c) in ("timestamp", "date")]
+    plain = [c for c in pk if c not in timed]
+
+    def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
+        conds: list[sa.ColumnElement[bool]] = []
+        if plain:
+            cols = [table.c[c] for c in plain]
+            values = {
+                tuple(_key_value(col, k[c], job) for col, c in zip(cols, plain)) for k in keys
+            }
+            if len(cols) == 1:
+                conds.append(cols[0].in_(sorted({v[0] for v in values}, key=repr)))
+            else:
+                conds.append(sa.tuple_(*cols).in_(sorted(values, key=repr)))
+        for c in timed:
+            days = sorted(
+                {d + step for d in (_day_number(k[c]) for k in keys if k[c] is not None)
+                 for step in (-1, 0, 1)}
+            )  # fmt: skip
+            jd = sa.func.julianday(table.c[c])
+            day = sa.cast(jd + 0.5, sa.Integer)  # julian day number: days start at noon
+            conds.append(sa.or_(day.in_(days), jd.is_(None)))
+        return query.where(sa.and_(*conds))
+
+    return adapt
+
+
+def _day_number(value: dt.datetime | dt.date) -> int:
+    """The julian day number of a staged instant's UTC day (a naive datetime holds UTC
+    wall time), as ``CAST(julianday(text) + 0.5 AS INTEGER)`` gives it in SQLite."""
+    day = value.date() if isinstance(value, dt.datetime) else value
+    return day.toordinal() + 1_721_425
+
+
+def _key_value(col: sa.Column, value: Any, job: JobConfig) -> Any:
+    """A staged key part as the source column holds it: a naive timestamp column's value
+    as wall time in the job's zone (staging holds it as UTC wall time), exactly; other
+    values as they are."""
+    if (
+        isinstance(value, dt.datetime)
+        and isinstance(col.type, sa.DateTime)
+        and not getattr(col.type, "timezone", False)
+        and job.timezone != "UTC"
+    ):
+        local = _as_utc(value).astimezone(ZoneInfo(job.timezone))
+        return local.replace(tzinfo=None)
+    return value
+
+
 def _as_utc(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
@@ -350,6 +409,7 @@ def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
 
 __all__ = [
     "Normalize",
+    "by_keys",
     "null_cursor_hold",
     "null_cursor_keys",
     "remember_null_cursor_keys",
