@@ -532,3 +532,33 @@ def test_a_naive_postgres_key_recreated_is_read_again_as_wall_time(pg_job, tmp_p
         ]
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_text_that_is_not_utf8_stops_the_table_at_once_naming_the_column(job):
+    """SQLite keeps any bytes as TEXT; its driver fails the read with an OperationalError
+    (the class of a dropped connection). The same bytes fail every retry, so the run stops
+    at once: a one-line refusal naming job, table and column, nothing published; the next
+    run after the fix publishes everything."""
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'fine', '2026-03-01 12:00:00')",
+        "INSERT INTO items VALUES (2, CAST(X'48C328' AS TEXT), '2026-03-01 12:00:01')",
+    )
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("job 't'", "table 'items'", "column 'name'", "not valid UTF-8"):
+        assert part in message
+    assert job.batches() == 0
+    from deltaferry.state import StateStore
+
+    with StateStore("t").connect(read_only=True) as con:
+        attempts = con.execute(
+            "SELECT max(attempt) FROM ops_log WHERE step = 'extract'"
+        ).fetchone()[0]
+    assert attempts == 1  # refused, not retried
+    job.sql("UPDATE items SET name = 'mended' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    job.pull()
+    assert job.replica_rows() == expected(job)
