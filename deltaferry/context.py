@@ -9,7 +9,9 @@ tasks (see docs/architecture.md, section 2 "The producer: one run").
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +26,8 @@ from deltaferry.keys import Keyring
 from deltaferry.negotiate import source_version
 from deltaferry.state import StateStore, hold, state_path
 from destinations.lake import LakeStore, open_lake
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -140,10 +144,34 @@ def job_lock(job: str) -> Iterator[None]:
     fh.write(str(os.getpid()))
     fh.flush()
     try:
+        clear_leftovers(job)
         yield
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def clear_leftovers(job: str) -> int:
+    """Remove what a killed run left in ``$DELTAFERRY_HOME/<job>/tmp`` (key counts, staged
+    hashes, DuckDB's spill files), which only a run holding the job's lock writes: called
+    with the lock held, so no run is using them. Returns the bytes removed (logged)."""
+    tmp = job_home(job) / "tmp"
+    if not tmp.is_dir():
+        return 0
+    removed = 0
+    for path in tmp.iterdir():
+        try:
+            if path.is_dir() and not path.is_symlink():
+                removed += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                shutil.rmtree(path)
+            else:
+                removed += path.lstat().st_size
+                path.unlink()
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("job '%s': removed %d bytes a stopped run left in %s", job, removed, tmp)
+    return removed
 
 
 def open_context(

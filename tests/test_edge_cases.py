@@ -124,3 +124,28 @@ def test_published_columns_follow_the_contract_types():
     assert published.schema.field("amount_cents").type == pa.int64()
     assert published["amount_cents"].to_pylist() == [12, 12]
     assert published.schema.field("updated_at").type == pa.timestamp("us")  # precision kept
+
+
+def test_files_a_killed_run_left_in_the_jobs_tmp_are_removed_by_the_next_run(shop_job, shop):
+    """A SIGKILL leaves the key counts, staged hashes and DuckDB spill of a run in
+    ``$DELTAFERRY_HOME/<job>/tmp``; the next run (holding the job's lock, so no run is
+    using them) removes them instead of letting them pile up run after run."""
+    import duckdb
+
+    from deltaferry.config import job_home
+
+    shop.round(5, 5, churn=0)
+    shop_job.sync()
+    tmp = job_home(shop_job.name) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    left = [tmp / "keys-0f.duckdb", tmp / "hashes-1e.duckdb"]
+    for path in left:
+        with duckdb.connect(str(path)) as con:
+            con.execute("CREATE TABLE k AS SELECT range AS id FROM range(1000)")
+    (tmp / "duckdb_temp_storage_0").mkdir()
+    (tmp / "duckdb_temp_storage_0" / "block.tmp").write_bytes(b"x" * 4096)
+    shop.round(1, 1, churn=0)
+    assert shop_job.sync()["tables"]["orders"]["rows"] >= 1
+    assert list(tmp.iterdir()) == []
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
