@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +63,24 @@ class ValidationResult:
     def reasons(self, row: int) -> list[Failure]:
         return list(self.schema_failures) + self.row_failures.get(row, [])
 
+    def counts(self) -> Counter[tuple[str | None, str]]:
+        """Failures by (field, check): how many times each check failed (a row counts once
+        per check it fails; a schema-level failure once)."""
+        return Counter(
+            (f.field, f.check)
+            for f in [*self.schema_failures, *(f for fs in self.row_failures.values() for f in fs)]
+        )
+
     def summary(self, limit: int = 3) -> str:
         """A one-line account of the most common failures, for error messages."""
-        counts: dict[tuple[str | None, str], int] = {}
-        for f in list(self.schema_failures) + [f for fs in self.row_failures.values() for f in fs]:
-            counts[(f.field, f.check)] = counts.get((f.field, f.check), 0) + 1
-        top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-        return "; ".join(f"{field or '<table>'}: {check} x{n}" for (field, check), n in top)
+        return summarize(self.counts(), limit)
+
+
+def summarize(counts: Counter[tuple[str | None, str]], limit: int = 3) -> str:
+    """The ``limit`` most common failures of ``counts`` (``ValidationResult.counts``, or
+    several chunks' added up) in one line: ``field: check xN; ...``."""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{field or '<table>'}: {check} x{n}" for (field, check), n in top)
 
 
 class Contract:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contracts import Contract
+from contracts import Contract, summarize
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.keyrange import KeyRange
@@ -114,7 +115,7 @@ def build_delta(
     changed = failed_total = 0
     cmin: Any = None
     cmax: Any = None
-    summaries: list[str] = []
+    failures: Counter[tuple[str | None, str]] = Counter()  # by (field, check), every chunk
     touched: set[str] = set()
     fresh_ids = pa.array(load_ids, pa.string())
     for changes in chunks:
@@ -130,13 +131,12 @@ def build_delta(
         fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
             zero_copy_only=False
         )
-        keep, upserts, failed, summary = _validate_chunk(
+        keep, upserts, failed, counts = _validate_chunk(
             t, contract, changes, quarantine, drifted, fresh
         )
         changed += upserts
         failed_total += failed
-        if summary:
-            summaries.append(summary)
+        failures.update(counts)
         published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
         n = published.num_rows
         if n == 0:
@@ -159,7 +159,7 @@ def build_delta(
                 f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
                 f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
                 f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing published "
-                f"({summaries[0]})"
+                f"({summarize(failures)})"
             )
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start
@@ -331,8 +331,9 @@ def _validate_chunk(
     quarantine: list[dict[str, Any]],
     held: np.ndarray | None = None,
     fresh: np.ndarray | None = None,
-) -> tuple[np.ndarray, int, int, str]:
-    """Rows to keep, the number of upserts validated, the number that failed, and a summary;
+) -> tuple[np.ndarray, int, int, Counter[tuple[str | None, str]]]:
+    """Rows to keep, the number of upserts validated, the number that failed, and the
+    counted failures by (field, check) (a row once per check it fails);
     failures go to ``quarantine``. Deletes are not validated: they carry only a key. Rows
     already ``held`` back (source drift) are neither kept nor validated. Only ``fresh``
     rows (of the new loads; all when None) are counted: a held row validated again and
@@ -341,7 +342,7 @@ def _validate_chunk(
     is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
     upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False) & keep)
     if not len(upsert_idx):
-        return keep, 0, 0, ""
+        return keep, 0, 0, Counter()
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
@@ -349,11 +350,14 @@ def _validate_chunk(
     failed = sorted(result.failed_rows)
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not failed:
-        return keep, counted, 0, ""
+        return keep, counted, 0, Counter()
     records = upserts.take(pa.array(failed)).to_pylist()
     lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
+    counts: Counter[tuple[str | None, str]] = Counter()
     for pos, rec, lid in zip(failed, records, lids, strict=True):
         keep[upsert_idx[pos]] = False
+        if fresh is None or fresh[upsert_idx[pos]]:
+            counts.update((f.field, f.check) for f in result.reasons(pos))
         pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
         row_json = json.dumps(rec, default=str, sort_keys=True)
         for f in result.reasons(pos):
@@ -368,7 +372,7 @@ def _validate_chunk(
                 }
             )
     failed_n = len(failed) if fresh is None else int(fresh[upsert_idx[failed]].sum())
-    return keep, counted, failed_n, result.summary() if failed_n else ""
+    return keep, counted, failed_n, counts
 
 
 def _encode(chunk: pa.Table) -> Part:

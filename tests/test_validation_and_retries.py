@@ -128,3 +128,18 @@ def test_retry_condition_accepts_only_transient_errors(prefect_api):
     means = [sum(d[i] for d in many) / len(many) for i in range(6)]
     assert all(means[i + 1] > means[i] for i in range(5))
     assert len({tuple(d) for d in many}) == len(many)
+
+
+def test_a_contract_failure_counts_every_chunk_of_the_batch(shop_job, shop):
+    """The refusal's per-check counts add up every chunk the batch was validated in, not
+    the first chunk's (6 bad rows read 3 at a time: x6, not x3)."""
+    import re
+
+    shop_job.write_config(rows_per_file=3)
+    shop.round(10, 0, churn=0, invalid=6)
+    with pytest.raises(ContractViolation) as err:
+        shop_job.sync()
+    message = str(err.value)
+    assert "6 of 10 changed rows" in message
+    counts = [int(n) for n in re.findall(r" x(\d+)", message)]
+    assert counts and max(counts) == 6, message
