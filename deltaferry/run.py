@@ -71,7 +71,11 @@ def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
     agreement; recovery of the tables that need it; the extract; then per table in job
     order plan -> upload -> manifest -> checkpoint, once, or once per range of keys for a
     cut split at ``max_batch_rows`` (each range committed before the next is cut). What
-    each step did goes into ``summary``."""
+    each step did goes into ``summary``.
+
+    A table whose changes break its contract (``ContractViolation`` from its plan step,
+    before anything of the batch is stored) does not stop the job's other tables: they are
+    published, and then the run fails with that table's error (several tables' joined)."""
     steps.agree()
     for t in tables_to_recover(ctx):  # none in the steady state: no task runs
         summary.current = t.name
@@ -79,27 +83,55 @@ def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
         steps.recovered(t, done, summary.note_recovered(ctx, t, done))
     summary.current = None
     summary.note_extracted(steps.extract(), ctx.skipped)
+    stopped: list[tuple[str, ContractViolation]] = []
     for t in ctx.job.tables:
         summary.current = t.name
-        while True:
-            planned = steps.plan(t)
-            if planned is None:
-                if t.name not in summary.tables:
-                    summary.note_no_change(t.name)
-                break
-            plan, delta = planned
-            sent = steps.upload(plan, delta)
-            if bug("checkpoint_before_manifest"):  # the simulator's teeth (failpoints.BUGS)
-                steps.checkpoint(plan)
-                stored = steps.manifest(plan)
-            else:
-                stored = steps.manifest(plan)
-                steps.checkpoint(plan)
-            summary.note_published(plan, delta, sent, stored)
-            steps.published(plan, delta, sent)
-            if plan.keys.whole:  # the whole cut in one batch: nothing newer is staged
-                break
-            # a split cut goes on; after its last range, loads staged since may be waiting
+        try:
+            _publish_table(t, summary, steps)
+        except ContractViolation as e:
+            # the table's changes break its contract: nothing of it was stored (the plan
+            # step refuses before it records a plan), so the job's other tables go on
+            summary.note_stopped(t.name, e)
+            stopped.append((t.name, e))
+    if stopped:
+        summary.current = stopped[0][0]
+        raise stopped[0][1] if len(stopped) == 1 else _several_stopped(ctx, stopped)
+
+
+def _publish_table(t: TableConfig, summary: RunSummary, steps: Steps) -> None:
+    """plan -> upload -> manifest -> checkpoint for one table: once, or once per range of
+    keys of a cut split at ``max_batch_rows``."""
+    while True:
+        planned = steps.plan(t)
+        if planned is None:
+            if t.name not in summary.tables:
+                summary.note_no_change(t.name)
+            return
+        plan, delta = planned
+        sent = steps.upload(plan, delta)
+        if bug("checkpoint_before_manifest"):  # the simulator's teeth (failpoints.BUGS)
+            steps.checkpoint(plan)
+            stored = steps.manifest(plan)
+        else:
+            stored = steps.manifest(plan)
+            steps.checkpoint(plan)
+        summary.note_published(plan, delta, sent, stored)
+        steps.published(plan, delta, sent)
+        if plan.keys.whole:  # the whole cut in one batch: nothing newer is staged
+            return
+        # a split cut goes on; after its last range, loads staged since may be waiting
+
+
+def _several_stopped(
+    ctx: SyncContext, stopped: list[tuple[str, ContractViolation]]
+) -> ContractViolation:
+    """One error for several tables whose changes broke their contracts: each table's own
+    line, joined."""
+    names = ", ".join(f"'{name}'" for name, _ in stopped)
+    return ContractViolation(
+        f"job '{ctx.job.name}': tables {names} stopped (the job's other tables went on): "
+        + " | ".join(str(e) for _, e in stopped)
+    )
 
 
 def needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:
@@ -167,6 +199,12 @@ class RunSummary:
 
     def note_no_change(self, table: str) -> None:
         self.tables[table] = {"batch": None}
+
+    def note_stopped(self, table: str, error: BaseException) -> None:
+        """The table's next batch broke its contract (``error``); what it published earlier
+        in this run (ranges of a split cut) is kept."""
+        before = self.tables.get(table) or {"batch": None}
+        self.tables[table] = {**before, "stopped": str(error)}
 
     def note_published(self, plan: Plan, delta: Delta, sent: int, manifest: str) -> None:
         """A batch committed: its size, and what the manifest step said (``stored``, or

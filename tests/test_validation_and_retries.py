@@ -143,3 +143,24 @@ def test_a_contract_failure_counts_every_chunk_of_the_batch(shop_job, shop):
     assert "6 of 10 changed rows" in message
     counts = [int(n) for n in re.findall(r" x(\d+)", message)]
     assert counts and max(counts) == 6, message
+
+
+def test_a_table_that_breaks_its_contract_does_not_stop_the_others(shop_job, shop):
+    """customers (first in the job) breaks its contract: nothing of it is published, the
+    run fails with its one-line error, yet orders' change is published in the same run.
+    Once the bad rows are fixed, customers follows; the replica equals the source."""
+    shop.round(10, 12, churn=0, invalid=5)  # 50% bad customers, over the 20% threshold
+    with pytest.raises(ContractViolation) as err:
+        shop_job.sync()
+    assert "table 'customers'" in str(err.value) and "\n" not in str(err.value)
+    lake = shop_job.lake()
+    assert lake.list("shop/customers/manifests/") == []
+    assert len(lake.list("shop/orders/manifests/")) == 1
+    with StateStore("shop").connect(read_only=True) as con:
+        outcome, detail = con.execute("SELECT outcome, detail FROM runs").fetchone()
+    assert outcome == "failed" and "customers" in detail
+    shop.round(0, 0, churn=0)  # repairs the broken rows
+    out = shop_job.sync()["tables"]
+    assert out["customers"]["upserts"] == 10 and out["orders"]["batch"] is None
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
