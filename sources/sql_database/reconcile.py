@@ -6,6 +6,7 @@ again by key (``reextract``, also for keys whose cursor was NULL).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import dlt
@@ -13,6 +14,7 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
+from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TerminalError, TransientError
@@ -47,29 +49,7 @@ def reconcile(
     Source keys with a NULL part are left out (their rows are held back by the read).
     Returns the tombstone count, the load ids and the rows held back by the re-extract.
     """
-    progress = watchdog.progress
     pk = list(t.primary_key)
-    try:
-        # keys read as the table's rows are (``reads.adapt_table``, ``window.Normalize``):
-        # SQLite time text parsed to UTC wall time, naive times taken in the job's zone, so
-        # a key is compared with its staged self, whatever form the source wrote it in
-        text_times = text_time_columns(engine, t)
-        table = adapt_table(job, t, text_times)(
-            sa.Table(t.name, sa.MetaData(), autoload_with=engine)
-        )
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(
-                sa.select(*[table.c[c] for c in pk])
-            )
-            source_keys = Normalize(job, t, text_times)(_keys_arrow(result, pk, progress))
-        if source_keys.num_rows:
-            source_keys = source_keys.drop_null()
-    except sa.exc.DBAPIError as e:
-        raise connect_error(job, e) from e
-    except TRANSIENT_SOURCE_ERRORS as e:
-        raise TransientError(
-            f"job '{job.name}' table '{t.name}': reading source keys failed: {scrub(job, str(e))}"
-        ) from e
     path = staging_path(job.name)
     if not path.exists():
         return 0, [], []
@@ -77,42 +57,33 @@ def reconcile(
     try:
         if not staged_table_exists(con, t.name):
             return 0, [], []
+        _read_source_keys(job, t, engine, con, watchdog.progress)
         has_flag = DELETED_COLUMN in staged_columns(con, t.name)
         live = f"coalesce({DELETED_COLUMN}, false) = false" if has_flag else "true"
         keys = ", ".join(ident(c) for c in pk)
         match = " AND ".join(f"s.{ident(c)} = k.{ident(c)}" for c in pk)
-        con.register("source_keys", source_keys)
-        staged_live = fetch_row(
-            con, f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
-        )[0]
-        if source_keys.num_rows == 0:
-            missing = con.sql(
-                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {live}"
-            ).to_arrow_table()
-        else:
-            missing = con.sql(
-                f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {live}"
-                f" AND NOT EXISTS (SELECT 1 FROM source_keys k WHERE {match})"
-            ).to_arrow_table()
+        staged = f"{STAGING_DATASET}.{ident(t.name)}"
+        staged_live = fetch_row(con, f"SELECT count(*) FROM {staged} WHERE {live}")[0]
+        missing = con.sql(
+            f"SELECT {keys} FROM {staged} s WHERE {live}"
+            f" AND NOT EXISTS (SELECT 1 FROM {_SOURCE_KEYS} k WHERE {match})"
+        ).to_arrow_table()
         unseen = (
             con.sql(
-                f"SELECT {', '.join('k.' + ident(c) for c in pk)} FROM source_keys k WHERE NOT"
-                f" EXISTS (SELECT 1 FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {match})"
+                f"SELECT {', '.join('k.' + ident(c) for c in pk)} FROM {_SOURCE_KEYS} k WHERE NOT"
+                f" EXISTS (SELECT 1 FROM {staged} s WHERE {match})"
             )
             .to_arrow_table()
             .to_pylist()
-            if source_keys.num_rows
-            else []
         )
         recreated = (
             con.sql(
-                f"SELECT {', '.join('s.' + ident(c) for c in pk)}"
-                f" FROM {STAGING_DATASET}.{ident(t.name)} s"
-                f" JOIN source_keys k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
+                f"SELECT {', '.join('s.' + ident(c) for c in pk)} FROM {staged} s"
+                f" JOIN {_SOURCE_KEYS} k ON {match} WHERE coalesce(s.{DELETED_COLUMN}, false)"
             )
             .to_arrow_table()
             .to_pylist()
-            if has_flag and source_keys.num_rows
+            if has_flag
             else []
         )
     finally:
@@ -177,19 +148,61 @@ REEXTRACT_KEYS = 5_000
 KEYS_PER_READ = 100_000
 
 
-def _keys_arrow(result: Any, pk: list[str], progress: Any = None) -> pa.Table:
-    """The key columns as Arrow; uuid values as text, as dlt stages them."""
-    parts: list[pa.Table] = []
-    for rows in result.partitions():
-        if progress is not None:
-            progress()
-        cols = {}
-        for i, c in enumerate(pk):
-            values = [r[i] for r in rows]
-            if any(isinstance(v, uuid.UUID) for v in values):
-                values = [None if v is None else str(v) for v in values]
-            cols[c] = values
-        parts.append(pa.table(cols))
-    if not parts:
-        return pa.table({c: pa.array([], pa.int64()) for c in pk})
-    return pa.concat_tables(parts, promote_options="permissive")
+# the source's key set while reconcile compares it: a temporary table of the staging
+# connection, in DuckDB's memory up to its limit and spilled to disk beyond it
+_SOURCE_KEYS = "temp.main._deltaferry_source_keys"
+
+
+def _read_source_keys(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    con: duckdb.DuckDBPyConnection,
+    progress: Any,
+) -> None:
+    """Every source key without a NULL part into ``_SOURCE_KEYS`` on ``con`` (a staging
+    connection), ``KEYS_PER_READ`` keys per round trip, each batch read as the table's rows
+    are (``reads.adapt_table``, ``window.Normalize``: SQLite time text parsed to UTC wall
+    time, naive times taken in the job's zone), so a key is compared with its staged self
+    whatever form the source wrote it in. Memory follows ``KEYS_PER_READ`` and DuckDB's
+    ``memory_limit``, not the table. The table takes the staged key columns' types."""
+    pk = list(t.primary_key)
+    cols = ", ".join(ident(c) for c in pk)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_SOURCE_KEYS.rsplit('.', 1)[1]} AS "
+        f"SELECT {cols} FROM {STAGING_DATASET}.{ident(t.name)} LIMIT 0"
+    )
+    try:
+        text_times = text_time_columns(engine, t)
+        normalize = Normalize(job, t, text_times)
+        table = adapt_table(job, t, text_times)(
+            sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        )
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(
+                sa.select(*[table.c[c] for c in pk])
+            )
+            for rows in result.partitions():
+                progress()
+                part = normalize(_keys_arrow(rows, pk)).drop_null()
+                if part.num_rows:
+                    duck.with_arrow(
+                        con, part, f"INSERT INTO {_SOURCE_KEYS} BY NAME SELECT * FROM _deltaferry_arrow"
+                    )
+    except sa.exc.DBAPIError as e:
+        raise connect_error(job, e) from e
+    except TRANSIENT_SOURCE_ERRORS as e:
+        raise TransientError(
+            f"job '{job.name}' table '{t.name}': reading source keys failed: {scrub(job, str(e))}"
+        ) from e
+
+
+def _keys_arrow(rows: Sequence[Any], pk: list[str]) -> pa.Table:
+    """One batch of key rows as Arrow; uuid values as text, as dlt stages them."""
+    cols = {}
+    for i, c in enumerate(pk):
+        values = [r[i] for r in rows]
+        if any(isinstance(v, uuid.UUID) for v in values):
+            values = [None if v is None else str(v) for v in values]
+        cols[c] = values
+    return pa.table(cols)
