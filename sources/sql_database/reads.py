@@ -151,7 +151,7 @@ def run_reads(
         if mixed is not None:
             pipeline.abort_packages()
             raise TerminalError(mixed) from None
-        cause = e.__cause__ or e.exception
+        cause = " ".join(str(e.__cause__ or e.exception).split())  # one line
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
 

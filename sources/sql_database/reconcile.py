@@ -28,6 +28,7 @@ from sources.sql_database.connection import (
     scrub,
 )
 from sources.sql_database.reads import TableRead, adapt_table, run_reads
+from sources.sql_database.types import carry_plans
 from sources.sql_database.window import Normalize, by_keys, text_time_columns
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
@@ -162,8 +163,9 @@ def _read_source_keys(
 ) -> None:
     """Every source key without a NULL part into ``_SOURCE_KEYS`` on ``con`` (a staging
     connection), ``KEYS_PER_READ`` keys per round trip, each batch read as the table's rows
-    are (``reads.adapt_table``, ``window.Normalize``: SQLite time text parsed to UTC wall
-    time, naive times taken in the job's zone), so a key is compared with its staged self
+    are (``reads.adapt_table``, ``types.carry_plans``, ``window.Normalize``: SQLite time
+    text parsed to UTC wall time, a NUMERIC as its exact decimal, naive times taken in the
+    job's zone), so a key is compared with its staged self
     whatever form the source wrote it in. Memory follows ``KEYS_PER_READ`` and DuckDB's
     ``memory_limit``, not the table. The table takes the staged key columns' types."""
     pk = list(t.primary_key)
@@ -175,8 +177,11 @@ def _read_source_keys(
     try:
         text_times = text_time_columns(engine, t)
         normalize = Normalize(job, t, text_times)
-        table = adapt_table(job, t, text_times)(
-            sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+        table = carry_plans(
+            job,
+            t,
+            adapt_table(job, t, text_times)(sa.Table(t.name, sa.MetaData(), autoload_with=engine)),
+            engine.dialect,
         )
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=KEYS_PER_READ).execute(

@@ -16,7 +16,8 @@ Table settings (validated when the jobs file is read, see ``sources/sql_database
   "time" | "timestamp" | "timestamptz" | "binary" }`` - the published type.
 
 Key, cursor and soft-delete columns cannot be excluded nor retyped (their values are
-compared with the source's as read).
+compared with the source's as read); they are read exactly by their source type's plan too,
+and a staged decimal bound back to SQLite goes as an integer or its text, never a double.
 
 This module is imported when the jobs file is read: module level stays light (the
 SQLAlchemy and dlt imports are inside the functions that need them).
@@ -465,6 +466,15 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
         def load_dialect_impl(self, dialect: Any) -> Any:
             return impl_type
 
+        def process_bind_param(self, value: Any, dialect: Any) -> Any:
+            # a staged value compared with the source (a cursor bound, a key read again):
+            # the driver of a raw column gets it as the column stores it, a decimal as an
+            # integer when whole, else as its text (SQLite's NUMERIC affinity reads it back
+            # as the number, never through a double)
+            if plan.raw and isinstance(value, Decimal):
+                return int(value) if value == value.to_integral_value() else str(value)
+            return value
+
     def refused(bad: _BadValue) -> ValueRefused:
         return ValueRefused(
             f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
@@ -624,6 +634,23 @@ def job_scope() -> Iterator[None]:
         raise
 
 
+def carry_plans(job: Any, t: Any, table: Any, dialect: Any) -> Any:
+    """``table`` (a reflected ``sa.Table``) with every column read as its plan says: key,
+    cursor and soft-delete columns included, with the plan of their source type (they
+    cannot be retyped), so a SQLite NUMERIC key is read as the exact decimal it holds, not
+    through a double. A column whose type already carries a ``dlt_type`` is left alone.
+    Returns ``table``."""
+    columns = [
+        {"name": c.name, "type": c.type} for c in table.columns if not hasattr(c.type, "dlt_type")
+    ]
+    for name, plan in plans(job, t, columns, dialect).items():
+        if not (plan.cast_text or plan.convert or plan.raw):
+            continue
+        col = table.columns[name]
+        col.type = _carried_type(job.name, t.name, plan, col.type)
+    return table
+
+
 def sql_table(job: Any, **kwargs: Any) -> Any:
     """dlt's ``sql_table`` for a table of ``job`` with its column plans applied: excluded
     columns are not selected, the others read and typed as their plan says. A column whose
@@ -636,23 +663,11 @@ def sql_table(job: Any, **kwargs: Any) -> Any:
     if excluded:
         kwargs["excluded_columns"] = excluded
     inner = kwargs.get("table_adapter_callback")
-    fixed = key_roles(t)
 
     def adapt(table: Any) -> Any:
         result = inner(table) if inner is not None else None
         table = result if result is not None else table
-        engine = kwargs["credentials"]
-        columns = [
-            {"name": c.name, "type": c.type}
-            for c in table.columns
-            if not hasattr(c.type, "dlt_type")
-        ]
-        for name, plan in plans(job, t, columns, engine.dialect).items():
-            if name in fixed or not (plan.cast_text or plan.convert or plan.raw):
-                continue
-            col = table.columns[name]
-            col.type = _carried_type(job.name, t.name, plan, col.type)
-        return table
+        return carry_plans(job, t, table, kwargs["credentials"].dialect)
 
     def dlt_type(sa_type: Any) -> Any:
         if hasattr(sa_type, "dlt_type"):  # the type dlt stages the adapted column as

@@ -22,8 +22,10 @@ job, table, column and value. Naive timestamps of other databases are taken in t
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import re
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -319,15 +321,17 @@ def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[s
         if plain:
             cols = [table.c[c] for c in plain]
             values = {
-                tuple(_key_value(col, k[c], job) for col, c in zip(cols, plain)) for k in keys
+                tuple(_key_value(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
+                for k in keys
             }
             if len(cols) == 1:
                 conds.append(cols[0].in_(sorted({v[0] for v in values}, key=repr)))
             else:
                 conds.append(sa.tuple_(*cols).in_(sorted(values, key=repr)))
         for c in timed:
+            col = table.c[c]
             days = sorted(
-                {d + step for d in (_day_number(k[c]) for k in keys if k[c] is not None)
+                {d + step for d in (_day_number(_typed(col, k[c])) for k in keys if k[c] is not None)
                  for step in (-1, 0, 1)}
             )  # fmt: skip
             jd = sa.func.julianday(table.c[c])
@@ -338,9 +342,32 @@ def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[s
     return adapt
 
 
+def _typed(col: sa.Column, value: Any) -> Any:
+    """A key part as the Python type of its column: the keys of rows held back for a NULL
+    cursor are remembered as JSON, where a time, a date, a decimal and bytes became their
+    ``str()``; typed values pass as they are. Text that does not parse stays text."""
+    if not isinstance(value, str):
+        return value
+    kind = getattr(col.type, "dlt_type", col.type)
+    try:
+        if isinstance(kind, sa.DateTime):
+            return dt.datetime.fromisoformat(value)
+        if isinstance(kind, sa.Date):
+            return dt.date.fromisoformat(value)
+        if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float):
+            return Decimal(value)
+        if isinstance(kind, sa.LargeBinary) and value[:2] in ("b'", 'b"'):
+            return ast.literal_eval(value)  # str(bytes): a bytes literal
+    except (ValueError, ArithmeticError, SyntaxError):
+        return value
+    return value
+
+
 def _day_number(value: dt.datetime | dt.date) -> int:
     """The julian day number of a staged instant's UTC day (a naive datetime holds UTC
     wall time), as ``CAST(julianday(text) + 0.5 AS INTEGER)`` gives it in SQLite."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
     day = value.date() if isinstance(value, dt.datetime) else value
     return day.toordinal() + 1_721_425
 
