@@ -84,6 +84,7 @@ def _rate(part: int, whole: int) -> float | None:
 def _empty_table() -> dict[str, Any]:
     return {
         "last_batch": 0,
+        "reset": None,  # after an operator's reset: {"at", "lake_head"} until the next run
         "rows_published": 0,
         "pending_batch": None,
         "open_cut": None,
@@ -214,6 +215,8 @@ def _table_status(
         quarantined_rows=int(quarantined),
         last_published_at=_iso(published_at),
     )
+    if ck is None:
+        s["reset"] = _reset(con, table)
     s.update(_lag(con, table, published_at))
     if since is None:
         return s
@@ -375,6 +378,30 @@ def _pending_text(pending: dict[str, Any] | None, cut: dict[str, Any] | None) ->
     return split or "-"
 
 
+def _reset(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any] | None:
+    """A table without a checkpoint that an operator reset: when, and the lake's head batch
+    the reset found (the next run adopts it), from the reset's operations-log line; None
+    when the table was never reset (a job not run yet)."""
+    row = fetch_one(
+        con,
+        "SELECT ts, detail FROM ops_log WHERE tbl = ? AND step = 'reset' ORDER BY id DESC LIMIT 1",
+        [table],
+    )
+    if row is None:
+        return None
+    found = re.search(r"is at batch (\d+)", row[1] or "")
+    return {"at": _iso(row[0]), "lake_head": int(found.group(1)) if found else None}
+
+
+def _last_batch_text(s: dict[str, Any]) -> str:
+    """``last_batch``, or after a reset (no checkpoint yet) what the next run adopts."""
+    reset = s.get("reset")
+    if reset is None:
+        return str(s["last_batch"])
+    head = reset["lake_head"]
+    return f"reset (adopts {head})" if head is not None else "reset"
+
+
 def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
     """The rows of ``deltaferry status``'s table (columns: ``STATUS_COLUMNS``); '-' where
     the state has nothing to say."""
@@ -389,7 +416,7 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                 [
                     j["job"],
                     name,
-                    str(s["last_batch"]),
+                    _last_batch_text(s),
                     str(s["rows_published"]),
                     f"{sizes['last']}/{sizes['mean']:.1f}".rstrip("0").rstrip(".") if sizes["count"] else "-",
                     s["sparkline"] or "-",

@@ -146,8 +146,13 @@ def test_a_home_restored_from_backup_stops_until_reset(lake_job, shop, tmp_path)
                   "home restored", "--config", str(lake_job.config))
     assert result.exit_code == 0, result.output
     assert len(_oplog("reset")) == 2
+    # until the next run, status says what the reset did, not a bare "batch 0"
+    status = _cli("status", "--config", str(lake_job.config))
+    assert status.exit_code == 0 and "reset (adopts 2)" in status.output, status.output
     out = lake_job.sync()
     assert out["tables"]["customers"]["batch"] == 3 and out["tables"]["orders"]["batch"] == 3
+    status = _cli("status", "--config", str(lake_job.config))
+    assert "reset" not in status.output, status.output
     assert all(lake.get(k) == v for k, v in before.items())
     _replica_equals_source(lake_job, tmp_path)
 
