@@ -51,6 +51,7 @@ class PendingPlan:
     lake: str
     checkpoint: int
     head: Position
+    keys: str = ""  # a range of a cut split at max_batch_rows: ``KeyRange.describe``; '' whole
 
 
 def _lake_state(lake: LakeStore, job: JobConfig, plan: Plan) -> str:
@@ -81,6 +82,7 @@ def pending_plans(job: JobConfig, tables: list[TableConfig]) -> list[PendingPlan
                 _lake_state(lake, job, plan),
                 state.checkpoint(t.name).batch,
                 chain_head(lake, job.name, t.name, job.chain),
+                plan.keys.describe(),
             )
         )
     return found

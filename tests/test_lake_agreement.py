@@ -195,7 +195,7 @@ def test_plan_show_and_discard(shop_job, shop, tmp_path, monkeypatch):
     shown = _cli("plan", "show", "shop", "--config", str(shop_job.config))
     assert shown.exit_code == 0, shown.output
     row = next(line for line in shown.output.splitlines() if line.startswith("customers"))
-    assert row.split("\t")[1:3] == ["2", str(planned.rows)] and "\tabsent\t" in row
+    assert row.split("\t")[1:4] == ["2", str(planned.rows), "all"] and "\tabsent\t" in row
 
     no_reason = _cli("plan", "discard", "shop", "--table", "customers", "--config", str(shop_job.config))
     assert no_reason.exit_code == 2  # --reason is required

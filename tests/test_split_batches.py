@@ -97,6 +97,9 @@ def test_a_key_changed_while_a_split_load_is_half_way_cuts_its_loads_again(shop_
     shop.round(60, 90, churn=0)
     killed = _run_cli_killed_at(shop_job, "after_plan", skip=1)  # customers batch 2 planned
     assert killed.returncode == -9, killed.stderr[-2000:]
+    shown = CliRunner().invoke(cli, ["plan", "show", "shop", "--config", str(shop_job.config)])
+    row = next(line for line in shown.output.splitlines() if line.startswith("customers"))
+    assert row.split("\t")[3] == "keys after ['25'] through ['50']", shown.output  # the range
     out = CliRunner().invoke(
         cli,
         [
