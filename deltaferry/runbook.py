@@ -54,6 +54,13 @@ class PendingPlan:
     keys: str = ""  # a range of a cut split at max_batch_rows: ``KeyRange.describe``; '' whole
 
 
+# what ``_lake_state`` found, in words, for the operations log
+_LAKE_HOLDS = {
+    "absent": "the lake holds no manifest at that batch",
+    "different": "the lake holds another writer's manifest at that batch",
+}
+
+
 def _lake_state(lake: LakeStore, job: JobConfig, plan: Plan) -> str:
     stored = lake.get(manifest_key(job.name, plan.table, plan.batch, job.chain))
     if stored is None:
@@ -113,8 +120,8 @@ def discard_plan(job: JobConfig, t: TableConfig, reason: str) -> str:
         state.discard_plan(t.name, plan.batch)
         detail = (
             f"planned batch {plan.batch} ({plan.rows} rows, loads {', '.join(plan.load_ids)}, "
-            f"manifest sha256 {plan.manifest_sha256[:12]}…; the lake holds {held} manifest "
-            f"there) discarded by the operator: {reason}. The next run cuts these loads again"
+            f"manifest sha256 {plan.manifest_sha256[:12]}…; {_LAKE_HOLDS[held]}) discarded "
+            f"by the operator: {reason}. The next run cuts these loads again"
         )
         state.log("plan-discard", "plan-discard", "info", table=t.name, batch=plan.batch, detail=detail)
         return f"{where}: {detail}"

@@ -203,7 +203,10 @@ def test_plan_show_and_discard(shop_job, shop, tmp_path, monkeypatch):
                 "--config", str(shop_job.config))
     assert done.exit_code == 0, done.output
     assert state.pending_plan("customers") is None
-    assert any("planned batch 2" in d and "cut again" in d for d in _oplog("plan-discard"))
+    assert any(
+        "planned batch 2" in d and "cut again" in d and "no manifest at that batch" in d
+        for d in _oplog("plan-discard")
+    )
     again = _cli("plan", "discard", "shop", "--table", "customers", "--reason", "x",
                  "--config", str(shop_job.config))
     assert again.exit_code == 2 and "no planned batch" in again.output
