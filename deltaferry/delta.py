@@ -158,8 +158,8 @@ def build_delta(
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
                 f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
-                f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing published "
-                f"({summarize(failures)})"
+                f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing of this table "
+                f"published ({summarize(failures)}); the job's other tables go on"
             )
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start

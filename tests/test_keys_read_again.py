@@ -365,3 +365,72 @@ def test_postgres_rows_read_again_by_key_arrive(
     src = PostgresSource(pg_job.server, pg_job.database)
     bucket = pg_job.lake_url.split("/")[2]
     run_case(POSTGRES[kind], src, tmp_path, bucket, contract_module, "timestamp")
+
+
+def _sqlite_job(tmp_path: Path, bucket: str, module: str, table: str) -> tuple[SqliteSource, Path]:
+    src = SqliteSource(tmp_path / "src.db")
+    config = tmp_path / "deltaferry.toml"
+    config.write_text(
+        f'[jobs.k]\nsource = "sql_database"\nurl = "{src.url}"\nlake = "s3://{bucket}/lake"\n'
+        f"max_reconcile_delete_ratio = 0.9\n\n[[jobs.k.tables]]\n{table}"
+        f'contract = "{module}:Items"\n'
+    )
+    return src, config
+
+
+def test_numbers_beyond_64_bits_in_a_sqlite_cursor_and_key_do_not_stop_later_runs(
+    tmp_path: Path, home: Path, bucket: str, prefect_api: None, contract_module: str
+) -> None:
+    """A NUMERIC(20,0) value above 2^63 (SQLite keeps it as a REAL, 1e19 exactly) is a
+    valid decimal: published, and then bound back to SQLite as the staged bound (the cursor)
+    or a key read again; as an integer it overflowed SQLite's 64 bits and stopped every later
+    run, until a reset."""
+    from flows.sync import sync_job
+
+    src, config = _sqlite_job(
+        tmp_path, bucket, contract_module,
+        'name = "items"\nprimary_key = ["n"]\ncursor = "seq"\ndeletes = "reconcile"\n',
+    )  # fmt: skip
+    src.execute("CREATE TABLE items (n NUMERIC(20,0) PRIMARY KEY, name TEXT, seq NUMERIC(20,0))")
+    src.execute("INSERT INTO items VALUES (1, 'a', 9007199254740991)")
+    sync_job(job="k", config=str(config))
+    src.execute("INSERT INTO items VALUES ('10000000000000000000', 'big', '10000000000000000000')")
+    assert sync_job(job="k", config=str(config))["tables"]["items"]["upserts"] == 1
+    # a late row keyed beyond 64 bits, read again by key; then nothing to do
+    src.execute("INSERT INTO items VALUES ('20000000000000000000', 'late', 5)")
+    assert sync_job(job="k", config=str(config))["tables"]["items"]["upserts"] == 1
+    assert sync_job(job="k", config=str(config))["tables"]["items"]["batch"] is None
+    src.con.close()
+
+
+def test_text_that_is_not_utf8_in_a_key_found_by_reconcile_stops_at_once(
+    tmp_path: Path, home: Path, bucket: str, prefect_api: None, contract_module: str
+) -> None:
+    """Reconcile reads every source key outside dlt's steps: a key of bytes that are not
+    UTF-8 there was taken for a lost connection (retried, then "connection lost", no table
+    named). It is the same one-line refusal as in the read: job, table, column; not
+    retried."""
+    from deltaferry.errors import TerminalError
+    from deltaferry.state import StateStore
+    from flows.sync import sync_job
+
+    src, config = _sqlite_job(
+        tmp_path, bucket, contract_module,
+        'name = "items"\nprimary_key = ["k"]\ncursor = "updated_at"\ndeletes = "reconcile"\n',
+    )  # fmt: skip
+    src.execute("CREATE TABLE items (k TEXT PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
+    src.execute("INSERT INTO items VALUES ('a', 'ok', '2024-01-01 00:00:00')")
+    sync_job(job="k", config=str(config))
+    src.execute("INSERT INTO items VALUES (CAST(X'FF61' AS TEXT), 'late', '2023-01-01 00:00:00')")
+    with pytest.raises(TerminalError) as err:
+        sync_job(job="k", config=str(config))
+    message = str(err.value)
+    for part in ("job 'k'", "table 'items'", "column 'k'", "not valid UTF-8"):
+        assert part in message, message
+    assert "\n" not in message
+    with StateStore("k").connect(read_only=True) as con:
+        attempts = con.execute(
+            "SELECT max(attempt) FROM ops_log WHERE step = 'extract'"
+        ).fetchone()[0]
+    assert attempts == 1
+    src.con.close()

@@ -132,7 +132,7 @@ def run_reads(
             if e.step == "extract":
                 pipeline.abort_packages()
             raise ours from None
-        undecodable = _undecodable_text(job, e)
+        undecodable = undecodable_text(job, e)
         if undecodable is not None:  # sqlite3 calls it an OperationalError: not transient
             pipeline.abort_packages()
             raise TerminalError(undecodable) from None
@@ -155,27 +155,27 @@ def run_reads(
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
 
-def _undecodable_text(job: JobConfig, e: BaseException) -> str | None:
+def undecodable_text(job: JobConfig, e: BaseException, table: str | None = None) -> str | None:
     """One line for text that is not valid UTF-8 (SQLite stores any bytes as TEXT, and its
     driver fails the read with an ``OperationalError``, the class of a dropped connection):
-    the same bytes fail every retry, so it stops the run naming job, table and column;
-    None for any other failure."""
+    the same bytes fail every retry, so it stops the run naming job, table (``table``, or
+    the dlt pipe in the error) and column; None for any other failure."""
     import re
 
     text = str(e)
     found = re.search(r"Could not decode to UTF-8 column '([^']*)' with text '(.{0,40}?)'", text)
     if found is None:
         return None
-    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
-    where = f"job '{job.name}' table '{pipe.group(1).removesuffix('__recreated')}'" if pipe else (
-        f"job '{job.name}'"
-    )
+    if table is None:
+        pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+        table = pipe.group(1).removesuffix("__recreated") if pipe else None
+    where = f"job '{job.name}' table '{table}'" if table else f"job '{job.name}'"
     column = found.group(1)
     return (
-        f"{where} column '{column}': a value is not valid UTF-8 text ({found.group(2)!r}, as the driver shows it); "
-        "nothing was staged. Fix the value in the source (SQLite's driver cannot read it), "
-        f'or leave the column out (exclude_columns = ["{column}"]); the next run reads the '
-        "table again"
+        f"{where} column '{column}': a value is not valid UTF-8 text ({found.group(2)!r}, as "
+        "the driver shows it); nothing was staged. Fix the value in the source (SQLite's "
+        "driver cannot read it), or, unless it is a key or cursor column, leave the column "
+        f'out (exclude_columns = ["{column}"]); the next run reads the table again'
     )
 
 

@@ -27,7 +27,7 @@ from sources.sql_database.connection import (
     connect_error,
     scrub,
 )
-from sources.sql_database.reads import TableRead, adapt_table, run_reads
+from sources.sql_database.reads import TableRead, adapt_table, run_reads, undecodable_text
 from sources.sql_database.types import carry_plans
 from sources.sql_database.window import Normalize, by_keys, text_time_columns
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
@@ -195,6 +195,9 @@ def _read_source_keys(
                         con, part, f"INSERT INTO {_SOURCE_KEYS} BY NAME SELECT * FROM _deltaferry_arrow"
                     )
     except sa.exc.DBAPIError as e:
+        undecodable = undecodable_text(job, e, t.name)  # the same bytes fail every retry
+        if undecodable is not None:
+            raise TerminalError(undecodable) from None
         raise connect_error(job, e) from e
     except TRANSIENT_SOURCE_ERRORS as e:
         raise TransientError(

@@ -453,8 +453,12 @@ _KEPT: dict[Callable[[Any], Any], type] = {_sqlite_int: int, _sqlite_text: str}
 # reflection and the dlt resource
 
 
-def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
-    """A SQLAlchemy type that reads the column as ``plan`` says."""
+def _carried_type(
+    job: str, table: str, plan: Plan, original: Any, role: str | None = None
+) -> Any:
+    """A SQLAlchemy type that reads the column as ``plan`` says; ``role``: the column's
+    role when it is a key, cursor or soft-delete column (which cannot be retyped or left
+    out, so a refused value names other fixes)."""
     import sqlalchemy as sa
 
     impl_type = sa.Text() if plan.cast_text else (sa.types.NullType() if plan.raw else original)
@@ -469,19 +473,27 @@ def _carried_type(job: str, table: str, plan: Plan, original: Any) -> Any:
         def process_bind_param(self, value: Any, dialect: Any) -> Any:
             # a staged value compared with the source (a cursor bound, a key read again):
             # the driver of a raw column gets it as the column stores it, a decimal as an
-            # integer when whole, else as its text (SQLite's NUMERIC affinity reads it back
-            # as the number, never through a double)
+            # integer when whole and within SQLite's 64 bits, else as its text (SQLite's
+            # NUMERIC affinity reads it back as the number, never through a double)
             if plan.raw and isinstance(value, Decimal):
-                return int(value) if value == value.to_integral_value() else str(value)
+                whole = value == value.to_integral_value()
+                if whole and _INT64[0] <= value <= _INT64[1]:
+                    return int(value)
+                return str(value)
             return value
 
     def refused(bad: _BadValue) -> ValueRefused:
+        fix = (
+            f"fix the value at the source (the table's {role} cannot be retyped or left out;"
+            " or sync a view that casts it)"
+            if role
+            else f'set column_types = {{ {plan.column} = "text" }} or exclude_columns = '
+            f'["{plan.column}"] for this table, or fix the value at the source'
+        )
         return ValueRefused(
             f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
             f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
-            f"carry exactly; nothing published; set column_types = {{ {plan.column} = "
-            f'"text" }} or exclude_columns = ["{plan.column}"] for this table, or fix '
-            "the value at the source"
+            f"carry exactly; nothing published; {fix}"
         )
 
     def process_result_value(self: Any, value: Any, dialect: Any) -> Any:
@@ -643,11 +655,12 @@ def carry_plans(job: Any, t: Any, table: Any, dialect: Any) -> Any:
     columns = [
         {"name": c.name, "type": c.type} for c in table.columns if not hasattr(c.type, "dlt_type")
     ]
+    roles = key_roles(t)
     for name, plan in plans(job, t, columns, dialect).items():
         if not (plan.cast_text or plan.convert or plan.raw):
             continue
         col = table.columns[name]
-        col.type = _carried_type(job.name, t.name, plan, col.type)
+        col.type = _carried_type(job.name, t.name, plan, col.type, roles.get(name))
     return table
 
 
