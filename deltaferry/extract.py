@@ -101,10 +101,28 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 entries.append(Entry("extract", "skipped", table=table, detail=reason[:2000]))
                 out.warnings.append(reason)
                 set_aside.append(reason)
-        for table, rows in (result.held or {}).items():
-            # rows that cannot be staged (a NULL key, a NULL cursor under quarantine)
+        for t in ctx.job.tables:
+            # rows that cannot be staged (a NULL key, a NULL cursor under quarantine); the
+            # NULL-cursor rows are read on every run, so a key no longer held is settled
+            rows = (result.held or {}).get(t.name, [])
+            rereads = bool(t.cursor) and getattr(t, "null_cursor", None) == "quarantine"
+            if not rows and not rereads:
+                continue
+            settled = ctx.state.record_held(ctx.run_id, t.name, rows, rereads)
+            if settled:
+                entries.append(
+                    Entry(
+                        "extract",
+                        "released",
+                        table=t.name,
+                        detail=f"{settled} row(s) held for a NULL cursor have a cursor value "
+                        "now: their quarantine records are resolved",
+                    )
+                )
+            if not rows:
+                continue
+            table = t.name
             out.tables.setdefault(table, TableExtract()).held = len(rows)
-            ctx.state.record_held(ctx.run_id, table, rows)
             reasons = sorted({r["reason"] for r in rows})
             line = (
                 f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "

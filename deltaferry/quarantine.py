@@ -15,11 +15,44 @@ from deltaferry.statedb import StoreBase, insert_rows, now
 class QuarantineMixin(StoreBase):
     """``StateStore``'s quarantine records."""
 
-    def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
+    def record_held(
+        self, run_id: str, table: str, rows: list[dict[str, Any]], rereads_null_cursors: bool
+    ) -> int:
         """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
-        records ``{pk, field, check, reason, row_json}``, with load id ``held``."""
+        records ``{pk, field, check, reason, row_json}``, with load id ``held``, one open
+        record per key and check (a row held again keeps its first record).
+
+        With ``rereads_null_cursors`` (the extract read every row whose cursor is NULL:
+        ``null_cursor = "quarantine"``), an open NULL-cursor record whose key was not held
+        this time is resolved: its row has a cursor value now (it was staged) or is gone.
+        Returns how many records were resolved."""
+        cursor_check = "cursor not null"
         with self.connect() as con:
-            insert_quarantine(con, run_id, table, [{**r, "load_id": "held"} for r in rows])
+            open_ = {
+                (pk, check)
+                for pk, check in con.execute(
+                    'SELECT pk, "check" FROM quarantine WHERE tbl = ? AND load_id = \'held\''
+                    " AND resolved IS NULL",
+                    [table],
+                ).fetchall()
+            }
+            new = [r for r in rows if (r["pk"], r["check"]) not in open_]
+            insert_quarantine(con, run_id, table, [{**r, "load_id": "held"} for r in new])
+            if not rereads_null_cursors:
+                return 0
+            still = {r["pk"] for r in rows if r["check"] == cursor_check}
+            settled = sorted(pk for pk, check in open_ if check == cursor_check and pk not in still)
+            if settled:
+                insert_rows(
+                    con,
+                    "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ? AND"
+                    " load_id = 'held' AND \"check\" = ? AND resolved IS NULL"
+                    " AND pk IN (SELECT pk FROM df_rows)",
+                    {"pk": pa.string()},
+                    [[k] for k in settled],
+                    [f"run {run_id}: the row has a cursor value now", now(), table, cursor_check],
+                )
+            return len(settled)
 
     def open_held(self, table: str) -> list[tuple[str, str, str | None, str | None]]:
         """The table's held staged rows: (key JSON, load id, contract fingerprint held

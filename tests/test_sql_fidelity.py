@@ -562,3 +562,31 @@ def test_text_that_is_not_utf8_stops_the_table_at_once_naming_the_column(job):
     assert job.sync()["tables"]["items"]["upserts"] == 2
     job.pull()
     assert job.replica_rows() == expected(job)
+
+
+def test_a_null_cursor_row_published_later_leaves_no_open_quarantine_record(job):
+    """Under null_cursor = "quarantine" a row is held on every run its cursor stays NULL:
+    one open record (not one per run), resolved by the run that finds it has a cursor value
+    (and publishes it); `quarantine list` and `status` then show nothing held."""
+    from deltaferry.state import StateStore
+
+    job.write(table_extra='null_cursor = "quarantine"')
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'a', '2026-03-01 12:00:00'), (2, 'b', NULL)",
+    )
+    job.sync()
+    job.sync()  # still NULL: held again, not recorded twice
+
+    def open_records() -> list[tuple]:
+        with StateStore("t").connect(read_only=True) as con:
+            return con.execute(
+                "SELECT pk, \"check\" FROM quarantine WHERE tbl = 'items' AND resolved IS NULL"
+            ).fetchall()
+
+    assert open_records() == [('{"id": 2}', "cursor not null")]
+    job.sql("UPDATE items SET updated_at = '2026-01-01 00:00:00' WHERE id = 2")  # an old value
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert open_records() == []
+    job.pull()
+    assert job.replica_rows() == expected(job)
