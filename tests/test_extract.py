@@ -34,8 +34,11 @@ class _State:
 
     released = hold
 
-    def record_held(self, run_id: str, table: str, rows: list[dict[str, Any]]) -> None:
+    def record_held(
+        self, run_id: str, table: str, rows: list[dict[str, Any]], rereads_null_cursors: bool
+    ) -> int:
         self.held.append((table, len(rows)))
+        return 0
 
 
 def _ctx(source: SourceResult, monkeypatch, *, unchanged: int = 0, gone: int = 0) -> SyncContext:
@@ -49,7 +52,11 @@ def _ctx(source: SourceResult, monkeypatch, *, unchanged: int = 0, gone: int = 0
         lambda ctx, t: gone if t.name == "orders" else 0,
     )
     job: Any = SimpleNamespace(
-        name="shop", tables=[SimpleNamespace(name="customers"), SimpleNamespace(name="orders")]
+        name="shop",
+        tables=[
+            SimpleNamespace(name="customers", cursor="updated_at", null_cursor="include"),
+            SimpleNamespace(name="orders", cursor=None, null_cursor="include"),
+        ],
     )
     state: Any = _State()
     return SyncContext(job=job, state=state, lake=None, run_id="r1", trace_id="t1")
