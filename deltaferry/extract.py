@@ -105,7 +105,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             # rows that cannot be staged (a NULL key, a NULL cursor under quarantine); the
             # NULL-cursor rows are read on every run, so a key no longer held is settled
             rows = (result.held or {}).get(t.name, [])
-            rereads = bool(t.cursor) and getattr(t, "null_cursor", None) == "quarantine"
+            rereads = bool(t.cursor) and t.null_cursor == "quarantine"
             if not rows and not rereads:
                 continue
             settled = ctx.state.record_held(ctx.run_id, t.name, rows, rereads)
@@ -122,7 +122,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             if not rows:
                 continue
             table = t.name
-            out.tables.setdefault(table, TableExtract()).held = len(rows)
+            out.tables[table].held = len(rows)
             reasons = sorted({r["reason"] for r in rows})
             line = (
                 f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "

@@ -334,7 +334,7 @@ def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[s
                 {d + step for d in (_day_number(_typed(col, k[c])) for k in keys if k[c] is not None)
                  for step in (-1, 0, 1)}
             )  # fmt: skip
-            jd = sa.func.julianday(table.c[c])
+            jd = sa.func.julianday(col)
             day = sa.cast(jd + 0.5, sa.Integer)  # julian day number: days start at noon
             conds.append(sa.or_(day.in_(days), jd.is_(None)))
         return query.where(sa.and_(*conds))
