@@ -110,6 +110,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         ["--method", "scanner-dlt"],
     ),
     "deltaferry": ("deltaferry initial sync (staging + contract + lake)", []),
+    "deltaferry-scanner": (
+        'deltaferry initial sync with initial_load = "scanner" (its fast path)', []
+    ),
 }  # fmt: skip
 DEFAULT_METHODS = list(METHODS)
 
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = pg_reference(pg, args.rows, args.seed)
         url = pg.url(DATABASE)
         env_df: dict[str, str] = {}
-        if "deltaferry" in methods:
+        if any(m.startswith("deltaferry") for m in methods):
             moto, endpoint = start_moto(logs / "moto.log", base)
             services.append(moto)
             make_bucket(endpoint)
@@ -441,13 +444,18 @@ def main(argv: list[str] | None = None) -> int:
             for m in methods:
                 rdir = work / f"r{rnd}-{m}"
                 rdir.mkdir()
-                if m == "deltaferry":
+                if m.startswith("deltaferry"):
                     jobs = rdir / "jobs.toml"
-                    jobs.write_text(
-                        JOBS_TOML.format(
-                            job=JOB, url=url, lake=f"s3://{BUCKET}/r{rnd}", table=TABLE
-                        )
+                    text = JOBS_TOML.format(
+                        job=JOB, url=url, lake=f"s3://{BUCKET}/r{rnd}-{m}", table=TABLE
                     )
+                    if m == "deltaferry-scanner":  # the table's setting, after its cursor
+                        text = text.replace(
+                            'cursor = "updated_at"\n',
+                            'cursor = "updated_at"\ninitial_load = "scanner"\n',
+                        )
+                        assert "initial_load" in text, text
+                    jobs.write_text(text)
                     cmd = [sys.executable, str(BENCH / "phase_deltaferry.py"), "--job", JOB,
                            "--config", str(jobs)]  # fmt: skip
                     env = {**env_df, "DELTAFERRY_HOME": str(rdir / "home")}
@@ -469,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {m} failed; see {r.log}")
                     continue
                 if rnd == 1:
-                    if m == "deltaferry":
+                    if m.startswith("deltaferry"):
                         staged = sorted((rdir / "home").rglob("staging.duckdb"))
                         target = staged[0] if staged else rdir / "missing"
                     else:
@@ -482,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rnd < args.rounds or not args.keep:
                     # the result files of earlier rounds: disk, not needed
                     for f in rdir.rglob("*.duckdb"):
-                        if rnd > 1 or m != "deltaferry":
+                        if rnd > 1 or not m.startswith("deltaferry"):
                             f.unlink()
     finally:
         for svc in reversed(services):

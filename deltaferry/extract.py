@@ -131,6 +131,9 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             entries.append(Entry("extract", "held", table=table, detail=line[:2000]))
             out.warnings.append(line)
             set_aside.append(line)
+        for table, notes in (result.notes or {}).items():  # how the source read the table
+            for note in notes:
+                entries.append(Entry("extract", "initial-load", table=table, detail=note[:2000]))
         for table, notes in (result.duplicates or {}).items():
             # a key read more than once in one read, resolved by the source's rule: recorded
             out.tables.setdefault(table, TableExtract()).duplicates = list(notes)

@@ -42,6 +42,9 @@ class ExtractResult:
     # per table, the columns the source has now (when the source knows them): a staged
     # contract column missing here and NULL on every new row was dropped (contracts/drift.py)
     columns: dict[str, list[str]] | None = None
+    # per table, decisions the source made about how to read it, as one-line notes (a first
+    # load by DuckDB's postgres scanner, or why not): written to the operations log
+    notes: dict[str, list[str]] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

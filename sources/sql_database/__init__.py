@@ -15,16 +15,19 @@ incremental read window (``window.py``), exact column types (``types.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError, TransientError
+from deltaferry.failpoints import failpoint
 from sources.change_detection import ChangedByKey, ChangedRows
 from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
 from sources.pipeline import pipeline_for, staging_naming
+from sources.sql_database import bulk
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
 from sources.sql_database.reconcile import reconcile, reextract
@@ -105,6 +108,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # keys whose cursor was NULL last time: read again by key after the window, since a
         # cursor value given later may be older than the window's bound
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
+        # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
+        first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
                 reads.append(
@@ -125,7 +130,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         pipeline=pipeline,
                     )
                 )
-        load_ids: list[str] = []
+        load_ids: list[str] = list(first.load_ids)
         rows: dict[str, int] = {}
         try:
             info = run_reads(pipeline, [r.resource for r in reads], job, reads)
@@ -134,8 +139,12 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 r.close()
         load_ids.extend(info.loads_ids)
         rows.update(row_counts(pipeline, job.tables))
+        for name, n in first.rows.items():
+            rows[name] = rows.get(name, 0) + n
         tombstones: dict[str, int] = {}
         held = {r.t.name: list(r.keys.held) for r in reads if r.keys.held}
+        for name, more in first.held.items():
+            held.setdefault(name, []).extend(more)
         for t in job.tables:
             keys = revisit.get(t.name)
             if keys:
@@ -156,11 +165,89 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             if t.cursor and t.null_cursor == "quarantine":
                 remember_null_cursor_keys(job, t, held.get(t.name, []))
         return ExtractResult(
-            load_ids, rows, tombstones, held=held or None, columns=columns or None
+            load_ids,
+            rows,
+            tombstones,
+            held=held or None,
+            columns=columns or None,
+            notes=first.notes or None,
         )
     finally:
         if borrowed is not None:
             borrowed.close()
+
+
+@dataclass
+class _FirstLoads:
+    """What the initial loads by the scanner staged: the seed's load ids, rows staged per
+    table (seed and copy), rows the seed held back, and one operations-log line per table
+    (what was copied, or why dlt reads the rest)."""
+
+    load_ids: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    held: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _initial_loads(
+    job: JobConfig, engine: sa.Engine, pipeline: Any, watchdog: StallWatchdog, borrowed: Any
+) -> _FirstLoads:
+    """The first load of each table with ``initial_load = "scanner"`` and nothing staged:
+    a seed of ``bulk.SEED_ROWS`` rows through dlt, then the rest copied by the scanner
+    (``sources/sql_database/bulk.py``). Tables that cannot take it get a note and are read
+    by the run's dlt read as usual."""
+    out = _FirstLoads()
+    tables = []
+    for t in job.tables:
+        if not bulk.requested(t) or bulk.staged(job, t, borrowed):
+            continue
+        why = bulk.ineligible(job, t, engine)
+        if why is not None:
+            out.notes[t.name] = [
+                f"job '{job.name}' table '{t.name}': initial load through dlt, not the "
+                f"scanner: {why}"
+            ]
+            continue
+        tables.append(t)
+    if not tables:
+        return out
+    seeds = [
+        TableRead(
+            job,
+            t,
+            engine,
+            watchdog,
+            ChangedByKey(job, t, borrowed),
+            lambda text_times, t=t: bulk.first_rows(t),
+            pipeline=pipeline,
+        )
+        for t in tables
+    ]
+    try:
+        info = run_reads(pipeline, [r.resource for r in seeds], job, seeds)
+    finally:
+        for r in seeds:
+            r.close()
+    out.held = {r.t.name: list(r.keys.held) for r in seeds if r.keys.held}
+    seeded = row_counts(pipeline, tables)
+    out.load_ids = list(info.loads_ids)
+    if not out.load_ids:
+        return out
+    load_id = out.load_ids[-1]
+    failpoint("after_seed")  # crash tests: the seed committed, nothing copied
+    for t in tables:
+        try:
+            line = bulk.copy_rest(job, t, engine, load_id, borrowed)
+        except bulk.Skipped as e:
+            out.rows[t.name] = seeded.get(t.name, 0)
+            line = (
+                f"job '{job.name}' table '{t.name}': initial load: the scanner's copy was "
+                f"rolled back, dlt reads the rest of the table: {e}"
+            )
+        else:
+            out.rows[t.name] = bulk.staged_rows(job, t, load_id, borrowed)
+        out.notes[t.name] = [line]
+    return out
 
 
 def _unique_held(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ column names every source kind stages with are in ``sources.columns``."""
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import model_validator
 
@@ -27,6 +27,15 @@ class Table(TableModel):
         'span = "text" }',
     )
 
+    initial_load: Literal["dlt", "scanner"] = setting(
+        "dlt",
+        'how the table\'s first load reads it: "dlt" (dlt\'s SQL read, as every later run) '
+        'or "scanner" (PostgreSQL only: a seed of rows through dlt, then the rest copied by '
+        "DuckDB's postgres scanner, many times faster; a table whose types it cannot copy "
+        "exactly is read by dlt, and the operations log says why)",
+        '"dlt" or "scanner"',
+    )
+
     @model_validator(mode="after")
     def _columns_a_table_can_honour(self) -> Self:
         """Key, cursor and soft-delete columns are read as they are (they are compared with
@@ -34,6 +43,11 @@ class Table(TableModel):
         from sources.sql_database.types import MAX_PRECISION, SIMPLE_TYPES, key_roles, parse_type
 
         role = key_roles(self)
+        if self.initial_load == "scanner" and self.cursor is None:
+            raise ValueError(
+                'initial_load = "scanner" needs a cursor: the run after the copy reads the '
+                "table from the newest copied cursor value"
+            )
         for c in self.exclude_columns:
             if c in role:
                 raise ValueError(

@@ -1,0 +1,373 @@
+"""A PostgreSQL table's initial load by DuckDB's postgres scanner (``initial_load =
+"scanner"``): the fast path for a large first sync.
+
+dlt's SQL read converts every value to a Python object and back (about 20-50k rows/s
+here); DuckDB's postgres extension copies the table with PostgreSQL's binary COPY into
+staging at several hundred thousand rows/s (``bench/README.md``, "PostgreSQL fast path").
+The extension is loaded from the ``duckdb-extension-postgres-scanner`` package, built for
+the pinned DuckDB, never downloaded.
+
+The copy is an optimisation of the first run only, never a second way to stage a row:
+
+1. **Seed, through dlt.** The table's first ``SEED_ROWS`` rows by cursor are read by the
+   normal dlt read, with every step it has (value checks, keys held or counted, content
+   hash). dlt creates the staging table with its exact types and records the load.
+2. **Copy, by the scanner.** In one DuckDB transaction the seed's rows at its newest
+   cursor value are removed (a run of equal values may go on past the seed's last row) and
+   every source row at or after that value is copied into the table, each value cast to
+   the staged type (``char(n)`` padded as PostgreSQL prints it), with the seed's load id
+   and the content hash the dlt read gives (``content_text``, in UTC).
+3. **The run goes on as any later run:** its dlt read starts at the newest staged cursor
+   value, so rows committed during the copy and rows with a NULL cursor are read as
+   always. The plan cuts the seed's load (copy included) with the run's own.
+
+The copy is kept only when it is clean: a NULL key, a key twice (not unique at the source,
+or a row updated during the copy), a time value that is infinite or outside years
+1-9999, or any failure (a value DuckDB cannot cast, a lost connection) rolls it back, and
+the run's dlt read stages the rest of the table itself, with its own checks and errors.
+Every decision is a line of the operations log
+(``initial-load``). A crash during the copy leaves the seed, a normal first load: the next
+run reads from its cursor through dlt.
+
+Eligible: a plain table (no partitions, views or inheritance children: the scanner reads
+a table's own pages) with nothing staged yet, no ``column_types``, a cursor that is a
+number, date or time (compared in both databases: text collations differ), and only
+column types whose scanner value is the dlt read's exactly: integers, ``numeric(p,s)``,
+``double precision``, text types (enums and ``char(n)`` included), ``uuid``, ``boolean``,
+``bytea``, ``date``, ``timestamptz``, ``timestamp`` (in a job whose ``timezone`` is UTC),
+``json``/``jsonb``. Any other table is read by dlt, and the log says why.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import fetch_row, ident, literal
+from sources.change_detection import content_text
+from sources.columns import HASH_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
+from sources.sql_database.connection import scrub
+from sources.sql_database.types import Refusal, _family, _unwrap, plan_column
+from sources.staging import read_staging, staged_table_exists, staging_path
+
+# rows of the seed: enough to make dlt create the table with its types, few enough to cost
+# nothing next to the copy
+SEED_ROWS = 1000
+
+# families of ``types.plan_column`` whose scanner value, cast to the staged type, is the
+# value the dlt read stages (checked by tests/test_pg_initial_load.py)
+_EXACT = {"integer", "numeric", "text", "uuid", "bool", "binary", "date", "timestamptz", "json"}
+# PostgreSQL's float8; a float4 goes through Python's float of its text in the dlt read
+_DOUBLE = {"DOUBLE PRECISION", "FLOAT"}
+_TIME_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
+# cursor families whose order is the same in DuckDB and PostgreSQL
+_ORDERED = {"integer", "numeric", "date", "timestamp", "timestamptz"}
+
+
+def requested(t: TableConfig) -> bool:
+    """Whether the table's ``initial_load`` asks for the scanner."""
+    return t.options.get("initial_load", "dlt") == "scanner"
+
+
+def ineligible(job: JobConfig, t: TableConfig, engine: sa.Engine) -> str | None:
+    """Why the table's initial load cannot take the scanner (one line), or None when it
+    can. The table's columns are reflected from the source (``engine``)."""
+    return _columns(job, t, engine)[0]
+
+
+def _columns(
+    job: JobConfig, t: TableConfig, engine: sa.Engine
+) -> tuple[str | None, dict[str, int]]:
+    """``ineligible``'s answer, and the ``char(n)`` columns by name with their length: the
+    scanner reads them without their padding, the dlt read with it."""
+    if engine.dialect.name != "postgresql":
+        return f"the source is {engine.dialect.name}, the scanner reads PostgreSQL only", {}
+    if t.options.get("column_types"):
+        return "the table sets column_types", {}
+    kind = _relation(engine, t.name)
+    if kind is not None:
+        return kind, {}
+    excluded = set(t.options.get("exclude_columns", []))
+    padded: dict[str, int] = {}
+    for col in sa.inspect(engine).get_columns(t.name):
+        if col["name"] in excluded:
+            continue
+        try:
+            plan = plan_column(col["name"], col["type"], engine.dialect)
+        except Refusal:
+            return None, padded  # preflight refuses the table with its own message
+        family = _family(col["type"])
+        base = _unwrap(col["type"])
+        if isinstance(base, sa.CHAR) and not isinstance(base, sa.NCHAR | sa.VARCHAR):
+            padded[col["name"]] = base.length or 1
+        if col["name"] == t.cursor and family not in _ORDERED:
+            # compared in DuckDB and in PostgreSQL: text collations and NaN order differ
+            return f"cursor '{t.cursor}' is {plan.source}, not a number, date or time", padded
+        if family == "float" and plan.source.upper() in _DOUBLE:
+            continue
+        if family == "timestamp" and job.timezone == "UTC":
+            continue
+        if family not in _EXACT:
+            return (
+                f"column '{col['name']}' ({plan.source}) is not a type the scanner copies "
+                "exactly as the dlt read stages it"
+            ), padded
+    return None, padded
+
+
+def _relation(engine: sa.Engine, table: str) -> str | None:
+    """Why the scanner cannot read ``table`` as PostgreSQL's ``SELECT`` does, or None: it
+    scans a plain table's own pages, so a partitioned table, a table with inheritance
+    children (their rows are the parent's in a query, not in its pages), a view or a
+    foreign table would be copied in part or not at all."""
+    with engine.connect() as c:
+        row = c.execute(
+            sa.text(
+                "SELECT c.relkind, EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) "
+                "FROM pg_class c WHERE c.oid = to_regclass(quote_ident(current_schema()) || '.' "
+                "|| quote_ident(:t))"
+            ),
+            {"t": table},
+        ).first()
+    if row is None:
+        return "the table is not in the connection's current schema"
+    if row[0] != "r":
+        return f"the relation is not a plain table (pg_class.relkind '{row[0]}')"
+    if row[1]:
+        return "the table has inheritance children, whose rows the scanner does not read"
+    return None
+
+
+def first_rows(t: TableConfig) -> Any:
+    """dlt ``query_adapter_callback`` for the seed: the ``SEED_ROWS`` rows with the oldest
+    cursor values (NULL cursors last)."""
+    cursor = t.cursor
+    assert cursor is not None  # settings: initial_load = "scanner" needs a cursor
+
+    def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
+        col = table.c[cursor]
+        return query.order_by(col.asc().nulls_last()).limit(SEED_ROWS)
+
+    return adapt
+
+
+def conninfo(engine: sa.Engine) -> str:
+    """The engine's PostgreSQL url as a libpq connection string for ``ATTACH``, with
+    deltaferry's connect timeout and TCP keepalives (a peer that vanishes mid-copy is found
+    within about a minute, as on the dlt read)."""
+    from deltaferry.settings import from_env
+
+    url = engine.url
+    parts: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+        "connect_timeout": int(from_env().source_connect_timeout),
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    for k, v in url.query.items():
+        parts[k] = v[-1] if isinstance(v, tuple) else v
+    quoted = (
+        f"{k}='{str(v).replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+        for k, v in parts.items()
+        if v is not None
+    )
+    return " ".join(quoted)
+
+
+def _scanner_path() -> Path:
+    import duckdb_extension_postgres_scanner as package
+
+    found = sorted(
+        Path(package.__file__).parent.glob("extensions/*/postgres_scanner.duckdb_extension")
+    )
+    if not found:
+        raise RuntimeError("duckdb-extension-postgres-scanner ships no extension for this platform")
+    return found[-1]
+
+
+def _schema(engine: sa.Engine) -> str:
+    with engine.connect() as c:
+        return str(c.execute(sa.text("SELECT current_schema()")).scalar_one())
+
+
+def staged(job: JobConfig, t: TableConfig, borrowed: Any = None) -> bool:
+    """Whether the table has a staging table (any load of it committed)."""
+    path = staging_path(job.name)
+    if not path.exists():
+        return False
+    con = read_staging(path, borrowed)
+    try:
+        return staged_table_exists(con, t.name)
+    finally:
+        con.close()
+
+
+def staged_rows(job: JobConfig, t: TableConfig, load_id: str, borrowed: Any = None) -> int:
+    """Rows of the table staged by ``load_id``."""
+    con = read_staging(staging_path(job.name), borrowed)
+    try:
+        return int(
+            fetch_row(
+                con,
+                f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} "
+                f"WHERE {ident(LOAD_ID_COLUMN)} = ?",
+                [load_id],
+            )[0]
+        )
+    finally:
+        con.close()
+
+
+class Skipped(Exception):
+    """The copy was rolled back; the run's dlt read stages the rest. ``str()`` is why."""
+
+
+def copy_rest(
+    job: JobConfig, t: TableConfig, engine: sa.Engine, load_id: str, borrowed: Any = None
+) -> str:
+    """Copy the table's rows at or after the seed's newest cursor value into staging with
+    the seed's ``load_id`` (see the module's docstring), in one transaction. Returns the
+    operations-log line of what was copied; raises ``Skipped`` (one line: why) when the
+    copy was rolled back."""
+    started = time.monotonic()
+    where = f"job '{job.name}' table '{t.name}'"
+    if borrowed is not None:
+        con = borrowed.cursor()
+        con.execute("USE staging")
+    else:
+        con = duck.connect(staging_path(job.name), alias="staging")
+    try:
+        try:
+            return _copy(job, t, engine, load_id, con, where, started)
+        except Skipped:
+            raise
+        except (duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError) as e:
+            first = scrub(job, " ".join(str(e).split()))[:300]
+            raise Skipped(f"the copy failed: {type(e).__name__}: {first}") from None
+    finally:
+        try:
+            con.execute("DETACH DATABASE IF EXISTS df_pg")
+        except duckdb.Error:
+            pass
+        con.close()
+
+
+def _copy(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    load_id: str,
+    con: duckdb.DuckDBPyConnection,
+    where: str,
+    started: float,
+) -> str:
+    if not staged_table_exists(con, t.name):
+        raise Skipped("the seed staged no row (the table is empty or all its rows were held)")
+    staged = duck.column_types(con, t.name, STAGING_DATASET)
+    source = [c for c in staged if c not in INTERNAL_COLUMNS]
+    table = f"{STAGING_DATASET}.{ident(t.name)}"
+    con.execute("SET TimeZone = 'UTC'")  # as the dlt read hashes; naive times are UTC here
+    con.execute(f"LOAD {literal(str(_scanner_path()))}")
+    schema = _schema(engine)
+    con.execute(
+        f"ATTACH {literal(conninfo(engine))} AS df_pg (TYPE postgres, READ_ONLY, "
+        f"SCHEMA {literal(schema)})"
+    )
+    pg_columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_catalog = 'df_pg' AND table_schema = ? AND table_name = ?",
+            [schema, t.name],
+        ).fetchall()
+    }
+    missing = [c for c in source if c not in pg_columns]
+    if missing:
+        raise Skipped(f"staged column(s) {missing} are not source columns by these names")
+    padded = _columns(job, t, engine)[1]
+
+    def cast(c: str) -> str:
+        value = f"CAST(p.{ident(c)} AS {staged[c]})"
+        return f"rpad({value}, {padded[c]}, ' ')" if c in padded else value
+
+    casts = ", ".join(f"{cast(c)} AS {ident(c)}" for c in source)
+    names = ", ".join(ident(c) for c in source)
+    assert t.cursor is not None  # settings: initial_load = "scanner" needs a cursor
+    cursor = ident(t.cursor)
+    con.execute("BEGIN")
+    try:
+        # the staged table holds the seed alone: its rows at its newest cursor value are
+        # copied again (a tie may go on past the seed's last row)
+        bound = fetch_row(con, f"SELECT max({cursor}) FROM {table}")[0]
+        replaced = fetch_row(con, f"DELETE FROM {table} WHERE {cursor} >= ?", [bound])[0]
+        copied = fetch_row(
+            con,
+            f"INSERT INTO {table} ({names}, {ident(LOAD_ID_COLUMN)}, {ident(HASH_COLUMN)}) "
+            f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, md5({content_text(source)}) "
+            f"FROM (SELECT {casts} FROM df_pg.{ident(schema)}.{ident(t.name)} AS p "
+            f"WHERE p.{cursor} >= ?) AS c",
+            [load_id, bound],
+        )[0]
+        _check(con, t, table, load_id, source, staged)
+        con.execute("COMMIT")
+    except BaseException:
+        duck.rollback(con)
+        raise
+    took = time.monotonic() - started
+    return (
+        f"{where}: initial load by DuckDB's postgres scanner: {copied} row(s) from cursor "
+        f"{bound!s} on copied in {took:.1f} s ({copied / max(took, 1e-9):,.0f} rows/s; "
+        f"{replaced} seed row(s) at that value copied again), load {load_id}"
+    )
+
+
+def _check(
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    table: str,
+    load_id: str,
+    source: list[str],
+    staged: dict[str, str],
+) -> None:
+    """Raise ``Skipped`` when the staged table, after the copy, holds a row the dlt read
+    would have held back or refused, or a key twice."""
+    pk = list(t.primary_key)
+    null_key = " OR ".join(f"{ident(c)} IS NULL" for c in pk)
+    if fetch_row(con, f"SELECT count(*) FROM {table} WHERE {null_key}")[0]:
+        raise Skipped("a row has a NULL key (the dlt read holds such rows in quarantine)")
+    keys = ", ".join(ident(c) for c in pk)
+    dup = fetch_row(
+        con,
+        f"SELECT count(*) FROM (SELECT {keys} FROM {table} GROUP BY ALL HAVING count(*) > 1)",
+    )[0]
+    if dup:
+        raise Skipped(
+            f"{dup} key(s) occur more than once (not unique in the source, or a row updated "
+            "during the copy; the dlt read stops on the one, reads the other)"
+        )
+    odd = [
+        f"NOT (isfinite({ident(c)}) AND year({ident(c)}) BETWEEN 1 AND 9999)"
+        for c in source
+        if staged[c].upper() in _TIME_TYPES
+    ]
+    if (
+        odd
+        and fetch_row(
+            con,
+            f"SELECT count(*) FROM {table} WHERE {ident(LOAD_ID_COLUMN)} = ? AND ({' OR '.join(odd)})",
+            [load_id],
+        )[0]
+    ):
+        raise Skipped("a time value is infinite or outside years 1-9999 (the dlt read refuses it)")
