@@ -476,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r.returncode != 0:
                     print(f"    {m} failed; see {r.log}")
                     continue
+                for line in r.detail.get("initial_load") or []:  # the copy: rows, s, rows/s
+                    print(f"    {line}")
                 if rnd == 1:
                     if m.startswith("deltaferry"):
                         staged = sorted((rdir / "home").rglob("staging.duckdb"))

@@ -41,6 +41,7 @@ def main() -> None:
     tables = summary.get("tables", {})
     t_reads = time.perf_counter()
     steps = _step_times(args.job)
+    initial_load = _initial_load_notes(args.job)
     dlt_steps = _dlt_step_times(args.job, args.config)
     bench_reads = time.perf_counter() - t_reads
     rows = sum(int(s.get("rows") or 0) for s in tables.values())
@@ -57,6 +58,8 @@ def main() -> None:
         "tables": tables,
         "steps": steps,
         "dlt_steps": dlt_steps,
+        # initial_load = "scanner": what the copy did (rows, seconds, rows/s), or why not
+        "initial_load": initial_load,
     }
     print("BENCH_RESULT " + json.dumps(result, default=str), flush=True)
 
@@ -73,6 +76,17 @@ def _step_times(job: str) -> dict[str, float]:
             "GROUP BY step ORDER BY min(id)"
         ).fetchall()
     return {step: float(s) for step, s in rows}
+
+
+def _initial_load_notes(job: str) -> list[str]:
+    """The ``initial-load`` lines of the operations log (``sources/sql_database/bulk.py``)."""
+    from deltaferry.state import StateStore
+
+    with StateStore(job).connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT detail FROM ops_log WHERE outcome = 'initial-load' ORDER BY id"
+        ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _dlt_step_times(job: str, config: str) -> dict[str, float]:
