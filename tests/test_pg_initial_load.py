@@ -184,7 +184,7 @@ def contract_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "pg_initial_contract"
 
 
-def _write(pg_job: Any, pk: str = '["id"]', extra: str = "") -> None:
+def _write(pg_job: Any, pk: str = '["id"]', extra: str = "", suffix: str = "") -> None:
     common = {
         "url": pg_job.server.url(pg_job.database),
         "lake": pg_job.lake_url,
@@ -192,12 +192,12 @@ def _write(pg_job: Any, pk: str = '["id"]', extra: str = "") -> None:
         "module": "pg_initial_contract",
     }
     pg_job.config.write_text(
-        JOB.format(job="fast", extra=f'initial_load = "scanner"\n{extra}', **common)
-        + JOB.format(job="slow", extra=extra, **common)
+        JOB.format(job=f"fast{suffix}", extra=f'initial_load = "scanner"\n{extra}', **common)
+        + JOB.format(job=f"slow{suffix}", extra=extra, **common)
     )
 
 
-def _sync(pg_job: Any, job: str) -> dict[str, Any]:
+def _sync(pg_job: Any, job: str) -> dict[str, Any]:  # the table's result of one run
     from flows.sync import sync_job
 
     return dict(sync_job(job=job, config=str(pg_job.config))["tables"]["items"])
@@ -224,7 +224,9 @@ def _notes(job: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _differences(fast: Path, slow: Path) -> tuple[list[Any], list[Any], int]:
+def _differences(
+    fast: Path, slow: Path, names: list[str] = NAMES
+) -> tuple[list[Any], list[Any], int]:
     """Rows of the one replica's ``items`` missing from the other's (both ways, as text so
     NaN compares equal), and the count of a replica's rows."""
     con = duckdb.connect()
@@ -236,7 +238,7 @@ def _differences(fast: Path, slow: Path) -> tuple[list[Any], list[Any], int]:
             for db in ("fast", "slow")
         ]
         assert types[0] == types[1]
-        cols = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in NAMES)
+        cols = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in names)
         a = con.execute(
             f"SELECT {cols} FROM fast.items EXCEPT ALL SELECT {cols} FROM slow.items"
         ).fetchall()
@@ -390,3 +392,37 @@ def test_a_crash_between_seed_and_copy_loses_nothing(pg_job: Any) -> None:
     assert n == after["upserts"] + 0 and n > 2300  # one batch: the seed's load and the rest
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
     assert _notes("fast") == []  # the second run found the seed staged: not an initial load
+
+
+def test_a_composite_key_and_a_repeated_key(pg_job: Any) -> None:
+    """A key of text and time is copied and checked as a pair; then a key repeated in the
+    source (no unique constraint there) rolls the copy back, and the run stops exactly as
+    the dlt read stops it."""
+    from deltaferry.errors import DeltaferryError
+
+    pg_job.sql(
+        "CREATE TABLE items (region text, at timestamptz, v numeric(10,2), "
+        "deleted_at timestamptz, updated_at timestamptz)",
+        "INSERT INTO items SELECT 'r' || (g % 7), timestamptz '2024-01-01' + g * interval '1 s', "
+        "g / 100.0, NULL, timestamptz '2025-01-01' + (g / 3) * interval '1 s' "
+        "FROM generate_series(1, 2500) g",
+    )
+    _write(pg_job, pk='["region", "at"]')
+    assert _sync(pg_job, "fast") == _sync(pg_job, "slow")
+    # the seed ends in the tie of rows 999-1001 (cursor g / 3 s): two of them copied again
+    note = _notes("fast")[0]
+    assert "scanner: 1502 row(s)" in note and "2 seed row(s)" in note, note
+    only_fast, only_slow, n = _differences(
+        _pull(pg_job, "fast"), _pull(pg_job, "slow"), ["region", "at", "v", "updated_at"]
+    )
+    assert (only_fast, only_slow, n) == ([], [], 2500)
+
+    # two new jobs (a first load again), and a key twice in the source
+    _write(pg_job, pk='["region", "at"]', suffix="2")
+    pg_job.sql("INSERT INTO items SELECT region, at, 0, NULL, updated_at FROM items WHERE v = 20")
+    errors = []
+    for job in ("fast2", "slow2"):
+        with pytest.raises(DeltaferryError) as e:
+            _sync(pg_job, job)
+        errors.append(str(e.value).replace(f"job '{job}'", "job"))
+    assert errors[0] == errors[1] and "region" in errors[0], errors

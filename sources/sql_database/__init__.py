@@ -31,7 +31,7 @@ from sources.sql_database import bulk
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
 from sources.sql_database.reconcile import reconcile, reextract
-from sources.sql_database.types import job_scope, key_roles, source_columns
+from sources.sql_database.types import job_scope, key_roles, log, source_columns
 from sources.sql_database.window import (
     null_cursor_keys,
     remember_null_cursor_keys,
@@ -244,6 +244,8 @@ def _initial_loads(
                 f"job '{job.name}' table '{t.name}': initial load: the scanner's copy was "
                 f"rolled back, dlt reads the rest of the table: {e}"
             )
+            # also on the process's log now: a run that then fails records no extract row
+            log.warning(line)
         else:
             out.rows[t.name] = bulk.staged_rows(job, t, load_id, borrowed)
         out.notes[t.name] = [line]

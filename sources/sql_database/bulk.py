@@ -312,16 +312,26 @@ def _copy(
         # copied again (a tie may go on past the seed's last row)
         bound = fetch_row(con, f"SELECT max({cursor}) FROM {table}")[0]
         replaced = fetch_row(con, f"DELETE FROM {table} WHERE {cursor} >= ?", [bound])[0]
+        marks = {"prepare": time.monotonic() - started}
+        # each value's text for the hash cast once, in a subquery of its own
+        texts = {c: f"c.__df_text_{i}" for i, c in enumerate(source)}
+        as_text = ", ".join(
+            f"CAST(c.{ident(c)} AS VARCHAR) AS __df_text_{i}" for i, c in enumerate(source)
+        )
         copied = fetch_row(
             con,
             f"INSERT INTO {table} ({names}, {ident(LOAD_ID_COLUMN)}, {ident(HASH_COLUMN)}) "
-            f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, md5({content_text(source)}) "
-            f"FROM (SELECT {casts} FROM df_pg.{ident(schema)}.{ident(t.name)} AS p "
-            f"WHERE p.{cursor} >= ?) AS c",
+            f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, "
+            f"md5({content_text(source, texts=texts)}) "
+            f"FROM (SELECT c.*, {as_text} FROM (SELECT {casts} "
+            f"FROM df_pg.{ident(schema)}.{ident(t.name)} AS p WHERE p.{cursor} >= ?) AS c) AS c",
             [load_id, bound],
         )[0]
+        marks["copy"] = time.monotonic() - started - sum(marks.values())
         _check(con, t, table, load_id, source, staged)
+        marks["checks"] = time.monotonic() - started - sum(marks.values())
         con.execute("COMMIT")
+        marks["commit"] = time.monotonic() - started - sum(marks.values())
     except BaseException:
         duck.rollback(con)
         raise
@@ -329,7 +339,9 @@ def _copy(
     return (
         f"{where}: initial load by DuckDB's postgres scanner: {copied} row(s) from cursor "
         f"{bound!s} on copied in {took:.1f} s ({copied / max(took, 1e-9):,.0f} rows/s; "
-        f"{replaced} seed row(s) at that value copied again), load {load_id}"
+        f"{replaced} seed row(s) at that value copied again; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
+        + f"), load {load_id}"
     )
 
 
@@ -342,32 +354,33 @@ def _check(
     staged: dict[str, str],
 ) -> None:
     """Raise ``Skipped`` when the staged table, after the copy, holds a row the dlt read
-    would have held back or refused, or a key twice."""
+    would have held back or refused, or a key twice (one scan of the table)."""
     pk = list(t.primary_key)
     null_key = " OR ".join(f"{ident(c)} IS NULL" for c in pk)
-    if fetch_row(con, f"SELECT count(*) FROM {table} WHERE {null_key}")[0]:
-        raise Skipped("a row has a NULL key (the dlt read holds such rows in quarantine)")
-    keys = ", ".join(ident(c) for c in pk)
-    dup = fetch_row(
-        con,
-        f"SELECT count(*) FROM (SELECT {keys} FROM {table} GROUP BY ALL HAVING count(*) > 1)",
-    )[0]
-    if dup:
-        raise Skipped(
-            f"{dup} key(s) occur more than once (not unique in the source, or a row updated "
-            "during the copy; the dlt read stops on the one, reads the other)"
-        )
+    key = ident(pk[0]) if len(pk) == 1 else f"({', '.join(ident(c) for c in pk)})"
     odd = [
         f"NOT (isfinite({ident(c)}) AND year({ident(c)}) BETWEEN 1 AND 9999)"
         for c in source
         if staged[c].upper() in _TIME_TYPES
     ]
-    if (
-        odd
-        and fetch_row(
-            con,
-            f"SELECT count(*) FROM {table} WHERE {ident(LOAD_ID_COLUMN)} = ? AND ({' OR '.join(odd)})",
-            [load_id],
-        )[0]
-    ):
+    out_of_range = (
+        f"count(*) FILTER (WHERE {ident(LOAD_ID_COLUMN)} = ? AND ({' OR '.join(odd)}))"
+        if odd
+        else "0"
+    )
+    nulls, repeated, times = fetch_row(
+        con,
+        f"SELECT count(*) FILTER (WHERE {null_key}), "
+        f"count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT {key}), {out_of_range} "
+        f"FROM {table}",
+        [load_id] if odd else None,
+    )
+    if nulls:
+        raise Skipped("a row has a NULL key (the dlt read holds such rows in quarantine)")
+    if repeated:
+        raise Skipped(
+            f"{repeated} row(s) repeat a key (not unique in the source, or a row updated "
+            "during the copy; the dlt read stops on the one, reads the other)"
+        )
+    if times:
         raise Skipped("a time value is infinite or outside years 1-9999 (the dlt read refuses it)")
