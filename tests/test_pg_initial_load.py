@@ -426,3 +426,40 @@ def test_a_composite_key_and_a_repeated_key(pg_job: Any) -> None:
             _sync(pg_job, job)
         errors.append(str(e.value).replace(f"job '{job}'", "job"))
     assert errors[0] == errors[1] and "region" in errors[0], errors
+
+
+def test_a_seed_row_changed_before_the_copy_arrives_once(pg_job: Any) -> None:
+    """A row of the seed updated at the source (its cursor moved to now) before the copy
+    reads the table: the copy brings its new version, which replaces the seed's, and the
+    copy is kept (before, the key was found twice and the copy rolled back)."""
+    from deltaferry import failpoints
+
+    _fill(pg_job, 3, rows=2000)
+    _write(pg_job)
+    with pg_job.server.connect(pg_job.database) as conn:
+        oldest = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM items WHERE deleted_at IS NULL ORDER BY updated_at, id LIMIT 3"
+            ).fetchall()
+        ]
+
+    def meanwhile(point: str) -> None:
+        if point == "after_seed":
+            pg_job.sql(
+                f"UPDATE items SET t = 'after the seed', updated_at = now() WHERE id IN "
+                f"({oldest[0]}, {oldest[1]})"
+            )
+
+    failpoints.set_hook(meanwhile)
+    try:
+        fast = _sync(pg_job, "fast")
+    finally:
+        failpoints.set_hook(None)
+    note = _notes("fast")[0]
+    assert "postgres scanner" in note and "2 changed since the seed" in note, note
+    slow = _sync(pg_job, "slow")
+    assert fast == slow
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
+    assert (only_fast, only_slow) == ([], [])
+    _oracle(pg_job, pg_job.dir / "fast.duckdb")

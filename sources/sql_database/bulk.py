@@ -16,13 +16,15 @@ The copy is an optimisation of the first run only, never a second way to stage a
    cursor value are removed (a run of equal values may go on past the seed's last row) and
    every source row at or after that value is copied into the table, each value cast to
    the staged type (``char(n)`` padded as PostgreSQL prints it), with the seed's load id
-   and the content hash the dlt read gives (``content_text``, in UTC).
+   and the content hash the dlt read gives (``content_text``, in UTC). A seed row that
+   changed before the copy read it (its cursor moved past the bound) is replaced by the
+   copy's newer version.
 3. **The run goes on as any later run:** its dlt read starts at the newest staged cursor
    value, so rows committed during the copy and rows with a NULL cursor are read as
    always. The plan cuts the seed's load (copy included) with the run's own.
 
-The copy is kept only when it is clean: a NULL key, a key twice (not unique at the source,
-or a row updated during the copy), a time value that is infinite or outside years
+The copy is kept only when it is clean: a NULL key, a key twice (not unique at the
+source), a time value that is infinite or outside years
 1-9999, or any failure (a value DuckDB cannot cast, a lost connection) rolls it back, and
 the run's dlt read stages the rest of the table itself, with its own checks and errors.
 Every decision is a line of the operations log
@@ -327,6 +329,16 @@ def _copy(
             f"FROM df_pg.{ident(schema)}.{ident(t.name)} AS p WHERE p.{cursor} >= ?) AS c) AS c",
             [load_id, bound],
         )[0]
+        # a seed row changed at the source before the copy read it, its cursor moved past
+        # the bound: the copy has its newer version, the seed's goes
+        pk = list(t.primary_key)
+        same = " AND ".join(f"n.{ident(c)} = s.{ident(c)}" for c in pk)
+        newer = fetch_row(
+            con,
+            f"DELETE FROM {table} AS s WHERE s.{cursor} < ? AND EXISTS "
+            f"(SELECT 1 FROM {table} AS n WHERE n.{cursor} >= ? AND {same})",
+            [bound, bound],
+        )[0]
         marks["copy"] = time.monotonic() - started - sum(marks.values())
         _check(con, t, table, load_id, source, staged)
         marks["checks"] = time.monotonic() - started - sum(marks.values())
@@ -339,7 +351,7 @@ def _copy(
     return (
         f"{where}: initial load by DuckDB's postgres scanner: {copied} row(s) from cursor "
         f"{bound!s} on copied in {took:.1f} s ({copied / max(took, 1e-9):,.0f} rows/s; "
-        f"{replaced} seed row(s) at that value copied again; "
+        f"{replaced} seed row(s) at that value copied again, {newer} changed since the seed; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
         + f"), load {load_id}"
     )
@@ -379,8 +391,8 @@ def _check(
         raise Skipped("a row has a NULL key (the dlt read holds such rows in quarantine)")
     if repeated:
         raise Skipped(
-            f"{repeated} row(s) repeat a key (not unique in the source, or a row updated "
-            "during the copy; the dlt read stops on the one, reads the other)"
+            f"{repeated} row(s) repeat a key (not unique in the source; the dlt read stops "
+            "the run on it)"
         )
     if times:
         raise Skipped("a time value is infinite or outside years 1-9999 (the dlt read refuses it)")
