@@ -385,13 +385,19 @@ def test_a_crash_between_seed_and_copy_loses_nothing(pg_job: Any) -> None:
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
+    from deltaferry.config import load_job
+    from sources.sql_database import bulk
+
+    fast_job = load_job("fast", pg_job.config)
+    assert bulk.marker(fast_job, fast_job.tables[0]).exists()
     after = _sync(pg_job, "fast")
     _sync(pg_job, "slow")
     only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
     assert (only_fast, only_slow) == ([], [])
-    assert n == after["upserts"] + 0 and n > 2300  # one batch: the seed's load and the rest
+    assert n == after["upserts"] and n > 2300
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
-    assert _notes("fast") == []  # the second run found the seed staged: not an initial load
+    # the next run removed the seed's rows and made the first load again, by the scanner
+    assert len(_notes("fast")) == 1 and "postgres scanner" in _notes("fast")[0]
 
 
 def test_a_composite_key_and_a_repeated_key(pg_job: Any) -> None:
@@ -417,15 +423,49 @@ def test_a_composite_key_and_a_repeated_key(pg_job: Any) -> None:
     )
     assert (only_fast, only_slow, n) == ([], [], 2500)
 
-    # two new jobs (a first load again), and a key twice in the source
-    _write(pg_job, pk='["region", "at"]', suffix="2")
-    pg_job.sql("INSERT INTO items SELECT region, at, 0, NULL, updated_at FROM items WHERE v = 20")
+    # a key twice at the source, both rows copied, or one in the seed and one copied (no
+    # unique constraint: counted at the source): each pair of new jobs stops the same way
+    for suffix, copied, later in (("2", 20, "0 s"), ("3", 5, "1 hour")):
+        _write(pg_job, pk='["region", "at"]', suffix=suffix)
+        pg_job.sql(
+            "INSERT INTO items SELECT region, at, -1, NULL, updated_at + interval "
+            f"'{later}' FROM items WHERE v = {copied}"
+        )
+        errors = []
+        for job in (f"fast{suffix}", f"slow{suffix}"):
+            with pytest.raises(DeltaferryError) as e:
+                _sync(pg_job, job)
+            errors.append(str(e.value).replace(f"job '{job}'", "job"))
+        assert errors[0] == errors[1] and "not unique" in errors[0], errors
+        pg_job.sql("DELETE FROM items WHERE v = -1")
+
+
+def test_a_numeric_nan_is_refused_as_without_the_scanner(pg_job: Any) -> None:
+    """The scanner reads a numeric NaN as 0: found at the source, the copy is rolled back
+    and the run stops as the dlt read stops it (found by a new user's trial)."""
+    from deltaferry.errors import DeltaferryError
+
+    pg_job.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, n numeric(10,2), deleted_at timestamptz, "
+        "updated_at timestamptz)",
+        "INSERT INTO items SELECT g, CASE WHEN g = 2000 THEN 'NaN'::numeric ELSE g / 4.0 END, "
+        "NULL, timestamptz '2025-01-01' + g * interval '1 s' FROM generate_series(1, 3000) g",
+    )
+    _write(pg_job)
     errors = []
-    for job in ("fast2", "slow2"):
+    for job in ("fast", "slow"):
         with pytest.raises(DeltaferryError) as e:
             _sync(pg_job, job)
         errors.append(str(e.value).replace(f"job '{job}'", "job"))
-    assert errors[0] == errors[1] and "region" in errors[0], errors
+    assert errors[0] == errors[1] and "NaN" in errors[0], errors
+    pg_job.sql("UPDATE items SET n = 0.5 WHERE id = 2000")  # fixed at the source
+    assert _sync(pg_job, "fast") == _sync(pg_job, "slow")
+    note = _notes("fast")[-1]
+    assert "postgres scanner: 2001 row(s)" in note, note  # the first load started again
+    only_fast, only_slow, n = _differences(
+        _pull(pg_job, "fast"), _pull(pg_job, "slow"), ["id", "n", "updated_at"]
+    )
+    assert (only_fast, only_slow, n) == ([], [], 3000)
 
 
 def test_a_seed_row_changed_before_the_copy_arrives_once(pg_job: Any) -> None:

@@ -211,6 +211,8 @@ def _initial_loads(
         tables.append(t)
     if not tables:
         return out
+    for t in tables:
+        bulk.begin(job, t)
     seeds = [
         TableRead(
             job,
@@ -229,17 +231,18 @@ def _initial_loads(
         for r in seeds:
             r.close()
     out.held = {r.t.name: list(r.keys.held) for r in seeds if r.keys.held}
-    seeded = row_counts(pipeline, tables)
     out.load_ids = list(info.loads_ids)
-    if not out.load_ids:
+    if not out.load_ids:  # nothing staged: the next run seeds again
+        for t in tables:
+            bulk.end(job, t)
         return out
     load_id = out.load_ids[-1]
     failpoint("after_seed")  # crash tests: the seed committed, nothing copied
     for t in tables:
         try:
             line = bulk.copy_rest(job, t, engine, load_id, borrowed)
-        except bulk.Skipped as e:
-            out.rows[t.name] = seeded.get(t.name, 0)
+        except bulk.Skipped as e:  # the seed's rows removed: the run's dlt read reads all
+            out.rows[t.name] = 0
             line = (
                 f"job '{job.name}' table '{t.name}': initial load: the scanner's copy was "
                 f"rolled back, dlt reads the rest of the table: {e}"
@@ -248,6 +251,7 @@ def _initial_loads(
             log.warning(line)
         else:
             out.rows[t.name] = bulk.staged_rows(job, t, load_id, borrowed)
+        bulk.end(job, t)
         out.notes[t.name] = [line]
     return out
 

@@ -23,13 +23,15 @@ The copy is an optimisation of the first run only, never a second way to stage a
    value, so rows committed during the copy and rows with a NULL cursor are read as
    always. The plan cuts the seed's load (copy included) with the run's own.
 
-The copy is kept only when it is clean: a NULL key, a key twice (not unique at the
-source), a time value that is infinite or outside years
-1-9999, or any failure (a value DuckDB cannot cast, a lost connection) rolls it back, and
-the run's dlt read stages the rest of the table itself, with its own checks and errors.
-Every decision is a line of the operations log
-(``initial-load``). A crash during the copy leaves the seed, a normal first load: the next
-run reads from its cursor through dlt.
+The copy is kept only when it is clean: a NULL key, a key repeated at the source, a time
+value that is infinite or outside years 1-9999, a numeric ``NaN`` or infinity (the scanner
+reads those as 0), or any failure (a value DuckDB cannot cast, a lost connection) rolls it
+back and removes the seed's rows too, so the run's dlt read reads the whole table as a
+first load without the scanner does: one read, whose checks see every row and stop the
+run where they would. Every decision is a line of the operations log (``initial-load``).
+A crash between the seed and the end of the copy leaves a marker
+(``$DELTAFERRY_HOME/<job>/initial_load/<table>``): the next run removes the seed's rows
+and starts the table's first load again.
 
 Eligible: a plain table (no partitions, views or inheritance children: the scanner reads
 a table's own pages) with nothing staged yet, no ``column_types``, a cursor that is a
@@ -50,8 +52,8 @@ import duckdb
 import sqlalchemy as sa
 
 from deltaferry import duck
-from deltaferry.config import JobConfig, TableConfig
-from deltaferry.duck import fetch_row, ident, literal
+from deltaferry.config import JobConfig, TableConfig, job_home
+from deltaferry.duck import fetch_one, fetch_row, ident, literal
 from sources.change_detection import content_text
 from sources.columns import HASH_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
 from sources.sql_database.connection import scrub
@@ -205,15 +207,61 @@ def _schema(engine: sa.Engine) -> str:
 
 
 def staged(job: JobConfig, t: TableConfig, borrowed: Any = None) -> bool:
-    """Whether the table has a staging table (any load of it committed)."""
+    """Whether the table has staged rows (a load of it committed). A first load by the
+    scanner that a crash cut short (``marker``) counts as none: its seed's rows are removed
+    here, and the first load starts again."""
     path = staging_path(job.name)
     if not path.exists():
         return False
+    pending = marker(job, t)
+    if pending.exists():
+        con = duck.connect(path, alias="staging") if borrowed is None else borrowed.cursor()
+        try:
+            if borrowed is not None:
+                con.execute("USE staging")
+            _undo_seed(con, t)
+        finally:
+            con.close()
+        pending.unlink()
+        return False
     con = read_staging(path, borrowed)
     try:
-        return staged_table_exists(con, t.name)
+        if not staged_table_exists(con, t.name):
+            return False
+        table = f"{STAGING_DATASET}.{ident(t.name)}"
+        return fetch_one(con, f"SELECT 1 FROM {table} LIMIT 1") is not None
     finally:
         con.close()
+
+
+def marker(job: JobConfig, t: TableConfig) -> Path:
+    """The file that says the table's first load by the scanner is under way: written
+    (durably) before the seed, removed when the copy is committed or rolled back."""
+    from urllib.parse import quote
+
+    return job_home(job.name) / "initial_load" / quote(t.name, safe="")
+
+
+def begin(job: JobConfig, t: TableConfig) -> None:
+    """Write the table's ``marker`` durably (before its seed)."""
+    import os
+
+    path = marker(job, t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("seeded; the scanner's copy not yet committed\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def end(job: JobConfig, t: TableConfig) -> None:
+    """Remove the table's ``marker`` (the copy committed, or the seed's rows removed)."""
+    marker(job, t).unlink(missing_ok=True)
 
 
 def staged_rows(job: JobConfig, t: TableConfig, load_id: str, borrowed: Any = None) -> int:
@@ -254,8 +302,10 @@ def copy_rest(
         try:
             return _copy(job, t, engine, load_id, con, where, started)
         except Skipped:
+            _undo_seed(con, t)
             raise
         except (duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError) as e:
+            _undo_seed(con, t)
             first = scrub(job, " ".join(str(e).split()))[:300]
             raise Skipped(f"the copy failed: {type(e).__name__}: {first}") from None
     finally:
@@ -264,6 +314,64 @@ def copy_rest(
         except duckdb.Error:
             pass
         con.close()
+
+
+def _undo_seed(con: duckdb.DuckDBPyConnection, t: TableConfig) -> None:
+    """Remove the seed's rows (the copy was rolled back): the run's dlt read then reads the
+    whole table as a first load without the scanner does, in one read, so its checks see
+    every row (a key repeated between the seed and the rest, a value it refuses). The
+    table stays, empty, as dlt's schema knows it."""
+    if staged_table_exists(con, t.name):
+        con.execute(f"DELETE FROM {STAGING_DATASET}.{ident(t.name)}")
+
+
+def _source_checks(
+    engine: sa.Engine, t: TableConfig, schema: str, bound: Any, numeric: list[str]
+) -> str | None:
+    """Why the copy cannot be kept, found at the source (one line), or None. The scanner
+    reads a numeric ``NaN`` or ``±Infinity`` as 0, so such values at or after ``bound``
+    (the copied rows) are looked for in PostgreSQL; and a key the source does not declare
+    unique (primary key, unique constraint or index over some of its columns) is counted
+    there: the seed and the copy are two reads, and a key repeated across them must stop
+    the first load as it does in one dlt read."""
+    insp = sa.inspect(engine)
+    pk = set(t.primary_key)
+    declared: list[list[str | None]] = [
+        list(insp.get_pk_constraint(t.name, schema=schema).get("constrained_columns") or [])
+    ]
+    declared += [
+        list(u["column_names"]) for u in insp.get_unique_constraints(t.name, schema=schema)
+    ]
+    declared += [
+        list(i["column_names"])
+        for i in insp.get_indexes(t.name, schema=schema)
+        if i.get("unique") and not (i.get("dialect_options") or {}).get("postgresql_where")
+    ]
+    unique = any(cols and set(cols) <= pk and None not in cols for cols in declared)
+    q = '"' + t.name.replace('"', '""') + '"'
+    col = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731 - PostgreSQL identifiers
+    key = ", ".join(col(c) for c in t.primary_key)
+    not_null = " AND ".join(f"{col(c)} IS NOT NULL" for c in t.primary_key)
+    parts = ["0"]
+    if not unique:
+        parts[0] = f"count(*) FILTER (WHERE {not_null}) - count(DISTINCT ({key}))"
+    odd = " OR ".join(f"{col(c)}::text IN ('NaN', 'Infinity', '-Infinity')" for c in numeric)
+    assert t.cursor is not None
+    parts.append(f"count(*) FILTER (WHERE {col(t.cursor)} >= :bound AND ({odd}))" if odd else "0")
+    if parts == ["0", "0"]:
+        return None
+    with engine.connect() as c:
+        repeated, special = c.execute(
+            sa.text(f"SELECT {', '.join(parts)} FROM {col(schema)}.{q}"), {"bound": bound}
+        ).one()
+    if repeated:
+        return f"{repeated} row(s) repeat a key at the source (the dlt read stops the run on it)"
+    if special:
+        return (
+            f"{special} numeric value(s) are NaN or infinite (the scanner reads them as 0; the "
+            "dlt read refuses them)"
+        )
+    return None
 
 
 def _copy(
@@ -341,6 +449,10 @@ def _copy(
         )[0]
         marks["copy"] = time.monotonic() - started - sum(marks.values())
         _check(con, t, table, load_id, source, staged)
+        numeric = [c for c in source if staged[c].upper().startswith("DECIMAL")]
+        why = _source_checks(engine, t, schema, bound, numeric)
+        if why is not None:
+            raise Skipped(why)
         marks["checks"] = time.monotonic() - started - sum(marks.values())
         con.execute("COMMIT")
         marks["commit"] = time.monotonic() - started - sum(marks.values())
