@@ -355,7 +355,10 @@ def _source_checks(
     parts = ["0"]
     if not unique:
         parts[0] = f"count(*) FILTER (WHERE {not_null}) - count(DISTINCT ({key}))"
-    odd = " OR ".join(f"{col(c)}::text IN ('NaN', 'Infinity', '-Infinity')" for c in numeric)
+    with engine.connect() as c:  # numeric infinities exist from PostgreSQL 14 on
+        version = int(c.execute(sa.text("SHOW server_version_num")).scalar_one())
+    specials = "'NaN', 'Infinity', '-Infinity'" if version >= 140000 else "'NaN'"
+    odd = " OR ".join(f"{col(c)} IN ({specials})" for c in numeric)
     assert t.cursor is not None
     parts.append(f"count(*) FILTER (WHERE {col(t.cursor)} >= :bound AND ({odd}))" if odd else "0")
     if parts == ["0", "0"]:
