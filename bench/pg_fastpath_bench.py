@@ -24,6 +24,7 @@ One run:
        scanner-dlt      a dlt resource yielding the scanner's Arrow batches (incremental, merge)
        deltaferry       deltaferry's initial sync of the table (phase_deltaferry.py, lake on
                         moto S3, a Prefect server running)
+       deltaferry-scanner  the same with initial_load = "scanner" (sources/sql_database/bulk.py)
   3. checks every result against PostgreSQL: row count, per-column non-NULL counts, exact
      sums of the numeric columns, min/max of the timestamps, and ~314 sampled rows value by
      value (numeric scale, timestamptz instant, JSON document, NULL vs JSON null), and
