@@ -198,10 +198,11 @@ def _initial_loads(
     by the run's dlt read as usual."""
     out = _FirstLoads()
     tables = []
+    padded: dict[str, dict[str, int]] = {}  # per table: its char(n) columns' lengths
     for t in job.tables:
         if not bulk.requested(t) or bulk.staged(job, t, borrowed):
             continue
-        why = bulk.ineligible(job, t, engine)
+        why, padded[t.name] = bulk.survey(job, t, engine)
         if why is not None:
             out.notes[t.name] = [
                 f"job '{job.name}' table '{t.name}': initial load through dlt, not the "
@@ -240,7 +241,9 @@ def _initial_loads(
     failpoint("after_seed")  # crash tests: the seed committed, nothing copied
     for t in tables:
         try:
-            line = bulk.copy_rest(job, t, engine, load_id, borrowed)
+            line, out.rows[t.name] = bulk.copy_rest(
+                job, t, engine, load_id, padded[t.name], borrowed
+            )
         except bulk.Skipped as e:  # the seed's rows removed: the run's dlt read reads all
             out.rows[t.name] = 0
             line = (
@@ -249,8 +252,6 @@ def _initial_loads(
             )
             # also on the process's log now: a run that then fails records no extract row
             log.warning(line)
-        else:
-            out.rows[t.name] = bulk.staged_rows(job, t, load_id, borrowed)
         bulk.end(job, t)
         out.notes[t.name] = [line]
     return out

@@ -79,17 +79,10 @@ def requested(t: TableConfig) -> bool:
     return t.options.get("initial_load", "dlt") == "scanner"
 
 
-def ineligible(job: JobConfig, t: TableConfig, engine: sa.Engine) -> str | None:
-    """Why the table's initial load cannot take the scanner (one line), or None when it
-    can. The table's columns are reflected from the source (``engine``)."""
-    return _columns(job, t, engine)[0]
-
-
-def _columns(
-    job: JobConfig, t: TableConfig, engine: sa.Engine
-) -> tuple[str | None, dict[str, int]]:
-    """``ineligible``'s answer, and the ``char(n)`` columns by name with their length: the
-    scanner reads them without their padding, the dlt read with it."""
+def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | None, dict[str, int]]:
+    """Why the table's initial load cannot take the scanner (one line; None when it can),
+    and its ``char(n)`` columns by name with their length (the scanner reads them without
+    their padding, the dlt read with it). The table is reflected from the source once."""
     if engine.dialect.name != "postgresql":
         return f"the source is {engine.dialect.name}, the scanner reads PostgreSQL only", {}
     if t.options.get("column_types"):
@@ -104,8 +97,8 @@ def _columns(
             continue
         try:
             plan = plan_column(col["name"], col["type"], engine.dialect)
-        except Refusal:
-            return None, padded  # preflight refuses the table with its own message
+        except Refusal as e:  # preflight refuses the table first, with its own message
+            return f"column '{col['name']}': {e.reason}", padded
         family = _family(col["type"])
         base = _unwrap(col["type"])
         if isinstance(base, sa.CHAR) and not isinstance(base, sa.NCHAR | sa.VARCHAR):
@@ -182,12 +175,12 @@ def conninfo(engine: sa.Engine) -> str:
     }
     for k, v in url.query.items():
         parts[k] = v[-1] if isinstance(v, tuple) else v
-    quoted = (
-        f"{k}='{str(v).replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
-        for k, v in parts.items()
-        if v is not None
-    )
-    return " ".join(quoted)
+
+    # libpq's quoting: single quotes, with backslash and quote escaped by a backslash
+    def quoted(v: Any) -> str:
+        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quoted(v)}" for k, v in parts.items() if v is not None)
 
 
 def _scanner_path() -> Path:
@@ -264,33 +257,23 @@ def end(job: JobConfig, t: TableConfig) -> None:
     marker(job, t).unlink(missing_ok=True)
 
 
-def staged_rows(job: JobConfig, t: TableConfig, load_id: str, borrowed: Any = None) -> int:
-    """Rows of the table staged by ``load_id``."""
-    con = read_staging(staging_path(job.name), borrowed)
-    try:
-        return int(
-            fetch_row(
-                con,
-                f"SELECT count(*) FROM {STAGING_DATASET}.{ident(t.name)} "
-                f"WHERE {ident(LOAD_ID_COLUMN)} = ?",
-                [load_id],
-            )[0]
-        )
-    finally:
-        con.close()
-
-
 class Skipped(Exception):
     """The copy was rolled back; the run's dlt read stages the rest. ``str()`` is why."""
 
 
 def copy_rest(
-    job: JobConfig, t: TableConfig, engine: sa.Engine, load_id: str, borrowed: Any = None
-) -> str:
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    load_id: str,
+    padded: dict[str, int],
+    borrowed: Any = None,
+) -> tuple[str, int]:
     """Copy the table's rows at or after the seed's newest cursor value into staging with
-    the seed's ``load_id`` (see the module's docstring), in one transaction. Returns the
-    operations-log line of what was copied; raises ``Skipped`` (one line: why) when the
-    copy was rolled back."""
+    the seed's ``load_id`` (see the module's docstring), in one transaction; ``padded`` is
+    ``survey``'s. Returns the operations-log line of what was copied and the rows the
+    table then holds (seed and copy); raises ``Skipped`` (one line: why) when the copy was
+    rolled back, the seed's rows removed."""
     started = time.monotonic()
     where = f"job '{job.name}' table '{t.name}'"
     if borrowed is not None:
@@ -300,12 +283,11 @@ def copy_rest(
         con = duck.connect(staging_path(job.name), alias="staging")
     try:
         try:
-            return _copy(job, t, engine, load_id, con, where, started)
-        except Skipped:
+            return _copy(job, t, engine, load_id, padded, con, where, started)
+        except (Skipped, duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError) as e:
             _undo_seed(con, t)
-            raise
-        except (duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError) as e:
-            _undo_seed(con, t)
+            if isinstance(e, Skipped):
+                raise
             first = scrub(job, " ".join(str(e).split()))[:300]
             raise Skipped(f"the copy failed: {type(e).__name__}: {first}") from None
     finally:
@@ -333,27 +315,26 @@ def _source_checks(
     (the copied rows) are looked for in PostgreSQL; and the key is counted
     there: the seed and the copy are two reads, and a key repeated across them must stop
     the first load as it does in one dlt read."""
-    # keys are always counted: a unique index may be invalid (a failed CREATE UNIQUE INDEX
-    # CONCURRENTLY leaves one), and SQLAlchemy does not say so (found by a trial)
-    unique = False
-    q = '"' + t.name.replace('"', '""') + '"'
-    col = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731 - PostgreSQL identifiers
-    key = ", ".join(col(c) for c in t.primary_key)
-    not_null = " AND ".join(f"{col(c)} IS NOT NULL" for c in t.primary_key)
-    parts = ["0"]
-    if not unique:
-        parts[0] = f"count(*) FILTER (WHERE {not_null}) - count(DISTINCT ({key}))"
-    with engine.connect() as c:  # numeric infinities exist from PostgreSQL 14 on
-        version = int(c.execute(sa.text("SHOW server_version_num")).scalar_one())
-    specials = "'NaN', 'Infinity', '-Infinity'" if version >= 140000 else "'NaN'"
-    odd = " OR ".join(f"{col(c)} IN ({specials})" for c in numeric)
+    # keys are always counted, constraints or not: a unique index may be invalid (a failed
+    # CREATE UNIQUE INDEX CONCURRENTLY leaves one), and SQLAlchemy does not say so (found by
+    # a trial). Identifiers are quoted as DuckDB quotes them, which is PostgreSQL's way too.
+    key = ", ".join(ident(c) for c in t.primary_key)
+    not_null = " AND ".join(f"{ident(c)} IS NOT NULL" for c in t.primary_key)
     assert t.cursor is not None
-    parts.append(f"count(*) FILTER (WHERE {col(t.cursor)} >= :bound AND ({odd}))" if odd else "0")
-    if parts == ["0", "0"]:
-        return None
     with engine.connect() as c:
+        # numeric infinities exist from PostgreSQL 14 on
+        version = int(c.execute(sa.text("SHOW server_version_num")).scalar_one())
+        specials = "'NaN', 'Infinity', '-Infinity'" if version >= 140000 else "'NaN'"
+        odd = " OR ".join(f"{ident(n)} IN ({specials})" for n in numeric)
+        special_rows = (
+            f"count(*) FILTER (WHERE {ident(t.cursor)} >= :bound AND ({odd}))" if odd else "0"
+        )
         repeated, special = c.execute(
-            sa.text(f"SELECT {', '.join(parts)} FROM {col(schema)}.{q}"), {"bound": bound}
+            sa.text(
+                f"SELECT count(*) FILTER (WHERE {not_null}) - count(DISTINCT ({key})), "
+                f"{special_rows} FROM {ident(schema)}.{ident(t.name)}"
+            ),
+            {"bound": bound},
         ).one()
     if repeated:
         return f"{repeated} row(s) repeat a key at the source (the dlt read stops the run on it)"
@@ -370,10 +351,11 @@ def _copy(
     t: TableConfig,
     engine: sa.Engine,
     load_id: str,
+    padded: dict[str, int],
     con: duckdb.DuckDBPyConnection,
     where: str,
     started: float,
-) -> str:
+) -> tuple[str, int]:
     if not staged_table_exists(con, t.name):
         raise Skipped("the seed staged no row (the table is empty or all its rows were held)")
     staged = duck.column_types(con, t.name, STAGING_DATASET)
@@ -397,7 +379,6 @@ def _copy(
     missing = [c for c in source if c not in pg_columns]
     if missing:
         raise Skipped(f"staged column(s) {missing} are not source columns by these names")
-    padded = _columns(job, t, engine)[1]
 
     def cast(c: str) -> str:
         value = f"CAST(p.{ident(c)} AS {staged[c]})"
@@ -439,7 +420,7 @@ def _copy(
             [bound, bound],
         )[0]
         marks["copy"] = time.monotonic() - started - sum(marks.values())
-        _check(con, t, table, load_id, source, staged)
+        rows = _check(con, t, table, load_id, source, staged)
         numeric = [c for c in source if staged[c].upper().startswith("DECIMAL")]
         why = _source_checks(engine, t, schema, bound, numeric)
         if why is not None:
@@ -456,7 +437,8 @@ def _copy(
         f"{bound!s} on copied in {took:.1f} s ({copied / max(took, 1e-9):,.0f} rows/s; "
         f"{replaced} seed row(s) at that value copied again, {newer} changed since the seed; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
-        + f"), load {load_id}"
+        + f"), load {load_id}",
+        rows,
     )
 
 
@@ -467,9 +449,9 @@ def _check(
     load_id: str,
     source: list[str],
     staged: dict[str, str],
-) -> None:
+) -> int:
     """Raise ``Skipped`` when the staged table, after the copy, holds a row the dlt read
-    would have held back or refused, or a key twice (one scan of the table)."""
+    would have held back or refused, or a key twice; else return its rows (one scan)."""
     pk = list(t.primary_key)
     null_key = " OR ".join(f"{ident(c)} IS NULL" for c in pk)
     key = ident(pk[0]) if len(pk) == 1 else f"({', '.join(ident(c) for c in pk)})"
@@ -483,9 +465,9 @@ def _check(
         if odd
         else "0"
     )
-    nulls, repeated, times = fetch_row(
+    rows, nulls, repeated, times = fetch_row(
         con,
-        f"SELECT count(*) FILTER (WHERE {null_key}), "
+        f"SELECT count(*), count(*) FILTER (WHERE {null_key}), "
         f"count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT {key}), {out_of_range} "
         f"FROM {table}",
         [load_id] if odd else None,
@@ -499,3 +481,4 @@ def _check(
         )
     if times:
         raise Skipped("a time value is infinite or outside years 1-9999 (the dlt read refuses it)")
+    return int(rows)
