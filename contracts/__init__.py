@@ -19,6 +19,7 @@ go to quarantine, with field, check and reason for each.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -89,14 +90,30 @@ class Contract:
     def __init__(self, ref: str, model: type[pa.DataFrameModel]) -> None:
         self.ref = ref
         self.model = model
-        self.schema = model.to_schema()
         self.version = int(getattr(model, "__version__", 1))
-        self.columns = list(self.schema.columns)
-        self.fingerprint = _fingerprint(self.schema, self.version)
         # the class's own deprecations (not inherited: each version says what it deprecates)
         self.deprecated: dict[str, int] = dict(vars(model).get("__deprecated__") or {})
         self._arrow_types: dict[str, Any] | None = None
         self._dates: list[str] | None = None
+
+    # The pandera schema is built on first use, not when the run opens: a run with nothing to
+    # publish never needs it, and building it costs a large import (pandera's model looks up
+    # every installed dataframe library's index type, which imports dask.dataframe when
+    # prefect-dask is installed: about half a second).
+    @functools.cached_property
+    def schema(self) -> pa.DataFrameSchema:
+        """The pandera schema of this version (``DataFrameModel.to_schema()``)."""
+        return self.model.to_schema()
+
+    @functools.cached_property
+    def columns(self) -> list[str]:
+        """The contract's column names, in declaration order."""
+        return list(self.schema.columns)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 hex of the schema and version (what manifests and negotiation compare)."""
+        return _fingerprint(self.schema, self.version)
 
     def _decimal_columns(self) -> dict[str, tuple[int, int]]:
         """Columns declared as a ``Decimal(precision, scale)``: their precision and scale."""

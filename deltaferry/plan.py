@@ -128,7 +128,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             load_ids,
             ctx.run_id,
             delta.quarantine if delta else [],
-            held_under(ctx, t),
+            held_under(ctx, t) if delta and delta.quarantine else None,
             delta.touched if delta else set(),
             delta.keys if delta else KeyRange(),
         )

@@ -3,6 +3,7 @@ before staging or by a cut's validation, until a later cut takes their key again
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -70,13 +71,18 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             ]
 
-    def due_for_release(self, table: str, contract: str) -> list[tuple[str, str]]:
+    def due_for_release(self, table: str, contract: Callable[[], str]) -> list[tuple[str, str]]:
         """Held rows to validate again in the next cut: held under another contract than
-        ``contract`` (the fingerprint now), or released by ``quarantine release``."""
+        ``contract()`` (the fingerprint now, asked for only when rows are held: it builds the
+        contract's schema), or released by ``quarantine release``."""
+        held = self.open_held(table)
+        if not held:
+            return []
+        now = contract()
         return [
             (pk, lid)
-            for pk, lid, held_under, release in self.open_held(table)
-            if held_under != contract or release is not None
+            for pk, lid, held_under, release in held
+            if held_under != now or release is not None
         ]
 
     def plan_releases(self, table: str, batch: int) -> list[tuple[str, str]]:

@@ -14,11 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.context import SyncContext
 from deltaferry.cut import Changes, cut_where, new_load_ids, read_changes, released_rows
 from deltaferry.delta import key_json
+from deltaferry.duck import ident
 from deltaferry.errors import SchemaDrift
 from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, source_version
@@ -61,6 +64,20 @@ class DriftPlan:
         )
 
 
+def _selects_rows(con: Any, dataset: str, table: str, scope: tuple[str, list[Any]]) -> bool:
+    """Whether ``scope`` selects a staged row of ``dataset.table`` (True when the table is
+    not there: the drift check then says what it finds)."""
+    try:
+        row = duck.fetch_one(
+            con,
+            f"SELECT EXISTS (SELECT 1 FROM {ident(dataset)}.{ident(table)} s WHERE {scope[0]})",
+            scope[1],
+        )
+    except duckdb.CatalogException:
+        return True
+    return bool(row and row[0])
+
+
 def plan_drift(
     ctx: SyncContext, t: TableConfig, con: Any, scope: tuple[str, list[Any]]
 ) -> DriftPlan | None:
@@ -71,6 +88,8 @@ def plan_drift(
     from contracts.drift import detect, draft_next_version, write_draft
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
 
+    if not _selects_rows(con, STAGING_DATASET, t.name, scope):
+        return None  # no rows to cut, no columns to compare (and no contract schema to build)
     chain = ctx.chains[t.name]  # staging has the source's columns: its version's contract
     contract = chain.contract(source_version(ctx.job, t, chain))
     drift = detect(
@@ -186,7 +205,7 @@ def staged_changes(
             else:
                 ids = new_load_ids(con, ctx.state.published_load_ids(t.name))
         if load_ids is None:
-            due = ctx.state.due_for_release(t.name, held_under(ctx, t))
+            due = ctx.state.due_for_release(t.name, lambda: held_under(ctx, t))
             ctx.released[t.name] = due
         released = released_rows(con, t, ctx.released.get(t.name, []))
         if released is None:
