@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_row, ident
+from deltaferry.errors import TerminalError
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -45,8 +46,16 @@ class KeyCheck:
     """Key checks of one table over one extraction (see the module doc). Close after use."""
 
     # DuckDB memory for counting keys; beyond it the keys and counts spill to the job's
-    # home (10M integer keys: about 170 MiB at the peak, 2 s to count)
+    # home (10M integer keys: about 170 MiB at the peak, 2 s to count; 50M in random
+    # order: 7 s)
     MEMORY_LIMIT = "128MB"
+    # An instance of the counting database keeps a block of each insert (a chunk's keys) in
+    # its buffer pool, beyond the limit's reach (about 256 KiB an insert, measured: 100 MiB
+    # after 500 inserts of 100k integer keys in random order): 50M keys failed the count,
+    # 100M the inserts themselves. So the database is closed and opened again after each
+    # REOPEN_INSERTS inserts (at most about 32 MiB held) and before the count; 100M integer
+    # keys in random order then took 10 s to note and 15 s to count at 128MB.
+    REOPEN_INSERTS = 128
 
     def __init__(self, job: JobConfig, t: TableConfig) -> None:
         self.job = job
@@ -56,6 +65,7 @@ class KeyCheck:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._spill: Path = job_home(job.name) / "tmp"
         self._file: Path | None = None  # the counting database, while open
+        self._inserts = 0  # inserts since the counting database was opened
 
     @property
     def where(self) -> str:
@@ -106,41 +116,73 @@ class KeyCheck:
             con.execute("INSERT INTO seen SELECT * FROM keys_")
         finally:
             con.unregister("keys_")
+        self._inserts += 1
+        if self._inserts >= self.REOPEN_INSERTS:
+            self._reopen()
         return chunk
+
+    def _open(self, path: Path) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(
+            str(path),
+            config={
+                "memory_limit": self.MEMORY_LIMIT,
+                "temp_directory": str(self._spill),
+                "threads": 1,
+            },
+        )
+
+    def _reopen(self) -> duckdb.DuckDBPyConnection:
+        """The counting database closed (its inserts checkpointed) and opened again."""
+        assert self._con is not None and self._file is not None
+        self._con.close()
+        self._con = self._open(self._file)
+        self._inserts = 0
+        return self._con
 
     def _connect(self, keys: pa.Table) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self._spill.mkdir(parents=True, exist_ok=True)
             # a file, not an in-memory database: its table's blocks can leave memory too
             self._file = self._spill / f"keys-{uuid.uuid4().hex}.duckdb"
-            self._con = duckdb.connect(
-                str(self._file),
-                config={
-                    "memory_limit": self.MEMORY_LIMIT,
-                    "temp_directory": str(self._spill),
-                    "threads": 1,
-                },
-            )
+            self._con = self._open(self._file)
             self._con.register("keys_", keys.slice(0, 0))
             self._con.execute("CREATE TABLE seen AS SELECT * FROM keys_")
             self._con.unregister("keys_")
         return self._con
 
     def duplicates(self) -> str | None:
-        """One line naming up to three keys seen more than once, or None."""
+        """One line naming up to three keys seen more than once, or None.
+
+        Raises TerminalError (one line naming job and table) when DuckDB cannot count the
+        keys within ``MEMORY_LIMIT``."""
         if self._con is None:
             return None
         cols = ", ".join(ident(c) for c in self.pk)
-        rows = self._con.execute(
-            f"SELECT {cols}, count(*) AS n FROM seen GROUP BY ALL HAVING count(*) > 1 "
-            f"ORDER BY n DESC, {cols} LIMIT 3"
-        ).fetchall()
+        con = self._reopen()  # see REOPEN_INSERTS
+        try:
+            rows = con.execute(
+                f"SELECT {cols}, count(*) AS n FROM seen GROUP BY ALL HAVING count(*) > 1 "
+                f"ORDER BY n DESC, {cols} LIMIT 3"
+            ).fetchall()
+            total = (
+                fetch_row(
+                    con,
+                    f"SELECT count(*) FROM (SELECT {cols} FROM seen GROUP BY ALL "
+                    "HAVING count(*) > 1)",
+                )[0]
+                if rows
+                else 0
+            )
+        except duckdb.OutOfMemoryException as e:
+            n = fetch_row(con, "SELECT count(*) FROM seen")[0]
+            raise TerminalError(
+                f"{self.where}: counting the {n:,} keys of this extraction for repeats ran out "
+                f"of the key check's DuckDB memory ({self.MEMORY_LIMIT}: "
+                f"{str(e).splitlines()[0]}); nothing was staged. This is a bug to report, "
+                f"with the key's column types ({', '.join(self.pk)})"
+            ) from None
         if not rows:
             return None
-        total = fetch_row(
-            self._con,
-            f"SELECT count(*) FROM (SELECT {cols} FROM seen GROUP BY ALL HAVING count(*) > 1)",
-        )[0]
         shown = "; ".join(
             ", ".join(f"{c}={v!r}" for c, v in zip(self.pk, r[:-1])) + f" ({r[-1]} rows)"
             for r in rows

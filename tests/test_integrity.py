@@ -50,3 +50,33 @@ def test_unique_keys_pass_and_close_is_idempotent(check: KeyCheck):
     assert check.duplicates() is None
     check.close()
     check.close()
+
+
+def test_many_keys_in_random_order_are_counted_within_the_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The database that took the inserts kept part of them in its buffer pool, beyond the
+    limit's reach (a block an insert): 50M integer keys in random order failed the count at 128MB (a 50M-row
+    table could never sync), and 100M failed the inserts. Scaled down here: 24M keys at a
+    64MB limit failed the count before the fix (the counting database is now opened again
+    every ``REOPEN_INSERTS`` inserts and before the count)."""
+    import numpy as np
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    monkeypatch.setattr(KeyCheck, "MEMORY_LIMIT", "64MB")
+    monkeypatch.setattr(KeyCheck, "REOPEN_INSERTS", 32)
+    t = TableConfig(name="big", primary_key=("id",), cursor=None, deletes="none", contract="m:C")
+    job = JobConfig(
+        name="keys", source="sql_database", url="sqlite://", lake="file:///x", tables=(t,)
+    )
+    check = KeyCheck(job, t)
+    n, step = 24_000_000, 100_000
+    for start in range(0, n, step):
+        # an odd multiplier permutes 0..2^32-1: unique keys in a scattered order
+        ids = (np.arange(start, start + step, dtype=np.uint64) * 2654435761) % (1 << 32)
+        check.note(pa.table({"id": ids.astype(np.int64)}))
+    assert check.duplicates() is None
+    check.note(pa.table({"id": np.array([(7 * 2654435761) % (1 << 32)], dtype=np.int64)}))
+    message = check.duplicates()
+    assert message is not None and f"id={(7 * 2654435761) % (1 << 32)} (2 rows)" in message
+    check.close()
