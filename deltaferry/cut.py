@@ -243,6 +243,16 @@ def read_changes(
     select = ", ".join(ident(c) for c in data_cols)
     order = ", ".join(ident(c) for c in t.primary_key)
     where, params = cut_where(con, t, load_ids, released, keys)
+    if limit is not None and (keys.columns or tuple(t.primary_key)) == tuple(t.primary_key):
+        # The range is first ended at the key one row past the limit, found on the key
+        # columns alone; the rows are then read with that end as a filter. The same rows
+        # as the bare LIMIT below, but the sort holds at most limit + 1 whole rows instead
+        # of a top-N over every staged row after the range's start (a split initial load
+        # of 50M rows: about 13 s a batch, growing with the table).
+        end = _key_at(con, t, where, params, limit)
+        if end is not None:
+            narrowed = KeyRange(keys.after, end, tuple(t.primary_key))
+            where, params = cut_where(con, t, load_ids, released, narrowed)
     # one row past the limit says whether the cut goes on
     bound = f" LIMIT {limit + 1}" if limit is not None else ""
     # execute() with parameters streams; the relation API with parameters was ~20x slower
@@ -252,6 +262,23 @@ def read_changes(
         params,
     ).to_arrow_reader(min(chunk_rows, 1_000_000))
     return Changes(con, t, reader, chunk_rows, limit, keys)
+
+
+def _key_at(
+    con: duckdb.DuckDBPyConnection, t: TableConfig, where: str, params: list[Any], offset: int
+) -> tuple[str, ...] | None:
+    """The key (as ``Changes`` records it: each column cast to text) of the row at position
+    ``offset`` (from 0) in key order among the staged rows ``where`` selects; None when
+    there are not that many."""
+    cols = ", ".join(f"CAST(s.{ident(c)} AS VARCHAR)" for c in t.primary_key)
+    order = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
+    row = duck.fetch_one(
+        con,
+        f"SELECT {cols} FROM {STAGING_DATASET}.{ident(t.name)} s WHERE {where} "
+        f"ORDER BY {order} LIMIT 1 OFFSET {int(offset)}",
+        params,
+    )
+    return tuple(row) if row is not None else None
 
 
 def _exact_chunks(reader: pa.RecordBatchReader, n: int) -> Iterator[pa.Table]:
