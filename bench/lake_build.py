@@ -14,7 +14,6 @@ fixed trace id and creation time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -94,26 +93,36 @@ def _manifest(
     ).canonical()
 
 
-def _parts(rows: int, rows_per_file: int) -> Iterator[tuple[int, pa.Table]]:
-    for i, first in enumerate(range(1, rows + 1, rows_per_file)):
-        yield i, events(first, min(rows_per_file, rows - first + 1), first)
-
-
 def build_events_lake(
-    lake: LakeStore, job: str, table: str, rows: int, rows_per_file: int
+    lake: LakeStore,
+    job: str,
+    table: str,
+    rows: int,
+    rows_per_file: int,
+    batch_rows: int | None = None,
 ) -> tuple[int, str]:
-    """Batch 1 of ``rows`` rows in parts of ``rows_per_file``; returns (1, its sha256)."""
+    """``rows`` rows in parts of ``rows_per_file``: one batch, or with ``batch_rows`` a
+    chain of batches of at most that many rows each (what the producer's ``max_batch_rows``
+    makes of an initial load); returns (the last batch, its manifest sha256)."""
     from deltaferry.delta import _encode
 
-    files = []
-    for i, chunk in _parts(rows, rows_per_file):
-        part = _encode(chunk)
-        key = mf.data_key(job, table, 1, i, part.sha256)
-        lake.put(key, part.data)
-        files.append(part.data_file(key))
-    raw = _manifest(job, table, 1, None, contract_ref(), files, 1, rows)
-    lake.put_if_absent(mf.manifest_key(job, table, 1), raw)
-    return 1, mf.sha256(raw)
+    per_batch = batch_rows or rows
+    batch, prev = 0, None
+    for start in range(1, rows + 1, per_batch):
+        batch += 1
+        n = min(per_batch, rows - start + 1)
+        files = []
+        for i, first in enumerate(range(start, start + n, rows_per_file)):
+            chunk = events(first, min(rows_per_file, start + n - first), first)
+            part = _encode(chunk)
+            key = mf.data_key(job, table, batch, i, part.sha256)
+            lake.put(key, part.data)
+            files.append(part.data_file(key))
+        raw = _manifest(job, table, batch, prev, contract_ref(), files, start, n)
+        lake.put_if_absent(mf.manifest_key(job, table, batch), raw)
+        prev = mf.sha256(raw)
+    assert prev is not None
+    return batch, prev
 
 
 def build_chain(

@@ -77,8 +77,8 @@ BUILD_CHILD = r"""
 import sys
 from destinations.lake import open_lake
 from lake_build import build_events_lake
-url, job, table, rows, per_file = sys.argv[1:6]
-build_events_lake(open_lake(url), job, table, int(rows), int(per_file))
+url, job, table, rows, per_file, per_batch = sys.argv[1:7]
+build_events_lake(open_lake(url), job, table, int(rows), int(per_file), int(per_batch) or None)
 print("BENCH_RESULT {\"rows\": " + rows + "}")
 """
 
@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write the batch straight through the lake store API (bench/lake_build.py) "
         "instead of a SQLite source and a sync: fast enough for 10M rows",
+    )
+    ap.add_argument(
+        "--batch-rows",
+        type=int,
+        help="with --direct: batches of at most this many rows (the producer's max_batch_rows)"
+        " instead of one batch",
     )
     ap.add_argument("--ways", default="file-by-file,whole-batch", help="pull ways to measure")
     ap.add_argument(
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 env["DELTAFERRY_DUCKDB_MEMORY_LIMIT"] = args.memory_limit
             if args.direct:
                 build = [sys.executable, "-c", BUILD_CHILD, f"s3://{sb.BUCKET}/pull-{n}",
-                         sb.JOB, sb.TABLE, str(n), str(args.rows_per_file)]  # fmt: skip
+                         sb.JOB, sb.TABLE, str(n), str(args.rows_per_file),
+                         str(args.batch_rows or 0)]  # fmt: skip
                 sb.run_phase("lake", f"build {n:,}", build, env, work, logs / f"build-{n}.log", n)
             else:
                 sync = [sys.executable, str(BENCH / "phase_deltaferry.py"), "--job", sb.JOB,

@@ -78,7 +78,6 @@ def hold_reader_contract(
             f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
             "migrated: pull into a new replica, or go back to the old contract"
         )
-    pk = list(t.primary_key)
     temp = f"_deltaferry_migrating_{t.name}"
     moved_rows = 0
     con.execute("BEGIN TRANSACTION")
@@ -88,8 +87,9 @@ def hold_reader_contract(
             moved = _migrated(stored, chain, old, now, where, whose, ref, version)
             if moved_rows == 0 and not duck.table_exists(con, temp):
                 defs = ", ".join(f"{ident(f.name)} {duck_type(f)}" for f in moved.schema)
-                keys = ", ".join(ident(c) for c in pk)
-                con.execute(f"CREATE TABLE {ident(temp)} ({defs}, PRIMARY KEY ({keys}))")
+                # no PRIMARY KEY, as every replica table (replica_apply.BatchMerge): the
+                # rows come from the table, one per key
+                con.execute(f"CREATE TABLE {ident(temp)} ({defs})")
             cols = ", ".join(ident(c) for c in moved.column_names)
             duck.with_arrow(
                 con, moved, f"INSERT INTO {ident(temp)} ({cols}) SELECT {cols} FROM {duck.ARROW}"
@@ -109,9 +109,7 @@ def hold_reader_contract(
     )
 
 
-def _stored_chunks(
-    con: duckdb.DuckDBPyConnection, table: str, rows: int
-) -> Iterator[pa.Table]:
+def _stored_chunks(con: duckdb.DuckDBPyConnection, table: str, rows: int) -> Iterator[pa.Table]:
     """The stored rows of ``table``, ``rows`` at a time (at least one chunk, empty for an
     empty table, so the migrated shape is known), read through a cursor of ``con``'s
     database so that ``con`` can write between chunks (``table`` is not written until every
@@ -119,9 +117,9 @@ def _stored_chunks(
     db = fetch_row(con, "SELECT current_database()")[0]
     cur = con.cursor()
     try:
-        reader = cur.execute(
-            f"SELECT * FROM {ident(db)}.main.{ident(table)}"
-        ).fetch_record_batch(max(1, rows))
+        reader = cur.execute(f"SELECT * FROM {ident(db)}.main.{ident(table)}").fetch_record_batch(
+            max(1, rows)
+        )
         first = True
         for chunk in reader:
             first = False
@@ -133,7 +131,13 @@ def _stored_chunks(
 
 
 def _migrated(
-    stored: pa.Table, chain: Any, old: int, now: Any, where: str, whose: str, ref: str,
+    stored: pa.Table,
+    chain: Any,
+    old: int,
+    now: Any,
+    where: str,
+    whose: str,
+    ref: str,
     version: int,
 ) -> pa.Table:
     """One chunk of stored rows taken from version ``old`` to the contract ``now`` (the
@@ -278,7 +282,7 @@ def reread_held(
                 if vb.batch > last:
                     break
                 _same_batch(where, None, vb, vb.batch, recorded.get(vb.batch))
-                _, _, n = admit_files(con, vb, again, None, merge_into(con, t))
+                _, _, n = admit_files(con, vb, again, None, merge_into(con, t, job.name))
                 if vb.batch in counts:
                     record_held(con, job.name, t.name, "", vb.batch, n, *own)
                     still += n

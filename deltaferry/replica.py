@@ -231,7 +231,7 @@ def _pull_table(
     ):
         con.execute("BEGIN TRANSACTION")
         try:
-            rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t))
+            rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t, job.name))
             if bug("apply_outside_transaction"):  # the simulator's teeth (failpoints.BUGS)
                 con.execute("COMMIT")
                 failpoint("after_apply")

@@ -16,25 +16,84 @@ from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import ARROW, duck_type, fetch_one, ident
 
+BATCH_KEYS = "_deltaferry_batch_keys"
 
-def merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig) -> Any:
+
+class BatchMerge:
     """``apply`` for ``admit_files``: merge each admitted file of one batch into ``t``'s
-    table. Call it inside the batch's transaction, before its first file: a table that is
-    absent or empty then (a first pull) has no stored row to compare, so each file's
-    upserts are only inserted (``merge_rows(fresh=True)``), without the merge's joins,
-    which would also read the rows the batch's earlier files inserted (a batch's keys are
-    distinct, so no file of it replaces another's row)."""
-    fresh = not duck.table_exists(con, t.name) or (
-        fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
-    )
-    return lambda data: merge_rows(con, t.name, list(t.primary_key), data, fresh=fresh)
+    table (``merge_rows``), and at the batch's end (``finish``, which ``admit_files``
+    calls) check that no key came twice in it.
+
+    Make it inside the batch's transaction, before its first file: a table that is absent
+    or empty then (a first pull) has no stored row to compare, so each file's upserts are
+    only inserted (``merge_rows(fresh=True)``), without the merge's joins, which would also
+    read the rows the batch's earlier files inserted (a batch's keys are distinct, so no
+    file of it replaces another's row).
+
+    Replica tables have no PRIMARY KEY constraint: DuckDB pins a table's key index at every
+    commit, and the index grows with the rows stored, not the batch (a pull of a 50M-row
+    table stopped at 29M rows at the default 256MB). What the constraint guarded, a key
+    twice in one batch, is checked here instead, on the batch's keys only (a temporary
+    table: memory bounded by the batch): ``finish`` raises TerminalError naming job,
+    table, batch and key, and the caller's transaction rolls the batch back."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, t: TableConfig, job: str) -> None:
+        self.con, self.t, self.job = con, t, job
+        self.fresh = not duck.table_exists(con, t.name) or (
+            fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
+        )
+        self._keys_table = False
+
+    def __call__(self, data: pa.Table) -> None:
+        pk = list(self.t.primary_key)
+        merge_rows(self.con, self.t.name, pk, data, fresh=self.fresh)
+        keys = ", ".join(ident(c) for c in pk)
+        if not self._keys_table:
+            duck.with_arrow(
+                self.con,
+                data,
+                f"CREATE OR REPLACE TEMP TABLE {BATCH_KEYS} AS SELECT {keys} FROM {ARROW}",
+            )
+            self._keys_table = True
+        else:
+            duck.with_arrow(self.con, data, f"INSERT INTO {BATCH_KEYS} SELECT {keys} FROM {ARROW}")
+
+    def finish(self, batch: int) -> None:
+        """Raise TerminalError naming job, table, ``batch`` and the key if a key came twice."""
+        if not self._keys_table:
+            return
+        keys = ", ".join(ident(c) for c in self.t.primary_key)
+        repeated = fetch_one(
+            self.con,
+            f"SELECT {keys}, count(*) FROM {BATCH_KEYS} GROUP BY ALL HAVING count(*) > 1 LIMIT 1",
+        )
+        self.con.execute(f"DROP TABLE {BATCH_KEYS}")
+        self._keys_table = False
+        if repeated is not None:
+            from deltaferry.errors import TerminalError
+
+            shown = ", ".join(
+                f"{c}={v!r}" for c, v in zip(self.t.primary_key, repeated[:-1], strict=True)
+            )
+            raise TerminalError(
+                f"job '{self.job}' table '{self.t.name}' batch {batch}: the batch carries key ({shown}) {repeated[-1]} times; a batch "
+                "has each key at most once, so it was not applied (nothing of it is "
+                "stored). The lake holds a batch no deltaferry producer writes: report it "
+                "with the batch's manifest"
+            )
+
+
+def merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig, job: str) -> BatchMerge:
+    """``BatchMerge(con, t, job)``: see there."""
+    return BatchMerge(con, t, job)
 
 
 def admit_files(
     con: duckdb.DuckDBPyConnection, vb: Any, reading: Any, producer: str | None, apply: Any
 ) -> tuple[int, str | None, int]:
     """Admit a streamed batch's files one at a time (the copy this reader reads) and hand
-    each to ``apply``, inside the caller's transaction: (rows applied, the caution — the
+    each to ``apply`` (a ``BatchMerge`` is then finished: its key check), inside the
+    caller's transaction: (rows applied, the caution — the
     distinct cautions of its files, joined by ' | ' — or None, rows held back). Memory:
     one file."""
     copy, manifest = reading.copy_to_read(vb.batch, vb.manifest, producer)
@@ -46,6 +105,8 @@ def admit_files(
         held += admitted.held
         if admitted.caution and admitted.caution not in cautions:
             cautions.append(admitted.caution)
+    if isinstance(apply, BatchMerge):
+        apply.finish(vb.batch)
     return rows, " | ".join(cautions) or None, held
 
 
@@ -62,14 +123,14 @@ def merge_rows(
     delete removes the key, an upsert of a key not stored is inserted. Applying the same
     rows again changes nothing. Inside the caller's transaction. ``fresh``: the table held
     no row when the batch began (``merge_into``), so the upserts are inserted and the
-    deletes have nothing to remove; a key already stored is then a constraint error."""
+    deletes have nothing to remove (a key twice in the batch: ``BatchMerge.finish``)."""
     cols = [c for c in data.column_names if c != OP_COLUMN]
     if not duck.table_exists(con, table):
         defs = ", ".join(
             f"{ident(f.name)} {duck_type(f)}" for f in data.schema if f.name != OP_COLUMN
         )
-        keys = ", ".join(ident(c) for c in pk)
-        con.execute(f"CREATE TABLE {ident(table)} ({defs}, PRIMARY KEY ({keys}))")
+        # no PRIMARY KEY: see BatchMerge
+        con.execute(f"CREATE TABLE {ident(table)} ({defs})")
     else:
         have = set(duck.columns(con, table))
         for f in data.schema:

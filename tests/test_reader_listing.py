@@ -221,19 +221,38 @@ def test_a_first_batch_is_inserted_without_the_merge() -> None:
     t = TableConfig(
         name="t", primary_key=("k 1", "k2"), cursor=None, deletes="none", contract="x:Y"
     )
+    from deltaferry.errors import TerminalError
+
     con = duckdb.connect()
     con.execute("BEGIN TRANSACTION")
-    first = merge_into(con, t)
+    first = merge_into(con, t, "j")
+    assert first.fresh
     first(_rows([1, 2], [1, 2], ["upsert"] * 2, ["a", "b"]))
     first(_rows([3], [3], ["upsert"], ["c"]))
-    with pytest.raises(duckdb.ConstraintException):  # no merge: a repeated key is refused
-        first(_rows([1], [4], ["upsert"], ["a2"]))
+    first(_rows([1], [4], ["upsert"], ["a2"]))  # no merge: inserted, then found at the end
+    with pytest.raises(TerminalError, match=r"job 'j' table 't' batch 7: .*key \(k 1=1, k2=1\) 2 times"):
+        first.finish(7)
     con.execute("ROLLBACK")
-    first = merge_into(con, t)
+    # no PRIMARY KEY on the replica's table: DuckDB would pin its index at every commit
+    con.execute("BEGIN TRANSACTION")
+    first = merge_into(con, t, "j")
     first(_rows([1, 2, 3], [1, 2, 3], ["upsert"] * 3, ["a", "b", "c"]))
-    later = merge_into(con, t)
+    first.finish(1)
+    assert not con.execute(
+        "SELECT * FROM duckdb_constraints() WHERE table_name = 't' AND constraint_type = 'PRIMARY KEY'"
+    ).fetchall()
+    later = merge_into(con, t, "j")
+    assert not later.fresh
     later(_rows([1, 2], [4, 5], ["upsert", "delete"], ["a2", "b"]))
-    assert con.execute('SELECT "k 1", v FROM t ORDER BY 1').fetchall() == [(1, "a2"), (3, "c")]
+    later(_rows([3], [6], ["upsert"], ["c2"]))
+    later.finish(2)
+    assert con.execute('SELECT "k 1", v FROM t ORDER BY 1').fetchall() == [(1, "a2"), (3, "c2")]
+    later = merge_into(con, t, "j")  # a key twice in a batch that merges: found as well
+    later(_rows([3], [7], ["upsert"], ["c3"]))
+    later(_rows([3], [8], ["delete"], ["c3"]))
+    with pytest.raises(TerminalError, match="batch 3: "):
+        later.finish(3)
+    con.execute("ROLLBACK")
 
 
 def test_running_out_of_the_memory_limit_names_the_setting(
