@@ -76,10 +76,10 @@ class BatchMerge:
                 f"{c}={v!r}" for c, v in zip(self.t.primary_key, repeated[:-1], strict=True)
             )
             raise TerminalError(
-                f"job '{self.job}' table '{self.t.name}' batch {batch}: the batch carries key ({shown}) {repeated[-1]} times; a batch "
-                "has each key at most once, so it was not applied (nothing of it is "
-                "stored). The lake holds a batch no deltaferry producer writes: report it "
-                "with the batch's manifest"
+                f"job '{self.job}' table '{self.t.name}' batch {batch}: the batch carries "
+                f"key ({shown}) {repeated[-1]} times; a batch has each key at most once, so "
+                "it was not applied (nothing of it is stored). The lake holds a batch no "
+                "deltaferry producer writes: report it with the batch's manifest"
             )
 
 
