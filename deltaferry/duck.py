@@ -32,9 +32,7 @@ def fetch_one(
     return rows[0] if rows else None
 
 
-def fetch_row(
-    con: duckdb.DuckDBPyConnection, sql: str, params: Any = None
-) -> tuple[Any, ...]:
+def fetch_row(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[Any, ...]:
     """The row of a query that always returns one (an aggregate without GROUP BY:
     ``count(*)``, ``max(x)``); a query that returns none is a bug, raised as such."""
     row = fetch_one(con, sql, params)
@@ -103,9 +101,7 @@ def _column_rows(
     ).fetchall()
 
 
-def table_exists(
-    con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main"
-) -> bool:
+def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main") -> bool:
     """Whether the connection's current database has a table or view ``table`` in
     ``schema`` (in any schema when ``schema`` is None).
 
@@ -124,6 +120,23 @@ def columns(con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "ma
     database, in table order (``ordinal_position``); ``[]`` when there is no such table.
     Looked up as in ``table_exists``."""
     return [name for name, _ in _column_rows(con, table, schema)]
+
+
+def add_columns(con: duckdb.DuckDBPyConnection, table: str, wanted: dict[str, str]) -> None:
+    """Add to ``table`` the columns of ``wanted`` (name -> SQL type) it lacks (a file made by
+    an older version), then CHECKPOINT so the change is not left in the write-ahead log.
+
+    DuckDB 1.5.5 cannot replay an ``ADD COLUMN`` of a table that has a ``DEFAULT
+    current_timestamp`` column (``Failure while replaying WAL file …: Calling
+    DatabaseManager::GetDefaultDatabase with no default database set``): a process killed
+    before the next checkpoint left a file no connection could open. So the ALTER runs only
+    when a column is missing, never as an ``IF NOT EXISTS`` no-op that is logged anyway."""
+    have = set(columns(con, table))
+    missing = {name: typ for name, typ in wanted.items() if name not in have}
+    for name, typ in missing.items():
+        con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {typ}")
+    if missing:
+        con.execute("CHECKPOINT")
 
 
 def column_types(
@@ -232,9 +245,7 @@ def connect(
         con.execute(f"LOAD '{_httpfs_path()}'")
         con.execute("SET temp_file_encryption = true")
         mode = ", READ_ONLY" if read_only else ""
-        con.execute(
-            f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})"
-        )
+        con.execute(f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})")
         con.execute(f"USE {alias}")
         configure(con, path)  # the temp directory beside the file, not the cwd
     except duckdb.Error as e:

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS _deltaferry_chains (
     caution VARCHAR,                  -- read partially (newer contract version): left out
     PRIMARY KEY (job, tbl, producer, batch)
 );
-ALTER TABLE _deltaferry_chains ADD COLUMN IF NOT EXISTS caution VARCHAR;
+-- (caution: added to older files by duck.add_columns, in replica.py)
 CREATE TABLE IF NOT EXISTS _deltaferry_overrides (
     job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, n BIGINT NOT NULL, "key" VARCHAR NOT NULL,
     action VARCHAR NOT NULL,          -- pin | remove

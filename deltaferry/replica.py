@@ -33,10 +33,9 @@ CREATE TABLE IF NOT EXISTS _deltaferry_batches (
     job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, batch BIGINT NOT NULL,
     manifest_sha256 VARCHAR NOT NULL, rows BIGINT NOT NULL, trace_id VARCHAR,
     contract_version INTEGER, applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    caution VARCHAR,  -- a batch newer than this reader's contract, applied partially
     PRIMARY KEY (job, tbl, batch)
 );
--- a batch newer than this reader's contract, applied partially: what was left out
-ALTER TABLE _deltaferry_batches ADD COLUMN IF NOT EXISTS caution VARCHAR;
 -- the reader contract each table's stored rows are held at (reader_contract.py)
 CREATE TABLE IF NOT EXISTS _deltaferry_contracts (
     job VARCHAR NOT NULL, tbl VARCHAR NOT NULL, ref VARCHAR NOT NULL, version INTEGER NOT NULL,
@@ -126,6 +125,7 @@ def pull(
     whose = f"replica {replica}"
     try:
         con.execute(_META)
+        duck.add_columns(con, "_deltaferry_batches", {"caution": "VARCHAR"})  # older files
         con.execute(HELD_META)
         for t in job.tables:
             if tables and t.name not in tables:
@@ -275,6 +275,7 @@ def _pull_merged(
     from deltaferry.verify import producers
 
     con.execute(merge_tables.META)
+    duck.add_columns(con, "_deltaferry_chains", {"caution": "VARCHAR"})  # older files
     every_producer = only is None
     shape = merge_tables.TableShape(job.name, t.name, list(t.primary_key))
     result.chains = chains = {}
