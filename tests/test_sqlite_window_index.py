@@ -80,3 +80,22 @@ def test_an_index_on_julianday_serves_the_window_with_the_same_rows(source: sa.E
     indexed, plan = _read(source, zone)
     assert indexed == scanned
     assert "USING INDEX events_jd" in plan and "SCAN" not in plan
+
+
+@pytest.mark.parametrize(
+    ("index", "used"),
+    [
+        ('CREATE INDEX "e jd" ON "events" ( JULIANDAY( "Updated_At" ) )', True),
+        ("CREATE INDEX e_jd ON events (julianday(updated_at) DESC, id)", True),
+        # found by a fresh-user trial: indexes SQLite cannot use for the window
+        ("CREATE INDEX e_jd ON events (julianday(updated_at)) WHERE updated_at IS NOT NULL", False),
+        ("CREATE INDEX e_jd ON events (id, julianday(updated_at))", False),
+        ("CREATE INDEX e_jd ON events (id) WHERE julianday(updated_at) > 0", False),
+    ],
+)
+def test_only_an_index_sqlite_can_use_counts(source: sa.Engine, index: str, used: bool):
+    with source.begin() as con:
+        con.exec_driver_sql(index)
+    assert julianday_indexed(source, "events", "updated_at") is used
+    _, plan = _read(source, "UTC")
+    assert ("USING INDEX e" in plan) is used

@@ -289,13 +289,42 @@ warnings.filterwarnings(
     category=sa.exc.SAWarning,
 )
 
-_JULIANDAY = re.compile(r"julianday\s*\(\s*[\"`\[]?(?P<col>[^\"`\]\s)]+)[\"`\]]?\s*\)", re.I)
+_JULIANDAY = re.compile(
+    r"julianday\s*\(\s*[\"`\[]?(?P<col>[^\"`\]\s)]+)[\"`\]]?\s*\)(\s+(asc|desc))?", re.I
+)
+
+
+def _first_indexed(sql: str) -> str | None:
+    """The first column expression of a ``CREATE INDEX`` statement's column list, or None
+    for a partial index (``WHERE``: SQLite uses it only for queries that imply its
+    condition) or text it cannot read."""
+    on = re.search(r"\bON\b", sql, re.I)
+    start = sql.find("(", on.end()) if on else -1
+    if start < 0:
+        return None
+    depth, parts, begin = 0, [], start + 1
+    for pos in range(start, len(sql)):
+        ch = sql[pos]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                parts.append(sql[begin:pos])
+                if re.search(r"\bWHERE\b", sql[pos + 1 :], re.I):
+                    return None
+                return parts[0].strip()
+        elif ch == "," and depth == 1:
+            parts.append(sql[begin:pos])
+            begin = pos + 1
+    return None
 
 
 def julianday_indexed(engine: sa.Engine, table: str, column: str) -> bool:
-    """Whether SQLite ``table`` has an index on the expression ``julianday(column)``
-    (``CREATE INDEX … ON table(julianday(column))``), which lets a time-text cursor's
-    window be read without scanning the table (README, "SQLite timestamps")."""
+    """Whether SQLite ``table`` has an index whose first column is the expression
+    ``julianday(column)`` and no ``WHERE`` (``CREATE INDEX … ON table(julianday(column))``),
+    which lets a time-text cursor's window be read without scanning the table (README,
+    "Index a SQLite time-text cursor")."""
     if engine.dialect.name != "sqlite":
         return False
     with engine.connect() as con:
@@ -306,11 +335,12 @@ def julianday_indexed(engine: sa.Engine, table: str, column: str) -> bool:
             ),
             {"t": table},
         ).fetchall()
-    return any(
-        m.group("col").lower() == column.lower()
-        for (sql,) in rows
-        for m in _JULIANDAY.finditer(sql)
-    )
+    for (sql,) in rows:
+        first = _first_indexed(sql)
+        m = _JULIANDAY.fullmatch(first) if first else None
+        if m is not None and m.group("col").lower() == column.lower():
+            return True
+    return False
 
 
 def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]) -> Any:
