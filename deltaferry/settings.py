@@ -79,8 +79,11 @@ class Settings(EnvSettings):
         "size",
         "memory each DuckDB database deltaferry opens may use (staging, state, replica, "
         "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); larger sorts, joins "
-        "and loads spill to a temporary directory beside the file; a pull's primary-key index "
-        "of a batch's new rows must fit at its commit (about 25 bytes a row)",
+        "and loads spill to a temporary directory beside the file; a replica's tables have no "
+        "PRIMARY KEY constraint for this reason (DuckDB pins a key index, which grows with the "
+        "rows stored, at every commit: at `256MB` a 50M-row pull stopped at 29M rows; now it "
+        "peaks at 670 MiB, `bench/README.md`, \"50M rows\"), and a key twice in one batch is "
+        "refused at the batch's end instead",
         pattern=r"(?i)^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
     )
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
