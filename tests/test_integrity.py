@@ -80,3 +80,33 @@ def test_many_keys_in_random_order_are_counted_within_the_memory_limit(
     message = check.duplicates()
     assert message is not None and f"id={(7 * 2654435761) % (1 << 32)} (2 rows)" in message
     check.close()
+
+
+def test_a_count_over_the_memory_limit_is_one_line_naming_job_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The fault path the key check claims: DuckDB cannot count the keys within its limit
+    (3M keys at 20MB: the aggregate needs about 23 MiB) -> a TerminalError in one line naming
+    job, table and the number of keys, not DuckDB's multi-line OutOfMemoryException."""
+    import numpy as np
+
+    from deltaferry.errors import TerminalError
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    monkeypatch.setattr(KeyCheck, "MEMORY_LIMIT", "20MB")
+    monkeypatch.setattr(KeyCheck, "REOPEN_INSERTS", 8)
+    t = TableConfig(name="big", primary_key=("id",), cursor=None, deletes="none", contract="m:C")
+    job = JobConfig(
+        name="keys", source="sql_database", url="sqlite://", lake="file:///x", tables=(t,)
+    )
+    check = KeyCheck(job, t)
+    for start in range(0, 3_000_000, 100_000):
+        ids = (np.arange(start, start + 100_000, dtype=np.uint64) * 2654435761) % (1 << 32)
+        check.note(pa.table({"id": ids.astype(np.int64)}))
+    with pytest.raises(TerminalError) as caught:
+        check.duplicates()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "job 'keys' table 'big': counting the 3,000,000 keys" in message
+    assert "ran out of the key check's DuckDB memory (20MB" in message
+    check.close()
