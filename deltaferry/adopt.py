@@ -15,6 +15,8 @@ another writer's table (ConflictError).
 
 from __future__ import annotations
 
+import contextlib
+
 import duckdb
 
 from deltaferry import duck
@@ -189,6 +191,10 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
             )
             return 0
     finally:
+        # an attachment outlives the connection when its database is shared (a held or
+        # cached instance): the next table's ATTACH of the same name would fail
+        with contextlib.suppress(duckdb.Error):
+            con.execute("DETACH DATABASE IF EXISTS df_baseline")
         con.close()
     ctx.state.log(
         ctx.run_id,

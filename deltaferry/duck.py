@@ -9,6 +9,7 @@ file does not open.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,17 @@ def fetch_row(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> t
 
 
 def duck_type(field: pa.Field) -> str:
-    """The DuckDB column type DuckDB gives an Arrow ``field`` (for CREATE / ALTER TABLE)."""
+    """The DuckDB column type DuckDB gives an Arrow ``field`` (for CREATE / ALTER TABLE),
+    e.g. ``BIGINT``, ``TIMESTAMP WITH TIME ZONE``, ``DECIMAL(38,0)``."""
+    return _duck_type(field.type)
+
+
+@functools.lru_cache(maxsize=512)
+def _duck_type(arrow_type: pa.DataType) -> str:
+    # asked of an in-memory database made for it (about 10 ms, so once a type a process)
     con = duckdb.connect()
     try:
-        empty = pa.table({field.name: pa.array([], field.type)})
-        con.register("t", empty)
+        con.register("t", pa.table({"c": pa.array([], arrow_type)}))
         return fetch_row(con, "SELECT column_type FROM (DESCRIBE SELECT * FROM t)")[0]
     finally:
         con.close()

@@ -143,6 +143,87 @@ class _SimSourceModule:
     preflight_source = staticmethod(sim_source.preflight_source)
 
 
+class _Pins:
+    """The world's busiest DuckDB files held open, as ``duckdb.connect`` inside the world.
+
+    Opening a DuckDB database makes an instance (its catalog of built-in functions, its
+    buffer pool): about 10 ms, and closing the last connection checkpoints it; deltaferry
+    opens one per step, a hundred and more per history, which was most of a history's
+    time. Inside the world every file is held by one connection (its pin), opened at its
+    first use, and deltaferry's connections are cursors of it (DuckDB's own way to another
+    connection to an open database, sharing its instance).
+
+    What a real process's death would leave is kept: a simulated crash closes every cursor
+    the dead process had (``crashed``), which rolls back what it had not committed, as the
+    write-ahead log would on the next open; what it committed stays, as it would on disk.
+    A lost home or replica lets go of its files first (``drop``); a file deleted by
+    deltaferry itself is let go of at its next open (its inode changed). Not modelled: the
+    write-ahead log's replay itself (DuckDB's; ``tests/test_replica_wal.py`` and the
+    real-process chaos suite open files a killed process left), and the per-process file
+    lock (a second process is ``World.race``'s other home; ``read_only`` is ignored, so a
+    write through a read-only connection is not caught here, but by the real suites)."""
+
+    def __init__(self, real: Callable[..., Any], held: Callable[[str], bool]) -> None:
+        self.real = real
+        self.held = held
+        self.pins: dict[str, tuple[duckdb.DuckDBPyConnection, int]] = {}  # path: (pin, inode)
+        self.handed: list[tuple[str, duckdb.DuckDBPyConnection]] = []
+
+    def connect(self, database: Any = ":memory:", read_only: bool = False, config: Any = None, **kw: Any) -> Any:
+        path = str(database) if isinstance(database, (str, Path)) else ""
+        if not path or path.startswith(":memory:") or config or kw:
+            return self.real(database, read_only=read_only, config=config or {}, **kw)
+        key = os.path.realpath(path)
+        if not self.held(key) or (read_only and not os.path.exists(key)):
+            return self.real(database, read_only=read_only)  # as it is (a missing file: DuckDB's error)
+        try:
+            inode = os.stat(key).st_ino
+        except FileNotFoundError:
+            inode = None
+        pinned = self.pins.get(key)
+        if pinned is not None and pinned[1] != inode:
+            # deleted (or replaced) since: the process's last connection to the old file
+            # had closed when it was deleted, so nothing of it lives on (closing the pin
+            # removes the old file's write-ahead log, as that close would have)
+            self.pins.pop(key)[0].close()
+            pinned = None
+        if pinned is None:
+            con = self.real(key)
+            pinned = self.pins[key] = (con, os.stat(key).st_ino)
+        con = pinned[0].cursor()
+        self.handed.append((key, con))
+        return con
+
+    def crashed(self, under: Path) -> None:
+        """The process that used the files under ``under`` died: its connections go."""
+        root = os.path.realpath(under)
+        keep = []
+        for key, con in self.handed:
+            if _under(key, root):
+                con.close()
+            else:
+                keep.append((key, con))
+        self.handed = keep
+
+    def drop(self, under: Path) -> None:
+        """The files under ``under`` are about to be deleted (or replaced): let go of them."""
+        self.crashed(under)
+        root = os.path.realpath(under)
+        for key in [k for k in self.pins if _under(k, root)]:
+            self.pins.pop(key)[0].close()
+
+    def close(self) -> None:
+        for _, con in self.handed:
+            con.close()
+        for pin, _ in self.pins.values():
+            pin.close()
+        self.handed, self.pins = [], {}
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
 @contextmanager
 def _patched(world: World) -> Iterator[None]:
     """Point deltaferry's surroundings at the world: the lake, the source, the clock, ids,
@@ -185,6 +266,7 @@ def _patched(world: World) -> Iterator[None]:
     patch(deltaferry.runbook, "_drop_staged", sim_source.drop_staged)
     patch(deltaferry.commit, "ThreadPoolExecutor", _InlineExecutor)
     patch(deltaferry.oplog, "uuid", world)  # run ids: ``uuid.uuid4().hex`` -> world.uuid4
+    patch(duckdb, "connect", world.pins.connect)  # the files held open (``_Pins``)
     env = {
         "DELTAFERRY_HOME": str(world.root / "home"),
         "DELTAFERRY_STEP_RETRIES": str(RETRIES),
@@ -206,6 +288,7 @@ def _patched(world: World) -> Iterator[None]:
                 os.environ[k] = v
         for obj, name, value in reversed(saved):
             setattr(obj, name, value)
+        world.pins.close()
 
 
 class World:
@@ -261,6 +344,14 @@ class World:
         self.consumer = "sim-reader" if rng.random() < 0.5 else None
         # the lake as the last ok run left it: a stale copy a producer may be pointed at
         self.snapshot: dict[str, bytes] = {}
+        self.pins = _Pins(duckdb.connect, self._held)
+
+    def _held(self, path: str) -> bool:
+        """The files the world holds open (``_Pins``): the producer's state and staging, and
+        the replica: those deltaferry opens at every step. Others (an adopted chain's
+        baseline, held-row files) are opened as they are, one instance an open: deltaferry
+        ATTACHes them from another database, which a file held open here would refuse."""
+        return Path(path).name in ("state.duckdb", "staging.duckdb") or path == os.path.realpath(self.replica)
 
     # --- the world's clock and ids -------------------------------------------------
     def clock(self) -> Any:
@@ -435,6 +526,7 @@ class World:
             self._fail(f"{who} raised an unexplained {type(e).__name__}: {e}")
         finally:
             if outcome == "crash":  # what the dead process held goes with it
+                self.pins.crashed(Path(os.environ["DELTAFERRY_HOME"]))
                 gc.collect()
         if outcome == "ok":
             self.trace.append(f"{self.step_no}: {who} ok")
@@ -493,6 +585,7 @@ class World:
             act(*args)
         except SimCrash:
             self.stats.crashes += 1
+            self.pins.crashed(Path(os.environ["DELTAFERRY_HOME"]))
             return False
         except TransientError:
             return False
@@ -504,6 +597,7 @@ class World:
 
         self.stats.pulls += 1
         if self.rebuild_replica:  # the producer was reset past what the replica holds
+            self.pins.drop(self.replica)
             self.replica.unlink(missing_ok=True)
             self.rebuild_replica = False
         outcome = "ok"
@@ -533,6 +627,7 @@ class World:
         finally:
             self.in_pull = False
             if outcome == "crash":
+                self.pins.crashed(self.replica)
                 gc.collect()
         if outcome == "ok":
             self.trace.append(f"{self.step_no}: pull ok")
@@ -556,6 +651,7 @@ class World:
 
     def wipe_home(self) -> None:
         gc.collect()
+        self.pins.drop(self.root / "home")
         shutil.rmtree(self.root / "home", ignore_errors=True)
         self.quiet = False
         self._fault("local state lost")
@@ -616,10 +712,12 @@ class World:
         if not home.exists():
             return
         zombie = self.root / "zombie"
+        self.pins.drop(zombie)
         shutil.rmtree(zombie, ignore_errors=True)
         shutil.copytree(home, zombie)
         self._fault("zombie runner from a restored home")
         outcomes = self._interleave({"producer run": home, "zombie run": zombie})
+        self.pins.drop(zombie)
         shutil.rmtree(zombie, ignore_errors=True)
         os.environ["DELTAFERRY_HOME"] = str(home)
         self.trace.append(f"{self.step_no}: race: {outcomes}")
