@@ -132,6 +132,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
     try:
         at = _baseline_batch(base, ctx.job.name, t.name, ctx.job.chain)
         base_cols = duck.columns(base, t.name, schema=None)
+        held = _baseline_version(base, ctx.job.name, t.name)
     finally:
         base.close()
     if at is None or at != ctx.state.checkpoint(t.name).batch or not base_cols:
@@ -149,7 +150,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         common = [c for c in data if c in base_cols]
         match = " AND ".join(f"b.{ident(c)} = s.{ident(c)}" for c in key)
         same = [match, *(f"b.{ident(c)} IS NOT DISTINCT FROM s.{ident(c)}" for c in common)]
-        shape = _shape_rule(ctx, t)
+        shape = _shape_rule(ctx, t, held)
         if shape is None:
             # same shape as published: a column only one side has is a change where it has a
             # value (a column the source gained with values, one it dropped or renamed) —
@@ -207,23 +208,38 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
     return int(marked)
 
 
-def _shape_rule(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
-    """None when the chain's head was published at the contract version the source's rows
-    have (so staged and published rows have the same columns, and a column only one side has
-    is a change); else why only the columns both sides have are compared (a migration
-    between them renames or drops columns by design)."""
+def _baseline_version(base, job: str, table: str) -> int | None:  # noqa: ANN001
+    """The contract version the baseline replica holds ``table``'s rows at (its reader's,
+    ``_deltaferry_contracts``: pull takes every batch to it), or None if unrecorded."""
+    from deltaferry.duck import fetch_one
+
+    try:
+        row = fetch_one(
+            base, "SELECT version FROM _deltaferry_contracts WHERE job = ? AND tbl = ?", [job, table]
+        )
+    except duckdb.Error:  # no such table: an older baseline
+        return None
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def _shape_rule(ctx, t: TableConfig, held: int | None) -> str | None:  # noqa: ANN001
+    """None when the baseline holds its rows at the contract version the source's rows have
+    (so staged and baseline rows have the same columns, and a column only one side has is a
+    change); else why only the columns both sides have are compared (a migration between
+    them adds, renames or drops columns by design). ``held``: the baseline's version
+    (``_baseline_version``), else the chain's newest (the version ``pull`` reads at). Not
+    the version the head was published at: the baseline took every batch to its own."""
     from deltaferry.negotiate import source_version
 
     chain = ctx.chains.get(t.name)
-    head = ctx.state.last_manifest(t.name)
-    published = head.contract.version if head is not None else None
-    if chain is None or published is None:
+    if chain is None:
         return None
+    at = chain.latest if held is None else held
     source = source_version(ctx.job, t, chain)
-    if published == source:
+    if at == source:
         return None
     return (
-        f"compared on the columns both have: the head was published at v{published}, "
+        f"compared on the columns both have: the adopted chain is held at v{at}, "
         f"the source's rows are v{source}"
     )
 

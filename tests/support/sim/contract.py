@@ -1,10 +1,16 @@
-"""The simulator's contracts: the two modelled tables, version 1 (see ``source.py``)."""
+"""The simulator's contracts: the two modelled tables at version 1 (see ``source.py``), and
+``items``'s chain of two versions, which the producer and the reader each move to at a
+moment of the history (``World.upgrade_contract``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
+
+from contracts import Chain
 
 
 class ItemsV1(pa.DataFrameModel):
@@ -41,5 +47,29 @@ class TagsV1(pa.DataFrameModel):
         coerce = True
 
 
+def label_of(name: Any) -> Any:
+    """``items.label`` at v2: ``name`` reversed (NULL for NULL). Derived, so the downgrade
+    to v1 loses nothing, and the oracle can check every replica row that has it."""
+    return name[::-1] if isinstance(name, str) else None
+
+
+class ItemsV2(ItemsV1):
+    """v1 and ``label``, made from ``name`` by the upgrade."""
+
+    __version__ = 2
+
+    label: Series[str] = pa.Field(nullable=True)
+
+    @staticmethod
+    def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["label"] = frame["name"].map(label_of)
+        return frame
+
+    @staticmethod
+    def downgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.drop(columns=["label"])
+
+
 Items = ItemsV1
 Tags = TagsV1
+ItemsChain = Chain(ItemsV1, ItemsV2)

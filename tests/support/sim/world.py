@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from deltaferry import failpoints
 from deltaferry.errors import DeltaferryError, TransientError, VerificationError
+from deltaferry.readers import VersionError
 from tests.support.sim import source as sim_source
 from tests.support.sim.source import SCHEMAS, Source
 from tests.support.sim.store import SimStore
@@ -84,6 +85,13 @@ class Stats:
         )
 
 
+# ``items``'s contract in a jobs file, by the version its holder moved to (``upgrade_contract``):
+# v2 is the chain, the source's rows stay at v1 (the producer migrates them)
+ITEMS_CONTRACT = {
+    1: 'contract = "tests.support.sim.contract:Items"',
+    2: 'contract = "tests.support.sim.contract:ItemsChain"\nsource_version = 1',
+}
+
 JOBS_TOML = """
 [jobs.jq7]
 source = "sql_database"
@@ -98,7 +106,7 @@ name = "items"
 primary_key = ["id"]
 cursor = "updated_at"
 deletes = "soft:deleted_at"
-contract = "tests.support.sim.contract:Items"
+{items_contract}
 
 [[jobs.jq7.tables]]
 name = "tags"
@@ -344,6 +352,11 @@ class World:
         self.consumer = "sim-reader" if rng.random() < 0.5 else None
         # the lake as the last ok run left it: a stale copy a producer may be pointed at
         self.snapshot: dict[str, bytes] = {}
+        # contract versions: drawn from a generator of their own, so a history without a
+        # contract change is the same history it was before they were modelled
+        self.contract_rng = random.Random(f"{seed}/contracts")
+        self.p_upgrade = self.contract_rng.choice((0.0, 0.0, 0.05, 0.15))  # at each step
+        self.contract_v = {"producer": 1, "reader": 1}  # items's version in each one's jobs file
         self.pins = _Pins(duckdb.connect, self._held)
 
     def _held(self, path: str) -> bool:
@@ -420,15 +433,32 @@ class World:
         return out
 
     # --- the history -----------------------------------------------------------------
-    def job(self) -> Any:
+    def job(self, holder: str = "producer") -> Any:
+        """The job as the producer's jobs file has it (``holder="reader"``: the reader's,
+        which differs in ``items``'s contract until both moved to v2)."""
         from deltaferry.config import load_job
 
-        path = self.root / "jobs.toml"
+        path = self.root / f"{holder}.toml"
         if not path.exists():
             path.write_text(
-                JOBS_TOML.format(max_batch_rows=self.max_batch_rows, rows_per_file=self.rows_per_file)
+                JOBS_TOML.format(
+                    max_batch_rows=self.max_batch_rows,
+                    rows_per_file=self.rows_per_file,
+                    items_contract=ITEMS_CONTRACT[self.contract_v[holder]],
+                )
             )
         return load_job(JOB, path)
+
+    def upgrade_contract(self, holder: str) -> None:
+        """The producer's or the reader's jobs file moves ``items`` to its contract's chain
+        (v1, v2), as a deploy of new code does between runs."""
+        if self.contract_v[holder] == 2:
+            return
+        self.contract_v[holder] = 2
+        (self.root / f"{holder}.toml").unlink(missing_ok=True)
+        self.quiet = False
+        self._fault(f"{holder}'s contract moved to v2")
+        self.trace.append(f"{self.step_no}: the {holder}'s contract for items moved to v2")
 
     def run(self, steps: int) -> Stats:
         """Run the history: ``steps`` seeded actions, then a calm end that must converge."""
@@ -438,6 +468,8 @@ class World:
                     self.step_no += 1
                     self.stats.steps += 1
                     self.now += self.rng.randint(1, 120)
+                    if self.contract_rng.random() < self.p_upgrade:
+                        self.upgrade_contract(self.contract_rng.choice(("producer", "reader")))
                     self._action()
                     self.check_lake()
                 self.converge()
@@ -603,7 +635,7 @@ class World:
         outcome = "ok"
         self.in_pull = True
         try:
-            pull(self.job(), self.lake, self.replica, consumer=self.consumer)
+            pull(self.job("reader"), self.lake, self.replica, consumer=self.consumer)
         except SimCrash as e:
             outcome = "crash"
             self.stats.crashes += 1
@@ -612,9 +644,18 @@ class World:
             outcome = type(e).__name__
             self._named(e, "pull")
             parts = getattr(e, "failures", None) or [e]  # PullFailed: each table's error
-            if not all(isinstance(x, (TransientError, VerificationError)) for x in parts):
+            newer = self.contract_v["producer"] > self.contract_v["reader"]
+            if not all(
+                isinstance(x, (TransientError, VerificationError))
+                or (newer and type(x) is VersionError and "table 'items'" in str(x))
+                for x in parts
+            ):
                 self._fail(f"pull failed with {outcome}, which no injected fault explains: {e}")
             self.trace.append(f"{self.step_no}: pull: {outcome}: {e}")
+            if any(isinstance(x, VersionError) for x in parts):
+                # README: a strict reader that meets a newer version recovers by upgrading
+                self.trace.append(f"{self.step_no}: operator: the reader upgrades its contract")
+                self.upgrade_contract("reader")
             if any(isinstance(x, VerificationError) for x in parts):
                 named = set(re.findall(r"table '(\w+)'", str(e)))
                 if not self.reader_behind or not named <= self.reader_behind:
@@ -961,10 +1002,33 @@ class World:
             shas.append(digest)
         return out
 
+    def check_labels(self) -> None:
+        """The replica holds its reader's version of ``items``: ``label`` (v2) only once
+        the reader moved to v2, and then made from ``name`` on every row, whichever
+        version each batch was published at (the reader upgrades older batches itself)."""
+        if not self.replica.exists():
+            return
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            cols = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'"
+            ).fetchall()}
+            rows = con.execute('SELECT id, name, label FROM "items"').fetchall() if "label" in cols else []
+        finally:
+            con.close()
+        if "label" in cols and self.contract_v["reader"] == 1:
+            self._fail("table items: the replica has v2's column label, but its reader reads v1")
+        from tests.support.sim.contract import label_of
+
+        wrong = [(i, n, lab) for i, n, lab in rows if lab != label_of(n)]
+        if wrong:
+            self._fail(f"table items: label is not made from name in the replica: {wrong[:5]}")
+
     def check_replica(self) -> None:
         """The replica equals the lake folded up to the batch it applied, whatever stopped
         the pull."""
         self.stats.checks += 1
+        self.check_labels()
         applied = self._replica_batches()
         rows = self._replica_rows()
         for t in SCHEMAS:
