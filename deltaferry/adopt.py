@@ -151,6 +151,16 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         match = " AND ".join(f"b.{ident(c)} = s.{ident(c)}" for c in key)
         same = [match, *(f"b.{ident(c)} IS NOT DISTINCT FROM s.{ident(c)}" for c in common)]
         shape = _shape_rule(ctx, t, held)
+        hidden = [c for c in data if c not in base_cols]
+        if shape is not None and hidden:
+            # the migration renamed or dropped a source column: a change in it would not
+            # show in the columns both have (a lost update); every row is published again
+            ctx.state.log(
+                ctx.run_id, "adopt", "info", table=t.name,
+                detail=f"re-extracted rows not compared with the adopted chain ({shape}; the "
+                f"source's column(s) {', '.join(hidden)} are not in it): all are published",
+            )
+            return 0
         if shape is None:
             # same shape as published: a column only one side has is a change where it has a
             # value (a column the source gained with values, one it dropped or renamed) —

@@ -73,3 +73,33 @@ class ItemsV2(ItemsV1):
 Items = ItemsV1
 Tags = TagsV1
 ItemsChain = Chain(ItemsV1, ItemsV2)
+
+
+
+class ItemsTitled(pa.DataFrameModel):
+    """v1 with ``name`` renamed ``title`` (v1's column gone): a change in ``name`` shows in
+    no column a v1 row and a v2 row share (``tests/test_simulation.py``)."""
+
+    __version__ = 2
+
+    id: Series[int] = pa.Field(ge=1, unique=True)
+    title: Series[str] = pa.Field(nullable=True)
+    amount: Series[int]
+    rev: Series[int] = pa.Field(ge=1)
+    updated_at: Series[pd.Timestamp]
+    deleted_at: Series[pd.Timestamp] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+    @staticmethod
+    def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.rename(columns={"name": "title"})
+
+    @staticmethod
+    def downgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.rename(columns={"title": "name"})
+
+
+ItemsRenameChain = Chain(ItemsV1, ItemsTitled)
