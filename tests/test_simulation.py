@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -261,6 +262,40 @@ def test_a_lost_home_under_a_renaming_contract_publishes_a_change_in_the_renamed
         folded = world._fold([b for _, b in world._chain(world.lake, "items")])
         assert folded == world.source.live("items")
         assert folded[(2,)][1] == "changed"
+
+
+def test_a_simulated_crash_keeps_what_was_committed_and_loses_the_rest(tmp_path: Path) -> None:
+    """The world's held files (``_Pins``) model a process's death: what it committed stays,
+    its open transaction is gone; a dropped home's files are new files afterwards; a held
+    file deleted behind the pin stops the history rather than serving the old file."""
+    import duckdb
+
+    from tests.support.sim.world import _patched
+
+    world = World(0, tmp_path)
+    home = tmp_path / "home"
+    state = home / JOB / "state.duckdb"
+    state.parent.mkdir(parents=True)
+    with _patched(world):
+        con = duckdb.connect(str(state))
+        con.execute("CREATE TABLE t (a INTEGER)")
+        con.execute("INSERT INTO t VALUES (1)")
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO t VALUES (2)")
+        world.pins.crashed(home)  # the process died inside its transaction
+        with pytest.raises(duckdb.ConnectionException):
+            con.execute("SELECT 1")  # its connection went with it
+        again = duckdb.connect(str(state))
+        assert again.execute("SELECT a FROM t").fetchall() == [(1,)]
+        world.pins.drop(home)
+        shutil.rmtree(home)
+        state.parent.mkdir(parents=True)
+        fresh = duckdb.connect(str(state))
+        assert fresh.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
+        fresh.execute("CREATE TABLE u (b INTEGER)")
+        state.unlink()
+        with pytest.raises(AssertionError, match="behind the world's pin"):
+            duckdb.connect(str(state))
 
 
 def _insert_items(world: World, *keys: int) -> None:

@@ -75,7 +75,6 @@ Tags = TagsV1
 ItemsChain = Chain(ItemsV1, ItemsV2)
 
 
-
 class ItemsTitled(pa.DataFrameModel):
     """v1 with ``name`` renamed ``title`` (v1's column gone): a change in ``name`` shows in
     no column a v1 row and a v2 row share (``tests/test_simulation.py``)."""

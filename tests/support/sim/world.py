@@ -164,8 +164,9 @@ class _Pins:
     What a real process's death would leave is kept: a simulated crash closes every cursor
     the dead process had (``crashed``), which rolls back what it had not committed, as the
     write-ahead log would on the next open; what it committed stays, as it would on disk.
-    A lost home or replica lets go of its files first (``drop``); a file deleted by
-    deltaferry itself is let go of at its next open (its inode changed). Not modelled: the
+    A lost home or replica lets go of its files first (``drop``). deltaferry itself deletes
+    none of these files; should it ever, the next open stops the history with an error
+    (the pin would go on serving the deleted file). Not modelled: the
     write-ahead log's replay itself (DuckDB's; ``tests/test_replica_wal.py`` and the
     real-process chaos suite open files a killed process left), and the per-process file
     lock (a second process is ``World.race``'s other home; ``read_only`` is ignored, so a
@@ -184,17 +185,9 @@ class _Pins:
         key = os.path.realpath(path)
         if not self.held(key) or (read_only and not os.path.exists(key)):
             return self.real(database, read_only=read_only)  # as it is (a missing file: DuckDB's error)
-        try:
-            inode = os.stat(key).st_ino
-        except FileNotFoundError:
-            inode = None
         pinned = self.pins.get(key)
-        if pinned is not None and pinned[1] != inode:
-            # deleted (or replaced) since: the process's last connection to the old file
-            # had closed when it was deleted, so nothing of it lives on (closing the pin
-            # removes the old file's write-ahead log, as that close would have)
-            self.pins.pop(key)[0].close()
-            pinned = None
+        if pinned is not None and pinned[1] != _inode(key):
+            raise AssertionError(f"{key} was deleted or replaced behind the world's pin (``_Pins``)")
         if pinned is None:
             con = self.real(key)
             pinned = self.pins[key] = (con, os.stat(key).st_ino)
@@ -226,6 +219,13 @@ class _Pins:
         for pin, _ in self.pins.values():
             pin.close()
         self.handed, self.pins = [], {}
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _under(path: str, root: str) -> bool:
