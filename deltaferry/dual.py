@@ -8,14 +8,18 @@ See docs/architecture.md, section 6 "Contracts, versions and drift".
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
-from deltaferry.delta import OP_COLUMN, SEQ_COLUMN, Delta, build_delta, translate_parts
+from deltaferry.delta import (
+    OP_COLUMN,
+    SEQ_COLUMN,
+    Delta,
+    build_delta,
+    read_parquet,
+    translate_parts,
+)
 from deltaferry.errors import ContractViolation
 from deltaferry.negotiate import source_version
 from deltaferry.staged import DriftPlan, staged_changes
@@ -82,9 +86,7 @@ def _keyed_rows(t: TableConfig, parts: list[Any]) -> list[tuple[Any, ...]]:
     """(key..., _seq, _op) of every row of some parts, in order."""
     rows: list[tuple[Any, ...]] = []
     for part in parts:
-        table = pq.read_table(
-            io.BytesIO(part.data), columns=[*t.primary_key, SEQ_COLUMN, OP_COLUMN]
-        )
+        table = read_parquet(part.data, columns=[*t.primary_key, SEQ_COLUMN, OP_COLUMN])
         rows.extend(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
     return rows
 

@@ -7,15 +7,13 @@ chain are checked against what the manifests promise.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from deltaferry.delta import SEQ_COLUMN
+from deltaferry.delta import SEQ_COLUMN, parquet_metadata, read_parquet
 from deltaferry.errors import VerificationError
 from deltaferry.failpoints import bug
 from deltaferry.keys import Keyring
@@ -66,7 +64,7 @@ class VerifiedBatch:
         for f in files:
             body = _verified_body(self.lake, f, self.where, self.fix)
             try:
-                table = pq.read_table(io.BytesIO(body), columns=columns)
+                table = read_parquet(body, columns=columns)
             except pa.ArrowInvalid as e:  # a column asked for is not in the file
                 raise VerificationError(f"{self.where}: data object {f.key}: {e}") from None
             del body
@@ -254,7 +252,7 @@ def _verified_files(
     for f in files:
         body = _verified_body(lake, f, where, fix)
         if load:
-            tables.append(pq.read_table(io.BytesIO(body)))
+            tables.append(read_parquet(body))
     return tables
 
 
@@ -273,7 +271,7 @@ def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> b
         raise VerificationError(f"{where}: data object {f.key} is missing{hint}")
     if len(body) != f.bytes or sha256(body) != f.sha256:
         raise VerificationError(f"{where}: data object {f.key} does not match its sha256/size{hint}")
-    meta = pq.read_metadata(io.BytesIO(body))
+    meta = parquet_metadata(body)
     if meta.num_rows != f.rows:
         raise VerificationError(
             f"{where}: data object {f.key} has {meta.num_rows} rows, manifest says {f.rows}"

@@ -58,10 +58,12 @@ def read_jsonl(
 def _read_fast(data: bytes, types: dict[str, pa.DataType]) -> pa.Table | None:
     import pyarrow.json as pj
 
+    from deltaferry.delta import arrow_input
+
     decimals = {n: t for n, t in types.items() if pa.types.is_decimal128(t)}
     opts = pj.ParseOptions(explicit_schema=pa.schema(decimals)) if decimals else None
     try:
-        table = pj.read_json(pa.BufferReader(data), parse_options=opts)
+        table = pj.read_json(arrow_input(data), parse_options=opts)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None  # the exact reader says what is wrong, or reads it
     for f in table.schema:

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from contracts import load_contract
 from contracts.exact import InexactCast, cast_exact
 from deltaferry.config import TableConfig
+from deltaferry.delta import arrow_input, read_parquet
 from deltaferry.errors import ConfigError
 from sources.columns import INTERNAL_COLUMNS
 from sources.files.jsonl import documents_as_text, read_jsonl
@@ -70,9 +71,7 @@ def read_table(
         elif fmt == "jsonl":
             table = read_jsonl(_utf8(raw, t), types, _dlt_name)
         else:
-            import pyarrow.parquet as pq
-
-            table = documents_as_text(pq.read_table(pa.BufferReader(raw)))
+            table = documents_as_text(read_parquet(raw))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
         raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
@@ -142,7 +141,7 @@ def _read_csv(data: bytes, delimiter: str) -> pa.Table:
     head = data[: 1024 * 1024].decode("utf-8", errors="replace")
     names = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
     return pcsv.read_csv(
-        pa.BufferReader(data),
+        arrow_input(data),
         parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
             column_types={n: pa.string() for n in names},

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib
-import io
 import json
 import os
 import pkgutil
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deltaferry import failpoints
@@ -934,7 +934,7 @@ class World:
             data = self.objects_ever.get(f["key"])
             if data is None:
                 self._fail(f"the oracle never saw data object {f['key']}")
-            rows += pq.read_table(io.BytesIO(data)).to_pylist()
+            rows += pq.read_table(pa.BufferReader(data)).to_pylist()
         rows.sort(key=lambda r: r["_seq"])
         out = [(tuple(r[c] for c in key_cols), row_values(m["table"], r), r["_op"]) for r in rows]
         cache[digest] = out
