@@ -32,7 +32,8 @@ SEEDS = int(os.environ.get("DELTAFERRY_SIM_SEEDS", "100"))
 SEED_BASE = int(os.environ.get("DELTAFERRY_SIM_SEED_BASE", "0"))
 # the seeds are dealt to tests of at most 50 seeds (about 100-200 s, well inside the
 # 600 s a test may take), at least two, so `-n 2 --dist load` runs them on both cores
-SHARDS = max(2, -(-SEEDS // 50))
+# (one for a single seed's replay)
+SHARDS = max(1, min(2, SEEDS), -(-SEEDS // 50))
 # seeds a deliberate bug must be caught within (each was caught well inside it when set;
 # the measured seeds-to-detect are printed)
 TEETH_BOUND = 100
@@ -81,6 +82,7 @@ def test_seeded_histories(shard: int, capsys: pytest.CaptureFixture[str]) -> Non
                      "second runner"):
             assert kind in kinds, f"no '{kind}' fault in {len(seeds)} histories: {total.faults}"
         assert total.crashes > 0 and total.checks > total.steps
+        assert total.reopens > 0  # files closed and opened from disk again (``World.ended``)
 
 
 def test_a_seed_replays_the_identical_history() -> None:
@@ -295,6 +297,40 @@ def test_a_simulated_crash_keeps_what_was_committed_and_loses_the_rest(tmp_path:
         fresh.execute("CREATE TABLE u (b INTEGER)")
         state.unlink()
         with pytest.raises(AssertionError, match="behind the world's pin"):
+            duckdb.connect(str(state))
+
+
+def test_a_file_nothing_holds_is_closed_and_opened_again_from_disk(tmp_path: Path) -> None:
+    """``_Pins.release``: while a connection is open (a failed run's error holding it) the
+    file stays held; once none is, it is closed (checkpointed) and the next open is a new
+    instance reading the file from disk, with what was committed. A connection in the other
+    mode (read-only, read-write) than one still open is refused, as DuckDB does."""
+    import duckdb
+
+    from tests.support.sim.world import _patched
+
+    world = World(0, tmp_path)
+    home = tmp_path / "home"
+    state = home / JOB / "state.duckdb"
+    state.parent.mkdir(parents=True)
+    with _patched(world):
+        con = duckdb.connect(str(state))
+        con.execute("CREATE TABLE t (a INTEGER)")
+        con.execute("INSERT INTO t VALUES (1)")
+        pin = world.pins.pins[str(state.resolve())][0]
+        with pytest.raises(duckdb.ConnectionException, match="different configuration"):
+            duckdb.connect(str(state), read_only=True)  # as DuckDB refuses in one process
+        assert not world.pins.release(home)  # ``con`` is still open: the instance lives
+        assert world.pins.pins[str(state.resolve())][0] is pin
+        con.close()
+        assert world.pins.release(home)
+        assert str(state.resolve()) not in world.pins.pins
+        with pytest.raises(duckdb.ConnectionException):
+            pin.execute("SELECT 1")  # the instance was closed
+        again = duckdb.connect(str(state), read_only=True)  # nothing else open: allowed
+        assert world.pins.pins[str(state.resolve())][0] is not pin
+        assert again.execute("SELECT a FROM t").fetchall() == [(1,)]
+        with pytest.raises(duckdb.ConnectionException, match="different configuration"):
             duckdb.connect(str(state))
 
 

@@ -63,12 +63,13 @@ class Stats:
     pulls: int = 0
     crashes: int = 0
     checks: int = 0
+    reopens: int = 0  # a process's files let go of at its end (``World.ended``)
     failures: list[str] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
 
     def add(self, other: Stats) -> None:
-        for name in ("histories", "steps", "runs", "pulls", "crashes", "checks"):
+        for name in ("histories", "steps", "runs", "pulls", "crashes", "checks", "reopens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures += other.failures
         self.faults.update(other.faults)
@@ -79,8 +80,8 @@ class Stats:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
         return (
             f"histories {self.histories}, steps {self.steps} (producer runs {self.runs}, pulls "
-            f"{self.pulls}), crashes {self.crashes}, invariant checks {self.checks}, "
-            f"failures {len(self.failures)}\nfaults injected: {faults}\n"
+            f"{self.pulls}), crashes {self.crashes}, files closed and opened again "
+            f"{self.reopens}, invariant checks {self.checks}, failures {len(self.failures)}\nfaults injected: {faults}\n"
             f"named errors met (expected under the faults): {errors}"
         )
 
@@ -164,19 +165,23 @@ class _Pins:
     What a real process's death would leave is kept: a simulated crash closes every cursor
     the dead process had (``crashed``), which rolls back what it had not committed, as the
     write-ahead log would on the next open; what it committed stays, as it would on disk.
-    A lost home or replica lets go of its files first (``drop``). deltaferry itself deletes
+    A lost home or replica lets go of its files first (``drop``). At the end of a process,
+    at a seeded rate (``World.ended``), files nothing holds any more are closed (``release``),
+    so the next one opens them from disk as a new process would. deltaferry itself deletes
     none of these files; should it ever, the next open stops the history with an error
     (the pin would go on serving the deleted file). Not modelled: the
     write-ahead log's replay itself (DuckDB's; ``tests/test_replica_wal.py`` and the
     real-process chaos suite open files a killed process left), and the per-process file
-    lock (a second process is ``World.race``'s other home; ``read_only`` is ignored, so a
-    write through a read-only connection is not caught here, but by the real suites)."""
+    lock (a second process is ``World.race``'s other home). Of ``read_only``, what DuckDB
+    refuses within one process is: opening a file in one mode while a connection in the
+    other is open (``_same_configuration``); a write through a read-only connection is not
+    refused here, but by the real suites."""
 
     def __init__(self, real: Callable[..., Any], held: Callable[[str], bool]) -> None:
         self.real = real
         self.held = held
         self.pins: dict[str, tuple[duckdb.DuckDBPyConnection, int]] = {}  # path: (pin, inode)
-        self.handed: list[tuple[str, duckdb.DuckDBPyConnection]] = []
+        self.handed: list[tuple[str, duckdb.DuckDBPyConnection, bool]] = []  # path, cursor, read_only
 
     def connect(self, database: Any = ":memory:", read_only: bool = False, config: Any = None, **kw: Any) -> Any:
         path = str(database) if isinstance(database, (str, Path)) else ""
@@ -191,19 +196,33 @@ class _Pins:
         if pinned is None:
             con = self.real(key)
             pinned = self.pins[key] = (con, os.stat(key).st_ino)
+        self._same_configuration(key, read_only)
         con = pinned[0].cursor()
-        self.handed.append((key, con))
+        self.handed.append((key, con, read_only))
         return con
+
+    def _same_configuration(self, key: str, read_only: bool) -> None:
+        """As DuckDB refuses, in one process, a connection to a file that process has open
+        in the other mode (read-only against read-write): the world's processes share the
+        pins, so the mode of the connections still open is checked here."""
+        if all(ro == read_only for k, _, ro in self.handed if k == key):
+            return
+        self.handed = [h for h in self.handed if h[0] != key or _is_open(h[1])]
+        if any(ro != read_only for k, _, ro in self.handed if k == key):
+            raise duckdb.ConnectionException(
+                "Connection Error: Can't open a connection to same database file with a "
+                "different configuration than existing connections"
+            )
 
     def crashed(self, under: Path) -> None:
         """The process that used the files under ``under`` died: its connections go."""
         root = os.path.realpath(under)
         keep = []
-        for key, con in self.handed:
-            if _under(key, root):
-                con.close()
+        for held in self.handed:
+            if _under(held[0], root):
+                held[1].close()
             else:
-                keep.append((key, con))
+                keep.append(held)
         self.handed = keep
 
     def drop(self, under: Path) -> None:
@@ -213,12 +232,36 @@ class _Pins:
         for key in [k for k in self.pins if _under(k, root)]:
             self.pins.pop(key)[0].close()
 
+    def release(self, under: Path) -> bool:
+        """Close the files under ``under`` if nothing holds a connection to them any more
+        (as DuckDB closes an instance, checkpointing it, with its last connection); True
+        when closed. A connection something still holds (a failed run's error) keeps them
+        open, as it would keep the instance in a long-lived process."""
+        root = os.path.realpath(under)
+        live = [h for h in self.handed if not _under(h[0], root) or _is_open(h[1])]
+        self.handed = live
+        if any(_under(h[0], root) for h in live):
+            return False
+        for key in [k for k in self.pins if _under(k, root)]:
+            self.pins.pop(key)[0].close()
+        return True
+
     def close(self) -> None:
-        for _, con in self.handed:
+        for _, con, _ in self.handed:
             con.close()
         for pin, _ in self.pins.values():
             pin.close()
         self.handed, self.pins = [], {}
+
+
+def _is_open(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        con.execute("SELECT 1")
+    except duckdb.ConnectionException:  # closed
+        return False
+    except duckdb.Error:  # open, in a failed transaction
+        return True
+    return True
 
 
 def _inode(path: str) -> int | None:
@@ -358,6 +401,11 @@ class World:
         self.p_upgrade = self.contract_rng.choice((0.0, 0.0, 0.05, 0.15))  # at each step
         self.contract_v = {"producer": 1, "reader": 1}  # items's version in each one's jobs file
         self.pins = _Pins(duckdb.connect, self._held)
+        # at a process's end its files are let go of (closed: checkpointed) at this rate, so
+        # that the next process opens them from disk, as every process did before the pins;
+        # drawn from a generator of its own, so the histories' other draws are unchanged
+        self.pin_rng = random.Random(f"{seed}/pins")
+        self.p_reopen = 0.25
 
     def _held(self, path: str) -> bool:
         """The files the world holds open (``_Pins``): the producer's state and staging, and
@@ -557,12 +605,20 @@ class World:
         except Exception as e:  # noqa: BLE001 - what the invariant is about
             self._fail(f"{who} raised an unexplained {type(e).__name__}: {e}")
         finally:
-            if outcome == "crash":  # what the dead process held goes with it
-                self.pins.crashed(Path(os.environ["DELTAFERRY_HOME"]))
-                gc.collect()
+            self.ended(Path(os.environ["DELTAFERRY_HOME"]), crashed=outcome == "crash")
         if outcome == "ok":
             self.trace.append(f"{self.step_no}: {who} ok")
         return outcome
+
+    def ended(self, under: Path, *, crashed: bool) -> None:
+        """A process that used the files under ``under`` ended: a crashed one's connections
+        go (``_Pins.crashed``); at ``p_reopen``, its files are closed (checkpointed) too, so
+        the next process opens them from disk, replaying what the last one left."""
+        if crashed:
+            self.pins.crashed(under)
+            gc.collect()
+        if self.pin_rng.random() < self.p_reopen and self.pins.release(under):
+            self.stats.reopens += 1
 
     def answer(self, outcome: str) -> None:
         """What an operator does about a failed run (README, "Errors and what to do")."""
@@ -617,7 +673,7 @@ class World:
             act(*args)
         except SimCrash:
             self.stats.crashes += 1
-            self.pins.crashed(Path(os.environ["DELTAFERRY_HOME"]))
+            self.ended(Path(os.environ["DELTAFERRY_HOME"]), crashed=True)
             return False
         except TransientError:
             return False
@@ -667,9 +723,7 @@ class World:
             self._fail(f"pull raised an unexplained {type(e).__name__}: {e}")
         finally:
             self.in_pull = False
-            if outcome == "crash":
-                self.pins.crashed(self.replica)
-                gc.collect()
+            self.ended(self.replica, crashed=outcome == "crash")
         if outcome == "ok":
             self.trace.append(f"{self.step_no}: pull ok")
             self.reader_behind.clear()
