@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from deltaferry.failpoints import BUGS, bugs_on
-from tests.support.sim.world import JOB, Stats, World
+from tests.support.sim.world import JOB, Stats, World, _patched
 
 pytestmark = [pytest.mark.simulation, pytest.mark.slow]
 
@@ -135,10 +136,7 @@ def test_a_failed_plan_lets_go_of_staging(tmp_path: Path) -> None:
     stream read to the end lets go of staging by itself."""
     import threading
 
-    import duckdb
-
     from deltaferry.errors import TransientError
-    from tests.support.sim.world import _patched
 
     world = World(10, tmp_path)
     world.faults_on = False
@@ -266,18 +264,20 @@ def test_a_lost_home_under_a_renaming_contract_publishes_a_change_in_the_renamed
         assert folded[(2,)][1] == "changed"
 
 
-def test_a_simulated_crash_keeps_what_was_committed_and_loses_the_rest(tmp_path: Path) -> None:
-    """The world's held files (``_Pins``) model a process's death: what it committed stays,
-    its open transaction is gone; a dropped home's files are new files afterwards; a held
-    file deleted behind the pin stops the history rather than serving the old file."""
-    import duckdb
-
-    from tests.support.sim.world import _patched
-
+def _world_with_state(tmp_path: Path) -> tuple[World, Path, Path]:
+    """A world, its producer's home and the (not yet made) state file in it."""
     world = World(0, tmp_path)
     home = tmp_path / "home"
     state = home / JOB / "state.duckdb"
     state.parent.mkdir(parents=True)
+    return world, home, state
+
+
+def test_a_simulated_crash_keeps_what_was_committed_and_loses_the_rest(tmp_path: Path) -> None:
+    """The world's held files (``_Pins``) model a process's death: what it committed stays,
+    its open transaction is gone; a dropped home's files are new files afterwards; a held
+    file deleted behind the pin stops the history rather than serving the old file."""
+    world, home, state = _world_with_state(tmp_path)
     with _patched(world):
         con = duckdb.connect(str(state))
         con.execute("CREATE TABLE t (a INTEGER)")
@@ -305,14 +305,7 @@ def test_a_file_nothing_holds_is_closed_and_opened_again_from_disk(tmp_path: Pat
     file stays held; once none is, it is closed (checkpointed) and the next open is a new
     instance reading the file from disk, with what was committed. A connection in the other
     mode (read-only, read-write) than one still open is refused, as DuckDB does."""
-    import duckdb
-
-    from tests.support.sim.world import _patched
-
-    world = World(0, tmp_path)
-    home = tmp_path / "home"
-    state = home / JOB / "state.duckdb"
-    state.parent.mkdir(parents=True)
+    world, home, state = _world_with_state(tmp_path)
     with _patched(world):
         con = duckdb.connect(str(state))
         con.execute("CREATE TABLE t (a INTEGER)")
