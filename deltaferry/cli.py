@@ -136,7 +136,7 @@ def new_source(
         sample=Path(sample) if sample else None,
     )
     for path in written:
-        out.print(f"wrote {path}")
+        out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"next: edit read_records in sources/{name}/__init__.py, then "
         f"`deltaferry run {name}` and `pytest tests/test_source_{name}.py`"

@@ -105,7 +105,7 @@ def pull(
                 soft_wrap=True,
             )
         if r.overrides:
-            out.print(f"{r.table}: {r.overrides} new conflict override(s) applied")
+            out.print(f"{r.table}: {r.overrides} new conflict override(s) applied", markup=False)
         if r.cautions:
             err.print(
                 f"[bold yellow]warning:[/] table {r.table}: {r.cautions} batch(es) published at "
@@ -249,7 +249,9 @@ def verify(
         from deltaferry.overrides import read_overrides
 
         n = len(read_overrides(lake, cfg.name, t.name))
-        out.print(f"[green]ok[/] job {cfg.name} table {t.name}: {n} conflict overrides verified")
+        out.print(
+            f"[green]ok[/] job {escape(cfg.name)} table {escape(t.name)}: {n} conflict overrides verified"
+        )
     if not Keyring().keys:
         out.print(
             "note: this lake is unsigned (no trusted keys): an edit of the newest manifest "
@@ -275,7 +277,7 @@ def verify(
         if not log_path.exists():
             raise ConfigError(f"job '{cfg.name}' has no operations log at {log_path}")
         n = verify_oplog(StateStore(cfg.name, log_path, read_only=True))
-        out.print(f"[green]ok[/] job {cfg.name} operations log: {n} entries, hash chain intact")
+        out.print(f"[green]ok[/] job {escape(cfg.name)} operations log: {n} entries, hash chain intact")
 
 
 @click.command()
@@ -303,11 +305,11 @@ def gc(job: str, config: str | None, dry_run: bool, grace_seconds: int) -> None:
     report = collect(cfg, lake, grace_seconds=grace_seconds, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for key, reason in report.garbage:
-        out.print(f"{verb} {key}: {reason}", highlight=False)
+        out.print(f"{verb} {key}: {reason}", markup=False, highlight=False, soft_wrap=True)
     for key in report.aborted_uploads:
-        out.print(f"aborted incomplete multipart upload {key}", highlight=False)
+        out.print(f"aborted incomplete multipart upload {key}", markup=False, highlight=False, soft_wrap=True)
     for key, why in report.kept_notes:
-        out.print(f"kept {key}: {why}", highlight=False)
+        out.print(f"kept {key}: {why}", markup=False, highlight=False, soft_wrap=True)
     kept = ", ".join(f"{n} {kind}" for kind, n in sorted(report.kept.items()))
     out.print(
         f"job {cfg.name}: {report.referenced} objects referenced, {len(report.garbage)} garbage "

@@ -172,7 +172,7 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
                 s["manifest"],
             )
     for r in summary.get("recovered", []):
-        out.print(f"recovered: {r}")
+        out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
     emit(table)
     # the run went on without these inputs, or without these source columns
     for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:

@@ -60,7 +60,7 @@ def register(ui: ModuleType) -> None:
                 str(p.head),
             )
         if not found:
-            out.print(f"job {job}: no planned batch waiting")
+            out.print(f"job {job}: no planned batch waiting", markup=False, highlight=False)
             return
         emit(report)
 

@@ -217,3 +217,22 @@ def test_gc_command_keeps_reader_records_and_says_so(shop_job, shop, tmp_path):
     assert (tmp_path / "lake/shop/customers/consumers/daily-reader.json").exists()
     listed = CliRunner().invoke(cli, ["contracts", "list", "shop", "--config", str(shop_job.config)])
     assert "daily-reader" in listed.output
+
+
+def test_gc_names_an_object_exactly_as_its_key_is(shop_job, shop, tmp_path):
+    """A key is printed as it is: ``[x]`` in an object's name is not taken for markup (the
+    console used to drop it, naming the object wrongly)."""
+    shop_job.lake_url = f"file://{tmp_path}/lake"
+    shop_job.write_config()
+    shop.round(3, 3, churn=0)
+    shop_job.sync()
+    stray = tmp_path / "lake/shop/customers/data/000000000001/[x]stray [bold].parquet"
+    stray.write_bytes(b"not a part of any manifest")
+    time.sleep(1.1)
+    out = CliRunner().invoke(
+        cli, ["gc", "shop", "--grace-seconds", "0", "--config", str(shop_job.config)]
+    )
+    assert out.exit_code == 0, out.output
+    kept = "kept shop/customers/data/000000000001/[x]stray [bold].parquet: not part of the lake"
+    assert kept in out.output, out.output
+    assert stray.exists()  # a name outside the layout is never removed
