@@ -116,13 +116,20 @@ class SyncContext:
 
 def preflight_job(job: JobConfig) -> None:
     """Check everything a run needs before it starts: contracts import, the source answers and
-    has every table and column, the lake exists. Raises ConfigError (or TransientError)."""
+    has every table and column, the lake exists. Raises ConfigError (or TransientError), or
+    JobBusyError when another runner holds the job.
+
+    Done under the job's lock (``job_lock``, let go of before the run takes it again): the
+    source's check reads the job's staging file, and a second runner's read while the first
+    loaded into it failed the second with a raw DuckDB lock error, or the *running* one
+    (its write could not lock the file the check held)."""
     from sources import source_module
 
-    for t in job.tables:
-        load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
-    source_module(job).preflight_source(job)
-    open_lake(job.lake, base=job.base_dir).check()
+    with job_lock(job.name):
+        for t in job.tables:
+            load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+        source_module(job).preflight_source(job)
+        open_lake(job.lake, base=job.base_dir).check()
 
 
 @contextmanager

@@ -64,20 +64,22 @@ def from_replica(job: JobConfig, replica: Path) -> list[Position]:
 
 def from_checkpoint(job: JobConfig) -> list[Position]:
     """This producer's checkpoints (``$DELTAFERRY_HOME/<job>/state.duckdb``), if that file
-    exists; an empty list otherwise (a reader's machine)."""
+    exists; an empty list otherwise (a reader's machine). While another process holds the
+    file, waits as ``StateStore`` does (``LOCK_WAIT_SECONDS``), then StateBusyError."""
     path = deltaferry_home() / job.name / "state.duckdb"
     if not path.exists():
         return []
-    con = duck.connect(path, read_only=True, alias="state")
-    try:
+    from deltaferry.state import StateStore
+
+    # through the store: while a run holds the file (a step at work), wait for it as
+    # ``status`` does, rather than fail on DuckDB's lock (a fresh-user trial's `verify`)
+    with StateStore(job.name, path, read_only=True).connect(read_only=True) as con:
         try:
             rows = con.execute(
                 "SELECT tbl, batch, manifest_sha256 FROM checkpoints ORDER BY tbl"
             ).fetchall()
         except duckdb.CatalogException:
             return []
-    finally:
-        con.close()
     producer = job.producer_id if job.multi_producer else None
     whose = f"this producer's checkpoint ({path})"
     return [Position(t, producer, b, s, whose) for t, b, s in rows]

@@ -7,8 +7,9 @@ chain are checked against what the manifests promise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,10 +64,7 @@ class VerifiedBatch:
         span = _SeqSpan()
         for f in files:
             body = _verified_body(self.lake, f, self.where, self.fix)
-            try:
-                table = read_parquet(body, columns=columns)
-            except pa.ArrowInvalid as e:  # a column asked for is not in the file
-                raise VerificationError(f"{self.where}: data object {f.key}: {e}") from None
+            table = _parquet(self.where, f, read_parquet, body, columns)
             del body
             span.add(table)
             yield table
@@ -252,8 +250,24 @@ def _verified_files(
     for f in files:
         body = _verified_body(lake, f, where, fix)
         if load:
-            tables.append(read_parquet(body))
+            tables.append(_parquet(where, f, read_parquet, body))
     return tables
+
+
+def _parquet(where: str, f: DataFile, read: Callable[..., Any], *args: Any) -> Any:
+    """``read(*args)`` of a data object whose bytes match its manifest entry, any Arrow error a
+    VerificationError naming the object: bytes that hash right but are not (readable)
+    Parquet, or lack a column asked for, stop the table at this batch, as a hash mismatch
+    does (a fresh-user trial met a raw ``OSError: Couldn't deserialize thrift`` that named
+    nothing and stopped every table of the pull)."""
+    try:
+        return read(*args)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VerificationError(
+            f"{where}: data object {f.key} matches its manifest's sha256 but cannot be read "
+            f"as the batch's Parquet ({detail})"
+        ) from None
 
 
 def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> bytes:
@@ -271,7 +285,7 @@ def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> b
         raise VerificationError(f"{where}: data object {f.key} is missing{hint}")
     if len(body) != f.bytes or sha256(body) != f.sha256:
         raise VerificationError(f"{where}: data object {f.key} does not match its sha256/size{hint}")
-    meta = parquet_metadata(body)
+    meta = _parquet(where, f, parquet_metadata, body)
     if meta.num_rows != f.rows:
         raise VerificationError(
             f"{where}: data object {f.key} has {meta.num_rows} rows, manifest says {f.rows}"

@@ -381,6 +381,57 @@ def test_verify_and_pull_reject_a_changed_data_object(chain, tmp_path, home):
     assert_replica_stops_before_batch_2(lake, config, tmp_path)
 
 
+def test_an_object_that_hashes_right_but_is_not_parquet_stops_only_its_table(chain, tmp_path, home):
+    """Bytes that match the manifest's sha256 (a writer that hashed garbage) are a named
+    VerificationError of that table and batch; the other tables are pulled (found by a
+    fresh-user trial: a raw ``OSError: Couldn't deserialize thrift`` stopped every table)."""
+    import hashlib
+
+    lake, config = tampered_copy(chain, tmp_path)
+    key = manifest_key("shop", "customers", 3)  # the newest: no later manifest links to it
+    m = json.loads((lake / key).read_text())
+    garbage = b"PAR1" + b"\x00not parquet\xff" * 64 + b"PAR1"
+    (lake / m["files"][0]["key"]).write_bytes(garbage)
+    m["files"][0].update(sha256=hashlib.sha256(garbage).hexdigest(), bytes=len(garbage))
+    (lake / key).write_text(json.dumps(m))
+
+    p = run_cli("verify", "shop", "--config", config)
+    error_line(p, 1, "table 'customers' batch 3", m["files"][0]["key"], "cannot be read")
+    assert_clean(p.stderr)
+    replica = tmp_path / "fresh.duckdb"
+    p = run_cli("pull", "shop", "--replica", replica, "--config", config)
+    error_line(p, 1, "table 'customers' batch 3", "cannot be read as the batch's Parquet")
+    assert_clean(p.stderr)
+    assert replica_q(
+        replica, "SELECT tbl, max(batch) FROM _deltaferry_batches GROUP BY tbl ORDER BY tbl"
+    ) == [("customers", 2), ("orders", 3)]
+
+
+def test_verify_waits_for_a_run_that_holds_the_state(chain, tmp_path):
+    """``verify`` while a run's step holds the state file waits for it (as ``status``
+    does) instead of failing on DuckDB's lock (a fresh-user trial: ``verify`` exited 1 with
+    a raw lock error while ``run`` was going)."""
+    import threading
+    import time
+
+    lake, config = tampered_copy(chain, tmp_path)
+    shutil.copytree(chain / "home", tmp_path / "home")
+    state = tmp_path / "home" / "shop" / "state.duckdb"
+    step = duckdb.connect(str(state))  # this process is the run, inside a step
+    release = threading.Timer(3.0, step.close)
+    release.start()
+    try:
+        started = time.monotonic()
+        env = {"DELTAFERRY_HOME": str(tmp_path / "home")}
+        p = run_cli("verify", "shop", "--config", config, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert time.monotonic() - started > 3.0  # it waited for the step
+        assert p.stderr.strip() == "", p.stderr[-2000:]
+    finally:
+        release.cancel()
+        release.join()
+
+
 def test_verify_and_pull_reject_a_gap_in_the_manifest_chain(chain, tmp_path, home):
     lake, config = tampered_copy(chain, tmp_path)
     (lake / manifest_key("shop", "customers", 2)).unlink()
@@ -390,6 +441,30 @@ def test_verify_and_pull_reject_a_gap_in_the_manifest_chain(chain, tmp_path, hom
     assert_clean(p.stderr)
     line = assert_replica_stops_before_batch_2(lake, config, tmp_path)
     assert "batch 2: manifest missing" in line
+
+
+def test_a_second_run_stops_before_touching_the_running_jobs_files(tmp_path, home, api_env):
+    """A second ``run`` while one is loading into staging stops at once, naming the holder,
+    and leaves staging alone: its pre-run check used to read staging before the job's lock,
+    failing with a raw DuckDB lock error, or failing the running job instead (found by a
+    fresh-user trial: two ``run`` loops on one job)."""
+    from deltaferry.context import job_lock
+    from sources.staging import staging_path
+
+    shop = Shop(tmp_path / "shop.db", seed=3)
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
+    shop.round(10, 10, churn=0)
+    shop.close()
+    assert run_cli("run", "shop", "--config", config, env=api_env).returncode == 0
+    with job_lock("shop"):  # this process is the running job, in its load into staging
+        loading = duckdb.connect(str(staging_path("shop")))
+        try:
+            p = run_cli("run", "shop", "--config", config, env=api_env)
+            error_line(p, 1, "job 'shop'", "is already running", f"pid {os.getpid()}")
+            assert_clean(p.stderr)
+            loading.execute("CREATE TABLE still_mine AS SELECT 1 AS a")  # the file is still ours
+        finally:
+            loading.close()
 
 
 # --- 5. quarantine threshold -----------------------------------------------------------------

@@ -776,3 +776,24 @@ def test_a_new_jobs_file_columns_keep_their_names_or_the_file_is_set_aside():
         assert says in caught.value.problem
     # a job staged before names were kept: dlt's snake_case names, as before
     assert read_table(b"id,userId\n1,2\n", "csv", t, {}).column_names == ["id", "user_id"]
+
+
+def test_a_gzipped_parquet_file_is_read_like_the_plain_one():
+    """The README says files may be gzipped, whatever their format; ``x.parquet.gz`` was set
+    aside as "not a valid Parquet file" (a fresh-user trial)."""
+    from deltaferry.config import TableConfig
+    from sources.files import contract_types, file_format, read_table
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
+    buf = io.BytesIO()
+    pq.write_table(
+        pa.table({"id": [1, 2], "customer": ["a", "b"], "amount": ["1.50", "2.00"],
+                  "placed_at": ["2026-01-01T09:00:00Z"] * 2, "note": [None, "x"]}),
+        buf,
+    )
+    plain = buf.getvalue()
+    types = contract_types(t, "here")
+    want = read_table(plain, file_format("o.parquet", None), t, types)
+    got = read_table(gzip.compress(plain), file_format("o.parquet.gz", None), t, types)
+    assert want is not None and want.num_rows == 2
+    assert got is not None and got.equals(want)

@@ -58,7 +58,7 @@ def read_table(
     names were kept) and cast to the contract's types, naive times taken in ``zone``; None
     when the file has nothing in it. Key columns may still hold NULLs (the caller holds
     those rows back). Raises SetAside."""
-    if fmt != "parquet" and raw[:2] == b"\x1f\x8b":
+    if raw[:2] == b"\x1f\x8b":  # gzip (a Parquet file starts with PAR1, never this)
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
