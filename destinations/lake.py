@@ -30,7 +30,17 @@ class LakeURL:
 
 
 def parse_lake_url(url: str, *, where: str = "lake", base: Path | None = None) -> LakeURL:
-    """Parse ``s3://bucket/prefix``, ``file:///abs/path`` or ``file:relative/path``."""
+    """Parse ``s3://bucket/prefix``, ``file:///abs/path`` or ``file:relative/path``.
+    ConfigError (naming ``where``) for anything else, and for a ``#`` or ``?`` anywhere: a
+    URL parser takes them for a fragment or a query and drops what follows, so the lake
+    would silently be another folder or prefix. No percent-decoding: ``%20`` is kept as
+    written."""
+    for mark in "#?":
+        if mark in url:
+            raise ConfigError(
+                f"{where}: lake URL {url!r} has a {mark!r}: a URL drops what follows it, so "
+                "the lake would be another path; use a folder or prefix without it"
+            )
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:

@@ -62,6 +62,10 @@ def test_file_lake_leaves_no_temporary_files(tmp_path):
         ("ftp://host/x", "must start with s3:// or file://"),
         ("s3:///prefix", "has no bucket"),
         ("file://otherhost/x", "file:///absolute/path"),
+        # a fresh-user trial: "with space#x" wrote to "with space", silently
+        ("file:///tmp/with space#x", "has a '#'"),
+        ("file:relative/a?b", "has a '?'"),
+        ("s3://bucket/pre#fix", "has a '#'"),
     ],
 )
 def test_bad_lake_urls_are_config_errors(url, message):
