@@ -73,7 +73,7 @@ def from_checkpoint(job: JobConfig) -> list[Position]:
 
     # through the store: while a run holds the file (a step at work), wait for it as
     # ``status`` does, rather than fail on DuckDB's lock (a fresh-user trial's `verify`)
-    with StateStore(job.name, path, read_only=True).connect(read_only=True) as con:
+    with StateStore(job.name, path, read_only=True).peek() as con:
         try:
             rows = con.execute(
                 "SELECT tbl, batch, manifest_sha256 FROM checkpoints ORDER BY tbl"

@@ -252,6 +252,17 @@ class StateStore(OplogMixin, PlansMixin, QuarantineMixin):
             yield
 
     @contextmanager
+    def peek(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection to the file as it is, its schema not brought up to date
+        (so a read-only file of an older version can still be read), waiting for another
+        process as every open does (``LOCK_WAIT_SECONDS``, then StateBusyError)."""
+        con = self._open_waiting(True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
     def released(self) -> Iterator[None]:
         """Inside a hold: close the held connection for the block, so that other processes
         can open the file meanwhile (a run waiting on its source); calls in the block open

@@ -262,6 +262,8 @@ def _parquet(where: str, f: DataFile, read: Callable[..., Any], *args: Any) -> A
     nothing and stopped every table of the pull)."""
     try:
         return read(*args)
+    except MemoryError:  # this machine's limit, not the object's fault (ArrowMemoryError too)
+        raise
     except (pa.ArrowException, OSError, ValueError) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise VerificationError(

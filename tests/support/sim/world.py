@@ -988,7 +988,9 @@ class World:
             data = self.objects_ever.get(f["key"])
             if data is None:
                 self._fail(f"the oracle never saw data object {f['key']}")
-            rows += pq.read_table(pa.BufferReader(data)).to_pylist()
+            owned = pa.BufferOutputStream()  # a copy Arrow owns (why: delta.arrow_input)
+            owned.write(data)
+            rows += pq.read_table(pa.BufferReader(owned.getvalue())).to_pylist()
         rows.sort(key=lambda r: r["_seq"])
         out = [(tuple(r[c] for c in key_cols), row_values(m["table"], r), r["_op"]) for r in rows]
         cache[digest] = out
