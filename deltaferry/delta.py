@@ -374,7 +374,7 @@ def _validate_chunk(
     return keep, counted, failed_n, counts
 
 
-def arrow_input(body: bytes) -> pa.BufferReader:
+def arrow_input(body: bytes | pa.Buffer) -> pa.BufferReader:
     """An Arrow input stream over a copy of ``body`` that Arrow owns, for every Arrow reader
     (Parquet, CSV, JSON) of bytes held in Python.
 
@@ -386,37 +386,44 @@ def arrow_input(body: bytes) -> pa.BufferReader:
     40 processes that read a 200k-row Parquet file three times through
     ``pa.BufferReader(bytes)`` (pandas imported) and exited, 74 of 100 through
     ``io.BytesIO``; 0 of 60 through the copy (``tests/test_parquet_io.py``). The copy is one
-    memcpy of the object."""
+    memcpy of the object; a ``pa.Buffer`` is taken as it is (it must be one Arrow owns,
+    as ``arrow_owned`` makes: read several times, copied once)."""
+    return pa.BufferReader(body if isinstance(body, pa.Buffer) else arrow_owned(body))
+
+
+def arrow_owned(body: bytes) -> pa.Buffer:
+    """A copy of ``body`` in a buffer Arrow owns (``arrow_input``)."""
     sink = pa.BufferOutputStream()
     sink.write(body)
-    return pa.BufferReader(sink.getvalue())
+    return sink.getvalue()
 
 
-def read_parquet(body: bytes, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(body: bytes | pa.Buffer, columns: list[str] | None = None) -> pa.Table:
     """A Parquet object's rows (``columns`` only, when given) from its bytes
     (``arrow_input``). Raises ``pa.ArrowInvalid`` for bytes that are not Parquet or a column
     not in the file."""
     return pq.read_table(arrow_input(body), columns=columns)
 
 
-def parquet_metadata(body: bytes) -> pq.FileMetaData:
+def parquet_metadata(body: bytes | pa.Buffer) -> pq.FileMetaData:
     """The footer of a Parquet object (row count, row groups, schema) from its bytes."""
     return pq.read_metadata(arrow_input(body))
 
 
+# fixed writer options: the same rows must always give the same bytes
+WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+    "row_group_size": 128 * 1024,
+    "store_schema": True,
+}
+
+
 def _encode(chunk: pa.Table) -> Part:
     buf = pa.BufferOutputStream()  # an Arrow sink, not a Python file (``read_parquet``)
-    # fixed writer options: the same rows must always give the same bytes
-    pq.write_table(
-        chunk,
-        buf,
-        compression="zstd",
-        compression_level=3,
-        use_dictionary=True,
-        write_statistics=True,
-        row_group_size=128 * 1024,
-        store_schema=True,
-    )
+    pq.write_table(chunk, buf, **WRITE_OPTIONS)
     data = buf.getvalue().to_pybytes()
     ups = int(pc.sum(pc.equal(chunk[OP_COLUMN], "upsert")).as_py() or 0)
     return Part(

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deltaferry.delta import SEQ_COLUMN, parquet_metadata, read_parquet
+from deltaferry.delta import SEQ_COLUMN, arrow_owned, parquet_metadata, read_parquet
 from deltaferry.errors import VerificationError
 from deltaferry.failpoints import bug
 from deltaferry.keys import Keyring
@@ -272,10 +272,10 @@ def _parquet(where: str, f: DataFile, read: Callable[..., Any], *args: Any) -> A
         ) from None
 
 
-def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> bytes:
+def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> pa.Buffer:
     """One data object's bytes, checked against its manifest entry ``f`` (size, sha256,
-    Parquet row count). ``fix`` is the producer's command that rebuilds it, named in the
-    error."""
+    Parquet row count), in a buffer Arrow owns (``delta.arrow_input``: copied once, then read
+    as it is). ``fix`` is the producer's command that rebuilds it, named in the error."""
     hint = (
         f"; on the producer, `{fix}` rebuilds it from staging (byte-identical), or restore it "
         "from a backup"
@@ -287,12 +287,14 @@ def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> b
         raise VerificationError(f"{where}: data object {f.key} is missing{hint}")
     if len(body) != f.bytes or sha256(body) != f.sha256:
         raise VerificationError(f"{where}: data object {f.key} does not match its sha256/size{hint}")
-    meta = _parquet(where, f, parquet_metadata, body)
+    owned = arrow_owned(body)
+    del body
+    meta = _parquet(where, f, parquet_metadata, owned)
     if meta.num_rows != f.rows:
         raise VerificationError(
             f"{where}: data object {f.key} has {meta.num_rows} rows, manifest says {f.rows}"
         )
-    return body
+    return owned
 
 
 def producers(lake: LakeStore, job: str, table: str) -> list[str]:

@@ -19,12 +19,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deltaferry.delta import _encode, parquet_metadata, read_parquet
+from deltaferry.delta import WRITE_OPTIONS, _encode, arrow_owned, parquet_metadata, read_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ["deltaferry", "destinations", "flows", "sources", "contracts"]
@@ -59,16 +60,7 @@ def test_the_encoding_is_the_bytes_a_python_file_sink_gives():
     table = _table(300_000).append_column("_op", pa.array(["upsert"] * 300_000))
     part = _encode(table)
     sink = io.BytesIO()
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        compression_level=3,
-        use_dictionary=True,
-        write_statistics=True,
-        row_group_size=128 * 1024,
-        store_schema=True,
-    )
+    pq.write_table(table, sink, **WRITE_OPTIONS)
     assert isinstance(part.data, bytes)
     assert part.data == sink.getvalue()
     assert read_parquet(part.data).equals(table)
@@ -106,7 +98,7 @@ ARROW_READERS = {"pq", "parquet", "pcsv", "pj"}  # the names product code import
 PYTHON_INPUTS = {"io.BytesIO", "open", "pa.py_buffer", "pa.BufferReader"}
 
 
-def _python_inputs(path: Path) -> list[str]:
+def _python_inputs(path: Path, root: Path = ROOT) -> list[str]:
     """Arrow reads of Python-held input in a file: ``pa.BufferReader(...)`` anywhere (but in
     ``arrow_input`` itself), and ``pq.read_table(io.BytesIO(...))``, ``pcsv.read_csv(open(...))``
     and the like."""
@@ -129,7 +121,7 @@ def _python_inputs(path: Path) -> list[str]:
             isinstance(a, ast.Call) and ast.unparse(a.func) in PYTHON_INPUTS for a in node.args[:1]
         )
         if name == "pa.BufferReader" or (reader and wraps):
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:80]}")
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:80]}")
     return found
 
 
@@ -147,9 +139,31 @@ def test_the_scan_finds_python_held_input(tmp_path):
         "a = pq.read_table(io.BytesIO(b''))\nb = pa.BufferReader(b'')\n"
         "def arrow_input(body):\n    return pa.BufferReader(body)\n"
     )
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        assert [h.split(":")[1] for h in _python_inputs(probe)] == ["4", "5"]
-    finally:
-        ROOT = saved
+    assert [h.split(":")[1] for h in _python_inputs(probe, tmp_path)] == ["4", "5"]
+
+
+def test_an_object_read_twice_from_one_owned_copy_is_the_same_rows():
+    """``arrow_input`` takes an Arrow-owned buffer as it is (verify copies an object once,
+    then reads its footer and its rows from that copy)."""
+    body = _encode(_table(1_000).append_column("_op", pa.array(["upsert"] * 1_000))).data
+    owned = arrow_owned(body)
+    assert owned.to_pybytes() == body
+    assert parquet_metadata(owned).num_rows == 1_000
+    assert read_parquet(owned).equals(read_parquet(body))
+
+
+def test_running_out_of_memory_is_not_blamed_on_the_object():
+    """``verify._parquet`` turns Arrow's errors into a VerificationError naming the object,
+    but a MemoryError (``pa.ArrowMemoryError`` is one) is this machine's: raised as it is."""
+    from deltaferry.errors import VerificationError
+    from deltaferry.verify import _parquet
+
+    f = SimpleNamespace(key="t/data/000000000001/x.parquet")  # what _parquet reads of it
+
+    def exhausted() -> None:
+        raise pa.ArrowMemoryError("malloc of size 1 failed")
+
+    with pytest.raises(MemoryError):
+        _parquet("job 'j' table 't' batch 1", f, exhausted)
+    with pytest.raises(VerificationError, match="x.parquet matches its manifest's sha256"):
+        _parquet("job 'j' table 't' batch 1", f, parquet_metadata, b"not parquet")
