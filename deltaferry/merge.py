@@ -39,7 +39,15 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             f"job '{shape.job}' table '{shape.table}': column(s) {', '.join(clash)} are reserved "
             "for merging several producers; rename them in the source or the contract"
         )
+    from deltaferry.replica_apply import replace_placeholder
+
     existing = column_types(con, shape.table)
+    if (
+        existing
+        and not column_types(con, versions_table(shape.table))  # no batch applied yet
+        and replace_placeholder(con, shape.table)  # the first batch's columns replace it
+    ):
+        existing = {}
     if existing and PRODUCER_COLUMN not in existing:
         raise ConfigError(
             f"job '{shape.job}' table '{shape.table}': this replica's table was pulled from a "

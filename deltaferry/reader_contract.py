@@ -23,7 +23,7 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import duck_type, fetch_one, fetch_row, ident
 from deltaferry.held import record_held
 from deltaferry.keys import Keyring
-from deltaferry.replica_apply import admit_files, merge_into
+from deltaferry.replica_apply import admit_files, is_placeholder, merge_into
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
 
@@ -68,6 +68,16 @@ def hold_reader_contract(
         return None
     if held is None or not duck.table_exists(con, t.name):
         con.execute(record, values)
+        return None
+    if is_placeholder(con, t.name):  # no rows to migrate: made again from the new contract
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"DROP TABLE {ident(t.name)}")
+            con.execute(record, values)
+            con.execute("COMMIT")
+        except BaseException:
+            duck.rollback(con)
+            raise
         return None
     ref, version, fingerprint = held
     old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)

@@ -17,13 +17,15 @@ import pyarrow as pa
 
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
+from deltaferry.delta import SEQ_COLUMN
 from deltaferry.duck import fetch_one
 from deltaferry.errors import DeltaferryError, TerminalError
 from deltaferry.failpoints import bug, failpoint, killed
 from deltaferry.held import HELD_META, record_held
 from deltaferry.keys import Keyring
+from deltaferry.merge_tables import HLC_COLUMN, PRODUCER_COLUMN
 from deltaferry.reader_contract import hold_reader_contract, reread_held
-from deltaferry.replica_apply import admit_files, merge_into, merge_rows
+from deltaferry.replica_apply import admit_files, create_placeholder, merge_into, merge_rows
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
 from destinations.manifest import Manifest
@@ -146,6 +148,11 @@ def pull(
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
                     _pull_table(con, job, lake, t, keyring, reading, result, whose)
+                if not duck.table_exists(con, t.name):  # the lake holds no batch of it yet
+                    extra = [(SEQ_COLUMN, "BIGINT")]
+                    if job.multi_producer:
+                        extra += [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")]
+                    create_placeholder(con, t.name, reading.contract, extra)
             except TerminalError as e:  # this table stops here; the others go on
                 result.error = str(e)
                 failures.append(e)

@@ -18,6 +18,58 @@ from deltaferry.duck import ARROW, duck_type, fetch_one, ident
 
 BATCH_KEYS = "_deltaferry_batch_keys"
 
+PLACEHOLDER = (
+    "deltaferry: no batch of this table is applied yet (the lake holds none); its columns "
+    "are the reader's contract's, and the first batch's own columns replace them"
+)
+
+
+def create_placeholder(
+    con: duckdb.DuckDBPyConnection, table: str, contract: Any, extra: list[tuple[str, str]]
+) -> None:
+    """Create ``table`` empty, for a table the lake holds no batch of (an empty source
+    table): a reader's query finds no rows rather than no table. Its columns are the
+    reader's ``contract``'s (``Contract.arrow_types``: a column whose type cannot be
+    derived is left out) and ``extra`` ((name, DuckDB type) pairs, e.g. ``_seq BIGINT``).
+    Marked by a table comment (``PLACEHOLDER``) so that the first batch applied replaces it
+    (``replace_placeholder``) and the replica's columns are the lake's, as if no
+    placeholder had been. In one transaction of its own."""
+    defs = [
+        f"{ident(name)} {duck_type(pa.field(name, typ))}"
+        for name, typ in contract.arrow_types().items()
+    ]
+    defs += [f"{ident(name)} {typ}" for name, typ in extra if name not in contract.columns]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE TABLE {ident(table)} ({', '.join(defs)})")
+        quoted = PLACEHOLDER.replace("'", "''")
+        con.execute(f"COMMENT ON TABLE {ident(table)} IS '{quoted}'")
+        con.execute("COMMIT")
+    except BaseException:
+        duck.rollback(con)
+        raise
+
+
+def is_placeholder(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """``table`` is a placeholder ``create_placeholder`` made (in the current database's
+    main schema)."""
+    row = fetch_one(
+        con,
+        "SELECT comment FROM duckdb_tables() WHERE database_name = current_database()"
+        " AND schema_name = 'main' AND table_name = ?",
+        [table],
+    )
+    return row is not None and row[0] == PLACEHOLDER
+
+
+def replace_placeholder(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Drop ``table`` if it is a placeholder (inside the caller's transaction, so that a
+    batch that does not commit leaves it as it was). True if dropped."""
+    if not is_placeholder(con, table):
+        return False
+    con.execute(f"DROP TABLE {ident(table)}")
+    return True
+
 
 class BatchMerge:
     """``apply`` for ``admit_files``: merge each admitted file of one batch into ``t``'s
@@ -42,6 +94,8 @@ class BatchMerge:
         self.fresh = not duck.table_exists(con, t.name) or (
             fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
         )
+        if self.fresh:  # an empty table may be a placeholder: the batch's columns replace it
+            replace_placeholder(con, t.name)
         self._keys_table = False
 
     def __call__(self, data: pa.Table) -> None:

@@ -756,3 +756,45 @@ def test_timestamp_keys_are_the_same_text_on_hosts_in_any_time_zone() -> None:
             r[0] for r in con.execute("SELECT _key FROM _deltaferry_versions_ticks").fetchall()
         }
     assert keys == {"2026-11-27 12:00:00+00"}
+
+
+def test_a_merged_table_no_producer_published_yet_is_empty_then_takes_the_first_batch(
+    sites, tmp_path, monkeypatch
+):
+    """A table of a multi_producer job that no producer has published a batch of is an
+    empty table in the replica (the contract's columns, ``_producer``, ``_hlc``), not a
+    missing one; the first batch replaces it with its own shape, keeping the versions
+    table and the key of a merged table."""
+    import duckdb
+
+    north, _ = sites
+    north.shop.round(6, 0, churn=0)
+    north.sync(monkeypatch)
+    replica = tmp_path / "merged.duckdb"
+    _pull(north, replica)
+    con = duckdb.connect(str(replica), read_only=True)
+    cols = [r[0] for r in con.execute("DESCRIBE orders").fetchall()]
+    assert con.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+    con.close()
+    assert {"id", "amount_cents", "_producer", "_hlc"} <= set(cols)
+
+    north.shop.round(0, 4, churn=0)
+    north.sync(monkeypatch)
+    _pull(north, replica)
+    fresh = tmp_path / "fresh.duckdb"
+    _pull(north, fresh)
+    shapes = []
+    for path in (replica, fresh):
+        con = duckdb.connect(str(path), read_only=True)
+        shapes.append(
+            (
+                con.execute("DESCRIBE orders").fetchall(),
+                con.execute("SELECT * FROM orders ORDER BY id").fetchall(),
+                con.execute(
+                    "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'orders'"
+                    " AND constraint_type = 'PRIMARY KEY'"
+                ).fetchone(),
+            )
+        )
+        con.close()
+    assert shapes[0] == shapes[1] and len(shapes[0][1]) == 4

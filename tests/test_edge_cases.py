@@ -148,3 +148,51 @@ def test_files_a_killed_run_left_in_the_jobs_tmp_are_removed_by_the_next_run(sho
     assert list(tmp.iterdir()) == []
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def _shape(replica) -> tuple[list, int, object]:  # noqa: ANN001
+    """(columns with types, rows, table comment) of the replica's orders table."""
+    import duckdb
+
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        cols = con.execute("SELECT column_name, column_type FROM (DESCRIBE orders)").fetchall()
+        rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+        comment = con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE table_name = 'orders'"
+        ).fetchone()[0]
+        return cols, rows, comment
+    finally:
+        con.close()
+
+
+def test_a_table_the_lake_holds_no_batch_of_is_an_empty_table_in_the_replica(
+    shop_job, shop, tmp_path
+):
+    """Regression (session 31 trial): an empty source table has no batch in the lake, and a
+    pull left no table in the replica: a reader's query failed with "table does not exist"
+    where the source answers 0 rows. Now the pull makes it empty, with the reader
+    contract's columns; the first batch later replaces those with its own, so the replica
+    ends as a new replica pulled from the same lake would (same columns, same types)."""
+    from contracts.shop import Orders
+
+    shop.round(10, 0, churn=0)
+    assert shop_job.sync()["tables"]["orders"]["batch"] is None
+    shop_job.pull()
+    cols, rows, comment = _shape(shop_job.replica)
+    assert [c for c, _ in cols] == [*Orders.to_schema().columns, "_seq"] and rows == 0
+    assert comment and "no batch of this table" in comment
+    assert all(c.equal for c in shop_job.compare())
+    shop_job.pull()  # again: nothing changes
+    assert _shape(shop_job.replica) == (cols, 0, comment)
+
+    shop.round(0, 15, churn=0)
+    assert shop_job.sync()["tables"]["orders"]["batch"] == 1
+    shop_job.pull()
+    fresh = tmp_path / "fresh.duckdb"
+    from deltaferry.replica import pull
+
+    pull(shop_job.job(), shop_job.lake(), fresh)
+    assert _shape(shop_job.replica) == _shape(fresh)
+    assert _shape(fresh)[1] == 15 and _shape(fresh)[2] is None
+    assert all(c.equal for c in shop_job.compare())
