@@ -162,7 +162,8 @@ def verify(
     incremental: bool,
 ) -> None:
     """Check the lake: signatures, manifest chain unbroken, every file present with its sha256,
-    row count and change sequence; and that the lake reaches every known position: each
+    row count and change sequence, and the columns of the contract version its manifest
+    names (when the job's contract chain has it); and that the lake reaches every known position: each
     --replica's, each --at, and this producer's checkpoint when $DELTAFERRY_HOME holds one.
     The whole chain is read (every object: the cost grows with the lake), or with
     --incremental only what follows the oldest known position. Trusted keys come from
@@ -202,20 +203,34 @@ def verify(
             )
         return "".join(f"; reaches batch {p.batch} of {p.whose}" for p in checked)
 
+    from contracts import load_chain
+
+    # each file's columns are checked against the contract version its manifest names
+    contract_chains = {
+        t.name: load_chain(t.contract, where=f"job '{cfg.name}' table '{t.name}'")
+        for t in cfg.tables
+    }
+
     def verified(table: str, producer: str | None) -> tuple[int, int, str]:
         """verify_table from the oldest known position with --incremental (after
         ``reaches`` checked the lake has it), else from the start; and what was read."""
         mine = [p for p in given if (p.table, p.producer) == (table, producer)]
         start = min(mine, key=lambda p: p.batch) if incremental and mine else None
         if start is None or start.batch == 0:
-            n, rows = verify_table(lake, cfg.name, table, producer=producer)
+            n, rows = verify_table(lake, cfg.name, table, producer=producer, chain=contract_chains[table])
             return n, rows, ""
         sha = start.manifest_sha256
         if sha is None:
             raw = lake.get(manifest_key(cfg.name, table, start.batch, producer))
             sha = sha256(raw) if raw is not None else None
         n, rows = verify_table(
-            lake, cfg.name, table, producer=producer, after=start.batch, prev_sha256=sha
+            lake,
+            cfg.name,
+            table,
+            producer=producer,
+            after=start.batch,
+            prev_sha256=sha,
+            chain=contract_chains[table],
         )
         return n, rows, f" after batch {start.batch} ({start.whose})"
 

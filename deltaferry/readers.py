@@ -219,6 +219,7 @@ class Reading:
             newer = second.contract.version
             if version < newer <= self.known:
                 published, version, data = second.contract, newer, also
+        self._conforms(batch, manifest, published, data, producer)
         first = self.first
         chained = self.chain is not None and len(self.chain.versions) > 1
         if chained and first <= version < self.known:
@@ -410,6 +411,33 @@ class Reading:
             "version number) and pull again"
         )
 
+    def _conforms(
+        self,
+        batch: int,
+        manifest: Manifest,
+        published: ContractRef,
+        data: pa.Table,
+        producer: str | None,
+    ) -> None:
+        """Raise VerificationError when ``data`` (a file of the batch) is not what a
+        producer publishes at ``published``, a version this reader has under the same
+        fingerprint (``schema_problems``). An unsigned lake re-hashed by another writer (or
+        a writer's bug) was applied as it was: a column's values silently NULL, keys
+        stored as text. Versions this reader does not have are not checked (their columns
+        are unknown)."""
+        from deltaferry.errors import VerificationError
+
+        contract = contract_at(published, self.chain, self.contract)
+        if contract is None:
+            return
+        problems = schema_problems(contract, data.schema, manifest)
+        if problems:
+            chain = f" producer '{producer}'" if producer else ""
+            raise VerificationError(
+                f"job '{self.job}' table '{self.table}'{chain} batch {batch}: a data object "
+                f"{unlike(published, problems)}; nothing of the batch was applied. {REWRITTEN}"
+            )
+
     def _upgrade(self, batch: int, data: pa.Table, version: int, producer: str | None) -> pa.Table:
         from contracts import MigrationError
 
@@ -431,3 +459,60 @@ def _upgrade_table(chain: Any, data: pa.Table, start: int, target: int) -> pa.Ta
         if c in data.column_names:
             out = out.append_column(c, data[c])
     return out
+
+
+REWRITTEN = (
+    "The lake holds an object no deltaferry producer writes: sign manifests (`deltaferry "
+    "keys`) so readers refuse other writers, and have the producer republish the batch"
+)
+
+
+def contract_at(published: ContractRef, chain: Any, contract: Contract | None = None) -> Any:
+    """The ``contracts.Contract`` a manifest's ``published`` names, when ``chain`` (or,
+    without one, ``contract``) has that version under the same fingerprint; else None."""
+    if chain is not None and published.version in chain.models:
+        found = chain.contract(published.version)
+    elif contract is not None and contract.version == published.version:
+        found = contract
+    else:
+        return None
+    return found if found.fingerprint == published.fingerprint else None
+
+
+def schema_problems(contract: Any, schema: pa.Schema, manifest: Manifest) -> list[str]:
+    """How a data object's Arrow ``schema`` differs from what a producer publishes at
+    ``contract`` (the version ``manifest`` names), one phrase each; empty when it does
+    not: every column of the contract is there (a producer adds a nullable one as NULLs
+    of its type; only a required column the source dropped, ``drift.missing``, and a
+    nullable one whose type a contract cannot give may be absent), each of the contract's
+    kind of type (``delta._to_contract_types`` casts every column it can type: an integer
+    column stays integers, whatever width), and ``_op`` (text) and ``_seq`` (integers)."""
+    from deltaferry.delta import _family
+
+    dropped = set(manifest.drift.missing or {}) if manifest.drift else set()
+    types = contract.arrow_types()
+    problems = []
+    for name in contract.columns:
+        if name not in schema.names:
+            if name not in dropped and (
+                not contract.schema.columns[name].nullable or name in types
+            ):
+                problems.append(f"column '{name}' is missing")
+            continue
+        want, have = types.get(name), schema.field(name).type
+        if want is not None and not pa.types.is_null(have) and _family(have) != _family(want):
+            problems.append(f"column '{name}' is {have}, the contract's is {want}")
+    for name, family in ((OP_COLUMN, "str"), (SEQ_COLUMN, "int")):
+        if name not in schema.names:
+            problems.append(f"column '{name}' is missing")
+        elif _family(schema.field(name).type) != family:
+            problems.append(f"column '{name}' is {schema.field(name).type}")
+    return problems
+
+
+def unlike(published: ContractRef, problems: list[str]) -> str:
+    """"does not match contract vN (ref) its manifest names: <problems>"."""
+    return (
+        f"does not match contract v{published.version} ({published.ref}) its manifest "
+        f"names: {'; '.join(problems)}"
+    )

@@ -148,12 +148,9 @@ def pull(
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
                     _pull_table(con, job, lake, t, keyring, reading, result, whose)
-                if not duck.table_exists(con, t.name):  # the lake holds no batch of it yet
-                    extra = [(SEQ_COLUMN, "BIGINT")]
-                    if job.multi_producer:
-                        extra += [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")]
-                    create_placeholder(con, t.name, reading.contract, extra)
+                _placeholder(con, job, t, reading)  # the lake holds no batch of it yet
             except TerminalError as e:  # this table stops here; the others go on
+                _placeholder(con, job, t, reading)  # stopped before its first batch
                 result.error = str(e)
                 failures.append(e)
                 if isinstance(e, VersionError):  # the lake record says so: not counted
@@ -186,6 +183,20 @@ def pull(
         error.results = results  # type: ignore[attr-defined]
         raise error
     return results
+
+
+def _placeholder(
+    con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, reading: Any
+) -> None:
+    """An empty ``t`` with the reader contract's columns when the replica has no table of it
+    (no batch applied: the lake holds none, or the first stopped the pull), so a query
+    finds 0 rows rather than no table (``replica_apply.create_placeholder``)."""
+    if duck.table_exists(con, t.name):
+        return
+    extra = [(SEQ_COLUMN, "BIGINT")]
+    if job.multi_producer:
+        extra += [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")]
+    create_placeholder(con, t.name, reading.contract, extra)
 
 
 def _position(

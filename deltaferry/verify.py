@@ -44,7 +44,10 @@ class VerifiedBatch:
     fix: str = ""
 
     def tables(
-        self, copy: str = "primary", columns: list[str] | None = None
+        self,
+        copy: str = "primary",
+        columns: list[str] | None = None,
+        check: Callable[[DataFile, pa.Schema], None] | None = None,
     ) -> Iterator[pa.Table]:
         """The batch's files (``copy="also"``: its dual-published copy's), one Arrow table
         each (only ``columns``, when given: ``["_seq"]`` to check a batch without reading
@@ -52,7 +55,9 @@ class VerifiedBatch:
         row count) when it is reached, so memory holds one file. After the last file, the
         ``_seq`` values seen must span exactly the manifest's range. Raises
         VerificationError at the first file (or range) that does not match: a caller
-        applying the tables inside a transaction rolls it back. Only for a streamed batch."""
+        applying the tables inside a transaction rolls it back. ``check`` is called with
+        each file's entry and its whole Arrow schema (from the Parquet footer) before its
+        rows are read. Only for a streamed batch."""
         if self.lake is None:
             raise ValueError("tables() reads a streamed batch (iter_verified(stream=True))")
         if copy == "primary":
@@ -64,6 +69,8 @@ class VerifiedBatch:
         span = _SeqSpan()
         for f in files:
             body = _verified_body(self.lake, f, self.where, self.fix)
+            if check is not None:
+                check(f, _parquet(self.where, f, parquet_metadata, body).schema.to_arrow_schema())
             table = _parquet(self.where, f, read_parquet, body, columns)
             del body
             span.add(table)
@@ -311,6 +318,7 @@ def verify_table(
     *,
     after: int = 0,
     prev_sha256: str | None = None,
+    chain: Any = None,
 ) -> tuple[int, int]:
     """Verify every batch of a table's chain (of ``producer``'s chain of it), or, with
     ``after``, only the batches after that one, chained to ``prev_sha256`` (the sha256 of
@@ -319,14 +327,38 @@ def verify_table(
     its ``_seq`` column read to check the manifest's range; memory holds one file's
     ``_seq`` column. Returns (batches, rows) verified; raises VerificationError at the
     first bad one. Cost: every object of the batches verified (the whole chain without
-    ``after``)."""
+    ``after``). With ``chain`` (the job's ``contracts.Chain`` for the table), each file of a
+    copy published at a version the chain has (same fingerprint) must have the columns a
+    producer publishes at it (``readers.schema_problems``, what ``pull`` refuses)."""
+    from deltaferry.readers import REWRITTEN, contract_at, schema_problems, unlike
+
     n = rows = 0
     for vb in iter_verified(
         lake, job, table, after=after, prev_sha256=prev_sha256, keyring=keyring,
         producer=producer, stream=True,
     ):  # fmt: skip
         for copy in ("primary", "also") if vb.manifest.also is not None else ("primary",):
-            for _ in vb.tables(copy, columns=[SEQ_COLUMN]):
+            also = vb.manifest.also
+            published = also.contract if copy == "also" and also else vb.manifest.contract
+            contract = contract_at(published, chain) if chain is not None else None
+
+            def check(
+                f: DataFile,
+                schema: pa.Schema,
+                vb: VerifiedBatch = vb,
+                contract: Any = contract,
+                published: Any = published,
+            ) -> None:
+                problems = schema_problems(contract, schema, vb.manifest)
+                if problems:
+                    raise VerificationError(
+                        f"{vb.where}: data object {f.key} {unlike(published, problems)}. "
+                        f"{REWRITTEN}"
+                    )
+
+            for _ in vb.tables(
+                copy, columns=[SEQ_COLUMN], check=check if contract is not None else None
+            ):
                 pass
         n += 1
         rows += vb.manifest.rows

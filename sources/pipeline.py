@@ -40,6 +40,43 @@ PIPELINE_SETTINGS: dict[tuple[tuple[str, ...], str], Any] = {
 }
 
 
+# completed load packages dlt keeps in the pipeline dir (``load/loaded/<load id>``: the
+# package's schema, state and job records, about 30 KB a table; the job files themselves
+# are deleted, ``delete_completed_jobs``). dlt never removes them: a job run every 15
+# minutes left 96 a day (2 GB a year for a two-table job). The newest are kept for an
+# operator looking into a load.
+KEEP_LOADED_PACKAGES = 10
+
+
+def prune_loaded_packages(pipeline: dlt.Pipeline, keep: int = KEEP_LOADED_PACKAGES) -> int:
+    """Delete all but the newest ``keep`` completed load packages of ``pipeline`` (dlt's
+    own ``LoadStorage.delete_loaded_package``); returns how many were deleted. Nothing
+    deltaferry reads is in them: staged rows carry their load id, and a package is only
+    completed after its rows are in staging. A package that cannot be deleted (a file
+    system error) is left for the next run."""
+    storage = pipeline._get_load_storage()
+    if not storage.is_storage_ready():
+        return 0
+
+    def age(load_id: str) -> tuple[float, str]:
+        try:
+            return float(load_id), load_id
+        except ValueError:
+            return float("inf"), load_id  # not dlt's timestamp form: kept
+
+    done = sorted(storage.list_loaded_packages(), key=age)
+    deleted = 0
+    for load_id in done[: max(0, len(done) - keep)]:
+        if age(load_id)[0] == float("inf"):
+            continue
+        try:
+            storage.delete_loaded_package(load_id)
+        except OSError:
+            continue
+        deleted += 1
+    return deleted
+
+
 class _PipelineSettings(ConfigProvider):
     """``PIPELINE_SETTINGS`` for deltaferry's pipelines, through dlt's public config provider
     interface (``dlt.config.register_provider``). A setting also given as a plain environment

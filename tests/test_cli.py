@@ -259,6 +259,32 @@ def test_jobs_lists_every_job_and_table(tmp_path, home):
     assert "customers" in narrow.stdout and "contracts.shop:Customers" in narrow.stdout
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("given", [None, "45"], ids=["default", "user-set"])
+def test_commands_wait_longer_for_prefects_temporary_api(tmp_path, home, given):
+    """Prefect waits 20 s for its temporary API by default, and on a loaded machine a
+    `run` without PREFECT_API_URL failed 7 times in 30 ("Timed out while attempting to
+    connect to ephemeral Prefect API server"): the CLI makes it 120 s before Prefect reads
+    its settings, and keeps a value the user set."""
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
+    probe = (
+        "import sys\n"
+        "from deltaferry.cli import cli\n"
+        "cli(['jobs', '--config', sys.argv[1]], standalone_mode=False)\n"
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
+        "print('timeout', s.value())\n"
+    )
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    env = {k: v for k, v in os.environ.items() if k != name}
+    if given:
+        env[name] = given
+    p = subprocess.run(
+        [sys.executable, "-c", probe, str(config)], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"timeout {given or 120}" in p.stdout.splitlines()
+
+
 HELP = {  # command: words of its purpose
     "": "incremental sync from SQL databases, REST APIs and file drops to an S3 lake",
     "jobs": "List jobs and their tables",
@@ -405,6 +431,77 @@ def test_an_object_that_hashes_right_but_is_not_parquet_stops_only_its_table(cha
     assert replica_q(
         replica, "SELECT tbl, max(batch) FROM _deltaferry_batches GROUP BY tbl ORDER BY tbl"
     ) == [("customers", 2), ("orders", 3)]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda t: t.drop_columns(["email"]), "column 'email' is missing"),
+        (lambda t: t.drop_columns(["deleted_at"]), "column 'deleted_at' is missing"),
+        (
+            lambda t: t.set_column(0, "id", t["id"].cast("string")),
+            "column 'id' is string, the contract's is int64",
+        ),
+        (
+            lambda t: t.set_column(
+                t.column_names.index("updated_at"), "updated_at", t["updated_at"].cast("string")
+            ),
+            "column 'updated_at' is string",
+        ),
+    ],
+    ids=["required-column-dropped", "nullable-column-dropped", "key-as-text", "time-as-text"],
+)
+def test_an_object_that_does_not_match_its_manifests_contract_stops_only_its_table(
+    chain, tmp_path, home, change, says
+):
+    """Readable Parquet, re-hashed into an unsigned lake's manifest, whose columns are not
+    what a producer publishes at the contract version the manifest names: a column the
+    contract has is missing, or of another kind of type. Applied before with exit 0 (a
+    fresh-user trial: the column's values NULL in the replica, keys stored as text); now a
+    VerificationError naming table, batch and column (``verify`` names the object too), and
+    the other tables are pulled."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from deltaferry.delta import read_parquet
+
+    lake, config = tampered_copy(chain, tmp_path)
+    key = manifest_key("shop", "customers", 3)  # the newest: no later manifest links to it
+    m = json.loads((lake / key).read_text())
+    obj = lake / m["files"][0]["key"]
+    out = tmp_path / "changed.parquet"
+    pq.write_table(change(read_parquet(obj.read_bytes())), out)
+    body = out.read_bytes()
+    obj.write_bytes(body)
+    m["files"][0].update(sha256=hashlib.sha256(body).hexdigest(), bytes=len(body))
+    (lake / key).write_text(json.dumps(m))
+
+    p = run_cli("verify", "shop", "--config", config)
+    error_line(p, 1, "table 'customers' batch 3", m["files"][0]["key"], "contract v1", says)
+    assert_clean(p.stderr)
+    replica = tmp_path / "fresh.duckdb"
+    p = run_cli("pull", "shop", "--replica", replica, "--config", config)
+    error_line(p, 1, "table 'customers' batch 3", "does not match contract v1", says)
+    assert_clean(p.stderr)
+    assert replica_q(
+        replica, "SELECT tbl, max(batch) FROM _deltaferry_batches GROUP BY tbl ORDER BY tbl"
+    ) == [("customers", 2), ("orders", 3)]
+    # a replica whose first batch of a table stops has that table empty, not missing
+    key1 = manifest_key("shop", "customers", 1)
+    m1 = json.loads((lake / key1).read_text())
+    first = tmp_path / "first.duckdb"
+    for n in (3, 2):  # batch 1 the newest, so that re-hashing it breaks no link
+        (lake / manifest_key("shop", "customers", n)).unlink()
+    obj = lake / m1["files"][0]["key"]
+    pq.write_table(change(read_parquet(obj.read_bytes())), out)
+    body = out.read_bytes()
+    obj.write_bytes(body)
+    m1["files"][0].update(sha256=hashlib.sha256(body).hexdigest(), bytes=len(body))
+    (lake / key1).write_text(json.dumps(m1))
+    p = run_cli("pull", "shop", "--replica", first, "--config", config, "--table", "customers")
+    error_line(p, 1, "table 'customers' batch 1", says)
+    assert replica_q(first, "SELECT count(*) FROM customers") == [(0,)]
 
 
 def test_verify_waits_for_a_run_that_holds_the_state(chain, tmp_path):

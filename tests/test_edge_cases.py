@@ -196,3 +196,29 @@ def test_a_table_the_lake_holds_no_batch_of_is_an_empty_table_in_the_replica(
     assert _shape(shop_job.replica) == _shape(fresh)
     assert _shape(fresh)[1] == 15 and _shape(fresh)[2] is None
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_completed_dlt_load_packages_are_pruned_to_the_newest(shop_job, shop):
+    """dlt keeps every completed load package in the pipeline dir (its schema, state and
+    job records; about 30 KB a table) and never removes one: a job scheduled every 15
+    minutes grew the dir by 96 packages a day, no-op runs included. Each run now keeps the
+    newest ``KEEP_LOADED_PACKAGES``, deleted through dlt's own load storage."""
+    import shutil
+
+    from deltaferry.config import job_home
+    from sources.pipeline import KEEP_LOADED_PACKAGES
+
+    shop.round(10, 10, churn=0)
+    shop_job.sync()
+    loaded = job_home("shop") / "dlt" / "deltaferry_shop" / "load" / "loaded"
+    (first,) = [p.name for p in loaded.iterdir()]
+    for i in range(KEEP_LOADED_PACKAGES + 5):  # older packages, as earlier runs left them
+        shutil.copytree(loaded / first, loaded / f"{1000000000 + i}.5")
+    shop.round(0, 3, churn=0)
+    assert shop_job.sync()["tables"]["orders"]["upserts"] == 3
+    kept = sorted((p.name for p in loaded.iterdir()), key=float)
+    assert len(kept) == KEEP_LOADED_PACKAGES
+    assert first in kept and float(kept[-1]) > float(first)  # the newest two are kept
+    assert "1000000000.5" not in kept and f"{1000000000 + 14}.5" in kept
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())

@@ -16,6 +16,7 @@ from deltaferry.errors import ConfigError, TerminalError, TransientError
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, find_cause, load_failure
+from sources.pipeline import prune_loaded_packages
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
 from sources.sql_database.types import sql_table, sqlite_json_text
 from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
@@ -125,7 +126,9 @@ def run_reads(
                 raise ConfigError(message)
             r.keys.close()  # the key counts' memory, freed before the load
         pipeline.normalize()
-        return pipeline.load()
+        info = pipeline.load()
+        prune_loaded_packages(pipeline)
+        return info
     except PipelineStepFailed as e:
         ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
         if ours is not None:
