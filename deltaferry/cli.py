@@ -30,17 +30,6 @@ def cli() -> None:
 
     State lives under $DELTAFERRY_HOME (default ./.deltaferry). Start with `deltaferry demo`.
     """
-    import os
-
-    # Without PREFECT_API_URL a run starts Prefect's temporary API and waits for it 20 s
-    # by Prefect's default: on a loaded machine that failed 7 runs in 30 ("Timed out while
-    # attempting to connect to ephemeral Prefect API server"). Set before Prefect is
-    # imported; a value the user set is kept.
-    os.environ.setdefault(EPHEMERAL_TIMEOUT, str(EPHEMERAL_TIMEOUT_SECONDS))
-
-
-EPHEMERAL_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-EPHEMERAL_TIMEOUT_SECONDS = 120
 
 
 @cli.command()

@@ -5,7 +5,8 @@ reports that print as a rich table on a terminal and as tab-separated lines when
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -94,3 +95,28 @@ def emit(report: _Report) -> None:
     click.echo("\t".join(report.headers))
     for row in report.rows:
         click.echo("\t".join(row))
+
+
+# Prefect waits 20 s for its temporary API (a run without PREFECT_API_URL) by default: on a
+# loaded machine that failed 7 runs in 30 ("Timed out while attempting to connect to
+# ephemeral Prefect API server"). Commands that start flows wait this long instead.
+EPHEMERAL_STARTUP_SECONDS = 120
+
+
+@contextmanager
+def prefect_startup_wait() -> Iterator[None]:
+    """Inside: Prefect's ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` is
+    ``EPHEMERAL_STARTUP_SECONDS``, unless the user set it (environment, Prefect profile or
+    ``prefect.toml``: kept as set)."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if "startup_timeout_seconds" in get_current_settings().server.ephemeral.model_fields_set:
+        yield
+        return
+    updates = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
+    with temporary_settings(updates=updates):
+        yield

@@ -11,7 +11,15 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from deltaferry.cli_common import config_option, emit, err, new_report, one_line_errors, out
+from deltaferry.cli_common import (
+    config_option,
+    emit,
+    err,
+    new_report,
+    one_line_errors,
+    out,
+    prefect_startup_wait,
+)
 from deltaferry.errors import ConfigError, DeltaferryError
 
 
@@ -31,7 +39,7 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     preflight_job(load_job(job, config))
     from flows.sync import sync_job
 
-    with out.status(f"syncing job [bold]{job}[/] ..."):
+    with out.status(f"syncing job [bold]{job}[/] ..."), prefect_startup_wait():
         summary = sync_job(job=job, config=config)  # the flow tags its own run
     _print_run_summary(summary)
 
@@ -75,7 +83,7 @@ def run_all(
 
     _quiet_prefect_console()
     if runnable:
-        with out.status(f"syncing {len(runnable)} job(s) on Dask ..."):
+        with out.status(f"syncing {len(runnable)} job(s) on Dask ..."), prefect_startup_wait():
             results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
     failed = []
     for name in names:

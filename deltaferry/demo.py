@@ -94,6 +94,7 @@ def run_demo(rounds: int, seed: int, workdir: Path | None, console: Console) -> 
     replica = work / "replica.duckdb"
     console.print(f"demo directory {work}; lake s3://{bucket}/{prefix}; seed {seed}")
 
+    from deltaferry.cli_common import prefect_startup_wait
     from flows.sync import sync_job
 
     shop = Shop(work / "shop.db", seed)
@@ -110,7 +111,7 @@ def run_demo(rounds: int, seed: int, workdir: Path | None, console: Console) -> 
                 churn=0 if first else 0.08,
                 invalid=invalid,
             )
-            with console.status(f"round {r}: syncing ..."):
+            with console.status(f"round {r}: syncing ..."), prefect_startup_wait():
                 summary = sync_job(job="shop", config=str(config))
                 pull(job, lake, replica)
                 conv = compare(job, replica)

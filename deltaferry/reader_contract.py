@@ -69,7 +69,8 @@ def hold_reader_contract(
     if held is None or not duck.table_exists(con, t.name):
         con.execute(record, values)
         return None
-    if is_placeholder(con, t.name):  # no rows to migrate: made again from the new contract
+    empty = fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
+    if empty and is_placeholder(con, t.name):  # nothing to migrate: made again at the end
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"DROP TABLE {ident(t.name)}")

@@ -426,16 +426,25 @@ class Reading:
         stored as text. Versions this reader does not have are not checked (their columns
         are unknown)."""
         from deltaferry.errors import VerificationError
+        from deltaferry.verify import _check_keys
 
+        chain = f" producer '{producer}'" if producer else ""
+        where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
+        _check_keys(data, self.primary_key, where)
         contract = contract_at(published, self.chain, self.contract)
         if contract is None:
             return
-        problems = schema_problems(contract, data.schema, manifest)
+        op = data[OP_COLUMN] if OP_COLUMN in data.column_names else None
+        upserts = (
+            op is None  # no _op: named below
+            or not (pa.types.is_string(op.type) or pa.types.is_large_string(op.type))
+            or bool(pc.any(pc.equal(op, "upsert")).as_py())
+        )
+        problems = schema_problems(contract, data.schema, manifest, self.primary_key, upserts)
         if problems:
-            chain = f" producer '{producer}'" if producer else ""
             raise VerificationError(
-                f"job '{self.job}' table '{self.table}'{chain} batch {batch}: a data object "
-                f"{unlike(published, problems)}; nothing of the batch was applied. {REWRITTEN}"
+                f"{where}: a data object {unlike(published, problems)}; nothing of the batch "
+                f"was applied. {REWRITTEN}"
             )
 
     def _upgrade(self, batch: int, data: pa.Table, version: int, producer: str | None) -> pa.Table:
@@ -479,29 +488,51 @@ def contract_at(published: ContractRef, chain: Any, contract: Contract | None = 
     return found if found.fingerprint == published.fingerprint else None
 
 
-def schema_problems(contract: Any, schema: pa.Schema, manifest: Manifest) -> list[str]:
+def schema_problems(
+    contract: Any, schema: pa.Schema, manifest: Manifest, key: list[str], upserts: bool
+) -> list[str]:
     """How a data object's Arrow ``schema`` differs from what a producer publishes at
     ``contract`` (the version ``manifest`` names), one phrase each; empty when it does
-    not: every column of the contract is there (a producer adds a nullable one as NULLs
-    of its type; only a required column the source dropped, ``drift.missing``, and a
-    nullable one whose type a contract cannot give may be absent), each of the contract's
-    kind of type (``delta._to_contract_types`` casts every column it can type: an integer
-    column stays integers, whatever width), and ``_op`` (text) and ``_seq`` (integers)."""
+    not. Only what no producer writes counts:
+
+    - a key column (``key``) missing; a required column missing from an object with
+      upserts (``upserts``), unless the source dropped it (``drift.missing``). Nullable
+      columns may be absent (dual-published delete-only batches, lakes written before
+      producers added them as NULLs), and so may required ones in a delete-only object
+      (``drift = freeze`` publishes the deletes of a dropped column): admitting keeps the
+      stored value for them (``Reading.keep_known``);
+    - a column of another kind of type than the contract's (``delta._to_contract_types``
+      casts every column it can type: an integer column stays integers, whatever width),
+      except where the contract has text: a producer whose pandas types text as objects
+      (pandas 2) leaves such a column as staged;
+    - a column a strict contract does not have (its validation lets none through);
+    - ``_op`` not text or ``_seq`` not integers, or either missing."""
     from deltaferry.delta import _family
 
     dropped = set(manifest.drift.missing or {}) if manifest.drift else set()
     types = contract.arrow_types()
     problems = []
     for name in contract.columns:
+        column = contract.schema.columns[name]
         if name not in schema.names:
-            if name not in dropped and (
-                not contract.schema.columns[name].nullable or name in types
-            ):
+            required = upserts and column.required and not column.nullable
+            if name in key or (required and name not in dropped):
                 problems.append(f"column '{name}' is missing")
             continue
         want, have = types.get(name), schema.field(name).type
-        if want is not None and not pa.types.is_null(have) and _family(have) != _family(want):
+        if (
+            want is not None
+            and _family(want) != "str"
+            and not pa.types.is_null(have)
+            and _family(have) != _family(want)
+        ):
             problems.append(f"column '{name}' is {have}, the contract's is {want}")
+    if contract.schema.strict is True or contract.schema.strict == "filter":
+        known = {*contract.columns, OP_COLUMN, SEQ_COLUMN}
+        extra = [n for n in schema.names if n not in known]
+        if extra:  # a strict contract's validation lets no other column through
+            shown = ", ".join(repr(n) for n in extra)
+            problems.append(f"column(s) {shown} not in the contract, which is strict")
     for name, family in ((OP_COLUMN, "str"), (SEQ_COLUMN, "int")):
         if name not in schema.names:
             problems.append(f"column '{name}' is missing")
@@ -511,7 +542,7 @@ def schema_problems(contract: Any, schema: pa.Schema, manifest: Manifest) -> lis
 
 
 def unlike(published: ContractRef, problems: list[str]) -> str:
-    """"does not match contract vN (ref) its manifest names: <problems>"."""
+    """ "does not match contract vN (ref) its manifest names: <problems>"."""
     return (
         f"does not match contract v{published.version} ({published.ref}) its manifest "
         f"names: {'; '.join(problems)}"

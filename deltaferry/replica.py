@@ -150,8 +150,8 @@ def pull(
                     _pull_table(con, job, lake, t, keyring, reading, result, whose)
                 _placeholder(con, job, t, reading)  # the lake holds no batch of it yet
             except TerminalError as e:  # this table stops here; the others go on
-                _placeholder(con, job, t, reading)  # stopped before its first batch
                 result.error = str(e)
+                _placeholder(con, job, t, reading)  # stopped before its first batch
                 failures.append(e)
                 if isinstance(e, VersionError):  # the lake record says so: not counted
                     reading.stuck = str(e)
@@ -190,13 +190,21 @@ def _placeholder(
 ) -> None:
     """An empty ``t`` with the reader contract's columns when the replica has no table of it
     (no batch applied: the lake holds none, or the first stopped the pull), so a query
-    finds 0 rows rather than no table (``replica_apply.create_placeholder``)."""
+    finds 0 rows rather than no table (``replica_apply.create_placeholder``). A table it cannot make is said in the table's warning; the pull goes on."""
     if duck.table_exists(con, t.name):
         return
     extra = [(SEQ_COLUMN, "BIGINT")]
     if job.multi_producer:
         extra += [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")]
-    create_placeholder(con, t.name, reading.contract, extra)
+    try:
+        create_placeholder(con, t.name, reading.contract, extra)
+    except duckdb.Error as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        said = f"{reading.warning}; " if reading.warning else ""
+        reading.warning = (
+            f"{said}job '{job.name}' table '{t.name}': no batch applied, and its empty table "
+            f"could not be made ({type(e).__name__}: {detail})"
+        )
 
 
 def _position(

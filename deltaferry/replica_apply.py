@@ -24,20 +24,29 @@ PLACEHOLDER = (
 )
 
 
+_TEXT = {"str", "string", "string[python]", "string[pyarrow]"}
+
+
 def create_placeholder(
     con: duckdb.DuckDBPyConnection, table: str, contract: Any, extra: list[tuple[str, str]]
 ) -> None:
     """Create ``table`` empty, for a table the lake holds no batch of (an empty source
     table): a reader's query finds no rows rather than no table. Its columns are the
     reader's ``contract``'s (``Contract.arrow_types``: a column whose type cannot be
-    derived is left out) and ``extra`` ((name, DuckDB type) pairs, e.g. ``_seq BIGINT``).
+    derived, or that DuckDB has no type for, is left out) and ``extra`` ((name, DuckDB type) pairs, e.g. ``_seq BIGINT``).
     Marked by a table comment (``PLACEHOLDER``) so that the first batch applied replaces it
     (``replace_placeholder``) and the replica's columns are the lake's, as if no
     placeholder had been. In one transaction of its own."""
-    defs = [
-        f"{ident(name)} {duck_type(pa.field(name, typ))}"
-        for name, typ in contract.arrow_types().items()
-    ]
+    types = contract.arrow_types()
+    defs = []
+    for name in contract.columns:
+        if name in types:
+            try:
+                defs.append(f"{ident(name)} {duck_type(pa.field(name, types[name]))}")
+            except duckdb.Error:  # a type DuckDB has no column for (decimal256): left out
+                pass
+        elif str(contract.schema.columns[name].dtype) in _TEXT:  # pandas 2: text as objects
+            defs.append(f"{ident(name)} VARCHAR")
     defs += [f"{ident(name)} {typ}" for name, typ in extra if name not in contract.columns]
     con.execute("BEGIN TRANSACTION")
     try:

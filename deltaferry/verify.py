@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deltaferry.delta import SEQ_COLUMN, arrow_owned, parquet_metadata, read_parquet
+from deltaferry.delta import OP_COLUMN, SEQ_COLUMN, arrow_owned, parquet_metadata, read_parquet
 from deltaferry.errors import VerificationError
 from deltaferry.failpoints import bug
 from deltaferry.keys import Keyring
@@ -73,9 +73,48 @@ class VerifiedBatch:
                 check(f, _parquet(self.where, f, parquet_metadata, body).schema.to_arrow_schema())
             table = _parquet(self.where, f, read_parquet, body, columns)
             del body
+            _check_values(table, f, self.where)
             span.add(table)
             yield table
         span.check(self.manifest, self.where, copy)
+
+
+def _check_keys(table: pa.Table, key: list[str], where: str) -> None:
+    """VerificationError when a key column of the file has a NULL (a producer holds such
+    rows back: a NULL key cannot be merged)."""
+    for name in key:
+        if name in table.column_names and table[name].null_count:
+            raise VerificationError(
+                f"{where}: a data object has {table[name].null_count} row(s) with no value "
+                f"in key column '{name}'; a producer holds such rows back"
+            )
+
+
+def _check_values(table: pa.Table, f: DataFile, where: str) -> None:
+    """VerificationError unless the file's ``_seq`` has no NULL and its ``_op`` values (when
+    read, as text) are exactly the manifest entry's upserts and deletes: a NULL or unknown
+    ``_op`` made a row vanish from the replica with exit 0, a delete counted as an upsert
+    removed a key, and a NULL ``_seq`` could never be replaced (a fresh-user trial of a
+    re-hashed unsigned lake). Other column types are ``readers.schema_problems``'s."""
+    if SEQ_COLUMN in table.column_names and table[SEQ_COLUMN].null_count:
+        raise VerificationError(
+            f"{where}: data object {f.key} has {table[SEQ_COLUMN].null_count} row(s) with no "
+            "_seq; a producer numbers every row"
+        )
+    if OP_COLUMN not in table.column_names:
+        return
+    op = table[OP_COLUMN]
+    if not (pa.types.is_string(op.type) or pa.types.is_large_string(op.type)):
+        return  # not text: named by the column check
+    upserts = pc.sum(pc.equal(op, "upsert")).as_py() or 0
+    deletes = pc.sum(pc.equal(op, "delete")).as_py() or 0
+    other = table.num_rows - upserts - deletes
+    if (upserts, deletes, other) != (f.ops.upsert, f.ops.delete, 0):
+        odd = f" and {other} other or NULL" if other else ""
+        raise VerificationError(
+            f"{where}: data object {f.key} has {upserts} upsert(s), {deletes} delete(s){odd} "
+            f"in _op, its manifest says {f.ops.upsert} upsert(s), {f.ops.delete} delete(s)"
+        )
 
 
 class _SeqSpan:
@@ -193,9 +232,7 @@ def iter_verified(
                 )
             prev_hlc = stamp
         if m.prev_sha256 != prev:
-            raise VerificationError(
-                f"{where}: chain broken: prev_sha256 {m.prev_sha256} != {prev}"
-            )
+            raise VerificationError(f"{where}: chain broken: prev_sha256 {m.prev_sha256} != {prev}")
         seq = m.seq
         if prev_seq_end is not None and seq.start != prev_seq_end + 1:
             raise VerificationError(
@@ -293,7 +330,9 @@ def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> p
     if body is None:
         raise VerificationError(f"{where}: data object {f.key} is missing{hint}")
     if len(body) != f.bytes or sha256(body) != f.sha256:
-        raise VerificationError(f"{where}: data object {f.key} does not match its sha256/size{hint}")
+        raise VerificationError(
+            f"{where}: data object {f.key} does not match its sha256/size{hint}"
+        )
     owned = arrow_owned(body)
     del body
     meta = _parquet(where, f, parquet_metadata, owned)
@@ -319,6 +358,7 @@ def verify_table(
     after: int = 0,
     prev_sha256: str | None = None,
     chain: Any = None,
+    key: list[str] | None = None,
 ) -> tuple[int, int]:
     """Verify every batch of a table's chain (of ``producer``'s chain of it), or, with
     ``after``, only the batches after that one, chained to ``prev_sha256`` (the sha256 of
@@ -327,9 +367,10 @@ def verify_table(
     its ``_seq`` column read to check the manifest's range; memory holds one file's
     ``_seq`` column. Returns (batches, rows) verified; raises VerificationError at the
     first bad one. Cost: every object of the batches verified (the whole chain without
-    ``after``). With ``chain`` (the job's ``contracts.Chain`` for the table), each file of a
-    copy published at a version the chain has (same fingerprint) must have the columns a
-    producer publishes at it (``readers.schema_problems``, what ``pull`` refuses)."""
+    ``after``). With ``chain`` (the job's ``contracts.Chain`` for the table, and ``key``
+    its primary key), each file of a copy published at a version the chain has (same
+    fingerprint) must have the columns a producer publishes at it
+    (``readers.schema_problems``, what ``pull`` refuses)."""
     from deltaferry.readers import REWRITTEN, contract_at, schema_problems, unlike
 
     n = rows = 0
@@ -349,17 +390,21 @@ def verify_table(
                 contract: Any = contract,
                 published: Any = published,
             ) -> None:
-                problems = schema_problems(contract, schema, vb.manifest)
+                problems = schema_problems(
+                    contract, schema, vb.manifest, key or [], f.ops.upsert > 0
+                )
                 if problems:
                     raise VerificationError(
                         f"{vb.where}: data object {f.key} {unlike(published, problems)}. "
                         f"{REWRITTEN}"
                     )
 
-            for _ in vb.tables(
-                copy, columns=[SEQ_COLUMN], check=check if contract is not None else None
+            for part in vb.tables(
+                copy,
+                columns=[SEQ_COLUMN, OP_COLUMN, *(key or [])],
+                check=check if contract is not None else None,
             ):
-                pass
+                _check_keys(part, key or [], vb.where)
         n += 1
         rows += vb.manifest.rows
     return n, rows
@@ -427,8 +472,8 @@ def check_position(
             f"{where}: {whose} is at batch {batch} but the lake's head is batch {head} "
             f"({lost} gone: a lake restored from an older copy, or the wrong lake); check the "
             f"job's lake URL, or have the producer run `deltaferry republish {job} --table "
-            f"{table} --reason \"<why>\"` or restore {lost} from a backup; if they are gone for good, the "
-            f"producer goes on after `deltaferry reset {job} --table {table} --reason \"<why>\"` and readers past "
+            f'{table} --reason "<why>"` or restore {lost} from a backup; if they are gone for good, the '
+            f'producer goes on after `deltaferry reset {job} --table {table} --reason "<why>"` and readers past '
             f"batch {head} pull into a new replica"
         )
     if manifest_sha256 is None:

@@ -52,26 +52,27 @@ def prune_loaded_packages(pipeline: dlt.Pipeline, keep: int = KEEP_LOADED_PACKAG
     """Delete all but the newest ``keep`` completed load packages of ``pipeline`` (dlt's
     own ``LoadStorage.delete_loaded_package``); returns how many were deleted. Nothing
     deltaferry reads is in them: staged rows carry their load id, and a package is only
-    completed after its rows are in staging. A package that cannot be deleted (a file
-    system error) is left for the next run."""
-    storage = pipeline._get_load_storage()
-    if not storage.is_storage_ready():
+    completed after its rows are in staging. Housekeeping: whatever fails here (a file
+    system error, a package gone meanwhile, another dlt's storage layout) is left for the
+    next run and never fails this one. Package ids not in dlt's timestamp form are kept
+    and not counted."""
+    try:
+        storage = pipeline._get_load_storage()
+        if not storage.is_storage_ready():
+            return 0
+        stamped = []
+        for load_id in storage.list_loaded_packages():
+            try:
+                stamped.append((float(load_id), load_id))
+            except ValueError:
+                continue
+    except Exception:  # noqa: BLE001 - housekeeping
         return 0
-
-    def age(load_id: str) -> tuple[float, str]:
-        try:
-            return float(load_id), load_id
-        except ValueError:
-            return float("inf"), load_id  # not dlt's timestamp form: kept
-
-    done = sorted(storage.list_loaded_packages(), key=age)
     deleted = 0
-    for load_id in done[: max(0, len(done) - keep)]:
-        if age(load_id)[0] == float("inf"):
-            continue
+    for _, load_id in sorted(stamped)[: max(0, len(stamped) - keep)]:
         try:
             storage.delete_loaded_package(load_id)
-        except OSError:
+        except Exception:  # noqa: BLE001 - housekeeping: the next run tries again
             continue
         deleted += 1
     return deleted

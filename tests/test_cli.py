@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -197,6 +198,9 @@ RUNTIME_ERRORS = {  # case: (command, needles)
     "table-not-in-source": ("run", ["table 'customers'", "not found in the source database"]),
     "contract-not-importable": ("run", ["table 'orders'", "'contracts.nosuch' cannot be imported"]),
     "source-env-unset": ("run", ["DELTAFERRY_TEST_UNSET_URL", "not set"]),
+    # a path typed wrong: SQLite's "unable to open database file" was a lost connection
+    # (retried, exit 1), or an empty database was created where the directory existed
+    "sqlite-file-missing": ("run", ["job 'shop'", "SQLite database file", "nosuch/shop.db", "does not exist"]),
     "lake-unreachable": ("run", ["unreachable"]),
     "lake-unreachable/verify": ("verify", ["unreachable"]),
     "no-bucket": ("run", ["bucket 'no-such-bucket-df' does not exist"]),
@@ -216,6 +220,8 @@ def test_bad_environment_is_one_line_exit_2(case, request, tmp_path, home, api_e
         con.close()
     elif kind == "contract-not-importable":
         edits = [("contracts.shop:Orders", "contracts.nosuch:Orders")]
+    elif kind == "sqlite-file-missing":
+        edits = [(f'url = "sqlite:///{db}"', f'url = "sqlite:///{tmp_path}/nosuch/shop.db"')]
     elif kind == "source-env-unset":
         edits = [(f'url = "sqlite:///{db}"', 'url = "env:DELTAFERRY_TEST_UNSET_URL"')]
         env["DELTAFERRY_TEST_UNSET_URL"] = None
@@ -260,29 +266,50 @@ def test_jobs_lists_every_job_and_table(tmp_path, home):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("given", [None, "45"], ids=["default", "user-set"])
-def test_commands_wait_longer_for_prefects_temporary_api(tmp_path, home, given):
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(None, 120), ({"env": "45"}, 45), ({"profile": "300"}, 300)],
+    ids=["default", "user-set-env", "user-set-profile"],
+)
+def test_run_waits_longer_for_prefects_temporary_api(tmp_path, given, expected):
     """Prefect waits 20 s for its temporary API by default, and on a loaded machine a
     `run` without PREFECT_API_URL failed 7 times in 30 ("Timed out while attempting to
-    connect to ephemeral Prefect API server"): the CLI makes it 120 s before Prefect reads
-    its settings, and keeps a value the user set."""
+    connect to ephemeral Prefect API server"): `run` makes it 120 s around the flow, and
+    keeps a value the user set in the environment or a Prefect profile. The flow is
+    replaced by a probe that reads the setting where Prefect reads it."""
     config = write_jobs(tmp_path, f"file://{tmp_path}/lake")
     probe = (
         "import sys\n"
+        "import deltaferry.context, deltaferry.cli_run, flows.sync\n"
         "from deltaferry.cli import cli\n"
-        "cli(['jobs', '--config', sys.argv[1]], standalone_mode=False)\n"
-        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
-        "print('timeout', s.value())\n"
+        "def flow(job, config):\n"
+        "    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
+        "    print('timeout', s.value())\n"
+        "    return {}\n"
+        "flows.sync.sync_job = flow\n"
+        "deltaferry.context.preflight_job = lambda job: None\n"
+        "deltaferry.cli_run._print_run_summary = lambda summary: None\n"
+        "cli(['run', 'shop', '--config', sys.argv[1]], standalone_mode=False)\n"
     )
     name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-    env = {k: v for k, v in os.environ.items() if k != name}
-    if given:
-        env[name] = given
+    env = {k: v for k, v in os.environ.items() if k not in (name, "PREFECT_PROFILE")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    (tmp_path / "prefect").mkdir()
+    if given and "env" in given:
+        env[name] = given["env"]
+    if given and "profile" in given:
+        (tmp_path / "prefect" / "profiles.toml").write_text(
+            f'active = "mine"\n[profiles.mine]\n{name} = {given["profile"]}\n'
+        )
     p = subprocess.run(
-        [sys.executable, "-c", probe, str(config)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", probe, str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert p.returncode == 0, p.stderr[-2000:]
-    assert f"timeout {given or 120}" in p.stdout.splitlines()
+    assert f"timeout {expected}" in p.stdout.splitlines()
 
 
 HELP = {  # command: words of its purpose
@@ -437,7 +464,7 @@ def test_an_object_that_hashes_right_but_is_not_parquet_stops_only_its_table(cha
     ("change", "says"),
     [
         (lambda t: t.drop_columns(["email"]), "column 'email' is missing"),
-        (lambda t: t.drop_columns(["deleted_at"]), "column 'deleted_at' is missing"),
+        (lambda t: t.drop_columns(["id"]), "column 'id' is missing"),
         (
             lambda t: t.set_column(0, "id", t["id"].cast("string")),
             "column 'id' is string, the contract's is int64",
@@ -448,15 +475,52 @@ def test_an_object_that_hashes_right_but_is_not_parquet_stops_only_its_table(cha
             ),
             "column 'updated_at' is string",
         ),
+        (
+            lambda t: t.set_column(
+                t.column_names.index("_op"), "_op", pa.array(["frobnicate"] * t.num_rows)
+            ),
+            "and {n} other or NULL in _op",
+        ),
+        (
+            lambda t: t.set_column(
+                t.column_names.index("_op"), "_op", pa.array(["delete"] * t.num_rows)
+            ),
+            "0 upsert(s), {n} delete(s) in _op, its manifest says",
+        ),
+        (
+            lambda t: t.set_column(
+                t.column_names.index("_seq"), "_seq", pa.nulls(t.num_rows, pa.int64())
+            ),
+            "row(s) with no _seq",
+        ),
+        (
+            lambda t: t.set_column(0, "id", pa.nulls(t.num_rows, t["id"].type)),
+            "row(s) with no value in key column 'id'",
+        ),
+        (
+            lambda t: t.append_column("extra", pa.array(["x"] * t.num_rows)),
+            "column(s) 'extra' not in the contract, which is strict",
+        ),
     ],
-    ids=["required-column-dropped", "nullable-column-dropped", "key-as-text", "time-as-text"],
+    ids=[
+        "required-column-dropped",
+        "key-dropped",
+        "key-as-text",
+        "time-as-text",
+        "op-unknown",
+        "op-counts-differ",
+        "seq-null",
+        "key-null",
+        "extra-column-strict",
+    ],
 )
 def test_an_object_that_does_not_match_its_manifests_contract_stops_only_its_table(
     chain, tmp_path, home, change, says
 ):
     """Readable Parquet, re-hashed into an unsigned lake's manifest, whose columns are not
-    what a producer publishes at the contract version the manifest names: a column the
-    contract has is missing, or of another kind of type. Applied before with exit 0 (a
+    what a producer publishes at the contract version the manifest names: the key or a
+    required column of an object with upserts is missing, or a column is of another kind
+    of type (a nullable column may be absent: ``test_readers``). Applied before with exit 0 (a
     fresh-user trial: the column's values NULL in the replica, keys stored as text); now a
     VerificationError naming table, batch and column (``verify`` names the object too), and
     the other tables are pulled."""
@@ -477,12 +541,13 @@ def test_an_object_that_does_not_match_its_manifests_contract_stops_only_its_tab
     m["files"][0].update(sha256=hashlib.sha256(body).hexdigest(), bytes=len(body))
     (lake / key).write_text(json.dumps(m))
 
+    template, says = says, says.format(n=m["files"][0]["rows"])
     p = run_cli("verify", "shop", "--config", config)
-    error_line(p, 1, "table 'customers' batch 3", m["files"][0]["key"], "contract v1", says)
+    error_line(p, 1, "table 'customers' batch 3", says)
     assert_clean(p.stderr)
     replica = tmp_path / "fresh.duckdb"
     p = run_cli("pull", "shop", "--replica", replica, "--config", config)
-    error_line(p, 1, "table 'customers' batch 3", "does not match contract v1", says)
+    error_line(p, 1, "table 'customers' batch 3", says)
     assert_clean(p.stderr)
     assert replica_q(
         replica, "SELECT tbl, max(batch) FROM _deltaferry_batches GROUP BY tbl ORDER BY tbl"
@@ -499,9 +564,13 @@ def test_an_object_that_does_not_match_its_manifests_contract_stops_only_its_tab
     obj.write_bytes(body)
     m1["files"][0].update(sha256=hashlib.sha256(body).hexdigest(), bytes=len(body))
     (lake / key1).write_text(json.dumps(m1))
-    p = run_cli("pull", "shop", "--replica", first, "--config", config, "--table", "customers")
-    error_line(p, 1, "table 'customers' batch 1", says)
-    assert replica_q(first, "SELECT count(*) FROM customers") == [(0,)]
+    comment = "SELECT comment FROM duckdb_tables() WHERE table_name = 'customers'"
+    says = template.format(n=m1["files"][0]["rows"])
+    for _ in range(2):  # the second: the batch's DROP of the empty table is rolled back
+        p = run_cli("pull", "shop", "--replica", first, "--config", config, "--table", "customers")
+        error_line(p, 1, "table 'customers' batch 1", says)
+        assert replica_q(first, "SELECT count(*) FROM customers") == [(0,)]
+        assert "no batch of this table" in replica_q(first, comment)[0][0]
 
 
 def test_verify_waits_for_a_run_that_holds_the_state(chain, tmp_path):

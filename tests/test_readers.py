@@ -162,8 +162,12 @@ def test_a_version_is_its_fingerprint_not_its_number(shop_job, shop, tmp_path):
         assert _q(replica, "SELECT count(*) FROM _deltaferry_batches WHERE tbl = 'customers'") == [
             (0,)
         ]
-        tables = [r[0] for r in _q(replica, "SELECT table_name FROM information_schema.tables")]
-        assert "customers" not in tables
+        # stopped before its first batch: the table is empty (the reader contract's
+        # columns, marked as having no batch applied), not the producer's shape
+        assert _q(replica, "SELECT count(*) FROM customers") == [(0,)]
+        assert "no batch of this table" in _q(
+            replica, "SELECT comment FROM duckdb_tables() WHERE table_name = 'customers'"
+        )[0][0]
     # a reader whose v2 is the producer's reads it
     same = _pull(producer, tmp_path / "same.duckdb", "--consumer", "same")
     assert same.exit_code == 0, same.output
@@ -571,3 +575,56 @@ def test_producers_count_a_readers_version_only_if_it_is_the_same_contract(
     assert _q(replica, "SELECT id, full_name FROM customers ORDER BY id") == shop.con.execute(
         "SELECT id, name FROM customers ORDER BY id"
     ).fetchall()
+
+
+@pytest.mark.unit
+def test_schema_problems_are_what_no_producer_writes():
+    """``schema_problems`` (pull's and verify's check of a data object against the contract
+    version its manifest names) flags only what no producer writes: a key column missing,
+    a required column missing from an object with upserts (unless the source dropped it:
+    ``drift.missing``), another kind of type where the contract types it, ``_op``/``_seq``
+    wrong. Legitimate objects pass: a nullable column absent (dual-published delete-only
+    batches, lakes written before producers added NULL columns), a required one absent
+    from a delete-only object, a text column staged as numbers (a pandas 2 producer does
+    not cast to text), integers of another width."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from contracts import load_contract
+    from deltaferry.readers import schema_problems
+
+    contract = load_contract("contracts.shop:Customers", where="test")
+    full = pa.schema(
+        [
+            ("id", pa.int32()),
+            ("name", pa.string()),
+            ("email", pa.string()),
+            ("country", pa.int64()),  # text in the contract: not cast by a pandas 2 producer
+            ("updated_at", pa.timestamp("us")),
+            ("deleted_at", pa.timestamp("us")),
+            ("_op", pa.string()),
+            ("_seq", pa.int64()),
+        ]
+    )
+    plain = SimpleNamespace(drift=None)
+
+    def check(schema: pa.Schema, upserts: bool = True, manifest=plain) -> list[str]:  # noqa: ANN001
+        return schema_problems(contract, schema, manifest, ["id"], upserts)
+
+    def without(*names: str) -> pa.Schema:
+        return pa.schema([f for f in full if f.name not in names])
+
+    assert check(full) == []
+    assert check(without("deleted_at")) == []
+    assert check(without("email")) == ["column 'email' is missing"]
+    assert check(without("email"), upserts=False) == []
+    dropped = SimpleNamespace(drift=SimpleNamespace(missing={"email": "dropped at the source"}))
+    assert check(without("email"), manifest=dropped) == []
+    assert check(without("id"), upserts=False) == ["column 'id' is missing"]
+    retyped = full.set(0, pa.field("id", pa.string()))
+    assert check(retyped) == ["column 'id' is string, the contract's is int64"]
+    timed = full.set(4, pa.field("updated_at", pa.string()))
+    assert check(timed) == ["column 'updated_at' is string, the contract's is timestamp[ns]"]
+    assert check(full.set(6, pa.field("_op", pa.int8()))) == ["column '_op' is int8"]
+    assert check(without("_seq")) == ["column '_seq' is missing"]

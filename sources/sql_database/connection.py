@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,6 +54,19 @@ def engine_for(job: JobConfig) -> sa.Engine:
         ) from None
     if url.host and "@" in url.host:  # an unencoded @ in the password moved it into the host
         raise ConfigError(f"job '{job.name}': source url has an '@' in its host; {_URL_FORM}")
+    database = url.database or ""
+    if (
+        url.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and str(url.query.get("uri", "")).lower() not in ("true", "1")
+        and not Path(database).exists()
+    ):
+        # SQLite would fail with "unable to open database file" (taken as a lost connection:
+        # retried, exit 1) or create an empty database: a path typed wrong is configuration
+        raise ConfigError(
+            f"job '{job.name}': the source's SQLite database file {database} does not exist "
+            f"(a sqlite:/// path is relative to the working directory, {Path.cwd()})"
+        )
     connect_args: dict[str, Any] = {}
     if url.drivername == "postgresql" and not _has_module("psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
