@@ -63,9 +63,9 @@ def engine_for(job: JobConfig) -> sa.Engine:
     ):
         # SQLite would fail with "unable to open database file" (taken as a lost connection:
         # retried, exit 1) or create an empty database: a path typed wrong is configuration
-        raise ConfigError(
-            f"job '{job.name}': the source's SQLite database file {database} does not exist "
-            f"(a sqlite:/// path is relative to the working directory, {Path.cwd()})"
+        raise ConfigError(  # the path is not echoed: a url is never (it may hold secrets)
+            f"job '{job.name}': the source's SQLite database file (the path in its url) does "
+            f"not exist; a sqlite:/// path is relative to the working directory, {Path.cwd()}"
         )
     connect_args: dict[str, Any] = {}
     if url.drivername == "postgresql" and not _has_module("psycopg2"):
