@@ -23,7 +23,7 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import duck_type, fetch_one, fetch_row, ident
 from deltaferry.held import record_held
 from deltaferry.keys import Keyring
-from deltaferry.replica_apply import admit_files, is_placeholder, merge_into
+from deltaferry.replica_apply import admit_files, is_placeholder, merge_into, replace_placeholder
 from deltaferry.verify import iter_verified
 from destinations.lake import LakeStore
 
@@ -71,14 +71,9 @@ def hold_reader_contract(
         return None
     empty = fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
     if empty and is_placeholder(con, t.name):  # nothing to migrate: made again at the end
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DROP TABLE {ident(t.name)}")
+        with duck.transaction(con):
+            replace_placeholder(con, t.name)
             con.execute(record, values)
-            con.execute("COMMIT")
-        except BaseException:
-            duck.rollback(con)
-            raise
         return None
     ref, version, fingerprint = held
     old = next((v for v in chain.versions if chain.contract(v).fingerprint == fingerprint), None)
@@ -91,8 +86,7 @@ def hold_reader_contract(
         )
     temp = f"_deltaferry_migrating_{t.name}"
     moved_rows = 0
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with duck.transaction(con):
         con.execute(f"DROP TABLE IF EXISTS {ident(temp)}")
         for stored in _stored_chunks(con, t.name, job.rows_per_file):
             moved = _migrated(stored, chain, old, now, where, whose, ref, version)
@@ -109,10 +103,6 @@ def hold_reader_contract(
         con.execute(f"DROP TABLE {ident(t.name)}")
         con.execute(f"ALTER TABLE {ident(temp)} RENAME TO {ident(t.name)}")
         con.execute(record, values)
-        con.execute("COMMIT")
-    except BaseException:
-        duck.rollback(con)
-        raise
     steps = ", ".join(chain.steps(old, now.version)) or "no migration: same columns"
     return (
         f"{moved_rows} stored row(s) taken from {ref} v{version} to {now.ref} "

@@ -426,11 +426,11 @@ class Reading:
         stored as text. Versions this reader does not have are not checked (their columns
         are unknown)."""
         from deltaferry.errors import VerificationError
-        from deltaferry.verify import _check_keys
+        from deltaferry.verify import check_keys
 
         chain = f" producer '{producer}'" if producer else ""
         where = f"job '{self.job}' table '{self.table}'{chain} batch {batch}"
-        _check_keys(data, self.primary_key, where)
+        check_keys(data, self.primary_key, where)
         contract = contract_at(published, self.chain, self.contract)
         if contract is None:
             return

@@ -48,15 +48,10 @@ def create_placeholder(
         elif str(contract.schema.columns[name].dtype) in _TEXT:  # pandas 2: text as objects
             defs.append(f"{ident(name)} VARCHAR")
     defs += [f"{ident(name)} {typ}" for name, typ in extra if name not in contract.columns]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with duck.transaction(con):
         con.execute(f"CREATE TABLE {ident(table)} ({', '.join(defs)})")
         quoted = PLACEHOLDER.replace("'", "''")
         con.execute(f"COMMENT ON TABLE {ident(table)} IS '{quoted}'")
-        con.execute("COMMIT")
-    except BaseException:
-        duck.rollback(con)
-        raise
 
 
 def is_placeholder(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -68,9 +68,9 @@ class VerifiedBatch:
             raise ValueError(f"{self.where}: no dual-published copy to read")
         span = _SeqSpan()
         for f in files:
-            body = _verified_body(self.lake, f, self.where, self.fix)
+            body, meta = _verified_body(self.lake, f, self.where, self.fix)
             if check is not None:
-                check(f, _parquet(self.where, f, parquet_metadata, body).schema.to_arrow_schema())
+                check(f, meta.schema.to_arrow_schema())
             table = _parquet(self.where, f, read_parquet, body, columns)
             del body
             _check_values(table, f, self.where)
@@ -79,7 +79,7 @@ class VerifiedBatch:
         span.check(self.manifest, self.where, copy)
 
 
-def _check_keys(table: pa.Table, key: list[str], where: str) -> None:
+def check_keys(table: pa.Table, key: list[str], where: str) -> None:
     """VerificationError when a key column of the file has a NULL (a producer holds such
     rows back: a NULL key cannot be merged)."""
     for name in key:
@@ -292,7 +292,7 @@ def _verified_files(
     is the producer's command that rebuilds the batch's objects, named in the error."""
     tables = []
     for f in files:
-        body = _verified_body(lake, f, where, fix)
+        body, _ = _verified_body(lake, f, where, fix)
         if load:
             tables.append(_parquet(where, f, read_parquet, body))
     return tables
@@ -316,9 +316,11 @@ def _parquet(where: str, f: DataFile, read: Callable[..., Any], *args: Any) -> A
         ) from None
 
 
-def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> pa.Buffer:
-    """One data object's bytes, checked against its manifest entry ``f`` (size, sha256,
-    Parquet row count), in a buffer Arrow owns (``delta.arrow_input``: copied once, then read
+def _verified_body(
+    lake: LakeStore, f: DataFile, where: str, fix: str = ""
+) -> tuple[pa.Buffer, Any]:
+    """One data object's bytes and its Parquet footer (``pq.FileMetaData``), checked against
+    its manifest entry ``f`` (size, sha256, Parquet row count), in a buffer Arrow owns (``delta.arrow_input``: copied once, then read
     as it is). ``fix`` is the producer's command that rebuilds it, named in the error."""
     hint = (
         f"; on the producer, `{fix}` rebuilds it from staging (byte-identical), or restore it "
@@ -340,7 +342,7 @@ def _verified_body(lake: LakeStore, f: DataFile, where: str, fix: str = "") -> p
         raise VerificationError(
             f"{where}: data object {f.key} has {meta.num_rows} rows, manifest says {f.rows}"
         )
-    return owned
+    return owned, meta
 
 
 def producers(lake: LakeStore, job: str, table: str) -> list[str]:
@@ -404,7 +406,7 @@ def verify_table(
                 columns=[SEQ_COLUMN, OP_COLUMN, *(key or [])],
                 check=check if contract is not None else None,
             ):
-                _check_keys(part, key or [], vb.where)
+                check_keys(part, key or [], vb.where)
         n += 1
         rows += vb.manifest.rows
     return n, rows
