@@ -116,6 +116,7 @@ def build_delta(
     cmax: Any = None
     failures: Counter[tuple[str | None, str]] = Counter()  # by (field, check), every chunk
     touched: set[str] = set()
+    staged: dict[str, str] = {}  # Arrow type of a column that failed the contract's dtype
     fresh_ids = pa.array(load_ids, pa.string())
     for changes in chunks:
         if open_keys:
@@ -127,6 +128,7 @@ def build_delta(
         if migration is not None:
             changes = _migrate_chunk(job, t, changes, *migration)
         changes = _add_null_columns(contract, changes)
+        changes = _dates_as_timestamps(contract, changes)
         fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
             zero_copy_only=False
         )
@@ -136,6 +138,9 @@ def build_delta(
         changed += upserts
         failed_total += failed
         failures.update(counts)
+        for column, check in counts:
+            if column is not None and column in changes.column_names and check.startswith("dtype("):
+                staged.setdefault(column, str(changes.schema.field(column).type))
         published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
         n = published.num_rows
         if n == 0:
@@ -158,7 +163,7 @@ def build_delta(
                 f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
                 f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
                 f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing of this table "
-                f"published ({summarize(failures)}); the job's other tables go on"
+                f"published ({summarize(failures)}{_staged_as(staged)}); the job's other tables go on"
             )
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start
@@ -190,6 +195,54 @@ def _add_null_columns(contract: Contract, changes: pa.Table) -> pa.Table:
             pa.field(name, types[name]), pa.nulls(changes.num_rows, types[name])
         )
     return changes
+
+
+def _staged_as(staged: dict[str, str]) -> str:
+    """``; staged as: at timestamp[us, tz=UTC]`` for the columns that failed a dtype check
+    (the check names the contract's type, not the one that arrived), or ``''``."""
+    if not staged:
+        return ""
+    return "; staged as: " + ", ".join(f"{name} {typ}" for name, typ in sorted(staged.items()))
+
+
+def _dates_as_timestamps(contract: Contract, changes: pa.Table) -> pa.Table:
+    """Date columns (``date32``/``date64``) whose contract column is a timestamp, as naive
+    ``timestamp[us]`` at midnight: the same days, a type the contract accepts. A source
+    stages a date when every value it has seen is one (a CSV or JSON drop of ``2024-02-01``
+    values, a SQLite ``DATE`` column); validating the dates against a timestamp column
+    refused every row, and publishing them as dates made a replica's column DATE, into
+    which a later batch's times were cut to the day. The zone, if the contract's has one,
+    is given by ``_to_contract_types`` (naive values are UTC wall time)."""
+    types = contract.arrow_types()
+    for i, f in enumerate(changes.schema):
+        target = types.get(f.name)
+        if (
+            target is not None
+            and pa.types.is_timestamp(target)
+            and (pa.types.is_date32(f.type) or pa.types.is_date64(f.type))
+        ):
+            changes = changes.set_column(i, f.name, pc.cast(changes.column(i), pa.timestamp("us")))
+    return changes
+
+
+def _naive_as_utc(contract: Contract, data: pa.Table) -> pa.Table:
+    """``data`` with zoned timestamp columns whose contract column is a naive timestamp
+    as their UTC wall time, for validation only: what a contract with ``coerce = True``
+    makes of them itself. Sources that stage times zoned (files, REST APIs: dlt stages
+    timestamps with a zone) had every row refused under a naive contract without
+    ``coerce``. They are published as staged (zoned), as with ``coerce``."""
+    types = contract.arrow_types()
+    for i, f in enumerate(data.schema):
+        target = types.get(f.name)
+        if (
+            target is not None
+            and pa.types.is_timestamp(target)
+            and target.tz is None
+            and pa.types.is_timestamp(f.type)
+            and f.type.tz is not None
+        ):
+            data = data.set_column(i, f.name, pc.cast(data.column(i), pa.timestamp(f.type.unit)))
+    return data
 
 
 def _family(t: pa.DataType) -> str:
@@ -345,7 +398,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
+    result = contract.validate(_naive_as_utc(contract, upserts).to_pandas(integer_object_nulls=True))
     failed = sorted(result.failed_rows)
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not failed:

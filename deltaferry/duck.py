@@ -10,6 +10,7 @@ file does not open.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +147,91 @@ def add_columns(con: duckdb.DuckDBPyConnection, table: str, wanted: dict[str, st
         con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {typ}")
     if missing:
         con.execute("CHECKPOINT")
+
+
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_UNSIGNED = ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+_NAIVE_TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP", "TIMESTAMP_NS")
+_ZONED = "TIMESTAMP WITH TIME ZONE"
+_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+@functools.lru_cache(maxsize=256)
+def supertype(a: str, b: str) -> str:
+    """The DuckDB type both ``a`` and ``b`` (DuckDB type names, as ``column_types`` gives
+    them) cast to, as DuckDB's own rules pick it (the type of a ``UNION`` of the two);
+    ``a`` when DuckDB has none."""
+    con = duckdb.connect()
+    try:
+        row = fetch_one(con, f"SELECT typeof(x) FROM (SELECT NULL::{a} AS x UNION ALL SELECT NULL::{b})")
+        return str(row[0]) if row else a
+    except duckdb.Error:
+        return a
+    finally:
+        con.close()
+
+
+def widens(stored: str, to: str) -> bool:
+    """Whether every value of a ``stored`` column keeps its value as ``to``: a wider
+    integer, a float as a double, an integer of at most 32 bits as a double, a decimal with
+    as many integer and fraction digits or more, a date or coarser timestamp as a finer
+    naive timestamp, a naive timestamp of at most microseconds as a zoned one (naive values
+    are UTC wall time here), a number or boolean as text. Anything else (a double as an
+    integer, a decimal rounded to a smaller scale, a time of day as a timestamp) is not."""
+    if stored == to:
+        return False
+    for ladder in (_INTEGERS, _UNSIGNED, _NAIVE_TIMES):
+        if stored in ladder and to in ladder:
+            return ladder.index(to) > ladder.index(stored)
+    if stored in _UNSIGNED and to in _INTEGERS:
+        return _INTEGERS.index(to) > _UNSIGNED.index(stored)
+    if to == "DOUBLE":
+        return stored == "FLOAT" or stored in _INTEGERS[:3] or stored in _UNSIGNED[:3]
+    a, b = _DECIMAL.fullmatch(stored), _DECIMAL.fullmatch(to)
+    if a and b:
+        (p1, s1), (p2, s2) = (int(x) for x in a.groups()), (int(x) for x in b.groups())
+        return s2 >= s1 and p2 - s2 >= p1 - s1
+    if to == _ZONED:
+        return stored in _NAIVE_TIMES[:4]
+    if to == "VARCHAR":
+        return stored in _INTEGERS or stored in _UNSIGNED or stored == "BOOLEAN" or bool(a)
+    return False
+
+
+def widen_columns(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    fields: Any,
+    stored: dict[str, str],
+    keep: Any = (),
+) -> list[str]:
+    """Widen the columns of ``table`` (its ``stored`` types, from ``column_types``) that
+    the Arrow ``fields`` of incoming rows would lose values in: where DuckDB's common type
+    of the two (``supertype``) holds every stored value (``widens``), the column is altered
+    to it, inside the caller's transaction. Without this a replica's column kept the type
+    of the first batch applied, and a later batch's values were cast into it (a DATE
+    column cut a later batch's times to the day). Columns of ``keep`` (those under a
+    PRIMARY KEY, which DuckDB cannot alter) and columns ``table`` lacks are left alone;
+    any other type difference is left to the insert's cast, as before. Returns
+    ``["name: OLD -> NEW", ...]`` for what was widened. Naive timestamps become zoned in
+    UTC (the connection's TimeZone is set to UTC for it)."""
+    widened = []
+    for f in fields:
+        have = stored.get(f.name)
+        if have is None or f.name in keep:
+            continue
+        incoming = duck_type(f)
+        if incoming == have:
+            continue
+        to = supertype(have, incoming)
+        if not widens(have, to):
+            continue
+        if to == _ZONED:
+            con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"ALTER TABLE {ident(table)} ALTER COLUMN {ident(f.name)} SET DATA TYPE {to}")
+        stored[f.name] = to
+        widened.append(f"{f.name}: {have} -> {to}")
+    return widened
 
 
 def column_types(

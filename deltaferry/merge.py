@@ -8,13 +8,23 @@ the tables: ``merge_tables.py``).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from deltaferry.delta import OP_COLUMN
-from deltaferry.duck import ARROW, column_types, duck_type, fetch_one, fetch_row, ident, with_arrow
+from deltaferry.duck import (
+    ARROW,
+    column_types,
+    duck_type,
+    fetch_one,
+    fetch_row,
+    ident,
+    widen_columns,
+    with_arrow,
+)
 from deltaferry.held import record_held
 from deltaferry.merge_tables import (
     HLC_COLUMN,
@@ -26,6 +36,8 @@ from deltaferry.merge_tables import (
     versions_table,
 )
 from deltaferry.resolve import resolve
+
+log = logging.getLogger("deltaferry.replica")
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> bool:
@@ -84,6 +96,13 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             if f.name not in have:
                 con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
                 added = True
+        # the resolved table's key columns are under its PRIMARY KEY: DuckDB cannot alter them
+        widened = widen_columns(con, name, fields, have, keep=shape.pk if key else ())
+        if widened:
+            log.warning(
+                "job '%s' table '%s': replica column(s) widened for this batch's values: %s",
+                shape.job, name, "; ".join(widened),
+            )
     return added
 
 

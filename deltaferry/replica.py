@@ -122,6 +122,9 @@ def pull(
     replica.parent.mkdir(parents=True, exist_ok=True)
     con = duck.connect(replica, alias="replica")
     duck.configure(con, replica)
+    # naive timestamps are UTC wall time in a lake: one stored into (or widened to) a zoned
+    # column is that instant, whatever this machine's zone
+    con.execute("SET TimeZone = 'UTC'")
     results = []
     failures: list[DeltaferryError] = []
     whose = f"replica {replica}"

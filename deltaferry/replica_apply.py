@@ -6,6 +6,7 @@ streamed batch admitted file by file through the reader's contract. Used by ``pu
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import duckdb
@@ -15,6 +16,8 @@ from deltaferry import duck
 from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import ARROW, duck_type, fetch_one, ident
+
+log = logging.getLogger("deltaferry.replica")
 
 BATCH_KEYS = "_deltaferry_batch_keys"
 
@@ -190,10 +193,17 @@ def merge_rows(
         # no PRIMARY KEY: see BatchMerge
         con.execute(f"CREATE TABLE {ident(table)} ({defs})")
     else:
-        have = set(duck.columns(con, table))
-        for f in data.schema:
-            if f.name != OP_COLUMN and f.name not in have:
+        stored = duck.column_types(con, table)
+        fields = [f for f in data.schema if f.name != OP_COLUMN]
+        for f in fields:
+            if f.name not in stored:
                 con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
+        widened = duck.widen_columns(con, table, fields, stored)
+        if widened:
+            log.warning(
+                "table '%s': replica column(s) widened for this batch's values: %s",
+                table, "; ".join(widened),
+            )
     col_list = ", ".join(ident(c) for c in cols)
     if fresh:
         duck.with_arrow(

@@ -27,6 +27,12 @@ class Items(pa.DataFrameModel):
     updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
     class Config:
         coerce = True
+class Dated(pa.DataFrameModel):
+    id: Series[int]
+    day: Series[pd.Timestamp] = pa.Field(nullable=True)
+    updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
+    class Config:
+        coerce = True
 class Pairs(pa.DataFrameModel):
     region: Series[str]
     id: Series[int]
@@ -590,3 +596,38 @@ def test_a_null_cursor_row_published_later_leaves_no_open_quarantine_record(job)
     assert open_records() == []
     job.pull()
     assert job.replica_rows() == expected(job)
+
+
+def test_a_date_column_under_a_timestamp_contract_is_published_as_its_midnights(job):
+    """A SQLite DATE column whose contract column is a timestamp: the days are published as
+    timestamps at midnight (every row was refused as a contract failure before), so the
+    replica's column is a timestamp one from the first batch. A value with a time of day
+    in the DATE column stops the table naming the column and the setting that publishes
+    it as timestamps."""
+    job.config.write_text(job.config.read_text().replace(":Items", ":Dated"))
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, day DATE, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, '2024-02-01', '2026-03-01 12:00:00'),"
+        " (2, NULL, '2026-03-01 12:00:01'), (3, '2024-02-29', '2026-03-01 12:00:02')",
+    )
+    assert job.sync()["tables"]["items"]["upserts"] == 3
+    job.pull()
+    source = job.con.execute("SELECT id, day FROM items ORDER BY id").fetchall()
+    oracle = [(i, None if d is None else dt.datetime.fromisoformat(d)) for i, d in source]
+    assert job.replica_rows("id, day") == oracle
+    with duckdb.connect(str(job.replica), read_only=True) as r:
+        assert duck_type(r, "items", "day") == "TIMESTAMP"
+    job.sql("INSERT INTO items VALUES (4, '2024-03-01 10:00', '2026-03-01 12:00:03')")
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("table 'items'", "column 'day'", 'column_types = { day = "timestamp" }'):
+        assert part in message
+
+
+def duck_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
+    return con.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+        [table, column],
+    ).fetchone()[0]

@@ -271,7 +271,7 @@ def _declared_plan(
         "bool": ("bool", "integer"),
         "date": ("date",),
         "time": ("time",),
-        "timestamp": ("timestamp", "timestamptz"),
+        "timestamp": ("timestamp", "timestamptz", "date"),  # a date is its midnight
         "timestamptz": ("timestamp", "timestamptz"),
         "binary": ("binary",),
     }

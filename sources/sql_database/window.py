@@ -55,7 +55,8 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
     declared time type (parsed by ``TimeText``), ``"json"`` for a declared ``JSON`` column
     (the document's text as stored: SQLAlchemy would decode it into Python values of mixed
     kinds, and a JSON ``null`` document would become SQL NULL). A column the table's
-    ``column_types`` declares is read as declared instead. Empty for other databases (their
+    ``column_types`` declares is read as declared instead (a ``DATE`` column declared
+    ``"timestamp"`` is parsed as timestamps: SQLite keeps any text there). Empty for other databases (their
     drivers return real time values)."""
     if engine.dialect.name != "sqlite":
         return {}
@@ -63,6 +64,9 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
     out: dict[str, str] = {}
     for col in sa.inspect(engine).get_columns(t.name):
         if col["name"] in declared:
+            # a DATE column whose text holds times of day, published as timestamps
+            if declared[col["name"]] == "timestamp" and isinstance(col["type"], sa.Date):
+                out[col["name"]] = "timestamp"
             continue
         if isinstance(col["type"], sa.DateTime):
             out[col["name"]] = "timestamp"
@@ -155,15 +159,30 @@ class TimeText(sa.types.TypeDecorator):
             form = (
                 "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
             )
+            as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"
                 if self.fixed
-                else "fix the value in the source, or publish the column as text "
-                f'(column_types = {{ {self.column} = "text" }})'
+                else f"fix the value in the source, or publish the column as text ({as_text})"
             )
+            if not self.fixed and self.kind == "date" and _is_timestamp_text(value, self._zone):
+                fix = (
+                    "it has a time of day: publish the column as timestamps (column_types = "
+                    f'{{ {self.column} = "timestamp" }}), as text ({as_text}), or fix the '
+                    "value in the source"
+                )
             raise TerminalError(
                 f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
             ) from None
+
+
+def _is_timestamp_text(value: Any, zone: Any) -> bool:
+    """Whether ``value`` reads as a timestamp (for the advice of a date column's error)."""
+    try:
+        parse_time_text(value, "timestamp", zone)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 class Normalize:

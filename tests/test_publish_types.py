@@ -1,0 +1,59 @@
+"""Time columns staged as another kind than the contract's, on the producer's side
+(``deltaferry/delta.py``): a date for a timestamp column is published as its midnight; a
+zoned timestamp for a naive one is validated as its UTC wall time (what ``coerce = True``
+does) instead of failing every row. Expected values are written here by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow
+import pytest
+from pandera.typing import Series
+
+from contracts import Contract
+from deltaferry.delta import _dates_as_timestamps, _naive_as_utc
+
+pytestmark = pytest.mark.unit
+
+
+class Naive(pa.DataFrameModel):
+    id: Series[int]
+    at: Series[pd.Timestamp] = pa.Field(nullable=True)
+
+
+def test_a_date_for_a_timestamp_column_is_its_midnight():
+    contract = Contract("t:Naive", Naive)
+    data = pyarrow.table(
+        {
+            "id": pyarrow.array([1, 2], pyarrow.int64()),
+            "at": pyarrow.array([dt.date(2024, 2, 29), None], pyarrow.date32()),
+        }
+    )
+    assert contract.validate(data.to_pandas()).failed_rows  # refused as it is
+    out = _dates_as_timestamps(contract, data)
+    assert out.schema.field("at").type == pyarrow.timestamp("us")
+    assert out.column("at").to_pylist() == [dt.datetime(2024, 2, 29), None]
+    assert not contract.validate(out.to_pandas()).failed_rows
+
+
+def test_a_zoned_timestamp_for_a_naive_column_is_validated_as_utc_wall_time():
+    contract = Contract("t:Naive", Naive)
+    data = pyarrow.table(
+        {
+            "id": pyarrow.array([1], pyarrow.int64()),
+            "at": pyarrow.array(
+                [dt.datetime(2024, 2, 2, 1, 0, tzinfo=dt.timezone.utc)], pyarrow.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
+    seen = _naive_as_utc(contract, data)
+    assert seen.column("at").to_pylist() == [dt.datetime(2024, 2, 2, 1, 0)]
+    assert not contract.validate(seen.to_pandas()).failed_rows
+    # other columns, and zoned columns under zoned or untyped contract columns, are kept
+    assert _naive_as_utc(contract, data.rename_columns(["id", "other"])).equals(
+        data.rename_columns(["id", "other"])
+    )

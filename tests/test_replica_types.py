@@ -1,0 +1,149 @@
+"""A replica column's type holds every batch's values, not only the first one's.
+
+A replica table is created from the first batch applied. A later batch may bring a column
+as a wider type (a lake written by another producer, or before a producer cast dates to
+the contract's timestamps): the column is widened where every stored value keeps its
+value, for the single-producer merge (``replica_apply.merge_rows``) and the
+several-producer one (``merge.apply_batch``). Expected values are written here by hand,
+not computed with deltaferry's code."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from deltaferry import duck, hlc, merge, merge_tables
+from deltaferry.replica_apply import merge_rows
+
+pytestmark = pytest.mark.unit
+
+UTC = dt.timezone.utc
+
+
+def _batch(seq0: int, ids: list[int], **columns: pa.Array) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            **columns,
+            "_op": pa.array(["upsert"] * len(ids)),
+            "_seq": pa.array(range(seq0, seq0 + len(ids)), pa.int64()),
+        }
+    )
+
+
+def _types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    return duck.column_types(con, table)
+
+
+CASES = [
+    # (first batch's column, later batch's column, the later value stored as)
+    (
+        pa.array([dt.date(2024, 2, 1)], pa.date32()),
+        pa.array([dt.datetime(2024, 2, 2, 10, 0, 0, 123456)], pa.timestamp("us")),
+        "TIMESTAMP",
+        dt.datetime(2024, 2, 2, 10, 0, 0, 123456),
+        dt.datetime(2024, 2, 1),
+    ),
+    (
+        pa.array([7], pa.int32()),
+        pa.array([2**40 + 1], pa.int64()),
+        "BIGINT",
+        2**40 + 1,
+        7,
+    ),
+    (
+        pa.array([1.5], pa.float32()),
+        pa.array([0.1], pa.float64()),
+        "DOUBLE",
+        0.1,
+        1.5,
+    ),
+    (
+        pa.array([Decimal("1.25")], pa.decimal128(5, 2)),
+        pa.array([Decimal("123456.0001")], pa.decimal128(12, 4)),
+        "DECIMAL(12,4)",
+        Decimal("123456.0001"),
+        Decimal("1.2500"),
+    ),
+    (
+        pa.array([dt.datetime(2024, 1, 1, 23, 30)], pa.timestamp("us")),
+        pa.array([dt.datetime(2024, 3, 1, 12, 0, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+        "TIMESTAMP WITH TIME ZONE",
+        dt.datetime(2024, 3, 1, 12, 0, tzinfo=UTC),
+        # naive values are UTC wall time, whatever the connection's zone was
+        dt.datetime(2024, 1, 1, 23, 30, tzinfo=UTC),
+    ),
+    (
+        pa.array([42], pa.int64()),
+        pa.array(["forty-two"], pa.string()),
+        "VARCHAR",
+        "forty-two",
+        "42",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "later", "widened", "later_value", "first_value"), CASES)
+def test_a_later_batchs_wider_values_are_stored_whole_single_producer(
+    first, later, widened, later_value, first_value
+):
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Tokyo'")  # a machine far from UTC
+    con.execute("BEGIN")
+    merge_rows(con, "t", ["id"], _batch(1, [1], v=first), fresh=True)
+    con.execute("COMMIT")
+    con.execute("BEGIN")
+    merge_rows(con, "t", ["id"], _batch(2, [2], v=later))
+    con.execute("COMMIT")
+    assert _types(con, "t")["v"] == widened
+    con.execute("SET TimeZone = 'UTC'")
+    assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [(first_value,), (later_value,)]
+
+
+@pytest.mark.parametrize(("first", "later", "widened", "later_value", "first_value"), CASES)
+def test_a_later_batchs_wider_values_are_stored_whole_several_producers(
+    first, later, widened, later_value, first_value
+):
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Tokyo'")
+    con.execute(merge_tables.META)
+    shape = merge_tables.TableShape("shop", "t", ["id"])
+    merge.apply_batch(con, shape, "north", 1, hlc.pack(1_000, 0), _batch(1, [1], v=first))
+    merge.apply_batch(con, shape, "south", 1, hlc.pack(2_000, 0), _batch(1, [2], v=later))
+    assert _types(con, "t")["v"] == widened
+    con.execute("SET TimeZone = 'UTC'")
+    assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [(first_value,), (later_value,)]
+
+
+def test_a_type_that_would_lose_values_is_not_widened_to():
+    # DuckDB's common type of these would round or fail the stored values
+    assert not duck.widens("DECIMAL(38,10)", "DECIMAL(38,2)")  # scale cut
+    assert not duck.widens("BIGINT", "DOUBLE")  # 2**53 + 1 has no double
+    assert not duck.widens("TIME", "TIMESTAMP")
+    assert not duck.widens("TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE")  # microseconds
+    assert not duck.widens("VARCHAR", "BLOB")
+    assert not duck.widens("TIMESTAMP", "DATE")
+    assert duck.widens("DATE", "TIMESTAMP_NS")
+    assert duck.widens("UINTEGER", "BIGINT")
+    assert not duck.widens("UBIGINT", "BIGINT")
+
+
+def test_the_same_types_alter_nothing():
+    con = duckdb.connect()
+    data = _batch(1, [1], v=pa.array([dt.date(2024, 2, 1)], pa.date32()))
+    con.execute("BEGIN")
+    merge_rows(con, "t", ["id"], data, fresh=True)
+    con.execute("COMMIT")
+    stored = duck.column_types(con, "t")
+    assert duck.widen_columns(con, "t", data.schema, dict(stored)) == []
+    # a narrower later batch is cast into the wider stored column, which stays
+    assert (
+        duck.widen_columns(
+            con, "t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored)
+        )
+        == []
+    )
