@@ -8,7 +8,8 @@ does what dlt's normalizer does for rows). dlt never drops a staged column, so d
 judged on the rows being cut (the new loads, and held rows due for re-validation):
 
 - a **new** column: staged, not in the contract, with a value on a row being cut;
-- a **retyped** column: a variant of a contract column with a value on a row being cut;
+- a **retyped** column: a variant of a staged column (of the contract, or one a contract
+  that is not strict accepts) with a value on a row being cut;
 - a **dropped** column: required by the contract (not nullable) and never staged, or
   staged but no longer among the source's columns and NULL on every row being cut (a
   rename drops the old name and adds the new one).
@@ -98,7 +99,8 @@ class Drift:
             names = ", ".join(sorted({b for b, _ in self.retyped.values()}))
             fixes.append(
                 f"repair the values of {names} at the source (the next run publishes them) "
-                "or change the contract's type"
+                "or change (or give) the contract's type and stage the table again "
+                "(deltaferry reset JOB --table TABLE)"
             )
         return "; or ".join(fixes) + ' (or set drift = "evolve" or "quarantine")'
 
@@ -125,7 +127,9 @@ def detect(
         if column in known or column in internal or column.startswith("_dlt"):
             continue
         m = VARIANT.match(column)
-        if m and m.group("base") in known:
+        # a variant of a column the contract does not type but accepts (not strict) too:
+        # its base column is NULL on those rows, so publishing it silently lost the values
+        if m and (m.group("base") in known or m.group("base") in staged):
             drift.retyped[column] = (m.group("base"), m.group("type"))
         elif contract.schema.strict is True:
             # a contract that is not strict accepts (and publishes) columns it does not list

@@ -230,18 +230,19 @@ def _naive_as_utc(contract: Contract, data: pa.Table) -> pa.Table:
     as their UTC wall time, for validation only: what a contract with ``coerce = True``
     makes of them itself. Sources that stage times zoned (files, REST APIs: dlt stages
     timestamps with a zone) had every row refused under a naive contract without
-    ``coerce``. They are published as staged (zoned), as with ``coerce``."""
+    ``coerce``. They are published as staged (zoned), as with ``coerce``. The other way,
+    naive (UTC wall time) under a zoned contract column, is validated as the instants
+    ``_to_contract_types`` publishes (every row of a SQLite timestamp was refused under a
+    zoned contract without ``coerce``)."""
     types = contract.arrow_types()
     for i, f in enumerate(data.schema):
         target = types.get(f.name)
-        if (
-            target is not None
-            and pa.types.is_timestamp(target)
-            and target.tz is None
-            and pa.types.is_timestamp(f.type)
-            and f.type.tz is not None
-        ):
+        if target is None or not pa.types.is_timestamp(target):
+            continue
+        if target.tz is None and pa.types.is_timestamp(f.type) and f.type.tz is not None:
             data = data.set_column(i, f.name, pc.cast(data.column(i), pa.timestamp(f.type.unit)))
+        elif _gains_zone(f.type, target):  # as _to_contract_types publishes it
+            data = data.set_column(i, f.name, _rezone(data.column(i), f.type, target))
     return data
 
 

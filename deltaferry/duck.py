@@ -10,11 +10,12 @@ file does not open.
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -23,6 +24,9 @@ from deltaferry.errors import ConfigError
 from deltaferry.settings import env_name, from_env
 
 KEY_ENV = env_name("duckdb_key")
+
+_log = logging.getLogger("deltaferry.replica")
+T = TypeVar("T")
 
 
 def fetch_one(
@@ -151,7 +155,7 @@ def add_columns(con: duckdb.DuckDBPyConnection, table: str, wanted: dict[str, st
 
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
 _UNSIGNED = ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
-_NAIVE_TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP", "TIMESTAMP_NS")
+_NAIVE_TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP")  # not _NS: see below
 _ZONED = "TIMESTAMP WITH TIME ZONE"
 _DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
 
@@ -175,7 +179,7 @@ def widens(stored: str, to: str) -> bool:
     """Whether every value of a ``stored`` column keeps its value as ``to``: a wider
     integer, a float as a double, an integer of at most 32 bits as a double, a decimal with
     as many integer and fraction digits or more, a date or coarser timestamp as a finer
-    naive timestamp, a naive timestamp of at most microseconds as a zoned one (naive values
+    naive timestamp of at most microseconds, a naive timestamp as a zoned one (naive values
     are UTC wall time here), a number or boolean as text. Anything else (a double as an
     integer, a decimal rounded to a smaller scale, a time of day as a timestamp) is not."""
     if stored == to:
@@ -192,10 +196,25 @@ def widens(stored: str, to: str) -> bool:
         (p1, s1), (p2, s2) = (int(x) for x in a.groups()), (int(x) for x in b.groups())
         return s2 >= s1 and p2 - s2 >= p1 - s1
     if to == _ZONED:
-        return stored in _NAIVE_TIMES[:4]
+        return stored in _NAIVE_TIMES
     if to == "VARCHAR":
         return stored in _INTEGERS or stored in _UNSIGNED or stored == "BOOLEAN" or bool(a)
     return False
+
+
+class WidenFirst(Exception):
+    """A batch being applied needs columns of ``table`` widened first (``widen_columns``).
+    DuckDB cannot commit an ``ALTER`` of a table that the same transaction has already
+    deleted from or updated (``another transaction has altered this table``), so the caller
+    rolls the batch back, ``applying`` widens the columns in a transaction of their own
+    (every stored value keeps its value: safe alone) and applies the batch again."""
+
+    def __init__(self, table: str, alters: list[tuple[str, str, str]]) -> None:
+        self.table, self.alters = table, alters  # (column, stored type, wider type)
+        super().__init__(
+            f"table '{table}' needs wider columns first: "
+            + "; ".join(f"{c}: {a} -> {b}" for c, a, b in alters)
+        )
 
 
 def widen_columns(
@@ -204,34 +223,62 @@ def widen_columns(
     fields: Any,
     stored: dict[str, str],
     keep: Any = (),
-) -> list[str]:
-    """Widen the columns of ``table`` (its ``stored`` types, from ``column_types``) that
-    the Arrow ``fields`` of incoming rows would lose values in: where DuckDB's common type
-    of the two (``supertype``) holds every stored value (``widens``), the column is altered
-    to it, inside the caller's transaction. Without this a replica's column kept the type
-    of the first batch applied, and a later batch's values were cast into it (a DATE
-    column cut a later batch's times to the day). Columns of ``keep`` (those under a
-    PRIMARY KEY, which DuckDB cannot alter) and columns ``table`` lacks are left alone;
-    any other type difference is left to the insert's cast, as before. Returns
-    ``["name: OLD -> NEW", ...]`` for what was widened. Naive timestamps become zoned in
-    UTC (the connection's TimeZone is set to UTC for it)."""
-    widened = []
+) -> None:
+    """Raise ``WidenFirst`` if columns of ``table`` (its ``stored`` types, from
+    ``column_types``) would lose values of incoming rows (Arrow ``fields``): where DuckDB's
+    common type of the two (``supertype``) holds every stored value (``widens``). Without
+    this a replica's column kept the type of the first batch applied and a later batch's
+    values were cast into it (a DATE column cut a later batch's times to the day). A
+    nanosecond timestamp widens a coarser column to microseconds only (a nanosecond column
+    holds 1677-2262 only: a stored 9999-12-31 would not convert). Columns of ``keep`` (under
+    a PRIMARY KEY, which DuckDB cannot alter) and columns ``table`` lacks are left alone;
+    any other difference is left to the insert's cast, as before, with a warning."""
+    alters = []
     for f in fields:
         have = stored.get(f.name)
-        if have is None or f.name in keep:
+        if have is None:
             continue
         incoming = duck_type(f)
         if incoming == have:
             continue
         to = supertype(have, incoming)
-        if not widens(have, to):
-            continue
-        if to == _ZONED:
-            con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"ALTER TABLE {ident(table)} ALTER COLUMN {ident(f.name)} SET DATA TYPE {to}")
-        stored[f.name] = to
-        widened.append(f"{f.name}: {have} -> {to}")
-    return widened
+        if to == "TIMESTAMP_NS":  # microseconds at most (the range), as producers publish
+            to = "TIMESTAMP" if have in _NAIVE_TIMES[:3] else have
+        if f.name not in keep and widens(have, to):
+            alters.append((f.name, have, to))
+        elif to != have:
+            _log.warning(
+                "table '%s' column '%s' is %s; a batch's %s values are cast into it",
+                table, f.name, have, incoming,
+            )
+    if alters:
+        raise WidenFirst(table, alters)
+
+
+def widen(con: duckdb.DuckDBPyConnection, need: WidenFirst) -> None:
+    """Alter the columns ``need`` names, in a transaction of their own (none may be open),
+    naive timestamps becoming zoned in UTC (the connection's TimeZone is set to UTC: naive
+    values are UTC wall time here). Logged as a warning naming table, column and types."""
+    if any(b == _ZONED for _, _, b in need.alters):
+        con.execute("SET TimeZone = 'UTC'")
+    with transaction(con):
+        for column, _, to in need.alters:
+            con.execute(
+                f"ALTER TABLE {ident(need.table)} ALTER COLUMN {ident(column)} SET DATA TYPE {to}"
+            )
+    _log.warning("replica columns widened for a batch's values: %s", need)
+
+
+def applying(con: duckdb.DuckDBPyConnection, apply: Callable[[], T]) -> T:
+    """``apply()`` (which runs its own transaction and rolls it back on an exception),
+    again after widening the columns it asks for (``WidenFirst``). Each widening makes a
+    column strictly wider, so this ends; a batch asks for at most a few."""
+    for _ in range(16):
+        try:
+            return apply()
+        except WidenFirst as need:
+            widen(con, need)
+    return apply()
 
 
 def column_types(

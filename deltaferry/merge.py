@@ -8,7 +8,6 @@ the tables: ``merge_tables.py``).
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import duckdb
@@ -17,6 +16,7 @@ import pyarrow as pa
 from deltaferry.delta import OP_COLUMN
 from deltaferry.duck import (
     ARROW,
+    applying,
     column_types,
     duck_type,
     fetch_one,
@@ -36,8 +36,6 @@ from deltaferry.merge_tables import (
     versions_table,
 )
 from deltaferry.resolve import resolve
-
-log = logging.getLogger("deltaferry.replica")
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.Table) -> bool:
@@ -96,13 +94,9 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
             if f.name not in have:
                 con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
                 added = True
-        # the resolved table's key columns are under its PRIMARY KEY: DuckDB cannot alter them
-        widened = widen_columns(con, name, fields, have, keep=shape.pk if key else ())
-        if widened:
-            log.warning(
-                "job '%s' table '%s': replica column(s) widened for this batch's values: %s",
-                shape.job, name, "; ".join(widened),
-            )
+        # the resolved table's key columns are under its PRIMARY KEY, which DuckDB cannot
+        # alter: kept as they are in both tables. WidenFirst: see duck.applying
+        widen_columns(con, name, fields, have, keep=shape.pk)
     return added
 
 
@@ -157,20 +151,25 @@ def apply_batch(
     None counts as having seen nothing. ``held``: (rows the reader held back from it, the
     reader contract's ref and fingerprint), recorded in ``_deltaferry_held`` in the same
     transaction. A batch read file by file uses ``begin_batch`` / ``add_versions`` /
-    ``finish_batch`` instead (what this does, in three steps)."""
-    if not begin_batch(con, shape, producer, batch):
-        return False
-    try:
-        added = add_versions(con, shape, producer, batch, hlc, data)
-        finish_batch(
-            con, shape, producer, batch, hlc, data.num_rows, added,
-            manifest_sha256=manifest_sha256, trace_id=trace_id,
-            contract_version=contract_version, caution=caution, seen=seen, held=held,
-        )
-        return True
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    ``finish_batch`` instead (what this does, in three steps). Columns the batch brings
+    wider are widened first (``duck.applying``)."""
+
+    def once() -> bool:
+        if not begin_batch(con, shape, producer, batch):
+            return False
+        try:
+            added = add_versions(con, shape, producer, batch, hlc, data)
+            finish_batch(
+                con, shape, producer, batch, hlc, data.num_rows, added,
+                manifest_sha256=manifest_sha256, trace_id=trace_id,
+                contract_version=contract_version, caution=caution, seen=seen, held=held,
+            )
+            return True
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    return applying(con, once)
 
 
 def begin_batch(con: duckdb.DuckDBPyConnection, shape: TableShape, producer: str, batch: int) -> bool:

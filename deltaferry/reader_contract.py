@@ -178,6 +178,22 @@ def reread_held(
     reading: Any,
     retry: bool = False,
 ) -> tuple[int, int]:
+    """``_reread_held`` (see there), again after widening replica columns a batch read
+    again brings wider (``duck.applying``)."""
+    return duck.applying(
+        con, lambda: _reread_held(con, job, lake, t, keyring, reading, retry)
+    )
+
+
+def _reread_held(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    lake: LakeStore,
+    t: TableConfig,
+    keyring: Keyring | None,
+    reading: Any,
+    retry: bool = False,
+) -> tuple[int, int]:
     """Read again the applied batches whose rows this reader held back under another
     contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
     contract changed, or all of them with ``retry`` (a migration fixed in place keeps its

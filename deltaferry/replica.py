@@ -8,6 +8,7 @@ pulling twice changes nothing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,26 +259,37 @@ def _pull_table(
     for vb in iter_verified(
         lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring, stream=True
     ):
-        con.execute("BEGIN TRANSACTION")
-        try:
-            rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t, job.name))
-            if bug("apply_outside_transaction"):  # the simulator's teeth (failpoints.BUGS)
-                con.execute("COMMIT")
-                failpoint("after_apply")
-                con.execute("BEGIN TRANSACTION")
-            _record_batch(
-                con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
-            )
-            record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
-            con.execute("COMMIT")
-        except BaseException as e:
-            duck.rollback(con)
-            raise duck.over_limit(e, f"job '{job.name}' table '{t.name}' batch {vb.batch}")
+        rows, caution, held = duck.applying(
+            con, functools.partial(_apply_batch, con, job, t, reading, vb)
+        )
         result.batches += 1
         result.cautions += caution is not None
         result.rows += rows
         result.held += held
         result.last_batch = vb.batch
+
+
+def _apply_batch(
+    con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, reading: Any, vb: Any
+) -> tuple[int, str | None, int]:
+    """Apply one verified streamed batch of a single producer's chain and its record in
+    one transaction: (rows applied, caution, rows held back)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rows, caution, held = admit_files(con, vb, reading, None, merge_into(con, t, job.name))
+        if bug("apply_outside_transaction"):  # the simulator's teeth (failpoints.BUGS)
+            con.execute("COMMIT")
+            failpoint("after_apply")
+            con.execute("BEGIN TRANSACTION")
+        _record_batch(
+            con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
+        )
+        record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
+        con.execute("COMMIT")
+    except BaseException as e:
+        duck.rollback(con)
+        raise duck.over_limit(e, f"job '{job.name}' table '{t.name}' batch {vb.batch}")
+    return rows, caution, held
 
 
 def _own(reading: Any) -> tuple[str, str]:
@@ -333,40 +345,12 @@ def _pull_merged(
             prev_hlc=prev_hlc,
             stream=True,
         ):
-            if not merge.begin_batch(con, shape, producer, vb.batch):
+            applied = duck.applying(
+                con, functools.partial(_apply_merged, con, job, t, shape, reading, producer, vb)
+            )
+            if applied is None:
                 continue  # applied meanwhile (cannot happen within one pull)
-            try:
-                added = []
-                hlc = vb.manifest.clock
-                rows, caution, held = admit_files(
-                    con,
-                    vb,
-                    reading,
-                    producer,
-                    lambda d: added.append(
-                        merge.add_versions(con, shape, producer, vb.batch, hlc, d)
-                    ),
-                )
-                merge.finish_batch(
-                    con,
-                    shape,
-                    producer,
-                    vb.batch,
-                    hlc,
-                    rows,
-                    any(added),
-                    manifest_sha256=vb.manifest_sha256,
-                    trace_id=vb.manifest.trace_id,
-                    contract_version=vb.manifest.contract.version,
-                    caution=caution,
-                    seen=vb.manifest.hlc_seen,
-                    held=(held, *_own(reading)),
-                )
-            except BaseException as e:
-                duck.rollback(con)
-                raise duck.over_limit(
-                    e, f"job '{job.name}' table '{t.name}' producer '{producer}' batch {vb.batch}"
-                )
+            rows, caution, held = applied
             result.cautions += caution is not None
             result.batches += 1
             result.rows += rows
@@ -386,6 +370,55 @@ def _pull_merged(
             result.overrides += merge.apply_override(con, shape, entry)
 
 
+def _apply_merged(
+    con: duckdb.DuckDBPyConnection,
+    job: JobConfig,
+    t: TableConfig,
+    shape: Any,
+    reading: Any,
+    producer: str,
+    vb: Any,
+) -> tuple[int, str | None, int] | None:
+    """Apply one verified streamed batch of ``producer``'s chain (several producers) and
+    its record in one transaction: (rows applied, caution, rows held back), or None if the
+    replica has it already."""
+    from deltaferry import merge
+
+    if not merge.begin_batch(con, shape, producer, vb.batch):
+        return None
+    try:
+        added = []
+        hlc = vb.manifest.clock
+        rows, caution, held = admit_files(
+            con,
+            vb,
+            reading,
+            producer,
+            lambda d: added.append(merge.add_versions(con, shape, producer, vb.batch, hlc, d)),
+        )
+        merge.finish_batch(
+            con,
+            shape,
+            producer,
+            vb.batch,
+            hlc,
+            rows,
+            any(added),
+            manifest_sha256=vb.manifest_sha256,
+            trace_id=vb.manifest.trace_id,
+            contract_version=vb.manifest.contract.version,
+            caution=caution,
+            seen=vb.manifest.hlc_seen,
+            held=(held, *_own(reading)),
+        )
+    except BaseException as e:
+        duck.rollback(con)
+        raise duck.over_limit(
+            e, f"job '{job.name}' table '{t.name}' producer '{producer}' batch {vb.batch}"
+        )
+    return rows, caution, held
+
+
 def _apply(
     con: duckdb.DuckDBPyConnection,
     job: str,
@@ -400,16 +433,15 @@ def _apply(
 ) -> None:
     """Apply one batch and its record (and what the reader ``held`` back of it: rows, its
     contract's ref and fingerprint) in one transaction."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        merge_rows(con, table, pk, data)
-        _record_batch(con, job, table, batch, manifest, digest, data.num_rows, caution)
-        if held is not None:
-            record_held(con, job, table, "", batch, *held)
-        con.execute("COMMIT")
-    except BaseException:
-        duck.rollback(con)
-        raise
+
+    def once() -> None:
+        with duck.transaction(con):
+            merge_rows(con, table, pk, data)
+            _record_batch(con, job, table, batch, manifest, digest, data.num_rows, caution)
+            if held is not None:
+                record_held(con, job, table, "", batch, *held)
+
+    duck.applying(con, once)
 
 
 def _record_batch(

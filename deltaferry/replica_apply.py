@@ -6,7 +6,6 @@ streamed batch admitted file by file through the reader's contract. Used by ``pu
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import duckdb
@@ -16,8 +15,6 @@ from deltaferry import duck
 from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import ARROW, duck_type, fetch_one, ident
-
-log = logging.getLogger("deltaferry.replica")
 
 BATCH_KEYS = "_deltaferry_batch_keys"
 
@@ -182,7 +179,8 @@ def merge_rows(
     """Merge a batch's rows into ``table`` (created, or widened by the columns the batch
     brings): a row replaces the stored one of its key only if its ``_seq`` is newer, a
     delete removes the key, an upsert of a key not stored is inserted. Applying the same
-    rows again changes nothing. Inside the caller's transaction. ``fresh``: the table held
+    rows again changes nothing. Inside the caller's transaction, which ``duck.applying``
+    runs: a column the batch brings wider raises ``duck.WidenFirst``. ``fresh``: the table held
     no row when the batch began (``merge_into``), so the upserts are inserted and the
     deletes have nothing to remove (a key twice in the batch: ``BatchMerge.finish``)."""
     cols = [c for c in data.column_names if c != OP_COLUMN]
@@ -198,12 +196,7 @@ def merge_rows(
         for f in fields:
             if f.name not in stored:
                 con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
-        widened = duck.widen_columns(con, table, fields, stored)
-        if widened:
-            log.warning(
-                "table '%s': replica column(s) widened for this batch's values: %s",
-                table, "; ".join(widened),
-            )
+        duck.widen_columns(con, table, fields, stored)  # WidenFirst: see duck.applying
     col_list = ", ".join(ident(c) for c in cols)
     if fresh:
         duck.with_arrow(

@@ -42,6 +42,20 @@ def staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return duck.table_exists(con, table, STAGING_DATASET)
 
 
+def staged_types(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> dict[str, str]:
+    """``{column: DuckDB type}`` of ``t``'s staged table (``duck.column_types``); ``{}``
+    before its first load."""
+    if not path.exists():
+        return {}
+    con = read_staging(path, borrowed)
+    try:
+        return duck.column_types(con, t.name, STAGING_DATASET)
+    finally:
+        con.close()
+
+
 def staged_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     """The staged columns of ``table`` in table order, dlt's and deltaferry's own included;
     ``[]`` before its first load."""

@@ -390,3 +390,42 @@ class T(pa.DataFrameModel):
         "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
     )
     assert job.sync()["tables"]["t"]["rows"] == 2
+
+
+def test_a_column_the_contract_does_not_type_retyped_is_drift_too(tmp_path, home, prefect_api, monkeypatch):
+    """A contract that is not strict publishes columns it does not list. Such a column
+    retyped at the source (a SQLite TEXT column's numbers, then a word) sent the new values
+    to dlt's variant column and published NULL in the column itself, exit 0. It is drift
+    like a contract column's retype: freeze stops the run naming it; repaired, it ends."""
+    job = Job(
+        tmp_path,
+        monkeypatch,
+        """
+class Loose(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        coerce = True
+""",
+    )
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 10, '2026-01-01 00:00:01'), (2, 20, '2026-01-01 00:00:02');"
+    )
+    assert job.sync()["tables"]["t"]["rows"] == 2
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        "UPDATE t SET n = 'forty', updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
+    )
+    with pytest.raises(SchemaDrift) as e:
+        job.sync()
+    message = str(e.value)
+    assert "\n" not in message
+    for part in ("job 'j' table 't'", "column n changed type", "n▶v_text", "deltaferry reset"):
+        assert part in message, message
+    job.sql("UPDATE t SET n = '40', updated_at = '2026-01-01 00:00:04' WHERE id = 1;")
+    assert job.sync()["tables"]["t"]["rows"] == 1
+    job.pull()
+    assert job.replica_rows("id, n") == [(1, 40), (2, 20)]

@@ -27,6 +27,7 @@ TABLES = {
     'deletes = "soft:deleted_at"',
     "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.support.contracts_files:Stock"',
     "numbers": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Numbers"',
+    "loose": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Loose"',
 }
 HEADER = "id,customer,amount,placed_at,note\n"
 
@@ -797,3 +798,45 @@ def test_a_gzipped_parquet_file_is_read_like_the_plain_one():
     got = read_table(gzip.compress(plain), file_format("o.parquet.gz", None), t, types)
     assert want is not None and want.num_rows == 2
     assert got is not None and got.equals(want)
+
+
+def test_a_file_whose_untyped_column_the_staged_type_cannot_hold_is_set_aside(drops_job):
+    """A column the contract does not type is staged as the first file had it; a later
+    file with values that type does not hold (1.5 in a BIGINT column, text, a time in a
+    DATE column) was cast into it in staging (1.5 stored as 2, exit 0) or failed every
+    run. It is set aside naming column and types; files whose values fit go on."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.jsonl", '{"id":1,"x":1,"day":"2024-02-01"}\n', t0)
+    drops_job.sync()
+    drop(d, "loose/2.jsonl", '{"id":2,"x":1.5,"day":"2024-02-02"}\n', t0 + 10)
+    drop(d, "loose/3.jsonl", '{"id":3,"x":"three"}\n', t0 + 11)
+    drop(d, "loose/4.jsonl", '{"id":4,"x":7}\n', t0 + 12)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, x FROM loose ORDER BY id") == [(1, 1), (4, 7)]
+    reasons = [r for _, r in drops_job.skipped()]
+    assert len(reasons) == 2
+    assert "file loose/2.jsonl set aside: column x is staged as BIGINT" in reasons[0]
+    assert "DOUBLE" in reasons[0] and "deltaferry reset" in reasons[0]
+    assert "file loose/3.jsonl set aside: column x is staged as BIGINT" in reasons[1]
+    assert "VARCHAR" in reasons[1]
+
+
+def test_a_time_finer_than_microseconds_sets_its_file_aside(drops_job):
+    """A naive ``pd.Timestamp`` contract column is nanoseconds: a 7th fractional digit
+    passed the file's cast and then failed the whole run in staging (microseconds), on
+    every retry. The file is set aside naming column and row; the others publish."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.csv", "id,ts\n1,2024-03-01T10:30:00.1234567\n", t0)
+    drop(d, "loose/2.csv", "id,ts\n2,2024-03-01T10:30:00.123456\n", t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    utc = dt.datetime(2024, 3, 1, 10, 30, 0, 123456, tzinfo=dt.timezone.utc)
+    assert drops_job.q("SELECT id, epoch_us(ts) FROM loose") == [
+        (2, int(utc.timestamp()) * 1_000_000 + 123456)
+    ]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/1.csv set aside: column ts has a time finer than microseconds" in reason
+    assert "row 1" in reason

@@ -57,3 +57,22 @@ def test_a_zoned_timestamp_for_a_naive_column_is_validated_as_utc_wall_time():
     assert _naive_as_utc(contract, data.rename_columns(["id", "other"])).equals(
         data.rename_columns(["id", "other"])
     )
+
+
+class Zoned(pa.DataFrameModel):
+    id: Series[int]
+    at: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+
+def test_a_naive_timestamp_for_a_zoned_column_is_validated_as_the_utc_instant():
+    contract = Contract("t:Zoned", Zoned)
+    data = pyarrow.table(
+        {
+            "id": pyarrow.array([1, 2], pyarrow.int64()),
+            "at": pyarrow.array([dt.datetime(2024, 2, 2, 1, 0), None], pyarrow.timestamp("us")),
+        }
+    )
+    assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
+    seen = _naive_as_utc(contract, data)
+    assert seen.column("at").to_pylist() == [dt.datetime(2024, 2, 2, 1, 0, tzinfo=dt.timezone.utc), None]
+    assert not contract.validate(seen.to_pandas()).failed_rows

@@ -39,6 +39,17 @@ def _types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     return duck.column_types(con, table)
 
 
+def _merge(con: duckdb.DuckDBPyConnection, *files: pa.Table, fresh: bool = False) -> None:
+    """One batch of ``files`` into table ``t`` in one transaction, as a pull applies it."""
+
+    def once() -> None:
+        with duck.transaction(con):
+            for data in files:
+                merge_rows(con, "t", ["id"], data, fresh=fresh)
+
+    duck.applying(con, once)
+
+
 CASES = [
     # (first batch's column, later batch's column, the later value stored as)
     (
@@ -93,12 +104,8 @@ def test_a_later_batchs_wider_values_are_stored_whole_single_producer(
 ):
     con = duckdb.connect()
     con.execute("SET TimeZone = 'Asia/Tokyo'")  # a machine far from UTC
-    con.execute("BEGIN")
-    merge_rows(con, "t", ["id"], _batch(1, [1], v=first), fresh=True)
-    con.execute("COMMIT")
-    con.execute("BEGIN")
-    merge_rows(con, "t", ["id"], _batch(2, [2], v=later))
-    con.execute("COMMIT")
+    _merge(con, _batch(1, [1], v=first), fresh=True)
+    _merge(con, _batch(2, [2], v=later))
     assert _types(con, "t")["v"] == widened
     con.execute("SET TimeZone = 'UTC'")
     assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [(first_value,), (later_value,)]
@@ -127,7 +134,8 @@ def test_a_type_that_would_lose_values_is_not_widened_to():
     assert not duck.widens("TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE")  # microseconds
     assert not duck.widens("VARCHAR", "BLOB")
     assert not duck.widens("TIMESTAMP", "DATE")
-    assert duck.widens("DATE", "TIMESTAMP_NS")
+    assert not duck.widens("DATE", "TIMESTAMP_NS")  # 1677-2262 only
+    assert duck.widens("DATE", "TIMESTAMP")
     assert duck.widens("UINTEGER", "BIGINT")
     assert not duck.widens("UBIGINT", "BIGINT")
 
@@ -135,15 +143,48 @@ def test_a_type_that_would_lose_values_is_not_widened_to():
 def test_the_same_types_alter_nothing():
     con = duckdb.connect()
     data = _batch(1, [1], v=pa.array([dt.date(2024, 2, 1)], pa.date32()))
-    con.execute("BEGIN")
-    merge_rows(con, "t", ["id"], data, fresh=True)
-    con.execute("COMMIT")
+    _merge(con, data, fresh=True)
     stored = duck.column_types(con, "t")
-    assert duck.widen_columns(con, "t", data.schema, dict(stored)) == []
+    duck.widen_columns(con, "t", data.schema, dict(stored))  # raises WidenFirst if not
     # a narrower later batch is cast into the wider stored column, which stays
-    assert (
-        duck.widen_columns(
-            con, "t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored)
-        )
-        == []
+    duck.widen_columns(
+        con, "t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored)
     )
+    assert duck.column_types(con, "t") == stored
+
+
+def test_a_wider_file_after_a_merged_one_in_the_same_batch():
+    """DuckDB cannot commit an ALTER of a table the transaction has deleted from: the batch
+    is rolled back, the column widened alone, and the batch applied again whole."""
+    con = duckdb.connect()
+    day = pa.date32()
+    _merge(con, _batch(1, [1, 2], v=pa.array([dt.date(2024, 1, 1)] * 2, day)), fresh=True)
+    replaced = _batch(3, [1], v=pa.array([dt.date(2024, 1, 9)], day))  # deletes id 1's row
+    timed = _batch(4, [3], v=pa.array([dt.datetime(2024, 2, 2, 10, 30)], pa.timestamp("us")))
+    _merge(con, replaced, timed)
+    assert _types(con, "t")["v"] == "TIMESTAMP"
+    assert con.execute("SELECT id, v, _seq FROM t ORDER BY id").fetchall() == [
+        (1, dt.datetime(2024, 1, 9), 3),
+        (2, dt.datetime(2024, 1, 1), 2),
+        (3, dt.datetime(2024, 2, 2, 10, 30), 4),
+    ]
+
+
+def test_nanoseconds_do_not_narrow_a_columns_range():
+    """A nanosecond timestamp column holds 1677-2262 only: a stored 9999-12-31 would not
+    convert. A date column is widened to microseconds, a microsecond one stays."""
+    con = duckdb.connect()
+    far = dt.datetime(9999, 12, 31, 23, 59, 59)
+    _merge(con, _batch(1, [1], v=pa.array([far], pa.timestamp("us"))), fresh=True)
+    ns = pa.array([dt.datetime(2024, 2, 2, 10, 30)], pa.timestamp("ns"))
+    _merge(con, _batch(2, [2], v=ns))
+    assert _types(con, "t")["v"] == "TIMESTAMP"
+    assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [
+        (far,),
+        (dt.datetime(2024, 2, 2, 10, 30),),
+    ]
+    con.execute("CREATE TABLE d AS SELECT 1::BIGINT AS id, DATE '9999-12-31' AS v, 1::BIGINT AS _seq")
+    assert duck.supertype("DATE", "TIMESTAMP_NS") == "TIMESTAMP_NS"  # DuckDB's own choice
+    with pytest.raises(duck.WidenFirst) as need:
+        duck.widen_columns(con, "d", [pa.field("v", pa.timestamp("ns"))], {"v": "DATE"})
+    assert need.value.alters == [("v", "DATE", "TIMESTAMP")]

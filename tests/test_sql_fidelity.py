@@ -631,3 +631,23 @@ def duck_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
         "SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
         [table, column],
     ).fetchone()[0]
+
+
+def test_a_date_column_declared_timestamp_publishes_its_times_of_day(job):
+    """SQLite keeps any text in a DATE column: declared ``column_types = { day =
+    "timestamp" }``, its values are read as timestamps, date-only text as midnight."""
+    job.config.write_text(
+        job.config.read_text().replace(":Items", ":Dated")
+        + 'column_types = { day = "timestamp" }\n'
+    )
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, day DATE, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, '2024-02-01', '2026-03-01 12:00:00'),"
+        " (2, '2024-02-02 10:00', '2026-03-01 12:00:01'),"
+        " (3, '2024-02-03T23:59:59.999999', '2026-03-01 12:00:02'), (4, NULL, '2026-03-01 12:00:03')",
+    )
+    assert job.sync()["tables"]["items"]["upserts"] == 4
+    job.pull()
+    source = job.con.execute("SELECT id, day FROM items ORDER BY id").fetchall()
+    oracle = [(i, None if d is None else dt.datetime.fromisoformat(d)) for i, d in source]
+    assert job.replica_rows("id, day") == oracle

@@ -25,7 +25,13 @@ from deltaferry.duck import ident
 from sources.change_detection import ChangedRows
 from sources.columns import FILE_TIME_COLUMN
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
-from sources.files.reading import contract_types, file_format, keys_not_null, read_table
+from sources.files.reading import (
+    check_staged_types,
+    contract_types,
+    file_format,
+    keys_not_null,
+    read_table,
+)
 from sources.files.settings import (
     default_pattern,
     lookback_seconds,
@@ -33,7 +39,7 @@ from sources.files.settings import (
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, ExtractResult, row_counts, run_load
 from sources.pipeline import pipeline_for, pipeline_naming
-from sources.staging import staged_keyed, staging_path
+from sources.staging import staged_keyed, staged_types, staging_path
 
 # --- which files are new -----------------------------------------------------------------
 
@@ -152,6 +158,7 @@ def _resource(
     convention = str(naming_convention)
     pattern = t.options.get("pattern") or default_pattern(t.name)
     staged_times = staged_file_times(job, t, borrowed)
+    staged = staged_types(t, staging_path(job.name), borrowed)
 
     @dlt.resource(
         name=t.name, table_name=t.name, write_disposition="merge", primary_key=list(t.primary_key)
@@ -171,6 +178,8 @@ def _resource(
                         continue
                     fmt = file_format(f.name, t.options.get("format"))
                     table = read_table(raw, fmt, t, types, job.timezone, convention)
+                    if table is not None:
+                        check_staged_types(table, staged, types, t)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"

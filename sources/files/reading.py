@@ -280,6 +280,43 @@ def _first_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def check_staged_types(
+    table: pa.Table, staged: dict[str, str], typed: dict[str, pa.DataType], t: TableConfig
+) -> None:
+    """SetAside when a column the contract does not type (``typed``) has values its staged
+    column (``staged``: its DuckDB type, from earlier files) would not hold exactly: staging
+    would cast them into it (1.5 into a BIGINT column stored 2, a time into a DATE column
+    cut to the day) or fail the whole run on every retry (a number beyond int64, text in a
+    number column). A file whose values the staged type holds (int32 into BIGINT) is read.
+    A time finer than microseconds (a contract's nanosecond ``pd.Timestamp`` lets it through
+    the cast) is set aside too: staging keeps microseconds, and the run failed whole."""
+    from deltaferry.duck import duck_type, supertype
+
+    for field in table.schema:  # staging keeps microseconds (dlt stages timestamps so)
+        if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+            try:
+                cast_exact(table[field.name], pa.timestamp("us", field.type.tz))
+            except InexactCast as e:
+                raise SetAside(
+                    f"column {field.name} has a time finer than microseconds{e.at}, which "
+                    "staging does not keep",
+                    "fix the file (at most 6 fractional digits)",
+                ) from None
+    for field in table.schema:
+        have = staged.get(field.name)
+        if have is None or field.name in typed or pa.types.is_null(field.type):
+            continue
+        incoming = duck_type(field)
+        if incoming != have and supertype(have, incoming) != have:
+            raise SetAside(
+                f"column {field.name} is staged as {have} (from the table's earlier files) and "
+                f"this file has {incoming} values, which {have} does not hold exactly",
+                f"type {field.name} in the table's contract ({t.contract}) as a type every "
+                f"file's values fit, and stage the table again (deltaferry reset JOB --table "
+                f"{t.name}), or fix the file",
+            )
+
+
 def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
     """The contract's Arrow types, as staged. A decimal wider than the 38 digits staging
     (DuckDB) holds is a ConfigError."""

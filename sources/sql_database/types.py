@@ -423,7 +423,11 @@ def _to_utc(v: Any) -> Any:
 def _to_naive_utc(v: Any) -> Any:
     import datetime as dt
 
-    if v is None or v.tzinfo is None:
+    if v is None:
+        return v
+    if type(v) is dt.date:  # a DATE column declared "timestamp": its midnight
+        return dt.datetime.combine(v, dt.time())
+    if v.tzinfo is None:
         return v
     return v.astimezone(dt.timezone.utc).replace(tzinfo=None)
 

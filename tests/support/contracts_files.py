@@ -73,3 +73,10 @@ class Numbers(pa.DataFrameModel):
     class Config:
         strict = False
         coerce = True
+
+
+class Loose(pa.DataFrameModel):
+    """Drops whose other columns the contract does not type (``strict = False``)."""
+
+    id: Series[int] = pa.Field(ge=1)
+    ts: Series[pd.Timestamp] = pa.Field(nullable=True)  # nanoseconds, naive
