@@ -840,3 +840,34 @@ def test_a_time_finer_than_microseconds_sets_its_file_aside(drops_job):
     (reason,) = [r for _, r in drops_job.skipped()]
     assert "file loose/1.csv set aside: column ts has a time finer than microseconds" in reason
     assert "row 1" in reason
+
+
+def test_a_decimal_38_contract_column_reads_jsonl_numbers_beyond_int64():
+    """``Decimal(38, 0)`` is what a set-aside reason advises for numbers beyond int64; its
+    precision check refused every JSON Lines file (10**38 has no decimal128)."""
+    from decimal import Decimal
+
+    from sources.files.jsonl import read_jsonl
+
+    for scale in (0, 4):
+        table = read_jsonl(
+            f'{{"id": 1, "big": {U64_MAX}}}\n{{"id": 2, "big": 1}}\n'.encode(),
+            {"big": pa.decimal128(38, scale)},
+        )
+        assert table is not None
+        assert table["big"].to_pylist() == [Decimal(U64_MAX), Decimal(1)]
+
+
+def test_two_files_of_one_run_with_types_that_differ_set_aside_the_later_read(drops_job):
+    """Files are read newest first; one whose untyped column the files read before it in
+    the same run cannot hold was loaded with them, and dlt failed the whole job's run (a
+    20-line schema message). It is set aside like one against staging; the rest publish."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.jsonl", '{"id":1,"x":2.5}\n', t0)
+    drop(d, "loose/2.jsonl", '{"id":2,"x":1}\n', t0 + 10)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, x FROM loose ORDER BY id") == [(2, 1)]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/1.jsonl set aside: column x is staged as BIGINT" in reason

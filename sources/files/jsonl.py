@@ -80,6 +80,8 @@ def _over_precision(col: Any, t: pa.Decimal128Type) -> bool:
     into decimal(20, 2) reads as 1234567890123456789.00): any such value?"""
     import pyarrow.compute as pc
 
+    if t.precision >= 38:  # the type itself holds no more (and 10**38 has no decimal128)
+        return False
     wide = pc.abs(pc.cast(col, pa.decimal128(38, t.scale)))
     bound = pa.scalar(Decimal(10) ** (t.precision - t.scale), pa.decimal128(38, t.scale))
     return bool(pc.any(pc.greater_equal(wide, bound)).as_py())

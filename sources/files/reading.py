@@ -309,7 +309,7 @@ def check_staged_types(
         incoming = duck_type(field)
         if incoming != have and supertype(have, incoming) != have:
             raise SetAside(
-                f"column {field.name} is staged as {have} (from the table's earlier files) and "
+                f"column {field.name} is staged as {have} (from the files of this table read before it) and "
                 f"this file has {incoming} values, which {have} does not hold exactly",
                 f"type {field.name} in the table's contract ({t.contract}) as a type every "
                 f"file's values fit, and stage the table again (deltaferry reset JOB --table "
