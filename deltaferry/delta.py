@@ -225,7 +225,7 @@ def _dates_as_timestamps(contract: Contract, changes: pa.Table) -> pa.Table:
     return changes
 
 
-def _naive_as_utc(contract: Contract, data: pa.Table) -> pa.Table:
+def _in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
     """``data`` with zoned timestamp columns whose contract column is a naive timestamp
     as their UTC wall time, for validation only: what a contract with ``coerce = True``
     makes of them itself. Sources that stage times zoned (files, REST APIs: dlt stages
@@ -399,7 +399,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = contract.validate(_naive_as_utc(contract, upserts).to_pandas(integer_object_nulls=True))
+    result = contract.validate(_in_contract_zone(contract, upserts).to_pandas(integer_object_nulls=True))
     failed = sorted(result.failed_rows)
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not failed:

@@ -218,7 +218,6 @@ class WidenFirst(Exception):
 
 
 def widen_columns(
-    con: duckdb.DuckDBPyConnection,
     table: str,
     fields: Any,
     stored: dict[str, str],

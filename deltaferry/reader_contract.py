@@ -178,22 +178,6 @@ def reread_held(
     reading: Any,
     retry: bool = False,
 ) -> tuple[int, int]:
-    """``_reread_held`` (see there), again after widening replica columns a batch read
-    again brings wider (``duck.applying``)."""
-    return duck.applying(
-        con, lambda: _reread_held(con, job, lake, t, keyring, reading, retry)
-    )
-
-
-def _reread_held(
-    con: duckdb.DuckDBPyConnection,
-    job: JobConfig,
-    lake: LakeStore,
-    t: TableConfig,
-    keyring: Keyring | None,
-    reading: Any,
-    retry: bool = False,
-) -> tuple[int, int]:
     """Read again the applied batches whose rows this reader held back under another
     contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
     contract changed, or all of them with ``retry`` (a migration fixed in place keeps its
@@ -206,7 +190,8 @@ def _reread_held(
     delete still deletes); for several producers, only the versions the replica lacks are
     added to each batch's producer and re-resolved. One transaction; read with the partial
     policy (these batches were applied before: re-reading never stops at a version), so it
-    stops only on a batch that no longer verifies or a fingerprint mismatch. Memory: one
+    stops only on a batch that no longer verifies or a fingerprint mismatch (a column a batch
+    brings wider raises ``duck.WidenFirst``: the caller runs this in ``duck.applying``). Memory: one
     file at a time (``replica_apply.admit_files``); cost: the batches from the first held one on, once per contract
     change."""
     from deltaferry import merge, merge_tables

@@ -145,8 +145,9 @@ def pull(
             record = consumer is not None  # not on the way out of a (simulated) kill
             try:
                 result.migrated = hold_reader_contract(con, job, t, chain, whose)
-                result.reread, result.still_held = reread_held(
-                    con, job, lake, t, keyring, reading, retry_held
+                result.reread, result.still_held = duck.applying(
+                    con,
+                    functools.partial(reread_held, con, job, lake, t, keyring, reading, retry_held),
                 )
                 if job.multi_producer:
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)

@@ -145,12 +145,12 @@ def test_the_same_types_alter_nothing():
     data = _batch(1, [1], v=pa.array([dt.date(2024, 2, 1)], pa.date32()))
     _merge(con, data, fresh=True)
     stored = duck.column_types(con, "t")
-    duck.widen_columns(con, "t", data.schema, dict(stored))  # raises WidenFirst if not
+    duck.widen_columns("t", data.schema, dict(stored))  # raises WidenFirst if not
     # a narrower later batch is cast into the wider stored column, which stays
-    duck.widen_columns(
-        con, "t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored)
-    )
-    assert duck.column_types(con, "t") == stored
+    duck.widen_columns("t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored))
+    narrower = _batch(2, [2], v=pa.array([dt.date(2024, 2, 2)], pa.date32()))
+    _merge(con, narrower.set_column(0, "id", pa.array([2], pa.int8())))
+    assert duck.column_types(con, "t") == stored  # applied through the whole merge: no ALTER
 
 
 def test_a_wider_file_after_a_merged_one_in_the_same_batch():
@@ -186,5 +186,5 @@ def test_nanoseconds_do_not_narrow_a_columns_range():
     con.execute("CREATE TABLE d AS SELECT 1::BIGINT AS id, DATE '9999-12-31' AS v, 1::BIGINT AS _seq")
     assert duck.supertype("DATE", "TIMESTAMP_NS") == "TIMESTAMP_NS"  # DuckDB's own choice
     with pytest.raises(duck.WidenFirst) as need:
-        duck.widen_columns(con, "d", [pa.field("v", pa.timestamp("ns"))], {"v": "DATE"})
+        duck.widen_columns("d", [pa.field("v", pa.timestamp("ns"))], {"v": "DATE"})
     assert need.value.alters == [("v", "DATE", "TIMESTAMP")]

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.duck import duck_type, ident
+from deltaferry.duck import ident
 from sources.change_detection import ChangedRows
 from sources.columns import FILE_TIME_COLUMN
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
@@ -180,11 +180,6 @@ def _resource(
                     table = read_table(raw, fmt, t, types, job.timezone, convention)
                     if table is not None:
                         check_staged_types(table, staged, types, t)
-                        # a later file of this run is held to the types of the files
-                        # before it too (dlt cannot load one run's files of two types)
-                        for field in table.schema:
-                            if field.name not in staged and not pa.types.is_null(field.type):
-                                staged[field.name] = duck_type(field)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"

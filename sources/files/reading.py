@@ -289,7 +289,9 @@ def check_staged_types(
     cut to the day) or fail the whole run on every retry (a number beyond int64, text in a
     number column). A file whose values the staged type holds (int32 into BIGINT) is read.
     A time finer than microseconds (a contract's nanosecond ``pd.Timestamp`` lets it through
-    the cast) is set aside too: staging keeps microseconds, and the run failed whole."""
+    the cast) is set aside too: staging keeps microseconds, and the run failed whole.
+    A file that passes adds its new columns' types to ``staged``: a later file of the same
+    run is held to them too (dlt cannot load one run's files of two types)."""
     from deltaferry.duck import duck_type, supertype
 
     for field in table.schema:  # staging keeps microseconds (dlt stages timestamps so)
@@ -315,6 +317,9 @@ def check_staged_types(
                 f"file's values fit, and stage the table again (deltaferry reset JOB --table "
                 f"{t.name}), or fix the file",
             )
+    for field in table.schema:
+        if field.name not in staged and not pa.types.is_null(field.type):
+            staged[field.name] = duck_type(field)
 
 
 def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
