@@ -90,8 +90,8 @@ class Drift:
         parts += [f"required column {c} was dropped by the source" for c in self.dropped]
         return "; ".join(parts)
 
-    def remedy(self) -> str:
-        """What the operator does about the blocking drift, one clause."""
+    def remedy(self, job: str, table: str) -> str:
+        """What the operator does about the blocking drift of ``job``'s ``table``, one clause."""
         fixes = []
         if self.new:
             fixes.append("add the new column(s) to the contract")
@@ -100,7 +100,7 @@ class Drift:
             fixes.append(
                 f"repair the values of {names} at the source (the next run publishes them) "
                 "or change (or give) the contract's type and stage the table again "
-                "(deltaferry reset JOB --table TABLE)"
+                f"(deltaferry reset {job} --table {table} --reason '{names} retyped')"
             )
         return "; or ".join(fixes) + ' (or set drift = "evolve" or "quarantine")'
 

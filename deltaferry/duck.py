@@ -202,6 +202,55 @@ def widens(stored: str, to: str) -> bool:
     return False
 
 
+_NUMBERS = (*_INTEGERS, *_UNSIGNED, "DECIMAL")
+_TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP", "TIMESTAMP_NS")
+
+
+def _text_same(staged: str) -> str:
+    """A SQL condition on text ``v`` and ``c``, its ``TRY_CAST`` to ``staged``: true when a
+    finer reading of the text gives the same value (where they differ, the staged type cut
+    it: '1.5' to the BIGINT 2, '2024-01-01 10:00' to the DATE 2024-01-01, '0.125' to the
+    DECIMAL(5,2) 0.13, a seventh fraction digit to microseconds)."""
+    if staged.startswith(_NUMBERS):
+        return "TRY_CAST(v AS DECIMAL(38,18)) = c"
+    if staged in ("FLOAT", "DOUBLE"):
+        return "TRY_CAST(v AS DOUBLE) = c"
+    if staged in _TIMES:  # nanoseconds where their range (1677-2262) holds the value
+        return (
+            "TRY_CAST(v AS TIMESTAMP) = CAST(c AS TIMESTAMP) AND (TRY_CAST(v AS TIMESTAMP_NS)"
+            " IS NULL OR TRY_CAST(v AS TIMESTAMP_NS) = TRY_CAST(c AS TIMESTAMP_NS))"
+        )
+    return "true"
+
+
+def split_exact(
+    con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray | pa.Array, staged: str, incoming: str
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """``values`` (of DuckDB type ``incoming``) split in two, as long as ``values``: those a
+    column of DuckDB type ``staged`` holds exactly, cast to it (NULL elsewhere), and the
+    others, as they are (NULL elsewhere). Exactly: DuckDB's ``TRY_CAST`` to ``staged`` and
+    back gives the same value (a time of day into DATE, 1.5 into BIGINT, 2**53 + 1 into
+    DOUBLE, 1.239 into DECIMAL(10,2) do not); for text, reading it as ``staged`` gives what
+    a finer reading does (``'40'`` into BIGINT is 40, ``'1.5'`` is not). Times are compared
+    in UTC (``con``'s TimeZone is set so): a naive time is UTC wall time."""
+    con.execute("SET TimeZone = 'UTC'")
+    if incoming == "VARCHAR":
+        same = _text_same(staged)
+    else:
+        same = f"TRY_CAST(c AS {incoming}) = v"
+    con.register("col_", pa.table({"v": values}))
+    try:
+        out = con.execute(
+            f"SELECT CASE WHEN ok THEN c END AS base, CASE WHEN v IS NOT NULL AND NOT ok"
+            f" THEN v END AS variant FROM (SELECT v, c, c IS NOT NULL AND"
+            f" coalesce({same}, false) AS ok FROM (SELECT v, TRY_CAST(v AS {staged}) AS c"
+            f" FROM col_))"
+        ).fetch_arrow_table()
+    finally:
+        con.unregister("col_")
+    return out["base"], out["variant"]
+
+
 class WidenFirst(Exception):
     """A batch being applied needs columns of ``table`` widened first (``widen_columns``).
     DuckDB cannot commit an ``ALTER`` of a table that the same transaction has already
@@ -218,40 +267,87 @@ class WidenFirst(Exception):
 
 
 def widen_columns(
+    con: duckdb.DuckDBPyConnection,
     table: str,
-    fields: Any,
+    data: pa.Table,
     stored: dict[str, str],
     keep: Any = (),
+    where: str = "",
 ) -> None:
-    """Raise ``WidenFirst`` if columns of ``table`` (its ``stored`` types, from
-    ``column_types``) would lose values of incoming rows (Arrow ``fields``): where DuckDB's
-    common type of the two (``supertype``) holds every stored value (``widens``). Without
-    this a replica's column kept the type of the first batch applied and a later batch's
-    values were cast into it (a DATE column cut a later batch's times to the day). A
-    nanosecond timestamp widens a coarser column to microseconds only (a nanosecond column
-    holds 1677-2262 only: a stored 9999-12-31 would not convert). Columns of ``keep`` (under
-    a PRIMARY KEY, which DuckDB cannot alter) and columns ``table`` lacks are left alone;
-    any other difference is left to the insert's cast, as before, with a warning."""
+    """Make sure ``table``'s columns (their ``stored`` types, from ``column_types``) hold the
+    incoming rows' values (``data``, Arrow; a column ``table`` lacks is skipped) exactly,
+    inside the caller's transaction on ``con``. Without this a replica's column kept the
+    type of the first batch applied and a later batch's values were cast into it (a DATE
+    column cut a later batch's times to the day; a BIGINT column stored 1.5 as 2).
+
+    - Incoming values whose type the stored type holds (``widens``: int32 into BIGINT) are
+      left to the insert.
+    - The column is widened to DuckDB's common type of the two (``supertype``; a
+      nanosecond timestamp to microseconds only: a nanosecond column holds 1677-2262) when
+      every stored value keeps its value as it by type (``widens``: DATE to TIMESTAMP).
+    - Else incoming values the stored type holds one by one (``split_exact``: whole doubles
+      into BIGINT) are left to the insert.
+    - Else the column is widened to the common type when it holds the incoming values and
+      the stored ones exactly (BIGINT to DOUBLE below 2**53: one scan of the column, at a
+      type change only). A widening raises ``WidenFirst`` (DuckDB cannot alter a table its
+      transaction has written: ``applying``).
+    - Else (a column under a PRIMARY KEY, ``keep``, which DuckDB cannot alter; or no type
+      holds both exactly) ``TerminalError`` naming ``where``, table, column, both types and
+      a value: nothing of the batch is applied (its transaction rolls back)."""
+    from deltaferry.errors import TerminalError
+
     alters = []
-    for f in fields:
+    for f in data.schema:
         have = stored.get(f.name)
-        if have is None:
-            continue
         incoming = duck_type(f)
-        if incoming == have:
+        if have is None or incoming == have or widens(incoming, have) or pa.types.is_null(f.type):
             continue
         to = supertype(have, incoming)
         if to == "TIMESTAMP_NS":  # microseconds at most (the range), as producers publish
             to = "TIMESTAMP" if have in _NAIVE_TIMES[:3] else have
-        if f.name not in keep and widens(have, to):
+        alter = f.name not in keep and to != have
+        if alter and widens(have, to):
             alters.append((f.name, have, to))
-        elif to != have:
-            _log.warning(
-                "table '%s' column '%s' is %s; a batch's %s values are cast into it",
-                table, f.name, have, incoming,
-            )
+            continue
+        _, inexact = _split(data[f.name], have, incoming)
+        if inexact.null_count == len(inexact):
+            continue  # every value fits as it is (1.0 and 2.0 into BIGINT)
+        if alter and _split(data[f.name], to, incoming)[1].null_count == len(inexact):
+            if not _lossy(con, table, f.name, have, to):
+                alters.append((f.name, have, to))
+                continue
+        first = next(v for v in inexact.to_pylist() if v is not None)
+        why = "it is under the table's primary key" if f.name in keep else (
+            f"no type holds both exactly ({to} would change stored or incoming values)"
+        )
+        raise TerminalError(
+            f"{where or 'replica'}: table '{table}' column '{f.name}' is {have} and a batch "
+            f"brings {incoming} values it does not hold exactly (e.g. {first!r}); {why}: "
+            f"nothing of the batch was applied. The producers publish the column as different "
+            f"types: type it in the table's contract (all producers), or pull into a new "
+            f"replica after the producers agree"
+        )
     if alters:
         raise WidenFirst(table, alters)
+
+
+def _split(values: Any, to: str, incoming: str) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        return split_exact(con, values, to, incoming)
+    finally:
+        con.close()
+
+
+def _lossy(con: duckdb.DuckDBPyConnection, table: str, column: str, have: str, to: str) -> bool:
+    """Whether a stored value of ``table.column`` (type ``have``) would change as ``to``."""
+    c = ident(column)
+    row = fetch_one(
+        con,
+        f"SELECT count(*) FROM {ident(table)} WHERE {c} IS NOT NULL AND coalesce("
+        f"TRY_CAST(TRY_CAST({c} AS {to}) AS {have}) = {c}, false) = false",
+    )
+    return bool(row and row[0])
 
 
 def widen(con: duckdb.DuckDBPyConnection, need: WidenFirst) -> None:

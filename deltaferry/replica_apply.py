@@ -196,7 +196,7 @@ def merge_rows(
         for f in fields:
             if f.name not in stored:
                 con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
-        duck.widen_columns(table, fields, stored)  # WidenFirst: see duck.applying
+        duck.widen_columns(con, table, data, stored)  # WidenFirst: see duck.applying
     col_list = ", ".join(ident(c) for c in cols)
     if fresh:
         duck.with_arrow(

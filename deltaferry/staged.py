@@ -109,7 +109,7 @@ def plan_drift(
     if policy == "freeze" and drift.blocking:
         message = (
             f"{where}: the source's columns drifted from {versioned} (drift = freeze): {diff}; "
-            f"nothing published. To go on: {drift.remedy()}"
+            f"nothing published. To go on: {drift.remedy(ctx.job.name, t.name)}"
         )
         ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=message)
         ctx.drift[t.name] = message

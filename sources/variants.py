@@ -2,73 +2,82 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import dlt
 import duckdb
 import pyarrow as pa
 
-from deltaferry.config import TableConfig
-
-# staged dlt types a value of another type may be converted to (DuckDB ``TRY_CAST``)
-_CONVERTIBLE = {"bigint": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN", "date": "DATE"}
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.duck import split_exact
+from deltaferry.errors import TerminalError
 
 
 class Variants:
     """A dlt map step over Arrow chunks that does what dlt's normalizer does for rows (and
-    not for Arrow chunks, which it loads as they are): in a column whose values arrive as
-    another type than the one staged (a source column retyped INTEGER -> TEXT), a value
-    that converts exactly (DuckDB ``TRY_CAST``: ``'40'`` to ``40``; from a non-text type
-    only when it converts back to the same value) is kept in the column, and any other
-    goes to dlt's variant column ``<column>▶v_<type>`` (``<column>__v_<type>`` under
-    snake_case naming), NULL in the column itself. The load into staging then does not
-    fail, and the drift policy sees the new type (``contracts/drift.py``). Columns staged
-    as other types (text, timestamps, decimals) are left to the load; a value it refuses
-    fails it with one line, and dlt aborts the package."""
+    not for Arrow chunks, which the load casts into the staged column as they are): in a
+    column whose values arrive as a type its staged column (``staged``: the staging table's
+    DuckDB types, ``sources.staging.staged_types``; dlt's own schema may already say the
+    new type while the staged column keeps the old one) may not hold (``duck.widens`` does
+    not say it does), a value the staged type holds exactly (``split_exact``) is kept in the
+    column, and any other goes to dlt's variant column ``<column>▶v_<type>``
+    (``<column>__v_<type>`` under snake_case naming), NULL in the column itself. The drift policy then sees the new type
+    (``contracts/drift.py``): under ``freeze`` the run stops naming the column, where the
+    load used to cut the value and exit 0.
 
-    def __init__(self, pipeline: dlt.Pipeline, t: TableConfig) -> None:
-        self.staged: dict[str, str] = {}
-        self.naming: Any = None
-        if pipeline.default_schema_name:
-            schema = pipeline.default_schema
-            self.naming = schema.naming
-            columns = (schema.tables.get(t.name) or {}).get("columns") or {}
-            self.staged = {
-                name: c["data_type"]
-                for name, c in columns.items()
-                if c.get("data_type") in _CONVERTIBLE and not c.get("variant")
-            }
+    A primary key or cursor column has no variant (a key NULL in its column would be held
+    as a NULL key; a NULL cursor, re-read for ever): a value its staged type does not hold
+    is a ``TerminalError`` naming job, table, the column, both types and the value, with the
+    remedy (stage the table again: ``deltaferry reset``). So is any value when there is no
+    ``naming`` to name a variant column by (staging kept, dlt's schema lost)."""
+
+    def __init__(
+        self, naming: Any, job: JobConfig, t: TableConfig, staged: Mapping[str, str]
+    ) -> None:
+        self.staged = dict(staged)
+        self.pk = set(t.primary_key)
+        self.cursor = t.cursor
+        self.job = job.name
+        self.table = t.name
+        self.naming = naming  # the staged schema's dlt NamingConvention; None: none yet
         self.con: duckdb.DuckDBPyConnection | None = None
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
         from dlt.common.libs.pyarrow import get_column_type_from_py_arrow
 
+        from deltaferry.duck import duck_type, widens
+
         for field in chunk.schema:
             staged = self.staged.get(field.name)
             if staged is None or pa.types.is_null(field.type):
                 continue
-            arrived = get_column_type_from_py_arrow(field.type).get("data_type")
-            if arrived == staged:
-                continue
+            incoming = duck_type(field)
+            if incoming == staged or widens(incoming, staged):
+                continue  # every value fits (int32 into BIGINT, a number into VARCHAR)
             if self.con is None:
                 self.con = duckdb.connect(config={"threads": 1})
-            text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-            same = "true" if text else "v = c"
-            self.con.register("col_", pa.table({"v": chunk[field.name]}))
-            try:
-                out = self.con.execute(
-                    f"SELECT CASE WHEN ok THEN c END AS base, CASE WHEN v IS NOT NULL AND NOT ok"
-                    f" THEN v END AS variant FROM (SELECT v, c, c IS NOT NULL AND {same} AS ok"
-                    f" FROM (SELECT v, TRY_CAST(v AS {_CONVERTIBLE[staged]}) AS c FROM col_))"
-                ).fetch_arrow_table()
-            finally:
-                self.con.unregister("col_")
+            base, variant = split_exact(self.con, chunk[field.name], staged, incoming)
+            if variant.null_count == len(variant):
+                chunk = chunk.set_column(chunk.schema.get_field_index(field.name), field.name, base)
+                continue
+            if field.name in self.pk or field.name == self.cursor or self.naming is None:
+                self._refuse(field.name, staged, incoming, variant)
             i = chunk.schema.get_field_index(field.name)
-            chunk = chunk.set_column(i, field.name, out["base"])
-            if out["variant"].null_count < out.num_rows:
-                name = self.naming.shorten_fragments(field.name, f"v_{arrived}")
-                chunk = chunk.append_column(pa.field(name, field.type), out["variant"])
+            chunk = chunk.set_column(i, field.name, base)
+            arrived = get_column_type_from_py_arrow(field.type).get("data_type")
+            name = self.naming.shorten_fragments(field.name, f"v_{arrived}")
+            chunk = chunk.append_column(pa.field(name, field.type), variant)
         return chunk
+
+    def _refuse(self, column: str, staged: str, incoming: str, variant: pa.ChunkedArray) -> None:
+        first = next(v for v in variant.to_pylist() if v is not None)
+        role = "primary key " if column in self.pk else "cursor " if column == self.cursor else ""
+        raise TerminalError(
+            f"job '{self.job}' table '{self.table}': {role}column '{column}' is staged as "
+            f"{staged} and the source now gives {incoming} values it does not hold exactly "
+            f"(e.g. {first!r}); nothing was staged. Stage the table again with the new type: "
+            f"deltaferry reset {self.job} --table {self.table}"
+        )
 
     def close(self) -> None:
         if self.con is not None:

@@ -7,6 +7,7 @@ module written per test; the lake is a folder (file://).
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import uuid
@@ -99,6 +100,14 @@ class Job:
                 ).fetchall()
             ]
 
+# not strict: columns it does not list are published as staged
+LOOSE = """
+class Loose(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    updated_at: Series[pd.Timestamp]
+    class Config:
+        coerce = True
+"""
 
 RETYPE = """
 class T(pa.DataFrameModel):
@@ -155,6 +164,40 @@ def test_a_retyped_column_ends_under_every_policy(tmp_path, home, prefect_api, m
 def test_a_failed_staging_load_aborts_its_package_and_the_repaired_source_runs(
     tmp_path, home, prefect_api, monkeypatch
 ):
+    """A load into staging that the database refuses (here made to refuse: every value of
+    another type than staged now goes to a variant column first) fails the run with the
+    database's one line each time, dlt's package aborted; the next good load runs."""
+    from dlt.destinations.impl.duckdb.duck import DuckDbCopyJob
+
+    job = Job(tmp_path, monkeypatch, RETYPE)
+    job.write("T", "quarantine")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 1, '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.sql("UPDATE t SET n = 2, updated_at = '2026-01-01 00:00:02' WHERE id = 1;")
+    load = DuckDbCopyJob.run
+
+    def refused(self):
+        self._job_client.sql_client.execute_sql("SELECT CAST('soon' AS TIMESTAMP)")
+
+    monkeypatch.setattr(DuckDbCopyJob, "run", refused)
+    for _ in range(2):  # the same one line each time: no package left pending
+        with pytest.raises(TerminalError) as e:
+            job.sync()
+        message = str(e.value)
+        assert "\n" not in message and "loading into staging failed" in message, message
+        assert "soon" in message and "dlt aborted the load package" in message
+    monkeypatch.setattr(DuckDbCopyJob, "run", load)
+    assert job.sync()["tables"]["t"]["rows"] == 1
+    job.pull()
+    assert job.replica_rows("id, n") == [(1, 2)]
+
+
+def test_text_in_a_timestamp_column_is_drift_not_a_load_failure(tmp_path, home, prefect_api, monkeypatch):
+    """A SQLite timestamp column re-created as TEXT holding a word: the word goes to the
+    variant column and the row is held under ``quarantine`` (it failed every run's load)."""
     job = Job(
         tmp_path,
         monkeypatch,
@@ -168,29 +211,56 @@ class T(pa.DataFrameModel):
         coerce = True
 """,
     )
-    job.write("T", "quarantine")
+    job.write("T", "quarantine", ratio=1.0)
     job.sql(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, seen TIMESTAMP, updated_at TIMESTAMP);"
         "INSERT INTO t VALUES (1, '2026-01-01 00:00:00', '2026-01-01 00:00:01');"
     )
     job.sync()
-    job.sql(  # a timestamp column now holds text staging cannot take
+    job.sql(
         "CREATE TABLE t2 (id INTEGER PRIMARY KEY, seen TEXT, updated_at TIMESTAMP);"
-        "INSERT INTO t2 VALUES (1, 'soon', '2026-01-01 00:00:02');"
+        "INSERT INTO t2 VALUES (1, 'soon', '2026-01-01 00:00:02'), (2, '2026-01-03 04:05:06', '2026-01-01 00:00:02');"
         "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
     )
-    for _ in range(2):  # the same one line each time: no package left pending
-        with pytest.raises(TerminalError) as e:
+    job.sync()
+    assert [h[0] for h in job.held()] == [1]
+    job.pull()
+    assert job.replica_rows("id, seen") == [(1, datetime.datetime(2026, 1, 1)), (2, datetime.datetime(2026, 1, 3, 4, 5, 6))]
+
+
+def test_a_column_typed_anew_for_an_existing_job_is_drift_until_restaged(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """Following the advice for a SQLite DATE column holding times of day (``column_types
+    = { d = "timestamp" }``) on a job that has staged the column as DATE: dlt's schema takes
+    the new type, the staged column keeps DATE, and a run with no change in between made
+    the next time of day load cut to its day, exit 0. It is drift now, naming the column and
+    the reset that stages it anew; after the reset the value is published whole."""
+    job = Job(
+        tmp_path,
+        monkeypatch,
+        LOOSE,
+    )
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, d DATE, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, '2024-01-01', '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    job.config.write_text(job.config.read_text() + 'column_types = { d = "timestamp" }\n')
+    assert job.sync()["tables"]["t"].get("rows", 0) == 0  # no change
+    job.sql("UPDATE t SET d = '2024-02-02 10:00:00.25', updated_at = '2026-01-01 00:00:03';")
+    for _ in range(2):
+        with pytest.raises(SchemaDrift) as e:
             job.sync()
         message = str(e.value)
-        assert "\n" not in message and "loading into staging failed" in message, message
-        assert "soon" in message and "dlt aborted the load package" in message
-    job.sql(
-        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, seen TIMESTAMP, updated_at TIMESTAMP);"
-        "INSERT INTO t2 VALUES (1, '2026-01-02 00:00:00', '2026-01-01 00:00:03');"
-        "DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
-    )
-    assert job.sync()["tables"]["t"]["rows"] == 1
+        for part in ("table 't'", "column d changed type", "DATE", "deltaferry reset j --table t"):
+            assert part in message, message
+    code, out = job.cli("reset", "j", "--table", "t", "--reason", "d retyped")
+    assert code == 0, out
+    job.sync()
+    job.pull()
+    assert job.replica_rows("id, d") == [(1, datetime.datetime(2024, 2, 2, 10, 0, 0, 250000))]
 
 
 BASE = """
@@ -400,13 +470,7 @@ def test_a_column_the_contract_does_not_type_retyped_is_drift_too(tmp_path, home
     job = Job(
         tmp_path,
         monkeypatch,
-        """
-class Loose(pa.DataFrameModel):
-    id: Series[int] = pa.Field(unique=True)
-    updated_at: Series[pd.Timestamp]
-    class Config:
-        coerce = True
-""",
+        LOOSE,
     )
     job.write("Loose", "freeze")
     job.sql(

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from deltaferry import duck, hlc, merge, merge_tables
+from deltaferry.errors import TerminalError
 from deltaferry.replica_apply import merge_rows
 
 pytestmark = pytest.mark.unit
@@ -126,6 +127,77 @@ def test_a_later_batchs_wider_values_are_stored_whole_several_producers(
     assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [(first_value,), (later_value,)]
 
 
+def _several(con: duckdb.DuckDBPyConnection, first: pa.Array, later: pa.Array) -> None:
+    con.execute(merge_tables.META)
+    shape = merge_tables.TableShape("shop", "t", ["id"])
+    merge.apply_batch(con, shape, "north", 1, hlc.pack(1_000, 0), _batch(1, [1], v=first))
+    merge.apply_batch(con, shape, "south", 1, hlc.pack(2_000, 0), _batch(1, [2], v=later))
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_integers_then_fractions_widen_to_double_while_the_stored_integers_fit(several):
+    """An untyped column an integer at one producer (or batch) and a double at another:
+    1.5 was stored as 2 in the BIGINT column with a warning only. BIGINT is not DOUBLE
+    losslessly beyond 2**53, so the stored values are checked: these fit, the column
+    becomes DOUBLE and 1.5 stays 1.5."""
+    con = duckdb.connect()
+    first, later = pa.array([2**53], pa.int64()), pa.array([1.5])
+    if several:
+        _several(con, first, later)
+    else:
+        _merge(con, _batch(1, [1], v=first), fresh=True)
+        _merge(con, _batch(2, [2], v=later))
+    assert _types(con, "t")["v"] == "DOUBLE"
+    assert con.execute("SELECT v FROM t ORDER BY id").fetchall() == [(2.0**53,), (1.5,)]
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_whole_doubles_into_an_integer_column_are_stored_as_they_are(several):
+    con = duckdb.connect()
+    first, later = pa.array([2**53 + 1], pa.int64()), pa.array([3.0, None])
+    if several:
+        _several(con, first, pa.array([3.0]))
+    else:
+        _merge(con, _batch(1, [1], v=first), fresh=True)
+        _merge(con, _batch(2, [2, 3], v=later))
+    assert _types(con, "t")["v"] == "BIGINT"
+    assert con.execute("SELECT v FROM t WHERE id = 1").fetchall() == [(2**53 + 1,)]
+    assert con.execute("SELECT v FROM t WHERE id = 2").fetchall() == [(3,)]
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_no_type_holding_both_refuses_the_batch_whole(several):
+    """A stored 2**53 + 1 has no double and 1.5 has no integer: the batch is refused
+    naming table, column, types and the value, and nothing of it is applied."""
+    con = duckdb.connect()
+    first, later = pa.array([2**53 + 1], pa.int64()), pa.array([1.5])
+    with pytest.raises(TerminalError) as e:
+        if several:
+            _several(con, first, later)
+        else:
+            _merge(con, _batch(1, [1], v=first), fresh=True)
+            _merge(con, _batch(2, [2], v=later))
+    message = str(e.value)
+    for part in ("table 't' column 'v' is BIGINT", "DOUBLE values", "1.5", "nothing of the batch"):
+        assert part in message, message
+    assert "\n" not in message
+    assert con.execute("SELECT id, v FROM t").fetchall() == [(1, 2**53 + 1)]
+    assert _types(con, "t")["v"] == "BIGINT"
+
+
+def test_a_key_column_under_a_primary_key_refuses_values_it_does_not_hold():
+    con = duckdb.connect()
+    con.execute(merge_tables.META)
+    shape = merge_tables.TableShape("shop", "t", ["k"])
+    one = pa.table({"k": pa.array([1], pa.int64()), "_op": ["upsert"], "_seq": pa.array([1], pa.int64())})
+    merge.apply_batch(con, shape, "north", 1, hlc.pack(1_000, 0), one)
+    half = pa.table({"k": pa.array([1.5]), "_op": ["upsert"], "_seq": pa.array([1], pa.int64())})
+    with pytest.raises(TerminalError) as e:
+        merge.apply_batch(con, shape, "south", 1, hlc.pack(2_000, 0), half)
+    assert "job 'shop'" in str(e.value) and "primary key" in str(e.value), str(e.value)
+    assert con.execute("SELECT k FROM t").fetchall() == [(1,)]
+
+
 def test_a_type_that_would_lose_values_is_not_widened_to():
     # DuckDB's common type of these would round or fail the stored values
     assert not duck.widens("DECIMAL(38,10)", "DECIMAL(38,2)")  # scale cut
@@ -145,9 +217,8 @@ def test_the_same_types_alter_nothing():
     data = _batch(1, [1], v=pa.array([dt.date(2024, 2, 1)], pa.date32()))
     _merge(con, data, fresh=True)
     stored = duck.column_types(con, "t")
-    duck.widen_columns("t", data.schema, dict(stored))  # raises WidenFirst if not
+    duck.widen_columns(con, "t", data, dict(stored))  # raises WidenFirst if not
     # a narrower later batch is cast into the wider stored column, which stays
-    duck.widen_columns("t", [pa.field("v", pa.date32()), pa.field("id", pa.int8())], dict(stored))
     narrower = _batch(2, [2], v=pa.array([dt.date(2024, 2, 2)], pa.date32()))
     _merge(con, narrower.set_column(0, "id", pa.array([2], pa.int8())))
     assert duck.column_types(con, "t") == stored  # applied through the whole merge: no ALTER
@@ -186,5 +257,6 @@ def test_nanoseconds_do_not_narrow_a_columns_range():
     con.execute("CREATE TABLE d AS SELECT 1::BIGINT AS id, DATE '9999-12-31' AS v, 1::BIGINT AS _seq")
     assert duck.supertype("DATE", "TIMESTAMP_NS") == "TIMESTAMP_NS"  # DuckDB's own choice
     with pytest.raises(duck.WidenFirst) as need:
-        duck.widen_columns("d", [pa.field("v", pa.timestamp("ns"))], {"v": "DATE"})
+        ns = pa.table({"v": pa.array([dt.datetime(2024, 2, 2, 10, 30)], pa.timestamp("ns"))})
+        duck.widen_columns(con, "d", ns, {"v": "DATE"})
     assert need.value.alters == [("v", "DATE", "TIMESTAMP")]

@@ -12,6 +12,7 @@ import re
 import zlib
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -282,17 +283,19 @@ def _first_line(e: BaseException) -> str:
 
 def check_staged_types(
     table: pa.Table, staged: dict[str, str], typed: dict[str, pa.DataType], t: TableConfig
-) -> None:
-    """SetAside when a column the contract does not type (``typed``) has values its staged
+) -> pa.Table:
+    """``table`` with its columns of another type than staged cast to the staged type, or
+    SetAside when a column the contract does not type (``typed``) has values its staged
     column (``staged``: its DuckDB type, from earlier files) would not hold exactly: staging
     would cast them into it (1.5 into a BIGINT column stored 2, a time into a DATE column
     cut to the day) or fail the whole run on every retry (a number beyond int64, text in a
-    number column). A file whose values the staged type holds (int32 into BIGINT) is read.
+    number column). A file whose values the staged type holds (int32 into BIGINT, or
+    integers within 2**53 into DOUBLE: ``deltaferry.duck.split_exact``) is read.
     A time finer than microseconds (a contract's nanosecond ``pd.Timestamp`` lets it through
     the cast) is set aside too: staging keeps microseconds, and the run failed whole.
     A file that passes adds its new columns' types to ``staged``: a later file of the same
     run is held to them too (dlt cannot load one run's files of two types)."""
-    from deltaferry.duck import duck_type, supertype
+    from deltaferry.duck import duck_type, split_exact, widens
 
     for field in table.schema:  # staging keeps microseconds (dlt stages timestamps so)
         if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
@@ -309,17 +312,29 @@ def check_staged_types(
         if have is None or field.name in typed or pa.types.is_null(field.type):
             continue
         incoming = duck_type(field)
-        if incoming != have and supertype(have, incoming) != have:
+        if incoming == have or widens(incoming, have):
+            continue
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            exact, inexact = split_exact(con, table[field.name], have, incoming)
+        finally:
+            con.close()
+        if inexact.null_count < len(inexact):
+            first = next(v for v in inexact.to_pylist() if v is not None)
             raise SetAside(
-                f"column {field.name} is staged as {have} (from the files of this table read before it) and "
-                f"this file has {incoming} values, which {have} does not hold exactly",
+                f"column {field.name} is staged as {have} (from the files of this table read "
+                f"before it) and this file has {incoming} values {have} does not hold exactly "
+                f"(e.g. {first!r})",
                 f"type {field.name} in the table's contract ({t.contract}) as a type every "
                 f"file's values fit, and stage the table again (deltaferry reset JOB --table "
                 f"{t.name}), or fix the file",
             )
+        i = table.schema.get_field_index(field.name)  # staged as its staged type
+        table = table.set_column(i, field.name, exact)
     for field in table.schema:
         if field.name not in staged and not pa.types.is_null(field.type):
             staged[field.name] = duck_type(field)
+    return table
 
 
 def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:

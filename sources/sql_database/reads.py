@@ -13,13 +13,15 @@ import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TerminalError, TransientError
+from sources import names
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, find_cause, load_failure
-from sources.pipeline import prune_loaded_packages
+from sources.pipeline import pipeline_naming, prune_loaded_packages
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
 from sources.sql_database.types import sql_table, sqlite_json_text
 from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
+from sources.staging import staged_types
 from sources.variants import Variants
 
 
@@ -73,7 +75,15 @@ class TableRead:
         self.t = t
         self.keys = KeyCheck(job, t)
         self.columns: list[str] = []
-        self.variants = Variants(pipeline, t) if pipeline is not None else None
+        # a value of a type its staged column does not hold: to dlt's variant column
+        self.variants = None
+        if pipeline is not None:
+            if pipeline.default_schema_name:
+                naming = pipeline.default_schema.naming
+            else:
+                naming = names.naming(pipeline_naming(pipeline))
+            staged = staged_types(t, changed.path, changed.borrowed)
+            self.variants = Variants(naming, job, t, staged)
         self.changed = changed
         text_times = text_time_columns(engine, t)
         self.normalize = Normalize(job, t, text_times)
@@ -93,7 +103,7 @@ class TableRead:
             resource.apply_hints(table_name=t.name)
         resource.apply_hints(additional_table_hints=DEDUPLICATED)  # keys checked: KeyCheck
         resource = resource.add_map(watchdog.progress).add_map(self.normalize)
-        if self.variants is not None:  # a value of a new type: to dlt's variant column
+        if self.variants is not None:
             resource = resource.add_map(self.variants)
         resource = resource.add_map(self.keys.hold_null_keys)
         if t.cursor and t.null_cursor == "quarantine":
