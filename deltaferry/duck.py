@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from deltaferry.errors import ConfigError
+from deltaferry.errors import ConfigError, TerminalError
 from deltaferry.settings import env_name, from_env
 
 KEY_ENV = env_name("duckdb_key")
@@ -206,19 +206,25 @@ _NUMBERS = (*_INTEGERS, *_UNSIGNED, "DECIMAL")
 _TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP", "TIMESTAMP_NS")
 
 
+def _plain(x: str) -> str:
+    # a number's text without trailing fraction zeros ('1.50' and '1.5', '40.0' and '40')
+    return f"CASE WHEN contains({x}, '.') THEN rtrim(rtrim({x}, '0'), '.') ELSE {x} END"
+
+
 def _text_same(staged: str) -> str:
-    """A SQL condition on text ``v`` and ``c``, its ``TRY_CAST`` to ``staged``: true when a
-    finer reading of the text gives the same value (where they differ, the staged type cut
-    it: '1.5' to the BIGINT 2, '2024-01-01 10:00' to the DATE 2024-01-01, '0.125' to the
-    DECIMAL(5,2) 0.13, a seventh fraction digit to microseconds)."""
-    if staged.startswith(_NUMBERS):
-        return "TRY_CAST(v AS DECIMAL(38,18)) = c"
-    if staged in ("FLOAT", "DOUBLE"):
-        return "TRY_CAST(v AS DOUBLE) = c"
-    if staged in _TIMES:  # nanoseconds where their range (1677-2262) holds the value
+    """A SQL condition on text ``v`` and ``c``, its ``TRY_CAST`` to ``staged``: true when
+    ``c`` is the value the text says, as written. A number or boolean: the text is the
+    value's own text, but for trailing fraction zeros ('40', '1.50' into DECIMAL(5,2),
+    '2.5', 'true'; not '007', '+5', ' 40 ', '1e3', '1_000', 'T', '1.5' into BIGINT,
+    '9007199254740993' into DOUBLE, '1e400'). A date or time: the timestamp it reads as
+    equals the staged value and no fraction digit beyond microseconds is dropped (not
+    '2024-01-01 10:00' into DATE, not a seventh fraction digit)."""
+    if staged.startswith(_NUMBERS) or staged in ("FLOAT", "DOUBLE", "BOOLEAN"):
+        return f"{_plain('v')} = {_plain('CAST(c AS VARCHAR)')}"
+    if staged in _TIMES:
         return (
-            "TRY_CAST(v AS TIMESTAMP) = CAST(c AS TIMESTAMP) AND (TRY_CAST(v AS TIMESTAMP_NS)"
-            " IS NULL OR TRY_CAST(v AS TIMESTAMP_NS) = TRY_CAST(c AS TIMESTAMP_NS))"
+            "TRY_CAST(v AS TIMESTAMP) = CAST(c AS TIMESTAMP)"
+            " AND NOT regexp_matches(v, '\\.[0-9]{6}[0-9]*[1-9]')"
         )
     return "true"
 
@@ -230,8 +236,9 @@ def split_exact(
     column of DuckDB type ``staged`` holds exactly, cast to it (NULL elsewhere), and the
     others, as they are (NULL elsewhere). Exactly: DuckDB's ``TRY_CAST`` to ``staged`` and
     back gives the same value (a time of day into DATE, 1.5 into BIGINT, 2**53 + 1 into
-    DOUBLE, 1.239 into DECIMAL(10,2) do not); for text, reading it as ``staged`` gives what
-    a finer reading does (``'40'`` into BIGINT is 40, ``'1.5'`` is not). Times are compared
+    DOUBLE, 1.239 into DECIMAL(10,2) do not); text must say the value as written
+    (``'40'`` into BIGINT is 40; ``'1.5'``, ``'007'``, ``'1e3'`` are not: ``_text_same``).
+    Times are compared
     in UTC (``con``'s TimeZone is set so): a naive time is UTC wall time."""
     con.execute("SET TimeZone = 'UTC'")
     if incoming == "VARCHAR":
@@ -249,6 +256,11 @@ def split_exact(
     finally:
         con.unregister("col_")
     return out["base"], out["variant"]
+
+
+class TypeConflict(TerminalError):
+    """A batch's column values a replica column does not hold exactly, and no type holds
+    both (``widen_columns``)."""
 
 
 class WidenFirst(Exception):
@@ -272,7 +284,6 @@ def widen_columns(
     data: pa.Table,
     stored: dict[str, str],
     keep: Any = (),
-    where: str = "",
 ) -> None:
     """Make sure ``table``'s columns (their ``stored`` types, from ``column_types``) hold the
     incoming rows' values (``data``, Arrow; a column ``table`` lacks is skipped) exactly,
@@ -292,10 +303,9 @@ def widen_columns(
       type change only). A widening raises ``WidenFirst`` (DuckDB cannot alter a table its
       transaction has written: ``applying``).
     - Else (a column under a PRIMARY KEY, ``keep``, which DuckDB cannot alter; or no type
-      holds both exactly) ``TerminalError`` naming ``where``, table, column, both types and
-      a value: nothing of the batch is applied (its transaction rolls back)."""
-    from deltaferry.errors import TerminalError
-
+      holds both exactly) ``TypeConflict`` naming table, column, both types and a value:
+      nothing of the batch is applied (its transaction rolls back; ``over_limit`` names
+      the job and batch)."""
     alters = []
     for f in data.schema:
         have = stored.get(f.name)
@@ -320,12 +330,12 @@ def widen_columns(
         why = "it is under the table's primary key" if f.name in keep else (
             f"no type holds both exactly ({to} would change stored or incoming values)"
         )
-        raise TerminalError(
-            f"{where or 'replica'}: table '{table}' column '{f.name}' is {have} and a batch "
+        raise TypeConflict(
+            f"table '{table}' column '{f.name}' is {have} in the replica and the batch "
             f"brings {incoming} values it does not hold exactly (e.g. {first!r}); {why}: "
-            f"nothing of the batch was applied. The producers publish the column as different "
-            f"types: type it in the table's contract (all producers), or pull into a new "
-            f"replica after the producers agree"
+            f"nothing of the batch was applied. The lake holds the column as different "
+            f"types (producers, or batches before a reset): type it in the table's contract so "
+            f"every producer publishes one type (batches already published keep theirs)"
         )
     if alters:
         raise WidenFirst(table, alters)
@@ -408,13 +418,14 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def over_limit(e: BaseException, where: str) -> BaseException:
-    """``e`` as a one-line TerminalError naming ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` when it is
-    DuckDB running out of its memory limit (``OutOfMemoryException``, or a commit that could
-    not pin a block: a batch's primary-key index must fit in memory at its commit); else
-    ``e`` itself."""
-    from deltaferry.errors import TerminalError
-
+    """``e`` as the error a batch's apply raises at ``where`` (job, table, batch): a
+    ``TypeConflict`` naming ``where``; DuckDB running out of its memory limit
+    (``OutOfMemoryException``, or a commit that could not pin a block: a batch's
+    primary-key index must fit in memory at its commit) as a one-line TerminalError naming
+    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT``; else ``e`` itself."""
     text = str(e)
+    if isinstance(e, TypeConflict):
+        return TerminalError(f"{where}: {text}")
     if isinstance(e, duckdb.OutOfMemoryException) or (
         isinstance(e, duckdb.Error) and "failed to pin block" in text
     ):

@@ -96,7 +96,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
                 added = True
         # the resolved table's key columns are under its PRIMARY KEY, which DuckDB cannot
         # alter: kept as they are in both tables. WidenFirst: see duck.applying
-        widen_columns(con, name, data, have, keep=shape.pk, where=f"job '{shape.job}'")
+        widen_columns(con, name, data, have, keep=shape.pk)
     return added
 
 

@@ -145,10 +145,15 @@ def pull(
             record = consumer is not None  # not on the way out of a (simulated) kill
             try:
                 result.migrated = hold_reader_contract(con, job, t, chain, whose)
-                result.reread, result.still_held = duck.applying(
-                    con,
-                    functools.partial(reread_held, con, job, lake, t, keyring, reading, retry_held),
-                )
+                try:
+                    result.reread, result.still_held = duck.applying(
+                        con,
+                        functools.partial(
+                            reread_held, con, job, lake, t, keyring, reading, retry_held
+                        ),
+                    )
+                except duck.TypeConflict as e:
+                    raise duck.over_limit(e, f"{where} (rows held back, read again)") from None
                 if job.multi_producer:
                     _pull_merged(con, job, lake, t, keyring, producers, reading, result, whose)
                 else:
@@ -442,7 +447,10 @@ def _apply(
             if held is not None:
                 record_held(con, job, table, "", batch, *held)
 
-    duck.applying(con, once)
+    try:
+        duck.applying(con, once)
+    except duck.TypeConflict as e:
+        raise duck.over_limit(e, f"job '{job}' table '{table}' batch {batch}") from None
 
 
 def _record_batch(

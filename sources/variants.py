@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import split_exact
 from deltaferry.errors import TerminalError
+
+# JSON text into a JSON column: dlt's load checks it (DuckDB's own JSON type)
+_JSON = ("VARCHAR", "JSON")
 
 
 class Variants:
@@ -39,6 +44,7 @@ class Variants:
         self.cursor = t.cursor
         self.job = job.name
         self.table = t.name
+        self.zone = ZoneInfo(job.timezone)  # naive time text is wall time there
         self.naming = naming  # the staged schema's dlt NamingConvention; None: none yet
         self.con: duckdb.DuckDBPyConnection | None = None
 
@@ -52,11 +58,14 @@ class Variants:
             if staged is None or pa.types.is_null(field.type):
                 continue
             incoming = duck_type(field)
-            if incoming == staged or widens(incoming, staged):
+            if incoming == staged or widens(incoming, staged) or (incoming, staged) == _JSON:
                 continue  # every value fits (int32 into BIGINT, a number into VARCHAR)
             if self.con is None:
                 self.con = duckdb.connect(config={"threads": 1})
-            base, variant = split_exact(self.con, chunk[field.name], staged, incoming)
+            if incoming == "VARCHAR" and staged.startswith(("DATE", "TIMESTAMP")):
+                base, variant = self._times(chunk[field.name], staged)
+            else:
+                base, variant = split_exact(self.con, chunk[field.name], staged, incoming)
             if variant.null_count == len(variant):
                 chunk = chunk.set_column(chunk.schema.get_field_index(field.name), field.name, base)
                 continue
@@ -68,6 +77,25 @@ class Variants:
             name = self.naming.shorten_fragments(field.name, f"v_{arrived}")
             chunk = chunk.append_column(pa.field(name, field.type), variant)
         return chunk
+
+    def _times(self, text: pa.ChunkedArray, staged: str) -> tuple[Any, pa.ChunkedArray]:
+        """Time text for a time column read as the SQL source reads SQLite time text
+        (``window.parse_time_text``: naive text in the job's ``timezone``, offsets, at most
+        microseconds), then split as timestamps (a time of day into DATE is not held): the
+        values held, as ``staged``, and the others as the text they arrived as."""
+        from sources.sql_database.window import parse_time_text
+
+        values: list[Any] = []
+        for v in text.to_pylist():
+            try:
+                values.append(None if v is None else parse_time_text(v, "timestamp", self.zone))
+            except ValueError:
+                values.append(None)
+        parsed = pa.array(values, pa.timestamp("us"))
+        assert self.con is not None
+        base, inexact = split_exact(self.con, parsed, staged, "TIMESTAMP")
+        keep = pc.and_(pc.is_valid(text), pc.invert(pc.is_valid(base)))
+        return base, pc.if_else(keep, text, pa.scalar(None, pa.string()))
 
     def _refuse(self, column: str, staged: str, incoming: str, variant: pa.ChunkedArray) -> None:
         first = next(v for v in variant.to_pylist() if v is not None)

@@ -489,7 +489,12 @@ def test_a_column_the_contract_does_not_type_retyped_is_drift_too(tmp_path, home
     assert "\n" not in message
     for part in ("job 'j' table 't'", "column n changed type", "n▶v_text", "deltaferry reset"):
         assert part in message, message
-    job.sql("UPDATE t SET n = '40', updated_at = '2026-01-01 00:00:04' WHERE id = 1;")
+    # a number's text not as the number is written ('007' was published as 7, exit 0)
+    job.sql("UPDATE t SET n = '007', updated_at = '2026-01-01 00:00:04' WHERE id = 1;")
+    with pytest.raises(SchemaDrift) as e:
+        job.sync()
+    assert "column n changed type" in str(e.value)
+    job.sql("UPDATE t SET n = '40', updated_at = '2026-01-01 00:00:05' WHERE id = 1;")
     assert job.sync()["tables"]["t"]["rows"] == 1
     job.pull()
     assert job.replica_rows("id, n") == [(1, 40), (2, 20)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import json
 import os
 import time
 import uuid
@@ -823,6 +824,34 @@ def test_a_file_whose_untyped_column_the_staged_type_cannot_hold_is_set_aside(dr
     assert "VARCHAR" in reasons[1]
 
 
+def _parquet(**columns: pa.Array) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue().to_pybytes()
+
+
+def test_text_numbers_in_a_staged_number_column_stay_only_as_written(drops_job):
+    """Parquet text in a column staged as BIGINT / DOUBLE: '007', '1e3', '+5' were
+    published as 7, 1000, 5 and '9007199254740993' as 9007199254740992.0, exit 0. A file
+    whose text is the number as written is read; any other is set aside naming a value."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.parquet", _parquet(id=pa.array([1, 2]), x=pa.array([10, 20]), y=pa.array([0.5, 1.5])), t0)
+    drops_job.sync()
+    drop(d, "loose/2.parquet", _parquet(id=pa.array([3]), x=pa.array(["007"]), y=pa.array(["2.5"])), t0 + 10)
+    drop(d, "loose/3.parquet", _parquet(id=pa.array([4]), x=pa.array(["40"]), y=pa.array(["9007199254740993"])), t0 + 11)
+    drop(d, "loose/4.parquet", _parquet(id=pa.array([5]), x=pa.array(["-41"]), y=pa.array(["0.25"])), t0 + 12)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, x, y FROM loose ORDER BY id") == [(1, 10, 0.5), (2, 20, 1.5), (5, -41, 0.25)]
+    reasons = sorted(r for _, r in drops_job.skipped())
+    assert len(reasons) == 2, reasons
+    assert "file loose/2.parquet set aside: column x is staged as BIGINT" in reasons[0]
+    assert "'007'" in reasons[0] and "deltaferry reset" in reasons[0]
+    assert "file loose/3.parquet set aside: column y is staged as DOUBLE" in reasons[1]
+    assert "'9007199254740993'" in reasons[1]
+
+
 def test_a_time_finer_than_microseconds_sets_its_file_aside(drops_job):
     """A naive ``pd.Timestamp`` contract column is nanoseconds: a 7th fractional digit
     passed the file's cast and then failed the whole run in staging (microseconds), on
@@ -871,3 +900,28 @@ def test_two_files_of_one_run_with_types_that_differ_set_aside_the_later_read(dr
     assert drops_job.q("SELECT id, x FROM loose ORDER BY id") == [(2, 1)]
     (reason,) = [r for _, r in drops_job.skipped()]
     assert "file loose/1.jsonl set aside: column x is staged as BIGINT" in reason
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_with_a_zone_offset_under_a_naive_contract_column_is_its_utc_wall_time(fmt):
+    """A naive contract timestamp (``Loose.ts``) and text with ``Z`` or ``+02:00``: the file
+    was set aside ("expected no zone offset"); SQL sources stage such text as the instant's
+    UTC wall time, and so does this now, in a job of any timezone. Text without an offset
+    is read as written."""
+    from deltaferry.config import TableConfig
+    from sources.files import contract_types, read_table
+
+    t = TableConfig("loose", ("id",), None, "none", "tests.support.contracts_files:Loose")
+    stamps = ["2024-03-01T10:30:00Z", "2024-03-01 12:30:00.25+02:00", "2024-03-01 10:30:00", None]
+    if fmt == "csv":
+        raw = "id,ts\n" + "".join(f"{i},{s or ''}\n" for i, s in enumerate(stamps, 1))
+    else:
+        raw = "".join(json.dumps({"id": i, "ts": s}) + "\n" for i, s in enumerate(stamps, 1))
+    table = read_table(raw.encode(), fmt, t, contract_types(t, "here"), "Europe/Berlin")
+    assert table is not None and table.schema.field("ts").type.tz is None
+    assert table["ts"].to_pylist()[:3] == [
+        dt.datetime(2024, 3, 1, 10, 30),
+        dt.datetime(2024, 3, 1, 10, 30, 0, 250000),
+        dt.datetime(2024, 3, 1, 10, 30),
+    ]
+    assert table["ts"].to_pylist()[3] is None

@@ -194,7 +194,7 @@ def test_a_key_column_under_a_primary_key_refuses_values_it_does_not_hold():
     half = pa.table({"k": pa.array([1.5]), "_op": ["upsert"], "_seq": pa.array([1], pa.int64())})
     with pytest.raises(TerminalError) as e:
         merge.apply_batch(con, shape, "south", 1, hlc.pack(2_000, 0), half)
-    assert "job 'shop'" in str(e.value) and "primary key" in str(e.value), str(e.value)
+    assert "table 't' column 'k'" in str(e.value) and "primary key" in str(e.value), str(e.value)
     assert con.execute("SELECT k FROM t").fetchall() == [(1,)]
 
 

@@ -53,12 +53,18 @@ def split(staged: str, values: pa.Array, convention: str = names.EXACT) -> tuple
         ("INTEGER", pa.array([5, 2**40], pa.int64()), [5, None], [None, 2**40]),
         # text: a number that reads exactly stays, one the cast rounds or cannot read does not
         ("BIGINT", pa.array(["40", "1.5", "forty", None]), [40, None, None, None], [None, "1.5", "forty", None]),
+        # text: the number is kept only as written (trailing fraction zeros aside)
+        ("BIGINT", pa.array(["-5", "40.0", "007", "1e3", " 40 ", "+5", "1_000"]), [-5, 40] + [None] * 5, [None, None, "007", "1e3", " 40 ", "+5", "1_000"]),
+        ("DOUBLE", pa.array(["2.5", "1", "9007199254740993", "1e400", "NaN", "0.10000000000000000001"]), [2.5, 1.0] + [None] * 4, [None, None, "9007199254740993", "1e400", "NaN", "0.10000000000000000001"]),
+        ("DECIMAL(10,2)", pa.array(["1.5", "1.239", "007.5"]), [Decimal("1.50"), None, None], [None, "1.239", "007.5"]),
+        ("BOOLEAN", pa.array(["true", "T", "yes", "1"]), [True, None, None, None], [None, "T", "yes", "1"]),
         # text: a date stays, a date with a time of day does not
         ("DATE", pa.array(["2024-01-01", "2024-01-01 10:00:00"]), [dt.date(2024, 1, 1), None], [None, "2024-01-01 10:00:00"]),
         # text: a time finer than the staged microseconds
         ("TIMESTAMP", pa.array(["2024-01-01 10:00:00.5", "2024-01-01 10:00:00.1234567"]), [dt.datetime(2024, 1, 1, 10, 0, 0, 500000), None], [None, "2024-01-01 10:00:00.1234567"]),
-        # text: a date beyond the nanosecond range still reads
-        ("DATE", pa.array(["9999-12-31"]), [dt.date(9999, 12, 31)], None),
+        # text: a date beyond the nanosecond range still reads; its 100 ns do not stay
+        ("DATE", pa.array(["9999-12-31", "3000-01-01 00:00:00.0000001"]), [dt.date(9999, 12, 31), None], [None, "3000-01-01 00:00:00.0000001"]),
+        ("TIMESTAMP", pa.array(["3000-01-01 10:00:00.1234567"]), [None], ["3000-01-01 10:00:00.1234567"]),
         # a zoned instant into a naive column: its UTC wall time, whatever the machine's zone
         ("TIMESTAMP", pa.array([TEN], pa.timestamp("us", "UTC")), [TEN], None),
     ],
@@ -106,3 +112,26 @@ def test_a_key_or_cursor_the_staged_type_does_not_hold_is_refused(column, role):
     for part in ("job 'j' table 't'", role, "deltaferry reset j --table t"):
         assert part in message, message
     assert "\n" not in message
+
+
+def test_time_text_is_read_in_the_jobs_timezone_as_the_sql_source_reads_it():
+    """A SQLite DATETIME column re-created as TEXT: its text was read as UTC, an hour off
+    the same text read as DATETIME in a Europe/Berlin job (exit 0)."""
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (T,), timezone="Europe/Berlin")
+    v = Variants(names.naming(names.EXACT), job, T, {"c": "TIMESTAMP WITH TIME ZONE"})
+    text = ["2024-01-01 11:00:00", "2024-01-01T10:00:00Z", "2024-03-31 02:30:00", "soon", None]
+    out = v(pa.table({"id": pa.array(range(5), pa.int64()), "c": pa.array(text)}))
+    v.close()
+    utc = dt.timezone.utc
+    assert out["c"].to_pylist() == [
+        dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 1, 1, 10, tzinfo=utc), None, None, None
+    ]
+    # no 02:30 that night in Berlin; not a time
+    assert out["c▶v_text"].to_pylist() == [None, None, "2024-03-31 02:30:00", "soon", None]
+
+
+def test_json_text_into_a_json_column_is_left_to_the_load():
+    v = Variants(names.naming(names.EXACT), JOB, T, {"c": "JSON"})
+    chunk = pa.table({"id": [1], "c": ['{"a": 1}']})
+    assert v(chunk) is chunk
+    v.close()

@@ -179,7 +179,7 @@ def _resource(
                     fmt = file_format(f.name, t.options.get("format"))
                     table = read_table(raw, fmt, t, types, job.timezone, convention)
                     if table is not None:
-                        table = check_staged_types(table, staged, types, t)
+                        table = check_staged_types(table, staged, types, t, job.name)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"

@@ -203,7 +203,9 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") 
     (``contracts.exact.cast_exact``), so every file of a table stages alike. A decimal
     column always gets the contract's precision and scale; other kinds keep their width
     (int32 stays int32). Text without a zone offset, and a naive timestamp, read into a
-    zoned timestamp are taken as wall time in ``zone`` (the job's ``timezone``). A value
+    zoned timestamp are taken as wall time in ``zone`` (the job's ``timezone``); text with
+    a zone offset read into a naive timestamp is the instant's UTC wall time (as SQL
+    sources stage it; it set the file aside), text without one is read as it is. A value
     that does not fit sets the file aside, naming it."""
     for name, target in types.items():
         if name not in table.column_names:
@@ -215,6 +217,8 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") 
         try:
             if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(col.type):
                 cast = _zoned_from_text(col, target, zone)
+            elif pa.types.is_timestamp(target) and pa.types.is_string(col.type):
+                cast = _naive_from_text(col, target)
             elif pa.types.is_timestamp(target) and target.tz and _naive_time(col.type):
                 cast = cast_exact(col, pa.timestamp(target.unit))
                 cast = pc.assume_timezone(cast, zone).cast(target)
@@ -251,8 +255,21 @@ def _first_unzoned(col: Any, target: pa.TimestampType, zone: str = "UTC") -> str
     return ""
 
 
+_ZONED_TEXT = r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$"
+
+
+def _naive_from_text(col: Any, target: pa.TimestampType) -> Any:
+    """Text as naive ``target`` values: with a zone offset, the instant's UTC wall time;
+    without, as written (``cast_exact``: no digit beyond the unit dropped)."""
+    zoned = pc.match_substring_regex(col, _ZONED_TEXT)
+    utc = pa.timestamp(target.unit, "UTC")
+    with_zone = cast_exact(pc.if_else(zoned, col, pa.scalar(None, pa.string())), utc)
+    naive = cast_exact(pc.if_else(zoned, pa.scalar(None, pa.string()), col), target)
+    return pc.coalesce(with_zone.cast(target), naive)
+
+
 def _zoned_from_text(col: Any, target: pa.TimestampType, zone: str = "UTC") -> Any:
-    zoned = pc.match_substring_regex(col, r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")
+    zoned = pc.match_substring_regex(col, _ZONED_TEXT)
     with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
     naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
     as_utc = pc.assume_timezone(naive, zone).cast(target)
@@ -282,7 +299,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def check_staged_types(
-    table: pa.Table, staged: dict[str, str], typed: dict[str, pa.DataType], t: TableConfig
+    table: pa.Table,
+    staged: dict[str, str],
+    typed: dict[str, pa.DataType],
+    t: TableConfig,
+    job: str = "JOB",
 ) -> pa.Table:
     """``table`` with its columns of another type than staged cast to the staged type, or
     SetAside when a column the contract does not type (``typed``) has values its staged
@@ -326,8 +347,8 @@ def check_staged_types(
                 f"before it) and this file has {incoming} values {have} does not hold exactly "
                 f"(e.g. {first!r})",
                 f"type {field.name} in the table's contract ({t.contract}) as a type every "
-                f"file's values fit, and stage the table again (deltaferry reset JOB --table "
-                f"{t.name}), or fix the file",
+                f"file's values fit, and stage the table again (deltaferry reset {job} --table "
+                f"{t.name} --reason '{field.name} retyped'), or fix the file",
             )
         i = table.schema.get_field_index(field.name)  # staged as its staged type
         table = table.set_column(i, field.name, exact)

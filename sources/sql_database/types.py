@@ -492,7 +492,9 @@ def _carried_type(
             " or sync a view that casts it)"
             if role
             else f'set column_types = {{ {plan.column} = "text" }} or exclude_columns = '
-            f'["{plan.column}"] for this table, or fix the value at the source'
+            f'["{plan.column}"] for this table (then deltaferry reset {job} --table {table} '
+            f"--reason '{plan.column} retyped' if the job staged the column already), or fix "
+            "the value at the source"
         )
         return ValueRefused(
             f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "

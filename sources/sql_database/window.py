@@ -171,6 +171,8 @@ class TimeText(sa.types.TypeDecorator):
                     f'{{ {self.column} = "timestamp" }}), as text ({as_text}), or fix the '
                     "value in the source"
                 )
+            if not self.fixed:  # a staged column keeps its type until the table is staged anew
+                fix += "; a job that staged the column already then needs deltaferry reset"
             raise TerminalError(
                 f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
             ) from None
