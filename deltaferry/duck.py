@@ -211,22 +211,49 @@ def _plain(x: str) -> str:
     return f"CASE WHEN contains({x}, '.') THEN rtrim(rtrim({x}, '0'), '.') ELSE {x} END"
 
 
+_NS_RANGE = ("1677-09-22", "2262-04-11")  # what TIMESTAMP_NS holds (whole days inside)
+
+
+def _try_cast(x: str, to: str) -> str:
+    """``TRY_CAST(x AS to)``, NULL outside TIMESTAMP_NS's range (DuckDB's TRY_CAST of a
+    timestamp beyond it raises instead)."""
+    if to != "TIMESTAMP_NS":
+        return f"TRY_CAST({x} AS {to})"
+    lo, hi = _NS_RANGE
+    return (
+        f"CASE WHEN TRY_CAST({x} AS TIMESTAMP) BETWEEN TIMESTAMP '{lo}' AND TIMESTAMP '{hi}'"
+        f" THEN TRY_CAST({x} AS TIMESTAMP_NS) END"
+    )
+
+
+# a fraction digit beyond microseconds that is not zero
+_FINER = "regexp_matches(v, '\\.[0-9]{6}[0-9]*[1-9]')"
+_ZONED_TEXT = "regexp_matches(v, '(?i)(z|utc|gmt|[+-][0-9][0-9](:?[0-9][0-9])?)\\s*$')"
+
+
 def _text_same(staged: str) -> str:
     """A SQL condition on text ``v`` and ``c``, its ``TRY_CAST`` to ``staged``: true when
     ``c`` is the value the text says, as written. A number or boolean: the text is the
     value's own text, but for trailing fraction zeros ('40', '1.50' into DECIMAL(5,2),
     '2.5', 'true'; not '007', '+5', ' 40 ', '1e3', '1_000', 'T', '1.5' into BIGINT,
-    '9007199254740993' into DOUBLE, '1e400'). A date or time: the timestamp it reads as
-    equals the staged value and no fraction digit beyond microseconds is dropped (not
-    '2024-01-01 10:00' into DATE, not a seventh fraction digit)."""
+    '9007199254740993' into DOUBLE, '1e400'). A date or time: digits first (not 'epoch',
+    'infinity'), the timestamp it reads as equals the staged value, and no fraction digit
+    beyond microseconds is dropped (not '2024-01-01 10:00' into DATE, not a seventh
+    fraction digit); into a zoned column only text with its offset (naive text's zone is
+    the job's, which this does not know). Text into BLOB: its UTF-8 bytes. Any other
+    staged type (UUID, INTERVAL, ...): not held (its text form would be normalised)."""
     if staged.startswith(_NUMBERS) or staged in ("FLOAT", "DOUBLE", "BOOLEAN"):
         return f"{_plain('v')} = {_plain('CAST(c AS VARCHAR)')}"
+    digits = "regexp_matches(v, '^\\s*[0-9]')"
     if staged in _TIMES:
-        return (
-            "TRY_CAST(v AS TIMESTAMP) = CAST(c AS TIMESTAMP)"
-            " AND NOT regexp_matches(v, '\\.[0-9]{6}[0-9]*[1-9]')"
-        )
-    return "true"
+        return f"{digits} AND TRY_CAST(v AS TIMESTAMP) = TRY_CAST(c AS TIMESTAMP) AND NOT {_FINER}"
+    if staged == _ZONED:
+        return f"{digits} AND {_ZONED_TEXT} AND NOT {_FINER}"
+    if staged == "TIME":
+        return f"{digits} AND NOT {_FINER}"
+    if staged == "BLOB":
+        return "encode(v) = c"
+    return "false"
 
 
 def split_exact(
@@ -244,13 +271,13 @@ def split_exact(
     if incoming == "VARCHAR":
         same = _text_same(staged)
     else:
-        same = f"TRY_CAST(c AS {incoming}) = v"
+        same = f"{_try_cast('c', incoming)} = v"
     con.register("col_", pa.table({"v": values}))
     try:
         out = con.execute(
             f"SELECT CASE WHEN ok THEN c END AS base, CASE WHEN v IS NOT NULL AND NOT ok"
             f" THEN v END AS variant FROM (SELECT v, c, c IS NOT NULL AND"
-            f" coalesce({same}, false) AS ok FROM (SELECT v, TRY_CAST(v AS {staged}) AS c"
+            f" coalesce({same}, false) AS ok FROM (SELECT v, {_try_cast('v', staged)} AS c"
             f" FROM col_))"
         ).fetch_arrow_table()
     finally:
@@ -298,9 +325,9 @@ def widen_columns(
       every stored value keeps its value as it by type (``widens``: DATE to TIMESTAMP).
     - Else incoming values the stored type holds one by one (``split_exact``: whole doubles
       into BIGINT) are left to the insert.
-    - Else the column is widened to the common type when it holds the incoming values and
-      the stored ones exactly (BIGINT to DOUBLE below 2**53: one scan of the column, at a
-      type change only). A widening raises ``WidenFirst`` (DuckDB cannot alter a table its
+    - Else an integer column is widened to the common type when it holds the incoming
+      values and the stored ones exactly (BIGINT to DOUBLE below 2**53: one scan of the
+      column, at a type change only; never a DECIMAL to DOUBLE). A widening raises ``WidenFirst`` (DuckDB cannot alter a table its
       transaction has written: ``applying``).
     - Else (a column under a PRIMARY KEY, ``keep``, which DuckDB cannot alter; or no type
       holds both exactly) ``TypeConflict`` naming table, column, both types and a value:
@@ -322,7 +349,8 @@ def widen_columns(
         _, inexact = _split(data[f.name], have, incoming)
         if inexact.null_count == len(inexact):
             continue  # every value fits as it is (1.0 and 2.0 into BIGINT)
-        if alter and _split(data[f.name], to, incoming)[1].null_count == len(inexact):
+        fits = have in _INTEGERS or have in _UNSIGNED  # not DECIMAL -> DOUBLE: money
+        if alter and fits and _split(data[f.name], to, incoming)[1].null_count == len(inexact):
             if not _lossy(con, table, f.name, have, to):
                 alters.append((f.name, have, to))
                 continue

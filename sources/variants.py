@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -81,21 +82,33 @@ class Variants:
     def _times(self, text: pa.ChunkedArray, staged: str) -> tuple[Any, pa.ChunkedArray]:
         """Time text for a time column read as the SQL source reads SQLite time text
         (``window.parse_time_text``: naive text in the job's ``timezone``, offsets, at most
-        microseconds), then split as timestamps (a time of day into DATE is not held): the
-        values held, as ``staged``, and the others as the text they arrived as."""
-        from sources.sql_database.window import parse_time_text
-
+        microseconds; date text for a DATE column is its date), then split as timestamps (a
+        time of day into DATE is not held): the values held, as ``staged``, and the others
+        as the text they arrived as."""
         values: list[Any] = []
         for v in text.to_pylist():
-            try:
-                values.append(None if v is None else parse_time_text(v, "timestamp", self.zone))
-            except ValueError:
-                values.append(None)
+            values.append(None if v is None else self._time(v, staged))
         parsed = pa.array(values, pa.timestamp("us"))
         assert self.con is not None
         base, inexact = split_exact(self.con, parsed, staged, "TIMESTAMP")
         keep = pc.and_(pc.is_valid(text), pc.invert(pc.is_valid(base)))
         return base, pc.if_else(keep, text, pa.scalar(None, pa.string()))
+
+    def _time(self, text: str, staged: str) -> Any:
+        """``text`` as a naive UTC wall time, None when it is not a time; date text for a
+        DATE column is its date (at midnight: not moved by the job's zone)."""
+        from sources.sql_database.window import parse_time_text
+
+        try:
+            if staged == "DATE":
+                try:
+                    day = parse_time_text(text, "date", self.zone)
+                    return dt.datetime(day.year, day.month, day.day)
+                except ValueError:
+                    pass
+            return parse_time_text(text, "timestamp", self.zone)
+        except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved by the zone
+            return None
 
     def _refuse(self, column: str, staged: str, incoming: str, variant: pa.ChunkedArray) -> None:
         first = next(v for v in variant.to_pylist() if v is not None)

@@ -185,6 +185,17 @@ def test_no_type_holding_both_refuses_the_batch_whole(several):
     assert _types(con, "t")["v"] == "BIGINT"
 
 
+def test_a_decimal_column_is_not_widened_to_double_by_its_values():
+    """Money stays decimal: 0.30000000000000004 into DECIMAL(18,2) is refused, though every
+    stored decimal would survive as a double."""
+    con = duckdb.connect()
+    _merge(con, _batch(1, [1], v=pa.array([Decimal("0.10")], pa.decimal128(18, 2))), fresh=True)
+    with pytest.raises(TerminalError) as e:
+        _merge(con, _batch(2, [2], v=pa.array([0.1 + 0.2])))
+    assert "DECIMAL(18,2)" in str(e.value) and "0.30000000000000004" in str(e.value)
+    assert _types(con, "t")["v"] == "DECIMAL(18,2)"
+
+
 def test_a_key_column_under_a_primary_key_refuses_values_it_does_not_hold():
     con = duckdb.connect()
     con.execute(merge_tables.META)

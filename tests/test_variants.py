@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -135,3 +136,42 @@ def test_json_text_into_a_json_column_is_left_to_the_load():
     chunk = pa.table({"id": [1], "c": ['{"a": 1}']})
     assert v(chunk) is chunk
     v.close()
+
+
+@pytest.mark.parametrize(
+    ("staged", "text", "kept"),
+    [
+        ("DATE", "300000-01-01", None),  # beyond TIMESTAMP: not an error every run
+        ("DATE", "epoch", None),
+        ("DATE", "infinity", None),
+        ("TIMESTAMP WITH TIME ZONE", "2024-01-01 10:00:00.1234567+00", None),
+        ("TIMESTAMP WITH TIME ZONE", "2024-01-01 10:00:00", None),  # whose zone?
+        ("TIMESTAMP WITH TIME ZONE", "2024-01-01 12:00:00+02:00", dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)),
+        ("TIME", "10:00:00.1234567", None),
+        ("TIME", "10:00:00.5", dt.time(10, 0, 0, 500000)),
+        ("BLOB", "C:\\x41dir", None),  # the cast decodes the escape: not the text's bytes
+        ("BLOB", "C:dir", b"C:dir"),
+        ("UUID", "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}", None),
+        ("INTERVAL", "1.5 days", None),
+        ("TIMESTAMP_NS", "1500-01-01 00:00:00", None),
+    ],
+)
+def test_text_into_other_staged_types_is_held_only_as_written(staged, text, kept):
+    from deltaferry.duck import split_exact
+
+    con = duckdb.connect()
+    base, variant = split_exact(con, pa.array([text]), staged, "VARCHAR")
+    con.close()
+    assert base.to_pylist() == [kept]
+    assert variant.to_pylist() == [None if kept is not None else text]
+
+
+def test_date_text_in_a_zoned_job_keeps_its_date_and_extreme_years_do_not_fail():
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (T,), timezone="Europe/Berlin")
+    v = Variants(names.naming(names.EXACT), job, T, {"c": "DATE", "d": "TIMESTAMP"})
+    out = v(pa.table({"id": [1, 2], "c": ["2024-01-01", "2024-01-01 10:00:00"], "d": ["0001-01-01 00:30:00", None]}))
+    v.close()
+    assert out["c"].to_pylist() == [dt.date(2024, 1, 1), None]
+    assert out["c▶v_text"].to_pylist() == [None, "2024-01-01 10:00:00"]
+    assert out["d"].to_pylist() == [None, None]  # before year 1 in UTC: not a time here
+    assert out["d▶v_text"].to_pylist() == ["0001-01-01 00:30:00", None]

@@ -155,7 +155,7 @@ class TimeText(sa.types.TypeDecorator):
             if not isinstance(value, str):
                 raise ValueError("not text")
             return parse_time_text(value, self.kind, self._zone)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved by a zone
             form = (
                 "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
             )
