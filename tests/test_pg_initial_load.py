@@ -212,7 +212,7 @@ def _same_failure(pg_job: Any, fast: str, slow: str) -> str:
     for job in (fast, slow):
         with pytest.raises(DeltaferryError) as e:
             _sync(pg_job, job)
-        errors.append(str(e.value).replace(f"job '{job}'", "job"))
+        errors.append(str(e.value).replace(f"job '{job}'", "job").replace(f"reset {job} ", "reset JOB "))
     assert errors[0] == errors[1], errors
     return errors[0]
 
