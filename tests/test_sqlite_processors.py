@@ -83,3 +83,15 @@ def test_carried_fast_path_gives_what_the_full_path_gives(sa_type):
             assert got[0] == "value" and got[1] != got[1]  # NaN
         else:
             assert got == want, value
+
+
+def test_a_wall_time_the_jobs_zone_skips_is_named_so():
+    """2024-03-31 02:30 does not exist in Berlin (clocks jump 02:00 -> 03:00): the refusal
+    says so, rather than that the text is not a timestamp."""
+    read = TimeText("timestamp", "Europe/Berlin", "job 'j' table 't'", "c", False)
+    with pytest.raises(TerminalError) as e:
+        read.process_result_value("2024-03-31 02:30:00", None)
+    assert "no such wall time in Europe/Berlin" in str(e.value), str(e.value)
+    with pytest.raises(TerminalError) as e:
+        read.process_result_value("soon", None)
+    assert "is not a timestamp (ISO-8601" in str(e.value)

@@ -155,10 +155,12 @@ class TimeText(sa.types.TypeDecorator):
             if not isinstance(value, str):
                 raise ValueError("not text")
             return parse_time_text(value, self.kind, self._zone)
-        except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved by a zone
+        except (ValueError, OverflowError) as e:  # Overflow: year 1 or 9999 moved by a zone
             form = (
                 "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
             )
+            if str(e).startswith("no such wall time"):  # a clock-change gap of the zone
+                form = f"time that exists in the job's timezone ({str(e)})"
             as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"
