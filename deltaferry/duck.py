@@ -257,7 +257,10 @@ def _text_same(staged: str) -> str:
 
 
 def split_exact(
-    con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray | pa.Array, staged: str, incoming: str
+    values: pa.ChunkedArray | pa.Array,
+    staged: str,
+    incoming: str,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     """``values`` (of DuckDB type ``incoming``) split in two, as long as ``values``: those a
     column of DuckDB type ``staged`` holds exactly, cast to it (NULL elsewhere), and the
@@ -265,8 +268,12 @@ def split_exact(
     back gives the same value (a time of day into DATE, 1.5 into BIGINT, 2**53 + 1 into
     DOUBLE, 1.239 into DECIMAL(10,2) do not); text must say the value as written
     (``'40'`` into BIGINT is 40; ``'1.5'``, ``'007'``, ``'1e3'`` are not: ``_text_same``).
-    Times are compared
-    in UTC (``con``'s TimeZone is set so): a naive time is UTC wall time."""
+    Times are compared in UTC: a naive time is UTC wall time. Runs on ``con`` (its
+    TimeZone set to UTC; a caller splitting many chunks keeps one), else on an in-memory
+    DuckDB of its own."""
+    if con is None:
+        with duckdb.connect(config={"threads": 1}) as own:
+            return split_exact(values, staged, incoming, own)
     con.execute("SET TimeZone = 'UTC'")
     if incoming == "VARCHAR":
         same = _text_same(staged)
@@ -327,8 +334,9 @@ def widen_columns(
       into BIGINT) are left to the insert.
     - Else an integer column is widened to the common type when it holds the incoming
       values and the stored ones exactly (BIGINT to DOUBLE below 2**53: one scan of the
-      column, at a type change only; never a DECIMAL to DOUBLE). A widening raises ``WidenFirst`` (DuckDB cannot alter a table its
-      transaction has written: ``applying``).
+      column, at a type change only; never a DECIMAL to DOUBLE). A widening raises
+      ``WidenFirst`` (DuckDB cannot alter a table its transaction has written:
+      ``applying``).
     - Else (a column under a PRIMARY KEY, ``keep``, which DuckDB cannot alter; or no type
       holds both exactly) ``TypeConflict`` naming table, column, both types and a value:
       nothing of the batch is applied (its transaction rolls back; ``over_limit`` names
@@ -346,11 +354,11 @@ def widen_columns(
         if alter and widens(have, to):
             alters.append((f.name, have, to))
             continue
-        _, inexact = _split(data[f.name], have, incoming)
+        _, inexact = split_exact(data[f.name], have, incoming)
         if inexact.null_count == len(inexact):
             continue  # every value fits as it is (1.0 and 2.0 into BIGINT)
         fits = have in _INTEGERS or have in _UNSIGNED  # not DECIMAL -> DOUBLE: money
-        if alter and fits and _split(data[f.name], to, incoming)[1].null_count == len(inexact):
+        if alter and fits and split_exact(data[f.name], to, incoming)[1].null_count == len(inexact):
             if not _lossy(con, table, f.name, have, to):
                 alters.append((f.name, have, to))
                 continue
@@ -367,14 +375,6 @@ def widen_columns(
         )
     if alters:
         raise WidenFirst(table, alters)
-
-
-def _split(values: Any, to: str, incoming: str) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    con = duckdb.connect(config={"threads": 1})
-    try:
-        return split_exact(con, values, to, incoming)
-    finally:
-        con.close()
 
 
 def _lossy(con: duckdb.DuckDBPyConnection, table: str, column: str, have: str, to: str) -> bool:

@@ -34,8 +34,7 @@ class Variants:
     A primary key or cursor column has no variant (a key NULL in its column would be held
     as a NULL key; a NULL cursor, re-read for ever): a value its staged type does not hold
     is a ``TerminalError`` naming job, table, the column, both types and the value, with the
-    remedy (stage the table again: ``deltaferry reset``). So is any value when there is no
-    ``naming`` to name a variant column by (staging kept, dlt's schema lost)."""
+    remedy (stage the table again: ``deltaferry reset``)."""
 
     def __init__(
         self, naming: Any, job: JobConfig, t: TableConfig, staged: Mapping[str, str]
@@ -46,7 +45,7 @@ class Variants:
         self.job = job.name
         self.table = t.name
         self.zone = ZoneInfo(job.timezone)  # naive time text is wall time there
-        self.naming = naming  # the staged schema's dlt NamingConvention; None: none yet
+        self.naming = naming  # the staging's dlt NamingConvention (names variant columns)
         self.con: duckdb.DuckDBPyConnection | None = None
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
@@ -66,11 +65,11 @@ class Variants:
             if incoming == "VARCHAR" and staged.startswith(("DATE", "TIMESTAMP")):
                 base, variant = self._times(chunk[field.name], staged)
             else:
-                base, variant = split_exact(self.con, chunk[field.name], staged, incoming)
+                base, variant = split_exact(chunk[field.name], staged, incoming, self.con)
             if variant.null_count == len(variant):
                 chunk = chunk.set_column(chunk.schema.get_field_index(field.name), field.name, base)
                 continue
-            if field.name in self.pk or field.name == self.cursor or self.naming is None:
+            if field.name in self.pk or field.name == self.cursor:
                 self._refuse(field.name, staged, incoming, variant)
             i = chunk.schema.get_field_index(field.name)
             chunk = chunk.set_column(i, field.name, base)
@@ -90,7 +89,7 @@ class Variants:
             values.append(None if v is None else self._time(v, staged))
         parsed = pa.array(values, pa.timestamp("us"))
         assert self.con is not None
-        base, inexact = split_exact(self.con, parsed, staged, "TIMESTAMP")
+        base, inexact = split_exact(parsed, staged, "TIMESTAMP", self.con)
         keep = pc.and_(pc.is_valid(text), pc.invert(pc.is_valid(base)))
         return base, pc.if_else(keep, text, pa.scalar(None, pa.string()))
 

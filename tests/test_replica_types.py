@@ -271,3 +271,18 @@ def test_nanoseconds_do_not_narrow_a_columns_range():
         ns = pa.table({"v": pa.array([dt.datetime(2024, 2, 2, 10, 30)], pa.timestamp("ns"))})
         duck.widen_columns(con, "d", ns, {"v": "DATE"})
     assert need.value.alters == [("v", "DATE", "TIMESTAMP")]
+
+
+def test_a_refused_batch_names_job_table_and_batch_through_the_pull_apply():
+    """The refusal (``duck.TypeConflict``) reaches the operator through the pull's apply
+    (``replica._apply`` and ``duck.over_limit``) naming job, table and batch."""
+    from deltaferry.replica import _apply
+
+    con = duckdb.connect()
+    _merge(con, _batch(1, [1], v=pa.array([2**53 + 1], pa.int64())), fresh=True)
+    with pytest.raises(TerminalError) as e:
+        _apply(con, "shop", "t", ["id"], 2, None, "sha", _batch(2, [2], v=pa.array([1.5])))
+    message = str(e.value)
+    assert not isinstance(e.value, duck.TypeConflict)
+    assert message.startswith("job 'shop' table 't' batch 2: table 't' column 'v'"), message
+    assert con.execute("SELECT id FROM t").fetchall() == [(1,)]

@@ -12,7 +12,6 @@ import re
 import zlib
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -303,7 +302,7 @@ def check_staged_types(
     staged: dict[str, str],
     typed: dict[str, pa.DataType],
     t: TableConfig,
-    job: str = "JOB",
+    job: str,
 ) -> pa.Table:
     """``table`` with its columns of another type than staged cast to the staged type, or
     SetAside when a column the contract does not type (``typed``) has values its staged
@@ -335,11 +334,7 @@ def check_staged_types(
         incoming = duck_type(field)
         if incoming == have or widens(incoming, have):
             continue
-        con = duckdb.connect(config={"threads": 1})
-        try:
-            exact, inexact = split_exact(con, table[field.name], have, incoming)
-        finally:
-            con.close()
+        exact, inexact = split_exact(table[field.name], have, incoming)
         if inexact.null_count < len(inexact):
             first = next(v for v in inexact.to_pylist() if v is not None)
             raise SetAside(

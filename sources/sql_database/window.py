@@ -80,6 +80,10 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
 _UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 
+class NoSuchWallTime(ValueError):
+    """Naive time text naming a wall time the zone skips (a clock change's gap)."""
+
+
 def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.date:
     """One SQLite time text as what it means: a ``date``, or a naive ``datetime`` holding
     the UTC wall time of the instant (naive text taken in ``zone``). Space or ``T``,
@@ -102,7 +106,7 @@ def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.da
         if when.astimezone(dt.timezone.utc).astimezone(zone).replace(tzinfo=None) != when.replace(
             tzinfo=None
         ):
-            raise ValueError(f"no such wall time in {zone.key}")
+            raise NoSuchWallTime(f"no such wall time in {zone.key}")
     return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
@@ -159,8 +163,8 @@ class TimeText(sa.types.TypeDecorator):
             form = (
                 "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
             )
-            if str(e).startswith("no such wall time"):  # a clock-change gap of the zone
-                form = f"time that exists in the job's timezone ({str(e)})"
+            if isinstance(e, NoSuchWallTime):
+                form = f"time that exists in the job's timezone ({e})"
             as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"
