@@ -48,18 +48,22 @@ def run(job: str, config: str | None, verbose: bool) -> None:
 @config_option
 @click.option("--job", "only", multiple=True, help="Only these jobs (repeatable; default all).")
 @click.option(
-    "--workers", default=2, show_default=True, help="Worker processes of the local Dask cluster."
+    "--workers",
+    default=2,
+    show_default=True,
+    help="Worker processes on this host (not used with --dask-address).",
 )
 @click.option(
     "--dask-address",
     default=None,
-    help="An existing Dask scheduler (tcp://host:8786) instead of a local cluster.",
+    help="An existing Dask scheduler (tcp://host:8786) whose workers run the jobs, instead of "
+    "worker processes on this host (needs the dask extra: pip install 'deltaferry[dask]').",
 )
 @one_line_errors
 def run_all(
     config: str | None, only: tuple[str, ...], workers: int, dask_address: str | None
 ) -> None:
-    """Sync several jobs at once on Dask workers (prefect-dask); exit 1 if any failed."""
+    """Sync several jobs at once, each in a worker process; exit 1 if any failed."""
     from deltaferry.config import config_path, load_jobs
     from deltaferry.context import preflight_job
 
@@ -83,7 +87,8 @@ def run_all(
 
     _quiet_prefect_console()
     if runnable:
-        with out.status(f"syncing {len(runnable)} job(s) on Dask ..."), prefect_startup_wait():
+        where = f"on Dask at {dask_address}" if dask_address else f"in {workers} worker process(es)"
+        with out.status(f"syncing {len(runnable)} job(s) {where} ..."), prefect_startup_wait():
             results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
     failed = []
     for name in names:

@@ -1,5 +1,7 @@
-"""Several jobs at once on a local Dask cluster (prefect-dask): each job in a worker
-process, published and convergent; one job's failure leaves the others' runs intact."""
+"""Several jobs at once (``run-all``): in worker processes on this host (Prefect's process
+pool), or on an existing Dask cluster (prefect-dask, started here as a local cluster): each
+job in a worker process, published and convergent; one job's failure leaves the others'
+runs intact."""
 
 from __future__ import annotations
 
@@ -30,18 +32,15 @@ def three_jobs(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> Pa
     return config
 
 
-def test_jobs_run_in_parallel_on_dask_workers(three_jobs: Path, bucket: str, tmp_path: Path):
+def _published_and_convergent(results: dict, three_jobs: Path, bucket: str, tmp_path: Path):
     from deltaferry.compare import compare
     from deltaferry.config import load_job
     from deltaferry.replica import pull
     from destinations.lake import open_lake
-    from flows.parallel import run_parallel
-
-    results = run_parallel(["alpha", "beta", "gamma"], str(three_jobs), workers=2)
 
     assert "not found in the source database" in results["gamma"]["error"]
     pids = {results[j]["worker_pid"] for j in ("alpha", "beta")}
-    assert os.getpid() not in pids  # each job ran in a Dask worker process
+    assert os.getpid() not in pids  # each job ran in a worker process
     for name in ("alpha", "beta"):
         assert results[name]["tables"]["customers"]["batch"] == 1
         assert results[name]["tables"]["orders"]["rows"] == 40
@@ -51,6 +50,39 @@ def test_jobs_run_in_parallel_on_dask_workers(three_jobs: Path, bucket: str, tmp
         assert all(c.equal for c in compare(job, replica))
     lake = open_lake(f"s3://{bucket}/lake")
     assert lake.list("gamma/") == []  # the failed job published nothing
+
+
+def test_jobs_run_in_parallel_in_worker_processes(three_jobs: Path, bucket: str, tmp_path: Path):
+    from flows.parallel import run_parallel
+
+    results = run_parallel(["alpha", "beta", "gamma"], str(three_jobs), workers=2)
+    _published_and_convergent(results, three_jobs, bucket, tmp_path)
+
+
+def test_jobs_run_on_an_existing_dask_cluster(three_jobs: Path, bucket: str, tmp_path: Path):
+    from distributed import LocalCluster
+
+    from flows.parallel import run_parallel
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        results = run_parallel(
+            ["alpha", "beta", "gamma"], str(three_jobs), address=cluster.scheduler_address
+        )
+        workers = {nanny.pid for nanny in cluster.workers.values()}
+    _published_and_convergent(results, three_jobs, bucket, tmp_path)
+    # the jobs ran in the cluster's worker processes, not in processes of their own
+    assert {results[j]["worker_pid"] for j in ("alpha", "beta")} <= workers
+
+
+def test_a_dask_address_without_prefect_dask_is_one_clear_error(monkeypatch):
+    import sys
+
+    from deltaferry.errors import ConfigError
+    from flows.parallel import run_parallel
+
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as when it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'deltaferry\[dask\]'"):
+        run_parallel(["alpha"], None, address="tcp://127.0.0.1:8786")
 
 
 def test_run_all_refuses_unknown_jobs_and_bad_worker_counts(three_jobs: Path):
