@@ -32,7 +32,15 @@ class _JobFirstGroup(click.Group):
 
 def _when_next(row: dict, fingerprint: str | None) -> str:
     """When the next run validates a held record again, in words."""
+    from deltaferry.quarantine import UNKEYED  # not at import: it brings DuckDB and Arrow
+
     if row["load_id"] == "held":
+        if row["check"] == UNKEYED:
+            return (
+                "when it has a key, by the next run that reads the row (a table with a cursor "
+                "reads it once its cursor is in the window: move the cursor when you set the "
+                "key); never staged"
+            )
         return "read again at the source (never staged)"
     if row["release"] is not None:
         return f"next run (released: {row['release']})"

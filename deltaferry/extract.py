@@ -101,22 +101,26 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 entries.append(Entry("extract", "skipped", table=table, detail=reason[:2000]))
                 out.warnings.append(reason)
                 set_aside.append(reason)
+        whole = set(result.read_whole or ())
         for t in ctx.job.tables:
             # rows that cannot be staged (a NULL key, a NULL cursor under quarantine); the
-            # NULL-cursor rows are read on every run, so a key no longer held is settled
+            # NULL-cursor rows are read on every run, and a table read whole has every row
+            # without a key read again, so a record of a row no longer held is settled
             rows = (result.held or {}).get(t.name, [])
             rereads = bool(t.cursor) and t.null_cursor == "quarantine"
-            if not rows and not rereads:
+            if not rows and not rereads and t.name not in whole:
                 continue
-            settled = ctx.state.record_held(ctx.run_id, t.name, rows, rereads)
+            settled = ctx.state.record_held(
+                ctx.run_id, t.name, rows, rereads, rereads_unkeyed=t.name in whole
+            )
             if settled:
                 entries.append(
                     Entry(
                         "extract",
                         "released",
                         table=t.name,
-                        detail=f"{settled} row(s) held for a NULL cursor have a cursor value "
-                        "now: their quarantine records are resolved",
+                        detail=f"{settled} row(s) held for a NULL cursor or key have a cursor "
+                        "value or key now (or are gone): their quarantine records are resolved",
                     )
                 )
             if not rows:

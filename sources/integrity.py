@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TerminalError
+from deltaferry.quarantine import UNKEYED
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -94,7 +95,7 @@ class KeyCheck:
                     self.t,
                     row,
                     missing[0],
-                    "primary key not null",
+                    UNKEYED,
                     f"primary key column(s) {', '.join(missing)} missing or NULL in {origin}: "
                     "the row cannot be keyed, so it is held back until it has a key",
                 )

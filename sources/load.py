@@ -45,6 +45,9 @@ class ExtractResult:
     # per table, decisions the source made about how to read it, as one-line notes (a first
     # load by DuckDB's postgres scanner, or why not): written to the operations log
     notes: dict[str, list[str]] | None = None
+    # tables whose every source row was read this run (no cursor, or nothing staged yet), so
+    # every row without a key was held again: an open record of one not held is resolved
+    read_whole: list[str] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

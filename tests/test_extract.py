@@ -35,7 +35,12 @@ class _State:
     released = hold
 
     def record_held(
-        self, run_id: str, table: str, rows: list[dict[str, Any]], rereads_null_cursors: bool
+        self,
+        run_id: str,
+        table: str,
+        rows: list[dict[str, Any]],
+        rereads_null_cursors: bool,
+        rereads_unkeyed: bool = False,
     ) -> int:
         self.held.append((table, len(rows)))
         return 0

@@ -7,6 +7,7 @@ The expected replica is computed here from the source with the standard library 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -651,3 +652,54 @@ def test_a_date_column_declared_timestamp_publishes_its_times_of_day(job):
     source = job.con.execute("SELECT id, day FROM items ORDER BY id").fetchall()
     oracle = [(i, None if d is None else dt.datetime.fromisoformat(d)) for i, d in source]
     assert job.replica_rows("id, day") == oracle
+
+
+def _held_unkeyed(job) -> tuple[list, list]:  # noqa: ANN001
+    """The open and the resolved quarantine records of rows held for a NULL key: the row's
+    values each, sorted."""
+    from deltaferry.state import StateStore
+
+    with StateStore("t").connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT row_json, resolved IS NULL FROM quarantine WHERE tbl = 'items' AND "
+            "\"check\" = 'primary key not null'"
+        ).fetchall()
+    values = {True: [], False: []}
+    for row_json, is_open in rows:
+        values[is_open].append(json.loads(row_json)["v"])
+    return sorted(values[True]), sorted(values[False])
+
+
+def test_every_row_without_a_key_is_held_and_counted_and_resolved_once_keyed(job):
+    """Two rows with a NULL key are two held rows, not one (every such row has the key text
+    {"region": null, ...}); read again, they are not recorded twice; a table read whole
+    resolves the record of a row that got its key (published) or is gone."""
+    job.config.write_text(
+        job.config.read_text()
+        .replace('primary_key = ["id"]', 'primary_key = ["region", "id"]')
+        .replace(":Items", ":Pairs")
+        .replace('cursor = "updated_at"\n', "")
+        .replace('deletes = "none"', 'deletes = "reconcile"')
+    )
+    job.sql(
+        "CREATE TABLE items (region TEXT, id INTEGER, v TEXT, PRIMARY KEY (region, id))",
+        "INSERT INTO items VALUES ('eu', 1, 'a'), (NULL, 2, 'first'), (NULL, 3, 'second')",
+    )
+    out = job.sync()
+    assert out["tables"]["items"]["upserts"] == 1
+    assert any("2 source row(s) held back" in s for s in out["skipped"]), out["skipped"]
+    assert _held_unkeyed(job) == (["first", "second"], [])
+    job.sync()  # read again: the same two rows, the same two records
+    assert _held_unkeyed(job) == (["first", "second"], [])
+    job.sql("UPDATE items SET region = 'us' WHERE id = 2")  # the first gets its key
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert _held_unkeyed(job) == (["second"], ["first"])
+    job.sql("DELETE FROM items WHERE id = 3")  # the second is gone
+    job.sync()
+    assert _held_unkeyed(job) == ([], ["first", "second"])
+    job.pull()
+    with duckdb.connect(str(job.replica), read_only=True) as r:
+        assert r.execute("SELECT region, id, v FROM items ORDER BY ALL").fetchall() == [
+            ("eu", 1, "a"),
+            ("us", 2, "first"),
+        ]

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError, TransientError
 from deltaferry.failpoints import failpoint
+from deltaferry.quarantine import held_identity
 from sources.change_detection import ChangedByKey, ChangedRows
 from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
@@ -110,8 +111,10 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
+        whole: list[str] = []  # tables read whole: every row without a key held again
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
+                whole.append(t.name)
                 reads.append(
                     TableRead(
                         job, t, engine, watchdog, ChangedRows(job, t, borrowed), pipeline=pipeline
@@ -119,6 +122,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 )
             else:
                 bound = staged_bound(job, t, borrowed)
+                if bound is None and t.name not in first.rows:  # a first read, by dlt alone
+                    whole.append(t.name)
                 reads.append(
                     TableRead(
                         job,
@@ -171,6 +176,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             held=held or None,
             columns=columns or None,
             notes=first.notes or None,
+            read_whole=whole or None,
         )
     finally:
         if borrowed is not None:
@@ -258,10 +264,11 @@ def _initial_loads(
 
 
 def _unique_held(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Held records, one per key and check (a row read by the window and again by key)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    """Held records, one per row held (``integrity.held_identity``: a row read by the window
+    and again by key is held once; two rows without a key are two)."""
+    seen: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        seen.setdefault((r["pk"], r["check"]), r)
+        seen.setdefault(held_identity(r), r)
     return list(seen.values())
 
 
