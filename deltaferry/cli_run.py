@@ -69,9 +69,13 @@ def run_all(
 
     if workers < 1:
         raise ConfigError("--workers must be 1 or more")
+    if dask_address:
+        from flows.parallel import require_dask
+
+        require_dask(dask_address)  # before any job is looked at: one line, exit 2
     path = config_path(config).resolve()
     jobs = load_jobs(path)
-    names = list(only) or sorted(jobs)
+    names = list(dict.fromkeys(only)) or sorted(jobs)  # a job named twice runs once
     for name in names:
         if name not in jobs:
             raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs))})")
@@ -95,7 +99,8 @@ def run_all(
         r = results.get(name) or {}
         if "error" in r:
             failed.append(name)
-            err.print(f"[bold red]error:[/] job {name}: {escape(r['error'])}", highlight=False)
+            text = r["error"] if f"job '{name}'" in r["error"] else f"job {name}: {r['error']}"
+            err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         else:
             _print_run_summary(r)
     if failed:

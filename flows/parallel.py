@@ -52,6 +52,30 @@ def sync_jobs(jobs: list[str], config: str | None = None) -> dict[str, Any]:
     return out
 
 
+def require_dask(address: str) -> None:
+    """Raise ``ConfigError`` (one line) when prefect-dask, which ``address`` needs, is not
+    installed."""
+    try:
+        import prefect_dask  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--dask-address {address}: running jobs on a Dask cluster needs prefect-dask, "
+            "which is not installed: pip install 'deltaferry[dask]' (without an address, "
+            "run-all uses worker processes on this host)"
+        ) from None
+
+
+def _stop_at_interrupt() -> None:
+    """Run in each local worker process as it starts: Ctrl-C (SIGINT, which a terminal sends
+    to the whole process group) ends the worker at once, as a kill would, instead of raising
+    ``KeyboardInterrupt`` in whichever thread runs (a worker interrupted while starting kept
+    running idle, and run-all waited for it at exit for ever). A job's run may stop at any
+    point (its recovery is tested by kills at every commit point); the next run finishes it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_parallel(
     jobs: list[str], config: str | None, *, workers: int = 2, address: str | None = None
 ) -> dict[str, Any]:
@@ -62,19 +86,14 @@ def run_parallel(
     ``ConfigError`` when ``address`` is given and prefect-dask is not installed."""
     runner: Any
     if address:
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise ConfigError(
-                f"--dask-address {address}: running jobs on a Dask cluster needs prefect-dask, "
-                "which is not installed: pip install 'deltaferry[dask]' (without an address, "
-                "run-all uses worker processes on this host)"
-            ) from None
+        require_dask(address)
+        from prefect_dask import DaskTaskRunner
+
         runner = DaskTaskRunner(address=address)
     else:
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        runner = ProcessPoolTaskRunner(max_workers=workers)
+        runner = ProcessPoolTaskRunner(max_workers=workers, initializer=_stop_at_interrupt)
     # Flow.with_options wants a TaskRunner[PrefectFuture[Any]]; TaskRunner is invariant in its
     # future type, so a runner of a narrower future type does not match it
-    return sync_jobs.with_options(task_runner=runner)(jobs=jobs, config=config)
+    return sync_jobs.with_options(task_runner=runner)(jobs=list(dict.fromkeys(jobs)), config=config)

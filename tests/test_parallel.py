@@ -32,7 +32,12 @@ def three_jobs(tmp_path: Path, home: Path, bucket: str, prefect_api: None) -> Pa
     return config
 
 
-def _published_and_convergent(results: dict, three_jobs: Path, bucket: str, tmp_path: Path):
+def _published_and_convergent(
+    results: dict, three_jobs: Path, bucket: str, tmp_path: Path, any_batch: bool = False
+):
+    """alpha and beta published (their first batch, or with ``any_batch`` whatever batch a
+    run interrupted before left to do) and their replicas equal their sources; gamma
+    failed alone."""
     from deltaferry.compare import compare
     from deltaferry.config import load_job
     from deltaferry.replica import pull
@@ -42,8 +47,9 @@ def _published_and_convergent(results: dict, three_jobs: Path, bucket: str, tmp_
     pids = {results[j]["worker_pid"] for j in ("alpha", "beta")}
     assert os.getpid() not in pids  # each job ran in a worker process
     for name in ("alpha", "beta"):
-        assert results[name]["tables"]["customers"]["batch"] == 1
-        assert results[name]["tables"]["orders"]["rows"] == 40
+        if not any_batch:
+            assert results[name]["tables"]["customers"]["batch"] == 1
+            assert results[name]["tables"]["orders"]["rows"] == 40
         job = load_job(name, three_jobs)
         replica = tmp_path / f"{name}-replica.duckdb"
         pull(job, open_lake(job.lake, base=job.base_dir), replica)
@@ -94,3 +100,90 @@ def test_run_all_refuses_unknown_jobs_and_bad_worker_counts(three_jobs: Path):
     assert r.exit_code == 2 and "unknown job 'delta' (known: alpha, beta, gamma)" in r.stderr
     r = CliRunner().invoke(cli, ["run-all", "--config", str(three_jobs), "--workers", "0"])
     assert r.exit_code == 2 and "--workers must be 1 or more" in r.stderr
+
+
+def test_a_missing_dask_extra_is_named_before_any_job_is_looked_at(three_jobs, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as when it is not installed
+    args = ["run-all", "--config", str(three_jobs), "--job", "gamma", "--dask-address", "x:1"]
+    r = CliRunner().invoke(cli, args)  # gamma cannot start; the extra is said first
+    assert r.exit_code == 2 and "pip install 'deltaferry[dask]'" in r.stderr
+    assert "gamma" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_job_named_twice_runs_once_and_errors_are_one_line(three_jobs: Path):
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    args = ["run-all", "--config", str(three_jobs), "--job", "gamma", "--job", "gamma"]
+    r = CliRunner().invoke(cli, args, terminal_width=60)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1, r.stderr  # one job, one unwrapped line
+    assert lines[0].startswith("error: job 'gamma'") and "job gamma: job" not in lines[0]
+
+
+@pytest.mark.integration  # starts run-all as a process of its own and interrupts it
+def test_ctrl_c_stops_run_all_and_its_workers_and_the_next_run_converges(
+    three_jobs: Path, bucket: str, tmp_path: Path
+):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the jobs
+    run: run-all exits within seconds, no worker process is left, and run-all again
+    publishes and converges."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deltaferry.shop import Shop
+    from tests.test_chaos import _cli_env
+
+    for name, seed in (("alpha", 1), ("beta", 2)):  # enough rows to be mid-run when stopped
+        shop = Shop(tmp_path / f"{name}.db", seed=seed)
+        shop.round(20_000, 60_000, churn=0)
+        shop.close()
+    home = Path(os.environ["DELTAFERRY_HOME"])
+    cmd = [sys.executable, "-m", "deltaferry.cli", "run-all", "--config", str(three_jobs)]
+    p = subprocess.Popen(
+        cmd, env=_cli_env(), start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def group() -> list[int]:  # live processes of run-all's process group
+        pids = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and os.getpgid(int(d.name)) == p.pid:
+                    state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":
+                        pids.append(int(d.name))
+            except (ProcessLookupError, FileNotFoundError, PermissionError):
+                continue
+        return pids
+
+    deadline = time.monotonic() + 180
+    locks = [home / name / "run.lock" for name in ("alpha", "beta")]
+    while time.monotonic() < deadline and p.poll() is None and not any(x.exists() for x in locks):
+        time.sleep(0.1)  # a worker has started its job's run (a worker Ctrl-C'd while it
+        # is still starting, importing, may print Python's traceback; it stops all the same)
+    assert p.poll() is None, "run-all ended before it was interrupted"
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        _, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError(f"run-all did not stop within 60 s of Ctrl-C: {group()}") from None
+    assert p.returncode != 0
+    time.sleep(1.0)
+    assert group() == [], "worker processes outlived run-all"
+    assert "Traceback" not in stderr, stderr[-2000:]
+
+    from flows.parallel import run_parallel
+
+    results = run_parallel(["alpha", "beta", "gamma"], str(three_jobs), workers=2)
+    _published_and_convergent(results, three_jobs, bucket, tmp_path, any_batch=True)
