@@ -16,12 +16,10 @@ from deltaferry.statedb import StoreBase, insert_rows, now
 UNKEYED = "primary key not null"
 
 
-def held_identity(record: dict[str, Any]) -> tuple[str, ...]:
-    """What makes a held record one row: its key and check, and for a row without a key
-    (``UNKEYED``: every such row has the same key text, ``{"id": null}``) its content too, so
-    that two unkeyed rows are two records, and one row read again is one."""
-    if record["check"] == UNKEYED:
-        return (record["pk"], record["check"], record["row_json"])
+def held_identity(record: dict[str, Any]) -> tuple[str, str]:
+    """What makes held records one: key and check. Every row without a key has the same key
+    text (``{"id": null}``), so a table's rows without a key share one record (its
+    ``row_json`` is the first such row)."""
     return (record["pk"], record["check"])
 
 
@@ -38,22 +36,23 @@ class QuarantineMixin(StoreBase):
     ) -> int:
         """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
         records ``{pk, field, check, reason, row_json}``, with load id ``held``, one open
-        record per row held (``held_identity``; a row held again keeps its first record).
+        record per key and check (``held_identity``; a row held again keeps its first
+        record; a table's rows without a key share one).
 
         With ``rereads_null_cursors`` (the extract read every row whose cursor is NULL:
         ``null_cursor = "quarantine"``), an open NULL-cursor record whose key was not held
         this time is resolved: its row has a cursor value now (it was staged) or is gone.
         With ``rereads_unkeyed`` (the extract read the whole table, so every row without a
-        key), an open record of a row without a key that was not held this time is resolved:
-        the row has a key now (it was read, and staged) or is gone.
+        key), an open record of rows without a key is resolved when no such row was held this
+        time: each has a key now (it was read, and staged) or is gone.
         Returns how many records were resolved."""
         cursor_check = "cursor not null"
         with self.connect() as con:
             open_ = {
-                held_identity({"pk": pk, "check": check, "row_json": row_json}): (pk, check)
-                for pk, check, row_json in con.execute(
-                    'SELECT pk, "check", row_json FROM quarantine WHERE tbl = ? AND'
-                    " load_id = 'held' AND resolved IS NULL",
+                (pk, check)
+                for pk, check in con.execute(
+                    'SELECT pk, "check" FROM quarantine WHERE tbl = ? AND load_id = \'held\''
+                    " AND resolved IS NULL",
                     [table],
                 ).fetchall()
             }
@@ -62,26 +61,21 @@ class QuarantineMixin(StoreBase):
             settled = 0
             if rereads_null_cursors:
                 still = {r["pk"] for r in rows if r["check"] == cursor_check}
-                keys = sorted(
-                    pk for pk, check in open_.values() if check == cursor_check and pk not in still
-                )
+                keys = sorted(pk for pk, check in open_ if check == cursor_check and pk not in still)
                 settled += self._resolve_held(
-                    con, run_id, table, cursor_check, "pk", keys, "the row has a cursor value now"
+                    con, run_id, table, cursor_check, keys, "the row has a cursor value now"
                 )
             if rereads_unkeyed:
-                seen = {held_identity(r) for r in rows}
-                contents = sorted(
-                    ident[2] for ident in open_ if ident[1] == UNKEYED and ident not in seen
-                )
+                still = {r["pk"] for r in rows if r["check"] == UNKEYED}
+                keys = sorted(pk for pk, check in open_ if check == UNKEYED and pk not in still)
                 settled += self._resolve_held(
                     con,
                     run_id,
                     table,
                     UNKEYED,
-                    "row_json",
-                    contents,
-                    "no row without a key has these values now: the row has a key (it was "
-                    "read with the whole table) or is gone",
+                    keys,
+                    "no row of the table is without this key any more (the whole table was "
+                    "read): each such row has a key now (and was read with it) or is gone",
                 )
             return settled
 
@@ -91,23 +85,22 @@ class QuarantineMixin(StoreBase):
         run_id: str,
         table: str,
         check: str,
-        column: str,
-        values: list[str],
+        keys: list[str],
         why: str,
     ) -> int:
-        """Resolve the open held records of ``table`` and ``check`` whose ``column`` (``pk``
-        or ``row_json``) is one of ``values``; how many values there were."""
-        if values:
+        """Resolve the open held records of ``table`` and ``check`` whose key text is one of
+        ``keys``; how many keys there were."""
+        if keys:
             insert_rows(
                 con,
                 "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ? AND"
-                f" load_id = 'held' AND \"check\" = ? AND resolved IS NULL"
-                f" AND {column} IN (SELECT v FROM df_rows)",
-                {"v": pa.string()},
-                [[v] for v in values],
+                " load_id = 'held' AND \"check\" = ? AND resolved IS NULL"
+                " AND pk IN (SELECT pk FROM df_rows)",
+                {"pk": pa.string()},
+                [[k] for k in keys],
                 [f"run {run_id}: {why}", now(), table, check],
             )
-        return len(values)
+        return len(keys)
 
     def open_held(self, table: str) -> list[tuple[str, str, str | None, str | None]]:
         """The table's held staged rows: (key JSON, load id, contract fingerprint held

@@ -676,10 +676,10 @@ def _held_unkeyed(job) -> tuple[list, list]:  # noqa: ANN001
     return sorted(values[True]), sorted(values[False])
 
 
-def test_every_row_without_a_key_is_held_and_counted_and_resolved_once_keyed(job):
-    """Two rows with a NULL key are two held rows, not one (every such row has the key text
-    {"region": null, ...}); read again, they are not recorded twice; a table read whole
-    resolves the record of a row that got its key (published) or is gone."""
+def test_rows_without_a_whole_key_are_resolved_by_a_whole_read_once_keyed_or_gone(job):
+    """Rows whose key is partly NULL are held, each under its key text; read again, they are
+    not recorded twice; a table read whole (no cursor) resolves the record of a row that
+    got its whole key (and is published) or is gone."""
     _keyed_by_region_and_id(job)
     job.sql(
         "CREATE TABLE items (region TEXT, id INTEGER, v TEXT, PRIMARY KEY (region, id))",
@@ -703,3 +703,20 @@ def test_every_row_without_a_key_is_held_and_counted_and_resolved_once_keyed(job
             ("eu", 1, "a"),
             ("us", 2, "first"),
         ]
+
+
+def test_rows_whose_whole_key_is_null_share_one_record_until_none_is_left(job):
+    _keyed_by_region_and_id(job)
+    job.sql(
+        "CREATE TABLE items (region TEXT, id INTEGER, v TEXT)",
+        "INSERT INTO items VALUES ('eu', 1, 'a'), (NULL, NULL, 'x'), (NULL, NULL, 'y')",
+    )
+    job.sync()
+    job.sync()  # read again: no second record
+    assert _held_unkeyed(job) == (["x"], [])  # one record, the first such row's values
+    job.sql("UPDATE items SET region = 'us', id = 7 WHERE v = 'x'")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert _held_unkeyed(job) == (["x"], [])  # 'y' is still without a key
+    job.sql("DELETE FROM items WHERE v = 'y'")
+    job.sync()
+    assert _held_unkeyed(job) == ([], ["x"])

@@ -264,9 +264,9 @@ def _initial_loads(
 
 
 def _unique_held(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Held records, one per row held (``integrity.held_identity``: a row read by the window
-    and again by key is held once; two rows without a key are two)."""
-    seen: dict[tuple[str, ...], dict[str, Any]] = {}
+    """Held records, one per key and check (``held_identity``: a row read by the window and
+    again by key is held once)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         seen.setdefault(held_identity(r), r)
     return list(seen.values())
