@@ -168,9 +168,9 @@ def test_ctrl_c_stops_run_all_and_its_workers_and_the_next_run_converges(
 
     deadline = time.monotonic() + 180
     locks = [home / name / "run.lock" for name in ("alpha", "beta")]
-    while time.monotonic() < deadline and p.poll() is None and not any(x.exists() for x in locks):
-        time.sleep(0.1)  # a worker has started its job's run (a worker Ctrl-C'd while it
-        # is still starting, importing, may print Python's traceback; it stops all the same)
+    while time.monotonic() < deadline and p.poll() is None and not all(x.exists() for x in locks):
+        time.sleep(0.1)  # both workers have started their job's run (a worker Ctrl-C'd while
+        # it is still starting, importing, may print Python's traceback; it stops all the same)
     assert p.poll() is None, "run-all ended before it was interrupted"
     os.killpg(p.pid, signal.SIGINT)
     try:
