@@ -126,10 +126,11 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             if not rows:
                 continue
             table = t.name
-            out.tables[table].held = len(rows)
+            n = (result.held_rows or {}).get(table, len(rows))
+            out.tables[table].held = n
             reasons = sorted({r["reason"] for r in rows})
             line = (
-                f"job '{ctx.job.name}' table '{table}': {len(rows)} source row(s) held back "
+                f"job '{ctx.job.name}' table '{table}': {n} source row(s) held back "
                 f"in quarantine: {'; '.join(reasons)}"
             )
             entries.append(Entry("extract", "held", table=table, detail=line[:2000]))

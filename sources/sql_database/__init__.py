@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError, TransientError
 from deltaferry.failpoints import failpoint
-from deltaferry.quarantine import held_identity
+from deltaferry.quarantine import UNKEYED, held_identity
 from sources.change_detection import ChangedByKey, ChangedRows
 from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
@@ -148,6 +148,13 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             rows[name] = rows.get(name, 0) + n
         tombstones: dict[str, int] = {}
         held = {r.t.name: list(r.keys.held) for r in reads if r.keys.held}
+        # rows whose key is all NULL share one record: the rows beyond the first, per table,
+        # as the window read held them (each source row once), for the run's count
+        unrecorded = {
+            name: len(unkeyed) - len({held_identity(r) for r in unkeyed})
+            for name, rows in held.items()
+            if (unkeyed := [r for r in rows if r["check"] == UNKEYED])
+        }
         for name, more in first.held.items():
             held.setdefault(name, []).extend(more)
         for t in job.tables:
@@ -174,6 +181,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             rows,
             tombstones,
             held=held or None,
+            held_rows={name: len(rows) + unrecorded.get(name, 0) for name, rows in held.items()}
+            or None,
             columns=columns or None,
             notes=first.notes or None,
             read_whole=whole or None,
