@@ -79,6 +79,8 @@ def run_all(
     for name in names:
         if name not in jobs:
             raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs))})")
+    from flows.parallel import error_line, run_parallel
+
     results: dict[str, Any] = {}
     runnable = []
     for name in names:  # a job that cannot start is reported; the others still run
@@ -86,8 +88,7 @@ def run_all(
             preflight_job(jobs[name])
             runnable.append(name)
         except DeltaferryError as e:
-            results[name] = {"job": name, "error": str(e)}
-    from flows.parallel import run_parallel
+            results[name] = {"job": name, "error": error_line(name, e)}
 
     _quiet_prefect_console()
     if runnable:
@@ -99,8 +100,7 @@ def run_all(
         r = results.get(name) or {}
         if "error" in r:
             failed.append(name)
-            text = r["error"] if f"job '{name}'" in r["error"] else f"job {name}: {r['error']}"
-            err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(r['error'])}", highlight=False, soft_wrap=True)
         else:
             _print_run_summary(r)
     if failed:

@@ -24,7 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from deltaferry.errors import ConfigError
+from deltaferry.errors import ConfigError, DeltaferryError
 from flows.sync import sync_job
 
 
@@ -48,8 +48,16 @@ def sync_jobs(jobs: list[str], config: str | None = None) -> dict[str, Any]:
             out[job] = future.result()
         except Exception as e:  # noqa: BLE001 - one job's failure does not stop the others
             logger.error("job %s failed: %s", job, e)
-            out[job] = {"job": job, "error": f"{type(e).__name__}: {e}"}
+            out[job] = {"job": job, "error": error_line(job, e)}
     return out
+
+
+def error_line(job: str, e: BaseException) -> str:
+    """A job's failure as ``deltaferry run`` says it: deltaferry's own errors as they are
+    (they name the job), anything else with its type, after the job's name."""
+    if isinstance(e, DeltaferryError):
+        return str(e)
+    return f"job '{job}': {type(e).__name__}: {e}"
 
 
 def require_dask(address: str) -> None:

@@ -36,8 +36,8 @@ class ExtractResult:
     # per table, rows held back before staging (a NULL key, a NULL cursor under
     # null_cursor = "quarantine"): quarantine records {pk, field, check, reason, row_json}
     held: dict[str, list[dict[str, Any]]] | None = None
-    # per table, how many source rows those records stand for, where more than one (rows
-    # whose key is all NULL share one record); a table not here: one row a record
+    # per table, how many source rows those records stand for (rows whose key is all NULL
+    # share one record); None: one row a record
     held_rows: dict[str, int] | None = None
     # per table, keys read more than once in one extraction and how they were resolved,
     # as one-line notes naming job, table and keys (the flow logs them as warnings)

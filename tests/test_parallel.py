@@ -109,11 +109,29 @@ def test_a_missing_dask_extra_is_named_before_any_job_is_looked_at(three_jobs, m
 
     from deltaferry.cli import cli
 
+    # a job whose database file is missing fails its preflight (one line, exit 1) when it is
+    # looked at; the missing extra must be said before that
+    text = three_jobs.read_text()
+    block = text[text.index("[jobs.gamma]") :]
+    three_jobs.write_text(
+        text + "\n" + block.replace("jobs.gamma", "jobs.delta").replace("empty.db", "none.db")
+    )
+    r = CliRunner().invoke(cli, ["run-all", "--config", str(three_jobs), "--job", "delta"])
+    assert r.exit_code == 1 and "job 'delta'" in r.stderr  # the preflight refuses it
     monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as when it is not installed
-    args = ["run-all", "--config", str(three_jobs), "--job", "gamma", "--dask-address", "x:1"]
-    r = CliRunner().invoke(cli, args)  # gamma cannot start; the extra is said first
+    args = ["run-all", "--config", str(three_jobs), "--job", "delta", "--dask-address", "x:1"]
+    r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2 and "pip install 'deltaferry[dask]'" in r.stderr
-    assert "gamma" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "job 'delta'" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_job_error_says_the_job_once():
+    from deltaferry.errors import TerminalError
+    from flows.parallel import error_line
+
+    assert error_line("a", TerminalError("job 'a': broke")) == "job 'a': broke"
+    assert error_line("a", RuntimeError("boom")) == "job 'a': RuntimeError: boom"
 
 
 def test_a_job_named_twice_runs_once_and_errors_are_one_line(three_jobs: Path):
