@@ -30,6 +30,25 @@ class _JobFirstGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _key_text(row: dict) -> str:
+    """A record's key as ``col=value, ...``; for rows held without a key (NULL parts shown
+    as NULL), how many source rows share the record and the first one's values, since the
+    key alone does not say which rows they are."""
+    from deltaferry.quarantine import UNKEYED  # not at import: it brings DuckDB and Arrow
+
+    key = json.loads(row["pk"])
+    text = ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in key.items())
+    if row["load_id"] != "held" or row["check"] != UNKEYED:
+        return text
+    values = json.loads(row["row_json"] or "{}")
+    shown = ", ".join(f"{k}={v!r}" for k, v in values.items() if k not in key)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    n = row.get("source_rows") or 1
+    rows = f"{n} source rows, the first" if n > 1 else "the row"
+    return f"{text} ({rows}: {shown})" if shown else text
+
+
 def _when_next(row: dict, fingerprint: str | None) -> str:
     """When the next run validates a held record again, in words."""
     from deltaferry.quarantine import UNKEYED  # not at import: it brings DuckDB and Arrow
@@ -37,9 +56,8 @@ def _when_next(row: dict, fingerprint: str | None) -> str:
     if row["load_id"] == "held":
         if row["check"] == UNKEYED:
             return (
-                "when it has a key, by the next run that reads the row (a table with a cursor "
-                "reads it once its cursor is in the window: move the cursor when you set the "
-                "key); never staged"
+                "when it has a key, by the next run (a table with a cursor reads the rows at "
+                "the cursor values of rows held without a key again each run); never staged"
             )
         return "read again at the source (never staged)"
     if row["release"] is not None:
@@ -91,7 +109,7 @@ def register(ui: ModuleType) -> None:
                     if r["resolved"] is None
                     else f"resolved: {r['resolved']}"
                 )
-                key = ", ".join(f"{k}={v}" for k, v in json.loads(r["pk"]).items())
+                key = _key_text(r)
                 report.add_row(
                     t.name,
                     key,

@@ -102,17 +102,18 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 out.warnings.append(reason)
                 set_aside.append(reason)
         whole = set(result.read_whole or ())
+        since = result.unkeyed_since or {}
         for t in ctx.job.tables:
             # rows that cannot be staged (a NULL key, a NULL cursor under quarantine); the
             # NULL-cursor rows are read on every run, and a table read whole has every row
-            # without a key read again, so a record of a row no longer held is settled
+            # without a key read again (a cursor table its rows held without a key since a
+            # time: at their cursor values), so a record of a row no longer held is settled
             rows = (result.held or {}).get(t.name, [])
             rereads = bool(t.cursor) and t.null_cursor == "quarantine"
-            if not rows and not rereads and t.name not in whole:
+            unkeyed: bool | str = t.name in whole or since.get(t.name, False)
+            if not rows and not rereads and not unkeyed:
                 continue
-            settled = ctx.state.record_held(
-                ctx.run_id, t.name, rows, rereads, rereads_unkeyed=t.name in whole
-            )
+            settled = ctx.state.record_held(ctx.run_id, t.name, rows, rereads, unkeyed)
             if settled:
                 entries.append(
                     Entry(

@@ -3,6 +3,7 @@ before staging or by a cut's validation, until a later cut takes their key again
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,8 @@ UNKEYED = "primary key not null"
 def held_identity(record: dict[str, Any]) -> tuple[str, str]:
     """What makes held records one: key and check. Every row without a key has the same key
     text (``{"id": null}``), so a table's rows without a key share one record (its
-    ``row_json`` is the first such row)."""
+    ``row_json`` is the first such row of the last run that held it, ``source_rows`` how
+    many there were)."""
     return (record["pk"], record["check"])
 
 
@@ -32,32 +34,55 @@ class QuarantineMixin(StoreBase):
         table: str,
         rows: list[dict[str, Any]],
         rereads_null_cursors: bool,
-        rereads_unkeyed: bool = False,
+        rereads_unkeyed: bool | str = False,
     ) -> int:
         """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
-        records ``{pk, field, check, reason, row_json}``, with load id ``held``, one open
-        record per key and check (``held_identity``; a row held again keeps its first
-        record; a table's rows without a key share one).
+        records ``{pk, field, check, reason, row_json}`` and optionally ``source_rows`` (the
+        source rows behind the record, more than one for rows without a key), with load id
+        ``held``, one open record per key and check (``held_identity``; a row held again
+        keeps its first record, with this run's count and first row; a table's rows without
+        a key share one).
 
         With ``rereads_null_cursors`` (the extract read every row whose cursor is NULL:
         ``null_cursor = "quarantine"``), an open NULL-cursor record whose key was not held
         this time is resolved: its row has a cursor value now (it was staged) or is gone.
-        With ``rereads_unkeyed`` (the extract read the whole table, so every row without a
-        key), an open record of rows without a key is resolved when no such row was held this
-        time: each has a key now (it was read, and staged) or is gone.
+        With ``rereads_unkeyed`` (True: the extract read the whole table, so every row
+        without a key; a time, ISO 8601: it read every row held without a key since then, at
+        its cursor value), an open record of rows without a key (opened since that time) is
+        resolved when no such row was held this time: each has a key now (it was read, and
+        staged) or is gone.
         Returns how many records were resolved."""
         cursor_check = "cursor not null"
         with self.connect() as con:
-            open_ = {
-                (pk, check)
-                for pk, check in con.execute(
-                    'SELECT pk, "check" FROM quarantine WHERE tbl = ? AND load_id = \'held\''
-                    " AND resolved IS NULL",
+            opened = {
+                (pk, check): ts
+                for pk, check, ts in con.execute(
+                    'SELECT pk, "check", min(ts) FROM quarantine WHERE tbl = ?'
+                    " AND load_id = 'held' AND resolved IS NULL GROUP BY pk, \"check\"",
                     [table],
                 ).fetchall()
             }
+            open_ = set(opened)
+            # one record per key and check; without a count from the source, its rows here
+            counted: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+            for r in rows:
+                first, n = counted.get(held_identity(r), (r, 0))
+                counted[held_identity(r)] = (first, n + 1)
+            rows = [{**r, "source_rows": r.get("source_rows") or n} for r, n in counted.values()]
             new = [r for r in rows if held_identity(r) not in open_]
             insert_quarantine(con, run_id, table, [{**r, "load_id": "held"} for r in new])
+            again = [r for r in rows if held_identity(r) in open_]
+            if again:
+                insert_rows(
+                    con,
+                    "UPDATE quarantine SET source_rows = df_rows.n, row_json = df_rows.row_json"
+                    " FROM df_rows WHERE tbl = ? AND load_id = 'held' AND resolved IS NULL"
+                    ' AND quarantine.pk = df_rows.pk AND quarantine."check" = df_rows."check"',
+                    {"pk": pa.string(), "check": pa.string(), "n": pa.int64(),
+                     "row_json": pa.string()},  # fmt: skip
+                    [[r["pk"], r["check"], r["source_rows"], r["row_json"]] for r in again],
+                    [table],
+                )
             settled = 0
             if rereads_null_cursors:
                 still = {r["pk"] for r in rows if r["check"] == cursor_check}
@@ -66,16 +91,28 @@ class QuarantineMixin(StoreBase):
                     con, run_id, table, cursor_check, keys, "the row has a cursor value now"
                 )
             if rereads_unkeyed:
+                since = None
+                if isinstance(rereads_unkeyed, str):
+                    since = dt.datetime.fromisoformat(rereads_unkeyed)
                 still = {r["pk"] for r in rows if r["check"] == UNKEYED}
-                keys = sorted(pk for pk, check in open_ if check == UNKEYED and pk not in still)
+                keys = sorted(
+                    pk
+                    for (pk, check), ts in opened.items()
+                    if check == UNKEYED and pk not in still and (since is None or ts >= since)
+                )
+                how = (
+                    "the whole table was read"
+                    if since is None
+                    else "the rows held without it were read again at their cursor values"
+                )
                 settled += self._resolve_held(
                     con,
                     run_id,
                     table,
                     UNKEYED,
                     keys,
-                    "no row of the table is without this key any more (the whole table was "
-                    "read): each such row has a key now (and was read with it) or is gone",
+                    f"no row of the table is without this key any more ({how}): each such "
+                    "row has a key now (and was read with it) or is gone",
                 )
             return settled
 
@@ -158,7 +195,8 @@ class QuarantineMixin(StoreBase):
         with self.connect(read_only=True) as con:
             cur = con.execute(
                 'SELECT ts, run_id, tbl, load_id, pk, field, "check", reason, row_json, contract,'
-                f" resolved, resolved_at, release FROM quarantine WHERE {' AND '.join(where)}"
+                " resolved, resolved_at, release, source_rows FROM quarantine"
+                f" WHERE {' AND '.join(where)}"
                 " ORDER BY ts, tbl, pk",
                 params,
             )
@@ -216,9 +254,9 @@ def insert_quarantine(
     insert_rows(
         con,
         'INSERT INTO quarantine (ts, run_id, tbl, load_id, pk, field, "check", reason,'
-        ' row_json, contract, planned_in) SELECT ?, ?, ?, load_id, pk, field, "check", reason,'
-        " row_json, ?, ? FROM df_rows",
-        dict.fromkeys(names, pa.string()),
-        [[r[n] for n in names] for r in rows],
+        " row_json, contract, planned_in, source_rows) SELECT ?, ?, ?, load_id, pk, field,"
+        ' "check", reason, row_json, ?, ?, source_rows FROM df_rows',
+        {**dict.fromkeys(names, pa.string()), "source_rows": pa.int64()},
+        [[r[n] for n in names] + [r.get("source_rows")] for r in rows],
         [now(), run_id, table, contract, planned_in],
     )

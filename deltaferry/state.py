@@ -105,6 +105,9 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved VARCHAR;  -- NULL: held
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS resolved_at TIMESTAMPTZ;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS release VARCHAR;  -- `quarantine release` reason
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS planned_in BIGINT;  -- the plan that held it
+-- source rows behind a record a source held (rows without a key share one), as the last
+-- run that held it counted them; NULL: one
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS source_rows BIGINT;
 -- a cut split over several batches (max_batch_rows): the keys each plan carries, as JSON
 -- lists of the key's text; NULL: unbounded on that side
 ALTER TABLE plans ADD COLUMN IF NOT EXISTS cut_after VARCHAR;

@@ -35,6 +35,8 @@ WINDOW_SQL = (
 _RETRY_PREFIX = re.compile(r"^retry in [0-9.]+s after ")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
+# the source rows behind a quarantine record: rows without a key share one record
+_SOURCE_ROWS = "coalesce(source_rows, 1)"
 LAG_NEWEST_CHANGE = "newest change"
 LAG_LAST_PUBLISH = "last publish"
 
@@ -201,7 +203,8 @@ def _table_status(
         cut = None
     quarantined = fetch_row(
         con,
-        "SELECT count(DISTINCT pk) FROM quarantine WHERE tbl = ? AND resolved IS NULL",
+        f"SELECT coalesce(sum(n), 0) FROM (SELECT pk, max({_SOURCE_ROWS}) AS n FROM quarantine"
+        " WHERE tbl = ? AND resolved IS NULL GROUP BY pk)",
         [table],
     )[0]
     published_at = ck[1] if ck else None
@@ -250,8 +253,9 @@ def _table_status(
     )[0]
     held = fetch_row(
         con,
-        "SELECT count(*) FROM (SELECT DISTINCT run_id, pk FROM quarantine WHERE tbl = ? AND"
-        " run_id IN (SELECT unnest(?::VARCHAR[])))",
+        f"SELECT coalesce(sum(n), 0) FROM (SELECT run_id, pk, max({_SOURCE_ROWS}) AS n"
+        " FROM quarantine WHERE tbl = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))"
+        " GROUP BY run_id, pk)",
         [table, run_ids],
     )[0]
     s["quarantine"] = {

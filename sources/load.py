@@ -51,6 +51,10 @@ class ExtractResult:
     # tables whose every source row was read this run (no cursor, or nothing staged yet), so
     # every row without a key was held again: an open record of one not held is resolved
     read_whole: list[str] | None = None
+    # tables with a cursor whose rows held for a NULL key since the time given (ISO 8601,
+    # UTC) were all read again this run at their cursor values: an open record of such rows
+    # opened since then and not held this run is resolved (each has a key now, or is gone)
+    unkeyed_since: dict[str, str] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

@@ -40,7 +40,7 @@ class _State:
         table: str,
         rows: list[dict[str, Any]],
         rereads_null_cursors: bool,
-        rereads_unkeyed: bool = False,
+        rereads_unkeyed: bool | str = False,
     ) -> int:
         self.held.append((table, len(rows)))
         return 0

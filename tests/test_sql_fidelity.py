@@ -660,9 +660,9 @@ def test_a_date_column_declared_timestamp_publishes_its_times_of_day(job):
     assert job.replica_rows("id, day") == oracle
 
 
-def _held_unkeyed(job) -> tuple[list, list]:  # noqa: ANN001
+def _held_unkeyed(job, field: str = "v") -> tuple[list, list]:  # noqa: ANN001
     """The open and the resolved quarantine records of rows held for a NULL key: the row's
-    values each, sorted."""
+    ``field`` each, sorted."""
     from deltaferry.state import StateStore
 
     with StateStore("t").connect(read_only=True) as con:
@@ -672,7 +672,7 @@ def _held_unkeyed(job) -> tuple[list, list]:  # noqa: ANN001
         ).fetchall()
     values = {True: [], False: []}
     for row_json, is_open in rows:
-        values[is_open].append(json.loads(row_json)["v"])
+        values[is_open].append(json.loads(row_json)[field])
     return sorted(values[True]), sorted(values[False])
 
 
@@ -715,9 +715,58 @@ def test_rows_whose_whole_key_is_null_share_one_record_until_none_is_left(job):
     assert any("2 source row(s) held back" in w for w in out["skipped"]), out["skipped"]
     job.sync()  # read again: no second record
     assert _held_unkeyed(job) == (["x"], [])  # one record, the first such row's values
+    assert _status(job)["quarantined_rows"] == 2  # its two source rows
     job.sql("UPDATE items SET region = 'us', id = 7 WHERE v = 'x'")
     assert job.sync()["tables"]["items"]["upserts"] == 1
-    assert _held_unkeyed(job) == (["x"], [])  # 'y' is still without a key
+    assert _held_unkeyed(job) == (["y"], [])  # 'y' is still without a key: the record's row
+    assert _status(job)["quarantined_rows"] == 1
     job.sql("DELETE FROM items WHERE v = 'y'")
     job.sync()
-    assert _held_unkeyed(job) == ([], ["x"])
+    assert _held_unkeyed(job) == ([], ["y"])
+    assert _status(job)["quarantined_rows"] == 0
+
+
+def _status(job) -> dict:  # noqa: ANN001
+    """``deltaferry status``'s figures of the job's table."""
+    from deltaferry.config import load_job
+    from deltaferry.status import job_status
+
+    return job_status(load_job("t", job.config))["tables"]["items"]
+
+
+def test_rows_keyed_later_without_their_cursor_moving_are_read_at_their_cursor_values(job):
+    """Under a cursor, a row held for a NULL key is out of the window once newer rows are
+    staged. Its cursor value is remembered and the rows there read again each run, so a row
+    given its key by an UPDATE of the key alone is published; the table's record of rows
+    without a key is resolved by the run that finds none left. The replica equals the
+    source (the standard library's reading of the time text as the oracle)."""
+    job.sql(
+        "CREATE TABLE items (id INTEGER, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'a', '2026-03-01 12:00:00'),"
+        " (NULL, 'x', '2026-03-01T12:00:01Z'), (NULL, 'y', '2026-03-01 13:00:02+01:00'),"
+        " (NULL, 'z', NULL)",
+    )
+    out = job.sync()
+    assert out["tables"]["items"]["upserts"] == 1
+    assert any("3 source row(s) held back" in s for s in out["skipped"]), out["skipped"]
+    job.sql("INSERT INTO items VALUES (2, 'b', '2026-03-02 00:00:00')")  # the window moves on
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert _status(job)["quarantined_rows"] == 3
+    job.sql("UPDATE items SET id = 5 WHERE name = 'x'")  # its key only: the cursor stays
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert _held_unkeyed(job, "name") == (["z"], [])  # 'y' and 'z' are still without one
+    assert _status(job)["quarantined_rows"] == 2
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    listed = CliRunner().invoke(cli, ["quarantine", "list", "t", "--config", str(job.config)])
+    text = " ".join(listed.output.split())
+    assert listed.exit_code == 0 and "1 held record(s)" in text, listed.output
+    assert "id=NULL (2 source rows, the first: name='z'" in text, listed.output
+    job.sql("UPDATE items SET id = 6 WHERE name = 'y'", "UPDATE items SET id = 7 WHERE name = 'z'")
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    assert _held_unkeyed(job, "name") == ([], ["z"])
+    assert job.sync()["tables"]["items"]["batch"] is None  # nothing left to read again
+    job.pull()
+    assert job.replica_rows() == expected(job)

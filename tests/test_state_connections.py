@@ -5,6 +5,8 @@ steps."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -107,6 +109,41 @@ def test_rows_are_written_in_bulk_and_in_order(home):
     store.record_held("r", "t", rows, rereads_null_cursors=False)
     assert time.perf_counter() - t0 < 5  # one statement: executemany took seconds here
     assert len(store.quarantine_rows("t")) == 10_000
+
+
+def test_a_record_of_rows_without_a_key_is_resolved_only_if_opened_since_their_rereads(home):
+    """A cursor table's rows held for a NULL key are read again at the cursor values
+    remembered since a time (``sources/sql_database/window.py:UnkeyedCursors``): a record
+    opened before that time (by a version that did not remember) stays open, since its rows
+    were not read again; one opened since is resolved when no such row is held."""
+    from deltaferry.quarantine import UNKEYED
+
+    store = StateStore("shop")
+
+    def held(v: str) -> dict:
+        return {"load_id": "1.0", "pk": '{"id": null}', "field": "id", "check": UNKEYED,
+                "reason": "r", "row_json": json.dumps({"id": None, "v": v})}  # fmt: skip
+
+    store.record_held("r1", "old", [held("a")], rereads_null_cursors=False)
+    since = dt.datetime.now(dt.UTC).isoformat()
+    store.record_held("r2", "new", [held("b")], rereads_null_cursors=False)
+    for table in ("old", "new"):
+        store.record_held("r3", table, [], rereads_null_cursors=False, rereads_unkeyed=since)
+    with store.connect(read_only=True) as con:
+        still_open = con.execute(
+            "SELECT tbl FROM quarantine WHERE resolved IS NULL ORDER BY tbl"
+        ).fetchall()
+        why = con.execute("SELECT resolved FROM quarantine WHERE tbl = 'new'").fetchone()[0]
+    assert still_open == [("old",)]
+    assert "read again at their cursor values" in why
+    # a whole read (True) settles the old one too
+    store.record_held("r4", "old", [], rereads_null_cursors=False, rereads_unkeyed=True)
+    assert _open_count(store) == 0
+
+
+def _open_count(store: StateStore) -> int:
+    with store.connect(read_only=True) as con:
+        return con.execute("SELECT count(*) FROM quarantine WHERE resolved IS NULL").fetchone()[0]
 
 
 def test_a_read_only_store_makes_or_updates_the_file_as_a_writer_would(home, opens):

@@ -36,7 +36,9 @@ from sources.sql_database.types import job_scope, key_roles, log, source_columns
 from sources.sql_database.window import (
     null_cursor_keys,
     remember_null_cursor_keys,
+    remember_unkeyed_cursors,
     staged_bound,
+    unkeyed_cursors,
     window,
 )
 
@@ -109,6 +111,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # keys whose cursor was NULL last time: read again by key after the window, since a
         # cursor value given later may be older than the window's bound
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
+        # cursor values of the rows held for a NULL key last time (read again below)
+        unkeyed = {t.name: unkeyed_cursors(job, t) for t in job.tables if t.cursor}
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         whole: list[str] = []  # tables read whole: every row without a key held again
@@ -147,45 +151,71 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         for name, n in first.rows.items():
             rows[name] = rows.get(name, 0) + n
         tombstones: dict[str, int] = {}
-        held = {r.t.name: list(r.keys.held) for r in reads if r.keys.held}
-        # rows whose key is all NULL share one record: the rows beyond the first, per table,
-        # as the window read held them (each source row once), for the run's count
-        unrecorded = {
-            name: len(unkeyed) - len({held_identity(r) for r in unkeyed})
-            for name, rows in held.items()
-            if (unkeyed := [r for r in rows if r["check"] == UNKEYED])
-        }
+        # what each read held, per table: a row may be read by more than one (the window,
+        # by key, at a held row's cursor value, reconcile's superset)
+        reads_held: dict[str, list[list[dict[str, Any]]]] = {}
+
+        def note_held(name: str, more: list[dict[str, Any]]) -> None:
+            if more:
+                reads_held.setdefault(name, []).append(more)
+
+        for r in reads:
+            note_held(r.t.name, list(r.keys.held))
         for name, more in first.held.items():
-            held.setdefault(name, []).extend(more)
+            note_held(name, more)
         for t in job.tables:
             keys = revisit.get(t.name)
             if keys:
                 ids, more = reextract(job, t, engine, pipeline, keys, borrowed, watchdog)
                 load_ids.extend(ids)
-                held.setdefault(t.name, []).extend(more)
+                note_held(t.name, more)
+        # rows held for a NULL key at these cursor values last time: read again, so a row
+        # keyed since without its cursor moving is read with its key (window.UnkeyedCursors)
+        for t in job.tables:
+            last = unkeyed.get(t.name)
+            if t.cursor and last is not None and last.values and t.name not in whole:
+                values = [{t.cursor: v} for v in last.values]
+                ids, more = reextract(
+                    job, t, engine, pipeline, values, borrowed, watchdog, columns=[t.cursor]
+                )
+                load_ids.extend(ids)
+                note_held(t.name, more)
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
         for t in job.tables:
             if t.deletes == "reconcile":
                 n, ids, more = reconcile(job, t, engine, pipeline, borrowed, watchdog)
                 tombstones[t.name] = n
                 load_ids.extend(ids)
-                if more:
-                    held.setdefault(t.name, []).extend(more)
+                note_held(t.name, more)
         # a row read by the window and again by key (or by reconcile's superset) held once
-        held = {name: _unique_held(rows) for name, rows in held.items() if rows}
+        held = {
+            name: _unique_held([r for one in lists for r in one], _source_rows_held(lists))
+            for name, lists in reads_held.items()
+        }
         for t in job.tables:
             if t.cursor and t.null_cursor == "quarantine":
                 remember_null_cursor_keys(job, t, held.get(t.name, []))
+            if t.cursor:  # every row read, not one per record: rows without a key share one
+                every = [r for one in reads_held.get(t.name, []) for r in one]
+                remember_unkeyed_cursors(job, t, every, unkeyed.get(t.name))
         return ExtractResult(
             load_ids,
             rows,
             tombstones,
             held=held or None,
-            held_rows={name: len(rows) + unrecorded.get(name, 0) for name, rows in held.items()}
+            held_rows={
+                name: sum(_source_rows_held(lists).values()) for name, lists in reads_held.items()
+            }
             or None,
             columns=columns or None,
             notes=first.notes or None,
             read_whole=whole or None,
+            unkeyed_since={
+                name: u.since
+                for name, u in unkeyed.items()
+                if u is not None and name not in whole
+            }
+            or None,
         )
     finally:
         if borrowed is not None:
@@ -272,12 +302,34 @@ def _initial_loads(
     return out
 
 
-def _unique_held(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _source_rows_held(reads: list[list[dict[str, Any]]]) -> dict[tuple[str, str], int]:
+    """How many source rows ``reads`` (what each read of one table held) held, per record
+    (``held_identity``): one a key and check, except for rows without a key, which may share
+    a record: there each row's text counts as often as the read that saw it most often saw
+    it (a row read by the window and at its cursor value is counted once; identical rows
+    are each counted)."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for one in reads:
+        seen: dict[tuple[tuple[str, str], str], int] = {}
+        for r in one:
+            text = r["row_json"] if r["check"] == UNKEYED else ""
+            seen[(held_identity(r), text)] = seen.get((held_identity(r), text), 0) + 1
+        for (identity, text), n in seen.items():
+            texts = counts.setdefault(identity, {})
+            texts[text] = max(texts.get(text, 0), n if text else 1)
+    return {identity: sum(texts.values()) for identity, texts in counts.items()}
+
+
+def _unique_held(
+    rows: list[dict[str, Any]], source_rows: dict[tuple[str, str], int]
+) -> list[dict[str, Any]]:
     """Held records, one per key and check (``held_identity``: a row read by the window and
-    again by key is held once)."""
+    again by key is held once), each with the ``source_rows`` behind it."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
-        seen.setdefault(held_identity(r), r)
+        identity = held_identity(r)
+        if identity not in seen:
+            seen[identity] = {**r, "source_rows": source_rows.get(identity, 1)}
     return list(seen.values())
 
 

@@ -29,7 +29,7 @@ from sources.sql_database.connection import (
 )
 from sources.sql_database.reads import TableRead, adapt_table, run_reads, undecodable_text
 from sources.sql_database.types import carry_plans
-from sources.sql_database.window import Normalize, by_keys, text_time_columns
+from sources.sql_database.window import Normalize, by_values, text_time_columns
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 
@@ -114,13 +114,16 @@ def reextract(
     keys: list[dict],
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
+    columns: list[str] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Extract the given keys again, ignoring the cursor (rows re-created at the source or
-    committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_keys``:
-    SQLite time text in a key is matched as an instant). Returns the load ids and the rows
-    held back."""
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_values``:
+    SQLite time text in a key is matched as an instant). With ``columns`` (say the cursor),
+    ``keys`` are values of those columns instead of the primary key: every row holding one
+    is read. Returns the load ids and the rows held back."""
     load_ids: list[str] = []
     held: list[dict[str, Any]] = []
+    on = list(columns or t.primary_key)
     for start in range(0, len(keys), REEXTRACT_KEYS):
         group = keys[start : start + REEXTRACT_KEYS]
         read = TableRead(
@@ -129,7 +132,7 @@ def reextract(
             engine,
             watchdog,
             ChangedByKey(job, t, borrowed),
-            lambda text_times, group=group: by_keys(job, t, group, text_times),
+            lambda text_times, group=group: by_values(job, t, on, group, text_times),
             name=f"{t.name}__recreated",
             pipeline=pipeline,
         )

@@ -26,6 +26,7 @@ import ast
 import datetime as dt
 import re
 import warnings
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,6 +39,7 @@ from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TerminalError
+from deltaferry.quarantine import UNKEYED
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
@@ -301,6 +303,63 @@ def remember_null_cursor_keys(job: JobConfig, t: TableConfig, held: list[dict]) 
     tmp.replace(path)
 
 
+@dataclass(frozen=True)
+class UnkeyedCursors:
+    """The cursor values of a cursor table's rows held back for a NULL key, remembered by
+    ``remember_unkeyed_cursors`` after each run's extract. A row whose key is set later
+    without its cursor moving is out of the window for good; the next run reads the rows at
+    these values again (``by_values``), so such a row is read with its key.
+
+    ``since`` (ISO 8601, UTC) is when the table's values were first remembered: every row
+    held without a key since then has its value here, so an open record of such rows opened
+    at or after it, with no such row held by a run that read these values, is settled.
+    Records opened before it (by a deltaferry that did not remember) are not."""
+
+    since: str
+    values: list[Any]
+
+
+def unkeyed_cursors(job: JobConfig, t: TableConfig) -> UnkeyedCursors | None:
+    """What the last run remembered for ``t`` (see ``UnkeyedCursors``), or None when nothing
+    was remembered yet (or the table has no cursor)."""
+    import json
+
+    path = _unkeyed_file(job, t)
+    if t.cursor is None or not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return UnkeyedCursors(data["since"], list(data["values"]))
+
+
+def remember_unkeyed_cursors(
+    job: JobConfig, t: TableConfig, held: list[dict], last: UnkeyedCursors | None
+) -> None:
+    """Keep the cursor values of the rows held back for a NULL key in this run (every read
+    of it: the window, by key, by these values), atomically, keeping ``last.since``.
+    Rows whose cursor is NULL too are left out: the window reads those on every run."""
+    import json
+
+    values = {
+        json.dumps(v, default=str)
+        for r in held
+        if r["check"] == UNKEYED and (v := json.loads(r["row_json"]).get(t.cursor)) is not None
+    }
+    since = last.since if last is not None else dt.datetime.now(dt.timezone.utc).isoformat()
+    path = _unkeyed_file(job, t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"since": since, "values": [json.loads(v) for v in sorted(values)]})
+    )
+    tmp.replace(path)
+
+
+def _unkeyed_file(job: JobConfig, t: TableConfig) -> Any:
+    from deltaferry.config import job_home
+
+    return job_home(job.name) / "unkeyed_cursor" / f"{t.name}.json"
+
+
 def _null_cursor_file(job: JobConfig, t: TableConfig) -> Any:
     from deltaferry.config import job_home
 
@@ -401,33 +460,40 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
 
 def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[str, str]) -> Any:
     """dlt ``query_adapter_callback`` selecting the rows of ``keys`` (staged key values, a
-    dict per key), for a read again by key. Key parts the source stores as staged are
-    matched exactly (``IN``); a naive timestamp part is matched as wall time in the job's
-    zone (``_key_value``). A part of SQLite time text cannot be matched by value (the same
-    instant has many texts), so it selects the UTC days around each key's instant through
-    ``julianday()``, and every row whose text ``julianday()`` cannot read: a superset,
-    whose rows the read keeps only where they differ from staging, as the window's
-    margin is."""
-    pk = list(t.primary_key)
-    timed = [c for c in pk if text_times.get(c) in ("timestamp", "date")]
-    plain = [c for c in pk if c not in timed]
+    dict per key), for a read again by key: ``by_values`` on the key columns."""
+    return by_values(job, t, list(t.primary_key), keys, text_times)
+
+
+def by_values(
+    job: JobConfig, t: TableConfig, columns: list[str], values: list[dict], text_times: dict[str, str]
+) -> Any:
+    """dlt ``query_adapter_callback`` selecting the rows whose ``columns`` hold one of
+    ``values`` (staged values, a dict per combination: keys, or cursor values). Parts the
+    source stores as staged are matched exactly (``IN``); a naive timestamp part is matched
+    as wall time in the job's zone (``_key_value``). A part of SQLite time text cannot be
+    matched by value (the same instant has many texts), so it selects the UTC days around
+    each value's instant through ``julianday()``, and every row whose text ``julianday()``
+    cannot read: a superset, whose rows the read keeps only where they differ from staging,
+    as the window's margin is."""
+    timed = [c for c in columns if text_times.get(c) in ("timestamp", "date")]
+    plain = [c for c in columns if c not in timed]
 
     def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
         conds: list[sa.ColumnElement[bool]] = []
         if plain:
             cols = [table.c[c] for c in plain]
-            values = {
+            combos = {
                 tuple(_key_value(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
-                for k in keys
+                for k in values
             }
             if len(cols) == 1:
-                conds.append(cols[0].in_(sorted({v[0] for v in values}, key=repr)))
+                conds.append(cols[0].in_(sorted({v[0] for v in combos}, key=repr)))
             else:
-                conds.append(sa.tuple_(*cols).in_(sorted(values, key=repr)))
+                conds.append(sa.tuple_(*cols).in_(sorted(combos, key=repr)))
         for c in timed:
             col = table.c[c]
             days = sorted(
-                {d + step for d in (_day_number(_typed(col, k[c])) for k in keys if k[c] is not None)
+                {d + step for d in (_day_number(_typed(col, k[c])) for k in values if k[c] is not None)
                  for step in (-1, 0, 1)}
             )  # fmt: skip
             jd = sa.func.julianday(col)
@@ -533,6 +599,10 @@ def null_cursor_hold(t: TableConfig, hold: Any) -> Any:
 __all__ = [
     "Normalize",
     "by_keys",
+    "by_values",
+    "UnkeyedCursors",
+    "remember_unkeyed_cursors",
+    "unkeyed_cursors",
     "null_cursor_hold",
     "null_cursor_keys",
     "remember_null_cursor_keys",
