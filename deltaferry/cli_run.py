@@ -95,14 +95,12 @@ def run_all(
         where = f"on Dask at {dask_address}" if dask_address else f"in {workers} worker process(es)"
         with out.status(f"syncing {len(runnable)} job(s) {where} ..."), prefect_startup_wait():
             results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
-    failed = []
-    for name in names:
-        r = results.get(name) or {}
-        if "error" in r:
-            failed.append(name)
-            err.print(f"[bold red]error:[/] {escape(r['error'])}", highlight=False, soft_wrap=True)
-        else:
-            _print_run_summary(r)
+    failed = [name for name in names if "error" in (results.get(name) or {})]
+    _print_all_summaries([results[n] for n in names if n not in failed and n in results])
+    for name in failed:
+        err.print(
+            f"[bold red]error:[/] {escape(results[name]['error'])}", highlight=False, soft_wrap=True
+        )
     if failed:
         sys.exit(1)
 
@@ -160,41 +158,65 @@ def no_cursor_label(kind: str) -> str:
     return getattr(source_settings(kind), "NO_CURSOR_LABEL", "(full compare)")
 
 
-def _print_run_summary(summary: dict[str, Any]) -> None:
-    table = new_report(
-        "table",
-        "batch",
-        "rows",
-        "upserts",
-        "deletes",
-        "quarantined",
-        "bytes",
-        "manifest",
-        title=f"job {summary['job']}",
-    )
+# the columns of a run's summary, a row per table (run-all puts the job before them)
+SUMMARY_COLUMNS = ("table", "batch", "rows", "upserts", "deletes", "quarantined", "bytes", "manifest")
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """A run's summary (``flows.sync.sync_job``'s result) as rows of ``SUMMARY_COLUMNS``."""
+    rows = []
     extracted = summary.get("extracted")  # deltaferry.extract.ExtractResult
     for name, s in summary["tables"].items():
         # rows held back before staging (a NULL key or cursor) count as quarantined too
         held = extracted.table(name).held if extracted is not None else 0
         if s.get("batch") is None:
-            table.add_row(name, "-", "0", "", "", str(held) if held else "", "", "no change")
+            rows.append([name, "-", "0", "", "", str(held) if held else "", "", "no change"])
         else:
-            table.add_row(
-                name,
-                str(s["batch"]),
-                str(s["rows"]),
-                str(s["upserts"]),
-                str(s["deletes"]),
-                str(int(s["quarantined"]) + held),
-                str(s["bytes"]),
-                s["manifest"],
+            rows.append(
+                [
+                    name,
+                    str(s["batch"]),
+                    str(s["rows"]),
+                    str(s["upserts"]),
+                    str(s["deletes"]),
+                    str(int(s["quarantined"]) + held),
+                    str(s["bytes"]),
+                    s["manifest"],
+                ]
             )
+    return rows
+
+
+def _print_notes(summary: dict[str, Any]) -> None:
+    """What a run recovered, and the inputs or source columns it went on without."""
+    for r in summary.get("recovered", []):
+        out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
+    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:
+        err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def _print_run_summary(summary: dict[str, Any]) -> None:
+    table = new_report(*SUMMARY_COLUMNS, title=f"job {summary['job']}")
+    for row in _summary_rows(summary):
+        table.add_row(*row)
     for r in summary.get("recovered", []):
         out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
     emit(table)
-    # the run went on without these inputs, or without these source columns
-    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:
-        err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+    _print_notes({**summary, "recovered": []})
+
+
+def _print_all_summaries(summaries: list[dict[str, Any]]) -> None:
+    """run-all's jobs that ran, in one report whose rows start with the job (piped, two
+    jobs' tables of one name stay apart), then what each recovered or went on without."""
+    if not summaries:
+        return
+    table = new_report("job", *SUMMARY_COLUMNS, title="run-all")
+    for summary in summaries:
+        for row in _summary_rows(summary):
+            table.add_row(summary["job"], *row)
+    emit(table)
+    for summary in summaries:
+        _print_notes(summary)
 
 
 COMMANDS = [run, run_all, serve]

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from contracts import Chain, Contract, load_chain, load_contract
 from deltaferry.config import JobConfig, job_home
-from deltaferry.errors import JobBusyError, TransientError
+from deltaferry.errors import DeltaferryError, JobBusyError, TransientError
 from deltaferry.failpoints import killed
 from deltaferry.keys import Keyring
 from deltaferry.negotiate import source_version
@@ -126,10 +126,28 @@ def preflight_job(job: JobConfig) -> None:
     from sources import source_module
 
     with job_lock(job.name):
-        for t in job.tables:
-            load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
-        source_module(job).preflight_source(job)
-        open_lake(job.lake, base=job.base_dir).check()
+        try:
+            for t in job.tables:
+                load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
+            source_module(job).preflight_source(job)
+            open_lake(job.lake, base=job.base_dir).check()
+        except DeltaferryError as e:
+            _record_refused(job, e)
+            raise
+
+
+def _record_refused(job: JobConfig, e: DeltaferryError) -> None:
+    """A run the preflight refused, in the job's state: a failed run whose operations-log
+    step ``preflight`` holds the error's line, so ``deltaferry status`` shows the last
+    attempt (not "never run", or an older run's success). Best effort: a state that
+    cannot be written (the state file is the problem, say) leaves the error as it is."""
+    try:
+        state = StateStore(job.name)
+        run_id = state.start_run()
+        state.log(run_id, "preflight", "failed", detail=str(e)[:2000])
+        state.finish_run(run_id, "failed", str(e)[:2000])
+    except Exception as failure:  # noqa: BLE001 - the preflight's error is the one to say
+        log.warning("job '%s': the refused run was not recorded: %s", job.name, failure)
 
 
 @contextmanager

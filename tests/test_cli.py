@@ -241,6 +241,12 @@ def test_bad_environment_is_one_line_exit_2(case, request, tmp_path, home, api_e
     if lake.startswith("file://"):
         assert not list((tmp_path / "lake").rglob("*.json"))  # nothing published
     assert_clean(p.stderr)
+    if command == "run" and kind != "source-env-unset":  # that one fails loading the job
+        # the refused run is the job's last run in `status` (was: "never run")
+        shown = run_cli("status", "--json", "--config", config, env=env, cwd=tmp_path)
+        last = json.loads(shown.stdout)[0]["last_run"]
+        assert last["outcome"] == "failed", shown.stdout
+        assert all(n in last["detail"] for n in needles), last
 
 
 # --- 2. jobs ---------------------------------------------------------------------------------

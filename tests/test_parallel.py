@@ -205,3 +205,25 @@ def test_ctrl_c_stops_run_all_and_its_workers_and_the_next_run_converges(
 
     results = run_parallel(["alpha", "beta", "gamma"], str(three_jobs), workers=2)
     _published_and_convergent(results, three_jobs, bucket, tmp_path, any_batch=True)
+
+
+def test_run_all_output_piped_names_the_job_on_every_row(capsys):
+    """Piped, run-all's summaries are one tab-separated report whose rows start with the
+    job, so two jobs' tables of one name stay apart; what each recovered is said after."""
+    from deltaferry.cli_run import _print_all_summaries
+
+    def summary(job: str, batch: int | None) -> dict:
+        table = {"batch": batch, "rows": 3, "upserts": 2, "deletes": 1, "quarantined": 0,
+                 "bytes": 10, "manifest": "created"}  # fmt: skip
+        return {"job": job, "tables": {"stock": table}, "recovered": [f"job '{job}': r"]}
+
+    _print_all_summaries([summary("north", 4), summary("south", None)])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln.split("\t") for ln in lines if "\t" in ln]
+    assert rows[0][:3] == ["job", "table", "batch"]
+    assert rows[1][:4] == ["north", "stock", "4", "3"]
+    assert rows[2][:3] == ["south", "stock", "-"] and rows[2][-1] == "no change"
+    assert [ln for ln in lines if ln.startswith("recovered")] == [
+        "recovered: job 'north': r",
+        "recovered: job 'south': r",
+    ]
