@@ -188,10 +188,13 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 
 def _print_notes(summary: dict[str, Any]) -> None:
-    """What a run recovered, and the inputs or source columns it went on without."""
+    """What a run recovered, the inputs or source columns it went on without, and how it
+    read naive times its zone shows twice or never."""
     for r in summary.get("recovered", []):
         out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
-    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values()]:
+    extracted = summary.get("extracted")
+    read = [n for t in extracted.tables.values() for n in t.wall_times] if extracted else []
+    for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values(), *read]:
         err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
 
 

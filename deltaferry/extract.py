@@ -9,7 +9,8 @@ Owns everything the run's extract step does to the job's state, and what it foun
   source no longer has are staged as tombstones (``stage_missing_as_tombstones``);
 - the operations log's entries for what the source reported: its client's own retries
   (``source-retry``), inputs set aside whole (``skipped``), rows held back before staging
-  (``held``, and their quarantine records) and keys read more than once (``duplicate-key``);
+  (``held``, and their quarantine records), keys read more than once (``duplicate-key``),
+  and naive times read by the wall-time rule where the zone's clock changes (``wall-time``);
 - the source's current columns, for drift (``ctx.source_columns``), and the run's lines
   about what it went on without (``ctx.skipped``);
 - the step's own entry in the operations log (``ctx.step("extract", ...)``).
@@ -47,6 +48,8 @@ class TableExtract:
     held: int = 0
     # keys read more than once, as the source resolved them, one note each
     duplicates: list[str] = field(default_factory=list)
+    # naive times the job's zone shows twice or never, one note per column and kind
+    wall_times: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,7 +61,7 @@ class ExtractResult:
     # the source client's own retries (HTTP 429/5xx), one reason each
     retried: list[str] = field(default_factory=list)
     # lines for the run's log at warning level, in the order they were found: inputs
-    # skipped, rows held back, duplicate keys
+    # skipped, rows held back, naive times read by the wall-time rule, duplicate keys
     warnings: list[str] = field(default_factory=list)
 
     def table(self, name: str) -> TableExtract:
@@ -140,6 +143,12 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         for table, notes in (result.notes or {}).items():  # how the source read the table
             for note in notes:
                 entries.append(Entry("extract", "initial-load", table=table, detail=note[:2000]))
+        for table, notes in (result.wall_times or {}).items():
+            # naive times the job's zone shows twice or never, read by one rule: said
+            out.tables.setdefault(table, TableExtract()).wall_times = list(notes)
+            for note in notes:
+                entries.append(Entry("extract", "wall-time", table=table, detail=note[:2000]))
+                out.warnings.append(note)
         for table, notes in (result.duplicates or {}).items():
             # a key read more than once in one read, resolved by the source's rule: recorded
             out.tables.setdefault(table, TableExtract()).duplicates = list(notes)

@@ -55,6 +55,9 @@ class ExtractResult:
     # UTC) were all read again this run at their cursor values: an open record of such rows
     # opened since then and not held this run is resolved (each has a key now, or is gone)
     unkeyed_since: dict[str, str] | None = None
+    # per table, naive times that named a wall time the job's zone shows twice or never,
+    # read by sources/wall_time.py's rule: one line per column and kind (warned and logged)
+    wall_times: dict[str, list[str]] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

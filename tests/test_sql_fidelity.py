@@ -351,22 +351,33 @@ def test_bad_timezone_and_null_cursor_settings_are_one_line_config_errors(
     assert says in str(err.value) and "job 't'" in str(err.value)
 
 
-def test_a_wall_time_the_jobs_timezone_does_not_have_is_refused(job):
-    # 02:30 on 8 March 2026 does not exist in New York (clocks jump from 02:00 to 03:00)
+def test_wall_times_the_jobs_timezone_skips_or_repeats_are_read_and_said(job):
+    """02:30 on 8 March 2026 does not exist in New York (clocks jump from 02:00 to 03:00),
+    01:30 on 1 November 2026 happens twice: both are published as PostgreSQL's manual reads
+    such times (its examples, a year apart: 07:30 and 06:30 UTC), the run warns naming the
+    column and the operations log says so (it stopped every run before)."""
+    from deltaferry.state import StateStore
+
     job.write(extra='timezone = "America/New_York"')
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at DATETIME)",
-        "INSERT INTO items VALUES (1, 'gap', '2026-03-08 02:30:00')",
+        "INSERT INTO items VALUES (1, 'gap', '2026-03-08 02:30:00'),"
+        " (2, 'fold', '2026-11-01 01:30:00'), (3, 'fold, said', '2026-11-01 01:30:00-04:00')",
     )
-    with pytest.raises(TerminalError) as err:
-        job.sync()
-    assert "'updated_at'" in str(err.value) and "'2026-03-08 02:30:00'" in str(err.value)
-    assert job.batches() == 0
-    job.sql("UPDATE items SET updated_at = '2026-03-08 03:30:00'")
-    assert job.sync()["tables"]["items"]["upserts"] == 1
+    out = job.sync()
+    assert out["tables"]["items"]["upserts"] == 3
+    notes = out["extracted"].table("items").wall_times
+    assert len(notes) == 2 and all("column 'updated_at': 1 value(s)" in n for n in notes), notes
+    with StateStore("t").connect(read_only=True) as con:
+        logged = con.execute("SELECT count(*) FROM ops_log WHERE outcome = 'wall-time'").fetchone()
+    assert logged == (2,)
+    assert job.sync()["tables"]["items"]["batch"] is None  # the same instants: nothing new
     job.pull()
+    utc = dt.timezone.utc
     assert job.replica_rows() == [
-        (1, "gap", dt.datetime(2026, 3, 8, 7, 30, tzinfo=dt.timezone.utc))
+        (1, "gap", dt.datetime(2026, 3, 8, 7, 30, tzinfo=utc)),
+        (2, "fold", dt.datetime(2026, 11, 1, 6, 30, tzinfo=utc)),
+        (3, "fold, said", dt.datetime(2026, 11, 1, 5, 30, tzinfo=utc)),
     ]
 
 
@@ -422,13 +433,28 @@ def test_a_naive_postgres_cursor_is_wall_time_in_the_jobs_timezone(pg_job, tmp_p
             (2, dt.datetime(2026, 7, 1, 13, tzinfo=utc)),
             (3, dt.datetime(2026, 7, 1, 13, tzinfo=utc)),
         ]
-        # a wall time that is two instants in New York (clocks fall back at 02:00 on 1
-        # November 2026): refused, naming the column; nothing published
-        pg_job.sql("INSERT INTO ev VALUES (4, 'fold', '2026-11-01 01:30:00')")
-        with pytest.raises(TerminalError) as err:
-            pg_job.sync()
-        assert "column 'at'" in str(err.value) and "America/New_York" in str(err.value)
-        assert len(pg_job.lake().list("pg/ev/manifests/")) == 2
+        # wall times that are two instants, or none, in New York (clocks fall back at 02:00
+        # on 1 November 2026, jump forward at 02:00 on 14 March 2027): published as PostgreSQL
+        # itself reads them (the oracle: `at AT TIME ZONE` in the source), with a warning
+        pg_job.sql(
+            "INSERT INTO ev VALUES (4, 'fold', '2026-11-01 01:30:00'),"
+            " (5, 'fold edge', '2026-11-01 01:00:00'), (6, 'gap', '2027-03-14 02:30:00'),"
+            " (7, 'after', '2026-11-01 02:00:00')"
+        )
+        out = pg_job.sync()
+        assert out["tables"]["ev"]["upserts"] == 4
+        notes = out["extracted"].table("ev").wall_times
+        assert any("column 'at': 2 value(s)" in n and "twice" in n for n in notes), notes
+        assert any("column 'at': 1 value(s)" in n and "never" in n for n in notes), notes
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            r.execute("SET TimeZone = 'UTC'")
+            got = r.execute('SELECT id, "at" FROM ev WHERE id >= 4 ORDER BY id').fetchall()
+        with pg_job.server.connect(pg_job.database) as conn:
+            source = conn.execute(
+                "SELECT id, at AT TIME ZONE 'America/New_York' FROM ev WHERE id >= 4 ORDER BY id"
+            ).fetchall()
+        assert got == [(i, when.astimezone(utc)) for i, when in source]
     finally:
         sys.path.remove(str(tmp_path))
 

@@ -85,13 +85,20 @@ def test_carried_fast_path_gives_what_the_full_path_gives(sa_type):
             assert got == want, value
 
 
-def test_a_wall_time_the_jobs_zone_skips_is_named_so():
-    """2024-03-31 02:30 does not exist in Berlin (clocks jump 02:00 -> 03:00): the refusal
-    says so, rather than that the text is not a timestamp."""
-    read = TimeText("timestamp", "Europe/Berlin", "job 'j' table 't'", "c", False)
-    with pytest.raises(TerminalError) as e:
-        read.process_result_value("2024-03-31 02:30:00", None)
-    assert "no such wall time in Europe/Berlin" in str(e.value), str(e.value)
+def test_wall_times_the_jobs_zone_skips_or_repeats_are_read_as_postgresql_reads_them():
+    """2024-03-31 02:30 does not exist in Berlin (clocks jump 02:00 -> 03:00): read with the
+    offset before the change (01:30 UTC); 2024-10-27 02:30 happens twice: the later one
+    (01:30 UTC). Both are counted for the run's warning; text that is no time is refused."""
+    from sources.wall_time import REPEATED, SKIPPED, ZoneShifts
+
+    shifts = ZoneShifts()
+    read = TimeText("timestamp", "Europe/Berlin", "job 'j' table 't'", "c", False, shifts)
+    assert read.process_result_value("2024-03-31 02:30:00", None) == dt.datetime(2024, 3, 31, 1, 30)
+    assert read.process_result_value("2024-10-27 02:30:00", None) == dt.datetime(2024, 10, 27, 1, 30)
+    assert read.process_result_value("2024-10-27 02:30:00+02:00", None) == dt.datetime(
+        2024, 10, 27, 0, 30
+    )  # an offset says which: not counted
+    assert shifts.counts == {("c", SKIPPED): 1, ("c", REPEATED): 1}
     with pytest.raises(TerminalError) as e:
         read.process_result_value("soon", None)
     assert "is not a timestamp (ISO-8601" in str(e.value)

@@ -28,6 +28,7 @@ from sources.files.settings import (
     DEFAULT_ENCODING,
     EXTENSIONS,
 )
+from sources.wall_time import assume_zone
 
 # --- reading one file --------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") 
                 cast = _naive_from_text(col, target)
             elif pa.types.is_timestamp(target) and target.tz and _naive_time(col.type):
                 cast = cast_exact(col, pa.timestamp(target.unit))
-                cast = pc.assume_timezone(cast, zone).cast(target)
+                cast = assume_zone(cast, zone)[0].cast(target)  # wall_time.py's rule
             else:
                 cast = cast_exact(col, target)
         except InexactCast as e:
@@ -271,7 +272,7 @@ def _zoned_from_text(col: Any, target: pa.TimestampType, zone: str = "UTC") -> A
     zoned = pc.match_substring_regex(col, _ZONED_TEXT)
     with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
     naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
-    as_utc = pc.assume_timezone(naive, zone).cast(target)
+    as_utc = assume_zone(naive, zone)[0].cast(target)  # clock changes: wall_time.py's rule
     return pc.coalesce(with_zone, as_utc)
 
 

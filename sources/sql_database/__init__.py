@@ -181,6 +181,11 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 load_ids.extend(ids)
                 note_held(t.name, more)
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
+        wall_times = {
+            r.t.name: r.shifts.notes(f"job '{job.name}' table '{r.t.name}'", job.timezone)
+            for r in reads
+            if r.shifts.counts
+        }
         for t in job.tables:
             if t.deletes == "reconcile":
                 n, ids, more = reconcile(job, t, engine, pipeline, borrowed, watchdog)
@@ -216,6 +221,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 if u is not None and name not in whole
             }
             or None,
+            wall_times=wall_times or None,
         )
     finally:
         if borrowed is not None:

@@ -23,10 +23,15 @@ from sources.sql_database.types import sql_table, sqlite_json_text
 from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
 from sources.staging import staged_types
 from sources.variants import Variants
+from sources.wall_time import ZoneShifts
 
 
 def adapt_table(
-    job: JobConfig, t: TableConfig, text_times: dict[str, str], seen: list[str] | None = None
+    job: JobConfig,
+    t: TableConfig,
+    text_times: dict[str, str],
+    seen: list[str] | None = None,
+    shifts: ZoneShifts | None = None,
 ) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
     # columns are parsed from their stored text (window.TimeText), JSON columns read as it
@@ -44,7 +49,7 @@ def adapt_table(
             if kind in ("timestamp", "date"):
                 fixed = col.name == t.cursor or col.name in pk
                 where = f"job '{job.name}' table '{t.name}'"
-                col.type = TimeText(kind, job.timezone, where, col.name, fixed)
+                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts)
             elif kind == "json":
                 col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
         return table
@@ -86,7 +91,9 @@ class TableRead:
             self.variants = Variants(naming, job, t, staged)
         self.changed = changed
         text_times = text_time_columns(engine, t)
-        self.normalize = Normalize(job, t, text_times)
+        # naive times of a wall time the job's zone shows twice or never (sources/wall_time.py)
+        self.shifts = ZoneShifts()
+        self.normalize = Normalize(job, t, text_times, self.shifts)
         resource = sql_table(
             job,
             credentials=engine,
@@ -95,7 +102,7 @@ class TableRead:
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=adapt_table(job, t, text_times, self.columns),
+            table_adapter_callback=adapt_table(job, t, text_times, self.columns, self.shifts),
             query_adapter_callback=query(text_times) if query is not None else None,
         )
         if name is not None:

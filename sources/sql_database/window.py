@@ -26,6 +26,7 @@ import ast
 import datetime as dt
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -42,6 +43,7 @@ from deltaferry.errors import TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
+from sources.wall_time import ZoneShifts, assume_zone, wall_to_utc
 
 # SQLite time text is compared through julianday(), which keeps milliseconds (the same
 # instant in any text form gives the same julianday); rows up to this many seconds before
@@ -82,15 +84,15 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
 _UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 
-class NoSuchWallTime(ValueError):
-    """Naive time text naming a wall time the zone skips (a clock change's gap)."""
-
-
-def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.date:
+def parse_time_text(
+    text: str, kind: str, zone: ZoneInfo, shifts: Callable[[str], None] | None = None
+) -> dt.datetime | dt.date:
     """One SQLite time text as what it means: a ``date``, or a naive ``datetime`` holding
-    the UTC wall time of the instant (naive text taken in ``zone``). Space or ``T``,
-    fractions of any length (digits beyond microseconds must be zeros), ``Z``, ``UTC``,
-    ``+hh``, ``+hhmm``, ``+hh:mm``. Raises ValueError for anything else."""
+    the UTC wall time of the instant (naive text taken in ``zone``, by
+    ``sources/wall_time.py``'s rule where its clock changes: ``shifts`` is told the kind,
+    ``REPEATED`` or ``SKIPPED``, of each such text). Space or ``T``, fractions of any length
+    (digits beyond microseconds must be zeros), ``Z``, ``UTC``, ``+hh``, ``+hhmm``,
+    ``+hh:mm``. Raises ValueError for anything else."""
     value = text
     if value[:1].isspace() or value[-1:].isspace():
         value = value.strip()
@@ -104,11 +106,10 @@ def parse_time_text(text: str, kind: str, zone: ZoneInfo) -> dt.datetime | dt.da
     if when.tzinfo is None:
         if zone.key == "UTC":  # naive UTC is already what is staged
             return when
-        when = when.replace(tzinfo=zone)
-        if when.astimezone(dt.timezone.utc).astimezone(zone).replace(tzinfo=None) != when.replace(
-            tzinfo=None
-        ):
-            raise NoSuchWallTime(f"no such wall time in {zone.key}")
+        utc, shifted = wall_to_utc(when, zone)
+        if shifted is not None and shifts is not None:
+            shifts(shifted)
+        return utc
     return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
@@ -121,10 +122,20 @@ class TimeText(sa.types.TypeDecorator):
     impl = sa.Text
     cache_ok = True
 
-    def __init__(self, kind: str, zone: str, where: str, column: str, fixed: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        zone: str,
+        where: str,
+        column: str,
+        fixed: bool,
+        shifts: ZoneShifts | None = None,
+    ) -> None:
         super().__init__()
         self.kind, self.zone, self.where, self.column, self.fixed = kind, zone, where, column, fixed
         self._zone = ZoneInfo(zone)
+        # texts naming a wall time the zone shows twice or never: counted for the run's notes
+        self._shifted = None if shifts is None else lambda k: shifts.add(column, k)
         self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
 
     def result_processor(self, dialect: Any, coltype: Any) -> Any:
@@ -160,13 +171,11 @@ class TimeText(sa.types.TypeDecorator):
         try:
             if not isinstance(value, str):
                 raise ValueError("not text")
-            return parse_time_text(value, self.kind, self._zone)
-        except (ValueError, OverflowError) as e:  # Overflow: year 1 or 9999 moved by a zone
+            return parse_time_text(value, self.kind, self._zone, self._shifted)
+        except (ValueError, OverflowError):  # Overflow: year 1 or 9999 moved by a zone
             form = (
                 "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
             )
-            if isinstance(e, NoSuchWallTime):
-                form = f"time that exists in the job's timezone ({e})"
             as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"
@@ -199,14 +208,21 @@ class Normalize:
     """A dlt map step over Arrow chunks: naive timestamps of databases with time types are
     taken in the job's ``timezone`` and kept naive as UTC wall time (the type they always
     had in staging; publishing gives them the contract's zone). A wall time that is not
-    one instant there stops the read with a ``TerminalError``. (SQLite's time text is
-    parsed earlier, by ``TimeText``.)"""
+    one instant there (the clock set back or forward) is read by ``sources/wall_time.py``'s
+    rule and counted in ``shifts``. (SQLite's time text is parsed earlier, by ``TimeText``.)"""
 
-    def __init__(self, job: JobConfig, t: TableConfig, text_times: dict[str, str]) -> None:
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        text_times: dict[str, str],
+        shifts: ZoneShifts | None = None,
+    ) -> None:
         self.job = job
         self.t = t
         self.text_times = text_times
         self.zone = job.timezone
+        self.shifts = shifts if shifts is not None else ZoneShifts()
 
     @property
     def where(self) -> str:
@@ -222,13 +238,15 @@ class Normalize:
                 and field.name not in self.text_times
             ):
                 try:
-                    local = pc.assume_timezone(chunk.column(i), self.zone)
-                except pa.ArrowInvalid as e:  # a wall time that does not exist or is ambiguous
+                    local, shifted = assume_zone(chunk.column(i), self.zone)
+                except OverflowError:  # year 1 or 9999 moved out of range by the zone
                     raise TerminalError(
-                        f"{self.where}: column '{field.name}' holds a naive timestamp that is not "
-                        f"one instant in the job's timezone {self.zone} ({e}); store it with an "
-                        "offset, or set the job's timezone to the zone it was written in"
+                        f"{self.where}: column '{field.name}' holds a naive timestamp that is "
+                        f"not an instant in the job's timezone {self.zone} (out of range); fix "
+                        "the value in the source, or set the job's timezone to the zone it was "
+                        "written in"
                     ) from None
+                self.shifts.add_all(field.name, shifted)
                 utc = local.cast(pa.timestamp(field.type.unit, "UTC"))
                 chunk = chunk.set_column(i, field.name, utc.cast(pa.timestamp(field.type.unit)))
         return chunk
