@@ -41,7 +41,9 @@ def _key_text(row: dict) -> str:
     if row["load_id"] != "held" or row["check"] != UNKEYED:
         return text
     values = json.loads(row["row_json"] or "{}")
-    shown = ", ".join(f"{k}={v!r}" for k, v in values.items() if k not in key)
+    shown = ", ".join(
+        f"{k}={'NULL' if v is None else repr(v)}" for k, v in values.items() if k not in key
+    )
     if len(shown) > 120:
         shown = shown[:117] + "..."
     n = row.get("source_rows") or 1

@@ -130,3 +130,22 @@ def test_a_failed_source_is_a_failed_step_and_sets_nothing_aside(monkeypatch):
         run_extract(ctx)
     assert ctx.skipped == []
     assert [(s, o) for s, o, _, _ in ctx.state.logged] == [("extract", "failed")]
+
+
+def test_rows_without_a_key_read_by_two_overlapping_reads_are_counted_once():
+    """Rows held without a key are read again in groups (SQLite time text selects whole
+    days, so neighbouring groups overlap): a row seen by two reads counts once, identical
+    rows each count, and a keyed record counts one however many reads held it."""
+    import json
+
+    from deltaferry.quarantine import UNKEYED
+    from sources.sql_database import _source_rows_held
+
+    def unkeyed(v: str) -> dict:
+        return {"pk": '{"id": null}', "check": UNKEYED, "row_json": json.dumps({"v": v})}
+
+    cursor = {"pk": '{"id": 5}', "check": "cursor not null", "row_json": "{}"}
+    first = [unkeyed("a"), unkeyed("b"), unkeyed("b"), cursor]
+    second = [unkeyed("b"), unkeyed("b"), unkeyed("c"), cursor]
+    counts = _source_rows_held([first, second])
+    assert counts == {('{"id": null}', UNKEYED): 4, ('{"id": 5}', "cursor not null"): 1}

@@ -790,6 +790,10 @@ def test_rows_keyed_later_without_their_cursor_moving_are_read_at_their_cursor_v
     text = " ".join(listed.output.split())
     assert listed.exit_code == 0 and "1 held record(s)" in text, listed.output
     assert "id=NULL (2 source rows, the first: name='z'" in text, listed.output
+    # 'y' moves below the window, still without a key: still held (its record stays open)
+    job.sql("UPDATE items SET updated_at = '2026-02-01 00:00:00' WHERE name = 'y'")
+    job.sync()
+    assert _status(job)["quarantined_rows"] == 2
     job.sql("UPDATE items SET id = 6 WHERE name = 'y'", "UPDATE items SET id = 7 WHERE name = 'z'")
     assert job.sync()["tables"]["items"]["upserts"] == 2
     assert _held_unkeyed(job, "name") == ([], ["z"])

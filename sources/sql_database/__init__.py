@@ -31,7 +31,7 @@ from sources.pipeline import pipeline_for, staging_naming
 from sources.sql_database import bulk
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
-from sources.sql_database.reconcile import reconcile, reextract
+from sources.sql_database.reconcile import reconcile, reextract, reread_unkeyed
 from sources.sql_database.types import job_scope, key_roles, log, source_columns
 from sources.sql_database.window import (
     null_cursor_keys,
@@ -169,17 +169,18 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 ids, more = reextract(job, t, engine, pipeline, keys, borrowed, watchdog)
                 load_ids.extend(ids)
                 note_held(t.name, more)
-        # rows held for a NULL key at these cursor values last time: read again, so a row
-        # keyed since without its cursor moving is read with its key (window.UnkeyedCursors)
+        # rows held for a NULL key: read again at the cursor values they had last time (a
+        # row keyed since without its cursor moving is read with its key), and wherever a
+        # row still without a key is now (window.UnkeyedCursors, window.unkeyed_rows)
         for t in job.tables:
             last = unkeyed.get(t.name)
             if t.cursor and last is not None and last.values and t.name not in whole:
-                values = [{t.cursor: v} for v in last.values]
-                ids, more = reextract(
-                    job, t, engine, pipeline, values, borrowed, watchdog, columns=[t.cursor]
+                ids, per_read = reread_unkeyed(
+                    job, t, engine, pipeline, last.values, borrowed, watchdog
                 )
                 load_ids.extend(ids)
-                note_held(t.name, more)
+                for more in per_read:
+                    note_held(t.name, more)
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
         wall_times = {
             r.t.name: r.shifts.notes(f"job '{job.name}' table '{r.t.name}'", job.timezone)

@@ -29,7 +29,7 @@ from sources.sql_database.connection import (
 )
 from sources.sql_database.reads import TableRead, adapt_table, run_reads, undecodable_text
 from sources.sql_database.types import carry_plans
-from sources.sql_database.window import Normalize, by_values, text_time_columns
+from sources.sql_database.window import Normalize, by_keys, text_time_columns, unkeyed_rows
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 
 
@@ -114,25 +114,57 @@ def reextract(
     keys: list[dict],
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
-    columns: list[str] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Extract the given keys again, ignoring the cursor (rows re-created at the source or
-    committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_values``:
-    SQLite time text in a key is matched as an instant). With ``columns`` (say the cursor),
-    ``keys`` are values of those columns instead of the primary key: every row holding one
-    is read. Returns the load ids and the rows held back."""
+    committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_keys``:
+    SQLite time text in a key is matched as an instant). Returns the load ids and the rows
+    held back."""
+    groups = [keys[i : i + REEXTRACT_KEYS] for i in range(0, len(keys), REEXTRACT_KEYS)]
+    adapters = [lambda tt, g=g: by_keys(job, t, g, tt) for g in groups]
+    load_ids, held = _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog)
+    return load_ids, [r for one in held for r in one]
+
+
+def reread_unkeyed(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    values: list[Any],
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """Read again the rows held without a key (``window.unkeyed_rows``: at their remembered
+    cursor ``values``, and every row with a NULL key part), ``REEXTRACT_KEYS`` values a
+    query. Returns the load ids and what each query held (a row may be held by two, when
+    SQLite time text selects the days around the values)."""
+    groups = [values[i : i + REEXTRACT_KEYS] for i in range(0, len(values), REEXTRACT_KEYS)]
+    adapters = [lambda tt, g=g: unkeyed_rows(job, t, g, tt) for g in groups]
+    return _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog)
+
+
+def _read_again(
+    job: JobConfig,
+    t: TableConfig,
+    engine: sa.Engine,
+    pipeline: dlt.Pipeline,
+    adapters: list[Any],
+    borrowed: duckdb.DuckDBPyConnection | None,
+    watchdog: StallWatchdog,
+) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """One read of ``t`` per query adapter (a ``text_times -> query_adapter_callback``),
+    ignoring the cursor, keeping only rows that differ from staging; the load ids and what
+    each read held back."""
     load_ids: list[str] = []
-    held: list[dict[str, Any]] = []
-    on = list(columns or t.primary_key)
-    for start in range(0, len(keys), REEXTRACT_KEYS):
-        group = keys[start : start + REEXTRACT_KEYS]
+    held: list[list[dict[str, Any]]] = []
+    for adapter in adapters:
         read = TableRead(
             job,
             t,
             engine,
             watchdog,
             ChangedByKey(job, t, borrowed),
-            lambda text_times, group=group: by_values(job, t, on, group, text_times),
+            adapter,
             name=f"{t.name}__recreated",
             pipeline=pipeline,
         )
@@ -140,7 +172,7 @@ def reextract(
             load_ids.extend(run_reads(pipeline, read.resource, job, [read]).loads_ids)
         finally:
             read.close()
-        held.extend(read.keys.held)
+        held.append(list(read.keys.held))
     return load_ids, held
 
 

@@ -345,8 +345,16 @@ def unkeyed_cursors(job: JobConfig, t: TableConfig) -> UnkeyedCursors | None:
     path = _unkeyed_file(job, t)
     if t.cursor is None or not path.exists():
         return None
-    data = json.loads(path.read_text())
-    return UnkeyedCursors(data["since"], list(data["values"]))
+    try:
+        data = json.loads(path.read_text())
+        return UnkeyedCursors(str(data["since"]), list(data["values"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TerminalError(
+            f"job '{job.name}' table '{t.name}': the cursor values of rows held without a key "
+            f"({path}) cannot be read ({type(e).__name__}: {e}); remove the file and run "
+            f"'deltaferry reset {job.name} --table {t.name} --reason ...' so a whole read "
+            "finds those rows again"
+        ) from None
 
 
 def remember_unkeyed_cursors(
@@ -486,40 +494,71 @@ def by_values(
     job: JobConfig, t: TableConfig, columns: list[str], values: list[dict], text_times: dict[str, str]
 ) -> Any:
     """dlt ``query_adapter_callback`` selecting the rows whose ``columns`` hold one of
-    ``values`` (staged values, a dict per combination: keys, or cursor values). Parts the
-    source stores as staged are matched exactly (``IN``); a naive timestamp part is matched
-    as wall time in the job's zone (``_key_value``). A part of SQLite time text cannot be
-    matched by value (the same instant has many texts), so it selects the UTC days around
-    each value's instant through ``julianday()``, and every row whose text ``julianday()``
-    cannot read: a superset, whose rows the read keeps only where they differ from staging,
-    as the window's margin is."""
-    timed = [c for c in columns if text_times.get(c) in ("timestamp", "date")]
-    plain = [c for c in columns if c not in timed]
+    ``values`` (staged values, a dict per combination: keys, or cursor values); see
+    ``_values_condition``."""
 
     def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
-        conds: list[sa.ColumnElement[bool]] = []
-        if plain:
-            cols = [table.c[c] for c in plain]
-            combos = {
-                tuple(_key_value(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
-                for k in values
-            }
-            if len(cols) == 1:
-                conds.append(cols[0].in_(sorted({v[0] for v in combos}, key=repr)))
-            else:
-                conds.append(sa.tuple_(*cols).in_(sorted(combos, key=repr)))
-        for c in timed:
-            col = table.c[c]
-            days = sorted(
-                {d + step for d in (_day_number(_typed(col, k[c])) for k in values if k[c] is not None)
-                 for step in (-1, 0, 1)}
-            )  # fmt: skip
-            jd = sa.func.julianday(col)
-            day = sa.cast(jd + 0.5, sa.Integer)  # julian day number: days start at noon
-            conds.append(sa.or_(day.in_(days), jd.is_(None)))
-        return query.where(sa.and_(*conds))
+        return query.where(_values_condition(job, table, columns, values, text_times))
 
     return adapt
+
+
+def unkeyed_rows(
+    job: JobConfig, t: TableConfig, values: list[Any], text_times: dict[str, str]
+) -> Any:
+    """dlt ``query_adapter_callback`` for the rows held without a key (``UnkeyedCursors``):
+    those at the cursor ``values`` they had (a row keyed since without its cursor moving
+    is read with its key), and every row with a NULL key part wherever its cursor is now
+    (so a record is resolved only when no such row is left; a row moved below the window
+    is found, held, and its new value remembered). The NULL-key part has no index to use
+    unless the source gives it one: a scan, while rows without a key are held."""
+    cursor = t.cursor
+    assert cursor is not None
+
+    def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
+        at = _values_condition(job, table, [cursor], [{cursor: v} for v in values], text_times)
+        return query.where(sa.or_(at, *[table.c[c].is_(None) for c in t.primary_key]))
+
+    return adapt
+
+
+def _values_condition(
+    job: JobConfig,
+    table: sa.Table,
+    columns: list[str],
+    values: list[dict],
+    text_times: dict[str, str],
+) -> Any:
+    """Rows whose ``columns`` hold one of ``values``. Parts the source stores as staged
+    are matched exactly (``IN``); a naive timestamp part is matched as wall time in the
+    job's zone (``_key_value``). A part of SQLite time text cannot be matched by value (the
+    same instant has many texts), so it selects the UTC days around each value's instant
+    through ``julianday()``, and every row whose text ``julianday()`` cannot read: a
+    superset, whose rows the read keeps only where they differ from staging, as the
+    window's margin is."""
+    timed = [c for c in columns if text_times.get(c) in ("timestamp", "date")]
+    plain = [c for c in columns if c not in timed]
+    conds: list[sa.ColumnElement[bool]] = []
+    if plain:
+        cols = [table.c[c] for c in plain]
+        combos = {
+            tuple(_key_value(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
+            for k in values
+        }
+        if len(cols) == 1:
+            conds.append(cols[0].in_(sorted({v[0] for v in combos}, key=repr)))
+        else:
+            conds.append(sa.tuple_(*cols).in_(sorted(combos, key=repr)))
+    for c in timed:
+        col = table.c[c]
+        days = sorted(
+            {d + step for d in (_day_number(_typed(col, k[c])) for k in values if k[c] is not None)
+             for step in (-1, 0, 1)}
+        )  # fmt: skip
+        jd = sa.func.julianday(col)
+        day = sa.cast(jd + 0.5, sa.Integer)  # julian day number: days start at noon
+        conds.append(sa.or_(day.in_(days), jd.is_(None)))
+    return sa.and_(*conds)
 
 
 def _typed(col: sa.Column, value: Any) -> Any:
@@ -621,6 +660,7 @@ __all__ = [
     "UnkeyedCursors",
     "remember_unkeyed_cursors",
     "unkeyed_cursors",
+    "unkeyed_rows",
     "null_cursor_hold",
     "null_cursor_keys",
     "remember_null_cursor_keys",
