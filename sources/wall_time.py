@@ -104,7 +104,7 @@ class ZoneShifts:
             REPEATED: f"a wall time {zone} shows twice (its clock set back): read as the later "
             "instant (the offset after the change), as PostgreSQL reads it",
             SKIPPED: f"a wall time {zone} never shows (its clock set forward): read with the "
-            "offset before the change (an hour on, in summer time), as PostgreSQL reads it",
+            "offset before the change (so it lands after the gap), as PostgreSQL reads it",
         }
         return [
             f"{where}: column '{column}': {n} value(s) {how[kind]}; store an offset with such "

@@ -86,3 +86,25 @@ def test_the_notes_name_table_column_count_and_rule():
     assert notes[0].startswith("job 'j' table 't': column 'at': 2 value(s) a wall time Europe/Berlin shows twice")
     assert "1 value(s) a wall time Europe/Berlin never shows" in notes[1]
     assert all("\n" not in n and "as PostgreSQL reads it" in n for n in notes)
+
+
+def test_a_staged_instant_is_looked_up_at_every_wall_time_that_reads_as_it():
+    """Rows read again by value (a key, a cursor value of rows held without a key) are
+    asked for in the source's naive wall time: a wall time the clock skipped is staged as
+    the instant after the gap, so both texts must be asked for (02:30 was never found)."""
+    from types import SimpleNamespace
+
+    import sqlalchemy as sa
+
+    from sources.sql_database.window import _key_values
+
+    job = SimpleNamespace(timezone="Europe/Berlin")
+    naive = sa.Column("k", sa.DateTime())
+    gap = _key_values(naive, dt.datetime(2024, 3, 31, 1, 30), job)
+    assert gap == [dt.datetime(2024, 3, 31, 2, 30), dt.datetime(2024, 3, 31, 3, 30)]
+    assert _key_values(naive, dt.datetime(2024, 10, 27, 1, 30), job) == [
+        dt.datetime(2024, 10, 27, 2, 30)
+    ]  # the later of the two 02:30s
+    assert _key_values(naive, dt.datetime(2024, 6, 1, 10), job) == [dt.datetime(2024, 6, 1, 12)]
+    zoned = sa.Column("k", sa.DateTime(timezone=True))
+    assert _key_values(zoned, dt.datetime(2024, 3, 31, 1, 30), job) == [dt.datetime(2024, 3, 31, 1, 30)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import itertools
 import re
 import warnings
 from collections.abc import Callable
@@ -531,7 +532,7 @@ def _values_condition(
 ) -> Any:
     """Rows whose ``columns`` hold one of ``values``. Parts the source stores as staged
     are matched exactly (``IN``); a naive timestamp part is matched as wall time in the
-    job's zone (``_key_value``). A part of SQLite time text cannot be matched by value (the
+    job's zone (``_key_values``). A part of SQLite time text cannot be matched by value (the
     same instant has many texts), so it selects the UTC days around each value's instant
     through ``julianday()``, and every row whose text ``julianday()`` cannot read: a
     superset, whose rows the read keeps only where they differ from staging, as the
@@ -542,8 +543,11 @@ def _values_condition(
     if plain:
         cols = [table.c[c] for c in plain]
         combos = {
-            tuple(_key_value(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
+            combo
             for k in values
+            for combo in itertools.product(
+                *(_key_values(col, _typed(col, k[c]), job) for col, c in zip(cols, plain))
+            )
         }
         if len(cols) == 1:
             conds.append(cols[0].in_(sorted({v[0] for v in combos}, key=repr)))
@@ -591,19 +595,31 @@ def _day_number(value: dt.datetime | dt.date) -> int:
     return day.toordinal() + 1_721_425
 
 
-def _key_value(col: sa.Column, value: Any, job: JobConfig) -> Any:
-    """A staged key part as the source column holds it: a naive timestamp column's value
-    as wall time in the job's zone (staging holds it as UTC wall time), exactly; other
-    values as they are."""
-    if (
+def _key_values(col: sa.Column, value: Any, job: JobConfig) -> list[Any]:
+    """A staged value as the source column may hold it: for a naive timestamp column, every
+    wall time in the job's zone that ``sources/wall_time.py``'s rule reads as this instant
+    (staging holds UTC wall time): the one its clock shows, and a wall time the clock
+    skipped that was read as it (Berlin 02:30 on a spring-forward night is staged as 01:30
+    UTC, which the clock shows as 03:30); other values as they are, alone."""
+    if not (
         isinstance(value, dt.datetime)
         and isinstance(col.type, sa.DateTime)
         and not getattr(col.type, "timezone", False)
         and job.timezone != "UTC"
     ):
-        local = _as_utc(value).astimezone(ZoneInfo(job.timezone))
-        return local.replace(tzinfo=None)
-    return value
+        return [value]
+    zone = ZoneInfo(job.timezone)
+    instant = _as_utc(value)
+    utc = instant.replace(tzinfo=None)
+    walls = {instant.astimezone(zone).replace(tzinfo=None)}
+    hours = dt.timedelta(hours=6)
+    for near in (instant - hours, instant + hours):  # the offsets on both sides of a change
+        offset = near.astimezone(zone).utcoffset()
+        assert offset is not None
+        wall = utc + offset
+        if wall_to_utc(wall, zone)[0] == utc:
+            walls.add(wall)
+    return sorted(walls)
 
 
 def _as_utc(value: Any) -> dt.datetime:
