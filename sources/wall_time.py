@@ -97,6 +97,10 @@ class ZoneShifts:
         for kind, n in counts.items():
             self.add(column, kind, n)
 
+    def merge(self, other: ZoneShifts) -> None:
+        for (column, kind), n in other.counts.items():
+            self.add(column, kind, n)
+
     def notes(self, where: str, zone: str) -> list[str]:
         """One line per column and kind: ``where`` (job and table), the column, how many
         values, and how they were read."""

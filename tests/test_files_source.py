@@ -366,6 +366,43 @@ def test_timestamps_without_an_offset_are_taken_in_the_jobs_timezone():
     assert [v.timestamp() for v in table["placed_at"].to_pylist()] == [T_9H]
 
 
+def test_wall_times_the_zone_shows_twice_or_never_are_read_and_counted():
+    """CSV text and Parquet naive times at Berlin's clock changes: read as PostgreSQL reads
+    them (02:30 on 31 March is 01:30 UTC, 02:30 on 27 October the later one, 01:30 UTC), and
+    counted per column for the run's warning (they set the file aside before)."""
+    from deltaferry.config import TableConfig
+    from sources.files import contract_types, read_table
+    from sources.wall_time import REPEATED, SKIPPED, ZoneShifts
+
+    t = TableConfig("orders", ("id",), None, "none", "tests.support.contracts_files:Orders")
+    types = contract_types(t, "here")
+    stamps = ["2024-03-31 02:30:00", "2024-10-27 02:30:00", "2024-10-27T02:30:00+02:00"]
+    csv_text = HEADER + "".join(f"{i},c,1,{s},\n" for i, s in enumerate(stamps, 1))
+    shifts = ZoneShifts()
+    table = read_table(csv_text.encode(), "csv", t, types, "Europe/Berlin", shifts=shifts)
+    utc = dt.timezone.utc
+    assert table["placed_at"].to_pylist() == [
+        dt.datetime(2024, 3, 31, 1, 30, tzinfo=utc),
+        dt.datetime(2024, 10, 27, 1, 30, tzinfo=utc),
+        dt.datetime(2024, 10, 27, 0, 30, tzinfo=utc),  # its offset says which
+    ]
+    assert shifts.counts == {("placed_at", SKIPPED): 1, ("placed_at", REPEATED): 1}
+    naive = pa.table(
+        {
+            "id": [1],
+            "customer": ["c"],
+            "amount": [1.0],
+            "placed_at": pa.array([dt.datetime(2024, 3, 31, 2, 30)], pa.timestamp("us")),
+        }
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(naive, buf)
+    shifts = ZoneShifts()
+    table = read_table(buf.getvalue().to_pybytes(), "parquet", t, types, "Europe/Berlin", shifts=shifts)
+    assert table["placed_at"].to_pylist() == [dt.datetime(2024, 3, 31, 1, 30, tzinfo=utc)]
+    assert shifts.counts == {("placed_at", SKIPPED): 1}
+
+
 def test_an_encoding_setting_reads_latin_1(drops_job):
     drops_job.write(tables=("orders",), orders_extra='encoding = "latin-1"\ndelimiter = ";"')
     data = "id;customer;amount;placed_at;note\n1;Zoë;1,5;2026-01-01 09:00:00;café\n"

@@ -40,6 +40,7 @@ from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, ExtractResult, row_counts, run_load
 from sources.pipeline import pipeline_for, pipeline_naming
 from sources.staging import staged_keyed, staged_types, staging_path
+from sources.wall_time import ZoneShifts
 
 # --- which files are new -----------------------------------------------------------------
 
@@ -152,6 +153,7 @@ def _resource(
     borrowed: duckdb.DuckDBPyConnection | None,
     keys: KeyCheck,
     naming_convention: str,
+    shifts: ZoneShifts,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = contract_types(t, where)
@@ -177,9 +179,11 @@ def _resource(
                     if raw is None:  # gone since listed
                         continue
                     fmt = file_format(f.name, t.options.get("format"))
-                    table = read_table(raw, fmt, t, types, job.timezone, convention)
+                    read = ZoneShifts()  # counted for the run once the file is taken
+                    table = read_table(raw, fmt, t, types, job.timezone, convention, read)
                     if table is not None:
                         table = check_staged_types(table, staged, types, t, job.name)
+                    shifts.merge(read)
                 except SetAside as e:
                     done.append(f)
                     reason = f"file {f.name} set aside: {e.problem}; {e.fix}, then {drops.reread}"
@@ -227,18 +231,33 @@ def extract(job: JobConfig) -> ExtractResult:
     convention = pipeline_naming(pipeline)
     try:
         resources = []
+        shifts = {t.name: ZoneShifts() for t in job.tables}
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             checks.append(KeyCheck(job, t))
             resources.append(
-                _resource(job, t, drops, changed, skipped, borrowed, checks[-1], convention)
+                _resource(
+                    job, t, drops, changed, skipped, borrowed, checks[-1], convention, shifts[t.name]
+                )
             )
         info = run_load(job, pipeline, resources)
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
         held = {k.t.name: k.held for k in checks if k.held}
-        return ExtractResult(list(info.loads_ids), rows, {}, in_order, held=held or None)
+        wall_times = {
+            name: s.notes(f"job '{job.name}' table '{name}'", job.timezone)
+            for name, s in shifts.items()
+            if s.counts
+        }
+        return ExtractResult(
+            list(info.loads_ids),
+            rows,
+            {},
+            in_order,
+            held=held or None,
+            wall_times=wall_times or None,
+        )
     finally:
         for changed in filters:
             changed.close()

@@ -28,7 +28,7 @@ from sources.files.settings import (
     DEFAULT_ENCODING,
     EXTENSIONS,
 )
-from sources.wall_time import assume_zone
+from sources.wall_time import ZoneShifts, assume_zone
 
 # --- reading one file --------------------------------------------------------------------
 
@@ -53,10 +53,12 @@ def read_table(
     types: dict[str, pa.DataType],
     zone: str = "UTC",
     convention: str = "snake_case",
+    shifts: ZoneShifts | None = None,
 ) -> pa.Table | None:
     """A file's rows as Arrow, columns named as staging keeps them (``convention``: the
     job's staging naming, ``"direct"`` for a new one; the default is a staging made before
-    names were kept) and cast to the contract's types, naive times taken in ``zone``; None
+    names were kept) and cast to the contract's types, naive times taken in ``zone`` (those
+    its clock shows twice or never counted in ``shifts``, ``sources/wall_time.py``); None
     when the file has nothing in it. Key columns may still hold NULLs (the caller holds
     those rows back). Raises SetAside."""
     if raw[:2] == b"\x1f\x8b":  # gzip (a Parquet file starts with PAR1, never this)
@@ -82,7 +84,7 @@ def read_table(
         for name, typ in types.items():
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    return _conform(table, types, zone)
+    return _conform(table, types, zone, shifts)
 
 
 def keys_not_null(table: pa.Table, t: TableConfig) -> pa.Table:
@@ -198,7 +200,12 @@ def _check_keys(table: pa.Table, t: TableConfig) -> None:
     # rows with NULL in a key column are held back by the caller (sources.integrity)
 
 
-def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") -> pa.Table:
+def _conform(
+    table: pa.Table,
+    types: dict[str, pa.DataType],
+    zone: str = "UTC",
+    shifts: ZoneShifts | None = None,
+) -> pa.Table:
     """Cast the columns the contract types to its types, value for value
     (``contracts.exact.cast_exact``), so every file of a table stages alike. A decimal
     column always gets the contract's precision and scale; other kinds keep their width
@@ -216,12 +223,15 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType], zone: str = "UTC") 
             continue
         try:
             if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(col.type):
-                cast = _zoned_from_text(col, target, zone)
+                cast = _zoned_from_text(col, target, zone, shifts, name)
             elif pa.types.is_timestamp(target) and pa.types.is_string(col.type):
                 cast = _naive_from_text(col, target)
             elif pa.types.is_timestamp(target) and target.tz and _naive_time(col.type):
                 cast = cast_exact(col, pa.timestamp(target.unit))
-                cast = assume_zone(cast, zone)[0].cast(target)  # wall_time.py's rule
+                cast, shifted = assume_zone(cast, zone)  # wall_time.py's rule
+                cast = cast.cast(target)
+                if shifts is not None:
+                    shifts.add_all(name, shifted)
             else:
                 cast = cast_exact(col, target)
         except InexactCast as e:
@@ -268,12 +278,20 @@ def _naive_from_text(col: Any, target: pa.TimestampType) -> Any:
     return pc.coalesce(with_zone.cast(target), naive)
 
 
-def _zoned_from_text(col: Any, target: pa.TimestampType, zone: str = "UTC") -> Any:
+def _zoned_from_text(
+    col: Any,
+    target: pa.TimestampType,
+    zone: str = "UTC",
+    shifts: ZoneShifts | None = None,
+    name: str = "",
+) -> Any:
     zoned = pc.match_substring_regex(col, _ZONED_TEXT)
     with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
     naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
-    as_utc = assume_zone(naive, zone)[0].cast(target)  # clock changes: wall_time.py's rule
-    return pc.coalesce(with_zone, as_utc)
+    as_utc, shifted = assume_zone(naive, zone)  # clock changes: wall_time.py's rule
+    if shifts is not None:
+        shifts.add_all(name, shifted)
+    return pc.coalesce(with_zone, as_utc.cast(target))
 
 
 _KINDS = (
