@@ -187,25 +187,29 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _print_notes(summary: dict[str, Any]) -> None:
-    """What a run recovered, the inputs or source columns it went on without, and how it
-    read naive times its zone shows twice or never."""
+def _print_recovered(summary: dict[str, Any], job: str = "") -> None:
+    """What a run recovered (``job``: a prefix naming the job, for run-all)."""
     for r in summary.get("recovered", []):
-        out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"recovered: {job}{r}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_warnings(summary: dict[str, Any], job: str = "") -> None:
+    """The inputs or source columns a run went on without, and how it read naive times its
+    zone shows twice or never (``job``: a prefix for lines that do not name the job)."""
     extracted = summary.get("extracted")
     read = [n for t in extracted.tables.values() for n in t.wall_times] if extracted else []
     for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values(), *read]:
-        err.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+        line = reason if reason.startswith("job '") else f"{job}{reason}"
+        err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _print_run_summary(summary: dict[str, Any]) -> None:
     table = new_report(*SUMMARY_COLUMNS, title=f"job {summary['job']}")
     for row in _summary_rows(summary):
         table.add_row(*row)
-    for r in summary.get("recovered", []):
-        out.print(f"recovered: {r}", markup=False, highlight=False, soft_wrap=True)
+    _print_recovered(summary)
     emit(table)
-    _print_notes({**summary, "recovered": []})
+    _print_warnings(summary)
 
 
 def _print_all_summaries(summaries: list[dict[str, Any]]) -> None:
@@ -219,7 +223,9 @@ def _print_all_summaries(summaries: list[dict[str, Any]]) -> None:
             table.add_row(summary["job"], *row)
     emit(table)
     for summary in summaries:
-        _print_notes(summary)
+        job = f"job '{summary['job']}': "
+        _print_recovered(summary, job)
+        _print_warnings(summary, job)
 
 
 COMMANDS = [run, run_all, serve]

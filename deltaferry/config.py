@@ -55,6 +55,24 @@ def job_home(job: str) -> Path:
     return path
 
 
+def write_home_file(path: Path, text: str) -> None:
+    """Replace a small file of a job's home (remembered keys, cursor values, heads seen)
+    atomically and durably: written beside it, flushed to disk, renamed over it, the
+    directory flushed. A power loss leaves the old file or the new one, never an empty one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The jobs file: ``explicit``, else ``$DELTAFERRY_CONFIG``, else ``./deltaferry.toml``."""
     if explicit:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from deltaferry import hlc
-from deltaferry.config import TableConfig, job_home
+from deltaferry.config import TableConfig, job_home, write_home_file
 from deltaferry.context import SyncContext
 from deltaferry.errors import ConfigError, VerificationError
 from deltaferry.verify import head_batch
@@ -97,11 +97,7 @@ def _chain_head(ctx: SyncContext, t: TableConfig, producer: str) -> int | None:
     head = head_batch(ctx.lake, ctx.job.name, t.name, producer, at_least=heads.get(slot, 0))
     if head != heads.get(slot):
         heads[slot] = head
-        path = _heads_path(ctx)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(heads, sort_keys=True))
-        tmp.replace(path)
+        write_home_file(_heads_path(ctx), json.dumps(heads, sort_keys=True))
     if not head:
         return None
     key = manifest_key(ctx.job.name, t.name, head, producer)

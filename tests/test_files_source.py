@@ -401,6 +401,12 @@ def test_wall_times_the_zone_shows_twice_or_never_are_read_and_counted():
     table = read_table(buf.getvalue().to_pybytes(), "parquet", t, types, "Europe/Berlin", shifts=shifts)
     assert table["placed_at"].to_pylist() == [dt.datetime(2024, 3, 31, 1, 30, tzinfo=utc)]
     assert shifts.counts == {("placed_at", SKIPPED): 1}
+    # year 1 at 00:30 in Berlin is before the first UTC instant: the file is set aside
+    from sources.files.listing import SetAside
+
+    early = HEADER + "1,c,1,0001-01-01 00:30:00,\n2,c,1,2024-03-31 02:30:00,\n"
+    with pytest.raises(SetAside, match="placed_at.*out of range"):
+        read_table(early.encode(), "csv", t, types, "Europe/Berlin")
 
 
 def test_an_encoding_setting_reads_latin_1(drops_job):

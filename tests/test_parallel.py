@@ -215,7 +215,7 @@ def test_run_all_output_piped_names_the_job_on_every_row(capsys):
     def summary(job: str, batch: int | None) -> dict:
         table = {"batch": batch, "rows": 3, "upserts": 2, "deletes": 1, "quarantined": 0,
                  "bytes": 10, "manifest": "created"}  # fmt: skip
-        return {"job": job, "tables": {"stock": table}, "recovered": [f"job '{job}': r"]}
+        return {"job": job, "tables": {"stock": table}, "recovered": ["stock: r"]}
 
     _print_all_summaries([summary("north", 4), summary("south", None)])
     lines = capsys.readouterr().out.splitlines()
@@ -224,6 +224,6 @@ def test_run_all_output_piped_names_the_job_on_every_row(capsys):
     assert rows[1][:4] == ["north", "stock", "4", "3"]
     assert rows[2][:3] == ["south", "stock", "-"] and rows[2][-1] == "no change"
     assert [ln for ln in lines if ln.startswith("recovered")] == [
-        "recovered: job 'north': r",
-        "recovered: job 'south': r",
+        "recovered: job 'north': stock: r",
+        "recovered: job 'south': stock: r",
     ]

@@ -245,6 +245,12 @@ def _conform(
                 f"{_first_line(e)}{_first_unzoned(col, target, zone)}",
                 "fix the values, or the contract",
             ) from None
+        except OverflowError:  # a naive time the zone moves out of the years there are
+            raise SetAside(
+                f"column {name} holds a naive time that is no instant in the job's timezone "
+                f"{zone} (out of range)",
+                "fix the values, or the job's timezone",
+            ) from None
         table = table.set_column(i, name, cast)
     return table
 

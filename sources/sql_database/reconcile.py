@@ -135,11 +135,12 @@ def reread_unkeyed(
     watchdog: StallWatchdog,
 ) -> tuple[list[str], list[list[dict[str, Any]]]]:
     """Read again the rows held without a key (``window.unkeyed_rows``: at their remembered
-    cursor ``values``, and every row with a NULL key part), ``REEXTRACT_KEYS`` values a
-    query. Returns the load ids and what each query held (a row may be held by two, when
+    cursor ``values``, ``REEXTRACT_KEYS`` values a query, and every row with a NULL key part,
+    by the first). Returns the load ids and what each query held (a row may be held by two, when
     SQLite time text selects the days around the values)."""
     groups = [values[i : i + REEXTRACT_KEYS] for i in range(0, len(values), REEXTRACT_KEYS)]
-    adapters = [lambda tt, g=g: unkeyed_rows(job, t, g, tt) for g in groups]
+    # the rows with a NULL key part are read by the first query alone
+    adapters = [lambda tt, g=g, i=i: unkeyed_rows(job, t, g, tt, i == 0) for i, g in enumerate(groups)]
     return _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog)
 
 

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from contracts.exact import finer_than_microseconds
-from deltaferry.config import JobConfig, TableConfig
+from deltaferry.config import JobConfig, TableConfig, write_home_file
 from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TerminalError
 from deltaferry.quarantine import UNKEYED
@@ -136,6 +136,9 @@ class TimeText(sa.types.TypeDecorator):
         self.kind, self.zone, self.where, self.column, self.fixed = kind, zone, where, column, fixed
         self._zone = ZoneInfo(zone)
         # texts naming a wall time the zone shows twice or never: counted for the run's notes
+        # (an attribute named as the argument: part of SQLAlchemy's cache key, so a cached
+        # statement of another read never counts into this read's shifts)
+        self.shifts = shifts
         self._shifted = None if shifts is None else lambda k: shifts.add(column, k)
         self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
 
@@ -315,11 +318,7 @@ def remember_null_cursor_keys(job: JobConfig, t: TableConfig, held: list[dict]) 
     import json
 
     keys = [json.loads(r["pk"]) for r in held if r["check"] == "cursor not null"]
-    path = _null_cursor_file(job, t)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(keys, sort_keys=True))
-    tmp.replace(path)
+    write_home_file(_null_cursor_file(job, t), json.dumps(keys, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -372,13 +371,10 @@ def remember_unkeyed_cursors(
         if r["check"] == UNKEYED and (v := json.loads(r["row_json"]).get(t.cursor)) is not None
     }
     since = last.since if last is not None else dt.datetime.now(dt.timezone.utc).isoformat()
-    path = _unkeyed_file(job, t)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"since": since, "values": [json.loads(v) for v in sorted(values)]})
+    write_home_file(
+        _unkeyed_file(job, t),
+        json.dumps({"since": since, "values": [json.loads(v) for v in sorted(values)]}),
     )
-    tmp.replace(path)
 
 
 def _unkeyed_file(job: JobConfig, t: TableConfig) -> Any:
@@ -505,19 +501,26 @@ def by_values(
 
 
 def unkeyed_rows(
-    job: JobConfig, t: TableConfig, values: list[Any], text_times: dict[str, str]
+    job: JobConfig,
+    t: TableConfig,
+    values: list[Any],
+    text_times: dict[str, str],
+    with_null_keys: bool = True,
 ) -> Any:
     """dlt ``query_adapter_callback`` for the rows held without a key (``UnkeyedCursors``):
     those at the cursor ``values`` they had (a row keyed since without its cursor moving
     is read with its key), and every row with a NULL key part wherever its cursor is now
     (so a record is resolved only when no such row is left; a row moved below the window
     is found, held, and its new value remembered). The NULL-key part has no index to use
-    unless the source gives it one: a scan, while rows without a key are held."""
+    unless the source gives it one: a scan, while rows without a key are held; without
+    ``with_null_keys`` (the second and later groups of values) only the values are read."""
     cursor = t.cursor
     assert cursor is not None
 
     def adapt(query: Any, table: sa.Table, *_: Any) -> Any:
         at = _values_condition(job, table, [cursor], [{cursor: v} for v in values], text_times)
+        if not with_null_keys:
+            return query.where(at)
         return query.where(sa.or_(at, *[table.c[c].is_(None) for c in t.primary_key]))
 
     return adapt
