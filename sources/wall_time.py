@@ -45,8 +45,12 @@ def wall_to_utc(value: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, str | 
 def assume_zone(values: Any, zone: str) -> tuple[Any, dict[str, int]]:
     """Naive Arrow timestamps (an array or chunked array, any unit) as instants of type
     ``timestamp(unit, zone)`` by the module's rule, and how many values were ``REPEATED``
-    or ``SKIPPED`` (only kinds met). Arrow does the common case; a chunk with a skipped
-    wall time is taken value by value."""
+    or ``SKIPPED`` (only kinds met). Arrow does the common case in one pass, a chunk with a
+    repeated wall time in two more; a chunk with a skipped one is taken value by value."""
+    try:  # the common case, one pass: every value is one instant
+        return pc.assume_timezone(values, zone, ambiguous="raise", nonexistent="raise"), {}
+    except pa.ArrowInvalid:
+        pass
     try:
         late = pc.assume_timezone(values, zone, ambiguous="latest", nonexistent="raise")
     except pa.ArrowInvalid:

@@ -108,3 +108,23 @@ def test_a_staged_instant_is_looked_up_at_every_wall_time_that_reads_as_it():
     assert _key_values(naive, dt.datetime(2024, 6, 1, 10), job) == [dt.datetime(2024, 6, 1, 12)]
     zoned = sa.Column("k", sa.DateTime(timezone=True))
     assert _key_values(zoned, dt.datetime(2024, 3, 31, 1, 30), job) == [dt.datetime(2024, 3, 31, 1, 30)]
+
+
+def test_a_naive_time_the_zone_moves_out_of_range_stops_the_read_naming_the_column():
+    """Year 1 at 00:30 in Berlin is before the first UTC instant: ``Normalize`` (naive
+    times of databases with time types) refuses it in one line naming table and column,
+    as the value-by-value path meets it in a chunk that also has a skipped time."""
+    from types import SimpleNamespace
+
+    from deltaferry.errors import TerminalError
+    from sources.sql_database.window import Normalize
+
+    job = SimpleNamespace(name="j", timezone="Europe/Berlin")
+    t = SimpleNamespace(name="t")
+    chunk = pa.table(
+        {"at": pa.array([dt.datetime(1, 1, 1, 0, 30), dt.datetime(2024, 3, 31, 2, 30)], pa.timestamp("us"))}
+    )
+    with pytest.raises(TerminalError) as e:
+        Normalize(job, t, {})(chunk)
+    message = str(e.value)
+    assert "job 'j' table 't'" in message and "column 'at'" in message and "\n" not in message
