@@ -194,10 +194,14 @@ def _print_recovered(summary: dict[str, Any], job: str = "") -> None:
 
 
 def _print_warnings(summary: dict[str, Any], job: str = "") -> None:
-    """The inputs or source columns a run went on without, and how it read naive times its
-    zone shows twice or never (``job``: a prefix for lines that do not name the job)."""
+    """The inputs or source columns a run went on without, the columns it first published as
+    their text form, and how it read naive times its zone shows twice or never (``job``: a prefix for lines that do not name the job)."""
     extracted = summary.get("extracted")
-    read = [n for t in extracted.tables.values() for n in t.wall_times] if extracted else []
+    read = (
+        [n for t in extracted.tables.values() for n in (*t.text_columns, *t.wall_times)]
+        if extracted
+        else []
+    )
     for reason in [*summary.get("skipped", []), *summary.get("drift", {}).values(), *read]:
         line = reason if reason.startswith("job '") else f"{job}{reason}"
         err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

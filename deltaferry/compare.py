@@ -38,14 +38,23 @@ class TableConvergence:
         return self.missing_in_replica == 0 and self.extra_in_replica == 0
 
 
-def read_source(job: JobConfig, t: TableConfig) -> pa.Table:
+def read_source(job: JobConfig, t: TableConfig) -> tuple[pa.Table, list[dict]]:
+    """The source table's rows, read and typed as the sync reads them, and the keys of the
+    rows the sync holds back as it reads them (a value their column cannot carry)."""
     engine = engine_for(job)
+    held: list[dict] = []
+
+    def hold(rows: list[dict], *_: Any) -> None:
+        held.extend({c: r.get(c) for c in t.primary_key} for r in rows)
+
     try:
         with job_scope():  # read and typed as the sync reads them (column_types, exclusions)
-            parts = list(sql_table(job, credentials=engine, table=t.name, backend="pyarrow"))
+            parts = list(
+                sql_table(job, hold=hold, credentials=engine, table=t.name, backend="pyarrow")
+            )
     finally:
         engine.dispose()
-    return pa.concat_tables(parts) if parts else pa.table({})
+    return (pa.concat_tables(parts) if parts else pa.table({})), held
 
 
 def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
@@ -88,8 +97,8 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
     con = duck.connect(replica, read_only=True, alias="replica")
     try:
         for t in job.tables:
-            src = read_source(job, t)
-            held = outstanding_quarantine(job, t)
+            src, held_at_read = read_source(job, t)
+            held = outstanding_quarantine(job, t) + held_at_read
             has_replica = duck.table_exists(con, t.name, schema=None)
             if src.num_columns == 0:  # an empty source table: dlt yields no rows, no schema
                 src = _empty_like(con, t, has_replica)

@@ -50,6 +50,8 @@ class TableExtract:
     duplicates: list[str] = field(default_factory=list)
     # naive times the job's zone shows twice or never, one note per column and kind
     wall_times: list[str] = field(default_factory=list)
+    # columns first published as the database's text form (no exact type), one note each
+    text_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +150,12 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             out.tables.setdefault(table, TableExtract()).wall_times = list(notes)
             for note in notes:
                 entries.append(Entry("extract", "wall-time", table=table, detail=note[:2000]))
+                out.warnings.append(note)
+        for table, notes in (result.text_columns or {}).items():
+            # a column without an exact published type, published as its text form
+            out.tables.setdefault(table, TableExtract()).text_columns = list(notes)
+            for note in notes:
+                entries.append(Entry("extract", "column-type", table=table, detail=note[:2000]))
                 out.warnings.append(note)
         for table, notes in (result.duplicates or {}).items():
             # a key read more than once in one read, resolved by the source's rule: recorded

@@ -15,6 +15,10 @@ from deltaferry.statedb import StoreBase, insert_rows, now
 
 # the check of a row held back because a key column is missing or NULL in it
 UNKEYED = "primary key not null"
+# the check of a row held back because a value of it is one its column's published type
+# cannot carry (a PostgreSQL numeric NaN): resolved when a batch publishes (or deletes) the
+# key, i.e. the row was read again with a value that fits
+UNFIT = "value fits"
 
 
 def held_identity(record: dict[str, Any]) -> tuple[str, str]:
@@ -155,6 +159,19 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             ]
 
+    def open_unfit(self, table: str) -> set[str]:
+        """Keys (JSON) of the table's open records of rows held for a value their column
+        cannot carry (``UNFIT``): a batch that publishes or deletes one resolves it."""
+        with self.connect(read_only=True) as con:
+            return {
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT pk FROM quarantine WHERE tbl = ? AND resolved IS NULL"
+                    " AND load_id = 'held' AND \"check\" = ?",
+                    [table, UNFIT],
+                ).fetchall()
+            }
+
     def due_for_release(self, table: str, contract: Callable[[], str]) -> list[tuple[str, str]]:
         """Held rows to validate again in the next cut: held under another contract than
         ``contract()`` (the fingerprint now, asked for only when rows are held: it builds the
@@ -224,16 +241,17 @@ class QuarantineMixin(StoreBase):
 def resolve_keys(
     con: duckdb.DuckDBPyConnection, table: str, keys: set[str] | frozenset[str], by: str
 ) -> None:
-    """Close the open records of ``keys`` (their rows were cut again)."""
+    """Close the open records of ``keys`` (their rows were cut again; a row held for a value
+    that did not fit, ``UNFIT``, was read again with one that does, or deleted)."""
     if not keys:
         return
     insert_rows(
         con,
         "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ? AND resolved IS"
-        " NULL AND load_id <> 'held' AND pk IN (SELECT pk FROM df_rows)",
+        " NULL AND (load_id <> 'held' OR \"check\" = ?) AND pk IN (SELECT pk FROM df_rows)",
         {"pk": pa.string()},
         [[k] for k in sorted(keys)],
-        [by, now(), table],
+        [by, now(), table, UNFIT],
     )
 
 

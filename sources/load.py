@@ -58,6 +58,10 @@ class ExtractResult:
     # per table, naive times that named a wall time the job's zone shows twice or never,
     # read by sources/wall_time.py's rule: one line per column and kind (warned and logged)
     wall_times: dict[str, list[str]] | None = None
+    # per table, columns whose type has no exact published type of its own, published as
+    # the database's text form by default: one line each, on the run that first stages the
+    # column (warned, and logged as the decision it is)
+    text_columns: dict[str, list[str]] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

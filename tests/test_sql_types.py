@@ -1,4 +1,5 @@
-"""Column types of SQL sources reach the replica exactly, or are refused in one line.
+"""Column types of SQL sources reach the replica exactly, as their text form when they have
+no exact published type, or are refused in one line (a row whose value does not fit is held).
 
 Replica values are compared with the source values read independently (psycopg, sqlite3),
 never with deltaferry's own compare.
@@ -155,46 +156,142 @@ def test_negative_zero_keeps_its_sign(pg_job):
 @pytest.mark.parametrize(
     "ddl, value, needles",
     [
-        ("v numeric", "'1.5'", ["NUMERIC", "without precision", 'v = "decimal(38,12)"', '"text"']),
-        ("v numeric(50,2)", "'1.5'", ["NUMERIC(50, 2)", "decimal128", 'v = "text"']),
-        ("v interval", "'1 day'", ["INTERVAL", 'column_types = { v = "text" }', "exclude_columns"]),
-        ("v inet", "'10.0.0.1/8'", ["INET", 'column_types = { v = "text" }']),
+        ("v numeric", "'12345678901234567890.123456789012'", ["NUMERIC", "without precision"]),
+        ("v numeric(50,2)", "'1.5'", ["NUMERIC(50, 2)", "decimal128"]),
+        ("v interval", "'1 day 02:03:04'", ["INTERVAL"]),
+        ("v inet", "'10.0.0.1/8'", ["INET"]),
         ("v timetz", "'10:00+02'", ["TIME WITH TIME ZONE", "UTC offset"]),
-        ("v float8[]", "'{1.5}'", ["DOUBLE PRECISION[]", "JSON"]),
-        ("v xml", "'<a/>'", ["not known", 'column_types = { v = "text" }']),
+        ("v float8[]", "'{1.5,NaN}'", ["DOUBLE PRECISION[]", "JSON"]),
+        ("v xml", "'<a/>'", ["not known"]),
+        ("v money", "'12.34'", ["MONEY"]),
     ],
 )
-def test_a_type_without_an_exact_published_form_is_refused_up_front(pg_job, ddl, value, needles):
+def test_a_type_without_an_exact_published_form_is_published_as_its_text(
+    pg_job, ddl, value, needles
+):
+    """Regression (case pg_types_block_the_job): such a column stopped every run of the job
+    until it was declared or excluded. By default it is published as the database's own
+    text form (which loses nothing), said once, on the run that first stages it."""
     from prefect.settings import PREFECT_API_URL
 
-    from tests.test_cli import assert_clean, error_line, run_cli
+    from deltaferry.state import StateStore
+    from tests.test_cli import run_cli
 
     pg_job.write(JOB, extra="")
     pg_job.sql(
         f"CREATE TABLE kinds (id int PRIMARY KEY, {ddl}, updated_at timestamptz NOT NULL "
         f"DEFAULT now())",
-        f"INSERT INTO kinds (id, v) VALUES (1, {value})",
+        f"INSERT INTO kinds (id, v) VALUES (1, {value}), (2, NULL)",
     )
     env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
     p = run_cli("run", "pg", "--config", pg_job.config, env=env)
-    error_line(p, 2, "job 'pg' table 'kinds'", "column 'v'", *needles)
-    assert_clean(p.stderr)  # no SQLAlchemy or dlt warnings around the line
-    assert pg_job.lake().list("pg/") == []  # nothing published
-
-    # the setting the line names resolves it: text is the database's own text form
-    pg_job.write(JOB, extra='column_types = { v = "text" }')
-    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: job 'pg' table 'kinds'"), lines
+    for needle in ["column 'v'", "published as text", 'column_types = { v = "..." }', *needles]:
+        assert needle in lines[0], (needle, lines[0])
+    with StateStore("pg").connect(read_only=True) as con:
+        logged = con.execute(
+            "SELECT tbl, detail FROM ops_log WHERE outcome = 'column-type'"
+        ).fetchall()
+    assert [t for t, _ in logged] == ["kinds"] and "column 'v'" in logged[0][1]
     pg_job.pull()
     with pg_job.server.connect(pg_job.database) as conn:
-        want = conn.execute("SELECT v::text FROM kinds").fetchone()[0]
-    assert _replica(pg_job, "SELECT v FROM kinds") == [(want,)]
+        want = conn.execute("SELECT id, v::text FROM kinds ORDER BY id").fetchall()
+    assert _replica(pg_job, "SELECT id, v FROM kinds ORDER BY id") == want
+    assert dict(_replica(pg_job, "SELECT column_name, column_type FROM (DESCRIBE kinds)"))[
+        "v"
+    ] == "VARCHAR"
+
+    # said once: the next run (a new row) stages the column it already has, quietly
+    pg_job.sql(f"INSERT INTO kinds (id, v) VALUES (3, {value})")
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]
+    pg_job.pull()
+    assert [r[0] for r in _replica(pg_job, "SELECT id FROM kinds ORDER BY id")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("role", ["primary_key", "cursor"])
+def test_a_key_or_cursor_without_an_exact_published_form_is_refused_up_front(pg_job, role):
+    # compared with the source as read (bounds, key lookups): not published as text
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.test_cli import assert_clean, error_line, run_cli
+
+    if role == "primary_key":
+        pg_job.write(JOB, extra="")
+        ddl = "id numeric PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT now()"
+        what = "primary key"
+    else:
+        pg_job.write(JOB.replace('cursor = "updated_at"', 'cursor = "stamp"'), extra="")
+        ddl = "id int PRIMARY KEY, stamp interval, updated_at timestamptz DEFAULT now()"
+        what = "cursor"
+    pg_job.sql(f"CREATE TABLE kinds ({ddl})", "INSERT INTO kinds (id) VALUES (1)")
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    error_line(p, 2, "job 'pg' table 'kinds'", f"the table's {what}", "sync a view that casts")
+    assert_clean(p.stderr)
+    assert pg_job.lake().list("pg/") == []  # nothing published
+
+
+def test_a_numeric_nan_holds_its_row_until_it_fits(pg_job):
+    """Regression (case pg_types_block_the_job): a NaN in numeric(p,s) stopped the table
+    on every run. Its row is held in quarantine (named, counted), the other rows go on;
+    once the value is fixed at the source the row is published and the record resolved."""
+    from prefect.settings import PREFECT_API_URL
+
+    from deltaferry.state import StateStore
+    from tests.test_cli import run_cli
+
+    pg_job.write(JOB, extra="")
+    bad = ["'NaN'", "'nan'"]  # (a constrained numeric refuses the infinities)
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, v numeric(12,2), w numeric(5,0),"
+        " updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, v, w) VALUES (1, '9999999999.99', 99999), (2, NULL, -99999)",
+        *(f"INSERT INTO kinds (id, v, w) VALUES ({10 + i}, {b}, 1)" for i, b in enumerate(bad)),
+        "INSERT INTO kinds (id, v, w) VALUES (20, 1, 'NaN')",
+    )
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"{len(bad) + 1} source row(s) held back" in lines[0], lines
+    for needle in ["column v (NUMERIC(12, 2))", "NaN", "decimal(12,2)", "column w", "fixed at the source"]:
+        assert needle in lines[0], (needle, lines[0])
+    pg_job.pull()
+    assert _replica(pg_job, "SELECT id, v, w FROM kinds ORDER BY id") == [
+        (1, Decimal("9999999999.99"), Decimal(99999)),
+        (2, None, Decimal(-99999)),
+    ]
+    with StateStore("pg").connect(read_only=True) as con:
+        held = con.execute(
+            "SELECT pk, field FROM quarantine WHERE resolved IS NULL ORDER BY pk"
+        ).fetchall()
+    assert held == sorted(
+        [(f'{{"id": {10 + i}}}', "v") for i in range(len(bad))] + [('{"id": 20}', "w")]
+    )
+    p = run_cli("quarantine", "list", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0 and "id=10" in p.stdout and "NaN" in p.stdout, p.stdout
+
+    # fixed at the source: published, every record resolved
+    pg_job.sql(
+        "UPDATE kinds SET v = 0.5, updated_at = now() WHERE id >= 10 AND id < 20",
+        "UPDATE kinds SET w = 7, updated_at = now() WHERE id = 20",
+    )
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]
+    pg_job.pull()
+    assert [r[0] for r in _replica(pg_job, "SELECT id FROM kinds ORDER BY id")] == [
+        1, 2, *(10 + i for i in range(len(bad))), 20
+    ]
+    with StateStore("pg").connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM quarantine WHERE resolved IS NULL").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(
     "ddl, value, extra, needles",
     [
-        ("v numeric(12,2)", "'NaN'", "", ["NaN value", "decimal(12,2)"]),
         ("v numeric", "'-Infinity'", 'column_types = { v = "decimal(38,12)" }',
          ["-Infinity value"]),
         ("v numeric", "'1.1234567890123'", 'column_types = { v = "decimal(38,12)" }',
@@ -363,13 +460,19 @@ def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
     assert "\n" not in str(err.value)
 
 
-def test_sqlite_numeric_without_precision_is_refused_until_declared(tmp_path, home, prefect_api):
-    db, cfg, sync = _lite(tmp_path, home, "(1, 0.5)", ddl="v NUMERIC")
-    with pytest.raises(ConfigError, match=r"column 'v' has source type NUMERIC.*\"float64\""):
-        sync()
-    cfg.write_text(cfg.read_text() + 'column_types = { v = "float64" }\n')
-    sync()
-    assert _pull(cfg, tmp_path, "id, v") == [(1, 0.5)]
+def test_sqlite_numeric_without_precision_is_published_as_its_text(tmp_path, home, prefect_api):
+    # what SQLite holds, as text: an INTEGER as its digits, a REAL as its shortest exact repr
+    db, cfg, sync = _lite(
+        tmp_path, home, "(1, 0.5)", "(2, 12)", "(3, '12345678901234567890.5')", "(4, NULL)",
+        ddl="v NUMERIC",
+    )
+    out = sync()
+    assert any("column 'v' (NUMERIC) is published as text" in n for n in out["extracted"].warnings)
+    with sqlite3.connect(db) as con:
+        src = con.execute("SELECT id, v FROM kinds ORDER BY id").fetchall()
+    want = [(i, None if v is None else repr(v) if isinstance(v, float) else str(v)) for i, v in src]
+    assert _pull(cfg, tmp_path, "id, v") == want
+    assert want[0] == (1, "0.5") and want[1] == (2, "12")
 
 
 def test_a_sqlite_json_column_holding_numbers_is_read_as_its_json_text(tmp_path, home, prefect_api):
@@ -429,8 +532,7 @@ def test_a_sqlite_time_column_declared_text_is_published_as_its_text(tmp_path, h
     "ddl, extra, needles",
     [
         ("v BLOB", 'column_types = { v = "int64" }', ["column 'v'", 'declares "int64"', "BLOB"]),
-        # SQLite gives an unknown declared type NUMERIC affinity: no precision, refused
-        ("v WIDGET", "", ["column 'v'", "NUMERIC", "column_types"]),
+        ("v TEXT", 'column_types = { v = "date" }', ["column 'v'", 'declares "date"', "TEXT"]),
     ],
 )
 def test_sqlite_declared_types_that_cannot_be_exact_are_refused_up_front(

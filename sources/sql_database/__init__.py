@@ -32,7 +32,13 @@ from sources.sql_database import bulk
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
 from sources.sql_database.reconcile import reconcile, reextract, reread_unkeyed
-from sources.sql_database.types import job_scope, key_roles, log, source_columns
+from sources.sql_database.types import (
+    job_scope,
+    key_roles,
+    log,
+    source_columns,
+    text_form_notes,
+)
 from sources.sql_database.window import (
     null_cursor_keys,
     remember_null_cursor_keys,
@@ -41,12 +47,17 @@ from sources.sql_database.window import (
     unkeyed_cursors,
     window,
 )
+from sources.staging import staged_types, staging_path
 
 
-def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) -> None:
+def preflight(
+    job: JobConfig, engine: sa.Engine, convention: str | None = None
+) -> dict[str, dict[str, str]]:
     """Check that the source answers, every configured table and column exists, and every
     column name is one staging keeps exactly under the job's naming ``convention``
-    (default: the one its staging recorded, see ``sources.names``)."""
+    (default: the one its staging recorded, see ``sources.names``). Returns, per table,
+    the columns published as their text form by default, each with its one-line note
+    (``types.text_form_notes``)."""
     if convention is None:
         convention = staging_naming(job)
     try:
@@ -54,12 +65,17 @@ def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) 
         existing = set(insp.get_table_names())
     except sa.exc.DBAPIError as e:
         raise connect_error(job, e) from None
+    texts: dict[str, dict[str, str]] = {}
     for t in job.tables:
         if t.name not in existing:
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': not found in the source database"
             )
-        names = [c["name"] for c in source_columns(job, t, insp)]  # types checked too
+        columns = source_columns(job, t, insp)  # types checked too
+        names = [c["name"] for c in columns]
+        as_text = text_form_notes(job, t, columns, insp.dialect)
+        if as_text:
+            texts[t.name] = as_text
         # names are staged exactly (or, in a job staged before that, as dlt's snake_case
         # keeps them); any other name is refused here, before dlt renames it
         check_columns(job.name, t.name, names, convention)
@@ -69,6 +85,7 @@ def preflight(job: JobConfig, engine: sa.Engine, convention: str | None = None) 
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': column(s) {', '.join(missing)} not in the source table"
             )
+    return texts
 
 
 def preflight_source(job: JobConfig) -> None:
@@ -106,8 +123,10 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
     reads: list[TableRead] = []
     borrowed = None
     try:
-        preflight(job, engine)
+        as_text = preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
+        # columns published as their text form by default: said when first staged
+        text_columns = _first_staged(job, as_text, borrowed)
         # keys whose cursor was NULL last time: read again by key after the window, since a
         # cursor value given later may be older than the window's bound
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
@@ -223,10 +242,26 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             }
             or None,
             wall_times=wall_times or None,
+            text_columns=text_columns or None,
         )
     finally:
         if borrowed is not None:
             borrowed.close()
+
+
+def _first_staged(
+    job: JobConfig, notes: dict[str, dict[str, str]], borrowed: Any
+) -> dict[str, list[str]]:
+    """Of ``notes`` (per table, ``{column: note}``), those of columns staging does not have
+    yet: a decision is said on the run that makes it, not on every run after."""
+    out: dict[str, list[str]] = {}
+    for t in job.tables:
+        if t.name in notes:
+            staged = staged_types(t, staging_path(job.name), borrowed)
+            new = [note for c, note in notes[t.name].items() if c not in staged]
+            if new:
+                out[t.name] = new
+    return out
 
 
 @dataclass

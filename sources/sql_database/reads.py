@@ -96,6 +96,7 @@ class TableRead:
         self.normalize = Normalize(job, t, text_times, self.shifts)
         resource = sql_table(
             job,
+            hold=self.keys.hold_records,
             credentials=engine,
             table=t.name,
             backend="pyarrow",

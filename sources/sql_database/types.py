@@ -4,8 +4,11 @@ Every column of a table gets a *plan* from its reflected SQLAlchemy type and the
 ``column_types`` setting: the published type, and how a value gets there (as read, read as
 the database's own text form with ``CAST(col AS TEXT)``, or converted and checked per value
 on the Python side before dlt builds its Arrow chunk). A column whose type has no exact
-published form is refused before anything is read (``ConfigError``, one line naming job,
-table, column, source type and the jobs-file setting that resolves it); a single value that
+published form (an unconstrained ``numeric``, ``interval``, ``inet``, ``money``, a type
+SQLAlchemy does not know, ...) is published as the database's own text form, which loses
+nothing, and the run says so when the column is first staged (``text_form_notes``); as a
+key, cursor or soft-delete column it is refused before anything is read (``ConfigError``,
+one line naming job, table, column, source type and what resolves it). A single value that
 does not fit its column's published type (numeric ``NaN``, a 13th decimal, a REAL in a
 SQLite INTEGER column) stops the run (``ValueRefused``, one line), never rounded or nulled.
 
@@ -109,6 +112,13 @@ class Plan:
     cast_text: bool = False  # read CAST(col AS TEXT)
     convert: Callable[[Any], Any] | None = None  # per value; raises _BadValue
     raw: bool = False  # skip the dialect's own result processing (convert sees the driver's)
+    # SQL (the column -> an expression): the value's text where it is one the published
+    # type cannot carry (a PostgreSQL numeric NaN), NULL elsewhere; such rows are
+    # held back in quarantine (``hold_unfit``) and ``convert`` turns the value into NULL
+    unfit: Callable[[Any], Any] | None = None
+    # why the column is published as its text form by default (no column_types entry, and
+    # its type has no exact published type of its own); None for every other plan
+    defaulted: str | None = None
 
 
 def _unwrap(sa_type: Any) -> Any:
@@ -214,8 +224,8 @@ def plan_column(
         plan.dlt_type = sa.Numeric(p, s)
         if sqlite:  # stored as INTEGER, REAL or TEXT: convert and check every value
             plan.convert, plan.raw = _to_decimal(p, s), True
-        else:  # PostgreSQL enforces (p,s) but accepts NaN and +-Infinity
-            plan.convert = _finite
+        else:  # PostgreSQL enforces (p,s) but accepts NaN: its rows are held
+            plan.convert, plan.unfit = _finite_or_none, _nan
         return plan
     if fam == "float":
         plan.target = "float64"
@@ -253,6 +263,33 @@ def plan_column(
         else "it has no exact published type"
     )
     raise Refusal(reason, text_fix)
+
+
+def as_text(name: str, sa_type: Any, dialect: Any, why: str) -> Plan:
+    """The plan of a column published as its text form because its type has none exact
+    (``why``, the refusal's reason): PostgreSQL's ``CAST(col AS TEXT)``, SQLite's value as
+    stored (a REAL as its shortest exact repr)."""
+    t = _unwrap(sa_type)
+    plan = Plan(name, _source_name(sa_type, dialect), "text")
+    plan = _declared_plan(plan, t, _family(t), ("text", None, None), dialect.name == "sqlite")
+    plan.defaulted = why
+    return plan
+
+
+def text_form_notes(job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any) -> dict[str, str]:
+    """``{column: one line}`` for the columns of ``t`` published as their text form by
+    default (``Plan.defaulted``): what was decided, why, and the setting that chooses
+    otherwise."""
+    out = {}
+    for name, plan in plans(job, t, columns, dialect).items():
+        if plan.defaulted is not None:
+            out[name] = (
+                f"job '{job.name}' table '{t.name}': column '{name}' ({plan.source}) is "
+                f"published as text, the database's own text form, because {plan.defaulted}; "
+                f'to publish another type set column_types = {{ {name} = "..." }} for the '
+                "table (text is exact: nothing of a value is lost)"
+            )
+    return out
 
 
 def _declared_plan(
@@ -330,10 +367,19 @@ def _describe(v: Any) -> str:
     return f"the value {v!r}"
 
 
-def _finite(v: Any) -> Any:
-    if v is None or v.is_finite():
-        return v
-    raise _BadValue(_describe(v))
+def _finite_or_none(v: Any) -> Any:
+    # a PostgreSQL numeric NaN: its row is held (``Plan.unfit``, ``hold_unfit``)
+    return v if v is None or v.is_finite() else None
+
+
+def _nan(column: Any) -> Any:
+    """``Plan.unfit`` of a PostgreSQL ``numeric(p,s)``: 'NaN' where the value is NaN (the
+    one value such a column holds that no decimal does: a constrained numeric refuses the
+    infinities), else NULL."""
+    import sqlalchemy as sa
+
+    n = sa.type_coerce(column, sa.Numeric())
+    return sa.case((n == sa.literal_column("'NaN'::numeric"), sa.literal("NaN")), else_=sa.null())
 
 
 def _as_decimal(v: Any) -> Decimal:
@@ -538,6 +584,7 @@ def _carried_type(
 
         Carried.column_expression = column_expression  # type: ignore[method-assign]
     Carried.dlt_type = plan.dlt_type or _unwrap(original)  # type: ignore[attr-defined]
+    Carried.plan = plan  # type: ignore[attr-defined]
     return Carried()
 
 
@@ -579,6 +626,11 @@ def plans(job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any) -> dict
         except Refusal as r:
             source = _source_name(c["type"], dialect)
             role = key_roles(t).get(name)
+            if role is None and name not in declared:
+                # no exact published type, nothing declared: the database's own text form
+                # (lossless; the run says so when the column is first staged)
+                out[name] = as_text(name, c["type"], dialect, r.reason)
+                continue
             fix = (
                 f"it is the table's {role}, so it cannot be excluded or retyped: change its type "
                 "at the source or sync a view that casts it"
@@ -621,7 +673,9 @@ class _TypeNoise(logging.Filter):
 
 def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
     """The source table's columns (``Inspector.get_columns``), reflected without library
-    warnings, after checking that every column can be published exactly (ConfigError)."""
+    warnings, after checking that every column can be published exactly (ConfigError; a
+    column whose type has no exact published type of its own is published as its text form
+    unless it is a key, cursor or soft-delete column)."""
     with quiet():
         columns = insp.get_columns(t.name)
     names = {c["name"] for c in columns}
@@ -663,18 +717,100 @@ def carry_plans(job: Any, t: Any, table: Any, dialect: Any) -> Any:
     ]
     roles = key_roles(t)
     for name, plan in plans(job, t, columns, dialect).items():
-        if not (plan.cast_text or plan.convert or plan.raw):
+        if not (plan.cast_text or plan.convert or plan.raw or plan.unfit):
             continue
         col = table.columns[name]
         col.type = _carried_type(job.name, t.name, plan, col.type, roles.get(name))
     return table
 
 
-def sql_table(job: Any, **kwargs: Any) -> Any:
+UNFIT = "_deltaferry_unfit_"  # the label of an unfit-value column a read selects (and drops)
+
+
+def _unfit_query(inner: Any) -> Any:
+    """A dlt query adapter: ``inner``'s query (if any) with, for each column whose plan
+    has ``unfit`` SQL, that expression labelled ``UNFIT`` + its position."""
+
+    def adapt(query: Any, table: Any, incremental: Any = None, engine: Any = None) -> Any:
+        if inner is not None:
+            query = inner(query, table, incremental, engine)
+        unfit = [c for c in table.columns if getattr(getattr(c.type, "plan", None), "unfit", None)]
+        for i, c in enumerate(unfit):
+            query = query.add_columns(c.type.plan.unfit(c).label(f"{UNFIT}{i}"))
+        return query
+
+    return adapt
+
+
+def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
+    """A map step over the read's Arrow chunks: rows with a value their column's published
+    type cannot carry (``Plan.unfit``) are held, ``hold(rows, field, check, reason)`` (a
+    quarantine record each, check ``deltaferry.quarantine.UNFIT``: resolved when the key is published or
+    deleted), and the ``UNFIT`` columns dropped. Without ``hold`` such a row stops the read
+    (``ValueRefused``, one line). ``table`` is the adapted ``sa.Table`` holder: a one-item
+    list filled by the table adapter."""
+    import pyarrow.compute as pc
+
+    from deltaferry.quarantine import UNFIT as CHECK
+
+    def step(chunk: Any) -> Any:
+        flags = [n for n in chunk.column_names if n.startswith(UNFIT)]
+        if not flags:  # dlt drops a column that is NULL in every row of the chunk
+            return chunk
+        columns = [c for c in table[0].columns if getattr(getattr(c.type, "plan", None), "unfit", None)]
+        # a row without a key is held for that by the read (and read again by its cursor
+        # value until it has one): its value is NULL here, the row not held twice
+        keyed = None
+        for k in t.primary_key:
+            if k in chunk.column_names:
+                valid = pc.is_valid(chunk[k])
+                keyed = valid if keyed is None else pc.and_(keyed, valid)
+        left = None
+        for name in flags:
+            plan = columns[int(name[len(UNFIT):])].type.plan
+            here = pc.is_valid(chunk[name])
+            if keyed is not None:
+                here = pc.and_(here, keyed)
+            if left is not None:
+                here = pc.and_(here, pc.invert(left))
+            if not pc.any(here).as_py():
+                continue
+            left = here if left is None else pc.or_(left, here)
+            bad = chunk.filter(here)
+            values = sorted(set(bad[name].to_pylist()))
+            what = f"{' and '.join(values)} value(s)"
+            fix = (
+                f'the column is published as text (column_types = {{ {plan.column} = "text" }}, '
+                f"then deltaferry reset {job.name} --table {t.name} --reason '{plan.column} "
+                "as text')"
+            )
+            if hold is None:
+                raise ValueRefused(
+                    f"job '{job.name}' table '{t.name}': column '{plan.column}' ({plan.source}, "
+                    f"published as {plan.target}) holds {what}, which {plan.target} cannot "
+                    f"carry exactly; nothing published; fix the value at the source or {fix}"
+                )
+            hold(
+                bad.drop_columns(flags).to_pylist(),
+                plan.column,
+                CHECK,
+                f"column {plan.column} ({plan.source}) holds {what} in the source, which "
+                f"{plan.target} cannot carry: held back until the value is fixed at the source "
+                f"or {fix}",
+            )
+        chunk = chunk.drop_columns(flags)
+        return chunk if left is None else chunk.filter(pc.invert(left))
+
+    return step
+
+
+def sql_table(job: Any, hold: Any = None, **kwargs: Any) -> Any:
     """dlt's ``sql_table`` for a table of ``job`` with its column plans applied: excluded
     columns are not selected, the others read and typed as their plan says. A column whose
     type already carries a ``dlt_type`` (adapted by the caller's ``table_adapter_callback``,
-    or by this function on an earlier reflection) is left as it is."""
+    or by this function on an earlier reflection) is left as it is. Rows holding a value
+    their column cannot carry are given to ``hold`` (see ``hold_unfit``; without it they
+    stop the read)."""
     from dlt.sources.sql_database import sql_table as dlt_sql_table
 
     t = job.table(kwargs["table"])
@@ -683,10 +819,13 @@ def sql_table(job: Any, **kwargs: Any) -> Any:
         kwargs["excluded_columns"] = excluded
     inner = kwargs.get("table_adapter_callback")
 
+    adapted: list[Any] = [None]
+
     def adapt(table: Any) -> Any:
         result = inner(table) if inner is not None else None
         table = result if result is not None else table
-        return carry_plans(job, t, table, kwargs["credentials"].dialect)
+        adapted[0] = carry_plans(job, t, table, kwargs["credentials"].dialect)
+        return adapted[0]
 
     def dlt_type(sa_type: Any) -> Any:
         if hasattr(sa_type, "dlt_type"):  # the type dlt stages the adapted column as
@@ -696,4 +835,21 @@ def sql_table(job: Any, **kwargs: Any) -> Any:
 
     kwargs["table_adapter_callback"] = adapt
     kwargs["type_adapter_callback"] = dlt_type
-    return dlt_sql_table(**kwargs)
+    kwargs["query_adapter_callback"] = _unfit_query(kwargs.get("query_adapter_callback"))
+    kwargs.setdefault("table_loader_class", _loader_class())
+    return dlt_sql_table(**kwargs).add_map(hold_unfit(job, t, adapted, hold))
+
+
+def _loader_class() -> Any:
+    """dlt's ``TableLoader``, except that the columns the cursor has beyond the table's
+    (the ``UNFIT`` columns) are added to the loader's own copy of the column hints: dlt adds
+    them to the resource's hints, where they became columns of the staging schema that
+    "did not receive any data" (a dlt warning on every load)."""
+    from dlt.sources.sql_database.helpers import TableLoader
+
+    class OwnHints(TableLoader):
+        def _load_rows(self, query: Any, backend_kwargs: Any) -> Any:
+            self.columns = dict(self.columns)
+            return super()._load_rows(query, backend_kwargs)
+
+    return OwnHints

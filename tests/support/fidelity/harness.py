@@ -263,7 +263,7 @@ class PostgresSource(Source):
     def read(self) -> list[dict]:
         sel = []
         for c, spec in self.schema.columns.items():
-            as_text = spec.ddl in ("json", "jsonb", "uuid", "interval")
+            as_text = spec.ddl in ("json", "jsonb", "uuid", "interval", "numeric", "inet")
             sel.append(f"{_q(c)}::text" if as_text else _q(c))
         with self.server.connect(self.db) as conn:
             cur = conn.execute(f"SELECT {', '.join(sel)} FROM {TABLE}")
@@ -534,6 +534,14 @@ def _cursor_of(s: Schema, row: dict) -> datetime | None:
 # --- what must be refused --------------------------------------------------------------
 
 
+def held_columns(schema: Schema, row: dict) -> list[str]:
+    """The columns of ``row`` holding a value that holds the row back (``hold_value``)."""
+    return [
+        c for c, spec in schema.columns.items()
+        if spec.hold_value and row.get(c) is not None and spec.hold_value(row[c])
+    ]
+
+
 def predicted_refusals(schema: Schema, rows: list[dict]) -> list[tuple[Refusal, str]]:
     """(refusal, column) for everything the source now holds that the path cannot carry."""
     out: list[tuple[Refusal, str]] = []
@@ -651,6 +659,25 @@ def run_example(kind: str, draw, workdir: Path, endpoint: str, stats: Stats) -> 
                     stats.refusals["NULL key held back"] += 1
                 predicted = [(r, c) for r, c in predicted if r is not NULL_KEY]
                 rows = [r for r in rows if r not in null_keyed]
+            # rows holding a value their column holds back (numeric NaN): held, named in a
+            # warning line; the replica keeps the key's last published version
+            by_value = [r for r in rows if held_columns(schema, r)]
+            if by_value and res.exit_code == 0 and not warn:
+                written = [  # (a row without a key is held for that instead)
+                    u for u in rnd.upserts
+                    if held_columns(schema, u) and all(u.get(k) is not None for k in schema.key)
+                ]
+                for u in written:
+                    for c in held_columns(schema, u):
+                        needles = (c, *schema.columns[c].hold_needles)
+                        if not any(all(n in ln for n in needles) for ln in held):
+                            raise fault(f"a row holding a value of {c!r} to hold back was not "
+                                        f"said held back (needles {needles}): {err_lines!r}")
+                if written:
+                    stats.refusals["value held back"] += 1
+                keys_held = {tuple(r[k] for k in schema.key) for r in by_value}
+                rows = [r for r in rows if tuple(r[k] for k in schema.key) not in keys_held]
+                rows += [current[k] for k in keys_held if k in current]
             refused = res.exit_code != 0 or bool(warn)
             if refused:
                 line = (warn or err_lines or ["(nothing on stderr)"])[-1]

@@ -48,6 +48,8 @@ def section() -> str:
                 holds = f"`{s.replica}`"
                 if s.value_refusal:
                     holds += f"; {_refusal(s.value_refusal)}"
+                if s.hold_value:
+                    holds += "; such a row held back"
             contract = s.contract.split(" = ")[0]
             out.append(f"| {s.name} | `{contract}` | {holds} | {s.note} |")
         out.append("")
