@@ -326,6 +326,69 @@ def test_a_value_that_does_not_fit_is_refused_in_one_line_and_nothing_is_publish
     assert {k: pg_job.lake().get(k) for k in pg_job.lake().list("pg/")} == before
 
 
+def test_an_infinite_or_out_of_range_time_holds_its_row_until_it_fits(pg_job):
+    """A date or timestamp 'infinity' (common as an open end: valid_to), '-infinity', a BC
+    date or a year past 9999 stopped the run with the driver's error naming no column
+    (psycopg: "timestamp too large (after year 10K)"). Its row is held, named; the others
+    are published; fixed at the source, it is published and the record resolved. A
+    column declared text carries such values as PostgreSQL's text."""
+    from prefect.settings import PREFECT_API_URL
+
+    from deltaferry.state import StateStore
+    from tests.test_cli import run_cli
+
+    pg_job.write(JOB, extra="")
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, a timestamptz, b date, c timestamp,"
+        " updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, a, b, c) VALUES (1, '9999-12-31 23:59:59.999999+00',"
+        " '0001-01-01', '0001-01-01 00:00:00'), (2, NULL, NULL, NULL),"
+        " (10, 'infinity', NULL, NULL), (11, '-infinity', NULL, NULL),"
+        " (12, NULL, 'infinity', NULL), (13, NULL, '0044-03-15 BC', NULL),"
+        " (14, NULL, NULL, '12000-01-01'), (15, NULL, NULL, '-infinity')",
+    )
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "6 source row(s) held back" in lines[0], lines
+    for needle in ["column a (TIMESTAMP WITH TIME ZONE) holds -infinity and infinity",
+                   "column b (DATE)", "BC", "column c", "12000-01-01", 'column_types = { a = "text" }']:
+        assert needle in lines[0], (needle, lines[0])
+    pg_job.pull()
+    got = _replica(pg_job, "SELECT id, a, b, c FROM kinds ORDER BY id")
+    assert [r[0] for r in got] == [1, 2]
+    assert got[0][1] == dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)
+    assert got[0][2:] == (dt.date(1, 1, 1), dt.datetime(1, 1, 1))
+    with StateStore("pg").connect(read_only=True) as con:
+        held = con.execute("SELECT count(*) FROM quarantine WHERE resolved IS NULL").fetchone()
+    assert held == (6,)
+
+    pg_job.sql("UPDATE kinds SET a = NULL, b = NULL, c = NULL, updated_at = now() WHERE id >= 10")
+    p = run_cli("run", "pg", "--config", pg_job.config, env=env)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]
+    pg_job.pull()
+    assert [r[0] for r in _replica(pg_job, "SELECT id FROM kinds ORDER BY id")] == [
+        1, 2, 10, 11, 12, 13, 14, 15
+    ]
+    with StateStore("pg").connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM quarantine WHERE resolved IS NULL").fetchone() == (0,)
+
+
+def test_a_time_column_declared_text_carries_infinity(pg_job):
+    pg_job.write(JOB, extra='column_types = { a = "text" }')
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, a timestamptz,"
+        " updated_at timestamptz NOT NULL DEFAULT now())",
+        "SET TimeZone = 'UTC'",
+        "INSERT INTO kinds (id, a) VALUES (1, 'infinity'), (2, '2026-01-01 00:00+00')",
+    )
+    assert pg_job.sync()["tables"]["kinds"]["upserts"] == 2
+    pg_job.pull()
+    rows = _replica(pg_job, "SELECT id, a FROM kinds ORDER BY id")
+    assert rows[0] == (1, "infinity") and rows[1][1].startswith("2026-01-01 00:00:00")
+
+
 def test_declared_types_convert_exactly(pg_job):
     pg_job.write(
         JOB,

@@ -308,11 +308,18 @@ def _undo_seed(con: duckdb.DuckDBPyConnection, t: TableConfig) -> None:
 
 
 def _source_checks(
-    engine: sa.Engine, t: TableConfig, schema: str, bound: Any, numeric: list[str]
+    engine: sa.Engine,
+    t: TableConfig,
+    schema: str,
+    bound: Any,
+    numeric: list[str],
+    temporal: list[str],
 ) -> str | None:
     """Why the copy cannot be kept, found at the source (one line), or None. The scanner
-    reads a numeric ``NaN`` or ``±Infinity`` as 0, so such values at or after ``bound``
-    (the copied rows) are looked for in PostgreSQL; and the key is counted
+    reads a numeric ``NaN`` or ``±Infinity`` as 0 and copies a date or timestamp
+    ``±infinity`` (or one before year 1 or after 9999) that the dlt read holds back with its
+    row, so such values at or after ``bound`` (the copied rows) are looked for in
+    PostgreSQL; and the key is counted
     there: the seed and the copy are two reads, and a key repeated across them must stop
     the first load as it does in one dlt read."""
     # keys are always counted, constraints or not: a unique index may be invalid (a failed
@@ -325,7 +332,13 @@ def _source_checks(
         # numeric infinities exist from PostgreSQL 14 on
         version = int(c.execute(sa.text("SHOW server_version_num")).scalar_one())
         specials = "'NaN', 'Infinity', '-Infinity'" if version >= 140000 else "'NaN'"
-        odd = " OR ".join(f"{ident(n)} IN ({specials})" for n in numeric)
+        odd = " OR ".join(
+            [f"{ident(n)} IN ({specials})" for n in numeric]
+            + [
+                f"NOT isfinite({ident(c)}) OR {ident(c)} < '0001-01-01' OR {ident(c)} >= '10000-01-01'"
+                for c in temporal
+            ]
+        )
         special_rows = (
             f"count(*) FILTER (WHERE {ident(t.cursor)} >= :bound AND ({odd}))" if odd else "0"
         )
@@ -340,8 +353,9 @@ def _source_checks(
         return f"{repeated} row(s) repeat a key at the source (the dlt read stops the run on it)"
     if special:
         return (
-            f"{special} numeric value(s) are NaN or infinite (the scanner reads them as 0; the "
-            "dlt read refuses them)"
+            f"{special} row(s) hold a numeric NaN or infinity, or a date or timestamp that is "
+            "infinite or outside years 1-9999 (the scanner reads them as 0 or copies them; the "
+            "dlt read holds such rows back)"
         )
     return None
 
@@ -422,7 +436,10 @@ def _copy(
         marks["copy"] = time.monotonic() - started - sum(marks.values())
         rows = _check(con, t, table, load_id, source, staged)
         numeric = [c for c in source if staged[c].upper().startswith("DECIMAL")]
-        why = _source_checks(engine, t, schema, bound, numeric)
+        temporal = [
+            c for c in source if staged[c].upper() == "DATE" or staged[c].upper().startswith("TIMESTAMP")
+        ]
+        why = _source_checks(engine, t, schema, bound, numeric, temporal)
         if why is not None:
             raise Skipped(why)
         marks["checks"] = time.monotonic() - started - sum(marks.values())

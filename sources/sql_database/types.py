@@ -116,6 +116,9 @@ class Plan:
     # type cannot carry (a PostgreSQL numeric NaN), NULL elsewhere; such rows are
     # held back in quarantine (``hold_unfit``) and ``convert`` turns the value into NULL
     unfit: Callable[[Any], Any] | None = None
+    # the driver cannot read an unfit value at all (psycopg and a timestamp 'infinity'):
+    # the column is selected as NULL where ``unfit`` says it does not fit
+    guard: bool = False
     # why the column is published as its text form by default (no column_types entry, and
     # its type has no exact published type of its own); None for every other plan
     defaulted: str | None = None
@@ -240,6 +243,8 @@ def plan_column(
         return plan
     if fam in ("bool", "binary", "date", "time", "timestamp", "timestamptz"):
         plan.target = fam
+        if not sqlite and fam in _PG_TIME_RANGE:
+            plan.unfit, plan.guard = _out_of_range(fam), True
         return plan
     if fam == "json":
         # the database's JSON text: a JSON null document stays 'null', SQL NULL stays NULL,
@@ -342,6 +347,8 @@ def _declared_plan(
             plan.convert = _to_utc if kind == "timestamptz" else _to_naive_utc
     else:  # date, time, binary: as they are
         plan.raw = False
+    if not sqlite and fam in _PG_TIME_RANGE:
+        plan.unfit, plan.guard = _out_of_range(fam), True
     return plan
 
 
@@ -380,6 +387,33 @@ def _nan(column: Any) -> Any:
 
     n = sa.type_coerce(column, sa.Numeric())
     return sa.case((n == sa.literal_column("'NaN'::numeric"), sa.literal("NaN")), else_=sa.null())
+
+
+# the PostgreSQL values Python's date and datetime hold (psycopg refuses the others with
+# "timestamp too large (after year 10K)"): bounds of each type, as PostgreSQL literals
+_PG_TIME_RANGE = {
+    "date": ("'0001-01-01'::date", "'10000-01-01'::date"),
+    "timestamp": ("'0001-01-01 00:00'::timestamp", "'10000-01-01 00:00'::timestamp"),
+    "timestamptz": ("'0001-01-01 00:00+00'::timestamptz", "'10000-01-01 00:00+00'::timestamptz"),
+}
+
+
+def _out_of_range(fam: str) -> Callable[[Any], Any]:
+    """``Plan.unfit`` of a PostgreSQL date or timestamp: the value's text where it is
+    ``infinity``, ``-infinity``, before year 1 (BC) or after 9999, which no Python date,
+    Arrow or Parquet time of deltaferry's holds; else NULL."""
+    import sqlalchemy as sa
+
+    lo, hi = _PG_TIME_RANGE[fam]
+
+    def unfit(column: Any) -> Any:
+        c = sa.type_coerce(column, sa.Date() if fam == "date" else sa.DateTime())
+        out = sa.or_(
+            sa.not_(sa.func.isfinite(c)), c < sa.literal_column(lo), c >= sa.literal_column(hi)
+        )
+        return sa.case((out, sa.cast(c, sa.Text())), else_=sa.null())
+
+    return unfit
 
 
 def _as_decimal(v: Any) -> Decimal:
@@ -577,6 +611,15 @@ def _carried_type(
         Carried.process_result_value = process_result_value  # type: ignore[method-assign]
         if plan.raw:
             Carried.result_processor = result_processor  # type: ignore[method-assign]
+    if plan.guard and plan.unfit is not None:  # NULL where the driver would fail
+        unfit = plan.unfit
+
+        def guarded(self: Any, column: Any) -> Any:
+            return sa.case(
+                (unfit(column).is_(None), sa.type_coerce(column, original)), else_=sa.null()
+            )
+
+        Carried.column_expression = guarded  # type: ignore[method-assign]
     if plan.cast_text:  # SELECT CAST(col AS TEXT): the database's own text form
 
         def column_expression(self: Any, column: Any) -> Any:
@@ -585,6 +628,9 @@ def _carried_type(
         Carried.column_expression = column_expression  # type: ignore[method-assign]
     Carried.dlt_type = plan.dlt_type or _unwrap(original)  # type: ignore[attr-defined]
     Carried.plan = plan  # type: ignore[attr-defined]
+    # the column's own type, for code that binds values compared with it (window.py: a
+    # naive timestamp key or cursor gets wall times in the job's zone)
+    Carried.source_type = _unwrap(original)  # type: ignore[attr-defined]
     return Carried()
 
 

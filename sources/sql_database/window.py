@@ -604,10 +604,11 @@ def _key_values(col: sa.Column, value: Any, job: JobConfig) -> list[Any]:
     (staging holds UTC wall time): the one its clock shows, and a wall time the clock
     skipped that was read as it (Berlin 02:30 on a spring-forward night is staged as 01:30
     UTC, which the clock shows as 03:30); other values as they are, alone."""
+    kind = getattr(col.type, "source_type", col.type)  # under types.py's read plan
     if not (
         isinstance(value, dt.datetime)
-        and isinstance(col.type, sa.DateTime)
-        and not getattr(col.type, "timezone", False)
+        and isinstance(kind, sa.DateTime)
+        and not getattr(kind, "timezone", False)
         and job.timezone != "UTC"
     ):
         return [value]
@@ -642,7 +643,8 @@ def _bind_value(col: sa.Column, bound: Any, job: JobConfig) -> Any:
     if not isinstance(bound, dt.datetime):
         return bound
     utc = _as_utc(bound)
-    if isinstance(col.type, sa.DateTime) and not getattr(col.type, "timezone", False):
+    kind = getattr(col.type, "source_type", col.type)  # under types.py's read plan
+    if isinstance(kind, sa.DateTime) and not getattr(kind, "timezone", False):
         if job.timezone == "UTC":
             return utc.replace(tzinfo=None)
         local = (utc - NAIVE_ZONE_MARGIN).astimezone(ZoneInfo(job.timezone))
