@@ -116,17 +116,21 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             rows = (result.held or {}).get(t.name, [])
             rereads = bool(t.cursor) and t.null_cursor == "quarantine"
             unkeyed: bool | str = t.name in whole or since.get(t.name, False)
-            if not rows and not rereads and not unkeyed:
+            unfit = (result.reread_unfit or {}).get(t.name, [])
+            if not rows and not rereads and not unkeyed and not unfit:
                 continue
-            settled = ctx.state.record_held(ctx.run_id, t.name, rows, rereads, unkeyed)
+            settled = ctx.state.record_held(
+                ctx.run_id, t.name, rows, rereads, unkeyed, reread_unfit=unfit
+            )
             if settled:
                 entries.append(
                     Entry(
                         "extract",
                         "released",
                         table=t.name,
-                        detail=f"{settled} row(s) held for a NULL cursor or key have a cursor "
-                        "value or key now (or are gone): their quarantine records are resolved",
+                        detail=f"{settled} row(s) held for a NULL cursor or key, or a value "
+                        "their column cannot carry, have a cursor value, a key or a value that "
+                        "fits now (or are gone): their quarantine records are resolved",
                     )
                 )
             if not rows:

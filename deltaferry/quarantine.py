@@ -39,6 +39,7 @@ class QuarantineMixin(StoreBase):
         rows: list[dict[str, Any]],
         rereads_null_cursors: bool,
         rereads_unkeyed: bool | str = False,
+        reread_unfit: list[str] | tuple[str, ...] = (),
     ) -> int:
         """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
         records ``{pk, field, check, reason, row_json}`` and optionally ``source_rows`` (the
@@ -54,7 +55,9 @@ class QuarantineMixin(StoreBase):
         without a key; a time, ISO 8601: it read every row held without a key since then, at
         its cursor value), an open record of rows without a key (opened since that time) is
         resolved when no such row was held this time: each has a key now (it was read, and
-        staged) or is gone.
+        staged) or is gone. ``reread_unfit``: keys (JSON) of rows held for a value their
+        column cannot carry (``UNFIT``) that the extract read again; one not held again is
+        resolved (its value fits now and it was staged, or it is gone).
         Returns how many records were resolved."""
         cursor_check = "cursor not null"
         with self.connect() as con:
@@ -93,6 +96,13 @@ class QuarantineMixin(StoreBase):
                 keys = sorted(pk for pk, check in open_ if check == cursor_check and pk not in still)
                 settled += self._resolve_held(
                     con, run_id, table, cursor_check, keys, "the row has a cursor value now"
+                )
+            if reread_unfit:
+                still = {r["pk"] for r in rows if r["check"] == UNFIT}
+                keys = sorted(pk for pk in set(reread_unfit) if pk not in still)
+                settled += self._resolve_held(
+                    con, run_id, table, UNFIT, keys,
+                    "read again by key: the row's values fit now (it was staged) or it is gone",
                 )
             if rereads_unkeyed:
                 since = None

@@ -62,6 +62,11 @@ class ExtractResult:
     # the database's text form by default: one line each, on the run that first stages the
     # column (warned, and logged as the decision it is)
     text_columns: dict[str, list[str]] | None = None
+    # per table, the keys (JSON) of open records of rows held for a value their column
+    # cannot carry that this run read again (by key, or with the whole table): a record
+    # whose row was not held again is resolved (the value fits now and was staged, or the
+    # row is gone)
+    reread_unfit: dict[str, list[str]] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

@@ -274,16 +274,18 @@ def test_a_numeric_nan_holds_its_row_until_it_fits(pg_job):
     p = run_cli("quarantine", "list", "pg", "--config", pg_job.config, env=env)
     assert p.returncode == 0 and "id=10" in p.stdout and "NaN" in p.stdout, p.stdout
 
-    # fixed at the source: published, every record resolved
+    # fixed at the source, with the cursor moved (20) or not (10: held rows are read again
+    # by key), or deleted (11): published, every record resolved
     pg_job.sql(
-        "UPDATE kinds SET v = 0.5, updated_at = now() WHERE id >= 10 AND id < 20",
+        "UPDATE kinds SET v = 0.5 WHERE id = 10",
+        "DELETE FROM kinds WHERE id = 11",
         "UPDATE kinds SET w = 7, updated_at = now() WHERE id = 20",
     )
     p = run_cli("run", "pg", "--config", pg_job.config, env=env)
     assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]
     pg_job.pull()
-    assert [r[0] for r in _replica(pg_job, "SELECT id FROM kinds ORDER BY id")] == [
-        1, 2, *(10 + i for i in range(len(bad))), 20
+    assert _replica(pg_job, "SELECT id, v, w FROM kinds WHERE id >= 10 ORDER BY id") == [
+        (10, Decimal("0.50"), Decimal(1)), (20, Decimal("1.00"), Decimal(7))
     ]
     with StateStore("pg").connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM quarantine WHERE resolved IS NULL").fetchone() == (0,)
@@ -387,6 +389,26 @@ def test_a_time_column_declared_text_carries_infinity(pg_job):
     pg_job.pull()
     rows = _replica(pg_job, "SELECT id, a FROM kinds ORDER BY id")
     assert rows[0] == (1, "infinity") and rows[1][1].startswith("2026-01-01 00:00:00")
+
+
+def test_a_database_whose_session_defaults_are_not_utc_is_read_exactly(pg_job):
+    """Regression (a new user's trial): with the database's TimeZone set to Asia/Kolkata,
+    a timestamptz was published 5.5 hours off, silently; an IntervalStyle set on the
+    database changed the text of unchanged rows. Sessions now read in UTC and print one way."""
+    with pg_job.server.connect() as conn:
+        conn.execute(f'ALTER DATABASE "{pg_job.database}" SET timezone = \'Asia/Kolkata\'')
+        conn.execute(f'ALTER DATABASE "{pg_job.database}" SET IntervalStyle = \'iso_8601\'')
+    pg_job.write(JOB, extra="")
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, a timestamptz, span interval,"
+        " updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, a, span) VALUES (1, '2024-06-01 12:00+00', '-1 day')",
+    )
+    pg_job.sync()
+    pg_job.pull()
+    assert _replica(pg_job, "SELECT id, a, span FROM kinds") == [
+        (1, dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc), "-1 days")
+    ]
 
 
 def test_declared_types_convert_exactly(pg_job):

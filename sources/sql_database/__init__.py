@@ -130,6 +130,13 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # keys whose cursor was NULL last time: read again by key after the window, since a
         # cursor value given later may be older than the window's bound
         revisit = {t.name: null_cursor_keys(job, t, borrowed) for t in job.tables if t.cursor}
+        # rows held for a value their column cannot carry: read again by key each run (a
+        # value fixed without moving the cursor past the window's bound, e.g. a NaN cursor
+        # fixed to a lower number, was never read again); a table read whole reads them
+        unfit = {t.name: _open_unfit(job, t) for t in job.tables}
+        for t in job.tables:
+            if t.cursor and unfit[t.name]:
+                revisit[t.name] = revisit[t.name] + [k for _, k in unfit[t.name]]
         # cursor values of the rows held for a NULL key last time (read again below)
         unkeyed = {t.name: unkeyed_cursors(job, t) for t in job.tables if t.cursor}
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
@@ -243,10 +250,22 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             or None,
             wall_times=wall_times or None,
             text_columns=text_columns or None,
+            reread_unfit={n: [pk for pk, _ in keys] for n, keys in unfit.items() if keys}
+            or None,
         )
     finally:
         if borrowed is not None:
             borrowed.close()
+
+
+def _open_unfit(job: JobConfig, t: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(key JSON, key) of the table's open records of rows held for a value their column
+    cannot carry (``deltaferry.quarantine.UNFIT``)."""
+    import json
+
+    from deltaferry.state import StateStore
+
+    return [(pk, json.loads(pk)) for pk in sorted(StateStore(job.name).open_unfit(t.name))]
 
 
 def _first_staged(

@@ -76,6 +76,13 @@ def engine_for(job: JobConfig) -> sa.Engine:
         # dropped, host gone) is found by TCP keepalives within about a minute
         connect_args.update(connect_timeout=timeout, keepalives=1, keepalives_idle=30)
         connect_args.update(keepalives_interval=10, keepalives_count=3)
+        # every session reads in UTC and prints text forms one way, whatever the database's
+        # or role's defaults: a timestamptz read in a session zone of +05:30 was published
+        # 5.5 hours off (the driver's aware value lost its offset on the way to Arrow), and
+        # an IntervalStyle set on the database changed the text of unchanged rows
+        session = "-c TimeZone=UTC -c IntervalStyle=postgres -c DateStyle=ISO,MDY"
+        given = url.query.get("options")
+        connect_args["options"] = f"{given} {session}" if isinstance(given, str) else session
     elif url.get_backend_name() == "mysql":
         connect_args["connect_timeout"] = timeout
     try:

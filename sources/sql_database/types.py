@@ -825,8 +825,11 @@ def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
             bad = chunk.filter(here)
             values = sorted(set(bad[name].to_pylist()))
             what = f"{' and '.join(values)} value(s)"
+            role = key_roles(t).get(plan.column)
             fix = (
-                f'the column is published as text (column_types = {{ {plan.column} = "text" }}, '
+                f" (the table's {role} cannot be retyped; or sync a view that casts it)"
+                if role
+                else f' or the column is published as text (column_types = {{ {plan.column} = "text" }}, '
                 f"then deltaferry reset {job.name} --table {t.name} --reason '{plan.column} "
                 "as text')"
             )
@@ -834,15 +837,15 @@ def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
                 raise ValueRefused(
                     f"job '{job.name}' table '{t.name}': column '{plan.column}' ({plan.source}, "
                     f"published as {plan.target}) holds {what}, which {plan.target} cannot "
-                    f"carry exactly; nothing published; fix the value at the source or {fix}"
+                    f"carry exactly; nothing published; fix the value at the source{fix}"
                 )
             hold(
                 bad.drop_columns(flags).to_pylist(),
                 plan.column,
                 CHECK,
                 f"column {plan.column} ({plan.source}) holds {what} in the source, which "
-                f"{plan.target} cannot carry: held back until the value is fixed at the source "
-                f"or {fix}",
+                f"{plan.target} cannot carry: held back until the value is fixed at the source"
+                f"{fix}",
             )
         chunk = chunk.drop_columns(flags)
         return chunk if left is None else chunk.filter(pc.invert(left))
