@@ -88,8 +88,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
                     held=drift.held if drift else None,
                     migration=migration_of(ctx, t),
                     missing=drift.missing if drift else None,
-                    open_keys={pk for pk, *_ in ctx.state.open_held(t.name)}
-                    | ctx.state.open_unfit(t.name),
+                    open_keys=ctx.state.open_keys(t.name),
                 )
                 if chunks is not None
                 else None

@@ -169,15 +169,30 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             ]
 
-    def open_unfit(self, table: str) -> set[str]:
-        """Keys (JSON) of the table's open records of rows held for a value their column
-        cannot carry (``UNFIT``): a batch that publishes or deletes one resolves it."""
+    def open_unfit(self) -> dict[str, set[str]]:
+        """Per table, keys (JSON) of open records of rows held for a value their column
+        cannot carry (``UNFIT``), in one read of the store: a batch that publishes or
+        deletes one resolves it."""
+        out: dict[str, set[str]] = {}
+        with self.connect(read_only=True) as con:
+            for tbl, pk in con.execute(
+                "SELECT DISTINCT tbl, pk FROM quarantine WHERE resolved IS NULL"
+                " AND load_id = 'held' AND \"check\" = ?",
+                [UNFIT],
+            ).fetchall():
+                out.setdefault(tbl, set()).add(pk)
+        return out
+
+    def open_keys(self, table: str) -> set[str]:
+        """Keys (JSON) with an open record that a batch publishing or deleting them
+        resolves: held staged rows (``open_held``) and rows held for a value their column
+        cannot carry (``UNFIT``), in one read of the store."""
         with self.connect(read_only=True) as con:
             return {
                 r[0]
                 for r in con.execute(
                     "SELECT DISTINCT pk FROM quarantine WHERE tbl = ? AND resolved IS NULL"
-                    " AND load_id = 'held' AND \"check\" = ?",
+                    " AND (load_id <> 'held' OR \"check\" = ?)",
                     [table, UNFIT],
                 ).fetchall()
             }

@@ -41,6 +41,7 @@ class _State:
         rows: list[dict[str, Any]],
         rereads_null_cursors: bool,
         rereads_unkeyed: bool | str = False,
+        reread_unfit: list[str] | tuple[str, ...] = (),
     ) -> int:
         self.held.append((table, len(rows)))
         return 0

@@ -214,14 +214,15 @@ def test_a_reader_waits_for_the_holder_then_names_it_in_one_line(home, monkeypat
 
 def test_a_sync_holds_the_state_per_step(shop_job, shop, opens):
     """Opens of the state file in one steady run: the run's start, the lake-head steps,
-    the recovery check, extract, four steps per table, the run's end and its report (40
-    when every call opened its own); nothing is left holding it after the run."""
+    the recovery check, extract (and its one read of rows held for a value that does not
+    fit, read again by key), four steps per table, the run's end and its report (40 when
+    every call opened its own); nothing is left holding it after the run."""
     shop.round(20, 20, churn=0)
     shop_job.sync()
     shop.round(5, 5, churn=0.2)
     opens.clear()
     shop_job.sync()
-    assert len(opens) <= 6 + 4 * 2, len(opens)
+    assert len(opens) <= 7 + 4 * 2, len(opens)
     assert state._HOLDS == {}
 
 

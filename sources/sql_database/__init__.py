@@ -133,7 +133,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # rows held for a value their column cannot carry: read again by key each run (a
         # value fixed without moving the cursor past the window's bound, e.g. a NaN cursor
         # fixed to a lower number, was never read again); a table read whole reads them
-        unfit = {t.name: _open_unfit(job, t) for t in job.tables}
+        unfit = _open_unfit(job)
         for t in job.tables:
             if t.cursor and unfit[t.name]:
                 revisit[t.name] = revisit[t.name] + [k for _, k in unfit[t.name]]
@@ -258,14 +258,18 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             borrowed.close()
 
 
-def _open_unfit(job: JobConfig, t: Any) -> list[tuple[str, dict[str, Any]]]:
-    """(key JSON, key) of the table's open records of rows held for a value their column
-    cannot carry (``deltaferry.quarantine.UNFIT``)."""
+def _open_unfit(job: JobConfig) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Per table of the job, (key JSON, key) of its open records of rows held for a value
+    their column cannot carry (``deltaferry.quarantine.UNFIT``); one read of the store."""
     import json
 
-    from deltaferry.state import StateStore
+    from deltaferry.state import StateStore, state_path
 
-    return [(pk, json.loads(pk)) for pk in sorted(StateStore(job.name).open_unfit(t.name))]
+    # one read-only open (the run made the file when it started)
+    held = StateStore(job.name, read_only=True).open_unfit() if state_path(job.name).exists() else {}
+    return {
+        t.name: [(pk, json.loads(pk)) for pk in sorted(held.get(t.name, ()))] for t in job.tables
+    }
 
 
 def _first_staged(
