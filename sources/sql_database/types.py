@@ -792,8 +792,7 @@ def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
     """A map step over the read's Arrow chunks: rows with a value their column's published
     type cannot carry (``Plan.unfit``) are held, ``hold(rows, field, check, reason)`` (a
     quarantine record each, check ``deltaferry.quarantine.UNFIT``: resolved when the key is published or
-    deleted), and the ``UNFIT`` columns dropped. Without ``hold`` such a row stops the read
-    (``ValueRefused``, one line). ``table`` is the adapted ``sa.Table`` holder: a one-item
+    deleted), and the ``UNFIT`` columns dropped. ``table`` is the adapted ``sa.Table`` holder: a one-item
     list filled by the table adapter."""
     import pyarrow.compute as pc
 
@@ -833,12 +832,6 @@ def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
                 f"then deltaferry reset {job.name} --table {t.name} --reason '{plan.column} "
                 "as text')"
             )
-            if hold is None:
-                raise ValueRefused(
-                    f"job '{job.name}' table '{t.name}': column '{plan.column}' ({plan.source}, "
-                    f"published as {plan.target}) holds {what}, which {plan.target} cannot "
-                    f"carry exactly; nothing published; fix the value at the source{fix}"
-                )
             hold(
                 bad.drop_columns(flags).to_pylist(),
                 plan.column,
@@ -853,13 +846,13 @@ def hold_unfit(job: Any, t: Any, table: Any, hold: Any) -> Callable[[Any], Any]:
     return step
 
 
-def sql_table(job: Any, hold: Any = None, **kwargs: Any) -> Any:
+def sql_table(job: Any, hold: Any, **kwargs: Any) -> Any:
     """dlt's ``sql_table`` for a table of ``job`` with its column plans applied: excluded
     columns are not selected, the others read and typed as their plan says. A column whose
     type already carries a ``dlt_type`` (adapted by the caller's ``table_adapter_callback``,
     or by this function on an earlier reflection) is left as it is. Rows holding a value
-    their column cannot carry are given to ``hold`` (see ``hold_unfit``; without it they
-    stop the read)."""
+    their column cannot carry are given to ``hold(rows, field, check, reason)`` (see
+    ``hold_unfit``)."""
     from dlt.sources.sql_database import sql_table as dlt_sql_table
 
     t = job.table(kwargs["table"])
