@@ -436,6 +436,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an extra key of the job's table, as --job-option",
     )
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable of deltaferry's phases (e.g. "
+        "DELTAFERRY_DUCKDB_MEMORY_LIMIT=64MB; the parent's DELTAFERRY_* are not passed on); "
+        "repeatable",
+    )
     ap.add_argument("--workdir", type=Path, help="working directory (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep every size's work files")
     ap.add_argument("--dlt-python", type=Path, default=sb.DEFAULT_DLT_VENV / "bin" / "python")
@@ -479,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     if sizes[0] < 2 * args.change_rows:
         ap.error("every size needs at least 2 x --change-rows rows")
     job_opts = parse_options(args.job_option, "--job-option")
+    if any("=" not in item for item in args.env):
+        ap.error("--env takes KEY=VALUE")
     table_opts = parse_options(args.table_option, "--table-option")
     order, added = plan_phases(selected)
     if "dlt-initial" in order:
@@ -514,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                 "phases_this_run": order,
                 "job_options": job_opts,
                 "table_options": table_opts,
+                "env": args.env,
                 "deletes": "soft:deleted_at",
                 "source": "sqlite",
                 "s3": "moto server (own process, loopback)",
@@ -657,6 +669,7 @@ def run_round(
         "PYTHONPATH": os.pathsep.join([str(BENCH), str(sb.ROOT)]),
         "PREFECT_API_URL": spec.prefect_api,
         "PREFECT_HOME": str(rdir / "prefect-client-home"),
+        **dict(item.split("=", 1) for item in args.env),
     }
     df_cmd = [sys.executable, str(BENCH / "phase_deltaferry.py"), "--job", sb.JOB,
               "--config", str(jobs)]  # fmt: skip

@@ -28,6 +28,21 @@ class TerminalError(DeltaferryError):
     """A failure that will not go away by retrying."""
 
 
+class TableReadError(TerminalError):
+    """One table's source data cannot be read as it is: a value its column's published type
+    cannot carry, text that is not valid UTF-8, a column whose values come in several
+    types. Retrying cannot help until the source (or the table's settings) change; the
+    job's other tables can go on (``deltaferry/extract.py``). ``table`` is the table's name
+    as the jobs file has it."""
+
+    def __init__(self, message: str, table: str) -> None:
+        super().__init__(message)
+        self.table = table
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickled whole (a process pool)
+        return type(self), (str(self), self.table)
+
+
 class ConflictError(TerminalError):
     """Another writer holds this table: a different manifest exists at our batch number."""
 

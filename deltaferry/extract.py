@@ -3,6 +3,11 @@
 Owns everything the run's extract step does to the job's state, and what it found:
 
 - the source's incremental load of every table into staging (``sources/<kind>.extract``);
+  a table whose source data cannot be read as it is (``TableReadError``: a value its
+  column cannot carry, undecodable text) is left out and the others are read again
+  without it (what the failed read staged was dropped): it is *stopped* for this run
+  (``ExtractResult.stopped``, an operations-log ``failed`` entry) and the run fails after
+  the job's other tables are published, as a table whose changes break its contract does;
 - after the lake was adopted (a lost or reset home, ``deltaferry/adopt.py``), the
   follow-up on the full re-extract: rows equal to what this producer's chain published are
   marked as already published (``skip_unchanged``), and keys the lake holds that the
@@ -23,9 +28,11 @@ nothing of Prefect: ``flows/sync.py`` runs it as the ``extract`` task, retries i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from deltaferry.context import SyncContext
+from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.failpoints import failpoint
 from deltaferry.oplog import Entry
 
@@ -52,6 +59,8 @@ class TableExtract:
     wall_times: list[str] = field(default_factory=list)
     # columns first published as the database's text form (no exact type), one note each
     text_columns: list[str] = field(default_factory=list)
+    # why the table's source data could not be read this run (``TableReadError``); "" if read
+    stopped: str = ""
 
 
 @dataclass
@@ -65,6 +74,8 @@ class ExtractResult:
     # lines for the run's log at warning level, in the order they were found: inputs
     # skipped, rows held back, naive times read by the wall-time rule, duplicate keys
     warnings: list[str] = field(default_factory=list)
+    # tables left out of this run's extract, with their error (``TableReadError``)
+    stopped: dict[str, TableReadError] = field(default_factory=dict)
 
     def table(self, name: str) -> TableExtract:
         """The table's result; an empty one for a table the extract did not report."""
@@ -82,11 +93,33 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     set_aside: list[str] = []  # what the run went on without, one line each
 
     def run() -> str:
-        with ctx.state.released():  # the source's time: status can read meanwhile
-            result = source_module(ctx.job).extract(ctx.job)
+        job = ctx.job
+        out.stopped = {}  # an attempt after a transient failure starts over
+        while True:
+            try:
+                with ctx.state.released():  # the source's time: status can read meanwhile
+                    result = source_module(job).extract(job)
+                break
+            except TableReadError as e:
+                # one table's data cannot be read: the others are read without it (the
+                # failed read staged nothing); a job with no other table fails here
+                rest = tuple(t for t in job.tables if t.name != e.table)
+                if len(rest) == len(job.tables) or not (rest or out.stopped):
+                    raise
+                out.stopped[e.table] = e
+                if not rest:  # every table stopped: the step fails, naming each
+                    names = ", ".join(f"'{n}'" for n in out.stopped)
+                    raise TerminalError(
+                        f"job '{ctx.job.name}': tables {names} stopped: "
+                        + " | ".join(str(x) for x in out.stopped.values())
+                    ) from None
+                job = dataclasses.replace(job, tables=rest)
         entries: list[Entry] = []  # written to the operations log at once, in this order
+        for name, error in out.stopped.items():
+            out.tables[name].stopped = str(error)
+            entries.append(Entry("extract", "failed", table=name, detail=str(error)[:2000]))
         out.load_ids = list(result.load_ids)
-        for t in ctx.job.tables:  # only after the lake was adopted (lost local state)
+        for t in job.tables:  # only after the lake was adopted (lost local state)
             done = out.tables[t.name]
             done.unchanged = skip_unchanged(ctx, t)
             done.adopted_tombstones = stage_missing_as_tombstones(ctx, t)
@@ -108,7 +141,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 set_aside.append(reason)
         whole = set(result.read_whole or ())
         since = result.unkeyed_since or {}
-        for t in ctx.job.tables:
+        for t in job.tables:  # a stopped table's records stay as they are
             # rows that cannot be staged (a NULL key, a NULL cursor under quarantine); the
             # NULL-cursor rows are read on every run, and a table read whole has every row
             # without a key read again (a cursor table its rows held without a key since a

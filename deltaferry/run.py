@@ -25,7 +25,7 @@ from deltaferry.checkpoints import Plan
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.context import SyncContext, open_context
 from deltaferry.delta import Delta
-from deltaferry.errors import ContractViolation, TransientError
+from deltaferry.errors import ContractViolation, TerminalError, TransientError
 from deltaferry.extract import ExtractResult
 from deltaferry.failpoints import bug, killed
 from deltaferry.plan import plan_negotiated
@@ -75,17 +75,25 @@ def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
 
     A table whose changes break its contract (``ContractViolation`` from its plan step,
     before anything of the batch is stored) does not stop the job's other tables: they are
-    published, and then the run fails with that table's error (several tables' joined)."""
+    published, and then the run fails with that table's error (several tables' joined).
+    So does a table whose source data the extract could not read (``TableReadError``, left
+    out of the extract: ``ExtractResult.stopped``); such a table plans nothing this run."""
     steps.agree()
     for t in tables_to_recover(ctx):  # none in the steady state: no task runs
         summary.current = t.name
         done = steps.recover(t)
         steps.recovered(t, done, summary.note_recovered(ctx, t, done))
     summary.current = None
-    summary.note_extracted(steps.extract(), ctx.skipped)
-    stopped: list[tuple[str, ContractViolation]] = []
+    extracted = steps.extract()
+    summary.note_extracted(extracted, ctx.skipped)
+    stopped: list[tuple[str, TerminalError]] = []
     for t in ctx.job.tables:
         summary.current = t.name
+        unread = extracted.stopped.get(t.name)
+        if unread is not None:  # its source data could not be read: nothing else this run
+            summary.note_stopped(t.name, unread)
+            stopped.append((t.name, unread))
+            continue
         try:
             _publish_table(t, summary, steps)
         except ContractViolation as e:
@@ -122,16 +130,18 @@ def _publish_table(t: TableConfig, summary: RunSummary, steps: Steps) -> None:
         # a split cut goes on; after its last range, loads staged since may be waiting
 
 
-def _several_stopped(
-    ctx: SyncContext, stopped: list[tuple[str, ContractViolation]]
-) -> ContractViolation:
-    """One error for several tables whose changes broke their contracts: each table's own
-    line, joined."""
+def _several_stopped(ctx: SyncContext, stopped: list[tuple[str, TerminalError]]) -> TerminalError:
+    """One error for several stopped tables (changes that broke their contracts, source data
+    that could not be read): each table's own line, joined; a ``ContractViolation`` when
+    every one is."""
     names = ", ".join(f"'{name}'" for name, _ in stopped)
-    return ContractViolation(
+    message = (
         f"job '{ctx.job.name}': tables {names} stopped (the job's other tables went on): "
         + " | ".join(str(e) for _, e in stopped)
     )
+    if all(isinstance(e, ContractViolation) for _, e in stopped):
+        return ContractViolation(message)
+    return TerminalError(message)
 
 
 def needs_recovery(ctx: SyncContext, t: TableConfig) -> bool:

@@ -82,10 +82,19 @@ def load_failure(job: JobConfig, e: BaseException) -> str:
     raised = re.findall(r"^[\w.]+(?:Error|Exception): (.+)$", text, re.M)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = raised[-1] if raised else (lines[0] if lines else type(e).__name__)
+    if "Out of Memory Error" in text or "failed to pin block" in text:
+        # the staging database's memory limit, not a value: the advice a value gets misleads
+        from deltaferry.settings import env_name, from_env
+
+        fix = (
+            f"raise {env_name('duckdb_memory_limit')} (now {from_env().duckdb_memory_limit}) "
+            "and run again"
+        )
+    else:
+        fix = "fix the value at the source (or the table's column_types) and run again"
     return (
         f"job '{job.name}': loading into staging failed: {first[:500]}; dlt aborted the load "
-        "package, nothing was staged or published; fix the value at the source (or the "
-        "table's column_types) and run again"
+        f"package, nothing was staged or published; {fix}"
     )
 
 

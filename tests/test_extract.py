@@ -150,3 +150,100 @@ def test_rows_without_a_key_read_by_two_overlapping_reads_are_counted_once():
     second = [unkeyed("b"), unkeyed("b"), unkeyed("c"), cursor]
     counts = _source_rows_held([first, second])
     assert counts == {('{"id": null}', UNKEYED): 4, ('{"id": 5}', "cursor not null"): 1}
+
+
+def test_a_staging_load_out_of_memory_names_the_memory_limit_not_a_value(monkeypatch):
+    """DuckDB running out of its memory limit while dlt loads into staging is not a bad
+    value: the one line names ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` and its current value."""
+    from types import SimpleNamespace
+
+    from sources.load import load_failure
+
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "64MB")
+    job = SimpleNamespace(name="bench")
+    oom = RuntimeError(
+        "Job failed\nTraceback ...\nduckdb.OutOfMemoryException: Out of Memory Error: failed to "
+        "pin block of size 256.0 KiB (60.9 MiB/61.0 MiB used)"
+    )
+    line = load_failure(job, oom)
+    assert "\n" not in line and line.startswith("job 'bench': loading into staging failed: Out of")
+    assert "raise DELTAFERRY_DUCKDB_MEMORY_LIMIT (now 64MB)" in line
+    assert "fix the value" not in line
+    bad = RuntimeError("duckdb.ConversionException: Conversion Error: Could not convert 'x'")
+    assert "fix the value at the source" in load_failure(job, bad)
+
+
+def _isolation_ctx(monkeypatch, bad: set[str], names=("customers", "orders")):
+    """A context whose source refuses to read the tables in ``bad`` (the first of them in
+    job order raises ``TableReadError``, as a value a column cannot carry does)."""
+    import dataclasses
+
+    from deltaferry.errors import TableReadError
+
+    @dataclasses.dataclass(frozen=True)
+    class Job:
+        name: str
+        tables: tuple[Any, ...]
+
+    calls: list[list[str]] = []
+
+    def extract(job):  # noqa: ANN001, ANN202
+        calls.append([t.name for t in job.tables])
+        for t in job.tables:
+            if t.name in bad:
+                raise TableReadError(f"job 'shop' table '{t.name}': column 'x' holds 1.005", t.name)
+        held = {"pk": '{"id": null}', "field": "id", "check": "not null", "reason": "no key"}
+        return SourceResult(
+            load_ids=["L2"],
+            rows_by_table={t.name: 3 for t in job.tables},
+            tombstones_by_table={},
+            held={t.name: [held] for t in job.tables},
+        )
+
+    adopted: list[str] = []
+    monkeypatch.setattr(sources, "source_module", lambda job: SimpleNamespace(extract=extract))
+    monkeypatch.setattr(deltaferry.adopt, "skip_unchanged", lambda ctx, t: adopted.append(t.name) or 0)
+    monkeypatch.setattr(deltaferry.adopt, "stage_missing_as_tombstones", lambda ctx, t: 0)
+    tables = tuple(SimpleNamespace(name=n, cursor="updated_at", null_cursor="include") for n in names)
+    state: Any = _State()
+    ctx = SyncContext(job=Job("shop", tables), state=state, lake=None, run_id="r1", trace_id="t1")  # type: ignore[arg-type]
+    return ctx, calls, adopted
+
+
+def test_a_table_whose_data_cannot_be_read_is_left_out_and_the_others_are_read(monkeypatch):
+    ctx, calls, adopted = _isolation_ctx(monkeypatch, {"customers"})
+
+    out = run_extract(ctx)
+
+    assert calls == [["customers", "orders"], ["orders"]]  # read again without it
+    assert list(out.stopped) == ["customers"]
+    assert out.tables["customers"].stopped == "job 'shop' table 'customers': column 'x' holds 1.005"
+    assert out.tables["customers"].rows is None and out.tables["orders"].rows == 3
+    assert out.tables["orders"].stopped == ""
+    # nothing else of the stopped table: no adoption follow-up, its held records untouched
+    assert adopted == ["orders"]
+    assert ctx.state.held == [("orders", 1)]
+    assert [(s, o, t) for s, o, t, _ in ctx.state.logged] == [
+        ("extract", "failed", "customers"),
+        ("extract", "held", "orders"),
+        ("extract", "ok", None),
+    ]
+
+
+def test_a_job_whose_every_table_cannot_be_read_fails_its_extract_naming_each(monkeypatch):
+    from deltaferry.errors import TableReadError, TerminalError
+
+    ctx, calls, _ = _isolation_ctx(monkeypatch, {"customers", "orders"})
+    with pytest.raises(TerminalError) as err:
+        run_extract(ctx)
+    assert not isinstance(err.value, TableReadError)
+    assert str(err.value).startswith("job 'shop': tables 'customers', 'orders' stopped: ")
+    assert "table 'orders': column 'x'" in str(err.value)
+    assert calls == [["customers", "orders"], ["orders"]]
+    assert [(s, o) for s, o, _, _ in ctx.state.logged] == [("extract", "failed")]
+
+    # a job of one table: its own error, as before
+    ctx, calls, _ = _isolation_ctx(monkeypatch, {"orders"}, names=("orders",))
+    with pytest.raises(TableReadError, match="table 'orders': column 'x' holds 1.005"):
+        run_extract(ctx)
+    assert calls == [["orders"]]

@@ -545,6 +545,104 @@ def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
     assert "\n" not in str(err.value)
 
 
+THREE_TABLES = """
+[jobs.lite]
+source = "sql_database"
+url = "sqlite:///{db}"
+lake = "file://{lake}"
+
+[[jobs.lite.tables]]
+name = "kinds"
+primary_key = ["id"]
+cursor = "updated_at"
+contract = "tests.support.contracts_sqltypes:Loose"
+
+[[jobs.lite.tables]]
+name = "other"
+primary_key = ["id"]
+cursor = "updated_at"
+contract = "tests.support.contracts_sqltypes:Loose"
+
+[[jobs.lite.tables]]
+name = "third"
+primary_key = ["id"]
+contract = "tests.support.contracts_sqltypes:Loose"
+"""
+
+
+def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
+    tmp_path, home, prefect_api
+):
+    """A value its column cannot carry (SQLite does not enforce DECIMAL(10,2); text in a
+    TIMESTAMP column that is no time) stops its own table, not the job: the job's other
+    tables are read without it and published, the run fails naming each stopped table, and
+    every run does so until the value is fixed; then the table publishes all its rows."""
+    from deltaferry.errors import TableReadError
+    from deltaferry.state import StateStore
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        for name in ("kinds", "other"):
+            con.execute(
+                f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, amount DECIMAL(10,2), "
+                "updated_at TIMESTAMP NOT NULL)"
+            )
+        con.execute("CREATE TABLE third (id INTEGER PRIMARY KEY, at TIMESTAMP)")
+        con.execute("INSERT INTO kinds VALUES (1, 1.25, '2026-01-01 00:00:00'), (2, 1.005, '2026-01-01 00:00:01')")
+        con.execute("INSERT INTO other VALUES (1, 2.5, '2026-01-01 00:00:00')")
+        con.execute("INSERT INTO third VALUES (1, '2026-01-01 00:00:00'), (2, 'soon')")
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(THREE_TABLES.format(db=db, lake=tmp_path / "lake"))
+    lake = tmp_path / "lake"
+
+    def sync():
+        return sync_job(job="lite", config=str(cfg))
+
+    def published(table):
+        return sorted(p.name for p in lake.rglob("*.json") if f"/{table}/" in str(p))
+
+    for _ in range(2):  # every run, until the values are fixed
+        with pytest.raises(TerminalError) as err:
+            sync()
+        message = str(err.value)
+        assert "\n" not in message and not isinstance(err.value, TableReadError)
+        assert "tables 'kinds', 'third' stopped (the job's other tables went on)" in message
+        assert "column 'amount'" in message and "REAL value 1.005" in message
+        assert "column 'at' value 'soon' is not a timestamp" in message
+        assert published("kinds") == [] and published("third") == []
+        assert len(published("other")) == 1  # published on the first run, unchanged after
+    assert _pull_table(cfg, tmp_path, "other") == [(1, Decimal("2.50"))]
+    with StateStore("lite", read_only=True).connect(read_only=True) as con:
+        failed = con.execute(
+            "SELECT tbl, detail FROM ops_log WHERE step = 'extract' AND outcome = 'failed' ORDER BY id"
+        ).fetchall()
+    assert [t for t, _ in failed] == ["kinds", "third"] * 2
+    assert "REAL value 1.005" in failed[0][1]
+
+    with sqlite3.connect(db) as con:  # the values fixed, the cursor moved for kinds
+        con.execute("UPDATE kinds SET amount = 1.01, updated_at = '2026-01-02 00:00:00' WHERE id = 2")
+        con.execute("UPDATE third SET at = '2026-02-01 00:00:00' WHERE id = 2")
+    sync()
+    assert _pull_table(cfg, tmp_path, "kinds") == [(1, Decimal("1.25")), (2, Decimal("1.01"))]
+    assert [r[0] for r in _pull_table(cfg, tmp_path, "third", "id, \"at\"")] == [1, 2]
+    assert len(published("other")) == 1
+
+
+def _pull_table(cfg, tmp_path, table: str, columns: str = "id, amount"):
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+
+    job = load_job("lite", cfg)
+    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
+    con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
+    try:
+        return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
 def test_sqlite_numeric_without_precision_is_published_as_its_text(tmp_path, home, prefect_api):
     # what SQLite holds, as text: an INTEGER as its digits, a REAL as its shortest exact repr
     db, cfg, sync = _lite(

@@ -12,7 +12,7 @@ import dlt
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
-from deltaferry.errors import ConfigError, TerminalError, TransientError
+from deltaferry.errors import ConfigError, TableReadError, TerminalError, TransientError
 from sources import names
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
@@ -49,7 +49,7 @@ def adapt_table(
             if kind in ("timestamp", "date"):
                 fixed = col.name == t.cursor or col.name in pk
                 where = f"job '{job.name}' table '{t.name}'"
-                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts)
+                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts, t.name)
             elif kind == "json":
                 col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
         return table
@@ -156,7 +156,7 @@ def run_reads(
         undecodable = undecodable_text(job, e)
         if undecodable is not None:  # sqlite3 calls it an OperationalError: not transient
             pipeline.abort_packages()
-            raise TerminalError(undecodable) from None
+            raise _table_error(job, e, undecodable) from None
         transient = transient_cause(e)
         if isinstance(transient, sa.exc.DBAPIError):
             classified = connect_error(job, transient)
@@ -171,9 +171,21 @@ def run_reads(
         mixed = _mixed_types(job, e)
         if mixed is not None:
             pipeline.abort_packages()
-            raise TerminalError(mixed) from None
+            raise _table_error(job, e, mixed) from None
         cause = " ".join(str(e.__cause__ or e.exception).split())  # one line
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+
+
+def _table_error(job: JobConfig, e: BaseException, message: str) -> TerminalError:
+    """``message`` as the error of the job's table whose dlt pipe failed (``TableReadError``:
+    the job's other tables can go on), or of the job when the pipe names none of them."""
+    import re
+
+    pipe = re.search(r"processing pipe [`']([^`']+)[`']", str(e))
+    name = pipe.group(1).removesuffix("__recreated") if pipe else None
+    if name in {t.name for t in job.tables}:
+        return TableReadError(message, name)
+    return TerminalError(message)
 
 
 def undecodable_text(job: JobConfig, e: BaseException, table: str | None = None) -> str | None:

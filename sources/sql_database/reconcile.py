@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_row, ident
-from deltaferry.errors import TerminalError, TransientError
+from deltaferry.errors import TableReadError, TerminalError, TransientError
 from sources.change_detection import ChangedByKey
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.load import stage_tombstones
@@ -233,7 +233,7 @@ def _read_source_keys(
     except sa.exc.DBAPIError as e:
         undecodable = undecodable_text(job, e, t.name)  # the same bytes fail every retry
         if undecodable is not None:
-            raise TerminalError(undecodable) from None
+            raise TableReadError(undecodable, t.name) from None
         raise connect_error(job, e) from e
     except TRANSIENT_SOURCE_ERRORS as e:
         raise TransientError(

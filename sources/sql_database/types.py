@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
-from deltaferry.errors import ConfigError, TerminalError
+from deltaferry.errors import ConfigError, TableReadError
 
 log = logging.getLogger("deltaferry.sql_database")
 
@@ -60,7 +60,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _WIDE = Context(prec=200)
 
 
-class ValueRefused(TerminalError):
+class ValueRefused(TableReadError):
     """A source value its column's published type cannot carry exactly (one line)."""
 
 
@@ -579,7 +579,8 @@ def _carried_type(
         return ValueRefused(
             f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
             f"published as {plan.target}) holds {bad.what}, which {plan.target} cannot "
-            f"carry exactly; nothing published; {fix}"
+            f"carry exactly; nothing of the table published; {fix}",
+            table,
         )
 
     def process_result_value(self: Any, value: Any, dialect: Any) -> Any:

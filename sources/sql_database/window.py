@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig, write_home_file
 from deltaferry.duck import fetch_row, ident
-from deltaferry.errors import TerminalError
+from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
@@ -131,9 +131,11 @@ class TimeText(sa.types.TypeDecorator):
         column: str,
         fixed: bool,
         shifts: ZoneShifts | None = None,
+        table: str | None = None,
     ) -> None:
         super().__init__()
         self.kind, self.zone, self.where, self.column, self.fixed = kind, zone, where, column, fixed
+        self.table = table  # the job's table: a value refused stops it, not the job
         self._zone = ZoneInfo(zone)
         # texts naming a wall time the zone shows twice or never: counted for the run's notes
         # (an attribute named as the argument: part of SQLAlchemy's cache key, so a cached
@@ -194,9 +196,10 @@ class TimeText(sa.types.TypeDecorator):
                 )
             if not self.fixed:  # a staged column keeps its type until the table is staged anew
                 fix += "; a job that staged the column already then needs deltaferry reset"
-            raise TerminalError(
-                f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
-            ) from None
+            message = f"{self.where}: column '{self.column}' value {value!r} is not a {form}; {fix}"
+            if self.table is not None:
+                raise TableReadError(message, self.table) from None
+            raise TerminalError(message) from None
 
 
 def _is_timestamp_text(value: Any, zone: Any) -> bool:
