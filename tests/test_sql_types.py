@@ -629,6 +629,55 @@ def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
     assert len(published("other")) == 1
 
 
+def test_a_table_refused_after_the_run_staged_stops_the_job(tmp_path, home, prefect_api, monkeypatch):
+    """Once the run's reads committed (a key read by reconcile, a row read again by key), a
+    table whose data is refused stops the job as a whole, as before: reading the other
+    tables again would lose sight of rows their committed reads held back (a NULL key is
+    remembered only when the extract ends)."""
+    import importlib
+
+    from deltaferry.errors import TableReadError
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        for name in ("kinds", "other"):
+            con.execute(
+                f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, amount DECIMAL(10,2), "
+                "updated_at TIMESTAMP NOT NULL)"
+            )
+            con.execute(f"INSERT INTO {name} VALUES (1, 1.25, '2026-01-01 00:00:00')")
+        con.execute("CREATE TABLE third (id INTEGER PRIMARY KEY, at TIMESTAMP)")
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(
+        THREE_TABLES.format(db=db, lake=tmp_path / "lake").replace(
+            'name = "kinds"', 'name = "kinds"\ndeletes = "reconcile"', 1
+        )
+    )
+    lake = tmp_path / "lake"
+    package = importlib.import_module("sources.sql_database")
+    real = package.reconcile
+
+    def refused(job, t, *args, **kw):  # noqa: ANN001, ANN202
+        raise TableReadError(f"job 'lite' table '{t.name}': a key is not UTF-8", t.name)
+
+    monkeypatch.setattr(package, "reconcile", refused)
+    with pytest.raises(TerminalError) as err:
+        sync_job_lite(cfg)
+    assert not isinstance(err.value, TableReadError)
+    assert str(err.value) == "job 'lite' table 'kinds': a key is not UTF-8"
+    assert not list(lake.rglob("*.json"))  # nothing of any table published
+    monkeypatch.setattr(package, "reconcile", real)
+    sync_job_lite(cfg)
+    assert _pull_table(cfg, tmp_path, "other") == [(1, Decimal("1.25"))]
+    assert _pull_table(cfg, tmp_path, "kinds") == [(1, Decimal("1.25"))]
+
+
+def sync_job_lite(cfg):
+    from flows.sync import sync_job
+
+    return sync_job(job="lite", config=str(cfg))
+
+
 def _pull_table(cfg, tmp_path, table: str, columns: str = "id, amount"):
     from deltaferry.config import load_job
     from deltaferry.replica import pull

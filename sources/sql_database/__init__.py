@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig
-from deltaferry.errors import ConfigError, TransientError
+from deltaferry.errors import ConfigError, TableReadError, TerminalError, TransientError
 from deltaferry.failpoints import failpoint
 from deltaferry.quarantine import UNKEYED, held_identity
 from sources.change_detection import ChangedByKey, ChangedRows
@@ -122,6 +122,11 @@ def extract(job: JobConfig) -> ExtractResult:
 def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> ExtractResult:
     reads: list[TableRead] = []
     borrowed = None
+    # whether this run staged anything yet: a table's read refused after that is the job's
+    # error, not the table's (``TableReadError`` has the extract read the job's other
+    # tables again without it, which is right only while nothing is staged: rows held back
+    # by a committed read - a NULL key - are remembered only at the end of this function)
+    staged = False
     try:
         as_text = preflight(job, engine)
         pipeline, borrowed = pipeline_for(job)
@@ -166,12 +171,14 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     )
                 )
         load_ids: list[str] = list(first.load_ids)
+        staged = bool(first.load_ids)
         rows: dict[str, int] = {}
         try:
             info = run_reads(pipeline, [r.resource for r in reads], job, reads)
         finally:
             for r in reads:
                 r.close()
+        staged = True
         load_ids.extend(info.loads_ids)
         rows.update(row_counts(pipeline, job.tables))
         for name, n in first.rows.items():
@@ -253,6 +260,10 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             reread_unfit={n: [pk for pk, _ in keys] for n, keys in unfit.items() if keys}
             or None,
         )
+    except TableReadError as e:
+        if staged:  # a read again by key, reconcile, ...: after the run's loads committed
+            raise TerminalError(str(e)) from None
+        raise
     finally:
         if borrowed is not None:
             borrowed.close()
