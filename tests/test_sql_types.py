@@ -692,6 +692,24 @@ def _pull_table(cfg, tmp_path, table: str, columns: str = "id, amount"):
         con.close()
 
 
+def test_a_sqlite_boolean_holds_0_and_1_and_refuses_anything_else(tmp_path, home, prefect_api):
+    """SQLite keeps any value in a BOOLEAN column; SQLAlchemy reads every non-zero one as
+    true. 0 and 1 are published as false and true, anything else ('no', 'false', 2, 0.5)
+    is refused naming the value, never published as true."""
+    db, cfg, sync = _lite(tmp_path, home, "(1, 1)", "(2, 0)", "(3, NULL)", "(4, TRUE)", ddl="v BOOLEAN")
+    sync()
+    assert _pull(cfg, tmp_path, "id, v") == [(1, True), (2, False), (3, None), (4, True)]
+    for bad, shown in (("'no'", "the text 'no'"), ("'false'", "the text 'false'"), ("2", "the value 2"), ("0.5", "the REAL value 0.5")):
+        with sqlite3.connect(db) as con:
+            con.execute(f"INSERT OR REPLACE INTO kinds VALUES (5, {bad})")
+        with pytest.raises(ValueRefused, match=rf"column 'v' .*{shown}, neither 0 nor 1"):
+            sync()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE kinds SET v = 0 WHERE id = 5")
+    sync()
+    assert _pull(cfg, tmp_path, "id, v")[-1] == (5, False)
+
+
 def test_sqlite_numeric_without_precision_is_published_as_its_text(tmp_path, home, prefect_api):
     # what SQLite holds, as text: an INTEGER as its digits, a REAL as its shortest exact repr
     db, cfg, sync = _lite(

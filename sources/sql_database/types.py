@@ -241,6 +241,12 @@ def plan_column(
         if sqlite:
             plan.convert, plan.raw = _sqlite_text, True
         return plan
+    if fam == "bool" and sqlite:
+        # SQLite keeps any value in a BOOLEAN column, and SQLAlchemy's reading takes every
+        # non-zero one ('no', 'false', 2, 0.5) as true: 0 and 1 only, the rest refused
+        plan.target = fam
+        plan.dlt_type, plan.convert, plan.raw = sa.Boolean(), _to_bool, True
+        return plan
     if fam in ("bool", "binary", "date", "time", "timestamp", "timestamptz"):
         plan.target = fam
         if not sqlite and fam in _PG_TIME_RANGE:

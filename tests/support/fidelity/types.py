@@ -299,7 +299,8 @@ SQLITE = [
              TS_CONTRACT, "TIMESTAMP WITH TIME ZONE", "ts", instant,
              note="the UTC instant; naive text taken as UTC"),
     TypeSpec("sqlite", "BOOLEAN (0/1)", "BOOLEAN", lambda: st.booleans().map(int), "Series[bool]",
-             "BOOLEAN", "bool", _bool),
+             "BOOLEAN", "bool", _bool,
+             note="any other value ('no', 'false', 2, 0.5) is refused, never read as true"),
     TypeSpec("sqlite", "BLOB", "BLOB", binaries, "Series[object]", "BLOB", "bytes", bytes),
     TypeSpec("sqlite", "JSON (text)", "JSON", json_texts, "Series[str]", "VARCHAR", "json",
              sqlite_json_doc, note="JSON text; the document null is not SQL NULL; a number "
