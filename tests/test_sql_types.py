@@ -710,6 +710,23 @@ def test_a_sqlite_boolean_holds_0_and_1_and_refuses_anything_else(tmp_path, home
     assert _pull(cfg, tmp_path, "id, v")[-1] == (5, False)
 
 
+def test_a_blob_in_a_sqlite_text_column_is_refused_with_a_way_out(tmp_path, home, prefect_api):
+    """A BLOB in a TEXT column is published as text already: the refusal names leaving the
+    column out or fixing the value, not ``column_types = { v = "text" }`` (which changes
+    nothing: the same refusal again)."""
+    db, cfg, sync = _lite(tmp_path, home, "(1, 'a')", "(2, CAST(x'6869' AS BLOB))", ddl="v TEXT")
+    with pytest.raises(ValueRefused) as err:
+        sync()
+    message = str(err.value)
+    assert "column 'v' (TEXT, published as text) holds a binary (BLOB) value" in message
+    assert 'set exclude_columns = ["v"] for this table' in message
+    assert "column_types" not in message
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE kinds SET v = CAST(v AS TEXT) WHERE id = 2")
+    sync()
+    assert _pull(cfg, tmp_path, "id, v") == [(1, "a"), (2, "hi")]
+
+
 def test_sqlite_numeric_without_precision_is_published_as_its_text(tmp_path, home, prefect_api):
     # what SQLite holds, as text: an INTEGER as its digits, a REAL as its shortest exact repr
     db, cfg, sync = _lite(

@@ -577,10 +577,16 @@ def _carried_type(
             f"fix the value at the source (the table's {role} cannot be retyped or left out;"
             " or sync a view that casts it)"
             if role
-            else f'set column_types = {{ {plan.column} = "text" }} or exclude_columns = '
-            f'["{plan.column}"] for this table (then deltaferry reset {job} --table {table} '
-            f"--reason '{plan.column} retyped' if the job staged the column already), or fix "
-            "the value at the source"
+            else (
+                # published as text already (a BLOB in a TEXT column): text is no way out
+                f'set exclude_columns = ["{plan.column}"]'
+                if plan.target == "text"
+                else f'set column_types = {{ {plan.column} = "text" }} or exclude_columns = '
+                f'["{plan.column}"]'
+            )
+            + f" for this table (then deltaferry reset {job} --table {table} --reason "
+            f"'{plan.column} retyped' if the job staged the column already), or fix the value "
+            "at the source"
         )
         return ValueRefused(
             f"job '{job}' table '{table}': column '{plan.column}' ({plan.source}, "
