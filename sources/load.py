@@ -15,7 +15,12 @@ from dlt.common.typing import TLoaderFileFormat
 from deltaferry.config import JobConfig, TableConfig
 from sources.change_detection import ChangedRows
 from sources.columns import DELETED_COLUMN
-from sources.pipeline import pipeline_for, pipeline_naming, prune_loaded_packages
+from sources.pipeline import (
+    drop_merge_staging,
+    pipeline_for,
+    pipeline_naming,
+    prune_loaded_packages,
+)
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
 # repeated keys themselves: sources.integrity, rest_api.reads, files.LatestWins), so dlt
@@ -204,6 +209,7 @@ def run_load(
     try:
         # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
         info = pipeline.run(data, loader_file_format=loader_file_format)  # type: ignore[arg-type]
+        drop_merge_staging(pipeline)
         prune_loaded_packages(pipeline)
         return info
     except PipelineStepFailed as e:

@@ -39,6 +39,37 @@ def test_initial_then_no_change_publishes_nothing(shop_job, shop):
     assert keys == ["shop/customers/manifests/000000000001.json"]
 
 
+def staged_schemas(path: Path) -> set[str]:
+    """The schemas of a staging file's tables (``duck.connect``: encrypted ones too)."""
+    from deltaferry import duck
+
+    con = duck.connect(path, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT schema_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in rows}
+
+
+def test_the_merge_staging_dataset_is_dropped_after_each_load(shop_job, shop):
+    """dlt's merge leaves the last load's rows in ``raw_staging`` and empties it with a
+    DELETE at the next load, whose memory grows with those rows (the whole table after a
+    first load): it is dropped after every load, and the loads after merge as before."""
+    staging = shop_job.dir / "home" / "shop" / "staging.duckdb"
+    shop.round(40, 60, churn=0)
+    shop_job.sync()
+    assert staged_schemas(staging) == {"raw"}
+    for _ in range(2):
+        shop.round(5, 5, churn=0.3)
+        out = shop_job.sync()
+        assert out["tables"]["customers"]["batch"] is not None
+        assert staged_schemas(staging) == {"raw"}
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+
 def test_batch_carries_exactly_the_changed_rows(shop_job, shop):
     shop.round(40, 60, churn=0)
     shop_job.sync()
