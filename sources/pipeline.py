@@ -80,14 +80,14 @@ def prune_loaded_packages(pipeline: dlt.Pipeline, keep: int = KEEP_LOADED_PACKAG
 
 def drop_merge_staging(pipeline: dlt.Pipeline) -> bool:
     """Drop the staging dataset of ``pipeline``'s merge loads (``raw_staging``), which dlt
-    leaves holding the last load's rows and empties with ``DELETE`` at the start of the next
-    merge load. DuckDB pins memory in proportion to the rows a ``DELETE`` removes, so after a
-    first load of N rows the next load needed memory that grows with N (50M rows failed at a
-    128MB ``memory_limit``: ``bench/README.md``, "DuckDB's memory limit is the growth"), and
-    the rows were a second copy of the table in ``staging.duckdb``. Dropping is free; the
-    next merge load makes the dataset again, as it does on a job's first load. Call it after
-    a load completed. Housekeeping: a failure is left for the next load and never fails
-    this one; returns whether the dataset was dropped."""
+    leaves holding the last load's rows and empties with ``TRUNCATE`` at the start of the
+    next merge load. After a first load of N rows that was a second copy of the table in
+    ``staging.duckdb`` until the next run, and DuckDB pins memory in proportion to the rows a
+    ``TRUNCATE``/``DELETE`` removes (a 10M-row table's fails at a 64MB ``memory_limit``;
+    ``bench/README.md``, "DuckDB's memory limit is the growth"). Dropping is free; the next
+    merge load makes the dataset again, as it does on a job's first load. Call it after a
+    load completed. Housekeeping: a failure is left for the next load and never fails this
+    one; returns whether the dataset was dropped."""
     try:
         with pipeline.sql_client() as client:
             name = client.fully_qualified_dataset_name(staging=True)
