@@ -95,29 +95,36 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     def run() -> str:
         job = ctx.job
         out.stopped = {}  # an attempt after a transient failure starts over
-        while True:
+        result = None
+        while result is None:
             try:
                 with ctx.state.released():  # the source's time: status can read meanwhile
                     result = source_module(job).extract(job)
-                break
             except TableReadError as e:
                 # one table's data cannot be read: the others are read without it (the
                 # failed read staged nothing); a job with no other table fails here
                 rest = tuple(t for t in job.tables if t.name != e.table)
                 if len(rest) == len(job.tables) or not (rest or out.stopped):
                     raise
-                out.stopped[e.table] = e
-                if not rest:  # every table stopped: the step fails, naming each
-                    names = ", ".join(f"'{n}'" for n in out.stopped)
-                    raise TerminalError(
-                        f"job '{ctx.job.name}': tables {names} stopped: "
-                        + " | ".join(str(x) for x in out.stopped.values())
-                    ) from None
+                # kept without its traceback: the failed read's frames (its chunks) go
+                out.stopped[e.table] = e.with_traceback(None)
+                if not rest:  # every table stopped: raised below, naming each
+                    break
                 job = dataclasses.replace(job, tables=rest)
-        entries: list[Entry] = []  # written to the operations log at once, in this order
+        stopped = [
+            Entry("extract", "failed", table=name, detail=str(error)[:2000])
+            for name, error in out.stopped.items()
+        ]
+        if result is None:  # every table stopped: the step fails, each table in the log
+            ctx.state.log_many(ctx.run_id, stopped)
+            names = ", ".join(f"'{n}'" for n in out.stopped)
+            raise TerminalError(
+                f"job '{ctx.job.name}': tables {names} stopped: "
+                + " | ".join(str(x) for x in out.stopped.values())
+            )
+        entries: list[Entry] = list(stopped)  # written to the operations log at once, in order
         for name, error in out.stopped.items():
             out.tables[name].stopped = str(error)
-            entries.append(Entry("extract", "failed", table=name, detail=str(error)[:2000]))
         out.load_ids = list(result.load_ids)
         for t in job.tables:  # only after the lake was adopted (lost local state)
             done = out.tables[t.name]

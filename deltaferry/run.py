@@ -132,14 +132,14 @@ def _publish_table(t: TableConfig, summary: RunSummary, steps: Steps) -> None:
 
 def _several_stopped(ctx: SyncContext, stopped: list[tuple[str, TerminalError]]) -> TerminalError:
     """One error for several stopped tables (changes that broke their contracts, source data
-    that could not be read): each table's own line, joined; a ``ContractViolation`` when
-    every one is."""
+    that could not be read): each table's own line, joined; a ``ContractViolation`` when any
+    is one (its event, ``deltaferry.validation.failed``, is what alerts listen for)."""
     names = ", ".join(f"'{name}'" for name, _ in stopped)
     message = (
         f"job '{ctx.job.name}': tables {names} stopped (the job's other tables went on): "
         + " | ".join(str(e) for _, e in stopped)
     )
-    if all(isinstance(e, ContractViolation) for _, e in stopped):
+    if any(isinstance(e, ContractViolation) for _, e in stopped):
         return ContractViolation(message)
     return TerminalError(message)
 

@@ -240,7 +240,12 @@ def test_a_job_whose_every_table_cannot_be_read_fails_its_extract_naming_each(mo
     assert str(err.value).startswith("job 'shop': tables 'customers', 'orders' stopped: ")
     assert "table 'orders': column 'x'" in str(err.value)
     assert calls == [["customers", "orders"], ["orders"]]
-    assert [(s, o) for s, o, _, _ in ctx.state.logged] == [("extract", "failed")]
+    # each table's entry, then the step's own
+    assert [(s, o, t) for s, o, t, _ in ctx.state.logged] == [
+        ("extract", "failed", "customers"),
+        ("extract", "failed", "orders"),
+        ("extract", "failed", None),
+    ]
 
     # a job of one table: its own error, as before
     ctx, calls, _ = _isolation_ctx(monkeypatch, {"orders"}, names=("orders",))

@@ -658,7 +658,9 @@ def test_a_table_refused_after_the_run_staged_stops_the_job(tmp_path, home, pref
     real = package.reconcile
 
     def refused(job, t, *args, **kw):  # noqa: ANN001, ANN202
-        raise TableReadError(f"job 'lite' table '{t.name}': a key is not UTF-8", t.name)
+        # the class a value refused by its column raises (``job_scope`` looks for it in an
+        # error's causes and context: the job's error must not carry it there)
+        raise ValueRefused(f"job 'lite' table '{t.name}': a key is not UTF-8", t.name)
 
     monkeypatch.setattr(package, "reconcile", refused)
     with pytest.raises(TerminalError) as err:

@@ -261,12 +261,16 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             or None,
         )
     except TableReadError as e:
-        if staged:  # a read again by key, reconcile, ...: after the run's loads committed
-            raise TerminalError(str(e)) from None
-        raise
+        if not staged:
+            raise
+        # a read again by key, reconcile, ...: after the run's loads committed. Raised
+        # below, outside this handler: an error raised in it carries the refusal as its
+        # context, and ``job_scope`` would find and raise the table's error again
+        refused = str(e)
     finally:
         if borrowed is not None:
             borrowed.close()
+    raise TerminalError(refused)
 
 
 def _open_unfit(job: JobConfig) -> dict[str, list[tuple[str, dict[str, Any]]]]:

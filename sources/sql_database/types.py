@@ -10,7 +10,9 @@ nothing, and the run says so when the column is first staged (``text_form_notes`
 key, cursor or soft-delete column it is refused before anything is read (``ConfigError``,
 one line naming job, table, column, source type and what resolves it). A single value that
 does not fit its column's published type (numeric ``NaN``, a 13th decimal, a REAL in a
-SQLite INTEGER column) stops the run (``ValueRefused``, one line), never rounded or nulled.
+SQLite INTEGER column, anything but 0 and 1 in a SQLite BOOLEAN) stops its table
+(``ValueRefused``, a ``TableReadError``: one line; the job's other tables go on), never
+rounded or nulled.
 
 Table settings (validated when the jobs file is read, see ``sources/sql_database/settings.py``):
 

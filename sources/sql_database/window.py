@@ -118,7 +118,8 @@ class TimeText(sa.types.TypeDecorator):
     """A SQLite time column read as its stored text and parsed by ``parse_time_text``: dlt
     gets real values (``dlt_type``: a naive timestamp, or a date, as SQLAlchemy reflected
     the column), never text compared as text. A value that is not an exact time stops the
-    read with a ``TerminalError`` naming job, table, column and value."""
+    read with a ``TableReadError`` naming job, table, column and value (``table`` given:
+    the job's other tables go on; a ``TerminalError`` without it)."""
 
     impl = sa.Text
     cache_ok = True
