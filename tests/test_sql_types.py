@@ -495,7 +495,7 @@ def _lite(tmp_path, home, *rows: str, ddl: str, extra: str = ""):
     return db, cfg, lambda: sync_job(job="lite", config=str(cfg))
 
 
-def _pull(cfg, tmp_path, columns: str = "*"):
+def _pull(cfg, tmp_path, columns: str = "*", table: str = "kinds"):
     from deltaferry.config import load_job
     from deltaferry.replica import pull
     from destinations.lake import open_lake
@@ -504,9 +504,15 @@ def _pull(cfg, tmp_path, columns: str = "*"):
     pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
     con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
     try:
-        return con.execute(f"SELECT {columns} FROM kinds ORDER BY id").fetchall()
+        return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
     finally:
         con.close()
+
+
+def _sync_lite(cfg):
+    from flows.sync import sync_job
+
+    return sync_job(job="lite", config=str(cfg))
 
 
 def test_sqlite_declared_decimals_and_big_integers(tmp_path, home, prefect_api):
@@ -579,7 +585,6 @@ def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
     every run does so until the value is fixed; then the table publishes all its rows."""
     from deltaferry.errors import TableReadError
     from deltaferry.state import StateStore
-    from flows.sync import sync_job
 
     db = tmp_path / "src.db"
     with sqlite3.connect(db) as con:
@@ -597,7 +602,7 @@ def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
     lake = tmp_path / "lake"
 
     def sync():
-        return sync_job(job="lite", config=str(cfg))
+        return _sync_lite(cfg)
 
     def published(table):
         return sorted(p.name for p in lake.rglob("*.json") if f"/{table}/" in str(p))
@@ -612,7 +617,7 @@ def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
         assert "column 'at' value 'soon' is not a timestamp" in message
         assert published("kinds") == [] and published("third") == []
         assert len(published("other")) == 1  # published on the first run, unchanged after
-    assert _pull_table(cfg, tmp_path, "other") == [(1, Decimal("2.50"))]
+    assert _pull(cfg, tmp_path, "id, amount", "other") == [(1, Decimal("2.50"))]
     with StateStore("lite", read_only=True).connect(read_only=True) as con:
         failed = con.execute(
             "SELECT tbl, detail FROM ops_log WHERE step = 'extract' AND outcome = 'failed' ORDER BY id"
@@ -624,8 +629,8 @@ def test_a_value_that_does_not_fit_stops_its_table_and_the_others_go_on(
         con.execute("UPDATE kinds SET amount = 1.01, updated_at = '2026-01-02 00:00:00' WHERE id = 2")
         con.execute("UPDATE third SET at = '2026-02-01 00:00:00' WHERE id = 2")
     sync()
-    assert _pull_table(cfg, tmp_path, "kinds") == [(1, Decimal("1.25")), (2, Decimal("1.01"))]
-    assert [r[0] for r in _pull_table(cfg, tmp_path, "third", "id, \"at\"")] == [1, 2]
+    assert _pull(cfg, tmp_path, "id, amount", "kinds") == [(1, Decimal("1.25")), (2, Decimal("1.01"))]
+    assert [r[0] for r in _pull(cfg, tmp_path, "id, \"at\"", "third")] == [1, 2]
     assert len(published("other")) == 1
 
 
@@ -664,34 +669,14 @@ def test_a_table_refused_after_the_run_staged_stops_the_job(tmp_path, home, pref
 
     monkeypatch.setattr(package, "reconcile", refused)
     with pytest.raises(TerminalError) as err:
-        sync_job_lite(cfg)
+        _sync_lite(cfg)
     assert not isinstance(err.value, TableReadError)
     assert str(err.value) == "job 'lite' table 'kinds': a key is not UTF-8"
     assert not list(lake.rglob("*.json"))  # nothing of any table published
     monkeypatch.setattr(package, "reconcile", real)
-    sync_job_lite(cfg)
-    assert _pull_table(cfg, tmp_path, "other") == [(1, Decimal("1.25"))]
-    assert _pull_table(cfg, tmp_path, "kinds") == [(1, Decimal("1.25"))]
-
-
-def sync_job_lite(cfg):
-    from flows.sync import sync_job
-
-    return sync_job(job="lite", config=str(cfg))
-
-
-def _pull_table(cfg, tmp_path, table: str, columns: str = "id, amount"):
-    from deltaferry.config import load_job
-    from deltaferry.replica import pull
-    from destinations.lake import open_lake
-
-    job = load_job("lite", cfg)
-    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
-    con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
-    try:
-        return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
-    finally:
-        con.close()
+    _sync_lite(cfg)
+    assert _pull(cfg, tmp_path, "id, amount", "other") == [(1, Decimal("1.25"))]
+    assert _pull(cfg, tmp_path, "id, amount", "kinds") == [(1, Decimal("1.25"))]
 
 
 def test_a_sqlite_boolean_holds_0_and_1_and_refuses_anything_else(tmp_path, home, prefect_api):

@@ -177,13 +177,19 @@ def run_reads(
         raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
 
 
+def _failed_pipe(text: str) -> str | None:
+    """The table whose dlt pipe a dlt step error names ("processing pipe `t`", a read again
+    by key's ``t__recreated`` as ``t``), or None."""
+    import re
+
+    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+    return pipe.group(1).removesuffix("__recreated") if pipe else None
+
+
 def _table_error(job: JobConfig, e: BaseException, message: str) -> TerminalError:
     """``message`` as the error of the job's table whose dlt pipe failed (``TableReadError``:
     the job's other tables can go on), or of the job when the pipe names none of them."""
-    import re
-
-    pipe = re.search(r"processing pipe [`']([^`']+)[`']", str(e))
-    name = pipe.group(1).removesuffix("__recreated") if pipe else None
+    name = _failed_pipe(str(e))
     if name in {t.name for t in job.tables}:
         return TableReadError(message, name)
     return TerminalError(message)
@@ -201,8 +207,7 @@ def undecodable_text(job: JobConfig, e: BaseException, table: str | None = None)
     if found is None:
         return None
     if table is None:
-        pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
-        table = pipe.group(1).removesuffix("__recreated") if pipe else None
+        table = _failed_pipe(text)
     where = f"job '{job.name}' table '{table}'" if table else f"job '{job.name}'"
     column = found.group(1)
     return (
@@ -219,13 +224,13 @@ def _mixed_types(job: JobConfig, e: BaseException) -> str | None:
     import re
 
     text = str(e)
-    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+    table = _failed_pipe(text)
     field = re.search(r"Conversion to arrow failed for field [`']([^`']+)[`']", text)
-    if pipe is None or field is None:
+    if table is None or field is None:
         return None
     why = re.search(r"\(([^()]*got a[^()]*)\)", text)
     return (
-        f"job '{job.name}' table '{pipe.group(1)}' column '{field.group(1)}': its values arrive "
+        f"job '{job.name}' table '{table}' column '{field.group(1)}': its values arrive "
         f"in more than one type ({why.group(1) if why else 'mixed types'}), which cannot be read "
         "as one column; nothing was staged. Make the column's values one type at the source "
         "(and its declared type match them), or leave it out with exclude_columns; the next "
