@@ -486,24 +486,89 @@ def _httpfs_path() -> Path:
 
 
 def memory_limit() -> str:
-    """DuckDB's ``memory_limit`` for every database deltaferry opens
-    (``DELTAFERRY_DUCKDB_MEMORY_LIMIT``). DuckDB's own default is 80% of the machine's RAM,
-    which it fills with cached blocks as a table grows; bounded, it spills to disk."""
+    """The configured DuckDB ``memory_limit`` (``DELTAFERRY_DUCKDB_MEMORY_LIMIT``), DuckDB's
+    syntax (``256MB``): the working memory of every database deltaferry opens, to which
+    ``fitted_limit`` adds what the database's deleted rows pin. DuckDB's own default is 80% of
+    the machine's RAM, which it fills with cached blocks as a table grows; bounded, it
+    spills to disk."""
     return from_env().duckdb_memory_limit.strip()
+
+
+# DuckDB marks a deleted row with the deleting transaction's id: 8 bytes for every row of
+# each 2,048-row vector that holds a deleted row (16 KiB a vector), in memory it cannot evict
+# or spill, from the DELETE - or, for a delete already written to the file, from the first
+# read of its row group - until the database is closed (CHECKPOINT writes the marks and keeps
+# them). An incremental sync deletes the changed keys' old rows, scattered over the table, in
+# staging (dlt's merge) and in a replica (``replica_apply.merge_rows``), so a table that has
+# seen a few syncs pins about 8 bytes a row whenever it is read: 400 MB at 50M rows, more
+# than the default limit, and a DELETE of 100,000 scattered keys in it needs as much
+# (``bench/README.md``, "Deleted rows pin memory"). Every limit deltaferry sets therefore
+# adds this many bytes for each row its database's tables hold (8, and a quarter more).
+PINNED_BYTES_PER_ROW = 10
+
+_UNITS = {
+    "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+def size_bytes(text: str) -> int | None:
+    """Bytes of a DuckDB memory size (``256MB``, ``2GiB``, and DuckDB's own display,
+    ``244.1 MiB``); None when ``text`` is not one."""
+    m = _SIZE.match(text)
+    unit = _UNITS.get(m.group(2).upper()) if m else None
+    return None if m is None or unit is None else int(float(m.group(1)) * unit)
+
+
+def table_rows(con: duckdb.DuckDBPyConnection) -> int:
+    """Rows the tables of every database ``con`` has attached hold (DuckDB's
+    ``estimated_size``: deleted rows not yet vacuumed included), temporary tables left out."""
+    return int(
+        fetch_row(
+            con,
+            "SELECT coalesce(sum(estimated_size), 0)::BIGINT FROM duckdb_tables()"
+            " WHERE NOT temporary",
+        )[0]
+    )
+
+
+def fitted_limit(con: duckdb.DuckDBPyConnection) -> str:
+    """The ``memory_limit`` for ``con``'s database, in bytes (``'268435456B'``): the
+    configured limit (``memory_limit``) plus ``PINNED_BYTES_PER_ROW`` for every row its
+    tables hold (``table_rows``)."""
+    base = size_bytes(memory_limit())
+    assert base is not None, memory_limit()  # settings: the pattern of a size
+    return f"{base + PINNED_BYTES_PER_ROW * table_rows(con)}B"
+
+
+def fit_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
+    """Raise the ``memory_limit`` of ``con``'s database to ``fitted_limit`` when the rows its
+    tables hold have grown past what its limit allows for; never lowers it (what is pinned
+    stays pinned until the database is closed). Call before a DELETE on a table that
+    may have grown since the database was opened (``configure`` fits it then)."""
+    want = size_bytes(fitted_limit(con)) or 0
+    now = size_bytes(str(fetch_row(con, "SELECT current_setting('memory_limit')")[0]))
+    if now is None or want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
+        con.execute(f"SET memory_limit = '{want}B'")
 
 
 def configure(
     con: duckdb.DuckDBPyConnection, path: Path | str | None = None
 ) -> duckdb.DuckDBPyConnection:
     """Bound the memory of ``con``'s database: ``memory_limit`` from
-    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` (DuckDB's own default is 80% of RAM, which a large
-    table or transaction fills); larger sorts, joins and loads spill to the temporary
-    directory, DuckDB's default ``<file>.tmp`` beside a database file, or with ``path``
-    (the database file) ``<path>.tmp`` set explicitly. A database-wide setting: every
-    connection to the same file shares it. A limit too small for the work is DuckDB's
-    ``OutOfMemoryException`` at the statement that needs more (``over_limit`` names the
-    setting). Returns ``con``."""
-    con.execute(f"SET memory_limit = {literal(memory_limit())}")
+    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` plus what its tables' deleted rows may pin
+    (``fitted_limit``; DuckDB's own default is 80% of RAM, which a large table or
+    transaction fills); larger sorts, joins and loads spill to the temporary directory,
+    DuckDB's default ``<file>.tmp`` beside a database file, or with ``path`` (the database
+    file) ``<path>.tmp`` set explicitly. A database-wide setting: every connection to the
+    same file shares it; one another connection of this process raised is kept. A limit
+    too small for the work is DuckDB's ``OutOfMemoryException`` at the statement that needs
+    more (``over_limit`` names the setting). Returns ``con``."""
+    try:
+        con.execute(f"SET memory_limit = '{fitted_limit(con)}'")
+    except duckdb.OutOfMemoryException:
+        pass  # the database is open elsewhere in this process and holds more: keep its limit
     if path is not None:
         con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
     return con

@@ -217,6 +217,7 @@ def merge_rows(
         f" i.{SEQ_COLUMN} AS _incoming_seq, r.{SEQ_COLUMN} AS _stored_seq"
         f" FROM {ARROW} i JOIN {ident(table)} r ON {_match('r', 'i', pk)}",
     )
+    duck.fit_memory_limit(con)  # the rows this pull stored so far may be deleted from now
     con.execute(
         f"DELETE FROM {ident(table)} USING _deltaferry_stored s"
         f" WHERE {_match(ident(table), 's', pk)} AND s._incoming_seq > s._stored_seq"

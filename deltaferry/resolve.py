@@ -38,7 +38,7 @@ import json
 import duckdb
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import column_types, ident, literal
+from deltaferry.duck import column_types, fit_memory_limit, ident, literal
 from deltaferry.merge_tables import HLC_COLUMN, OVERRIDE_PRODUCER, PRODUCER_COLUMN, TableShape
 
 
@@ -121,6 +121,7 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         """
     )
     match = " AND ".join(f"t.{ident(c)} = w.{ident(c)}" for c in shape.pk)
+    fit_memory_limit(con)
     con.execute(
         f"DELETE FROM {ident(shape.table)} t WHERE EXISTS (SELECT 1 FROM _deltaferry_ranked w WHERE {match})"
     )

@@ -77,8 +77,10 @@ class Settings(EnvSettings):
     duckdb_memory_limit: str = var(
         "256MB",
         "size",
-        "memory each DuckDB database deltaferry opens may use (staging, state, replica, "
-        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); larger sorts, joins "
+        "working memory of each DuckDB database deltaferry opens (staging, state, replica, "
+        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); each gets 10 bytes "
+        "more for every row its tables hold, which the marks of deleted rows pin after a few "
+        "syncs (`bench/README.md`, \"Deleted rows pin memory\"); larger sorts, joins "
         "and loads spill to a temporary directory beside the file; a replica's tables have no "
         "PRIMARY KEY constraint for this reason (DuckDB pins a key index, which grows with the "
         "rows stored, at every commit: at `256MB` a 50M-row pull stopped at 29M rows; now it "

@@ -6,12 +6,14 @@ staging was made under (``sources.names``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import dlt
+import duckdb
 from dlt.common.configuration.providers import ConfigProvider
 
 from deltaferry import duck
@@ -20,6 +22,8 @@ from deltaferry.settings import from_env
 from sources import names
 from sources.columns import STAGING_DATASET
 from sources.staging import read_staging, staged_table_exists, staging_path
+
+logger = logging.getLogger(__name__)
 
 PIPELINE_PREFIX = "deltaferry_"
 
@@ -157,9 +161,7 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     else:
         # DuckDB's memory bounded as on our own connections (``duck.configure``), set by dlt
         # on each connection it opens: its default, 80% of RAM, grows with the table loaded
-        credentials = DuckDbCredentials(
-            str(path), global_config={"memory_limit": duck.memory_limit()}
-        )
+        credentials = DuckDbCredentials(str(path), global_config={"memory_limit": staging_limit(path)})
     # dlt's progress collector: none unless asked for
     progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
     _register_pipeline_settings()
@@ -173,6 +175,25 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
         **progress,
     )
     return pipeline, con
+
+
+def staging_limit(path: Path) -> str:
+    """The ``memory_limit`` dlt's connections to the staging file ``path`` get: the
+    configured limit plus what the rows staged before this run may pin once dlt's merge
+    deletes among them (``duck.fitted_limit``); the configured limit before the first load.
+    Rows a run loads are not counted: dlt's merge deletes only the old versions of the keys
+    a load brings, and a load's new rows hold no deleted row."""
+    if not path.exists():
+        return duck.memory_limit()
+    try:
+        con = duck.connect(path, read_only=True)
+    except duckdb.Error as e:  # open read-write elsewhere in this process: not counted
+        logger.warning("staging %s not read for its memory limit: %s", path, e)
+        return duck.memory_limit()
+    try:
+        return duck.fitted_limit(con)
+    finally:
+        con.close()
 
 
 def pipeline_naming(pipeline: dlt.Pipeline) -> str:
