@@ -182,6 +182,7 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         began = False
         try:
             con.execute(f"ATTACH '{quoted}' AS df_baseline (READ_ONLY{secret})")
+            duck.fit_memory_limit(con)  # the baseline's deleted rows pin memory once read
             con.execute("BEGIN TRANSACTION")
             began = True
             marked = duck.fetch_row(

@@ -503,12 +503,13 @@ def memory_limit() -> str:
 # seen a few syncs pins about 8 bytes a row whenever it is read: 400 MB at 50M rows, more
 # than the default limit, and a DELETE of 100,000 scattered keys in it needs as much
 # (``bench/README.md``, "Deleted rows pin memory"). Every limit deltaferry sets therefore
-# adds this many bytes for each row its database's tables hold (8, and a quarter more).
+# adds this many bytes (8, and a quarter more) for each row that may pin: of the tables that
+# hold deleted rows when read, of every table before a DELETE (``fitted_limit``).
 PINNED_BYTES_PER_ROW = 10
 
 _UNITS = {
     "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    "PB": 10**15, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
 }  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
 
@@ -521,35 +522,55 @@ def size_bytes(text: str) -> int | None:
     return None if m is None or unit is None else int(float(m.group(1)) * unit)
 
 
-def table_rows(con: duckdb.DuckDBPyConnection) -> int:
+# a table this small is counted whole, without a query (it pins at most 1 MB)
+_SMALL_TABLE_ROWS = 100_000
+
+
+def table_rows(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> int:
     """Rows the tables of every database ``con`` has attached hold (DuckDB's
-    ``estimated_size``: deleted rows not yet vacuumed included), temporary tables left out."""
-    return int(
-        fetch_row(
-            con,
-            "SELECT coalesce(sum(estimated_size), 0)::BIGINT FROM duckdb_tables()"
-            " WHERE NOT temporary",
-        )[0]
-    )
+    ``estimated_size``: deleted rows not yet vacuumed included), temporary tables left out.
+
+    ``deleting=False``: only the rows of tables whose deleted rows' marks may be pinned
+    when they are read: those holding deleted rows (``estimated_size`` above ``count(*)``,
+    about 4 ms for a 50M-row table without one) and every table under 100,000 rows; a
+    table never deleted from pins nothing. ``count(*)`` reads the marks of a table that
+    holds some, so raise the limit to ``fitted_limit(con)`` before asking."""
+    tables = con.execute(
+        "SELECT database_name, schema_name, table_name, coalesce(estimated_size, 0)"
+        " FROM duckdb_tables() WHERE NOT temporary"
+    ).fetchall()
+    total = 0
+    for database, schema, table, stored in tables:
+        if deleting or stored < _SMALL_TABLE_ROWS:
+            total += stored
+            continue
+        name = f"{ident(database)}.{ident(schema)}.{ident(table)}"
+        if fetch_row(con, f"SELECT count(*) FROM {name}")[0] < stored:
+            total += stored
+    return int(total)
 
 
-def fitted_limit(con: duckdb.DuckDBPyConnection) -> str:
+def fitted_limit(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> str:
     """The ``memory_limit`` for ``con``'s database, in bytes (``'268435456B'``): the
     configured limit (``memory_limit``) plus ``PINNED_BYTES_PER_ROW`` for every row its
-    tables hold (``table_rows``)."""
+    tables hold (``table_rows``; with ``deleting=False`` the rows of tables that hold
+    deleted rows: for reading, not for a DELETE)."""
     base = size_bytes(memory_limit())
     assert base is not None, memory_limit()  # settings: the pattern of a size
-    return f"{base + PINNED_BYTES_PER_ROW * table_rows(con)}B"
+    return f"{base + PINNED_BYTES_PER_ROW * table_rows(con, deleting=deleting)}B"
 
 
 def fit_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
-    """Raise the ``memory_limit`` of ``con``'s database to ``fitted_limit`` when the rows its
-    tables hold have grown past what its limit allows for; never lowers it (what is pinned
-    stays pinned until the database is closed). Call before a DELETE on a table that
-    may have grown since the database was opened (``configure`` fits it then)."""
+    """Raise the ``memory_limit`` of ``con``'s database to ``fitted_limit`` (every row
+    counted) when the rows its tables hold have grown past what its limit allows for;
+    never lowers it (what is pinned stays pinned until the database is closed; DuckDB
+    refuses a limit below what it holds). Call before a DELETE, or after attaching another
+    database (``configure`` fits a database at open for reading only). Rows inserted in
+    the open transaction are not counted (DuckDB's ``estimated_size`` has committed rows
+    only); deltaferry's DELETEs remove committed rows only (a batch holds each key once)."""
     want = size_bytes(fitted_limit(con)) or 0
     now = size_bytes(str(fetch_row(con, "SELECT current_setting('memory_limit')")[0]))
-    if now is None or want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
+    if now is not None and want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
         con.execute(f"SET memory_limit = '{want}B'")
 
 
@@ -557,16 +578,21 @@ def configure(
     con: duckdb.DuckDBPyConnection, path: Path | str | None = None
 ) -> duckdb.DuckDBPyConnection:
     """Bound the memory of ``con``'s database: ``memory_limit`` from
-    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` plus what its tables' deleted rows may pin
-    (``fitted_limit``; DuckDB's own default is 80% of RAM, which a large table or
+    ``DELTAFERRY_DUCKDB_MEMORY_LIMIT`` plus what the deleted rows its tables hold may pin
+    (``fitted_limit(deleting=False)``; ``fit_memory_limit`` before a DELETE adds every
+    row; DuckDB's own default is 80% of RAM, which a large table or
     transaction fills); larger sorts, joins and loads spill to the temporary directory,
     DuckDB's default ``<file>.tmp`` beside a database file, or with ``path`` (the database
     file) ``<path>.tmp`` set explicitly. A database-wide setting: every connection to the
-    same file shares it; one another connection of this process raised is kept. A limit
+    same file shares it and each open sets it again (lower too, unless DuckDB refuses a
+    limit below the memory the database holds: then the higher one stays). A limit
     too small for the work is DuckDB's ``OutOfMemoryException`` at the statement that needs
     more (``over_limit`` names the setting). Returns ``con``."""
     try:
+        # room for every row first: reading the tables that hold deleted rows (to find
+        # them) pins their marks; then what reading needs, which a DELETE raises again
         con.execute(f"SET memory_limit = '{fitted_limit(con)}'")
+        con.execute(f"SET memory_limit = '{fitted_limit(con, deleting=False)}'")
     except duckdb.OutOfMemoryException:
         pass  # the database is open elsewhere in this process and holds more: keep its limit
     if path is not None:

@@ -79,12 +79,13 @@ class Settings(EnvSettings):
         "size",
         "working memory of each DuckDB database deltaferry opens (staging, state, replica, "
         "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); each gets 10 bytes "
-        "more for every row its tables hold, which the marks of deleted rows pin after a few "
-        "syncs (`bench/README.md`, \"Deleted rows pin memory\"); larger sorts, joins "
+        "more for every row of its tables that hold deleted rows, and of every table before "
+        "the DELETE of an incremental merge, which DuckDB's marks of deleted rows pin "
+        "(`bench/README.md`, \"Deleted rows pin memory\"); larger sorts, joins "
         "and loads spill to a temporary directory beside the file; a replica's tables have no "
         "PRIMARY KEY constraint for this reason (DuckDB pins a key index, which grows with the "
-        "rows stored, at every commit: at `256MB` a 50M-row pull stopped at 29M rows; now it "
-        "peaks at 670 MiB, `bench/README.md`, \"50M rows\"), and a key twice in one batch is "
+        "rows stored, at every commit: at `256MB` a 50M-row pull stopped at 29M rows, "
+        "`bench/README.md`, \"50M rows\"), and a key twice in one batch is "
         "refused at the batch's end instead",
         pattern=r"(?i)^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
     )

@@ -20,6 +20,7 @@ from sources.pipeline import (
     pipeline_for,
     pipeline_naming,
     prune_loaded_packages,
+    refit_staging,
 )
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
@@ -208,6 +209,7 @@ def run_load(
 
     try:
         # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
+        refit_staging(job, pipeline)
         info = pipeline.run(data, loader_file_format=loader_file_format)  # type: ignore[arg-type]
         drop_merge_staging(pipeline)
         prune_loaded_packages(pipeline)

@@ -196,6 +196,20 @@ def staging_limit(path: Path) -> str:
         con.close()
 
 
+def refit_staging(job: JobConfig, pipeline: dlt.Pipeline) -> None:
+    """Fit the ``memory_limit`` of a ``pipeline_for`` pipeline's staging to the rows staged
+    now, before a load (``run_load``): a run loads several times (first load, by-key reads,
+    reconcile, tombstones), and each load's merge may delete among the rows the earlier ones
+    staged. The limit dlt sets on the connections it opens next (``global_config``, read at
+    each connect), or the borrowed connection's (encrypted staging), raised only."""
+    credentials = pipeline.destination.config_params.get("credentials")
+    borrowed = getattr(credentials, "external_conn", lambda: None)()
+    if borrowed is not None:
+        duck.fit_memory_limit(borrowed)
+    elif credentials is not None and "memory_limit" in (credentials.global_config or {}):
+        credentials.global_config["memory_limit"] = staging_limit(staging_path(job.name))
+
+
 def pipeline_naming(pipeline: dlt.Pipeline) -> str:
     """The naming convention of a ``pipeline_for`` pipeline's staging: the name it gave the
     destination (``staging_naming``)."""

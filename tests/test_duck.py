@@ -181,11 +181,49 @@ def test_the_limit_grows_with_the_rows_the_database_holds(
         assert abs(duck.size_bytes(_limit(con)) - want) < 2**20  # type: ignore[operator]
     finally:
         con.close()
-    con = duck.connect(path, read_only=True)
-    try:  # opened again: what the tables hold now
-        rows = duck.table_rows(con)
-        want = 64 * 10**6 + duck.PINNED_BYTES_PER_ROW * rows
+    con = duck.connect(path)
+    try:  # opened again: raw.t was never deleted from, so reading it pins nothing
+        assert duck.table_rows(con) == 3_000_000
+        assert duck.table_rows(con, deleting=False) == 0
+        assert _limit(con) == "61.0 MiB"
+        duck.fit_memory_limit(con)  # before a DELETE: every row
+        want = 64 * 10**6 + duck.PINNED_BYTES_PER_ROW * 3_000_000
         assert abs(duck.size_bytes(_limit(con)) - want) < 2**20  # type: ignore[operator]
+        con.execute("DELETE FROM raw.t WHERE id % 1000 = 0")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    con = duck.connect(path, read_only=True)
+    try:  # raw.t holds deleted rows now: reading it pins their marks
+        assert duck.table_rows(con, deleting=False) == 3_000_000
+        assert abs(duck.size_bytes(_limit(con)) - want) < 2**20  # type: ignore[operator]
+    finally:
+        con.close()
+
+
+def test_a_table_that_holds_deleted_rows_is_read_at_the_fitted_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Deleted rows written to the file pin their marks again when the table is read: a
+    plain ``count(*)`` of a 2M-row table with 5,000 scattered deletes needs about 16 MiB
+    more than the same table without them. Opened through ``duck.connect`` the read
+    passes at a 16MB configured limit; at DuckDB's plain 16MB it fails."""
+    import duckdb
+
+    path = tmp_path / "deleted.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS id, 'x' || range AS v FROM range(2000000)")
+    con.execute(f"DELETE FROM t WHERE id IN ({', '.join(map(str, SCATTERED))})")
+    con.execute("CHECKPOINT")
+    con.close()
+    con = duckdb.connect(str(path), config={"memory_limit": "16MB"})
+    with pytest.raises(duckdb.OutOfMemoryException):
+        con.execute("SELECT count(*) FROM t").fetchall()
+    con.close()
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
+    con = duck.connect(path, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (2_000_000 - len(SCATTERED),)
     finally:
         con.close()
 
@@ -279,6 +317,9 @@ def test_staging_merges_scattered_changes_into_a_large_table(
 
     def load(ids: list[int], value: str) -> None:
         pipeline, _ = pipeline_for(job)
+        run(pipeline, ids, value)
+
+    def run(pipeline: dlt.Pipeline, ids: list[int], value: str) -> None:
         data = pa.table({"id": pa.array(ids, pa.int64()), "v": pa.array([value] * len(ids))})
         run_load(job, pipeline, dlt.resource(data, name="t", write_disposition="merge", primary_key=["id"]))
 
@@ -298,3 +339,40 @@ def test_staging_merges_scattered_changes_into_a_large_table(
         con.close()
     changed = set(SCATTERED) | {k + 1 for k in SCATTERED}
     assert counts == {"a": 2_000_000 - len(changed), "b": len(changed) - 5000, "c": 5000}
+
+
+def test_staging_limit_follows_the_loads_of_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A run loads several times through one pipeline (first load, reads by key, reconcile,
+    tombstones): each load's connections get the limit fitted to the rows staged before it
+    (``sources.pipeline.refit_staging``), not those staged when the pipeline was made."""
+    import dlt
+    import pyarrow as pa
+
+    from deltaferry.job import JobConfig
+    from sources.load import run_load
+    from sources.pipeline import pipeline_for
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "256MB")  # room for the first load
+    job = JobConfig(name="big", source="sql_database", url="sqlite://", lake="file:///x", tables=())
+    pipeline, _ = pipeline_for(job)  # nothing staged yet: the configured limit
+    credentials = pipeline.destination.config_params["credentials"]
+    assert duck.size_bytes(credentials.global_config["memory_limit"]) == 256 * 10**6
+
+    def run(ids: list[int], value: str) -> None:
+        data = pa.table({"id": pa.array(ids, pa.int64()), "v": pa.array([value] * len(ids))})
+        run_load(job, pipeline, dlt.resource(data, name="t", write_disposition="merge", primary_key=["id"]))
+
+    run(list(range(2_000_000)), "a")
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
+    run(SCATTERED, "b")  # deletes among the 2M rows the same pipeline staged
+    fitted = 16 * 10**6 + duck.PINNED_BYTES_PER_ROW * 2_000_000
+    # (and dlt's few rows of its own tables: _dlt_loads, _dlt_version ...)
+    assert fitted <= (duck.size_bytes(credentials.global_config["memory_limit"]) or 0) < fitted + 1000
+    con = duck.connect(tmp_path / "big" / "staging.duckdb", read_only=True)
+    try:
+        counts = dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
+    finally:
+        con.close()
+    assert counts == {"a": 2_000_000 - len(SCATTERED), "b": len(SCATTERED)}
