@@ -39,8 +39,13 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     preflight_job(load_job(job, config))
     from flows.sync import sync_job
 
-    with out.status(f"syncing job [bold]{job}[/] ..."), prefect_startup_wait():
-        summary = sync_job(job=job, config=config)  # the flow tags its own run
+    try:
+        with out.status(f"syncing job [bold]{job}[/] ..."), prefect_startup_wait():
+            summary = sync_job(job=job, config=config)  # the flow tags its own run
+    except DeltaferryError as e:
+        if _went_on(e.run_summary):  # what the job's other tables did, then the error line
+            _print_run_summary(e.run_summary)  # type: ignore[arg-type]
+        raise
     _print_run_summary(summary)
 
 
@@ -96,7 +101,10 @@ def run_all(
         with out.status(f"syncing {len(runnable)} job(s) {where} ..."), prefect_startup_wait():
             results.update(run_parallel(runnable, str(path), workers=workers, address=dask_address))
     failed = [name for name in names if "error" in (results.get(name) or {})]
-    _print_all_summaries([results[n] for n in names if n not in failed and n in results])
+    # the jobs that ran, and what each failed job's other tables did before its error
+    shown = [results[n] for n in names if n not in failed and n in results]
+    shown += [results[n]["run_summary"] for n in failed if _went_on(results[n].get("run_summary"))]
+    _print_all_summaries(shown)
     for name in failed:
         err.print(
             f"[bold red]error:[/] {escape(results[name]['error'])}", highlight=False, soft_wrap=True
@@ -158,6 +166,12 @@ def no_cursor_label(kind: str) -> str:
     return getattr(source_settings(kind), "NO_CURSOR_LABEL", "(full compare)")
 
 
+def _went_on(summary: dict[str, Any] | None) -> bool:
+    """Whether a failed run's summary (``DeltaferryError.run_summary``) shows a table that
+    went on (published or had no change) beside the one(s) that stopped it."""
+    return bool(summary) and any(not s.get("stopped") for s in summary["tables"].values())  # type: ignore[index]
+
+
 # the columns of a run's summary, a row per table (run-all puts the job before them)
 SUMMARY_COLUMNS = ("table", "batch", "rows", "upserts", "deletes", "quarantined", "bytes", "manifest")
 
@@ -170,7 +184,8 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
         # rows held back before staging (a NULL key or cursor) count as quarantined too
         held = extracted.table(name).held if extracted is not None else 0
         if s.get("batch") is None:
-            rows.append([name, "-", "0", "", "", str(held) if held else "", "", "no change"])
+            what = "stopped (the error below)" if s.get("stopped") else "no change"
+            rows.append([name, "-", "0", "", "", str(held) if held else "", "", what])
         else:
             rows.append(
                 [
@@ -181,7 +196,7 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
                     str(s["deletes"]),
                     str(int(s["quarantined"]) + held),
                     str(s["bytes"]),
-                    s["manifest"],
+                    s["manifest"] + ("; then stopped (the error below)" if s.get("stopped") else ""),
                 ]
             )
     return rows

@@ -7,11 +7,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DeltaferryError(Exception):
-    """Root of every error deltaferry raises on purpose."""
+    """Root of every error deltaferry raises on purpose. ``run_summary``: when the error
+    ended a sync run, what the run did before it (``RunSummary.as_dict``: the tables it
+    published or stopped), which ``deltaferry run`` prints before the error line; else None."""
 
     exit_code = 1
+    run_summary: dict[str, Any] | None = None
 
 
 class ConfigError(DeltaferryError):
@@ -39,8 +44,9 @@ class TableReadError(TerminalError):
         super().__init__(message)
         self.table = table
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickled whole (a process pool)
-        return type(self), (str(self), self.table)
+    def __reduce__(self) -> tuple[type, tuple[str, str], dict[str, Any]]:
+        # pickled whole (a process pool), ``run_summary`` included
+        return type(self), (str(self), self.table), self.__dict__
 
 
 class ConflictError(TerminalError):

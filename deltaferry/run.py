@@ -25,7 +25,7 @@ from deltaferry.checkpoints import Plan
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.context import SyncContext, open_context
 from deltaferry.delta import Delta
-from deltaferry.errors import ContractViolation, TerminalError, TransientError
+from deltaferry.errors import ContractViolation, DeltaferryError, TerminalError, TransientError
 from deltaferry.extract import ExtractResult
 from deltaferry.failpoints import bug, killed
 from deltaferry.plan import plan_negotiated
@@ -270,6 +270,8 @@ def recorded(ctx: SyncContext) -> Iterator[RunSummary]:
             raise
         summary.drift = dict(ctx.drift)
         summary.error = e
+        if isinstance(e, DeltaferryError) and summary.tables:
+            e.run_summary = summary.as_dict()  # what went on before it: the CLI shows it
         ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise
     summary.drift = dict(ctx.drift)

@@ -37,7 +37,7 @@ def sync_one(job: str, config: str | None) -> dict[str, Any]:
 
 @flow(name="deltaferry-sync-many", flow_run_name="sync-many", log_prints=True)
 def sync_jobs(jobs: list[str], config: str | None = None) -> dict[str, Any]:
-    """Sync ``jobs`` in parallel; returns each job's summary or its error."""
+    """Sync ``jobs`` in parallel; returns each job's summary or its error (``run_parallel``)."""
     logger = get_run_logger()
     futures = {
         job: sync_one.with_options(task_run_name=f"sync-{job}").submit(job, config) for job in jobs
@@ -49,6 +49,8 @@ def sync_jobs(jobs: list[str], config: str | None = None) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - one job's failure does not stop the others
             logger.error("job %s failed: %s", job, e)
             out[job] = {"job": job, "error": error_line(job, e)}
+            if isinstance(e, DeltaferryError) and e.run_summary:  # what went on before it
+                out[job]["run_summary"] = e.run_summary
     return out
 
 
@@ -90,7 +92,8 @@ def run_parallel(
     """``sync_jobs`` on ``workers`` local worker processes (Prefect's
     ``ProcessPoolTaskRunner``), or on the Dask cluster at ``address`` (prefect-dask).
 
-    Returns ``{job: summary}`` (a job that failed: ``{"job", "error"}``). Raises
+    Returns ``{job: summary}`` (a job that failed: ``{"job", "error"}``, and
+    ``"run_summary"`` when its run had gone on before the error). Raises
     ``ConfigError`` when ``address`` is given and prefect-dask is not installed."""
     runner: Any
     if address:

@@ -96,7 +96,9 @@ def drop_merge_staging(pipeline: dlt.Pipeline) -> bool:
         with pipeline.sql_client() as client:
             name = client.fully_qualified_dataset_name(staging=True)
             client.execute_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    except Exception:  # noqa: BLE001 - housekeeping: the next load tries again
+    except Exception as e:  # noqa: BLE001 - housekeeping: the next load tries again
+        logger.warning("dlt's merge staging of %s not dropped (the next load tries again): %s",
+                       pipeline.pipeline_name, e)
         return False
     return True
 

@@ -664,3 +664,40 @@ def test_run_over_quarantine_ratio_fails_and_publishes_nothing(tmp_path, home, a
     assert status["tables"]["customers"]["pending_batch"] is None
     assert status["last_run"]["outcome"] == "failed"
     assert_clean(p.stderr)
+
+
+def test_a_run_that_stops_a_table_shows_what_the_others_published(tmp_path, home, api_env):
+    """A table whose source value its column cannot carry stops; the job's other table is
+    published. ``deltaferry run`` prints the run's table (the published batch, the stopped
+    table marked) on stdout before the error line, which names the stopped table; exit 1.
+    ``run-all`` too, for a job that failed in its worker process."""
+    import sqlite3
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        for name in ("good", "bad"):
+            con.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, amount DECIMAL(10,2))")
+        con.execute("INSERT INTO good VALUES (1, 1.25), (2, 2.5)")
+        con.execute("INSERT INTO bad VALUES (1, 1.25), (2, 1.005)")
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        f'[jobs.lite]\nsource = "sql_database"\nurl = "sqlite:///{db}"\nlake = "file://{tmp_path}/lake"\n'
+        + "".join(
+            f'\n[[jobs.lite.tables]]\nname = "{n}"\nprimary_key = ["id"]\n'
+            'contract = "tests.support.contracts_sqltypes:Loose"\n'
+            for n in ("good", "bad")
+        )
+    )
+    p = run_cli("run", "lite", "--config", config, env=api_env)
+    line = error_line(p, 1, "table 'bad'", "1.005")
+    rows = table_rows(p.stdout)
+    assert rows["good"][:2] == ["1", "2"], p.stdout  # batch 1, 2 rows
+    assert rows["bad"][0] == "-" and "stopped" in rows["bad"][-1], p.stdout
+    assert "good" not in line
+    # run-all (the job in a worker process): the same rows, after the job's name
+    with sqlite3.connect(db) as con:
+        con.execute("INSERT INTO good VALUES (3, 3.75)")
+    p = run_cli("run-all", "--config", config, "--workers", "1", env=api_env)
+    error_line(p, 1, "table 'bad'", "1.005")
+    rows = [ln.split("\t") for ln in p.stdout.splitlines()[1:] if "\t" in ln]
+    assert [r[:4] for r in rows] == [["lite", "good", "2", "1"], ["lite", "bad", "-", "0"]], p.stdout
