@@ -560,6 +560,18 @@ def fitted_limit(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> st
     return f"{base + PINNED_BYTES_PER_ROW * table_rows(con, deleting=deleting)}B"
 
 
+def _setting(con: duckdb.DuckDBPyConnection) -> str:
+    """The ``memory_limit`` of ``con``'s database as DuckDB shows it (``244.1 MiB``)."""
+    return str(fetch_row(con, "SELECT current_setting('memory_limit')")[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _default_limit() -> str:
+    """DuckDB's own ``memory_limit`` of a database just opened (80% of RAM), as shown."""
+    with duckdb.connect() as con:
+        return _setting(con)
+
+
 def fit_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
     """Raise the ``memory_limit`` of ``con``'s database to ``fitted_limit`` (every row
     counted) when the rows its tables hold have grown past what its limit allows for;
@@ -569,7 +581,7 @@ def fit_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
     the open transaction are not counted (DuckDB's ``estimated_size`` has committed rows
     only); deltaferry's DELETEs remove committed rows only (a batch holds each key once)."""
     want = size_bytes(fitted_limit(con)) or 0
-    now = size_bytes(str(fetch_row(con, "SELECT current_setting('memory_limit')")[0]))
+    now = size_bytes(_setting(con))
     if now is not None and want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
         con.execute(f"SET memory_limit = '{want}B'")
 
@@ -583,18 +595,27 @@ def configure(
     row; DuckDB's own default is 80% of RAM, which a large table or
     transaction fills); larger sorts, joins and loads spill to the temporary directory,
     DuckDB's default ``<file>.tmp`` beside a database file, or with ``path`` (the database
-    file) ``<path>.tmp`` set explicitly. A database-wide setting: every connection to the
-    same file shares it and each open sets it again (lower too, unless DuckDB refuses a
-    limit below the memory the database holds: then the higher one stays). A limit
-    too small for the work is DuckDB's ``OutOfMemoryException`` at the statement that needs
-    more (``over_limit`` names the setting). Returns ``con``."""
+    file) ``<path>.tmp`` set explicitly. A database-wide setting that every connection to
+    the same file in this process shares: set on a database just opened (DuckDB's default
+    limit), only raised on one another connection opened before (which may hold more). A
+    limit too small for the work is DuckDB's ``OutOfMemoryException`` at the statement that
+    needs more (``over_limit`` names the setting). Returns ``con``."""
+    now = _setting(con)
     try:
-        # room for every row first: reading the tables that hold deleted rows (to find
-        # them) pins their marks; then what reading needs, which a DELETE raises again
-        con.execute(f"SET memory_limit = '{fitted_limit(con)}'")
-        con.execute(f"SET memory_limit = '{fitted_limit(con, deleting=False)}'")
+        if now == _default_limit():  # this process's first connection to the database
+            # room for every row first: reading the tables that hold deleted rows (to find
+            # them) pins their marks; then what reading needs, which a DELETE raises again
+            con.execute(f"SET memory_limit = '{fitted_limit(con)}'")
+            con.execute(f"SET memory_limit = '{fitted_limit(con, deleting=False)}'")
+        else:
+            try:
+                want = fitted_limit(con, deleting=False)
+            except duckdb.OutOfMemoryException:  # no room to find them: every row then
+                want = fitted_limit(con)
+            if (size_bytes(want) or 0) > (size_bytes(now) or 0) + 2**20:
+                con.execute(f"SET memory_limit = '{want}'")
     except duckdb.OutOfMemoryException:
-        pass  # the database is open elsewhere in this process and holds more: keep its limit
+        pass  # DuckDB refused a limit below what the database holds: keep the higher one
     if path is not None:
         con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
     return con

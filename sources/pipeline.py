@@ -163,7 +163,8 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     else:
         # DuckDB's memory bounded as on our own connections (``duck.configure``), set by dlt
         # on each connection it opens: its default, 80% of RAM, grows with the table loaded
-        credentials = DuckDbCredentials(str(path), global_config={"memory_limit": staging_limit(path)})
+        limit = staging_limit(path) or duck.memory_limit()
+        credentials = DuckDbCredentials(str(path), global_config={"memory_limit": limit})
     # dlt's progress collector: none unless asked for
     progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
     _register_pipeline_settings()
@@ -179,19 +180,20 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     return pipeline, con
 
 
-def staging_limit(path: Path) -> str:
+def staging_limit(path: Path) -> str | None:
     """The ``memory_limit`` dlt's connections to the staging file ``path`` get: the
-    configured limit plus what the rows staged before this run may pin once dlt's merge
-    deletes among them (``duck.fitted_limit``); the configured limit before the first load.
-    Rows a run loads are not counted: dlt's merge deletes only the old versions of the keys
-    a load brings, and a load's new rows hold no deleted row."""
+    configured limit plus what the rows staged so far may pin once dlt's merge deletes
+    among them (``duck.fitted_limit``, every row); the configured limit before the first
+    load. Rows a load brings are not counted: dlt's merge deletes only the old versions of
+    the keys it brings, and a load's new rows hold no deleted row. None when the file
+    cannot be read now (open read-write elsewhere in this process): keep the limit known."""
     if not path.exists():
         return duck.memory_limit()
     try:
         con = duck.connect(path, read_only=True)
     except duckdb.Error as e:  # open read-write elsewhere in this process: not counted
         logger.warning("staging %s not read for its memory limit: %s", path, e)
-        return duck.memory_limit()
+        return None
     try:
         return duck.fitted_limit(con)
     finally:
@@ -200,16 +202,20 @@ def staging_limit(path: Path) -> str:
 
 def refit_staging(job: JobConfig, pipeline: dlt.Pipeline) -> None:
     """Fit the ``memory_limit`` of a ``pipeline_for`` pipeline's staging to the rows staged
-    now, before a load (``run_load``): a run loads several times (first load, by-key reads,
-    reconcile, tombstones), and each load's merge may delete among the rows the earlier ones
-    staged. The limit dlt sets on the connections it opens next (``global_config``, read at
-    each connect), or the borrowed connection's (encrypted staging), raised only."""
+    now, before a load (``run_load``, ``sources.sql_database.reads.run_reads``): a run
+    loads several times (first load or scanner seed, reads by key, reconcile, tombstones),
+    and each load's merge may delete among the rows the earlier ones staged. For the
+    connections dlt opens next (``global_config``, applied at each connect: a new database
+    instance each time, so the limit follows the rows, down too), or the borrowed
+    connection's (encrypted staging: raised only, as it stays open)."""
     credentials = pipeline.destination.config_params.get("credentials")
     borrowed = getattr(credentials, "external_conn", lambda: None)()
     if borrowed is not None:
         duck.fit_memory_limit(borrowed)
     elif credentials is not None and "memory_limit" in (credentials.global_config or {}):
-        credentials.global_config["memory_limit"] = staging_limit(staging_path(job.name))
+        limit = staging_limit(staging_path(job.name))
+        if limit is not None:
+            credentials.global_config["memory_limit"] = limit
 
 
 def pipeline_naming(pipeline: dlt.Pipeline) -> str:

@@ -376,3 +376,74 @@ def test_staging_limit_follows_the_loads_of_one_run(tmp_path: Path, monkeypatch:
     finally:
         con.close()
     assert counts == {"a": 2_000_000 - len(SCATTERED), "b": len(SCATTERED)}
+
+
+def test_a_second_connection_does_not_lower_the_limit_the_first_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Connections of one process to one file share its database and its limit: a second
+    ``duck.connect`` while the first is deleting in a transaction only raises the limit
+    (set lower, the first one's next statement ran out of memory)."""
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
+    path = tmp_path / "shared.duckdb"
+    first = duck.connect(path)
+    try:
+        first.execute("CREATE TABLE t AS SELECT range AS id, 'x' || range AS v FROM range(2000000)")
+        first.execute("CHECKPOINT")
+        first.execute("BEGIN")
+        duck.fit_memory_limit(first)
+        raised = duck.size_bytes(_limit(first))
+        first.execute(f"DELETE FROM t WHERE id IN ({', '.join(map(str, SCATTERED[:2500]))})")
+        second = duck.connect(path)  # nothing committed deleted yet: it alone would set 16MB
+        try:
+            assert duck.size_bytes(_limit(second)) == raised
+        finally:
+            second.close()
+        first.execute(f"DELETE FROM t WHERE id IN ({', '.join(map(str, SCATTERED[2500:]))})")
+        first.execute("COMMIT")
+        assert duck.fetch_row(first, "SELECT count(*) FROM t")[0] == 2_000_000 - len(SCATTERED)
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_the_sql_sources_loads_fit_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool
+):
+    """The SQL source loads through ``run_reads`` (extract, key check, normalize, load),
+    not ``run_load``: its loads are fitted the same way, on dlt's own connections and on
+    the borrowed one of encrypted staging (which opened at the limit for reading, before
+    any delete: the first load after an initial sync ran out of memory there)."""
+    import dlt
+    import pyarrow as pa
+
+    from deltaferry.job import JobConfig
+    from sources.pipeline import pipeline_for
+    from sources.sql_database.reads import run_reads
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    if encrypted:
+        monkeypatch.setenv("DELTAFERRY_DUCKDB_KEY", "k" * 32)
+    else:
+        monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
+    job = JobConfig(name="big", source="sql_database", url="sqlite://", lake="file:///x", tables=())
+
+    def one_run(ids: list[int], value: str) -> None:
+        pipeline, con = pipeline_for(job)
+        try:
+            data = pa.table({"id": pa.array(ids, pa.int64()), "v": pa.array([value] * len(ids))})
+            run_reads(pipeline, dlt.resource(data, name="t", write_disposition="merge", primary_key=["id"]), job)
+        finally:
+            if con is not None:
+                con.close()
+
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "256MB")
+    one_run(list(range(2_000_000)), "a")
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
+    one_run(SCATTERED, "b")
+    con = duck.connect(tmp_path / "big" / "staging.duckdb", read_only=True)
+    try:
+        counts = dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
+    finally:
+        con.close()
+    assert counts == {"a": 2_000_000 - len(SCATTERED), "b": len(SCATTERED)}

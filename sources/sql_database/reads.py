@@ -17,7 +17,12 @@ from sources import names
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, find_cause, load_failure
-from sources.pipeline import drop_merge_staging, pipeline_naming, prune_loaded_packages
+from sources.pipeline import (
+    drop_merge_staging,
+    pipeline_naming,
+    prune_loaded_packages,
+    refit_staging,
+)
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
 from sources.sql_database.types import sql_table, sqlite_json_text
 from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
@@ -144,6 +149,7 @@ def run_reads(
                 raise ConfigError(message)
             r.keys.close()  # the key counts' memory, freed before the load
         pipeline.normalize()
+        refit_staging(job, pipeline)  # the load's merge deletes among the rows staged so far
         info = pipeline.load()
         drop_merge_staging(pipeline)
         prune_loaded_packages(pipeline)
