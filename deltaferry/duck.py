@@ -572,17 +572,25 @@ def _default_limit() -> str:
         return _setting(con)
 
 
-def fit_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
-    """Raise the ``memory_limit`` of ``con``'s database to ``fitted_limit`` (every row
-    counted) when the rows its tables hold have grown past what its limit allows for;
-    never lowers it (what is pinned stays pinned until the database is closed; DuckDB
-    refuses a limit below what it holds). Call before a DELETE, or after attaching another
-    database (``configure`` fits a database at open for reading only). Rows inserted in
-    the open transaction are not counted (DuckDB's ``estimated_size`` has committed rows
-    only); deltaferry's DELETEs remove committed rows only (a batch holds each key once)."""
-    want = size_bytes(fitted_limit(con)) or 0
+def fit_memory_limit(con: duckdb.DuckDBPyConnection, deleting: int | None = None) -> None:
+    """Raise the ``memory_limit`` of ``con``'s database before a DELETE of ``deleting``
+    rows (None: not known): by what their marks may pin, ``PINNED_BYTES_PER_ROW`` for each
+    row of the 2,048-row vector each may be alone in (marks of several DELETEs add up until
+    the database is closed), at most to ``fitted_limit`` (every row its tables hold, where
+    an unknown count goes at once). Never lowers it (DuckDB refuses a limit below what it
+    holds). Call before a DELETE, or after attaching another database (``configure`` fits
+    a database at open for reading only). Rows inserted in the open transaction are not
+    counted (DuckDB's ``estimated_size`` has committed rows only); deltaferry's DELETEs
+    remove committed rows only (a batch holds each key once)."""
+    if deleting == 0:
+        return
     now = size_bytes(_setting(con))
-    if now is not None and want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
+    if now is None:
+        return
+    want = size_bytes(fitted_limit(con)) or 0
+    if deleting is not None:
+        want = min(want, now + PINNED_BYTES_PER_ROW * 2048 * deleting)
+    if want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
         con.execute(f"SET memory_limit = '{want}B'")
 
 

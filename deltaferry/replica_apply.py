@@ -14,7 +14,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.config import TableConfig
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import ARROW, duck_type, fetch_one, ident
+from deltaferry.duck import ARROW, duck_type, fetch_one, fetch_row, ident
 
 BATCH_KEYS = "_deltaferry_batch_keys"
 
@@ -217,11 +217,15 @@ def merge_rows(
         f" i.{SEQ_COLUMN} AS _incoming_seq, r.{SEQ_COLUMN} AS _stored_seq"
         f" FROM {ARROW} i JOIN {ident(table)} r ON {_match('r', 'i', pk)}",
     )
-    duck.fit_memory_limit(con)  # the rows this pull stored so far may be deleted from now
-    con.execute(
-        f"DELETE FROM {ident(table)} USING _deltaferry_stored s"
-        f" WHERE {_match(ident(table), 's', pk)} AND s._incoming_seq > s._stored_seq"
-    )
+    replaced = fetch_row(
+        con, "SELECT count(*) FROM _deltaferry_stored WHERE _incoming_seq > _stored_seq"
+    )[0]
+    if replaced:  # (none: no scan of the table) its marks pin memory until the file closes
+        duck.fit_memory_limit(con, deleting=replaced)
+        con.execute(
+            f"DELETE FROM {ident(table)} USING _deltaferry_stored s"
+            f" WHERE {_match(ident(table), 's', pk)} AND s._incoming_seq > s._stored_seq"
+        )
     duck.with_arrow(
         con,
         data,

@@ -79,8 +79,9 @@ class Settings(EnvSettings):
         "size",
         "working memory of each DuckDB database deltaferry opens (staging, state, replica, "
         "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); each gets 10 bytes "
-        "more for every row of its tables that hold deleted rows, and of every table before "
-        "the DELETE of an incremental merge, which DuckDB's marks of deleted rows pin "
+        "more for every row of its tables that hold deleted rows, and before the DELETE of "
+        "an incremental merge for what the rows it deletes may pin (at most every row), "
+        "which DuckDB's marks of deleted rows hold "
         "(`bench/README.md`, \"Deleted rows pin memory\"); larger sorts, joins "
         "and loads spill to a temporary directory beside the file; a replica's tables have no "
         "PRIMARY KEY constraint for this reason (DuckDB pins a key index, which grows with the "
