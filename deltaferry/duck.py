@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry.errors import ConfigError, TerminalError
-from deltaferry.settings import env_name, from_env
+from deltaferry.settings import env_name, from_env, size_bytes
 
 KEY_ENV = env_name("duckdb_key")
 
@@ -506,21 +506,6 @@ def memory_limit() -> str:
 # adds this many bytes (8, and a quarter more) for each row that may pin: of the tables that
 # hold deleted rows when read, of every table before a DELETE (``fitted_limit``).
 PINNED_BYTES_PER_ROW = 10
-
-_UNITS = {
-    "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "PB": 10**15, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
-}  # fmt: skip
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
-
-
-def size_bytes(text: str) -> int | None:
-    """Bytes of a DuckDB memory size (``256MB``, ``2GiB``, and DuckDB's own display,
-    ``244.1 MiB``); None when ``text`` is not one."""
-    m = _SIZE.match(text)
-    unit = _UNITS.get(m.group(2).upper()) if m else None
-    return None if m is None or unit is None else int(float(m.group(1)) * unit)
-
 
 # a table this small is counted whole, without a query (it pins at most 1 MB)
 _SMALL_TABLE_ROWS = 100_000

@@ -18,15 +18,34 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deltaferry.errors import ConfigError
 
 PREFIX = "DELTAFERRY_"
+
+_UNITS = {
+    "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "PB": 10**15, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+def size_bytes(text: str) -> int | None:
+    """Bytes of a DuckDB memory size (``256MB``, ``2GiB``, and DuckDB's own display,
+    ``244.1 MiB``); None when ``text`` is not one."""
+    m = _SIZE.match(text)
+    unit = _UNITS.get(m.group(2).upper()) if m else None
+    return None if m is None or unit is None else int(float(m.group(1)) * unit)
+
+
+# below this, DuckDB cannot open a job's files and run a sync's statements
+MIN_DUCKDB_MEMORY = 16 * 10**6
 
 
 def env_name(field: str) -> str:
@@ -78,7 +97,7 @@ class Settings(EnvSettings):
         "256MB",
         "size",
         "working memory of each DuckDB database deltaferry opens (staging, state, replica, "
-        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`); each gets 10 bytes "
+        "dlt's load into staging), in DuckDB's syntax (`512MB`, `2GiB`), at least `16MB`; each gets 10 bytes "
         "more for every row of its tables that hold deleted rows, and before the DELETE of "
         "an incremental merge for what the rows it deletes may pin (at most every row), "
         "which DuckDB's marks of deleted rows hold "
@@ -88,8 +107,18 @@ class Settings(EnvSettings):
         "rows stored, at every commit: at `256MB` a 50M-row pull stopped at 29M rows, "
         "`bench/README.md`, \"50M rows\"), and a key twice in one batch is "
         "refused at the batch's end instead",
-        pattern=r"(?i)^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
     )
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _a_size_duckdb_can_work_in(cls, value: str) -> str:
+        size = size_bytes(value)
+        if size is None:
+            raise ValueError("a size in DuckDB's syntax: a number and a unit, 512MB or 2GiB")
+        if size < MIN_DUCKDB_MEMORY:
+            raise ValueError("at least 16MB (DuckDB cannot open a job's files and sync in less)")
+        return value
+
     debug: bool = var(False, "flag", "`1` prints tracebacks for errors")
     demo_bucket: str = var("deltaferry-demo", "bucket", "bucket the demo uses")
 
@@ -221,7 +250,7 @@ def from_env() -> Settings:
 def _problem(err: Any) -> str:
     """``DELTAFERRY_X='value' is not valid: expected ...`` for one of pydantic's errors."""
     name = str(err["loc"][0])  # the field's alias: its variable
-    message = str(err["msg"])
+    message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own words
     expected = message.removeprefix("Input should be ")
     said = f"expected {expected}" if expected != message else message
     return f"{name}={err.get('input')!r} is not valid: {said}"

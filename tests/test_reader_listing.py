@@ -261,7 +261,7 @@ def test_running_out_of_the_memory_limit_names_the_setting(
     from deltaferry import duck
     from deltaferry.errors import TerminalError
 
-    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "2MB")
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
     con = duckdb.connect()
     duck.configure(con)
     con.execute("BEGIN TRANSACTION")
@@ -270,7 +270,7 @@ def test_running_out_of_the_memory_limit_names_the_setting(
     error = duck.over_limit(caught.value, "job 'j' table 't' batch 3")
     assert isinstance(error, TerminalError)
     assert "job 'j' table 't' batch 3: DuckDB ran out of its memory limit" in str(error)
-    assert "Raise DELTAFERRY_DUCKDB_MEMORY_LIMIT (now 2MB)" in str(error)
+    assert "Raise DELTAFERRY_DUCKDB_MEMORY_LIMIT (now 16MB)" in str(error)
     other = ValueError("x")
     assert duck.over_limit(other, "w") is other
     duck.rollback(con)

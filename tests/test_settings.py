@@ -221,3 +221,33 @@ def test_readme_table_matches_the_settings() -> None:
     assert not missing and not extra, (
         "README environment table out of date; rows it should have:\n" + "\n".join(expected)
     )
+
+
+@pytest.mark.parametrize(
+    "value, said",
+    [
+        ("8MB", "at least 16MB"),
+        ("100", "a number and a unit, 512MB or 2GiB"),
+        ("1e3MB", "a number and a unit, 512MB or 2GiB"),
+        ("lots", "a number and a unit, 512MB or 2GiB"),
+    ],
+)
+def test_a_duckdb_memory_limit_it_cannot_work_in_is_one_plain_line(
+    monkeypatch: pytest.MonkeyPatch, value: str, said: str
+) -> None:
+    """A size DuckDB cannot sync in (below 16MB: DuckDB's own multi-line out-of-memory
+    error at the first statement, and a run left unfinished) or no size at all: one line
+    naming the variable, the value and what is expected, in words, not a pattern."""
+    from deltaferry.errors import ConfigError
+    from deltaferry.settings import from_env
+
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", value)
+    with pytest.raises(ConfigError) as caught:
+        from_env()
+    assert str(caught.value) == f"DELTAFERRY_DUCKDB_MEMORY_LIMIT={value!r} is not valid: " + (
+        "at least 16MB (DuckDB cannot open a job's files and sync in less)"
+        if said.startswith("at least")
+        else "a size in DuckDB's syntax: a number and a unit, 512MB or 2GiB"
+    )
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
+    assert from_env().duckdb_memory_limit == "16MB"

@@ -168,6 +168,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         ChangedByKey(job, t, borrowed),
                         lambda text_times, t=t, b=bound: window(job, t, b, text_times),
                         pipeline=pipeline,
+                        bound=bound,
                     )
                 )
         load_ids: list[str] = list(first.load_ids)
