@@ -573,8 +573,8 @@ def fit_memory_limit(con: duckdb.DuckDBPyConnection, deleting: int | None = None
     if now is None:
         return
     want = size_bytes(fitted_limit(con)) or 0
-    if deleting is not None:
-        want = min(want, now + PINNED_BYTES_PER_ROW * 2048 * deleting)
+    if deleting is not None:  # at least past the rounding below, so small DELETEs add up
+        want = min(want, now + max(PINNED_BYTES_PER_ROW * 2048 * deleting, 2**20 + 2**18))
     if want > now + 2**20:  # DuckDB shows the limit to 0.1 MiB
         con.execute(f"SET memory_limit = '{want}B'")
 

@@ -271,6 +271,9 @@ def recorded(ctx: SyncContext) -> Iterator[RunSummary]:
         summary.drift = dict(ctx.drift)
         summary.error = e
         if isinstance(e, DeltaferryError) and summary.tables:
+            current = summary.tables.get(summary.current or "")
+            if summary.current and not (current or {}).get("stopped"):
+                summary.note_stopped(summary.current, e)  # the table the error stopped
             e.run_summary = summary.as_dict()  # what went on before it: the CLI shows it
         ctx.state.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
         raise

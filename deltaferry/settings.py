@@ -31,14 +31,15 @@ PREFIX = "DELTAFERRY_"
 
 _UNITS = {
     "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
     "PB": 10**15, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
 }  # fmt: skip
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
 
 
 def size_bytes(text: str) -> int | None:
-    """Bytes of a DuckDB memory size (``256MB``, ``2GiB``, and DuckDB's own display,
-    ``244.1 MiB``); None when ``text`` is not one."""
+    """Bytes of a DuckDB memory size (``256MB``, ``2GiB``, ``1G``, ``.5GB``, and DuckDB's own
+    display, ``244.1 MiB``); None when ``text`` is not one."""
     m = _SIZE.match(text)
     unit = _UNITS.get(m.group(2).upper()) if m else None
     return None if m is None or unit is None else int(float(m.group(1)) * unit)

@@ -121,3 +121,32 @@ def test_events_tags_and_names():
         contracts={"customers": SimpleNamespace(version=2)},
     )
     assert run_tags(ctx) == {"deltaferry", "job:shop", "table:customers", "contract:customers:v2"}
+
+
+def test_an_error_that_ends_a_run_carries_what_went_on_before_it():
+    """Any deltaferry error that ends a run after a table was done carries the run's
+    summary (``DeltaferryError.run_summary``, what ``deltaferry run`` prints before the
+    error line), with the table the error stopped marked so, not shown as published."""
+    from types import SimpleNamespace
+
+    from deltaferry.errors import TransientError
+    from deltaferry.run import recorded
+
+    finished = []
+    ctx = SimpleNamespace(
+        job=SimpleNamespace(name="j"),
+        run_id="r1",
+        drift={},
+        state=SimpleNamespace(finish_run=lambda *a: finished.append(a)),
+    )
+    error = TransientError("job 'j' table 'b': upload failed after retries")
+    with pytest.raises(TransientError) as caught:
+        with recorded(ctx) as summary:  # type: ignore[arg-type]
+            summary.note_no_change("a")
+            summary.current = "b"
+            raise error
+    assert caught.value is error
+    tables = error.run_summary["tables"]  # type: ignore[index]
+    assert tables["a"] == {"batch": None}
+    assert tables["b"]["batch"] is None and "upload failed" in tables["b"]["stopped"]
+    assert finished[0][1] == "failed"

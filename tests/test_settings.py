@@ -249,5 +249,6 @@ def test_a_duckdb_memory_limit_it_cannot_work_in_is_one_plain_line(
         if said.startswith("at least")
         else "a size in DuckDB's syntax: a number and a unit, 512MB or 2GiB"
     )
-    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
-    assert from_env().duckdb_memory_limit == "16MB"
+    for fine in ("16MB", "1G", ".5GB", "2 GiB", "512M"):  # as DuckDB takes them
+        monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", fine)
+        assert from_env().duckdb_memory_limit == fine
