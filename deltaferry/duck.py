@@ -541,7 +541,7 @@ def fitted_limit(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> st
     tables hold (``table_rows``; with ``deleting=False`` the rows of tables that hold
     deleted rows: for reading, not for a DELETE)."""
     base = size_bytes(memory_limit())
-    assert base is not None, memory_limit()  # settings: the pattern of a size
+    assert base is not None, memory_limit()  # settings validate it as a size
     return f"{base + PINNED_BYTES_PER_ROW * table_rows(con, deleting=deleting)}B"
 
 

@@ -186,11 +186,14 @@ def staging_limit(path: Path) -> str | None:
     among them (``duck.fitted_limit``, every row); the configured limit before the first
     load. Rows a load brings are not counted: dlt's merge deletes only the old versions of
     the keys it brings, and a load's new rows hold no deleted row. None when the file
-    cannot be read now (open read-write elsewhere in this process): keep the limit known."""
+    cannot be read now (open read-write elsewhere in this process): keep the limit known.
+    Unencrypted staging only (an encrypted one is fitted on its borrowed connection)."""
     if not path.exists():
         return duck.memory_limit()
     try:
-        con = duck.connect(path, read_only=True)
+        # the catalog only (every row counted, none read): not ``duck.connect``, whose
+        # ``configure`` would count the live rows of tables holding deleted rows for nothing
+        con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as e:  # open read-write elsewhere in this process: not counted
         logger.warning("staging %s not read for its memory limit: %s", path, e)
         return None

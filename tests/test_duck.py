@@ -243,6 +243,15 @@ def _versions(ids: list[int], seq: int, value: str) -> Any:
     )
 
 
+def _staged_counts(home: Path) -> dict[str, int]:
+    """Rows per value of ``v`` in job ``big``'s staged table ``t`` (``home``: its DELTAFERRY_HOME)."""
+    con = duck.connect(home / "big" / "staging.duckdb", read_only=True)
+    try:
+        return dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
+    finally:
+        con.close()
+
+
 # 5,000 keys of a 2M-row table, one in each of its 977 2,048-row vectors and more
 SCATTERED = [i * 400 + (i % 400) for i in range(5000)]
 
@@ -335,11 +344,7 @@ def test_staging_merges_scattered_changes_into_a_large_table(
         return
     load(SCATTERED, "b")
     load([k + 1 for k in SCATTERED], "c")
-    con = duck.connect(tmp_path / "big" / "staging.duckdb", read_only=True)
-    try:
-        counts = dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
-    finally:
-        con.close()
+    counts = _staged_counts(tmp_path)
     changed = set(SCATTERED) | {k + 1 for k in SCATTERED}
     assert counts == {"a": 2_000_000 - len(changed), "b": len(changed) - 5000, "c": 5000}
 
@@ -373,11 +378,7 @@ def test_staging_limit_follows_the_loads_of_one_run(tmp_path: Path, monkeypatch:
     fitted = 16 * 10**6 + duck.PINNED_BYTES_PER_ROW * 2_000_000
     # (and dlt's few rows of its own tables: _dlt_loads, _dlt_version ...)
     assert fitted <= (duck.size_bytes(credentials.global_config["memory_limit"]) or 0) < fitted + 1000
-    con = duck.connect(tmp_path / "big" / "staging.duckdb", read_only=True)
-    try:
-        counts = dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
-    finally:
-        con.close()
+    counts = _staged_counts(tmp_path)
     assert counts == {"a": 2_000_000 - len(SCATTERED), "b": len(SCATTERED)}
 
 
@@ -444,11 +445,7 @@ def test_the_sql_sources_loads_fit_too(
     one_run(list(range(2_000_000)), "a")
     monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "16MB")
     one_run(SCATTERED, "b")
-    con = duck.connect(tmp_path / "big" / "staging.duckdb", read_only=True)
-    try:
-        counts = dict(con.execute("SELECT v, count(*) FROM raw.t GROUP BY v").fetchall())
-    finally:
-        con.close()
+    counts = _staged_counts(tmp_path)
     assert counts == {"a": 2_000_000 - len(SCATTERED), "b": len(SCATTERED)}
 
 
