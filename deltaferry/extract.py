@@ -189,6 +189,9 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         for table, notes in (result.notes or {}).items():  # how the source read the table
             for note in notes:
                 entries.append(Entry("extract", "initial-load", table=table, detail=note[:2000]))
+        for table, notes in (result.read_again or {}).items():  # rows read again by key, why
+            for note in notes:
+                entries.append(Entry("extract", "read-again", table=table, detail=note[:2000]))
         for table, notes in (result.wall_times or {}).items():
             # naive times the job's zone shows twice or never, read by one rule: said
             out.tables.setdefault(table, TableExtract()).wall_times = list(notes)

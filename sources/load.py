@@ -73,6 +73,9 @@ class ExtractResult:
     # whose row was not held again is resolved (the value fits now and was staged, or the
     # row is gone)
     reread_unfit: dict[str, list[str]] | None = None
+    # per table, rows read again by key this run for a reason of the source's (a cursor
+    # value a stopped read refused), as one-line notes: the operations log's ``read-again``
+    read_again: dict[str, list[str]] | None = None
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:

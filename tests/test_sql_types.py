@@ -799,32 +799,3 @@ def test_sqlite_declared_types_that_cannot_be_exact_are_refused_up_front(
     assert "\n" not in line and "job 'lite' table 'kinds'" in line
     for needle in needles:
         assert needle in line, (needle, line)
-
-
-def test_a_cursor_value_that_is_no_time_names_where_a_fix_must_be(tmp_path, home, prefect_api):
-    """SQLite keeps any text in a TIMESTAMP cursor. A value that is no time stops its table
-    with advice that names where the next read's window starts: a fix to an earlier time is
-    not read again (the row's change would never be published; a user's trial lost one so),
-    one at or after it is. Checked both ways."""
-    db = tmp_path / "src.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
-        con.execute("INSERT INTO kinds VALUES (1, 'a', '2024-03-01 00:00:00'), (2, 'b', '2024-03-02 00:00:00')")
-    cfg = tmp_path / "jobs.toml"
-    cfg.write_text(
-        f'[jobs.lite]\nsource = "sql_database"\nurl = "sqlite:///{db}"\nlake = "file://{tmp_path}/lake"\n'
-        '\n[[jobs.lite.tables]]\nname = "kinds"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
-        'contract = "tests.support.contracts_sqltypes:Loose"\n'
-    )
-    _sync_lite(cfg)
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE kinds SET name = 'new', updated_at = '2024-13-45 99:00:00' WHERE id = 1")
-    with pytest.raises(TerminalError) as err:
-        _sync_lite(cfg)
-    message = str(err.value)
-    assert "value '2024-13-45 99:00:00' is not a timestamp" in message
-    assert "at or after '2024-03-02 00:00:00'" in message and "not read again" in message
-    with sqlite3.connect(db) as con:  # the advice followed
-        con.execute("UPDATE kinds SET updated_at = '2024-03-05 00:00:00' WHERE id = 1")
-    _sync_lite(cfg)
-    assert _pull(cfg, tmp_path, "id, name", "kinds") == [(1, "new"), (2, "b")]

@@ -28,7 +28,7 @@ from sources.change_detection import ChangedByKey, ChangedRows
 from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
 from sources.pipeline import pipeline_for, staging_naming
-from sources.sql_database import bulk
+from sources.sql_database import bulk, refused
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
 from sources.sql_database.reconcile import reconcile, reextract, reread_unkeyed
@@ -142,11 +142,17 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         for t in job.tables:
             if t.cursor and unfit[t.name]:
                 revisit[t.name] = revisit[t.name] + [k for _, k in unfit[t.name]]
+        # rows whose cursor value a stopped read refused: read again by key, since the fix
+        # may give the row a cursor value below the window's bound (refused.py)
+        refused_before = {t.name: refused.kept(job, t) for t in job.tables if t.cursor}
+        for name, again in refused_before.items():
+            revisit[name] = revisit[name] + again
         # cursor values of the rows held for a NULL key last time (read again below)
         unkeyed = {t.name: unkeyed_cursors(job, t) for t in job.tables if t.cursor}
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         whole: list[str] = []  # tables read whole: every row without a key held again
+        bounds: dict[str, Any] = {}  # where each cursor table's window starts
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
                 whole.append(t.name)
@@ -156,7 +162,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     )
                 )
             else:
-                bound = staged_bound(job, t, borrowed)
+                bound = bounds[t.name] = staged_bound(job, t, borrowed)
                 if bound is None and t.name not in first.rows:  # a first read, by dlt alone
                     whole.append(t.name)
                 reads.append(
@@ -168,7 +174,6 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                         ChangedByKey(job, t, borrowed),
                         lambda text_times, t=t, b=bound: window(job, t, b, text_times),
                         pipeline=pipeline,
-                        bound=bound,
                     )
                 )
         load_ids: list[str] = list(first.load_ids)
@@ -176,6 +181,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         rows: dict[str, int] = {}
         try:
             info = run_reads(pipeline, [r.resource for r in reads], job, reads)
+        except TableReadError as e:
+            raise _keep_refused(job, engine, e, bounds) from None
         finally:
             for r in reads:
                 r.close()
@@ -233,11 +240,21 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             for name, lists in reads_held.items()
         }
         for t in job.tables:
+            if refused_before.get(t.name):  # read again by key above, and staged
+                refused.forget(job, t)
             if t.cursor and t.null_cursor == "quarantine":
                 remember_null_cursor_keys(job, t, held.get(t.name, []))
             if t.cursor:  # every row read, not one per record: rows without a key share one
                 every = [r for one in reads_held.get(t.name, []) for r in one]
                 remember_unkeyed_cursors(job, t, every, unkeyed.get(t.name))
+        read_again = {
+            name: [
+                f"job '{job.name}' table '{name}': {len(again)} row(s) whose cursor value a "
+                "stopped run refused read again by key, whatever their cursor value now"
+            ]
+            for name, again in refused_before.items()
+            if again
+        }
         return ExtractResult(
             load_ids,
             rows,
@@ -249,6 +266,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             or None,
             columns=columns or None,
             notes=first.notes or None,
+            read_again=read_again or None,
             read_whole=whole or None,
             unkeyed_since={
                 name: u.since
@@ -267,11 +285,40 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # a read again by key, reconcile, ...: after the run's loads committed. Raised
         # below, outside this handler: an error raised in it carries the refusal as its
         # context, and ``job_scope`` would find and raise the table's error again
-        refused = str(e)
+        stopped = str(e)
     finally:
         if borrowed is not None:
             borrowed.close()
-    raise TerminalError(refused)
+    raise TerminalError(stopped)
+
+
+def _keep_refused(
+    job: JobConfig, engine: sa.Engine, e: TableReadError, bounds: dict[str, Any]
+) -> TableReadError:
+    """``e`` (a table's window read stopped) after keeping the keys of the window's rows whose
+    cursor value the read refuses (``refused.remember``), so the next run reads them again
+    by key whatever cursor value a fix gives them; the error says how many it kept."""
+    t = next((x for x in job.tables if x.name == e.table), None)
+    if t is None or t.cursor is None:
+        return e
+    try:
+        keys = refused.refused_keys(job, t, engine, bounds.get(t.name))
+    except sa.exc.SQLAlchemyError as why:  # the source went away meanwhile: said, not hidden
+        return type(e)(  # its class: job_scope raises a ValueRefused it finds as it is
+            f"{e}; the keys of rows whose cursor value is refused could not be read "
+            f"({type(why).__name__}): fix such a value to a time at or after "
+            f"{str(bounds.get(t.name))!r} (UTC; the newest cursor value staged: a row given an "
+            "earlier one is not read again)",
+            e.table,
+        )
+    if not keys:
+        return e
+    refused.remember(job, t, keys)
+    return type(e)(
+        f"{e} ({len(keys)} row(s) with such a cursor value kept by key: the next run reads "
+        "them again by key, whatever cursor value the fix gives them)",
+        e.table,
+    )
 
 
 def _open_unfit(job: JobConfig) -> dict[str, list[tuple[str, dict[str, Any]]]]:

@@ -37,13 +37,11 @@ def adapt_table(
     text_times: dict[str, str],
     seen: list[str] | None = None,
     shifts: ZoneShifts | None = None,
-    bound: Any = None,
 ) -> Any:
     # tombstones keep only the key; every other staged column must accept NULL. SQLite time
     # columns are parsed from their stored text (window.TimeText), JSON columns read as it
     # (sources/sql_database/types.py leaves a column with a dlt_type alone). ``seen`` gets
-    # the names of the columns read (the source's current columns, for drift); ``bound``:
-    # where the cursor window starts (``window.window``), said in a refused cursor's advice
+    # the names of the columns read (the source's current columns, for drift)
     pk = t.primary_key
 
     def adapt(table: sa.Table) -> sa.Table:
@@ -56,10 +54,7 @@ def adapt_table(
             if kind in ("timestamp", "date"):
                 fixed = col.name == t.cursor or col.name in pk
                 where = f"job '{job.name}' table '{t.name}'"
-                after = None
-                if bound is not None and col.name == t.cursor:  # staged times are UTC
-                    after = str(bound) + ("" if job.timezone == "UTC" else " UTC")
-                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts, t.name, after)
+                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts, t.name)
             elif kind == "json":
                 col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
         return table
@@ -74,8 +69,7 @@ class TableRead:
     content filter (``changed``) that keeps only rows that differ from their staged version
     and tags them with their hash. ``query`` makes dlt's query adapter from the table's
     SQLite text columns (the window of a cursor read, or a key list); ``name`` renames the
-    resource (it still loads into the table); ``bound``: where that window starts (the
-    advice of a cursor value refused names it)."""
+    resource (it still loads into the table)."""
 
     def __init__(
         self,
@@ -87,7 +81,6 @@ class TableRead:
         query: Any = None,
         name: str | None = None,
         pipeline: dlt.Pipeline | None = None,
-        bound: Any = None,
     ) -> None:
         self.t = t
         self.keys = KeyCheck(job, t)
@@ -115,7 +108,7 @@ class TableRead:
             chunk_size=job.chunk_size,
             write_disposition="merge",
             primary_key=list(t.primary_key),
-            table_adapter_callback=adapt_table(job, t, text_times, self.columns, self.shifts, bound),
+            table_adapter_callback=adapt_table(job, t, text_times, self.columns, self.shifts),
             query_adapter_callback=query(text_times) if query is not None else None,
         )
         if name is not None:

@@ -133,13 +133,10 @@ class TimeText(sa.types.TypeDecorator):
         fixed: bool,
         shifts: ZoneShifts | None = None,
         table: str | None = None,
-        after: str | None = None,
     ) -> None:
         super().__init__()
         self.kind, self.zone, self.where, self.column, self.fixed = kind, zone, where, column, fixed
         self.table = table  # the job's table: a value refused stops it, not the job
-        # the cursor column's: where the next read's window starts (a fix must not go below)
-        self.after = after
         self._zone = ZoneInfo(zone)
         # texts naming a wall time the zone shows twice or never: counted for the run's notes
         # (an attribute named as the argument: part of SQLAlchemy's cache key, so a cached
@@ -197,12 +194,6 @@ class TimeText(sa.types.TypeDecorator):
                     "it has a time of day: publish the column as timestamps (column_types = "
                     f'{{ {self.column} = "timestamp" }}), as text ({as_text}), or fix the '
                     "value in the source"
-                )
-            if self.after is not None:
-                fix = (
-                    f"fix the value in the source: the time of the change, at or after "
-                    f"{self.after!r} (the newest cursor value the table has read; a row whose "
-                    "cursor is set earlier is not read again, so its change would not be published)"
                 )
             if not self.fixed:  # a staged column keeps its type until the table is staged anew
                 fix += "; a job that staged the column already then needs deltaferry reset"
