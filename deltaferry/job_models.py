@@ -96,7 +96,8 @@ class TableModel(Section):
     name: str = setting(
         ...,
         "the table's name: the lake path <job>/<name>/, the staging and replica table",
-        "lower-case letters, digits and underscores",
+        "lower-case letters, digits and underscores (a SQL source's table spelled otherwise, "
+        'e.g. "Users": name = "users" with source_table = "Users")',
         pattern=IDENT,
     )
     primary_key: Annotated[

@@ -32,6 +32,7 @@ from sources.sql_database import bulk, refused
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
 from sources.sql_database.reconcile import reconcile, reextract, reread_unkeyed
+from sources.sql_database.settings import source_table
 from sources.sql_database.types import (
     job_scope,
     key_roles,
@@ -62,15 +63,13 @@ def preflight(
         convention = staging_naming(job)
     try:
         insp = sa.inspect(engine)
-        existing = set(insp.get_table_names())
+        existing = set(insp.get_table_names()) | set(insp.get_view_names())
     except sa.exc.DBAPIError as e:
         raise connect_error(job, e) from None
     texts: dict[str, dict[str, str]] = {}
     for t in job.tables:
-        if t.name not in existing:
-            raise ConfigError(
-                f"job '{job.name}' table '{t.name}': not found in the source database"
-            )
+        if source_table(t) not in existing:
+            raise ConfigError(_not_found(job, t, existing))
         columns = source_columns(job, t, insp)  # types checked too
         names = [c["name"] for c in columns]
         as_text = text_form_notes(job, t, columns, insp.dialect)
@@ -86,6 +85,28 @@ def preflight(
                 f"job '{job.name}' table '{t.name}': column(s) {', '.join(missing)} not in the source table"
             )
     return texts
+
+
+def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:
+    """One line for a table the source does not have, naming a spelling it has that differs
+    in case or in ``_`` for a space or dash (a job's table name is lower-case letters,
+    digits and ``_``: ``source_table`` gives the source's spelling)."""
+    import re
+
+    def folded(name: str) -> str:
+        return re.sub(r"[^0-9a-z]+", "_", name.lower())
+
+    where = f"job '{job.name}' table '{t.name}'"
+    asked = source_table(t)
+    near = sorted(n for n in existing if folded(n) == folded(asked) and n != asked)
+    if near:
+        return (
+            f"{where}: not found in the source database, which has {near[0]!r}: set "
+            f'source_table = "{near[0]}" for this table in the jobs file (name stays the '
+            "job's name for it)"
+        )
+    given = f" (source_table {asked!r})" if asked != t.name else ""
+    return f"{where}: not found in the source database{given}"
 
 
 def preflight_source(job: JobConfig) -> None:

@@ -57,6 +57,7 @@ from deltaferry.duck import fetch_one, fetch_row, ident, literal
 from sources.change_detection import content_text
 from sources.columns import HASH_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
 from sources.sql_database.connection import scrub
+from sources.sql_database.settings import source_table
 from sources.sql_database.types import Refusal, _family, _unwrap, plan_column
 from sources.staging import read_staging, staged_table_exists, staging_path
 
@@ -87,12 +88,12 @@ def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | Non
         return f"the source is {engine.dialect.name}, the scanner reads PostgreSQL only", {}
     if t.options.get("column_types"):
         return "the table sets column_types", {}
-    kind = _relation(engine, t.name)
+    kind = _relation(engine, source_table(t))
     if kind is not None:
         return kind, {}
     excluded = set(t.options.get("exclude_columns", []))
     padded: dict[str, int] = {}
-    for col in sa.inspect(engine).get_columns(t.name):
+    for col in sa.inspect(engine).get_columns(source_table(t)):
         if col["name"] in excluded:
             continue
         try:
@@ -345,7 +346,7 @@ def _source_checks(
         repeated, special = c.execute(
             sa.text(
                 f"SELECT count(*) FILTER (WHERE {not_null}) - count(DISTINCT ({key})), "
-                f"{special_rows} FROM {ident(schema)}.{ident(t.name)}"
+                f"{special_rows} FROM {ident(schema)}.{ident(source_table(t))}"
             ),
             {"bound": bound},
         ).one()
@@ -387,7 +388,7 @@ def _copy(
         for r in con.execute(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_catalog = 'df_pg' AND table_schema = ? AND table_name = ?",
-            [schema, t.name],
+            [schema, source_table(t)],
         ).fetchall()
     }
     missing = [c for c in source if c not in pg_columns]
@@ -420,7 +421,7 @@ def _copy(
             f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, "
             f"md5({content_text(source, texts=texts)}) "
             f"FROM (SELECT c.*, {as_text} FROM (SELECT {casts} "
-            f"FROM df_pg.{ident(schema)}.{ident(t.name)} AS p WHERE p.{cursor} >= ?) AS c) AS c",
+            f"FROM df_pg.{ident(schema)}.{ident(source_table(t))} AS p WHERE p.{cursor} >= ?) AS c) AS c",
             [load_id, bound],
         )[0]
         # a seed row changed at the source before the copy read it, its cursor moved past

@@ -28,6 +28,7 @@ from sources.sql_database.connection import (
     scrub,
 )
 from sources.sql_database.reads import TableRead, adapt_table, run_reads, undecodable_text
+from sources.sql_database.settings import source_table
 from sources.sql_database.types import carry_plans
 from sources.sql_database.window import Normalize, by_keys, text_time_columns, unkeyed_rows
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
@@ -216,7 +217,9 @@ def _read_source_keys(
         table = carry_plans(
             job,
             t,
-            adapt_table(job, t, text_times)(sa.Table(t.name, sa.MetaData(), autoload_with=engine)),
+            adapt_table(job, t, text_times)(
+                sa.Table(source_table(t), sa.MetaData(), autoload_with=engine)
+            ),
             engine.dialect,
         )
         with engine.connect() as conn:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig, job_home, write_home_file
 from deltaferry.errors import TerminalError
+from sources.sql_database.settings import source_table
 from sources.sql_database.window import parse_time_text, text_time_columns, window
 
 # the storage classes (SQLite's ``typeof``) a column's declared type reads as one Arrow
@@ -107,10 +108,10 @@ def refused_keys(
     if engine.dialect.name != "sqlite" or t.cursor is None or bound is None:
         return []
     text_times = text_time_columns(engine, t)
-    table = sa.Table(t.name, sa.MetaData(), autoload_with=engine)
+    table = sa.Table(source_table(t), sa.MetaData(), autoload_with=engine)
     cursor = table.c[t.cursor]
     kind = text_times.get(t.cursor)
-    expected = _EXPECTED.get(_affinity(_declared(engine, t.name, t.cursor)))
+    expected = _EXPECTED.get(_affinity(_declared(engine, source_table(t), t.cursor)))
     zone = ZoneInfo(job.timezone)
     # the key parts as the driver gives them (a declared time key is text here), the
     # cursor's storage class and its bytes (text that is not UTF-8 fails a text read)

@@ -4,7 +4,7 @@ column names every source kind stages with are in ``sources.columns``."""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import model_validator
 
@@ -27,6 +27,13 @@ class Table(TableModel):
         'span = "text" }',
     )
 
+    source_table: str | None = setting(
+        None,
+        "the table as the source spells it, where that is no valid name (mixed case, a space, "
+        "a dash): the source reads it, deltaferry names it by name (default: name)",
+        'the source\'s own spelling, e.g. name = "users" with source_table = "Users"',
+        min_length=1,
+    )
     initial_load: Literal["dlt", "scanner"] = setting(
         "dlt",
         'how the table\'s first load reads it: "dlt" (dlt\'s SQL read, as every later run) '
@@ -68,3 +75,10 @@ class Table(TableModel):
                     f"1 <= P <= {MAX_PRECISION} and 0 <= S <= P)"
                 )
         return self
+
+
+def source_table(t: Any) -> str:
+    """The table's name as the source spells it (``source_table``, default ``name``): what
+    every read, reflection and query of the source names; ``t.name`` names it everywhere
+    else (staging, the lake, the replica, messages)."""
+    return str(t.options.get("source_table") or t.name)

@@ -40,6 +40,7 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
 from deltaferry.errors import ConfigError, TableReadError
+from sources.sql_database.settings import source_table
 
 log = logging.getLogger("deltaferry.sql_database")
 
@@ -738,7 +739,7 @@ def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
     column whose type has no exact published type of its own is published as its text form
     unless it is a key, cursor or soft-delete column)."""
     with quiet():
-        columns = insp.get_columns(t.name)
+        columns = insp.get_columns(source_table(t))
     names = {c["name"] for c in columns}
     for setting in ("exclude_columns", "column_types"):
         missing = sorted(set(t.options.get(setting, ())) - names)
@@ -867,10 +868,12 @@ def sql_table(job: Any, hold: Any, **kwargs: Any) -> Any:
     type already carries a ``dlt_type`` (adapted by the caller's ``table_adapter_callback``,
     or by this function on an earlier reflection) is left as it is. Rows holding a value
     their column cannot carry are given to ``hold(rows, field, check, reason)`` (see
-    ``hold_unfit``)."""
+    ``hold_unfit``). ``table``: the job's name for it; the source is read by the table's
+    ``source_table`` spelling, and the resource keeps the job's name."""
     from dlt.sources.sql_database import sql_table as dlt_sql_table
 
     t = job.table(kwargs["table"])
+    kwargs["table"] = source_table(t)
     excluded = sorted(t.options.get("exclude_columns", ()))
     if excluded:
         kwargs["excluded_columns"] = excluded
@@ -894,7 +897,11 @@ def sql_table(job: Any, hold: Any, **kwargs: Any) -> Any:
     kwargs["type_adapter_callback"] = dlt_type
     kwargs["query_adapter_callback"] = _unfit_query(kwargs.get("query_adapter_callback"))
     kwargs.setdefault("table_loader_class", _loader_class())
-    return dlt_sql_table(**kwargs).add_map(hold_unfit(job, t, adapted, hold))
+    resource = dlt_sql_table(**kwargs)
+    if kwargs["table"] != t.name:  # staged, published and named as the job names it
+        resource = resource.with_name(t.name)
+        resource.apply_hints(table_name=t.name)
+    return resource.add_map(hold_unfit(job, t, adapted, hold))
 
 
 def _loader_class() -> Any:

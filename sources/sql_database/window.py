@@ -43,6 +43,7 @@ from deltaferry.duck import fetch_row, ident
 from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
+from sources.sql_database.settings import source_table
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 from sources.wall_time import ZoneShifts, assume_zone, wall_to_utc
 
@@ -67,7 +68,7 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
         return {}
     declared = t.options.get("column_types", {})
     out: dict[str, str] = {}
-    for col in sa.inspect(engine).get_columns(t.name):
+    for col in sa.inspect(engine).get_columns(source_table(t)):
         if col["name"] in declared:
             # a DATE column whose text holds times of day, published as timestamps
             if declared[col["name"]] == "timestamp" and isinstance(col["type"], sa.Date):
@@ -474,7 +475,7 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             jd = sa.func.julianday(col)
             since = jd >= sa.func.julianday(text) - margin / 86400.0
             # NULL (no value, or text julianday cannot read) compares as true: read it
-            if engine is not None and julianday_indexed(engine, t.name, t.cursor):
+            if engine is not None and julianday_indexed(engine, source_table(t), t.cursor):
                 # the same rows, in the form SQLite answers from an index on the
                 # expression (two index range searches instead of a scan of the table)
                 return query.where(sa.or_(since, jd.is_(None)))
