@@ -643,10 +643,18 @@ def connect(
         configure(con, path)  # the temp directory beside the file, not the cwd
     except duckdb.Error as e:
         con.close()
-        message = str(e).replace(key, "***")
+        message = redact_key(str(e), key)
         if "encryption key" in message.lower() or "encrypted" in message.lower():
             raise ConfigError(
                 f"{path}: cannot open with the configured {KEY_ENV}: {message}"
             ) from None
-        raise
+        raise type(e)(message) from None  # DuckDB may echo the statement, key and all
     return con
+
+
+def redact_key(text: str, key: str) -> str:
+    """``text`` without ``key``: its SQL literal (``'key'``) anywhere, and its bare text where
+    the key is long enough (8 characters or more) that replacing it cannot mangle words (a
+    key ``a`` would turn every ``a`` of a message into ``***``)."""
+    text = text.replace(literal(key), "'***'")
+    return text.replace(key, "***") if len(key) >= 8 else text

@@ -47,6 +47,11 @@ def size_bytes(text: str) -> int | None:
 
 # below this, DuckDB cannot open a job's files and run a sync's statements
 MIN_DUCKDB_MEMORY = 16 * 10**6
+# the shortest DELTAFERRY_DUCKDB_KEY the docs advise (a shorter one is taken: files may be
+# encrypted with one already)
+MIN_KEY_CHARS = 16
+# variables whose value an error never shows
+SECRET_VARIABLES = frozenset({PREFIX + "DUCKDB_KEY"})
 
 
 def env_name(field: str) -> str:
@@ -92,7 +97,8 @@ class Settings(EnvSettings):
     duckdb_key: SecretStr | None = var(
         None,
         "key",
-        "encrypt staging, state and replica DuckDB files with this key (never logged)",
+        "encrypt staging, state and replica DuckDB files with this key (never logged; use "
+        "16 characters or more, e.g. `openssl rand -base64 32`; spaces alone are refused)",
     )
     duckdb_memory_limit: str = var(
         "256MB",
@@ -109,6 +115,26 @@ class Settings(EnvSettings):
         "`bench/README.md`, \"50M rows\"), and a key twice in one batch is "
         "refused at the batch's end instead",
     )
+
+    @field_validator("home", "keys")
+    @classmethod
+    def _a_directory(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError("a directory (or a path to make one at); this is a file")
+        return value
+
+    @field_validator("duckdb_key")
+    @classmethod
+    def _a_key_worth_its_name(cls, value: SecretStr | None) -> SecretStr | None:
+        # the value is never in the message (``_problem`` shows a secret as '***'). Keys
+        # shorter than MIN_KEY_CHARS or with spaces at either end are taken (files may be
+        # encrypted with one already), only a key of spaces alone is refused
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                f"a key, not spaces alone (at least {MIN_KEY_CHARS} characters, e.g. the "
+                "output of `openssl rand -base64 32`)"
+            )
+        return value
 
     @field_validator("duckdb_memory_limit")
     @classmethod
@@ -249,8 +275,11 @@ def from_env() -> Settings:
 
 
 def _problem(err: Any) -> str:
-    """``DELTAFERRY_X='value' is not valid: expected ...`` for one of pydantic's errors."""
+    """``DELTAFERRY_X='value' is not valid: expected ...`` for one of pydantic's errors (a
+    secret's value shown as ``'***'``)."""
     name = str(err["loc"][0])  # the field's alias: its variable
+    if name in SECRET_VARIABLES:
+        err = {**err, "input": "***"}
     message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own words
     expected = message.removeprefix("Input should be ")
     said = f"expected {expected}" if expected != message else message

@@ -252,3 +252,53 @@ def test_a_duckdb_memory_limit_it_cannot_work_in_is_one_plain_line(
     for fine in ("16MB", "1G", ".5GB", "2 GiB", "512M"):  # as DuckDB takes them
         monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", fine)
         assert from_env().duckdb_memory_limit == fine
+
+
+def test_a_home_that_is_a_file_and_a_key_of_spaces_are_one_line(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """DELTAFERRY_HOME (or DELTAFERRY_KEYS) naming a file was NotADirectoryError at the first
+    job (exit 1, as if the run had failed); a key of spaces alone would encrypt every file
+    with a key nobody typed. Both are a configuration error (exit 2) naming the variable,
+    the key's value never shown."""
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    file = tmp_path / "not-a-dir"
+    file.write_text("")
+    for name in ("DELTAFERRY_HOME", "DELTAFERRY_KEYS"):
+        clean_env.setenv(name, str(file))
+        with pytest.raises(ConfigError) as e:
+            from_env()
+        assert str(e.value) == (
+            f"{name}={str(file)!r} is not valid: a directory (or a path to make one at); "
+            "this is a file"
+        )
+        clean_env.delenv(name)
+    clean_env.setenv("DELTAFERRY_HOME", str(tmp_path / "home"))  # not there yet: made
+    assert from_env().home == tmp_path / "home"
+    clean_env.setenv("DELTAFERRY_DUCKDB_KEY", "   ")
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "error: DELTAFERRY_DUCKDB_KEY='***' is not valid: a key, not spaces alone (at least "
+        "16 characters, e.g. the output of `openssl rand -base64 32`)"
+    )
+    for taken in ("short", " padded key of old "):  # files may be encrypted with one
+        clean_env.setenv("DELTAFERRY_DUCKDB_KEY", taken)
+        assert from_env().duckdb_key.get_secret_value() == taken
+
+
+@pytest.mark.parametrize("key", ["a", "e", "secret key 123", "k" * 40])
+def test_a_key_is_redacted_without_mangling_the_message(key: str) -> None:
+    """A message of DuckDB's naming the key: its SQL literal is redacted whatever the key's
+    length, its bare text where it is long enough; a one-letter key does not turn each of its
+    letters in the message into ``***``."""
+    from deltaferry.duck import literal, redact_key
+
+    text = f"Binder Error: ATTACH 'x.db' (ENCRYPTION_KEY {literal(key)}) failed: wrong key, see {key}"
+    out = redact_key(text, key)
+    assert literal(key) not in out and "ENCRYPTION_KEY '***'" in out
+    assert out.startswith("Binder Error: ATTACH 'x.db'") and "failed: wrong key" in out
+    assert out.endswith("see ***") == (len(key) >= 8)
