@@ -176,13 +176,9 @@ def skip_unchanged(ctx, t: TableConfig) -> int:  # noqa: ANN001
         same_sql = " AND ".join(same)
         deleted = " OR ".join(delete_conditions(t, staged)) or "false"
         lids = ", ".join("?" for _ in loads)
-        key_sql = duck.encryption_key()
-        secret = f", ENCRYPTION_KEY '{key_sql.replace(chr(39), chr(39) * 2)}'" if key_sql else ""
-        quoted = str(path).replace("'", "''")
         began = False
         try:
-            con.execute(f"ATTACH '{quoted}' AS df_baseline (READ_ONLY{secret})")
-            duck.fit_memory_limit(con)  # the baseline's deleted rows pin memory once read
+            duck.attach(con, path, "df_baseline")  # its deleted rows' memory fitted
             con.execute("BEGIN TRANSACTION")
             began = True
             marked = duck.fetch_row(

@@ -2,12 +2,14 @@
 
 Proves the lake is enough to recover the data: a fresh replica is pulled (verifying
 every batch) into a temporary directory and compared, table by table, with the job's
-staging (live rows, keys and values). Rows the contract holds back in quarantine are
-left out of the comparison. Both sides are read into memory.
+staging (live rows, keys and values, typed as published). Rows the contract holds back in
+quarantine are left out of the comparison. The comparison runs in DuckDB with staging
+attached to the replica, within its memory limit (spilling to disk), not in Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pyarrow as pa
 
 from deltaferry import duck
 from deltaferry.compare import outstanding_quarantine
-from deltaferry.config import JobConfig
+from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import ident
 from deltaferry.replica import pull
 from destinations.lake import LakeStore
@@ -41,7 +43,9 @@ class DrillTable:
 
 
 def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
-    """Rebuild a replica from the lake into a temporary file; compare with staging."""
+    """Rebuild a replica from the lake into a temporary file; compare it with staging.
+    Returns one ``DrillTable`` per table of the job and the seconds taken. Errors: the
+    pull's (a batch that fails verification), DuckDB's (staging held by a running sync)."""
     t0 = time.perf_counter()
     results: list[DrillTable] = []
     with tempfile.TemporaryDirectory(prefix=f"deltaferry-drill-{job.name}-") as tmp:
@@ -49,65 +53,87 @@ def drill(job: JobConfig, lake: LakeStore) -> tuple[list[DrillTable], float]:
         # with several producers the lake holds others' chains too: staging is this one's
         pull(job, lake, replica, producers=[job.producer_id] if job.multi_producer else None)
         staging = duck.connect(staging_path(job.name), read_only=True, alias="staging")
-        rep = duck.connect(replica, read_only=True, alias="replica")
-        try:
-            for t in job.tables:
-                cols = staged_columns(staging, t.name)
-                data_cols = [c for c in cols if c not in INTERNAL_COLUMNS]
-                live = (
-                    [f"NOT coalesce({ident(DELETED_COLUMN)}, false)"]
-                    if DELETED_COLUMN in cols
-                    else []
-                )
-                if t.soft_delete_column:
-                    live.append(f"{ident(t.soft_delete_column)} IS NULL")
-                where = " AND ".join(live) or "true"
-                select = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in data_cols)
-                staged = (
-                    staging.sql(
-                        f"SELECT {select} FROM {STAGING_DATASET}.{ident(t.name)} WHERE {where}"
-                    ).to_arrow_table()
-                    if data_cols
-                    else pa.table({})
-                )
-                has = duck.table_exists(rep, t.name, schema=None)
-                if has:  # the published columns: a drifted source column is not in the lake
-                    published = set(duck.columns(rep, t.name))
-                    kept = [c for c in data_cols if c in published]
-                    select = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in kept)
-                    staged = staged.select(kept)
-                replica_rows = (
-                    rep.sql(f"SELECT {select} FROM {ident(t.name)}").to_arrow_table()
-                    if has
-                    else staged.slice(0, 0)
-                )
-                held = outstanding_quarantine(job, t)
-                results.append(_compare(t.name, list(t.primary_key), staged, replica_rows, held))
+        try:  # read before staging is attached below (one file, one attachment at a time)
+            layout = {t.name: staged_columns(staging, t.name) for t in job.tables}
         finally:
             staging.close()
-            rep.close()
+        con = duck.connect(replica, alias="replica")
+        try:
+            # a naive staged time is UTC wall time: cast to a zoned published one in UTC
+            con.execute("SET TimeZone = 'UTC'")
+            duck.attach(con, staging_path(job.name), _STAGING)
+            for t in job.tables:
+                results.append(_table(con, job, t, layout[t.name]))
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"DETACH DATABASE IF EXISTS {_STAGING}")
+            con.close()
     return results, time.perf_counter() - t0
 
 
-def _compare(
-    table: str, pk: list[str], staged: pa.Table, replica: pa.Table, held: list[dict]
-) -> DrillTable:
-    con = duckdb.connect()
+# the alias staging is attached under in the drill's replica connection
+_STAGING = "df_drill_staging"
+
+
+def _table(con: duckdb.DuckDBPyConnection, job: JobConfig, t: TableConfig, cols: list[str]) -> DrillTable:
+    """One table's comparison, in DuckDB (spilling beside the replica, not held in Python):
+    staging's live rows, each column cast to the type the replica publishes it as (a
+    naive staged timestamp and its zoned published form compare as one instant; as text
+    they differed), against the replica's rows; keys held in quarantine left out."""
+    data_cols = [c for c in cols if c not in INTERNAL_COLUMNS]
+    published = duck.column_types(con, t.name, schema=None)
+    has = bool(published)
+    # the published columns: a drifted source column is not in the lake
+    kept = [c for c in data_cols if not has or c in published]
+    live = [f"NOT coalesce(s.{ident(DELETED_COLUMN)}, false)"] if DELETED_COLUMN in cols else []
+    if t.soft_delete_column:
+        live.append(f"s.{ident(t.soft_delete_column)} IS NULL")
+    held = outstanding_quarantine(job, t)
+    con.register(
+        "df_drill_held",
+        pa.table({c: pa.array([str(h[c]) for h in held], pa.string()) for c in t.primary_key}),
+    )
     try:
-        con.register("s", staged)
-        con.register("r", replica)
-        keys = pa.table({c: pa.array([str(h[c]) for h in held], pa.string()) for c in pk})
-        con.register("held", keys)
-        match = " AND ".join(f"h.{ident(c)} = x.{ident(c)}" for c in pk)
-        keep = f"NOT EXISTS (SELECT 1 FROM held h WHERE {match})"
-        missing = duck.fetch_row(
-            con,
-            f"SELECT count(*) FROM (SELECT * FROM s x WHERE {keep} EXCEPT ALL SELECT * FROM r x WHERE {keep})",
-        )[0]
-        extra = duck.fetch_row(
-            con,
-            f"SELECT count(*) FROM (SELECT * FROM r x WHERE {keep} EXCEPT ALL SELECT * FROM s x WHERE {keep})",
-        )[0]
+        staged_from = f"{_STAGING}.{STAGING_DATASET}.{ident(t.name)} s"
+        if not cols:  # nothing staged yet
+            staged_rows, staged_sql = 0, None
+        else:
+            where = " AND ".join(live) or "true"
+            staged_rows = duck.fetch_row(con, f"SELECT count(*) FROM {staged_from} WHERE {where}")[0]
+            not_held = _not_held(t, "s")
+            select = ", ".join(
+                f"TRY_CAST(s.{ident(c)} AS {published[c]}) AS {ident(c)}" if c in published
+                else f"s.{ident(c)}"
+                for c in kept
+            )  # fmt: skip
+            staged_sql = f"SELECT {select} FROM {staged_from} WHERE {where} AND {not_held}"
+        replica_rows = (
+            duck.fetch_row(con, f"SELECT count(*) FROM {ident(t.name)}")[0] if has else 0
+        )
+        if staged_sql is None or not kept:
+            missing, extra = 0, replica_rows
+        elif not has:
+            missing, extra = duck.fetch_row(con, f"SELECT count(*) FROM ({staged_sql})")[0], 0
+        else:
+            not_held = _not_held(t, "r")
+            select = ", ".join(f"r.{ident(c)}" for c in kept)
+            replica_sql = f"SELECT {select} FROM {ident(t.name)} r WHERE {not_held}"
+            missing = duck.fetch_row(
+                con, f"SELECT count(*) FROM ({staged_sql} EXCEPT ALL {replica_sql})"
+            )[0]
+            extra = duck.fetch_row(
+                con, f"SELECT count(*) FROM ({replica_sql} EXCEPT ALL {staged_sql})"
+            )[0]
     finally:
-        con.close()
-    return DrillTable(table, staged.num_rows, replica.num_rows, len(held), missing, extra)
+        con.unregister("df_drill_held")
+    return DrillTable(t.name, staged_rows, replica_rows, len(held), missing, extra)
+
+
+def _not_held(t: TableConfig, alias: str) -> str:
+    """SQL: the row of ``alias`` is none of the held keys (``df_drill_held``, as text)."""
+    if not t.primary_key:
+        return "true"
+    match = " AND ".join(
+        f"h.{ident(c)} = CAST({alias}.{ident(c)} AS VARCHAR)" for c in t.primary_key
+    )
+    return f"NOT EXISTS (SELECT 1 FROM df_drill_held h WHERE {match})"

@@ -652,6 +652,25 @@ def connect(
     return con
 
 
+def attach(
+    con: duckdb.DuckDBPyConnection, path: Path | str, alias: str, *, read_only: bool = True
+) -> None:
+    """ATTACH the database file ``path`` to ``con`` as ``alias`` (read-only unless told),
+    with the configured encryption key when there is one; the memory limit refitted to
+    what its deleted rows pin (``fit_memory_limit``). Raises duckdb.Error as DuckDB does,
+    the key redacted."""
+    key = encryption_key()
+    options = ["READ_ONLY"] if read_only else []
+    if key is not None:
+        options.append(f"ENCRYPTION_KEY {literal(key)}")
+    suffix = f" ({', '.join(options)})" if options else ""
+    try:
+        con.execute(f"ATTACH {literal(str(path))} AS {ident(alias)}{suffix}")
+    except duckdb.Error as e:
+        raise type(e)(redact_key(str(e), key) if key else str(e)) from None
+    fit_memory_limit(con)
+
+
 def redact_key(text: str, key: str) -> str:
     """``text`` without ``key``: its SQL literal (``'key'``) anywhere, and its bare text where
     the key is long enough (8 characters or more) that replacing it cannot mangle words (a

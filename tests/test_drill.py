@@ -36,3 +36,45 @@ def test_drill_passes_after_rounds_and_fails_when_the_lake_lacks_a_batch(shop_jo
     assert not orders.equal and orders.missing_in_replica > 0
     result = CliRunner().invoke(cli, ["drill", "shop", "--config", str(shop_job.config)])
     assert result.exit_code == 1 and "drill FAILED" in result.output
+
+
+def test_drill_compares_a_zoned_published_time_with_its_naive_staged_form(
+    tmp_path, home, prefect_api
+):
+    """Staging keeps a time as naive UTC wall time; a contract may publish it zoned. The
+    drill compared both as text ('2024-03-01 10:00:00' and '2024-03-01 10:00:00+00') and
+    failed every such table; typed, they are one instant. A real difference still shows."""
+    import sqlite3
+
+    from deltaferry.config import load_job
+    from destinations.lake import open_lake
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE ev (id INTEGER PRIMARY KEY, v TEXT, updated_at TIMESTAMP)")
+        con.execute(
+            "INSERT INTO ev VALUES (1, 'a', '2024-03-01 10:00:00'), "
+            "(2, 'b', '2024-03-01T12:30:00+02:00'), (3, 'c', '2024-10-27 01:30:00.123456Z')"
+        )
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(
+        f'[jobs.zoned]\nsource = "sql_database"\nurl = "sqlite:///{db}"\n'
+        f'lake = "file://{tmp_path}/lake"\ntimezone = "Europe/Berlin"\n'
+        '\n[[jobs.zoned.tables]]\nname = "ev"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
+        'contract = "tests.support.contracts_sqltypes:Zoned"\n'
+    )
+    sync_job(job="zoned", config=str(cfg))
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE ev SET v = 'b2', updated_at = '2024-11-02 00:00:00' WHERE id = 2")
+    sync_job(job="zoned", config=str(cfg))
+    job = load_job("zoned", cfg)
+    results, _ = drill(job, open_lake(job.lake))
+    assert [(r.table, r.staged_rows, r.replica_rows, r.missing_in_replica, r.extra_in_replica)
+            for r in results] == [("ev", 3, 3, 0, 0)]  # fmt: skip
+    result = CliRunner().invoke(cli, ["drill", "zoned", "--config", str(cfg)])
+    assert result.exit_code == 0 and "drill passed" in result.output, result.output
+    # the lake loses the second batch: the replica has id 2's first version
+    open_lake(job.lake).delete(manifest_key("zoned", "ev", 2))
+    results, _ = drill(job, open_lake(job.lake))
+    assert (results[0].missing_in_replica, results[0].extra_in_replica) == (1, 1)
