@@ -87,6 +87,25 @@ CASES = {
         "CAST(x'32303234ff' AS TEXT)", "'2024-01-01 00:00:00'",
     ),
     "integer-text": ("INTEGER", "100", "200", "'abc'", "5"),
+    # julianday() reads a number as a Julian day: 2460000 is 2023-02-24, before the bound,
+    # so the window's comparison left it out: never read, never refused (a user's trial)
+    "timestamp-a-julian-day": (
+        "TIMESTAMP", "'2024-03-01 00:00:00'", "'2024-03-02 00:00:00'",
+        "2460000.25", "'2024-02-01 00:00:00'",
+    ),
+    "timestamp-before-year-1": (
+        "TIMESTAMP", "'2024-03-01 00:00:00'", "'2024-03-02 00:00:00'",
+        "'0000-06-01 00:00:00'", "'2024-02-01 00:00:00'",
+    ),
+    "timestamp-offset-minutes-60": (
+        "TIMESTAMP", "'2024-03-01 00:00:00'", "'2024-03-02 00:00:00'",
+        "'2024-03-05 00:00:00+02:60'", "'2024-02-01 00:00:00+02:00'",
+    ),
+    # an index on julianday(cursor): the window is read through it (README)
+    "indexed-a-small-number": (
+        "TIMESTAMP", "'2024-03-01 00:00:00'", "'2024-03-02 00:00:00'",
+        "5", "'2024-02-01 00:00:00'",
+    ),
 }  # fmt: skip
 
 
@@ -97,6 +116,8 @@ def test_a_refused_cursor_fixed_below_the_bound_is_read_again(tmp_path, home, pr
     with sqlite3.connect(db) as con:
         con.execute(f"CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at {ctype})")
         con.execute(f"INSERT INTO kinds VALUES (1, 'a', {first}), (2, 'b', {second})")
+        if case.startswith("indexed"):
+            con.execute("CREATE INDEX kinds_jd ON kinds (julianday(updated_at))")
         con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
         con.execute("INSERT INTO other VALUES (1, 'x', 1)")
     cfg = _job(tmp_path, db, ctype)

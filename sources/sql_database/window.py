@@ -51,6 +51,8 @@ from sources.wall_time import ZoneShifts, assume_zone, wall_to_utc
 # instant in any text form gives the same julianday); rows up to this many seconds before
 # the bound are read again (and kept only when changed), covering its rounding
 SQLITE_MARGIN_SECONDS = 0.002
+# julianday('0001-01-01'): a value julianday() reads as earlier is no time Python can hold
+JULIAN_DAY_YEAR_1 = 1721425.5
 # a naive cursor compared in a zone other than UTC: re-read enough to cover any offset
 # and a daylight-saving fold
 NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
@@ -83,6 +85,7 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
     return out
 
 
+_OFFSET = re.compile(r"[+-]\d\d:?(\d\d)(?::?\d\d(?:\.\d+)?)?$")
 _UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 
@@ -104,6 +107,9 @@ def parse_time_text(
         return dt.date.fromisoformat(value)
     if len(value) > 26 and finer_than_microseconds(value):  # longer: more than 6 digits
         raise ValueError("digits beyond microseconds")
+    offset = _OFFSET.search(value)
+    if offset is not None and int(offset.group(1)) >= 60:  # fromisoformat reads +02:60 as +03
+        raise ValueError("offset minutes beyond 59")
     when = dt.datetime.fromisoformat(value)
     if when.tzinfo is None:
         if zone.key == "UTC":  # naive UTC is already what is staged
@@ -474,12 +480,22 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
             jd = sa.func.julianday(col)
             since = jd >= sa.func.julianday(text) - margin / 86400.0
-            # NULL (no value, or text julianday cannot read) compares as true: read it
+            # NULL (no value, or text julianday cannot read) compares as true: read it. So
+            # is a value before year 1 as julianday reads it (a number: julianday reads 5
+            # as a Julian day), and, in a scan, any value that is not text: TimeText
+            # refuses it, and a table stopped so keeps its key (refused.py); a number
+            # below the bound would otherwise never be read, never refused, its change lost
             if engine is not None and julianday_indexed(engine, source_table(t), t.cursor):
                 # the same rows, in the form SQLite answers from an index on the
-                # expression (two index range searches instead of a scan of the table)
-                return query.where(sa.or_(since, jd.is_(None)))
-            return query.where(sa.func.coalesce(since, True))  # a scan: ~30% faster than OR
+                # expression (index range searches instead of a scan of the table); a
+                # number julianday reads as a time from year 1 on, before the bound, is
+                # not among them (README, "Index a SQLite time-text cursor")
+                # (a closed range: SQLite answers ``jd < x`` in an OR with a scan)
+                early = jd.between(-1.0, JULIAN_DAY_YEAR_1)
+                return query.where(sa.or_(since, jd.is_(None), early))
+            timed = sa.and_(sa.func.typeof(col) == "text", jd >= JULIAN_DAY_YEAR_1)
+            text_only = sa.case((timed, since), else_=None)
+            return query.where(sa.func.coalesce(text_only, True))  # a scan: ~30% faster than OR
         value = _bind_value(col, bound, job)
         return query.where(sa.or_(col >= value, col.is_(None)))
 
