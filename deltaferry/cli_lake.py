@@ -362,7 +362,14 @@ def drill(job: str, config: str | None) -> None:
     with out.status(f"rebuilding job [bold]{job}[/] from the lake ..."):
         results, seconds = run_drill(cfg, lake)
     table = new_report(
-        "table", "staged live rows", "replica rows", "held back", "missing", "extra", "equal"
+        "table",
+        "staged live rows",
+        "replica rows",
+        "held back",
+        "not published yet",
+        "missing",
+        "extra",
+        "equal",
     )
     for r in results:
         table.add_row(
@@ -370,6 +377,7 @@ def drill(job: str, config: str | None) -> None:
             str(r.staged_rows),
             str(r.replica_rows),
             str(r.held_back),
+            str(r.pending),
             str(r.missing_in_replica),
             str(r.extra_in_replica),
             "yes" if r.equal else "NO",
@@ -377,6 +385,13 @@ def drill(job: str, config: str | None) -> None:
     emit(table)
     ok = all(r.equal for r in results)
     out.print(f"drill {'passed' if ok else 'FAILED'} in {seconds:.1f}s", highlight=False)
+    waiting = [r.table for r in results if r.pending]
+    if waiting:  # left out of the comparison: said, so a pass is not read as more than it is
+        out.print(
+            "not compared: staged rows the lake has not had yet (the next run publishes "
+            f"them, or the run's error says why it cannot): {', '.join(waiting)}",
+            highlight=False,
+        )
     if not ok:
         sys.exit(1)
 

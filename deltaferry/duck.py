@@ -644,7 +644,8 @@ def connect(
     except duckdb.Error as e:
         con.close()
         message = redact_key(str(e), key)
-        if "encryption key" in message.lower() or "encrypted" in message.lower():
+        said = str(e).lower()  # told apart before the key is taken out of it
+        if "encryption key" in said or "encrypted" in said:
             raise ConfigError(
                 f"{path}: cannot open with the configured {KEY_ENV}: {message}"
             ) from None
@@ -672,8 +673,10 @@ def attach(
 
 
 def redact_key(text: str, key: str) -> str:
-    """``text`` without ``key``: its SQL literal (``'key'``) anywhere, and its bare text where
-    the key is long enough (8 characters or more) that replacing it cannot mangle words (a
-    key ``a`` would turn every ``a`` of a message into ``***``)."""
-    text = text.replace(literal(key), "'***'")
-    return text.replace(key, "***") if len(key) >= 8 else text
+    """``text`` without ``key`` where DuckDB shows one: as the SQL literal of the statement
+    it echoes (``'key'``, or a name ``"key"``). Its bare text is left alone: a key that is
+    a word (``database``, a path's part) would mangle the message, and the places it was
+    replaced would tell the key."""
+    return text.replace(literal(key), "'***'").replace(ident(key), '"***"')
+
+

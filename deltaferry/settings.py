@@ -119,8 +119,13 @@ class Settings(EnvSettings):
     @field_validator("home", "keys")
     @classmethod
     def _a_directory(cls, value: Path | None) -> Path | None:
-        if value is not None and value.exists() and not value.is_dir():
-            raise ValueError("a directory (or a path to make one at); this is a file")
+        if value is None:
+            return None
+        # the nearest part of the path that exists must be a directory (one is made below it)
+        there = next((p for p in (value, *value.absolute().parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            where = "this is a file" if there == value else f"{str(there)!r} is a file"
+            raise ValueError(f"a directory (or a path to make one at); {where}")
         return value
 
     @field_validator("duckdb_key")
@@ -131,8 +136,8 @@ class Settings(EnvSettings):
         # encrypted with one already), only a key of spaces alone is refused
         if value is not None and not value.get_secret_value().strip():
             raise ValueError(
-                f"a key, not spaces alone (at least {MIN_KEY_CHARS} characters, e.g. the "
-                "output of `openssl rand -base64 32`)"
+                f"a key, not spaces alone ({MIN_KEY_CHARS} characters or more advised, e.g. "
+                "the output of `openssl rand -base64 32`)"
             )
         return value
 

@@ -9,6 +9,7 @@ read, a view) against the source read with sqlite3.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import duckdb
@@ -146,3 +147,31 @@ def test_a_name_the_source_spells_otherwise_is_named_in_the_error(tmp_path, home
     cfg = _write(tmp_path, db, one + 'name = "users"\nsource_table = "Userz"\n')
     with pytest.raises(ConfigError, match=r"not found in the source database \(source_table 'Userz'\)$"):
         preflight_source(load_job("odd", cfg))
+
+
+@pytest.mark.parametrize(
+    "source, asked",
+    [
+        ("Order Lines", "order_lines"),  # name alone: case and separator
+        ("Order Lines", "OrderLines"),  # source_table: no separator
+        ("Order Lines", "Order Lines "),  # a trailing space
+        ("gro\u0308\u00dfe", "gr\u00f6\u00dfe"),  # another Unicode form (NFD at the source)
+    ],
+)
+def test_a_near_spelling_is_named(tmp_path, home, source, asked):
+    from deltaferry.config import load_job
+    from sources.sql_database import preflight_source
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute(f'CREATE TABLE "{source}" ("Id" INTEGER PRIMARY KEY)')
+    given = "" if asked == "order_lines" else f"source_table = {json.dumps(asked)}\n"
+    cfg = _write(
+        tmp_path, db, f'[[jobs.odd.tables]]\nname = "t"\nprimary_key = ["Id"]\n{given}contract = "m:C"\n'
+    )
+    if asked == "order_lines":
+        cfg.write_text(cfg.read_text().replace('name = "t"', 'name = "order_lines"'))
+    with pytest.raises(ConfigError) as err:
+        preflight_source(load_job("odd", cfg))
+    assert f"which has {source!r}" in str(err.value), str(err.value)
+    assert ("another Unicode form" in str(err.value)) == (source != "Order Lines")

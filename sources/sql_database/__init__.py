@@ -92,16 +92,20 @@ def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:
     in case or in ``_`` for a space or dash (a job's table name is lower-case letters,
     digits and ``_``: ``source_table`` gives the source's spelling)."""
     import re
+    import unicodedata
 
-    def folded(name: str) -> str:
-        return re.sub(r"[^0-9a-z]+", "_", name.lower())
+    def folded(name: str) -> str:  # case, separators, spaces and Unicode form aside
+        return re.sub(r"[\W_]+", "", unicodedata.normalize("NFC", name).casefold())
 
     where = f"job '{job.name}' table '{t.name}'"
     asked = source_table(t)
     near = sorted(n for n in existing if folded(n) == folded(asked) and n != asked)
     if near:
+        form = ""
+        if unicodedata.normalize("NFC", near[0]) == unicodedata.normalize("NFC", asked):
+            form = f" (the same letters in another Unicode form: {ascii(near[0])})"
         return (
-            f"{where}: not found in the source database, which has {near[0]!r}: set "
+            f"{where}: not found in the source database, which has {near[0]!r}{form}: set "
             f'source_table = "{near[0]}" for this table in the jobs file (name stays the '
             "job's name for it)"
         )

@@ -23,3 +23,13 @@ class Zoned(pa.DataFrameModel):
 
     class Config:
         strict = False
+
+
+class NonNegative(pa.DataFrameModel):
+    """``qty`` at least 0: a negative one breaks the contract."""
+
+    id: Series[int]
+    qty: Series[int] = pa.Field(ge=0, nullable=True)
+
+    class Config:
+        strict = False
