@@ -101,6 +101,8 @@ def _empty_table() -> dict[str, Any]:
         "sparkline": "",
         "quarantine": {"rows": 0, "rows_planned": 0, "rate": None},
         "retries": {"retried": 0, "attempts": 0, "rate": None, "by_cause": []},
+        # when the job's last run failed: what it did for this table (_in_failed_run)
+        "last_run": None,
     }
 
 
@@ -156,9 +158,34 @@ def job_status(job: JobConfig, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
             "since": _iso(since),
         }
         out["retries"] = _retry_counts(con, run_ids, None)
+        failed_run = run[0] if run is not None and run[3] == "failed" else None
         for t in job.tables:
             out["tables"][t.name] = _table_status(con, t.name, run_ids, since)
+            out["tables"][t.name]["last_run"] = _in_failed_run(con, failed_run, t.name)
     return out
+
+
+def _in_failed_run(con: duckdb.DuckDBPyConnection, run_id: str | None, table: str) -> str | None:
+    """What the job's last run did for ``table`` when that run failed: ``"stopped"`` (the
+    table's own step failed: its contract, a value its column cannot carry),
+    ``"published"`` (it committed a batch before another table or step failed the run),
+    ``"no change"`` (read, nothing to publish); None when the run did not fail or the
+    operations log says nothing of the table (the run failed before reaching it)."""
+    if run_id is None:
+        return None
+    outcomes = {
+        (step, outcome)
+        for step, outcome in con.execute(
+            "SELECT step, outcome FROM ops_log WHERE run_id = ? AND tbl = ?", [run_id, table]
+        ).fetchall()
+    }
+    if any(outcome == "failed" for _, outcome in outcomes):
+        return "stopped"
+    if ("manifest", "ok") in outcomes:
+        return "published"
+    if ("plan", "ok") in outcomes:
+        return "no change"
+    return None
 
 
 def _retry_counts(
@@ -406,6 +433,15 @@ def _last_batch_text(s: dict[str, Any]) -> str:
     return f"reset (adopts {head})" if head is not None else "reset"
 
 
+def _last_run_text(run: dict[str, Any], table: str | None) -> str:
+    """The ``last run`` cell: the job's last run's outcome, and, when it failed, what it
+    did for this table (``_in_failed_run``): one table stopped is not every table failed."""
+    outcome = str(run.get("outcome", "never run"))
+    if outcome != "failed" or table is None:
+        return outcome
+    return {"stopped": "failed: stopped here"}.get(table, f"failed elsewhere ({table} here)")
+
+
 def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
     """The rows of ``deltaferry status``'s table (columns: ``STATUS_COLUMNS``); '-' where
     the state has nothing to say."""
@@ -434,7 +470,7 @@ def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:
                     _utc_text(s["last_published_at"]),
                     lag_text(s),
                     f"{runs['ok']}/{runs['failed']}" if runs["count"] else "-",
-                    run.get("outcome", "never run"),
+                    _last_run_text(run, s.get("last_run")),
                 ]
             )
     return rows

@@ -694,6 +694,13 @@ def test_a_run_that_stops_a_table_shows_what_the_others_published(tmp_path, home
     assert rows["good"][:2] == ["1", "2"], p.stdout  # batch 1, 2 rows
     assert rows["bad"][0] == "-" and "stopped" in rows["bad"][-1], p.stdout
     assert "good" not in line
+    # status: the run failed, but only 'bad' stopped; 'good' published in it
+    p = run_cli("status", "--config", config, env=api_env)
+    last = {ln.split("\t")[1]: ln.split("\t")[-1] for ln in p.stdout.splitlines()[1:] if "\t" in ln}
+    assert last == {
+        "good": "failed elsewhere (published here)",
+        "bad": "failed: stopped here",
+    }, p.stdout
     # run-all (the job in a worker process): the same rows, after the job's name
     with sqlite3.connect(db) as con:
         con.execute("INSERT INTO good VALUES (3, 3.75)")
