@@ -180,3 +180,29 @@ def test_a_fix_that_is_refused_again_keeps_the_row(tmp_path, home, prefect_api):
         con.execute("UPDATE kinds SET updated_at = '2024-02-28 00:00:00' WHERE id = 1")
     _sync(cfg)
     assert _replica(cfg, tmp_path, "kinds") == _source(db, "kinds") == [(1, "new"), (2, "b")]
+
+
+def test_a_wall_time_read_again_by_key_is_counted_in_the_runs_notes(tmp_path, home, prefect_api):
+    """A naive time the job's zone never shows, on a row read again by key only (its
+    cursor fixed below the bound): the run's wall-time note counts it (the notes counted
+    the window's reads alone, a trial found)."""
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
+        con.execute(
+            "INSERT INTO kinds VALUES (1, 'a', '2024-06-01 00:00:00'), (2, 'b', '2024-06-02 00:00:00')"
+        )
+        con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
+    cfg = _job(tmp_path, db, "TIMESTAMP")
+    cfg.write_text(cfg.read_text().replace('lake = "', 'timezone = "Europe/Berlin"\nlake = "', 1))
+    _sync(cfg)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE kinds SET name = 'new', updated_at = 'soon' WHERE id = 1")
+    with pytest.raises(TerminalError):
+        _sync(cfg)
+    with sqlite3.connect(db) as con:  # 02:30 on 31 March: Berlin's clock jumps 02:00 -> 03:00
+        con.execute("UPDATE kinds SET updated_at = '2024-03-31 02:30:00' WHERE id = 1")
+    _sync(cfg)
+    assert _replica(cfg, tmp_path, "kinds") == [(1, "new"), (2, "b")]
+    notes = _log("lite", "wall-time")
+    assert len(notes) == 1 and "column 'updated_at': 1 value(s)" in notes[0], notes

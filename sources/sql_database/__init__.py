@@ -229,10 +229,13 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             note_held(r.t.name, list(r.keys.held))
         for name, more in first.held.items():
             note_held(name, more)
+        shifts = {r.t.name: r.shifts for r in reads}  # per table: the window read's counts
         for t in job.tables:
             keys = revisit.get(t.name)
             if keys:
-                ids, more = reextract(job, t, engine, pipeline, keys, borrowed, watchdog)
+                ids, more = reextract(
+                    job, t, engine, pipeline, keys, borrowed, watchdog, shifts.get(t.name)
+                )
                 load_ids.extend(ids)
                 note_held(t.name, more)
         # rows held for a NULL key: read again at the cursor values they had last time (a
@@ -242,23 +245,27 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             last = unkeyed.get(t.name)
             if t.cursor and last is not None and last.values and t.name not in whole:
                 ids, per_read = reread_unkeyed(
-                    job, t, engine, pipeline, last.values, borrowed, watchdog
+                    job, t, engine, pipeline, last.values, borrowed, watchdog, shifts.get(t.name)
                 )
                 load_ids.extend(ids)
                 for more in per_read:
                     note_held(t.name, more)
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
+        for t in job.tables:
+            if t.deletes == "reconcile":
+                n, ids, more = reconcile(
+                    job, t, engine, pipeline, borrowed, watchdog, shifts.get(t.name)
+                )
+                tombstones[t.name] = n
+                load_ids.extend(ids)
+                note_held(t.name, more)
+        # naive times read by the zone rule, by the window and every read again (a row read
+        # twice counted twice: the note counts values read)
         wall_times = {
             r.t.name: r.shifts.notes(f"job '{job.name}' table '{r.t.name}'", job.timezone)
             for r in reads
             if r.shifts.counts
         }
-        for t in job.tables:
-            if t.deletes == "reconcile":
-                n, ids, more = reconcile(job, t, engine, pipeline, borrowed, watchdog)
-                tombstones[t.name] = n
-                load_ids.extend(ids)
-                note_held(t.name, more)
         # a row read by the window and again by key (or by reconcile's superset) held once
         held = {
             name: _unique_held([r for one in lists for r in one], _source_rows_held(lists))

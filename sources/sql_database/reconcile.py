@@ -32,6 +32,7 @@ from sources.sql_database.settings import source_table
 from sources.sql_database.types import carry_plans
 from sources.sql_database.window import Normalize, by_keys, text_time_columns, unkeyed_rows
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
+from sources.wall_time import ZoneShifts
 
 
 def reconcile(
@@ -41,6 +42,7 @@ def reconcile(
     pipeline: dlt.Pipeline,
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
+    shifts: ZoneShifts | None = None,
 ) -> tuple[int, list[str], list[dict[str, Any]]]:
     """Compare the source's key set with staging (cost grows with the key count).
 
@@ -102,7 +104,9 @@ def reconcile(
         load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
     held: list[dict[str, Any]] = []
     if recreated or unseen:
-        ids, held = reextract(job, t, engine, pipeline, recreated + unseen, borrowed, watchdog)
+        ids, held = reextract(
+            job, t, engine, pipeline, recreated + unseen, borrowed, watchdog, shifts
+        )
         load_ids.extend(ids)
     return missing.num_rows, load_ids, held
 
@@ -115,6 +119,7 @@ def reextract(
     keys: list[dict],
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
+    shifts: ZoneShifts | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Extract the given keys again, ignoring the cursor (rows re-created at the source or
     committed late), in groups of ``REEXTRACT_KEYS`` keys per query (``window.by_keys``:
@@ -122,7 +127,7 @@ def reextract(
     held back."""
     groups = [keys[i : i + REEXTRACT_KEYS] for i in range(0, len(keys), REEXTRACT_KEYS)]
     adapters = [lambda tt, g=g: by_keys(job, t, g, tt) for g in groups]
-    load_ids, held = _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog)
+    load_ids, held = _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog, shifts)
     return load_ids, [r for one in held for r in one]
 
 
@@ -134,6 +139,7 @@ def reread_unkeyed(
     values: list[Any],
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
+    shifts: ZoneShifts | None = None,
 ) -> tuple[list[str], list[list[dict[str, Any]]]]:
     """Read again the rows held without a key (``window.unkeyed_rows``: at their remembered
     cursor ``values``, ``REEXTRACT_KEYS`` values a query, and every row with a NULL key part,
@@ -142,7 +148,7 @@ def reread_unkeyed(
     groups = [values[i : i + REEXTRACT_KEYS] for i in range(0, len(values), REEXTRACT_KEYS)]
     # the rows with a NULL key part are read by the first query alone
     adapters = [lambda tt, g=g, i=i: unkeyed_rows(job, t, g, tt, i == 0) for i, g in enumerate(groups)]
-    return _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog)
+    return _read_again(job, t, engine, pipeline, adapters, borrowed, watchdog, shifts)
 
 
 def _read_again(
@@ -153,10 +159,12 @@ def _read_again(
     adapters: list[Any],
     borrowed: duckdb.DuckDBPyConnection | None,
     watchdog: StallWatchdog,
+    shifts: ZoneShifts | None = None,
 ) -> tuple[list[str], list[list[dict[str, Any]]]]:
     """One read of ``t`` per query adapter (a ``text_times -> query_adapter_callback``),
     ignoring the cursor, keeping only rows that differ from staging; the load ids and what
-    each read held back."""
+    each read held back. ``shifts`` is given the wall times each read took by the zone
+    rule (the run's notes count rows read again too)."""
     load_ids: list[str] = []
     held: list[list[dict[str, Any]]] = []
     for adapter in adapters:
@@ -175,6 +183,8 @@ def _read_again(
         finally:
             read.close()
         held.append(list(read.keys.held))
+        if shifts is not None:
+            shifts.merge(read.shifts)
     return load_ids, held
 
 
