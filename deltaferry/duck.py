@@ -637,15 +637,13 @@ def connect(
     try:
         con.execute(f"LOAD '{_httpfs_path()}'")
         con.execute("SET temp_file_encryption = true")
-        mode = ", READ_ONLY" if read_only else ""
-        con.execute(f"ATTACH {literal(str(path))} AS {alias} (ENCRYPTION_KEY {literal(key)}{mode})")
-        con.execute(f"USE {alias}")
+        attach(con, path, alias, read_only=read_only, fit=False)  # configure fits below
+        con.execute(f"USE {ident(alias)}")
         configure(con, path)  # the temp directory beside the file, not the cwd
     except duckdb.Error as e:
         con.close()
         message = redact_key(str(e), key)
-        said = str(e).lower()  # told apart before the key is taken out of it
-        if "encryption key" in said or "encrypted" in said:
+        if "encryption key" in message.lower() or "encrypted" in message.lower():
             raise ConfigError(
                 f"{path}: cannot open with the configured {KEY_ENV}: {message}"
             ) from None
@@ -654,12 +652,18 @@ def connect(
 
 
 def attach(
-    con: duckdb.DuckDBPyConnection, path: Path | str, alias: str, *, read_only: bool = True
+    con: duckdb.DuckDBPyConnection,
+    path: Path | str,
+    alias: str,
+    *,
+    read_only: bool = True,
+    fit: bool = True,
 ) -> None:
     """ATTACH the database file ``path`` to ``con`` as ``alias`` (read-only unless told),
     with the configured encryption key when there is one; the memory limit refitted to
-    what its deleted rows pin (``fit_memory_limit``). Raises duckdb.Error as DuckDB does,
-    the key redacted."""
+    what its deleted rows pin (``fit_memory_limit``) unless ``fit`` is False (a caller
+    that configures the connection next). Raises duckdb.Error as DuckDB does, the key
+    redacted."""
     key = encryption_key()
     options = ["READ_ONLY"] if read_only else []
     if key is not None:
@@ -669,7 +673,8 @@ def attach(
         con.execute(f"ATTACH {literal(str(path))} AS {ident(alias)}{suffix}")
     except duckdb.Error as e:
         raise type(e)(redact_key(str(e), key) if key else str(e)) from None
-    fit_memory_limit(con)
+    if fit:
+        fit_memory_limit(con)
 
 
 def redact_key(text: str, key: str) -> str:

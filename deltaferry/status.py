@@ -439,7 +439,9 @@ def _last_run_text(run: dict[str, Any], table: str | None) -> str:
     outcome = str(run.get("outcome", "never run"))
     if outcome != "failed" or table is None:
         return outcome
-    return {"stopped": "failed: stopped here"}.get(table, f"failed elsewhere ({table} here)")
+    if table == "stopped":
+        return "failed: stopped here"
+    return f"failed elsewhere ({table} here)"
 
 
 def status_rows(report: list[dict[str, Any]]) -> list[list[str]]:

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import sqlite3
 
-import duckdb
 import pytest
 
 from deltaferry.errors import TerminalError
+from tests.test_sql_types import _pull
+from tests.test_sql_types import _sync_lite as _sync
 
 
-def _job(tmp_path, db, cursor_type: str):
+def _job(tmp_path, db, timezone: str = "UTC"):
     cfg = tmp_path / "jobs.toml"
     cfg.write_text(
         f'[jobs.lite]\nsource = "sql_database"\nurl = "sqlite:///{db}"\n'
-        f'lake = "file://{tmp_path}/lake"\n'
+        f'lake = "file://{tmp_path}/lake"\ntimezone = "{timezone}"\n'
         '\n[[jobs.lite.tables]]\nname = "kinds"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
         'contract = "tests.support.contracts_sqltypes:Loose"\n'
         '\n[[jobs.lite.tables]]\nname = "other"\nprimary_key = ["id"]\ncursor = "v"\n'
@@ -32,29 +33,26 @@ def _job(tmp_path, db, cursor_type: str):
     return cfg
 
 
-def _sync(cfg):
-    from flows.sync import sync_job
-
-    return sync_job(job="lite", config=str(cfg))
-
-
 def _replica(cfg, tmp_path, table: str):
-    from deltaferry.config import load_job
-    from deltaferry.replica import pull
-    from destinations.lake import open_lake
-
-    job = load_job("lite", cfg)
-    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
-    con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
-    try:
-        return con.execute(f"SELECT id, name FROM {table} ORDER BY id").fetchall()
-    finally:
-        con.close()
+    return _pull(cfg, tmp_path, "id, name", table)
 
 
 def _source(db, table: str):
     with sqlite3.connect(db) as con:
         return con.execute(f"SELECT id, name FROM {table} ORDER BY id").fetchall()
+
+
+def _two_rows(tmp_path, first: str, second: str, cursor_type: str = "TIMESTAMP"):
+    """A source of table ``kinds`` (rows 1 'a' and 2 'b' at cursor values ``first`` and
+    ``second``, SQL) and an empty ``other``; its database's path."""
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute(
+            f"CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at {cursor_type})"
+        )
+        con.execute(f"INSERT INTO kinds VALUES (1, 'a', {first}), (2, 'b', {second})")
+        con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
+    return db
 
 
 def _log(job: str, outcome: str) -> list[str]:
@@ -112,15 +110,12 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_refused_cursor_fixed_below_the_bound_is_read_again(tmp_path, home, prefect_api, case):
     ctype, first, second, bad, fix = CASES[case]
-    db = tmp_path / "src.db"
+    db = _two_rows(tmp_path, first, second, ctype)
     with sqlite3.connect(db) as con:
-        con.execute(f"CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at {ctype})")
-        con.execute(f"INSERT INTO kinds VALUES (1, 'a', {first}), (2, 'b', {second})")
         if case.startswith("indexed"):
             con.execute("CREATE INDEX kinds_jd ON kinds (julianday(updated_at))")
-        con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
         con.execute("INSERT INTO other VALUES (1, 'x', 1)")
-    cfg = _job(tmp_path, db, ctype)
+    cfg = _job(tmp_path, db)
     _sync(cfg)
     with sqlite3.connect(db) as con:  # a changed row and a new one, both with the bad value
         con.execute(f"UPDATE kinds SET name = 'new', updated_at = {bad} WHERE id = 1")
@@ -158,14 +153,8 @@ def test_a_fix_that_is_refused_again_keeps_the_row(tmp_path, home, prefect_api):
     """A fix to another value the read refuses, below the bound (the window no longer
     selects it; the read by key does): the run fails naming it, the key stays kept, and the
     right fix after it is published."""
-    db = tmp_path / "src.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
-        con.execute(
-            "INSERT INTO kinds VALUES (1, 'a', '2024-03-01 00:00:00'), (2, 'b', '2024-03-02 00:00:00')"
-        )
-        con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
-    cfg = _job(tmp_path, db, "TIMESTAMP")
+    db = _two_rows(tmp_path, "'2024-03-01 00:00:00'", "'2024-03-02 00:00:00'")
+    cfg = _job(tmp_path, db)
     _sync(cfg)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE kinds SET name = 'new', updated_at = '2024-99-01' WHERE id = 1")
@@ -186,15 +175,8 @@ def test_a_wall_time_read_again_by_key_is_counted_in_the_runs_notes(tmp_path, ho
     """A naive time the job's zone never shows, on a row read again by key only (its
     cursor fixed below the bound): the run's wall-time note counts it (the notes counted
     the window's reads alone, a trial found)."""
-    db = tmp_path / "src.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE kinds (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
-        con.execute(
-            "INSERT INTO kinds VALUES (1, 'a', '2024-06-01 00:00:00'), (2, 'b', '2024-06-02 00:00:00')"
-        )
-        con.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
-    cfg = _job(tmp_path, db, "TIMESTAMP")
-    cfg.write_text(cfg.read_text().replace('lake = "', 'timezone = "Europe/Berlin"\nlake = "', 1))
+    db = _two_rows(tmp_path, "'2024-06-01 00:00:00'", "'2024-06-02 00:00:00'")
+    cfg = _job(tmp_path, db, timezone="Europe/Berlin")
     _sync(cfg)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE kinds SET name = 'new', updated_at = 'soon' WHERE id = 1")
@@ -206,3 +188,37 @@ def test_a_wall_time_read_again_by_key_is_counted_in_the_runs_notes(tmp_path, ho
     assert _replica(cfg, tmp_path, "kinds") == [(1, "new"), (2, "b")]
     notes = _log("lite", "wall-time")
     assert len(notes) == 1 and "column 'updated_at': 1 value(s)" in notes[0], notes
+
+
+def test_keys_that_cannot_be_read_leave_the_advice_where_a_fix_must_go(monkeypatch):
+    """The source goes away between the refusal and the read of the refused keys: nothing
+    is kept, so the error (still the table's, of its own class) says where a fix must go
+    for the window to read the row again: at or after the bound."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from deltaferry.job import JobConfig, TableConfig
+    from sources.sql_database import _keep_refused, refused
+    from sources.sql_database.types import ValueRefused
+
+    t = TableConfig(
+        name="kinds", primary_key=("id",), cursor="updated_at", deletes="none", contract="m:C"
+    )
+    job = JobConfig(
+        name="lite", source="sql_database", url="sqlite://", lake="file:///x", tables=(t,)
+    )
+
+    def gone(*_):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(refused, "refused_keys", gone)
+    stop = ValueRefused("job 'lite' table 'kinds': column 'updated_at' value 'x' is no time", "kinds")
+    bound = dt.datetime(2024, 3, 2)
+    out = _keep_refused(job, sa.create_engine("sqlite://"), stop, {"kinds": bound})
+    assert type(out) is ValueRefused and out.table == "kinds"
+    assert str(out) == (
+        f"{stop}; the keys of rows whose cursor value is refused could not be read "
+        "(OperationalError): fix such a value to a time at or after '2024-03-02 00:00:00' "
+        "(UTC; the newest cursor value staged: a row given an earlier one is not read again)"
+    )

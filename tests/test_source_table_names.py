@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import duckdb
 import pytest
 
 from deltaferry.errors import ConfigError
+from tests.test_sql_types import _pull
 
 
 def _write(tmp_path, db, tables: str):
@@ -57,17 +57,7 @@ def _sync(cfg):
 
 
 def _replica(cfg, tmp_path, table: str, columns: str, order: str):
-    from deltaferry.config import load_job
-    from deltaferry.replica import pull
-    from destinations.lake import open_lake
-
-    job = load_job("odd", cfg)
-    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
-    con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
-    try:
-        return con.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
-    finally:
-        con.close()
+    return _pull(cfg, tmp_path, columns, table, job="odd", order=order)
 
 
 def _source(db, table: str, columns: str, order: str):

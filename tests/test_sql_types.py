@@ -495,16 +495,19 @@ def _lite(tmp_path, home, *rows: str, ddl: str, extra: str = ""):
     return db, cfg, lambda: sync_job(job="lite", config=str(cfg))
 
 
-def _pull(cfg, tmp_path, columns: str = "*", table: str = "kinds"):
+def _pull(
+    cfg, tmp_path, columns: str = "*", table: str = "kinds", job: str = "lite", order: str = "id"
+):
+    """Pull ``job`` into a replica beside the test and read ``columns`` of ``table``."""
     from deltaferry.config import load_job
     from deltaferry.replica import pull
     from destinations.lake import open_lake
 
-    job = load_job("lite", cfg)
-    pull(job, open_lake(job.lake), tmp_path / "replica.duckdb")
+    loaded = load_job(job, cfg)
+    pull(loaded, open_lake(loaded.lake), tmp_path / "replica.duckdb")
     con = duckdb.connect(str(tmp_path / "replica.duckdb"), read_only=True)
     try:
-        return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+        return con.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
     finally:
         con.close()
 

@@ -66,13 +66,12 @@ def kept(job: JobConfig, t: TableConfig) -> list[dict[str, Any]]:
     return keys
 
 
-def remember(job: JobConfig, t: TableConfig, keys: Iterable[dict[str, Any]]) -> int:
+def remember(job: JobConfig, t: TableConfig, keys: Iterable[dict[str, Any]]) -> None:
     """Keep ``keys`` with those kept before (not read again yet: the table stopped before
-    its read again by key); returns how many are kept."""
+    its read again by key)."""
     every = {json.dumps(k, sort_keys=True, default=str) for k in kept(job, t)}
     every |= {json.dumps(k, sort_keys=True, default=str) for k in keys}
     write_home_file(_path(job, t), json.dumps([json.loads(k) for k in sorted(every)]))
-    return len(every)
 
 
 def forget(job: JobConfig, t: TableConfig) -> None:
