@@ -47,6 +47,12 @@ BUGS = {
     "commit_open_cut_early",
     # the manifest is written with a plain put (a racing writer's manifest is replaced)
     "overwrite_manifest",
+    # several producers: a batch's logical time ignores the other producers' heads it
+    # sees (its own clock and chain only)
+    "hlc_ignores_others",
+    # several producers: a key's winner is the version that arrived last, not the one
+    # with the later logical time
+    "merge_by_arrival",
 }
 _bugs: set[str] = set()
 _hook: Callable[[str], None] | None = None

@@ -39,6 +39,7 @@ import duckdb
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
 from deltaferry.duck import column_types, fit_memory_limit, ident, literal
+from deltaferry.failpoints import bug
 from deltaferry.merge_tables import HLC_COLUMN, OVERRIDE_PRODUCER, PRODUCER_COLUMN, TableShape
 
 
@@ -75,11 +76,14 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     # rows are rendered as JSON (for conflict records) only where a conflict can be: keys
     # with versions from more than one producer, or under an override
     p = ident(PRODUCER_COLUMN)
+    rule = f"{ident(HLC_COLUMN)} DESC, {p} DESC"
+    if bug("merge_by_arrival"):  # the simulator's teeth (failpoints.BUGS)
+        rule = "rowid DESC"
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _deltaferry_ranked AS SELECT * EXCLUDE (_lo, _hi), _lo <> _hi AS _multi,"
         f" CASE WHEN _lo <> _hi OR _key IN (SELECT key FROM _deltaferry_active) THEN {row_json} END AS _row"
         f" FROM (SELECT *,"
-        f" row_number() OVER (PARTITION BY _key ORDER BY {ident(HLC_COLUMN)} DESC, {p} DESC)"
+        f" row_number() OVER (PARTITION BY _key ORDER BY {rule})"
         f" AS _rank,"
         f" row_number() OVER (PARTITION BY _key, {p} ORDER BY {ident(HLC_COLUMN)} DESC)"
         f" AS _rank_in_producer,"

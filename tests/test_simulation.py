@@ -1,6 +1,6 @@
 """The deterministic simulator (``tests/support/sim``): seeded histories of the real
-producer and reader against a simulated lake, source and crashes, invariants checked after
-every step; and its teeth: each deliberate protocol bug (``deltaferry/failpoints.py:BUGS``)
+producer and reader against a simulated lake, source and crashes (a third of them with two
+producers of the job, their clocks skewed), invariants checked after every step; and its teeth: each deliberate protocol bug (``deltaferry/failpoints.py:BUGS``)
 is caught within a bounded number of seeds.
 
 ``DELTAFERRY_SIM_SEEDS`` histories (default 100 in the test command) from seed
@@ -42,7 +42,7 @@ TEETH_BOUND = 100
 
 
 
-def history(seed: int, steps: int = STEPS) -> World:
+def history(seed: int, steps: int = STEPS, multi: bool | None = None) -> World:
     # what is alive now (the modules and their caches: about a million objects) is left
     # out of the history's collections: a simulated crash collects what the dead process
     # held (``World._run_once``), 0.12 s a collection otherwise (a history: 2.25 -> 2.0 s)
@@ -51,7 +51,7 @@ def history(seed: int, steps: int = STEPS) -> World:
         with tempfile.TemporaryDirectory(
             dir="/dev/shm" if os.path.isdir("/dev/shm") else None, prefix="df-sim-"
         ) as d:
-            world = World(seed, Path(d))
+            world = World(seed, Path(d), multi=multi)
             world.run(steps)
     finally:
         gc.unfreeze()
@@ -83,6 +83,7 @@ def test_seeded_histories(shard: int, capsys: pytest.CaptureFixture[str]) -> Non
                      "second runner"):
             assert kind in kinds, f"no '{kind}' fault in {len(seeds)} histories: {total.faults}"
         assert total.crashes > 0 and total.checks > total.steps
+        assert 0 < total.multi < total.histories  # both kinds of history: one producer, two
         assert total.reopens > 0  # files closed and opened from disk again (``World.ended``)
 
 
@@ -122,7 +123,7 @@ REGRESSIONS = {
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
 def test_regression_seeds(seed: int) -> None:
-    world = history(seed)
+    world = history(seed, multi=False)  # (found before histories had several producers)
     assert not world.stats.failures, world.stats.failures[0]
 
 
@@ -138,7 +139,7 @@ def test_a_failed_plan_lets_go_of_staging(tmp_path: Path) -> None:
 
     from deltaferry.errors import TransientError
 
-    world = World(10, tmp_path)
+    world = World(10, tmp_path, multi=False)
     world.faults_on = False
     world.max_batch_rows = world.rows_per_file = 1
     with _patched(world):
@@ -174,7 +175,7 @@ def test_the_rest_of_a_split_cut_staged_again_is_published_in_the_same_run(tmp_p
     from deltaferry.errors import TransientError
     from tests.support.sim.world import _patched
 
-    world = World(116, tmp_path)
+    world = World(116, tmp_path, multi=False)
     world.faults_on = False
     world.max_batch_rows = 1
     listings: list[str] = []
@@ -210,7 +211,7 @@ def test_a_lost_home_under_a_migrating_contract_publishes_only_the_change(tmp_pa
     from deltaferry.state import StateStore
     from tests.support.sim.world import _patched
 
-    world = World(2027, tmp_path)
+    world = World(2027, tmp_path, multi=False)
     world.faults_on = False
     world.consumer = "sim-reader"  # its record (v1) holds the producer's batches at v1
     with _patched(world):
@@ -244,7 +245,7 @@ def test_a_lost_home_under_a_renaming_contract_publishes_a_change_in_the_renamed
         sim_world.ITEMS_CONTRACT, 2,
         'contract = "tests.support.sim.contract:ItemsRenameChain"\nsource_version = 1',
     )
-    world = World(2027, tmp_path)
+    world = World(2027, tmp_path, multi=False)
     world.faults_on = False
     world.consumer = "sim-reader"
     with _patched(world):
@@ -266,7 +267,7 @@ def test_a_lost_home_under_a_renaming_contract_publishes_a_change_in_the_renamed
 
 def _world_with_state(tmp_path: Path) -> tuple[World, Path, Path]:
     """A world, its producer's home and the (not yet made) state file in it."""
-    world = World(0, tmp_path)
+    world = World(0, tmp_path, multi=False)
     home = tmp_path / "home"
     state = home / JOB / "state.duckdb"
     state.parent.mkdir(parents=True)

@@ -75,8 +75,10 @@ class Source:
     writes: int = 0
 
     @classmethod
-    def empty(cls, world: World) -> Source:
-        return cls(world, {"items": {}, "tags": {}})
+    def empty(cls, world: World, rev: int = 0) -> Source:
+        """No rows yet; writes are numbered from ``rev + 1`` (several producers' sources
+        number theirs apart, so a write is known by its ``rev`` in every chain)."""
+        return cls(world, {"items": {}, "tags": {}}, rev=rev)
 
     def _stamp(self) -> dt.datetime:
         rng = self.world.rng

@@ -64,12 +64,14 @@ class Stats:
     crashes: int = 0
     checks: int = 0
     reopens: int = 0  # a process's files let go of at its end (``World.ended``)
+    multi: int = 0  # histories with several producers (``World.multi``)
+    conflicts: int = 0  # conflicts their replicas recorded (concurrent edits of a key)
     failures: list[str] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
 
     def add(self, other: Stats) -> None:
-        for name in ("histories", "steps", "runs", "pulls", "crashes", "checks", "reopens"):
+        for name in ("histories", "steps", "runs", "pulls", "crashes", "checks", "reopens", "multi", "conflicts"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures += other.failures
         self.faults.update(other.faults)
@@ -81,7 +83,9 @@ class Stats:
         return (
             f"histories {self.histories}, steps {self.steps} (producer runs {self.runs}, pulls "
             f"{self.pulls}), crashes {self.crashes}, files closed and opened again "
-            f"{self.reopens}, invariant checks {self.checks}, failures {len(self.failures)}\nfaults injected: {faults}\n"
+            f"{self.reopens}, invariant checks {self.checks}, failures {len(self.failures)}\n"
+            f"with several producers: {self.multi} histories, {self.conflicts} conflicts recorded\n"
+            f"faults injected: {faults}\n"
             f"named errors met (expected under the faults): {errors}"
         )
 
@@ -101,7 +105,7 @@ lake = "file:///sim-lake"
 max_batch_rows = {max_batch_rows}
 rows_per_file = {rows_per_file}
 max_quarantine_ratio = 0.0
-
+{producers}
 [[jobs.jq7.tables]]
 name = "items"
 primary_key = ["id"]
@@ -116,6 +120,34 @@ cursor = "updated_at"
 deletes = "reconcile"
 contract = "tests.support.sim.contract:Tags"
 """
+
+
+# several producers (``World.multi``): their ids, and each one's clock against the world's
+# (seconds; beyond ``max_clock_skew_seconds`` = 300 some of the time, so the skew notes run)
+PRODUCERS = ("pa", "pb")
+SKEWS = (0, 0, 2, -2, 45, -45, 400, -400, 3600)
+# the share of histories with several producers (drawn from a generator of its own: the
+# single-producer histories stay what they were)
+P_MULTI = 0.3
+
+
+@dataclass
+class Site:
+    """One producer: its source, its home, its clock's skew, and what the world knows of
+    it. A single-producer history has one, ``name`` None (the lake's one chain)."""
+
+    name: str | None
+    source: Source
+    home: Path
+    skew: int = 0  # seconds its clock is ahead of the world's
+    # tables whose newest manifest of this producer's chain the lake lost (``World.lost_tips``)
+    lost_tips: set[str] = field(default_factory=set)
+    quiet: bool = False  # its source unchanged since its last run that ended ok
+    raced: bool = False  # a zombie runner of it published since it last agreed with the lake
+    snapshot: dict[str, bytes] = field(default_factory=dict)
+    # per table, the other producers' newest logical time when the site's next batch could
+    # first have been stamped (``World._check_causality``)
+    floor: dict[str, int] = field(default_factory=dict)
 
 
 class _InlineExecutor:
@@ -281,6 +313,7 @@ def _patched(world: World) -> Iterator[None]:
     failpoints, the upload pool (inline: threads would make the order of requests, and so
     the history, depend on the scheduler); and the environment (home, retries)."""
     import deltaferry.commit
+    import deltaferry.hlc
     import deltaferry.oplog
     import deltaferry.runbook
     import deltaferry.statedb
@@ -317,9 +350,10 @@ def _patched(world: World) -> Iterator[None]:
     patch(deltaferry.runbook, "_drop_staged", sim_source.drop_staged)
     patch(deltaferry.commit, "ThreadPoolExecutor", _InlineExecutor)
     patch(deltaferry.oplog, "uuid", world)  # run ids: ``uuid.uuid4().hex`` -> world.uuid4
+    patch(deltaferry.hlc, "wall_ms", world.wall_ms)  # each producer's (skewed) clock
     patch(duckdb, "connect", world.pins.connect)  # the files held open (``_Pins``)
     env = {
-        "DELTAFERRY_HOME": str(world.root / "home"),
+        "DELTAFERRY_HOME": str(world.site.home),
         "DELTAFERRY_STEP_RETRIES": str(RETRIES),
     }
     old_env = {k: os.environ.get(k) for k in env}
@@ -347,7 +381,8 @@ class World:
     by mistake), one producer home, one reader's replica, the faults' odds, and the oracle's
     archive of everything the lake ever held."""
 
-    def __init__(self, seed: int, root: Path) -> None:
+    def __init__(self, seed: int, root: Path, multi: bool | None = None) -> None:
+        """``multi``: two producers (True) or one (False); None: as the seed draws it."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.root = root
@@ -355,7 +390,20 @@ class World:
         self.ids = 0
         self.loads = 0
         self.stats = Stats(histories=1)
-        self.source = Source.empty(self)
+        # several producers of the job (``multi_producer``), or one
+        multi_rng = random.Random(f"{seed}/multi")
+        drawn = multi_rng.random() < P_MULTI
+        self.multi = drawn if multi is None else multi
+        self.stats.multi = int(self.multi)
+        if self.multi:
+            self.sites = {
+                name: Site(name, Source.empty(self, rev=i * 1_000_000), root / f"home-{name}",
+                           multi_rng.choice(SKEWS))
+                for i, name in enumerate(PRODUCERS)
+            }  # fmt: skip
+        else:
+            self.sites = {None: Site(None, Source.empty(self), root / "home")}
+        self.site = next(iter(self.sites.values()))
         self.lake = SimStore(self, "lake")
         self.other = SimStore(self, "other")
         self.producer_lake = self.lake
@@ -376,13 +424,11 @@ class World:
         # the oracle's archive: every manifest (by sha256) and object ever seen
         self.archive: dict[str, bytes] = {}
         self.objects_ever: dict[str, bytes] = {}
-        # tables whose newest manifest the lake lost: until the producer agrees with the
-        # lake again (republished, or adopted over), and until the reader pulled again
-        self.lost_tips: set[str] = set()
+        # tables whose newest manifest the lake lost (each site's ``lost_tips``: until the
+        # producer agrees with the lake again, republished or adopted over), and until the
+        # reader pulled again
         self.reader_behind: set[str] = set()
-        self.quiet = False  # nothing changed since the last run that ended ok
         self.rebuild_replica = False  # the producer was reset: the reader starts anew
-        self.raced = False  # a zombie runner published since the producer last agreed
         self.busy = False  # another runner holds the job's lock (``second_runner``)
         self._race: _Race | None = None
         # the last failed run's error, kept as Prefect keeps a failed state's (so whatever
@@ -391,14 +437,16 @@ class World:
         self.last_error = ""
         self._changes_cache: dict[str, list[tuple[tuple, tuple, str]]] = {}
         self.replica = root / "replica.duckdb"
+        # a replica made at the calm end in one pull: equal to the one pulled step by step
+        self.fresh_replica = root / "fresh.duckdb"
         # half the readers keep their record in the lake (consumers/), which producers read
         self.consumer = "sim-reader" if rng.random() < 0.5 else None
-        # the lake as the last ok run left it: a stale copy a producer may be pointed at
-        self.snapshot: dict[str, bytes] = {}
         # contract versions: drawn from a generator of their own, so a history without a
         # contract change is the same history it was before they were modelled
         self.contract_rng = random.Random(f"{seed}/contracts")
         self.p_upgrade = self.contract_rng.choice((0.0, 0.0, 0.05, 0.15))  # at each step
+        if self.multi:  # producers at different versions of a table: not built (README)
+            self.p_upgrade = 0.0
         self.contract_v = {"producer": 1, "reader": 1}  # items's version in each one's jobs file
         self.pins = _Pins(duckdb.connect, self._held)
         # at a process's end its files are let go of (closed: checkpointed) at this rate, so
@@ -407,12 +455,62 @@ class World:
         self.pin_rng = random.Random(f"{seed}/pins")
         self.p_reopen = 0.25
 
+    # --- the producer the world is acting as (``site``) ---------------------------------
+    @property
+    def source(self) -> Source:
+        return self.site.source
+
+    @property
+    def lost_tips(self) -> set[str]:
+        return self.site.lost_tips
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing changed for the site since its last run that ended ok."""
+        return self.site.quiet
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        self.site.quiet = value
+
+    @property
+    def raced(self) -> bool:
+        return self.site.raced
+
+    @raced.setter
+    def raced(self, value: bool) -> None:
+        self.site.raced = value
+
+    @property
+    def snapshot(self) -> dict[str, bytes]:
+        """The lake as the site's last ok run left it: a stale copy it may be pointed at."""
+        return self.site.snapshot
+
+    @snapshot.setter
+    def snapshot(self, value: dict[str, bytes]) -> None:
+        self.site.snapshot = value
+
+    def act_as(self, site: Site) -> None:
+        self.site = site
+        os.environ["DELTAFERRY_HOME"] = str(site.home)
+
+    def _pick_site(self) -> None:
+        if self.multi:
+            self.act_as(self.sites[self.rng.choice(PRODUCERS)])
+
+    def wall_ms(self) -> int:
+        """``deltaferry/hlc.py:wall_ms`` of the producer running now: the world's clock
+        plus its site's skew."""
+        return (self.now + self.site.skew) * 1000 + int(sim_source.EPOCH.timestamp() * 1000)
+
     def _held(self, path: str) -> bool:
         """The files the world holds open (``_Pins``): the producer's state and staging, and
         the replica: those deltaferry opens at every step. Others (an adopted chain's
         baseline, held-row files) are opened as they are, one instance an open: deltaferry
         ATTACHes them from another database, which a file held open here would refuse."""
-        return Path(path).name in ("state.duckdb", "staging.duckdb") or path == os.path.realpath(self.replica)
+        return Path(path).name in ("state.duckdb", "staging.duckdb") or path in (
+            os.path.realpath(self.replica), os.path.realpath(self.fresh_replica)
+        )
 
     # --- the world's clock and ids -------------------------------------------------
     def clock(self) -> Any:
@@ -486,13 +584,19 @@ class World:
         which differs in ``items``'s contract until both moved to v2)."""
         from deltaferry.config import load_job
 
-        path = self.root / f"{holder}.toml"
+        me = self.site.name if holder == "producer" else None
+        path = self.root / (f"{holder}-{me}.toml" if me else f"{holder}.toml")
         if not path.exists():
+            producers = ""
+            if self.multi:
+                # (a reader names itself too: the job's check asks every holder for an id)
+                producers = f'multi_producer = true\nproducer_id = "{me or "reader"}"\n'
             path.write_text(
                 JOBS_TOML.format(
                     max_batch_rows=self.max_batch_rows,
                     rows_per_file=self.rows_per_file,
                     items_contract=ITEMS_CONTRACT[self.contract_v[holder]],
+                    producers=producers,
                 )
             )
         return load_job(JOB, path)
@@ -527,10 +631,11 @@ class World:
 
     def _action(self) -> None:
         r = self.rng.random()
+        self._pick_site()  # whose source, run, home or chain (with several producers)
         if r < 0.33:
             n = self.source.mutate()
             self.quiet = False
-            self.trace.append(f"{self.step_no}: source: {n} write(s)")
+            self.trace.append(f"{self.step_no}: source{_of(self.site.name)}: {n} write(s)")
         elif r < 0.63:
             self.producer_run()
         elif r < 0.83:
@@ -557,8 +662,12 @@ class World:
         self.producer_lake = store
         quiet = self.quiet and store is self.lake
         before = dict(store.objects)
+        ever = set(self.objects_ever)
+        if self.multi:  # (``_check_causality``)
+            for t in SCHEMAS:
+                self.site.floor.setdefault(t, self._others_newest_hlc(t, self.site.name))
         try:
-            outcome = self._run_once("producer run")
+            outcome = self._run_once(f"producer {self.site.name} run" if self.multi else "producer run")
         finally:
             self.producer_lake = self.lake
         if quiet and store.objects != before:
@@ -566,7 +675,9 @@ class World:
             self._fail(f"a run with nothing to do wrote {new[:5]}")
         if store is self.lake:
             self.check_lake()
+            self._check_causality(ever)
             if outcome == "ok":
+                self.site.floor.clear()  # nothing planned is left: the next run stamps anew
                 self.check_published()
                 self.snapshot = dict(self.lake.objects)
                 self.quiet = True
@@ -736,8 +847,11 @@ class World:
             return
         t = self.rng.choice(tables)
         n = self._head(t)
-        key = _manifest_key(t, n)
+        key = _manifest_key(t, n, self.site.name)
         del self.lake.objects[key]
+        for site in self.sites.values():  # what a producer sees of the others may go back
+            if t in site.floor:
+                site.floor[t] = min(site.floor[t], self._others_newest_hlc(t, site.name))
         self.lost_tips.add(t)
         self.reader_behind.add(t)
         self.quiet = False
@@ -746,8 +860,8 @@ class World:
 
     def wipe_home(self) -> None:
         gc.collect()
-        self.pins.drop(self.root / "home")
-        shutil.rmtree(self.root / "home", ignore_errors=True)
+        self.pins.drop(self.site.home)
+        shutil.rmtree(self.site.home, ignore_errors=True)
         self.quiet = False
         self._fault("local state lost")
         self.trace.append(f"{self.step_no}: the producer's home was lost")
@@ -770,9 +884,39 @@ class World:
             self._fail(f"a producer pointed at a different lake did not stop on the lake-head check: {outcome}")
         self.quiet = False
 
+    def _others_newest_hlc(self, table: str, me: str | None) -> int:
+        """The newest logical timestamp the producers but ``me`` hold in their chains of ``table``."""
+        out = 0
+        for name in self.sites:
+            if name != me:
+                for n in _batches(self.lake, table, name):
+                    out = max(out, json.loads(self.lake.objects[_manifest_key(table, n, name)])["hlc"])
+        return out
+
+    def _check_causality(self, ever: set[str]) -> None:
+        """Every manifest the run stored for the first time orders after what the other
+        producers had published when the producer could first have stamped it (README,
+        "Several producers": a batch published after a site saw another's always orders
+        after it, whatever the two wall clocks say). A batch is stamped when it is planned,
+        and a plan outlives a failed run, so that moment is bounded below by the start of
+        the site's first run since its last ok one (``Site.floor``, per table)."""
+        if not self.multi:
+            return
+        mine = f"/producers/{self.site.name}/manifests/"
+        for key in sorted(set(self.lake.objects) - ever):
+            if mine in key:
+                m = json.loads(self.lake.objects[key])
+                floor = self.site.floor.get(m["table"], 0)
+                if m["hlc"] <= floor:
+                    self._fail(
+                        f"table {m['table']}: producer {self.site.name}'s batch {m['batch']} is stamped "
+                        f"{m['hlc']}, not after {floor}, the newest batch of another producer it "
+                        "could see"
+                    )
+
     def _checkpoints(self) -> list[tuple[str, int, str | None]]:
         """The producer's checkpoints (table, batch, manifest sha256), read directly."""
-        path = self.root / "home" / JOB / "state.duckdb"
+        path = self.site.home / JOB / "state.duckdb"
         if not path.exists():
             return []
         con = duckdb.connect(str(path), read_only=True)
@@ -789,7 +933,7 @@ class World:
         lake must stop the producer; one that ends at its checkpoint is, to it, its lake."""
         for table, batch, digest in self._checkpoints():
             if batch:
-                body = objects.get(_manifest_key(table, batch))
+                body = objects.get(_manifest_key(table, batch, self.site.name))
                 if body is None or _sha(body) != digest:
                     return True
         return False
@@ -803,7 +947,7 @@ class World:
         now), both running the job at once against the lake, their requests interleaved
         in an order the seed draws. Create-only manifests must let at most one of them
         publish each batch; the other stops with a named error; the lake stays whole."""
-        home = self.root / "home"
+        home = self.site.home
         if not home.exists():
             return
         zombie = self.root / "zombie"
@@ -891,11 +1035,13 @@ class World:
         must reach the lake's head and equal the source, and a second pull change nothing."""
         self.faults_on = False
         self.trace.append("calm")
-        for _ in range(3):
-            if self.producer_run() == "ok":
-                break
-        else:
-            self._fail("the producer did not recover once the faults stopped")
+        for site in self.sites.values():
+            self.act_as(site)
+            for _ in range(3):
+                if self.producer_run() == "ok":
+                    break
+            else:
+                self._fail(f"the producer{_of(site.name)} did not recover once the faults stopped")
         for _ in range(3):
             if self.pull() == "ok":
                 break
@@ -906,9 +1052,45 @@ class World:
             self._fail("pulling again changed the replica")
         for t in SCHEMAS:
             got = snapshot.get(t, {})
-            want = self.source.live(t)
+            if self.multi:  # every source's chain is whole (each producer's run checked
+                # it); the replica holds their merge
+                want = self._merged({p: [b for _, b in self._chain(self.lake, t, p)] for p in self.sites})
+            else:
+                want = self.source.live(t)
             if got != want:
                 self._fail(f"table {t}: the replica differs from the source: {_diff(got, want)}")
+        if self.multi:
+            self.stats.conflicts += self._conflicts()
+        # the same lake pulled into a new replica at once (every chain whole, in the
+        # order a listing gives): the table must not depend on when each batch arrived
+        self._pull_into(self.fresh_replica)
+        fresh = self._replica_rows(self.fresh_replica)
+        for t in SCHEMAS:
+            if fresh.get(t, {}) != snapshot.get(t, {}):
+                self._fail(
+                    f"table {t}: a replica pulled at once differs from the one pulled step by step: "
+                    f"{_diff(fresh.get(t, {}), snapshot.get(t, {}))}"
+                )
+
+    def _conflicts(self) -> int:
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM _deltaferry_conflicts").fetchone()[0]
+        except duckdb.CatalogException:
+            return 0
+        finally:
+            con.close()
+
+    def _pull_into(self, replica: Path) -> None:
+        """A pull with no fault and no reader's record, into ``replica``."""
+        from deltaferry.replica import pull
+
+        try:
+            pull(self.job("reader"), self.lake, replica)
+        except Exception as e:  # noqa: BLE001 - what the invariant is about
+            self._fail(f"a pull into a new replica failed with no fault: {type(e).__name__}: {e}")
+        finally:
+            self.ended(replica, crashed=False)
 
     # --- invariants ------------------------------------------------------------------
     def _fail(self, what: str) -> None:
@@ -926,8 +1108,8 @@ class World:
             self._fail(f"{what} failed without a one-line error naming the job: {type(e).__name__}: {text!r}")
 
     def _head(self, table: str) -> int:
-        """The lake's newest batch of ``table`` (0: none)."""
-        return max(_batches(self.lake, table), default=0)
+        """The lake's newest batch of ``table`` in the site's chain (0: none)."""
+        return max(_batches(self.lake, table, self.site.name), default=0)
 
     def check_lake(self) -> None:
         """Chains unbroken; one manifest a batch; no object replaced; every file a manifest
@@ -943,8 +1125,8 @@ class World:
             self.objects_ever.setdefault(k, v)
             if "/manifests/" in k:
                 self.archive[_sha(v)] = v
-        for t in SCHEMAS:
-            chain = self._chain(self.lake, t)
+        for t, producer in self._chains():
+            chain = self._chain(self.lake, t, producer)
             seen: dict[tuple, int] = {}
             for n, body in chain:
                 m = json.loads(body)
@@ -956,20 +1138,28 @@ class World:
                     rev = values[0]
                     if op == "upsert":
                         if (key, rev) in seen:
-                            self._fail(f"table {t}: write rev {rev} of key {key} published twice (batches {seen[key, rev]} and {n})")
+                            self._fail(
+                                f"table {t}{_of(producer)}: write rev {rev} of key {key} published twice "
+                                f"(batches {seen[key, rev]} and {n})"
+                            )
                         seen[key, rev] = n
 
-    def _chain(self, store: SimStore, table: str) -> list[tuple[int, bytes]]:
-        nums = _batches(store, table)
+    def _chains(self) -> list[tuple[str, str | None]]:
+        """(table, producer) of every chain the lake may hold (producer None: the one)."""
+        return [(t, p) for t in SCHEMAS for p in self.sites]
+
+    def _chain(self, store: SimStore, table: str, producer: str | None = None) -> list[tuple[int, bytes]]:
+        nums = _batches(store, table, producer)
+        where = f"table {table}{_of(producer)}"
         if nums and nums != list(range(1, len(nums) + 1)):
-            self._fail(f"table {table}: the chain's batches are {nums}, not 1..{len(nums)}")
+            self._fail(f"{where}: the chain's batches are {nums}, not 1..{len(nums)}")
         out = []
         prev = None
         for n in nums:
-            body = store.objects[_manifest_key(table, n)]
+            body = store.objects[_manifest_key(table, n, producer)]
             m = json.loads(body)
             if m["batch"] != n or m["prev_sha256"] != prev:
-                self._fail(f"table {table} batch {n}: the chain is broken (prev_sha256 {m['prev_sha256']}, want {prev})")
+                self._fail(f"{where} batch {n}: the chain is broken (prev_sha256 {m['prev_sha256']}, want {prev})")
             prev = _sha(body)
             out.append((n, body))
         return out
@@ -1006,20 +1196,41 @@ class World:
                     live.pop(key, None)
         return live
 
+    def _merged(self, chains: dict[str | None, list[bytes]]) -> dict[tuple, tuple]:
+        """The rule of several producers (README, "Several producers"), on its own: of every
+        version of a key in the chains, the one with the later logical time wins, at the
+        same time the one from the producer id that sorts last; a winning delete leaves
+        no row. With one chain, the chain folded."""
+        if list(chains) == [None]:
+            return self._fold(chains[None])
+        best: dict[tuple, tuple[tuple, str, tuple]] = {}
+        for producer, bodies in chains.items():
+            for body in bodies:
+                hlc = json.loads(body)["hlc"]
+                for key, values, op in self._changes(body):
+                    rank = (hlc, producer or "")
+                    if key not in best or rank >= best[key][0]:
+                        best[key] = (rank, op, values)
+        return {k: values for k, (_, op, values) in best.items() if op == "upsert"}
+
     def check_published(self) -> None:
-        """After a run that ended ok: the lake holds the source, no more and no less."""
+        """After a run that ended ok: the site's chain holds its source, no more, no less."""
         self.stats.checks += 1
         for t in SCHEMAS:
-            got = self._fold([b for _, b in self._chain(self.lake, t)])
+            got = self._fold([b for _, b in self._chain(self.lake, t, self.site.name)])
             want = self.source.live(t)
             if got != want:
-                self._fail(f"table {t}: after an ok run the lake differs from the source: {_diff(got, want)}")
+                self._fail(
+                    f"table {t}{_of(self.site.name)}: after an ok run the lake differs from the "
+                    f"source: {_diff(got, want)}"
+                )
 
-    def _replica_rows(self) -> dict[str, dict[tuple, tuple]]:
+    def _replica_rows(self, replica: Path | None = None) -> dict[str, dict[tuple, tuple]]:
         """``{table: {key: row_values}}`` of the replica, read with plain SQL."""
-        if not self.replica.exists():
+        replica = replica or self.replica
+        if not replica.exists():
             return {}
-        con = duckdb.connect(str(self.replica), read_only=True)
+        con = duckdb.connect(str(replica), read_only=True)
         try:
             out: dict[str, dict[tuple, tuple]] = {}
             tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -1037,24 +1248,28 @@ class World:
         finally:
             con.close()
 
-    def _replica_batches(self) -> dict[str, list[str]]:
+    def _replica_batches(self) -> dict[tuple[str, str | None], list[str]]:
+        """``{(table, producer): [manifest sha256 of batch 1, 2, ...]}`` the replica applied
+        (producer None: the one chain), read with plain SQL."""
         if not self.replica.exists():
             return {}
         con = duckdb.connect(str(self.replica), read_only=True)
         try:
             try:
                 rows = con.execute(
-                    "SELECT tbl, batch, manifest_sha256 FROM _deltaferry_batches ORDER BY tbl, batch"
+                    "SELECT tbl, producer, batch, manifest_sha256 FROM _deltaferry_chains ORDER BY ALL"
+                    if self.multi
+                    else "SELECT tbl, NULL, batch, manifest_sha256 FROM _deltaferry_batches ORDER BY tbl, batch"
                 ).fetchall()
             except duckdb.CatalogException:
                 return {}
         finally:
             con.close()
-        out: dict[str, list[str]] = {}
-        for tbl, batch, digest in rows:
-            shas = out.setdefault(tbl, [])
+        out: dict[tuple[str, str | None], list[str]] = {}
+        for tbl, producer, batch, digest in rows:
+            shas = out.setdefault((tbl, producer), [])
             if batch != len(shas) + 1:
-                self._fail(f"table {tbl}: the replica applied batch {batch} after {len(shas)}")
+                self._fail(f"table {tbl}{_of(producer)}: the replica applied batch {batch} after {len(shas)}")
             shas.append(digest)
         return out
 
@@ -1088,17 +1303,20 @@ class World:
         applied = self._replica_batches()
         rows = self._replica_rows()
         for t in SCHEMAS:
-            shas = applied.get(t, [])
-            bodies = []
-            for digest in shas:
-                if digest not in self.archive:
-                    self._fail(f"table {t}: the replica applied a manifest the lake never held ({digest[:16]})")
-                bodies.append(self.archive[digest])
-            want = self._fold(bodies)
+            chains: dict[str | None, list[bytes]] = {}
+            for producer in self.sites:
+                bodies = chains[producer] = []
+                for digest in applied.get((t, producer), []):
+                    if digest not in self.archive:
+                        self._fail(f"table {t}: the replica applied a manifest the lake never held ({digest[:16]})")
+                    bodies.append(self.archive[digest])
+            want = self._merged(chains)
             got = rows.get(t, {})
             if got != want:
+                at = ", ".join(f"{p or 'batch'} {len(b)}" for p, b in chains.items())
                 self._fail(
-                    f"table {t}: the replica at batch {len(shas)} differs from the lake folded to it: {_diff(got, want)}"
+                    f"table {t}: the replica at {at} differs from the lake "
+                    f"{'merged' if self.multi else 'folded'} to it: {_diff(got, want)}"
                 )
 
 
@@ -1175,14 +1393,23 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _batches(store: SimStore, table: str) -> list[int]:
+def _chain_prefix(table: str, producer: str | None) -> str:
+    """Where a chain's manifests are: the one chain, or a producer's (``multi_producer``)."""
+    return f"{JOB}/{table}/producers/{producer}/manifests/" if producer else f"{JOB}/{table}/manifests/"
+
+
+def _batches(store: SimStore, table: str, producer: str | None = None) -> list[int]:
     """The numbers of ``table``'s manifests ``store`` holds, ascending."""
-    prefix = f"{JOB}/{table}/manifests/"
+    prefix = _chain_prefix(table, producer)
     return sorted(int(k[len(prefix) : -5]) for k in store.objects if k.startswith(prefix))
 
 
-def _manifest_key(table: str, n: int) -> str:
-    return f"{JOB}/{table}/manifests/{n:012d}.json"
+def _manifest_key(table: str, n: int, producer: str | None = None) -> str:
+    return f"{_chain_prefix(table, producer)}{n:012d}.json"
+
+
+def _of(producer: str | None) -> str:
+    return f" (producer {producer})" if producer else ""
 
 
 def _diff(got: dict, want: dict) -> str:
