@@ -45,6 +45,8 @@ from deltaferry.merge_tables import HLC_COLUMN, OVERRIDE_PRODUCER, PRODUCER_COLU
 
 def _active_overrides_sql(shape: TableShape) -> str:
     # the newest entry of each key decides; a 'remove' entry ends the override
+    if bug("overrides_ignored"):  # the simulator's teeth (failpoints.BUGS)
+        return "SELECT * FROM _deltaferry_overrides WHERE false"
     return (
         "SELECT * FROM (SELECT o.*, row_number() OVER (PARTITION BY o.key ORDER BY o.n DESC) AS rn"
         f" FROM _deltaferry_overrides o WHERE o.job = {literal(shape.job)}"

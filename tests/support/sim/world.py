@@ -639,7 +639,10 @@ class World:
         elif r < 0.63:
             self.producer_run()
         elif r < 0.83:
-            self.pull()
+            if self.multi and r >= 0.76:
+                self.override()
+            else:
+                self.pull()
         elif r < 0.88:
             self.lose_tip()
         elif r < 0.92:
@@ -840,6 +843,43 @@ class World:
             self.reader_behind.clear()
         self.check_replica()
         return outcome
+
+    def override(self) -> None:
+        """An operator's ``deltaferry conflicts override`` of a key some producer published:
+        pin it to a producer that has, to a delete, or remove its pin (README, "Several
+        producers"); the request may fail or crash as any other."""
+        from deltaferry.overrides import write_override
+
+        t = self.rng.choice(sorted(SCHEMAS))
+        keys = sorted(
+            {k for p in self.sites for _, b in self._chain(self.lake, t, p) for k, _, _ in self._changes(b)},
+            key=repr,
+        )
+        if not keys:
+            return
+        key = self.rng.choice(keys)
+        r = self.rng.random()
+        producer = self.rng.choice(PRODUCERS) if r < 0.5 else None
+        if producer and not _batches(self.lake, t, producer):
+            producer = PRODUCERS[0] if _batches(self.lake, t, PRODUCERS[0]) else PRODUCERS[1]
+        action = "pin" if r < 0.75 else "remove"
+        what = f"pinned to {producer}" if producer else "pinned to a delete" if action == "pin" else "pin removed"
+        self._fault("conflict override")
+        try:
+            write_override(
+                self.lake, JOB, t, key=_key_text(key), action=action, producer=producer,
+                delete=action == "pin" and producer is None, by="sim-operator", reason="simulated",
+            )  # fmt: skip
+            self.trace.append(f"{self.step_no}: operator: table {t} key {key} {what}")
+        except SimCrash:
+            self.stats.crashes += 1
+            self.trace.append(f"{self.step_no}: override crashed")
+        except TransientError as e:
+            self.trace.append(f"{self.step_no}: override: TransientError: {e}")
+        except DeltaferryError as e:
+            self._named(e, "override")
+            self._fail(f"an override failed with {type(e).__name__}, which no injected fault explains: {e}")
+        self.check_lake()
 
     def lose_tip(self) -> None:
         tables = [t for t in SCHEMAS if self._head(t) > 0]
@@ -1054,7 +1094,9 @@ class World:
             got = snapshot.get(t, {})
             if self.multi:  # every source's chain is whole (each producer's run checked
                 # it); the replica holds their merge
-                want = self._merged({p: [b for _, b in self._chain(self.lake, t, p)] for p in self.sites})
+                prefix = f"{JOB}/{t}/overrides/"
+                entries = [v for k, v in sorted(self.lake.objects.items()) if k.startswith(prefix)]
+                want = self._merged({p: [b for _, b in self._chain(self.lake, t, p)] for p in self.sites}, entries)
             else:
                 want = self.source.live(t)
             if got != want:
@@ -1123,7 +1165,7 @@ class World:
                 self._fail(f"an immutable object was replaced with other bytes: {replaced}")
         for k, v in self.lake.objects.items():
             self.objects_ever.setdefault(k, v)
-            if "/manifests/" in k:
+            if "/manifests/" in k or "/overrides/" in k:
                 self.archive[_sha(v)] = v
         for t, producer in self._chains():
             chain = self._chain(self.lake, t, producer)
@@ -1196,14 +1238,19 @@ class World:
                     live.pop(key, None)
         return live
 
-    def _merged(self, chains: dict[str | None, list[bytes]]) -> dict[tuple, tuple]:
-        """The rule of several producers (README, "Several producers"), on its own: of every
-        version of a key in the chains, the one with the later logical time wins, at the
-        same time the one from the producer id that sorts last; a winning delete leaves
-        no row. With one chain, the chain folded."""
+    def _merged(
+        self, chains: dict[str | None, list[bytes]], overrides: list[bytes] | None = None
+    ) -> dict[tuple, tuple]:
+        """The rule of several producers (README, "Several producers"), on its own: a key
+        pinned by the newest override entry for it takes the pinned producer's newest
+        version (the automatic winner when that producer has none) or a delete; otherwise,
+        of every version of the key in the chains, the one with the later logical time
+        wins, at the same time the one from the producer id that sorts last; a winning
+        delete leaves no row. With one chain, the chain folded."""
         if list(chains) == [None]:
             return self._fold(chains[None])
         best: dict[tuple, tuple[tuple, str, tuple]] = {}
+        newest: dict[tuple[tuple, str], tuple[int, str, tuple]] = {}  # (key, producer)
         for producer, bodies in chains.items():
             for body in bodies:
                 hlc = json.loads(body)["hlc"]
@@ -1211,7 +1258,24 @@ class World:
                     rank = (hlc, producer or "")
                     if key not in best or rank >= best[key][0]:
                         best[key] = (rank, op, values)
-        return {k: values for k, (_, op, values) in best.items() if op == "upsert"}
+                    mine = (key, producer or "")
+                    if mine not in newest or hlc >= newest[mine][0]:
+                        newest[mine] = (hlc, op, values)
+        pins: dict[str, dict[str, Any]] = {}
+        for body in overrides or []:
+            entry = json.loads(body)
+            pins[entry["key"]] = entry  # entries in number order: the newest is in force
+        out = {}
+        for key, (_, op, values) in best.items():
+            pin = pins.get(_key_text(key))
+            if pin is not None and pin["action"] == "pin":
+                if pin["producer"] and (key, pin["producer"]) in newest:
+                    _, op, values = newest[key, pin["producer"]]
+                elif pin["delete"]:
+                    op = "delete"
+            if op == "upsert":
+                out[key] = values
+        return out
 
     def check_published(self) -> None:
         """After a run that ended ok: the site's chain holds its source, no more, no less."""
@@ -1273,6 +1337,23 @@ class World:
             shas.append(digest)
         return out
 
+    def _replica_overrides(self, table: str) -> list[str]:
+        """The sha256 of the override entries 1, 2, ... of ``table`` the replica applied."""
+        if not self.multi or not self.replica.exists():
+            return []
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT n, sha256 FROM _deltaferry_overrides WHERE tbl = ? ORDER BY n", [table]
+            ).fetchall()
+        except duckdb.CatalogException:
+            return []
+        finally:
+            con.close()
+        if [n for n, _ in rows] != list(range(1, len(rows) + 1)):
+            self._fail(f"table {table}: the replica applied override entries {[n for n, _ in rows]}")
+        return [digest for _, digest in rows]
+
     def check_labels(self) -> None:
         """The replica holds its reader's version of ``items``: ``label`` (v2) only once
         the reader moved to v2, and then made from ``name`` on every row, whichever
@@ -1310,10 +1391,16 @@ class World:
                     if digest not in self.archive:
                         self._fail(f"table {t}: the replica applied a manifest the lake never held ({digest[:16]})")
                     bodies.append(self.archive[digest])
-            want = self._merged(chains)
+            entries = []
+            for digest in self._replica_overrides(t):
+                if digest not in self.archive:
+                    self._fail(f"table {t}: the replica applied an override the lake never held ({digest[:16]})")
+                entries.append(self.archive[digest])
+            want = self._merged(chains, entries)
             got = rows.get(t, {})
             if got != want:
                 at = ", ".join(f"{p or 'batch'} {len(b)}" for p, b in chains.items())
+                at += f", override {len(entries)}" if entries else ""
                 self._fail(
                     f"table {t}: the replica at {at} differs from the lake "
                     f"{'merged' if self.multi else 'folded'} to it: {_diff(got, want)}"
@@ -1406,6 +1493,14 @@ def _batches(store: SimStore, table: str, producer: str | None = None) -> list[i
 
 def _manifest_key(table: str, n: int, producer: str | None = None) -> str:
     return f"{_chain_prefix(table, producer)}{n:012d}.json"
+
+
+def _key_text(key: tuple) -> str:
+    """A key as an override entry names it (README, "Several producers": one column as is,
+    a composite key as a JSON array of its values as text)."""
+    if len(key) == 1:
+        return str(key[0])
+    return json.dumps([str(v) for v in key], separators=(",", ":"))
 
 
 def _of(producer: str | None) -> str:
