@@ -95,7 +95,8 @@ def key_text(pk: list[str], typed: str) -> str:
             f"the key has {len(pk)} columns ({', '.join(pk)}): give the values joined by ',' "
             'or as a JSON array such as ["eu", "7"]'
         )
-    return json.dumps([str(v) for v in values], separators=(",", ":"))
+    # as DuckDB's to_json writes it (``key_expr``): text beyond ASCII as is, not escaped
+    return json.dumps([str(v) for v in values], separators=(",", ":"), ensure_ascii=False)
 
 
 RESERVED = frozenset(

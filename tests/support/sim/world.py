@@ -394,6 +394,7 @@ class World:
         multi_rng = random.Random(f"{seed}/multi")
         drawn = multi_rng.random() < P_MULTI
         self.multi = drawn if multi is None else multi
+        self.multi_rng = multi_rng
         self.stats.multi = int(self.multi)
         if self.multi:
             self.sites = {
@@ -497,6 +498,14 @@ class World:
     def _pick_site(self) -> None:
         if self.multi:
             self.act_as(self.sites[self.rng.choice(PRODUCERS)])
+
+    def step_clock(self) -> None:
+        """A producer's clock is set anew (an NTP step, a VM restored): often backwards,
+        below what it stamped before; its next batch must still order after its last."""
+        site = self.sites[self.multi_rng.choice(PRODUCERS)]
+        old, site.skew = site.skew, self.multi_rng.choice((*SKEWS, -7200, -86400))
+        self._fault("producer clock stepped")
+        self.trace.append(f"{self.step_no}: producer {site.name}'s clock stepped {site.skew - old:+d} s")
 
     def wall_ms(self) -> int:
         """``deltaferry/hlc.py:wall_ms`` of the producer running now: the world's clock
@@ -620,6 +629,8 @@ class World:
                     self.step_no += 1
                     self.stats.steps += 1
                     self.now += self.rng.randint(1, 120)
+                    if self.multi and self.multi_rng.random() < 0.08:
+                        self.step_clock()
                     if self.contract_rng.random() < self.p_upgrade:
                         self.upgrade_contract(self.contract_rng.choice(("producer", "reader")))
                     self._action()
@@ -665,10 +676,7 @@ class World:
         self.producer_lake = store
         quiet = self.quiet and store is self.lake
         before = dict(store.objects)
-        ever = set(self.objects_ever)
-        if self.multi:  # (``_check_causality``)
-            for t in SCHEMAS:
-                self.site.floor.setdefault(t, self._others_newest_hlc(t, self.site.name))
+        ever = self._stamping()
         try:
             outcome = self._run_once(f"producer {self.site.name} run" if self.multi else "producer run")
         finally:
@@ -848,6 +856,7 @@ class World:
         """An operator's ``deltaferry conflicts override`` of a key some producer published:
         pin it to a producer that has, to a delete, or remove its pin (README, "Several
         producers"); the request may fail or crash as any other."""
+        from deltaferry.merge_tables import key_text
         from deltaferry.overrides import write_override
 
         t = self.rng.choice(sorted(SCHEMAS))
@@ -866,8 +875,11 @@ class World:
         what = f"pinned to {producer}" if producer else "pinned to a delete" if action == "pin" else "pin removed"
         self._fault("conflict override")
         try:
+            # as the operator types it (``conflicts override --key``): values joined by ','
+            values = [str(v) for v in key]
+            typed = json.dumps(values, ensure_ascii=False) if any("," in v for v in values) else ",".join(values)
             write_override(
-                self.lake, JOB, t, key=_key_text(key), action=action, producer=producer,
+                self.lake, JOB, t, key=key_text(list(SCHEMAS[t]["key"]), typed), action=action, producer=producer,
                 delete=action == "pin" and producer is None, by="sim-operator", reason="simulated",
             )  # fmt: skip
             self.trace.append(f"{self.step_no}: operator: table {t} key {key} {what}")
@@ -933,6 +945,14 @@ class World:
                     out = max(out, json.loads(self.lake.objects[_manifest_key(table, n, name)])["hlc"])
         return out
 
+    def _stamping(self) -> set[str]:
+        """Before a run of the site: the objects seen so far, and the other producers'
+        newest logical time as the floor of what it may stamp (``_check_causality``)."""
+        if self.multi:
+            for t in SCHEMAS:
+                self.site.floor.setdefault(t, self._others_newest_hlc(t, self.site.name))
+        return set(self.objects_ever)
+
     def _check_causality(self, ever: set[str]) -> None:
         """Every manifest the run stored for the first time orders after what the other
         producers had published when the producer could first have stamped it (README,
@@ -995,6 +1015,7 @@ class World:
         shutil.rmtree(zombie, ignore_errors=True)
         shutil.copytree(home, zombie)
         self._fault("zombie runner from a restored home")
+        ever = self._stamping()
         outcomes = self._interleave({"producer run": home, "zombie run": zombie})
         self.pins.drop(zombie)
         shutil.rmtree(zombie, ignore_errors=True)
@@ -1003,6 +1024,7 @@ class World:
         self.quiet = False
         self.raced = True
         self.check_lake()
+        self._check_causality(ever)  # (the zombie stamps as the same producer)
         if "ok" in outcomes.values():  # one of them published everything the source has
             self.check_published()
 
@@ -1082,6 +1104,9 @@ class World:
                     break
             else:
                 self._fail(f"the producer{_of(site.name)} did not recover once the faults stopped")
+        for site in self.sites.values():  # no producer's run touched another's chain
+            self.act_as(site)
+            self.check_published()
         for _ in range(3):
             if self.pull() == "ok":
                 break
@@ -1197,11 +1222,16 @@ class World:
             self._fail(f"{where}: the chain's batches are {nums}, not 1..{len(nums)}")
         out = []
         prev = None
+        stamp = -1
         for n in nums:
             body = store.objects[_manifest_key(table, n, producer)]
             m = json.loads(body)
             if m["batch"] != n or m["prev_sha256"] != prev:
                 self._fail(f"{where} batch {n}: the chain is broken (prev_sha256 {m['prev_sha256']}, want {prev})")
+            if producer is not None:  # a producer's logical time only grows along its chain
+                if m["hlc"] <= stamp:
+                    self._fail(f"{where} batch {n}: stamped {m['hlc']}, not after its batch {n - 1} ({stamp})")
+                stamp = m["hlc"]
             prev = _sha(body)
             out.append((n, body))
         return out
@@ -1239,14 +1269,18 @@ class World:
         return live
 
     def _merged(
-        self, chains: dict[str | None, list[bytes]], overrides: list[bytes] | None = None
+        self,
+        chains: dict[str | None, list[bytes]],
+        overrides: list[bytes] | None = None,
+        who: dict[tuple, str] | None = None,
     ) -> dict[tuple, tuple]:
         """The rule of several producers (README, "Several producers"), on its own: a key
         pinned by the newest override entry for it takes the pinned producer's newest
         version (the automatic winner when that producer has none) or a delete; otherwise,
         of every version of the key in the chains, the one with the later logical time
         wins, at the same time the one from the producer id that sorts last; a winning
-        delete leaves no row. With one chain, the chain folded."""
+        delete leaves no row. With one chain, the chain folded. ``who``, when given, gets
+        each row's winning producer."""
         if list(chains) == [None]:
             return self._fold(chains[None])
         best: dict[tuple, tuple[tuple, str, tuple]] = {}
@@ -1266,15 +1300,18 @@ class World:
             entry = json.loads(body)
             pins[entry["key"]] = entry  # entries in number order: the newest is in force
         out = {}
-        for key, (_, op, values) in best.items():
+        for key, ((_, producer), op, values) in best.items():
             pin = pins.get(_key_text(key))
             if pin is not None and pin["action"] == "pin":
                 if pin["producer"] and (key, pin["producer"]) in newest:
                     _, op, values = newest[key, pin["producer"]]
+                    producer = pin["producer"]
                 elif pin["delete"]:
                     op = "delete"
             if op == "upsert":
                 out[key] = values
+                if who is not None:
+                    who[key] = producer
         return out
 
     def check_published(self) -> None:
@@ -1337,6 +1374,19 @@ class World:
             shas.append(digest)
         return out
 
+    def _replica_producers(self, table: str) -> dict[tuple, str]:
+        """``{key: _producer}`` of the replica's merged table: whose version won each key."""
+        key = SCHEMAS[table]["key"]
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            sel = ", ".join(f'"{c}"' for c in key)
+            rows = con.execute(f'SELECT {sel}, _producer FROM "{table}"').fetchall()
+        except duckdb.CatalogException:
+            return {}
+        finally:
+            con.close()
+        return {tuple(r[:-1]): r[-1] for r in rows}
+
     def _replica_overrides(self, table: str) -> list[str]:
         """The sha256 of the override entries 1, 2, ... of ``table`` the replica applied."""
         if not self.multi or not self.replica.exists():
@@ -1392,12 +1442,16 @@ class World:
                         self._fail(f"table {t}: the replica applied a manifest the lake never held ({digest[:16]})")
                     bodies.append(self.archive[digest])
             entries = []
+            who: dict[tuple, str] = {}
             for digest in self._replica_overrides(t):
                 if digest not in self.archive:
                     self._fail(f"table {t}: the replica applied an override the lake never held ({digest[:16]})")
                 entries.append(self.archive[digest])
-            want = self._merged(chains, entries)
+            want = self._merged(chains, entries, who)
             got = rows.get(t, {})
+            if self.multi and got == want and (won := self._replica_producers(t)) != who:
+                wrong = sorted((k for k in who if won.get(k) != who[k]), key=repr)[:5]
+                self._fail(f"table {t}: rows won by the wrong producer: {[(k, won.get(k), who[k]) for k in wrong]}")
             if got != want:
                 at = ", ".join(f"{p or 'batch'} {len(b)}" for p, b in chains.items())
                 at += f", override {len(entries)}" if entries else ""
@@ -1496,11 +1550,12 @@ def _manifest_key(table: str, n: int, producer: str | None = None) -> str:
 
 
 def _key_text(key: tuple) -> str:
-    """A key as an override entry names it (README, "Several producers": one column as is,
-    a composite key as a JSON array of its values as text)."""
+    """A key as the replica keeps it and an override entry names it (README, "Several
+    producers"): one column as is, a composite key as a JSON array of its values as text,
+    as DuckDB's ``to_json`` writes it (text beyond ASCII as is)."""
     if len(key) == 1:
         return str(key[0])
-    return json.dumps([str(v) for v in key], separators=(",", ":"))
+    return json.dumps([str(v) for v in key], separators=(",", ":"), ensure_ascii=False)
 
 
 def _of(producer: str | None) -> str:
