@@ -868,11 +868,23 @@ class World:
             return
         key = self.rng.choice(keys)
         r = self.rng.random()
-        producer = self.rng.choice(PRODUCERS) if r < 0.5 else None
+        producer = self.rng.choice(PRODUCERS) if r < 0.4 else None
         if producer and not _batches(self.lake, t, producer):
             producer = PRODUCERS[0] if _batches(self.lake, t, PRODUCERS[0]) else PRODUCERS[1]
-        action = "pin" if r < 0.75 else "remove"
-        what = f"pinned to {producer}" if producer else "pinned to a delete" if action == "pin" else "pin removed"
+        action = "pin" if r < 0.8 else "remove"
+        value = None
+        if 0.4 <= r < 0.6:  # a row typed in (``--value``): the whole row but the key
+            stamp = self.clock().isoformat()
+            value = {"rev": 900_000_000 + self.step_no, "updated_at": stamp}
+            if t == "items":
+                value |= {"name": self.rng.choice(("pinned", "Zoë", "")), "amount": self.rng.randint(-9, 9), "deleted_at": None}
+            else:
+                value |= {"val": self.rng.randint(-5, 5)}
+        delete = action == "pin" and producer is None and value is None
+        what = (
+            f"pinned to {producer}" if producer else f"pinned to {value}" if value
+            else "pinned to a delete" if delete else "pin removed"
+        )  # fmt: skip
         self._fault("conflict override")
         try:
             # as the operator types it (``conflicts override --key``): values joined by ','
@@ -880,7 +892,7 @@ class World:
             typed = json.dumps(values, ensure_ascii=False) if any("," in v for v in values) else ",".join(values)
             write_override(
                 self.lake, JOB, t, key=key_text(list(SCHEMAS[t]["key"]), typed), action=action, producer=producer,
-                delete=action == "pin" and producer is None, by="sim-operator", reason="simulated",
+                value=value, delete=delete, by="sim-operator", reason="simulated",
             )  # fmt: skip
             self.trace.append(f"{self.step_no}: operator: table {t} key {key} {what}")
         except SimCrash:
@@ -1308,6 +1320,8 @@ class World:
                     producer = pin["producer"]
                 elif pin["delete"]:
                     op = "delete"
+                elif not pin["producer"]:  # pinned to a value: the row given, every column
+                    op, values, producer = "upsert", _pinned_values(key, pin["table"], pin["value"]), "override"
             if op == "upsert":
                 out[key] = values
                 if who is not None:
@@ -1547,6 +1561,16 @@ def _batches(store: SimStore, table: str, producer: str | None = None) -> list[i
 
 def _manifest_key(table: str, n: int, producer: str | None = None) -> str:
     return f"{_chain_prefix(table, producer)}{n:012d}.json"
+
+
+def _pinned_values(key: tuple, table: str, value: dict[str, Any]) -> tuple:
+    """``row_values`` of a row an override gives (JSON: timestamps as ISO text)."""
+    import datetime as dt
+
+    row = dict(zip(SCHEMAS[table]["key"], key))
+    for c, v in value.items():
+        row[c] = dt.datetime.fromisoformat(v) if c in ("updated_at", "deleted_at") and v else v
+    return row_values(table, row)
 
 
 def _key_text(key: tuple) -> str:
