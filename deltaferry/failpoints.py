@@ -39,7 +39,8 @@ BUGS = {
     "checkpoint_before_manifest",
     # agreement: the lake-head check is skipped (a producer writes to a lake it disagrees with)
     "skip_lake_head_check",
-    # pull: a batch's rows are committed before (not with) the replica's checkpoint
+    # pull: a batch's rows are committed before (not with) the replica's checkpoint (one
+    # producer's chain, or several producers' merge)
     "apply_outside_transaction",
     # listings: manifest keys taken in the order (and number) the store returned them
     "trust_listing_order",

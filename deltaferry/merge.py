@@ -25,6 +25,7 @@ from deltaferry.duck import (
     widen_columns,
     with_arrow,
 )
+from deltaferry.failpoints import bug, failpoint
 from deltaferry.held import record_held
 from deltaferry.merge_tables import (
     HLC_COLUMN,
@@ -250,6 +251,10 @@ def finish_batch(
             )
     if column_types(con, shape.table):  # a batch of no rows creates no table
         resolve(con, shape)
+    if bug("apply_outside_transaction"):  # the simulator's teeth (failpoints.BUGS)
+        con.execute("COMMIT")
+        failpoint("after_apply")
+        con.execute("BEGIN TRANSACTION")
     con.execute(
         "INSERT INTO _deltaferry_chains (job, tbl, producer, batch, manifest_sha256, hlc, rows,"
         " trace_id, contract_version, caution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
