@@ -7,6 +7,7 @@ it shares with the other commands (one-line errors, report tables) are in ``cli_
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -146,6 +147,7 @@ def register(ui: ModuleType) -> None:
             stored_key = key_text(list(t.primary_key), key)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+        _check_key_values(t, stored_key, where)
         state = StateStore(job)  # opened first: a locked state file stops before the lake
         lake = open_lake(cfg.lake, base=cfg.base_dir)
         lake.check()
@@ -182,11 +184,38 @@ def register(ui: ModuleType) -> None:
             if producer
             else "pinned to a delete"
             if delete
-            else f"pinned to value {json.dumps(row, sort_keys=True)}"
+            else f"pinned to value {json.dumps(row, sort_keys=True, ensure_ascii=False)}"
         )
         detail = f"{where}: {what} (override #{entry['n']} by {entry['by']}: {entry['reason']})"
         state.log(f"override-{entry['n']}", "override", "info", table=table, detail=detail)
         out.print(detail, highlight=False, soft_wrap=True)
+
+
+# an integer as the replica writes a key (``merge_tables.key_expr``: CAST(... AS VARCHAR))
+_INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _check_key_values(t: Any, stored_key: str, where: str) -> None:
+    """Refuse a key no row can have: a value of an integer key column that is not an
+    integer as the replica writes it (``x``, `` 1``, ``01``, ``1.0``, ``None``). Such a
+    pin would be written to the lake's log for good and never match (a fresh-user trial).
+    Raises ConfigError naming the column."""
+    from contracts import load_contract
+    from deltaferry.errors import ConfigError
+
+    if not t.contract:  # no contract: the key columns' types are not known here
+        return
+    pk = list(t.primary_key)
+    parts = json.loads(stored_key) if len(pk) > 1 else [stored_key]
+    columns = load_contract(t.contract, where=where).schema.columns
+    for column, part in zip(pk, parts, strict=True):
+        dtype = str(columns[column].dtype).lower() if column in columns else ""
+        if dtype.startswith(("int", "uint")) and not _INTEGER_TEXT.fullmatch(part):
+            raise ConfigError(
+                f"{where}: key column '{column}' holds integers, and {part!r} is not one as "
+                "the replica writes it (digits, a leading '-' only, no spaces or leading "
+                "zeros); no row can have this key"
+            )
 
 
 def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, Any]:

@@ -651,6 +651,9 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
         (["--key", "1", "--value", '{"colour": "red"}'], "column(s) colour"),
         (["--key", "1"], "exactly one of --producer, --value, --delete, --remove"),
     ]
+    # keys no row can have (an integer key typed otherwise than the replica writes it):
+    # refused, not written to the log for good (a fresh-user trial)
+    cases += [(["--key", k, "--delete"], "key column 'id' holds integers") for k in ("x", " 1", "01", "1.0", "None")]
     for args, needle in cases:
         result = _cli(north, monkeypatch, *base, *args)
         assert result.exit_code == 2, (args, result.output)
