@@ -330,7 +330,11 @@ def apply_override(
                 entry["key"],
                 entry["action"],
                 entry.get("producer"),
-                None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":")),
+                # (text beyond ASCII as is: conflict records show this text, beside the
+                # versions' rows as DuckDB's to_json writes them)
+                None
+                if value is None
+                else json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
                 bool(entry.get("delete")),
                 entry.get("by"),
                 entry.get("reason"),

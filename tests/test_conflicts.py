@@ -303,6 +303,19 @@ def test_an_override_wins_over_later_changes_until_removed() -> None:
     assert "manual override #1" not in [r[12] for r in conflict_rows(con, "shop")]
 
 
+def test_a_row_pinned_by_value_shows_its_text_as_typed() -> None:
+    """A conflict record of a value override shows the row's text beyond ASCII as the
+    versions' rows show theirs, not JSON-escaped (``pinn\\u00e9``: a fresh-user trial)."""
+    con = duckdb.connect()
+    con.execute(merge_tables.META)
+    merge.apply_batch(con, SHAPE, "north", 1, 10, _batch([(1, "upsert", "Zoë")], 1))
+    value = {"name": "pinné ü 東京"}
+    merge.apply_override(con, SHAPE, {"n": 1, "key": "1", "action": "pin", "value": value})
+    assert con.execute("SELECT name, _producer FROM items WHERE id = 1").fetchone() == ("pinné ü 東京", "override")
+    records = " ".join(str(r) for r in conflict_rows(con, "shop"))
+    assert "pinné ü 東京" in records and "Zoë" in records and "\\u" not in records
+
+
 def test_batches_that_do_not_touch_a_key_never_change_its_winner() -> None:
     con = duckdb.connect()
     con.execute(merge_tables.META)
