@@ -100,7 +100,12 @@ def register(ui: ModuleType) -> None:
     @conflicts.command("override")
     @click.argument("job")
     @click.option("--table", required=True, help="The table of the key.")
-    @click.option("--key", required=True, help="The key; a composite key as 'v1,v2' in key order.")
+    @click.option(
+        "--key",
+        required=True,
+        help="The key as typed (a one-column key is taken as is); a composite key as 'v1,v2' "
+        "in key order, or as a JSON array '[\"v1\", \"v2\"]' when a value holds a ','.",
+    )
     @click.option("--producer", default=None, help="Pin the key to this producer's newest version.")
     @click.option("--value", default=None, help="Pin the key to this row (a JSON object).")
     @click.option("--delete", "delete", is_flag=True, help="Pin the key to a delete.")
