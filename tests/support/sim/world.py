@@ -616,7 +616,8 @@ class World:
         if self.contract_v[holder] == 2:
             return
         self.contract_v[holder] = 2
-        (self.root / f"{holder}.toml").unlink(missing_ok=True)
+        for path in self.root.glob(f"{holder}*.toml"):  # (each producer's, with several)
+            path.unlink()
         self.quiet = False
         self._fault(f"{holder}'s contract moved to v2")
         self.trace.append(f"{self.step_no}: the {holder}'s contract for items moved to v2")
