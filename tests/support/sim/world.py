@@ -140,7 +140,7 @@ class Site:
     source: Source
     home: Path
     skew: int = 0  # seconds its clock is ahead of the world's
-    # tables whose newest manifest of this producer's chain the lake lost (``World.lost_tips``)
+    # tables whose newest manifest of this producer's chain the lake lost (``World.lose_tip``)
     lost_tips: set[str] = field(default_factory=set)
     quiet: bool = False  # its source unchanged since its last run that ended ok
     raced: bool = False  # a zombie runner of it published since it last agreed with the lake
@@ -461,36 +461,6 @@ class World:
     def source(self) -> Source:
         return self.site.source
 
-    @property
-    def lost_tips(self) -> set[str]:
-        return self.site.lost_tips
-
-    @property
-    def quiet(self) -> bool:
-        """Nothing changed for the site since its last run that ended ok."""
-        return self.site.quiet
-
-    @quiet.setter
-    def quiet(self, value: bool) -> None:
-        self.site.quiet = value
-
-    @property
-    def raced(self) -> bool:
-        return self.site.raced
-
-    @raced.setter
-    def raced(self, value: bool) -> None:
-        self.site.raced = value
-
-    @property
-    def snapshot(self) -> dict[str, bytes]:
-        """The lake as the site's last ok run left it: a stale copy it may be pointed at."""
-        return self.site.snapshot
-
-    @snapshot.setter
-    def snapshot(self, value: dict[str, bytes]) -> None:
-        self.site.snapshot = value
-
     def act_as(self, site: Site) -> None:
         self.site = site
         os.environ["DELTAFERRY_HOME"] = str(site.home)
@@ -618,7 +588,7 @@ class World:
         self.contract_v[holder] = 2
         for path in self.root.glob(f"{holder}*.toml"):  # (each producer's, with several)
             path.unlink()
-        self.quiet = False
+        self.site.quiet = False
         self._fault(f"{holder}'s contract moved to v2")
         self.trace.append(f"{self.step_no}: the {holder}'s contract for items moved to v2")
 
@@ -646,7 +616,7 @@ class World:
         self._pick_site()  # whose source, run, home or chain (with several producers)
         if r < 0.33:
             n = self.source.mutate()
-            self.quiet = False
+            self.site.quiet = False
             self.trace.append(f"{self.step_no}: source{_of(self.site.name)}: {n} write(s)")
         elif r < 0.63:
             self.producer_run()
@@ -675,7 +645,7 @@ class World:
 
         store = lake or self.lake
         self.producer_lake = store
-        quiet = self.quiet and store is self.lake
+        quiet = self.site.quiet and store is self.lake
         before = dict(store.objects)
         ever = self._stamping()
         try:
@@ -691,12 +661,12 @@ class World:
             if outcome == "ok":
                 self.site.floor.clear()  # nothing planned is left: the next run stamps anew
                 self.check_published()
-                self.snapshot = dict(self.lake.objects)
-                self.quiet = True
-                self.lost_tips.clear()  # every table agreed with the lake
-                self.raced = False
+                self.site.snapshot = dict(self.lake.objects)
+                self.site.quiet = True
+                self.site.lost_tips.clear()  # every table agreed with the lake
+                self.site.raced = False
             else:
-                self.quiet = False
+                self.site.quiet = False
                 self.answer(outcome)
         return outcome
 
@@ -750,14 +720,14 @@ class World:
         expected = {"crash", "TransientError", "LakeMismatchError"}
         if self.busy:
             expected.add("JobBusyError")
-        if self.raced:  # a manifest the zombie stored at this producer's planned batch
+        if self.site.raced:  # a manifest the zombie stored at this producer's planned batch
             expected.add("ConflictError")
         if outcome not in expected:
             self._fail(f"a producer run failed with {outcome}, which no injected fault explains: {self.last_error}")
         if outcome != "LakeMismatchError":
             return
         named = set(re.findall(r"table '(\w+)'", self.last_error))
-        if self.raced and "is ahead of this producer" in self.last_error:
+        if self.site.raced and "is ahead of this producer" in self.last_error:
             # README: another host published; stop it (the race is over), reset, run again
             job = self.job()
             for t in job.tables:
@@ -766,14 +736,14 @@ class World:
                         return
                     self.trace.append(f"{self.step_no}: operator: reset {t.name} after the race")
             return
-        if not self.lost_tips or not named <= self.lost_tips:
+        if not self.site.lost_tips or not named <= self.site.lost_tips:
             self._fail(
                 f"the producer found the lake disagreeing with its checkpoint for {sorted(named)}, "
-                f"but the lake lost nothing there (lost: {sorted(self.lost_tips)})"
+                f"but the lake lost nothing there (lost: {sorted(self.site.lost_tips)})"
             )
         job = self.job()
         for t in job.tables:
-            if t.name not in self.lost_tips:
+            if t.name not in self.site.lost_tips:
                 continue
             try:
                 if not self._operator(republish_lost, job, t, "simulated: the lake lost its newest manifest"):
@@ -785,7 +755,7 @@ class World:
                 if not self._operator(reset_table, job, t, "simulated: lost batches cannot be rebuilt"):
                     return
                 self.rebuild_replica = True
-            self.lost_tips.discard(t.name)
+            self.site.lost_tips.discard(t.name)
         self.check_lake()
 
     def _operator(self, act: Callable[..., Any], *args: Any) -> bool:
@@ -917,9 +887,9 @@ class World:
         for site in self.sites.values():  # what a producer sees of the others may go back
             if t in site.floor:
                 site.floor[t] = min(site.floor[t], self._others_newest_hlc(t, site.name))
-        self.lost_tips.add(t)
+        self.site.lost_tips.add(t)
         self.reader_behind.add(t)
-        self.quiet = False
+        self.site.quiet = False
         self._fault("lake lost its newest manifest")
         self.trace.append(f"{self.step_no}: the lake lost {key}")
 
@@ -927,15 +897,15 @@ class World:
         gc.collect()
         self.pins.drop(self.site.home)
         shutil.rmtree(self.site.home, ignore_errors=True)
-        self.quiet = False
+        self.site.quiet = False
         self._fault("local state lost")
         self.trace.append(f"{self.step_no}: the producer's home was lost")
 
     def wrong_lake_run(self) -> None:
         if not self._checkpointed():
             return  # a producer with no checkpoint adopts whatever lake it is given
-        if self._behind_checkpoint(self.snapshot) and self.rng.random() < 0.5:
-            self.other.objects = dict(self.snapshot)  # an older copy of this very lake
+        if self._behind_checkpoint(self.site.snapshot) and self.rng.random() < 0.5:
+            self.other.objects = dict(self.site.snapshot)  # an older copy of this very lake
             self._fault("producer pointed at a stale copy of its lake")
         else:
             self.other.objects = {}
@@ -947,7 +917,7 @@ class World:
             self._fail(f"a producer pointed at a different lake wrote {sorted(set(self.other.objects) - set(before))[:5]}")
         if outcome not in ("LakeMismatchError", "crash", "TransientError"):
             self._fail(f"a producer pointed at a different lake did not stop on the lake-head check: {outcome}")
-        self.quiet = False
+        self.site.quiet = False
 
     def _others_newest_hlc(self, table: str, me: str | None) -> int:
         """The newest logical timestamp the producers but ``me`` hold in their chains of ``table``."""
@@ -1034,8 +1004,8 @@ class World:
         shutil.rmtree(zombie, ignore_errors=True)
         os.environ["DELTAFERRY_HOME"] = str(home)
         self.trace.append(f"{self.step_no}: race: {outcomes}")
-        self.quiet = False
-        self.raced = True
+        self.site.quiet = False
+        self.site.raced = True
         self.check_lake()
         self._check_causality(ever)  # (the zombie stamps as the same producer)
         if "ok" in outcomes.values():  # one of them published everything the source has
@@ -1103,7 +1073,7 @@ class World:
             self.busy = False
         if outcome != "JobBusyError" or self.lake.objects != before:
             self._fail(f"a second runner of the job was not stopped by the first's lock: {outcome}")
-        self.quiet = False
+        self.site.quiet = False
 
     def converge(self) -> None:
         """The calm end: no more faults. The producer must publish everything, the reader
