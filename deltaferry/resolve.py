@@ -155,6 +155,9 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
     # one producer's version followed, in (logical time, producer) order, by another
     # producer's that had not seen it (its batch's hlc_seen for that producer is older, or
     # absent): a concurrent edit. One that had seen it is a hand-off, not a conflict.
+    seen = "s.seen_hlc IS NULL OR s.seen_hlc < x.prev_hlc"
+    if bug("handoff_as_conflict"):  # the simulator's teeth (failpoints.BUGS)
+        seen = "true"
     con.execute(
         f"""
         INSERT INTO _deltaferry_conflicts
@@ -174,7 +177,7 @@ def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None
              AND s.producer = x.{p} AND s.batch = x._batch AND s.seen_producer = x.prev_producer
         WHERE x.prev_producer IS NOT NULL AND x.prev_producer <> x.{p}
               AND NOT (x.{op} = x.prev_op AND x._row IS NOT DISTINCT FROM x.prev_row)
-              AND (s.seen_hlc IS NULL OR s.seen_hlc < x.prev_hlc)
+              AND ({seen})
         """
     )
     # an override in force: what it pins, over the automatic winner it replaced

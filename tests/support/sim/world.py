@@ -1299,6 +1299,81 @@ class World:
                     who[key] = producer
         return out
 
+    def _conflicts_of(self, table: str, chains: dict[str | None, list[bytes]], overrides: list[bytes]) -> set[tuple]:
+        """The conflict records the README's definition ("Several producers", "A conflict
+        is a concurrent edit") gives for these chains and override entries, on its own:
+        ``(key text, producer, batch, replaced producer, replaced batch, rule)``. Every
+        version of a key in (logical time, producer id) order; one replaced by the next
+        from another producer, a different row (or a delete against a row), is a conflict
+        unless the replacing batch's ``hlc_seen`` for the replaced producer is at or after
+        the replaced version's time (a hand-off). A pin in force that gives a key another
+        version than the automatic winner is one more record, over the automatic winner."""
+        versions: dict[tuple, dict[tuple[str, int | None], tuple]] = {}
+        for producer, bodies in chains.items():
+            for body in bodies:
+                m = json.loads(body)
+                seen = m.get("hlc_seen") or {}
+                for key, values, op in self._changes(body):  # a batch's last change of a key
+                    row = values if op == "upsert" else None
+                    versions.setdefault(key, {})[(producer or "", m["batch"])] = (m["hlc"], op, row, seen)
+        out: set[tuple] = set()
+        pins: dict[str, dict[str, Any]] = {}
+        for body in overrides:
+            entry = json.loads(body)
+            pins[entry["key"]] = entry
+        for key, vs in versions.items():
+            text = _key_text(key)
+            order = sorted(vs, key=lambda v: (vs[v][0], v[0]))
+            for before, after in zip(order, order[1:]):
+                (b_hlc, b_op, b_row, _), (a_hlc, a_op, a_row, a_seen) = vs[before], vs[after]
+                if before[0] == after[0] or (b_op, b_row) == (a_op, a_row):
+                    continue
+                if a_seen.get(before[0], -1) >= b_hlc:
+                    continue  # a hand-off: the replacing batch had seen the version
+                rule = "later logical time" if a_hlc > b_hlc else "same logical time: higher producer id"
+                out.add((text, after[0], after[1], before[0], before[1], rule))
+            pin = pins.get(text)
+            if pin is None or pin["action"] != "pin":
+                continue
+            auto = order[-1]
+            if pin["producer"]:
+                mine = [v for v in order if v[0] == pin["producer"]]
+                if not mine or mine[-1] == auto:
+                    continue  # no version to pin, or the pin gives what the rule gives
+                pinned: tuple[str, int | None] = mine[-1]
+            else:  # pinned to a value or a delete
+                pinned = ("override", None)
+            out.add((text, *pinned, *auto, f"manual override #{pin['n']}"))
+        return out
+
+    def _check_conflicts(self, table: str, chains: dict[str | None, list[bytes]], overrides: list[bytes]) -> None:
+        """The replica's conflict records of ``table`` (``_deltaferry_conflicts``, read with
+        plain SQL) are the ones the definition gives for what it applied: none missing (a
+        decision not recorded), none extra, none stale."""
+        want = self._conflicts_of(table, chains, overrides)
+        con = duckdb.connect(str(self.replica), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT key, winner_producer, winner_batch, loser_producer, loser_batch, rule"
+                " FROM _deltaferry_conflicts WHERE tbl = ?",
+                [table],
+            ).fetchall()
+        except duckdb.CatalogException:
+            rows = []
+        finally:
+            con.close()
+        got: set[tuple] = set()
+        for *ids, rule in rows:
+            # an override's record names who and why after its number: compared by number
+            pinned = re.match(r"manual override #\d+", rule)
+            got.add((*ids, pinned.group(0) if pinned else rule))
+        if len(got) != len(rows):
+            self._fail(f"table {table}: the replica recorded a conflict twice ({len(rows)} records, {len(got)} distinct)")
+        if got != want:
+            missing = sorted(want - got, key=repr)[:4]
+            extra = sorted(got - want, key=repr)[:4]
+            self._fail(f"table {table}: conflict records differ from the definition: missing {missing}, extra {extra}")
+
     def check_published(self) -> None:
         """After a run that ended ok: the site's chain holds its source, no more, no less."""
         self.stats.checks += 1
@@ -1433,6 +1508,8 @@ class World:
                     self._fail(f"table {t}: the replica applied an override the lake never held ({digest[:16]})")
                 entries.append(self.archive[digest])
             want = self._merged(chains, entries, who)
+            if self.multi:
+                self._check_conflicts(t, chains, entries)
             got = rows.get(t, {})
             if self.multi and got == want and (won := self._replica_producers(t)) != who:
                 wrong = sorted((k for k in who if won.get(k) != who[k]), key=repr)[:5]
