@@ -95,22 +95,25 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _in_current(table: str, schema: str | None) -> tuple[str, list[str]]:
-    """The ``information_schema`` condition (and its parameters) selecting ``table`` of
-    the current database, in ``schema`` or any schema."""
-    where = "table_name = ? AND table_catalog = current_database()"
+def _in_current(name: str, table: str, schema: str | None) -> tuple[str, list[str]]:
+    """The condition (and its parameters) selecting ``table`` of the current database, in
+    ``schema`` or any schema, from DuckDB's catalog functions (``duckdb_columns()``,
+    ``duckdb_tables()``: ``name`` is the column holding the table's name). They give what
+    ``information_schema`` gives (the same ``data_type`` text) at a fraction of the cost:
+    ``information_schema.columns`` is a view over every database's catalog, about 7 ms a
+    lookup in a file with 20 tables against about 1 ms."""
+    where = f"{name} = ? AND database_name = current_database()"
     if schema is None:
         return where, [table]
-    return where + " AND table_schema = ?", [table, schema]
+    return where + " AND schema_name = ?", [table, schema]
 
 
 def _column_rows(
     con: duckdb.DuckDBPyConnection, table: str, schema: str | None
 ) -> list[tuple[str, str]]:
-    where, params = _in_current(table, schema)
+    where, params = _in_current("table_name", table, schema)
     return con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns"
-        f" WHERE {where} ORDER BY ordinal_position",
+        f"SELECT column_name, data_type FROM duckdb_columns() WHERE {where} ORDER BY column_index",
         params,
     ).fetchall()
 
@@ -124,8 +127,14 @@ def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str | None 
     ``system`` and ``temp`` catalogs and other attached files are not looked at. ``table``
     is the plain name (not quoted), compared with the stored name as it is (case
     included). DuckDB errors (a closed connection) propagate."""
-    where, params = _in_current(table, schema)
-    found = fetch_one(con, f"SELECT count(*) FROM information_schema.tables WHERE {where}", params)
+    tables, params = _in_current("table_name", table, schema)
+    views, _ = _in_current("view_name", table, schema)
+    found = fetch_one(
+        con,
+        f"SELECT (SELECT count(*) FROM duckdb_tables() WHERE {tables})"
+        f" + (SELECT count(*) FROM duckdb_views() WHERE {views})",
+        params + params,
+    )
     return bool(found[0]) if found else False
 
 
@@ -418,7 +427,7 @@ def column_types(
     con: duckdb.DuckDBPyConnection, table: str, schema: str | None = "main"
 ) -> dict[str, str]:
     """``{column name: DuckDB type}`` of ``table`` (``data_type`` of
-    ``information_schema.columns``, e.g. ``BIGINT``, ``VARCHAR``, ``TIMESTAMP WITH TIME
+    ``duckdb_columns()``, as ``information_schema.columns`` gives it, e.g. ``BIGINT``, ``VARCHAR``, ``TIMESTAMP WITH TIME
     ZONE``), in table order; ``{}`` when there is no such table. Looked up as in
     ``table_exists``."""
     return dict(_column_rows(con, table, schema))

@@ -224,8 +224,8 @@ def _columns(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
     return {
         (t, c)
         for t, c in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns"
-            " WHERE table_catalog = current_database()"
+            "SELECT table_name, column_name FROM duckdb_columns()"
+            " WHERE database_name = current_database()"
         ).fetchall()
     }
 
