@@ -44,6 +44,7 @@ class Failure:
     field: str | None
     check: str
     reason: str
+    value: Any = None  # the value that failed (pandera's ``failure_case``)
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,47 @@ class ValidationResult:
             for f in [*self.schema_failures, *(f for fs in self.row_failures.values() for f in fs)]
         )
 
+    def examples(self) -> dict[tuple[str | None, str], str]:
+        """The first failing value of each (field, check), as ``example`` writes it."""
+        out: dict[tuple[str | None, str], str] = {}
+        for f in [*self.schema_failures, *(f for fs in self.row_failures.values() for f in fs)]:
+            out.setdefault((f.field, f.check), example(f.value))
+        return out
+
     def summary(self, limit: int = 3) -> str:
-        """A one-line account of the most common failures, for error messages."""
-        return summarize(self.counts(), limit)
+        """A one-line account of the most common failures, for error messages, each with
+        a value that failed: ``qty: coerce_dtype('int64') (2 rows, e.g. 'ten')``."""
+        return summarize(self.counts(), limit, self.examples())
 
 
-def summarize(counts: Counter[tuple[str | None, str]], limit: int = 3) -> str:
+def example(value: Any) -> str:
+    """A failing value for a message: its ``repr``, cut at 40 characters (``'ten'``,
+    ``-3``), ``NULL`` for a missing value (None, or pandas' NaN, NaT, NA)."""
+    try:
+        missing = bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array: not one value
+        missing = False
+    text = "NULL" if missing else repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def summarize(
+    counts: Counter[tuple[str | None, str]],
+    limit: int = 3,
+    examples: dict[tuple[str | None, str], str] | None = None,
+) -> str:
     """The ``limit`` most common failures of ``counts`` (``ValidationResult.counts``, or
-    several chunks' added up) in one line: ``field: check xN; ...``."""
+    several chunks' added up) in one line: ``field: check (N rows, e.g. VALUE); ...``
+    (``<table>`` for a failure of the table's shape, such as a missing column); the
+    example, from ``examples`` by (field, check), where there is one."""
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-    return "; ".join(f"{field or '<table>'}: {check} x{n}" for (field, check), n in top)
+    parts = []
+    for (field, check), n in top:
+        seen = (examples or {}).get((field, check))
+        rows = f"{n} row{'s' if n != 1 else ''}" + (f", e.g. {seen}" if seen is not None else "")
+        parts.append(f"{field or '<table>'}: {check} ({rows})")
+    more = len(counts) - len(top)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class Contract:
@@ -262,11 +294,12 @@ def _collect(err: SchemaErrors, n_rows: int) -> ValidationResult:
             None if field is None or (isinstance(field, float) and pd.isna(field)) else str(field)
         )
         check = str(rec.get("check"))
-        reason = f"{check} failed for value {rec.get('failure_case')!r}"
+        value = rec.get("failure_case")
+        reason = f"{check} failed for value {value!r}"
         if idx is None or (isinstance(idx, float) and pd.isna(idx)):
-            schema_failures.append(Failure(-1, field, check, f"schema: {reason}"))
+            schema_failures.append(Failure(-1, field, check, f"schema: {reason}", value))
         else:
-            row_failures.setdefault(int(idx), []).append(Failure(int(idx), field, check, reason))
+            row_failures.setdefault(int(idx), []).append(Failure(int(idx), field, check, reason, value))
     return ValidationResult(n_rows, row_failures, tuple(schema_failures))
 
 

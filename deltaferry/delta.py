@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contracts import Contract, summarize
+from contracts import Contract, example, summarize
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.keyrange import KeyRange
@@ -115,6 +115,7 @@ def build_delta(
     cmin: Any = None
     cmax: Any = None
     failures: Counter[tuple[str | None, str]] = Counter()  # by (field, check), every chunk
+    examples: dict[tuple[str | None, str], str] = {}  # a failing value of each, with its key
     touched: set[str] = set()
     staged: dict[str, str] = {}  # Arrow type of a column that failed the contract's dtype
     fresh_ids = pa.array(load_ids, pa.string())
@@ -133,7 +134,7 @@ def build_delta(
             zero_copy_only=False
         )
         keep, upserts, failed, counts = _validate_chunk(
-            t, contract, changes, quarantine, drifted, fresh
+            t, contract, changes, quarantine, drifted, fresh, examples
         )
         changed += upserts
         failed_total += failed
@@ -163,7 +164,7 @@ def build_delta(
                 f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
                 f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
                 f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing of this table "
-                f"published ({summarize(failures)}{_staged_as(staged)}); the job's other tables go on"
+                f"published ({summarize(failures, examples=examples)}{_staged_as(staged)}); the job's other tables go on"
             )
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start
@@ -384,9 +385,11 @@ def _validate_chunk(
     quarantine: list[dict[str, Any]],
     held: np.ndarray | None = None,
     fresh: np.ndarray | None = None,
+    examples: dict[tuple[str | None, str], str] | None = None,
 ) -> tuple[np.ndarray, int, int, Counter[tuple[str | None, str]]]:
     """Rows to keep, the number of upserts validated, the number that failed, and the
-    counted failures by (field, check) (a row once per check it fails);
+    counted failures by (field, check) (a row once per check it fails), the first counted
+    failing value of each (field, check) with its row's key added to ``examples``;
     failures go to ``quarantine``. Deletes are not validated: they carry only a key. Rows
     already ``held`` back (source drift) are neither kept nor validated. Only ``fresh``
     rows (of the new loads; all when None) are counted: a held row validated again and
@@ -409,9 +412,12 @@ def _validate_chunk(
     counts: Counter[tuple[str | None, str]] = Counter()
     for pos, rec, lid in zip(failed, records, lids, strict=True):
         keep[upsert_idx[pos]] = False
+        pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
         if fresh is None or fresh[upsert_idx[pos]]:
             counts.update((f.field, f.check) for f in result.reasons(pos))
-        pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
+            if examples is not None:
+                for f in result.reasons(pos):
+                    examples.setdefault((f.field, f.check), f"{example(f.value)} at key {pk[:80]}")
         row_json = json.dumps(rec, default=str, sort_keys=True)
         for f in result.reasons(pos):
             quarantine.append(

@@ -660,7 +660,10 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
     base = ["conflicts", "override", "shop", "--table", "customers", "--reason", "r"]
     cases = [
         (["--key", "1", "--producer", "east"], "producer 'east' has published nothing"),
-        (["--key", "1", "--value", '{"email": "not-an-email"}'], "breaks contract"),
+        # the check that failed, with the value that failed it
+        (["--key", "1", "--value", '{"email": "not-an-email"}'], "breaks contract contracts.shop:Customers v1: "),
+        (["--key", "1", "--value", '{"email": "not-an-email"}'], "(1 row, e.g. 'not-an-email')"),
+        (["--key", "1", "--value", '{"email": "not-an-email"}'], "name: not_nullable (1 row, e.g. NULL)"),
         (["--key", "1", "--value", '{"colour": "red"}'], "column(s) colour"),
         (["--key", "1"], "exactly one of --producer, --value, --delete, --remove"),
     ]

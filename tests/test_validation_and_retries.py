@@ -132,7 +132,8 @@ def test_retry_condition_accepts_only_transient_errors(prefect_api):
 
 def test_a_contract_failure_counts_every_chunk_of_the_batch(shop_job, shop):
     """The refusal's per-check counts add up every chunk the batch was validated in, not
-    the first chunk's (6 bad rows read 3 at a time: x6, not x3)."""
+    the first chunk's (6 bad rows read 3 at a time: 6 rows, not 3), and each check shows
+    a value that failed it and the key of its row, so the operator can find the row."""
     import re
 
     shop_job.write_config(rows_per_file=3)
@@ -141,8 +142,11 @@ def test_a_contract_failure_counts_every_chunk_of_the_batch(shop_job, shop):
         shop_job.sync()
     message = str(err.value)
     assert "6 of 10 changed rows" in message
-    counts = [int(n) for n in re.findall(r" x(\d+)", message)]
+    counts = [int(n) for n in re.findall(r"\((\d+) rows?", message)]
     assert counts and max(counts) == 6, message
+    found = re.search(r"email: .*\(6 rows, e\.g\. '(c(\d+)\.example\.com)' at key \{\"id\": (\d+)\}\)", message)
+    assert found, message
+    assert found.group(2) == found.group(3) and int(found.group(2)) in shop.broken, message
 
 
 def test_a_table_that_breaks_its_contract_does_not_stop_the_others(shop_job, shop):
