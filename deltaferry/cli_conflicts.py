@@ -249,6 +249,7 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
         if column in full and str(full[column]) != part:
             raise ConfigError(f"{where}: --value sets key column '{column}' to another value")
         full[column] = part
+    _check_kinds(contract, {c: v for c, v in row.items() if c not in t.primary_key}, where)
     frame = pd.DataFrame([{c: full.get(c) for c in contract.columns}])
     result = contract.validate(frame)
     if result.failed_rows:
@@ -257,3 +258,41 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
             f"{result.summary()}"
         )
     return {c: v for c, v in full.items() if c not in t.primary_key}
+
+
+def _check_kinds(contract: Any, row: dict[str, Any], where: str) -> None:
+    """Refuse a value a replica column of the contract's type cannot hold exactly, as every
+    reader will check it (``merge_tables.unfit_pinned_values``): pandera would coerce
+    ``true`` or ``3.5`` into an integer column, and the reader would then pin a value
+    nobody typed."""
+    import duckdb
+    import pyarrow as pa
+
+    from deltaferry.duck import duck_type
+    from deltaferry.errors import ConfigError
+    from deltaferry.merge_tables import unfit_pinned_values
+
+    arrow = contract.arrow_types()
+    types = {}
+    for c in row:
+        declared = str(contract.schema.columns[c].dtype).lower() if c in contract.columns else ""
+        if c in arrow:
+            types[c] = duck_type(pa.field(c, arrow[c]))
+        elif declared in ("str", "string"):  # kept as objects by pandas: published as text
+            types[c] = "VARCHAR"
+        elif declared == "date":
+            types[c] = "DATE"
+    con = duckdb.connect()
+    try:
+        unfit = unfit_pinned_values(
+            con, "SELECT 1 AS n, ?::VARCHAR AS value_json", types, [json.dumps(row)], strict=True
+        )
+    finally:
+        con.close()
+    if unfit:
+        _, column, value = unfit[0]
+        raise ConfigError(
+            f"{where}: --value gives '{column}' {value}, which its {types[column]} column "
+            "cannot hold exactly (a number for a number column, quoted text for text, dates "
+            "and times as quoted ISO 8601 text, true/false for a boolean)"
+        )

@@ -309,47 +309,65 @@ def apply_held(
     return int(added)
 
 
-def apply_override(
-    con: duckdb.DuckDBPyConnection, shape: TableShape, entry: dict[str, Any]
-) -> bool:
-    """Record one entry of the lake's override log and re-resolve its key; False if known."""
-    if not _begin_unless(
-        con,
-        "SELECT 1 FROM _deltaferry_overrides WHERE job = ? AND tbl = ? AND n = ?",
-        [shape.job, shape.table, entry["n"]],
-    ):
-        return False
-    try:
-        value = entry.get("value")
-        con.execute(
-            "INSERT INTO _deltaferry_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                shape.job,
-                shape.table,
-                entry["n"],
-                entry["key"],
-                entry["action"],
-                entry.get("producer"),
-                # (text beyond ASCII as is: conflict records show this text, beside the
-                # versions' rows as DuckDB's to_json writes them)
-                None
-                if value is None
-                else json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-                bool(entry.get("delete")),
-                entry.get("by"),
-                entry.get("reason"),
-                entry.get("created_at"),
-                entry.get("sha256"),
-            ],
+def apply_override(con: duckdb.DuckDBPyConnection, shape: TableShape, entry: dict[str, Any]) -> bool:
+    """``apply_overrides`` of one entry: False if the replica has it already."""
+    return apply_overrides(con, shape, [entry]) == 1
+
+
+def apply_overrides(
+    con: duckdb.DuckDBPyConnection, shape: TableShape, entries: list[dict[str, Any]]
+) -> int:
+    """Record the new entries of the lake's override log (``entries``: in number order,
+    the log's next ones) and re-resolve their keys, in one transaction; the number
+    recorded. All at once, so that a later entry (``--remove``, another pin) lets go of an
+    earlier one before anything is resolved under it: an entry that cannot be applied
+    (``resolve.OverrideUnfit``) is fixed by the next."""
+    entries = [
+        e
+        for e in entries
+        if not fetch_one(
+            con,
+            "SELECT 1 FROM _deltaferry_overrides WHERE job = ? AND tbl = ? AND n = ?",
+            [shape.job, shape.table, e["n"]],
         )
+    ]
+    if not entries:
+        return 0
+    keys_in_utc(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for entry in entries:
+            value = entry.get("value")
+            con.execute(
+                "INSERT INTO _deltaferry_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    shape.job,
+                    shape.table,
+                    entry["n"],
+                    entry["key"],
+                    entry["action"],
+                    entry.get("producer"),
+                    # (text beyond ASCII as is: conflict records show this text, beside the
+                    # versions' rows as DuckDB's to_json writes them)
+                    None
+                    if value is None
+                    else json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                    bool(entry.get("delete")),
+                    entry.get("by"),
+                    entry.get("reason"),
+                    entry.get("created_at"),
+                    entry.get("sha256"),
+                ],
+            )
         if column_types(con, versions_table(shape.table)):
             con.execute(
-                "CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS SELECT ? AS _key",
-                [entry["key"]],
+                "CREATE OR REPLACE TEMP TABLE _deltaferry_touched AS"
+                " SELECT DISTINCT unnest(?::VARCHAR[]) AS _key",
+                [[e["key"] for e in entries]],
             )
             resolve(con, shape)
         con.execute("COMMIT")
-        return True
+        return len(entries)
     except BaseException:
         con.execute("ROLLBACK")
         raise

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from deltaferry.delta import SEQ_COLUMN
-from deltaferry.duck import ident
+from deltaferry.duck import ident, literal
 from deltaferry.held import HELD_META
 
 PRODUCER_COLUMN = "_producer"
@@ -97,6 +98,73 @@ def key_text(pk: list[str], typed: str) -> str:
         )
     # as DuckDB's to_json writes it (``key_expr``): text beyond ASCII as is, not escaped
     return json.dumps([str(v) for v in values], separators=(",", ":"), ensure_ascii=False)
+
+
+def json_member(column: str) -> str:
+    """A JSON path member for ``column`` (``"name"``, embedded quotes escaped)."""
+    return '"' + column.replace('"', '\\"') + '"'
+
+
+def pinned_value_sql(column: str, duck_type: str, source: str = "a.value_json") -> str:
+    """SQL for the value a value override's row (``source``: its JSON text) gives
+    ``column``, as the replica column's ``duck_type``; NULL where the row gives NULL or
+    nothing. Only rows ``unfit_pinned_values`` passes are cast this way."""
+    return f"CAST(json_extract_string({source}, {literal('$.' + json_member(column))}) AS {duck_type})"
+
+
+# the JSON kinds a value override may give a column of each DuckDB type family (json_type):
+# a number is no text, text no number, true no 1, so what is pinned is what was typed
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+             "UINTEGER", "UBIGINT", "UHUGEINT")  # fmt: skip
+_KINDS = {
+    **{t: ("BIGINT", "UBIGINT") for t in _INTEGERS},
+    "BOOLEAN": ("BOOLEAN",),
+    "FLOAT": ("BIGINT", "UBIGINT", "DOUBLE"),
+    "DOUBLE": ("BIGINT", "UBIGINT", "DOUBLE"),
+    "DECIMAL": ("BIGINT", "UBIGINT", "DOUBLE", "VARCHAR"),
+    "VARCHAR": ("VARCHAR",),
+    **{t: ("VARCHAR",) for t in ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S")},
+    "DATE": ("VARCHAR",),
+    "TIME": ("VARCHAR",),
+}
+
+
+def unfit_pinned_values(
+    con: duckdb.DuckDBPyConnection,
+    rows_sql: str,
+    types: dict[str, str],
+    params: list[Any] | None = None,
+    *,
+    strict: bool = False,
+) -> list[tuple[Any, str, str]]:
+    """The values of value overrides that a replica column cannot hold exactly:
+    ``[(n, column, the JSON value as typed)]`` for the rows of ``rows_sql`` (columns ``n``
+    and ``value_json``), against ``types`` (``{column: DuckDB type}`` of the replica, key
+    columns left out). Unfit: a value the type cannot hold (``true`` or ``1e30`` for a
+    BIGINT, ``"noon"`` or ``12345`` for a timestamp), or one it would round (``3.5`` for an
+    integer, ``1.005`` for a ``DECIMAL(10,2)``). ``strict`` (when an override is written):
+    also a JSON kind the column's type does not take (``"5"`` or ``5.0`` for an integer,
+    ``5`` for text). NULL and absent members are fit (a NULL)."""
+    out: list[tuple[Any, str, str]] = []
+    for column, duck_type in types.items():
+        path = literal("$." + json_member(column))
+        family = duck_type.split("(")[0].split(" ")[0]
+        kinds = _KINDS.get(family)
+        kind = f"json_type(value_json, {path})"
+        text = f"json_extract_string(value_json, {path})"
+        cast = f"TRY_CAST({text} AS {duck_type})"
+        wrong = [f"{cast} IS NULL"]
+        if strict and kinds is not None:
+            wrong.append(f"{kind} NOT IN ({', '.join(literal(k) for k in kinds)})")
+        if family in (*_INTEGERS, "DECIMAL"):  # rounded on the way in
+            wrong.append(f"TRY_CAST({text} AS DOUBLE) IS DISTINCT FROM CAST({cast} AS DOUBLE)")
+        out += con.execute(
+            f"SELECT n, {literal(column)}, CAST(json_extract(value_json, {path}) AS VARCHAR)"
+            f" FROM ({rows_sql}) WHERE value_json IS NOT NULL AND {kind} IS NOT NULL"
+            f" AND {kind} <> 'NULL' AND ({' OR '.join(wrong)}) ORDER BY n",
+            params,
+        ).fetchall()
+    return out
 
 
 RESERVED = frozenset(

@@ -314,7 +314,7 @@ def _pull_merged(
     result: PullResult,
     whose: str,
 ) -> None:
-    """Apply every producer chain's new batches, then new override entries, counting them in
+    """Apply the new override entries, then every producer chain's new batches, counting them in
     ``result`` as they are applied. Chains the replica holds but the lake lacks are checked
     too (a lost chain is a lost tip)."""
     from deltaferry import merge, merge_tables
@@ -335,6 +335,18 @@ def _pull_merged(
             ).fetchall()
         ]
         only = sorted({*producers(lake, job.name, t.name), *known})
+    if every_producer:  # first: an entry that lets go of one in force is in before any batch
+        last = fetch_one(
+            con,
+            "SELECT n, sha256 FROM _deltaferry_overrides WHERE job = ? AND tbl = ?"
+            " ORDER BY n DESC LIMIT 1",
+            [job.name, t.name],
+        ) or (0, None)
+        result.overrides += merge.apply_overrides(
+            con,
+            shape,
+            list(read_overrides(lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring)),
+        )
     for producer in only:
         after, prev, prev_hlc = merge.applied(con, job.name, t.name, producer)
         chains[producer] = after
@@ -363,17 +375,6 @@ def _pull_merged(
             result.held += held
             chains[producer] = vb.batch
             result.last_batch = max(chains.values())
-    if every_producer:
-        last = fetch_one(
-            con,
-            "SELECT n, sha256 FROM _deltaferry_overrides WHERE job = ? AND tbl = ?"
-            " ORDER BY n DESC LIMIT 1",
-            [job.name, t.name],
-        ) or (0, None)
-        for entry in read_overrides(
-            lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring
-        ):
-            result.overrides += merge.apply_override(con, shape, entry)
 
 
 def _apply_merged(

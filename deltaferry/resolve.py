@@ -38,9 +38,21 @@ import json
 import duckdb
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import column_types, fit_memory_limit, ident, literal
+from deltaferry.duck import column_types, fetch_row, fit_memory_limit, ident, literal
+from deltaferry.errors import TerminalError
 from deltaferry.failpoints import bug
-from deltaferry.merge_tables import HLC_COLUMN, OVERRIDE_PRODUCER, PRODUCER_COLUMN, TableShape
+from deltaferry.merge_tables import (
+    HLC_COLUMN,
+    OVERRIDE_PRODUCER,
+    PRODUCER_COLUMN,
+    TableShape,
+    pinned_value_sql,
+    unfit_pinned_values,
+)
+
+
+class OverrideUnfit(TerminalError):
+    """A value override in force pins a value the replica's column cannot hold exactly."""
 
 
 def _active_overrides_sql(shape: TableShape) -> str:
@@ -94,9 +106,9 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     )
     # the winner of each touched key: a pinned producer's newest version, a pinned value,
     # or the automatic winner
+    _refuse_unfit_pins(con, shape, {c: table_cols[c] for c in data_cols if c not in shape.pk})
     value_cols = ", ".join(
-        f"CAST(json_extract_string(a.value_json, {literal('$.' + _json_member(c))}) AS {table_cols[c]})"
-        f" AS {ident(c)}"
+        f"{pinned_value_sql(c, table_cols[c])} AS {ident(c)}"
         if c not in shape.pk
         else f"r.{ident(c)}"
         for c in data_cols
@@ -139,9 +151,23 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
     _record_conflicts(con, shape)
 
 
-def _json_member(column: str) -> str:
-    """A JSON path member for ``column`` (``"name"``, embedded quotes escaped)."""
-    return '"' + column.replace('"', '\\"') + '"'
+def _refuse_unfit_pins(con: duckdb.DuckDBPyConnection, shape: TableShape, types: dict[str, str]) -> None:
+    """Raise ``OverrideUnfit`` (one line) when a value override in force for a touched key
+    gives a column a value the replica's column cannot hold exactly (written by hand, or by
+    a deltaferry that did not check it): the key would get a value nobody typed, or none.
+    Nothing is applied; a later entry for the key (``--remove``, or another pin) lets it go."""
+    unfit = unfit_pinned_values(con, "SELECT n, value_json, key FROM _deltaferry_active", types)
+    if not unfit:
+        return
+    n, column, value = unfit[0]
+    key = fetch_row(con, "SELECT key FROM _deltaferry_active WHERE n = ?", [n])[0]
+    raise OverrideUnfit(
+        f"job '{shape.job}' table '{shape.table}': override #{n} pins key '{key}' to a row "
+        f"whose '{column}' is {value}, which the replica's {types[column]} column cannot hold "
+        f"exactly; nothing of the table applied. Let it go with a later entry: deltaferry "
+        f"conflicts override {shape.job} --table {shape.table} --key '{key}' --remove "
+        "--reason '…' (or pin the key again)"
+    )
 
 
 def _record_conflicts(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:

@@ -316,6 +316,61 @@ def test_a_row_pinned_by_value_shows_its_text_as_typed() -> None:
     assert "pinné ü 東京" in records and "Zoë" in records and "\\u" not in records
 
 
+def test_a_pinned_value_no_column_can_hold_is_refused_and_a_later_entry_lets_it_go() -> None:
+    """A value override in force whose value the replica's column cannot hold exactly
+    (written by hand, or before ``conflicts override`` checked it) stops the pull of the
+    table with one line naming the entry; nothing is applied, and no value nobody typed
+    is pinned (``true`` or ``3.5`` into an integer). An entry after it, applied in the
+    same pull, lets it go (a fresh-user trial: the bad pin wedged every pull for good)."""
+    import datetime as dt
+
+    from deltaferry.resolve import OverrideUnfit
+
+    shape = merge_tables.TableShape("shop", "stock", ["id"])
+    con = duckdb.connect()
+    con.execute(merge_tables.META)
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    batch = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "qty": pa.array([5, 6], pa.int64()),
+            "at": pa.array([at, at], pa.timestamp("us", "UTC")),
+            "_op": pa.array(["upsert", "upsert"]),
+            "_seq": pa.array([1, 2], pa.int64()),
+        }
+    )
+    merge.apply_batch(con, shape, "north", 1, 10, batch)
+
+    def rows() -> list:
+        return con.execute("SELECT id, qty, \"at\", _producer FROM stock ORDER BY id").fetchall()
+
+    before = rows()
+    for value, column, shown in [
+        ({"qty": True}, "qty", "true"),
+        ({"qty": 3.5}, "qty", "3.5"),
+        ({"qty": 1e30}, "qty", "1e30"),
+        ({"qty": 9223372036854775808}, "qty", "9223372036854775808"),
+        ({"at": "noon"}, "at", '"noon"'),
+        ({"at": 12345}, "at", "12345"),
+    ]:
+        entry = {"n": 1, "key": "1", "action": "pin", "value": {"qty": 1, **value}}
+        with pytest.raises(OverrideUnfit) as err:
+            merge.apply_override(con, shape, entry)
+        message = str(err.value)
+        assert "\n" not in message and "override #1 pins key '1'" in message, message
+        assert f"'{column}' is {shown}" in message and "--remove" in message, message
+        assert rows() == before
+        assert con.execute("SELECT count(*) FROM _deltaferry_overrides").fetchone() == (0,)
+    # the bad entry and the one that lets it go, in one pull: the automatic winner stays
+    bad = {"n": 1, "key": "1", "action": "pin", "value": {"qty": 3.5, "at": None}}
+    assert merge.apply_overrides(con, shape, [bad, {"n": 2, "key": "1", "action": "remove"}]) == 2
+    assert rows() == before
+    # values a column holds exactly are pinned as typed
+    fit = {"n": 3, "key": "2", "action": "pin", "value": {"qty": -7, "at": "2026-05-06T07:08:09+02:00"}}
+    assert merge.apply_override(con, shape, fit)
+    assert rows()[1] == (2, -7, dt.datetime(2026, 5, 6, 5, 8, 9, tzinfo=dt.UTC), "override")
+
+
 def test_batches_that_do_not_touch_a_key_never_change_its_winner() -> None:
     con = duckdb.connect()
     con.execute(merge_tables.META)
@@ -653,6 +708,41 @@ def test_a_producer_clock_hours_ahead_does_not_win_forever(sites, tmp_path, monk
         _pull(south, tmp_path / "fresh.duckdb")
 
 
+def test_a_bad_pin_in_the_log_stops_pulls_until_an_entry_lets_it_go(sites, tmp_path, monkeypatch):
+    """An override entry that no replica column can hold (written without the CLI's
+    check) stops the pull of its table with one line naming it, on an existing replica
+    and a new one; `conflicts override --remove` lets it go, and the next pulls converge
+    (a fresh-user trial: the pull failed for good, `--remove` did not help)."""
+    from deltaferry.errors import TerminalError
+    from deltaferry.overrides import write_override
+    from destinations.lake import open_lake
+
+    north, south = sites
+    north.shop.round(3, 0, churn=0)
+    north.sync(monkeypatch)
+    south.shop.round(3, 0, churn=0)
+    south.sync(monkeypatch)
+    replica = tmp_path / "replica.duckdb"
+    _pull(north, replica)
+    before = _replica(replica)
+    value = {"name": "n", "email": "n@example.com", "country": "DE", "updated_at": 12345, "deleted_at": None}
+    write_override(open_lake(north.job().lake), "shop", "customers", key="1", action="pin",
+                   value=value, reason="by hand")  # fmt: skip
+    for target in (replica, tmp_path / "new.duckdb"):
+        with pytest.raises(TerminalError) as err:
+            _pull(north, target)
+        message = str(err.value)
+        assert "\n" not in message and "table 'customers': override #1 pins key '1'" in message, message
+        assert "'updated_at' is 12345" in message and "--remove" in message, message
+    assert _replica(replica) == before
+    done = _cli(north, monkeypatch, "conflicts", "override", "shop", "--table", "customers",
+                "--key", "1", "--remove", "--reason", "a bad pin")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    _pull(north, replica)
+    _pull(north, tmp_path / "new.duckdb")
+    assert _replica(replica) == _replica(tmp_path / "new.duckdb") == before
+
+
 def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeypatch):
     north, south = sites
     north.shop.round(3, 0, churn=0)
@@ -664,6 +754,10 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
         (["--key", "1", "--value", '{"email": "not-an-email"}'], "breaks contract contracts.shop:Customers v1: "),
         (["--key", "1", "--value", '{"email": "not-an-email"}'], "(1 row, e.g. 'not-an-email')"),
         (["--key", "1", "--value", '{"email": "not-an-email"}'], "name: not_nullable (1 row, e.g. NULL)"),
+        # values pandera would coerce, and a reader would then pin as nobody typed them
+        (["--key", "1", "--value", '{"name": 5}'], "--value gives 'name' 5, which its VARCHAR column"),
+        (["--key", "1", "--value", '{"updated_at": 12345}'], "--value gives 'updated_at' 12345"),
+        (["--key", "1", "--value", '{"updated_at": "noon"}'], "--value gives 'updated_at' \"noon\""),
         (["--key", "1", "--value", '{"colour": "red"}'], "column(s) colour"),
         (["--key", "1"], "exactly one of --producer, --value, --delete, --remove"),
     ]

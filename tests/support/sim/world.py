@@ -124,7 +124,10 @@ contract = "tests.support.sim.contract:Tags"
 
 # several producers (``World.multi``): their ids, and each one's clock against the world's
 # (seconds; beyond ``max_clock_skew_seconds`` = 300 some of the time, so the skew notes run)
-PRODUCERS = ("pa", "pb")
+PRODUCERS = ("pa", "pb", "pc")
+# the share of several-producer histories with a third producer (drawn from a generator
+# of its own: the two-producer histories stay what they were)
+P_THIRD = 0.3
 SKEWS = (0, 0, 2, -2, 45, -45, 400, -400, 3600)
 # the share of histories with several producers (drawn from a generator of its own: the
 # single-producer histories stay what they were)
@@ -382,7 +385,8 @@ class World:
     archive of everything the lake ever held."""
 
     def __init__(self, seed: int, root: Path, multi: bool | None = None) -> None:
-        """``multi``: two producers (True) or one (False); None: as the seed draws it."""
+        """``multi``: several producers (True: two, or three as the seed draws it) or one
+        (False); None: as the seed draws it."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.root = root
@@ -397,10 +401,11 @@ class World:
         self.multi_rng = multi_rng
         self.stats.multi = int(self.multi)
         if self.multi:
+            third = random.Random(f"{seed}/third").random() < P_THIRD
             self.sites = {
                 name: Site(name, Source.empty(self, rev=i * 1_000_000), root / f"home-{name}",
                            multi_rng.choice(SKEWS))
-                for i, name in enumerate(PRODUCERS)
+                for i, name in enumerate(PRODUCERS[: 3 if third else 2])
             }  # fmt: skip
         else:
             self.sites = {None: Site(None, Source.empty(self), root / "home")}
@@ -461,18 +466,23 @@ class World:
     def source(self) -> Source:
         return self.site.source
 
+    @property
+    def producers(self) -> list[str]:
+        """The producer ids of a several-producer history (two or three), in id order."""
+        return [name for name in self.sites if name is not None]
+
     def act_as(self, site: Site) -> None:
         self.site = site
         os.environ["DELTAFERRY_HOME"] = str(site.home)
 
     def _pick_site(self) -> None:
         if self.multi:
-            self.act_as(self.sites[self.rng.choice(PRODUCERS)])
+            self.act_as(self.sites[self.rng.choice(self.producers)])
 
     def step_clock(self) -> None:
         """A producer's clock is set anew (an NTP step, a VM restored): often backwards,
         below what it stamped before; its next batch must still order after its last."""
-        site = self.sites[self.multi_rng.choice(PRODUCERS)]
+        site = self.sites[self.multi_rng.choice(self.producers)]
         old, site.skew = site.skew, self.multi_rng.choice((*SKEWS, -7200, -86400))
         self._fault("producer clock stepped")
         self.trace.append(f"{self.step_no}: producer {site.name}'s clock stepped {site.skew - old:+d} s")
@@ -839,9 +849,9 @@ class World:
             return
         key = self.rng.choice(keys)
         r = self.rng.random()
-        producer = self.rng.choice(PRODUCERS) if r < 0.4 else None
-        if producer and not _batches(self.lake, t, producer):
-            producer = PRODUCERS[0] if _batches(self.lake, t, PRODUCERS[0]) else PRODUCERS[1]
+        producer = self.rng.choice(self.producers) if r < 0.4 else None
+        if producer and not _batches(self.lake, t, producer):  # one that has published
+            producer = next(p for p in self.producers if _batches(self.lake, t, p))
         action = "pin" if r < 0.8 else "remove"
         value = None
         if 0.4 <= r < 0.6:  # a row typed in (``--value``): the whole row but the key
