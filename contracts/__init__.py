@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_
@@ -87,14 +88,26 @@ class ValidationResult:
 
 
 def example(value: Any) -> str:
-    """A failing value for a message: its ``repr``, cut at 40 characters (``'ten'``,
-    ``-3``), ``NULL`` for a missing value (None, or pandas' NaN, NaT, NA)."""
+    """A failing value for a message: text quoted (``'ten'``, its first 40 characters and
+    ``…`` when longer, the quotes kept), a time or date in ISO 8601 (``1999-12-31T23:59:59``),
+    anything else as Python writes it (``-3``, ``1e+30``), and ``NULL`` for a missing value
+    (None, or pandas' NaN, NaT, NA)."""
+    import datetime as dt
+
     try:
         missing = bool(pd.isna(value))
     except (TypeError, ValueError):  # a list or an array: not one value
         missing = False
-    text = "NULL" if missing else repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    if missing:
+        return "NULL"
+    if isinstance(value, np.generic):  # numpy's scalars write themselves as np.int64(5)
+        value = value.item()
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pandas' Timestamp included
+        return value.isoformat()
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 def summarize(
@@ -295,7 +308,7 @@ def _collect(err: SchemaErrors, n_rows: int) -> ValidationResult:
         )
         check = str(rec.get("check"))
         value = rec.get("failure_case")
-        reason = f"{check} failed for value {value!r}"
+        reason = f"{check} failed for value {example(value)}"
         if idx is None or (isinstance(idx, float) and pd.isna(idx)):
             schema_failures.append(Failure(-1, field, check, f"schema: {reason}", value))
         else:

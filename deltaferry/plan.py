@@ -96,8 +96,12 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
         except ContractViolation as e:
             if chunks is None or chunks.keys.whole:
                 raise
+            # the load's batches before this one may have been published already
+            text = str(e).replace(
+                "nothing of this table published", "nothing of this batch of the table published"
+            )
             raise ContractViolation(
-                f"{e}; the share is of this batch, one part of a split load "
+                f"{text}; the share is of this batch, one part of a split load "
                 f"(max_batch_rows = {ctx.job.max_batch_rows}, {chunks.keys.describe()}): a "
                 "larger max_batch_rows measures it over more of the load"
             ) from None
