@@ -135,9 +135,13 @@ def _several_stopped(ctx: SyncContext, stopped: list[tuple[str, TerminalError]])
     that could not be read): each table's own line, joined; a ``ContractViolation`` when any
     is one (its event, ``deltaferry.validation.failed``, is what alerts listen for)."""
     names = ", ".join(f"'{name}'" for name, _ in stopped)
-    message = (
-        f"job '{ctx.job.name}': tables {names} stopped (the job's other tables went on): "
-        + " | ".join(str(e) for _, e in stopped)
+    rest = (
+        "the job's other tables went on"
+        if len(stopped) < len(ctx.job.tables)
+        else "every table of the job stopped"
+    )
+    message = f"job '{ctx.job.name}': tables {names} stopped ({rest}): " + " | ".join(
+        str(e) for _, e in stopped
     )
     if any(isinstance(e, ContractViolation) for _, e in stopped):
         return ContractViolation(message)

@@ -150,3 +150,16 @@ def test_an_error_that_ends_a_run_carries_what_went_on_before_it():
     assert tables["a"] == {"batch": None}
     assert tables["b"]["batch"] is None and "upload failed" in tables["b"]["stopped"]
     assert finished[0][1] == "failed"
+
+
+def test_several_stopped_tables_say_whether_any_table_went_on() -> None:
+    """One error for the tables that stopped: "the job's other tables went on" only when
+    the job has others (a fresh-user trial read it on a job whose every table stopped)."""
+    from deltaferry.run import _several_stopped
+
+    stopped = [("a", ContractViolation("a broke")), ("b", TerminalError("b unreadable"))]
+    some = _several_stopped(SimpleNamespace(job=SimpleNamespace(name="j", tables=[1, 2, 3])), stopped)
+    every = _several_stopped(SimpleNamespace(job=SimpleNamespace(name="j", tables=[1, 2])), stopped)
+    assert isinstance(some, ContractViolation) and isinstance(every, ContractViolation)
+    assert str(some) == "job 'j': tables 'a', 'b' stopped (the job's other tables went on): a broke | b unreadable"
+    assert str(every) == "job 'j': tables 'a', 'b' stopped (every table of the job stopped): a broke | b unreadable"
