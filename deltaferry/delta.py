@@ -415,9 +415,10 @@ def _validate_chunk(
         pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
         if fresh is None or fresh[upsert_idx[pos]]:
             counts.update((f.field, f.check) for f in result.reasons(pos))
-            if examples is not None:
+            if examples is not None:  # the key in key order, as typed (``pk`` is for matching)
+                shown = json.dumps({c: rec[c] for c in t.primary_key}, default=str, ensure_ascii=False)
                 for f in result.reasons(pos):
-                    examples.setdefault((f.field, f.check), f"{example(f.value)} at key {pk[:80]}")
+                    examples.setdefault((f.field, f.check), f"{example(f.value)} at key {shown[:80]}")
         row_json = json.dumps(rec, default=str, sort_keys=True)
         for f in result.reasons(pos):
             quarantine.append(
