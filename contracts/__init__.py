@@ -237,11 +237,34 @@ class Contract:
                 frame[c] = as_decimals
         if exact:
             schema = schema.update_columns({c: {"dtype": None, "coerce": False} for c in exact})
+        hidden = self._hidden_nulls(frame)
         try:
             schema.validate(frame, lazy=True)
         except SchemaErrors as err:
-            return _collect(err, len(frame))
-        return ValidationResult(len(frame), {}, ())
+            return _with(_collect(err, len(frame)), hidden)
+        return _with(ValidationResult(len(frame), {}, ()), hidden)
+
+    def _hidden_nulls(self, frame: pd.DataFrame) -> list[Failure]:
+        """NULLs in non-nullable boolean columns, which pandera's coercion hides (``None``
+        becomes ``False`` before its ``not_nullable`` check runs), so a NULL would pass the
+        contract and reach every replica."""
+        out = []
+        for name, col in self.schema.columns.items():
+            if col.nullable or name not in frame or "bool" not in str(col.dtype).lower():
+                continue
+            for row in frame.index[frame[name].isna()]:
+                out.append(Failure(int(row), name, "not_nullable", "not_nullable failed for value NULL"))
+        return out
+
+
+def _with(result: ValidationResult, more: list[Failure]) -> ValidationResult:
+    """``result`` with the row failures ``more`` added."""
+    if not more:
+        return result
+    rows = {k: list(v) for k, v in result.row_failures.items()}
+    for f in more:
+        rows.setdefault(f.row, []).append(f)
+    return ValidationResult(result.n_rows, rows, result.schema_failures)
 
 
 def _decimals(column: pd.Series) -> pd.Series | None:

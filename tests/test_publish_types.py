@@ -76,3 +76,31 @@ def test_a_naive_timestamp_for_a_zoned_column_is_validated_as_the_utc_instant():
     seen = _in_contract_zone(contract, data)
     assert seen.column("at").to_pylist() == [dt.datetime(2024, 2, 2, 1, 0, tzinfo=dt.timezone.utc), None]
     assert not contract.validate(seen.to_pandas()).failed_rows
+
+
+def test_a_null_in_a_boolean_column_that_may_not_be_null_breaks_the_contract():
+    """pandera coerces None to False before its not_nullable check, so a NULL in a
+    non-nullable boolean column passed the contract and was published (a fresh-user trial,
+    through an override's --value; the sync's own validation is the same call). Validated
+    as a batch's rows are (Arrow to pandas, integers with NULLs as objects)."""
+
+    class Flags(pa.DataFrameModel):
+        id: Series[int]
+        flag: Series[bool]
+        maybe: Series[bool] = pa.Field(nullable=True)
+
+        class Config:
+            coerce = True
+
+    contract = Contract("flags", Flags)
+    data = pyarrow.table(
+        {
+            "id": pyarrow.array([1, 2, 3], pyarrow.int64()),
+            "flag": pyarrow.array([True, None, False], pyarrow.bool_()),
+            "maybe": pyarrow.array([None, None, True], pyarrow.bool_()),
+        }
+    )
+    result = contract.validate(data.to_pandas(integer_object_nulls=True))
+    assert result.failed_rows == {1}
+    assert result.summary() == "flag: not_nullable (1 row, e.g. NULL)"
+    assert not contract.validate(data.slice(2).to_pandas(integer_object_nulls=True)).failed_rows
