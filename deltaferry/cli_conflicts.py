@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -200,6 +201,17 @@ def register(ui: ModuleType) -> None:
 _INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
+def _in_range(n: int, dtype: str) -> bool:
+    """Whether the integer ``n`` fits the numpy integer type ``dtype`` (``int64``, ``uint8``)."""
+    import numpy as np
+
+    try:
+        info = np.iinfo(dtype)
+    except (TypeError, ValueError):  # not a numpy integer type name: not checked here
+        return True
+    return int(info.min) <= n <= int(info.max)
+
+
 def _check_key_values(t: Any, stored_key: str, where: str) -> None:
     """Refuse a key no row can have: a value of an integer key column that is not an
     integer as the replica writes it (``x``, `` 1``, ``01``, ``1.0``, ``None``). Such a
@@ -215,11 +227,13 @@ def _check_key_values(t: Any, stored_key: str, where: str) -> None:
     columns = load_contract(t.contract, where=where).schema.columns
     for column, part in zip(pk, parts, strict=True):
         dtype = str(columns[column].dtype).lower() if column in columns else ""
-        if dtype.startswith(("int", "uint")) and not _INTEGER_TEXT.fullmatch(part):
+        if dtype.startswith(("int", "uint")) and not (
+            _INTEGER_TEXT.fullmatch(part) and _in_range(int(part), dtype)
+        ):
             raise ConfigError(
-                f"{where}: key column '{column}' holds integers, and {part!r} is not one as "
-                "the replica writes it (digits, a leading '-' only, no spaces or leading "
-                "zeros); no row can have this key"
+                f"{where}: key column '{column}' holds integers ({dtype}), and {part!r} is not "
+                "one as the replica writes it (digits, a leading '-' only, no spaces or "
+                "leading zeros, within the type's range); no row can have this key"
             )
 
 
@@ -232,7 +246,9 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
     from deltaferry.errors import ConfigError
 
     try:
-        row = json.loads(value)
+        # numbers exactly as typed (a float would round 0.1000000000000000055 to 0.1, and
+        # 1e400 to Infinity, before anything is checked); NaN and Infinity are no JSON
+        row = json.loads(value, parse_float=Decimal, parse_constant=_no_constant)
     except ValueError as e:
         raise ConfigError(f"{where}: --value is not JSON: {e}") from None
     if not isinstance(row, dict):
@@ -249,7 +265,8 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
         if column in full and str(full[column]) != part:
             raise ConfigError(f"{where}: --value sets key column '{column}' to another value")
         full[column] = part
-    _check_kinds(contract, {c: v for c, v in row.items() if c not in t.primary_key}, where)
+    exact = _exact_row(contract, {c: v for c, v in row.items() if c not in t.primary_key}, where)
+    full.update(exact)
     frame = pd.DataFrame([{c: full.get(c) for c in contract.columns}])
     result = contract.validate(frame)
     if result.failed_rows:
@@ -260,11 +277,24 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
     return {c: v for c, v in full.items() if c not in t.primary_key}
 
 
-def _check_kinds(contract: Any, row: dict[str, Any], where: str) -> None:
-    """Refuse a value a replica column of the contract's type cannot hold exactly, as every
-    reader will check it (``merge_tables.unfit_pinned_values``): pandera would coerce
-    ``true`` or ``3.5`` into an integer column, and the reader would then pin a value
-    nobody typed."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _exact_row(contract: Any, row: dict[str, Any], where: str) -> dict[str, Any]:
+    """The row of a value override as it is written to the log, every value exactly what
+    its column will hold, or ConfigError naming the column. ``row``: parsed with decimal
+    numbers as ``Decimal``. Each value must be of its column's kind (a JSON number for a
+    number, quoted text for text and times, true/false for a boolean) and fit it without
+    rounding: an integer in its type's range; a float finite and, if integral, exact; a
+    decimal with no more digits than its scale and precision keep (written as a JSON number
+    when a float keeps it exactly, else as quoted text, which every reader casts exactly);
+    a time with at most microseconds; a date without a time. Then the replicas' own check
+    (``merge_tables.unfit_pinned_values``, strict) on what is written: pandera would coerce
+    ``true`` or ``3.5`` into an integer column, and a reader would pin a value nobody typed."""
+    import math
+    from decimal import InvalidOperation, localcontext
+
     import duckdb
     import pyarrow as pa
 
@@ -282,17 +312,60 @@ def _check_kinds(contract: Any, row: dict[str, Any], where: str) -> None:
             types[c] = "VARCHAR"
         elif declared == "date":
             types[c] = "DATE"
+    out = dict(row)
+
+    def refuse(column: str, why: str) -> ConfigError:
+        shown = json.dumps(row[column], default=str, ensure_ascii=False)
+        return ConfigError(
+            f"{where}: --value gives '{column}' {shown}, which its {types[column]} column cannot "
+            f"hold exactly ({why})"
+        )
+
+    for column, duck in types.items():
+        v = row[column]
+        if v is None:
+            continue
+        family = duck.split("(")[0].split(" ")[0]
+        number = isinstance(v, (int, Decimal)) and not isinstance(v, bool)
+        if family in ("FLOAT", "DOUBLE"):
+            if not number:
+                raise refuse(column, "give a JSON number")
+            f = float(v)
+            if not math.isfinite(f) or (f == 0 and v != 0) or (isinstance(v, int) and int(f) != v):
+                raise refuse(column, "a float cannot keep it")
+            out[column] = f
+        elif family == "DECIMAL":
+            d = Decimal(v) if number else None
+            scale = int(duck.split(",")[1].rstrip(")")) if "," in duck else 0
+            with localcontext() as exact:
+                exact.prec = 100  # a quantize within any DECIMAL's 38 digits never rounds
+                try:
+                    fits = d is not None and d.is_finite() and d == d.quantize(Decimal(1).scaleb(-scale))
+                except InvalidOperation:  # more digits than any DECIMAL has
+                    fits = False
+            if not fits or d is None:
+                raise refuse(column, f"give a JSON number with at most {scale} decimals, within the type")
+            out[column] = float(d) if Decimal(repr(float(d))) == d else format(d, "f")
+        elif family == "DATE" and not (isinstance(v, str) and re.fullmatch(r"-?\d{4,}-\d\d-\d\d", v)):
+            raise refuse(column, "give the date as quoted text, 2026-12-31, without a time")
+        elif family.startswith("TIMESTAMP") and isinstance(v, str):
+            digits = re.search(r"[T ]\d\d:\d\d:\d\d\.(\d+)", v)
+            if digits and len(digits.group(1).rstrip("0")) > 6:
+                raise refuse(column, "times are kept to the microsecond")
+        elif isinstance(v, Decimal):  # a fraction for any other column: no exact fit
+            out[column] = float(v)
     con = duckdb.connect()
     try:
         unfit = unfit_pinned_values(
-            con, "SELECT 1 AS n, ?::VARCHAR AS value_json", types, [json.dumps(row)], strict=True
+            con, "SELECT 1 AS n, ?::VARCHAR AS value_json", types, [json.dumps(out)], strict=True
         )
     finally:
         con.close()
     if unfit:
-        _, column, value = unfit[0]
-        raise ConfigError(
-            f"{where}: --value gives '{column}' {value}, which its {types[column]} column "
-            "cannot hold exactly (a number for a number column, quoted text for text, dates "
-            "and times as quoted ISO 8601 text, true/false for a boolean)"
+        column = unfit[0][1]
+        raise refuse(
+            column,
+            "a number for a number column, quoted text for text, dates and times as quoted "
+            "ISO 8601 text, true/false for a boolean",
         )
+    return out

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import duckdb
+import pandas as pd
+import pandera.pandas as pandera
 import pyarrow as pa
 import pytest
+from pandera.engines import pandas_engine
+from pandera.typing import Series
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -763,7 +768,7 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
     ]
     # keys no row can have (an integer key typed otherwise than the replica writes it):
     # refused, not written to the log for good (a fresh-user trial)
-    cases += [(["--key", k, "--delete"], "key column 'id' holds integers") for k in ("x", " 1", "01", "1.0", "None")]
+    cases += [(["--key", k, "--delete"], "key column 'id' holds integers") for k in ("x", " 1", "01", "1.0", "None", "9223372036854775808")]
     for args, needle in cases:
         result = _cli(north, monkeypatch, *base, *args)
         assert result.exit_code == 2, (args, result.output)
@@ -917,3 +922,69 @@ def test_a_merged_table_no_producer_published_yet_is_empty_then_takes_the_first_
         )
         con.close()
     assert shapes[0] == shapes[1] and len(shapes[0][1]) == 4
+
+
+@pytest.mark.parametrize(
+    ("column", "typed"),
+    [
+        ("n", "3.5"), ("n", "3.0"), ("n", "true"), ("n", '"12"'), ("n", "1e30"), ("n", "9223372036854775808"),
+        ("x", "1e400"), ("x", "1e-400"), ("x", "9007199254740993"), ("x", '"1.5"'), ("x", "true"),
+        ("amount", "0.1000000000000000055511151231257827"), ("amount", "1.10000000000000000001"),
+        ("amount", "3.105"), ("amount", '"3.10"'), ("amount", "1e400"),
+        ("flag", '"yes"'), ("flag", "1"), ("note", "42"),
+        ("at", '"2026-05-01T12:00:00.123456789Z"'), ("at", "12345"), ("at", '"noon"'),
+        ("day", '"2026-12-31T10:00:00"'), ("day", "20261231"),
+    ],
+)  # fmt: skip
+def test_a_pinned_value_its_column_cannot_hold_exactly_is_refused(column: str, typed: str) -> None:
+    """``conflicts override --value``: a value of the wrong kind, or one its column would
+    round, clip or read as something else, is refused naming the column (a fresh-user
+    trial: 0.1000000000000000055 was pinned as 0.10, 1e400 as Infinity, 2^53+1 rounded,
+    nanoseconds cut, a date's time dropped)."""
+    from deltaferry.cli_conflicts import _checked_value
+    from deltaferry.errors import ConfigError
+
+    t = SimpleNamespace(primary_key=["id"], contract="tests.test_conflicts:Pinned")
+    with pytest.raises(ConfigError, match=f"--value gives '{column}' .*column cannot hold exactly"):
+        _checked_value(t, ["1"], '{"%s": %s}' % (column, typed), "job 'j' table 't' key '1'")
+
+
+def test_a_pinned_value_is_written_as_its_column_will_hold_it() -> None:
+    from deltaferry.cli_conflicts import _checked_value
+    from deltaferry.errors import ConfigError
+
+    t = SimpleNamespace(primary_key=["id"], contract="tests.test_conflicts:Pinned")
+    typed = (
+        '{"n": -7, "x": 0.1, "amount": 12345678901.23, "flag": false, "note": "ü",'
+        ' "at": "2026-05-01T12:00:00.123456+02:00", "day": "2026-12-31"}'
+    )
+    row = _checked_value(t, ["1"], typed, "w")
+    assert row == {"n": -7, "x": 0.1, "amount": 12345678901.23, "flag": False, "note": "ü",
+                   "at": "2026-05-01T12:00:00.123456+02:00", "day": "2026-12-31"}  # fmt: skip
+    # more digits than a float keeps: written as text, which a reader casts exactly
+    row = _checked_value(t, ["1"], '{"big": 123456789012345678.25}', "w")
+    assert row["big"] == "123456789012345678.25"
+    with pytest.raises(ConfigError, match="NaN is not a JSON number"):
+        _checked_value(t, ["1"], '{"x": NaN}', "w")
+
+
+class Pinned(pandera.DataFrameModel):
+    """A contract with a column of each kind, for the override value checks."""
+
+    id: Series[int]
+    n: Series[int] = pandera.Field(nullable=True)
+    x: Series[float] = pandera.Field(nullable=True)
+    amount: Series[pandas_engine.Decimal] = pandera.Field(
+        nullable=True, dtype_kwargs={"precision": 20, "scale": 2}
+    )
+    big: Series[pandas_engine.Decimal] = pandera.Field(
+        nullable=True, dtype_kwargs={"precision": 38, "scale": 2}
+    )
+    flag: Series[bool] = pandera.Field(nullable=True)
+    note: Series[str] = pandera.Field(nullable=True)
+    at: Series[pd.DatetimeTZDtype] = pandera.Field(nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"})
+    day: Series[pandas_engine.Date] = pandera.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
