@@ -156,10 +156,13 @@ def _refuse_unfit_pins(con: duckdb.DuckDBPyConnection, shape: TableShape, types:
     gives a column a value the replica's column cannot hold exactly (written by hand, or by
     a deltaferry that did not check it): the key would get a value nobody typed, or none.
     Nothing is applied; a later entry for the key (``--remove``, or another pin) lets it go."""
-    unfit = unfit_pinned_values(con, "SELECT n, value_json, key FROM _deltaferry_active", types)
+    # most resolves have no value pin in force: no per-column query for them
+    if not fetch_row(con, "SELECT count(*) FROM _deltaferry_active WHERE value_json IS NOT NULL")[0]:
+        return
+    unfit = unfit_pinned_values(con, "SELECT n, value_json FROM _deltaferry_active", types)
     if not unfit:
         return
-    n, column, value = unfit[0]
+    n, column, value = min(unfit)  # the oldest entry first, as the log orders them
     key = fetch_row(con, "SELECT key FROM _deltaferry_active WHERE n = ?", [n])[0]
     raise OverrideUnfit(
         f"job '{shape.job}' table '{shape.table}': override #{n} pins key '{key}' to a row "

@@ -366,6 +366,14 @@ def test_a_pinned_value_no_column_can_hold_is_refused_and_a_later_entry_lets_it_
         assert f"'{column}' is {shown}" in message and "--remove" in message, message
         assert rows() == before
         assert con.execute("SELECT count(*) FROM _deltaferry_overrides").fetchone() == (0,)
+    # two bad entries at once: the oldest is named first, whatever its columns
+    two = [
+        {"n": 1, "key": "2", "action": "pin", "value": {"qty": 1, "at": "noon"}},
+        {"n": 2, "key": "1", "action": "pin", "value": {"qty": 3.5, "at": None}},
+    ]
+    with pytest.raises(OverrideUnfit, match=r"override #1 pins key '2' to a row whose 'at'"):
+        merge.apply_overrides(con, shape, two)
+    assert rows() == before
     # the bad entry and the one that lets it go, in one pull: the automatic winner stays
     bad = {"n": 1, "key": "1", "action": "pin", "value": {"qty": 3.5, "at": None}}
     assert merge.apply_overrides(con, shape, [bad, {"n": 2, "key": "1", "action": "remove"}]) == 2
