@@ -94,11 +94,7 @@ def example(value: Any) -> str:
     (None, or pandas' NaN, NaT, NA)."""
     import datetime as dt
 
-    try:
-        missing = bool(pd.isna(value))
-    except (TypeError, ValueError):  # a list or an array: not one value
-        missing = False
-    if missing:
+    if _missing(value):
         return "NULL"
     if isinstance(value, np.generic):  # numpy's scalars write themselves as np.int64(5)
         value = value.item()
@@ -118,7 +114,9 @@ def summarize(
     """The ``limit`` most common failures of ``counts`` (``ValidationResult.counts``, or
     several chunks' added up) in one line: ``field: check (N rows, e.g. VALUE); ...``
     (``<table>`` for a failure of the table's shape, such as a missing column); the
-    example, from ``examples`` by (field, check), where there is one."""
+    example, from ``examples`` by (field, check), where there is one; then how many other
+    (field, check) pairs failed and how many failures they hold, ``and 2 more checks
+    (7 failures)``."""
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     parts = []
     for (field, check), n in top:
@@ -126,7 +124,12 @@ def summarize(
         rows = f"{n} row{'s' if n != 1 else ''}" + (f", e.g. {seen}" if seen is not None else "")
         parts.append(f"{field or '<table>'}: {check} ({rows})")
     more = len(counts) - len(top)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    if more <= 0:
+        return "; ".join(parts)
+    failures = sum(counts.values()) - sum(n for _, n in top)
+    return "; ".join(parts) + (
+        f"; and {more} more check{'s' if more != 1 else ''} ({failures} failure{'s' if failures != 1 else ''})"
+    )
 
 
 class Contract:
@@ -336,7 +339,30 @@ def _collect(err: SchemaErrors, n_rows: int) -> ValidationResult:
             schema_failures.append(Failure(-1, field, check, f"schema: {reason}", value))
         else:
             row_failures.setdefault(int(idx), []).append(Failure(int(idx), field, check, reason, value))
-    return ValidationResult(n_rows, row_failures, tuple(schema_failures))
+    return ValidationResult(n_rows, _one_failure_a_null(row_failures), tuple(schema_failures))
+
+
+def _one_failure_a_null(rows: dict[int, list[Failure]]) -> dict[int, list[Failure]]:
+    """A NULL in a column that may not hold one fails pandera's ``not_nullable`` and, in
+    an integer column, its ``coerce_dtype`` and ``dtype`` checks too: one value, three
+    failures (a fresh-user trial read it as three problems). Only ``not_nullable`` is kept
+    for a (row, field) whose failing value is NULL; other failures are kept as they are."""
+    out = {}
+    for row, failures in rows.items():
+        null_fields = {f.field for f in failures if f.check == "not_nullable"}
+        out[row] = [
+            f
+            for f in failures
+            if f.check == "not_nullable" or f.field not in null_fields or not _missing(f.value)
+        ]
+    return out
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array: not one value
+        return False
 
 
 def _fingerprint(schema: pa.DataFrameSchema, version: int) -> str:

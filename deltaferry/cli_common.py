@@ -4,6 +4,8 @@ reports that print as a rich table on a terminal and as tab-separated lines when
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,13 +33,19 @@ def one_line_errors(fn: F) -> F:
             debug = from_env().debug  # a bad DELTAFERRY_* value: one line, exit 2
             return fn(*args, **kwargs)
         except DeltaferryError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
+        except BrokenPipeError:
+            # the reader of a pipe stopped reading (`| head`): stop quietly, as a program
+            # killed by SIGPIPE does (exit 141), not with a traceback from the next write or
+            # from Python's flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         except Exception as e:
             if debug:
                 raise
             err.print(
-                f"[bold red]error:[/] {type(e).__name__}: {escape(str(e))} "
+                f"[bold red]error:[/] {type(e).__name__}: {escape(one_line(str(e)))} "
                 "(set DELTAFERRY_DEBUG=1 for a traceback)",
                 highlight=False,
                 soft_wrap=True,
@@ -45,6 +53,12 @@ def one_line_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(message: str) -> str:
+    """An error message on one line: a line break inside it (a name or value holding one,
+    a database's multi-line error) written ``\\n``/``\\r``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 config_option = click.option(
@@ -92,9 +106,19 @@ def emit(report: _Report) -> None:
             table.add_row(*row)
         out.print(table)
         return
-    click.echo("\t".join(report.headers))
+    click.echo("\t".join(tsv_cell(h) for h in report.headers))
     for row in report.rows:
-        click.echo("\t".join(row))
+        click.echo("\t".join(tsv_cell(c) for c in row))
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_cell(text: str) -> str:
+    """A cell of a tab-separated line: a backslash, tab, newline or carriage return in it is
+    written ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (PostgreSQL's COPY text format), so one row is
+    one line with one tab between cells whatever a key or a reason holds."""
+    return text.translate(_TSV_ESCAPES)
 
 
 # Prefect waits 20 s for its temporary API (a run without PREFECT_API_URL) by default: on a

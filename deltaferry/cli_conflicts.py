@@ -238,8 +238,8 @@ def _check_key_values(t: Any, stored_key: str, where: str) -> None:
 
 
 def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, Any]:
-    """The row of a value override: a JSON object of contract columns (the whole row but
-    the key, which comes from --key) that passes the contract."""
+    """The row of a value override: a JSON object of every contract column but the key
+    (which comes from --key; a NULL given as null) that passes the contract."""
     import pandas as pd
 
     from contracts import load_contract
@@ -274,6 +274,12 @@ def _checked_value(t: Any, key: list[str], value: str, where: str) -> dict[str, 
             f"{where}: --value breaks contract {contract.ref} v{contract.version}: "
             f"{result.summary()}"
         )
+    missing = [c for c in contract.columns if c not in full]
+    if missing:  # the value replaces the row: a column left out would become NULL unasked
+        raise ConfigError(
+            f"{where}: --value has no {', '.join(repr(c) for c in missing)}: it replaces the "
+            "whole row (it does not patch it), so give every column, null for a NULL"
+        )
     return {c: v for c, v in full.items() if c not in t.primary_key}
 
 
@@ -296,22 +302,12 @@ def _exact_row(contract: Any, row: dict[str, Any], where: str) -> dict[str, Any]
     from decimal import InvalidOperation, localcontext
 
     import duckdb
-    import pyarrow as pa
 
-    from deltaferry.duck import duck_type
     from deltaferry.errors import ConfigError
     from deltaferry.merge_tables import unfit_pinned_values
+    from deltaferry.overrides import value_types
 
-    arrow = contract.arrow_types()
-    types = {}
-    for c in row:
-        declared = str(contract.schema.columns[c].dtype).lower() if c in contract.columns else ""
-        if c in arrow:
-            types[c] = duck_type(pa.field(c, arrow[c]))
-        elif declared in ("str", "string"):  # kept as objects by pandas: published as text
-            types[c] = "VARCHAR"
-        elif declared == "date":
-            types[c] = "DATE"
+    types = value_types(contract, row)
     out = dict(row)
 
     def refuse(column: str, why: str) -> ConfigError:

@@ -125,6 +125,38 @@ def pull(
         raise failed  # one line naming the table(s) that stopped; exit 1
 
 
+def _check_pins(job: str, table: str, entries: list[Any], chain: Any, key: list[str]) -> None:
+    """Refuse (VerificationError) a value pin in force that every pull of the table would
+    stop at (``resolve.OverrideUnfit``): a value the contract's newest version's column
+    cannot hold exactly. A value a reader takes only by a cast (``"12"`` for an integer: an
+    entry written by hand, or by an older deltaferry) is said in a note. Unchecked without a
+    loadable contract (the note on contracts says so)."""
+    from deltaferry.errors import VerificationError
+    from deltaferry.overrides import unfit_pins
+
+    if chain is None:
+        return
+    contract = chain.contract()
+    unfit = unfit_pins(entries, contract, key)
+    if unfit:
+        n, k, column, value = unfit[0]
+        raise VerificationError(
+            f"job '{job}' table '{table}': override #{n} pins key '{k}' to a row whose "
+            f"'{column}' is {value}, which contract {contract.ref} v{contract.version} cannot "
+            f"hold exactly: every pull of the table stops at it. Let it go with a later entry: "
+            f"deltaferry conflicts override {job} --table {table} --key '{k}' --remove --reason '…'"
+        )
+    for n, k, column, value in unfit_pins(entries, contract, key, strict=True):
+        out.print(
+            f"note: job '{job}' table '{table}': override #{n} (key '{k}') gives '{column}' "
+            f"{value}, which readers take by a cast, not as typed: pin the key again with "
+            "`conflicts override --value` to write it exactly",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 @click.command()
 @click.argument("job")
 @config_option
@@ -271,9 +303,11 @@ def verify(
             )
         from deltaferry.overrides import read_overrides
 
-        n = len(read_overrides(lake, cfg.name, t.name))
+        entries = read_overrides(lake, cfg.name, t.name)
+        _check_pins(cfg.name, t.name, entries, contract_chains[t.name], keys[t.name])
         out.print(
-            f"[green]ok[/] job {escape(cfg.name)} table {escape(t.name)}: {n} conflict overrides verified"
+            f"[green]ok[/] job {escape(cfg.name)} table {escape(t.name)}: {len(entries)} "
+            "conflict overrides verified"
         )
     for note in notes:
         out.print(note, markup=False, highlight=False, soft_wrap=True)

@@ -31,13 +31,14 @@ class _JobFirstGroup(click.Group):
 
 
 def _key_text(row: dict) -> str:
-    """A record's key as ``col=value, ...``; for rows held without a key (NULL parts shown
-    as NULL), how many source rows share the record and the first one's values, since the
-    key alone does not say which rows they are."""
+    """A record's key as ``col=value, ...`` (text quoted, ``code='a, b=c'``, so a composite
+    key reads one way only; NULL parts as NULL); for rows held without a key, how many
+    source rows share the record and the first one's values, since the key alone does not
+    say which rows they are."""
     from deltaferry.quarantine import UNKEYED  # not at import: it brings DuckDB and Arrow
 
     key = json.loads(row["pk"])
-    text = ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in key.items())
+    text = ", ".join(f"{k}={'NULL' if v is None else repr(v)}" for k, v in key.items())
     if row["load_id"] != "held" or row["check"] != UNKEYED:
         return text
     values = json.loads(row["row_json"] or "{}")

@@ -160,3 +160,63 @@ def write_override(
         f"job '{job}' table '{table}': could not claim an override number after 20 attempts "
         "(many writers at once?); try again"
     )
+
+
+def in_force(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entry in force for each key of ``entries`` (the log in order, ``read_overrides``):
+    the newest entry of the key, unless it is a remove (``{key: entry}``)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        newest[entry["key"]] = entry
+    return {k: e for k, e in newest.items() if e["action"] == "pin"}
+
+
+def value_types(contract: Any, columns: Any) -> dict[str, str]:
+    """``{column: DuckDB type}`` a replica gives the ``columns`` of the contract (a
+    ``contracts.Contract``) that have a known type; the others are left out (unchecked)."""
+    import pyarrow as pa
+
+    from deltaferry.duck import duck_type
+
+    arrow = contract.arrow_types()
+    types = {}
+    for c in columns:
+        declared = str(contract.schema.columns[c].dtype).lower() if c in contract.columns else ""
+        if c in arrow:
+            types[c] = duck_type(pa.field(c, arrow[c]))
+        elif declared in ("str", "string"):  # kept as objects by pandas: published as text
+            types[c] = "VARCHAR"
+        elif declared == "date":
+            types[c] = "DATE"
+    return types
+
+
+def unfit_pins(
+    entries: list[dict[str, Any]], contract: Any, key_columns: list[str], *, strict: bool = False
+) -> list[tuple[int, str, str, str]]:
+    """The value pins in force among ``entries`` that give a column of ``contract`` a value
+    a replica's column of its type cannot hold exactly: ``[(n, key, column, value as
+    typed)]`` in log order. What a reader refuses (``resolve.OverrideUnfit``) with
+    ``strict=False``; with ``strict``, also the values a reader only takes by a cast (``"12"``
+    for an integer, ``5`` for text), which the CLI refuses when it writes an entry."""
+    import duckdb
+
+    from deltaferry.merge_tables import unfit_pinned_values
+
+    pins = [e for e in in_force(entries).values() if e.get("value") is not None]
+    if not pins:
+        return []
+    columns = {c for e in pins for c in e["value"] if c not in key_columns}
+    types = value_types(contract, sorted(columns))
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE pins (n BIGINT, key VARCHAR, value_json VARCHAR)")
+        con.executemany(
+            "INSERT INTO pins VALUES (?, ?, ?)",
+            [[e["n"], e["key"], json.dumps(e["value"], ensure_ascii=False)] for e in pins],
+        )
+        unfit = unfit_pinned_values(con, "SELECT n, value_json FROM pins", types, strict=strict)
+    finally:
+        con.close()
+    keys = {e["n"]: e["key"] for e in pins}
+    return sorted((n, keys[n], column, value) for n, column, value in unfit)

@@ -748,12 +748,31 @@ def test_a_bad_pin_in_the_log_stops_pulls_until_an_entry_lets_it_go(sites, tmp_p
         assert "\n" not in message and "table 'customers': override #1 pins key '1'" in message, message
         assert "'updated_at' is 12345" in message and "--remove" in message, message
     assert _replica(replica) == before
+    # `verify` fails on the entry every pull stops at (a trial: it said ok)
+    checked = _cli(north, monkeypatch, "verify", "shop")
+    message = " ".join(checked.output.split())
+    assert checked.exit_code == 1, checked.output
+    assert "override #1 pins key '1' to a row whose 'updated_at' is 12345" in message, message
+    assert "every pull of the table stops at it" in message and "--remove" in message, message
     done = _cli(north, monkeypatch, "conflicts", "override", "shop", "--table", "customers",
                 "--key", "1", "--remove", "--reason", "a bad pin")  # fmt: skip
     assert done.exit_code == 0, done.output
+    # a value readers take only by a cast (a number for text): verify passes, with a note
+    write_override(open_lake(north.job().lake), "shop", "customers", key="2", action="pin",
+                   value={**value, "updated_at": None, "name": 5}, reason="by hand")  # fmt: skip
+    checked = _cli(north, monkeypatch, "verify", "shop")
+    message = " ".join(checked.output.split())
+    assert checked.exit_code == 0, checked.output
+    assert "3 conflict overrides verified" in message, message
+    assert "override #3 (key '2') gives 'name' 5, which readers take by a cast" in message, message
+    assert "override #1" not in message, message  # removed: not in force
     _pull(north, replica)
     _pull(north, tmp_path / "new.duckdb")
-    assert _replica(replica) == _replica(tmp_path / "new.duckdb") == before
+    assert _replica(replica) == _replica(tmp_path / "new.duckdb") != before
+    assert _replica(replica)[2] == ("DE", "override")
+    con = duckdb.connect(str(replica), read_only=True)
+    assert con.execute("SELECT name FROM customers WHERE id = 2").fetchone() == ("5",)
+    con.close()
 
 
 def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeypatch):
@@ -772,6 +791,9 @@ def test_override_errors_are_one_line_and_write_nothing(sites, tmp_path, monkeyp
         (["--key", "1", "--value", '{"updated_at": 12345}'], "--value gives 'updated_at' 12345"),
         (["--key", "1", "--value", '{"updated_at": "noon"}'], "--value gives 'updated_at' \"noon\""),
         (["--key", "1", "--value", '{"colour": "red"}'], "column(s) colour"),
+        # passes the contract, but a column is left out (it would become NULL unasked)
+        (["--key", "1", "--value", '{"name": "Ada", "email": "ada@example.com", "country": "DE", '
+          '"updated_at": "2026-11-27T08:00:00Z"}'], "--value has no 'deleted_at': it replaces"),
         (["--key", "1"], "exactly one of --producer, --value, --delete, --remove"),
     ]
     # keys no row can have (an integer key typed otherwise than the replica writes it):
@@ -966,14 +988,18 @@ def test_a_pinned_value_is_written_as_its_column_will_hold_it() -> None:
         '{"n": -7, "x": 0.1, "amount": 12345678901.23, "flag": false, "note": "ü",'
         ' "at": "2026-05-01T12:00:00.123456+02:00", "day": "2026-12-31"}'
     )
-    row = _checked_value(t, ["1"], typed, "w")
+    row = _checked_value(t, ["1"], typed[:-1] + ', "big": null}', "w")
     assert row == {"n": -7, "x": 0.1, "amount": 12345678901.23, "flag": False, "note": "ü",
-                   "at": "2026-05-01T12:00:00.123456+02:00", "day": "2026-12-31"}  # fmt: skip
+                   "at": "2026-05-01T12:00:00.123456+02:00", "day": "2026-12-31", "big": None}  # fmt: skip
+    nulls = ', '.join(f'"{c}": null' for c in ("n", "x", "amount", "flag", "note", "at", "day"))
     # more digits than a float keeps: written as text, which a reader casts exactly
-    row = _checked_value(t, ["1"], '{"big": 123456789012345678.25}', "w")
+    row = _checked_value(t, ["1"], '{"big": 123456789012345678.25, %s}' % nulls, "w")
     assert row["big"] == "123456789012345678.25"
     with pytest.raises(ConfigError, match="NaN is not a JSON number"):
         _checked_value(t, ["1"], '{"x": NaN}', "w")
+    # the value replaces the row: a column left out is refused, not made NULL unasked
+    with pytest.raises(ConfigError, match=r"--value has no 'big': it replaces the whole row"):
+        _checked_value(t, ["1"], typed, "w")
 
 
 class Pinned(pandera.DataFrameModel):

@@ -104,3 +104,36 @@ def test_a_null_in_a_boolean_column_that_may_not_be_null_breaks_the_contract():
     assert result.failed_rows == {1}
     assert result.summary() == "flag: not_nullable (1 row, e.g. NULL)"
     assert not contract.validate(data.slice(2).to_pandas(integer_object_nulls=True)).failed_rows
+
+
+def test_a_null_that_may_not_be_there_is_one_failure_not_three():
+    """A NULL in a non-nullable integer column failed pandera's not_nullable, coerce_dtype
+    and dtype checks: one value, three failures in refusals and quarantine reasons (a
+    fresh-user trial). It is one not_nullable failure; a value of the wrong kind in the same
+    column still fails its dtype checks; the summary's tail counts checks and failures."""
+    from collections import Counter
+
+    from contracts import summarize
+
+    class Counts(pa.DataFrameModel):
+        id: Series[int]
+        qty: Series[int]
+        size: Series[int] = pa.Field(ge=0)
+
+        class Config:
+            coerce = True
+
+    contract = Contract("counts", Counts)
+    frame = pd.DataFrame(
+        {"id": [1, 2, 3], "qty": [5, None, "ten"], "size": [1, 2, -1]}, dtype=object
+    )
+    result = contract.validate(frame)
+    assert result.failed_rows == {1, 2}
+    assert [(f.field, f.check) for f in result.row_failures[1]] == [("qty", "not_nullable")]
+    assert {f.check for f in result.row_failures[2] if f.field == "qty"} >= {"coerce_dtype('int64')"}
+    assert "qty: not_nullable (1 row, e.g. NULL)" in result.summary(), result.summary()
+    counts = Counter({("a", "x"): 5, ("b", "y"): 3, ("c", "z"): 2, ("d", "w"): 1})
+    assert summarize(counts, limit=2).endswith("; and 2 more checks (3 failures)")
+    assert summarize(Counter({("a", "x"): 1, ("b", "y"): 1}), limit=1).endswith(
+        "; and 1 more check (1 failure)"
+    )
