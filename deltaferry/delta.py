@@ -8,9 +8,11 @@ against the hashes recorded in its plan.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +27,9 @@ from deltaferry.keyrange import KeyRange
 from destinations.manifest import DataFile, Ops, sha256
 from sources.columns import (
     LOAD_ID_COLUMN,
+    OP_COLUMN,
+    SEQ_COLUMN,
 )
-
-OP_COLUMN = "_op"
-SEQ_COLUMN = "_seq"
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def build_delta(
     touched: set[str] = set()
     staged: dict[str, str] = {}  # Arrow type of a column that failed the contract's dtype
     fresh_ids = pa.array(load_ids, pa.string())
+    seen = _BatchKeys(list(t.primary_key))
     for changes in chunks:
         if open_keys:
             keys = changes.select(list(t.primary_key)).to_pylist()
@@ -147,6 +149,7 @@ def build_delta(
         if n == 0:
             continue
         published = _to_contract_types(job, t, contract, published)
+        seen.add(published)
         published = published.append_column(
             SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
         )
@@ -166,6 +169,7 @@ def build_delta(
                 f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing of this table "
                 f"published ({summarize(failures, examples=examples)}{_staged_as(staged)}); the job's other tables go on"
             )
+    seen.check(job.name, t.name)
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start
     return Delta(
@@ -181,6 +185,66 @@ def build_delta(
         cursor_max=None if cmax is None else str(cmax),
         touched=touched,
     )
+
+
+class _BatchKeys:
+    """The keys of a batch as it is published (the contract's types applied), kept in an
+    in-memory DuckDB table (spilled to disk past its memory limit: bounded by the batch,
+    not the table), so a key that comes twice is refused before anything is uploaded. A
+    reader refuses such a batch for good (``replica_apply``: "carries key ... 2 times");
+    it comes from source records whose keys differ only in ways the contract's types do not
+    keep, such as ``1`` and ``"1"`` in a JSON source."""
+
+    def __init__(self, key: list[str]) -> None:
+        self.key = key
+        self.con: Any = None
+
+    def add(self, chunk: pa.Table) -> None:
+        if not self.key or chunk.num_rows == 0:
+            return
+        import duckdb
+
+        keys = chunk.select(self.key)  # noqa: F841 - read by DuckDB below by its name
+        if self.con is None:
+            import tempfile
+
+            from deltaferry.duck import configure, literal
+
+            # DELTAFERRY_DUCKDB_MEMORY_LIMIT, spilling past it to the system's temp dir
+            self.con = configure(duckdb.connect())
+            spill = Path(tempfile.gettempdir()) / f"deltaferry-batch-keys-{os.getpid()}.tmp"
+            self.con.execute(f"SET temp_directory = {literal(str(spill))}")
+            self.con.execute("CREATE TABLE batch_keys AS SELECT * FROM keys")
+        else:
+            self.con.execute("INSERT INTO batch_keys SELECT * FROM keys")
+
+    def check(self, job: str, table: str) -> None:
+        """Raise ContractViolation naming the first key that came more than once."""
+        if self.con is None:
+            return
+        from deltaferry.duck import ident
+
+        try:
+            cols = ", ".join(ident(c) for c in self.key)
+            repeated = self.con.execute(
+                f"SELECT {cols}, count(*) FROM batch_keys GROUP BY ALL HAVING count(*) > 1 "
+                f"ORDER BY ALL LIMIT 1"
+            ).fetchone()
+        finally:
+            self.con.close()
+            self.con = None
+        if repeated is None:
+            return
+        shown = ", ".join(f"{c}={v!r}" for c, v in zip(self.key, repeated[:-1], strict=True))
+        raise ContractViolation(
+            f"job '{job}' table '{table}': key ({shown}) comes {repeated[-1]} times in this "
+            "batch once the contract's types are applied (source records whose keys differ "
+            "only in type or form, such as 1 and \"1\", are one key in the lake); nothing of "
+            "this table published, since no reader could apply it. Make the source give each "
+            "key once in one form (the next run reads it again); if staging still holds both "
+            f"forms, `deltaferry reset {job} --table {table} --reason '…'` stages the table "
+            "again; the job's other tables go on"
+        )
 
 
 def _add_null_columns(contract: Contract, changes: pa.Table) -> pa.Table:

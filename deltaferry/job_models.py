@@ -166,6 +166,19 @@ class TableModel(Section):
                 f"table name '{name}' would be staged by dlt as '{normalized}'; "
                 "deltaferry needs table names that dlt keeps as they are"
             )
+        if name.startswith(("_deltaferry", "_dlt", "_df_")):
+            # the replica's and staging's own tables (_deltaferry_batches, _dlt_loads, ...)
+            raise ValueError(
+                f"table name '{name}' starts with _deltaferry, _dlt or _df_, which name "
+                "deltaferry's and dlt's own tables in staging and the replica"
+            )
+        if re.fullmatch(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", name):
+            # dlt refuses them when it stages (PV1002): said here, before any table runs
+            raise ValueError(
+                f"table name '{name}' is a device name on some platforms, which dlt refuses "
+                "as a table name; give it another name (a SQL source's table with "
+                f'source_table = "{name}")'
+            )
         return name
 
     @model_validator(mode="after")

@@ -223,8 +223,10 @@ def merge_rows(
     if replaced:  # (none: no scan of the table) its marks pin memory until the file closes
         duck.fit_memory_limit(con, deleting=replaced)
         con.execute(
-            f"DELETE FROM {ident(table)} USING _deltaferry_stored s"
-            f" WHERE {_match(ident(table), 's', pk)} AND s._incoming_seq > s._stored_seq"
+            # no alias that a table's own name could be (a table named `s`)
+            f"DELETE FROM {ident(table)} USING _deltaferry_stored"
+            f" WHERE {_match(ident(table), '_deltaferry_stored', pk)}"
+            " AND _deltaferry_stored._incoming_seq > _deltaferry_stored._stored_seq"
         )
     duck.with_arrow(
         con,

@@ -17,3 +17,8 @@ FILE_TIME_COLUMN = "_df_file_ns"
 INTERNAL_COLUMNS = frozenset(
     {LOAD_ID_COLUMN, "_dlt_id", DELETED_COLUMN, HASH_COLUMN, FILE_TIME_COLUMN}
 )
+# columns every published data object carries beside the source's (the change kind and
+# its sequence number in the batch): a source column may not have these names
+OP_COLUMN = "_op"
+SEQ_COLUMN = "_seq"
+LAKE_COLUMNS = frozenset({OP_COLUMN, SEQ_COLUMN})

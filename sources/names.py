@@ -6,7 +6,8 @@ as the source has them (case, spaces, dots, non-ASCII letters, leading digits, S
 keywords), except what ``direct`` rewrites: quotes, line breaks, ``▶`` (its path
 separator) and leading or trailing spaces. Those are refused, as are names that differ
 only in case from another column of the table (DuckDB, for staging and the replica, is
-case-insensitive) and names deltaferry uses itself (``_dlt_*``, ``_df_*``).
+case-insensitive) and names deltaferry uses itself (``_dlt_*``, ``_df_*``, and ``_op`` and
+``_seq``, which every published data object carries).
 
 dlt records the convention with the staged schema (``raw._dlt_version``; read back by
 ``sources.pipeline.staging_naming``) and refuses to change it once a table has data. A
@@ -34,9 +35,9 @@ def naming(convention: str) -> Any:
 
 
 def _reserved(name: str) -> bool:
-    from sources.columns import INTERNAL_COLUMNS
+    from sources.columns import INTERNAL_COLUMNS, LAKE_COLUMNS
 
-    return name in INTERNAL_COLUMNS or name.startswith(("_dlt_", "_df_"))
+    return name in INTERNAL_COLUMNS | LAKE_COLUMNS or name.startswith(("_dlt_", "_df_"))
 
 
 def name_problem(name: str, convention: str = EXACT) -> str | None:
@@ -83,7 +84,7 @@ def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str
         if _reserved(name):
             return (
                 f"column {name!r} is a name deltaferry and dlt use for their own columns "
-                "(_dlt_*, _df_*)",
+                "(_dlt_*, _df_*, and _op and _seq in every published file)",
                 _fix(convention),
             )
         key = (norm.normalize_identifier(name) if norm else name).casefold()

@@ -474,3 +474,24 @@ def test_a_delete_raises_the_limit_by_what_its_rows_may_pin(tmp_path: Path, monk
         assert abs((duck.size_bytes(_limit(con)) or 0) - every) < 2**20
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("table", ["s", "i", "r", "k", "t"])
+def test_a_table_named_like_an_alias_of_the_merge_is_applied(tmp_path: Path, table: str):
+    """A table named ``s`` (any lower-case name is allowed) made the replica's merge
+    ambiguous ("Ambiguous reference to table s") at the first batch replacing a stored key,
+    and stopped every pull and the producer's adopt for good (a fresh-user trial)."""
+    from deltaferry.replica_apply import merge_rows
+
+    con = duck.connect(tmp_path / "replica.duckdb")
+    try:
+        with duck.transaction(con):
+            merge_rows(con, table, ["id"], _versions([1, 2], 1, "a"), fresh=True)
+        with duck.transaction(con):
+            merge_rows(con, table, ["id"], _versions([2, 3], 2, "b"))
+        with duck.transaction(con):
+            merge_rows(con, table, ["id"], _versions([3], 1, "old"))  # an older _seq loses
+        rows = con.execute(f'SELECT id, v FROM "{table}" ORDER BY id').fetchall()
+    finally:
+        con.close()
+    assert rows == [(1, "a"), (2, "b"), (3, "b")]

@@ -65,6 +65,31 @@ def test_names_dlt_would_rename_are_refused(tmp_path):
         load_jobs(cfg)
 
 
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("_deltaferry_batches", "which name deltaferry's and dlt's own tables"),
+        ("_dlt_loads", "which name deltaferry's and dlt's own tables"),
+        ("_df_x", "which name deltaferry's and dlt's own tables"),
+        ("nul", "is a device name on some platforms"),
+        ("com1", "is a device name on some platforms"),
+    ],
+)
+def test_table_names_staging_or_the_replica_use_are_refused(tmp_path, name: str, needle: str):
+    """A table named ``_deltaferry_batches`` broke every pull of the job (the replica's own
+    table); ``nul`` failed every run of the job at dlt's staging (a fresh-user trial)."""
+    from deltaferry.config import load_jobs
+
+    cfg = tmp_path / "j.toml"
+    cfg.write_text(
+        '[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///x.db"\nlake = "file:lake"\n'
+        f'[[jobs.j.tables]]\nname = "{name}"\nprimary_key = "id"\ncursor = "ts"\n'
+        'contract = "contracts.shop:Orders"\n'
+    )
+    with pytest.raises(ConfigError, match=f"job 'j' table '{name}': table name '{name}'.*{needle}"):
+        load_jobs(cfg)
+
+
 def test_transient_source_errors_are_found_inside_dlt_wrappers():
     import sqlalchemy as sa
 

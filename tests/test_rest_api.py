@@ -525,3 +525,26 @@ def test_documents_are_staged_as_their_json_text_and_strings_stay_strings():
         "s": "null",  # the string "null", not a JSON null document
         "n": None,
     }
+
+
+def test_keys_that_differ_only_in_type_are_refused_before_the_lake_not_by_every_reader(
+    items_job, api
+):
+    """``5`` and ``"5"`` in one read are two records to the source and staging, and one
+    key once the contract's types apply: the batch would carry key 5 twice, which every
+    reader refuses for good (a fresh-user trial: published, then every pull failed). The
+    table stops before anything is uploaded, naming the key; once the API gives the key in
+    one form, the next run publishes and readers converge."""
+    from destinations.lake import open_lake
+
+    api.items[11] = {"id": "5", "name": "five as text", "updated_at": _ts(11)}
+    with pytest.raises(TerminalError) as err:
+        items_job.sync()
+    message = str(err.value)
+    assert "job 'api' table 'items': key (id=5) comes 2 times in this batch" in message, message
+    assert "nothing of this table published" in message and "\n" not in message, message
+    assert open_lake(items_job.lake_url).list("api/items/") == []  # nothing uploaded
+    del api.items[11]
+    api.items[5] = {"id": 5, "name": "five, fixed", "updated_at": _ts(12)}
+    items_job.sync()
+    assert _items(items_job) == [(i, "five, fixed" if i == 5 else f"item {i}") for i in range(1, 11)]

@@ -20,7 +20,7 @@ from contracts.exact import InexactCast, cast_exact
 from deltaferry.config import TableConfig
 from deltaferry.delta import arrow_input, read_parquet
 from deltaferry.errors import ConfigError
-from sources.columns import INTERNAL_COLUMNS
+from sources.columns import INTERNAL_COLUMNS, LAKE_COLUMNS
 from sources.files.jsonl import documents_as_text, read_jsonl
 from sources.files.listing import SetAside
 from sources.files.settings import (
@@ -183,7 +183,7 @@ def _dlt_names(table: pa.Table) -> pa.Table:
             f"column(s) {', '.join(twice)} more than once (as dlt names them)",
             "give every column its own name",
         )
-    reserved = sorted(set(names) & INTERNAL_COLUMNS)
+    reserved = sorted(set(names) & (INTERNAL_COLUMNS | LAKE_COLUMNS))
     if reserved:
         raise SetAside(f"reserved column(s) {', '.join(reserved)}", "rename them")
     return table.rename_columns(names)
