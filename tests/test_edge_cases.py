@@ -90,6 +90,40 @@ def test_table_names_staging_or_the_replica_use_are_refused(tmp_path, name: str,
         load_jobs(cfg)
 
 
+@pytest.mark.parametrize("declared", ["BOOLEAN", "INTEGER", "TINYINT"])
+def test_a_boolean_or_integer_soft_delete_flag_is_refused_not_read_as_deleting_live_rows(
+    tmp_path, declared: str
+):
+    """``deletes = "soft:is_deleted"`` on a 0/1 flag published every live row (flag 0,
+    not NULL) as a delete: the replica kept only the rows whose flag was NULL (a
+    fresh-user trial). Refused before anything is read; a deleted-at time is taken."""
+    import sqlite3
+
+    from deltaferry.config import load_jobs
+    from sources.sql_database import preflight_source
+
+    db = tmp_path / "src.db"
+    con = sqlite3.connect(db)
+    con.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, is_deleted {declared}, gone_at TIMESTAMP)")
+    con.close()
+    cfg = tmp_path / "j.toml"
+
+    def job(column: str):  # noqa: ANN202
+        cfg.write_text(
+            f'[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///{db}"\nlake = "file:lake"\n'
+            f'[[jobs.j.tables]]\nname = "t"\nprimary_key = "id"\ndeletes = "soft:{column}"\n'
+            'contract = "contracts.shop:Orders"\n'
+        )
+        return load_jobs(cfg)["j"]
+
+    with pytest.raises(ConfigError) as err:
+        preflight_source(job("is_deleted"))
+    message = str(err.value)
+    assert "job 'j' table 't': deletes = 'soft:is_deleted' names a" in message, message
+    assert "would delete live rows" in message and "\n" not in message, message
+    preflight_source(job("gone_at"))  # a time: taken
+
+
 def test_transient_source_errors_are_found_inside_dlt_wrappers():
     import sqlalchemy as sa
 

@@ -749,7 +749,29 @@ def source_columns(job: Any, t: Any, insp: Any) -> list[dict[str, Any]]:
                 f"{', '.join(missing)}, not in the source table"
             )
     plans(job, t, columns, insp.dialect)
+    _check_soft_delete_type(job, t, columns, insp.dialect)
     return columns
+
+
+def _check_soft_delete_type(job: Any, t: Any, columns: list[dict[str, Any]], dialect: Any) -> None:
+    """Refuse a soft-delete column of a boolean or integer type: a row with the column set
+    (not NULL) is a delete, so ``is_deleted = false`` (or 0) would delete every live row
+    (a fresh-user trial: the replica kept only the rows whose flag was NULL)."""
+    import sqlalchemy as sa
+
+    soft = t.soft_delete_column
+    column = next((c for c in columns if c["name"] == soft), None) if soft else None
+    if column is None:
+        return
+    kind = _unwrap(column["type"])
+    if isinstance(kind, (sa.Boolean, sa.Integer)):
+        raise ConfigError(
+            f"job '{job.name}' table '{t.name}': deletes = 'soft:{soft}' names a "
+            f"{_source_name(column['type'], dialect)} column, but a row with the soft-delete "
+            f"column set (not NULL) is a delete, so {soft} = false or 0 would delete live "
+            "rows. Name a column that is NULL for live rows (a deleted-at time), or sync a "
+            f"view that gives one (CASE WHEN {soft} THEN updated_at END AS deleted_at)"
+        )
 
 
 @contextlib.contextmanager
