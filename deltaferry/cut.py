@@ -52,6 +52,30 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
     return deleted
 
 
+_FLAG_TYPES = ("BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
+               "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+
+
+def _check_soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, staged: list[str]) -> None:
+    """ConfigError when the soft-delete column is staged as a boolean or an integer (a
+    REST or file field ``deleted: false``, a 0/1 flag): a row with the column set (not
+    NULL) is a delete, so every live row would be published as one (a fresh-user trial).
+    SQL sources refuse such a column before reading (``sources.sql_database.types``)."""
+    from deltaferry.errors import ConfigError
+
+    soft = t.soft_delete_column
+    if soft is None or soft not in staged:
+        return
+    kind = duck.column_types(con, t.name, STAGING_DATASET).get(soft, "")
+    if kind in _FLAG_TYPES:
+        raise ConfigError(
+            f"table '{t.name}': deletes = 'soft:{soft}' names a column staged as {kind}, but a "
+            f"row with the soft-delete column set (not NULL) is a delete, so {soft} = false or "
+            "0 would delete live rows; nothing of the table published. Name a field that is "
+            "NULL (or absent) for live rows, such as a deleted-at time"
+        )
+
+
 RELEASED_VIEW = "df_released"
 LAST_KEY_VIEW = "df_last_key"
 
@@ -234,6 +258,7 @@ def read_changes(
     if not cols:
         return None
     data_cols = [c for c in cols if c not in INTERNAL_COLUMNS and c not in exclude]
+    _check_soft_delete_type(con, t, cols)
     deleted = delete_conditions(t, cols)
     op = (
         f"CASE WHEN {' OR '.join(deleted)} THEN 'delete' ELSE 'upsert' END"

@@ -548,3 +548,25 @@ def test_keys_that_differ_only_in_type_are_refused_before_the_lake_not_by_every_
     api.items[5] = {"id": 5, "name": "five, fixed", "updated_at": _ts(12)}
     items_job.sync()
     assert _items(items_job) == [(i, "five, fixed" if i == 5 else f"item {i}") for i in range(1, 11)]
+
+
+def test_a_soft_delete_flag_that_is_false_for_live_records_is_refused(items_job, api):
+    """``deletes = "soft:gone"`` on a field ``gone: false`` published every live record as
+    a delete (a row with the column set, not NULL, is a delete): the table stops with one
+    line naming it, before anything is uploaded; a deleted-at field works."""
+    from deltaferry.errors import ConfigError
+    from destinations.lake import open_lake
+
+    for i, item in api.items.items():
+        item["gone"] = i == 3
+        item["gone_at"] = _ts(3) if i == 3 else None
+    items_job.write_items(job_extra='drift = "evolve"', table_extra='deletes = "soft:gone"')
+    with pytest.raises(ConfigError) as err:
+        items_job.sync()
+    message = str(err.value)
+    assert "table 'items': deletes = 'soft:gone' names a column staged as BOOLEAN" in message, message
+    assert "would delete live rows" in message and "\n" not in message, message
+    assert open_lake(items_job.lake_url).list("api/items/") == []
+    items_job.write_items(job_extra='drift = "evolve"', table_extra='deletes = "soft:gone_at"')
+    items_job.sync()
+    assert [i for i, _ in _items(items_job)] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
