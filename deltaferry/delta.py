@@ -482,21 +482,41 @@ def _validate_chunk(
             if examples is not None:  # the key in key order, as typed (``pk`` is for matching)
                 shown = json.dumps({c: rec[c] for c in t.primary_key}, default=str, ensure_ascii=False)
                 for f in result.reasons(pos):
-                    examples.setdefault((f.field, f.check), f"{example(f.value)} at key {shown[:80]}")
+                    if f.row < 0:  # a failure of the whole column: pandera names no row
+                        value = example(f.value)
+                        whole = "the column as a whole" if value == "NULL" else f"{value} (the column as a whole)"
+                        examples.setdefault((f.field, f.check), whole)
+                    else:
+                        examples.setdefault((f.field, f.check), f"{_as_staged(f, rec)} at key {shown[:80]}")
         row_json = json.dumps(rec, default=str, sort_keys=True)
         for f in result.reasons(pos):
+            reason, staged = f.reason, _as_staged(f, rec)
+            if staged != example(f.value):
+                reason = reason.replace("value NULL", f"value {staged}", 1)
             quarantine.append(
                 {
                     "load_id": lid,
                     "pk": pk,
                     "field": f.field,
                     "check": f.check,
-                    "reason": f.reason,
+                    "reason": reason,
                     "row_json": row_json,
                 }
             )
     failed_n = len(failed) if fresh is None else int(fresh[upsert_idx[failed]].sum())
     return keep, counted, failed_n, counts
+
+
+def _as_staged(failure: Any, rec: dict[str, Any]) -> str:
+    """The failing value of ``failure`` for a message: pandera gives the value after its
+    coercion, NULL when coercing failed (``'0001-01-01'`` out of a pandas timestamp's range,
+    ``2.5`` for an integer), so the staged value of the row ``rec`` is shown then (for a
+    failure of that row only: a failure of the whole column names no row's value)."""
+    shown = example(failure.value)
+    missing = shown == "NULL" and failure.check != "not_nullable"
+    if missing and failure.row >= 0 and rec.get(failure.field) is not None:
+        return example(rec[failure.field])
+    return shown
 
 
 def arrow_input(body: bytes | pa.Buffer) -> pa.BufferReader:

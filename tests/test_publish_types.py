@@ -137,3 +137,39 @@ def test_a_null_that_may_not_be_there_is_one_failure_not_three():
     assert summarize(Counter({("a", "x"): 1, ("b", "y"): 1}), limit=1).endswith(
         "; and 1 more check (1 failure)"
     )
+
+
+def test_a_failure_of_the_whole_column_names_no_rows_value_as_its_example():
+    """pandera reports a column it cannot coerce as a whole (``'0001-01-01'`` beside
+    ordinary times: out of a pandas timestamp's range) with no row and no value; the
+    refusal said ``e.g. NULL at key {"id": 1}``, naming a row whose value was fine (a
+    fresh-user trial). It says the column as a whole failed."""
+    from types import SimpleNamespace
+
+    from deltaferry.delta import _validate_chunk
+
+    class Times(pa.DataFrameModel):
+        id: Series[int]
+        at: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+        class Config:
+            coerce = True
+
+    changes = pyarrow.table(
+        {
+            "id": [1, 2],
+            "at": ["2024-01-01T00:00:00Z", "0001-01-01"],
+            "_op": ["upsert", "upsert"],
+            "_dlt_load_id": ["1", "1"],
+        }
+    )
+    examples: dict = {}
+    quarantine: list = []
+    keep, _, failed, counts = _validate_chunk(
+        SimpleNamespace(primary_key=["id"]), Contract("times", Times), changes, quarantine,
+        examples=examples,
+    )  # fmt: skip
+    assert failed == 2 and not keep.any()
+    coerce = next(k for k in counts if k[1].startswith("coerce_dtype"))
+    assert examples[coerce] == "the column as a whole", examples
+    assert not any("NULL at key" in e for e in examples.values()), examples
