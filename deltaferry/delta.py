@@ -26,6 +26,7 @@ from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.keyrange import KeyRange
 from destinations.manifest import DataFile, Ops, sha256
 from sources.columns import (
+    LAKE_COLUMNS,
     LOAD_ID_COLUMN,
     OP_COLUMN,
     SEQ_COLUMN,
@@ -122,6 +123,7 @@ def build_delta(
     fresh_ids = pa.array(load_ids, pa.string())
     seen = _BatchKeys(list(t.primary_key))
     for changes in chunks:
+        _check_published_names(job, t, changes.column_names)
         if open_keys:
             keys = changes.select(list(t.primary_key)).to_pylist()
             touched |= open_keys.intersection(key_json(t, k) for k in keys)
@@ -185,6 +187,27 @@ def build_delta(
         cursor_max=None if cmax is None else str(cmax),
         touched=touched,
     )
+
+
+def _check_published_names(job: JobConfig, t: TableConfig, names: list[str]) -> None:
+    """ConfigError, before anything is uploaded, for a source column a reader could not
+    apply: ``_op``/``_seq`` in any case (every data object has them; DuckDB does not tell
+    ``_Op`` from ``_op``: a fresh-user trial lost every row of a batch that way), and with
+    ``multi_producer`` the names the merge reserves (``merge_tables.RESERVED``: every pull
+    refused the table for good). Source kinds refuse most of them earlier
+    (``sources.names``); this is the check every kind passes through."""
+    from deltaferry.errors import ConfigError
+    from deltaferry.merge_tables import RESERVED
+
+    reserved = {*LAKE_COLUMNS, *(RESERVED if job.multi_producer else ())}
+    found = sorted(n for n in names if n.lower() in reserved and n not in (OP_COLUMN, LOAD_ID_COLUMN))
+    if found:
+        why = "merging several producers" if job.multi_producer else "every published data object"
+        raise ConfigError(
+            f"job '{job.name}' table '{t.name}': source column(s) {', '.join(found)} have "
+            f"names reserved for {why} (in any case); nothing of the table published. Rename "
+            "them at the source"
+        )
 
 
 class _BatchKeys:

@@ -37,7 +37,9 @@ def naming(convention: str) -> Any:
 def _reserved(name: str) -> bool:
     from sources.columns import INTERNAL_COLUMNS, LAKE_COLUMNS
 
-    return name in INTERNAL_COLUMNS | LAKE_COLUMNS or name.startswith(("_dlt_", "_df_"))
+    # in any case: DuckDB (staging, the replica) does not tell `_Op` from `_op`
+    low = name.lower()
+    return low in INTERNAL_COLUMNS | LAKE_COLUMNS or low.startswith(("_dlt_", "_df_"))
 
 
 def name_problem(name: str, convention: str = EXACT) -> str | None:
@@ -84,7 +86,7 @@ def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str
         if _reserved(name):
             return (
                 f"column {name!r} is a name deltaferry and dlt use for their own columns "
-                "(_dlt_*, _df_*, and _op and _seq in every published file)",
+                "(_dlt_*, _df_*, and _op and _seq in every published file; in any case)",
                 _fix(convention),
             )
         key = (norm.normalize_identifier(name) if norm else name).casefold()

@@ -245,6 +245,10 @@ def test_mixed_case_columns_are_not_renamed_under_a_loose_contract(names_job):
         # and broke every pull and `verify` for good (a fresh-user trial)
         ("_seq", "_op and _seq in every published file"),
         ("_op", "_op and _seq in every published file"),
+        # in any case: DuckDB does not tell them apart (`_Op` lost every row of a batch)
+        ("_Op", "_op and _seq in every published file"),
+        ("_SEQ", "_op and _seq in every published file"),
+        ("_DF_X", "deltaferry and dlt use for their own columns"),
     ],
 )
 def test_names_staging_cannot_keep_are_refused_in_one_line(names_job, column, needle):

@@ -173,3 +173,31 @@ def test_a_failure_of_the_whole_column_names_no_rows_value_as_its_example():
     coerce = next(k for k in counts if k[1].startswith("coerce_dtype"))
     assert examples[coerce] == "the column as a whole", examples
     assert not any("NULL at key" in e for e in examples.values()), examples
+
+
+@pytest.mark.parametrize(
+    "multi, columns, refused",
+    [
+        (False, ["id", "_Op", "_op"], "_Op"),  # any case: DuckDB does not tell them apart
+        (False, ["id", "_SEQ", "_op"], "_SEQ"),
+        (True, ["id", "_key", "_op"], "_key"),  # the merge's names, with several producers
+        (True, ["id", "_Producer", "_op"], "_Producer"),
+        (False, ["id", "_key", "_producer", "_op"], None),  # one producer: no merge, kept
+    ],
+)
+def test_columns_a_reader_could_not_apply_are_refused_before_upload(multi, columns, refused):
+    """A fresh-user trial: with multi_producer a source column `_key` was published and every
+    pull refused the table for good; `_Op` was published beside the real `_op`, which a reader
+    never saw (every row lost), `_SEQ` broke every pull. The producer refuses them."""
+    from types import SimpleNamespace
+
+    from deltaferry.delta import _check_published_names
+    from deltaferry.errors import ConfigError
+
+    job = SimpleNamespace(name="j", multi_producer=multi)
+    t = SimpleNamespace(name="t")
+    if refused is None:
+        _check_published_names(job, t, columns)
+        return
+    with pytest.raises(ConfigError, match=rf"job 'j' table 't': source column\(s\) {refused} have names reserved"):
+        _check_published_names(job, t, columns)

@@ -183,7 +183,7 @@ def _dlt_names(table: pa.Table) -> pa.Table:
             f"column(s) {', '.join(twice)} more than once (as dlt names them)",
             "give every column its own name",
         )
-    reserved = sorted(set(names) & (INTERNAL_COLUMNS | LAKE_COLUMNS))
+    reserved = sorted(n for n in names if n.lower() in INTERNAL_COLUMNS | LAKE_COLUMNS)
     if reserved:
         raise SetAside(f"reserved column(s) {', '.join(reserved)}", "rename them")
     return table.rename_columns(names)
