@@ -52,8 +52,7 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
     return deleted
 
 
-_FLAG_TYPES = ("BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
-               "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+_FLAG_TYPES = ("BOOLEAN", *duck._INTEGERS, *duck._UNSIGNED)  # noqa: SLF001 - duck's type families
 
 
 def _check_soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, staged: list[str]) -> None:

@@ -122,8 +122,9 @@ def build_delta(
     staged: dict[str, str] = {}  # Arrow type of a column that failed the contract's dtype
     fresh_ids = pa.array(load_ids, pa.string())
     seen = _BatchKeys(list(t.primary_key))
-    for changes in chunks:
-        _check_published_names(job, t, changes.column_names)
+    for i, changes in enumerate(chunks):
+        if i == 0:  # every chunk of a cut has the same columns
+            _check_published_names(job, t, changes.column_names)
         if open_keys:
             keys = changes.select(list(t.primary_key)).to_pylist()
             touched |= open_keys.intersection(key_json(t, k) for k in keys)
@@ -513,9 +514,8 @@ def _validate_chunk(
                         examples.setdefault((f.field, f.check), f"{_as_staged(f, rec)} at key {shown[:80]}")
         row_json = json.dumps(rec, default=str, sort_keys=True)
         for f in result.reasons(pos):
-            reason, staged = f.reason, _as_staged(f, rec)
-            if staged != example(f.value):
-                reason = reason.replace("value NULL", f"value {staged}", 1)
+            staged = _as_staged(f, rec)  # a row's own failure: its reason names that value
+            reason = f.reason if staged == example(f.value) else f"{f.check} failed for value {staged}"
             quarantine.append(
                 {
                     "load_id": lid,
