@@ -59,7 +59,9 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, (datetime, date)):
         return v.isoformat()
     if isinstance(v, Decimal):
-        return str(v)
+        # an API's fraction (read exactly, sources.rest_api.numbers) hashes as the double
+        # it reads as: records keep the hash they had when JSON fractions were doubles
+        return float(v)
     if isinstance(v, bytes):
         return v.hex()
     return str(v)

@@ -262,8 +262,8 @@ contract = "tests.support.contracts_api:Users"
 
 
 def test_retry_after_is_read_as_seconds_or_an_http_date():
-    from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
 
     from sources.rest_api import _retry_after_seconds
 
@@ -360,7 +360,7 @@ def test_duplicates_resolve_the_same_in_every_order_and_cursor_format():
             return False
 
     def winner(records: list[dict], cursor: str | None = "at") -> dict:
-        t = SimpleNamespace(name="t", primary_key=["id"], cursor=cursor)
+        t = SimpleNamespace(name="t", primary_key=["id"], cursor=cursor, null_cursor="include", options={})
         read = TableRead(SimpleNamespace(name="j"), t, NothingStaged())
         (out,) = [r for page in read.read(iter([[dict(r) for r in records]])) for r in page]
         out.pop("_df_hash")
@@ -570,3 +570,191 @@ def test_a_soft_delete_flag_that_is_false_for_live_records_is_refused(items_job,
     items_job.write_items(job_extra='drift = "evolve"', table_extra='deletes = "soft:gone_at"')
     items_job.sync()
     assert [i for i, _ in _items(items_job)] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+MEASURES_JOB = ITEMS_JOB.replace(
+    "tests.support.contracts_conformance:Items", "tests.support.contracts_api:Measures"
+)
+
+
+@pytest.fixture
+def measures_job(items_job, api):
+    items_job.config.write_text(
+        MEASURES_JOB.format(url=api.url, lake=items_job.lake_url, job_extra="", table_extra="")
+    )
+    return items_job
+
+
+def _measure(i: int, **values) -> dict:
+    return {"id": i, "name": f"m {i}", "updated_at": _ts(i), **values}
+
+
+def test_json_numbers_reach_the_replica_as_the_api_wrote_them(measures_job, api):
+    """Python's json reads a fraction as a double: a ``Decimal(30, 12)`` column got
+    12345678901234.123456789012 cut to 12345678901234.123, a document's ``1.50`` became
+    ``1.5`` and ``1e400`` the non-JSON ``Infinity``. Fractions are read exactly; each
+    reaches its column as written, a float column gets the nearest double."""
+    from decimal import Decimal
+
+    from tests.support.api_server import Raw
+
+    api.items.clear()
+    api.items[1] = _measure(
+        1,
+        amount=Raw("12345678901234.123456789012"),
+        x=Raw("0.1"),
+        doc={"price": Raw("1.50"), "big": Raw("1e400"), "n": [Raw("2.0"), 9007199254740993]},
+    )
+    api.items[2] = _measure(2, amount=Raw("-0.000000000001"), x=3, ok=1)  # int into a float
+    api.items[3] = _measure(3, amount=7, x=Raw("-2.5e-3"), ok=True)
+    measures_job.sync()
+    measures_job.pull()
+    rows = _rows(measures_job, "SELECT id, amount, x, ok, doc FROM items ORDER BY id")
+    assert rows == [
+        (
+            1,
+            Decimal("12345678901234.123456789012"),
+            0.1,
+            None,
+            '{"price":1.50,"big":1E+400,"n":[2.0,9007199254740993]}',
+        ),
+        (2, Decimal("-0.000000000001"), 3.0, True, None),
+        (3, Decimal("7"), -0.0025, True, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ({"amount": "1.0000000000001"}, "field 'amount' value 1.0000000000001 at key {\"id\": 4} has more than 12 decimal places"),
+        ({"amount": "1e20"}, "has more than 18 digits before the point"),
+        ({"x": "1e400"}, "field 'x' value 1E+400 at key {\"id\": 4} is out of range for a double"),
+        ({"x": "1e-400"}, "is too small for a double, it would be 0 (contract type double)"),
+        ({"x": "9007199254740993"}, "has no exact double"),
+        ({"ok": "2"}, "is a number other than 0 or 1"),
+        ({"at": "1700000000"}, "is a number where the contract's column is a time"),
+        ({"name": "1e999"}, "field 'name' value 1E+999 at key {\"id\": 4} is out of range for a double, it would be infinity (no contract type: read as a double)"),
+    ],
+)
+def test_a_json_number_its_column_cannot_hold_stops_the_read_naming_it(measures_job, api, values, says):
+    """Each was published changed, with exit 0: rounded, infinity staged as NULL, zero,
+    ``True`` for 2, an epoch read as microseconds. The read stops, one line naming the
+    field, key and value, nothing uploaded; once the API's value is fixed the next run
+    publishes."""
+    from destinations.lake import open_lake
+    from tests.support.api_server import Raw
+
+    measures_job.sync()
+    before = open_lake(measures_job.lake_url).list("api/items/")
+    api.items[4] = _measure(4, **{k: Raw(v) for k, v in values.items()})
+    api.items[4]["updated_at"] = _ts(40)
+    with pytest.raises(TerminalError) as err:
+        measures_job.sync()
+    message = str(err.value)
+    assert message.startswith("job 'api' table 'items': field '") and says in message, message
+    assert "nothing of the read is published" in message and "\n" not in message, message
+    assert open_lake(measures_job.lake_url).list("api/items/") == before
+    api.items[4] = _measure(4, x=1.5)
+    api.items[4]["updated_at"] = _ts(41)
+    measures_job.sync()
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT x FROM items WHERE id = 4") == [(1.5,)]
+
+
+@pytest.mark.parametrize("policy", ["include", "quarantine"])
+def test_a_record_without_a_cursor_value_is_published_or_held_not_a_failed_run(
+    measures_job, api, policy
+):
+    """A record whose cursor field is null or missing failed dlt's incremental step, so
+    every run of the job failed (every table) and ``null_cursor`` was ignored. Under
+    ``include`` it is published (and read again each run: the content hash keeps it from
+    being published twice); under ``quarantine`` it is held back with a warning and
+    published once it has a cursor value."""
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, x=float(i))
+    api.items[2]["updated_at"] = None
+    del api.items[3]["updated_at"]
+    measures_job.config.write_text(
+        MEASURES_JOB.format(
+            url=api.url, lake=measures_job.lake_url, job_extra="",
+            table_extra=f'null_cursor = "{policy}"',
+        )
+    )
+    out = measures_job.sync()
+    measures_job.pull()
+    got = _rows(measures_job, "SELECT id FROM items ORDER BY id")
+    if policy == "include":
+        assert got == [(1,), (2,), (3,)]
+        again = measures_job.sync()  # read again, unchanged: nothing new published
+        assert again["tables"]["items"].get("batch") is None, again
+    else:
+        assert got == [(1,)]
+        from deltaferry.state import StateStore
+
+        def open_checks() -> list[tuple]:
+            with StateStore("api").connect(read_only=True) as con:
+                return con.execute(
+                    'SELECT "check", count(*) FROM quarantine WHERE resolved IS NULL GROUP BY 1'
+                ).fetchall()
+
+        assert open_checks() == [("cursor not null", 2)]
+        assert "held back until the record has a cursor value" in str(out), out
+        api.items[2]["updated_at"] = _ts(50)
+        api.items[3]["updated_at"] = _ts(51)
+        measures_job.sync()
+        measures_job.pull()
+        assert _rows(measures_job, "SELECT id FROM items ORDER BY id") == [(1,), (2,), (3,)]
+        assert open_checks() == []
+
+
+def test_without_cursor_param_a_late_record_older_than_the_last_cursor_is_published(
+    measures_job, api
+):
+    """Without ``cursor_param`` every run reads every page, but dlt's incremental step
+    dropped each record whose cursor was older than the newest one seen: a record added
+    late with a backdated time (or updated while keeping its time) never reached the
+    lake, exit 0. Only ``initial_value`` is a floor."""
+    job = MEASURES_JOB.replace('cursor_param = "since"\n', "").replace(
+        'initial_value = "2000-01-01T00:00:00+00:00"', 'initial_value = "2026-11-01T10:00:02+00:00"'
+    )
+    measures_job.config.write_text(
+        job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
+    )
+    api.items.clear()
+    for i in (1, 2, 3, 9):
+        api.items[i] = _measure(i, x=float(i))
+    measures_job.sync()
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id FROM items ORDER BY id") == [(2,), (3,), (9,)]
+    api.items[4] = _measure(4, x=4.0)  # its time (second 4) is older than item 9's
+    api.items[3]["x"] = 30.0  # changed, its time kept
+    measures_job.sync()
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, x FROM items ORDER BY id") == [
+        (2, 2.0), (3, 30.0), (4, 4.0), (9, 9.0)
+    ]
+    assert all("since" not in r["query"] for r in api.requests_to("/api/items"))
+
+
+def test_an_answer_without_the_data_selectors_field_stops_the_read(measures_job, api, monkeypatch):
+    """An API that renamed its envelope (``{"data": [...]}`` to ``{"items": [...]}``) was
+    read by dlt as empty pages: every run published nothing, exit 0, while the source
+    changed. The read stops naming the page, the selector and the fields the answer has."""
+    from tests.support.api_server import ApiServer
+
+    measures_job.sync()
+    send = ApiServer._send
+
+    def renamed(h, status, body, headers=None):
+        if isinstance(body, dict) and "data" in body:
+            body = {"items": body.pop("data"), **body}
+        return send(h, status, body, headers)
+
+    monkeypatch.setattr(ApiServer, "_send", staticmethod(renamed))
+    with pytest.raises(TerminalError) as err:
+        measures_job.sync()
+    message = str(err.value)
+    assert message.startswith("job 'api' table 'items': page 1 (http://"), message
+    assert "has no field 'data' of the table's data_selector 'data'" in message, message
+    assert "(the answer there has 'items', 'next')" in message and "\n" not in message, message

@@ -37,6 +37,7 @@ from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
 from sources.pipeline import pipeline_for, pipeline_naming
+from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
 
 
@@ -78,7 +79,10 @@ class _Watch(requests.adapters.HTTPAdapter):
                     f"DELTAFERRY_HTTP_MAX_RETRY_AFTER ({self.max_retry_after:g} s); "
                     "the run is retried later instead of waiting"
                 )
-        elif 200 <= status < 300 and not _is_json(response):
+        if _is_json(response):
+            # fractions and exponents read as Decimal, exactly (numbers.exact_json)
+            response.__class__ = ExactJSONResponse
+        if 200 <= status < 300 and not _is_json(response):
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise ConfigError(
                 f"{where} answered {status} with {kind.split(';')[0]}, not JSON (a login page "
@@ -167,7 +171,10 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
         for key in ("data_selector", "paginator"):
             if o.get(key):
                 endpoint[key] = o[key]
-        if incremental and t.cursor:
+        # without cursor_param every page is read anyway: dlt's incremental step would only
+        # drop records whose cursor is older than the last one seen (a late or backdated
+        # record, lost for good); the content hash keeps the read's cost to what changed
+        if incremental and t.cursor and o.get("cursor_param"):
             inc: dict[str, Any] = {
                 "cursor_path": cursor_path(t.cursor),
                 # closed range without dedup: records at the last cursor value come again and
@@ -176,9 +183,11 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
                 # the newest cursor value is the latest instant (or number), never the largest
                 # text: '2024-05-01T12:00:00+02:00' is older than '2024-05-01T11:00:00Z'
                 "last_value_func": newest_cursor,
+                # a record whose cursor is null or missing is staged (null_cursor =
+                # "include"; under "quarantine" reads.TableRead holds it before dlt sees it)
+                "on_cursor_value_missing": "include",
             }
-            if o.get("cursor_param"):
-                inc["start_param"] = o["cursor_param"]
+            inc["start_param"] = o["cursor_param"]
             if "initial_value" in o:
                 inc["initial_value"] = o["initial_value"]
             endpoint["incremental"] = inc
@@ -251,8 +260,15 @@ def extract(job: JobConfig) -> ExtractResult:
             filters.append(changed)
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention)
+            fields = field_types(job, t, convention)
             read = TableRead(
-                job, t, changed, max_pages=max_pages(job, t), secret_params=secrets, check=names
+                job,
+                t,
+                changed,
+                max_pages=max_pages(job, t),
+                secret_params=secrets,
+                check=names,
+                fields=fields,
             )
             reads.append(read)
             # pages checked as they come; records resolved by key, the changed winners staged
@@ -260,6 +276,9 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
+            hints = _new_decimal_columns(pipeline, t, fields)
+            if hints:
+                resource.apply_hints(columns=hints)
             staged.append(resource)
         # records go to staging as Parquet: dlt's default (SQL insert statements) turns
         # -0.0 into 0.0
@@ -285,6 +304,29 @@ def extract(job: JobConfig) -> ExtractResult:
         if borrowed is not None:
             borrowed.close()
         session.close()
+
+
+def field_types(job: JobConfig, t: TableConfig, convention: str) -> FieldTypes:
+    """The table's contract column types, for converting each record's numbers exactly."""
+    from contracts import load_contract
+    from sources.names import naming
+
+    where = _where(job, t)
+    types = load_contract(t.contract, where=where).arrow_types()
+    return FieldTypes(where, types, naming(convention).normalize_identifier)
+
+
+def _new_decimal_columns(pipeline: Any, t: TableConfig, fields: FieldTypes) -> dict[str, Any]:
+    """Hints staging the contract's decimal columns at its precision and scale, for the
+    columns not staged yet (a staged column keeps its type: dlt refuses to change it)."""
+    hints = fields.decimal_hints()
+    if not hints:
+        return {}
+    try:
+        staged = pipeline.default_schema.tables.get(t.name, {}).get("columns", {})
+    except Exception:  # noqa: BLE001 - no schema yet: nothing is staged
+        staged = {}
+    return {n: h for n, h in hints.items() if n not in staged}
 
 
 def max_pages(job: JobConfig, t: TableConfig) -> int:

@@ -52,6 +52,7 @@ from deltaferry.errors import TerminalError
 from sources.change_detection import ChangedRows, canonical_json
 from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
+from sources.rest_api.numbers import FieldTypes, document_text
 
 DEFAULT_MAX_PAGES = 100_000
 # winners are handed to dlt in lists of this many records
@@ -60,6 +61,8 @@ _CHUNK = 1000
 _NAMED_KEYS = 10
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# a data_selector that is a path of plain field names ("data", "result.items")
+_PLAIN_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*")
 _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential", re.I)
 
 
@@ -68,16 +71,11 @@ _ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
 
 
 def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
-    """Objects and arrays as their JSON text (compact, keys in the API's order): staged as
-    text, so a column that holds documents in some records and strings in others keeps
-    each as it came (dlt would parse a string such as "null" as JSON in a document column,
-    turning it into SQL NULL)."""
-    return {
-        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=str)
-        if isinstance(v, (dict, list))
-        else v
-        for k, v in row.items()
-    }
+    """Objects and arrays as their JSON text (compact, keys in the API's order, numbers as
+    written: ``numbers.document_text``): staged as text, so a column that holds documents
+    in some records and strings in others keeps each as it came (dlt would parse a string
+    such as "null" as JSON in a document column, turning it into SQL NULL)."""
+    return {k: document_text(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
 
 
 def safe_url(url: str) -> str:
@@ -155,9 +153,12 @@ class TableRead:
         max_pages: int = DEFAULT_MAX_PAGES,
         secret_params: frozenset[str] = frozenset(),
         check: Any = None,
+        fields: FieldTypes | None = None,
     ) -> None:
         # check(page): called on each page's records as it arrives (raises to refuse them)
         self.check = check
+        # each record's numbers as its contract columns hold them, exactly, or refused
+        self.fields = fields
         self.job, self.t, self.changed = job, t, changed
         self.where = f"job '{job.name}' table '{t.name}'"
         self.max_pages = max_pages
@@ -167,6 +168,14 @@ class TableRead:
         self.keys = KeyCheck(job, t)
         # key -> how many records of it were read (only keys read more than once)
         self.repeated: Counter[str] = Counter()
+        # without cursor_param (no dlt incremental step), records older than initial_value
+        # are not read
+        floor = t.options.get("initial_value")
+        self.floor = (
+            cursor_rank(floor)
+            if t.cursor and floor is not None and not t.options.get("cursor_param")
+            else None
+        )
         self.differing: set[str] = set()
 
     # --- wiring --------------------------------------------------------------
@@ -236,7 +245,12 @@ class TableRead:
                             "nothing of it is published"
                         )
                     sent[ident] = n
+                self._check_envelope(response, n, url)
                 records = list(page) if isinstance(page, list) else [page]
+                if self.fields is not None:
+                    for r in records:
+                        if isinstance(r, dict):
+                            self.fields.convert(r, self._key_text(r))
                 texts = [canonical_json(r) for r in records]  # each record's, once
                 digest = hashlib.md5("\n".join(texts).encode()).hexdigest()
                 if records and digest == previous:
@@ -258,6 +272,32 @@ class TableRead:
                     )
             yield from self._winners(index, spill)
 
+    def _check_envelope(self, response: Any, n: int, url: str) -> None:
+        """Stop the read when the answer has no field at the table's ``data_selector`` (a
+        plain path such as ``data`` or ``result.items``): dlt reads that as an empty page, so
+        an API that renamed its envelope (``data`` to ``items``) looked like one with no
+        changes, run after run. A field that is null is an empty page, as dlt takes it."""
+        selector = self.t.options.get("data_selector")
+        if response is None or not isinstance(selector, str) or not _PLAIN_PATH.fullmatch(selector):
+            return
+        try:
+            doc = response.json()
+        except ValueError:
+            return  # dlt's own parse fails the read with its message
+        node = doc
+        for part in selector.split("."):
+            if not isinstance(node, dict) or part not in node:
+                has = ", ".join(repr(k) for k in list(node)[:8]) if isinstance(node, dict) else (
+                    f"a JSON {type(node).__name__}"
+                )
+                raise TerminalError(
+                    f"{self.where}: page {n} ({self._shown(url)}) has no field {part!r} of the "
+                    f"table's data_selector {selector!r} (the answer there has {has or 'no fields'}): "
+                    "the API's answer changed shape? fix the table's data_selector; nothing of "
+                    "the read is published"
+                )
+            node = node[part]
+
     def _shown(self, url: str) -> str:
         """The url without credentials, its secret query values masked."""
         secret = self.secret_params
@@ -268,6 +308,10 @@ class TableRead:
         return safe_url(url) + (f"?{query}" if query else "")
 
     # --- records -------------------------------------------------------------
+
+    def _key_text(self, row: dict[str, Any]) -> str:
+        """The record's key for a message: ``{"id": 7}``."""
+        return json.dumps({c: row.get(c) for c in self.t.primary_key}, default=str)
 
     def _refuse_inexact_times(self, row: dict[str, Any]) -> None:
         """dlt stages an ISO-8601 text field as a timestamp in microseconds: a value with
@@ -298,9 +342,13 @@ class TableRead:
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
+        if self._hold_without_cursor(row):
+            return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
         h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
         rank = cursor_rank(_cursor_value(row, self.t.cursor)) if self.t.cursor else ()
+        if self.floor is not None and rank != (0,) and rank < self.floor:
+            return  # older than initial_value
         known = index.get(key)
         if known is not None:
             self.repeated[key] = self.repeated.get(key, 1) + 1
@@ -318,6 +366,20 @@ class TableRead:
         changed = not self.changed.is_staged_record(row, h)
         pickle.dump((text, row if changed else None), spill, protocol=pickle.HIGHEST_PROTOCOL)
         index[key] = (rank, h, pos, changed)
+
+    def _hold_without_cursor(self, row: dict[str, Any]) -> bool:
+        """Under ``null_cursor = "quarantine"``, hold a record whose cursor is null or missing."""
+        t = self.t
+        if not t.cursor or t.null_cursor != "quarantine" or _cursor_value(row, t.cursor) is not None:
+            return False
+        self.keys.hold_records(
+            [row],
+            t.cursor,
+            "cursor not null",
+            f"cursor field {t.cursor} is null or missing in the API's record (null_cursor = "
+            '"quarantine"): held back until the record has a cursor value',
+        )
+        return True
 
     def _winners(
         self, index: dict[str, tuple[tuple[Any, ...], str, int, bool]], spill: Any

@@ -26,6 +26,7 @@ answered with a 200 HTML page (a login page in front of the API).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -146,14 +147,21 @@ class ApiServer:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
             return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
-        rows = sorted(coll.values(), key=lambda r: (instant(r["updated_at"]), r["id"]))
-        return [r for r in rows if since is None or instant(r["updated_at"]) >= instant(since)]
+        # a record without a time (null or missing) comes first, and with every "since"
+        # (as an API whose filter is "updated_at >= since OR updated_at IS NULL")
+        never = instant("0001-01-01T00:00:00")
+        rows = sorted(coll.values(), key=lambda r: (instant(r.get("updated_at") or never.isoformat()), r["id"]))
+        return [
+            r
+            for r in rows
+            if since is None or not r.get("updated_at") or instant(r["updated_at"]) >= instant(since)
+        ]
 
     @staticmethod
     def _send(
         h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
     ) -> None:
-        raw = json.dumps(body).encode()
+        raw = _RAW.sub(lambda m: m.group(1), json.dumps(body)).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(raw)))
@@ -161,6 +169,17 @@ class ApiServer:
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(raw)
+
+
+class Raw(str):
+    """A number sent exactly as written (``Raw("1e400")``): JSON text Python would not write."""
+
+    def __new__(cls, text: str) -> "Raw":
+        return super().__new__(cls, f"\x00raw:{text}\x00")
+
+
+# a Raw value as json.dumps writes it: the quoted marker around the text
+_RAW = re.compile(r'"\\u0000raw:(.*?)\\u0000"')
 
 
 # a test job against this server: the [jobs.api] header (``{url}``, ``{lake}`` to format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pandera.pandas as pa
+from pandera.engines import pandas_engine
 from pandera.typing import Series
 
 
@@ -37,4 +38,25 @@ class Users(pa.DataFrameModel):
 
     class Config:
         strict = True
+        coerce = True
+
+
+class Measures(pa.DataFrameModel):
+    """Numbers that must arrive exactly: a decimal beyond a double's digits and dlt's
+    default scale of 9, a float, a flag and a document."""
+
+    id: Series[int] = pa.Field(ge=1)
+    amount: Series[pandas_engine.Decimal] = pa.Field(
+        nullable=True, dtype_kwargs={"precision": 30, "scale": 12}
+    )
+    x: Series[float] = pa.Field(nullable=True)
+    ok: Series[bool] = pa.Field(nullable=True)
+    at: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    doc: Series[str] = pa.Field(nullable=True)
+    updated_at: Series[object] = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
         coerce = True
