@@ -295,8 +295,8 @@ def test_a_reset_does_not_count_a_column_the_contract_leaves_out(shop_job, shop,
     shop.con.commit()
     _touch(shop, 5, "JP")
     # published without `extra`; the rows read again carry its value in staging, so they
-    # go out once (every row in full-compare mode, the boundary and the edit with a cursor)
-    assert shop_job.sync()["tables"]["customers"]["rows"] == (12 if mode == "full-compare" else 2)
+    # go out once (every row: a cursor table is read whole when the source gains a column)
+    assert shop_job.sync()["tables"]["customers"]["rows"] == 12
     for _ in range(2):
         reset = CliRunner().invoke(
             cli, ["reset", "shop", "--table", "customers", "--reason", "trial",
@@ -343,3 +343,71 @@ def test_rows_the_migration_cannot_compare_are_republished(shop_job, shop, tmp_p
 
     pull(load_job("shop", v2), shop_job.lake(), shop_job.replica)
     _replica_is_source(shop, shop_job.replica, "id, full_name, country")
+
+
+CURSOR_JOB = LOOSE_JOB.replace('primary_key = ["id"]', 'primary_key = ["id"]\ncursor = "updated"')
+
+
+@pytest.mark.parametrize(
+    "change, whole",
+    [
+        ("ALTER TABLE t ADD COLUMN c INTEGER DEFAULT 5", True),
+        ("ALTER TABLE t ADD COLUMN c TEXT", True),  # NULL in every row: read whole once
+        ("ALTER TABLE t RENAME COLUMN name TO c", True),
+        ("UPDATE t SET name = 'x', updated = 100 WHERE id = 3", False),
+    ],
+    ids=["default", "null", "renamed", "no-new-column"],
+)
+def test_a_column_the_source_gains_reaches_every_row_of_a_cursor_table(
+    tmp_path, home, bucket, prefect_api, change, whole
+):
+    """A column added with a DEFAULT (or a rename) gives every row a value without moving
+    its cursor: the cursor read staged it for the rows that changed only, and the replica
+    kept NULL in every other row, exit 0. The run that first sees the column reads the
+    table whole (said in the operations log), and only that run. Checked against the
+    source with sqlite3 and duckdb."""
+    import sqlite3
+
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from deltaferry.state import StateStore
+    from destinations.lake import open_lake
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    src = sqlite3.connect(db)
+    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, extra TEXT, updated INTEGER)")
+    src.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [(i, f"n{i}", "x", i) for i in range(1, 9)])
+    src.commit()
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        CURSOR_JOB.format(db=db, bucket=bucket).replace(
+            "[[jobs.j.tables]]", 'drift = "evolve"\n\n[[jobs.j.tables]]'
+        )
+    )
+    sync_job(job="j", config=str(config))
+    src.executescript(change + "; UPDATE t SET updated = 50, extra = 'y' WHERE id = 8;")
+    src.commit()
+
+    def read_whole() -> list[str]:
+        with StateStore("j").connect(read_only=True) as con:
+            return [
+                d for (d,) in con.execute("SELECT detail FROM ops_log ORDER BY id").fetchall()
+                if d and "new at the source: the table is read whole" in d
+            ]
+
+    sync_job(job="j", config=str(config))
+    assert len(read_whole()) == (1 if whole else 0), read_whole()
+    sync_job(job="j", config=str(config))
+    assert len(read_whole()) == (1 if whole else 0), read_whole()  # once, not every run
+    replica = tmp_path / "replica.duckdb"
+    job = load_job("j", config)
+    pull(job, open_lake(job.lake), replica)
+    names = [r[1] for r in src.execute("PRAGMA table_info(t)").fetchall()]
+    want = src.execute(f"SELECT {', '.join(names)} FROM t ORDER BY id").fetchall()
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        got = con.execute(f"SELECT {', '.join(names)} FROM t ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert got == want

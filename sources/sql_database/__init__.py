@@ -37,6 +37,7 @@ from sources.sql_database.types import (
     job_scope,
     key_roles,
     log,
+    quiet,
     source_columns,
     text_form_notes,
 )
@@ -177,6 +178,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         whole: list[str] = []  # tables read whole: every row without a key held again
+        gained = _gained_columns(job, engine, borrowed)
         bounds: dict[str, Any] = {}  # where each cursor table's window starts
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
@@ -188,6 +190,15 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 )
             else:
                 bound = bounds[t.name] = staged_bound(job, t, borrowed)
+                if bound is not None and gained.get(t.name):
+                    # every row has a value in a column the source gained (ADD COLUMN ...
+                    # DEFAULT, a rename) while its cursor stayed: read the table whole once
+                    bound = bounds[t.name] = None
+                    first.notes.setdefault(t.name, []).append(
+                        f"column(s) {', '.join(gained[t.name])} new at the source: the table "
+                        "is read whole this run, so every row carries their values (a cursor "
+                        "read would have staged them for changed rows only)"
+                    )
                 if bound is None and t.name not in first.rows:  # a first read, by dlt alone
                     whole.append(t.name)
                 reads.append(
@@ -365,6 +376,33 @@ def _open_unfit(job: JobConfig) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return {
         t.name: [(pk, json.loads(pk)) for pk in sorted(held.get(t.name, ()))] for t in job.tables
     }
+
+
+def _gained_columns(job: JobConfig, engine: sa.Engine, borrowed: Any) -> dict[str, list[str]]:
+    """Per cursor table with staged rows, the source columns staging does not have (not
+    excluded by ``exclude_columns``), named as the source has them."""
+    from sources.names import naming
+
+    out: dict[str, list[str]] = {}
+    norm = None
+    insp = None
+    for t in job.tables:
+        if not t.cursor:
+            continue
+        staged = {c.lower() for c in staged_types(t, staging_path(job.name), borrowed)}
+        if not staged:
+            continue
+        if insp is None:
+            insp = sa.inspect(engine)
+            norm = naming(staging_naming(job, borrowed)).normalize_identifier
+        excluded = set(t.options.get("exclude_columns", ()))
+        with quiet():
+            names = [c["name"] for c in insp.get_columns(source_table(t))]
+        assert norm is not None
+        new = [n for n in names if n not in excluded and norm(n).lower() not in staged]
+        if new:
+            out[t.name] = new
+    return out
 
 
 def _first_staged(
