@@ -60,8 +60,15 @@ def _json_default(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, Decimal):
         # an API's fraction (read exactly, sources.rest_api.numbers) hashes as the double
-        # it reads as: records keep the hash they had when JSON fractions were doubles
-        return float(v)
+        # it reads as when that double is the same number (records keep the hash they had
+        # when JSON fractions were doubles), else as its exact text: a change beyond a
+        # double's digits (...56.78 to ...56.79) is a change
+        f = float(v)
+        try:
+            same = Decimal(repr(f)) == v
+        except ArithmeticError:  # inf, nan
+            same = False
+        return f if same else str(v)
     if isinstance(v, bytes):
         return v.hex()
     return str(v)

@@ -633,6 +633,10 @@ def test_json_numbers_reach_the_replica_as_the_api_wrote_them(measures_job, api)
         ({"x": "9007199254740993"}, "has no exact double"),
         ({"ok": "2"}, "is a number other than 0 or 1"),
         ({"at": "1700000000"}, "is a number where the contract's column is a time"),
+        ({"id_": "9223372036854775808"}, "is beyond a 64-bit integer"),
+        ({"n": "-9223372036854775809"}, "is beyond a 64-bit integer (staging's BIGINT)"),
+        ({"n": "1e19"}, "field 'n' value 10000000000000000000 at key {\"id\": 4} is beyond a 64-bit integer"),
+        ({"amount": '"1.0000000000001"'}, "has more than 12 decimal places"),
         ({"name": "1e999"}, "field 'name' value 1E+999 at key {\"id\": 4} is out of range for a double, it would be infinity (no contract type: read as a double)"),
     ],
 )
@@ -646,7 +650,9 @@ def test_a_json_number_its_column_cannot_hold_stops_the_read_naming_it(measures_
 
     measures_job.sync()
     before = open_lake(measures_job.lake_url).list("api/items/")
-    api.items[4] = _measure(4, **{k: Raw(v) for k, v in values.items()})
+    api.items[4] = _measure(
+        4, **{k: v[1:-1] if v.startswith('"') else Raw(v) for k, v in values.items()}
+    )
     api.items[4]["updated_at"] = _ts(40)
     with pytest.raises(TerminalError) as err:
         measures_job.sync()
@@ -758,3 +764,28 @@ def test_an_answer_without_the_data_selectors_field_stops_the_read(measures_job,
     assert message.startswith("job 'api' table 'items': page 1 (http://"), message
     assert "has no field 'data' of the table's data_selector 'data'" in message, message
     assert "(the answer there has 'items', 'next')" in message and "\n" not in message, message
+
+
+def test_a_change_beyond_a_doubles_digits_is_a_change(measures_job, api):
+    """A record's content hash took a decimal as its double: 1234567890123456.78 to .79
+    (or a document's 0.1000000000000000000001 to ...2) hashed the same, so the change was
+    "no change" for good when the cursor stayed (a fresh-user trial)."""
+    from decimal import Decimal
+
+    from tests.support.api_server import Raw
+
+    api.items.clear()
+    # item 1 holds the newest cursor value: read again at the boundary (closed range)
+    api.items[1] = _measure(1, amount=Raw("123456789012345678.78"), doc={"p": Raw("0.1000000000000000000001")})
+    api.items[1]["updated_at"] = _ts(9)
+    api.items[2] = _measure(2, amount=Raw("1.5"), x=Raw("0.1"))
+    measures_job.sync()
+    api.items[1] = _measure(1, amount=Raw("123456789012345678.79"), doc={"p": Raw("0.1000000000000000000002")})
+    api.items[1]["updated_at"] = _ts(9)  # the same cursor value
+    out = measures_job.sync()
+    assert out["tables"]["items"].get("rows") == 1, out  # item 2 unchanged: not published again
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, amount, doc FROM items ORDER BY id") == [
+        (1, Decimal("123456789012345678.79"), '{"p":0.1000000000000000000002}'),
+        (2, Decimal("1.5"), None),
+    ]

@@ -17,12 +17,13 @@ zero, with exit 0. Here:
   ========================  =============================================================
   ``Decimal(p, s)``         a ``Decimal``, refused if it has more than ``s`` decimal
                             places or more than ``p - s`` digits before the point
+                            (number text such as ``"1.005"`` is checked the same way)
   float                     a ``float``; refused: an integer a double cannot hold
                             (2**53 + 1), a number out of range (would be infinity) or
                             too small (would be 0); other fractions round to the nearest
                             double, as reading decimal text into a double always does
   integer                   an ``int`` when it is whole (``3.0``), else left for the
-                            contract to refuse
+                            contract to refuse; beyond 64 bits refused (also untyped)
   boolean                   ``True``/``False`` for 1/0, refused for any other number
   timestamp, date           refused: an epoch number is ambiguous (seconds? milliseconds?);
                             the API's ISO-8601 text is what a time column reads
@@ -82,7 +83,12 @@ def document_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _kind(t: pa.DataType) -> str | None:
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _kind(t: pa.DataType | None) -> str | None:
+    if t is None:
+        return None
     if pa.types.is_decimal(t):
         return "decimal"
     if pa.types.is_floating(t):
@@ -126,10 +132,19 @@ class FieldTypes:
         return self._field[name]
 
     def convert(self, row: dict[str, Any], key: str) -> None:
-        """Convert ``row``'s top-level numbers in place; ``key`` names it in a refusal."""
+        """Convert ``row``'s top-level numbers in place; ``key`` names it in a refusal.
+        Number text in a decimal column is checked like a number (dlt's load would refuse
+        ``"1.005"`` for ``Decimal(10, 2)`` only after the read, failing the job's load)."""
         for name, value in row.items():
             if _number(value):
                 row[name] = self._value(name, value, key)
+            elif isinstance(value, str) and _kind(self._type(name)) == "decimal":
+                try:
+                    number = Decimal(value.strip())
+                except InvalidOperation:
+                    continue  # not a number: the contract refuses it, naming the row
+                if number.is_finite():
+                    row[name] = self._value(name, number, key)
 
     def _value(self, name: str, value: Any, key: str) -> Any:
         target = self._type(name)
@@ -155,9 +170,16 @@ class FieldTypes:
                 return bool(value)  # staged as the column's type, not BIGINT
             raise refuse("is a number other than 0 or 1 where the contract's column is a boolean")
         if kind == "integer" and isinstance(value, Decimal):
-            return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
+            if not (value.is_finite() and value == value.to_integral_value()):
+                return float(value)  # a fraction: the contract refuses it, naming the row
+            value = int(value)
         if isinstance(value, int):
             if kind != "float":
+                if not _INT64[0] <= value <= _INT64[1]:
+                    raise refuse(
+                        "is beyond a 64-bit integer (staging's BIGINT); give the field a "
+                        "Decimal(38, 0) (or str) contract type"
+                    )
                 return value
             try:
                 if int(float(value)) == value:

@@ -50,6 +50,7 @@ class Measures(pa.DataFrameModel):
         nullable=True, dtype_kwargs={"precision": 30, "scale": 12}
     )
     x: Series[float] = pa.Field(nullable=True)
+    n: Series[int] = pa.Field(nullable=True)
     ok: Series[bool] = pa.Field(nullable=True)
     at: Series[pd.DatetimeTZDtype] = pa.Field(
         nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
