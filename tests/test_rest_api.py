@@ -789,3 +789,28 @@ def test_a_change_beyond_a_doubles_digits_is_a_change(measures_job, api):
         (1, Decimal("123456789012345678.79"), '{"p":0.1000000000000000000002}'),
         (2, Decimal("1.5"), None),
     ]
+
+
+def test_a_decimal_column_staged_before_keeps_its_staged_type_and_the_run_goes_on(
+    measures_job, api
+):
+    """Upgrade path: a contract Decimal column already staged as DOUBLE (an older
+    deltaferry, or a contract that did not type it) keeps DOUBLE and the run goes on (no
+    failure, no variant column); the values go in as doubles until ``reset``, as the
+    README says."""
+    from deltaferry.config import load_job
+    from sources.staging import staged_types, staging_path
+    from tests.support.api_server import Raw
+
+    untyped = MEASURES_JOB.replace("tests.support.contracts_api:Measures", "tests.support.contracts_files:Loose")
+    api.items.clear()
+    api.items[1] = _measure(1, amount=Raw("1.5"))
+    measures_job.config.write_text(untyped.format(url=api.url, lake=measures_job.lake_url, job_extra='drift = "evolve"', table_extra=""))
+    measures_job.sync()
+    measures_job.config.write_text(MEASURES_JOB.format(url=api.url, lake=measures_job.lake_url, job_extra='drift = "evolve"', table_extra=""))
+    api.items[2] = _measure(2, amount=Raw("2.125"))
+    api.items[2]["updated_at"] = _ts(9)
+    assert measures_job.sync()["tables"]["items"]["rows"] == 1
+    job = load_job("api", measures_job.config)
+    t = next(t for t in job.tables if t.name == "items")
+    assert staged_types(t, staging_path("api"), None)["amount"] == "DOUBLE"

@@ -82,7 +82,7 @@ class _Watch(requests.adapters.HTTPAdapter):
         if _is_json(response):
             # fractions and exponents read as Decimal, exactly (numbers.exact_json)
             response.__class__ = ExactJSONResponse
-        if 200 <= status < 300 and not _is_json(response):
+        elif 200 <= status < 300:
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise ConfigError(
                 f"{where} answered {status} with {kind.split(';')[0]}, not JSON (a login page "
@@ -318,7 +318,8 @@ def field_types(job: JobConfig, t: TableConfig, convention: str) -> FieldTypes:
 
 def _new_decimal_columns(pipeline: Any, t: TableConfig, fields: FieldTypes) -> dict[str, Any]:
     """Hints staging the contract's decimal columns at its precision and scale, for the
-    columns not staged yet (a staged column keeps its type: dlt refuses to change it)."""
+    columns not staged yet (a staged column keeps its table type either way: dlt does not
+    alter it; leaving the hint off keeps dlt's schema saying what the table holds)."""
     hints = fields.decimal_hints()
     if not hints:
         return {}

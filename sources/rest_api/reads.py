@@ -287,9 +287,10 @@ class TableRead:
         node = doc
         for part in selector.split("."):
             if not isinstance(node, dict) or part not in node:
-                has = ", ".join(repr(k) for k in list(node)[:8]) if isinstance(node, dict) else (
-                    f"a JSON {type(node).__name__}"
-                )
+                if isinstance(node, dict):
+                    has = ", ".join(repr(k) for k in list(node)[:8])
+                else:
+                    has = f"a JSON {type(node).__name__}"
                 raise TerminalError(
                     f"{self.where}: page {n} ({self._shown(url)}) has no field {part!r} of the "
                     f"table's data_selector {selector!r} (the answer there has {has or 'no fields'}): "

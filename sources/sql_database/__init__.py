@@ -383,23 +383,22 @@ def _gained_columns(job: JobConfig, engine: sa.Engine, borrowed: Any) -> dict[st
     excluded by ``exclude_columns``), named as the source has them."""
     from sources.names import naming
 
+    path = staging_path(job.name)
+    staged = {t.name: staged_types(t, path, borrowed) for t in job.tables if t.cursor}
+    staged = {name: cols for name, cols in staged.items() if cols}
+    if not staged:
+        return {}
+    insp = sa.inspect(engine)
+    norm = naming(staging_naming(job, borrowed)).normalize_identifier
     out: dict[str, list[str]] = {}
-    norm = None
-    insp = None
     for t in job.tables:
-        if not t.cursor:
+        if t.name not in staged:
             continue
-        staged = {c.lower() for c in staged_types(t, staging_path(job.name), borrowed)}
-        if not staged:
-            continue
-        if insp is None:
-            insp = sa.inspect(engine)
-            norm = naming(staging_naming(job, borrowed)).normalize_identifier
+        have = {c.lower() for c in staged[t.name]}
         excluded = set(t.options.get("exclude_columns", ()))
         with quiet():
             names = [c["name"] for c in insp.get_columns(source_table(t))]
-        assert norm is not None
-        new = [n for n in names if n not in excluded and norm(n).lower() not in staged]
+        new = [n for n in names if n not in excluded and norm(n).lower() not in have]
         if new:
             out[t.name] = new
     return out
