@@ -134,7 +134,7 @@ def _drop_staged(job: JobConfig, t: TableConfig) -> list[str]:
     Returns the staged tables dropped."""
     from dlt.pipeline.helpers import pipeline_drop
 
-    from sources.pipeline import pipeline_for
+    from sources.pipeline import abort_pending, pipeline_for
     from sources.staging import staging_path
 
     if not staging_path(job.name).exists():
@@ -153,8 +153,7 @@ def _drop_staged(job: JobConfig, t: TableConfig) -> list[str]:
         )
         if not resources:
             return []
-        if pipeline.has_pending_data:
-            pipeline.drop_pending_packages()
+        abort_pending(pipeline, f"reset of job '{job.name}' table '{t.name}'")
         dropping = pipeline_drop(pipeline, resources=resources)
         dropping()
         info: Any = dropping.info

@@ -16,11 +16,13 @@ from deltaferry.config import JobConfig, TableConfig
 from sources.change_detection import ChangedRows
 from sources.columns import DELETED_COLUMN
 from sources.pipeline import (
+    abort_pending,
     drop_merge_staging,
     pipeline_for,
     pipeline_naming,
     prune_loaded_packages,
     refit_staging,
+    schema_columns,
 )
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
@@ -79,18 +81,34 @@ class ExtractResult:
 
 
 def load_failure(job: JobConfig, e: BaseException) -> str:
-    """One line for a load into staging that failed terminally: the database's own first
-    line (``Conversion Error: ...``), without dlt's traceback."""
+    """One line for a normalize or a load into staging that failed terminally (dlt's
+    ``PipelineStepFailed`` ``e``), naming the table when dlt names the failed job: the
+    database's (or dlt's) own first line (``Conversion Error: ...``), without dlt's
+    traceback. The caller aborts the failed load package (``sources.pipeline.abort_pending``,
+    or dlt's own abort of a load job), so the next run reads the same rows again."""
     import re
 
+    from dlt.common.destination.exceptions import WithJobError
     from dlt.destinations.exceptions import DatabaseTerminalException
 
     db = find_cause(e, lambda x: isinstance(x, DatabaseTerminalException))
-    text = str(db) if db is not None else str(getattr(e, "exception", None) or e)
+    failed = find_cause(e, lambda x: isinstance(x, WithJobError))
+    if db is not None:
+        text = str(db)
+    elif failed is not None:
+        text = str(getattr(failed, "failed_message", "") or failed)
+    else:
+        text = str(getattr(e, "exception", None) or e)
     # dlt passes the job's traceback as text: its last "SomeError: message" line says it
     raised = re.findall(r"^[\w.]+(?:Error|Exception): (.+)$", text, re.M)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = raised[-1] if raised else (lines[0] if lines else type(e).__name__)
+    first = " ".join(first.split()).rstrip(".")  # one line
+    where = f"job '{job.name}'"
+    # dlt's job id: "<table>.<file id>.<format>" (none for a failure outside a job)
+    table = str(getattr(failed, "job_id", "")).rsplit(".", 2)[0]
+    if failed is not None and table in {t.name for t in job.tables}:
+        where += f" table '{table}'"
     if "Out of Memory Error" in text or "failed to pin block" in text:
         # the staging database's memory limit, not a value: the advice a value gets misleads
         from deltaferry.settings import env_name, from_env
@@ -101,9 +119,13 @@ def load_failure(job: JobConfig, e: BaseException) -> str:
         )
     else:
         fix = "fix the value at the source (or the table's column_types) and run again"
+    doing = "normalizing the extracted rows" if getattr(e, "step", "") == "normalize" else (
+        "loading into staging"
+    )
     return (
-        f"job '{job.name}': loading into staging failed: {first[:500]}; dlt aborted the load "
-        f"package, nothing was staged or published; {fix}"
+        f"{where}: {doing} failed: {first[:500]}; the load package was aborted and the "
+        "cursors kept where the last completed load left them, nothing was staged or "
+        f"published; {fix}"
     )
 
 
@@ -155,7 +177,9 @@ def extract_records(
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
-            names = RecordNames(job.name, t.name, pipeline_naming(pipeline))
+            names = RecordNames(
+                job.name, t.name, pipeline_naming(pipeline), schema_columns(pipeline, t.name)
+            )
             resources.append(
                 _records_resource(job, t, read).add_map(names).add_filter(changed.record)
             )
@@ -208,7 +232,7 @@ def run_load(
     without dlt's exception chained (Prefect logs the chain, and it holds the raw text)."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
-    from deltaferry.errors import DeltaferryError, TerminalError, TransientError
+    from deltaferry.errors import TransientError
 
     try:
         # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
@@ -218,25 +242,40 @@ def run_load(
         prune_loaded_packages(pipeline)
         return info
     except PipelineStepFailed as e:
-        cause = e if scrub is None else None
-        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
-        if ours is not None:
-            raise ours from cause
-        mapped = classify(e) if classify is not None else None
-        if mapped is not None:
-            raise mapped from cause
-        net = find_cause(e, _is_network_error)
-        if net is not None:
-            raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__} "
-                "(the source did not answer, or the connection broke); retried"
-            ) from cause
-        if e.step == "load":
-            raise TerminalError(load_failure(job, e)) from cause
-        text = str(e.__cause__ or e.exception)
-        raise TerminalError(
-            f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"
-        ) from cause
+        error = _step_error(job, e, classify, scrub)
+        if not isinstance(error, TransientError):
+            # a package dlt kept pending would be replayed, and fail, first on every later run
+            abort_pending(pipeline, str(error))
+        raise error from (e if scrub is None else None)
+
+
+def _step_error(
+    job: JobConfig,
+    e: Any,
+    classify: Callable[[BaseException], BaseException | None] | None,
+    scrub: Callable[[str], str] | None,
+) -> BaseException:
+    """The deltaferry error ``run_load`` raises for dlt's ``PipelineStepFailed`` ``e``."""
+    from deltaferry.errors import DeltaferryError, TerminalError, TransientError
+
+    ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+    if ours is not None:
+        return ours
+    mapped = classify(e) if classify is not None else None
+    if mapped is not None:
+        return mapped
+    net = find_cause(e, _is_network_error)
+    if net is not None:
+        return TransientError(
+            f"job '{job.name}': extract step '{e.step}' failed: {type(net).__name__} "
+            "(the source did not answer, or the connection broke); retried"
+        )
+    if e.step in ("normalize", "load"):
+        return TerminalError(load_failure(job, e))
+    text = str(e.__cause__ or e.exception)
+    return TerminalError(
+        f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"
+    )
 
 
 def _is_network_error(e: BaseException) -> bool:

@@ -72,13 +72,19 @@ def _fix(convention: str) -> str:
     )
 
 
-def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str, str] | None:
+def column_problem(
+    columns: Iterable[str], convention: str = EXACT, staged: Iterable[str] = ()
+) -> tuple[str, str] | None:
     """The first reason staging would not keep ``columns`` exactly and apart, as (problem,
     fix): a name the convention changes, a name reserved by deltaferry and dlt, a name
-    twice, or two names staging (case-insensitive DuckDB) cannot tell apart; None when
-    every name is kept."""
+    twice, two names staging (case-insensitive DuckDB) cannot tell apart, or a name that
+    differs only in case from one of ``staged`` (the table's columns staged so far, as
+    staging names them): dlt's load of it failed on every run. None when every name is
+    kept."""
     seen: dict[str, str] = {}
     norm = naming(convention) if convention != EXACT else None
+    before = {n.casefold(): n for n in staged}
+    clash: tuple[str, str] | None = None  # with a staged name: after every other problem
     for name in columns:
         problem = name_problem(name, convention)
         if problem:
@@ -89,7 +95,8 @@ def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str
                 "(_dlt_*, _df_*, and _op and _seq in every published file; in any case)",
                 _fix(convention),
             )
-        key = (norm.normalize_identifier(name) if norm else name).casefold()
+        as_staged = norm.normalize_identifier(name) if norm else name
+        key = as_staged.casefold()
         other = seen.get(key)
         if other == name:
             return f"column {name!r} more than once", "give every column its own name"
@@ -100,15 +107,26 @@ def column_problem(columns: Iterable[str], convention: str = EXACT) -> tuple[str
                 "rename one of them at the source",
             )
         seen[key] = name
-    return None
+        old = before.get(key)
+        if old is not None and old != as_staged and clash is None:
+            clash = (
+                f"column {name!r} differs only in case from the table's column {old!r}, and "
+                "staging and the replica (DuckDB) do not tell names apart by case",
+                f"name it {old!r} at the source again, or stage the table anew under the new "
+                "name (deltaferry reset JOB --table TABLE --reason ...)",
+            )
+    return clash
 
 
-def check_columns(job: str, table: str, columns: Iterable[str], convention: str = EXACT) -> None:
+def check_columns(
+    job: str, table: str, columns: Iterable[str], convention: str = EXACT, staged: Iterable[str] = ()
+) -> None:
     """Refuse, as one ConfigError line naming job, table, column(s) and the fix, source
-    columns that staging would not keep exactly (see ``column_problem``)."""
+    columns that staging would not keep exactly (see ``column_problem``; ``staged``: the
+    table's columns staged so far)."""
     from deltaferry.errors import ConfigError
 
-    found = column_problem(columns, convention)
+    found = column_problem(columns, convention, staged)
     if found:
         problem, fix = found
         raise ConfigError(f"job '{job}' table '{table}': source {problem}; {fix}")
@@ -135,17 +153,28 @@ def cursor_path(name: str) -> str:
 class RecordNames:
     """A dlt map step for a source that yields records (dicts, or pages of them): refuses,
     as ``check_columns`` does, a record key staging would not keep exactly, before dlt
-    renames or stages it. Each distinct key set is checked once."""
+    renames or stages it, and a key that differs only in case from one staged before
+    (``staged``, as staging names them) or read earlier in this run. Each distinct key set
+    is checked once."""
 
-    def __init__(self, job: str, table: str, convention: str = EXACT) -> None:
+    def __init__(
+        self, job: str, table: str, convention: str = EXACT, staged: Iterable[str] = ()
+    ) -> None:
         self.job, self.table, self.convention = job, table, convention
         self._ok: set[frozenset[str]] = set()
+        self._known: dict[str, str] = {n.casefold(): n for n in staged}
 
     def __call__(self, item: Any) -> Any:
         for row in item if isinstance(item, list) else [item]:
             if isinstance(row, dict):
                 keys = frozenset(row)
                 if keys not in self._ok:
-                    check_columns(self.job, self.table, sorted(keys), self.convention)
+                    check_columns(
+                        self.job, self.table, sorted(keys), self.convention, self._known.values()
+                    )
+                    norm = naming(self.convention) if self.convention != EXACT else None
+                    for k in keys:
+                        name = norm.normalize_identifier(k) if norm else k
+                        self._known.setdefault(name.casefold(), name)
                     self._ok.add(keys)
         return item

@@ -177,7 +177,81 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
         dataset_name=STAGING_DATASET,
         **progress,
     )
+    _finish_abort(pipeline)
     return pipeline, con
+
+
+# written beside the pipeline's working dir (it survives dlt's ``drop``) before deltaferry
+# aborts the pipeline's pending load packages, removed once the abort is done. dlt's abort
+# of an extracted package deletes the package first and rewinds the local state (the
+# cursors the package advanced) after: a process killed between the two would keep the
+# advanced cursors with no package to load, and the rows between the two cursor values
+# would never be staged. A mark found by ``pipeline_for`` means an abort may not have ended.
+ABORT_MARK_SUFFIX = ".abort.json"
+
+
+def _abort_mark(pipeline: dlt.Pipeline) -> Path:
+    return Path(pipeline.pipelines_dir) / f"{pipeline.pipeline_name}{ABORT_MARK_SUFFIX}"
+
+
+def abort_pending(pipeline: dlt.Pipeline, why: str) -> list[str]:
+    """Abort every pending load package of ``pipeline`` and rewind its local state and
+    schemas to where the oldest began (dlt's ``Pipeline.abort_packages``), after a step
+    failed terminally: dlt keeps a package that failed to normalize (and one whose load
+    failed outside a load job) pending and replays it first on every later run, so the run
+    fails identically until the job is reset, even once the source is fixed. The rewound
+    state is the one committed with the last completed load, so the next run reads the same
+    rows again. Crash-safe: a mark (``ABORT_MARK_SUFFIX``) is written durably before the abort
+    and removed after it; ``pipeline_for`` finishes an abort a mark outlived.
+
+    ``why`` (one line) is kept in the mark for an operator. Returns the load ids aborted (none
+    pending: ``[]``). An abort that fails is logged and left to the next ``pipeline_for``:
+    the caller's error is the one to report."""
+    from deltaferry.config import write_home_file
+
+    try:
+        plan = pipeline.abort_packages(dry_run=True)
+        if plan is None:
+            return []
+        ids = sorted(
+            {
+                *plan["extracted_packages_to_delete"],
+                *plan["packages_to_delete"],
+                *([plan["package_to_abort"]["load_id"]] if plan["package_to_abort"] else []),
+            }
+        )
+        mark = _abort_mark(pipeline)
+        write_home_file(mark, json.dumps({"load_ids": ids, "why": why}))
+        pipeline.abort_packages()
+        mark.unlink()
+        return ids
+    except Exception as e:  # noqa: BLE001 - finished by the next pipeline_for
+        logger.warning(
+            "pending load packages of %s not aborted now (the next run finishes it): %s",
+            pipeline.pipeline_name, e,
+        )
+        return []
+
+
+def _finish_abort(pipeline: dlt.Pipeline) -> None:
+    """Finish an abort that ``abort_pending`` began and a crash (or an error) cut short:
+    the local state, schemas and pending packages are dropped and rebuilt from staging
+    (dlt's ``drop`` and ``sync_destination``), which holds the state and schema committed
+    with the last completed load. A job that never completed a load starts afresh."""
+    mark = _abort_mark(pipeline)
+    if not mark.exists():
+        return
+    try:
+        why = json.loads(mark.read_text()).get("why", "")
+    except (OSError, ValueError):
+        why = ""
+    pipeline.drop()
+    pipeline.sync_destination()
+    mark.unlink()
+    logger.warning(
+        "%s: an abort of pending load packages had not ended (%s); local dlt state rebuilt "
+        "from staging's last completed load", pipeline.pipeline_name, why or "no reason kept",
+    )
 
 
 def staging_limit(path: Path) -> str | None:
@@ -219,6 +293,16 @@ def refit_staging(job: JobConfig, pipeline: dlt.Pipeline) -> None:
         limit = staging_limit(staging_path(job.name))
         if limit is not None:
             credentials.global_config["memory_limit"] = limit
+
+
+def schema_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
+    """The columns dlt's schema of ``pipeline`` (its local copy, as of the last load or
+    abort) has for ``table``, as staging names them, its own ``_dlt_*`` columns left out;
+    ``[]`` before the table's first load."""
+    if not pipeline.default_schema_name:
+        return []
+    columns = pipeline.default_schema.tables.get(table, {}).get("columns", {})
+    return [name for name in columns if not name.startswith("_dlt_")]
 
 
 def pipeline_naming(pipeline: dlt.Pipeline) -> str:

@@ -169,13 +169,7 @@ def test_a_failed_staging_load_aborts_its_package_and_the_repaired_source_runs(
     database's one line each time, dlt's package aborted; the next good load runs."""
     from dlt.destinations.impl.duckdb.duck import DuckDbCopyJob
 
-    job = Job(tmp_path, monkeypatch, RETYPE)
-    job.write("T", "quarantine")
-    job.sql(
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
-        "INSERT INTO t VALUES (1, 1, '2026-01-01 00:00:01');"
-    )
-    job.sync()
+    job = _synced(tmp_path, monkeypatch, "quarantine")
     job.sql("UPDATE t SET n = 2, updated_at = '2026-01-01 00:00:02' WHERE id = 1;")
     load = DuckDbCopyJob.run
 
@@ -188,11 +182,166 @@ def test_a_failed_staging_load_aborts_its_package_and_the_repaired_source_runs(
             job.sync()
         message = str(e.value)
         assert "\n" not in message and "loading into staging failed" in message, message
-        assert "soon" in message and "dlt aborted the load package" in message
+        assert "soon" in message and "the load package was aborted" in message
     monkeypatch.setattr(DuckDbCopyJob, "run", load)
     assert job.sync()["tables"]["t"]["rows"] == 1
     job.pull()
     assert job.replica_rows("id, n") == [(1, 2)]
+
+
+def _synced(tmp_path, monkeypatch, policy: str, rows: str = "(1, 1, '2026-01-01 00:00:01')") -> Job:
+    """A RETYPE job under ``policy`` whose table ``t`` (id, n, updated_at) holds ``rows``,
+    synced once."""
+    job = Job(tmp_path, monkeypatch, RETYPE)
+    job.write("T", policy)
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        f"INSERT INTO t VALUES {rows};"
+    )
+    job.sync()
+    return job
+
+
+class _Crash(BaseException):
+    """A process stopping where it is raised: no ``except Exception`` runs."""
+
+
+def _poison_normalize(monkeypatch: pytest.MonkeyPatch, value: int) -> None:
+    """dlt's normalize step fails for every extracted file whose column ``n`` holds
+    ``value``: a value staging cannot take, found by dlt after the extraction (which
+    already advanced the cursor in dlt's local state)."""
+    import pyarrow.parquet as pq
+    from dlt.normalize.items_normalizers.arrow import ArrowItemsNormalizer
+
+    normalize = ArrowItemsNormalizer.__call__
+
+    def poisoned(self, extracted_items_file, root_table_name):
+        storage = self.normalize_storage.extracted_packages.storage
+        with storage.open_file(extracted_items_file, "rb") as f:
+            table = pq.read_table(f)
+        if "n" in table.column_names and value in table.column("n").to_pylist():
+            raise ValueError(f"value {value} cannot be normalized")
+        return normalize(self, extracted_items_file, root_table_name)
+
+    monkeypatch.setattr(ArrowItemsNormalizer, "__call__", poisoned)
+
+
+def _pending(job: Job) -> bool:
+    from deltaferry.config import load_job
+    from sources.pipeline import pipeline_for
+
+    pipeline, _ = pipeline_for(load_job("j", job.config))
+    return bool(pipeline.has_pending_data)
+
+
+def _source_rows(job: Job) -> list[tuple]:
+    con = sqlite3.connect(job.db)
+    try:
+        return con.execute("SELECT id, n FROM t ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_a_failed_normalize_is_not_replayed_and_the_repaired_source_publishes_every_row(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A value dlt's normalize step refuses stops each run with one line and leaves no load
+    package pending: once the value is repaired at the source, the next run reads again from
+    the last committed cursor and publishes every row changed since (dlt replayed the failed
+    package first on every run, so the job failed until reset, and the cursor the package
+    had advanced would have skipped the rows between)."""
+    job = _synced(
+        tmp_path, monkeypatch, "quarantine",
+        "(1, 1, '2026-01-01 00:00:01'), (2, 2, '2026-01-01 00:00:02')",
+    )
+    _poison_normalize(monkeypatch, 13)
+    job.sql(
+        "INSERT INTO t VALUES (3, 3, '2026-01-01 00:00:03');"
+        "UPDATE t SET n = 13, updated_at = '2026-01-01 00:00:04' WHERE id = 2;"
+    )
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(TerminalError) as e:
+            job.sync()
+        messages.add(str(e.value))
+        assert not _pending(job)
+    (message,) = messages  # the same line each run
+    assert "\n" not in message and message.startswith(
+        "job 'j' table 't': normalizing the extracted rows failed: value 13 cannot be normalized;"
+    ), message
+    assert "the load package was aborted" in message
+    job.sql("UPDATE t SET n = 14, updated_at = '2026-01-01 00:00:05' WHERE id = 2;")
+    assert job.sync()["tables"]["t"]["rows"] == 2  # row 3, read again, and row 2
+    job.pull()
+    assert job.replica_rows("id, n") == _source_rows(job) == [(1, 1), (2, 14), (3, 3)]
+
+
+@pytest.mark.parametrize("where", ["in the abort", "after the abort"])
+def test_a_crash_while_a_failed_package_is_aborted_loses_no_row(
+    tmp_path, home, prefect_api, monkeypatch, where
+):
+    """dlt's abort deletes an extracted package before it rewinds the cursors the package
+    advanced: a process stopped between the two (or before the mark of the abort is
+    removed) is found by the next run, which rebuilds dlt's local state from staging's last
+    completed load, so the rows extracted into the aborted package are read again."""
+    from dlt.pipeline.pipeline import Pipeline
+
+    job = _synced(tmp_path, monkeypatch, "quarantine")
+    _poison_normalize(monkeypatch, 13)
+    job.sql(
+        "INSERT INTO t VALUES (2, 2, '2026-01-01 00:00:02'), (3, 13, '2026-01-01 00:00:03');"
+    )
+    if where == "in the abort":
+        target, name = Pipeline, "_restore_from_snapshot"
+    else:
+        import pathlib
+
+        target, name = pathlib.Path, "unlink"
+    real = getattr(target, name)
+
+    def crash(self, *args, **kwargs):
+        if where == "in the abort" or str(self).endswith(".abort.json"):
+            raise _Crash(where)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, crash)
+    with pytest.raises(_Crash):
+        job.sync()
+    monkeypatch.setattr(target, name, real)
+    marks = list((home / "j" / "dlt").glob("*.abort.json"))
+    assert len(marks) == 1, marks  # the abort's mark outlived the crash
+    job.sql("UPDATE t SET n = 3, updated_at = '2026-01-01 00:00:04' WHERE id = 3;")
+    assert job.sync()["tables"]["t"]["rows"] == 2  # row 2 is not skipped
+    assert not list((home / "j" / "dlt").glob("*.abort.json"))
+    job.pull()
+    assert job.replica_rows("id, n") == _source_rows(job) == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_a_source_column_renamed_in_case_only_is_refused_naming_both(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """``ALTER TABLE t RENAME COLUMN n TO N``: DuckDB (staging, the replica) does not tell
+    ``N`` from the staged ``n``, and dlt's load of it failed on every later run, even after
+    the rename was undone, until reset. It is refused before anything is read, in one line
+    naming both; undone, the next run goes on."""
+    from deltaferry.errors import ConfigError
+
+    job = _synced(tmp_path, monkeypatch, "freeze")
+    job.sql(
+        "ALTER TABLE t RENAME COLUMN n TO N;"
+        "INSERT INTO t VALUES (2, 2, '2026-01-01 00:00:02');"
+    )
+    for _ in range(2):
+        with pytest.raises(ConfigError) as e:
+            job.sync()
+        assert str(e.value).startswith(
+            "job 'j' table 't': source column 'N' differs only in case from the table's "
+            "column 'n', and staging and the replica (DuckDB) do not tell names apart by case;"
+        ), str(e.value)
+    job.sql("ALTER TABLE t RENAME COLUMN N TO n;")
+    assert job.sync()["tables"]["t"]["rows"] == 1
+    job.pull()
+    assert job.replica_rows("id, n") == _source_rows(job) == [(1, 1), (2, 2)]
 
 
 def test_text_in_a_timestamp_column_is_drift_not_a_load_failure(tmp_path, home, prefect_api, monkeypatch):

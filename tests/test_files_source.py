@@ -867,6 +867,37 @@ def test_a_file_whose_untyped_column_the_staged_type_cannot_hold_is_set_aside(dr
     assert "VARCHAR" in reasons[1]
 
 
+def test_a_file_naming_a_column_in_another_case_than_staged_is_set_aside(drops_job):
+    """A drop whose header spells a column the table has in another case (``Note`` after
+    ``note``, in an earlier run or an earlier file of the same run) is set aside naming
+    both: DuckDB does not tell them apart, and dlt's load of it failed every run, the files
+    that came with it included, until the job was reset. The file dropped again with the
+    table's spelling is read."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.csv", "id,note\n1,a\n", t0)
+    drops_job.sync()
+    drop(d, "loose/2.csv", "id,Note\n2,b\n", t0 + 10)
+    drop(d, "loose/3.csv", "id,note,Extra\n3,c,x\n", t0 + 11)
+    drop(d, "loose/4.csv", "id,EXTRA\n4,y\n", t0 + 12)
+    drops_job.sync()
+    drops_job.pull()
+    # a run reads the newest file first: 4 names EXTRA, so 3's Extra is the one set aside
+    assert drops_job.q("SELECT id, note, EXTRA FROM loose ORDER BY id") == [
+        (1, "a", None), (4, None, "y")
+    ]
+    reasons = sorted(r for _, r in drops_job.skipped())
+    assert len(reasons) == 2, reasons
+    assert "file loose/2.csv set aside: column 'Note' differs only in case from the " \
+        "table's column 'note'" in reasons[0]
+    assert "file loose/3.csv set aside: column 'Extra' differs only in case from the " \
+        "table's column 'EXTRA'" in reasons[1]
+    drop(d, "loose/2.csv", "id,note\n2,b\n", t0 + 20)  # dropped again, spelled as staged
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(1, "a"), (2, "b"), (4, None)]
+
+
 def _parquet(**columns: pa.Array) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), buf)

@@ -814,3 +814,39 @@ def test_a_decimal_column_staged_before_keeps_its_staged_type_and_the_run_goes_o
     job = load_job("api", measures_job.config)
     t = next(t for t in job.tables if t.name == "items")
     assert staged_types(t, staging_path("api"), None)["amount"] == "DOUBLE"
+
+
+@pytest.mark.parametrize("when", ["staged before", "in the same run"])
+def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_api_syncs(
+    api_job, api, when
+):
+    """A record whose field differs only in case from a column staged before (or from a
+    field of an earlier record of the same run) is refused with one line naming both:
+    staging and the replica (DuckDB) do not tell names apart by case. dlt failed that load
+    on every later run, even once the API was fixed (its package stayed pending), until
+    the job was reset. Once the API sends the field as before, the record is published."""
+    from deltaferry.errors import ConfigError
+    from sources.pipeline import pipeline_for
+
+    if when == "staged before":
+        api_job.sync()
+    api.tickets[11] = {
+        "id": 11, "Title": "new", "status": "pending", "tags": [], "meta": {},
+        "updated_at": _ts(31),
+    }
+    for _ in range(2):  # the same line every run, nothing left pending
+        with pytest.raises(ConfigError) as e:
+            api_job.sync()
+        assert str(e.value) == (
+            "job 'api' table 'tickets': source column 'Title' differs only in case from the "
+            "table's column 'title', and staging and the replica (DuckDB) do not tell names "
+            "apart by case; name it 'title' at the source again, or stage the table anew "
+            "under the new name (deltaferry reset JOB --table TABLE --reason ...)"
+        )
+        pipeline, _ = pipeline_for(api_job.job())
+        assert not pipeline.has_pending_data
+    api.tickets[11]["title"] = api.tickets[11].pop("Title")
+    api.tickets[11]["updated_at"] = _ts(32)
+    out = api_job.sync()
+    assert out["tables"]["tickets"]["rows"] == (1 if when == "staged before" else 11)
+    _replica_equals(api_job, api)

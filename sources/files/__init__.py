@@ -180,7 +180,9 @@ def _resource(
                         continue
                     fmt = file_format(f.name, t.options.get("format"))
                     read = ZoneShifts()  # counted for the run once the file is taken
-                    table = read_table(raw, fmt, t, types, job.timezone, convention, read)
+                    table = read_table(
+                        raw, fmt, t, types, job.timezone, convention, read, staged=staged
+                    )
                     if table is not None:
                         table = check_staged_types(table, staged, types, t, job.name)
                     shifts.merge(read)

@@ -10,6 +10,7 @@ import gzip
 import io
 import re
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -54,13 +55,15 @@ def read_table(
     zone: str = "UTC",
     convention: str = "snake_case",
     shifts: ZoneShifts | None = None,
+    staged: Iterable[str] = (),
 ) -> pa.Table | None:
     """A file's rows as Arrow, columns named as staging keeps them (``convention``: the
     job's staging naming, ``"direct"`` for a new one; the default is a staging made before
     names were kept) and cast to the contract's types, naive times taken in ``zone`` (those
     its clock shows twice or never counted in ``shifts``, ``sources/wall_time.py``); None
     when the file has nothing in it. Key columns may still hold NULLs (the caller holds
-    those rows back). Raises SetAside."""
+    those rows back). ``staged``: the table's columns staged so far (a name differing from
+    one of them only in case sets the file aside). Raises SetAside."""
     if raw[:2] == b"\x1f\x8b":  # gzip (a Parquet file starts with PAR1, never this)
         try:
             raw = gzip.decompress(raw)
@@ -78,7 +81,10 @@ def read_table(
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         what = {"csv": "valid CSV", "jsonl": "valid JSON Lines", "parquet": "a valid Parquet file"}
         raise SetAside(f"not {what[fmt]}: {_first_line(e)}", "fix the file") from None
-    table = _dlt_names(table) if convention == "snake_case" else _exact_names(table, convention)
+    if convention == "snake_case":
+        table = _dlt_names(table)
+    else:
+        table = _exact_names(table, convention, staged)
     _check_keys(table, t)
     if fmt == "jsonl":  # a JSON record leaves out what it does not have: that is null
         for name, typ in types.items():
@@ -162,13 +168,14 @@ def _dlt_name(name: str) -> str:
     return NamingConvention().normalize_identifier(name)
 
 
-def _exact_names(table: pa.Table, convention: str) -> pa.Table:
+def _exact_names(table: pa.Table, convention: str, staged: Iterable[str] = ()) -> pa.Table:
     """The file's column names kept exactly (a job whose staging keeps source names, see
     ``sources.names``); a name staging would change, a reserved one, one twice or two that
-    differ only in case set the file aside, naming them."""
+    differ only in case (with each other or with a column ``staged``) set the file aside,
+    naming them."""
     from sources.names import column_problem
 
-    found = column_problem(table.column_names, convention)
+    found = column_problem(table.column_names, convention, staged)
     if found:
         problem, fix = found
         raise SetAside(problem, fix.replace("at the source", "in the file"))

@@ -36,7 +36,7 @@ from deltaferry.settings import from_env
 from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
-from sources.pipeline import pipeline_for, pipeline_naming
+from sources.pipeline import pipeline_for, pipeline_naming, schema_columns
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
 
@@ -259,7 +259,7 @@ def extract(job: JobConfig) -> ExtractResult:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             # a record key staging would not keep exactly is refused before dlt sees it
-            names = RecordNames(job.name, t.name, convention)
+            names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
             fields = field_types(job, t, convention)
             read = TableRead(
                 job,

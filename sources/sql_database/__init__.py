@@ -77,8 +77,10 @@ def preflight(
         if as_text:
             texts[t.name] = as_text
         # names are staged exactly (or, in a job staged before that, as dlt's snake_case
-        # keeps them); any other name is refused here, before dlt renames it
-        check_columns(job.name, t.name, names, convention)
+        # keeps them); any other name is refused here, before dlt renames it, as is a name
+        # that differs only in case from a staged one (its load failed on every run)
+        staged = staged_types(t, staging_path(job.name), None)
+        check_columns(job.name, t.name, names, convention, staged)
         cols = set(names)
         missing = sorted(set(key_roles(t)) - cols)
         if missing:

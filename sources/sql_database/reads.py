@@ -18,6 +18,7 @@ from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, find_cause, load_failure
 from sources.pipeline import (
+    abort_pending,
     drop_merge_staging,
     pipeline_naming,
     prune_loaded_packages,
@@ -135,17 +136,16 @@ def run_reads(
 ) -> Any:
     """Extract ``data``, check the reads' keys (a key seen twice stops the run before the
     load: the extracted package is dropped), then normalize and load. Errors become one
-    deltaferry error naming the job."""
+    deltaferry error naming the job; after any but a transient one the pending load
+    packages are aborted (``abort_pending``: the next run reads the same rows again)."""
     from dlt.pipeline.exceptions import PipelineStepFailed
-
-    from deltaferry.errors import DeltaferryError
 
     try:
         pipeline.extract(data)
         for r in reads:
             message = r.keys.duplicates()
             if message:
-                pipeline.abort_packages()
+                abort_pending(pipeline, message)
                 raise ConfigError(message)
             r.keys.close()  # the key counts' memory, freed before the load
         pipeline.normalize()
@@ -155,32 +155,38 @@ def run_reads(
         prune_loaded_packages(pipeline)
         return info
     except PipelineStepFailed as e:
-        ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
-        if ours is not None:
-            if e.step == "extract":
-                pipeline.abort_packages()
-            raise ours from None
-        undecodable = undecodable_text(job, e)
-        if undecodable is not None:  # sqlite3 calls it an OperationalError: not transient
-            pipeline.abort_packages()
-            raise _table_error(job, e, undecodable) from None
-        transient = transient_cause(e)
-        if isinstance(transient, sa.exc.DBAPIError):
-            classified = connect_error(job, transient)
-            if isinstance(classified, ConfigError):  # credentials changed under a running job
-                raise TerminalError(str(classified)) from e
-        if transient is not None:
-            raise TransientError(
-                f"job '{job.name}': extract step '{e.step}' failed: {scrub(job, str(transient))}"
-            ) from e
-        if e.step == "load":  # dlt aborted the package (LOAD__AUTO_ABORT_ON_TERMINAL_ERROR)
-            raise TerminalError(load_failure(job, e)) from None
-        mixed = _mixed_types(job, e)
-        if mixed is not None:
-            pipeline.abort_packages()
-            raise _table_error(job, e, mixed) from None
-        cause = " ".join(str(e.__cause__ or e.exception).split())  # one line
-        raise TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}") from e
+        error = _step_error(job, e)
+        if not isinstance(error, TransientError):
+            abort_pending(pipeline, str(error))
+        raise error from (e if isinstance(error, TransientError) else None)
+
+
+def _step_error(job: JobConfig, e: Any) -> BaseException:
+    """The deltaferry error ``run_reads`` raises for dlt's ``PipelineStepFailed`` ``e``."""
+    from deltaferry.errors import DeltaferryError
+
+    ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
+    if ours is not None:
+        return ours
+    undecodable = undecodable_text(job, e)
+    if undecodable is not None:  # sqlite3 calls it an OperationalError: not transient
+        return _table_error(job, e, undecodable)
+    transient = transient_cause(e)
+    if isinstance(transient, sa.exc.DBAPIError):
+        classified = connect_error(job, transient)
+        if isinstance(classified, ConfigError):  # credentials changed under a running job
+            return TerminalError(str(classified))
+    if transient is not None:
+        return TransientError(
+            f"job '{job.name}': extract step '{e.step}' failed: {scrub(job, str(transient))}"
+        )
+    mixed = _mixed_types(job, e)
+    if mixed is not None:
+        return _table_error(job, e, mixed)
+    if e.step in ("normalize", "load"):
+        return TerminalError(load_failure(job, e))
+    cause = " ".join(str(e.__cause__ or e.exception).split())  # one line
+    return TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}")
 
 
 def _failed_pipe(text: str) -> str | None:
