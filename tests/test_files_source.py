@@ -926,6 +926,44 @@ def test_text_numbers_in_a_staged_number_column_stay_only_as_written(drops_job):
     assert "'9007199254740993'" in reasons[1]
 
 
+def test_parquet_wide_decimals_and_unsigned_integers_are_read_or_set_aside(drops_job):
+    """Parquet's 256-bit decimals and unsigned 64-bit integers in columns the contract does
+    not type: up to 38 digits (DuckDB's DECIMAL) and up to 2**63-1 (BIGINT, as dlt stages
+    uint64) they are read exactly; beyond, the file is set aside naming column and value.
+    A wider decimal stopped every run of the job ("Unsupported Internal Arrow Type for
+    Decimal"), a larger integer failed the load, the job's other files included."""
+    import decimal
+
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    dec = decimal.Decimal
+    drop(d, "loose/1.parquet", _parquet(
+        id=pa.array([1, 2]),
+        amount=pa.array([dec("12345678901234567890123456.78"), dec("-0.01")], pa.decimal256(38, 2)),
+        count=pa.array([0, 2**63 - 1], pa.uint64()),
+    ), t0)
+    drop(d, "loose/2.parquet", _parquet(
+        id=pa.array([3]), amount=pa.array([dec("1.5")], pa.decimal256(39, 2)),
+    ), t0 + 1)
+    drop(d, "loose/3.parquet", _parquet(
+        id=pa.array([4]), count=pa.array([2**63], pa.uint64()),
+    ), t0 + 2)
+    drop(d, "loose/4.parquet", _parquet(id=pa.array([5]), count=pa.array([7], pa.uint64())), t0 + 3)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount, count FROM loose ORDER BY id") == [
+        (1, dec("12345678901234567890123456.78"), 0),
+        (2, dec("-0.01"), 2**63 - 1),
+        (5, None, 7),
+    ]
+    reasons = sorted(r for _, r in drops_job.skipped())
+    assert len(reasons) == 2, reasons
+    assert "file loose/2.parquet set aside: column amount is a decimal of 39 digits, more " \
+        "than staging's DECIMAL holds (38)" in reasons[0]
+    assert "file loose/3.parquet set aside: column count holds 9223372036854775808, more " \
+        "than staging's BIGINT holds" in reasons[1]
+
+
 def test_a_time_finer_than_microseconds_sets_its_file_aside(drops_job):
     """A naive ``pd.Timestamp`` contract column is nanoseconds: a 7th fractional digit
     passed the file's cast and then failed the whole run in staging (microseconds), on

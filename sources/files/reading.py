@@ -90,7 +90,48 @@ def read_table(
         for name, typ in types.items():
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    return _conform(table, types, zone, shifts)
+    return _stageable(_conform(table, types, zone, shifts), types)
+
+
+# the widest decimal staging (DuckDB's DECIMAL) holds
+MAX_DECIMAL_DIGITS = 38
+INT64_MAX = 2**63 - 1
+
+
+def _stageable(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """The columns the contract does not type (``types``) in a type staging holds: a
+    Parquet ``decimal256`` of at most 38 digits as the same decimal in 128 bits, unsigned
+    64-bit integers within BIGINT's range as ``int64`` (dlt stages ``uint64`` as BIGINT).
+    A wider decimal or a larger integer sets the file aside, naming column and value: it
+    stopped the whole run (DuckDB cannot read a 256-bit decimal; BIGINT refused the value
+    in the load), the job's other tables and files included."""
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if field.name in types:
+            continue
+        col = table.column(i)
+        if isinstance(field.type, pa.Decimal256Type):
+            if field.type.precision > MAX_DECIMAL_DIGITS:
+                raise SetAside(
+                    f"column {field.name} is a decimal of {field.type.precision} digits, more "
+                    f"than staging's DECIMAL holds ({MAX_DECIMAL_DIGITS})",
+                    "type it in the table's contract (a Decimal of at most 38 digits, or str) "
+                    "or write it with at most 38 digits",
+                )
+            table = table.set_column(
+                i, field.name, col.cast(pa.decimal128(field.type.precision, field.type.scale))
+            )
+        elif pa.types.is_uint64(field.type):
+            top = pc.max(col).as_py()
+            if top is not None and top > INT64_MAX:
+                raise SetAside(
+                    f"column {field.name} holds {top}, more than staging's BIGINT holds "
+                    "(unsigned 64-bit integers are staged as BIGINT)",
+                    "type it in the table's contract as Decimal(20, 0) (or str)",
+                )
+            table = table.set_column(i, field.name, col.cast(pa.int64()))
+    return table
 
 
 def keys_not_null(table: pa.Table, t: TableConfig) -> pa.Table:
