@@ -766,6 +766,38 @@ def test_an_answer_without_the_data_selectors_field_stops_the_read(measures_job,
     assert "(the answer there has 'items', 'next')" in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize(
+    "data, shown",
+    [("maintenance", '"maintenance"'), ([1, 2], "1"), ([{"id": 9}, None], "null"), (7, "7")],
+)
+def test_records_that_are_not_objects_stop_the_read_naming_the_value(
+    measures_job, api, monkeypatch, data, shown
+):
+    """An answer whose ``data`` holds a notice (``"maintenance"``) or a list of non-objects
+    failed inside dlt with a bare ``'str' object has no attribute 'items'``: the read stops
+    with one line naming page, selector and value; the next run, answered properly, goes on."""
+    from tests.support.api_server import ApiServer
+
+    measures_job.sync()
+    send = ApiServer._send
+
+    def odd(h, status, body, headers=None):
+        if isinstance(body, dict) and "data" in body:
+            body = {**body, "data": data, "next": None}
+        return send(h, status, body, headers)
+
+    monkeypatch.setattr(ApiServer, "_send", staticmethod(odd))
+    with pytest.raises(TerminalError) as err:
+        measures_job.sync()
+    message = str(err.value)
+    assert message.startswith("job 'api' table 'items': page 1 (http://"), message
+    assert f"the table's data_selector 'data' holds {shown} where records (JSON objects) " \
+        "were expected" in message and "\n" not in message, message
+    monkeypatch.setattr(ApiServer, "_send", staticmethod(send))
+    api.items[1]["updated_at"] = _ts(50)
+    assert measures_job.sync()["tables"]["items"]["rows"] == 1
+
+
 def test_a_change_beyond_a_doubles_digits_is_a_change(measures_job, api):
     """A record's content hash took a decimal as its double: 1234567890123456.78 to .79
     (or a document's 0.1000000000000000000001 to ...2) hashed the same, so the change was

@@ -276,7 +276,9 @@ class TableRead:
         """Stop the read when the answer has no field at the table's ``data_selector`` (a
         plain path such as ``data`` or ``result.items``): dlt reads that as an empty page, so
         an API that renamed its envelope (``data`` to ``items``) looked like one with no
-        changes, run after run. A field that is null is an empty page, as dlt takes it."""
+        changes, run after run. A field that is null is an empty page, as dlt takes it; one
+        that holds anything but an object or a list of objects (``"maintenance"``, ``[1, 2]``)
+        stops the read too (dlt failed on it with a bare ``'str' object has no attribute``)."""
         selector = self.t.options.get("data_selector")
         if response is None or not isinstance(selector, str) or not _PLAIN_PATH.fullmatch(selector):
             return
@@ -298,6 +300,17 @@ class TableRead:
                     "the read is published"
                 )
             node = node[part]
+        items = node if isinstance(node, list) else [node]
+        odd = next((x for x in items if x is not None and not isinstance(x, dict)), None)
+        if odd is not None or (isinstance(node, list) and None in node):
+            shown = json.dumps(odd)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise TerminalError(
+                f"{self.where}: page {n} ({self._shown(url)}): the table's data_selector "
+                f"{selector!r} holds {shown} where records (JSON objects) were expected: the "
+                "API answered with something else (a maintenance notice, an error)? nothing "
+                "of the read is published; the next run reads it again"
+            )
 
     def _shown(self, url: str) -> str:
         """The url without credentials, its secret query values masked."""
