@@ -260,10 +260,10 @@ def _step_error(
 
     ours = find_cause(e, lambda x: isinstance(x, DeltaferryError))
     if ours is not None:
-        return ours
+        return table_error(job, e, ours)
     mapped = classify(e) if classify is not None else None
     if mapped is not None:
-        return mapped
+        return table_error(job, e, mapped)
     net = find_cause(e, _is_network_error)
     if net is not None:
         return TransientError(
@@ -276,6 +276,30 @@ def _step_error(
     return TerminalError(
         f"job '{job.name}': extract step '{e.step}' failed: {scrub(text) if scrub else text}"
     )
+
+
+def failed_pipe(text: str) -> str | None:
+    """The table whose dlt pipe a dlt step error names ("processing pipe `t`", a read again
+    by key's ``t__recreated`` as ``t``), or None."""
+    import re
+
+    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
+    return pipe.group(1).removesuffix("__recreated") if pipe else None
+
+
+def table_error(job: JobConfig, e: BaseException, error: BaseException) -> BaseException:
+    """``error``, a plain ``TerminalError`` a source raised inside one table's dlt pipe
+    (dlt's step error ``e`` names it: a value the table's read refuses, an answer of
+    another shape), as that table's ``TableReadError``: the job's other tables go on
+    (``deltaferry/extract.py``) and the run fails naming it. Any other error as it is."""
+    from deltaferry.errors import TableReadError, TerminalError
+
+    if type(error) is not TerminalError:
+        return error
+    name = failed_pipe(str(e))
+    if name not in {t.name for t in job.tables}:
+        return error
+    return TableReadError(str(error), name)
 
 
 def _is_network_error(e: BaseException) -> bool:

@@ -882,3 +882,40 @@ def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_ap
     out = api_job.sync()
     assert out["tables"]["tickets"]["rows"] == (1 if when == "staged before" else 11)
     _replica_equals(api_job, api)
+
+
+def test_a_table_whose_read_is_refused_stops_alone_and_the_others_are_published(api_job, api, monkeypatch):
+    """One endpoint answering with something that is not records stops that table's read
+    only: the job's other tables are published in the same run, which fails naming the
+    table (it stopped every table of the job); the table goes on once answered properly."""
+    from deltaferry.errors import TableReadError
+    from tests.support.api_server import ApiServer
+
+    api_job.sync()
+    title = api.tickets[3]["title"]
+    send = ApiServer._send
+
+    def notice(h, status, body, headers=None):
+        if isinstance(body, dict) and "data" in body:  # tickets only: events is a bare list
+            body = {"data": "maintenance", "next": None}
+        return send(h, status, body, headers)
+
+    monkeypatch.setattr(ApiServer, "_send", staticmethod(notice))
+    api.events[8] = {"id": 8, "kind": "view", "updated_at": _ts(40)}
+    api.users[2]["name"] = "user two"
+    api.tickets[3].update(title="ticket 3 edited", updated_at=_ts(30))
+    with pytest.raises(TableReadError) as err:
+        api_job.sync()
+    assert err.value.table == "tickets" and str(err.value).startswith(
+        "job 'api' table 'tickets': page 1 ("
+    ), str(err.value)
+    api_job.pull()
+    assert (8, "view") in _rows(api_job, "SELECT id, kind FROM events")
+    assert (2, "user two") in _rows(api_job, "SELECT id, name FROM users")
+    assert _rows(api_job, "SELECT title FROM tickets WHERE id = 3") == [(title,)]
+    monkeypatch.setattr(ApiServer, "_send", staticmethod(send))
+    out = api_job.sync()
+    assert {t: s.get("rows", 0) for t, s in out["tables"].items()} == {
+        "tickets": 1, "events": 0, "users": 0
+    }
+    _replica_equals(api_job, api)

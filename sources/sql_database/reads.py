@@ -16,7 +16,7 @@ from deltaferry.errors import ConfigError, TableReadError, TerminalError, Transi
 from sources import names
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
-from sources.load import DEDUPLICATED, find_cause, load_failure
+from sources.load import DEDUPLICATED, failed_pipe, find_cause, load_failure
 from sources.pipeline import (
     abort_pending,
     drop_merge_staging,
@@ -189,19 +189,10 @@ def _step_error(job: JobConfig, e: Any) -> BaseException:
     return TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}")
 
 
-def _failed_pipe(text: str) -> str | None:
-    """The table whose dlt pipe a dlt step error names ("processing pipe `t`", a read again
-    by key's ``t__recreated`` as ``t``), or None."""
-    import re
-
-    pipe = re.search(r"processing pipe [`']([^`']+)[`']", text)
-    return pipe.group(1).removesuffix("__recreated") if pipe else None
-
-
 def _table_error(job: JobConfig, e: BaseException, message: str) -> TerminalError:
     """``message`` as the error of the job's table whose dlt pipe failed (``TableReadError``:
     the job's other tables can go on), or of the job when the pipe names none of them."""
-    name = _failed_pipe(str(e))
+    name = failed_pipe(str(e))
     if name in {t.name for t in job.tables}:
         return TableReadError(message, name)
     return TerminalError(message)
@@ -219,7 +210,7 @@ def undecodable_text(job: JobConfig, e: BaseException, table: str | None = None)
     if found is None:
         return None
     if table is None:
-        table = _failed_pipe(text)
+        table = failed_pipe(text)
     where = f"job '{job.name}' table '{table}'" if table else f"job '{job.name}'"
     column = found.group(1)
     return (
@@ -236,7 +227,7 @@ def _mixed_types(job: JobConfig, e: BaseException) -> str | None:
     import re
 
     text = str(e)
-    table = _failed_pipe(text)
+    table = failed_pipe(text)
     field = re.search(r"Conversion to arrow failed for field [`']([^`']+)[`']", text)
     if table is None or field is None:
         return None
