@@ -101,7 +101,7 @@ class OplogMixin(StoreBase):
                     e.attempt,
                     e.outcome,
                     e.duration_ms,
-                    e.detail,
+                    printable(e.detail),
                 ]
                 digest = _entry_hash(prev, fields)
                 rows.append([*fields, prev, digest])
@@ -123,5 +123,13 @@ class OplogMixin(StoreBase):
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET finished_at = ?, outcome = ?, detail = ? WHERE run_id = ?",
-                [now(), outcome, detail, run_id],
+                [now(), outcome, printable(detail), run_id],
             )
+
+
+def printable(text: str | None) -> str | None:
+    """``text`` as valid UTF-8, a lone UTF-16 surrogate written as its escape (``\\ud800``):
+    a message quoting a source's text must still reach the log (DuckDB refuses such text)."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -73,14 +73,19 @@ def _fix(convention: str) -> str:
 
 
 def column_problem(
-    columns: Iterable[str], convention: str = EXACT, staged: Iterable[str] = ()
+    columns: Iterable[str],
+    convention: str = EXACT,
+    staged: Iterable[str] = (),
+    job: str = "JOB",
+    table: str = "TABLE",
 ) -> tuple[str, str] | None:
     """The first reason staging would not keep ``columns`` exactly and apart, as (problem,
     fix): a name the convention changes, a name reserved by deltaferry and dlt, a name
     twice, two names staging (case-insensitive DuckDB) cannot tell apart, or a name that
-    differs only in case from one of ``staged`` (the table's columns staged so far, as
-    staging names them): dlt's load of it failed on every run. None when every name is
-    kept."""
+    differs only in case from one of ``staged`` (the table's columns staged so far or read
+    earlier in the run, as staging names them): dlt's load of it failed on every run.
+    ``job`` and ``table`` fill the fix's ``deltaferry reset`` command. None when every name
+    is kept."""
     seen: dict[str, str] = {}
     norm = naming(convention) if convention != EXACT else None
     before = {n.casefold(): n for n in staged}
@@ -110,10 +115,11 @@ def column_problem(
         old = before.get(key)
         if old is not None and old != as_staged and clash is None:
             clash = (
-                f"column {name!r} differs only in case from the table's column {old!r}, and "
-                "staging and the replica (DuckDB) do not tell names apart by case",
+                f"column {name!r} differs only in case from the table's column {old!r} "
+                "(staged, or read earlier in this run), and staging and the replica (DuckDB) "
+                "do not tell names apart by case",
                 f"name it {old!r} at the source again, or stage the table anew under the new "
-                "name (deltaferry reset JOB --table TABLE --reason ...)",
+                f"name (deltaferry reset {job} --table {table} --reason '{name} renamed')",
             )
     return clash
 
@@ -126,7 +132,7 @@ def check_columns(
     table's columns staged so far)."""
     from deltaferry.errors import ConfigError
 
-    found = column_problem(columns, convention, staged)
+    found = column_problem(columns, convention, staged, job, table)
     if found:
         problem, fix = found
         raise ConfigError(f"job '{job}' table '{table}': source {problem}; {fix}")

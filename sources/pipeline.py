@@ -223,6 +223,7 @@ def abort_pending(pipeline: dlt.Pipeline, why: str) -> list[str]:
         mark = _abort_mark(pipeline)
         write_home_file(mark, json.dumps({"load_ids": ids, "why": why}))
         pipeline.abort_packages()
+        _remove_left_folders(pipeline, ids)
         mark.unlink()
         return ids
     except Exception as e:  # noqa: BLE001 - finished by the next pipeline_for
@@ -231,6 +232,19 @@ def abort_pending(pipeline: dlt.Pipeline, why: str) -> list[str]:
             pipeline.pipeline_name, e,
         )
         return []
+
+
+def _remove_left_folders(pipeline: dlt.Pipeline, load_ids: list[str]) -> None:
+    """Remove the folders dlt's abort leaves under ``load/new`` for the aborted ``load_ids``
+    (a package whose normalize failed left its empty folder there, one more every failed
+    run). Only aborted ids are touched; anything else there is dlt's."""
+    import shutil
+
+    new = Path(pipeline.working_dir) / "load" / "new"
+    for load_id in load_ids:
+        folder = new / load_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _finish_abort(pipeline: dlt.Pipeline) -> None:

@@ -270,6 +270,7 @@ def test_a_failed_normalize_is_not_replayed_and_the_repaired_source_publishes_ev
         "job 'j' table 't': normalizing the extracted rows failed: value 13 cannot be normalized;"
     ), message
     assert "the load package was aborted" in message
+    assert not list((home / "j").rglob("load/new/*")), "an aborted package's folder is left"
     job.sql("UPDATE t SET n = 14, updated_at = '2026-01-01 00:00:05' WHERE id = 2;")
     assert job.sync()["tables"]["t"]["rows"] == 2  # row 3, read again, and row 2
     job.pull()
@@ -336,8 +337,10 @@ def test_a_source_column_renamed_in_case_only_is_refused_naming_both(
             job.sync()
         assert str(e.value).startswith(
             "job 'j' table 't': source column 'N' differs only in case from the table's "
-            "column 'n', and staging and the replica (DuckDB) do not tell names apart by case;"
+            "column 'n' (staged, or read earlier in this run), and staging and the replica "
+            "(DuckDB) do not tell names apart by case;"
         ), str(e.value)
+        assert "(deltaferry reset j --table t --reason 'N renamed')" in str(e.value)
     job.sql("ALTER TABLE t RENAME COLUMN N TO n;")
     assert job.sync()["tables"]["t"]["rows"] == 1
     job.pull()

@@ -889,7 +889,8 @@ def test_a_file_naming_a_column_in_another_case_than_staged_is_set_aside(drops_j
     reasons = sorted(r for _, r in drops_job.skipped())
     assert len(reasons) == 2, reasons
     assert "file loose/2.csv set aside: column 'Note' differs only in case from the " \
-        "table's column 'note'" in reasons[0]
+        "table's column 'note' (staged, or read earlier in this run)" in reasons[0]
+    assert "deltaferry reset drops --table loose --reason 'Note renamed'" in reasons[0]
     assert "file loose/3.csv set aside: column 'Extra' differs only in case from the " \
         "table's column 'EXTRA'" in reasons[1]
     drop(d, "loose/2.csv", "id,note\n2,b\n", t0 + 20)  # dropped again, spelled as staged
@@ -1037,3 +1038,57 @@ def test_text_with_a_zone_offset_under_a_naive_contract_column_is_its_utc_wall_t
         dt.datetime(2024, 3, 1, 10, 30),
     ]
     assert table["ts"].to_pylist()[3] is None
+
+
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Berlin", "time of day"])
+def test_parquet_files_of_one_run_with_times_in_different_units_are_all_read(drops_job, tz):
+    """Parquet writers differ in time units (pandas writes nanoseconds, Spark and pyarrow's
+    defaults microseconds or milliseconds). Files of one run in each unit, in a column the
+    contract does not type: dlt staged the column at the newest file's unit and the others
+    were set aside (TIMESTAMP_MS does not hold microseconds; TIME_NS does not take TIME), or
+    with a zone dlt could not join their rows and every run of the job failed with dlt's
+    multi-line message. Every file is read at staging's microseconds, compared with the
+    values written; a 7th fractional digit still sets its file aside."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    if tz == "time of day":
+        us = (10 * 3600 + 30 * 60) * 10**6 + 123456
+        types = {"us": pa.time64("us"), "ns": pa.time64("ns"), "ms": pa.time32("ms"),
+                 "s": pa.time32("s")}
+        read = "(epoch(seen) * 1000000)::BIGINT"
+    else:
+        base = dt.datetime(2024, 3, 1, 10, 30, 0, 123456, tzinfo=dt.timezone.utc)
+        us = int(base.timestamp()) * 1_000_000 + base.microsecond
+        types = {unit: pa.timestamp(unit, tz) for unit in ("us", "ns", "ms", "s")}
+        read = "epoch_us(seen)"
+    for i, unit in enumerate(("us", "ns", "ms", "s")):
+        value = {"s": us // 10**6, "ms": us // 1000, "us": us, "ns": us * 1000}[unit]
+        drop(d, f"loose/{i}.parquet", _parquet(
+            id=pa.array([i + 1]), seen=pa.array([value], types[unit]),
+        ), t0 + i)
+    drop(d, "loose/5.parquet", _parquet(
+        id=pa.array([5]), seen=pa.array([us * 1000 + 7], types["ns"]),
+    ), t0 + 5)
+    drops_job.sync()
+    drops_job.pull()
+    got = dict(drops_job.q(f"SELECT id, {read} FROM loose ORDER BY id"))
+    assert got == {1: us, 2: us, 3: us // 1000 * 1000, 4: us // 10**6 * 10**6}, got
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/5.parquet set aside: column seen has a time finer than microseconds" \
+        in reason, reason
+
+
+def test_jsonl_text_with_a_lone_surrogate_sets_its_file_aside(drops_job):
+    """``"\\ud800"`` is valid JSON but not a Unicode character: the whole run failed with a
+    bare "surrogates not allowed", the job's other files included. The file is set aside
+    naming line, field and value; a surrogate pair (an emoji written escaped) is read."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.jsonl", '{"id": 1, "note": "a \\ud83d\\ude00 b"}\n', t0)
+    drop(d, "loose/2.jsonl", '{"id": 2, "note": "x"}\n{"id": 3, "doc": {"k": ["\\udc00"]}}\n', t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(1, "a \U0001F600 b")]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/2.jsonl set aside: line 2 field doc.k[0] holds '\\udc00', text with a " \
+        "lone UTF-16 surrogate" in reason, reason

@@ -623,6 +623,23 @@ def test_json_numbers_reach_the_replica_as_the_api_wrote_them(measures_job, api)
     ]
 
 
+def _refused_read(job, api, values: dict) -> str:
+    """Sync once, then serve item 4 with ``values`` and check that the next sync is refused
+    in one line that says nothing was published, and that the lake is unchanged; the line."""
+    from destinations.lake import open_lake
+
+    job.sync()
+    before = open_lake(job.lake_url).list("api/items/")
+    api.items[4] = _measure(4, **values)
+    api.items[4]["updated_at"] = _ts(40)
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "nothing of the read is published" in message and "\n" not in message, message
+    assert open_lake(job.lake_url).list("api/items/") == before
+    return message
+
+
 @pytest.mark.parametrize(
     "values, says",
     [
@@ -648,23 +665,47 @@ def test_a_json_number_its_column_cannot_hold_stops_the_read_naming_it(measures_
     from destinations.lake import open_lake
     from tests.support.api_server import Raw
 
-    measures_job.sync()
-    before = open_lake(measures_job.lake_url).list("api/items/")
-    api.items[4] = _measure(
-        4, **{k: v[1:-1] if v.startswith('"') else Raw(v) for k, v in values.items()}
-    )
-    api.items[4]["updated_at"] = _ts(40)
-    with pytest.raises(TerminalError) as err:
-        measures_job.sync()
-    message = str(err.value)
+    values = {k: v[1:-1] if v.startswith('"') else Raw(v) for k, v in values.items()}
+    message = _refused_read(measures_job, api, values)
     assert message.startswith("job 'api' table 'items': field '") and says in message, message
-    assert "nothing of the read is published" in message and "\n" not in message, message
-    assert open_lake(measures_job.lake_url).list("api/items/") == before
     api.items[4] = _measure(4, x=1.5)
     api.items[4]["updated_at"] = _ts(41)
     measures_job.sync()
     measures_job.pull()
     assert _rows(measures_job, "SELECT x FROM items WHERE id = 4") == [(1.5,)]
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ({"name": "a\ud800b"}, "record {\"id\": 4} field name holds 'a\\ud800b', text with a lone UTF-16 surrogate"),
+        ({"doc": {"p": ["ok", "\udc00"]}}, "record {\"id\": 4} field doc.p[1] holds '\\udc00'"),
+        ({"doc": {"\udbff": 1}}, "field doc.\\udbff holds '\\udbff'"),
+        ({"at": "0001-01-01T00:30:00+01:00"}, "record {\"id\": 4} field 'at' value '0001-01-01T00:30:00+01:00' is outside years 1-9999 in UTC"),
+        ({"seen": "9999-12-31 23:30:00-01:00"}, "field 'seen' value '9999-12-31 23:30:00-01:00' is outside years 1-9999 in UTC"),
+    ],
+    ids=["surrogate", "nested surrogate", "surrogate name", "before year 1", "after 9999"],
+)
+def test_text_staging_cannot_keep_stops_the_read_naming_record_and_field(
+    measures_job, api, values, says
+):
+    """A lone UTF-16 surrogate (JSON's ``"\\ud800"``, not a Unicode character) failed dlt's
+    extract with "str is not valid UTF-8", and a time whose UTC instant is before year 1 or
+    after 9999 failed its normalize with "date value out of range": both named no table or
+    field. The read stops with one line naming record, field and value, nothing uploaded;
+    once the API's value is fixed (an emoji, written as a surrogate pair, and the earliest
+    time in UTC are kept) the next run publishes them exactly."""
+    import datetime as dt
+
+    message = _refused_read(measures_job, api, values)
+    assert message.startswith("job 'api' table 'items': ") and says in message, message
+    api.items[4] = _measure(4, name="a \U0001F600 b", at="0001-01-01T01:30:00+01:00")
+    api.items[4]["updated_at"] = _ts(41)
+    measures_job.sync()
+    measures_job.pull()
+    assert _rows(measures_job, 'SELECT name, "at" FROM items WHERE id = 4') == [
+        ("a \U0001F600 b", dt.datetime(1, 1, 1, 0, 30, tzinfo=dt.timezone.utc))
+    ]
 
 
 @pytest.mark.parametrize("policy", ["include", "quarantine"])
@@ -871,9 +912,10 @@ def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_ap
             api_job.sync()
         assert str(e.value) == (
             "job 'api' table 'tickets': source column 'Title' differs only in case from the "
-            "table's column 'title', and staging and the replica (DuckDB) do not tell names "
-            "apart by case; name it 'title' at the source again, or stage the table anew "
-            "under the new name (deltaferry reset JOB --table TABLE --reason ...)"
+            "table's column 'title' (staged, or read earlier in this run), and staging and the "
+            "replica (DuckDB) do not tell names apart by case; name it 'title' at the source "
+            "again, or stage the table anew under the new name (deltaferry reset api --table "
+            "tickets --reason 'Title renamed')"
         )
         pipeline, _ = pipeline_for(api_job.job())
         assert not pipeline.has_pending_data

@@ -181,7 +181,7 @@ def _resource(
                     fmt = file_format(f.name, t.options.get("format"))
                     read = ZoneShifts()  # counted for the run once the file is taken
                     table = read_table(
-                        raw, fmt, t, types, job.timezone, convention, read, staged=staged
+                        raw, fmt, t, types, job.timezone, convention, read, staged=staged, job=job.name
                     )
                     if table is not None:
                         table = check_staged_types(table, staged, types, t, job.name)

@@ -117,6 +117,8 @@ def _read_exact(
                     "fix the file",
                 )
             records.append(obj)
+    if b"\\u" in data:  # only an escape makes a lone surrogate
+        _refuse_lone_surrogates(records, lines)
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))
@@ -125,6 +127,23 @@ def _read_exact(
         for k in names
     ]
     return pa.table(arrays, names=list(names)) if names else pa.table({})
+
+
+def _refuse_lone_surrogates(records: list[dict[str, Any]], lines: list[int]) -> None:
+    """Set the file aside at a text (value or field name) holding a lone UTF-16 surrogate
+    (``"\\ud800"``): not a Unicode character, so staging (UTF-8) cannot keep it, and the
+    whole run failed with a bare "surrogates not allowed"."""
+    from sources.text import lone_surrogate
+
+    for n, record in zip(lines, records):
+        found = lone_surrogate(record)
+        if found is not None:
+            path, text = found
+            raise SetAside(
+                f"line {n} field {path} holds {text!r}, text with a lone UTF-16 surrogate, "
+                "which is not a Unicode character and which staging (UTF-8) cannot keep",
+                "fix the file",
+            )
 
 
 def _kind(v: Any) -> str:

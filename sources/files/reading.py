@@ -56,6 +56,7 @@ def read_table(
     convention: str = "snake_case",
     shifts: ZoneShifts | None = None,
     staged: Iterable[str] = (),
+    job: str = "JOB",
 ) -> pa.Table | None:
     """A file's rows as Arrow, columns named as staging keeps them (``convention``: the
     job's staging naming, ``"direct"`` for a new one; the default is a staging made before
@@ -63,7 +64,8 @@ def read_table(
     its clock shows twice or never counted in ``shifts``, ``sources/wall_time.py``); None
     when the file has nothing in it. Key columns may still hold NULLs (the caller holds
     those rows back). ``staged``: the table's columns staged so far (a name differing from
-    one of them only in case sets the file aside). Raises SetAside."""
+    one of them only in case sets the file aside; ``job`` names the job in its fix). Raises
+    SetAside."""
     if raw[:2] == b"\x1f\x8b":  # gzip (a Parquet file starts with PAR1, never this)
         try:
             raw = gzip.decompress(raw)
@@ -84,7 +86,7 @@ def read_table(
     if convention == "snake_case":
         table = _dlt_names(table)
     else:
-        table = _exact_names(table, convention, staged)
+        table = _exact_names(table, convention, staged, job, t.name)
     _check_keys(table, t)
     if fmt == "jsonl":  # a JSON record leaves out what it does not have: that is null
         for name, typ in types.items():
@@ -209,14 +211,16 @@ def _dlt_name(name: str) -> str:
     return NamingConvention().normalize_identifier(name)
 
 
-def _exact_names(table: pa.Table, convention: str, staged: Iterable[str] = ()) -> pa.Table:
+def _exact_names(
+    table: pa.Table, convention: str, staged: Iterable[str] = (), job: str = "JOB", name: str = "TABLE"
+) -> pa.Table:
     """The file's column names kept exactly (a job whose staging keeps source names, see
     ``sources.names``); a name staging would change, a reserved one, one twice or two that
     differ only in case (with each other or with a column ``staged``) set the file aside,
     naming them."""
     from sources.names import column_problem
 
-    found = column_problem(table.column_names, convention, staged)
+    found = column_problem(table.column_names, convention, staged, job, name)
     if found:
         problem, fix = found
         raise SetAside(problem, fix.replace("at the source", "in the file"))
@@ -390,16 +394,7 @@ def check_staged_types(
     run is held to them too (dlt cannot load one run's files of two types)."""
     from deltaferry.duck import duck_type, split_exact, widens
 
-    for field in table.schema:  # staging keeps microseconds (dlt stages timestamps so)
-        if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
-            try:
-                cast_exact(table[field.name], pa.timestamp("us", field.type.tz))
-            except InexactCast as e:
-                raise SetAside(
-                    f"column {field.name} has a time finer than microseconds{e.at}, which "
-                    "staging does not keep",
-                    "fix the file (at most 6 fractional digits)",
-                ) from None
+    table = _microseconds(table)
     for field in table.schema:
         have = staged.get(field.name)
         if have is None or field.name in typed or pa.types.is_null(field.type):
@@ -423,6 +418,35 @@ def check_staged_types(
     for field in table.schema:
         if field.name not in staged and not pa.types.is_null(field.type):
             staged[field.name] = duck_type(field)
+    return table
+
+
+def _microseconds(table: pa.Table) -> pa.Table:
+    """``table`` with its times (``timestamp`` columns, zoned or not, and times of day) in
+    microseconds, the unit staging keeps. Parquet writers differ (pandas writes
+    nanoseconds, others milliseconds or seconds), and dlt stages a column at the unit of the
+    first file it sees: a later file of another unit was set aside (TIMESTAMP_MS does not
+    hold microseconds, TIME_NS does not take TIME) or, with a zone, dlt could not join one
+    run's files and every run failed. Seconds and milliseconds convert exactly; nanoseconds
+    beyond microseconds set the file aside naming column and row."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            target: pa.DataType = pa.timestamp("us", field.type.tz)
+        elif pa.types.is_time(field.type):
+            target = pa.time64("us")
+        else:
+            continue
+        if field.type == target:
+            continue
+        try:
+            us = cast_exact(table.column(i), target)
+        except InexactCast as e:
+            raise SetAside(
+                f"column {field.name} has a time finer than microseconds{e.at}, which "
+                "staging does not keep",
+                "fix the file (at most 6 fractional digits)",
+            ) from None
+        table = table.set_column(i, field.name, us)
     return table
 
 

@@ -53,6 +53,7 @@ from sources.change_detection import ChangedRows, canonical_json
 from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
 from sources.rest_api.numbers import FieldTypes, document_text
+from sources.text import lone_surrogate
 
 DEFAULT_MAX_PAGES = 100_000
 # winners are handed to dlt in lists of this many records
@@ -68,6 +69,24 @@ _SECRET_NAME = re.compile(r"key|token|secret|passw|signature|sig$|auth|credentia
 
 # ISO-8601 text with a date and a time (what dlt stages as a timestamp)
 _ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
+
+
+def _in_utc_range(value: str) -> bool:
+    """Whether ISO-8601 ``value``'s instant, in UTC, falls within years 1-9999 (True for
+    text Python does not read as a time: dlt keeps that as text)."""
+    import datetime as dt
+
+    try:
+        at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return True
+    if at.tzinfo is None:
+        return True
+    try:
+        at.astimezone(dt.timezone.utc)
+    except OverflowError:
+        return False
+    return True
 
 
 def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +271,8 @@ class TableRead:
                         if isinstance(r, dict):
                             self.fields.convert(r, self._key_text(r))
                 texts = [canonical_json(r) for r in records]  # each record's, once
+                if any("\\ud" in text for text in texts):
+                    self._refuse_lone_surrogates(records, n, url)
                 digest = hashlib.md5("\n".join(texts).encode()).hexdigest()
                 if records and digest == previous:
                     raise TerminalError(
@@ -327,17 +348,47 @@ class TableRead:
         """The record's key for a message: ``{"id": 7}``."""
         return json.dumps({c: row.get(c) for c in self.t.primary_key}, default=str)
 
-    def _refuse_inexact_times(self, row: dict[str, Any]) -> None:
-        """dlt stages an ISO-8601 text field as a timestamp in microseconds: a value with
-        non-zero digits beyond them would be cut, so the read stops naming it."""
+    def _refuse_unstageable_times(self, row: dict[str, Any]) -> None:
+        """dlt stages an ISO-8601 text field as a timestamp in microseconds, in UTC: a value
+        with non-zero digits beyond microseconds would be cut, and one whose instant falls
+        outside years 1-9999 in UTC (``0001-01-01T00:30:00+01:00``) failed dlt's normalize
+        with a bare "date value out of range" naming no table. The read stops naming the
+        field, the record's key and the value."""
         for name, value in row.items():
-            if isinstance(value, str) and len(value) > 26 and _ISO_TIME.match(value):
-                if finer_than_microseconds(value):
-                    raise TerminalError(
-                        f"{self.where}: field '{name}' value {value!r} has digits beyond "
-                        "microseconds, which staging cannot keep (dlt stages ISO-8601 text as a "
-                        "timestamp in microseconds); nothing of the read is published"
-                    )
+            if not isinstance(value, str) or len(value) < 19 or not _ISO_TIME.match(value):
+                continue
+            if len(value) > 26 and finer_than_microseconds(value):
+                raise TerminalError(
+                    f"{self.where}: field '{name}' value {value!r} has digits beyond "
+                    "microseconds, which staging cannot keep (dlt stages ISO-8601 text as a "
+                    "timestamp in microseconds); nothing of the read is published"
+                )
+            if value[:4] in ("0001", "9999") and not _in_utc_range(value):
+                raise TerminalError(
+                    f"{self.where}: record {self._key_text(row)} field '{name}' value "
+                    f"{value!r} is outside years 1-9999 in UTC, which staging cannot keep (dlt "
+                    "stages ISO-8601 text as a UTC timestamp); fix the value at the API (a "
+                    "sentinel such as 0001-01-01 is best sent as null or in UTC); nothing of "
+                    "the read is published"
+                )
+
+    def _refuse_lone_surrogates(self, records: list[Any], n: int, url: str) -> None:
+        """Stop the read at a text (a value or a field name) holding a lone UTF-16
+        surrogate (JSON's ``"\\ud800"``): it is not a Unicode character, staging and
+        Parquet keep only UTF-8, and dlt's extract failed with a bare "str is not valid
+        UTF-8" naming no table. Checked only when a page's canonical text escapes a
+        surrogate at all (characters beyond the BMP, such as emoji, do that too)."""
+        for record in records:
+            found = lone_surrogate(record)
+            if found is not None:
+                path, text = found
+                key = self._key_text(record) if isinstance(record, dict) else "?"
+                raise TerminalError(
+                    f"{self.where}: page {n} ({self._shown(url)}): record {key} field {path} "
+                    f"holds {text!r}, text with a lone UTF-16 surrogate, which is not a "
+                    "Unicode character and which staging (UTF-8) cannot keep; fix the value "
+                    "at the API; nothing of the read is published"
+                )
 
     def _index(
         self,
@@ -352,7 +403,7 @@ class TableRead:
                 f"{self.where}: a record is a JSON {type(row).__name__}, not an object; check "
                 "the table's data_selector"
             )
-        self._refuse_inexact_times(row)
+        self._refuse_unstageable_times(row)
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
