@@ -102,7 +102,8 @@ class Variants:
             if staged == "DATE":
                 try:
                     day = parse_time_text(text, "date", self.zone)
-                    return dt.datetime(day.year, day.month, day.day)
+                    if isinstance(day, dt.date):  # "date" gives a date, never a time of day
+                        return dt.datetime(day.year, day.month, day.day)
                 except ValueError:
                     pass
             return parse_time_text(text, "timestamp", self.zone)

@@ -209,6 +209,44 @@ def test_time_text_that_is_not_an_exact_instant_is_refused(job, bad):
     assert job.sync()["tables"]["items"]["upserts"] == 2
 
 
+@pytest.mark.parametrize(
+    "bad", ["10:30:00.1234567", "10:30:00+02:00", "24:00:00", "half past ten"]
+)
+def test_sqlite_time_of_day_text_is_read_exactly_or_refused(job, bad):
+    """A SQLite ``TIME`` column holds text. SQLAlchemy's reading cut a 7th fractional digit
+    and dropped an offset (``10:30:00+02:00`` was published as 10:30, exit 0), and text that
+    is no time failed the whole job with "hour must be in 0..23" naming nothing. Every
+    form of a time of day is read exactly (compared with the values written); the others
+    stop the table in one line naming column and value, nothing published, and the
+    repaired value publishes."""
+    at = "'2026-03-01 12:00:00'"
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, opens TIME, updated_at TIMESTAMP)",
+        f"INSERT INTO items VALUES (1, 'a', '10:30', {at})",
+        f"INSERT INTO items VALUES (2, 'b', '10:30:00.5', {at})",
+        f"INSERT INTO items VALUES (3, 'c', '23:59:59.999999Z', {at})",
+        f"INSERT INTO items VALUES (4, 'd', '00:00:00.1234560', {at})",
+        f"INSERT INTO items VALUES (5, 'e', '{bad}', {at})",
+    )
+    with pytest.raises(TerminalError) as err:
+        job.sync()
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("job 't'", "table 'items'", "column 'opens'", repr(bad), "is not a time of day"):
+        assert part in message, message
+    assert job.batches() == 0
+    job.sql("UPDATE items SET opens = '10:30:00.123456' WHERE id = 5")
+    assert job.sync()["tables"]["items"]["upserts"] == 5
+    job.pull()
+    assert job.replica_rows("id, opens") == [
+        (1, dt.time(10, 30)),
+        (2, dt.time(10, 30, 0, 500000)),
+        (3, dt.time(23, 59, 59, 999999)),
+        (4, dt.time(0, 0, 0, 123456)),
+        (5, dt.time(10, 30, 0, 123456)),
+    ]
+
+
 def test_null_cursor_rows_are_included_and_not_published_twice(job):
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",

@@ -34,6 +34,10 @@ TIME_TEXTS = [
     "2025-01-01 12:34:56.1234567",
     "2025-01-01 12:34:56.1234560",
     "2025-01-01T",
+    "12:34:56.1234567",
+    "12:34:56+02:00",
+    "12:34:56.5Z",
+    "24:00:00",
     "",
     "not a time",
     "2025-13-01 00:00:00",
@@ -58,7 +62,7 @@ def _processors(typ):
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
-@pytest.mark.parametrize("kind", ["timestamp", "date"])
+@pytest.mark.parametrize("kind", ["timestamp", "date", "time"])
 def test_time_text_fast_path_gives_what_the_full_path_gives(kind, zone):
     fast, full = _processors(TimeText(kind, zone, "job 'j' table 't'", "c", False))
     for value in TIME_TEXTS:

@@ -52,7 +52,7 @@ def adapt_table(
             if col.name not in pk:
                 col.nullable = True
             kind = text_times.get(col.name)
-            if kind in ("timestamp", "date"):
+            if kind in ("timestamp", "date", "time"):
                 fixed = col.name == t.cursor or col.name in pk
                 where = f"job '{job.name}' table '{t.name}'"
                 col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts, t.name)

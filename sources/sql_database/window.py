@@ -59,8 +59,8 @@ NAIVE_ZONE_MARGIN = dt.timedelta(hours=27)
 
 
 def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
-    """SQLite columns read as their raw text, by name: ``"timestamp"`` or ``"date"`` for a
-    declared time type (parsed by ``TimeText``), ``"json"`` for a declared ``JSON`` column
+    """SQLite columns read as their raw text, by name: ``"timestamp"``, ``"date"`` or
+    ``"time"`` (of day) for a declared time type (parsed by ``TimeText``), ``"json"`` for a declared ``JSON`` column
     (the document's text as stored: SQLAlchemy would decode it into Python values of mixed
     kinds, and a JSON ``null`` document would become SQL NULL). A column the table's
     ``column_types`` declares is read as declared instead (a ``DATE`` column declared
@@ -80,6 +80,8 @@ def text_time_columns(engine: sa.Engine, t: TableConfig) -> dict[str, str]:
             out[col["name"]] = "timestamp"
         elif isinstance(col["type"], sa.Date):
             out[col["name"]] = "date"
+        elif isinstance(col["type"], sa.Time):
+            out[col["name"]] = "time"
         elif isinstance(col["type"], sa.JSON):
             out[col["name"]] = "json"
     return out
@@ -91,8 +93,11 @@ _UTC_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 def parse_time_text(
     text: str, kind: str, zone: ZoneInfo, shifts: Callable[[str], None] | None = None
-) -> dt.datetime | dt.date:
-    """One SQLite time text as what it means: a ``date``, or a naive ``datetime`` holding
+) -> dt.datetime | dt.date | dt.time:
+    """One SQLite time text as what it means: a ``date``, a ``time`` of day (``kind`` "time":
+    ``HH:MM``, ``HH:MM:SS``, fractions whose digits beyond microseconds are zeros, an offset
+    only if it is zero; SQLAlchemy's reading cut a 7th digit and dropped an offset), or a
+    naive ``datetime`` holding
     the UTC wall time of the instant (naive text taken in ``zone``, by
     ``sources/wall_time.py``'s rule where its clock changes: ``shifts`` is told the kind,
     ``REPEATED`` or ``SKIPPED``, of each such text). Space or ``T``, fractions of any length
@@ -105,6 +110,8 @@ def parse_time_text(
         value = _UTC_WORD.sub("Z", value)
     if kind == "date":
         return dt.date.fromisoformat(value)
+    if kind == "time":
+        return _time_of_day(value)
     if len(value) > 26 and finer_than_microseconds(value):  # longer: more than 6 digits
         raise ValueError("digits beyond microseconds")
     offset = _OFFSET.search(value)
@@ -119,6 +126,17 @@ def parse_time_text(
             shifts(shifted)
         return utc
     return when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _time_of_day(value: str) -> dt.time:
+    if finer_than_microseconds(value):
+        raise ValueError("digits beyond microseconds")
+    at = dt.time.fromisoformat(value)
+    if at.tzinfo is not None:
+        if at.utcoffset():  # a time of day has no instant to move to UTC (nor a date)
+            raise ValueError("an offset")
+        at = at.replace(tzinfo=None)
+    return at
 
 
 class TimeText(sa.types.TypeDecorator):
@@ -150,7 +168,9 @@ class TimeText(sa.types.TypeDecorator):
         # statement of another read never counts into this read's shifts)
         self.shifts = shifts
         self._shifted = None if shifts is None else lambda k: shifts.add(column, k)
-        self.dlt_type = sa.DateTime(timezone=False) if kind == "timestamp" else sa.Date()
+        self.dlt_type = {"timestamp": sa.DateTime(timezone=False), "time": sa.Time()}.get(
+            kind, sa.Date()
+        )
 
     def result_processor(self, dialect: Any, coltype: Any) -> Any:
         # one call per value (SQLAlchemy's own would be three), and the common value, naive
@@ -187,9 +207,10 @@ class TimeText(sa.types.TypeDecorator):
                 raise ValueError("not text")
             return parse_time_text(value, self.kind, self._zone, self._shifted)
         except (ValueError, OverflowError):  # Overflow: year 1 or 9999 moved by a zone
-            form = (
-                "timestamp (ISO-8601, at most microseconds)" if self.kind == "timestamp" else "date"
-            )
+            form = {
+                "timestamp": "timestamp (ISO-8601, at most microseconds)",
+                "time": "time of day (HH:MM[:SS[.ffffff]], at most microseconds, no offset)",
+            }.get(self.kind, "date")
             as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
                 "fix the value in the source (a cursor or key column keeps its type)"

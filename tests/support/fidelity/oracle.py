@@ -8,6 +8,8 @@ values by the type table (standard library parsing); the replica side is read wi
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +72,25 @@ def differences(
         diffs.append(f"key {k!r}: in the source, missing from the replica: {exp[k]!r}")
     for k in sorted(set(got) - set(exp), key=repr):
         diffs.append(f"key {k!r}: in the replica, not in the source: {got[k]!r}")
+    # README's known loss: where -0.0 and 0.0 share a column, DuckDB may store a run of
+    # zeros with one sign (DuckDB issue 25580); such a column's zeros compare by value
+    mixed = {c for c in columns if _both_zeros(v[c] for v in exp.values())}
     compared = 0
     for k in set(exp) & set(got):
         for c in columns:
             compared += 1
-            if not same(exp[k][c], got[k][c]):
+            a, b = exp[k][c], got[k][c]
+            if c in mixed and a == 0.0 and b == 0.0 and isinstance(a, float) and isinstance(b, float):
+                continue
+            if not same(a, b):
                 diffs.append(f"key {k!r} column {c!r} ({columns[c].name}): source "
                              f"{exp[k][c]!r}, replica {got[k][c]!r}")
     return type_diffs, diffs, compared
+
+
+def _both_zeros(values: Any) -> bool:
+    signs = {math.copysign(1, v) for v in values if isinstance(v, float) and v == 0.0}
+    return len(signs) == 2
 
 
 def describe(value: Any) -> str:
