@@ -75,6 +75,42 @@ def _check_soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, stag
         )
 
 
+def _check_soft_delete_text(
+    con: duckdb.DuckDBPyConnection,
+    t: TableConfig,
+    staged: list[str],
+    where: str,
+    params: list[Any],
+) -> None:
+    """ConfigError naming the key when a row of the cut (``where``) holds empty text (or
+    only spaces) in a soft-delete column staged as text: it is set (not NULL), so the row
+    was published as a delete, though an application writing ``''`` for "not deleted" means
+    a live row (a fresh-user trial). Which it is, only the source can say; nothing of the
+    table is published. Costs one pass over the cut's rows, not the table."""
+    from deltaferry.errors import ConfigError
+
+    soft = t.soft_delete_column
+    if soft is None or soft not in staged:
+        return
+    if duck.column_types(con, t.name, STAGING_DATASET).get(soft, "") != "VARCHAR":
+        return
+    keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
+    row = duck.fetch_one(
+        con,
+        f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} s "
+        f"WHERE ({where}) AND trim(s.{ident(soft)}) = '' LIMIT 1",
+        params,
+    )
+    if row is not None:
+        key = key_json(t, dict(zip(t.primary_key, row, strict=True)))
+        raise ConfigError(
+            f"table '{t.name}': the soft-delete column {soft} holds empty text at key {key}: "
+            "a row with the column set (not NULL) is a delete, and '' may mean a live row; "
+            "nothing of the table published. Store NULL for live rows, or sync a view with "
+            f"NULLIF(trim({soft}), '') AS {soft}"
+        )
+
+
 RELEASED_VIEW = "df_released"
 LAST_KEY_VIEW = "df_last_key"
 
@@ -267,6 +303,7 @@ def read_changes(
     select = ", ".join(ident(c) for c in data_cols)
     order = ", ".join(ident(c) for c in t.primary_key)
     where, params = cut_where(con, t, load_ids, released, keys)
+    _check_soft_delete_text(con, t, cols, where, params)
     if limit is not None and (keys.columns or tuple(t.primary_key)) == tuple(t.primary_key):
         # The range is first ended at the key one row past the limit, found on the key
         # columns alone; the rows are then read with that end as a filter. The same rows

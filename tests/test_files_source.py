@@ -741,14 +741,22 @@ def test_json_documents_stay_json_text_with_their_numbers_as_written():
     # Parquet: nested columns (struct, list, map) become the same JSON text
     from decimal import Decimal
 
+    # (an empty map is an empty object, as a map with keys is an object: it was "[]")
     data = parquet_of(
-        id=pa.array([1, 2]),
-        doc=pa.array([{"d": Decimal("0.10"), "f": 0.1, "l": [1, None]}, None]),
-        tags=pa.array([[("k", 1)], None], pa.map_(pa.string(), pa.int64())),
+        id=pa.array([1, 2, 3, 4]),
+        doc=pa.array([{"d": Decimal("0.10"), "f": 0.1, "l": [1, None]}, None, None, None]),
+        tags=pa.array(
+            [[("k", 1)], None, [], [("a", 1), ("a", 2)]], pa.map_(pa.string(), pa.int64())
+        ),
+        nested=pa.array(
+            [[{"m": []}], None, [], None],
+            pa.list_(pa.struct([("m", pa.map_(pa.string(), pa.int64()))])),
+        ),
     )
     table = read_numbers(data, "parquet")
-    assert by_id(table, "doc") == {1: '{"d":0.10,"f":0.1,"l":[1,null]}', 2: None}
-    assert by_id(table, "tags") == {1: '{"k":1}', 2: None}
+    assert by_id(table, "doc") == {1: '{"d":0.10,"f":0.1,"l":[1,null]}', 2: None, 3: None, 4: None}
+    assert by_id(table, "tags") == {1: '{"k":1}', 2: None, 3: "{}", 4: '{"a":1,"a":2}'}
+    assert by_id(table, "nested") == {1: '[{"m":{}}]', 2: None, 3: "[]", 4: None}
 
 
 def test_every_value_reaches_the_replica_exactly(drops_job):
@@ -1092,3 +1100,24 @@ def test_jsonl_text_with_a_lone_surrogate_sets_its_file_aside(drops_job):
     (reason,) = [r for _, r in drops_job.skipped()]
     assert "file loose/2.jsonl set aside: line 2 field doc.k[0] holds '\\udc00', text with a " \
         "lone UTF-16 surrogate" in reason, reason
+
+
+def test_a_csv_file_ending_inside_a_quoted_field_is_set_aside(drops_job):
+    """A CSV file cut while being written, inside a quoted field: Arrow's reader took the
+    rest of the file as that field's text, so row 1's note became 'a\\n2,b' and row 2 was
+    lost, exit 0. The file is set aside naming the record's line; a quote inside an unquoted
+    field (5") is still read; the whole file, written again, is read."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    drop(d, "loose/1.csv", 'id,note\n1,"a\n2,b\n', t0)
+    drop(d, "loose/2.csv", 'id,note\n3,5"\n', t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(3, '5"')]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/1.csv set aside: not valid CSV: a quoted field of the record on " \
+        "line 2 is not closed before the file ends" in reason, reason
+    drop(d, "loose/1.csv", 'id,note\n1,"a"\n2,b\n', t0 + 10)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(1, "a"), (2, "b"), (3, '5"')]

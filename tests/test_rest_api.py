@@ -572,6 +572,31 @@ def test_a_soft_delete_flag_that_is_false_for_live_records_is_refused(items_job,
     assert [i for i, _ in _items(items_job)] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
 
 
+def test_empty_text_in_a_soft_delete_field_is_refused_not_read_as_a_delete(items_job, api):
+    """``deletes = "soft:deleted"`` on a text field holding ``""`` for live records (as
+    applications that never write NULL do) published those records as deletes, exit 0: the
+    replica lost them. The table stops naming the key, nothing uploaded; once live records
+    hold null, only the deleted one is gone."""
+    from deltaferry.errors import ConfigError
+    from destinations.lake import open_lake
+
+    for i, item in api.items.items():
+        item["deleted"] = "by admin" if i == 3 else ""
+    items_job.write_items(job_extra='drift = "evolve"', table_extra='deletes = "soft:deleted"')
+    with pytest.raises(ConfigError) as err:
+        items_job.sync()
+    message = str(err.value)
+    assert "table 'items': the soft-delete column deleted holds empty text at key {\"id\": 1}" \
+        in message, message
+    assert "nothing of the table published" in message and "\n" not in message, message
+    assert open_lake(items_job.lake_url).list("api/items/") == []
+    for i, item in api.items.items():
+        item["deleted"] = "by admin" if i == 3 else None
+        item["updated_at"] = _ts(20 + i)
+    items_job.sync()
+    assert [i for i, _ in _items(items_job)] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
 MEASURES_JOB = ITEMS_JOB.replace(
     "tests.support.contracts_conformance:Items", "tests.support.contracts_api:Measures"
 )

@@ -282,6 +282,13 @@ def _json_text(v: Any) -> str:
     )
 
 
+def _map_pairs(value: pa.Scalar) -> Any:
+    try:
+        return value.as_py(maps_as_pydicts="strict")
+    except KeyError:
+        return value.as_py()
+
+
 def documents_as_text(table: pa.Table) -> pa.Table:
     """Nested columns (struct, list, map) of a Parquet file as JSON text (``_json_text``):
     a NULL stays NULL. Raises SetAside for a value JSON cannot hold."""
@@ -296,7 +303,12 @@ def documents_as_text(table: pa.Table) -> pa.Table:
         ):
             continue
         try:
-            text = [None if v is None else _json_text(v) for v in table[i].to_pylist()]
+            # maps as objects, an empty one too ({}: as pairs it was the list [])
+            values = table[i].to_pylist(maps_as_pydicts="strict")
+        except KeyError:  # a key twice in one map: that value kept as written, {"a":1,"a":2}
+            values = [_map_pairs(v) for v in table[i]]
+        try:
+            text = [None if v is None else _json_text(v) for v in values]
         except ValueError as e:
             raise SetAside(f"column {f.name} cannot be JSON text: {e}", "fix the values") from None
         table = table.set_column(i, f.name, pa.array(text, pa.string()))

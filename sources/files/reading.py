@@ -192,6 +192,8 @@ def _read_csv(data: bytes, delimiter: str) -> pa.Table:
 
     head = data[: 1024 * 1024].decode("utf-8", errors="replace")
     names = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    if data.count(b'"') % 2:  # a quoted field left open? (Arrow reads it to the end)
+        _check_quotes_closed(data, delimiter)
     return pcsv.read_csv(
         arrow_input(data),
         parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
@@ -202,6 +204,28 @@ def _read_csv(data: bytes, delimiter: str) -> pa.Table:
             quoted_strings_can_be_null=False,
         ),
     )
+
+
+def _check_quotes_closed(data: bytes, delimiter: str) -> None:
+    """SetAside when the file ends inside a quoted field: Arrow's reader takes everything up
+    to the end as that field's text, so a file cut while being written published its last
+    row with the following lines inside one value, and those rows were lost. Python's csv
+    reader (strict) tells such a file from one with a quote inside an unquoted field
+    (``5"``, which is what makes the quote count odd otherwise)."""
+    text = io.StringIO(data.decode("utf-8", errors="replace"))
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    line = 1  # where the record being read starts
+    try:
+        for _ in reader:
+            line = reader.line_num + 1
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):
+            return  # anything else: Arrow's reader says what it finds
+        raise SetAside(
+            f"not valid CSV: a quoted field of the record on line {line} is not closed "
+            "before the file ends (cut while being written?)",
+            "write each file whole (to a temporary name, then rename it into the folder)",
+        ) from None
 
 
 @functools.lru_cache(maxsize=4096)

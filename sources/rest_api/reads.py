@@ -114,7 +114,7 @@ def newest_cursor(values: Any) -> Any:
 def cursor_rank(value: Any) -> tuple[Any, ...]:
     """A cursor value as a sortable tuple: (0,) missing, (1, Decimal) a number,
     (2, UTC datetime) a timestamp (finer than microseconds is refused when read, see
-    ``TableRead._refuse_inexact_times``), (3, text) anything else."""
+    ``TableRead._refuse_unstageable_times``), (3, text) anything else."""
     if value is None:
         return (0,)
     if isinstance(value, bool):
