@@ -173,8 +173,9 @@ class Contract:
             and col.dtype.scale is not None
         }
 
-    def _date_columns(self) -> list[str]:
-        """Columns declared as pandera's ``Date``."""
+    def date_columns(self) -> list[str]:
+        """Columns declared as pandera's ``Date`` (``arrow_types`` leaves them out: pandas
+        keeps dates as objects; staged, they are ``date32``)."""
         if self._dates is None:
             from pandera.engines import pandas_engine
 
@@ -223,7 +224,7 @@ class Contract:
         would fail although they are exact dates."""
         frame = df.reset_index(drop=True)
         schema = self.schema
-        as_dates = [c for c in self._date_columns() if c in frame and _all_dates(frame[c])]
+        as_dates = [c for c in self.date_columns() if c in frame and _all_dates(frame[c])]
         if as_dates and schema.coerce:
             schema = schema.update_columns(
                 {c: {"coerce": c not in as_dates} for c in schema.columns}

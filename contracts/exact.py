@@ -49,7 +49,17 @@ def cast_exact(col: Any, target: pa.DataType) -> Any:
         raise _locate(col, target, _first_line(e)) from None
     if pa.types.is_floating(target) and _is_text(col.type):
         _check_float_text(col, out, target)
+    if pa.types.is_date(target) and pa.types.is_timestamp(src):
+        _check_midnights(col, out)
     return out
+
+
+def _check_midnights(col: Any, out: Any) -> None:
+    """A timestamp cast to a date is exact only at midnight (Arrow cuts the time of day)."""
+    cut = pc.fill_null(pc.not_equal(pc.cast(out, col.type), col), False)
+    if pc.any(cut).as_py():
+        i = pc.index(cut, True).as_py()
+        raise InexactCast(out.type, i + 1, repr(col[i].as_py()), "a time of day would be cut")
 
 
 def _check_float_text(text: Any, out: Any, target: pa.DataType) -> None:

@@ -162,6 +162,25 @@ def add_columns(con: duckdb.DuckDBPyConnection, table: str, wanted: dict[str, st
         con.execute("CHECKPOINT")
 
 
+def respell_columns(
+    con: duckdb.DuckDBPyConnection, table: str, incoming: list[str], stored: dict[str, str]
+) -> dict[str, str]:
+    """Rename the columns of ``table`` (``stored``: name -> type) that an ``incoming`` name
+    spells in another case only (a source column renamed ``name`` to ``Name`` and its
+    table staged anew, as the refusal of the rename advises) to the incoming spelling;
+    returns ``stored`` as it is now. DuckDB does not tell the two apart, so adding the new
+    spelling failed ("Column with name Name already exists") on every pull, into an old
+    replica and a new one alike; the values stay in their column."""
+    folded = {n.casefold(): n for n in stored}
+    renamed = dict(stored)
+    for name in incoming:
+        old = folded.get(name.casefold())
+        if old is not None and old != name and name not in renamed:
+            con.execute(f"ALTER TABLE {ident(table)} RENAME COLUMN {ident(old)} TO {ident(name)}")
+            renamed = {name if n == old else n: t for n, t in renamed.items()}
+    return renamed
+
+
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
 _UNSIGNED = ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
 _NAIVE_TIMES = ("DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP")  # not _NS: see below

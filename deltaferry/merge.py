@@ -22,6 +22,7 @@ from deltaferry.duck import (
     fetch_one,
     fetch_row,
     ident,
+    respell_columns,
     widen_columns,
     with_arrow,
 )
@@ -84,6 +85,8 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
         ),
     ):
         have = column_types(con, name)
+        if have:  # a column the batch spells in another case only: the batch's spelling
+            have = respell_columns(con, name, [f.name for f in fields], have)
         if not have:
             defs = [f"{ident(f.name)} {duck_type(f)}" for f in fields]
             defs += [f"{ident(c)} {t}" for c, t in extra]

@@ -191,8 +191,10 @@ def merge_rows(
         # no PRIMARY KEY: see BatchMerge
         con.execute(f"CREATE TABLE {ident(table)} ({defs})")
     else:
-        stored = duck.column_types(con, table)
         fields = [f for f in data.schema if f.name != OP_COLUMN]
+        stored = duck.respell_columns(
+            con, table, [f.name for f in fields], duck.column_types(con, table)
+        )
         for f in fields:
             if f.name not in stored:
                 con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(f.name)} {duck_type(f)}")

@@ -157,11 +157,11 @@ def cursor_path(name: str) -> str:
 
 
 class RecordNames:
-    """A dlt map step for a source that yields records (dicts, or pages of them): refuses,
-    as ``check_columns`` does, a record key staging would not keep exactly, before dlt
-    renames or stages it, and a key that differs only in case from one staged before
-    (``staged``, as staging names them) or read earlier in this run. Each distinct key set
-    is checked once."""
+    """A dlt map step for a source that yields records (dicts, or pages of them): refuses
+    (a ``TerminalError`` with ``check_columns``'s line) a record key staging would not keep
+    exactly, before dlt renames or stages it, and a key that differs only in case from one
+    staged before (``staged``, as staging names them) or read earlier in this run. Each
+    distinct key set is checked once."""
 
     def __init__(
         self, job: str, table: str, convention: str = EXACT, staged: Iterable[str] = ()
@@ -170,14 +170,23 @@ class RecordNames:
         self._ok: set[frozenset[str]] = set()
         self._known: dict[str, str] = {n.casefold(): n for n in staged}
 
+    def _check(self, keys: list[str]) -> None:
+        """``check_columns``'s refusal as a ``TerminalError``: the source's data, not the
+        job's settings, is at fault, and raised in one table's read it stops that table
+        only (``sources.load.table_error``), not the job's other tables."""
+        from deltaferry.errors import ConfigError, TerminalError
+
+        try:
+            check_columns(self.job, self.table, keys, self.convention, self._known.values())
+        except ConfigError as e:
+            raise TerminalError(str(e)) from None
+
     def __call__(self, item: Any) -> Any:
         for row in item if isinstance(item, list) else [item]:
             if isinstance(row, dict):
                 keys = frozenset(row)
                 if keys not in self._ok:
-                    check_columns(
-                        self.job, self.table, sorted(keys), self.convention, self._known.values()
-                    )
+                    self._check(sorted(keys))
                     norm = naming(self.convention) if self.convention != EXACT else None
                     for k in keys:
                         name = norm.normalize_identifier(k) if norm else k

@@ -29,6 +29,7 @@ TABLES = {
     "stock": 'primary_key = ["sku", "store"]\ncontract = "tests.support.contracts_files:Stock"',
     "numbers": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Numbers"',
     "loose": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Loose"',
+    "dated": 'primary_key = "id"\ncontract = "tests.support.contracts_files:Dated"',
 }
 HEADER = "id,customer,amount,placed_at,note\n"
 
@@ -1121,3 +1122,104 @@ def test_a_csv_file_ending_inside_a_quoted_field_is_set_aside(drops_job):
     drops_job.sync()
     drops_job.pull()
     assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(1, "a"), (2, "b"), (3, '5"')]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_file_without_an_optional_contract_column_is_read_with_it_null(drops_job, fmt):
+    """A Parquet or CSV file leaving out a nullable column the contract types (a writer
+    that omits empty optional columns): the table's validation failed every run as a
+    missing column ("column_in_dataframe"), naming no file, even once a later file held the
+    column as nulls (JSON Lines already read it as null). Each file is read with the column
+    null, and a later file's values arrive."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("dated",))
+    if fmt == "parquet":
+        drop(d, "dated/1.parquet", _parquet(id=pa.array([1]), note=pa.array(["x"])), t0)
+    else:
+        drop(d, "dated/1.csv", "id,note\n1,x\n", t0)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, day, \"at\", note FROM dated") == [(1, None, None, "x")]
+    drop(d, "dated/2.csv", "id,day,note\n2,2024-02-29,y\n", t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, day, note FROM dated ORDER BY id") == [
+        (1, None, "x"), (2, dt.date(2024, 2, 29), "y")
+    ]
+    assert drops_job.skipped() == []
+
+
+def test_a_naive_parquet_time_the_contract_does_not_type_is_wall_time_in_the_jobs_zone(drops_job):
+    """A naive Parquet timestamp in a column the contract does not type was staged as if
+    it were UTC whatever the job's ``timezone``, and published as that (wrong) instant, exit
+    0; a typed column took the job's zone. Both now take it (as SQL sources do): noon in
+    Berlin is 11:00 UTC in winter, 10:00 in summer; a time the zone moves before year 1
+    sets its file aside."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",), timezone='"Europe/Berlin"')
+    noon = [dt.datetime(2026, 1, 1, 12), dt.datetime(2026, 7, 1, 12)]
+    drop(d, "loose/1.parquet", _parquet(
+        id=pa.array([1, 2]), seen=pa.array(noon, pa.timestamp("us")),
+    ), t0)
+    drop(d, "loose/2.parquet", _parquet(
+        id=pa.array([3]), seen=pa.array([dt.datetime(1, 1, 1, 0, 30)], pa.timestamp("us")),
+    ), t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    utc = dt.timezone.utc
+    want = [int(dt.datetime(2026, 1, 1, 11, tzinfo=utc).timestamp() * 10**6),
+            int(dt.datetime(2026, 7, 1, 10, tzinfo=utc).timestamp() * 10**6)]
+    assert drops_job.q("SELECT id, epoch_us(seen) FROM loose ORDER BY id") == [
+        (1, want[0]), (2, want[1])
+    ]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/2.parquet set aside: column seen holds a naive time that is no " \
+        "instant in the job's timezone Europe/Berlin" in reason, reason
+
+
+def test_a_parquet_time_of_day_beyond_midnight_sets_its_file_aside(drops_job):
+    """Parquet stores a time of day as a count since midnight; a writer can store 25 hours.
+    It failed validation with a bare "hour must be in 0..23" naming nothing; the file is
+    set aside naming column and row."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("loose",))
+    hour = 3600 * 10**9
+    drop(d, "loose/1.parquet", _parquet(
+        id=pa.array([1, 2]), opens=pa.array([9 * hour, 25 * hour], pa.time64("ns")),
+    ), t0)
+    drop(d, "loose/2.parquet", _parquet(
+        id=pa.array([3]), opens=pa.array([9 * hour], pa.time64("ns")),
+    ), t0 + 1)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, opens FROM loose") == [(3, dt.time(9))]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file loose/1.parquet set aside: column opens row 2 holds 90000000000000 ns since " \
+        "midnight, which is no time of day" in reason, reason
+
+
+def test_a_date_column_written_as_dates_timestamps_and_text_in_one_run_is_read_as_dates(
+    drops_job,
+):
+    """A ``Date`` contract column that one Parquet writer stores as date32, another as a
+    timestamp at midnight, and CSV and JSON Lines as text: in one run dlt could not join
+    the files' rows and every run of the job failed with its ~1 KB message naming no table.
+    Each file's values are read as dates; a timestamp that is not a midnight sets its file
+    aside (it would be cut to its day)."""
+    d, t0 = drops_job.drops, time.time() - 3600
+    drops_job.write(tables=("dated",))
+    day = dt.date(2024, 2, 29)
+    drop(d, "dated/1.parquet", _parquet(id=pa.array([1]), day=pa.array([day], pa.date32())), t0)
+    drop(d, "dated/2.parquet", _parquet(
+        id=pa.array([2]), day=pa.array([dt.datetime(2024, 2, 29)], pa.timestamp("us")),
+    ), t0 + 1)
+    drop(d, "dated/3.csv", "id,day\n3,2024-02-29\n", t0 + 2)
+    drop(d, "dated/4.jsonl", '{"id": 4, "day": "2024-02-29"}\n', t0 + 3)
+    drop(d, "dated/5.parquet", _parquet(
+        id=pa.array([5]), day=pa.array([dt.datetime(2024, 2, 29, 10)], pa.timestamp("us")),
+    ), t0 + 4)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, day FROM dated ORDER BY id") == [(i, day) for i in (1, 2, 3, 4)]
+    (reason,) = [r for _, r in drops_job.skipped()]
+    assert "file dated/5.parquet set aside: column day cannot be read as date32" in reason, reason

@@ -923,7 +923,7 @@ def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_ap
     staging and the replica (DuckDB) do not tell names apart by case. dlt failed that load
     on every later run, even once the API was fixed (its package stayed pending), until
     the job was reset. Once the API sends the field as before, the record is published."""
-    from deltaferry.errors import ConfigError
+    from deltaferry.errors import TableReadError
     from sources.pipeline import pipeline_for
 
     if when == "staged before":
@@ -933,7 +933,7 @@ def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_ap
         "updated_at": _ts(31),
     }
     for _ in range(2):  # the same line every run, nothing left pending
-        with pytest.raises(ConfigError) as e:
+        with pytest.raises(TableReadError) as e:  # the job's other tables go on
             api_job.sync()
         assert str(e.value) == (
             "job 'api' table 'tickets': source column 'Title' differs only in case from the "
@@ -986,3 +986,47 @@ def test_a_table_whose_read_is_refused_stops_alone_and_the_others_are_published(
         "tickets": 1, "events": 0, "users": 0
     }
     _replica_equals(api_job, api)
+
+
+def test_a_field_renamed_in_case_and_reset_as_advised_reaches_every_replica(
+    measures_job, api, tmp_path
+):
+    """The API renames ``name`` to ``Name`` (a column the contract leaves untyped): the run
+    is refused with the advice to reset the table, and after the reset it publishes under
+    the new name. Then ``pull`` failed ("Column with name Name already exists": DuckDB
+    does not tell the two apart) into the replica that had the old name and into a new
+    one. A replica now takes the new spelling for the same column, old rows kept."""
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+    from deltaferry.errors import TableReadError
+
+    measures_job.sync()
+    measures_job.pull()
+    for i, r in api.items.items():
+        r["Name"] = r.pop("name")
+        r["updated_at"] = _ts(40 + i)
+    with pytest.raises(TableReadError):
+        measures_job.sync()
+    reset = CliRunner().invoke(
+        cli, ["reset", "api", "--table", "items", "--reason", "Name renamed",
+              "--config", str(measures_job.config)]
+    )
+    assert reset.exit_code == 0, reset.output
+    assert measures_job.sync()["tables"]["items"]["rows"] == len(api.items)
+    want = [(i, r["Name"]) for i, r in sorted(api.items.items())]
+    measures_job.pull()
+    assert _rows(measures_job, 'SELECT id, "Name" FROM items ORDER BY id') == want
+    fresh = tmp_path / "fresh.duckdb"
+    pulled = CliRunner().invoke(
+        cli, ["pull", "api", "--replica", str(fresh), "--config", str(measures_job.config)]
+    )
+    assert pulled.exit_code == 0, pulled.output
+    con = duckdb.connect(str(fresh), read_only=True)
+    try:
+        assert con.execute('SELECT id, "Name" FROM items ORDER BY id').fetchall() == want
+        names = [r[0] for r in con.execute("DESCRIBE items").fetchall()]
+    finally:
+        con.close()
+    assert "Name" in names and "name" not in names, names
+    assert measures_job.sync()["tables"]["items"]["batch"] is None

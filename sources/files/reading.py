@@ -92,28 +92,50 @@ def read_table(
         for name, typ in types.items():
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    return _stageable(_conform(table, types, zone, shifts), types)
+    return _stageable(_conform(table, types, zone, shifts), types, zone, shifts)
 
+
+# 0001-01-01T00:00:00 UTC in each unit since the epoch: the first instant staging holds
+_YEAR_1 = {unit: -62135596800 * per for unit, per in (("s", 1), ("ms", 10**3), ("us", 10**6), ("ns", 10**9))}
 
 # the widest decimal staging (DuckDB's DECIMAL) holds
 MAX_DECIMAL_DIGITS = 38
 INT64_MAX = 2**63 - 1
 
 
-def _stageable(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+def _stageable(
+    table: pa.Table,
+    types: dict[str, pa.DataType],
+    zone: str = "UTC",
+    shifts: ZoneShifts | None = None,
+) -> pa.Table:
     """The columns the contract does not type (``types``) in a type staging holds: a
     Parquet ``decimal256`` of at most 38 digits as the same decimal in 128 bits, unsigned
     64-bit integers within BIGINT's range as ``int64`` (dlt stages ``uint64`` as BIGINT).
     A wider decimal or a larger integer sets the file aside, naming column and value: it
     stopped the whole run (DuckDB cannot read a 256-bit decimal; BIGINT refused the value
-    in the load), the job's other tables and files included."""
+    in the load), the job's other tables and files included. A naive timestamp is wall
+    time in ``zone`` (the job's ``timezone``), staged as its UTC wall time, as SQL sources
+    stage naive timestamps (it was taken as UTC whatever the job's zone, exit 0)."""
     import pyarrow.compute as pc
 
     for i, field in enumerate(table.schema):
         if field.name in types:
             continue
         col = table.column(i)
-        if isinstance(field.type, pa.Decimal256Type):
+        if pa.types.is_timestamp(field.type) and field.type.tz is None and zone != "UTC":
+            zoned, shifted = assume_zone(col, zone)  # wall_time.py's rule
+            first = pc.min(zoned.cast(pa.int64())).as_py()
+            if first is not None and first < _YEAR_1[field.type.unit]:
+                raise SetAside(
+                    f"column {field.name} holds a naive time that is no instant in the job's "
+                    f"timezone {zone} (out of range)",
+                    "fix the values, or the job's timezone",
+                )
+            if shifts is not None:
+                shifts.add_all(field.name, shifted)
+            table = table.set_column(i, field.name, zoned.cast(field.type))
+        elif isinstance(field.type, pa.Decimal256Type):
             if field.type.precision > MAX_DECIMAL_DIGITS:
                 raise SetAside(
                     f"column {field.name} is a decimal of {field.type.precision} digits, more "
@@ -460,6 +482,8 @@ def _microseconds(table: pa.Table) -> pa.Table:
             target = pa.time64("us")
         else:
             continue
+        if pa.types.is_time(field.type):
+            _check_time_of_day(table.column(i), field)
         if field.type == target:
             continue
         try:
@@ -474,10 +498,30 @@ def _microseconds(table: pa.Table) -> pa.Table:
     return table
 
 
+def _check_time_of_day(col: Any, field: pa.Field) -> None:
+    """SetAside when a time-of-day column holds a value outside 00:00 to 24:00 (Parquet
+    stores a count since midnight, which a writer can make anything): it failed the
+    contract's validation with a bare "hour must be in 0..23"."""
+    per_day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+    width = pa.int32() if pa.types.is_time32(field.type) else pa.int64()
+    ticks = col.cast(width).cast(pa.int64())
+    bad = pc.or_(pc.less(ticks, 0), pc.greater_equal(ticks, per_day[field.type.unit]))
+    bad = pc.fill_null(bad, False)
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise SetAside(
+            f"column {field.name} row {row + 1} holds {ticks[row].as_py()} {field.type.unit} "
+            "since midnight, which is no time of day",
+            "fix the file",
+        )
+
+
 def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
-    """The contract's Arrow types, as staged. A decimal wider than the 38 digits staging
-    (DuckDB) holds is a ConfigError."""
-    types = load_contract(t.contract, where=where).arrow_types()
+    """The contract's Arrow types, as staged (a ``Date`` column as ``date32``: files of one
+    run holding it as a date and as a timestamp failed dlt's load of the whole job). A
+    decimal wider than the 38 digits staging (DuckDB) holds is a ConfigError."""
+    contract = load_contract(t.contract, where=where)
+    types = dict.fromkeys(contract.date_columns(), pa.date32()) | contract.arrow_types()
     for n, ty in types.items():
         if pa.types.is_decimal(ty) and ty.precision > 38:
             raise ConfigError(

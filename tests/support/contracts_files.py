@@ -80,3 +80,15 @@ class Loose(pa.DataFrameModel):
 
     id: Series[int] = pa.Field(ge=1)
     ts: Series[pd.Timestamp] = pa.Field(nullable=True)  # nanoseconds, naive
+
+
+class Dated(pa.DataFrameModel):
+    """Drops with optional typed columns a writer may leave out of a file."""
+
+    id: Series[int] = pa.Field(ge=1)
+    day: Series[pandas_engine.Date] = pa.Field(nullable=True)
+    at: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"})
+
+    class Config:
+        strict = False
+        coerce = True

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -70,6 +71,7 @@ def canon_replica(family: str, v: Any) -> Any:
         "bool": lambda x: isinstance(x, bool),
         "ts": lambda x: isinstance(x, datetime),
         "date": lambda x: isinstance(x, date) and not isinstance(x, datetime),
+        "time": lambda x: isinstance(x, time),
         "json": lambda x: isinstance(x, str),
     }[family]
     if not ok(v):
@@ -179,6 +181,50 @@ def instants() -> st.SearchStrategy:
 def ts_texts(forms: list[str] | None = None) -> st.SearchStrategy:
     forms = forms or list(TS_FORMS)
     return st.builds(ts_text, instants(), st.sampled_from(forms), st.sampled_from(OFFSETS))
+
+
+# SQLite TIME text as writers write it, and (rarely) forms a time of day cannot be
+TIME_FORMS = ["hm", "hms", "us", "short", "ns0", "Z", "+00:00"]
+REFUSED_TIME_FORMS = ["ns7", "+02:00", "24:00"]
+
+
+def time_text(t: time, form: str) -> str:
+    base = t.strftime("%H:%M:%S")
+    frac = f"{t.microsecond:06d}"
+    return {
+        "hm": t.strftime("%H:%M"),
+        "hms": base,
+        "us": f"{base}.{frac}",
+        "short": f"{base}.{frac.rstrip('0') or '0'}",
+        "ns0": f"{base}.{frac}000",
+        "Z": f"{base}.{frac}Z",
+        "+00:00": f"{base}+00:00",
+        "ns7": f"{base}.{frac}7",
+        "+02:00": f"{base}+02:00",
+        "24:00": "24:00:00",
+    }[form]
+
+
+def time_texts() -> st.SearchStrategy:
+    return st.builds(time_text, st.times(), st.sampled_from(TIME_FORMS * 8 + REFUSED_TIME_FORMS))
+
+
+_TIME = re.compile(r"(\d\d):(\d\d)(?::(\d\d)(?:\.(\d+))?)?(Z|[+-]\d\d:\d\d)?")
+
+
+def sqlite_time(text: str) -> time | None:
+    """A time-of-day text as the time it names (None: not one a TIME column holds exactly:
+    beyond microseconds, a non-zero offset, hour 24, not a time)."""
+    m = _TIME.fullmatch(text)
+    if m is None:
+        return None
+    h, mi, sec, frac, zone = m.groups()
+    frac = frac or ""
+    if int(h) > 23 or int(mi) > 59 or int(sec or 0) > 59 or frac[6:].strip("0"):
+        return None
+    if zone not in (None, "Z", "+00:00", "-00:00"):
+        return None
+    return time(int(h), int(mi), int(sec or 0), int(frac[:6].ljust(6, "0")))
 
 
 def json_values() -> st.SearchStrategy:
@@ -298,6 +344,12 @@ SQLITE = [
     TypeSpec("sqlite", "TIMESTAMP (text, zoned and naive forms)", "TIMESTAMP", ts_texts,
              TS_CONTRACT, "TIMESTAMP WITH TIME ZONE", "ts", instant,
              note="the UTC instant; naive text taken as UTC"),
+    TypeSpec("sqlite", "TIME (text)", "TIME", time_texts, "Series[object]", "TIME", "time",
+             sqlite_time, refuse_value=lambda x: sqlite_time(x) is None,
+             value_refusal=Refusal("not an exact time of day", ("is not a time of day",),
+                                   "column_types"),
+             note="HH:MM[:SS[.ffffff]], `Z`/`+00:00` allowed; digits beyond microseconds, "
+                  "another offset or 24:00:00 are refused"),
     TypeSpec("sqlite", "BOOLEAN (0/1)", "BOOLEAN", lambda: st.booleans().map(int), "Series[bool]",
              "BOOLEAN", "bool", _bool,
              note="any other value ('no', 'false', 2, 0.5) is refused, never read as true"),
