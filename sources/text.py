@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 
-def lone_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
-    """The first text in ``value`` (a record: its field names and values, nested) that
-    holds a lone UTF-16 surrogate, as (field path, text); None when there is none. The
-    path is printable: a surrogate in a field name is written as its escape."""
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where ``value`` (a record: its field names and values, nested) first holds text with a
+    lone UTF-16 surrogate, as a phrase for a message (``field 'doc.p[1]' holds '\\udc00'``,
+    ``the field name '\\udbff' (in 'doc')``); None when it holds none. Printable: a
+    surrogate is written as its escape."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return (path or "(the record)").encode("utf-8", "backslashreplace").decode(), value
-        return None
+        return None if _valid(value) else f"field '{_printable(path)}' holds {value!r}"
     if isinstance(value, dict):
         for k, v in value.items():
-            inner = f"{path}.{k}" if path else str(k)
-            found = lone_surrogate(str(k), inner) or lone_surrogate(v, inner)
+            name = str(k)
+            if not _valid(name):
+                where = f" (in '{_printable(path)}')" if path else ""
+                return f"the field name {name!r}{where}"
+            found = lone_surrogate(v, f"{path}.{name}" if path else name)
             if found is not None:
                 return found
     elif isinstance(value, list):
@@ -27,3 +27,15 @@ def lone_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
             if found is not None:
                 return found
     return None
+
+
+def _valid(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

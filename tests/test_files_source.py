@@ -1099,7 +1099,7 @@ def test_jsonl_text_with_a_lone_surrogate_sets_its_file_aside(drops_job):
     drops_job.pull()
     assert drops_job.q("SELECT id, note FROM loose ORDER BY id") == [(1, "a \U0001F600 b")]
     (reason,) = [r for _, r in drops_job.skipped()]
-    assert "file loose/2.jsonl set aside: line 2 field doc.k[0] holds '\\udc00', text with a " \
+    assert "file loose/2.jsonl set aside: line 2: field 'doc.k[0]' holds '\\udc00', text with a " \
         "lone UTF-16 surrogate" in reason, reason
 
 

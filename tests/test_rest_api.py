@@ -703,9 +703,9 @@ def test_a_json_number_its_column_cannot_hold_stops_the_read_naming_it(measures_
 @pytest.mark.parametrize(
     "values, says",
     [
-        ({"name": "a\ud800b"}, "record {\"id\": 4} field name holds 'a\\ud800b', text with a lone UTF-16 surrogate"),
-        ({"doc": {"p": ["ok", "\udc00"]}}, "record {\"id\": 4} field doc.p[1] holds '\\udc00'"),
-        ({"doc": {"\udbff": 1}}, "field doc.\\udbff holds '\\udbff'"),
+        ({"name": "a\ud800b"}, "record {\"id\": 4}: field 'name' holds 'a\\ud800b', text with a lone UTF-16 surrogate"),
+        ({"doc": {"p": ["ok", "\udc00"]}}, "record {\"id\": 4}: field 'doc.p[1]' holds '\\udc00'"),
+        ({"doc": {"\udbff": 1}}, "record {\"id\": 4}: the field name '\\udbff' (in 'doc'), text"),
         ({"at": "0001-01-01T00:30:00+01:00"}, "record {\"id\": 4} field 'at' value '0001-01-01T00:30:00+01:00' is outside years 1-9999 in UTC"),
         ({"seen": "9999-12-31 23:30:00-01:00"}, "field 'seen' value '9999-12-31 23:30:00-01:00' is outside years 1-9999 in UTC"),
     ],

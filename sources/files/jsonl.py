@@ -138,9 +138,8 @@ def _refuse_lone_surrogates(records: list[dict[str, Any]], lines: list[int]) -> 
     for n, record in zip(lines, records):
         found = lone_surrogate(record)
         if found is not None:
-            path, text = found
             raise SetAside(
-                f"line {n} field {path} holds {text!r}, text with a lone UTF-16 surrogate, "
+                f"line {n}: {found}, text with a lone UTF-16 surrogate, "
                 "which is not a Unicode character and which staging (UTF-8) cannot keep",
                 "fix the file",
             )

@@ -381,11 +381,10 @@ class TableRead:
         for record in records:
             found = lone_surrogate(record)
             if found is not None:
-                path, text = found
                 key = self._key_text(record) if isinstance(record, dict) else "?"
                 raise TerminalError(
-                    f"{self.where}: page {n} ({self._shown(url)}): record {key} field {path} "
-                    f"holds {text!r}, text with a lone UTF-16 surrogate, which is not a "
+                    f"{self.where}: page {n} ({self._shown(url)}): record {key}: {found}, "
+                    "text with a lone UTF-16 surrogate, which is not a "
                     "Unicode character and which staging (UTF-8) cannot keep; fix the value "
                     "at the API; nothing of the read is published"
                 )
