@@ -81,33 +81,33 @@ def _check_soft_delete_text(
     staged: list[str],
     where: str,
     params: list[Any],
+    job: str,
 ) -> None:
-    """ConfigError naming the key when a row of the cut (``where``) holds empty text (or
-    only spaces) in a soft-delete column staged as text: it is set (not NULL), so the row
-    was published as a delete, though an application writing ``''`` for "not deleted" means
-    a live row (a fresh-user trial). Which it is, only the source can say; nothing of the
-    table is published. Costs one pass over the cut's rows, not the table."""
-    from deltaferry.errors import ConfigError
+    """ContractViolation (the table stops, the job's other tables go on) naming how many rows
+    and a key when rows of the cut (``where``) hold empty or blank text in a soft-delete
+    column staged as text: it is set (not NULL), so such a row was published as a delete,
+    though an application writing ``''`` for "not deleted" means a live row (a fresh-user
+    trial). Which it is, only the source can say; nothing of the table is published. Costs
+    one pass over the cut's rows, not the table."""
+    from deltaferry.errors import ContractViolation
 
     soft = t.soft_delete_column
     if soft is None or soft not in staged:
         return
     if duck.column_types(con, t.name, STAGING_DATASET).get(soft, "") != "VARCHAR":
         return
-    keys = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
-    row = duck.fetch_one(
-        con,
-        f"SELECT {keys} FROM {STAGING_DATASET}.{ident(t.name)} s "
-        f"WHERE ({where}) AND trim(s.{ident(soft)}) = '' LIMIT 1",
-        params,
-    )
-    if row is not None:
-        key = key_json(t, dict(zip(t.primary_key, row, strict=True)))
-        raise ConfigError(
-            f"table '{t.name}': the soft-delete column {soft} holds empty text at key {key}: "
-            "a row with the column set (not NULL) is a delete, and '' may mean a live row; "
-            "nothing of the table published. Store NULL for live rows, or sync a view with "
-            f"NULLIF(trim({soft}), '') AS {soft}"
+    blank = f"FROM {STAGING_DATASET}.{ident(t.name)} s WHERE ({where}) AND trim(s.{ident(soft)}) = ''"
+    (count,) = duck.fetch_row(con, f"SELECT count(*) {blank}", params)
+    if count:
+        cols = ", ".join(f"s.{ident(c)}" for c in t.primary_key)
+        first = duck.fetch_row(con, f"SELECT {cols} {blank} ORDER BY {cols} LIMIT 1", params)
+        key = key_json(t, dict(zip(t.primary_key, first, strict=True)))
+        raise ContractViolation(
+            f"job '{job}' table '{t.name}': the soft-delete column {soft} holds empty or blank "
+            f"text in {count} changed row(s), e.g. at key {key}: a row with the column set "
+            "(not NULL) is a delete, and '' may mean a live row; nothing of this table "
+            "published, the job's other tables go on. Store NULL for live rows, or sync a "
+            f"view with NULLIF(trim({soft}), '') AS {soft}"
         )
 
 
@@ -280,11 +280,13 @@ def read_changes(
     released: pa.Table | None = None,
     keys: KeyRange = KeyRange(),
     limit: int | None = None,
+    job: str = "",
 ) -> Changes | None:
     """Staged rows last changed by one of ``load_ids`` (and the held rows ``released``
     names), of the keys in ``keys`` (see ``cut_where``), ordered by primary key, with
     ``_op``, as consecutive tables of exactly ``chunk_rows`` rows (the last may be
     shorter); at most ``limit`` rows (``Changes.through`` then says where they stopped).
+    ``job`` names the job in a refusal.
 
     Streaming keeps memory bounded by the chunk, not the batch. The connection must stay
     open while the iterator is consumed.
@@ -303,7 +305,7 @@ def read_changes(
     select = ", ".join(ident(c) for c in data_cols)
     order = ", ".join(ident(c) for c in t.primary_key)
     where, params = cut_where(con, t, load_ids, released, keys)
-    _check_soft_delete_text(con, t, cols, where, params)
+    _check_soft_delete_text(con, t, cols, where, params, job)
     if limit is not None and (keys.columns or tuple(t.primary_key)) == tuple(t.primary_key):
         # The range is first ended at the key one row past the limit, found on the key
         # columns alone; the rows are then read with that end as a filter. The same rows

@@ -219,7 +219,9 @@ def staged_changes(
         if load_ids is None:
             drift = plan_drift(ctx, t, con, cut_where(con, t, ids, released, keys))
         exclude = frozenset(drift.excluded) if drift else frozenset()
-        changes = read_changes(con, t, ids, chunk_rows, exclude, released, keys, limit)
+        changes = read_changes(
+            con, t, ids, chunk_rows, exclude, released, keys, limit, job=ctx.job.name
+        )
         try:
             yield ids, changes, drift
         finally:

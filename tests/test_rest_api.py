@@ -577,18 +577,18 @@ def test_empty_text_in_a_soft_delete_field_is_refused_not_read_as_a_delete(items
     applications that never write NULL do) published those records as deletes, exit 0: the
     replica lost them. The table stops naming the key, nothing uploaded; once live records
     hold null, only the deleted one is gone."""
-    from deltaferry.errors import ConfigError
+    from deltaferry.errors import ContractViolation
     from destinations.lake import open_lake
 
     for i, item in api.items.items():
-        item["deleted"] = "by admin" if i == 3 else ""
+        item["deleted"] = "by admin" if i == 3 else ("  " if i == 5 else "")
     items_job.write_items(job_extra='drift = "evolve"', table_extra='deletes = "soft:deleted"')
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ContractViolation) as err:  # the table stops, not the job
         items_job.sync()
     message = str(err.value)
-    assert "table 'items': the soft-delete column deleted holds empty text at key {\"id\": 1}" \
-        in message, message
-    assert "nothing of the table published" in message and "\n" not in message, message
+    assert "job 'api' table 'items': the soft-delete column deleted holds empty or blank text " \
+        "in 9 changed row(s), e.g. at key {\"id\": 1}" in message, message
+    assert "nothing of this table published" in message and "\n" not in message, message
     assert open_lake(items_job.lake_url).list("api/items/") == []
     for i, item in api.items.items():
         item["deleted"] = "by admin" if i == 3 else None

@@ -209,7 +209,7 @@ class TimeText(sa.types.TypeDecorator):
         except (ValueError, OverflowError):  # Overflow: year 1 or 9999 moved by a zone
             form = {
                 "timestamp": "timestamp (ISO-8601, at most microseconds)",
-                "time": "time of day (HH:MM[:SS[.ffffff]], at most microseconds, no offset)",
+                "time": "time of day (HH:MM[:SS[.ffffff]], at most microseconds, no offset but Z or +00:00)",
             }.get(self.kind, "date")
             as_text = f'column_types = {{ {self.column} = "text" }}'
             fix = (
