@@ -74,6 +74,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
     with staged_changes(ctx, t, None, ctx.job.rows_per_file) as (load_ids, chunks, drift):
         if not load_ids and not ctx.released.get(t.name):
             return None, False
+        _refuse_contract_changed_in_place(ctx, t)
         if len(ctx.chains[t.name].versions) > 1:
             negotiate(ctx, t)
         try:
@@ -254,4 +255,27 @@ def make_manifest(
             if refused is not None and refused[0] < c.version
             else None
         ),
+    )
+
+
+def _refuse_contract_changed_in_place(ctx: SyncContext, t: TableConfig) -> None:
+    """ContractViolation (the table stops, the job's other tables go on) when the version
+    this producer last published the table at is now another contract under the same
+    number (its code edited in place, ``__version__`` kept): publishing would give the lake
+    two different contracts under one version, and every reader would stop at the new
+    batch ("one version number names two different contracts", a fresh-user trial)."""
+    last = ctx.state.last_manifest(t.name)
+    chain = ctx.chains.get(t.name)
+    if last is None or chain is None or last.contract.version not in chain.models:
+        return
+    ours = chain.contract(last.contract.version)
+    if ours.fingerprint == last.contract.fingerprint:
+        return
+    raise ContractViolation(
+        f"job '{ctx.job.name}' table '{t.name}': contract {ours.ref} v{last.contract.version} "
+        f"is not the v{last.contract.version} batch {last.batch} was published at (fingerprint "
+        f"{last.contract.fingerprint[:16]}, now {ours.fingerprint[:16]}): it was edited in "
+        "place. Give the changed contract a new version (__version__ = "
+        f"{chain.latest + 1}, with its migration) or undo the edit; nothing of this table "
+        "published, the job's other tables go on"
     )

@@ -652,3 +652,48 @@ def test_a_column_the_contract_does_not_type_retyped_is_drift_too(tmp_path, home
     assert job.sync()["tables"]["t"]["rows"] == 1
     job.pull()
     assert job.replica_rows("id, n") == [(1, 40), (2, 20)]
+
+
+def test_a_contract_edited_in_place_stops_its_table_before_publishing(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A contract's code changed with its ``__version__`` kept: the producer published the
+    next batch under the same version with another fingerprint, and every reader then
+    stopped at it ("one version number names two different contracts"), a fresh replica
+    included (a fresh-user trial). The table stops before anything is published, naming
+    both fingerprints and the fix; the edit undone, the next run publishes."""
+    import importlib
+    import sys
+
+    from deltaferry.errors import ContractViolation
+
+    job = Job(tmp_path, monkeypatch, LOOSE)
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 1, '2026-01-01 00:00:01');"
+    )
+    job.sync()
+    edited = LOOSE.replace("pa.Field(unique=True)", "pa.Field(unique=True, ge=0)")
+    assert edited != LOOSE
+
+    def contract(body: str) -> None:
+        job.path.write_text(HEADER + body)
+        sys.modules.pop(job.module, None)
+        importlib.invalidate_caches()
+
+    contract(edited)
+    job.sql("INSERT INTO t VALUES (2, 2, '2026-01-01 00:00:02');")
+    with pytest.raises(ContractViolation) as e:
+        job.sync()
+    message = str(e.value)
+    assert message.startswith(
+        f"job 'j' table 't': contract {job.module}:Loose v1 is not the v1 batch 1 was "
+        "published at (fingerprint "
+    ), message
+    assert "edited in place. Give the changed contract a new version (__version__ = 2" in message
+    assert len(list((tmp_path / "lake").rglob("manifests/*.json"))) == 1
+    contract(LOOSE)
+    job.sync()
+    job.pull()
+    assert job.replica_rows("id, n") == [(1, 1), (2, 2)]
