@@ -173,9 +173,8 @@ class Contract:
             and col.dtype.scale is not None
         }
 
-    def date_columns(self) -> list[str]:
-        """Columns declared as pandera's ``Date`` (``arrow_types`` leaves them out: pandas
-        keeps dates as objects; staged, they are ``date32``)."""
+    def _date_columns(self) -> list[str]:
+        """Columns declared as pandera's ``Date``."""
         if self._dates is None:
             from pandera.engines import pandas_engine
 
@@ -215,6 +214,13 @@ class Contract:
             self._arrow_types = types
         return self._arrow_types
 
+    def staged_types(self) -> dict[str, Any]:
+        """``arrow_types`` and the ``Date`` columns as ``date32``: the Arrow type each
+        column is staged as, for a column to be made of NULLs or a file's column to be cast
+        to (pandas keeps dates as objects, so ``arrow_types`` leaves them out, and a
+        missing optional date column failed validation on every run)."""
+        return dict.fromkeys(self._date_columns(), pa_.date32()) | self.arrow_types()
+
     def validate(self, df: pd.DataFrame) -> ValidationResult:
         """Validate lazily; every failure is kept. Schema-level failures fail every row.
 
@@ -224,7 +230,7 @@ class Contract:
         would fail although they are exact dates."""
         frame = df.reset_index(drop=True)
         schema = self.schema
-        as_dates = [c for c in self.date_columns() if c in frame and _all_dates(frame[c])]
+        as_dates = [c for c in self._date_columns() if c in frame and _all_dates(frame[c])]
         if as_dates and schema.coerce:
             schema = schema.update_columns(
                 {c: {"coerce": c not in as_dates} for c in schema.columns}

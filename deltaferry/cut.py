@@ -55,17 +55,22 @@ def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
 _FLAG_TYPES = ("BOOLEAN", *duck._INTEGERS, *duck._UNSIGNED)  # noqa: SLF001 - duck's type families
 
 
-def _check_soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, staged: list[str]) -> None:
-    """ConfigError when the soft-delete column is staged as a boolean or an integer (a
-    REST or file field ``deleted: false``, a 0/1 flag): a row with the column set (not
-    NULL) is a delete, so every live row would be published as one (a fresh-user trial).
-    SQL sources refuse such a column before reading (``sources.sql_database.types``)."""
+def _soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, staged: list[str]) -> str:
+    """The DuckDB type the table's soft-delete column is staged as ("" when there is none)."""
+    soft = t.soft_delete_column
+    if soft is None or soft not in staged:
+        return ""
+    return duck.column_types(con, t.name, STAGING_DATASET).get(soft, "")
+
+
+def _check_soft_delete_type(t: TableConfig, kind: str) -> None:
+    """ConfigError when the soft-delete column is staged (``kind``) as a boolean or an
+    integer (a REST or file field ``deleted: false``, a 0/1 flag): a row with the column set
+    (not NULL) is a delete, so every live row would be published as one (a fresh-user
+    trial). SQL sources refuse such a column before reading (``sources.sql_database.types``)."""
     from deltaferry.errors import ConfigError
 
     soft = t.soft_delete_column
-    if soft is None or soft not in staged:
-        return
-    kind = duck.column_types(con, t.name, STAGING_DATASET).get(soft, "")
     if kind in _FLAG_TYPES:
         raise ConfigError(
             f"table '{t.name}': deletes = 'soft:{soft}' names a column staged as {kind}, but a "
@@ -76,26 +81,17 @@ def _check_soft_delete_type(con: duckdb.DuckDBPyConnection, t: TableConfig, stag
 
 
 def _check_soft_delete_text(
-    con: duckdb.DuckDBPyConnection,
-    t: TableConfig,
-    staged: list[str],
-    where: str,
-    params: list[Any],
-    job: str,
+    con: duckdb.DuckDBPyConnection, t: TableConfig, where: str, params: list[Any], job: str
 ) -> None:
     """ContractViolation (the table stops, the job's other tables go on) naming how many rows
-    and a key when rows of the cut (``where``) hold empty or blank text in a soft-delete
-    column staged as text: it is set (not NULL), so such a row was published as a delete,
+    and a key when rows of the cut (``where``) hold empty or blank text in the soft-delete
+    column (staged as text): it is set (not NULL), so such a row was published as a delete,
     though an application writing ``''`` for "not deleted" means a live row (a fresh-user
     trial). Which it is, only the source can say; nothing of the table is published. Costs
     one pass over the cut's rows, not the table."""
     from deltaferry.errors import ContractViolation
 
-    soft = t.soft_delete_column
-    if soft is None or soft not in staged:
-        return
-    if duck.column_types(con, t.name, STAGING_DATASET).get(soft, "") != "VARCHAR":
-        return
+    soft = str(t.soft_delete_column)
     blank = f"FROM {STAGING_DATASET}.{ident(t.name)} s WHERE ({where}) AND trim(s.{ident(soft)}) = ''"
     (count,) = duck.fetch_row(con, f"SELECT count(*) {blank}", params)
     if count:
@@ -295,7 +291,8 @@ def read_changes(
     if not cols:
         return None
     data_cols = [c for c in cols if c not in INTERNAL_COLUMNS and c not in exclude]
-    _check_soft_delete_type(con, t, cols)
+    soft_type = _soft_delete_type(con, t, cols)
+    _check_soft_delete_type(t, soft_type)
     deleted = delete_conditions(t, cols)
     op = (
         f"CASE WHEN {' OR '.join(deleted)} THEN 'delete' ELSE 'upsert' END"
@@ -305,7 +302,8 @@ def read_changes(
     select = ", ".join(ident(c) for c in data_cols)
     order = ", ".join(ident(c) for c in t.primary_key)
     where, params = cut_where(con, t, load_ids, released, keys)
-    _check_soft_delete_text(con, t, cols, where, params, job)
+    if soft_type == "VARCHAR":
+        _check_soft_delete_text(con, t, where, params, job)
     if limit is not None and (keys.columns or tuple(t.primary_key)) == tuple(t.primary_key):
         # The range is first ended at the key one row past the limit, found on the key
         # columns alone; the rows are then read with that end as a filter. The same rows

@@ -275,9 +275,8 @@ def _add_null_columns(contract: Contract, changes: pa.Table) -> pa.Table:
     """Nullable contract columns the chunk lacks, added as NULLs of the contract's type: a
     source that never sent a value for a column (an API field that was null in every record
     so far: dlt creates no column for it; a file that leaves out an optional column)
-    publishes NULL there, as the contract allows. A ``Date`` column is ``date32`` (it was
-    left out, and the table failed validation as a missing column on every run)."""
-    types = dict.fromkeys(contract.date_columns(), pa.date32()) | contract.arrow_types()
+    publishes NULL there, as the contract allows (``Contract.staged_types``)."""
+    types = contract.staged_types()
     for name in contract.columns:
         column = contract.schema.columns[name]
         if name in changes.column_names or not column.nullable or name not in types:

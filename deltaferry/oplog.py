@@ -13,6 +13,7 @@ from typing import Any
 
 from deltaferry.duck import fetch_one
 from deltaferry.statedb import StoreBase, now
+from sources.text import printable  # a source's text quoted in a message: a lone surrogate
 
 
 def _entry_hash(prev: str | None, fields: list[Any]) -> str:
@@ -101,7 +102,7 @@ class OplogMixin(StoreBase):
                     e.attempt,
                     e.outcome,
                     e.duration_ms,
-                    printable(e.detail),
+                    None if e.detail is None else printable(e.detail),
                 ]
                 digest = _entry_hash(prev, fields)
                 rows.append([*fields, prev, digest])
@@ -123,13 +124,5 @@ class OplogMixin(StoreBase):
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET finished_at = ?, outcome = ?, detail = ? WHERE run_id = ?",
-                [now(), outcome, printable(detail), run_id],
+                [now(), outcome, None if detail is None else printable(detail), run_id],
             )
-
-
-def printable(text: str | None) -> str | None:
-    """``text`` as valid UTF-8, a lone UTF-16 surrogate written as its escape (``\\ud800``):
-    a message quoting a source's text must still reach the log (DuckDB refuses such text)."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")

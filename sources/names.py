@@ -134,8 +134,11 @@ def check_columns(
 
     found = column_problem(columns, convention, staged, job, table)
     if found:
-        problem, fix = found
-        raise ConfigError(f"job '{job}' table '{table}': source {problem}; {fix}")
+        raise ConfigError(_refusal(job, table, *found))
+
+
+def _refusal(job: str, table: str, problem: str, fix: str) -> str:
+    return f"job '{job}' table '{table}': source {problem}; {fix}"
 
 
 def cursor_path(name: str) -> str:
@@ -171,15 +174,14 @@ class RecordNames:
         self._known: dict[str, str] = {n.casefold(): n for n in staged}
 
     def _check(self, keys: list[str]) -> None:
-        """``check_columns``'s refusal as a ``TerminalError``: the source's data, not the
+        """``check_columns``'s refusal, as a ``TerminalError``: the source's data, not the
         job's settings, is at fault, and raised in one table's read it stops that table
         only (``sources.load.table_error``), not the job's other tables."""
-        from deltaferry.errors import ConfigError, TerminalError
+        from deltaferry.errors import TerminalError
 
-        try:
-            check_columns(self.job, self.table, keys, self.convention, self._known.values())
-        except ConfigError as e:
-            raise TerminalError(str(e)) from None
+        found = column_problem(keys, self.convention, self._known.values(), self.job, self.table)
+        if found:
+            raise TerminalError(_refusal(self.job, self.table, *found))
 
     def __call__(self, item: Any) -> Any:
         for row in item if isinstance(item, list) else [item]:

@@ -11,12 +11,12 @@ def lone_surrogate(value: Any, path: str = "") -> str | None:
     ``the field name '\\udbff' (in 'doc')``); None when it holds none. Printable: a
     surrogate is written as its escape."""
     if isinstance(value, str):
-        return None if _valid(value) else f"field '{_printable(path)}' holds {value!r}"
+        return None if _valid(value) else f"field '{printable(path)}' holds {value!r}"
     if isinstance(value, dict):
         for k, v in value.items():
             name = str(k)
             if not _valid(name):
-                where = f" (in '{_printable(path)}')" if path else ""
+                where = f" (in '{printable(path)}')" if path else ""
                 return f"the field name {name!r}{where}"
             found = lone_surrogate(v, f"{path}.{name}" if path else name)
             if found is not None:
@@ -37,5 +37,8 @@ def _valid(text: str) -> bool:
     return True
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8, a lone UTF-16 surrogate written as its escape (``\\ud800``):
+    a message quoting a source's text must still reach a terminal, a log or DuckDB (which
+    refuses such text)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

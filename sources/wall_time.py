@@ -60,14 +60,15 @@ def assume_zone(values: Any, zone: str) -> tuple[Any, dict[str, int]]:
     return late, ({REPEATED: twice} if twice else {})
 
 
-_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# ticks of an Arrow time unit in a second
+PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def _by_value(values: Any, zone: str) -> tuple[Any, dict[str, int]]:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     unit = values.type.unit
-    per = _PER_SECOND[unit]
+    per = PER_SECOND[unit]
     tz = ZoneInfo(zone)
     epoch = dt.datetime(1970, 1, 1)
     counts: dict[str, int] = {}

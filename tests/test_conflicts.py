@@ -1022,3 +1022,18 @@ class Pinned(pandera.DataFrameModel):
     class Config:
         strict = True
         coerce = True
+
+
+def test_a_column_respelled_in_case_keeps_its_values_in_a_merged_replica() -> None:
+    """A producer's batches spell a column ``name``, later ones ``Name`` (the source renamed
+    it in case and the table was staged anew): DuckDB does not tell the two apart, and
+    adding ``Name`` failed every pull of a multi-producer replica. The replica's table and
+    its versions table take the new spelling; the older rows keep their values."""
+    con = duckdb.connect()
+    con.execute(merge_tables.META)
+    merge.apply_batch(con, SHAPE, "north", 1, 10, _batch([(1, "upsert", "n1")], 1))
+    respelled = _batch([(2, "upsert", "n2")], 2).rename_columns(["id", "Name", "_op", "_seq"])
+    merge.apply_batch(con, SHAPE, "north", 2, 20, respelled)
+    assert con.execute("SELECT id, Name FROM items ORDER BY id").fetchall() == [(1, "n1"), (2, "n2")]
+    for table in ("items", merge_tables.versions_table("items")):
+        assert "Name" in duck.columns(con, table) and "name" not in duck.columns(con, table)

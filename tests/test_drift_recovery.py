@@ -46,10 +46,14 @@ class Job:
         )
 
     def add(self, body: str) -> None:
+        self.replace(self.path.read_text() + body)
+
+    def replace(self, text: str) -> None:
+        """The contracts module's text is now ``text`` (read again on the next import)."""
         import importlib
         import sys
 
-        self.path.write_text(self.path.read_text() + body)
+        self.path.write_text(text)
         sys.modules.pop(self.module, None)
         importlib.invalidate_caches()
 
@@ -662,9 +666,6 @@ def test_a_contract_edited_in_place_stops_its_table_before_publishing(
     stopped at it ("one version number names two different contracts"), a fresh replica
     included (a fresh-user trial). The table stops before anything is published, naming
     both fingerprints and the fix; the edit undone, the next run publishes."""
-    import importlib
-    import sys
-
     from deltaferry.errors import ContractViolation
 
     job = Job(tmp_path, monkeypatch, LOOSE)
@@ -676,13 +677,7 @@ def test_a_contract_edited_in_place_stops_its_table_before_publishing(
     job.sync()
     edited = LOOSE.replace("pa.Field(unique=True)", "pa.Field(unique=True, ge=0)")
     assert edited != LOOSE
-
-    def contract(body: str) -> None:
-        job.path.write_text(HEADER + body)
-        sys.modules.pop(job.module, None)
-        importlib.invalidate_caches()
-
-    contract(edited)
+    job.replace(HEADER + edited)
     job.sql("INSERT INTO t VALUES (2, 2, '2026-01-01 00:00:02');")
     with pytest.raises(ContractViolation) as e:
         job.sync()
@@ -693,7 +688,7 @@ def test_a_contract_edited_in_place_stops_its_table_before_publishing(
     ), message
     assert "edited in place. Give the changed contract a new version (__version__ = 2" in message
     assert len(list((tmp_path / "lake").rglob("manifests/*.json"))) == 1
-    contract(LOOSE)
+    job.replace(HEADER + LOOSE)
     job.sync()
     job.pull()
     assert job.replica_rows("id, n") == [(1, 1), (2, 2)]

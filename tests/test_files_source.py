@@ -1223,3 +1223,27 @@ def test_a_date_column_written_as_dates_timestamps_and_text_in_one_run_is_read_a
     assert drops_job.q("SELECT id, day FROM dated ORDER BY id") == [(i, day) for i in (1, 2, 3, 4)]
     (reason,) = [r for _, r in drops_job.skipped()]
     assert "file dated/5.parquet set aside: column day cannot be read as date32" in reason, reason
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_naive_time_the_jobs_zone_moves_before_year_1_sets_its_file_aside(fmt):
+    """0001-01-01 00:30 in Berlin is an instant before year 1 in UTC: read into a zoned
+    contract column (a naive Parquet time, or CSV text without an offset) it became an
+    instant Arrow holds and staging and the replica do not. The file is set aside."""
+    from deltaferry.config import TableConfig
+    from sources.files import SetAside, contract_types, read_table
+
+    t = TableConfig("dated", ("id",), None, "none", "tests.support.contracts_files:Dated")
+    if fmt == "parquet":
+        raw = _parquet(id=pa.array([1]), at=pa.array([dt.datetime(1, 1, 1, 0, 30)], pa.timestamp("us")))
+    else:
+        raw = b"id,at\n1,0001-01-01 00:30:00\n"
+    with pytest.raises(SetAside) as e:
+        read_table(raw, fmt, t, contract_types(t, "here"), "Europe/Berlin")
+    assert e.value.problem == (
+        "column at holds a naive time that is no instant in the job's timezone Europe/Berlin "
+        "(out of range)"
+    )
+    at_one = b"id,at\n1,0001-01-01 01:30:00\n"  # 00:36:32 UTC (Berlin's local mean time): kept
+    table = read_table(at_one, "csv", t, contract_types(t, "here"), "Europe/Berlin")
+    assert table is not None and table["at"][0].as_py().year == 1

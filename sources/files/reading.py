@@ -29,7 +29,7 @@ from sources.files.settings import (
     DEFAULT_ENCODING,
     EXTENSIONS,
 )
-from sources.wall_time import ZoneShifts, assume_zone
+from sources.wall_time import PER_SECOND, ZoneShifts, assume_zone
 
 # --- reading one file --------------------------------------------------------------------
 
@@ -95,9 +95,6 @@ def read_table(
     return _stageable(_conform(table, types, zone, shifts), types, zone, shifts)
 
 
-# 0001-01-01T00:00:00 UTC in each unit since the epoch: the first instant staging holds
-_YEAR_1 = {unit: -62135596800 * per for unit, per in (("s", 1), ("ms", 10**3), ("us", 10**6), ("ns", 10**9))}
-
 # the widest decimal staging (DuckDB's DECIMAL) holds
 MAX_DECIMAL_DIGITS = 38
 INT64_MAX = 2**63 - 1
@@ -124,16 +121,10 @@ def _stageable(
             continue
         col = table.column(i)
         if pa.types.is_timestamp(field.type) and field.type.tz is None and zone != "UTC":
-            zoned, shifted = assume_zone(col, zone)  # wall_time.py's rule
-            first = pc.min(zoned.cast(pa.int64())).as_py()
-            if first is not None and first < _YEAR_1[field.type.unit]:
-                raise SetAside(
-                    f"column {field.name} holds a naive time that is no instant in the job's "
-                    f"timezone {zone} (out of range)",
-                    "fix the values, or the job's timezone",
-                )
-            if shifts is not None:
-                shifts.add_all(field.name, shifted)
+            try:
+                zoned = _in_zone(col, zone, shifts, field.name)
+            except OverflowError:
+                raise _out_of_range(field.name, zone) from None
             table = table.set_column(i, field.name, zoned.cast(field.type))
         elif isinstance(field.type, pa.Decimal256Type):
             if field.type.precision > MAX_DECIMAL_DIGITS:
@@ -325,11 +316,8 @@ def _conform(
             elif pa.types.is_timestamp(target) and pa.types.is_string(col.type):
                 cast = _naive_from_text(col, target)
             elif pa.types.is_timestamp(target) and target.tz and _naive_time(col.type):
-                cast = cast_exact(col, pa.timestamp(target.unit))
-                cast, shifted = assume_zone(cast, zone)  # wall_time.py's rule
-                cast = cast.cast(target)
-                if shifts is not None:
-                    shifts.add_all(name, shifted)
+                naive = cast_exact(col, pa.timestamp(target.unit))
+                cast = _in_zone(naive, zone, shifts, name).cast(target)
             else:
                 cast = cast_exact(col, target)
         except InexactCast as e:
@@ -344,13 +332,38 @@ def _conform(
                 "fix the values, or the contract",
             ) from None
         except OverflowError:  # a naive time the zone moves out of the years there are
-            raise SetAside(
-                f"column {name} holds a naive time that is no instant in the job's timezone "
-                f"{zone} (out of range)",
-                "fix the values, or the job's timezone",
-            ) from None
+            raise _out_of_range(name, zone) from None
         table = table.set_column(i, name, cast)
     return table
+
+
+# the first and the last instant staging holds (0001-01-01 and 10000-01-01 UTC), in
+# seconds since 1970
+_FIRST_SECOND, _END_SECOND = -62135596800, 253402300800
+
+
+def _in_zone(naive: Any, zone: str, shifts: ZoneShifts | None, name: str) -> Any:
+    """Naive timestamps as instants in ``zone`` (``sources/wall_time.py``'s rule; the wall
+    times its clock shows twice or never are counted in ``shifts`` for column ``name``).
+    Raises OverflowError when one falls outside years 1-9999 in UTC (0001-01-01 00:30 in
+    Berlin): Arrow holds such an instant, staging and the replica do not."""
+    zoned, shifted = assume_zone(naive, zone)
+    ticks = zoned.cast(pa.int64())
+    per = PER_SECOND[zoned.type.unit]
+    low, high = pc.min(ticks).as_py(), pc.max(ticks).as_py()
+    if low is not None and (low < _FIRST_SECOND * per or high >= _END_SECOND * per):
+        raise OverflowError(f"a naive time in column {name} is no instant in {zone}")
+    if shifts is not None:
+        shifts.add_all(name, shifted)
+    return zoned
+
+
+def _out_of_range(name: str, zone: str) -> SetAside:
+    return SetAside(
+        f"column {name} holds a naive time that is no instant in the job's timezone {zone} "
+        "(out of range)",
+        "fix the values, or the job's timezone",
+    )
 
 
 def _naive_time(t: pa.DataType) -> bool:
@@ -366,6 +379,8 @@ def _first_unzoned(col: Any, target: pa.TimestampType, zone: str = "UTC") -> str
             _zoned_from_text(col.slice(i, 1), target, zone)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return f" (row {i + 1}: {col[i].as_py()!r})"
+        except OverflowError:  # a time, out of range: not the one looked for
+            continue
     return ""
 
 
@@ -392,10 +407,7 @@ def _zoned_from_text(
     zoned = pc.match_substring_regex(col, _ZONED_TEXT)
     with_zone = pc.cast(pc.if_else(zoned, col, pa.scalar(None, pa.string())), target)
     naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), col), pa.timestamp(target.unit))
-    as_utc, shifted = assume_zone(naive, zone)  # clock changes: wall_time.py's rule
-    if shifts is not None:
-        shifts.add_all(name, shifted)
-    return pc.coalesce(with_zone, as_utc.cast(target))
+    return pc.coalesce(with_zone, _in_zone(naive, zone, shifts, name).cast(target))
 
 
 _KINDS = (
@@ -479,11 +491,10 @@ def _microseconds(table: pa.Table) -> pa.Table:
         if pa.types.is_timestamp(field.type):
             target: pa.DataType = pa.timestamp("us", field.type.tz)
         elif pa.types.is_time(field.type):
+            _check_time_of_day(table.column(i), field)
             target = pa.time64("us")
         else:
             continue
-        if pa.types.is_time(field.type):
-            _check_time_of_day(table.column(i), field)
         if field.type == target:
             continue
         try:
@@ -502,10 +513,10 @@ def _check_time_of_day(col: Any, field: pa.Field) -> None:
     """SetAside when a time-of-day column holds a value outside 00:00 to 24:00 (Parquet
     stores a count since midnight, which a writer can make anything): it failed the
     contract's validation with a bare "hour must be in 0..23"."""
-    per_day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
     width = pa.int32() if pa.types.is_time32(field.type) else pa.int64()
     ticks = col.cast(width).cast(pa.int64())
-    bad = pc.or_(pc.less(ticks, 0), pc.greater_equal(ticks, per_day[field.type.unit]))
+    day = 86_400 * PER_SECOND[field.type.unit]
+    bad = pc.or_(pc.less(ticks, 0), pc.greater_equal(ticks, day))
     bad = pc.fill_null(bad, False)
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
@@ -520,8 +531,7 @@ def contract_types(t: TableConfig, where: str) -> dict[str, pa.DataType]:
     """The contract's Arrow types, as staged (a ``Date`` column as ``date32``: files of one
     run holding it as a date and as a timestamp failed dlt's load of the whole job). A
     decimal wider than the 38 digits staging (DuckDB) holds is a ConfigError."""
-    contract = load_contract(t.contract, where=where)
-    types = dict.fromkeys(contract.date_columns(), pa.date32()) | contract.arrow_types()
+    types = load_contract(t.contract, where=where).staged_types()
     for n, ty in types.items():
         if pa.types.is_decimal(ty) and ty.precision > 38:
             raise ConfigError(
