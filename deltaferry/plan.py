@@ -261,21 +261,41 @@ def make_manifest(
 def _refuse_contract_changed_in_place(ctx: SyncContext, t: TableConfig) -> None:
     """ContractViolation (the table stops, the job's other tables go on) when the version
     this producer last published the table at is now another contract under the same
-    number (its code edited in place, ``__version__`` kept): publishing would give the lake
+    number: its code edited in place (``__version__`` kept), or the jobs file naming
+    another contract whose version of that number differs. Publishing would give the lake
     two different contracts under one version, and every reader would stop at the new
-    batch ("one version number names two different contracts", a fresh-user trial)."""
+    batch, or (a fresh reader, with the new contract) at the old ones ("one version number
+    names two different contracts", fresh-user trials). The fingerprint does not depend on
+    the contract's name: a contract moved or renamed, or a chain whose version of that
+    number is the published one, goes on."""
     last = ctx.state.last_manifest(t.name)
     chain = ctx.chains.get(t.name)
     if last is None or chain is None or last.contract.version not in chain.models:
         return
-    ours = chain.contract(last.contract.version)
-    if ours.fingerprint == last.contract.fingerprint or ours.ref != last.contract.ref:
-        return  # (another contract named in the jobs file is not an edit in place)
+    version = last.contract.version
+    ours = chain.contract(version)
+    if ours.fingerprint == last.contract.fingerprint:
+        return
+    published = (
+        f"batch {last.batch} was published at (fingerprint {last.contract.fingerprint[:16]}, "
+        f"now {ours.fingerprint[:16]})"
+    )
+    theirs = last.contract.ref.split("@")[0]
+    if ours.ref.split("@")[0] == theirs:
+        what = (
+            f"contract {ours.ref} v{version} is not the v{version} {published}: it was edited "
+            f"in place. Give the changed contract a new version (__version__ = "
+            f"{chain.latest + 1}, with its migration) or undo the edit"
+        )
+    else:
+        what = (
+            f"the jobs file names contract {chain.ref}, whose v{version} is not the contract "
+            f"{last.contract.ref} v{version} {published}. Make the new contract the next "
+            "version of a chain that starts with the published one (Chain("
+            f"{theirs.split(':')[-1]}, New) with New.__version__ = {version + 1} and its "
+            f"upgrade), or name {theirs} again"
+        )
     raise ContractViolation(
-        f"job '{ctx.job.name}' table '{t.name}': contract {ours.ref} v{last.contract.version} "
-        f"is not the v{last.contract.version} batch {last.batch} was published at (fingerprint "
-        f"{last.contract.fingerprint[:16]}, now {ours.fingerprint[:16]}): it was edited in "
-        "place. Give the changed contract a new version (__version__ = "
-        f"{chain.latest + 1}, with its migration) or undo the edit; nothing of this table "
-        "published, the job's other tables go on"
+        f"job '{ctx.job.name}' table '{t.name}': {what}; nothing of this table published, the "
+        "job's other tables go on"
     )

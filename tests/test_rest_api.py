@@ -895,20 +895,35 @@ def test_a_decimal_column_staged_before_keeps_its_staged_type_and_the_run_goes_o
     """Upgrade path: a contract Decimal column already staged as DOUBLE (an older
     deltaferry, or a contract that did not type it) keeps DOUBLE and the run goes on (no
     failure, no variant column); the values go in as doubles until ``reset``, as the
-    README says."""
+    README says. The typed contract comes as the next version of a chain that starts with
+    the published one: naming another contract at the published version is refused (every
+    reader would stop at one of the two)."""
     from deltaferry.config import load_job
+    from deltaferry.errors import ContractViolation
     from sources.staging import staged_types, staging_path
     from tests.support.api_server import Raw
 
-    untyped = MEASURES_JOB.replace("tests.support.contracts_api:Measures", "tests.support.contracts_files:Loose")
+    def write(contract: str) -> None:
+        text = MEASURES_JOB.replace("tests.support.contracts_api:Measures", contract)
+        measures_job.config.write_text(
+            text.format(url=api.url, lake=measures_job.lake_url, job_extra='drift = "evolve"', table_extra="")
+        )
+
     api.items.clear()
     api.items[1] = _measure(1, amount=Raw("1.5"))
-    measures_job.config.write_text(untyped.format(url=api.url, lake=measures_job.lake_url, job_extra='drift = "evolve"', table_extra=""))
+    write("tests.support.contracts_files:Loose")
     measures_job.sync()
-    measures_job.config.write_text(MEASURES_JOB.format(url=api.url, lake=measures_job.lake_url, job_extra='drift = "evolve"', table_extra=""))
     api.items[2] = _measure(2, amount=Raw("2.125"))
     api.items[2]["updated_at"] = _ts(9)
+    write("tests.support.contracts_api:Measures")
+    with pytest.raises(ContractViolation) as e:
+        measures_job.sync()
+    assert "names contract tests.support.contracts_api:Measures, whose v1 is not the contract tests.support.contracts_files:Loose v1 batch 1 was published at" in str(e.value)
+    assert "Chain(Loose, New) with New.__version__ = 2" in str(e.value)
+    write("tests.support.contracts_api:LooseThenMeasures")
     assert measures_job.sync()["tables"]["items"]["rows"] == 1
+    measures_job.pull()  # a reader of the chain takes batch 1 at v1 and batch 2 at v2
+    assert _rows(measures_job, "SELECT id, amount FROM items ORDER BY id") == [(1, 1.5), (2, 2.125)]
     job = load_job("api", measures_job.config)
     t = next(t for t in job.tables if t.name == "items")
     assert staged_types(t, staging_path("api"), None)["amount"] == "DOUBLE"

@@ -7,6 +7,9 @@ import pandera.pandas as pa
 from pandera.engines import pandas_engine
 from pandera.typing import Series
 
+from contracts import Chain
+from tests.support.contracts_files import Loose
+
 
 class Tickets(pa.DataFrameModel):
     id: Series[int] = pa.Field(ge=1)
@@ -61,3 +64,17 @@ class Measures(pa.DataFrameModel):
     class Config:
         strict = False
         coerce = True
+
+
+class MeasuresAfterLoose(Measures):
+    """``Measures`` as the version after ``contracts_files:Loose``: a table published under
+    the loose contract goes on under this chain (its v1 is the published contract)."""
+
+    __version__ = 2
+
+    @staticmethod
+    def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame
+
+
+LooseThenMeasures = Chain(Loose, MeasuresAfterLoose)
