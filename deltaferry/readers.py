@@ -318,7 +318,8 @@ class Reading:
         values; an upsert of a key it does not hold, lacking a value the contract requires
         (a required, non-nullable column), is left out of ``data`` (held back for this
         reader). Deletes pass unchanged. A lacking column the replica does not store either
-        is added as NULLs of the contract's Arrow type. Returns (data, caution extended with
+        is added as NULLs of the contract's Arrow type (``Contract.staged_types``: a ``Date``
+        column as ``date32``). Returns (data, caution extended with
         what was kept and what was held back, the number of rows held back)."""
         absent = [c for c in self.contract.columns if c not in data.column_names]
         if not absent:
@@ -331,7 +332,7 @@ class Reading:
         out, held, n_kept = data, data.slice(0, 0), 0
         if (fill or required) and data.num_rows:
             out, held, n_kept = self._fill(con, data, fill, required, joined)
-        types = self.contract.arrow_types()
+        types = self.contract.staged_types()
         for c in absent:  # the replica's table has every column of its contract
             if c not in out.column_names and c in types:
                 out = out.append_column(pa.field(c, types[c]), pa.nulls(out.num_rows, types[c]))

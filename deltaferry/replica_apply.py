@@ -32,12 +32,12 @@ def create_placeholder(
 ) -> None:
     """Create ``table`` empty, for a table the lake holds no batch of (an empty source
     table): a reader's query finds no rows rather than no table. Its columns are the
-    reader's ``contract``'s (``Contract.arrow_types``: a column whose type cannot be
-    derived, or that DuckDB has no type for, is left out) and ``extra`` ((name, DuckDB type) pairs, e.g. ``_seq BIGINT``).
+    reader's ``contract``'s (``Contract.staged_types``: a ``Date`` column is ``DATE``; a
+    column whose type cannot be derived, or that DuckDB has no type for, is left out) and ``extra`` ((name, DuckDB type) pairs, e.g. ``_seq BIGINT``).
     Marked by a table comment (``PLACEHOLDER``) so that the first batch applied replaces it
     (``replace_placeholder``) and the replica's columns are the lake's, as if no
     placeholder had been. In one transaction of its own."""
-    types = contract.arrow_types()
+    types = contract.staged_types()
     defs = []
     for name in contract.columns:
         if name in types:

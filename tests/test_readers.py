@@ -628,3 +628,30 @@ def test_schema_problems_are_what_no_producer_writes():
     assert check(timed) == ["column 'updated_at' is string, the contract's is timestamp[ns]"]
     assert check(full.set(6, pa.field("_op", pa.int8()))) == ["column '_op' is int8"]
     assert check(without("_seq")) == ["column '_seq' is missing"]
+
+
+def test_a_date_column_the_lake_has_not_sent_yet_is_a_date_column_of_nulls():
+    """A reader's contract column of pandera's ``Date`` that no batch has sent yet (an
+    empty source table's placeholder; a batch published without it) is made ``DATE`` of
+    NULLs: it was left out (pandas keeps dates as objects), so the replica lacked a column
+    of its contract until a batch brought one."""
+    import pyarrow as pa
+
+    from contracts import Contract
+    from deltaferry.readers import Reading
+    from deltaferry.replica_apply import create_placeholder
+    from tests.support.contracts_files import Dated
+
+    contract = Contract("tests.support.contracts_files:Dated", Dated)
+    con = duckdb.connect()
+    create_placeholder(con, "empty", contract, [("_seq", "BIGINT")])
+    sql = "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'empty'"
+    assert dict(con.execute(sql).fetchall()) == {
+        "id": "BIGINT", "day": "DATE", "at": "TIMESTAMP WITH TIME ZONE", "_seq": "BIGINT",
+    }
+    reading = Reading(job="j", table="dated", contract=contract, primary_key=["id"])
+    batch = pa.table({"id": [1, 2], "_op": ["upsert", "upsert"]})
+    out, _, held = reading.keep_known(con, 1, batch, None)
+    assert held == 0
+    assert out.schema.field("day").type == pa.date32() and out["day"].null_count == 2
+    assert out.schema.field("at").type == pa.timestamp("us", tz="UTC")
