@@ -105,6 +105,13 @@ def pull(
                 highlight=False,
                 soft_wrap=True,
             )
+        if r.reread_partial:
+            out.print(
+                f"{r.table}: read again the {r.reread_partial} batch(es) applied partially "
+                "under an earlier contract: their rows now carry what that read left out",
+                highlight=False,
+                soft_wrap=True,
+            )
         if r.overrides:
             out.print(f"{r.table}: {r.overrides} new conflict override(s) applied", markup=False)
         if r.cautions:

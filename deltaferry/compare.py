@@ -109,7 +109,11 @@ def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
                 if held
                 else pa.table({c: pa.array([], pa.string()) for c in t.primary_key}),
             )
-            soft = f"WHERE {ident(t.soft_delete_column)} IS NULL" if t.soft_delete_column else ""
+            soft = (
+                f"WHERE {ident(t.soft_delete_column)} IS NULL"
+                if t.soft_delete_column and t.soft_delete_column in src.column_names
+                else ""
+            )
             # the columns the lake publishes: a source column the contract does not know
             # (source drift under the quarantine or evolve policy) is not compared
             published = set(duck.columns(con, t.name))

@@ -43,11 +43,13 @@ def new_load_ids(con: duckdb.DuckDBPyConnection, published: set[str]) -> list[st
 
 
 def delete_conditions(t: TableConfig, staged: list[str]) -> list[str]:
-    """SQL conditions, any of which makes a staged row a delete (a tombstone, a soft delete)."""
+    """SQL conditions, any of which makes a staged row a delete (a tombstone, a soft delete).
+    A soft-delete column staging does not have yet (no file of a drop carried it: drops
+    without deletes) deletes nothing: every run failed on it with a bare BinderException."""
     deleted = []
     if DELETED_COLUMN in staged:
         deleted.append(f"coalesce({ident(DELETED_COLUMN)}, false)")
-    if t.soft_delete_column:
+    if t.soft_delete_column and t.soft_delete_column in staged:
         deleted.append(f"{ident(t.soft_delete_column)} IS NOT NULL")
     return deleted
 

@@ -132,6 +132,10 @@ def build_delta(
         if held:
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
         if migration is not None:
+            # a nullable column of the source version no change has a value in yet (dlt
+            # stages no column for an API field that was null in every record so far) is
+            # NULL for the migration too: a downgrade dropping it failed every run
+            changes = _add_null_columns(migration[0].contract(migration[1]), changes)
             changes = _migrate_chunk(job, t, changes, *migration)
         changes = _add_null_columns(contract, changes)
         changes = _dates_as_timestamps(contract, changes)

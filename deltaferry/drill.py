@@ -109,7 +109,7 @@ def _table(
     # the published columns: a drifted source column is not in the lake
     kept = [c for c in data_cols if not has or c in published]
     live = [f"NOT coalesce(s.{ident(DELETED_COLUMN)}, false)"] if DELETED_COLUMN in cols else []
-    if t.soft_delete_column:
+    if t.soft_delete_column and t.soft_delete_column in cols:
         live.append(f"s.{ident(t.soft_delete_column)} IS NULL")
     held = outstanding_quarantine(job, t)
     con.register(

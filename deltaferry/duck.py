@@ -642,6 +642,26 @@ def configure(
     return con
 
 
+def connect_replica(path: Path | str, alias: str = "replica") -> duckdb.DuckDBPyConnection:
+    """``connect`` for a replica file: when another process holds it (another pull into
+    the same replica, a notebook holding it open), TerminalError naming the file and the
+    process (DuckDB's own was a bare ``IOException: Could not set lock on file``). The
+    state store waits for its file instead (``state.StateStore``)."""
+    try:
+        return connect(path, alias=alias)
+    except duckdb.IOException as e:
+        text = str(e)
+        if "Could not set lock" not in text:
+            raise
+    held = re.search(r"\(PID (\d+)\)", text)
+    who = f"process {held.group(1)}" if held else "another process"
+    raise TerminalError(
+        f"{path} is open in {who} (another pull into the same replica, or a program holding "
+        "the file open); DuckDB lets one process write a database file at a time: run one "
+        "pull per replica at a time, or close the other program, and pull again"
+    )
+
+
 def connect(
     path: Path | str, *, read_only: bool = False, alias: str = "db"
 ) -> duckdb.DuckDBPyConnection:

@@ -232,7 +232,7 @@ def finish_batch(
     contract_version: int | None = None,
     caution: str | None = None,
     seen: dict[str, int] | None = None,
-    held: tuple[int, str, str] | None = None,
+    held: tuple[int, str, str] | tuple[int, str, str, bool] | None = None,
 ) -> None:
     """Resolve the touched keys, record the batch (``rows`` applied; ``added``: the table
     gained columns, so keys pinned by an override take them too) and commit."""
@@ -281,14 +281,25 @@ def finish_batch(
 
 def apply_held(
     con: duckdb.DuckDBPyConnection, shape: TableShape, producer: str, batch: int, hlc: int,
-    data: pa.Table,
+    data: pa.Table, *, partial: bool = False,
 ) -> int:
     """Add the versions of an applied batch that the replica does not have yet (rows a
     reader held back, read again as ``data``) and re-resolve their keys, inside the
-    caller's transaction. Returns how many versions were added. Winners depend only on
-    the set of versions, so a version added late gives the table it would have had."""
+    caller's transaction. With ``partial`` (the batch was read below its published
+    version), the versions it has of ``data``'s keys are replaced too: read again under a
+    later contract, they carry what the partial read left out. Returns how many versions
+    were added or replaced. Winners depend only on the set of versions, so a version added
+    late gives the table it would have had."""
     _ensure_tables(con, shape, data)
     key = key_expr(shape.pk)
+    if partial:
+        with_arrow(
+            con,
+            data,
+            f"DELETE FROM {shape.versions} WHERE {ident(PRODUCER_COLUMN)} = ? AND _batch = ?"
+            f" AND _key IN (SELECT {key} FROM {ARROW})",
+            [producer, batch],
+        )
     with_arrow(
         con,
         data,

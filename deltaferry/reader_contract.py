@@ -21,7 +21,7 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import duck_type, fetch_one, fetch_row, ident
-from deltaferry.held import record_held
+from deltaferry.held import read_partially, record_held
 from deltaferry.keys import Keyring
 from deltaferry.replica_apply import admit_files, is_placeholder, merge_into, replace_placeholder
 from deltaferry.verify import iter_verified
@@ -177,13 +177,17 @@ def reread_held(
     keyring: Keyring | None,
     reading: Any,
     retry: bool = False,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Read again the applied batches whose rows this reader held back under another
     contract (``_deltaferry_held`` rows of another ref or fingerprint), now that its
     contract changed, or all of them with ``retry`` (a migration fixed in place keeps its
-    ref and fingerprint), and apply what the contract admits now. Returns (rows that were
-    held, rows still held: recorded under the new contract); the others are applied, or
-    were superseded meanwhile by a later change of their key (a delete, a full row).
+    ref and fingerprint), and apply what the contract admits now; and the batches it read
+    partially (below their published version), whose rows of that batch are replaced by
+    the batch read again (the columns the partial read left out, NULL in stored rows a
+    migration took up, arrive). Returns (rows that were held, rows still held: recorded
+    under the new contract, batches read partially that were read again); the others are
+    applied, or were superseded meanwhile by a later change of their key (a delete, a full
+    row).
 
     A single producer's chain is replayed from the first batch with held rows to the last
     applied one (newer ``_seq`` wins, so rows already applied change nothing and a later
@@ -198,22 +202,24 @@ def reread_held(
 
     own = (reading.contract.ref, reading.contract.fingerprint)
     held = con.execute(
-        "SELECT producer, batch, rows FROM _deltaferry_held WHERE job = ? AND tbl = ?"
-        " AND (? OR ref <> ? OR fingerprint <> ?) ORDER BY producer, batch",
+        "SELECT producer, batch, rows, coalesce(partial, false) FROM _deltaferry_held"
+        " WHERE job = ? AND tbl = ? AND (? OR ref <> ? OR fingerprint <> ?)"
+        " ORDER BY producer, batch",
         [job.name, t.name, retry, *own],
     ).fetchall()
     if not held:
-        return 0, 0
+        return 0, 0, 0
     again = dataclasses.replace(reading, policy="partial")
     note = f"read again under {reading.contract.ref} (v{reading.known})"
     where = f"job '{job.name}' table '{t.name}'"
     before, still = sum(r[2] for r in held), 0
+    partial = {(producer, batch) for producer, batch, _, p in held if p}
     merge_tables.keys_in_utc(con)
     con.execute("BEGIN TRANSACTION")
     try:
         if job.multi_producer:
             shape = merge_tables.TableShape(job.name, t.name, list(t.primary_key))
-            for producer, batch, n in held:
+            for producer, batch, n, _ in held:
                 applied = {
                     b: (sha, hlc)
                     for b, sha, hlc in con.execute(
@@ -225,6 +231,7 @@ def reread_held(
                 if batch not in applied:
                     record_held(con, job.name, t.name, producer, batch, 0, *own)
                     continue
+                full = (producer, batch) in partial  # versions read partially: replaced
                 prev_sha, prev_hlc = applied.get(batch - 1, (None, None))
                 vb = next(
                     iter_verified(  # file by file, as a pull applies them
@@ -246,15 +253,20 @@ def reread_held(
                     vb,
                     again,
                     producer,
-                    lambda d, p=producer, b=batch, h=hlc: merge.apply_held(con, shape, p, b, h, d),
+                    lambda d, p=producer, b=batch, h=hlc, f=full: merge.apply_held(
+                        con, shape, p, b, h, d, partial=f
+                    ),
                 )
-                record_held(con, job.name, t.name, producer, batch, n_still, *own)
+                record_held(
+                    con, job.name, t.name, producer, batch, n_still, *own,
+                    partial=read_partially(again, vb.manifest),
+                )
                 still += n_still
                 con.execute(
                     "UPDATE _deltaferry_chains SET caution = coalesce(caution, '') || ? WHERE job = ? AND"
                     " tbl = ? AND producer = ? AND batch = ?",
                     [
-                        f"; {note}: {n_still} of {n} row(s) still held",
+                        f"; {note}" + (f": {n_still} of {n} row(s) still held" if n else ""),
                         job.name,
                         t.name,
                         producer,
@@ -271,7 +283,7 @@ def reread_held(
                 ).fetchall()
             )
             last = max(recorded, default=0)
-            counts = {b: n for _, b, n in held}
+            counts = {b: n for _, b, n, _ in held}
             for vb in iter_verified(  # file by file, as a pull applies them
                 lake,
                 job.name,
@@ -284,15 +296,22 @@ def reread_held(
                 if vb.batch > last:
                     break
                 _same_batch(where, None, vb, vb.batch, recorded.get(vb.batch))
-                _, _, n = admit_files(con, vb, again, None, merge_into(con, t, job.name))
+                full = ("", vb.batch) in partial  # rows read partially: replaced
+                _, _, n = admit_files(
+                    con, vb, again, None, merge_into(con, t, job.name, same_seq=full)
+                )
                 if vb.batch in counts:
-                    record_held(con, job.name, t.name, "", vb.batch, n, *own)
+                    record_held(
+                        con, job.name, t.name, "", vb.batch, n, *own,
+                        partial=read_partially(again, vb.manifest),
+                    )
                     still += n
                     con.execute(
                         "UPDATE _deltaferry_batches SET caution = coalesce(caution, '') || ? WHERE job = ?"
                         " AND tbl = ? AND batch = ?",
                         [
-                            f"; {note}: {n} of {counts[vb.batch]} row(s) still held",
+                            f"; {note}"
+                            + (f": {n} of {counts[vb.batch]} row(s) still held" if counts[vb.batch] else ""),
                             job.name,
                             t.name,
                             vb.batch,
@@ -307,7 +326,7 @@ def reread_held(
     except BaseException:
         duck.rollback(con)
         raise
-    return before, still
+    return before, still, len(partial)
 
 
 def _same_batch(where: str, producer: str | None, vb: Any, batch: int, sha: str | None) -> None:

@@ -22,7 +22,7 @@ from deltaferry.delta import SEQ_COLUMN
 from deltaferry.duck import fetch_one
 from deltaferry.errors import DeltaferryError, TerminalError
 from deltaferry.failpoints import bug, failpoint, killed
-from deltaferry.held import HELD_META, record_held
+from deltaferry.held import ensure_held_table, read_partially, record_held
 from deltaferry.keys import Keyring
 from deltaferry.merge_tables import HLC_COLUMN, PRODUCER_COLUMN
 from deltaferry.reader_contract import hold_reader_contract, reread_held
@@ -67,6 +67,8 @@ class PullResult:
     reread: int = 0
     # of those, still held after they were read again
     still_held: int = 0
+    # batches applied partially under an earlier contract, read again when it changed
+    reread_partial: int = 0
     # rows held back for this reader from this pull's batches
     held: int = 0
     # the reader's contract changed: how its stored rows were taken to the new one
@@ -121,7 +123,7 @@ def pull(
     if consumer is not None:
         check_consumer(consumer, policy)
     replica.parent.mkdir(parents=True, exist_ok=True)
-    con = duck.connect(replica, alias="replica")
+    con = duck.connect_replica(replica)
     duck.configure(con, replica)
     # naive timestamps are UTC wall time in a lake: one stored into (or widened to) a zoned
     # column is that instant, whatever this machine's zone
@@ -132,7 +134,7 @@ def pull(
     try:
         con.execute(_META)
         duck.add_columns(con, "_deltaferry_batches", {"caution": "VARCHAR"})  # older files
-        con.execute(HELD_META)
+        ensure_held_table(con)
         for t in job.tables:
             if tables and t.name not in tables:
                 continue
@@ -146,7 +148,7 @@ def pull(
             try:
                 result.migrated = hold_reader_contract(con, job, t, chain, whose)
                 try:
-                    result.reread, result.still_held = duck.applying(
+                    result.reread, result.still_held, result.reread_partial = duck.applying(
                         con,
                         functools.partial(
                             reread_held, con, job, lake, t, keyring, reading, retry_held
@@ -290,7 +292,10 @@ def _apply_batch(
         _record_batch(
             con, job.name, t.name, vb.batch, vb.manifest, vb.manifest_sha256, rows, caution
         )
-        record_held(con, job.name, t.name, "", vb.batch, held, *_own(reading))
+        record_held(
+            con, job.name, t.name, "", vb.batch, held, *_own(reading),
+            partial=read_partially(reading, vb.manifest),
+        )
         con.execute("COMMIT")
     except BaseException as e:
         duck.rollback(con)
@@ -416,7 +421,7 @@ def _apply_merged(
             contract_version=vb.manifest.contract.version,
             caution=caution,
             seen=vb.manifest.hlc_seen,
-            held=(held, *_own(reading)),
+            held=(held, *_own(reading), read_partially(reading, vb.manifest)),
         )
     except BaseException as e:
         duck.rollback(con)

@@ -93,8 +93,11 @@ class BatchMerge:
     table: memory bounded by the batch): ``finish`` raises TerminalError naming job,
     table, batch and key, and the caller's transaction rolls the batch back."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, t: TableConfig, job: str) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, t: TableConfig, job: str, *, same_seq: bool = False
+    ) -> None:
         self.con, self.t, self.job = con, t, job
+        self.same_seq = same_seq  # see merge_rows
         self.fresh = not duck.table_exists(con, t.name) or (
             fetch_one(con, f"SELECT 1 FROM {ident(t.name)} LIMIT 1") is None
         )
@@ -104,7 +107,7 @@ class BatchMerge:
 
     def __call__(self, data: pa.Table) -> None:
         pk = list(self.t.primary_key)
-        merge_rows(self.con, self.t.name, pk, data, fresh=self.fresh)
+        merge_rows(self.con, self.t.name, pk, data, fresh=self.fresh, same_seq=self.same_seq)
         keys = ", ".join(ident(c) for c in pk)
         if not self._keys_table:
             duck.with_arrow(
@@ -141,9 +144,11 @@ class BatchMerge:
             )
 
 
-def merge_into(con: duckdb.DuckDBPyConnection, t: TableConfig, job: str) -> BatchMerge:
-    """``BatchMerge(con, t, job)``: see there."""
-    return BatchMerge(con, t, job)
+def merge_into(
+    con: duckdb.DuckDBPyConnection, t: TableConfig, job: str, *, same_seq: bool = False
+) -> BatchMerge:
+    """``BatchMerge(con, t, job, same_seq=...)``: see there."""
+    return BatchMerge(con, t, job, same_seq=same_seq)
 
 
 def admit_files(
@@ -175,11 +180,13 @@ def merge_rows(
     data: pa.Table,
     *,
     fresh: bool = False,
+    same_seq: bool = False,
 ) -> None:
     """Merge a batch's rows into ``table`` (created, or widened by the columns the batch
-    brings): a row replaces the stored one of its key only if its ``_seq`` is newer, a
-    delete removes the key, an upsert of a key not stored is inserted. Applying the same
-    rows again changes nothing. Inside the caller's transaction, which ``duck.applying``
+    brings): a row replaces the stored one of its key only if its ``_seq`` is newer (or,
+    with ``same_seq``, as new: a batch read partially, read again in full), a delete
+    removes the key, an upsert of a key not stored is inserted. Applying the same rows
+    again changes nothing. Inside the caller's transaction, which ``duck.applying``
     runs: a column the batch brings wider raises ``duck.WidenFirst``. ``fresh``: the table held
     no row when the batch began (``merge_into``), so the upserts are inserted and the
     deletes have nothing to remove (a key twice in the batch: ``BatchMerge.finish``)."""
@@ -219,8 +226,9 @@ def merge_rows(
         f" i.{SEQ_COLUMN} AS _incoming_seq, r.{SEQ_COLUMN} AS _stored_seq"
         f" FROM {ARROW} i JOIN {ident(table)} r ON {_match('r', 'i', pk)}",
     )
+    newer = ">=" if same_seq else ">"
     replaced = fetch_row(
-        con, "SELECT count(*) FROM _deltaferry_stored WHERE _incoming_seq > _stored_seq"
+        con, f"SELECT count(*) FROM _deltaferry_stored WHERE _incoming_seq {newer} _stored_seq"
     )[0]
     if replaced:  # (none: no scan of the table) its marks pin memory until the file closes
         duck.fit_memory_limit(con, deleting=replaced)
@@ -228,14 +236,14 @@ def merge_rows(
             # no alias that a table's own name could be (a table named `s`)
             f"DELETE FROM {ident(table)} USING _deltaferry_stored"
             f" WHERE {_match(ident(table), '_deltaferry_stored', pk)}"
-            " AND _deltaferry_stored._incoming_seq > _deltaferry_stored._stored_seq"
+            f" AND _deltaferry_stored._incoming_seq {newer} _deltaferry_stored._stored_seq"
         )
     duck.with_arrow(
         con,
         data,
         f"INSERT INTO {ident(table)} ({col_list}) SELECT"
         f" {', '.join('i.' + ident(c) for c in cols)} FROM {ARROW} i LEFT JOIN"
-        f" (SELECT * FROM _deltaferry_stored WHERE _incoming_seq <= _stored_seq) s"
+        f" (SELECT * FROM _deltaferry_stored WHERE NOT (_incoming_seq {newer} _stored_seq)) s"
         f" ON {_match('s', 'i', pk)} WHERE s.{ident(pk[0])} IS NULL"
         f" AND i.{OP_COLUMN} = 'upsert'",
     )

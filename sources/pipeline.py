@@ -319,6 +319,19 @@ def schema_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
     return [name for name in columns if not name.startswith("_dlt_")]
 
 
+def schema_types(pipeline: dlt.Pipeline, table: str) -> dict[str, str | None]:
+    """``schema_columns`` with dlt's data type of each (``"timestamp"``, ``"text"``, ...;
+    None for a column dlt has not typed yet)."""
+    if not pipeline.default_schema_name:
+        return {}
+    columns = pipeline.default_schema.tables.get(table, {}).get("columns", {})
+    return {
+        name: column.get("data_type")
+        for name, column in columns.items()
+        if not name.startswith("_dlt_")
+    }
+
+
 def pipeline_naming(pipeline: dlt.Pipeline) -> str:
     """The naming convention of a ``pipeline_for`` pipeline's staging: the name it gave the
     destination (``staging_naming``)."""

@@ -348,6 +348,28 @@ def test_rows_the_migration_cannot_compare_are_republished(shop_job, shop, tmp_p
 CURSOR_JOB = LOOSE_JOB.replace('primary_key = ["id"]', 'primary_key = ["id"]\ncursor = "updated"')
 
 
+def _eight_rows_synced(tmp_path, bucket):  # noqa: ANN001, ANN202
+    """A SQLite table ``t`` of eight rows (cursor ``updated``) synced once by job ``j``
+    (``drift = "evolve"``): (the source's connection, the jobs file)."""
+    import sqlite3
+
+    from flows.sync import sync_job
+
+    db = tmp_path / "src.db"
+    src = sqlite3.connect(db)
+    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, extra TEXT, updated INTEGER)")
+    src.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [(i, f"n{i}", "x", i) for i in range(1, 9)])
+    src.commit()
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        CURSOR_JOB.format(db=db, bucket=bucket).replace(
+            "[[jobs.j.tables]]", 'drift = "evolve"\n\n[[jobs.j.tables]]'
+        )
+    )
+    sync_job(job="j", config=str(config))
+    return src, config
+
+
 @pytest.mark.parametrize(
     "change, whole",
     [
@@ -366,26 +388,13 @@ def test_a_column_the_source_gains_reaches_every_row_of_a_cursor_table(
     kept NULL in every other row, exit 0. The run that first sees the column reads the
     table whole (said in the operations log), and only that run. Checked against the
     source with sqlite3 and duckdb."""
-    import sqlite3
-
     from deltaferry.config import load_job
     from deltaferry.replica import pull
     from deltaferry.state import StateStore
     from destinations.lake import open_lake
     from flows.sync import sync_job
 
-    db = tmp_path / "src.db"
-    src = sqlite3.connect(db)
-    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, extra TEXT, updated INTEGER)")
-    src.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [(i, f"n{i}", "x", i) for i in range(1, 9)])
-    src.commit()
-    config = tmp_path / "jobs.toml"
-    config.write_text(
-        CURSOR_JOB.format(db=db, bucket=bucket).replace(
-            "[[jobs.j.tables]]", 'drift = "evolve"\n\n[[jobs.j.tables]]'
-        )
-    )
-    sync_job(job="j", config=str(config))
+    src, config = _eight_rows_synced(tmp_path, bucket)
     src.executescript(change + "; UPDATE t SET updated = 50, extra = 'y' WHERE id = 8;")
     src.commit()
 
@@ -411,3 +420,31 @@ def test_a_column_the_source_gains_reaches_every_row_of_a_cursor_table(
     finally:
         con.close()
     assert got == want
+
+
+def test_a_column_dropped_and_added_again_reaches_every_row(tmp_path, home, bucket, prefect_api):
+    """``DROP COLUMN extra`` (a row changing in that run), then ``ADD COLUMN extra ...
+    DEFAULT``: staging kept the dropped column, so its return was not news, and the rows
+    whose cursor stayed kept NULL in the replica where the source has the default, exit 0
+    (a fresh-user trial). The run that sees it come back reads the table whole, once."""
+    from deltaferry.config import load_job
+    from deltaferry.replica import pull
+    from destinations.lake import open_lake
+    from flows.sync import sync_job
+
+    src, config = _eight_rows_synced(tmp_path, bucket)
+    src.executescript("ALTER TABLE t DROP COLUMN extra; UPDATE t SET updated = 40 WHERE id = 1;")
+    sync_job(job="j", config=str(config))
+    src.executescript("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'z'; UPDATE t SET updated = 50 WHERE id = 2;")
+    sync_job(job="j", config=str(config))
+    assert sync_job(job="j", config=str(config))["tables"]["t"]["batch"] is None  # once
+    replica = tmp_path / "replica.duckdb"
+    job = load_job("j", config)
+    pull(job, open_lake(job.lake), replica)
+    want = src.execute("SELECT id, name, extra FROM t ORDER BY id").fetchall()
+    con = duckdb.connect(str(replica), read_only=True)
+    try:
+        got = con.execute("SELECT id, name, extra FROM t ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert got == want and want[5] == (6, "n6", "z")

@@ -539,3 +539,34 @@ def test_rows_an_old_version_cannot_hold_go_out_above_it_and_a_stuck_reader_stop
     sync_job(job="shop", config=str(loyal))
     negotiated = _negotiated()
     assert "reader 'old' reads up to v2" in negotiated[-1]
+
+
+def test_a_nullable_column_no_change_has_a_value_in_yet_is_null_for_the_migration():
+    """A producer taking its source rows (v2) down to a reader's v1: a nullable v2 column
+    that no record had a value in yet (dlt stages no column for an API field that was null
+    in every record) reached the downgrade missing, and every run failed with ``KeyError``
+    although the rows were valid (a fresh-user trial). It is NULL for the migration, as it
+    is for validation."""
+    import pyarrow as pa
+
+    from contracts import Chain
+    from deltaferry.config import JobConfig, TableConfig
+    from deltaferry.delta import build_delta, read_parquet
+    from tests.support.contracts_versions import TierV1, TierV2
+
+    chain = Chain(TierV1, TierV2)
+    chain.ref = "tests:Items"
+    t = TableConfig("items", ("id",), None, "none", "tests:Items")
+    job = JobConfig("j", "rest_api", "https://example.com", "file:lake", (t,))
+    staged = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "name": pa.array(["a", "b"]),
+            "_op": pa.array(["upsert", "upsert"]),
+            "_dlt_load_id": pa.array(["1.1", "1.1"]),
+        }
+    )
+    delta = build_delta(job, t, chain.contract(1), [staged], ["1.1"], 1, migration=(chain, 2, 1))
+    published = read_parquet(delta.parts[0].data)
+    assert published.select(["id", "name"]).to_pylist() == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    assert "tier" not in published.column_names

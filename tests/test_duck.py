@@ -495,3 +495,29 @@ def test_a_table_named_like_an_alias_of_the_merge_is_applied(tmp_path: Path, tab
     finally:
         con.close()
     assert rows == [(1, "a"), (2, "b"), (3, "b")]
+
+
+@pytest.mark.integration  # another process holds the file
+def test_a_file_another_process_holds_is_named_with_the_process(tmp_path):
+    """Two pulls into one replica at once: the second failed with DuckDB's raw
+    ``IOException: Could not set lock on file`` (a fresh-user trial); it says which file,
+    which process and what to do."""
+    import subprocess
+    import sys
+
+    from deltaferry.errors import TerminalError
+
+    path = tmp_path / "replica.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(path)!r}); print('ok', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        with pytest.raises(TerminalError) as e:
+            duck.connect_replica(path)
+        assert str(e.value).startswith(f"{path} is open in process {holder.pid} (another pull")
+    finally:
+        holder.kill()
+        holder.wait()
+    duck.connect(path).close()  # free again

@@ -582,6 +582,27 @@ def test_an_older_file_landing_later_does_not_overwrite_newer_rows(drops_job):
     assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 10.0), (2, 20.0)]
 
 
+def test_of_two_files_with_the_same_time_the_one_a_later_run_finds_wins(drops_job):
+    """S3 keeps modification times to the second: a drop that lands a moment after another
+    can have the same time. The one a later run found landed later and wins (the earlier
+    run's row was kept, exit 0, when its name sorted last: a fresh-user trial); within one
+    run, the name that sorts last wins."""
+    t0 = int(time.time()) - 600
+    drops_job.write(tables=("orders",))
+    d = drops_job.drops
+    drop(d, "orders/b-0001.csv", HEADER + "1,ann,10,2026-01-01 09:00:00,first\n", t0)
+    assert batches(drops_job.sync())["orders"] == (1, 1)
+    drop(d, "orders/a-0002.csv", HEADER + "1,ann,20,2026-01-01 09:00:00,second\n2,bob,5,2026-01-01 09:00:00,\n", t0)
+    assert batches(drops_job.sync())["orders"] == (2, 2)
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount, note FROM orders ORDER BY id") == [(1, 20.0, "second"), (2, 5.0, None)]
+    drop(d, "orders/c-0003.csv", HEADER + "3,cy,1,2026-01-01 09:00:00,c\n", t0 + 60)
+    drop(d, "orders/d-0003.csv", HEADER + "3,cy,2,2026-01-01 09:00:00,d\n", t0 + 60)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, note FROM orders WHERE id = 3") == [(3, "d")]
+
+
 # --- every value exactly: numbers, decimals, empty fields, documents ---------------------
 
 I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
@@ -1247,3 +1268,28 @@ def test_a_naive_time_the_jobs_zone_moves_before_year_1_sets_its_file_aside(fmt)
     at_one = b"id,at\n1,0001-01-01 01:30:00\n"  # 00:36:32 UTC (Berlin's local mean time): kept
     table = read_table(at_one, "csv", t, contract_types(t, "here"), "Europe/Berlin")
     assert table is not None and table["at"][0].as_py().year == 1
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_drops_without_the_soft_delete_column_publish_their_rows_live(drops_job, kind):
+    """``deletes = "soft:deleted_at"`` where the drops so far carry no ``deleted_at`` (a drop
+    with no deletes in it): every run failed with a bare BinderException naming no job or
+    table, until a file with the column landed (a fresh-user trial). The rows are live;
+    a later drop with the column deletes as before."""
+    drops_job.write(tables=("events",))
+    t0 = time.time() - 600
+    if kind == "jsonl":
+        drop(drops_job.drops, "events/a.jsonl", '{"id":1,"kind":"click","n":1}\n{"id":2,"kind":"buy"}\n', t0)
+    else:
+        drop(drops_job.drops, "events/a.csv", "id,kind,n\n1,click,1\n2,buy,\n", t0)
+    first = drops_job.sync()
+    assert first["tables"]["events"]["rows"] == 2
+    drops_job.pull()
+    assert drops_job.q("SELECT id, kind, n, deleted_at FROM events ORDER BY id") == [
+        (1, "click", 1, None), (2, "buy", None, None),
+    ]
+    drop(drops_job.drops, "events/b.jsonl", '{"id":1,"kind":"click","deleted_at":"2026-01-02T00:00:00Z"}\n', t0 + 60)
+    second = drops_job.sync()
+    assert second["tables"]["events"]["deletes"] == 1
+    drops_job.pull()
+    assert drops_job.q("SELECT id FROM events ORDER BY id") == [(2,)]

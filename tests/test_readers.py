@@ -655,3 +655,50 @@ def test_a_date_column_the_lake_has_not_sent_yet_is_a_date_column_of_nulls():
     assert held == 0
     assert out.schema.field("day").type == pa.date32() and out["day"].null_count == 2
     assert out.schema.field("at").type == pa.timestamp("us", tz="UTC")
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["one-producer", "multi-producer"])
+def test_values_a_partial_read_left_out_arrive_when_the_reader_moves_up(
+    shop_job, shop, tmp_path, merged
+):
+    """A v1 reader pulls a producer's v2 batches partially (``loyalty`` left out), then
+    moves to the chain v1 -> v2: its stored rows were taken up by the upgrade (loyalty
+    NULL) and the partially read batches were never read again, so the replica said v2 and
+    held NULL where the lake had 'gold', exit 0 (a fresh-user trial). Now those batches are
+    read again: the replica equals a new v2 replica, a later change of a key still wins,
+    and pulling again changes nothing."""
+    from flows.sync import sync_job
+
+    loyalty = "tests.support.contracts_versions:Loyalty"
+    shop.round(8, 0, churn=0)
+    shop.con.execute("ALTER TABLE customers ADD COLUMN loyalty TEXT")
+    for cid in (2, 5):
+        shop.con.execute(
+            "UPDATE customers SET loyalty = 'gold', updated_at = ? WHERE id = ?", (shop._tick(), cid)
+        )
+    shop.con.commit()
+    producer = _reader(shop_job, tmp_path, loyalty, "producer", "", merged)
+    v1 = _reader(shop_job, tmp_path, "contracts.shop:Customers", "v1", "", merged)
+    sync_job(job="shop", config=str(producer))  # batch 1 at v2
+    replica = tmp_path / "reader.duckdb"
+    assert _pull(v1, replica, "--policy", "partial").exit_code == 0
+    shop.con.execute("UPDATE customers SET loyalty = 'silver', updated_at = ? WHERE id = 3", (shop._tick(),))
+    shop.con.execute("UPDATE customers SET loyalty = NULL, updated_at = ? WHERE id = 5", (shop._tick(),))
+    shop.con.commit()
+    sync_job(job="shop", config=str(producer))  # batch 2 at v2
+    assert _pull(v1, replica, "--policy", "partial").exit_code == 0
+    assert "loyalty" not in [r[0] for r in _q(replica, "DESCRIBE customers")]
+
+    v2 = _reader(shop_job, tmp_path, loyalty, "v2", "", merged)
+    moved = _pull(v2, replica)
+    assert moved.exit_code == 0, moved.output
+    assert "read again the 2 batch(es) applied partially" in " ".join(moved.output.split())
+    fresh = tmp_path / "fresh.duckdb"
+    assert _pull(v2, fresh).exit_code == 0
+    sql = "SELECT id, name, email, country, loyalty FROM customers ORDER BY id"
+    assert _q(replica, sql) == _q(fresh, sql)
+    tiers = {i: tier for i, *_, tier in _q(replica, sql)}
+    assert (tiers[2], tiers[3], tiers[5]) == ("gold", "silver", None)
+    again = _pull(v2, replica)
+    assert again.exit_code == 0 and "read again" not in again.output
+    assert _q(replica, sql) == _q(fresh, sql)

@@ -361,7 +361,7 @@ def test_duplicates_resolve_the_same_in_every_order_and_cursor_format():
 
     def winner(records: list[dict], cursor: str | None = "at") -> dict:
         t = SimpleNamespace(name="t", primary_key=["id"], cursor=cursor, null_cursor="include", options={})
-        read = TableRead(SimpleNamespace(name="j"), t, NothingStaged())
+        read = TableRead(SimpleNamespace(name="j", timezone="UTC"), t, NothingStaged())
         (out,) = [r for page in read.read(iter([[dict(r) for r in records]])) for r in page]
         out.pop("_df_hash")
         return out
@@ -1045,3 +1045,39 @@ def test_a_field_renamed_in_case_and_reset_as_advised_reaches_every_replica(
         con.close()
     assert "Name" in names and "name" not in names, names
     assert measures_job.sync()["tables"]["items"]["batch"] is None
+
+
+def test_naive_times_are_wall_time_in_the_jobs_timezone(measures_job, api):
+    """A REST record's ISO time without an offset is wall time in the job's ``timezone``,
+    as every other source reads it (it was taken as UTC whatever the zone: 02:00 in New
+    York published as 02:00Z, and a later record whose naive cursor was newer, 05:00 New
+    York = 10:00Z, was dropped as older than a 06:00Z one). The cursor value sent back to
+    the API is the text it wrote; text in a column staged as text is left as it is; a wall
+    time the zone skips is read by the wall-time rule and said."""
+    import datetime as dt
+
+    measures_job.config.write_text(
+        MEASURES_JOB.format(url=api.url, lake=measures_job.lake_url, job_extra='timezone = "America/New_York"', table_extra="")
+    )
+    api.items.clear()
+    api.items[1] = {"id": 1, "updated_at": "2024-01-01T02:00:00", "at": "2024-07-01T12:00:00", "label": "n/a", "seen": "2024-01-01 02:00:00.5"}
+    api.items[2] = {"id": 2, "updated_at": "2024-01-01T06:00:00Z", "at": "2024-07-01T12:00:00Z", "label": "2024-01-01T02:00:00", "seen": None}
+    measures_job.sync()
+    api.items[3] = {"id": 3, "updated_at": "2024-01-01T05:00:00", "at": "2024-03-10T02:30:00", "label": "x", "seen": "2024-11-03T01:30:00"}
+    api.log.clear()
+    out = measures_job.sync()
+    assert out["tables"]["items"]["rows"] == 1
+    sent = {e["query"].get("since") for e in api.log if e["path"] == "/api/items"}
+    assert sent == {"2024-01-01T02:00:00"}  # the API's own text, the newest instant
+    measures_job.pull()
+    utc = dt.timezone.utc
+    rows = _rows(measures_job, "SELECT id, updated_at, \"at\", label, seen FROM items ORDER BY id")
+    assert rows == [
+        (1, dt.datetime(2024, 1, 1, 7, tzinfo=utc), dt.datetime(2024, 7, 1, 16, tzinfo=utc), "n/a", dt.datetime(2024, 1, 1, 7, 0, 0, 500000, tzinfo=utc)),
+        (2, dt.datetime(2024, 1, 1, 6, tzinfo=utc), dt.datetime(2024, 7, 1, 12, tzinfo=utc), "2024-01-01T02:00:00", None),
+        # 02:30 is skipped (03:30 EDT = 07:30Z); 01:30 shows twice: the later (06:30Z)
+        (3, dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 3, 10, 7, 30, tzinfo=utc), "x", dt.datetime(2024, 11, 3, 6, 30, tzinfo=utc)),
+    ]
+    notes = [d for t, d in _ops("wall-time")]
+    assert any("column 'at': 1 value(s) a wall time America/New_York never shows" in n for n in notes), notes
+    assert any("column 'seen': 1 value(s) a wall time America/New_York shows twice" in n for n in notes), notes

@@ -394,21 +394,31 @@ def test_a_time_column_declared_text_carries_infinity(pg_job):
 def test_a_database_whose_session_defaults_are_not_utc_is_read_exactly(pg_job):
     """Regression (a new user's trial): with the database's TimeZone set to Asia/Kolkata,
     a timestamptz was published 5.5 hours off, silently; an IntervalStyle set on the
-    database changed the text of unchanged rows. Sessions now read in UTC and print one way."""
+    database changed the text of unchanged rows; with extra_float_digits = 0 every double
+    arrived rounded to 15 significant digits and every real to 6, and bytea_output =
+    'escape' changed the text of bytea arrays (a fresh-user trial). Sessions now read in
+    UTC and print one way."""
     with pg_job.server.connect() as conn:
         conn.execute(f'ALTER DATABASE "{pg_job.database}" SET timezone = \'Asia/Kolkata\'')
         conn.execute(f'ALTER DATABASE "{pg_job.database}" SET IntervalStyle = \'iso_8601\'')
+        conn.execute(f'ALTER DATABASE "{pg_job.database}" SET extra_float_digits = 0')
+        conn.execute(f'ALTER DATABASE "{pg_job.database}" SET bytea_output = \'escape\'')
     pg_job.write(JOB, extra="")
     pg_job.sql(
-        "CREATE TABLE kinds (id int PRIMARY KEY, a timestamptz, span interval,"
-        " updated_at timestamptz NOT NULL DEFAULT now())",
-        "INSERT INTO kinds (id, a, span) VALUES (1, '2024-06-01 12:00+00', '-1 day')",
+        "CREATE TABLE kinds (id int PRIMARY KEY, a timestamptz, span interval, d float8,"
+        " r real, ds float8[], bs bytea[], updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, a, span, d, r, ds, bs) VALUES (1, '2024-06-01 12:00+00',"
+        " '-1 day', 0.30000000000000004, 16777215, '{3.141592653589793}',"
+        " ARRAY['\\x00ff'::bytea])",
     )
     pg_job.sync()
     pg_job.pull()
-    assert _replica(pg_job, "SELECT id, a, span FROM kinds") == [
-        (1, dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc), "-1 days")
+    assert _replica(pg_job, "SELECT id, a, span, d, r FROM kinds") == [
+        (1, dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc), "-1 days",
+         0.30000000000000004, 16777215.0)
     ]
+    ds, bs = _replica(pg_job, "SELECT ds, bs FROM kinds")[0]
+    assert "3.141592653589793" in str(ds) and "x00ff" in str(bs), (ds, bs)
 
 
 def test_declared_types_convert_exactly(pg_job):
@@ -802,3 +812,36 @@ def test_sqlite_declared_types_that_cannot_be_exact_are_refused_up_front(
     assert "\n" not in line and "job 'lite' table 'kinds'" in line
     for needle in needles:
         assert needle in line, (needle, line)
+
+
+def test_a_time_the_driver_cannot_read_stops_its_table_only_naming_it(pg_job):
+    """PostgreSQL allows a ``time`` of 24:00:00; psycopg cannot read it into Python's time.
+    The extract failed with the driver's bare "can't parse time", naming no table, and the
+    job's other tables stopped with it (a fresh-user trial). Now that table stops in one
+    line naming it and the fix; the others publish; once the value is fixed it publishes."""
+    from deltaferry.errors import TerminalError
+
+    other = (
+        '\n[[jobs.pg.tables]]\nname = "other"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
+        'contract = "tests.support.contracts_sqltypes:Loose"\n'
+    )
+    pg_job.write(JOB, extra=other)
+    pg_job.sql(
+        "CREATE TABLE kinds (id int PRIMARY KEY, tod time, updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO kinds (id, tod) VALUES (1, '10:00'), (2, '24:00:00')",
+        "CREATE TABLE other (id int PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO other (id) VALUES (1)",
+    )
+    with pytest.raises(TerminalError) as e:
+        pg_job.sync()
+    text = str(e.value)
+    assert "job 'pg' table 'kinds': the database driver cannot read a value the source holds" in text
+    assert "24:00:00" in text and 'column_types = { <column> = "text" }' in text
+    pg_job.pull()
+    assert _replica(pg_job, "SELECT id FROM other") == [(1,)]
+    pg_job.sql("UPDATE kinds SET tod = '23:59:59.999999', updated_at = now() WHERE id = 2")
+    pg_job.sync()
+    pg_job.pull()
+    assert _replica(pg_job, "SELECT id, tod FROM kinds ORDER BY id") == [
+        (1, dt.time(10, 0)), (2, dt.time(23, 59, 59, 999999)),
+    ]

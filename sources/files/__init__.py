@@ -96,19 +96,24 @@ class LatestWins:
     """A key's row from the newest file wins, whatever order the files are read in: files
     are read newest first within a run (within a file its last row wins), and a row is
     dropped when a file at least as new already gave its key, in this run or, through the
-    file time staged with every row (``FILE_TIME_COLUMN``), in an earlier one. So a file
-    that lands late with an older modification time does not overwrite newer rows (dlt's
-    merge would otherwise keep whichever came last)."""
+    file time staged with every row (``FILE_TIME_COLUMN``), in an earlier one (strictly
+    newer there: of two files with the same time, the one a later run found landed later,
+    since S3 keeps times to the second; it kept the earlier file's row, exit 0, a fresh-user
+    trial). So a file that lands late with an older modification time does not overwrite
+    newer rows (dlt's merge would otherwise keep whichever came last)."""
 
     def __init__(self, t: TableConfig, staged: pa.Table | None) -> None:
         self.pk = list(t.primary_key)
         self.con = duckdb.connect()
         keys = ", ".join(f"{ident(c)} VARCHAR" for c in self.pk)
-        self.con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT)")
+        # earlier: staged by an earlier run (a tie goes to this run's file)
+        self.con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT, earlier BOOLEAN)")
         if staged is not None and staged.num_rows:
             text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
             self.con.register("staged_", staged)
-            self.con.execute(f"INSERT INTO seen SELECT {text}, {FILE_TIME_COLUMN} FROM staged_")
+            self.con.execute(
+                f"INSERT INTO seen SELECT {text}, {FILE_TIME_COLUMN}, true FROM staged_"
+            )
             self.con.unregister("staged_")
 
     def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
@@ -123,11 +128,13 @@ class LatestWins:
                 f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __i DESC) = 1"
             )
             kept = self.con.execute(
-                f"SELECT __i FROM ({last}) l WHERE NOT EXISTS "
-                f"(SELECT 1 FROM seen s WHERE {match} AND s.ns >= ?) ORDER BY __i",
-                [file_ns],
+                f"SELECT __i FROM ({last}) l WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE"
+                f" {match} AND (s.ns > ? OR (s.ns = ? AND NOT s.earlier))) ORDER BY __i",
+                [file_ns, file_ns],
             ).fetch_arrow_table()
-            self.con.execute(f"INSERT INTO seen SELECT DISTINCT {text}, ? FROM f", [file_ns])
+            self.con.execute(
+                f"INSERT INTO seen SELECT DISTINCT {text}, ?, false FROM f", [file_ns]
+            )
         finally:
             self.con.unregister("f")
         return table if kept.num_rows == table.num_rows else table.take(kept["__i"])

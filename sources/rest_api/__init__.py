@@ -36,9 +36,10 @@ from deltaferry.settings import from_env
 from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
-from sources.pipeline import pipeline_for, pipeline_naming, schema_columns
+from sources.pipeline import pipeline_for, pipeline_naming, schema_columns, schema_types
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
-from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor, safe_url
+from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor_in, safe_url
+from sources.rest_api.times import NaiveTimes
 
 
 def _where(job: JobConfig, t: TableConfig | None = None) -> str:
@@ -181,8 +182,9 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
                 # the content filter keeps those that changed (dlt would drop them by key)
                 "primary_key": [],
                 # the newest cursor value is the latest instant (or number), never the largest
-                # text: '2024-05-01T12:00:00+02:00' is older than '2024-05-01T11:00:00Z'
-                "last_value_func": newest_cursor,
+                # text: '2024-05-01T12:00:00+02:00' is older than '2024-05-01T11:00:00Z'; a
+                # naive one is wall time in the job's timezone
+                "last_value_func": newest_cursor_in(job.timezone),
                 # a record whose cursor is null or missing is staged (null_cursor =
                 # "include"; under "quarantine" reads.TableRead holds it before dlt sees it)
                 "on_cursor_value_missing": "include",
@@ -253,6 +255,7 @@ def extract(job: JobConfig) -> ExtractResult:
         resources = rest_api_resources(cast(RESTAPIConfig, api_config(job, session)))
         by_name = {r.name: r for r in resources}
         staged, reads = [], []
+        times: list[NaiveTimes] = []
         secrets = _secret_params(job)
         convention = pipeline_naming(pipeline)
         for t in job.tables:
@@ -276,6 +279,16 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
+            if job.timezone != "UTC":  # after dlt's incremental step: see times.py
+                zoned = NaiveTimes(
+                    _where(job, t),
+                    t.name,
+                    job.timezone,
+                    schema_types(pipeline, t.name),
+                    fields.normalize,
+                )
+                times.append(zoned)
+                resource.add_map(zoned, insert_at=len(resource._pipe.steps))
             hints = _new_decimal_columns(pipeline, t, fields)
             if hints:
                 resource.apply_hints(columns=hints)
@@ -297,6 +310,7 @@ def extract(job: JobConfig) -> ExtractResult:
             retried=watch.retried,
             held={r.t.name: r.held for r in reads if r.held},
             duplicates={r.t.name: r.notes() for r in reads if r.repeated},
+            wall_times={z.table: z.notes() for z in times if z.shifts.counts} or None,
         )
     finally:
         for f in filters:

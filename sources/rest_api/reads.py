@@ -22,8 +22,8 @@ change, overlapping pages) is resolved by a rule that does not depend on the ord
 sent them: the record with the newest cursor value wins; ties (and every duplicate of a
 table without a cursor) go to the record whose canonical JSON text (keys sorted, no
 spaces: the text its content hash ``_df_hash`` is the md5 of) is the largest. Cursor
-values compare as instants when they are timestamps (ISO-8601 text with an offset, ``Z`` or none, taken as UTC; fractions to the
-nanosecond), as numbers when numeric (JSON numbers or numeric text, exactly), and values of
+values compare as instants when they are timestamps (ISO-8601 text with an offset or ``Z``;
+without one, wall time in the job's ``timezone``; fractions to the nanosecond), as numbers when numeric (JSON numbers or numeric text, exactly), and values of
 different kinds by kind: missing < number < timestamp < other text. The winner is staged
 only when its content differs from its staged version. A record with no value (missing or
 null) in a primary-key column is held back with its reason (``held``), never staged.
@@ -43,8 +43,9 @@ import tempfile
 from collections import Counter
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, quote, urlsplit
+from zoneinfo import ZoneInfo
 
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
@@ -54,6 +55,7 @@ from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
 from sources.rest_api.numbers import FieldTypes, document_text
 from sources.text import lone_surrogate
+from sources.wall_time import wall_to_utc
 
 DEFAULT_MAX_PAGES = 100_000
 # winners are handed to dlt in lists of this many records
@@ -111,10 +113,26 @@ def newest_cursor(values: Any) -> Any:
     return max(values, key=cursor_rank)
 
 
-def cursor_rank(value: Any) -> tuple[Any, ...]:
+def newest_cursor_in(zone: str) -> Callable[[Any], Any]:
+    """``newest_cursor`` with naive times taken as wall time in ``zone`` (the job's
+    ``timezone``); ``newest_cursor`` itself for UTC."""
+    if zone == "UTC":
+        return newest_cursor
+    wall = ZoneInfo(zone)
+
+    def newest_cursor_(values: Any) -> Any:
+        return max(values, key=lambda v: cursor_rank(v, wall))
+
+    newest_cursor_.__name__ = "newest_cursor"  # what dlt records of it
+    return newest_cursor_
+
+
+def cursor_rank(value: Any, zone: ZoneInfo | None = None) -> tuple[Any, ...]:
     """A cursor value as a sortable tuple: (0,) missing, (1, Decimal) a number,
-    (2, UTC datetime) a timestamp (finer than microseconds is refused when read, see
-    ``TableRead._refuse_unstageable_times``), (3, text) anything else."""
+    (2, UTC datetime) a timestamp (a naive one as wall time in ``zone``, the job's
+    ``timezone``, by ``sources.wall_time``'s rule; UTC without one; finer than microseconds
+    is refused when read, see ``TableRead._refuse_unstageable_times``), (3, text) anything
+    else."""
     if value is None:
         return (0,)
     if isinstance(value, bool):
@@ -128,9 +146,9 @@ def cursor_rank(value: Any) -> tuple[Any, ...]:
     if isinstance(value, Decimal):
         return (1, value) if value.is_finite() else (3, str(value))
     if isinstance(value, datetime):
-        return _instant(value)
+        return _instant(value, zone)
     if isinstance(value, date):
-        return _instant(datetime(value.year, value.month, value.day))
+        return _instant(datetime(value.year, value.month, value.day), zone)
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):
@@ -139,15 +157,20 @@ def cursor_rank(value: Any) -> tuple[Any, ...]:
             except InvalidOperation:  # pragma: no cover - the pattern is a Decimal literal
                 pass
         try:
-            return _instant(datetime.fromisoformat(text))
+            return _instant(datetime.fromisoformat(text), zone)
         except ValueError:
             return (3, value)
     return (3, json.dumps(value, sort_keys=True, default=str))
 
 
-def _instant(when: datetime) -> tuple[Any, ...]:
+def _instant(when: datetime, zone: ZoneInfo | None = None) -> tuple[Any, ...]:
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)  # a naive timestamp is read as UTC
+        if zone is not None:
+            try:
+                when = wall_to_utc(when, zone)[0]
+            except OverflowError:  # outside the years: refused as the record is staged
+                pass
+        when = when.replace(tzinfo=timezone.utc)
     return (2, when.astimezone(timezone.utc))
 
 
@@ -189,9 +212,11 @@ class TableRead:
         self.repeated: Counter[str] = Counter()
         # without cursor_param (no dlt incremental step), records older than initial_value
         # are not read
+        # naive cursor values are wall time in the job's zone (``times.NaiveTimes``)
+        self.zone = ZoneInfo(job.timezone) if job.timezone != "UTC" else None
         floor = t.options.get("initial_value")
         self.floor = (
-            cursor_rank(floor)
+            cursor_rank(floor, self.zone)
             if t.cursor and floor is not None and not t.options.get("cursor_param")
             else None
         )
@@ -410,7 +435,7 @@ class TableRead:
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
         h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
-        rank = cursor_rank(_cursor_value(row, self.t.cursor)) if self.t.cursor else ()
+        rank = cursor_rank(_cursor_value(row, self.t.cursor), self.zone) if self.t.cursor else ()
         if self.floor is not None and rank != (0,) and rank < self.floor:
             return  # older than initial_value
         known = index.get(key)

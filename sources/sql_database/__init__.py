@@ -20,11 +20,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from deltaferry.config import JobConfig
+from deltaferry.config import JobConfig, TableConfig, write_home_file
 from deltaferry.errors import ConfigError, TableReadError, TerminalError, TransientError
 from deltaferry.failpoints import failpoint
 from deltaferry.quarantine import UNKEYED, held_identity
 from sources.change_detection import ChangedByKey, ChangedRows
+from sources.columns import INTERNAL_COLUMNS
 from sources.load import ExtractResult, row_counts
 from sources.names import check_columns
 from sources.pipeline import pipeline_for, staging_naming
@@ -180,7 +181,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         whole: list[str] = []  # tables read whole: every row without a key held again
-        gained = _gained_columns(job, engine, borrowed)
+        gained, gone = _gained_columns(job, engine, borrowed)
         bounds: dict[str, Any] = {}  # where each cursor table's window starts
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
@@ -292,6 +293,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             if t.cursor:  # every row read, not one per record: rows without a key share one
                 every = [r for one in reads_held.get(t.name, []) for r in one]
                 remember_unkeyed_cursors(job, t, every, unkeyed.get(t.name))
+            if t.name in gone:  # read whole where one came back: what is absent now
+                _remember_absent(job, t, gone[t.name])
         read_again = {
             name: [
                 f"job '{job.name}' table '{name}': {len(again)} row(s) whose cursor value a "
@@ -380,30 +383,75 @@ def _open_unfit(job: JobConfig) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     }
 
 
-def _gained_columns(job: JobConfig, engine: sa.Engine, borrowed: Any) -> dict[str, list[str]]:
-    """Per cursor table with staged rows, the source columns staging does not have (not
-    excluded by ``exclude_columns``), named as the source has them."""
+def _gained_columns(
+    job: JobConfig, engine: sa.Engine, borrowed: Any
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Per cursor table with staged rows: the source columns staging does not have (not
+    excluded by ``exclude_columns``), and those that came back after a run found them gone
+    (``ALTER TABLE ... DROP COLUMN c``, then ``ADD COLUMN c ... DEFAULT``: staging keeps a
+    dropped column, so its return was not news, and the rows whose cursor stayed kept NULL
+    there, exit 0: a fresh-user trial), named as the source has them; and, per such table,
+    the staged columns the source lacks now (lowercase staged names, for
+    ``_remember_absent`` once the run's reads are staged)."""
     from sources.names import naming
 
     path = staging_path(job.name)
     staged = {t.name: staged_types(t, path, borrowed) for t in job.tables if t.cursor}
     staged = {name: cols for name, cols in staged.items() if cols}
     if not staged:
-        return {}
+        return {}, {}
     insp = sa.inspect(engine)
     norm = naming(staging_naming(job, borrowed)).normalize_identifier
     out: dict[str, list[str]] = {}
+    gone: dict[str, list[str]] = {}
     for t in job.tables:
         if t.name not in staged:
             continue
-        have = {c.lower() for c in staged[t.name]}
+        have = {
+            c.lower()
+            for c in staged[t.name]
+            if c not in INTERNAL_COLUMNS and not c.startswith("_dlt_")
+        }
         excluded = set(t.options.get("exclude_columns", ()))
         with quiet():
             names = [c["name"] for c in insp.get_columns(source_table(t))]
-        new = [n for n in names if n not in excluded and norm(n).lower() not in have]
+        was_absent = _absent(job, t)
+        new = [
+            n
+            for n in names
+            if n not in excluded
+            and (norm(n).lower() not in have or norm(n).lower() in was_absent)
+        ]
         if new:
             out[t.name] = new
-    return out
+        now = {norm(n).lower() for n in names}
+        absent = sorted(c for c in have if c not in now)
+        if absent or was_absent:
+            gone[t.name] = absent
+        if set(absent) - set(was_absent):  # remembered now: a failed run keeps it
+            _remember_absent(job, t, sorted(set(absent) | set(was_absent)))
+    return out, gone
+
+
+def _absent_file(job: JobConfig, t: TableConfig) -> Any:
+    from deltaferry.config import job_home
+
+    return job_home(job.name) / "absent_columns" / f"{t.name}.json"
+
+
+def _absent(job: JobConfig, t: TableConfig) -> set[str]:
+    """Staged columns (lowercase) a run found missing at the source (``_gained_columns``)."""
+    import json
+
+    path = _absent_file(job, t)
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def _remember_absent(job: JobConfig, t: TableConfig, names: list[str]) -> None:
+    import json
+
+    if names or _absent_file(job, t).exists():
+        write_home_file(_absent_file(job, t), json.dumps(names))
 
 
 def _first_staged(

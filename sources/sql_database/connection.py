@@ -79,8 +79,14 @@ def engine_for(job: JobConfig) -> sa.Engine:
         # every session reads in UTC and prints text forms one way, whatever the database's
         # or role's defaults: a timestamptz read in a session zone of +05:30 was published
         # 5.5 hours off (the driver's aware value lost its offset on the way to Arrow), and
-        # an IntervalStyle set on the database changed the text of unchanged rows
-        session = "-c TimeZone=UTC -c IntervalStyle=postgres -c DateStyle=ISO,MDY"
+        # an IntervalStyle set on the database changed the text of unchanged rows; with
+        # extra_float_digits = 0 (old configurations carry it) every double arrived rounded
+        # to 15 significant digits and every real to 6 (the driver parses their text), and
+        # bytea_output = 'escape' changed the text of bytea arrays
+        session = (
+            "-c TimeZone=UTC -c IntervalStyle=postgres -c DateStyle=ISO,MDY"
+            " -c extra_float_digits=3 -c bytea_output=hex"
+        )
         given = url.query.get("options")
         connect_args["options"] = f"{given} {session}" if isinstance(given, str) else session
     elif url.get_backend_name() == "mysql":

@@ -183,10 +183,40 @@ def _step_error(job: JobConfig, e: Any) -> BaseException:
     mixed = _mixed_types(job, e)
     if mixed is not None:
         return _table_error(job, e, mixed)
+    unreadable = _driver_cannot_read(job, e)
+    if unreadable is not None:
+        return _table_error(job, e, unreadable)
     if e.step in ("normalize", "load"):
         return TerminalError(load_failure(job, e))
     cause = " ".join(str(e.__cause__ or e.exception).split())  # one line
     return TerminalError(f"job '{job.name}': extract step '{e.step}' failed: {cause}")
+
+
+def _driver_cannot_read(job: JobConfig, e: Any) -> str | None:
+    """One line when the database driver cannot read a value the source holds (psycopg's
+    ``DataError``: a PostgreSQL ``time`` of ``24:00:00``, which PostgreSQL allows and
+    Python's ``time`` cannot hold): the extract failed with the driver's bare message,
+    naming no table, and the job's other tables stopped with it (a fresh-user trial)."""
+    cause = find_cause(
+        e, lambda x: type(x).__name__ == "DataError" and type(x).__module__.startswith("psycopg")
+    )
+    if cause is None:
+        return None
+    name = failed_pipe(str(e))
+    where = f"job '{job.name}' table '{name}'" if name else f"job '{job.name}'"
+    text = " ".join(str(cause).split())
+    hint = (
+        "a time of day of 24:00:00 (PostgreSQL allows it; Python's time does not): store "
+        "23:59:59.999999 or the next day's 00:00, or publish the column as text "
+        "(column_types = { <column> = \"text\" })"
+        if "parse time" in text
+        else "fix the value at the source, or publish its column as text (column_types = "
+        "{ <column> = \"text\" })"
+    )
+    return (
+        f"{where}: the database driver cannot read a value the source holds ({text}): "
+        f"{hint}; nothing of the table staged or published"
+    )
 
 
 def _table_error(job: JobConfig, e: BaseException, message: str) -> TerminalError:

@@ -234,3 +234,31 @@ class CustomersT2Fixed(CustomersT2):
 
 BadTier = Chain(CustomersV1, CustomersT2)
 FixedTier = Chain(CustomersV1, CustomersT2Fixed)
+
+
+# --- a v2 column a producer's downgrade needs, null in every record so far ---
+
+
+class TierV1(pa.DataFrameModel):
+    id: Series[int]
+    name: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class TierV2(TierV1):
+    __version__ = 2
+    tier: Series[str] = pa.Field(nullable=True)
+
+    @staticmethod
+    def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["tier"] = None
+        return frame
+
+    @staticmethod
+    def downgrade(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame["tier"].notna().any():
+            raise MigrationError("tier has no v1 column")
+        return frame.drop(columns=["tier"])
