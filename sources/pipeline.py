@@ -313,10 +313,7 @@ def schema_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
     """The columns dlt's schema of ``pipeline`` (its local copy, as of the last load or
     abort) has for ``table``, as staging names them, its own ``_dlt_*`` columns left out;
     ``[]`` before the table's first load."""
-    if not pipeline.default_schema_name:
-        return []
-    columns = pipeline.default_schema.tables.get(table, {}).get("columns", {})
-    return [name for name in columns if not name.startswith("_dlt_")]
+    return list(schema_types(pipeline, table))
 
 
 def schema_types(pipeline: dlt.Pipeline, table: str) -> dict[str, str | None]:

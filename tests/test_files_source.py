@@ -1273,9 +1273,10 @@ def test_a_naive_time_the_jobs_zone_moves_before_year_1_sets_its_file_aside(fmt)
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
 def test_drops_without_the_soft_delete_column_publish_their_rows_live(drops_job, kind):
     """``deletes = "soft:deleted_at"`` where the drops so far carry no ``deleted_at`` (a drop
-    with no deletes in it): every run failed with a bare BinderException naming no job or
-    table, until a file with the column landed (a fresh-user trial). The rows are live;
-    a later drop with the column deletes as before."""
+    with no deletes in it): every run of a CSV job failed with a bare BinderException
+    naming no job or table, until a file with the column landed (a fresh-user trial; a
+    JSON Lines job passed, and is kept beside it). The rows are live; a later drop with the
+    column deletes as before."""
     drops_job.write(tables=("events",))
     t0 = time.time() - 600
     if kind == "jsonl":
