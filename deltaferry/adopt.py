@@ -21,9 +21,9 @@ import duckdb
 
 from deltaferry import duck
 from deltaferry.checkpoints import Plan
-from deltaferry.config import TableConfig, job_home
+from deltaferry.config import TableConfig, job_home, write_home_file
 from deltaferry.duck import ident
-from deltaferry.errors import ConflictError, VerificationError
+from deltaferry.errors import ConflictError, ContractViolation, VerificationError
 from deltaferry.merge_tables import REPLICA_COLUMNS
 from deltaferry.replica import pull
 from deltaferry.verify import list_batches
@@ -69,6 +69,11 @@ def adopt_from_lake(ctx, t: TableConfig) -> str | None:  # noqa: ANN001
         keyring=ctx.keyring,
         producers=None if chain is None else [chain],
     )
+    base = duck.connect(path, read_only=True, alias="baseline")
+    try:
+        remember_published_types(ctx.job.name, t.name, base, last)
+    finally:
+        base.close()
     plan = Plan(
         t.name,
         last,
@@ -295,3 +300,88 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
                 borrowed.close()
     path.unlink()
     return missing.num_rows
+
+
+def published_types_path(job: str, table: str):  # noqa: ANN201
+    """``$DELTAFERRY_HOME/<job>/published_types/<table>.json``: the column types of the chain
+    an adoption pulled (``remember_published_types``)."""
+    return job_home(job) / "published_types" / f"{table}.json"
+
+
+def remember_published_types(job: str, table: str, base, batch: int) -> None:  # noqa: ANN001
+    """Record the DuckDB types of ``table``'s columns in the baseline replica ``base`` (the
+    chain as published up to ``batch``), with the contract version it holds them at, for
+    ``refuse_types_readers_cannot_merge``. The baseline itself is removed after the extract."""
+    import json
+
+    types = {
+        c: kind
+        for c, kind in duck.column_types(base, table, schema=None).items()
+        if c not in REPLICA_COLUMNS
+    }
+    record = {"batch": batch, "version": _baseline_version(base, job, table), "types": types}
+    write_home_file(published_types_path(job, table), json.dumps(record, sort_keys=True))
+
+
+def refuse_types_readers_cannot_merge(ctx, t: TableConfig, delta) -> None:  # noqa: ANN001
+    """ContractViolation (the table stops, the job's other tables go on) when the first
+    batch after an adoption (a ``reset``, a lost home) brings a column's values under a type
+    that the chain published up to the adopted batch cannot hold exactly, at the same
+    contract version: a column the contract does not type, retyped at the source (``double
+    precision`` to ``numeric(30,20)``), was staged again as the new type. Published, every
+    reader, a new one too, would stop at that batch for good (``duck.TypeConflict``; a
+    fresh-user trial). The check is the readers' own (``duck.widen_columns``) against the
+    types the adoption recorded (``remember_published_types``): types a reader widens to,
+    or values it holds exactly, go on. ``delta``: the planned ``Delta``, whose Parquet parts
+    are read one at a time."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    from sources.columns import LAKE_COLUMNS
+
+    path = published_types_path(ctx.job.name, t.name)
+    if delta is None or not delta.parts or not path.exists():
+        return
+    record = json.loads(path.read_text())
+    last = ctx.state.last_manifest(t.name)
+    contract = ctx.contracts.get(t.name)
+    at = record["batch"]
+    if at != ctx.state.checkpoint(t.name).batch:
+        path.unlink(missing_ok=True)  # published since the adoption: readers took that
+        return
+    if (
+        last is None
+        or contract is None
+        or record["version"] != contract.version
+        or last.contract.version != contract.version
+    ):
+        return  # another version than published: readers migrate between the two
+    stored = {c: k for c, k in record["types"].items() if c not in LAKE_COLUMNS}
+    con = duckdb.connect()
+    try:
+        columns = ", ".join(f"{ident(c)} {k}" for c, k in stored.items())
+        con.execute(f"CREATE TABLE {ident(t.name)} ({columns})")
+        for part in delta.parts:
+            data = pq.read_table(io.BytesIO(part.data))
+            data = data.select([c for c in data.column_names if c in stored])
+            try:
+                duck.widen_columns(con, t.name, data, stored, keep=tuple(t.primary_key))
+            except duck.WidenFirst:
+                continue  # a reader widens the column: every value keeps its value
+            except duck.TypeConflict as e:
+                typed = "" if e.column in contract.columns else ", which does not type it"
+                raise ContractViolation(
+                    f"job '{ctx.job.name}' table '{t.name}': column '{e.column}' was published "
+                    f"as {e.have} up to batch {at} (contract {contract.ref} v{contract.version}"
+                    f"{typed}), and this batch brings {e.incoming} values {e.have} does not "
+                    f"hold exactly (e.g. {e.example!r}): every reader would stop at this batch. "
+                    "Nothing of this table published, the job's other tables go on. Give the "
+                    "column its type in the next version of the contract (Chain("
+                    f"{contract.ref.split(':')[-1]}, New) with New.__version__ = "
+                    f"{contract.version + 1} typing it), so the batch is published at a "
+                    "version readers migrate to"
+                ) from None
+    finally:
+        con.close()

@@ -64,7 +64,7 @@ def register(ui: ModuleType) -> None:
         path = Path(replica)
         if not path.exists():
             raise ConfigError(f"job '{job}': replica {path} does not exist; run `deltaferry pull`")
-        con = duck.connect(path, read_only=True, alias="replica")
+        con = duck.connect_replica(path, read_only=True)
         try:
             if not has_conflict_table(con):
                 raise ConfigError(

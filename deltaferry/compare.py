@@ -94,7 +94,7 @@ def outstanding_quarantine(job: JobConfig, t: TableConfig) -> list[dict]:
 def compare(job: JobConfig, replica: Path) -> list[TableConvergence]:
     """Compare every table of ``job`` between source and replica, column by column."""
     results = []
-    con = duck.connect(replica, read_only=True, alias="replica")
+    con = duck.connect_replica(replica, read_only=True)
     try:
         for t in job.tables:
             src, held_at_read = read_source(job, t)

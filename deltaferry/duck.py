@@ -322,7 +322,13 @@ def split_exact(
 
 class TypeConflict(TerminalError):
     """A batch's column values a replica column does not hold exactly, and no type holds
-    both (``widen_columns``)."""
+    both (``widen_columns``): ``column``, its stored type ``have``, the batch's
+    ``incoming`` type and one ``example`` value."""
+
+    column: str = ""
+    have: str = ""
+    incoming: str = ""
+    example: Any = None
 
 
 class WidenFirst(Exception):
@@ -394,13 +400,16 @@ def widen_columns(
         why = "it is under the table's primary key" if f.name in keep else (
             f"no type holds both exactly ({to} would change stored or incoming values)"
         )
-        raise TypeConflict(
+        conflict = TypeConflict(
             f"table '{table}' column '{f.name}' is {have} in the replica and the batch "
             f"brings {incoming} values it does not hold exactly (e.g. {first!r}); {why}: "
             f"nothing of the batch was applied. The lake holds the column as different "
             f"types (producers, or batches before a reset): type it in the table's contract so "
             f"every producer publishes one type (batches already published keep theirs)"
         )
+        conflict.column, conflict.have, conflict.incoming = f.name, have, incoming
+        conflict.example = first
+        raise conflict
     if alters:
         raise WidenFirst(table, alters)
 
@@ -642,23 +651,28 @@ def configure(
     return con
 
 
-def connect_replica(path: Path | str, alias: str = "replica") -> duckdb.DuckDBPyConnection:
-    """``connect`` for a replica file: when another process holds it (another pull into
-    the same replica, a notebook holding it open), TerminalError naming the file and the
-    process (DuckDB's own was a bare ``IOException: Could not set lock on file``). The
-    state store waits for its file instead (``state.StateStore``)."""
+def connect_replica(
+    path: Path | str, alias: str = "replica", *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """``connect`` for a replica file (``read_only`` for ``verify``, ``conflicts``,
+    ``compare``): when another process holds it (a pull into the same replica, a notebook
+    holding it open), TerminalError naming the file and the process (DuckDB's own was a
+    bare ``IOException: Could not set lock on file``). The state store waits for its file
+    instead (``state.StateStore``)."""
     try:
-        return connect(path, alias=alias)
+        return connect(path, read_only=read_only, alias=alias)
     except duckdb.IOException as e:
         text = str(e)
         if "Could not set lock" not in text:
             raise
     held = re.search(r"\(PID (\d+)\)", text)
     who = f"process {held.group(1)}" if held else "another process"
+    doing = "read" if read_only else "write"
     raise TerminalError(
-        f"{path} is open in {who} (another pull into the same replica, or a program holding "
-        "the file open); DuckDB lets one process write a database file at a time: run one "
-        "pull per replica at a time, or close the other program, and pull again"
+        f"{path} is open in {who} (a pull into the same replica, or a program holding "
+        f"the file open); DuckDB lets one process write a database file at a time, and none "
+        f"{doing} it meanwhile: wait for that pull, or close the other program, and run "
+        "this again"
     )
 
 

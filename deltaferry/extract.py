@@ -15,7 +15,8 @@ Owns everything the run's extract step does to the job's state, and what it foun
 - the operations log's entries for what the source reported: its client's own retries
   (``source-retry``), inputs set aside whole (``skipped``), rows held back before staging
   (``held``, and their quarantine records), keys read more than once (``duplicate-key``),
-  and naive times read by the wall-time rule where the zone's clock changes (``wall-time``);
+  naive times read by the wall-time rule where the zone's clock changes (``wall-time``),
+  and staged cursor values after now that the window starts before (``future-cursor``);
 - the source's current columns, for drift (``ctx.source_columns``), and the run's lines
   about what it went on without (``ctx.skipped``);
 - the step's own entry in the operations log (``ctx.step("extract", ...)``).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
 from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.failpoints import failpoint
@@ -88,6 +90,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     failure worth retrying); the step is written to the operations log either way."""
     from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
     from sources import source_module
+    from sources.staging import staged_keys_among
 
     out = ExtractResult(tables={t.name: TableExtract() for t in ctx.job.tables})
     set_aside: list[str] = []  # what the run went on without, one line each
@@ -111,6 +114,10 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 if not rest:  # every table stopped: raised below, naming each
                     break
                 job = dataclasses.replace(job, tables=rest)
+        for name, why in ((result.stopped or {}) if result is not None else {}).items():
+            out.stopped[name] = TableReadError(why, name)  # refused after its loads staged
+        if result is not None and len(out.stopped) == len(ctx.job.tables):
+            result = None  # every table stopped
         stopped = [
             Entry("extract", "failed", table=name, detail=str(error)[:2000])
             for name, error in out.stopped.items()
@@ -159,8 +166,16 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             unfit = (result.reread_unfit or {}).get(t.name, [])
             if not rows and not rereads and not unkeyed and not unfit:
                 continue
+            staged_now = None
+            if rereads and not getattr(source_module(job), "READS_NULL_CURSOR_KEYS", False):
+                # a source that cannot read a held row by key: settled once staged
+
+                def staged_now(keys: list[str], t: TableConfig = t) -> set[str]:
+                    return staged_keys_among(job.name, t, keys, list(result.load_ids))
+
             settled = ctx.state.record_held(
-                ctx.run_id, t.name, rows, rereads, unkeyed, reread_unfit=unfit
+                ctx.run_id, t.name, rows, rereads, unkeyed, reread_unfit=unfit,
+                staged_now=staged_now,
             )
             if settled:
                 entries.append(
@@ -192,6 +207,10 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         for table, notes in (result.read_again or {}).items():  # rows read again by key, why
             for note in notes:
                 entries.append(Entry("extract", "read-again", table=table, detail=note[:2000]))
+        for table, notes in (result.future_cursors or {}).items():
+            for note in notes:  # where the window starts when staged values are ahead
+                entries.append(Entry("extract", "future-cursor", table=table, detail=note[:2000]))
+                out.warnings.append(note)
         for table, notes in (result.wall_times or {}).items():
             # naive times the job's zone shows twice or never, read by one rule: said
             out.tables.setdefault(table, TableExtract()).wall_times = list(notes)

@@ -8,6 +8,7 @@ See docs/architecture.md, section 2 "The producer: one run".
 
 from __future__ import annotations
 
+from deltaferry.adopt import refuse_types_readers_cannot_merge
 from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
@@ -108,6 +109,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             ) from None
         if delta is not None and chunks is not None:
             delta.keys = chunks.keys  # iterated: where a split cut stopped
+        refuse_types_readers_cannot_merge(ctx, t, delta)
     released = ctx.released.get(t.name, [])
     if released and delta is not None:
         # of the held rows due, those this batch's keys took (a split cut: some of them)

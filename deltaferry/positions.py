@@ -37,7 +37,7 @@ def from_replica(job: JobConfig, replica: Path) -> list[Position]:
     if not replica.exists():
         raise ConfigError(f"job '{job.name}': replica {replica} does not exist")
     whose = f"replica {replica}"
-    con = duck.connect(replica, read_only=True, alias="replica")
+    con = duck.connect_replica(replica, read_only=True)
     try:
         if job.multi_producer:
             sql = (

@@ -40,6 +40,7 @@ class QuarantineMixin(StoreBase):
         rereads_null_cursors: bool,
         rereads_unkeyed: bool | str = False,
         reread_unfit: list[str] | tuple[str, ...] = (),
+        staged_now: Callable[[list[str]], set[str]] | None = None,
     ) -> int:
         """Rows a source held back before staging (a NULL key, a NULL cursor): quarantine
         records ``{pk, field, check, reason, row_json}`` and optionally ``source_rows`` (the
@@ -51,6 +52,10 @@ class QuarantineMixin(StoreBase):
         With ``rereads_null_cursors`` (the extract read every row whose cursor is NULL:
         ``null_cursor = "quarantine"``), an open NULL-cursor record whose key was not held
         this time is resolved: its row has a cursor value now (it was staged) or is gone.
+        A source that cannot read a row by key (a REST API: a record whose cursor is set to
+        a value older than the newest synced is never sent again) gives ``staged_now``:
+        keys (JSON) in, those staged by this run out; only those are resolved, the others
+        stay open (still held, as ``quarantine list`` says).
         With ``rereads_unkeyed`` (True: the extract read the whole table, so every row
         without a key; a time, ISO 8601: it read every row held without a key since then, at
         its cursor value), an open record of rows without a key (opened since that time) is
@@ -94,6 +99,9 @@ class QuarantineMixin(StoreBase):
             if rereads_null_cursors:
                 still = {r["pk"] for r in rows if r["check"] == cursor_check}
                 keys = sorted(pk for pk, check in open_ if check == cursor_check and pk not in still)
+                if staged_now is not None and keys:
+                    staged = staged_now(keys)
+                    keys = [k for k in keys if k in staged]
                 settled += self._resolve_held(
                     con, run_id, table, cursor_check, keys, "the row has a cursor value now"
                 )

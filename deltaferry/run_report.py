@@ -158,7 +158,7 @@ def pull_markdown(job: str, replica: str, results: list[Any]) -> str:
         lines += ["", *stopped]
     text = "\n".join(lines) + "\n"
     if any(r.chains is not None for r in results):
-        con = duck.connect(Path(replica), read_only=True, alias="replica")
+        con = duck.connect_replica(Path(replica), read_only=True)
         try:
             text += "\n" + conflicts.conflicts_markdown(con, job, level=2)
         finally:

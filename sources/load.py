@@ -66,6 +66,13 @@ class ExtractResult:
     # per table, naive times that named a wall time the job's zone shows twice or never,
     # read by sources/wall_time.py's rule: one line per column and kind (warned and logged)
     wall_times: dict[str, list[str]] | None = None
+    # tables refused after the run's loads were staged (reconcile over its delete ratio),
+    # with the one-line reason: they plan nothing this run, the others are published
+    stopped: dict[str, str] | None = None
+    # per table, staged cursor values after now (a typo year): the window starts before
+    # them and reads them again every run; one line each (warned, and logged as
+    # ``future-cursor``)
+    future_cursors: dict[str, list[str]] | None = None
     # per table, columns whose type has no exact published type of its own, published as
     # the database's text form by default: one line each, on the run that first stages the
     # column (warned, and logged as the decision it is)

@@ -17,7 +17,13 @@ import pyarrow as pa
 from deltaferry import duck
 from deltaferry.config import TableConfig, job_home
 from deltaferry.duck import ident
-from sources.columns import DELETED_COLUMN, HASH_COLUMN, INTERNAL_COLUMNS, STAGING_DATASET
+from sources.columns import (
+    DELETED_COLUMN,
+    HASH_COLUMN,
+    INTERNAL_COLUMNS,
+    LOAD_ID_COLUMN,
+    STAGING_DATASET,
+)
 
 
 def staging_path(job: str) -> Path:
@@ -141,3 +147,48 @@ def staged_hashes(
     """Primary key and content hash of every live staged row (see ``staged_keyed``), as a
     stream of batches."""
     return staged_keyed_batches(t, path, borrowed, HASH_COLUMN)
+
+
+def staged_keys_among(
+    job: str, t: TableConfig, keys: list[str], load_ids: list[str]
+) -> set[str]:
+    """Of ``keys`` (JSON objects of ``t``'s key columns, as quarantine records hold them),
+    those staged with one of ``load_ids`` (a run's loads) with a cursor value: rows the run
+    read and staged. Key values are compared as text (``str`` of the JSON value, DuckDB's
+    ``CAST ... AS VARCHAR`` of the staged one). ``set()`` when nothing was staged."""
+    import json
+
+    path = staging_path(job)
+    if not keys or not load_ids or not path.exists():
+        return set()
+    pk = list(t.primary_key)
+    con = duck.connect(path, read_only=True, alias="staging")
+    try:
+        if not staged_table_exists(con, t.name):
+            return set()
+        have = set(staged_columns(con, t.name))
+        if any(c not in have for c in pk) or (t.cursor and t.cursor not in have):
+            return set()
+        parsed = [json.loads(k) for k in keys]
+        wanted = pa.table(
+            {
+                "df_key": keys,
+                **{f"k{i}": [None if p.get(c) is None else str(p.get(c)) for p in parsed]
+                   for i, c in enumerate(pk)},  # fmt: skip
+            }
+        )
+        con.register("df_keys", wanted)
+        match = " AND ".join(
+            f"CAST(s.{duck.ident(c)} AS VARCHAR) = k.k{i}" for i, c in enumerate(pk)
+        )
+        cursor = f" AND s.{duck.ident(t.cursor)} IS NOT NULL" if t.cursor else ""
+        lids = ", ".join("?" for _ in load_ids)
+        rows = con.execute(
+            f"SELECT k.df_key FROM df_keys k WHERE EXISTS (SELECT 1 FROM "
+            f"{STAGING_DATASET}.{duck.ident(t.name)} s WHERE {match}{cursor} AND "
+            f"s.{duck.ident(LOAD_ID_COLUMN)} IN ({lids}))",
+            list(load_ids),
+        ).fetchall()
+        return {r[0] for r in rows}
+    finally:
+        con.close()

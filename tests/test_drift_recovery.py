@@ -692,3 +692,70 @@ def test_a_contract_edited_in_place_stops_its_table_before_publishing(
     job.sync()
     job.pull()
     assert job.replica_rows("id, n") == [(1, 1), (2, 2)]
+
+
+TYPED_AFTER_LOOSE = """
+class Typed(Loose):
+    __version__ = 2
+    f: Series[str] = pa.Field(nullable=True)
+    @staticmethod
+    def upgrade(frame):
+        frame["f"] = frame["f"].map(lambda v: None if pd.isna(v) else repr(float(v)))
+        return frame
+    @staticmethod
+    def downgrade(frame):
+        return frame
+from contracts import Chain
+LooseThenTyped = Chain(Loose, Typed)
+"""
+
+
+def test_a_column_retyped_and_reset_stops_before_readers_would(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A column the contract does not type, retyped at the source (REAL to TEXT, with a
+    word): the run stops as drift and advises a reset; after the reset the producer staged
+    the column as text and published it, while batch 1 had it as DOUBLE, and every reader,
+    a fresh one too, stopped at batch 2 for good (a fresh-user trial, PostgreSQL double to
+    numeric). The producer now stops the table before publishing, naming column, both
+    types, a value and the fix; with the column typed in contract v2, readers old and new
+    go on and equal the source."""
+    from deltaferry.errors import ContractViolation
+
+    job = Job(tmp_path, monkeypatch, LOOSE)
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, f REAL, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 1.5, '2026-01-01 00:00:01'), (2, 2.5, '2026-01-01 00:00:02');"
+    )
+    job.sync()
+    job.pull()
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, f TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        "UPDATE t SET f = 'forty', updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
+    )
+    with pytest.raises(SchemaDrift):
+        job.sync()
+    code, out = job.cli("reset", "j", "--table", "t", "--reason", "f retyped")
+    assert code == 0, out
+    with pytest.raises(ContractViolation) as e:
+        job.sync()
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"job 'j' table 't': column 'f' was published as DOUBLE up to batch 1 (contract "
+        f"{job.module}:Loose v1, which does not type it), and this batch brings VARCHAR "
+        "values DOUBLE does not hold exactly (e.g. 'forty'): every reader would stop"
+    ), message
+    assert "New.__version__ = 2" in message
+    assert len(list((tmp_path / "lake").rglob("manifests/*.json"))) == 1
+    job.add(TYPED_AFTER_LOOSE)
+    job.write("LooseThenTyped", "freeze")
+    job.sync()
+    want = [(1, "forty"), (2, "2.5")]
+    fresh = tmp_path / "fresh.duckdb"
+    for replica in (job.replica, fresh):  # the replica of batch 1 and a new one
+        job.replica = replica
+        job.pull()
+        assert job.replica_rows("id, f") == want

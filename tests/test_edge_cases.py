@@ -3,6 +3,7 @@ identifiers, error classes, rebuilds after a config change, and published types.
 
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -45,11 +46,21 @@ def test_reconcile_refuses_to_delete_most_of_a_table(shop_job, shop):
     shop.round(10, 40, churn=0)
     shop_job.sync()
     shop.con.execute("DELETE FROM orders WHERE id > 5")
+    shop.con.execute(  # a change of another table in the same run
+        "UPDATE customers SET country = 'JP', updated_at = ? WHERE id = 1", (shop._tick(),)
+    )
     shop.con.commit()
     with pytest.raises(TerminalError, match=r"reconcile would delete 35 of 40 rows"):
         shop_job.sync()
     assert shop_job.lake().get("shop/orders/manifests/000000000002.json") is None
     assert shop_job.lake().get("shop/orders/manifests/000000000001.json") is not None
+    # the refusal stops its table only (it stopped the whole job, every later run too: a
+    # fresh-user trial): the other table's change is published in that run
+    assert shop_job.lake().get("shop/customers/manifests/000000000002.json") is not None
+    shop_job.pull()
+    with duckdb.connect(str(shop_job.replica), read_only=True) as r:
+        assert r.execute("SELECT country FROM customers WHERE id = 1").fetchall() == [("JP",)]
+        assert r.execute("SELECT count(*) FROM orders").fetchall() == [(40,)]
 
 
 def test_names_dlt_would_rename_are_refused(tmp_path):

@@ -780,6 +780,42 @@ def test_a_record_without_a_cursor_value_is_published_or_held_not_a_failed_run(
         assert open_checks() == []
 
 
+def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_job, api):
+    """``null_cursor = "quarantine"`` with ``cursor_param``: a record held for a NULL cursor
+    that then gets a value older than the newest synced is never sent again (the API
+    filters by ``since``), yet its record was resolved as "the row has a cursor value now",
+    and the row never reached the lake, exit 0 (a fresh-user trial). The record stays open
+    until the record is staged; a later change sends it, publishes it and resolves it."""
+    from deltaferry.state import StateStore
+
+    def open_checks() -> list[tuple]:
+        with StateStore("api").connect(read_only=True) as con:
+            return con.execute(
+                'SELECT pk, "check" FROM quarantine WHERE resolved IS NULL ORDER BY 1'
+            ).fetchall()
+
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, x=float(i))
+    api.items[2]["updated_at"] = None
+    measures_job.config.write_text(
+        MEASURES_JOB.format(
+            url=api.url, lake=measures_job.lake_url, job_extra="",
+            table_extra='null_cursor = "quarantine"',
+        )
+    )
+    measures_job.sync()
+    assert open_checks() == [('{"id": 2}', "cursor not null")]
+    api.items[2]["updated_at"] = _ts(2)  # older than record 3's, the newest synced
+    measures_job.sync()
+    assert open_checks() == [('{"id": 2}', "cursor not null")]  # not sent: still held
+    api.items[2]["updated_at"] = _ts(50)
+    measures_job.sync()
+    assert open_checks() == []
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id FROM items ORDER BY id") == [(1,), (2,), (3,)]
+
+
 def test_without_cursor_param_a_late_record_older_than_the_last_cursor_is_published(
     measures_job, api
 ):

@@ -847,3 +847,86 @@ def test_rows_keyed_later_without_their_cursor_moving_are_read_at_their_cursor_v
     assert job.sync()["tables"]["items"]["batch"] is None  # nothing left to read again
     job.pull()
     assert job.replica_rows() == expected(job)
+
+
+def _future_then_ordinary(sync, sql, typo: str, fixed: str, later: str) -> list[str]:
+    """A row's cursor set to a typo year, then the typo fixed with ordinary changes beside
+    it, then a later change: the run's warnings, in order."""
+    warned: list[str] = []
+    sql(f"UPDATE items SET name = 'typo year', updated_at = {typo} WHERE id = 2")
+    warned += sync()["extracted"].warnings  # the window staged it: no warning yet
+    again = sync()
+    assert again["tables"]["items"]["batch"] is None  # read again, kept only when changed
+    warned += again["extracted"].warnings
+    sql(
+        f"UPDATE items SET name = 'fixed', updated_at = {fixed} WHERE id = 2",
+        f"UPDATE items SET name = 'a2', updated_at = {fixed} WHERE id = 1",
+        f"INSERT INTO items (id, name, updated_at) VALUES (4, 'new', {fixed})",
+    )
+    warned += sync()["extracted"].warnings
+    sql(f"UPDATE items SET name = 'a3', updated_at = {later} WHERE id = 1")
+    warned += sync()["extracted"].warnings
+    return warned
+
+
+def test_a_cursor_value_in_the_future_hides_no_later_change(job):
+    """A typo year (2240) in one row's cursor became the window's bound, and every later
+    change, the typo's own fix included, had a cursor below it: never read, exit 0, until a
+    reset (a fresh-user trial). The bound is the newest staged value not after now, the
+    row ahead is read again each run and said once per run. The oracle is the source read
+    with the standard library."""
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
+        "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '2024-01-02 00:00:00'),"
+        " (3, 'c', '2024-01-03 00:00:00')",
+    )
+    job.sync()
+    warned = _future_then_ordinary(
+        job.sync, job.sql, "'2240-01-02 00:00:00'", "'2024-06-01 00:00:00'", "'2024-06-02T00:00:00Z'"
+    )
+    assert len(warned) == 2, warned  # the two runs that started with it staged
+    assert all(
+        "job 't' table 'items': 1 staged row(s) have a cursor ('updated_at') value after now"
+        " (newest 2240-01-02 00:00:00" in w
+        for w in warned
+    ), warned
+    job.pull()
+    assert job.replica_rows() == expected(job)
+    assert job.replica_rows()[1][1] == "fixed"
+
+
+PG_FUTURE_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "items"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "none"
+contract = "tests.support.contracts_sqltypes:Loose"
+"""
+
+
+@pytest.mark.parametrize("kind", ["timestamptz", "timestamp", "date"])
+def test_a_postgres_cursor_in_the_future_hides_no_later_change(pg_job, kind):
+    """The same for PostgreSQL time and date cursors: the oracle is the source itself."""
+    pg_job.write(PG_FUTURE_JOB)
+    pg_job.sql(
+        f"CREATE TABLE items (id int PRIMARY KEY, name text, updated_at {kind})",
+        "INSERT INTO items VALUES (1, 'a', '2024-01-01'), (2, 'b', '2024-01-02'),"
+        " (3, 'c', '2024-01-03')",
+    )
+    pg_job.sync()
+    warned = _future_then_ordinary(
+        pg_job.sync, pg_job.sql, "'2240-01-02'", "'2024-06-01'", "'2024-06-02'"
+    )
+    assert len(warned) == 2 and all("value after now (newest 2240-01-02" in w for w in warned), warned
+    pg_job.pull()
+    with pg_job.server.connect(pg_job.database) as conn:
+        want = conn.execute("SELECT id, name FROM items ORDER BY id").fetchall()
+    with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+        got = r.execute("SELECT id, name FROM items ORDER BY id").fetchall()
+    assert got == [tuple(w) for w in want] and got[1] == (2, "fixed")

@@ -46,11 +46,15 @@ from sources.sql_database.window import (
     null_cursor_keys,
     remember_null_cursor_keys,
     remember_unkeyed_cursors,
-    staged_bound,
     unkeyed_cursors,
     window,
+    window_start,
 )
 from sources.staging import staged_types, staging_path
+
+# rows held for a NULL cursor are read again by key on every run (``null_cursor_keys``):
+# a record not held again has a cursor value now (and was staged) or is gone
+READS_NULL_CURSOR_KEYS = True
 
 
 def preflight(
@@ -183,6 +187,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         whole: list[str] = []  # tables read whole: every row without a key held again
         gained, gone = _gained_columns(job, engine, borrowed)
         bounds: dict[str, Any] = {}  # where each cursor table's window starts
+        stopped_after: dict[str, str] = {}  # tables refused after the run's loads staged
+        ahead: dict[str, list[str]] = {}  # tables with staged cursor values after now
         for t in job.tables:
             if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
                 whole.append(t.name)
@@ -192,7 +198,10 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     )
                 )
             else:
-                bound = bounds[t.name] = staged_bound(job, t, borrowed)
+                start = window_start(job, t, borrowed)
+                bound = bounds[t.name] = start.bound
+                if start.note(job, t):
+                    ahead[t.name] = [str(start.note(job, t))]
                 if bound is not None and gained.get(t.name):
                     # every row has a value in a column the source gained (ADD COLUMN ...
                     # DEFAULT, a rename) while its cursor stayed: read the table whole once
@@ -267,9 +276,13 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         columns = {r.t.name: list(r.columns) for r in reads if r.columns}
         for t in job.tables:
             if t.deletes == "reconcile":
-                n, ids, more = reconcile(
-                    job, t, engine, pipeline, borrowed, watchdog, shifts.get(t.name)
-                )
+                try:
+                    n, ids, more = reconcile(
+                        job, t, engine, pipeline, borrowed, watchdog, shifts.get(t.name)
+                    )
+                except TableReadError as e:  # too many deletes: this table stops, only
+                    stopped_after[t.name] = str(e)
+                    continue
                 tombstones[t.name] = n
                 load_ids.extend(ids)
                 note_held(t.name, more)
@@ -323,6 +336,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             }
             or None,
             wall_times=wall_times or None,
+            future_cursors=ahead or None,
+            stopped=stopped_after or None,
             text_columns=text_columns or None,
             reread_unfit={n: [pk for pk, _ in keys] for n, keys in unfit.items() if keys}
             or None,

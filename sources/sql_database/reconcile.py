@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.duck import fetch_row, ident
-from deltaferry.errors import TableReadError, TerminalError, TransientError
+from deltaferry.errors import TableReadError, TransientError
 from sources.change_detection import ChangedByKey
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.load import stage_tombstones
@@ -96,10 +96,13 @@ def reconcile(
     if missing.num_rows:
         ratio = missing.num_rows / max(staged_live, 1)
         if staged_live >= 20 and ratio > job.max_reconcile_delete_ratio:
-            raise TerminalError(
+            raise TableReadError(
                 f"job '{job.name}' table '{t.name}': reconcile would delete {missing.num_rows} of "
                 f"{staged_live} rows ({ratio:.0%}), over max_reconcile_delete_ratio "
-                f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)"
+                f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)."
+                " Nothing of this table published, the job's other tables go on; if the "
+                "deletes are real, raise max_reconcile_delete_ratio for one run",
+                t.name,
             )
         load_ids.extend(stage_tombstones(job, t, pipeline, missing, "tombstones"))
     held: list[dict[str, Any]] = []

@@ -3,7 +3,7 @@
 SQLite keeps any value in any column. A cursor value the read cannot take (text that is
 no time in a ``TIMESTAMP`` cursor, text that is not UTF-8, text in an ``INTEGER`` cursor)
 stops its table (``TableReadError``) until the source is fixed. A fix that gives the row a
-cursor value *below* the window's bound (``window.staged_bound``), as a user fixing a
+cursor value *below* the window's bound (``window.window_start``), as a user fixing a
 typo to the row's real, older time does, puts the row out of every later window: its change
 would never be published. So when a window read stops, the keys of the window's rows whose
 cursor value the read refuses are kept (``remember``, under the job's home), the next run

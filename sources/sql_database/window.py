@@ -1,9 +1,10 @@
 """What an incremental SQL read selects, and how its values become instants.
 
 **The window.** A table with a cursor is read from the newest cursor value already staged
-(``staged_bound``), with the range closed: rows *at* that value are read again on every
-run, together with every row whose cursor is NULL, and only rows whose content changed
-are staged (``sources.change_detection.ChangedByKey``). So a row that commits late with a cursor
+that is not after now (``window_start``), with the range closed: rows *at* that value are
+read again on every run, together with every row whose cursor is NULL or after now (a
+typo year is read again each run and warned about, never the bound that hides every later
+change), and only rows whose content changed are staged (``sources.change_detection.ChangedByKey``). So a row that commits late with a cursor
 value already synced, or changes in place without moving its cursor, is never lost, and an
 unchanged row is never staged twice. The bound is derived from staging itself, which a
 load commits atomically, so it can never run ahead of what was staged.
@@ -39,7 +40,7 @@ import sqlalchemy as sa
 
 from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig, write_home_file
-from deltaferry.duck import fetch_row, ident
+from deltaferry.duck import column_types, fetch_row, ident
 from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
@@ -288,20 +289,83 @@ class Normalize:
         return chunk
 
 
-def staged_bound(job: JobConfig, t: TableConfig, borrowed: Any = None) -> Any:
-    """The newest cursor value staged for the table (for time cursors a ``datetime`` in UTC,
-    naive when the column is), or None before its first load. Tombstones carry no cursor and do not count."""
+# a staged cursor value further ahead of this worker's clock than this is warned about (a
+# typo year, a writer in another zone than the job's ``timezone``); values ahead by less
+# (a database clock a little ahead) are left out of the bound as well, silently
+FUTURE_CURSOR_WARNING = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class WindowStart:
+    """Where a cursor table's window starts (``window_start``).
+
+    ``bound``: the newest staged cursor value not after ``now`` (for time cursors a
+    ``datetime`` in UTC, naive when the staged column is; a ``date`` for dates), or None:
+    read the table whole (nothing staged yet, or every staged value is after now).
+    ``ahead``: staged rows whose cursor value is after now plus ``FUTURE_CURSOR_WARNING``;
+    ``newest``: the newest of them (None when ``ahead`` is 0)."""
+
+    bound: Any
+    ahead: int = 0
+    newest: Any = None
+
+    def note(self, job: JobConfig, t: TableConfig) -> str | None:
+        """The run's warning about cursor values ahead of the clock, or None."""
+        if not self.ahead:
+            return None
+        start = "the whole table" if self.bound is None else f"{self.bound}"
+        return (
+            f"job '{job.name}' table '{t.name}': {self.ahead} staged row(s) have a cursor "
+            f"('{t.cursor}') value after now (newest {self.newest}, UTC); the window starts "
+            f"at the newest value not after now ({start}), so later changes are still read "
+            "and those rows are read again every run (kept only when changed). Check the "
+            "source for a wrong year, or a writer in another zone than the job's timezone"
+        )
+
+
+_TIME_TYPES = ("TIMESTAMP", "DATE")
+
+
+def window_start(
+    job: JobConfig, t: TableConfig, borrowed: Any = None, now: dt.datetime | None = None
+) -> WindowStart:
+    """Where the table's window starts: the newest cursor value staged that is not after
+    ``now`` (this worker's clock, UTC, by default). Staged values after now (a typo year
+    2240, a writer's clock ahead) do not count: were the bound one of them, every later
+    change below it would be missed until a reset. Rows with such values are read again on
+    every run (the content hash keeps only the changed ones), and they are counted for the
+    run's warning. Other cursor types (integers, text) take the newest value as is.
+    Tombstones carry no cursor and do not count. ``WindowStart(None)`` before the table's
+    first load."""
     path = staging_path(job.name)
     if t.cursor is None or not path.exists():
-        return None
+        return WindowStart(None)
     con = read_staging(path, borrowed)
     try:
-        if not staged_table_exists(con, t.name) or t.cursor not in staged_columns(con, t.name):
-            return None
+        if not staged_table_exists(con, t.name):
+            return WindowStart(None)
+        kind = column_types(con, t.name, STAGING_DATASET).get(t.cursor)
+        if kind is None:
+            return WindowStart(None)
         con.execute("SET TimeZone = 'UTC'")
-        return fetch_row(
-            con, f"SELECT max({ident(t.cursor)}) FROM {STAGING_DATASET}.{ident(t.name)}"
-        )[0]
+        col, table = ident(t.cursor), f"{STAGING_DATASET}.{ident(t.name)}"
+        if not kind.upper().startswith(_TIME_TYPES):
+            return WindowStart(fetch_row(con, f"SELECT max({col}) FROM {table}")[0])
+        clock = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+        late = clock + FUTURE_CURSOR_WARNING
+        if kind.upper() == "DATE":
+            at, warn = clock.date(), late.date()
+        elif "TIME ZONE" in kind.upper():
+            at, warn = clock, late
+        else:  # naive staged times are UTC wall times (Normalize, TimeText)
+            at, warn = clock.replace(tzinfo=None), late.replace(tzinfo=None)
+        bound, ahead, newest = fetch_row(
+            con,
+            f"SELECT max({col}) FILTER (WHERE {col} <= $at), "
+            f"count(*) FILTER (WHERE {col} > $warn), max({col}) FROM {table}",
+            {"at": at, "warn": warn},
+        )
+        return WindowStart(bound, int(ahead or 0), newest if ahead else None)
     finally:
         con.close()
 
@@ -727,7 +791,8 @@ __all__ = [
     "null_cursor_hold",
     "null_cursor_keys",
     "remember_null_cursor_keys",
-    "staged_bound",
+    "window_start",
+    "WindowStart",
     "text_time_columns",
     "window",
 ]
