@@ -210,10 +210,15 @@ def _print_recovered(summary: dict[str, Any], job: str = "") -> None:
 
 def _print_warnings(summary: dict[str, Any], job: str = "") -> None:
     """The inputs or source columns a run went on without, the columns it first published as
-    their text form, and how it read naive times its zone shows twice or never (``job``: a prefix for lines that do not name the job)."""
+    their text form, how it read naive times its zone shows twice or never, and staged
+    cursor values after now (``job``: a prefix for lines that do not name the job)."""
     extracted = summary.get("extracted")
     read = (
-        [n for t in extracted.tables.values() for n in (*t.text_columns, *t.wall_times)]
+        [
+            n
+            for t in extracted.tables.values()
+            for n in (*t.text_columns, *t.wall_times, *t.future_cursors)
+        ]
         if extracted
         else []
     )

@@ -61,6 +61,8 @@ class TableExtract:
     wall_times: list[str] = field(default_factory=list)
     # columns first published as the database's text form (no exact type), one note each
     text_columns: list[str] = field(default_factory=list)
+    # staged cursor values after now, where the window starts instead (``future-cursor``)
+    future_cursors: list[str] = field(default_factory=list)
     # why the table's source data could not be read this run (``TableReadError``); "" if read
     stopped: str = ""
 
@@ -208,6 +210,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             for note in notes:
                 entries.append(Entry("extract", "read-again", table=table, detail=note[:2000]))
         for table, notes in (result.future_cursors or {}).items():
+            out.tables.setdefault(table, TableExtract()).future_cursors = list(notes)
             for note in notes:  # where the window starts when staged values are ahead
                 entries.append(Entry("extract", "future-cursor", table=table, detail=note[:2000]))
                 out.warnings.append(note)

@@ -42,6 +42,7 @@ class _State:
         rereads_null_cursors: bool,
         rereads_unkeyed: bool | str = False,
         reread_unfit: list[str] | tuple[str, ...] = (),
+        staged_now: object = None,
     ) -> int:
         self.held.append((table, len(rows)))
         return 0

@@ -849,9 +849,10 @@ def test_rows_keyed_later_without_their_cursor_moving_are_read_at_their_cursor_v
     assert job.replica_rows() == expected(job)
 
 
-def _future_then_ordinary(sync, sql, typo: str, fixed: str, later: str) -> list[str]:
-    """A row's cursor set to a typo year, then the typo fixed with ordinary changes beside
-    it, then a later change: the run's warnings, in order."""
+def _future_then_ordinary(sync, sql, typo: str, real: str, fixed: str, later: str) -> list[str]:
+    """A row's cursor set to a typo year, then the typo fixed to the row's ``real`` time
+    (older than the newest staged value not after now, the window's bound) with ordinary
+    changes beside it, then a later change: the run's warnings, in order."""
     warned: list[str] = []
     sql(f"UPDATE items SET name = 'typo year', updated_at = {typo} WHERE id = 2")
     warned += sync()["extracted"].warnings  # the window staged it: no warning yet
@@ -859,7 +860,7 @@ def _future_then_ordinary(sync, sql, typo: str, fixed: str, later: str) -> list[
     assert again["tables"]["items"]["batch"] is None  # read again, kept only when changed
     warned += again["extracted"].warnings
     sql(
-        f"UPDATE items SET name = 'fixed', updated_at = {fixed} WHERE id = 2",
+        f"UPDATE items SET name = 'fixed', updated_at = {real} WHERE id = 2",
         f"UPDATE items SET name = 'a2', updated_at = {fixed} WHERE id = 1",
         f"INSERT INTO items (id, name, updated_at) VALUES (4, 'new', {fixed})",
     )
@@ -873,8 +874,9 @@ def test_a_cursor_value_in_the_future_hides_no_later_change(job):
     """A typo year (2240) in one row's cursor became the window's bound, and every later
     change, the typo's own fix included, had a cursor below it: never read, exit 0, until a
     reset (a fresh-user trial). The bound is the newest staged value not after now, the
-    row ahead is read again each run and said once per run. The oracle is the source read
-    with the standard library."""
+    row ahead is read again each run, by key too (a fix to its real time, below the bound,
+    was missed), and said once per run, on the terminal as well. The oracle is the source
+    read with the standard library."""
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)",
         "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '2024-01-02 00:00:00'),"
@@ -882,7 +884,12 @@ def test_a_cursor_value_in_the_future_hides_no_later_change(job):
     )
     job.sync()
     warned = _future_then_ordinary(
-        job.sync, job.sql, "'2240-01-02 00:00:00'", "'2024-06-01 00:00:00'", "'2024-06-02T00:00:00Z'"
+        job.sync,
+        job.sql,
+        "'2240-01-02 00:00:00'",
+        "'2024-01-02T00:00:00Z'",
+        "'2024-06-01 00:00:00'",
+        "'2024-06-02T00:00:00Z'",
     )
     assert len(warned) == 2, warned  # the two runs that started with it staged
     assert all(
@@ -893,6 +900,17 @@ def test_a_cursor_value_in_the_future_hides_no_later_change(job):
     job.pull()
     assert job.replica_rows() == expected(job)
     assert job.replica_rows()[1][1] == "fixed"
+    # said on the terminal by `deltaferry run`, not only in the run's log
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    job.sql("UPDATE items SET name = 'c2', updated_at = '2300-01-01 00:00:00' WHERE id = 3")
+    job.sync()
+    result = CliRunner().invoke(cli, ["run", "t", "--config", str(job.config)])
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and "value after now (newest 2300-01-01" in warnings[0], result.stderr
 
 
 PG_FUTURE_JOB = """
@@ -921,7 +939,7 @@ def test_a_postgres_cursor_in_the_future_hides_no_later_change(pg_job, kind):
     )
     pg_job.sync()
     warned = _future_then_ordinary(
-        pg_job.sync, pg_job.sql, "'2240-01-02'", "'2024-06-01'", "'2024-06-02'"
+        pg_job.sync, pg_job.sql, "'2240-01-02'", "'2024-01-02'", "'2024-06-01'", "'2024-06-02'"
     )
     assert len(warned) == 2 and all("value after now (newest 2240-01-02" in w for w in warned), warned
     pg_job.pull()

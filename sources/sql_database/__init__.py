@@ -200,6 +200,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             else:
                 start = window_start(job, t, borrowed)
                 bound = bounds[t.name] = start.bound
+                if start.keys:  # after now: a fix may give one a value below the bound
+                    revisit[t.name] = revisit.get(t.name, []) + start.keys
                 if start.note(job, t):
                     ahead[t.name] = [str(start.note(job, t))]
                 if bound is not None and gained.get(t.name):

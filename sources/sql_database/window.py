@@ -24,6 +24,7 @@ job, table, column and value. Naive timestamps of other databases are taken in t
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
 import itertools
 import re
@@ -303,11 +304,15 @@ class WindowStart:
     ``datetime`` in UTC, naive when the staged column is; a ``date`` for dates), or None:
     read the table whole (nothing staged yet, or every staged value is after now).
     ``ahead``: staged rows whose cursor value is after now plus ``FUTURE_CURSOR_WARNING``;
-    ``newest``: the newest of them (None when ``ahead`` is 0)."""
+    ``newest``: the newest of them (None when ``ahead`` is 0). ``keys``: the key values
+    (a dict per row) of every staged row whose cursor value is after now."""
 
     bound: Any
     ahead: int = 0
     newest: Any = None
+    # keys of the staged rows whose cursor value is after now: read again by key every
+    # run, so a fix that gives one its real, older time (below the bound) is not missed
+    keys: list[dict] = dataclasses.field(default_factory=list)
 
     def note(self, job: JobConfig, t: TableConfig) -> str | None:
         """The run's warning about cursor values ahead of the clock, or None."""
@@ -333,8 +338,9 @@ def window_start(
     ``now`` (this worker's clock, UTC, by default). Staged values after now (a typo year
     2240, a writer's clock ahead) do not count: were the bound one of them, every later
     change below it would be missed until a reset. Rows with such values are read again on
-    every run (the content hash keeps only the changed ones), and they are counted for the
-    run's warning. Other cursor types (integers, text) take the newest value as is.
+    every run by the window, and by key (``keys``: a fix may give one a value below the
+    bound); the content hash keeps only the changed ones. They are counted for the run's
+    warning. Other cursor types (integers, text) take the newest value as is.
     Tombstones carry no cursor and do not count. ``WindowStart(None)`` before the table's
     first load."""
     path = staging_path(job.name)
@@ -359,13 +365,22 @@ def window_start(
             at, warn = clock, late
         else:  # naive staged times are UTC wall times (Normalize, TimeText)
             at, warn = clock.replace(tzinfo=None), late.replace(tzinfo=None)
-        bound, ahead, newest = fetch_row(
+        bound, ahead, newest, later = fetch_row(
             con,
             f"SELECT max({col}) FILTER (WHERE {col} <= $at), "
-            f"count(*) FILTER (WHERE {col} > $warn), max({col}) FROM {table}",
+            f"count(*) FILTER (WHERE {col} > $warn), max({col}), "
+            f"count(*) FILTER (WHERE {col} > $at) FROM {table}",
             {"at": at, "warn": warn},
         )
-        return WindowStart(bound, int(ahead or 0), newest if ahead else None)
+        keys: list[dict] = []
+        if later:  # tombstones carry no cursor: only live rows have a value after now
+            pk = ", ".join(ident(c) for c in t.primary_key)
+            keys = (
+                con.execute(f"SELECT {pk} FROM {table} WHERE {col} > $at", {"at": at})
+                .fetch_arrow_table()
+                .to_pylist()
+            )
+        return WindowStart(bound, int(ahead or 0), newest if ahead else None, keys)
     finally:
         con.close()
 
