@@ -327,7 +327,8 @@ def _in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
     ``coerce``. They are published as staged (zoned), as with ``coerce``. The other way,
     naive (UTC wall time) under a zoned contract column, is validated as the instants
     ``_to_contract_types`` publishes (every row of a SQLite timestamp was refused under a
-    zoned contract without ``coerce``)."""
+    zoned contract without ``coerce``); a zoned one in another zone than the contract's
+    (DuckDB's ``Etc/UTC`` for ``UTC``) as the same instants in the contract's zone."""
     types = contract.arrow_types()
     for i, f in enumerate(data.schema):
         target = types.get(f.name)
@@ -337,6 +338,16 @@ def _in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
             data = data.set_column(i, f.name, pc.cast(data.column(i), pa.timestamp(f.type.unit)))
         elif _gains_zone(f.type, target):  # as _to_contract_types publishes it
             data = data.set_column(i, f.name, _rezone(data.column(i), f.type, target))
+        elif (
+            pa.types.is_timestamp(f.type)
+            and f.type.tz is not None
+            and target.tz is not None
+            and f.type.tz != target.tz
+        ):
+            # the same instants in the contract's zone: DuckDB names UTC "Etc/UTC", and a
+            # contract's DatetimeTZDtype(tz="UTC") without coerce refused every row
+            zoned = pa.timestamp(f.type.unit, target.tz)
+            data = data.set_column(i, f.name, pc.cast(data.column(i), zoned))
     return data
 
 

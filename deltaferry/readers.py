@@ -149,7 +149,10 @@ class Reading:
         rows = data if upsert is None else data.filter(upsert)
         if rows.num_rows == 0:
             return data, caution, 0
-        result = self.contract.validate(rows.select(cols).to_pandas(integer_object_nulls=True))
+        from deltaferry.delta import _in_contract_zone  # zoned times seen in its zone
+
+        seen = _in_contract_zone(self.contract, rows.select(cols))
+        result = self.contract.validate(seen.to_pandas(integer_object_nulls=True))
         failed = sorted(result.failed_rows)
         if not failed:
             return data, caution, 0

@@ -78,6 +78,26 @@ def test_a_naive_timestamp_for_a_zoned_column_is_validated_as_the_utc_instant():
     assert not contract.validate(seen.to_pandas()).failed_rows
 
 
+@pytest.mark.parametrize("zone", ["Etc/UTC", "Europe/Berlin", "+02:00"])
+def test_a_zoned_timestamp_in_another_zone_is_validated_as_the_same_instants(zone):
+    """DuckDB stages a PostgreSQL ``timestamptz`` as zone ``Etc/UTC``: a contract column
+    ``DatetimeTZDtype(tz="UTC")`` without ``coerce`` refused every row ("UTC" is not
+    "Etc/UTC", a fresh-user trial). Validated as the same instants in the contract's zone."""
+    contract = Contract("t:Zoned", Zoned)
+    at = dt.datetime(2024, 6, 1, 10, 0, tzinfo=dt.timezone.utc)
+    data = pyarrow.table(
+        {
+            "id": pyarrow.array([1, 2], pyarrow.int64()),
+            "at": pyarrow.array([at, None], pyarrow.timestamp("us", tz=zone)),
+        }
+    )
+    assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
+    seen = _in_contract_zone(contract, data)
+    assert seen.schema.field("at").type == pyarrow.timestamp("us", tz="UTC")
+    assert seen.column("at").to_pylist() == [at, None]
+    assert not contract.validate(seen.to_pandas()).failed_rows
+
+
 def test_a_null_in_a_boolean_column_that_may_not_be_null_breaks_the_contract():
     """pandera coerces None to False before its not_nullable check, so a NULL in a
     non-nullable boolean column passed the contract and was published (a fresh-user trial,

@@ -118,6 +118,14 @@ def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:
             "job's name for it)"
         )
     given = f" (source_table {asked!r})" if asked != t.name else ""
+    if "." in asked:  # a schema-qualified name: the session's search_path finds it instead
+        schema = asked.split(".", 1)[0]
+        return (
+            f"{where}: not found in the source database{given}: a table name does not name "
+            f"its schema; for a table of schema {schema!r}, set source_table to the table's "
+            f"name and put the schema first in the session's search_path, in the url: "
+            f"...?options=-csearch_path%3D{schema} (PostgreSQL)"
+        )
     return f"{where}: not found in the source database{given}"
 
 
