@@ -62,6 +62,12 @@ def _when_next(row: dict, fingerprint: str | None) -> str:
                 "when it has a key, by the next run (a table with a cursor reads the rows at "
                 "the cursor values of rows held without a key again each run); never staged"
             )
+        if row["check"] == "cursor not null":
+            return (
+                "when the row has a cursor value and is staged (a SQL table reads it again by "
+                "key each run; a REST API with cursor_param sends it again only with a value "
+                "newer than the newest synced, or after a reset); never staged"
+            )
         return "read again at the source (never staged)"
     if row["release"] is not None:
         return f"next run (released: {row['release']})"

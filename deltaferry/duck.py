@@ -667,11 +667,14 @@ def connect_replica(
             raise
     held = re.search(r"\(PID (\d+)\)", text)
     who = f"process {held.group(1)}" if held else "another process"
-    doing = "read" if read_only else "write"
+    rule = (
+        "DuckDB lets no other process read a database file while one writes it"
+        if read_only
+        else "DuckDB lets one process write a database file at a time"
+    )
     raise TerminalError(
         f"{path} is open in {who} (a pull into the same replica, or a program holding "
-        f"the file open); DuckDB lets one process write a database file at a time, and none "
-        f"{doing} it meanwhile: wait for that pull, or close the other program, and run "
+        f"the file open); {rule}: wait for that pull, or close the other program, and run "
         "this again"
     )
 

@@ -809,6 +809,15 @@ def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_
     api.items[2]["updated_at"] = _ts(2)  # older than record 3's, the newest synced
     measures_job.sync()
     assert open_checks() == [('{"id": 2}', "cursor not null")]  # not sent: still held
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    listed = CliRunner().invoke(
+        cli, ["quarantine", "list", "api", "--config", str(measures_job.config)]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "newer than the newest synced, or after a reset" in " ".join(listed.output.split())
     api.items[2]["updated_at"] = _ts(50)
     measures_job.sync()
     assert open_checks() == []
