@@ -825,6 +825,33 @@ def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_
     assert _rows(measures_job, "SELECT id FROM items ORDER BY id") == [(1,), (2,), (3,)]
 
 
+def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):
+    """With ``cursor_param``, one record with a typo year became dlt's stored cursor value,
+    the API was asked ``since=2240-...`` on every later run and sent nothing newer: every
+    later change missed, exit 0, until a reset (the SQL window had the same fault). The API
+    is asked from the newest value not after now (as the API wrote it); the record ahead
+    comes again each run, published only when it changed, and is warned about when read."""
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, x=float(i))
+    measures_job.sync()
+    api.items[2].update(updated_at="2240-01-02T00:00:00+00:00", name="typo year")
+    typo = measures_job.sync()  # published; dlt now holds 2240 as its cursor value
+    assert any("value after now (newest '2240-01-02T00:00:00+00:00')" in w
+               for w in typo["extracted"].warnings), typo["extracted"].warnings  # fmt: skip
+    again = measures_job.sync()
+    assert again["tables"]["items"].get("batch") is None, again  # sent again, unchanged
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")][-1] == _ts(3)
+    api.items[1].update(updated_at=_ts(40), name="later change")
+    api.items[4] = _measure(4, x=4.0)
+    api.items[4]["updated_at"] = _ts(41)
+    out = measures_job.sync()["tables"]["items"]
+    assert out["upserts"] == 2, out
+    measures_job.pull()
+    got = _rows(measures_job, "SELECT id, name FROM items ORDER BY id")
+    assert got == [(i, api.items[i]["name"]) for i in sorted(api.items)]
+
+
 def test_without_cursor_param_a_late_record_older_than_the_last_cursor_is_published(
     measures_job, api
 ):

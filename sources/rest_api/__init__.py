@@ -37,6 +37,7 @@ from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
 from sources.pipeline import pipeline_for, pipeline_naming, schema_columns, schema_types
+from sources.rest_api.future import FutureCursors, clamp_state, remember
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor_in, safe_url
 from sources.rest_api.times import NaiveTimes
@@ -256,6 +257,7 @@ def extract(job: JobConfig) -> ExtractResult:
         by_name = {r.name: r for r in resources}
         staged, reads = [], []
         times: list[NaiveTimes] = []
+        seen: list[FutureCursors] = []
         secrets = _secret_params(job)
         convention = pipeline_naming(pipeline)
         for t in job.tables:
@@ -279,6 +281,11 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
+            if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
+                clamp_state(job, t, pipeline)
+                ahead = FutureCursors(job, t)
+                seen.append(ahead)
+                resource.add_map(ahead, insert_at=len(resource._pipe.steps))
             if job.timezone != "UTC":  # after dlt's incremental step: see times.py
                 zoned = NaiveTimes(
                     _where(job, t),
@@ -303,6 +310,9 @@ def extract(job: JobConfig) -> ExtractResult:
             scrub=_no_queries,
             loader_file_format="parquet",
         )
+        for ahead in seen:
+            remember(job, ahead.t, ahead)
+        notes = {a.t.name: [str(a.note())] for a in seen if a.note()}
         return ExtractResult(
             list(info.loads_ids),
             row_counts(pipeline, job.tables),
@@ -311,6 +321,7 @@ def extract(job: JobConfig) -> ExtractResult:
             held={r.t.name: r.held for r in reads if r.held},
             duplicates={r.t.name: r.notes() for r in reads if r.repeated},
             wall_times={z.table: z.notes() for z in times if z.shifts.counts} or None,
+            future_cursors=notes or None,
         )
     finally:
         for f in filters:
