@@ -75,13 +75,20 @@ class FutureCursors:
             self.newest = value
 
     def note(self) -> str | None:
-        """The run's warning about records whose cursor is after now, or None."""
+        """The run's warning about records whose cursor is after now, or None; after
+        ``remember``: it names where the next run asks the API from."""
         if not self.ahead:
             return None
+        path = _file(self.job, self.t)
+        start = (
+            json.loads(path.read_text())["newest"]
+            if path.exists()
+            else self.t.options.get("initial_value")
+        )
         return (
             f"job '{self.job.name}' table '{self.t.name}': {self.ahead} record(s) have a cursor "
             f"('{self.t.cursor}') value after now (newest {self.latest!r}); the next run asks "
-            f"the API from the newest value not after now ({self.newest!r}), not from it, so "
+            f"the API from the newest value not after now ({start!r}), not from it, so "
             "later changes are still read and those records are sent again every run (kept "
             "only when changed). Check the API's data for a wrong year, or the job's timezone"
         )

@@ -210,8 +210,6 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 bound = bounds[t.name] = start.bound
                 if start.keys:  # after now: a fix may give one a value below the bound
                     revisit[t.name] = revisit.get(t.name, []) + start.keys
-                if start.note(job, t):
-                    ahead[t.name] = [str(start.note(job, t))]
                 if bound is not None and gained.get(t.name):
                     # every row has a value in a column the source gained (ADD COLUMN ...
                     # DEFAULT, a rename) while its cursor stayed: read the table whole once
@@ -303,6 +301,13 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             for r in reads
             if r.shifts.counts
         }
+        # staged cursor values after now as this run leaves staging (the run that stages a
+        # typo year says so, the run that stages its fix does not)
+        for t in job.tables:
+            if t.cursor and t.name not in stopped_after:
+                note = window_start(job, t, borrowed).note(job, t)
+                if note:
+                    ahead[t.name] = [note]
         # a row read by the window and again by key (or by reconcile's superset) held once
         held = {
             name: _unique_held([r for one in lists for r in one], _source_rows_held(lists))
