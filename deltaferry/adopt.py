@@ -334,11 +334,9 @@ def refuse_types_readers_cannot_merge(ctx, t: TableConfig, delta) -> None:  # no
     types the adoption recorded (``remember_published_types``): types a reader widens to,
     or values it holds exactly, go on. ``delta``: the planned ``Delta``, whose Parquet parts
     are read one at a time."""
-    import io
     import json
 
-    import pyarrow.parquet as pq
-
+    from deltaferry.delta import read_parquet
     from sources.columns import LAKE_COLUMNS
 
     path = published_types_path(ctx.job.name, t.name)
@@ -364,7 +362,7 @@ def refuse_types_readers_cannot_merge(ctx, t: TableConfig, delta) -> None:  # no
         columns = ", ".join(f"{ident(c)} {k}" for c, k in stored.items())
         con.execute(f"CREATE TABLE {ident(t.name)} ({columns})")
         for part in delta.parts:
-            data = pq.read_table(io.BytesIO(part.data))
+            data = read_parquet(part.data)
             data = data.select([c for c in data.column_names if c in stored])
             try:
                 duck.widen_columns(con, t.name, data, stored, keep=tuple(t.primary_key))

@@ -32,7 +32,12 @@ from sources.pipeline import pipeline_for, staging_naming
 from sources.sql_database import bulk, refused
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.reads import TableRead, run_reads
-from sources.sql_database.reconcile import reconcile, reextract, reread_unkeyed
+from sources.sql_database.reconcile import (
+    DeleteRatioRefused,
+    reconcile,
+    reextract,
+    reread_unkeyed,
+)
 from sources.sql_database.settings import source_table
 from sources.sql_database.types import (
     job_scope,
@@ -288,7 +293,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     n, ids, more = reconcile(
                         job, t, engine, pipeline, borrowed, watchdog, shifts.get(t.name)
                     )
-                except TableReadError as e:  # too many deletes: this table stops, only
+                except DeleteRatioRefused as e:  # too many deletes: this table stops, only
                     stopped_after[t.name] = str(e)
                     continue
                 tombstones[t.name] = n

@@ -35,6 +35,12 @@ from sources.staging import read_staging, staged_columns, staged_table_exists, s
 from sources.wall_time import ZoneShifts
 
 
+class DeleteRatioRefused(TableReadError):
+    """Reconcile would delete more of the table than ``max_reconcile_delete_ratio``: the
+    table stops for this run (its reads staged; nothing of it is planned), the job's other
+    tables go on (``sources.sql_database.extract``)."""
+
+
 def reconcile(
     job: JobConfig,
     t: TableConfig,
@@ -96,7 +102,7 @@ def reconcile(
     if missing.num_rows:
         ratio = missing.num_rows / max(staged_live, 1)
         if staged_live >= 20 and ratio > job.max_reconcile_delete_ratio:
-            raise TableReadError(
+            raise DeleteRatioRefused(
                 f"job '{job.name}' table '{t.name}': reconcile would delete {missing.num_rows} of "
                 f"{staged_live} rows ({ratio:.0%}), over max_reconcile_delete_ratio "
                 f"{job.max_reconcile_delete_ratio:.0%}; refusing (is the source table truncated?)."
