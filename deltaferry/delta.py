@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contracts import Contract, example, summarize
+from contracts import Contract, ValidationResult, example, summarize
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.keyrange import KeyRange
@@ -319,7 +319,7 @@ def _dates_as_timestamps(contract: Contract, changes: pa.Table) -> pa.Table:
     return changes
 
 
-def _in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
+def in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
     """``data`` with zoned timestamp columns whose contract column is a naive timestamp
     as their UTC wall time, for validation only: what a contract with ``coerce = True``
     makes of them itself. Sources that stage times zoned (files, REST APIs: dlt stages
@@ -349,6 +349,13 @@ def _in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
             zoned = pa.timestamp(f.type.unit, target.tz)
             data = data.set_column(i, f.name, pc.cast(data.column(i), zoned))
     return data
+
+
+def validate_rows(contract: Contract, data: pa.Table) -> ValidationResult:
+    """``contract``'s validation of Arrow rows as published (``data``: its columns, a row
+    each), times seen as ``in_contract_zone`` makes them, integers with NULLs as objects:
+    the one way the producer, dual publishing and a reader's own rules validate rows."""
+    return contract.validate(in_contract_zone(contract, data).to_pandas(integer_object_nulls=True))
 
 
 def _family(t: pa.DataType) -> str:
@@ -506,7 +513,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = contract.validate(_in_contract_zone(contract, upserts).to_pandas(integer_object_nulls=True))
+    result = validate_rows(contract, upserts)
     failed = sorted(result.failed_rows)
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not failed:
@@ -643,7 +650,7 @@ def translate_parts(
         upserts = moved.filter(pc.equal(moved[OP_COLUMN], "upsert")).drop_columns(
             [OP_COLUMN, SEQ_COLUMN]
         )
-        result = contract.validate(upserts.to_pandas(integer_object_nulls=True))
+        result = validate_rows(contract, upserts)
         if result.failed_rows:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': dual publishing: {len(result.failed_rows)} "

@@ -157,10 +157,9 @@ def _migrated(
             f"{now.ref} v{now.version} failed ({e}); nothing changed: pull into a new replica"
         ) from None
     data_cols = [c for c in now.columns if c in moved.column_names]
-    from deltaferry.delta import _in_contract_zone  # zoned times seen in its zone
+    from deltaferry.delta import validate_rows
 
-    seen = _in_contract_zone(now, moved.select(data_cols))
-    checked = now.validate(seen.to_pandas(integer_object_nulls=True))
+    checked = validate_rows(now, moved.select(data_cols))
     if checked.failed_rows:
         raise ContractChangeRefused(
             f"{where}: {whose} holds its rows at {ref} v{version}; {len(checked.failed_rows)} of "

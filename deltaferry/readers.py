@@ -149,10 +149,9 @@ class Reading:
         rows = data if upsert is None else data.filter(upsert)
         if rows.num_rows == 0:
             return data, caution, 0
-        from deltaferry.delta import _in_contract_zone  # zoned times seen in its zone
+        from deltaferry.delta import validate_rows
 
-        seen = _in_contract_zone(self.contract, rows.select(cols))
-        result = self.contract.validate(seen.to_pandas(integer_object_nulls=True))
+        result = validate_rows(self.contract, rows.select(cols))
         failed = sorted(result.failed_rows)
         if not failed:
             return data, caution, 0

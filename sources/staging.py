@@ -179,14 +179,14 @@ def staged_keys_among(
         )
         con.register("df_keys", wanted)
         match = " AND ".join(
-            f"CAST(s.{duck.ident(c)} AS VARCHAR) = k.k{i}" for i, c in enumerate(pk)
+            f"CAST(s.{ident(c)} AS VARCHAR) = k.k{i}" for i, c in enumerate(pk)
         )
-        cursor = f" AND s.{duck.ident(t.cursor)} IS NOT NULL" if t.cursor else ""
+        cursor = f" AND s.{ident(t.cursor)} IS NOT NULL" if t.cursor else ""
         lids = ", ".join("?" for _ in load_ids)
         rows = con.execute(
             f"SELECT k.df_key FROM df_keys k WHERE EXISTS (SELECT 1 FROM "
-            f"{STAGING_DATASET}.{duck.ident(t.name)} s WHERE {match}{cursor} AND "
-            f"s.{duck.ident(LOAD_ID_COLUMN)} IN ({lids}))",
+            f"{STAGING_DATASET}.{ident(t.name)} s WHERE {match}{cursor} AND "
+            f"s.{ident(LOAD_ID_COLUMN)} IN ({lids}))",
             list(load_ids),
         ).fetchall()
         return {r[0] for r in rows}

@@ -759,3 +759,34 @@ def test_a_column_retyped_and_reset_stops_before_readers_would(
         job.replica = replica
         job.pull()
         assert job.replica_rows("id, f") == want
+
+
+def test_a_column_retyped_to_one_readers_widen_to_is_published_after_reset(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """The other side of the check above: INTEGER retyped to REAL (a reader widens BIGINT to
+    DOUBLE, every stored value kept) is not refused after the reset; an existing replica
+    and a new one equal the source."""
+    job = Job(tmp_path, monkeypatch, LOOSE)
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 10, '2026-01-01 00:00:01'), (2, 20, '2026-01-01 00:00:02');"
+    )
+    job.sync()
+    job.pull()
+    job.sql(
+        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n REAL, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        "UPDATE t SET n = 20.5, updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
+    )
+    with pytest.raises(SchemaDrift):
+        job.sync()
+    code, out = job.cli("reset", "j", "--table", "t", "--reason", "n retyped")
+    assert code == 0, out
+    assert job.sync()["tables"]["t"]["batch"] == 2
+    fresh = tmp_path / "fresh.duckdb"
+    for replica in (job.replica, fresh):
+        job.replica = replica
+        job.pull()
+        assert job.replica_rows("id, n") == [(1, 20.5), (2, 20.0)]

@@ -14,7 +14,7 @@ import pytest
 from pandera.typing import Series
 
 from contracts import Contract
-from deltaferry.delta import _dates_as_timestamps, _in_contract_zone
+from deltaferry.delta import _dates_as_timestamps, in_contract_zone
 
 pytestmark = pytest.mark.unit
 
@@ -50,11 +50,11 @@ def test_a_zoned_timestamp_for_a_naive_column_is_validated_as_utc_wall_time():
         }
     )
     assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
-    seen = _in_contract_zone(contract, data)
+    seen = in_contract_zone(contract, data)
     assert seen.column("at").to_pylist() == [dt.datetime(2024, 2, 2, 1, 0)]
     assert not contract.validate(seen.to_pandas()).failed_rows
     # other columns, and zoned columns under zoned or untyped contract columns, are kept
-    assert _in_contract_zone(contract, data.rename_columns(["id", "other"])).equals(
+    assert in_contract_zone(contract, data.rename_columns(["id", "other"])).equals(
         data.rename_columns(["id", "other"])
     )
 
@@ -73,7 +73,7 @@ def test_a_naive_timestamp_for_a_zoned_column_is_validated_as_the_utc_instant():
         }
     )
     assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
-    seen = _in_contract_zone(contract, data)
+    seen = in_contract_zone(contract, data)
     assert seen.column("at").to_pylist() == [dt.datetime(2024, 2, 2, 1, 0, tzinfo=dt.timezone.utc), None]
     assert not contract.validate(seen.to_pandas()).failed_rows
 
@@ -92,7 +92,7 @@ def test_a_zoned_timestamp_in_another_zone_is_validated_as_the_same_instants(zon
         }
     )
     assert contract.validate(data.to_pandas()).failed_rows  # every row refused before
-    seen = _in_contract_zone(contract, data)
+    seen = in_contract_zone(contract, data)
     assert seen.schema.field("at").type == pyarrow.timestamp("us", tz="UTC")
     assert seen.column("at").to_pylist() == [at, None]
     assert not contract.validate(seen.to_pandas()).failed_rows

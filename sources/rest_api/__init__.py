@@ -312,7 +312,7 @@ def extract(job: JobConfig) -> ExtractResult:
         )
         for ahead in seen:
             remember(job, ahead.t, ahead)
-        notes = {a.t.name: [str(a.note())] for a in seen if a.note()}
+        notes = {a.t.name: [note] for a in seen if (note := a.note())}
         return ExtractResult(
             list(info.loads_ids),
             row_counts(pipeline, job.tables),

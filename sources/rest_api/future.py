@@ -36,9 +36,8 @@ def _zone(job: JobConfig) -> ZoneInfo | None:
     return None if job.timezone == "UTC" else ZoneInfo(job.timezone)
 
 
-def _ahead(value: Any, zone: ZoneInfo | None, now: dt.datetime) -> bool:
-    """Whether ``value`` is a time after ``now`` (aware, UTC)."""
-    rank = cursor_rank(value, zone)
+def _ahead(rank: tuple[Any, ...], now: dt.datetime) -> bool:
+    """Whether a cursor value of ``rank`` (``cursor_rank``) is a time after ``now`` (UTC)."""
     return rank[0] == 2 and rank[1] > now
 
 
@@ -54,6 +53,9 @@ class FutureCursors:
         self.newest: Any = None
         self.ahead = 0
         self.latest: Any = None
+        # the ranks of newest and latest (``cursor_rank`` parses text: once per value)
+        self._newest: tuple[Any, ...] = (0,)
+        self._latest: tuple[Any, ...] = (0,)
 
     def __call__(self, item: Any) -> Any:
         for row in item if isinstance(item, list) else [item]:
@@ -65,14 +67,13 @@ class FutureCursors:
         if value is None:
             return
         rank = cursor_rank(value, self.zone)
-        if _ahead(value, self.zone, self.now):
-            if rank[1] > self.now + WARN_AHEAD:
-                self.ahead += 1
-                if self.latest is None or rank > cursor_rank(self.latest, self.zone):
-                    self.latest = value
-            return
-        if self.newest is None or rank > cursor_rank(self.newest, self.zone):
-            self.newest = value
+        if not _ahead(rank, self.now):
+            if rank > self._newest:
+                self.newest, self._newest = value, rank
+        elif rank[1] > self.now + WARN_AHEAD:
+            self.ahead += 1
+            if rank > self._latest:
+                self.latest, self._latest = value, rank
 
     def note(self) -> str | None:
         """The run's warning about records whose cursor is after now, or None; after
@@ -125,7 +126,7 @@ def clamp_state(job: JobConfig, t: TableConfig, pipeline: Any, now: dt.datetime 
     with pipeline.managed_state() as state:
         for source in state.get("sources", {}).values():
             inc = source.get("resources", {}).get(t.name, {}).get("incremental", {}).get(path)
-            if not inc or not _ahead(inc.get("last_value"), zone, now):
+            if not inc or not _ahead(cursor_rank(inc.get("last_value"), zone), now):
                 continue
             was = inc["last_value"]
             remembered = _file(job, t)

@@ -310,7 +310,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # typo year says so, the run that stages its fix does not)
         for t in job.tables:
             if t.cursor and t.name not in stopped_after:
-                note = window_start(job, t, borrowed).note(job, t)
+                note = window_start(job, t, borrowed, with_keys=False).note(job, t)
                 if note:
                     ahead[t.name] = [note]
         # a row read by the window and again by key (or by reconcile's superset) held once

@@ -322,8 +322,9 @@ class WindowStart:
         return (
             f"job '{job.name}' table '{t.name}': {self.ahead} staged row(s) have a cursor "
             f"('{t.cursor}') value after now (newest {self.newest}, UTC); the window starts "
-            f"at the newest value not after now ({start}), so later changes are still read "
-            "and those rows are read again every run (kept only when changed). Check the "
+            f"at the newest value not after now ({start}), so later changes are still read, "
+            "and those rows are read again every run, by key as well (kept only when "
+            "changed), whatever value a fix gives them. Check the "
             "source for a wrong year, or a writer in another zone than the job's timezone"
         )
 
@@ -332,7 +333,12 @@ _TIME_TYPES = ("TIMESTAMP", "DATE")
 
 
 def window_start(
-    job: JobConfig, t: TableConfig, borrowed: Any = None, now: dt.datetime | None = None
+    job: JobConfig,
+    t: TableConfig,
+    borrowed: Any = None,
+    now: dt.datetime | None = None,
+    *,
+    with_keys: bool = True,
 ) -> WindowStart:
     """Where the table's window starts: the newest cursor value staged that is not after
     ``now`` (this worker's clock, UTC, by default). Staged values after now (a typo year
@@ -340,7 +346,8 @@ def window_start(
     change below it would be missed until a reset. Rows with such values are read again on
     every run by the window, and by key (``keys``: a fix may give one a value below the
     bound); the content hash keeps only the changed ones. They are counted for the run's
-    warning. Other cursor types (integers, text) take the newest value as is.
+    warning (``with_keys=False``: the count only, for the warning after the run). Other
+    cursor types (integers, text) take the newest value as is.
     Tombstones carry no cursor and do not count. ``WindowStart(None)`` before the table's
     first load."""
     path = staging_path(job.name)
@@ -373,7 +380,7 @@ def window_start(
             {"at": at, "warn": warn},
         )
         keys: list[dict] = []
-        if later:  # tombstones carry no cursor: only live rows have a value after now
+        if later and with_keys:  # tombstones carry no cursor: only live rows have one
             pk = ", ".join(ident(c) for c in t.primary_key)
             keys = (
                 con.execute(f"SELECT {pk} FROM {table} WHERE {col} > $at", {"at": at})
