@@ -697,10 +697,10 @@ def test_a_contract_edited_in_place_stops_its_table_before_publishing(
 TYPED_AFTER_LOOSE = """
 class Typed(Loose):
     __version__ = 2
-    f: Series[str] = pa.Field(nullable=True)
+    c: Series[str] = pa.Field(nullable=True)
     @staticmethod
     def upgrade(frame):
-        frame["f"] = frame["f"].map(lambda v: None if pd.isna(v) else repr(float(v)))
+        frame["c"] = frame["c"].map(lambda v: None if pd.isna(v) else repr(float(v)))
         return frame
     @staticmethod
     def downgrade(frame):
@@ -708,6 +708,28 @@ class Typed(Loose):
 from contracts import Chain
 LooseThenTyped = Chain(Loose, Typed)
 """
+
+
+def _retyped_and_reset(job: Job, was: str, now: str, values: str, new_value: str) -> None:
+    """Table ``t`` (id, ``c`` of SQL type ``was``, updated_at) with rows ``values``, synced
+    and pulled; then recreated with ``c`` as ``now``, row 1 set to ``new_value``: the run
+    stops as drift (freeze), and ``reset`` is done as its message advises."""
+    job.write("Loose", "freeze")
+    job.sql(
+        f"CREATE TABLE t (id INTEGER PRIMARY KEY, c {was}, updated_at TIMESTAMP);"
+        f"INSERT INTO t VALUES {values};"
+    )
+    job.sync()
+    job.pull()
+    job.sql(
+        f"CREATE TABLE t2 (id INTEGER PRIMARY KEY, c {now}, updated_at TIMESTAMP);"
+        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
+        f"UPDATE t SET c = {new_value}, updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
+    )
+    with pytest.raises(SchemaDrift):
+        job.sync()
+    code, out = job.cli("reset", "j", "--table", "t", "--reason", "c retyped")
+    assert code == 0, out
 
 
 def test_a_column_retyped_and_reset_stops_before_readers_would(
@@ -723,28 +745,14 @@ def test_a_column_retyped_and_reset_stops_before_readers_would(
     from deltaferry.errors import ContractViolation
 
     job = Job(tmp_path, monkeypatch, LOOSE)
-    job.write("Loose", "freeze")
-    job.sql(
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, f REAL, updated_at TIMESTAMP);"
-        "INSERT INTO t VALUES (1, 1.5, '2026-01-01 00:00:01'), (2, 2.5, '2026-01-01 00:00:02');"
-    )
-    job.sync()
-    job.pull()
-    job.sql(
-        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, f TEXT, updated_at TIMESTAMP);"
-        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
-        "UPDATE t SET f = 'forty', updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
-    )
-    with pytest.raises(SchemaDrift):
-        job.sync()
-    code, out = job.cli("reset", "j", "--table", "t", "--reason", "f retyped")
-    assert code == 0, out
+    values = "(1, 1.5, '2026-01-01 00:00:01'), (2, 2.5, '2026-01-01 00:00:02')"
+    _retyped_and_reset(job, "REAL", "TEXT", values, "'forty'")
     with pytest.raises(ContractViolation) as e:
         job.sync()
     message = str(e.value)
     assert "\n" not in message
     assert message.startswith(
-        f"job 'j' table 't': column 'f' was published as DOUBLE up to batch 1 (contract "
+        f"job 'j' table 't': column 'c' was published as DOUBLE up to batch 1 (contract "
         f"{job.module}:Loose v1, which does not type it), and this batch brings VARCHAR "
         "values DOUBLE does not hold exactly (e.g. 'forty'): every reader would stop"
     ), message
@@ -758,7 +766,7 @@ def test_a_column_retyped_and_reset_stops_before_readers_would(
     for replica in (job.replica, fresh):  # the replica of batch 1 and a new one
         job.replica = replica
         job.pull()
-        assert job.replica_rows("id, f") == want
+        assert job.replica_rows("id, c") == want
 
 
 def test_a_column_retyped_to_one_readers_widen_to_is_published_after_reset(
@@ -768,25 +776,11 @@ def test_a_column_retyped_to_one_readers_widen_to_is_published_after_reset(
     DOUBLE, every stored value kept) is not refused after the reset; an existing replica
     and a new one equal the source."""
     job = Job(tmp_path, monkeypatch, LOOSE)
-    job.write("Loose", "freeze")
-    job.sql(
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, updated_at TIMESTAMP);"
-        "INSERT INTO t VALUES (1, 10, '2026-01-01 00:00:01'), (2, 20, '2026-01-01 00:00:02');"
-    )
-    job.sync()
-    job.pull()
-    job.sql(
-        "CREATE TABLE t2 (id INTEGER PRIMARY KEY, n REAL, updated_at TIMESTAMP);"
-        "INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;"
-        "UPDATE t SET n = 20.5, updated_at = '2026-01-01 00:00:03' WHERE id = 1;"
-    )
-    with pytest.raises(SchemaDrift):
-        job.sync()
-    code, out = job.cli("reset", "j", "--table", "t", "--reason", "n retyped")
-    assert code == 0, out
+    values = "(1, 10, '2026-01-01 00:00:01'), (2, 20, '2026-01-01 00:00:02')"
+    _retyped_and_reset(job, "INTEGER", "REAL", values, "20.5")
     assert job.sync()["tables"]["t"]["batch"] == 2
     fresh = tmp_path / "fresh.duckdb"
     for replica in (job.replica, fresh):
         job.replica = replica
         job.pull()
-        assert job.replica_rows("id, n") == [(1, 20.5), (2, 20.0)]
+        assert job.replica_rows("id, c") == [(1, 20.5), (2, 20.0)]
