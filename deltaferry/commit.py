@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
@@ -165,6 +166,33 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
         ctx.migrations.pop(t.name, None)
     drift = DriftPlan.recorded(planned.drift)
     ctx.released[t.name] = ctx.state.plan_releases(t.name, plan.batch)
+    want = [f.sha256 for f in planned.all_files()]
+    delta = _rebuilt(ctx, t, plan, planned, drift, "published")
+    got = _hashes(delta)
+    if want != got:
+        # planned by a version that published zoned times in the session's zone (the host's;
+        # ``delta.published_zones``): rebuilt the same way, on a host with the same zone
+        legacy = _rebuilt(ctx, t, plan, planned, drift, "staged")
+        if _hashes(legacy) == want:
+            return legacy
+        raise TerminalError(
+            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
+            f"from the plan (contract or library changed since?); expected {want}, got {got}. "
+            f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
+            f'{ctx.job.name} --table {t.name} --reason "<why>"` to cut it again at the current one'
+        )
+    return delta
+
+
+def _hashes(delta: Delta) -> list[str]:
+    return [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
+
+
+def _rebuilt(
+    ctx: SyncContext, t: TableConfig, plan: Plan, planned: Manifest, drift: Any, zones: str
+) -> Delta:
+    """The planned batch cut again from staging, its zoned times published as ``zones``
+    says (``delta.build_delta``)."""
     with staged_changes(ctx, t, plan.load_ids, plan.chunk_rows, drift, plan.keys) as (
         _,
         chunks,
@@ -188,18 +216,10 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
             held=drift.held if drift else None,
             migration=migration_of(ctx, t),
             missing=drift.missing if drift else None,
+            zones=zones,
         )
         delta.keys = plan.keys
     if planned.also is not None:
         also_version = planned.also.contract.version
         delta.also = dual_copy(ctx, t, delta, also_version, drift, plan.chunk_rows)
-    want = [f.sha256 for f in planned.all_files()]
-    got = [p.sha256 for p in delta.parts + (delta.also[1] if delta.also else [])]
-    if want != got:
-        raise TerminalError(
-            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
-            f"from the plan (contract or library changed since?); expected {want}, got {got}. "
-            f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
-            f'{ctx.job.name} --table {t.name} --reason "<why>"` to cut it again at the current one'
-        )
     return delta

@@ -68,6 +68,9 @@ class Delta:
     touched: set[str] = field(default_factory=set)
     # the keys of the cut it carries (``deltaferry/keyrange.py``): whole unless split
     keys: KeyRange = field(default_factory=KeyRange)
+    # how its zoned times were published (``published_zones``): "published", or "staged"
+    # for a batch rebuilt as a version before that published it (``commit.rebuild``)
+    zones: str = "published"
 
     @property
     def rows(self) -> int:
@@ -90,6 +93,7 @@ def build_delta(
     migration: tuple[Any, int, int] | None = None,
     missing: dict[str, str] | None = None,
     open_keys: set[str] | None = None,
+    zones: str = "published",
 ) -> Delta:
     """Validate upserts against the contract, hold back failing rows, assign ``_seq`` and
     encode each chunk as one Parquet part. Raises ContractViolation, before anything is
@@ -109,7 +113,11 @@ def build_delta(
     found in the cut are returned in ``Delta.touched``.
 
     ``migration`` is (chain, source version, target version): each chunk's rows are taken
-    from the source's version to ``contract``'s before validation (``contracts.Chain``)."""
+    from the source's version to ``contract``'s before validation (``contracts.Chain``).
+
+    ``zones``: ``"published"`` gives every zoned time column one zone name whatever the
+    host (``published_zones``); ``"staged"`` keeps the zone staging gave (DuckDB's session
+    zone), as versions before it did: only to rebuild a batch they planned."""
     quarantine: list[dict[str, Any]] = []
     parts: list[Part] = []
     seq = seq_start
@@ -156,6 +164,8 @@ def build_delta(
         if n == 0:
             continue
         published = _to_contract_types(job, t, contract, published)
+        if zones == "published":
+            published = published_zones(contract, published)
         seen.add(published)
         published = published.append_column(
             SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
@@ -191,6 +201,7 @@ def build_delta(
         cursor_min=None if cmin is None else str(cmin),
         cursor_max=None if cmax is None else str(cmax),
         touched=touched,
+        zones=zones,
     )
 
 
@@ -400,6 +411,35 @@ def _to_contract_types(
                 f"cannot be the contract's {target}: {e.why}{e.at}; fix the value at the source "
                 "or the contract's type; nothing published"
             ) from None
+    return data
+
+
+# The zone name every zoned time column is published with, unless the contract types the
+# column with its own zone. DuckDB stages TIMESTAMPTZ values in its session zone, which is
+# the host's (``Etc/UTC`` from /etc/localtime, ``UTC`` with TZ=UTC, ``Europe/Berlin``): the
+# same instants, but the zone name is in the Parquet schema, so the same batch had other
+# bytes on another host or shell, and a batch planned in one could not be rebuilt in the
+# other ("rebuilt data differs from the plan").
+PUBLISHED_ZONE = "UTC"
+
+
+def published_zones(contract: Contract | None, data: pa.Table) -> pa.Table:
+    """``data`` with every top-level zoned timestamp column in one zone whatever the host:
+    the contract's zone where the contract types the column zoned, else ``PUBLISHED_ZONE``.
+    Only the type's zone name changes: the stored instants (UTC) and the unit are kept.
+    Naive columns and nested values are left as they are."""
+    types = contract.arrow_types() if contract is not None else {}
+    for i, f in enumerate(data.schema):
+        if not pa.types.is_timestamp(f.type) or f.type.tz is None:
+            continue
+        target = types.get(f.name)
+        zone = (
+            target.tz
+            if target is not None and pa.types.is_timestamp(target) and target.tz is not None
+            else PUBLISHED_ZONE
+        )
+        if f.type.tz != zone:
+            data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, zone)))
     return data
 
 
@@ -627,11 +667,18 @@ def _encode(chunk: pa.Table) -> Part:
 
 
 def translate_parts(
-    job: JobConfig, t: TableConfig, parts: list[Part], chain: Any, start: int, target: int
+    job: JobConfig,
+    t: TableConfig,
+    parts: list[Part],
+    chain: Any,
+    start: int,
+    target: int,
+    zones: str = "published",
 ) -> list[Part]:
     """The published parts of a batch at version ``start``, upgraded to ``target`` and
     validated against it, one part for each (dual publishing). Derived from the parts'
-    bytes alone, so a rebuilt batch derives the same bytes."""
+    bytes alone, so a rebuilt batch derives the same bytes. ``zones`` as ``build_delta``'s
+    (the batch's own ``Delta.zones``)."""
     contract = chain.contract(target)
     out = []
     for part in parts:
@@ -644,6 +691,8 @@ def translate_parts(
                 f"job '{job.name}' table '{t.name}': dual publishing v{start} -> v{target} "
                 f"failed ({type(e).__name__}: {e}); nothing published"
             ) from None
+        if zones == "published":
+            moved = published_zones(contract, moved)
         moved = moved.append_column(OP_COLUMN, table[OP_COLUMN]).append_column(
             SEQ_COLUMN, table[SEQ_COLUMN]
         )

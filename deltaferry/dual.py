@@ -48,7 +48,9 @@ def dual_copy(
             return None
         version = max(ahead)
     if source <= target:  # the published rows hold all the source had: upgrade them
-        return version, translate_parts(ctx.job, t, delta.parts, chain, target, version)
+        return version, translate_parts(
+            ctx.job, t, delta.parts, chain, target, version, zones=delta.zones
+        )
     # the published rows were downgraded (lossy to upgrade back): cut the copy again from
     # the staged rows, which must be the same rows
     job = dataclasses.replace(ctx.job, rows_per_file=chunk_rows, max_quarantine_ratio=1.0)
@@ -73,6 +75,7 @@ def dual_copy(
             held=drift.held if drift else None,
             migration=(chain, source, version) if version != source else None,
             missing=drift.missing if drift else None,
+            zones=delta.zones,
         )
     if _keyed_rows(t, copy.parts) != _keyed_rows(t, delta.parts):
         raise ContractViolation(
