@@ -188,6 +188,11 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
                     "check `lake`. Nothing was changed"
                 )
         dropped = _drop_staged(job, t)
+        from sources import source_module
+
+        forget = getattr(source_module(job), "forget_table", None)
+        if forget is not None:  # what a source remembers of the table beside dlt's state
+            forget(job, t)
         state.forget_table(t.name)
         planned = f", batch {plan.batch} planned" if plan is not None else ""
         detail = (

@@ -780,12 +780,13 @@ def test_a_record_without_a_cursor_value_is_published_or_held_not_a_failed_run(
         assert open_checks() == []
 
 
-def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_job, api):
+def test_a_held_record_given_an_old_cursor_is_found_by_a_whole_read(measures_job, api):
     """``null_cursor = "quarantine"`` with ``cursor_param``: a record held for a NULL cursor
-    that then gets a value older than the newest synced is never sent again (the API
-    filters by ``since``), yet its record was resolved as "the row has a cursor value now",
-    and the row never reached the lake, exit 0 (a fresh-user trial). The record stays open
-    until the record is staged; a later change sends it, publishes it and resolves it."""
+    (sent on every run: this API's filter keeps nulls) that then gets a value older than the
+    newest synced is not sent again (the API filters by ``since``). It was resolved as "the
+    row has a cursor value now" though never staged (a fresh-user trial), then stayed held
+    for good, exit 0. Its key is watched: the run it is missing from reads the table again
+    whole, publishes it and resolves its record."""
     from deltaferry.state import StateStore
 
     def open_checks() -> list[tuple]:
@@ -806,9 +807,6 @@ def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_
     )
     measures_job.sync()
     assert open_checks() == [('{"id": 2}', "cursor not null")]
-    api.items[2]["updated_at"] = _ts(2)  # older than record 3's, the newest synced
-    measures_job.sync()
-    assert open_checks() == [('{"id": 2}', "cursor not null")]  # not sent: still held
     from click.testing import CliRunner
 
     from deltaferry.cli import cli
@@ -818,11 +816,23 @@ def test_a_held_record_given_an_old_cursor_stays_held_until_it_is_sent(measures_
     )
     assert listed.exit_code == 0, listed.output
     assert "newer than the newest synced, or after a reset" in " ".join(listed.output.split())
-    api.items[2]["updated_at"] = _ts(50)
-    measures_job.sync()
+    measures_job.sync()  # still null: sent again, still held, no whole read
+    assert open_checks() == [('{"id": 2}', "cursor not null")]
+    assert all("since" in r["query"] for r in api.requests_to("/api/items")[1:])
+    sent = len(api.requests_to("/api/items"))
+    api.items[2]["updated_at"] = _ts(2)  # older than record 3's, the newest synced
+    out = measures_job.sync()
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [
+        _ts(3), "2000-01-01T00:00:00+00:00"  # asked as usual, then read again whole
+    ]
+    assert any('were not sent this run ({"id": 2})' in w for w in out["extracted"].warnings)
+    assert out["tables"]["items"]["upserts"] == 1, out
     assert open_checks() == []
     measures_job.pull()
     assert _rows(measures_job, "SELECT id FROM items ORDER BY id") == [(1,), (2,), (3,)]
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [_ts(3)]
 
 
 def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):
@@ -851,6 +861,53 @@ def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job
     measures_job.pull()
     got = _rows(measures_job, "SELECT id, name FROM items ORDER BY id")
     assert got == [(i, api.items[i]["name"]) for i in sorted(api.items)]
+
+
+def test_a_future_cursor_fixed_to_an_older_time_is_found_by_a_whole_read(measures_job, api):
+    """A record with a typo year is sent on every run (its cursor is after every ``since``);
+    fixed to its real, older time it was never sent again by an API that filters on
+    ``cursor_param``: the replica kept the typo for good, exit 0. The run that misses it
+    reads the table again whole (``initial_value`` as ``since``) and publishes the fix; a
+    deleted record is looked for once, not on every run."""
+    api.items.clear()
+    for i in (1, 2, 3, 4):
+        api.items[i] = _measure(i, x=float(i))
+    measures_job.sync()
+    api.items[2].update(updated_at="2240-01-02T00:00:00+00:00", name="typo year")
+    api.items[4].update(updated_at="2231-05-06T07:08:09Z", name="another typo")
+    measures_job.sync()
+    measures_job.sync()
+    sent = len(api.requests_to("/api/items"))
+    api.items[2].update(updated_at=_ts(2), name="fixed")  # older than since
+    del api.items[4]  # gone: looked for once
+    out = measures_job.sync()
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [
+        _ts(4), "2000-01-01T00:00:00+00:00"
+    ]
+    warned = " ".join(out["extracted"].warnings)
+    assert '2 record(s) the API sent on every run' in warned and '{"id": 2}, {"id": 4}' in warned
+    assert out["tables"]["items"]["upserts"] == 1, out
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
+        (1, "m 1"), (2, "fixed"), (3, "m 3"), (4, "another typo")  # no delete of a REST record
+    ]
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [_ts(4)]
+    # a reset forgets what the source remembered with dlt's state: the next run reads all
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+    from deltaferry.config import job_home
+
+    remembered = job_home("api") / "rest_cursor" / "items.json"
+    assert remembered.exists()
+    reset = CliRunner().invoke(
+        cli, ["reset", "api", "--table", "items", "--reason", "test",
+              "--config", str(measures_job.config)],
+    )
+    assert reset.exit_code == 0, reset.output
+    assert not remembered.exists()
 
 
 def test_without_cursor_param_a_late_record_older_than_the_last_cursor_is_published(

@@ -22,6 +22,7 @@ a proxy's error page).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from typing import Any, cast
@@ -37,7 +38,14 @@ from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
 from sources.names import cursor_path
 from sources.pipeline import pipeline_for, pipeline_naming, schema_columns, schema_types
-from sources.rest_api.future import FutureCursors, clamp_state, remember
+from sources.rest_api.future import (
+    FutureCursors,
+    Resent,
+    clamp_state,
+    forget,
+    remember,
+    restore_state,
+)
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor_in, safe_url
 from sources.rest_api.times import NaiveTimes
@@ -245,7 +253,51 @@ def _check_status(job: JobConfig, t: TableConfig, response: requests.Response) -
 
 
 def extract(job: JobConfig) -> ExtractResult:
-    """One incremental load of every endpoint of the job into staging."""
+    """One incremental load of every endpoint of the job into staging. A table whose API
+    did not send again a record it must send on every run (``future.Resent``) is then read
+    again whole in the same run, a second load: what that record became is in this run."""
+    first, again = _extract(job)
+    if not again:
+        return first
+    tables = tuple(t for t in job.tables if t.name in again)
+    second, _ = _extract(dataclasses.replace(job, tables=tables), full=frozenset(again))
+    return _combined(first, second, again)
+
+
+def _combined(first: ExtractResult, second: ExtractResult, again: dict[str, str]) -> ExtractResult:
+    """One run's result of a first load and of the whole read of the tables ``again`` names
+    (with the first load's warning each): the whole read's notes replace the first's for
+    its tables (it read every record the first did); loads and rows add up."""
+
+    def per_table(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+        out = {k: v for k, v in (a or {}).items() if k not in again}
+        out.update(b or {})
+        return out or None
+
+    rows = dict(first.rows_by_table)
+    for table, n in second.rows_by_table.items():
+        rows[table] = rows.get(table, 0) + n
+    future = per_table(first.future_cursors, second.future_cursors) or {}
+    for table, note in again.items():
+        future[table] = [note, *future.get(table, [])]
+    return dataclasses.replace(
+        first,
+        load_ids=[*first.load_ids, *second.load_ids],
+        rows_by_table=rows,
+        retried=[*(first.retried or []), *(second.retried or [])] or None,
+        held=per_table(first.held, second.held),
+        duplicates=per_table(first.duplicates, second.duplicates),
+        wall_times=per_table(first.wall_times, second.wall_times),
+        future_cursors=future or None,
+    )
+
+
+def _extract(
+    job: JobConfig, full: frozenset[str] = frozenset()
+) -> tuple[ExtractResult, dict[str, str]]:
+    """One load of the job's tables (those in ``full`` read whole: no ``cursor_param``
+    value, or ``initial_value``). Returns the result and, per table whose API did not send
+    a record it must send every run, the warning (``future.Resent.note``)."""
     from sources.names import RecordNames
 
     session, watch = _session(job)
@@ -257,12 +309,18 @@ def extract(job: JobConfig) -> ExtractResult:
         by_name = {r.name: r for r in resources}
         staged, reads = [], []
         times: list[NaiveTimes] = []
-        seen: list[FutureCursors] = []
+        seen: list[tuple[FutureCursors, Resent]] = []
+        before: dict[str, Any] = {}  # dlt's stored cursor value per table, before the run
         secrets = _secret_params(job)
         convention = pipeline_naming(pipeline)
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
+            resent = None
+            if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
+                since, was = clamp_state(job, t, pipeline, full=t.name in full)
+                before[t.name] = was
+                resent = Resent(job, t, since=since, full=t.name in full)
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
             fields = field_types(job, t, convention)
@@ -274,6 +332,7 @@ def extract(job: JobConfig) -> ExtractResult:
                 secret_params=secrets,
                 check=names,
                 fields=fields,
+                observe=resent,
             )
             reads.append(read)
             # pages checked as they come; records resolved by key, the changed winners staged
@@ -281,10 +340,9 @@ def extract(job: JobConfig) -> ExtractResult:
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
-            if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
-                clamp_state(job, t, pipeline)
+            if resent is not None:
                 ahead = FutureCursors(job, t)
-                seen.append(ahead)
+                seen.append((ahead, resent))
                 resource.add_map(ahead, insert_at=len(resource._pipe.steps))
             if job.timezone != "UTC":  # after dlt's incremental step: see times.py
                 zoned = NaiveTimes(
@@ -310,9 +368,12 @@ def extract(job: JobConfig) -> ExtractResult:
             scrub=_no_queries,
             loader_file_format="parquet",
         )
-        for ahead in seen:
-            remember(job, ahead.t, ahead)
-        notes = {a.t.name: [note] for a in seen if (note := a.note())}
+        for ahead, resent in seen:
+            remember(job, ahead.t, ahead, resent)
+            if ahead.t.name in full:
+                restore_state(job, ahead.t, pipeline, before.get(ahead.t.name))
+        notes = {a.t.name: [note] for a, _ in seen if (note := a.note())}
+        again = {r.t.name: r.note() for _, r in seen if r.missing()}
         return ExtractResult(
             list(info.loads_ids),
             row_counts(pipeline, job.tables),
@@ -322,13 +383,19 @@ def extract(job: JobConfig) -> ExtractResult:
             duplicates={r.t.name: r.notes() for r in reads if r.repeated},
             wall_times={z.table: z.notes() for z in times if z.shifts.counts} or None,
             future_cursors=notes or None,
-        )
+        ), again
     finally:
         for f in filters:
             f.close()
         if borrowed is not None:
             borrowed.close()
         session.close()
+
+
+def forget_table(job: JobConfig, t: TableConfig) -> None:
+    """``deltaferry reset`` of a table: the cursor values and keys the source remembered for
+    it (``future.remember``) are dropped with dlt's state."""
+    forget(job, t)
 
 
 def field_types(job: JobConfig, t: TableConfig, convention: str) -> FieldTypes:

@@ -14,8 +14,13 @@ before the next run a stored value after now is replaced by it (``clamp_state``;
 table's ``initial_value`` when none is remembered), so the API is asked from there: later
 changes come, and the record ahead comes again on every run (the content hash keeps it
 only when it changed). Only time cursors are compared with the clock; a number is kept.
-A record whose value is fixed to a time older than that start is not sent again by an
-API that filters on ``cursor_param`` (as for a held NULL cursor): ``reset`` reads it.
+
+A record whose value is then fixed to a time older than that start is not sent again by
+an API that filters on ``cursor_param``, nor is a record whose null cursor (sent on every
+run by an API whose filter keeps nulls) is given an old time: the replica kept the typo or
+the record stayed held, exit 0. ``Resent`` watches the keys of both kinds (the API must send
+them on every run); when one the last run saw is not sent, the table is read again whole
+in the same run (``sources.rest_api.extract``), and the content hash keeps what changed.
 """
 
 from __future__ import annotations
@@ -80,12 +85,7 @@ class FutureCursors:
         ``remember``: it names where the next run asks the API from."""
         if not self.ahead:
             return None
-        path = _file(self.job, self.t)
-        start = (
-            json.loads(path.read_text())["newest"]
-            if path.exists()
-            else self.t.options.get("initial_value")
-        )
+        start = _start(self.job, self.t)
         return (
             f"job '{self.job.name}' table '{self.t.name}': {self.ahead} record(s) have a cursor "
             f"('{self.t.cursor}') value after now (newest {self.latest!r}); the next run asks "
@@ -95,47 +95,159 @@ class FutureCursors:
         )
 
 
+class Resent:
+    """The keys the API must send on every run that asks it from a ``since`` value: a
+    record whose cursor is after now (any ``since`` not after now is before it), and a
+    record whose cursor is null once the API was seen sending it with a ``since`` (an API
+    whose filter keeps nulls; one that drops them is not watched). Called by
+    ``reads.TableRead`` with every keyed record the API sent: ``(key JSON, cursor_rank of
+    its cursor value)``, the rank in the job's zone.
+
+    ``missing()``: the keys the last run watched that this run was not sent, when it asked
+    from a ``since`` (``since``) and was not itself the whole read (``full``): each was
+    changed to a cursor older than that ``since`` (a typo fixed, a null given an old time)
+    or deleted, and only a read without the ``since`` can tell. ``watch``: what the next run
+    watches (stored by ``remember``)."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        *,
+        since: bool,
+        full: bool = False,
+        now: dt.datetime | None = None,
+    ) -> None:
+        self.job, self.t = job, t
+        self.now = now or dt.datetime.now(dt.timezone.utc)
+        self.since, self.full = since, full
+        self.before: dict[str, str] = _stored(job, t).get("watch", {})
+        self.sent: set[str] = set()
+        self.watch: dict[str, str] = {}
+
+    def __call__(self, key: str, rank: tuple[Any, ...]) -> None:
+        if key in self.before:
+            self.sent.add(key)
+        if rank == (0,):  # null or missing
+            if self.since or self.before.get(key) == "null":
+                self.watch[key] = "null"
+        elif _ahead(rank, self.now):
+            self.watch[key] = "ahead"
+
+    def missing(self) -> list[str]:
+        if not self.since or self.full:
+            return []
+        return sorted(k for k in self.before if k not in self.sent)
+
+    def note(self) -> str:
+        """The warning of a run that reads the table again whole (``missing()`` not empty)."""
+        keys = self.missing()
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        return (
+            f"job '{self.job.name}' table '{self.t.name}': {len(keys)} record(s) the API sent "
+            f"on every run (a '{self.t.cursor}' value after now, or null) were not sent this "
+            f"run ({shown}): changed to a value older than the one the API was asked from, or "
+            "deleted; the table was read again whole (from the table's initial_value, or "
+            f"without '{self.t.options.get('cursor_param')}') to find them"
+        )
+
+
 def _file(job: JobConfig, t: TableConfig) -> Any:
     return job_home(job.name) / "rest_cursor" / f"{t.name}.json"
 
 
-def remember(job: JobConfig, t: TableConfig, seen: FutureCursors) -> None:
-    """After a successful load: the newest cursor value not after now read so far (the
-    later of the one remembered and this run's)."""
-    if seen.newest is None:
-        return
+def _stored(job: JobConfig, t: TableConfig) -> dict[str, Any]:
+    """What ``remember`` stored for the table: ``newest`` (the API's text, or None) and
+    ``watch`` (``Resent.watch``); empty before its first run."""
     path = _file(job, t)
-    old = json.loads(path.read_text())["newest"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _start(job: JobConfig, t: TableConfig) -> Any:
+    """Where a run asks the API from when dlt's stored value is after now: the remembered
+    newest value not after now, else the table's ``initial_value`` (or None: no ``since``)."""
+    newest = _stored(job, t).get("newest")
+    return newest if newest is not None else t.options.get("initial_value")
+
+
+def remember(
+    job: JobConfig, t: TableConfig, seen: FutureCursors, resent: Resent | None = None
+) -> None:
+    """After a successful load: the newest cursor value not after now read so far (the
+    later of the one remembered and this run's), and the keys the next run watches."""
+    stored = _stored(job, t)
+    newest = stored.get("newest")
     zone = _zone(job)
-    if old is not None and cursor_rank(old, zone) >= cursor_rank(seen.newest, zone):
-        return
-    write_home_file(path, json.dumps({"newest": seen.newest}, default=str))
+    if seen.newest is not None and (
+        newest is None or cursor_rank(newest, zone) < cursor_rank(seen.newest, zone)
+    ):
+        newest = seen.newest
+    out: dict[str, Any] = {"newest": newest}
+    # a key not sent stays watched until a whole read has looked for it: a failed whole
+    # read leaves the next run to look again
+    watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}
+    if watch:
+        out["watch"] = watch
+    if out != {"newest": None} and json.loads(json.dumps(out, default=str)) != stored:
+        write_home_file(_file(job, t), json.dumps(out, default=str))
 
 
-def clamp_state(job: JobConfig, t: TableConfig, pipeline: Any, now: dt.datetime | None = None) -> Any:
+def clamp_state(
+    job: JobConfig,
+    t: TableConfig,
+    pipeline: Any,
+    now: dt.datetime | None = None,
+    *,
+    full: bool = False,
+) -> tuple[bool, Any]:
     """Before a run: when the pipeline's stored cursor value for ``t`` (dlt's incremental
     state) is a time after ``now``, replace it with the remembered newest value not after
-    now (else the table's ``initial_value``). Returns the value replaced, or None."""
+    now (else the table's ``initial_value``); with ``full``, replace it with the table's
+    ``initial_value`` whatever it is (the table is read again whole). Returns whether the
+    run asks the API from a value (sends ``cursor_param``), and the stored value before."""
     from sources.names import cursor_path
 
+    initial = t.options.get("initial_value")
     if not t.cursor or not t.options.get("cursor_param"):
-        return None
+        return False, None
     now = now or dt.datetime.now(dt.timezone.utc)
     zone = _zone(job)
     path = cursor_path(t.cursor)
     with pipeline.managed_state() as state:
         for source in state.get("sources", {}).values():
             inc = source.get("resources", {}).get(t.name, {}).get("incremental", {}).get(path)
-            if not inc or not _ahead(cursor_rank(inc.get("last_value"), zone), now):
+            if not inc:
                 continue
-            was = inc["last_value"]
-            remembered = _file(job, t)
-            start = (
-                json.loads(remembered.read_text())["newest"]
-                if remembered.exists()
-                else t.options.get("initial_value")
-            )
-            inc["last_value"] = start
-            inc["unique_hashes"] = []
-            return was
-    return None
+            was = inc.get("last_value")
+            if full:
+                inc["last_value"] = initial
+                inc["unique_hashes"] = []
+            elif _ahead(cursor_rank(inc.get("last_value"), zone), now):
+                inc["last_value"] = _start(job, t)
+                inc["unique_hashes"] = []
+            return inc.get("last_value") is not None or initial is not None, was
+    return initial is not None, None
+
+
+def restore_state(job: JobConfig, t: TableConfig, pipeline: Any, was: Any) -> None:
+    """After a whole read (``clamp_state(full=True)``): dlt's stored value is the newest of
+    the records that reached its step, only the changed ones; the value from before is
+    put back when it is newer, so the next run asks from where it would have."""
+    from sources.names import cursor_path
+
+    if was is None:
+        return
+    zone = _zone(job)
+    with pipeline.managed_state() as state:
+        for source in state.get("sources", {}).values():
+            inc = source.get("resources", {}).get(t.name, {}).get("incremental", {})
+            inc = inc.get(cursor_path(t.cursor or ""))
+            if inc and cursor_rank(inc.get("last_value"), zone) < cursor_rank(was, zone):
+                inc["last_value"] = was
+                inc["unique_hashes"] = []
+
+
+def forget(job: JobConfig, t: TableConfig) -> None:
+    """What ``remember`` stored for the table, dropped (``deltaferry reset``: the next run
+    reads the API in full and watches what it sends)."""
+    _file(job, t).unlink(missing_ok=True)

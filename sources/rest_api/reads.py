@@ -196,9 +196,12 @@ class TableRead:
         secret_params: frozenset[str] = frozenset(),
         check: Any = None,
         fields: FieldTypes | None = None,
+        observe: Callable[[str, Any], None] | None = None,
     ) -> None:
         # check(page): called on each page's records as it arrives (raises to refuse them)
         self.check = check
+        # observe(key, cursor rank): every keyed record the API sent (``future.Resent``)
+        self.observe = observe
         # each record's numbers as its contract columns hold them, exactly, or refused
         self.fields = fields
         self.job, self.t, self.changed = job, t, changed
@@ -431,11 +434,13 @@ class TableRead:
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
+        key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
+        rank = cursor_rank(_cursor_value(row, self.t.cursor), self.zone) if self.t.cursor else ()
+        if self.observe is not None:
+            self.observe(key, rank)
         if self._hold_without_cursor(row):
             return
-        key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
         h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
-        rank = cursor_rank(_cursor_value(row, self.t.cursor), self.zone) if self.t.cursor else ()
         if self.floor is not None and rank != (0,) and rank < self.floor:
             return  # older than initial_value
         known = index.get(key)
