@@ -17,6 +17,7 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from deltaferry import duck
 from deltaferry.checkpoints import Plan
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
@@ -169,19 +170,30 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     want = [f.sha256 for f in planned.all_files()]
     delta = _rebuilt(ctx, t, plan, planned, drift, "published")
     got = _hashes(delta)
-    if want != got:
-        # planned by a version that published zoned times in the session's zone (the host's;
-        # ``delta.published_zones``): rebuilt the same way, on a host with the same zone
-        legacy = _rebuilt(ctx, t, plan, planned, drift, "staged")
+    if want == got:
+        return delta
+    # planned by a version that published zoned times in DuckDB's session zone (the host's;
+    # ``delta.published_zones``): rebuilt that way in this host's zone, then in the zone
+    # names a host in UTC has (a container's /etc/localtime, a shell's TZ=UTC)
+    session = duck.session_zone()
+    tried = [session]
+    for zones, zone in (("staged", session), ("staged:Etc/UTC", "Etc/UTC"), ("staged:UTC", "UTC")):
+        if zones != "staged" and zone == session:
+            continue
+        legacy = _rebuilt(ctx, t, plan, planned, drift, zones)
         if _hashes(legacy) == want:
             return legacy
-        raise TerminalError(
-            f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
-            f"from the plan (contract or library changed since?); expected {want}, got {got}. "
-            f"Restore the contract the plan was cut with, or run `deltaferry plan discard "
-            f'{ctx.job.name} --table {t.name} --reason "<why>"` to cut it again at the current one'
-        )
-    return delta
+        if zone not in tried:
+            tried.append(zone)
+    raise TerminalError(
+        f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
+        f"from the plan (contract or library changed since?); expected {want}, got {got}. "
+        "Restore the contract the plan was cut with, or run `deltaferry plan discard "
+        f'{ctx.job.name} --table {t.name} --reason "<why>"` to cut it again at the current '
+        "one. A batch planned before deltaferry published zoned times in UTC (in the host's "
+        f"zone) rebuilds only in that zone: tried {', '.join(tried)}; run again with TZ set "
+        "to the planning host's zone (e.g. TZ=Europe/Berlin)"
+    )
 
 
 def _hashes(delta: Delta) -> list[str]:

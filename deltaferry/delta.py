@@ -117,7 +117,9 @@ def build_delta(
 
     ``zones``: ``"published"`` gives every zoned time column one zone name whatever the
     host (``published_zones``); ``"staged"`` keeps the zone staging gave (DuckDB's session
-    zone), as versions before it did: only to rebuild a batch they planned."""
+    zone), as versions before it did, and ``"staged:ZONE"`` gives the columns staged zoned
+    that zone instead (as those versions did on a host in ``ZONE``): only to rebuild a
+    batch they planned (``commit.rebuild``)."""
     quarantine: list[dict[str, Any]] = []
     parts: list[Part] = []
     seq = seq_start
@@ -130,9 +132,12 @@ def build_delta(
     staged: dict[str, str] = {}  # Arrow type of a column that failed the contract's dtype
     fresh_ids = pa.array(load_ids, pa.string())
     seen = _BatchKeys(list(t.primary_key))
+    host_zone = zones.partition("staged:")[2]
     for i, changes in enumerate(chunks):
         if i == 0:  # every chunk of a cut has the same columns
             _check_published_names(job, t, changes.column_names)
+        if host_zone:
+            changes = _zoned_as(changes, host_zone)
         if open_keys:
             keys = changes.select(list(t.primary_key)).to_pylist()
             touched |= open_keys.intersection(key_json(t, k) for k in keys)
@@ -439,6 +444,14 @@ def published_zones(contract: Contract | None, data: pa.Table) -> pa.Table:
             else PUBLISHED_ZONE
         )
         if f.type.tz != zone:
+            data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, zone)))
+    return data
+
+
+def _zoned_as(data: pa.Table, zone: str) -> pa.Table:
+    """Every top-level zoned timestamp column of ``data`` in ``zone`` (same instants)."""
+    for i, f in enumerate(data.schema):
+        if pa.types.is_timestamp(f.type) and f.type.tz is not None and f.type.tz != zone:
             data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, zone)))
     return data
 

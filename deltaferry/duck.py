@@ -679,6 +679,17 @@ def connect_replica(
     )
 
 
+def session_zone() -> str:
+    """The zone name DuckDB gives a new connection's ``TimeZone`` in this process: the
+    host's (``TZ``, else /etc/localtime), e.g. ``Etc/UTC``, ``UTC``, ``Europe/Berlin``."""
+    con = duckdb.connect()
+    try:
+        row = con.execute("SELECT current_setting('TimeZone')").fetchone()
+        return str(row[0]) if row else "UTC"
+    finally:
+        con.close()
+
+
 def connect(
     path: Path | str, *, read_only: bool = False, alias: str = "db"
 ) -> duckdb.DuckDBPyConnection:

@@ -178,3 +178,45 @@ def test_a_batch_planned_before_zones_were_fixed_is_rebuilt_as_planned(pg_job, m
     assert {p.schema.field("at").type.tz for p in _parts(pg_job)} == {session, "Asia/Tokyo"}
     pg_job.pull()
     assert _replica(pg_job) == _source(pg_job)
+
+
+@pytest.mark.parametrize("planned_in", ["Etc/UTC", "Europe/Berlin"])
+def test_a_batch_planned_before_zones_were_fixed_in_another_zone(pg_job, monkeypatch, planned_in):
+    """The same plan recovered from a shell whose zone name differs from the planning
+    host's: a container's ``Etc/UTC`` against a shell's ``TZ=UTC`` (both UTC) is rebuilt
+    byte-identically; from another zone (Europe/Berlin) the run stops naming the zones it
+    tried and the way out, and that way out (the planning host's ``TZ``) works. The old
+    writer, on a host in ``planned_in``, is this code publishing every zoned column in
+    that zone as staged."""
+    import deltaferry.delta as delta_module
+    from deltaferry.failpoints import FailpointHit
+
+    pg_job.write(JOB)
+    pg_job.sql(*ROWS)
+    publishing = delta_module.published_zones
+    monkeypatch.setattr(
+        delta_module, "published_zones", lambda c, data: delta_module._zoned_as(data, planned_in)
+    )
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT", "after_plan")
+    monkeypatch.setenv("DELTAFERRY_FAILPOINT_ACTION", "raise")
+    with pytest.raises(FailpointHit):
+        pg_job.sync()
+    planned = StateStore("pg").pending_plan("events")
+    monkeypatch.delenv("DELTAFERRY_FAILPOINT")
+    monkeypatch.setattr(delta_module, "published_zones", publishing)
+
+    recovered = _cli_run(pg_job, "UTC")
+    if planned_in == "Europe/Berlin":
+        assert recovered.returncode == 1, recovered.stdout[-2000:]
+        said = " ".join((recovered.stdout + recovered.stderr).split())
+        assert "rebuilds only in that zone: tried UTC, Etc/UTC; run again with TZ set to the " \
+               "planning host's zone" in said, said[-3000:]  # fmt: skip
+        assert pg_job.lake().get(manifest_key("pg", "events", 1)) is None
+        recovered = _cli_run(pg_job, "Europe/Berlin")
+    assert recovered.returncode == 0, recovered.stdout[-2000:] + recovered.stderr[-2000:]
+    assert "rebuilt byte-identically" in recovered.stdout + recovered.stderr
+    assert pg_job.lake().get(manifest_key("pg", "events", 1)) == planned.manifest
+    (part,) = _parts(pg_job)
+    assert part.schema.field("at").type.tz == planned_in
+    pg_job.pull()
+    assert _replica(pg_job) == _source(pg_job)
