@@ -1211,3 +1211,66 @@ def test_naive_times_are_wall_time_in_the_jobs_timezone(measures_job, api):
     notes = [d for t, d in _ops("wall-time")]
     assert any("column 'at': 1 value(s) a wall time America/New_York never shows" in n for n in notes), notes
     assert any("column 'seen': 1 value(s) a wall time America/New_York shows twice" in n for n in notes), notes
+
+
+def test_a_failed_whole_read_does_not_leave_the_api_asked_from_the_start(
+    measures_job, api, monkeypatch
+):
+    """A whole read (a watched record not sent) lowers dlt's stored value to
+    ``initial_value`` before it reads; when it failed, that value stayed, and every later run
+    read the whole API, exit 0 (a fresh-user trial). The value from before is put back by
+    the next run, which looks for the record again and finds it."""
+    from deltaferry.errors import TransientError
+
+    api.items.clear()
+    for i in (1, 2, 3, 4):
+        api.items[i] = _measure(i, x=float(i))
+    measures_job.sync()
+    api.items[3].update(updated_at="2240-01-02T00:00:00+00:00", name="typo year")
+    measures_job.sync()
+    api.items[3].update(updated_at=_ts(1), name="fixed")  # older than since
+    handle = api._handle
+
+    def failing(h):  # the whole read's first page fails, every attempt
+        if "since=2000-01-01" in h.path:
+            return api._send(h, 500, {"error": "injected"})
+        return handle(h)
+
+    monkeypatch.setattr(api, "_handle", failing)
+    monkeypatch.setenv("DELTAFERRY_HTTP_ATTEMPTS", "1")
+    monkeypatch.setenv("DELTAFERRY_STEP_RETRIES", "0")
+    with pytest.raises(TransientError, match="answered 500"):
+        measures_job.sync()
+    monkeypatch.setattr(api, "_handle", handle)
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [
+        _ts(4), "2000-01-01T00:00:00+00:00"  # asked from where it was, then looked again
+    ]
+    assert out["tables"]["items"]["upserts"] == 1, out
+    for _ in range(2):  # then as usual: no whole read
+        sent = len(api.requests_to("/api/items"))
+        assert measures_job.sync()["tables"]["items"].get("batch") is None
+        assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [
+            _ts(4)
+        ]
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name FROM items WHERE id = 3") == [(3, "fixed")]
+
+
+def test_a_deleted_watched_record_is_looked_for_once(measures_job, api):
+    """A watched record deleted from a table that has no cursor value not after now: the
+    emptied watch list was never stored, so every later run read the table again whole
+    (a fresh-user trial)."""
+    api.items.clear()
+    api.items[1] = _measure(1, x=1.0)
+    api.items[1]["updated_at"] = "2240-01-02T00:00:00+00:00"  # no value not after now at all
+    measures_job.sync()
+    measures_job.sync()
+    del api.items[1]
+    reads = []  # requests a run (one page each): a second is the whole read
+    for _ in range(3):
+        sent = len(api.requests_to("/api/items"))
+        measures_job.sync()
+        reads.append(len(api.requests_to("/api/items")) - sent)
+    assert reads == [2, 1, 1]

@@ -142,13 +142,18 @@ class Resent:
     def note(self) -> str:
         """The warning of a run that reads the table again whole (``missing()`` not empty)."""
         keys = self.missing()
+        initial = self.t.options.get("initial_value")
+        how = (
+            f"from the table's initial_value {initial!r}"
+            if initial is not None
+            else f"without '{self.t.options.get('cursor_param')}'"
+        )
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         return (
             f"job '{self.job.name}' table '{self.t.name}': {len(keys)} record(s) the API sent "
             f"on every run (a '{self.t.cursor}' value after now, or null) were not sent this "
             f"run ({shown}): changed to a value older than the one the API was asked from, or "
-            "deleted; the table was read again whole (from the table's initial_value, or "
-            f"without '{self.t.options.get('cursor_param')}') to find them"
+            f"deleted; the table was read again whole ({how}) to find them"
         )
 
 
@@ -188,8 +193,14 @@ def remember(
     watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}
     if watch:
         out["watch"] = watch
-    if out != {"newest": None} and json.loads(json.dumps(out, default=str)) != stored:
-        write_home_file(_file(job, t), json.dumps(out, default=str))
+    # a "resume" (clamp_state) is dropped: this load succeeded with it applied
+    normalized = json.loads(json.dumps(out, default=str))
+    if normalized == stored:
+        return
+    if normalized == {"newest": None}:  # nothing to remember (a watched key deleted)
+        _file(job, t).unlink(missing_ok=True)
+        return
+    write_home_file(_file(job, t), json.dumps(out, default=str))
 
 
 def clamp_state(
@@ -203,8 +214,11 @@ def clamp_state(
     """Before a run: when the pipeline's stored cursor value for ``t`` (dlt's incremental
     state) is a time after ``now``, replace it with the remembered newest value not after
     now (else the table's ``initial_value``); with ``full``, replace it with the table's
-    ``initial_value`` whatever it is (the table is read again whole). Returns whether the
-    run asks the API from a value (sends ``cursor_param``), and the stored value before."""
+    ``initial_value`` whatever it is (the table is read again whole), the value before kept
+    as ``resume`` in the table's file until a load succeeds: a whole read that failed or
+    was killed is followed by a run that puts it back first (else every later run asked
+    from ``initial_value``). Returns whether the run asks the API from a value (sends
+    ``cursor_param``), and the stored value before."""
     from sources.names import cursor_path
 
     initial = t.options.get("initial_value")
@@ -213,13 +227,25 @@ def clamp_state(
     now = now or dt.datetime.now(dt.timezone.utc)
     zone = _zone(job)
     path = cursor_path(t.cursor)
+    stored = _stored(job, t)
+    resume = stored.get("resume")
     with pipeline.managed_state() as state:
         for source in state.get("sources", {}).values():
             inc = source.get("resources", {}).get(t.name, {}).get("incremental", {}).get(path)
             if not inc:
                 continue
+            if resume is not None and cursor_rank(inc.get("last_value"), zone) < cursor_rank(
+                resume, zone
+            ):
+                # a whole read failed or was killed after lowering it: put it back
+                inc["last_value"] = resume
+                inc["unique_hashes"] = []
             was = inc.get("last_value")
             if full:
+                if was is not None:  # kept until a load succeeds (``remember`` drops it)
+                    write_home_file(
+                        _file(job, t), json.dumps({**stored, "resume": was}, default=str)
+                    )
                 inc["last_value"] = initial
                 inc["unique_hashes"] = []
             elif _ahead(cursor_rank(inc.get("last_value"), zone), now):
