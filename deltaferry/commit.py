@@ -175,16 +175,11 @@ def rebuild(ctx: SyncContext, t: TableConfig, plan: Plan) -> Delta:
     # planned by a version that published zoned times in DuckDB's session zone (the host's;
     # ``delta.published_zones``): rebuilt that way in this host's zone, then in the zone
     # names a host in UTC has (a container's /etc/localtime, a shell's TZ=UTC)
-    session = duck.session_zone()
-    tried = [session]
-    for zones, zone in (("staged", session), ("staged:Etc/UTC", "Etc/UTC"), ("staged:UTC", "UTC")):
-        if zones != "staged" and zone == session:
-            continue
-        legacy = _rebuilt(ctx, t, plan, planned, drift, zones)
+    tried = list(dict.fromkeys([duck.session_zone(), "Etc/UTC", "UTC"]))
+    for zone in tried:
+        legacy = _rebuilt(ctx, t, plan, planned, drift, f"staged:{zone}")
         if _hashes(legacy) == want:
             return legacy
-        if zone not in tried:
-            tried.append(zone)
     raise TerminalError(
         f"job '{ctx.job.name}' table '{t.name}' batch {plan.batch}: rebuilt data differs "
         f"from the plan (contract or library changed since?); expected {want}, got {got}. "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,9 @@ class Delta:
     touched: set[str] = field(default_factory=set)
     # the keys of the cut it carries (``deltaferry/keyrange.py``): whole unless split
     keys: KeyRange = field(default_factory=KeyRange)
-    # how its zoned times were published (``published_zones``): "published", or "staged"
-    # for a batch rebuilt as a version before that published it (``commit.rebuild``)
+    # how its zoned times were published (``published_zones``): "published", or
+    # "staged:ZONE" for a batch rebuilt as a version before that published it on a host in
+    # ZONE (``commit.rebuild``)
     zones: str = "published"
 
     @property
@@ -116,10 +117,9 @@ def build_delta(
     from the source's version to ``contract``'s before validation (``contracts.Chain``).
 
     ``zones``: ``"published"`` gives every zoned time column one zone name whatever the
-    host (``published_zones``); ``"staged"`` keeps the zone staging gave (DuckDB's session
-    zone), as versions before it did, and ``"staged:ZONE"`` gives the columns staged zoned
-    that zone instead (as those versions did on a host in ``ZONE``): only to rebuild a
-    batch they planned (``commit.rebuild``)."""
+    host (``published_zones``); ``"staged:ZONE"`` gives the columns staged zoned ``ZONE``,
+    as versions before it did on a host in that zone (DuckDB's session zone): only to
+    rebuild a batch they planned (``commit.rebuild``)."""
     quarantine: list[dict[str, Any]] = []
     parts: list[Part] = []
     seq = seq_start
@@ -434,25 +434,25 @@ def published_zones(contract: Contract | None, data: pa.Table) -> pa.Table:
     Only the type's zone name changes: the stored instants (UTC) and the unit are kept.
     Naive columns and nested values are left as they are."""
     types = contract.arrow_types() if contract is not None else {}
+
+    def zone(name: str) -> str:
+        target = types.get(name)
+        if target is not None and pa.types.is_timestamp(target) and target.tz is not None:
+            return str(target.tz)
+        return PUBLISHED_ZONE
+
+    return _zoned_as(data, zone)
+
+
+def _zoned_as(data: pa.Table, zone: str | Callable[[str], str]) -> pa.Table:
+    """Every top-level zoned timestamp column of ``data`` in ``zone`` (or ``zone(name)``),
+    the same instants."""
     for i, f in enumerate(data.schema):
         if not pa.types.is_timestamp(f.type) or f.type.tz is None:
             continue
-        target = types.get(f.name)
-        zone = (
-            target.tz
-            if target is not None and pa.types.is_timestamp(target) and target.tz is not None
-            else PUBLISHED_ZONE
-        )
-        if f.type.tz != zone:
-            data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, zone)))
-    return data
-
-
-def _zoned_as(data: pa.Table, zone: str) -> pa.Table:
-    """Every top-level zoned timestamp column of ``data`` in ``zone`` (same instants)."""
-    for i, f in enumerate(data.schema):
-        if pa.types.is_timestamp(f.type) and f.type.tz is not None and f.type.tz != zone:
-            data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, zone)))
+        want = zone(f.name) if callable(zone) else zone
+        if f.type.tz != want:
+            data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit, want)))
     return data
 
 

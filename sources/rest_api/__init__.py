@@ -44,7 +44,6 @@ from sources.rest_api.future import (
     clamp_state,
     forget,
     remember,
-    restore_state,
 )
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor_in, safe_url
@@ -310,7 +309,6 @@ def _extract(
         staged, reads = [], []
         times: list[NaiveTimes] = []
         seen: list[tuple[FutureCursors, Resent]] = []
-        before: dict[str, Any] = {}  # dlt's stored cursor value per table, before the run
         secrets = _secret_params(job)
         convention = pipeline_naming(pipeline)
         for t in job.tables:
@@ -318,8 +316,7 @@ def _extract(
             filters.append(changed)
             resent = None
             if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
-                since, was = clamp_state(job, t, pipeline, full=t.name in full)
-                before[t.name] = was
+                since = clamp_state(job, t, pipeline, full=t.name in full)
                 resent = Resent(job, t, since=since, full=t.name in full)
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
@@ -370,8 +367,6 @@ def _extract(
         )
         for ahead, resent in seen:
             remember(job, ahead.t, ahead, resent)
-            if ahead.t.name in full:
-                restore_state(job, ahead.t, pipeline, before.get(ahead.t.name))
         notes = {a.t.name: [note] for a, _ in seen if (note := a.note())}
         again = {r.t.name: r.note() for _, r in seen if r.missing()}
         return ExtractResult(

@@ -193,7 +193,10 @@ def remember(
     watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}
     if watch:
         out["watch"] = watch
-    # a "resume" (clamp_state) is dropped: this load succeeded with it applied
+    # a "resume" (clamp_state) is kept through the whole read that set it, for the next
+    # run to apply, and dropped by a load that had it applied
+    if resent is not None and resent.full and stored.get("resume") is not None:
+        out["resume"] = stored["resume"]
     normalized = json.loads(json.dumps(out, default=str))
     if normalized == stored:
         return
@@ -210,67 +213,42 @@ def clamp_state(
     now: dt.datetime | None = None,
     *,
     full: bool = False,
-) -> tuple[bool, Any]:
-    """Before a run: when the pipeline's stored cursor value for ``t`` (dlt's incremental
-    state) is a time after ``now``, replace it with the remembered newest value not after
-    now (else the table's ``initial_value``); with ``full``, replace it with the table's
-    ``initial_value`` whatever it is (the table is read again whole), the value before kept
-    as ``resume`` in the table's file until a load succeeds: a whole read that failed or
-    was killed is followed by a run that puts it back first (else every later run asked
-    from ``initial_value``). Returns whether the run asks the API from a value (sends
-    ``cursor_param``), and the stored value before."""
+) -> bool:
+    """Before a run, on the pipeline's stored cursor value for ``t`` (dlt's incremental
+    state): a ``resume`` left by a whole read is put back when it is newer (a whole read
+    lowers the value, and afterwards holds only the newest *changed* record's; without this
+    every later run asked from there); then a time after ``now`` is replaced with the
+    remembered newest value not after now (else the table's ``initial_value``). With
+    ``full`` (the table is read again whole) the value is kept as ``resume`` and replaced
+    with ``initial_value``. Returns whether the run asks the API from a value (sends
+    ``cursor_param``)."""
     from sources.names import cursor_path
 
     initial = t.options.get("initial_value")
     if not t.cursor or not t.options.get("cursor_param"):
-        return False, None
+        return False
     now = now or dt.datetime.now(dt.timezone.utc)
     zone = _zone(job)
-    path = cursor_path(t.cursor)
     stored = _stored(job, t)
     resume = stored.get("resume")
     with pipeline.managed_state() as state:
         for source in state.get("sources", {}).values():
-            inc = source.get("resources", {}).get(t.name, {}).get("incremental", {}).get(path)
+            incremental = source.get("resources", {}).get(t.name, {}).get("incremental", {})
+            inc = incremental.get(cursor_path(t.cursor))
             if not inc:
                 continue
-            if resume is not None and cursor_rank(inc.get("last_value"), zone) < cursor_rank(
-                resume, zone
-            ):
-                # a whole read failed or was killed after lowering it: put it back
-                inc["last_value"] = resume
-                inc["unique_hashes"] = []
-            was = inc.get("last_value")
+            rank = cursor_rank(inc.get("last_value"), zone)
+            if resume is not None and rank < cursor_rank(resume, zone):
+                inc["last_value"], inc["unique_hashes"] = resume, []
             if full:
-                if was is not None:  # kept until a load succeeds (``remember`` drops it)
-                    write_home_file(
-                        _file(job, t), json.dumps({**stored, "resume": was}, default=str)
-                    )
-                inc["last_value"] = initial
-                inc["unique_hashes"] = []
+                if inc.get("last_value") is not None:  # ``remember`` keeps it for the next run
+                    resumed = {**stored, "resume": inc["last_value"]}
+                    write_home_file(_file(job, t), json.dumps(resumed, default=str))
+                inc["last_value"], inc["unique_hashes"] = initial, []
             elif _ahead(cursor_rank(inc.get("last_value"), zone), now):
-                inc["last_value"] = _start(job, t)
-                inc["unique_hashes"] = []
-            return inc.get("last_value") is not None or initial is not None, was
-    return initial is not None, None
-
-
-def restore_state(job: JobConfig, t: TableConfig, pipeline: Any, was: Any) -> None:
-    """After a whole read (``clamp_state(full=True)``): dlt's stored value is the newest of
-    the records that reached its step, only the changed ones; the value from before is
-    put back when it is newer, so the next run asks from where it would have."""
-    from sources.names import cursor_path
-
-    if was is None:
-        return
-    zone = _zone(job)
-    with pipeline.managed_state() as state:
-        for source in state.get("sources", {}).values():
-            inc = source.get("resources", {}).get(t.name, {}).get("incremental", {})
-            inc = inc.get(cursor_path(t.cursor or ""))
-            if inc and cursor_rank(inc.get("last_value"), zone) < cursor_rank(was, zone):
-                inc["last_value"] = was
-                inc["unique_hashes"] = []
+                inc["last_value"], inc["unique_hashes"] = _start(job, t), []
+            return inc.get("last_value") is not None or initial is not None
+    return initial is not None
 
 
 def forget(job: JobConfig, t: TableConfig) -> None:
