@@ -835,6 +835,115 @@ def test_a_held_record_given_an_old_cursor_is_found_by_a_whole_read(measures_job
     assert [r["query"].get("since") for r in api.requests_to("/api/items")[sent:]] == [_ts(3)]
 
 
+def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_asked(
+    measures_job, api
+):
+    """An API whose ``since`` filter drops null cursors (``updated_at >= since``) sends a
+    null-cursor record only to a read without ``since``: the first. Given an old time
+    later, it was never read again and the replica kept the null, exit 0, no word. The run
+    it is first missing from reads the table whole, finds it still null and learns that the
+    API drops nulls: every later run warns (one read each, nulls no longer watched) until
+    ``full_read_every`` reads the table whole that often, which publishes the change."""
+    import datetime as dt
+
+    from deltaferry.config import job_home
+    from deltaferry.state import StateStore
+
+    def asked(start: int) -> list:
+        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
+
+    def write(table_extra: str = "") -> None:
+        job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
+        measures_job.config.write_text(
+            job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra=table_extra)
+        )
+
+    dropped = "does not send a record whose 'updated_at' is null when asked with 'since'"
+    api.drops_nulls.add("/api/items")
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, x=float(i))
+    api.items[2]["updated_at"] = None
+    write()
+    measures_job.sync()  # no since yet: all three
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert asked(sent) == [_ts(3), None]  # record 2 not sent: read whole, found still null
+    warned = " ".join(out["extracted"].warnings)
+    assert dropped in warned and '1 at the last whole read: {"id": 2}' in warned, warned
+    assert "full_read_every" in warned
+    assert out["tables"]["items"].get("batch") is None, out
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert asked(sent) == [_ts(3)]  # known now: one read, and said again
+    assert dropped in " ".join(out["extracted"].warnings)
+    api.items[2].update(updated_at=_ts(2), name="dated")  # older than since: not sent
+    assert measures_job.sync()["tables"]["items"].get("batch") is None  # the limit, warned
+
+    write('full_read_every = "1h"')  # no whole read recorded: read whole at once, once
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert asked(sent) == [None]
+    assert out["tables"]["items"]["upserts"] == 1, out
+    assert not any(dropped in w for w in out["extracted"].warnings)
+    with StateStore("api").connect(read_only=True) as con:
+        (logged,) = con.execute(
+            "SELECT detail FROM ops_log WHERE outcome = 'read-again' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert "read whole (without 'since'): full_read_every = '1h' (none recorded before)" in logged
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert asked(sent) == [_ts(3)]  # within the hour: asked from the newest value again
+
+    remembered = job_home("api") / "rest_cursor" / "items.json"
+    stored = json.loads(remembered.read_text())
+    hours_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    remembered.write_text(json.dumps({**stored, "full_read_at": hours_ago.isoformat()}))
+    api.items[2].update(updated_at=_ts(1), name="dated again")
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert asked(sent) == [None]  # an hour has passed since the last whole read
+    assert out["tables"]["items"]["upserts"] == 1, out
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
+        (1, "m 1"), (2, "dated again"), (3, "m 3")
+    ]
+
+
+def test_a_null_cursor_read_without_since_is_watched_when_the_api_keeps_nulls(measures_job, api):
+    """The first read asks without ``since``; a null-cursor record it read is watched from
+    then on, so given an old time before the next run it is found by a whole read (before,
+    only nulls sent with a ``since`` were watched, and this one was never read again). An
+    API that keeps nulls sends them with every ``since``: no whole read while they stay."""
+
+    def asked(start: int) -> list:
+        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
+
+    job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
+    measures_job.config.write_text(
+        job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
+    )
+    api.items.clear()
+    for i in (1, 2, 3, 4):
+        api.items[i] = _measure(i, x=float(i))
+    api.items[2]["updated_at"] = None
+    api.items[4]["updated_at"] = None
+    measures_job.sync()  # no since: both nulls read
+    api.items[2].update(updated_at=_ts(1), name="dated")  # older than the next since
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert asked(sent) == [_ts(3), None]  # record 2 not sent: read whole
+    assert out["tables"]["items"]["upserts"] == 1, out
+    assert not any("does not send a record whose" in w for w in out["extracted"].warnings)
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert asked(sent) == [_ts(3)]  # record 4 still sent with since: nothing learned
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
+        (1, "m 1"), (2, "dated"), (3, "m 3"), (4, "m 4")
+    ]
+
+
 def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):
     """With ``cursor_param``, one record with a typo year became dlt's stored cursor value,
     the API was asked ``since=2240-...`` on every later run and sent nothing newer: every

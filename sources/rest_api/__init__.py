@@ -42,6 +42,7 @@ from sources.rest_api.future import (
     FutureCursors,
     Resent,
     clamp_state,
+    due_whole_read,
     forget,
     remember,
 )
@@ -255,12 +256,19 @@ def extract(job: JobConfig) -> ExtractResult:
     """One incremental load of every endpoint of the job into staging. A table whose API
     did not send again a record it must send on every run (``future.Resent``) is then read
     again whole in the same run, a second load: what that record became is in this run."""
-    first, again = _extract(job)
+    # a table whose full_read_every has passed is read whole at once (one load)
+    due = {t.name: [note] for t in job.tables if (note := due_whole_read(job, t))}
+    first, again = _extract(job, full=frozenset(due))
+    if due:  # the operations log's read-again entries
+        first = dataclasses.replace(first, read_again={**(first.read_again or {}), **due})
     if not again:
         return first
     tables = tuple(t for t in job.tables if t.name in again)
-    second, _ = _extract(dataclasses.replace(job, tables=tables), full=frozenset(again))
-    return _combined(first, second, again)
+    missed = {name: r.missing() for name, r in again.items()}
+    second, _ = _extract(
+        dataclasses.replace(job, tables=tables), full=frozenset(again), missed=missed
+    )
+    return _combined(first, second, {name: r.note() for name, r in again.items()})
 
 
 def _combined(first: ExtractResult, second: ExtractResult, again: dict[str, str]) -> ExtractResult:
@@ -292,11 +300,15 @@ def _combined(first: ExtractResult, second: ExtractResult, again: dict[str, str]
 
 
 def _extract(
-    job: JobConfig, full: frozenset[str] = frozenset()
-) -> tuple[ExtractResult, dict[str, str]]:
+    job: JobConfig,
+    full: frozenset[str] = frozenset(),
+    missed: dict[str, list[str]] | None = None,
+) -> tuple[ExtractResult, dict[str, Resent]]:
     """One load of the job's tables (those in ``full`` read whole: no ``cursor_param``
-    value, or ``initial_value``). Returns the result and, per table whose API did not send
-    a record it must send every run, the warning (``future.Resent.note``)."""
+    value, or ``initial_value``; ``missed``: per table, the keys the run's first load was
+    not sent, which this whole read looks for). Returns the result and, per table whose
+    API did not send a record it must send every run, its ``future.Resent`` (``missing()``
+    the keys, ``note()`` the warning)."""
     from sources.names import RecordNames
 
     session, watch = _session(job)
@@ -317,7 +329,9 @@ def _extract(
             resent = None
             if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
                 since = clamp_state(job, t, pipeline, full=t.name in full)
-                resent = Resent(job, t, since=since, full=t.name in full)
+                resent = Resent(
+                    job, t, since=since, full=t.name in full, missed=(missed or {}).get(t.name, ())
+                )
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
             fields = field_types(job, t, convention)
@@ -367,8 +381,12 @@ def _extract(
         )
         for ahead, resent in seen:
             remember(job, ahead.t, ahead, resent)
-        notes = {a.t.name: [note] for a, _ in seen if (note := a.note())}
-        again = {r.t.name: r.note() for _, r in seen if r.missing()}
+        notes = {
+            a.t.name: found
+            for a, r in seen
+            if (found := [n for n in (a.note(), r.drops_note()) if n])
+        }
+        again = {r.t.name: r for _, r in seen if r.missing()}
         return ExtractResult(
             list(info.loads_ids),
             row_counts(pipeline, job.tables),

@@ -21,12 +21,22 @@ run by an API whose filter keeps nulls) is given an old time: the replica kept t
 the record stayed held, exit 0. ``Resent`` watches the keys of both kinds (the API must send
 them on every run); when one the last run saw is not sent, the table is read again whole
 in the same run (``sources.rest_api.extract``), and the content hash keeps what changed.
+
+An API whose filter drops null cursors (``updated_at >= since``, false for NULL) sends a
+record with a null cursor only to a read without ``since``: given a time older than the
+``since`` later, or created with a null cursor, it is never read by a run that asks from
+one. A null-cursor record is watched like the others; when the whole read its absence
+caused finds it still null, the API is known to drop them (``drops_nulls`` in the file):
+nulls are no longer watched (every run would read twice) and every run warns, until the
+table's ``full_read_every`` bounds how long such a record can wait (``due_whole_read``: the
+table is read whole when the last whole read started that long ago).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,6 +45,10 @@ from sources.rest_api.reads import _cursor_value, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
 WARN_AHEAD = dt.timedelta(minutes=5)
+# full_read_every's units, in seconds (the setting's pattern: a whole number and one of them)
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# keys of null-cursor records named in the warning about an API that drops them
+NAMED = 5
 
 
 def _zone(job: JobConfig) -> ZoneInfo | None:
@@ -117,22 +131,68 @@ class Resent:
         since: bool,
         full: bool = False,
         now: dt.datetime | None = None,
+        missed: Iterable[str] = (),
     ) -> None:
         self.job, self.t = job, t
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self.since, self.full = since, full
-        self.before: dict[str, str] = _stored(job, t).get("watch", {})
+        stored = _stored(job, t)
+        self.before: dict[str, str] = stored.get("watch", {})
+        # what the file says of an API that drops null cursors (``drops()``), or None
+        self.dropped: dict[str, Any] | None = stored.get("drops_nulls")
+        # the keys this run's first read missed (``missing()``), which this whole read seeks
+        self.missed = frozenset(missed)
         self.sent: set[str] = set()
         self.watch: dict[str, str] = {}
+        self.nulls = 0  # records sent with a null cursor
+        self.named: list[str] = []  # the first NAMED of their keys
+        self.still_null: list[str] = []  # missed keys this read without since found null
 
     def __call__(self, key: str, rank: tuple[Any, ...]) -> None:
         if key in self.before:
             self.sent.add(key)
         if rank == (0,):  # null or missing
-            if self.since or self.before.get(key) == "null":
-                self.watch[key] = "null"
+            self.watch[key] = "null"
+            self.nulls += 1
+            if len(self.named) < NAMED:
+                self.named.append(key)
+            if key in self.missed and not self.since:
+                self.still_null.append(key)
         elif _ahead(rank, self.now):
             self.watch[key] = "ahead"
+
+    def whole(self) -> bool:
+        """Whether this read was a whole read (a ``full`` one, or a first without since)."""
+        return self.full or not self.since
+
+    def drops(self) -> dict[str, Any] | None:
+        """What the next run knows of an API that drops null cursors when asked with a
+        since: ``{"nulls": N, "keys": [...]}`` (the null-cursor records of the last whole
+        read without since), or None: learned when this read, without since, found null a
+        record the run's first read (with since) missed; forgotten when a read with since
+        is sent a null cursor (the API keeps them after all)."""
+        if self.since and self.nulls:
+            return None
+        if self.still_null or (self.dropped is not None and not self.since):
+            return {"nulls": self.nulls, "keys": self.named}
+        return self.dropped
+
+    def drops_note(self) -> str | None:
+        """The run's warning when the API drops null cursors and no ``full_read_every``
+        bounds how long a record it does not send can wait; else None."""
+        dropped = self.drops()
+        if dropped is None or whole_read_interval(self.t) is not None:
+            return None
+        param, cursor = self.t.options.get("cursor_param"), self.t.cursor
+        keys = ", ".join(dropped["keys"])
+        held = f" ({dropped['nulls']} at the last whole read: {keys})" if dropped["nulls"] else ""
+        return (
+            f"job '{self.job.name}' table '{self.t.name}': the API does not send a record "
+            f"whose '{cursor}' is null when asked with '{param}'{held}: such a record (a new "
+            f"one too) and the time it is given later, when older than the '{param}' asked "
+            "from, are read only by a whole read; set the table's full_read_every (e.g. "
+            '"1d") to read it whole that often'
+        )
 
     def missing(self) -> list[str]:
         if not self.since or self.full:
@@ -142,19 +202,47 @@ class Resent:
     def note(self) -> str:
         """The warning of a run that reads the table again whole (``missing()`` not empty)."""
         keys = self.missing()
-        initial = self.t.options.get("initial_value")
-        how = (
-            f"from the table's initial_value {initial!r}"
-            if initial is not None
-            else f"without '{self.t.options.get('cursor_param')}'"
-        )
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         return (
             f"job '{self.job.name}' table '{self.t.name}': {len(keys)} record(s) the API sent "
             f"on every run (a '{self.t.cursor}' value after now, or null) were not sent this "
             f"run ({shown}): changed to a value older than the one the API was asked from, or "
-            f"deleted; the table was read again whole ({how}) to find them"
+            f"deleted; the table was read again whole ({_how(self.t)}) to find them"
         )
+
+
+def _how(t: TableConfig) -> str:
+    """How a whole read of ``t`` asks the API, for the log."""
+    initial = t.options.get("initial_value")
+    if initial is not None:
+        return f"from the table's initial_value {initial!r}"
+    return f"without '{t.options.get('cursor_param')}'"
+
+
+def whole_read_interval(t: TableConfig) -> dt.timedelta | None:
+    """The table's ``full_read_every`` (``"12h"``, ``"7d"``) as a duration, or None."""
+    text = t.options.get("full_read_every")
+    if not text:
+        return None
+    return dt.timedelta(seconds=int(text[:-1]) * UNITS[text[-1]])
+
+
+def due_whole_read(job: JobConfig, t: TableConfig, now: dt.datetime | None = None) -> str | None:
+    """Why ``t`` is read whole this run (its ``full_read_every`` has passed since the last
+    whole read started, or none is recorded), as the operations log's line; None when it
+    is not (no ``full_read_every``, or the last whole read is recent enough)."""
+    every = whole_read_interval(t)
+    if every is None:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    last = _stored(job, t).get("full_read_at")
+    if last is not None and now - dt.datetime.fromisoformat(last) < every:
+        return None
+    when = f"the last one started {last}" if last else "none recorded before"
+    return (
+        f"job '{job.name}' table '{t.name}': read whole ({_how(t)}): full_read_every = "
+        f"{t.options['full_read_every']!r} ({when})"
+    )
 
 
 def _file(job: JobConfig, t: TableConfig) -> Any:
@@ -191,8 +279,18 @@ def remember(
     # a key not sent stays watched until a whole read has looked for it: a failed whole
     # read leaves the next run to look again
     watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}
+    dropped = resent.drops() if resent else stored.get("drops_nulls")
+    if dropped is not None:  # nulls are not sent with a since: watching them reads twice
+        out["drops_nulls"] = dropped
+        watch = {k: v for k, v in watch.items() if v != "null"}
     if watch:
         out["watch"] = watch
+    # when the last whole read started, for ``due_whole_read``
+    full_read_at = stored.get("full_read_at")
+    if resent is not None and resent.whole() and whole_read_interval(t) is not None:
+        full_read_at = resent.now.isoformat()
+    if full_read_at is not None:
+        out["full_read_at"] = full_read_at
     # a "resume" (clamp_state) is kept through the whole read that set it, for the next
     # run to apply, and dropped by a load that had it applied
     if resent is not None and resent.full and stored.get("resume") is not None:

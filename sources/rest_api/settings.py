@@ -2,8 +2,8 @@
 
 ``Job`` adds the job settings (``auth``, ``paginator``, ``headers``, ``max_pages``) and
 ``Table`` the table settings (``path``, ``params``, ``data_selector``, ``paginator``,
-``cursor_param``, ``initial_value``, ``max_pages``), written as dlt's rest_api config;
-each field says what it is for. ``auth`` is, for example,
+``cursor_param``, ``initial_value``, ``full_read_every``, ``max_pages``), written as dlt's
+rest_api config (``full_read_every`` is deltaferry's); each field says what it is for. ``auth`` is, for example,
 ``{ type = "bearer", token = "env:API_TOKEN" }``,
 ``{ type = "api_key", name = "X-API-Key", api_key = "env:KEY", location = "header" }`` or
 ``{ type = "http_basic", username = "u", password = "env:PW" }``; a ``paginator``
@@ -94,6 +94,14 @@ class Table(TableModel):
         "a string",
     )
     initial_value: Any = setting(None, "the cursor value of the first run", "a cursor value")
+    full_read_every: str = setting(
+        None,
+        "read the table whole (from initial_value, or without cursor_param) when the last "
+        "whole read started this long ago: what a read asked with cursor_param cannot see "
+        "(a record of an API whose filter drops null cursors) is read at least this often",
+        'a duration: a whole number and a unit, s, m, h or d ("12h", "7d")',
+        pattern=r"^[1-9][0-9]*[smhd]$",
+    )
     max_pages: int = setting(
         None, "the most pages one read of this table may take (default: the job's)", PAGES, ge=1
     )
@@ -102,4 +110,11 @@ class Table(TableModel):
     def _cursor_param_filters_the_cursor(self) -> Self:
         if "cursor_param" in self.model_fields_set and not self.cursor:
             raise ValueError("cursor_param needs a cursor (the record field it filters on)")
+        if (
+            "full_read_every" in self.model_fields_set
+            and "cursor_param" not in self.model_fields_set
+        ):
+            raise ValueError(
+                "full_read_every needs cursor_param (without it every run reads every page)"
+            )
         return self

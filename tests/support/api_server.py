@@ -16,7 +16,9 @@ whose cursor, once the listing is exhausted, comes back as it was sent (an empty
 the same ``next``: a cursor that stops advancing), and ``frozen`` a set of paths that
 ignore the cursor parameter (every page is the first, with a new ``next`` each time).
 Both give up after ``STUCK_LIMIT`` requests with ``next = null``, so a read that does not
-stop them still ends.
+stop them still ends. ``drops_nulls`` is a set of paths whose ``since`` filter leaves out
+records without a time (``updated_at >= since``, false for NULL, as a SQL-backed API's);
+the others send them with every ``since``.
 
 ``faults`` is a queue of (path prefix, status, headers) answered once each, before the
 real answer, to the first request that matches; ``html`` is a set of path prefixes
@@ -50,6 +52,7 @@ class ApiServer:
     repeats: dict[str, list[tuple[int, dict]]] = field(default_factory=dict)
     stuck: set[str] = field(default_factory=set)
     frozen: set[str] = field(default_factory=set)
+    drops_nulls: set[str] = field(default_factory=set)
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> str:
@@ -105,7 +108,7 @@ class ApiServer:
         entry["status"] = 200
         if parts.path in ("/api/tickets", "/api/items"):
             coll = self.tickets if parts.path == "/api/tickets" else self.items
-            rows = self._since(coll, query)
+            rows = self._since(coll, query, keep_nulls=parts.path not in self.drops_nulls)
             for pos, rec in sorted(self.repeats.get(parts.path, []), key=lambda x: x[0]):
                 rows.insert(pos, rec)
             start = int(query.get("cursor", 0))
@@ -138,7 +141,9 @@ class ApiServer:
         self._send(h, 404, {"error": "not found"})
 
     @staticmethod
-    def _since(coll: dict[int, dict], query: dict[str, str]) -> list[dict]:
+    def _since(
+        coll: dict[int, dict], query: dict[str, str], keep_nulls: bool = True
+    ) -> list[dict]:
         since = query.get("since")
 
         def instant(text: str) -> Any:  # as an API with a time column compares: instants
@@ -148,13 +153,16 @@ class ApiServer:
             return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
         # a record without a time (null or missing) comes first, and with every "since"
-        # (as an API whose filter is "updated_at >= since OR updated_at IS NULL")
+        # (as an API whose filter is "updated_at >= since OR updated_at IS NULL") unless
+        # the API drops them (keep_nulls False: "updated_at >= since")
         never = instant("0001-01-01T00:00:00")
         rows = sorted(coll.values(), key=lambda r: (instant(r.get("updated_at") or never.isoformat()), r["id"]))
         return [
             r
             for r in rows
-            if since is None or not r.get("updated_at") or instant(r["updated_at"]) >= instant(since)
+            if since is None
+            or (not r.get("updated_at") and keep_nulls)
+            or (r.get("updated_at") and instant(r["updated_at"]) >= instant(since))
         ]
 
     @staticmethod
