@@ -944,6 +944,56 @@ def test_a_null_cursor_read_without_since_is_watched_when_the_api_keeps_nulls(me
     ]
 
 
+def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_job, api):
+    """``cursor = "meta.updated"`` (a field of a nested object) was given to dlt quoted, as
+    one field of that name, which no record has: dlt never found a value and every run
+    asked the API from ``initial_value``, a whole read each run, no word. The path is
+    followed into the record (documents reach dlt's incremental step as objects): the next
+    run asks from the newest value, a change is published, the document stays one JSON
+    column; a path that does not parse is refused with the jobs file."""
+
+    def asked(start: int) -> list:
+        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
+
+    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"')
+    measures_job.config.write_text(
+        job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
+    )
+    api.items.clear()
+    for i in (1, 2, 3):  # the API filters on its own time; the record carries it in meta too
+        api.items[i] = _measure(i, meta={"updated": _ts(i), "by": "x"})
+    measures_job.sync()
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert asked(sent) == [_ts(3)]
+    api.items[2].update(updated_at=_ts(5), name="changed", meta={"updated": _ts(5), "by": "y"})
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1
+    assert asked(sent) == [_ts(3)]
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert asked(sent) == [_ts(5)]
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name, meta FROM items ORDER BY id") == [
+        (1, "m 1", f'{{"updated":"{_ts(1)}","by":"x"}}'),
+        (2, "changed", f'{{"updated":"{_ts(5)}","by":"y"}}'),
+        (3, "m 3", f'{{"updated":"{_ts(3)}","by":"x"}}'),
+    ]
+    from deltaferry.config import load_jobs
+    from deltaferry.errors import ConfigError
+
+    measures_job.config.write_text(
+        MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta..["').format(
+            url=api.url, lake=measures_job.lake_url, job_extra="", table_extra=""
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_jobs(measures_job.config)
+    assert "job 'api' table 'items': cursor 'meta..[' is not a JSONPath into the record" in str(
+        err.value
+    )
+
+
 def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):
     """With ``cursor_param``, one record with a typo year became dlt's stored cursor value,
     the API was asked ``since=2240-...`` on every later run and sent nothing newer: every

@@ -36,7 +36,6 @@ from deltaferry.errors import ConfigError, DeltaferryError, TerminalError, Trans
 from deltaferry.settings import from_env
 from sources.change_detection import ChangedRows
 from sources.load import DEDUPLICATED, ExtractResult, find_cause, row_counts, run_load
-from sources.names import cursor_path
 from sources.pipeline import pipeline_for, pipeline_naming, schema_columns, schema_types
 from sources.rest_api.future import (
     FutureCursors,
@@ -47,7 +46,14 @@ from sources.rest_api.future import (
     remember,
 )
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
-from sources.rest_api.reads import DEFAULT_MAX_PAGES, TableRead, newest_cursor_in, safe_url
+from sources.rest_api.reads import (
+    DEFAULT_MAX_PAGES,
+    TableRead,
+    api_cursor_path,
+    documents_as_text,
+    newest_cursor_in,
+    safe_url,
+)
 from sources.rest_api.times import NaiveTimes
 
 
@@ -186,7 +192,7 @@ def api_config(job: JobConfig, session: requests.Session, *, incremental: bool =
         # record, lost for good); the content hash keeps the read's cost to what changed
         if incremental and t.cursor and o.get("cursor_param"):
             inc: dict[str, Any] = {
-                "cursor_path": cursor_path(t.cursor),
+                "cursor_path": api_cursor_path(t.cursor),
                 # closed range without dedup: records at the last cursor value come again and
                 # the content filter keeps those that changed (dlt would drop them by key)
                 "primary_key": [],
@@ -365,6 +371,7 @@ def _extract(
                 )
                 times.append(zoned)
                 resource.add_map(zoned, insert_at=len(resource._pipe.steps))
+            resource.add_map(documents_as_text, insert_at=len(resource._pipe.steps))
             hints = _new_decimal_columns(pipeline, t, fields)
             if hints:
                 resource.apply_hints(columns=hints)

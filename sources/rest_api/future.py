@@ -41,7 +41,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from deltaferry.config import JobConfig, TableConfig, job_home, write_home_file
-from sources.rest_api.reads import _cursor_value, cursor_rank
+from sources.rest_api.reads import _cursor_value, api_cursor_path, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
 WARN_AHEAD = dt.timedelta(minutes=5)
@@ -320,8 +320,6 @@ def clamp_state(
     ``full`` (the table is read again whole) the value is kept as ``resume`` and replaced
     with ``initial_value``. Returns whether the run asks the API from a value (sends
     ``cursor_param``)."""
-    from sources.names import cursor_path
-
     initial = t.options.get("initial_value")
     if not t.cursor or not t.options.get("cursor_param"):
         return False
@@ -332,7 +330,7 @@ def clamp_state(
     with pipeline.managed_state() as state:
         for source in state.get("sources", {}).values():
             incremental = source.get("resources", {}).get(t.name, {}).get("incremental", {})
-            inc = incremental.get(cursor_path(t.cursor))
+            inc = incremental.get(api_cursor_path(t.cursor))
             if not inc:
                 continue
             rank = cursor_rank(inc.get("last_value"), zone)

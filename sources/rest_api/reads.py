@@ -53,6 +53,7 @@ from deltaferry.errors import TerminalError
 from sources.change_detection import ChangedRows, canonical_json
 from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
+from sources.names import cursor_path
 from sources.rest_api.numbers import FieldTypes, document_text
 from sources.text import lone_surrogate
 from sources.wall_time import wall_to_utc
@@ -97,6 +98,15 @@ def _documents_as_text(row: dict[str, Any]) -> dict[str, Any]:
     in some records and strings in others keeps each as it came (dlt would parse a string
     such as "null" as JSON in a document column, turning it into SQL NULL)."""
     return {k: document_text(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+
+
+def documents_as_text(item: Any) -> Any:
+    """A dlt map step (a record or a list of records): ``_documents_as_text`` of each. It is
+    the last step, after dlt's incremental step, which so sees the documents as objects
+    and finds a cursor inside one (``meta.updated``: ``api_cursor_path``)."""
+    if isinstance(item, list):
+        return [_documents_as_text(r) if isinstance(r, dict) else r for r in item]
+    return _documents_as_text(item) if isinstance(item, dict) else item
 
 
 def safe_url(url: str) -> str:
@@ -172,6 +182,24 @@ def _instant(when: datetime, zone: ZoneInfo | None = None) -> tuple[Any, ...]:
                 pass
         when = when.replace(tzinfo=timezone.utc)
     return (2, when.astimezone(timezone.utc))
+
+
+def api_cursor_path(cursor: str) -> str:
+    """The table's ``cursor`` as dlt's incremental ``cursor_path`` (the key of its state
+    too): a field name as ``names.cursor_path`` writes it; a path into the record, with a
+    dot, a bracket or a quote (``meta.updated``, ``versions[0].at``), as the JSONPath it is.
+    Quoted at every dot, it was one field of that name that no record has: dlt never found
+    a value, so every run asked the API from ``initial_value`` (a whole read each run, no
+    word). ValueError when the path does not parse."""
+    if not any(c in cursor for c in '.["'):
+        return cursor_path(cursor)
+    from dlt.common.jsonpath import compile_path
+
+    try:
+        compile_path(cursor)
+    except Exception as e:  # noqa: BLE001 - the parser's own errors
+        raise ValueError(f"cursor {cursor!r} is not a JSONPath into the record: {e}") from None
+    return cursor
 
 
 def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
@@ -481,7 +509,7 @@ class TableRead:
         chunk: list[dict[str, Any]] = []
         for pos, h in sorted((pos, h) for _, h, pos, changed in index.values() if changed):
             spill.seek(pos)
-            row = _documents_as_text(pickle.load(spill)[1])
+            row = pickle.load(spill)[1]  # documents as text later: ``documents_as_text``
             row[HASH_COLUMN] = h
             chunk.append(row)
             if len(chunk) >= _CHUNK:
