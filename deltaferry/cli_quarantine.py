@@ -65,8 +65,9 @@ def _when_next(row: dict, fingerprint: str | None) -> str:
         if row["check"] == "cursor not null":
             return (
                 "when the row has a cursor value and is staged (a SQL table reads it again by "
-                "key each run; a REST API with cursor_param sends it again only with a value "
-                "newer than the newest synced, or after a reset); never staged"
+                "key each run; a REST API with cursor_param sends it again with a value newer "
+                "than the newest synced, and a whole read finds it with an older one: the run "
+                "after the API stops sending it, a full_read_every, a reset); never staged"
             )
         return "read again at the source (never staged)"
     if row["release"] is not None:

@@ -138,7 +138,7 @@ WRONG = {  # case: (jobs file, job settings, table settings, what the one line s
     "types": (SQL, "", "column_types = { v = 3 }", 'column_types must be a table of column = "type"'),
     "pages": (REST, "max_pages = 0", "", "job 'api': max_pages must be a whole number of pages, 1 or more (got 0)"),
     "params": (REST, "", "params = 3", "job 'api' table 'tickets': params must be a table of names and values"),
-    "full-read": (REST, "", 'cursor_param = "since"\nfull_read_every = "1 week"', "job 'api' table 'tickets': full_read_every must be a duration: a whole number and a unit, s, m, h or d (\"12h\", \"7d\") (got '1 week')"),
+    "full-read": (REST, "", 'cursor_param = "since"\nfull_read_every = "1 week"', "job 'api' table 'tickets': full_read_every must be a duration: a whole number from 1 to 999999 and a unit, s, m, h or d (\"12h\", \"7d\") (got '1 week')"),
     "lookback": (FILES, "lookback_seconds = -1", "", "job 'drops': lookback_seconds must be a number of seconds, 0 or more (got -1)"),
     "format": (FILES, "", "format = 3", "job 'drops' table 'orders': format must be 'csv', 'jsonl' or 'parquet'"),
 }
@@ -162,6 +162,9 @@ def test_missing_keys_and_rules_between_keys_keep_their_messages(tmp_path):
     assert "deletes must be 'none', 'reconcile' or 'soft:<column>' (got 'soft:')" in line
     line = refusal(tmp_path, REST, table='deletes = "reconcile"')
     assert "job 'api' table 'tickets': deletes = 'reconcile' is not available" in line
+    # a number a duration cannot hold is refused with the file, not by every run
+    line = refusal(tmp_path, REST, table='cursor_param = "since"\nfull_read_every = "99999999999999d"')
+    assert "full_read_every must be a duration" in line
     line = refusal(tmp_path, REST, table='full_read_every = "7d"')
     assert "job 'api' table 'tickets': full_read_every needs cursor_param" in line
     line = refusal(tmp_path, FILES, table='format = "parquet"\nencoding = "latin-1"')

@@ -610,6 +610,11 @@ def measures_job(items_job, api):
     return items_job
 
 
+def _asked(api, start: int) -> list:
+    """The ``since`` of each request to ``/api/items`` from the ``start``-th on (None: none)."""
+    return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
+
+
 def _measure(i: int, **values) -> dict:
     return {"id": i, "name": f"m {i}", "updated_at": _ts(i), **values}
 
@@ -815,7 +820,7 @@ def test_a_held_record_given_an_old_cursor_is_found_by_a_whole_read(measures_job
         cli, ["quarantine", "list", "api", "--config", str(measures_job.config)]
     )
     assert listed.exit_code == 0, listed.output
-    assert "newer than the newest synced, or after a reset" in " ".join(listed.output.split())
+    assert "a whole read finds it with an older one" in " ".join(listed.output.split())
     measures_job.sync()  # still null: sent again, still held, no whole read
     assert open_checks() == [('{"id": 2}', "cursor not null")]
     assert all("since" in r["query"] for r in api.requests_to("/api/items")[1:])
@@ -849,9 +854,6 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     from deltaferry.config import job_home
     from deltaferry.state import StateStore
 
-    def asked(start: int) -> list:
-        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
-
     def write(table_extra: str = "") -> None:
         job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
         measures_job.config.write_text(
@@ -868,14 +870,14 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     measures_job.sync()  # no since yet: all three
     sent = len(api.requests_to("/api/items"))
     out = measures_job.sync()
-    assert asked(sent) == [_ts(3), None]  # record 2 not sent: read whole, found still null
+    assert _asked(api, sent) == [_ts(3), None]  # record 2 not sent: read whole, found still null
     warned = " ".join(out["extracted"].warnings)
     assert dropped in warned and '1 at the last whole read: {"id": 2}' in warned, warned
     assert "full_read_every" in warned
     assert out["tables"]["items"].get("batch") is None, out
     sent = len(api.requests_to("/api/items"))
     out = measures_job.sync()
-    assert asked(sent) == [_ts(3)]  # known now: one read, and said again
+    assert _asked(api, sent) == [_ts(3)]  # known now: one read, and said again
     assert dropped in " ".join(out["extracted"].warnings)
     api.items[2].update(updated_at=_ts(2), name="dated")  # older than since: not sent
     assert measures_job.sync()["tables"]["items"].get("batch") is None  # the limit, warned
@@ -883,7 +885,7 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     write('full_read_every = "1h"')  # no whole read recorded: read whole at once, once
     sent = len(api.requests_to("/api/items"))
     out = measures_job.sync()
-    assert asked(sent) == [None]
+    assert _asked(api, sent) == [None]
     assert out["tables"]["items"]["upserts"] == 1, out
     assert not any(dropped in w for w in out["extracted"].warnings)
     with StateStore("api").connect(read_only=True) as con:
@@ -893,7 +895,7 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     assert "read whole (without 'since'): full_read_every = '1h' (none recorded before)" in logged
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
-    assert asked(sent) == [_ts(3)]  # within the hour: asked from the newest value again
+    assert _asked(api, sent) == [_ts(3)]  # within the hour: asked from the newest value again
 
     remembered = job_home("api") / "rest_cursor" / "items.json"
     stored = json.loads(remembered.read_text())
@@ -902,7 +904,7 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     api.items[2].update(updated_at=_ts(1), name="dated again")
     sent = len(api.requests_to("/api/items"))
     out = measures_job.sync()
-    assert asked(sent) == [None]  # an hour has passed since the last whole read
+    assert _asked(api, sent) == [None]  # an hour has passed since the last whole read
     assert out["tables"]["items"]["upserts"] == 1, out
     measures_job.pull()
     assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
@@ -910,14 +912,56 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     ]
 
 
+def test_a_new_null_record_is_found_by_the_due_whole_read_and_the_api_learned(measures_job, api):
+    """With ``full_read_every`` from the start and an API that drops nulls: a record created
+    later with a null cursor is not sent with ``since`` (nothing can tell) until the due
+    whole read publishes it; the next run misses it, reads whole again, finds it still null
+    and says so (a fresh-user trial saw only "changed or deleted", with no correction):
+    from then on one read a run, no warning, the whole read every hour."""
+    import datetime as dt
+
+    from deltaferry.config import job_home
+
+    api.drops_nulls.add("/api/items")
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, x=float(i))
+    job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
+    measures_job.config.write_text(
+        job.format(
+            url=api.url, lake=measures_job.lake_url, job_extra="",
+            table_extra='full_read_every = "1h"',
+        )
+    )
+    measures_job.sync()
+    api.items[4] = _measure(4, updated_at=None)
+    assert measures_job.sync()["tables"]["items"].get("batch") is None  # not sent: unseen
+    remembered = job_home("api") / "rest_cursor" / "items.json"
+    hours_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    remembered.write_text(
+        json.dumps({**json.loads(remembered.read_text()), "full_read_at": hours_ago.isoformat()})
+    )
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1  # the due whole read
+    assert _asked(api, sent) == [None]
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert _asked(api, sent) == [_ts(3), None]
+    warned = " ".join(out["extracted"].warnings)
+    assert "found 1 record(s) it was looking for still null: they were dropped, not changed" in (
+        warned
+    ), warned
+    assert "the table's full_read_every = '1h' reads them" in warned
+    sent = len(api.requests_to("/api/items"))
+    out = measures_job.sync()
+    assert _asked(api, sent) == [_ts(3)] and out["extracted"].warnings == []
+
+
 def test_a_null_cursor_read_without_since_is_watched_when_the_api_keeps_nulls(measures_job, api):
     """The first read asks without ``since``; a null-cursor record it read is watched from
     then on, so given an old time before the next run it is found by a whole read (before,
     only nulls sent with a ``since`` were watched, and this one was never read again). An
     API that keeps nulls sends them with every ``since``: no whole read while they stay."""
-
-    def asked(start: int) -> list:
-        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
 
     job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
     measures_job.config.write_text(
@@ -932,12 +976,12 @@ def test_a_null_cursor_read_without_since_is_watched_when_the_api_keeps_nulls(me
     api.items[2].update(updated_at=_ts(1), name="dated")  # older than the next since
     sent = len(api.requests_to("/api/items"))
     out = measures_job.sync()
-    assert asked(sent) == [_ts(3), None]  # record 2 not sent: read whole
+    assert _asked(api, sent) == [_ts(3), None]  # record 2 not sent: read whole
     assert out["tables"]["items"]["upserts"] == 1, out
     assert not any("does not send a record whose" in w for w in out["extracted"].warnings)
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
-    assert asked(sent) == [_ts(3)]  # record 4 still sent with since: nothing learned
+    assert _asked(api, sent) == [_ts(3)]  # record 4 still sent with since: nothing learned
     measures_job.pull()
     assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
         (1, "m 1"), (2, "dated"), (3, "m 3"), (4, "m 4")
@@ -952,9 +996,6 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
     run asks from the newest value, a change is published, the document stays one JSON
     column; a path that does not parse is refused with the jobs file."""
 
-    def asked(start: int) -> list:
-        return [r["query"].get("since") for r in api.requests_to("/api/items")[start:]]
-
     job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"')
     measures_job.config.write_text(
         job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
@@ -965,14 +1006,14 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
     measures_job.sync()
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
-    assert asked(sent) == [_ts(3)]
+    assert _asked(api, sent) == [_ts(3)]
     api.items[2].update(updated_at=_ts(5), name="changed", meta={"updated": _ts(5), "by": "y"})
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"]["upserts"] == 1
-    assert asked(sent) == [_ts(3)]
+    assert _asked(api, sent) == [_ts(3)]
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
-    assert asked(sent) == [_ts(5)]
+    assert _asked(api, sent) == [_ts(5)]
     measures_job.pull()
     assert _rows(measures_job, "SELECT id, name, meta FROM items ORDER BY id") == [
         (1, "m 1", f'{{"updated":"{_ts(1)}","by":"x"}}'),

@@ -178,20 +178,33 @@ class Resent:
         return self.dropped
 
     def drops_note(self) -> str | None:
-        """The run's warning when the API drops null cursors and no ``full_read_every``
-        bounds how long a record it does not send can wait; else None."""
+        """The run's warning when the API drops null cursors: on every run while no
+        ``full_read_every`` bounds how long a record it does not send can wait, and on the
+        run that learns it (its whole read found null the records it was looking for);
+        else None."""
         dropped = self.drops()
-        if dropped is None or whole_read_interval(self.t) is not None:
+        every = self.t.options.get("full_read_every")
+        if dropped is None or (every is not None and not self.still_null):
             return None
         param, cursor = self.t.options.get("cursor_param"), self.t.cursor
         keys = ", ".join(dropped["keys"])
         held = f" ({dropped['nulls']} at the last whole read: {keys})" if dropped["nulls"] else ""
+        found = (
+            f" (the whole read found {len(self.still_null)} record(s) it was looking for still "
+            "null: they were dropped, not changed)"
+            if self.still_null
+            else ""
+        )
+        then = (
+            f"the table's full_read_every = {every!r} reads them"
+            if every is not None
+            else 'set the table\'s full_read_every (e.g. "1d") to read it whole that often'
+        )
         return (
             f"job '{self.job.name}' table '{self.t.name}': the API does not send a record "
-            f"whose '{cursor}' is null when asked with '{param}'{held}: such a record (a new "
-            f"one too) and the time it is given later, when older than the '{param}' asked "
-            "from, are read only by a whole read; set the table's full_read_every (e.g. "
-            '"1d") to read it whole that often'
+            f"whose '{cursor}' is null when asked with '{param}'{held}{found}: such a record "
+            f"(a new one too) and the time it is given later, when older than the '{param}' "
+            f"asked from, are read only by a whole read; {then}"
         )
 
     def missing(self) -> list[str]:
@@ -205,9 +218,11 @@ class Resent:
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         return (
             f"job '{self.job.name}' table '{self.t.name}': {len(keys)} record(s) the API sent "
-            f"on every run (a '{self.t.cursor}' value after now, or null) were not sent this "
-            f"run ({shown}): changed to a value older than the one the API was asked from, or "
-            f"deleted; the table was read again whole ({_how(self.t)}) to find them"
+            f"on every run (a value of '{self.t.cursor}' after now, or null) were not sent "
+            f"this run ({shown}): changed to a value older than the one the API was asked "
+            "from, deleted (the replica keeps a record the API deleted unless the table has "
+            "soft deletes), or null and dropped by the API's filter; the table was read "
+            f"again whole ({_how(self.t)}) to find them"
         )
 
 

@@ -98,9 +98,10 @@ class Table(TableModel):
         None,
         "read the table whole (from initial_value, or without cursor_param) when the last "
         "whole read started this long ago: what a read asked with cursor_param cannot see "
-        "(a record of an API whose filter drops null cursors) is read at least this often",
-        'a duration: a whole number and a unit, s, m, h or d ("12h", "7d")',
-        pattern=r"^[1-9][0-9]*[smhd]$",
+        "(a record given an older cursor value; without initial_value, a record with a null "
+        "cursor of an API whose filter drops nulls) is read at least this often",
+        'a duration: a whole number from 1 to 999999 and a unit, s, m, h or d ("12h", "7d")',
+        pattern=r"^[1-9][0-9]{0,5}[smhd]$",
     )
     max_pages: int = setting(
         None, "the most pages one read of this table may take (default: the job's)", PAGES, ge=1
