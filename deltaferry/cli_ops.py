@@ -127,4 +127,51 @@ def report_command(job: str, out_path: str, runs: int, config: str | None) -> No
     out.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
-COMMANDS = [keys, iam_policy, status, report_command]
+@click.command("log")
+@click.argument("job")
+@click.option("--table", "tables", multiple=True, help="Only entries of this table (repeatable).")
+@click.option(
+    "--outcome",
+    "outcomes",
+    multiple=True,
+    help="Only entries with this outcome (repeatable): ok, retry, failed, read-again, ...",
+)
+@click.option(
+    "--runs",
+    "runs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many of the last runs (and operator commands) to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+@one_line_errors
+def log_command(
+    job: str,
+    tables: tuple[str, ...],
+    outcomes: tuple[str, ...],
+    runs: int,
+    as_json: bool,
+    config: str | None,
+) -> None:
+    """JOB's operations log, oldest entry first: every step and attempt of its last runs and
+    operator commands, and why (retries and their causes, tables read again whole, rows
+    held back, keys read twice, resets)."""
+    from deltaferry.config import load_job
+    from deltaferry.oplog import LOG_COLUMNS, recent_entries
+
+    config_job = load_job(job, config)
+    for name in tables:
+        config_job.table(name)  # a name the job does not have: one line, exit 2
+    entries = recent_entries(config_job, runs=runs, tables=tables, outcomes=outcomes)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+        return
+    report = new_report(*LOG_COLUMNS, title=f"job {job}: operations log")
+    for e in entries:
+        report.add_row(*("" if e[c] is None else str(e[c]) for c in LOG_COLUMNS))
+    emit(report)
+
+
+COMMANDS = [keys, iam_policy, status, report_command, log_command]

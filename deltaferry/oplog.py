@@ -126,3 +126,56 @@ class OplogMixin(StoreBase):
                 "UPDATE runs SET finished_at = ?, outcome = ?, detail = ? WHERE run_id = ?",
                 [now(), outcome, None if detail is None else printable(detail), run_id],
             )
+
+
+# the columns of ``deltaferry log`` (``recent_entries``' keys, in order)
+LOG_COLUMNS = ("time", "run", "table", "batch", "step", "outcome", "attempt", "ms", "detail")
+
+
+def recent_entries(
+    job: Any,
+    *,
+    runs: int = 1,
+    tables: Sequence[str] = (),
+    outcomes: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The operations-log entries of ``job``'s last ``runs`` runs (a run, a pull or an
+    operator command: each writes under its own run id), oldest first, optionally only
+    those of ``tables`` and ``outcomes``: dicts with ``LOG_COLUMNS`` (``time`` ISO-8601 in
+    UTC, ``run`` the run id, ``ms`` the step's duration or None). Empty for a job never
+    run (no state file)."""
+    from deltaferry.config import deltaferry_home
+    from deltaferry.state import StateStore
+
+    path = deltaferry_home() / job.name / "state.duckdb"
+    if not path.exists():
+        return []
+    where = ["run_id IN (SELECT run_id FROM last)"]
+    params: list[Any] = [runs]
+    if tables:
+        where.append(f"tbl IN ({', '.join('?' * len(tables))})")
+        params.extend(tables)
+    if outcomes:
+        where.append(f"outcome IN ({', '.join('?' * len(outcomes))})")
+        params.extend(outcomes)
+    with StateStore(job.name, path, read_only=True).connect(read_only=True) as con:
+        rows = con.execute(
+            "WITH last AS (SELECT run_id FROM ops_log GROUP BY run_id ORDER BY max(id) DESC "
+            "LIMIT ?) SELECT ts, run_id, tbl, batch, step, outcome, attempt, duration_ms, detail "
+            f"FROM ops_log WHERE {' AND '.join(where)} ORDER BY id",
+            params,
+        ).fetchall()
+    return [
+        {
+            "time": ts.astimezone(UTC).isoformat(),
+            "run": run,
+            "table": tbl or "",
+            "batch": "" if batch is None else batch,
+            "step": step,
+            "outcome": outcome,
+            "attempt": attempt,
+            "ms": None if ms is None else round(ms),
+            "detail": detail or "",
+        }
+        for ts, run, tbl, batch, step, outcome, attempt, ms, detail in rows
+    ]

@@ -888,11 +888,28 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     assert _asked(api, sent) == [None]
     assert out["tables"]["items"]["upserts"] == 1, out
     assert not any(dropped in w for w in out["extracted"].warnings)
-    with StateStore("api").connect(read_only=True) as con:
-        (logged,) = con.execute(
-            "SELECT detail FROM ops_log WHERE outcome = 'read-again' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    assert "read whole (without 'since'): full_read_every = '1h' (none recorded before)" in logged
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    # the reason is in the operations log, which `deltaferry log` shows
+    shown = CliRunner().invoke(
+        cli, ["log", "api", "--outcome", "read-again", "--json", "--config", str(measures_job.config)]
+    )
+    assert shown.exit_code == 0, shown.output
+    (logged,) = json.loads(shown.output)
+    assert (logged["table"], logged["step"]) == ("items", "extract")
+    assert "read whole (without 'since'): full_read_every = '1h' (none recorded before)" in (
+        logged["detail"]
+    )
+    table = CliRunner().invoke(cli, ["log", "api", "--config", str(measures_job.config)])
+    assert table.exit_code == 0, table.output
+    lines = [line.split("\t") for line in table.output.splitlines()]
+    assert lines[0] == ["time", "run", "table", "batch", "step", "outcome", "attempt", "ms", "detail"]
+    assert {line[1] for line in lines[1:]} == {logged["run"]}  # the last run only, by default
+    assert ["extract", "read-again"] in [line[4:6] for line in lines[1:]]
+    typo = CliRunner().invoke(cli, ["log", "api", "--table", "itemz", "--config", str(measures_job.config)])
+    assert typo.exit_code == 2 and "job 'api' has no table 'itemz' (tables: items)" in typo.output
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
     assert _asked(api, sent) == [_ts(3)]  # within the hour: asked from the newest value again
