@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -313,15 +313,23 @@ def _lag(
     """Lag of the lake behind the source: now minus the newest cursor value published when
     the cursor is a timestamp ('newest change'), else now minus the last publish."""
     newest: Any = None
-    # the newest batch that carries a cursor (a batch of deletes only may have none)
+    newest_at: datetime | None = None
+    # the newest cursor time of the last 20 batches, not the last batch's: a batch of
+    # backdated changes only (a record given an older time) would show an old lag; and not
+    # a time after now (a typo year), which would hide any lag for as long as it is newest
+    ahead = now() + timedelta(minutes=5)
     for batch, manifest in con.execute(
         "SELECT batch, manifest FROM plans WHERE tbl = ? AND status = 'committed'"
         " ORDER BY batch DESC LIMIT 20",
         [table],
     ).fetchall():
-        newest = Manifest.parse(manifest.encode(), key=f"of {table} batch {batch}").cursor.max
-        if newest is not None:
-            break
+        value = Manifest.parse(manifest.encode(), key=f"of {table} batch {batch}").cursor.max
+        at = cursor_time(value)
+        if at is None:  # no cursor (deletes only), or not a time: the newest batch's value
+            if newest_at is None and newest is None:
+                newest = value
+        elif at <= ahead and (newest_at is None or at > newest_at):
+            newest, newest_at = value, at
     since_publish = (
         None if published_at is None else round((now() - published_at).total_seconds(), 1)
     )

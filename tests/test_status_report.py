@@ -258,6 +258,26 @@ def test_rates_over_the_window_from_the_state(tmp_path, home):
     assert expected - 5 < c["lag_seconds"] <= expected + 1
 
 
+def test_lag_is_from_the_newest_change_of_recent_batches_not_after_now(tmp_path, home):
+    """The lag was now minus the last batch's newest cursor: a batch of backdated changes
+    only (a record given an older time, published by a whole read) made the lag jump to
+    weeks, and one typo year (2240) hid every lag. It is from the newest cursor time of the
+    recent batches that is not after now."""
+    config = write_config(tmp_path)
+    state = StateStore("shop")
+    run = state.start_run()
+    publish(state, run, "customers", 1, 5, cursor="2026-01-03 00:00:00")
+    publish(state, run, "customers", 2, 1, cursor="2025-06-01 00:00:00")  # backdated only
+    publish(state, run, "customers", 3, 1, cursor="2240-01-02 00:00:00")  # a typo year
+    publish(state, run, "customers", 4, 1, cursor=None)  # deletes only
+    state.finish_run(run, "ok")
+    c = status_json(config)["tables"]["customers"]
+    assert c["lag_basis"] == "newest change", c
+    assert c["newest_change_published"] == "2026-01-03 00:00:00"
+    expected = (datetime.now(UTC) - datetime(2026, 1, 3, tzinfo=UTC)).total_seconds()
+    assert expected - 5 < c["lag_seconds"] <= expected + 1
+
+
 def test_lag_falls_back_to_the_last_publish_without_a_time_cursor(tmp_path, home):
     config = write_config(tmp_path)
     state = StateStore("shop")
