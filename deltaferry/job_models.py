@@ -504,6 +504,12 @@ def _closest(keys: list[str], section: type[Section], kind: str) -> str:
     """The known key closest to each unknown one, or the source kinds that know it."""
     level = "job" if issubclass(section, JobModel) else "table"
     model = job_model if level == "job" else table_model
+    # a key of the other level of this kind: said where it goes (no "did you mean")
+    other = (table_model if level == "job" else job_model)(kind)
+    misplaced = [k for k in keys if k in other.model_fields and k not in section.model_fields]
+    if misplaced:
+        where = "each [[jobs.<job>.tables]] entry" if level == "job" else "the [jobs.<job>] table"
+        return f" ({', '.join(misplaced)}: a {kind} {'table' if level == 'job' else 'job'} setting, in {where})"
     # a key another source kind knows is that kind's, however close it is to one of ours
     others = [o for o in source_kinds() if o != kind and set(keys) & set(model(o).model_fields)]
     if others:

@@ -121,6 +121,15 @@ def test_source_kind_keys_are_known_to_their_kind_only(tmp_path):
         "job 'shop': unknown setting(s) lookback_seconds for a sql_database job "
         "(a setting of files jobs)"
     )
+    # a setting of the other level: said where it goes
+    line = refusal(tmp_path, REST, job='full_read_every = "7d"')
+    assert line == (
+        "job 'api': unknown setting(s) full_read_every for a rest_api job (full_read_every: "
+        "a rest_api table setting, in each [[jobs.<job>.tables]] entry)"
+    )
+    line = refusal(tmp_path, SQL, table="schedule = 60")
+    assert "unknown setting(s) schedule" in line
+    assert "(schedule: a sql_database job setting, in the [jobs.<job>] table)" in line
     line = refusal(tmp_path, FILES, table='column_types = { id = "text" }')
     assert "job 'drops' table 'orders': unknown setting(s) column_types" in line
     assert "(a setting of sql_database tables)" in line
