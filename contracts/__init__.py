@@ -579,8 +579,15 @@ def load_chain(ref: str, *, where: str) -> Chain:
     try:
         module = importlib.import_module(module_name)
     except (ImportError, ValueError) as e:  # ValueError: a Chain of versions out of order
+        missing = isinstance(e, ModuleNotFoundError) and module_name.startswith(e.name or "?")
+        advice = (
+            " (a contract module is imported like any Python module: install it into "
+            "deltaferry's environment, or put the directory that holds it on PYTHONPATH)"
+            if missing
+            else ""
+        )
         raise ConfigError(
-            f"{where}: contract module '{module_name}' cannot be imported: {e}"
+            f"{where}: contract module '{module_name}' cannot be imported: {e}{advice}"
         ) from None
     found = getattr(module, attr, None)
     if isinstance(found, Chain):

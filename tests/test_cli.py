@@ -196,7 +196,10 @@ def test_bad_jobs_file_is_one_line_exit_2(case, tmp_path, home):
 
 RUNTIME_ERRORS = {  # case: (command, needles)
     "table-not-in-source": ("run", ["table 'customers'", "not found in the source database"]),
-    "contract-not-importable": ("run", ["table 'orders'", "'contracts.nosuch' cannot be imported"]),
+    "contract-not-importable": (
+        "run",
+        ["table 'orders'", "'contracts.nosuch' cannot be imported", "directory that holds it on PYTHONPATH"],
+    ),
     "source-env-unset": ("run", ["DELTAFERRY_TEST_UNSET_URL", "not set"]),
     # a path typed wrong: SQLite's "unable to open database file" was a lost connection
     # (retried, exit 1), or an empty database was created where the directory existed
