@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from deltaferry.errors import TerminalError
+from deltaferry.errors import DeltaferryError, TerminalError
 from tests.support.api_server import API_JOB_HEADER, ApiServer, users_table
 from tests.support.api_server import ts as _ts
 
@@ -1049,6 +1049,51 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
         load_jobs(measures_job.config)
     assert "job 'api' table 'items': cursor 'meta..[' is not a JSONPath into the record" in str(
         err.value
+    )
+
+
+def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_job(
+    measures_job, api
+):
+    """A cursor value that is neither a time nor a number among times (text such as
+    "yesterday", a flag, an object) ranked newest, became dlt's stored value and was sent as
+    ``since`` on every later run: the API refused it (or sent nothing newer) and fixing the
+    record did not help, since a stored cursor value never goes down: every run failed
+    until a reset (a fresh-user trial). The read stops naming record and value, nothing of
+    it published; once the value is fixed the next run publishes; and a cursor path that
+    no record has is warned about instead of a silent whole read every run."""
+    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"')
+
+    def write(text: str) -> None:
+        measures_job.config.write_text(
+            text.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
+        )
+
+    write(job)
+    api.items.clear()
+    for i in (1, 2, 3):  # the API filters on its own updated_at, the job's cursor is meta's
+        api.items[i] = _measure(i, meta={"updated": _ts(i)})
+    measures_job.sync()
+    for bad in ("yesterday", True, {"t": _ts(5)}):
+        api.items[2].update(updated_at=_ts(5), name="changed", meta={"updated": bad})
+        with pytest.raises(DeltaferryError) as err:  # the table stopped: the run fails
+            measures_job.sync()
+        message = " ".join(str(err.value).split())
+        assert "record {\"id\": 2} has 'meta.updated' =" in message, message
+        assert "neither a time nor a number, where the table's cursor values are times" in message
+    sent = len(api.requests_to("/api/items"))
+    api.items[2]["meta"] = {"updated": _ts(5)}
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1
+    assert _asked(api, sent) == [_ts(3)]  # the refused reads left dlt's value as it was
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert _asked(api, sent) == [_ts(5)]
+
+    write(MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.changed"'))
+    out = measures_job.sync()
+    warned = " ".join(out["extracted"].warnings)
+    assert "none of the 3 record(s) read has a value of the cursor 'meta.changed'" in warned, (
+        warned
     )
 
 

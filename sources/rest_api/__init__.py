@@ -44,6 +44,7 @@ from sources.rest_api.future import (
     due_whole_read,
     forget,
     remember,
+    stored_cursor,
 )
 from sources.rest_api.numbers import ExactJSONResponse, FieldTypes
 from sources.rest_api.reads import (
@@ -336,7 +337,12 @@ def _extract(
             if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
                 since = clamp_state(job, t, pipeline, full=t.name in full)
                 resent = Resent(
-                    job, t, since=since, full=t.name in full, missed=(missed or {}).get(t.name, ())
+                    job,
+                    t,
+                    since=since,
+                    full=t.name in full,
+                    missed=(missed or {}).get(t.name, ()),
+                    last=stored_cursor(job, t, pipeline),
                 )
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
@@ -391,7 +397,7 @@ def _extract(
         notes = {
             a.t.name: found
             for a, r in seen
-            if (found := [n for n in (a.note(), r.drops_note()) if n])
+            if (found := [n for n in (a.note(), r.drops_note(), r.unseen_note()) if n])
         }
         again = {r.t.name: r for _, r in seen if r.missing()}
         return ExtractResult(

@@ -41,6 +41,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from deltaferry.config import JobConfig, TableConfig, job_home, write_home_file
+from deltaferry.errors import TerminalError
 from sources.rest_api.reads import _cursor_value, api_cursor_path, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
@@ -132,8 +133,14 @@ class Resent:
         full: bool = False,
         now: dt.datetime | None = None,
         missed: Iterable[str] = (),
+        last: Any = None,
     ) -> None:
         self.job, self.t = job, t
+        # the kind of cursor value dlt stored (``cursor_rank``'s first element; 0: none):
+        # a value of another kind in a read is refused (``_kind``)
+        self.stored_kind = cursor_rank(last, _zone(job))[0]
+        self.kinds: dict[int, tuple[str, Any]] = {}  # kind -> the first (key, value) of it
+        self.records = 0  # keyed records sent
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self.since, self.full = since, full
         stored = _stored(job, t)
@@ -149,8 +156,12 @@ class Resent:
         self.still_null: list[str] = []  # missed keys this read without since found null
 
     def __call__(self, key: str, rank: tuple[Any, ...]) -> None:
+        self.records += 1
         if key in self.before:
             self.sent.add(key)
+        if rank[0] not in self.kinds:
+            self.kinds[rank[0]] = (key, rank[-1])
+            self._kind()
         if rank == (0,):  # null or missing
             self.watch[key] = "null"
             self.nulls += 1
@@ -160,6 +171,39 @@ class Resent:
                 self.still_null.append(key)
         elif _ahead(rank, self.now):
             self.watch[key] = "ahead"
+
+    def _kind(self) -> None:
+        """Refuse a cursor value that is neither a time nor a number (text, a flag, an
+        object: ``cursor_rank`` kind 3) among times or numbers (of this read, or dlt's
+        stored value): it ranks newest, becomes the value sent as ``cursor_param`` on every
+        later run (the API refuses it, or sends nothing newer), and a stored cursor value
+        never goes down, so fixing the record did not help: every run failed, or missed
+        every change, until a reset (a fresh-user trial)."""
+        other = {1, 2} & ({self.stored_kind} | set(self.kinds))
+        if 3 not in self.kinds or not other:
+            return
+        key, value = self.kinds[3]
+        kind = "times" if 2 in other else "numbers"
+        raise TerminalError(
+            f"job '{self.job.name}' table '{self.t.name}': record {key} has '{self.t.cursor}' "
+            f"= {value!r}, neither a time nor a number, where the table's cursor values are "
+            f"{kind}: as the newest value it would be sent as "
+            f"'{self.t.options.get('cursor_param')}' on every later run; fix the value at the "
+            "source (the next run reads the table again); nothing of the read is published"
+        )
+
+    def unseen_note(self) -> str | None:
+        """The run's warning when records came and none had a cursor value: a cursor path
+        no record has (a typo, ``meta.changed``) makes every run a whole read, no word."""
+        if not self.records or set(self.kinds) != {0}:
+            return None
+        return (
+            f"job '{self.job.name}' table '{self.t.name}': none of the {self.records} "
+            f"record(s) read has a value of the cursor '{self.t.cursor}' (missing or null in "
+            f"every one): the API is asked without '{self.t.options.get('cursor_param')}' "
+            "until one has, so every run reads the whole table; check the cursor's name "
+            "(a field inside an object is written as its path, meta.updated)"
+        )
 
     def whole(self) -> bool:
         """Whether this read was a whole read (a ``full`` one, or a first without since)."""
@@ -360,6 +404,16 @@ def clamp_state(
                 inc["last_value"], inc["unique_hashes"] = _start(job, t), []
             return inc.get("last_value") is not None or initial is not None
     return initial is not None
+
+
+def stored_cursor(job: JobConfig, t: TableConfig, pipeline: Any) -> Any:
+    """dlt's stored cursor value of ``t`` (after ``clamp_state``), or None."""
+    for source in pipeline.state.get("sources", {}).values():
+        incremental = source.get("resources", {}).get(t.name, {}).get("incremental", {})
+        inc = incremental.get(api_cursor_path(t.cursor)) if t.cursor else None
+        if inc:
+            return inc.get("last_value")
+    return None
 
 
 def forget(job: JobConfig, t: TableConfig) -> None:
