@@ -579,7 +579,8 @@ def load_chain(ref: str, *, where: str) -> Chain:
     try:
         module = importlib.import_module(module_name)
     except (ImportError, ValueError) as e:  # ValueError: a Chain of versions out of order
-        missing = isinstance(e, ModuleNotFoundError) and module_name.startswith(e.name or "?")
+        gone = e.name if isinstance(e, ModuleNotFoundError) else None  # the module not found
+        missing = gone is not None and (module_name + ".").startswith(gone + ".")
         advice = (
             " (a contract module is imported like any Python module: install it into "
             "deltaferry's environment, or put the directory that holds it on PYTHONPATH)"

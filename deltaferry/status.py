@@ -72,6 +72,11 @@ def cursor_time(value: Any) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+def _naive(value: Any) -> bool:
+    """Whether a timestamp cursor value (``cursor_time`` is not None) has no offset."""
+    return datetime.fromisoformat(str(value)).tzinfo is None
+
+
 def retry_cause(detail: str | None) -> str:
     """The error class of a retried attempt's detail ('retry in 0.031s after TransientError:
     ...' -> 'TransientError'): the delay and message vary, the class groups them."""
@@ -317,7 +322,8 @@ def _lag(
     # the newest cursor time of the last 20 batches, not the last batch's: a batch of
     # backdated changes only (a record given an older time) would show an old lag; and not
     # a time after now (a typo year), which would hide any lag for as long as it is newest
-    ahead = now() + timedelta(minutes=5)
+    # a naive value is wall time in the source's zone: up to 14 hours ahead of UTC
+    ahead = {True: now() + timedelta(hours=14, minutes=5), False: now() + timedelta(minutes=5)}
     for batch, manifest in con.execute(
         "SELECT batch, manifest FROM plans WHERE tbl = ? AND status = 'committed'"
         " ORDER BY batch DESC LIMIT 20",
@@ -328,7 +334,7 @@ def _lag(
         if at is None:  # no cursor (deletes only), or not a time: the newest batch's value
             if newest_at is None and newest is None:
                 newest = value
-        elif at <= ahead and (newest_at is None or at > newest_at):
+        elif at <= ahead[_naive(value)] and (newest_at is None or at > newest_at):
             newest, newest_at = value, at
     since_publish = (
         None if published_at is None else round((now() - published_at).total_seconds(), 1)

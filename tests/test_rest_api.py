@@ -1006,14 +1006,14 @@ def test_a_null_cursor_read_without_since_is_watched_when_the_api_keeps_nulls(me
 
 
 def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_job, api):
-    """``cursor = "meta.updated"`` (a field of a nested object) was given to dlt quoted, as
+    """``cursor = "$.meta.updated"`` (a field of a nested object) was given to dlt quoted, as
     one field of that name, which no record has: dlt never found a value and every run
     asked the API from ``initial_value``, a whole read each run, no word. The path is
     followed into the record (documents reach dlt's incremental step as objects): the next
     run asks from the newest value, a change is published, the document stays one JSON
     column; a path that does not parse is refused with the jobs file."""
 
-    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"')
+    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "$.meta.updated"')
     measures_job.config.write_text(
         job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
     )
@@ -1041,13 +1041,13 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
     from deltaferry.errors import ConfigError
 
     measures_job.config.write_text(
-        MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta..["').format(
+        MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "$.meta..["').format(
             url=api.url, lake=measures_job.lake_url, job_extra="", table_extra=""
         )
     )
     with pytest.raises(ConfigError) as err:
         load_jobs(measures_job.config)
-    assert "job 'api' table 'items': cursor 'meta..[' is not a JSONPath into the record" in str(
+    assert "job 'api' table 'items': cursor '$.meta..[' is not a JSONPath into the record" in str(
         err.value
     )
 
@@ -1062,7 +1062,7 @@ def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_jo
     until a reset (a fresh-user trial). The read stops naming record and value, nothing of
     it published; once the value is fixed the next run publishes; and a cursor path that
     no record has is warned about instead of a silent whole read every run."""
-    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"')
+    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "$.meta.updated"')
 
     def write(text: str) -> None:
         measures_job.config.write_text(
@@ -1079,7 +1079,7 @@ def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_jo
         with pytest.raises(DeltaferryError) as err:  # the table stopped: the run fails
             measures_job.sync()
         message = " ".join(str(err.value).split())
-        assert "record {\"id\": 2} has 'meta.updated' =" in message, message
+        assert "record {\"id\": 2} has '$.meta.updated' =" in message, message
         assert "neither a time nor a number, where the table's cursor values are times" in message
     sent = len(api.requests_to("/api/items"))
     api.items[2]["meta"] = {"updated": _ts(5)}
@@ -1089,12 +1089,14 @@ def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_jo
     assert measures_job.sync()["tables"]["items"].get("batch") is None
     assert _asked(api, sent) == [_ts(5)]
 
-    write(MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.changed"'))
+    # a nested field written without "$." names a top-level field no record has: warned
+    write(MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "meta.updated"'))
     out = measures_job.sync()
     warned = " ".join(out["extracted"].warnings)
-    assert "none of the 3 record(s) read has a value of the cursor 'meta.changed'" in warned, (
+    assert "none of the 3 record(s) read has a value of the cursor 'meta.updated'" in warned, (
         warned
     )
+    assert "written as a JSONPath: $.meta.updated" in warned
 
 
 def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):

@@ -7,7 +7,7 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -276,6 +276,13 @@ def test_lag_is_from_the_newest_change_of_recent_batches_not_after_now(tmp_path,
     assert c["newest_change_published"] == "2026-01-03 00:00:00"
     expected = (datetime.now(UTC) - datetime(2026, 1, 3, tzinfo=UTC)).total_seconds()
     assert expected - 5 < c["lag_seconds"] <= expected + 1
+    # a naive value is wall time in the source's zone: east of UTC it reads as ahead of
+    # now (Tokyo's now is 9 hours ahead), and is still the newest change
+    run = state.start_run()
+    tokyo_now = (datetime.now(UTC) + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S")
+    publish(state, run, "customers", 5, 1, cursor=tokyo_now)
+    state.finish_run(run, "ok")
+    assert status_json(config)["tables"]["customers"]["newest_change_published"] == tokyo_now
 
 
 def test_lag_falls_back_to_the_last_publish_without_a_time_cursor(tmp_path, home):

@@ -113,8 +113,8 @@ class FutureCursors:
 class Resent:
     """The keys the API must send on every run that asks it from a ``since`` value: a
     record whose cursor is after now (any ``since`` not after now is before it), and a
-    record whose cursor is null once the API was seen sending it with a ``since`` (an API
-    whose filter keeps nulls; one that drops them is not watched). Called by
+    record whose cursor is null (until the API is known to drop nulls: ``drops()``). It
+    also refuses a cursor value of another kind (``_kind``). Called by
     ``reads.TableRead`` with every keyed record the API sent: ``(key JSON, cursor_rank of
     its cursor value)``, the rank in the job's zone.
 
@@ -179,7 +179,17 @@ class Resent:
         later run (the API refuses it, or sends nothing newer), and a stored cursor value
         never goes down, so fixing the record did not help: every run failed, or missed
         every change, until a reset (a fresh-user trial)."""
-        other = {1, 2} & ({self.stored_kind} | set(self.kinds))
+        param = self.t.options.get("cursor_param")
+        other = {1, 2} & set(self.kinds)
+        if self.stored_kind == 3 and other:  # jammed before this check existed
+            key, value = self.kinds[2 if 2 in other else 1]
+            raise TerminalError(
+                f"job '{self.job.name}' table '{self.t.name}': the stored cursor value, sent "
+                f"as '{param}', is neither a time nor a number, while record {key} has "
+                f"'{self.t.cursor}' = {value!r}: `deltaferry reset` the table (the next run "
+                "reads the API whole); nothing of the read is published"
+            )
+        other |= {1, 2} & {self.stored_kind}
         if 3 not in self.kinds or not other:
             return
         key, value = self.kinds[3]
@@ -187,22 +197,24 @@ class Resent:
         raise TerminalError(
             f"job '{self.job.name}' table '{self.t.name}': record {key} has '{self.t.cursor}' "
             f"= {value!r}, neither a time nor a number, where the table's cursor values are "
-            f"{kind}: as the newest value it would be sent as "
-            f"'{self.t.options.get('cursor_param')}' on every later run; fix the value at the "
-            "source (the next run reads the table again); nothing of the read is published"
+            f"{kind}: as the newest value it would be sent as '{param}' on every later run; "
+            "fix the value at the source (the next run reads the table again), or leave out "
+            "the table's cursor_param (every run then reads every page); nothing of the read "
+            "is published"
         )
 
     def unseen_note(self) -> str | None:
         """The run's warning when records came and none had a cursor value: a cursor path
         no record has (a typo, ``meta.changed``) makes every run a whole read, no word."""
-        if not self.records or set(self.kinds) != {0}:
-            return None
+        if not self.records or set(self.kinds) != {0} or self.stored_kind != 0:
+            return None  # dlt holds a value: the API is asked from it
         return (
             f"job '{self.job.name}' table '{self.t.name}': none of the {self.records} "
             f"record(s) read has a value of the cursor '{self.t.cursor}' (missing or null in "
             f"every one): the API is asked without '{self.t.options.get('cursor_param')}' "
-            "until one has, so every run reads the whole table; check the cursor's name "
-            "(a field inside an object is written as its path, meta.updated)"
+            "(or from initial_value) until one has, so every run reads the whole table; "
+            "check the cursor's name (a field inside an object is written as a JSONPath: "
+            "$.meta.updated)"
         )
 
     def whole(self) -> bool:

@@ -186,12 +186,11 @@ def _instant(when: datetime, zone: ZoneInfo | None = None) -> tuple[Any, ...]:
 
 def api_cursor_path(cursor: str) -> str:
     """The table's ``cursor`` as dlt's incremental ``cursor_path`` (the key of its state
-    too): a field name as ``names.cursor_path`` writes it; a path into the record, with a
-    dot, a bracket or a quote (``meta.updated``, ``versions[0].at``), as the JSONPath it is.
-    Quoted at every dot, it was one field of that name that no record has: dlt never found
-    a value, so every run asked the API from ``initial_value`` (a whole read each run, no
-    word). ValueError when the path does not parse."""
-    if not any(c in cursor for c in '.["'):
+    too): a JSONPath into the record when it starts with ``$`` (``$.meta.updated``, a field
+    of a nested object), else a field name as ``names.cursor_path`` writes it (quoted when
+    it holds a dot: a field named ``sys.updated`` is one field). ValueError when a path
+    does not parse."""
+    if not cursor.startswith("$"):
         return cursor_path(cursor)
     from dlt.common.jsonpath import compile_path
 
@@ -203,8 +202,10 @@ def api_cursor_path(cursor: str) -> str:
 
 
 def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
-    if cursor in row:
-        return row[cursor]
+    """The record's cursor value as dlt's incremental step finds it (``api_cursor_path``):
+    a JSONPath's first match, else the field of that name; None when missing."""
+    if not cursor.startswith("$"):
+        return row.get(cursor)
     from dlt.common import jsonpath
 
     found = jsonpath.find_values(cursor, row)

@@ -111,7 +111,7 @@ class Table(TableModel):
     def _cursor_param_filters_the_cursor(self) -> Self:
         if "cursor_param" in self.model_fields_set and not self.cursor:
             raise ValueError("cursor_param needs a cursor (the record field it filters on)")
-        if self.cursor and "cursor_param" in self.model_fields_set:
+        if self.cursor and self.cursor.startswith("$"):
             from sources.rest_api.reads import api_cursor_path
 
             api_cursor_path(self.cursor)  # a path into the record must parse
