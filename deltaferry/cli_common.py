@@ -33,7 +33,9 @@ def one_line_errors(fn: F) -> F:
             debug = from_env().debug  # a bad DELTAFERRY_* value: one line, exit 2
             return fn(*args, **kwargs)
         except DeltaferryError as e:
-            err.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True
+            )
             sys.exit(e.exit_code)
         except BrokenPipeError:
             # the reader of a pipe stopped reading (`| head`): stop quietly, as a program
@@ -70,14 +72,19 @@ config_option = click.option(
 )
 
 
-runs_option = click.option(
-    "--runs",
-    "runs",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="How many of the last runs the batch sizes and rates cover.",
-)
+def runs_of(default: int, meaning: str) -> Callable[[F], F]:
+    """The ``--runs N`` option (1 or more; ``default``), saying what the last N runs are for."""
+    return click.option(
+        "--runs",
+        "runs",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help=meaning,
+    )
+
+
+runs_option = runs_of(20, "How many of the last runs the batch sizes and rates cover.")
 
 
 class _Report:

@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from deltaferry.cli_common import config_option, emit, new_report, one_line_errors, out, runs_option
+from deltaferry.cli_common import (
+    config_option,
+    emit,
+    new_report,
+    one_line_errors,
+    out,
+    runs_of,
+    runs_option,
+)
 
 
 @click.group()
@@ -136,14 +144,7 @@ def report_command(job: str, out_path: str, runs: int, config: str | None) -> No
     multiple=True,
     help="Only entries with this outcome (repeatable): ok, retry, failed, read-again, ...",
 )
-@click.option(
-    "--runs",
-    "runs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="How many of the last runs (and operator commands) to show.",
-)
+@runs_of(1, "How many of the last runs (and operator commands) to show.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_option
 @one_line_errors

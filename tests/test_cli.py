@@ -711,3 +711,21 @@ def test_a_run_that_stops_a_table_shows_what_the_others_published(tmp_path, home
     error_line(p, 1, "table 'bad'", "1.005")
     rows = [ln.split("\t") for ln in p.stdout.splitlines()[1:] if "\t" in ln]
     assert [r[:4] for r in rows] == [["lite", "good", "2", "1"], ["lite", "bad", "-", "0"]], p.stdout
+
+
+def test_the_import_advice_is_for_the_contract_module_not_for_what_it_imports(tmp_path, monkeypatch):
+    """A contract module that is not found gets the advice on how Python finds it; one that
+    is found but fails on its own import names that import, without the advice (it would
+    send the user to PYTHONPATH for a missing dependency)."""
+    from contracts import load_chain
+    from deltaferry.errors import ConfigError
+
+    (tmp_path / "pandas_contracts.py").write_text("import pandas_con  # a prefix of the module name, no dot boundary\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        load_chain("pandas_contracts:Orders", where="job 'j' table 'orders'")
+    assert "No module named 'pandas_con'" in str(err.value)
+    assert "PYTHONPATH" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_chain("my_missing_contracts.shop:Orders", where="job 'j' table 'orders'")
+    assert "on PYTHONPATH" in str(err.value)

@@ -1099,6 +1099,31 @@ def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_jo
     assert "written as a JSONPath: $.meta.updated" in warned
 
 
+def test_a_job_jammed_by_a_stored_cursor_of_another_kind_is_told_to_reset(home):
+    """The other side of the refusal above: a job whose dlt state already holds such a value
+    (stored before the check existed) is stopped at the first time or number it reads,
+    naming ``reset``, instead of asking the API from the text on every run. Either kind of
+    read order and value kind gets the same answer; text among text is not refused."""
+    from types import SimpleNamespace
+
+    from sources.rest_api.future import Resent
+    from sources.rest_api.reads import cursor_rank
+
+    job = SimpleNamespace(name="j", timezone="UTC")
+    t = SimpleNamespace(name="t", cursor="at", options={"cursor_param": "since"})
+    for value in (_ts(4), 17):
+        jammed = Resent(job, t, since=True, last="yesterday")
+        jammed('{"id": 1}', cursor_rank(None))  # a null cursor says nothing of the kind
+        with pytest.raises(TerminalError) as err:
+            jammed('{"id": 2}', cursor_rank(value))
+        message = str(err.value)
+        assert message.startswith("job 'j' table 't': the stored cursor value, sent as 'since'")
+        assert f"record {{\"id\": 2}} has 'at' = " in message and "`deltaferry reset` the table" in message
+    texts = Resent(job, t, since=True, last="v1")
+    texts('{"id": 1}', cursor_rank("v2"))  # a table of text cursors goes on
+    assert texts.kinds == {3: ('{"id": 1}', "v2")}
+
+
 def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job, api):
     """With ``cursor_param``, one record with a typo year became dlt's stored cursor value,
     the API was asked ``since=2240-...`` on every later run and sent nothing newer: every

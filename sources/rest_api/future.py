@@ -143,7 +143,9 @@ class Resent:
         self.records = 0  # keyed records sent
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self.since, self.full = since, full
-        stored = _stored(job, t)
+        # the file as this read found it (``clamp_state`` wrote it first): ``remember``
+        # updates this, nothing else writes it before
+        self.stored = stored = _stored(job, t)
         self.before: dict[str, str] = stored.get("watch", {})
         # what the file says of an API that drops null cursors (``drops()``), or None
         self.dropped: dict[str, Any] | None = stored.get("drops_nulls")
@@ -339,7 +341,7 @@ def remember(
 ) -> None:
     """After a successful load: the newest cursor value not after now read so far (the
     later of the one remembered and this run's), and the keys the next run watches."""
-    stored = _stored(job, t)
+    stored = resent.stored if resent is not None else _stored(job, t)
     newest = stored.get("newest")
     zone = _zone(job)
     if seen.newest is not None and (
