@@ -692,7 +692,6 @@ def test_a_json_number_its_column_cannot_hold_stops_the_read_naming_it(measures_
     ``True`` for 2, an epoch read as microseconds. The read stops, one line naming the
     field, key and value, nothing uploaded; once the API's value is fixed the next run
     publishes."""
-    from destinations.lake import open_lake
     from tests.support.api_server import Raw
 
     values = {k: v[1:-1] if v.startswith('"') else Raw(v) for k, v in values.items()}
@@ -852,7 +851,6 @@ def test_an_api_that_drops_null_cursors_is_found_out_and_read_whole_as_often_as_
     import datetime as dt
 
     from deltaferry.config import job_home
-    from deltaferry.state import StateStore
 
     def write(table_extra: str = "") -> None:
         job = MEASURES_JOB.replace('initial_value = "2000-01-01T00:00:00+00:00"\n', "")
@@ -1052,6 +1050,46 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
     )
 
 
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("$.meta..updated", "'..' matches at any depth"),
+        ("$.meta.*", "'*' matches every field or item"),
+        ("$.versions[*].at", "'*' matches every field or item"),
+        ("$.versions[0:2]", "a slice matches several items"),
+        ("$.meta.updated,created", "several fields updated, created"),
+        ("$.versions[0,1].at", "several list positions"),
+        ("$.versions[?(@.at > 1)].at", "a filter"),
+        ("$", "'$' is the whole record"),
+    ],
+)
+def test_a_cursor_path_matching_several_values_is_refused(tmp_path, path, why):
+    """A cursor path that can match more than one value (``$.meta..updated`` finds every
+    ``updated`` below ``meta``) was accepted and the first match found became the record's
+    cursor: which value that was depended on the document's order, and a newer value in
+    another match was never the cursor, exit 0. Such a path is refused when the jobs file is
+    read; a path of single fields and list positions is not."""
+    from deltaferry.config import load_jobs
+    from deltaferry.errors import ConfigError
+
+    config = tmp_path / "jobs.toml"
+
+    def jobs(cursor: str) -> str:
+        return MEASURES_JOB.replace('cursor = "updated_at"', f"cursor = {json.dumps(cursor)}").format(
+            url="http://127.0.0.1:9", lake="file:///tmp/lake", job_extra="", table_extra=""
+        )
+
+    config.write_text(jobs(path))
+    with pytest.raises(ConfigError) as err:
+        load_jobs(config)
+    assert f"job 'api' table 'items': cursor '{path}' can match more than one value ({why})" in str(
+        err.value
+    ), str(err.value)
+    for one in ("$.meta.updated", "$.versions[0].at"):
+        config.write_text(jobs(one))
+        assert load_jobs(config)["api"].tables[0].cursor == one
+
+
 def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_job(
     measures_job, api
 ):
@@ -1118,7 +1156,7 @@ def test_a_job_jammed_by_a_stored_cursor_of_another_kind_is_told_to_reset(home):
             jammed('{"id": 2}', cursor_rank(value))
         message = str(err.value)
         assert message.startswith("job 'j' table 't': the stored cursor value, sent as 'since'")
-        assert f"record {{\"id\": 2}} has 'at' = " in message and "`deltaferry reset` the table" in message
+        assert "record {\"id\": 2} has 'at' = " in message and "`deltaferry reset` the table" in message
     texts = Resent(job, t, since=True, last="v1")
     texts('{"id": 1}', cursor_rank("v2"))  # a table of text cursors goes on
     assert texts.kinds == {3: ('{"id": 1}', "v2")}

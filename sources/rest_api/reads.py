@@ -195,10 +195,54 @@ def api_cursor_path(cursor: str) -> str:
     from dlt.common.jsonpath import compile_path
 
     try:
-        compile_path(cursor)
+        expr = compile_path(cursor)
     except Exception as e:  # noqa: BLE001 - the parser's own errors
         raise ValueError(f"cursor {cursor!r} is not a JSONPath into the record: {e}") from None
+    wide = _not_singular(expr)
+    if wide:
+        # a path matching several values took the first match found: which value is the
+        # record's cursor depended on the document's order (a silent pick)
+        raise ValueError(
+            f"cursor {cursor!r} can match more than one value ({wide}): name one value, "
+            "with fields and list positions only ('$.meta.updated', '$.versions[0].at')"
+        )
     return cursor
+
+
+def _not_singular(expr: Any) -> str:
+    """What in a parsed JSONPath can match more than one value (a wildcard, ``..``, a
+    slice, a filter, several fields) or is the record itself (``$``), or "" when it names
+    at most one value: the root, then single field names and single list positions."""
+    from jsonpath_ng import jsonpath as jp
+
+    if isinstance(expr, jp.Root):
+        return "'$' is the whole record"
+    while isinstance(expr, jp.Child):
+        step = expr.right
+        if isinstance(step, jp.Fields):
+            if len(step.fields) != 1 or step.fields[0] == "*":
+                return f"several fields {', '.join(step.fields)}"
+        elif isinstance(step, jp.Index):
+            if len(step.indices) != 1:
+                return "several list positions"
+        else:
+            return _WIDE.get(type(step).__name__, f"{type(step).__name__.lower()} step")
+        expr = expr.left
+    if isinstance(expr, jp.Root):
+        return ""
+    return _WIDE.get(type(expr).__name__, f"{type(expr).__name__.lower()} step")
+
+
+# how a step that may match several values is named in the refusal
+_WIDE = {
+    "Descendants": "'..' matches at any depth",
+    "Wildcard": "'*' matches every field or item",
+    "Slice": "a slice matches several items",
+    "Union": "a union",
+    "Where": "a filter",
+    "WhereNot": "a filter",
+    "Filter": "a filter",
+}
 
 
 def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
