@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -167,7 +168,11 @@ def staged_keys_among(
         if not staged_table_exists(con, t.name):
             return set()
         have = set(staged_columns(con, t.name))
-        if any(c not in have for c in pk) or (t.cursor and t.cursor not in have):
+        # a cursor inside a document (a JSONPath, ``$.meta.updated``): its top-level field
+        # is staged as the document's JSON text, and the value is looked for in it below
+        nested = t.cursor is not None and t.cursor.startswith("$")
+        column = _document_column(t.cursor) if t.cursor and nested else t.cursor
+        if any(c not in have for c in pk) or (column and column not in have):
             return set()
         parsed = [json.loads(k) for k in keys]
         wanted = pa.table(
@@ -181,14 +186,48 @@ def staged_keys_among(
         match = " AND ".join(
             f"CAST(s.{ident(c)} AS VARCHAR) = k.k{i}" for i, c in enumerate(pk)
         )
-        cursor = f" AND s.{ident(t.cursor)} IS NOT NULL" if t.cursor else ""
+        cursor = f" AND s.{ident(column)} IS NOT NULL" if column else ""
         lids = ", ".join("?" for _ in load_ids)
         rows = con.execute(
-            f"SELECT k.df_key FROM df_keys k WHERE EXISTS (SELECT 1 FROM "
-            f"{STAGING_DATASET}.{ident(t.name)} s WHERE {match}{cursor} AND "
-            f"s.{ident(LOAD_ID_COLUMN)} IN ({lids}))",
+            f"SELECT k.df_key, {f's.{ident(column)}' if column and nested else 'NULL'} "
+            "FROM df_keys k "
+            f"JOIN {STAGING_DATASET}.{ident(t.name)} s ON {match}{cursor} AND "
+            f"s.{ident(LOAD_ID_COLUMN)} IN ({lids})",
             list(load_ids),
         ).fetchall()
-        return {r[0] for r in rows}
+        if not nested:
+            return {r[0] for r in rows}
+        return {key for key, doc in rows if _has_value_at(t.cursor or "", column or "", doc)}
     finally:
         con.close()
+
+
+def _document_column(path: str) -> str | None:
+    """The top-level field a cursor JSONPath (``$.meta.updated``) starts with: the staged
+    column holding its document as JSON text; None when the path starts otherwise."""
+    from dlt.common.jsonpath import compile_path
+    from jsonpath_ng import jsonpath as jp
+
+    expr = compile_path(path)
+    while isinstance(expr, jp.Child) and not isinstance(expr.left, jp.Root):
+        expr = expr.left
+    if isinstance(expr, jp.Child) and isinstance(expr.right, jp.Fields):
+        return str(expr.right.fields[0])
+    return None
+
+
+def _has_value_at(path: str, column: str, document: Any) -> bool:
+    """Whether a staged document (JSON text, or a value as staged) has a non-null value at
+    ``path``, a JSONPath from the record's root whose first field is ``column``."""
+    import json
+
+    from dlt.common.jsonpath import find_values
+
+    if document is None:
+        return False
+    if isinstance(document, str):
+        try:
+            document = json.loads(document)
+        except ValueError:  # text that is not a document holds no field
+            return False
+    return any(v is not None for v in find_values(path, {column: document}))

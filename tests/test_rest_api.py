@@ -1050,6 +1050,47 @@ def test_a_cursor_inside_a_document_asks_the_api_from_its_newest_value(measures_
     )
 
 
+def test_a_record_held_for_a_null_cursor_inside_a_document_is_released_once_published(
+    measures_job, api
+):
+    """``cursor = "$.meta.updated"`` under ``null_cursor = "quarantine"``: a record whose
+    ``meta.updated`` is null is held; once it has a value it is published, but its
+    quarantine record stayed open for good (the settle looked for a staged column named
+    ``$.meta.updated``; the value lives in the staged ``meta`` document). It is resolved in
+    the run that publishes the record; a record still null stays held."""
+    from deltaferry.state import StateStore
+
+    def open_checks() -> list[tuple]:
+        with StateStore("api").connect(read_only=True) as con:
+            return con.execute(
+                'SELECT pk, "check" FROM quarantine WHERE resolved IS NULL ORDER BY 1'
+            ).fetchall()
+
+    job = MEASURES_JOB.replace('cursor = "updated_at"', 'cursor = "$.meta.updated"')
+    measures_job.config.write_text(
+        job.format(
+            url=api.url, lake=measures_job.lake_url, job_extra="",
+            table_extra='null_cursor = "quarantine"',
+        )
+    )
+    api.items.clear()
+    for i in (1, 2, 3, 4):
+        api.items[i] = _measure(i, meta={"updated": _ts(i), "by": "x"})
+    for i in (2, 4):  # no time yet, in the document nor in the API's own field
+        api.items[i].update(updated_at=None, meta={"updated": None, "by": "x"})
+    measures_job.sync()
+    assert open_checks() == [('{"id": 2}', "cursor not null"), ('{"id": 4}', "cursor not null")]
+    api.items[2].update(updated_at=_ts(50), meta={"updated": _ts(50), "by": "y"})
+    measures_job.sync()
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, meta FROM items ORDER BY id") == [
+        (1, f'{{"updated":"{_ts(1)}","by":"x"}}'),
+        (2, f'{{"updated":"{_ts(50)}","by":"y"}}'),
+        (3, f'{{"updated":"{_ts(3)}","by":"x"}}'),
+    ]
+    assert open_checks() == [('{"id": 4}', "cursor not null")]
+
+
 @pytest.mark.parametrize(
     "path, why",
     [
