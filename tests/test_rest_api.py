@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -1176,6 +1177,111 @@ def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_jo
         warned
     )
     assert "written as a JSONPath: $.meta.updated" in warned
+
+
+def test_a_number_cursor_after_now_is_not_sent_as_since(measures_job, api):
+    """A number cursor (Unix seconds, as many APIs write ``updated_at``) with a typo,
+    ``8000000000`` (the year 2223), became dlt's stored value: every later run asked the API
+    from it, the API sent nothing newer, and later changes were missed, exit 0 (only time
+    cursors were compared with the clock). A number is read as a Unix time by its size (or
+    the table's ``cursor_unit``): the next run asks from the newest value not after now, a
+    later change is published, the fixed record too, and the run that read it warns."""
+    now = int(time.time())
+    job = MEASURES_JOB.replace(
+        'initial_value = "2000-01-01T00:00:00+00:00"', "initial_value = 946684800"
+    )
+    measures_job.config.write_text(
+        job.format(url=api.url, lake=measures_job.lake_url, job_extra="", table_extra="")
+    )
+    api.items.clear()
+    for i in (1, 2, 3):
+        api.items[i] = _measure(i, updated_at=now - 3000 + i)
+    api.items[3]["updated_at"] = 8_000_000_000  # a digit too many
+    out = measures_job.sync()
+    warned = " ".join(out["extracted"].warnings)
+    assert "1 record(s) have a cursor ('updated_at') value after now (newest 8000000000, " \
+        "read as Unix time in s by its size: 2223-" in warned, warned
+    assert 'set the table\'s cursor_unit = "number"' in warned
+    sent = len(api.requests_to("/api/items"))
+    api.items[2].update(updated_at=now - 100, name="changed")
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1
+    assert _asked(api, sent) == [str(now - 3000 + 2)]  # not 8000000000
+    api.items[3].update(updated_at=now - 50, name="fixed")
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name, updated_at FROM items ORDER BY id") == [
+        (1, "m 1", now - 2999), (2, "changed", now - 100), (3, "fixed", now - 50),
+    ]
+    sent = len(api.requests_to("/api/items"))
+    assert measures_job.sync()["tables"]["items"].get("batch") is None
+    assert _asked(api, sent) == [str(now - 50)]
+
+
+def test_which_numbers_are_unix_times(home):
+    """A number cursor value is a Unix time by its size (seconds from 1e9, milliseconds
+    from 1e12 to 1e15: each from 2001-09-09) or in the unit ``cursor_unit`` names; another
+    number (an id, a snowflake id of 1.8e18), or any under ``cursor_unit = "number"``, is
+    never after now; one past year 9999 is after any now."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from sources.rest_api.future import _ahead, instant
+    from sources.rest_api.reads import cursor_rank
+
+    utc = dt.timezone.utc
+
+    def at(value, unit=None):
+        options = {"cursor_param": "since", **({"cursor_unit": unit} if unit else {})}
+        return instant(cursor_rank(value), SimpleNamespace(options=options))
+
+    assert at(1_000_000_000) == dt.datetime(2001, 9, 9, 1, 46, 40, tzinfo=utc)
+    assert at(1_000_000_000_000) == at(10**9) and at(10**15 - 1).year == 9999  # past 9999
+    assert at(10**15) is None and at(1_800_000_000_000_000_000) is None  # ids
+    assert at(1_800_000_000_000_000_000, "ns").year == 2027
+    assert at(1_800_000_000_000_000, "us").year == 2027
+    assert at(8_000_000_000).year == 2223 and at("8000000000").year == 2223
+    assert at(17_330_000_000_000).year == 2519  # milliseconds with a digit too many
+    assert at(999_999_999) is None and at(42) is None and at(-5) is None
+    assert at(8_000_000_000, "number") is None
+    assert at(8_000_000_000, "ms") == dt.datetime(1970, 4, 3, 14, 13, 20, tzinfo=utc)
+    assert at(42, "s") == dt.datetime(1970, 1, 1, 0, 0, 42, tzinfo=utc)
+    assert at(10**30) is None and at(10**30, "s").year == 9999
+    assert at(_ts(3)) == dt.datetime.fromisoformat(_ts(3))
+    t = SimpleNamespace(options={"cursor_param": "since"})
+    now = dt.datetime(2026, 12, 5, tzinfo=utc)
+    assert _ahead(cursor_rank(8_000_000_000), now, t)
+    assert not _ahead(cursor_rank(1_764_000_000), now, t)  # 2025
+    assert not _ahead(cursor_rank(8_000_000_000), now, SimpleNamespace(
+        options={"cursor_param": "since", "cursor_unit": "number"}))
+
+
+def test_cursor_unit_needs_cursor_param(tmp_path):
+    from deltaferry.config import load_jobs
+    from deltaferry.errors import ConfigError
+
+    config = tmp_path / "jobs.toml"
+    for extra, wrong in (('cursor_unit = "ms"', None), ('cursor_unit = "days"', "cursor_unit")):
+        config.write_text(
+            MEASURES_JOB.format(
+                url="http://127.0.0.1:9", lake="file:///tmp/lake", job_extra="",
+                table_extra=extra,
+            )
+        )
+        if wrong is None:
+            assert load_jobs(config)["api"].tables[0].options["cursor_unit"] == "ms"
+        else:
+            with pytest.raises(ConfigError) as err:
+                load_jobs(config)
+            assert "cursor_unit must be one of" in str(err.value), str(err.value)
+    config.write_text(
+        MEASURES_JOB.replace('cursor_param = "since"\n', "").format(
+            url="http://127.0.0.1:9", lake="file:///tmp/lake", job_extra="",
+            table_extra='cursor_unit = "ms"',
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_jobs(config)
+    assert "cursor_unit needs cursor_param" in str(err.value), str(err.value)
 
 
 def test_a_job_jammed_by_a_stored_cursor_of_another_kind_is_told_to_reset(home):

@@ -13,7 +13,11 @@ remembered (``$DELTAFERRY_HOME/<job>/rest_cursor/<table>.json``, the API's own t
 before the next run a stored value after now is replaced by it (``clamp_state``; the
 table's ``initial_value`` when none is remembered), so the API is asked from there: later
 changes come, and the record ahead comes again on every run (the content hash keeps it
-only when it changed). Only time cursors are compared with the clock; a number is kept.
+only when it changed). A number cursor is compared with the clock as a Unix time
+(``instant``): in the unit the table's ``cursor_unit`` names, else by its size (from 1e9,
+seconds; from 1e12 to 1e15, milliseconds: each from 2001-09-09 on); another number, or any
+with ``cursor_unit = "number"``, is kept as it is. Before, ``8000000000`` (a typo in epoch seconds, the year 2223) became the ``since``
+for good.
 
 A record whose value is then fixed to a time older than that start is not sent again by
 an API that filters on ``cursor_param``, nor is a record whose null cursor (sent on every
@@ -37,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +51,14 @@ from sources.rest_api.reads import _cursor_value, api_cursor_path, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
 WARN_AHEAD = dt.timedelta(minutes=5)
+# cursor_unit: a number cursor value as a Unix time, in units per second
+EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# without cursor_unit: the unit a number is read in by its size, [from, to): seconds and
+# milliseconds from 2001-09-09 to the year 33658 (the two forms APIs write); another
+# number is not a time (an id: snowflake ids are about 1.8e18, nanoseconds of 2027)
+BY_SIZE = ((Decimal(10) ** 9, Decimal(10) ** 12, "s"), (Decimal(10) ** 12, Decimal(10) ** 15, "ms"))
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_LAST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 # full_read_every's units, in seconds (the setting's pattern: a whole number and one of them)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # keys of null-cursor records named in the warning about an API that drops them
@@ -56,9 +69,50 @@ def _zone(job: JobConfig) -> ZoneInfo | None:
     return None if job.timezone == "UTC" else ZoneInfo(job.timezone)
 
 
-def _ahead(rank: tuple[Any, ...], now: dt.datetime) -> bool:
-    """Whether a cursor value of ``rank`` (``cursor_rank``) is a time after ``now`` (UTC)."""
-    return rank[0] == 2 and rank[1] > now
+def number_unit(t: TableConfig, number: Decimal) -> str | None:
+    """The unit a number cursor value of ``t`` is a Unix time in (``EPOCH_UNITS``' keys):
+    the table's ``cursor_unit``, else by the number's size (``BY_SIZE``: seconds from 1e9,
+    milliseconds from 1e12 to 1e15); None when it is not read as a time (``cursor_unit =
+    "number"``, or a number of another size)."""
+    unit = t.options.get("cursor_unit")
+    if unit is not None:
+        return None if unit == "number" else str(unit)
+    return next((name for low, high, name in BY_SIZE if low <= number < high), None)
+
+
+def instant(rank: tuple[Any, ...], t: TableConfig) -> dt.datetime | None:
+    """The UTC time a cursor value of ``rank`` (``cursor_rank``) stands for: a time's own,
+    a number's as a Unix time (``number_unit``; past year 9999, the last time there is),
+    else None."""
+    if rank[0] == 2:
+        return rank[1]
+    if rank[0] != 1:
+        return None
+    unit = number_unit(t, rank[1])
+    if unit is None:
+        return None
+    try:
+        return _EPOCH + dt.timedelta(seconds=float(rank[1] / EPOCH_UNITS[unit]))
+    except (OverflowError, ArithmeticError):
+        return _LAST if rank[1] > 0 else None
+
+
+def _ahead(rank: tuple[Any, ...], now: dt.datetime, t: TableConfig) -> bool:
+    """Whether a cursor value of ``rank`` (``cursor_rank``) is a time after ``now`` (UTC),
+    a number read as a Unix time included (``instant``)."""
+    at = instant(rank, t)
+    return at is not None and at > now
+
+
+def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig) -> str:
+    """A number cursor value with the time it is read as, for a warning; else the value."""
+    if rank[0] != 1:
+        return repr(value)
+    at = instant(rank, t)
+    unit = number_unit(t, rank[1])
+    shown = "after 9999" if at == _LAST else f"{at:%Y-%m-%d %H:%M:%S} UTC"
+    how = "cursor_unit" if t.options.get("cursor_unit") else "its size"
+    return f"{value!r}, read as Unix time in {unit} by {how}: {shown}"
 
 
 class FutureCursors:
@@ -87,10 +141,11 @@ class FutureCursors:
         if value is None:
             return
         rank = cursor_rank(value, self.zone)
-        if not _ahead(rank, self.now):
+        at = instant(rank, self.t)
+        if at is None or at <= self.now:
             if rank > self._newest:
                 self.newest, self._newest = value, rank
-        elif rank[1] > self.now + WARN_AHEAD:
+        elif at > self.now + WARN_AHEAD:
             self.ahead += 1
             if rank > self._latest:
                 self.latest, self._latest = value, rank
@@ -103,10 +158,17 @@ class FutureCursors:
         start = _start(self.job, self.t)
         return (
             f"job '{self.job.name}' table '{self.t.name}': {self.ahead} record(s) have a cursor "
-            f"('{self.t.cursor}') value after now (newest {self.latest!r}); the next run asks "
+            f"('{self.t.cursor}') value after now (newest "
+            f"{_as_time(self.latest, self._latest, self.t)}); the next run asks "
             f"the API from the newest value not after now ({start!r}), not from it, so "
             "later changes are still read and those records are sent again every run (kept "
             "only when changed). Check the API's data for a wrong year, or the job's timezone"
+            + (
+                '; if the cursor is a number that is not a time, set the table\'s '
+                'cursor_unit = "number"'
+                if self._latest[0] == 1
+                else ""
+            )
         )
 
 
@@ -171,7 +233,7 @@ class Resent:
                 self.named.append(key)
             if key in self.missed and not self.since:
                 self.still_null.append(key)
-        elif _ahead(rank, self.now):
+        elif _ahead(rank, self.now, self.t):
             self.watch[key] = "ahead"
 
     def _kind(self) -> None:
@@ -414,7 +476,7 @@ def clamp_state(
                     resumed = {**stored, "resume": inc["last_value"]}
                     write_home_file(_file(job, t), json.dumps(resumed, default=str))
                 inc["last_value"], inc["unique_hashes"] = initial, []
-            elif _ahead(cursor_rank(inc.get("last_value"), zone), now):
+            elif _ahead(cursor_rank(inc.get("last_value"), zone), now, t):
                 inc["last_value"], inc["unique_hashes"] = _start(job, t), []
             return inc.get("last_value") is not None or initial is not None
     return initial is not None

@@ -2,8 +2,8 @@
 
 ``Job`` adds the job settings (``auth``, ``paginator``, ``headers``, ``max_pages``) and
 ``Table`` the table settings (``path``, ``params``, ``data_selector``, ``paginator``,
-``cursor_param``, ``initial_value``, ``full_read_every``, ``max_pages``), written as dlt's
-rest_api config (``full_read_every`` is deltaferry's); each field says what it is for. ``auth`` is, for example,
+``cursor_param``, ``initial_value``, ``full_read_every``, ``cursor_unit``, ``max_pages``),
+written as dlt's rest_api config (``full_read_every`` and ``cursor_unit`` are deltaferry's); each field says what it is for. ``auth`` is, for example,
 ``{ type = "bearer", token = "env:API_TOKEN" }``,
 ``{ type = "api_key", name = "X-API-Key", api_key = "env:KEY", location = "header" }`` or
 ``{ type = "http_basic", username = "u", password = "env:PW" }``; a ``paginator``
@@ -18,7 +18,7 @@ published.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import field_validator, model_validator
 
@@ -103,6 +103,14 @@ class Table(TableModel):
         'a duration: a whole number from 1 to 999999 and a unit, s, m, h or d ("12h", "7d")',
         pattern=r"^[1-9][0-9]{0,5}[smhd]$",
     )
+    cursor_unit: Literal["s", "ms", "us", "ns", "number"] = setting(
+        None,
+        "what a number cursor value is: a Unix time in seconds, milliseconds, microseconds "
+        "or nanoseconds, or a number that is not a time; a time after now is not sent as "
+        "cursor_param (default: by its size, seconds from 1e9, milliseconds from 1e12 to "
+        "1e15; another number is not a time)",
+        'one of "s", "ms", "us", "ns", "number"',
+    )
     max_pages: int = setting(
         None, "the most pages one read of this table may take (default: the job's)", PAGES, ge=1
     )
@@ -121,5 +129,10 @@ class Table(TableModel):
         ):
             raise ValueError(
                 "full_read_every needs cursor_param (without it every run reads every page)"
+            )
+        if "cursor_unit" in self.model_fields_set and "cursor_param" not in self.model_fields_set:
+            raise ValueError(
+                "cursor_unit needs cursor_param (it says which cursor values are after now, "
+                "which are never sent as cursor_param)"
             )
         return self

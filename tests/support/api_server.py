@@ -146,9 +146,12 @@ class ApiServer:
     ) -> list[dict]:
         since = query.get("since")
 
-        def instant(text: str) -> Any:  # as an API with a time column compares: instants
+        def instant(text: Any) -> Any:  # as an API with a time column compares: instants
             from datetime import datetime, timezone
 
+            if isinstance(text, (int, float)) or str(text).lstrip("-").isdigit():
+                # a Unix time in seconds (as an API with an epoch column compares)
+                return datetime.fromtimestamp(min(float(text), 253402300799), timezone.utc)
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
             return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
