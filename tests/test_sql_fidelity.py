@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -32,6 +33,12 @@ class Dated(pa.DataFrameModel):
     id: Series[int]
     day: Series[pd.Timestamp] = pa.Field(nullable=True)
     updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
+    class Config:
+        coerce = True
+class Epochs(pa.DataFrameModel):
+    id: Series[int]
+    name: Series[str] = pa.Field(nullable=True)
+    updated_at: Series[int] = pa.Field(nullable=True)
     class Config:
         coerce = True
 class Pairs(pa.DataFrameModel):
@@ -913,6 +920,60 @@ def test_a_cursor_value_in_the_future_hides_no_later_change(job):
     assert result.exit_code == 0, result.output
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
     assert len(warnings) == 1 and "value after now (newest 2300-01-01" in warnings[0], result.stderr
+
+
+def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_unit(job):
+    """An INTEGER cursor of Unix times (as SQLite applications often keep ``updated_at``)
+    with a typo, ``8000000000`` (the year 2223), became the window's bound: every later
+    change had a smaller value and was never read, exit 0, no word. A number is taken as it
+    is (ids are numbers too), but a newest value that by its size is a Unix time after now
+    is warned about every run, naming ``cursor_unit``; ``cursor_unit = "number"`` silences
+    it; ``cursor_unit = "s"`` starts the window at the newest value not after now, so what
+    was missed is read, and the typo's fix too (by key). The oracle is the source read with
+    the standard library."""
+    now = int(time.time())
+
+    def write(unit: str | None) -> None:
+        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "")
+        job.config.write_text(job.config.read_text().replace(':Items"', ':Epochs"'))
+
+    def source() -> list[tuple]:
+        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at INTEGER)",
+        f"INSERT INTO items VALUES (1, 'a', {now - 3000}), (2, 'b', {now - 2000}), "
+        f"(3, 'c', {now - 1000})",
+    )
+    write(None)
+    job.sync()
+    job.sql("UPDATE items SET name = 'typo', updated_at = 8000000000 WHERE id = 2")
+    warned = job.sync()["extracted"].warnings
+    assert len(warned) == 1 and (
+        "job 't' table 'items': the newest staged cursor ('updated_at') value is 8000000000, "
+        "read as Unix time in s by its size: 2223-" in warned[0]
+    ), warned
+    assert 'set the table\'s cursor_unit ("s"' in warned[0] and 'cursor_unit = "number"' in warned[0]
+    job.sql(f"UPDATE items SET name = 'a2', updated_at = {now - 500} WHERE id = 1")
+    missed = job.sync()  # below the typo: not read, but said again
+    assert missed["tables"]["items"]["batch"] is None and len(missed["extracted"].warnings) == 1
+    write("number")  # ids would be taken as they are, without a word
+    quiet = job.sync()
+    assert quiet["tables"]["items"]["batch"] is None and quiet["extracted"].warnings == []
+    write("s")
+    found = job.sync()
+    assert found["tables"]["items"]["upserts"] == 1, found  # 'a2', missed before
+    assert any(
+        "1 staged row(s) have a cursor ('updated_at') value after now (newest 8000000000, read "
+        "as Unix time in s by cursor_unit: 2223-" in w
+        for w in found["extracted"].warnings
+    ), found["extracted"].warnings
+    job.sql(f"UPDATE items SET name = 'fixed', updated_at = {now - 1500} WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # below the bound: read by key
+    assert job.sync()["extracted"].warnings == []
+    job.pull()
+    assert job.replica_rows() == source()
+    assert [r[1] for r in source()] == ["a2", "fixed", "c"]
 
 
 PG_FUTURE_JOB = """

@@ -14,9 +14,9 @@ before the next run a stored value after now is replaced by it (``clamp_state``;
 table's ``initial_value`` when none is remembered), so the API is asked from there: later
 changes come, and the record ahead comes again on every run (the content hash keeps it
 only when it changed). A number cursor is compared with the clock as a Unix time
-(``instant``): in the unit the table's ``cursor_unit`` names, else by its size (from 1e9,
-seconds; from 1e12 to 1e15, milliseconds: each from 2001-09-09 on); another number, or any
-with ``cursor_unit = "number"``, is kept as it is. Before, ``8000000000`` (a typo in epoch seconds, the year 2223) became the ``since``
+(``instant``, ``sources.unix_time``): in the unit the table's ``cursor_unit`` names, else by
+its size (from 1e9, seconds; from 1e12 to 1e15, milliseconds); another number, or any with
+``cursor_unit = "number"``, is kept as it is. Before, ``8000000000`` (a typo in epoch seconds, the year 2223) became the ``since``
 for good.
 
 A record whose value is then fixed to a time older than that start is not sent again by
@@ -41,24 +41,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from deltaferry.config import JobConfig, TableConfig, job_home, write_home_file
 from deltaferry.errors import TerminalError
+from sources import unix_time
 from sources.rest_api.reads import _cursor_value, api_cursor_path, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
 WARN_AHEAD = dt.timedelta(minutes=5)
-# cursor_unit: a number cursor value as a Unix time, in units per second
-EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-# without cursor_unit: the unit a number is read in by its size, [from, to): seconds and
-# milliseconds from 2001-09-09 to the year 33658 (the two forms APIs write); another
-# number is not a time (an id: snowflake ids are about 1.8e18, nanoseconds of 2027)
-BY_SIZE = ((Decimal(10) ** 9, Decimal(10) ** 12, "s"), (Decimal(10) ** 12, Decimal(10) ** 15, "ms"))
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_LAST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 # full_read_every's units, in seconds (the setting's pattern: a whole number and one of them)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # keys of null-cursor records named in the warning about an API that drops them
@@ -69,32 +61,16 @@ def _zone(job: JobConfig) -> ZoneInfo | None:
     return None if job.timezone == "UTC" else ZoneInfo(job.timezone)
 
 
-def number_unit(t: TableConfig, number: Decimal) -> str | None:
-    """The unit a number cursor value of ``t`` is a Unix time in (``EPOCH_UNITS``' keys):
-    the table's ``cursor_unit``, else by the number's size (``BY_SIZE``: seconds from 1e9,
-    milliseconds from 1e12 to 1e15); None when it is not read as a time (``cursor_unit =
-    "number"``, or a number of another size)."""
-    unit = t.options.get("cursor_unit")
-    if unit is not None:
-        return None if unit == "number" else str(unit)
-    return next((name for low, high, name in BY_SIZE if low <= number < high), None)
-
-
 def instant(rank: tuple[Any, ...], t: TableConfig) -> dt.datetime | None:
     """The UTC time a cursor value of ``rank`` (``cursor_rank``) stands for: a time's own,
-    a number's as a Unix time (``number_unit``; past year 9999, the last time there is),
-    else None."""
+    a number's as a Unix time (``unix_time.unit_of``: the table's ``cursor_unit``, else by
+    its size), else None."""
     if rank[0] == 2:
         return rank[1]
     if rank[0] != 1:
         return None
-    unit = number_unit(t, rank[1])
-    if unit is None:
-        return None
-    try:
-        return _EPOCH + dt.timedelta(seconds=float(rank[1] / EPOCH_UNITS[unit]))
-    except (OverflowError, ArithmeticError):
-        return _LAST if rank[1] > 0 else None
+    unit = unix_time.unit_of(t.options, rank[1])
+    return None if unit is None else unix_time.to_time(rank[1], unit)
 
 
 def _ahead(rank: tuple[Any, ...], now: dt.datetime, t: TableConfig) -> bool:
@@ -106,13 +82,11 @@ def _ahead(rank: tuple[Any, ...], now: dt.datetime, t: TableConfig) -> bool:
 
 def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig) -> str:
     """A number cursor value with the time it is read as, for a warning; else the value."""
-    if rank[0] != 1:
+    unit = unix_time.unit_of(t.options, rank[1]) if rank[0] == 1 else None
+    if unit is None:
         return repr(value)
-    at = instant(rank, t)
-    unit = number_unit(t, rank[1])
-    shown = "after 9999" if at == _LAST else f"{at:%Y-%m-%d %H:%M:%S} UTC"
     how = "cursor_unit" if t.options.get("cursor_unit") else "its size"
-    return f"{value!r}, read as Unix time in {unit} by {how}: {shown}"
+    return unix_time.shown(value, unit, how)
 
 
 class FutureCursors:

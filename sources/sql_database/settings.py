@@ -34,6 +34,15 @@ class Table(TableModel):
         'the source\'s own spelling, e.g. name = "users" with source_table = "Users"',
         min_length=1,
     )
+    cursor_unit: Literal["s", "ms", "us", "ns", "number"] = setting(
+        None,
+        "what a number cursor column holds: Unix time in seconds, milliseconds, "
+        "microseconds or nanoseconds (the window then starts at the newest value not after "
+        'now, as for a time column), or "number" (an id or version: taken as it is, no '
+        "warning); without it a number is taken as it is, and a run warns when the newest "
+        "staged one, read as seconds (from 1e9) or milliseconds (1e12 to 1e15), is after now",
+        'one of "s", "ms", "us", "ns", "number"',
+    )
     initial_load: Literal["dlt", "scanner"] = setting(
         "dlt",
         'how the table\'s first load reads it: "dlt" (dlt\'s SQL read, as every later run) '
@@ -50,6 +59,8 @@ class Table(TableModel):
         from sources.sql_database.types import MAX_PRECISION, SIMPLE_TYPES, key_roles, parse_type
 
         role = key_roles(self)
+        if self.cursor_unit is not None and self.cursor is None:
+            raise ValueError("cursor_unit needs a cursor (the column whose numbers it describes)")
         if self.initial_load == "scanner" and self.cursor is None:
             raise ValueError(
                 'initial_load = "scanner" needs a cursor: the run after the copy reads the '

@@ -44,6 +44,7 @@ from deltaferry.config import JobConfig, TableConfig, write_home_file
 from deltaferry.duck import column_types, fetch_row, ident
 from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
+from sources import unix_time
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
 from sources.sql_database.settings import source_table
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
@@ -313,15 +314,34 @@ class WindowStart:
     # keys of the staged rows whose cursor value is after now: read again by key every
     # run, so a fix that gives one its real, older time (below the bound) is not missed
     keys: list[dict] = dataclasses.field(default_factory=list)
+    # a number cursor without cursor_unit whose newest staged value, read as a Unix time by
+    # its size, is after now: that value is the bound as it is (``unix_time.shown``'s text)
+    unguarded: str = ""
 
     def note(self, job: JobConfig, t: TableConfig) -> str | None:
         """The run's warning about cursor values ahead of the clock, or None."""
+        if self.unguarded:
+            return (
+                f"job '{job.name}' table '{t.name}': the newest staged cursor ('{t.cursor}') "
+                f"value is {self.unguarded}, after now. A number cursor is taken as it is, so "
+                "the window starts there and a row changed later with a smaller value is "
+                "not read: if the column holds Unix times, set the table's cursor_unit "
+                '("s", "ms", "us" or "ns"; the window then starts at the newest value not '
+                "after now, and what this missed is read); if it holds ids or versions, set "
+                'cursor_unit = "number" to silence this'
+            )
         if not self.ahead:
             return None
         start = "the whole table" if self.bound is None else f"{self.bound}"
+        unit = t.options.get("cursor_unit")
+        newest = (
+            unix_time.shown(self.newest, unit, "cursor_unit")
+            if unit in unix_time.UNITS and not isinstance(self.newest, dt.date)
+            else f"{self.newest}, UTC"
+        )
         return (
             f"job '{job.name}' table '{t.name}': {self.ahead} staged row(s) have a cursor "
-            f"('{t.cursor}') value after now (newest {self.newest}, UTC); the window starts "
+            f"('{t.cursor}') value after now (newest {newest}); the window starts "
             f"at the newest value not after now ({start}), so later changes are still read, "
             "and those rows are read again every run, by key as well (kept only when "
             "changed), whatever value a fix gives them. Check the "
@@ -330,6 +350,23 @@ class WindowStart:
 
 
 _TIME_TYPES = ("TIMESTAMP", "DATE")
+# staged types of a number cursor (DuckDB's names)
+_NUMBER_TYPES = (
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+    "UBIGINT", "UHUGEINT", "DECIMAL", "DOUBLE", "FLOAT", "REAL",
+)  # fmt: skip
+
+
+def _unguarded(newest: Any, late: dt.datetime) -> str:
+    """``unix_time.shown`` of a number cursor's newest staged value when, read as a Unix
+    time by its size, it is after ``late``; else ""."""
+    if newest is None or isinstance(newest, bool):
+        return ""
+    unit = unix_time.by_size(newest)
+    if unit is None:
+        return ""
+    at = unix_time.to_time(newest, unit)
+    return unix_time.shown(newest, unit, "its size") if at is not None and at > late else ""
 
 
 def window_start(
@@ -347,7 +384,10 @@ def window_start(
     every run by the window, and by key (``keys``: a fix may give one a value below the
     bound); the content hash keeps only the changed ones. They are counted for the run's
     warning (``with_keys=False``: the count only, for the warning after the run). Other
-    cursor types (integers, text) take the newest value as is.
+    cursor types (integers, text) take the newest value as is, except a number cursor whose
+    table's ``cursor_unit`` names a unit of Unix time (``sources.unix_time``): compared with
+    the clock as such. Without ``cursor_unit``, a newest number that by its size would be a
+    Unix time after now is named for the run's warning (``unguarded``).
     Tombstones carry no cursor and do not count. ``WindowStart(None)`` before the table's
     first load."""
     path = staging_path(job.name)
@@ -362,11 +402,19 @@ def window_start(
             return WindowStart(None)
         con.execute("SET TimeZone = 'UTC'")
         col, table = ident(t.cursor), f"{STAGING_DATASET}.{ident(t.name)}"
-        if not kind.upper().startswith(_TIME_TYPES):
-            return WindowStart(fetch_row(con, f"SELECT max({col}) FROM {table}")[0])
         clock = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
         late = clock + FUTURE_CURSOR_WARNING
-        if kind.upper() == "DATE":
+        unit = t.options.get("cursor_unit")
+        numeric = kind.upper().startswith(_NUMBER_TYPES)
+        at: Any
+        warn: Any
+        if numeric and unit in unix_time.UNITS:  # Unix times: compared with the clock
+            at, warn = unix_time.of_time(clock, unit), unix_time.of_time(late, unit)
+        elif not kind.upper().startswith(_TIME_TYPES):
+            newest = fetch_row(con, f"SELECT max({col}) FROM {table}")[0]
+            guess = _unguarded(newest, late) if numeric and unit is None else ""
+            return WindowStart(newest, unguarded=guess)
+        elif kind.upper() == "DATE":
             at, warn = clock.date(), late.date()
         elif "TIME ZONE" in kind.upper():
             at, warn = clock, late

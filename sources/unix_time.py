@@ -1,0 +1,72 @@
+"""Number cursors as Unix times: which numbers stand for a time, and which time.
+
+A cursor value after now must not become the bound of every later read (a typo year in a
+time cursor; ``sources.rest_api.future``, ``sources.sql_database.window``). Many sources
+write times as numbers, Unix time in seconds or milliseconds (``updated_at: 1764900000``;
+SQLite applications, JavaScript clients): a typo such as ``8000000000`` (the year 2223)
+did the same to a number cursor. A table's ``cursor_unit`` says what its numbers are:
+``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` since 1970-01-01 UTC, or ``"number"`` (an id, a
+version: never compared with the clock). Without it a REST number is read by its size
+(``by_size``: the two forms APIs write); a SQL number is compared with the clock only when
+``cursor_unit`` names a unit, and a value that by its size would be a time after now is
+warned about.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+#: cursor_unit's units, in units per second
+UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+#: what cursor_unit may be: a unit of ``UNITS``, or "number" (not a time)
+CHOICES = (*UNITS, "number")
+# a number's unit by its size, [from, to): seconds and milliseconds from 2001-09-09 to the
+# year 33658; another number is not a time (an id: snowflake ids are about 1.8e18, which as
+# nanoseconds would be 2027)
+BY_SIZE = ((Decimal(10) ** 9, Decimal(10) ** 12, "s"), (Decimal(10) ** 12, Decimal(10) ** 15, "ms"))
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: what a Unix time past year 9999 (which ``datetime`` cannot hold) is read as
+LAST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
+
+def by_size(number: Any) -> str | None:
+    """The unit a number is a Unix time in by its size (``BY_SIZE``: seconds from 1e9,
+    milliseconds from 1e12 to 1e15), or None: another number is not read as a time."""
+    n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    return next((name for low, high, name in BY_SIZE if low <= n < high), None)
+
+
+def unit_of(options: dict[str, Any], number: Any, guess: bool = True) -> str | None:
+    """The unit a cursor number of a table with ``options`` (its jobs-file settings) is a
+    Unix time in: its ``cursor_unit``; without one, ``by_size`` when ``guess``, else None.
+    None for ``cursor_unit = "number"``."""
+    unit = options.get("cursor_unit")
+    if unit is not None:
+        return None if unit == "number" else str(unit)
+    return by_size(number) if guess else None
+
+
+def to_time(number: Any, unit: str) -> dt.datetime | None:
+    """The UTC time of a Unix time ``number`` in ``unit`` (``UNITS``); ``LAST`` past year
+    9999, None before year 1."""
+    n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    try:
+        return EPOCH + dt.timedelta(seconds=float(n / UNITS[unit]))
+    except (OverflowError, ArithmeticError):
+        return LAST if n > 0 else None
+
+
+def of_time(at: dt.datetime, unit: str) -> int:
+    """The Unix time of ``at`` (aware) in ``unit``, a whole number (rounded down)."""
+    delta = at - EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return micros * UNITS[unit] // 1_000_000
+
+
+def shown(number: Any, unit: str, how: str) -> str:
+    """A number cursor value with the time it is read as, for a warning."""
+    at = to_time(number, unit)
+    when = "after 9999" if at == LAST else "before year 1" if at is None else f"{at:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{number!r}, read as Unix time in {unit} by {how}: {when}"
