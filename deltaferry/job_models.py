@@ -189,11 +189,15 @@ class TableModel(Section):
         from sources.names import cursor_path, name_problem
 
         soft = [self.soft_delete_column] if self.soft_delete_column else []
-        for col in [*self.primary_key, *([self.cursor] if self.cursor else []), *soft]:
+        # a cursor starting with $ is a path into a document (a REST record's): its kind
+        # checks it (``sources.rest_api.settings``), naming the field it starts with
+        path = bool(self.cursor) and str(self.cursor).startswith("$")
+        cursor = [self.cursor] if self.cursor and not path else []
+        for col in [*self.primary_key, *cursor, *soft]:
             problem = name_problem(col)
             if problem:
                 raise ValueError(f"column {col!r} {problem}; name a column staging keeps")
-        if self.cursor:
+        if self.cursor and not path:
             try:
                 cursor_path(self.cursor)
             except ValueError as e:

@@ -171,7 +171,7 @@ def staged_keys_among(
         # a cursor inside a document (a JSONPath, ``$.meta.updated``): its top-level field
         # is staged as the document's JSON text, and the value is looked for in it below
         nested = t.cursor is not None and t.cursor.startswith("$")
-        column = _document_column(t.cursor) if t.cursor and nested else t.cursor
+        column = document_column(t.cursor) if t.cursor and nested else t.cursor
         if any(c not in have for c in pk) or (column and column not in have):
             return set()
         parsed = [json.loads(k) for k in keys]
@@ -202,7 +202,7 @@ def staged_keys_among(
         con.close()
 
 
-def _document_column(path: str) -> str | None:
+def document_column(path: str) -> str | None:
     """The top-level field a cursor JSONPath (``$.meta.updated``) starts with: the staged
     column holding its document as JSON text; None when the path starts otherwise."""
     from dlt.common.jsonpath import compile_path

@@ -7,7 +7,9 @@ SQLite applications, JavaScript clients): a typo such as ``8000000000`` (the yea
 did the same to a number cursor. A table's ``cursor_unit`` says what its numbers are:
 ``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` since 1970-01-01 UTC, or ``"number"`` (an id, a
 version: never compared with the clock). Without it a REST number is read by its size
-(``by_size``: the two forms APIs write); a SQL number is compared with the clock only when
+(``by_size``: the two forms APIs write), and the size most numbers of a table's first read
+have is learned as its unit, so that a value of another size later (a millisecond time in
+a table of seconds) is read in the table's unit; a SQL number is compared with the clock only when
 ``cursor_unit`` names a unit, and a value that by its size would be a time after now is
 warned about.
 """
@@ -38,14 +40,23 @@ def by_size(number: Any) -> str | None:
     return next((name for low, high, name in BY_SIZE if low <= n < high), None)
 
 
-def unit_of(options: dict[str, Any], number: Any, guess: bool = True) -> str | None:
+def unit_of(
+    options: dict[str, Any], number: Any, guess: bool = True, learned: str | None = None
+) -> str | None:
     """The unit a cursor number of a table with ``options`` (its jobs-file settings) is a
-    Unix time in: its ``cursor_unit``; without one, ``by_size`` when ``guess``, else None.
-    None for ``cursor_unit = "number"``."""
-    unit = options.get("cursor_unit")
+    Unix time in: its ``cursor_unit``; without one, the unit ``learned`` from the table's
+    values (``size_of``'s, the most common in its first read of numbers); without either,
+    ``by_size`` when ``guess``, else None. None for "number" (set or learned)."""
+    unit = options.get("cursor_unit") or learned
     if unit is not None:
         return None if unit == "number" else str(unit)
     return by_size(number) if guess else None
+
+
+def size_of(number: Any) -> str:
+    """``by_size``'s unit of a number, or "number" (not a time by its size): what a
+    table's numbers are learned as."""
+    return by_size(number) or "number"
 
 
 def to_time(number: Any, unit: str) -> dt.datetime | None:

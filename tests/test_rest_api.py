@@ -1127,9 +1127,14 @@ def test_a_cursor_path_matching_several_values_is_refused(tmp_path, path, why):
     assert f"job 'api' table 'items': cursor '{path}' can match more than one value ({why})" in str(
         err.value
     ), str(err.value)
-    for one in ("$.meta.updated", "$.versions[0].at"):
+    for one in ("$.meta.updated", "$.versions[0].at", "$['meta']['updated']", "$.a[-1].b"):
         config.write_text(jobs(one))
         assert load_jobs(config)["api"].tables[0].cursor == one
+    # the field a path starts with is staged as a column: named as the column it becomes
+    config.write_text(jobs('$["me\\"ta"].updated'))
+    with pytest.raises(ConfigError) as err:
+        load_jobs(config)
+    assert """its first field 'me"ta' has '"', which dlt's staging replaces""" in str(err.value)
 
 
 def test_a_cursor_value_of_another_kind_stops_the_read_instead_of_jamming_the_job(
@@ -1215,6 +1220,22 @@ def test_a_number_cursor_after_now_is_not_sent_as_since(measures_job, api):
     sent = len(api.requests_to("/api/items"))
     assert measures_job.sync()["tables"]["items"].get("batch") is None
     assert _asked(api, sent) == [str(now - 50)]
+    # a value of another size later (milliseconds in a table of seconds) is read in the
+    # unit the table's first values had: after now, not the since of later runs (by its own
+    # size it was a time of now, and every later change was missed, no word)
+    api.items[1].update(updated_at=now * 1000, name="ms typo")
+    typo = measures_job.sync()
+    warned = " ".join(typo["extracted"].warnings)
+    assert f"(newest {now * 1000}, read as Unix time in s by the size of the table's first " \
+        "values: after 9999)" in warned, warned
+    sent = len(api.requests_to("/api/items"))
+    api.items[2].update(updated_at=now - 10, name="after the ms typo")
+    assert measures_job.sync()["tables"]["items"]["upserts"] == 1
+    assert _asked(api, sent) == [str(now - 50)]
+    measures_job.pull()
+    assert _rows(measures_job, "SELECT id, name FROM items ORDER BY id") == [
+        (1, "ms typo"), (2, "after the ms typo"), (3, "fixed"),
+    ]
 
 
 def test_which_numbers_are_unix_times(home):
@@ -1253,6 +1274,60 @@ def test_which_numbers_are_unix_times(home):
     assert not _ahead(cursor_rank(1_764_000_000), now, t)  # 2025
     assert not _ahead(cursor_rank(8_000_000_000), now, SimpleNamespace(
         options={"cursor_param": "since", "cursor_unit": "number"}))
+    # a unit learned from the table's values: a number of another size read in it
+    assert _ahead(cursor_rank(1_796_400_000_000), now, t, "s")  # by its size: ms of 2026
+    assert not _ahead(cursor_rank(1_796_400_000_000), now, t)
+    assert _ahead(cursor_rank(1_796_400_000_000_000), now, t, "ms")
+    assert not _ahead(cursor_rank(5_000_000_000), now, t, "number")
+    # cursor_unit wins over a learned unit
+    assert not _ahead(cursor_rank(1_796_400_000_000), now, SimpleNamespace(
+        options={"cursor_param": "since", "cursor_unit": "ms"}), "s")
+
+
+def test_a_remembered_start_after_now_in_the_tables_unit_is_not_asked_from(home):
+    """A job stuck on a remembered value that, read in the table's unit as it is now (a
+    cursor_unit set since, a unit learned since), is after now: the next run asks from
+    initial_value instead (a whole read), not from it (a fresh-user trial: setting
+    cursor_unit did not get the job out; only a reset did). Which unit the first read's
+    numbers teach: the most common size, the smaller unit on a tie."""
+    import datetime as dt
+    import json as json_
+    from types import SimpleNamespace
+
+    from deltaferry.config import job_home
+    from sources.rest_api.future import FutureCursors, _start
+
+    job = SimpleNamespace(name="j", timezone="UTC")
+    now = dt.datetime(2026, 12, 5, tzinfo=dt.timezone.utc)
+    (job_home("j") / "rest_cursor").mkdir(parents=True, exist_ok=True)
+    (job_home("j") / "rest_cursor" / "t.json").write_text(json_.dumps({"newest": 1796400000000}))
+
+    def table(**options):
+        return SimpleNamespace(
+            name="t", cursor="at", options={"cursor_param": "since", "initial_value": 1, **options}
+        )
+
+    assert _start(job, table(), now) == 1796400000000  # by its size: milliseconds of now
+    assert _start(job, table(cursor_unit="s"), now) == 1
+    (job_home("j") / "rest_cursor" / "t.json").write_text(
+        json_.dumps({"newest": 1796400000000, "unit": "s"})
+    )
+    assert _start(job, table(), now) == 1
+    assert _start(job, table(cursor_unit="ms"), now) == 1796400000000
+    (job_home("j") / "rest_cursor" / "t.json").unlink()
+    for values, unit in (
+        ([1_700_000_000, 1_700_000_001, 1_700_000_000_000], "s"),
+        ([1_700_000_000_000, 1_700_000_000_001, 1_700_000_000], "ms"),
+        ([1, 2, 1_700_000_000], "number"),
+        ([1_700_000_000, 1_700_000_000_000], "s"),
+        ([_ts(1)], None),
+    ):
+        seen = FutureCursors(job, table(), now)
+        seen([{"at": v} for v in values])
+        assert seen.unit() == unit, values
+    seen = FutureCursors(job, table(cursor_unit="ms"), now)
+    seen([{"at": 1_700_000_000}])
+    assert seen.unit() is None  # cursor_unit says: nothing to learn
 
 
 def test_cursor_unit_needs_cursor_param(tmp_path):

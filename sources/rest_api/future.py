@@ -61,31 +61,42 @@ def _zone(job: JobConfig) -> ZoneInfo | None:
     return None if job.timezone == "UTC" else ZoneInfo(job.timezone)
 
 
-def instant(rank: tuple[Any, ...], t: TableConfig) -> dt.datetime | None:
+def instant(
+    rank: tuple[Any, ...], t: TableConfig, learned: str | None = None
+) -> dt.datetime | None:
     """The UTC time a cursor value of ``rank`` (``cursor_rank``) stands for: a time's own,
-    a number's as a Unix time (``unix_time.unit_of``: the table's ``cursor_unit``, else by
-    its size), else None."""
+    a number's as a Unix time (``unix_time.unit_of``: the table's ``cursor_unit``, else the
+    unit ``learned`` from its values, stored as ``unit`` in the file, else by its size),
+    else None."""
     if rank[0] == 2:
         return rank[1]
     if rank[0] != 1:
         return None
-    unit = unix_time.unit_of(t.options, rank[1])
+    unit = unix_time.unit_of(t.options, rank[1], learned=learned)
     return None if unit is None else unix_time.to_time(rank[1], unit)
 
 
-def _ahead(rank: tuple[Any, ...], now: dt.datetime, t: TableConfig) -> bool:
+def _ahead(
+    rank: tuple[Any, ...], now: dt.datetime, t: TableConfig, learned: str | None = None
+) -> bool:
     """Whether a cursor value of ``rank`` (``cursor_rank``) is a time after ``now`` (UTC),
     a number read as a Unix time included (``instant``)."""
-    at = instant(rank, t)
+    at = instant(rank, t, learned)
     return at is not None and at > now
 
 
-def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig) -> str:
+def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig, learned: str | None) -> str:
     """A number cursor value with the time it is read as, for a warning; else the value."""
-    unit = unix_time.unit_of(t.options, rank[1]) if rank[0] == 1 else None
+    unit = unix_time.unit_of(t.options, rank[1], learned=learned) if rank[0] == 1 else None
     if unit is None:
         return repr(value)
-    how = "cursor_unit" if t.options.get("cursor_unit") else "its size"
+    how = (
+        "cursor_unit"
+        if t.options.get("cursor_unit")
+        else "the size of the table's first values"
+        if learned
+        else "its size"
+    )
     return unix_time.shown(value, unit, how)
 
 
@@ -104,6 +115,10 @@ class FutureCursors:
         # the ranks of newest and latest (``cursor_rank`` parses text: once per value)
         self._newest: tuple[Any, ...] = (0,)
         self._latest: tuple[Any, ...] = (0,)
+        # the unit the table's numbers were learned as (``unix_time.size_of``), and, until
+        # one is, how many numbers of this read have each size
+        self.learned: str | None = _stored(job, t).get("unit")
+        self.sizes: dict[str, int] = {}
 
     def __call__(self, item: Any) -> Any:
         for row in item if isinstance(item, list) else [item]:
@@ -115,7 +130,10 @@ class FutureCursors:
         if value is None:
             return
         rank = cursor_rank(value, self.zone)
-        at = instant(rank, self.t)
+        if rank[0] == 1 and self.learned is None:
+            size = unix_time.size_of(rank[1])
+            self.sizes[size] = self.sizes.get(size, 0) + 1
+        at = instant(rank, self.t, self.learned)
         if at is None or at <= self.now:
             if rank > self._newest:
                 self.newest, self._newest = value, rank
@@ -129,21 +147,43 @@ class FutureCursors:
         ``remember``: it names where the next run asks the API from."""
         if not self.ahead:
             return None
-        start = _start(self.job, self.t)
+        start = _start(self.job, self.t, self.now)
+        asked = (
+            f"the newest value not after now ({start!r})"
+            if start is not None
+            else f"no value (no '{self.t.options.get('cursor_param')}': every page)"
+        )
+        number = self._latest[0] == 1
         return (
             f"job '{self.job.name}' table '{self.t.name}': {self.ahead} record(s) have a cursor "
             f"('{self.t.cursor}') value after now (newest "
-            f"{_as_time(self.latest, self._latest, self.t)}); the next run asks "
-            f"the API from the newest value not after now ({start!r}), not from it, so "
+            f"{_as_time(self.latest, self._latest, self.t, self.learned)}); the next run asks "
+            f"the API from {asked}, not from it, so "
             "later changes are still read and those records are sent again every run (kept "
-            "only when changed). Check the API's data for a wrong year, or the job's timezone"
+            "only when changed). Check the API's data for a "
             + (
-                '; if the cursor is a number that is not a time, set the table\'s '
-                'cursor_unit = "number"'
-                if self._latest[0] == 1
-                else ""
+                "wrong value"
+                + (
+                    '; if the cursor is a number that is not a time, set the table\'s '
+                    'cursor_unit = "number"'
+                    if not self.t.options.get("cursor_unit")
+                    else ""
+                )
+                if number
+                else "wrong year, or the job's timezone"
             )
         )
+
+    def unit(self) -> str | None:
+        """The unit the table's numbers are read in from now on: the one learned before,
+        else the size most numbers of this read have (``unix_time.size_of``), else None
+        (no number read yet, or the table's ``cursor_unit`` says)."""
+        if self.t.options.get("cursor_unit"):
+            return None
+        if self.learned is not None or not self.sizes:
+            return self.learned
+        order = list(unix_time.UNITS) + ["number"]  # a tie: the smaller unit
+        return max(self.sizes, key=lambda u: (self.sizes[u], -order.index(u)))
 
 
 class Resent:
@@ -207,7 +247,7 @@ class Resent:
                 self.named.append(key)
             if key in self.missed and not self.since:
                 self.still_null.append(key)
-        elif _ahead(rank, self.now, self.t):
+        elif _ahead(rank, self.now, self.t, self.stored.get("unit")):
             self.watch[key] = "ahead"
 
     def _kind(self) -> None:
@@ -359,16 +399,22 @@ def _file(job: JobConfig, t: TableConfig) -> Any:
 
 
 def _stored(job: JobConfig, t: TableConfig) -> dict[str, Any]:
-    """What ``remember`` stored for the table: ``newest`` (the API's text, or None) and
-    ``watch`` (``Resent.watch``); empty before its first run."""
+    """What ``remember`` stored for the table: ``newest`` (the API's text, or None),
+    ``watch`` (``Resent.watch``), ``unit`` (what its numbers were learned as:
+    ``FutureCursors.unit``); empty before its first run."""
     path = _file(job, t)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _start(job: JobConfig, t: TableConfig) -> Any:
+def _start(job: JobConfig, t: TableConfig, now: dt.datetime) -> Any:
     """Where a run asks the API from when dlt's stored value is after now: the remembered
-    newest value not after now, else the table's ``initial_value`` (or None: no ``since``)."""
-    newest = _stored(job, t).get("newest")
+    newest value not after now (still not, as the table's numbers are read now: a
+    ``cursor_unit`` set since, a unit learned since), else the table's ``initial_value``
+    (or None: no ``since``)."""
+    stored = _stored(job, t)
+    newest = stored.get("newest")
+    if newest is not None and _ahead(cursor_rank(newest, _zone(job)), now, t, stored.get("unit")):
+        newest = None
     return newest if newest is not None else t.options.get("initial_value")
 
 
@@ -380,11 +426,22 @@ def remember(
     stored = resent.stored if resent is not None else _stored(job, t)
     newest = stored.get("newest")
     zone = _zone(job)
-    if seen.newest is not None and (
-        newest is None or cursor_rank(newest, zone) < cursor_rank(seen.newest, zone)
+    unit = seen.unit()
+    # a value read in the table's unit (set or learned by this run) is after now: neither
+    # the remembered one (a millisecond time remembered in a table of seconds) nor this
+    # read's newest (judged by its own size before the unit was learned) is kept
+    if newest is not None and _ahead(cursor_rank(newest, zone), seen.now, t, unit):
+        newest = None
+    fresh = seen.newest
+    if fresh is not None and _ahead(cursor_rank(fresh, zone), seen.now, t, unit):
+        fresh = None
+    if fresh is not None and (
+        newest is None or cursor_rank(newest, zone) < cursor_rank(fresh, zone)
     ):
-        newest = seen.newest
+        newest = fresh
     out: dict[str, Any] = {"newest": newest}
+    if unit is not None:
+        out["unit"] = unit
     # a key not sent stays watched until a whole read has looked for it: a failed whole
     # read leaves the next run to look again
     watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}
@@ -450,8 +507,8 @@ def clamp_state(
                     resumed = {**stored, "resume": inc["last_value"]}
                     write_home_file(_file(job, t), json.dumps(resumed, default=str))
                 inc["last_value"], inc["unique_hashes"] = initial, []
-            elif _ahead(cursor_rank(inc.get("last_value"), zone), now, t):
-                inc["last_value"], inc["unique_hashes"] = _start(job, t), []
+            elif _ahead(cursor_rank(inc.get("last_value"), zone), now, t, stored.get("unit")):
+                inc["last_value"], inc["unique_hashes"] = _start(job, t, now), []
             return inc.get("last_value") is not None or initial is not None
     return initial is not None
 

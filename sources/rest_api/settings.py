@@ -107,8 +107,9 @@ class Table(TableModel):
         None,
         "what a number cursor value is: a Unix time in seconds, milliseconds, microseconds "
         "or nanoseconds, or a number that is not a time; a time after now is not sent as "
-        "cursor_param (default: by its size, seconds from 1e9, milliseconds from 1e12 to "
-        "1e15; another number is not a time)",
+        "cursor_param (default: the unit the first read's numbers mostly have by size, "
+        "seconds from 1e9, milliseconds from 1e12 to 1e15, else not a time; learned then and "
+        "kept until a reset)",
         'one of "s", "ms", "us", "ns", "number"',
     )
     max_pages: int = setting(
@@ -120,9 +121,23 @@ class Table(TableModel):
         if "cursor_param" in self.model_fields_set and not self.cursor:
             raise ValueError("cursor_param needs a cursor (the record field it filters on)")
         if self.cursor and self.cursor.startswith("$"):
+            from sources.names import name_problem
             from sources.rest_api.reads import api_cursor_path
+            from sources.staging import document_column
 
-            api_cursor_path(self.cursor)  # a path into the record must parse
+            api_cursor_path(self.cursor)  # a path into the record must parse, to one value
+            field = document_column(self.cursor)
+            if field is None:
+                raise ValueError(
+                    f"cursor {self.cursor!r} does not start with a field of the record "
+                    "('$.meta.updated')"
+                )
+            problem = name_problem(field)
+            if problem:  # the field is staged as a column holding the document
+                raise ValueError(
+                    f"cursor {self.cursor!r}: its first field {field!r} {problem}; the field "
+                    "is staged as a column of its own"
+                )
         if (
             "full_read_every" in self.model_fields_set
             and "cursor_param" not in self.model_fields_set
