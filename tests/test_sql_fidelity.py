@@ -974,6 +974,15 @@ def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_
     job.pull()
     assert job.replica_rows() == source()
     assert [r[1] for r in source()] == ["a2", "fixed", "c"]
+    # without cursor_unit, a millisecond time among seconds is named too: read in the unit
+    # most staged values have (by its own size it is a time of now, and said nothing)
+    write(None)
+    job.sql(f"UPDATE items SET name = 'ms', updated_at = {now * 1000} WHERE id = 3")
+    warned = job.sync()["extracted"].warnings
+    assert len(warned) == 1 and (
+        f"value is {now * 1000}, read as Unix time in s by the size most values have: after "
+        "9999, after now" in warned[0]
+    ), warned
 
 
 PG_FUTURE_JOB = """

@@ -40,7 +40,8 @@ class Table(TableModel):
         "microseconds or nanoseconds (the window then starts at the newest value not after "
         'now, as for a time column), or "number" (an id or version: taken as it is, no '
         "warning); without it a number is taken as it is, and a run warns when the newest "
-        "staged one, read as seconds (from 1e9) or milliseconds (1e12 to 1e15), is after now",
+        "staged one, read in the unit most staged values have by size (seconds from 1e9, "
+        "milliseconds from 1e12 to 1e15), is after now",
         'one of "s", "ms", "us", "ns", "number"',
     )
     initial_load: Literal["dlt", "scanner"] = setting(

@@ -357,16 +357,32 @@ _NUMBER_TYPES = (
 )  # fmt: skip
 
 
-def _unguarded(newest: Any, late: dt.datetime) -> str:
-    """``unix_time.shown`` of a number cursor's newest staged value when, read as a Unix
-    time by its size, it is after ``late``; else ""."""
-    if newest is None or isinstance(newest, bool):
-        return ""
-    unit = unix_time.by_size(newest)
-    if unit is None:
-        return ""
+def _unguarded(con: Any, col: str, table: str, late: dt.datetime) -> tuple[Any, str]:
+    """A number cursor without ``cursor_unit``: its newest staged value, and
+    ``unix_time.shown`` of it when, read as a Unix time in the unit most staged values have
+    by their size (seconds from 1e9, milliseconds from 1e12 to 1e15; a tie: the smaller),
+    it is after ``late`` (a typo year, a millisecond time among seconds); else ""."""
+    bands = ", ".join(
+        f"count(*) FILTER (WHERE {col} >= {low} AND {col} < {high})"
+        for low, high, _ in unix_time.BY_SIZE
+    )
+    newest, *counts = fetch_row(
+        con, f"SELECT max({col}), count({col}), {bands} FROM {table}"
+    )
+    total, sized = counts[0], counts[1:]
+    if newest is None or isinstance(newest, bool) or not total:
+        return newest, ""
+    units = [u for _, _, u in unix_time.BY_SIZE]
+    best = max(range(len(units)), key=lambda i: (sized[i], -i))
+    # most values are no Unix time by their size (ids, versions): nothing to say
+    if not sized[best] or sized[best] < total - sum(sized):
+        return newest, ""
+    unit = units[best]
     at = unix_time.to_time(newest, unit)
-    return unix_time.shown(newest, unit, "its size") if at is not None and at > late else ""
+    if at is None or at <= late:
+        return newest, ""
+    how = "its size" if unix_time.by_size(newest) == unit else "the size most values have"
+    return newest, unix_time.shown(newest, unit, how)
 
 
 def window_start(
@@ -411,9 +427,10 @@ def window_start(
         if numeric and unit in unix_time.UNITS:  # Unix times: compared with the clock
             at, warn = unix_time.of_time(clock, unit), unix_time.of_time(late, unit)
         elif not kind.upper().startswith(_TIME_TYPES):
-            newest = fetch_row(con, f"SELECT max({col}) FROM {table}")[0]
-            guess = _unguarded(newest, late) if numeric and unit is None else ""
-            return WindowStart(newest, unguarded=guess)
+            if numeric and unit is None:
+                newest, guess = _unguarded(con, col, table, late)
+                return WindowStart(newest, unguarded=guess)
+            return WindowStart(fetch_row(con, f"SELECT max({col}) FROM {table}")[0])
         elif kind.upper() == "DATE":
             at, warn = clock.date(), late.date()
         elif "TIME ZONE" in kind.upper():
