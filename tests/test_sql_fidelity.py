@@ -985,6 +985,31 @@ def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_
     ), warned
 
 
+@pytest.mark.parametrize("declared, unit", [("TEXT", "s"), ("TIMESTAMP", "ms")])
+def test_cursor_unit_on_a_cursor_that_is_no_number_is_refused(job, declared, unit):
+    """``cursor_unit`` on a TEXT cursor was accepted and ignored: a text cursor holding
+    ``'8000000000'`` was the window's bound and later changes were missed, no word (a
+    fresh-user trial); on a TIMESTAMP cursor it meant nothing. Both are refused before
+    anything is read, naming table, column and type."""
+    from deltaferry.errors import ConfigError
+
+    job.sql(
+        f"CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at {declared})",
+        "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00')",
+    )
+    job.write(table_extra=f'cursor_unit = "{unit}"')
+    with pytest.raises(ConfigError) as err:
+        job.sync()
+    assert (
+        f"job 't' table 'items': cursor_unit = '{unit}' is for a cursor column of numbers "
+        f"(Unix times), and 'updated_at' is {declared}"
+    ) in str(err.value), str(err.value)
+    assert job.batches() == 0
+    if declared == "TIMESTAMP":  # "number" says nothing of time: not refused
+        job.write(table_extra='cursor_unit = "number"')
+        assert job.sync()["tables"]["items"]["upserts"] == 1
+
+
 PG_FUTURE_JOB = """
 [jobs.pg]
 source = "sql_database"

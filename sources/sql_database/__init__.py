@@ -97,7 +97,25 @@ def preflight(
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': column(s) {', '.join(missing)} not in the source table"
             )
+        _unit_fits(job, t, columns)
     return texts
+
+
+def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]]) -> None:
+    """ConfigError when the table's ``cursor_unit`` names a unit of Unix time and its cursor
+    column is not a number: the unit was accepted and ignored, so a text cursor holding
+    ``'8000000000'`` was the window's bound, no word (a fresh-user trial)."""
+    unit = t.options.get("cursor_unit")
+    if unit in (None, "number") or not t.cursor:
+        return
+    kind = next((c["type"] for c in columns if c["name"] == t.cursor), None)
+    if kind is None or isinstance(kind, (sa.Integer, sa.Numeric)):
+        return
+    raise ConfigError(
+        f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "
+        f"numbers (Unix times), and '{t.cursor}' is {kind}: leave cursor_unit out (a time "
+        "column is compared with the clock as it is), or sync a number column"
+    )
 
 
 def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:
