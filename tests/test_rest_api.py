@@ -1402,6 +1402,9 @@ def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job
     again = measures_job.sync()
     assert again["tables"]["items"].get("batch") is None, again  # sent again, unchanged
     assert [r["query"].get("since") for r in api.requests_to("/api/items")][-1] == _ts(3)
+    # said on every run it is sent, not only on the run that staged it (as SQL tables do)
+    assert any("value after now (newest '2240-01-02T00:00:00+00:00')" in w
+               for w in again["extracted"].warnings), again["extracted"].warnings  # fmt: skip
     api.items[1].update(updated_at=_ts(40), name="later change")
     api.items[4] = _measure(4, x=4.0)
     api.items[4]["updated_at"] = _ts(41)
@@ -1410,6 +1413,24 @@ def test_a_record_with_a_cursor_in_the_future_hides_no_later_change(measures_job
     measures_job.pull()
     got = _rows(measures_job, "SELECT id, name FROM items ORDER BY id")
     assert got == [(i, api.items[i]["name"]) for i in sorted(api.items)]
+    # after a reset, a whole read of unchanged records (the typo among them) learns where to
+    # ask from: it looked only at staged (changed) records, and every later run read the
+    # whole table, no word, until some record changed (a fresh-user trial)
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+
+    reset = CliRunner().invoke(
+        cli, ["reset", "api", "--table", "items", "--reason", "test",
+              "--config", str(measures_job.config)],
+    )  # fmt: skip
+    assert reset.exit_code == 0, reset.output
+    whole = measures_job.sync()
+    assert whole["tables"]["items"].get("batch") is None
+    assert any("value after now" in w for w in whole["extracted"].warnings), whole
+    sent = len(api.requests_to("/api/items"))
+    measures_job.sync()
+    assert _asked(api, sent) == [_ts(41)]
 
 
 def test_a_future_cursor_fixed_to_an_older_time_is_found_by_a_whole_read(measures_job, api):

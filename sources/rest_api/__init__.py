@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -56,6 +57,16 @@ from sources.rest_api.reads import (
     safe_url,
 )
 from sources.rest_api.times import NaiveTimes
+
+
+def _observer(resent: Resent, ahead: FutureCursors) -> Callable[[str, Any, Any], None]:
+    """``TableRead``'s ``observe``: each keyed record the API sent, to both watchers."""
+
+    def observe(key: str, rank: Any, value: Any) -> None:
+        resent(key, rank)
+        ahead.see(value, rank)
+
+    return observe
 
 
 def _where(job: JobConfig, t: TableConfig | None = None) -> str:
@@ -334,6 +345,7 @@ def _extract(
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
             resent = None
+            observe = None
             if t.cursor and t.options.get("cursor_param"):  # a cursor after now: future.py
                 since = clamp_state(job, t, pipeline, full=t.name in full)
                 resent = Resent(
@@ -344,6 +356,11 @@ def _extract(
                     missed=(missed or {}).get(t.name, ()),
                     last=stored_cursor(job, t, pipeline),
                 )
+                # every record sent, changed or not: the newest value not after now and the
+                # values ahead come from the whole read, not only from what is staged
+                ahead = FutureCursors(job, t)
+                seen.append((ahead, resent))
+                observe = _observer(resent, ahead)
             # a record key staging would not keep exactly is refused before dlt sees it
             names = RecordNames(job.name, t.name, convention, schema_columns(pipeline, t.name))
             fields = field_types(job, t, convention)
@@ -355,7 +372,7 @@ def _extract(
                 secret_params=secrets,
                 check=names,
                 fields=fields,
-                observe=resent,
+                observe=observe,
             )
             reads.append(read)
             # pages checked as they come; records resolved by key, the changed winners staged
@@ -363,10 +380,6 @@ def _extract(
             # nested objects and lists stay JSON columns of the table (no child tables)
             resource.max_table_nesting = 0
             resource.apply_hints(additional_table_hints=DEDUPLICATED)
-            if resent is not None:
-                ahead = FutureCursors(job, t)
-                seen.append((ahead, resent))
-                resource.add_map(ahead, insert_at=len(resource._pipe.steps))
             if job.timezone != "UTC":  # after dlt's incremental step: see times.py
                 zoned = NaiveTimes(
                     _where(job, t),

@@ -6,9 +6,11 @@ typo year (``2240-01-02T00:00:00Z``) made that the value, the API then sent noth
 and every later change was missed, exit 0, until a reset (the SQL window had the same
 fault: ``sources.sql_database.window.window_start``).
 
-``FutureCursors`` is a dlt map step placed right after the incremental step (the cursor
-text as the API wrote it): it keeps the newest cursor value *not after now* among the
-records read, and counts the ones ahead. After a successful load that value is
+``FutureCursors`` sees every keyed record the API sent, changed or not (``reads.TableRead``'s
+``observe``, with the cursor value as the API wrote it): it keeps the newest cursor value
+*not after now* among them, and counts the ones ahead (so a record ahead that is sent again
+unchanged is warned about on every run, and a whole read of unchanged records still
+learns where to ask from). After a successful load that value is
 remembered (``$DELTAFERRY_HOME/<job>/rest_cursor/<table>.json``, the API's own text), and
 before the next run a stored value after now is replaced by it (``clamp_state``; the
 table's ``initial_value`` when none is remembered), so the API is asked from there: later
@@ -101,9 +103,9 @@ def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig, learned: str | N
 
 
 class FutureCursors:
-    """A dlt map step (records or lists of records, unchanged): the newest cursor value
-    not after now (``newest``, the API's text), and the values after now plus
-    ``WARN_AHEAD`` (``ahead``, and the newest of them, ``latest``)."""
+    """Of the cursor values the API sent (``see``, every keyed record): the newest not
+    after now (``newest``, the API's text), and the values after now plus ``WARN_AHEAD``
+    (``ahead``, and the newest of them, ``latest``)."""
 
     def __init__(self, job: JobConfig, t: TableConfig, now: dt.datetime | None = None) -> None:
         self.job, self.t = job, t
@@ -121,15 +123,17 @@ class FutureCursors:
         self.sizes: dict[str, int] = {}
 
     def __call__(self, item: Any) -> Any:
+        """Records or lists of records (as a dlt map step would get them), seen; unchanged."""
         for row in item if isinstance(item, list) else [item]:
             if isinstance(row, dict) and self.t.cursor:
-                self._see(_cursor_value(row, self.t.cursor))
+                value = _cursor_value(row, self.t.cursor)
+                self.see(value, cursor_rank(value, self.zone))
         return item
 
-    def _see(self, value: Any) -> None:
+    def see(self, value: Any, rank: tuple[Any, ...]) -> None:
+        """One record's cursor value as the API sent it, and its ``cursor_rank``."""
         if value is None:
             return
-        rank = cursor_rank(value, self.zone)
         if rank[0] == 1 and self.learned is None:
             size = unix_time.size_of(rank[1])
             self.sizes[size] = self.sizes.get(size, 0) + 1

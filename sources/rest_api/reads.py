@@ -269,11 +269,12 @@ class TableRead:
         secret_params: frozenset[str] = frozenset(),
         check: Any = None,
         fields: FieldTypes | None = None,
-        observe: Callable[[str, Any], None] | None = None,
+        observe: Callable[[str, Any, Any], None] | None = None,
     ) -> None:
         # check(page): called on each page's records as it arrives (raises to refuse them)
         self.check = check
-        # observe(key, cursor rank): every keyed record the API sent (``future.Resent``)
+        # observe(key, cursor rank, cursor value as sent): every keyed record the API sent,
+        # changed or not (``future.Resent``, ``future.FutureCursors``)
         self.observe = observe
         # each record's numbers as its contract columns hold them, exactly, or refused
         self.fields = fields
@@ -508,9 +509,10 @@ class TableRead:
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
-        rank = cursor_rank(_cursor_value(row, self.t.cursor), self.zone) if self.t.cursor else ()
+        value = _cursor_value(row, self.t.cursor) if self.t.cursor else None
+        rank = cursor_rank(value, self.zone) if self.t.cursor else ()
         if self.observe is not None:
-            self.observe(key, rank)
+            self.observe(key, rank, value)
         if self._hold_without_cursor(row):
             return
         h = hashlib.md5(text.encode()).hexdigest()  # = row_hash(row)
