@@ -37,6 +37,8 @@ def by_size(number: Any) -> str | None:
     """The unit a number is a Unix time in by its size (``BY_SIZE``: seconds from 1e9,
     milliseconds from 1e12 to 1e15), or None: another number is not read as a time."""
     n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    if not n.is_finite():  # NaN, infinity: no time
+        return None
     return next((name for low, high, name in BY_SIZE if low <= n < high), None)
 
 
@@ -63,9 +65,11 @@ def to_time(number: Any, unit: str) -> dt.datetime | None:
     """The UTC time of a Unix time ``number`` in ``unit`` (``UNITS``); ``LAST`` past year
     9999, None before year 1."""
     n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    if n.is_nan():
+        return None
     try:
         return EPOCH + dt.timedelta(seconds=float(n / UNITS[unit]))
-    except (OverflowError, ArithmeticError):
+    except (OverflowError, ArithmeticError, ValueError):
         return LAST if n > 0 else None
 
 
@@ -79,5 +83,6 @@ def of_time(at: dt.datetime, unit: str) -> int:
 def shown(number: Any, unit: str, how: str) -> str:
     """A number cursor value with the time it is read as, for a warning."""
     at = to_time(number, unit)
-    when = "after 9999" if at == LAST else "before year 1" if at is None else f"{at:%Y-%m-%d %H:%M:%S} UTC"
-    return f"{number!r}, read as Unix time in {unit} by {how}: {when}"
+    when = "after 9999" if at == LAST else "no time" if at is None else f"{at:%Y-%m-%d %H:%M:%S} UTC"
+    text = str(number) if isinstance(number, Decimal) else repr(number)
+    return f"{text}, read as Unix time in {unit} by {how}: {when}"

@@ -1295,7 +1295,8 @@ def test_a_remembered_start_after_now_in_the_tables_unit_is_not_asked_from(home)
     from types import SimpleNamespace
 
     from deltaferry.config import job_home
-    from sources.rest_api.future import FutureCursors, _start
+    from sources.rest_api.future import FutureCursors, _start, instant
+    from sources.rest_api.reads import cursor_rank
 
     job = SimpleNamespace(name="j", timezone="UTC")
     now = dt.datetime(2026, 12, 5, tzinfo=dt.timezone.utc)
@@ -1328,6 +1329,17 @@ def test_a_remembered_start_after_now_in_the_tables_unit_is_not_asked_from(home)
     seen = FutureCursors(job, table(cursor_unit="ms"), now)
     seen([{"at": 1_700_000_000}])
     assert seen.unit() is None  # cursor_unit says: nothing to learn
+    # the first read judges its numbers in the unit it learns: a millisecond time among
+    # seconds is after now there too (by its own size it was a time of now, the newest)
+    seen = FutureCursors(job, table(), now)
+    seen([{"at": 1_700_000_000}, {"at": 1_700_000_100}, {"at": 1_796_400_000_000}])
+    assert (seen.judged(), seen.newest, seen.ahead) == ("s", 1_700_000_100, 1)
+    # a read that asked from a stored value teaches nothing: a job stuck on a millisecond
+    # value among seconds is sent only that value's like
+    seen = FutureCursors(job, table(), now)
+    seen([{"at": 1_796_400_000_000}])
+    assert seen.unit(from_start=False) is None and seen.unit() == "ms"
+    assert instant(cursor_rank(float("nan")), table()) is None
 
 
 def test_cursor_unit_needs_cursor_param(tmp_path):

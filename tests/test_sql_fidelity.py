@@ -1010,6 +1010,29 @@ def test_cursor_unit_on_a_cursor_that_is_no_number_is_refused(job, declared, uni
         assert job.sync()["tables"]["items"]["upserts"] == 1
 
 
+def test_cursor_unit_fits_every_number_type_of_the_source():
+    """Which reflected source types take ``cursor_unit``: every number (SQLAlchemy 2.1's
+    Float is no Numeric: a REAL column of Unix times was refused), a PostgreSQL domain over
+    one; not text, times or booleans."""
+    from types import SimpleNamespace
+
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
+    from deltaferry.errors import ConfigError
+    from sources.sql_database import _unit_fits
+
+    job = SimpleNamespace(name="t")
+    t = SimpleNamespace(name="items", cursor="at", options={"cursor_unit": "s"})
+    for kind in (sa.INTEGER(), sa.BigInteger(), sa.REAL(), sa.Float(), sa.Double(),
+                 sa.Numeric(20, 3), postgresql.DOUBLE_PRECISION(),
+                 postgresql.DOMAIN("epoch", sa.BigInteger())):  # fmt: skip
+        _unit_fits(job, t, [{"name": "at", "type": kind}])
+    for kind in (sa.TEXT(), sa.TIMESTAMP(), sa.Boolean()):
+        with pytest.raises(ConfigError):
+            _unit_fits(job, t, [{"name": "at", "type": kind}])
+
+
 PG_FUTURE_JOB = """
 [jobs.pg]
 source = "sql_database"

@@ -16,8 +16,10 @@ before the next run a stored value after now is replaced by it (``clamp_state``;
 table's ``initial_value`` when none is remembered), so the API is asked from there: later
 changes come, and the record ahead comes again on every run (the content hash keeps it
 only when it changed). A number cursor is compared with the clock as a Unix time
-(``instant``, ``sources.unix_time``): in the unit the table's ``cursor_unit`` names, else by
-its size (from 1e9, seconds; from 1e12 to 1e15, milliseconds); another number, or any with
+(``instant``, ``sources.unix_time``): in the unit the table's ``cursor_unit`` names, else in
+the unit learned from the first read that asked from the table's start (the size most of
+its numbers have: from 1e9, seconds; from 1e12 to 1e15, milliseconds; else not a time;
+``unit`` in the file, kept until a reset); a number that is not a time, or any with
 ``cursor_unit = "number"``, is kept as it is. Before, ``8000000000`` (a typo in epoch seconds, the year 2223) became the ``since``
 for good.
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -87,40 +90,82 @@ def _ahead(
     return at is not None and at > now
 
 
-def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig, learned: str | None) -> str:
-    """A number cursor value with the time it is read as, for a warning; else the value."""
-    unit = unix_time.unit_of(t.options, rank[1], learned=learned) if rank[0] == 1 else None
+def _as_time(value: Any, rank: tuple[Any, ...], t: TableConfig, judged: str | None) -> str:
+    """A number cursor value with the time it is read as (in the unit it was ``judged``
+    in), for a warning; else the value."""
+    unit = unix_time.unit_of(t.options, rank[1], learned=judged) if rank[0] == 1 else None
     if unit is None:
         return repr(value)
     how = (
         "cursor_unit"
         if t.options.get("cursor_unit")
         else "the size of the table's first values"
-        if learned
+        if unit != unix_time.by_size(rank[1])
         else "its size"
     )
     return unix_time.shown(value, unit, how)
 
 
+@dataclass
+class _Seen:
+    """The newest value not after now and the values ahead, as one unit reads numbers."""
+
+    newest: Any = None
+    ahead: int = 0
+    latest: Any = None
+    # the ranks of newest and latest (``cursor_rank`` parses text: once per value)
+    newest_rank: tuple[Any, ...] = (0,)
+    latest_rank: tuple[Any, ...] = (0,)
+
+
 class FutureCursors:
     """Of the cursor values the API sent (``see``, every keyed record): the newest not
     after now (``newest``, the API's text), and the values after now plus ``WARN_AHEAD``
-    (``ahead``, and the newest of them, ``latest``)."""
+    (``ahead``, and the newest of them, ``latest``), numbers read in the table's unit
+    (``cursor_unit``, or the one learned before). Until a unit is learned, each number is
+    read in each unit it may be in (seconds, milliseconds, not a time) and the unit most
+    numbers of the read have by size decides (``judged``): a millisecond time among seconds
+    is after now on the first read too."""
 
     def __init__(self, job: JobConfig, t: TableConfig, now: dt.datetime | None = None) -> None:
         self.job, self.t = job, t
         self.zone = _zone(job)
         self.now = now or dt.datetime.now(dt.timezone.utc)
-        self.newest: Any = None
-        self.ahead = 0
-        self.latest: Any = None
-        # the ranks of newest and latest (``cursor_rank`` parses text: once per value)
-        self._newest: tuple[Any, ...] = (0,)
-        self._latest: tuple[Any, ...] = (0,)
         # the unit the table's numbers were learned as (``unix_time.size_of``), and, until
         # one is, how many numbers of this read have each size
         self.learned: str | None = _stored(job, t).get("unit")
         self.sizes: dict[str, int] = {}
+        fixed = t.options.get("cursor_unit") or self.learned
+        self._seen = {str(u): _Seen() for u in ([fixed] if fixed else ["s", "ms", "number"])}
+
+    def judged(self) -> str:
+        """The unit this read's numbers are judged in: the table's (set or learned), else
+        the size most of them have (a tie: the smaller unit), else seconds."""
+        if len(self._seen) == 1:
+            return next(iter(self._seen))
+        return self._majority() or "s"
+
+    def _majority(self) -> str | None:
+        if not self.sizes:
+            return None
+        order = list(unix_time.UNITS) + ["number"]  # a tie: the smaller unit
+        return max(self.sizes, key=lambda u: (self.sizes[u], -order.index(u)))
+
+    @property
+    def _now(self) -> _Seen:
+        return self._seen[self.judged()]
+
+    @property
+    def newest(self) -> Any:
+        return self._now.newest
+
+    @property
+    def ahead(self) -> int:
+        return self._now.ahead
+
+    @property
+    def latest(self) -> Any:
+        return self._now.latest
 
     def __call__(self, item: Any) -> Any:
         """Records or lists of records (as a dlt map step would get them), seen; unchanged."""
@@ -134,17 +179,18 @@ class FutureCursors:
         """One record's cursor value as the API sent it, and its ``cursor_rank``."""
         if value is None:
             return
-        if rank[0] == 1 and self.learned is None:
+        if rank[0] == 1 and len(self._seen) > 1:
             size = unix_time.size_of(rank[1])
             self.sizes[size] = self.sizes.get(size, 0) + 1
-        at = instant(rank, self.t, self.learned)
-        if at is None or at <= self.now:
-            if rank > self._newest:
-                self.newest, self._newest = value, rank
-        elif at > self.now + WARN_AHEAD:
-            self.ahead += 1
-            if rank > self._latest:
-                self.latest, self._latest = value, rank
+        for unit, seen in self._seen.items():
+            at = instant(rank, self.t, unit)
+            if at is None or at <= self.now:
+                if rank > seen.newest_rank:
+                    seen.newest, seen.newest_rank = value, rank
+            elif at > self.now + WARN_AHEAD:
+                seen.ahead += 1
+                if rank > seen.latest_rank:
+                    seen.latest, seen.latest_rank = value, rank
 
     def note(self) -> str | None:
         """The run's warning about records whose cursor is after now, or None; after
@@ -157,11 +203,12 @@ class FutureCursors:
             if start is not None
             else f"no value (no '{self.t.options.get('cursor_param')}': every page)"
         )
-        number = self._latest[0] == 1
+        number = self._now.latest_rank[0] == 1
+        unit = self.judged()
+        shown = _as_time(self.latest, self._now.latest_rank, self.t, unit)
         return (
             f"job '{self.job.name}' table '{self.t.name}': {self.ahead} record(s) have a cursor "
-            f"('{self.t.cursor}') value after now (newest "
-            f"{_as_time(self.latest, self._latest, self.t, self.learned)}); the next run asks "
+            f"('{self.t.cursor}') value after now (newest {shown}); the next run asks "
             f"the API from {asked}, not from it, so "
             "later changes are still read and those records are sent again every run (kept "
             "only when changed). Check the API's data for a "
@@ -178,16 +225,17 @@ class FutureCursors:
             )
         )
 
-    def unit(self) -> str | None:
-        """The unit the table's numbers are read in from now on: the one learned before,
-        else the size most numbers of this read have (``unix_time.size_of``), else None
-        (no number read yet, or the table's ``cursor_unit`` says)."""
+    def unit(self, from_start: bool = True) -> str | None:
+        """The unit the table's numbers are read in from now on (stored as ``unit``): the
+        one learned before, else, when this read asked from the table's start
+        (``from_start``: not from a stored value, which may itself be a wrong-unit value
+        that only its like follow), the size most numbers of this read have
+        (``unix_time.size_of``); None when none is known yet or ``cursor_unit`` says."""
         if self.t.options.get("cursor_unit"):
             return None
-        if self.learned is not None or not self.sizes:
+        if self.learned is not None or not from_start:
             return self.learned
-        order = list(unix_time.UNITS) + ["number"]  # a tie: the smaller unit
-        return max(self.sizes, key=lambda u: (self.sizes[u], -order.index(u)))
+        return self._majority()
 
 
 class Resent:
@@ -219,6 +267,7 @@ class Resent:
         # the kind of cursor value dlt stored (``cursor_rank``'s first element; 0: none):
         # a value of another kind in a read is refused (``_kind``)
         self.stored_kind = cursor_rank(last, _zone(job))[0]
+        self.last = last  # dlt's stored value this read asks from (None: none)
         self.kinds: dict[int, tuple[str, Any]] = {}  # kind -> the first (key, value) of it
         self.records = 0  # keyed records sent
         self.now = now or dt.datetime.now(dt.timezone.utc)
@@ -430,7 +479,9 @@ def remember(
     stored = resent.stored if resent is not None else _stored(job, t)
     newest = stored.get("newest")
     zone = _zone(job)
-    unit = seen.unit()
+    initial = t.options.get("initial_value")
+    from_start = resent is None or resent.whole() or resent.last in (None, initial)
+    unit = seen.unit(from_start) or seen.judged()
     # a value read in the table's unit (set or learned by this run) is after now: neither
     # the remembered one (a millisecond time remembered in a table of seconds) nor this
     # read's newest (judged by its own size before the unit was learned) is kept
@@ -444,8 +495,9 @@ def remember(
     ):
         newest = fresh
     out: dict[str, Any] = {"newest": newest}
-    if unit is not None:
-        out["unit"] = unit
+    learned = seen.unit(from_start)
+    if learned is not None:
+        out["unit"] = learned
     # a key not sent stays watched until a whole read has looked for it: a failed whole
     # read leaves the next run to look again
     watch = {**{k: resent.before[k] for k in resent.missing()}, **resent.watch} if resent else {}

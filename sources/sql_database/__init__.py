@@ -108,8 +108,11 @@ def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]]) -> None:
     unit = t.options.get("cursor_unit")
     if unit in (None, "number") or not t.cursor:
         return
+    from sources.sql_database.types import _unwrap
+
     kind = next((c["type"] for c in columns if c["name"] == t.cursor), None)
-    if kind is None or isinstance(kind, (sa.Integer, sa.Numeric)):
+    # Float is not a Numeric in SQLAlchemy 2.1; Boolean is neither; a domain is its base
+    if kind is None or isinstance(_unwrap(kind), (sa.Integer, sa.Numeric, sa.Float)):
         return
     raise ConfigError(
         f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "
