@@ -22,8 +22,6 @@ from typing import Any
 
 #: cursor_unit's units, in units per second
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-#: what cursor_unit may be: a unit of ``UNITS``, or "number" (not a time)
-CHOICES = (*UNITS, "number")
 # a number's unit by its size, [from, to): seconds and milliseconds from 2001-09-09 to the
 # year 33658; another number is not a time (an id: snowflake ids are about 1.8e18, which as
 # nanoseconds would be 2027)
@@ -33,26 +31,37 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 LAST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
 
+def _decimal(number: Any) -> Decimal:
+    return number if isinstance(number, Decimal) else Decimal(str(number))
+
+
 def by_size(number: Any) -> str | None:
     """The unit a number is a Unix time in by its size (``BY_SIZE``: seconds from 1e9,
     milliseconds from 1e12 to 1e15), or None: another number is not read as a time."""
-    n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    n = _decimal(number)
     if not n.is_finite():  # NaN, infinity: no time
         return None
     return next((name for low, high, name in BY_SIZE if low <= n < high), None)
 
 
-def unit_of(
-    options: dict[str, Any], number: Any, guess: bool = True, learned: str | None = None
-) -> str | None:
+def unit_of(options: dict[str, Any], number: Any, learned: str | None = None) -> str | None:
     """The unit a cursor number of a table with ``options`` (its jobs-file settings) is a
     Unix time in: its ``cursor_unit``; without one, the unit ``learned`` from the table's
-    values (``size_of``'s, the most common in its first read of numbers); without either,
-    ``by_size`` when ``guess``, else None. None for "number" (set or learned)."""
+    values (``most_common`` of their ``size_of``); without either, ``by_size``. None for
+    "number" (set or learned)."""
     unit = options.get("cursor_unit") or learned
     if unit is not None:
         return None if unit == "number" else str(unit)
-    return by_size(number) if guess else None
+    return by_size(number)
+
+
+def most_common(counts: dict[str, int]) -> str | None:
+    """Of how many numbers have each size (``size_of``'s names), the most common; on a tie
+    the smaller unit ("number" last), so data is read as a time rather than missed. None
+    when nothing was counted."""
+    order = [*UNITS, "number"]
+    counted = [u for u in order if counts.get(u)]
+    return max(counted, key=lambda u: (counts[u], -order.index(u))) if counted else None
 
 
 def size_of(number: Any) -> str:
@@ -64,7 +73,7 @@ def size_of(number: Any) -> str:
 def to_time(number: Any, unit: str) -> dt.datetime | None:
     """The UTC time of a Unix time ``number`` in ``unit`` (``UNITS``); ``LAST`` past year
     9999, None before year 1."""
-    n = Decimal(str(number)) if not isinstance(number, Decimal) else number
+    n = _decimal(number)
     if n.is_nan():
         return None
     try:

@@ -143,13 +143,7 @@ class FutureCursors:
         the size most of them have (a tie: the smaller unit), else seconds."""
         if len(self._seen) == 1:
             return next(iter(self._seen))
-        return self._majority() or "s"
-
-    def _majority(self) -> str | None:
-        if not self.sizes:
-            return None
-        order = list(unix_time.UNITS) + ["number"]  # a tie: the smaller unit
-        return max(self.sizes, key=lambda u: (self.sizes[u], -order.index(u)))
+        return unix_time.most_common(self.sizes) or "s"
 
     @property
     def _now(self) -> _Seen:
@@ -235,7 +229,7 @@ class FutureCursors:
             return None
         if self.learned is not None or not from_start:
             return self.learned
-        return self._majority()
+        return unix_time.most_common(self.sizes)
 
 
 class Resent:

@@ -372,12 +372,11 @@ def _unguarded(con: Any, col: str, table: str, late: dt.datetime) -> tuple[Any, 
     total, sized = counts[0], counts[1:]
     if newest is None or isinstance(newest, bool) or not total:
         return newest, ""
-    units = [u for _, _, u in unix_time.BY_SIZE]
-    best = max(range(len(units)), key=lambda i: (sized[i], -i))
-    # most values are no Unix time by their size (ids, versions): nothing to say
-    if not sized[best] or sized[best] < total - sum(sized):
+    sizes = {u: n for (_, _, u), n in zip(unix_time.BY_SIZE, sized)}
+    sizes["number"] = total - sum(sized)  # no Unix time by their size (ids, versions)
+    unit = unix_time.most_common(sizes)
+    if unit is None or unit == "number":
         return newest, ""
-    unit = units[best]
     at = unix_time.to_time(newest, unit)
     if at is None or at <= late:
         return newest, ""
