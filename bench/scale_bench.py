@@ -445,6 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         "DELTAFERRY_DUCKDB_MEMORY_LIMIT=64MB; the parent's DELTAFERRY_* are not passed on); "
         "repeatable",
     )
+    ap.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="PHASE",
+        help="profile the sync call of a deltaferry phase (df-initial, df-incremental, df-noop) "
+        "with cProfile: bench/out/<phase>-<rows>-r<round>.prof and a .txt of the top "
+        "functions by cumulative time (the profile's cost is in that phase's wall); repeatable",
+    )
     ap.add_argument("--workdir", type=Path, help="working directory (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep every size's work files")
     ap.add_argument("--dlt-python", type=Path, default=sb.DEFAULT_DLT_VENV / "bin" / "python")
@@ -702,7 +711,14 @@ def run_round(
         cmd, e, expected = commands[key]
         contender, phase = PHASES[key]
         log = logs / f"{n}-r{spec.round}-{key}.log"
+        prof = None
+        if key in args.profile and cmd is df_cmd:
+            prof = BENCH / "out" / f"{key}-{n}-r{spec.round}.prof"
+            prof.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [*cmd, "--profile", str(prof)]
         r = sb.run_phase(contender, phase, cmd, e, spec.dir, log, expected)
+        if prof is not None and prof.exists():
+            _profile_text(prof)
         rounds.setdefault(key, []).append(r)
         if r.returncode != 0 or (expected and r.rows == 0):
             return f"phase {key} at {n:,} rows (round {spec.round}) failed; see {log}"
@@ -710,6 +726,17 @@ def run_round(
         objects, size = sb.bucket_usage(spec.endpoint, f"{spec.prefix}deltaferry/")
         info["lake_deltaferry"] = {"objects": objects, "bytes": size}
     return None
+
+
+def _profile_text(prof: Path) -> None:
+    """Write the profile's 40 top functions by cumulative time next to it (``.txt``)."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(str(prof), stream=out).sort_stats("cumulative").print_stats(40)
+    prof.with_suffix(".txt").write_text(out.getvalue())
+    print(f"  profile    {prof.with_suffix('.txt')}")
 
 
 if __name__ == "__main__":

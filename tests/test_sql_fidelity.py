@@ -41,6 +41,12 @@ class Epochs(pa.DataFrameModel):
     updated_at: Series[int] = pa.Field(nullable=True)
     class Config:
         coerce = True
+class Texts(pa.DataFrameModel):
+    id: Series[int]
+    name: Series[str] = pa.Field(nullable=True)
+    updated_at: Series[str] = pa.Field(nullable=True)
+    class Config:
+        coerce = True
 class Pairs(pa.DataFrameModel):
     region: Series[str]
     id: Series[int]
@@ -985,7 +991,91 @@ def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_
     ), warned
 
 
-@pytest.mark.parametrize("declared, unit", [("TEXT", "s"), ("TIMESTAMP", "ms")])
+def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
+    """A TEXT cursor holding numbers (SQLite keeps whatever the application wrote: a
+    version counter, Unix times as text) was compared as text: ``'10'`` sorts before
+    ``'9'``, so once ``'9'`` was the bound, a row changed to ``'10'`` was never read, exit 0,
+    no word; a typo ``'8000000000'`` among Unix times in seconds jammed the window the same
+    way. When every staged value is a number's digits, the bound is their largest number
+    and the source compares numbers (text that is no number is read every run, kept only
+    when changed); a typo is named as for an INTEGER cursor, and ``cursor_unit`` bounds it.
+    The oracle is the source read with the standard library."""
+    now = int(time.time())
+
+    def write(unit: str | None = None) -> None:
+        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "")
+        job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+
+    def source() -> list[tuple]:
+        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+
+    def synced() -> list[tuple]:
+        job.pull()
+        return job.replica_rows()
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
+        "INSERT INTO items VALUES (1, 'a', '8'), (2, 'b', '9'), (3, 'c', NULL)",
+    )
+    write()
+    job.sync()
+    job.sql("UPDATE items SET name = 'ten', updated_at = '10' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # '10' < '9' as text: was missed
+    job.sql("INSERT INTO items VALUES (4, 'd', '0011'), (5, 'e', '7')")  # 11 > 10; 7 is late
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert synced() == [r for r in source() if r[0] != 5]  # a late row, as for INTEGER
+    job.sql("UPDATE items SET name = 'word', updated_at = 'soon' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # text that is no number: read
+    job.sql("UPDATE items SET name = 'back', updated_at = '12' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.sql("UPDATE items SET name = 'next', updated_at = '13' WHERE id = 3")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert synced() == [r for r in source() if r[0] != 5]
+
+    # Unix times as text, one a typo far ahead: named, then bounded by cursor_unit
+    job.sql(*(
+        f"UPDATE items SET updated_at = '{now - 3000 + 500 * i}' WHERE id = {i}"
+        for i in range(1, 6)
+    ))  # fmt: skip
+    assert job.sync()["tables"]["items"]["upserts"] == 5
+    job.sql("UPDATE items SET name = 'typo', updated_at = '8000000000' WHERE id = 2")
+    warned = job.sync()["extracted"].warnings
+    assert len(warned) == 1 and "value is 8000000000, read as Unix time in s by its size" in (
+        warned[0]
+    ), warned
+    job.sql(f"UPDATE items SET name = 'a2', updated_at = '{now - 500}' WHERE id = 1")
+    write("s")
+    found = job.sync()
+    assert found["tables"]["items"]["upserts"] == 1, found  # 'a2', below the typo
+    job.sql(f"UPDATE items SET name = 'fixed', updated_at = '{now - 1500}' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # below the bound: read by key
+    assert synced() == source()
+
+
+def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
+    """``cursor_unit`` on a SQLite TEXT cursor applies to its numbers as text; on one whose
+    values are mostly no numbers it would be ignored, so the table stops, naming a value,
+    and nothing more is published (the first read, nothing staged yet, reads it whole)."""
+    from deltaferry.errors import ConfigError
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
+        "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '1700000000')",
+    )
+    job.write(table_extra='cursor_unit = "s"')
+    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    job.sql("INSERT INTO items VALUES (3, 'c', 'later')")
+    with pytest.raises(ConfigError) as err:
+        job.sync()
+    assert (
+        "job 't' table 'items': cursor_unit = 's' is for a cursor of numbers (Unix times), and "
+        "'updated_at' holds text that is no number, e.g. '2024-01-01 00:00:00'"
+    ) in str(err.value), str(err.value)
+    assert job.batches() == 1
+
+
+@pytest.mark.parametrize("declared, unit", [("TIMESTAMP", "ms")])
 def test_cursor_unit_on_a_cursor_that_is_no_number_is_refused(job, declared, unit):
     """``cursor_unit`` on a TEXT cursor was accepted and ignored: a text cursor holding
     ``'8000000000'`` was the window's bound and later changes were missed, no word (a

@@ -114,11 +114,19 @@ def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]]) -> None:
     # Float is not a Numeric in SQLAlchemy 2.1; Boolean is neither; a domain is its base
     if kind is None or isinstance(_unwrap(kind), (sa.Integer, sa.Numeric, sa.Float)):
         return
+    if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) and _sqlite(job):
+        return  # text of numbers (window._numbers_as_text): other text is refused there
     raise ConfigError(
         f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "
         f"numbers (Unix times), and '{t.cursor}' is {kind}: leave cursor_unit out (a time "
         "column is compared with the clock as it is), or sync a number column"
     )
+
+
+def _sqlite(job: JobConfig) -> bool:
+    from sources.sql_database.window import job_dialect
+
+    return job_dialect(job) == "sqlite"
 
 
 def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:

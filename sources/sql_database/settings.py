@@ -36,7 +36,8 @@ class Table(TableModel):
     )
     cursor_unit: Literal["s", "ms", "us", "ns", "number"] = setting(
         None,
-        "what a number cursor column holds: Unix time in seconds, milliseconds, "
+        "what a number cursor column (or a SQLite TEXT cursor of numbers) holds: Unix "
+        "time in seconds, milliseconds, "
         "microseconds or nanoseconds (the window then starts at the newest value not after "
         'now, as for a time column), or "number" (an id or version: taken as it is, no '
         "warning); without it a number is taken as it is, and a run warns when the newest "

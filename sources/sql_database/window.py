@@ -357,6 +357,46 @@ _NUMBER_TYPES = (
 )  # fmt: skip
 
 
+# text a SQLite cursor holds that is a number: digits only, at most 18 (a BIGINT's range);
+# the same test in DuckDB (staging) and in SQLite (``window``)
+_DIGITS = "[0-9]{1,18}"
+_MAX_DIGITS = 18
+
+
+def job_dialect(job: JobConfig) -> str:
+    """The SQL source's database kind from its URL (``sqlite``, ``postgresql``, ...)."""
+    return str(sa.engine.make_url(job.source_url()).get_backend_name())
+
+
+def _numbers_as_text(
+    con: Any, col: str, table: str, job: JobConfig, t: TableConfig, unit: Any
+) -> bool:
+    """Whether a SQLite TEXT cursor holds numbers: at least half of the staged values are
+    digits (at most 18). Compared as text, ``'10'`` sorts before ``'9'`` (and a Unix
+    time's typo ``'8000000000'`` after every later time), so such a cursor's bound is its
+    largest number and the source compares numbers (``window``); its other text is read
+    every run, kept only when changed (a word among the numbers would otherwise be the
+    bound as text, and every later number below it as text missed). ConfigError when the
+    table sets ``cursor_unit`` to a unit of time and most staged values are not digits
+    (naming one)."""
+    values, digits, other = fetch_row(
+        con,
+        f"SELECT count({col}), count(*) FILTER (WHERE regexp_full_match({col}, '{_DIGITS}')), "
+        f"min({col}) FILTER (WHERE NOT regexp_full_match({col}, '{_DIGITS}')) FROM {table}",
+    )
+    if values and digits * 2 >= values:
+        return True
+    if unit in unix_time.UNITS and other is not None:
+        from deltaferry.errors import ConfigError
+
+        raise ConfigError(
+            f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor of "
+            f"numbers (Unix times), and '{t.cursor}' holds text that is no number, e.g. "
+            f"{other!r}: fix the value at the source, or leave cursor_unit out"
+        )
+    return False
+
+
 def _unguarded(con: Any, col: str, table: str, late: dt.datetime) -> tuple[Any, str]:
     """A number cursor without ``cursor_unit``: its newest staged value, and
     ``unix_time.shown`` of it when, read as a Unix time in the unit most staged values have
@@ -421,6 +461,9 @@ def window_start(
         late = clock + FUTURE_CURSOR_WARNING
         unit = t.options.get("cursor_unit")
         numeric = kind.upper().startswith(_NUMBER_TYPES)
+        if kind.upper() == "VARCHAR" and job_dialect(job) == "sqlite":
+            if _numbers_as_text(con, col, table, job, t, unit):
+                col, numeric = f"TRY_CAST({col} AS BIGINT)", True
         at: Any
         warn: Any
         if numeric and unit in unix_time.UNITS:  # Unix times: compared with the clock
@@ -667,6 +710,18 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             timed = sa.and_(sa.func.typeof(col) == "text", jd >= JULIAN_DAY_YEAR_1)
             text_only = sa.case((timed, since), else_=None)
             return query.where(sa.func.coalesce(text_only, True))  # a scan: ~30% faster than OR
+        kind = getattr(col.type, "source_type", col.type)  # under types.py's read plan
+        if isinstance(bound, int) and isinstance(kind, sa.String):
+            # a TEXT cursor of numbers (``_numbers_as_text``): compared as numbers; text
+            # that is no number (and NULL) is read every run, kept only when changed
+            number = sa.and_(
+                sa.func.typeof(col) == "text",
+                col != "",
+                sa.func.length(col) <= _MAX_DIGITS,
+                sa.not_(col.op("GLOB")("*[^0-9]*")),
+            )
+            cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
+            return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
         value = _bind_value(col, bound, job)
         return query.where(sa.or_(col >= value, col.is_(None)))
 
