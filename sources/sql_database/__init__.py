@@ -97,11 +97,11 @@ def preflight(
             raise ConfigError(
                 f"job '{job.name}' table '{t.name}': column(s) {', '.join(missing)} not in the source table"
             )
-        _unit_fits(job, t, columns)
+        _unit_fits(job, t, columns, insp.dialect.name)
     return texts
 
 
-def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]]) -> None:
+def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]], dialect: str) -> None:
     """ConfigError when the table's ``cursor_unit`` names a unit of Unix time and its cursor
     column is not a number: the unit was accepted and ignored, so a text cursor holding
     ``'8000000000'`` was the window's bound, no word (a fresh-user trial)."""
@@ -114,19 +114,13 @@ def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]]) -> None:
     # Float is not a Numeric in SQLAlchemy 2.1; Boolean is neither; a domain is its base
     if kind is None or isinstance(_unwrap(kind), (sa.Integer, sa.Numeric, sa.Float)):
         return
-    if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) and _sqlite(job):
+    if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) and dialect == "sqlite":
         return  # text of numbers (window._numbers_as_text): other text is refused there
     raise ConfigError(
         f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "
         f"numbers (Unix times), and '{t.cursor}' is {kind}: leave cursor_unit out (a time "
         "column is compared with the clock as it is), or sync a number column"
     )
-
-
-def _sqlite(job: JobConfig) -> bool:
-    from sources.sql_database.window import job_dialect
-
-    return job_dialect(job) == "sqlite"
 
 
 def _not_found(job: JobConfig, t: Any, existing: set[str]) -> str:
