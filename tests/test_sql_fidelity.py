@@ -1031,6 +1031,19 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     job.sql("UPDATE items SET name = 'next', updated_at = '13' WHERE id = 3")
     assert job.sync()["tables"]["items"]["upserts"] == 1
     assert synced() == [r for r in source() if r[0] != 5]
+    # text DuckDB would cast to a large number, but no digits (or more than 18): not the
+    # bound, read every run (a fresh-user trial: each hid every later, smaller change)
+    for i, odd in enumerate([" 999", "+50", "1e3", "1000000000000000000"]):
+        job.sql(f"UPDATE items SET name = 'odd {i}', updated_at = '{odd}' WHERE id = 3")
+        job.sql(f"UPDATE items SET name = 'n {i}', updated_at = '{14 + i}' WHERE id = 4")
+        assert job.sync()["tables"]["items"]["upserts"] == 2, odd
+    # empty text or words outnumbering the numbers: still compared as numbers
+    job.sql(*(f"INSERT INTO items VALUES ({i}, 'w', '{w}')" for i, w in [(6, ""), (7, ""),
+             (8, "apple"), (9, "pear"), (10, "")]))  # fmt: skip
+    assert job.sync()["tables"]["items"]["upserts"] == 5
+    job.sql("UPDATE items SET name = 'twenty', updated_at = '20' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # as text, '20' < 'pear': missed
+    assert synced() == [r for r in source() if r[0] != 5]
 
     # Unix times as text, one a typo far ahead: named, then bounded by cursor_unit
     job.sql(*(
@@ -1052,27 +1065,78 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     assert synced() == source()
 
 
+def test_a_text_cursor_of_times_is_compared_as_instants(job):
+    """A TEXT cursor holding time text (SQLite applications often declare ``updated_at
+    TEXT``) was compared as text: ``2025-03-01T09:00:00Z`` sorts after ``2025-03-01
+    13:00:00`` (``T`` after a space), so a row changed to the later time was never read,
+    exit 0; a typo year 2240 was the bound and hid every later change, no word. When most
+    staged values are time text, the window compares instants (julianday), the bound is the
+    newest not after now, the typo is warned about and read again; other text is read every
+    run; the replica keeps the text as written. The oracle is the source read with the
+    standard library."""
+
+    def source() -> list[tuple]:
+        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+
+    def synced() -> list[tuple]:
+        job.pull()
+        return job.replica_rows()
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
+        "INSERT INTO items VALUES (1, 'a', '2025-03-01 12:00:00'), "
+        "(2, 'b', '2025-03-01T09:00:00Z'), (3, 'c', NULL)",
+    )
+    job.write()
+    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    job.sync()
+    job.sql("UPDATE items SET name = 'later', updated_at = '2025-03-01 13:00:00' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # before 'T...' as text: missed
+    job.sql("UPDATE items SET name = 'typo', updated_at = '2240-01-01 00:00:00' WHERE id = 3")
+    warned = job.sync()["extracted"].warnings
+    assert len(warned) == 1 and (
+        "job 't' table 'items': 1 staged row(s) have a cursor ('updated_at') value after now "
+        "(newest 2240-01-01 00:00:00+00:00, UTC)" in warned[0]
+    ), warned
+    job.sql(
+        "UPDATE items SET name = 'east', updated_at = '2025-03-02T08:00:00+01:00' WHERE id = 2"
+    )
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # below the typo as text: missed
+    job.sql("UPDATE items SET name = 'fixed', updated_at = '2025-03-02 07:30:00' WHERE id = 3")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # the typo's fix, read by key
+    job.sql("UPDATE items SET name = 'digits', updated_at = '1796000000' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # a number among times: read
+    job.sql("UPDATE items SET name = 'word', updated_at = 'soon' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1  # no time: read every run
+    assert job.sync()["tables"]["items"]["batch"] is None  # unchanged: not published again
+    assert synced() == source()
+    assert [r[2] for r in source()] == ["soon", "2025-03-02T08:00:00+01:00", "2025-03-02 07:30:00"]
+
+
 def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
-    """``cursor_unit`` on a SQLite TEXT cursor applies to its numbers as text; on one whose
-    values are mostly no numbers it would be ignored, so the table stops, naming a value,
-    and nothing more is published (the first read, nothing staged yet, reads it whole)."""
+    """``cursor_unit`` on a SQLite TEXT cursor applies to its numbers as text; on one that
+    holds more time text than numbers it would be ignored, so the table stops, naming a
+    value, and nothing is published (the first read, nothing staged yet, reads it whole)."""
     from deltaferry.errors import ConfigError
 
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
-        "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '1700000000')",
+        "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '1700000000'), "
+        "(3, 'c', '2024-01-02 00:00:00')",
     )
     job.write(table_extra='cursor_unit = "s"')
     job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
-    assert job.sync()["tables"]["items"]["upserts"] == 2
-    job.sql("INSERT INTO items VALUES (3, 'c', 'later')")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError) as err:  # read whole (nothing staged), then judged
         job.sync()
     assert (
         "job 't' table 'items': cursor_unit = 's' is for a cursor of numbers (Unix times), and "
         "'updated_at' holds text that is no number, e.g. '2024-01-01 00:00:00'"
     ) in str(err.value), str(err.value)
-    assert job.batches() == 1
+    assert job.batches() == 0
+    job.sql("UPDATE items SET updated_at = '1700000300' WHERE id = 3")  # numbers win a tie
+    job.sync()
+    job.pull()
+    assert job.replica_rows() == job.con.execute("SELECT * FROM items ORDER BY id").fetchall()
 
 
 @pytest.mark.parametrize("declared, unit", [("TIMESTAMP", "ms")])

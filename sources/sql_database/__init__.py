@@ -115,7 +115,7 @@ def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]], dialect: s
     if kind is None or isinstance(_unwrap(kind), (sa.Integer, sa.Numeric, sa.Float)):
         return
     if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) and dialect == "sqlite":
-        return  # text of numbers (window._numbers_as_text): other text is refused there
+        return  # text of numbers (window._text_cursor): other text is refused there
     raise ConfigError(
         f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "
         f"numbers (Unix times), and '{t.cursor}' is {kind}: leave cursor_unit out (a time "
@@ -333,7 +333,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         # typo year says so, the run that stages its fix does not)
         for t in job.tables:
             if t.cursor and t.name not in stopped_after:
-                note = window_start(job, t, borrowed, with_keys=False).note(job, t)
+                note = window_start(job, t, borrowed, with_keys=False, judge_unit=True).note(job, t)
                 if note:
                     ahead[t.name] = [note]
         # a row read by the window and again by key (or by reconcile's superset) held once

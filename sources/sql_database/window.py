@@ -368,25 +368,27 @@ def job_dialect(job: JobConfig) -> str:
     return str(sa.engine.make_url(job.source_url()).get_backend_name())
 
 
-def _numbers_as_text(
+def _text_cursor(
     con: Any, col: str, table: str, job: JobConfig, t: TableConfig, unit: Any
-) -> bool:
-    """Whether a SQLite TEXT cursor holds numbers: at least half of the staged values are
-    digits (at most 18). Compared as text, ``'10'`` sorts before ``'9'`` (and a Unix
-    time's typo ``'8000000000'`` after every later time), so such a cursor's bound is its
-    largest number and the source compares numbers (``window``); its other text is read
-    every run, kept only when changed (a word among the numbers would otherwise be the
-    bound as text, and every later number below it as text missed). ConfigError when the
-    table sets ``cursor_unit`` to a unit of time and most staged values are not digits
-    (naming one)."""
-    values, digits, other = fetch_row(
+) -> str | None:
+    """What a SQLite TEXT cursor's staged values hold: ``"number"`` when some are digits
+    (at most 18) and no fewer than are time text, ``"time"`` when some are time text
+    DuckDB reads (``2026-03-01 12:00:00``, ``T``, fractions, ``Z``, offsets) and more
+    than are digits, else None (compared as text). Compared as text, ``'10'`` sorts
+    before ``'9'``, ``2026-03-01T09:00:00Z`` after ``2026-03-01 12:00:00``, and a typo
+    (``'8000000000'``, the year 2240) after every later value: such a cursor's window is
+    the numbers' or the instants' (``window``), and its other text (empty, words, the
+    other kind) is read every run, kept only when changed, whatever share it has. What is
+    published stays the text as written. ConfigError when the table sets ``cursor_unit``
+    to a unit of time and the cursor holds no numbers (naming a value)."""
+    values, digits, times, other = fetch_row(
         con,
         f"SELECT count({col}), count(*) FILTER (WHERE regexp_full_match({col}, '{_DIGITS}')), "
+        f"count(TRY_CAST({col} AS TIMESTAMPTZ)), "
         f"min({col}) FILTER (WHERE NOT regexp_full_match({col}, '{_DIGITS}')) FROM {table}",
     )
-    if values and digits * 2 >= values:
-        return True
-    if unit in unix_time.UNITS and other is not None:
+    kind = "number" if digits and digits >= times else "time" if times else None
+    if unit in unix_time.UNITS and kind != "number" and values:
         from deltaferry.errors import ConfigError
 
         raise ConfigError(
@@ -394,7 +396,14 @@ def _numbers_as_text(
             f"numbers (Unix times), and '{t.cursor}' holds text that is no number, e.g. "
             f"{other!r}: fix the value at the source, or leave cursor_unit out"
         )
-    return False
+    return kind
+
+
+def _utc(value: Any) -> Any:
+    """An aware datetime in UTC (a text cursor's instants come in the job's zone)."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc)
+    return value
 
 
 def _unguarded(con: Any, col: str, table: str, late: dt.datetime) -> tuple[Any, str]:
@@ -431,6 +440,7 @@ def window_start(
     now: dt.datetime | None = None,
     *,
     with_keys: bool = True,
+    judge_unit: bool = False,
 ) -> WindowStart:
     """Where the table's window starts: the newest cursor value staged that is not after
     ``now`` (this worker's clock, UTC, by default). Staged values after now (a typo year
@@ -444,7 +454,9 @@ def window_start(
     the clock as such. Without ``cursor_unit``, a newest number that by its size would be a
     Unix time after now is named for the run's warning (``unguarded``).
     Tombstones carry no cursor and do not count. ``WindowStart(None)`` before the table's
-    first load."""
+    first load. ``judge_unit`` (after a read): ConfigError when ``cursor_unit`` names a
+    unit of time and a SQLite TEXT cursor holds no numbers (``_text_cursor``); before a
+    read it is not judged, so a fix at the source is read and judged with the rest."""
     path = staging_path(job.name)
     if t.cursor is None or not path.exists():
         return WindowStart(None)
@@ -462,8 +474,14 @@ def window_start(
         unit = t.options.get("cursor_unit")
         numeric = kind.upper().startswith(_NUMBER_TYPES)
         if kind.upper() == "VARCHAR" and job_dialect(job) == "sqlite":
-            if _numbers_as_text(con, col, table, job, t, unit):
-                col, numeric = f"TRY_CAST({col} AS BIGINT)", True
+            held = _text_cursor(con, col, table, job, t, unit if judge_unit else None)
+            if held == "number":  # only digits count: DuckDB's cast reads ' 9', '+9', '1e3'
+                digits = f"regexp_full_match({col}, '{_DIGITS}')"
+                col, numeric = f"(CASE WHEN {digits} THEN CAST({col} AS BIGINT) END)", True
+            elif held == "time":
+                # naive text is a wall time in the job's zone (as TimeText reads it)
+                con.execute(f"SET TimeZone = '{job.timezone}'")
+                col, kind = f"TRY_CAST({col} AS TIMESTAMPTZ)", "TIMESTAMP WITH TIME ZONE"
         at: Any
         warn: Any
         if numeric and unit in unix_time.UNITS:  # Unix times: compared with the clock
@@ -494,7 +512,7 @@ def window_start(
                 .fetch_arrow_table()
                 .to_pylist()
             )
-        return WindowStart(bound, int(ahead or 0), newest if ahead else None, keys)
+        return WindowStart(_utc(bound), int(ahead or 0), _utc(newest) if ahead else None, keys)
     finally:
         con.close()
 
@@ -686,7 +704,11 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
         if bound is None or t.cursor is None:
             return query
         col = table.c[t.cursor]
-        if t.cursor in text_times:
+        kind = getattr(col.type, "source_type", col.type)  # under types.py's read plan
+        # a declared time column, or SQLite TEXT holding time text (``_text_cursor``)
+        if t.cursor in text_times or (
+            isinstance(bound, dt.datetime) and isinstance(kind, sa.String)
+        ):
             stamp = _as_utc(bound)
             margin = SQLITE_MARGIN_SECONDS
             if job.timezone != "UTC":
@@ -710,9 +732,8 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             timed = sa.and_(sa.func.typeof(col) == "text", jd >= JULIAN_DAY_YEAR_1)
             text_only = sa.case((timed, since), else_=None)
             return query.where(sa.func.coalesce(text_only, True))  # a scan: ~30% faster than OR
-        kind = getattr(col.type, "source_type", col.type)  # under types.py's read plan
         if isinstance(bound, int) and isinstance(kind, sa.String):
-            # a TEXT cursor of numbers (``_numbers_as_text``): compared as numbers; text
+            # a TEXT cursor of numbers (``_text_cursor``): compared as numbers; text
             # that is no number (and NULL) is read every run, kept only when changed
             number = sa.and_(
                 sa.func.typeof(col) == "text",
