@@ -1113,6 +1113,35 @@ def test_a_text_cursor_of_times_is_compared_as_instants(job):
     assert [r[2] for r in source()] == ["soon", "2025-03-02T08:00:00+01:00", "2025-03-02 07:30:00"]
 
 
+def test_a_text_cursor_of_words_reads_the_times_and_numbers_that_come(job):
+    """A TEXT cursor whose staged values were all words (placeholders such as 'pending'
+    before real times arrive) was compared as text: time text sorts before 'pending', so
+    it was never read, never staged, and the cursor never judged again: every time after
+    it missed, exit 0 (a fresh-user trial). Text SQLite reads as a time or a number is
+    read too, whatever the bound; once staged, the cursor is judged by it."""
+
+    def source() -> list[tuple]:
+        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
+        "INSERT INTO items VALUES (1, 'a', 'alpha'), (2, 'b', 'pending')",
+    )
+    job.write()
+    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    job.sync()
+    job.sql("INSERT INTO items VALUES (3, 'c', '2025-01-01 00:00:00'), (4, 'd', '42')")
+    assert job.sync()["tables"]["items"]["upserts"] == 2  # both below 'pending' as text
+    job.sql("UPDATE items SET name = 'later', updated_at = '2025-02-01T00:00:00Z' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.sql("UPDATE items SET name = 'more', updated_at = '2025-01-15 00:00:00' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["batch"] is None  # now a time cursor: a late row
+    job.sql("UPDATE items SET name = 'last', updated_at = '2025-03-01 00:00:00' WHERE id = 2")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    job.pull()
+    assert job.replica_rows() == source()
+
+
 def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
     """``cursor_unit`` on a SQLite TEXT cursor applies to its numbers as text; on one that
     holds more time text than numbers it would be ignored, so the table stops, naming a

@@ -707,6 +707,8 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
+    sqlite = bound is not None and job_dialect(job) == "sqlite"
+
     def adapt(query: Any, table: sa.Table, _incremental: Any = None, engine: Any = None) -> Any:
         # dlt calls this with (query, table, incremental, engine)
         if bound is None or t.cursor is None:
@@ -752,6 +754,13 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
             return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
         value = _bind_value(col, bound, job)
+        if isinstance(bound, str) and isinstance(kind, sa.String) and sqlite:
+            # a TEXT cursor of words (``_text_cursor`` found no numbers, no times staged):
+            # text SQLite reads as a time or a number is read too, else the first such
+            # value below the bound as text ('2025-...' < 'beta') would never be staged,
+            # never judged, and every one after it missed (a fresh-user trial)
+            read = sa.func.julianday(col).is_not(None)
+            return query.where(sa.or_(col >= value, col.is_(None), read))
         return query.where(sa.or_(col >= value, col.is_(None)))
 
     return adapt
