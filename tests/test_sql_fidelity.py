@@ -67,7 +67,7 @@ name = "items"
 primary_key = {pk}
 cursor = "updated_at"
 deletes = "none"
-contract = "{module}:Items"
+contract = "{module}:{contract}"
 {table_extra}
 '''
 
@@ -85,7 +85,9 @@ class Job:
         self.con = sqlite3.connect(self.db)
         self.write()
 
-    def write(self, extra: str = "", table_extra: str = "", pk: str = '["id"]') -> None:
+    def write(
+        self, extra: str = "", table_extra: str = "", pk: str = '["id"]', contract: str = "Items"
+    ) -> None:
         self.config.write_text(
             JOB.format(
                 db=self.db,
@@ -94,6 +96,7 @@ class Job:
                 table_extra=table_extra,
                 module=self.module,
                 pk=pk,
+                contract=contract,
             )
         )
 
@@ -113,6 +116,15 @@ class Job:
         from destinations.lake import open_lake
 
         pull(load_job("t", self.config), open_lake(self.lake_url), self.replica)
+
+    def source_rows(self) -> list[tuple]:
+        """``items`` as the source holds it, read with the standard library (the oracle)."""
+        return self.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+
+    def synced_rows(self) -> list[tuple]:
+        """``replica_rows`` after a pull of everything published."""
+        self.pull()
+        return self.replica_rows()
 
     def replica_rows(self, cols: str = "id, name, updated_at") -> list[tuple]:
         with duckdb.connect(str(self.replica), read_only=True) as r:
@@ -144,8 +156,7 @@ def instant(text: str | None, zone: str = "UTC") -> dt.datetime | None:
 
 
 def expected(job: Job, zone: str = "UTC") -> list[tuple]:
-    rows = job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
-    return [(i, n, instant(u, zone)) for i, n, u in rows]
+    return [(i, n, instant(u, zone)) for i, n, u in job.source_rows()]
 
 
 FORMS = [
@@ -940,11 +951,7 @@ def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_
     now = int(time.time())
 
     def write(unit: str | None) -> None:
-        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "")
-        job.config.write_text(job.config.read_text().replace(':Items"', ':Epochs"'))
-
-    def source() -> list[tuple]:
-        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
+        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "", contract="Epochs")
 
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at INTEGER)",
@@ -978,8 +985,8 @@ def test_a_number_cursor_of_unix_times_after_now_is_named_and_bounded_by_cursor_
     assert job.sync()["tables"]["items"]["upserts"] == 1  # below the bound: read by key
     assert job.sync()["extracted"].warnings == []
     job.pull()
-    assert job.replica_rows() == source()
-    assert [r[1] for r in source()] == ["a2", "fixed", "c"]
+    assert job.replica_rows() == job.source_rows()
+    assert [r[1] for r in job.source_rows()] == ["a2", "fixed", "c"]
     # without cursor_unit, a millisecond time among seconds is named too: read in the unit
     # most staged values have (by its own size it is a time of now, and said nothing)
     write(None)
@@ -996,22 +1003,15 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     version counter, Unix times as text) was compared as text: ``'10'`` sorts before
     ``'9'``, so once ``'9'`` was the bound, a row changed to ``'10'`` was never read, exit 0,
     no word; a typo ``'8000000000'`` among Unix times in seconds jammed the window the same
-    way. When every staged value is a number's digits, the bound is their largest number
-    and the source compares numbers (text that is no number is read every run, kept only
-    when changed); a typo is named as for an INTEGER cursor, and ``cursor_unit`` bounds it.
-    The oracle is the source read with the standard library."""
+    way. When some staged values are a number's digits (and no fewer are time text), the
+    bound is their largest number and the source compares numbers (text that is no number
+    is read every run, kept only when changed); a typo is named as for an INTEGER cursor,
+    and ``cursor_unit`` bounds it. The oracle is the source read with the standard
+    library."""
     now = int(time.time())
 
     def write(unit: str | None = None) -> None:
-        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "")
-        job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
-
-    def source() -> list[tuple]:
-        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
-
-    def synced() -> list[tuple]:
-        job.pull()
-        return job.replica_rows()
+        job.write(table_extra=f'cursor_unit = "{unit}"' if unit else "", contract="Texts")
 
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
@@ -1023,14 +1023,15 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     assert job.sync()["tables"]["items"]["upserts"] == 1  # '10' < '9' as text: was missed
     job.sql("INSERT INTO items VALUES (4, 'd', '0011'), (5, 'e', '7')")  # 11 > 10; 7 is late
     assert job.sync()["tables"]["items"]["upserts"] == 1
-    assert synced() == [r for r in source() if r[0] != 5]  # a late row, as for INTEGER
+    # a late row, as for INTEGER
+    assert job.synced_rows() == [r for r in job.source_rows() if r[0] != 5]
     job.sql("UPDATE items SET name = 'word', updated_at = 'soon' WHERE id = 2")
     assert job.sync()["tables"]["items"]["upserts"] == 1  # text that is no number: read
     job.sql("UPDATE items SET name = 'back', updated_at = '12' WHERE id = 2")
     assert job.sync()["tables"]["items"]["upserts"] == 1
     job.sql("UPDATE items SET name = 'next', updated_at = '13' WHERE id = 3")
     assert job.sync()["tables"]["items"]["upserts"] == 1
-    assert synced() == [r for r in source() if r[0] != 5]
+    assert job.synced_rows() == [r for r in job.source_rows() if r[0] != 5]
     # text DuckDB would cast to a large number, but no digits (or more than 18): not the
     # bound, read every run (a fresh-user trial: each hid every later, smaller change)
     for i, odd in enumerate([" 999", "+50", "1e3", "1000000000000000000"]):
@@ -1043,7 +1044,7 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     assert job.sync()["tables"]["items"]["upserts"] == 5
     job.sql("UPDATE items SET name = 'twenty', updated_at = '20' WHERE id = 1")
     assert job.sync()["tables"]["items"]["upserts"] == 1  # as text, '20' < 'pear': missed
-    assert synced() == [r for r in source() if r[0] != 5]
+    assert job.synced_rows() == [r for r in job.source_rows() if r[0] != 5]
 
     # Unix times as text, one a typo far ahead: named, then bounded by cursor_unit
     job.sql(*(
@@ -1062,33 +1063,25 @@ def test_a_text_cursor_of_numbers_is_compared_as_numbers(job):
     assert found["tables"]["items"]["upserts"] == 1, found  # 'a2', below the typo
     job.sql(f"UPDATE items SET name = 'fixed', updated_at = '{now - 1500}' WHERE id = 2")
     assert job.sync()["tables"]["items"]["upserts"] == 1  # below the bound: read by key
-    assert synced() == source()
+    assert job.synced_rows() == job.source_rows()
 
 
 def test_a_text_cursor_of_times_is_compared_as_instants(job):
     """A TEXT cursor holding time text (SQLite applications often declare ``updated_at
     TEXT``) was compared as text: ``2025-03-01T09:00:00Z`` sorts after ``2025-03-01
     13:00:00`` (``T`` after a space), so a row changed to the later time was never read,
-    exit 0; a typo year 2240 was the bound and hid every later change, no word. When most
-    staged values are time text, the window compares instants (julianday), the bound is the
+    exit 0; a typo year 2240 was the bound and hid every later change, no word. When some
+    staged values are time text (more than are digits), the window compares instants (julianday), the bound is the
     newest not after now, the typo is warned about and read again; other text is read every
     run; the replica keeps the text as written. The oracle is the source read with the
     standard library."""
-
-    def source() -> list[tuple]:
-        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
-
-    def synced() -> list[tuple]:
-        job.pull()
-        return job.replica_rows()
 
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
         "INSERT INTO items VALUES (1, 'a', '2025-03-01 12:00:00'), "
         "(2, 'b', '2025-03-01T09:00:00Z'), (3, 'c', NULL)",
     )
-    job.write()
-    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    job.write(contract="Texts")
     job.sync()
     job.sql("UPDATE items SET name = 'later', updated_at = '2025-03-01 13:00:00' WHERE id = 1")
     assert job.sync()["tables"]["items"]["upserts"] == 1  # before 'T...' as text: missed
@@ -1109,8 +1102,49 @@ def test_a_text_cursor_of_times_is_compared_as_instants(job):
     job.sql("UPDATE items SET name = 'word', updated_at = 'soon' WHERE id = 1")
     assert job.sync()["tables"]["items"]["upserts"] == 1  # no time: read every run
     assert job.sync()["tables"]["items"]["batch"] is None  # unchanged: not published again
-    assert synced() == source()
-    assert [r[2] for r in source()] == ["soon", "2025-03-02T08:00:00+01:00", "2025-03-02 07:30:00"]
+    assert job.synced_rows() == job.source_rows()
+    assert [r[2] for r in job.source_rows()] == [
+        "soon", "2025-03-02T08:00:00+01:00", "2025-03-02 07:30:00"
+    ]  # fmt: skip
+
+
+def test_a_text_cursors_kind_is_judged_on_a_sample_and_its_absence_on_every_value():
+    """``window._text_cursor`` judges which kind a TEXT cursor holds on a sample of the
+    staged values; "neither" (compared as text) only on every value, so one time text among
+    30,000 words, which the sample misses, still makes it a time cursor. A table no larger
+    than the sample is judged once."""
+    import importlib
+    from types import SimpleNamespace
+
+    import duckdb
+
+    # the module (the package's name ``window`` is its function)
+    window = importlib.import_module("sources.sql_database.window")
+
+    job, t = SimpleNamespace(name="j"), SimpleNamespace(name="t", cursor="c")
+    con = duckdb.connect()
+    con.execute("CREATE TABLE s (c VARCHAR)")
+    con.execute("INSERT INTO s SELECT 'word' || i FROM range(30000) r(i)")
+    assert window._text_cursor(con, "c", "s", job, t, None) is None
+    sampled = {c for (c,) in con.execute(f"SELECT c FROM s {window._SAMPLE}").fetchall()}
+    missed = next(f"word{i}" for i in range(30000) if f"word{i}" not in sampled)
+    con.execute("UPDATE s SET c = '2025-03-01 12:00:00' WHERE c = $w", {"w": missed})
+    sampled = con.execute(f"SELECT count(*) FILTER (WHERE c LIKE '2025%') FROM s {window._SAMPLE}")
+    assert sampled.fetchone() == (0,)  # the sample misses it: found by the scan of all
+    assert window._text_cursor(con, "c", "s", job, t, None) == "time"
+    con.execute("INSERT INTO s SELECT i::VARCHAR FROM range(30000) r(i)")
+    assert window._text_cursor(con, "c", "s", job, t, None) == "number"  # sampled: most
+    small = duckdb.connect()
+    small.execute("CREATE TABLE s AS SELECT 'word' || i AS c FROM range(100) r(i)")
+    queries: list[str] = []
+
+    class Counted:  # the connection, counting the queries
+        def execute(self, sql: str, *args: object) -> object:
+            queries.append(sql)
+            return small.execute(sql, *args)
+
+    assert window._text_cursor(Counted(), "c", "s", job, t, None) is None
+    assert len(queries) == 1  # the sample was every row: not judged twice
 
 
 def test_a_text_cursor_of_words_reads_the_times_and_numbers_that_come(job):
@@ -1120,15 +1154,11 @@ def test_a_text_cursor_of_words_reads_the_times_and_numbers_that_come(job):
     it missed, exit 0 (a fresh-user trial). Text SQLite reads as a time or a number is
     read too, whatever the bound; once staged, the cursor is judged by it."""
 
-    def source() -> list[tuple]:
-        return job.con.execute("SELECT id, name, updated_at FROM items ORDER BY id").fetchall()
-
     job.sql(
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
         "INSERT INTO items VALUES (1, 'a', 'alpha'), (2, 'b', 'pending')",
     )
-    job.write()
-    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    job.write(contract="Texts")
     job.sync()
     job.sql("INSERT INTO items VALUES (3, 'c', '2025-01-01 00:00:00'), (4, 'd', '42')")
     assert job.sync()["tables"]["items"]["upserts"] == 2  # both below 'pending' as text
@@ -1139,7 +1169,7 @@ def test_a_text_cursor_of_words_reads_the_times_and_numbers_that_come(job):
     job.sql("UPDATE items SET name = 'last', updated_at = '2025-03-01 00:00:00' WHERE id = 2")
     assert job.sync()["tables"]["items"]["upserts"] == 1
     job.pull()
-    assert job.replica_rows() == source()
+    assert job.replica_rows() == job.source_rows()
 
 
 def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
@@ -1153,8 +1183,7 @@ def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
         "INSERT INTO items VALUES (1, 'a', '2024-01-01 00:00:00'), (2, 'b', '1700000000'), "
         "(3, 'c', '2024-01-02 00:00:00')",
     )
-    job.write(table_extra='cursor_unit = "s"')
-    job.config.write_text(job.config.read_text().replace(':Items"', ':Texts"'))
+    job.write(table_extra='cursor_unit = "s"', contract="Texts")
     with pytest.raises(ConfigError) as err:  # read whole (nothing staged), then judged
         job.sync()
     assert (
@@ -1164,8 +1193,7 @@ def test_cursor_unit_on_a_text_cursor_of_words_is_refused(job):
     assert job.batches() == 0
     job.sql("UPDATE items SET updated_at = '1700000300' WHERE id = 3")  # numbers win a tie
     job.sync()
-    job.pull()
-    assert job.replica_rows() == job.con.execute("SELECT * FROM items ORDER BY id").fetchall()
+    assert job.synced_rows() == job.source_rows()
 
 
 @pytest.mark.parametrize("declared, unit", [("TIMESTAMP", "ms")])

@@ -41,6 +41,12 @@ _URL_FORM = (
 )
 
 
+def backend_name(job: JobConfig) -> str:
+    """The source's database kind, from its URL as ``engine_for`` reads it (``sqlite``,
+    ``postgresql``, ...); the URL is checked by ``engine_for`` before any read."""
+    return str(sa.make_url(job.source_url()).get_backend_name())
+
+
 def engine_for(job: JobConfig) -> sa.Engine:
     """A SQLAlchemy engine for the job's source. ``postgresql://`` uses psycopg (3), which
     deltaferry installs, unless psycopg2 is there; connecting gives up after

@@ -46,6 +46,7 @@ from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources import unix_time
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
+from sources.sql_database.connection import backend_name
 from sources.sql_database.settings import source_table
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 from sources.wall_time import ZoneShifts, assume_zone, wall_to_utc
@@ -363,12 +364,8 @@ _DIGITS = "[0-9]{1,18}"
 _MAX_DIGITS = 18
 # the staged values a TEXT cursor's kind is judged on (every value when there are fewer;
 # the same rows for the same table): judging all of 5M time texts took 1.9 s a run
-_SAMPLE = "USING SAMPLE reservoir(20000 ROWS) REPEATABLE (7)"
-
-
-def job_dialect(job: JobConfig) -> str:
-    """The SQL source's database kind from its URL (``sqlite``, ``postgresql``, ...)."""
-    return str(sa.engine.make_url(job.source_url()).get_backend_name())
+_SAMPLE_ROWS = 20_000
+_SAMPLE = f"USING SAMPLE reservoir({_SAMPLE_ROWS} ROWS) REPEATABLE (7)"
 
 
 def _text_cursor(
@@ -386,15 +383,17 @@ def _text_cursor(
     published stays the text as written. ConfigError when the table sets ``cursor_unit``
     to a unit of time and the cursor holds no numbers (naming a value)."""
     judged = (
-        f"SELECT count({col}), count(*) FILTER (WHERE regexp_full_match({col}, '{_DIGITS}')), "
+        f"SELECT count(*), count({col}), "
+        f"count(*) FILTER (WHERE regexp_full_match({col}, '{_DIGITS}')), "
         f"count(TRY_CAST({col} AS TIMESTAMPTZ)), "
         f"min({col}) FILTER (WHERE NOT regexp_full_match({col}, '{_DIGITS}')) FROM {table}"
     )
     # which kind there is more of, from a sample (either way the other text is read every
-    # run, so a sample's answer is safe); that there is neither, from every value
-    values, digits, times, other = fetch_row(con, f"{judged} {_SAMPLE}")
-    if not digits and not times:
-        values, digits, times, other = fetch_row(con, judged)
+    # run, so a sample's answer is safe); that there is neither, from every value (again
+    # only when the sample was not every row already)
+    rows, values, digits, times, other = fetch_row(con, f"{judged} {_SAMPLE}")
+    if not digits and not times and rows >= _SAMPLE_ROWS:
+        rows, values, digits, times, other = fetch_row(con, judged)
     kind = "number" if digits and digits >= times else "time" if times else None
     if unit in unix_time.UNITS and kind != "number" and values:
         from deltaferry.errors import ConfigError
@@ -481,7 +480,7 @@ def window_start(
         late = clock + FUTURE_CURSOR_WARNING
         unit = t.options.get("cursor_unit")
         numeric = kind.upper().startswith(_NUMBER_TYPES)
-        if kind.upper() == "VARCHAR" and job_dialect(job) == "sqlite":
+        if kind.upper() == "VARCHAR" and backend_name(job) == "sqlite":
             held = _text_cursor(con, col, table, job, t, unit if judge_unit else None)
             if held == "number":  # only digits count: DuckDB's cast reads ' 9', '+9', '1e3'
                 digits = f"regexp_full_match({col}, '{_DIGITS}')"
@@ -707,7 +706,7 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
-    sqlite = bound is not None and job_dialect(job) == "sqlite"
+    sqlite = bound is not None and backend_name(job) == "sqlite"
 
     def adapt(query: Any, table: sa.Table, _incremental: Any = None, engine: Any = None) -> Any:
         # dlt calls this with (query, table, incremental, engine)
