@@ -406,6 +406,7 @@ def test_bad_timezone_and_null_cursor_settings_are_one_line_config_errors(
             table_extra=table_extra,
             module="m",
             pk='["id"]',
+            contract="Items",
         )
     )
     with pytest.raises(ConfigError) as err:
