@@ -1285,3 +1285,114 @@ def test_a_postgres_cursor_in_the_future_hides_no_later_change(pg_job, kind):
     with duckdb.connect(str(pg_job.replica), read_only=True) as r:
         got = r.execute("SELECT id, name FROM items ORDER BY id").fetchall()
     assert got == [tuple(w) for w in want] and got[1] == (2, "fixed")
+
+
+def test_a_text_cursor_is_compared_in_code_point_order_whatever_its_collation(job):
+    """The bound is staging's ``max`` (DuckDB orders text by code point). A SQLite column
+    declared ``COLLATE NOCASE`` compared the bound in its own order, where 'kb03' sorts
+    before 'KZ02': the row was never read and the replica differed, exit 0 (a trial). Every
+    value after the bound in code point order is read, whatever the column's collation."""
+    job.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT COLLATE NOCASE)",
+        "CREATE INDEX items_updated_at ON items (updated_at)",
+        "INSERT INTO items VALUES (1, 'a', 'KX01'), (2, 'b', 'KZ02')",
+    )
+    job.write(contract="Texts")
+    job.sync()
+    # after 'KZ02' by code point: lower case, then beyond ASCII (NOCASE folds ASCII only)
+    job.sql("INSERT INTO items VALUES (3, 'c', 'kb03'), (4, 'd', 'Ärger')")
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    job.sql("UPDATE items SET name = 'again', updated_at = 'éa05' WHERE id = 1")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.synced_rows() == job.source_rows()
+
+
+PG_TEXT_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "ids"
+primary_key = ["id"]
+cursor = "{cursor}"
+contract = "{module}:Ids"
+"""
+
+PG_TEXT_CONTRACT = '''
+import pandera.pandas as pa
+from pandera.typing import Series
+class Ids(pa.DataFrameModel):
+    id: Series[int]
+    ksuid: Series[str]
+    stage: Series[str]
+    class Config:
+        coerce = True
+'''
+
+
+@pytest.mark.parametrize("cursor", ["ksuid", "stage"])
+def test_a_postgres_text_cursor_is_compared_in_code_point_order(pg_job, tmp_path, cursor):
+    """PostgreSQL compares text in the column's collation: under ICU (and most libc
+    locales) a mixed-case id such as a KSUID, 'aab3', sorts before 'Zzz2', which DuckDB's
+    ``max`` (code point order) gave as the bound, and an enum compares in its declared order.
+    Either way the newer row was never read. The window compares such a column as text
+    ``COLLATE "C"``; the oracle is the source itself, read with psycopg."""
+    module = f"pgtext_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pg_job.write(PG_TEXT_JOB, module=module, cursor=cursor)
+        pg_job.sql(
+            "CREATE TYPE stage AS ENUM ('zulu', 'beta', 'alpha')",
+            'CREATE TABLE ids (id int PRIMARY KEY, ksuid text COLLATE "und-x-icu" NOT NULL, '
+            "stage stage NOT NULL)",
+            f"CREATE INDEX ids_cursor ON ids ({cursor})",
+            "INSERT INTO ids VALUES (1, 'Aaa1', 'alpha'), (2, 'Zzz2', 'beta')",
+        )
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
+        # after the bound ('Zzz2', 'beta') in code point order, before it in the column's
+        pg_job.sql("INSERT INTO ids VALUES (3, 'aab3', 'zulu')")
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
+        assert pg_job.sync()["tables"]["ids"]["batch"] is None  # nothing new: nothing read twice
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            got = r.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
+        with pg_job.server.connect(pg_job.database) as conn:
+            source = conn.execute("SELECT id, ksuid, stage::text FROM ids ORDER BY id").fetchall()
+        assert got == [tuple(r) for r in source]
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_postgres_text_cursor_in_code_point_order_keeps_its_index(pg_job):
+    """A column whose collation already orders by code point ("C", or the database's
+    default when that is "C", as here) is compared as it is, so its plain index still
+    serves the window; only a column in another order is given ``COLLATE "C"``."""
+    import sqlalchemy as sa
+
+    from sources.sql_database.window import in_code_point_order
+
+    pg_job.sql(
+        'CREATE TABLE t (id int PRIMARY KEY, plain text, c text COLLATE "C", '
+        'icu text COLLATE "und-x-icu", v varchar(20))'
+    )
+    engine = sa.create_engine(pg_job.server.url(pg_job.database))
+    try:
+        table = sa.Table("t", sa.MetaData(), autoload_with=engine)
+        with engine.connect() as con:
+            collate = con.execute(
+                sa.text("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+            ).scalar()
+        assert collate in ("C", "POSIX", "C.UTF-8", "C.utf8"), collate  # what the test server has
+
+        def kept(name: str) -> bool:
+            return in_code_point_order(table.c[name], table, engine) is table.c[name]
+
+        assert kept("plain") and kept("c") and kept("v")
+        assert not kept("icu")
+        expr = in_code_point_order(table.c["icu"], table, engine) >= "x"
+        assert '(t.icu COLLATE "C") >=' in str(expr.compile(dialect=engine.dialect))
+    finally:
+        engine.dispose()

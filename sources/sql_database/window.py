@@ -702,6 +702,67 @@ def julianday_indexed(engine: sa.Engine, table: str, column: str) -> bool:
     return False
 
 
+# libc locales that order text by code point, as DuckDB's ``max`` does
+_CODE_POINT_LOCALES = {"c", "posix", "c.utf8", "c.utf-8"}
+
+
+def in_code_point_order(col: Any, table: sa.Table, engine: Any) -> Any:
+    """``col`` as the source compares it in code point order (UTF-8 byte order), the order
+    of the bound: staging's ``max`` (DuckDB compares text bytewise). A column's own
+    collation may order text otherwise: SQLite's ``NOCASE`` puts ``'kb03'`` before
+    ``'KZ02'``, PostgreSQL's ICU and most libc locales ``'a'`` before ``'B'`` (mixed-case
+    ids such as KSUIDs), an enum its declared order. Then a value after the bound in
+    staging's order sorted before it at the source, was never read, and the replica
+    differed from the source, exit 0 (a trial with ``COLLATE NOCASE``). SQLite: ``COLLATE
+    BINARY`` (an index of a column without a collation still serves it); PostgreSQL: the
+    column unchanged when its collation (or the database's) already orders by code point,
+    else ``COLLATE "C"`` (an index serves it only when made ``(col COLLATE "C")``; a non-text
+    column is cast to text first). Other databases: unchanged (their collations are not
+    checked here)."""
+    name = engine.dialect.name if engine is not None else None
+    if name == "sqlite":
+        return sa.collate(col, "BINARY")
+    if name != "postgresql":
+        return col
+    with engine.connect() as con:
+        row = con.execute(
+            sa.text(
+                "SELECT a.attcollation, t.typcategory, co.collname, co.collprovider, "
+                "co.collcollate, d.datcollate "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
+                "CROSS JOIN pg_database d "
+                "WHERE d.datname = current_database() AND a.attrelid = to_regclass(:rel) "
+                "AND a.attname = :col"
+            ),
+            {"rel": engine.dialect.identifier_preparer.format_table(table), "col": col.name},
+        ).fetchone()
+    if row is None:  # not found as named: compare in code point order, to be safe
+        return sa.collate(sa.cast(col, sa.Text), "C")
+    collation, category, collname, provider, collcollate, datcollate = row
+    if category != "S" or not collation:  # an enum, a domain of no text, ...
+        return sa.collate(sa.cast(col, sa.Text), "C")
+    if collname == "default":  # the database's own collation
+        provider, collcollate = _default_provider(engine), datcollate
+    # builtin (PostgreSQL 17: "C", "C.UTF-8") orders by code point; ICU never does
+    if provider == "b" or (provider == "c" and str(collcollate).lower() in _CODE_POINT_LOCALES):
+        return col
+    return sa.collate(col, "C")
+
+
+def _default_provider(engine: sa.Engine) -> str:
+    """The provider of the PostgreSQL database's default collation: ``c`` (libc), ``i``
+    (ICU) or ``b`` (builtin); ``c`` before PostgreSQL 15, which had no other."""
+    with engine.connect() as con:
+        version = con.execute(sa.text("SHOW server_version_num")).scalar()
+        if int(str(version)) < 150000:
+            return "c"
+        provider = con.execute(
+            sa.text("SELECT datlocprovider FROM pg_database WHERE datname = current_database()")
+        ).scalar()
+    return str(provider)
+
+
 def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]) -> Any:
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
@@ -753,12 +814,15 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
             return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
         value = _bind_value(col, bound, job)
+        if isinstance(bound, str) and isinstance(kind, sa.String):
+            # text compared in staging's order, whatever the column's collation
+            col = in_code_point_order(col, table, engine)
         if isinstance(bound, str) and isinstance(kind, sa.String) and sqlite:
             # a TEXT cursor of words (``_text_cursor`` found no numbers, no times staged):
             # text SQLite reads as a time or a number is read too, else the first such
             # value below the bound as text ('2025-...' < 'beta') would never be staged,
             # never judged, and every one after it missed (a fresh-user trial)
-            read = sa.func.julianday(col).is_not(None)
+            read = sa.func.julianday(table.c[t.cursor]).is_not(None)
             return query.where(sa.or_(col >= value, col.is_(None), read))
         return query.where(sa.or_(col >= value, col.is_(None)))
 
