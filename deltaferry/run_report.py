@@ -23,8 +23,7 @@ def _run_facts(ctx: SyncContext) -> tuple[list[tuple], list[tuple]]:
     with ctx.state.connect(read_only=True) as con:
         steps = con.execute(
             "SELECT step, coalesce(tbl, ''), count(*), round(sum(duration_ms)) FROM ops_log "
-            "WHERE run_id = ? AND outcome NOT IN ('info', 'skipped', 'source-retry', 'exceeded') "
-            "GROUP BY ALL ORDER BY min(id)",
+            f"WHERE run_id = ? AND outcome IN ({_STEP_ATTEMPTS}) GROUP BY ALL ORDER BY min(id)",
             [ctx.run_id],
         ).fetchall()
         retries = con.execute(
@@ -47,6 +46,37 @@ def held_in_run(ctx: SyncContext) -> list[dict[str, Any]]:
             [ctx.run_id],
         ).fetchall()
     return [{"table": t, "field": f, "check": c, "reason": r, "rows": n} for t, f, c, r, n in held]
+
+
+# ops_log outcomes of a step's attempt (the "Steps" table); every other entry of a run but
+# its trace line is a decision: the "Retries by cause", "Inputs set aside", "Lag" sections
+# show their own (``source-retry``, ``skipped``, ``exceeded``), "Decisions" the rest
+_STEP_ATTEMPTS = "'ok', 'failed', 'retry', 'exhausted'"
+_SHOWN_ELSEWHERE = "'source-retry', 'skipped', 'exceeded'"
+# a decision's detail in the report (the whole text: ``deltaferry log JOB``)
+_DETAIL_CHARS = 600
+
+
+def _decisions(ctx: SyncContext) -> list[tuple[str, str, str, str]]:
+    """(step, table, outcome, detail) of this run's decisions, in the order they were made
+    (at most 200): rows held back, keys read twice, wall times, future cursors, tables read
+    whole, drift, negotiation, clocks, initial loads, ... (``deltaferry log`` has them all)."""
+    with ctx.state.connect(read_only=True) as con:
+        return con.execute(
+            "SELECT step, coalesce(tbl, ''), outcome, coalesce(detail, '') FROM ops_log "
+            f"WHERE run_id = ? AND outcome NOT IN ({_STEP_ATTEMPTS}, {_SHOWN_ELSEWHERE}) "
+            "AND step <> 'run' ORDER BY id LIMIT 200",
+            [ctx.run_id],
+        ).fetchall()
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped, at most
+    ``_DETAIL_CHARS`` characters."""
+    one = " ".join(str(text).split())
+    if len(one) > _DETAIL_CHARS:
+        one = one[: _DETAIL_CHARS - 1] + "…"
+    return one.replace("|", "\\|")
 
 
 def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
@@ -80,7 +110,9 @@ def run_markdown(
 ) -> str:
     """The run's report: outcome and error, a row per table (rows extracted, batch, rows
     published, upserts, deletes, quarantined, bytes, contract, lag from ``lags``), tables
-    over their lag limit, inputs set aside, recovery, step durations, retries by cause."""
+    over their lag limit, inputs set aside, recovery, the run's decisions (operations-log
+    entries that are no step attempt: rows held back, keys read twice, drift, ...), step
+    attempts and durations, retries by cause."""
     steps, retries = _run_facts(ctx)
     job = ctx.job.name
     lines = [
@@ -124,6 +156,13 @@ def run_markdown(
         lines += [f"| {tbl} | {detail} |" for tbl, detail in skipped]
     if summary.recovered:
         lines += ["", "Recovered from an earlier run: " + "; ".join(summary.recovered)]
+    decisions = _decisions(ctx)
+    lines += ["", "## Decisions", ""]
+    if decisions:
+        lines += ["| step | table | what | why |", "|---|---|---|---|"]
+        lines += [f"| {s} | {t} | {o} | {_cell(d)} |" for s, t, o, d in decisions]
+    else:
+        lines.append("none")
     lines += ["", "## Steps", "", "| step | table | attempts | ms |", "|---|---|---:|---:|"]
     lines += [f"| {s} | {t} | {n} | {ms or 0:.0f} |" for s, t, n, ms in steps]
     lines += ["", "## Retries by cause", ""]

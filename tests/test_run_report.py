@@ -67,6 +67,7 @@ def test_run_publishes_artifacts_and_events(shop_job, shop):
     )  # lag, since the newest change
     assert "contracts.shop:Customers v1" in md
     assert "## Steps" in md and "| extract |" in md
+    assert "## Decisions\n\nnone" in md  # rows the contract held are the quarantine table's
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -162,3 +163,27 @@ def test_a_table_behind_its_max_lag_raises_lag_exceeded(shop_job, shop):
             con.execute("SELECT count(*) FROM ops_log WHERE outcome = 'exceeded'").fetchone()[0]
             == 2
         )
+
+
+def test_the_run_report_shows_the_runs_decisions(shop_job, shop):
+    """An operator at the Prefect UI sees why a run did what it did, not only its steps: a
+    decision of the run (here a cursor value in the future, read again on every run and
+    never the bound) is a row of the report's "Decisions", with its table and reason, and
+    not an attempt of a step."""
+    since = datetime.now(timezone.utc)
+    shop.round(5, 0, churn=0)
+    shop.con.execute(
+        "INSERT INTO customers VALUES (900, 'typo | year', 'c900@example.com', 'DE', "
+        "'2240-01-01 00:00:00', NULL)"
+    )
+    shop.con.commit()
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["upserts"] == 6
+    md = _artifacts(artifact_key("shop", "run"), since)[0].data
+    decisions = md.split("## Decisions", 1)[1].split("## Steps", 1)[0]
+    rows = [r for r in decisions.splitlines() if r.startswith("| extract | customers |")]
+    assert len(rows) == 1, decisions
+    assert "| future-cursor |" in rows[0] and "2240-01-01" in rows[0], rows[0]
+    assert rows[0].count(" | ") == 3, rows[0]  # one row of four cells: the detail escaped
+    steps = md.split("## Steps", 1)[1].split("## Retries", 1)[0]
+    assert "| extract |  | 1 |" in steps and "| extract | customers |" not in steps, steps
