@@ -79,6 +79,17 @@ def _cell(text: str) -> str:
     return one.replace("|", "\\|")
 
 
+def _section(title: str, header: list[str], rows: list[tuple], numbers: int = 0) -> list[str]:
+    """A report section: ``## title`` and a markdown table of ``rows`` (each cell one line,
+    ``_cell``; the last ``numbers`` columns right-aligned), or ``none``."""
+    lines = ["", f"## {title}", ""]
+    if not rows:
+        return [*lines, "none"]
+    align = ["---"] * (len(header) - numbers) + ["---:"] * numbers
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    return lines + ["| " + " | ".join(_cell(str(c)) for c in row) + " |" for row in rows]
+
+
 def _ops(ctx: SyncContext, outcome: str) -> list[tuple[str, str]]:
     """(table, detail) of this run's operations-log entries with that outcome."""
     with ctx.state.connect(read_only=True) as con:
@@ -114,6 +125,7 @@ def run_markdown(
     entries that are no step attempt: rows held back, keys read twice, drift, ...), step
     attempts and durations, retries by cause."""
     steps, retries = _run_facts(ctx)
+    steps = [(s, t, n, f"{ms or 0:.0f}") for s, t, n, ms in steps]
     job = ctx.job.name
     lines = [
         f"# deltaferry job `{job}`: {'FAILED' if error else 'ok'}",
@@ -152,25 +164,12 @@ def run_markdown(
         lines += ["", "## Lag over max_lag_seconds", ""]
         lines += [f"- **{tbl}**: {detail}" for tbl, detail in behind]
     if skipped:
-        lines += ["", "## Inputs set aside", "", "| table | reason |", "|---|---|"]
-        lines += [f"| {tbl} | {detail} |" for tbl, detail in skipped]
+        lines += _section("Inputs set aside", ["table", "reason"], skipped)
     if summary.recovered:
         lines += ["", "Recovered from an earlier run: " + "; ".join(summary.recovered)]
-    decisions = _decisions(ctx)
-    lines += ["", "## Decisions", ""]
-    if decisions:
-        lines += ["| step | table | what | why |", "|---|---|---|---|"]
-        lines += [f"| {s} | {t} | {o} | {_cell(d)} |" for s, t, o, d in decisions]
-    else:
-        lines.append("none")
-    lines += ["", "## Steps", "", "| step | table | attempts | ms |", "|---|---|---:|---:|"]
-    lines += [f"| {s} | {t} | {n} | {ms or 0:.0f} |" for s, t, n, ms in steps]
-    lines += ["", "## Retries by cause", ""]
-    if retries:
-        lines += ["| step | outcome | cause | count |", "|---|---|---|---:|"]
-        lines += [f"| {s} | {o} | {c} | {n} |" for s, o, c, n in retries]
-    else:
-        lines.append("none")
+    lines += _section("Decisions", ["step", "table", "what", "why"], _decisions(ctx))
+    lines += _section("Steps", ["step", "table", "attempts", "ms"], steps, numbers=2)
+    lines += _section("Retries by cause", ["step", "outcome", "cause", "count"], retries, numbers=1)
     return "\n".join(lines)
 
 
