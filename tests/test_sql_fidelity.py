@@ -1327,56 +1327,105 @@ class Ids(pa.DataFrameModel):
     id: Series[int]
     ksuid: Series[str]
     stage: Series[str]
+    ci: Series[str]
+    dom: Series[str]
     class Config:
         coerce = True
 '''
 
 
-@pytest.mark.parametrize("cursor", ["ksuid", "stage"])
+@pytest.mark.parametrize("cursor", ["ksuid", "stage", "ci", "dom"])
 def test_a_postgres_text_cursor_is_compared_in_code_point_order(pg_job, tmp_path, cursor):
-    """PostgreSQL compares text in the column's collation: under ICU (and most libc
-    locales) a mixed-case id such as a KSUID, 'aab3', sorts before 'Zzz2', which DuckDB's
-    ``max`` (code point order) gave as the bound, and an enum compares in its declared order.
-    Either way the newer row was never read. The window compares such a column as text
-    ``COLLATE "C"``; the oracle is the source itself, read with psycopg."""
+    """PostgreSQL compares text in the column's order: under ICU (and most libc locales) a
+    mixed-case id such as a KSUID, 'aab3', sorts before 'Zzz2', which DuckDB's ``max`` (code
+    point order) gave as the bound; an enum compares in its declared order, ``citext``
+    without case, a domain in its own collation. Each time the newer row was never read
+    (the domain and citext in a fresh-user trial). The oracle is the source itself, read
+    with psycopg."""
     module = f"pgtext_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
     sys.path.insert(0, str(tmp_path))
     try:
         pg_job.write(PG_TEXT_JOB, module=module, cursor=cursor)
         pg_job.sql(
+            "CREATE EXTENSION IF NOT EXISTS citext",
             "CREATE TYPE stage AS ENUM ('zulu', 'beta', 'alpha')",
+            'CREATE DOMAIN icu_text AS text COLLATE "und-x-icu"',
             'CREATE TABLE ids (id int PRIMARY KEY, ksuid text COLLATE "und-x-icu" NOT NULL, '
-            "stage stage NOT NULL)",
+            "stage stage NOT NULL, ci citext NOT NULL, dom icu_text NOT NULL)",
             f"CREATE INDEX ids_cursor ON ids ({cursor})",
-            "INSERT INTO ids VALUES (1, 'Aaa1', 'alpha'), (2, 'Zzz2', 'beta')",
+            "INSERT INTO ids VALUES (1, 'Aaa1', 'alpha', 'Ab01', 'Aaa1'),"
+            " (2, 'Zzz2', 'beta', 'KZ02', 'Zzz2')",
         )
         assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
-        # after the bound ('Zzz2', 'beta') in code point order, before it in the column's
-        pg_job.sql("INSERT INTO ids VALUES (3, 'aab3', 'zulu')")
+        # after each column's bound in code point order, before it in the column's own
+        pg_job.sql("INSERT INTO ids VALUES (3, 'aab3', 'zulu', 'kb03', 'aab3')")
         assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
         assert pg_job.sync()["tables"]["ids"]["batch"] is None  # nothing new: nothing read twice
         pg_job.pull()
+        cols = "id, ksuid, stage, ci, dom"
         with duckdb.connect(str(pg_job.replica), read_only=True) as r:
-            got = r.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
+            got = r.execute(f"SELECT {cols} FROM ids ORDER BY id").fetchall()
         with pg_job.server.connect(pg_job.database) as conn:
-            source = conn.execute("SELECT id, ksuid, stage::text FROM ids ORDER BY id").fetchall()
+            source = conn.execute(
+                "SELECT id, ksuid, stage::text, ci::text, dom::text FROM ids ORDER BY id"
+            ).fetchall()
         assert got == [tuple(r) for r in source]
     finally:
         sys.path.remove(str(tmp_path))
 
 
+def test_a_postgres_text_cursor_in_another_encoding_is_compared_as_utf8(pg_job, tmp_path):
+    """In a WIN1252 database "C" compares WIN1252 bytes: '€' (0x80) sorts before 'é' (0xE9),
+    though after it in code point order, and 'a€' after the bound 'aé' was never read (a
+    fresh-user trial). Such a database's text is compared as its UTF-8 bytes."""
+    module = f"pgenc_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    database = f"win_{tmp_path.name.replace('-', '_')[-20:]}".lower()
+    with pg_job.server.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {database} ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
+    pg_job.database = database
+    try:
+        pg_job.write(PG_TEXT_JOB, module=module, cursor="ksuid")
+        pg_job.sql(
+            "CREATE TABLE ids (id int PRIMARY KEY, ksuid text NOT NULL, stage text NOT NULL, "
+            "ci text NOT NULL, dom text NOT NULL)",
+            "INSERT INTO ids VALUES (1, 'aa', 's', 'c', 'd'), (2, 'aé', 's', 'c', 'd')",
+        )
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
+        pg_job.sql("INSERT INTO ids VALUES (3, 'a€', 's', 'c', 'd'), (4, 'aŒ', 's', 'c', 'd')")
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
+        assert pg_job.sync()["tables"]["ids"]["batch"] is None
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            got = r.execute("SELECT id, ksuid FROM ids ORDER BY id").fetchall()
+        with pg_job.server.connect(database) as conn:
+            source = conn.execute("SELECT id, ksuid FROM ids ORDER BY id").fetchall()
+        assert got == [tuple(r) for r in source] and len(got) == 4
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
 def test_a_postgres_text_cursor_in_code_point_order_keeps_its_index(pg_job):
-    """A column whose collation already orders by code point ("C", or the database's
+    """A text column whose collation already orders by code point ("C", or the database's
     default when that is "C", as here) is compared as it is, so its plain index still
-    serves the window; only a column in another order is given ``COLLATE "C"``."""
+    serves the window; a column in another order is given ``COLLATE "C"``, a type that is
+    no plain text is cast to text first, and a column of no text type is left alone."""
     import sqlalchemy as sa
 
-    from sources.sql_database.window import in_code_point_order
+    from sources.sql_database.window import _pg_text_order, at_or_after
 
     pg_job.sql(
+        "CREATE EXTENSION IF NOT EXISTS citext",
+        "CREATE TYPE mood AS ENUM ('b', 'a')",
+        "CREATE DOMAIN plain_text AS varchar(10)",
         'CREATE TABLE t (id int PRIMARY KEY, plain text, c text COLLATE "C", '
-        'icu text COLLATE "und-x-icu", v varchar(20))'
+        'icu text COLLATE "und-x-icu", v varchar(20), ch char(4), ci citext, m mood, '
+        "d plain_text, u uuid)",
     )
     engine = sa.create_engine(pg_job.server.url(pg_job.database))
     try:
@@ -1385,14 +1434,43 @@ def test_a_postgres_text_cursor_in_code_point_order_keeps_its_index(pg_job):
             collate = con.execute(
                 sa.text("SELECT datcollate FROM pg_database WHERE datname = current_database()")
             ).scalar()
-        assert collate in ("C", "POSIX", "C.UTF-8", "C.utf8"), collate  # what the test server has
-
-        def kept(name: str) -> bool:
-            return in_code_point_order(table.c[name], table, engine) is table.c[name]
-
-        assert kept("plain") and kept("c") and kept("v")
-        assert not kept("icu")
-        expr = in_code_point_order(table.c["icu"], table, engine) >= "x"
+        assert collate in ("C", "POSIX", "C.UTF-8", "C.utf8"), collate  # the test server's
+        order = {c: _pg_text_order(table.c[c], table, engine) for c in table.c.keys()[1:]}
+        assert order == {
+            "plain": "as is",
+            "c": "as is",
+            "icu": "C",
+            "v": "as is",
+            "ch": "as is",
+            "ci": "C cast",
+            "m": "C cast",
+            "d": "as is",
+            "u": "as is",
+        }
+        expr = at_or_after(table.c["icu"], "x", table, engine)
         assert '(t.icu COLLATE "C") >=' in str(expr.compile(dialect=engine.dialect))
+        expr = at_or_after(table.c["ci"], "x", table, engine)
+        assert 'CAST(t.ci AS TEXT) COLLATE "C"' in str(expr.compile(dialect=engine.dialect))
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_text_cursor_in_utf16_is_compared_in_code_point_order(job):
+    """A SQLite database in UTF-16 compares text as UTF-16 bytes (BINARY): in UTF-16LE 'Ā'
+    (00 01) sorts before 'b' (62 00), and a surrogate pair (an emoji) before 'ｚ' in
+    UTF-16BE; the newer row was never read (a fresh-user trial). Such a database is
+    compared with deltaferry's own collation, Python's order of str."""
+    job.sql(
+        "PRAGMA encoding = 'UTF-16le'",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT)",
+        "INSERT INTO items VALUES (1, 'a', 'a1'), (2, 'b', 'b1')",
+    )
+    assert job.con.execute("PRAGMA encoding").fetchone()[0] == "UTF-16le"
+    job.write(contract="Texts")
+    job.sync()
+    job.sql("INSERT INTO items VALUES (3, 'c', 'Ā1'), (4, 'd', 'ｚ1')")
+    assert job.sync()["tables"]["items"]["upserts"] == 2
+    job.sql("INSERT INTO items VALUES (5, 'e', '😀1')")
+    assert job.sync()["tables"]["items"]["upserts"] == 1
+    assert job.sync()["tables"]["items"]["batch"] is None
+    assert job.synced_rows() == job.source_rows()

@@ -99,12 +99,30 @@ def engine_for(job: JobConfig) -> sa.Engine:
         connect_args["connect_timeout"] = timeout
     try:
         # no pooling: a source connection is open only while it is read (see StallWatchdog)
-        return sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
         raise ConfigError(
             f"job '{job.name}': source url is not usable: {type(e).__name__} for dialect "
             f"'{url.drivername}' (is the database driver installed?)"
         ) from None
+    if url.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _code_point_collation)
+    return engine
+
+
+# the SQLite collation every connection of ``engine_for`` has: text in code point order
+SQLITE_CODE_POINT = "deltaferry_code_point"
+
+
+def _code_point_collation(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection knows ``deltaferry_code_point``: text in code point order
+    (Python's order of str), which a text cursor's window compares with in a database
+    whose text is UTF-16 (``window.at_or_after``)."""
+    dbapi_connection.create_collation(SQLITE_CODE_POINT, _by_code_point)
+
+
+def _by_code_point(a: str, b: str) -> int:
+    return (a > b) - (a < b)
 
 
 def _has_module(name: str) -> bool:

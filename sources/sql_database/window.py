@@ -46,7 +46,7 @@ from deltaferry.errors import TableReadError, TerminalError
 from deltaferry.quarantine import UNKEYED
 from sources import unix_time
 from sources.columns import DELETED_COLUMN, STAGING_DATASET
-from sources.sql_database.connection import backend_name
+from sources.sql_database.connection import SQLITE_CODE_POINT, backend_name
 from sources.sql_database.settings import source_table
 from sources.staging import read_staging, staged_columns, staged_table_exists, staging_path
 from sources.wall_time import ZoneShifts, assume_zone, wall_to_utc
@@ -704,63 +704,111 @@ def julianday_indexed(engine: sa.Engine, table: str, column: str) -> bool:
 
 # libc locales that order text by code point, as DuckDB's ``max`` does
 _CODE_POINT_LOCALES = {"c", "posix", "c.utf8", "c.utf-8"}
+# PostgreSQL server encodings whose bytes, compared as "C" does, are in code point order
+# (LATIN1's byte is its code point; SQL_ASCII holds what clients sent, UTF-8 in practice)
+_CODE_POINT_ENCODINGS = {"UTF8", "SQL_ASCII", "LATIN1"}
+# PostgreSQL base types compared as text as they are (citext ignores case in any collation)
+_PLAIN_TEXT_TYPES = {"text", "varchar", "bpchar", "name"}
+
+# the question to PostgreSQL: the column's type (a domain's base type), its collation and
+# the database's, and the server's encoding
+_PG_TEXT_ORDER = """
+WITH RECURSIVE base AS (
+    SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typcategory FROM pg_type t
+    WHERE t.oid = (SELECT atttypid FROM pg_attribute
+                   WHERE attrelid = to_regclass(:rel) AND attname = :col)
+    UNION ALL
+    SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typcategory
+    FROM pg_type t JOIN base b ON t.oid = b.typbasetype WHERE b.typtype = 'd'
+)
+SELECT b.typname, b.typtype, b.typcategory, co.collname, co.collprovider, co.collcollate,
+       d.datcollate, pg_encoding_to_char(d.encoding), a.attcollation
+FROM base b
+CROSS JOIN pg_attribute a
+LEFT JOIN pg_collation co ON co.oid = a.attcollation
+CROSS JOIN pg_database d
+WHERE b.typtype <> 'd' AND a.attrelid = to_regclass(:rel) AND a.attname = :col
+  AND d.datname = current_database()
+"""
 
 
-def in_code_point_order(col: Any, table: sa.Table, engine: Any) -> Any:
-    """``col`` as the source compares it in code point order (UTF-8 byte order), the order
-    of the bound: staging's ``max`` (DuckDB compares text bytewise). A column's own
-    collation may order text otherwise: SQLite's ``NOCASE`` puts ``'kb03'`` before
-    ``'KZ02'``, PostgreSQL's ICU and most libc locales ``'a'`` before ``'B'`` (mixed-case
-    ids such as KSUIDs), an enum its declared order. Then a value after the bound in
-    staging's order sorted before it at the source, was never read, and the replica
-    differed from the source, exit 0 (a trial with ``COLLATE NOCASE``). SQLite: ``COLLATE
-    BINARY`` (an index of a column without a collation still serves it); PostgreSQL: the
-    column unchanged when its collation (or the database's) already orders by code point,
-    else ``COLLATE "C"`` (an index serves it only when made ``(col COLLATE "C")``; a non-text
-    column is cast to text first). Other databases: unchanged (their collations are not
-    checked here)."""
+def at_or_after(col: Any, value: Any, table: sa.Table, engine: Any) -> Any:
+    """``col >= value`` for a text ``value`` (the bound), compared in code point order (UTF-8
+    byte order), the order of the bound: staging's ``max`` (DuckDB compares text bytewise).
+    The source's own order may differ: SQLite's ``NOCASE`` puts ``'kb03'`` before
+    ``'KZ02'``, a SQLite database in UTF-16 compares UTF-16 bytes, PostgreSQL's ICU and
+    most libc locales put ``'a'`` before ``'B'`` (mixed-case ids such as KSUIDs), ``citext``
+    ignores case, an enum has its declared order, and ``"C"`` in a WIN1252 or EUC_JP
+    database compares those bytes. Then a value after the bound in staging's order sorted
+    before it at the source, was never read, and the replica differed from the source,
+    exit 0 (fresh-user trials).
+
+    SQLite: ``COLLATE BINARY`` in a UTF-8 database (an index of a column without a
+    collation still serves it), else ``COLLATE deltaferry_code_point`` (Python's order,
+    registered by ``engine_for``; no index serves it). PostgreSQL (``_pg_text_order``): the
+    column as it is when its type is plain text, its collation (or the database's) orders by
+    code point and the encoding's bytes do too (so its plain index still serves it); else
+    ``COLLATE "C"`` (an index serves it when made ``(col COLLATE "C")``), a type that is no
+    plain text (enum, citext, a domain's base) cast to text first; in a database of another
+    encoding, both sides as UTF-8 bytes (``convert_to``; no index). A column of no text type
+    (uuid, ...): as it is. Other databases: as they are (not checked here)."""
     name = engine.dialect.name if engine is not None else None
     if name == "sqlite":
-        return sa.collate(col, "BINARY")
+        return sa.collate(col, _sqlite_collation(engine)) >= value
     if name != "postgresql":
-        return col
+        return col >= value
+    order = _pg_text_order(col, table, engine)
+    if order == "as is":
+        return col >= value
+    if order == "utf8 cast":  # bytea compares bytes: UTF-8's are in code point order
+        utf8 = sa.func.convert_to(sa.cast(col, sa.Text), "UTF8")
+        return utf8 >= sa.literal(str(value).encode(), sa.LargeBinary)
+    text = sa.cast(col, sa.Text) if order == "C cast" else col
+    return sa.collate(text, "C") >= value
+
+
+def _sqlite_collation(engine: sa.Engine) -> str:
+    with engine.connect() as con:
+        encoding = con.exec_driver_sql("PRAGMA encoding").scalar()
+    return "BINARY" if str(encoding).upper() == "UTF-8" else SQLITE_CODE_POINT
+
+
+def _pg_text_order(col: Any, table: sa.Table, engine: sa.Engine) -> str:
+    """How PostgreSQL compares ``col`` in code point order: ``as is``, ``C``, ``C cast``
+    (to text first), ``utf8 cast`` (as UTF-8 bytes)."""
     with engine.connect() as con:
         row = con.execute(
-            sa.text(
-                "SELECT a.attcollation, t.typcategory, co.collname, co.collprovider, "
-                "co.collcollate, d.datcollate "
-                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-                "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
-                "CROSS JOIN pg_database d "
-                "WHERE d.datname = current_database() AND a.attrelid = to_regclass(:rel) "
-                "AND a.attname = :col"
-            ),
+            sa.text(_PG_TEXT_ORDER),
             {"rel": engine.dialect.identifier_preparer.format_table(table), "col": col.name},
         ).fetchone()
-    if row is None:  # not found as named: compare in code point order, to be safe
-        return sa.collate(sa.cast(col, sa.Text), "C")
-    collation, category, collname, provider, collcollate, datcollate = row
-    if category != "S" or not collation:  # an enum, a domain of no text, ...
-        return sa.collate(sa.cast(col, sa.Text), "C")
-    if collname == "default":  # the database's own collation
-        provider, collcollate = _default_provider(engine), datcollate
+        if row is None:  # not found as named: the safe way
+            return "utf8 cast"
+        typname, typtype, category, collname, provider, collcollate, datcollate, enc, coll = row
+        if typtype != "e" and category != "S":
+            return "as is"  # no text: uuid, inet, ... compare in their own order
+        if str(enc).upper() not in _CODE_POINT_ENCODINGS:
+            return "utf8 cast"
+        if typname not in _PLAIN_TEXT_TYPES or typtype == "e" or not coll:
+            return "C cast"
+        if collname == "default":  # the database's own collation
+            provider, collcollate = _default_provider(con), datcollate
     # builtin (PostgreSQL 17: "C", "C.UTF-8") orders by code point; ICU never does
     if provider == "b" or (provider == "c" and str(collcollate).lower() in _CODE_POINT_LOCALES):
-        return col
-    return sa.collate(col, "C")
+        return "as is"
+    return "C"
 
 
-def _default_provider(engine: sa.Engine) -> str:
+def _default_provider(con: sa.Connection) -> str:
     """The provider of the PostgreSQL database's default collation: ``c`` (libc), ``i``
     (ICU) or ``b`` (builtin); ``c`` before PostgreSQL 15, which had no other."""
-    with engine.connect() as con:
-        version = con.execute(sa.text("SHOW server_version_num")).scalar()
-        if int(str(version)) < 150000:
-            return "c"
-        provider = con.execute(
+    version = con.execute(sa.text("SHOW server_version_num")).scalar()
+    if int(str(version)) < 150000:
+        return "c"
+    return str(
+        con.execute(
             sa.text("SELECT datlocprovider FROM pg_database WHERE datname = current_database()")
         ).scalar()
-    return str(provider)
+    )
 
 
 def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str]) -> Any:
@@ -814,17 +862,18 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
             return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
         value = _bind_value(col, bound, job)
-        if isinstance(bound, str) and isinstance(kind, sa.String):
-            # text compared in staging's order, whatever the column's collation
-            col = in_code_point_order(col, table, engine)
-        if isinstance(bound, str) and isinstance(kind, sa.String) and sqlite:
+        if not isinstance(bound, str):
+            return query.where(sa.or_(col >= value, col.is_(None)))
+        # text compared in staging's order, whatever the column's collation or encoding
+        since = at_or_after(col, value, table, engine)
+        if isinstance(kind, sa.String) and sqlite:
             # a TEXT cursor of words (``_text_cursor`` found no numbers, no times staged):
             # text SQLite reads as a time or a number is read too, else the first such
             # value below the bound as text ('2025-...' < 'beta') would never be staged,
             # never judged, and every one after it missed (a fresh-user trial)
-            read = sa.func.julianday(table.c[t.cursor]).is_not(None)
-            return query.where(sa.or_(col >= value, col.is_(None), read))
-        return query.where(sa.or_(col >= value, col.is_(None)))
+            read = sa.func.julianday(col).is_not(None)
+            return query.where(sa.or_(since, col.is_(None), read))
+        return query.where(sa.or_(since, col.is_(None)))
 
     return adapt
 
