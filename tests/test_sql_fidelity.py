@@ -1474,3 +1474,39 @@ def test_a_sqlite_text_cursor_in_utf16_is_compared_in_code_point_order(job):
     assert job.sync()["tables"]["items"]["upserts"] == 1
     assert job.sync()["tables"]["items"]["batch"] is None
     assert job.synced_rows() == job.source_rows()
+
+
+def test_a_postgres_text_cursor_of_numbers_is_compared_as_numbers(pg_job, tmp_path):
+    """A PostgreSQL text cursor holding counters ('8', '9') was compared as text: '10'
+    sorts before '9', and every later number with more digits was never read, exit 0 (a
+    fresh-user trial). Digits are compared as numbers, as for SQLite; other text is read
+    every run and kept only when changed."""
+    module = f"pgnum_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pg_job.write(PG_TEXT_JOB, module=module, cursor="ksuid")
+        pg_job.sql(
+            "CREATE TABLE ids (id int PRIMARY KEY, ksuid varchar(20), stage text NOT NULL, "
+            "ci text NOT NULL, dom text NOT NULL)",
+            "CREATE INDEX ids_cursor ON ids (ksuid)",
+            "INSERT INTO ids VALUES (1, '8', 's', 'c', 'd'), (2, '9', 's', 'c', 'd'),"
+            " (3, 'n/a', 's', 'c', 'd')",
+        )
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 3
+        pg_job.sql("INSERT INTO ids VALUES (4, '10', 's', 'c', 'd'), (5, '0100', 's', 'c', 'd')")
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
+        assert pg_job.sync()["tables"]["ids"]["batch"] is None  # 'n/a' read again, unchanged
+        pg_job.sql("UPDATE ids SET stage = 'changed' WHERE id = 3")  # other text: still read
+        pg_job.sql("INSERT INTO ids VALUES (6, '99', 's', 'c', 'd')")  # a number below 100
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1  # 'n/a' changed; 99 is late
+        pg_job.sql("UPDATE ids SET ksuid = '101' WHERE id = 6")
+        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
+        pg_job.pull()
+        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+            got = r.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
+        with pg_job.server.connect(pg_job.database) as conn:
+            source = conn.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
+        assert got == [tuple(r) for r in source]
+    finally:
+        sys.path.remove(str(tmp_path))

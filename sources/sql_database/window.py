@@ -362,6 +362,8 @@ _NUMBER_TYPES = (
 # the same test in DuckDB (staging) and in SQLite (``window``)
 _DIGITS = "[0-9]{1,18}"
 _MAX_DIGITS = 18
+# the sources whose text cursor of numbers is compared as numbers (``window``)
+_TEXT_OF_NUMBERS = ("sqlite", "postgresql")
 # the staged values a TEXT cursor's kind is judged on (every value when there are fewer;
 # the same rows for the same table): judging all of 5M time texts took 1.9 s a run
 _SAMPLE_ROWS = 20_000
@@ -480,12 +482,15 @@ def window_start(
         late = clock + FUTURE_CURSOR_WARNING
         unit = t.options.get("cursor_unit")
         numeric = kind.upper().startswith(_NUMBER_TYPES)
-        if kind.upper() == "VARCHAR" and backend_name(job) == "sqlite":
-            held = _text_cursor(con, col, table, job, t, unit if judge_unit else None)
+        source = backend_name(job) if kind.upper() == "VARCHAR" else None
+        if source in _TEXT_OF_NUMBERS:
+            # (cursor_unit on text: SQLite's alone; preflight refused it on PostgreSQL)
+            judged = unit if judge_unit and source == "sqlite" else None
+            held = _text_cursor(con, col, table, job, t, judged)
             if held == "number":  # only digits count: DuckDB's cast reads ' 9', '+9', '1e3'
                 digits = f"regexp_full_match({col}, '{_DIGITS}')"
                 col, numeric = f"(CASE WHEN {digits} THEN CAST({col} AS BIGINT) END)", True
-            elif held == "time":
+            elif held == "time" and source == "sqlite":  # (PostgreSQL: compared as text)
                 # naive text is a wall time in the job's zone (as TimeText reads it)
                 con.execute(f"SET TimeZone = '{job.timezone}'")
                 col, kind = f"TRY_CAST({col} AS TIMESTAMPTZ)", "TIMESTAMP WITH TIME ZONE"
@@ -816,6 +821,7 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
     sqlite = bound is not None and backend_name(job) == "sqlite"
+    postgres = bound is not None and backend_name(job) == "postgresql"
 
     def adapt(query: Any, table: sa.Table, _incremental: Any = None, engine: Any = None) -> Any:
         # dlt calls this with (query, table, incremental, engine)
@@ -850,7 +856,7 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             timed = sa.and_(sa.func.typeof(col) == "text", jd >= JULIAN_DAY_YEAR_1)
             text_only = sa.case((timed, since), else_=None)
             return query.where(sa.func.coalesce(text_only, True))  # a scan: ~30% faster than OR
-        if isinstance(bound, int) and isinstance(kind, sa.String):
+        if sqlite and isinstance(bound, int) and isinstance(kind, sa.String):
             # a TEXT cursor of numbers (``_text_cursor``): compared as numbers; text
             # that is no number (and NULL) is read every run, kept only when changed
             number = sa.and_(
@@ -861,6 +867,13 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             )
             cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
             return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
+        if postgres and _text_of_numbers(kind, bound):
+            # a text cursor of numbers (``_text_cursor``), as SQLite's above: digits compared
+            # as numbers ('10' after '9'), other text (and NULL) read every run
+            as_text = sa.cast(col, sa.Text)
+            number = as_text.op("~")(f"^{_DIGITS}$")
+            at = sa.case((number, sa.cast(as_text, sa.BigInteger) >= bound), else_=None)
+            return query.where(sa.func.coalesce(at, True))
         value = _bind_value(col, bound, job)
         if not isinstance(bound, str):
             return query.where(sa.or_(col >= value, col.is_(None)))
@@ -876,6 +889,16 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
         return query.where(sa.or_(since, col.is_(None)))
 
     return adapt
+
+
+def _text_of_numbers(kind: Any, bound: Any) -> bool:
+    """Whether a number ``bound`` is of a text cursor of numbers (a PostgreSQL column of a
+    text type, or of one it does not know: ``citext`` before SQLAlchemy knew it)."""
+    from sources.sql_database.types import _unwrap
+
+    if not isinstance(bound, int) or isinstance(bound, bool):
+        return False
+    return isinstance(_unwrap(kind), (sa.String, sa.types.NullType))
 
 
 def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[str, str]) -> Any:
