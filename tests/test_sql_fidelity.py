@@ -1225,7 +1225,7 @@ def test_cursor_unit_on_a_cursor_that_is_no_number_is_refused(job, declared, uni
 def test_cursor_unit_fits_every_number_type_of_the_source():
     """Which reflected source types take ``cursor_unit``: every number (SQLAlchemy 2.1's
     Float is no Numeric: a REAL column of Unix times was refused), a PostgreSQL domain over
-    one; not text (but SQLite's), times or booleans."""
+    one; not text (but SQLite's and PostgreSQL's), times or booleans."""
     from types import SimpleNamespace
 
     import sqlalchemy as sa
@@ -1240,11 +1240,16 @@ def test_cursor_unit_fits_every_number_type_of_the_source():
                  sa.Numeric(20, 3), postgresql.DOUBLE_PRECISION(),
                  postgresql.DOMAIN("epoch", sa.BigInteger())):  # fmt: skip
         _unit_fits(job, t, [{"name": "at", "type": kind}], "postgresql")
-    for kind in (sa.TEXT(), sa.TIMESTAMP(), sa.Boolean()):
+    for kind in (sa.TIMESTAMP(), sa.Boolean(), postgresql.ENUM("a", name="e")):
         with pytest.raises(ConfigError):
             _unit_fits(job, t, [{"name": "at", "type": kind}], "postgresql")
-    # SQLite text may hold numbers (window._numbers_as_text judges the staged values)
+    with pytest.raises(ConfigError):  # (a MySQL text cursor is compared as text)
+        _unit_fits(job, t, [{"name": "at", "type": sa.TEXT()}], "mysql")
+    # SQLite and PostgreSQL text may hold numbers (window._text_cursor judges the staged
+    # values), a PostgreSQL domain over text too
     _unit_fits(job, t, [{"name": "at", "type": sa.TEXT()}], "sqlite")
+    for kind in (sa.TEXT(), sa.VARCHAR(12), postgresql.DOMAIN("code", sa.TEXT())):
+        _unit_fits(job, t, [{"name": "at", "type": kind}], "postgresql")
     with pytest.raises(ConfigError):
         _unit_fits(job, t, [{"name": "at", "type": sa.TIMESTAMP()}], "sqlite")
 
@@ -1508,5 +1513,113 @@ def test_a_postgres_text_cursor_of_numbers_is_compared_as_numbers(pg_job, tmp_pa
         with pg_job.server.connect(pg_job.database) as conn:
             source = conn.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
         assert got == [tuple(r) for r in source]
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+PG_MIX_CONTRACT = """
+import pandera.pandas as pa
+from pandera.typing import Series
+class Mix(pa.DataFrameModel):
+    id: Series[int]
+    c: Series[str] = pa.Field(nullable=True)
+    v: Series[int]
+    class Config:
+        coerce = True
+"""
+
+PG_MIX_JOB = """
+[jobs.pg]
+source = "sql_database"
+url = "{url}"
+lake = "{lake}"
+
+[[jobs.pg.tables]]
+name = "mix"
+primary_key = ["id"]
+cursor = "c"
+contract = "{module}:Mix"
+{extra}
+"""
+
+
+def _mix(pg_job, tmp_path: Path, column: str, extra: str = "") -> None:
+    module = f"pgmix_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PG_MIX_CONTRACT)
+    sys.path.insert(0, str(tmp_path))
+    pg_job.write(PG_MIX_JOB, module=module, extra=extra)
+    pg_job.sql(f"CREATE TABLE mix (id int PRIMARY KEY, c {column}, v int NOT NULL)")
+
+
+def _mix_matches(pg_job) -> None:
+    pg_job.pull()
+    with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+        got = r.execute("SELECT id, c, v FROM mix ORDER BY id").fetchall()
+    with pg_job.server.connect(pg_job.database) as conn:
+        source = conn.execute("SELECT id, rtrim(c::text), v FROM mix ORDER BY id").fetchall()
+    assert [(i, c.rstrip() if c else c, v) for i, c, v in got] == [tuple(r) for r in source]
+
+
+def test_a_postgres_text_cursor_of_words_then_numbers_then_times(pg_job, tmp_path):
+    """Words staged first ('beta' the bound): numbers, which sort below it, were never read
+    (a fresh-user trial). Text starting with a digit is read while the bound is a word, so
+    the first number is staged and the cursor becomes a number cursor; time text that comes
+    later is other text, read every run, never the bound ('6' above '2026-...' hid it)."""
+    _mix(pg_job, tmp_path, "text")
+    try:
+        pg_job.sql("INSERT INTO mix VALUES (1, 'alpha', 1), (2, 'beta', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+        pg_job.sql("INSERT INTO mix VALUES (3, '5', 1), (4, '10', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+        pg_job.sql("INSERT INTO mix VALUES (5, '11', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+        pg_job.sql(
+            "INSERT INTO mix VALUES (6, '2026-01-01 00:00:00', 1), (7, '2026-01-02 00:00:00', 1),"
+            " (8, '2026-01-03 00:00:00', 1), (9, '2026-01-04 00:00:00', 1)"
+        )
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 4
+        pg_job.sql("UPDATE mix SET v = 2 WHERE id = 8")
+        pg_job.sql("INSERT INTO mix VALUES (10, '2026-01-05 00:00:00', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+        assert pg_job.sync()["tables"]["mix"]["batch"] is None
+        _mix_matches(pg_job)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("column", ["char(4)", "text COLLATE ci"])
+def test_a_postgres_text_cursor_of_numbers_padded_or_nondeterministic(pg_job, tmp_path, column):
+    """char(n) is staged padded ('9   '): it was never judged a number, and '10' was never
+    read; a nondeterministic collation refused the number test's regular expression, and
+    every run after the first failed (fresh-user trials)."""
+    pg_job.sql(
+        "CREATE COLLATION IF NOT EXISTS ci "
+        "(provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+    )
+    _mix(pg_job, tmp_path, column)
+    try:
+        pg_job.sql("INSERT INTO mix VALUES (1, '8', 1), (2, '9', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+        pg_job.sql("INSERT INTO mix VALUES (3, '10', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+        assert pg_job.sync()["tables"]["mix"]["batch"] is None
+        _mix_matches(pg_job)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_cursor_unit_on_a_postgres_text_cursor_of_unix_times(pg_job, tmp_path):
+    """The warning about a Unix time after now names ``cursor_unit``, which a PostgreSQL
+    text cursor refused (exit 2): the typo stayed the bound until a reset (a fresh-user
+    trial). It is accepted as on SQLite: the typo is no bound, later rows are read."""
+    _mix(pg_job, tmp_path, "text", extra='cursor_unit = "s"')
+    try:
+        pg_job.sql("INSERT INTO mix VALUES (1, '1700000000', 1), (2, '17000000020', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+        pg_job.sql("INSERT INTO mix VALUES (3, '1700000003', 1)")
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+        pg_job.sql("UPDATE mix SET c = '1700000002' WHERE id = 2")  # the typo fixed
+        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+        _mix_matches(pg_job)
     finally:
         sys.path.remove(str(tmp_path))

@@ -48,6 +48,7 @@ from sources.sql_database.types import (
     text_form_notes,
 )
 from sources.sql_database.window import (
+    TEXT_OF_NUMBERS,
     null_cursor_keys,
     remember_null_cursor_keys,
     remember_unkeyed_cursors,
@@ -114,7 +115,8 @@ def _unit_fits(job: JobConfig, t: Any, columns: list[dict[str, Any]], dialect: s
     # Float is not a Numeric in SQLAlchemy 2.1; Boolean is neither; a domain is its base
     if kind is None or isinstance(_unwrap(kind), (sa.Integer, sa.Numeric, sa.Float)):
         return
-    if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) and dialect == "sqlite":
+    text = _unwrap(kind)
+    if isinstance(text, sa.String) and not isinstance(text, sa.Enum) and dialect in TEXT_OF_NUMBERS:
         return  # text of numbers (window._text_cursor): other text is refused there
     raise ConfigError(
         f"job '{job.name}' table '{t.name}': cursor_unit = {unit!r} is for a cursor column of "

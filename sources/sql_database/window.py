@@ -363,7 +363,7 @@ _NUMBER_TYPES = (
 _DIGITS = "[0-9]{1,18}"
 _MAX_DIGITS = 18
 # the sources whose text cursor of numbers is compared as numbers (``window``)
-_TEXT_OF_NUMBERS = ("sqlite", "postgresql")
+TEXT_OF_NUMBERS = ("sqlite", "postgresql")
 # the staged values a TEXT cursor's kind is judged on (every value when there are fewer;
 # the same rows for the same table): judging all of 5M time texts took 1.9 s a run
 _SAMPLE_ROWS = 20_000
@@ -371,7 +371,7 @@ _SAMPLE = f"USING SAMPLE reservoir({_SAMPLE_ROWS} ROWS) REPEATABLE (7)"
 
 
 def _text_cursor(
-    con: Any, col: str, table: str, job: JobConfig, t: TableConfig, unit: Any
+    con: Any, col: str, table: str, job: JobConfig, t: TableConfig, unit: Any, times: bool = True
 ) -> str | None:
     """What a SQLite TEXT cursor's staged values hold (judged on a sample of them, or on
     every value when it finds neither kind): ``"number"`` when some are digits
@@ -393,10 +393,12 @@ def _text_cursor(
     # which kind there is more of, from a sample (either way the other text is read every
     # run, so a sample's answer is safe); that there is neither, from every value (again
     # only when the sample was not every row already)
-    rows, values, digits, times, other = fetch_row(con, f"{judged} {_SAMPLE}")
-    if not digits and not times and rows >= _SAMPLE_ROWS:
-        rows, values, digits, times, other = fetch_row(con, judged)
-    kind = "number" if digits and digits >= times else "time" if times else None
+    # ``times=False`` (PostgreSQL): time text is not judged, any digits make it numbers
+    rows, values, digits, timed, other = fetch_row(con, f"{judged} {_SAMPLE}")
+    if not digits and not timed and rows >= _SAMPLE_ROWS:
+        rows, values, digits, timed, other = fetch_row(con, judged)
+    timed = timed if times else 0
+    kind = "number" if digits and digits >= timed else "time" if timed else None
     if unit in unix_time.UNITS and kind != "number" and values:
         from deltaferry.errors import ConfigError
 
@@ -483,10 +485,13 @@ def window_start(
         unit = t.options.get("cursor_unit")
         numeric = kind.upper().startswith(_NUMBER_TYPES)
         source = backend_name(job) if kind.upper() == "VARCHAR" else None
-        if source in _TEXT_OF_NUMBERS:
-            # (cursor_unit on text: SQLite's alone; preflight refused it on PostgreSQL)
-            judged = unit if judge_unit and source == "sqlite" else None
-            held = _text_cursor(con, col, table, job, t, judged)
+        if source in TEXT_OF_NUMBERS:
+            if source == "postgresql":  # char(n) is staged padded; its cast to text is not
+                col = f"rtrim({col}, ' ')"
+            judged = unit if judge_unit else None
+            # PostgreSQL compares no time text as instants: digits make it numbers, and
+            # everything else, time text included, is read every run (``window``)
+            held = _text_cursor(con, col, table, job, t, judged, times=source == "sqlite")
             if held == "number":  # only digits count: DuckDB's cast reads ' 9', '+9', '1e3'
                 digits = f"regexp_full_match({col}, '{_DIGITS}')"
                 col, numeric = f"(CASE WHEN {digits} THEN CAST({col} AS BIGINT) END)", True
@@ -870,7 +875,8 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
         if postgres and _text_of_numbers(kind, bound):
             # a text cursor of numbers (``_text_cursor``), as SQLite's above: digits compared
             # as numbers ('10' after '9'), other text (and NULL) read every run
-            as_text = sa.cast(col, sa.Text)
+            # (``COLLATE "C"``: a nondeterministic collation refuses regular expressions)
+            as_text = sa.collate(sa.cast(col, sa.Text), "C")
             number = as_text.op("~")(f"^{_DIGITS}$")
             at = sa.case((number, sa.cast(as_text, sa.BigInteger) >= bound), else_=None)
             return query.where(sa.func.coalesce(at, True))
@@ -879,6 +885,12 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             return query.where(sa.or_(col >= value, col.is_(None)))
         # text compared in staging's order, whatever the column's collation or encoding
         since = at_or_after(col, value, table, engine)
+        if postgres and _text_of_numbers(kind, 0) and re.match("[0-9]", bound) is None:
+            # a PostgreSQL text cursor of words (``_text_cursor`` found no digits staged):
+            # text that starts with a digit (a number, a date) sorts below a word's bound;
+            # it is read too, so the first number is staged and the cursor judged by it
+            digit = sa.collate(sa.cast(col, sa.Text), "C").op("~")("^[0-9]")
+            return query.where(sa.or_(since, col.is_(None), digit))
         if isinstance(kind, sa.String) and sqlite:
             # a TEXT cursor of words (``_text_cursor`` found no numbers, no times staged):
             # text SQLite reads as a time or a number is read too, else the first such
