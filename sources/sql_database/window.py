@@ -732,7 +732,7 @@ WITH RECURSIVE base AS (
     FROM pg_type t JOIN base b ON t.oid = b.typbasetype WHERE b.typtype = 'd'
 )
 SELECT b.typname, b.typtype, b.typcategory, co.collname, co.collprovider, co.collcollate,
-       d.datcollate, pg_encoding_to_char(d.encoding), a.attcollation
+       d.datcollate, pg_encoding_to_char(d.encoding)
 FROM base b
 CROSS JOIN pg_attribute a
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
@@ -773,8 +773,14 @@ def at_or_after(col: Any, value: Any, table: sa.Table, engine: Any) -> Any:
     if order == "utf8 cast":  # bytea compares bytes: UTF-8's are in code point order
         utf8 = sa.func.convert_to(sa.cast(col, sa.Text), "UTF8")
         return utf8 >= sa.literal(str(value).encode(), sa.LargeBinary)
-    text = sa.cast(col, sa.Text) if order == "C cast" else col
-    return sa.collate(text, "C") >= value
+    return (_c_text(col) if order == "C cast" else sa.collate(col, "C")) >= value
+
+
+def _c_text(col: Any) -> Any:
+    """A PostgreSQL column as text in the "C" collation: bytewise (code point order in a
+    UTF-8 database), and usable by a regular expression (a nondeterministic collation
+    refuses them); an enum, ``citext`` or domain as its text."""
+    return sa.collate(sa.cast(col, sa.Text), "C")
 
 
 def _sqlite_collation(engine: sa.Engine) -> str:
@@ -793,12 +799,12 @@ def _pg_text_order(col: Any, table: sa.Table, engine: sa.Engine) -> str:
         ).fetchone()
         if row is None:  # not found as named: the safe way
             return "utf8 cast"
-        typname, typtype, category, collname, provider, collcollate, datcollate, enc, coll = row
+        typname, typtype, category, collname, provider, collcollate, datcollate, enc = row
         if typtype != "e" and category != "S":
             return "as is"  # no text: uuid, inet, ... compare in their own order
         if str(enc).upper() not in _CODE_POINT_ENCODINGS:
             return "utf8 cast"
-        if typname not in _PLAIN_TEXT_TYPES or typtype == "e" or not coll:
+        if typname not in _PLAIN_TEXT_TYPES or typtype == "e":
             return "C cast"
         if collname == "default":  # the database's own collation
             provider, collcollate = _default_provider(con), datcollate
@@ -825,8 +831,8 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     """dlt ``query_adapter_callback`` selecting the rows at or after ``bound`` (closed), and
     every row whose cursor is NULL or not comparable; everything when ``bound`` is None."""
 
-    sqlite = bound is not None and backend_name(job) == "sqlite"
-    postgres = bound is not None and backend_name(job) == "postgresql"
+    source = backend_name(job) if bound is not None else None
+    sqlite, postgres = source == "sqlite", source == "postgresql"
 
     def adapt(query: Any, table: sa.Table, _incremental: Any = None, engine: Any = None) -> Any:
         # dlt calls this with (query, table, incremental, engine)
@@ -872,11 +878,10 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             )
             cast = sa.cast(sa.type_coerce(col, sa.Text), sa.Integer)
             return query.where(sa.func.coalesce(sa.case((number, cast >= bound), else_=None), True))
-        if postgres and _text_of_numbers(kind, bound):
+        if postgres and _numbers_as_text(kind, bound):
             # a text cursor of numbers (``_text_cursor``), as SQLite's above: digits compared
             # as numbers ('10' after '9'), other text (and NULL) read every run
-            # (``COLLATE "C"``: a nondeterministic collation refuses regular expressions)
-            as_text = sa.collate(sa.cast(col, sa.Text), "C")
+            as_text = _c_text(col)
             number = as_text.op("~")(f"^{_DIGITS}$")
             at = sa.case((number, sa.cast(as_text, sa.BigInteger) >= bound), else_=None)
             return query.where(sa.func.coalesce(at, True))
@@ -885,11 +890,11 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
             return query.where(sa.or_(col >= value, col.is_(None)))
         # text compared in staging's order, whatever the column's collation or encoding
         since = at_or_after(col, value, table, engine)
-        if postgres and _text_of_numbers(kind, 0) and re.match("[0-9]", bound) is None:
+        if postgres and _text_type(kind) and re.match("[0-9]", bound) is None:
             # a PostgreSQL text cursor of words (``_text_cursor`` found no digits staged):
             # text that starts with a digit (a number, a date) sorts below a word's bound;
             # it is read too, so the first number is staged and the cursor judged by it
-            digit = sa.collate(sa.cast(col, sa.Text), "C").op("~")("^[0-9]")
+            digit = _c_text(col).op("~")("^[0-9]")
             return query.where(sa.or_(since, col.is_(None), digit))
         if isinstance(kind, sa.String) and sqlite:
             # a TEXT cursor of words (``_text_cursor`` found no numbers, no times staged):
@@ -903,14 +908,17 @@ def window(job: JobConfig, t: TableConfig, bound: Any, text_times: dict[str, str
     return adapt
 
 
-def _text_of_numbers(kind: Any, bound: Any) -> bool:
-    """Whether a number ``bound`` is of a text cursor of numbers (a PostgreSQL column of a
-    text type, or of one it does not know: ``citext`` before SQLAlchemy knew it)."""
+def _text_type(kind: Any) -> bool:
+    """Whether a reflected PostgreSQL column type is text: a string type (enums included), a
+    domain over one, or a type SQLAlchemy does not know (``citext`` before it knew it)."""
     from sources.sql_database.types import _unwrap
 
-    if not isinstance(bound, int) or isinstance(bound, bool):
-        return False
     return isinstance(_unwrap(kind), (sa.String, sa.types.NullType))
+
+
+def _numbers_as_text(kind: Any, bound: Any) -> bool:
+    """Whether a number ``bound`` is of a text cursor of numbers (``_text_cursor``)."""
+    return isinstance(bound, int) and not isinstance(bound, bool) and _text_type(kind)
 
 
 def by_keys(job: JobConfig, t: TableConfig, keys: list[dict], text_times: dict[str, str]) -> Any:
