@@ -187,3 +187,18 @@ def test_the_run_report_shows_the_runs_decisions(shop_job, shop):
     assert rows[0].count(" | ") == 3, rows[0]  # one row of four cells: the detail escaped
     steps = md.split("## Steps", 1)[1].split("## Retries", 1)[0]
     assert "| extract |  | 1 |" in steps and "| extract | customers |" not in steps, steps
+
+
+def test_a_report_cell_is_one_line_with_its_pipes_escaped():
+    """A decision's or a set-aside file's reason may hold pipes and line breaks (a file
+    name, a driver's message): each cell stays one line of its table, and a long reason is
+    cut (the whole text: ``deltaferry log``)."""
+    from deltaferry.run_report import _DETAIL_CHARS, _section
+
+    lines = _section("Inputs set aside", ["table", "reason"], [("t", "a|b.csv:\n  bad row")])
+    assert lines == [
+        "", "## Inputs set aside", "", "| table | reason |", "|---|---|", "| t | a\\|b.csv: bad row |"
+    ]
+    (row,) = _section("Steps", ["step", "ms"], [("extract", "x" * 5000)], numbers=1)[-1:]
+    assert row.endswith("… |") and len(row) == len("| extract | ") + _DETAIL_CHARS + 2
+    assert _section("Retries by cause", ["step"], []) == ["", "## Retries by cause", "", "none"]

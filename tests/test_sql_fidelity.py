@@ -145,6 +145,21 @@ def job(tmp_path: Path, home: Path, bucket: str, prefect_api: None):
     sys.path.remove(str(tmp_path))
 
 
+@pytest.fixture
+def pg_module(tmp_path: Path):
+    """``pg_module(prefix, text)``: a contract module written into the test's directory,
+    importable while the test runs; returns its name."""
+    sys.path.insert(0, str(tmp_path))
+
+    def write(prefix: str, text: str) -> str:
+        module = f"{prefix}_{tmp_path.name.replace('-', '_')}"
+        (tmp_path / f"{module}.py").write_text(text)
+        return module
+
+    yield write
+    sys.path.remove(str(tmp_path))
+
+
 def instant(text: str | None, zone: str = "UTC") -> dt.datetime | None:
     """The oracle: what a textual timestamp means, by the standard library alone."""
     if text is None:
@@ -1340,53 +1355,45 @@ class Ids(pa.DataFrameModel):
 
 
 @pytest.mark.parametrize("cursor", ["ksuid", "stage", "ci", "dom"])
-def test_a_postgres_text_cursor_is_compared_in_code_point_order(pg_job, tmp_path, cursor):
+def test_a_postgres_text_cursor_is_compared_in_code_point_order(pg_job, pg_module, cursor):
     """PostgreSQL compares text in the column's order: under ICU (and most libc locales) a
     mixed-case id such as a KSUID, 'aab3', sorts before 'Zzz2', which DuckDB's ``max`` (code
     point order) gave as the bound; an enum compares in its declared order, ``citext``
     without case, a domain in its own collation. Each time the newer row was never read
     (the domain and citext in a fresh-user trial). The oracle is the source itself, read
     with psycopg."""
-    module = f"pgtext_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        pg_job.write(PG_TEXT_JOB, module=module, cursor=cursor)
-        pg_job.sql(
-            "CREATE EXTENSION IF NOT EXISTS citext",
-            "CREATE TYPE stage AS ENUM ('zulu', 'beta', 'alpha')",
-            'CREATE DOMAIN icu_text AS text COLLATE "und-x-icu"',
-            'CREATE TABLE ids (id int PRIMARY KEY, ksuid text COLLATE "und-x-icu" NOT NULL, '
-            "stage stage NOT NULL, ci citext NOT NULL, dom icu_text NOT NULL)",
-            f"CREATE INDEX ids_cursor ON ids ({cursor})",
-            "INSERT INTO ids VALUES (1, 'Aaa1', 'alpha', 'Ab01', 'Aaa1'),"
-            " (2, 'Zzz2', 'beta', 'KZ02', 'Zzz2')",
-        )
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
-        # after each column's bound in code point order, before it in the column's own
-        pg_job.sql("INSERT INTO ids VALUES (3, 'aab3', 'zulu', 'kb03', 'aab3')")
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
-        assert pg_job.sync()["tables"]["ids"]["batch"] is None  # nothing new: nothing read twice
-        pg_job.pull()
-        cols = "id, ksuid, stage, ci, dom"
-        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
-            got = r.execute(f"SELECT {cols} FROM ids ORDER BY id").fetchall()
-        with pg_job.server.connect(pg_job.database) as conn:
-            source = conn.execute(
-                "SELECT id, ksuid, stage::text, ci::text, dom::text FROM ids ORDER BY id"
-            ).fetchall()
-        assert got == [tuple(r) for r in source]
-    finally:
-        sys.path.remove(str(tmp_path))
+    module = pg_module("pgtext", PG_TEXT_CONTRACT)
+    pg_job.write(PG_TEXT_JOB, module=module, cursor=cursor)
+    pg_job.sql(
+        "CREATE EXTENSION IF NOT EXISTS citext",
+        "CREATE TYPE stage AS ENUM ('zulu', 'beta', 'alpha')",
+        'CREATE DOMAIN icu_text AS text COLLATE "und-x-icu"',
+        'CREATE TABLE ids (id int PRIMARY KEY, ksuid text COLLATE "und-x-icu" NOT NULL, '
+        "stage stage NOT NULL, ci citext NOT NULL, dom icu_text NOT NULL)",
+        f"CREATE INDEX ids_cursor ON ids ({cursor})",
+        "INSERT INTO ids VALUES (1, 'Aaa1', 'alpha', 'Ab01', 'Aaa1'),"
+        " (2, 'Zzz2', 'beta', 'KZ02', 'Zzz2')",
+    )
+    assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
+    # after each column's bound in code point order, before it in the column's own
+    pg_job.sql("INSERT INTO ids VALUES (3, 'aab3', 'zulu', 'kb03', 'aab3')")
+    assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
+    assert pg_job.sync()["tables"]["ids"]["batch"] is None  # nothing new: nothing read twice
+    pg_job.pull()
+    cols = "id, ksuid, stage, ci, dom"
+    with duckdb.connect(str(pg_job.replica), read_only=True) as r:
+        got = r.execute(f"SELECT {cols} FROM ids ORDER BY id").fetchall()
+    with pg_job.server.connect(pg_job.database) as conn:
+        source = conn.execute(
+            "SELECT id, ksuid, stage::text, ci::text, dom::text FROM ids ORDER BY id"
+        ).fetchall()
+    assert got == [tuple(r) for r in source]
 
 
-def test_a_postgres_text_cursor_in_another_encoding_is_compared_as_utf8(pg_job, tmp_path):
+def test_a_postgres_text_cursor_in_another_encoding_is_compared_as_utf8(pg_job, tmp_path, pg_module):
     """In a WIN1252 database "C" compares WIN1252 bytes: '€' (0x80) sorts before 'é' (0xE9),
     though after it in code point order, and 'a€' after the bound 'aé' was never read (a
     fresh-user trial). Such a database's text is compared as its UTF-8 bytes."""
-    module = f"pgenc_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
-    sys.path.insert(0, str(tmp_path))
     database = f"win_{tmp_path.name.replace('-', '_')[-20:]}".lower()
     with pg_job.server.connect() as conn:
         conn.execute(
@@ -1394,25 +1401,13 @@ def test_a_postgres_text_cursor_in_another_encoding_is_compared_as_utf8(pg_job, 
             "TEMPLATE template0"
         )
     pg_job.database = database
-    try:
-        pg_job.write(PG_TEXT_JOB, module=module, cursor="ksuid")
-        pg_job.sql(
-            "CREATE TABLE ids (id int PRIMARY KEY, ksuid text NOT NULL, stage text NOT NULL, "
-            "ci text NOT NULL, dom text NOT NULL)",
-            "INSERT INTO ids VALUES (1, 'aa', 's', 'c', 'd'), (2, 'aé', 's', 'c', 'd')",
-        )
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
-        pg_job.sql("INSERT INTO ids VALUES (3, 'a€', 's', 'c', 'd'), (4, 'aŒ', 's', 'c', 'd')")
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
-        assert pg_job.sync()["tables"]["ids"]["batch"] is None
-        pg_job.pull()
-        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
-            got = r.execute("SELECT id, ksuid FROM ids ORDER BY id").fetchall()
-        with pg_job.server.connect(database) as conn:
-            source = conn.execute("SELECT id, ksuid FROM ids ORDER BY id").fetchall()
-        assert got == [tuple(r) for r in source] and len(got) == 4
-    finally:
-        sys.path.remove(str(tmp_path))
+    _mix(pg_job, pg_module, "text NOT NULL")
+    pg_job.sql("INSERT INTO mix VALUES (1, 'aa', 1), (2, 'aé', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    pg_job.sql("INSERT INTO mix VALUES (3, 'a€', 1), (4, 'aŒ', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    assert pg_job.sync()["tables"]["mix"]["batch"] is None
+    assert _mix_matches(pg_job) == 4
 
 
 def test_a_postgres_text_cursor_in_code_point_order_keeps_its_index(pg_job):
@@ -1456,6 +1451,58 @@ def test_a_postgres_text_cursor_in_code_point_order_keeps_its_index(pg_job):
         assert '(t.icu COLLATE "C") >=' in str(expr.compile(dialect=engine.dialect))
         expr = at_or_after(table.c["ci"], "x", table, engine)
         assert 'CAST(t.ci AS TEXT) COLLATE "C"' in str(expr.compile(dialect=engine.dialect))
+
+        # what the README claims of the indexes, asked of the planner (a scan made dear)
+        pg_job.sql(
+            "CREATE INDEX t_plain ON t (plain)",
+            "CREATE INDEX t_icu ON t (icu)",
+            "INSERT INTO t (id, plain, icu) SELECT i, md5(i::text), md5(i::text) "
+            "FROM generate_series(1, 2000) i",
+            "ANALYZE t",
+        )
+
+        def plan(name: str) -> str:
+            query = sa.select(table.c.id).where(at_or_after(table.c[name], "x", table, engine))
+            sql = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            with engine.connect() as con:
+                con.execute(sa.text("SET enable_seqscan = off"))
+                return "\n".join(r[0] for r in con.execute(sa.text(f"EXPLAIN {sql}")))
+
+        assert "Index" in plan("plain"), plan("plain")  # as it is: its plain index serves
+        assert "Index" not in plan("icu"), plan("icu")  # COLLATE "C": the plain one cannot
+        pg_job.sql('CREATE INDEX t_icu_c ON t (icu COLLATE "C")')
+        assert "t_icu_c" in plan("icu"), plan("icu")  # the index the README tells of
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_text_cursor_in_code_point_order_keeps_its_index(tmp_path):
+    """``COLLATE BINARY`` is the collation of a column declared without one: its index
+    still serves the window (a search of it); a ``NOCASE`` column's index cannot (its
+    window is a scan)."""
+    import sqlalchemy as sa
+
+    from sources.sql_database.window import at_or_after
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'idx.db'}")
+    try:
+        with engine.begin() as con:
+            con.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, n TEXT COLLATE NOCASE)")
+            con.exec_driver_sql("CREATE INDEX t_a ON t (a)")
+            con.exec_driver_sql("CREATE INDEX t_n ON t (n)")
+        table = sa.Table("t", sa.MetaData(), autoload_with=engine)
+
+        def plan(name: str) -> str:
+            query = sa.select(table.c.id).where(at_or_after(table.c[name], "x", table, engine))
+            sql = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            with engine.connect() as con:
+                rows = con.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+            return " ".join(str(r[-1]) for r in rows)
+
+        expr = at_or_after(table.c["a"], "x", table, engine)
+        assert "COLLATE" in str(expr.compile(dialect=engine.dialect)) and "BINARY" in str(expr)
+        assert "SEARCH" in plan("a") and "INDEX t_a (a>?)" in plan("a"), plan("a")
+        assert "SEARCH" not in plan("n") and "SCAN" in plan("n"), plan("n")  # all of it
     finally:
         engine.dispose()
 
@@ -1481,40 +1528,26 @@ def test_a_sqlite_text_cursor_in_utf16_is_compared_in_code_point_order(job):
     assert job.synced_rows() == job.source_rows()
 
 
-def test_a_postgres_text_cursor_of_numbers_is_compared_as_numbers(pg_job, tmp_path):
+def test_a_postgres_text_cursor_of_numbers_is_compared_as_numbers(pg_job, pg_module):
     """A PostgreSQL text cursor holding counters ('8', '9') was compared as text: '10'
     sorts before '9', and every later number with more digits was never read, exit 0 (a
     fresh-user trial). Digits are compared as numbers, as for SQLite; other text is read
     every run and kept only when changed."""
-    module = f"pgnum_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(PG_TEXT_CONTRACT)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        pg_job.write(PG_TEXT_JOB, module=module, cursor="ksuid")
-        pg_job.sql(
-            "CREATE TABLE ids (id int PRIMARY KEY, ksuid varchar(20), stage text NOT NULL, "
-            "ci text NOT NULL, dom text NOT NULL)",
-            "CREATE INDEX ids_cursor ON ids (ksuid)",
-            "INSERT INTO ids VALUES (1, '8', 's', 'c', 'd'), (2, '9', 's', 'c', 'd'),"
-            " (3, 'n/a', 's', 'c', 'd')",
-        )
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 3
-        pg_job.sql("INSERT INTO ids VALUES (4, '10', 's', 'c', 'd'), (5, '0100', 's', 'c', 'd')")
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 2
-        assert pg_job.sync()["tables"]["ids"]["batch"] is None  # 'n/a' read again, unchanged
-        pg_job.sql("UPDATE ids SET stage = 'changed' WHERE id = 3")  # other text: still read
-        pg_job.sql("INSERT INTO ids VALUES (6, '99', 's', 'c', 'd')")  # a number below 100
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1  # 'n/a' changed; 99 is late
-        pg_job.sql("UPDATE ids SET ksuid = '101' WHERE id = 6")
-        assert pg_job.sync()["tables"]["ids"]["upserts"] == 1
-        pg_job.pull()
-        with duckdb.connect(str(pg_job.replica), read_only=True) as r:
-            got = r.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
-        with pg_job.server.connect(pg_job.database) as conn:
-            source = conn.execute("SELECT id, ksuid, stage FROM ids ORDER BY id").fetchall()
-        assert got == [tuple(r) for r in source]
-    finally:
-        sys.path.remove(str(tmp_path))
+    _mix(pg_job, pg_module, "varchar(20)")
+    pg_job.sql(
+        "CREATE INDEX mix_c ON mix (c)",
+        "INSERT INTO mix VALUES (1, '8', 1), (2, '9', 1), (3, 'n/a', 1)",
+    )
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 3
+    pg_job.sql("INSERT INTO mix VALUES (4, '10', 1), (5, '0100', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    assert pg_job.sync()["tables"]["mix"]["batch"] is None  # 'n/a' read again, unchanged
+    pg_job.sql("UPDATE mix SET v = 2 WHERE id = 3")  # other text: still read
+    pg_job.sql("INSERT INTO mix VALUES (6, '99', 1)")  # a number below 100
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1  # 'n/a' changed; 99 is late
+    pg_job.sql("UPDATE mix SET c = '101' WHERE id = 6")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+    _mix_matches(pg_job)
 
 
 PG_MIX_CONTRACT = """
@@ -1543,52 +1576,50 @@ contract = "{module}:Mix"
 """
 
 
-def _mix(pg_job, tmp_path: Path, column: str, extra: str = "") -> None:
-    module = f"pgmix_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(PG_MIX_CONTRACT)
-    sys.path.insert(0, str(tmp_path))
+def _mix(pg_job, pg_module, column: str, extra: str = "") -> None:
+    module = pg_module("pgmix", PG_MIX_CONTRACT)
     pg_job.write(PG_MIX_JOB, module=module, extra=extra)
     pg_job.sql(f"CREATE TABLE mix (id int PRIMARY KEY, c {column}, v int NOT NULL)")
 
 
-def _mix_matches(pg_job) -> None:
+def _mix_matches(pg_job) -> int:
+    """Pull, and check the replica's ``mix`` against the source read with psycopg (char(n)
+    padding aside); returns its rows."""
     pg_job.pull()
     with duckdb.connect(str(pg_job.replica), read_only=True) as r:
         got = r.execute("SELECT id, c, v FROM mix ORDER BY id").fetchall()
     with pg_job.server.connect(pg_job.database) as conn:
         source = conn.execute("SELECT id, rtrim(c::text), v FROM mix ORDER BY id").fetchall()
     assert [(i, c.rstrip() if c else c, v) for i, c, v in got] == [tuple(r) for r in source]
+    return len(got)
 
 
-def test_a_postgres_text_cursor_of_words_then_numbers_then_times(pg_job, tmp_path):
+def test_a_postgres_text_cursor_of_words_then_numbers_then_times(pg_job, pg_module):
     """Words staged first ('beta' the bound): numbers, which sort below it, were never read
     (a fresh-user trial). Text starting with a digit is read while the bound is a word, so
     the first number is staged and the cursor becomes a number cursor; time text that comes
     later is other text, read every run, never the bound ('6' above '2026-...' hid it)."""
-    _mix(pg_job, tmp_path, "text")
-    try:
-        pg_job.sql("INSERT INTO mix VALUES (1, 'alpha', 1), (2, 'beta', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
-        pg_job.sql("INSERT INTO mix VALUES (3, '5', 1), (4, '10', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
-        pg_job.sql("INSERT INTO mix VALUES (5, '11', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
-        pg_job.sql(
-            "INSERT INTO mix VALUES (6, '2026-01-01 00:00:00', 1), (7, '2026-01-02 00:00:00', 1),"
-            " (8, '2026-01-03 00:00:00', 1), (9, '2026-01-04 00:00:00', 1)"
-        )
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 4
-        pg_job.sql("UPDATE mix SET v = 2 WHERE id = 8")
-        pg_job.sql("INSERT INTO mix VALUES (10, '2026-01-05 00:00:00', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
-        assert pg_job.sync()["tables"]["mix"]["batch"] is None
-        _mix_matches(pg_job)
-    finally:
-        sys.path.remove(str(tmp_path))
+    _mix(pg_job, pg_module, "text")
+    pg_job.sql("INSERT INTO mix VALUES (1, 'alpha', 1), (2, 'beta', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    pg_job.sql("INSERT INTO mix VALUES (3, '5', 1), (4, '10', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    pg_job.sql("INSERT INTO mix VALUES (5, '11', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+    pg_job.sql(
+        "INSERT INTO mix VALUES (6, '2026-01-01 00:00:00', 1), (7, '2026-01-02 00:00:00', 1),"
+        " (8, '2026-01-03 00:00:00', 1), (9, '2026-01-04 00:00:00', 1)"
+    )
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 4
+    pg_job.sql("UPDATE mix SET v = 2 WHERE id = 8")
+    pg_job.sql("INSERT INTO mix VALUES (10, '2026-01-05 00:00:00', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    assert pg_job.sync()["tables"]["mix"]["batch"] is None
+    _mix_matches(pg_job)
 
 
 @pytest.mark.parametrize("column", ["char(4)", "text COLLATE ci"])
-def test_a_postgres_text_cursor_of_numbers_padded_or_nondeterministic(pg_job, tmp_path, column):
+def test_a_postgres_text_cursor_of_numbers_padded_or_nondeterministic(pg_job, pg_module, column):
     """char(n) is staged padded ('9   '): it was never judged a number, and '10' was never
     read; a nondeterministic collation refused the number test's regular expression, and
     every run after the first failed (fresh-user trials)."""
@@ -1596,30 +1627,24 @@ def test_a_postgres_text_cursor_of_numbers_padded_or_nondeterministic(pg_job, tm
         "CREATE COLLATION IF NOT EXISTS ci "
         "(provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
     )
-    _mix(pg_job, tmp_path, column)
-    try:
-        pg_job.sql("INSERT INTO mix VALUES (1, '8', 1), (2, '9', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
-        pg_job.sql("INSERT INTO mix VALUES (3, '10', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
-        assert pg_job.sync()["tables"]["mix"]["batch"] is None
-        _mix_matches(pg_job)
-    finally:
-        sys.path.remove(str(tmp_path))
+    _mix(pg_job, pg_module, column)
+    pg_job.sql("INSERT INTO mix VALUES (1, '8', 1), (2, '9', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    pg_job.sql("INSERT INTO mix VALUES (3, '10', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+    assert pg_job.sync()["tables"]["mix"]["batch"] is None
+    _mix_matches(pg_job)
 
 
-def test_cursor_unit_on_a_postgres_text_cursor_of_unix_times(pg_job, tmp_path):
+def test_cursor_unit_on_a_postgres_text_cursor_of_unix_times(pg_job, pg_module):
     """The warning about a Unix time after now names ``cursor_unit``, which a PostgreSQL
     text cursor refused (exit 2): the typo stayed the bound until a reset (a fresh-user
     trial). It is accepted as on SQLite: the typo is no bound, later rows are read."""
-    _mix(pg_job, tmp_path, "text", extra='cursor_unit = "s"')
-    try:
-        pg_job.sql("INSERT INTO mix VALUES (1, '1700000000', 1), (2, '17000000020', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
-        pg_job.sql("INSERT INTO mix VALUES (3, '1700000003', 1)")
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
-        pg_job.sql("UPDATE mix SET c = '1700000002' WHERE id = 2")  # the typo fixed
-        assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
-        _mix_matches(pg_job)
-    finally:
-        sys.path.remove(str(tmp_path))
+    _mix(pg_job, pg_module, "text", extra='cursor_unit = "s"')
+    pg_job.sql("INSERT INTO mix VALUES (1, '1700000000', 1), (2, '17000000020', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 2
+    pg_job.sql("INSERT INTO mix VALUES (3, '1700000003', 1)")
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+    pg_job.sql("UPDATE mix SET c = '1700000002' WHERE id = 2")  # the typo fixed
+    assert pg_job.sync()["tables"]["mix"]["upserts"] == 1
+    _mix_matches(pg_job)
