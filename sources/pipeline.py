@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,47 @@ ABORT_MARK_SUFFIX = ".abort.json"
 
 def _abort_mark(pipeline: dlt.Pipeline) -> Path:
     return Path(pipeline.pipelines_dir) / f"{pipeline.pipeline_name}{ABORT_MARK_SUFFIX}"
+
+
+def extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[str]]) -> bool:
+    """Whether loading ``pipeline``'s pending load packages would change nothing in staging.
+    ``staged``: per table (its name as the job gives it) the columns of its staged table.
+
+    True when none is normalized yet (a package a crash left before its load is loaded as
+    always), and every job file an extracted one holds is of dlt's own tables (``_dlt*``:
+    its state) or a Parquet file of no rows (an Arrow read whose every row the content
+    filter dropped) of a table in ``staged``: of a table never staged (no columns; dlt
+    creates a table only once it has seen rows), or one whose staged table has every column
+    of the file. A file with a column staging lacks carries a schema change (a source column
+    gained, NULL in every row, so no row's hash changed) that only its load applies. A file
+    of another format, or of a table not in ``staged``, counts as a change."""
+    import pyarrow.parquet as pq
+
+    if pipeline.list_normalized_load_packages():
+        return False
+    schema = pipeline.default_schema if pipeline.default_schema_name else None
+    prefix = getattr(schema, "_dlt_tables_prefix", "_dlt")  # dlt's own tables' names
+    norm = schema.naming if schema is not None else None
+    tables = {
+        (norm.normalize_table_identifier(name) if norm else name): {
+            *columns,
+            *((norm.normalize_identifier(c) for c in columns) if norm else ()),
+        }
+        for name, columns in staged.items()
+    }
+    for load_id in pipeline.list_extracted_load_packages():
+        for listed in pipeline.get_load_package_info(load_id).jobs.values():
+            for j in listed:
+                name = j.job_file_info.table_name
+                if name.startswith(prefix):
+                    continue
+                if j.job_file_info.file_format != "parquet" or name not in tables:
+                    return False
+                meta = pq.read_metadata(j.file_path)
+                columns = tables[name]
+                if meta.num_rows or (columns and not set(meta.schema.names) <= columns):
+                    return False
+    return True
 
 
 def abort_pending(pipeline: dlt.Pipeline, why: str) -> list[str]:

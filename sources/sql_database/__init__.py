@@ -1,8 +1,9 @@
 """Incremental extraction of SQL tables into the job's DuckDB staging file, with dlt.
 
 Each table is a dlt ``sql_table`` resource on the pyarrow backend, merged on its
-primary key with an incremental cursor; dlt commits its cursor state in the same
-load as the data. Deletes are kept as tombstones in staging: a soft-delete column
+primary key; a table with a cursor reads the window from its newest staged cursor value
+(``window.py``: the bound is read from staging, dlt keeps no cursor state), and a read
+whose rows all equal their staged versions loads nothing (``reads.run_reads``). Deletes are kept as tombstones in staging: a soft-delete column
 is simply data, and under ``reconcile`` the keys that vanished from the source are
 merged back as rows flagged ``_df_deleted`` (with a new load id), so the next
 delta carries them.

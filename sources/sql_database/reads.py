@@ -6,6 +6,7 @@ failures as one deltaferry error (``run_reads``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dlt
@@ -20,6 +21,7 @@ from sources.load import DEDUPLICATED, failed_pipe, find_cause, load_failure
 from sources.pipeline import (
     abort_pending,
     drop_merge_staging,
+    extracted_nothing,
     pipeline_naming,
     prune_loaded_packages,
     refit_staging,
@@ -86,6 +88,8 @@ class TableRead:
         self.t = t
         self.keys = KeyCheck(job, t)
         self.columns: list[str] = []
+        # the columns of the table's staged table ({} before its first load)
+        self.staged: dict[str, str] = {}
         # a value of a type its staged column does not hold: to dlt's variant column
         self.variants = None
         if pipeline is not None:
@@ -95,6 +99,7 @@ class TableRead:
                 naming = names.naming(pipeline_naming(pipeline))
             staged = staged_types(t, changed.path, changed.borrowed)
             self.variants = Variants(naming, job, t, staged)
+            self.staged = staged
         self.changed = changed
         text_times = text_time_columns(engine, t)
         # naive times of a wall time the job's zone shows twice or never (sources/wall_time.py)
@@ -131,6 +136,16 @@ class TableRead:
             self.variants.close()
 
 
+@dataclass(frozen=True)
+class NoLoad:
+    """What ``run_reads`` returns when the reads staged no row: no load, no load id."""
+
+    loads_ids: tuple[str, ...] = ()
+
+
+NO_LOAD = NoLoad()
+
+
 def run_reads(
     pipeline: dlt.Pipeline, data: Any, job: JobConfig, reads: Sequence[TableRead] = ()
 ) -> Any:
@@ -148,6 +163,16 @@ def run_reads(
                 abort_pending(pipeline, message)
                 raise ConfigError(message)
             r.keys.close()  # the key counts' memory, freed before the load
+        staged = {r.t.name: list(r.staged) for r in reads}
+        if reads and extracted_nothing(pipeline, staged):
+            # every row read equals its staged version (the content filter dropped it):
+            # no normalize, no load (a load that stages no row: about 0.3 s of every
+            # run with nothing to sync), and no load id for the plan to consume. Dropped
+            # as a failed step's package is (deltaferry keeps no dlt state: the window
+            # starts at the staged cursor values). Not for a file with a column its
+            # staged table lacks (``extracted_nothing``: that load stages the column).
+            abort_pending(pipeline, "the read staged no row: nothing to load")
+            return NO_LOAD
         pipeline.normalize()
         refit_staging(job, pipeline)  # the load's merge deletes among the rows staged so far
         info = pipeline.load()
