@@ -162,24 +162,36 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     """Python source of the next contract version: the current class extended with the
     new columns (nullable: rows published before have no value), required columns the
     source dropped made nullable and deprecated (``__deprecated__``: gone in the version
-    after), and retyped columns flagged for a decision. The class body needs only the
-    names the contract module already has (``pa``, ``Series``, ``pd``), so it can be
-    pasted there as it is."""
+    after), and retyped columns flagged for a decision; with its migrations from and to the
+    current version: ``upgrade`` gives older rows the new columns, NULL, and ``downgrade``
+    drops them, refusing (``MigrationError``) rows that hold a value in one. A reader whose
+    replica holds rows of the current version migrates them through ``upgrade`` once the
+    table's contract is a ``Chain`` of both: a class alone has no path from the version the
+    rows are at, and the pull stops (fresh-user trial). The class body needs the names the
+    contract module has (``pa``, ``Series``, ``pd``) and ``MigrationError`` from
+    ``contracts``, which the draft's header says to import."""
 
     base = contract.model
     version = contract.version + 1
-    name = re.sub(r"V\d+$", "", base.__name__) + f"V{version}"
+    stem = re.sub(r"V\d+$", "", base.__name__)
+    name = f"{stem}V{version}"
     lines = [
         f'"""Draft of contract {name}, proposed by deltaferry (drift = "evolve") because the',
         f"source drifted from {contract.ref} v{contract.version}: {drift.describe()}.",
         "",
-        "Review it, move it into the contract module, and point the table's `contract` at it.",
+        "To adopt it: review it, paste the class into the contract module (with",
+        "`from contracts import Chain, MigrationError`), list the versions there as one chain,",
+        f"oldest first, `{stem}Chain = Chain(<the versions you have>, {name})`",
+        f"(a table whose contract is one class: `Chain({base.__name__}, {name})`), and point the",
+        "table's `contract` at the chain. A replica pulled at the current version migrates its",
+        "rows through `upgrade`; a class alone gives it no way from that version.",
         '"""',
         "",
         "import pandas as pd  # noqa: F401 - used by timestamp fields",
         "import pandera.pandas as pa",
         "from pandera.typing import Series",
         "",
+        "from contracts import MigrationError",
         f"from {base.__module__} import {base.__name__}",
         "",
         "",
@@ -211,10 +223,39 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
             f"    # {column}: the source now also sends {typ} values (dlt stages them in"
             f" {variant}); decide whether to widen {column} or fix the source"
         )
+    lines.extend(_migrations(sorted(drift.new), version))
     lines.append("")
     source = "\n".join(lines)
     compile(source, f"<draft {name}>", "exec")  # a draft that does not compile is a bug here
     return source
+
+
+def _migrations(new: list[str], version: int) -> list[str]:
+    """The drafted version's ``upgrade`` (rows of the version before get the ``new``
+    columns, NULL) and ``downgrade`` (the ``new`` columns dropped; a row holding a value in
+    one is refused, as the version before has nowhere to keep it), as class body lines."""
+    lines = [
+        "",
+        "    @staticmethod",
+        f"    def upgrade(frame):  # v{version - 1} rows -> v{version}: the new columns, NULL",
+    ]
+    if new:
+        lines += [f"        for column in {new!r}:", "            frame[column] = None"]
+    lines += ["        return frame", "", "    @staticmethod"]
+    lines.append(f"    def downgrade(frame):  # v{version} rows -> v{version - 1}")
+    if new:
+        lines += [
+            f"        held = frame[{new!r}].notna().any(axis=1)",
+            "        if held.any():",
+            "            raise MigrationError(",
+            f'                f"{{int(held.sum())}} row(s) hold a value in {", ".join(new)},'
+            f' which v{version - 1} does not have"',
+            "            )",
+            f"        return frame.drop(columns={new!r})",
+        ]
+    else:
+        lines.append("        return frame")
+    return lines
 
 
 def _attribute(column: str) -> tuple[str, str]:

@@ -82,7 +82,9 @@ def hold_reader_contract(
             f"{where}: {whose} holds its rows at contract {ref} v{version} (fingerprint "
             f"{fingerprint[:12]}), which is no version of this reader's {now.ref} that can reach "
             f"v{now.version} (fingerprint {now.fingerprint[:12]}); the stored rows cannot be "
-            "migrated: pull into a new replica, or go back to the old contract"
+            "migrated: name the versions as one Chain, oldest first, the old one included and "
+            "each later one with its upgrade (README, 'Contract versions, readers and "
+            "migrations'), pull into a new replica, or go back to the old contract"
         )
     temp = f"_deltaferry_migrating_{t.name}"
     moved_rows = 0

@@ -123,7 +123,7 @@ def test_evolve_publishes_without_the_column_and_drafts_the_next_version(
 ):
     import pandas as pd
 
-    from contracts import Contract
+    from contracts import Contract, MigrationError
 
     shop_job.write_config(drift="evolve")
     shop.round(10, 4, churn=0)
@@ -142,6 +142,14 @@ def test_evolve_publishes_without_the_column_and_drafts_the_next_version(
     spec.loader.exec_module(module)
     v2 = Contract("draft:CustomersV2", module.CustomersV2)
     assert v2.version == 2 and "loyalty" in v2.columns
+    # its migrations: v1 rows get the new column, NULL; back to v1 drops it, and refuses a
+    # row that holds a value there (v1 has nowhere to keep it)
+    up = module.CustomersV2.upgrade(pd.DataFrame({"id": [1, 2]}))
+    assert list(up.columns) == ["id", "loyalty"] and up["loyalty"].isna().all()
+    down = module.CustomersV2.downgrade(pd.DataFrame({"id": [1], "loyalty": [None]}))
+    assert list(down.columns) == ["id"]
+    with pytest.raises(MigrationError, match="1 row"):
+        module.CustomersV2.downgrade(pd.DataFrame({"id": [1, 2], "loyalty": ["gold", None]}))
     row = {
         "id": 1,
         "name": "customer 1",

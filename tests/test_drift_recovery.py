@@ -532,6 +532,7 @@ def test_evolve_a_rename_is_held_reported_and_the_adopted_draft_publishes_it(
         "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
     )
     job.sync()
+    job.pull()  # a replica at v1: adopting the draft must migrate its rows, not strand them
     job.sql(
         "ALTER TABLE t RENAME COLUMN city TO town;"
         "UPDATE t SET town = 'Bergen', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
@@ -548,9 +549,17 @@ def test_evolve_a_rename_is_held_reported_and_the_adopted_draft_publishes_it(
     assert "town: Series[str] = pa.Field(nullable=True)" in source
     assert "city: Series[str] = pa.Field(nullable=True)" in source
     assert "__deprecated__ = {'city': 3}" in source
-    # adopt as the README says: the class into the contract module, the table pointed at it
-    job.add("\n" + source[source.index("class TV2") :])
-    job.write("TV2", "evolve")
+    assert "def upgrade(frame)" in source and "def downgrade(frame)" in source
+    assert "Chain(T, TV2)" in source  # the draft says how to adopt it
+    # adopt as the draft and the README say: the class into the contract module, the
+    # versions as one chain, the table pointed at the chain (pointed at TV2 alone, the
+    # replica pulled at v1 had no way to v2 and every pull stopped: a fresh-user trial)
+    job.add(
+        "\nfrom contracts import Chain, MigrationError\n\n"
+        + source[source.index("class TV2") :]
+        + "\nTChain = Chain(T, TV2)\n"
+    )
+    job.write("TChain", "evolve")
     out = job.sync()
     assert out["tables"]["t"]["rows"] == 2 and job.held() == []
     job.pull()
