@@ -164,27 +164,36 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     source dropped made nullable and deprecated (``__deprecated__``: gone in the version
     after), and retyped columns flagged for a decision; with its migrations from and to the
     current version: ``upgrade`` gives older rows the new columns, NULL, and ``downgrade``
-    drops them, refusing (``MigrationError``) rows that hold a value in one. A reader whose
+    drops them, refusing (``MigrationError``) rows that hold a value in one; no
+    ``downgrade`` when the source dropped a column the current version requires (its rows
+    cannot go back: the batches are published at the new version). A reader whose
     replica holds rows of the current version migrates them through ``upgrade`` once the
     table's contract is a ``Chain`` of both: a class alone has no path from the version the
     rows are at, and the pull stops (fresh-user trial). The class body needs the names the
     contract module has (``pa``, ``Series``, ``pd``) and ``MigrationError`` from
-    ``contracts``, which the draft's header says to import."""
+    ``contracts``, which the draft's header says to import. Column names are written as
+    Python literals (``repr``) wherever code holds them, and the docstring's text is
+    escaped: a name may hold ``{``, ``}`` or a backslash."""
 
     base = contract.model
     version = contract.version + 1
     stem = re.sub(r"V\d+$", "", base.__name__)
     name = f"{stem}V{version}"
+    if contract.version == 1:  # one class: the chain starts with it
+        chain = f"`{stem}Chain = Chain({base.__name__}, {name})`"
+    else:  # a chain already: the new version goes at its end, every version before kept
+        chain = f"the table's chain with {name} added at its end, every earlier version kept"
+    about = drift.describe().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     lines = [
         f'"""Draft of contract {name}, proposed by deltaferry (drift = "evolve") because the',
-        f"source drifted from {contract.ref} v{contract.version}: {drift.describe()}.",
+        f"source drifted from {contract.ref} v{contract.version}: {about}.",
         "",
-        "To adopt it: review it, paste the class into the contract module (with",
-        "`from contracts import Chain, MigrationError`), list the versions there as one chain,",
-        f"oldest first, `{stem}Chain = Chain(<the versions you have>, {name})`",
-        f"(a table whose contract is one class: `Chain({base.__name__}, {name})`), and point the",
-        "table's `contract` at the chain. A replica pulled at the current version migrates its",
-        "rows through `upgrade`; a class alone gives it no way from that version.",
+        f"To adopt it: review it, paste the class {name} into the contract module (not this",
+        f"file's import of {base.__name__}), import `Chain, MigrationError` from `contracts` there,",
+        f"name the versions as one chain, oldest first: {chain}; and point the table's",
+        "`contract` at the chain. A replica pulled at the current version migrates its rows",
+        "through `upgrade`; a class alone gives it no way from that version. Values of the new",
+        "columns on rows published before reach the lake when those rows change again.",
         '"""',
         "",
         "import pandas as pd  # noqa: F401 - used by timestamp fields",
@@ -223,35 +232,43 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
             f"    # {column}: the source now also sends {typ} values (dlt stages them in"
             f" {variant}); decide whether to widen {column} or fix the source"
         )
-    lines.extend(_migrations(sorted(drift.new), version))
+    lines.extend(_migrations(sorted(drift.new), version, downgrade=not drift.dropped))
     lines.append("")
     source = "\n".join(lines)
     compile(source, f"<draft {name}>", "exec")  # a draft that does not compile is a bug here
     return source
 
 
-def _migrations(new: list[str], version: int) -> list[str]:
+def _migrations(new: list[str], version: int, downgrade: bool) -> list[str]:
     """The drafted version's ``upgrade`` (rows of the version before get the ``new``
-    columns, NULL) and ``downgrade`` (the ``new`` columns dropped; a row holding a value in
-    one is refused, as the version before has nowhere to keep it), as class body lines."""
+    columns, NULL, where they lack them) and, if ``downgrade``, its ``downgrade`` (the
+    ``new`` columns dropped; a row holding a value in one is refused, as the version before
+    has nowhere to keep it), as class body lines. Names are written with ``repr``."""
     lines = [
         "",
         "    @staticmethod",
         f"    def upgrade(frame):  # v{version - 1} rows -> v{version}: the new columns, NULL",
     ]
     if new:
-        lines += [f"        for column in {new!r}:", "            frame[column] = None"]
-    lines += ["        return frame", "", "    @staticmethod"]
-    lines.append(f"    def downgrade(frame):  # v{version} rows -> v{version - 1}")
+        lines += [
+            f"        for column in {new!r}:",
+            "            if column not in frame:",
+            "                frame[column] = None",
+        ]
+    lines.append("        return frame")
+    if not downgrade:
+        return lines
+    lines += ["", "    @staticmethod", f"    def downgrade(frame):  # v{version} rows -> v{version - 1}"]
     if new:
         lines += [
-            f"        held = frame[{new!r}].notna().any(axis=1)",
+            f"        new = [c for c in {new!r} if c in frame]",
+            "        held = frame[new].notna().any(axis=1)",
             "        if held.any():",
             "            raise MigrationError(",
-            f'                f"{{int(held.sum())}} row(s) hold a value in {", ".join(new)},'
-            f' which v{version - 1} does not have"',
+            f'                f"{{int(held.sum())}} row(s) hold a value in " + {", ".join(new)!r}'
+            f' + ", which v{version - 1} does not have"',
             "            )",
-            f"        return frame.drop(columns={new!r})",
+            "        return frame.drop(columns=new)",
         ]
     else:
         lines.append("        return frame")

@@ -202,11 +202,21 @@ def extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[st
     True when none is normalized yet (a package a crash left before its load is loaded as
     always), and every job file an extracted one holds is of dlt's own tables (``_dlt*``:
     its state) or a Parquet file of no rows (an Arrow read whose every row the content
-    filter dropped) of a table in ``staged``: of a table never staged (no columns; dlt
-    creates a table only once it has seen rows), or one whose staged table has every column
-    of the file. A file with a column staging lacks carries a schema change (a source column
-    gained, NULL in every row, so no row's hash changed) that only its load applies. A file
-    of another format, or of a table not in ``staged``, counts as a change."""
+    filter dropped) of a table in ``staged`` whose staged table has every column of the
+    file. A file with a column staging lacks carries a schema change (a source column
+    gained, NULL in every row, so no row's hash changed) that only its load applies; the
+    file of a table never staged creates its staged table (a table whose every row was held
+    back: later steps read it). A file of another format, of a table not in ``staged``, or
+    one that cannot be read counts as a change (the load goes on as always)."""
+    try:
+        return _extracted_nothing(pipeline, staged)
+    except Exception as e:  # noqa: BLE001 - an optimisation: a doubt loads as always
+        logger.warning("pending packages of %s not inspected (loaded as always): %s",
+                       pipeline.pipeline_name, e)
+        return False
+
+
+def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[str]]) -> bool:
     import pyarrow.parquet as pq
 
     if pipeline.list_normalized_load_packages():
@@ -231,7 +241,7 @@ def extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[st
                     return False
                 meta = pq.read_metadata(j.file_path)
                 columns = tables[name]
-                if meta.num_rows or (columns and not set(meta.schema.names) <= columns):
+                if meta.num_rows or not columns or not set(meta.schema.names) <= columns:
                     return False
     return True
 

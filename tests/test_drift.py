@@ -243,3 +243,52 @@ def test_detection_rules_and_drafts_for_awkward_names(tmp_path, monkeypatch) -> 
     v2 = Contract("draft:ItemsV2", module.ItemsV2)
     frame = pd.DataFrame({"id": [1], "price": [2.5], "code": [None], "class": ["a"]})
     assert v2.version == 2 and not v2.validate(frame).failed_rows
+
+
+def test_a_draft_compiles_and_migrates_for_names_holding_braces_and_backslashes(
+    tmp_path, monkeypatch
+) -> None:
+    """A column name may hold ``{``, ``}`` or a backslash (the naming rules refuse quotes and
+    line breaks only): the draft must still compile (else every ``evolve`` run of the table
+    fails) and its migrations name the column as it is. A draft whose source dropped a
+    required column has no ``downgrade``: its rows cannot go back to the version before."""
+    import pandas as pd
+
+    from contracts import Contract, MigrationError
+    from contracts.drift import detect, draft_next_version
+
+    contract = Contract("tests:ItemsV1", ItemsV1)
+    odd = "a{b\\N}"
+    drift = detect(
+        _staged({"id": "BIGINT", "price": "DOUBLE", odd: "VARCHAR"}),
+        "staging",
+        "items",
+        contract,
+        set(),
+    )
+    assert drift.new == {odd: "VARCHAR"}
+    source = draft_next_version(contract, drift, {odd: "VARCHAR"})
+    path = tmp_path / "items_odd_v2.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("draft_items_odd_v2", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    assert "Chain(ItemsV1, ItemsV2)" in source  # one class: the chain starts with it
+    up = module.ItemsV2.upgrade(pd.DataFrame({"id": [1]}))
+    assert list(up.columns) == ["id", odd]
+    with pytest.raises(MigrationError, match=r"hold a value in a\{b\\N\}"):
+        module.ItemsV2.downgrade(pd.DataFrame({"id": [1], odd: ["x"]}))
+    assert list(module.ItemsV2.downgrade(pd.DataFrame({"id": [1], odd: [None]})).columns) == ["id"]
+
+    gone = detect(
+        _staged({"id": "BIGINT", "code": "VARCHAR", odd: "VARCHAR"}),
+        "staging",
+        "items",
+        contract,
+        {"id", "code", odd},
+    )
+    gone.dropped = ["price"]  # required by v1, no longer at the source
+    dropped = draft_next_version(contract, gone, {odd: "VARCHAR"})
+    compile(dropped, "draft", "exec")
+    assert "def upgrade(frame)" in dropped and "def downgrade(frame)" not in dropped

@@ -275,7 +275,8 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                 r.close()
         staged = True
         load_ids.extend(info.loads_ids)
-        rows.update(row_counts(pipeline, job.tables))
+        if info.loads_ids:  # else no normalize ran: dlt's trace holds an earlier one's counts
+            rows.update(row_counts(pipeline, job.tables))
         for name, n in first.rows.items():
             rows[name] = rows.get(name, 0) + n
         tombstones: dict[str, int] = {}

@@ -170,7 +170,8 @@ def run_reads(
             # run with nothing to sync), and no load id for the plan to consume. Dropped
             # as a failed step's package is (deltaferry keeps no dlt state: the window
             # starts at the staged cursor values). Not for a file with a column its
-            # staged table lacks (``extracted_nothing``: that load stages the column).
+            # staged table lacks, nor for a table never staged (``extracted_nothing``:
+            # that load stages the column, or the table).
             abort_pending(pipeline, "the read staged no row: nothing to load")
             return NO_LOAD
         pipeline.normalize()
