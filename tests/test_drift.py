@@ -118,6 +118,15 @@ def test_quarantine_holds_rows_with_a_value_in_the_new_column_and_publishes_the_
     assert rows[1][1] <= 10 and rows[2][1] <= 10  # held: still their first batch's versions
 
 
+def _load_draft(path, monkeypatch):  # noqa: ANN001, ANN202
+    """Import a drafted contract module from its file, as ``draft_<file stem>``."""
+    spec = importlib.util.spec_from_file_location(f"draft_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_evolve_publishes_without_the_column_and_drafts_the_next_version(
     shop_job, shop, home, monkeypatch
 ):
@@ -136,10 +145,7 @@ def test_evolve_publishes_without_the_column_and_drafts_the_next_version(
     assert manifest["drift"]["excluded"] == ["loyalty"]
     draft = home / "shop" / "drafts" / "customers_v2.py"
     assert str(draft) in out["drift"]["customers"]
-    spec = importlib.util.spec_from_file_location("draft_customers_v2", draft)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = _load_draft(draft, monkeypatch)
     v2 = Contract("draft:CustomersV2", module.CustomersV2)
     assert v2.version == 2 and "loyalty" in v2.columns
     # its migrations: v1 rows get the new column, NULL; back to v1 drops it, and refuses a
@@ -236,10 +242,7 @@ def test_detection_rules_and_drafts_for_awkward_names(tmp_path, monkeypatch) -> 
     assert "class_: Series[str] = pa.Field(alias='class', nullable=True)" in source
     path = tmp_path / "items_v2.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("draft_items_v2", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = _load_draft(path, monkeypatch)
     v2 = Contract("draft:ItemsV2", module.ItemsV2)
     frame = pd.DataFrame({"id": [1], "price": [2.5], "code": [None], "class": ["a"]})
     assert v2.version == 2 and not v2.validate(frame).failed_rows
@@ -270,10 +273,7 @@ def test_a_draft_compiles_and_migrates_for_names_holding_braces_and_backslashes(
     source = draft_next_version(contract, drift, {odd: "VARCHAR"})
     path = tmp_path / "items_odd_v2.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("draft_items_odd_v2", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = _load_draft(path, monkeypatch)
     assert "Chain(ItemsV1, ItemsV2)" in source  # one class: the chain starts with it
     up = module.ItemsV2.upgrade(pd.DataFrame({"id": [1]}))
     assert list(up.columns) == ["id", odd]
