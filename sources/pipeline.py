@@ -223,14 +223,10 @@ def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[s
         return False
     schema = pipeline.default_schema if pipeline.default_schema_name else None
     prefix = getattr(schema, "_dlt_tables_prefix", "_dlt")  # dlt's own tables' names
-    norm = schema.naming if schema is not None else None
-    tables = {
-        (norm.normalize_table_identifier(name) if norm else name): {
-            *columns,
-            *((norm.normalize_identifier(c) for c in columns) if norm else ()),
-        }
-        for name, columns in staged.items()
-    }
+    naming = schema.naming if schema is not None else None
+    table = naming.normalize_table_identifier if naming else str
+    column = naming.normalize_identifier if naming else str  # staged names are normalized
+    tables = {table(name): set(columns) for name, columns in staged.items()}
     for load_id in pipeline.list_extracted_load_packages():
         for listed in pipeline.get_load_package_info(load_id).jobs.values():
             for j in listed:
@@ -241,7 +237,8 @@ def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[s
                     return False
                 meta = pq.read_metadata(j.file_path)
                 columns = tables[name]
-                if meta.num_rows or not columns or not set(meta.schema.names) <= columns:
+                named = {column(c) for c in meta.schema.names}
+                if meta.num_rows or not columns or not named <= columns:
                     return False
     return True
 

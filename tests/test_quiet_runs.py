@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow
 
 
 def _staging(home: Path) -> duckdb.DuckDBPyConnection:
@@ -40,11 +41,15 @@ def _staged_columns(home: Path, table: str) -> set[str]:
 
 
 def _pending_packages(home: Path) -> list[Path]:
-    """dlt's extracted or normalized packages left under the job's pipelines dir."""
+    """dlt's extracted or normalized packages left under the job's pipelines dir (dlt's
+    layout: ``<pipeline>/normalize/extracted/<load id>``, ``<pipeline>/load/normalized/...``)."""
+    workdirs = [p.parent for p in home.rglob("normalize") if p.is_dir()]
+    assert workdirs, f"no dlt pipeline working dir under {home}"  # else nothing to look in
     return [
-        p
-        for p in home.rglob("*")
-        if p.is_dir() and p.parent.name in ("extracted", "normalized") and p.name[0].isdigit()
+        package
+        for w in workdirs
+        for folder in (w / "normalize" / "extracted", w / "load" / "normalized")
+        for package in (folder.iterdir() if folder.is_dir() else ())
     ]
 
 
@@ -113,3 +118,54 @@ def test_a_column_gained_null_in_every_row_is_still_staged_by_a_load_of_no_rows(
     shop.con.commit()
     out = shop_job.sync()["tables"]["customers"]
     assert (out["batch"], out["rows"]) == (2, 1)
+
+
+# --- the check itself, on a real dlt pipeline (no Prefect, no source database) --------
+
+
+def _pipeline(tmp_path: Path, table: pyarrow.Table):  # noqa: ANN202
+    """A dlt pipeline into a DuckDB file under ``tmp_path`` with ``table`` extracted as
+    the resource ``t`` (not normalized, not loaded)."""
+    import dlt
+
+    pipeline = dlt.pipeline(
+        pipeline_name="quiet",
+        pipelines_dir=str(tmp_path / "pipelines"),
+        destination=dlt.destinations.duckdb(str(tmp_path / "staging.duckdb")),
+        dataset_name="raw",
+    )
+    pipeline.extract(dlt.resource(table, name="t"))
+    return pipeline
+
+
+def test_extracted_nothing_is_true_only_for_empty_files_staging_already_has(tmp_path, caplog):
+    from sources.pipeline import abort_pending, extracted_nothing
+
+    empty = pyarrow.table(
+        {"id": pyarrow.array([], pyarrow.int64()), "v": pyarrow.array([], pyarrow.string())}
+    )
+    p = _pipeline(tmp_path, empty)
+    assert p.list_extracted_load_packages()  # an empty Arrow read still writes a file
+    assert extracted_nothing(p, {"t": ["id", "v", "_df_hash"]})
+    assert not extracted_nothing(p, {"t": ["id"]})  # 'v' not staged: its load stages it
+    assert not extracted_nothing(p, {"t": []})  # never staged: its load makes the table
+    assert not extracted_nothing(p, {"other": ["id", "v"]})  # a file of no table read
+    abort_pending(p, "test")
+    assert p.list_extracted_load_packages() == [] and extracted_nothing(p, {"t": ["id", "v"]})
+
+    one = _pipeline(tmp_path / "one", pyarrow.table({"id": [1], "v": ["a"]}))
+    assert not extracted_nothing(one, {"t": ["id", "v"]})  # a row
+
+    pending = _pipeline(tmp_path / "pending", empty)
+    pending.normalize()  # a package normalized, not loaded (a crash before the load)
+    assert pending.list_normalized_load_packages()
+    assert not extracted_nothing(pending, {"t": ["id", "v"]})
+
+    broken = _pipeline(tmp_path / "broken", empty)
+    for package in broken.list_extracted_load_packages():
+        for jobs in broken.get_load_package_info(package).jobs.values():
+            for job in jobs:
+                Path(job.file_path).write_bytes(b"not parquet")
+    with caplog.at_level("WARNING"):
+        assert not extracted_nothing(broken, {"t": ["id", "v"]})  # a doubt loads as always
+    assert "not inspected (loaded as always)" in caplog.text
