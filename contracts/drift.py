@@ -12,12 +12,16 @@ judged on the rows being cut (the new loads, and held rows due for re-validation
   that is not strict accepts) with a value on a row being cut;
 - a **dropped** column: required by the contract (not nullable) and never staged, or
   staged but no longer among the source's columns and NULL on every row being cut (a
-  rename drops the old name and adds the new one).
+  rename drops the old name and adds the new one); a *nullable* contract column counts
+  too when it was staged and the source no longer has it (unless the contract deprecates
+  it, ``__deprecated__``): its rows would publish NULL over the values readers hold, so a
+  rename of a nullable column wiped it in the lake and every replica, exit 0 (fresh-user
+  trial). Columns a contract that is not strict does not list are not judged.
 
 The job's ``drift`` policy decides, modelled on dlt's schema contracts:
 
-- ``freeze`` (default): a new or retyped column fails the run with the diff; nothing is
-  published.
+- ``freeze`` (default): a new or retyped column, or a nullable one dropped, fails the
+  run with the diff; nothing is published.
 - ``quarantine``: rows carrying a value in a new or variant column, or no value in a
   dropped column, are held back in the quarantine with the reason; the other rows are
   published without those columns.
@@ -28,8 +32,8 @@ The job's ``drift`` policy decides, modelled on dlt's schema contracts:
   ``quarantine`` (publishing them would overwrite good data or break the contract).
 
 Held rows are re-validated when the contract changes (``deltaferry quarantine``). A
-dropped column is reported under every policy; under ``freeze`` it is left to the
-contract (rows without a required value fail validation). A contract that is not strict
+dropped column is reported under every policy; under ``freeze`` a required one is left to
+the contract (rows without a required value fail validation). A contract that is not strict
 accepts columns it does not list, so no column is new to it.
 """
 
@@ -59,7 +63,11 @@ class Drift:
 
     new: dict[str, str] = field(default_factory=dict)  # column -> staged type
     retyped: dict[str, tuple[str, str]] = field(default_factory=dict)  # variant -> (base, type)
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # required by the contract
+    # nullable contract columns the source dropped (staged before, no longer a source
+    # column, NULL on every row being cut, not deprecated): published, their rows would
+    # overwrite the values readers hold with NULL
+    dropped_nullable: list[str] = field(default_factory=list)
     staged: dict[str, str] = field(default_factory=dict)  # staged column -> DuckDB type
     # staged columns the contract does not know, without a value on any row being cut (a
     # column the source dropped again, a variant whose rows were repaired): not drift, and
@@ -67,12 +75,13 @@ class Drift:
     inert: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.retyped or self.dropped)
+        return bool(self.new or self.retyped or self.dropped or self.dropped_nullable)
 
     @property
     def blocking(self) -> bool:
-        """What freeze stops for: new or retyped columns (dropped ones are the contract's)."""
-        return bool(self.new or self.retyped)
+        """What freeze stops for: new or retyped columns, and nullable columns the source
+        dropped (dropped required ones are the contract's: rows without them fail it)."""
+        return bool(self.new or self.retyped or self.dropped_nullable)
 
     @property
     def extra_columns(self) -> list[str]:
@@ -88,6 +97,11 @@ class Drift:
             for v, (base, t) in sorted(self.retyped.items())
         ]
         parts += [f"required column {c} was dropped by the source" for c in self.dropped]
+        parts += [
+            f"column {c} was dropped by the source (nullable: its rows would publish NULL "
+            "over the values readers hold)"
+            for c in self.dropped_nullable
+        ]
         return "; ".join(parts)
 
     def remedy(self, job: str, table: str) -> str:
@@ -95,6 +109,12 @@ class Drift:
         fixes = []
         if self.new:
             fixes.append("add the new column(s) to the contract")
+        if self.dropped_nullable:
+            names = ", ".join(self.dropped_nullable)
+            fixes.append(
+                f"give the contract a version that deprecates {names} (`__deprecated__`) "
+                "or leaves it out, with the column it was renamed to if it was renamed"
+            )
         if self.retyped:
             names = ", ".join(sorted({b for b, _ in self.retyped.values()}))
             fixes.append(
@@ -119,7 +139,8 @@ def detect(
     ``scope`` is a SQL condition (on the table aliased ``s``) and its parameters selecting
     the rows being cut: new and variant columns count only with a value on one of them,
     and a staged contract column missing from ``source_columns`` (the source's columns
-    now, when known) counts as dropped when it is NULL on all of them."""
+    now, when known) counts as dropped when it is NULL on all of them (a nullable one in
+    ``Drift.dropped_nullable``, unless the contract deprecates it)."""
     staged = duck.column_types(con, table, dataset)
     known = set(contract.columns)
     drift = Drift(staged=staged)
@@ -136,9 +157,17 @@ def detect(
             drift.new[column] = typ
     columns = contract.schema.columns
     required = [c for c in known if columns[c].required and not columns[c].nullable]
-    gone = [c for c in required if c in staged and source_columns is not None and c not in source_columns]
+    # names compared as DuckDB compares them (a source may declare City, a contract city)
+    lowered = None if source_columns is None else {c.lower() for c in source_columns}
+    at_source = lambda c: lowered is None or c.lower() in lowered  # noqa: E731
+    gone = [c for c in required if c in staged and not at_source(c)]
+    gone_nullable = sorted(
+        c
+        for c in known
+        if c not in required and c in staged and not at_source(c) and c not in contract.deprecated
+    )
     if scope is not None and staged:
-        counted = [*drift.new, *drift.retyped, *gone]
+        counted = [*drift.new, *drift.retyped, *gone, *gone_nullable]
         if counted:
             counts = fetch_row(
                 con,
@@ -151,6 +180,7 @@ def detect(
             drift.new = {c: t for c, t in drift.new.items() if values[c]}
             drift.retyped = {c: v for c, v in drift.retyped.items() if values[c]}
             gone = [c for c in gone if not values[c]]
+            drift.dropped_nullable = [c for c in gone_nullable if not values[c]]
     else:
         gone = []
     if staged:
@@ -161,8 +191,8 @@ def detect(
 def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str, str]) -> str:
     """Python source of the next contract version: the current class extended with the
     new columns (nullable: rows published before have no value), required columns the
-    source dropped made nullable and deprecated (``__deprecated__``: gone in the version
-    after), and retyped columns flagged for a decision; with its migrations from and to the
+    source dropped (required or nullable) made nullable and deprecated
+    (``__deprecated__``: gone in the version after), and retyped columns flagged for a decision; with its migrations from and to the
     current version: ``upgrade`` gives older rows the new columns, NULL, and ``downgrade``
     drops them, refusing (``MigrationError``) rows that hold a value in one; no
     ``downgrade`` when the source dropped a column the current version requires (its rows
@@ -215,7 +245,8 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, extra, "nullable=True") if a)
         lines.append(f"    {attr}: {annotation} = pa.Field({args})  # new: staged as {typ}")
-    for column in drift.dropped:
+    dropped = sorted([*drift.dropped, *drift.dropped_nullable])
+    for column in dropped:
         annotation, _ = pandera_annotation(_duck_of(contract, column))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, "nullable=True") if a)
@@ -224,8 +255,8 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
             f"    {attr}: {annotation} = pa.Field({args})  # dropped by the source: nullable,"
             " deprecated"
         )
-    if drift.dropped:
-        gone = ", ".join(f"{c!r}: {version + 1}" for c in drift.dropped)
+    if dropped:
+        gone = ", ".join(f"{c!r}: {version + 1}" for c in dropped)
         lines.append(f"    __deprecated__ = {{{gone}}}  # dropped by the source: goes in v{version + 1}")
     for variant, (column, typ) in sorted(drift.retyped.items()):
         lines.append(

@@ -105,7 +105,7 @@ def build_delta(
     back with that reason, not counted against the threshold, and the columns are not
     published.
 
-    ``missing`` maps required columns the source dropped to a reason: an upsert without a
+    ``missing`` maps columns the source dropped to a reason: an upsert without a
     value in one of them is held back the same way.
 
     Rows whose load id is not in ``load_ids`` are held rows cut again for re-validation
@@ -504,7 +504,7 @@ def _hold_drifted(
     quarantine: list[dict[str, Any]],
     missing: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """Upserts with a value in a held column, or none in a ``missing`` one (a required
+    """Upserts with a value in a held column, or none in a ``missing`` one (a
     column the source dropped): quarantined with the column's reason."""
     out = np.zeros(changes.num_rows, dtype=bool)
     missing = missing or {}

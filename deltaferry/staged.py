@@ -39,7 +39,8 @@ class DriftPlan:
     excluded: list[str]  # staged columns not read at all (evolve)
     held: dict[str, str]  # staged columns whose values hold a row back, with the reason
     draft: str | None = None
-    # required columns the source dropped: a row without a value holds back, with the reason
+    # columns the source dropped (required, or nullable and staged before): a row without
+    # a value holds back, with the reason
     missing: dict[str, str] = field(default_factory=dict)
 
     def manifest(self) -> Drift:
@@ -121,13 +122,18 @@ def plan_drift(
     else:  # values of a new type would publish as NULL in the original column: hold them
         plan.held = {c: reason.format(c) for c in drift.retyped}
         plan.excluded = sorted(drift.new)
-    if policy != "freeze":  # a row without a dropped required column waits for the contract
+    if policy != "freeze":  # a row without a dropped column waits for the contract
         plan.missing = {
             c: f"schema drift: required column '{c}' of {versioned} was dropped by the source"
             for c in drift.dropped
         }
+        plan.missing |= {  # published, the row would overwrite the replica's value with NULL
+            c: f"schema drift: column '{c}' of {versioned} was dropped by the source (the "
+            "row would publish it NULL); a contract version deprecating it releases the row"
+            for c in drift.dropped_nullable
+        }
     plan.excluded = sorted({*plan.excluded, *drift.inert})
-    if policy == "evolve" and (drift.new or drift.dropped):
+    if policy == "evolve" and (drift.new or drift.dropped or drift.dropped_nullable):
         staged = duck.column_types(con, t.name, STAGING_DATASET)
         source = draft_next_version(contract, drift, staged)
         plan.draft = str(write_draft(job_home(ctx.job.name), t.name, contract.version + 1, source))

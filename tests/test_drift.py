@@ -248,6 +248,34 @@ def test_detection_rules_and_drafts_for_awkward_names(tmp_path, monkeypatch) -> 
     assert v2.version == 2 and not v2.validate(frame).failed_rows
 
 
+def test_a_nullable_column_the_source_dropped_is_drift_unless_deprecated_or_holding_values() -> None:
+    """A nullable contract column staged before and no longer at the source is dropped
+    when NULL on every row being cut (its rows would publish NULL over readers' values):
+    freeze stops for it. Not while a row being cut holds a value, not when the source
+    still has it, not when the contract deprecates it, not when never staged."""
+    from contracts import Contract
+    from contracts.drift import detect
+
+    contract = Contract("tests:ItemsV1", ItemsV1)
+    con = _staged({"id": "BIGINT", "price": "DOUBLE", "code": "VARCHAR", "k": "INTEGER"})
+    con.execute("INSERT INTO staging.items VALUES (1, 2.5, NULL, 1), (2, 3.5, 'x', 2)")
+    source = {"id", "price"}
+    drift = detect(con, "staging", "items", contract, {"k"}, ("s.k = 1", []), source)
+    # not 'note' (optional, never staged): a contract may list what a source lacks
+    assert drift.dropped_nullable == ["code"] and drift.blocking and drift.dropped == []
+    assert "column code was dropped by the source (nullable" in drift.describe()
+    assert "__deprecated__" in drift.remedy("j", "items")
+    assert not detect(con, "staging", "items", contract, {"k"}, ("s.k = 2", []), source)
+    assert not detect(con, "staging", "items", contract, {"k"}, ("s.k = 1", []), {*source, "code"})
+    assert not detect(con, "staging", "items", contract, {"k"}, ("s.k = 1", []), None)
+
+    class ItemsV2(ItemsV1):
+        __version__ = 2
+        __deprecated__ = {"code": 3}  # noqa: RUF012
+
+    assert not detect(con, "staging", "items", Contract("tests:ItemsV2", ItemsV2), {"k"}, ("s.k = 1", []), source)
+
+
 def test_a_draft_compiles_and_migrates_for_names_holding_braces_and_backslashes(
     tmp_path, monkeypatch
 ) -> None:

@@ -45,6 +45,16 @@ class Job:
             f'contract = "{self.module}:{contract}"\n'
         )
 
+    def adopt_draft(self, source: str, drift: str) -> None:
+        """Adopt the v2 draft of contract T as the draft and the README say: the class into
+        the contract module, the versions as one chain, the table pointed at the chain."""
+        self.add(
+            "\nfrom contracts import Chain, MigrationError\n\n"
+            + source[source.index("class TV2(T)") :]
+            + "\nTChain = Chain(T, TV2)\n"
+        )
+        self.write("TChain", drift)
+
     def add(self, body: str) -> None:
         self.replace(self.path.read_text() + body)
 
@@ -555,12 +565,7 @@ def test_evolve_a_rename_is_held_reported_and_the_adopted_draft_publishes_it(
     # adopt as the draft and the README say: the class into the contract module, the
     # versions as one chain, the table pointed at the chain (pointed at TV2 alone, the
     # replica pulled at v1 had no way to v2 and every pull stopped: a fresh-user trial)
-    job.add(
-        "\nfrom contracts import Chain, MigrationError\n\n"
-        + source[source.index("class TV2(T)") :]
-        + "\nTChain = Chain(T, TV2)\n"
-    )
-    job.write("TChain", "evolve")
+    job.adopt_draft(source, "evolve")
     out = job.sync()
     assert out["tables"]["t"]["rows"] == 2 and job.held() == []
     job.pull()
@@ -583,6 +588,87 @@ def test_freeze_reports_a_dropped_column_with_the_rename(tmp_path, home, prefect
         job.sync()
     assert "new column town" in str(e.value)
     assert "required column city was dropped by the source" in str(e.value)
+
+
+NULLABLE = RENAME.replace("    city: Series[str]\n", "    city: Series[str] = pa.Field(nullable=True)\n")
+
+
+def _renamed_nullable(job: Job, drift: str) -> None:
+    """Rows 1-3 published with a nullable city (row 3 without one), then the source renames
+    city to town and changes row 1."""
+    job.write("T", drift)
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00'),"
+        " (3, NULL, '2026-01-01 00:00:00');"
+    )
+    job.sync()
+    job.pull()
+    job.sql(
+        "ALTER TABLE t RENAME COLUMN city TO town;"
+        "UPDATE t SET town = 'Bergen', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+    )
+
+
+def test_evolve_a_nullable_column_renamed_is_held_not_published_null(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """Renaming a *nullable* source column read the table whole (a gained column) and
+    published every row with the old column NULL, without the new one: the values were
+    gone from the lake and every replica, and each run said "no change" (fresh-user
+    trial). The old name is a dropped column like a required one: rows are held, the draft
+    deprecates it, and the adopted version publishes the values under the new name."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    _renamed_nullable(job, "evolve")
+    out = job.sync()
+    assert "column city was dropped by the source (nullable" in out["drift"]["t"]
+    # read whole (the gained column); row 3 had no city and has no town: unchanged, not cut
+    assert job.held() == [(1, "city", "schema drift"), (2, "city", "schema drift")]
+    job.pull()  # nothing was published: the replica keeps every city
+    assert job.replica_rows("id, city") == [(1, "Oslo"), (2, "Rome"), (3, None)]
+    source = (home / "j" / "drafts" / "t_v2.py").read_text()
+    assert "__deprecated__ = {'city': 3}" in source
+    assert "def downgrade(frame)" in source  # city was nullable: v2 rows go back to v1
+    job.adopt_draft(source, "evolve")
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 2 and job.held() == [] and not out.get("drift")
+    job.pull()
+    assert job.replica_rows("id, town") == [(1, "Bergen"), (2, "Rome"), (3, None)]
+    out = job.sync()  # deprecated: no longer drift, and nothing to publish
+    assert out["tables"]["t"].get("rows", 0) == 0 and not out.get("drift"), out
+
+
+@pytest.mark.parametrize("drift", ["freeze", "quarantine"])
+def test_a_nullable_column_dropped_stops_or_holds_until_a_version_deprecates_it(
+    tmp_path, home, prefect_api, monkeypatch, drift
+):
+    """A nullable column the source drops (no rename) would publish NULL over every value
+    readers hold, for the rows that change: freeze stops naming it and the fix; quarantine
+    holds the rows. A version that leaves the column out ends it either way."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    _renamed_nullable(job, drift)
+    job.sql("ALTER TABLE t DROP COLUMN town")  # the renamed column gone too: a plain drop
+    if drift == "freeze":
+        with pytest.raises(SchemaDrift) as e:
+            job.sync()
+        message = str(e.value)
+        assert "\n" not in message and "job 'j' table 't'" in message
+        assert "column city was dropped by the source" in message and "__deprecated__" in message
+    else:
+        job.sync()
+        assert job.held() == [(1, "city", "schema drift")]  # the row that changed
+    job.pull()
+    assert job.replica_rows("id, city") == [(1, "Oslo"), (2, "Rome"), (3, None)]
+    job.add(
+        "\nfrom contracts import Chain\n\n\nclass TV2(T):\n    __version__ = 2\n"
+        "    __deprecated__ = {'city': 3}\n\n    @staticmethod\n    def upgrade(frame):\n"
+        "        return frame\n\n\nTChain = Chain(T, TV2)\n"
+    )
+    job.write("TChain", drift)
+    out = job.sync()
+    assert out["tables"]["t"]["rows"] == 1 and job.held() == []
+    job.pull()  # the changed row without city; rows unchanged since keep the value they had
+    assert job.replica_rows("id, city") == [(1, None), (2, "Rome"), (3, None)]
 
 
 def test_a_column_holding_values_of_two_types_is_one_line_and_ends_when_repaired(
