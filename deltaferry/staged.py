@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -27,6 +27,9 @@ from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, source_version
 from destinations.manifest import Drift
 from sources.staging import staging_path
+
+if TYPE_CHECKING:
+    from contracts import Contract
 
 
 @dataclass
@@ -102,6 +105,10 @@ def plan_drift(
         scope=scope,
         source_columns=ctx.source_columns.get(t.name),
     )
+    left_out = _published_without(ctx, t, con, contract, scope)
+    if left_out:
+        ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=left_out)
+        ctx.drift[t.name] = left_out
     if not drift:  # columns without a value on these rows are still left out
         return DriftPlan(ctx.job.drift, "", drift.inert, {}) if drift.inert else None
     policy, diff = ctx.job.drift, drift.describe()
@@ -147,8 +154,49 @@ def plan_drift(
     if plan.draft:
         detail += f"; next version drafted at {plan.draft}"
     ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=detail)
-    ctx.drift[t.name] = detail
+    ctx.drift[t.name] = f"{left_out}; {detail}" if left_out else detail
     return plan
+
+
+def _published_without(
+    ctx: SyncContext, t: TableConfig, con: Any, contract: Contract, scope: tuple[str, list[Any]]
+) -> str | None:
+    """One line when ``contract`` has columns the table's last batch left out
+    (``drift.excluded`` of its manifest: new columns ``evolve`` did not publish) and staged
+    rows outside this cut (``scope``) hold a value in one: those rows were published
+    without it, and no replica has the value until the row changes at the source again.
+    Said at the first batch cut under the version that has the columns (the batch after
+    it leaves none of them out), with the count and the fix; None otherwise."""
+    from sources.columns import STAGING_DATASET
+
+    last = ctx.state.last_manifest(t.name)
+    if last is None or last.drift is None:
+        return None
+    columns = [c for c in last.drift.excluded if c in contract.columns]
+    if not columns:
+        return None
+    having = " OR ".join(f"s.{ident(c)} IS NOT NULL" for c in columns)
+    try:
+        row = duck.fetch_one(
+            con,
+            f"SELECT count(*) FROM {ident(STAGING_DATASET)}.{ident(t.name)} s "
+            f"WHERE ({having}) AND NOT coalesce(({scope[0]}), false)",
+            scope[1],
+        )
+    except duckdb.Error:  # a column not staged (a contract naming it otherwise): say nothing
+        return None
+    rows = int(row[0]) if row else 0
+    if not rows:
+        return None
+    names = ", ".join(columns)
+    return (
+        f"job '{ctx.job.name}' table '{t.name}': contract {contract.ref} v{contract.version} "
+        f"publishes {names}, which batch {last.batch} and those before it left out "
+        f"(drift = {last.drift.policy}): {rows} row(s) published before hold a value there "
+        "that no replica has; they reach the lake when they change at the source, or now "
+        f"with `deltaferry reset {ctx.job.name} --table {t.name} --reason 'publish {names}'` "
+        "(the table is read again whole; rows the lake has as they are are not published again)"
+    )
 
 
 def _resume_from(ctx: SyncContext, t: TableConfig, resume: KeyRange) -> KeyRange:

@@ -638,6 +638,40 @@ def test_evolve_a_nullable_column_renamed_is_held_not_published_null(
     assert out["tables"]["t"].get("rows", 0) == 0 and not out.get("drift"), out
 
 
+def test_values_evolve_left_out_are_said_once_the_contract_has_them_and_reset_publishes_them(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """Under evolve, rows are published without a new column; once the adopted version has
+    it, those rows' values reached no replica and every run was green (fresh-user trial).
+    The first batch under that version says how many rows and the fix; the fix works."""
+    job = Job(tmp_path, monkeypatch, RENAME)
+    job.write("T", "evolve")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
+    )
+    job.sync()
+    job.sql(
+        "ALTER TABLE t ADD COLUMN zone TEXT;"
+        "UPDATE t SET zone = 'north', updated_at = '2026-01-01 00:00:02' WHERE id = 1;"
+    )
+    assert "published without zone" in job.sync()["drift"]["t"]
+    job.adopt_draft((home / "j" / "drafts" / "t_v2.py").read_text(), "evolve")
+    job.sql("UPDATE t SET city = 'Milan', updated_at = '2026-01-01 00:00:03' WHERE id = 2;")
+    line = job.sync()["drift"]["t"]
+    for part in ("job 'j' table 't'", "publishes zone, which batch 2", "1 row(s) published before",
+                 "deltaferry reset j --table t"):  # fmt: skip
+        assert part in line, line
+    assert [d for d in job.ops("drift") if "1 row(s) published before" in d]
+    job.pull()
+    assert job.replica_rows("id, city, zone") == [(1, "Oslo", None), (2, "Milan", None)]
+    code, text = job.cli("reset", "j", "--table", "t", "--reason", "publish zone")
+    assert code == 0, text
+    assert not job.sync().get("drift")  # said once: the batch after leaves nothing out
+    job.pull()
+    assert job.replica_rows("id, city, zone") == [(1, "Oslo", "north"), (2, "Milan", None)]
+
+
 @pytest.mark.parametrize("drift", ["freeze", "quarantine"])
 def test_a_nullable_column_dropped_stops_or_holds_until_a_version_deprecates_it(
     tmp_path, home, prefect_api, monkeypatch, drift
