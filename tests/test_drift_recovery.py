@@ -531,16 +531,19 @@ class T(pa.DataFrameModel):
         coerce = True
 """
 
+# rows 1 (Oslo) and 2 (Rome) of table t, row 1 the newest
+TWO_CITIES = (
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
+    "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
+)
+
 
 def test_evolve_a_rename_is_held_reported_and_the_adopted_draft_publishes_it(
     tmp_path, home, prefect_api, monkeypatch
 ):
     job = Job(tmp_path, monkeypatch, RENAME)
     job.write("T", "evolve")
-    job.sql(
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
-        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
-    )
+    job.sql(TWO_CITIES)
     job.sync()
     job.pull()  # a replica at v1: adopting the draft must migrate its rows, not strand them
     job.sql(
@@ -646,10 +649,7 @@ def test_values_evolve_left_out_are_said_once_the_contract_has_them_and_reset_pu
     The first batch under that version says how many rows and the fix; the fix works."""
     job = Job(tmp_path, monkeypatch, RENAME)
     job.write("T", "evolve")
-    job.sql(
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, city TEXT, updated_at TIMESTAMP);"
-        "INSERT INTO t VALUES (1, 'Oslo', '2026-01-01 00:00:01'), (2, 'Rome', '2026-01-01 00:00:00');"
-    )
+    job.sql(TWO_CITIES)
     job.sync()
     job.sql(
         "ALTER TABLE t ADD COLUMN zone TEXT;"
