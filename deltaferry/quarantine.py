@@ -4,7 +4,7 @@ before staging or by a cut's validation, until a later cut takes their key again
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import duckdb
@@ -19,6 +19,8 @@ UNKEYED = "primary key not null"
 # cannot carry (a PostgreSQL numeric NaN): resolved when a batch publishes (or deletes) the
 # key, i.e. the row was read again with a value that fits
 UNFIT = "value fits"
+# in the reason of a row held for a column the source dropped (``staged.plan_drift``)
+DROPPED = "was dropped by the source"
 
 
 def held_identity(record: dict[str, Any]) -> tuple[str, str]:
@@ -205,19 +207,42 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             }
 
-    def due_for_release(self, table: str, contract: Callable[[], str]) -> list[tuple[str, str]]:
+    def due_for_release(
+        self, table: str, contract: Callable[[], str], at_source: Collection[str] | None = None
+    ) -> list[tuple[str, str]]:
         """Held rows to validate again in the next cut: held under another contract than
         ``contract()`` (the fingerprint now, asked for only when rows are held: it builds the
-        contract's schema), or released by ``quarantine release``."""
+        contract's schema), released by ``quarantine release``, or held for a column the
+        source had dropped (``staged.plan_drift``) that is among ``at_source`` (the source's
+        columns now, when known) again: the rows did not change when the column came back
+        (NULL where it was re-added), so nothing else would ever validate them again and the
+        changes they carry would never be published (fresh-user trial)."""
         held = self.open_held(table)
         if not held:
             return []
         now = contract()
+        back = self._dropped_and_back(table, at_source) if at_source else set()
         return [
             (pk, lid)
             for pk, lid, held_under, release in held
-            if held_under != now or release is not None
+            if held_under != now or release is not None or (pk, lid) in back
         ]
+
+    def _dropped_and_back(self, table: str, at_source: Collection[str]) -> set[tuple[str, str]]:
+        """(key JSON, load id) of open records held for a dropped column (``DROPPED`` in
+        their reason) that ``at_source`` has again (names compared case-insensitively)."""
+        names = sorted({c.lower() for c in at_source})
+        marks = ", ".join("?" for _ in names)
+        with self.connect(read_only=True) as con:
+            return {
+                (r[0], r[1])
+                for r in con.execute(
+                    "SELECT pk, load_id FROM quarantine WHERE tbl = ? AND resolved IS NULL"
+                    " AND \"check\" = 'schema drift' AND contains(reason, ?)"
+                    f" AND lower(field) IN ({marks})",
+                    [table, DROPPED, *names],
+                ).fetchall()
+            }
 
     def plan_releases(self, table: str, batch: int) -> list[tuple[str, str]]:
         """The held rows a planned batch cut again (for its rebuild)."""

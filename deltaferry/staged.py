@@ -25,6 +25,7 @@ from deltaferry.duck import ident
 from deltaferry.errors import SchemaDrift
 from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, source_version
+from deltaferry.quarantine import DROPPED
 from destinations.manifest import Drift
 from sources.staging import staging_path
 
@@ -131,12 +132,12 @@ def plan_drift(
         plan.excluded = sorted(drift.new)
     if policy != "freeze":  # a row without a dropped column waits for the contract
         plan.missing = {
-            c: f"schema drift: required column '{c}' of {versioned} was dropped by the source"
+            c: f"schema drift: required column '{c}' of {versioned} {DROPPED}"
             for c in drift.dropped
         }
         plan.missing |= {  # published, the row would overwrite the replica's value with NULL
-            c: f"schema drift: column '{c}' of {versioned} was dropped by the source (the "
-            "row would publish it NULL); a contract version deprecating it releases the row"
+            c: f"schema drift: column '{c}' of {versioned} {DROPPED} (the row would publish "
+            "it NULL); a contract version deprecating it, or the column back, releases the row"
             for c in drift.dropped_nullable
         }
     plan.excluded = sorted({*plan.excluded, *drift.inert})
@@ -259,7 +260,9 @@ def staged_changes(
             else:
                 ids = new_load_ids(con, ctx.state.published_load_ids(t.name))
         if load_ids is None:
-            due = ctx.state.due_for_release(t.name, lambda: held_under(ctx, t))
+            due = ctx.state.due_for_release(
+                t.name, lambda: held_under(ctx, t), ctx.source_columns.get(t.name)
+            )
             ctx.released[t.name] = due
         released = released_rows(con, t, ctx.released.get(t.name, []))
         if released is None:

@@ -705,6 +705,31 @@ def test_a_nullable_column_dropped_stops_or_holds_until_a_version_deprecates_it(
     assert job.replica_rows("id, city") == [(1, None), (2, "Rome"), (3, None)]
 
 
+def test_rows_held_for_a_dropped_column_are_published_once_the_column_is_back(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A row held because the source dropped its column did not change when the column was
+    added back (NULL there): nothing validated it again, so the change it carries was never
+    published and its record stayed open, every run green (fresh-user trial). The column
+    back at the source releases it."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    job.write("T", "quarantine")
+    job.sql(TWO_CITIES)
+    job.sync()
+    job.sql("ALTER TABLE t DROP COLUMN city; UPDATE t SET updated_at = '2026-01-02' WHERE id = 2;")
+    job.sync()
+    # row 1 too: the newest cursor value's rows are read again every run
+    assert job.held() == [(1, "city", "schema drift"), (2, "city", "schema drift")]
+    job.sql("ALTER TABLE t ADD COLUMN city TEXT;")  # back, NULL on every row
+    job.sync()
+    assert job.held() == []
+    job.pull()
+    assert job.replica_rows("id, city, updated_at") == [
+        (1, None, datetime.datetime(2026, 1, 1, 0, 0, 1)),  # as the source has them now
+        (2, None, datetime.datetime(2026, 1, 2)),
+    ]
+
+
 def test_a_column_holding_values_of_two_types_is_one_line_and_ends_when_repaired(
     tmp_path, home, prefect_api, monkeypatch
 ):
