@@ -133,6 +133,7 @@ def detect(
     internal: set[str],
     scope: tuple[str, list[Any]] | None = None,
     source_columns: set[str] | None = None,
+    published: set[str] | None = None,
 ) -> Drift:
     """Compare the staged columns of ``dataset.table`` with ``contract``.
 
@@ -140,7 +141,9 @@ def detect(
     the rows being cut: new and variant columns count only with a value on one of them,
     and a staged contract column missing from ``source_columns`` (the source's columns
     now, when known) counts as dropped when it is NULL on all of them (a nullable one in
-    ``Drift.dropped_nullable``, unless the contract deprecates it)."""
+    ``Drift.dropped_nullable``, unless the contract deprecates it; a nullable one not
+    staged counts too when it is among ``published``, the columns of what readers hold:
+    after a reset staging has only the source's columns)."""
     staged = duck.column_types(con, table, dataset)
     known = set(contract.columns)
     drift = Drift(staged=staged)
@@ -157,17 +160,20 @@ def detect(
             drift.new[column] = typ
     columns = contract.schema.columns
     required = [c for c in known if columns[c].required and not columns[c].nullable]
-    # names compared as DuckDB compares them (a source may declare City, a contract city)
-    lowered = None if source_columns is None else {c.lower() for c in source_columns}
-    at_source = lambda c: lowered is None or c.lower() in lowered  # noqa: E731
+    # names compared exactly, as staged columns are: a source column renamed City from city
+    # is another column of the contract (staged anew after a reset, city is dropped)
+    at_source = lambda c: source_columns is None or c in source_columns  # noqa: E731
     gone = [c for c in required if c in staged and not at_source(c)]
+    had = staged.keys() | (published or set())  # a column readers may hold values of
     gone_nullable = sorted(
         c
         for c in known
-        if c not in required and c in staged and not at_source(c) and c not in contract.deprecated
+        if c not in required and c in had and not at_source(c) and c not in contract.deprecated
     )
     if scope is not None and staged:
-        counted = [*drift.new, *drift.retyped, *gone, *gone_nullable]
+        # a column not staged has no value on any row (it is NULL in what is published)
+        counted = [*drift.new, *drift.retyped, *gone, *(c for c in gone_nullable if c in staged)]
+        values: dict[str, int] = {}
         if counted:
             counts = fetch_row(
                 con,
@@ -180,7 +186,7 @@ def detect(
             drift.new = {c: t for c, t in drift.new.items() if values[c]}
             drift.retyped = {c: v for c, v in drift.retyped.items() if values[c]}
             gone = [c for c in gone if not values[c]]
-            drift.dropped_nullable = [c for c in gone_nullable if not values[c]]
+        drift.dropped_nullable = [c for c in gone_nullable if not values.get(c)]
     else:
         gone = []
     if staged:
@@ -241,12 +247,22 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         f"    __version__ = {version}",
         "",
     ]
+    spelled = {c.lower(): c for c in contract.columns}
+    respelled = {c.lower() for c in drift.new if c.lower() in spelled}
     for column, typ in sorted(drift.new.items()):
+        if column.lower() in respelled:  # a replica (DuckDB) cannot hold both: no field
+            lines.append(
+                f"    # {column!r}: the source's new spelling of {spelled[column.lower()]!r}; a "
+                "replica cannot hold two columns differing only in case: spell it as before "
+                "at the source"
+            )
+            continue
         annotation, extra = pandera_annotation(staged_types.get(column, typ))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, extra, "nullable=True") if a)
         lines.append(f"    {attr}: {annotation} = pa.Field({args})  # new: staged as {typ}")
-    dropped = sorted([*drift.dropped, *drift.dropped_nullable])
+    # a column only spelled anew in case is neither dropped nor new (its rows stay held)
+    dropped = sorted(c for c in [*drift.dropped, *drift.dropped_nullable] if c.lower() not in respelled)
     for column in dropped:
         annotation, _ = pandera_annotation(_duck_of(contract, column))
         attr, alias = _attribute(column)
@@ -264,7 +280,8 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
             f"    # {column}: the source now also sends {typ} values (dlt stages them in"
             f" {variant}); decide whether to widen {column} or fix the source"
         )
-    lines.extend(_migrations(sorted(drift.new), version, downgrade=not drift.dropped))
+    new = sorted(c for c in drift.new if c.lower() not in respelled)
+    lines.extend(_migrations(new, version, downgrade=not drift.dropped))
     lines.append("")
     source = "\n".join(lines)
     compile(source, f"<draft {name}>", "exec")  # a draft that does not compile is a bug here

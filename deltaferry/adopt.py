@@ -311,7 +311,8 @@ def published_types_path(job: str, table: str):  # noqa: ANN201
 def remember_published_types(job: str, table: str, base, batch: int) -> None:  # noqa: ANN001
     """Record the DuckDB types of ``table``'s columns in the baseline replica ``base`` (the
     chain as published up to ``batch``), with the contract version it holds them at, for
-    ``refuse_types_readers_cannot_merge``. The baseline itself is removed after the extract."""
+    ``refuse_types_readers_cannot_merge``, and the columns holding a value on some row, for
+    ``published_columns``. The baseline itself is removed after the extract."""
     import json
 
     types = {
@@ -319,8 +320,35 @@ def remember_published_types(job: str, table: str, base, batch: int) -> None:  #
         for c, kind in duck.column_types(base, table, schema=None).items()
         if c not in REPLICA_COLUMNS
     }
-    record = {"batch": batch, "version": _baseline_version(base, job, table), "types": types}
+    # the columns holding a value on some row: what a re-read without them would wipe
+    listed = ", ".join(f"count({ident(c)})" for c in types)
+    counts = duck.fetch_row(base, f"SELECT {listed} FROM {ident(table)}") if types else ()
+    valued = sorted(c for c, n in zip(types, counts, strict=True) if n)
+    record = {
+        "batch": batch,
+        "version": _baseline_version(base, job, table),
+        "types": types,
+        "valued": valued,
+    }
     write_home_file(published_types_path(job, table), json.dumps(record, sort_keys=True))
+
+
+def published_columns(ctx, t: TableConfig) -> set[str]:  # noqa: ANN001
+    """The columns of ``t`` holding a value on some row of the chain as published when the
+    table was last adopted (a ``reset``, a lost home: ``remember_published_types``), while
+    nothing was published since; else empty. A column published NULL everywhere (a
+    contract column the source never had) is not among them. For drift (``contracts/drift.py:detect``): after a reset staging has
+    only the source's columns, so a column the source dropped is not staged and only this
+    record still says readers hold values in it."""
+    import json
+
+    path = published_types_path(ctx.job.name, t.name)
+    if not path.exists():
+        return set()
+    record = json.loads(path.read_text())
+    if record.get("batch") != ctx.state.checkpoint(t.name).batch:
+        return set()
+    return set(record.get("valued") or ())  # a record written before: none (no drift)
 
 
 def refuse_types_readers_cannot_merge(ctx, t: TableConfig, delta) -> None:  # noqa: ANN001

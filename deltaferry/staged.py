@@ -91,6 +91,7 @@ def plan_drift(
     the columns, types and the fix; quarantine and evolve say which columns to leave out
     and which rows to hold. A dropped column is reported under every policy."""
     from contracts.drift import detect, draft_next_version, write_draft
+    from deltaferry.adopt import published_columns
     from sources.columns import INTERNAL_COLUMNS, STAGING_DATASET
 
     if not _selects_rows(con, STAGING_DATASET, t.name, scope):
@@ -105,6 +106,7 @@ def plan_drift(
         set(INTERNAL_COLUMNS),
         scope=scope,
         source_columns=ctx.source_columns.get(t.name),
+        published=published_columns(ctx, t) if t.name in ctx.source_columns else None,
     )
     left_out = _published_without(ctx, t, con, contract, scope)
     if left_out:

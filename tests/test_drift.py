@@ -276,6 +276,22 @@ def test_a_nullable_column_the_source_dropped_is_drift_unless_deprecated_or_hold
     assert not detect(con, "staging", "items", Contract("tests:ItemsV2", ItemsV2), {"k"}, ("s.k = 1", []), source)
 
 
+def test_a_draft_neither_adds_nor_deprecates_a_column_only_spelled_anew_in_case() -> None:
+    """The source renamed code to Code: a replica (DuckDB) cannot hold both, and deprecating
+    code would publish it NULL. The draft says so and leaves both out (the rows stay held
+    until the source spells it as before); other drift in it is drafted as always."""
+    from contracts import Contract
+    from contracts.drift import Drift, draft_next_version
+
+    drift = Drift(new={"Code": "VARCHAR", "extra": "BIGINT"}, dropped_nullable=["code"])
+    source = draft_next_version(Contract("tests:ItemsV1", ItemsV1), drift, {})
+    compile(source, "draft", "exec")
+    assert "'Code': the source's new spelling of 'code'" in source
+    assert "Code: Series" not in source and "__deprecated__" not in source
+    assert "extra: Series[int] = pa.Field(nullable=True)" in source
+    assert "for column in ['extra']:" in source
+
+
 def test_a_draft_compiles_and_migrates_for_names_holding_braces_and_backslashes(
     tmp_path, monkeypatch
 ) -> None:

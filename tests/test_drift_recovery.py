@@ -705,6 +705,50 @@ def test_a_nullable_column_dropped_stops_or_holds_until_a_version_deprecates_it(
     assert job.replica_rows("id, city") == [(1, None), (2, "Rome"), (3, None)]
 
 
+@pytest.mark.parametrize("drift", ["freeze", "quarantine", "evolve"])
+def test_a_nullable_column_dropped_is_still_drift_after_a_reset(
+    tmp_path, home, prefect_api, monkeypatch, drift
+):
+    """After ``reset --table`` staging has only the source's columns: a nullable column the
+    source dropped is not staged, and only the lake says readers hold its values. Every row
+    was published again without it, wiping them, exit 0 (fresh-user trial)."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    _renamed_nullable(job, drift)
+    job.sql("ALTER TABLE t DROP COLUMN town")
+    code, text = job.cli("reset", "j", "--table", "t", "--reason", "read it again")
+    assert code == 0, text
+    if drift == "freeze":
+        for _ in range(2):  # the next run too: the adoption's record outlives the run
+            with pytest.raises(SchemaDrift, match="column city was dropped by the source"):
+                job.sync()
+    else:
+        assert "column city was dropped by the source" in job.sync()["drift"]["t"]
+        # rows whose city the lake holds are held; row 3 (no city) equals the lake's
+        assert job.held() == [(1, "city", "schema drift"), (2, "city", "schema drift")]
+    job.pull()
+    assert job.replica_rows("id, city") == [(1, "Oslo"), (2, "Rome"), (3, None)]
+
+
+def test_a_contract_column_the_source_never_had_is_no_drift_after_a_reset(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A nullable contract column the source never had is published NULL: after a reset
+    it is not at the source and not staged, and readers hold no value of it: no drift."""
+    job = Job(tmp_path, monkeypatch, NULLABLE.replace(
+        "    updated_at:", "    note: Series[str] = pa.Field(nullable=True)\n    updated_at:"
+    ))  # fmt: skip
+    job.write("T", "freeze")
+    job.sql(TWO_CITIES)
+    job.sync()
+    job.sql("UPDATE t SET city = 'Turin', updated_at = '2026-01-02' WHERE id = 2;")
+    code, text = job.cli("reset", "j", "--table", "t", "--reason", "read it again")
+    assert code == 0, text
+    out = job.sync()
+    assert not out.get("drift") and out["tables"]["t"]["rows"] == 1, out
+    job.pull()
+    assert job.replica_rows("id, city, note") == [(1, "Oslo", None), (2, "Turin", None)]
+
+
 def test_rows_held_for_a_dropped_column_are_published_once_the_column_is_back(
     tmp_path, home, prefect_api, monkeypatch
 ):
