@@ -113,7 +113,8 @@ class Drift:
             names = ", ".join(self.dropped_nullable)
             fixes.append(
                 f"give the contract a version that deprecates {names} (`__deprecated__`) "
-                "or leaves it out, with the column it was renamed to if it was renamed"
+                "or leaves it out, with the column it was renamed to if it was renamed "
+                "(rows published from then on carry it NULL, as the source does)"
             )
         if self.retyped:
             names = ", ".join(sorted({b for b, _ in self.retyped.values()}))

@@ -287,12 +287,22 @@ class PlansMixin(StoreBase):
                     [table, batch],
                 )
 
-    def forget_table(self, table: str) -> None:
-        """Forget the table's position: checkpoint, plans and published loads (the operations
-        log and quarantine records stay). ``deltaferry reset``; the next run adopts the lake."""
+    def forget_table(self, table: str, why: str = "reset") -> None:
+        """Forget the table's position: checkpoint, plans and published loads; the operations
+        log and quarantine records stay, and the open records of staged rows held back are
+        resolved by ``why``: their staged rows go with the staging table, and the next run
+        reads the source again whole, so a row that still fails is held again (left open,
+        no later cut took their keys, and they stayed open for good: a fresh-user trial).
+        Records of rows a source held before staging (load id ``held``) stay open: those rows
+        are read at the source again. ``deltaferry reset``; the next run adopts the lake."""
         with self._transaction() as con:
             for name in ("checkpoints", "plans", "published_loads", "open_cuts"):
                 con.execute(f"DELETE FROM {name} WHERE tbl = ?", [table])
+            con.execute(
+                "UPDATE quarantine SET resolved = ?, resolved_at = ? WHERE tbl = ?"
+                " AND resolved IS NULL AND load_id <> 'held'",
+                [f"{why}: staging read again whole (a row that still fails is held again)", now(), table],
+            )
 
     def published_load_ids(self, table: str) -> set[str]:
         with self.connect() as con:

@@ -193,7 +193,7 @@ def reset_table(job: JobConfig, t: TableConfig, reason: str) -> str:
         forget = getattr(source_module(job), "forget_table", None)
         if forget is not None:  # what a source remembers of the table beside dlt's state
             forget(job, t)
-        state.forget_table(t.name)
+        state.forget_table(t.name, f"reset by the operator: {reason}")
         planned = f", batch {plan.batch} planned" if plan is not None else ""
         detail = (
             f"reset by the operator: {reason}. Local checkpoint was {Position(ckpt.batch, ckpt.manifest_sha256)}"

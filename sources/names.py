@@ -119,9 +119,8 @@ def column_problem(
                 "(staged, or read earlier in this run), and staging and the replica (DuckDB) "
                 "do not tell names apart by case",
                 f"name it {old!r} at the source again, or stage the table anew under the new "
-                f"name (deltaferry reset {job} --table {table} --reason '{name} renamed'; a "
-                f"contract listing {old!r} then holds its rows back, and replicas keep {old!r}: "
-                "naming it as before is the way that keeps them)",
+                f"name (deltaferry reset {job} --table {table} --reason '{name} renamed'), "
+                "after which a contract that spells it otherwise holds its rows back",
             )
     return clash
 

@@ -774,6 +774,37 @@ def test_rows_held_for_a_dropped_column_are_published_once_the_column_is_back(
     ]
 
 
+def test_a_reset_resolves_the_records_of_staged_rows_held(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A reset drops the staged rows held back; their records stayed open for good when the
+    re-read found the rows equal to the lake (no cut took their keys again), and status
+    counted them held (fresh-user trial). The reset resolves them (a row that still fails
+    is held again by the run after it: ``..._still_drift_after_a_reset``)."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    job.write("T", "quarantine")
+    job.sql(TWO_CITIES + "INSERT INTO t VALUES (3, 'Lima', '2025-12-31');")
+    job.sync()
+    job.sql("ALTER TABLE t DROP COLUMN city; UPDATE t SET updated_at = '2026-01-02' WHERE id = 2;")
+    job.sync()
+    assert job.held() == [(1, "city", "schema drift"), (2, "city", "schema drift")]
+    job.sql(  # back: as it was for rows 1 (equal to the lake: not cut again) and 3
+        "ALTER TABLE t ADD COLUMN city TEXT; UPDATE t SET city = 'Oslo' WHERE id = 1;"
+        "UPDATE t SET city = 'Lima' WHERE id = 3;"
+    )
+    code, text = job.cli("reset", "j", "--table", "t", "--reason", "read it again")
+    assert code == 0, text
+    resolved = [r for r in StateStore("j").quarantine_rows("t", held_only=False) if r["resolved"]]
+    assert {r["resolved"] for r in resolved} == {
+        "reset by the operator: read it again: staging read again whole (a row that still fails"
+        " is held again)"
+    }
+    job.sync()
+    assert job.held() == []  # the column is back: row 2 publishes with city NULL
+    job.pull()
+    assert job.replica_rows("id, city") == [(1, "Oslo"), (2, None), (3, "Lima")]
+
+
 def test_a_column_holding_values_of_two_types_is_one_line_and_ends_when_repaired(
     tmp_path, home, prefect_api, monkeypatch
 ):

@@ -1667,8 +1667,8 @@ def test_a_field_differing_only_in_case_from_another_is_refused_and_the_fixed_ap
             "table's column 'title' (staged, or read earlier in this run), and staging and the "
             "replica (DuckDB) do not tell names apart by case; name it 'title' at the source "
             "again, or stage the table anew under the new name (deltaferry reset api --table "
-            "tickets --reason 'Title renamed'; a contract listing 'title' then holds its rows "
-            "back, and replicas keep 'title': naming it as before is the way that keeps them)"
+            "tickets --reason 'Title renamed'), after which a contract that spells it "
+            "otherwise holds its rows back"
         )
         pipeline, _ = pipeline_for(api_job.job())
         assert not pipeline.has_pending_data
