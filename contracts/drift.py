@@ -13,8 +13,9 @@ judged on the rows being cut (the new loads, and held rows due for re-validation
 - a **dropped** column: required by the contract (not nullable) and never staged, or
   staged but no longer among the source's columns and NULL on every row being cut (a
   rename drops the old name and adds the new one); a *nullable* contract column counts
-  too when it was staged and the source no longer has it (unless the contract deprecates
-  it, ``__deprecated__``): its rows would publish NULL over the values readers hold, so a
+  too when it was staged (or holds values in the chain a reset pulled) and the source no
+  longer has it, whatever older rows of the cut hold (unless this version or one before
+  it deprecates it, ``__deprecated__``): its rows would publish NULL over the values readers hold, so a
   rename of a nullable column wiped it in the lake and every replica, exit 0 (fresh-user
   trial). Columns a contract that is not strict does not list are not judged.
 
@@ -65,7 +66,7 @@ class Drift:
     retyped: dict[str, tuple[str, str]] = field(default_factory=dict)  # variant -> (base, type)
     dropped: list[str] = field(default_factory=list)  # required by the contract
     # nullable contract columns the source dropped (staged before, no longer a source
-    # column, NULL on every row being cut, not deprecated): published, their rows would
+    # column, not deprecated): published, their rows would
     # overwrite the values readers hold with NULL
     dropped_nullable: list[str] = field(default_factory=list)
     staged: dict[str, str] = field(default_factory=dict)  # staged column -> DuckDB type
@@ -141,10 +142,11 @@ def detect(
     ``scope`` is a SQL condition (on the table aliased ``s``) and its parameters selecting
     the rows being cut: new and variant columns count only with a value on one of them,
     and a staged contract column missing from ``source_columns`` (the source's columns
-    now, when known) counts as dropped when it is NULL on all of them (a nullable one in
-    ``Drift.dropped_nullable``, unless the contract deprecates it; a nullable one not
-    staged counts too when it is among ``published``, the columns of what readers hold:
-    after a reset staging has only the source's columns)."""
+    now, when known) counts as dropped when it is NULL on all of them; a nullable one
+    counts whatever they hold (``Drift.dropped_nullable``: rows without a value are held
+    one by one), unless this version or one before it deprecates it, and when not staged
+    too if it is among ``published``, the columns holding values in what readers hold
+    (after a reset staging has only the source's columns)."""
     staged = duck.column_types(con, table, dataset)
     known = set(contract.columns)
     drift = Drift(staged=staged)
@@ -166,14 +168,14 @@ def detect(
     at_source = lambda c: source_columns is None or c in source_columns  # noqa: E731
     gone = [c for c in required if c in staged and not at_source(c)]
     had = staged.keys() | (published or set())  # a column readers may hold values of
+    # deprecated by this version or one before it (a draft's class inherits the field, not
+    # its base's __deprecated__)
+    deprecated = {c for k in contract.model.__mro__ for c in (vars(k).get("__deprecated__") or {})}
     gone_nullable = sorted(
-        c
-        for c in known
-        if c not in required and c in had and not at_source(c) and c not in contract.deprecated
+        c for c in known if c not in required and c in had and not at_source(c) and c not in deprecated
     )
     if scope is not None and staged:
-        # a column not staged has no value on any row (it is NULL in what is published)
-        counted = [*drift.new, *drift.retyped, *gone, *(c for c in gone_nullable if c in staged)]
+        counted = [*drift.new, *drift.retyped, *gone]
         values: dict[str, int] = {}
         if counted:
             counts = fetch_row(
@@ -187,7 +189,8 @@ def detect(
             drift.new = {c: t for c, t in drift.new.items() if values[c]}
             drift.retyped = {c: v for c, v in drift.retyped.items() if values[c]}
             gone = [c for c in gone if not values[c]]
-        drift.dropped_nullable = [c for c in gone_nullable if not values.get(c)]
+        # whatever older rows of the cut hold: those without a value hold back one by one
+        drift.dropped_nullable = gone_nullable
     else:
         gone = []
     if staged:
@@ -264,7 +267,7 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
         lines.append(f"    {attr}: {annotation} = pa.Field({args})  # new: staged as {typ}")
     # a column only spelled anew in case is neither dropped nor new (its rows stay held)
     dropped = sorted(c for c in [*drift.dropped, *drift.dropped_nullable] if c.lower() not in respelled)
-    for column in dropped:
+    for column in [c for c in dropped if c in drift.dropped]:  # a nullable one is as it was
         annotation, _ = pandera_annotation(_duck_of(contract, column))
         attr, alias = _attribute(column)
         args = ", ".join(a for a in (alias, "nullable=True") if a)

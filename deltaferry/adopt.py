@@ -302,6 +302,12 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     return missing.num_rows
 
 
+def valued_columns_path(job: str, table: str):  # noqa: ANN201
+    """``$DELTAFERRY_HOME/<job>/published_columns/<table>.json``: the columns holding a
+    value in the chain the last adoption pulled (``published_columns``)."""
+    return job_home(job) / "published_columns" / f"{table}.json"
+
+
 def published_types_path(job: str, table: str):  # noqa: ANN201
     """``$DELTAFERRY_HOME/<job>/published_types/<table>.json``: the column types of the chain
     an adoption pulled (``remember_published_types``)."""
@@ -324,31 +330,26 @@ def remember_published_types(job: str, table: str, base, batch: int) -> None:  #
     listed = ", ".join(f"count({ident(c)})" for c in types)
     counts = duck.fetch_row(base, f"SELECT {listed} FROM {ident(table)}") if types else ()
     valued = sorted(c for c, n in zip(types, counts, strict=True) if n)
-    record = {
-        "batch": batch,
-        "version": _baseline_version(base, job, table),
-        "types": types,
-        "valued": valued,
-    }
+    record = {"batch": batch, "version": _baseline_version(base, job, table), "types": types}
     write_home_file(published_types_path(job, table), json.dumps(record, sort_keys=True))
+    # kept past the next batch (the types record is not): deletes publish while upserts
+    # that lack a dropped column are held, and the guard must outlive them
+    write_home_file(valued_columns_path(job, table), json.dumps(valued))
 
 
 def published_columns(ctx, t: TableConfig) -> set[str]:  # noqa: ANN001
     """The columns of ``t`` holding a value on some row of the chain as published when the
-    table was last adopted (a ``reset``, a lost home: ``remember_published_types``), while
-    nothing was published since; else empty. A column published NULL everywhere (a
-    contract column the source never had) is not among them. For drift (``contracts/drift.py:detect``): after a reset staging has
+    table was last adopted (a ``reset``, a lost home: ``remember_published_types``); empty
+    when it never was. A column published NULL everywhere (a contract column the source
+    never had) is not among them. Kept until the next adoption: a column in it counts as
+    dropped only while the source lacks it and the contract lists it undeprecated, which
+    is drift whenever it holds. For drift (``contracts/drift.py:detect``): after a reset staging has
     only the source's columns, so a column the source dropped is not staged and only this
     record still says readers hold values in it."""
     import json
 
-    path = published_types_path(ctx.job.name, t.name)
-    if not path.exists():
-        return set()
-    record = json.loads(path.read_text())
-    if record.get("batch") != ctx.state.checkpoint(t.name).batch:
-        return set()
-    return set(record.get("valued") or ())  # a record written before: none (no drift)
+    path = valued_columns_path(ctx.job.name, t.name)
+    return set(json.loads(path.read_text())) if path.exists() else set()
 
 
 def refuse_types_readers_cannot_merge(ctx, t: TableConfig, delta) -> None:  # noqa: ANN001

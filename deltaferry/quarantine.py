@@ -230,8 +230,9 @@ class QuarantineMixin(StoreBase):
 
     def _dropped_and_back(self, table: str, at_source: Collection[str]) -> set[tuple[str, str]]:
         """(key JSON, load id) of open records held for a dropped column (``DROPPED`` in
-        their reason) that ``at_source`` has again (names compared case-insensitively)."""
-        names = sorted({c.lower() for c in at_source})
+        their reason) that ``at_source`` has again, spelled the same (a column only spelled
+        anew in case is not back: drift says it is dropped)."""
+        names = sorted(set(at_source))
         marks = ", ".join("?" for _ in names)
         with self.connect(read_only=True) as con:
             return {
@@ -239,7 +240,7 @@ class QuarantineMixin(StoreBase):
                 for r in con.execute(
                     "SELECT pk, load_id FROM quarantine WHERE tbl = ? AND resolved IS NULL"
                     " AND \"check\" = 'schema drift' AND contains(reason, ?)"
-                    f" AND lower(field) IN ({marks})",
+                    f" AND field IN ({marks})",
                     [table, DROPPED, *names],
                 ).fetchall()
             }

@@ -37,12 +37,12 @@ class Job:
         self.config = tmp / "deltaferry.toml"
         self.replica = tmp / "replica.duckdb"
 
-    def write(self, contract: str, drift: str, ratio: float = 0.05) -> None:
+    def write(self, contract: str, drift: str, ratio: float = 0.05, table: str = "") -> None:
         self.config.write_text(
             f'[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///{self.db}"\n'
             f'lake = "file://{self.tmp}/lake"\ndrift = "{drift}"\nmax_quarantine_ratio = {ratio}\n'
             f'[[jobs.j.tables]]\nname = "t"\nprimary_key = ["id"]\ncursor = "updated_at"\n'
-            f'contract = "{self.module}:{contract}"\n'
+            f'contract = "{self.module}:{contract}"\n{table}'
         )
 
     def adopt_draft(self, source: str, drift: str) -> None:
@@ -727,6 +727,27 @@ def test_a_nullable_column_dropped_is_still_drift_after_a_reset(
         assert job.held() == [(1, "city", "schema drift"), (2, "city", "schema drift")]
     job.pull()
     assert job.replica_rows("id, city") == [(1, "Oslo"), (2, "Rome"), (3, None)]
+
+
+def test_after_a_reset_a_dropped_column_stays_drift_once_deletes_were_published(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """After a reset the rows lacking the dropped column are held, but deletes publish:
+    the guard was tied to the adopted batch, so from the next batch on a changed row
+    published the column NULL (a review)."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    job.write("T", "quarantine", table='deletes = "reconcile"\n')
+    job.sql(TWO_CITIES + "INSERT INTO t VALUES (3, 'Lima', '2025-12-31');")
+    job.sync()
+    job.sql("ALTER TABLE t DROP COLUMN city; DELETE FROM t WHERE id = 3;")
+    code, text = job.cli("reset", "j", "--table", "t", "--reason", "read it again")
+    assert code == 0, text
+    assert job.sync()["tables"]["t"]["deletes"] == 1
+    job.sql("UPDATE t SET updated_at = '2026-01-03' WHERE id = 2;")
+    job.sync()
+    assert (2, "city", "schema drift") in job.held()
+    job.pull()
+    assert job.replica_rows("id, city") == [(1, "Oslo"), (2, "Rome")]
 
 
 def test_a_contract_column_the_source_never_had_is_no_drift_after_a_reset(
