@@ -826,6 +826,34 @@ def test_a_reset_resolves_the_records_of_staged_rows_held(
     assert job.replica_rows("id, city") == [(1, "Oslo"), (2, None), (3, "Lima")]
 
 
+@pytest.mark.parametrize(
+    ("change", "back", "cities"),
+    [  # a rename reverted (cursor untouched); a drop, then the column added with a default
+        ("ALTER TABLE t RENAME COLUMN city TO town;", "ALTER TABLE t RENAME COLUMN town TO city;",
+         [(1, "Oslo"), (2, "Rome")]),
+        ("ALTER TABLE t DROP COLUMN city;", "ALTER TABLE t ADD COLUMN city TEXT DEFAULT 'Paris';",
+         [(1, "Paris"), (2, "Paris")]),
+    ],
+)  # fmt: skip
+def test_rows_held_while_a_column_was_away_publish_the_values_it_came_back_with(
+    tmp_path, home, prefect_api, monkeypatch, change, back, cities
+):
+    """Released when their column is back, held rows must not publish the copy staged while
+    it was away (NULL there): the column's return reads the table whole first (a review)."""
+    job = Job(tmp_path, monkeypatch, NULLABLE)
+    job.write("T", "quarantine")
+    job.sql(TWO_CITIES)
+    job.sync()
+    job.sql(change + "UPDATE t SET updated_at = '2026-01-02' WHERE id = 2;")
+    job.sync()
+    assert len(job.held()) == 2
+    job.sql(back)
+    job.sync()
+    assert job.held() == []
+    job.pull()
+    assert job.replica_rows("id, city") == cities
+
+
 def test_a_column_holding_values_of_two_types_is_one_line_and_ends_when_repaired(
     tmp_path, home, prefect_api, monkeypatch
 ):
