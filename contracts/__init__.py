@@ -141,6 +141,11 @@ class Contract:
         self.version = int(getattr(model, "__version__", 1))
         # the class's own deprecations (not inherited: each version says what it deprecates)
         self.deprecated: dict[str, int] = dict(vars(model).get("__deprecated__") or {})
+        # and every column this version or one it extends deprecated (a drafted class
+        # inherits the field, not its base's __deprecated__): for drift, a column gone
+        self.ever_deprecated: frozenset[str] = frozenset(
+            c for k in model.__mro__ for c in (vars(k).get("__deprecated__") or {})
+        )
         self._arrow_types: dict[str, Any] | None = None
         self._dates: list[str] | None = None
 

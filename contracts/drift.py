@@ -15,9 +15,9 @@ judged on the rows being cut (the new loads, and held rows due for re-validation
   rename drops the old name and adds the new one); a *nullable* contract column counts
   too when it was staged (or holds values in the chain a reset pulled) and the source no
   longer has it, whatever older rows of the cut hold (unless this version or one before
-  it deprecates it, ``__deprecated__``): its rows would publish NULL over the values readers hold, so a
-  rename of a nullable column wiped it in the lake and every replica, exit 0 (fresh-user
-  trial). Columns a contract that is not strict does not list are not judged.
+  it deprecates it, ``__deprecated__``): its rows would publish NULL over the values
+  readers hold, so a rename of a nullable column wiped it in the lake and every replica,
+  exit 0 (fresh-user trial). Columns a contract that is not strict does not list are not judged.
 
 The job's ``drift`` policy decides, modelled on dlt's schema contracts:
 
@@ -168,15 +168,13 @@ def detect(
     at_source = lambda c: source_columns is None or c in source_columns  # noqa: E731
     gone = [c for c in required if c in staged and not at_source(c)]
     had = staged.keys() | (published or set())  # a column readers may hold values of
-    # deprecated by this version or one before it (a draft's class inherits the field, not
-    # its base's __deprecated__)
-    deprecated = {c for k in contract.model.__mro__ for c in (vars(k).get("__deprecated__") or {})}
     gone_nullable = sorted(
-        c for c in known if c not in required and c in had and not at_source(c) and c not in deprecated
+        c
+        for c in known
+        if c not in required and c in had and not at_source(c) and c not in contract.ever_deprecated
     )
     if scope is not None and staged:
         counted = [*drift.new, *drift.retyped, *gone]
-        values: dict[str, int] = {}
         if counted:
             counts = fetch_row(
                 con,
@@ -202,8 +200,8 @@ def draft_next_version(contract: Contract, drift: Drift, staged_types: dict[str,
     """Python source of the next contract version: the current class extended with the
     new columns (nullable: rows published before have no value), required columns the
     source dropped (required or nullable) made nullable and deprecated
-    (``__deprecated__``: gone in the version after), and retyped columns flagged for a decision; with its migrations from and to the
-    current version: ``upgrade`` gives older rows the new columns, NULL, and ``downgrade``
+    (``__deprecated__``: gone in the version after), and retyped columns flagged for a
+    decision; with its migrations from and to the current version: ``upgrade`` gives older rows the new columns, NULL, and ``downgrade``
     drops them, refusing (``MigrationError``) rows that hold a value in one; no
     ``downgrade`` when the source dropped a column the current version requires (its rows
     cannot go back: the batches are published at the new version). A reader whose

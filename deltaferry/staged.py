@@ -108,12 +108,6 @@ def plan_drift(
         source_columns=ctx.source_columns.get(t.name),
         published=published_columns(ctx, t) if t.name in ctx.source_columns else None,
     )
-    left_out = _published_without(ctx, t, con, contract, scope)
-    if left_out:
-        ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=left_out)
-        ctx.drift[t.name] = left_out
-    if not drift:  # columns without a value on these rows are still left out
-        return DriftPlan(ctx.job.drift, "", drift.inert, {}) if drift.inert else None
     policy, diff = ctx.job.drift, drift.describe()
     where = f"job '{ctx.job.name}' table '{t.name}'"
     versioned = f"contract {contract.ref} v{contract.version}"
@@ -125,6 +119,13 @@ def plan_drift(
         ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=message)
         ctx.drift[t.name] = message
         raise SchemaDrift(message)
+    # said once the batch can be cut (a stopped run would scan staging and say it again)
+    left_out = _published_without(ctx, t, con, contract, scope)
+    if left_out:
+        ctx.state.log(ctx.run_id, "drift", "info", table=t.name, detail=left_out)
+        ctx.drift[t.name] = left_out
+    if not drift:  # columns without a value on these rows are still left out
+        return DriftPlan(policy, "", drift.inert, {}) if drift.inert else None
     plan = DriftPlan(policy, diff, [], {})
     reason = f"schema drift: column '{{}}' is not in {versioned}"
     if policy != "evolve":
