@@ -14,7 +14,7 @@ import pyarrow as pa
 from deltaferry.duck import fetch_one
 from deltaferry.failpoints import bug
 from deltaferry.keyrange import KeyRange
-from deltaferry.quarantine import insert_quarantine, resolve_keys
+from deltaferry.quarantine import HeldRecords, insert_quarantine, resolve_keys
 from deltaferry.statedb import StoreBase, insert_rows, now
 from destinations.manifest import Manifest
 
@@ -118,7 +118,7 @@ class PlansMixin(StoreBase):
         self,
         plan: Plan,
         run_id: str,
-        quarantine: list[dict[str, Any]],
+        quarantine: HeldRecords | list[dict[str, Any]],
         contract: str | None = None,
         touched: set[str] | frozenset[str] = frozenset(),
         released: Sequence[tuple[str, str]] = (),
@@ -166,7 +166,7 @@ class PlansMixin(StoreBase):
         table: str,
         load_ids: list[str],
         run_id: str,
-        quarantine: list[dict[str, Any]],
+        quarantine: HeldRecords | list[dict[str, Any]],
         contract: str | None = None,
         touched: set[str] | frozenset[str] = frozenset(),
         keys: KeyRange = KeyRange(),

@@ -224,6 +224,11 @@ class Changes:
         self.through: tuple[str, ...] | None = keys.through
 
     @property
+    def limit(self) -> int | None:
+        """At most this many rows are iterated (None: every row of the cut)."""
+        return self._limit
+
+    @property
     def keys(self) -> KeyRange:
         """The range of keys the rows iterated so far stand for: the range asked for,
         ended at ``through`` when the limit stopped it."""

@@ -24,6 +24,7 @@ from contracts import Contract, ValidationResult, example, summarize
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ContractViolation, DowngradeRefused
 from deltaferry.keyrange import KeyRange
+from deltaferry.quarantine import HeldRecords
 from destinations.manifest import DataFile, Ops, sha256
 from sources.columns import (
     LAKE_COLUMNS,
@@ -58,7 +59,7 @@ class Delta:
     parts: list[Part]
     upserts: int
     deletes: int
-    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: HeldRecords = field(default_factory=HeldRecords)
     cursor_min: str | None = None
     cursor_max: str | None = None
     # dual publishing: the same rows at a newer contract version (version, parts)
@@ -120,7 +121,7 @@ def build_delta(
     host (``published_zones``); ``"staged:ZONE"`` gives the columns staged zoned ``ZONE``,
     as versions before it did on a host in that zone (DuckDB's session zone): only to
     rebuild a batch they planned (``commit.rebuild``)."""
-    quarantine: list[dict[str, Any]] = []
+    quarantine = HeldRecords()
     parts: list[Part] = []
     seq = seq_start
     changed = failed_total = 0
@@ -133,6 +134,8 @@ def build_delta(
     fresh_ids = pa.array(load_ids, pa.string())
     seen = _BatchKeys(list(t.primary_key))
     host_zone = zones.partition("staged:")[2]
+    most = getattr(chunks, "limit", None)  # rows the cut yields at most (``cut.Changes``)
+    doomed = False
     for i, changes in enumerate(chunks):
         if i == 0:  # every chunk of a cut has the same columns
             _check_published_names(job, t, changes.column_names)
@@ -141,7 +144,7 @@ def build_delta(
         if open_keys:
             keys = changes.select(list(t.primary_key)).to_pylist()
             touched |= open_keys.intersection(key_json(t, k) for k in keys)
-        drifted = _hold_drifted(t, changes, held or {}, quarantine, missing or {})
+        drifted = _hold_drifted(t, changes, held or {}, quarantine, missing or {}, not doomed)
         if held:
             changes = changes.drop_columns([c for c in held if c in changes.column_names])
         if migration is not None:
@@ -155,12 +158,21 @@ def build_delta(
         fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
             zero_copy_only=False
         )
-        keep, upserts, failed, counts = _validate_chunk(
-            t, contract, changes, quarantine, drifted, fresh, examples
+        keep, upserts, failed, counts, failed_rows = _validate_chunk(
+            t, contract, changes, drifted, fresh, examples
         )
         changed += upserts
         failed_total += failed
         failures.update(counts)
+        # over the threshold whatever the rest of the cut holds (``most`` rows at most):
+        # the batch cannot be published, so no record is made or kept (a cut whose every
+        # row broke the contract spent a minute and a GiB a million rows on records the
+        # error then dropped)
+        doomed = doomed or (most is not None and failed_total > job.max_quarantine_ratio * most)
+        if doomed:
+            quarantine.clear()
+        elif failed_rows is not None:
+            _quarantine_failed(t, failed_rows, quarantine)
         for column, check in counts:
             if column is not None and column in changes.column_names and check.startswith("dtype("):
                 staged.setdefault(column, str(changes.schema.field(column).type))
@@ -501,11 +513,14 @@ def _hold_drifted(
     t: TableConfig,
     changes: pa.Table,
     held: dict[str, str],
-    quarantine: list[dict[str, Any]],
+    quarantine: HeldRecords,
     missing: dict[str, str] | None = None,
+    records: bool = True,
 ) -> np.ndarray:
     """Upserts with a value in a held column, or none in a ``missing`` one (a
-    column the source dropped): quarantined with the column's reason."""
+    column the source dropped): quarantined with the column's reason (their records
+    added to ``quarantine`` unless ``records`` is false, ``RECORD_ROWS`` rows' Python
+    objects at a time)."""
     out = np.zeros(changes.num_rows, dtype=bool)
     missing = missing or {}
     cols = [c for c in held if c in changes.column_names]
@@ -520,23 +535,23 @@ def _hold_drifted(
             has = pc.is_null(changes[c]).to_numpy(zero_copy_only=False) & upsert
         else:
             has = upsert.copy()
-        rows = np.flatnonzero(has & ~out)
-        for rec in changes.take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []:
-            quarantine.append(
-                {
-                    "load_id": rec[LOAD_ID_COLUMN],
-                    "pk": json.dumps(
-                        {k: rec[k] for k in t.primary_key}, default=str, sort_keys=True
-                    ),
-                    "field": c,
-                    "check": "schema drift",
-                    "reason": reasons[c],
-                    "row_json": json.dumps(
-                        {k: v for k, v in rec.items() if k not in (OP_COLUMN, LOAD_ID_COLUMN)},
-                        default=str,
-                        sort_keys=True,
-                    ),
-                }
+        rows = np.flatnonzero(has & ~out) if records else np.zeros(0, np.int64)
+        for s in range(0, len(rows), RECORD_ROWS):
+            part = changes.take(pa.array(rows[s : s + RECORD_ROWS], pa.int64())).to_pylist()
+            quarantine.extend(
+                [
+                    {
+                        "load_id": rec[LOAD_ID_COLUMN],
+                        "pk": _RECORD_JSON({k: rec[k] for k in t.primary_key}),
+                        "field": c,
+                        "check": "schema drift",
+                        "reason": reasons[c],
+                        "row_json": _RECORD_JSON(
+                            {k: v for k, v in rec.items() if k not in (OP_COLUMN, LOAD_ID_COLUMN)}
+                        ),
+                    }
+                    for rec in part
+                ]
             )
         out |= has
     return out
@@ -546,72 +561,108 @@ def _validate_chunk(
     t: TableConfig,
     contract: Contract,
     changes: pa.Table,
-    quarantine: list[dict[str, Any]],
     held: np.ndarray | None = None,
     fresh: np.ndarray | None = None,
     examples: dict[tuple[str | None, str], str] | None = None,
-) -> tuple[np.ndarray, int, int, Counter[tuple[str | None, str]]]:
-    """Rows to keep, the number of upserts validated, the number that failed, and the
-    counted failures by (field, check) (a row once per check it fails), the first counted
-    failing value of each (field, check) with its row's key added to ``examples``;
-    failures go to ``quarantine``. Deletes are not validated: they carry only a key. Rows
-    already ``held`` back (source drift) are neither kept nor validated. Only ``fresh``
-    rows (of the new loads; all when None) are counted: a held row validated again and
-    failing again is held again without counting."""
+) -> tuple[np.ndarray, int, int, Counter[tuple[str | None, str]], _Failed | None]:
+    """Rows to keep, the number of upserts validated, the number that failed, the counted
+    failures by (field, check) (a row once per check it fails), and the failed rows
+    (``_Failed``: their quarantine records are made by ``_quarantine_failed``, only when
+    the batch can still be published); the first counted failing value of each (field,
+    check) with its row's key is added to ``examples``. Deletes are not validated: they
+    carry only a key. Rows already ``held`` back (source drift) are neither kept nor
+    validated. Only ``fresh`` rows (of the new loads; all when None) are counted: a held
+    row validated again and failing again is held again without counting."""
     keep = np.ones(changes.num_rows, dtype=bool) if held is None else ~held
     is_upsert = pc.equal(changes[OP_COLUMN], "upsert")
     upsert_idx = np.flatnonzero(is_upsert.to_numpy(zero_copy_only=False) & keep)
     if not len(upsert_idx):
-        return keep, 0, 0, Counter()
+        return keep, 0, 0, Counter(), None
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
     result = validate_rows(contract, upserts)
-    failed = sorted(result.failed_rows)
+    failed = result.failed_positions
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
-    if not failed:
-        return keep, counted, 0, Counter()
-    records = upserts.take(pa.array(failed)).to_pylist()
-    lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed])).to_pylist()
-    counts: Counter[tuple[str | None, str]] = Counter()
-    for pos, rec, lid in zip(failed, records, lids, strict=True):
-        keep[upsert_idx[pos]] = False
-        pk = json.dumps({c: rec[c] for c in t.primary_key}, default=str, sort_keys=True)
-        if fresh is None or fresh[upsert_idx[pos]]:
-            counts.update((f.field, f.check) for f in result.reasons(pos))
-            if examples is not None:  # the key in key order, as typed (``pk`` is for matching)
-                shown = json.dumps({c: rec[c] for c in t.primary_key}, default=str, ensure_ascii=False)
-                for f in result.reasons(pos):
-                    if f.row < 0:  # a failure of the whole column: pandera names no row
-                        value = example(f.value)
-                        whole = "the column as a whole" if value == "NULL" else f"{value} (the column as a whole)"
-                        examples.setdefault((f.field, f.check), whole)
-                    else:
-                        examples.setdefault((f.field, f.check), f"{_as_staged(f, rec)} at key {shown[:80]}")
-        row_json = json.dumps(rec, default=str, sort_keys=True)
-        for f in result.reasons(pos):
-            staged = _as_staged(f, rec)  # a row's own failure: its reason names that value
-            reason = f.reason if staged == example(f.value) else f"{f.check} failed for value {staged}"
-            quarantine.append(
-                {
-                    "load_id": lid,
-                    "pk": pk,
-                    "field": f.field,
-                    "check": f.check,
-                    "reason": reason,
-                    "row_json": row_json,
-                }
-            )
-    failed_n = len(failed) if fresh is None else int(fresh[upsert_idx[failed]].sum())
-    return keep, counted, failed_n, counts
+    if not len(failed):
+        return keep, counted, 0, Counter(), None
+    keep[upsert_idx[failed]] = False
+    is_fresh = None if fresh is None else fresh[upsert_idx]
+    counts = result.counts(is_fresh)
+    failed_n = len(failed) if is_fresh is None else int(is_fresh[failed].sum())
+    if examples is not None and failed_n:
+        for f in result.first_failures(is_fresh):
+            if (f.field, f.check) in examples:
+                continue
+            if f.row < 0:  # a failure of the whole column: pandera names no row
+                value = example(f.value)
+                whole = "the column as a whole" if value == "NULL" else f"{value} (the column as a whole)"
+                examples[(f.field, f.check)] = whole
+                continue
+            rec = upserts.slice(f.row, 1).to_pylist()[0]
+            # the key in key order, as typed (a record's ``pk`` is for matching)
+            shown = json.dumps({c: rec[c] for c in t.primary_key}, default=str, ensure_ascii=False)
+            examples[(f.field, f.check)] = f"{_as_staged(f, rec)} at key {shown[:80]}"
+    lids = changes[LOAD_ID_COLUMN].take(pa.array(upsert_idx[failed]))
+    return keep, counted, failed_n, counts, _Failed(upserts, lids, failed, result)
 
 
-def _as_staged(failure: Any, rec: dict[str, Any]) -> str:
+@dataclass
+class _Failed:
+    """A chunk's upserts (``rows``), the positions among them that failed (``positions``,
+    ascending), the load id of each failed row (``load_ids``) and the validation's
+    ``result``."""
+
+    rows: pa.Table
+    load_ids: pa.ChunkedArray
+    positions: np.ndarray
+    result: ValidationResult
+
+
+# Failed or held rows made into quarantine records at a time (their Python objects)
+RECORD_ROWS = 10_000
+# a record's key (``pk``) and row (``row_json``) as JSON text: ``json.dumps(x, default=str,
+# sort_keys=True)``, without making an encoder for every call
+_RECORD_JSON = json.JSONEncoder(default=str, sort_keys=True).encode
+
+
+def _quarantine_failed(t: TableConfig, failed: _Failed, quarantine: HeldRecords) -> None:
+    """The quarantine records of ``failed``: one a (row, failure), ``RECORD_ROWS`` rows'
+    Python objects at a time."""
+    pos = failed.positions
+    whole = list(failed.result.schema_failures)
+    for s in range(0, len(pos), RECORD_ROWS):
+        part = pos[s : s + RECORD_ROWS]
+        reasons = failed.result.row_failures_between(int(part[0]), int(part[-1]) + 1)
+        records = failed.rows.take(pa.array(part)).to_pylist()
+        lids = failed.load_ids.slice(s, len(part)).to_pylist()
+        out = []
+        for p, rec, lid in zip(part.tolist(), records, lids, strict=True):
+            pk = _RECORD_JSON({c: rec[c] for c in t.primary_key})
+            row_json = _RECORD_JSON(rec)
+            for f in [*whole, *reasons.get(p, [])]:
+                shown = example(f.value)
+                staged = _as_staged(f, rec, shown)  # a row's own failure: its reason names that value
+                reason = f.reason if staged == shown else f"{f.check} failed for value {staged}"
+                out.append(
+                    {
+                        "load_id": lid,
+                        "pk": pk,
+                        "field": f.field,
+                        "check": f.check,
+                        "reason": reason,
+                        "row_json": row_json,
+                    }
+                )
+        quarantine.extend(out)
+
+
+def _as_staged(failure: Any, rec: dict[str, Any], shown: str | None = None) -> str:
     """The failing value of ``failure`` for a message: pandera gives the value after its
     coercion, NULL when coercing failed (``'0001-01-01'`` out of a pandas timestamp's range,
     ``2.5`` for an integer), so the staged value of the row ``rec`` is shown then (for a
     failure of that row only: a failure of the whole column names no row's value)."""
-    shown = example(failure.value)
+    shown = example(failure.value) if shown is None else shown
     missing = shown == "NULL" and failure.check != "not_nullable"
     if missing and failure.row >= 0 and rec.get(failure.field) is not None:
         return example(rec[failure.field])

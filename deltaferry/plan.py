@@ -19,6 +19,7 @@ from deltaferry.failpoints import failpoint
 from deltaferry.keyrange import KeyRange
 from deltaferry.negotiate import held_under, migration_of, negotiate, note_readers
 from deltaferry.producers import check_chain_mode, logical_time
+from deltaferry.quarantine import HeldRecords
 from deltaferry.staged import DriftPlan, staged_changes
 from deltaferry.statedb import now
 from destinations.manifest import (
@@ -115,7 +116,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
         # of the held rows due, those this batch's keys took (a split cut: some of them)
         cut = {pk for pk, _ in released} & delta.touched if not delta.keys.whole else None
         taken = len(released) if cut is None else len(cut)
-        again = {q["pk"] for q in delta.quarantine} & {pk for pk, _ in released}
+        again = delta.quarantine.keys() & {pk for pk, _ in released}
         ctx.state.log(
             ctx.run_id,
             "quarantine",
@@ -134,7 +135,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
             t.name,
             load_ids,
             ctx.run_id,
-            delta.quarantine if delta else [],
+            delta.quarantine if delta else HeldRecords(),
             held_under(ctx, t) if delta and delta.quarantine else None,
             delta.touched if delta else set(),
             delta.keys if delta else KeyRange(),
@@ -162,7 +163,7 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
         delta.seq_start,
         delta.seq_end,
         delta.rows,
-        len({q["pk"] for q in delta.quarantine}),
+        delta.quarantine.key_count(),
         body,
         sha256(body),
         ctx.job.rows_per_file,
@@ -239,7 +240,7 @@ def make_manifest(
         load_ids=delta.load_ids,
         rows=delta.rows,
         ops=Ops(upsert=delta.upserts, delete=delta.deletes),
-        quarantined=len({q["pk"] for q in delta.quarantine}),
+        quarantined=delta.quarantine.key_count(),
         files=[
             p.data_file(data_key(ctx.job.name, t.name, batch, i, p.sha256, ctx.job.chain))
             for i, p in enumerate(delta.parts)

@@ -152,8 +152,8 @@ class Reading:
         from deltaferry.delta import validate_rows
 
         result = validate_rows(self.contract, rows.select(cols))
-        failed = sorted(result.failed_rows)
-        if not failed:
+        failed = result.failed_positions
+        if not len(failed):
             return data, caution, 0
         chain = f" producer '{producer}'" if producer else ""
         what = (

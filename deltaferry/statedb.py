@@ -35,7 +35,11 @@ def insert_rows(
             values = [v if v is None or isinstance(v, str) else str(v) for v in values]
         return pa.array(values, kind)
 
-    table = pa.table({n: column(i, kind) for i, (n, kind) in enumerate(columns.items())})
+    insert_table(con, sql, pa.table({n: column(i, kind) for i, (n, kind) in enumerate(columns.items())}), params)
+
+
+def insert_table(con: duckdb.DuckDBPyConnection, sql: str, table: pa.Table, params: list[Any]) -> None:
+    """Run ``sql`` (with ``params``) once, reading ``table`` as ``df_rows``."""
     con.register("df_rows", table)
     try:
         con.execute(sql, params)

@@ -184,11 +184,9 @@ def test_a_failure_of_the_whole_column_names_no_rows_value_as_its_example():
         }
     )
     examples: dict = {}
-    quarantine: list = []
-    keep, _, failed, counts = _validate_chunk(
-        SimpleNamespace(primary_key=["id"]), Contract("times", Times), changes, quarantine,
-        examples=examples,
-    )  # fmt: skip
+    keep, _, failed, counts, _ = _validate_chunk(
+        SimpleNamespace(primary_key=["id"]), Contract("times", Times), changes, examples=examples
+    )
     assert failed == 2 and not keep.any()
     coerce = next(k for k in counts if k[1].startswith("coerce_dtype"))
     assert examples[coerce] == "the column as a whole", examples

@@ -1,0 +1,204 @@
+"""A batch that breaks its contract: what validation reports, what it keeps, and what it
+never makes. Failures are kept as pandera's failure cases (``contracts.ValidationResult``)
+and quarantine records are made a slice of rows at a time, only while the batch can still
+be published (``deltaferry/delta.py``); these tests hold both to what they stand for."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow
+import pytest
+from pandera.errors import SchemaErrors
+from pandera.typing import Series
+
+from contracts import Contract
+from deltaferry import delta as delta_mod
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.delta import build_delta
+from deltaferry.errors import ContractViolation
+
+
+class Orders(pa.DataFrameModel):
+    id: Series[int] = pa.Field(ge=1)
+    qty: Series[int] = pa.Field(ge=0)
+    status: Series[str] = pa.Field(isin=["new", "paid"])
+    note: Series[str] = pa.Field(nullable=True, str_length={"max_value": 5})
+
+    class Config:
+        coerce = True
+
+
+def _frame(seed: int, n: int) -> pd.DataFrame:
+    """Rows failing none, one or several checks, NULLs where they may not be, drawn from
+    ``seed``."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "id": rnd.choice([i + 1, i + 1, i + 1, -i]),
+                "qty": rnd.choice([1, 2, -3, None, 7]),
+                "status": rnd.choice(["new", "paid", "lost", None]),
+                "note": rnd.choice([None, "ok", "far too long"]),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["qty"] = frame["qty"].astype(object)
+    return frame
+
+
+def _oracle(frame: pd.DataFrame) -> tuple[set[int], Counter]:
+    """Failed rows and failures by (field, check), from pandera's own failure cases with
+    the rule ``contracts`` states (one NULL, one failure: only ``not_nullable`` is kept for
+    a (row, field) whose failing value is NULL), written here without deltaferry's code."""
+    try:
+        Orders.to_schema().validate(frame, lazy=True)
+    except SchemaErrors as err:
+        cases = err.failure_cases
+    else:
+        return set(), Counter()
+    kept = []
+    nulls = {
+        (int(r["index"]), r["column"])
+        for _, r in cases.iterrows()
+        if r["check"] == "not_nullable"
+    }
+    for _, r in cases.iterrows():
+        key = (int(r["index"]), r["column"])
+        if r["check"] != "not_nullable" and key in nulls and pd.isna(r["failure_case"]):
+            continue
+        kept.append(r)
+    return {int(r["index"]) for r in kept}, Counter((r["column"], str(r["check"])) for r in kept)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_failed_rows_and_counts_are_pandera_s_own(seed):
+    frame = _frame(seed, 60)
+    result = Contract("orders", Orders).validate(frame)
+    rows, counts = _oracle(frame)
+    assert result.failed_rows == rows
+    assert list(result.failed_positions) == sorted(rows)
+    assert result.counts() == counts
+    # every failure of a row is one of its reasons, with the row's own value in its text
+    for row, failures in result.row_failures.items():
+        assert {f.row for f in failures} == {row}
+        for f in failures:
+            assert f.reason.startswith(f"{f.check} failed for value ")
+    assert sum(len(v) for v in result.row_failures.values()) == sum(counts.values())
+
+
+def test_a_missing_column_fails_every_row_once_a_check():
+    frame = _frame(1, 10).drop(columns=["note"])
+    result = Contract("orders", Orders).validate(frame)
+    assert result.failed_rows == set(range(10))
+    assert [(f.field, f.check, f.row) for f in result.schema_failures] == [
+        ("Orders", "column_in_dataframe", -1)
+    ]
+    assert result.counts()[("Orders", "column_in_dataframe")] == 1
+    # counted over some rows: once a failed row among them
+    mask = np.zeros(10, dtype=bool)
+    mask[[2, 5]] = True
+    assert result.counts(mask)[("Orders", "column_in_dataframe")] == 2
+
+
+def test_examples_and_first_failures_take_the_lowest_row():
+    frame = pd.DataFrame(
+        {"id": [1, 2, 3, 4], "qty": [5, -1, 6, -2], "status": ["new", "paid", "x", "y"], "note": [None] * 4}
+    )
+    result = Contract("orders", Orders).validate(frame)
+    first = {(f.field, f.check): f.row for f in result.first_failures()}
+    assert first[("qty", "greater_than_or_equal_to(0)")] == 1
+    assert first[("status", "isin(['new', 'paid'])")] == 2
+    mask = np.array([False, False, True, True])
+    first = {(f.field, f.check): (f.row, f.value) for f in result.first_failures(mask)}
+    assert first[("qty", "greater_than_or_equal_to(0)")] == (3, -2)
+    assert result.examples()[("qty", "greater_than_or_equal_to(0)")] == "-1"
+
+
+def _staged(n: int, start: int = 0, bad: bool = True) -> pyarrow.Table:
+    ids = np.arange(start + 1, start + n + 1)
+    return pyarrow.table(
+        {
+            "id": ids,
+            "qty": -ids if bad else ids,
+            "status": pyarrow.array(["new"] * n),
+            "note": pyarrow.array([None] * n, pyarrow.string()),
+            "_op": pyarrow.array(["upsert"] * n),
+            "_dlt_load_id": pyarrow.array(["1.1"] * n),
+        }
+    )
+
+
+class _Cut:
+    """Chunks with ``limit``, as ``cut.Changes`` has it."""
+
+    def __init__(self, chunks: list[pyarrow.Table], limit: int | None) -> None:
+        self.chunks, self.limit = chunks, limit
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+
+def _job(ratio: float) -> tuple[JobConfig, TableConfig]:
+    t = TableConfig("orders", ("id",), None, "none", "tests:Orders")
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,))
+    import dataclasses
+
+    return dataclasses.replace(job, max_quarantine_ratio=ratio), t
+
+
+def test_a_batch_over_the_threshold_makes_no_record(monkeypatch):
+    """Once the failures of a cut are over the threshold for the most rows it can hold,
+    the batch cannot be published: no quarantine record is made from then on (a cut of
+    a million failing rows spent about 30 s and 1 GiB on records the error dropped). The
+    error still counts every chunk and names a failing value with its key."""
+    made = []
+    real = delta_mod._quarantine_failed
+    monkeypatch.setattr(
+        delta_mod, "_quarantine_failed", lambda t, f, q: (made.append(len(f.positions)), real(t, f, q))
+    )
+    job, t = _job(0.05)
+    # chunk 1: 2 of 100 fail (within 5% of the 300 the cut may hold: recorded); chunk 2:
+    # every row fails, over it: records dropped and none made for chunk 3
+    good = _staged(100, bad=False)
+    first = pyarrow.concat_tables([good.slice(0, 98), _staged(2, 98)])
+    cut = _Cut([first, _staged(100, 100), _staged(100, 200)], limit=300)
+    with pytest.raises(ContractViolation) as err:
+        build_delta(job, t, Contract("orders", Orders), cut, ["1.1"], 1)
+    assert made == [2]
+    text = str(err.value)
+    assert "202 of 300 changed rows" in text
+    assert 'qty: greater_than_or_equal_to(0) (202 rows, e.g. -99 at key {"id": 99})' in text
+
+
+def test_within_the_threshold_every_failure_is_recorded_the_same_by_slices(monkeypatch):
+    """Records are made ``RECORD_ROWS`` rows at a time: the same records, in the same
+    order, as made at once; a cut without a limit keeps them all."""
+    job, t = _job(1.0)
+    chunks = [_staged(25), _staged(25, 25, bad=False), _staged(30, 50)]
+
+    def records() -> list[dict]:
+        d = build_delta(job, t, Contract("orders", Orders), _Cut(chunks, None), ["1.1"], 1)
+        return list(d.quarantine)
+
+    whole = records()
+    monkeypatch.setattr(delta_mod, "RECORD_ROWS", 7)
+    sliced = records()
+    assert whole == sliced and len(whole) == 55
+    d = build_delta(job, t, Contract("orders", Orders), _Cut(chunks, None), ["1.1"], 1)
+    assert d.quarantine.key_count() == len(d.quarantine.keys()) == 55
+    assert [json.loads(r["pk"])["id"] for r in whole] == [*range(1, 26), *range(51, 81)]
+    assert whole[0] == {
+        "load_id": "1.1",
+        "pk": '{"id": 1}',
+        "field": "qty",
+        "check": "greater_than_or_equal_to(0)",
+        "reason": "greater_than_or_equal_to(0) failed for value -1",
+        "row_json": '{"id": 1, "note": null, "qty": -1, "status": "new"}',
+    }
