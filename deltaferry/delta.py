@@ -178,7 +178,7 @@ def build_delta(
                 staged.setdefault(column, str(changes.schema.field(column).type))
         published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
         n = published.num_rows
-        if n == 0:
+        if n == 0 or doomed:  # a refused batch's rows are counted, never encoded
             continue
         published = _to_contract_types(job, t, contract, published)
         if zones == "published":
