@@ -19,6 +19,10 @@ import click
 
 from deltaferry.cli_common import config_option, emit, new_report, one_line_errors, out
 
+# records ``quarantine list`` shows unless told otherwise: a batch held back whole holds a
+# record a row, and a million-line table helps no one at the terminal
+LIST_LIMIT = 100
+
 
 class _JobFirstGroup(click.Group):
     """``quarantine JOB`` lists; ``quarantine release JOB ...`` releases. A first argument
@@ -88,11 +92,22 @@ def register(ui: ModuleType) -> None:
     @click.argument("job")
     @click.option("--table", default=None, help="Only this table.")
     @click.option("--all", "everything", is_flag=True, help="Also records already resolved.")
+    @click.option(
+        "--limit",
+        type=click.IntRange(min=0),
+        default=LIST_LIMIT,
+        show_default=True,
+        help="List at most this many records, oldest first (0: all); the rest are counted by check.",
+    )
     @config_option
     @one_line_errors
-    def list_(job: str, table: str | None, everything: bool, config: str | None) -> None:
+    def list_(
+        job: str, table: str | None, everything: bool, limit: int, config: str | None
+    ) -> None:
         """List held rows: table, key, field, check, reason, since, and when they are
-        validated again (one row per record; `--all` adds resolved ones and by what)."""
+        validated again (one row per record; `--all` adds resolved ones and by what).
+        A list longer than `--limit` ends with the records counted by table, field and
+        check (a batch held back whole holds a record a row)."""
         from contracts import load_chain
         from deltaferry.config import load_job
         from deltaferry.negotiate import held_under_contract
@@ -105,15 +120,21 @@ def register(ui: ModuleType) -> None:
             "table", "key", "field", "check", "reason", "held since", "validated again",
             title=f"quarantine {job}",
         )  # fmt: skip
-        held = 0
+        counts = [c for t in tables for c in state.quarantine_counts(t.name, not everything)]
+        held = sum(c[4] for c in counts)
+        total = sum(c[3] for c in counts)
+        left = limit or None  # records still to list (None: every one)
         for t in tables:
+            if left == 0:
+                break
             try:
                 chain = load_chain(t.contract, where=f"job '{job}' table '{t.name}'")
                 fingerprint = held_under_contract(cfg, t, chain)
             except Exception:  # noqa: BLE001 - a broken contract must not hide the list
                 fingerprint = None
-            for r in state.quarantine_rows(t.name, held_only=not everything):
-                held += r["resolved"] is None
+            rows = state.quarantine_rows(t.name, held_only=not everything, limit=left)
+            left = None if left is None else left - len(rows)
+            for r in rows:
                 when = (
                     _when_next(r, fingerprint)
                     if r["resolved"] is None
@@ -130,7 +151,16 @@ def register(ui: ModuleType) -> None:
                     when,
                 )
         emit(report)
-        out.print(f"{held} held record(s)")
+        shown = len(report.rows)
+        if shown < total:
+            out.print(
+                f"{held} held record(s); listed the first {shown} of {total} (oldest first; "
+                "--limit 0 lists all), by table, field and check:"
+            )
+            for tbl, field, check, n, _ in counts:
+                out.print(f"  {tbl}  {field or '-'}  {check or '-'}: {n} record(s)")
+        else:
+            out.print(f"{held} held record(s)")
 
     @quarantine.command("release")
     @click.argument("job")

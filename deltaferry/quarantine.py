@@ -317,27 +317,37 @@ class QuarantineMixin(StoreBase):
             ]
 
     def quarantine_rows(
-        self, table: str | None = None, held_only: bool = True
+        self, table: str | None = None, held_only: bool = True, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """Quarantine records (open ones unless ``held_only`` is False), oldest first, as
-        dicts of the quarantine table's columns."""
-        where = ["true"]
-        params: list[Any] = []
-        if table is not None:
-            where.append("tbl = ?")
-            params.append(table)
-        if held_only:
-            where.append("resolved IS NULL")
+        dicts of the quarantine table's columns; the first ``limit`` only when given."""
+        where, params = _records_where(table, held_only)
         with self.connect(read_only=True) as con:
             cur = con.execute(
                 'SELECT ts, run_id, tbl, load_id, pk, field, "check", reason, row_json, contract,'
                 " resolved, resolved_at, release, source_rows FROM quarantine"
-                f" WHERE {' AND '.join(where)}"
-                " ORDER BY ts, tbl, pk",
+                f" WHERE {where} ORDER BY ts, tbl, pk"
+                + ("" if limit is None else f" LIMIT {int(limit)}"),
                 params,
             )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def quarantine_counts(
+        self, table: str | None = None, held_only: bool = True
+    ) -> list[tuple[str, str | None, str | None, int, int]]:
+        """``(table, field, check, records, open records)`` of the records
+        ``quarantine_rows`` lists, most records first: what a long list holds, counted."""
+        where, params = _records_where(table, held_only)
+        with self.connect(read_only=True) as con:
+            return [
+                (str(tbl), field, check, int(n), int(held))
+                for tbl, field, check, n, held in con.execute(
+                    'SELECT tbl, field, "check", count(*), count(*) FILTER (resolved IS NULL)'
+                    f' FROM quarantine WHERE {where} GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3',
+                    params,
+                ).fetchall()
+            ]
 
     def request_release(self, table: str, reason: str) -> int:
         """Mark the table's held staged rows for validation against the contract in the
@@ -355,6 +365,19 @@ class QuarantineMixin(StoreBase):
                 [reason, table],
             )
         return int(n)
+
+
+def _records_where(table: str | None, held_only: bool) -> tuple[str, list[Any]]:
+    """The WHERE of the quarantine records of ``table`` (every table: None), open ones
+    only with ``held_only``, and its parameters."""
+    where = ["true"]
+    params: list[Any] = []
+    if table is not None:
+        where.append("tbl = ?")
+        params.append(table)
+    if held_only:
+        where.append("resolved IS NULL")
+    return " AND ".join(where), params
 
 
 def resolve_keys(

@@ -22,6 +22,7 @@ from deltaferry import delta as delta_mod
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import build_delta
 from deltaferry.errors import ContractViolation
+from deltaferry.quarantine import insert_quarantine
 
 
 class Orders(pa.DataFrameModel):
@@ -202,3 +203,62 @@ def test_within_the_threshold_every_failure_is_recorded_the_same_by_slices(monke
         "reason": "greater_than_or_equal_to(0) failed for value -1",
         "row_json": '{"id": 1, "note": null, "qty": -1, "status": "new"}',
     }
+
+
+def test_a_long_quarantine_list_is_cut_and_counted(home, tmp_path):
+    """A batch held back whole holds a record a row: ``quarantine list`` shows the first
+    ``--limit`` records (100 by default), oldest first, then every record counted by
+    table, field and check; ``--limit 0`` lists them all."""
+    from click.testing import CliRunner
+
+    from deltaferry.cli import cli
+    from deltaferry.state import StateStore
+
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        '[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///x.db"\nlake = "file:lake"\n'
+        '[[jobs.j.tables]]\nname = "orders"\nprimary_key = ["id"]\ncontract = "contracts.shop:Orders"\n'
+    )
+    store = StateStore("j")
+    held = _held_records(
+        [("qty", "greater_than_or_equal_to(0)", i) for i in range(230)]
+        + [("status", "isin", i) for i in range(20)]
+    )
+    with store.connect() as con:
+        insert_quarantine(con, "r", "orders", held)
+
+    def listed(*more: str) -> list[str]:
+        res = CliRunner().invoke(cli, ["quarantine", "list", "j", "--config", str(config), *more])
+        assert res.exit_code == 0, res.output
+        return res.output.splitlines()
+
+    lines = listed()
+    rows = [line for line in lines if line.startswith("orders\t")]
+    assert len(rows) == 100 and rows[0].split("\t")[1] == "id=0"
+    text = "\n".join(lines)
+    assert "250 held record(s); listed the first 100 of 250" in text
+    assert "orders  qty  greater_than_or_equal_to(0): 230 record(s)" in text
+    assert "orders  status  isin: 20 record(s)" in text
+    assert len([ln for ln in listed("--limit", "0") if ln.startswith("orders\t")]) == 250
+    assert "250 held record(s)" == listed("--limit", "0")[-1]
+    assert len([ln for ln in listed("--limit", "7") if ln.startswith("orders\t")]) == 7
+
+
+def _held_records(failures: list[tuple[str, str, int]]):
+    from deltaferry.quarantine import HeldRecords
+
+    held = HeldRecords()
+    held.extend(
+        [
+            {
+                "load_id": "1.1",
+                "pk": json.dumps({"id": i}),
+                "field": field,
+                "check": check,
+                "reason": f"{check} failed",
+                "row_json": json.dumps({"id": i}),
+            }
+            for field, check, i in failures
+        ]
+    )
+    return held
