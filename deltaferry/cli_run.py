@@ -184,7 +184,14 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
         # rows held back before staging (a NULL key or cursor) count as quarantined too
         held = extracted.table(name).held if extracted is not None else 0
         if s.get("batch") is None:
-            what = "stopped (the error below)" if s.get("stopped") else "no change"
+            held += int(s.get("quarantined") or 0)
+            what = (
+                "stopped (the error below)"
+                if s.get("stopped")
+                else "held back (deltaferry quarantine list)"
+                if s.get("quarantined")
+                else "no change"
+            )
             rows.append([name, "-", "0", "", "", str(held) if held else "", "", what])
         else:
             rows.append(

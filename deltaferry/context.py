@@ -63,6 +63,9 @@ class SyncContext:
     # per table, a version the source's rows could not be downgraded to in this run, and
     # the migration's reason: negotiation publishes above it (``plan_negotiated``)
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # per table, the keys this run's cuts held back in the quarantine without a batch to
+    # publish (every change held): what the run's summary says instead of "no change"
+    held_back: dict[str, int] = field(default_factory=dict)
 
     def step(
         self, step: str, fn: Callable[[], T], *, table: str | None = None, batch: int | None = None

@@ -648,6 +648,22 @@ def configure(
         pass  # DuckDB refused a limit below what the database holds: keep the higher one
     if path is not None:
         con.execute(f"SET temp_directory = {literal(str(path) + '.tmp')}")
+    return quiet(con)
+
+
+# The session settings of every DuckDB connection deltaferry opens for longer work (and of
+# dlt's staging connections: its ``local_config``). DuckDB draws a progress bar on stdout
+# for a query over 2 s when it takes the process for an interactive one (``python -c``, a
+# notebook), even when stdout is a pipe: a plan step of a large batch or a long
+# ``quarantine list`` run so left ``100% ▕███▏`` lines in tab-separated output.
+QUIET = {"enable_progress_bar": False}
+
+
+def quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """``con`` with the ``QUIET`` settings (a session's: DuckDB refuses them in
+    ``connect``'s config of a database file). Returns ``con``."""
+    for name, value in QUIET.items():
+        con.execute(f"SET {name} = {str(value).lower()}")
     return con
 
 

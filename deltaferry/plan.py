@@ -131,6 +131,8 @@ def _plan_range(ctx: SyncContext, t: TableConfig) -> tuple[tuple[Plan, Delta] | 
         _log_split(ctx, t, delta)
     if delta is None or delta.rows == 0:
         # no change for this table in these loads, or every change held back by the contract
+        if delta is not None and delta.quarantine:
+            ctx.held_back[t.name] = ctx.held_back.get(t.name, 0) + delta.quarantine.key_count()
         ctx.state.consume_without_batch(
             t.name,
             load_ids,

@@ -95,7 +95,7 @@ def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
             stopped.append((t.name, unread))
             continue
         try:
-            _publish_table(t, summary, steps)
+            _publish_table(t, summary, steps, ctx.held_back)
         except ContractViolation as e:
             # the table's changes break its contract: nothing of it was stored (the plan
             # step refuses before it records a plan), so the job's other tables go on
@@ -106,14 +106,16 @@ def sync_steps(ctx: SyncContext, summary: RunSummary, steps: Steps) -> None:
         raise stopped[0][1] if len(stopped) == 1 else _several_stopped(ctx, stopped)
 
 
-def _publish_table(t: TableConfig, summary: RunSummary, steps: Steps) -> None:
+def _publish_table(
+    t: TableConfig, summary: RunSummary, steps: Steps, held_back: dict[str, int]
+) -> None:
     """plan -> upload -> manifest -> checkpoint for one table: once, or once per range of
-    keys of a cut split at ``max_batch_rows``."""
+    keys of a cut split at ``max_batch_rows``; ``held_back``: ``SyncContext.held_back``."""
     while True:
         planned = steps.plan(t)
         if planned is None:
             if t.name not in summary.tables:
-                summary.note_no_change(t.name)
+                summary.note_no_change(t.name, held_back.get(t.name, 0))
             return
         plan, delta = planned
         sent = steps.upload(plan, delta)
@@ -164,14 +166,17 @@ def tables_to_recover(ctx: SyncContext) -> list[TableConfig]:
 
 def plan_logged(ctx: SyncContext, t: TableConfig) -> tuple[Plan, Delta] | None:
     """The plan step (``deltaferry/plan.py:plan_negotiated``) as a ``plan`` step of the
-    operations log, whose line says what was planned (or ``no change``)."""
+    operations log, whose line says what was planned (or ``no change``, or how many changed
+    rows the quarantine held when it held every one)."""
     out: list[tuple[Plan, Delta] | None] = []
 
     def run() -> str:
+        before = ctx.held_back.get(t.name, 0)
         planned = plan_negotiated(ctx, t)
         out.append(planned)
         if planned is None:
-            return "no change"
+            held = ctx.held_back.get(t.name, 0) - before
+            return f"no batch: {held} changed row(s) held back in the quarantine" if held else "no change"
         plan, delta = planned
         return (
             f"batch {plan.batch}: {delta.upserts} upserts, {delta.deletes} deletes, "
@@ -211,8 +216,10 @@ class RunSummary:
         self.extracted = extracted
         self.skipped = list(skipped)
 
-    def note_no_change(self, table: str) -> None:
-        self.tables[table] = {"batch": None}
+    def note_no_change(self, table: str, held: int = 0) -> None:
+        """No batch of ``table`` in this run; ``held``: changed rows the quarantine took
+        (every change held back), 0 when nothing changed."""
+        self.tables[table] = {"batch": None, **({"quarantined": held} if held else {})}
 
     def note_stopped(self, table: str, error: BaseException) -> None:
         """The table's next batch broke its contract (``error``); what it published earlier

@@ -156,12 +156,14 @@ class ChangedRows:
         self._spill = job_home(job.name) / "tmp"
         self._spill.mkdir(parents=True, exist_ok=True)
         self._file: Path | None = None  # the staged hashes' database file, while open
-        self.con = duckdb.connect(
-            config={
-                **self._config,
-                "memory_limit": duck.memory_limit(),
-                "temp_directory": str(self._spill),
-            }
+        self.con = duck.quiet(
+            duckdb.connect(
+                config={
+                    **self._config,
+                    "memory_limit": duck.memory_limit(),
+                    "temp_directory": str(self._spill),
+                }
+            )
         )
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps print (and hash) the same everywhere
         self.t = t

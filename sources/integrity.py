@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
-from deltaferry.duck import fetch_row, ident
+from deltaferry.duck import fetch_row, ident, quiet
 from deltaferry.errors import TerminalError
 from deltaferry.quarantine import UNKEYED
 
@@ -123,13 +123,15 @@ class KeyCheck:
         return chunk
 
     def _open(self, path: Path) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(
-            str(path),
-            config={
-                "memory_limit": self.MEMORY_LIMIT,
-                "temp_directory": str(self._spill),
-                "threads": 1,
-            },
+        return quiet(
+            duckdb.connect(
+                str(path),
+                config={
+                    "memory_limit": self.MEMORY_LIMIT,
+                    "temp_directory": str(self._spill),
+                    "threads": 1,
+                },
+            )
         )
 
     def _reopen(self) -> duckdb.DuckDBPyConnection:

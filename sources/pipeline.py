@@ -160,12 +160,14 @@ def pipeline_for(job: JobConfig) -> tuple[dlt.Pipeline, Any]:
     con = None
     if duck.encryption_key():
         con = duck.connect(path, alias="staging")  # its memory bounded there
-        credentials = DuckDbCredentials(con, local_config={"schema": "staging.main"})
+        credentials = DuckDbCredentials(con, local_config={"schema": "staging.main", **duck.QUIET})
     else:
         # DuckDB's memory bounded as on our own connections (``duck.configure``), set by dlt
         # on each connection it opens: its default, 80% of RAM, grows with the table loaded
         limit = staging_limit(path) or duck.memory_limit()
-        credentials = DuckDbCredentials(str(path), global_config={"memory_limit": limit})
+        credentials = DuckDbCredentials(
+            str(path), global_config={"memory_limit": limit}, local_config=dict(duck.QUIET)
+        )
     # dlt's progress collector: none unless asked for
     progress: dict[str, Any] = {"progress": "log"} if from_env().dlt_progress else {}
     _register_pipeline_settings()

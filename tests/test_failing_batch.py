@@ -6,8 +6,10 @@ be published (``deltaferry/delta.py``); these tests hold both to what they stand
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,10 +130,10 @@ def _staged(n: int, start: int = 0, bad: bool = True) -> pyarrow.Table:
         {
             "id": ids,
             "qty": -ids if bad else ids,
-            "status": pyarrow.array(["new"] * n),
+            "status": pyarrow.array(["new"] * n, pyarrow.string()),
             "note": pyarrow.array([None] * n, pyarrow.string()),
-            "_op": pyarrow.array(["upsert"] * n),
-            "_dlt_load_id": pyarrow.array(["1.1"] * n),
+            "_op": pyarrow.array(["upsert"] * n, pyarrow.string()),
+            "_dlt_load_id": pyarrow.array(["1.1"] * n, pyarrow.string()),
         }
     )
 
@@ -262,3 +264,97 @@ def _held_records(failures: list[tuple[str, str, int]]):
         ]
     )
     return held
+
+
+@pytest.mark.parametrize("ratio, rows", [(0.57, 10_000), (0.29, 50_000)])
+def test_failures_exactly_at_the_threshold_are_held_not_dropped(ratio, rows):
+    """A cut of exactly ``max_batch_rows`` rows with failures exactly at the threshold is
+    published with its failing rows held (a fresh-user trial: ``failed > ratio * most``
+    said over the threshold where ``failed / changed > ratio`` did not, in floating
+    point, so the records were dropped and the batch published without its failing
+    rows). Every row is either published or held."""
+    job, t = _job(ratio)
+    failing = round(ratio * rows)
+    cut = pyarrow.concat_tables([_staged(failing), _staged(rows - failing, failing, bad=False)])
+    chunks = [cut.slice(0, rows // 2), cut.slice(rows // 2)]  # failures in both chunks
+    d = build_delta(job, t, Contract("orders", Orders), _Cut(chunks, limit=rows), ["1.1"], 1)
+    assert d.quarantine.key_count() == failing
+    assert d.upserts == rows - failing
+    published = sum(delta_mod.read_parquet(p.data).num_rows for p in d.parts)
+    assert published + failing == rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_row_is_published_held_or_the_batch_refused(seed):
+    """Around the threshold, with the cut's limit its size and chunks of any size: the
+    batch is refused exactly when the failing share is over the threshold, and otherwise
+    every row is published or held (none dropped with its record)."""
+    rnd = random.Random(seed)
+    for _ in range(60):
+        rows = rnd.randint(10, 300)
+        ratio = rnd.choice([0.01, 0.05, 0.07, 0.1, 0.14, 0.29, 0.3, 0.57, 0.58, 0.9]) + rnd.choice([0, 0, 1e-9])
+        failing = max(0, min(rows, round(ratio * rows) + rnd.choice([-1, 0, 0, 1])))
+        cut = pyarrow.concat_tables([_staged(failing), _staged(rows - failing, failing, bad=False)])
+        bad = sorted(rnd.sample(range(rows), failing))  # failing rows anywhere in the cut
+        order = bad + [i for i in range(rows) if i not in set(bad)]
+        cut = cut.take(pyarrow.array(sorted(range(rows), key=order.index)))
+        size = rnd.randint(1, rows)
+        chunks = [cut.slice(s, size) for s in range(0, rows, size)]
+        job, t = _job(ratio)
+        try:
+            d = build_delta(job, t, Contract("orders", Orders), _Cut(chunks, limit=rows), ["1.1"], 1)
+        except ContractViolation:
+            assert failing / rows > ratio, (rows, ratio, failing)
+            continue
+        assert not failing / rows > ratio, (rows, ratio, failing)
+        published = sum(delta_mod.read_parquet(p.data).num_rows for p in d.parts)
+        assert (published, d.quarantine.key_count()) == (rows - failing, failing)
+
+
+@pytest.mark.integration
+def test_no_progress_bar_on_stdout_from_deltaferry_s_databases(tmp_path):
+    """DuckDB draws a progress bar on stdout for a query over 2 s, even into a pipe: a plan
+    step of a large batch and a long ``quarantine list`` left ``100% ▕███▏`` lines in the
+    tab-separated output (a fresh-user trial). Every connection that does long work has
+    it off: deltaferry's database files, the key count, the content filter, and dlt's
+    connections to staging. Checked in a child process run with ``-c``, where DuckDB's
+    default is the bar on (under pytest, or from a script file, it starts off)."""
+    import subprocess
+    import sys
+
+    script = """
+import duckdb, sys
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig
+from sources.change_detection import ChangedRows
+from sources.integrity import KeyCheck
+from sources.pipeline import pipeline_for
+
+def run(con, name):
+    on = con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0]
+    print(name, "bar" if on else "quiet", flush=True)
+
+t = TableConfig("orders", ("id",), None, "none", "contracts.shop:Orders")
+job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,))
+run(duckdb.connect(), "default")  # DuckDB's own, for a process run with -c: the bar on
+run(duck.connect(sys.argv[1] + "/x.duckdb"), "file")
+keys = KeyCheck(job, t)
+run(keys._open(__import__("pathlib").Path(sys.argv[1]) / "keys.duckdb"), "keys")
+run(ChangedRows(job, t).con, "changed")
+pipeline, _ = pipeline_for(job)
+with pipeline.sql_client() as client:
+    run(client.native_connection, "dlt")
+"""
+    env = {**os.environ, "DELTAFERRY_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[1], timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "default bar",  # so the check can see one left on
+        "file quiet",
+        "keys quiet",
+        "changed quiet",
+        "dlt quiet",
+    ], done.stdout

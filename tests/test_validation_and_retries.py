@@ -168,3 +168,30 @@ def test_a_table_that_breaks_its_contract_does_not_stop_the_others(shop_job, sho
     assert out["customers"]["upserts"] == 10 and out["orders"]["batch"] is None
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_a_run_that_holds_every_change_back_says_so(shop_job, shop):
+    """Every changed row of a table breaks its contract, under a threshold that lets them
+    be held: no batch, and the run's summary, its table and the operations log say how many
+    rows were held back, not "no change" (a fresh-user trial read a whole table held back
+    as a quiet run)."""
+    from deltaferry.cli_run import _summary_rows
+
+    shop.round(20, 0, churn=0)
+    shop_job.sync()
+    text = shop_job.config.read_text().replace("max_quarantine_ratio = 0.2", "max_quarantine_ratio = 1.0")
+    shop_job.config.write_text(text)
+    shop.round(6, 0, churn=0, invalid=6)  # every new customer has a bad e-mail
+    out = shop_job.sync()
+    assert out["tables"]["customers"] == {"batch": None, "quarantined": 6}
+    row = next(r for r in _summary_rows(out) if r[0] == "customers")
+    assert (row[5], row[-1]) == ("6", "held back (deltaferry quarantine list)")
+    plans = _state_rows(
+        shop_job,
+        "SELECT detail FROM ops_log WHERE step = 'plan' AND tbl = 'customers' ORDER BY id",
+    )
+    assert plans[-1] == ("no batch: 6 changed row(s) held back in the quarantine",)
+    # a run with nothing new after it is a quiet run again
+    out = shop_job.sync()
+    assert out["tables"]["customers"] == {"batch": None}
+    assert next(r for r in _summary_rows(out) if r[0] == "customers")[-1] == "no change"
