@@ -203,7 +203,9 @@ def register(ui: ModuleType) -> None:
         invalid = 0
         if result is not None:
             invalid = len(result.failed_rows)
-            for i, fails in [(-1, result.schema_failures), *result.row_failures.items()]:
+            for f in result.schema_failures:  # a failure of the whole column fails every row
+                counts.setdefault((f.field or "<table>", f.check), set()).update(range(len(migrated)))
+            for i, fails in result.row_failures.items():
                 for f in fails:
                     counts.setdefault((f.field or "<table>", f.check), set()).add(i)
         unmigrated = len({f.row for f in refused})

@@ -570,3 +570,24 @@ def test_a_nullable_column_no_change_has_a_value_in_yet_is_null_for_the_migratio
     published = read_parquet(delta.parts[0].data)
     assert published.select(["id", "name"]).to_pylist() == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     assert "tier" not in published.column_names
+
+
+def test_simulate_counts_a_failure_of_the_whole_column_for_every_row(shop_job, shop):
+    """A column the strict contract lacks fails every row as a whole: ``simulate`` counts
+    every staged row for it (it said 1, the row count of a schema failure, while every row
+    failed: a fresh-user trial)."""
+    import duckdb
+
+    from sources.columns import STAGING_DATASET
+
+    shop.round(12, 0, churn=0)
+    shop_job.sync()
+    con = duckdb.connect(str(shop_job.dir / "home" / "shop" / "staging.duckdb"))
+    con.execute(f"ALTER TABLE {STAGING_DATASET}.customers ADD COLUMN extra INTEGER DEFAULT 1")
+    con.close()
+    res = _cli("contracts", "simulate", "shop", "--table", "customers", "--to", "1",
+               "--config", str(shop_job.config))  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "12 fail contract" in res.output
+    row = next(line for line in res.output.splitlines() if "column_in_schema" in line)
+    assert row.split("\t")[-1] == "12", res.output
