@@ -336,8 +336,14 @@ def run_tags(ctx: SyncContext) -> set[str]:
     return tags
 
 
-def run_name(job: str, published: dict[str, int]) -> str:
+def run_name(job: str, published: dict[str, int], held: dict[str, int] | None = None) -> str:
     """A finished run's name after what it published: ``sync-shop customers#3 orders#4``,
-    or ``sync-shop no change``."""
-    what = " ".join(f"{t}#{b}" for t, b in published.items()) or "no change"
-    return f"sync-{job} {what}"[:200]
+    with ``customers held back`` for a table whose every changed row the quarantine took
+    (``held``: ``SyncContext.held_back``), or ``sync-shop no change``."""
+    what = " ".join(
+        [
+            *(f"{t}#{b}" for t, b in published.items()),
+            *(f"{t} held back" for t, n in (held or {}).items() if n and t not in published),
+        ]
+    )
+    return f"sync-{job} {what or 'no change'}"[:200]

@@ -142,14 +142,16 @@ def publish_run_report(
         get_run_logger().warning("could not write the run report: %s", e)
 
 
-def _name_flow_run(flow_run_id: Any, job: str, published: dict[str, int]) -> None:
+def _name_flow_run(
+    flow_run_id: Any, job: str, published: dict[str, int], held: dict[str, int] | None = None
+) -> None:
     """Rename the finished run after the batches it published (``sync-shop customers#3
     orders#4``, or ``sync-shop no change``), so the runs list says what each did."""
     try:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run_id, name=run_name(job, published))
+            client.update_flow_run(flow_run_id, name=run_name(job, published, held))
     except Exception as e:  # noqa: BLE001 - names are for people; never fail a run over them
         get_run_logger().warning("could not rename the flow run: %s", e)
 
@@ -164,7 +166,7 @@ def track(flow_run_id: Any, ctx: SyncContext, summary: RunSummary) -> None:
 def _report_ok(flow_run: Any, ctx: SyncContext, summary: RunSummary) -> None:
     with ctx.state.hold():  # the lag check and the report: one state connection
         published = summary.published()
-        _name_flow_run(flow_run.id, ctx.job.name, published)
+        _name_flow_run(flow_run.id, ctx.job.name, published, ctx.held_back)
         emit(ctx, "deltaferry.run.completed", None, {"published": published})
         check_lag(ctx)
         publish_run_report(ctx, summary)

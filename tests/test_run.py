@@ -116,6 +116,9 @@ def test_events_tags_and_names():
     assert failure_event(TerminalError("conflict")) is None
     assert run_name("shop", {"customers": 3, "orders": 4}) == "sync-shop customers#3 orders#4"
     assert run_name("shop", {}) == "sync-shop no change"
+    held = {"customers": 6, "orders": 0}
+    assert run_name("shop", {}, held) == "sync-shop customers held back"
+    assert run_name("shop", {"orders": 2}, held) == "sync-shop orders#2 customers held back"
     ctx: Any = SimpleNamespace(
         job=SimpleNamespace(name="shop", tables=[SimpleNamespace(name="customers")]),
         contracts={"customers": SimpleNamespace(version=2)},
