@@ -123,44 +123,49 @@ def register(ui: ModuleType) -> None:
         counts = [c for t in tables for c in state.quarantine_counts(t.name, not everything)]
         held = sum(c[4] for c in counts)
         total = sum(c[3] for c in counts)
-        left = limit or None  # records still to list (None: every one)
+        fingerprints: dict[str, str | None] = {}
         for t in tables:
-            if left == 0:
-                break
             try:
                 chain = load_chain(t.contract, where=f"job '{job}' table '{t.name}'")
-                fingerprint = held_under_contract(cfg, t, chain)
+                fingerprints[t.name] = held_under_contract(cfg, t, chain)
             except Exception:  # noqa: BLE001 - a broken contract must not hide the list
-                fingerprint = None
-            rows = state.quarantine_rows(t.name, held_only=not everything, limit=left)
-            left = None if left is None else left - len(rows)
-            for r in rows:
-                when = (
-                    _when_next(r, fingerprint)
-                    if r["resolved"] is None
-                    else f"resolved: {r['resolved']}"
-                )
-                key = _key_text(r)
-                report.add_row(
-                    t.name,
-                    key,
-                    r["field"] or "-",
-                    r["check"] or "-",
-                    r["reason"] or "-",
-                    r["ts"].isoformat(timespec="seconds"),
-                    when,
-                )
-        emit(report)
-        shown = len(report.rows)
-        if shown < total:
-            out.print(
-                f"{held} held record(s); listed the first {shown} of {total} (oldest first; "
-                "--limit 0 lists all), by table, field and check:"
+                fingerprints[t.name] = None
+        # the oldest records of all the tables listed, not the first tables' first
+        rows = state.quarantine_rows(
+            [t.name for t in tables], held_only=not everything, limit=limit or None
+        )
+        for r in rows:
+            when = (
+                _when_next(r, fingerprints.get(r["tbl"]))
+                if r["resolved"] is None
+                else f"resolved: {r['resolved']}"
             )
-            for tbl, field, check, n, _ in counts:
-                out.print(f"  {tbl}  {field or '-'}  {check or '-'}: {n} record(s)")
+            report.add_row(
+                r["tbl"],
+                _key_text(r),
+                r["field"] or "-",
+                r["check"] or "-",
+                r["reason"] or "-",
+                r["ts"].isoformat(timespec="seconds"),
+                when,
+            )
+        emit(report)
+        resolved = f", {total - held} resolved" if everything else ""
+        if len(rows) < total:
+            out.print(
+                f"{held} held record(s){resolved}; listed the oldest {len(rows)} of {total} "
+                "(--limit 0 lists all); by table, field and check:",
+                soft_wrap=True,
+            )
+            for tbl, field, check, n, open_ in counts:
+                still = f" ({open_} held)" if everything else ""
+                out.print(
+                    f"  {tbl}  {field or '-'}  {check or '-'}: {n} record(s){still}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
         else:
-            out.print(f"{held} held record(s)")
+            out.print(f"{held} held record(s){resolved}", soft_wrap=True)
 
     @quarantine.command("release")
     @click.argument("job")

@@ -203,8 +203,9 @@ def build_delta(
         if ratio > job.max_quarantine_ratio or doomed:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
-                f"({ratio:.1%}) break contract {contract.ref} v{contract.version}, over the job's "
-                f"max_quarantine_ratio of {job.max_quarantine_ratio:.1%}; nothing of this table "
+                f"({_share(ratio, job.max_quarantine_ratio)}) break contract {contract.ref} "
+                f"v{contract.version}, over the job's max_quarantine_ratio of "
+                f"{job.max_quarantine_ratio:.1%}; nothing of this table "
                 f"published ({summarize(failures, examples=examples)}{_staged_as(staged)}); the job's other tables go on"
             )
     seen.check(job.name, t.name)
@@ -224,6 +225,16 @@ def build_delta(
         touched=touched,
         zones=zones,
     )
+
+
+def _share(ratio: float, limit: float) -> str:
+    """``ratio`` as a percentage with one decimal, or more where one would show it equal
+    to ``limit``'s (``29.0%`` over a limit of ``29.0%`` read as not over)."""
+    for digits in range(1, 7):
+        text = f"{ratio:.{digits}%}"
+        if text != f"{limit:.{digits}%}":
+            return text
+    return f"{ratio:%}"
 
 
 def _check_published_names(job: JobConfig, t: TableConfig, names: list[str]) -> None:

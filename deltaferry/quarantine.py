@@ -317,10 +317,14 @@ class QuarantineMixin(StoreBase):
             ]
 
     def quarantine_rows(
-        self, table: str | None = None, held_only: bool = True, limit: int | None = None
+        self,
+        table: str | list[str] | None = None,
+        held_only: bool = True,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Quarantine records (open ones unless ``held_only`` is False), oldest first, as
-        dicts of the quarantine table's columns; the first ``limit`` only when given."""
+        """Quarantine records of ``table`` (a table, several, or every one: None; open
+        ones unless ``held_only`` is False), oldest first, as dicts of the quarantine
+        table's columns; the first ``limit`` only when given."""
         where, params = _records_where(table, held_only)
         with self.connect(read_only=True) as con:
             cur = con.execute(
@@ -367,14 +371,17 @@ class QuarantineMixin(StoreBase):
         return int(n)
 
 
-def _records_where(table: str | None, held_only: bool) -> tuple[str, list[Any]]:
-    """The WHERE of the quarantine records of ``table`` (every table: None), open ones
-    only with ``held_only``, and its parameters."""
+def _records_where(table: str | list[str] | None, held_only: bool) -> tuple[str, list[Any]]:
+    """The WHERE of the quarantine records of ``table`` (a table, several, or every table:
+    None), open ones only with ``held_only``, and its parameters."""
     where = ["true"]
     params: list[Any] = []
-    if table is not None:
+    if isinstance(table, str):
         where.append("tbl = ?")
         params.append(table)
+    elif table is not None:
+        where.append("list_contains(?, tbl)")
+        params.append(list(table))
     if held_only:
         where.append("resolved IS NULL")
     return " AND ".join(where), params

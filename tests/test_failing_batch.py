@@ -24,7 +24,7 @@ from deltaferry import delta as delta_mod
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.delta import build_delta
 from deltaferry.errors import ContractViolation
-from deltaferry.quarantine import insert_quarantine
+from deltaferry.quarantine import insert_quarantine, resolve_keys
 
 
 class Orders(pa.DataFrameModel):
@@ -220,13 +220,17 @@ def test_a_long_quarantine_list_is_cut_and_counted(home, tmp_path):
     config.write_text(
         '[jobs.j]\nsource = "sql_database"\nurl = "sqlite:///x.db"\nlake = "file:lake"\n'
         '[[jobs.j.tables]]\nname = "orders"\nprimary_key = ["id"]\ncontract = "contracts.shop:Orders"\n'
+        '[[jobs.j.tables]]\nname = "customers"\nprimary_key = ["id"]\ncontract = "contracts.shop:Customers"\n'
     )
     store = StateStore("j")
     held = _held_records(
         [("qty", "greater_than_or_equal_to(0)", i) for i in range(230)]
         + [("status", "isin", i) for i in range(20)]
     )
-    with store.connect() as con:
+    with store.connect() as con:  # the second table's records are the oldest
+        insert_quarantine(con, "r", "customers", _held_records([("email", "str_matches", 1)]))
+        resolve_keys(con, "customers", {'{"id": 1}'}, "published by batch 2")
+        insert_quarantine(con, "r", "customers", _held_records([("email", "str_matches", 2)]))
         insert_quarantine(con, "r", "orders", held)
 
     def listed(*more: str) -> list[str]:
@@ -234,16 +238,22 @@ def test_a_long_quarantine_list_is_cut_and_counted(home, tmp_path):
         assert res.exit_code == 0, res.output
         return res.output.splitlines()
 
-    lines = listed()
+    lines = listed("--table", "orders")
     rows = [line for line in lines if line.startswith("orders\t")]
     assert len(rows) == 100 and rows[0].split("\t")[1] == "id=0"
     text = "\n".join(lines)
-    assert "250 held record(s); listed the first 100 of 250" in text
+    assert "250 held record(s); listed the oldest 100 of 250 (--limit 0 lists all)" in text
     assert "orders  qty  greater_than_or_equal_to(0): 230 record(s)" in text
     assert "orders  status  isin: 20 record(s)" in text
     assert len([ln for ln in listed("--limit", "0") if ln.startswith("orders\t")]) == 250
-    assert "250 held record(s)" == listed("--limit", "0")[-1]
-    assert len([ln for ln in listed("--limit", "7") if ln.startswith("orders\t")]) == 7
+    assert "251 held record(s)" == listed("--limit", "0")[-1]
+    # the oldest of every table listed, whatever their order in the jobs file
+    first = [ln.split("\t")[:2] for ln in listed("--limit", "2")[1:3]]
+    assert first == [["customers", "id=2"], ["orders", "id=0"]]
+    # --all: resolved records are counted apart from the held ones
+    text = "\n".join(listed("--all", "--limit", "1"))
+    assert "251 held record(s), 1 resolved; listed the oldest 1 of 252" in text
+    assert "customers  email  str_matches: 2 record(s) (1 held)" in text
 
 
 def _held_records(failures: list[tuple[str, str, int]]):
@@ -358,3 +368,14 @@ with pipeline.sql_client() as client:
         "changed quiet",
         "dlt quiet",
     ], done.stdout
+
+
+def test_a_refusal_never_reads_as_at_the_threshold():
+    """1,451 of 5,000 at a ratio of 0.29 said "(29.0%) … over the job's
+    max_quarantine_ratio of 29.0%" (a fresh-user trial): the share gets the decimals that
+    tell it from the limit."""
+    from deltaferry.delta import _share
+
+    assert _share(1451 / 5000, 0.29) == "29.02%"
+    assert _share(2851 / 5000, 0.57) == "57.02%"
+    assert _share(0.5, 0.05) == "50.0%"
