@@ -127,16 +127,7 @@ class ValidationResult:
     def row_failures(self) -> dict[int, list[Failure]]:
         """Each failed row's own failures (schema failures aside), rows in the order
         pandera first reported them. Makes a ``Failure`` of every case: for few rows."""
-        out: dict[int, list[Failure]] = {}
-        for row, field, check, value in zip(
-            self._on_rows["row"].tolist(),
-            self._on_rows["field"],
-            self._on_rows["check"],
-            self._on_rows["value"],
-            strict=True,
-        ):
-            out.setdefault(row, []).append(_failure(row, field, check, value))
-        return out
+        return _by_row_position(self._on_rows)
 
     def reasons(self, row: int) -> list[Failure]:
         return list(self.schema_failures) + self.row_failures.get(row, [])
@@ -146,13 +137,7 @@ class ValidationResult:
         Failure objects for a slice of a large result at a time."""
         rows = self._by_row["row"].to_numpy(dtype=np.int64)
         a, b = np.searchsorted(rows, lo, "left"), np.searchsorted(rows, hi, "left")
-        part = self._by_row.iloc[a:b]
-        out: dict[int, list[Failure]] = {}
-        for row, field, check, value in zip(
-            part["row"].tolist(), part["field"], part["check"], part["value"], strict=True
-        ):
-            out.setdefault(row, []).append(_failure(row, field, check, value))
-        return out
+        return _by_row_position(self._by_row.iloc[a:b])
 
     @functools.cached_property
     def _by_row(self) -> pd.DataFrame:
@@ -207,6 +192,16 @@ class ValidationResult:
         """A one-line account of the most common failures, for error messages, each with
         a value that failed: ``qty: coerce_dtype('int64') (2 rows, e.g. 'ten')``."""
         return summarize(self.counts(), limit, self.examples())
+
+
+def _by_row_position(cases: pd.DataFrame) -> dict[int, list[Failure]]:
+    """The ``Failure`` of each row failure case of ``cases``, by row, in their order."""
+    out: dict[int, list[Failure]] = {}
+    for row, field, check, value in zip(
+        cases["row"].tolist(), cases["field"], cases["check"], cases["value"], strict=True
+    ):
+        out.setdefault(row, []).append(_failure(row, field, check, value))
+    return out
 
 
 def _failure(row: int, field: str | None, check: str, value: Any) -> Failure:

@@ -164,14 +164,12 @@ def build_delta(
         changed += upserts
         failed_total += failed
         failures.update(counts)
-        # over the threshold whatever the rest of the cut holds (``most`` rows at most):
-        # the batch cannot be published, so no record is made or kept (a cut whose every
-        # row broke the contract spent a minute and a GiB a million rows on records the
-        # error then dropped)
-        # (the refusal's own comparison, over more rows than it divides by: a doomed cut is
-        # refused; ``failed > ratio * most`` was not the same test in floating point, and
-        # 5,700 failures of a 10,000-row cut at ratio 0.57 made no record and were not
-        # refused: published without the failing rows, their records dropped)
+        # Over the threshold whatever the rest of the cut holds (``most`` rows at most):
+        # the batch is refused below, so no record is made or kept (a cut whose every row
+        # broke the contract spent a minute and a GiB a million rows on records the error
+        # dropped). The refusal's own comparison, dividing by more rows than it does:
+        # ``failed > ratio * most`` is not the same test in floating point (5,700 of a
+        # 10,000-row cut at 0.57 made no record and was not refused).
         doomed = doomed or bool(most and failed_total / most > job.max_quarantine_ratio)
         if doomed:
             quarantine.clear()

@@ -50,9 +50,6 @@ class HeldRecords:
         )
         self._rows += len(records)
 
-    def append(self, record: dict[str, Any]) -> None:
-        self.extend([record])
-
     def clear(self) -> None:
         self._tables, self._rows = [], 0
 
