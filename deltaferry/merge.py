@@ -67,9 +67,15 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
         )
     added = False
     fields = [f for f in data.schema if f.name != OP_COLUMN]
-    pk = ", ".join(ident(c) for c in shape.pk)
-    for name, extra, key in (
-        (shape.table, [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")], pk),
+    # Neither table has a PRIMARY KEY (tables made before 2026-12-06 keep the resolved
+    # table's): DuckDB pins a key index whole once a DELETE uses it, and it grows with the
+    # rows stored, not the batch (71 bytes a row for a 32-character text key: a 2M-row
+    # first batch failed at the default 256MB). Each key's one row is the resolve's own
+    # (one winner a key text, ``resolve``: checked there); a (producer, batch) is inserted
+    # once, guarded by _deltaferry_chains in the same transaction; an index on the
+    # versions table made the first batch of a table 2x slower.
+    for name, extra in (
+        (shape.table, [(PRODUCER_COLUMN, "VARCHAR"), (HLC_COLUMN, "BIGINT")]),
         (
             versions_table(shape.table),
             [
@@ -79,9 +85,6 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
                 ("_batch", "BIGINT"),
                 ("_key", "VARCHAR"),
             ],
-            # no key: a (producer, batch) is inserted once, guarded by _deltaferry_chains in
-            # the same transaction; an index here made the first batch of a table 2x slower
-            None,
         ),
     ):
         have = column_types(con, name)
@@ -90,18 +93,25 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection, shape: TableShape, data: pa.T
         if not have:
             defs = [f"{ident(f.name)} {duck_type(f)}" for f in fields]
             defs += [f"{ident(c)} {t}" for c, t in extra]
-            if key:
-                defs.append(f"PRIMARY KEY ({key})")
             con.execute(f"CREATE TABLE {ident(name)} ({', '.join(defs)})")
             continue
         for f in fields:
             if f.name not in have:
                 con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(f.name)} {duck_type(f)}")
                 added = True
-        # the resolved table's key columns are under its PRIMARY KEY, which DuckDB cannot
-        # alter: kept as they are in both tables. WidenFirst: see duck.applying
+        # key columns are kept as they are in both tables: the key texts of the versions
+        # stored are their values as these types (``key_expr``), and an older resolved
+        # table has them under a PRIMARY KEY, which DuckDB cannot alter. WidenFirst: see
+        # duck.applying
         widen_columns(con, name, data, have, keep=shape.pk)
     return added
+
+
+def stored_key_types(con: duckdb.DuckDBPyConnection, shape: TableShape) -> dict[str, str]:
+    """The key columns' types in the versions table (made by ``_ensure_tables``): incoming
+    keys are rendered as these (``key_expr``)."""
+    have = column_types(con, versions_table(shape.table))
+    return {c: have[c] for c in shape.pk if c in have}
 
 
 def applied(
@@ -201,20 +211,17 @@ def add_versions(
     touched keys, inside the transaction ``begin_batch`` opened. True if the table gained
     columns."""
     added = _ensure_tables(con, shape, data)
+    key = key_expr(shape.pk, types=stored_key_types(con, shape))
     col_list = ", ".join(ident(c) for c in data.column_names)
     with_arrow(
         con,
         data,
         f"INSERT INTO {shape.versions}"
         f" ({col_list}, {ident(PRODUCER_COLUMN)}, {ident(HLC_COLUMN)},"
-        f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key_expr(shape.pk)} FROM {ARROW}',
+        f' "_batch", "_key") SELECT {col_list}, ?, ?, ?, {key} FROM {ARROW}',
         [producer, hlc, batch],
     )
-    with_arrow(
-        con,
-        data,
-        f"INSERT INTO _deltaferry_touched SELECT DISTINCT {key_expr(shape.pk)} FROM {ARROW}",
-    )
+    with_arrow(con, data, f"INSERT INTO _deltaferry_touched SELECT DISTINCT {key} FROM {ARROW}")
     return added
 
 
@@ -291,7 +298,7 @@ def apply_held(
     were added or replaced. Winners depend only on the set of versions, so a version added
     late gives the table it would have had."""
     _ensure_tables(con, shape, data)
-    key = key_expr(shape.pk)
+    key = key_expr(shape.pk, types=stored_key_types(con, shape))
     if partial:
         with_arrow(
             con,

@@ -69,12 +69,23 @@ def versions_table(table: str) -> str:
     return f"_deltaferry_versions_{table}"
 
 
-def key_expr(pk: list[str], alias: str = "") -> str:
+def key_expr(pk: list[str], alias: str = "", types: dict[str, str] | None = None) -> str:
     """The key as text: the value itself for a one-column key; for a composite key, a JSON
     array of the values as text (``["eu","7"]``), so that no two keys share a text.
-    Timestamps render in UTC: the connection's TimeZone is set by ``keys_in_utc``."""
+    Timestamps render in UTC: the connection's TimeZone is set by ``keys_in_utc``.
+
+    ``types`` (column -> DuckDB type, the versions table's: ``stored_key_types``) renders
+    incoming values as the replica stores them: a producer that publishes a BIGINT key as
+    DOUBLE sends ``1.0``, which is key ``1`` here, not a second key ``1.0`` that neither
+    conflicts with nor replaces the first."""
     prefix = f"{alias}." if alias else ""
-    parts = [f"CAST({prefix}{ident(c)} AS VARCHAR)" for c in pk]
+    types = types or {}
+    parts = [
+        f"CAST(CAST({prefix}{ident(c)} AS {types[c]}) AS VARCHAR)"
+        if c in types
+        else f"CAST({prefix}{ident(c)} AS VARCHAR)"
+        for c in pk
+    ]
     return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
 
 

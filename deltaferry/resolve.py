@@ -38,7 +38,7 @@ import json
 import duckdb
 
 from deltaferry.delta import OP_COLUMN, SEQ_COLUMN
-from deltaferry.duck import column_types, fetch_row, fit_memory_limit, ident, literal
+from deltaferry.duck import column_types, fetch_one, fetch_row, fit_memory_limit, ident, literal
 from deltaferry.errors import TerminalError
 from deltaferry.failpoints import bug
 from deltaferry.merge_tables import (
@@ -138,6 +138,7 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         FROM _deltaferry_ranked r WHERE r._rank = 1 AND r._key NOT IN (SELECT _key FROM _deltaferry_winners)
         """
     )
+    _refuse_two_winners(con, shape)
     match = " AND ".join(f"t.{ident(c)} = w.{ident(c)}" for c in shape.pk)
     fit_memory_limit(con)
     con.execute(
@@ -149,6 +150,35 @@ def resolve(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
         f" WHERE {ident(OP_COLUMN)} = 'upsert'"
     )
     _record_conflicts(con, shape)
+
+
+def _refuse_two_winners(con: duckdb.DuckDBPyConnection, shape: TableShape) -> None:
+    """Raise ``TerminalError`` (one line naming job, table and key) when two winners of the
+    touched keys have one key's values: two key texts for one key, which the table would
+    then hold twice. What a PRIMARY KEY on the table guarded, checked on the touched keys
+    alone (memory bounded by the batch; the tables have none: ``merge._ensure_tables``).
+    Key texts are the values as the stored types (``merge_tables.key_expr``), so this
+    finds a replica whose versions were stored by a deltaferry that rendered a producer's
+    ``1.0`` as a key of its own; nothing of the batch is applied (the caller's
+    transaction rolls back)."""
+    keys = ", ".join(ident(c) for c in shape.pk)
+    upserts = f"FROM _deltaferry_winners WHERE {ident(OP_COLUMN)} = 'upsert'"
+    # a grouped count spills to disk; a list aggregate over every winner would not
+    twice = fetch_one(con, f"SELECT {keys} {upserts} GROUP BY ALL HAVING count(*) > 1 LIMIT 1")
+    if twice is None:
+        return
+    same = " AND ".join(f"{ident(c)} IS NOT DISTINCT FROM ?" for c in shape.pk)
+    texts = [t for (t,) in con.execute(
+        f"SELECT _key {upserts} AND {same} ORDER BY _key", list(twice)
+    ).fetchall()]
+    shown = ", ".join(f"{c}={v!r}" for c, v in zip(shape.pk, twice, strict=True))
+    raise TerminalError(
+        f"job '{shape.job}' table '{shape.table}': key {shown} has {len(texts)} winners under "
+        f"different key texts ({', '.join(repr(k) for k in texts)}): versions of it were "
+        "stored under more than one text, so the table would hold the key twice; nothing of "
+        "the batch was applied. Pull the job into a new replica (its versions are stored "
+        "under one text each)"
+    )
 
 
 def _refuse_unfit_pins(con: duckdb.DuckDBPyConnection, shape: TableShape, types: dict[str, str]) -> None:
