@@ -140,7 +140,8 @@ class ChangedRows:
     """Keeps rows whose content differs from their staged version (new keys included) and
     tags each kept row with its content hash (``HASH_COLUMN``), so a source that re-reads
     rows it already sent (a whole table, or the rows at a cursor boundary) stages only
-    what changed. The staged hashes are read once, before the load; close() after it.
+    what changed. The staged hashes are read once, when the first rows are compared (before
+    the load: the source's read runs in dlt's extract); close() after the load.
 
     Content is compared as ``content_text`` gives it: a column the source gains is no
     change for rows where it is NULL, nor is a new order of columns. Works on Arrow tables
@@ -169,7 +170,10 @@ class ChangedRows:
         self.t = t
         self.path = staging_path(job.name)
         self.borrowed = borrowed
-        self._all = self._read_all()
+        # every staged key and hash, read on first use (``_staged_all``): a run that reads
+        # nothing again (no new file) reads none, whatever the table's size
+        self._all: str | None = None
+        self._all_read = False
         # for records: the staged live rows' hashes (a hash covers the key, so membership
         # is enough, and a key needs no text form that matches how DuckDB prints it)
         self._hashes: set[str] | None = None
@@ -180,7 +184,7 @@ class ChangedRows:
     _STAGED = "held.staged_hashes"  # the table that holds them (``_read_all``)
 
     def _read_all(self) -> str | None:
-        """Every live staged key and hash, read once before the load into a temporary
+        """Every live staged key and hash, read once (on first use) into a temporary
         DuckDB file of the job's home attached to this filter's database: compressed, and
         out of memory beyond DuckDB's limit, where an Arrow table in Python grew with the
         table (3M rows: +94 MiB instead of +126 MiB, and bounded). The table's name, or None
@@ -200,10 +204,17 @@ class ChangedRows:
                 self.con.unregister("batch_")
         return self._STAGED if created else None
 
+    def _staged_all(self) -> str | None:
+        """``_read_all``'s table, read on the first call."""
+        if not self._all_read:
+            self._all = self._read_all()
+            self._all_read = True
+        return self._all
+
     def _known(self, hashed: pa.Table) -> pa.Table | str | None:
         """Staged keys and hashes to compare a chunk's rows with: all of them, read once
         (the name of their table), or a table of them."""
-        return self._all
+        return self._staged_all()
 
     def _anti_join(self, rows: pa.Table, known: pa.Table | str | None) -> pa.Table:
         """Positions (``__i``) and hashes of the rows not staged with the same hash;
@@ -312,7 +323,7 @@ class ChangedRows:
         """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
         if self._hashes is None:
             self._hashes = set()
-            if self._all is not None:
+            if self._staged_all() is not None:
                 reader = self.con.execute(f"SELECT {HASH_COLUMN} FROM {self._all}")
                 for batch in reader.to_arrow_reader(100_000):
                     self._hashes.update(batch.column(0).to_pylist())

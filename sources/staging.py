@@ -8,6 +8,7 @@ id, so whatever a source stages is what the next batch publishes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,15 @@ def staged_keyed_batches(
             yield from con.execute(sql).to_arrow_reader(100_000)
     finally:
         con.close()
+
+
+def batch_reader(batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader | None:
+    """``batches`` as one Arrow stream (DuckDB scans it in a single statement), or None
+    when there are none. The stream reads ``batches`` as it goes."""
+    first = next(batches, None)
+    if first is None:
+        return None
+    return pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
 
 
 def _keyed_query(

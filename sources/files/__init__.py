@@ -13,14 +13,17 @@ on. A row with NULL in a key column is held back in the quarantine (``sources.in
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dlt
 import duckdb
 import pyarrow as pa
 
-from deltaferry.config import JobConfig, TableConfig
+from deltaferry import duck
+from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.change_detection import ChangedRows
 from sources.columns import FILE_TIME_COLUMN
@@ -39,7 +42,7 @@ from sources.files.settings import (
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, ExtractResult, row_counts, run_load
 from sources.pipeline import pipeline_for, pipeline_naming
-from sources.staging import staged_keyed, staged_types, staging_path
+from sources.staging import batch_reader, staged_keyed_batches, staged_types, staging_path
 from sources.wall_time import ZoneShifts
 
 # --- which files are new -----------------------------------------------------------------
@@ -102,19 +105,57 @@ class LatestWins:
     trial). So a file that lands late with an older modification time does not overwrite
     newer rows (dlt's merge would otherwise keep whichever came last)."""
 
-    def __init__(self, t: TableConfig, staged: pa.Table | None) -> None:
+    # The keys and file times of the staged rows and of this run's files are kept in a
+    # temporary DuckDB file of the job's home, read from staging when the run's first file
+    # has rows (a run with no new file reads none), under the job's DuckDB memory limit:
+    # held in Arrow and an in-memory database, they grew with the table (2M staged rows:
+    # +100 MiB on every run; 50M would be about 2.5 GB). ``close`` removes the file.
+
+    def __init__(
+        self,
+        job: JobConfig,
+        t: TableConfig,
+        borrowed: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self.job, self.t, self.borrowed = job, t, borrowed
         self.pk = list(t.primary_key)
-        self.con = duckdb.connect()
+        self._spill = job_home(job.name) / "tmp"
+        self._file: Path | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The keys' database, made (and the staged keys read into it) on first use."""
+        if self._con is not None:
+            return self._con
+        self._spill.mkdir(parents=True, exist_ok=True)
+        self._file = self._spill / f"latest-{uuid.uuid4().hex}.duckdb"
+        self._con = duck.quiet(
+            duckdb.connect(
+                str(self._file),
+                config={
+                    "memory_limit": duck.memory_limit(),
+                    "temp_directory": str(self._spill),
+                    "threads": 1,
+                },
+            )
+        )
         keys = ", ".join(f"{ident(c)} VARCHAR" for c in self.pk)
         # earlier: staged by an earlier run (a tie goes to this run's file)
-        self.con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT, earlier BOOLEAN)")
-        if staged is not None and staged.num_rows:
-            text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
-            self.con.register("staged_", staged)
-            self.con.execute(
-                f"INSERT INTO seen SELECT {text}, {FILE_TIME_COLUMN}, true FROM staged_"
-            )
-            self.con.unregister("staged_")
+        self._con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT, earlier BOOLEAN)")
+        text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
+        reader = batch_reader(
+            staged_keyed_batches(self.t, staging_path(self.job.name), self.borrowed, FILE_TIME_COLUMN)
+        )
+        if reader is not None:  # one INSERT: each insert keeps a block beyond the limit's reach
+            self._con.register("staged_", reader)
+            try:
+                self._con.execute(
+                    f"INSERT INTO seen SELECT {text}, {ident(FILE_TIME_COLUMN)}, true FROM staged_"
+                )
+            finally:
+                self._con.unregister("staged_")
+        return self._con
 
     def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
         text = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in self.pk)
@@ -140,15 +181,13 @@ class LatestWins:
         return table if kept.num_rows == table.num_rows else table.take(kept["__i"])
 
     def close(self) -> None:
-        self.con.close()
-
-
-def staged_file_times(
-    job: JobConfig, t: TableConfig, borrowed: duckdb.DuckDBPyConnection | None
-) -> pa.Table | None:
-    """Key and file time of every staged row that has one (rows staged before file times
-    were kept have none, and so never hold a newer file's row back)."""
-    return staged_keyed(t, staging_path(job.name), borrowed, FILE_TIME_COLUMN)
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        if self._file is not None:
+            for path in (self._file, Path(f"{self._file}.wal")):
+                path.unlink(missing_ok=True)
+            self._file = None
 
 
 def _resource(
@@ -166,7 +205,6 @@ def _resource(
     types = contract_types(t, where)
     convention = str(naming_convention)
     pattern = t.options.get("pattern") or default_pattern(t.name)
-    staged_times = staged_file_times(job, t, borrowed)
     staged = staged_types(t, staging_path(job.name), borrowed)
 
     @dlt.resource(
@@ -178,7 +216,7 @@ def _resource(
         todo = mark.new(drops.list(pattern))
         done: list[DropFile] = []
         reasons: list[tuple[DropFile, str]] = []
-        latest = LatestWins(t, staged_times)
+        latest = LatestWins(job, t, borrowed)
         try:
             for f in sorted(todo, key=lambda f: (f.mtime_ns, f.name), reverse=True):
                 try:
