@@ -73,6 +73,15 @@ def drop(path: Path, start: int, n: int) -> None:
     )
 
 
+def make_drop(path: Path, start: int, n: int) -> None:
+    """``drop`` in a child process: Linux keeps a process's peak RSS across ``exec``, so a
+    child forked from a parent that built N rows would report the parent's peak as its own."""
+    subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--drop", str(path), str(start), str(n)],
+        check=True,
+    )
+
+
 def child(config: str) -> None:
     """One extract of job ``drops`` in this process: prints one JSON line."""
     from deltaferry.config import load_job
@@ -112,9 +121,13 @@ def main() -> None:
     ap.add_argument("--change-rows", type=int, default=100)
     ap.add_argument("--before", type=Path, help="another checkout to measure beside this one")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--drop", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
+        return
+    if args.drop:
+        drop(Path(args.drop[0]), int(args.drop[1]), int(args.drop[2]))
         return
     codes = [("this", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     print(f"{'code':<7} {'staged':>10} {'step':<14} {'rows':>9} {'wall s':>7} {'peak MiB':>9}")
@@ -129,13 +142,13 @@ def main() -> None:
                     f'lake = "file://{work / "lake"}"\n\n[[jobs.drops.tables]]\nname = "orders"\n'
                     'primary_key = "id"\ncontract = "files_bench_contract:Orders"\n'
                 )
-                drop(work / "drops" / "orders" / "orders-0001.parquet", 1, n)
+                make_drop(work / "drops" / "orders" / "orders-0001.parquet", 1, n)
                 steps = [("first load", None), ("no new file", None)]
                 steps.append(("small drop", (n - args.change_rows // 2 + 1, args.change_rows)))
                 for step, new in steps:
                     if new is not None:
                         time.sleep(1.1)  # a later modification time than the first drop
-                        drop(work / "drops" / "orders" / "orders-0002.parquet", *new)
+                        make_drop(work / "drops" / "orders" / "orders-0002.parquet", *new)
                     r = run_child(code, work)
                     rows = r.get("rows", "-")
                     print(

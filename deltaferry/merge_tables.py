@@ -69,6 +69,9 @@ def versions_table(table: str) -> str:
     return f"_deltaferry_versions_{table}"
 
 
+_FLOATS = ("DOUBLE", "FLOAT", "REAL", "FLOAT4", "FLOAT8")
+
+
 def key_expr(pk: list[str], alias: str = "", types: dict[str, str] | None = None) -> str:
     """The key as text: the value itself for a one-column key; for a composite key, a JSON
     array of the values as text (``["eu","7"]``), so that no two keys share a text.
@@ -80,12 +83,16 @@ def key_expr(pk: list[str], alias: str = "", types: dict[str, str] | None = None
     conflicts with nor replaces the first."""
     prefix = f"{alias}." if alias else ""
     types = types or {}
-    parts = [
-        f"CAST(CAST({prefix}{ident(c)} AS {types[c]}) AS VARCHAR)"
-        if c in types
-        else f"CAST({prefix}{ident(c)} AS VARCHAR)"
-        for c in pk
-    ]
+
+    def text(c: str) -> str:
+        if c not in types:
+            return f"CAST({prefix}{ident(c)} AS VARCHAR)"
+        value = f"CAST({prefix}{ident(c)} AS {types[c]})"
+        if types[c].upper() in _FLOATS:  # -0.0 equals 0.0 and prints as '-0.0': + 0 is 0.0
+            value = f"({value} + 0)"
+        return f"CAST({value} AS VARCHAR)"
+
+    parts = [text(c) for c in pk]
     return parts[0] if len(parts) == 1 else f"CAST(to_json([{', '.join(parts)}]) AS VARCHAR)"
 
 

@@ -166,3 +166,25 @@ def test_a_replica_made_with_the_key_constraint_goes_on_as_it_is(tmp_path: Path)
     rows = con.execute("SELECT id, name, extra, _producer FROM events ORDER BY id").fetchall()
     assert rows == [(1, "north", None, "north"), (2, "south", "x", "south"), (3, "south", "y", "south")]
     con.close()
+
+
+def test_a_negative_zero_key_is_the_key_zero(tmp_path: Path) -> None:
+    """DOUBLE keys: -0.0 equals 0.0 but prints as '-0.0'; rendered as two key texts, they
+    shared one row whose winner was the last applied, with no conflict (a fresh-user
+    trial). One key now, in either arrival order: the later logical time wins."""
+    north = _typed([-0.0], pa.float64(), "north")
+    south = _typed([0.0], pa.float64(), "south")
+    seen = set()
+    for order in ((("north", 2_000, north), ("south", 1_000, south)),
+                  (("south", 1_000, south), ("north", 2_000, north))):  # fmt: skip
+        con = duck.connect(tmp_path / f"{order[0][0]}.duckdb")
+        con.execute(merge_tables.META)
+        for producer, stamp, data in order:
+            merge.apply_batch(con, SHAPE, producer, 1, stamp, data)
+        keys = con.execute("SELECT DISTINCT _key FROM _deltaferry_versions_events").fetchall()
+        rows = con.execute("SELECT name, _producer FROM events").fetchall()
+        conflicts = con.execute("SELECT count(*) FROM _deltaferry_conflicts").fetchone()[0]
+        con.close()
+        assert keys == [("0.0",)]
+        seen.add((tuple(rows), conflicts))
+    assert seen == {((("north", "north"),), 1)}

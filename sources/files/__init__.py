@@ -42,7 +42,13 @@ from sources.files.settings import (
 from sources.integrity import KeyCheck
 from sources.load import DEDUPLICATED, ExtractResult, row_counts, run_load
 from sources.pipeline import pipeline_for, pipeline_naming
-from sources.staging import batch_reader, staged_keyed_batches, staged_types, staging_path
+from sources.staging import (
+    batch_reader,
+    staged_keyed,
+    staged_keyed_batches,
+    staged_types,
+    staging_path,
+)
 from sources.wall_time import ZoneShifts
 
 # --- which files are new -----------------------------------------------------------------
@@ -94,6 +100,11 @@ class Watermark:
 
 # --- one table's resource ----------------------------------------------------------------
 
+# how many files (``LatestWins``) and chunks (``ChangedRows``) of a run are compared with
+# the staged rows of their keys alone, looked up in staging, before the run reads every
+# staged row once: a run of a few small files costs what they hold, not the table
+LOOKUPS = 16
+
 
 class LatestWins:
     """A key's row from the newest file wins, whatever order the files are read in: files
@@ -105,11 +116,13 @@ class LatestWins:
     trial). So a file that lands late with an older modification time does not overwrite
     newer rows (dlt's merge would otherwise keep whichever came last)."""
 
-    # The keys and file times of the staged rows and of this run's files are kept in a
-    # temporary DuckDB file of the job's home, read from staging when the run's first file
-    # has rows (a run with no new file reads none), under the job's DuckDB memory limit:
-    # held in Arrow and an in-memory database, they grew with the table (2M staged rows:
-    # +100 MiB on every run; 50M would be about 2.5 GB). ``close`` removes the file.
+    # This run's keys and file times are kept in a temporary DuckDB file of the job's home
+    # under the job's DuckDB memory limit (``close`` removes it). The staged rows' are
+    # looked up by the keys of each of the run's first ``LOOKUPS`` files alone (one scan
+    # of staging's key and file-time columns each), then, for a run that reads more, read
+    # whole into that file once. Before, every run read every staged key into Arrow and an
+    # in-memory database: memory and time grew with the table (2M staged rows: +100 MiB,
+    # with no new file too; 50M about 2.5 GB).
 
     def __init__(
         self,
@@ -122,10 +135,12 @@ class LatestWins:
         self._spill = job_home(job.name) / "tmp"
         self._file: Path | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._lookups = LOOKUPS
+        self._staged_read = False  # every staged row's key and time is in ``seen``
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The keys' database, made (and the staged keys read into it) on first use."""
+        """The keys' database, made on first use."""
         if self._con is not None:
             return self._con
         self._spill.mkdir(parents=True, exist_ok=True)
@@ -143,41 +158,67 @@ class LatestWins:
         keys = ", ".join(f"{ident(c)} VARCHAR" for c in self.pk)
         # earlier: staged by an earlier run (a tie goes to this run's file)
         self._con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT, earlier BOOLEAN)")
-        text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
-        reader = batch_reader(
-            staged_keyed_batches(self.t, staging_path(self.job.name), self.borrowed, FILE_TIME_COLUMN)
-        )
-        if reader is not None:  # one INSERT: each insert keeps a block beyond the limit's reach
-            self._con.register("staged_", reader)
-            try:
-                self._con.execute(
-                    f"INSERT INTO seen SELECT {text}, {ident(FILE_TIME_COLUMN)}, true FROM staged_"
-                )
-            finally:
-                self._con.unregister("staged_")
         return self._con
+
+    def _staged_of(self, table: pa.Table) -> pa.Table | None:
+        """The staged keys and file times of ``table``'s keys (looked up), or None once
+        every staged row's are in ``seen`` (read whole on the first call without a lookup
+        left). Rows staged before file times were kept have none, and so never hold a newer
+        file's row back."""
+        path = staging_path(self.job.name)
+        if not self._staged_read and self._lookups > 0:
+            self._lookups -= 1
+            return staged_keyed(self.t, path, self.borrowed, FILE_TIME_COLUMN, table.select(self.pk))
+        if not self._staged_read:
+            self._staged_read = True
+            text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
+            reader = batch_reader(staged_keyed_batches(self.t, path, self.borrowed, FILE_TIME_COLUMN))
+            if reader is not None:  # one INSERT: each keeps a block beyond the limit's reach
+                self.con.register("staged_", reader)
+                try:
+                    self.con.execute(
+                        f"INSERT INTO seen SELECT {text}, {ident(FILE_TIME_COLUMN)}, true"
+                        " FROM staged_"
+                    )
+                finally:
+                    self.con.unregister("staged_")
+        return None
 
     def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
         text = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in self.pk)
         match = " AND ".join(f"s.{ident(c)} = l.{ident(c)}" for c in self.pk)
         keys = ", ".join(ident(c) for c in self.pk)
         positions = pa.array(range(table.num_rows), pa.int64())
+        staged = self._staged_of(table)
+        newer_staged = ""
+        if staged is not None and staged.num_rows:
+            # strictly newer there (a tie goes to this run's file)
+            on = " AND ".join(f"CAST(s.{ident(c)} AS VARCHAR) = l.{ident(c)}" for c in self.pk)
+            newer_staged = (
+                f" AND NOT EXISTS (SELECT 1 FROM staged_ s WHERE {on}"
+                f" AND s.{ident(FILE_TIME_COLUMN)} > ?)"
+            )
+            self.con.register("staged_", staged)
         self.con.register("f", table.select(self.pk).append_column("__i", positions))
         try:
             last = (
                 f"SELECT __i, {text} FROM f "
                 f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __i DESC) = 1"
             )
+            params = [file_ns, file_ns] + ([file_ns] if newer_staged else [])
             kept = self.con.execute(
                 f"SELECT __i FROM ({last}) l WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE"
-                f" {match} AND (s.ns > ? OR (s.ns = ? AND NOT s.earlier))) ORDER BY __i",
-                [file_ns, file_ns],
+                f" {match} AND (s.ns > ? OR (s.ns = ? AND NOT s.earlier))){newer_staged}"
+                " ORDER BY __i",
+                params,
             ).fetch_arrow_table()
             self.con.execute(
                 f"INSERT INTO seen SELECT DISTINCT {text}, ?, false FROM f", [file_ns]
             )
         finally:
             self.con.unregister("f")
+            if newer_staged:
+                self.con.unregister("staged_")
         return table if kept.num_rows == table.num_rows else table.take(kept["__i"])
 
     def close(self) -> None:
@@ -280,7 +321,7 @@ def extract(job: JobConfig) -> ExtractResult:
         resources = []
         shifts = {t.name: ZoneShifts() for t in job.tables}
         for t in job.tables:
-            changed = ChangedRows(job, t, borrowed)
+            changed = ChangedRows(job, t, borrowed, lookups=LOOKUPS)
             filters.append(changed)
             checks.append(KeyCheck(job, t))
             resources.append(

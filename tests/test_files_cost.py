@@ -1,0 +1,103 @@
+"""A files-source run costs what its new files hold, not the staged table: a run with no new
+file reads no staged row, a run of a few small files looks up only their keys in staging
+(``sources/files.LOOKUPS``), and the newest-file rule and the change filter give the same
+replica whichever way the staged rows are read. Before, every run read every staged key
+and file time into memory (2M staged rows: +100 MiB, with no new file too) and every
+staged hash into a temporary file (1.2-1.7 s at 2M)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import sources.change_detection
+import sources.files
+from tests.test_files_source import HEADER, batches, drop, drops_job  # noqa: F401 - fixture
+
+
+def _no_whole_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading every staged row (key and file time, key and hash) fails the test."""
+
+    def whole(*_a: object, **_k: object) -> None:
+        raise AssertionError("a run of a few small files read every staged row")
+
+    monkeypatch.setattr(sources.files, "staged_keyed_batches", whole)
+    monkeypatch.setattr(sources.change_detection, "staged_hashes", whole)
+
+
+def test_a_run_with_nothing_new_reads_no_staged_row_and_a_small_drop_only_its_keys(
+    drops_job, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - the fixture
+) -> None:
+    t0 = time.time() - 3600
+    drops_job.write(tables=("orders",))
+    d = drops_job.drops
+    rows = "".join(f"{i},c{i},{i},2026-01-01 09:00:00,\n" for i in range(1, 201))
+    drop(d, "orders/0001.csv", HEADER + rows, t0)
+    assert batches(drops_job.sync())["orders"] == (1, 200)
+
+    _no_whole_read(monkeypatch)
+    looked_up: list[int] = []
+    real = sources.files.staged_keyed
+
+    def lookup(t, path, borrowed, column, only=None, **kw):  # noqa: ANN001, ANN202
+        assert only is not None, "a whole read of the staged rows"
+        looked_up.append(only.num_rows)
+        return real(t, path, borrowed, column, only, **kw)
+
+    monkeypatch.setattr(sources.files, "staged_keyed", lookup)
+    out = drops_job.sync()  # nothing new: no staged row read at all
+    assert batches(out)["orders"] == (None, 0) or out["tables"]["orders"].get("batch") is None
+    assert looked_up == []
+
+    # a small drop: an unchanged row, a changed one and a new key; only its keys looked up
+    small = HEADER + "5,c5,5,2026-01-01 09:00:00,\n6,c6,60,2026-01-01 09:00:00,\n"
+    drop(d, "orders/0002.csv", small + "900,new,1,2026-01-01 09:00:00,\n", t0 + 60)
+    assert batches(drops_job.sync())["orders"] == (2, 2)
+    assert looked_up == [3]
+    # an older file landing late: a staged key from a newer file keeps its row
+    drop(d, "orders/0000.csv", HEADER + "6,old,1,2026-01-01 09:00:00,\n7,c7,70,2026-01-01 09:00:00,\n", t0 + 30)
+    assert batches(drops_job.sync())["orders"] == (3, 1)
+    drops_job.pull()
+    assert drops_job.q("SELECT count(*), sum(amount) FROM orders") == [(201, sum(range(1, 201)) + 54 + 63 + 1)]
+    assert drops_job.q("SELECT id, customer, amount FROM orders WHERE id IN (6, 7, 900) ORDER BY id") == [
+        (6, "c6", 60.0),
+        (7, "c7", 70.0),
+        (900, "new", 1.0),
+    ]
+    # no temporary file of the run is left in the job's home
+    assert not list((drops_job.dir / "home" / "drops" / "tmp").glob("latest-*"))
+
+
+@pytest.mark.parametrize("lookups", [0, 1, 16])
+def test_the_newest_file_wins_whichever_way_staged_rows_are_read(
+    drops_job, monkeypatch: pytest.MonkeyPatch, lookups: int  # noqa: F811 - the fixture
+) -> None:
+    """Looked up by key (the first files of a run), read whole (after them, or at once
+    with no lookup left): the same replica, file for file."""
+    monkeypatch.setattr(sources.files, "LOOKUPS", lookups)
+    t0 = int(time.time()) - 3600
+    drops_job.write(tables=("orders",))
+    d = drops_job.drops
+    drop(d, "orders/new.csv", HEADER + "1,ann,99,2026-01-01 09:00:00,\n3,cy,3,2026-01-01 09:00:00,\n", t0 + 60)
+    assert batches(drops_job.sync())["orders"] == (1, 2)
+    # one run, four files: older and newer than what is staged, one the same time
+    drop(d, "orders/old.csv", HEADER + "1,ann,10,2026-01-01 09:00:00,\n2,bob,20,2026-01-01 09:00:00,\n", t0)
+    drop(d, "orders/tie.csv", HEADER + "3,cy,30,2026-01-01 09:00:00,tie\n", t0 + 60)
+    drop(d, "orders/later.csv", HEADER + "2,bob,21,2026-01-01 09:00:00,later\n", t0 + 90)
+    drop(d, "orders/latest.csv", HEADER + "4,dee,4,2026-01-01 09:00:00,\n1,ann,100,2026-01-01 09:00:00,\n", t0 + 120)
+    drops_job.sync()
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount, note FROM orders ORDER BY id") == [
+        (1, 100.0, None),
+        (2, 21.0, "later"),
+        (3, 30.0, "tie"),  # the same time as the staged row's file: a later run's file wins
+        (4, 4.0, None),
+    ]
+    # dropped again unchanged: nothing changes
+    os.utime(d / "orders" / "latest.csv", (t0 + 180, t0 + 180))
+    out = drops_job.sync()
+    assert out["tables"]["orders"].get("batch") in (None, 2)
+    drops_job.pull()
+    assert drops_job.q("SELECT count(*) FROM orders") == [(4,)]
