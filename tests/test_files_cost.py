@@ -101,3 +101,24 @@ def test_the_newest_file_wins_whichever_way_staged_rows_are_read(
     assert out["tables"]["orders"].get("batch") in (None, 2)
     drops_job.pull()
     assert drops_job.q("SELECT count(*) FROM orders") == [(4,)]
+
+
+def test_a_float_key_minus_zero_is_the_key_zero_for_the_newest_file_rule(
+    drops_job,  # noqa: F811 - the fixture
+) -> None:
+    """-0.0 equals 0.0 (dlt's merge keeps one row for both) but prints as '-0.0': an older
+    file's -0.0 overwrote the newer file's 0.0 (a fresh-user trial)."""
+    t0 = time.time() - 3600
+    lake = drops_job.lake_url
+    drops_job.config.write_text(
+        f'[jobs.drops]\nsource = "files"\nurl = "{drops_job.drops}"\nlake = "{lake}"\n\n'
+        '[[jobs.drops.tables]]\nname = "fl"\nprimary_key = "id"\n'
+        'contract = "tests.support.contracts_files:FloatKeyed"\n'
+    )
+    d = drops_job.drops
+    drop(d, "fl/a.csv", "id,v\n0.0,new\n", t0 + 100)
+    assert batches(drops_job.sync())["fl"] == (1, 1)
+    drop(d, "fl/b.csv", "id,v\n-0.0,old\n2.5,x\n", t0)  # older, landing late
+    assert batches(drops_job.sync())["fl"] == (2, 1)  # only 2.5 is news
+    drops_job.pull()
+    assert drops_job.q("SELECT id, v FROM fl ORDER BY id") == [(0.0, "new"), (2.5, "x")]

@@ -106,6 +106,15 @@ class Watermark:
 LOOKUPS = 16
 
 
+def _key_text(column: str, schema: pa.Schema, alias: str = "") -> str:
+    """A key column's text, as ``LatestWins`` compares keys: a float's -0.0 (equal to 0.0,
+    and one key to dlt's merge) is 0.0 (+ 0 makes it so)."""
+    name = f"{alias}.{ident(column)}" if alias else ident(column)
+    if pa.types.is_floating(schema.field(column).type):
+        name = f"({name} + 0)"
+    return f"CAST({name} AS VARCHAR)"
+
+
 class LatestWins:
     """A key's row from the newest file wins, whatever order the files are read in: files
     are read newest first within a run (within a file its last row wins), and a row is
@@ -171,9 +180,9 @@ class LatestWins:
             return staged_keyed(self.t, path, self.borrowed, FILE_TIME_COLUMN, table.select(self.pk))
         if not self._staged_read:
             self._staged_read = True
-            text = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in self.pk)
             reader = batch_reader(staged_keyed_batches(self.t, path, self.borrowed, FILE_TIME_COLUMN))
             if reader is not None:  # one INSERT: each keeps a block beyond the limit's reach
+                text = ", ".join(_key_text(c, reader.schema) for c in self.pk)
                 self.con.register("staged_", reader)
                 try:
                     self.con.execute(
@@ -185,7 +194,7 @@ class LatestWins:
         return None
 
     def keep(self, table: pa.Table, file_ns: int) -> pa.Table:
-        text = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in self.pk)
+        text = ", ".join(f"{_key_text(c, table.schema)} AS {ident(c)}" for c in self.pk)
         match = " AND ".join(f"s.{ident(c)} = l.{ident(c)}" for c in self.pk)
         keys = ", ".join(ident(c) for c in self.pk)
         positions = pa.array(range(table.num_rows), pa.int64())
@@ -193,7 +202,7 @@ class LatestWins:
         newer_staged = ""
         if staged is not None and staged.num_rows:
             # strictly newer there (a tie goes to this run's file)
-            on = " AND ".join(f"CAST(s.{ident(c)} AS VARCHAR) = l.{ident(c)}" for c in self.pk)
+            on = " AND ".join(f"{_key_text(c, staged.schema, 's')} = l.{ident(c)}" for c in self.pk)
             newer_staged = (
                 f" AND NOT EXISTS (SELECT 1 FROM staged_ s WHERE {on}"
                 f" AND s.{ident(FILE_TIME_COLUMN)} > ?)"

@@ -92,3 +92,14 @@ class Dated(pa.DataFrameModel):
     class Config:
         strict = False
         coerce = True
+
+
+class FloatKeyed(pa.DataFrameModel):
+    """Drops keyed by a float (``tests/test_files_cost.py``: -0.0 is the key 0.0)."""
+
+    id: Series[float]
+    v: Series[str]
+
+    class Config:
+        strict = True
+        coerce = True
