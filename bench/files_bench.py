@@ -32,23 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONTRACT = '''
-import pandas as pd
-import pandera.pandas as pa
-from pandera.typing import Series
-
-
-class Orders(pa.DataFrameModel):
-    id: Series[int] = pa.Field(ge=1)
-    customer: Series[str]
-    amount: Series[float] = pa.Field(ge=0)
-    placed_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "us", "tz": "UTC"})
-    note: Series[str] = pa.Field(nullable=True)
-
-    class Config:
-        strict = True
-        coerce = True
-'''
+# the table's contract: the files source's test contract (the repository's own)
+CONTRACT = "tests.support.contracts_files:Orders"
 
 
 def drop(path: Path, start: int, n: int) -> None:
@@ -136,11 +121,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="df-files-bench-") as tmp:
                 work = Path(tmp)
                 (work / "drops" / "orders").mkdir(parents=True)
-                (work / "files_bench_contract.py").write_text(CONTRACT)
                 (work / "jobs.toml").write_text(
                     f'[jobs.drops]\nsource = "files"\nurl = "{work / "drops"}"\n'
                     f'lake = "file://{work / "lake"}"\n\n[[jobs.drops.tables]]\nname = "orders"\n'
-                    'primary_key = "id"\ncontract = "files_bench_contract:Orders"\n'
+                    f'primary_key = "id"\ncontract = "{CONTRACT}"\n'
                 )
                 make_drop(work / "drops" / "orders" / "orders-0001.parquet", 1, n)
                 steps = [("first load", None), ("no new file", None)]

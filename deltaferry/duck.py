@@ -667,6 +667,23 @@ def quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def scratch(path: Path, spill: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """A working database file of one run (keys counted or compared, never kept): one
+    thread, ``memory_limit``, spilling to ``spill``, quiet. Remove it with ``remove``."""
+    return quiet(
+        duckdb.connect(
+            str(path),
+            config={"memory_limit": memory_limit, "temp_directory": str(spill), "threads": 1},
+        )
+    )
+
+
+def remove(path: Path) -> None:
+    """Remove a closed database file and its write-ahead log, if there."""
+    for name in (path, Path(f"{path}.wal")):
+        name.unlink(missing_ok=True)
+
+
 def connect_replica(
     path: Path | str, alias: str = "replica", *, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -389,8 +390,7 @@ class ChangedRows:
             self._retag = []
             self.con.close()
             if self._file is not None:
-                for path in (self._file, Path(f"{self._file}.wal")):
-                    path.unlink(missing_ok=True)
+                duck.remove(self._file)
                 self._file = None
 
     def _write_retag(self, tags: pa.Table) -> None:
@@ -420,8 +420,8 @@ class ChangedByKey(ChangedRows):
 
     _config = {"threads": 1}
 
-    def _read_all(self) -> str | None:
-        return None  # looked up per chunk (``_known``)
+    def __init__(self, job: JobConfig, t: TableConfig, borrowed: Any = None) -> None:
+        super().__init__(job, t, borrowed, lookups=sys.maxsize)  # every chunk looked up
 
-    def _known(self, hashed: pa.Table) -> pa.Table | str | None:
-        return staged_keyed(self.t, self.path, self.borrowed, HASH_COLUMN, hashed.select(self.pk))
+    def _read_all(self) -> str | None:
+        return None  # never read whole (``_known`` looks up every chunk)

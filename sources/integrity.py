@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deltaferry.config import JobConfig, TableConfig, job_home
-from deltaferry.duck import fetch_row, ident, quiet
+from deltaferry.duck import fetch_row, ident, remove, scratch
 from deltaferry.errors import TerminalError
 from deltaferry.quarantine import UNKEYED
 
@@ -123,16 +123,7 @@ class KeyCheck:
         return chunk
 
     def _open(self, path: Path) -> duckdb.DuckDBPyConnection:
-        return quiet(
-            duckdb.connect(
-                str(path),
-                config={
-                    "memory_limit": self.MEMORY_LIMIT,
-                    "temp_directory": str(self._spill),
-                    "threads": 1,
-                },
-            )
-        )
+        return scratch(path, self._spill, self.MEMORY_LIMIT)
 
     def _reopen(self) -> duckdb.DuckDBPyConnection:
         """The counting database closed (its inserts checkpointed) and opened again."""
@@ -203,6 +194,5 @@ class KeyCheck:
             self._con.close()
             self._con = None
         if self._file is not None:
-            for path in (self._file, Path(f"{self._file}.wal")):
-                path.unlink(missing_ok=True)
+            remove(self._file)
             self._file = None

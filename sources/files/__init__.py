@@ -154,16 +154,7 @@ class LatestWins:
             return self._con
         self._spill.mkdir(parents=True, exist_ok=True)
         self._file = self._spill / f"latest-{uuid.uuid4().hex}.duckdb"
-        self._con = duck.quiet(
-            duckdb.connect(
-                str(self._file),
-                config={
-                    "memory_limit": duck.memory_limit(),
-                    "temp_directory": str(self._spill),
-                    "threads": 1,
-                },
-            )
-        )
+        self._con = duck.scratch(self._file, self._spill, duck.memory_limit())
         keys = ", ".join(f"{ident(c)} VARCHAR" for c in self.pk)
         # earlier: staged by an earlier run (a tie goes to this run's file)
         self._con.execute(f"CREATE TABLE seen ({keys}, ns BIGINT, earlier BOOLEAN)")
@@ -235,8 +226,7 @@ class LatestWins:
             self._con.close()
             self._con = None
         if self._file is not None:
-            for path in (self._file, Path(f"{self._file}.wal")):
-                path.unlink(missing_ok=True)
+            duck.remove(self._file)
             self._file = None
 
 
