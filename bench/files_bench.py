@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run  # noqa: E402 - bench/child.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,25 +81,12 @@ def child(config: str) -> None:
 
 
 def run_child(code: Path, work: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTAFERRY_")}
-    env.update(
-        PYTHONPATH=f"{code}{os.pathsep}{work}",
-        DELTAFERRY_HOME=str(work / "home"),
-        DLT_DATA_DIR=str(work / "dlt"),
-    )
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", str(work / "jobs.toml")],
-        cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    lines = [x for x in out.splitlines() if x.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {"error": (err.strip().splitlines() or ["?"])[-1]}
-    result.update(wall_s=wall, peak_rss_mib=usage.ru_maxrss / 1024, exit=os.waitstatus_to_exitcode(status))
-    return result
+    env = {
+        "PYTHONPATH": str(work),
+        "DELTAFERRY_HOME": str(work / "home"),
+        "DLT_DATA_DIR": str(work / "dlt"),
+    }
+    return run([str(Path(__file__).resolve()), "--child", str(work / "jobs.toml")], code, env)
 
 
 def main() -> None:

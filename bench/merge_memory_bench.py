@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run  # noqa: E402 - bench/child.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,25 +82,9 @@ def child(mode: str, path: str, n: int, k: int, batch_rows: int) -> None:
 def run_child(
     code: Path, mode: str, path: Path, n: int, k: int, limit: str, batch_rows: int
 ) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTAFERRY_")}
-    env["DELTAFERRY_DUCKDB_MEMORY_LIMIT"] = limit
-    env["PYTHONPATH"] = str(code)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(path), str(n), str(k),
-         str(batch_rows)],  # fmt: skip
-        cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out_text = proc.stdout.read() if proc.stdout else ""
-    err_text = proc.stderr.read() if proc.stderr else ""
-    lines = [x for x in out_text.splitlines() if x.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {"error": (err_text.strip().splitlines() or ["?"])[-1]}
-    result["wall_s"] = wall
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
-    result["exit"] = os.waitstatus_to_exitcode(status)
-    return result
+    me = str(Path(__file__).resolve())
+    args = [me, "--child", mode, str(path), str(n), str(k), str(batch_rows)]
+    return run(args, code, {"DELTAFERRY_DUCKDB_MEMORY_LIMIT": limit})
 
 
 def main() -> None:

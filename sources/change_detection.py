@@ -28,7 +28,7 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.columns import HASH_COLUMN, STAGING_DATASET
-from sources.staging import staged_hashes, staged_keyed, staging_path
+from sources.staging import staged_hashes, staged_hashes_among, staged_keyed, staging_path
 
 
 def source_shift(job: JobConfig, t: TableConfig) -> tuple[Any, int, int] | None:
@@ -137,17 +137,22 @@ def _is_variant(name: str, columns: list[str]) -> bool:
     return m is not None and m.group("base") in columns
 
 
+# records' hashes looked up in staging at once (``ChangedRows.staged_among``): 500k texts of
+# 32 characters are about 25 MiB of Arrow
+AMONG = 500_000
+
+
 class ChangedRows:
     """Keeps rows whose content differs from their staged version (new keys included) and
     tags each kept row with its content hash (``HASH_COLUMN``), so a source that re-reads
     rows it already sent (a whole table, or the rows at a cursor boundary) stages only
-    what changed. The staged hashes are read once, when the first rows are compared (before
-    the load: the source's read runs in dlt's extract); close() after the load.
+    what changed. Rows are compared before the load (the source's read runs in dlt's
+    extract); close() after the load.
 
     Content is compared as ``content_text`` gives it: a column the source gains is no
     change for rows where it is NULL, nor is a new order of columns. Works on Arrow tables
     (hash computed by DuckDB over the row's values, in UTC) and on JSON records (md5 of
-    ``canonical_json``). Hashes staged by earlier versions (``_legacy_text``,
+    ``canonical_json``; their hashes are looked up in staging, ``staged_among``). Hashes staged by earlier versions (``_legacy_text``,
     ``legacy_row_hash``) still match an unchanged row."""
 
     _config: dict[str, Any] = {}  # of the DuckDB connection that hashes and compares
@@ -184,9 +189,6 @@ class ChangedRows:
         # nothing again (no new file) reads none, whatever the table's size
         self._all: str | None = None
         self._all_read = False
-        # for records: the staged live rows' hashes (a hash covers the key, so membership
-        # is enough, and a key needs no text form that matches how DuckDB prints it)
-        self._hashes: set[str] | None = None
         self._retag: list[pa.Table] = []  # key, old and new hash of rows matched by an old hash
         self._record_tags: list[dict[str, Any]] = []  # the same, for records
         self._shift = source_shift(job, t)
@@ -333,46 +335,62 @@ class ChangedRows:
         )
         return found.filter(pc.is_in(found["__i"], value_set=still))
 
-    def is_staged(self, h: str) -> bool:
-        """Whether a live staged row has content hash ``h`` (``row_hash`` of a record)."""
-        if self._hashes is None:
-            self._hashes = set()
-            if self._staged_all() is not None:
-                reader = self.con.execute(f"SELECT {HASH_COLUMN} FROM {self._all}")
-                for batch in reader.to_arrow_reader(100_000):
-                    self._hashes.update(batch.column(0).to_pylist())
-        return h in self._hashes
+    def staged_among(self, hashes: list[str]) -> set[str]:
+        """Those of ``hashes`` (``row_hash`` of records) that a live staged row has (a hash
+        covers the key, so membership is enough, and a key needs no text form that matches
+        how DuckDB prints it). Looked up in staging ``AMONG`` hashes at a time, each one
+        scan of the staged hash column: memory follows the hashes asked about, never the
+        table (a set of every staged hash took about 130 B a row: 6 GB at 50M rows)."""
+        found: set[str] = set()
+        for i in range(0, len(hashes), AMONG):
+            found |= staged_hashes_among(self.t, self.path, self.borrowed, hashes[i : i + AMONG])
+        return found
 
-    def record(self, row: dict[str, Any]) -> bool:
-        """For a per-record filter (``extract_records``): whether the record changed; tags it
-        with its hash."""
-        row.pop(HASH_COLUMN, None)
-        missing = [c for c in self.pk if row.get(c) is None]
-        if missing:
-            from deltaferry.errors import TerminalError
+    def changed_records(
+        self, rows: list[dict[str, Any]], hashes: list[str], staged: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Of ``rows`` (records, ``hashes`` their ``row_hash``), those not staged unchanged,
+        each tagged with its hash (``HASH_COLUMN``), in order. ``staged``: what
+        ``staged_among(hashes)`` gave, when the caller asked already. A record staged with
+        the hash written before null fields were left out (``legacy_row_hash``; only a
+        record with a null field hashes differently) is unchanged too, and retagged at
+        ``close()``."""
+        if staged is None:
+            staged = self.staged_among(hashes)
+        left = [(row, h) for row, h in zip(rows, hashes) if h not in staged]
+        legacy = {
+            i: legacy_row_hash(row)
+            for i, (row, _) in enumerate(left)
+            if any(v is None for v in row.values())
+        }
+        old = self.staged_among(list(legacy.values())) if legacy else set()
+        out = []
+        for i, (row, h) in enumerate(left):
+            before = legacy.get(i)
+            if before is not None and before in old:
+                self._record_tags.append({**{c: row[c] for c in self.pk}, "_old": before, "_new": h})
+                continue
+            row[HASH_COLUMN] = h
+            out.append(row)
+        return out
 
-            raise TerminalError(
-                f"{self.where}: a record has no value for primary key column(s) {', '.join(missing)}"
-            )
-        h = row_hash(row)
-        if self.is_staged_record(row, h):
-            return False
-        row[HASH_COLUMN] = h
-        return True
+    def records(self, item: Any) -> list[dict[str, Any]]:
+        """A dlt step for a source that yields records (``extract_records``; ``item`` a
+        record or a list of them): the changed ones, tagged with their hash, looked up in
+        staging once for the whole list. Raises ``TerminalError`` naming job and table for
+        a record with no value in a primary key column."""
+        rows = item if isinstance(item, list) else [item]
+        for row in rows:
+            row.pop(HASH_COLUMN, None)
+            missing = [c for c in self.pk if row.get(c) is None]
+            if missing:
+                from deltaferry.errors import TerminalError
 
-    def is_staged_record(self, row: dict[str, Any], h: str) -> bool:
-        """Whether the record ``row`` (``row_hash`` ``h``) is staged unchanged, by its hash or
-        by the one staged before null fields were left out (only a record with a null field
-        hashes differently)."""
-        if self.is_staged(h):
-            return True
-        if not any(v is None for v in row.values()):
-            return False
-        old = legacy_row_hash(row)
-        if not self.is_staged(old):
-            return False
-        self._record_tags.append({**{c: row[c] for c in self.pk}, "_old": old, "_new": h})
-        return True
+                raise TerminalError(
+                    f"{self.where}: a record has no value for primary key column(s) "
+                    f"{', '.join(missing)}"
+                )
+        return self.changed_records(rows, [row_hash(row) for row in rows])
 
     def close(self) -> None:
         """Retag the unchanged rows matched by an old hash with their current one (so the

@@ -160,6 +160,33 @@ def staged_hashes(
     return staged_keyed_batches(t, path, borrowed, HASH_COLUMN)
 
 
+def staged_hashes_among(
+    t: TableConfig, path: Path, borrowed: duckdb.DuckDBPyConnection | None, hashes: list[str]
+) -> set[str]:
+    """Those of ``hashes`` (content hashes, ``HASH_COLUMN``'s text) that a live staged row
+    of ``t`` has: one join of the distinct hashes with the staged hash column, so memory
+    follows ``hashes``, not the table (time: one scan of that column). ``set()`` before
+    the first load, or when the table was staged without hashes."""
+    if not hashes or not path.exists():
+        return set()
+    con = read_staging(path, borrowed)
+    try:
+        if not staged_table_exists(con, t.name):
+            return set()
+        cols = staged_columns(con, t.name)
+        if HASH_COLUMN not in cols:
+            return set()
+        live = f"coalesce(s.{DELETED_COLUMN}, false) = false" if DELETED_COLUMN in cols else "true"
+        con.register("wanted_hashes", pa.table({"h": pa.array(hashes, pa.string())}))
+        found = con.execute(
+            f"SELECT DISTINCT s.{HASH_COLUMN} FROM (SELECT DISTINCT h FROM wanted_hashes) w "
+            f"JOIN {STAGING_DATASET}.{ident(t.name)} s ON s.{HASH_COLUMN} = w.h WHERE {live}"
+        ).fetch_arrow_table()
+        return set(found.column(0).to_pylist())
+    finally:
+        con.close()
+
+
 def staged_keys_among(
     job: str, t: TableConfig, keys: list[str], load_ids: list[str]
 ) -> set[str]:

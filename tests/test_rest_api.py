@@ -357,8 +357,11 @@ def test_duplicates_resolve_the_same_in_every_order_and_cursor_format():
     from sources.rest_api.reads import TableRead
 
     class NothingStaged:
-        def is_staged_record(self, row: dict, h: str) -> bool:
-            return False
+        def staged_among(self, hashes: list[str]) -> set[str]:
+            return set()
+
+        def changed_records(self, rows: list[dict], hashes: list[str], staged: set[str]) -> list[dict]:
+            return [{**row, "_df_hash": h} for row, h in zip(rows, hashes)]
 
     def winner(records: list[dict], cursor: str | None = "at") -> dict:
         t = SimpleNamespace(name="t", primary_key=["id"], cursor=cursor, null_cursor="include", options={})

@@ -29,8 +29,9 @@ only when its content differs from its staged version. A record with no value (m
 null) in a primary-key column is held back with its reason (``held``), never staged.
 
 Memory: an index entry per key (its cursor rank, hash and place in a temporary file that
-holds each record's canonical JSON, and the record itself when it changed) until the read
-ends.
+holds each record's canonical JSON and the record itself) until the read ends; the
+winners' hashes are then looked up in staging (not read from it whole), so a run's memory
+follows what it read, not the staged table.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import tempfile
 from collections import Counter
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
+from itertools import islice
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, quote, urlsplit
 from zoneinfo import ZoneInfo
@@ -51,7 +53,6 @@ from contracts.exact import finer_than_microseconds
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.change_detection import ChangedRows, canonical_json
-from sources.columns import HASH_COLUMN
 from sources.integrity import KeyCheck
 from sources.names import cursor_path
 from sources.rest_api.numbers import FieldTypes, document_text
@@ -61,6 +62,9 @@ from sources.wall_time import wall_to_utc
 DEFAULT_MAX_PAGES = 100_000
 # winners are handed to dlt in lists of this many records
 _CHUNK = 1000
+# winners not staged with their hash are read back this many at a time, and those with a
+# null field looked up by their hash of before null fields were left out (one scan each)
+_RECHECK = 20_000
 # a duplicate note names at most this many keys
 _NAMED_KEYS = 10
 
@@ -341,7 +345,7 @@ class TableRead:
         """The changed winners of the read, in lists, once every page was read."""
         sent: dict[tuple[str, str, bytes], int] = {}
         previous: str | None = None
-        index: dict[str, tuple[tuple[Any, ...], str, int, bool]] = {}
+        index: dict[str, tuple[tuple[Any, ...], str, int]] = {}
         with tempfile.TemporaryFile(prefix="deltaferry-rest-") as spill:
             for page in pages:
                 if self.check is not None:
@@ -495,7 +499,7 @@ class TableRead:
         self,
         row: Any,
         text: str,
-        index: dict[str, tuple[tuple[Any, ...], str, int, bool]],
+        index: dict[str, tuple[tuple[Any, ...], str, int]],
         spill: Any,
     ) -> None:
         """Keep ``row`` (its canonical JSON ``text``) if it is its key's newest version."""
@@ -532,9 +536,8 @@ class TableRead:
                 if text <= pickle.load(spill)[0]:
                     return  # a tie, and the one read before has the larger canonical JSON
         pos = spill.seek(0, 2)
-        changed = not self.changed.is_staged_record(row, h)
-        pickle.dump((text, row if changed else None), spill, protocol=pickle.HIGHEST_PROTOCOL)
-        index[key] = (rank, h, pos, changed)
+        pickle.dump((text, row), spill, protocol=pickle.HIGHEST_PROTOCOL)
+        index[key] = (rank, h, pos)
 
     def _hold_without_cursor(self, row: dict[str, Any]) -> bool:
         """Under ``null_cursor = "quarantine"``, hold a record whose cursor is null or missing."""
@@ -551,16 +554,20 @@ class TableRead:
         return True
 
     def _winners(
-        self, index: dict[str, tuple[tuple[Any, ...], str, int, bool]], spill: Any
+        self, index: dict[str, tuple[tuple[Any, ...], str, int]], spill: Any
     ) -> Iterator[list[dict[str, Any]]]:
-        chunk: list[dict[str, Any]] = []
-        for pos, h in sorted((pos, h) for _, h, pos, changed in index.values() if changed):
-            spill.seek(pos)
-            row = pickle.load(spill)[1]  # documents as text later: ``documents_as_text``
-            row[HASH_COLUMN] = h
-            chunk.append(row)
-            if len(chunk) >= _CHUNK:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+        """Each key's winner that is not staged unchanged, tagged with its hash, in the order
+        read, in lists of ``_CHUNK``. The winners' hashes are looked up in staging once
+        (``ChangedRows.staged_among``: memory follows the read, not the staged table); only
+        the others are read back from the spill file, ``_RECHECK`` at a time."""
+        winners = sorted((pos, h) for _, h, pos in index.values())
+        staged = self.changed.staged_among([h for _, h in winners])
+        left = iter([(pos, h) for pos, h in winners if h not in staged])
+        while part := list(islice(left, _RECHECK)):
+            rows = []
+            for pos, _ in part:
+                spill.seek(pos)
+                rows.append(pickle.load(spill)[1])  # documents as text later: ``documents_as_text``
+            changed = self.changed.changed_records(rows, [h for _, h in part], staged)
+            for i in range(0, len(changed), _CHUNK):
+                yield changed[i : i + _CHUNK]
