@@ -28,7 +28,13 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.columns import HASH_COLUMN, STAGING_DATASET
-from sources.staging import staged_hashes, staged_hashes_among, staged_keyed, staging_path
+from sources.staging import (
+    staged_hashes,
+    staged_hashes_among,
+    staged_keyed,
+    staging_path,
+    write_staging,
+)
 
 
 def source_shift(job: JobConfig, t: TableConfig) -> tuple[Any, int, int] | None:
@@ -412,14 +418,8 @@ class ChangedRows:
                 self._file = None
 
     def _write_retag(self, tags: pa.Table) -> None:
-        con = (
-            self.borrowed.cursor()
-            if self.borrowed is not None
-            else duck.connect(self.path, alias="staging")
-        )
+        con = write_staging(self.path, self.borrowed)
         try:
-            if self.borrowed is not None:
-                con.execute("USE staging")
             con.register("retag", tags)
             match = " AND ".join(f"s.{ident(c)} = r.{ident(c)}" for c in self.pk)
             con.execute(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
 import dlt
@@ -242,12 +243,13 @@ def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterab
 
 
 def _unique(job: JobConfig, t: TableConfig, pages: Iterable[list[Any]]) -> Iterator[list[Any]]:
-    """``pages`` as they are, their records' keys counted (``KeyCheck``, in a temporary
-    DuckDB file: memory bounded, not by the read); a key read twice in one extraction stops
-    it after the last page with a ``ConfigError`` naming up to three keys, before anything
-    is staged (dlt would keep one of the records, or with the key check's
-    ``DEDUPLICATED`` both). Key values are counted as their JSON text: 7 and "7" are two
-    keys."""
+    """``pages`` as they are, once checked: a top-level integer staging cannot keep (beyond
+    64 bits) stops the read naming table, key, field and value (pyarrow's own error named
+    none of them), and every record's key is counted (``KeyCheck``, in a temporary DuckDB
+    file: memory bounded, not by the read). A key read twice in one extraction stops it
+    after the last page with a ``ConfigError`` naming up to three keys, before anything is
+    staged (dlt would keep one of the records, or with ``DEDUPLICATED`` both). Keys are
+    counted as staging will key them (``key_text``): 1, 1.0 and "1" are one key."""
     from deltaferry.errors import ConfigError
     from sources.integrity import KeyCheck
 
@@ -255,9 +257,11 @@ def _unique(job: JobConfig, t: TableConfig, pages: Iterable[list[Any]]) -> Itera
     pk = list(t.primary_key)
     try:
         for page in pages:
+            for r in page:
+                if isinstance(r, dict):
+                    _refuse_wide_ints(job, t, r)
             texts = {
-                c: [json.dumps(r.get(c) if isinstance(r, dict) else None, default=str) for r in page]
-                for c in pk
+                c: [key_text(r.get(c)) if isinstance(r, dict) else None for r in page] for c in pk
             }
             keys.note(pa.table({c: pa.array(v, pa.string()) for c, v in texts.items()}))
             yield page
@@ -266,6 +270,42 @@ def _unique(job: JobConfig, t: TableConfig, pages: Iterable[list[Any]]) -> Itera
             raise ConfigError(message)
     finally:
         keys.close()
+
+
+def key_text(value: Any) -> str | None:
+    """A record's key value as text, as staging keys it whatever type the column gets: a
+    whole number is its digits whether it came as an integer, a float or a
+    Decimal (1, 1.0, -0.0 and 0 are "1", "1", "0", "0"), other floats their shortest
+    text, text as it is (so 7 and "7", one key once staged, are one here), anything else
+    its JSON text. None stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, Decimal)):
+        try:
+            if value == int(value):
+                return str(int(value))
+        except (OverflowError, ValueError, ArithmeticError):  # inf, nan
+            pass
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _refuse_wide_ints(job: JobConfig, t: TableConfig, record: dict[str, Any]) -> None:
+    for name, value in record.items():
+        if type(value) is int and not _INT64[0] <= value <= _INT64[1]:
+            from deltaferry.errors import TerminalError
+
+            key = json.dumps({c: record.get(c) for c in t.primary_key}, default=str)
+            raise TerminalError(
+                f"job '{job.name}' table '{t.name}': record {key} field '{name}' value {value} "
+                "does not fit a 64-bit integer, which staging keeps; send it as text (or a "
+                "Decimal) from the source; nothing of the read is staged"
+            )
 
 
 def run_load(

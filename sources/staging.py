@@ -44,6 +44,18 @@ def read_staging(
     return duck.connect(path, read_only=True, alias="staging")
 
 
+def write_staging(
+    path: Path, borrowed: duckdb.DuckDBPyConnection | None
+) -> duckdb.DuckDBPyConnection:
+    """A connection that writes staging (outside dlt's loads: retagged hashes, raised file
+    times): a cursor of dlt's connection when staging is encrypted, else its own."""
+    if borrowed is not None:
+        con = borrowed.cursor()
+        con.execute("USE staging")
+        return con
+    return duck.connect(path, alias="staging")
+
+
 def staged_table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     """Whether staging (``con``, from ``read_staging`` or ``duck.connect``) has ``table`` in
     its dataset (``STAGING_DATASET``)."""

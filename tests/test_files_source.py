@@ -580,6 +580,14 @@ def test_an_older_file_landing_later_does_not_overwrite_newer_rows(drops_job):
     assert batches(drops_job.sync())["orders"] == (3, 1)
     drops_job.pull()
     assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 10.0), (2, 20.0)]
+    # all of it, its unchanged row too (key 2, not staged again): a file landing later,
+    # older than the touch but newer than the file that first staged key 2, changes
+    # nothing (it replaced key 2: the staged row kept its first file's time)
+    mid = HEADER + "1,ann,55,2026-01-01 09:00:00,\n2,bob,77,2026-01-01 09:00:00,\n"
+    drop(d, "orders/mid.csv", mid, t0 + 90)
+    assert batches(drops_job.sync())["orders"] == (None, None)
+    drops_job.pull()
+    assert drops_job.q("SELECT id, amount FROM orders ORDER BY id") == [(1, 10.0), (2, 20.0)]
 
 
 def test_of_two_files_with_the_same_time_the_one_a_later_run_finds_wins(drops_job):

@@ -12,6 +12,7 @@ on. A row with NULL in a key column is held back in the quarantine (``sources.in
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from deltaferry import duck
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
 from sources.change_detection import ChangedRows
-from sources.columns import FILE_TIME_COLUMN
+from sources.columns import FILE_TIME_COLUMN, STAGING_DATASET
 from sources.files.listing import DropFile, Folder, S3Prefix, SetAside, drops_for
 from sources.files.reading import (
     check_staged_types,
@@ -48,8 +49,11 @@ from sources.staging import (
     staged_keyed_batches,
     staged_types,
     staging_path,
+    write_staging,
 )
 from sources.wall_time import ZoneShifts
+
+logger = logging.getLogger(__name__)
 
 # --- which files are new -----------------------------------------------------------------
 
@@ -106,11 +110,16 @@ class Watermark:
 LOOKUPS = 16
 
 
-def _key_text(column: str, schema: pa.Schema, alias: str = "") -> str:
+def _key_text(column: str, schema: pa.Schema | dict[str, str], alias: str = "") -> str:
     """A key column's text, as ``LatestWins`` compares keys: a float's -0.0 (equal to 0.0,
-    and one key to dlt's merge) is 0.0 (+ 0 makes it so)."""
+    and one key to dlt's merge) is 0.0 (+ 0 makes it so). ``schema``: an Arrow schema, or
+    ``{column: DuckDB type}`` of a staged table."""
     name = f"{alias}.{ident(column)}" if alias else ident(column)
-    if pa.types.is_floating(schema.field(column).type):
+    if isinstance(schema, dict):
+        floating = schema[column].upper() in ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8")
+    else:
+        floating = pa.types.is_floating(schema.field(column).type)
+    if floating:
         name = f"({name} + 0)"
     return f"CAST({name} AS VARCHAR)"
 
@@ -151,6 +160,9 @@ class LatestWins:
     def con(self) -> duckdb.DuckDBPyConnection:
         """The keys' database, made on first use."""
         if self._con is not None:
+            return self._con
+        if self._file is not None:  # released (``release``): opened again
+            self._con = duck.scratch(self._file, self._spill, duck.memory_limit())
             return self._con
         self._spill.mkdir(parents=True, exist_ok=True)
         self._file = self._spill / f"latest-{uuid.uuid4().hex}.duckdb"
@@ -221,10 +233,60 @@ class LatestWins:
                 self.con.unregister("staged_")
         return table if kept.num_rows == table.num_rows else table.take(kept["__i"])
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close the keys' database, keeping its file for ``raise_staged_times`` (its
+        memory is not held through the load)."""
         if self._con is not None:
             self._con.close()
             self._con = None
+
+    def raise_staged_times(self) -> None:
+        """After the run's load: raise the staged file time of each key this run read to its
+        newest file's where staging holds an older one. A row this rule kept that the
+        change filter dropped (unchanged: a file touched, or dropped again) was not staged,
+        so it kept the earlier file's time, and a file landing later, older than the touch
+        but newer than that file, replaced it (a fresh-user trial). One UPDATE joining this
+        run's newest time per key (streamed from the keys' file) with staging; on a DuckDB
+        error the older times stay, as before, and a warning says so."""
+        if self._file is None or not self._file.exists():
+            return
+        path = staging_path(self.job.name)
+        if not path.exists():
+            return
+        mine = self.con
+        con = write_staging(path, self.borrowed)
+        try:
+            types = duck.column_types(con, self.t.name, STAGING_DATASET)
+            if FILE_TIME_COLUMN not in types or any(c not in types for c in self.pk):
+                return
+            # key texts printed alike on both sides (a timestamp's text follows TimeZone)
+            zone = mine.execute("SELECT current_setting('TimeZone')").fetchone()
+            con.execute(f"SET TimeZone = {duck.literal(str(zone[0] if zone else 'UTC'))}")
+            keys = ", ".join(ident(c) for c in self.pk)
+            newest = mine.execute(
+                f"SELECT {keys}, max(ns) AS ns FROM seen WHERE NOT earlier GROUP BY ALL"
+            ).fetch_record_batch(100_000)
+            match = " AND ".join(
+                f"{_key_text(c, types, 's')} = x.{ident(c)}" for c in self.pk
+            )
+            at = ident(FILE_TIME_COLUMN)
+            con.register("newest_", newest)
+            con.execute(
+                f"UPDATE {STAGING_DATASET}.{ident(self.t.name)} s SET {at} = x.ns FROM newest_ x "
+                f"WHERE {match} AND (s.{at} IS NULL OR s.{at} < x.ns)"
+            )
+        except duckdb.Error as e:
+            logger.warning(
+                "job '%s' table '%s': the staged file times of this run's unchanged rows were "
+                "not raised (%s): a file landing later that is older than the newest file of "
+                "such a row but newer than the one it was staged from replaces it",
+                self.job.name, self.t.name, str(e).splitlines()[0],
+            )
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        self.release()
         if self._file is not None:
             duck.remove(self._file)
             self._file = None
@@ -240,6 +302,7 @@ def _resource(
     keys: KeyCheck,
     naming_convention: str,
     shifts: ZoneShifts,
+    latest: LatestWins,
 ) -> Any:
     where = f"job '{job.name}' table '{t.name}'"
     types = contract_types(t, where)
@@ -256,7 +319,6 @@ def _resource(
         todo = mark.new(drops.list(pattern))
         done: list[DropFile] = []
         reasons: list[tuple[DropFile, str]] = []
-        latest = LatestWins(job, t, borrowed)
         try:
             for f in sorted(todo, key=lambda f: (f.mtime_ns, f.name), reverse=True):
                 try:
@@ -288,7 +350,7 @@ def _resource(
                         times = pa.array([f.mtime_ns] * rows.num_rows, pa.int64())
                         yield rows.append_column(FILE_TIME_COLUMN, times)
         finally:
-            latest.close()
+            latest.release()  # its file stays for ``raise_staged_times``, after the load
         mark.advance(done, listed_at)
         if reasons:
             reasons.sort(key=lambda r: (r[0].mtime_ns, r[0].name))
@@ -313,6 +375,7 @@ def extract(job: JobConfig) -> ExtractResult:
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
     checks: list[KeyCheck] = []
+    newest: list[LatestWins] = []
     skipped: dict[str, list[str]] = {}
     # the names staging keeps: exactly, unless this job staged under dlt's snake_case before
     convention = pipeline_naming(pipeline)
@@ -323,12 +386,16 @@ def extract(job: JobConfig) -> ExtractResult:
             changed = ChangedRows(job, t, borrowed, lookups=LOOKUPS)
             filters.append(changed)
             checks.append(KeyCheck(job, t))
+            newest.append(LatestWins(job, t, borrowed))
             resources.append(
                 _resource(
-                    job, t, drops, changed, skipped, borrowed, checks[-1], convention, shifts[t.name]
-                )
+                    job, t, drops, changed, skipped, borrowed, checks[-1], convention,
+                    shifts[t.name], newest[-1],
+                )  # fmt: skip
             )
         info = run_load(job, pipeline, resources)
+        for latest in newest:
+            latest.raise_staged_times()
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
         held = {k.t.name: k.held for k in checks if k.held}
@@ -350,6 +417,8 @@ def extract(job: JobConfig) -> ExtractResult:
             changed.close()
         for check in checks:
             check.close()
+        for latest in newest:
+            latest.close()
         if borrowed is not None:
             borrowed.close()
 
