@@ -4,8 +4,9 @@ run has nothing new or one small new file, measured in one session.
 For each size N (``--sizes``) a folder gets one Parquet drop of N rows and a child process
 runs the source's extract (``sources.files.extract``: list, read, the newest-file rule,
 the change filter, dlt's load into staging) to stage it; then, each in a fresh child,
-the extract again with no new file (``no new file``) and after a drop of ``--change-rows``
-rows, half of them new keys (``small drop``). Each child reports its wall time and peak
+the extract again with no new file (``no new file``), after a drop of ``--change-rows``
+rows, half of them new keys (``small drop``), and after the first drop is touched
+(``touched``: nothing is staged again, every key's staged file time is raised). Each child reports its wall time and peak
 RSS (``ru_maxrss`` from ``wait4``). No lake, no Prefect: the source's step alone.
 
 ``--before DIR`` runs the same with the code of another checkout (a ``git worktree``)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -118,10 +120,13 @@ def main() -> None:
                 make_drop(work / "drops" / "orders" / "orders-0001.parquet", 1, n)
                 steps = [("first load", None), ("no new file", None)]
                 steps.append(("small drop", (n - args.change_rows // 2 + 1, args.change_rows)))
+                steps.append(("touched", None))
                 for step, new in steps:
                     if new is not None:
                         time.sleep(1.1)  # a later modification time than the first drop
                         make_drop(work / "drops" / "orders" / "orders-0002.parquet", *new)
+                    if step == "touched":  # the first drop again, newer: every key's time raised
+                        os.utime(work / "drops" / "orders" / "orders-0001.parquet")
                     r = run_child(code, work)
                     rows = r.get("rows", "-")
                     print(

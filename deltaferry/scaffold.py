@@ -387,7 +387,14 @@ def draft_fields(name: str, jobs_file: Path, table: str) -> list[tuple[str, str,
         try:
             job = load_job(name, jobs_file)
             module = importlib.import_module(f"sources.{name}")
-            module.extract(job)
+            held = (module.extract(job).held or {}).get(table) or []
+            if held:  # a record the key does not identify: the key chosen is not the key
+                pk = ", ".join(job.tables[0].primary_key)
+                raise ConfigError(
+                    f"new-source {name}: {len(held)} sample record(s) have no value for "
+                    f"primary key column(s) {pk} (first: {held[0]['row_json']}); pick a "
+                    "--primary-key every record has"
+                )
             con = duck.connect(staging_path(name), read_only=True, alias="staging")
             try:
                 out = []

@@ -177,28 +177,40 @@ def extract_records(
     ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
     errors of those names) become ``TransientError`` (the step is retried); anything else
     is a ``TerminalError``."""
+    from sources.integrity import KeyCheck
     from sources.names import RecordNames
 
     pipeline, borrowed = pipeline_for(job)
     filters: list[ChangedRows] = []
+    checks: list[KeyCheck] = []
     try:
         resources = []
         for t in job.tables:
             changed = ChangedRows(job, t, borrowed)
             filters.append(changed)
+            checks.append(KeyCheck(job, t))
             names = RecordNames(
                 job.name, t.name, pipeline_naming(pipeline), schema_columns(pipeline, t.name)
             )
-            resource = _records_resource(job, t, read).add_map(names).add_step(changed.records)
+            resource = (
+                _records_resource(job, t, read, checks[-1])
+                .add_map(names)
+                .add_step(changed.records)
+            )
             resource.apply_hints(additional_table_hints=DEDUPLICATED)  # keys counted: KeyCheck
             resources.append(resource)
         # as Parquet: dlt's default for DuckDB (SQL insert statements) turns -0.0 into 0.0,
         # and a first load of 1M records ran out of memory at the default limit
         info = run_load(job, pipeline, resources, loader_file_format="parquet")
-        return ExtractResult(list(info.loads_ids), row_counts(pipeline, job.tables), {})
+        held = {k.t.name: k.held for k in checks if k.held}
+        return ExtractResult(
+            list(info.loads_ids), row_counts(pipeline, job.tables), {}, held=held or None
+        )
     finally:
         for f in filters:
             f.close()
+        for check in checks:
+            check.close()
         if borrowed is not None:
             borrowed.close()
 
@@ -221,55 +233,82 @@ def _pages(items: Iterable[Any]) -> Iterator[list[Any]]:
         yield page
 
 
-def _records_resource(job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]]) -> Any:
+def _records_resource(
+    job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]], keys: Any
+) -> Any:
     hints: dict[str, Any] = dict(
         name=t.name, primary_key=list(t.primary_key), write_disposition="merge", max_table_nesting=0
     )
     if t.cursor:
         # no dedup by key at the boundary: ChangedRows keeps the boundary records that changed
-        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(t.cursor, primary_key=[])
+        # a record without a cursor value (null_cursor = "include") is staged; under
+        # "quarantine" it is held before this step (``_checked``)
+        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(
+            t.cursor, primary_key=[], on_cursor_value_missing="include"
+        )
 
         @dlt.resource(**hints)
         def records(since: Any = cursor) -> Iterable[Any]:
-            yield from _unique(job, t, _pages(read(job, t, since.last_value)))
+            yield from _checked(job, t, _pages(read(job, t, since.last_value)), keys)
 
     else:
 
         @dlt.resource(**hints)
         def records() -> Iterable[Any]:
-            yield from _unique(job, t, _pages(read(job, t, None)))
+            yield from _checked(job, t, _pages(read(job, t, None)), keys)
 
     return records()
 
 
-def _unique(job: JobConfig, t: TableConfig, pages: Iterable[list[Any]]) -> Iterator[list[Any]]:
-    """``pages`` as they are, once checked: a top-level integer staging cannot keep (beyond
-    64 bits) stops the read naming table, key, field and value (pyarrow's own error named
-    none of them), and every record's key is counted (``KeyCheck``, in a temporary DuckDB
-    file: memory bounded, not by the read). A key read twice in one extraction stops it
-    after the last page with a ``ConfigError`` naming up to three keys, before anything is
-    staged (dlt would keep one of the records, or with ``DEDUPLICATED`` both). Keys are
-    counted as staging will key them (``key_text``): 1, 1.0 and "1" are one key."""
-    from deltaferry.errors import ConfigError
-    from sources.integrity import KeyCheck
+def _checked(
+    job: JobConfig, t: TableConfig, pages: Iterable[list[Any]], keys: Any
+) -> Iterator[list[Any]]:
+    """``pages`` less the records held back, once checked (``keys``: the table's
+    ``KeyCheck``, which keeps what it held):
 
-    keys = KeyCheck(job, t)
+    - a record without a value in a key column is held (quarantined with its reason), as
+      is one without a cursor value under ``null_cursor = "quarantine"``;
+    - a top-level integer staging cannot keep (beyond 64 bits) stops the read naming
+      table, key, field and value (pyarrow's own error named none of them);
+    - every record's key is counted (in a temporary DuckDB file: memory bounded, not by
+      the read); a key read twice in one extraction stops it after the last page with a
+      ``ConfigError`` naming up to three keys, before anything is staged (dlt would keep
+      one of the records, or with ``DEDUPLICATED`` both). Keys are counted as staging
+      will key them (``key_text``): 1, 1.0 and "1" are one key."""
+    from deltaferry.errors import ConfigError
+    from sources.names import cursor_value
+
     pk = list(t.primary_key)
+    quarantine = t.cursor if t.cursor and t.null_cursor == "quarantine" else None
     try:
         for page in pages:
+            kept = []
             for r in page:
                 if isinstance(r, dict):
+                    if keys.hold_unkeyed(r, "the source's record"):
+                        continue
+                    if quarantine and cursor_value(r, quarantine) is None:
+                        keys.hold_records(
+                            [r], quarantine, "cursor not null",
+                            f"cursor field {quarantine} is null or missing in the source's "
+                            'record (null_cursor = "quarantine"): held back until the record '
+                            "has a cursor value",
+                        )  # fmt: skip
+                        continue
                     _refuse_wide_ints(job, t, r)
+                kept.append(r)
+            if not kept:
+                continue
             texts = {
-                c: [key_text(r.get(c)) if isinstance(r, dict) else None for r in page] for c in pk
+                c: [key_text(r.get(c)) if isinstance(r, dict) else None for r in kept] for c in pk
             }
             keys.note(pa.table({c: pa.array(v, pa.string()) for c, v in texts.items()}))
-            yield page
+            yield kept
         message = keys.duplicates()
         if message:
             raise ConfigError(message)
     finally:
-        keys.close()
+        keys.close()  # the key counts' memory, freed before the load (the held rows stay)
 
 
 def key_text(value: Any) -> str | None:

@@ -142,6 +142,17 @@ def _refusal(job: str, table: str, problem: str, fix: str) -> str:
     return f"job '{job}' table '{table}': source {problem}; {fix}"
 
 
+def cursor_value(row: dict[str, Any], cursor: str) -> Any:
+    """A record's cursor value as dlt's incremental step finds it: a JSONPath's first
+    match (``$.meta.updated``), else the field of that name; None when missing."""
+    if not cursor.startswith("$"):
+        return row.get(cursor)
+    from dlt.common import jsonpath
+
+    found = jsonpath.find_values(cursor, row)
+    return found[0] if found else None
+
+
 def cursor_path(name: str) -> str:
     """``name`` as a dlt incremental cursor path (a quoted JSONPath field, so a name with a
     space, dot or non-ASCII letter is one column); ValueError when no path names it."""

@@ -115,8 +115,8 @@ def test_a_scaffold_that_fails_while_drafting_is_rolled_back(project: Path):
     sample = project / "keys.jsonl"
     sample.write_text('{"id": 1, "name": "a"}\n{"id": null, "name": "b"}\n')
     r = _run(project, "-m", "deltaferry.cli", "new-source", "gamma", "--sample", str(sample))
-    assert r.returncode == 1
-    assert "no value for primary key column(s) id" in r.stderr
+    assert r.returncode == 2  # a configuration error: the key chosen is not every record's
+    assert "new-source gamma: 1 sample record(s) have no value for primary key column(s) id" in r.stderr
     for path in ("sources/gamma", "contracts/gamma", "tests/test_source_gamma.py"):
         assert not (project / path).exists(), path
     assert (project / "deltaferry.toml").read_text() == jobs_before

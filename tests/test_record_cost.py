@@ -6,6 +6,7 @@ rows, 6 GB at 50M) on every incremental run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,48 @@ def test_a_record_source_refuses_keys_that_become_one_and_ints_beyond_64_bits(
     )
     source[:] = [{"id": 1, "name": "a", "n": 2**63 - 1}, {"id": 2, "name": "b", "n": -(2**63)}]
     assert extract_records(job, read).rows_by_table["things"] == 2
+
+
+@pytest.mark.parametrize("null_cursor", ["include", "quarantine"])
+def test_a_record_source_holds_unkeyed_records_and_stages_or_holds_null_cursors(
+    tmp_path: Path, home: Path, null_cursor: str
+) -> None:
+    """What the scaffolded ``read_records`` yields on purpose (a record without a cursor
+    value) failed the run with dlt's own advice, naming no table (a fresh-user trial); a
+    record without a key stopped the whole run where the other sources hold it back."""
+    from deltaferry.quarantine import UNKEYED
+    from sources.load import extract_records
+
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        JOB.format(dir=tmp_path, cursor=f'cursor = "at"\nnull_cursor = "{null_cursor}"')
+    )
+    from deltaferry.config import load_job
+
+    job = load_job("rec", path)
+    source = [
+        {"id": 1, "name": "a", "note": "x", "at": 1},
+        {"id": 2, "name": "b", "note": "x", "at": None},
+        {"id": 3, "name": "c", "note": "x"},  # no cursor field at all
+        {"id": None, "name": "d", "note": "x", "at": 2},
+        {"name": "e", "note": "x", "at": 3},  # no key field at all
+    ]
+
+    def read(job: Any, t: Any, since: Any):  # noqa: ANN202
+        for r in source:
+            if since is None or r.get("at") is None or r["at"] >= since:
+                yield dict(r)
+
+    out = extract_records(job, read)
+    staged = _staged(job)
+    held = out.held["things"]
+    unkeyed = [h for h in held if h["check"] == UNKEYED]
+    assert [json.loads(h["row_json"])["name"] for h in unkeyed] == ["d", "e"]
+    assert all(h["field"] == "id" and "primary key" in h["reason"] for h in unkeyed)
+    if null_cursor == "include":
+        assert sorted(staged) == [1, 2, 3] and len(held) == 2
+    else:
+        assert sorted(staged) == [1]
+        cursorless = [h for h in held if h["field"] == "at"]
+        assert [json.loads(h["pk"]) for h in cursorless] == [{"id": 2}, {"id": 3}]
+        assert all("null_cursor" in h["reason"] for h in cursorless)

@@ -52,7 +52,8 @@ from zoneinfo import ZoneInfo
 from deltaferry.config import JobConfig, TableConfig, job_home, write_home_file
 from deltaferry.errors import TerminalError
 from sources import unix_time
-from sources.rest_api.reads import _cursor_value, api_cursor_path, cursor_rank
+from sources.names import cursor_value
+from sources.rest_api.reads import api_cursor_path, cursor_rank
 
 # values ahead of the clock by more than this are warned about (a clock a little ahead is not)
 WARN_AHEAD = dt.timedelta(minutes=5)
@@ -165,7 +166,7 @@ class FutureCursors:
         """Records or lists of records (as a dlt map step would get them), seen; unchanged."""
         for row in item if isinstance(item, list) else [item]:
             if isinstance(row, dict) and self.t.cursor:
-                value = _cursor_value(row, self.t.cursor)
+                value = cursor_value(row, self.t.cursor)
                 self.see(value, cursor_rank(value, self.zone))
         return item
 

@@ -54,7 +54,7 @@ from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import TerminalError
 from sources.change_detection import ChangedRows, canonical_json
 from sources.integrity import KeyCheck
-from sources.names import cursor_path
+from sources.names import cursor_path, cursor_value
 from sources.rest_api.numbers import FieldTypes, document_text
 from sources.text import lone_surrogate
 from sources.wall_time import wall_to_utc
@@ -247,17 +247,6 @@ _WIDE = {
     "WhereNot": "a filter",
     "Filter": "a filter",
 }
-
-
-def _cursor_value(row: dict[str, Any], cursor: str) -> Any:
-    """The record's cursor value as dlt's incremental step finds it (``api_cursor_path``):
-    a JSONPath's first match, else the field of that name; None when missing."""
-    if not cursor.startswith("$"):
-        return row.get(cursor)
-    from dlt.common import jsonpath
-
-    found = jsonpath.find_values(cursor, row)
-    return found[0] if found else None
 
 
 class TableRead:
@@ -513,7 +502,7 @@ class TableRead:
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
-        value = _cursor_value(row, self.t.cursor) if self.t.cursor else None
+        value = cursor_value(row, self.t.cursor) if self.t.cursor else None
         rank = cursor_rank(value, self.zone) if self.t.cursor else ()
         if self.observe is not None:
             self.observe(key, rank, value)
@@ -542,7 +531,7 @@ class TableRead:
     def _hold_without_cursor(self, row: dict[str, Any]) -> bool:
         """Under ``null_cursor = "quarantine"``, hold a record whose cursor is null or missing."""
         t = self.t
-        if not t.cursor or t.null_cursor != "quarantine" or _cursor_value(row, t.cursor) is not None:
+        if not t.cursor or t.null_cursor != "quarantine" or cursor_value(row, t.cursor) is not None:
             return False
         self.keys.hold_records(
             [row],
