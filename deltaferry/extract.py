@@ -203,6 +203,10 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             entries.append(Entry("extract", "held", table=table, detail=line[:2000]))
             out.warnings.append(line)
             set_aside.append(line)
+        for table, lines in (result.warnings or {}).items():  # what the source could not do
+            for line in lines:
+                entries.append(Entry("extract", "warning", table=table, detail=line[:2000]))
+                out.warnings.append(line)
         for table, notes in (result.notes or {}).items():  # how the source read the table
             for note in notes:
                 entries.append(Entry("extract", "initial-load", table=table, detail=note[:2000]))

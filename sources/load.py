@@ -55,6 +55,10 @@ class ExtractResult:
     # per table, the columns the source has now (when the source knows them): a staged
     # contract column missing here and NULL on every new row was dropped (contracts/drift.py)
     columns: dict[str, list[str]] | None = None
+    # per table, what the source could not do after its load and what follows from it (the
+    # files source's staged file times not raised), one line each: shown as warnings and
+    # written to the operations log
+    warnings: dict[str, list[str]] | None = None
     # per table, decisions the source made about how to read it, as one-line notes (a first
     # load by DuckDB's postgres scanner, or why not): written to the operations log
     notes: dict[str, list[str]] | None = None

@@ -122,3 +122,69 @@ def test_a_float_key_minus_zero_is_the_key_zero_for_the_newest_file_rule(
     assert batches(drops_job.sync())["fl"] == (2, 1)  # only 2.5 is news
     drops_job.pull()
     assert drops_job.q("SELECT id, v FROM fl ORDER BY id") == [(0.0, "new"), (2.5, "x")]
+
+
+def _float_job(drops_job) -> None:  # noqa: ANN001
+    drops_job.config.write_text(
+        f'[jobs.drops]\nsource = "files"\nurl = "{drops_job.drops}"\nlake = "{drops_job.lake_url}"\n\n'
+        '[[jobs.drops.tables]]\nname = "fl"\nprimary_key = "id"\n'
+        'contract = "tests.support.contracts_files:FloatKeyed"\n'
+    )
+
+
+def _parquet(path, ids: list[float], v: str, mtime: float) -> None:  # noqa: ANN001
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array(ids, pa.float32()), "v": [v] * len(ids)}), path)
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_float32_key_and_a_touched_file_keep_the_newest_rows(drops_job) -> None:  # noqa: F811
+    """A FLOAT key's text (0.1) never matched its staged DOUBLE's (0.10000000149011612), so
+    a late older file replaced newer rows; a touched file's unchanged rows kept their
+    first file's time (both: fresh-user trials)."""
+    t0 = time.time() - 3600
+    _float_job(drops_job)
+    d = drops_job.drops / "fl"
+    _parquet(d / "a.parquet", [0.1, 1.5, -0.0], "a", t0 + 100)
+    assert batches(drops_job.sync())["fl"] == (1, 3)
+    _parquet(d / "late.parquet", [0.1, 1.5, 0.0], "late", t0 + 50)  # older, landing late
+    assert batches(drops_job.sync())["fl"] == (None, None)
+    os.utime(d / "a.parquet", (t0 + 300, t0 + 300))  # touched: the newest again
+    assert batches(drops_job.sync())["fl"] == (None, None)
+    _parquet(d / "mid.parquet", [0.1, 1.5, 0.0], "mid", t0 + 200)  # older than the touch
+    assert batches(drops_job.sync())["fl"] == (None, None)
+    drops_job.pull()
+    assert drops_job.q("SELECT v, count(*) FROM fl GROUP BY v") == [("a", 3)]
+
+
+def test_staged_times_not_raised_are_a_warning_not_a_failed_run(
+    drops_job, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import duckdb
+
+    t0 = time.time() - 3600
+    _float_job(drops_job)
+    d = drops_job.drops / "fl"
+    _parquet(d / "a.parquet", [1.0, 2.0], "a", t0 + 100)
+    assert batches(drops_job.sync())["fl"] == (1, 2)
+
+    def locked(*_a: object) -> None:
+        raise duckdb.IOException('Could not set lock on file "staging.duckdb"')
+
+    monkeypatch.setattr(sources.files, "write_staging", locked)
+    os.utime(d / "a.parquet", (t0 + 300, t0 + 300))
+    out = drops_job.sync()
+    assert batches(out)["fl"] == (None, None)
+    line = (
+        "job 'drops' table 'fl': the staged file times of this run's unchanged rows were not "
+        'raised (Could not set lock on file "staging.duckdb"): a file landing later'
+    )
+    state = drops_job.dir / "home" / "drops" / "state.duckdb"
+    with duckdb.connect(str(state), read_only=True) as con:  # the operations log says so
+        logged = con.execute(
+            "SELECT tbl, detail FROM ops_log WHERE step = 'extract' AND outcome = 'warning'"
+        ).fetchall()
+    assert len(logged) == 1 and logged[0][0] == "fl" and logged[0][1].startswith(line), logged

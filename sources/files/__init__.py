@@ -111,16 +111,18 @@ LOOKUPS = 16
 
 
 def _key_text(column: str, schema: pa.Schema | dict[str, str], alias: str = "") -> str:
-    """A key column's text, as ``LatestWins`` compares keys: a float's -0.0 (equal to 0.0,
-    and one key to dlt's merge) is 0.0 (+ 0 makes it so). ``schema``: an Arrow schema, or
+    """A key column's text, as ``LatestWins`` compares keys: a float as the DOUBLE staging
+    keeps it (a FLOAT column's 0.1 never matched its staged key, so a late older file
+    won: a fresh-user trial), its -0.0 (equal to 0.0, and one key to dlt's merge) 0.0
+    (+ 0 makes it so). ``schema``: an Arrow schema, or
     ``{column: DuckDB type}`` of a staged table."""
     name = f"{alias}.{ident(column)}" if alias else ident(column)
     if isinstance(schema, dict):
         floating = schema[column].upper() in ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8")
     else:
         floating = pa.types.is_floating(schema.field(column).type)
-    if floating:
-        name = f"({name} + 0)"
+    if floating:  # as DOUBLE, which staging keeps (a FLOAT's 0.1 is 0.10000000149011612 there)
+        name = f"(CAST({name} AS DOUBLE) + 0)"
     return f"CAST({name} AS VARCHAR)"
 
 
@@ -240,25 +242,28 @@ class LatestWins:
             self._con.close()
             self._con = None
 
-    def raise_staged_times(self) -> None:
+    def raise_staged_times(self) -> str | None:
         """After the run's load: raise the staged file time of each key this run read to its
         newest file's where staging holds an older one. A row this rule kept that the
         change filter dropped (unchanged: a file touched, or dropped again) was not staged,
         so it kept the earlier file's time, and a file landing later, older than the touch
         but newer than that file, replaced it (a fresh-user trial). One UPDATE joining this
-        run's newest time per key (streamed from the keys' file) with staging; on a DuckDB
-        error the older times stay, as before, and a warning says so."""
+        run's newest time per key (streamed from the keys' file) with staging. On a DuckDB
+        error (staging locked by another process, out of memory) the older times stay, as
+        before this rule: returns one line naming job and table saying so
+        (``ExtractResult.warnings``: shown and written to the operations log), else None."""
         if self._file is None or not self._file.exists():
-            return
+            return None
         path = staging_path(self.job.name)
         if not path.exists():
-            return
-        mine = self.con
-        con = write_staging(path, self.borrowed)
+            return None
+        con = None
         try:
+            mine = self.con
+            con = write_staging(path, self.borrowed)
             types = duck.column_types(con, self.t.name, STAGING_DATASET)
             if FILE_TIME_COLUMN not in types or any(c not in types for c in self.pk):
-                return
+                return None
             # key texts printed alike on both sides (a timestamp's text follows TimeZone)
             zone = mine.execute("SELECT current_setting('TimeZone')").fetchone()
             con.execute(f"SET TimeZone = {duck.literal(str(zone[0] if zone else 'UTC'))}")
@@ -275,15 +280,19 @@ class LatestWins:
                 f"UPDATE {STAGING_DATASET}.{ident(self.t.name)} s SET {at} = x.ns FROM newest_ x "
                 f"WHERE {match} AND (s.{at} IS NULL OR s.{at} < x.ns)"
             )
+            return None
         except duckdb.Error as e:
-            logger.warning(
-                "job '%s' table '%s': the staged file times of this run's unchanged rows were "
-                "not raised (%s): a file landing later that is older than the newest file of "
-                "such a row but newer than the one it was staged from replaces it",
-                self.job.name, self.t.name, str(e).splitlines()[0],
+            line = (
+                f"job '{self.job.name}' table '{self.t.name}': the staged file times of this "
+                f"run's unchanged rows were not raised ({str(e).splitlines()[0]}): a file "
+                "landing later that is older than this run's newest file of such a row but "
+                "newer than the file it was staged from will replace it"
             )
+            logger.warning("%s", line)
+            return line
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
     def close(self) -> None:
         self.release()
@@ -394,8 +403,7 @@ def extract(job: JobConfig) -> ExtractResult:
                 )  # fmt: skip
             )
         info = run_load(job, pipeline, resources)
-        for latest in newest:
-            latest.raise_staged_times()
+        late = {latest.t.name: latest.raise_staged_times() for latest in newest}
         rows = row_counts(pipeline, job.tables)
         in_order = {t.name: skipped[t.name] for t in job.tables if t.name in skipped}
         held = {k.t.name: k.held for k in checks if k.held}
@@ -411,6 +419,7 @@ def extract(job: JobConfig) -> ExtractResult:
             in_order,
             held=held or None,
             wall_times=wall_times or None,
+            warnings={name: [line] for name, line in late.items() if line} or None,
         )
     finally:
         for changed in filters:
