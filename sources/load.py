@@ -176,11 +176,15 @@ def extract_records(
     ``read(job, table, since)`` yields the records of ``table`` whose cursor is at or after
     ``since`` (``None`` on the first run, and always for a table without a cursor). dlt
     keeps the cursor's last value in the pipeline state, committed with the load; the range
-    is closed, and records read again unchanged are not staged (``ChangedRows``). Nested
-    objects and lists are staged as JSON columns. Errors: a ``DeltaferryError`` raised by
-    ``read`` passes as it is; ``ConnectionError`` and ``TimeoutError`` (and client libraries'
-    errors of those names) become ``TransientError`` (the step is retried); anything else
-    is a ``TerminalError``."""
+    is closed, and records read again unchanged are not staged (``ChangedRows``: their
+    hashes looked up in staging ``PAGE`` records at a time). Nested objects and lists are
+    staged as JSON columns. Records without a key value, and under ``null_cursor =
+    "quarantine"`` without a cursor value, are held back (``ExtractResult.held``, the
+    quarantine's records); a key read twice is a ``ConfigError`` and an integer beyond 64
+    bits a ``TerminalError``, before anything is staged (``_checked``). Errors: a
+    ``DeltaferryError`` raised by ``read`` passes as it is; ``ConnectionError`` and
+    ``TimeoutError`` (and client libraries' errors of those names) become
+    ``TransientError`` (the step is retried); anything else is a ``TerminalError``."""
     from sources.integrity import KeyCheck
     from sources.names import RecordNames
 
