@@ -54,7 +54,8 @@ def section() -> str:
             out.append(f"| {s.name} | `{contract}` | {holds} | {s.note} |")
         out.append("")
     out += ["Whatever the kind: a row with NULL in a key column is held back in the "
-            "quarantine with a `warning:` line while the rest is published (SQL databases, REST), "
+            "quarantine with a `warning:` line while the rest is published (SQL databases, REST, "
+            "scaffolded record sources), "
             "or its file is set aside (files); a key that is not unique at the source is "
             + _refusal(DUPLICATE_KEY)
             + " (a REST read that lists a key twice keeps the newest version instead); a NULL "
