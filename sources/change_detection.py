@@ -382,20 +382,12 @@ class ChangedRows:
 
     def records(self, item: Any) -> list[dict[str, Any]]:
         """A dlt step for a source that yields records (``extract_records``; ``item`` a
-        record or a list of them): the changed ones, tagged with their hash, looked up in
-        staging once for the whole list. Raises ``TerminalError`` naming job and table for
-        a record with no value in a primary key column."""
+        record or a list of them, each with a key value: ``sources.load._checked`` holds the
+        others back before this step): the changed ones, tagged with their hash, looked up
+        in staging once for the whole list."""
         rows = item if isinstance(item, list) else [item]
         for row in rows:
             row.pop(HASH_COLUMN, None)
-            missing = [c for c in self.pk if row.get(c) is None]
-            if missing:
-                from deltaferry.errors import TerminalError
-
-                raise TerminalError(
-                    f"{self.where}: a record has no value for primary key column(s) "
-                    f"{', '.join(missing)}"
-                )
         return self.changed_records(rows, [row_hash(row) for row in rows])
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import dlt
 import pyarrow as pa
@@ -26,6 +26,9 @@ from sources.pipeline import (
     refit_staging,
     schema_columns,
 )
+
+if TYPE_CHECKING:
+    from sources.integrity import KeyCheck
 
 # a table hint for dlt's merge: each load holds one row per key (our sources resolve
 # repeated keys themselves: sources.integrity, rest_api.reads, files.LatestWins), so dlt
@@ -242,7 +245,7 @@ def _pages(items: Iterable[Any]) -> Iterator[list[Any]]:
 
 
 def _records_resource(
-    job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]], keys: Any
+    job: JobConfig, t: TableConfig, read: Callable[..., Iterable[Any]], keys: KeyCheck
 ) -> Any:
     hints: dict[str, Any] = dict(
         name=t.name, primary_key=list(t.primary_key), write_disposition="merge", max_table_nesting=0
@@ -269,7 +272,7 @@ def _records_resource(
 
 
 def _checked(
-    job: JobConfig, t: TableConfig, pages: Iterable[list[Any]], keys: Any
+    job: JobConfig, t: TableConfig, pages: Iterable[list[Any]], keys: KeyCheck
 ) -> Iterator[list[Any]]:
     """``pages`` less the records held back, once checked (``keys``: the table's
     ``KeyCheck``, which keeps what it held):
@@ -343,6 +346,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _refuse_wide_ints(job: JobConfig, t: TableConfig, record: dict[str, Any]) -> None:
+    """``TerminalError`` naming table, key, field and value for a top-level integer beyond
+    64 bits (staging's widest integer)."""
     for name, value in record.items():
         if type(value) is int and not _INT64[0] <= value <= _INT64[1]:
             from deltaferry.errors import TerminalError
