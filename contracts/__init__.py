@@ -255,6 +255,34 @@ def summarize(
     )
 
 
+# pandera's built-in column checks that judge each value on its own (``Check.name``)
+ROW_LOCAL_CHECKS = frozenset(
+    {
+        "equal_to", "not_equal_to", "greater_than", "greater_than_or_equal_to", "less_than",
+        "less_than_or_equal_to", "in_range", "isin", "notin", "str_matches", "str_contains",
+        "str_startswith", "str_endswith", "str_length",
+    }
+)  # fmt: skip
+
+
+def combined(results: list[tuple[int, ValidationResult]], n_rows: int) -> ValidationResult:
+    """One ``ValidationResult`` of ``n_rows`` rows from the results of its slices, each
+    with the position of its first row: row failures at their position in the whole, a
+    schema-level failure once per (field, check) (it fails every row of the whole, as it
+    did validated at once)."""
+    cases = [
+        r.cases.assign(row=np.where(r.cases["row"] >= 0, r.cases["row"] + start, -1))
+        for start, r in results
+        if len(r.cases)
+    ]
+    if not cases:
+        return ValidationResult(n_rows)
+    every = pd.concat(cases, ignore_index=True)
+    whole = every["row"].to_numpy() < 0
+    first_whole = every[whole].drop_duplicates(["field", "check"])
+    return ValidationResult(n_rows, cases=pd.concat([first_whole, every[~whole]], ignore_index=True))
+
+
 class Contract:
     """A loaded contract version for one table."""
 
@@ -285,6 +313,27 @@ class Contract:
     def columns(self) -> list[str]:
         """The contract's column names, in declaration order."""
         return list(self.schema.columns)
+
+    def row_local(self, unique_by_key: tuple[str, ...] = ()) -> bool:
+        """Whether every check of this version judges each row on its own, so validating a
+        chunk's rows a slice at a time finds exactly the failures validating them at once
+        finds (``deltaferry/delta.py:validate_rows``): no dataframe-wide or grouped check,
+        no ``unique`` but on the one key column (``unique_by_key``: the table's primary
+        key, which the caller guarantees unique among the rows validated), and only the
+        built-in checks of ``ROW_LOCAL_CHECKS`` or element-wise ones. False for anything
+        else, custom checks included: those are validated a chunk at a time, as before."""
+        schema = self.schema
+        if schema.checks or schema.unique:
+            return False
+        for name, col in schema.columns.items():
+            if col.unique and tuple(unique_by_key) != (name,):
+                return False
+            for check in col.checks:
+                if check.groupby is not None:
+                    return False
+                if not (check.element_wise or check.name in ROW_LOCAL_CHECKS):
+                    return False
+        return True
 
     @functools.cached_property
     def fingerprint(self) -> str:

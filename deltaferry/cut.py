@@ -235,21 +235,28 @@ class Changes:
         return KeyRange(self._keys.after, self.through, tuple(self._t.primary_key))
 
     def __iter__(self) -> Iterator[pa.Table]:
+        # No chunk is referenced here once it was handed on (only a copy of its last row,
+        # ``take`` makes new buffers where a slice would keep the chunk's): the consumer's
+        # chunk is freed before the next one is read, so a cut holds one chunk at a time
+        # (bench/README.md, "The plan step holds one chunk"). The key's text is made only
+        # at the end: a query on the connection ends the stream being read.
         taken = 0
-        last: pa.Table | None = None
+        last: pa.Table | None = None  # the last row handed on
         for chunk in _exact_chunks(self._reader, self._chunk_rows):
             if self._limit is not None and taken + chunk.num_rows > self._limit:
                 keep = self._limit - taken
                 if keep > 0:
                     chunk = chunk.slice(0, keep)
-                    last = chunk
+                    last = chunk.take([keep - 1])
                     yield chunk
+                    del chunk
                 if last is not None:  # the limit stopped the cut: the next batch goes on
-                    self.through = self._key_text(last.slice(last.num_rows - 1))
+                    self.through = self._key_text(last)
                 return
             taken += chunk.num_rows
-            last = chunk
+            last = chunk.take([chunk.num_rows - 1])
             yield chunk
+            del chunk
 
     def close(self) -> None:
         """Let go of the query's stream. A stream left open (a cut stopped at its limit, or
@@ -359,10 +366,14 @@ def _exact_chunks(reader: pa.RecordBatchReader, n: int) -> Iterator[pa.Table]:
             continue
         pending.append(batch)
         size += batch.num_rows
+        del batch
         while size >= n:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, n).combine_chunks()
+            head = table.slice(0, n).combine_chunks()
             rest = table.slice(n)
             pending, size = rest.to_batches(), rest.num_rows
+            del table, rest
+            yield head
+            del head  # the consumer's chunk, not kept while the next is read
     if size:
         yield pa.Table.from_batches(pending).combine_chunks()

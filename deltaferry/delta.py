@@ -136,9 +136,13 @@ def build_delta(
     host_zone = zones.partition("staged:")[2]
     most = getattr(chunks, "limit", None)  # rows the cut yields at most (``cut.Changes``)
     doomed = False
-    for i, changes in enumerate(chunks):
-        if i == 0:  # every chunk of a cut has the same columns
+    first = True
+    # (no ``enumerate``: it keeps the chunk it last gave until it gives the next one, and
+    # each chunk's forms are deleted before the next is read: one chunk held at a time)
+    for changes in chunks:
+        if first:  # every chunk of a cut has the same columns
             _check_published_names(job, t, changes.column_names)
+            first = False
         if host_zone:
             changes = _zoned_as(changes, host_zone)
         if open_keys:
@@ -179,8 +183,10 @@ def build_delta(
             if column is not None and column in changes.column_names and check.startswith("dtype("):
                 staged.setdefault(column, str(changes.schema.field(column).type))
         published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
+        del changes, failed_rows
         n = published.num_rows
         if n == 0 or doomed:  # a refused batch's rows are counted, never encoded
+            del published
             continue
         published = _to_contract_types(job, t, contract, published)
         if zones == "published":
@@ -196,6 +202,7 @@ def build_delta(
             lo, hi = mm["min"].as_py(), mm["max"].as_py()
             cmin = lo if cmin is None or (lo is not None and lo < cmin) else cmin
             cmax = hi if cmax is None or (hi is not None and hi > cmax) else cmax
+        del published
     if failed_total:
         ratio = failed_total / changed
         if ratio > job.max_quarantine_ratio or doomed:
@@ -392,11 +399,35 @@ def in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
     return data
 
 
-def validate_rows(contract: Contract, data: pa.Table) -> ValidationResult:
+# rows validated at a time where the contract's checks judge each row on its own: the
+# pandas frame pandera validates is the plan step's largest object (object columns, a
+# Python object a value), so it is bounded apart from the Parquet object's size
+# (``rows_per_file``, 500,000 by default). bench/README.md, "Validation a slice at a time".
+VALIDATE_ROWS = 100_000
+
+
+def validate_rows(
+    contract: Contract, data: pa.Table, unique_by_key: tuple[str, ...] = ()
+) -> ValidationResult:
     """``contract``'s validation of Arrow rows as published (``data``: its columns, a row
     each), times seen as ``in_contract_zone`` makes them, integers with NULLs as objects:
-    the one way the producer, dual publishing and a reader's own rules validate rows."""
-    return contract.validate(in_contract_zone(contract, data).to_pandas(integer_object_nulls=True))
+    the one way the producer, dual publishing and a reader's own rules validate rows.
+
+    Validated ``VALIDATE_ROWS`` rows at a time when ``Contract.row_local`` says the result
+    is the same (``unique_by_key``: the primary key, when the caller's rows hold each key
+    once: a cut, a batch); the result covers every row of ``data`` either way."""
+    data = in_contract_zone(contract, data)
+    if data.num_rows <= VALIDATE_ROWS or not contract.row_local(unique_by_key):
+        return contract.validate(data.to_pandas(integer_object_nulls=True))
+    from contracts import combined
+
+    return combined(
+        [
+            (start, contract.validate(data.slice(start, VALIDATE_ROWS).to_pandas(integer_object_nulls=True)))
+            for start in range(0, data.num_rows, VALIDATE_ROWS)
+        ],
+        data.num_rows,
+    )
 
 
 def _family(t: pa.DataType) -> str:
@@ -594,7 +625,7 @@ def _validate_chunk(
     data_cols = [c for c in changes.column_names if c not in (OP_COLUMN, LOAD_ID_COLUMN)]
     all_upserts = len(upsert_idx) == changes.num_rows
     upserts = (changes if all_upserts else changes.take(pa.array(upsert_idx))).select(data_cols)
-    result = validate_rows(contract, upserts)
+    result = validate_rows(contract, upserts, t.primary_key)
     failed = result.failed_positions
     counted = len(upsert_idx) if fresh is None else int(fresh[upsert_idx].sum())
     if not len(failed):
@@ -776,7 +807,7 @@ def translate_parts(
         upserts = moved.filter(pc.equal(moved[OP_COLUMN], "upsert")).drop_columns(
             [OP_COLUMN, SEQ_COLUMN]
         )
-        result = validate_rows(contract, upserts)
+        result = validate_rows(contract, upserts, t.primary_key)  # a batch holds a key once
         if result.failed_rows:
             raise ContractViolation(
                 f"job '{job.name}' table '{t.name}': dual publishing: {len(result.failed_rows)} "

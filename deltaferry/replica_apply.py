@@ -168,6 +168,7 @@ def admit_files(
         held += admitted.held
         if admitted.caution and admitted.caution not in cautions:
             cautions.append(admitted.caution)
+        del part, admitted  # freed before the next file is fetched: memory holds one file
     if isinstance(apply, BatchMerge):
         apply.finish(vb.batch)
     return rows, " | ".join(cautions) or None, held

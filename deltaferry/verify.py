@@ -76,6 +76,7 @@ class VerifiedBatch:
             _check_values(table, f, self.where)
             span.add(table)
             yield table
+            del table  # not held while the next file is fetched and read: one file at a time
         span.check(self.manifest, self.where, copy)
 
 

@@ -1,0 +1,264 @@
+"""What the plan step holds at once (issue 16, flat memory).
+
+Validation a slice at a time (``deltaferry/delta.py:validate_rows``): where a contract's
+checks judge each row on its own (``contracts.Contract.row_local``), a chunk is validated
+``VALIDATE_ROWS`` rows at a time, which bounds the pandas frame pandera validates. The
+result must be the one validating every row at once gives: the same failed rows, counts,
+first failures and reasons. Contracts whose checks look across rows (``unique`` on a
+column that is not the key, a dataframe check, a custom check) are validated whole.
+
+One chunk at a time: neither the cut (``deltaferry/cut.py:Changes``) nor the batch it
+feeds (``build_delta``) keeps a chunk once it is done with it, so the next chunk is read
+with the last one freed (weak references say whether anything still holds it)."""
+
+from __future__ import annotations
+
+import gc
+import random
+import weakref
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow
+import pytest
+from pandera.typing import Series
+
+from contracts import Contract
+from deltaferry import delta as delta_mod
+from deltaferry.config import JobConfig, TableConfig
+from deltaferry.cut import read_changes
+from deltaferry.delta import build_delta, validate_rows
+
+
+class Orders(pa.DataFrameModel):
+    id: Series[int] = pa.Field(ge=1, unique=True)
+    qty: Series[int] = pa.Field(ge=0)
+    status: Series[str] = pa.Field(isin=["new", "paid"])
+    note: Series[str] = pa.Field(nullable=True, str_length={"max_value": 5})
+    code: Series[str] = pa.Field(nullable=True, str_matches=r"^[A-Z]{2}$")
+
+    class Config:
+        coerce = True
+        strict = True
+
+
+class UniqueNote(Orders):
+    note: Series[str] = pa.Field(nullable=True, unique=True)
+
+
+class PositiveTotal(Orders):
+    @pa.dataframe_check
+    @classmethod
+    def some_paid(cls, df: pd.DataFrame) -> bool:
+        return bool((df["status"] == "paid").any())
+
+
+class CustomCheck(Orders):
+    @pa.check("qty")
+    @classmethod
+    def below_mean_times_ten(cls, s: pd.Series) -> pd.Series:
+        return s <= s.mean() * 10
+
+
+def _rows(seed: int, n: int) -> pyarrow.Table:
+    """Rows with failures of every kind scattered: negative ids and quantities, unknown
+    statuses, NULLs where none may be, long notes, bad codes; drawn from ``seed``."""
+    rnd = random.Random(seed)
+    ids, qty, status, note, code = [], [], [], [], []
+    for i in range(n):
+        ids.append(i + 1 if rnd.random() > 0.01 else -(i + 1))
+        qty.append(rnd.choice([1, 2, 3, 5, 8, 13, 21, 34]) if rnd.random() > 0.02 else rnd.choice([-3, None]))
+        status.append(rnd.choice(["new", "paid"]) if rnd.random() > 0.02 else rnd.choice(["lost", None]))
+        note.append(rnd.choice([None, "ok", "fine"]) if rnd.random() > 0.01 else "far too long")
+        code.append(rnd.choice(["AB", "CD", None]) if rnd.random() > 0.01 else "abc")
+    return pyarrow.table(
+        {
+            "id": pyarrow.array(ids, pyarrow.int64()),
+            "qty": pyarrow.array(qty, pyarrow.int64()),
+            "status": pyarrow.array(status, pyarrow.string()),
+            "note": pyarrow.array(note, pyarrow.string()),
+            "code": pyarrow.array(code, pyarrow.string()),
+        }
+    )
+
+
+def _same(sliced, whole) -> None:  # noqa: ANN001 - two ValidationResults
+    assert sliced.n_rows == whole.n_rows
+    assert sliced.failed_positions.tolist() == whole.failed_positions.tolist()
+    assert sliced.counts() == whole.counts()
+    assert [(f.row, f.field, f.check, f.reason) for f in sliced.first_failures()] == [
+        (f.row, f.field, f.check, f.reason) for f in whole.first_failures()
+    ]
+    assert sliced.examples() == whole.examples()
+    assert sliced.summary() == whole.summary()
+    failed = whole.failed_positions
+    lo, hi = int(failed[len(failed) // 3]), int(failed[2 * len(failed) // 3]) + 1
+    assert sliced.row_failures_between(lo, hi) == whole.row_failures_between(lo, hi)
+    for row in failed[:50].tolist():
+        assert sliced.reasons(row) == whole.reasons(row)
+
+
+def _sliced_at_1000(monkeypatch) -> list[int]:  # noqa: ANN001
+    """Slices of 1,000 rows from now on; the returned list gets the row count of every
+    frame ``Contract.validate`` is given."""
+    calls: list[int] = []
+    validate = Contract.validate
+
+    def counted(self, frame):  # noqa: ANN001, ANN202
+        calls.append(len(frame))
+        return validate(self, frame)
+
+    monkeypatch.setattr(Contract, "validate", counted)
+    monkeypatch.setattr(delta_mod, "VALIDATE_ROWS", 1_000)
+    return calls
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sliced_validation_finds_what_whole_validation_finds(seed: int, monkeypatch) -> None:
+    contract = Contract("t:Orders", Orders)
+    assert contract.row_local(("id",))
+    data = _rows(seed, 9_000)
+    whole = validate_rows(contract, data, ("id",))  # at most VALIDATE_ROWS: one frame
+    assert len(whole.failed_positions) > 500  # the draw fails rows of every check
+    assert {check for _, check in whole.counts()} >= {
+        "greater_than_or_equal_to(1)",
+        "greater_than_or_equal_to(0)",
+        "not_nullable",
+        "isin(['new', 'paid'])",
+        "str_length(None, 5)",
+    }
+    calls = _sliced_at_1000(monkeypatch)
+    sliced = validate_rows(contract, data, ("id",))
+    assert calls == [1_000] * 9  # sliced, and every row validated once
+    _same(sliced, whole)
+
+
+def test_a_schema_failure_fails_every_row_once(monkeypatch) -> None:
+    """A failure of the table's shape (a column the strict contract does not know) is in
+    every slice; the combined result names it once and fails every row, as before."""
+    contract = Contract("t:Orders", Orders)
+    data = _rows(4, 3_000).append_column("extra", pyarrow.array(["x"] * 3_000))
+    whole = validate_rows(contract, data, ("id",))
+    monkeypatch.setattr(delta_mod, "VALIDATE_ROWS", 1_000)
+    sliced = validate_rows(contract, data, ("id",))
+    assert len(sliced.schema_failures) == len(whole.schema_failures) >= 1
+    assert sliced.failed_positions.tolist() == list(range(3_000))
+    _same(sliced, whole)
+
+
+@pytest.mark.parametrize("model", [UniqueNote, PositiveTotal, CustomCheck])
+def test_checks_across_rows_validate_the_chunk_whole(model, monkeypatch) -> None:  # noqa: ANN001
+    """Uniqueness of a column that is not the key, a dataframe check and a custom check
+    see more than one row: such a contract is validated whole, and a duplicate that lies
+    in two slices is still found."""
+    contract = Contract(f"t:{model.__name__}", model)
+    assert not contract.row_local(("id",))
+    data = _rows(5, 3_000)
+    if model is UniqueNote:  # one duplicate note, its two rows in different slices
+        notes = [f"n{i}" for i in range(3_000)]
+        notes[2_500] = notes[10]
+        data = data.set_column(3, "note", pyarrow.array(notes))
+    whole = validate_rows(contract, data, ("id",))
+    calls = _sliced_at_1000(monkeypatch)
+    again = validate_rows(contract, data, ("id",))
+    assert calls == [3_000]
+    _same(again, whole)
+    if model is UniqueNote:
+        assert {10, 2_500} <= set(again.failed_positions.tolist())
+
+
+def test_unique_key_only_when_the_caller_says_it_is_the_key() -> None:
+    """``unique`` on ``id`` is row-local only for rows keyed by ``id`` alone (a cut or a
+    batch holds each key once); validated without that promise, it is judged whole."""
+    contract = Contract("t:Orders", Orders)
+    assert contract.row_local(("id",))
+    assert not contract.row_local()
+    assert not contract.row_local(("id", "code"))
+
+
+def _chunk(n: int, start: int) -> pyarrow.Table:
+    ids = np.arange(start + 1, start + n + 1)
+    return pyarrow.table(
+        {
+            "id": ids,
+            "qty": np.where(ids % 7 == 0, -ids, ids),  # some rows fail: held in quarantine
+            "status": pyarrow.array(["new"] * n, pyarrow.string()),
+            "note": pyarrow.array([None] * n, pyarrow.string()),
+            "code": pyarrow.array(["AB"] * n, pyarrow.string()),
+            "_op": pyarrow.array(["upsert"] * n, pyarrow.string()),
+            "_dlt_load_id": pyarrow.array(["1.1"] * n, pyarrow.string()),
+        }
+    )
+
+
+class _Watched:
+    """Chunks handed out one by one; asking for the next, it checks (by weak reference)
+    that nothing holds the one it handed out before."""
+
+    def __init__(self, sizes: list[int], limit: int | None = None) -> None:
+        self.sizes, self.limit, self.held_on = sizes, limit, []
+
+    def __iter__(self):  # noqa: ANN204
+        start, before = 0, None
+        for n in self.sizes:
+            if before is not None:
+                gc.collect()
+                self.held_on.append(before() is not None)
+            chunk = _chunk(n, start)
+            start += n
+            before = weakref.ref(chunk)
+            yield chunk
+            del chunk
+
+
+def test_a_batch_lets_go_of_each_chunk_before_the_next_is_read() -> None:
+    t = TableConfig("orders", ("id",), None, "none", "t:Orders")
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,), max_quarantine_ratio=0.5)
+    cut = _Watched([300, 300, 300, 100], limit=1_000)
+    d = build_delta(job, t, Contract("t:Orders", Orders), cut, ["1.1"], 1)
+    assert cut.held_on == [False, False, False]  # checked before chunks 2, 3 and 4
+    assert d.upserts == 1_000 - 1_000 // 7 and len(d.parts) == 4  # every chunk was used
+
+
+def test_a_cut_lets_go_of_each_chunk_it_handed_on() -> None:
+    """``Changes`` keeps a copy of the last row it handed on (for the key it stops at),
+    not the chunk: when it reads the stream's next batch, no chunk it handed on is alive
+    (the consumer let go of each). The stream goes on to the end, also with the limit in
+    the middle of a chunk, and the key it stopped at is the last row's."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA raw")
+    con.execute(
+        "CREATE TABLE raw.t AS SELECT i AS k, repeat('x', 100) AS v, '1.1' AS _dlt_load_id "
+        "FROM range(10000) r(i)"
+    )
+    t = TableConfig("t", ("k",), None, "none", "x:Y")
+    changes = read_changes(con, t, ["1.1"], 1_000, limit=5_500)
+    assert changes is not None
+    refs: list[weakref.ref] = []
+    alive_at_read: list[int] = []
+
+    class Watched:  # the query's stream, checking what is alive at each read
+        def __init__(self, reader) -> None:  # noqa: ANN001
+            self.reader = reader
+
+        def __iter__(self):  # noqa: ANN204
+            for batch in self.reader:
+                gc.collect()
+                alive_at_read.append(sum(r() is not None for r in refs))
+                yield batch
+
+        def close(self) -> None:
+            self.reader.close()
+
+    changes._reader = Watched(changes._reader)
+    rows, last = 0, None
+    for chunk in changes:
+        refs.append(weakref.ref(chunk))
+        rows += chunk.num_rows
+        last = chunk["k"][-1].as_py()
+        del chunk
+    assert rows == 5_500 and last == 5_499
+    assert changes.keys.through == ("5499",)
+    assert len(alive_at_read) >= 6 and not any(alive_at_read)
