@@ -265,22 +265,15 @@ ROW_LOCAL_CHECKS = frozenset(
 )  # fmt: skip
 
 
-def combined(results: list[tuple[int, ValidationResult]], n_rows: int) -> ValidationResult:
-    """One ``ValidationResult`` of ``n_rows`` rows from the results of its slices, each
-    with the position of its first row: row failures at their position in the whole, a
-    schema-level failure once per (field, check) (it fails every row of the whole, as it
-    did validated at once)."""
-    cases = [
-        r.cases.assign(row=np.where(r.cases["row"] >= 0, r.cases["row"] + start, -1))
-        for start, r in results
-        if len(r.cases)
-    ]
-    if not cases:
-        return ValidationResult(n_rows)
-    every = pd.concat(cases, ignore_index=True)
-    whole = every["row"].to_numpy() < 0
-    first_whole = every[whole].drop_duplicates(["field", "check"])
-    return ValidationResult(n_rows, cases=pd.concat([first_whole, every[~whole]], ignore_index=True))
+def _builtin(check: Any) -> bool:
+    """Whether ``check`` is one of pandera's built-in checks of ``ROW_LOCAL_CHECKS``: its
+    function is pandera's dispatcher of that name (a custom check may take any name)."""
+    fn = getattr(check, "_check_fn", None)
+    return (
+        check.name in ROW_LOCAL_CHECKS
+        and type(fn).__module__ == "pandera.api.function_dispatch"
+        and getattr(fn, "__name__", None) == check.name
+    )
 
 
 class Contract:
@@ -314,24 +307,31 @@ class Contract:
         """The contract's column names, in declaration order."""
         return list(self.schema.columns)
 
-    def row_local(self, unique_by_key: tuple[str, ...] = ()) -> bool:
-        """Whether every check of this version judges each row on its own, so validating a
-        chunk's rows a slice at a time finds exactly the failures validating them at once
-        finds (``deltaferry/delta.py:validate_rows``): no dataframe-wide or grouped check,
-        no ``unique`` but on the one key column (``unique_by_key``: the table's primary
-        key, which the caller guarantees unique among the rows validated), and only the
-        built-in checks of ``ROW_LOCAL_CHECKS`` or element-wise ones. False for anything
-        else, custom checks included: those are validated a chunk at a time, as before."""
+    def row_local(
+        self, unique_by_key: tuple[str, ...] = (), types: dict[str, Any] | None = None
+    ) -> bool:
+        """Whether every check of this version judges each row on its own, so rows that
+        pass validated a slice at a time pass validated at once
+        (``deltaferry/delta.py:validate_rows``): no dataframe-wide or grouped check, only
+        pandera's built-in checks of ``ROW_LOCAL_CHECKS`` (the built-in itself, not a custom
+        check given its name) or element-wise ones, and no ``unique`` but on the one key
+        column (``unique_by_key``: the table's primary key, which the caller guarantees
+        unique among the rows validated) where its Arrow type in ``types`` is already the
+        contract's (a coercion could make two keys one: "1" and "01" as integers). False
+        for anything else, custom checks included."""
         schema = self.schema
         if schema.checks or schema.unique:
             return False
         for name, col in schema.columns.items():
-            if col.unique and tuple(unique_by_key) != (name,):
-                return False
+            if col.unique:
+                if tuple(unique_by_key) != (name,) or types is None:
+                    return False
+                if types.get(name) != self.arrow_types().get(name):
+                    return False
             for check in col.checks:
                 if check.groupby is not None:
                     return False
-                if not (check.element_wise or check.name in ROW_LOCAL_CHECKS):
+                if not (check.element_wise or _builtin(check)):
                     return False
         return True
 

@@ -402,7 +402,7 @@ def in_contract_zone(contract: Contract, data: pa.Table) -> pa.Table:
 # rows validated at a time where the contract's checks judge each row on its own: the
 # pandas frame pandera validates is the plan step's largest object (object columns, a
 # Python object a value), so it is bounded apart from the Parquet object's size
-# (``rows_per_file``, 500,000 by default). bench/README.md, "Validation a slice at a time".
+# (``rows_per_file``, 500,000 by default). bench/README.md, "The plan step holds one chunk".
 VALIDATE_ROWS = 100_000
 
 
@@ -413,21 +413,23 @@ def validate_rows(
     each), times seen as ``in_contract_zone`` makes them, integers with NULLs as objects:
     the one way the producer, dual publishing and a reader's own rules validate rows.
 
-    Validated ``VALIDATE_ROWS`` rows at a time when ``Contract.row_local`` says the result
-    is the same (``unique_by_key``: the primary key, when the caller's rows hold each key
-    once: a cut, a batch); the result covers every row of ``data`` either way."""
+    Rows that pass are validated ``VALIDATE_ROWS`` at a time where ``Contract.row_local``
+    says every check judges a row alone (``unique_by_key``: the primary key, when the
+    caller's rows hold each key once: a cut, a batch): the first slice with any failure
+    has ``data`` validated whole, so a result with failures is always the one of every
+    row at once (pandera's coercion and dtype checks judge a column as a whole: one bad
+    value fails every row of it, and its failures are listed in pandera's order)."""
     data = in_contract_zone(contract, data)
-    if data.num_rows <= VALIDATE_ROWS or not contract.row_local(unique_by_key):
-        return contract.validate(data.to_pandas(integer_object_nulls=True))
-    from contracts import combined
-
-    return combined(
-        [
-            (start, contract.validate(data.slice(start, VALIDATE_ROWS).to_pandas(integer_object_nulls=True)))
-            for start in range(0, data.num_rows, VALIDATE_ROWS)
-        ],
-        data.num_rows,
-    )
+    n = data.num_rows
+    types = {f.name: f.type for f in data.schema}
+    if n > VALIDATE_ROWS and contract.row_local(unique_by_key, types):
+        for start in range(0, n, VALIDATE_ROWS):
+            part = data.slice(start, VALIDATE_ROWS).to_pandas(integer_object_nulls=True)
+            if len(contract.validate(part).cases):
+                break  # a failure: judged on every row at once, below
+        else:
+            return ValidationResult(n)
+    return contract.validate(data.to_pandas(integer_object_nulls=True))
 
 
 def _family(t: pa.DataType) -> str:
