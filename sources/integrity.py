@@ -18,7 +18,9 @@ carries per table.
 from __future__ import annotations
 
 import json
+import math
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import pyarrow.compute as pc
 from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_row, ident, remove, scratch
 from deltaferry.errors import TerminalError
-from deltaferry.quarantine import UNKEYED
+from deltaferry.quarantine import UNFIT, UNKEYED
 
 
 def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, reason: str) -> dict:
@@ -41,6 +43,37 @@ def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, rea
         "reason": reason,
         "row_json": json.dumps(row, default=str, sort_keys=True),
     }
+
+
+def non_finite_field(row: dict[str, Any], nested: bool = False) -> tuple[str, str] | None:
+    """The first field of a source record holding NaN or an infinity (a float or a
+    ``Decimal``), with what it holds (``"NaN"``, ``"-Infinity"``; ``"NaN at .a[2]"`` inside
+    an object or array, looked into when ``nested``); None when every number is finite.
+    dlt writes such a value as NULL (Parquet and its JSON text of nested values alike)."""
+    for name, value in row.items():
+        found = _non_finite(value, "", nested)
+        if found is not None:
+            return str(name), found
+    return None
+
+
+def _non_finite(value: Any, path: str, nested: bool) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value) or (
+        isinstance(value, Decimal) and not value.is_finite()
+    ):
+        shown = "NaN" if value != value else ("-Infinity" if value < 0 else "Infinity")
+        return shown + (f" at {path}" if path else "")
+    if nested and isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, f"{path}.{k}", nested)
+            if found is not None:
+                return found
+    elif nested and isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{path}[{i}]", nested)
+            if found is not None:
+                return found
+    return None
 
 
 class KeyCheck:
@@ -101,6 +134,30 @@ class KeyCheck:
                 )
             )
         return bool(missing)
+
+    def hold_non_finite(
+        self, row: dict[str, Any], origin: str = "the source", nested: bool = False
+    ) -> bool:
+        """Hold ``row`` back when a field holds NaN or an infinity (``non_finite_field``);
+        whether it was. Staged, the value would be NULL with exit 0; held, it is a
+        quarantine record (``UNFIT``: resolved once a batch publishes the key, that is
+        when the source gives the record a finite number or null and a newer cursor)."""
+        found = non_finite_field(row, nested)
+        if found is None:
+            return False
+        field, what = found
+        self.held.append(
+            held_record(
+                self.t,
+                row,
+                field,
+                UNFIT,
+                f"field {field} holds {what} in {origin}: staging would keep it as NULL "
+                "(dlt writes NaN and infinities as null), so the record is held back until "
+                "the source gives a finite number or null",
+            )
+        )
+        return True
 
     def hold_records(self, rows: list[dict[str, Any]], field: str, check: str, reason: str) -> None:
         for row in rows:

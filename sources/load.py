@@ -278,7 +278,8 @@ def _checked(
     ``KeyCheck``, which keeps what it held):
 
     - a record without a value in a key column is held (quarantined with its reason), as
-      is one without a cursor value under ``null_cursor = "quarantine"``;
+      is one without a cursor value under ``null_cursor = "quarantine"``, and one with NaN
+      or an infinity anywhere in it (``KeyCheck.hold_non_finite``: dlt would stage NULL);
     - a top-level integer staging cannot keep (beyond 64 bits) stops the read naming
       table, key, field and value (pyarrow's own error named none of them);
     - every record's key is counted (in a temporary DuckDB file: memory bounded, not by
@@ -305,6 +306,8 @@ def _checked(
                             'record (null_cursor = "quarantine"): held back until the record '
                             "has a cursor value",
                         )  # fmt: skip
+                        continue
+                    if keys.hold_non_finite(r, "the source's record", nested=True):
                         continue
                     _refuse_wide_ints(job, t, r)
                 kept.append(r)

@@ -501,6 +501,10 @@ class TableRead:
         pk = list(self.t.primary_key)
         if self.keys.hold_unkeyed(row, "the API's record"):
             return
+        # NaN or an infinity in a top-level field would be staged as NULL (nested values are
+        # staged as the API's JSON text, ``document_text``, and keep them)
+        if self.keys.hold_non_finite(row, "the API's record"):
+            return
         key = json.dumps({c: row[c] for c in pk}, default=str, sort_keys=True)
         value = cursor_value(row, self.t.cursor) if self.t.cursor else None
         rank = cursor_rank(value, self.zone) if self.t.cursor else ()

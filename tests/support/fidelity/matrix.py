@@ -60,8 +60,12 @@ def section() -> str:
             + _refusal(DUPLICATE_KEY)
             + " (a REST read that lists a key twice keeps the newest version instead); a NULL "
             "cursor value is published (`null_cursor = \"include\"`, the default) or held back "
-            "(`\"quarantine\"`), or the contract refuses it. Source column names are kept as "
-            "they are (case included), or refused naming the column.", "", END]
+            "(`\"quarantine\"`), or the contract refuses it. A record of a REST API or a "
+            "scaffolded record source with `NaN` or an infinity in a number (anywhere in it, "
+            "for a scaffolded source; REST keeps nested values as their JSON text) is held back "
+            "in the quarantine (check `value fits`): dlt would stage NULL in its place. Source "
+            "column names are kept as they are (case included), or refused naming the "
+            "column.", "", END]
     return "\n".join(out) + "\n"
 
 
