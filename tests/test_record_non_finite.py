@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from sources.integrity import non_finite_field
+from tests.test_record_cost import _job
 from tests.test_rest_api import _rows, _ts, api_job, items_job  # noqa: F401 - fixtures
 
 NAN, INF = float("nan"), float("inf")
@@ -42,28 +43,12 @@ def test_the_first_field_holding_nan_or_an_infinity_is_named(
     assert non_finite_field(row, nested) == expected
 
 
-JOB = """
-[jobs.rec]
-source = "sql_database"
-url = "sqlite:///{dir}/unused.db"
-lake = "file:{dir}/lake"
-
-[[jobs.rec.tables]]
-name = "things"
-primary_key = ["id"]
-cursor = "at"
-contract = "tests.support.contracts_sqltypes:Loose"
-"""
-
-
 def test_a_record_source_holds_a_record_with_nan_and_stages_the_rest(
     tmp_path: Path, home: Path
 ) -> None:
-    from deltaferry.config import load_job
     from sources.load import extract_records
 
-    (tmp_path / "jobs.toml").write_text(JOB.format(dir=tmp_path))
-    job = load_job("rec", tmp_path / "jobs.toml")
+    job = _job(tmp_path, cursor=True)  # table "things", key id, cursor "at", a loose contract
     source: dict[int, dict[str, Any]] = {
         i: {"id": i, "score": i / 4, "doc": {"w": [i, i / 2]}, "at": 1} for i in range(1, 9)
     }
