@@ -196,9 +196,17 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             n = (result.held_rows or {}).get(table, len(rows))
             out.tables[table].held = n
             reasons = sorted({r["reason"] for r in rows})
+            # at most three reasons on the line (each names its field and value): the rest
+            # are in the quarantine's records, ``deltaferry quarantine list``
+            more = len(reasons) - 3
             line = (
                 f"job '{ctx.job.name}' table '{table}': {n} source row(s) held back "
-                f"in quarantine: {'; '.join(reasons)}"
+                f"in quarantine: {'; '.join(reasons[:3])}"
+                + (
+                    f"; and {more} other reason(s): deltaferry quarantine list {ctx.job.name}"
+                    if more > 0
+                    else ""
+                )
             )
             entries.append(Entry("extract", "held", table=table, detail=line[:2000]))
             out.warnings.append(line)

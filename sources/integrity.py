@@ -47,8 +47,9 @@ def held_record(t: TableConfig, row: dict[str, Any], field: str, check: str, rea
 
 def non_finite_field(row: dict[str, Any], nested: bool = False) -> tuple[str, str] | None:
     """The first field of a source record holding NaN or an infinity (a float or a
-    ``Decimal``), with what it holds (``"NaN"``, ``"-Infinity"``; ``"NaN at .a[2]"`` inside
-    an object or array, looked into when ``nested``); None when every number is finite.
+    ``Decimal``, a signalling NaN included), with what it holds (``"NaN"``,
+    ``"-Infinity"``; ``"NaN at .a[2]"`` inside an object, array or tuple, looked into when
+    ``nested``); None when every number is finite.
     dlt writes such a value as NULL (Parquet and its JSON text of nested values alike)."""
     for name, value in row.items():
         found = _non_finite(value, "", nested)
@@ -58,17 +59,19 @@ def non_finite_field(row: dict[str, Any], nested: bool = False) -> tuple[str, st
 
 
 def _non_finite(value: Any, path: str, nested: bool) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value) or (
-        isinstance(value, Decimal) and not value.is_finite()
-    ):
-        shown = "NaN" if value != value else ("-Infinity" if value < 0 else "Infinity")
+    shown = None
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    elif isinstance(value, Decimal) and not value.is_finite():  # sNaN: no comparison at all
+        shown = "NaN" if value.is_nan() else ("-Infinity" if value.is_signed() else "Infinity")
+    if shown is not None:
         return shown + (f" at {path}" if path else "")
     if nested and isinstance(value, dict):
         for k, v in value.items():
             found = _non_finite(v, f"{path}.{k}", nested)
             if found is not None:
                 return found
-    elif nested and isinstance(value, list):
+    elif nested and isinstance(value, (list, tuple)):  # dlt writes a tuple as an array
         for i, v in enumerate(value):
             found = _non_finite(v, f"{path}[{i}]", nested)
             if found is not None:

@@ -17,7 +17,7 @@ import pytest
 
 from sources.integrity import non_finite_field
 from tests.test_record_cost import _job
-from tests.test_rest_api import _rows, _ts, api_job, items_job  # noqa: F401 - fixtures
+from tests.test_rest_api import _ops, _rows, _ts, api_job, items_job  # noqa: F401 - fixtures
 
 NAN, INF = float("nan"), float("inf")
 
@@ -35,6 +35,9 @@ NAN, INF = float("nan"), float("inf")
         ({"id": 1, "n": {"a": [1, {"b": NAN}]}}, True, ("n", "NaN at .a[1].b")),
         ({"id": 1, "n": {"a": [1, {"b": NAN}]}}, False, None),  # nested: the API's text
         ({"id": 1, "l": [0.0, -0.0, INF]}, True, ("l", "Infinity at [2]")),
+        ({"id": 1, "t": (1.0, NAN)}, True, ("t", "NaN at [1]")),  # a driver's tuple
+        ({"id": 1, "d": Decimal("sNaN")}, False, ("d", "NaN")),  # signalling: no comparison
+        ({"id": 1, "d": Decimal("-NaN")}, False, ("d", "NaN")),
     ],
 )
 def test_the_first_field_holding_nan_or_an_infinity_is_named(
@@ -92,36 +95,48 @@ def test_a_record_source_holds_a_record_with_nan_and_stages_the_rest(
     assert staged[2] == 0.5 and 4 in staged and 3 not in staged
 
 
-def test_an_api_record_with_nan_is_held_and_the_rest_published(items_job, api, monkeypatch) -> None:  # noqa: F811
+@pytest.mark.parametrize("parser", ["simplejson", "json"])
+def test_an_api_record_with_nan_is_held_and_the_rest_published(
+    items_job, api, monkeypatch, parser: str  # noqa: F811
+) -> None:
     """Through the flow: the record is quarantined with its reason, the others reach the
     replica; once the API sends it with a number (and a newer cursor), it is published and
-    its quarantine record resolved. NaN is no JSON number: ``requests`` parses with
-    ``simplejson`` when it is installed (here), which refuses it and stops the read; with
-    Python's own ``json`` (requests' parser without simplejson) it is read as a float,
-    the case held back here."""
+    its quarantine record resolved. NaN is no JSON number, but some APIs write it:
+    ``requests`` parses with ``simplejson`` when it is installed (here), which refuses it
+    unless asked, else with Python's own ``json``; both read it as a float
+    (``numbers.exact_json``), so the record is held, not the whole response refused.
+    ``parser`` is which one."""
     import requests.models
 
     from deltaferry.state import StateStore
 
-    monkeypatch.setattr(requests.models, "complexjson", json)
-    api.items[4]["name"] = NAN  # json.dumps writes NaN, which Python's json reads back
+    if parser == "json":
+        monkeypatch.setattr(requests.models, "complexjson", json)
+    api.items[4]["name"] = NAN  # json.dumps writes NaN: what such an API sends
     api.items[7]["name"] = -INF
+    api.items[9]["name"] = INF
+    api.items[2]["score"] = NAN  # a fourth reason: the run's line shows three
     out = items_job.sync()
-    assert out["tables"]["items"]["rows"] == 8
+    assert out["tables"]["items"]["rows"] == 6
     items_job.pull()
     assert [i for i, _ in _rows(items_job, "SELECT id, name FROM items ORDER BY id")] == [
-        1, 2, 3, 5, 6, 8, 9, 10,
+        1, 3, 5, 6, 8, 10,
     ]  # fmt: skip
+    (line,) = [d for _, d in _ops("held")]
+    assert "4 source row(s) held back in quarantine: field name holds" in line
+    assert line.endswith("; and 1 other reason(s): deltaferry quarantine list api")
     with StateStore("api").connect(read_only=True) as con:
         open_ = con.execute(
             'SELECT pk, field, "check", reason FROM quarantine WHERE resolved IS NULL ORDER BY pk'
         ).fetchall()
     assert [r[:3] for r in open_] == [
+        ('{"id": 2}', "score", "value fits"),
         ('{"id": 4}', "name", "value fits"),
         ('{"id": 7}', "name", "value fits"),
+        ('{"id": 9}', "name", "value fits"),
     ]
-    assert "field name holds NaN in the API's record" in open_[0][3]
-    assert "field name holds -Infinity in the API's record" in open_[1][3]
+    assert "field name holds NaN in the API's record" in open_[1][3]
+    assert "field name holds -Infinity in the API's record" in open_[2][3]
 
     api.items[4] = {"id": 4, "name": "item four", "updated_at": _ts(11)}
     out = items_job.sync()
@@ -130,4 +145,4 @@ def test_an_api_record_with_nan_is_held_and_the_rest_published(items_job, api, m
         still = con.execute(
             "SELECT pk FROM quarantine WHERE resolved IS NULL ORDER BY pk"
         ).fetchall()
-    assert still == [('{"id": 7}',)]
+    assert still == [('{"id": 2}',), ('{"id": 7}',), ('{"id": 9}',)]

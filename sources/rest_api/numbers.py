@@ -52,8 +52,16 @@ from deltaferry.errors import TerminalError
 
 
 def exact_json(response: requests.Response, **kwargs: Any) -> Any:
-    """``response.json()`` with fractions and exponents read as ``Decimal``."""
+    """``response.json()`` with fractions and exponents read as ``Decimal``, and the
+    ``NaN``/``Infinity``/``-Infinity`` some APIs write (no JSON numbers) read as floats,
+    whichever parser ``requests`` uses (``simplejson``, when installed, refuses them unless
+    asked): a record holding one is then held back by the read (``KeyCheck.hold_non_finite``)
+    instead of the whole response failing to parse."""
+    from requests import models
+
     kwargs.setdefault("parse_float", Decimal)
+    if getattr(models.complexjson, "__name__", "") == "simplejson":  # what .json() uses
+        kwargs.setdefault("allow_nan", True)
     return requests.Response.json(response, **kwargs)
 
 
