@@ -421,8 +421,9 @@ def validate_rows(
     value fails every row of it, and its failures are listed in pandera's order)."""
     data = in_contract_zone(contract, data)
     n = data.num_rows
-    types = {f.name: f.type for f in data.schema}
-    if n > VALIDATE_ROWS and contract.row_local(unique_by_key, types):
+    if n > VALIDATE_ROWS and contract.row_local(
+        unique_by_key, {f.name: f.type for f in data.schema}
+    ):
         for start in range(0, n, VALIDATE_ROWS):
             part = data.slice(start, VALIDATE_ROWS).to_pandas(integer_object_nulls=True)
             if len(contract.validate(part).cases):

@@ -86,6 +86,10 @@ class ExtractResult:
         return self.tables.get(name) or TableExtract()
 
 
+# distinct reasons the run's line about held rows shows (each names its field and value)
+HELD_REASONS_SHOWN = 3
+
+
 def run_extract(ctx: SyncContext) -> ExtractResult:
     """Extract every table of the job into staging and record what the source set aside
     (see the module's docstring). Errors are the source's (``TransientError`` for a
@@ -196,12 +200,11 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             n = (result.held_rows or {}).get(table, len(rows))
             out.tables[table].held = n
             reasons = sorted({r["reason"] for r in rows})
-            # at most three reasons on the line (each names its field and value): the rest
-            # are in the quarantine's records, ``deltaferry quarantine list``
-            more = len(reasons) - 3
+            # the rest are in the quarantine's records, ``deltaferry quarantine list``
+            more = len(reasons) - HELD_REASONS_SHOWN
             line = (
                 f"job '{ctx.job.name}' table '{table}': {n} source row(s) held back "
-                f"in quarantine: {'; '.join(reasons[:3])}"
+                f"in quarantine: {'; '.join(reasons[:HELD_REASONS_SHOWN])}"
                 + (
                     f"; and {more} other reason(s): deltaferry quarantine list {ctx.job.name}"
                     if more > 0

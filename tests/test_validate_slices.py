@@ -355,3 +355,39 @@ def test_a_cut_lets_go_of_each_chunk_it_handed_on() -> None:
     assert rows == 5_500 and last == 5_499
     assert changes.keys.through == ("5499",)
     assert len(alive_at_read) >= 6 and not any(alive_at_read)
+
+
+def test_row_local_judges_each_kind_of_check() -> None:
+    """An element-wise custom check judges one value: row-local. A check grouped by another
+    column, and ``unique`` over several columns of the schema, see other rows: not."""
+
+    class ElementWise(pa.DataFrameModel):
+        id: Series[int]
+        q: Series[int] = pa.Field(ge=0)
+
+        @pa.check("q", element_wise=True)
+        @classmethod
+        def even(cls, v: int) -> bool:
+            return v % 2 == 0
+
+    class Grouped(pa.DataFrameModel):
+        id: Series[int]
+        status: Series[str]
+        q: Series[int] = pa.Field(ge=0)
+
+        @pa.check("q", groupby="status")
+        @classmethod
+        def some_group(cls, groups: dict) -> bool:
+            return True
+
+    class UniqueTogether(pa.DataFrameModel):
+        id: Series[int]
+        q: Series[int]
+
+        class Config:
+            unique = ["id", "q"]
+
+    types = {"id": pyarrow.int64(), "q": pyarrow.int64(), "status": pyarrow.string()}
+    assert Contract("t:ElementWise", ElementWise).row_local(("id",), types)
+    assert not Contract("t:Grouped", Grouped).row_local(("id",), types)
+    assert not Contract("t:UniqueTogether", UniqueTogether).row_local(("id",), types)
