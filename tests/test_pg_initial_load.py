@@ -30,6 +30,10 @@ from typing import Any
 import duckdb
 import pytest
 
+from tests.support.initial_load import differences as _differences
+from tests.support.initial_load import notes as _notes
+from tests.support.initial_load import staged_hashes as _staged_hashes
+
 ROWS = 3000
 
 CONTRACT = """
@@ -228,50 +232,6 @@ def _pull(pg_job: Any, job: str) -> Path:
     return replica
 
 
-def _notes(job: str) -> list[str]:
-    from deltaferry.state import StateStore
-
-    with StateStore(job).connect(read_only=True) as con:
-        rows = con.execute(
-            "SELECT detail FROM ops_log WHERE outcome = 'initial-load' ORDER BY id"
-        ).fetchall()
-    return [r[0] for r in rows]
-
-
-def _differences(
-    fast: Path, slow: Path, names: list[str] = NAMES
-) -> tuple[list[Any], list[Any], int]:
-    """Rows of the one replica's ``items`` missing from the other's (both ways, as text so
-    NaN compares equal), and the count of a replica's rows."""
-    con = duckdb.connect()
-    try:
-        con.execute(f"ATTACH '{fast}' AS fast (READ_ONLY)")
-        con.execute(f"ATTACH '{slow}' AS slow (READ_ONLY)")
-        types = [
-            con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {db}.items)").fetchall()
-            for db in ("fast", "slow")
-        ]
-        assert types[0] == types[1]
-        cols = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in names)
-        a = con.execute(
-            f"SELECT {cols} FROM fast.items EXCEPT ALL SELECT {cols} FROM slow.items"
-        ).fetchall()
-        b = con.execute(
-            f"SELECT {cols} FROM slow.items EXCEPT ALL SELECT {cols} FROM fast.items"
-        ).fetchall()
-        n = con.execute("SELECT count(*) FROM fast.items").fetchone()[0]
-        return a, b, n
-    finally:
-        con.close()
-
-
-def _staged_hashes(job: str) -> dict[int, str]:
-    from sources.staging import staging_path
-
-    with duckdb.connect(str(staging_path(job)), read_only=True) as con:
-        return dict(con.execute("SELECT id, _df_hash FROM raw.items").fetchall())
-
-
 def _oracle(pg_job: Any, replica: Path) -> None:
     """The replica against PostgreSQL, read with psycopg and compared as Python values."""
     with pg_job.server.connect(pg_job.database) as conn:
@@ -310,7 +270,7 @@ def test_the_scanner_publishes_what_dlt_publishes(pg_job: Any, seed: int) -> Non
     assert fast["upserts"] == slow["upserts"] == ROWS - fast.get("deletes", 0)
     assert fast.get("deletes", 0) == slow.get("deletes", 0)
     assert _staged_hashes("fast") == _staged_hashes("slow")
-    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
     assert (only_fast, only_slow) == ([], [])
     assert n == ROWS - fast.get("deletes", 0)
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
@@ -335,7 +295,7 @@ def test_the_scanner_publishes_what_dlt_publishes(pg_job: Any, seed: int) -> Non
     assert fast == slow, (fast, slow)
     assert (fast.get("upserts"), fast.get("deletes")) == (11, 3), fast
     assert _staged_hashes("fast") == _staged_hashes("slow")
-    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
     assert (only_fast, only_slow) == ([], [])
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
     assert len(_notes("fast")) == 1  # a later run does not copy again
@@ -456,7 +416,7 @@ def test_a_crash_between_seed_and_copy_loses_nothing(pg_job: Any) -> None:
     assert bulk.marker(fast_job, fast_job.tables[0]).exists()
     after = _sync(pg_job, "fast")
     _sync(pg_job, "slow")
-    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
     assert (only_fast, only_slow) == ([], [])
     assert n == after["upserts"] and n > 2300
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
@@ -558,6 +518,6 @@ def test_a_seed_row_changed_before_the_copy_arrives_once(pg_job: Any) -> None:
     assert "postgres scanner" in note and "2 changed since the seed" in note, note
     slow = _sync(pg_job, "slow")
     assert fast == slow
-    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"))
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
     assert (only_fast, only_slow) == ([], [])
     _oracle(pg_job, pg_job.dir / "fast.duckdb")

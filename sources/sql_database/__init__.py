@@ -221,7 +221,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             revisit[name] = revisit[name] + again
         # cursor values of the rows held for a NULL key last time (read again below)
         unkeyed = {t.name: unkeyed_cursors(job, t) for t in job.tables if t.cursor}
-        # a first load by DuckDB's postgres scanner where the table asks for it (bulk.py)
+        # a first load by DuckDB's postgres or sqlite scanner where the table asks (bulk.py)
         first = _initial_loads(job, engine, pipeline, watchdog, borrowed)
         whole: list[str] = []  # tables read whole: every row without a key held again
         gained, gone = _gained_columns(job, engine, borrowed)
@@ -552,11 +552,11 @@ def _initial_loads(
     by the run's dlt read as usual."""
     out = _FirstLoads()
     tables = []
-    padded: dict[str, dict[str, int]] = {}  # per table: its char(n) columns' lengths
+    layouts: dict[str, dict[str, Any]] = {}  # per table: bulk.survey's layout
     for t in job.tables:
         if not bulk.requested(t) or bulk.staged(job, t, borrowed):
             continue
-        why, padded[t.name] = bulk.survey(job, t, engine)
+        why, layouts[t.name] = bulk.survey(job, t, engine)
         if why is not None:
             out.notes[t.name] = [
                 f"job '{job.name}' table '{t.name}': initial load through dlt, not the "
@@ -596,7 +596,7 @@ def _initial_loads(
     for t in tables:
         try:
             line, out.rows[t.name] = bulk.copy_rest(
-                job, t, engine, load_id, padded[t.name], borrowed
+                job, t, engine, load_id, layouts[t.name], borrowed
             )
         except bulk.Skipped as e:  # the seed's rows removed: the run's dlt read reads all
             out.rows[t.name] = 0

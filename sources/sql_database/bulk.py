@@ -1,11 +1,14 @@
-"""A PostgreSQL table's initial load by DuckDB's postgres scanner (``initial_load =
-"scanner"``): the fast path for a large first sync.
+"""A PostgreSQL or SQLite table's initial load by DuckDB's postgres or sqlite scanner
+(``initial_load = "scanner"``): the fast path for a large first sync.
 
 dlt's SQL read converts every value to a Python object and back (about 20-50k rows/s
 here); DuckDB's postgres extension copies the table with PostgreSQL's binary COPY into
-staging at several hundred thousand rows/s (``bench/README.md``, "PostgreSQL fast path").
-The extension is loaded from the ``duckdb-extension-postgres-scanner`` package, built for
-the pinned DuckDB, never downloaded.
+staging at several hundred thousand rows/s (``bench/README.md``, "PostgreSQL fast path"),
+its sqlite extension reads the database file's pages directly. The extensions are loaded
+from the ``duckdb-extension-postgres-scanner`` and ``duckdb-extension-sqlite-scanner``
+packages, built for the pinned DuckDB, never downloaded. What SQLite needs beyond the
+protocol below (its own eligibility and checks at the source: SQLite keeps any value in
+any column) is in ``bulk_sqlite.py``.
 
 The copy is an optimisation of the first run only, never a second way to stage a row:
 
@@ -39,7 +42,8 @@ number, date or time (compared in both databases: text collations differ), and o
 column types whose scanner value is the dlt read's exactly: integers, ``numeric(p,s)``,
 ``double precision``, text types (enums and ``char(n)`` included), ``uuid``, ``boolean``,
 ``bytea``, ``date``, ``timestamptz``, ``timestamp`` (in a job whose ``timezone`` is UTC),
-``json``/``jsonb``. Any other table is read by dlt, and the log says why.
+``json``/``jsonb`` (SQLite: ``bulk_sqlite.py``). Any other table is read by dlt, and the
+log says why.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import fetch_one, fetch_row, ident, literal
 from sources.change_detection import content_text
 from sources.columns import HASH_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
+from sources.sql_database import bulk_sqlite
 from sources.sql_database.connection import scrub
 from sources.sql_database.settings import source_table
 from sources.sql_database.types import Refusal, _family, _unwrap, plan_column
@@ -80,12 +85,19 @@ def requested(t: TableConfig) -> bool:
     return t.options.get("initial_load", "dlt") == "scanner"
 
 
-def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | None, dict[str, int]]:
+def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | None, dict[str, Any]]:
     """Why the table's initial load cannot take the scanner (one line; None when it can),
-    and its ``char(n)`` columns by name with their length (the scanner reads them without
-    their padding, the dlt read with it). The table is reflected from the source once."""
+    and the table's layout for ``copy_rest``: PostgreSQL's ``char(n)`` columns by name with
+    their length (the scanner reads them without their padding, the dlt read with it), or
+    SQLite's copied columns by name with their family (``bulk_sqlite.survey``). The table
+    is reflected from the source once."""
+    if engine.dialect.name == "sqlite":
+        return bulk_sqlite.survey(job, t, engine)
     if engine.dialect.name != "postgresql":
-        return f"the source is {engine.dialect.name}, the scanner reads PostgreSQL only", {}
+        return (
+            f"the source is {engine.dialect.name}, the scanner reads PostgreSQL and SQLite only",
+            {},
+        )
     if t.options.get("column_types"):
         return "the table sets column_types", {}
     kind = _relation(engine, source_table(t))
@@ -184,14 +196,19 @@ def conninfo(engine: sa.Engine) -> str:
     return " ".join(f"{k}={quoted(v)}" for k, v in parts.items() if v is not None)
 
 
-def _scanner_path() -> Path:
-    import duckdb_extension_postgres_scanner as package
+def _scanner_path(dialect: str = "postgresql") -> Path:
+    if dialect == "sqlite":
+        import duckdb_extension_sqlite_scanner as package
 
-    found = sorted(
-        Path(package.__file__).parent.glob("extensions/*/postgres_scanner.duckdb_extension")
-    )
+        name = "sqlite_scanner"
+    else:
+        import duckdb_extension_postgres_scanner as package
+
+        name = "postgres_scanner"
+    found = sorted(Path(package.__file__).parent.glob(f"extensions/*/{name}.duckdb_extension"))
     if not found:
-        raise RuntimeError("duckdb-extension-postgres-scanner ships no extension for this platform")
+        wheel = name.replace("_", "-")
+        raise RuntimeError(f"duckdb-extension-{wheel} ships no extension for this platform")
     return found[-1]
 
 
@@ -267,11 +284,11 @@ def copy_rest(
     t: TableConfig,
     engine: sa.Engine,
     load_id: str,
-    padded: dict[str, int],
+    layout: dict[str, Any],
     borrowed: Any = None,
 ) -> tuple[str, int]:
     """Copy the table's rows at or after the seed's newest cursor value into staging with
-    the seed's ``load_id`` (see the module's docstring), in one transaction; ``padded`` is
+    the seed's ``load_id`` (see the module's docstring), in one transaction; ``layout`` is
     ``survey``'s. Returns the operations-log line of what was copied and the rows the
     table then holds (seed and copy); raises ``Skipped`` (one line: why) when the copy was
     rolled back, the seed's rows removed."""
@@ -284,16 +301,20 @@ def copy_rest(
         con = duck.connect(staging_path(job.name), alias="staging")
     try:
         try:
-            return _copy(job, t, engine, load_id, padded, con, where, started)
-        except (Skipped, duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError) as e:
+            return _copy(job, t, engine, load_id, layout, con, where, started)
+        # ValueError: DuckDB's error about text that is not UTF-8 is itself not UTF-8, and
+        # its Python client raises UnicodeDecodeError in its place
+        except (Skipped, duckdb.Error, sa.exc.DBAPIError, OSError, RuntimeError, ValueError) as e:
             _undo_seed(con, t)
             if isinstance(e, Skipped):
                 raise
-            first = scrub(job, " ".join(str(e).split()))[:300]
+            # the sqlite scanner's advice to read every column as text is not for our users
+            first = scrub(job, " ".join(str(e).split("* SET sqlite_all_varchar")[0].split()))[:300]
             raise Skipped(f"the copy failed: {type(e).__name__}: {first}") from None
     finally:
         try:
             con.execute("DETACH DATABASE IF EXISTS df_pg")
+            con.execute(f"DETACH DATABASE IF EXISTS {bulk_sqlite.ALIAS}")
         except duckdb.Error:
             pass
         con.close()
@@ -366,29 +387,38 @@ def _copy(
     t: TableConfig,
     engine: sa.Engine,
     load_id: str,
-    padded: dict[str, int],
+    layout: dict[str, Any],
     con: duckdb.DuckDBPyConnection,
     where: str,
     started: float,
 ) -> tuple[str, int]:
+    sqlite = engine.dialect.name == "sqlite"
+    padded = {} if sqlite else layout
     if not staged_table_exists(con, t.name):
         raise Skipped("the seed staged no row (the table is empty or all its rows were held)")
     staged = duck.column_types(con, t.name, STAGING_DATASET)
     source = [c for c in staged if c not in INTERNAL_COLUMNS]
     table = f"{STAGING_DATASET}.{ident(t.name)}"
     con.execute("SET TimeZone = 'UTC'")  # as the dlt read hashes; naive times are UTC here
-    con.execute(f"LOAD {literal(str(_scanner_path()))}")
-    schema = _schema(engine)
-    con.execute(
-        f"ATTACH {literal(conninfo(engine))} AS df_pg (TYPE postgres, READ_ONLY, "
-        f"SCHEMA {literal(schema)})"
-    )
+    if sqlite:
+        alias, name = bulk_sqlite.ALIAS, "sqlite"
+        schema = bulk_sqlite.attach(con, engine, _scanner_path("sqlite"))
+    else:
+        alias, name = "df_pg", "postgres"
+        con.execute(f"LOAD {literal(str(_scanner_path()))}")
+        schema = _schema(engine)
+        con.execute(
+            f"ATTACH {literal(conninfo(engine))} AS df_pg (TYPE postgres, READ_ONLY, "
+            f"SCHEMA {literal(schema)})"
+        )
     pg_columns = {
         r[0]
         for r in con.execute(
             "SELECT column_name FROM information_schema.columns "
-            "WHERE table_catalog = 'df_pg' AND table_schema = ? AND table_name = ?",
-            [schema, source_table(t)],
+            "WHERE table_catalog = ? AND table_schema = ? AND "
+            # SQLite's names are case-insensitive, PostgreSQL's are not
+            + ("lower(table_name) = lower(?)" if sqlite else "table_name = ?"),
+            [alias, schema, source_table(t)],
         ).fetchall()
     }
     missing = [c for c in source if c not in pg_columns]
@@ -421,7 +451,7 @@ def _copy(
             f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, "
             f"md5({content_text(source, texts=texts)}) "
             f"FROM (SELECT c.*, {as_text} FROM (SELECT {casts} "
-            f"FROM df_pg.{ident(schema)}.{ident(source_table(t))} AS p WHERE p.{cursor} >= ?) AS c) AS c",
+            f"FROM {alias}.{ident(schema)}.{ident(source_table(t))} AS p WHERE p.{cursor} >= ?) AS c) AS c",
             [load_id, bound],
         )[0]
         # a seed row changed at the source before the copy read it, its cursor moved past
@@ -440,7 +470,12 @@ def _copy(
         temporal = [
             c for c in source if staged[c].upper() == "DATE" or staged[c].upper().startswith("TIMESTAMP")
         ]
-        why = _source_checks(engine, t, schema, bound, numeric, temporal)
+        why = (
+            bulk_sqlite.staged_checks(con, table, load_id, layout)
+            or bulk_sqlite.source_checks(engine, t, layout)
+            if sqlite
+            else _source_checks(engine, t, schema, bound, numeric, temporal)
+        )
         if why is not None:
             raise Skipped(why)
         marks["checks"] = time.monotonic() - started - sum(marks.values())
@@ -451,7 +486,7 @@ def _copy(
         raise
     took = time.monotonic() - started
     return (
-        f"{where}: initial load by DuckDB's postgres scanner: {copied} row(s) from cursor "
+        f"{where}: initial load by DuckDB's {name} scanner: {copied} row(s) from cursor "
         f"{bound!s} on copied in {took:.1f} s ({copied / max(took, 1e-9):,.0f} rows/s; "
         f"{replaced} seed row(s) at that value copied again, {newer} changed since the seed; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())

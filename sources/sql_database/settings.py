@@ -48,9 +48,9 @@ class Table(TableModel):
     initial_load: Literal["dlt", "scanner"] = setting(
         "dlt",
         'how the table\'s first load reads it: "dlt" (dlt\'s SQL read, as every later run) '
-        'or "scanner" (PostgreSQL only: a seed of rows through dlt, then the rest copied by '
-        "DuckDB's postgres scanner, many times faster; a table whose types it cannot copy "
-        "exactly is read by dlt, and the operations log says why)",
+        'or "scanner" (PostgreSQL and SQLite: a seed of rows through dlt, then the rest copied '
+        "by DuckDB's postgres or sqlite scanner, many times faster; a table whose types or "
+        "values it cannot copy exactly is read by dlt, and the operations log says why)",
         '"dlt" or "scanner"',
     )
 
