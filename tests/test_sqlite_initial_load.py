@@ -49,6 +49,10 @@ class Items(pa.DataFrameModel):
     updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
     class Config:
         coerce = True
+class Numbered(pa.DataFrameModel):
+    updated_at: Series[int]
+    class Config:
+        coerce = True
 """
 
 JOB = """
@@ -470,3 +474,22 @@ def test_a_crash_between_seed_and_copy_loses_nothing(source: Source) -> None:
     assert n == after["upserts"] and n > 2300
     _oracle(source, source.dir / "fast.duckdb")
     assert len(_notes("fast")) == 1 and "sqlite scanner" in _notes("fast")[0]
+
+
+def test_an_integer_cursor_over_integers_and_text(source: Source) -> None:
+    """Nothing for SQLite to count (the scanner itself refuses another storage class in
+    integer and text columns): the copy is kept, and equals the dlt read's."""
+    source.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, n INT, deleted_at INTEGER, "
+        "updated_at INTEGER)",
+        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 1500) "
+        "INSERT INTO items SELECT i, 'name ' || i, i * i, NULL, i / 3 FROM g",
+    )
+    source.write()
+    text = source.config.read_text().replace(
+        'deletes = "soft:deleted_at"', 'deletes = "none"'
+    ).replace("sqlite_initial_contract:Items", "sqlite_initial_contract:Numbered")
+    source.config.write_text(text)
+    assert _same_outcome(source, ["id", "name", "n", "updated_at"]) == ""
+    notes = _notes("fast")
+    assert len(notes) == 1 and "sqlite scanner: 502 row(s)" in notes[0] and "2 seed row(s)" in notes[0], notes

@@ -445,15 +445,23 @@ def _copy(
         as_text = ", ".join(
             f"CAST(c.{ident(c)} AS VARCHAR) AS __df_text_{i}" for i, c in enumerate(source)
         )
-        copied = fetch_row(
-            con,
-            f"INSERT INTO {table} ({names}, {ident(LOAD_ID_COLUMN)}, {ident(HASH_COLUMN)}) "
-            f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, "
-            f"md5({content_text(source, texts=texts)}) "
-            f"FROM (SELECT c.*, {as_text} FROM (SELECT {casts} "
-            f"FROM {alias}.{ident(schema)}.{ident(source_table(t))} AS p WHERE p.{cursor} >= ?) AS c) AS c",
-            [load_id, bound],
-        )[0]
+        # the rows in any order (nothing reads staging by its order: the cut sorts by key):
+        # DuckDB then inserts on every thread, about half the time (a database-wide setting,
+        # for this statement only)
+        con.execute("SET preserve_insertion_order = false")
+        try:
+            copied = fetch_row(
+                con,
+                f"INSERT INTO {table} ({names}, {ident(LOAD_ID_COLUMN)}, {ident(HASH_COLUMN)}) "
+                f"SELECT {', '.join('c.' + ident(x) for x in source)}, ?, "
+                f"md5({content_text(source, texts=texts)}) "
+                f"FROM (SELECT c.*, {as_text} FROM (SELECT {casts} "
+                f"FROM {alias}.{ident(schema)}.{ident(source_table(t))} AS p "
+                f"WHERE p.{cursor} >= ?) AS c) AS c",
+                [load_id, bound],
+            )[0]
+        finally:
+            _keep_insertion_order(con)
         # a seed row changed at the source before the copy read it, its cursor moved past
         # the bound: the copy has its newer version, the seed's goes
         pk = list(t.primary_key)
@@ -483,6 +491,7 @@ def _copy(
         marks["commit"] = time.monotonic() - started - sum(marks.values())
     except BaseException:
         duck.rollback(con)
+        _keep_insertion_order(con)  # an aborted transaction refused the reset above
         raise
     took = time.monotonic() - started
     return (
@@ -493,6 +502,16 @@ def _copy(
         + f"), load {load_id}",
         rows,
     )
+
+
+def _keep_insertion_order(con: duckdb.DuckDBPyConnection) -> None:
+    """Set ``preserve_insertion_order`` back to DuckDB's default (true) after the copy, where
+    the connection's transaction allows it (an aborted one refuses every statement but its
+    rollback, after which this is called again)."""
+    try:
+        con.execute("RESET preserve_insertion_order")
+    except duckdb.Error:
+        pass
 
 
 def _check(

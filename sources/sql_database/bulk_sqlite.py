@@ -9,8 +9,12 @@ a seventh fraction digit, rolls ``24:00:00`` over to the next day, and takes a n
 copied column has the one storage class the dlt read passes through unchanged, counted in
 SQLite over the whole table (``source_checks``):
 
-- integer columns hold integers, ``REAL``/``DOUBLE`` columns reals, text columns text,
-  ``BLOB`` columns blobs (a value of another class is converted or refused by dlt's read);
+- ``REAL``/``DOUBLE`` columns hold reals and ``BLOB`` columns blobs (a value of another
+  class is converted or refused by dlt's read; the scanner would take an integer as a
+  double and anything as bytes). Integer and text columns are not counted: the scanner
+  itself refuses a value of another class there (``Mismatch Type Error``, the copy is
+  rolled back), and SQLite's affinity stores a number given to a text column as its text,
+  as the dlt read then reads it;
 - a ``TIMESTAMP``/``DATETIME`` column holds text ``YYYY-MM-DD HH:MM:SS`` (or with ``T``),
   optionally with a fraction of 1 to 6 digits, hour 00-23, year from 0001; a ``DATE``
   column text ``YYYY-MM-DD``: exactly the forms ``datetime.fromisoformat`` and DuckDB's
@@ -45,6 +49,9 @@ from sources.sql_database.window import text_time_columns
 ALIAS = "df_sqlite"
 # the storage class (SQLite's typeof) each eligible family must hold
 _CLASS = {"integer": "integer", "float": "real", "text": "text", "binary": "blob"}
+# families whose values of another storage class the scanner refuses itself (an error:
+# the copy is rolled back), so SQLite need not count them
+_SCANNER_REFUSES = ("integer", "text")
 _TIMES = ("timestamp", "date")
 _CURSORS = ("integer", "timestamp", "date")
 _DIGIT = "[0-9]"
@@ -169,20 +176,17 @@ def source_checks(engine: sa.Engine, t: TableConfig, kinds: dict[str, str]) -> s
     None: a value the scanner would read otherwise than dlt's read, a cursor of time text
     with two separators, a repeated key."""
     table = ident(source_table(t))
-    counts = [f"sum(CASE WHEN {_odd(c, f)} THEN 1 ELSE 0 END)" for c, f in kinds.items()]
+    counted = {c: f for c, f in kinds.items() if f not in _SCANNER_REFUSES}
+    counts = [f"sum(CASE WHEN {_odd(c, f)} THEN 1 ELSE 0 END)" for c, f in counted.items()]
     cursor = t.cursor
     assert cursor is not None  # settings: initial_load = "scanner" needs a cursor
-    separators = (
-        f"count(DISTINCT substr({ident(cursor)}, 11, 1))"
-        if kinds.get(cursor) == "timestamp"
-        else "0"
-    )
+    if kinds.get(cursor) == "timestamp":
+        counts.append(f"count(DISTINCT substr({ident(cursor)}, 11, 1))")
     key = ", ".join(ident(c) for c in t.primary_key)
     whole = " AND ".join(f"{ident(c)} IS NOT NULL" for c in t.primary_key)
     with engine.connect() as c:
-        *odd, mixed = c.execute(
-            sa.text(f"SELECT {', '.join(counts + [separators])} FROM {table}")
-        ).one()
+        found = list(c.execute(sa.text(f"SELECT {', '.join(counts)} FROM {table}")).one()) if counts else []
+        odd, mixed = found[: len(counted)], found[len(counted) :]
         repeated = (
             0
             if _unique(c, source_table(t), set(t.primary_key))
@@ -193,7 +197,7 @@ def source_checks(engine: sa.Engine, t: TableConfig, kinds: dict[str, str]) -> s
                 )
             ).scalar_one()
         )
-    for (name, family), n in zip(kinds.items(), odd, strict=True):
+    for (name, family), n in zip(counted.items(), odd, strict=True):
         if n:
             what = (
                 f"not {_CLASS[family]} values (SQLite's typeof)"
@@ -204,7 +208,7 @@ def source_checks(engine: sa.Engine, t: TableConfig, kinds: dict[str, str]) -> s
                 else family
             )
             return f"column '{name}' holds {n} value(s) {what}: the dlt read converts or refuses them"
-    if mixed and mixed > 1:
+    if mixed and mixed[0] > 1:
         return (
             f"cursor '{cursor}' is time text with both ' ' and 'T' between date and time (its "
             "text order is not its instants' order)"
