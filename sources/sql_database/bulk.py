@@ -4,7 +4,7 @@
 dlt's SQL read converts every value to a Python object and back (about 20-50k rows/s
 here); DuckDB's postgres extension copies the table with PostgreSQL's binary COPY into
 staging at several hundred thousand rows/s (``bench/README.md``, "PostgreSQL fast path"),
-its sqlite extension reads the database file's pages directly. The extensions are loaded
+its sqlite extension reads the database file with its own SQLite library. The extensions are loaded
 from the ``duckdb-extension-postgres-scanner`` and ``duckdb-extension-sqlite-scanner``
 packages, built for the pinned DuckDB, never downloaded. What SQLite needs beyond the
 protocol below (its own eligibility and checks at the source: SQLite keeps any value in
@@ -314,6 +314,9 @@ def copy_rest(
     finally:
         try:
             con.execute("DETACH DATABASE IF EXISTS df_pg")
+        except duckdb.Error:
+            pass
+        try:  # an attachment is the database instance's: one left would refuse the next
             con.execute(f"DETACH DATABASE IF EXISTS {bulk_sqlite.ALIAS}")
         except duckdb.Error:
             pass

@@ -27,9 +27,10 @@ SQLite over the whole table (``source_checks``):
 Anything else rolls the copy back and dlt reads the whole table, with its own checks and
 errors (``bulk.py``). Eligible: a plain table of a UTF-8 database file, ``timezone`` UTC
 where it has time columns (naive text is taken in the job's zone), no ``column_types``, a
-cursor that is an integer, date or timestamp, and columns of those families, text, real
-or blob (``JSON``, ``BOOLEAN``, ``NUMERIC``/``DECIMAL`` and ``TIME`` columns are converted
-value by value by dlt's read).
+cursor that is an integer, date or timestamp, key columns that are no time text (SQLite
+compares the text, staging the instant), no generated column (the scanner does not list
+them), and columns of those families, text, real or blob (``JSON``, ``BOOLEAN``,
+``NUMERIC``/``DECIMAL`` and ``TIME`` columns are converted value by value by dlt's read).
 """
 
 from __future__ import annotations
@@ -79,11 +80,29 @@ def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | Non
     table = source_table(t)
     with engine.connect() as c:
         kind = c.execute(
-            sa.text("SELECT type FROM sqlite_master WHERE name = :t COLLATE NOCASE"), {"t": table}
+            # a trigger may have the table's name (triggers have a namespace of their own)
+            sa.text(
+                "SELECT type FROM sqlite_master WHERE name = :t COLLATE NOCASE "
+                "AND type IN ('table', 'view')"
+            ),
+            {"t": table},
         ).scalar()
         encoding = c.execute(sa.text("PRAGMA encoding")).scalar()
+        # DuckDB's scanner fails with an internal error on a trigger named as a table or
+        # view, and the internal error invalidates the staging database for the process
+        clash = c.execute(
+            sa.text(
+                "SELECT t.name FROM sqlite_master t JOIN sqlite_master o ON lower(t.name) = "
+                "lower(o.name) AND o.type IN ('table', 'view') WHERE t.type = 'trigger' LIMIT 1"
+            )
+        ).scalar()
     if kind != "table":
         return f"'{table}' is not a table of the database (sqlite_master type {kind!r})", {}
+    if clash is not None:
+        return (
+            f"the database has a trigger named as a table ('{clash}'), which DuckDB's "
+            "sqlite scanner cannot read past"
+        ), {}
     if str(encoding).upper() != "UTF-8":
         return f"the database's text is {encoding}, the scanner reads UTF-8", {}
     times = text_time_columns(engine, t)
@@ -93,6 +112,8 @@ def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | Non
         name = col["name"]
         if name in excluded:
             continue
+        if col.get("computed"):  # the scanner does not list generated columns
+            return f"column '{name}' is a generated column, which the scanner does not read", kinds
         try:
             plan = plan_column(name, col["type"], engine.dialect)
         except Refusal as e:  # preflight refuses the table first, with its own message
@@ -110,6 +131,14 @@ def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | Non
             ), kinds
         if name == t.cursor and family not in _CURSORS:
             return f"cursor '{name}' is {plan.source}, not an integer, date or timestamp", kinds
+        if name in t.primary_key and family in _TIMES:
+            # SQLite compares (and keeps unique) the text; staging the instant: two texts
+            # of one instant are one key there, which a row the copy leaves to the run's
+            # read (a NULL cursor) would join unseen
+            return (
+                f"key column '{name}' is time text: SQLite compares its text, staging its "
+                "instant"
+            ), kinds
         kinds[name] = family
     return None, kinds
 
@@ -133,15 +162,20 @@ def _odd(column: str, family: str) -> str:
     c = ident(column)
     if family in _CLASS:
         return f"typeof({c}) NOT IN ('{_CLASS[family]}', 'null')"
+    # SQLite's GLOB and length() stop at a NUL: the text's bytes are measured too
+    size = f"length(CAST({c} AS BLOB))"
     if family == "date":
-        exact = f"{c} GLOB '{_DAY}' AND {c} >= '0001'"
+        exact = f"{c} GLOB '{_DAY}' AND {c} >= '0001' AND {size} = 10"
     else:
         clock = f"{_DIGIT * 2}:{_DIGIT * 2}:{_DIGIT * 2}"
         forms = " OR ".join(
             f"{c} GLOB '{_DAY}[ T]{clock}{'.' + _DIGIT * k if k else ''}'"
             for k in (6, 0, 3, 1, 2, 4, 5)
         )
-        exact = f"({forms}) AND substr({c}, 12, 2) < '24' AND {c} >= '0001'"
+        exact = (
+            f"({forms}) AND substr({c}, 12, 2) < '24' AND {c} >= '0001' "
+            f"AND {size} IN (19, 21, 22, 23, 24, 25, 26)"
+        )
     return f"typeof({c}) NOT IN ('text', 'null') OR ({c} IS NOT NULL AND NOT ({exact}))"
 
 
@@ -149,7 +183,8 @@ def staged_checks(con: Any, table: str, load_id: str, kinds: dict[str, str]) -> 
     """Why the copy cannot be kept, found in the copied rows (staged ``table``, its rows of
     ``load_id``), or None: text that is not UTF-8. SQLite stores any bytes as text, the
     scanner copies them as they are (DuckDB does not check a value on insert), and the dlt
-    read stops the table on them; ``decode`` checks in DuckDB, one pass."""
+    read stops the table on them. DuckDB refuses such text when it compresses a committed
+    row group, not always at the insert; ``decode`` checks every copied value, one pass."""
     from sources.columns import LOAD_ID_COLUMN
 
     texts = [c for c, f in kinds.items() if f == "text"]
@@ -214,7 +249,10 @@ def source_checks(engine: sa.Engine, t: TableConfig, kinds: dict[str, str]) -> s
             "text order is not its instants' order)"
         )
     if repeated:
-        return f"{repeated} row(s) repeat a key at the source (the dlt read stops the run on it)"
+        return (
+            f"{repeated} row(s) repeat a key at the source as SQLite compares it (with the "
+            "key's collation; the dlt read stops the run on a repeated key)"
+        )
     return None
 
 
