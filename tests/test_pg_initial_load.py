@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import random
-import subprocess
 import sys
 import uuid
 from decimal import Decimal
@@ -31,6 +30,7 @@ import duckdb
 import pytest
 
 from tests.support.initial_load import differences as _differences
+from tests.support.initial_load import kill_after_seed
 from tests.support.initial_load import notes as _notes
 from tests.support.initial_load import staged_hashes as _staged_hashes
 
@@ -394,26 +394,9 @@ def test_an_infinite_date_past_the_seed_is_held_as_without_the_scanner(pg_job: A
 def test_a_crash_between_seed_and_copy_loses_nothing(pg_job: Any) -> None:
     """Killed after the seed's load committed, before the copy: the next run reads the rest
     through dlt from the seed's cursor, and the replica equals the slow job's."""
-    from prefect.settings import PREFECT_API_URL
-
     _fill(pg_job, 5, rows=2500)
     _write(pg_job)
-    env = dict(
-        os.environ,
-        DELTAFERRY_FAILPOINT="after_seed",
-        DELTAFERRY_FAILPOINT_ACTION="kill",
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-    )
-    killed = subprocess.run(
-        [sys.executable, "-m", "deltaferry.cli", "run", "fast", "--config", str(pg_job.config)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    from deltaferry.config import load_job
-    from sources.sql_database import bulk
-
-    fast_job = load_job("fast", pg_job.config)
-    assert bulk.marker(fast_job, fast_job.tables[0]).exists()
+    kill_after_seed(pg_job.config)
     after = _sync(pg_job, "fast")
     _sync(pg_job, "slow")
     only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)

@@ -26,7 +26,6 @@ import math
 import os
 import random
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import duckdb
 import pytest
 
 from tests.support.initial_load import differences as _differences
+from tests.support.initial_load import kill_after_seed
 from tests.support.initial_load import notes as _notes
 from tests.support.initial_load import staged_hashes as _staged_hashes
 
@@ -451,26 +451,9 @@ def test_a_view_and_a_text_cursor_are_read_by_dlt(source: Source) -> None:
 def test_a_crash_between_seed_and_copy_loses_nothing(source: Source) -> None:
     """Killed after the seed's load committed, before the copy: the next run starts the
     first load again (the seed's rows removed) and the replica equals the slow job's."""
-    from prefect.settings import PREFECT_API_URL
-
     source.fill(9, rows=2500)
     source.write()
-    env = dict(
-        os.environ,
-        DELTAFERRY_FAILPOINT="after_seed",
-        DELTAFERRY_FAILPOINT_ACTION="kill",
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-    )
-    killed = subprocess.run(
-        [sys.executable, "-m", "deltaferry.cli", "run", "fast", "--config", str(source.config)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    from deltaferry.config import load_job
-    from sources.sql_database import bulk
-
-    fast_job = load_job("fast", source.config)
-    assert bulk.marker(fast_job, fast_job.tables[0]).exists()
+    kill_after_seed(source.config)
     after = source.sync("fast")
     source.sync("slow")
     only_fast, only_slow, n = _differences(source.pull("fast"), source.pull("slow"), NAMES)
@@ -533,3 +516,38 @@ def test_a_trigger_named_as_the_table_leaves_it_to_dlt(source: Source) -> None:
     assert _same_outcome(source, ["id", "updated_at"]) == ""
     notes = _notes("fast")
     assert len(notes) == 1 and "a trigger named as a table ('items')" in notes[0], notes
+
+
+@pytest.mark.parametrize(
+    "create, key, unique",
+    [
+        ("CREATE TABLE t (id INTEGER PRIMARY KEY, x INT)", {"id"}, True),  # the rowid
+        ("CREATE TABLE t (id INT, x INT, PRIMARY KEY (id, x))", {"id", "x"}, True),
+        ("CREATE TABLE t (id INT, x INT, PRIMARY KEY (id, x))", {"id"}, False),  # a part only
+        ("CREATE TABLE t (id INT, x TEXT); CREATE UNIQUE INDEX u ON t (x)", {"x"}, True),
+        ("CREATE TABLE t (id INT, x TEXT); CREATE UNIQUE INDEX u ON t (x)", {"x", "id"}, True),
+        ("CREATE TABLE t (id INT, x TEXT); CREATE INDEX u ON t (x)", {"x"}, False),
+        ("CREATE TABLE t (id INT, x TEXT); CREATE UNIQUE INDEX u ON t (x) WHERE id > 0", {"x"}, False),
+        ("CREATE TABLE t (id INT, x TEXT); CREATE UNIQUE INDEX u ON t (lower(x))", {"x"}, False),
+        ("CREATE TABLE t (id INT, x TEXT)", {"x"}, False),
+    ],
+)
+def test_a_key_is_left_uncounted_only_where_sqlite_keeps_it_unique(
+    tmp_path: Path, create: str, key: set[str], unique: bool
+) -> None:
+    """``bulk_sqlite._unique``: the table's primary key or a unique index on the key's
+    columns (or some of them) lets the copy skip counting the key; a partial or expression
+    index, a plain index, or a primary key on more columns than the key does not."""
+    import sqlalchemy as sa
+
+    from sources.sql_database.bulk_sqlite import _unique
+
+    db = tmp_path / "u.db"
+    with sqlite3.connect(db) as con:
+        con.executescript(create)
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as c:
+            assert _unique(c, "t", key) is unique
+    finally:
+        engine.dispose()

@@ -53,3 +53,31 @@ def staged_hashes(job: str) -> dict[Any, str]:
 
     with duckdb.connect(str(staging_path(job)), read_only=True) as con:
         return dict(con.execute("SELECT id, _df_hash FROM raw.items").fetchall())
+
+
+def kill_after_seed(config: Path, job: str = "fast") -> None:
+    """Run ``job`` in a child process killed (SIGKILL) right after its seed's load
+    committed, before the scanner's copy; assert it died so and left the first load's
+    marker (``bulk.marker``) for the next run."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from deltaferry.config import load_job
+    from sources.sql_database import bulk
+
+    env = dict(
+        os.environ,
+        DELTAFERRY_FAILPOINT="after_seed",
+        DELTAFERRY_FAILPOINT_ACTION="kill",
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+    )
+    killed = subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "run", job, "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    loaded = load_job(job, config)
+    assert bulk.marker(loaded, loaded.tables[0]).exists()
