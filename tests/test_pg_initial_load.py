@@ -504,3 +504,38 @@ def test_a_seed_row_changed_before_the_copy_arrives_once(pg_job: Any) -> None:
     only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
     assert (only_fast, only_slow) == ([], [])
     _oracle(pg_job, pg_job.dir / "fast.duckdb")
+
+
+@pytest.mark.parametrize("threshold", [ROWS, ROWS + 1])
+def test_auto_copies_a_table_of_auto_rows_or_more(
+    pg_job: Any, monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    """``initial_load = "auto"`` (the default): the scanner for a table with a cursor and
+    at least ``settings.AUTO_ROWS`` rows at its first run, dlt's read (and no note) one row
+    short of it; both publish what ``initial_load = "dlt"`` publishes."""
+    from sources.sql_database import bulk
+
+    monkeypatch.setattr(bulk, "AUTO_ROWS", threshold)
+    _fill(pg_job, 5)
+    common = {
+        "url": pg_job.server.url(pg_job.database),
+        "lake": pg_job.lake_url,
+        "pk": '["id"]',
+        "module": "pg_initial_contract",
+    }
+    pg_job.config.write_text(
+        JOB.format(job="fast", extra="", **common)
+        + JOB.format(job="slow", extra='initial_load = "dlt"', **common)
+    )
+    fast, slow = _sync(pg_job, "fast"), _sync(pg_job, "slow")
+    assert fast == slow, (fast, slow)
+    notes = _notes("fast")
+    if threshold <= ROWS:
+        assert len(notes) == 1 and "initial load by DuckDB's postgres scanner" in notes[0], notes
+    else:
+        assert notes == []
+    assert _notes("slow") == []
+    assert _staged_hashes("fast") == _staged_hashes("slow")
+    only_fast, only_slow, n = _differences(_pull(pg_job, "fast"), _pull(pg_job, "slow"), NAMES)
+    assert (only_fast, only_slow, n) == ([], [], ROWS - fast.get("deletes", 0))
+    _oracle(pg_job, pg_job.dir / "fast.duckdb")

@@ -49,6 +49,9 @@ class Items(pa.DataFrameModel):
     updated_at: Optional[Series[pd.DatetimeTZDtype("us", "UTC")]] = pa.Field(nullable=True)
     class Config:
         coerce = True
+class Loose(pa.DataFrameModel):
+    class Config:
+        strict = False
 class Numbered(pa.DataFrameModel):
     updated_at: Series[int]
     class Config:
@@ -551,3 +554,105 @@ def test_a_key_is_left_uncounted_only_where_sqlite_keeps_it_unique(
             assert _unique(c, "t", key) is unique
     finally:
         engine.dispose()
+
+
+# initial_load = "auto", the default: the scanner for a table with a cursor and at least
+# settings.AUTO_ROWS rows at its first run (counted up to that), dlt's read otherwise
+
+
+@pytest.mark.parametrize("threshold", [ROWS, ROWS + 1])
+def test_auto_copies_a_table_of_auto_rows_or_more(
+    source: Source, monkeypatch: Any, threshold: int
+) -> None:
+    """At the threshold the default copies the table by the scanner; one row short of it,
+    dlt reads it (and says nothing: that is every later run's read too). Both publish what
+    dlt's read publishes."""
+    from sources.sql_database import bulk
+
+    monkeypatch.setattr(bulk, "AUTO_ROWS", threshold)
+    source.fill(seed=11)
+    common = {"db": source.db, "bucket": source.bucket, "job_extra": ""}
+    source.config.write_text(
+        JOB.format(job="fast", extra="", **common)  # no initial_load: "auto"
+        + JOB.format(job="slow", extra='initial_load = "dlt"', **common)
+    )
+    fast, slow = source.sync("fast"), source.sync("slow")
+    assert fast["upserts"] == slow["upserts"] == ROWS - fast.get("deletes", 0)
+    notes = _notes("fast")
+    if threshold <= ROWS:
+        assert len(notes) == 1 and "initial load by DuckDB's sqlite scanner" in notes[0], notes
+    else:
+        assert notes == []
+    assert _notes("slow") == []
+    only_fast, only_slow, n = _differences(source.pull("fast"), source.pull("slow"), NAMES)
+    assert (only_fast, only_slow, n) == ([], [], fast["upserts"])
+    _oracle(source, source.dir / "fast.duckdb")
+    assert _staged_hashes("fast") == _staged_hashes("slow")
+
+
+def test_auto_leaves_a_table_without_cursor_and_a_dlt_table_to_dlt(
+    source: Source, monkeypatch: Any
+) -> None:
+    """A table without a cursor (read whole every run) and one set to "dlt" are never
+    copied, however large; nothing is said about them."""
+    from sources.sql_database import bulk
+
+    monkeypatch.setattr(bulk, "AUTO_ROWS", 10)
+    source.fill(seed=12)
+    source.sql("CREATE TABLE plain AS SELECT id, t FROM items")
+    source.config.write_text(
+        f"""
+[jobs.fast]
+source = "sql_database"
+url = "sqlite:///{source.db}"
+lake = "s3://{source.bucket}/fast"
+max_quarantine_ratio = 0.9
+[[jobs.fast.tables]]
+name = "plain"
+primary_key = ["id"]
+contract = "sqlite_initial_contract:Loose"
+[[jobs.fast.tables]]
+name = "items"
+primary_key = ["id"]
+cursor = "updated_at"
+deletes = "soft:deleted_at"
+contract = "sqlite_initial_contract:Items"
+initial_load = "dlt"
+"""
+    )
+    from flows.sync import sync_job
+
+    tables = sync_job(job="fast", config=str(source.config))["tables"]
+    assert tables["plain"]["upserts"] == ROWS and tables["items"]["upserts"] > 0
+    assert _notes("fast") == []
+
+
+def test_auto_copies_a_table_of_the_default_threshold(source: Source) -> None:
+    """The real threshold (settings.AUTO_ROWS, nothing patched): a table of exactly that
+    many rows is copied by the scanner with no setting, and the replica holds the source's
+    rows (read back with ``sqlite3``)."""
+    from sources.sql_database.settings import AUTO_ROWS
+
+    source.sql(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, amount REAL, "
+        "updated_at TIMESTAMP, deleted_at TIMESTAMP)"
+    )
+    source.con.executemany(
+        "INSERT INTO items VALUES (?, ?, ?, ?, NULL)",
+        (
+            (i, f"name {i} é" if i % 7 else None, i / 3, f"2025-01-01 00:00:{i % 60:02d}")
+            for i in range(AUTO_ROWS)
+        ),
+    )
+    source.con.commit()
+    common = {"db": source.db, "bucket": source.bucket, "job_extra": ""}
+    source.config.write_text(JOB.format(job="fast", extra="", **common))
+    assert source.sync("fast")["upserts"] == AUTO_ROWS
+    notes = _notes("fast")
+    assert len(notes) == 1 and "initial load by DuckDB's sqlite scanner" in notes[0], notes
+    with duckdb.connect(str(source.pull("fast")), read_only=True) as con:
+        got = con.execute(
+            "SELECT id, name, amount, strftime(updated_at, '%Y-%m-%d %H:%M:%S') FROM items"
+        ).fetchall()
+    want = source.con.execute("SELECT id, name, amount, updated_at FROM items").fetchall()
+    assert sorted(got) == sorted(want)

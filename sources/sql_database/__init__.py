@@ -546,7 +546,8 @@ class _FirstLoads:
 def _initial_loads(
     job: JobConfig, engine: sa.Engine, pipeline: Any, watchdog: StallWatchdog, borrowed: Any
 ) -> _FirstLoads:
-    """The first load of each table with ``initial_load = "scanner"`` and nothing staged:
+    """The first load of each table with ``initial_load = "scanner"`` (or ``"auto"``, the
+    default, and at least ``bulk.AUTO_ROWS`` rows) and nothing staged:
     a seed of ``bulk.SEED_ROWS`` rows through dlt, then the rest copied by the scanner
     (``sources/sql_database/bulk.py``). Tables that cannot take it get a note and are read
     by the run's dlt read as usual."""
@@ -554,7 +555,10 @@ def _initial_loads(
     tables = []
     layouts: dict[str, dict[str, Any]] = {}  # per table: bulk.survey's layout
     for t in job.tables:
-        if not bulk.requested(t) or bulk.staged(job, t, borrowed):
+        how = bulk.requested(t, engine)
+        if how is None or bulk.staged(job, t, borrowed):
+            continue
+        if how == "auto" and not bulk.large(t, engine):  # the dlt read, as any later run
             continue
         why, layouts[t.name] = bulk.survey(job, t, engine)
         if why is not None:

@@ -1,5 +1,6 @@
 """A PostgreSQL or SQLite table's initial load by DuckDB's postgres or sqlite scanner
-(``initial_load = "scanner"``): the fast path for a large first sync.
+(``initial_load = "scanner"``, or ``"auto"``, the default, for a table with a cursor and at
+least ``settings.AUTO_ROWS`` rows at its first run): the fast path for a large first sync.
 
 dlt's SQL read converts every value to a Python object and back (about 20-50k rows/s
 here); DuckDB's postgres extension copies the table with PostgreSQL's binary COPY into
@@ -62,7 +63,7 @@ from sources.change_detection import content_text
 from sources.columns import HASH_COLUMN, INTERNAL_COLUMNS, LOAD_ID_COLUMN, STAGING_DATASET
 from sources.sql_database import bulk_sqlite
 from sources.sql_database.connection import scrub
-from sources.sql_database.settings import source_table
+from sources.sql_database.settings import AUTO_ROWS, source_table
 from sources.sql_database.types import Refusal, _family, _unwrap, plan_column
 from sources.staging import read_staging, staged_table_exists, staging_path
 
@@ -80,9 +81,29 @@ _TIME_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
 _ORDERED = {"integer", "numeric", "date", "timestamp", "timestamptz"}
 
 
-def requested(t: TableConfig) -> bool:
-    """Whether the table's ``initial_load`` asks for the scanner."""
-    return t.options.get("initial_load", "dlt") == "scanner"
+DIALECTS = ("postgresql", "sqlite")
+
+
+def requested(t: TableConfig, engine: sa.Engine) -> str | None:
+    """How the table asks for the scanner: ``"scanner"`` (always tried, and a table that
+    cannot take it gets a note), ``"auto"`` (tried when ``large``) or None (never: the
+    setting is ``"dlt"``, or ``"auto"`` on a table without a cursor or a source the
+    scanner does not read)."""
+    how = t.options.get("initial_load", "auto")
+    if how == "scanner":
+        return how
+    if how == "auto" and t.cursor is not None and engine.dialect.name in DIALECTS:
+        return how
+    return None
+
+
+def large(t: TableConfig, engine: sa.Engine) -> bool:
+    """Whether the source table holds at least ``AUTO_ROWS`` rows: counted up to that many
+    (``LIMIT``), so the question costs the same on a table of any size."""
+    quote = engine.dialect.identifier_preparer.quote
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {quote(source_table(t))} LIMIT {AUTO_ROWS}) t"
+    with engine.connect() as c:
+        return int(c.execute(sa.text(sql)).scalar_one()) >= AUTO_ROWS
 
 
 def survey(job: JobConfig, t: TableConfig, engine: sa.Engine) -> tuple[str | None, dict[str, Any]]:

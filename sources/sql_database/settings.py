@@ -10,6 +10,12 @@ from pydantic import model_validator
 
 from deltaferry.job_models import Column, TableModel, setting
 
+# ``initial_load = "auto"`` (the default) copies a table by the scanner when its first run
+# finds at least this many rows: below it the copy's fixed costs (the seed's dlt pipeline,
+# the attach, the checks at the source: about a second) are more than the dlt read it
+# saves (bench/README.md, "The scanner by default")
+AUTO_ROWS = 100_000
+
 
 class Table(TableModel):
     """A table of a sql_database job."""
@@ -45,13 +51,15 @@ class Table(TableModel):
         "milliseconds from 1e12 to 1e15), is after now",
         'one of "s", "ms", "us", "ns", "number"',
     )
-    initial_load: Literal["dlt", "scanner"] = setting(
-        "dlt",
-        'how the table\'s first load reads it: "dlt" (dlt\'s SQL read, as every later run) '
-        'or "scanner" (PostgreSQL and SQLite: a seed of rows through dlt, then the rest copied '
-        "by DuckDB's postgres or sqlite scanner, many times faster; a table whose types or "
-        "values it cannot copy exactly is read by dlt, and the operations log says why)",
-        '"dlt" or "scanner"',
+    initial_load: Literal["auto", "dlt", "scanner"] = setting(
+        "auto",
+        'how the table\'s first load reads it: "scanner" (PostgreSQL and SQLite: a seed of '
+        "rows through dlt, then the rest copied by DuckDB's postgres or sqlite scanner, many "
+        "times faster; a table whose types or values it cannot copy exactly is read by dlt, "
+        'and the operations log says why), "dlt" (dlt\'s SQL read, as every later run) or '
+        f'"auto": the scanner for a table with a cursor and at least {AUTO_ROWS:,} rows at '
+        "its first run, else dlt",
+        '"auto", "dlt" or "scanner"',
     )
 
     @model_validator(mode="after")
