@@ -656,3 +656,35 @@ def test_auto_copies_a_table_of_the_default_threshold(source: Source) -> None:
         ).fetchall()
     want = source.con.execute("SELECT id, name, amount, updated_at FROM items").fetchall()
     assert sorted(got) == sorted(want)
+
+
+def test_a_value_the_seed_refuses_stops_the_table_as_the_dlt_read_does(
+    source: Source, warnings_seen: list[str]
+) -> None:
+    """A value dlt's read refuses among the seed's rows (the first 1,000 by cursor) and
+    another past them, first in the table's own order: the seed's read stops on its value,
+    so the table is read by the run's dlt read whole, which stops it with the error a first
+    load without the scanner gives (the other value). Found by a fresh-user trial: the
+    seed's error went out as the run's."""
+    ids = source.fill(5, rows=1500)
+    in_seed = max(ids[:900])  # rows 0..899 are the seed's (900..1199 tie past its end)
+    past = min(ids[1200:])
+    assert past < in_seed  # the table's own order (its rowid) meets `past` first
+    source.sql(
+        f"UPDATE items SET ts = '2025-01-01 00:00:01.' WHERE id = {in_seed}",
+        f"UPDATE items SET ts = '2025-01-01 00:00:02.1234567' WHERE id = {past}",
+    )
+    source.write()
+    error = _same_outcome(source)
+    assert "2025-01-01 00:00:02.1234567" in error, error
+    lines = [m for m in warnings_seen if "the seed's read stopped" in m]
+    assert len(lines) == 1 and "2025-01-01 00:00:01." in lines[0], warnings_seen
+    assert not bulk_marker(source, "fast").exists()
+
+
+def bulk_marker(source: Source, job: str) -> Path:
+    from deltaferry.config import load_job
+    from sources.sql_database import bulk
+
+    loaded = load_job(job, source.config)
+    return bulk.marker(loaded, loaded.tables[0])

@@ -572,23 +572,43 @@ def _initial_loads(
         return out
     for t in tables:
         bulk.begin(job, t)
-    seeds = [
-        TableRead(
-            job,
-            t,
-            engine,
-            watchdog,
-            ChangedByKey(job, t, borrowed),
-            lambda text_times, t=t: bulk.first_rows(t),
-            pipeline=pipeline,
-        )
-        for t in tables
-    ]
-    try:
-        info = run_reads(pipeline, [r.resource for r in seeds], job, seeds)
-    finally:
-        for r in seeds:
-            r.close()
+    while True:
+        seeds = [
+            TableRead(
+                job,
+                t,
+                engine,
+                watchdog,
+                ChangedByKey(job, t, borrowed),
+                lambda text_times, t=t: bulk.first_rows(t),
+                pipeline=pipeline,
+            )
+            for t in tables
+        ]
+        try:
+            info = run_reads(pipeline, [r.resource for r in seeds], job, seeds)
+            break
+        except (TerminalError, ConfigError) as e:
+            # a value refused, a key repeated among the seed's rows: the table is read by
+            # the run's dlt read whole, which stops it with the error a first load without
+            # the scanner gives (the first such value in its order, not the seed's); the
+            # other tables are seeded again (a retryable error is the run's, as always)
+            failed = [t for t in tables if t.name == getattr(e, "table", None)] or tables
+            for t in failed:
+                bulk.staged(job, t, borrowed)  # with the marker there: any seed row removed
+                bulk.end(job, t)  # (no staging file yet: nothing staged, the marker goes)
+                line = (
+                    f"job '{job.name}' table '{t.name}': initial load through dlt, not the "
+                    f"scanner: the seed's read stopped: {e}"
+                )
+                log.warning(line)  # on the run's log too: the run may then stop the table
+                out.notes[t.name] = [line]
+            tables = [t for t in tables if t not in failed]
+            if not tables:
+                return out
+        finally:
+            for r in seeds:
+                r.close()
     out.held = {r.t.name: list(r.keys.held) for r in seeds if r.keys.held}
     out.load_ids = list(info.loads_ids)
     if not out.load_ids:  # nothing staged: the next run seeds again

@@ -15,7 +15,9 @@ The copy is an optimisation of the first run only, never a second way to stage a
 
 1. **Seed, through dlt.** The table's first ``SEED_ROWS`` rows by cursor are read by the
    normal dlt read, with every step it has (value checks, keys held or counted, content
-   hash). dlt creates the staging table with its exact types and records the load.
+   hash). dlt creates the staging table with its exact types and records the load. A
+   seed whose read stops (a refused value, a repeated key) leaves the table to the run's
+   dlt read, whose error is then the one a first load without the scanner gives.
 2. **Copy, by the scanner.** In one DuckDB transaction the seed's rows at its newest
    cursor value are removed (a run of equal values may go on past the seed's last row) and
    every source row at or after that value is copied into the table, each value cast to
