@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from deltaferry.errors import ConfigError
 from deltaferry.job import (  # the parsed job; importable from here, where callers look
@@ -81,7 +82,16 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_jobs(path: str | os.PathLike[str] | None = None) -> dict[str, JobConfig]:
-    """Parse and check the jobs file; every problem is a one-line ConfigError."""
+    """Parse and check the jobs file, every job of it; every problem is a one-line
+    ConfigError."""
+    jobs_raw, base = _jobs_sections(path)
+    return {name: parse_job(name, body, base) for name, body in jobs_raw.items()}
+
+
+def _jobs_sections(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any], Path]:
+    """The jobs file's ``[jobs.<name>]`` sections as TOML gives them, unchecked, and the
+    directory relative paths in them start from; a file that is not a jobs file (missing,
+    not TOML, no jobs, other top-level sections) is a one-line ConfigError."""
     p = config_path(path)
     if not p.exists():
         raise ConfigError(
@@ -100,13 +110,15 @@ def load_jobs(path: str | os.PathLike[str] | None = None) -> dict[str, JobConfig
     jobs_raw = raw.get("jobs")
     if not isinstance(jobs_raw, dict) or not jobs_raw:
         raise ConfigError(f"jobs file {p} defines no [jobs.<name>] section")
-    base = p.resolve().parent
-
-    return {name: parse_job(name, body, base) for name, body in jobs_raw.items()}
+    return jobs_raw, p.resolve().parent
 
 
 def load_job(name: str, path: str | os.PathLike[str] | None = None) -> JobConfig:
-    jobs = load_jobs(path)
-    if name not in jobs:
-        raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs)) or 'none'})")
-    return jobs[name]
+    """The job ``name`` of the jobs file, parsed and checked: a ConfigError (one line) for
+    a file that is not a jobs file, an unknown name or a problem of this job. Another job's
+    problem is not this job's: a typo in a job being added does not stop the file's
+    scheduled jobs (``deltaferry jobs`` and ``run-all`` check every job)."""
+    jobs_raw, base = _jobs_sections(path)
+    if name not in jobs_raw:
+        raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs_raw)) or 'none'})")
+    return parse_job(name, jobs_raw[name], base)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from deltaferry.config import TableConfig
 from deltaferry.context import SyncContext
@@ -105,11 +106,16 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         job = ctx.job
         out.stopped = {}  # an attempt after a transient failure starts over
         result = None
+        # what an attempt that stopped on a table committed for the others (a first load's
+        # copy: its rows and notes), which the next attempt finds staged and reads no more
+        carried: dict[str, Any] = {"rows": {}, "notes": {}}
         while result is None:
             try:
                 with ctx.state.released():  # the source's time: status can read meanwhile
                     result = source_module(job).extract(job)
             except TableReadError as e:
+                for kind, values in (getattr(e, "carried", None) or {}).items():
+                    carried[kind].update(values)
                 # one table's data cannot be read: the others are read without it (the
                 # failed read staged nothing); a job with no other table fails here
                 rest = tuple(t for t in job.tables if t.name != e.table)
@@ -122,6 +128,14 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 job = dataclasses.replace(job, tables=rest)
         for name, why in ((result.stopped or {}) if result is not None else {}).items():
             out.stopped[name] = TableReadError(why, name)  # refused after its loads staged
+        if result is not None and carried["rows"]:
+            rows = dict(result.rows_by_table)
+            for name, n in carried["rows"].items():
+                rows[name] = rows.get(name, 0) + n
+            notes = dict(result.notes or {})
+            for name, lines in carried["notes"].items():
+                notes[name] = list(lines) + notes.get(name, [])
+            result = dataclasses.replace(result, rows_by_table=rows, notes=notes)
         if result is not None and len(out.stopped) == len(ctx.job.tables):
             result = None  # every table stopped
         stopped = [

@@ -283,3 +283,29 @@ def test_the_schema_refuses_what_the_models_refuse(tmp_path, change):
         name, job = next(iter(bad["jobs"].items()))
         with pytest.raises(ConfigError):
             parse_job(name, job, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '[jobs."bad name!"]\nsource = "files"\nurl = "x"\nlake = "file:l2"\n',
+        '[jobs.other]\nsource = "files"\nurl = "x"\nlake = "file:l2"\nrows_per_fil = 1\n',
+        '[jobs.other]\nsource = "no_such_kind"\n',
+    ],
+)
+def test_a_broken_job_stops_itself_not_the_files_other_jobs(tmp_path, broken):
+    """A job being added with a typo does not stop the file's scheduled jobs: ``load_job``
+    of a good job still works; the broken one, and everything that reads every job
+    (``load_jobs``: ``deltaferry jobs``, ``run-all``, ``serve``), is refused in one line."""
+    path = tmp_path / "jobs.toml"
+    path.write_text(FILES.format(job="", table="") + broken)
+    assert load_job("drops", path).tables[0].name == "orders"
+    name = broken.split("]")[0].removeprefix("[jobs.").strip('"')
+    with pytest.raises(ConfigError) as one:
+        load_job(name, path)
+    with pytest.raises(ConfigError) as every:
+        load_jobs(path)
+    assert str(one.value) == str(every.value) and f"job '{name}'" in str(one.value)
+    assert "\n" not in str(one.value)
+    with pytest.raises(ConfigError, match=r"unknown job 'nope' \(known: "):
+        load_job("nope", path)

@@ -688,3 +688,46 @@ def bulk_marker(source: Source, job: str) -> Path:
 
     loaded = load_job(job, source.config)
     return bulk.marker(loaded, loaded.tables[0])
+
+
+def test_a_table_refused_on_a_first_run_lets_the_copied_tables_publish(
+    source: Source, monkeypatch: Any
+) -> None:
+    """On a job's first run, one table's read refuses a value (its copy rolled back first),
+    another table was copied by the scanner: the copied one is published that same run, as
+    a job reading both through dlt publishes it, and its copy is in the operations log.
+    Found by a fresh-user trial: the committed copy made the refusal the whole job's."""
+    from deltaferry.errors import DeltaferryError
+    from sources.sql_database import bulk
+
+    monkeypatch.setattr(bulk, "AUTO_ROWS", 1000)
+    ids = source.fill(6, rows=1500)
+    source.sql(
+        f"CREATE TABLE other ({COLUMNS.format(key='INTEGER PRIMARY KEY')})",
+        "INSERT INTO other SELECT * FROM items",
+        f"UPDATE items SET ts = '2025-01-01 00:00:01.' WHERE id = {ids[1400]}",
+    )
+    text = ""
+    for job, extra in (("fast", ""), ("slow", 'initial_load = "dlt"')):
+        text += JOB.format(
+            job=job, db=source.db, bucket=source.bucket, job_extra="", extra=extra
+        ) + JOB.format(job=job, db=source.db, bucket=source.bucket, job_extra="", extra=extra).split(
+            "[[jobs", 1
+        )[1].join(["[[jobs", ""]).replace('name = "items"', 'name = "other"')
+    source.config.write_text(text)
+    errors = []
+    for job in ("fast", "slow"):
+        with pytest.raises(DeltaferryError) as e:
+            source.sync(job)
+        errors.append(str(e.value).replace(f"job '{job}'", "job"))
+    assert errors[0] == errors[1] and "2025-01-01 00:00:01." in errors[0], errors
+    replicas = {job: source.pull(job) for job in ("fast", "slow")}
+    want = source.con.execute("SELECT count(*) FROM other WHERE deleted_at IS NULL").fetchone()[0]
+    for job, replica in replicas.items():
+        with duckdb.connect(str(replica), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 0, job
+            assert con.execute("SELECT count(*) FROM other").fetchone()[0] == want, job
+    notes = _notes("fast")
+    # other's copy, carried over the attempt the refusal ended (items' rollback is a
+    # warning line of the run's log: the table stopped)
+    assert len(notes) == 1 and "table 'other': initial load by DuckDB's sqlite scanner" in notes[0]

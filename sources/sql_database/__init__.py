@@ -264,12 +264,23 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
                     )
                 )
         load_ids: list[str] = list(first.load_ids)
-        staged = bool(first.load_ids)
+        # the scanner's copies committed, but one that held no row leaves nothing to
+        # remember at the end of this function: a table the read below refuses still
+        # lets the job's other tables be read again without it, the copies carried (their
+        # notes and rows: the next attempt finds them staged); held seed rows do not
+        staged = bool(first.held)
         rows: dict[str, int] = {}
         try:
             info = run_reads(pipeline, [r.resource for r in reads], job, reads)
         except TableReadError as e:
-            raise _keep_refused(job, engine, e, bounds) from None
+            refused_read = _keep_refused(job, engine, e, bounds)
+            copied = {n: c for n, c in first.rows.items() if c > 0}
+            if copied and not staged:
+                refused_read.carried = {  # type: ignore[attr-defined]
+                    "rows": copied,
+                    "notes": {n: first.notes.get(n, []) for n in copied},
+                }
+            raise refused_read from None
         finally:
             for r in reads:
                 r.close()
