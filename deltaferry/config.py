@@ -117,7 +117,8 @@ def load_job(name: str, path: str | os.PathLike[str] | None = None) -> JobConfig
     """The job ``name`` of the jobs file, parsed and checked: a ConfigError (one line) for
     a file that is not a jobs file, an unknown name or a problem of this job. Another job's
     problem is not this job's: a typo in a job being added does not stop the file's
-    scheduled jobs (``deltaferry jobs`` and ``run-all`` check every job)."""
+    scheduled jobs (``jobs``, ``status``, ``run-all`` and ``serve`` check every job:
+    ``load_jobs``)."""
     jobs_raw, base = _jobs_sections(path)
     if name not in jobs_raw:
         raise ConfigError(f"unknown job '{name}' (known: {', '.join(sorted(jobs_raw)) or 'none'})")

@@ -40,6 +40,11 @@ class TableReadError(TerminalError):
     job's other tables can go on (``deltaferry/extract.py``). ``table`` is the table's name
     as the jobs file has it."""
 
+    # what the failed attempt committed for the job's other tables, for the extract's next
+    # pass ({"rows": {table: n}, "notes": {table: [line]}}: a scanner's first-load copies,
+    # which that pass finds staged and does not read again); None when nothing
+    carried: dict[str, dict[str, Any]] | None = None
+
     def __init__(self, message: str, table: str) -> None:
         super().__init__(message)
         self.table = table

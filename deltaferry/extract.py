@@ -114,7 +114,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 with ctx.state.released():  # the source's time: status can read meanwhile
                     result = source_module(job).extract(job)
             except TableReadError as e:
-                for kind, values in (getattr(e, "carried", None) or {}).items():
+                for kind, values in (e.carried or {}).items():
                     carried[kind].update(values)
                 # one table's data cannot be read: the others are read without it (the
                 # failed read staged nothing); a job with no other table fails here

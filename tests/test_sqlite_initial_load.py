@@ -709,11 +709,9 @@ def test_a_table_refused_on_a_first_run_lets_the_copied_tables_publish(
     )
     text = ""
     for job, extra in (("fast", ""), ("slow", 'initial_load = "dlt"')):
-        text += JOB.format(
-            job=job, db=source.db, bucket=source.bucket, job_extra="", extra=extra
-        ) + JOB.format(job=job, db=source.db, bucket=source.bucket, job_extra="", extra=extra).split(
-            "[[jobs", 1
-        )[1].join(["[[jobs", ""]).replace('name = "items"', 'name = "other"')
+        one = JOB.format(job=job, db=source.db, bucket=source.bucket, job_extra="", extra=extra)
+        table = one[one.index(f"[[jobs.{job}.tables]]") :]  # the same table, named other
+        text += one + table.replace('name = "items"', 'name = "other"')
     source.config.write_text(text)
     errors = []
     for job in ("fast", "slow"):
@@ -731,3 +729,23 @@ def test_a_table_refused_on_a_first_run_lets_the_copied_tables_publish(
     # other's copy, carried over the attempt the refusal ended (items' rollback is a
     # warning line of the run's log: the table stopped)
     assert len(notes) == 1 and "table 'other': initial load by DuckDB's sqlite scanner" in notes[0]
+
+
+def test_a_key_repeated_in_the_seed_stops_the_run_as_the_dlt_read_does(
+    source: Source, warnings_seen: list[str]
+) -> None:
+    """A key repeated among the seed's rows (a ``ConfigError`` of the seed's key check,
+    naming no table) and another past them: the seed's read stops, the run's dlt read
+    reads the table whole and stops with the line a first load without the scanner gives,
+    naming both keys."""
+    ids = source.fill(7, rows=1500, key="INTEGER")  # no constraint: a key may repeat
+    source.sql(
+        f"UPDATE items SET id = {ids[3]} WHERE id = {ids[4]}",  # both in the seed
+        f"UPDATE items SET id = {ids[1300]} WHERE id = {ids[1301]}",  # both past it
+    )
+    source.write()
+    error = _same_outcome(source)
+    assert "not unique" in error and str(ids[1300]) in error and str(ids[3]) in error, error
+    lines = [m for m in warnings_seen if "the seed's read stopped" in m]
+    assert len(lines) == 1 and str(ids[1300]) not in lines[0], warnings_seen
+    assert not bulk_marker(source, "fast").exists()

@@ -276,7 +276,7 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
             refused_read = _keep_refused(job, engine, e, bounds)
             copied = {n: c for n, c in first.rows.items() if c > 0}
             if copied and not staged:
-                refused_read.carried = {  # type: ignore[attr-defined]
+                refused_read.carried = {
                     "rows": copied,
                     "notes": {n: first.notes.get(n, []) for n in copied},
                 }
