@@ -187,13 +187,6 @@ class _SimSourceModule:
     preflight_source = staticmethod(sim_source.preflight_source)
 
 
-# Every database the world opens runs its queries on one thread: a history's statements
-# are small (about 1,500 of them, most under a millisecond), and DuckDB's second thread only
-# adds hand-offs; under ``-n 2`` both cores are a test worker's already. Results do not
-# depend on it (histories stay identical, trace for trace); about 15% of a history's time.
-ONE_THREAD = {"threads": 1}
-
-
 class _Pins:
     """The world's busiest DuckDB files held open, as ``duckdb.connect`` inside the world.
 
@@ -228,15 +221,15 @@ class _Pins:
     def connect(self, database: Any = ":memory:", read_only: bool = False, config: Any = None, **kw: Any) -> Any:
         path = str(database) if isinstance(database, (str, Path)) else ""
         if not path or path.startswith(":memory:") or config or kw:
-            return self.real(database, read_only=read_only, config={**ONE_THREAD, **(config or {})}, **kw)
+            return self.real(database, read_only=read_only, config=config or {}, **kw)
         key = os.path.realpath(path)
         if not self.held(key) or (read_only and not os.path.exists(key)):
-            return self.real(database, read_only=read_only, config=ONE_THREAD)  # as it is (a missing file: DuckDB's error)
+            return self.real(database, read_only=read_only)  # as it is (a missing file: DuckDB's error)
         pinned = self.pins.get(key)
         if pinned is not None and pinned[1] != _inode(key):
             raise AssertionError(f"{key} was deleted or replaced behind the world's pin (``_Pins``)")
         if pinned is None:
-            con = self.real(key, config=ONE_THREAD)
+            con = self.real(key)
             pinned = self.pins[key] = (con, os.stat(key).st_ino)
         self._same_configuration(key, read_only)
         con = pinned[0].cursor()
