@@ -91,13 +91,9 @@ def _longest_files_first(items: list[pytest.Item]) -> None:
     import json
 
     try:
-        took = json.loads(DURATIONS.read_text())
+        took: dict[str, float] = json.loads(DURATIONS.read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(took, dict) or not all(
-        isinstance(s, (int, float)) for s in took.values()
-    ):
-        return  # not a record of seconds per file: the order is left as collected
     counts: dict[str, int] = {}
     for item in items:
         counts[_file_of(item.nodeid)] = counts.get(_file_of(item.nodeid), 0) + 1
@@ -114,22 +110,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _took[file] = _took.get(file, 0.0) + report.duration
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """With DELTAFERRY_TEST_DURATIONS_OUT set, a passing run writes its seconds per file
-    there, over what the file held for files this run did not run (so a run of some files
-    refreshes theirs and keeps the rest); a failing or interrupted run writes nothing."""
+def pytest_sessionfinish(session: pytest.Session) -> None:
     out = os.environ.get("DELTAFERRY_TEST_DURATIONS_OUT")
-    if not out or hasattr(session.config, "workerinput") or exitstatus != 0:
-        return  # (a worker: the controller has every report)
-    import json
+    if out and not hasattr(session.config, "workerinput"):  # the controller: every report
+        import json
 
-    try:
-        kept = json.loads(Path(out).read_text())
-    except (OSError, ValueError):
-        kept = {}
-    merged = {**(kept if isinstance(kept, dict) else {}), **{f: round(s, 1) for f, s in _took.items()}}
-    ranked = dict(sorted(merged.items(), key=lambda fs: -fs[1]))
-    Path(out).write_text(json.dumps(ranked, indent=1) + "\n")
+        ranked = dict(sorted(((f, round(s, 1)) for f, s in _took.items()), key=lambda fs: -fs[1]))
+        Path(out).write_text(json.dumps(ranked, indent=1) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

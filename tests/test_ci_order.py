@@ -45,22 +45,3 @@ def test_the_longest_file_goes_first_and_a_file_keeps_its_order(
     backwards = items[::-1]
     conftest._longest_files_first(backwards)  # type: ignore[arg-type]
     assert backwards == items[::-1]
-
-
-def test_a_passing_run_writes_its_files_over_the_record_and_a_failing_one_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "durations.json"
-    out.write_text(json.dumps({"tests/test_a.py": 10.0, "tests/test_b.py": 20.0}))
-    monkeypatch.setenv("DELTAFERRY_TEST_DURATIONS_OUT", str(out))
-    monkeypatch.setattr(conftest, "_took", {"tests/test_b.py": 1.04, "tests/test_c.py": 30.0})
-    controller = SimpleNamespace(config=SimpleNamespace())  # no ``workerinput``
-    conftest.pytest_sessionfinish(controller, exitstatus=1)  # type: ignore[arg-type]
-    assert json.loads(out.read_text()) == {"tests/test_a.py": 10.0, "tests/test_b.py": 20.0}
-    worker = SimpleNamespace(config=SimpleNamespace(workerinput={}))
-    conftest.pytest_sessionfinish(worker, exitstatus=0)  # type: ignore[arg-type]
-    assert json.loads(out.read_text()) == {"tests/test_a.py": 10.0, "tests/test_b.py": 20.0}
-    conftest.pytest_sessionfinish(controller, exitstatus=0)  # type: ignore[arg-type]
-    written = json.loads(out.read_text())
-    assert written == {"tests/test_c.py": 30.0, "tests/test_a.py": 10.0, "tests/test_b.py": 1.0}
-    assert list(written) == ["tests/test_c.py", "tests/test_a.py", "tests/test_b.py"]  # longest first
