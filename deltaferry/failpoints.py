@@ -32,7 +32,7 @@ POINTS = (
     "after_manifest",
     "before_checkpoint",
 )
-# deliberate protocol bugs the simulator must catch (tests/test_simulation_teeth.py), each where
+# deliberate protocol bugs the simulator must catch (tests/test_simulation.py), each where
 # the code checks ``bug(name)``:
 BUGS = {
     # sync_steps: the checkpoint advances before the manifest is stored

@@ -72,55 +72,7 @@ E2E_FIXTURES = frozenset({"prefect_server"})
 TIERS = ("unit", "integration", "e2e")
 
 
-# Seconds each test file took in a whole run (setup, call and teardown of its tests summed),
-# written by a run with DELTAFERRY_TEST_DURATIONS_OUT set (``pytest_sessionfinish``). The
-# test command hands files out one at a time to the two workers (``--dist loadfile``), in
-# the order below (``--no-loadscope-reorder``): the longest first, so that a 12-minute file
-# does not start last while the other worker has nothing left (xdist's own order, most
-# tests first, started the simulator's 22 tests near the end). Only the order depends on
-# it: a file missing from it (a new one) comes after the known ones, most tests first, as
-# xdist would order it.
-DURATIONS = Path(__file__).parent / "durations.json"
-
-
-def _file_of(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0]
-
-
-def _longest_files_first(items: list[pytest.Item]) -> None:
-    import json
-
-    try:
-        took: dict[str, float] = json.loads(DURATIONS.read_text())
-    except (OSError, ValueError):
-        return
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[_file_of(item.nodeid)] = counts.get(_file_of(item.nodeid), 0) + 1
-    # stable: a file's tests keep their order (they share module fixtures)
-    items.sort(key=lambda i: (-took.get(_file_of(i.nodeid), -1.0), -counts[_file_of(i.nodeid)]))
-
-
-_took: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if os.environ.get("DELTAFERRY_TEST_DURATIONS_OUT"):
-        file = _file_of(report.nodeid)
-        _took[file] = _took.get(file, 0.0) + report.duration
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    out = os.environ.get("DELTAFERRY_TEST_DURATIONS_OUT")
-    if out and not hasattr(session.config, "workerinput"):  # the controller: every report
-        import json
-
-        ranked = dict(sorted(((f, round(s, 1)) for f, s in _took.items()), key=lambda fs: -fs[1]))
-        Path(out).write_text(json.dumps(ranked, indent=1) + "\n")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _longest_files_first(items)
     for item in items:
         if any(item.get_closest_marker(t) for t in TIERS):
             continue  # marked by hand

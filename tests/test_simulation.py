@@ -1,9 +1,7 @@
 """The deterministic simulator (``tests/support/sim``): seeded histories of the real
 producer and reader against a simulated lake, source and crashes (a third of them with two
-producers of the job, their clocks skewed), invariants checked after every step. Its teeth
-(each deliberate protocol bug caught within a bounded number of seeds) are
-``tests/test_simulation_teeth.py``, a file of their own so that the test command's two
-workers can run them beside these histories.
+producers of the job, their clocks skewed), invariants checked after every step; and its teeth: each deliberate protocol bug (``deltaferry/failpoints.py:BUGS``)
+is caught within a bounded number of seeds.
 
 ``DELTAFERRY_SIM_SEEDS`` histories (default 100 in the test command) from seed
 ``DELTAFERRY_SIM_SEED_BASE`` (default 0), dealt to ``SHARDS`` tests; a failing seed prints
@@ -25,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from deltaferry.failpoints import BUGS, bugs_on
 from tests.support.sim.world import JOB, Stats, World, _patched
 
 pytestmark = [pytest.mark.simulation, pytest.mark.slow]
@@ -36,6 +35,11 @@ SEED_BASE = int(os.environ.get("DELTAFERRY_SIM_SEED_BASE", "0"))
 # 600 s a test may take), at least two, so `-n 2 --dist load` runs them on both cores
 # (one for a single seed's replay)
 SHARDS = max(1, min(2, SEEDS), -(-SEEDS // 50))
+# seeds a deliberate bug must be caught within (each was caught well inside it when set;
+# the measured seeds-to-detect are printed)
+TEETH_BOUND = 100
+
+
 
 
 def history(seed: int, steps: int = STEPS, multi: bool | None = None) -> World:
@@ -88,6 +92,23 @@ def test_a_seed_replays_the_identical_history() -> None:
     assert first.trace == again.trace and first.trace
     assert first.stats.faults == again.stats.faults
     assert history(SEED_BASE + 8).trace != first.trace
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_the_simulator_catches_each_protocol_bug(bug: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Teeth: with the bug on, some seed within ``TEETH_BOUND`` fails an invariant."""
+    with bugs_on(bug):
+        for n, seed in enumerate(range(SEED_BASE, SEED_BASE + TEETH_BOUND), start=1):
+            world = history(seed)
+            if world.stats.failures:
+                break
+        else:
+            pytest.fail(f"bug {bug} was not caught in {TEETH_BOUND} seeds")
+    first = world.stats.failures[0].splitlines()[0]
+    with capsys.disabled():
+        print(f"\nbug {bug}: caught by seed {seed} after {n} seed(s): {first}")
+    # it was the bug that failed the seed, nothing else
+    assert not history(seed).stats.failures, f"seed {seed} fails without bug {bug} too"
 
 
 # seeds that found bugs (fixed since): each replays its history; the bug is also pinned by
