@@ -72,13 +72,43 @@ def require_tls(endpoint: str, what: str) -> None:
     )
 
 
+_LOADERS: dict[str, object] = {}  # botocore data path -> its shared loader
+
+
+def _boto3_session(
+    region_name: str | None = None, credential_provider: object | None = None
+) -> boto3.session.Session:
+    """A new boto3 session whose botocore data files (service models, endpoint rules) are
+    read through one loader per data path shared by the process: the loader keeps what it
+    parsed, so a session after the first makes its S3 client in about 20 ms instead of
+    150-350 ms. Credentials, region and client configuration stay the new session's own,
+    read from the environment now as a fresh session's are; ``credential_provider``
+    replaces botocore's credential chain."""
+    import boto3
+    from botocore.loaders import create_loader
+    from botocore.session import get_session
+
+    core = get_session()
+    data_path = core.get_config_variable("data_path") or ""
+    loader = _LOADERS.get(data_path)
+    if loader is None:
+        loader = _LOADERS[data_path] = create_loader(data_path or None)
+    core.register_component("data_loader", loader)
+    if credential_provider is not None:
+        core.register_component("credential_provider", credential_provider)
+    session = boto3.session.Session(botocore_session=core, region_name=region_name)
+    # boto3 adds its own data folder to the loader's search paths for every session: once
+    # is enough for a shared loader
+    paths = loader.search_paths  # type: ignore[attr-defined]
+    paths[:] = list(dict.fromkeys(paths))
+    return session
+
+
 def aws_session() -> boto3.session.Session:
     """A boto3 session: the AWS default credential chain, or, when
     ``DELTAFERRY_ASSUME_ROLE_ARN`` is set, a role assumed through STS for
     ``DELTAFERRY_ASSUME_ROLE_SECONDS`` (default 3600) and refreshed before it expires."""
-    import boto3
-
-    base = boto3.session.Session()
+    base = _boto3_session()
     env = from_env()
     role = env.assume_role_arn
     if not role:
@@ -88,7 +118,6 @@ def aws_session() -> boto3.session.Session:
         CredentialResolver,
         RefreshableCredentials,
     )
-    from botocore.session import get_session
 
     sts = base.client("sts")
     duration = env.assume_role_seconds
@@ -122,11 +151,10 @@ def aws_session() -> boto3.session.Session:
 
     # the session's credential chain is this provider alone (botocore's public components:
     # a CredentialResolver registered as the session's 'credential_provider')
-    botocore_session = get_session()
-    botocore_session.register_component(
-        "credential_provider", CredentialResolver(providers=[AssumedRole()])
+    return _boto3_session(
+        region_name=base.region_name,
+        credential_provider=CredentialResolver(providers=[AssumedRole()]),
     )
-    return boto3.session.Session(botocore_session=botocore_session, region_name=base.region_name)
 
 
 class S3LakeStore:
