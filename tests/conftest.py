@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,12 +144,35 @@ def s3_endpoint(session_env: None) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+# services of the temporary API that no test of it uses, off so that it takes less of the
+# machine from the tests: automations (reactive triggers on every event and, every 5 s,
+# proactive ones); the event store stays (tests/test_run_report.py reads events). The real
+# server of the e2e tests (``prefect_server``) keeps every service
+HARNESS_SERVICES_OFF = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
+
+
 @pytest.fixture(scope="session")
 def prefect_api(session_env: None) -> Iterator[None]:
-    """A temporary Prefect API shared by every flow run of the session."""
+    """A temporary Prefect API shared by every flow run of the session.
+
+    Flow-run heartbeats are off for the flows run in this process (no test reads them):
+    Prefect's heartbeat thread sleeps in whole seconds and a flow run's end waits for it,
+    about half a second a run (``prefect.flow_engine._send_heartbeats``)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with ExitStack() as stack:
+        saved = {k: os.environ.get(k) for k in HARNESS_SERVICES_OFF}
+        os.environ.update(HARNESS_SERVICES_OFF)  # read by the server's process as it starts
+        try:
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        stack.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
         yield
 
 
