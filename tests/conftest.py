@@ -86,6 +86,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The folder the test command (``.ci/test``) made for the run's files in RAM
+    (``DELTAFERRY_TEST_TMP_ROOT``): removed when the run passes, named when it does not
+    (the command's next run removes it). Only in the process the command started, whose
+    pid names the folder: not on an xdist worker, nor in a pytest a test runs (which
+    inherits the variable: tests/test_new_source.py)."""
+    import shutil
+
+    root = os.environ.get("DELTAFERRY_TEST_TMP_ROOT")
+    if not root or Path(root).name != f"deltaferry-tests.{os.getpid()}":
+        return
+    if exitstatus == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        sys.stderr.write(
+            f"\nthe run's files: {root} (in RAM; the test command's next run removes it)\n"
+        )
+
+
 # processes a unit test may start: `git ls-files` (tests/test_docs.py); platform.architecture()
 # runs `file -b` on the interpreter
 UNIT_MAY_RUN = frozenset({"git", "file"})

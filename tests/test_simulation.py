@@ -109,7 +109,7 @@ def teeth_order(bug: str) -> list[int]:
 
 
 # the seed that caught each bug, from seed 0 (the search of ``teeth_order`` in full,
-# ``DELTAFERRY_SIM_TEETH_SEARCH=1``, measured 2026-12-07; bench/README.md, "Simulator")
+# ``DELTAFERRY_SIM_TEETH_SEARCH=1``, measured 2026-12-07; bench/README.md, "Session 64")
 CAUGHT_BY: dict[str, int] = {
     "apply_outside_transaction": 32,
     "checkpoint_before_manifest": 22,
@@ -122,7 +122,7 @@ CAUGHT_BY: dict[str, int] = {
     "skip_lake_head_check": 7,
     "trust_listing_order": 6,
 }
-if os.environ.get("DELTAFERRY_SIM_TEETH_SEARCH"):
+if os.environ.get("DELTAFERRY_SIM_TEETH_SEARCH", "0") not in ("", "0"):
     CAUGHT_BY = {}  # search every bug from SEED_BASE: the seeds-to-detect of the README
 
 
