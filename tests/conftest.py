@@ -87,15 +87,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The folder the test command (``.ci/test``) made for the run's files in RAM
-    (``DELTAFERRY_TEST_TMP_ROOT``): removed when the run passes, named when it does not
-    (the command's next run removes it). Only in the process the command started, whose
-    pid names the folder: not on an xdist worker, nor in a pytest a test runs (which
-    inherits the variable: tests/test_new_source.py)."""
+    """The folder the test command (``.ci/test``) made for the run's files in RAM (its
+    ``TMPDIR``): removed when the run passes, named when it does not (the command's next run
+    removes it). Only in the process the command started, whose pid names the folder: not
+    on an xdist worker, nor in a pytest a test runs (which inherits ``TMPDIR``:
+    tests/test_new_source.py)."""
     import shutil
 
-    root = os.environ.get("DELTAFERRY_TEST_TMP_ROOT")
-    if not root or Path(root).name != f"deltaferry-tests.{os.getpid()}":
+    root = os.environ.get("TMPDIR", "")
+    if Path(root).name != f"deltaferry-tests.{os.getpid()}":
         return
     if exitstatus == 0:
         shutil.rmtree(root, ignore_errors=True)
@@ -181,16 +181,10 @@ def prefect_api(session_env: None) -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     with ExitStack() as stack:
-        saved = {k: os.environ.get(k) for k in HARNESS_SERVICES_OFF}
-        os.environ.update(HARNESS_SERVICES_OFF)  # read by the server's process as it starts
-        try:
+        with pytest.MonkeyPatch.context() as env:  # read by the server's process as it starts
+            for k, v in HARNESS_SERVICES_OFF.items():
+                env.setenv(k, v)
             stack.enter_context(prefect_test_harness(server_startup_timeout=120))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         stack.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
         yield
 

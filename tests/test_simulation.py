@@ -126,6 +126,22 @@ if os.environ.get("DELTAFERRY_SIM_TEETH_SEARCH", "0") not in ("", "0"):
     CAUGHT_BY = {}  # search every bug from SEED_BASE: the seeds-to-detect of the README
 
 
+def test_the_teeth_search_the_whole_bound_with_the_recorded_seed_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recorded seed only moves to the front: if the simulator's draws moved the catch,
+    every other seed of the bound is still searched; a seed outside the bound (or none)
+    leaves the plain order."""
+    bound = list(range(SEED_BASE, SEED_BASE + TEETH_BOUND))
+    monkeypatch.setitem(CAUGHT_BY, "some_bug", SEED_BASE + 5)
+    order = teeth_order("some_bug")
+    assert order[0] == SEED_BASE + 5 and sorted(order) == bound
+    monkeypatch.setitem(CAUGHT_BY, "some_bug", SEED_BASE + TEETH_BOUND)
+    assert teeth_order("some_bug") == bound
+    assert teeth_order("no_such_bug") == bound
+    assert set(CAUGHT_BY) - {"some_bug"} <= set(BUGS)  # no stale names in the record
+
+
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_the_simulator_catches_each_protocol_bug(bug: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Teeth: with the bug on, some seed within ``TEETH_BOUND`` fails an invariant."""
