@@ -616,6 +616,55 @@ def fit_memory_limit(con: duckdb.DuckDBPyConnection, deleting: int | None = None
         con.execute(f"SET memory_limit = '{want}B'")
 
 
+# DuckDB keeps every block of a database file it read or wrote in its buffer pool until it
+# needs the room: a replica that a pull grows holds more of it after every batch, up to the
+# whole memory limit (a pull of ten 1M-row batches: +14 MiB of cached table a batch, the
+# process from 540 to 683 MiB; bench/README.md, "The cut's key lookup, and a pull that
+# lets go of its cache"). So the peak of a large pull followed the table up to the limit. ``CacheTrim`` lets go of the cache after every ``TRIM_EVERY_ROWS`` rows
+# applied, so a pull holds about one batch's blocks whatever the table's size.
+TRIM_EVERY_ROWS = 100_000
+TRIM_TO = 32 * 2**20  # bytes: what the buffer pool is asked to shrink to, for an instant
+
+
+def trim_cache(con: duckdb.DuckDBPyConnection) -> None:
+    """Evict the unpinned blocks ``con``'s database keeps cached: its ``memory_limit`` set to
+    ``TRIM_TO`` and back (DuckDB evicts to meet a lower limit, which its maintainers point to
+    for this; a clean block is dropped, read again from the file when needed). Pinned
+    memory stays (an open query's, the marks of deleted rows): where it is over ``TRIM_TO``
+    DuckDB refuses the lower limit after evicting what it could, and the limit stays. Not
+    in a transaction that wrote (its blocks are pinned to it): call between transactions.
+    The limit is set database-wide for that instant, so no other connection to the
+    database may be running a query then (a pull holds its replica alone)."""
+    shown = _setting(con)  # "244.1 MiB": cut (not rounded) to a tenth of its unit
+    now, unit = size_bytes(shown), size_bytes(f"1 {shown.split()[-1]}")
+    if now is None or unit is None or now <= TRIM_TO:
+        return
+    try:
+        con.execute(f"SET memory_limit = '{TRIM_TO}B'")
+    except duckdb.Error:
+        pass  # could not evict down to it: what it could is evicted, the limit unchanged
+    # back to at least what it was and shown the same, so that trims never move it
+    con.execute(f"SET memory_limit = '{now + unit // 10}B'")
+
+
+class CacheTrim:
+    """Counts rows applied to one database and calls ``trim_cache`` every
+    ``TRIM_EVERY_ROWS`` (one statement of cost per 100,000 rows, so a pull of many small
+    batches pays almost nothing). Call ``applied(rows)`` after each committed batch."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, every: int | None = None) -> None:
+        self.con, self.pending = con, 0
+        self.every = TRIM_EVERY_ROWS if every is None else every
+
+    def applied(self, rows: int) -> None:
+        """``rows`` were committed: trim the cache if ``every`` rows have been since the last
+        trim."""
+        self.pending += rows
+        if self.pending >= self.every:
+            self.pending = 0
+            trim_cache(self.con)
+
+
 def configure(
     con: duckdb.DuckDBPyConnection, path: Path | str | None = None
 ) -> duckdb.DuckDBPyConnection:

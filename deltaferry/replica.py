@@ -264,12 +264,14 @@ def _pull_table(
     after, prev = (last[0], last[1]) if last else (0, None)
     result.last_batch = after
     check_position(lake, job.name, t.name, after, prev, whose=whose)
+    trim = duck.CacheTrim(con)  # the replica's cache let go of as it grows
     for vb in iter_verified(
         lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring, stream=True
     ):
         rows, caution, held = duck.applying(
             con, functools.partial(_apply_batch, con, job, t, reading, vb)
         )
+        trim.applied(rows)
         result.batches += 1
         result.cautions += caution is not None
         result.rows += rows
@@ -352,6 +354,7 @@ def _pull_merged(
             shape,
             list(read_overrides(lake, job.name, t.name, after=last[0], prev_sha256=last[1], keyring=keyring)),
         )
+    trim = duck.CacheTrim(con)  # the replica's cache let go of as it grows
     for producer in only:
         after, prev, prev_hlc = merge.applied(con, job.name, t.name, producer)
         chains[producer] = after
@@ -374,6 +377,7 @@ def _pull_merged(
             if applied is None:
                 continue  # applied meanwhile (cannot happen within one pull)
             rows, caution, held = applied
+            trim.applied(rows)
             result.cautions += caution is not None
             result.batches += 1
             result.rows += rows

@@ -524,3 +524,68 @@ def test_a_file_another_process_holds_is_named_with_the_process(tmp_path):
         holder.kill()
         holder.wait()
     duck.connect(path).close()  # free again
+
+
+def _cached_mib(con: duckdb.DuckDBPyConnection) -> float:
+    """MiB of table blocks the database holds in its buffer pool (DuckDB's ``BASE_TABLE``)."""
+    row = con.execute(
+        "SELECT coalesce(sum(memory_usage_bytes), 0) / 2**20 FROM duckdb_memory()"
+        " WHERE tag = 'BASE_TABLE'"
+    ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_trim_cache_lets_go_of_cached_blocks_and_keeps_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A database keeps every block it read in its buffer pool up to its limit (a pull of a
+    large table held the whole limit at its end): ``trim_cache`` evicts them, and the limit
+    (as DuckDB shows it: cut to 0.1 MiB) is the same after any number of trims."""
+    monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "256MB")
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
+    path = tmp_path / "replica.duckdb"
+    con = duck.connect(path)
+    con.execute(
+        "CREATE TABLE t AS SELECT range AS id, md5(range::VARCHAR) AS s FROM range(6000000)"
+    )
+    con.execute("CHECKPOINT")
+    con.close()
+    con = duck.connect(path)
+    try:
+        con.execute("SELECT sum(id), max(s) FROM t").fetchall()  # reads every block
+        before, limit = _cached_mib(con), _limit(con)
+        assert before > 80, before  # the table's blocks are cached (about 100 MiB)
+        for _ in range(3):
+            duck.trim_cache(con)
+        assert _cached_mib(con) <= duck.TRIM_TO / 2**20, (before, _cached_mib(con))
+        assert _limit(con) == limit == "244.1 MiB"
+        assert con.execute("SELECT count(*), sum(id) FROM t").fetchall() == [
+            (6_000_000, 5_999_999 * 6_000_000 // 2)
+        ]  # read again from the file
+    finally:
+        con.close()
+
+
+def test_trim_cache_keeps_a_limit_it_cannot_meet(tmp_path: Path):
+    """Memory DuckDB cannot evict (here: an in-memory table with no file to spill it to)
+    stays; the limit is set back to what it was, never left lowered."""
+    con = duckdb.connect(config={"memory_limit": "1GB"})
+    con.execute("SET temp_directory = ''")
+    con.execute("CREATE TABLE t AS SELECT range AS id, md5(range::VARCHAR) AS s FROM range(1000000)")
+    limit = _limit(con)
+    duck.trim_cache(con)
+    assert _limit(con) == limit == "953.6 MiB"
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (1_000_000,)
+
+
+def test_cache_trim_trims_every_so_many_rows(monkeypatch: pytest.MonkeyPatch):
+    """A pull of many small batches trims once per ``every`` rows, not once a batch."""
+    calls: list[object] = []
+    monkeypatch.setattr(duck, "trim_cache", calls.append)
+    con = duckdb.connect()
+    trim = duck.CacheTrim(con, every=1000)
+    for rows in (400, 400, 100, 99, 1, 5000, 0, 999):
+        trim.applied(rows)
+    assert calls == [con, con]  # at 1,000 (400+400+100+99+1) and at 5,000
+    assert trim.pending == 999

@@ -22,7 +22,12 @@ def _manifests(lake, table: str) -> list[Manifest]:  # noqa: ANN001
     return [Manifest.parse(lake.get(k), key=k) for k in keys]
 
 
-def test_an_initial_load_over_the_limit_is_several_batches(shop_job, shop):
+def test_an_initial_load_over_the_limit_is_several_batches(shop_job, shop, monkeypatch):
+    from deltaferry import duck
+
+    trims: list[object] = []  # the pull lets go of the replica's cache as it grows
+    monkeypatch.setattr(duck, "TRIM_EVERY_ROWS", 20)
+    monkeypatch.setattr(duck, "trim_cache", lambda con, real=duck.trim_cache: (trims.append(con), real(con)))
     shop_job.write_config(max_batch_rows=25, rows_per_file=10)
     shop.round(60, 90, churn=0)
     out = shop_job.sync()
@@ -42,6 +47,8 @@ def test_an_initial_load_over_the_limit_is_several_batches(shop_job, shop):
     assert state.open_cut("customers") is None and state.pending_plan("customers") is None
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+    # a trim after each batch of 25 rows; the last batches (10 and 15 rows) stay below 20
+    assert len(trims) == 2 + 3
 
     # the next change is small: one batch, and no open cut was left behind
     shop.round(3, 4, churn=0.2)
