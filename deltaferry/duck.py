@@ -660,8 +660,9 @@ def fit_memory_limit(con: duckdb.DuckDBPyConnection, deleting: int | None = None
 # needs the room: a replica that a pull grows holds more of it after every batch, up to the
 # whole memory limit (a pull of ten 1M-row batches: +14 MiB of cached table a batch, the
 # process from 540 to 683 MiB; bench/README.md, "The cut's key lookup, and a pull that
-# lets go of its cache"). So the peak of a large pull followed the table up to the limit. ``CacheTrim`` lets go of the cache after every ``TRIM_EVERY_ROWS`` rows
-# applied, so a pull holds about one batch's blocks whatever the table's size.
+# lets go of its cache"). So the peak of a large pull followed the table up to the limit.
+# ``CacheTrim`` lets go of the cache after every ``TRIM_EVERY_ROWS`` rows applied, so a
+# pull holds about one batch's blocks whatever the table's size.
 TRIM_EVERY_ROWS = 100_000
 TRIM_TO = 32 * 2**20  # bytes: what the buffer pool is asked to shrink to, for an instant
 
@@ -677,12 +678,21 @@ def trim_cache(con: duckdb.DuckDBPyConnection) -> None:
     database may be running a query then (a pull holds its replica alone)."""
     shown = _setting(con)  # "244.1 MiB": cut (not rounded) to a tenth of its unit
     now, unit = size_bytes(shown), size_bytes(f"1 {shown.split()[-1]}")
-    if now is None or unit is None or now <= TRIM_TO:
+    # no limit at all ("16383.9 PiB", DuckDB's -1) is left alone: set back by its shown
+    # value it would wrap around to a limit of 0 bytes
+    if now is None or unit is None or now <= TRIM_TO or now >= 2**60:
         return
     try:
         con.execute(f"SET memory_limit = '{TRIM_TO}B'")
     except duckdb.Error:
-        pass  # could not evict down to it: what it could is evicted, the limit unchanged
+        # could not evict down to it: what it could is evicted, the limit unchanged. In a
+        # transaction that wrote, DuckDB aborts it too: never let that pass unseen
+        try:
+            con.execute("SELECT 1").fetchall()
+        except duckdb.Error as e:
+            raise TerminalError(
+                f"trim_cache was called inside a transaction, which DuckDB aborted ({e})"
+            ) from e
     # back to at least what it was and shown the same, so that trims never move it
     con.execute(f"SET memory_limit = '{now + unit // 10}B'")
 

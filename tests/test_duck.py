@@ -11,6 +11,7 @@ import pytest
 
 from deltaferry import duck
 from deltaferry.duck import ident
+from deltaferry.errors import TerminalError
 
 AWKWARD = ['a"b', '"', '""', "order id", "a.b", "Ünïcødé ▷ 名前", "select", "1st", " pad "]
 
@@ -622,3 +623,25 @@ def test_whether_a_table_holds_deleted_rows_is_counted_once_per_state_of_its_fil
         assert _limit(con) == "63.8 MiB"  # 64MB + 10 bytes for each of the 300,000 rows
         con.close()
     assert len([c for c in counts if "count(*)" in c]) == 2
+
+
+def test_trim_cache_leaves_no_limit_alone_and_never_hides_an_aborted_transaction():
+    """A database with no limit (DuckDB's -1, shown as 16383.9 PiB) keeps it: set back by
+    its shown value it wrapped around to 0 bytes, and every later query failed. Called
+    inside a transaction that wrote more than it may keep (a misuse: pulls trim between
+    batches), DuckDB aborts the transaction when it refuses the lower limit: an error,
+    not a COMMIT that silently writes nothing."""
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '-1'")
+    shown = _limit(con)
+    duck.trim_cache(con)
+    assert _limit(con) == shown
+    assert con.execute("SELECT count(*) FROM range(1000)").fetchone() == (1000,)
+
+    con = duckdb.connect(config={"memory_limit": "1GB"})
+    con.execute("SET temp_directory = ''")
+    con.execute("CREATE TABLE t (id BIGINT, s VARCHAR)")
+    con.execute("BEGIN")
+    con.execute("INSERT INTO t SELECT range, md5(range::VARCHAR) FROM range(1000000)")
+    with pytest.raises(TerminalError, match="inside a transaction"):
+        duck.trim_cache(con)

@@ -27,7 +27,8 @@ def test_an_initial_load_over_the_limit_is_several_batches(shop_job, shop, monke
 
     trims: list[object] = []  # the pull lets go of the replica's cache as it grows
     monkeypatch.setattr(duck, "TRIM_EVERY_ROWS", 20)
-    monkeypatch.setattr(duck, "trim_cache", lambda con, real=duck.trim_cache: (trims.append(con), real(con)))
+    real = duck.trim_cache
+    monkeypatch.setattr(duck, "trim_cache", lambda con: (trims.append(con), real(con)))
     shop_job.write_config(max_batch_rows=25, rows_per_file=10)
     shop.round(60, 90, churn=0)
     out = shop_job.sync()
