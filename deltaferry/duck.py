@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -560,7 +561,8 @@ def table_rows(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> int:
     holds some, so raise the limit to ``fitted_limit(con)`` before asking.
 
     The answer for a table of a database file is kept for this process while the file and
-    its write-ahead log are unchanged (``_file_state``): every open of the file counted
+    its write-ahead log are unchanged (``_file_state``) and were last written at least
+    ``RACY_NS`` before it was counted (``_racy``): every open of the file counted
     again, 12 times in a no-op run, each ``count(*)`` reading the marks of every row group
     (about 80 ms at 10M rows with deletes, so a no-op run's cost grew with the table)."""
     tables = con.execute(
@@ -582,7 +584,7 @@ def table_rows(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> int:
             holds = known[1]
         else:
             holds = fetch_row(con, f"SELECT count(*) FROM {name}")[0] < stored
-            if state:
+            if state and not _racy(state):
                 _HOLDS_DELETED[(path, name)] = (state, holds)
         if holds:
             total += stored
@@ -592,6 +594,21 @@ def table_rows(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> int:
 # ``table_rows``' answers: (file path, table) -> (the file's state and the table's
 # ``estimated_size`` when counted, whether it held deleted rows)
 _HOLDS_DELETED: dict[tuple[str, str], tuple[tuple[int, ...], bool]] = {}
+
+# A state whose file or log was written this recently is not kept: a filesystem whose
+# times are coarse (1 s on ext4 with small inodes, HFS+, some network mounts; 2 s on FAT;
+# a kernel timer tick on Linux before 6.13) gives a DELETE checkpointed in the same tick
+# the same time, size and inode as the state before it (the log gone again, the
+# estimated size unchanged by a DELETE). As git does for its index's "racily clean"
+# entries: only a state older than any such tick can stand for the file's content.
+RACY_NS = 3 * 10**9
+
+
+def _racy(state: tuple[int, ...]) -> bool:
+    """Whether ``_file_state``'s file or log was modified less than ``RACY_NS`` ago (or in
+    the future: a clock set back)."""
+    now = time.time_ns()
+    return any(now - mtime < RACY_NS for mtime in (state[0], state[3]) if mtime)
 
 
 def _file_state(path: str, *more: int) -> tuple[int, ...] | None:

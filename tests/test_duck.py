@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -598,7 +600,9 @@ def test_whether_a_table_holds_deleted_rows_is_counted_once_per_state_of_its_fil
     """Every open of a file asked ``count(*)`` of each large table whether it holds deleted
     rows (12 times in a no-op run; about 80 ms each at 10M rows): the answer is kept while
     the file and its log are unchanged, and asked again once a commit changed them, so a
-    DELETE made since is never missed (the limit must cover its marks)."""
+    DELETE made since is never missed (the limit must cover its marks). A file written in
+    the last seconds is counted every time: on a filesystem with coarse times a DELETE
+    checkpointed in the same tick leaves time, size and inode as they were."""
     monkeypatch.setenv("DELTAFERRY_DUCKDB_MEMORY_LIMIT", "64MB")
     monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
     counts: list[str] = []
@@ -606,23 +610,47 @@ def test_whether_a_table_holds_deleted_rows_is_counted_once_per_state_of_its_fil
     monkeypatch.setattr(
         duck, "fetch_row", lambda con, sql, *a: (counts.append(sql), real(con, sql, *a))[1]
     )
+
+    def opened(times: int, limit: str) -> int:
+        """Counts made by ``times`` opens, each at ``limit``."""
+        before = len([c for c in counts if "count(*)" in c])
+        for _ in range(times):
+            con = duck.connect(path, read_only=True)
+            assert _limit(con) == limit
+            con.close()
+        return len([c for c in counts if "count(*)" in c]) - before
+
+    def aged(seconds: int = 60) -> None:
+        """The file as if last written ``seconds`` ago."""
+        then = time.time() - seconds
+        os.utime(path, (then, then))
+
     path = tmp_path / "staging.duckdb"
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE t AS SELECT range AS id FROM range(300000)")
     con.close()
-    for _ in range(3):  # never deleted from: counted once, pins nothing
-        con = duck.connect(path, read_only=True)
-        assert _limit(con) == "61.0 MiB"
-        con.close()
-    assert len([c for c in counts if "count(*)" in c]) == 1
+    assert opened(3, "61.0 MiB") == 3  # just written: counted every time
+    aged()
+    assert opened(3, "61.0 MiB") == 1  # never deleted from: counted once, pins nothing
+
     con = duckdb.connect(str(path))
     con.execute("DELETE FROM t WHERE id % 1000 = 0")  # a commit: the file's state changes
     con.close()
-    for _ in range(3):  # counted again once: now it holds deleted rows
-        con = duck.connect(path, read_only=True)
-        assert _limit(con) == "63.8 MiB"  # 64MB + 10 bytes for each of the 300,000 rows
-        con.close()
-    assert len([c for c in counts if "count(*)" in c]) == 2
+    aged()
+    assert opened(3, "63.8 MiB") == 1  # 64MB + 10 bytes for each of the 300,000 rows
+
+    # a coarse clock: a second DELETE stamped with the time the file had before it
+    path = tmp_path / "coarse.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS id FROM range(300000)")
+    con.close()
+    assert opened(1, "61.0 MiB") == 1
+    stamp = os.stat(path).st_mtime_ns
+    con = duckdb.connect(str(path))
+    con.execute("DELETE FROM t WHERE id % 1000 = 0")
+    con.close()
+    os.utime(path, ns=(stamp, stamp))
+    assert opened(1, "63.8 MiB") == 1
 
 
 def test_trim_cache_leaves_no_limit_alone_and_never_hides_an_aborted_transaction():
