@@ -4,6 +4,7 @@ Runs in the project's environment with bench/ and the project root on PYTHONPATH
 (the contract is ``bench_contract:Events``). Prints one ``BENCH_RESULT {json}`` line.
 
     python bench/phase_deltaferry.py --job bench --config JOBS.toml [--profile OUT.prof]
+        [--rss-trace OUT.rss.txt]
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ def main() -> None:
     ap.add_argument("--job", required=True)
     ap.add_argument("--config", required=True)
     ap.add_argument("--profile", help="write a cProfile of the sync call to this file")
+    ap.add_argument("--rss-trace", help="write the RSS with the main thread's stack here")
     args = ap.parse_args()
+    trace = None
+    if args.rss_trace:
+        from pathlib import Path
+
+        from rss_trace import RssTrace
+
+        trace = RssTrace.start(Path(args.rss_trace))
 
     t_import = time.perf_counter()
     from flows.sync import sync_job
@@ -38,6 +47,8 @@ def main() -> None:
     else:
         summary = sync_job(job=args.job, config=args.config)
     work = time.perf_counter() - t0
+    if trace is not None:
+        trace.finish()
     tables = summary.get("tables", {})
     t_reads = time.perf_counter()
     steps = _step_times(args.job)

@@ -7,6 +7,7 @@ project's environment with bench/ and the project root on PYTHONPATH. Prints one
 ``BENCH_RESULT {json}`` line.
 
     python bench/phase_pull.py --job bench --config JOBS.toml --replica REPLICA.duckdb
+        [--rss-trace OUT.rss.txt]
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ def main() -> None:
     ap.add_argument("--job", required=True)
     ap.add_argument("--config", required=True)
     ap.add_argument("--replica", required=True)
+    ap.add_argument("--rss-trace", help="write the RSS with the main thread's stack here")
     args = ap.parse_args()
+    trace = None
+    if args.rss_trace:
+        from rss_trace import RssTrace
+
+        trace = RssTrace.start(Path(args.rss_trace))
 
     t_import = time.perf_counter()
     from deltaferry.config import load_job
@@ -39,6 +46,8 @@ def main() -> None:
     replica = Path(args.replica)
     results = pull(cfg, lake, replica, consumer=default_consumer_id(replica.stem))
     work = time.perf_counter() - t0
+    if trace is not None:
+        trace.finish()
     result = {
         "rows": sum(int(r.rows) for r in results),
         "batches": sum(int(r.batches) for r in results),

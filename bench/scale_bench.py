@@ -454,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         "with cProfile: bench/out/<phase>-<rows>-r<round>.prof and a .txt of the top "
         "functions by cumulative time (the profile's cost is in that phase's wall); repeatable",
     )
+    ap.add_argument(
+        "--rss-trace",
+        action="append",
+        default=[],
+        metavar="PHASE",
+        help="sample the RSS of a deltaferry phase (df-initial, df-incremental, df-noop, pull) "
+        "every 20 ms with its main thread's stack (bench/rss_trace.py): "
+        "bench/out/<phase>-<rows>-r<round>.rss.txt, a line whenever RSS moved by 15 MiB and "
+        "the ten highest samples at its end; repeatable",
+    )
     ap.add_argument("--workdir", type=Path, help="working directory (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep every size's work files")
     ap.add_argument("--dlt-python", type=Path, default=sb.DEFAULT_DLT_VENV / "bin" / "python")
@@ -490,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in selected if p not in PHASES]
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+    traceable = ("df-initial", "df-incremental", "df-noop", "pull")
+    untraceable = [p for p in args.rss_trace if p not in traceable]
+    if untraceable:
+        ap.error(f"--rss-trace: {', '.join(untraceable)} is not one of {', '.join(traceable)}")
     if not sizes:
         ap.error("--rows names no size")
     if args.repeat < 1:
@@ -711,14 +725,20 @@ def run_round(
         cmd, e, expected = commands[key]
         contender, phase = PHASES[key]
         log = logs / f"{n}-r{spec.round}-{key}.log"
-        prof = None
+        prof, ours = None, cmd is df_cmd or cmd is pull_cmd  # deltaferry's own phases
         if key in args.profile and cmd is df_cmd:
             prof = BENCH / "out" / f"{key}-{n}-r{spec.round}.prof"
             prof.parent.mkdir(parents=True, exist_ok=True)
             cmd = [*cmd, "--profile", str(prof)]
+        rss = BENCH / "out" / f"{key}-{n}-r{spec.round}.rss.txt"
+        if key in args.rss_trace and ours:
+            rss.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [*cmd, "--rss-trace", str(rss)]
         r = sb.run_phase(contender, phase, cmd, e, spec.dir, log, expected)
         if prof is not None and prof.exists():
             _profile_text(prof)
+        if key in args.rss_trace and ours and rss.exists():
+            print(f"  rss trace  {rss}")
         rounds.setdefault(key, []).append(r)
         if r.returncode != 0 or (expected and r.rows == 0):
             return f"phase {key} at {n:,} rows (round {spec.round}) failed; see {log}"
