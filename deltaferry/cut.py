@@ -345,11 +345,11 @@ def _key_at(
     """The key (as ``Changes`` records it: each column cast to text) of the row at position
     ``offset`` (from 0) in key order among the staged rows ``where`` selects; None when
     there are not that many."""
-    # The top-N sorts the key columns as they are and only its one row is cast to text: a
-    # cast in the sorted select made text of every row read and kept it in the top-N's
-    # heap (a 1M-row batch of a 10M-row staged table: 423 against 240 MiB for this query
-    # alone, the peak of every batch's plan step; bench/README.md, "The cut's key lookup,
-    # and a pull that lets go of its cache").
+    # The key columns are sorted as they are and only the one row found is cast to text:
+    # with the cast in the sorted select, DuckDB sorted the text of every row read (a
+    # 1M-row batch of a 10M-row staged table: 423 against 240 MiB for this query alone,
+    # the peak of every batch's plan step; bench/README.md, "The cut's key lookup, and a
+    # pull that lets go of its cache").
     keys = [ident(c) for c in t.primary_key]
     row = duck.fetch_one(
         con,

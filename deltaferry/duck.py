@@ -561,30 +561,33 @@ def table_rows(con: duckdb.DuckDBPyConnection, *, deleting: bool = True) -> int:
     holds some, so raise the limit to ``fitted_limit(con)`` before asking.
 
     The answer for a table of a database file is kept for this process while the file and
-    its write-ahead log are unchanged (``_file_state``) and were last written at least
-    ``RACY_NS`` before it was counted (``_racy``): every open of the file counted
+    its write-ahead log are unchanged and were last written at least ``RACY_NS`` before it
+    was counted (``_file_state``): every open of the file counted
     again, 12 times in a no-op run, each ``count(*)`` reading the marks of every row group
     (about 80 ms at 10M rows with deletes, so a no-op run's cost grew with the table)."""
     tables = con.execute(
         "SELECT database_name, schema_name, table_name, coalesce(estimated_size, 0)"
         " FROM duckdb_tables() WHERE NOT temporary"
     ).fetchall()
-    paths = dict(con.execute("SELECT database_name, path FROM duckdb_databases()").fetchall())
+    paths: dict[str, str | None] | None = None  # database name -> file (None: in memory)
     total = 0
     for database, schema, table, stored in tables:
         if deleting or stored < _SMALL_TABLE_ROWS:
             total += stored
             continue
+        if paths is None:
+            found = con.execute("SELECT database_name, path FROM duckdb_databases()").fetchall()
+            paths = dict(found)
         name = f"{ident(database)}.{ident(schema)}.{ident(table)}"
-        path = str(paths.get(database) or "")  # "" in memory: counted every time
+        path = paths.get(database) or ""
         # the file's state before counting: a change meanwhile makes the next call count again
-        state = _file_state(path, stored) if path else None
+        state = _file_state(path, stored)
         known = _HOLDS_DELETED.get((path, name)) if state else None
         if known is not None and known[0] == state:
             holds = known[1]
         else:
             holds = fetch_row(con, f"SELECT count(*) FROM {name}")[0] < stored
-            if state and not _racy(state):
+            if state:
                 _HOLDS_DELETED[(path, name)] = (state, holds)
         if holds:
             total += stored
@@ -604,19 +607,16 @@ _HOLDS_DELETED: dict[tuple[str, str], tuple[tuple[int, ...], bool]] = {}
 RACY_NS = 3 * 10**9
 
 
-def _racy(state: tuple[int, ...]) -> bool:
-    """Whether ``_file_state``'s file or log was modified less than ``RACY_NS`` ago (or in
-    the future: a clock set back)."""
-    now = time.time_ns()
-    return any(now - mtime < RACY_NS for mtime in (state[0], state[3]) if mtime)
-
-
 def _file_state(path: str, *more: int) -> tuple[int, ...] | None:
     """Modification time (ns), size and inode of a database file and of its write-ahead log
     (zeros when there is none), then ``more``: every commit writes the log, every
     checkpoint the file, so a table's deleted rows cannot change while these stay the
-    same. None when the file itself cannot be found (nothing is kept then)."""
+    same. None when there is nothing to keep: no file (in memory, or not found), or one of
+    the two modified less than ``RACY_NS`` ago (or in the future: a clock set back)."""
+    if not path:
+        return None
     state: list[int] = []
+    now = time.time_ns()
     for name in (path, f"{path}.wal"):
         try:
             st = os.stat(name)
@@ -624,8 +624,10 @@ def _file_state(path: str, *more: int) -> tuple[int, ...] | None:
             if name == path:
                 return None
             state += [0, 0, 0]
-        else:
-            state += [st.st_mtime_ns, st.st_size, st.st_ino]
+            continue
+        if now - st.st_mtime_ns < RACY_NS:
+            return None
+        state += [st.st_mtime_ns, st.st_size, st.st_ino]
     return (*state, *more)
 
 
@@ -719,15 +721,14 @@ class CacheTrim:
     ``TRIM_EVERY_ROWS`` (one statement of cost per 100,000 rows, so a pull of many small
     batches pays almost nothing). Call ``applied(rows)`` after each committed batch."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, every: int | None = None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con, self.pending = con, 0
-        self.every = TRIM_EVERY_ROWS if every is None else every
 
     def applied(self, rows: int) -> None:
-        """``rows`` were committed: trim the cache if ``every`` rows have been since the last
-        trim."""
+        """``rows`` were committed: trim the cache if ``TRIM_EVERY_ROWS`` rows have been
+        since the last trim."""
         self.pending += rows
-        if self.pending >= self.every:
+        if self.pending >= TRIM_EVERY_ROWS:
             self.pending = 0
             trim_cache(self.con)
 

@@ -586,8 +586,9 @@ def test_cache_trim_trims_every_so_many_rows(monkeypatch: pytest.MonkeyPatch):
     """A pull of many small batches trims once per ``every`` rows, not once a batch."""
     calls: list[object] = []
     monkeypatch.setattr(duck, "trim_cache", calls.append)
+    monkeypatch.setattr(duck, "TRIM_EVERY_ROWS", 1000)
     con = duckdb.connect()
-    trim = duck.CacheTrim(con, every=1000)
+    trim = duck.CacheTrim(con)
     for rows in (400, 400, 100, 99, 1, 5000, 0, 999):
         trim.applied(rows)
     assert calls == [con, con]  # at 1,000 (400+400+100+99+1) and at 5,000
