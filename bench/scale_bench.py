@@ -9,8 +9,11 @@ server started beforehand (both outside every measurement):
   3. changes a FIXED number of rows (--change-rows, default 10,000: half updated, half
      soft-deleted, as ``sync_bench.change_source``), whatever the table's size;
   4. ``df-incremental`` and ``dlt-incremental`` of that change;
-  5. ``df-noop``: a deltaferry run with nothing changed, then ``bare-flow``: a bare Prefect flow
-     with one task against the same server (the no-op target's reference);
+  5. ``df-noop-read``: the first deltaferry run with nothing changed, which reads the source
+     and, finding nothing, leaves the change check's record (``sources/quiet.py``); then
+     ``df-noop``: the next such run, the steady state of a scheduled job with nothing new
+     (its change check finds the record and skips the read); then ``bare-flow``: a bare
+     Prefect flow with one task against the same server (the no-op target's reference);
   6. ``pull``: ``deltaferry pull`` of everything the deltaferry job published into a new replica.
 
 Every phase is a child process (``sync_bench.run_phase``): wall time spawn to exit, peak RSS
@@ -52,6 +55,7 @@ PHASES: dict[str, tuple[str, str]] = {
     "dlt-initial": ("plain-dlt", "initial"),
     "df-incremental": ("deltaferry", "incremental"),
     "dlt-incremental": ("plain-dlt", "incremental"),
+    "df-noop-read": ("deltaferry", "no-op, read"),
     "df-noop": ("deltaferry", "no-op"),
     "bare-flow": ("bare-flow", "no-op"),
     "pull": ("df-pull", "pull"),
@@ -61,6 +65,7 @@ LABELS = {
     "dlt-initial": "plain dlt initial",
     "df-incremental": "deltaferry incremental",
     "dlt-incremental": "plain dlt incremental",
+    "df-noop-read": "deltaferry no-op run, first (reads)",
     "df-noop": "deltaferry no-op run",
     "bare-flow": "bare Prefect flow, 1 task",
     "pull": "deltaferry pull (reader)",
@@ -69,7 +74,8 @@ LABELS = {
 NEEDS = {
     "df-incremental": ["df-initial"],
     "dlt-incremental": ["dlt-initial"],
-    "df-noop": ["df-initial"],
+    "df-noop-read": ["df-initial"],
+    "df-noop": ["df-initial", "df-noop-read"],
     "pull": ["df-initial"],
 }
 # the targets: key -> (description, op, target)
@@ -135,7 +141,7 @@ def plan_phases(selected: list[str]) -> tuple[list[str], list[str]]:
     while True:
         needed = {n for k in chosen for n in NEEDS.get(k, [])}
         # a no-op run after the change needs the change synced first, or it is not a no-op
-        if change and "df-noop" in chosen:
+        if change and ("df-noop" in chosen or "df-noop-read" in chosen):
             needed.add("df-incremental")
         new = needed - chosen
         if not new:
@@ -274,7 +280,7 @@ def print_size(n: int, by: dict[str, sb.PhaseResult], extra: dict[str, Any]) -> 
             f"  {LABELS[key]:<28}{r.rows:>11,}{r.wall_s:>9.2f}{rate}{r.peak_rss_mib:>14.1f}"
             f"{r.tree_rss_mib:>14.1f}{r.work_s:>9.2f}{r.cpu_s:>8.1f}{r.loadavg_before:>6.2f}{flag}"
         )
-    for key in ("df-initial", "df-incremental", "df-noop"):
+    for key in ("df-initial", "df-incremental", "df-noop-read", "df-noop"):
         r = by.get(key)
         steps = (r.detail.get("steps") or {}) if r else {}
         if r and steps:
@@ -322,6 +328,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         "dlt-initial": ("tab:orange", "-", "o"),
         "df-incremental": ("tab:blue", "--", "s"),
         "dlt-incremental": ("tab:orange", "--", "s"),
+        "df-noop-read": ("tab:cyan", ":", "v"),
         "df-noop": ("tab:blue", ":", "^"),
         "bare-flow": ("tab:gray", ":", "^"),
         "pull": ("tab:green", "-", "D"),
@@ -450,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PHASE",
-        help="profile the sync call of a deltaferry phase (df-initial, df-incremental, df-noop) "
+        help="profile the sync call of a deltaferry phase (df-initial, df-incremental, df-noop-read, df-noop) "
         "with cProfile: bench/out/<phase>-<rows>-r<round>.prof and a .txt of the top "
         "functions by cumulative time (the profile's cost is in that phase's wall); repeatable",
     )
@@ -459,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PHASE",
-        help="sample the RSS of a deltaferry phase (df-initial, df-incremental, df-noop, pull) "
+        help="sample the RSS of a deltaferry phase (df-initial, df-incremental, df-noop-read, df-noop, pull) "
         "every 20 ms with its main thread's stack (bench/rss_trace.py): "
         "bench/out/<phase>-<rows>-r<round>.rss.txt, a line whenever RSS moved by 15 MiB and "
         "the ten highest samples at its end; repeatable",
@@ -500,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in selected if p not in PHASES]
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
-    traceable = ("df-initial", "df-incremental", "df-noop", "pull")
+    traceable = ("df-initial", "df-incremental", "df-noop-read", "df-noop", "pull")
     untraceable = [p for p in args.rss_trace if p not in traceable]
     if untraceable:
         ap.error(f"--rss-trace: {', '.join(untraceable)} is not one of {', '.join(traceable)}")
@@ -708,6 +715,7 @@ def run_round(
         "dlt-initial": (dlt_cmd, dlt_env, n),
         "df-incremental": (df_cmd, df_env, change),
         "dlt-incremental": (dlt_cmd, dlt_env, change),
+        "df-noop-read": (df_cmd, df_env, 0),
         "df-noop": (df_cmd, df_env, 0),
         "bare-flow": ([sys.executable, str(BENCH / "phase_bare_flow.py")], df_env, 0),
         "pull": (pull_cmd, df_env, n + (change if "df-incremental" in order else 0)),

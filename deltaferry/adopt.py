@@ -262,12 +262,12 @@ def stage_missing_as_tombstones(ctx, t: TableConfig) -> int:  # noqa: ANN001
     delete modes a key missing from the re-extract proves nothing (an archived file, an API
     that only returns recent records, a table whose deletes are not tracked): nothing is
     tombstoned."""
+    path = baseline_path(ctx.job.name, t.name)
+    if not path.exists():  # (every run asks: dlt is imported only when there is one)
+        return 0
     from sources.load import stage_tombstones
     from sources.pipeline import pipeline_for
 
-    path = baseline_path(ctx.job.name, t.name)
-    if not path.exists():
-        return 0
     if t.deletes != "reconcile":
         path.unlink()
         return 0

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -93,3 +94,18 @@ class JobBusyError(TerminalError):
 class StateBusyError(DeltaferryError):
     """Another process held the job's state file longer than an open waits for it (DuckDB
     lets one process at a time have a file open for writing, and none other meanwhile)."""
+
+
+def find_cause(exc: BaseException, match: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``exc``'s cause/context chain that matches (dlt wraps errors)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if match(e):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "exception", None)])
+    return None

@@ -91,12 +91,19 @@ class ExtractResult:
 HELD_REASONS_SHOWN = 3
 
 
+QUIET_RECORDED = (
+    "the read staged nothing and the source did not change while it was read: recorded, so "
+    "runs within DELTAFERRY_QUIET_MAX_AGE that find the same state skip the read"
+)
+
+
 def run_extract(ctx: SyncContext) -> ExtractResult:
     """Extract every table of the job into staging and record what the source set aside
     (see the module's docstring). Errors are the source's (``TransientError`` for a
     failure worth retrying); the step is written to the operations log either way."""
     from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
     from sources import source_module
+    from sources.quiet import change_check, remember_read
     from sources.staging import staged_keys_among
 
     out = ExtractResult(tables={t.name: TableExtract() for t in ctx.job.tables})
@@ -105,10 +112,19 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     def run() -> str:
         job = ctx.job
         out.stopped = {}  # an attempt after a transient failure starts over
-        result = None
+        result: Any = None  # the source's ExtractResult
         # what an attempt that stopped on a table committed for the others (a first load's
         # copy: its rows and notes), which the next attempt finds staged and reads no more
         carried: dict[str, Any] = {"rows": {}, "notes": {}}
+        # the source kind's change check (sources/quiet.py): a run that finds the rows its
+        # read would see unchanged since a read that staged nothing skips the read
+        with ctx.state.released():
+            quiet = change_check(job, ctx.state.tables_holding())
+        if quiet is not None and quiet.result is not None:
+            result = quiet.result
+            checked: list[Entry] = [Entry("extract", "unchanged", detail=quiet.why[:2000])]
+        else:
+            checked = [] if quiet is None else [Entry("extract", "read", detail=quiet.why[:2000])]
         while result is None:
             try:
                 with ctx.state.released():  # the source's time: status can read meanwhile
@@ -138,6 +154,11 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
             result = dataclasses.replace(result, rows_by_table=rows, notes=notes)
         if result is not None and len(out.stopped) == len(ctx.job.tables):
             result = None  # every table stopped
+        if quiet is not None and quiet.result is None:
+            with ctx.state.released():  # keep a record of a read that staged nothing
+                kept = remember_read(quiet, result if not out.stopped else None)
+            if kept:
+                checked.append(Entry("extract", "recorded", detail=QUIET_RECORDED))
         stopped = [
             Entry("extract", "failed", table=name, detail=str(error)[:2000])
             for name, error in out.stopped.items()
@@ -149,7 +170,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 f"job '{ctx.job.name}': tables {names} stopped: "
                 + " | ".join(str(x) for x in out.stopped.values())
             )
-        entries: list[Entry] = list(stopped)  # written to the operations log at once, in order
+        entries: list[Entry] = checked + stopped  # to the operations log at once, in order
         for name, error in out.stopped.items():
             out.tables[name].stopped = str(error)
         out.load_ids = list(result.load_ids)

@@ -85,6 +85,20 @@ class Section(BaseModel):
         return {k: getattr(self, k) for k in own if k in self.model_fields_set}
 
 
+# a name dlt's snake_case keeps as it is, known without importing dlt (about half a second
+# of every command that reads a jobs file): lowercase ASCII letters and digits in words
+# joined by single underscores, starting with a letter, ending with no underscore; any
+# other name is asked of dlt (``tests/test_names.py`` checks the two agree)
+_SNAKE_CASE_KEPT = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+
+
+def _snake_case(name: str) -> str:
+    """``name`` as dlt's snake_case naming convention stages it."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    return str(NamingConvention().normalize_identifier(name))
+
+
 class TableModel(Section):
     """One ``[[jobs.<job>.tables]]`` entry. A source kind adds its table settings by
     subclassing it as ``Table`` in ``sources/<kind>/settings.py``."""
@@ -158,9 +172,7 @@ class TableModel(Section):
     @classmethod
     def _kept_by_dlt(cls, name: str) -> str:
         """Table names name lake paths and files: dlt must keep them as they are."""
-        from dlt.common.normalizers.naming.snake_case import NamingConvention
-
-        normalized = NamingConvention().normalize_identifier(name)
+        normalized = name if _SNAKE_CASE_KEPT.fullmatch(name) else _snake_case(name)
         if normalized != name:
             raise ValueError(
                 f"table name '{name}' would be staged by dlt as '{normalized}'; "

@@ -236,6 +236,15 @@ class QuarantineMixin(StoreBase):
                 ).fetchall()
             ]
 
+    def tables_holding(self) -> set[str]:
+        """The tables with an open quarantine record of any kind, in one read of the store
+        (a run's change check reads them whatever it finds: ``sources/quiet.py``)."""
+        with self.connect(read_only=True) as con:
+            rows = con.execute(
+                "SELECT DISTINCT tbl FROM quarantine WHERE resolved IS NULL"
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def open_unfit(self) -> dict[str, set[str]]:
         """Per table, keys (JSON) of open records of rows held for a value their column
         cannot carry (``UNFIT``), in one read of the store: a batch that publishes or

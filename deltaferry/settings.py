@@ -210,6 +210,14 @@ class Settings(EnvSettings):
     source_connect_timeout: int = var(
         10, "seconds", "wait for a source database connection (PostgreSQL, MySQL)", ge=1
     )
+    quiet_max_age: float = var(
+        900.0,
+        "seconds",
+        "a run may skip a source's read when its change check finds the rows the read would "
+        "see unchanged since a read that staged nothing (sources/quiet.py), for at most this "
+        "long after that read; 0 turns the check off (every run reads)",
+        ge=0,
+    )
     source_stall_timeout: float = var(
         600.0,
         "seconds",

@@ -6,10 +6,15 @@ A source kind is a package ``sources/<kind>/`` (the jobs file's ``source = "<kin
   ``Table``, the pydantic models of the job and table settings the kind adds (subclasses
   of ``deltaferry.job_models.JobModel`` and ``TableModel``, both optional; their fields
   reach the source as ``job.options`` and ``table.options``);
-- ``__init__.py``: ``preflight_source(job)``, which checks that the source answers and
+- ``source.py`` (or, in a kind written before it was split out, the package's
+  ``__init__.py``): ``preflight_source(job)``, which checks that the source answers and
   has every table (``ConfigError`` to fix, ``TransientError`` to retry), and
   ``extract(job) -> ExtractResult``, one incremental dlt load of every table into
-  staging (see ``sources.load``).
+  staging (see ``sources.load``). Keep the package's ``__init__.py`` light: importing
+  ``settings.py`` runs it, so a heavy one (dlt is about a second to import) is paid by
+  every command that reads the jobs file;
+- ``quiet.py`` (optional): ``check(job) -> sources.quiet.Quiet``, a change check that
+  needs no dlt, run before ``extract`` (see ``sources/quiet.py``).
 
 ``deltaferry new-source NAME`` writes a new one from a template.
 """
@@ -17,10 +22,15 @@ A source kind is a package ``sources/<kind>/`` (the jobs file's ``source = "<kin
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 
 def source_module(job: Any) -> ModuleType:
-    """The package implementing the job's source kind."""
-    return importlib.import_module(f"sources.{job.source}")
+    """The module implementing the job's source kind: ``sources/<kind>/source.py`` where the
+    kind has one, else the package ``sources/<kind>/`` itself."""
+    package = importlib.import_module(f"sources.{job.source}")
+    if (Path(package.__file__ or "").parent / "source.py").is_file():
+        return importlib.import_module(f"sources.{job.source}.source")
+    return package

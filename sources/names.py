@@ -18,6 +18,7 @@ naming the fix, instead of renaming it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 #: the convention of a new staging: names are kept exactly
@@ -153,9 +154,18 @@ def cursor_value(row: dict[str, Any], cursor: str) -> Any:
     return found[0] if found else None
 
 
+# names dlt's JSONPath parser reads as one field as they are (its keywords aside)
+_PLAIN_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PATH_KEYWORDS = frozenset({"where", "wherenot"})
+
+
 def cursor_path(name: str) -> str:
     """``name`` as a dlt incremental cursor path (a quoted JSONPath field, so a name with a
-    space, dot or non-ASCII letter is one column); ValueError when no path names it."""
+    space, dot or non-ASCII letter is one column); ValueError when no path names it.
+    An ASCII identifier other than the parser's keywords is its own path, known without
+    importing dlt (read with every jobs file; ``tests/test_names.py`` checks dlt agrees)."""
+    if _PLAIN_PATH.fullmatch(name) and name.lower() not in _PATH_KEYWORDS:
+        return name
     from dlt.common.jsonpath import extract_simple_field_name
 
     def simple(path: str) -> str | None:

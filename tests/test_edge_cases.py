@@ -111,7 +111,7 @@ def test_a_boolean_or_integer_soft_delete_flag_is_refused_not_read_as_deleting_l
     import sqlite3
 
     from deltaferry.config import load_jobs
-    from sources.sql_database import preflight_source
+    from sources.sql_database.source import preflight_source
 
     db = tmp_path / "src.db"
     con = sqlite3.connect(db)

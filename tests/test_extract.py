@@ -141,7 +141,7 @@ def test_rows_without_a_key_read_by_two_overlapping_reads_are_counted_once():
     import json
 
     from deltaferry.quarantine import UNKEYED
-    from sources.sql_database import _source_rows_held
+    from sources.sql_database.source import _source_rows_held
 
     def unkeyed(v: str) -> dict:
         return {"pk": '{"id": null}', "check": UNKEYED, "row_json": json.dumps({"v": v})}

@@ -253,7 +253,7 @@ def test_mixed_case_columns_are_not_renamed_under_a_loose_contract(names_job):
 )
 def test_names_staging_cannot_keep_are_refused_in_one_line(names_job, column, needle):
     from deltaferry.config import load_job
-    from sources.sql_database import preflight_source
+    from sources.sql_database.source import preflight_source
 
     quoted = '"' + column.replace('"', '""') + '"'
     con = sqlite3.connect(names_job.source)
@@ -407,3 +407,59 @@ def test_record_keys_arrive_exactly_and_a_case_collision_is_refused(names_job, a
     del api.users[3]["Email"]  # fixed at the source: the next run goes through
     out = sync_job(job="api", config=str(names_job.config))
     assert out["tables"]["users"]["rows"] == 1
+
+
+def test_table_names_known_kept_without_dlt_are_kept_by_dlt():
+    # deltaferry/job_models.py answers "dlt's snake_case keeps this table name" without
+    # importing dlt for names of one shape; dlt must agree on every such name, and on
+    # names just outside the shape the job model must still ask dlt (and refuse)
+    import random
+
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    from deltaferry.job_models import _SNAKE_CASE_KEPT, TableModel
+
+    naming = NamingConvention()
+    rng = random.Random(20261207)
+    letters, tail = "abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz0123456789"
+    shaped = 0
+    for _ in range(20_000):
+        words = [
+            rng.choice(letters if i == 0 else tail)
+            + "".join(rng.choice(tail) for _ in range(rng.randrange(0, 6)))
+            for i in range(rng.randrange(1, 4))
+        ]
+        name = "_".join(words)
+        assert _SNAKE_CASE_KEPT.fullmatch(name), name
+        assert naming.normalize_identifier(name) == name, name
+        shaped += 1
+    assert shaped == 20_000
+    for name in ("Orders", "order__lines", "orders_", "1orders", "order-lines", "ordersÄ",
+                 "order lines", "orderLines"):
+        assert not _SNAKE_CASE_KEPT.fullmatch(name), name
+        assert naming.normalize_identifier(name) != name, name
+        with pytest.raises(ValueError, match="would be staged by dlt as"):
+            TableModel._kept_by_dlt(name)
+
+
+def test_cursor_paths_known_without_dlt_are_the_paths_dlt_reads():
+    # sources/names.py:cursor_path answers an ASCII identifier without importing dlt: dlt's
+    # JSONPath parser must read each such name as that one field, and the parser's keywords
+    # (which it cannot read plain) still get dlt's quoted path
+    import random
+
+    from dlt.common.jsonpath import extract_simple_field_name
+
+    from sources.names import _PLAIN_PATH, cursor_path
+
+    rng = random.Random(7)
+    first = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+    rest = first + "0123456789"
+    for _ in range(20_000):
+        name = rng.choice(first) + "".join(rng.choice(rest) for _ in range(rng.randrange(12)))
+        assert _PLAIN_PATH.fullmatch(name)
+        if cursor_path(name) == name:
+            assert extract_simple_field_name(name) == name, name
+    for word in ("where", "wherenot", "WHERE", "Where"):
+        path = cursor_path(word)
+        assert extract_simple_field_name(path) == word, (word, path)

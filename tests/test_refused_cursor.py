@@ -199,7 +199,8 @@ def test_keys_that_cannot_be_read_leave_the_advice_where_a_fix_must_go(monkeypat
     import sqlalchemy as sa
 
     from deltaferry.job import JobConfig, TableConfig
-    from sources.sql_database import _keep_refused, refused
+    from sources.sql_database import refused
+    from sources.sql_database.source import _keep_refused
     from sources.sql_database.types import ValueRefused
 
     t = TableConfig(

@@ -116,7 +116,7 @@ def test_tables_spelled_as_the_source_spells_them(tmp_path, home, prefect_api):
 
 def test_a_name_the_source_spells_otherwise_is_named_in_the_error(tmp_path, home):
     from deltaferry.config import load_job
-    from sources.sql_database import preflight_source
+    from sources.sql_database.source import preflight_source
 
     db = tmp_path / "src.db"
     with sqlite3.connect(db) as con:
@@ -150,7 +150,7 @@ def test_a_name_the_source_spells_otherwise_is_named_in_the_error(tmp_path, home
 )
 def test_a_near_spelling_is_named(tmp_path, home, source, asked):
     from deltaferry.config import load_job
-    from sources.sql_database import preflight_source
+    from sources.sql_database.source import preflight_source
 
     db = tmp_path / "src.db"
     with sqlite3.connect(db) as con:

@@ -472,7 +472,7 @@ def test_column_settings_are_checked_when_the_jobs_file_is_read(tmp_path, extra,
 def test_a_setting_naming_a_missing_column_is_a_config_error(pg_job):
     pg_job.write(JOB, extra='exclude_columns = ["nope"]')
     pg_job.sql("CREATE TABLE kinds (id int PRIMARY KEY, updated_at timestamptz NOT NULL)")
-    from sources.sql_database import preflight_source
+    from sources.sql_database.source import preflight_source
 
     with pytest.raises(ConfigError, match="exclude_columns names column.s. nope, not in the"):
         preflight_source(pg_job.job())
@@ -672,7 +672,7 @@ def test_a_table_refused_after_the_run_staged_stops_the_job(tmp_path, home, pref
         )
     )
     lake = tmp_path / "lake"
-    package = importlib.import_module("sources.sql_database")
+    package = importlib.import_module("sources.sql_database.source")
     real = package.reconcile
 
     def refused(job, t, *args, **kw):  # noqa: ANN001, ANN202

@@ -16,9 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from deltaferry.config import JobConfig
-from deltaferry.errors import ConfigError, TransientError
+from deltaferry.errors import ConfigError, TransientError, find_cause
 from deltaferry.settings import from_env
-from sources.load import find_cause
 
 # connection errors that retrying cannot cure, with what the user should fix
 _CONFIG_CONNECT_ERRORS = (

@@ -26,43 +26,13 @@ from sources.pipeline import (
     prune_loaded_packages,
     refit_staging,
 )
+from sources.sql_database.adapt import adapt_table
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
-from sources.sql_database.types import sql_table, sqlite_json_text
-from sources.sql_database.window import Normalize, TimeText, null_cursor_hold, text_time_columns
+from sources.sql_database.types import sql_table
+from sources.sql_database.window import Normalize, null_cursor_hold, text_time_columns
 from sources.staging import staged_types
 from sources.variants import Variants
 from sources.wall_time import ZoneShifts
-
-
-def adapt_table(
-    job: JobConfig,
-    t: TableConfig,
-    text_times: dict[str, str],
-    seen: list[str] | None = None,
-    shifts: ZoneShifts | None = None,
-) -> Any:
-    # tombstones keep only the key; every other staged column must accept NULL. SQLite time
-    # columns are parsed from their stored text (window.TimeText), JSON columns read as it
-    # (sources/sql_database/types.py leaves a column with a dlt_type alone). ``seen`` gets
-    # the names of the columns read (the source's current columns, for drift)
-    pk = t.primary_key
-
-    def adapt(table: sa.Table) -> sa.Table:
-        if seen is not None:
-            seen[:] = [c.name for c in table.columns]
-        for col in table.columns:
-            if col.name not in pk:
-                col.nullable = True
-            kind = text_times.get(col.name)
-            if kind in ("timestamp", "date", "time"):
-                fixed = col.name == t.cursor or col.name in pk
-                where = f"job '{job.name}' table '{t.name}'"
-                col.type = TimeText(kind, job.timezone, where, col.name, fixed, shifts, t.name)
-            elif kind == "json":
-                col.type = sqlite_json_text(job.name, t.name, col.name, col.type)
-        return table
-
-    return adapt
 
 
 class TableRead:
