@@ -92,7 +92,7 @@ HELD_REASONS_SHOWN = 3
 
 
 QUIET_RECORDED = (
-    "the read staged nothing and the source did not change while it was read: recorded, so "
+    "this read staged nothing and the source did not change while it was read: recorded, so "
     "runs within DELTAFERRY_QUIET_MAX_AGE that find the same state skip the read"
 )
 
@@ -118,13 +118,14 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         carried: dict[str, Any] = {"rows": {}, "notes": {}}
         # the source kind's change check (sources/quiet.py): a run that finds the rows its
         # read would see unchanged since a read that staged nothing skips the read
+        # (the tables with open quarantine records are asked of the state only when the
+        # check would skip: every read settles them)
         with ctx.state.released():
-            quiet = change_check(job, ctx.state.tables_holding())
+            quiet = change_check(job, lambda: ctx.state.tables_holding())
+        checked: list[Entry] = []  # the decision to skip, in the operations log
         if quiet is not None and quiet.result is not None:
             result = quiet.result
-            checked: list[Entry] = [Entry("extract", "unchanged", detail=quiet.why[:2000])]
-        else:
-            checked = [] if quiet is None else [Entry("extract", "read", detail=quiet.why[:2000])]
+            checked.append(Entry("change-check", "info", detail=quiet.why[:2000]))
         while result is None:
             try:
                 with ctx.state.released():  # the source's time: status can read meanwhile
@@ -157,8 +158,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         if quiet is not None and quiet.result is None:
             with ctx.state.released():  # keep a record of a read that staged nothing
                 kept = remember_read(quiet, result if not out.stopped else None)
-            if kept:
-                checked.append(Entry("extract", "recorded", detail=QUIET_RECORDED))
+            quiet.why += f"; {QUIET_RECORDED}" if kept else ""
         stopped = [
             Entry("extract", "failed", table=name, detail=str(error)[:2000])
             for name, error in out.stopped.items()
@@ -283,10 +283,12 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
                 entries.append(Entry("extract", "duplicate-key", table=table, detail=note[:2000]))
                 out.warnings.append(note)
         ctx.state.log_many(ctx.run_id, entries)
-        return (
+        line = (
             f"loads {result.load_ids} rows {result.rows_by_table} "
             f"tombstones {result.tombstones_by_table}"
         )
+        # what the change check found (why the source was read, or that it was not)
+        return line if quiet is None else f"{line}; change check: {quiet.why}"
 
     ctx.step("extract", run)
     ctx.skipped.extend(set_aside)

@@ -3,8 +3,9 @@
 A scheduled job mostly finds nothing new, and its read (dlt, its pipeline, a window of rows
 read again and all found equal to their staged versions) costs seconds of imports and
 setup for that answer. A source kind may answer it first, in ``sources/<kind>/quiet.py``:
-``check(job, holding) -> Quiet``, with ``holding`` the job's tables with an open quarantine
-record (they are always read: the read is what settles a record). The check reads what the
+``check(job, holding, max_age) -> Quiet`` and ``job_state(job) -> dict``; ``holding()``
+gives the job's tables with an open quarantine record (such a table is always read: the
+read is what settles a record). The check reads what the
 source's read would read, as a fingerprint per table (``Quiet.state``), and the run skips
 the read only when all of these hold:
 
@@ -20,7 +21,9 @@ the read only when all of these hold:
   would do more than read a window: see ``sources/sql_database/quiet.py``).
 
 Then the extract step's result is the one that read gave (nothing loaded), and the
-operations log's ``extract`` entry says ``unchanged`` with the record's time and load. Any
+operations log says so: a ``change-check`` entry (outcome ``info``) with the record's time
+and load. Otherwise the ``extract`` entry's detail ends with why the source was read
+(``change check: ...``), and with ``recorded`` when this read leaves the record. Any
 error in the check is no answer (``Quiet.why``): the run reads as it always did, so the
 check can cost a run its shortcut, never its data.
 """
@@ -31,6 +34,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,14 +64,13 @@ class Quiet:
     state: dict[str, Any] | None
     why: str
     result: ExtractResult | None = None
-    # the tables with an open quarantine record when it checked (always read)
-    holding: frozenset[str] = frozenset()
     checked_at: float = field(default_factory=lambda: dt.datetime.now(dt.UTC).timestamp())
 
 
 def settings_digest(job: JobConfig) -> str:
-    """A digest of everything in the job's settings a read depends on (source, zone, and
-    every table's key, cursor, deletes, contract and options), with deltaferry's version:
+    """A digest of everything in the job's settings a read depends on (source, its url as
+    the jobs file gives it, zone, and every table's key, cursor, deletes, contract and
+    options), with deltaferry's version:
     a record made under other settings or another deltaferry is no record."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -89,7 +92,16 @@ def settings_digest(job: JobConfig) -> str:
         for t in job.tables
     ]
     text = json.dumps(
-        [RECORD_VERSION, ours, job.source, repr(sorted(job.options.items())), job.timezone, tables],
+        [
+            RECORD_VERSION,
+            ours,
+            job.source,
+            job.url,
+            str(job.base_dir),
+            repr(sorted(job.options.items())),
+            job.timezone,
+            tables,
+        ],
         default=repr,
     )
     return hashlib.sha256(text.encode()).hexdigest()
@@ -117,38 +129,49 @@ def forget(job: JobConfig) -> None:
 
 
 def decide(
-    job: JobConfig, state: dict[str, Any], max_age: float, holding: frozenset[str] = frozenset()
+    job: JobConfig, state: dict[str, Any], max_age: float, holding: Callable[[], set[str]]
 ) -> Quiet:
     """Compare ``state`` (the check's fingerprints now) with the job's record: a ``Quiet``
-    whose ``result`` is the recorded read's when every condition of the module holds."""
+    whose ``result`` is the recorded read's when every condition of the module holds. A
+    record that cannot be read back as a read that staged nothing (another build's, a
+    damaged file) is no record. ``holding()``: the job's tables with an open quarantine
+    record, asked last (a table with one is read: the read settles its records)."""
+
+    def read(why: str) -> Quiet:
+        return Quiet(job, state, why[:500])
+
     record = read_record(job)
     if record is None:
-        return Quiet(job, state, holding=holding, why="no read that staged nothing is on record")
+        return read("no read that staged nothing is on record")
     if record.get("settings") != settings_digest(job):
-        return Quiet(
-            job, state, holding=holding, why="the job's settings changed since the recorded read"
-        )
-    now = dt.datetime.now(dt.UTC).timestamp()
-    age = now - float(record.get("read_at", 0))
+        return read("the job's settings changed since the recorded read")
+    try:
+        read_at = float(record["read_at"])
+        result = ExtractResult(**{**record["result"], "unkeyed_since": None})
+        if not (
+            result.load_ids == []
+            and isinstance(result.rows_by_table, dict)
+            and isinstance(result.tombstones_by_table, dict)
+            and quiet_result(result)
+        ):
+            raise ValueError("its result is not a read that staged nothing")
+        when = dt.datetime.fromtimestamp(read_at, dt.UTC).isoformat(timespec="seconds")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        return read(f"the record of the last quiet read is unreadable ({type(e).__name__}: {e})")
+    age = dt.datetime.now(dt.UTC).timestamp() - read_at
     if not 0 <= age <= max_age:
-        return Quiet(
-            job,
-            state,
-            holding=holding,
-            why=f"the recorded read is {age:.0f} s old (limit {max_age:g} s)",
-        )
+        return read(f"the recorded read is {age:.0f} s old (limit {max_age:g} s)")
     if record.get("state") != state:
-        return Quiet(
-            job, state, holding=holding, why="the source or staging differs from the recorded read"
-        )
-    result = ExtractResult(**{**record["result"], "unkeyed_since": None})
-    when = dt.datetime.fromtimestamp(float(record["read_at"]), dt.UTC).isoformat(timespec="seconds")
+        return read("the source or staging differs from the recorded read")
+    held = sorted(set(holding()) & {t.name for t in job.tables})
+    if held:
+        names = ", ".join(f"'{n}'" for n in held)
+        return read(f"table(s) {names} have rows in the quarantine, which a read settles")
     return Quiet(
         job,
         state,
-        holding=holding,
-        why=f"unchanged since the read at {when} (staged load {state.get('load')}): every "
-        f"table's window fingerprint as it was; read skipped",
+        f"unchanged since the read at {when} (staged load {state.get('load')}): every "
+        "table's window fingerprint as it was; read skipped",
         result=result,
     )
 
@@ -200,15 +223,22 @@ def _kind_check(job: JobConfig) -> Any:
     return importlib.import_module(name) if found is not None else None
 
 
-def change_check(job: JobConfig, holding: set[str]) -> Quiet | None:
-    """The job's change check (None when its source kind has none): see the module."""
+def change_check(job: JobConfig, holding: Callable[[], set[str]]) -> Quiet | None:
+    """The job's change check (None when its source kind has none, or checks are off):
+    see the module. ``holding()``: the tables with an open quarantine record."""
     from deltaferry.settings import from_env
 
     max_age = from_env().quiet_max_age
-    kind = _kind_check(job) if max_age > 0 else None
-    if kind is None:  # no check for this kind, or checks off (DELTAFERRY_QUIET_MAX_AGE=0)
+    if max_age <= 0:  # checks off (DELTAFERRY_QUIET_MAX_AGE=0)
         return None
-    quiet: Quiet = kind.check(job, holding, max_age)
+    try:
+        kind = _kind_check(job)
+        if kind is None:  # no check for this kind
+            return None
+        quiet: Quiet = kind.check(job, holding, max_age)
+    except Exception as e:  # noqa: BLE001 - no answer: the read decides, as always
+        why = f"the change check could not run ({type(e).__name__}: {e})"[:500]
+        return Quiet(job, None, why)
     return quiet
 
 
@@ -220,7 +250,7 @@ def remember_read(before: Quiet, result: ExtractResult | None) -> bool:
         if result is None or before.state is None:
             forget(before.job)
             return False
-        after = _kind_check(before.job).job_state(before.job, before.holding)
+        after = _kind_check(before.job).job_state(before.job)
         return remember(before, after, result)
     except Exception:  # noqa: BLE001 - see above
         try:

@@ -52,6 +52,8 @@ def _ctx(source: SourceResult, monkeypatch, *, unchanged: int = 0, gone: int = 0
     monkeypatch.setattr(
         sources, "source_module", lambda job: SimpleNamespace(extract=lambda job: source)
     )
+    # a fake source kind: no change check of its own to ask (sources/quiet.py)
+    monkeypatch.setenv("DELTAFERRY_QUIET_MAX_AGE", "0")
     monkeypatch.setattr(deltaferry.adopt, "skip_unchanged", lambda ctx, t: unchanged)
     monkeypatch.setattr(
         deltaferry.adopt,
@@ -128,6 +130,8 @@ def test_a_failed_source_is_a_failed_step_and_sets_nothing_aside(monkeypatch):
         raise RuntimeError("source down")
 
     monkeypatch.setattr(sources, "source_module", lambda job: SimpleNamespace(extract=boom))
+    # a fake source kind: no change check of its own to ask (sources/quiet.py)
+    monkeypatch.setenv("DELTAFERRY_QUIET_MAX_AGE", "0")
     with pytest.raises(RuntimeError, match="source down"):
         run_extract(ctx)
     assert ctx.skipped == []
@@ -203,6 +207,8 @@ def _isolation_ctx(monkeypatch, bad: set[str], names=("customers", "orders")):
 
     adopted: list[str] = []
     monkeypatch.setattr(sources, "source_module", lambda job: SimpleNamespace(extract=extract))
+    # a fake source kind: no change check of its own to ask (sources/quiet.py)
+    monkeypatch.setenv("DELTAFERRY_QUIET_MAX_AGE", "0")
     monkeypatch.setattr(deltaferry.adopt, "skip_unchanged", lambda ctx, t: adopted.append(t.name) or 0)
     monkeypatch.setattr(deltaferry.adopt, "stage_missing_as_tombstones", lambda ctx, t: 0)
     tables = tuple(SimpleNamespace(name=n, cursor="updated_at", null_cursor="include") for n in names)

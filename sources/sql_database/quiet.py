@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -52,20 +53,22 @@ class Abstain(Exception):
     """The check has no answer for a table: the run reads (the message says why)."""
 
 
-def check(job: JobConfig, holding: set[str] | frozenset[str], max_age: float) -> Quiet:
-    """The job's change check: its state now, compared with the job's record."""
-    held = frozenset(holding)
+def check(job: JobConfig, holding: Callable[[], set[str]], max_age: float) -> Quiet:
+    """The job's change check: its state now, compared with the job's record
+    (``sources.quiet.decide``; ``holding()``: the tables with open quarantine records)."""
     try:
-        state = job_state(job, held)
+        state = job_state(job)
     except Abstain as e:
-        return Quiet(job, None, str(e), holding=held)
+        return Quiet(job, None, str(e))
     except Exception as e:  # noqa: BLE001 - no answer: the read that follows decides
-        why = f"the change check could not run ({type(e).__name__}: {e})"[:500]
-        return Quiet(job, None, why, holding=held)
-    return decide(job, state, max_age, held)
+        from sources.sql_database.connection import scrub
+
+        why = scrub(job, f"the change check could not run ({type(e).__name__}: {e})")
+        return Quiet(job, None, why[:500])
+    return decide(job, state, max_age, holding)
 
 
-def job_state(job: JobConfig, holding: frozenset[str] = frozenset()) -> dict[str, Any]:
+def job_state(job: JobConfig) -> dict[str, Any]:
     """The state the check compares: the staging file's newest load, and per table its
     window's bound and fingerprint. Raises ``Abstain`` (or the error that stopped it)."""
     from sources.sql_database.connection import StallWatchdog, engine_for
@@ -77,7 +80,7 @@ def job_state(job: JobConfig, holding: frozenset[str] = frozenset()) -> dict[str
     # a source that stops answering mid-query is cut as a read's would be (connection.py)
     watchdog = StallWatchdog(engine)
     try:
-        tables = {t.name: _table_state(job, t, engine, holding) for t in job.tables}
+        tables = {t.name: _table_state(job, t, engine) for t in job.tables}
     finally:
         watchdog.close()
         engine.dispose()
@@ -100,9 +103,7 @@ def _newest_load(job: JobConfig) -> str | None:
     return f"{row[0]}/{row[1]}"
 
 
-def _table_state(
-    job: JobConfig, t: TableConfig, engine: sa.Engine, holding: frozenset[str]
-) -> dict[str, Any]:
+def _table_state(job: JobConfig, t: TableConfig, engine: sa.Engine) -> dict[str, Any]:
     from sources.sql_database import refused
     from sources.sql_database.window import null_cursor_keys, unkeyed_cursors, window_start
 
@@ -111,8 +112,6 @@ def _table_state(
         raise Abstain(f"{where} has no cursor: its read sees every row")
     if t.deletes == "reconcile":
         raise Abstain(f"{where} reconciles deletes: its read sees every key")
-    if t.name in holding:
-        raise Abstain(f"{where} has rows held in the quarantine: the read settles them")
     start = window_start(job, t)
     if start.bound is None:
         raise Abstain(f"{where} has nothing staged yet")
@@ -135,7 +134,7 @@ def window_query(
     columns at the source (excluded ones too: the read reports them for drift)."""
     from sources.sql_database.adapt import adapt_table
     from sources.sql_database.settings import source_table
-    from sources.sql_database.types import carry_plans
+    from sources.sql_database.types import _unfit_query, carry_plans
     from sources.sql_database.window import text_time_columns, window
 
     text_times = text_time_columns(engine, t)
@@ -144,9 +143,11 @@ def window_query(
     table = carry_plans(job, t, table, engine.dialect)
     excluded = set(t.options.get("exclude_columns", ()))
     query = sa.select(*[c for c in table.columns if c.name not in excluded])
-    return window(job, t, bound, text_times)(query, table, None, engine), [
-        c.name for c in table.columns
-    ]
+    # with the read's flags of values their published type cannot carry (a numeric NaN, a
+    # date past year 9999): the adapted types read such a value as NULL, so without them a
+    # row changed from NULL to one is the same row here, while the read holds it
+    adapted = _unfit_query(window(job, t, bound, text_times))
+    return adapted(query, table, None, engine), [c.name for c in table.columns]
 
 
 def _fingerprint(job: JobConfig, t: TableConfig, engine: sa.Engine, bound: Any) -> tuple[int, str]:

@@ -10,10 +10,10 @@ the incremental batch carrying only what changed.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -155,12 +155,13 @@ def run_conformance(h: Harness, job) -> None:  # noqa: ANN001 - a tests.conftest
     from deltaferry.config import source_settings
     from deltaferry.context import preflight_job
     from deltaferry.job_models import JobModel, TableModel
+    from sources import source_module
 
     h.start(job.dir / "source")
     try:
         job.config.write_text(h.jobs_toml(job.name, job.lake_url))
         # the kind loads and follows the interface
-        module = importlib.import_module(f"sources.{h.kind}")
+        module = source_module(SimpleNamespace(source=h.kind))
         assert callable(module.extract) and callable(module.preflight_source)
         settings = source_settings(h.kind)  # its settings are the jobs file's models
         assert issubclass(getattr(settings, "Job", JobModel), JobModel)
