@@ -104,6 +104,7 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
     from deltaferry.adopt import skip_unchanged, stage_missing_as_tombstones
     from sources import source_module
     from sources.quiet import change_check, remember_read
+    from sources.quiet import forget as forget_record
     from sources.staging import staged_keys_among
 
     out = ExtractResult(tables={t.name: TableExtract() for t in ctx.job.tables})
@@ -126,6 +127,8 @@ def run_extract(ctx: SyncContext) -> ExtractResult:
         if quiet is not None and quiet.result is not None:
             result = quiet.result
             checked.append(Entry("change-check", "info", detail=quiet.why[:2000]))
+        elif quiet is not None:  # a read starts: a record is only ever of the last read
+            forget_record(job)
         while result is None:
             try:
                 with ctx.state.released():  # the source's time: status can read meanwhile

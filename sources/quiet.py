@@ -148,12 +148,7 @@ def decide(
     try:
         read_at = float(record["read_at"])
         result = ExtractResult(**{**record["result"], "unkeyed_since": None})
-        if not (
-            result.load_ids == []
-            and isinstance(result.rows_by_table, dict)
-            and isinstance(result.tombstones_by_table, dict)
-            and quiet_result(result)
-        ):
+        if not _well_formed(result) or not quiet_result(result):
             raise ValueError("its result is not a read that staged nothing")
         when = dt.datetime.fromtimestamp(read_at, dt.UTC).isoformat(timespec="seconds")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -173,6 +168,31 @@ def decide(
         f"unchanged since the read at {when} (staged load {state.get('load')}): every "
         "table's window fingerprint as it was; read skipped",
         result=result,
+    )
+
+
+def _well_formed(result: ExtractResult) -> bool:
+    """Whether a result read back from a record has the shapes a run uses: no loads, counts
+    by table, and source columns by table (or none)."""
+
+    def counts(value: Any) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and type(v) is int for k, v in value.items()
+        )
+
+    columns = result.columns
+    return (
+        result.load_ids == []
+        and counts(result.rows_by_table)
+        and counts(result.tombstones_by_table)
+        and (
+            columns is None
+            or isinstance(columns, dict)
+            and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
+                for k, v in columns.items()
+            )
+        )
     )
 
 

@@ -404,7 +404,14 @@ def test_a_record_no_longer_readable_is_no_record(pg_job, home):
     _pg_quiet(pg_job, home)
     path = home / "pg" / "quiet.json"
     good = json.loads(path.read_text())
-    for damage in ({"some_new_field": None}, {"load_ids": None}):
+    damages = (
+        {"some_new_field": None},
+        {"load_ids": None},
+        {"columns": {"t": None}},  # (a second reviewer's find: the run failed)
+        {"columns": "x"},
+        {"rows_by_table": {"t": None}},
+    )
+    for damage in damages:
         record = dict(good, result={**good["result"], **damage})
         path.write_text(json.dumps(record))
         pg_job.sync()
@@ -415,3 +422,32 @@ def test_a_record_no_longer_readable_is_no_record(pg_job, home):
     assert _decision(home, "pg")[0] == "read"
     pg_job.sync()
     assert _decision(home, "pg")[0] == "skipped"
+
+
+def test_a_read_that_fails_removes_the_record(shop_job, shop, home, monkeypatch):
+    # a record is of the last read only: a read that starts and fails leaves none, so the
+    # next run reads whatever the fingerprints say
+    import sources.sql_database.source as source
+    from deltaferry.errors import TerminalError
+
+    _no_reconcile(shop_job)
+    shop.round(10, 5, churn=0)
+    shop_job.sync()
+    _quiet(shop_job, home)
+    record = home / "shop" / "quiet.json"
+    assert record.exists()
+    shop.round(1, 0, churn=0)  # a change: the next run reads
+
+    def fails(job):  # noqa: ANN001, ANN202
+        raise TerminalError(f"job '{job.name}': the source went away")
+
+    real = source.extract
+    monkeypatch.setattr(source, "extract", fails)
+    with pytest.raises(TerminalError, match="the source went away"):
+        shop_job.sync()
+    assert not record.exists()
+    monkeypatch.setattr(source, "extract", real)
+    shop_job.sync()
+    assert _outcome(home) == "read"
+    shop_job.pull()
+    _replica_is_source(shop, shop_job.replica)
