@@ -210,14 +210,13 @@ def quiet_result(result: ExtractResult) -> bool:
 
 def remember(before: Quiet, after: dict[str, Any] | None, result: ExtractResult) -> bool:
     """After a read: keep a record when the read staged nothing (``quiet_result``) and the
-    check's state before it (``before.state``) equals the state after it (``after``);
-    else remove any record. Returns whether a record was kept."""
+    check's state before it (``before.state``) equals the state after it (``after``).
+    Returns whether a record was kept. (There is none to remove otherwise: a read that
+    starts removes it, ``deltaferry/extract.py:run_extract``.)"""
     job = before.job
     if before.state is None or after is None or after != before.state:
-        forget(job)
         return False
     if not quiet_result(result):
-        forget(job)
         return False
     record = {
         "version": RECORD_VERSION,
@@ -266,15 +265,10 @@ def remember_read(before: Quiet, result: ExtractResult | None) -> bool:
     """After the read that ``before`` did not skip: the check's state again, and a record
     when the read staged nothing (``remember``). ``result`` None: a table stopped, no
     record. Never raises: a record not kept costs the next run its shortcut only."""
+    if result is None or before.state is None:
+        return False
     try:
-        if result is None or before.state is None:
-            forget(before.job)
-            return False
         after = _kind_check(before.job).job_state(before.job)
         return remember(before, after, result)
     except Exception:  # noqa: BLE001 - see above
-        try:
-            forget(before.job)
-        except OSError:
-            pass
         return False

@@ -13,8 +13,11 @@ It abstains (``Quiet.state`` None, the run reads) for a table without a cursor o
 ``deletes = "reconcile"`` (their reads see every row), a table with nothing staged, one
 with staged cursor values after now or a numeric cursor read as a possible Unix time (the
 read warns about them), one with keys to read again (NULL cursors, refused cursor values,
-rows held without a key) or an open quarantine record, a window of more than
-``MAX_ROWS`` rows, a value of a type it does not know, and any error.
+rows held without a key), a window of more than ``MAX_ROWS`` rows, a value of a type it
+does not know, and any error (a table with an open quarantine record is read too:
+``sources.quiet.decide``). The read's flags of values their published type cannot carry
+(``types._unfit_query``: a numeric NaN, a date past year 9999, which the adapted types
+read as NULL) are hashed with the row.
 """
 
 from __future__ import annotations
