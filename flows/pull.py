@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from deltaferry.run_report import pull_markdown, pull_summary
 from flows.report import artifact_key
 from flows.retries import only_transient, step_retry_delays
+from flows.shutdown import end_without_final_collection
 
 
 @task(
@@ -47,6 +48,7 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
     with that error."""
     from deltaferry.errors import DeltaferryError
 
+    end_without_final_collection()  # the process's exit skips its last full GC passes
     failed: DeltaferryError | None = None
     try:
         retries, delays = step_retry_delays()  # read now, not when this module loads
