@@ -126,13 +126,13 @@ def preflight_job(job: JobConfig) -> None:
     source's check reads the job's staging file, and a second runner's read while the first
     loaded into it failed the second with a raw DuckDB lock error, or the *running* one
     (its write could not lock the file the check held)."""
-    from sources import source_module
+    from sources import preflight_module
 
     with job_lock(job.name):
         try:
             for t in job.tables:
                 load_contract(t.contract, where=f"job '{job.name}' table '{t.name}'")
-            source_module(job).preflight_source(job)
+            preflight_module(job).preflight_source(job)
             open_lake(job.lake, base=job.base_dir).check()
         except DeltaferryError as e:
             _record_refused(job, e)

@@ -13,6 +13,9 @@ A source kind is a package ``sources/<kind>/`` (the jobs file's ``source = "<kin
   staging (see ``sources.load``). Keep the package's ``__init__.py`` light: importing
   ``settings.py`` runs it, so a heavy one (dlt is about a second to import) is paid by
   every command that reads the jobs file;
+- ``preflight.py`` (optional): ``preflight_source(job)`` where it can be had without
+  importing what ``extract`` needs (dlt): ``deltaferry run`` checks the source with it
+  before its flow starts (``preflight_module``);
 - ``quiet.py`` (optional): ``check(job) -> sources.quiet.Quiet``, a change check that
   needs no dlt, run before ``extract`` (see ``sources/quiet.py``).
 
@@ -30,7 +33,21 @@ from typing import Any
 def source_module(job: Any) -> ModuleType:
     """The module implementing the job's source kind: ``sources/<kind>/source.py`` where the
     kind has one, else the package ``sources/<kind>/`` itself."""
+    return _kind_module(job, "source")
+
+
+def preflight_module(job: Any) -> ModuleType:
+    """The module with the job's source kind's ``preflight_source``:
+    ``sources/<kind>/preflight.py`` where the kind has one (the SQL kind: no dlt to import
+    for a check), else ``source_module(job)``."""
+    return _kind_module(job, "preflight", "source")
+
+
+def _kind_module(job: Any, *names: str) -> ModuleType:
+    """The first of ``sources/<kind>/<name>.py`` for ``names`` that exists, else the package."""
     package = importlib.import_module(f"sources.{job.source}")
-    if (Path(package.__file__ or "").parent / "source.py").is_file():
-        return importlib.import_module(f"sources.{job.source}.source")
+    where = Path(package.__file__ or "").parent
+    for name in names:
+        if (where / f"{name}.py").is_file():
+            return importlib.import_module(f"sources.{job.source}.{name}")
     return package

@@ -10,7 +10,7 @@ case-insensitive) and names deltaferry uses itself (``_dlt_*``, ``_df_*``, and `
 ``_seq``, which every published data object carries).
 
 dlt records the convention with the staged schema (``raw._dlt_version``; read back by
-``sources.pipeline.staging_naming``) and refuses to change it once a table has data. A
+``sources.staging.staging_naming``) and refuses to change it once a table has data. A
 job staged before names were kept exactly keeps dlt's ``snake_case`` (``userId`` would
 become ``user_id``); such a job refuses any source name that ``snake_case`` would change,
 naming the fix, instead of renaming it.

@@ -20,13 +20,15 @@ from dlt.common.configuration.providers import ConfigProvider
 from deltaferry import duck
 from deltaferry.config import JobConfig, job_home
 from deltaferry.settings import from_env
-from sources import names
 from sources.columns import STAGING_DATASET
-from sources.staging import read_staging, staged_table_exists, staging_path
+from sources.staging import (  # the staging naming lives there: read without dlt
+    PIPELINE_PREFIX,
+    staging_naming,
+    staging_path,
+)
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_PREFIX = "deltaferry_"
 
 # dlt settings every deltaferry pipeline runs with, as (sections, key): value. They are
 # answered by a config provider of ours for pipelines named ``deltaferry_*`` only (dlt looks
@@ -388,42 +390,3 @@ def pipeline_naming(pipeline: dlt.Pipeline) -> str:
     return convention
 
 
-def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
-    """The dlt naming convention of the job's staging: the one dlt recorded with the staged
-    schema, else ``direct`` (names kept exactly) for a job that has staged nothing."""
-    pipeline_dir = job_home(job.name) / "dlt" / f"{PIPELINE_PREFIX}{job.name}"
-    return recorded_naming(staging_path(job.name), borrowed, pipeline_dir) or names.EXACT
-
-
-def recorded_naming(
-    staging: Path, borrowed: Any = None, pipeline_dir: Path | None = None
-) -> str | None:
-    """The naming convention dlt recorded for a job's staging: in the newest staged schema
-    version (``raw._dlt_version``), else in the pipeline's local schema (the staging file
-    was removed, dlt's working dir kept); None for a job that has staged nothing."""
-    if staging.exists():
-        con = read_staging(staging, borrowed)
-        try:
-            if staged_table_exists(con, "_dlt_version"):
-                row = con.execute(
-                    f"SELECT schema FROM {STAGING_DATASET}._dlt_version"
-                    " ORDER BY inserted_at DESC LIMIT 1"
-                ).fetchone()
-                if row:
-                    convention = (json.loads(row[0]).get("normalizers") or {}).get("names")
-                    return str(convention or names.LEGACY)
-        finally:
-            con.close()
-    if pipeline_dir is not None and (pipeline_dir / "schemas").is_dir():
-        for path in sorted((pipeline_dir / "schemas").glob("*.schema.json")):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            seen = any(
-                not n.startswith("_dlt") and t.get("x-normalizer", {}).get("seen-data")
-                for n, t in (doc.get("tables") or {}).items()
-            )
-            if seen:
-                return str((doc.get("normalizers") or {}).get("names") or names.LEGACY)
-    return None

@@ -9,6 +9,7 @@ id, so whatever a source stages is what the next batch publishes.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import duckdb
 import pyarrow as pa
 
 from deltaferry import duck
-from deltaferry.config import TableConfig, job_home
+from deltaferry.config import JobConfig, TableConfig, job_home
 from deltaferry.duck import ident
+from sources import names
 from sources.columns import (
     DELETED_COLUMN,
     HASH_COLUMN,
@@ -26,6 +28,9 @@ from sources.columns import (
     LOAD_ID_COLUMN,
     STAGING_DATASET,
 )
+
+#: dlt's pipeline of a job is named ``deltaferry_<job>`` (its working dir in the job's home)
+PIPELINE_PREFIX = "deltaferry_"
 
 
 def staging_path(job: str) -> Path:
@@ -280,3 +285,44 @@ def _has_value_at(path: str, column: str, document: Any) -> bool:
         except ValueError:  # text that is not a document holds no field
             return False
     return any(v is not None for v in find_values(path, {column: document}))
+
+
+def staging_naming(job: JobConfig, borrowed: Any = None) -> str:
+    """The dlt naming convention of the job's staging: the one dlt recorded with the staged
+    schema, else ``direct`` (names kept exactly) for a job that has staged nothing."""
+    pipeline_dir = job_home(job.name) / "dlt" / f"{PIPELINE_PREFIX}{job.name}"
+    return recorded_naming(staging_path(job.name), borrowed, pipeline_dir) or names.EXACT
+
+
+def recorded_naming(
+    staging: Path, borrowed: Any = None, pipeline_dir: Path | None = None
+) -> str | None:
+    """The naming convention dlt recorded for a job's staging: in the newest staged schema
+    version (``raw._dlt_version``), else in the pipeline's local schema (the staging file
+    was removed, dlt's working dir kept); None for a job that has staged nothing."""
+    if staging.exists():
+        con = read_staging(staging, borrowed)
+        try:
+            if staged_table_exists(con, "_dlt_version"):
+                row = con.execute(
+                    f"SELECT schema FROM {STAGING_DATASET}._dlt_version"
+                    " ORDER BY inserted_at DESC LIMIT 1"
+                ).fetchone()
+                if row:
+                    convention = (json.loads(row[0]).get("normalizers") or {}).get("names")
+                    return str(convention or names.LEGACY)
+        finally:
+            con.close()
+    if pipeline_dir is not None and (pipeline_dir / "schemas").is_dir():
+        for path in sorted((pipeline_dir / "schemas").glob("*.schema.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            seen = any(
+                not n.startswith("_dlt") and t.get("x-normalizer", {}).get("seen-data")
+                for n, t in (doc.get("tables") or {}).items()
+            )
+            if seen:
+                return str((doc.get("normalizers") or {}).get("names") or names.LEGACY)
+    return None

@@ -451,3 +451,50 @@ def test_a_read_that_fails_removes_the_record(shop_job, shop, home, monkeypatch)
     assert _outcome(home) == "read"
     shop_job.pull()
     _replica_is_source(shop, shop_job.replica)
+
+
+CLI_RUN = r"""
+import atexit, sys
+atexit.register(lambda: print("dlt imported:", "dlt" in sys.modules, flush=True))
+from deltaferry.cli import cli
+cli(["run", "shop", "--config", sys.argv[1]])
+"""
+
+
+@pytest.mark.integration  # a child process
+def test_deltaferry_run_with_nothing_new_imports_no_dlt(shop_job, shop, home):
+    """``deltaferry run`` checks the source before its flow (``preflight_job``), without dlt
+    (``sources/sql_database/preflight.py``); the flow's change check skips the read: the
+    whole command imports no dlt (about 0.4 s)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    _no_reconcile(shop_job)
+    shop.round(15, 10, churn=0)
+    shop_job.sync()  # stages the rows
+    _quiet(shop_job, home)
+    p = subprocess.run(
+        [sys.executable, "-c", CLI_RUN, str(shop_job.config)],
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _outcome(home) == "skipped", _decision(home)
+    assert "dlt imported: False" in p.stdout.splitlines(), p.stdout[-2000:]
+    # and a run that reads imports it: the check above can tell
+    shop.round(2, 2, churn=0)
+    p = subprocess.run(
+        [sys.executable, "-c", CLI_RUN, str(shop_job.config)],
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _outcome(home) == "read"
+    assert "dlt imported: True" in p.stdout.splitlines(), p.stdout[-2000:]

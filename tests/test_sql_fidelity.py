@@ -1247,7 +1247,7 @@ def test_cursor_unit_fits_every_number_type_of_the_source():
     from sqlalchemy.dialects import postgresql
 
     from deltaferry.errors import ConfigError
-    from sources.sql_database.source import _unit_fits
+    from sources.sql_database.preflight import _unit_fits
 
     job = SimpleNamespace(name="t")
     t = SimpleNamespace(name="items", cursor="at", options={"cursor_unit": "s"})
