@@ -37,6 +37,12 @@ def main() -> None:
     from flows.sync import sync_job
 
     imported = time.perf_counter() - t_import
+    # this process stands for the one a Prefect worker starts for a deployment's flow run,
+    # where sync_job ends the process without Python's last full collections
+    # (deltaferry/shutdown.py; a script that calls sync_job itself keeps them)
+    from deltaferry.shutdown import end_without_final_collection
+
+    end_without_final_collection()
     t0 = time.perf_counter()
     if args.profile:
         import cProfile
