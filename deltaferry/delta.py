@@ -137,83 +137,88 @@ def build_delta(
     most = getattr(chunks, "limit", None)  # rows the cut yields at most (``cut.Changes``)
     doomed = False
     first = True
-    # (no ``enumerate``: it keeps the chunk it last gave until it gives the next one, and
-    # each chunk's forms are deleted before the next is read: one chunk held at a time)
-    for changes in chunks:
-        if first:  # every chunk of a cut has the same columns
-            _check_published_names(job, t, changes.column_names)
-            first = False
-        if host_zone:
-            changes = _zoned_as(changes, host_zone)
-        if open_keys:
-            keys = changes.select(list(t.primary_key)).to_pylist()
-            touched |= open_keys.intersection(key_json(t, k) for k in keys)
-        drifted = _hold_drifted(t, changes, held or {}, quarantine, missing or {}, not doomed)
-        if held:
-            changes = changes.drop_columns([c for c in held if c in changes.column_names])
-        if migration is not None:
-            # a nullable column of the source version no change has a value in yet (dlt
-            # stages no column for an API field that was null in every record so far) is
-            # NULL for the migration too: a downgrade dropping it failed every run
-            changes = _add_null_columns(migration[0].contract(migration[1]), changes)
-            changes = _migrate_chunk(job, t, changes, *migration)
-        changes = _add_null_columns(contract, changes)
-        changes = _dates_as_timestamps(contract, changes)
-        fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
-            zero_copy_only=False
-        )
-        keep, upserts, failed, counts, failed_rows = _validate_chunk(
-            t, contract, changes, drifted, fresh, examples
-        )
-        changed += upserts
-        failed_total += failed
-        failures.update(counts)
-        # Over the threshold whatever the rest of the cut holds (``most`` rows at most):
-        # the batch is refused below, so no record is made or kept (a cut whose every row
-        # broke the contract spent a minute and a GiB a million rows on records the error
-        # dropped). The refusal's own comparison, dividing by more rows than it does:
-        # ``failed > ratio * most`` is not the same test in floating point (5,700 of a
-        # 10,000-row cut at 0.57 made no record and was not refused).
-        doomed = doomed or bool(most and failed_total / most > job.max_quarantine_ratio)
-        if doomed:
-            quarantine.clear()
-        elif failed_rows is not None:
-            _quarantine_failed(t, failed_rows, quarantine)
-        for column, check in counts:
-            if column is not None and column in changes.column_names and check.startswith("dtype("):
-                staged.setdefault(column, str(changes.schema.field(column).type))
-        published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
-        del changes, failed_rows
-        n = published.num_rows
-        if n == 0 or doomed:  # a refused batch's rows are counted, never encoded
-            del published
-            continue
-        published = _to_contract_types(job, t, contract, published)
-        if zones == "published":
-            published = published_zones(contract, published)
-        seen.add(published)
-        published = published.append_column(
-            SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
-        )
-        seq += n
-        parts.append(_encode(published))
-        if t.cursor in published.column_names:
-            mm = pc.min_max(published[t.cursor])
-            lo, hi = mm["min"].as_py(), mm["max"].as_py()
-            cmin = lo if cmin is None or (lo is not None and lo < cmin) else cmin
-            cmax = hi if cmax is None or (hi is not None and hi > cmax) else cmax
-        del published
-    if failed_total:
-        ratio = failed_total / changed
-        if ratio > job.max_quarantine_ratio or doomed:
-            raise ContractViolation(
-                f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
-                f"({_share(ratio, job.max_quarantine_ratio)}) break contract {contract.ref} "
-                f"v{contract.version}, over the job's max_quarantine_ratio of "
-                f"{job.max_quarantine_ratio:.1%}; nothing of this table "
-                f"published ({summarize(failures, examples=examples)}{_staged_as(staged)}); the job's other tables go on"
+    # the keys' DuckDB connection is closed however the loop ends (a ContractViolation
+    # keeps this frame in its traceback, a cycle: nothing is left to the collector)
+    try:
+        # (no ``enumerate``: it keeps the chunk it last gave until it gives the next one, and
+        # each chunk's forms are deleted before the next is read: one chunk held at a time)
+        for changes in chunks:
+            if first:  # every chunk of a cut has the same columns
+                _check_published_names(job, t, changes.column_names)
+                first = False
+            if host_zone:
+                changes = _zoned_as(changes, host_zone)
+            if open_keys:
+                keys = changes.select(list(t.primary_key)).to_pylist()
+                touched |= open_keys.intersection(key_json(t, k) for k in keys)
+            drifted = _hold_drifted(t, changes, held or {}, quarantine, missing or {}, not doomed)
+            if held:
+                changes = changes.drop_columns([c for c in held if c in changes.column_names])
+            if migration is not None:
+                # a nullable column of the source version no change has a value in yet (dlt
+                # stages no column for an API field that was null in every record so far) is
+                # NULL for the migration too: a downgrade dropping it failed every run
+                changes = _add_null_columns(migration[0].contract(migration[1]), changes)
+                changes = _migrate_chunk(job, t, changes, *migration)
+            changes = _add_null_columns(contract, changes)
+            changes = _dates_as_timestamps(contract, changes)
+            fresh = pc.is_in(changes[LOAD_ID_COLUMN], value_set=fresh_ids).to_numpy(
+                zero_copy_only=False
             )
-    seen.check(job.name, t.name)
+            keep, upserts, failed, counts, failed_rows = _validate_chunk(
+                t, contract, changes, drifted, fresh, examples
+            )
+            changed += upserts
+            failed_total += failed
+            failures.update(counts)
+            # Over the threshold whatever the rest of the cut holds (``most`` rows at most):
+            # the batch is refused below, so no record is made or kept (a cut whose every row
+            # broke the contract spent a minute and a GiB a million rows on records the error
+            # dropped). The refusal's own comparison, dividing by more rows than it does:
+            # ``failed > ratio * most`` is not the same test in floating point (5,700 of a
+            # 10,000-row cut at 0.57 made no record and was not refused).
+            doomed = doomed or bool(most and failed_total / most > job.max_quarantine_ratio)
+            if doomed:
+                quarantine.clear()
+            elif failed_rows is not None:
+                _quarantine_failed(t, failed_rows, quarantine)
+            for column, check in counts:
+                if column is not None and column in changes.column_names and check.startswith("dtype("):
+                    staged.setdefault(column, str(changes.schema.field(column).type))
+            published = changes.filter(pa.array(keep)).drop_columns([LOAD_ID_COLUMN])
+            del changes, failed_rows
+            n = published.num_rows
+            if n == 0 or doomed:  # a refused batch's rows are counted, never encoded
+                del published
+                continue
+            published = _to_contract_types(job, t, contract, published)
+            if zones == "published":
+                published = published_zones(contract, published)
+            seen.add(published)
+            published = published.append_column(
+                SEQ_COLUMN, pa.array(np.arange(seq, seq + n, dtype=np.int64))
+            )
+            seq += n
+            parts.append(_encode(published))
+            if t.cursor in published.column_names:
+                mm = pc.min_max(published[t.cursor])
+                lo, hi = mm["min"].as_py(), mm["max"].as_py()
+                cmin = lo if cmin is None or (lo is not None and lo < cmin) else cmin
+                cmax = hi if cmax is None or (hi is not None and hi > cmax) else cmax
+            del published
+        if failed_total:
+            ratio = failed_total / changed
+            if ratio > job.max_quarantine_ratio or doomed:
+                raise ContractViolation(
+                    f"job '{job.name}' table '{t.name}': {failed_total} of {changed} changed rows "
+                    f"({_share(ratio, job.max_quarantine_ratio)}) break contract {contract.ref} "
+                    f"v{contract.version}, over the job's max_quarantine_ratio of "
+                    f"{job.max_quarantine_ratio:.1%}; nothing of this table "
+                    f"published ({summarize(failures, examples=examples)}{_staged_as(staged)}); the job's other tables go on"
+                )
+        seen.check(job.name, t.name)
+    finally:
+        seen.close()
     upserts_n = sum(p.upserts for p in parts)
     total = seq - seq_start
     return Delta(
@@ -294,6 +299,12 @@ class _BatchKeys:
         else:
             self.con.execute("INSERT INTO batch_keys SELECT * FROM keys")
 
+    def close(self) -> None:
+        """Close the keys' connection (and its spill files), if open. Idempotent."""
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
     def check(self, job: str, table: str) -> None:
         """Raise ContractViolation naming the first key that came more than once."""
         if self.con is None:
@@ -307,8 +318,7 @@ class _BatchKeys:
                 f"ORDER BY ALL LIMIT 1"
             ).fetchone()
         finally:
-            self.con.close()
-            self.con = None
+            self.close()
         if repeated is None:
             return
         shown = ", ".join(f"{c}={v!r}" for c, v in zip(self.key, repeated[:-1], strict=True))

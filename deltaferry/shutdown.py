@@ -16,9 +16,11 @@ every such object is deltaferry's, and deltaferry closes its files and connectio
 explicitly (``with``, ``finally``; no ``__del__`` or ``weakref.finalize``):
 
 - the ``deltaferry`` command (``deltaferry/cli.py:main``);
-- the process a Prefect worker or runner starts for a deployment's flow run, which it
-  marks with ``PREFECT__FLOW_RUN_ID`` (:func:`end_quickly_if_started_for`, called by the
-  sync and pull flows).
+- the process a Prefect worker, or a deployment's runner (``prefect deploy``,
+  ``deltaferry serve``), starts for a flow run, which it marks with
+  ``PREFECT__FLOW_RUN_ID`` (:func:`end_quickly_if_started_for`, called by the sync and
+  pull flows with the flow-run context's id: ``flows/process.py``). A flow served by
+  ``flow.serve`` runs in a process Prefect does not mark, and keeps its usual exit.
 
 A program that calls ``sync_job`` or ``pull_job`` itself (a script, a notebook, a test)
 keeps Python's usual exit: its own objects in cycles (a DuckDB connection, say, whose
@@ -49,8 +51,9 @@ def end_without_final_collection() -> None:
 
 
 def started_for(flow_run_id: object) -> bool:
-    """Whether a Prefect worker or runner started this process to run ``flow_run_id``
-    (it sets ``PREFECT__FLOW_RUN_ID`` in the environment of the process it starts)."""
+    """Whether a Prefect worker or a deployment's runner started this process to run
+    ``flow_run_id`` (it sets ``PREFECT__FLOW_RUN_ID`` in the environment of the process it
+    starts). ``flow_run_id`` must come from the flow-run context, not from the environment."""
     given = os.environ.get("PREFECT__FLOW_RUN_ID")
     return bool(given) and flow_run_id is not None and given == str(flow_run_id)
 

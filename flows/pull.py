@@ -15,10 +15,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
 from deltaferry.run_report import pull_markdown, pull_summary
-from deltaferry.shutdown import end_quickly_if_started_for
+from flows.process import end_quickly_if_the_process_is_the_runs
 from flows.report import artifact_key
 from flows.retries import only_transient, step_retry_delays
 
@@ -49,7 +48,7 @@ def pull_job(job: str, replica: str, config: str | None = None) -> dict[str, Any
     with that error."""
     from deltaferry.errors import DeltaferryError
 
-    end_quickly_if_started_for(flow_run.id)  # a worker's process: no last full GC passes
+    end_quickly_if_the_process_is_the_runs()  # a worker's process: no last full GC passes
     failed: DeltaferryError | None = None
     try:
         retries, delays = step_retry_delays()  # read now, not when this module loads

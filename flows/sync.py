@@ -39,7 +39,7 @@ from deltaferry.delta import Delta
 from deltaferry.extract import ExtractResult, run_extract
 from deltaferry.run import open_run, plan_logged, recorded, run_tags, sync_steps
 from deltaferry.settings import from_env
-from deltaferry.shutdown import end_quickly_if_started_for
+from flows.process import end_quickly_if_the_process_is_the_runs
 from flows.report import emit, on_completion, on_end, on_failure, track
 from flows.retries import only_transient, step_retry_delays
 
@@ -163,7 +163,7 @@ def _tag_flow_run(ctx: SyncContext) -> None:
 )
 def sync_job(job: str, config: str | None = None) -> dict[str, Any]:
     """One sync of ``job``: extract, validate, publish and checkpoint every table."""
-    end_quickly_if_started_for(flow_run.id)  # a worker's process: no last full GC passes
+    end_quickly_if_the_process_is_the_runs()  # a worker's process: no last full GC passes
     cfg = load_job(job, config)
     with job_lock(job):
         ctx = open_run(cfg, trace_id=str(flow_run.id or "") or None)

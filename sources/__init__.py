@@ -33,21 +33,19 @@ from typing import Any
 def source_module(job: Any) -> ModuleType:
     """The module implementing the job's source kind: ``sources/<kind>/source.py`` where the
     kind has one, else the package ``sources/<kind>/`` itself."""
-    return _kind_module(job, "source")
+    return _kind_module(job, "source") or importlib.import_module(f"sources.{job.source}")
 
 
 def preflight_module(job: Any) -> ModuleType:
     """The module with the job's source kind's ``preflight_source``:
     ``sources/<kind>/preflight.py`` where the kind has one (the SQL kind: no dlt to import
     for a check), else ``source_module(job)``."""
-    return _kind_module(job, "preflight", "source")
+    return _kind_module(job, "preflight") or source_module(job)
 
 
-def _kind_module(job: Any, *names: str) -> ModuleType:
-    """The first of ``sources/<kind>/<name>.py`` for ``names`` that exists, else the package."""
+def _kind_module(job: Any, name: str) -> ModuleType | None:
+    """``sources/<kind>/<name>.py``, or None where the kind has none."""
     package = importlib.import_module(f"sources.{job.source}")
-    where = Path(package.__file__ or "").parent
-    for name in names:
-        if (where / f"{name}.py").is_file():
-            return importlib.import_module(f"sources.{job.source}.{name}")
-    return package
+    if (Path(package.__file__ or "").parent / f"{name}.py").is_file():
+        return importlib.import_module(f"sources.{job.source}.{name}")
+    return None

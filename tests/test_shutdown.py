@@ -31,10 +31,29 @@ from flows.sync import sync_job
 sync_job(job="shop", config=sys.argv[1])
 print("synced", flush=True)
 """
-STARTED_FOR = PROBE + r"""
+# a flow run as Prefect's engine runs one a worker started: the run made first, the
+# process marked with its id, the flow run in that run's context (prefect.flow_engine);
+# "fn" calls the flow's function outside any run, with the same mark
+ENGINE = PROBE + r"""
 import os, sys
-from deltaferry.shutdown import end_quickly_if_started_for
-end_quickly_if_started_for(sys.argv[1])
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.flow_engine import run_flow
+from flows.process import end_quickly_if_the_process_is_the_runs
+
+@flow(name="shutdown-probe")
+def probe() -> int:
+    end_quickly_if_the_process_is_the_runs()
+    return 1
+
+with get_client(sync_client=True) as client:
+    run = client.create_flow_run(probe)
+mark = {"same": str(run.id), "other": "0b9c6c3a-57a4-4a57-9a3c-4cc6b1c3a0c1"}[sys.argv[2]]
+os.environ["PREFECT__FLOW_RUN_ID"] = mark
+if sys.argv[1] == "engine":
+    assert run_flow(probe, flow_run=run) == 1
+else:
+    assert probe.fn() == 1
 """
 
 
@@ -99,15 +118,15 @@ def test_a_program_that_runs_the_flow_itself_keeps_its_exit(tmp_path, home, api_
 
 
 @pytest.mark.integration  # child processes
-def test_a_flow_runs_process_is_the_runs_only_when_prefect_started_it_for_that_run():
-    """A Prefect worker or runner starts a deployment's flow run in a process whose
-    ``PREFECT__FLOW_RUN_ID`` names it: that process ends without the last collections;
-    one started for another run, or by a program that calls the flow, keeps its exit."""
+def test_a_flow_runs_process_is_the_runs_only_when_prefect_started_it_for_that_run(api_env):
+    """A Prefect worker or a deployment's runner starts a flow run in a process whose
+    ``PREFECT__FLOW_RUN_ID`` names it: that process ends without the last collections.
+    A process marked for another run, or a program calling the flow's function outside a
+    run (where ``prefect.runtime.flow_run.id`` would answer with the mark itself), keeps
+    its exit."""
     from deltaferry.shutdown import started_for
 
-    run = "0b9c6c3a-57a4-4a57-9a3c-4cc6b1c3a0c1"
-    env = {"PREFECT__FLOW_RUN_ID": run}
-    assert _python(STARTED_FOR, run, env=env) > 0
-    assert _python(STARTED_FOR, "another-run", env=env) == 0
-    assert _python(STARTED_FOR, run, env={"PREFECT__FLOW_RUN_ID": ""}) == 0
+    assert _python(ENGINE, "engine", "same", env=api_env) > 10_000
+    assert _python(ENGINE, "engine", "other", env=api_env) == 0
+    assert _python(ENGINE, "fn", "same", env=api_env) == 0
     assert not started_for(None)

@@ -391,3 +391,35 @@ def test_row_local_judges_each_kind_of_check() -> None:
     assert Contract("t:ElementWise", ElementWise).row_local(("id",), types)
     assert not Contract("t:Grouped", Grouped).row_local(("id",), types)
     assert not Contract("t:UniqueTogether", UniqueTogether).row_local(("id",), types)
+
+
+def test_a_refused_batch_closes_its_keys_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's keys live in an in-memory DuckDB (``delta._BatchKeys``); a batch refused
+    over the quarantine ratio, or failing in the middle of its chunks, closes it before the
+    error leaves ``build_delta``: the error's traceback holds the frame (a cycle), and a
+    process deltaferry owns ends without the collections that would have closed it
+    (``deltaferry/shutdown.py``). Found by a review."""
+    made: list[delta_mod._BatchKeys] = []
+    real_init = delta_mod._BatchKeys.__init__
+
+    def tracked(self, key) -> None:  # noqa: ANN001
+        real_init(self, key)
+        made.append(self)
+
+    monkeypatch.setattr(delta_mod._BatchKeys, "__init__", tracked)
+    t = TableConfig("orders", ("id",), None, "none", "t:Orders")
+    # every 7th row fails: 1/7 of the rows is over a ratio of 0.1, after the keys were added
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,), max_quarantine_ratio=0.1)
+    with pytest.raises(delta_mod.ContractViolation, match="max_quarantine_ratio"):
+        build_delta(job, t, Contract("t:Orders", Orders), [_chunk(300, 0), _chunk(300, 300)], ["1.1"], 1)
+
+    class Broken:  # a cut whose second chunk fails to read
+        def __iter__(self):  # noqa: ANN204
+            yield _chunk(300, 0)
+            raise OSError("the staging file went away")
+
+    job = JobConfig("j", "sql_database", "sqlite://", "file:lake", (t,), max_quarantine_ratio=0.5)
+    with pytest.raises(OSError, match="went away"):
+        build_delta(job, t, Contract("t:Orders", Orders), Broken(), ["1.1"], 1)
+    assert len(made) == 2
+    assert [k.con for k in made] == [None, None]
