@@ -259,3 +259,42 @@ def test_a_job_whose_every_table_cannot_be_read_fails_its_extract_naming_each(mo
     with pytest.raises(TableReadError, match="table 'orders': column 'x' holds 1.005"):
         run_extract(ctx)
     assert calls == [["orders"]]
+
+
+def test_a_read_that_fails_while_it_is_set_up_closes_the_filters_made_so_far(
+    shop_job, shop, monkeypatch
+):
+    """Each table's read keeps a changed-rows filter (a DuckDB connection spilling to the
+    job's ``tmp/``). One table's setup failing (its window's start here) closes the
+    filters made for the tables before it, as the reads' own end does: a process deltaferry
+    owns ends without the collections that would have closed them (found by a review)."""
+    import sources.sql_database.source as sql_source
+    from deltaferry.config import load_job
+
+    shop.round(5, 5, churn=0)
+    shop_job.sync()  # both tables staged: the next read sets up a window for each
+    made: list[Any] = []
+    closed: list[Any] = []
+
+    class Tracked(sql_source.ChangedByKey):
+        def __init__(self, *a: Any) -> None:
+            super().__init__(*a)
+            made.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    real_start = sql_source.window_start
+
+    def failing(job, t, borrowed):  # noqa: ANN001, ANN202
+        if t.name == "orders":
+            raise OSError("orders: the staging file went away")
+        return real_start(job, t, borrowed)
+
+    monkeypatch.setattr(sql_source, "ChangedByKey", Tracked)
+    monkeypatch.setattr(sql_source, "window_start", failing)
+    with pytest.raises(OSError, match="went away"):
+        sql_source.extract(load_job("shop", str(shop_job.config)))
+    assert len(made) == 1  # customers' filter, made before orders failed
+    assert closed == made

@@ -120,41 +120,48 @@ def _extract(job: JobConfig, engine: sa.Engine, watchdog: StallWatchdog) -> Extr
         bounds: dict[str, Any] = {}  # where each cursor table's window starts
         stopped_after: dict[str, str] = {}  # tables refused after the run's loads staged
         ahead: dict[str, list[str]] = {}  # tables with staged cursor values after now
-        for t in job.tables:
-            if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
-                whole.append(t.name)
-                reads.append(
-                    TableRead(
-                        job, t, engine, watchdog, ChangedRows(job, t, borrowed), pipeline=pipeline
-                    )
-                )
-            else:
-                start = window_start(job, t, borrowed)
-                bound = bounds[t.name] = start.bound
-                if start.keys:  # after now: a fix may give one a value below the bound
-                    revisit[t.name] = revisit.get(t.name, []) + start.keys
-                if bound is not None and gained.get(t.name):
-                    # every row has a value in a column the source gained (ADD COLUMN ...
-                    # DEFAULT, a rename) while its cursor stayed: read the table whole once
-                    bound = bounds[t.name] = None
-                    first.notes.setdefault(t.name, []).append(
-                        f"column(s) {', '.join(gained[t.name])} new at the source: the table "
-                        "is read whole this run, so every row carries their values (a cursor "
-                        "read would have staged them for changed rows only)"
-                    )
-                if bound is None and t.name not in first.rows:  # a first read, by dlt alone
+        # each read keeps its changed-rows filter (a DuckDB connection, spilling to the
+        # job's tmp/): closed however this loop ends, as after the reads below
+        try:
+            for t in job.tables:
+                if t.cursor is None:  # full-compare mode: the whole table, kept where it changed
                     whole.append(t.name)
-                reads.append(
-                    TableRead(
-                        job,
-                        t,
-                        engine,
-                        watchdog,
-                        ChangedByKey(job, t, borrowed),
-                        lambda text_times, t=t, b=bound: window(job, t, b, text_times),
-                        pipeline=pipeline,
+                    reads.append(
+                        TableRead(
+                            job, t, engine, watchdog, ChangedRows(job, t, borrowed), pipeline=pipeline
+                        )
                     )
-                )
+                else:
+                    start = window_start(job, t, borrowed)
+                    bound = bounds[t.name] = start.bound
+                    if start.keys:  # after now: a fix may give one a value below the bound
+                        revisit[t.name] = revisit.get(t.name, []) + start.keys
+                    if bound is not None and gained.get(t.name):
+                        # every row has a value in a column the source gained (ADD COLUMN ...
+                        # DEFAULT, a rename) while its cursor stayed: read the table whole once
+                        bound = bounds[t.name] = None
+                        first.notes.setdefault(t.name, []).append(
+                            f"column(s) {', '.join(gained[t.name])} new at the source: the table "
+                            "is read whole this run, so every row carries their values (a cursor "
+                            "read would have staged them for changed rows only)"
+                        )
+                    if bound is None and t.name not in first.rows:  # a first read, by dlt alone
+                        whole.append(t.name)
+                    reads.append(
+                        TableRead(
+                            job,
+                            t,
+                            engine,
+                            watchdog,
+                            ChangedByKey(job, t, borrowed),
+                            lambda text_times, t=t, b=bound: window(job, t, b, text_times),
+                            pipeline=pipeline,
+                        )
+                    )
+        except BaseException:
+            for r in reads:
+                r.close()
+            raise
         load_ids: list[str] = list(first.load_ids)
         # the scanner's copies committed, but one that held no row leaves nothing to
         # remember at the end of this function: a table the read below refuses still
