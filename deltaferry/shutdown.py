@@ -18,8 +18,8 @@ explicitly (``with``, ``finally``; no ``__del__`` or ``weakref.finalize``):
 - the ``deltaferry`` command (``deltaferry/cli.py:main``);
 - the process a Prefect worker, or a deployment's runner (``prefect deploy``,
   ``deltaferry serve``), starts for a flow run, which it marks with
-  ``PREFECT__FLOW_RUN_ID`` (:func:`end_quickly_if_started_for`, called by the sync and
-  pull flows with the flow-run context's id: ``flows/process.py``). A flow served by
+  ``PREFECT__FLOW_RUN_ID`` (:func:`started_for`, asked by the sync and pull flows with
+  the flow-run context's id: ``flows/process.py``). A flow served by
   ``flow.serve`` runs in a process Prefect does not mark, and keeps its usual exit.
 
 A program that calls ``sync_job`` or ``pull_job`` itself (a script, a notebook, a test)
@@ -33,21 +33,15 @@ from __future__ import annotations
 import atexit
 import gc
 import os
-import threading
-
-_registered = False
-_lock = threading.Lock()
 
 
 def end_without_final_collection() -> None:
     """Have this process skip the garbage collector's passes over the objects alive at its
-    exit (:func:`gc.freeze` as an exit handler). Idempotent: registered once a process.
-    Only for a process deltaferry owns (see the module's docstring)."""
-    global _registered
-    with _lock:
-        if not _registered:
-            atexit.register(gc.freeze)
-            _registered = True
+    exit (:func:`gc.freeze` as an exit handler). Idempotent: a handler registered before is
+    removed first, so it is registered once. Only for a process deltaferry owns (see the
+    module's docstring)."""
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def started_for(flow_run_id: object) -> bool:
@@ -56,10 +50,3 @@ def started_for(flow_run_id: object) -> bool:
     starts). ``flow_run_id`` must come from the flow-run context, not from the environment."""
     given = os.environ.get("PREFECT__FLOW_RUN_ID")
     return bool(given) and flow_run_id is not None and given == str(flow_run_id)
-
-
-def end_quickly_if_started_for(flow_run_id: object) -> None:
-    """:func:`end_without_final_collection` when this process was started for the flow run
-    ``flow_run_id`` (:func:`started_for`); a program that called the flow keeps its exit."""
-    if started_for(flow_run_id):
-        end_without_final_collection()

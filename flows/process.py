@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from prefect.context import FlowRunContext
 
-from deltaferry.shutdown import end_quickly_if_started_for
+from deltaferry.shutdown import end_without_final_collection, started_for
 
 
 def end_quickly_if_the_process_is_the_runs() -> None:
-    """``end_quickly_if_started_for`` the flow run in progress, read from Prefect's flow-run
-    context (not ``prefect.runtime.flow_run.id``, which outside a flow answers with the
+    """``end_without_final_collection`` when Prefect started this process for the flow run
+    in progress (``started_for``), read from Prefect's flow-run context (not ``prefect.runtime.flow_run.id``, which outside a flow answers with the
     environment's ``PREFECT__FLOW_RUN_ID`` itself: a flow's ``.fn`` called by a program a
     worker started would pass). Outside a flow run: nothing."""
     ctx = FlowRunContext.get()
     run = ctx.flow_run if ctx is not None else None
-    if run is not None:
-        end_quickly_if_started_for(run.id)
+    if run is not None and started_for(run.id):
+        end_without_final_collection()

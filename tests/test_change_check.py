@@ -472,29 +472,26 @@ def test_deltaferry_run_with_nothing_new_imports_no_dlt(shop_job, shop, home):
 
     from prefect.settings import PREFECT_API_URL
 
+    def run_cli() -> list[str]:  # `deltaferry run` in a child process: its stdout lines
+        p = subprocess.run(
+            [sys.executable, "-c", CLI_RUN, str(shop_job.config)],
+            env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout.splitlines()
+
     _no_reconcile(shop_job)
     shop.round(15, 10, churn=0)
     shop_job.sync()  # stages the rows
     _quiet(shop_job, home)
-    p = subprocess.run(
-        [sys.executable, "-c", CLI_RUN, str(shop_job.config)],
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    lines = run_cli()
     assert _outcome(home) == "skipped", _decision(home)
-    assert "dlt imported: False" in p.stdout.splitlines(), p.stdout[-2000:]
+    assert "dlt imported: False" in lines, lines[-20:]
     # and a run that reads imports it: the check above can tell
     shop.round(2, 2, churn=0)
-    p = subprocess.run(
-        [sys.executable, "-c", CLI_RUN, str(shop_job.config)],
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    lines = run_cli()
     assert _outcome(home) == "read"
-    assert "dlt imported: True" in p.stdout.splitlines(), p.stdout[-2000:]
+    assert "dlt imported: True" in lines, lines[-20:]

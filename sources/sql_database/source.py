@@ -29,7 +29,7 @@ from deltaferry.quarantine import UNKEYED, held_identity
 from sources.change_detection import ChangedByKey, ChangedRows
 from sources.columns import INTERNAL_COLUMNS
 from sources.load import ExtractResult, row_counts
-from sources.pipeline import pipeline_for, staging_naming
+from sources.pipeline import pipeline_for
 from sources.sql_database import bulk, refused
 from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.preflight import preflight, preflight_source
@@ -54,7 +54,7 @@ from sources.sql_database.window import (
     window,
     window_start,
 )
-from sources.staging import staged_types, staging_path
+from sources.staging import staged_types, staging_naming, staging_path
 
 # rows held for a NULL cursor are read again by key on every run (``null_cursor_keys``):
 # a record not held again has a cursor value now (and was staged) or is gone
