@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from deltaferry.failpoints import POINTS
 from deltaferry.shop import Shop
 from deltaferry.verify import list_batches, verify_table
 from tests.support.chaos import ChaosProxy, FaultPlan
+from tests.support.cli_fork import run_cli
 
 BASE = int(os.environ.get("DELTAFERRY_CHAOS_SEED_BASE", "1000"))
 COUNT = int(os.environ.get("DELTAFERRY_CHAOS_SEEDS", "3"))
@@ -37,37 +36,24 @@ def _cli_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()), PYTHONPATH=path, **extra)
 
 
-def _kill_at_random_time(job, delay: float) -> int:
-    """Start a run and SIGKILL it from outside after ``delay`` seconds (if still running)."""
-    import signal
-    import time
-
-    p = subprocess.Popen(
-        [sys.executable, "-m", "deltaferry.cli", "run", job.name, "--config", str(job.config)],
-        env=_cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(delay)
-    if p.poll() is None:
-        p.send_signal(signal.SIGKILL)
-    return p.wait(timeout=300)
+def _run_argv(job) -> list[str]:  # noqa: ANN001
+    return ["run", job.name, "--config", str(job.config)]
 
 
-def _kill_run(job, point: str, skip: int) -> int:
+def _kill_at_random_time(job, delay: float) -> int:  # noqa: ANN001
+    """Start a run and SIGKILL it from outside ``delay`` seconds after its process started
+    (if it is still running then). The run is forked from a process that has imported
+    deltaferry (``tests/support/cli_fork.py``), so its first step starts at once."""
+    return run_cli(_run_argv(job), _cli_env(), kill_after=delay).returncode
+
+
+def _kill_run(job, point: str, skip: int) -> int:  # noqa: ANN001
     env = _cli_env(
         DELTAFERRY_FAILPOINT=point,
         DELTAFERRY_FAILPOINT_ACTION="kill",
         DELTAFERRY_FAILPOINT_SKIP=str(skip),
     )
-    p = subprocess.run(
-        [sys.executable, "-m", "deltaferry.cli", "run", job.name, "--config", str(job.config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return p.returncode
+    return run_cli(_run_argv(job), env).returncode
 
 
 def _sync_under_faults(job) -> int:  # noqa: ANN001
@@ -91,7 +77,7 @@ def _maybe_kill(job, rng: random.Random, kills: Counter) -> None:  # noqa: ANN00
         if _kill_run(job, point, skip=rng.randint(0, 1)) == -9:
             kills[point] += 1
     elif rng.random() < 0.3:
-        if _kill_at_random_time(job, rng.uniform(3.0, 9.0)) == -9:
+        if _kill_at_random_time(job, rng.uniform(0.0, 6.0)) == -9:
             kills["random_time"] += 1
 
 
@@ -340,3 +326,31 @@ def test_reader_is_indifferent_to_listing_order_duplicates_and_half_written_obje
         pull(shop_job.job(), lake, replica)  # delivered twice
         shop_job.replica = replica
         assert all(c.equal for c in shop_job.compare())
+
+
+def test_a_forked_command_takes_its_own_environment_and_is_killed_where_asked(shop_job, shop):
+    """The chaos scenarios' kill runs are forked from a process that imported deltaferry
+    (tests/support/cli_fork.py): each must run with the environment it is given (this
+    test's home, its failpoint), stop where asked, and a run with neither completes."""
+    from deltaferry.state import StateStore
+
+    shop.round(30, 30, churn=0)
+    killed = _kill_run(shop_job, "after_plan", skip=0)
+    assert killed == -9
+    state = StateStore("shop")  # this test's DELTAFERRY_HOME
+    assert state.pending_plan("customers") is not None
+    assert shop_job.lake().list("shop/customers/manifests/") == []
+
+    done = run_cli(_run_argv(shop_job), _cli_env())
+    assert done.returncode == 0, done.output[-2000:]
+    assert shop_job.lake().list("shop/customers/manifests/") == [
+        "shop/customers/manifests/000000000001.json"
+    ]
+    assert state.pending_plan("customers") is None
+    assert _kill_at_random_time(shop_job, 0.0) == -9  # killed before it could do anything
+    assert len(shop_job.lake().list("shop/customers/manifests/")) == 1
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+
+    with pytest.raises(RuntimeError, match="fork server imported Prefect for"):
+        run_cli(["status"], {**_cli_env(), "PREFECT_API_URL": "http://127.0.0.1:9/api"})
