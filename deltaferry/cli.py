@@ -153,9 +153,10 @@ _schema.register(sys.modules[__name__])
 
 
 def main() -> None:
-    from deltaferry.shutdown import end_without_final_collection
+    from deltaferry.shutdown import end_without_final_collection, stop_at_interrupt
 
     end_without_final_collection()  # our own process: no last full GC passes at its exit
+    stop_at_interrupt()  # a Ctrl-C Python drops still stops the run at its next step
     cli()
 
 

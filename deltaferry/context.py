@@ -24,6 +24,7 @@ from deltaferry.errors import DeltaferryError, JobBusyError, TransientError
 from deltaferry.failpoints import killed
 from deltaferry.keys import Keyring
 from deltaferry.negotiate import source_version
+from deltaferry.shutdown import raise_if_interrupted
 from deltaferry.state import StateStore, hold, state_path
 from destinations.lake import LakeStore, open_lake
 
@@ -80,6 +81,7 @@ class SyncContext:
         t0 = time.perf_counter()
         attempt = self.attempt()
         try:
+            raise_if_interrupted()  # a Ctrl-C Python dropped during the last step
             result = fn()
         except BaseException as e:
             if killed(e):  # the simulator's SIGKILL: a killed step leaves no line

@@ -27,6 +27,7 @@ from deltaferry.keys import Keyring
 from deltaferry.merge_tables import HLC_COLUMN, PRODUCER_COLUMN
 from deltaferry.reader_contract import hold_reader_contract, reread_held
 from deltaferry.replica_apply import admit_files, create_placeholder, merge_into, merge_rows
+from deltaferry.shutdown import raise_if_interrupted
 from deltaferry.verify import check_position, iter_verified
 from destinations.lake import LakeStore
 from destinations.manifest import Manifest
@@ -268,6 +269,7 @@ def _pull_table(
     for vb in iter_verified(
         lake, job.name, t.name, after=after, prev_sha256=prev, keyring=keyring, stream=True
     ):
+        raise_if_interrupted()  # a Ctrl-C Python dropped while the last batch applied
         rows, caution, held = duck.applying(
             con, functools.partial(_apply_batch, con, job, t, reading, vb)
         )
@@ -371,6 +373,7 @@ def _pull_merged(
             prev_hlc=prev_hlc,
             stream=True,
         ):
+            raise_if_interrupted()
             applied = duck.applying(
                 con, functools.partial(_apply_merged, con, job, t, shape, reading, producer, vb)
             )

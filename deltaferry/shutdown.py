@@ -1,4 +1,5 @@
-"""How a deltaferry process ends: without the interpreter's last full garbage collections.
+"""How a deltaferry process ends: without the interpreter's last full garbage collections,
+and at Ctrl-C even when Python drops the interrupt.
 
 When Python exits, it tears its modules down and runs full garbage collections over every
 object the collector tracks: about 300,000 once Prefect, pandas, pandera, pydantic's models
@@ -26,6 +27,16 @@ A program that calls ``sync_job`` or ``pull_job`` itself (a script, a notebook, 
 keeps Python's usual exit: its own objects in cycles (a DuckDB connection, say, whose
 write-ahead log DuckDB 1.5.5 cannot always replay) are still finalized.
 ``tests/test_shutdown.py`` checks both, and that no write-ahead log is left behind.
+
+**Ctrl-C.** Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT
+arrives. If that is inside a weakref callback or a ``__del__`` (SQLAlchemy's
+``_collection_gced`` during a collection, say), the exception cannot propagate: Python
+prints "Exception ignored in ..." and goes on, and the run used to complete with exit 0.
+:func:`stop_at_interrupt` (the ``deltaferry`` command installs it) remembers the
+interrupt as well as raising it, and :func:`raise_if_interrupted`, called before every
+step of a sync (``deltaferry/context.py``) and every batch a pull applies
+(``deltaferry/replica.py``), raises it again there: the run stops at its next step, as
+after any interruption, and the next run recovers what it left.
 """
 
 from __future__ import annotations
@@ -33,6 +44,11 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
+import threading
+from types import FrameType
+
+_interrupted = threading.Event()
 
 
 def end_without_final_collection() -> None:
@@ -50,3 +66,24 @@ def started_for(flow_run_id: object) -> bool:
     starts). ``flow_run_id`` must come from the flow-run context, not from the environment."""
     given = os.environ.get("PREFECT__FLOW_RUN_ID")
     return bool(given) and flow_run_id is not None and given == str(flow_run_id)
+
+
+def stop_at_interrupt() -> None:
+    """Make Ctrl-C (SIGINT) raise ``KeyboardInterrupt`` as Python's default handler does,
+    and remember it for :func:`raise_if_interrupted`. Only for a process deltaferry owns,
+    from its main thread (the ``deltaferry`` command: ``deltaferry/cli.py:main``); a
+    program calling deltaferry keeps its own handler."""
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if this process was interrupted (Ctrl-C) since
+    :func:`stop_at_interrupt`, also when Python dropped the first one (see the module's
+    docstring). Called at step and batch boundaries; costs one flag read."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt("interrupted (Ctrl-C); stopping before the next step")

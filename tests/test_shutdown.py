@@ -24,6 +24,33 @@ PROBE = (
     "atexit.register(lambda: print(f'frozen at exit: {gc.get_freeze_count()}', flush=True))\n"
 )
 CLI = PROBE + "import sys\nfrom deltaferry.cli import main\nsys.argv[0] = 'deltaferry'\nmain()\n"
+# `deltaferry run` in which Python drops a Ctrl-C: SIGINT arrives while a weakref callback
+# runs (as SQLAlchemy's ``_collection_gced`` does during a collection), where the
+# KeyboardInterrupt cannot propagate ("Exception ignored in ..."); at the end of the extract
+DROPPED_INTERRUPT = r"""
+import os, signal, sys, weakref
+from deltaferry import failpoints
+from deltaferry.cli import main
+
+def drop_an_interrupt(point):
+    if point != "after_extract":
+        return
+    class Box:
+        pass
+    box = Box()
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):  # the handler runs here, inside the callback
+            pass
+    ref = weakref.ref(box, callback)
+    del box
+    with open(os.environ["DROPPED_MARK"], "w") as fh:  # prints go to Prefect's logger
+        fh.write("the interrupt was dropped")
+
+failpoints.set_hook(drop_an_interrupt)
+sys.argv[0] = "deltaferry"
+main()
+"""
 # a user's program that runs the flow itself
 SCRIPT = PROBE + r"""
 import sys
@@ -130,3 +157,60 @@ def test_a_flow_runs_process_is_the_runs_only_when_prefect_started_it_for_that_r
     assert _python(ENGINE, "engine", "other", env=api_env) == 0
     assert _python(ENGINE, "fn", "same", env=api_env) == 0
     assert not started_for(None)
+
+
+@pytest.mark.integration  # child processes
+def test_a_ctrl_c_python_drops_still_stops_the_run_at_its_next_step(tmp_path, home, api_env):
+    """Ctrl-C inside a weakref callback or ``__del__`` is dropped by Python (printed as
+    "Exception ignored in ..."), and the run used to complete with exit 0. The ``deltaferry``
+    command remembers it (``deltaferry/shutdown.py:stop_at_interrupt``): the run stops
+    before its next step, which the operations log records, and the next run publishes."""
+    db = make_shop(tmp_path / "shop.db", (20, 30, 0.0))
+    config = write_jobs(tmp_path, f"file://{tmp_path}/lake", db)
+    mark = tmp_path / "dropped"
+    env = {**os.environ, **api_env, "DELTAFERRY_HOME": str(home), "DROPPED_MARK": str(mark)}
+    p = subprocess.run(
+        [sys.executable, "-c", DROPPED_INTERRUPT, "run", "shop", "--config", str(config)],
+        env=env,
+        **RUN,
+    )
+    assert mark.exists(), p.stdout[-2000:] + p.stderr[-2000:]
+    assert "Exception ignored in" in p.stderr and "KeyboardInterrupt" in p.stderr
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert not (tmp_path / "lake" / "shop" / "customers" / "manifests").exists()
+    con = duckdb.connect(str(home / "shop" / "state.duckdb"), read_only=True)
+    steps = con.execute("SELECT step, outcome, detail FROM ops_log ORDER BY id").fetchall()
+    con.close()
+    assert ("extract", "ok") in [(s, o) for s, o, _ in steps], steps
+    stopped = [(s, d) for s, o, d in steps if o == "failed"]
+    assert stopped and "KeyboardInterrupt: interrupted (Ctrl-C)" in stopped[0][1], steps
+
+    p = subprocess.run(
+        [sys.executable, "-m", "deltaferry.cli", "run", "shop", "--config", str(config)],
+        env=env,
+        **RUN,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "lake" / "shop" / "customers" / "manifests").exists()
+
+
+def test_a_remembered_interrupt_stops_a_pull_before_its_next_batch(shop_job, shop):
+    """The pull's side of :func:`deltaferry.shutdown.raise_if_interrupted`: with an
+    interrupt remembered, no batch is applied; once it is cleared (a new process), the
+    pull applies them all."""
+    from deltaferry import shutdown
+
+    shop.round(20, 20, churn=0)
+    shop_job.sync()
+    shutdown._interrupted.set()  # as the handler does when Ctrl-C arrives
+    try:
+        with pytest.raises(KeyboardInterrupt, match="interrupted"):
+            shop_job.pull()
+    finally:
+        shutdown._interrupted.clear()
+    con = duckdb.connect(str(shop_job.replica), read_only=True)
+    applied = con.execute("SELECT count(*) FROM _deltaferry_batches").fetchall()[0][0]
+    con.close()
+    assert applied == 0
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
