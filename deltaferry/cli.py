@@ -153,11 +153,16 @@ _schema.register(sys.modules[__name__])
 
 
 def main() -> None:
-    from deltaferry.shutdown import end_without_final_collection, stop_at_interrupt
+    from deltaferry.shutdown import end_without_final_collection, interrupted
 
     end_without_final_collection()  # our own process: no last full GC passes at its exit
-    stop_at_interrupt()  # a Ctrl-C Python drops still stops the run at its next step
-    cli()
+    try:
+        cli()  # click's standalone mode: always ends in SystemExit
+    except SystemExit as done:
+        if interrupted() and not done.code:  # a Ctrl-C Python dropped, after the last step
+            click.echo("deltaferry: interrupted (Ctrl-C) after its last step", err=True)
+            raise SystemExit(130) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def pull(
     from deltaferry.config import load_job
     from deltaferry.consumers import default_consumer_id
     from deltaferry.replica import pull as do_pull
+    from deltaferry.shutdown import stop_at_interrupt
     from destinations.lake import open_lake
 
+    stop_at_interrupt()  # a Ctrl-C Python drops still stops the pull before its next batch
     cfg = load_job(job, config)
     for name in tables:
         cfg.table(name)

@@ -32,6 +32,9 @@ def run(job: str, config: str | None, verbose: bool) -> None:
     """Run one sync of JOB: extract, validate, publish, checkpoint (a Prefect flow)."""
     from deltaferry.config import load_job
     from deltaferry.context import preflight_job
+    from deltaferry.shutdown import stop_at_interrupt
+
+    stop_at_interrupt()  # a Ctrl-C Python drops still stops the run at its next step
 
     if not verbose:
         _quiet_prefect_console()
@@ -71,6 +74,9 @@ def run_all(
     """Sync several jobs at once, each in a worker process; exit 1 if any failed."""
     from deltaferry.config import config_path, load_jobs
     from deltaferry.context import preflight_job
+    from deltaferry.shutdown import stop_at_interrupt
+
+    stop_at_interrupt()
 
     if workers < 1:
         raise ConfigError("--workers must be 1 or more")

@@ -139,6 +139,7 @@ def pull(
         for t in job.tables:
             if tables and t.name not in tables:
                 continue
+            raise_if_interrupted()  # a Ctrl-C Python dropped while the last table applied
             where = f"job '{job.name}' table '{t.name}'"
             chain = load_chain(t.contract, where=where)
             reading = Reading(

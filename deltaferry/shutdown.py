@@ -32,11 +32,16 @@ write-ahead log DuckDB 1.5.5 cannot always replay) are still finalized.
 arrives. If that is inside a weakref callback or a ``__del__`` (SQLAlchemy's
 ``_collection_gced`` during a collection, say), the exception cannot propagate: Python
 prints "Exception ignored in ..." and goes on, and the run used to complete with exit 0.
-:func:`stop_at_interrupt` (the ``deltaferry`` command installs it) remembers the
-interrupt as well as raising it, and :func:`raise_if_interrupted`, called before every
-step of a sync (``deltaferry/context.py``) and every batch a pull applies
-(``deltaferry/replica.py``), raises it again there: the run stops at its next step, as
-after any interruption, and the next run recovers what it left.
+:func:`stop_at_interrupt` (installed by the ``run``, ``run-all`` and ``pull`` commands)
+remembers the interrupt as well as raising it, and :func:`raise_if_interrupted`, called
+before every step of a sync (``deltaferry/context.py``) and before every table and batch
+a pull applies (``deltaferry/replica.py``), raises it again there: the run stops at its
+next step, as after any interruption, and the next run recovers what it left. A command
+that ends after a dropped interrupt with nothing left to stop exits 130, not 0
+(``deltaferry/cli.py:main``). dlt's own SIGINT handling during normalize and load is off
+for deltaferry's pipelines (``sources/pipeline.py:PIPELINE_SETTINGS``: it waited for the
+load's jobs and then went on), and a ``KeyboardInterrupt`` dlt wraps in its step error is
+raised as the interrupt (:func:`raise_if_interrupt_within`).
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ import atexit
 import gc
 import os
 import signal
-import threading
 from types import FrameType
 
-_interrupted = threading.Event()
+from deltaferry.errors import find_cause
+
+# set by the SIGINT handler: a plain bool (a lock taken inside a handler could deadlock
+# against a second Ctrl-C arriving while the first handler holds it)
+_interrupted = False
 
 
 def end_without_final_collection() -> None:
@@ -70,20 +78,34 @@ def started_for(flow_run_id: object) -> bool:
 
 def stop_at_interrupt() -> None:
     """Make Ctrl-C (SIGINT) raise ``KeyboardInterrupt`` as Python's default handler does,
-    and remember it for :func:`raise_if_interrupted`. Only for a process deltaferry owns,
-    from its main thread (the ``deltaferry`` command: ``deltaferry/cli.py:main``); a
-    program calling deltaferry keeps its own handler."""
+    and remember it for :func:`raise_if_interrupted`. Only for a command deltaferry owns,
+    called from the main thread: ``run``, ``run-all`` and ``pull`` (not ``serve``, whose
+    event loop handles SIGINT itself when the handler is Python's default). A program
+    calling deltaferry keeps its own handler."""
     signal.signal(signal.SIGINT, _on_interrupt)
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    _interrupted.set()
+    global _interrupted
+    _interrupted = True
     raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C reached this process since :func:`stop_at_interrupt`."""
+    return _interrupted
 
 
 def raise_if_interrupted() -> None:
     """Raise ``KeyboardInterrupt`` if this process was interrupted (Ctrl-C) since
     :func:`stop_at_interrupt`, also when Python dropped the first one (see the module's
-    docstring). Called at step and batch boundaries; costs one flag read."""
-    if _interrupted.is_set():
-        raise KeyboardInterrupt("interrupted (Ctrl-C); stopping before the next step")
+    docstring). Called at step, table and batch boundaries; costs one flag read."""
+    if _interrupted:
+        raise KeyboardInterrupt("interrupted (Ctrl-C); stopped before going on")
+
+
+def raise_if_interrupt_within(exc: BaseException) -> None:
+    """Raise ``KeyboardInterrupt`` if one is in ``exc``'s cause chain (dlt's steps catch it
+    and raise their own step error): the run stops as at Ctrl-C, not as at a load error."""
+    if find_cause(exc, lambda e: isinstance(e, KeyboardInterrupt)) is not None:
+        raise KeyboardInterrupt("interrupted (Ctrl-C) inside dlt's step") from None

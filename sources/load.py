@@ -15,6 +15,7 @@ from dlt.common.typing import TLoaderFileFormat
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import find_cause  # noqa: F401 - kept importable from here
+from deltaferry.shutdown import raise_if_interrupt_within
 from sources.change_detection import ChangedRows
 from sources.columns import DELETED_COLUMN
 from sources.pipeline import (
@@ -319,6 +320,7 @@ def run_load(
         prune_loaded_packages(pipeline)
         return info
     except PipelineStepFailed as e:
+        raise_if_interrupt_within(e)  # Ctrl-C inside dlt: the package stays for the next run
         error = _step_error(job, e, classify, scrub)
         if not isinstance(error, TransientError):
             # a package dlt kept pending would be replayed, and fail, first on every later run

@@ -44,6 +44,10 @@ PIPELINE_SETTINGS: dict[tuple[tuple[str, ...], str], Any] = {
     # dlt's own abort (``Pipeline.abort_packages``: pending packages deleted, pipeline state
     # and schemas restored), so a failed load never stays pending and wedges every later run
     (("load",), "auto_abort_on_terminal_error"): True,
+    # Ctrl-C is deltaferry's to handle (``deltaferry/shutdown.py``): dlt's own handler, on
+    # during normalize and load, took it as "drain the job pool", then cleared it, and the
+    # run went on to exit 0
+    (("runtime",), "intercept_signals"): False,
 }
 
 

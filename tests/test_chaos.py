@@ -343,6 +343,7 @@ def test_a_forked_command_takes_its_own_environment_and_is_killed_where_asked(sh
 
     done = run_cli(_run_argv(shop_job), _cli_env())
     assert done.returncode == 0, done.output[-2000:]
+    assert "not preloaded" not in done.output  # the child found deltaferry imported
     assert shop_job.lake().list("shop/customers/manifests/") == [
         "shop/customers/manifests/000000000001.json"
     ]

@@ -26,14 +26,21 @@ PROBE = (
 CLI = PROBE + "import sys\nfrom deltaferry.cli import main\nsys.argv[0] = 'deltaferry'\nmain()\n"
 # `deltaferry run` in which Python drops a Ctrl-C: SIGINT arrives while a weakref callback
 # runs (as SQLAlchemy's ``_collection_gced`` does during a collection), where the
-# KeyboardInterrupt cannot propagate ("Exception ignored in ..."); at the end of the extract
+# KeyboardInterrupt cannot propagate ("Exception ignored in ..."), at the n-th hit of a
+# failpoint (DROPPED_AT=point:n)
 DROPPED_INTERRUPT = r"""
 import os, signal, sys, weakref
 from deltaferry import failpoints
 from deltaferry.cli import main
 
+at, nth = os.environ["DROPPED_AT"].split(":")
+hits = []
+
 def drop_an_interrupt(point):
-    if point != "after_extract":
+    if point != at:
+        return
+    hits.append(point)
+    if len(hits) != int(nth):
         return
     class Box:
         pass
@@ -165,10 +172,15 @@ def test_a_ctrl_c_python_drops_still_stops_the_run_at_its_next_step(tmp_path, ho
     "Exception ignored in ..."), and the run used to complete with exit 0. The ``deltaferry``
     command remembers it (``deltaferry/shutdown.py:stop_at_interrupt``): the run stops
     before its next step, which the operations log records, and the next run publishes."""
-    db = make_shop(tmp_path / "shop.db", (20, 30, 0.0))
+    from deltaferry.shop import Shop
+
+    db = tmp_path / "shop.db"
+    shop = Shop(db, seed=11)
+    shop.round(20, 30, churn=0.0)
     config = write_jobs(tmp_path, f"file://{tmp_path}/lake", db)
     mark = tmp_path / "dropped"
     env = {**os.environ, **api_env, "DELTAFERRY_HOME": str(home), "DROPPED_MARK": str(mark)}
+    env["DROPPED_AT"] = "after_extract:1"
     p = subprocess.run(
         [sys.executable, "-c", DROPPED_INTERRUPT, "run", "shop", "--config", str(config)],
         env=env,
@@ -193,24 +205,78 @@ def test_a_ctrl_c_python_drops_still_stops_the_run_at_its_next_step(tmp_path, ho
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "lake" / "shop" / "customers" / "manifests").exists()
 
+    # dropped in the run's last step (the second table's checkpoint): nothing is left to
+    # stop, the run's work is done, and the command says it was interrupted (exit 130)
+    shop.round(10, 10, churn=0.1)
+    shop.close()
+    mark.unlink()
+    env["DROPPED_AT"] = "before_checkpoint:2"
+    p = subprocess.run(
+        [sys.executable, "-c", DROPPED_INTERRUPT, "run", "shop", "--config", str(config)],
+        env=env,
+        **RUN,
+    )
+    assert mark.exists() and "Exception ignored in" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 130, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "interrupted (Ctrl-C) after its last step" in p.stderr
+    for table in ("customers", "orders"):
+        assert len(list((tmp_path / "lake/shop" / table / "manifests").glob("*.json"))) == 2
 
-def test_a_remembered_interrupt_stops_a_pull_before_its_next_batch(shop_job, shop):
-    """The pull's side of :func:`deltaferry.shutdown.raise_if_interrupted`: with an
-    interrupt remembered, no batch is applied; once it is cleared (a new process), the
-    pull applies them all."""
-    from deltaferry import shutdown
+
+def test_a_remembered_interrupt_stops_a_pull_before_its_next_batch(shop_job, shop, monkeypatch):
+    """The pull's side of :func:`deltaferry.shutdown.raise_if_interrupted`: an interrupt
+    remembered while the first batch applied stops the pull before the next batch (and
+    the next table); once it is cleared (a new process), the pull applies the rest."""
+    from deltaferry import replica, shutdown
 
     shop.round(20, 20, churn=0)
     shop_job.sync()
-    shutdown._interrupted.set()  # as the handler does when Ctrl-C arrives
+    shop.round(5, 5, churn=0.2)
+    shop_job.sync()  # two batches of each table
+
+    apply = replica._apply_batch
+
+    def interrupted_while_applying(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        done = apply(*args, **kwargs)
+        monkeypatch.setattr(shutdown, "_interrupted", True)  # as the handler does at Ctrl-C
+        return done
+
+    monkeypatch.setattr(replica, "_apply_batch", interrupted_while_applying)
     try:
         with pytest.raises(KeyboardInterrupt, match="interrupted"):
             shop_job.pull()
     finally:
-        shutdown._interrupted.clear()
+        monkeypatch.setattr(replica, "_apply_batch", apply)
+        monkeypatch.setattr(shutdown, "_interrupted", False)
     con = duckdb.connect(str(shop_job.replica), read_only=True)
-    applied = con.execute("SELECT count(*) FROM _deltaferry_batches").fetchall()[0][0]
+    applied = con.execute("SELECT tbl, batch FROM _deltaferry_batches").fetchall()
     con.close()
-    assert applied == 0
+    assert applied == [("customers", 1)]  # stopped before the next batch and the next table
     shop_job.pull()
     assert all(c.equal for c in shop_job.compare())
+
+
+def test_ctrl_c_inside_dlt_stops_the_load_as_an_interrupt(tmp_path, monkeypatch):
+    """dlt's own SIGINT handling (on by default during normalize and load: it drained the
+    load's jobs, cleared the signal and went on) is off for deltaferry's pipelines, and a
+    ``KeyboardInterrupt`` that dlt wraps in its step error comes out as the interrupt, not
+    as a load failure (which would also abort the pending package)."""
+    import dlt
+
+    from deltaferry.job import JobConfig
+    from sources.load import run_load
+    from sources.pipeline import pipeline_for
+
+    monkeypatch.setenv("DELTAFERRY_HOME", str(tmp_path))
+    monkeypatch.delenv("DELTAFERRY_DUCKDB_KEY", raising=False)
+    job = JobConfig(name="ctrlc", source="sql_database", url="sqlite://", lake="file:///x", tables=())
+    pipeline, _ = pipeline_for(job)
+    assert pipeline.runtime_config.intercept_signals is False
+
+    def rows():  # noqa: ANN202
+        yield {"id": 1}
+        raise KeyboardInterrupt  # Ctrl-C while dlt reads the source
+
+    resource = dlt.resource(rows, name="t", write_disposition="merge", primary_key=["id"])
+    with pytest.raises(KeyboardInterrupt, match="inside dlt"):
+        run_load(job, pipeline, resource)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from deltaferry.config import JobConfig, TableConfig
 from deltaferry.errors import ConfigError, TableReadError, TerminalError, TransientError
+from deltaferry.shutdown import raise_if_interrupt_within
 from sources import names
 from sources.change_detection import ChangedRows
 from sources.integrity import KeyCheck
@@ -150,6 +151,7 @@ def run_reads(
         prune_loaded_packages(pipeline)
         return info
     except PipelineStepFailed as e:
+        raise_if_interrupt_within(e)  # Ctrl-C inside dlt: the package stays for the next run
         error = _step_error(job, e)
         if not isinstance(error, TransientError):
             abort_pending(pipeline, str(error))

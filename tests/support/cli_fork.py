@@ -7,12 +7,20 @@ per seed, only to kill them. Here they are forked instead, through the standard 
 session's Prefect API in its environment) imports those modules, then forks a child per
 command. The child is a real process, SIGKILLed from inside (a failpoint) or from outside
 (:func:`run_cli` with ``kill_after``); it takes the environment given for the command,
-whole, before deltaferry reads any of it, and Prefect's settings are read again from it.
+whole, before deltaferry reads any of it (deltaferry reads none at import), and Prefect's
+settings context is built again from it.
 
-What differs from a command started from scratch: the modules are imported before the
-command's environment is set (only variables Prefect reads at import are the session's), and
-the child ends without Python's interpreter shutdown (``atexit`` handlers run, then
-``os._exit``), as multiprocessing's children do.
+What differs from a command started from scratch:
+
+- the modules are imported before the command's environment is set: what Prefect sets up
+  at import (its logging configuration, from ``PREFECT_LOGGING_*``) is the server's, which
+  has the test session's variables; the server is for one Prefect API only;
+- every child shares the server's hash seed (``PYTHONHASHSEED``);
+- the child ends as the interpreter's exit would end it (threads joined, ``atexit``
+  handlers run) but without module teardown, then ``os._exit``.
+
+The chaos scenarios (``tests/test_chaos.py``) use it; the crash tests of
+``tests/test_recovery.py`` and the CLI tests start ``python -m deltaferry.cli`` itself.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import multiprocessing.forkserver
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,27 +61,37 @@ class Finished:
 
 
 def _command(argv: list[str], env: dict[str, str], output: str) -> None:
-    os.environ.clear()
-    os.environ.update(env)
-    from prefect.context import refresh_global_settings_context
-
-    refresh_global_settings_context()  # Prefect read its settings at import, in the server
-    fd = os.open(output, os.O_WRONLY | os.O_APPEND)
+    fd = os.open(output, os.O_WRONLY | os.O_APPEND)  # first: anything said from here is kept
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    from deltaferry.cli import main
-
-    sys.argv = ["deltaferry", *argv]
-    code: object = 0
+    code: object = 1
     try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    atexit._run_exitfuncs()  # what the interpreter's exit would run; multiprocessing skips it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+        missing = [m for m in PRELOAD if m not in sys.modules]
+        if missing:  # the server could not import them: each child pays for them
+            print(f"cli_fork: not preloaded: {missing}", file=sys.stderr, flush=True)
+        os.environ.clear()
+        os.environ.update(env)
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()  # Prefect read its settings at import, in the server
+        from deltaferry.cli import main
+
+        sys.argv = ["deltaferry", *argv]
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+    finally:
+        # what the interpreter's exit runs, which multiprocessing's children skip: joining
+        # non-daemon threads (and the callbacks Prefect's log and event workers register
+        # there to drain), then the exit handlers
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 def _context(env: Mapping[str, str]) -> multiprocessing.context.BaseContext:
@@ -80,15 +99,24 @@ def _context(env: Mapping[str, str]) -> multiprocessing.context.BaseContext:
     global _started_with
     api = env.get("PREFECT_API_URL", "")
     if _started_with is None:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)  # the server imports Prefect with the session's settings
+        # the server imports Prefect with the session's settings: the variables that differ
+        # are set while it starts (only those: other threads of this process read os.environ)
+        saved = {k: os.environ.get(k) for k in set(env) | set(os.environ)}
+        changed = {k for k in saved if saved[k] != env.get(k)}
+        for k in changed:
+            if k in env:
+                os.environ[k] = env[k]
+            else:
+                del os.environ[k]
         try:
             multiprocessing.set_forkserver_preload(list(PRELOAD))
             multiprocessing.forkserver.ensure_running()
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            for k in changed:
+                if saved[k] is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = saved[k]  # type: ignore[assignment]
         _started_with = api
     elif api != _started_with:
         raise RuntimeError(
@@ -110,12 +138,20 @@ def run_cli(
     with tempfile.NamedTemporaryFile("rb", prefix="deltaferry-cli-", suffix=".out") as out:
         proc = ctx.Process(target=_command, args=(list(argv), dict(env), out.name))
         proc.start()
-        proc.join(kill_after if kill_after is not None else timeout)
-        if proc.is_alive():
-            proc.kill()
+        try:
+            proc.join(kill_after if kill_after is not None else timeout)
+            timed_out = kill_after is None and proc.is_alive()
+        finally:  # however this ends (a timeout, an interrupted test): no run left behind
+            if proc.is_alive():
+                proc.kill()
             proc.join()
-            if kill_after is None:
-                raise TimeoutError(f"deltaferry {' '.join(argv)} ran for more than {timeout} s")
         output = Path(out.name).read_text(errors="replace")
-    assert proc.exitcode is not None
-    return Finished(proc.exitcode, output)
+    code = proc.exitcode
+    proc.close()
+    if timed_out:
+        raise TimeoutError(
+            f"deltaferry {' '.join(argv)} ran for more than {timeout} s; its output ends:\n"
+            + output[-3000:]
+        )
+    assert code is not None
+    return Finished(code, output)
