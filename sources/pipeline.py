@@ -251,6 +251,65 @@ def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[s
     return True
 
 
+def left_mid_load(pipeline: dlt.Pipeline) -> list[str]:
+    """The load ids of ``pipeline``'s normalized packages not yet loaded: ones an earlier
+    process left, stopped (killed, interrupted) in their load, which dlt loads again before
+    anything new. Pass them to :func:`remove_replayed_copies` once that load succeeded."""
+    return sorted(pipeline.list_normalized_load_packages())
+
+
+def remove_replayed_copies(pipeline: dlt.Pipeline, job: JobConfig, load_ids: list[str]) -> int:
+    """Delete the extra copies of staged rows that loading ``load_ids`` again left; returns
+    how many were deleted.
+
+    dlt loads a merge in two jobs: a copy of the package's files into its merge staging
+    dataset, then the merge from there. A process stopped after the copy's ``INSERT`` but
+    before dlt marked the job done leaves it to be run again, and dlt does not empty its
+    merge staging dataset when it resumes a package, so the second copy doubles those rows.
+    Staged without dlt's own deduplication (``DEDUPLICATED``: a package holds each key
+    once), both copies reached staging, and every later cut of the table stopped at "key
+    comes 2 times" until the table was reset (found by the chaos scenarios, seed 7066).
+    Copies are rows of one key with the same load id: within one package a key is read or
+    tombstoned once, so all but the first stored are such copies, byte for byte the same.
+    They are deleted by ``rowid``: the row kept is not rewritten. Cost: the rows of
+    ``load_ids``, only after a process stopped mid-load."""
+    if not load_ids:
+        return 0
+    removed = 0
+    with pipeline.sql_client() as client:
+        dataset = client.fully_qualified_dataset_name()
+        staged = {
+            r[0]
+            for r in client.execute_sql(
+                "SELECT table_name FROM duckdb_columns()"
+                " WHERE schema_name = ? AND column_name = '_dlt_load_id'",
+                STAGING_DATASET,
+            )
+            or []
+        }
+        marks = ", ".join("?" for _ in load_ids)
+        for t in job.tables:
+            if t.name not in staged or not t.primary_key:
+                continue
+            table = f"{dataset}.{duck.ident(t.name)}"
+            keys = ", ".join(duck.ident(c) for c in t.primary_key)
+            rows = client.execute_sql(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
+                f" row_number() OVER (PARTITION BY {keys}, _dlt_load_id ORDER BY rowid) AS n"
+                f" FROM {table} WHERE _dlt_load_id IN ({marks})) WHERE n > 1) RETURNING 1",
+                *load_ids,
+            )
+            count = len(rows or [])
+            if count:
+                logger.warning(
+                    "job '%s' table '%s': %d staged row(s) were copies left by loading "
+                    "package(s) %s again after a stopped run; removed",
+                    job.name, t.name, count, ", ".join(load_ids),
+                )
+            removed += count
+    return removed
+
+
 def abort_pending(pipeline: dlt.Pipeline, why: str) -> list[str]:
     """Abort every pending load package of ``pipeline`` and rewind its local state and
     schemas to where the oldest began (dlt's ``Pipeline.abort_packages``), after a step

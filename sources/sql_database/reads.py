@@ -23,9 +23,11 @@ from sources.pipeline import (
     abort_pending,
     drop_merge_staging,
     extracted_nothing,
+    left_mid_load,
     pipeline_naming,
     prune_loaded_packages,
     refit_staging,
+    remove_replayed_copies,
 )
 from sources.sql_database.adapt import adapt_table
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
@@ -126,6 +128,7 @@ def run_reads(
     packages are aborted (``abort_pending``: the next run reads the same rows again)."""
     from dlt.pipeline.exceptions import PipelineStepFailed
 
+    replayed = left_mid_load(pipeline)  # an earlier process stopped in their load
     try:
         pipeline.extract(data)
         for r in reads:
@@ -147,6 +150,7 @@ def run_reads(
         pipeline.normalize()
         refit_staging(job, pipeline)  # the load's merge deletes among the rows staged so far
         info = pipeline.load()
+        remove_replayed_copies(pipeline, job, replayed)
         drop_merge_staging(pipeline)
         prune_loaded_packages(pipeline)
         return info
