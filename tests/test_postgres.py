@@ -423,3 +423,65 @@ def test_a_table_of_another_schema_is_read_through_the_search_path(pg_job):
     with pg_job.server.connect(pg_job.database) as conn:
         want = conn.execute("SELECT id, v FROM sales.orders ORDER BY id").fetchall()
     assert _replica(pg_job, "SELECT id, v FROM orders ORDER BY id") == [tuple(r) for r in want]
+
+
+@pytest.mark.timeout(300)
+def test_a_link_that_stops_answering_right_after_login_fails_the_checks_instead_of_hanging(
+    pg_job, postgres, monkeypatch
+):
+    """The source link stops forwarding a few hundred bytes into the server's answers: past
+    the login (the connect timeout no longer applies), inside SQLAlchemy's first connect
+    (its version queries and rollback). Both the command's preflight and the read's own
+    must fail after the stall timeout, not wait for ever (chaos seeds 7038, 7058, 7059,
+    7148 hung there: the stall watchdog learned of a connection only after that)."""
+    import threading
+    import time
+
+    from deltaferry.config import load_job
+    from sources.sql_database.preflight import preflight_source
+    from tests.support.chaos import ChaosProxy, FaultPlan
+
+    proxy = ChaosProxy(postgres.port, seed=7)
+    pg_job.server = _Via(postgres, proxy.port)
+    pg_job.write(ACCOUNTS_JOB, chunk=1000)
+    pg_job.sql(ACCOUNTS_DDL, "INSERT INTO accounts (id, owner) VALUES (1, 'a')")
+    monkeypatch.setenv("DELTAFERRY_SOURCE_STALL_TIMEOUT", "2")
+    monkeypatch.setenv("DELTAFERRY_STEP_RETRIES", "0")
+    job = load_job("pg", pg_job.config)
+
+    def ends_within(call, seconds: float) -> tuple[bool, BaseException | None]:  # noqa: ANN001
+        done: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                done.append(None)
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                done.append(e)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(seconds)
+        return (not thread.is_alive()), (done[0] if done else None)
+
+    try:
+        hung = []
+        for at in (400, 700, 1000, 1400, 2000, 3000):  # somewhere past the login
+            proxy.set_plan(FaultPlan(blackhole_p=1.0, direction="down", fault_at=at))
+            started = time.monotonic()
+            ended, error = ends_within(lambda: preflight_source(job), 30)
+            if not ended:
+                hung.append(("preflight", at))
+            ended, error = ends_within(pg_job.sync, 60)
+            if not ended:
+                hung.append(("sync", at))
+            elif error is None:  # the fault struck after the last byte the run needed
+                continue
+            assert time.monotonic() - started < 90
+        assert hung == []
+        assert proxy.injected["blackhole"] >= 6
+        proxy.set_plan(FaultPlan())
+        pg_job.sync()
+        _converged(pg_job)
+    finally:
+        proxy.close()

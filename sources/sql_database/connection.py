@@ -171,7 +171,10 @@ class StallWatchdog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._engine = engine
-        sa.event.listen(engine, "connect", self._opened)
+        # ahead of the dialect's own handlers (``insert``): SQLAlchemy runs the dialect's
+        # first_connect (version queries, a rollback) before the listeners added after it,
+        # and a link that blackholed there hung for ever, unseen (chaos seeds 7038, 7058)
+        sa.event.listen(engine, "connect", self._opened, insert=True)
         sa.event.listen(engine, "close", self._closed)
         self._thread = threading.Thread(target=self._watch, name="source-stall-watchdog")
         self._thread.daemon = True

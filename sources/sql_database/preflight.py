@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from deltaferry.config import JobConfig
 from deltaferry.errors import ConfigError
 from sources.names import check_columns
-from sources.sql_database.connection import connect_error, engine_for
+from sources.sql_database.connection import StallWatchdog, connect_error, engine_for
 from sources.sql_database.settings import source_table
 from sources.sql_database.types import key_roles, source_columns, text_form_notes
 from sources.sql_database.window import TEXT_OF_NUMBERS
@@ -21,11 +21,15 @@ from sources.staging import staged_types, staging_naming, staging_path
 
 
 def preflight_source(job: JobConfig) -> None:
-    """Check that the source answers and has every table and column."""
+    """Check that the source answers and has every table and column. Under the stall
+    watchdog, as the read is: a link that stops forwarding mid-answer fails the check
+    after ``DELTAFERRY_SOURCE_STALL_TIMEOUT`` seconds instead of hanging the command."""
     engine = engine_for(job)
+    watchdog = StallWatchdog(engine)
     try:
         preflight(job, engine)
     finally:
+        watchdog.close()
         engine.dispose()
 
 
