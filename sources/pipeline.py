@@ -9,7 +9,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +255,23 @@ def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[s
 def left_mid_load(pipeline: dlt.Pipeline) -> list[str]:
     """The load ids of ``pipeline``'s normalized packages not yet loaded: ones an earlier
     process left, stopped (killed, interrupted) in their load, which dlt loads again before
-    anything new. Pass them to :func:`remove_replayed_copies` once that load succeeded."""
+    anything new. :func:`replaying_left_loads` pairs this with the clean-up after the load."""
     return sorted(pipeline.list_normalized_load_packages())
+
+
+@contextmanager
+def replaying_left_loads(pipeline: dlt.Pipeline, job: JobConfig) -> Iterator[list[str]]:
+    """Around the steps of a load (extract, normalize, load) that also loads the packages
+    an earlier process left stopped in their load: their load ids are taken before the
+    steps, and once the steps ended without an error the copies that loading them again
+    left are removed (:func:`remove_replayed_copies`). Yields those load ids (``[]``
+    when no process stopped mid-load; then nothing is done after the steps). Both
+    ``sources.load.run_load`` and ``sources.sql_database.reads.run_reads`` load this
+    way; an error in the steps leaves the copies for the step's own handling (an abort of
+    the packages, or the next run's load)."""
+    replayed = left_mid_load(pipeline)
+    yield replayed
+    remove_replayed_copies(pipeline, job, replayed)
 
 
 def remove_replayed_copies(pipeline: dlt.Pipeline, job: JobConfig, load_ids: list[str]) -> int:
@@ -288,11 +304,17 @@ def remove_replayed_copies(pipeline: dlt.Pipeline, job: JobConfig, load_ids: lis
             or []
         }
         marks = ", ".join("?" for _ in load_ids)
+        # names as the job's staging convention gives them (``direct``: as the source's;
+        # a job staged under dlt's older ``snake_case`` has them normalized)
+        naming = pipeline.default_schema.naming if pipeline.default_schema_name else None
+        table_name = naming.normalize_table_identifier if naming else str
+        column_name = naming.normalize_identifier if naming else str
         for t in job.tables:
-            if t.name not in staged or not t.primary_key:
-                continue
-            table = f"{dataset}.{duck.ident(t.name)}"
-            keys = ", ".join(duck.ident(c) for c in t.primary_key)
+            name = table_name(t.name)
+            if name not in staged or not t.primary_key:
+                continue  # not staged yet: nothing of it loaded, nothing copied
+            table = f"{dataset}.{duck.ident(name)}"
+            keys = ", ".join(duck.ident(column_name(c)) for c in t.primary_key)
             rows = client.execute_sql(
                 f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
                 f" row_number() OVER (PARTITION BY {keys}, _dlt_load_id ORDER BY rowid) AS n"

@@ -356,3 +356,60 @@ def test_a_load_stopped_after_dlts_copy_stages_each_key_once_and_loses_nothing(
     # each key once; the stopped load's rows (b) and the next run's (c) both staged
     assert staged == [(1, "a"), (2, "b"), (3, "b"), (4, "a"), (9, "c")], staged
     assert "copies left by loading" in done.stderr
+
+
+# ``deltaferry run`` of a SQL job (sources/sql_database/reads.py:run_reads) in a process that
+# dies as a SIGKILL would, after dlt's copy of the read's package into its merge staging
+# dataset and before dlt marks that job done
+READ_STEP = r"""
+import os, sys
+from dlt.destinations.impl.duckdb import duck as dlt_duck
+copy = dlt_duck.DuckDbCopyJob.run
+def copy_then_die(self):
+    copy(self)
+    if str(self._sql_client.dataset_name).endswith("_staging") and self.load_table_name == "orders":
+        os._exit(9)
+dlt_duck.DuckDbCopyJob.run = copy_then_die
+sys.argv = ["deltaferry", "run", "shop", "--config", sys.argv[1]]
+from deltaferry.cli import main
+main()
+"""
+
+
+@pytest.mark.integration  # a child process
+def test_a_sql_read_stopped_after_dlts_copy_stages_each_key_once_and_loses_nothing(
+    shop_job, shop
+):
+    """The SQL read's side of the test above: a ``deltaferry run`` that dies after dlt
+    copied the read's package into its merge staging dataset leaves that package to the
+    next run, which loads it with its own read (``run_reads``) and removes the copies the
+    resumed load leaves. The read's own package replaces the copies of every key it reads
+    again; the keys deleted at the source in between it does not, and before, every later
+    run stopped at "key comes 2 times" for them."""
+    from prefect.settings import PREFECT_API_URL
+
+    shop.round(40, 60, churn=0)
+    shop_job.sync()  # batch 1
+    first = shop.con.execute("SELECT max(id) FROM orders").fetchone()[0]
+    shop.round(10, 20, churn=0.3)  # new keys and changed ones
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    killed = subprocess.run(
+        [sys.executable, "-c", READ_STEP, str(shop_job.config)], env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    state = StateStore("shop")
+    assert state.checkpoint("customers").batch == 1  # the killed run published nothing
+    # orders the stopped load held, deleted at the source: the next read does not read
+    # them again (its own load would have replaced their copies)
+    shop.con.execute("DELETE FROM orders WHERE id > ?", (first,))
+    shop.con.commit()
+
+    out = shop_job.sync()
+    assert out["tables"]["customers"]["batch"] == 2, out
+    shop.round(5, 5, churn=0.2)
+    shop_job.sync()  # and the table goes on
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())
+    for table in ("customers", "orders"):
+        assert verify_table(shop_job.lake(), "shop", table)[0] == 3
