@@ -21,11 +21,11 @@ from sources.columns import DELETED_COLUMN
 from sources.pipeline import (
     abort_pending,
     drop_merge_staging,
+    finish_stopped_loads,
     pipeline_for,
     pipeline_naming,
     prune_loaded_packages,
     refit_staging,
-    replaying_left_loads,
     schema_columns,
 )
 from sources.result import ExtractResult  # noqa: F401 - kept importable from here
@@ -315,13 +315,13 @@ def run_load(
 
     try:
         refit_staging(job, pipeline)
+        finish_stopped_loads(pipeline, job)  # packages an earlier process stopped loading
         if pipeline.has_pending_data:
-            # packages an earlier process left: dlt's run() would load only those and drop
-            # ``data`` unread ("The data you passed to the run function will not be
+            # packages an earlier process extracted: dlt's run() would load only those and
+            # drop ``data`` unread ("The data you passed to the run function will not be
             # extracted"), so they are loaded first, then ``data`` is run
-            with replaying_left_loads(pipeline, job):  # some may have stopped in their load
-                pipeline.normalize()
-                pipeline.load()
+            pipeline.normalize()
+            pipeline.load()
         # dlt's run() declares ``loader_file_format: TLoaderFileFormat = None`` (None: its default)
         info = pipeline.run(data, loader_file_format=loader_file_format)  # type: ignore[arg-type]
         drop_merge_staging(pipeline)

@@ -9,8 +9,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -255,23 +254,30 @@ def _extracted_nothing(pipeline: dlt.Pipeline, staged: Mapping[str, Collection[s
 def left_mid_load(pipeline: dlt.Pipeline) -> list[str]:
     """The load ids of ``pipeline``'s normalized packages not yet loaded: ones an earlier
     process left, stopped (killed, interrupted) in their load, which dlt loads again before
-    anything new. :func:`replaying_left_loads` pairs this with the clean-up after the load."""
+    anything new (:func:`finish_stopped_loads`)."""
     return sorted(pipeline.list_normalized_load_packages())
 
 
-@contextmanager
-def replaying_left_loads(pipeline: dlt.Pipeline, job: JobConfig) -> Iterator[list[str]]:
-    """Around the steps of a load (extract, normalize, load) that also loads the packages
-    an earlier process left stopped in their load: their load ids are taken before the
-    steps, and once the steps ended without an error the copies that loading them again
-    left are removed (:func:`remove_replayed_copies`). Yields those load ids (``[]``
-    when no process stopped mid-load; then nothing is done after the steps). Both
-    ``sources.load.run_load`` and ``sources.sql_database.reads.run_reads`` load this
-    way; an error in the steps leaves the copies for the step's own handling (an abort of
-    the packages, or the next run's load)."""
-    replayed = left_mid_load(pipeline)
-    yield replayed
-    remove_replayed_copies(pipeline, job, replayed)
+def finish_stopped_loads(pipeline: dlt.Pipeline, job: JobConfig) -> list[str]:
+    """Load the packages an earlier process left stopped in their load (normalized, not
+    loaded: killed or interrupted), before the run extracts anything, then remove the
+    copies their resumed load left (:func:`remove_replayed_copies`). Returns their load ids
+    (``[]``: none, nothing done). The plan finds them among staging's completed loads as
+    any other (``deltaferry/cut.py:new_load_ids``).
+
+    First, not with the run's own package: a failure of the run before its load (a key
+    read twice, a read error) aborts the pending packages, and a stopped package whose merge
+    had already reached the staged table would have been aborted with it, its rows staged
+    under a load id no completed load names, never published. Raises what dlt's
+    ``load()`` raises (``PipelineStepFailed``), for the caller's handling of a failed
+    load. Both ``sources.load.run_load`` and ``sources.sql_database.reads.run_reads`` start
+    with it."""
+    stopped = left_mid_load(pipeline)
+    if stopped:
+        refit_staging(job, pipeline)
+        pipeline.load()
+        remove_replayed_copies(pipeline, job, stopped)
+    return stopped
 
 
 def remove_replayed_copies(pipeline: dlt.Pipeline, job: JobConfig, load_ids: list[str]) -> int:

@@ -413,3 +413,66 @@ def test_a_sql_read_stopped_after_dlts_copy_stages_each_key_once_and_loses_nothi
     assert all(c.equal for c in shop_job.compare())
     for table in ("customers", "orders"):
         assert verify_table(shop_job.lake(), "shop", table)[0] == 3
+
+
+# ``deltaferry run`` of a SQL job in a process that dies as a SIGKILL would after dlt's
+# merge of a package into the staged tables committed, before dlt recorded the load as
+# completed (its row in ``_dlt_loads``)
+COMPLETE_STEP = r"""
+import os, sys
+from dlt.destinations import job_client_impl
+def die_before_recording(self, load_id):
+    os._exit(9)
+job_client_impl.SqlJobClientBase.complete_load = die_before_recording
+sys.argv = ["deltaferry", "run", "shop", "--config", sys.argv[1]]
+from deltaferry.cli import main
+main()
+"""
+
+
+@pytest.mark.integration  # a child process
+def test_a_package_stopped_after_its_merge_is_published_although_the_next_read_fails(
+    shop_job, shop
+):
+    """A package whose merge reached the staged tables, its load not yet recorded, is
+    loaded by the next run before it reads anything (``sources.pipeline.
+    finish_stopped_loads``). Before, it was loaded with the run's own read, and a read that
+    failed first (text that is not UTF-8) aborted it with the read's package: its rows
+    stayed staged under a load id no completed load names, and no later run published
+    them (the next read starts after them)."""
+    import duckdb as _duckdb
+
+    from prefect.settings import PREFECT_API_URL
+
+    from sources.staging import staging_path
+
+    shop.round(40, 60, churn=0)
+    shop_job.sync()  # batch 1
+    shop.round(10, 20, churn=0.3)
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    killed = subprocess.run(
+        [sys.executable, "-c", COMPLETE_STEP, str(shop_job.config)], env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    con = _duckdb.connect(str(staging_path("shop")), read_only=True)
+    unrecorded = con.execute(
+        "SELECT count(*) FROM raw.customers WHERE _dlt_load_id NOT IN"
+        " (SELECT load_id FROM raw._dlt_loads)"
+    ).fetchone()[0]
+    con.close()
+    assert unrecorded > 0  # the merge reached staging; its load is not recorded
+
+    newest = shop.con.execute("SELECT max(id) FROM customers").fetchone()[0]
+    shop.con.execute(  # at the newest cursor value: read again by the next window
+        "UPDATE customers SET name = CAST(X'48C328' AS TEXT),"
+        " updated_at = (SELECT max(updated_at) FROM customers) WHERE id = ?", (newest,),
+    )
+    shop.con.commit()
+    with pytest.raises(Exception, match="not valid UTF-8"):
+        shop_job.sync()  # the customers read stops; orders go on
+    shop.con.execute("UPDATE customers SET name = 'mended' WHERE id = ?", (newest,))
+    shop.con.commit()
+    shop_job.sync()
+    shop_job.pull()
+    assert all(c.equal for c in shop_job.compare())

@@ -23,10 +23,10 @@ from sources.pipeline import (
     abort_pending,
     drop_merge_staging,
     extracted_nothing,
+    finish_stopped_loads,
     pipeline_naming,
     prune_loaded_packages,
     refit_staging,
-    replaying_left_loads,
 )
 from sources.sql_database.adapt import adapt_table
 from sources.sql_database.connection import StallWatchdog, connect_error, scrub, transient_cause
@@ -128,29 +128,27 @@ def run_reads(
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     try:
-        # a package an earlier process left stopped in its load is loaded with this read's
-        with replaying_left_loads(pipeline, job):
-            pipeline.extract(data)
-            for r in reads:
-                message = r.keys.duplicates()
-                if message:
-                    abort_pending(pipeline, message)
-                    raise ConfigError(message)
-                r.keys.close()  # the key counts' memory, freed before the load
-            if reads and extracted_nothing(pipeline, {r.t.name: r.staged for r in reads}):
-                # every row read equals its staged version (the content filter dropped
-                # it): no normalize, no load (a load that stages no row: about 0.3 s of
-                # every run with nothing to sync), and no load id for the plan to consume.
-                # Dropped as a failed step's package is (deltaferry keeps no dlt state: the
-                # window starts at the staged cursor values). Not for a file with a column
-                # its staged table lacks, nor for a table never staged
-                # (``extracted_nothing``: that load stages the column, or the table); never
-                # with a package left mid-load (``extracted_nothing`` is then False).
-                abort_pending(pipeline, "the read staged no row: nothing to load")
-                return NO_LOAD
-            pipeline.normalize()
-            refit_staging(job, pipeline)  # the merge deletes among the rows staged so far
-            info = pipeline.load()
+        finish_stopped_loads(pipeline, job)  # packages an earlier process stopped loading
+        pipeline.extract(data)
+        for r in reads:
+            message = r.keys.duplicates()
+            if message:
+                abort_pending(pipeline, message)
+                raise ConfigError(message)
+            r.keys.close()  # the key counts' memory, freed before the load
+        if reads and extracted_nothing(pipeline, {r.t.name: r.staged for r in reads}):
+            # every row read equals its staged version (the content filter dropped it):
+            # no normalize, no load (a load that stages no row: about 0.3 s of every
+            # run with nothing to sync), and no load id for the plan to consume. Dropped
+            # as a failed step's package is (deltaferry keeps no dlt state: the window
+            # starts at the staged cursor values). Not for a file with a column its
+            # staged table lacks, nor for a table never staged (``extracted_nothing``:
+            # that load stages the column, or the table).
+            abort_pending(pipeline, "the read staged no row: nothing to load")
+            return NO_LOAD
+        pipeline.normalize()
+        refit_staging(job, pipeline)  # the load's merge deletes among the rows staged so far
+        info = pipeline.load()
         drop_merge_staging(pipeline)
         prune_loaded_packages(pipeline)
         return info
