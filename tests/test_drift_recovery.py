@@ -1063,3 +1063,45 @@ def test_a_column_retyped_to_one_readers_widen_to_is_published_after_reset(
         job.replica = replica
         job.pull()
         assert job.replica_rows("id, c") == [(1, 20.5), (2, 20.0)]
+
+
+def test_a_column_a_loose_contract_does_not_list_dropped_at_the_source_stops_not_nulls(
+    tmp_path, home, prefect_api, monkeypatch
+):
+    """A contract that is not strict publishes the columns it does not list as the source
+    gives them. When the source dropped one, the rows cut next (changed, or re-read at the
+    cursor's bound) published it NULL over the values readers hold, while the other rows
+    kept theirs: the replica held a column the source no longer has, half NULL, exit 0
+    (fresh-user trial). It is a dropped column as a nullable contract column is: freeze
+    stops naming it and the fix, and a version whose ``__deprecated__`` names it goes on."""
+    job = Job(tmp_path, monkeypatch, LOOSE)
+    job.write("Loose", "freeze")
+    job.sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, extra TEXT, updated_at TIMESTAMP);"
+        "INSERT INTO t VALUES (1, 'x1', '2026-01-01 00:00:01'), (2, 'x2', '2026-01-01 00:00:02'),"
+        " (3, 'x3', '2026-01-01 00:00:03');"
+    )
+    job.sync()
+    job.pull()
+    assert job.replica_rows("id, extra") == [(1, "x1"), (2, "x2"), (3, "x3")]
+    job.sql(
+        "ALTER TABLE t DROP COLUMN extra;"
+        "UPDATE t SET updated_at = '2026-01-02 00:00:00' WHERE id = 2;"
+    )
+    with pytest.raises(SchemaDrift) as e:
+        job.sync()
+    message = str(e.value)
+    for part in ("job 'j'", "table 't'", "column extra was dropped by the source", "__deprecated__"):
+        assert part in message, (part, message)
+    job.pull()  # nothing published: every value the replica holds is as it was
+    assert job.replica_rows("id, extra") == [(1, "x1"), (2, "x2"), (3, "x3")]
+
+    job.add(
+        "\nfrom contracts import Chain\n\n"
+        "class LooseV2(Loose):\n    __version__ = 2\n    __deprecated__ = {'extra': 3}\n"
+        "    class Config:\n        coerce = True\n\n"
+        "LooseChain = Chain(Loose, LooseV2)\n"
+    )
+    job.write("LooseChain", "freeze")
+    out = job.sync()
+    assert out["tables"]["t"]["batch"] == 2 and not out.get("drift"), out

@@ -376,6 +376,18 @@ main()
 """
 
 
+
+def _run_script(shop_job, script: str) -> subprocess.CompletedProcess:
+    """``script`` (one of the ``*_STEP`` texts above) in a child process, given the shop
+    job's jobs file, against this test's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    return subprocess.run(
+        [sys.executable, "-c", script, str(shop_job.config)], env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+
 @pytest.mark.integration  # a child process
 def test_a_sql_read_stopped_after_dlts_copy_stages_each_key_once_and_loses_nothing(
     shop_job, shop
@@ -386,17 +398,11 @@ def test_a_sql_read_stopped_after_dlts_copy_stages_each_key_once_and_loses_nothi
     resumed load leaves. The read's own package replaces the copies of every key it reads
     again; the keys deleted at the source in between it does not, and before, every later
     run stopped at "key comes 2 times" for them."""
-    from prefect.settings import PREFECT_API_URL
-
     shop.round(40, 60, churn=0)
     shop_job.sync()  # batch 1
     first = shop.con.execute("SELECT max(id) FROM orders").fetchone()[0]
     shop.round(10, 20, churn=0.3)  # new keys and changed ones
-    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
-    killed = subprocess.run(
-        [sys.executable, "-c", READ_STEP, str(shop_job.config)], env=env,
-        capture_output=True, text=True, timeout=300,
-    )
+    killed = _run_script(shop_job, READ_STEP)
     assert killed.returncode == 9, killed.stderr[-3000:]
     state = StateStore("shop")
     assert state.checkpoint("customers").batch == 1  # the killed run published nothing
@@ -442,18 +448,12 @@ def test_a_package_stopped_after_its_merge_is_published_although_the_next_read_f
     them (the next read starts after them)."""
     import duckdb as _duckdb
 
-    from prefect.settings import PREFECT_API_URL
-
     from sources.staging import staging_path
 
     shop.round(40, 60, churn=0)
     shop_job.sync()  # batch 1
     shop.round(10, 20, churn=0.3)
-    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
-    killed = subprocess.run(
-        [sys.executable, "-c", COMPLETE_STEP, str(shop_job.config)], env=env,
-        capture_output=True, text=True, timeout=300,
-    )
+    killed = _run_script(shop_job, COMPLETE_STEP)
     assert killed.returncode == 9, killed.stderr[-3000:]
     con = _duckdb.connect(str(staging_path("shop")), read_only=True)
     unrecorded = con.execute(
