@@ -74,6 +74,9 @@ class Drift:
     # of those, the ones a contract that is not strict does not list: it published them as
     # the source gave them
     unlisted: list[str] = field(default_factory=list)
+    # new columns the source no longer has (its columns known): only staged rows not yet
+    # published hold their values
+    new_gone: list[str] = field(default_factory=list)
     staged: dict[str, str] = field(default_factory=dict)  # staged column -> DuckDB type
     # staged columns the contract does not know, without a value on any row being cut (a
     # column the source dropped again, a variant whose rows were repaired): not drift, and
@@ -113,8 +116,17 @@ class Drift:
     def remedy(self, job: str, table: str) -> str:
         """What the operator does about the blocking drift of ``job``'s ``table``, one clause."""
         fixes = []
-        if self.new:
+        if [c for c in self.new if c not in self.new_gone]:
             fixes.append("add the new column(s) to the contract")
+        gone = [c for c in self.new if c in self.new_gone]
+        if gone:
+            names = ", ".join(gone)
+            fixes.append(
+                f"the source no longer has {names}, which staged rows not yet published "
+                f"hold: stage the table again without it (deltaferry reset {job} --table "
+                f"{table} --reason '{names} dropped'), or add it to the contract to publish "
+                "those values"
+            )
         listed = [c for c in self.dropped_nullable if c not in self.unlisted]
         if listed:
             names = ", ".join(listed)
@@ -216,6 +228,7 @@ def detect(
             values = dict(zip(counted, counts, strict=True))
             drift.inert = sorted(c for c in [*drift.new, *drift.retyped] if not values[c])
             drift.new = {c: t for c, t in drift.new.items() if values[c]}
+            drift.new_gone = sorted(c for c in drift.new if not at_source(c))
             drift.retyped = {c: v for c, v in drift.retyped.items() if values[c]}
             gone = [c for c in gone if not values[c]]
         # whatever older rows of the cut hold: those without a value hold back one by one

@@ -342,3 +342,25 @@ def test_a_draft_compiles_and_migrates_for_names_holding_braces_and_backslashes(
     dropped = draft_next_version(contract, gone, {odd: "VARCHAR"})
     compile(dropped, "draft", "exec")
     assert "def upgrade(frame)" in dropped and "def downgrade(frame)" not in dropped
+
+
+def test_a_new_column_the_source_dropped_again_names_the_reset_not_the_contract() -> None:
+    """A strict contract stopped for a new column; the source then dropped it, but staged
+    rows not yet published still hold its values, so freeze still stops: the fix named is
+    a reset (or the column in the contract), not only "add the new column(s)", which was
+    wrong once the source no longer has it (fresh-user trial)."""
+    from contracts import Contract
+    from contracts.drift import detect
+
+    contract = Contract("tests:ItemsV1", ItemsV1)
+    con = _staged({"id": "BIGINT", "price": "DOUBLE", "code": "VARCHAR", "e1": "VARCHAR"})
+    con.execute("INSERT INTO staging.items VALUES (1, 2.5, NULL, 'x1')")
+    still = detect(con, "staging", "items", contract, set(), ("true", []), {"id", "price", "code", "e1"})
+    assert still.new == {"e1": "VARCHAR"} and still.new_gone == []
+    assert "add the new column(s) to the contract" in still.remedy("j", "items")
+    assert "reset" not in still.remedy("j", "items")
+    gone = detect(con, "staging", "items", contract, set(), ("true", []), {"id", "price", "code"})
+    assert gone.new == {"e1": "VARCHAR"} and gone.new_gone == ["e1"] and gone.blocking
+    remedy = gone.remedy("j", "items")
+    assert "the source no longer has e1" in remedy and "deltaferry reset j --table items" in remedy
+    assert "add the new column(s) to the contract" not in remedy
