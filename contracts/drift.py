@@ -17,9 +17,7 @@ judged on the rows being cut (the new loads, and held rows due for re-validation
   longer has it, whatever older rows of the cut hold (unless this version or one before
   it deprecates it, ``__deprecated__``): its rows would publish NULL over the values
   readers hold, so a rename of a nullable column wiped it in the lake and every replica,
-  exit 0 (fresh-user trial). So does a column a contract that is not strict does not
-  list (it publishes it as the source gives it) once the source no longer has it
-  (``Drift.unlisted``); otherwise such columns are not judged.
+  exit 0 (fresh-user trial). Columns a contract that is not strict does not list are not judged.
 
 The job's ``drift`` policy decides, modelled on dlt's schema contracts:
 
@@ -71,9 +69,6 @@ class Drift:
     # column, not deprecated): published, their rows would
     # overwrite the values readers hold with NULL
     dropped_nullable: list[str] = field(default_factory=list)
-    # of those, the ones a contract that is not strict does not list: it published them as
-    # the source gave them
-    unlisted: list[str] = field(default_factory=list)
     # new columns the source no longer has (its columns known): only staged rows not yet
     # published hold their values
     new_gone: list[str] = field(default_factory=list)
@@ -127,20 +122,12 @@ class Drift:
                 f"{table} --reason '{names} dropped'), or add it to the contract to publish "
                 "those values"
             )
-        listed = [c for c in self.dropped_nullable if c not in self.unlisted]
-        if listed:
-            names = ", ".join(listed)
+        if self.dropped_nullable:
+            names = ", ".join(self.dropped_nullable)
             fixes.append(
                 f"give the contract a version that deprecates {names} (`__deprecated__`) "
                 "or leaves it out, with the column it was renamed to if it was renamed "
                 "(rows published from then on carry it NULL, as the source does)"
-            )
-        if self.unlisted:
-            names = ", ".join(self.unlisted)
-            fixes.append(
-                f"give the contract a version whose `__deprecated__` names {names} (a column "
-                "it does not list, published as the source gave it; rows published from then "
-                "on carry it NULL, as the source does), or bring the column back at the source"
             )
         if self.retyped:
             names = ", ".join(sorted({b for b, _ in self.retyped.values()}))
@@ -198,24 +185,6 @@ def detect(
         for c in known
         if c not in required and c in had and not at_source(c) and c not in contract.ever_deprecated
     )
-    if contract.schema.strict is not True and source_columns is not None:
-        # a column a contract that is not strict does not list, published as the source
-        # gave it, which the source dropped: as for a nullable contract column, its rows
-        # would publish NULL over the values readers hold (and rows not cut again keep
-        # theirs: a fresh-user trial)
-        unlisted = sorted(
-            c
-            for c in staged
-            if c not in known
-            and c not in internal
-            and not c.startswith("_dlt")
-            and not VARIANT.match(c)
-            and not at_source(c)
-            and c not in contract.ever_deprecated
-        )
-        gone_nullable = sorted({*gone_nullable, *unlisted})
-    else:
-        unlisted = []
     if scope is not None and staged:
         counted = [*drift.new, *drift.retyped, *gone]
         if counted:
@@ -233,7 +202,6 @@ def detect(
             gone = [c for c in gone if not values[c]]
         # whatever older rows of the cut hold: those without a value hold back one by one
         drift.dropped_nullable = gone_nullable
-        drift.unlisted = unlisted
     else:
         gone = []
     if staged:
