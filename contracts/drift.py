@@ -111,11 +111,10 @@ class Drift:
     def remedy(self, job: str, table: str) -> str:
         """What the operator does about the blocking drift of ``job``'s ``table``, one clause."""
         fixes = []
-        if [c for c in self.new if c not in self.new_gone]:
+        if set(self.new) - set(self.new_gone):
             fixes.append("add the new column(s) to the contract")
-        gone = [c for c in self.new if c in self.new_gone]
-        if gone:
-            names = ", ".join(gone)
+        if self.new_gone:
+            names = ", ".join(self.new_gone)
             fixes.append(
                 f"the source no longer has {names}, which staged rows not yet published "
                 f"hold: stage the table again without it (deltaferry reset {job} --table "
